@@ -1,0 +1,17 @@
+/* commands.c - the table of moemesh subcommands. */
+#include "coordinator/commands.h"
+
+#include <stdio.h>
+
+int moe_cmd_version(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("moemesh 0.1.0\n");
+	return 0;
+}
+
+const moe_command moe_commands[] = {
+	{"version", "print the version", moe_cmd_version},
+	{NULL, NULL, NULL},
+};

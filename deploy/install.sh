@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# deploy/install.sh - set up, build, and run the demo or the test suite.
+#
+#   deploy/install.sh demo    install what is missing, build, run the demo
+#   deploy/install.sh test    install what is missing, build (release + ASan/UBSan), run all tests
+#   deploy/install.sh build   install what is missing, build the release tree only
+#
+# Works on a fresh Debian 12 / Ubuntu 22.04+ machine. Packages are installed
+# with apt: directly as root, else with `sudo -n`; if neither is possible the
+# exact command to run is printed and the script stops. Re-running is quick:
+# nothing is installed or rebuilt when nothing changed.
+set -euo pipefail
+
+mode=${1:-demo}
+case "$mode" in demo | test | build) ;; *)
+	echo "usage: $0 demo|test|build" >&2
+	exit 2
+	;;
+esac
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# --- 1. platform --------------------------------------------------------------
+os_id=unknown
+os_like=
+if [ -r /etc/os-release ]; then
+	# shellcheck disable=SC1091
+	. /etc/os-release
+	os_id=${ID:-unknown}
+	os_like=${ID_LIKE:-}
+fi
+arch=$(uname -m)
+say "platform: $os_id ($arch)"
+
+# --- 2. packages ----------------------------------------------------------------
+pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-compiler
+      liburing-dev libopenblas-dev libcriterion-dev libcjson-dev libpcre2-dev libutf8proc-dev
+      gnuplot-nox python3 curl iproute2"
+case "$os_id $os_like" in
+*debian* | *ubuntu*)
+	missing=
+	for p in $pkgs; do
+		if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+			missing="$missing $p"
+		fi
+	done
+	if [ -n "$missing" ]; then
+		say "installing:$missing"
+		if [ "$(id -u)" = 0 ]; then
+			sudo=
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+			sudo="sudo -n"
+		else
+			echo "moemesh needs these packages:$missing" >&2
+			echo "run this once, then run $0 $mode again:" >&2
+			echo "  sudo apt-get update && sudo apt-get install -y$missing" >&2
+			exit 1
+		fi
+		export DEBIAN_FRONTEND=noninteractive
+		$sudo apt-get update -qq
+		# shellcheck disable=SC2086
+		$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+	fi
+	;;
+*)
+	say "not Debian or Ubuntu: install the equivalents of these packages yourself: $pkgs"
+	;;
+esac
+
+# --- 3. build -------------------------------------------------------------------
+jobs=$(nproc 2>/dev/null || echo 2)
+build_tree() { # build_tree DIR CMAKE_ARGS...
+	local dir=$1
+	shift
+	if [ ! -f "$dir/CMakeCache.txt" ]; then
+		cmake -S "$root" -B "$dir" "$@" >/dev/null
+	fi
+	cmake --build "$dir" -j "$jobs" -- --no-print-directory | grep -Ev '^\[ *[0-9]+%\]' || true
+	test "${PIPESTATUS[0]}" -eq 0
+}
+say "building build/release"
+build_tree build/release -DCMAKE_BUILD_TYPE=Release
+moemesh=$root/build/release/moemesh
+
+if [ "$mode" = build ]; then
+	say "built $moemesh"
+	exit 0
+fi
+
+# --- 4. test --------------------------------------------------------------------
+if [ "$mode" = test ]; then
+	say "building build/asan (AddressSanitizer + UndefinedBehaviorSanitizer)"
+	build_tree build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON
+	say "test suite, release build"
+	(cd build/release && ctest --output-on-failure -j "$jobs")
+	say "test suite, ASan/UBSan build"
+	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+	(cd build/asan && ctest --output-on-failure -j "$jobs")
+	exit 0
+fi
+
+# --- 5. demo --------------------------------------------------------------------
+exec bash deploy/demo.sh "$moemesh"

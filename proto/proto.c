@@ -1,0 +1,2 @@
+/* proto.c - wire messages (issue 5). */
+#include "proto/proto.h"
