@@ -81,4 +81,110 @@ const moe_type_traits *moe_type_get(moe_type t);
  * multiple of its block size. */
 size_t moe_row_size(moe_type t, int64_t n);
 
+/* ---- ISA selection ---------------------------------------------------------- */
+
+typedef enum moe_isa {
+	MOE_ISA_SCALAR = 0,
+	MOE_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+	MOE_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI (+ BF16 where present) */
+	MOE_ISA_NEON = 3,   /* aarch64 NEON + dotprod */
+} moe_isa;
+
+/* The level in use: the best the CPU supports, or MOEMESH_ISA if set (a level
+ * the CPU lacks falls back to the best it has, with a warning on stderr). */
+moe_isa moe_isa_active(void);
+const char *moe_isa_name(moe_isa isa);
+/* Forces a level for this process (tests); returns MOE_ERR_UNSUPPORTED if the
+ * CPU cannot run it. Not thread-safe against running kernels. */
+moe_err moe_isa_set(moe_isa isa);
+
+/* ---- rows: conversion, (de)quantisation ------------------------------------ */
+
+/* dst[0..n) = values of src (n values of type t). MOE_ERR_UNSUPPORTED if t
+ * cannot be dequantised, MOE_ERR_INVAL if n is not a multiple of the block. */
+moe_err moe_dequantize_row(moe_type t, float *dst, const void *src, int64_t n);
+
+/* Quantises n floats into type t blocks (moe_row_size(t, n) bytes).
+ * Supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, Q8_K (and
+ * whatever else kernels/ documents). */
+moe_err moe_quantize_row(moe_type t, void *dst, const float *src, int64_t n);
+
+/* Activation rows: the form a weight of type wt takes its input in. */
+size_t moe_act_row_size(moe_type wt, int64_t n);
+moe_err moe_quantize_act(moe_type wt, void *dst, const float *src, int64_t n);
+
+/* s = dot(w, a) over n values: w a row of type t, a a row of
+ * moe_type_get(t)->vec_dot_type (from moe_quantize_act). The function for the
+ * active ISA, or NULL if t has no dot product. */
+typedef void (*moe_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+moe_vec_dot_fn moe_vec_dot_get(moe_type t);
+
+/* ---- thread pool ------------------------------------------------------------- */
+
+typedef struct moe_pool moe_pool;
+
+/* Starts n_threads - 1 workers (the caller is thread 0); n_threads <= 0 means
+ * one per online CPU. */
+moe_err moe_pool_create(moe_pool **out, int n_threads);
+void moe_pool_destroy(moe_pool *pool); /* NULL is a no-op */
+int moe_pool_threads(const moe_pool *pool);
+
+/* Runs fn(arg, ith, nth) on every thread (ith = 0..nth-1) and returns when all
+ * are done. Not reentrant. */
+void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void *arg);
+
+/* ---- matrix products ---------------------------------------------------------- */
+
+/* y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tok, r < n_rows.
+ *   w: n_rows rows of n_cols values of type wt (row stride moe_row_size)
+ *   x: f32 [n_tok][n_cols];  y: f32 [n_tok][n_rows]
+ * Activations are quantised per row as moe_quantize_act does. Batch-invariant:
+ * row t of y is bit-identical whatever n_tok and the other rows are, and
+ * whatever the thread count. pool may be NULL (single thread). */
+moe_err moe_matmul(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t n_rows,
+		   int64_t n_cols, const float *x, int64_t n_tok);
+
+/* The same with activations already in wt's activation form:
+ *   xq: n_tok rows of moe_act_row_size(wt, n_cols) bytes. */
+moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t n_rows,
+		     int64_t n_cols, const void *xq, int64_t n_tok);
+
+/* ---- exact accumulation -------------------------------------------------------- */
+
+/* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits; values beyond the
+ * range saturate. Integer addition is associative, so sums of moe_fix_t do not
+ * depend on order. */
+typedef int64_t moe_fix_t;
+#define MOE_FIX_FRAC_BITS 32
+moe_fix_t moe_fix_from_f32(float v);
+float moe_fix_to_f32(moe_fix_t v);
+
+/* ---- grouped expert FFN ---------------------------------------------------------- */
+
+/* One stacked expert tensor (gate, up or down of a layer). Expert e's matrix
+ * is at expert[e] (NULL = not held here): rows of n_cols values of type. */
+typedef struct moe_expert_mat {
+	moe_type type;
+	int64_t n_cols; /* input length */
+	int64_t n_rows; /* output length */
+	const void *const *expert; /* [n_expert] */
+} moe_expert_mat;
+
+typedef struct moe_expert_ffn {
+	int32_t n_expert;
+	moe_expert_mat gate; /* [n_embd] -> [n_ff] */
+	moe_expert_mat up;   /* [n_embd] -> [n_ff] */
+	moe_expert_mat down; /* [n_ff]   -> [n_embd] */
+} moe_expert_ffn;
+
+/* For each token t < n_tok and slot j < n_used with e = ids[t*n_used + j]
+ * (e < 0 or expert not held: skipped), adds
+ *     moe_fix_from_f32(weights[t*n_used + j] * down_e(silu(gate_e x_t) * up_e x_t))
+ * element-wise into acc[t][0..n_embd). x: f32 [n_tok][n_embd]. Every token is
+ * processed by exactly the same arithmetic whatever the batch, its position in
+ * it, and the thread count, so results are bit-reproducible. */
+moe_err moe_expert_ffn_run(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f,
+			   const float *x, int64_t n_tok, const int32_t *ids, const float *weights,
+			   int n_used);
+
 #endif

@@ -1,0 +1,164 @@
+/*
+ * gguf.h - reading and writing GGUF v2/v3 files.
+ *
+ * Reading maps the file (or takes a caller's buffer) and validates all of it
+ * before returning: magic, version, every count against the bytes left, string
+ * lengths, value types, nested arrays, n_dims <= 4, element-count overflow,
+ * known tensor types, general.alignment, data offsets and sizes inside the
+ * file and aligned.  A violation returns a specific moe_err and sets a detail
+ * (moe_err_detail()) naming the field and its byte offset.  Nothing outside
+ * the input is ever read.  After a successful open every accessor is a cheap
+ * lookup that cannot fail on file content.
+ *
+ * Writing is streamed: declare metadata and tensor infos, then write each
+ * tensor's bytes in declaration order; no whole-model buffer is needed.
+ */
+#ifndef MOE_GGUF_H
+#define MOE_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+#define MOE_GGUF_MAX_DIMS 4
+#define MOE_GGUF_DEFAULT_ALIGNMENT 32
+
+/* GGUF metadata value types, as stored in the file. */
+typedef enum moe_gguf_vtype {
+	MOE_GGUF_UINT8 = 0,
+	MOE_GGUF_INT8 = 1,
+	MOE_GGUF_UINT16 = 2,
+	MOE_GGUF_INT16 = 3,
+	MOE_GGUF_UINT32 = 4,
+	MOE_GGUF_INT32 = 5,
+	MOE_GGUF_FLOAT32 = 6,
+	MOE_GGUF_BOOL = 7,
+	MOE_GGUF_STRING = 8,
+	MOE_GGUF_ARRAY = 9,
+	MOE_GGUF_UINT64 = 10,
+	MOE_GGUF_INT64 = 11,
+	MOE_GGUF_FLOAT64 = 12,
+	MOE_GGUF_VTYPE_COUNT
+} moe_gguf_vtype;
+
+/* A string inside the file: not NUL-terminated. */
+typedef struct moe_gguf_str {
+	const char *ptr;
+	uint64_t len;
+} moe_gguf_str;
+
+/* One tensor's info. `data` points into the mapping. */
+typedef struct moe_gguf_tensor {
+	moe_gguf_str name;
+	moe_type type;
+	uint32_t n_dims;
+	int64_t ne[MOE_GGUF_MAX_DIMS]; /* ggml order: ne[0] = row length; unused dims = 1 */
+	uint64_t offset;               /* relative to the data section */
+	uint64_t size;                 /* bytes */
+	const void *data;
+} moe_gguf_tensor;
+
+typedef struct moe_gguf moe_gguf;
+
+/* Opens and validates path, mapping it read-only. On success *out owns the
+ * mapping (free with moe_gguf_close). On error returns the specific code with
+ * a detail; *out is untouched. */
+moe_err moe_gguf_open(moe_gguf **out, const char *path);
+
+/* Same for a buffer of size bytes that the caller keeps alive and unchanged
+ * until moe_gguf_close. Nothing is copied. */
+moe_err moe_gguf_open_mem(moe_gguf **out, const void *data, size_t size);
+
+/* Releases everything; NULL is a no-op. */
+void moe_gguf_close(moe_gguf *g);
+
+uint32_t moe_gguf_version(const moe_gguf *g);
+uint32_t moe_gguf_alignment(const moe_gguf *g);
+uint64_t moe_gguf_data_offset(const moe_gguf *g); /* file offset of the data section */
+const void *moe_gguf_base(const moe_gguf *g);     /* the whole file */
+size_t moe_gguf_file_size(const moe_gguf *g);
+
+/* Metadata. Keys are indexed 0..n_kv-1 in file order. */
+int64_t moe_gguf_n_kv(const moe_gguf *g);
+moe_gguf_str moe_gguf_kv_key(const moe_gguf *g, int64_t i);
+moe_gguf_vtype moe_gguf_kv_type(const moe_gguf *g, int64_t i);
+/* Index of key, or -1. */
+int64_t moe_gguf_find_key(const moe_gguf *g, const char *key);
+
+/* Typed getters: return MOE_OK, MOE_ERR_NOT_FOUND (no such key) or
+ * MOE_ERR_BAD_TYPE (other type) with a detail naming the key. Integer getters
+ * accept any integer type whose value fits. */
+moe_err moe_gguf_get_u32(uint32_t *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_get_u64(uint64_t *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_get_i64(int64_t *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_get_f32(float *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_get_bool(bool *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_get_str(moe_gguf_str *out, const moe_gguf *g, const char *key);
+
+/* Scalar value of kv i widened (ints, bools -> int64/uint64, floats ->
+ * double); returns false for strings and arrays. */
+bool moe_gguf_kv_as_double(double *out, const moe_gguf *g, int64_t i);
+
+/* Arrays: element type and count of kv i (MOE_GGUF_ARRAY). Element access for
+ * scalar element types copies the value out widened; strings return views.
+ * Nested arrays are validated on open and reported by type, and can be
+ * walked with moe_gguf_arr_sub. */
+typedef struct moe_gguf_arr {
+	moe_gguf_vtype type; /* element type */
+	uint64_t n;
+	const uint8_t *data; /* first element (internal encoding) */
+	const moe_gguf *g;
+} moe_gguf_arr;
+moe_err moe_gguf_get_arr(moe_gguf_arr *out, const moe_gguf *g, const char *key);
+moe_err moe_gguf_kv_arr(moe_gguf_arr *out, const moe_gguf *g, int64_t i);
+moe_gguf_str moe_gguf_arr_str(const moe_gguf_arr *a, uint64_t j);
+int64_t moe_gguf_arr_int(const moe_gguf_arr *a, uint64_t j);
+double moe_gguf_arr_float(const moe_gguf_arr *a, uint64_t j);
+moe_gguf_arr moe_gguf_arr_sub(const moe_gguf_arr *a, uint64_t j); /* nested array */
+
+/* Tensors, in file order. */
+int64_t moe_gguf_n_tensors(const moe_gguf *g);
+const moe_gguf_tensor *moe_gguf_tensor_at(const moe_gguf *g, int64_t i);
+/* The tensor named name, or NULL. */
+const moe_gguf_tensor *moe_gguf_find_tensor(const moe_gguf *g, const char *name);
+
+/* ---- writer ---------------------------------------------------------------- */
+
+typedef struct moe_gguf_writer moe_gguf_writer;
+
+/* Creates path (truncating) for a GGUF v3 file. */
+moe_err moe_gguf_writer_create(moe_gguf_writer **out, const char *path);
+
+/* Metadata, in the order it will be written. Keys must be unique. */
+moe_err moe_gguf_writer_add_u32(moe_gguf_writer *w, const char *key, uint32_t v);
+moe_err moe_gguf_writer_add_i32(moe_gguf_writer *w, const char *key, int32_t v);
+moe_err moe_gguf_writer_add_u64(moe_gguf_writer *w, const char *key, uint64_t v);
+moe_err moe_gguf_writer_add_f32(moe_gguf_writer *w, const char *key, float v);
+moe_err moe_gguf_writer_add_bool(moe_gguf_writer *w, const char *key, bool v);
+moe_err moe_gguf_writer_add_str(moe_gguf_writer *w, const char *key, const char *v);
+/* Arrays of scalars: n elements of elem_type packed in data (host little-endian). */
+moe_err moe_gguf_writer_add_arr(moe_gguf_writer *w, const char *key, moe_gguf_vtype elem_type,
+				const void *data, uint64_t n);
+moe_err moe_gguf_writer_add_arr_str(moe_gguf_writer *w, const char *key,
+				    const char *const *strs, uint64_t n);
+
+/* Declares a tensor; its bytes are written later, in declaration order. */
+moe_err moe_gguf_writer_add_tensor(moe_gguf_writer *w, const char *name, moe_type type,
+				   uint32_t n_dims, const int64_t *ne);
+
+/* Writes header, metadata and tensor infos. Call once, after all adds. */
+moe_err moe_gguf_writer_begin_data(moe_gguf_writer *w);
+
+/* Appends bytes of the current tensor; a tensor may come in several calls.
+ * Moving past a tensor's size without finishing it is MOE_ERR_INVAL. */
+moe_err moe_gguf_writer_write(moe_gguf_writer *w, const void *data, size_t size);
+
+/* Checks every tensor was written fully, pads, flushes, closes. */
+moe_err moe_gguf_writer_finish(moe_gguf_writer *w);
+
+/* Frees; an unfinished file is removed. NULL is a no-op. */
+void moe_gguf_writer_destroy(moe_gguf_writer *w);
+
+#endif
