@@ -12,6 +12,7 @@ int moe_cmd_version(int argc, char **argv)
 }
 
 const moe_command moe_commands[] = {
+	{"make-model", "write a synthetic random-weight GGUF model", moe_cmd_make_model},
 	{"version", "print the version", moe_cmd_version},
 	{NULL, NULL, NULL},
 };

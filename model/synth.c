@@ -1,0 +1,785 @@
+/*
+ * synth.c - synthetic random-weight qwen3moe / qwen3next GGUF models.
+ *
+ * Layout, names, shapes and key order follow llama.cpp's converter (see
+ * tests/fixtures/README.md, "Storage conventions").  Initialisation follows
+ * the fixtures' recipe so activations stay well-conditioned through the
+ * layers: token_embd N(0,1); input projections N(0, 1/fan_in); output
+ * projections N(0, 0.25/fan_in); router N(0, 4/hidden); shared-expert gate
+ * N(0, 1/hidden); output.weight N(0, 9/hidden); norms 1 + 0.1 N(0,1); conv
+ * U(-0.5, 0.5); dt bias U(-2, 1); ssm_a = -A with A log-uniform in [0.05, 1].
+ * Every tensor has its own random stream seeded by (seed, hash of its name),
+ * so a tensor's values do not depend on the others or on the layer count.
+ */
+#include "model/synth.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "kernels/kernels.h"
+#include "model/gguf.h"
+
+/* ---- presets ------------------------------------------------------------------ */
+
+typedef struct preset {
+	const char *name;
+	const char *arch; /* NULL: both */
+	int64_t n_vocab;
+	int64_t n_embd;
+	int64_t n_layer;
+	int64_t n_ff; /* feed_forward_length (unused by these archs, kept for llama.cpp) */
+	int64_t n_head, n_head_kv, head_dim;
+	int64_t n_rot; /* rope dims (qwen3next); qwen3moe ropes the whole head */
+	float rope_base_moe, rope_base_next;
+	int64_t n_expert, n_expert_used, n_ff_exp, n_ff_shexp;
+	int64_t ssm_conv, ssm_d_state, ssm_n_group, ssm_dt_rank;
+	int64_t full_attn_interval;
+	int64_t n_ctx;
+} preset;
+
+static const preset presets[] = {
+	{"tiny", NULL, 512, 128, 4, 384, 8, 2, 32, 8, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8, 4,
+	 4096},
+	{"qwen3next-80b-4L", "qwen3next", 151936, 2048, 4, 5120, 16, 2, 256, 64, 1e6f, 1e7f, 512,
+	 10, 512, 512, 4, 128, 16, 32, 4, 262144},
+	{"qwen3-30b-a3b-4L", "qwen3moe", 151936, 2048, 4, 6144, 32, 4, 128, 128, 1e6f, 1e7f, 128,
+	 8, 768, 0, 0, 0, 0, 0, 0, 40960},
+};
+
+static const preset *find_preset(const char *name)
+{
+	for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+		if (strcmp(presets[i].name, name) == 0)
+			return &presets[i];
+	return NULL;
+}
+
+/* ---- file types ---------------------------------------------------------------- */
+
+static const struct {
+	const char *name;
+	moe_ftype ftype;
+} ftype_names[] = {
+	{"F32", MOE_FTYPE_F32},   {"F16", MOE_FTYPE_F16},   {"BF16", MOE_FTYPE_BF16},
+	{"Q8_0", MOE_FTYPE_Q8_0}, {"Q4_0", MOE_FTYPE_Q4_0}, {"Q4_K_M", MOE_FTYPE_Q4_K_M},
+};
+
+moe_err moe_ftype_parse(moe_ftype *out, const char *name)
+{
+	for (size_t i = 0; i < sizeof(ftype_names) / sizeof(ftype_names[0]); i++) {
+		if (strcasecmp(ftype_names[i].name, name) == 0) {
+			*out = ftype_names[i].ftype;
+			return MOE_OK;
+		}
+	}
+	return moe_fail(MOE_ERR_INVAL, "unknown type '%s' (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M)",
+			name);
+}
+
+const char *moe_ftype_name(moe_ftype t)
+{
+	for (size_t i = 0; i < sizeof(ftype_names) / sizeof(ftype_names[0]); i++)
+		if (ftype_names[i].ftype == t)
+			return ftype_names[i].name;
+	return "?";
+}
+
+/* ---- tensors ------------------------------------------------------------------- */
+
+typedef enum init_kind {
+	INIT_NORMAL,  /* N(0, scale^2) */
+	INIT_NORM,    /* 1 + 0.1 N(0,1) */
+	INIT_UNIFORM, /* U(lo, hi) */
+	INIT_NEG_LOGU /* -exp(U(log lo, log hi)) */
+} init_kind;
+
+/* What decides the quantised type of a tensor under a mixed file type. */
+typedef enum quant_role {
+	ROLE_KEEP_F32, /* 1-D, norms, routers, conv, ssm_a, dt bias: always F32 */
+	ROLE_PLAIN,    /* ordinary 2-D/3-D weight */
+	ROLE_EMBD,     /* token_embd */
+	ROLE_OUTPUT,   /* output.weight */
+	ROLE_MORE_V,   /* attn_v / attn_qkv: more bits in some layers (Q4_K_M) */
+	ROLE_MORE_DOWN /* ffn_down*: more bits in some layers (Q4_K_M) */
+} quant_role;
+
+typedef struct tensor_spec {
+	char name[96];
+	uint32_t n_dims;
+	int64_t ne[4];
+	init_kind init;
+	float a, b; /* scale, or range */
+	quant_role role;
+	int layer; /* -1 outside blocks */
+	moe_type type;
+} tensor_spec;
+
+typedef struct tensor_list {
+	tensor_spec *v; /* capacity reserved up front by tensor_list_reserve */
+	size_t n, cap;
+} tensor_list;
+
+/* At most this many tensors per layer, plus 3 outside the layers. */
+#define MAX_TENSORS_PER_LAYER 24
+
+static moe_err tensor_list_reserve(tensor_list *l, int64_t n_layer)
+{
+	l->cap = (size_t)(3 + MAX_TENSORS_PER_LAYER * n_layer);
+	l->n = 0;
+	l->v = calloc(l->cap, sizeof(*l->v));
+	return l->v ? MOE_OK : moe_fail(MOE_ERR_NOMEM, "tensor list");
+}
+
+static void add_tensor(tensor_list *l, const char *name, int layer, uint32_t n_dims, int64_t ne0,
+		       int64_t ne1, int64_t ne2, init_kind init, float a, float b,
+		       quant_role role)
+{
+	tensor_spec *t = &l->v[l->n++];
+
+	if (layer >= 0)
+		snprintf(t->name, sizeof(t->name), "blk.%d.%s", layer, name);
+	else
+		snprintf(t->name, sizeof(t->name), "%s", name);
+	t->n_dims = n_dims;
+	t->ne[0] = ne0;
+	t->ne[1] = ne1;
+	t->ne[2] = ne2;
+	t->ne[3] = 1;
+	t->init = init;
+	t->a = a;
+	t->b = b;
+	t->role = role;
+	t->layer = layer;
+}
+
+/* std of N(0, k/fan_in) written as scale / sqrt(fan_in). */
+static float fan_scale(float scale, int64_t fan_in)
+{
+	return scale / sqrtf((float)fan_in);
+}
+
+/* Appends the model's tensors in llama.cpp's converter order; l has room. */
+static void build_tensors(tensor_list *l, const preset *p, bool next, int64_t n_layer)
+{
+	const int64_t E = p->n_embd, V = p->n_vocab, D = p->head_dim;
+	const int64_t H = p->n_head, HKV = p->n_head_kv;
+
+	add_tensor(l, "token_embd.weight", -1, 2, E, V, 1, INIT_NORMAL, 1.0f, 0, ROLE_EMBD);
+	for (int il = 0; il < n_layer; il++) {
+		bool full = !next || ((il + 1) % p->full_attn_interval == 0);
+
+		add_tensor(l, "attn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+		if (next)
+			add_tensor(l, "post_attention_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
+			    ROLE_KEEP_F32);
+		if (full) {
+			int64_t q_rows = (next ? 2 : 1) * H * D; /* qwen3next: q and gate per head */
+			add_tensor(l, "attn_q.weight", il, 2, E, q_rows, 1, INIT_NORMAL, fan_scale(1, E), 0,
+			    ROLE_PLAIN);
+			add_tensor(l, "attn_k.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
+			    ROLE_PLAIN);
+			add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
+			    ROLE_MORE_V);
+			add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL,
+			    fan_scale(0.5f, H * D), 0, ROLE_PLAIN);
+			add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+			add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+		} else {
+			int64_t dk = p->ssm_d_state, nk = p->ssm_n_group, nv = p->ssm_dt_rank;
+			int64_t dv = dk; /* head_v = head_k in these models */
+			int64_t conv_dim = 2 * nk * dk + nv * dv;
+			add_tensor(l, "attn_qkv.weight", il, 2, E, conv_dim, 1, INIT_NORMAL, fan_scale(1, E),
+			    0, ROLE_MORE_V);
+			add_tensor(l, "attn_gate.weight", il, 2, E, nv * dv, 1, INIT_NORMAL, fan_scale(1, E),
+			    0, ROLE_PLAIN);
+			add_tensor(l, "ssm_conv1d.weight", il, 2, p->ssm_conv, conv_dim, 1, INIT_UNIFORM,
+			    -0.5f, 0.5f, ROLE_KEEP_F32);
+			add_tensor(l, "ssm_dt.bias", il, 1, nv, 1, 1, INIT_UNIFORM, -2.0f, 1.0f,
+			    ROLE_KEEP_F32);
+			add_tensor(l, "ssm_a", il, 1, nv, 1, 1, INIT_NEG_LOGU, 0.05f, 1.0f, ROLE_KEEP_F32);
+			add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+			    ROLE_PLAIN);
+			add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+			add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL,
+			    fan_scale(0.5f, nv * dv), 0, ROLE_PLAIN);
+		}
+		if (!next)
+			add_tensor(l, "ffn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+		add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL, fan_scale(2, E),
+		    0, ROLE_KEEP_F32);
+		add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
+		    fan_scale(1, E), 0, ROLE_PLAIN);
+		add_tensor(l, "ffn_up_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
+		    fan_scale(1, E), 0, ROLE_PLAIN);
+		add_tensor(l, "ffn_down_exps.weight", il, 3, p->n_ff_exp, E, p->n_expert, INIT_NORMAL,
+		    fan_scale(0.5f, p->n_ff_exp), 0, ROLE_MORE_DOWN);
+		if (next) {
+			add_tensor(l, "ffn_gate_inp_shexp.weight", il, 1, E, 1, 1, INIT_NORMAL,
+			    fan_scale(1, E), 0, ROLE_KEEP_F32);
+			add_tensor(l, "ffn_gate_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
+			    fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ffn_up_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
+			    fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ffn_down_shexp.weight", il, 2, p->n_ff_shexp, E, 1, INIT_NORMAL,
+			    fan_scale(0.5f, p->n_ff_shexp), 0, ROLE_MORE_DOWN);
+		}
+	}
+	add_tensor(l, "output_norm.weight", -1, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+	add_tensor(l, "output.weight", -1, 2, E, V, 1, INIT_NORMAL, fan_scale(3, E), 0, ROLE_OUTPUT);
+}
+
+/* llama.cpp's "use more bits" layer rule for Q4_K_M's attn_v and ffn_down. */
+static bool more_bits(int layer, int64_t n_layer)
+{
+	return layer < n_layer / 8 || layer >= 7 * n_layer / 8 ||
+	       (layer - n_layer / 8) % 3 == 2;
+}
+
+/* K-quants need rows that are a multiple of 256; llama-quantize falls back. */
+static moe_type fallback(moe_type t, int64_t ne0)
+{
+	if (ne0 % 256 == 0)
+		return t;
+	if (t == MOE_TYPE_Q4_K)
+		return MOE_TYPE_Q5_0;
+	if (t == MOE_TYPE_Q6_K)
+		return MOE_TYPE_Q8_0;
+	return t;
+}
+
+static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t n_layer)
+{
+	if (t->role == ROLE_KEEP_F32 || t->n_dims < 2)
+		return MOE_TYPE_F32;
+	switch (ft) {
+	case MOE_FTYPE_F32:
+		return MOE_TYPE_F32;
+	case MOE_FTYPE_F16:
+		return MOE_TYPE_F16;
+	case MOE_FTYPE_BF16:
+		return MOE_TYPE_BF16;
+	case MOE_FTYPE_Q8_0:
+		return MOE_TYPE_Q8_0;
+	case MOE_FTYPE_Q4_0:
+		return t->role == ROLE_OUTPUT ? fallback(MOE_TYPE_Q6_K, t->ne[0]) : MOE_TYPE_Q4_0;
+	case MOE_FTYPE_Q4_K_M:
+		if (t->role == ROLE_OUTPUT)
+			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
+		if ((t->role == ROLE_MORE_V || t->role == ROLE_MORE_DOWN) &&
+		    more_bits(t->layer, n_layer))
+			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
+		return fallback(MOE_TYPE_Q4_K, t->ne[0]);
+	}
+	return MOE_TYPE_F32;
+}
+
+/* ---- random numbers --------------------------------------------------------------- */
+
+/* PCG-XSH-RR 64/32 (O'Neill), plus normals by Box-Muller. */
+typedef struct rng {
+	uint64_t state, inc;
+	bool have_spare;
+	float spare;
+} rng;
+
+static uint32_t rng_u32(rng *r)
+{
+	uint64_t old = r->state;
+	uint32_t x, rot;
+
+	r->state = old * 6364136223846793005ULL + r->inc;
+	x = (uint32_t)(((old >> 18) ^ old) >> 27);
+	rot = (uint32_t)(old >> 59);
+	return (x >> rot) | (x << ((32 - rot) & 31));
+}
+
+static void rng_seed(rng *r, uint64_t seed, uint64_t stream)
+{
+	r->state = 0;
+	r->inc = (stream << 1) | 1u;
+	r->have_spare = false;
+	rng_u32(r);
+	r->state += seed;
+	rng_u32(r);
+}
+
+/* Uniform in (0, 1). */
+static double rng_unit(rng *r)
+{
+	uint64_t v = ((uint64_t)rng_u32(r) << 21) ^ rng_u32(r);
+	return ((double)(v & ((1ULL << 53) - 1)) + 0.5) / 9007199254740992.0;
+}
+
+static float rng_normal(rng *r)
+{
+	double u1, u2, m;
+
+	if (r->have_spare) {
+		r->have_spare = false;
+		return r->spare;
+	}
+	u1 = rng_unit(r);
+	u2 = rng_unit(r);
+	m = sqrt(-2.0 * log(u1));
+	r->spare = (float)(m * sin(2.0 * M_PI * u2));
+	r->have_spare = true;
+	return (float)(m * cos(2.0 * M_PI * u2));
+}
+
+/* FNV-1a, to give every tensor its own stream. */
+static uint64_t name_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static void fill(float *dst, int64_t n, const tensor_spec *t, rng *r)
+{
+	for (int64_t i = 0; i < n; i++) {
+		switch (t->init) {
+		case INIT_NORMAL:
+			dst[i] = t->a * rng_normal(r);
+			break;
+		case INIT_NORM:
+			dst[i] = 1.0f + 0.1f * rng_normal(r);
+			break;
+		case INIT_UNIFORM:
+			dst[i] = t->a + (t->b - t->a) * (float)rng_unit(r);
+			break;
+		case INIT_NEG_LOGU:
+			dst[i] = -expf(logf(t->a) + (logf(t->b) - logf(t->a)) * (float)rng_unit(r));
+			break;
+		}
+	}
+}
+
+/* ---- vocabulary ---------------------------------------------------------------------- */
+
+/* A built-in text the synthetic vocabulary's merges are learned from. */
+static const char vocab_text[] =
+	"The quick brown fox jumps over the lazy dog. A mixture of experts model routes every "
+	"token to a few of its experts, and the experts of every layer are spread over the "
+	"machines of a small cluster. The coordinator holds the dense part of the model and all "
+	"the state of every request; the workers hold the experts and nothing else. For every "
+	"layer the coordinator sends each token to the workers that hold its chosen experts and "
+	"adds up what comes back. In the beginning there was a question, and the question was "
+	"how to run a model that is too big for one machine on the machines that there are. "
+	"They measured the memory bandwidth, the latency of the network and the time of every "
+	"step, and then they made the slow parts faster. Numbers like 1, 2, 3, 10, 42, 100 and "
+	"2048 appear in the text too, with words such as attention, expert, router, token, "
+	"layer, weight, state, cache, batch, prompt, answer, thread, socket, message, server.\n"
+	"She said that the results were the same on one machine and on three. He asked why, and "
+	"she told him that the sums were exact, so the order in which the answers arrived did "
+	"not matter at all. Then they went home, and the cluster kept on running through the "
+	"night, answering every request that came in, one token after another.\n";
+
+typedef struct synth_vocab {
+	char **tokens;
+	int32_t *types;
+	int64_t n_tokens;
+	char **merges;
+	int64_t n_merges;
+} synth_vocab;
+
+static void synth_vocab_free(synth_vocab *v)
+{
+	for (int64_t i = 0; v->tokens && i < v->n_tokens; i++)
+		free(v->tokens[i]);
+	for (int64_t i = 0; v->merges && i < v->n_merges; i++)
+		free(v->merges[i]);
+	free(v->tokens);
+	free(v->types);
+	free(v->merges);
+	memset(v, 0, sizeof(*v));
+}
+
+/* GPT-2's byte-to-unicode map: token ids 0..187 are the printable bytes in
+ * byte order (each its own code point), ids 188..255 the other bytes in byte
+ * order, mapped to U+0100 upwards.  Fills byte_of_id and id_of_byte. */
+static bool byte_printable(int b)
+{
+	return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+}
+
+static void byte_tables(int byte_of_id[256], unsigned cp_of_id[256], int id_of_byte[256])
+{
+	int id = 0, k = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (int b = 0; b < 256; b++) {
+			if (byte_printable(b) != (pass == 0))
+				continue;
+			byte_of_id[id] = b;
+			cp_of_id[id] = pass == 0 ? (unsigned)b : 256u + (unsigned)k++;
+			id_of_byte[b] = id++;
+		}
+	}
+}
+
+static char *utf8_of_cp(unsigned c)
+{
+	char *s = malloc(3);
+
+	if (s == NULL)
+		return NULL;
+	if (c < 0x80) {
+		s[0] = (char)c;
+		s[1] = 0;
+	} else {
+		s[0] = (char)(0xC0 | (c >> 6));
+		s[1] = (char)(0x80 | (c & 0x3F));
+		s[2] = 0;
+	}
+	return s;
+}
+
+static char *str_concat(const char *a, const char *sep, const char *b)
+{
+	size_t la = strlen(a), ls = strlen(sep), lb = strlen(b);
+	char *s = malloc(la + ls + lb + 1);
+
+	if (s == NULL)
+		return NULL;
+	memcpy(s, a, la);
+	memcpy(s + la, sep, ls);
+	memcpy(s + la + ls, b, lb + 1);
+	return s;
+}
+
+static bool is_letter(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Learns up to MAX_MERGES BPE merges from vocab_text split into words (an
+ * optional space plus letters, or one other character) until no pair occurs
+ * twice or n_vocab - 3 tokens exist (most frequent pair first, ties to the
+ * lowest (left, right) ids); pads with unused "[PADn]" tokens; ends with the
+ * three Qwen control tokens <|endoftext|>, <|im_start|>, <|im_end|>. */
+static moe_err synth_vocab_make(synth_vocab *v, int64_t n_vocab)
+{
+	enum { MAX_MERGES = 512, MAXT = 256 + MAX_MERGES };
+	int byte_of_id[256], id_of_byte[256];
+	unsigned cp_of_id[256];
+	int64_t n_normal = n_vocab - 3;
+	size_t n_text = sizeof(vocab_text) - 1;
+	int *seq = NULL, *cnt = NULL;
+	size_t n_seq = 0;
+
+	memset(v, 0, sizeof(*v));
+	if (n_vocab < 259)
+		return moe_fail(MOE_ERR_INVAL, "vocabulary of %lld tokens is below 259",
+				(long long)n_vocab);
+	byte_tables(byte_of_id, cp_of_id, id_of_byte);
+	(void)byte_of_id;
+	v->tokens = calloc((size_t)n_vocab, sizeof(char *));
+	v->types = calloc((size_t)n_vocab, sizeof(int32_t));
+	v->merges = calloc(MAX_MERGES, sizeof(char *));
+	/* the text as token ids, words separated by -1 */
+	seq = malloc(2 * n_text * sizeof(int));
+	cnt = malloc((size_t)MAXT * MAXT * sizeof(int));
+	if (v->tokens == NULL || v->types == NULL || v->merges == NULL || seq == NULL ||
+	    cnt == NULL)
+		goto out_nomem;
+	for (int i = 0; i < 256; i++) {
+		if ((v->tokens[i] = utf8_of_cp(cp_of_id[i])) == NULL)
+			goto out_nomem;
+		v->types[i] = 1; /* NORMAL */
+	}
+	v->n_tokens = 256;
+	for (size_t i = 0; i < n_text;) {
+		if (vocab_text[i] == ' ' && i + 1 < n_text && is_letter(vocab_text[i + 1]))
+			seq[n_seq++] = id_of_byte[(unsigned char)vocab_text[i++]];
+		if (is_letter(vocab_text[i])) {
+			while (i < n_text && is_letter(vocab_text[i]))
+				seq[n_seq++] = id_of_byte[(unsigned char)vocab_text[i++]];
+		} else {
+			seq[n_seq++] = id_of_byte[(unsigned char)vocab_text[i++]];
+		}
+		seq[n_seq++] = -1;
+	}
+
+	while (v->n_tokens < n_normal && v->n_merges < MAX_MERGES) {
+		int best_l = -1, best_r = -1, best_c = 1;
+		size_t o = 0;
+
+		memset(cnt, 0, (size_t)MAXT * MAXT * sizeof(int));
+		for (size_t i = 0; i + 1 < n_seq; i++)
+			if (seq[i] >= 0 && seq[i + 1] >= 0)
+				cnt[seq[i] * MAXT + seq[i + 1]]++;
+		for (int l = 0; l < (int)v->n_tokens; l++)
+			for (int r = 0; r < (int)v->n_tokens; r++)
+				if (cnt[l * MAXT + r] > best_c) {
+					best_c = cnt[l * MAXT + r];
+					best_l = l;
+					best_r = r;
+				}
+		if (best_l < 0)
+			break;
+		int id = (int)v->n_tokens;
+		v->merges[v->n_merges] = str_concat(v->tokens[best_l], " ", v->tokens[best_r]);
+		v->tokens[id] = str_concat(v->tokens[best_l], "", v->tokens[best_r]);
+		if (v->merges[v->n_merges] == NULL || v->tokens[id] == NULL)
+			goto out_nomem;
+		v->n_merges++;
+		v->types[id] = 1;
+		v->n_tokens++;
+		for (size_t i = 0; i < n_seq; i++) {
+			if (i + 1 < n_seq && seq[i] == best_l && seq[i + 1] == best_r) {
+				seq[o++] = id;
+				i++;
+			} else {
+				seq[o++] = seq[i];
+			}
+		}
+		n_seq = o;
+	}
+	while (v->n_tokens < n_normal) {
+		char name[32];
+		snprintf(name, sizeof(name), "[PAD%lld]", (long long)v->n_tokens);
+		if ((v->tokens[v->n_tokens] = strdup(name)) == NULL)
+			goto out_nomem;
+		v->types[v->n_tokens++] = 5; /* UNUSED */
+	}
+	static const char *const specials[3] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+	for (int i = 0; i < 3; i++) {
+		if ((v->tokens[v->n_tokens] = strdup(specials[i])) == NULL)
+			goto out_nomem;
+		v->types[v->n_tokens++] = 3; /* CONTROL */
+	}
+	free(seq);
+	free(cnt);
+	return MOE_OK;
+
+out_nomem:
+	free(seq);
+	free(cnt);
+	synth_vocab_free(v);
+	return moe_fail(MOE_ERR_NOMEM, "synthetic vocabulary");
+}
+
+/* ---- writing ---------------------------------------------------------------------------- */
+
+/* "<arch>.<suffix>" in buf (128 bytes). */
+static const char *akey(char *buf, const char *arch, const char *suffix)
+{
+	snprintf(buf, 128, "%s.%s", arch, suffix);
+	return buf;
+}
+
+static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *arch,
+			      int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab)
+{
+	bool next = strcmp(arch, "qwen3next") == 0;
+	char key[128], name[128];
+	moe_err err = MOE_OK;
+
+	snprintf(name, sizeof(name), "%s-%s", arch, p->name);
+	if ((err = moe_gguf_writer_add_str(w, "general.architecture", arch)) ||
+	    (err = moe_gguf_writer_add_str(w, "general.type", "model")) ||
+	    (err = moe_gguf_writer_add_str(w, "general.name", name)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "block_count"), (uint32_t)n_layer)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "context_length"), (uint32_t)p->n_ctx)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "embedding_length"), (uint32_t)p->n_embd)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "feed_forward_length"), (uint32_t)p->n_ff)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count"), (uint32_t)p->n_head)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count_kv"),
+					   (uint32_t)p->n_head_kv)) ||
+	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "rope.freq_base"),
+					   next ? p->rope_base_next : p->rope_base_moe)) ||
+	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "attention.layer_norm_rms_epsilon"), 1e-6f)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_count"), (uint32_t)p->n_expert)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_used_count"),
+					   (uint32_t)p->n_expert_used)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.key_length"), (uint32_t)p->head_dim)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.value_length"),
+					   (uint32_t)p->head_dim)) ||
+	    (err = moe_gguf_writer_add_u32(w, "general.file_type", (uint32_t)ft)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_feed_forward_length"),
+					   (uint32_t)p->n_ff_exp)))
+		return err;
+	if (next) {
+		if ((err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_shared_feed_forward_length"),
+						   (uint32_t)p->n_ff_shexp)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.conv_kernel"), (uint32_t)p->ssm_conv)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.state_size"),
+						   (uint32_t)p->ssm_d_state)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.group_count"),
+						   (uint32_t)p->ssm_n_group)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.time_step_rank"),
+						   (uint32_t)p->ssm_dt_rank)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.inner_size"),
+						   (uint32_t)(p->ssm_dt_rank * p->ssm_d_state))) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "full_attention_interval"),
+						   (uint32_t)p->full_attn_interval)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "rope.dimension_count"),
+						   (uint32_t)p->n_rot)))
+			return err;
+	}
+	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) ||
+	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
+	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2")) ||
+	    (err = moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", vocab->tokens,
+					       (uint64_t)vocab->n_tokens)) ||
+	    (err = moe_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_INT32,
+					   vocab->types, (uint64_t)vocab->n_tokens)) ||
+	    (err = moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", vocab->merges,
+					       (uint64_t)vocab->n_merges)))
+		return err;
+	if (vocab->eos >= 0 &&
+	    (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)vocab->eos)))
+		return err;
+	if (vocab->pad >= 0 && (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id",
+							      (uint32_t)vocab->pad)))
+		return err;
+	if (vocab->bos >= 0 &&
+	    (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)vocab->bos)))
+		return err;
+	return moe_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false);
+}
+
+/* Generates, converts and writes one tensor in chunks of whole rows. */
+static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t seed, float *fbuf,
+			    void *qbuf, int64_t chunk_vals, uint64_t *done, uint64_t total,
+			    const moe_synth_opts *o)
+{
+	int64_t ne0 = t->ne[0];
+	int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+	int64_t rows_per_chunk = chunk_vals / ne0 > 0 ? chunk_vals / ne0 : 1;
+	size_t row_bytes = moe_row_size(t->type, ne0);
+	rng r;
+	moe_err err;
+
+	rng_seed(&r, seed, name_hash(t->name));
+	for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
+		int64_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
+		fill(fbuf, nr * ne0, t, &r);
+		if (t->type == MOE_TYPE_F32) {
+			err = moe_gguf_writer_write(w, fbuf, (size_t)(nr * ne0) * sizeof(float));
+		} else {
+			for (int64_t i = 0; i < nr; i++) {
+				err = moe_quantize_row(t->type, (char *)qbuf + (size_t)i * row_bytes,
+						       fbuf + i * ne0, ne0);
+				if (err != MOE_OK)
+					return err;
+			}
+			err = moe_gguf_writer_write(w, qbuf, (size_t)nr * row_bytes);
+		}
+		if (err != MOE_OK)
+			return err;
+		*done += (uint64_t)nr * row_bytes;
+		if (o->progress)
+			o->progress(o->progress_ctx, *done, total);
+	}
+	return MOE_OK;
+}
+
+moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
+{
+	const preset *p;
+	bool next;
+	int64_t n_layer;
+	tensor_list tl = {0};
+	synth_vocab sv = {0};
+	moe_synth_vocab vocab;
+	moe_gguf_writer *w = NULL;
+	float *fbuf = NULL;
+	void *qbuf = NULL;
+	const int64_t chunk_vals = 1 << 20;
+	int64_t max_ne0 = 0;
+	uint64_t total = 0, done = 0;
+	moe_err err;
+
+	if (o == NULL || o->arch == NULL || o->preset == NULL)
+		return moe_fail(MOE_ERR_INVAL, "make-model: arch and preset are required");
+	if (strcmp(o->arch, "qwen3moe") != 0 && strcmp(o->arch, "qwen3next") != 0)
+		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next)", o->arch);
+	next = strcmp(o->arch, "qwen3next") == 0;
+	p = find_preset(o->preset);
+	if (p == NULL)
+		return moe_fail(MOE_ERR_INVAL,
+				"unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L)",
+				o->preset);
+	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
+		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,
+				p->arch, o->arch);
+	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
+	if (n_layer > 1024)
+		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
+
+	if (o->vocab != NULL) {
+		vocab = *o->vocab;
+		if (vocab.n_tokens > p->n_vocab)
+			return moe_fail(MOE_ERR_INVAL,
+					"tokenizer has %lld tokens, more than the preset's %lld rows",
+					(long long)vocab.n_tokens, (long long)p->n_vocab);
+	} else {
+		if ((err = synth_vocab_make(&sv, p->n_vocab)) != MOE_OK)
+			return err;
+		vocab = (moe_synth_vocab){(const char *const *)sv.tokens, sv.types, sv.n_tokens,
+					  (const char *const *)sv.merges, sv.n_merges,
+					  (int32_t)sv.n_tokens - 3, (int32_t)sv.n_tokens - 1,
+					  (int32_t)sv.n_tokens - 3};
+	}
+
+	if ((err = tensor_list_reserve(&tl, n_layer)) != MOE_OK)
+		goto out_free;
+	build_tensors(&tl, p, next, n_layer);
+	for (size_t i = 0; i < tl.n; i++) {
+		tensor_spec *t = &tl.v[i];
+		if (strcmp(t->name, "token_embd.weight") == 0 || strcmp(t->name, "output.weight") == 0)
+			t->ne[1] = p->n_vocab;
+		t->type = pick_type(t, o->ftype, n_layer);
+		size_t rb = moe_row_size(t->type, t->ne[0]);
+		if (rb == 0) {
+			err = moe_fail(MOE_ERR_UNSUPPORTED, "%s: rows of %lld do not fit type %s",
+				       t->name, (long long)t->ne[0], moe_type_get(t->type)->name);
+			goto out_free;
+		}
+		total += rb * (uint64_t)(t->ne[1] * t->ne[2]);
+		if (t->ne[0] > max_ne0)
+			max_ne0 = t->ne[0];
+	}
+
+	fbuf = malloc((size_t)(chunk_vals > max_ne0 ? chunk_vals : max_ne0) * sizeof(float));
+	qbuf = malloc((size_t)(chunk_vals > max_ne0 ? chunk_vals : max_ne0) * sizeof(float));
+	if (fbuf == NULL || qbuf == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "make-model buffers");
+		goto out_free;
+	}
+	if ((err = moe_gguf_writer_create(&w, path)) != MOE_OK)
+		goto out_free;
+	if ((err = write_metadata(w, p, o->arch, n_layer, o->ftype, &vocab)) != MOE_OK)
+		goto out_writer;
+	for (size_t i = 0; i < tl.n; i++) {
+		if ((err = moe_gguf_writer_add_tensor(w, tl.v[i].name, tl.v[i].type, tl.v[i].n_dims,
+						      tl.v[i].ne)) != MOE_OK)
+			goto out_writer;
+	}
+	if ((err = moe_gguf_writer_begin_data(w)) != MOE_OK)
+		goto out_writer;
+	for (size_t i = 0; i < tl.n; i++) {
+		err = write_tensor(w, &tl.v[i], o->seed, fbuf, qbuf, chunk_vals, &done, total, o);
+		if (err != MOE_OK)
+			goto out_writer;
+	}
+	err = moe_gguf_writer_finish(w);
+
+out_writer:
+	moe_gguf_writer_destroy(w);
+out_free:
+	free(fbuf);
+	free(qbuf);
+	free(tl.v);
+	synth_vocab_free(&sv);
+	return err;
+}
