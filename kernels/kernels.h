@@ -151,11 +151,20 @@ moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64
 
 /* ---- exact accumulation -------------------------------------------------------- */
 
-/* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits; values beyond the
- * range saturate. Integer addition is associative, so sums of moe_fix_t do not
- * depend on order. */
+/* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits: v stands for
+ * v * 2^-32. Integer addition is associative, so sums of moe_fix_t do not
+ * depend on order; accumulate with plain `acc += moe_fix_from_f32(x)`.
+ *
+ * moe_fix_from_f32 rounds to nearest, ties away from zero (independent of the
+ * FPU rounding mode), saturates to +-MOE_FIX_MAX (+-2^23 = 8388608.0 in real
+ * terms) and maps NaN to 0. The 8 bits of headroom above MOE_FIX_MAX mean a sum
+ * of up to MOE_FIX_MAX_TERMS converted values never overflows int64.
+ * moe_fix_to_f32 is one correctly rounded conversion (exact scaling by 2^-32).
+ * Resolution: 2^-32 = 2.3e-10, far below an f32 ulp of any value >= 2^-9. */
 typedef int64_t moe_fix_t;
 #define MOE_FIX_FRAC_BITS 32
+#define MOE_FIX_MAX	  ((moe_fix_t)1 << 55)
+#define MOE_FIX_MAX_TERMS 256
 moe_fix_t moe_fix_from_f32(float v);
 float moe_fix_to_f32(moe_fix_t v);
 
