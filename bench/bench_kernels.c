@@ -275,7 +275,7 @@ static void write_plot(const char *dir, const char *csv, int threads)
 		return;
 	}
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500\n"
+	        "set terminal pngcairo size 1200,500 noenhanced\n"
 	        "set output '%s'\n"
 	        "set datafile separator ','\n"
 	        "set multiplot layout 1,2\n"
