@@ -14,5 +14,7 @@ int moe_cmd_version(int argc, char **argv)
 const moe_command moe_commands[] = {
 	{"make-model", "write a synthetic random-weight GGUF model", moe_cmd_make_model},
 	{"version", "print the version", moe_cmd_version},
+	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
+	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
 	{NULL, NULL, NULL},
 };
