@@ -10,17 +10,18 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: moemesh make-model --arch qwen3moe|qwen3next --preset NAME [--layers N]\n"
-		"                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K_M] [--seed S]\n"
-		"                          [--tokenizer tokenizer.json] -o OUT.gguf\n"
-		"\n"
-		"Writes a random-weight model with llama.cpp's metadata keys, tensor names and\n"
-		"shapes. Presets: tiny (both archs, fixture-sized), qwen3next-80b-4L (qwen3next:\n"
-		"Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers), qwen3-30b-a3b-4L (qwen3moe).\n"
-		"--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
-		"tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
-		"used. Default type F32, seed 1.\n");
+	fprintf(
+	    f,
+	    "usage: moemesh make-model --arch qwen3moe|qwen3next --preset NAME [--layers N]\n"
+	    "                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K_M] [--seed S]\n"
+	    "                          [--tokenizer tokenizer.json] [--dry-run] -o OUT.gguf\n"
+	    "\n"
+	    "Writes a random-weight model with llama.cpp's metadata keys, tensor names and\n"
+	    "shapes. Presets: tiny (both archs, fixture-sized), qwen3next-80b-4L (qwen3next:\n"
+	    "Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers), qwen3-30b-a3b-4L (qwen3moe).\n"
+	    "--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
+	    "tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
+	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n");
 }
 
 typedef struct progress_state {
@@ -38,24 +39,52 @@ static void progress(void *ctx, uint64_t done, uint64_t total)
 		return;
 	ps->last = now;
 	fprintf(stderr, "\rmake-model: %5.1f%%  %.2f / %.2f GB  %.0f MB/s   ",
-		total ? 100.0 * (double)done / (double)total : 100.0, (double)done / 1e9,
-		(double)total / 1e9, (double)done / 1e6 / (now - ps->t0 + 1e-9));
+	        total ? 100.0 * (double)done / (double)total : 100.0, (double)done / 1e9,
+	        (double)total / 1e9, (double)done / 1e6 / (now - ps->t0 + 1e-9));
 	if (done >= total)
 		fputc('\n', stderr);
+}
+
+static int print_plan(const moe_synth_opts *o)
+{
+	moe_synth_tensor *t;
+	size_t n;
+	uint64_t total = 0;
+
+	if (moe_synth_plan(&t, &n, o) != MOE_OK) {
+		fprintf(stderr, "make-model: %s\n", moe_err_detail());
+		return 1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char shape[96];
+		int k = snprintf(shape, sizeof(shape), "[%lld", (long long)t[i].ne[0]);
+		for (uint32_t d = 1; d < t[i].n_dims; d++)
+			k += snprintf(shape + k, sizeof(shape) - (size_t)k, ", %lld",
+			              (long long)t[i].ne[d]);
+		snprintf(shape + k, sizeof(shape) - (size_t)k, "]");
+		printf("%-34s %-6s %-22s %12llu\n", t[i].name, moe_type_get(t[i].type)->name, shape,
+		       (unsigned long long)t[i].bytes);
+		total += t[i].bytes;
+	}
+	printf("%zu tensors, %llu bytes (%.2f GB)\n", n, (unsigned long long)total,
+	       (double)total / 1e9);
+	free(t);
+	return 0;
 }
 
 int moe_cmd_make_model(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"arch", required_argument, NULL, 'a'},   {"preset", required_argument, NULL, 'p'},
-		{"layers", required_argument, NULL, 'l'}, {"type", required_argument, NULL, 't'},
-		{"seed", required_argument, NULL, 's'},   {"tokenizer", required_argument, NULL, 'k'},
-		{"output", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"arch", required_argument, NULL, 'a'},   {"preset", required_argument, NULL, 'p'},
+	    {"layers", required_argument, NULL, 'l'}, {"type", required_argument, NULL, 't'},
+	    {"seed", required_argument, NULL, 's'},   {"tokenizer", required_argument, NULL, 'k'},
+	    {"output", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'},
+	    {"dry-run", no_argument, NULL, 'n'},      {NULL, 0, NULL, 0},
 	};
 	moe_synth_opts o = {.ftype = MOE_FTYPE_F32, .seed = 1};
 	const char *out = NULL, *tokenizer = NULL;
 	progress_state ps = {0};
+	int dry_run = 0;
 	moe_err err;
 	int c;
 
@@ -90,6 +119,9 @@ int moe_cmd_make_model(int argc, char **argv)
 		case 'o':
 			out = optarg;
 			break;
+		case 'n':
+			dry_run = 1;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -98,7 +130,7 @@ int moe_cmd_make_model(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (o.arch == NULL || o.preset == NULL || out == NULL || optind != argc) {
+	if (o.arch == NULL || o.preset == NULL || (out == NULL && !dry_run) || optind != argc) {
 		usage(stderr);
 		return 2;
 	}
@@ -106,6 +138,8 @@ int moe_cmd_make_model(int argc, char **argv)
 		fprintf(stderr, "make-model: --tokenizer is not available yet\n");
 		return 1;
 	}
+	if (dry_run)
+		return print_plan(&o);
 	ps.t0 = ps.last = moe_now_s();
 	ps.tty = isatty(STDERR_FILENO);
 	o.progress = progress;
@@ -113,10 +147,10 @@ int moe_cmd_make_model(int argc, char **argv)
 	err = moe_synth_write(out, &o);
 	if (err != MOE_OK) {
 		fprintf(stderr, "make-model: %s: %s: %s\n", out, moe_err_name(err),
-			moe_err_detail());
+		        moe_err_detail());
 		return 1;
 	}
 	fprintf(stderr, "make-model: wrote %s (%s %s, %s) in %.1f s\n", out, o.arch, o.preset,
-		moe_ftype_name(o.ftype), moe_now_s() - ps.t0);
+	        moe_ftype_name(o.ftype), moe_now_s() - ps.t0);
 	return 0;
 }

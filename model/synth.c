@@ -42,12 +42,51 @@ typedef struct preset {
 } preset;
 
 static const preset presets[] = {
-	{"tiny", NULL, 512, 128, 4, 384, 8, 2, 32, 8, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8, 4,
-	 4096},
-	{"qwen3next-80b-4L", "qwen3next", 151936, 2048, 4, 5120, 16, 2, 256, 64, 1e6f, 1e7f, 512,
-	 10, 512, 512, 4, 128, 16, 32, 4, 262144},
-	{"qwen3-30b-a3b-4L", "qwen3moe", 151936, 2048, 4, 6144, 32, 4, 128, 128, 1e6f, 1e7f, 128,
-	 8, 768, 0, 0, 0, 0, 0, 0, 40960},
+    {"tiny", NULL, 512, 128, 4, 384, 8, 2, 32, 8, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8, 4, 4096},
+    {"qwen3next-80b-4L",
+     "qwen3next",
+     151936,
+     2048,
+     4,
+     5120,
+     16,
+     2,
+     256,
+     64,
+     1e6f,
+     1e7f,
+     512,
+     10,
+     512,
+     512,
+     4,
+     128,
+     16,
+     32,
+     4,
+     262144},
+    {"qwen3-30b-a3b-4L",
+     "qwen3moe",
+     151936,
+     2048,
+     4,
+     6144,
+     32,
+     4,
+     128,
+     128,
+     1e6f,
+     1e7f,
+     128,
+     8,
+     768,
+     0,
+     0,
+     0,
+     0,
+     0,
+     0,
+     40960},
 };
 
 static const preset *find_preset(const char *name)
@@ -64,8 +103,8 @@ static const struct {
 	const char *name;
 	moe_ftype ftype;
 } ftype_names[] = {
-	{"F32", MOE_FTYPE_F32},   {"F16", MOE_FTYPE_F16},   {"BF16", MOE_FTYPE_BF16},
-	{"Q8_0", MOE_FTYPE_Q8_0}, {"Q4_0", MOE_FTYPE_Q4_0}, {"Q4_K_M", MOE_FTYPE_Q4_K_M},
+    {"F32", MOE_FTYPE_F32},   {"F16", MOE_FTYPE_F16},   {"BF16", MOE_FTYPE_BF16},
+    {"Q8_0", MOE_FTYPE_Q8_0}, {"Q4_0", MOE_FTYPE_Q4_0}, {"Q4_K_M", MOE_FTYPE_Q4_K_M},
 };
 
 moe_err moe_ftype_parse(moe_ftype *out, const char *name)
@@ -77,7 +116,7 @@ moe_err moe_ftype_parse(moe_ftype *out, const char *name)
 		}
 	}
 	return moe_fail(MOE_ERR_INVAL, "unknown type '%s' (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M)",
-			name);
+	                name);
 }
 
 const char *moe_ftype_name(moe_ftype t)
@@ -135,8 +174,7 @@ static moe_err tensor_list_reserve(tensor_list *l, int64_t n_layer)
 }
 
 static void add_tensor(tensor_list *l, const char *name, int layer, uint32_t n_dims, int64_t ne0,
-		       int64_t ne1, int64_t ne2, init_kind init, float a, float b,
-		       quant_role role)
+                       int64_t ne1, int64_t ne2, init_kind init, float a, float b, quant_role role)
 {
 	tensor_spec *t = &l->v[l->n++];
 
@@ -175,68 +213,74 @@ static void build_tensors(tensor_list *l, const preset *p, bool next, int64_t n_
 		add_tensor(l, "attn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
 		if (next)
 			add_tensor(l, "post_attention_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
-			    ROLE_KEEP_F32);
+			           ROLE_KEEP_F32);
 		if (full) {
-			int64_t q_rows = (next ? 2 : 1) * H * D; /* qwen3next: q and gate per head */
-			add_tensor(l, "attn_q.weight", il, 2, E, q_rows, 1, INIT_NORMAL, fan_scale(1, E), 0,
-			    ROLE_PLAIN);
-			add_tensor(l, "attn_k.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
-			    ROLE_PLAIN);
-			add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
-			    ROLE_MORE_V);
+			int64_t q_rows =
+			    (next ? 2 : 1) * H * D; /* qwen3next: q and gate per head */
+			add_tensor(l, "attn_q.weight", il, 2, E, q_rows, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "attn_k.weight", il, 2, E, HKV * D, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_MORE_V);
 			add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL,
-			    fan_scale(0.5f, H * D), 0, ROLE_PLAIN);
-			add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
-			add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+			           fan_scale(0.5f, H * D), 0, ROLE_PLAIN);
+			add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
+			add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
 		} else {
 			int64_t dk = p->ssm_d_state, nk = p->ssm_n_group, nv = p->ssm_dt_rank;
 			int64_t dv = dk; /* head_v = head_k in these models */
 			int64_t conv_dim = 2 * nk * dk + nv * dv;
-			add_tensor(l, "attn_qkv.weight", il, 2, E, conv_dim, 1, INIT_NORMAL, fan_scale(1, E),
-			    0, ROLE_MORE_V);
-			add_tensor(l, "attn_gate.weight", il, 2, E, nv * dv, 1, INIT_NORMAL, fan_scale(1, E),
-			    0, ROLE_PLAIN);
-			add_tensor(l, "ssm_conv1d.weight", il, 2, p->ssm_conv, conv_dim, 1, INIT_UNIFORM,
-			    -0.5f, 0.5f, ROLE_KEEP_F32);
+			add_tensor(l, "attn_qkv.weight", il, 2, E, conv_dim, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_MORE_V);
+			add_tensor(l, "attn_gate.weight", il, 2, E, nv * dv, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ssm_conv1d.weight", il, 2, p->ssm_conv, conv_dim, 1,
+			           INIT_UNIFORM, -0.5f, 0.5f, ROLE_KEEP_F32);
 			add_tensor(l, "ssm_dt.bias", il, 1, nv, 1, 1, INIT_UNIFORM, -2.0f, 1.0f,
-			    ROLE_KEEP_F32);
-			add_tensor(l, "ssm_a", il, 1, nv, 1, 1, INIT_NEG_LOGU, 0.05f, 1.0f, ROLE_KEEP_F32);
-			add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
-			    ROLE_PLAIN);
-			add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+			           ROLE_KEEP_F32);
+			add_tensor(l, "ssm_a", il, 1, nv, 1, 1, INIT_NEG_LOGU, 0.05f, 1.0f,
+			           ROLE_KEEP_F32);
+			add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL,
+			           fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
 			add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL,
-			    fan_scale(0.5f, nv * dv), 0, ROLE_PLAIN);
+			           fan_scale(0.5f, nv * dv), 0, ROLE_PLAIN);
 		}
 		if (!next)
-			add_tensor(l, "ffn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
-		add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL, fan_scale(2, E),
-		    0, ROLE_KEEP_F32);
-		add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
-		    fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ffn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
+		add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL,
+		           fan_scale(2, E), 0, ROLE_KEEP_F32);
+		add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert,
+		           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
 		add_tensor(l, "ffn_up_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
-		    fan_scale(1, E), 0, ROLE_PLAIN);
-		add_tensor(l, "ffn_down_exps.weight", il, 3, p->n_ff_exp, E, p->n_expert, INIT_NORMAL,
-		    fan_scale(0.5f, p->n_ff_exp), 0, ROLE_MORE_DOWN);
+		           fan_scale(1, E), 0, ROLE_PLAIN);
+		add_tensor(l, "ffn_down_exps.weight", il, 3, p->n_ff_exp, E, p->n_expert,
+		           INIT_NORMAL, fan_scale(0.5f, p->n_ff_exp), 0, ROLE_MORE_DOWN);
 		if (next) {
 			add_tensor(l, "ffn_gate_inp_shexp.weight", il, 1, E, 1, 1, INIT_NORMAL,
-			    fan_scale(1, E), 0, ROLE_KEEP_F32);
-			add_tensor(l, "ffn_gate_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
-			    fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ffn_up_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
-			    fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ffn_down_shexp.weight", il, 2, p->n_ff_shexp, E, 1, INIT_NORMAL,
-			    fan_scale(0.5f, p->n_ff_shexp), 0, ROLE_MORE_DOWN);
+			           fan_scale(1, E), 0, ROLE_KEEP_F32);
+			add_tensor(l, "ffn_gate_shexp.weight", il, 2, E, p->n_ff_shexp, 1,
+			           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ffn_up_shexp.weight", il, 2, E, p->n_ff_shexp, 1,
+			           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
+			add_tensor(l, "ffn_down_shexp.weight", il, 2, p->n_ff_shexp, E, 1,
+			           INIT_NORMAL, fan_scale(0.5f, p->n_ff_shexp), 0, ROLE_MORE_DOWN);
 		}
 	}
 	add_tensor(l, "output_norm.weight", -1, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
-	add_tensor(l, "output.weight", -1, 2, E, V, 1, INIT_NORMAL, fan_scale(3, E), 0, ROLE_OUTPUT);
+	add_tensor(l, "output.weight", -1, 2, E, V, 1, INIT_NORMAL, fan_scale(3, E), 0,
+	           ROLE_OUTPUT);
 }
 
 /* llama.cpp's "use more bits" layer rule for Q4_K_M's attn_v and ffn_down. */
 static bool more_bits(int layer, int64_t n_layer)
 {
-	return layer < n_layer / 8 || layer >= 7 * n_layer / 8 ||
-	       (layer - n_layer / 8) % 3 == 2;
+	return layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2;
 }
 
 /* K-quants need rows that are a multiple of 256; llama-quantize falls back. */
@@ -302,6 +346,7 @@ static void rng_seed(rng *r, uint64_t seed, uint64_t stream)
 	r->state = 0;
 	r->inc = (stream << 1) | 1u;
 	r->have_spare = false;
+	r->spare = 0;
 	rng_u32(r);
 	r->state += seed;
 	rng_u32(r);
@@ -366,21 +411,21 @@ static void fill(float *dst, int64_t n, const tensor_spec *t, rng *r)
 
 /* A built-in text the synthetic vocabulary's merges are learned from. */
 static const char vocab_text[] =
-	"The quick brown fox jumps over the lazy dog. A mixture of experts model routes every "
-	"token to a few of its experts, and the experts of every layer are spread over the "
-	"machines of a small cluster. The coordinator holds the dense part of the model and all "
-	"the state of every request; the workers hold the experts and nothing else. For every "
-	"layer the coordinator sends each token to the workers that hold its chosen experts and "
-	"adds up what comes back. In the beginning there was a question, and the question was "
-	"how to run a model that is too big for one machine on the machines that there are. "
-	"They measured the memory bandwidth, the latency of the network and the time of every "
-	"step, and then they made the slow parts faster. Numbers like 1, 2, 3, 10, 42, 100 and "
-	"2048 appear in the text too, with words such as attention, expert, router, token, "
-	"layer, weight, state, cache, batch, prompt, answer, thread, socket, message, server.\n"
-	"She said that the results were the same on one machine and on three. He asked why, and "
-	"she told him that the sums were exact, so the order in which the answers arrived did "
-	"not matter at all. Then they went home, and the cluster kept on running through the "
-	"night, answering every request that came in, one token after another.\n";
+    "The quick brown fox jumps over the lazy dog. A mixture of experts model routes every "
+    "token to a few of its experts, and the experts of every layer are spread over the "
+    "machines of a small cluster. The coordinator holds the dense part of the model and all "
+    "the state of every request; the workers hold the experts and nothing else. For every "
+    "layer the coordinator sends each token to the workers that hold its chosen experts and "
+    "adds up what comes back. In the beginning there was a question, and the question was "
+    "how to run a model that is too big for one machine on the machines that there are. "
+    "They measured the memory bandwidth, the latency of the network and the time of every "
+    "step, and then they made the slow parts faster. Numbers like 1, 2, 3, 10, 42, 100 and "
+    "2048 appear in the text too, with words such as attention, expert, router, token, "
+    "layer, weight, state, cache, batch, prompt, answer, thread, socket, message, server.\n"
+    "She said that the results were the same on one machine and on three. He asked why, and "
+    "she told him that the sums were exact, so the order in which the answers arrived did "
+    "not matter at all. Then they went home, and the cluster kept on running through the "
+    "night, answering every request that came in, one token after another.\n";
 
 typedef struct synth_vocab {
 	char **tokens;
@@ -478,7 +523,7 @@ static moe_err synth_vocab_make(synth_vocab *v, int64_t n_vocab)
 	memset(v, 0, sizeof(*v));
 	if (n_vocab < 259)
 		return moe_fail(MOE_ERR_INVAL, "vocabulary of %lld tokens is below 259",
-				(long long)n_vocab);
+		                (long long)n_vocab);
 	byte_tables(byte_of_id, cp_of_id, id_of_byte);
 	(void)byte_of_id;
 	v->tokens = calloc((size_t)n_vocab, sizeof(char *));
@@ -577,7 +622,7 @@ static const char *akey(char *buf, const char *arch, const char *suffix)
 }
 
 static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *arch,
-			      int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab)
+                              int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab)
 {
 	bool next = strcmp(arch, "qwen3next") == 0;
 	char key[128], name[128];
@@ -588,58 +633,67 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 	    (err = moe_gguf_writer_add_str(w, "general.type", "model")) ||
 	    (err = moe_gguf_writer_add_str(w, "general.name", name)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "block_count"), (uint32_t)n_layer)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "context_length"), (uint32_t)p->n_ctx)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "embedding_length"), (uint32_t)p->n_embd)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "feed_forward_length"), (uint32_t)p->n_ff)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count"), (uint32_t)p->n_head)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "context_length"),
+	                                   (uint32_t)p->n_ctx)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "embedding_length"),
+	                                   (uint32_t)p->n_embd)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "feed_forward_length"),
+	                                   (uint32_t)p->n_ff)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count"),
+	                                   (uint32_t)p->n_head)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count_kv"),
-					   (uint32_t)p->n_head_kv)) ||
+	                                   (uint32_t)p->n_head_kv)) ||
 	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "rope.freq_base"),
-					   next ? p->rope_base_next : p->rope_base_moe)) ||
-	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "attention.layer_norm_rms_epsilon"), 1e-6f)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_count"), (uint32_t)p->n_expert)) ||
+	                                   next ? p->rope_base_next : p->rope_base_moe)) ||
+	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "attention.layer_norm_rms_epsilon"),
+	                                   1e-6f)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_count"),
+	                                   (uint32_t)p->n_expert)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_used_count"),
-					   (uint32_t)p->n_expert_used)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.key_length"), (uint32_t)p->head_dim)) ||
+	                                   (uint32_t)p->n_expert_used)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.key_length"),
+	                                   (uint32_t)p->head_dim)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.value_length"),
-					   (uint32_t)p->head_dim)) ||
+	                                   (uint32_t)p->head_dim)) ||
 	    (err = moe_gguf_writer_add_u32(w, "general.file_type", (uint32_t)ft)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_feed_forward_length"),
-					   (uint32_t)p->n_ff_exp)))
+	                                   (uint32_t)p->n_ff_exp)))
 		return err;
 	if (next) {
-		if ((err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_shared_feed_forward_length"),
-						   (uint32_t)p->n_ff_shexp)) ||
-		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.conv_kernel"), (uint32_t)p->ssm_conv)) ||
+		if ((err = moe_gguf_writer_add_u32(
+		         w, akey(key, arch, "expert_shared_feed_forward_length"),
+		         (uint32_t)p->n_ff_shexp)) ||
+		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.conv_kernel"),
+		                                   (uint32_t)p->ssm_conv)) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.state_size"),
-						   (uint32_t)p->ssm_d_state)) ||
+		                                   (uint32_t)p->ssm_d_state)) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.group_count"),
-						   (uint32_t)p->ssm_n_group)) ||
+		                                   (uint32_t)p->ssm_n_group)) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.time_step_rank"),
-						   (uint32_t)p->ssm_dt_rank)) ||
+		                                   (uint32_t)p->ssm_dt_rank)) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "ssm.inner_size"),
-						   (uint32_t)(p->ssm_dt_rank * p->ssm_d_state))) ||
+		                                   (uint32_t)(p->ssm_dt_rank * p->ssm_d_state))) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "full_attention_interval"),
-						   (uint32_t)p->full_attn_interval)) ||
+		                                   (uint32_t)p->full_attn_interval)) ||
 		    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "rope.dimension_count"),
-						   (uint32_t)p->n_rot)))
+		                                   (uint32_t)p->n_rot)))
 			return err;
 	}
 	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2")) ||
 	    (err = moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", vocab->tokens,
-					       (uint64_t)vocab->n_tokens)) ||
+	                                       (uint64_t)vocab->n_tokens)) ||
 	    (err = moe_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_INT32,
-					   vocab->types, (uint64_t)vocab->n_tokens)) ||
+	                                   vocab->types, (uint64_t)vocab->n_tokens)) ||
 	    (err = moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", vocab->merges,
-					       (uint64_t)vocab->n_merges)))
+	                                       (uint64_t)vocab->n_merges)))
 		return err;
 	if (vocab->eos >= 0 &&
 	    (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)vocab->eos)))
 		return err;
 	if (vocab->pad >= 0 && (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id",
-							      (uint32_t)vocab->pad)))
+	                                                      (uint32_t)vocab->pad)))
 		return err;
 	if (vocab->bos >= 0 &&
 	    (err = moe_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)vocab->bos)))
@@ -649,8 +703,8 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 
 /* Generates, converts and writes one tensor in chunks of whole rows. */
 static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t seed, float *fbuf,
-			    void *qbuf, int64_t chunk_vals, uint64_t *done, uint64_t total,
-			    const moe_synth_opts *o)
+                            void *qbuf, int64_t chunk_vals, uint64_t *done, uint64_t total,
+                            const moe_synth_opts *o)
 {
 	int64_t ne0 = t->ne[0];
 	int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
@@ -667,8 +721,9 @@ static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t s
 			err = moe_gguf_writer_write(w, fbuf, (size_t)(nr * ne0) * sizeof(float));
 		} else {
 			for (int64_t i = 0; i < nr; i++) {
-				err = moe_quantize_row(t->type, (char *)qbuf + (size_t)i * row_bytes,
-						       fbuf + i * ne0, ne0);
+				err =
+				    moe_quantize_row(t->type, (char *)qbuf + (size_t)i * row_bytes,
+				                     fbuf + i * ne0, ne0);
 				if (err != MOE_OK)
 					return err;
 			}
@@ -683,10 +738,85 @@ static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t s
 	return MOE_OK;
 }
 
+/* Checks the options and builds the typed tensor list. */
+static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
+                    const moe_synth_opts *o, int64_t n_vocab_tokens)
+{
+	const preset *p;
+	int64_t n_layer;
+	moe_err err;
+
+	if (o == NULL || o->arch == NULL || o->preset == NULL)
+		return moe_fail(MOE_ERR_INVAL, "make-model: arch and preset are required");
+	if (strcmp(o->arch, "qwen3moe") != 0 && strcmp(o->arch, "qwen3next") != 0)
+		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next)", o->arch);
+	p = find_preset(o->preset);
+	if (p == NULL)
+		return moe_fail(MOE_ERR_INVAL,
+		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L)",
+		                o->preset);
+	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
+		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,
+		                p->arch, o->arch);
+	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
+	if (n_layer > 1024)
+		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
+	if (n_vocab_tokens > p->n_vocab)
+		return moe_fail(MOE_ERR_INVAL,
+		                "tokenizer has %lld tokens, more than the preset's %lld rows",
+		                (long long)n_vocab_tokens, (long long)p->n_vocab);
+	if ((err = tensor_list_reserve(tl, n_layer)) != MOE_OK)
+		return err;
+	build_tensors(tl, p, strcmp(o->arch, "qwen3next") == 0, n_layer);
+	for (size_t i = 0; i < tl->n; i++) {
+		tensor_spec *t = &tl->v[i];
+		t->type = pick_type(t, o->ftype, n_layer);
+		if (moe_row_size(t->type, t->ne[0]) == 0) {
+			err = moe_fail(MOE_ERR_UNSUPPORTED, "%s: rows of %lld do not fit type %s",
+			               t->name, (long long)t->ne[0], moe_type_get(t->type)->name);
+			free(tl->v);
+			tl->v = NULL;
+			return err;
+		}
+	}
+	*pp = p;
+	*n_layer_out = n_layer;
+	return MOE_OK;
+}
+
+moe_err moe_synth_plan(moe_synth_tensor **out, size_t *n, const moe_synth_opts *o)
+{
+	tensor_list tl = {0};
+	const preset *p;
+	int64_t n_layer;
+	moe_synth_tensor *v;
+	moe_err err;
+
+	err = plan(&tl, &p, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
+	if (err != MOE_OK)
+		return err;
+	v = calloc(tl.n, sizeof(*v));
+	if (v == NULL) {
+		free(tl.v);
+		return moe_fail(MOE_ERR_NOMEM, "tensor plan");
+	}
+	for (size_t i = 0; i < tl.n; i++) {
+		memcpy(v[i].name, tl.v[i].name, sizeof(v[i].name));
+		v[i].type = tl.v[i].type;
+		v[i].n_dims = tl.v[i].n_dims;
+		memcpy(v[i].ne, tl.v[i].ne, sizeof(v[i].ne));
+		v[i].bytes = moe_row_size(tl.v[i].type, tl.v[i].ne[0]) *
+		             (uint64_t)(tl.v[i].ne[1] * tl.v[i].ne[2] * tl.v[i].ne[3]);
+	}
+	free(tl.v);
+	*out = v;
+	*n = tl.n;
+	return MOE_OK;
+}
+
 moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 {
 	const preset *p;
-	bool next;
 	int64_t n_layer;
 	tensor_list tl = {0};
 	synth_vocab sv = {0};
@@ -699,53 +829,26 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	uint64_t total = 0, done = 0;
 	moe_err err;
 
-	if (o == NULL || o->arch == NULL || o->preset == NULL)
-		return moe_fail(MOE_ERR_INVAL, "make-model: arch and preset are required");
-	if (strcmp(o->arch, "qwen3moe") != 0 && strcmp(o->arch, "qwen3next") != 0)
-		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next)", o->arch);
-	next = strcmp(o->arch, "qwen3next") == 0;
-	p = find_preset(o->preset);
-	if (p == NULL)
-		return moe_fail(MOE_ERR_INVAL,
-				"unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L)",
-				o->preset);
-	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
-		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,
-				p->arch, o->arch);
-	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
-	if (n_layer > 1024)
-		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
-
+	err = plan(&tl, &p, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
+	if (err != MOE_OK)
+		return err;
 	if (o->vocab != NULL) {
 		vocab = *o->vocab;
-		if (vocab.n_tokens > p->n_vocab)
-			return moe_fail(MOE_ERR_INVAL,
-					"tokenizer has %lld tokens, more than the preset's %lld rows",
-					(long long)vocab.n_tokens, (long long)p->n_vocab);
 	} else {
 		if ((err = synth_vocab_make(&sv, p->n_vocab)) != MOE_OK)
-			return err;
-		vocab = (moe_synth_vocab){(const char *const *)sv.tokens, sv.types, sv.n_tokens,
-					  (const char *const *)sv.merges, sv.n_merges,
-					  (int32_t)sv.n_tokens - 3, (int32_t)sv.n_tokens - 1,
-					  (int32_t)sv.n_tokens - 3};
-	}
-
-	if ((err = tensor_list_reserve(&tl, n_layer)) != MOE_OK)
-		goto out_free;
-	build_tensors(&tl, p, next, n_layer);
-	for (size_t i = 0; i < tl.n; i++) {
-		tensor_spec *t = &tl.v[i];
-		if (strcmp(t->name, "token_embd.weight") == 0 || strcmp(t->name, "output.weight") == 0)
-			t->ne[1] = p->n_vocab;
-		t->type = pick_type(t, o->ftype, n_layer);
-		size_t rb = moe_row_size(t->type, t->ne[0]);
-		if (rb == 0) {
-			err = moe_fail(MOE_ERR_UNSUPPORTED, "%s: rows of %lld do not fit type %s",
-				       t->name, (long long)t->ne[0], moe_type_get(t->type)->name);
 			goto out_free;
-		}
-		total += rb * (uint64_t)(t->ne[1] * t->ne[2]);
+		vocab = (moe_synth_vocab){(const char *const *)sv.tokens,
+		                          sv.types,
+		                          sv.n_tokens,
+		                          (const char *const *)sv.merges,
+		                          sv.n_merges,
+		                          (int32_t)sv.n_tokens - 3,
+		                          (int32_t)sv.n_tokens - 1,
+		                          (int32_t)sv.n_tokens - 3};
+	}
+	for (size_t i = 0; i < tl.n; i++) {
+		const tensor_spec *t = &tl.v[i];
+		total += moe_row_size(t->type, t->ne[0]) * (uint64_t)(t->ne[1] * t->ne[2]);
 		if (t->ne[0] > max_ne0)
 			max_ne0 = t->ne[0];
 	}
@@ -762,7 +865,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 		goto out_writer;
 	for (size_t i = 0; i < tl.n; i++) {
 		if ((err = moe_gguf_writer_add_tensor(w, tl.v[i].name, tl.v[i].type, tl.v[i].n_dims,
-						      tl.v[i].ne)) != MOE_OK)
+		                                      tl.v[i].ne)) != MOE_OK)
 			goto out_writer;
 	}
 	if ((err = moe_gguf_writer_begin_data(w)) != MOE_OK)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "kernels/kernels.h"
 
 /* Output weight types; the numbers are GGUF's general.file_type. */
 typedef enum moe_ftype {
@@ -37,9 +38,10 @@ typedef struct moe_synth_vocab {
 } moe_synth_vocab;
 
 typedef struct moe_synth_opts {
-	const char *arch;   /* "qwen3moe" or "qwen3next" */
-	const char *preset; /* "tiny", "qwen3next-80b-4L" (qwen3next), "qwen3-30b-a3b-4L" (qwen3moe) */
-	int n_layer;        /* 0: the preset's */
+	const char *arch; /* "qwen3moe" or "qwen3next" */
+	const char
+	    *preset; /* "tiny", "qwen3next-80b-4L" (qwen3next), "qwen3-30b-a3b-4L" (qwen3moe) */
+	int n_layer; /* 0: the preset's */
 	moe_ftype ftype;
 	uint64_t seed;
 	/* NULL: a small byte-level BPE vocabulary learned from a built-in text,
@@ -50,6 +52,20 @@ typedef struct moe_synth_opts {
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
 } moe_synth_opts;
+
+/* One tensor of the model a set of options describes. */
+typedef struct moe_synth_tensor {
+	char name[96];
+	moe_type type;
+	uint32_t n_dims;
+	int64_t ne[4]; /* ggml order */
+	uint64_t bytes;
+} moe_synth_tensor;
+
+/* The tensors moe_synth_write would write, in file order, without writing
+ * anything: *out is a malloc'd array of *n entries (caller frees). Same
+ * errors as moe_synth_write for bad options. */
+moe_err moe_synth_plan(moe_synth_tensor **out, size_t *n, const moe_synth_opts *opts);
 
 /* Writes the model to path. Returns MOE_ERR_INVAL (unknown arch/preset, or a
  * preset of the other arch), MOE_ERR_IO, MOE_ERR_NOMEM, or an error of the

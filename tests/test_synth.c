@@ -1,0 +1,258 @@
+/* test_synth.c - make-model writes what llama.cpp writes: same keys, names,
+ * shapes and (for each file type) the same per-tensor quantisation choices
+ * as llama-quantize made for the fixtures; streamed, deterministic. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model/gguf.h"
+#include "model/synth.h"
+
+static char tmpdir[64];
+
+static void setup(void)
+{
+	strcpy(tmpdir, "/tmp/moe-synth-XXXXXX");
+	cr_assert_not_null(mkdtemp(tmpdir));
+}
+
+static void teardown(void)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+static const char *fixture(const char *name)
+{
+	static char path[1024];
+	const char *dir = getenv("MOE_FIXTURES");
+	snprintf(path, sizeof(path), "%s/%s", dir ? dir : "tests/fixtures", name);
+	return path;
+}
+
+static const char *tmpfile_(const char *name)
+{
+	static char path[256];
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	return path;
+}
+
+/* Every key of the fixture is in ours with the same type, in the same order
+ * for the F32 original (llama-quantize moves file_type/quantization_version);
+ * every tensor has the same name, shape and type. */
+static void compare(const char *arch, const char *type, moe_ftype ft, int same_key_order)
+{
+	char fx[128], out[64];
+	moe_gguf *a = NULL, *b = NULL;
+	moe_synth_opts o = {.arch = arch, .preset = "tiny", .ftype = ft, .seed = 7};
+
+	snprintf(fx, sizeof(fx), "%s-tiny-%s.gguf", arch, type);
+	snprintf(out, sizeof(out), "%s-%s.gguf", arch, type);
+	cr_assert_eq(moe_synth_write(tmpfile_(out), &o), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_gguf_open(&a, fixture(fx)), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_gguf_open(&b, tmpfile_(out)), MOE_OK, "%s", moe_err_detail());
+
+	cr_assert_eq(moe_gguf_n_kv(a), moe_gguf_n_kv(b), "%s: key count", fx);
+	for (int64_t i = 0; i < moe_gguf_n_kv(a); i++) {
+		moe_gguf_str k = moe_gguf_kv_key(a, i);
+		char key[128];
+		snprintf(key, sizeof(key), "%.*s", (int)k.len, k.ptr);
+		int64_t j = moe_gguf_find_key(b, key);
+		cr_assert_geq(j, 0, "%s: key %s missing", fx, key);
+		cr_assert_eq(moe_gguf_kv_type(a, i), moe_gguf_kv_type(b, j), "%s: type of %s", fx,
+		             key);
+		if (same_key_order)
+			cr_assert_eq(i, j, "%s: key %s at %lld, fixture has it at %lld", fx, key,
+			             (long long)j, (long long)i);
+	}
+	uint32_t fa, fb;
+	cr_assert_eq(moe_gguf_get_u32(&fa, a, "general.file_type"), MOE_OK);
+	cr_assert_eq(moe_gguf_get_u32(&fb, b, "general.file_type"), MOE_OK);
+	cr_assert_eq(fa, fb);
+
+	cr_assert_eq(moe_gguf_n_tensors(a), moe_gguf_n_tensors(b));
+	for (int64_t i = 0; i < moe_gguf_n_tensors(a); i++) {
+		const moe_gguf_tensor *ta = moe_gguf_tensor_at(a, i);
+		char name[128];
+		snprintf(name, sizeof(name), "%.*s", (int)ta->name.len, ta->name.ptr);
+		const moe_gguf_tensor *tb = moe_gguf_find_tensor(b, name);
+		cr_assert_not_null(tb, "%s: tensor %s missing", fx, name);
+		cr_assert_eq(ta->n_dims, tb->n_dims, "%s", name);
+		for (int d = 0; d < 4; d++)
+			cr_assert_eq(ta->ne[d], tb->ne[d], "%s ne[%d]", name, d);
+		cr_assert_eq(ta->type, tb->type, "%s: %s has %s, llama-quantize chose %s", fx, name,
+		             moe_type_get(tb->type)->name, moe_type_get(ta->type)->name);
+	}
+	moe_gguf_close(a);
+	moe_gguf_close(b);
+}
+
+TestSuite(synth, .init = setup, .fini = teardown);
+
+Test(synth, tiny_models_match_llama_cpp_layout_and_types)
+{
+	static const char *const archs[2] = {"qwen3moe", "qwen3next"};
+	for (int i = 0; i < 2; i++) {
+		compare(archs[i], "F32", MOE_FTYPE_F32, 1);
+		compare(archs[i], "Q8_0", MOE_FTYPE_Q8_0, 0);
+		compare(archs[i], "Q4_0", MOE_FTYPE_Q4_0, 0);
+		compare(archs[i], "Q4_K_M", MOE_FTYPE_Q4_K_M, 0);
+	}
+}
+
+/* Reads a whole file. */
+static unsigned char *slurp(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f);
+	fseek(f, 0, SEEK_END);
+	*n = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	unsigned char *b = malloc(*n);
+	cr_assert_eq(fread(b, 1, *n, f), *n);
+	fclose(f);
+	return b;
+}
+
+Test(synth, same_seed_same_bytes_other_seed_other_weights)
+{
+	moe_synth_opts o = {
+	    .arch = "qwen3next", .preset = "tiny", .ftype = MOE_FTYPE_Q4_K_M, .seed = 1};
+	size_t n1, n2, n3;
+
+	cr_assert_eq(moe_synth_write(tmpfile_("a.gguf"), &o), MOE_OK);
+	cr_assert_eq(moe_synth_write(tmpfile_("b.gguf"), &o), MOE_OK);
+	o.seed = 2;
+	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_OK);
+	unsigned char *a = slurp(tmpfile_("a.gguf"), &n1);
+	unsigned char *b = slurp(tmpfile_("b.gguf"), &n2);
+	unsigned char *c = slurp(tmpfile_("c.gguf"), &n3);
+	cr_assert_eq(n1, n2);
+	cr_assert_eq(memcmp(a, b, n1), 0);
+	cr_assert_eq(n1, n3);
+	cr_assert_neq(memcmp(a, c, n1), 0);
+	free(a);
+	free(b);
+	free(c);
+}
+
+/* Mean and standard deviation of an F32 tensor. */
+static void stats(const moe_gguf *g, const char *name, double *mean, double *sd, float *lo,
+                  float *hi)
+{
+	const moe_gguf_tensor *t = moe_gguf_find_tensor(g, name);
+	cr_assert_not_null(t, "%s", name);
+	cr_assert_eq(t->type, MOE_TYPE_F32);
+	const float *v = t->data;
+	size_t n = t->size / 4;
+	double s = 0, s2 = 0;
+	*lo = INFINITY;
+	*hi = -INFINITY;
+	for (size_t i = 0; i < n; i++) {
+		s += v[i];
+		s2 += (double)v[i] * v[i];
+		*lo = fminf(*lo, v[i]);
+		*hi = fmaxf(*hi, v[i]);
+	}
+	*mean = s / (double)n;
+	*sd = sqrt(s2 / (double)n - *mean * *mean);
+}
+
+Test(synth, weights_follow_the_recipe)
+{
+	moe_synth_opts o = {
+	    .arch = "qwen3next", .preset = "tiny", .ftype = MOE_FTYPE_F32, .seed = 3, .n_layer = 2};
+	moe_gguf *g = NULL;
+	double m, sd;
+	float lo, hi;
+	uint32_t nl;
+
+	cr_assert_eq(moe_synth_write(tmpfile_("r.gguf"), &o), MOE_OK);
+	cr_assert_eq(moe_gguf_open(&g, tmpfile_("r.gguf")), MOE_OK);
+	cr_assert_eq(moe_gguf_get_u32(&nl, g, "qwen3next.block_count"), MOE_OK);
+	cr_assert_eq(nl, 2);
+	cr_assert_null(moe_gguf_find_tensor(g, "blk.2.attn_norm.weight"));
+	stats(g, "token_embd.weight", &m, &sd, &lo, &hi); /* N(0, 1), 65536 values */
+	cr_assert(fabs(m) < 0.02 && fabs(sd - 1) < 0.02, "embd mean %g sd %g", m, sd);
+	stats(g, "blk.0.attn_qkv.weight", &m, &sd, &lo, &hi); /* N(0, 1/128) */
+	cr_assert(fabs(sd - 1 / sqrt(128.0)) < 0.003, "qkv sd %g", sd);
+	stats(g, "blk.0.ssm_out.weight", &m, &sd, &lo, &hi); /* N(0, 0.25/256) */
+	cr_assert(fabs(sd - 0.5 / sqrt(256.0)) < 0.002, "ssm_out sd %g", sd);
+	stats(g, "blk.1.attn_norm.weight", &m, &sd, &lo, &hi); /* 1 + 0.1 N */
+	cr_assert(fabs(m - 1) < 0.05 && fabs(sd - 0.1) < 0.04, "norm mean %g sd %g", m, sd);
+	stats(g, "blk.0.ssm_conv1d.weight", &m, &sd, &lo, &hi);
+	cr_assert(lo >= -0.5f && hi <= 0.5f && sd > 0.25, "conv %g..%g sd %g", lo, hi, sd);
+	stats(g, "blk.0.ssm_dt.bias", &m, &sd, &lo, &hi);
+	cr_assert(lo >= -2.0f && hi <= 1.0f);
+	stats(g, "blk.0.ssm_a", &m, &sd, &lo, &hi);
+	cr_assert(lo >= -1.0f && hi <= -0.05f, "ssm_a %g..%g", lo, hi);
+	moe_gguf_close(g);
+}
+
+Test(synth, big_presets_have_the_real_dimensions)
+{
+	moe_synth_opts o = {
+	    .arch = "qwen3next", .preset = "qwen3next-80b-4L", .ftype = MOE_FTYPE_Q4_K_M};
+	moe_synth_tensor *t;
+	size_t n;
+	uint64_t total = 0;
+	int seen = 0;
+
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_OK, "%s", moe_err_detail());
+	for (size_t i = 0; i < n; i++) {
+		total += t[i].bytes;
+		if (strcmp(t[i].name, "blk.0.ffn_gate_exps.weight") == 0) {
+			cr_assert(t[i].ne[0] == 2048 && t[i].ne[1] == 512 && t[i].ne[2] == 512);
+			cr_assert_eq(t[i].type, MOE_TYPE_Q4_K);
+			seen++;
+		}
+		if (strcmp(t[i].name, "blk.3.attn_q.weight") == 0) { /* 16 heads x 256, q + gate */
+			cr_assert(t[i].ne[0] == 2048 && t[i].ne[1] == 2 * 16 * 256);
+			seen++;
+		}
+		if (strcmp(t[i].name, "blk.0.attn_qkv.weight") == 0) { /* 2*16*128 + 32*128 */
+			cr_assert_eq(t[i].ne[1], 2 * 16 * 128 + 32 * 128);
+			seen++;
+		}
+		if (strcmp(t[i].name, "output.weight") == 0) {
+			cr_assert(t[i].ne[1] == 151936 && t[i].type == MOE_TYPE_Q6_K);
+			seen++;
+		}
+		cr_assert_null(strstr(t[i].name, "blk.4."));
+	}
+	cr_assert_eq(seen, 4);
+	cr_assert(total > 4000000000ull && total < 5000000000ull, "%llu bytes",
+	          (unsigned long long)total);
+	free(t);
+
+	o.arch = "qwen3moe";
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_ERR_INVAL); /* preset of the other arch */
+	o.preset = "qwen3-30b-a3b-4L";
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_OK);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(t[i].name, "blk.1.ffn_down_exps.weight") == 0)
+			cr_assert(t[i].ne[0] == 768 && t[i].ne[1] == 2048 && t[i].ne[2] == 128);
+	free(t);
+}
+
+Test(synth, bad_options_are_refused)
+{
+	moe_synth_opts o = {.arch = "llama", .preset = "tiny"};
+	moe_synth_tensor *t;
+	size_t n;
+	moe_ftype ft;
+
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_ERR_INVAL);
+	o.arch = "qwen3moe";
+	o.preset = "huge";
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_ERR_INVAL);
+	cr_assert_eq(moe_ftype_parse(&ft, "q4_k_m"), MOE_OK);
+	cr_assert_eq(ft, MOE_FTYPE_Q4_K_M);
+	cr_assert_eq(moe_ftype_parse(&ft, "Q3_K"), MOE_ERR_INVAL);
+	o.preset = "tiny";
+	cr_assert_eq(moe_synth_write("/nonexistent-dir/x.gguf", &o) != MOE_OK, 1);
+}
