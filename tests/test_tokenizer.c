@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "model/gguf.h"
 #include "model/tokenizer.h"
@@ -465,4 +466,176 @@ Test(tokenizer_hf, bad_files)
 	fclose(f);
 	cr_expect(moe_tokenizer_create_hf(&tok, path) == MOE_ERR_UNSUPPORTED);
 	remove(path);
+}
+
+static moe_tokenizer *from_gguf_file(const char *env, const char *rel)
+{
+	char *p = path_in(env, rel);
+	moe_gguf *g;
+	moe_err err = moe_gguf_open(&g, p);
+	cr_assert(err == MOE_OK, "open %s: %s", p, moe_err_detail());
+	moe_tokenizer *tok;
+	err = moe_tokenizer_from_gguf(&tok, g);
+	cr_assert(err == MOE_OK, "from_gguf %s: %s", p, moe_err_detail());
+	moe_gguf_close(g); /* the tokenizer keeps copies */
+	free(p);
+	return tok;
+}
+
+Test(tokenizer_gguf, fixture_vocab_quick_brown_fox)
+{
+	const char *models[] = {"qwen3moe-tiny-F32.gguf", "qwen3next-tiny-Q4_0.gguf",
+	                        "qwen3moe-kq-Q4_K_M.gguf"};
+	for (int m = 0; m < 3; m++) {
+		moe_tokenizer *tok = from_gguf_file("MOE_FIXTURES", models[m]);
+		cr_expect_eq(moe_tokenizer_n_vocab(tok), 512);
+		cr_expect_eq(moe_tokenizer_bos(tok), 509);
+		cr_expect_eq(moe_tokenizer_eos(tok), 511);
+		cr_expect_eq(moe_tokenizer_pad(tok), 509);
+		cr_expect(!moe_tokenizer_add_bos(tok));
+		cr_expect_eq(moe_tokenizer_token_type(tok, 510), MOE_TOKEN_CONTROL);
+		cr_expect_eq(moe_tokenizer_token_type(tok, 300), MOE_TOKEN_NORMAL);
+		/* no BOS even with ADD_SPECIAL: add_bos_token is false */
+		expect_ids(tok, "The quick brown fox", MOE_TOK_ENCODE_ADD_SPECIAL,
+		           (int32_t[]){326, 398, 321, 74, 275, 283, 403, 385, 87}, 9);
+		expect_ids(tok, "<|im_start|>The", MOE_TOK_ENCODE_SPECIAL, (int32_t[]){510, 326},
+		           2);
+		/* id 0 is "!", id 187 the byte 0xFF, id 188 the byte 0x00 */
+		size_t k;
+		const char *b = moe_tokenizer_token_bytes(tok, 0, &k);
+		cr_expect(k == 1 && b[0] == '!');
+		b = moe_tokenizer_token_bytes(tok, 187, &k);
+		cr_expect(k == 1 && (uint8_t)b[0] == 0xFF);
+		b = moe_tokenizer_token_bytes(tok, 188, &k);
+		cr_expect(k == 1 && b[0] == 0);
+		moe_tokenizer_destroy(tok);
+	}
+}
+
+Test(tokenizer_gguf, kjv_demo_models)
+{
+	const char *models[] = {"models/kjv-qwen3moe-Q4_K_M.gguf",
+	                        "models/kjv-qwen3next-Q4_K_M.gguf"};
+	for (int m = 0; m < 2; m++) {
+		moe_tokenizer *tok = from_gguf_file("MOE_SOURCE_DIR", models[m]);
+		cr_expect_eq(moe_tokenizer_n_vocab(tok), 4096);
+		cr_expect_eq(moe_tokenizer_eos(tok), 4095);
+		expect_ids(tok, "In the beginning", 0, (int32_t[]){1147, 258, 2081}, 3);
+		expect_ids(tok, "And the LORD said", 0, (int32_t[]){296, 258, 341, 388}, 4);
+		int32_t ids[] = {296, 258, 341, 388};
+		char *out;
+		size_t n;
+		cr_assert(moe_tokenizer_decode(&out, &n, tok, ids, 4, 0) == MOE_OK);
+		cr_expect_str_eq(out, "And the LORD said");
+		free(out);
+		moe_tokenizer_destroy(tok);
+	}
+}
+
+/* tokenizer.json -> spec -> GGUF file (the writer) -> from_gguf gives the
+ * same encodings as the tokenizer made from tokenizer.json directly: what
+ * make-model --tokenizer relies on. */
+Test(tokenizer_gguf, hf_spec_round_trip_through_gguf)
+{
+	char *p = path_in("MOE_FIXTURES", "qwen3-tokenizer/tokenizer.json");
+	moe_tokenizer_spec *spec;
+	cr_assert(moe_tokenizer_spec_read_hf(&spec, p) == MOE_OK);
+	free(p);
+	char path[] = "/tmp/moe_tok_gguf_XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	moe_gguf_writer *w;
+	cr_assert(moe_gguf_writer_create(&w, path) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_str(w, "tokenizer.ggml.model", spec->model) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", spec->pre) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", spec->tokens,
+	                                      spec->n_tokens) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_INT32,
+	                                  spec->token_types, spec->n_tokens) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", spec->merges,
+	                                      spec->n_merges) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id",
+	                                  (uint32_t)spec->eos_id) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id",
+	                                  (uint32_t)spec->bos_id) == MOE_OK);
+	cr_assert(moe_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", false) == MOE_OK);
+	cr_assert(moe_gguf_writer_begin_data(w) == MOE_OK);
+	cr_assert(moe_gguf_writer_finish(w) == MOE_OK);
+	moe_gguf_writer_destroy(w);
+	moe_tokenizer_spec_free(spec);
+
+	moe_gguf *g;
+	cr_assert(moe_gguf_open(&g, path) == MOE_OK, "%s", moe_err_detail());
+	moe_tokenizer *tok;
+	cr_assert(moe_tokenizer_from_gguf(&tok, g) == MOE_OK, "%s", moe_err_detail());
+	moe_gguf_close(g);
+	remove(path);
+	cr_expect_eq(moe_tokenizer_pad(tok), -1); /* not written above */
+	cr_expect_eq(moe_tokenizer_eos(tok), 151645);
+	const char *texts[] = {"Hello, my dog is cute",
+	                       "<|im_start|>user\n你好 <think>x</think> 😀 naïve 3.14159<|im_end|>"};
+	for (int i = 0; i < 2; i++) {
+		int32_t *a, *b;
+		size_t na, nb;
+		cr_assert(moe_tokenizer_encode(&a, &na, tok, texts[i], strlen(texts[i]),
+		                               MOE_TOK_ENCODE_SPECIAL) == MOE_OK);
+		cr_assert(moe_tokenizer_encode(&b, &nb, qwen3(), texts[i], strlen(texts[i]),
+		                               MOE_TOK_ENCODE_SPECIAL) == MOE_OK);
+		cr_expect(na == nb && memcmp(a, b, na * sizeof *a) == 0, "text %d differs", i);
+		free(a);
+		free(b);
+	}
+	expect_ids(tok, "Hello, my dog is cute", 0, (int32_t[]){9707, 11, 847, 5562, 374, 18838},
+	           6);
+	moe_tokenizer_destroy(tok);
+}
+
+/* Writes a GGUF file with the keys set by which (bits) and returns what
+ * moe_tokenizer_from_gguf says about it. */
+static moe_err gguf_keys(unsigned which)
+{
+	char path[] = "/tmp/moe_tok_gguf_XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	moe_gguf_writer *w;
+	const char *toks[] = {"a", "b"};
+	cr_assert(moe_gguf_writer_create(&w, path) == MOE_OK);
+	if (which & 1)
+		cr_assert(moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") == MOE_OK);
+	if (which & 2)
+		cr_assert(moe_gguf_writer_add_u32(w, "tokenizer.ggml.tokens", 3) == MOE_OK);
+	if (which & 4)
+		cr_assert(moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, 2) ==
+		          MOE_OK);
+	if (which & 8)
+		cr_assert(moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2") == MOE_OK);
+	if (which & 16)
+		cr_assert(moe_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_INT32,
+		                                  (int32_t[]){1, 1, 1}, 3) == MOE_OK);
+	if (which & 32)
+		cr_assert(moe_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 2) == MOE_OK);
+	cr_assert(moe_gguf_writer_begin_data(w) == MOE_OK);
+	cr_assert(moe_gguf_writer_finish(w) == MOE_OK);
+	moe_gguf_writer_destroy(w);
+	moe_gguf *g;
+	cr_assert(moe_gguf_open(&g, path) == MOE_OK);
+	moe_tokenizer *tok = NULL;
+	moe_err err = moe_tokenizer_from_gguf(&tok, g);
+	moe_tokenizer_destroy(tok);
+	moe_gguf_close(g);
+	remove(path);
+	return err;
+}
+
+Test(tokenizer_gguf, bad_or_missing_keys)
+{
+	cr_expect_eq(gguf_keys(4 | 8), MOE_ERR_NOT_FOUND);    /* no model */
+	cr_expect_eq(gguf_keys(1 | 2 | 8), MOE_ERR_BAD_TYPE); /* tokens not an array */
+	cr_expect_eq(gguf_keys(1 | 8), MOE_ERR_NOT_FOUND);    /* no tokens */
+	cr_expect_eq(gguf_keys(1 | 4), MOE_ERR_UNSUPPORTED);  /* no pre: llama.cpp's "default" */
+	cr_expect_eq(gguf_keys(1 | 4 | 8 | 16), MOE_ERR_BAD_COUNT); /* 3 types, 2 tokens */
+	cr_expect_eq(gguf_keys(1 | 4 | 8 | 32), MOE_ERR_BAD_VALUE); /* eos id 2 of 2 tokens */
+	cr_expect_eq(gguf_keys(1 | 4 | 8), MOE_OK);
 }
