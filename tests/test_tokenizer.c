@@ -639,3 +639,93 @@ Test(tokenizer_gguf, bad_or_missing_keys)
 	cr_expect_eq(gguf_keys(1 | 4 | 8 | 32), MOE_ERR_BAD_VALUE); /* eos id 2 of 2 tokens */
 	cr_expect_eq(gguf_keys(1 | 4 | 8), MOE_OK);
 }
+
+/* Runs `moemesh tokenize ARGS` with input on stdin; returns its exit status
+ * and its stdout in *out (malloc'd). */
+static int run_cli(const char *args, const char *input, char **out)
+{
+	const char *bin = getenv("MOE_BIN");
+	cr_assert(bin != NULL, "MOE_BIN is not set");
+	char in_path[] = "/tmp/moe_tok_in_XXXXXX", out_path[] = "/tmp/moe_tok_out_XXXXXX";
+	int fd = mkstemp(in_path);
+	cr_assert(fd >= 0);
+	cr_assert(write(fd, input, strlen(input)) == (ssize_t)strlen(input));
+	close(fd);
+	fd = mkstemp(out_path);
+	cr_assert(fd >= 0);
+	close(fd);
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "'%s' tokenize %s < %s > %s 2>/dev/null", bin, args, in_path,
+	         out_path);
+	int st = system(cmd);
+	cr_assert(st != -1 && WIFEXITED(st));
+	size_t n;
+	*out = slurp(out_path, &n);
+	remove(in_path);
+	remove(out_path);
+	return WEXITSTATUS(st);
+}
+
+Test(tokenizer_cli, encode_decode_round_trip_and_bad_lines)
+{
+	char *json = path_in("MOE_FIXTURES", "qwen3-tokenizer/tokenizer.json");
+	char args[1024];
+	snprintf(args, sizeof args, "--tokenizer-json '%s'", json);
+	char *out;
+	int st = run_cli(args,
+	                 "\"Hello, my dog is cute\"\n"
+	                 "42\n"
+	                 "not json\n"
+	                 "\"<|im_start|>a\\u0000b\"\n",
+	                 &out);
+	cr_expect_eq(st, 1, "a bad line makes the exit status 1");
+	char *l1 = strtok(out, "\n"), *l2 = strtok(NULL, "\n"), *l3 = strtok(NULL, "\n"),
+	     *l4 = strtok(NULL, "\n");
+	cr_assert(l1 && l2 && l3 && l4, "four output lines");
+	cr_expect_str_eq(l1, "[9707,11,847,5562,374,18838]");
+	cr_expect(strncmp(l2, "{\"error\":", 9) == 0, "line 2: %s", l2);
+	cr_expect(strncmp(l3, "{\"error\":", 9) == 0, "line 3: %s", l3);
+	cr_expect_str_eq(l4, "[151644,64,188,65]"); /* a, NUL (byte token 188), b */
+	free(out);
+
+	snprintf(args, sizeof args, "--tokenizer-json '%s' --decode", json);
+	st = run_cli(args,
+	             "[9707,11,847,5562,374,18838]\n"
+	             "[151644,64,188,65]\n"
+	             "[151669]\n"
+	             "[100, \"x\"]\n"
+	             "[]\n",
+	             &out);
+	cr_expect_eq(st, 1);
+	l1 = strtok(out, "\n");
+	l2 = strtok(NULL, "\n");
+	l3 = strtok(NULL, "\n");
+	l4 = strtok(NULL, "\n");
+	char *l5 = strtok(NULL, "\n");
+	cr_assert(l1 && l2 && l3 && l4 && l5);
+	cr_expect_str_eq(l1, "\"Hello, my dog is cute\"");
+	cr_expect_str_eq(l2, "\"<|im_start|>a\\u0000b\"");
+	cr_expect(strncmp(l3, "{\"error\":", 9) == 0, "line 3: %s", l3);
+	cr_expect(strncmp(l4, "{\"error\":", 9) == 0, "line 4: %s", l4);
+	cr_expect_str_eq(l5, "\"\"");
+	free(out);
+	free(json);
+}
+
+Test(tokenizer_cli, gguf_model_and_usage)
+{
+	char *model = path_in("MOE_SOURCE_DIR", "models/kjv-qwen3moe-Q4_K_M.gguf");
+	char args[1024];
+	snprintf(args, sizeof args, "-m '%s'", model);
+	char *out;
+	int st = run_cli(args, "\"In the beginning\"\n\"And the LORD said\"\n", &out);
+	cr_expect_eq(st, 0);
+	cr_expect_str_eq(out, "[1147,258,2081]\n[296,258,341,388]\n");
+	free(out);
+	cr_expect_eq(run_cli("", "", &out), 2, "no vocabulary given: usage error");
+	free(out);
+	snprintf(args, sizeof args, "-m /nonexistent.gguf");
+	cr_expect_eq(run_cli(args, "", &out), 1);
+	free(out);
+	free(model);
+}

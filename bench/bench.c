@@ -1,0 +1,37 @@
+/* bench.c - `moemesh bench NAME ...`: the table of benchmarks. */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "coordinator/commands.h"
+
+const moe_bench moe_benches[] = {
+    {"tokenizer", "encode/decode MB/s of mixed text, one core", moe_bench_tokenizer},
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh bench NAME [ARGS...]\n\nbenchmarks:\n");
+	for (const moe_bench *b = moe_benches; b->name != NULL; b++)
+		fprintf(f, "  %-12s %s\n", b->name, b->summary);
+	fprintf(f, "\n'moemesh bench NAME --help' describes one.\n");
+}
+
+int moe_cmd_bench(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+		usage(stdout);
+		return 0;
+	}
+	for (const moe_bench *b = moe_benches; b->name != NULL; b++)
+		if (!strcmp(b->name, argv[1]))
+			return b->run(argc - 1, argv + 1);
+	fprintf(stderr, "moemesh bench: unknown benchmark '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}
