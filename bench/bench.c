@@ -1,4 +1,4 @@
-/* bench.c - `moemesh bench NAME ...`: the table of benchmarks. */
+/* bench.c - `moemesh bench NAME [ARGS...]`: the table of benchmarks. */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,7 +6,9 @@
 #include "coordinator/commands.h"
 
 const moe_bench moe_benches[] = {
-    {"tokenizer", "encode/decode MB/s of mixed text, one core", moe_bench_tokenizer},
+    {"kernels", "STREAM triad, GEMV bandwidth and GEMM throughput per weight type",
+     moe_bench_kernels},
+    {"tokenizer", "tokenizer encode/decode MB/s on mixed text, one core", moe_bench_tokenizer},
     {NULL, NULL, NULL},
 };
 
@@ -15,7 +17,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: moemesh bench NAME [ARGS...]\n\nbenchmarks:\n");
 	for (const moe_bench *b = moe_benches; b->name != NULL; b++)
 		fprintf(f, "  %-12s %s\n", b->name, b->summary);
-	fprintf(f, "\n'moemesh bench NAME --help' describes one.\n");
+	fprintf(f, "\n'moemesh bench NAME --help' describes a benchmark.\n");
 }
 
 int moe_cmd_bench(int argc, char **argv)
@@ -24,12 +26,12 @@ int moe_cmd_bench(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;
 	}
 	for (const moe_bench *b = moe_benches; b->name != NULL; b++)
-		if (!strcmp(b->name, argv[1]))
+		if (strcmp(b->name, argv[1]) == 0)
 			return b->run(argc - 1, argv + 1);
 	fprintf(stderr, "moemesh bench: unknown benchmark '%s'\n", argv[1]);
 	usage(stderr);

@@ -1,8 +1,7 @@
 /*
- * bench.h - the benchmarks of `moemesh bench NAME ...`.  Each takes the
- * arguments after its name (argv[0] is the benchmark name) and returns the
- * exit status like a subcommand (0, 1 runtime error, 2 usage).  To add one:
- * declare it here and add a row to the table in bench/bench.c.
+ * bench.h - the benchmarks behind `moemesh bench NAME`. Each takes the
+ * arguments after its name (argv[0] is the name) and returns an exit status
+ * like the commands (0 ok, 1 runtime error, 2 usage).
  */
 #ifndef MOE_BENCH_H
 #define MOE_BENCH_H
@@ -16,6 +15,7 @@ typedef struct moe_bench {
 /* The table of benchmarks, terminated by an entry with name NULL. */
 extern const moe_bench moe_benches[];
 
+int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);
 
 #endif

@@ -15,6 +15,6 @@ const moe_command moe_commands[] = {
 	{"version", "print the version", moe_cmd_version},
 	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
 	{"tokenize", "JSON lines of text -> token ids (or --decode ids -> text)", moe_cmd_tokenize},
-	{"bench", "benchmarks: moemesh bench NAME (see moemesh bench --help)", moe_cmd_bench},
+	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
 	{NULL, NULL, NULL},
 };
