@@ -15,6 +15,7 @@ const moe_command moe_commands[] = {
 	{"make-model", "write a synthetic random-weight GGUF model", moe_cmd_make_model},
 	{"version", "print the version", moe_cmd_version},
 	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
+	{"tokenize", "JSON lines of text -> token ids (or --decode ids -> text)", moe_cmd_tokenize},
 	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
 	{NULL, NULL, NULL},
 };
