@@ -7,6 +7,7 @@
 
 #include "coordinator/commands.h"
 #include "model/synth.h"
+#include "model/tokenizer.h"
 
 static void usage(FILE *f)
 {
@@ -43,6 +44,28 @@ static void progress(void *ctx, uint64_t done, uint64_t total)
 	        (double)total / 1e9, (double)done / 1e6 / (now - ps->t0 + 1e-9));
 	if (done >= total)
 		fputc('\n', stderr);
+}
+
+/* The vocabulary of a tokenizer.json as make-model writes it. Tokens and
+ * merges must be NUL-free (they are written as C strings). *merges is a new
+ * array of pointers into spec (caller frees the array). */
+static moe_err vocab_of_spec(moe_synth_vocab *v, const char ***merges,
+                             const moe_tokenizer_spec *spec)
+{
+	for (uint32_t i = 0; spec->token_lens && i < spec->n_tokens; i++)
+		if (strlen(spec->tokens[i]) != spec->token_lens[i])
+			return moe_fail(MOE_ERR_UNSUPPORTED, "token %u contains a NUL byte", i);
+	for (uint32_t i = 0; spec->merge_lens && i < spec->n_merges; i++)
+		if (strlen(spec->merges[i]) != spec->merge_lens[i])
+			return moe_fail(MOE_ERR_UNSUPPORTED, "merge %u contains a NUL byte", i);
+	*merges = malloc((spec->n_merges + 1) * sizeof(char *));
+	if (*merges == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "merges");
+	for (uint32_t i = 0; i < spec->n_merges; i++)
+		(*merges)[i] = spec->merges[i];
+	*v = (moe_synth_vocab){spec->tokens,   spec->token_types, spec->n_tokens, *merges,
+	                       spec->n_merges, spec->bos_id,      spec->eos_id,   spec->pad_id};
+	return MOE_OK;
 }
 
 static int print_plan(const moe_synth_opts *o)
@@ -84,6 +107,9 @@ int moe_cmd_make_model(int argc, char **argv)
 	moe_synth_opts o = {.ftype = MOE_FTYPE_F32, .seed = 1};
 	const char *out = NULL, *tokenizer = NULL;
 	progress_state ps = {0};
+	moe_tokenizer_spec *spec = NULL;
+	moe_synth_vocab vocab = {0};
+	const char **merges = NULL;
 	int dry_run = 0;
 	moe_err err;
 	int c;
@@ -135,11 +161,21 @@ int moe_cmd_make_model(int argc, char **argv)
 		return 2;
 	}
 	if (tokenizer != NULL) {
-		fprintf(stderr, "make-model: --tokenizer is not available yet\n");
-		return 1;
+		err = moe_tokenizer_spec_read_hf(&spec, tokenizer);
+		if (err == MOE_OK)
+			err = vocab_of_spec(&vocab, &merges, spec);
+		if (err != MOE_OK) {
+			fprintf(stderr, "make-model: %s: %s: %s\n", tokenizer, moe_err_name(err),
+			        moe_err_detail());
+			moe_tokenizer_spec_free(spec);
+			return 1;
+		}
+		o.vocab = &vocab;
 	}
-	if (dry_run)
-		return print_plan(&o);
+	if (dry_run) {
+		c = print_plan(&o);
+		goto out_free;
+	}
 	ps.t0 = ps.last = moe_now_s();
 	ps.tty = isatty(STDERR_FILENO);
 	o.progress = progress;
@@ -148,9 +184,14 @@ int moe_cmd_make_model(int argc, char **argv)
 	if (err != MOE_OK) {
 		fprintf(stderr, "make-model: %s: %s: %s\n", out, moe_err_name(err),
 		        moe_err_detail());
-		return 1;
+		c = 1;
+		goto out_free;
 	}
 	fprintf(stderr, "make-model: wrote %s (%s %s, %s) in %.1f s\n", out, o.arch, o.preset,
 	        moe_ftype_name(o.ftype), moe_now_s() - ps.t0);
-	return 0;
+	c = 0;
+out_free:
+	free(merges);
+	moe_tokenizer_spec_free(spec);
+	return c;
 }

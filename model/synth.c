@@ -201,9 +201,10 @@ static float fan_scale(float scale, int64_t fan_in)
 }
 
 /* Appends the model's tensors in llama.cpp's converter order; l has room. */
-static void build_tensors(tensor_list *l, const preset *p, bool next, int64_t n_layer)
+static void build_tensors(tensor_list *l, const preset *p, bool next, int64_t n_layer,
+                          int64_t n_vocab)
 {
-	const int64_t E = p->n_embd, V = p->n_vocab, D = p->head_dim;
+	const int64_t E = p->n_embd, V = n_vocab, D = p->head_dim;
 	const int64_t H = p->n_head, HKV = p->n_head_kv;
 
 	add_tensor(l, "token_embd.weight", -1, 2, E, V, 1, INIT_NORMAL, 1.0f, 0, ROLE_EMBD);
@@ -433,6 +434,7 @@ typedef struct synth_vocab {
 	int64_t n_tokens;
 	char **merges;
 	int64_t n_merges;
+	const char **view; /* padded vocabulary: borrowed strings then pads */
 } synth_vocab;
 
 static void synth_vocab_free(synth_vocab *v)
@@ -444,6 +446,7 @@ static void synth_vocab_free(synth_vocab *v)
 	free(v->tokens);
 	free(v->types);
 	free(v->merges);
+	free(v->view);
 	memset(v, 0, sizeof(*v));
 }
 
@@ -612,6 +615,47 @@ out_nomem:
 	return moe_fail(MOE_ERR_NOMEM, "synthetic vocabulary");
 }
 
+/* The vocabulary v padded to n_vocab rows with unused "[PADn]" tokens, as
+ * llama.cpp's converter pads Qwen's vocabulary to the embedding rows. The
+ * pad strings and the new pointer arrays are owned by sv; the rest is v's. */
+static moe_err pad_vocab(synth_vocab *sv, moe_synth_vocab *out, const moe_synth_vocab *v,
+                         int64_t n_vocab)
+{
+	memset(sv, 0, sizeof(*sv));
+	sv->tokens = calloc((size_t)n_vocab, sizeof(char *));
+	sv->types = calloc((size_t)n_vocab, sizeof(int32_t));
+	if (sv->tokens == NULL || sv->types == NULL)
+		goto out_nomem;
+	sv->n_tokens = n_vocab;
+	for (int64_t i = 0; i < n_vocab; i++) {
+		if (i < v->n_tokens) {
+			sv->types[i] = v->types[i];
+			continue;
+		}
+		char name[32];
+		snprintf(name, sizeof(name), "[PAD%lld]", (long long)i);
+		if ((sv->tokens[i] = strdup(name)) == NULL)
+			goto out_nomem;
+		sv->types[i] = 5; /* UNUSED */
+	}
+	/* The view: v's strings first, then the pads. sv->tokens[i < v->n_tokens]
+	 * stays NULL so synth_vocab_free frees only the pads. */
+	sv->view = malloc((size_t)n_vocab * sizeof(char *));
+	if (sv->view == NULL)
+		goto out_nomem;
+	for (int64_t i = 0; i < n_vocab; i++)
+		sv->view[i] = i < v->n_tokens ? v->tokens[i] : sv->tokens[i];
+	*out = *v;
+	out->tokens = sv->view;
+	out->types = sv->types;
+	out->n_tokens = n_vocab;
+	return MOE_OK;
+
+out_nomem:
+	synth_vocab_free(sv);
+	return moe_fail(MOE_ERR_NOMEM, "padded vocabulary");
+}
+
 /* ---- writing ---------------------------------------------------------------------------- */
 
 /* "<arch>.<suffix>" in buf (128 bytes). */
@@ -738,6 +782,14 @@ static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t s
 	return MOE_OK;
 }
 
+/* Rows of token_embd / output: the preset's, or a tokenizer's token count
+ * rounded up to a multiple of 64 where that is more. */
+static int64_t vocab_rows(const preset *p, int64_t n_tokens)
+{
+	int64_t r = (n_tokens + 63) / 64 * 64;
+	return r > p->n_vocab ? r : p->n_vocab;
+}
+
 /* Checks the options and builds the typed tensor list. */
 static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
                     const moe_synth_opts *o, int64_t n_vocab_tokens)
@@ -761,13 +813,10 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
 	if (n_layer > 1024)
 		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
-	if (n_vocab_tokens > p->n_vocab)
-		return moe_fail(MOE_ERR_INVAL,
-		                "tokenizer has %lld tokens, more than the preset's %lld rows",
-		                (long long)n_vocab_tokens, (long long)p->n_vocab);
 	if ((err = tensor_list_reserve(tl, n_layer)) != MOE_OK)
 		return err;
-	build_tensors(tl, p, strcmp(o->arch, "qwen3next") == 0, n_layer);
+	build_tensors(tl, p, strcmp(o->arch, "qwen3next") == 0, n_layer,
+	              vocab_rows(p, n_vocab_tokens));
 	for (size_t i = 0; i < tl->n; i++) {
 		tensor_spec *t = &tl->v[i];
 		t->type = pick_type(t, o->ftype, n_layer);
@@ -820,7 +869,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	int64_t n_layer;
 	tensor_list tl = {0};
 	synth_vocab sv = {0};
-	moe_synth_vocab vocab;
+	moe_synth_vocab vocab = {0};
 	moe_gguf_writer *w = NULL;
 	float *fbuf = NULL;
 	void *qbuf = NULL;
@@ -832,7 +881,11 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	err = plan(&tl, &p, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
 	if (err != MOE_OK)
 		return err;
-	if (o->vocab != NULL) {
+	if (o->vocab != NULL && o->vocab->n_tokens < vocab_rows(p, o->vocab->n_tokens)) {
+		err = pad_vocab(&sv, &vocab, o->vocab, vocab_rows(p, o->vocab->n_tokens));
+		if (err != MOE_OK)
+			goto out_free;
+	} else if (o->vocab != NULL) {
 		vocab = *o->vocab;
 	} else {
 		if ((err = synth_vocab_make(&sv, p->n_vocab)) != MOE_OK)

@@ -10,6 +10,7 @@
 
 #include "model/gguf.h"
 #include "model/synth.h"
+#include "model/tokenizer.h"
 
 static char tmpdir[64];
 
@@ -255,4 +256,63 @@ Test(synth, bad_options_are_refused)
 	cr_assert_eq(moe_ftype_parse(&ft, "Q3_K"), MOE_ERR_INVAL);
 	o.preset = "tiny";
 	cr_assert_eq(moe_synth_write("/nonexistent-dir/x.gguf", &o) != MOE_OK, 1);
+}
+
+Test(synth, real_qwen3_tokenizer_goes_into_the_file)
+{
+	char tj[1024];
+	moe_tokenizer_spec *spec = NULL;
+	moe_gguf *g = NULL;
+	moe_tokenizer *tok = NULL;
+	int32_t *ids = NULL;
+	size_t n = 0;
+	const char *dir = getenv("MOE_FIXTURES");
+
+	snprintf(tj, sizeof(tj), "%s/qwen3-tokenizer/tokenizer.json", dir ? dir : "tests/fixtures");
+	cr_assert_eq(moe_tokenizer_spec_read_hf(&spec, tj), MOE_OK, "%s", moe_err_detail());
+	const char **merges = malloc(spec->n_merges * sizeof(char *));
+	for (uint32_t i = 0; i < spec->n_merges; i++)
+		merges[i] = spec->merges[i];
+	moe_synth_vocab v = {spec->tokens,   spec->token_types, spec->n_tokens, merges,
+	                     spec->n_merges, spec->bos_id,      spec->eos_id,   spec->pad_id};
+	moe_synth_opts o = {.arch = "qwen3moe",
+	                    .preset = "tiny",
+	                    .ftype = MOE_FTYPE_Q8_0,
+	                    .vocab = &v,
+	                    .n_layer = 1};
+
+	/* the real preset keeps its 151,936 rows; the vocabulary is padded to them */
+	moe_synth_opts big = o;
+	big.arch = "qwen3next";
+	big.preset = "qwen3next-80b-4L";
+	moe_synth_tensor *t;
+	size_t nt;
+	cr_assert_eq(moe_synth_plan(&t, &nt, &big), MOE_OK);
+	cr_assert_eq(t[0].ne[1], 151936);
+	free(t);
+
+	/* tiny grows its rows to the tokenizer, rounded up to 64 */
+	cr_assert_eq(moe_synth_write(tmpfile_("q.gguf"), &o), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_gguf_open(&g, tmpfile_("q.gguf")), MOE_OK);
+	cr_assert_eq(moe_gguf_find_tensor(g, "token_embd.weight")->ne[1], 151680);
+	moe_gguf_arr a;
+	cr_assert_eq(moe_gguf_get_arr(&a, g, "tokenizer.ggml.tokens"), MOE_OK);
+	cr_assert_eq(a.n, 151680);
+	moe_gguf_str last = moe_gguf_arr_str(&a, 151679);
+	cr_assert_eq(last.len, strlen("[PAD151679]"));
+	cr_assert_eq(memcmp(last.ptr, "[PAD151679]", last.len), 0);
+	cr_assert_eq(moe_gguf_get_arr(&a, g, "tokenizer.ggml.token_type"), MOE_OK);
+	cr_assert_eq(moe_gguf_arr_int(&a, 151679), 5); /* UNUSED */
+	cr_assert_eq(moe_gguf_arr_int(&a, 151644), 3); /* <|im_start|> CONTROL */
+	cr_assert_eq(moe_tokenizer_from_gguf(&tok, g), MOE_OK, "%s", moe_err_detail());
+	const char *text = "Hello, my dog is cute";
+	cr_assert_eq(moe_tokenizer_encode(&ids, &n, tok, text, strlen(text), 0), MOE_OK);
+	int32_t want[6] = {9707, 11, 847, 5562, 374, 18838}; /* cases.json, case 0 */
+	cr_assert_eq(n, 6);
+	cr_assert_arr_eq(ids, want, sizeof(want));
+	free(ids);
+	moe_tokenizer_destroy(tok);
+	moe_gguf_close(g);
+	free(merges);
+	moe_tokenizer_spec_free(spec);
 }
