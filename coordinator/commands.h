@@ -17,5 +17,6 @@ typedef struct moe_command {
 extern const moe_command moe_commands[];
 
 int moe_cmd_version(int argc, char **argv);
+int moe_cmd_inspect(int argc, char **argv);
 
 #endif

@@ -22,7 +22,7 @@
 
 #include "kernels/kernels.h"
 
-#define MOE_GGUF_MAX_DIMS 4
+#define MOE_GGUF_MAX_DIMS          4
 #define MOE_GGUF_DEFAULT_ALIGNMENT 32
 
 /* GGUF metadata value types, as stored in the file. */
@@ -53,13 +53,36 @@ typedef struct moe_gguf_str {
 typedef struct moe_gguf_tensor {
 	moe_gguf_str name;
 	moe_type type;
-	uint32_t n_dims;
+	uint32_t n_dims;               /* 0..4; 0 is a scalar (one element) */
 	int64_t ne[MOE_GGUF_MAX_DIMS]; /* ggml order: ne[0] = row length; unused dims = 1 */
+	int64_t n_elements;            /* product of ne */
 	uint64_t offset;               /* relative to the data section */
 	uint64_t size;                 /* bytes */
-	const void *data;
+	const void *data;              /* [size] bytes inside the mapping */
 } moe_gguf_tensor;
 
+/* "UINT32", "STRING", ...; "?" for an unknown value. */
+const char *moe_gguf_vtype_name(moe_gguf_vtype t);
+
+/* A metadata value, as the writer takes it and moe_gguf_kv_value gives it.
+ * For an array, arr.data is n packed scalars (host little-endian; BOOL as
+ * bytes 0/1), moe_gguf_str[n] (STRING) or moe_gguf_value[n] each of type
+ * ARRAY (nested arrays). */
+typedef struct moe_gguf_value {
+	moe_gguf_vtype type;
+	union {
+		uint64_t u;     /* UINT8, UINT16, UINT32, UINT64 */
+		int64_t i;      /* INT8, INT16, INT32, INT64 */
+		double f;       /* FLOAT32, FLOAT64 */
+		bool b;         /* BOOL */
+		moe_gguf_str s; /* STRING */
+		struct {
+			moe_gguf_vtype type;
+			uint64_t n;
+			const void *data;
+		} arr; /* ARRAY */
+	};
+} moe_gguf_value;
 typedef struct moe_gguf moe_gguf;
 
 /* Opens and validates path, mapping it read-only. On success *out owns the
@@ -87,15 +110,22 @@ moe_gguf_vtype moe_gguf_kv_type(const moe_gguf *g, int64_t i);
 /* Index of key, or -1. */
 int64_t moe_gguf_find_key(const moe_gguf *g, const char *key);
 
-/* Typed getters: return MOE_OK, MOE_ERR_NOT_FOUND (no such key) or
- * MOE_ERR_BAD_TYPE (other type) with a detail naming the key. Integer getters
- * accept any integer type whose value fits. */
+/* Typed getters: return MOE_OK, MOE_ERR_NOT_FOUND (no such key),
+ * MOE_ERR_BAD_TYPE (other type) or MOE_ERR_BAD_VALUE (an integer that does
+ * not fit *out), with a detail naming the key; *out is untouched on error.
+ * Integer getters accept any integer type (not BOOL) whose value fits; get_f32
+ * accepts FLOAT32 and FLOAT64. */
 moe_err moe_gguf_get_u32(uint32_t *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_get_u64(uint64_t *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_get_i64(int64_t *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_get_f32(float *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_get_bool(bool *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_get_str(moe_gguf_str *out, const moe_gguf *g, const char *key);
+
+/* Value of kv i: scalars (UINT* in .u, INT* in .i, FLOAT* in .f, BOOL in .b)
+ * and strings (a view in .s). MOE_ERR_INVAL for i out of range,
+ * MOE_ERR_BAD_TYPE for an array (use moe_gguf_kv_arr). */
+moe_err moe_gguf_kv_value(moe_gguf_value *out, const moe_gguf *g, int64_t i);
 
 /* Scalar value of kv i widened (ints, bools -> int64/uint64, floats ->
  * double); returns false for strings and arrays. */
@@ -104,51 +134,84 @@ bool moe_gguf_kv_as_double(double *out, const moe_gguf *g, int64_t i);
 /* Arrays: element type and count of kv i (MOE_GGUF_ARRAY). Element access for
  * scalar element types copies the value out widened; strings return views.
  * Nested arrays are validated on open and reported by type, and can be
- * walked with moe_gguf_arr_sub. */
+ * walked with moe_gguf_arr_sub. Every element access is O(1): strings and
+ * sub-arrays are found through an index built on open. */
 typedef struct moe_gguf_arr {
 	moe_gguf_vtype type; /* element type */
 	uint64_t n;
 	const uint8_t *data; /* first element (internal encoding) */
 	const moe_gguf *g;
+	const uint64_t *idx; /* STRING: [n] element file offsets; ARRAY: [n][2] (offset,
+	                        index of the sub-array's own idx or UINT64_MAX); else NULL */
 } moe_gguf_arr;
+/* get_arr: MOE_OK, MOE_ERR_NOT_FOUND or MOE_ERR_BAD_TYPE (not an array).
+ * kv_arr: MOE_ERR_INVAL for i out of range, MOE_ERR_BAD_TYPE if kv i is not
+ * an array. */
 moe_err moe_gguf_get_arr(moe_gguf_arr *out, const moe_gguf *g, const char *key);
 moe_err moe_gguf_kv_arr(moe_gguf_arr *out, const moe_gguf *g, int64_t i);
+/* Element j. A wrong element type or j >= n gives {NULL, 0}, 0, 0.0 or an
+ * empty array. arr_int widens integers and bools (UINT64 wraps to int64);
+ * arr_float also converts integers. */
 moe_gguf_str moe_gguf_arr_str(const moe_gguf_arr *a, uint64_t j);
 int64_t moe_gguf_arr_int(const moe_gguf_arr *a, uint64_t j);
 double moe_gguf_arr_float(const moe_gguf_arr *a, uint64_t j);
 moe_gguf_arr moe_gguf_arr_sub(const moe_gguf_arr *a, uint64_t j); /* nested array */
 
-/* Tensors, in file order. */
+/* Tensors, in file order. tensor_at returns NULL for i out of range. */
 int64_t moe_gguf_n_tensors(const moe_gguf *g);
 const moe_gguf_tensor *moe_gguf_tensor_at(const moe_gguf *g, int64_t i);
-/* The tensor named name, or NULL. */
+/* The tensor named name, or NULL. A hash lookup. */
 const moe_gguf_tensor *moe_gguf_find_tensor(const moe_gguf *g, const char *name);
 
 /* ---- writer ---------------------------------------------------------------- */
 
 typedef struct moe_gguf_writer moe_gguf_writer;
 
-/* Creates path (truncating) for a GGUF v3 file. */
+/* Creates path (truncating) for a GGUF v3 file, laid out like llama.cpp's
+ * writers: header, kvs, tensor infos, zero padding to the alignment, then
+ * each tensor's bytes followed by zero padding to the alignment. Tensor
+ * offsets are assigned in declaration order. MOE_ERR_IO if path cannot be
+ * created. */
 moe_err moe_gguf_writer_create(moe_gguf_writer **out, const char *path);
 
-/* Metadata, in the order it will be written. Keys must be unique. */
+/* Metadata, in the order it will be written. Keys must be non-empty and
+ * unique (MOE_ERR_DUPLICATE). "general.alignment" must be a UINT32 power of
+ * two (MOE_ERR_BAD_TYPE / MOE_ERR_BAD_ALIGNMENT) and sets the alignment used
+ * for the data section (default 32). After begin_data: MOE_ERR_STATE. */
 moe_err moe_gguf_writer_add_u32(moe_gguf_writer *w, const char *key, uint32_t v);
 moe_err moe_gguf_writer_add_i32(moe_gguf_writer *w, const char *key, int32_t v);
 moe_err moe_gguf_writer_add_u64(moe_gguf_writer *w, const char *key, uint64_t v);
 moe_err moe_gguf_writer_add_f32(moe_gguf_writer *w, const char *key, float v);
 moe_err moe_gguf_writer_add_bool(moe_gguf_writer *w, const char *key, bool v);
 moe_err moe_gguf_writer_add_str(moe_gguf_writer *w, const char *key, const char *v);
-/* Arrays of scalars: n elements of elem_type packed in data (host little-endian). */
+/* Arrays of scalars: n elements of elem_type packed in data (host little-endian;
+ * BOOL elements are bytes 0/1). STRING or ARRAY element types are
+ * MOE_ERR_INVAL here: use add_arr_str / add_arr_strn / add_value. */
 moe_err moe_gguf_writer_add_arr(moe_gguf_writer *w, const char *key, moe_gguf_vtype elem_type,
-				const void *data, uint64_t n);
-moe_err moe_gguf_writer_add_arr_str(moe_gguf_writer *w, const char *key,
-				    const char *const *strs, uint64_t n);
+                                const void *data, uint64_t n);
+moe_err moe_gguf_writer_add_arr_str(moe_gguf_writer *w, const char *key, const char *const *strs,
+                                    uint64_t n);
+/* The same with counted strings (may hold any bytes). */
+moe_err moe_gguf_writer_add_arr_strn(moe_gguf_writer *w, const char *key, const moe_gguf_str *strs,
+                                     uint64_t n);
 
-/* Declares a tensor; its bytes are written later, in declaration order. */
+/* Any value, including nested arrays (see moe_gguf_value). Integer members
+ * must fit the declared type (MOE_ERR_BAD_VALUE otherwise). */
+moe_err moe_gguf_writer_add_value(moe_gguf_writer *w, const char *key, const moe_gguf_value *v);
+
+/* Copies kv i of a reader (any type, nested arrays included) exactly. */
+moe_err moe_gguf_writer_copy_kv(moe_gguf_writer *w, const moe_gguf *g, int64_t i);
+
+/* Declares a tensor; its bytes are written later, in declaration order.
+ * ne[0..n_dims) as in moe_gguf_tensor. Errors: MOE_ERR_DUPLICATE (name),
+ * MOE_ERR_BAD_TYPE, MOE_ERR_BAD_SHAPE (n_dims > 4, ne < 0, ne[0] not a
+ * multiple of the block), MOE_ERR_OVERFLOW. */
 moe_err moe_gguf_writer_add_tensor(moe_gguf_writer *w, const char *name, moe_type type,
-				   uint32_t n_dims, const int64_t *ne);
+                                   uint32_t n_dims, const int64_t *ne);
 
-/* Writes header, metadata and tensor infos. Call once, after all adds. */
+/* Writes header, metadata and tensor infos. Call once, after all adds.
+ * Any failed call leaves the writer unusable: later calls return
+ * MOE_ERR_STATE and destroy removes the file. */
 moe_err moe_gguf_writer_begin_data(moe_gguf_writer *w);
 
 /* Appends bytes of the current tensor; a tensor may come in several calls.
