@@ -169,6 +169,13 @@ moe_err moe_matmul(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t
 moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t n_rows,
                      int64_t n_cols, const void *xq, int64_t n_tok);
 
+/* Quantises n_tok rows of n_cols floats (x: f32 [n_tok][n_cols]) to wt's
+ * activation form, dst: n_tok rows of moe_act_row_size(wt, n_cols) bytes, as
+ * moe_quantize_act does row by row (so the bits do not depend on n_tok or the
+ * pool). Errors as moe_quantize_act; dst is then partly written. */
+moe_err moe_quantize_act_rows(moe_pool *pool, void *dst, moe_type wt, const float *x,
+			      int64_t n_cols, int64_t n_tok);
+
 /* ---- exact accumulation -------------------------------------------------------- */
 
 /* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits: v stands for
@@ -214,5 +221,23 @@ typedef struct moe_expert_ffn {
  * it, and the thread count, so results are bit-reproducible. */
 moe_err moe_expert_ffn_run(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f, const float *x,
                            int64_t n_tok, const int32_t *ids, const float *weights, int n_used);
+
+/* The same with the token rows already quantised (for workers that receive
+ * activations off the network): xq is n_tok rows of
+ * moe_act_row_size(f->gate.type, n_embd) bytes; up must take the same
+ * activation form as gate (MOE_ERR_UNSUPPORTED otherwise). Bit-identical to
+ * moe_expert_ffn_run on the rows moe_quantize_act_rows made.
+ *
+ * Both: the order of work is (1) per expert, its tokens in order of
+ * (token, slot); (2) gate and up rows, silu(gate) * up in f32, quantised per
+ * (token, slot) row with moe_quantize_act(down.type); (3) down rows, times the
+ * routing weight in f32, converted with moe_fix_from_f32 and added to acc.
+ * Every step is per element or per row, so the order of threads does not
+ * matter. Errors: MOE_ERR_BAD_SHAPE (inconsistent matrices), MOE_ERR_BAD_VALUE
+ * (an id >= n_expert, n_used out of 1..64), MOE_ERR_NOMEM; acc is untouched
+ * on an error found before the work starts. */
+moe_err moe_expert_ffn_run_q(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f,
+			     const void *xq, int64_t n_tok, const int32_t *ids,
+			     const float *weights, int n_used);
 
 #endif

@@ -223,7 +223,7 @@ Test(dot, every_isa_extremes)
 	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	enum { N = 1024 };
 	static float x[N], a[N];
-	static uint8_t w[N / 32 * 36 + 1024], aq[N / 32 * 36 + 1024];
+	static uint8_t w[N * 4], aq[N * 4];
 
 	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
 		moe_type t = dot_types[ti];

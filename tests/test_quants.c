@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -692,4 +693,135 @@ Test(quants, isa_override_by_environment_avx2)
 		cr_assert_eq(got, MOE_ISA_AVX2);
 	else
 		cr_assert_neq(got, MOE_ISA_AVX2);
+}
+
+/* ---- fixtures: llama-quantize output reproduced byte for byte --------------------- */
+
+#include "model/gguf.h"
+
+static moe_gguf *open_fixture(const char *name)
+{
+	const char *dir = getenv("MOE_FIXTURES");
+	char path[1024];
+	moe_gguf *g = NULL;
+
+	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK, "%s: %s", path, moe_err_detail());
+	return g;
+}
+
+/*
+ * The quantised fixtures were made by `llama-quantize F32.gguf out.gguf TYPE`
+ * (no imatrix), i.e. by ggml's reference quantizers.  Quantising each F32
+ * tensor with moe_quantize_row must give the same bytes.
+ */
+static void check_requantize(const char *f32_name, const char *q_name, int *n_types_seen)
+{
+	moe_gguf *gf = open_fixture(f32_name), *gq = open_fixture(q_name);
+	int checked = 0;
+
+	for (int64_t i = 0; i < moe_gguf_n_tensors(gq); i++) {
+		const moe_gguf_tensor *tq = moe_gguf_tensor_at(gq, i);
+		if (tq->type == MOE_TYPE_F32)
+			continue;
+		char name[256];
+		snprintf(name, sizeof(name), "%.*s", (int)tq->name.len, tq->name.ptr);
+		const moe_gguf_tensor *tf = moe_gguf_find_tensor(gf, name);
+		cr_assert_not_null(tf, "%s not in %s", name, f32_name);
+		cr_assert_eq(tf->type, MOE_TYPE_F32);
+		cr_assert_eq(tf->n_elements, tq->n_elements);
+		size_t sz = moe_row_size(tq->type, tq->n_elements);
+		cr_assert_eq(sz, tq->size, "%s", name);
+		uint8_t *buf = malloc(sz);
+		cr_assert_not_null(buf);
+		cr_assert_eq(moe_quantize_row(tq->type, buf, tf->data, tf->n_elements), MOE_OK);
+		size_t bad = 0, first = 0;
+		for (size_t b = 0; b < sz; b++)
+			if (buf[b] != ((const uint8_t *)tq->data)[b] && bad++ == 0)
+				first = b;
+		cr_assert_eq(bad, 0, "%s %s (%s): %zu of %zu bytes differ, first at %zu", q_name,
+		             name, moe_type_get(tq->type)->name, bad, sz, first);
+		n_types_seen[tq->type]++;
+		checked++;
+		free(buf);
+	}
+	cr_log_info("%s: %d tensors byte-identical", q_name, checked);
+	moe_gguf_close(gf);
+	moe_gguf_close(gq);
+}
+
+Test(quants_fixtures, quantizers_reproduce_llama_quantize)
+{
+	int seen[MOE_TYPE_COUNT] = {0};
+
+	check_requantize("qwen3moe-tiny-F32.gguf", "qwen3moe-tiny-Q8_0.gguf", seen);
+	check_requantize("qwen3moe-tiny-F32.gguf", "qwen3moe-tiny-Q4_0.gguf", seen);
+	check_requantize("qwen3moe-tiny-F32.gguf", "qwen3moe-tiny-Q4_K_M.gguf", seen);
+	cr_assert_gt(seen[MOE_TYPE_Q8_0], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q4_0], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q5_0], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q4_K], 0);
+}
+
+/* Value v of a K-quant block decoded straight from the layout drawing. */
+static float k_value_by_hand(moe_type t, const uint8_t *b, int v)
+{
+	if (t == MOE_TYPE_Q6_K) {
+		int h = v / 128, r = v % 128, quarter = r / 32, l = r % 32;
+		int byte = b[64 * h + (quarter % 2) * 32 + l];
+		int lo = quarter >= 2 ? byte >> 4 : byte & 15;
+		int hi = (b[128 + 32 * h + l] >> (2 * quarter)) & 3;
+		return half_value(get16(b + 208)) * (float)(int8_t)b[192 + v / 16] *
+		       (float)((lo | hi << 4) - 32);
+	}
+	const uint8_t *sc12 = b + 4;
+	int s = v / 32, sc, mn;
+	if (s < 4) {
+		sc = sc12[s] & 63;
+		mn = sc12[s + 4] & 63;
+	} else {
+		sc = (sc12[s + 4] & 15) | (sc12[s - 4] >> 6) << 4;
+		mn = (sc12[s + 4] >> 4) | (sc12[s] >> 6) << 4;
+	}
+	int c = v / 64, l = v % 32, upper = (v % 64) >= 32;
+	const uint8_t *qs = b + (t == MOE_TYPE_Q4_K ? 16 : 48);
+	int q = upper ? qs[32 * c + l] >> 4 : qs[32 * c + l] & 15;
+	if (t == MOE_TYPE_Q5_K)
+		q |= ((b[16 + l] >> (2 * c + upper)) & 1) << 4;
+	return half_value(get16(b)) * (float)sc * (float)q - half_value(get16(b + 2)) * (float)mn;
+}
+
+Test(quants_fixtures, k_quant_fixture_tensors_decode_as_drawn)
+{
+	moe_gguf *g = open_fixture("qwen3moe-kq-Q4_K_M.gguf");
+	int seen[MOE_TYPE_COUNT] = {0};
+
+	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
+		const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);
+		if (t->type != MOE_TYPE_Q4_K && t->type != MOE_TYPE_Q5_K &&
+		    t->type != MOE_TYPE_Q6_K)
+			continue;
+		int64_t n = t->n_elements < 256 * 64 ? t->n_elements : 256 * 64; /* a prefix */
+		float *y = malloc((size_t)n * sizeof(float));
+		cr_assert_not_null(y);
+		cr_assert_eq(moe_dequantize_row(t->type, y, t->data, n), MOE_OK);
+		size_t bsz = moe_type_get(t->type)->type_size;
+		double sumsq = 0;
+		for (int64_t v = 0; v < n; v++) {
+			const uint8_t *blk = (const uint8_t *)t->data + (size_t)(v / 256) * bsz;
+			float want = k_value_by_hand(t->type, blk, (int)(v % 256));
+			cr_assert(fabsf(y[v] - want) <= 1e-6f * fabsf(want) + 1e-12f,
+			          "%.*s value %lld: %g vs %g", (int)t->name.len, t->name.ptr,
+			          (long long)v, y[v], want);
+			sumsq += (double)y[v] * y[v];
+		}
+		cr_assert(sumsq > 0, "all-zero tensor decoded");
+		seen[t->type]++;
+		free(y);
+	}
+	cr_assert_gt(seen[MOE_TYPE_Q4_K], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q5_K], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q6_K], 0);
+	moe_gguf_close(g);
 }
