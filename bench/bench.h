@@ -16,5 +16,6 @@ typedef struct moe_bench {
 extern const moe_bench moe_benches[];
 
 int moe_bench_kernels(int argc, char **argv);
+int moe_bench_tokenizer(int argc, char **argv);
 
 #endif

@@ -7,5 +7,6 @@
 #define MOE_MODEL_H
 
 #include "kernels/kernels.h"
+#include "model/tokenizer.h"
 
 #endif
