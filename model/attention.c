@@ -140,6 +140,13 @@ moe_err moe_fwd_attention(moe_fwd *f, int il)
 		         kvd, f->o.kv_type);
 	}
 
-	moe_pool_run(f->pool, attn_heads, &jb);
+	/* small work runs on this thread: a pool barrier costs more */
+	double work = 0;
+	for (int64_t t = 0; t < n; t++)
+		work += (double)(f->pos[t] + 1) * nh * hd;
+	if (work < 2e5)
+		attn_heads(&jb, 0, 1);
+	else
+		moe_pool_run(f->pool, attn_heads, &jb);
 	return moe_fwd_matmul(f, f->y, &L->wo, f->att, n);
 }

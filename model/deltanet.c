@@ -140,8 +140,12 @@ moe_err moe_fwd_deltanet(moe_fwd *f, int il)
 			row[c] *= qscale;
 	}
 
+	/* small work runs on this thread: a pool barrier costs more */
 	gdn_job jb = {.f = f, .rec = L->idx_rec};
-	moe_pool_run(f->pool, gdn_heads, &jb);
+	if ((double)n * nv * hk * hv < 2e5)
+		gdn_heads(&jb, 0, 1);
+	else
+		moe_pool_run(f->pool, gdn_heads, &jb);
 
 	/* gated RMSNorm per head */
 	for (int64_t t = 0; t < n; t++) {
