@@ -275,7 +275,7 @@ static void write_plot(const char *dir, const char *csv, int threads)
 		return;
 	}
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500\n"
+	        "set terminal pngcairo size 1200,500 noenhanced\n"
 	        "set output '%s'\n"
 	        "set datafile separator ','\n"
 	        "set multiplot layout 1,2\n"
@@ -326,13 +326,13 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: moemesh bench kernels [--threads N] [--out DIR]\n"
 	           "  --threads N  the larger thread count (default 2; GEMV also at 1)\n"
-	           "  --out DIR    where the CSV and PNG go (default bench-out)\n");
+	           "  --out DIR    where the CSV and PNG go (default bench/out)\n");
 }
 
 int moe_bench_kernels(int argc, char **argv)
 {
 	int threads = 2;
-	const char *dir = "bench-out";
+	const char *dir = "bench/out";
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);

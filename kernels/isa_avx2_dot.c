@@ -111,37 +111,39 @@ static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
 static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q8_0 *x = w, *y = a;
-	__m256 acc = _mm256_setzero_ps();
+	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
 
 	for (int64_t i = 0; i < n / MOE_QK32; i++) {
 		__m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
 		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
 		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc);
+		/* even and odd blocks in two accumulators: no serial FMA chain */
+		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
 	}
-	*s = hsum_ps(acc);
+	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
 }
 
 static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q4_0 *x = w;
 	const moe_block_q8_0 *y = a;
-	__m256 acc = _mm256_setzero_ps();
+	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
 
 	for (int64_t i = 0; i < n / MOE_QK32; i++) {
 		__m256i qx = _mm256_sub_epi8(unpack_nibbles(x[i].qs), _mm256_set1_epi8(8));
 		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
 		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc);
+		/* even and odd blocks in two accumulators: no serial FMA chain */
+		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
 	}
-	*s = hsum_ps(acc);
+	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
 }
 
 static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q5_0 *x = w;
 	const moe_block_q8_0 *y = a;
-	__m256 acc = _mm256_setzero_ps();
+	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
 
 	for (int64_t i = 0; i < n / MOE_QK32; i++) {
 		/* q - 16 = nibble | (bit4 ? 0 : 0xf0) read as int8 */
@@ -150,9 +152,10 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 		__m256i qx = _mm256_or_si256(unpack_nibbles(x[i].qs), hi);
 		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
 		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc);
+		/* even and odd blocks in two accumulators: no serial FMA chain */
+		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
 	}
-	*s = hsum_ps(acc);
+	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
 }
 
 /* The 8 six-bit scales and mins of a Q4_K/Q5_K block, as bytes. */
