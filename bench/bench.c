@@ -8,7 +8,7 @@
 const moe_bench moe_benches[] = {
     {"kernels", "STREAM triad, GEMV bandwidth and GEMM throughput per weight type",
      moe_bench_kernels},
-    {"tokenizer", "encode/decode MB/s of mixed text, one core", moe_bench_tokenizer},
+    {"tokenizer", "tokenizer encode/decode MB/s on mixed text, one core", moe_bench_tokenizer},
     {NULL, NULL, NULL},
 };
 

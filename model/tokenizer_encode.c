@@ -176,10 +176,10 @@ static uint64_t heap_pop(uint64_t *heap, size_t *n)
 
 static void push_pair(const struct enc *e, uint64_t *heap, size_t *hn, int32_t i)
 {
+	if (i < 0 || e->next[i] < 0)
+		return;
 	int32_t j = e->next[i];
 	uint32_t rank, result;
-	if (i < 0 || j < 0)
-		return;
 	if (moe_tok_pair(e->tok, (uint32_t)e->sym[i], (uint32_t)e->sym[j], &rank, &result))
 		heap_push(heap, hn, (uint64_t)rank << 32 | (uint32_t)i);
 }

@@ -6,6 +6,7 @@
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -728,4 +729,92 @@ Test(tokenizer_cli, gguf_model_and_usage)
 	cr_expect_eq(run_cli(args, "", &out), 1);
 	free(out);
 	free(model);
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Random byte strings (mostly UTF-8-like) never fail or give an id outside
+ * the vocabulary; random printable ASCII decodes back to itself. */
+Test(tokenizer_hf, random_input)
+{
+	moe_tokenizer *tok = qwen3();
+	uint64_t seed = 12345;
+	static const uint8_t alphabet[] = {'a',  ' ',  '\n', '1',  '.',  '<',  '|',  '\'',
+	                                   0xC3, 0xA9, 0xE4, 0xB8, 0xAD, 0xF0, 0x9F, 0x98,
+	                                   0x80, 0xFF, 0x80, 0xCC, 0x81, '\t', '\r', 0};
+	char buf[300];
+	for (int iter = 0; iter < 300; iter++) {
+		size_t len = xorshift(&seed) % sizeof buf;
+		for (size_t i = 0; i < len; i++)
+			buf[i] = (char)alphabet[xorshift(&seed) % sizeof alphabet];
+		int32_t *ids;
+		size_t n;
+		unsigned flags = iter & 1 ? MOE_TOK_ENCODE_SPECIAL : 0;
+		cr_assert(moe_tokenizer_encode(&ids, &n, tok, buf, len, flags) == MOE_OK);
+		for (size_t i = 0; i < n; i++)
+			cr_assert(ids[i] >= 0 && ids[i] < 151669);
+		free(ids);
+
+		for (size_t i = 0; i < len; i++)
+			buf[i] = (char)(' ' + xorshift(&seed) % 95);
+		cr_assert(moe_tokenizer_encode(&ids, &n, tok, buf, len, 0) == MOE_OK);
+		char *out;
+		size_t out_n;
+		cr_assert(moe_tokenizer_decode(&out, &out_n, tok, ids, n, 0) == MOE_OK);
+		cr_assert(out_n == len && memcmp(out, buf, len) == 0, "round trip of '%.*s'",
+		          (int)len, buf);
+		free(out);
+		free(ids);
+	}
+}
+
+struct encode_job {
+	const moe_tokenizer *tok;
+	const char *text;
+	int32_t *ids;
+	size_t n;
+	moe_err err;
+};
+
+static void *encode_thread(void *arg)
+{
+	struct encode_job *j = arg;
+	for (int k = 0; k < 20 && !j->err; k++) {
+		free(j->ids);
+		j->err = moe_tokenizer_encode(&j->ids, &j->n, j->tok, j->text, strlen(j->text),
+		                              MOE_TOK_ENCODE_SPECIAL);
+	}
+	return NULL;
+}
+
+/* One tokenizer, four threads encoding at once: the same ids as alone. */
+Test(tokenizer_hf, shared_between_threads)
+{
+	moe_tokenizer *tok = qwen3();
+	const char *texts[] = {"<|im_start|>user\nWhy is the sky blue?<|im_end|>",
+	                       "def f(x):\n    return x * 2  # 二倍\n", "Ångström 😀 naïve",
+	                       "The year 2025 was 365 days."};
+	struct encode_job jobs[4] = {0};
+	pthread_t th[4];
+	for (int i = 0; i < 4; i++) {
+		jobs[i] = (struct encode_job){.tok = tok, .text = texts[i]};
+		cr_assert(pthread_create(&th[i], NULL, encode_thread, &jobs[i]) == 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert(jobs[i].err == MOE_OK);
+		int32_t *ids;
+		size_t n;
+		cr_assert(moe_tokenizer_encode(&ids, &n, tok, texts[i], strlen(texts[i]),
+		                               MOE_TOK_ENCODE_SPECIAL) == MOE_OK);
+		cr_expect(n == jobs[i].n && memcmp(ids, jobs[i].ids, n * sizeof *ids) == 0);
+		free(ids);
+		free(jobs[i].ids);
+	}
 }
