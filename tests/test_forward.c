@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "model/forward.h"
 #include "model/sample.h"
@@ -626,4 +628,85 @@ Test(forward, load_names_missing_key_and_bad_shapes)
 	cr_expect_eq(hp->eos_id, 511);
 	moe_model_destroy(m);
 	moe_gguf_close(g), free(buf);
+}
+
+/* ---- the CLI ------------------------------------------------------------------------------ */
+
+static const char *bin(void)
+{
+	const char *b = getenv("MOE_BIN");
+	cr_assert_not_null(b, "MOE_BIN is not set");
+	return b;
+}
+
+Test(cli, logits_one_by_one_matches_golden)
+{
+	char out[] = "/tmp/moe_logits_XXXXXX";
+	int fd = mkstemp(out);
+	cr_assert(fd >= 0);
+	close(fd);
+	golden g;
+	golden_load(&g, "qwen3next-tiny-F32");
+	char toks[1024] = "";
+	for (int i = 0; i < g.n_tok[0]; i++)
+		snprintf(toks + strlen(toks), sizeof toks - strlen(toks), "%s%d", i ? "," : "",
+		         g.tok[0][i]);
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd,
+	         "%s logits -m %s --tokens %s --one-by-one --kv f32 --threads 1 -o %s", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), toks, out);
+	cr_assert_eq(system(cmd), 0, "%s", cmd);
+	size_t n;
+	float *ours = read_file(out, &n);
+	cr_assert_eq(n, (size_t)g.n_tok[0] * N_VOCAB * sizeof(float));
+	float *gs = golden_logits("qwen3next-tiny-F32", "A.seq", g.n_tok[0]);
+	const cmp c = compare(gs, ours, g.n_tok[0]);
+	cr_expect(c.max_abs <= 1e-4, "CLI logits max |d| %g", c.max_abs);
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,x -o %s 2>/dev/null", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2, "bad token list is a usage error");
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,512 -o %s 2>/dev/null", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 1, "token id out of range is a runtime error");
+	unlink(out);
+	free(ours), free(gs);
+	golden_free(&g);
+}
+
+/* Greedy text of the KJV demo models equals llama.cpp's (the samples in
+ * models/README.md, prompt removed). */
+static void check_kjv(const char *model, const char *prompt, const char *expect)
+{
+	const char *src = getenv("MOE_SOURCE_DIR");
+	cr_assert_not_null(src);
+	char cmd[2048];
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/%s -p '%s' -n 48 --temp 0 --ignore-eos --threads 1 "
+	         "2>/dev/null",
+	         bin(), src, model, prompt);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof text - 1, p);
+	text[n] = 0;
+	cr_assert_eq(pclose(p), 0, "%s", cmd);
+	while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' '))
+		text[--n] = 0;
+	cr_expect_str_eq(text, expect, "%s greedy text differs from llama.cpp's", model);
+}
+
+Test(cli, kjv_qwen3moe_greedy_text_matches_llama_cpp)
+{
+	check_kjv("kjv-qwen3moe-Q4_K_M.gguf", "In the beginning",
+	          " of the LORD.\nFor the LORD hath made a man to the LORD, and the LORD hath "
+	          "made a man to the LORD.\nAnd he said unto the LORD, I will not be a man of the "
+	          "LORD, and the LORD shall be");
+}
+
+Test(cli, kjv_qwen3next_greedy_text_matches_llama_cpp)
+{
+	check_kjv("kjv-qwen3next-Q4_K_M.gguf", "Jesus answered and said unto him",
+	          ", Behold, I will not be a man of God, and I will not be in the midst of the "
+	          "earth.\nAnd the LORD said unto Moses, The LORD hath given me to the people, and "
+	          "the LORD thy God, and the");
 }
