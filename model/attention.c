@@ -41,60 +41,68 @@ typedef struct attn_job {
 	bool gated;
 } attn_job;
 
+/* Row of head kvh at position p of the cache as floats: a pointer into the
+ * cache (F32) or buf converted (F16). */
+static const float *kv_head(const moe_fwd *f, void *cache, int kv_layer, int slot, int64_t p,
+                            int kvh, int hd, float *buf)
+{
+	const char *row = kv_row(f, cache, kv_layer, slot, p);
+	if (f->o.kv_type == MOE_TYPE_F32)
+		return (const float *)row + (int64_t)kvh * hd;
+	/* cannot fail: F16 converts any length */
+	(void)moe_dequantize_row(MOE_TYPE_F16, buf, row + (size_t)kvh * (size_t)hd * 2, hd);
+	return buf;
+}
+
+/* One item = one token and one KV head with its group of query heads, so
+ * every cache row is read (and converted) once per group. */
 static void attn_heads(void *arg, int ith, int nth)
 {
 	const attn_job *jb = arg;
 	moe_fwd *f = jb->f;
 	const moe_hparams *hp = &f->m->hp;
-	const int hd = hp->head_dim, nh = hp->n_head;
-	const int grp = hp->n_head / hp->n_head_kv;
+	const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
+	const int grp = nh / nkv;
 	const int kv_layer = f->m->layers[jb->il].idx_kv;
 	const float scale = 1.0f / sqrtf((float)hd);
-	float *s = f->scores + (size_t)ith * (size_t)f->o.n_ctx;
-	const bool f16 = f->o.kv_type == MOE_TYPE_F16;
+	float *s = f->scores + (size_t)ith * f->scores_n;  /* [grp][n_ctx] */
+	float *buf = s + (size_t)grp * (size_t)f->o.n_ctx; /* [hd] */
 
-	for (int64_t item = ith; item < f->n * nh; item += nth) {
-		const int64_t t = item / nh;
-		const int h = (int)(item % nh), kvh = h / grp;
+	for (int64_t item = ith; item < f->n * nkv; item += nth) {
+		const int64_t t = item / nkv;
+		const int kvh = (int)(item % nkv);
 		const int slot = f->slot[t];
 		const int64_t n_pos = f->pos[t] + 1;
-		const float *q = f->q + t * jb->q_stride + h * jb->q_head;
-		float *out = f->att + (t * nh + h) * hd;
+		const float *q0 = f->q + t * jb->q_stride + (int64_t)kvh * grp * jb->q_head;
+		float *out0 = f->att + (t * nh + (int64_t)kvh * grp) * hd;
 
 		for (int64_t p = 0; p < n_pos; p++) {
-			const void *kr = kv_row(f, f->k_cache, kv_layer, slot, p);
-			float dot;
-			if (f16) {
-				const uint16_t *k = (const uint16_t *)kr + (int64_t)kvh * hd;
-				dot = 0.0f;
-				for (int d = 0; d < hd; d++)
-					dot += q[d] * moe_f16_to_f32(k[d]);
-			} else {
-				dot = moe_dot_f32(q, (const float *)kr + (int64_t)kvh * hd, hd);
-			}
-			s[p] = dot * scale;
+			const float *k = kv_head(f, f->k_cache, kv_layer, slot, p, kvh, hd, buf);
+			for (int g = 0; g < grp; g++)
+				s[(int64_t)g * f->o.n_ctx + p] =
+				    moe_dot_f32(q0 + g * jb->q_head, k, hd) * scale;
 		}
-		moe_softmax(s, n_pos);
-
-		for (int d = 0; d < hd; d++)
-			out[d] = 0.0f;
+		for (int g = 0; g < grp; g++) {
+			moe_softmax(s + (int64_t)g * f->o.n_ctx, n_pos);
+			for (int d = 0; d < hd; d++)
+				out0[g * hd + d] = 0.0f;
+		}
 		for (int64_t p = 0; p < n_pos; p++) {
-			const void *vr = kv_row(f, f->v_cache, kv_layer, slot, p);
-			const float w = s[p];
-			if (f16) {
-				const uint16_t *v = (const uint16_t *)vr + (int64_t)kvh * hd;
-				for (int d = 0; d < hd; d++)
-					out[d] += w * moe_f16_to_f32(v[d]);
-			} else {
-				const float *v = (const float *)vr + (int64_t)kvh * hd;
+			const float *v = kv_head(f, f->v_cache, kv_layer, slot, p, kvh, hd, buf);
+			for (int g = 0; g < grp; g++) {
+				const float w = s[(int64_t)g * f->o.n_ctx + p];
+				float *out = out0 + g * hd;
 				for (int d = 0; d < hd; d++)
 					out[d] += w * v[d];
 			}
 		}
 		if (jb->gated) {
-			const float *gate = q + hd;
-			for (int d = 0; d < hd; d++)
-				out[d] *= moe_sigmoid(gate[d]);
+			for (int g = 0; g < grp; g++) {
+				const float *gate = q0 + g * jb->q_head + hd;
+				float *out = out0 + g * hd;
+				for (int d = 0; d < hd; d++)
+					out[d] *= moe_sigmoid(gate[d]);
+			}
 		}
 	}
 }

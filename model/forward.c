@@ -406,7 +406,8 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	f->k = falloc(B * kvd, sizeof(float), &fail);
 	f->v = falloc(B * kvd, sizeof(float), &fail);
 	f->att = falloc(B * att, sizeof(float), &fail);
-	f->scores = falloc((size_t)f->nth * (size_t)o.n_ctx, sizeof(float), &fail);
+	f->scores_n = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)o.n_ctx + hd;
+	f->scores = falloc((size_t)f->nth * f->scores_n, sizeof(float), &fail);
 	f->qkv = falloc(B * cd, sizeof(float), &fail);
 	f->z = falloc(B * vdim, sizeof(float), &fail);
 	f->ba = falloc(B * 2 * nv, sizeof(float), &fail);

@@ -97,20 +97,22 @@ struct moe_fwd {
 	size_t state_bytes;
 
 	/* scratch, B = max_batch rows */
-	float *x;      /* [B][n_embd] residual stream */
-	float *xn;     /* [B][n_embd] normalised input of a block */
-	float *y;      /* [B][n_embd] block output */
-	float *rope;   /* [B][n_rot] cos/sin pairs */
-	float *q;      /* [B][q_rows]: wq output (q and gate for qwen3next) */
-	float *k;      /* [B][n_head_kv*head_dim] */
-	float *v;      /* [B][n_head_kv*head_dim] */
-	float *att;    /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
-	float *scores; /* [nth][n_ctx] */
-	float *qkv;    /* [B][conv_dim] DeltaNet projections, then conv output */
-	float *z;      /* [B][n_v_heads*head_v] */
-	float *ba;     /* [B][2*n_v_heads] */
-	float *beta;   /* [B][n_v_heads] */
-	float *gdec;   /* [B][n_v_heads] log decay g */
+	float *x;    /* [B][n_embd] residual stream */
+	float *xn;   /* [B][n_embd] normalised input of a block */
+	float *y;    /* [B][n_embd] block output */
+	float *rope; /* [B][n_rot] cos/sin pairs */
+	float *q;    /* [B][q_rows]: wq output (q and gate for qwen3next) */
+	float *k;    /* [B][n_head_kv*head_dim] */
+	float *v;    /* [B][n_head_kv*head_dim] */
+	float *att;  /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
+	float
+	    *scores; /* [nth][scores_n]: [n_head/n_head_kv][n_ctx] scores, then a [head_dim] row */
+	size_t scores_n;
+	float *qkv;     /* [B][conv_dim] DeltaNet projections, then conv output */
+	float *z;       /* [B][n_v_heads*head_v] */
+	float *ba;      /* [B][2*n_v_heads] */
+	float *beta;    /* [B][n_v_heads] */
+	float *gdec;    /* [B][n_v_heads] log decay g */
 	float *gdn_tmp; /* [nth][gdn scratch floats] */
 	size_t gdn_tmp_n;
 	float *conv_tmp;   /* [conv_dim] */
