@@ -9,6 +9,8 @@ const moe_bench moe_benches[] = {
     {"kernels", "STREAM triad, GEMV bandwidth and GEMM throughput per weight type",
      moe_bench_kernels},
     {"tokenizer", "tokenizer encode/decode MB/s on mixed text, one core", moe_bench_tokenizer},
+    {"e2e", "single-process prefill / decode tok/s of a model vs the memory roofline",
+     moe_bench_e2e},
     {NULL, NULL, NULL},
 };
 

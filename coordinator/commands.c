@@ -17,5 +17,7 @@ const moe_command moe_commands[] = {
 	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
 	{"tokenize", "JSON lines of text -> token ids (or --decode ids -> text)", moe_cmd_tokenize},
 	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
+	{"logits", "write the raw float32 logits of a token list", moe_cmd_logits},
+	{"run", "generate text from a prompt on this machine", moe_cmd_run},
 	{NULL, NULL, NULL},
 };

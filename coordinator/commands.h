@@ -21,5 +21,7 @@ int moe_cmd_make_model(int argc, char **argv);
 int moe_cmd_inspect(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_bench(int argc, char **argv);
+int moe_cmd_logits(int argc, char **argv);
+int moe_cmd_run(int argc, char **argv);
 
 #endif

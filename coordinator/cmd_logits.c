@@ -1,0 +1,182 @@
+/* cmd_logits.c - `moemesh logits`: run the forward pass over a token list and
+ * write the raw float32 logits of every position. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/commands.h"
+#include "model/forward.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh logits -m MODEL.gguf --tokens ID,ID,... -o OUT.f32\n"
+	           "                      [--one-by-one] [--kv f16|f32] [--threads N]\n"
+	           "                      [--batch N]\n\n"
+	           "Runs the tokens through the model (positions 0, 1, ...) and writes raw\n"
+	           "little-endian float32 logits [n_tokens][n_vocab] to OUT (row i = after\n"
+	           "token i).  All tokens go in one step (chunked by --batch, default 256),\n"
+	           "or one token per step with --one-by-one.  --kv picks the KV cache type\n"
+	           "(default f16).\n");
+}
+
+/* Parses "1,2,3" into a new array; returns the count or -1 (message printed). */
+static int64_t parse_tokens(int32_t **out, const char *s)
+{
+	int64_t n = 1;
+	for (const char *p = s; *p; p++)
+		n += *p == ',';
+	int32_t *v = malloc((size_t)n * sizeof *v);
+	if (v == NULL)
+		return -1;
+	const char *p = s;
+	for (int64_t i = 0; i < n; i++) {
+		char *end;
+		errno = 0;
+		long x = strtol(p, &end, 10);
+		if (end == p || errno != 0 || x < 0 || x > INT32_MAX || (*end != ',' && *end)) {
+			fprintf(stderr, "moemesh logits: bad token list at '%s'\n", p);
+			free(v);
+			return -1;
+		}
+		v[i] = (int32_t)x;
+		p = end + (*end == ',');
+	}
+	*out = v;
+	return n;
+}
+
+static int parse_int(int *out, const char *s, int lo, int hi)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (end == s || *end || errno != 0 || x < lo || x > hi)
+		return -1;
+	*out = (int)x;
+	return 0;
+}
+
+static int fail(moe_err err)
+{
+	fprintf(stderr, "moemesh logits: %s: %s\n", moe_err_name(err), moe_err_detail());
+	return 1;
+}
+
+int moe_cmd_logits(int argc, char **argv)
+{
+	const char *model = NULL, *out = NULL, *toks = NULL;
+	bool one = false;
+	moe_fwd_opts o;
+	moe_fwd_opts_default(&o);
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const bool has = i + 1 < argc;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--one-by-one") == 0) {
+			one = true;
+		} else if (strcmp(a, "-m") == 0 && has) {
+			model = argv[++i];
+		} else if (strcmp(a, "-o") == 0 && has) {
+			out = argv[++i];
+		} else if (strcmp(a, "--tokens") == 0 && has) {
+			toks = argv[++i];
+		} else if (strcmp(a, "--kv") == 0 && has) {
+			const char *t = argv[++i];
+			if (strcmp(t, "f16") == 0)
+				o.kv_type = MOE_TYPE_F16;
+			else if (strcmp(t, "f32") == 0)
+				o.kv_type = MOE_TYPE_F32;
+			else
+				goto out_usage;
+		} else if (strcmp(a, "--threads") == 0 && has) {
+			if (parse_int(&o.n_threads, argv[++i], 1, 1024) != 0)
+				goto out_usage;
+		} else if (strcmp(a, "--batch") == 0 && has) {
+			if (parse_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
+				goto out_usage;
+		} else {
+			goto out_usage;
+		}
+	}
+	if (model == NULL || out == NULL || toks == NULL)
+		goto out_usage;
+
+	int32_t *tokens;
+	const int64_t n = parse_tokens(&tokens, toks);
+	if (n < 0)
+		return 2;
+	int rc = 1;
+	moe_model *m = NULL;
+	moe_fwd *f = NULL;
+	float *logits = NULL;
+	int32_t *pos = NULL, *slots = NULL;
+	moe_err err = moe_model_open(&m, model);
+	if (err != MOE_OK) {
+		rc = fail(err);
+		goto out_free_tokens;
+	}
+	const int64_t nv = moe_model_hparams(m)->n_vocab;
+	if (o.n_ctx == 0 || o.n_ctx < n)
+		o.n_ctx = (int)n;
+	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK) {
+		rc = fail(err);
+		goto out_free_model;
+	}
+	logits = malloc((size_t)n * (size_t)nv * sizeof(float));
+	pos = malloc((size_t)n * sizeof *pos);
+	slots = calloc((size_t)n, sizeof *slots);
+	if (logits == NULL || pos == NULL || slots == NULL) {
+		rc = fail(moe_fail(MOE_ERR_NOMEM, "logits: %lld x %lld floats", (long long)n,
+		                   (long long)nv));
+		goto out_free_fwd;
+	}
+	for (int64_t i = 0; i < n; i++)
+		pos[i] = (int32_t)i;
+	int slot;
+	if ((err = moe_fwd_seq_open(f, &slot)) != MOE_OK) {
+		rc = fail(err);
+		goto out_free_fwd;
+	}
+	const int64_t step = one ? 1 : n;
+	for (int64_t i = 0; i < n; i += step) {
+		const moe_batch b = {.n_tok = step,
+		                     .tokens = tokens + i,
+		                     .slot = slots + i,
+		                     .pos = pos + i,
+		                     .logits = NULL};
+		if ((err = moe_fwd_step(f, logits + i * nv, &b)) != MOE_OK) {
+			rc = fail(err);
+			goto out_free_fwd;
+		}
+	}
+	FILE *fp = fopen(out, "wb");
+	if (fp == NULL) {
+		rc = fail(moe_fail(MOE_ERR_IO, "opening %s: %s", out, strerror(errno)));
+		goto out_free_fwd;
+	}
+	const size_t cnt = (size_t)n * (size_t)nv;
+	const bool ok = fwrite(logits, sizeof(float), cnt, fp) == cnt;
+	if (fclose(fp) != 0 || !ok) {
+		rc = fail(moe_fail(MOE_ERR_IO, "writing %s: %s", out, strerror(errno)));
+		goto out_free_fwd;
+	}
+	rc = 0;
+
+out_free_fwd:
+	free(logits);
+	free(pos);
+	free(slots);
+	moe_fwd_destroy(f);
+out_free_model:
+	moe_model_destroy(m);
+out_free_tokens:
+	free(tokens);
+	return rc;
+
+out_usage:
+	usage(stderr);
+	return 2;
+}

@@ -1,0 +1,348 @@
+/* cmd_run.c - `moemesh run`: generate text from a prompt on one machine,
+ * streaming it to stdout, with timing and memory figures on stderr. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/commands.h"
+#include "model/forward.h"
+#include "model/sample.h"
+#include "model/tokenizer.h"
+
+#define MAX_STOPS 16
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh run -m MODEL.gguf (-p PROMPT | --tokens ID,ID,...) [-n N]\n"
+	           "                   [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
+	           "                   [--repeat-penalty R] [--presence-penalty P]\n"
+	           "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
+	           "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
+	           "                   [--kv f16|f32] [--ctx N] [--batch N]\n\n"
+	           "Generates up to N tokens (default 128) after the prompt and streams the\n"
+	           "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
+	           "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
+	           "top-p 0.95, min-p 0.05).  Prompt and decode speed and the bytes of KV\n"
+	           "cache and recurrent state go to stderr.\n");
+}
+
+static int parse_tokens(int32_t **out, size_t *n_out, const char *s)
+{
+	size_t n = 1;
+	for (const char *p = s; *p; p++)
+		n += *p == ',';
+	int32_t *v = malloc(n * sizeof *v);
+	if (v == NULL)
+		return -1;
+	const char *p = s;
+	for (size_t i = 0; i < n; i++) {
+		char *end;
+		errno = 0;
+		long x = strtol(p, &end, 10);
+		if (end == p || errno != 0 || x < 0 || x > INT32_MAX || (*end != ',' && *end)) {
+			free(v);
+			return -1;
+		}
+		v[i] = (int32_t)x;
+		p = end + (*end == ',');
+	}
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+static int parse_int(int *out, const char *s, long lo, long hi)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (end == s || *end || errno != 0 || x < lo || x > hi)
+		return -1;
+	*out = (int)x;
+	return 0;
+}
+
+static int parse_float(float *out, const char *s)
+{
+	char *end;
+	errno = 0;
+	float x = strtof(s, &end);
+	if (end == s || *end || errno != 0)
+		return -1;
+	*out = x;
+	return 0;
+}
+
+static int fail(moe_err err)
+{
+	fprintf(stderr, "moemesh run: %s: %s\n", moe_err_name(err), moe_err_detail());
+	return 1;
+}
+
+typedef struct run_args {
+	const char *model;
+	const char *prompt;
+	const char *tokens;
+	int n_gen;
+	bool ignore_eos;
+	const char *stops[MAX_STOPS];
+	int n_stops;
+	moe_sampler_params sp;
+	moe_fwd_opts fo;
+} run_args;
+
+/* Returns 0, or 2 on a usage error, 3 for --help. */
+static int parse_args(run_args *a, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int bad = 0;
+		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
+			return 3;
+		if (strcmp(s, "--ignore-eos") == 0) {
+			a->ignore_eos = true;
+			continue;
+		}
+		if (v == NULL)
+			return 2;
+		i++;
+		if (strcmp(s, "-m") == 0)
+			a->model = v;
+		else if (strcmp(s, "-p") == 0)
+			a->prompt = v;
+		else if (strcmp(s, "--tokens") == 0)
+			a->tokens = v;
+		else if (strcmp(s, "-n") == 0)
+			bad = parse_int(&a->n_gen, v, 0, 1 << 24);
+		else if (strcmp(s, "--temp") == 0)
+			bad = parse_float(&a->sp.temp, v);
+		else if (strcmp(s, "--top-k") == 0)
+			bad = parse_int(&a->sp.top_k, v, 0, 1 << 30);
+		else if (strcmp(s, "--top-p") == 0)
+			bad = parse_float(&a->sp.top_p, v);
+		else if (strcmp(s, "--min-p") == 0)
+			bad = parse_float(&a->sp.min_p, v);
+		else if (strcmp(s, "--repeat-penalty") == 0)
+			bad = parse_float(&a->sp.repeat_penalty, v);
+		else if (strcmp(s, "--presence-penalty") == 0)
+			bad = parse_float(&a->sp.presence_penalty, v);
+		else if (strcmp(s, "--frequency-penalty") == 0)
+			bad = parse_float(&a->sp.frequency_penalty, v);
+		else if (strcmp(s, "--penalty-last-n") == 0)
+			bad = parse_int(&a->sp.penalty_last_n, v, 0, 1 << 20);
+		else if (strcmp(s, "--seed") == 0) {
+			char *end;
+			errno = 0;
+			a->sp.seed = strtoull(v, &end, 10);
+			bad = end == v || *end || errno != 0;
+		} else if (strcmp(s, "--stop") == 0) {
+			if (a->n_stops == MAX_STOPS)
+				return 2;
+			a->stops[a->n_stops++] = v;
+		} else if (strcmp(s, "--threads") == 0)
+			bad = parse_int(&a->fo.n_threads, v, 1, 1024);
+		else if (strcmp(s, "--ctx") == 0)
+			bad = parse_int(&a->fo.n_ctx, v, 1, 1 << 24);
+		else if (strcmp(s, "--batch") == 0)
+			bad = parse_int(&a->fo.max_batch, v, 1, 1 << 20);
+		else if (strcmp(s, "--kv") == 0) {
+			if (strcmp(v, "f16") == 0)
+				a->fo.kv_type = MOE_TYPE_F16;
+			else if (strcmp(v, "f32") == 0)
+				a->fo.kv_type = MOE_TYPE_F32;
+			else
+				bad = 1;
+		} else
+			return 2;
+		if (bad)
+			return 2;
+	}
+	if (a->model == NULL || (a->prompt == NULL) == (a->tokens == NULL))
+		return 2;
+	return 0;
+}
+
+/* Text of the generation so far and how much of it went to stdout. */
+typedef struct out_text {
+	char *buf;
+	size_t len, cap, emitted;
+} out_text;
+
+static moe_err text_add(out_text *t, const char *s, size_t n)
+{
+	if (t->len + n + 1 > t->cap) {
+		size_t cap = t->cap ? t->cap : 256;
+		while (cap < t->len + n + 1)
+			cap *= 2;
+		char *b = realloc(t->buf, cap);
+		if (b == NULL)
+			return moe_fail(MOE_ERR_NOMEM, "run: output text of %zu bytes", cap);
+		t->buf = b;
+		t->cap = cap;
+	}
+	memcpy(t->buf + t->len, s, n);
+	t->len += n;
+	t->buf[t->len] = '\0';
+	return MOE_OK;
+}
+
+/* Emits what is safe; returns true when a stop string was reached. */
+static bool text_flush(out_text *t, const run_args *a, bool final)
+{
+	size_t at;
+	const bool stop =
+	    moe_stop_find(&at, t->buf + t->emitted, t->len - t->emitted, a->stops, a->n_stops);
+	if (final && !stop)
+		at = t->len - t->emitted;
+	fwrite(t->buf + t->emitted, 1, at, stdout);
+	fflush(stdout);
+	t->emitted += at;
+	return stop;
+}
+
+int moe_cmd_run(int argc, char **argv)
+{
+	run_args a = {.n_gen = 128};
+	moe_sampler_params_default(&a.sp);
+	moe_fwd_opts_default(&a.fo);
+	int pr = parse_args(&a, argc, argv);
+	if (pr == 3) {
+		usage(stdout);
+		return 0;
+	}
+	if (pr != 0) {
+		usage(stderr);
+		return 2;
+	}
+
+	int rc = 1;
+	moe_err err;
+	moe_model *m = NULL;
+	moe_tokenizer *tok = NULL;
+	moe_tok_stream *ts = NULL;
+	moe_fwd *f = NULL;
+	moe_sampler *smp = NULL;
+	int32_t *prompt = NULL, *pos = NULL, *slots = NULL;
+	float *logits = NULL;
+	size_t n_prompt = 0;
+	out_text text = {0};
+
+	if ((err = moe_model_open(&m, a.model)) != MOE_OK)
+		goto out_fail;
+	const moe_hparams *hp = moe_model_hparams(m);
+	if ((err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK ||
+	    (err = moe_tok_stream_create(&ts, tok, 0)) != MOE_OK)
+		goto out_fail;
+	if (a.prompt != NULL)
+		err = moe_tokenizer_encode(&prompt, &n_prompt, tok, a.prompt, strlen(a.prompt),
+		                           MOE_TOK_ENCODE_ADD_SPECIAL);
+	else if (parse_tokens(&prompt, &n_prompt, a.tokens) != 0)
+		err = moe_fail(MOE_ERR_INVAL, "run: bad --tokens list");
+	if (err != MOE_OK)
+		goto out_fail;
+	if (n_prompt == 0) {
+		err = moe_fail(MOE_ERR_INVAL, "run: the prompt is empty");
+		goto out_fail;
+	}
+	if (a.fo.n_ctx == 0)
+		a.fo.n_ctx = (int)(n_prompt + (size_t)a.n_gen);
+	if ((err = moe_fwd_create(&f, m, &a.fo)) != MOE_OK ||
+	    (err = moe_sampler_create(&smp, &a.sp, hp->n_vocab)) != MOE_OK)
+		goto out_fail;
+	logits = malloc((size_t)hp->n_vocab * sizeof(float));
+	pos = malloc(n_prompt * sizeof *pos);
+	slots = calloc(n_prompt, sizeof *slots);
+	if (logits == NULL || pos == NULL || slots == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "run: buffers");
+		goto out_fail;
+	}
+	int slot;
+	if ((err = moe_fwd_seq_open(f, &slot)) != MOE_OK)
+		goto out_fail;
+	const int32_t eos = moe_tokenizer_eos(tok) >= 0 ? moe_tokenizer_eos(tok) : hp->eos_id;
+
+	/* prompt: one step, logits of the last position only */
+	bool *want = calloc(n_prompt, sizeof *want);
+	if (want == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "run: buffers");
+		goto out_fail;
+	}
+	want[n_prompt - 1] = true;
+	for (size_t i = 0; i < n_prompt; i++) {
+		pos[i] = (int32_t)i;
+		slots[i] = slot;
+		moe_sampler_accept(smp, prompt[i]);
+	}
+	const double t0 = moe_now_s();
+	const moe_batch pb = {.n_tok = (int64_t)n_prompt,
+	                      .tokens = prompt,
+	                      .slot = slots,
+	                      .pos = pos,
+	                      .logits = want};
+	err = moe_fwd_step(f, logits, &pb);
+	free(want);
+	if (err != MOE_OK)
+		goto out_fail;
+	const double t1 = moe_now_s();
+
+	int n_done = 0, n_steps = 0;
+	for (; n_done < a.n_gen; n_done++) {
+		int32_t t;
+		if ((err = moe_sampler_sample(smp, &t, logits)) != MOE_OK)
+			goto out_fail;
+		if (t == eos && !a.ignore_eos)
+			break;
+		moe_sampler_accept(smp, t);
+		const char *piece;
+		size_t plen;
+		if ((err = moe_tok_stream_push(ts, t, &piece, &plen)) != MOE_OK ||
+		    (err = text_add(&text, piece, plen)) != MOE_OK)
+			goto out_fail;
+		if (text_flush(&text, &a, false)) {
+			n_done++;
+			break;
+		}
+		if (n_done + 1 == a.n_gen)
+			continue; /* no logits needed after the last token */
+		const int32_t p = (int32_t)(n_prompt + (size_t)n_done);
+		const moe_batch db = {.n_tok = 1, .tokens = &t, .slot = &slot, .pos = &p};
+		if ((err = moe_fwd_step(f, logits, &db)) != MOE_OK)
+			goto out_fail;
+		n_steps++;
+	}
+	const double t2 = moe_now_s();
+	const char *rest;
+	size_t rlen;
+	if (moe_tok_stream_finish(ts, &rest, &rlen) == MOE_OK &&
+	    text_add(&text, rest, rlen) == MOE_OK)
+		text_flush(&text, &a, true);
+	printf("\n");
+	fflush(stdout);
+	fprintf(stderr,
+	        "prompt: %zu tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f "
+	        "tok/s, %d steps)\n",
+	        n_prompt, t1 - t0, (double)n_prompt / (t1 - t0), n_done, t2 - t1,
+	        n_steps > 0 ? (double)n_steps / (t2 - t1) : 0.0, n_steps);
+	fprintf(stderr, "memory: KV cache %zu bytes, recurrent state %zu bytes (n_ctx %d, %s KV)\n",
+	        moe_fwd_kv_bytes(f), moe_fwd_state_bytes(f), a.fo.n_ctx,
+	        a.fo.kv_type == MOE_TYPE_F16 ? "f16" : "f32");
+	rc = 0;
+	goto out_free;
+
+out_fail:
+	rc = fail(err);
+out_free:
+	free(text.buf);
+	free(logits);
+	free(pos);
+	free(slots);
+	free(prompt);
+	moe_sampler_destroy(smp);
+	moe_fwd_destroy(f);
+	moe_tok_stream_destroy(ts);
+	moe_tokenizer_destroy(tok);
+	moe_model_destroy(m);
+	return rc;
+}

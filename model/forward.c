@@ -1,0 +1,723 @@
+/*
+ * forward.c - model loading (tensor checks), the inference context, sequence
+ * slots, the MoE block with its expert backend, and the step that runs a
+ * batch through every layer (see forward.h).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/fwd_internal.h"
+#include "model/ops.h"
+
+/* ---- model loading ------------------------------------------------------------------ */
+
+/* Finds tensor name and checks its shape is exactly ne (n_dims entries, the
+ * rest 1) and, if want_f32, that it is F32; otherwise that kernels/ can
+ * compute with its type. */
+static moe_err find_checked(const moe_gguf_tensor **out, const moe_gguf *g, const char *name,
+                            bool want_f32, int n_dims, int64_t ne0, int64_t ne1, int64_t ne2)
+{
+	const moe_gguf_tensor *t = moe_gguf_find_tensor(g, name);
+	if (t == NULL)
+		return moe_fail(MOE_ERR_NOT_FOUND, "model: tensor %s is missing", name);
+	const int64_t want[MOE_GGUF_MAX_DIMS] = {ne0, n_dims > 1 ? ne1 : 1, n_dims > 2 ? ne2 : 1,
+	                                         1};
+	for (int d = 0; d < MOE_GGUF_MAX_DIMS; d++) {
+		if (t->ne[d] != want[d])
+			return moe_fail(
+			    MOE_ERR_BAD_SHAPE,
+			    "model: tensor %s has ne [%lld, %lld, %lld, %lld], expected "
+			    "[%lld, %lld, %lld, %lld] from the hyper-parameters",
+			    name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+			    (long long)t->ne[3], (long long)want[0], (long long)want[1],
+			    (long long)want[2], (long long)want[3]);
+	}
+	const moe_type_traits *tr = moe_type_get(t->type);
+	if (want_f32 && t->type != MOE_TYPE_F32)
+		return moe_fail(MOE_ERR_UNSUPPORTED, "model: tensor %s has type %s, expected F32",
+		                name, tr != NULL && tr->name != NULL ? tr->name : "?");
+	if (tr == NULL || !tr->compute)
+		return moe_fail(MOE_ERR_UNSUPPORTED,
+		                "model: tensor %s has type %s, which kernels/ cannot compute", name,
+		                tr != NULL && tr->name != NULL ? tr->name : "?");
+	if (moe_row_size(t->type, ne0) == 0)
+		return moe_fail(MOE_ERR_BAD_SHAPE,
+		                "model: tensor %s: row length %lld is not a multiple of the %s "
+		                "block (%lld)",
+		                name, (long long)ne0, tr->name, (long long)tr->block_size);
+	*out = t;
+	return MOE_OK;
+}
+
+static moe_err get_vec(const float **out, const moe_gguf *g, const char *name, int64_t n)
+{
+	const moe_gguf_tensor *t = NULL;
+	moe_err err = find_checked(&t, g, name, true, 1, n, 1, 1);
+	if (err == MOE_OK)
+		*out = t->data;
+	return err;
+}
+
+static moe_err get_mat(moe_wmat *out, const moe_gguf *g, const char *name, int64_t n_cols,
+                       int64_t n_rows)
+{
+	const moe_gguf_tensor *t = NULL;
+	moe_err err = find_checked(&t, g, name, false, 2, n_cols, n_rows, 1);
+	if (err != MOE_OK)
+		return err;
+	*out = (moe_wmat){.data = t->data, .type = t->type, .n_cols = n_cols, .n_rows = n_rows};
+	return MOE_OK;
+}
+
+/* A stacked expert tensor: n_expert slabs of n_rows x n_cols. */
+static moe_err get_exps(moe_expert_mat *out, const void **ptrs, const moe_gguf *g, const char *name,
+                        int64_t n_cols, int64_t n_rows, int n_expert)
+{
+	const moe_gguf_tensor *t = NULL;
+	moe_err err = find_checked(&t, g, name, false, 3, n_cols, n_rows, n_expert);
+	if (err != MOE_OK)
+		return err;
+	const size_t slab = moe_row_size(t->type, n_cols) * (size_t)n_rows;
+	for (int e = 0; e < n_expert; e++)
+		ptrs[e] = (const char *)t->data + (size_t)e * slab;
+	*out =
+	    (moe_expert_mat){.type = t->type, .n_cols = n_cols, .n_rows = n_rows, .expert = ptrs};
+	return MOE_OK;
+}
+
+/* "blk.<il>.<s>" in buf[128]. */
+static const char *lname(char *buf, int il, const char *s)
+{
+	snprintf(buf, 128, "blk.%d.%s", il, s);
+	return buf;
+}
+
+static moe_err load_layer(moe_model *m, int il, int *n_kv, int *n_rec)
+{
+	const moe_hparams *hp = &m->hp;
+	const moe_gguf *g = m->g;
+	moe_layer_w *L = &m->layers[il];
+	const int64_t E = hp->n_embd, hd = hp->head_dim;
+	const bool next = hp->arch == MOE_ARCH_QWEN3NEXT;
+	char nm[128];
+	moe_err err;
+
+	if ((err = get_vec(&L->attn_norm, g, lname(nm, il, "attn_norm.weight"), E)) != MOE_OK)
+		return err;
+	if ((err = get_vec(&L->ffn_norm, g,
+	                   next ? lname(nm, il, "post_attention_norm.weight")
+	                        : lname(nm, il, "ffn_norm.weight"),
+	                   E)) != MOE_OK)
+		return err;
+	L->idx_kv = L->idx_rec = -1;
+	if (hp->recurrent[il]) {
+		const int64_t nv = hp->ssm_n_v_heads, hv = hp->ssm_head_v;
+		L->idx_rec = (*n_rec)++;
+		if ((err = get_mat(&L->wqkv, g, lname(nm, il, "attn_qkv.weight"), E,
+		                   hp->ssm_conv_dim)) != MOE_OK ||
+		    (err = get_mat(&L->wz, g, lname(nm, il, "attn_gate.weight"), E, nv * hv)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->wba, g, lname(nm, il, "ssm_ba.weight"), E, 2 * nv)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->ssm_out, g, lname(nm, il, "ssm_out.weight"), nv * hv, E)) !=
+		        MOE_OK ||
+		    (err = get_vec(&L->dt_bias, g, lname(nm, il, "ssm_dt.bias"), nv)) != MOE_OK ||
+		    (err = get_vec(&L->ssm_a, g, lname(nm, il, "ssm_a"), nv)) != MOE_OK ||
+		    (err = get_vec(&L->ssm_norm, g, lname(nm, il, "ssm_norm.weight"), hv)) !=
+		        MOE_OK)
+			return err;
+		const moe_gguf_tensor *t = NULL;
+		if ((err = find_checked(&t, g, lname(nm, il, "ssm_conv1d.weight"), true, 2,
+		                        hp->ssm_conv_kernel, hp->ssm_conv_dim, 1)) != MOE_OK)
+			return err;
+		L->conv1d = t->data;
+	} else {
+		const int64_t q_rows = (int64_t)hp->n_head * hd * (next ? 2 : 1);
+		const int64_t kv_rows = (int64_t)hp->n_head_kv * hd;
+		L->idx_kv = (*n_kv)++;
+		if ((err = get_mat(&L->wq, g, lname(nm, il, "attn_q.weight"), E, q_rows)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->wk, g, lname(nm, il, "attn_k.weight"), E, kv_rows)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->wv, g, lname(nm, il, "attn_v.weight"), E, kv_rows)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->wo, g, lname(nm, il, "attn_output.weight"),
+		                   (int64_t)hp->n_head * hd, E)) != MOE_OK ||
+		    (err = get_vec(&L->q_norm, g, lname(nm, il, "attn_q_norm.weight"), hd)) !=
+		        MOE_OK ||
+		    (err = get_vec(&L->k_norm, g, lname(nm, il, "attn_k_norm.weight"), hd)) !=
+		        MOE_OK)
+			return err;
+	}
+
+	const int ne = hp->n_expert;
+	const void **ptrs = m->exp_ptrs + (size_t)il * 3 * (size_t)ne;
+	L->exps.n_expert = ne;
+	if ((err = get_mat(&L->router, g, lname(nm, il, "ffn_gate_inp.weight"), E, ne)) != MOE_OK ||
+	    (err = get_exps(&L->exps.gate, ptrs, g, lname(nm, il, "ffn_gate_exps.weight"), E,
+	                    hp->n_ff_exp, ne)) != MOE_OK ||
+	    (err = get_exps(&L->exps.up, ptrs + ne, g, lname(nm, il, "ffn_up_exps.weight"), E,
+	                    hp->n_ff_exp, ne)) != MOE_OK ||
+	    (err = get_exps(&L->exps.down, ptrs + 2 * ne, g, lname(nm, il, "ffn_down_exps.weight"),
+	                    hp->n_ff_exp, E, ne)) != MOE_OK)
+		return err;
+	if (hp->n_ff_shexp > 0) {
+		const int64_t F = hp->n_ff_shexp;
+		if ((err = get_vec(&L->sh_gate_inp, g, lname(nm, il, "ffn_gate_inp_shexp.weight"),
+		                   E)) != MOE_OK ||
+		    (err = get_mat(&L->sh_gate, g, lname(nm, il, "ffn_gate_shexp.weight"), E, F)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->sh_up, g, lname(nm, il, "ffn_up_shexp.weight"), E, F)) !=
+		        MOE_OK ||
+		    (err = get_mat(&L->sh_down, g, lname(nm, il, "ffn_down_shexp.weight"), F, E)) !=
+		        MOE_OK)
+			return err;
+	}
+	return MOE_OK;
+}
+
+moe_err moe_model_load(moe_model **out, const moe_gguf *g)
+{
+	moe_model *m = calloc(1, sizeof *m);
+	if (m == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "model: allocating the model");
+	m->g = g;
+	moe_err err = moe_hparams_load(&m->hp, g);
+	if (err != MOE_OK)
+		goto out_free_model;
+	const moe_hparams *hp = &m->hp;
+	if (hp->arch == MOE_ARCH_QWEN3NEXT && hp->n_ff_shexp == 0) {
+		err = moe_fail(MOE_ERR_NOT_FOUND,
+		               "hparams: required key qwen3next.expert_shared_feed_forward_length "
+		               "is missing");
+		goto out_free_model;
+	}
+	m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+	m->exp_ptrs = calloc((size_t)hp->n_layer * 3 * (size_t)hp->n_expert, sizeof(void *));
+	if (m->layers == NULL || m->exp_ptrs == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "model: allocating %d layers", hp->n_layer);
+		goto out_free_layers;
+	}
+
+	if ((err = get_mat(&m->tok_embd, g, "token_embd.weight", hp->n_embd, hp->n_vocab)) !=
+	        MOE_OK ||
+	    (err = get_vec(&m->out_norm, g, "output_norm.weight", hp->n_embd)) != MOE_OK)
+		goto out_free_layers;
+	if (moe_gguf_find_tensor(g, "output.weight") != NULL) {
+		if ((err = get_mat(&m->output, g, "output.weight", hp->n_embd, hp->n_vocab)) !=
+		    MOE_OK)
+			goto out_free_layers;
+	} else {
+		m->output = m->tok_embd; /* tied embeddings */
+	}
+	int n_kv = 0, n_rec = 0;
+	for (int il = 0; il < hp->n_layer; il++)
+		if ((err = load_layer(m, il, &n_kv, &n_rec)) != MOE_OK)
+			goto out_free_layers;
+	*out = m;
+	return MOE_OK;
+
+out_free_layers:
+	free(m->layers);
+	free(m->exp_ptrs);
+out_free_model:
+	free(m);
+	return err;
+}
+
+moe_err moe_model_open(moe_model **out, const char *path)
+{
+	moe_gguf *g;
+	moe_err err = moe_gguf_open(&g, path);
+	if (err != MOE_OK)
+		return err;
+	moe_model *m;
+	err = moe_model_load(&m, g);
+	if (err != MOE_OK) {
+		moe_gguf_close(g);
+		return err;
+	}
+	m->owned = g;
+	*out = m;
+	return MOE_OK;
+}
+
+void moe_model_destroy(moe_model *m)
+{
+	if (m == NULL)
+		return;
+	free(m->layers);
+	free(m->exp_ptrs);
+	moe_gguf_close(m->owned);
+	free(m);
+}
+
+const moe_hparams *moe_model_hparams(const moe_model *m)
+{
+	return &m->hp;
+}
+
+const moe_gguf *moe_model_gguf(const moe_model *m)
+{
+	return m->g;
+}
+
+const moe_expert_ffn *moe_model_experts(const moe_model *m, int il)
+{
+	if (il < 0 || il >= m->hp.n_layer)
+		return NULL;
+	return &m->layers[il].exps;
+}
+
+/* ---- local expert backend ---------------------------------------------------------- */
+
+static moe_err local_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                           const float *weights, int n_used)
+{
+	moe_local_experts *le = ctx;
+	if (il < 0 || il >= le->m->hp.n_layer)
+		return moe_fail(MOE_ERR_INVAL, "local experts: layer %d out of range", il);
+	*le = (moe_local_experts){.m = le->m,
+	                          .pool = le->pool,
+	                          .il = il,
+	                          .n_tok = n_tok,
+	                          .x = x,
+	                          .ids = ids,
+	                          .w = weights,
+	                          .n_used = n_used};
+	return MOE_OK;
+}
+
+static moe_err local_finish(void *ctx, moe_fix_t *acc)
+{
+	moe_local_experts *le = ctx;
+	return moe_expert_ffn_run(le->pool, acc, &le->m->layers[le->il].exps, le->x, le->n_tok,
+	                          le->ids, le->w, le->n_used);
+}
+
+/* ---- context --------------------------------------------------------------------------- */
+
+void moe_fwd_opts_default(moe_fwd_opts *o)
+{
+	*o = (moe_fwd_opts){
+	    .n_slots = 1,
+	    .n_ctx = 0,
+	    .max_batch = 256,
+	    .kv_type = MOE_TYPE_F16,
+	    .n_threads = 0,
+	    .gdn_chunk = 16,
+	    .experts = NULL,
+	};
+}
+
+static void *falloc(size_t n, size_t elem, bool *fail)
+{
+	size_t bytes;
+	if (!moe_size_mul(&bytes, n, elem)) {
+		*fail = true;
+		return NULL;
+	}
+	void *p = moe_aligned_alloc(64, bytes);
+	if (p == NULL)
+		*fail = true;
+	return p;
+}
+
+static void free_buffers(moe_fwd *f)
+{
+	void *bufs[] = {
+	    f->open,    f->len,      f->next,  f->k_cache, f->v_cache,  f->conv_state, f->ssm_state,
+	    f->x,       f->xn,       f->y,     f->rope,    f->q,        f->k,          f->v,
+	    f->att,     f->scores,   f->qkv,   f->z,       f->ba,       f->beta,       f->gdec,
+	    f->gdn_tmp, f->conv_tmp, f->order, f->runs,    f->run_slot, f->run_of,     f->router,
+	    f->ids,     f->wts,      f->acc,   f->sh_g,    f->sh_u};
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+		moe_aligned_free(bufs[i]);
+}
+
+moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *opts)
+{
+	const moe_hparams *hp = &m->hp;
+	moe_fwd_opts o;
+	if (opts != NULL)
+		o = *opts;
+	else
+		moe_fwd_opts_default(&o);
+	if (o.n_ctx == 0)
+		o.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+	if (o.n_slots < 1 || o.n_slots > 65536 || o.n_ctx < 1 || o.n_ctx > (1 << 24) ||
+	    o.max_batch < 1 || o.max_batch > (1 << 20) || o.gdn_chunk < 0)
+		return moe_fail(MOE_ERR_INVAL,
+		                "fwd: options out of range (n_slots %d, n_ctx %d, max_batch %d, "
+		                "gdn_chunk %d)",
+		                o.n_slots, o.n_ctx, o.max_batch, o.gdn_chunk);
+	if (o.kv_type != MOE_TYPE_F16 && o.kv_type != MOE_TYPE_F32)
+		return moe_fail(MOE_ERR_INVAL, "fwd: kv_type %d is not F16 or F32", (int)o.kv_type);
+
+	moe_fwd *f = calloc(1, sizeof *f);
+	if (f == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "fwd: allocating the context");
+	f->m = m;
+	f->o = o;
+	moe_err err = moe_pool_create(&f->pool, o.n_threads);
+	if (err != MOE_OK)
+		goto out_free_f;
+	f->nth = moe_pool_threads(f->pool);
+
+	const size_t B = (size_t)o.max_batch, S = (size_t)o.n_slots, E = (size_t)hp->n_embd;
+	const size_t n_kv = (size_t)moe_hparams_n_attn_layers(hp);
+	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
+	const size_t hd = (size_t)hp->head_dim;
+	const size_t kvd = (size_t)hp->n_head_kv * hd;
+	const size_t q_rows = (size_t)hp->n_head * hd * (hp->arch == MOE_ARCH_QWEN3NEXT ? 2 : 1);
+	const size_t vdim = (size_t)hp->ssm_n_v_heads * (size_t)hp->ssm_head_v;
+	const size_t att = (size_t)hp->n_head * hd > vdim ? (size_t)hp->n_head * hd : vdim;
+	const size_t cd = (size_t)hp->ssm_conv_dim;
+	const size_t nv = (size_t)hp->ssm_n_v_heads;
+	bool fail = false;
+
+	f->open = falloc(S, sizeof(bool), &fail);
+	f->len = falloc(S, sizeof(int64_t), &fail);
+	f->next = falloc(S, sizeof(int64_t), &fail);
+	f->run_of = falloc(S, sizeof(int32_t), &fail);
+
+	f->kv_row = kvd * (o.kv_type == MOE_TYPE_F16 ? 2 : 4);
+	size_t kv_n = 0;
+	if (!moe_size_mul(&kv_n, n_kv * S, (size_t)o.n_ctx) ||
+	    !moe_size_mul(&f->kv_bytes, kv_n, 2 * f->kv_row))
+		fail = true;
+	f->k_cache = falloc(kv_n, f->kv_row, &fail);
+	f->v_cache = falloc(kv_n, f->kv_row, &fail);
+
+	const size_t conv_n =
+	    n_rec * S * (size_t)(hp->ssm_conv_kernel > 0 ? hp->ssm_conv_kernel - 1 : 0) * cd;
+	const size_t ssm_n = n_rec * S * nv * (size_t)hp->ssm_head_k * (size_t)hp->ssm_head_v;
+	f->state_bytes = (conv_n + ssm_n) * sizeof(float);
+	f->conv_state = falloc(conv_n, sizeof(float), &fail);
+	f->ssm_state = falloc(ssm_n, sizeof(float), &fail);
+
+	f->x = falloc(B * E, sizeof(float), &fail);
+	f->xn = falloc(B * E, sizeof(float), &fail);
+	f->y = falloc(B * E, sizeof(float), &fail);
+	f->rope = falloc(B * (size_t)hp->n_rot, sizeof(float), &fail);
+	f->q = falloc(B * q_rows, sizeof(float), &fail);
+	f->k = falloc(B * kvd, sizeof(float), &fail);
+	f->v = falloc(B * kvd, sizeof(float), &fail);
+	f->att = falloc(B * att, sizeof(float), &fail);
+	f->scores_n = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)o.n_ctx + hd;
+	f->scores = falloc((size_t)f->nth * f->scores_n, sizeof(float), &fail);
+	f->qkv = falloc(B * cd, sizeof(float), &fail);
+	f->z = falloc(B * vdim, sizeof(float), &fail);
+	f->ba = falloc(B * 2 * nv, sizeof(float), &fail);
+	f->beta = falloc(B * nv, sizeof(float), &fail);
+	f->gdec = falloc(B * nv, sizeof(float), &fail);
+	f->gdn_tmp_n = moe_gdn_chunk_scratch(hp->ssm_head_k, hp->ssm_head_v);
+	f->gdn_tmp = falloc((size_t)f->nth * f->gdn_tmp_n, sizeof(float), &fail);
+	f->conv_tmp = falloc(cd, sizeof(float), &fail);
+	f->order = falloc(B, sizeof(int32_t), &fail);
+	f->runs = falloc(B + 1, sizeof(int32_t), &fail);
+	f->run_slot = falloc(B, sizeof(int32_t), &fail);
+	f->router = falloc(B * (size_t)hp->n_expert, sizeof(float), &fail);
+	f->ids = falloc(B * (size_t)hp->n_expert_used, sizeof(int32_t), &fail);
+	f->wts = falloc(B * (size_t)hp->n_expert_used, sizeof(float), &fail);
+	f->acc = falloc(B * E, sizeof(moe_fix_t), &fail);
+	f->sh_g = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
+	f->sh_u = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
+	if (fail) {
+		err = moe_fail(MOE_ERR_NOMEM,
+		               "fwd: allocating buffers (KV cache %zu bytes, state %zu bytes)",
+		               f->kv_bytes, f->state_bytes);
+		goto out_free_buffers;
+	}
+	memset(f->open, 0, S * sizeof(bool));
+	memset(f->len, 0, S * sizeof(int64_t));
+
+	f->local = (moe_local_experts){.m = m, .pool = f->pool};
+	if (o.experts != NULL)
+		f->backend = *o.experts;
+	else
+		f->backend = (moe_expert_backend){
+		    .ctx = &f->local, .start = local_start, .finish = local_finish};
+	f->o.experts = NULL;
+	*out = f;
+	return MOE_OK;
+
+out_free_buffers:
+	free_buffers(f);
+	moe_pool_destroy(f->pool);
+out_free_f:
+	free(f);
+	return err;
+}
+
+void moe_fwd_destroy(moe_fwd *f)
+{
+	if (f == NULL)
+		return;
+	free_buffers(f);
+	moe_pool_destroy(f->pool);
+	free(f);
+}
+
+size_t moe_fwd_kv_bytes(const moe_fwd *f)
+{
+	return f->kv_bytes;
+}
+
+size_t moe_fwd_state_bytes(const moe_fwd *f)
+{
+	return f->state_bytes;
+}
+
+moe_pool *moe_fwd_pool(const moe_fwd *f)
+{
+	return f->pool;
+}
+
+/* ---- sequence slots ----------------------------------------------------------------- */
+
+static void clear_slot(moe_fwd *f, int slot)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const size_t S = (size_t)f->o.n_slots;
+	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
+	const size_t conv = (size_t)(hp->ssm_conv_kernel > 0 ? hp->ssm_conv_kernel - 1 : 0) *
+	                    (size_t)hp->ssm_conv_dim;
+	const size_t ssm =
+	    (size_t)hp->ssm_n_v_heads * (size_t)hp->ssm_head_k * (size_t)hp->ssm_head_v;
+	for (size_t r = 0; r < n_rec; r++) {
+		memset(f->conv_state + (r * S + (size_t)slot) * conv, 0, conv * sizeof(float));
+		memset(f->ssm_state + (r * S + (size_t)slot) * ssm, 0, ssm * sizeof(float));
+	}
+	/* The KV cache needs no clearing: positions >= len are never read. */
+	f->len[slot] = 0;
+}
+
+moe_err moe_fwd_seq_open(moe_fwd *f, int *slot)
+{
+	for (int s = 0; s < f->o.n_slots; s++) {
+		if (!f->open[s]) {
+			f->open[s] = true;
+			clear_slot(f, s);
+			*slot = s;
+			return MOE_OK;
+		}
+	}
+	return moe_fail(MOE_ERR_BUSY, "fwd: all %d sequence slots are in use", f->o.n_slots);
+}
+
+moe_err moe_fwd_seq_close(moe_fwd *f, int slot)
+{
+	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
+		return moe_fail(MOE_ERR_INVAL, "fwd: slot %d is not open", slot);
+	f->open[slot] = false;
+	return MOE_OK;
+}
+
+moe_err moe_fwd_seq_reset(moe_fwd *f, int slot)
+{
+	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
+		return moe_fail(MOE_ERR_INVAL, "fwd: slot %d is not open", slot);
+	clear_slot(f, slot);
+	return MOE_OK;
+}
+
+int64_t moe_fwd_seq_len(const moe_fwd *f, int slot)
+{
+	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
+		return -1;
+	return f->len[slot];
+}
+
+/* ---- the step ------------------------------------------------------------------------ */
+
+moe_err moe_fwd_matmul(moe_fwd *f, float *y, const moe_wmat *w, const float *x, int64_t n_tok)
+{
+	return moe_matmul(f->pool, y, w->data, w->type, w->n_rows, w->n_cols, x, n_tok);
+}
+
+/* Router, routed experts through the backend, shared expert: f->xn -> f->y. */
+static moe_err moe_block(moe_fwd *f, int il)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const moe_layer_w *L = &f->m->layers[il];
+	const int64_t n = f->n, E = hp->n_embd;
+	const int ne = hp->n_expert, k = hp->n_expert_used;
+	moe_err err;
+
+	if ((err = moe_fwd_matmul(f, f->router, &L->router, f->xn, n)) != MOE_OK)
+		return err;
+	for (int64_t t = 0; t < n; t++) {
+		float *p = f->router + t * ne;
+		float *w = f->wts + t * k;
+		moe_softmax(p, ne);
+		moe_topk(f->ids + t * k, w, p, ne, k);
+		float sum = 0.0f;
+		for (int j = 0; j < k; j++)
+			sum += w[j];
+		for (int j = 0; j < k; j++)
+			w[j] /= sum;
+	}
+	memset(f->acc, 0, (size_t)n * (size_t)E * sizeof(moe_fix_t));
+	if ((err = f->backend.start(f->backend.ctx, il, n, f->xn, f->ids, f->wts, k)) != MOE_OK)
+		return err;
+
+	moe_err sh_err = MOE_OK;
+	if (L->sh_gate_inp != NULL) {
+		const int64_t F = hp->n_ff_shexp;
+		if ((sh_err = moe_fwd_matmul(f, f->sh_g, &L->sh_gate, f->xn, n)) == MOE_OK &&
+		    (sh_err = moe_fwd_matmul(f, f->sh_u, &L->sh_up, f->xn, n)) == MOE_OK) {
+			moe_swiglu(f->sh_g, f->sh_g, f->sh_u, n * F);
+			sh_err = moe_fwd_matmul(f, f->y, &L->sh_down, f->sh_g, n);
+		}
+	}
+	/* finish is owed after a successful start, whatever happened since */
+	err = f->backend.finish(f->backend.ctx, f->acc);
+	if (sh_err != MOE_OK)
+		return sh_err;
+	if (err != MOE_OK)
+		return err;
+
+	for (int64_t t = 0; t < n; t++) {
+		const moe_fix_t *a = f->acc + t * E;
+		float *y = f->y + t * E;
+		if (L->sh_gate_inp != NULL) {
+			const float gate =
+			    moe_sigmoid(moe_dot_f32(L->sh_gate_inp, f->xn + t * E, E));
+			for (int64_t c = 0; c < E; c++)
+				y[c] = moe_fix_to_f32(a[c]) + y[c] * gate;
+		} else {
+			for (int64_t c = 0; c < E; c++)
+				y[c] = moe_fix_to_f32(a[c]);
+		}
+	}
+	return MOE_OK;
+}
+
+/* Groups the chunk's tokens by slot, slots in order of first appearance and
+ * tokens in batch order: order[runs[r] .. runs[r+1]) are run r's tokens,
+ * run_slot[r] its slot. */
+static void group_runs(moe_fwd *f)
+{
+	for (int64_t t = 0; t < f->n; t++)
+		f->run_of[f->slot[t]] = -1;
+	f->n_runs = 0;
+	for (int64_t t = 0; t < f->n; t++) {
+		const int s = f->slot[t];
+		if (f->run_of[s] < 0) {
+			f->run_of[s] = f->n_runs;
+			f->run_slot[f->n_runs++] = s;
+		}
+	}
+	int32_t at = 0;
+	for (int r = 0; r < f->n_runs; r++) {
+		f->runs[r] = at;
+		for (int64_t t = 0; t < f->n; t++)
+			if (f->slot[t] == f->run_slot[r])
+				f->order[at++] = (int32_t)t;
+	}
+	f->runs[f->n_runs] = at;
+}
+
+static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, const bool *want,
+                          int64_t n)
+{
+	const moe_model *m = f->m;
+	const moe_hparams *hp = &m->hp;
+	const int64_t E = hp->n_embd;
+	const size_t emb_row = moe_row_size(m->tok_embd.type, E);
+	moe_err err;
+
+	f->n = n;
+	for (int64_t t = 0; t < n; t++) {
+		const char *row = (const char *)m->tok_embd.data + (size_t)tokens[t] * emb_row;
+		if ((err = moe_dequantize_row(m->tok_embd.type, f->x + t * E, row, E)) != MOE_OK)
+			return err;
+		moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot, hp->rope_base);
+	}
+	group_runs(f);
+
+	for (int il = 0; il < hp->n_layer; il++) {
+		const moe_layer_w *L = &m->layers[il];
+		for (int64_t t = 0; t < n; t++)
+			moe_rmsnorm(f->xn + t * E, f->x + t * E, L->attn_norm, E, hp->rms_eps);
+		err = hp->recurrent[il] ? moe_fwd_deltanet(f, il) : moe_fwd_attention(f, il);
+		if (err != MOE_OK)
+			return err;
+		for (int64_t i = 0; i < n * E; i++)
+			f->x[i] += f->y[i];
+		for (int64_t t = 0; t < n; t++)
+			moe_rmsnorm(f->xn + t * E, f->x + t * E, L->ffn_norm, E, hp->rms_eps);
+		if ((err = moe_block(f, il)) != MOE_OK)
+			return err;
+		for (int64_t i = 0; i < n * E; i++)
+			f->x[i] += f->y[i];
+	}
+	for (int64_t t = 0; t < n; t++)
+		f->len[f->slot[t]] = f->pos[t] + 1;
+
+	int64_t n_out = 0;
+	for (int64_t t = 0; t < n; t++) {
+		if (want != NULL && !want[t])
+			continue;
+		moe_rmsnorm(f->xn + n_out * E, f->x + t * E, m->out_norm, E, hp->rms_eps);
+		n_out++;
+	}
+	if (n_out == 0)
+		return MOE_OK;
+	return moe_fwd_matmul(f, logits, &m->output, f->xn, n_out);
+}
+
+moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
+{
+	const moe_hparams *hp = &f->m->hp;
+	if (b == NULL || b->n_tok < 0 ||
+	    (b->n_tok > 0 && (b->tokens == NULL || b->slot == NULL || b->pos == NULL)))
+		return moe_fail(MOE_ERR_INVAL, "fwd: batch is NULL or lacks tokens/slot/pos");
+	for (int s = 0; s < f->o.n_slots; s++)
+		f->next[s] = f->len[s];
+	int64_t n_want = 0;
+	for (int64_t t = 0; t < b->n_tok; t++) {
+		const int32_t tok = b->tokens[t], s = b->slot[t];
+		if (tok < 0 || tok >= hp->n_vocab)
+			return moe_fail(MOE_ERR_INVAL,
+			                "fwd: batch token %lld: id %d not in [0, %d)", (long long)t,
+			                tok, hp->n_vocab);
+		if (s < 0 || s >= f->o.n_slots || !f->open[s])
+			return moe_fail(MOE_ERR_INVAL, "fwd: batch token %lld: slot %d is not open",
+			                (long long)t, s);
+		if (b->pos[t] != f->next[s])
+			return moe_fail(
+			    MOE_ERR_INVAL,
+			    "fwd: batch token %lld: position %d, expected %lld for slot "
+			    "%d",
+			    (long long)t, b->pos[t], (long long)f->next[s], s);
+		if (b->pos[t] >= f->o.n_ctx)
+			return moe_fail(MOE_ERR_BAD_VALUE,
+			                "fwd: batch token %lld: position %d exceeds n_ctx %d",
+			                (long long)t, b->pos[t], f->o.n_ctx);
+		f->next[s]++;
+		if (b->logits == NULL || b->logits[t])
+			n_want++;
+	}
+	if (n_want > 0 && logits == NULL)
+		return moe_fail(MOE_ERR_INVAL, "fwd: %lld logit rows wanted but logits is NULL",
+		                (long long)n_want);
+
+	int64_t out_row = 0;
+	for (int64_t c0 = 0; c0 < b->n_tok; c0 += f->o.max_batch) {
+		const int64_t n = b->n_tok - c0 < f->o.max_batch ? b->n_tok - c0 : f->o.max_batch;
+		const bool *want = b->logits != NULL ? b->logits + c0 : NULL;
+		f->slot = b->slot + c0;
+		f->pos = b->pos + c0;
+		moe_err err = step_chunk(f, logits != NULL ? logits + out_row * hp->n_vocab : NULL,
+		                         b->tokens + c0, want, n);
+		if (err != MOE_OK)
+			return err;
+		for (int64_t t = 0; t < n; t++)
+			out_row += want == NULL || want[t];
+	}
+	return MOE_OK;
+}

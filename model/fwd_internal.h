@@ -1,0 +1,177 @@
+/*
+ * fwd_internal.h - structures shared by forward.c, attention.c and
+ * deltanet.c.  Not part of the public API (see forward.h).
+ */
+#ifndef MOE_FWD_INTERNAL_H
+#define MOE_FWD_INTERNAL_H
+
+#include "model/forward.h"
+
+/* A matrix weight inside the mapping: n_rows rows of n_cols values of type. */
+typedef struct moe_wmat {
+	const void *data;
+	moe_type type;
+	int64_t n_cols; /* input length */
+	int64_t n_rows; /* output length */
+} moe_wmat;
+
+typedef struct moe_layer_w {
+	int idx_kv;  /* index among the full-attention layers, or -1 */
+	int idx_rec; /* index among the DeltaNet layers, or -1 */
+
+	const float *attn_norm; /* [n_embd] */
+	const float *ffn_norm;  /* [n_embd] ffn_norm (qwen3moe) / post_attention_norm (qwen3next) */
+
+	/* full attention */
+	moe_wmat wq; /* [n_embd] -> [n_head*head_dim] (x2 for qwen3next: per head q then gate) */
+	moe_wmat wk; /* [n_embd] -> [n_head_kv*head_dim] */
+	moe_wmat wv; /* [n_embd] -> [n_head_kv*head_dim] */
+	moe_wmat wo; /* [n_head*head_dim] -> [n_embd] */
+	const float *q_norm; /* [head_dim] */
+	const float *k_norm; /* [head_dim] */
+
+	/* Gated DeltaNet */
+	moe_wmat wqkv;         /* [n_embd] -> [conv_dim]: q heads, k heads, v heads */
+	moe_wmat wz;           /* attn_gate: [n_embd] -> [n_v_heads*head_v] */
+	moe_wmat wba;          /* ssm_ba: [n_embd] -> [n_k_heads][b for r heads, a for r heads] */
+	moe_wmat ssm_out;      /* [n_v_heads*head_v] -> [n_embd] */
+	const float *conv1d;   /* [conv_dim][conv_kernel] */
+	const float *dt_bias;  /* [n_v_heads] */
+	const float *ssm_a;    /* [n_v_heads], = -exp(A_log) */
+	const float *ssm_norm; /* [head_v] */
+
+	/* MoE */
+	moe_wmat router;          /* ffn_gate_inp: [n_embd] -> [n_expert] */
+	moe_expert_ffn exps;      /* stacked gate/up/down, pointers into the mapping */
+	const float *sh_gate_inp; /* ffn_gate_inp_shexp: [n_embd] (NULL: no shared expert) */
+	moe_wmat sh_gate;         /* [n_embd] -> [n_ff_shexp] */
+	moe_wmat sh_up;           /* [n_embd] -> [n_ff_shexp] */
+	moe_wmat sh_down;         /* [n_ff_shexp] -> [n_embd] */
+} moe_layer_w;
+
+struct moe_model {
+	moe_hparams hp;
+	const moe_gguf *g;
+	moe_gguf *owned;       /* set by moe_model_open */
+	moe_wmat tok_embd;     /* [n_embd] x n_vocab rows */
+	const float *out_norm; /* [n_embd] */
+	moe_wmat output;       /* [n_embd] -> [n_vocab] */
+	moe_layer_w *layers;   /* [n_layer] */
+	const void **exp_ptrs; /* [n_layer][3][n_expert], backing of layers[].exps */
+};
+
+/* The local expert backend's pending call. */
+typedef struct moe_local_experts {
+	const moe_model *m;
+	moe_pool *pool;
+	int il;
+	int64_t n_tok;
+	const float *x;
+	const int32_t *ids;
+	const float *w;
+	int n_used;
+} moe_local_experts;
+
+struct moe_fwd {
+	const moe_model *m;
+	moe_fwd_opts o;
+	moe_pool *pool;
+	int nth;
+	moe_expert_backend backend;
+	moe_local_experts local;
+
+	/* slots */
+	bool *open;    /* [n_slots] */
+	int64_t *len;  /* [n_slots] positions held */
+	int64_t *next; /* [n_slots] scratch for batch validation */
+
+	/* KV cache: [n_attn_layers][n_slots][n_ctx][n_head_kv*head_dim] of kv_type */
+	void *k_cache;
+	void *v_cache;
+	size_t kv_row; /* bytes of one position's K (or V) row */
+	size_t kv_bytes;
+
+	/* DeltaNet state */
+	float *conv_state; /* [n_rec][n_slots][conv_kernel-1][conv_dim] */
+	float *ssm_state;  /* [n_rec][n_slots][n_v_heads][head_k][head_v] */
+	size_t state_bytes;
+
+	/* scratch, B = max_batch rows */
+	float *x;    /* [B][n_embd] residual stream */
+	float *xn;   /* [B][n_embd] normalised input of a block */
+	float *y;    /* [B][n_embd] block output */
+	float *rope; /* [B][n_rot] cos/sin pairs */
+	float *q;    /* [B][q_rows]: wq output (q and gate for qwen3next) */
+	float *k;    /* [B][n_head_kv*head_dim] */
+	float *v;    /* [B][n_head_kv*head_dim] */
+	float *att;  /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
+	float
+	    *scores; /* [nth][scores_n]: [n_head/n_head_kv][n_ctx] scores, then a [head_dim] row */
+	size_t scores_n;
+	float *qkv;     /* [B][conv_dim] DeltaNet projections, then conv output */
+	float *z;       /* [B][n_v_heads*head_v] */
+	float *ba;      /* [B][2*n_v_heads] */
+	float *beta;    /* [B][n_v_heads] */
+	float *gdec;    /* [B][n_v_heads] log decay g */
+	float *gdn_tmp; /* [nth][gdn scratch floats] */
+	size_t gdn_tmp_n;
+	float *conv_tmp;   /* [conv_dim] */
+	int32_t *order;    /* [B] token indices grouped by slot */
+	int32_t *runs;     /* [B+1] run starts in order[] (a run = one slot's tokens) */
+	int32_t *run_slot; /* [B] slot of each run */
+	int32_t *run_of;   /* [n_slots] scratch: run of a slot, or -1 */
+	int n_runs;
+	float *router;  /* [B][n_expert] */
+	int32_t *ids;   /* [B][n_expert_used] */
+	float *wts;     /* [B][n_expert_used] */
+	moe_fix_t *acc; /* [B][n_embd] */
+	float *sh_g;    /* [B][n_ff_shexp] */
+	float *sh_u;    /* [B][n_ff_shexp] */
+
+	/* the current chunk */
+	int64_t n;
+	const int32_t *slot;
+	const int32_t *pos;
+};
+
+/* y[t] = W x[t] for t < n_tok (moe_matmul on the context's pool). */
+moe_err moe_fwd_matmul(moe_fwd *f, float *y, const moe_wmat *w, const float *x, int64_t n_tok);
+
+/* Full attention of layer il on f->xn rows [f->n] into f->y. */
+moe_err moe_fwd_attention(moe_fwd *f, int il);
+
+/* Gated DeltaNet of layer il on f->xn rows [f->n] into f->y. */
+moe_err moe_fwd_deltanet(moe_fwd *f, int il);
+
+/* Inputs and output of a Gated-DeltaNet core on one value head over one
+ * sequence's run of tokens: token i of the run is row rows[i]; its q (scaled
+ * by 1/sqrt(head_k)) and k (L2-normalised) are head_k floats at
+ * q/k + rows[i]*qk_stride, v and o head_v floats at v + rows[i]*v_stride and
+ * o + rows[i]*o_stride, beta and g (log decay) at beta/g + rows[i]*bg_stride. */
+typedef struct moe_gdn_io {
+	const int32_t *rows;
+	int64_t n_tok;
+	const float *q;
+	const float *k;
+	int64_t qk_stride;
+	const float *v;
+	int64_t v_stride;
+	const float *beta;
+	const float *g;
+	int64_t bg_stride;
+	float *o;
+	int64_t o_stride;
+} moe_gdn_io;
+
+/* The delta rule token by token.  S: f32 [head_k][head_v], updated in place;
+ * tmp: head_v floats. */
+void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp);
+
+/* The same result in chunks of MOE_GDN_CHUNK tokens (matrix form with a
+ * triangular solve); tmp holds moe_gdn_chunk_scratch(hk, hv) floats. */
+void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp);
+size_t moe_gdn_chunk_scratch(int hk, int hv);
+
+#define MOE_GDN_CHUNK 64
+
+#endif

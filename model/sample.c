@@ -1,0 +1,295 @@
+/* sample.c - token sampling and stop strings (see sample.h). */
+#include "model/sample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- PRNG: xoshiro256** seeded by splitmix64 ---------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+void moe_rng_seed(moe_rng *r, uint64_t seed)
+{
+	uint64_t x = seed;
+	for (int i = 0; i < 4; i++)
+		r->s[i] = splitmix64(&x);
+}
+
+uint64_t moe_rng_u64(moe_rng *r)
+{
+	uint64_t *s = r->s;
+	const uint64_t result = rotl(s[1] * 5, 7) * 9;
+	const uint64_t t = s[1] << 17;
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return result;
+}
+
+double moe_rng_f64(moe_rng *r)
+{
+	return (double)(moe_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- sampler ------------------------------------------------------------------------- */
+
+typedef struct cand {
+	int32_t id;
+	float logit;
+	float p;
+} cand;
+
+struct moe_sampler {
+	moe_sampler_params p;
+	int32_t n_vocab;
+	moe_rng rng;
+	cand *c;        /* [n_vocab] */
+	int32_t *count; /* [n_vocab] occurrences in the window, zero between calls */
+	int32_t *hist;  /* ring of the last penalty_last_n accepted tokens */
+	int64_t n_hist; /* tokens accepted so far */
+};
+
+void moe_sampler_params_default(moe_sampler_params *p)
+{
+	*p = (moe_sampler_params){
+	    .temp = 0.8f,
+	    .top_k = 40,
+	    .top_p = 0.95f,
+	    .min_p = 0.05f,
+	    .repeat_penalty = 1.0f,
+	    .presence_penalty = 0.0f,
+	    .frequency_penalty = 0.0f,
+	    .penalty_last_n = 64,
+	    .seed = 0,
+	};
+}
+
+moe_err moe_sampler_create(moe_sampler **out, const moe_sampler_params *p, int32_t n_vocab)
+{
+	if (n_vocab < 1 || isnan(p->temp) || isnan(p->top_p) || isnan(p->min_p) ||
+	    !(p->repeat_penalty > 0.0f) || !isfinite(p->presence_penalty) ||
+	    !isfinite(p->frequency_penalty) || p->penalty_last_n < 0 ||
+	    p->penalty_last_n > (1 << 20))
+		return moe_fail(MOE_ERR_INVAL,
+		                "sampler: bad parameters (n_vocab %d, temp %g, top_p %g, min_p %g, "
+		                "repeat_penalty %g, last_n %d)",
+		                n_vocab, (double)p->temp, (double)p->top_p, (double)p->min_p,
+		                (double)p->repeat_penalty, p->penalty_last_n);
+	moe_sampler *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "sampler: allocating");
+	s->p = *p;
+	s->n_vocab = n_vocab;
+	s->c = malloc((size_t)n_vocab * sizeof *s->c);
+	s->count = calloc((size_t)n_vocab, sizeof *s->count);
+	s->hist = malloc(((size_t)p->penalty_last_n + 1) * sizeof *s->hist);
+	if (s->c == NULL || s->count == NULL || s->hist == NULL) {
+		moe_sampler_destroy(s);
+		return moe_fail(MOE_ERR_NOMEM, "sampler: allocating for %d tokens", n_vocab);
+	}
+	moe_rng_seed(&s->rng, p->seed);
+	*out = s;
+	return MOE_OK;
+}
+
+void moe_sampler_destroy(moe_sampler *s)
+{
+	if (s == NULL)
+		return;
+	free(s->c);
+	free(s->count);
+	free(s->hist);
+	free(s);
+}
+
+void moe_sampler_accept(moe_sampler *s, int32_t tok)
+{
+	if (s->p.penalty_last_n > 0)
+		s->hist[s->n_hist % s->p.penalty_last_n] = tok;
+	s->n_hist++;
+}
+
+void moe_sampler_reset(moe_sampler *s)
+{
+	s->n_hist = 0;
+	moe_rng_seed(&s->rng, s->p.seed);
+}
+
+int32_t moe_argmax(const float *x, int64_t n)
+{
+	int32_t best = 0;
+	float bv = -INFINITY;
+	bool any = false;
+	for (int64_t i = 0; i < n; i++) {
+		if (isnan(x[i]))
+			continue;
+		if (!any || x[i] > bv) {
+			best = (int32_t)i;
+			bv = x[i];
+			any = true;
+		}
+	}
+	return best;
+}
+
+static int cand_cmp(const void *a, const void *b)
+{
+	const cand *x = a, *y = b;
+	if (x->logit != y->logit)
+		return x->logit > y->logit ? -1 : 1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* p = softmax(logit / temp) over c[0..n), returns nothing; n >= 1. */
+static void cand_softmax(cand *c, int32_t n, float temp)
+{
+	float max = c[0].logit;
+	for (int32_t i = 1; i < n; i++)
+		if (c[i].logit > max)
+			max = c[i].logit;
+	double sum = 0.0;
+	for (int32_t i = 0; i < n; i++) {
+		c[i].p = expf((c[i].logit - max) / temp);
+		sum += c[i].p;
+	}
+	for (int32_t i = 0; i < n; i++)
+		c[i].p = (float)(c[i].p / sum);
+}
+
+static void apply_penalties(moe_sampler *s)
+{
+	const moe_sampler_params *p = &s->p;
+	if (p->penalty_last_n == 0 || s->n_hist == 0 ||
+	    (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f &&
+	     p->frequency_penalty == 0.0f))
+		return;
+	const int64_t n = s->n_hist < p->penalty_last_n ? s->n_hist : p->penalty_last_n;
+	for (int64_t i = 0; i < n; i++) {
+		const int32_t t = s->hist[i];
+		if (t >= 0 && t < s->n_vocab)
+			s->count[t]++;
+	}
+	for (int64_t i = 0; i < n; i++) {
+		const int32_t t = s->hist[i];
+		if (t < 0 || t >= s->n_vocab || s->count[t] == 0)
+			continue;
+		float *l = &s->c[t].logit;
+		*l = *l > 0.0f ? *l / p->repeat_penalty : *l * p->repeat_penalty;
+		*l -= (float)s->count[t] * p->frequency_penalty + p->presence_penalty;
+		s->count[t] = 0; /* each token once; also leaves count zeroed */
+	}
+}
+
+moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
+{
+	const moe_sampler_params *p = &s->p;
+	int32_t n = 0;
+	for (int32_t i = 0; i < s->n_vocab; i++)
+		s->c[i] = (cand){.id = i, .logit = logits[i], .p = 0.0f};
+	apply_penalties(s);
+
+	if (!(p->temp > 0.0f)) {
+		int32_t best = -1;
+		for (int32_t i = 0; i < s->n_vocab; i++)
+			if (!isnan(s->c[i].logit) && (best < 0 || s->c[i].logit > s->c[best].logit))
+				best = i;
+		if (best < 0)
+			return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
+		*out = best;
+		return MOE_OK;
+	}
+
+	/* keep the numbers, sorted by logit (descending, then id) */
+	for (int32_t i = 0; i < s->n_vocab; i++)
+		if (!isnan(s->c[i].logit))
+			s->c[n++] = s->c[i];
+	if (n == 0)
+		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
+	qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
+
+	if (p->top_k > 0 && p->top_k < n)
+		n = p->top_k;
+	cand_softmax(s->c, n, 1.0f);
+	if (p->top_p < 1.0f) {
+		double cum = 0.0;
+		int32_t keep = n;
+		for (int32_t i = 0; i < n; i++) {
+			cum += s->c[i].p;
+			if (cum >= p->top_p) {
+				keep = i + 1;
+				break;
+			}
+		}
+		n = keep;
+	}
+	if (p->min_p > 0.0f) {
+		const float lim = p->min_p * s->c[0].p;
+		int32_t keep = 1;
+		while (keep < n && s->c[keep].p >= lim)
+			keep++;
+		n = keep;
+	}
+	cand_softmax(s->c, n, p->temp);
+	const double u = moe_rng_f64(&s->rng);
+	double cum = 0.0;
+	for (int32_t i = 0; i < n; i++) {
+		cum += s->c[i].p;
+		if (u < cum) {
+			*out = s->c[i].id;
+			return MOE_OK;
+		}
+	}
+	*out = s->c[n - 1].id; /* u beyond the rounded total */
+	return MOE_OK;
+}
+
+/* ---- stop strings ------------------------------------------------------------------ */
+
+bool moe_stop_find(size_t *at, const char *text, size_t len, const char *const *stops, int n_stops)
+{
+	bool found = false;
+	size_t first = len;
+	for (int i = 0; i < n_stops; i++) {
+		const size_t sl = strlen(stops[i]);
+		if (sl == 0 || sl > len)
+			continue;
+		for (size_t o = 0; o + sl <= len && o < first; o++) {
+			if (memcmp(text + o, stops[i], sl) == 0) {
+				first = o;
+				found = true;
+				break;
+			}
+		}
+	}
+	if (found) {
+		*at = first;
+		return true;
+	}
+	size_t hold = 0;
+	for (int i = 0; i < n_stops; i++) {
+		const size_t sl = strlen(stops[i]);
+		for (size_t k = sl > 0 ? sl - 1 : 0; k > hold; k--) {
+			if (k <= len && memcmp(text + len - k, stops[i], k) == 0) {
+				hold = k;
+				break;
+			}
+		}
+	}
+	*at = len - hold;
+	return false;
+}

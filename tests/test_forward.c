@@ -1,0 +1,712 @@
+/* test_forward.c - the forward pass against llama.cpp's golden logits for
+ * every fixture model (sequences A and B in one step and one token per step,
+ * greedy generation G), plus batching of several sequences, chunked prefill,
+ * slot reuse, a split expert backend (bit-identical), F16 KV cache, and the
+ * load-time checks of hyper-parameters and tensor shapes. */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "model/forward.h"
+#include "model/sample.h"
+
+#define N_VOCAB 512
+
+static char *fixture(const char *name)
+{
+	const char *dir = getenv("MOE_FIXTURES");
+	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
+	static char buf[4][1024];
+	static int k;
+	char *p = buf[k++ % 4];
+	snprintf(p, 1024, "%s/%s", dir, name);
+	return p;
+}
+
+static void *read_file(const char *path, size_t *size)
+{
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f, "cannot open %s", path);
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	char *b = malloc((size_t)n + 1);
+	cr_assert_eq(fread(b, 1, (size_t)n, f), (size_t)n);
+	b[n] = 0;
+	fclose(f);
+	*size = (size_t)n;
+	return b;
+}
+
+/* Integer array item `key` of JSON object o into a new array. */
+static int32_t *json_ints(const cJSON *o, const char *key, int *n)
+{
+	const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
+	cr_assert(cJSON_IsArray(a), "json: %s is not an array", key);
+	*n = cJSON_GetArraySize(a);
+	int32_t *v = malloc(sizeof(int32_t) * (size_t)*n);
+	for (int i = 0; i < *n; i++)
+		v[i] = (int32_t)cJSON_GetArrayItem(a, i)->valueint;
+	return v;
+}
+
+typedef struct golden {
+	cJSON *root;
+	int32_t *tok[2]; /* A, B */
+	int n_tok[2];
+	int32_t *prompt, *gen;
+	int n_prompt, n_gen;
+} golden;
+
+static void golden_load(golden *g, const char *model)
+{
+	char name[256];
+	snprintf(name, sizeof name, "%s.json", model);
+	size_t n;
+	char *txt = read_file(fixture(name), &n);
+	g->root = cJSON_Parse(txt);
+	free(txt);
+	cr_assert_not_null(g->root);
+	const cJSON *seqs = cJSON_GetObjectItemCaseSensitive(g->root, "sequences");
+	for (int s = 0; s < 2; s++)
+		g->tok[s] = json_ints(cJSON_GetArrayItem(seqs, s), "tokens", &g->n_tok[s]);
+	const cJSON *gen =
+	    cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(g->root, "generations"), 0);
+	g->prompt = json_ints(gen, "prompt_tokens", &g->n_prompt);
+	g->gen = json_ints(gen, "generated", &g->n_gen);
+}
+
+static void golden_free(golden *g)
+{
+	for (int s = 0; s < 2; s++)
+		free(g->tok[s]);
+	free(g->prompt);
+	free(g->gen);
+	cJSON_Delete(g->root);
+}
+
+static float *golden_logits(const char *model, const char *suffix, int n_rows)
+{
+	char name[256];
+	snprintf(name, sizeof name, "%s.%s.f32", model, suffix);
+	size_t n;
+	float *v = read_file(fixture(name), &n);
+	cr_assert_eq(n, (size_t)n_rows * N_VOCAB * sizeof(float), "%s: size %zu", name, n);
+	return v;
+}
+
+static moe_fwd *make_fwd(const moe_model *m, moe_type kv, int n_slots, int max_batch, int nth)
+{
+	moe_fwd_opts o;
+	moe_fwd_opts_default(&o);
+	o.kv_type = kv;
+	o.n_slots = n_slots;
+	o.n_ctx = 128;
+	o.max_batch = max_batch;
+	o.n_threads = nth;
+	moe_fwd *f = NULL;
+	moe_err err = moe_fwd_create(&f, m, &o);
+	cr_assert_eq(err, MOE_OK, "fwd_create: %s %s", moe_err_name(err), moe_err_detail());
+	return f;
+}
+
+/* Logits of tokens[0..n) in a fresh sequence of slot, one step or one token
+ * per step.  out: [n][N_VOCAB]. */
+static void run_seq(moe_fwd *f, int slot, float *out, const int32_t *tokens, int n, bool one)
+{
+	cr_assert_eq(moe_fwd_seq_reset(f, slot), MOE_OK);
+	int32_t *pos = malloc(sizeof(int32_t) * (size_t)n),
+	        *sl = malloc(sizeof(int32_t) * (size_t)n);
+	for (int i = 0; i < n; i++) {
+		pos[i] = i;
+		sl[i] = slot;
+	}
+	const int step = one ? 1 : n;
+	for (int i = 0; i < n; i += step) {
+		moe_batch b = {.n_tok = step, .tokens = tokens + i, .slot = sl + i, .pos = pos + i};
+		moe_err err = moe_fwd_step(f, out + (size_t)i * N_VOCAB, &b);
+		cr_assert_eq(err, MOE_OK, "step: %s %s", moe_err_name(err), moe_err_detail());
+	}
+	free(pos);
+	free(sl);
+}
+
+typedef struct cmp {
+	double max_abs, mean_kl, agree;
+} cmp;
+
+/* max |a-b|, mean KL(softmax(a) || softmax(b)), argmax agreement. */
+static cmp compare(const float *a, const float *b, int n_rows)
+{
+	cmp c = {0, 0, 0};
+	for (int r = 0; r < n_rows; r++) {
+		const float *x = a + (size_t)r * N_VOCAB, *y = b + (size_t)r * N_VOCAB;
+		double mx = -INFINITY, my = -INFINITY;
+		for (int i = 0; i < N_VOCAB; i++) {
+			c.max_abs = fmax(c.max_abs, fabs((double)x[i] - y[i]));
+			mx = fmax(mx, x[i]);
+			my = fmax(my, y[i]);
+		}
+		double sx = 0, sy = 0;
+		for (int i = 0; i < N_VOCAB; i++) {
+			sx += exp(x[i] - mx);
+			sy += exp(y[i] - my);
+		}
+		const double lx = mx + log(sx), ly = my + log(sy);
+		double kl = 0;
+		for (int i = 0; i < N_VOCAB; i++) {
+			const double px = x[i] - lx, py = y[i] - ly;
+			kl += exp(px) * (px - py);
+		}
+		c.mean_kl += kl / n_rows;
+		c.agree += (moe_argmax(x, N_VOCAB) == moe_argmax(y, N_VOCAB)) / (double)n_rows;
+	}
+	return c;
+}
+
+/* Every check of issue 4 on one fixture model. */
+static void check_model(const char *model, bool f32)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s.gguf", model);
+	moe_model *m = NULL;
+	moe_err err = moe_model_open(&m, fixture(path));
+	cr_assert_eq(err, MOE_OK, "%s: %s %s", model, moe_err_name(err), moe_err_detail());
+	cr_assert_eq(moe_model_hparams(m)->n_vocab, N_VOCAB);
+	golden g;
+	golden_load(&g, model);
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 1, 256, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+
+	static const char *names[2] = {"A", "B"};
+	for (int s = 0; s < 2; s++) {
+		const int n = g.n_tok[s];
+		float *batch = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+		float *seq = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+		char suf[32];
+		run_seq(f, slot, batch, g.tok[s], n, false);
+		run_seq(f, slot, seq, g.tok[s], n, true);
+		snprintf(suf, sizeof suf, "%s.batch", names[s]);
+		float *gb = golden_logits(model, suf, n);
+		snprintf(suf, sizeof suf, "%s.seq", names[s]);
+		float *gs = golden_logits(model, suf, n);
+		const cmp cb = compare(gb, batch, n), cs = compare(gs, seq, n);
+		const cmp self = compare(batch, seq, n);
+		cr_log_info("%s %s: batch max %.3g KL %.3g agree %.1f%%; one-by-one max %.3g KL "
+		            "%.3g agree %.1f%%; batch vs one-by-one max %.3g",
+		            model, names[s], cb.max_abs, cb.mean_kl, 100 * cb.agree, cs.max_abs,
+		            cs.mean_kl, 100 * cs.agree, self.max_abs);
+		if (f32) {
+			cr_expect(cb.max_abs <= 1e-4, "%s %s batch: max |dlogit| %g", model,
+			          names[s], cb.max_abs);
+			cr_expect(cs.max_abs <= 1e-4, "%s %s one-by-one: max |dlogit| %g", model,
+			          names[s], cs.max_abs);
+			cr_expect(self.max_abs <= 1e-4, "%s %s: batch vs one-by-one %g", model,
+			          names[s], self.max_abs);
+		} else {
+			cr_expect(cb.mean_kl <= 5e-3 && cb.agree >= 0.85,
+			          "%s %s batch: KL %g agree %g", model, names[s], cb.mean_kl,
+			          cb.agree);
+			cr_expect(cs.mean_kl <= 5e-3 && cs.agree >= 0.85,
+			          "%s %s one-by-one: KL %g agree %g", model, names[s], cs.mean_kl,
+			          cs.agree);
+		}
+		free(batch), free(seq), free(gb), free(gs);
+	}
+
+	/* greedy generation G: prompt in one step, then one token per step */
+	float *gl = golden_logits(model, "G.gen", g.n_gen);
+	float *row = malloc(sizeof(float) * N_VOCAB);
+	float *all = malloc(sizeof(float) * (size_t)g.n_prompt * N_VOCAB);
+	run_seq(f, slot, all, g.prompt, g.n_prompt, false);
+	memcpy(row, all + (size_t)(g.n_prompt - 1) * N_VOCAB, sizeof(float) * N_VOCAB);
+	int same = 0;
+	double gen_max = 0;
+	bool diverged = false;
+	for (int i = 0; i < g.n_gen; i++) {
+		const int32_t t = moe_argmax(row, N_VOCAB);
+		if (!diverged) {
+			cmp c = compare(gl + (size_t)i * N_VOCAB, row, 1);
+			gen_max = fmax(gen_max, c.max_abs);
+		}
+		if (t != g.gen[i])
+			diverged = true;
+		same += !diverged;
+		/* feed the golden token so the rest stays comparable */
+		const int32_t p = g.n_prompt + i;
+		moe_batch b = {.n_tok = 1, .tokens = &g.gen[i], .slot = &slot, .pos = &p};
+		cr_assert_eq(moe_fwd_step(f, row, &b), MOE_OK);
+	}
+	cr_log_info("%s G: %d of %d greedy tokens as llama.cpp (max |dlogit| before any "
+	            "divergence %.3g)",
+	            model, same, g.n_gen, gen_max);
+	if (f32) {
+		cr_expect_eq(same, g.n_gen, "%s: greedy generation matched %d of %d", model, same,
+		             g.n_gen);
+		cr_expect(gen_max <= 1e-4, "%s: generation logits max |d| %g", model, gen_max);
+	}
+	free(gl), free(row), free(all);
+	golden_free(&g);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+Test(forward, qwen3moe_tiny_f32)
+{
+	check_model("qwen3moe-tiny-F32", true);
+}
+Test(forward, qwen3moe_tiny_q8_0)
+{
+	check_model("qwen3moe-tiny-Q8_0", false);
+}
+Test(forward, qwen3moe_tiny_q4_0)
+{
+	check_model("qwen3moe-tiny-Q4_0", false);
+}
+Test(forward, qwen3moe_tiny_q4_k_m)
+{
+	check_model("qwen3moe-tiny-Q4_K_M", false);
+}
+Test(forward, qwen3moe_kq_q4_k_m)
+{
+	check_model("qwen3moe-kq-Q4_K_M", false);
+}
+Test(forward, qwen3next_tiny_f32)
+{
+	check_model("qwen3next-tiny-F32", true);
+}
+Test(forward, qwen3next_tiny_q8_0)
+{
+	check_model("qwen3next-tiny-Q8_0", false);
+}
+Test(forward, qwen3next_tiny_q4_0)
+{
+	check_model("qwen3next-tiny-Q4_0", false);
+}
+Test(forward, qwen3next_tiny_q4_k_m)
+{
+	check_model("qwen3next-tiny-Q4_K_M", false);
+}
+Test(forward, qwen3next_kq_q4_k_m)
+{
+	check_model("qwen3next-kq-Q4_K_M", false);
+}
+
+/* ---- batching, chunking, slots ----------------------------------------------------- */
+
+static moe_model *open_model(const char *name)
+{
+	moe_model *m = NULL;
+	moe_err err = moe_model_open(&m, fixture(name));
+	cr_assert_eq(err, MOE_OK, "%s: %s %s", name, moe_err_name(err), moe_err_detail());
+	return m;
+}
+
+/* Two sequences (A and B of the golden) interleaved in shared steps at
+ * different positions, in two slots, give the logits of each alone. */
+static void check_interleaved(const char *model)
+{
+	moe_model *m = open_model(model);
+	golden g;
+	char base[128];
+	snprintf(base, sizeof base, "%.*s", (int)(strlen(model) - 5), model);
+	golden_load(&g, base);
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 3, 256, 2);
+	int s0, s1, s2;
+	cr_assert_eq(moe_fwd_seq_open(f, &s0), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &s1), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &s2), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &(int){0}), MOE_ERR_BUSY);
+
+	const int na = g.n_tok[0], nb = g.n_tok[1];
+	float *ref_a = malloc(sizeof(float) * (size_t)na * N_VOCAB);
+	float *ref_b = malloc(sizeof(float) * (size_t)nb * N_VOCAB);
+	run_seq(f, s2, ref_a, g.tok[0], na, true);
+	run_seq(f, s2, ref_b, g.tok[1], nb, true);
+
+	/* step 1: B's first 30 tokens alone in s1; then steps mixing A (from 0)
+	 * and B (from 30), 5 tokens of each per step, B first */
+	float *out = malloc(sizeof(float) * 64 * N_VOCAB);
+	int32_t tok[64], sl[64], pos[64];
+	for (int i = 0; i < 30; i++)
+		tok[i] = g.tok[1][i], sl[i] = s1, pos[i] = i;
+	moe_batch b = {.n_tok = 30, .tokens = tok, .slot = sl, .pos = pos};
+	cr_assert_eq(moe_fwd_step(f, out, &b), MOE_OK);
+	cmp c = compare(ref_b, out, 30);
+	cr_expect(c.max_abs <= 1e-4, "%s: B prefix %g", model, c.max_abs);
+	int ia = 0, ib = 30;
+	double worst = 0;
+	while (ia < na || ib < nb) {
+		int n = 0, from_b = 0;
+		for (int j = 0; j < 5 && ib < nb; j++, ib++, n++, from_b++)
+			tok[n] = g.tok[1][ib], sl[n] = s1, pos[n] = ib;
+		for (int j = 0; j < 5 && ia < na; j++, ia++, n++)
+			tok[n] = g.tok[0][ia], sl[n] = s0, pos[n] = ia;
+		b.n_tok = n;
+		cr_assert_eq(moe_fwd_step(f, out, &b), MOE_OK, "%s", moe_err_detail());
+		for (int r = 0; r < n; r++) {
+			const float *ref = r < from_b ? ref_b + (size_t)pos[r] * N_VOCAB
+			                              : ref_a + (size_t)pos[r] * N_VOCAB;
+			worst = fmax(worst, compare(ref, out + (size_t)r * N_VOCAB, 1).max_abs);
+		}
+	}
+	cr_log_info("%s: interleaved two sequences, max |d| vs alone %.3g", model, worst);
+	cr_expect(worst <= 1e-4, "%s: interleaved max |d| %g", model, worst);
+
+	/* wrong position, closed slot, bad token are refused */
+	int32_t t0 = 1, p5 = 5, bad = N_VOCAB;
+	b = (moe_batch){.n_tok = 1, .tokens = &t0, .slot = &s0, .pos = &p5};
+	cr_assert_eq(moe_fwd_step(f, out, &b), MOE_ERR_INVAL);
+	cr_assert_eq(moe_fwd_seq_close(f, s2), MOE_OK);
+	int32_t p0 = 0;
+	b = (moe_batch){.n_tok = 1, .tokens = &t0, .slot = &s2, .pos = &p0};
+	cr_assert_eq(moe_fwd_step(f, out, &b), MOE_ERR_INVAL);
+	b = (moe_batch){.n_tok = 1, .tokens = &bad, .slot = &s0, .pos = &(int32_t){na}};
+	cr_assert_eq(moe_fwd_step(f, out, &b), MOE_ERR_INVAL);
+	cr_assert_eq(moe_fwd_seq_len(f, s0), na);
+
+	/* a closed slot reopens empty and gives the same logits again */
+	int s3;
+	cr_assert_eq(moe_fwd_seq_open(f, &s3), MOE_OK);
+	cr_assert_eq(s3, s2);
+	cr_assert_eq(moe_fwd_seq_len(f, s3), 0);
+	run_seq(f, s3, out, g.tok[0], na, false);
+	c = compare(ref_a, out, na);
+	cr_expect(c.max_abs <= 1e-4, "%s: reused slot %g", model, c.max_abs);
+
+	free(ref_a), free(ref_b), free(out);
+	golden_free(&g);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+Test(forward, interleaved_sequences_qwen3next)
+{
+	check_interleaved("qwen3next-tiny-F32.gguf");
+}
+Test(forward, interleaved_sequences_qwen3moe)
+{
+	check_interleaved("qwen3moe-tiny-F32.gguf");
+}
+
+Test(forward, chunked_prefill_and_logit_selection)
+{
+	moe_model *m = open_model("qwen3next-tiny-F32.gguf");
+	golden g;
+	golden_load(&g, "qwen3next-tiny-F32");
+	const int n = g.n_tok[1];
+	float *gb = golden_logits("qwen3next-tiny-F32", "B.batch", n);
+	/* max_batch 10: the 64 tokens go in 7 chunks */
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 1, 10, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+	float *out = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+	run_seq(f, slot, out, g.tok[1], n, false);
+	cmp c = compare(gb, out, n);
+	cr_expect(c.max_abs <= 1e-4, "chunked prefill max |d| %g", c.max_abs);
+
+	/* only the last row wanted */
+	bool want[64] = {0};
+	want[n - 1] = true;
+	int32_t pos[64], sl[64];
+	for (int i = 0; i < n; i++)
+		pos[i] = i, sl[i] = slot;
+	cr_assert_eq(moe_fwd_seq_reset(f, slot), MOE_OK);
+	moe_batch b = {.n_tok = n, .tokens = g.tok[1], .slot = sl, .pos = pos, .logits = want};
+	float last[N_VOCAB];
+	cr_assert_eq(moe_fwd_step(f, last, &b), MOE_OK);
+	c = compare(gb + (size_t)(n - 1) * N_VOCAB, last, 1);
+	cr_expect(c.max_abs <= 1e-4, "last row %g", c.max_abs);
+	free(out), free(gb);
+	golden_free(&g);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+Test(forward, f16_kv_cache_stays_close)
+{
+	moe_model *m = open_model("qwen3moe-tiny-F32.gguf");
+	golden g;
+	golden_load(&g, "qwen3moe-tiny-F32");
+	const int n = g.n_tok[1];
+	float *gb = golden_logits("qwen3moe-tiny-F32", "B.batch", n);
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F16, 1, 256, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+	float *out = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+	run_seq(f, slot, out, g.tok[1], n, false);
+	const cmp c = compare(gb, out, n);
+	cr_log_info("f16 KV: max %.3g KL %.3g agree %.1f%%", c.max_abs, c.mean_kl, 100 * c.agree);
+	cr_expect(c.mean_kl <= 1e-4 && c.agree >= 0.98, "f16 KV: KL %g agree %g", c.mean_kl,
+	          c.agree);
+	cr_expect(moe_fwd_kv_bytes(f) > 0);
+	free(out), free(gb);
+	golden_free(&g);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+/* ---- expert backend: split placement gives identical bits --------------------------- */
+
+typedef struct split_backend {
+	const moe_model *m;
+	moe_pool *pool;
+	int il;
+	int64_t n_tok;
+	const float *x;
+	const int32_t *ids;
+	const float *w;
+	int n_used;
+	int calls;
+} split_backend;
+
+static moe_err split_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                           const float *w, int n_used)
+{
+	split_backend *s = ctx;
+	s->il = il, s->n_tok = n_tok, s->x = x, s->ids = ids, s->w = w, s->n_used = n_used;
+	s->calls++;
+	return MOE_OK;
+}
+
+/* Runs the odd experts, then the even ones, as two "workers" would. */
+static moe_err split_finish(void *ctx, moe_fix_t *acc)
+{
+	split_backend *s = ctx;
+	const moe_expert_ffn *full = moe_model_experts(s->m, s->il);
+	const int ne = full->n_expert;
+	const void **p = calloc(3 * (size_t)ne, sizeof(void *));
+	for (int part = 1; part >= 0; part--) {
+		moe_expert_ffn h = *full;
+		for (int e = 0; e < ne; e++) {
+			const bool mine = e % 2 == part;
+			p[e] = mine ? full->gate.expert[e] : NULL;
+			p[ne + e] = mine ? full->up.expert[e] : NULL;
+			p[2 * ne + e] = mine ? full->down.expert[e] : NULL;
+		}
+		h.gate.expert = p;
+		h.up.expert = p + ne;
+		h.down.expert = p + 2 * ne;
+		moe_err err =
+		    moe_expert_ffn_run(s->pool, acc, &h, s->x, s->n_tok, s->ids, s->w, s->n_used);
+		if (err != MOE_OK) {
+			free(p);
+			return err;
+		}
+	}
+	free(p);
+	return MOE_OK;
+}
+
+Test(forward, split_expert_backend_is_bit_identical)
+{
+	const char *models[2] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf"};
+	for (int k = 0; k < 2; k++) {
+		moe_model *m = open_model(models[k]);
+		golden g;
+		char base[128];
+		snprintf(base, sizeof base, "%.*s", (int)(strlen(models[k]) - 5), models[k]);
+		golden_load(&g, base);
+		const int n = g.n_tok[0];
+		moe_fwd *fl = make_fwd(m, MOE_TYPE_F32, 1, 256, 2); /* 2 threads vs 1 */
+		split_backend sb = {.m = m};
+		cr_assert_eq(moe_pool_create(&sb.pool, 1), MOE_OK);
+		moe_expert_backend be = {.ctx = &sb, .start = split_start, .finish = split_finish};
+		moe_fwd_opts o;
+		moe_fwd_opts_default(&o);
+		o.kv_type = MOE_TYPE_F32;
+		o.n_ctx = 128;
+		o.n_threads = 1;
+		o.experts = &be;
+		moe_fwd *fs = NULL;
+		cr_assert_eq(moe_fwd_create(&fs, m, &o), MOE_OK);
+		int s1, s2;
+		cr_assert_eq(moe_fwd_seq_open(fl, &s1), MOE_OK);
+		cr_assert_eq(moe_fwd_seq_open(fs, &s2), MOE_OK);
+		float *a = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+		float *b = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+		run_seq(fl, s1, a, g.tok[0], n, false);
+		run_seq(fs, s2, b, g.tok[0], n, false);
+		cr_assert_eq(sb.calls, moe_model_hparams(m)->n_layer);
+		cr_expect_eq(memcmp(a, b, sizeof(float) * (size_t)n * N_VOCAB), 0,
+		             "%s: split experts changed the logits", models[k]);
+		free(a), free(b);
+		golden_free(&g);
+		moe_fwd_destroy(fs);
+		moe_fwd_destroy(fl);
+		moe_pool_destroy(sb.pool);
+		moe_model_destroy(m);
+	}
+}
+
+/* ---- load-time checks ------------------------------------------------------------------ */
+
+/* The file bytes with the 4-byte u32 value of metadata key `key` replaced
+ * (or, if value < 0, one letter of the key changed so it is not found). */
+static moe_err open_patched(moe_model **m, moe_gguf **g, void **buf, const char *file,
+                            const char *key, long value)
+{
+	size_t n;
+	char *b = read_file(fixture(file), &n);
+	const size_t kl = strlen(key);
+	char *at = NULL;
+	for (size_t i = 8; i + kl + 12 <= n && at == NULL; i++) {
+		uint64_t len;
+		memcpy(&len, b + i - 8, 8);
+		if (len == kl && memcmp(b + i, key, kl) == 0)
+			at = b + i;
+	}
+	cr_assert_not_null(at, "key %s not found in %s", key, file);
+	if (value < 0) {
+		at[kl - 1] ^= 0x20; /* change the case of the last letter */
+	} else {
+		uint32_t type, v = (uint32_t)value;
+		memcpy(&type, at + kl, 4);
+		cr_assert_eq(type, 4, "%s is not a UINT32", key);
+		memcpy(at + kl + 4, &v, 4);
+	}
+	*buf = b;
+	moe_err err = moe_gguf_open_mem(g, b, n);
+	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+	return moe_model_load(m, *g);
+}
+
+Test(forward, load_names_missing_key_and_bad_shapes)
+{
+	moe_model *m = NULL;
+	moe_gguf *g = NULL;
+	void *buf = NULL;
+
+	moe_err err =
+	    open_patched(&m, &g, &buf, "qwen3moe-tiny-F32.gguf", "qwen3moe.expert_count", -1);
+	cr_expect_eq(err, MOE_ERR_NOT_FOUND);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen3moe.expert_count"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+
+	err = open_patched(&m, &g, &buf, "qwen3next-tiny-F32.gguf",
+	                   "qwen3next.expert_feed_forward_length", 32);
+	cr_expect_eq(err, MOE_ERR_BAD_SHAPE);
+	cr_expect_not_null(strstr(moe_err_detail(), "blk.0.ffn_gate_exps.weight"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+
+	err = open_patched(&m, &g, &buf, "qwen3next-tiny-F32.gguf", "qwen3next.ssm.group_count", 3);
+	cr_expect_eq(err, MOE_ERR_BAD_VALUE);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen3next.ssm.group_count"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+
+	err = open_patched(&m, &g, &buf, "qwen3moe-tiny-F32.gguf",
+	                   "qwen3moe.attention.head_count_kv", 3);
+	cr_expect_eq(err, MOE_ERR_BAD_VALUE);
+	moe_gguf_close(g), free(buf);
+
+	err = open_patched(&m, &g, &buf, "qwen3moe-tiny-F32.gguf", "qwen3moe.embedding_length", 64);
+	cr_expect_eq(err, MOE_ERR_BAD_SHAPE);
+	cr_expect_not_null(strstr(moe_err_detail(), "token_embd.weight"), "%s", moe_err_detail());
+	moe_gguf_close(g), free(buf);
+
+	/* unpatched loads, and the hyper-parameters are the fixture table's */
+	err = open_patched(&m, &g, &buf, "qwen3next-tiny-F32.gguf", "qwen3next.block_count", 4);
+	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	cr_expect_eq(hp->arch, MOE_ARCH_QWEN3NEXT);
+	cr_expect_eq(hp->n_embd, 128);
+	cr_expect_eq(hp->n_rot, 8);
+	cr_expect_eq(hp->ssm_n_k_heads, 4);
+	cr_expect_eq(hp->ssm_n_v_heads, 8);
+	cr_expect_eq(hp->ssm_conv_dim, 512);
+	cr_expect_eq(hp->n_ff_shexp, 64);
+	cr_expect(hp->recurrent[0] && hp->recurrent[1] && hp->recurrent[2] && !hp->recurrent[3]);
+	cr_expect_eq(hp->eos_id, 511);
+	moe_model_destroy(m);
+	moe_gguf_close(g), free(buf);
+}
+
+/* ---- the CLI ------------------------------------------------------------------------------ */
+
+static const char *bin(void)
+{
+	const char *b = getenv("MOE_BIN");
+	cr_assert_not_null(b, "MOE_BIN is not set");
+	return b;
+}
+
+Test(cli, logits_one_by_one_matches_golden)
+{
+	char out[] = "/tmp/moe_logits_XXXXXX";
+	int fd = mkstemp(out);
+	cr_assert(fd >= 0);
+	close(fd);
+	golden g;
+	golden_load(&g, "qwen3next-tiny-F32");
+	char toks[1024] = "";
+	for (int i = 0; i < g.n_tok[0]; i++)
+		snprintf(toks + strlen(toks), sizeof toks - strlen(toks), "%s%d", i ? "," : "",
+		         g.tok[0][i]);
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd,
+	         "%s logits -m %s --tokens %s --one-by-one --kv f32 --threads 1 -o %s", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), toks, out);
+	cr_assert_eq(system(cmd), 0, "%s", cmd);
+	size_t n;
+	float *ours = read_file(out, &n);
+	cr_assert_eq(n, (size_t)g.n_tok[0] * N_VOCAB * sizeof(float));
+	float *gs = golden_logits("qwen3next-tiny-F32", "A.seq", g.n_tok[0]);
+	const cmp c = compare(gs, ours, g.n_tok[0]);
+	cr_expect(c.max_abs <= 1e-4, "CLI logits max |d| %g", c.max_abs);
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,x -o %s 2>/dev/null", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2, "bad token list is a usage error");
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,512 -o %s 2>/dev/null", bin(),
+	         fixture("qwen3next-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 1, "token id out of range is a runtime error");
+	unlink(out);
+	free(ours), free(gs);
+	golden_free(&g);
+}
+
+/* Greedy text of the KJV demo models equals llama.cpp's (the samples in
+ * models/README.md, prompt removed). */
+static void check_kjv(const char *model, const char *prompt, const char *expect)
+{
+	const char *src = getenv("MOE_SOURCE_DIR");
+	cr_assert_not_null(src);
+	char cmd[2048];
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/%s -p '%s' -n 48 --temp 0 --ignore-eos --threads 1 "
+	         "2>/dev/null",
+	         bin(), src, model, prompt);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof text - 1, p);
+	text[n] = 0;
+	cr_assert_eq(pclose(p), 0, "%s", cmd);
+	while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' '))
+		text[--n] = 0;
+	cr_expect_str_eq(text, expect, "%s greedy text differs from llama.cpp's", model);
+}
+
+Test(cli, kjv_qwen3moe_greedy_text_matches_llama_cpp)
+{
+	check_kjv("kjv-qwen3moe-Q4_K_M.gguf", "In the beginning",
+	          " of the LORD.\nFor the LORD hath made a man to the LORD, and the LORD hath "
+	          "made a man to the LORD.\nAnd he said unto the LORD, I will not be a man of the "
+	          "LORD, and the LORD shall be");
+}
+
+Test(cli, kjv_qwen3next_greedy_text_matches_llama_cpp)
+{
+	check_kjv("kjv-qwen3next-Q4_K_M.gguf", "Jesus answered and said unto him",
+	          ", Behold, I will not be a man of God, and I will not be in the midst of the "
+	          "earth.\nAnd the LORD said unto Moses, The LORD hath given me to the people, and "
+	          "the LORD thy God, and the");
+}

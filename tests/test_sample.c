@@ -1,0 +1,226 @@
+/* test_sample.c - sampling: greedy, penalties, filters, seeded determinism,
+ * the distribution of draws, and stop strings. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "model/sample.h"
+
+static moe_sampler *make(const moe_sampler_params *p, int n)
+{
+	moe_sampler *s = NULL;
+	cr_assert_eq(moe_sampler_create(&s, p, n), MOE_OK);
+	return s;
+}
+
+static moe_sampler_params greedy(void)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 0.0f;
+	return p;
+}
+
+Test(sample, argmax_lowest_id_on_ties_and_skips_nan)
+{
+	const float x[5] = {1.0f, 3.0f, NAN, 3.0f, -1.0f};
+	cr_assert_eq(moe_argmax(x, 5), 1);
+	const float y[2] = {NAN, -5.0f};
+	cr_assert_eq(moe_argmax(y, 2), 1);
+}
+
+Test(sample, greedy_picks_argmax)
+{
+	moe_sampler_params p = greedy();
+	moe_sampler *s = make(&p, 4);
+	const float l[4] = {0.5f, 2.0f, 2.0f, 1.0f};
+	int32_t t = -1;
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 1);
+	moe_sampler_destroy(s);
+}
+
+Test(sample, repetition_and_presence_penalties)
+{
+	moe_sampler_params p = greedy();
+	p.repeat_penalty = 2.0f; /* 2.0 -> 1.0 for a seen token */
+	moe_sampler *s = make(&p, 3);
+	const float l[3] = {1.45f, 2.0f, -1.0f};
+	moe_sampler_accept(s, 1);
+	int32_t t;
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 0);
+	moe_sampler_destroy(s);
+
+	p = greedy();
+	p.presence_penalty = 0.4f;
+	p.frequency_penalty = 0.1f;
+	s = make(&p, 3);
+	moe_sampler_accept(s, 1);
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 1);       /* 2.0 - 0.4 - 0.1 = 1.5 > 1.45 */
+	moe_sampler_accept(s, 1); /* now 2.0 - 0.4 - 0.2 = 1.4 < 1.45 */
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 0);
+	moe_sampler_destroy(s);
+}
+
+Test(sample, penalty_window_forgets_old_tokens)
+{
+	moe_sampler_params p = greedy();
+	p.presence_penalty = 10.0f;
+	p.penalty_last_n = 2;
+	moe_sampler *s = make(&p, 3);
+	const float l[3] = {0.0f, 1.0f, 0.5f};
+	moe_sampler_accept(s, 1);
+	moe_sampler_accept(s, 0);
+	int32_t t;
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 2);
+	moe_sampler_accept(s, 0);
+	moe_sampler_accept(s, 0); /* token 1 has left the window */
+	cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+	cr_assert_eq(t, 1);
+	moe_sampler_destroy(s);
+}
+
+Test(sample, top_k_one_is_greedy)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 5.0f;
+	p.top_k = 1;
+	p.seed = 3;
+	moe_sampler *s = make(&p, 4);
+	const float l[4] = {0.1f, 0.2f, 0.3f, 0.25f};
+	for (int i = 0; i < 50; i++) {
+		int32_t t;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		cr_assert_eq(t, 2);
+	}
+	moe_sampler_destroy(s);
+}
+
+Test(sample, same_seed_same_tokens_and_reset_replays)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 1.0f;
+	p.top_k = 0;
+	p.top_p = 1.0f;
+	p.min_p = 0.0f;
+	p.seed = 1234;
+	moe_sampler *a = make(&p, 8), *b = make(&p, 8);
+	const float l[8] = {0, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f};
+	int32_t first[40];
+	bool differs = false;
+	for (int i = 0; i < 40; i++) {
+		int32_t x, y;
+		cr_assert_eq(moe_sampler_sample(a, &x, l), MOE_OK);
+		cr_assert_eq(moe_sampler_sample(b, &y, l), MOE_OK);
+		cr_assert_eq(x, y);
+		first[i] = x;
+		differs |= x != first[0];
+	}
+	cr_assert(differs, "40 draws from a flat distribution were all equal");
+	moe_sampler_reset(a);
+	for (int i = 0; i < 40; i++) {
+		int32_t x;
+		cr_assert_eq(moe_sampler_sample(a, &x, l), MOE_OK);
+		cr_assert_eq(x, first[i]);
+	}
+	moe_sampler_destroy(a);
+	moe_sampler_destroy(b);
+}
+
+Test(sample, draws_follow_the_distribution)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 1.0f;
+	p.top_k = 0;
+	p.top_p = 1.0f;
+	p.min_p = 0.0f;
+	p.seed = 99;
+	moe_sampler *s = make(&p, 3);
+	/* probabilities 0.5, 0.3, 0.2 */
+	const float l[3] = {logf(0.5f), logf(0.3f), logf(0.2f)};
+	int cnt[3] = {0};
+	const int N = 20000;
+	for (int i = 0; i < N; i++) {
+		int32_t t;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		cnt[t]++;
+	}
+	/* 5 sigma for p = 0.5 at N = 20000 is ~0.018 */
+	cr_assert(fabs(cnt[0] / (double)N - 0.5) < 0.02, "p0 %g", cnt[0] / (double)N);
+	cr_assert(fabs(cnt[1] / (double)N - 0.3) < 0.02, "p1 %g", cnt[1] / (double)N);
+	cr_assert(fabs(cnt[2] / (double)N - 0.2) < 0.02, "p2 %g", cnt[2] / (double)N);
+	moe_sampler_destroy(s);
+}
+
+Test(sample, top_p_and_min_p_cut_the_tail)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 1.0f;
+	p.top_k = 0;
+	p.top_p = 0.75f; /* 0.5 + 0.3 >= 0.75: tokens 0 and 1 only */
+	p.min_p = 0.0f;
+	p.seed = 5;
+	moe_sampler *s = make(&p, 3);
+	const float l[3] = {logf(0.5f), logf(0.3f), logf(0.2f)};
+	int seen1 = 0;
+	for (int i = 0; i < 2000; i++) {
+		int32_t t;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		cr_assert_neq(t, 2);
+		seen1 += t == 1;
+	}
+	cr_assert(seen1 > 0);
+	moe_sampler_destroy(s);
+
+	p.top_p = 1.0f;
+	p.min_p = 0.5f; /* keep p >= 0.25: tokens 0 and 1 */
+	s = make(&p, 3);
+	for (int i = 0; i < 2000; i++) {
+		int32_t t;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		cr_assert_neq(t, 2);
+	}
+	moe_sampler_destroy(s);
+}
+
+Test(sample, rejects_bad_parameters)
+{
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	moe_sampler *s = NULL;
+	p.repeat_penalty = 0.0f;
+	cr_assert_eq(moe_sampler_create(&s, &p, 10), MOE_ERR_INVAL);
+	moe_sampler_params_default(&p);
+	cr_assert_eq(moe_sampler_create(&s, &p, 0), MOE_ERR_INVAL);
+	cr_assert_null(s);
+	moe_sampler_destroy(NULL);
+}
+
+Test(sample, stop_strings)
+{
+	const char *stops[2] = {"\n\n", "END"};
+	size_t at;
+	const char *t1 = "hello\n\nworld";
+	cr_assert(moe_stop_find(&at, t1, strlen(t1), stops, 2));
+	cr_assert_eq(at, 5);
+	const char *t2 = "the EN";
+	cr_assert_not(moe_stop_find(&at, t2, strlen(t2), stops, 2));
+	cr_assert_eq(at, 4); /* "EN" might become "END" */
+	const char *t3 = "line\n";
+	cr_assert_not(moe_stop_find(&at, t3, strlen(t3), stops, 2));
+	cr_assert_eq(at, 4);
+	const char *t4 = "plain";
+	cr_assert_not(moe_stop_find(&at, t4, strlen(t4), stops, 2));
+	cr_assert_eq(at, 5);
+	const char *t5 = "xENDy\n\n";
+	cr_assert(moe_stop_find(&at, t5, strlen(t5), stops, 2));
+	cr_assert_eq(at, 1);
+}
