@@ -26,4 +26,5 @@ printf '%s\n' '"Hello, world! <|im_start|>user\nWie geht es dir? 你好"' | tee 
 	"$moemesh" tokenize -m "$out/qwen3next-tiny-qwen3tok.gguf"
 echo
 echo "== 2. generate with the KJV-trained qwen3next MoE model (greedy, 64 tokens)"
+printf "In the beginning"
 "$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0
