@@ -481,6 +481,7 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 		return moe_fail(MOE_ERR_BAD_SHAPE, "%s: n_dims %u at offset %zu exceeds %d",
 		                c->where, n_dims, at, MOE_GGUF_MAX_DIMS);
 	t->n_dims = n_dims;
+	size_t ne0_at = c->pos;
 	for (uint32_t d = 0; d < MOE_GGUF_MAX_DIMS; d++)
 		t->ne[d] = 1;
 	for (uint32_t d = 0; d < n_dims; d++) {
@@ -513,9 +514,10 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 		                c->where, type, at);
 	t->type = (moe_type)type;
 	if (t->ne[0] % tr->block_size != 0)
-		return moe_fail(MOE_ERR_BAD_SHAPE,
-		                "%s: ne[0] = %lld is not a multiple of the %s block size %lld",
-		                c->where, (long long)t->ne[0], tr->name, (long long)tr->block_size);
+		return moe_fail(
+		    MOE_ERR_BAD_SHAPE,
+		    "%s: ne[0] = %lld at offset %zu is not a multiple of the %s block size %lld",
+		    c->where, (long long)t->ne[0], ne0_at, tr->name, (long long)tr->block_size);
 	/* blocks * type_size: blocks < 2^63 and type_size is small, but check */
 	uint64_t blocks = (uint64_t)(nel / tr->block_size);
 	if (tr->type_size != 0 && blocks > UINT64_MAX / tr->type_size)
@@ -526,7 +528,7 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 }
 
 struct span {
-	uint64_t start, end;
+	uint64_t start;
 	int64_t idx;
 };
 
@@ -536,72 +538,77 @@ static int span_cmp(const void *a, const void *b)
 
 	if (x->start != y->start)
 		return x->start < y->start ? -1 : 1;
-	if (x->end != y->end)
-		return x->end < y->end ? -1 : 1;
-	return 0;
+	return x->idx < y->idx ? -1 : (x->idx > y->idx);
 }
 
-/* Every tensor aligned, inside the file, and no two overlapping. */
+static int name_len(const moe_gguf_tensor *t)
+{
+	return (int)(t->name.len > 96 ? 96 : t->name.len);
+}
+
+/* Every tensor aligned, inside the file, and no two overlapping. Ranges are
+ * checked in offset order, so a cut file reports its first missing tensor. */
 static moe_err check_tensor_ranges(moe_gguf *g)
 {
 	struct span *sp;
+	const moe_gguf_tensor *prev = NULL;
 	moe_err err = MOE_OK;
 
 	for (int64_t i = 0; i < g->n_tensors; i++) {
-		moe_gguf_tensor *t = &g->tensors[i];
-		int nl = (int)(t->name.len > 96 ? 96 : t->name.len);
+		const moe_gguf_tensor *t = &g->tensors[i];
 		if (t->offset % g->alignment != 0)
 			return moe_fail(MOE_ERR_BAD_ALIGNMENT,
-			                "tensor %lld (%.*s): offset %llu is not a multiple of the "
-			                "alignment %u",
-			                (long long)i, nl, t->name.ptr,
-			                (unsigned long long)t->offset, g->alignment);
-		if (t->offset > g->size || t->size > g->size)
-			return moe_fail(
-			    MOE_ERR_BAD_OFFSET,
-			    "tensor %lld (%.*s): offset %llu, %llu bytes: beyond the file "
-			    "(%zu bytes)",
-			    (long long)i, nl, t->name.ptr, (unsigned long long)t->offset,
-			    (unsigned long long)t->size, g->size);
-		/* all three terms are <= size, so the sum cannot overflow */
-		uint64_t start = g->data_offset + t->offset;
-		if (start + t->size > g->size)
-			return moe_fail(
-			    MOE_ERR_TRUNCATED,
-			    "tensor %lld (%.*s): data [%llu, %llu) at offset %llu: file "
-			    "ends at %zu",
-			    (long long)i, nl, t->name.ptr, (unsigned long long)start,
-			    (unsigned long long)(start + t->size), (unsigned long long)start,
-			    g->size);
-		t->data = g->base + start;
+			                "tensor %lld (%.*s): offset %llu (in the data section at "
+			                "offset %llu) is not a multiple of the alignment %u",
+			                (long long)i, name_len(t), t->name.ptr,
+			                (unsigned long long)t->offset,
+			                (unsigned long long)g->data_offset, g->alignment);
 	}
-	if (g->n_tensors < 2)
-		return MOE_OK;
-	sp = malloc((size_t)g->n_tensors * sizeof(*sp));
+	sp = malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof(*sp));
 	if (sp == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "tensor range table");
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		sp[i].start = g->tensors[i].offset;
-		sp[i].end = g->tensors[i].offset + g->tensors[i].size;
 		sp[i].idx = i;
 	}
 	qsort(sp, (size_t)g->n_tensors, sizeof(*sp), span_cmp);
-	for (int64_t i = 1; i < g->n_tensors; i++) {
-		if (sp[i].start < sp[i - 1].end) {
-			const moe_gguf_tensor *a = &g->tensors[sp[i - 1].idx];
-			const moe_gguf_tensor *b = &g->tensors[sp[i].idx];
+	for (int64_t k = 0; k < g->n_tensors; k++) {
+		moe_gguf_tensor *t = &g->tensors[sp[k].idx];
+		if (t->offset > g->size) {
+			err = moe_fail(MOE_ERR_BAD_OFFSET,
+			               "tensor %lld (%.*s): offset %llu lies beyond the file "
+			               "(%zu bytes)",
+			               (long long)sp[k].idx, name_len(t), t->name.ptr,
+			               (unsigned long long)t->offset, g->size);
+			goto out_free_sp;
+		}
+		/* data_offset < size + alignment and offset <= size: no overflow */
+		uint64_t start = g->data_offset + t->offset;
+		if (t->size > g->size || start + t->size > g->size) {
+			err = moe_fail(
+			    MOE_ERR_TRUNCATED,
+			    "tensor %lld (%.*s): %llu bytes of data at offset %llu: file "
+			    "ends at %zu",
+			    (long long)sp[k].idx, name_len(t), t->name.ptr,
+			    (unsigned long long)t->size, (unsigned long long)start, g->size);
+			goto out_free_sp;
+		}
+		t->data = g->base + start;
+		if (prev != NULL && t->offset < prev->offset + prev->size) {
 			err = moe_fail(
 			    MOE_ERR_BAD_OFFSET,
-			    "tensor %lld (%.*s) data [%llu, %llu) overlaps tensor %lld "
-			    "(%.*s) data [%llu, %llu) (offsets in the data section)",
-			    (long long)sp[i].idx, (int)(b->name.len > 96 ? 96 : b->name.len),
-			    b->name.ptr, (unsigned long long)sp[i].start,
-			    (unsigned long long)sp[i].end, (long long)sp[i - 1].idx,
-			    (int)(a->name.len > 96 ? 96 : a->name.len), a->name.ptr,
-			    (unsigned long long)sp[i - 1].start, (unsigned long long)sp[i - 1].end);
-			break;
+			    "tensor %lld (%.*s) data at offset %llu overlaps tensor %lld "
+			    "(%.*s) data at offset %llu, %llu bytes",
+			    (long long)sp[k].idx, name_len(t), t->name.ptr,
+			    (unsigned long long)start, (long long)sp[k - 1].idx, name_len(prev),
+			    prev->name.ptr, (unsigned long long)(g->data_offset + prev->offset),
+			    (unsigned long long)prev->size);
+			goto out_free_sp;
 		}
+		prev = t;
 	}
+
+out_free_sp:
 	free(sp);
 	return err;
 }
@@ -620,9 +627,12 @@ static moe_err build_tensor_hash(moe_gguf *g)
 			if (str_eq(o->name, t->name.ptr, t->name.len))
 				return moe_fail(
 				    MOE_ERR_DUPLICATE,
-				    "tensor info %lld (%.*s): duplicate of tensor info %lld",
+				    "tensor info %lld (%.*s) at offset %zu: duplicate of tensor "
+				    "info %lld",
 				    (long long)i, (int)(t->name.len > 96 ? 96 : t->name.len),
-				    t->name.ptr, (long long)(g->tensor_hash[h] - 1));
+				    t->name.ptr,
+				    (size_t)((const uint8_t *)t->name.ptr - g->base) - 8,
+				    (long long)(g->tensor_hash[h] - 1));
 		}
 		g->tensor_hash[h] = i + 1;
 	}
@@ -630,6 +640,41 @@ static moe_err build_tensor_hash(moe_gguf *g)
 }
 
 /* ---- the whole file ------------------------------------------------------------- */
+
+/* The kvs and tensor infos that follow the header need at least
+ * n_kv * KV_MIN + n_tensors * TI_MIN bytes. */
+#define KV_MIN (8 + 4 + 1)     /* key length, type, a one-byte value */
+#define TI_MIN (8 + 4 + 4 + 8) /* name length, n_dims, type, offset */
+
+static moe_err check_header_counts(const struct cur *c, uint64_t n_tensors, uint64_t n_kv)
+{
+	uint64_t need;
+
+	if (n_tensors > c->size / TI_MIN)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_tensors = %llu at offset 8: needs at least %d bytes each, the "
+		                "whole file has %zu",
+		                (unsigned long long)n_tensors, TI_MIN, c->size);
+	if (n_kv > c->size / KV_MIN)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_kv = %llu at offset 16: needs at least %d bytes each, the whole "
+		                "file has %zu",
+		                (unsigned long long)n_kv, KV_MIN, c->size);
+	need = n_tensors * TI_MIN + n_kv * KV_MIN; /* both terms <= size */
+	if (need > c->size)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_tensors = %llu and n_kv = %llu at offset 8: need at least %llu "
+		                "bytes, the whole file has %zu",
+		                (unsigned long long)n_tensors, (unsigned long long)n_kv,
+		                (unsigned long long)need, c->size);
+	if (need > left(c))
+		return moe_fail(MOE_ERR_TRUNCATED,
+		                "n_tensors = %llu and n_kv = %llu at offset 8: need at least %llu "
+		                "bytes after offset %zu, file ends at %zu",
+		                (unsigned long long)n_tensors, (unsigned long long)n_kv,
+		                (unsigned long long)need, c->pos, c->size);
+	return MOE_OK;
+}
 
 static moe_err parse_header(moe_gguf *g, struct cur *c, uint64_t *n_tensors, uint64_t *n_kv)
 {
@@ -664,14 +709,7 @@ static moe_err parse_header(moe_gguf *g, struct cur *c, uint64_t *n_tensors, uin
 	err = read_u64(c, n_kv, "n_kv");
 	if (err != MOE_OK)
 		return err;
-	/* kvs: key len + type + 1 byte value at least; tensor info: name len, n_dims,
-	 * type, offset */
-	c->pos -= 8;
-	err = check_count(c, *n_tensors, 8 + 4 + 4 + 8, "n_tensors");
-	c->pos += 8;
-	if (err != MOE_OK)
-		return err;
-	return check_count(c, *n_kv, 8 + 4 + 1, "n_kv");
+	return check_header_counts(c, *n_tensors, *n_kv);
 }
 
 static moe_err parse_kvs(moe_gguf *g, struct cur *c, uint64_t n_kv)
