@@ -232,11 +232,26 @@ static moe_err read_str(struct cur *c, moe_gguf_str *s, const char *field, bool 
 	return MOE_OK;
 }
 
+/* Appends "(element j)" to the detail of err (formatting only on failure
+ * keeps the loop over 150k-string arrays fast). */
+static moe_err add_element(moe_err err, uint64_t j)
+{
+	char detail[512];
+
+	snprintf(detail, sizeof(detail), "%s", moe_err_detail());
+	return moe_fail(err, "%s (element %llu)", detail, (unsigned long long)j);
+}
+
 /* ---- the element index pool --------------------------------------------------- */
 
-/* Appends n zeroed entries; *at receives the index of the first. */
+/* Appends n entries; *at receives the index of the first (GGUF_NO_IDX for
+ * n = 0, so that an empty array needs no pool). */
 static moe_err pool_push(moe_gguf *g, uint64_t n, uint64_t *at)
 {
+	if (n == 0) {
+		*at = GGUF_NO_IDX;
+		return MOE_OK;
+	}
 	if (n > SIZE_MAX / sizeof(uint64_t) - g->n_pool)
 		return moe_fail(MOE_ERR_NOMEM, "array index of %llu entries",
 		                (unsigned long long)n);
@@ -294,12 +309,10 @@ static moe_err parse_elements(moe_gguf *g, struct cur *c, moe_gguf_vtype et, uin
 			return err;
 		for (uint64_t j = 0; j < n; j++) {
 			moe_gguf_str s;
-			char field[48];
 			g->pool[*idx + j] = c->pos;
-			snprintf(field, sizeof(field), "string %llu", (unsigned long long)j);
-			err = read_str(c, &s, field, false);
+			err = read_str(c, &s, "string", false);
 			if (err != MOE_OK)
-				return err;
+				return add_element(err, j);
 		}
 		return MOE_OK;
 	}
@@ -485,11 +498,11 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 	for (uint32_t d = 0; d < MOE_GGUF_MAX_DIMS; d++)
 		t->ne[d] = 1;
 	for (uint32_t d = 0; d < n_dims; d++) {
-		char field[16];
+		static const char *const field[MOE_GGUF_MAX_DIMS] = {"ne[0]", "ne[1]", "ne[2]",
+		                                                     "ne[3]"};
 		uint64_t v = 0;
-		snprintf(field, sizeof(field), "ne[%u]", d);
 		at = c->pos;
-		err = read_u64(c, &v, field);
+		err = read_u64(c, &v, field[d]);
 		if (err != MOE_OK)
 			return err;
 		if (v > INT64_MAX)

@@ -390,6 +390,39 @@ Test(gguf_roundtrip, every_value_type_and_nested_arrays)
 	free(path);
 }
 
+Test(gguf_roundtrip, empty_arrays_of_every_kind)
+{
+	char *path = tmp_path();
+	moe_gguf_writer *w;
+	moe_gguf *g;
+	moe_gguf_arr a;
+	const moe_gguf_value none = {.type = MOE_GGUF_ARRAY, .arr = {MOE_GGUF_ARRAY, 0, NULL}};
+
+	OK(moe_gguf_writer_create(&w, path));
+	OK(moe_gguf_writer_add_arr_strn(w, "strs", NULL, 0));
+	OK(moe_gguf_writer_add_value(w, "arrs", &none));
+	OK(moe_gguf_writer_add_arr(w, "f64s", MOE_GGUF_FLOAT64, NULL, 0));
+	OK(moe_gguf_writer_finish(w));
+	moe_gguf_writer_destroy(w);
+	OK(moe_gguf_open(&g, path));
+	OK(moe_gguf_get_arr(&a, g, "strs"));
+	cr_assert_eq(a.type, MOE_GGUF_STRING);
+	cr_assert_eq(a.n, 0);
+	cr_assert_null(moe_gguf_arr_str(&a, 0).ptr);
+	OK(moe_gguf_get_arr(&a, g, "arrs"));
+	cr_assert_eq(a.type, MOE_GGUF_ARRAY);
+	cr_assert_eq(a.n, 0);
+	cr_assert_eq(moe_gguf_arr_sub(&a, 0).n, 0);
+	OK(moe_gguf_get_arr(&a, g, "f64s"));
+	cr_assert_eq(a.n, 0);
+	cr_assert_eq(moe_gguf_arr_float(&a, 0), 0.0);
+	cr_assert_eq(moe_gguf_data_offset(g) % 32, 0);
+	cr_assert_eq(moe_gguf_file_size(g), moe_gguf_data_offset(g), "no tensors, no data");
+	moe_gguf_close(g);
+	unlink(path);
+	free(path);
+}
+
 /* ---- alignment ---------------------------------------------------------------------- */
 
 static void check_alignment(uint32_t align)

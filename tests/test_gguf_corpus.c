@@ -259,7 +259,7 @@ static const struct patch patches[] = {
     {"array type 13", AT(arr_type), 0, 4, 13, MOE_ERR_BAD_TYPE, "array element type 13"},
     {"array count 2^63", AT(arr_n), 0, 8, 1ull << 63, MOE_ERR_BAD_COUNT, "array count"},
     {"array count max", AT(arr_n), 0, 8, UINT64_MAX, MOE_ERR_BAD_COUNT, "array count"},
-    {"array string 2^62", AT(str0_len), 0, 8, 1ull << 62, MOE_ERR_BAD_STRING, "string 0"},
+    {"array string 2^62", AT(str0_len), 0, 8, 1ull << 62, MOE_ERR_BAD_STRING, "(element 0)"},
     {"bool 2", AT(bool_val), 0, 1, 2, MOE_ERR_BAD_VALUE, "BOOL"},
     {"duplicate key", AT(flags_key), 5, 5, 0x746e756f63 /* "count" */, MOE_ERR_DUPLICATE,
      "duplicate of kv 2"},
