@@ -14,5 +14,6 @@ int moe_cmd_version(int argc, char **argv)
 const moe_command moe_commands[] = {
 	{"version", "print the version", moe_cmd_version},
 	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
+	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
 	{NULL, NULL, NULL},
 };

@@ -18,5 +18,6 @@ extern const moe_command moe_commands[];
 
 int moe_cmd_version(int argc, char **argv);
 int moe_cmd_inspect(int argc, char **argv);
+int moe_cmd_bench(int argc, char **argv);
 
 #endif

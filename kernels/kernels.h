@@ -97,19 +97,35 @@ const char *moe_isa_name(moe_isa isa);
 /* Forces a level for this process (tests); returns MOE_ERR_UNSUPPORTED if the
  * CPU cannot run it. Not thread-safe against running kernels. */
 moe_err moe_isa_set(moe_isa isa);
+/* Whether this CPU (and OS) can run isa. */
+bool moe_isa_supported(moe_isa isa);
 
 /* ---- rows: conversion, (de)quantisation ------------------------------------ */
 
-/* dst[0..n) = values of src (n values of type t). MOE_ERR_UNSUPPORTED if t
- * cannot be dequantised, MOE_ERR_INVAL if n is not a multiple of the block. */
+/* dst[0..n) = values of src (n values of type t). MOE_ERR_BAD_TYPE if t is not
+ * a type, MOE_ERR_UNSUPPORTED if it cannot be dequantised (compute false;
+ * Q8_1 and Q8_K can), MOE_ERR_INVAL if n is not a multiple of the block. */
 moe_err moe_dequantize_row(moe_type t, float *dst, const void *src, int64_t n);
 
 /* Quantises n floats into type t blocks (moe_row_size(t, n) bytes).
- * Supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, Q8_K (and
- * whatever else kernels/ documents). */
+ * Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+ * (the same algorithms as ggml's reference quantizers, which llama-quantize
+ * uses without an imatrix: byte-identical output), Q8_K and Q8_1 (activation
+ * semantics, below).  Errors: MOE_ERR_BAD_TYPE / MOE_ERR_UNSUPPORTED /
+ * MOE_ERR_INVAL as above; MOE_ERR_BAD_VALUE if a quantised type is asked of
+ * input with NaN or Inf. */
 moe_err moe_quantize_row(moe_type t, void *dst, const float *src, int64_t n);
 
-/* Activation rows: the form a weight of type wt takes its input in. */
+/* Activation rows: the form a weight of type wt takes its input in
+ * (moe_type_get(wt)->vec_dot_type), made exactly as llama.cpp's x86 CPU
+ * backend makes it:
+ *   Q8_0: d = amax/127 (fp16), q = round-half-even(x * (127/amax))
+ *   Q8_1: the same, plus s = fp16(d * sum q)
+ *   Q8_K: m = signed value of largest magnitude, q = min(127, rne(-127/m * x)),
+ *         d = 1/(-127/m) (f32), bsums = sums of 16
+ *   F32:  a copy.
+ * moe_act_row_size returns 0 if wt has no dot product or n does not fit its
+ * blocks; moe_quantize_act fails like moe_quantize_row. */
 size_t moe_act_row_size(moe_type wt, int64_t n);
 moe_err moe_quantize_act(moe_type wt, void *dst, const float *src, int64_t n);
 
@@ -118,6 +134,10 @@ moe_err moe_quantize_act(moe_type wt, void *dst, const float *src, int64_t n);
  * active ISA, or NULL if t has no dot product. */
 typedef void (*moe_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 moe_vec_dot_fn moe_vec_dot_get(moe_type t);
+/* The same for a given level (tests, benchmarks); NULL if t has no dot
+ * product or the CPU cannot run isa.  Types without a SIMD version at that
+ * level get the scalar reference. */
+moe_vec_dot_fn moe_vec_dot_get_isa(moe_type t, moe_isa isa);
 
 /* ---- thread pool ------------------------------------------------------------- */
 
@@ -142,20 +162,36 @@ void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void 
  * row t of y is bit-identical whatever n_tok and the other rows are, and
  * whatever the thread count. pool may be NULL (single thread). */
 moe_err moe_matmul(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t n_rows,
-		   int64_t n_cols, const float *x, int64_t n_tok);
+                   int64_t n_cols, const float *x, int64_t n_tok);
 
 /* The same with activations already in wt's activation form:
  *   xq: n_tok rows of moe_act_row_size(wt, n_cols) bytes. */
 moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64_t n_rows,
-		     int64_t n_cols, const void *xq, int64_t n_tok);
+                     int64_t n_cols, const void *xq, int64_t n_tok);
+
+/* Quantises n_tok rows of n_cols floats (x: f32 [n_tok][n_cols]) to wt's
+ * activation form, dst: n_tok rows of moe_act_row_size(wt, n_cols) bytes, as
+ * moe_quantize_act does row by row (so the bits do not depend on n_tok or the
+ * pool). Errors as moe_quantize_act; dst is then partly written. */
+moe_err moe_quantize_act_rows(moe_pool *pool, void *dst, moe_type wt, const float *x,
+			      int64_t n_cols, int64_t n_tok);
 
 /* ---- exact accumulation -------------------------------------------------------- */
 
-/* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits; values beyond the
- * range saturate. Integer addition is associative, so sums of moe_fix_t do not
- * depend on order. */
+/* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits: v stands for
+ * v * 2^-32. Integer addition is associative, so sums of moe_fix_t do not
+ * depend on order; accumulate with plain `acc += moe_fix_from_f32(x)`.
+ *
+ * moe_fix_from_f32 rounds to nearest, ties away from zero (independent of the
+ * FPU rounding mode), saturates to +-MOE_FIX_MAX (+-2^23 = 8388608.0 in real
+ * terms) and maps NaN to 0. The 8 bits of headroom above MOE_FIX_MAX mean a sum
+ * of up to MOE_FIX_MAX_TERMS converted values never overflows int64.
+ * moe_fix_to_f32 is one correctly rounded conversion (exact scaling by 2^-32).
+ * Resolution: 2^-32 = 2.3e-10, far below an f32 ulp of any value >= 2^-9. */
 typedef int64_t moe_fix_t;
 #define MOE_FIX_FRAC_BITS 32
+#define MOE_FIX_MAX	  ((moe_fix_t)1 << 55)
+#define MOE_FIX_MAX_TERMS 256
 moe_fix_t moe_fix_from_f32(float v);
 float moe_fix_to_f32(moe_fix_t v);
 
@@ -165,8 +201,8 @@ float moe_fix_to_f32(moe_fix_t v);
  * is at expert[e] (NULL = not held here): rows of n_cols values of type. */
 typedef struct moe_expert_mat {
 	moe_type type;
-	int64_t n_cols; /* input length */
-	int64_t n_rows; /* output length */
+	int64_t n_cols;            /* input length */
+	int64_t n_rows;            /* output length */
 	const void *const *expert; /* [n_expert] */
 } moe_expert_mat;
 
@@ -183,8 +219,25 @@ typedef struct moe_expert_ffn {
  * element-wise into acc[t][0..n_embd). x: f32 [n_tok][n_embd]. Every token is
  * processed by exactly the same arithmetic whatever the batch, its position in
  * it, and the thread count, so results are bit-reproducible. */
-moe_err moe_expert_ffn_run(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f,
-			   const float *x, int64_t n_tok, const int32_t *ids, const float *weights,
-			   int n_used);
+moe_err moe_expert_ffn_run(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f, const float *x,
+                           int64_t n_tok, const int32_t *ids, const float *weights, int n_used);
+
+/* The same with the token rows already quantised (for workers that receive
+ * activations off the network): xq is n_tok rows of
+ * moe_act_row_size(f->gate.type, n_embd) bytes; up must take the same
+ * activation form as gate (MOE_ERR_UNSUPPORTED otherwise). Bit-identical to
+ * moe_expert_ffn_run on the rows moe_quantize_act_rows made.
+ *
+ * Both: the order of work is (1) per expert, its tokens in order of
+ * (token, slot); (2) gate and up rows, silu(gate) * up in f32, quantised per
+ * (token, slot) row with moe_quantize_act(down.type); (3) down rows, times the
+ * routing weight in f32, converted with moe_fix_from_f32 and added to acc.
+ * Every step is per element or per row, so the order of threads does not
+ * matter. Errors: MOE_ERR_BAD_SHAPE (inconsistent matrices), MOE_ERR_BAD_VALUE
+ * (an id >= n_expert, n_used out of 1..64), MOE_ERR_NOMEM; acc is untouched
+ * on an error found before the work starts. */
+moe_err moe_expert_ffn_run_q(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f,
+			     const void *xq, int64_t n_tok, const int32_t *ids,
+			     const float *weights, int n_used);
 
 #endif

@@ -1,7 +1,69 @@
-/* worker.h - expert store and dispatch server (issue 5). Not yet implemented. */
+/*
+ * worker.h - the worker side of moemesh: an expert store that holds a slice
+ * of the routed experts of a GGUF model, loaded with io_uring, and (issue 5)
+ * the dispatch server that runs them for the coordinator.
+ *
+ * A worker holds no request state: what it computes for a dispatch is a pure
+ * function of (layer, activations, expert ids, weights) and its weights.
+ */
 #ifndef MOE_WORKER_H
 #define MOE_WORKER_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/gguf.h"
 #include "proto/proto.h"
+
+/* ---- expert store ------------------------------------------------------------ */
+
+/* The three stacked expert tensors of a layer. */
+enum { MOE_EXP_GATE = 0, MOE_EXP_UP = 1, MOE_EXP_DOWN = 2 };
+
+typedef struct moe_expert_store moe_expert_store;
+
+typedef struct moe_store_stats {
+	uint64_t bytes_read;   /* from the file, alignment slack included */
+	uint64_t bytes_held;   /* expert weights held */
+	uint64_t experts_held; /* (layer, expert) pairs */
+	double seconds;        /* wall time of the load */
+	bool direct;           /* O_DIRECT was used (else buffered reads) */
+	bool registered;       /* buffers were registered with io_uring */
+} moe_store_stats;
+
+typedef struct moe_store_opts {
+	bool no_direct;     /* force buffered reads */
+	unsigned depth;     /* reads in flight; 0 = 16 */
+	size_t chunk_bytes; /* bytes per read; 0 = 1 MiB */
+	/* Called after each completed read with bytes done and total; may be NULL. */
+	void (*progress)(void *ctx, uint64_t done, uint64_t total);
+	void *progress_ctx;
+} moe_store_opts;
+
+/* Loads, for every layer l < n_layer and expert e < n_expert with
+ * held[l * n_expert + e] != 0, expert e's slices of blk.l.ffn_{gate,up,down}_exps
+ * from the GGUF file at path (g: that file, opened, used for the tensor table
+ * only). Reads only those slices (contiguous experts in one run), with
+ * io_uring, O_DIRECT and registered buffers where the file system and limits
+ * allow, else buffered reads. opts may be NULL. Errors: MOE_ERR_NOT_FOUND /
+ * MOE_ERR_BAD_SHAPE (tensors absent or not [*, *, n_expert]), MOE_ERR_IO,
+ * MOE_ERR_NOMEM, MOE_ERR_SYS (io_uring). On success *out owns the weights. */
+moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const moe_gguf *g,
+                              int n_layer, int n_expert, const uint8_t *held,
+                              const moe_store_opts *opts);
+
+/* Frees everything; NULL is a no-op. */
+void moe_expert_store_destroy(moe_expert_store *s);
+
+/* Expert e's matrix `which` (MOE_EXP_*) of layer l, or NULL if not held or
+ * out of range. */
+const void *moe_expert_store_get(const moe_expert_store *s, int layer, int which, int expert);
+
+/* Type and shape of matrix `which` of layer l: rows of n_cols values. Returns
+ * false if the layer is out of range. */
+bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe_type *type,
+                            int64_t *n_cols, int64_t *n_rows);
+
+moe_store_stats moe_expert_store_stats(const moe_expert_store *s);
 
 #endif

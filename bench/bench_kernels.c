@@ -1,0 +1,459 @@
+/*
+ * bench_kernels.c - `moemesh bench kernels [--threads N] [--out DIR]`.
+ *
+ * 1. STREAM triad a[i] = b[i] + s * c[i] on arrays of 4x the last-level cache
+ *    each, at 1 and N threads (bytes counted as STREAM does: 3 x 8 per i).
+ * 2. GEMV (one token) per weight type on a matrix of >= 4x the LLC: weight
+ *    bytes streamed per second, and as % of the triad figure at the same
+ *    thread count.
+ * 3. GEMM at 16, 64 and 512 tokens on a 2048 x 2048 matrix at N threads:
+ *    GOPS = 2 * rows * cols * tokens / s, next to OpenBLAS sgemm on the same
+ *    shape with the weights dequantised to F32.
+ * Every figure is the best of a few repetitions. Prints a table, writes
+ * DIR/bench_kernels.csv, plots DIR/bench_kernels.png with gnuplot when it is
+ * installed, and ends with `gemv_min_pct_of_triad=NN gemm64_vs_sgemm=X.XX`
+ * (minimum over Q4_K, Q6_K, Q8_0, Q4_0, Q5_K at 1 and N threads; Q4_K GEMM at
+ * 64 tokens over sgemm).
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "kernels/kernels.h"
+
+enum { GEMV_COLS = 4096, GEMM_N = 2048, N_TOKS = 3, DISTINCT_ROWS = 64 };
+
+static const int gemm_toks[N_TOKS] = {16, 64, 512};
+
+typedef struct bk_type {
+	moe_type type;
+	bool in_target; /* counts for gemv_min_pct_of_triad */
+} bk_type;
+
+static const bk_type bk_types[] = {
+    {MOE_TYPE_Q4_K, true}, {MOE_TYPE_Q6_K, true}, {MOE_TYPE_Q8_0, true}, {MOE_TYPE_Q4_0, true},
+    {MOE_TYPE_Q5_K, true}, {MOE_TYPE_F16, false}, {MOE_TYPE_F32, false},
+};
+#define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
+
+typedef struct bk_row {
+	const char *name;
+	double gemv_gbs[2]; /* 1 thread, N threads; 0 = not measured */
+	double gemm_gops[N_TOKS];
+} bk_row;
+
+static uint64_t bk_rng = 88172645463325252ull;
+static float bk_frand(void)
+{
+	bk_rng ^= bk_rng << 13;
+	bk_rng ^= bk_rng >> 7;
+	bk_rng ^= bk_rng << 17;
+	return (float)(bk_rng >> 40) / 8388608.0f - 1.0f;
+}
+
+/* ---- STREAM triad ----------------------------------------------------------- */
+
+typedef struct triad_job {
+	double *a, *b, *c;
+	size_t n;
+	int init;
+} triad_job;
+
+static void triad_fn(void *arg, int ith, int nth)
+{
+	triad_job *j = arg;
+	size_t lo = j->n * (size_t)ith / (size_t)nth, hi = j->n * (size_t)(ith + 1) / (size_t)nth;
+	double *restrict a = j->a, *restrict b = j->b, *restrict c = j->c;
+	if (j->init) {
+		for (size_t i = lo; i < hi; i++) {
+			a[i] = 0.0;
+			b[i] = 1.0;
+			c[i] = 2.0;
+		}
+		return;
+	}
+	for (size_t i = lo; i < hi; i++)
+		a[i] = b[i] + 3.0 * c[i];
+}
+
+static moe_err triad_measure(double gbs[2], moe_pool *pools[2], size_t llc)
+{
+	triad_job j;
+	j.n = 4 * llc / sizeof(double);
+	j.a = moe_aligned_alloc(64, j.n * sizeof(double));
+	j.b = moe_aligned_alloc(64, j.n * sizeof(double));
+	j.c = moe_aligned_alloc(64, j.n * sizeof(double));
+	moe_err err = MOE_OK;
+	if (j.a == NULL || j.b == NULL || j.c == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "triad: 3 x %zu bytes", j.n * sizeof(double));
+		goto out_free_arrays;
+	}
+	j.init = 1;
+	moe_pool_run(pools[1], triad_fn, &j);
+	j.init = 0;
+	for (int p = 0; p < 2; p++) {
+		double best = 1e30;
+		for (int rep = 0; rep < 6; rep++) {
+			double t0 = moe_now_s();
+			moe_pool_run(pools[p], triad_fn, &j);
+			double t = moe_now_s() - t0;
+			if (t < best)
+				best = t;
+		}
+		gbs[p] = 3.0 * (double)(j.n * sizeof(double)) / best / 1e9;
+	}
+out_free_arrays:
+	moe_aligned_free(j.c);
+	moe_aligned_free(j.b);
+	moe_aligned_free(j.a);
+	return err;
+}
+
+/* ---- GEMV, GEMM ------------------------------------------------------------------ */
+
+/* rows x cols of type t: DISTINCT_ROWS random rows repeated (the content
+ * does not change the speed). Caller frees with moe_aligned_free. */
+static moe_err make_matrix(uint8_t **out, moe_type t, int64_t rows, int64_t cols)
+{
+	size_t rs = moe_row_size(t, cols), bytes;
+	*out = NULL;
+	if (!moe_size_mul(&bytes, rs, (size_t)rows))
+		return moe_fail(MOE_ERR_OVERFLOW, "bench: %lld rows", (long long)rows);
+	uint8_t *w = moe_aligned_alloc(64, bytes);
+	float *tmp = malloc(sizeof(float) * (size_t)cols);
+	moe_err err = MOE_OK;
+	if (w == NULL || tmp == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "bench: %zu bytes of weights", bytes);
+		goto out_free;
+	}
+	for (int64_t r = 0; r < rows && r < DISTINCT_ROWS; r++) {
+		for (int64_t c = 0; c < cols; c++)
+			tmp[c] = bk_frand();
+		err = moe_quantize_row(t, w + (size_t)r * rs, tmp, cols);
+		if (err != MOE_OK)
+			goto out_free;
+	}
+	for (int64_t r = DISTINCT_ROWS; r < rows; r++)
+		memcpy(w + (size_t)r * rs, w + (size_t)(r % DISTINCT_ROWS) * rs, rs);
+	*out = w;
+	w = NULL;
+out_free:
+	free(tmp);
+	moe_aligned_free(w);
+	return err;
+}
+
+static moe_err gemv_measure(double gbs[2], moe_type t, moe_pool *pools[2], size_t llc)
+{
+	size_t rs = moe_row_size(t, GEMV_COLS);
+	int64_t rows = (int64_t)((4 * llc + rs - 1) / rs);
+	rows = (rows + 15) / 16 * 16;
+	uint8_t *w = NULL;
+	moe_err err = make_matrix(&w, t, rows, GEMV_COLS);
+	if (err != MOE_OK)
+		return err;
+	float x[GEMV_COLS];
+	for (int i = 0; i < GEMV_COLS; i++)
+		x[i] = bk_frand();
+	uint8_t *xq = moe_aligned_alloc(64, moe_act_row_size(t, GEMV_COLS));
+	float *y = moe_aligned_alloc(64, sizeof(float) * (size_t)rows);
+	if (xq == NULL || y == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "bench: gemv buffers");
+		goto out_free;
+	}
+	err = moe_quantize_act(t, xq, x, GEMV_COLS);
+	for (int p = 0; p < 2 && err == MOE_OK; p++) {
+		double best = 1e30;
+		for (int rep = 0; rep < 7 && err == MOE_OK; rep++) {
+			double t0 = moe_now_s();
+			err = moe_matmul_q(pools[p], y, w, t, rows, GEMV_COLS, xq, 1);
+			double dt = moe_now_s() - t0;
+			if (rep > 0 && dt < best) /* rep 0 warms up */
+				best = dt;
+		}
+		gbs[p] = (double)rs * (double)rows / best / 1e9;
+	}
+out_free:
+	moe_aligned_free(y);
+	moe_aligned_free(xq);
+	moe_aligned_free(w);
+	return err;
+}
+
+/* Best seconds of f over at least 2 runs and about 0.15 s. */
+static double time_best(moe_err *err, moe_pool *pool, const uint8_t *w, moe_type t, const float *x,
+                        float *y, int tok)
+{
+	double best = 1e30, total = 0;
+	for (int rep = 0; rep < 20 && (rep < 2 || total < 0.15); rep++) {
+		double t0 = moe_now_s();
+		*err = moe_matmul(pool, y, w, t, GEMM_N, GEMM_N, x, tok);
+		double dt = moe_now_s() - t0;
+		if (*err != MOE_OK)
+			return 0;
+		total += dt;
+		if (dt < best)
+			best = dt;
+	}
+	return best;
+}
+
+static double gops(int tok, double s)
+{
+	return 2.0 * GEMM_N * GEMM_N * tok / s / 1e9;
+}
+
+static moe_err gemm_measure(double out[N_TOKS], moe_type t, moe_pool *pool, const float *x,
+                            float *y)
+{
+	uint8_t *w = NULL;
+	moe_err err = make_matrix(&w, t, GEMM_N, GEMM_N);
+	if (err != MOE_OK)
+		return err;
+	for (int k = 0; k < N_TOKS && err == MOE_OK; k++)
+		out[k] = gops(gemm_toks[k], time_best(&err, pool, w, t, x, y, gemm_toks[k]));
+	moe_aligned_free(w);
+	return err;
+}
+
+static moe_err sgemm_measure(double out[N_TOKS], int threads, const float *x, float *y)
+{
+	uint8_t *wq = NULL;
+	moe_err err = make_matrix(&wq, MOE_TYPE_Q4_K, GEMM_N, GEMM_N);
+	if (err != MOE_OK)
+		return err;
+	size_t rs = moe_row_size(MOE_TYPE_Q4_K, GEMM_N);
+	float *w = moe_aligned_alloc(64, sizeof(float) * GEMM_N * GEMM_N);
+	if (w == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "bench: f32 weights");
+		goto out_free;
+	}
+	for (int r = 0; r < GEMM_N && err == MOE_OK; r++)
+		err =
+		    moe_dequantize_row(MOE_TYPE_Q4_K, w + (size_t)r * GEMM_N, wq + r * rs, GEMM_N);
+	openblas_set_num_threads(threads);
+	for (int k = 0; k < N_TOKS && err == MOE_OK; k++) {
+		int tok = gemm_toks[k];
+		double best = 1e30, total = 0;
+		for (int rep = 0; rep < 20 && (rep < 2 || total < 0.15); rep++) {
+			double t0 = moe_now_s();
+			/* y[tok][rows] = x[tok][cols] . w[rows][cols]^T */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tok, GEMM_N, GEMM_N,
+			            1.0f, x, GEMM_N, w, GEMM_N, 0.0f, y, GEMM_N);
+			double dt = moe_now_s() - t0;
+			total += dt;
+			if (dt < best)
+				best = dt;
+		}
+		out[k] = gops(tok, best);
+	}
+out_free:
+	moe_aligned_free(w);
+	moe_aligned_free(wq);
+	return err;
+}
+
+/* ---- report ---------------------------------------------------------------------- */
+
+static void write_plot(const char *dir, const char *csv, int threads)
+{
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		printf("gnuplot not found: no plot\n");
+		return;
+	}
+	char script[1024], png[1024], cmd[2300];
+	snprintf(script, sizeof(script), "%s/bench_kernels.gp", dir);
+	snprintf(png, sizeof(png), "%s/bench_kernels.png", dir);
+	FILE *f = fopen(script, "w");
+	if (f == NULL) {
+		printf("cannot write %s: no plot\n", script);
+		return;
+	}
+	fprintf(f,
+	        "set terminal pngcairo size 1200,500 noenhanced\n"
+	        "set output '%s'\n"
+	        "set datafile separator ','\n"
+	        "set multiplot layout 1,2\n"
+	        "set style data histograms\n"
+	        "set style histogram clustered gap 1\n"
+	        "set style fill solid 0.8 border -1\n"
+	        "set key top left\n"
+	        "set grid ytics\n"
+	        "set title 'GEMV: weight bandwidth, %% of STREAM triad'\n"
+	        "set ylabel '%% of triad'\n"
+	        "set yrange [0:*]\n"
+	        "plot '%s' every ::1 using 3:xtic(1) title '1 thread', "
+	        "'' every ::1 using 5 title '%d threads', 80 with lines lw 2 title 'target 80%%'\n"
+	        "set title 'GEMM %dx%d, %d threads (GOPS)'\n"
+	        "set ylabel 'GOPS'\n"
+	        "set logscale y\n"
+	        "set yrange [1:*]\n"
+	        "plot '%s' every ::1 using 6:xtic(1) title '16 tokens', '' every ::1 using 7 "
+	        "title '64 tokens', '' every ::1 using 8 title '512 tokens'\n"
+	        "unset multiplot\n",
+	        png, csv, threads, GEMM_N, GEMM_N, threads, csv);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "gnuplot '%s'", script);
+	if (system(cmd) == 0)
+		printf("plot: %s\n", png);
+	else
+		printf("gnuplot failed: no plot\n");
+}
+
+/* The L3 size of cpu0 from sysfs (what lscpu shows; sysconf may report the
+ * whole package's), else sysconf, else 32 MiB. */
+static size_t last_level_cache(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+	unsigned long v = 0;
+	char unit = 0;
+	if (f != NULL) {
+		int n = fscanf(f, "%lu%c", &v, &unit);
+		fclose(f);
+		if (n >= 1 && v > 0)
+			return unit == 'M' ? (size_t)v << 20 : unit == 'K' ? (size_t)v << 10 : v;
+	}
+	long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+	return l3 > 0 ? (size_t)l3 : (size_t)32 << 20;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh bench kernels [--threads N] [--out DIR]\n"
+	           "  --threads N  the larger thread count (default 2; GEMV also at 1)\n"
+	           "  --out DIR    where the CSV and PNG go (default bench/out)\n");
+}
+
+int moe_bench_kernels(int argc, char **argv)
+{
+	int threads = 2;
+	const char *dir = "bench/out";
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+			char *end;
+			long v = strtol(argv[++i], &end, 10);
+			if (*end != '\0' || v < 1 || v > 256) {
+				usage(stderr);
+				return 2;
+			}
+			threads = (int)v;
+		} else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+			dir = argv[++i];
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+		fprintf(stderr, "moemesh bench kernels: cannot create %s: %s\n", dir,
+		        strerror(errno));
+		return 1;
+	}
+	size_t llc = last_level_cache();
+
+	moe_pool *pools[2] = {NULL, NULL};
+	bk_row rows[N_BK_TYPES + 1];
+	double triad[2] = {0, 0};
+	float *x = NULL, *y = NULL;
+	int rc = 1;
+	moe_err err = moe_pool_create(&pools[0], 1);
+	if (err == MOE_OK)
+		err = moe_pool_create(&pools[1], threads);
+	if (err != MOE_OK)
+		goto out_report;
+	memset(rows, 0, sizeof(rows));
+	x = moe_aligned_alloc(64, sizeof(float) * GEMM_N * 512);
+	y = moe_aligned_alloc(64, sizeof(float) * GEMM_N * 512);
+	if (x == NULL || y == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "bench: activations");
+		goto out_report;
+	}
+	for (int i = 0; i < GEMM_N * 512; i++)
+		x[i] = bk_frand();
+
+	printf("moemesh bench kernels: ISA %s, %d threads, LLC %zu MiB, GEMV %d cols, GEMM %dx%d\n",
+	       moe_isa_name(moe_isa_active()), threads, llc >> 20, GEMV_COLS, GEMM_N, GEMM_N);
+	fflush(stdout);
+	err = triad_measure(triad, pools, llc);
+	if (err != MOE_OK)
+		goto out_report;
+	printf("STREAM triad: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", triad[0], triad[1],
+	       threads);
+	for (size_t k = 0; k < N_BK_TYPES; k++) {
+		moe_type t = bk_types[k].type;
+		rows[k].name = moe_type_get(t)->name;
+		if (moe_vec_dot_get(t) == NULL)
+			continue;
+		err = gemv_measure(rows[k].gemv_gbs, t, pools, llc);
+		if (err == MOE_OK)
+			err = gemm_measure(rows[k].gemm_gops, t, pools[1], x, y);
+		if (err != MOE_OK)
+			goto out_report;
+	}
+	rows[N_BK_TYPES].name = "sgemm";
+	err = sgemm_measure(rows[N_BK_TYPES].gemm_gops, threads, x, y);
+	if (err != MOE_OK)
+		goto out_report;
+
+	char csv[1024];
+	snprintf(csv, sizeof(csv), "%s/bench_kernels.csv", dir);
+	FILE *f = fopen(csv, "w");
+	if (f == NULL) {
+		err = moe_fail(MOE_ERR_IO, "cannot write %s: %s", csv, strerror(errno));
+		goto out_report;
+	}
+	fprintf(f,
+	        "type,gemv_gbs_1t,gemv_pct_1t,gemv_gbs_%dt,gemv_pct_%dt,gemm16_gops,"
+	        "gemm64_gops,gemm512_gops\n",
+	        threads, threads);
+	printf("\n%-6s %21s %21s   GEMM GOPS (%d thr)\n", "", "GEMV 1 thread", "GEMV N threads",
+	       threads);
+	printf("%-6s %10s %10s %10s %10s %8s %8s %8s\n", "type", "GB/s", "% triad", "GB/s",
+	       "% triad", "16 tok", "64 tok", "512 tok");
+	double min_pct = 1e30;
+	for (size_t k = 0; k <= N_BK_TYPES; k++) {
+		const bk_row *r = &rows[k];
+		double pct[2];
+		for (int p = 0; p < 2; p++)
+			pct[p] = triad[p] > 0 ? 100.0 * r->gemv_gbs[p] / triad[p] : 0;
+		if (k < N_BK_TYPES && bk_types[k].in_target && r->gemv_gbs[0] > 0)
+			for (int p = 0; p < 2; p++)
+				if (pct[p] < min_pct)
+					min_pct = pct[p];
+		if (k < N_BK_TYPES && r->gemv_gbs[0] > 0)
+			printf("%-6s %10.1f %10.0f %10.1f %10.0f", r->name, r->gemv_gbs[0], pct[0],
+			       r->gemv_gbs[1], pct[1]);
+		else
+			printf("%-6s %10s %10s %10s %10s", r->name, "-", "-", "-", "-");
+		printf(" %8.1f %8.1f %8.1f\n", r->gemm_gops[0], r->gemm_gops[1], r->gemm_gops[2]);
+		fprintf(f, "%s,%.2f,%.1f,%.2f,%.1f,%.2f,%.2f,%.2f\n", r->name, r->gemv_gbs[0],
+		        pct[0], r->gemv_gbs[1], pct[1], r->gemm_gops[0], r->gemm_gops[1],
+		        r->gemm_gops[2]);
+	}
+	fprintf(f, "triad,%.2f,100,%.2f,100,0,0,0\n", triad[0], triad[1]);
+	fclose(f);
+	printf("csv: %s\n", csv);
+	write_plot(dir, csv, threads);
+	double sg = rows[N_BK_TYPES].gemm_gops[1];
+	printf("gemv_min_pct_of_triad=%.0f gemm64_vs_sgemm=%.2f\n", min_pct < 1e29 ? min_pct : 0.0,
+	       sg > 0 ? rows[0].gemm_gops[1] / sg : 0.0);
+	rc = 0;
+
+out_report:
+	if (err != MOE_OK)
+		fprintf(stderr, "moemesh bench kernels: %s: %s\n", moe_err_name(err),
+		        moe_err_detail());
+	moe_aligned_free(y);
+	moe_aligned_free(x);
+	moe_pool_destroy(pools[1]);
+	moe_pool_destroy(pools[0]);
+	return rc;
+}

@@ -1,0 +1,37 @@
+/*
+ * gemm.h - private to kernels/: the tiled matrix-product micro-kernels behind
+ * moe_matmul_q and the grouped expert FFN.
+ *
+ * A tile kernel computes y[t*ldy + r] = dot(weight row r, activation row t)
+ * for r < n_r, t < n_t. Contract that makes every product batch-invariant:
+ * the bits of y[t*ldy + r] depend only on weight row r and activation row t,
+ * never on n_r, n_t, the position of the row or token in the tile, or on
+ * which kernel variant (full tile or edge) computed it.
+ */
+#ifndef MOE_KERNELS_GEMM_H
+#define MOE_KERNELS_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+typedef void (*moe_gemm_fn)(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                            size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride,
+                            int64_t n_t);
+
+/* The tile kernel of weight type t for the active ISA level, or NULL where
+ * there is none (the caller then uses moe_vec_dot_get(t) per element). */
+moe_gemm_fn moe_gemm_get(moe_type t);
+
+/* Per-ISA lookups: the level's tile kernel for type t, or NULL. */
+moe_gemm_fn moe_gemm_avx512(moe_type t);
+moe_gemm_fn moe_gemm_avx2(moe_type t);
+
+/* Single-threaded: y[t*ldy + (r - r0)] = row r . token t for r in [r0, r1)
+ * and t < n_tok; w points at row 0. The same per-element arithmetic as
+ * moe_matmul_q. */
+moe_err moe_gemm_rows(float *y, int64_t ldy, const void *w, moe_type wt, int64_t r0, int64_t r1,
+                      int64_t n_cols, const void *xq, int64_t n_tok);
+
+#endif

@@ -1,0 +1,233 @@
+/*
+ * quants.h - private to kernels/: the GGUF/ggml block formats (bit-exact with
+ * ggml-common.h), half-precision conversions, the scalar reference kernels and
+ * the per-ISA dot-product tables.  Not part of the public API.
+ *
+ * A block stores `block_size` consecutive values of a row.  All multi-byte
+ * fields are little-endian (as on every host we build for).  fp16 = IEEE
+ * binary16; bf16 = the upper half of an IEEE binary32.
+ */
+#ifndef MOE_KERNELS_QUANTS_H
+#define MOE_KERNELS_QUANTS_H
+
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#define MOE_QK32 32  /* values per block of the 32-block formats */
+#define MOE_QK_K 256 /* values per K-quant super-block */
+
+/*
+ * Q4_0 (18 bytes / 32 values): value = d * (q - 8), q in 0..15.
+ *   byte 0-1   d      fp16
+ *   byte 2-17  qs[16] qs[j] low nibble = q of value j, high nibble = q of value j+16
+ */
+typedef struct moe_block_q4_0 {
+	uint16_t d;
+	uint8_t qs[16];
+} moe_block_q4_0;
+static_assert(sizeof(moe_block_q4_0) == 18, "Q4_0 block is 18 bytes");
+
+/*
+ * Q4_1 (20 bytes / 32 values): value = d * q + m, q in 0..15.
+ *   byte 0-1 d fp16 | byte 2-3 m fp16 | byte 4-19 qs[16] (nibbles as in Q4_0)
+ */
+typedef struct moe_block_q4_1 {
+	uint16_t d;
+	uint16_t m;
+	uint8_t qs[16];
+} moe_block_q4_1;
+static_assert(sizeof(moe_block_q4_1) == 20, "Q4_1 block is 20 bytes");
+
+/*
+ * Q5_0 (22 bytes / 32 values): value = d * (q - 16), q in 0..31.
+ *   byte 0-1   d      fp16
+ *   byte 2-5   qh     u32 LE: bit j = bit 4 of q of value j (j = 0..31)
+ *   byte 6-21  qs[16] low 4 bits: qs[j] low nibble = value j, high nibble = value j+16
+ */
+typedef struct moe_block_q5_0 {
+	uint16_t d;
+	uint8_t qh[4];
+	uint8_t qs[16];
+} moe_block_q5_0;
+static_assert(sizeof(moe_block_q5_0) == 22, "Q5_0 block is 22 bytes");
+
+/*
+ * Q5_1 (24 bytes / 32 values): value = d * q + m, q in 0..31.
+ *   byte 0-1 d fp16 | 2-3 m fp16 | 4-7 qh (as Q5_0) | 8-23 qs[16] (as Q5_0)
+ */
+typedef struct moe_block_q5_1 {
+	uint16_t d;
+	uint16_t m;
+	uint8_t qh[4];
+	uint8_t qs[16];
+} moe_block_q5_1;
+static_assert(sizeof(moe_block_q5_1) == 24, "Q5_1 block is 24 bytes");
+
+/*
+ * Q8_0 (34 bytes / 32 values): value = d * q, q in -127..127.
+ *   byte 0-1 d fp16 | byte 2-33 qs[32] int8, value j = qs[j]
+ */
+typedef struct moe_block_q8_0 {
+	uint16_t d;
+	int8_t qs[32];
+} moe_block_q8_0;
+static_assert(sizeof(moe_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/*
+ * Q8_1 (36 bytes / 32 values), activations of Q4_1/Q5_1: value = d * q.
+ *   byte 0-1 d fp16 | byte 2-3 s fp16 = d * sum(q) | byte 4-35 qs[32] int8
+ */
+typedef struct moe_block_q8_1 {
+	uint16_t d;
+	uint16_t s;
+	int8_t qs[32];
+} moe_block_q8_1;
+static_assert(sizeof(moe_block_q8_1) == 36, "Q8_1 block is 36 bytes");
+
+/*
+ * Q4_K (144 bytes / 256 values): 8 sub-blocks of 32 values, each with a 6-bit
+ * scale sc and a 6-bit min mn; value = d*sc[s] * q - dmin*mn[s], q in 0..15.
+ *   byte 0-1    d       fp16 super-scale of the scales
+ *   byte 2-3    dmin    fp16 super-scale of the mins
+ *   byte 4-15   scales[12]  the 8 (sc, mn) pairs, 6 bits each:
+ *                 s < 4:  sc = scales[s] & 63         mn = scales[s+4] & 63
+ *                 s >= 4: sc = (scales[s+4] & 15) | (scales[s-4] >> 6) << 4
+ *                         mn = (scales[s+4] >> 4) | (scales[s]   >> 6) << 4
+ *               i.e.  byte: 0..3   [hi2 of sc4..7 | sc0..3]
+ *                           4..7   [hi2 of mn4..7 | mn0..3]
+ *                           8..11  [lo4 mn4..7 | lo4 sc4..7]
+ *   byte 16-143 qs[128] 4 chunks of 32 bytes; chunk c holds sub-block 2c in
+ *               the low nibbles and sub-block 2c+1 in the high nibbles:
+ *               value 64c + l = qs[32c + l] & 15, value 64c + 32 + l = qs[32c + l] >> 4
+ */
+typedef struct moe_block_q4_K {
+	uint16_t d;
+	uint16_t dmin;
+	uint8_t scales[12];
+	uint8_t qs[128];
+} moe_block_q4_K;
+static_assert(sizeof(moe_block_q4_K) == 144, "Q4_K block is 144 bytes");
+
+/*
+ * Q5_K (176 bytes / 256 values): as Q4_K with a fifth bit, q in 0..31.
+ *   byte 0-1 d | 2-3 dmin | 4-15 scales[12] (as Q4_K)
+ *   byte 16-47  qh[32]  bit 2c of qh[l] = bit 4 of value 64c + l,
+ *                       bit 2c+1 of qh[l] = bit 4 of value 64c + 32 + l
+ *   byte 48-175 qs[128] low 4 bits, laid out as Q4_K's qs
+ */
+typedef struct moe_block_q5_K {
+	uint16_t d;
+	uint16_t dmin;
+	uint8_t scales[12];
+	uint8_t qh[32];
+	uint8_t qs[128];
+} moe_block_q5_K;
+static_assert(sizeof(moe_block_q5_K) == 176, "Q5_K block is 176 bytes");
+
+/*
+ * Q6_K (210 bytes / 256 values): 16 sub-blocks of 16 values with an int8
+ * scale each; value = d * scales[v/16] * (q - 32), q in 0..63.
+ *   byte 0-127   ql[128] low 4 bits; two halves h = 0,1 of 128 values each:
+ *                  for l < 32: value 128h + l      low = ql[64h + l] & 15
+ *                              value 128h + 32 + l low = ql[64h + 32 + l] & 15
+ *                              value 128h + 64 + l low = ql[64h + l] >> 4
+ *                              value 128h + 96 + l low = ql[64h + 32 + l] >> 4
+ *   byte 128-191 qh[64]  high 2 bits: qh[32h + l] bits 0-1, 2-3, 4-5, 6-7 are
+ *                        the high bits of values 128h + l, +32, +64, +96
+ *   byte 192-207 scales[16] int8
+ *   byte 208-209 d fp16
+ */
+typedef struct moe_block_q6_K {
+	uint8_t ql[128];
+	uint8_t qh[64];
+	int8_t scales[16];
+	uint16_t d;
+} moe_block_q6_K;
+static_assert(sizeof(moe_block_q6_K) == 210, "Q6_K block is 210 bytes");
+
+/*
+ * Q8_K (292 bytes / 256 values), activations of the K-quants: value = d * q.
+ *   byte 0-3     d         f32
+ *   byte 4-259   qs[256]   int8
+ *   byte 260-291 bsums[16] int16, bsums[g] = sum of qs[16g .. 16g+15]
+ */
+typedef struct moe_block_q8_K {
+	float d;
+	int8_t qs[256];
+	int16_t bsums[16];
+} moe_block_q8_K;
+static_assert(sizeof(moe_block_q8_K) == 292, "Q8_K block is 292 bytes");
+
+/* ---- half-precision conversions (bit-exact, round to nearest even) -------- */
+
+static inline float moe_bits_f32(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+static inline uint32_t moe_f32_bits(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof(u));
+	return u;
+}
+
+float moe_fp16_to_f32(uint16_t h);
+uint16_t moe_f32_to_fp16(float f);
+
+static inline float moe_bf16_to_f32(uint16_t h)
+{
+	return moe_bits_f32((uint32_t)h << 16);
+}
+
+/* Round to nearest even; NaNs stay NaN (quietened). */
+static inline uint16_t moe_f32_to_bf16(float f)
+{
+	uint32_t u = moe_f32_bits(f);
+
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40u);
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* The 6-bit scale and min of sub-block s (0..7) of a Q4_K/Q5_K block. */
+static inline void moe_k4_scale_min(int s, const uint8_t *scales, uint8_t *sc, uint8_t *mn)
+{
+	if (s < 4) {
+		*sc = scales[s] & 63;
+		*mn = scales[s + 4] & 63;
+	} else {
+		*sc = (uint8_t)((scales[s + 4] & 15) | ((scales[s - 4] >> 6) << 4));
+		*mn = (uint8_t)((scales[s + 4] >> 4) | ((scales[s] >> 6) << 4));
+	}
+}
+
+/* ---- scalar references (quants.c) ----------------------------------------------- */
+
+void moe_vec_dot_f32_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_f16_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_bf16_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q4_0_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q4_1_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q5_0_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q5_1_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q8_0_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q4_K_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q5_K_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q6_K_ref(int64_t n, float *s, const void *w, const void *a);
+
+/* Fills dots[type] with the scalar references (NULL where none). */
+void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+
+/* ---- per-ISA tables (isa_<level>_*.c): overwrite the entries they have ----------- */
+
+void moe_dots_avx2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_avx512(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+
+#endif

@@ -1,0 +1,265 @@
+/*
+ * test_dot.c - dot products: the scalar reference against a double-precision
+ * dot of the dequantised operands, and every ISA level this CPU runs against
+ * the scalar reference, on seeded random data of several lengths.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float rng_unif(void)
+{
+	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* Levels up to the active one (all the CPU has, unless MOEMESH_ISA lowers
+ * it, e.g. to run under valgrind, which cannot execute AVX-512). */
+static bool level_tested(moe_isa isa)
+{
+	if (isa == MOE_ISA_NEON)
+		return moe_isa_active() == MOE_ISA_NEON;
+	return moe_isa_supported(isa) && (int)isa <= (int)moe_isa_active();
+}
+
+/* fp16 bits -> value by the IEEE formula. */
+static double half_value(uint16_t h)
+{
+	int e = (h >> 10) & 31, m = h & 1023;
+	double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+
+	return (h & 0x8000) ? -v : v;
+}
+
+static const moe_type dot_types[] = {
+    MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16, MOE_TYPE_Q4_0, MOE_TYPE_Q4_1, MOE_TYPE_Q5_0,
+    MOE_TYPE_Q5_1, MOE_TYPE_Q8_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
+};
+#define N_DOT_TYPES (sizeof(dot_types) / sizeof(dot_types[0]))
+
+/* Lengths: one block, a few, and long rows (expert FFN sizes). */
+static const int64_t lengths[] = {256, 768, 2048, 4096, 256 * 27};
+
+typedef struct case_data {
+	int64_t n;
+	float *x, *a;   /* inputs */
+	void *w, *aq;   /* quantised weight row, activation row */
+	float *wd, *ad; /* their dequantised values */
+	double exact;   /* sum wd*ad in double */
+	double mag;     /* sum |wd*ad| */
+} case_data;
+
+static void case_make(case_data *c, moe_type t, int64_t n, uint64_t seed)
+{
+	const moe_type_traits *tr = moe_type_get(t);
+
+	c->n = n;
+	c->x = malloc((size_t)n * sizeof(float));
+	c->a = malloc((size_t)n * sizeof(float));
+	c->wd = malloc((size_t)n * sizeof(float));
+	c->ad = malloc((size_t)n * sizeof(float));
+	c->w = malloc(moe_row_size(t, n));
+	c->aq = malloc(moe_act_row_size(t, n));
+	cr_assert(c->x && c->a && c->wd && c->ad && c->w && c->aq);
+	rng_state = seed;
+	for (int64_t i = 0; i < n; i++) {
+		/* Varying magnitudes per block, some negative-heavy blocks. */
+		float scale = 0.02f + 0.5f * (float)((i / 32) % 7) / 7.0f;
+		c->x[i] = rng_unif() * scale + ((i / 256) % 3 == 1 ? -0.3f * scale : 0.0f);
+		c->a[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
+	}
+	cr_assert_eq(moe_quantize_row(t, c->w, c->x, n), MOE_OK, "%s", tr->name);
+	cr_assert_eq(moe_quantize_act(t, c->aq, c->a, n), MOE_OK, "%s", tr->name);
+	cr_assert_eq(moe_dequantize_row(t, c->wd, c->w, n), MOE_OK);
+	cr_assert_eq(moe_dequantize_row(tr->vec_dot_type, c->ad, c->aq, n), MOE_OK);
+	c->exact = 0;
+	c->mag = 0;
+	for (int64_t i = 0; i < n; i++) {
+		c->exact += (double)c->wd[i] * c->ad[i];
+		c->mag += fabs((double)c->wd[i] * c->ad[i]);
+	}
+	if (tr->vec_dot_type == MOE_TYPE_Q8_1) {
+		/* Q4_1/Q5_1 value = d*q + m: the format's dot takes sum(a) of a
+		 * block from the activation's stored fp16 s (bytes 2-3 of each
+		 * 36-byte block), not from its values; m is bytes 2-3 of the
+		 * weight block. */
+		for (int64_t b = 0; b < n / 32; b++) {
+			const uint8_t *wb = (const uint8_t *)c->w + b * tr->type_size;
+			const uint8_t *ab = (const uint8_t *)c->aq + b * 36;
+			double m = half_value((uint16_t)(wb[2] | wb[3] << 8));
+			double s = half_value((uint16_t)(ab[2] | ab[3] << 8));
+			double sum_a = 0;
+			for (int j = 0; j < 32; j++)
+				sum_a += c->ad[32 * b + j];
+			c->exact += m * (s - sum_a);
+		}
+	}
+}
+
+static void case_free(case_data *c)
+{
+	free(c->x);
+	free(c->a);
+	free(c->wd);
+	free(c->ad);
+	free(c->w);
+	free(c->aq);
+}
+
+/*
+ * Reference vs double: the integer parts are exact; what remains is float
+ * rounding of the block scale products (a few ulp each) and of the running
+ * float sum over n terms/blocks, bounded by ~n_terms * 2^-24 * sum|terms|.
+ * 4e-6 relative to sum |w_i a_i| covers n up to ~7000 float terms with margin
+ * (F32/F16/BF16 sum every product in float: n * 6e-8 = 4e-4 at worst, so
+ * those get n * 1.2e-7).
+ */
+Test(dot, reference_matches_dequantised_double)
+{
+	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
+		moe_type t = dot_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		cr_assert_not_null(ref, "%s", moe_type_get(t)->name);
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+			case_data c;
+			float s = NAN;
+
+			case_make(&c, t, lengths[li], 1000 + ti * 10 + li);
+			ref(c.n, &s, c.w, c.aq);
+			bool per_value = moe_type_get(t)->block_size == 1;
+			double tol = (per_value ? (double)c.n * 1.2e-7 : 4e-6) * c.mag + 1e-30;
+			cr_assert(fabs(s - c.exact) <= tol, "%s n=%lld: %.9g vs %.9g (tol %.3g)",
+			          moe_type_get(t)->name, (long long)c.n, s, c.exact, tol);
+			case_free(&c);
+		}
+	}
+}
+
+/* The quantised dot is close to the float dot of the original inputs: a sanity
+ * bound on the whole path (quantisation error dominates; loose on purpose). */
+Test(dot, quantised_dot_tracks_float_dot)
+{
+	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
+		moe_type t = dot_types[ti];
+		case_data c;
+		float s;
+		double f = 0, mag = 0;
+
+		case_make(&c, t, 4096, 42 + ti);
+		moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(c.n, &s, c.w, c.aq);
+		for (int64_t i = 0; i < c.n; i++) {
+			f += (double)c.x[i] * c.a[i];
+			mag += fabs((double)c.x[i] * c.a[i]);
+		}
+		cr_assert(fabs(s - f) <= 0.05 * mag, "%s: %g vs %g", moe_type_get(t)->name, s, f);
+		case_free(&c);
+	}
+}
+
+/*
+ * SIMD vs reference. Integer dots: every block's integer sum is exact in
+ * int32 at both levels, and the block scale products are the same float
+ * operations; only the order in which block results are added differs
+ * (vector lanes, then a horizontal sum), which moves the result by at most
+ * ~n_blocks * 2^-24 * sum|block terms|: 2e-6 relative to sum |w_i a_i| holds
+ * for every length here.  Float dots (F32/F16/BF16) reorder all n products
+ * and may fuse multiply-adds: n * 1.2e-7 relative.
+ */
+Test(dot, every_isa_matches_reference)
+{
+	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	int checked = 0;
+
+	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
+		moe_type t = dot_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+			case_data c;
+			float want;
+
+			case_make(&c, t, lengths[li], 7000 + ti * 10 + li);
+			ref(c.n, &want, c.w, c.aq);
+			for (size_t k = 0; k < sizeof(levels) / sizeof(levels[0]); k++) {
+				if (!level_tested(levels[k]))
+					continue;
+				moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, levels[k]);
+				cr_assert_not_null(fn);
+				float got = NAN, again = NAN;
+				fn(c.n, &got, c.w, c.aq);
+				fn(c.n, &again, c.w, c.aq);
+				bool per_value = moe_type_get(t)->block_size == 1;
+				double tol = (per_value ? (double)c.n * 1.2e-7 : 2e-6) * c.mag;
+				cr_assert(fabs((double)got - want) <= tol,
+				          "%s %s n=%lld: %.9g vs ref %.9g (tol %.3g)",
+				          moe_isa_name(levels[k]), moe_type_get(t)->name,
+				          (long long)c.n, got, want, tol);
+				cr_assert(memcmp(&got, &again, sizeof(float)) == 0,
+				          "not deterministic");
+				checked++;
+			}
+			case_free(&c);
+		}
+	}
+	cr_log_info("%d (type, length, isa) cases checked against the reference", checked);
+}
+
+/* Extreme activations: q8 values of -127/127 everywhere and maximal weights
+ * exercise the int16/int32 headroom of the SIMD paths (maddubs saturation). */
+Test(dot, every_isa_extremes)
+{
+	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	enum { N = 1024 };
+	static float x[N], a[N];
+	static uint8_t w[N * 4], aq[N * 4];
+
+	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
+		moe_type t = dot_types[ti];
+		for (int pattern = 0; pattern < 3; pattern++) {
+			for (int i = 0; i < N; i++) {
+				float sx = (i % 2) ? 1.0f : -1.0f;
+				x[i] = pattern == 0 ? sx : pattern == 1 ? -1.0f : 1.0f;
+				if (i % 32 == 0)
+					x[i] = pattern == 2 ? 1.0f : -1.0f; /* the block max */
+				a[i] = pattern == 1 ? -1.0f : (i % 3 ? 1.0f : -1.0f);
+			}
+			cr_assert_eq(moe_quantize_row(t, w, x, N), MOE_OK);
+			cr_assert_eq(moe_quantize_act(t, aq, a, N), MOE_OK);
+			float want;
+			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(N, &want, w, aq);
+			for (size_t k = 0; k < sizeof(levels) / sizeof(levels[0]); k++) {
+				if (!level_tested(levels[k]))
+					continue;
+				float got;
+				moe_vec_dot_get_isa(t, levels[k])(N, &got, w, aq);
+				cr_assert(fabs((double)got - want) <= 1e-5 * (fabs(want) + N),
+				          "%s %s pattern %d: %.9g vs %.9g", moe_isa_name(levels[k]),
+				          moe_type_get(t)->name, pattern, got, want);
+			}
+		}
+	}
+}
+
+Test(dot, active_isa_is_the_best_supported)
+{
+	if (getenv("MOEMESH_ISA") != NULL)
+		cr_skip_test("MOEMESH_ISA is set");
+	moe_isa a = moe_isa_active();
+	cr_assert(moe_isa_supported(a));
+	for (int l = (int)a + 1; l <= (int)MOE_ISA_AVX512; l++)
+		cr_assert(!moe_isa_supported((moe_isa)l), "%s supported but %s active",
+		          moe_isa_name((moe_isa)l), moe_isa_name(a));
+	cr_log_info("active ISA: %s", moe_isa_name(a));
+}

@@ -1,0 +1,187 @@
+/* test_matmul.c - GEMV/GEMM: against a float64 reference, batch invariance
+ * (alone vs among others, any position, 1 or 2 threads, every ISA level),
+ * moe_matmul == moe_matmul_q on quantised rows, argument errors. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+static const moe_type types[] = {MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
+                                 MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K};
+#define N_TYPES (sizeof(types) / sizeof(types[0]))
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) /* uniform in [-1, 1) */
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (float)(rng_state >> 40) / 8388608.0f - 1.0f;
+}
+
+static void fill_f32(float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] = frand() * (1.0f + (float)(i % 7)); /* uneven magnitudes */
+}
+
+/* n_rows rows of type t made from random floats; caller frees. */
+static uint8_t *make_weights(moe_type t, int64_t n_rows, int64_t n_cols)
+{
+	size_t rs = moe_row_size(t, n_cols);
+	cr_assert_gt(rs, 0);
+	uint8_t *w = malloc(rs * (size_t)n_rows);
+	float *tmp = malloc(sizeof(float) * (size_t)n_cols);
+	cr_assert(w != NULL && tmp != NULL);
+	for (int64_t r = 0; r < n_rows; r++) {
+		fill_f32(tmp, n_cols);
+		cr_assert_eq(moe_quantize_row(t, w + (size_t)r * rs, tmp, n_cols), MOE_OK, "%s",
+		             moe_err_detail());
+	}
+	free(tmp);
+	return w;
+}
+
+Test(matmul, matches_float64_reference_of_dequantised_operands)
+{
+	enum { ROWS = 19, COLS = 512, TOK = 5 };
+	for (size_t ti = 0; ti < N_TYPES; ti++) {
+		moe_type t = types[ti];
+		moe_type at = moe_type_get(t)->vec_dot_type;
+		uint8_t *w = make_weights(t, ROWS, COLS);
+		size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+		float *x = malloc(sizeof(float) * TOK * COLS),
+		      *y = malloc(sizeof(float) * TOK * ROWS);
+		float *wd = malloc(sizeof(float) * COLS), *ad = malloc(sizeof(float) * TOK * COLS);
+		uint8_t *xq = malloc(as * TOK);
+		fill_f32(x, TOK * COLS);
+		cr_assert_eq(moe_matmul(NULL, y, w, t, ROWS, COLS, x, TOK), MOE_OK, "%s: %s",
+		             moe_type_get(t)->name, moe_err_detail());
+		for (int k = 0; k < TOK; k++) {
+			cr_assert_eq(moe_quantize_act(t, xq + k * as, x + k * COLS, COLS), MOE_OK);
+			cr_assert_eq(moe_dequantize_row(at, ad + k * COLS, xq + k * as, COLS),
+			             MOE_OK, "%s", moe_err_detail());
+		}
+		for (int r = 0; r < ROWS; r++) {
+			cr_assert_eq(moe_dequantize_row(t, wd, w + r * rs, COLS), MOE_OK);
+			for (int k = 0; k < TOK; k++) {
+				double ref = 0, mag = 0;
+				for (int c = 0; c < COLS; c++) {
+					double p = (double)wd[c] * ad[k * COLS + c];
+					ref += p;
+					mag += fabs(p);
+				}
+				/* Any f32 summation of COLS terms (each product or block sum
+				 * exact or rounded once) is within COLS * 2^-24 * sum|w a| of
+				 * the exact value (the recursive-summation bound gamma_n). */
+				double tol = COLS * 0x1p-24 * mag + 1e-30;
+				double got = y[k * ROWS + r];
+				cr_assert(fabs(got - ref) <= tol,
+				          "%s row %d tok %d: got %.9g want %.9g (tol %.3g)",
+				          moe_type_get(t)->name, r, k, got, ref, tol);
+			}
+		}
+		free(xq);
+		free(ad);
+		free(wd);
+		free(y);
+		free(x);
+		free(w);
+	}
+}
+
+/* Token `probe` alone, then at positions 0, middle and last among n-1 random
+ * others, with pools of 1 and 2 threads: the same bits every time. */
+static void check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
+{
+	enum { NB = 41 }; /* crosses the token blocks of matmul.c */
+	moe_pool *pools[2] = {NULL, NULL};
+	cr_assert_eq(moe_pool_create(&pools[0], 1), MOE_OK);
+	cr_assert_eq(moe_pool_create(&pools[1], 2), MOE_OK);
+	uint8_t *w = make_weights(t, rows, cols);
+	float *probe = malloc(sizeof(float) * cols);
+	float *x = malloc(sizeof(float) * NB * cols);
+	float *alone = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * NB * rows);
+	fill_f32(probe, cols);
+	cr_assert_eq(moe_matmul(pools[0], alone, w, t, rows, cols, probe, 1), MOE_OK, "%s",
+	             moe_err_detail());
+	const int64_t pos[] = {0, NB / 2, NB - 1};
+	const int64_t sizes[] = {2, 7, NB};
+	for (int pi = 0; pi < 2; pi++)
+		for (int si = 0; si < 3; si++)
+			for (int qi = 0; qi < 3; qi++) {
+				int64_t n = sizes[si], p = pos[qi] < n ? pos[qi] : n - 1;
+				fill_f32(x, n * cols);
+				memcpy(x + p * cols, probe, sizeof(float) * cols);
+				cr_assert_eq(moe_matmul(pools[pi], y, w, t, rows, cols, x, n),
+				             MOE_OK);
+				cr_assert(memcmp(y + p * rows, alone, sizeof(float) * rows) == 0,
+				          "%s %s: %d threads, batch %lld, position %lld differs",
+				          moe_isa_name(moe_isa_active()), moe_type_get(t)->name,
+				          pi + 1, (long long)n, (long long)p);
+			}
+	free(y);
+	free(alone);
+	free(x);
+	free(probe);
+	free(w);
+	moe_pool_destroy(pools[1]);
+	moe_pool_destroy(pools[0]);
+}
+
+Test(matmul, batch_and_thread_invariant_at_every_isa_level)
+{
+	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	moe_isa orig = moe_isa_active();
+	for (int li = 0; li < 4; li++) {
+		if (!moe_isa_supported(levels[li]))
+			continue;
+		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
+		for (size_t ti = 0; ti < N_TYPES; ti++)
+			check_batch_invariance(types[ti], 37, 512); /* 37: ragged row tiles */
+	}
+	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+}
+
+Test(matmul, float_input_equals_prequantised_input)
+{
+	enum { ROWS = 24, COLS = 256, TOK = 9 };
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	for (size_t ti = 0; ti < N_TYPES; ti++) {
+		moe_type t = types[ti];
+		uint8_t *w = make_weights(t, ROWS, COLS);
+		size_t as = moe_act_row_size(t, COLS);
+		float x[TOK * COLS], y1[TOK * ROWS], y2[TOK * ROWS];
+		uint8_t *xq = malloc(as * TOK), *xq2 = malloc(as * TOK);
+		fill_f32(x, TOK * COLS);
+		for (int k = 0; k < TOK; k++)
+			cr_assert_eq(moe_quantize_act(t, xq + k * as, x + k * COLS, COLS), MOE_OK);
+		cr_assert_eq(moe_quantize_act_rows(pool, xq2, t, x, COLS, TOK), MOE_OK);
+		cr_assert(memcmp(xq, xq2, as * TOK) == 0);
+		cr_assert_eq(moe_matmul(pool, y1, w, t, ROWS, COLS, x, TOK), MOE_OK);
+		cr_assert_eq(moe_matmul_q(pool, y2, w, t, ROWS, COLS, xq, TOK), MOE_OK);
+		cr_assert(memcmp(y1, y2, sizeof(y1)) == 0, "%s", moe_type_get(t)->name);
+		free(xq2);
+		free(xq);
+		free(w);
+	}
+	moe_pool_destroy(pool);
+}
+
+Test(matmul, rejects_bad_arguments)
+{
+	float x[512] = {0}, y[16];
+	uint8_t w[4096] = {0};
+	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q4_K, 2, 100, x, 1), MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q8_0, 0, 32, x, 1), MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q8_0, 2, 32, x, -1), MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul(NULL, y, w, (moe_type)5, 2, 32, x, 1), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_I32, 2, 32, x, 1), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_matmul(NULL, y, NULL, MOE_TYPE_Q8_0, 2, 32, x, 1), MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul_q(NULL, y, w, MOE_TYPE_Q8_0, 2, 32, NULL, 1), MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q8_0, 2, 32, x, 0), MOE_OK);
+}

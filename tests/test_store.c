@@ -1,0 +1,113 @@
+/* test_store.c - the worker's expert store: only held slices, byte-exact. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/worker.h"
+
+static char *fixture(const char *name)
+{
+	static char path[1024];
+	const char *dir = getenv("MOE_FIXTURES");
+	snprintf(path, sizeof(path), "%s/%s", dir ? dir : "tests/fixtures", name);
+	return path;
+}
+
+/* Loads with the given held pattern and checks every expert against the
+ * mapped file: held ones byte-identical, others NULL. */
+static void check_pattern(const char *file, const uint8_t *held, int n_layer, int n_expert,
+                          bool no_direct)
+{
+	moe_gguf *g = NULL;
+	moe_expert_store *s = NULL;
+	moe_store_opts o = {.no_direct = no_direct, .depth = 4, .chunk_bytes = 8192};
+	static const char *const w[3] = {"gate", "up", "down"};
+	uint64_t held_bytes = 0;
+
+	cr_assert_eq(moe_gguf_open(&g, fixture(file)), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_expert_store_load(&s, fixture(file), g, n_layer, n_expert, held, &o),
+	             MOE_OK, "%s", moe_err_detail());
+	for (int l = 0; l < n_layer; l++) {
+		for (int k = 0; k < 3; k++) {
+			char name[64];
+			snprintf(name, sizeof(name), "blk.%d.ffn_%s_exps.weight", l, w[k]);
+			const moe_gguf_tensor *t = moe_gguf_find_tensor(g, name);
+			cr_assert_not_null(t);
+			size_t eb = (size_t)t->size / (size_t)n_expert;
+			for (int e = 0; e < n_expert; e++) {
+				const void *p = moe_expert_store_get(s, l, k, e);
+				if (!held[l * n_expert + e]) {
+					cr_assert_null(p, "layer %d %s expert %d not held", l, w[k],
+					               e);
+					continue;
+				}
+				cr_assert_not_null(p);
+				cr_assert_eq(memcmp(p, (const char *)t->data + (size_t)e * eb, eb),
+				             0, "layer %d %s expert %d differs", l, w[k], e);
+				held_bytes += eb;
+			}
+		}
+	}
+	moe_store_stats st = moe_expert_store_stats(s);
+	cr_assert_eq(st.bytes_held, held_bytes);
+	cr_assert(st.bytes_read >= held_bytes);
+	if (no_direct)
+		cr_assert_not(st.direct);
+	cr_assert_null(moe_expert_store_get(s, n_layer, 0, 0));
+	cr_assert_null(moe_expert_store_get(s, 0, 3, 0));
+	cr_assert_null(moe_expert_store_get(s, 0, 0, n_expert));
+	moe_expert_store_destroy(s);
+	moe_gguf_close(g);
+}
+
+static void pattern(uint8_t *held, int n_layer, int n_expert)
+{
+	for (int l = 0; l < n_layer; l++)
+		for (int e = 0; e < n_expert; e++)
+			held[l * n_expert + e] = l == 0   ? e < n_expert / 2 /* a range */
+			                         : l == 1 ? e % 2 == 1       /* every other */
+			                         : l == 2 ? 0                /* none */
+			                                  : 1;               /* all */
+}
+
+Test(store, holds_exactly_its_slices_direct)
+{
+	uint8_t held[4 * 16];
+	pattern(held, 4, 16);
+	check_pattern("qwen3moe-tiny-Q8_0.gguf", held, 4, 16, false);
+	check_pattern("qwen3next-tiny-Q4_K_M.gguf", held, 4, 16, false);
+}
+
+Test(store, holds_exactly_its_slices_buffered)
+{
+	uint8_t held[4 * 16];
+	pattern(held, 4, 16);
+	check_pattern("qwen3moe-tiny-Q4_0.gguf", held, 4, 16, true);
+	uint8_t held2[2 * 8];
+	pattern(held2, 2, 8);
+	check_pattern("qwen3moe-kq-Q4_K_M.gguf", held2, 2, 8, true);
+}
+
+Test(store, wrong_shapes_are_refused)
+{
+	moe_gguf *g = NULL;
+	moe_expert_store *s = NULL;
+	uint8_t held[5 * 16];
+	memset(held, 1, sizeof(held));
+	cr_assert_eq(moe_gguf_open(&g, fixture("qwen3moe-tiny-F32.gguf")), MOE_OK);
+	/* a fifth layer does not exist */
+	cr_assert_eq(
+	    moe_expert_store_load(&s, fixture("qwen3moe-tiny-F32.gguf"), g, 5, 16, held, NULL),
+	    MOE_ERR_NOT_FOUND);
+	/* 8 experts, but the tensors stack 16 */
+	cr_assert_eq(
+	    moe_expert_store_load(&s, fixture("qwen3moe-tiny-F32.gguf"), g, 4, 8, held, NULL),
+	    MOE_ERR_BAD_SHAPE);
+	/* another file than the one whose table was read */
+	cr_assert_eq(
+	    moe_expert_store_load(&s, fixture("qwen3moe-tiny-Q8_0.gguf"), g, 4, 16, held, NULL),
+	    MOE_ERR_MISMATCH);
+	cr_assert_null(s);
+	moe_gguf_close(g);
+}

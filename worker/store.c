@@ -1,0 +1,366 @@
+/*
+ * store.c - the expert store: a worker's slice of the routed experts, read
+ * out of the stacked *_exps tensors of a GGUF file with io_uring.
+ *
+ * Every maximal run of consecutive held experts of one tensor becomes one
+ * buffer, read with O_DIRECT: the run's file range is widened to 4 KiB
+ * boundaries, the buffer gets that widened size, and the experts' pointers
+ * land inside it, so nothing is copied after the read. Reads of chunk_bytes
+ * each are kept `depth` in flight. The buffers are registered with the ring
+ * (READ_FIXED) when the kernel and RLIMIT_MEMLOCK allow; a file system that
+ * refuses O_DIRECT gets buffered reads instead.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "worker/worker.h"
+
+#define DIRECT_ALIGN 4096u
+
+typedef struct store_mat {
+	moe_type type;
+	int64_t n_cols; /* input length (ne0) */
+	int64_t n_rows; /* output length (ne1) */
+	size_t expert_bytes;
+	const void **expert; /* [n_expert], NULL = not held */
+} store_mat;
+
+typedef struct store_run {
+	uint8_t *buf;      /* [len], DIRECT_ALIGN-aligned */
+	size_t len;        /* multiple of DIRECT_ALIGN */
+	uint64_t file_off; /* multiple of DIRECT_ALIGN */
+} store_run;
+
+struct moe_expert_store {
+	int n_layer, n_expert;
+	store_mat *mats; /* [n_layer][3] */
+	store_run *runs;
+	size_t n_runs;
+	moe_store_stats st;
+};
+
+static const char *const which_name[3] = {"gate", "up", "down"};
+
+void moe_expert_store_destroy(moe_expert_store *s)
+{
+	if (s == NULL)
+		return;
+	for (size_t i = 0; i < s->n_runs; i++)
+		moe_aligned_free(s->runs[i].buf);
+	for (int i = 0; s->mats && i < s->n_layer * 3; i++)
+		free(s->mats[i].expert);
+	free(s->runs);
+	free(s->mats);
+	free(s);
+}
+
+const void *moe_expert_store_get(const moe_expert_store *s, int layer, int which, int expert)
+{
+	if (s == NULL || layer < 0 || layer >= s->n_layer || which < 0 || which > 2 || expert < 0 ||
+	    expert >= s->n_expert)
+		return NULL;
+	return s->mats[layer * 3 + which].expert[expert];
+}
+
+bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe_type *type,
+                            int64_t *n_cols, int64_t *n_rows)
+{
+	if (s == NULL || layer < 0 || layer >= s->n_layer || which < 0 || which > 2)
+		return false;
+	const store_mat *m = &s->mats[layer * 3 + which];
+	*type = m->type;
+	*n_cols = m->n_cols;
+	*n_rows = m->n_rows;
+	return true;
+}
+
+moe_store_stats moe_expert_store_stats(const moe_expert_store *s)
+{
+	return s->st;
+}
+
+/* Plans the runs and allocates their buffers; sets the experts' pointers. */
+static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held, size_t max_runs)
+{
+	uint64_t data_off = moe_gguf_data_offset(g);
+
+	s->runs = calloc(max_runs, sizeof(*s->runs));
+	if (s->runs == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "expert store runs");
+	for (int l = 0; l < s->n_layer; l++) {
+		for (int w = 0; w < 3; w++) {
+			char name[64];
+			store_mat *m = &s->mats[l * 3 + w];
+			const moe_gguf_tensor *t;
+
+			snprintf(name, sizeof(name), "blk.%d.ffn_%s_exps.weight", l, which_name[w]);
+			t = moe_gguf_find_tensor(g, name);
+			if (t == NULL)
+				return moe_fail(MOE_ERR_NOT_FOUND, "tensor %s is not in the file",
+				                name);
+			if (t->n_dims != 3 || t->ne[2] != s->n_expert)
+				return moe_fail(
+				    MOE_ERR_BAD_SHAPE,
+				    "tensor %s has %u dims [%lld, %lld, %lld], expected "
+				    "[*, *, %d]",
+				    name, t->n_dims, (long long)t->ne[0], (long long)t->ne[1],
+				    (long long)t->ne[2], s->n_expert);
+			m->type = t->type;
+			m->n_cols = t->ne[0];
+			m->n_rows = t->ne[1];
+			m->expert_bytes = moe_row_size(t->type, t->ne[0]) * (size_t)t->ne[1];
+			m->expert = calloc((size_t)s->n_expert, sizeof(void *));
+			if (m->expert == NULL)
+				return moe_fail(MOE_ERR_NOMEM, "expert table");
+			for (int e0 = 0; e0 < s->n_expert;) {
+				int e1;
+				if (!held[(size_t)l * s->n_expert + e0]) {
+					e0++;
+					continue;
+				}
+				for (e1 = e0;
+				     e1 < s->n_expert && held[(size_t)l * s->n_expert + e1];)
+					e1++;
+				uint64_t a = data_off + t->offset + (uint64_t)e0 * m->expert_bytes;
+				uint64_t b = a + (uint64_t)(e1 - e0) * m->expert_bytes;
+				uint64_t a_al = a / DIRECT_ALIGN * DIRECT_ALIGN;
+				uint64_t b_al =
+				    (b + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
+				store_run *r = &s->runs[s->n_runs++];
+				r->file_off = a_al;
+				r->len = (size_t)(b_al - a_al);
+				r->buf = moe_aligned_alloc(DIRECT_ALIGN, r->len);
+				if (r->buf == NULL)
+					return moe_fail(MOE_ERR_NOMEM,
+					                "%zu bytes for experts %d..%d of %s",
+					                r->len, e0, e1 - 1, name);
+				for (int e = e0; e < e1; e++)
+					m->expert[e] = r->buf + (a - a_al) +
+					               (size_t)(e - e0) * m->expert_bytes;
+				s->st.bytes_held += (uint64_t)(e1 - e0) * m->expert_bytes;
+				if (w == 0)
+					s->st.experts_held += (uint64_t)(e1 - e0);
+				e0 = e1;
+			}
+		}
+	}
+	return MOE_OK;
+}
+
+typedef struct chunk {
+	size_t run;
+	size_t off; /* within the run */
+	size_t len;
+} chunk;
+
+/* Reads every run through the ring. Returns MOE_ERR_UNSUPPORTED if the first
+ * O_DIRECT read is refused (the caller retries buffered). */
+static moe_err read_all(moe_expert_store *s, int fd, uint64_t file_size, bool direct,
+                        const moe_store_opts *o)
+{
+	unsigned depth = o && o->depth ? o->depth : 16;
+	size_t chunk_bytes = o && o->chunk_bytes ? o->chunk_bytes : (1u << 20);
+	struct io_uring ring;
+	struct iovec *iov = NULL;
+	chunk *inflight = NULL;
+	size_t next_run = 0, next_off = 0, n_inflight = 0;
+	uint64_t done = 0, total = 0;
+	bool registered = false;
+	moe_err err = MOE_OK;
+	int rc;
+
+	chunk_bytes = (chunk_bytes + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
+	for (size_t i = 0; i < s->n_runs; i++)
+		total += s->runs[i].len;
+	rc = io_uring_queue_init(depth, &ring, 0);
+	if (rc < 0)
+		return moe_fail(MOE_ERR_SYS, "io_uring_queue_init: %s", strerror(-rc));
+	inflight = calloc(depth, sizeof(*inflight));
+	if (inflight == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "io_uring slots");
+		goto out_ring;
+	}
+	/* Register the run buffers (at most UIO_MAXIOV, each < 1 GiB). */
+	if (s->n_runs > 0 && s->n_runs <= 1024) {
+		bool fits = true;
+		iov = calloc(s->n_runs, sizeof(*iov));
+		for (size_t i = 0; iov && i < s->n_runs; i++) {
+			iov[i].iov_base = s->runs[i].buf;
+			iov[i].iov_len = s->runs[i].len;
+			fits = fits && s->runs[i].len < (1u << 30);
+		}
+		if (iov && fits && io_uring_register_buffers(&ring, iov, (unsigned)s->n_runs) == 0)
+			registered = true;
+	}
+	s->st.registered = registered;
+
+	for (;;) {
+		/* fill the ring */
+		while (n_inflight < depth && next_run < s->n_runs) {
+			store_run *r = &s->runs[next_run];
+			size_t len =
+			    r->len - next_off < chunk_bytes ? r->len - next_off : chunk_bytes;
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+			unsigned slot;
+
+			if (sqe == NULL)
+				break;
+			for (slot = 0; inflight[slot].len != 0; slot++)
+				;
+			inflight[slot] = (chunk){next_run, next_off, len};
+			if (registered)
+				io_uring_prep_read_fixed(sqe, fd, r->buf + next_off, (unsigned)len,
+				                         r->file_off + next_off, (int)next_run);
+			else
+				io_uring_prep_read(sqe, fd, r->buf + next_off, (unsigned)len,
+				                   r->file_off + next_off);
+			io_uring_sqe_set_data64(sqe, slot);
+			n_inflight++;
+			next_off += len;
+			if (next_off == r->len) {
+				next_run++;
+				next_off = 0;
+			}
+		}
+		if (n_inflight == 0)
+			break;
+		rc = io_uring_submit_and_wait(&ring, 1);
+		if (rc < 0 && rc != -EINTR) {
+			err = moe_fail(MOE_ERR_SYS, "io_uring_submit: %s", strerror(-rc));
+			goto out_drain;
+		}
+		struct io_uring_cqe *cqe;
+		while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+			unsigned slot = (unsigned)io_uring_cqe_get_data64(cqe);
+			int res = cqe->res;
+			chunk c = inflight[slot];
+			store_run *r = &s->runs[c.run];
+
+			io_uring_cqe_seen(&ring, cqe);
+			inflight[slot].len = 0;
+			n_inflight--;
+			if (res == -EINVAL && direct && done == 0) {
+				err = moe_fail(MOE_ERR_UNSUPPORTED, "O_DIRECT read refused");
+				goto out_drain;
+			}
+			if (res < 0) {
+				err = moe_fail(MOE_ERR_IO, "read of %zu bytes at %llu: %s", c.len,
+				               (unsigned long long)(r->file_off + c.off),
+				               strerror(-res));
+				goto out_drain;
+			}
+			/* A short read that stops before the end of file is finished with
+			 * plain preads; one that reaches it is the run's 4 KiB slack. */
+			for (uint64_t end = r->file_off + c.off + (uint64_t)res;
+			     res >= 0 && (size_t)res < c.len && end < file_size;
+			     end = r->file_off + c.off + (uint64_t)res) {
+				ssize_t n = pread(fd, r->buf + c.off + res, c.len - (size_t)res,
+				                  (off_t)end);
+				if (n <= 0) {
+					err = moe_fail(MOE_ERR_IO, "short read at %llu: %s",
+					               (unsigned long long)end,
+					               n < 0 ? strerror(errno) : "end of file");
+					goto out_drain;
+				}
+				res += (int)n;
+			}
+			done += c.len;
+			if (o && o->progress)
+				o->progress(o->progress_ctx, done, total);
+		}
+	}
+	s->st.bytes_read = done;
+	goto out_unregister;
+
+out_drain:
+	while (n_inflight > 0) {
+		struct io_uring_cqe *cqe;
+		if (io_uring_wait_cqe(&ring, &cqe) != 0)
+			break;
+		io_uring_cqe_seen(&ring, cqe);
+		n_inflight--;
+	}
+out_unregister:
+	if (registered)
+		io_uring_unregister_buffers(&ring);
+	free(iov);
+	free(inflight);
+out_ring:
+	io_uring_queue_exit(&ring);
+	return err;
+}
+
+moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const moe_gguf *g,
+                              int n_layer, int n_expert, const uint8_t *held,
+                              const moe_store_opts *opts)
+{
+	moe_expert_store *s;
+	struct stat sb;
+	double t0 = moe_now_s();
+	bool direct = !(opts && opts->no_direct);
+	int fd = -1;
+	moe_err err;
+
+	if (n_layer <= 0 || n_expert <= 0 || held == NULL)
+		return moe_fail(MOE_ERR_INVAL, "expert store: %d layers, %d experts", n_layer,
+		                n_expert);
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "expert store");
+	s->n_layer = n_layer;
+	s->n_expert = n_expert;
+	s->mats = calloc((size_t)n_layer * 3, sizeof(*s->mats));
+	if (s->mats == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "expert store tables");
+		goto out_destroy;
+	}
+	if ((err = plan(s, g, held, (size_t)n_layer * 3 * (size_t)(n_expert / 2 + 1))) != MOE_OK)
+		goto out_destroy;
+
+	for (;;) {
+		fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (fd < 0 && direct && errno == EINVAL) {
+			direct = false;
+			continue;
+		}
+		if (fd < 0) {
+			err = moe_fail(MOE_ERR_IO, "open %s: %s", path, strerror(errno));
+			goto out_destroy;
+		}
+		if (fstat(fd, &sb) != 0) {
+			err = moe_fail(MOE_ERR_IO, "stat %s: %s", path, strerror(errno));
+			goto out_close;
+		}
+		if ((uint64_t)sb.st_size != moe_gguf_file_size(g)) {
+			err = moe_fail(MOE_ERR_MISMATCH, "%s is %lld bytes, the opened GGUF %zu",
+			               path, (long long)sb.st_size, moe_gguf_file_size(g));
+			goto out_close;
+		}
+		err = read_all(s, fd, (uint64_t)sb.st_size, direct, opts);
+		if (err == MOE_ERR_UNSUPPORTED && direct) {
+			close(fd);
+			direct = false;
+			continue;
+		}
+		break;
+	}
+	if (err != MOE_OK)
+		goto out_close;
+	close(fd);
+	s->st.direct = direct;
+	s->st.seconds = moe_now_s() - t0;
+	*out = s;
+	return MOE_OK;
+
+out_close:
+	close(fd);
+out_destroy:
+	moe_expert_store_destroy(s);
+	return err;
+}
