@@ -22,6 +22,7 @@
  * MOE_ERR_TRUNCATED.
  */
 #include "model/gguf.h"
+#include "model/gguf_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,9 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Nested arrays deeper than this are refused (a bound on recursion). */
-#define GGUF_MAX_DEPTH 16
-#define GGUF_NO_IDX    UINT64_MAX
+#define GGUF_NO_IDX UINT64_MAX
 
 /* One metadata entry. */
 struct kv {
@@ -93,30 +92,6 @@ const char *moe_gguf_vtype_name(moe_gguf_vtype t)
 	return vtype_names[t];
 }
 
-/* Bytes of one scalar of type t; 0 for STRING, ARRAY and unknown types. */
-static size_t scalar_size(moe_gguf_vtype t)
-{
-	switch (t) {
-	case MOE_GGUF_UINT8:
-	case MOE_GGUF_INT8:
-	case MOE_GGUF_BOOL:
-		return 1;
-	case MOE_GGUF_UINT16:
-	case MOE_GGUF_INT16:
-		return 2;
-	case MOE_GGUF_UINT32:
-	case MOE_GGUF_INT32:
-	case MOE_GGUF_FLOAT32:
-		return 4;
-	case MOE_GGUF_UINT64:
-	case MOE_GGUF_INT64:
-	case MOE_GGUF_FLOAT64:
-		return 8;
-	default:
-		return 0;
-	}
-}
-
 /* The fewest bytes one value of type t can take in a file. */
 static size_t min_value_size(moe_gguf_vtype t)
 {
@@ -124,7 +99,7 @@ static size_t min_value_size(moe_gguf_vtype t)
 		return 8;
 	if (t == MOE_GGUF_ARRAY)
 		return 12;
-	return scalar_size(t);
+	return gguf_scalar_size(t);
 }
 
 static uint16_t le16(const uint8_t *p)
@@ -141,17 +116,6 @@ static uint32_t le32(const uint8_t *p)
 static uint64_t le64(const uint8_t *p)
 {
 	return (uint64_t)le32(p) | ((uint64_t)le32(p + 4) << 32);
-}
-
-static uint64_t fnv1a(const char *s, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (uint8_t)s[i];
-		h *= 1099511628211ull;
-	}
-	return h;
 }
 
 /* ---- reading primitives ----------------------------------------------------- */
@@ -290,7 +254,7 @@ static moe_err parse_elements(moe_gguf *g, struct cur *c, moe_gguf_vtype et, uin
                               uint64_t *idx, int depth)
 {
 	moe_err err;
-	size_t esz = scalar_size(et);
+	size_t esz = gguf_scalar_size(et);
 
 	*idx = GGUF_NO_IDX;
 	if (esz != 0) {
@@ -393,7 +357,7 @@ static moe_err parse_kv(moe_gguf *g, struct cur *c, struct kv *kv, int64_t i)
 		err = parse_array(g, c, &kv->arr_type, &kv->arr_n, &kv->arr_idx, 1);
 		kv->val += 12;
 	} else {
-		size_t sz = scalar_size(kv->type);
+		size_t sz = gguf_scalar_size(kv->type);
 		if (left(c) < sz)
 			return truncated(c, "value", sz);
 		if (kv->type == MOE_GGUF_BOOL)
@@ -423,7 +387,7 @@ static int64_t key_lookup(const moe_gguf *g, const char *key, size_t len)
 {
 	if (g->key_cap == 0)
 		return -1;
-	for (size_t h = fnv1a(key, len) & (g->key_cap - 1);; h = (h + 1) & (g->key_cap - 1)) {
+	for (size_t h = gguf_hash(key, len) & (g->key_cap - 1);; h = (h + 1) & (g->key_cap - 1)) {
 		int64_t v = g->key_hash[h];
 		if (v == 0)
 			return -1;
@@ -436,7 +400,7 @@ static int64_t tensor_lookup(const moe_gguf *g, const char *name, size_t len)
 {
 	if (g->tensor_cap == 0)
 		return -1;
-	for (size_t h = fnv1a(name, len) & (g->tensor_cap - 1);;
+	for (size_t h = gguf_hash(name, len) & (g->tensor_cap - 1);;
 	     h = (h + 1) & (g->tensor_cap - 1)) {
 		int64_t v = g->tensor_hash[h];
 		if (v == 0)
@@ -454,7 +418,7 @@ static moe_err build_key_hash(moe_gguf *g)
 		return moe_fail(MOE_ERR_NOMEM, "key index of %zu slots", g->key_cap);
 	for (int64_t i = 0; i < g->n_kv; i++) {
 		const struct kv *kv = &g->kvs[i];
-		size_t h = fnv1a(kv->key.ptr, kv->key.len) & (g->key_cap - 1);
+		size_t h = gguf_hash(kv->key.ptr, kv->key.len) & (g->key_cap - 1);
 		for (; g->key_hash[h] != 0; h = (h + 1) & (g->key_cap - 1)) {
 			const struct kv *o = &g->kvs[g->key_hash[h] - 1];
 			if (str_eq(o->key, kv->key.ptr, kv->key.len))
@@ -634,7 +598,7 @@ static moe_err build_tensor_hash(moe_gguf *g)
 		return moe_fail(MOE_ERR_NOMEM, "tensor index of %zu slots", g->tensor_cap);
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		const moe_gguf_tensor *t = &g->tensors[i];
-		size_t h = fnv1a(t->name.ptr, t->name.len) & (g->tensor_cap - 1);
+		size_t h = gguf_hash(t->name.ptr, t->name.len) & (g->tensor_cap - 1);
 		for (; g->tensor_hash[h] != 0; h = (h + 1) & (g->tensor_cap - 1)) {
 			const moe_gguf_tensor *o = &g->tensors[g->tensor_hash[h] - 1];
 			if (str_eq(o->name, t->name.ptr, t->name.len))
@@ -1026,7 +990,7 @@ static moe_err get_int(int64_t *si, uint64_t *ui, int *kind, const moe_gguf *g, 
 
 	if (err != MOE_OK)
 		return err;
-	if (kv->type == MOE_GGUF_BOOL || scalar_size(kv->type) == 0 ||
+	if (kv->type == MOE_GGUF_BOOL || gguf_scalar_size(kv->type) == 0 ||
 	    kv->type == MOE_GGUF_FLOAT32 || kv->type == MOE_GGUF_FLOAT64)
 		return moe_fail(MOE_ERR_BAD_TYPE, "key %s: type %s, not an integer", key,
 		                moe_gguf_vtype_name(kv->type));
@@ -1199,7 +1163,7 @@ int64_t moe_gguf_arr_int(const moe_gguf_arr *a, uint64_t j)
 	int64_t si = 0;
 	uint64_t ui = 0;
 	double f;
-	size_t esz = scalar_size(a->type);
+	size_t esz = gguf_scalar_size(a->type);
 
 	if (j >= a->n || esz == 0)
 		return 0;
@@ -1218,7 +1182,7 @@ double moe_gguf_arr_float(const moe_gguf_arr *a, uint64_t j)
 	int64_t si = 0;
 	uint64_t ui = 0;
 	double f = 0.0;
-	size_t esz = scalar_size(a->type);
+	size_t esz = gguf_scalar_size(a->type);
 
 	if (j >= a->n || esz == 0)
 		return 0.0;
