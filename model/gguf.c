@@ -280,10 +280,8 @@ static moe_err parse_elements(moe_gguf *g, struct cur *c, moe_gguf_vtype et, uin
 		}
 		return MOE_OK;
 	}
-	/* nested arrays: [offset, index of the sub-array's own index] per element */
-	if (n > SIZE_MAX / 2)
-		return moe_fail(MOE_ERR_BAD_COUNT, "%s: nested array count %llu", c->where,
-		                (unsigned long long)n);
+	/* nested arrays: [offset, index of the sub-array's own index] per element;
+	 * check_count made n <= size / 12, so 2 * n cannot overflow */
 	err = pool_push(g, 2 * n, idx);
 	if (err != MOE_OK)
 		return err;
