@@ -533,6 +533,7 @@ Test(gguf_corpus, random_byte_flips_never_crash, .timeout = 300)
 	region = moe_gguf_data_offset(g);
 	moe_gguf_close(g);
 	fuzz(buf, size, region, 0x9e3779b97f4a7c15ull, 3000, &accepted, &rejected);
+	cr_log_info("fixture header: %d flipped copies accepted, %d refused", accepted, rejected);
 	cr_assert_gt(accepted, 0);
 	cr_assert_gt(rejected, 0);
 	free(buf);
@@ -542,6 +543,7 @@ Test(gguf_corpus, random_byte_flips_never_crash, .timeout = 300)
 	memcpy(buf, s.b, s.n);
 	accepted = rejected = 0;
 	fuzz(buf, s.n, s.n, 12345, 3000, &accepted, &rejected);
+	cr_log_info("small file: %d flipped copies accepted, %d refused", accepted, rejected);
 	cr_assert_gt(accepted, 0);
 	cr_assert_gt(rejected, 0);
 	free(buf);
