@@ -1,7 +1,21 @@
 /*
  * isa_avx2_dot.c - AVX2 + FMA + F16C dot products (compiled with those flags
  * only; called only when CPUID says so).  Integer parts are exact per block,
- * as in the references; block results are accumulated per vector lane.
+ * as in the references; block results are accumulated per vector lane, in an
+ * order fixed by n alone (so every call with the same inputs gives the same
+ * bits).
+ *
+ * What makes them fast (decode streams the weights once per token):
+ *   - the 32-blocks (Q8_0, Q4_0, Q5_0) go 8 blocks at a time: the 16 fp16
+ *     scales are packed in general-purpose registers and converted by one
+ *     vcvtph2ps each side (no per-block scalar conversion), then broadcast per
+ *     block in-lane; 4 independent float accumulators hide the FMA latency;
+ *   - 4-bit weights stay unsigned: maddubs(q, y) - maddubs(offset, y) instead
+ *     of subtract + two sign flips;
+ *   - K-quant sub-block scales are widened once per super-block and picked per
+ *     chunk with one byte shuffle; K-quant mins and the Q6_K -32 offset use
+ *     the activation's bsums (one madd per super-block);
+ *   - float rows use 4 accumulators (32 values per iteration).
  */
 #include <immintrin.h>
 
@@ -20,6 +34,23 @@ static inline float half_to_f32(uint16_t h)
 	return _cvtsh_ss(h);
 }
 
+static inline uint64_t ld16(const void *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return v;
+}
+
+/* The 8 fp16 values at p, p + stride, ..., p + 7 * stride, as floats. */
+static inline __m256 half8(const uint8_t *p, size_t stride)
+{
+	uint64_t lo = ld16(p) | ld16(p + stride) << 16 | ld16(p + 2 * stride) << 32 |
+	              ld16(p + 3 * stride) << 48;
+	uint64_t hi = ld16(p + 4 * stride) | ld16(p + 5 * stride) << 16 |
+	              ld16(p + 6 * stride) << 32 | ld16(p + 7 * stride) << 48;
+	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
 /* int32 lanes of sum over pairs of x*y, x and y signed bytes (|x*y| pairs
  * stay within int16: |y| <= 127 for our activations). */
 static inline __m256i dot_i8(__m256i x, __m256i y)
@@ -29,11 +60,20 @@ static inline __m256i dot_i8(__m256i x, __m256i y)
 	return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
 }
 
-/* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high. */
+/* int32 lanes of sum over pairs of (u - off)*y, u unsigned bytes 0..31, y
+ * signed: maddubs(u, y) - maddubs(off, y), both within int16. */
+static inline __m256i dot_u8_off(__m256i u, __m256i y, __m256i off)
+{
+	__m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y));
+	return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high.
+ * The 16 bytes are loaded into both halves; the upper half is shifted. */
 static inline __m256i unpack_nibbles(const uint8_t *p)
 {
-	__m128i t = _mm_loadu_si128((const __m128i *)p);
-	__m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+	__m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+	b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0));
 	return _mm256_and_si256(b, _mm256_set1_epi8(15));
 }
 
@@ -49,37 +89,49 @@ static inline __m256i spread_bits(const uint8_t *p)
 	return _mm256_cmpeq_epi8(_mm256_and_si256(b, sel), sel);
 }
 
+/* ---- float rows ------------------------------------------------------------------ */
+
 static void dot_f32(int64_t n, float *s, const void *w, const void *a)
 {
 	const float *x = w, *y = a;
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
 	int64_t i = 0;
 
-	for (; i + 16 <= n; i += 16) {
-		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
-		acc1 =
-		    _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-	}
-	float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++)
+			acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * k),
+			                         _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+	for (; i + 8 <= n; i += 8)
+		acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc[0]);
+	float sum =
+	    hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 	for (; i < n; i++)
 		sum += x[i] * y[i];
 	*s = sum;
+}
+
+static inline __m256 f16x8(const uint16_t *p)
+{
+	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
 static void dot_f16(int64_t n, float *s, const void *w, const void *a)
 {
 	const uint16_t *x = w;
 	const float *y = a;
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
 	int64_t i = 0;
 
-	for (; i + 16 <= n; i += 16) {
-		__m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
-		__m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i + 8)));
-		acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y + i), acc0);
-		acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(y + i + 8), acc1);
-	}
-	float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++)
+			acc[k] = _mm256_fmadd_ps(f16x8(x + i + 8 * k),
+			                         _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+	for (; i + 8 <= n; i += 8)
+		acc[0] = _mm256_fmadd_ps(f16x8(x + i), _mm256_loadu_ps(y + i), acc[0]);
+	float sum =
+	    hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 	for (; i < n; i++)
 		sum += half_to_f32(x[i]) * y[i];
 	*s = sum;
@@ -95,91 +147,169 @@ static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
 {
 	const uint16_t *x = w;
 	const float *y = a;
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
 	int64_t i = 0;
 
-	for (; i + 16 <= n; i += 16) {
-		acc0 = _mm256_fmadd_ps(bf16x8(x + i), _mm256_loadu_ps(y + i), acc0);
-		acc1 = _mm256_fmadd_ps(bf16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-	}
-	float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++)
+			acc[k] = _mm256_fmadd_ps(bf16x8(x + i + 8 * k),
+			                         _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+	for (; i + 8 <= n; i += 8)
+		acc[0] = _mm256_fmadd_ps(bf16x8(x + i), _mm256_loadu_ps(y + i), acc[0]);
+	float sum =
+	    hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 	for (; i < n; i++)
 		sum += moe_bf16_to_f32(x[i]) * y[i];
 	*s = sum;
 }
 
+/* ---- 32-blocks ------------------------------------------------------------------- */
+
+/* Integer dot of one 32-block pair, as 8 int32 lanes. */
+static inline __m256i blk_q8_0(const moe_block_q8_0 *x, const moe_block_q8_0 *y)
+{
+	__m256i qx = _mm256_loadu_si256((const __m256i *)x->qs);
+	return dot_i8(qx, _mm256_loadu_si256((const __m256i *)y->qs));
+}
+
+static inline __m256i blk_q4_0(const moe_block_q4_0 *x, const moe_block_q8_0 *y)
+{
+	return dot_u8_off(unpack_nibbles(x->qs), _mm256_loadu_si256((const __m256i *)y->qs),
+	                  _mm256_set1_epi8(8));
+}
+
+static inline __m256i blk_q5_0(const moe_block_q5_0 *x, const moe_block_q8_0 *y)
+{
+	/* q = nibble | 16 where the high bit is set, 0..31 */
+	__m256i hi = _mm256_and_si256(spread_bits(x->qh), _mm256_set1_epi8(16));
+	__m256i q = _mm256_or_si256(unpack_nibbles(x->qs), hi);
+	return dot_u8_off(q, _mm256_loadu_si256((const __m256i *)y->qs), _mm256_set1_epi8(16));
+}
+
+/*
+ * The 32-block loop, written once per weight type (the block function and
+ * the weight block type differ): groups of 8 blocks share one conversion of
+ * their 16 scales; block k of a group goes to accumulator k % 4; leftover
+ * blocks (n/32 not a multiple of 8) go one by one into accumulator 0.
+ */
+static inline __m256 bcast_lane(__m256 lo, __m256 hi, int k)
+{
+	return _mm256_permutevar_ps(k < 4 ? lo : hi, _mm256_set1_epi32(k & 3));
+}
+
+static inline float finish4(__m256 acc[4])
+{
+	return hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
 static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q8_0 *x = w, *y = a;
-	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+	const int64_t nb = n / MOE_QK32;
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < n / MOE_QK32; i++) {
-		__m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		/* even and odd blocks in two accumulators: no serial FMA chain */
-		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
+	for (; i + 8 <= nb; i += 8) {
+		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
+		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
+		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
+		       hi = _mm256_permute2f128_ps(d, d, 0x11);
+		for (int k = 0; k < 8; k++)
+			acc[k & 3] =
+			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q8_0(x + i + k, y + i + k)),
+			                    bcast_lane(lo, hi, k), acc[k & 3]);
 	}
-	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+	for (; i < nb; i++)
+		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q8_0(x + i, y + i)),
+		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
+		                         acc[0]);
+	*s = finish4(acc);
 }
 
 static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q4_0 *x = w;
 	const moe_block_q8_0 *y = a;
-	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+	const int64_t nb = n / MOE_QK32;
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < n / MOE_QK32; i++) {
-		__m256i qx = _mm256_sub_epi8(unpack_nibbles(x[i].qs), _mm256_set1_epi8(8));
-		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		/* even and odd blocks in two accumulators: no serial FMA chain */
-		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
+	for (; i + 8 <= nb; i += 8) {
+		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
+		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
+		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
+		       hi = _mm256_permute2f128_ps(d, d, 0x11);
+		for (int k = 0; k < 8; k++)
+			acc[k & 3] =
+			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q4_0(x + i + k, y + i + k)),
+			                    bcast_lane(lo, hi, k), acc[k & 3]);
 	}
-	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+	for (; i < nb; i++)
+		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q4_0(x + i, y + i)),
+		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
+		                         acc[0]);
+	*s = finish4(acc);
 }
 
 static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q5_0 *x = w;
 	const moe_block_q8_0 *y = a;
-	__m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+	const int64_t nb = n / MOE_QK32;
+	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+	                 _mm256_setzero_ps()};
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < n / MOE_QK32; i++) {
-		/* q - 16 = nibble | (bit4 ? 0 : 0xf0) read as int8 */
-		__m256i hi =
-		    _mm256_andnot_si256(spread_bits(x[i].qh), _mm256_set1_epi8((char)0xf0));
-		__m256i qx = _mm256_or_si256(unpack_nibbles(x[i].qs), hi);
-		__m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-		__m256 d = _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d));
-		/* even and odd blocks in two accumulators: no serial FMA chain */
-		acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(qx, qy)), d, acc[i & 1]);
+	for (; i + 8 <= nb; i += 8) {
+		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
+		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
+		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
+		       hi = _mm256_permute2f128_ps(d, d, 0x11);
+		for (int k = 0; k < 8; k++)
+			acc[k & 3] =
+			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q5_0(x + i + k, y + i + k)),
+			                    bcast_lane(lo, hi, k), acc[k & 3]);
 	}
-	*s = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+	for (; i < nb; i++)
+		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q5_0(x + i, y + i)),
+		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
+		                         acc[0]);
+	*s = finish4(acc);
 }
 
-/* The 8 six-bit scales and mins of a Q4_K/Q5_K block, as bytes. */
-static inline void k4_unpack(const uint8_t *p, uint8_t sc[8], uint8_t mn[8])
+/* ---- K-quants -------------------------------------------------------------------- */
+
+/* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K block. */
+static inline __m128i k4_scales_mins(const uint8_t *p)
 {
-	uint32_t u0, u1, u2, t[4];
+	uint32_t u0, u1, u2;
 
 	memcpy(&u0, p, 4);
 	memcpy(&u1, p + 4, 4);
 	memcpy(&u2, p + 8, 4);
-	t[0] = u0 & 0x3f3f3f3fu;
-	t[1] = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
-	t[2] = u1 & 0x3f3f3f3fu;
-	t[3] = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
-	memcpy(sc, t, 8);
-	memcpy(mn, t + 2, 8);
+	uint32_t t0 = u0 & 0x3f3f3f3fu;
+	uint32_t t1 = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+	uint32_t t2 = u1 & 0x3f3f3f3fu;
+	uint32_t t3 = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+	return _mm_set_epi32((int)t3, (int)t2, (int)t1, (int)t0);
 }
 
-/* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes. */
-static inline __m256i k4_mins(const uint8_t mn[8], const int16_t *bsums)
+/* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes
+ * (mn: 8 int16 in the low half... as bytes 8-15 of sm). */
+static inline __m256i k4_mins(__m128i sm, const int16_t *bsums)
 {
-	__m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+	__m128i m = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
 	__m256i m2 = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
 	return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), m2);
+}
+
+/* Shuffle mask that broadcasts int16 element e of each 128-bit half. */
+static inline __m256i pick16(int e)
+{
+	return _mm256_set1_epi16((short)((2 * e + 1) << 8 | 2 * e));
 }
 
 static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
@@ -190,10 +320,10 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 	const __m256i m4 = _mm256_set1_epi8(15);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
-		uint8_t sc[8], mn[8];
-		__m256i isum = _mm256_setzero_si256();
+		__m128i sm = k4_scales_mins(x[i].scales);
+		__m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
 
-		k4_unpack(x[i].scales, sc, mn);
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
 			__m256i lo = _mm256_and_si256(q, m4);
@@ -201,15 +331,16 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
 			__m256i y1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32));
 			__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0),
-			                               _mm256_set1_epi16(sc[2 * c]));
+			                               _mm256_shuffle_epi8(sc, pick16(2 * c)));
 			__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
-			                               _mm256_set1_epi16(sc[2 * c + 1]));
-			isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+			                               _mm256_shuffle_epi8(sc, pick16(2 * c + 1)));
+			is0 = _mm256_add_epi32(is0, p0);
+			is1 = _mm256_add_epi32(is1, p1);
 		}
 		float dy = y[i].d;
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(is0, is1)),
 		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
-		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(mn, y[i].bsums)),
+		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(sm, y[i].bsums)),
 		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
@@ -220,37 +351,37 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q5_K *x = w;
 	const moe_block_q8_K *y = a;
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
-		uint8_t sc[8], mn[8];
-		__m256i isum = _mm256_setzero_si256();
+		__m128i sm = k4_scales_mins(x[i].scales);
+		__m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
 		__m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
 
-		k4_unpack(x[i].scales, sc, mn);
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
-			__m256i bl = _mm256_set1_epi8((char)(1 << (2 * c)));
-			__m256i bh = _mm256_set1_epi8((char)(2 << (2 * c)));
-			__m256i hl =
-			    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b16);
+			/* bit 2c and 2c+1 of each qh byte, moved to bit 4 */
+			__m256i hl = _mm256_slli_epi16(_mm256_and_si256(qh, one), 4);
 			__m256i hh =
-			    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b16);
+			    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4);
+			qh = _mm256_srli_epi16(qh, 2);
 			__m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
 			__m256i hi =
 			    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
 			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
 			__m256i y1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32));
 			__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0),
-			                               _mm256_set1_epi16(sc[2 * c]));
+			                               _mm256_shuffle_epi8(sc, pick16(2 * c)));
 			__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
-			                               _mm256_set1_epi16(sc[2 * c + 1]));
-			isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+			                               _mm256_shuffle_epi8(sc, pick16(2 * c + 1)));
+			is0 = _mm256_add_epi32(is0, p0);
+			is1 = _mm256_add_epi32(is1, p1);
 		}
 		float dy = y[i].d;
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(is0, is1)),
 		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
-		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(mn, y[i].bsums)),
+		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(sm, y[i].bsums)),
 		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
@@ -264,7 +395,7 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
-		__m256i isum = _mm256_setzero_si256();
+		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
 		/* the -32 offset: 32 * sum_g scales[g] * bsums[g] */
 		__m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
 		__m256i bias =
@@ -273,7 +404,9 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *ql = x[i].ql + 64 * h;
 			const int8_t *q8 = y[i].qs + 128 * h;
-			const int8_t *scl = x[i].scales + 8 * h;
+			/* scales 8h..8h+7 as int16, in both halves */
+			__m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+			                    : _mm256_permute2x128_si256(sc16, sc16, 0x11);
 			__m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h));
 			__m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
 			__m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
@@ -289,13 +422,19 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 			                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
 			for (int j = 0; j < 4; j++) {
 				__m256i yy = _mm256_loadu_si256((const __m256i *)(q8 + 32 * j));
-				__m256i sc = _mm256_set_m128i(_mm_set1_epi16(scl[2 * j + 1]),
-				                              _mm_set1_epi16(scl[2 * j]));
-				__m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], yy), sc);
-				isum = _mm256_add_epi32(isum, p);
+				/* low half: scale 2j, high half: scale 2j+1 */
+				__m256i scj = _mm256_shuffle_epi8(
+				    sc, _mm256_set_m128i(_mm256_castsi256_si128(pick16(2 * j + 1)),
+				                         _mm256_castsi256_si128(pick16(2 * j))));
+				__m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], yy), scj);
+				if (j & 1)
+					is1 = _mm256_add_epi32(is1, p);
+				else
+					is0 = _mm256_add_epi32(is0, p);
 			}
 		}
-		isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(bias, 5));
+		__m256i isum =
+		    _mm256_sub_epi32(_mm256_add_epi32(is0, is1), _mm256_slli_epi32(bias, 5));
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
 		                      _mm256_set1_ps(half_to_f32(x[i].d) * y[i].d), acc);
 	}
