@@ -41,31 +41,20 @@ static inline uint64_t ld16(const void *p)
 	return v;
 }
 
-/* The 8 fp16 values at p, p + stride, ..., p + 7 * stride, as floats. */
+/* The 8 fp16 values at p, p + stride, ..., p + 7 * stride, as floats.  They
+ * are packed in two general-purpose registers (integer ALUs, otherwise idle
+ * here) and moved over with vmovq + vpinsrq; the empty asm statements keep
+ * the compiler from turning the packing into a long chain of vector
+ * shuffles (which it does otherwise, and which costs more than it saves). */
 static inline __m256 half8(const uint8_t *p, size_t stride)
 {
 	uint64_t lo = ld16(p) | ld16(p + stride) << 16 | ld16(p + 2 * stride) << 32 |
 	              ld16(p + 3 * stride) << 48;
 	uint64_t hi = ld16(p + 4 * stride) | ld16(p + 5 * stride) << 16 |
 	              ld16(p + 6 * stride) << 32 | ld16(p + 7 * stride) << 48;
+	__asm__("" : "+r"(lo));
+	__asm__("" : "+r"(hi));
 	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
-}
-
-/* int32 lanes of sum over pairs of x*y, x and y signed bytes (|x*y| pairs
- * stay within int16: |y| <= 127 for our activations). */
-static inline __m256i dot_i8(__m256i x, __m256i y)
-{
-	__m256i ax = _mm256_sign_epi8(x, x);
-	__m256i sy = _mm256_sign_epi8(y, x);
-	return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
-}
-
-/* int32 lanes of sum over pairs of (u - off)*y, u unsigned bytes 0..31, y
- * signed: maddubs(u, y) - maddubs(off, y), both within int16. */
-static inline __m256i dot_u8_off(__m256i u, __m256i y, __m256i off)
-{
-	__m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y));
-	return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
 /* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high.
@@ -166,66 +155,107 @@ static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
 
 /* ---- 32-blocks ------------------------------------------------------------------- */
 
-/* Integer dot of one 32-block pair, as 8 int32 lanes. */
-static inline __m256i blk_q8_0(const moe_block_q8_0 *x, const moe_block_q8_0 *y)
+/*
+ * Groups of 8 blocks.  Each block's integer dot is first a vector of partial
+ * sums; the 8 vectors are reduced together by an unpack-and-add tree into one
+ * vector holding block k's exact sum in lane k, converted once and multiplied
+ * by the 8 scale products in one FMA.  (A multiply-add by ones, a conversion
+ * and a broadcast per block would load the multiply pipes instead.)  Blocks
+ * past the last full group go one at a time.
+ */
+
+/* 8 vectors of 16 int16 partial sums -> 8 int32 lanes, lane k = sum of v[k].
+ * The tree keeps the two int16 halves of each 32-bit unit in one block, so
+ * one multiply-add by ones finishes it; each int16 lane ends as the sum of 8
+ * of v[k]'s lanes, which callers guarantee fits (16 products per lane). */
+static inline __m256i sum8_i16(const __m256i v[8])
+{
+	__m256i t[4], u[2];
+
+	for (int k = 0; k < 4; k++)
+		t[k] = _mm256_add_epi16(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+		                        _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+	for (int k = 0; k < 2; k++)
+		u[k] = _mm256_add_epi16(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
+		                        _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+	__m256i w = _mm256_add_epi16(_mm256_permute2x128_si256(u[0], u[1], 0x20),
+	                             _mm256_permute2x128_si256(u[0], u[1], 0x31));
+	return _mm256_madd_epi16(w, _mm256_set1_epi16(1));
+}
+
+/* 8 vectors of 8 int32 partial sums -> 8 int32 lanes, lane k = sum of v[k]. */
+static inline __m256i sum8_i32(const __m256i v[8])
+{
+	__m256i t[4], u[2];
+
+	for (int k = 0; k < 4; k++)
+		t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+		                        _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+	for (int k = 0; k < 2; k++)
+		u[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
+		                        _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+	return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
+	                        _mm256_permute2x128_si256(u[0], u[1], 0x31));
+}
+
+/* The 16 int16 partial sums (pairs of products) of one block pair. */
+static inline __m256i pairs_q8_0(const moe_block_q8_0 *x, const moe_block_q8_0 *y)
 {
 	__m256i qx = _mm256_loadu_si256((const __m256i *)x->qs);
-	return dot_i8(qx, _mm256_loadu_si256((const __m256i *)y->qs));
+	__m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);
+	/* |x| * sign(y, x): products of up to 127 * 127, pairs within int16 */
+	return _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
 }
 
-static inline __m256i blk_q4_0(const moe_block_q4_0 *x, const moe_block_q8_0 *y)
+/* Q4_0: (q - 8) in -8..7, so 16 products stay within 16 * 8 * 127 < 2^15. */
+static inline __m256i pairs_q4_0(const moe_block_q4_0 *x, const moe_block_q8_0 *y)
 {
-	return dot_u8_off(unpack_nibbles(x->qs), _mm256_loadu_si256((const __m256i *)y->qs),
-	                  _mm256_set1_epi8(8));
+	__m256i qx = _mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8));
+	__m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);
+	return _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
 }
 
-static inline __m256i blk_q5_0(const moe_block_q5_0 *x, const moe_block_q8_0 *y)
+/* Q5_0: (q - 16) in -16..15 = nibble | (high bit ? 0 : 0xf0) as int8; 16
+ * products stay within 16 * 16 * 127 < 2^15. */
+static inline __m256i pairs_q5_0(const moe_block_q5_0 *x, const moe_block_q8_0 *y)
 {
-	/* q = nibble | 16 where the high bit is set, 0..31 */
-	__m256i hi = _mm256_and_si256(spread_bits(x->qh), _mm256_set1_epi8(16));
-	__m256i q = _mm256_or_si256(unpack_nibbles(x->qs), hi);
-	return dot_u8_off(q, _mm256_loadu_si256((const __m256i *)y->qs), _mm256_set1_epi8(16));
+	__m256i hi = _mm256_andnot_si256(spread_bits(x->qh), _mm256_set1_epi8((char)0xf0));
+	__m256i qx = _mm256_or_si256(unpack_nibbles(x->qs), hi);
+	__m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);
+	return _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
 }
 
-/*
- * The 32-block loop, written once per weight type (the block function and
- * the weight block type differ): groups of 8 blocks share one conversion of
- * their 16 scales; block k of a group goes to accumulator k % 4; leftover
- * blocks (n/32 not a multiple of 8) go one by one into accumulator 0.
- */
-static inline __m256 bcast_lane(__m256 lo, __m256 hi, int k)
+static inline __m256i ones16(void)
 {
-	return _mm256_permutevar_ps(k < 4 ? lo : hi, _mm256_set1_epi32(k & 3));
+	return _mm256_set1_epi16(1);
 }
 
-static inline float finish4(__m256 acc[4])
+static inline float block_scale(uint16_t dx, uint16_t dy)
 {
-	return hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+	return half_to_f32(dx) * half_to_f32(dy);
 }
 
 static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q8_0 *x = w, *y = a;
 	const int64_t nb = n / MOE_QK32;
-	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-	                 _mm256_setzero_ps()};
+	__m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
 	int64_t i = 0;
 
 	for (; i + 8 <= nb; i += 8) {
+		__m256i v[8];
+		for (int k = 0; k < 8; k++)
+			v[k] = _mm256_madd_epi16(pairs_q8_0(x + i + k, y + i + k), ones16());
 		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
 		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
-		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
-		       hi = _mm256_permute2f128_ps(d, d, 0x11);
-		for (int k = 0; k < 8; k++)
-			acc[k & 3] =
-			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q8_0(x + i + k, y + i + k)),
-			                    bcast_lane(lo, hi, k), acc[k & 3]);
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), d, acc);
 	}
-	for (; i < nb; i++)
-		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q8_0(x + i, y + i)),
-		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
-		                         acc[0]);
-	*s = finish4(acc);
+	for (; i < nb; i++) {
+		__m256i p = _mm256_madd_epi16(pairs_q8_0(x + i, y + i), ones16());
+		acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+		                       _mm256_set1_ps(block_scale(x[i].d, y[i].d)), acc1);
+	}
+	*s = hsum_ps(_mm256_add_ps(acc, acc1));
 }
 
 static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
@@ -233,25 +263,23 @@ static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q4_0 *x = w;
 	const moe_block_q8_0 *y = a;
 	const int64_t nb = n / MOE_QK32;
-	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-	                 _mm256_setzero_ps()};
+	__m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
 	int64_t i = 0;
 
 	for (; i + 8 <= nb; i += 8) {
+		__m256i v[8];
+		for (int k = 0; k < 8; k++)
+			v[k] = pairs_q4_0(x + i + k, y + i + k);
 		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
 		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
-		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
-		       hi = _mm256_permute2f128_ps(d, d, 0x11);
-		for (int k = 0; k < 8; k++)
-			acc[k & 3] =
-			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q4_0(x + i + k, y + i + k)),
-			                    bcast_lane(lo, hi, k), acc[k & 3]);
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i16(v)), d, acc);
 	}
-	for (; i < nb; i++)
-		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q4_0(x + i, y + i)),
-		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
-		                         acc[0]);
-	*s = finish4(acc);
+	for (; i < nb; i++) {
+		__m256i p = _mm256_madd_epi16(pairs_q4_0(x + i, y + i), ones16());
+		acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+		                       _mm256_set1_ps(block_scale(x[i].d, y[i].d)), acc1);
+	}
+	*s = hsum_ps(_mm256_add_ps(acc, acc1));
 }
 
 static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
@@ -259,25 +287,23 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q5_0 *x = w;
 	const moe_block_q8_0 *y = a;
 	const int64_t nb = n / MOE_QK32;
-	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-	                 _mm256_setzero_ps()};
+	__m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
 	int64_t i = 0;
 
 	for (; i + 8 <= nb; i += 8) {
+		__m256i v[8];
+		for (int k = 0; k < 8; k++)
+			v[k] = pairs_q5_0(x + i + k, y + i + k);
 		__m256 d = _mm256_mul_ps(half8((const uint8_t *)&x[i].d, sizeof(*x)),
 		                         half8((const uint8_t *)&y[i].d, sizeof(*y)));
-		__m256 lo = _mm256_permute2f128_ps(d, d, 0x00),
-		       hi = _mm256_permute2f128_ps(d, d, 0x11);
-		for (int k = 0; k < 8; k++)
-			acc[k & 3] =
-			    _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q5_0(x + i + k, y + i + k)),
-			                    bcast_lane(lo, hi, k), acc[k & 3]);
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i16(v)), d, acc);
 	}
-	for (; i < nb; i++)
-		acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk_q5_0(x + i, y + i)),
-		                         _mm256_set1_ps(half_to_f32(x[i].d) * half_to_f32(y[i].d)),
-		                         acc[0]);
-	*s = finish4(acc);
+	for (; i < nb; i++) {
+		__m256i p = _mm256_madd_epi16(pairs_q5_0(x + i, y + i), ones16());
+		acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+		                       _mm256_set1_ps(block_scale(x[i].d, y[i].d)), acc1);
+	}
+	*s = hsum_ps(_mm256_add_ps(acc, acc1));
 }
 
 /* ---- K-quants -------------------------------------------------------------------- */
@@ -306,6 +332,14 @@ static inline __m256i k4_mins(__m128i sm, const int16_t *bsums)
 	return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), m2);
 }
 
+/* Keeps v in a register: without it the compiler folds one use of a load into
+ * an instruction's memory operand and loads the same bytes again for the
+ * other use, and loads are what these loops run short of. */
+static inline void pin(__m256i *v)
+{
+	__asm__("" : "+x"(*v));
+}
+
 /* Shuffle mask that broadcasts int16 element e of each 128-bit half. */
 static inline __m256i pick16(int e)
 {
@@ -326,6 +360,7 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
+			pin(&q);
 			__m256i lo = _mm256_and_si256(q, m4);
 			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
 			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
@@ -346,12 +381,24 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 	*s = hsum_ps(acc) - hsum_ps(accm);
 }
 
+/* qh shifted so that bit k of each byte lands on bit 4 (other bits are
+ * garbage, to be masked): 16-bit shifts by at most 4 keep bit k inside its
+ * byte. */
+static inline __m256i bit_to_4(__m256i qh, int k)
+{
+	if (k < 4)
+		return _mm256_slli_epi16(qh, 4 - k);
+	if (k > 4)
+		return _mm256_srli_epi16(qh, k - 4);
+	return qh;
+}
+
 static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q5_K *x = w;
 	const moe_block_q8_K *y = a;
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-	const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		__m128i sm = k4_scales_mins(x[i].scales);
@@ -361,11 +408,8 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
-			/* bit 2c and 2c+1 of each qh byte, moved to bit 4 */
-			__m256i hl = _mm256_slli_epi16(_mm256_and_si256(qh, one), 4);
-			__m256i hh =
-			    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4);
-			qh = _mm256_srli_epi16(qh, 2);
+			__m256i hl = _mm256_and_si256(bit_to_4(qh, 2 * c), b16);
+			__m256i hh = _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16);
 			__m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
 			__m256i hi =
 			    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
