@@ -126,34 +126,26 @@ static void dot_f16(int64_t n, float *s, const void *w, const void *a)
 	*s = sum;
 }
 
+static inline __m256 bf16x8(const uint16_t *p)
+{
+	__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
 static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
 {
 	const uint16_t *x = w;
 	const float *y = a;
-	const __m256i zero = _mm256_setzero_si256();
 	__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
 	                 _mm256_setzero_ps()};
 	int64_t i = 0;
 
-	/* Interleaving 16 bf16 with zeros (bf16 -> the high half of an f32) gives
-	 * values 0-3 | 8-11 and 4-7 | 12-15; the activations are loaded in the
-	 * same order (two 128-bit halves each). */
 	for (; i + 32 <= n; i += 32)
-		for (int k = 0; k < 2; k++) {
-			const float *yk = y + i + 16 * k;
-			__m256i v = _mm256_loadu_si256((const __m256i *)(x + i + 16 * k));
-			__m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
-			__m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
-			acc[2 * k] =
-			    _mm256_fmadd_ps(lo, _mm256_loadu2_m128(yk + 8, yk), acc[2 * k]);
-			acc[2 * k + 1] = _mm256_fmadd_ps(hi, _mm256_loadu2_m128(yk + 12, yk + 4),
-			                                 acc[2 * k + 1]);
-		}
-	for (; i + 8 <= n; i += 8) {
-		__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
-		acc[0] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
-		                         _mm256_loadu_ps(y + i), acc[0]);
-	}
+		for (int k = 0; k < 4; k++)
+			acc[k] = _mm256_fmadd_ps(bf16x8(x + i + 8 * k),
+			                         _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+	for (; i + 8 <= n; i += 8)
+		acc[0] = _mm256_fmadd_ps(bf16x8(x + i), _mm256_loadu_ps(y + i), acc[0]);
 	float sum =
 	    hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 	for (; i < n; i++)
