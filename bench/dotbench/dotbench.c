@@ -9,13 +9,13 @@
  * activation row is quantised once (its cost is not in the figures).
  *
  *   moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]
- *                [--mib N] [--reps N] [--types Q4_K,Q8_0,...]
+ *                [--mib N] [--reps N] [--samples N] [--types Q4_K,Q8_0,...]
  *
- * Every figure is the best of --reps timed samples; the spread column is
- * (best - worst) / best over those samples.  "core GB/s" is thread 0's share
- * of the in-cache bytes over the CPU time that thread got (CLOCK_THREAD_
- * CPUTIME_ID): the kernel's own speed even when the machine is shared.  Threads are plain pthreads,
- * each owning a contiguous slice of rows (as a GEMV splits them).
+ * In-cache figures come from many short samples (~1 MiB of weight reads per
+ * thread each; --samples, default 1000): "best" is the fastest sample (what
+ * the kernel does when nothing else runs on its core; wall clock, so it
+ * cannot overstate), "median" the typical one on a shared machine.  Streaming
+ * and triad figures are best and median of --reps full passes.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -32,14 +32,6 @@ static const moe_type all_types[] = {
     MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
 };
 #define N_ALL_TYPES (sizeof(all_types) / sizeof(all_types[0]))
-
-static double cpu_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double now_s(void)
 {
@@ -134,9 +126,8 @@ static void *worker_main(void *p)
 }
 
 /* Seconds for one run of j on nth threads (thread creation outside the timed
- * region: workers wait on a barrier, the clock starts when it opens); *cpu0
- * (if not NULL) = CPU seconds thread 0 spent on its slice. */
-static double time_job(const job *j, int nth, double *cpu0)
+ * region: workers wait on a barrier, the clock starts when it opens). */
+static double time_job(const job *j, int nth)
 {
 	pthread_t th[64];
 	worker_arg wa[64];
@@ -148,10 +139,8 @@ static double time_job(const job *j, int nth, double *cpu0)
 		pthread_create(&th[t], NULL, worker_main, &wa[t]);
 	}
 	pthread_barrier_wait(&start);
-	double t0 = now_s(), c0 = cpu_s();
+	double t0 = now_s();
 	run_slice(j, 0, nth);
-	if (cpu0 != NULL)
-		*cpu0 = cpu_s() - c0;
 	for (int t = 1; t < nth; t++)
 		pthread_join(th[t], NULL);
 	double t1 = now_s();
@@ -159,27 +148,28 @@ static double time_job(const job *j, int nth, double *cpu0)
 	return t1 - t0;
 }
 
-/* Best and worst GB/s over reps samples of j moving bytes bytes; *core (if
- * not NULL) = best GB/s of thread 0 per CPU second (its share of bytes over
- * the CPU time it got: immune to being descheduled on a busy machine). */
-static void measure(const job *j, int nth, int reps, double bytes, double *best, double *worst,
-                    double *core)
+static int cmp_double(const void *a, const void *b)
 {
-	*best = 0;
-	*worst = 1e30;
-	if (core != NULL)
-		*core = 0;
-	for (int r = 0; r < reps; r++) {
-		double cpu0;
-		double g = bytes / time_job(j, nth, &cpu0) / 1e9;
-		double c = bytes / nth / cpu0 / 1e9;
-		if (core != NULL && c > *core)
-			*core = c;
-		if (g > *best)
-			*best = g;
-		if (g < *worst)
-			*worst = g;
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Best and median GB/s over reps runs of j moving bytes bytes. */
+static void measure(const job *j, int nth, int reps, double bytes, double *best, double *median)
+{
+	double *g = malloc((size_t)reps * sizeof(double));
+
+	if (g == NULL) {
+		*best = *median = 0;
+		return;
 	}
+	for (int r = 0; r < reps; r++)
+		g[r] = bytes / time_job(j, nth) / 1e9;
+	qsort(g, (size_t)reps, sizeof(double), cmp_double);
+	*best = g[reps - 1];
+	*median = g[reps / 2];
+	free(g);
 }
 
 static int parse_types(const char *s, moe_type *out, int max)
@@ -205,14 +195,15 @@ static int parse_types(const char *s, moe_type *out, int max)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
-	           "                    [--mib N] [--reps N] [--types F32,Q4_K,...]\n");
+	fprintf(f,
+	        "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
+	        "                    [--mib N] [--reps N] [--samples N] [--types F32,Q4_K,...]\n");
 }
 
 int main(int argc, char **argv)
 {
 	moe_isa isa = moe_isa_active();
-	int nth = 1, reps = 7;
+	int nth = 1, reps = 7, samples = 1000;
 	int64_t n_cols = 2048;
 	size_t big_mib = 4 * llc_mib();
 	moe_type types[N_ALL_TYPES];
@@ -247,6 +238,8 @@ int main(int argc, char **argv)
 			big_mib = (size_t)atol(v);
 		} else if (strcmp(argv[i], "--reps") == 0) {
 			reps = atoi(v);
+		} else if (strcmp(argv[i], "--samples") == 0) {
+			samples = atoi(v);
 		} else if (strcmp(argv[i], "--types") == 0) {
 			n_types = parse_types(v, types, (int)N_ALL_TYPES);
 			if (n_types < 0)
@@ -257,9 +250,12 @@ int main(int argc, char **argv)
 		}
 		i++;
 	}
-	if (nth < 1 || nth > 64 || reps < 1 || n_cols < 256 || n_cols % 256 != 0 || big_mib < 1) {
-		fprintf(stderr, "moe_dotbench: --threads 1..64, --reps >= 1, --cols a multiple "
-		                "of 256, --mib >= 1\n");
+	if (nth < 1 || nth > 64 || reps < 1 || samples < 1 || n_cols < 256 || n_cols % 256 != 0 ||
+	    big_mib < 1) {
+		fprintf(
+		    stderr,
+		    "moe_dotbench: --threads 1..64, --reps and --samples >= 1, --cols a multiple "
+		    "of 256, --mib >= 1\n");
 		return 2;
 	}
 
@@ -290,17 +286,16 @@ int main(int argc, char **argv)
 		tc[i] = 0.5;
 	}
 	job tj = {.kind = 1, .a = ta, .b = tb, .c = tc, .n = tn};
-	double triad, triad_lo;
-	measure(&tj, nth, reps, 3.0 * (double)tn * sizeof(double), &triad, &triad_lo, NULL);
+	double triad, triad_med;
+	measure(&tj, nth, reps, 3.0 * (double)tn * sizeof(double), &triad, &triad_med);
 
-	printf("moe_dotbench: isa %s, %d thread(s), %lld columns, cache matrix ~256 KiB, "
-	       "stream matrix %zu MiB, best of %d\n",
-	       moe_isa_name(isa), nth, (long long)n_cols, big_mib, reps);
-	printf("triad (3 x %zu MiB arrays): %.1f GB/s (spread %.0f%%)\n", tn * sizeof(double) >> 20,
-	       triad, 100 * (triad - triad_lo) / triad);
-	printf("%-5s %7s %11s %7s %9s %12s %7s %8s\n", "type", "row B", "cache GB/s", "spread",
-	       "core GB/s", "stream GB/s", "spread", "%triad");
-
+	printf("moe_dotbench: isa %s, %d thread(s), %lld columns; cache: ~256 KiB matrix, best "
+	       "and median of %d samples; stream: %zu MiB matrix, best and median of %d\n",
+	       moe_isa_name(isa), nth, (long long)n_cols, samples, big_mib, reps);
+	printf("triad (3 x %zu MiB arrays): best %.1f GB/s, median %.1f GB/s\n",
+	       tn * sizeof(double) >> 20, triad, triad_med);
+	printf("%-5s %7s %22s %22s %13s\n", "type", "row B", "cache GB/s best  med",
+	       "stream GB/s best  med", "stream/triad");
 	for (int i = 0; i < n_cols; i++)
 		a[i] = rng_unif() * (1.0f + (float)(i % 5));
 	for (int ti = 0; ti < n_types; ti++) {
@@ -328,8 +323,10 @@ int main(int argc, char **argv)
 		int64_t n_small = (int64_t)((256u << 10) / rb);
 		if (n_small < nth)
 			n_small = nth;
-		/* enough passes for ~0.5 GB of weight reads per sample */
-		int passes = (int)(5e8 / ((double)n_small * (double)rb)) + 1;
+		/* ~1 MiB of weight reads per thread per sample (16 MiB with
+		 * threads, so that joining them is not what is timed) */
+		double per = (double)n_small * (double)rb;
+		int passes = (int)((nth > 1 ? 16.0 : 1.0) * nth * (1 << 20) / per) + 1;
 		job cj = {.kind = 0,
 		          .dot = dot,
 		          .w = big,
@@ -342,14 +339,12 @@ int main(int argc, char **argv)
 		job sj = cj;
 		sj.n_rows = n_big;
 		sj.passes = 1;
-		double cb, cw, cc, sb, sw;
-		time_job(&cj, nth, NULL); /* warm-up */
-		measure(&cj, nth, reps, (double)passes * (double)n_small * (double)rb, &cb, &cw,
-		        &cc);
-		measure(&sj, nth, reps, (double)n_big * (double)rb, &sb, &sw, NULL);
-		printf("%-5s %7zu %11.1f %6.0f%% %9.1f %12.1f %6.0f%% %7.0f%%\n",
-		       moe_type_get(t)->name, rb, cb, 100 * (cb - cw) / cb, cc, sb,
-		       100 * (sb - sw) / sb, 100 * sb / triad);
+		double cb, cm, sb, sm;
+		time_job(&cj, nth); /* warm-up */
+		measure(&cj, nth, nth > 1 ? samples / 8 + 1 : samples, passes * per, &cb, &cm);
+		measure(&sj, nth, reps, (double)n_big * (double)rb, &sb, &sm);
+		printf("%-5s %7zu %16.1f %5.1f %16.1f %5.1f %12.0f%%\n", moe_type_get(t)->name, rb,
+		       cb, cm, sb, sm, 100 * sb / triad);
 	}
 	free(ta);
 	free(tb);
