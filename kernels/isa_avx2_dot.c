@@ -308,19 +308,22 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 
 /* ---- K-quants -------------------------------------------------------------------- */
 
-/* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K block. */
+/* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K
+ * block, unpacked in vector registers from the 12 bytes at p as 32-bit
+ * words u0 u1 u2 (layout in quants.h):
+ *   sc0-3 = u0 & 0x3f..             sc4-7 = (u2 & 0x0f..) | ((u0 >> 2) & 0x30..)
+ *   mn0-3 = u1 & 0x3f..             mn4-7 = ((u2 >> 4) & 0x0f..) | ((u1 >> 2) & 0x30..)
+ * Reads 16 bytes at p (the caller's block continues past the scales). */
 static inline __m128i k4_scales_mins(const uint8_t *p)
 {
-	uint32_t u0, u1, u2;
-
-	memcpy(&u0, p, 4);
-	memcpy(&u1, p + 4, 4);
-	memcpy(&u2, p + 8, 4);
-	uint32_t t0 = u0 & 0x3f3f3f3fu;
-	uint32_t t1 = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
-	uint32_t t2 = u1 & 0x3f3f3f3fu;
-	uint32_t t3 = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
-	return _mm_set_epi32((int)t3, (int)t2, (int)t1, (int)t0);
+	__m128i v = _mm_loadu_si128((const __m128i *)p);
+	__m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+	__m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+	__m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+	                           _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+	__m128i hi =
+	    _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+	return _mm_or_si128(lo, hi);
 }
 
 /* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes
