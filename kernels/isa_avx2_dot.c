@@ -309,30 +309,44 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 /* ---- K-quants -------------------------------------------------------------------- */
 
 /* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K
- * block, unpacked in vector registers from the 12 bytes at p as 32-bit
- * words u0 u1 u2 (layout in quants.h):
+ * block, in both 128-bit halves, unpacked in vector registers from the 12
+ * bytes at p as 32-bit words u0 u1 u2 (layout in quants.h):
  *   sc0-3 = u0 & 0x3f..             sc4-7 = (u2 & 0x0f..) | ((u0 >> 2) & 0x30..)
  *   mn0-3 = u1 & 0x3f..             mn4-7 = ((u2 >> 4) & 0x0f..) | ((u1 >> 2) & 0x30..)
- * Reads 16 bytes at p (the caller's block continues past the scales). */
-static inline __m128i k4_scales_mins(const uint8_t *p)
+ * Reads 16 bytes at p (the caller's block continues past the scales).  The
+ * consumers pick bytes out of it with one byte shuffle each. */
+static inline __m256i k4_scales_mins(const uint8_t *p)
 {
-	__m128i v = _mm_loadu_si128((const __m128i *)p);
-	__m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
-	__m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
-	__m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
-	                           _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-	__m128i hi =
-	    _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
-	return _mm_or_si128(lo, hi);
+	__m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+	__m256i a = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+	__m256i b = _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+	__m256i lo =
+	    _mm256_and_si256(_mm256_srlv_epi32(a, _mm256_set_epi32(4, 0, 0, 0, 4, 0, 0, 0)),
+	                     _mm256_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+	                                      0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+	__m256i hi = _mm256_and_si256(
+	    _mm256_srli_epi32(b, 2),
+	    _mm256_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0));
+	return _mm256_or_si256(lo, hi);
 }
 
-/* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes
- * (mn: 8 int16 in the low half... as bytes 8-15 of sm). */
-static inline __m256i k4_mins(__m128i sm, const int16_t *bsums)
+/* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes:
+ * word j of the bsums is multiplied by mn[j / 2] (byte 8 + j/2 of sm). */
+static inline __m256i k4_mins(__m256i sm, const int16_t *bsums)
 {
-	__m128i m = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
-	__m256i m2 = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
-	return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), m2);
+	const __m256i pick =
+	    _mm256_setr_epi16((short)0x8008, (short)0x8008, (short)0x8009, (short)0x8009,
+	                      (short)0x800a, (short)0x800a, (short)0x800b, (short)0x800b,
+	                      (short)0x800c, (short)0x800c, (short)0x800d, (short)0x800d,
+	                      (short)0x800e, (short)0x800e, (short)0x800f, (short)0x800f);
+	return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums),
+	                         _mm256_shuffle_epi8(sm, pick));
+}
+
+/* Byte shuffle mask giving scale byte e of sm as every int16 lane. */
+static inline __m256i pick_scale(int e)
+{
+	return _mm256_set1_epi16((short)(0x8000 | e));
 }
 
 /* Keeps v in a register: without it the compiler folds one use of a load into
@@ -356,9 +370,15 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 	const __m256i m4 = _mm256_set1_epi8(15);
 
-	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
-		__m128i sm = k4_scales_mins(x[i].scales);
-		__m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+	const int64_t nb = n / MOE_QK_K;
+	/* the scales of block i + 1 are unpacked during block i: their chain of
+	 * dependent shuffles then overlaps the previous block's arithmetic */
+	__m256i sm_next = nb > 0 ? k4_scales_mins(x[0].scales) : _mm256_setzero_si256();
+
+	for (int64_t i = 0; i < nb; i++) {
+		__m256i sm = sm_next;
+		if (i + 1 < nb)
+			sm_next = k4_scales_mins(x[i + 1].scales);
 		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
 
 		for (int c = 0; c < 4; c++) {
@@ -369,9 +389,10 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
 			__m256i y1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32));
 			__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0),
-			                               _mm256_shuffle_epi8(sc, pick16(2 * c)));
-			__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
-			                               _mm256_shuffle_epi8(sc, pick16(2 * c + 1)));
+			                               _mm256_shuffle_epi8(sm, pick_scale(2 * c)));
+			__m256i p1 =
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
+			                      _mm256_shuffle_epi8(sm, pick_scale(2 * c + 1)));
 			is0 = _mm256_add_epi32(is0, p0);
 			is1 = _mm256_add_epi32(is1, p1);
 		}
@@ -403,9 +424,15 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 
-	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
-		__m128i sm = k4_scales_mins(x[i].scales);
-		__m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+	const int64_t nb = n / MOE_QK_K;
+	/* the scales of block i + 1 are unpacked during block i: their chain of
+	 * dependent shuffles then overlaps the previous block's arithmetic */
+	__m256i sm_next = nb > 0 ? k4_scales_mins(x[0].scales) : _mm256_setzero_si256();
+
+	for (int64_t i = 0; i < nb; i++) {
+		__m256i sm = sm_next;
+		if (i + 1 < nb)
+			sm_next = k4_scales_mins(x[i + 1].scales);
 		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
 		__m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
 
@@ -419,9 +446,10 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
 			__m256i y1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32));
 			__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0),
-			                               _mm256_shuffle_epi8(sc, pick16(2 * c)));
-			__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
-			                               _mm256_shuffle_epi8(sc, pick16(2 * c + 1)));
+			                               _mm256_shuffle_epi8(sm, pick_scale(2 * c)));
+			__m256i p1 =
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
+			                      _mm256_shuffle_epi8(sm, pick_scale(2 * c + 1)));
 			is0 = _mm256_add_epi32(is0, p0);
 			is1 = _mm256_add_epi32(is1, p1);
 		}
