@@ -349,6 +349,15 @@ static inline __m256i pick_scale(int e)
 	return _mm256_set1_epi16((short)(0x8000 | e));
 }
 
+/* [d * dy, dmin * dy, ...] from the fp16 pair d, dmin at p (both
+ * conversions in one instruction; the products are the references'). */
+static inline __m128 k4_d_dmin(const uint16_t *p, float dy)
+{
+	uint32_t u;
+	memcpy(&u, p, 4);
+	return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(dy));
+}
+
 /* Keeps v in a register: without it the compiler folds one use of a load into
  * an instruction's memory operand and loads the same bytes again for the
  * other use, and loads are what these loops run short of. */
@@ -396,11 +405,11 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 			is0 = _mm256_add_epi32(is0, p0);
 			is1 = _mm256_add_epi32(is1, p1);
 		}
-		float dy = y[i].d;
+		__m128 dd = k4_d_dmin(&x[i].d, y[i].d);
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(is0, is1)),
-		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
+		                      _mm256_broadcastss_ps(dd), acc);
 		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(sm, y[i].bsums)),
-		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
+		                       _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
 }
@@ -453,11 +462,11 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 			is0 = _mm256_add_epi32(is0, p0);
 			is1 = _mm256_add_epi32(is1, p1);
 		}
-		float dy = y[i].d;
+		__m128 dd = k4_d_dmin(&x[i].d, y[i].d);
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(is0, is1)),
-		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
+		                      _mm256_broadcastss_ps(dd), acc);
 		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(sm, y[i].bsums)),
-		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
+		                       _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
 }
