@@ -496,6 +496,10 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 			__m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
 			__m256i q[4];
 
+			pin(&qh);
+			pin(&l0);
+			pin(&l1);
+
 			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
 			                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
 			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
