@@ -5,17 +5,25 @@
  * order fixed by n alone (so every call with the same inputs gives the same
  * bits).
  *
- * What makes them fast (decode streams the weights once per token):
+ * What makes them fast (decode streams the weights once per token; each choice
+ * below was measured with bench/dotbench and llvm-mca -mcpu=znver3):
  *   - the 32-blocks (Q8_0, Q4_0, Q5_0) go 8 blocks at a time: the 16 fp16
  *     scales are packed in general-purpose registers and converted by one
- *     vcvtph2ps each side (no per-block scalar conversion), then broadcast per
- *     block in-lane; 4 independent float accumulators hide the FMA latency;
- *   - 4-bit weights stay unsigned: maddubs(q, y) - maddubs(offset, y) instead
- *     of subtract + two sign flips;
- *   - K-quant sub-block scales are widened once per super-block and picked per
- *     chunk with one byte shuffle; K-quant mins and the Q6_K -32 offset use
- *     the activation's bsums (one madd per super-block);
+ *     vcvtph2ps each side; the 8 blocks' partial sums are reduced together by
+ *     an unpack-and-add tree to one vector (block k exact in lane k), so one
+ *     conversion and one FMA serve 8 blocks;
+ *   - Q4_K/Q5_K: the 6-bit scales and mins are unpacked in vector registers,
+ *     one super-block ahead, into a ymm from which every consumer picks its
+ *     scale with one byte shuffle; d and dmin are converted together;
+ *   - K-quant mins and the Q6_K -32 offset use the activation's bsums (one
+ *     madd per super-block);
+ *   - each quant vector is loaded once (pin(): the compiler would otherwise
+ *     fold one use into a memory operand and load again for the other);
  *   - float rows use 4 accumulators (32 values per iteration).
+ * Tried and measured slower or no better: unsigned maddubs with an offset
+ * term for Q4_0/Q5_0, per-block convert+broadcast+FMA, software prefetch
+ * (hurts F32 streaming, no gain elsewhere), scales applied after a reduction
+ * tree for Q4_K, unpacking BF16 by interleaving with zeros.
  */
 #include <immintrin.h>
 

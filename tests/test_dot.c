@@ -224,7 +224,10 @@ Test(dot, every_isa_matches_reference)
 }
 
 /* Extreme activations: q8 values of -127/127 everywhere and maximal weights
- * exercise the int16/int32 headroom of the SIMD paths (maddubs saturation). */
+ * exercise the int16/int32 headroom of the SIMD paths (maddubs saturation).
+ * Pattern 1 (all weights and activations -1) makes every Q4_0/Q5_0 product
+ * its largest magnitude with one sign (-8 * -127, -16 * -127): 16 of them
+ * sum to 32512, the bound the AVX2 int16 reduction tree relies on. */
 Test(dot, every_isa_extremes)
 {
 	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
