@@ -71,14 +71,15 @@ esac
 
 # --- 3. build -------------------------------------------------------------------
 jobs=$(nproc 2>/dev/null || echo 2)
-build_tree() { # build_tree DIR CMAKE_ARGS...
-	local dir=$1
+build_tree() { # build_tree DIR CMAKE_ARGS...: configure once, build, show warnings/errors only
+	local dir=$1 rc=0
 	shift
 	if [ ! -f "$dir/CMakeCache.txt" ]; then
 		cmake -S "$root" -B "$dir" "$@" >/dev/null
 	fi
-	cmake --build "$dir" -j "$jobs" -- --no-print-directory | grep -Ev '^\[ *[0-9]+%\]' || true
-	test "${PIPESTATUS[0]}" -eq 0
+	cmake --build "$dir" -j "$jobs" -- --no-print-directory >"$dir/build.log" 2>&1 || rc=$?
+	grep -Ev '^\[ *[0-9]+%\]' "$dir/build.log" || true
+	return $rc
 }
 say "building build/release"
 build_tree build/release -DCMAKE_BUILD_TYPE=Release
