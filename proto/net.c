@@ -233,8 +233,8 @@ moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeo
 	moe_err err = MOE_OK;
 	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
 		if (errno != EINPROGRESS) {
-			err = moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port,
-			               strerror(errno));
+			err =
+			    moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port, strerror(errno));
 			goto out_close;
 		}
 		struct pollfd p = {.fd = s, .events = POLLOUT};
@@ -326,7 +326,8 @@ moe_err moe_stream_send(int fd, moe_msg_kind kind, const ProtobufCMessage *msg,
 	hcap = moe_frame_payload_offset(msg ? protobuf_c_message_get_packed_size(msg) : 0);
 	if (hcap > sizeof stack && (head = malloc(hcap)) == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "frame head of %zu bytes", hcap);
-	if (n_payload > MAX_PARTS && (iov = malloc(((size_t)n_payload + 1) * sizeof *iov)) == NULL) {
+	if (n_payload > MAX_PARTS &&
+	    (iov = malloc(((size_t)n_payload + 1) * sizeof *iov)) == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "%d payload parts", n_payload);
 		goto out_free_head;
 	}
@@ -385,8 +386,8 @@ moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_fra
 	for (;;) {
 		const size_t want = rx->need ? rx->need : MOE_PROTO_PREFIX;
 		if (rx->have < want) {
-			ssize_t r = recv(fd, rx->buf + rx->have, want - rx->have,
-			                 block ? 0 : MSG_DONTWAIT);
+			ssize_t r =
+			    recv(fd, rx->buf + rx->have, want - rx->have, block ? 0 : MSG_DONTWAIT);
 			if (r == 0)
 				return moe_fail(MOE_ERR_CLOSED, "data link closed by the peer%s",
 				                rx->have ? " in the middle of a frame" : "");
@@ -396,7 +397,8 @@ moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_fra
 				if (errno == EAGAIN || errno == EWOULDBLOCK)
 					return MOE_OK;
 				if (errno == ECONNRESET)
-					return moe_fail(MOE_ERR_CLOSED, "data link reset by the peer");
+					return moe_fail(MOE_ERR_CLOSED,
+					                "data link reset by the peer");
 				return moe_fail(MOE_ERR_IO, "data link: recv: %s", strerror(errno));
 			}
 			rx->have += (size_t)r;
@@ -410,8 +412,8 @@ moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_fra
 			if (len > max_frame)
 				return moe_fail(MOE_ERR_BAD_COUNT,
 				                "%s frame of %zu bytes over this link's cap of %zu",
-				                moe_msg_kind_name(rx->buf[6] | rx->buf[7] << 8), len,
-				                max_frame);
+				                moe_msg_kind_name(rx->buf[6] | rx->buf[7] << 8),
+				                len, max_frame);
 			if ((err = rx_grow(rx, len)) != MOE_OK)
 				return err;
 			rx->need = len;

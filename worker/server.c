@@ -17,6 +17,7 @@
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,12 +60,13 @@ typedef struct server {
 	/* experts */
 	moe_pool *pool;
 	moe_expert_store *store;
-	moe_expert_ffn *ffn;       /* [n_layer] */
-	const void **ptrs;         /* [n_layer][3][n_expert] */
-	moe_fix_t *acc;            /* result buffer */
-	size_t acc_cap;            /* in elements */
+	moe_expert_ffn *ffn; /* [n_layer] */
+	const void **ptrs;   /* [n_layer][3][n_expert] */
+	moe_fix_t *acc;      /* result buffer */
+	size_t acc_cap;      /* in elements */
 	Moemesh__Stats st;
-	uint64_t load_last;        /* bytes at the last LOAD_PROGRESS sent */
+	uint64_t load_last;   /* bytes at the last LOAD_PROGRESS sent */
+	atomic_int peer_gone; /* the control peer's pipe closed: handshake again */
 	bool quit;
 } server;
 
@@ -299,9 +301,8 @@ static void on_assign(server *s, const moe_frame *f)
 	const moe_store_stats ss = moe_expert_store_stats(s->store);
 	s->st.experts_held = ss.experts_held;
 	s->st.bytes_loaded = ss.bytes_held;
-	logf_(s, "loaded %llu experts, %.1f MB in %.3f s (%s)",
-	      (unsigned long long)ss.experts_held, (double)ss.bytes_held / 1e6, ss.seconds,
-	      ss.direct ? "O_DIRECT" : "buffered");
+	logf_(s, "loaded %llu experts, %.1f MB in %.3f s (%s)", (unsigned long long)ss.experts_held,
+	      (double)ss.bytes_held / 1e6, ss.seconds, ss.direct ? "O_DIRECT" : "buffered");
 	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
 	p.bytes_done = p.bytes_total = ss.bytes_read;
 	p.done = true;
@@ -313,11 +314,22 @@ out_free:
 	moemesh__assign__free_unpacked(a, NULL);
 }
 
+static void pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	(void)p;
+	(void)ev;
+	atomic_store(&((server *)arg)->peer_gone, 1);
+}
+
 static void on_control(server *s)
 {
 	nng_msg *m;
 	moe_frame f;
 	char msg[600];
+	if (atomic_exchange(&s->peer_gone, 0)) {
+		/* a new peer must say HELLO and authenticate again */
+		s->hello_ok = s->authed = false;
+	}
 	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
 	if (rv == NNG_EAGAIN)
 		return;
@@ -478,9 +490,9 @@ static bool on_data(server *s, int i)
 	conn *c = &s->conns[i];
 	char msg[600];
 	/* activations of a full batch, with room to spare; never more */
-	const size_t max_frame = (size_t)MOE_PROTO_MAX_HEADER + 4096 +
-	                         (size_t)s->lim.max_tokens *
-	                             moe_act_row_size(MOE_TYPE_F32, s->hp.n_embd);
+	const size_t max_frame =
+	    (size_t)MOE_PROTO_MAX_HEADER + 4096 +
+	    (size_t)s->lim.max_tokens * moe_act_row_size(MOE_TYPE_F32, s->hp.n_embd);
 	for (;;) {
 		bool done;
 		moe_frame f;
@@ -493,7 +505,8 @@ static bool on_data(server *s, int i)
 			s->st.bad_frames++;
 			snprintf(msg, sizeof msg, "bad data frame: %s: %s", moe_err_name(err),
 			         moe_err_detail());
-			if (data_error(s, c->fd, err, msg, 0) != MOE_OK || !moe_rx_in_sync(&c->rx)) {
+			if (data_error(s, c->fd, err, msg, 0) != MOE_OK ||
+			    !moe_rx_in_sync(&c->rx)) {
 				close_conn(s, i);
 				return false;
 			}
@@ -635,15 +648,16 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		goto out_free;
 	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
 	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
+	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
 	    (rv = nng_listen(s.ctl, o->listen_url, NULL, 0)) != 0 ||
 	    (rv = nng_socket_get_int(s.ctl, NNG_OPT_RECVFD, &s.ctl_fd)) != 0) {
 		err = moe_nng_fail(rv, o->listen_url);
 		goto out_free;
 	}
-	logf_(&s, "serving %s on %s (data %s%s%u), %d threads, %s", o->model_path,
-	      o->listen_url, s.data_path[0] ? s.data_path : "tcp port ",
-	      s.data_path[0] ? "" : "", s.data_path[0] ? 0u : (unsigned)s.data_port,
-	      moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
+	logf_(&s, "serving %s on %s (data %s%s%u), %d threads, %s", o->model_path, o->listen_url,
+	      s.data_path[0] ? s.data_path : "tcp port ", s.data_path[0] ? "" : "",
+	      s.data_path[0] ? 0u : (unsigned)s.data_port, moe_pool_threads(s.pool),
+	      moe_isa_name(moe_isa_active()));
 	if (o->ready_fd >= 0) {
 		(void)!write(o->ready_fd, "R", 1);
 		close(o->ready_fd);
@@ -671,8 +685,7 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		if (p[0].revents & POLLIN)
 			on_control(&s);
 	}
-	logf_(&s, "shut down after %llu dispatches",
-	      (unsigned long long)s.st.dispatches);
+	logf_(&s, "shut down after %llu dispatches", (unsigned long long)s.st.dispatches);
 	err = MOE_OK;
 
 out_free:
