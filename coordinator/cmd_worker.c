@@ -45,6 +45,8 @@ int moe_cmd_worker(int argc, char **argv)
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
+		} else if (strcmp(a, "--die-on-assign") == 0) {
+			o.die_on_assign = true; /* test hook, not in the usage text */
 		} else if (strcmp(a, "-m") == 0 && has) {
 			o.model_path = argv[++i];
 		} else if (strcmp(a, "--listen") == 0 && has) {

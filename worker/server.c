@@ -266,6 +266,10 @@ static void on_assign(server *s, const moe_frame *f)
 		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
 		return;
 	}
+	if (s->o->die_on_assign) {
+		logf_(s, "--die-on-assign: exiting");
+		_exit(3);
+	}
 	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
 		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
 		s->st.bad_frames++;
@@ -654,10 +658,13 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		err = moe_nng_fail(rv, o->listen_url);
 		goto out_free;
 	}
-	logf_(&s, "serving %s on %s (data %s%s%u), %d threads, %s", o->model_path, o->listen_url,
-	      s.data_path[0] ? s.data_path : "tcp port ", s.data_path[0] ? "" : "",
-	      s.data_path[0] ? 0u : (unsigned)s.data_port, moe_pool_threads(s.pool),
-	      moe_isa_name(moe_isa_active()));
+	char data[300];
+	if (s.data_path[0])
+		snprintf(data, sizeof data, "%s", s.data_path);
+	else
+		snprintf(data, sizeof data, "tcp port %u", (unsigned)s.data_port);
+	logf_(&s, "serving %s on %s (data: %s), %d threads, %s", o->model_path, o->listen_url, data,
+	      moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
 	if (o->ready_fd >= 0) {
 		(void)!write(o->ready_fd, "R", 1);
 		close(o->ready_fd);

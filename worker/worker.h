@@ -80,6 +80,7 @@ typedef struct moe_worker_opts {
 	                          * result (latency experiments); 0 = none */
 	int die_after;           /* test hook: _exit(3) after this many dispatches, before
 	                          * answering the last (0 = never) */
+	bool die_on_assign;      /* test hook: _exit(3) when an ASSIGN arrives */
 	int ready_fd;            /* if >= 0: one byte is written and the fd closed once the
 	                          * worker listens (process supervisors); else -1 */
 	bool quiet;              /* no log lines on stderr */
