@@ -368,7 +368,8 @@ static moe_err rx_grow(moe_rx *rx, size_t size)
 	uint8_t *b = moe_aligned_alloc(MOE_PROTO_ALIGN, cap);
 	if (b == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "frame buffer of %zu bytes", cap);
-	memcpy(b, rx->buf, rx->have);
+	if (rx->have > 0)
+		memcpy(b, rx->buf, rx->have);
 	moe_aligned_free(rx->buf);
 	rx->buf = b;
 	rx->cap = cap;
