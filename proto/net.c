@@ -355,7 +355,7 @@ void moe_rx_free(moe_rx *rx)
 
 bool moe_rx_in_sync(const moe_rx *rx)
 {
-	return rx->need != 0 && rx->have == rx->need;
+	return rx->need != 0 && rx->have >= rx->need;
 }
 
 static moe_err rx_grow(moe_rx *rx, size_t size)
@@ -376,37 +376,24 @@ static moe_err rx_grow(moe_rx *rx, size_t size)
 	return MOE_OK;
 }
 
+/* Reads take what the socket has, up to the buffer's capacity, so a small
+ * frame usually arrives in one recv; bytes past the current frame stay in the
+ * buffer and start the next one (moved to offset 0 to keep it aligned). */
 moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_frame, bool block)
 {
 	moe_err err;
 	*done = false;
-	if (rx->need != 0 && rx->have == rx->need)
-		rx->have = rx->need = 0;
-	if ((err = rx_grow(rx, MOE_PROTO_PREFIX)) != MOE_OK)
+	if (rx->need != 0 && rx->have >= rx->need) {
+		const size_t left = rx->have - rx->need;
+		if (left > 0)
+			memmove(rx->buf, rx->buf + rx->need, left);
+		rx->have = left;
+		rx->need = 0;
+	}
+	if ((err = rx_grow(rx, 4096)) != MOE_OK)
 		return err;
 	for (;;) {
-		const size_t want = rx->need ? rx->need : MOE_PROTO_PREFIX;
-		if (rx->have < want) {
-			ssize_t r =
-			    recv(fd, rx->buf + rx->have, want - rx->have, block ? 0 : MSG_DONTWAIT);
-			if (r == 0)
-				return moe_fail(MOE_ERR_CLOSED, "data link closed by the peer%s",
-				                rx->have ? " in the middle of a frame" : "");
-			if (r < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN || errno == EWOULDBLOCK)
-					return MOE_OK;
-				if (errno == ECONNRESET)
-					return moe_fail(MOE_ERR_CLOSED,
-					                "data link reset by the peer");
-				return moe_fail(MOE_ERR_IO, "data link: recv: %s", strerror(errno));
-			}
-			rx->have += (size_t)r;
-			if (rx->have < want)
-				continue;
-		}
-		if (rx->need == 0) {
+		if (rx->need == 0 && rx->have >= MOE_PROTO_PREFIX) {
 			size_t len;
 			if ((err = moe_frame_length(&len, rx->buf)) != MOE_OK)
 				return err;
@@ -418,11 +405,27 @@ moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_fra
 			if ((err = rx_grow(rx, len)) != MOE_OK)
 				return err;
 			rx->need = len;
-			continue;
 		}
-		if ((err = moe_frame_parse(f, rx->buf, rx->need)) != MOE_OK)
-			return err;
-		*done = true;
-		return MOE_OK;
+		if (rx->need != 0 && rx->have >= rx->need) {
+			if ((err = moe_frame_parse(f, rx->buf, rx->need)) != MOE_OK)
+				return err;
+			*done = true;
+			return MOE_OK;
+		}
+		ssize_t r =
+		    recv(fd, rx->buf + rx->have, rx->cap - rx->have, block ? 0 : MSG_DONTWAIT);
+		if (r == 0)
+			return moe_fail(MOE_ERR_CLOSED, "data link closed by the peer%s",
+			                rx->have ? " in the middle of a frame" : "");
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return MOE_OK;
+			if (errno == ECONNRESET)
+				return moe_fail(MOE_ERR_CLOSED, "data link reset by the peer");
+			return moe_fail(MOE_ERR_IO, "data link: recv: %s", strerror(errno));
+		}
+		rx->have += (size_t)r;
 	}
 }
