@@ -1,0 +1,155 @@
+/* cmd_serve.c - `moemesh serve`: the OpenAI-compatible HTTP server with
+ * continuous batching (serve.h). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/commands.h"
+#include "coordinator/serve.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
+	           "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
+	           "                     [--threads N] [--queue N] [--max-body BYTES]\n"
+	           "                     [--prefill-chunk N] [--chat-template chatml]\n\n"
+	           "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
+	           "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
+	           "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
+	           "(default 4) decode together in every step, each with --ctx positions\n"
+	           "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
+	           "a slot, more get 429.  With --api-key every route but /health needs\n"
+	           "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
+	           "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
+	           "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n");
+}
+
+static int parse_int(int *out, const char *s, long lo, long hi)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (end == s || *end || errno != 0 || x < lo || x > hi)
+		return -1;
+	*out = (int)x;
+	return 0;
+}
+
+typedef struct serve_args {
+	const char *model;
+	bool force_chatml;
+	moe_http_opts ho;
+	moe_engine_opts eo;
+} serve_args;
+
+/* 0 ok, 2 usage, 3 help */
+static int parse_args(serve_args *a, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int bad = 0, max_body = 0;
+		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
+			return 3;
+		if (v == NULL)
+			return 2;
+		i++;
+		if (strcmp(s, "-m") == 0)
+			a->model = v;
+		else if (strcmp(s, "--host") == 0)
+			a->ho.host = v;
+		else if (strcmp(s, "--port") == 0)
+			bad = parse_int(&a->ho.port, v, 0, 65535);
+		else if (strcmp(s, "--api-key") == 0)
+			a->ho.api_key = v;
+		else if (strcmp(s, "--parallel") == 0)
+			bad = parse_int(&a->eo.n_slots, v, 1, 256);
+		else if (strcmp(s, "--ctx") == 0)
+			bad = parse_int(&a->eo.n_ctx, v, 8, 1 << 22);
+		else if (strcmp(s, "--threads") == 0)
+			bad = parse_int(&a->eo.n_threads, v, 1, 1024);
+		else if (strcmp(s, "--queue") == 0)
+			bad = parse_int(&a->eo.max_queue, v, 0, 1 << 20);
+		else if (strcmp(s, "--prefill-chunk") == 0)
+			bad = parse_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
+		else if (strcmp(s, "--max-body") == 0) {
+			bad = parse_int(&max_body, v, 1024, 1 << 30);
+			a->ho.max_body = (size_t)max_body;
+		} else if (strcmp(s, "--chat-template") == 0) {
+			if (strcmp(v, "chatml") != 0)
+				return 2;
+			a->force_chatml = true;
+		} else
+			return 2;
+		if (bad)
+			return 2;
+	}
+	return a->model == NULL ? 2 : 0;
+}
+
+int moe_cmd_serve(int argc, char **argv)
+{
+	serve_args a = {.ho = {.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20}};
+	moe_engine_opts_default(&a.eo);
+	const int pr = parse_args(&a, argc, argv);
+	if (pr == 3) {
+		usage(stdout);
+		return 0;
+	}
+	if (pr != 0) {
+		usage(stderr);
+		return 2;
+	}
+	const char *base = strrchr(a.model, '/');
+	a.ho.model_id = base != NULL ? base + 1 : a.model;
+
+	/* SIGINT / SIGTERM are taken by sigwait below; every thread inherits the mask */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	int rc = 1;
+	moe_err err;
+	moe_http *h = NULL;
+	moe_model *m = NULL;
+	moe_tokenizer *tok = NULL;
+	moe_engine *e = NULL;
+	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
+		goto out_fail;
+	fprintf(stderr, "moemesh serve: listening on http://%s:%d (loading %s)\n", a.ho.host,
+	        moe_http_port(h), a.model);
+	moe_http_set_status(h, "loading", "opening the model");
+	if ((err = moe_model_open(&m, a.model)) != MOE_OK ||
+	    (err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK)
+		goto out_fail;
+	if (!a.force_chatml && (err = moe_chat_check(moe_model_gguf(m))) != MOE_OK)
+		goto out_fail;
+	moe_http_set_status(h, "loading", "allocating the KV cache and states");
+	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
+		goto out_fail;
+	moe_http_set_engine(h, e, tok);
+	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d)\n", a.eo.n_slots,
+	        moe_engine_n_ctx(e));
+
+	int sig = 0;
+	sigwait(&sigs, &sig);
+	fprintf(stderr, "moemesh serve: signal %d, stopping\n", sig);
+	rc = 0;
+	goto out_free;
+
+out_fail:
+	fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
+out_free:
+	if (e != NULL)
+		moe_engine_stop(e); /* requests in flight end now */
+	moe_http_stop(h);           /* waits for every connection */
+	moe_engine_destroy(e);
+	moe_tokenizer_destroy(tok);
+	moe_model_destroy(m);
+	return rc;
+}
