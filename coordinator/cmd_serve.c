@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coordinator/commands.h"
 #include "coordinator/serve.h"
@@ -24,6 +25,19 @@ static void usage(FILE *f)
 	           "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
 	           "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
 	           "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n");
+}
+
+/* The write end is used by the signal handler (only async-signal-safe code). */
+static int stop_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+	const unsigned char b = (unsigned char)sig;
+	const int saved = errno;
+	if (write(stop_pipe[1], &b, 1) < 0) {
+		/* nothing to do: a byte is already waiting */
+	}
+	errno = saved;
 }
 
 static int parse_int(int *out, const char *s, long lo, long hi)
@@ -105,12 +119,16 @@ int moe_cmd_serve(int argc, char **argv)
 	const char *base = strrchr(a.model, '/');
 	a.ho.model_id = base != NULL ? base + 1 : a.model;
 
-	/* SIGINT / SIGTERM are taken by sigwait below; every thread inherits the mask */
-	sigset_t sigs;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	/* SIGINT / SIGTERM write to a pipe that the main thread waits on (any
+	 * thread may take the signal: libraries start threads before main) */
+	if (pipe(stop_pipe) != 0) {
+		fprintf(stderr, "moemesh serve: pipe: %s\n", strerror(errno));
+		return 1;
+	}
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	int rc = 1;
@@ -136,8 +154,9 @@ int moe_cmd_serve(int argc, char **argv)
 	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d)\n", a.eo.n_slots,
 	        moe_engine_n_ctx(e));
 
-	int sig = 0;
-	sigwait(&sigs, &sig);
+	unsigned char sig = 0;
+	while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR)
+		;
 	fprintf(stderr, "moemesh serve: signal %d, stopping\n", sig);
 	rc = 0;
 	goto out_free;
@@ -145,6 +164,10 @@ int moe_cmd_serve(int argc, char **argv)
 out_fail:
 	fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
 out_free:
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	close(stop_pipe[0]);
+	close(stop_pipe[1]);
 	if (e != NULL)
 		moe_engine_stop(e); /* requests in flight end now */
 	moe_http_stop(h);           /* waits for every connection */

@@ -96,6 +96,35 @@ static const char *err_type(int code)
 	}
 }
 
+/* Adds text (len bytes, valid UTF-8 but possibly with NUL bytes, which a C
+ * string cannot carry) as a JSON string; NUL becomes U+FFFD. */
+static void add_text(cJSON *obj, const char *key, const char *text, size_t len)
+{
+	if (memchr(text, '\0', len) == NULL) {
+		cJSON_AddStringToObject(obj, key, text);
+		return;
+	}
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++)
+		n += text[i] == '\0' ? 3 : 1;
+	char *s = malloc(n + 1);
+	if (s == NULL) {
+		cJSON_AddStringToObject(obj, key, "");
+		return;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (text[i] == '\0') {
+			memcpy(s + k, "\xef\xbf\xbd", 3);
+			k += 3;
+		} else
+			s[k++] = text[i];
+	}
+	s[k] = '\0';
+	cJSON_AddStringToObject(obj, key, s);
+	free(s);
+}
+
 /* OpenAI's error shape: {"error": {"message", "type", "param", "code"}}. */
 static cJSON *error_json(int code, const char *param, const char *msg)
 {
@@ -454,7 +483,7 @@ static bool out_event(stream_ctx *s, cJSON *j)
 }
 
 /* A chunk with text (may be NULL: none), role (first chat chunk) and finish. */
-static cJSON *chunk_json(stream_ctx *s, const char *text, bool role, moe_gen_finish fin)
+static cJSON *chunk_json(stream_ctx *s, const char *text, size_t len, bool role, moe_gen_finish fin)
 {
 	cJSON *choice;
 	cJSON *j = frame(s->h, s->chat, true, s->id, &choice);
@@ -463,9 +492,9 @@ static cJSON *chunk_json(stream_ctx *s, const char *text, bool role, moe_gen_fin
 		if (role)
 			cJSON_AddStringToObject(d, "role", "assistant");
 		if (text != NULL)
-			cJSON_AddStringToObject(d, "content", text);
+			add_text(d, "content", text, len);
 	} else {
-		cJSON_AddStringToObject(choice, "text", text != NULL ? text : "");
+		add_text(choice, "text", text != NULL ? text : "", len);
 		cJSON_AddNullToObject(choice, "logprobs");
 	}
 	if (fin != MOE_GEN_RUNNING) {
@@ -486,7 +515,7 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max)
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		if (s->phase == 0) {
 			s->phase = 1;
-			if (s->chat && !out_event(s, chunk_json(s, "", true, MOE_GEN_RUNNING)))
+			if (s->chat && !out_event(s, chunk_json(s, "", 0, true, MOE_GEN_RUNNING)))
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			continue;
 		}
@@ -494,7 +523,7 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max)
 		const moe_gen_finish fin =
 		    moe_gen_wait(s->g, &s->text, &s->text_len, &s->text_cap, WAIT_MS);
 		if (s->text_len > 0 &&
-		    !out_event(s, chunk_json(s, s->text, false, MOE_GEN_RUNNING)))
+		    !out_event(s, chunk_json(s, s->text, s->text_len, false, MOE_GEN_RUNNING)))
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
 			if (!out_event(s, error_json(500, NULL, "generation failed")) ||
@@ -502,7 +531,7 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max)
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			s->phase = 2;
 		} else if (fin != MOE_GEN_RUNNING) {
-			if (!out_event(s, chunk_json(s, NULL, false, fin)) ||
+			if (!out_event(s, chunk_json(s, NULL, 0, false, fin)) ||
 			    !out_add(s, "data: [DONE]\n\n", 14))
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			s->phase = 2;
@@ -603,9 +632,9 @@ static enum MHD_Result generate(moe_http *h, struct MHD_Connection *c, req_ctx *
 	if (chat) {
 		cJSON *msg = cJSON_AddObjectToObject(choice, "message");
 		cJSON_AddStringToObject(msg, "role", "assistant");
-		cJSON_AddStringToObject(msg, "content", text != NULL ? text : "");
+		add_text(msg, "content", text != NULL ? text : "", len);
 	} else {
-		cJSON_AddStringToObject(choice, "text", text != NULL ? text : "");
+		add_text(choice, "text", text != NULL ? text : "", len);
 		cJSON_AddNullToObject(choice, "logprobs");
 	}
 	cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin));
