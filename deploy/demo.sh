@@ -1,7 +1,30 @@
 #!/usr/bin/env bash
-# deploy/demo.sh MOEMESH - the README demo; run through deploy/install.sh demo.
+# deploy/demo.sh MOEMESH - the README demo; run through `deploy/install.sh demo`.
+#
+# 1. A synthetic qwen3next model with the real Qwen3 tokenizer: written,
+#    inspected, and used to tokenize a sentence.
+# 2. Generation with the small MoE model trained on the King James Bible
+#    (models/kjv-qwen3next-Q4_K_M.gguf, see models/README.md).
 set -euo pipefail
 moemesh=${1:?usage: demo.sh PATH/TO/moemesh}
 cd "$(dirname "$0")/.."
-"$moemesh" version
-echo "(the demo grows as the open issues land: GGUF inspect, tokenizer, generation, cluster)"
+out=build/demo
+mkdir -p "$out"
+
+echo "== 1. make-model: tiny qwen3next, real Qwen3 tokenizer (151,669 tokens)"
+if [ ! -f "$out/qwen3next-tiny-qwen3tok.gguf" ]; then
+	"$moemesh" make-model --arch qwen3next --preset tiny --type Q8_0 \
+		--tokenizer tests/fixtures/qwen3-tokenizer/tokenizer.json \
+		-o "$out/qwen3next-tiny-qwen3tok.gguf"
+fi
+"$moemesh" inspect "$out/qwen3next-tiny-qwen3tok.gguf" | sed -n '1,3p;/tokenizer.ggml.tokens/p;/^tensors/,/blk.0.ffn_norm\|blk.0.ssm_conv1d/p' | head -20
+echo "..."
+"$moemesh" inspect "$out/qwen3next-tiny-qwen3tok.gguf" | tail -4
+echo
+echo "== tokenize with it"
+printf '%s\n' '"Hello, world! <|im_start|>user\nWie geht es dir? 你好"' | tee /dev/stderr |
+	"$moemesh" tokenize -m "$out/qwen3next-tiny-qwen3tok.gguf"
+echo
+echo "== 2. generate with the KJV-trained qwen3next MoE model (greedy, 64 tokens)"
+printf "In the beginning"
+"$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0

@@ -149,8 +149,11 @@ moe_err moe_pool_create(moe_pool **out, int n_threads);
 void moe_pool_destroy(moe_pool *pool); /* NULL is a no-op */
 int moe_pool_threads(const moe_pool *pool);
 
-/* Runs fn(arg, ith, nth) on every thread (ith = 0..nth-1) and returns when all
- * are done. Not reentrant. */
+/* Runs fn(arg, ith, nth) once for every ith = 0..nth-1 (nth = the pool's
+ * thread count) and returns when all are done. Indices are claimed by
+ * whichever pool thread is free, the caller included, so one thread may run
+ * several of them, in any order: fn must not wait for another index. Not
+ * reentrant. */
 void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void *arg);
 
 /* ---- matrix products ---------------------------------------------------------- */

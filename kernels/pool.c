@@ -1,16 +1,20 @@
 /*
  * pool.c - the persistent thread pool.
  *
- * n_threads - 1 workers are started once; moe_pool_run publishes (fn, arg) and
- * bumps a generation counter, the caller runs index 0 itself and waits for
- * the others.  Both waits spin a little first (a run is often followed at
- * once by the next: GEMV per layer) and then sleep on a condition variable,
- * so an idle pool costs no CPU.
+ * n_threads - 1 workers are started once. A run is a job of nth indices;
+ * the indices are claimed, not assigned: the caller and every awake worker
+ * take the next unclaimed index until none is left, and the caller returns
+ * once every index has finished. So a worker that the OS has not scheduled
+ * yet (a loaded or oversubscribed machine) never holds the caller up: the
+ * caller simply runs that index itself. Waits spin briefly, then sleep on a
+ * condition variable, so an idle pool costs no CPU.
  *
- * Memory ordering: fn/arg are written before the release increment of `gen`
- * and read after an acquire load that saw it; each worker's results are
- * published by its acq_rel decrement of `pending`, which the caller reads
- * with acquire before returning.
+ * Claims are a compare-and-swap on one 64-bit ticket, (job << 32) | next
+ * index, so a late worker can never claim an index of a job that is over, and
+ * it reads fn/arg only after a successful (acquire) claim: the caller wrote
+ * them before publishing the ticket (release) and cannot overwrite them
+ * before the claimed index has finished. `remaining` counts the indices not
+ * yet finished; the one who brings it to 0 wakes the caller if it sleeps.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -21,28 +25,29 @@
 
 #include "kernels/kernels.h"
 
-enum { POOL_SPIN = 20000, POOL_MAX_THREADS = 1024 };
+enum { POOL_SPIN = 4000, POOL_MAX_THREADS = 1024 };
 
 typedef struct pool_worker {
 	moe_pool *pool;
-	int ith;
 	pthread_t thread;
 } pool_worker;
 
 struct moe_pool {
 	int n_threads;
-	pool_worker *workers; /* [n_threads - 1], worker i runs index i + 1 */
+	pool_worker *workers; /* [n_threads - 1] */
 	int n_started;
 
 	pthread_mutex_t mu;
 	pthread_cond_t start_cv; /* gen changed */
-	pthread_cond_t done_cv;  /* pending reached 0 */
-	_Atomic uint64_t gen;
-	atomic_int pending;
+	pthread_cond_t done_cv;  /* remaining reached 0 */
+	_Atomic uint64_t gen;    /* jobs published (wakes workers) */
+	_Atomic uint64_t ticket; /* (job << 32) | next unclaimed index */
+	atomic_int remaining;    /* indices of the current job not finished */
 	atomic_bool stop;
 
 	void (*fn)(void *arg, int ith, int nth);
 	void *arg;
+	int nth;
 };
 
 static inline void cpu_relax(void)
@@ -52,6 +57,28 @@ static inline void cpu_relax(void)
 #elif defined(__aarch64__)
 	__asm__ __volatile__("yield");
 #endif
+}
+
+/* Claims and runs indices of job `job` until none is left. */
+static void run_claims(moe_pool *pool, uint64_t job)
+{
+	uint64_t t = atomic_load_explicit(&pool->ticket, memory_order_relaxed);
+
+	for (;;) {
+		if (t >> 32 != (job & 0xffffffffu) || (int)(t & 0xffffffffu) >= pool->nth)
+			return;
+		if (!atomic_compare_exchange_weak_explicit(
+		        &pool->ticket, &t, t + 1, memory_order_acq_rel, memory_order_relaxed))
+			continue;
+		int ith = (int)(t & 0xffffffffu);
+		pool->fn(pool->arg, ith, pool->nth);
+		if (atomic_fetch_sub_explicit(&pool->remaining, 1, memory_order_acq_rel) == 1) {
+			pthread_mutex_lock(&pool->mu);
+			pthread_cond_signal(&pool->done_cv);
+			pthread_mutex_unlock(&pool->mu);
+		}
+		t = atomic_load_explicit(&pool->ticket, memory_order_relaxed);
+	}
 }
 
 static void *worker_main(void *p)
@@ -75,12 +102,7 @@ static void *worker_main(void *p)
 		seen = g;
 		if (atomic_load_explicit(&pool->stop, memory_order_acquire))
 			break;
-		pool->fn(pool->arg, w->ith, pool->n_threads);
-		if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
-			pthread_mutex_lock(&pool->mu);
-			pthread_cond_signal(&pool->done_cv);
-			pthread_mutex_unlock(&pool->mu);
-		}
+		run_claims(pool, g);
 	}
 	return NULL;
 }
@@ -120,7 +142,8 @@ moe_err moe_pool_create(moe_pool **out, int n_threads)
 		return moe_fail(MOE_ERR_NOMEM, "pool: %zu bytes", sizeof(*pool));
 	pool->n_threads = n_threads;
 	atomic_init(&pool->gen, 0);
-	atomic_init(&pool->pending, 0);
+	atomic_init(&pool->ticket, 0);
+	atomic_init(&pool->remaining, 0);
 	atomic_init(&pool->stop, false);
 	if (pthread_mutex_init(&pool->mu, NULL) != 0) {
 		err = moe_fail(MOE_ERR_SYS, "pool: pthread_mutex_init");
@@ -144,7 +167,6 @@ moe_err moe_pool_create(moe_pool **out, int n_threads)
 	for (int i = 0; i < n_threads - 1; i++) {
 		pool_worker *w = &pool->workers[i];
 		w->pool = pool;
-		w->ith = i + 1;
 		int rc = pthread_create(&w->thread, NULL, worker_main, w);
 		if (rc != 0) {
 			err = moe_fail(MOE_ERR_SYS, "pool: pthread_create worker %d: %s", i + 1,
@@ -189,22 +211,27 @@ int moe_pool_threads(const moe_pool *pool)
 
 void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void *arg)
 {
+	uint64_t job;
+
 	if (pool == NULL || pool->n_threads == 1) {
 		fn(arg, 0, 1);
 		return;
 	}
+	job = atomic_load_explicit(&pool->gen, memory_order_relaxed) + 1;
 	pool->fn = fn;
 	pool->arg = arg;
-	atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
+	pool->nth = pool->n_threads;
+	atomic_store_explicit(&pool->remaining, pool->n_threads, memory_order_relaxed);
+	atomic_store_explicit(&pool->ticket, (job & 0xffffffffu) << 32, memory_order_release);
 	pool_publish(pool);
-	fn(arg, 0, pool->n_threads);
+	run_claims(pool, job);
 	for (int i = 0; i < POOL_SPIN; i++) {
-		if (atomic_load_explicit(&pool->pending, memory_order_acquire) == 0)
+		if (atomic_load_explicit(&pool->remaining, memory_order_acquire) == 0)
 			return;
 		cpu_relax();
 	}
 	pthread_mutex_lock(&pool->mu);
-	while (atomic_load_explicit(&pool->pending, memory_order_acquire) != 0)
+	while (atomic_load_explicit(&pool->remaining, memory_order_acquire) != 0)
 		pthread_cond_wait(&pool->done_cv, &pool->mu);
 	pthread_mutex_unlock(&pool->mu);
 }

@@ -22,6 +22,7 @@
  * MOE_ERR_TRUNCATED.
  */
 #include "model/gguf.h"
+#include "model/gguf_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,9 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Nested arrays deeper than this are refused (a bound on recursion). */
-#define GGUF_MAX_DEPTH 16
-#define GGUF_NO_IDX    UINT64_MAX
+#define GGUF_NO_IDX UINT64_MAX
 
 /* One metadata entry. */
 struct kv {
@@ -93,30 +92,6 @@ const char *moe_gguf_vtype_name(moe_gguf_vtype t)
 	return vtype_names[t];
 }
 
-/* Bytes of one scalar of type t; 0 for STRING, ARRAY and unknown types. */
-static size_t scalar_size(moe_gguf_vtype t)
-{
-	switch (t) {
-	case MOE_GGUF_UINT8:
-	case MOE_GGUF_INT8:
-	case MOE_GGUF_BOOL:
-		return 1;
-	case MOE_GGUF_UINT16:
-	case MOE_GGUF_INT16:
-		return 2;
-	case MOE_GGUF_UINT32:
-	case MOE_GGUF_INT32:
-	case MOE_GGUF_FLOAT32:
-		return 4;
-	case MOE_GGUF_UINT64:
-	case MOE_GGUF_INT64:
-	case MOE_GGUF_FLOAT64:
-		return 8;
-	default:
-		return 0;
-	}
-}
-
 /* The fewest bytes one value of type t can take in a file. */
 static size_t min_value_size(moe_gguf_vtype t)
 {
@@ -124,7 +99,7 @@ static size_t min_value_size(moe_gguf_vtype t)
 		return 8;
 	if (t == MOE_GGUF_ARRAY)
 		return 12;
-	return scalar_size(t);
+	return gguf_scalar_size(t);
 }
 
 static uint16_t le16(const uint8_t *p)
@@ -141,17 +116,6 @@ static uint32_t le32(const uint8_t *p)
 static uint64_t le64(const uint8_t *p)
 {
 	return (uint64_t)le32(p) | ((uint64_t)le32(p + 4) << 32);
-}
-
-static uint64_t fnv1a(const char *s, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (uint8_t)s[i];
-		h *= 1099511628211ull;
-	}
-	return h;
 }
 
 /* ---- reading primitives ----------------------------------------------------- */
@@ -232,11 +196,26 @@ static moe_err read_str(struct cur *c, moe_gguf_str *s, const char *field, bool 
 	return MOE_OK;
 }
 
+/* Appends "(element j)" to the detail of err (formatting only on failure
+ * keeps the loop over 150k-string arrays fast). */
+static moe_err add_element(moe_err err, uint64_t j)
+{
+	char detail[512];
+
+	snprintf(detail, sizeof(detail), "%s", moe_err_detail());
+	return moe_fail(err, "%s (element %llu)", detail, (unsigned long long)j);
+}
+
 /* ---- the element index pool --------------------------------------------------- */
 
-/* Appends n zeroed entries; *at receives the index of the first. */
+/* Appends n entries; *at receives the index of the first (GGUF_NO_IDX for
+ * n = 0, so that an empty array needs no pool). */
 static moe_err pool_push(moe_gguf *g, uint64_t n, uint64_t *at)
 {
+	if (n == 0) {
+		*at = GGUF_NO_IDX;
+		return MOE_OK;
+	}
 	if (n > SIZE_MAX / sizeof(uint64_t) - g->n_pool)
 		return moe_fail(MOE_ERR_NOMEM, "array index of %llu entries",
 		                (unsigned long long)n);
@@ -275,7 +254,7 @@ static moe_err parse_elements(moe_gguf *g, struct cur *c, moe_gguf_vtype et, uin
                               uint64_t *idx, int depth)
 {
 	moe_err err;
-	size_t esz = scalar_size(et);
+	size_t esz = gguf_scalar_size(et);
 
 	*idx = GGUF_NO_IDX;
 	if (esz != 0) {
@@ -294,19 +273,15 @@ static moe_err parse_elements(moe_gguf *g, struct cur *c, moe_gguf_vtype et, uin
 			return err;
 		for (uint64_t j = 0; j < n; j++) {
 			moe_gguf_str s;
-			char field[48];
 			g->pool[*idx + j] = c->pos;
-			snprintf(field, sizeof(field), "string %llu", (unsigned long long)j);
-			err = read_str(c, &s, field, false);
+			err = read_str(c, &s, "string", false);
 			if (err != MOE_OK)
-				return err;
+				return add_element(err, j);
 		}
 		return MOE_OK;
 	}
-	/* nested arrays: [offset, index of the sub-array's own index] per element */
-	if (n > SIZE_MAX / 2)
-		return moe_fail(MOE_ERR_BAD_COUNT, "%s: nested array count %llu", c->where,
-		                (unsigned long long)n);
+	/* nested arrays: [offset, index of the sub-array's own index] per element;
+	 * check_count made n <= size / 12, so 2 * n cannot overflow */
 	err = pool_push(g, 2 * n, idx);
 	if (err != MOE_OK)
 		return err;
@@ -380,7 +355,7 @@ static moe_err parse_kv(moe_gguf *g, struct cur *c, struct kv *kv, int64_t i)
 		err = parse_array(g, c, &kv->arr_type, &kv->arr_n, &kv->arr_idx, 1);
 		kv->val += 12;
 	} else {
-		size_t sz = scalar_size(kv->type);
+		size_t sz = gguf_scalar_size(kv->type);
 		if (left(c) < sz)
 			return truncated(c, "value", sz);
 		if (kv->type == MOE_GGUF_BOOL)
@@ -410,7 +385,7 @@ static int64_t key_lookup(const moe_gguf *g, const char *key, size_t len)
 {
 	if (g->key_cap == 0)
 		return -1;
-	for (size_t h = fnv1a(key, len) & (g->key_cap - 1);; h = (h + 1) & (g->key_cap - 1)) {
+	for (size_t h = gguf_hash(key, len) & (g->key_cap - 1);; h = (h + 1) & (g->key_cap - 1)) {
 		int64_t v = g->key_hash[h];
 		if (v == 0)
 			return -1;
@@ -423,7 +398,7 @@ static int64_t tensor_lookup(const moe_gguf *g, const char *name, size_t len)
 {
 	if (g->tensor_cap == 0)
 		return -1;
-	for (size_t h = fnv1a(name, len) & (g->tensor_cap - 1);;
+	for (size_t h = gguf_hash(name, len) & (g->tensor_cap - 1);;
 	     h = (h + 1) & (g->tensor_cap - 1)) {
 		int64_t v = g->tensor_hash[h];
 		if (v == 0)
@@ -441,7 +416,7 @@ static moe_err build_key_hash(moe_gguf *g)
 		return moe_fail(MOE_ERR_NOMEM, "key index of %zu slots", g->key_cap);
 	for (int64_t i = 0; i < g->n_kv; i++) {
 		const struct kv *kv = &g->kvs[i];
-		size_t h = fnv1a(kv->key.ptr, kv->key.len) & (g->key_cap - 1);
+		size_t h = gguf_hash(kv->key.ptr, kv->key.len) & (g->key_cap - 1);
 		for (; g->key_hash[h] != 0; h = (h + 1) & (g->key_cap - 1)) {
 			const struct kv *o = &g->kvs[g->key_hash[h] - 1];
 			if (str_eq(o->key, kv->key.ptr, kv->key.len))
@@ -481,14 +456,15 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 		return moe_fail(MOE_ERR_BAD_SHAPE, "%s: n_dims %u at offset %zu exceeds %d",
 		                c->where, n_dims, at, MOE_GGUF_MAX_DIMS);
 	t->n_dims = n_dims;
+	size_t ne0_at = c->pos;
 	for (uint32_t d = 0; d < MOE_GGUF_MAX_DIMS; d++)
 		t->ne[d] = 1;
 	for (uint32_t d = 0; d < n_dims; d++) {
-		char field[16];
+		static const char *const field[MOE_GGUF_MAX_DIMS] = {"ne[0]", "ne[1]", "ne[2]",
+		                                                     "ne[3]"};
 		uint64_t v = 0;
-		snprintf(field, sizeof(field), "ne[%u]", d);
 		at = c->pos;
-		err = read_u64(c, &v, field);
+		err = read_u64(c, &v, field[d]);
 		if (err != MOE_OK)
 			return err;
 		if (v > INT64_MAX)
@@ -513,9 +489,10 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 		                c->where, type, at);
 	t->type = (moe_type)type;
 	if (t->ne[0] % tr->block_size != 0)
-		return moe_fail(MOE_ERR_BAD_SHAPE,
-		                "%s: ne[0] = %lld is not a multiple of the %s block size %lld",
-		                c->where, (long long)t->ne[0], tr->name, (long long)tr->block_size);
+		return moe_fail(
+		    MOE_ERR_BAD_SHAPE,
+		    "%s: ne[0] = %lld at offset %zu is not a multiple of the %s block size %lld",
+		    c->where, (long long)t->ne[0], ne0_at, tr->name, (long long)tr->block_size);
 	/* blocks * type_size: blocks < 2^63 and type_size is small, but check */
 	uint64_t blocks = (uint64_t)(nel / tr->block_size);
 	if (tr->type_size != 0 && blocks > UINT64_MAX / tr->type_size)
@@ -526,7 +503,7 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 }
 
 struct span {
-	uint64_t start, end;
+	uint64_t start;
 	int64_t idx;
 };
 
@@ -536,72 +513,77 @@ static int span_cmp(const void *a, const void *b)
 
 	if (x->start != y->start)
 		return x->start < y->start ? -1 : 1;
-	if (x->end != y->end)
-		return x->end < y->end ? -1 : 1;
-	return 0;
+	return x->idx < y->idx ? -1 : (x->idx > y->idx);
 }
 
-/* Every tensor aligned, inside the file, and no two overlapping. */
+static int name_len(const moe_gguf_tensor *t)
+{
+	return (int)(t->name.len > 96 ? 96 : t->name.len);
+}
+
+/* Every tensor aligned, inside the file, and no two overlapping. Ranges are
+ * checked in offset order, so a cut file reports its first missing tensor. */
 static moe_err check_tensor_ranges(moe_gguf *g)
 {
 	struct span *sp;
+	const moe_gguf_tensor *prev = NULL;
 	moe_err err = MOE_OK;
 
 	for (int64_t i = 0; i < g->n_tensors; i++) {
-		moe_gguf_tensor *t = &g->tensors[i];
-		int nl = (int)(t->name.len > 96 ? 96 : t->name.len);
+		const moe_gguf_tensor *t = &g->tensors[i];
 		if (t->offset % g->alignment != 0)
 			return moe_fail(MOE_ERR_BAD_ALIGNMENT,
-			                "tensor %lld (%.*s): offset %llu is not a multiple of the "
-			                "alignment %u",
-			                (long long)i, nl, t->name.ptr,
-			                (unsigned long long)t->offset, g->alignment);
-		if (t->offset > g->size || t->size > g->size)
-			return moe_fail(
-			    MOE_ERR_BAD_OFFSET,
-			    "tensor %lld (%.*s): offset %llu, %llu bytes: beyond the file "
-			    "(%zu bytes)",
-			    (long long)i, nl, t->name.ptr, (unsigned long long)t->offset,
-			    (unsigned long long)t->size, g->size);
-		/* all three terms are <= size, so the sum cannot overflow */
-		uint64_t start = g->data_offset + t->offset;
-		if (start + t->size > g->size)
-			return moe_fail(
-			    MOE_ERR_TRUNCATED,
-			    "tensor %lld (%.*s): data [%llu, %llu) at offset %llu: file "
-			    "ends at %zu",
-			    (long long)i, nl, t->name.ptr, (unsigned long long)start,
-			    (unsigned long long)(start + t->size), (unsigned long long)start,
-			    g->size);
-		t->data = g->base + start;
+			                "tensor %lld (%.*s): offset %llu (in the data section at "
+			                "offset %llu) is not a multiple of the alignment %u",
+			                (long long)i, name_len(t), t->name.ptr,
+			                (unsigned long long)t->offset,
+			                (unsigned long long)g->data_offset, g->alignment);
 	}
-	if (g->n_tensors < 2)
-		return MOE_OK;
-	sp = malloc((size_t)g->n_tensors * sizeof(*sp));
+	sp = malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof(*sp));
 	if (sp == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "tensor range table");
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		sp[i].start = g->tensors[i].offset;
-		sp[i].end = g->tensors[i].offset + g->tensors[i].size;
 		sp[i].idx = i;
 	}
 	qsort(sp, (size_t)g->n_tensors, sizeof(*sp), span_cmp);
-	for (int64_t i = 1; i < g->n_tensors; i++) {
-		if (sp[i].start < sp[i - 1].end) {
-			const moe_gguf_tensor *a = &g->tensors[sp[i - 1].idx];
-			const moe_gguf_tensor *b = &g->tensors[sp[i].idx];
+	for (int64_t k = 0; k < g->n_tensors; k++) {
+		moe_gguf_tensor *t = &g->tensors[sp[k].idx];
+		if (t->offset > g->size) {
+			err = moe_fail(MOE_ERR_BAD_OFFSET,
+			               "tensor %lld (%.*s): offset %llu lies beyond the file "
+			               "(%zu bytes)",
+			               (long long)sp[k].idx, name_len(t), t->name.ptr,
+			               (unsigned long long)t->offset, g->size);
+			goto out_free_sp;
+		}
+		/* data_offset < size + alignment and offset <= size: no overflow */
+		uint64_t start = g->data_offset + t->offset;
+		if (t->size > g->size || start + t->size > g->size) {
+			err = moe_fail(
+			    MOE_ERR_TRUNCATED,
+			    "tensor %lld (%.*s): %llu bytes of data at offset %llu: file "
+			    "ends at %zu",
+			    (long long)sp[k].idx, name_len(t), t->name.ptr,
+			    (unsigned long long)t->size, (unsigned long long)start, g->size);
+			goto out_free_sp;
+		}
+		t->data = g->base + start;
+		if (prev != NULL && t->offset < prev->offset + prev->size) {
 			err = moe_fail(
 			    MOE_ERR_BAD_OFFSET,
-			    "tensor %lld (%.*s) data [%llu, %llu) overlaps tensor %lld "
-			    "(%.*s) data [%llu, %llu) (offsets in the data section)",
-			    (long long)sp[i].idx, (int)(b->name.len > 96 ? 96 : b->name.len),
-			    b->name.ptr, (unsigned long long)sp[i].start,
-			    (unsigned long long)sp[i].end, (long long)sp[i - 1].idx,
-			    (int)(a->name.len > 96 ? 96 : a->name.len), a->name.ptr,
-			    (unsigned long long)sp[i - 1].start, (unsigned long long)sp[i - 1].end);
-			break;
+			    "tensor %lld (%.*s) data at offset %llu overlaps tensor %lld "
+			    "(%.*s) data at offset %llu, %llu bytes",
+			    (long long)sp[k].idx, name_len(t), t->name.ptr,
+			    (unsigned long long)start, (long long)sp[k - 1].idx, name_len(prev),
+			    prev->name.ptr, (unsigned long long)(g->data_offset + prev->offset),
+			    (unsigned long long)prev->size);
+			goto out_free_sp;
 		}
+		prev = t;
 	}
+
+out_free_sp:
 	free(sp);
 	return err;
 }
@@ -614,15 +596,18 @@ static moe_err build_tensor_hash(moe_gguf *g)
 		return moe_fail(MOE_ERR_NOMEM, "tensor index of %zu slots", g->tensor_cap);
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		const moe_gguf_tensor *t = &g->tensors[i];
-		size_t h = fnv1a(t->name.ptr, t->name.len) & (g->tensor_cap - 1);
+		size_t h = gguf_hash(t->name.ptr, t->name.len) & (g->tensor_cap - 1);
 		for (; g->tensor_hash[h] != 0; h = (h + 1) & (g->tensor_cap - 1)) {
 			const moe_gguf_tensor *o = &g->tensors[g->tensor_hash[h] - 1];
 			if (str_eq(o->name, t->name.ptr, t->name.len))
 				return moe_fail(
 				    MOE_ERR_DUPLICATE,
-				    "tensor info %lld (%.*s): duplicate of tensor info %lld",
+				    "tensor info %lld (%.*s) at offset %zu: duplicate of tensor "
+				    "info %lld",
 				    (long long)i, (int)(t->name.len > 96 ? 96 : t->name.len),
-				    t->name.ptr, (long long)(g->tensor_hash[h] - 1));
+				    t->name.ptr,
+				    (size_t)((const uint8_t *)t->name.ptr - g->base) - 8,
+				    (long long)(g->tensor_hash[h] - 1));
 		}
 		g->tensor_hash[h] = i + 1;
 	}
@@ -630,6 +615,41 @@ static moe_err build_tensor_hash(moe_gguf *g)
 }
 
 /* ---- the whole file ------------------------------------------------------------- */
+
+/* The kvs and tensor infos that follow the header need at least
+ * n_kv * KV_MIN + n_tensors * TI_MIN bytes. */
+#define KV_MIN (8 + 4 + 1)     /* key length, type, a one-byte value */
+#define TI_MIN (8 + 4 + 4 + 8) /* name length, n_dims, type, offset */
+
+static moe_err check_header_counts(const struct cur *c, uint64_t n_tensors, uint64_t n_kv)
+{
+	uint64_t need;
+
+	if (n_tensors > c->size / TI_MIN)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_tensors = %llu at offset 8: needs at least %d bytes each, the "
+		                "whole file has %zu",
+		                (unsigned long long)n_tensors, TI_MIN, c->size);
+	if (n_kv > c->size / KV_MIN)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_kv = %llu at offset 16: needs at least %d bytes each, the whole "
+		                "file has %zu",
+		                (unsigned long long)n_kv, KV_MIN, c->size);
+	need = n_tensors * TI_MIN + n_kv * KV_MIN; /* both terms <= size */
+	if (need > c->size)
+		return moe_fail(MOE_ERR_BAD_COUNT,
+		                "n_tensors = %llu and n_kv = %llu at offset 8: need at least %llu "
+		                "bytes, the whole file has %zu",
+		                (unsigned long long)n_tensors, (unsigned long long)n_kv,
+		                (unsigned long long)need, c->size);
+	if (need > left(c))
+		return moe_fail(MOE_ERR_TRUNCATED,
+		                "n_tensors = %llu and n_kv = %llu at offset 8: need at least %llu "
+		                "bytes after offset %zu, file ends at %zu",
+		                (unsigned long long)n_tensors, (unsigned long long)n_kv,
+		                (unsigned long long)need, c->pos, c->size);
+	return MOE_OK;
+}
 
 static moe_err parse_header(moe_gguf *g, struct cur *c, uint64_t *n_tensors, uint64_t *n_kv)
 {
@@ -664,14 +684,7 @@ static moe_err parse_header(moe_gguf *g, struct cur *c, uint64_t *n_tensors, uin
 	err = read_u64(c, n_kv, "n_kv");
 	if (err != MOE_OK)
 		return err;
-	/* kvs: key len + type + 1 byte value at least; tensor info: name len, n_dims,
-	 * type, offset */
-	c->pos -= 8;
-	err = check_count(c, *n_tensors, 8 + 4 + 4 + 8, "n_tensors");
-	c->pos += 8;
-	if (err != MOE_OK)
-		return err;
-	return check_count(c, *n_kv, 8 + 4 + 1, "n_kv");
+	return check_header_counts(c, *n_tensors, *n_kv);
 }
 
 static moe_err parse_kvs(moe_gguf *g, struct cur *c, uint64_t n_kv)
@@ -975,7 +988,7 @@ static moe_err get_int(int64_t *si, uint64_t *ui, int *kind, const moe_gguf *g, 
 
 	if (err != MOE_OK)
 		return err;
-	if (kv->type == MOE_GGUF_BOOL || scalar_size(kv->type) == 0 ||
+	if (kv->type == MOE_GGUF_BOOL || gguf_scalar_size(kv->type) == 0 ||
 	    kv->type == MOE_GGUF_FLOAT32 || kv->type == MOE_GGUF_FLOAT64)
 		return moe_fail(MOE_ERR_BAD_TYPE, "key %s: type %s, not an integer", key,
 		                moe_gguf_vtype_name(kv->type));
@@ -1148,7 +1161,7 @@ int64_t moe_gguf_arr_int(const moe_gguf_arr *a, uint64_t j)
 	int64_t si = 0;
 	uint64_t ui = 0;
 	double f;
-	size_t esz = scalar_size(a->type);
+	size_t esz = gguf_scalar_size(a->type);
 
 	if (j >= a->n || esz == 0)
 		return 0;
@@ -1167,7 +1180,7 @@ double moe_gguf_arr_float(const moe_gguf_arr *a, uint64_t j)
 	int64_t si = 0;
 	uint64_t ui = 0;
 	double f = 0.0;
-	size_t esz = scalar_size(a->type);
+	size_t esz = gguf_scalar_size(a->type);
 
 	if (j >= a->n || esz == 0)
 		return 0.0;

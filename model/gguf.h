@@ -4,11 +4,22 @@
  * Reading maps the file (or takes a caller's buffer) and validates all of it
  * before returning: magic, version, every count against the bytes left, string
  * lengths, value types, nested arrays, n_dims <= 4, element-count overflow,
- * known tensor types, general.alignment, data offsets and sizes inside the
- * file and aligned.  A violation returns a specific moe_err and sets a detail
- * (moe_err_detail()) naming the field and its byte offset.  Nothing outside
- * the input is ever read.  After a successful open every accessor is a cheap
- * lookup that cannot fail on file content.
+ * known tensor types, general.alignment, duplicate keys and tensor names,
+ * tensor data offsets aligned, inside the file and not overlapping.  A
+ * violation returns a specific moe_err and sets a detail (moe_err_detail())
+ * naming the field and its byte offset.  Nothing outside the input is ever
+ * read.  After a successful open every accessor is a cheap lookup (keys and
+ * tensor names through hash tables) that cannot fail on file content.
+ *
+ * Which error: a read past the end is MOE_ERR_TRUNCATED; a count or length
+ * whose smallest encoding would not fit even in the whole input is
+ * MOE_ERR_BAD_COUNT / MOE_ERR_BAD_STRING (one that fits the input but not the
+ * bytes left is a truncation); a tensor offset beyond the whole input is
+ * MOE_ERR_BAD_OFFSET, tensor data that runs past the end is
+ * MOE_ERR_TRUNCATED.  The padding after the last tensor may be missing.
+ * Also refused: GGUF v1 (MOE_ERR_BAD_VERSION), BOOL values other than 0/1
+ * (MOE_ERR_BAD_VALUE), empty keys or tensor names and ones holding a NUL
+ * (MOE_ERR_BAD_STRING), arrays nested more than 16 deep (MOE_ERR_UNSUPPORTED).
  *
  * Writing is streamed: declare metadata and tensor infos, then write each
  * tensor's bytes in declaration order; no whole-model buffer is needed.
@@ -65,7 +76,7 @@ typedef struct moe_gguf_tensor {
 const char *moe_gguf_vtype_name(moe_gguf_vtype t);
 
 /* A metadata value, as the writer takes it and moe_gguf_kv_value gives it.
- * For an array, arr.data is n packed scalars (host little-endian; BOOL as
+ * For an array, arr.data is n packed scalars (host byte order; BOOL as
  * bytes 0/1), moe_gguf_str[n] (STRING) or moe_gguf_value[n] each of type
  * ARRAY (nested arrays). */
 typedef struct moe_gguf_value {
@@ -83,6 +94,7 @@ typedef struct moe_gguf_value {
 		} arr; /* ARRAY */
 	};
 } moe_gguf_value;
+
 typedef struct moe_gguf moe_gguf;
 
 /* Opens and validates path, mapping it read-only. On success *out owns the
@@ -184,7 +196,7 @@ moe_err moe_gguf_writer_add_u64(moe_gguf_writer *w, const char *key, uint64_t v)
 moe_err moe_gguf_writer_add_f32(moe_gguf_writer *w, const char *key, float v);
 moe_err moe_gguf_writer_add_bool(moe_gguf_writer *w, const char *key, bool v);
 moe_err moe_gguf_writer_add_str(moe_gguf_writer *w, const char *key, const char *v);
-/* Arrays of scalars: n elements of elem_type packed in data (host little-endian;
+/* Arrays of scalars: n elements of elem_type packed in data (host byte order;
  * BOOL elements are bytes 0/1). STRING or ARRAY element types are
  * MOE_ERR_INVAL here: use add_arr_str / add_arr_strn / add_value. */
 moe_err moe_gguf_writer_add_arr(moe_gguf_writer *w, const char *key, moe_gguf_vtype elem_type,
@@ -210,7 +222,8 @@ moe_err moe_gguf_writer_add_tensor(moe_gguf_writer *w, const char *name, moe_typ
                                    uint32_t n_dims, const int64_t *ne);
 
 /* Writes header, metadata and tensor infos. Call once, after all adds.
- * Any failed call leaves the writer unusable: later calls return
+ * A refused add or write (bad argument, duplicate, wrong state) changes
+ * nothing; an I/O failure leaves the writer unusable: later calls return
  * MOE_ERR_STATE and destroy removes the file. */
 moe_err moe_gguf_writer_begin_data(moe_gguf_writer *w);
 

@@ -8,15 +8,13 @@
  * out byte for byte the same.
  */
 #include "model/gguf.h"
+#include "model/gguf_impl.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* The reader refuses deeper nesting; the writer does not produce it. */
-#define GGUF_MAX_DEPTH 16
 
 struct wtensor {
 	char *name;
@@ -67,22 +65,12 @@ struct moe_gguf_writer {
 
 static const uint8_t zeros[4096];
 
-static uint64_t fnv1a(const char *s)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (; *s != '\0'; s++) {
-		h ^= (uint8_t)*s;
-		h *= 1099511628211ull;
-	}
-	return h;
-}
-
 static bool set_has(const struct nameset *s, const char *name)
 {
 	if (s->cap == 0)
 		return false;
-	for (size_t h = fnv1a(name) & (s->cap - 1); s->slot[h] != NULL; h = (h + 1) & (s->cap - 1))
+	for (size_t h = gguf_hash(name, strlen(name)) & (s->cap - 1); s->slot[h] != NULL;
+	     h = (h + 1) & (s->cap - 1))
 		if (strcmp(s->slot[h], name) == 0)
 			return true;
 	return false;
@@ -90,7 +78,7 @@ static bool set_has(const struct nameset *s, const char *name)
 
 static void set_place(const char **slot, size_t cap, const char *name)
 {
-	size_t h = fnv1a(name) & (cap - 1);
+	size_t h = gguf_hash(name, strlen(name)) & (cap - 1);
 
 	while (slot[h] != NULL)
 		h = (h + 1) & (cap - 1);
@@ -164,33 +152,10 @@ static moe_err buf_str(moe_gguf_writer *w, const char *p, uint64_t len)
 	return buf_put(w, p, (size_t)len);
 }
 
-static size_t scalar_size(moe_gguf_vtype t)
-{
-	switch (t) {
-	case MOE_GGUF_UINT8:
-	case MOE_GGUF_INT8:
-	case MOE_GGUF_BOOL:
-		return 1;
-	case MOE_GGUF_UINT16:
-	case MOE_GGUF_INT16:
-		return 2;
-	case MOE_GGUF_UINT32:
-	case MOE_GGUF_INT32:
-	case MOE_GGUF_FLOAT32:
-		return 4;
-	case MOE_GGUF_UINT64:
-	case MOE_GGUF_INT64:
-	case MOE_GGUF_FLOAT64:
-		return 8;
-	default:
-		return 0;
-	}
-}
-
 /* Encodes one scalar held in a moe_gguf_value, checking its range. */
 static moe_err put_scalar(moe_gguf_writer *w, const moe_gguf_value *v, const char *key)
 {
-	size_t sz = scalar_size(v->type);
+	size_t sz = gguf_scalar_size(v->type);
 	union {
 		float f;
 		uint32_t u;
@@ -239,7 +204,7 @@ static moe_err put_scalar(moe_gguf_writer *w, const moe_gguf_value *v, const cha
 static moe_err put_packed(moe_gguf_writer *w, moe_gguf_vtype t, const uint8_t *p, uint64_t n,
                           const char *key)
 {
-	size_t sz = scalar_size(t);
+	size_t sz = gguf_scalar_size(t);
 	moe_err err = MOE_OK;
 
 	for (uint64_t j = 0; j < n && err == MOE_OK; j++, p += sz) {
@@ -320,7 +285,7 @@ static moe_err put_value(moe_gguf_writer *w, const moe_gguf_value *v, const char
 /* Encodes a reader's array exactly (header and elements). */
 static moe_err put_reader_arr(moe_gguf_writer *w, const moe_gguf_arr *a, const char *key)
 {
-	size_t sz = scalar_size(a->type);
+	size_t sz = gguf_scalar_size(a->type);
 	moe_err err = buf_le(w, (uint64_t)a->type, 4);
 
 	if (err == MOE_OK)

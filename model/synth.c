@@ -14,6 +14,7 @@
 #include "model/synth.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -746,9 +747,38 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 }
 
 /* Generates, converts and writes one tensor in chunks of whole rows. */
-static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t seed, float *fbuf,
-                            void *qbuf, int64_t chunk_vals, uint64_t *done, uint64_t total,
-                            const moe_synth_opts *o)
+/* Quantisation of a chunk of rows, split over the pool by index. */
+typedef struct quant_job {
+	const tensor_spec *t;
+	const float *src;
+	uint8_t *dst;
+	int64_t n_rows;
+	size_t row_bytes;
+	_Atomic int err; /* first error, MOE_OK if none */
+} quant_job;
+
+static void quant_rows(void *arg, int ith, int nth)
+{
+	quant_job *j = arg;
+	int64_t per = (j->n_rows + nth - 1) / nth;
+	int64_t r0 = per * ith, r1 = r0 + per < j->n_rows ? r0 + per : j->n_rows;
+
+	for (int64_t r = r0; r < r1; r++) {
+		moe_err e = moe_quantize_row(j->t->type, j->dst + (size_t)r * j->row_bytes,
+		                             j->src + r * j->t->ne[0], j->t->ne[0]);
+		if (e != MOE_OK) {
+			int ok = MOE_OK;
+			atomic_compare_exchange_strong(&j->err, &ok, (int)e);
+			return;
+		}
+	}
+}
+
+/* Generates (one random stream per tensor, in row order), converts and
+ * writes one tensor in chunks of whole rows. */
+static moe_err write_tensor(moe_gguf_writer *w, moe_pool *pool, const tensor_spec *t, uint64_t seed,
+                            float *fbuf, void *qbuf, int64_t chunk_vals, uint64_t *done,
+                            uint64_t total, const moe_synth_opts *o)
 {
 	int64_t ne0 = t->ne[0];
 	int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
@@ -764,13 +794,11 @@ static moe_err write_tensor(moe_gguf_writer *w, const tensor_spec *t, uint64_t s
 		if (t->type == MOE_TYPE_F32) {
 			err = moe_gguf_writer_write(w, fbuf, (size_t)(nr * ne0) * sizeof(float));
 		} else {
-			for (int64_t i = 0; i < nr; i++) {
-				err =
-				    moe_quantize_row(t->type, (char *)qbuf + (size_t)i * row_bytes,
-				                     fbuf + i * ne0, ne0);
-				if (err != MOE_OK)
-					return err;
-			}
+			quant_job j = {t, fbuf, qbuf, nr, row_bytes, MOE_OK};
+			moe_pool_run(pool, quant_rows, &j);
+			if ((err = (moe_err)atomic_load(&j.err)) != MOE_OK)
+				return moe_fail(err, "%s: quantising to %s failed", t->name,
+				                moe_type_get(t->type)->name);
 			err = moe_gguf_writer_write(w, qbuf, (size_t)nr * row_bytes);
 		}
 		if (err != MOE_OK)
@@ -871,6 +899,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	synth_vocab sv = {0};
 	moe_synth_vocab vocab = {0};
 	moe_gguf_writer *w = NULL;
+	moe_pool *pool = NULL;
 	float *fbuf = NULL;
 	void *qbuf = NULL;
 	const int64_t chunk_vals = 1 << 20;
@@ -912,8 +941,10 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 		err = moe_fail(MOE_ERR_NOMEM, "make-model buffers");
 		goto out_free;
 	}
-	if ((err = moe_gguf_writer_create(&w, path)) != MOE_OK)
+	if ((err = moe_pool_create(&pool, o->n_threads)) != MOE_OK)
 		goto out_free;
+	if ((err = moe_gguf_writer_create(&w, path)) != MOE_OK)
+		goto out_pool;
 	if ((err = write_metadata(w, p, o->arch, n_layer, o->ftype, &vocab)) != MOE_OK)
 		goto out_writer;
 	for (size_t i = 0; i < tl.n; i++) {
@@ -924,7 +955,8 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	if ((err = moe_gguf_writer_begin_data(w)) != MOE_OK)
 		goto out_writer;
 	for (size_t i = 0; i < tl.n; i++) {
-		err = write_tensor(w, &tl.v[i], o->seed, fbuf, qbuf, chunk_vals, &done, total, o);
+		err = write_tensor(w, pool, &tl.v[i], o->seed, fbuf, qbuf, chunk_vals, &done, total,
+		                   o);
 		if (err != MOE_OK)
 			goto out_writer;
 	}
@@ -932,6 +964,8 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 
 out_writer:
 	moe_gguf_writer_destroy(w);
+out_pool:
+	moe_pool_destroy(pool);
 out_free:
 	free(fbuf);
 	free(qbuf);

@@ -51,6 +51,9 @@ typedef struct moe_synth_opts {
 	 * total; may be NULL. */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
+	/* Threads quantising rows (0 = one per CPU). The output does not depend
+	 * on it. */
+	int n_threads;
 } moe_synth_opts;
 
 /* One tensor of the model a set of options describes. */

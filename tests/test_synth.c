@@ -125,7 +125,9 @@ Test(synth, same_seed_same_bytes_other_seed_other_weights)
 	    .arch = "qwen3next", .preset = "tiny", .ftype = MOE_FTYPE_Q4_K_M, .seed = 1};
 	size_t n1, n2, n3;
 
+	o.n_threads = 1;
 	cr_assert_eq(moe_synth_write(tmpfile_("a.gguf"), &o), MOE_OK);
+	o.n_threads = 2; /* the thread count must not change a byte */
 	cr_assert_eq(moe_synth_write(tmpfile_("b.gguf"), &o), MOE_OK);
 	o.seed = 2;
 	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_OK);
