@@ -13,6 +13,8 @@ const moe_bench moe_benches[] = {
      moe_bench_e2e},
     {"serve", "concurrent streaming clients against moemesh serve: tok/s, TTFT, ITL",
      moe_bench_serve},
+    {"cluster", "decode tok/s with 0-3 workers, dispatch round trip vs raw TCP, shard load",
+     moe_bench_cluster},
     {NULL, NULL, NULL},
 };
 

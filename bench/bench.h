@@ -19,5 +19,6 @@ int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);
 int moe_bench_serve(int argc, char **argv);
+int moe_bench_cluster(int argc, char **argv);
 
 #endif

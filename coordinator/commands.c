@@ -12,13 +12,14 @@ int moe_cmd_version(int argc, char **argv)
 }
 
 const moe_command moe_commands[] = {
-    {"make-model", "write a synthetic random-weight GGUF model", moe_cmd_make_model},
-    {"version", "print the version", moe_cmd_version},
-    {"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
-    {"tokenize", "JSON lines of text -> token ids (or --decode ids -> text)", moe_cmd_tokenize},
-    {"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
-    {"logits", "write the raw float32 logits of a token list", moe_cmd_logits},
-    {"run", "generate text from a prompt on this machine", moe_cmd_run},
-    {"serve", "OpenAI-compatible HTTP server with continuous batching", moe_cmd_serve},
-    {NULL, NULL, NULL},
+	{"make-model", "write a synthetic random-weight GGUF model", moe_cmd_make_model},
+	{"version", "print the version", moe_cmd_version},
+	{"inspect", "validate a GGUF file and print its metadata and tensors", moe_cmd_inspect},
+	{"tokenize", "JSON lines of text -> token ids (or --decode ids -> text)", moe_cmd_tokenize},
+	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
+	{"logits", "write the raw float32 logits of a token list", moe_cmd_logits},
+	{"run", "generate text from a prompt on this machine", moe_cmd_run},
+	{"worker", "serve a slice of the experts to a coordinator", moe_cmd_worker},
+	{"serve", "OpenAI-compatible HTTP server with continuous batching", moe_cmd_serve},
+	{NULL, NULL, NULL},
 };
