@@ -15,8 +15,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,10 +35,11 @@ extern char **environ;
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh bench serve [-m MODEL.gguf] [--clients 1,4,16] [-n TOKENS]\n"
-	           "                           [--requests R] [--threads N] [--out DIR]\n"
-	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, -n 64, 2 requests per\n"
-	           "client, output in bench/out.\n");
+	fprintf(
+	    f, "usage: moemesh bench serve [-m MODEL.gguf] [--clients 1,4,16] [-n TOKENS]\n"
+	       "                           [--requests R] [--threads N] [--workers N] [--out DIR]\n"
+	       "Default model models/kjv-qwen3next-Q4_K_M.gguf, -n 64, 2 requests per\n"
+	       "client, output in bench/out; --workers N serves with N local workers.\n");
 }
 
 typedef struct lat {
@@ -187,23 +188,23 @@ typedef struct child {
 	FILE *err;
 } child;
 
-static int start_server(child *s, const char *model, int parallel, const char *threads)
+static int start_server(child *s, const char *model, int parallel, const char *threads,
+                        const char *workers)
 {
 	char par[16];
 	snprintf(par, sizeof par, "%d", parallel);
-	const char *argv[] = {"/proc/self/exe",
-	                      "serve",
-	                      "-m",
-	                      model,
-	                      "--port",
-	                      "0",
-	                      "--parallel",
-	                      par,
-	                      "--ctx",
-	                      "512",
-	                      threads ? "--threads" : NULL,
-	                      threads,
-	                      NULL};
+	const char *argv[16] = {"/proc/self/exe", "serve", "-m",    model, "--port", "0",
+	                        "--parallel",     par,     "--ctx", "512"};
+	int n = 10;
+	if (threads != NULL) {
+		argv[n++] = "--threads";
+		argv[n++] = threads;
+	}
+	if (workers != NULL) {
+		argv[n++] = "--workers";
+		argv[n++] = workers;
+	}
+	argv[n] = NULL;
 	int fds[2];
 	if (pipe(fds) != 0)
 		return -1;
@@ -245,7 +246,7 @@ static void stop_server(child *s)
 int moe_bench_serve(int argc, char **argv)
 {
 	const char *model = "models/kjv-qwen3next-Q4_K_M.gguf", *out = "bench/out";
-	const char *threads = NULL;
+	const char *threads = NULL, *workers = NULL;
 	int cs[MAX_C_VALUES] = {1, 4, 16}, n_cs = 3, n_tok = 64, n_req = 2;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +265,8 @@ int moe_bench_serve(int argc, char **argv)
 			out = v;
 		else if (strcmp(argv[i - 1], "--threads") == 0)
 			threads = v;
+		else if (strcmp(argv[i - 1], "--workers") == 0)
+			workers = v;
 		else if (strcmp(argv[i - 1], "-n") == 0)
 			n_tok = atoi(v);
 		else if (strcmp(argv[i - 1], "--requests") == 0)
@@ -295,7 +298,7 @@ int moe_bench_serve(int argc, char **argv)
 		return 2;
 	}
 	child srv = {0};
-	if (start_server(&srv, model, max_c, threads) != 0) {
+	if (start_server(&srv, model, max_c, threads, workers) != 0) {
 		fprintf(stderr, "bench serve: the server did not start\n");
 		return 1;
 	}

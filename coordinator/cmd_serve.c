@@ -7,24 +7,28 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "coordinator/serve.h"
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
-	           "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
-	           "                     [--threads N] [--queue N] [--max-body BYTES]\n"
-	           "                     [--prefill-chunk N] [--chat-template chatml]\n\n"
-	           "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
-	           "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
-	           "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
-	           "(default 4) decode together in every step, each with --ctx positions\n"
-	           "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
-	           "a slot, more get 429.  With --api-key every route but /health needs\n"
-	           "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
-	           "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
-	           "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n");
+	fprintf(f,
+	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
+	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
+	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
+	        "                     [--prefill-chunk N] [--chat-template chatml]\n\n"
+	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
+	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
+	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
+	        "(default 4) decode together in every step, each with --ctx positions\n"
+	        "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
+	        "a slot, more get 429.  With --api-key every route but /health needs\n"
+	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
+	        "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
+	        "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n"
+	        "With cluster options the routed experts run on workers:\n%s",
+	        moe_cluster_usage());
 }
 
 /* The write end is used by the signal handler (only async-signal-safe code). */
@@ -56,7 +60,29 @@ typedef struct serve_args {
 	bool force_chatml;
 	moe_http_opts ho;
 	moe_engine_opts eo;
+	moe_cluster_opts co;
 } serve_args;
+
+/* Round trips per worker since the last step, into the engine's histogram
+ * (the mean of each worker's dispatches in the step). */
+typedef struct rtt_feed {
+	moe_cluster *cl;
+	uint64_t n[MOE_CLUSTER_MAX_LINKS], ns[MOE_CLUSTER_MAX_LINKS];
+} rtt_feed;
+
+static void feed_rtt(void *ctx, moe_engine *e)
+{
+	rtt_feed *r = ctx;
+	const int n = moe_cluster_n_links(r->cl);
+	for (int i = 0; i < n && i < MOE_CLUSTER_MAX_LINKS; i++) {
+		const moe_cluster_link_stats st = moe_cluster_link(r->cl, i);
+		const uint64_t dn = st.dispatches - r->n[i], dns = st.rtt_ns - r->ns[i];
+		if (dn > 0)
+			moe_engine_observe_rtt_n(e, i, (double)dns * 1e-9 / (double)dn, dn);
+		r->n[i] = st.dispatches;
+		r->ns[i] = st.rtt_ns;
+	}
+}
 
 /* 0 ok, 2 usage, 3 help */
 static int parse_args(serve_args *a, int argc, char **argv)
@@ -67,6 +93,13 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		int bad = 0, max_body = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
+		const moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
+		if (ce == MOE_OK)
+			continue;
+		if (ce != MOE_ERR_NOT_FOUND) {
+			fprintf(stderr, "moemesh serve: %s\n", moe_err_detail());
+			return 2;
+		}
 		if (v == NULL)
 			return 2;
 		i++;
@@ -137,6 +170,8 @@ int moe_cmd_serve(int argc, char **argv)
 	moe_model *m = NULL;
 	moe_tokenizer *tok = NULL;
 	moe_engine *e = NULL;
+	moe_cluster *cl = NULL;
+	rtt_feed feed = {0};
 	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
 		goto out_fail;
 	fprintf(stderr, "moemesh serve: listening on http://%s:%d (loading %s)\n", a.ho.host,
@@ -147,12 +182,24 @@ int moe_cmd_serve(int argc, char **argv)
 		goto out_fail;
 	if (!a.force_chatml && (err = moe_chat_check(moe_model_gguf(m))) != MOE_OK)
 		goto out_fail;
+	if (moe_cluster_wanted(&a.co)) {
+		moe_http_set_status(h, "loading", "starting workers and loading their experts");
+		if ((err = moe_cluster_create(&cl, m, a.model, &a.co)) != MOE_OK)
+			goto out_fail;
+		a.eo.experts = moe_cluster_backend(cl);
+		feed.cl = cl;
+		a.eo.after_step = feed_rtt;
+		a.eo.after_step_ctx = &feed;
+	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;
+	if (cl != NULL)
+		moe_cluster_set_pool(cl, moe_engine_pool(e));
 	moe_http_set_engine(h, e, tok);
-	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d)\n", a.eo.n_slots,
-	        moe_engine_n_ctx(e));
+	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d, %s)\n",
+	        a.eo.n_slots, moe_engine_n_ctx(e),
+	        cl != NULL ? "cluster experts" : "local experts");
 
 	unsigned char sig = 0;
 	while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR)
@@ -172,6 +219,7 @@ out_free:
 		moe_engine_stop(e); /* requests in flight end now */
 	moe_http_stop(h);           /* waits for every connection */
 	moe_engine_destroy(e);
+	moe_cluster_destroy(cl);
 	moe_tokenizer_destroy(tok);
 	moe_model_destroy(m);
 	return rc;

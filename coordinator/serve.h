@@ -33,6 +33,8 @@
 
 /* ---- engine -------------------------------------------------------------------- */
 
+typedef struct moe_engine moe_engine;
+
 typedef struct moe_engine_opts {
 	int n_slots;       /* sequences decoded together (--parallel), default 4 */
 	int n_ctx;         /* positions per sequence (--ctx), default min(model, 4096) */
@@ -40,11 +42,13 @@ typedef struct moe_engine_opts {
 	int max_queue;     /* requests waiting for a slot before 429; default 64 */
 	int prefill_chunk; /* prompt tokens per sequence per step; default 256 */
 	const moe_expert_backend *experts; /* NULL: local experts */
+	/* called on the scheduler thread after every step (may be NULL): for a
+	 * cluster backend to report round trips with moe_engine_observe_rtt */
+	void (*after_step)(void *ctx, moe_engine *e);
+	void *after_step_ctx;
 } moe_engine_opts;
 
 void moe_engine_opts_default(moe_engine_opts *o);
-
-typedef struct moe_engine moe_engine;
 
 /* Creates the engine on model m (which must outlive it) and tok, and starts
  * its scheduler thread.  Errors: those of moe_fwd_create, MOE_ERR_NOMEM,
@@ -62,6 +66,13 @@ void moe_engine_stop(moe_engine *e);
 void moe_engine_destroy(moe_engine *e);
 
 int moe_engine_n_ctx(const moe_engine *e);
+
+/* The thread pool of the engine's forward pass (for the cluster backend). */
+moe_pool *moe_engine_pool(const moe_engine *e);
+
+/* False if the last step failed (the expert backend cannot serve), with the
+ * reason copied into reason[0..size); true once a step succeeds again. */
+bool moe_engine_healthy(moe_engine *e, char *reason, size_t size);
 
 /* ---- requests ------------------------------------------------------------------ */
 
@@ -124,6 +135,9 @@ void moe_engine_metrics(moe_engine *e, FILE *out);
  * the per-worker histogram; for expert backends that talk to workers.  Safe
  * from any thread. */
 void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s);
+
+/* The same for n round trips of rtt_s seconds each (e.g. a step's mean). */
+void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n);
 
 /* ---- chat ---------------------------------------------------------------------- */
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -96,6 +97,7 @@ struct moe_engine {
 	uint64_t win_tokens;
 	double win_t0, rate;
 	size_t kv_in_use, state_in_use;
+	char fail_reason[256]; /* the last step's error; "" when it succeeded */
 };
 
 void moe_engine_opts_default(moe_engine_opts *o)
@@ -150,16 +152,36 @@ static moe_err count_finish(void *ctx, moe_fix_t *acc)
 	return e->inner.finish(e->inner.ctx, acc);
 }
 
-void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s)
+void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n)
 {
-	if (e == NULL || worker < 0 || worker >= RTT_WORKERS || !(rtt_s >= 0))
+	if (e == NULL || worker < 0 || worker >= RTT_WORKERS || !(rtt_s >= 0) || rtt_s > 1e6)
 		return;
 	int b = 0;
 	while (b < RTT_BUCKETS && rtt_s > rtt_le[b])
 		b++;
-	atomic_fetch_add_explicit(&e->rtt_count[worker][b], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&e->rtt_sum_us[worker], (uint64_t)(rtt_s * 1e6),
+	atomic_fetch_add_explicit(&e->rtt_count[worker][b], n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&e->rtt_sum_us[worker], (uint64_t)(rtt_s * 1e6) * n,
 	                          memory_order_relaxed);
+}
+
+void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s)
+{
+	moe_engine_observe_rtt_n(e, worker, rtt_s, 1);
+}
+
+moe_pool *moe_engine_pool(const moe_engine *e)
+{
+	return moe_fwd_pool(e->f);
+}
+
+bool moe_engine_healthy(moe_engine *e, char *reason, size_t size)
+{
+	pthread_mutex_lock(&e->mu);
+	const bool ok = e->fail_reason[0] == '\0';
+	if (!ok && size > 0)
+		snprintf(reason, size, "%s", e->fail_reason);
+	pthread_mutex_unlock(&e->mu);
+	return ok;
 }
 
 /* ---- requests ------------------------------------------------------------------- */
@@ -554,6 +576,11 @@ static void *sched_main(void *arg)
 		                     .pos = e->b_pos,
 		                     .logits = e->b_want};
 		const moe_err err = moe_fwd_step(e->f, e->logits, &b);
+		char why[256] = "";
+		if (err != MOE_OK)
+			snprintf(why, sizeof why, "%s: %s", moe_err_name(err), moe_err_detail());
+		if (e->o.after_step != NULL)
+			e->o.after_step(e->o.after_step_ctx, e);
 		int n_new = 0;
 		for (int r = 0; r < rows; r++) {
 			moe_gen *g = e->b_gen[r];
@@ -567,6 +594,7 @@ static void *sched_main(void *arg)
 		}
 
 		pthread_mutex_lock(&e->mu);
+		snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
 		if (err != MOE_OK) /* the batch's sequences are in an unknown state */
 			for (int64_t t = 0; t < n; t++)
 				if (e->active[e->b_slot[t]] != NULL)

@@ -655,12 +655,21 @@ static enum MHD_Result health(moe_http *h, struct MHD_Connection *c)
 {
 	cJSON *j = cJSON_CreateObject();
 	pthread_mutex_lock(&h->mu);
-	const bool ready = h->e != NULL;
-	cJSON_AddStringToObject(j, "status", ready ? "ok" : h->status);
-	if (!ready && h->reason[0])
-		cJSON_AddStringToObject(j, "reason", h->reason);
+	moe_engine *e = h->e;
+	if (e == NULL) {
+		cJSON_AddStringToObject(j, "status", h->status);
+		if (h->reason[0])
+			cJSON_AddStringToObject(j, "reason", h->reason);
+	}
 	pthread_mutex_unlock(&h->mu);
-	return send_json(h, c, ready ? 200 : 503, j);
+	char why[256];
+	const bool ok = e != NULL && moe_engine_healthy(e, why, sizeof why);
+	if (e != NULL) {
+		cJSON_AddStringToObject(j, "status", ok ? "ok" : "unavailable");
+		if (!ok)
+			cJSON_AddStringToObject(j, "reason", why);
+	}
+	return send_json(h, c, ok ? 200 : 503, j);
 }
 
 static enum MHD_Result metrics(moe_http *h, struct MHD_Connection *c)

@@ -202,3 +202,9 @@ Test(serve, unrenderable_chat_template_fails_at_startup, .timeout = 120)
 	stop(&s);
 	unlink(dst);
 }
+
+Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
+{
+	/* experts on 2 spawned workers: greedy text still equals `moemesh run` */
+	run_case("basic", kjv(), (const char *const[]){"--workers", "2", NULL}, NULL);
+}
