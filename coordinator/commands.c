@@ -20,5 +20,6 @@ const moe_command moe_commands[] = {
 	{"logits", "write the raw float32 logits of a token list", moe_cmd_logits},
 	{"run", "generate text from a prompt on this machine", moe_cmd_run},
 	{"worker", "serve a slice of the experts to a coordinator", moe_cmd_worker},
+	{"serve", "OpenAI-compatible HTTP server with continuous batching", moe_cmd_serve},
 	{NULL, NULL, NULL},
 };

@@ -1,0 +1,382 @@
+/*
+ * bench_serve.c - `moemesh bench serve`: C concurrent streaming clients
+ * against `moemesh serve` (started here as a child process on a free port).
+ *
+ * For each C in --clients (default 1,4,16) every client sends --requests
+ * streamed completions of -n tokens one after the other (different prompts
+ * and seeds).  Reported per C: aggregate generated tok/s (all completion
+ * tokens / wall time), time to first token p50/p99, inter-token latency
+ * p50/p99.  Writes OUT/serve.csv and OUT/serve.png (gnuplot, if installed)
+ * and ends with a summary line `serve_speedup_16_vs_1=X`.
+ */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "core/core.h"
+
+extern char **environ;
+
+#define MAX_CLIENTS  64
+#define MAX_C_VALUES 8
+
+static void usage(FILE *f)
+{
+	fprintf(
+	    f, "usage: moemesh bench serve [-m MODEL.gguf] [--clients 1,4,16] [-n TOKENS]\n"
+	       "                           [--requests R] [--threads N] [--workers N] [--out DIR]\n"
+	       "Default model models/kjv-qwen3next-Q4_K_M.gguf, -n 64, 2 requests per\n"
+	       "client, output in bench/out; --workers N serves with N local workers.\n");
+}
+
+typedef struct lat {
+	double *v;
+	size_t n, cap;
+} lat;
+
+static int lat_add(lat *l, double x)
+{
+	if (l->n == l->cap) {
+		size_t c = l->cap ? 2 * l->cap : 256;
+		double *v = realloc(l->v, c * sizeof *v);
+		if (v == NULL)
+			return -1;
+		l->v = v;
+		l->cap = c;
+	}
+	l->v[l->n++] = x;
+	return 0;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	const double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double pct(lat *l, double p)
+{
+	if (l->n == 0)
+		return 0;
+	qsort(l->v, l->n, sizeof *l->v, cmp_d);
+	size_t i = (size_t)(p * (double)(l->n - 1) + 0.5);
+	return l->v[i < l->n ? i : l->n - 1];
+}
+
+typedef struct client {
+	int port, id, n_req, n_tok;
+	long tokens; /* completion tokens received */
+	int errors;
+	lat ttft, itl;
+} client;
+
+/* One streamed request over HTTP/1.0 (the server closes at the end). */
+static int one_request(client *c, int r)
+{
+	static const char *prompts[] = {"In the beginning", "And the LORD said unto Moses",
+	                                "Blessed are the",  "And it came to pass",
+	                                "Hear, O Israel",   "The heavens declare"};
+	char body[512], req[1024];
+	const int nb =
+	    snprintf(body, sizeof body,
+	             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0.8,\"seed\":%d,"
+	             "\"stream\":true}",
+	             prompts[(c->id + r) % 6], c->n_tok, c->id * 1000 + r);
+	const int nr = snprintf(req, sizeof req,
+	                        "POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+	                        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+	                        nb, body);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	const double t0 = moe_now_s();
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+	    send(fd, req, (size_t)nr, MSG_NOSIGNAL) != nr) {
+		close(fd);
+		return -1;
+	}
+	size_t cap = 1 << 16, len = 0, scan = 0;
+	char *buf = malloc(cap);
+	bool in_body = false, done = false;
+	double last = 0;
+	int rc = -1;
+	while (buf != NULL && !done) {
+		if (len + 4096 > cap) {
+			char *b = realloc(buf, cap * 2);
+			if (b == NULL)
+				break;
+			buf = b;
+			cap *= 2;
+		}
+		const ssize_t k = recv(fd, buf + len, cap - len - 1, 0);
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+		buf[len] = '\0';
+		if (!in_body) {
+			char *e = strstr(buf, "\r\n\r\n");
+			if (e == NULL)
+				continue;
+			if (strncmp(buf, "HTTP/1.0 200", 12) != 0 &&
+			    strncmp(buf, "HTTP/1.1 200", 12) != 0)
+				break;
+			in_body = true;
+			scan = (size_t)(e + 4 - buf);
+		}
+		char *nl;
+		while ((nl = memchr(buf + scan, '\n', len - scan)) != NULL) {
+			*nl = '\0';
+			const char *line = buf + scan;
+			scan = (size_t)(nl + 1 - buf);
+			if (strncmp(line, "data: ", 6) != 0)
+				continue;
+			if (strcmp(line + 6, "[DONE]") == 0) {
+				done = true;
+				rc = 0;
+				break;
+			}
+			cJSON *j = cJSON_Parse(line + 6);
+			const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+			const cJSON *t = cJSON_GetObjectItem(ch, "text");
+			const cJSON *u = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"),
+			                                     "completion_tokens");
+			if (cJSON_IsString(t) && t->valuestring[0] != '\0') {
+				const double now = moe_now_s();
+				if (last == 0)
+					lat_add(&c->ttft, now - t0);
+				else
+					lat_add(&c->itl, now - last);
+				last = now;
+			}
+			if (cJSON_IsNumber(u))
+				c->tokens += (long)u->valuedouble;
+			cJSON_Delete(j);
+		}
+	}
+	free(buf);
+	close(fd);
+	return rc;
+}
+
+static void *client_main(void *arg)
+{
+	client *c = arg;
+	for (int r = 0; r < c->n_req; r++)
+		if (one_request(c, r) != 0)
+			c->errors++;
+	return NULL;
+}
+
+typedef struct child {
+	pid_t pid;
+	int port;
+	FILE *err;
+} child;
+
+static int start_server(child *s, const char *model, int parallel, const char *threads,
+                        const char *workers)
+{
+	char par[16];
+	snprintf(par, sizeof par, "%d", parallel);
+	const char *argv[16] = {"/proc/self/exe", "serve", "-m",    model, "--port", "0",
+	                        "--parallel",     par,     "--ctx", "512"};
+	int n = 10;
+	if (threads != NULL) {
+		argv[n++] = "--threads";
+		argv[n++] = threads;
+	}
+	if (workers != NULL) {
+		argv[n++] = "--workers";
+		argv[n++] = workers;
+	}
+	argv[n] = NULL;
+	int fds[2];
+	if (pipe(fds) != 0)
+		return -1;
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+	posix_spawn_file_actions_addclose(&fa, fds[0]);
+	const int rc = posix_spawn(&s->pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(fds[1]);
+	if (rc != 0) {
+		close(fds[0]);
+		return -1;
+	}
+	s->err = fdopen(fds[0], "r");
+	char line[1024];
+	while (s->err != NULL && fgets(line, sizeof line, s->err) != NULL) {
+		const char *p = strstr(line, "listening on http://127.0.0.1:");
+		if (p != NULL)
+			s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		if (strstr(line, "moemesh serve: ready") != NULL)
+			return 0;
+		fputs(line, stderr);
+	}
+	waitpid(s->pid, NULL, 0);
+	return -1;
+}
+
+static void stop_server(child *s)
+{
+	kill(s->pid, SIGTERM);
+	char line[1024];
+	while (fgets(line, sizeof line, s->err) != NULL)
+		;
+	fclose(s->err);
+	waitpid(s->pid, NULL, 0);
+}
+
+int moe_bench_serve(int argc, char **argv)
+{
+	const char *model = "models/kjv-qwen3next-Q4_K_M.gguf", *out = "bench/out";
+	const char *threads = NULL, *workers = NULL;
+	int cs[MAX_C_VALUES] = {1, 4, 16}, n_cs = 3, n_tok = 64, n_req = 2;
+	for (int i = 1; i < argc; i++) {
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage(stdout);
+			return 0;
+		}
+		if (v == NULL) {
+			usage(stderr);
+			return 2;
+		}
+		i++;
+		if (strcmp(argv[i - 1], "-m") == 0)
+			model = v;
+		else if (strcmp(argv[i - 1], "--out") == 0)
+			out = v;
+		else if (strcmp(argv[i - 1], "--threads") == 0)
+			threads = v;
+		else if (strcmp(argv[i - 1], "--workers") == 0)
+			workers = v;
+		else if (strcmp(argv[i - 1], "-n") == 0)
+			n_tok = atoi(v);
+		else if (strcmp(argv[i - 1], "--requests") == 0)
+			n_req = atoi(v);
+		else if (strcmp(argv[i - 1], "--clients") == 0) {
+			n_cs = 0;
+			for (const char *p = v; *p && n_cs < MAX_C_VALUES;) {
+				cs[n_cs++] = atoi(p);
+				p = strchr(p, ',');
+				if (p == NULL)
+					break;
+				p++;
+			}
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	int max_c = 0;
+	for (int k = 0; k < n_cs; k++) {
+		if (cs[k] < 1 || cs[k] > MAX_CLIENTS) {
+			usage(stderr);
+			return 2;
+		}
+		max_c = cs[k] > max_c ? cs[k] : max_c;
+	}
+	if (n_tok < 1 || n_tok > 400 || n_req < 1) {
+		usage(stderr);
+		return 2;
+	}
+	child srv = {0};
+	if (start_server(&srv, model, max_c, threads, workers) != 0) {
+		fprintf(stderr, "bench serve: the server did not start\n");
+		return 1;
+	}
+	mkdir(out, 0755);
+	char path[1024];
+	snprintf(path, sizeof path, "%s/serve.csv", out);
+	FILE *csv = fopen(path, "w");
+	if (csv == NULL) {
+		stop_server(&srv);
+		fprintf(stderr, "bench serve: cannot write %s\n", path);
+		return 1;
+	}
+	fprintf(csv, "clients,tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,errors\n");
+	printf("%-8s %10s %12s %12s %11s %11s\n", "clients", "tok/s", "TTFT p50 ms", "TTFT p99 ms",
+	       "ITL p50 ms", "ITL p99 ms");
+	double rate1 = 0, rate16 = 0;
+	int rc = 0;
+	for (int k = 0; k < n_cs; k++) {
+		const int C = cs[k];
+		client cl[MAX_CLIENTS] = {0};
+		pthread_t th[MAX_CLIENTS];
+		const double t0 = moe_now_s();
+		for (int i = 0; i < C; i++) {
+			cl[i] = (client){.port = srv.port, .id = i, .n_req = n_req, .n_tok = n_tok};
+			pthread_create(&th[i], NULL, client_main, &cl[i]);
+		}
+		for (int i = 0; i < C; i++)
+			pthread_join(th[i], NULL);
+		const double dt = moe_now_s() - t0;
+		lat ttft = {0}, itl = {0};
+		long tokens = 0;
+		int errors = 0;
+		for (int i = 0; i < C; i++) {
+			tokens += cl[i].tokens;
+			errors += cl[i].errors;
+			for (size_t j = 0; j < cl[i].ttft.n; j++)
+				lat_add(&ttft, cl[i].ttft.v[j]);
+			for (size_t j = 0; j < cl[i].itl.n; j++)
+				lat_add(&itl, cl[i].itl.v[j]);
+			free(cl[i].ttft.v);
+			free(cl[i].itl.v);
+		}
+		const double rate = (double)tokens / dt;
+		const double r[4] = {pct(&ttft, 0.5) * 1e3, pct(&ttft, 0.99) * 1e3,
+		                     pct(&itl, 0.5) * 1e3, pct(&itl, 0.99) * 1e3};
+		printf("%-8d %10.1f %12.1f %12.1f %11.2f %11.2f%s\n", C, rate, r[0], r[1], r[2],
+		       r[3], errors ? "  (errors)" : "");
+		fprintf(csv, "%d,%.2f,%.2f,%.2f,%.3f,%.3f,%d\n", C, rate, r[0], r[1], r[2], r[3],
+		        errors);
+		if (C == 1)
+			rate1 = rate;
+		if (C == 16)
+			rate16 = rate;
+		if (errors)
+			rc = 1;
+		free(ttft.v);
+		free(itl.v);
+	}
+	fclose(csv);
+	stop_server(&srv);
+
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd,
+	         "command -v gnuplot >/dev/null && gnuplot -e \"set terminal pngcairo size 900,420 "
+	         "noenhanced; set output '%s/serve.png'; set datafile separator ','; "
+	         "set multiplot layout 1,2; set logscale x 2; set xlabel 'concurrent clients'; "
+	         "set ylabel 'generated tok/s'; set key off; "
+	         "plot '%s/serve.csv' every ::1 using 1:2 with linespoints lw 2 title 'tok/s'; "
+	         "set ylabel 'ms'; set key top left; "
+	         "plot '%s/serve.csv' every ::1 using 1:3 with linespoints title 'TTFT p50', "
+	         "'' every ::1 using 1:4 with linespoints title 'TTFT p99', "
+	         "'' every ::1 using 1:5 with linespoints title 'ITL p50', "
+	         "'' every ::1 using 1:6 with linespoints title 'ITL p99'; unset multiplot\"",
+	         out, out, out);
+	if (system(cmd) != 0)
+		fprintf(stderr, "bench serve: no plot (gnuplot missing or failed)\n");
+	printf("wrote %s/serve.csv and %s/serve.png\n", out, out);
+	if (rate1 > 0 && rate16 > 0)
+		printf("serve_speedup_16_vs_1=%.2f (target >= 4)\n", rate16 / rate1);
+	return rc;
+}

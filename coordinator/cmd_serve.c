@@ -1,0 +1,226 @@
+/* cmd_serve.c - `moemesh serve`: the OpenAI-compatible HTTP server with
+ * continuous batching (serve.h). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/cluster.h"
+#include "coordinator/commands.h"
+#include "coordinator/serve.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
+	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
+	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
+	        "                     [--prefill-chunk N] [--chat-template chatml]\n\n"
+	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
+	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
+	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
+	        "(default 4) decode together in every step, each with --ctx positions\n"
+	        "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
+	        "a slot, more get 429.  With --api-key every route but /health needs\n"
+	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
+	        "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
+	        "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n"
+	        "With cluster options the routed experts run on workers:\n%s",
+	        moe_cluster_usage());
+}
+
+/* The write end is used by the signal handler (only async-signal-safe code). */
+static int stop_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+	const unsigned char b = (unsigned char)sig;
+	const int saved = errno;
+	if (write(stop_pipe[1], &b, 1) < 0) {
+		/* nothing to do: a byte is already waiting */
+	}
+	errno = saved;
+}
+
+static int parse_int(int *out, const char *s, long lo, long hi)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (end == s || *end || errno != 0 || x < lo || x > hi)
+		return -1;
+	*out = (int)x;
+	return 0;
+}
+
+typedef struct serve_args {
+	const char *model;
+	bool force_chatml;
+	moe_http_opts ho;
+	moe_engine_opts eo;
+	moe_cluster_opts co;
+} serve_args;
+
+/* Round trips per worker since the last step, into the engine's histogram
+ * (the mean of each worker's dispatches in the step). */
+typedef struct rtt_feed {
+	moe_cluster *cl;
+	uint64_t n[MOE_CLUSTER_MAX_LINKS], ns[MOE_CLUSTER_MAX_LINKS];
+} rtt_feed;
+
+static void feed_rtt(void *ctx, moe_engine *e)
+{
+	rtt_feed *r = ctx;
+	const int n = moe_cluster_n_links(r->cl);
+	for (int i = 0; i < n && i < MOE_CLUSTER_MAX_LINKS; i++) {
+		const moe_cluster_link_stats st = moe_cluster_link(r->cl, i);
+		const uint64_t dn = st.dispatches - r->n[i], dns = st.rtt_ns - r->ns[i];
+		if (dn > 0)
+			moe_engine_observe_rtt_n(e, i, (double)dns * 1e-9 / (double)dn, dn);
+		r->n[i] = st.dispatches;
+		r->ns[i] = st.rtt_ns;
+	}
+}
+
+/* 0 ok, 2 usage, 3 help */
+static int parse_args(serve_args *a, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int bad = 0, max_body = 0;
+		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
+			return 3;
+		const moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
+		if (ce == MOE_OK)
+			continue;
+		if (ce != MOE_ERR_NOT_FOUND) {
+			fprintf(stderr, "moemesh serve: %s\n", moe_err_detail());
+			return 2;
+		}
+		if (v == NULL)
+			return 2;
+		i++;
+		if (strcmp(s, "-m") == 0)
+			a->model = v;
+		else if (strcmp(s, "--host") == 0)
+			a->ho.host = v;
+		else if (strcmp(s, "--port") == 0)
+			bad = parse_int(&a->ho.port, v, 0, 65535);
+		else if (strcmp(s, "--api-key") == 0)
+			a->ho.api_key = v;
+		else if (strcmp(s, "--parallel") == 0)
+			bad = parse_int(&a->eo.n_slots, v, 1, 256);
+		else if (strcmp(s, "--ctx") == 0)
+			bad = parse_int(&a->eo.n_ctx, v, 8, 1 << 22);
+		else if (strcmp(s, "--threads") == 0)
+			bad = parse_int(&a->eo.n_threads, v, 1, 1024);
+		else if (strcmp(s, "--queue") == 0)
+			bad = parse_int(&a->eo.max_queue, v, 0, 1 << 20);
+		else if (strcmp(s, "--prefill-chunk") == 0)
+			bad = parse_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
+		else if (strcmp(s, "--max-body") == 0) {
+			bad = parse_int(&max_body, v, 1024, 1 << 30);
+			a->ho.max_body = (size_t)max_body;
+		} else if (strcmp(s, "--chat-template") == 0) {
+			if (strcmp(v, "chatml") != 0)
+				return 2;
+			a->force_chatml = true;
+		} else
+			return 2;
+		if (bad)
+			return 2;
+	}
+	return a->model == NULL ? 2 : 0;
+}
+
+int moe_cmd_serve(int argc, char **argv)
+{
+	serve_args a = {.ho = {.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20}};
+	moe_engine_opts_default(&a.eo);
+	const int pr = parse_args(&a, argc, argv);
+	if (pr == 3) {
+		usage(stdout);
+		return 0;
+	}
+	if (pr != 0) {
+		usage(stderr);
+		return 2;
+	}
+	const char *base = strrchr(a.model, '/');
+	a.ho.model_id = base != NULL ? base + 1 : a.model;
+
+	/* SIGINT / SIGTERM write to a pipe that the main thread waits on (any
+	 * thread may take the signal: libraries start threads before main) */
+	if (pipe(stop_pipe) != 0) {
+		fprintf(stderr, "moemesh serve: pipe: %s\n", strerror(errno));
+		return 1;
+	}
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	int rc = 1;
+	moe_err err;
+	moe_http *h = NULL;
+	moe_model *m = NULL;
+	moe_tokenizer *tok = NULL;
+	moe_engine *e = NULL;
+	moe_cluster *cl = NULL;
+	rtt_feed feed = {0};
+	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
+		goto out_fail;
+	fprintf(stderr, "moemesh serve: listening on http://%s:%d (loading %s)\n", a.ho.host,
+	        moe_http_port(h), a.model);
+	moe_http_set_status(h, "loading", "opening the model");
+	if ((err = moe_model_open(&m, a.model)) != MOE_OK ||
+	    (err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK)
+		goto out_fail;
+	if (!a.force_chatml && (err = moe_chat_check(moe_model_gguf(m))) != MOE_OK)
+		goto out_fail;
+	if (moe_cluster_wanted(&a.co)) {
+		moe_http_set_status(h, "loading", "starting workers and loading their experts");
+		if ((err = moe_cluster_create(&cl, m, a.model, &a.co)) != MOE_OK)
+			goto out_fail;
+		a.eo.experts = moe_cluster_backend(cl);
+		feed.cl = cl;
+		a.eo.after_step = feed_rtt;
+		a.eo.after_step_ctx = &feed;
+	}
+	moe_http_set_status(h, "loading", "allocating the KV cache and states");
+	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
+		goto out_fail;
+	if (cl != NULL)
+		moe_cluster_set_pool(cl, moe_engine_pool(e));
+	moe_http_set_engine(h, e, tok);
+	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d, %s)\n",
+	        a.eo.n_slots, moe_engine_n_ctx(e),
+	        cl != NULL ? "cluster experts" : "local experts");
+
+	unsigned char sig = 0;
+	while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR)
+		;
+	fprintf(stderr, "moemesh serve: signal %d, stopping\n", sig);
+	rc = 0;
+	goto out_free;
+
+out_fail:
+	fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
+out_free:
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	close(stop_pipe[0]);
+	close(stop_pipe[1]);
+	if (e != NULL)
+		moe_engine_stop(e); /* requests in flight end now */
+	moe_http_stop(h);           /* waits for every connection */
+	moe_engine_destroy(e);
+	moe_cluster_destroy(cl);
+	moe_tokenizer_destroy(tok);
+	moe_model_destroy(m);
+	return rc;
+}

@@ -1,0 +1,200 @@
+/*
+ * serve.h - the serving engine behind `moemesh serve`: a scheduler thread that
+ * owns one moe_fwd and runs continuous batching over its sequence slots, and
+ * the pieces the HTTP front end (serve_http.c) needs around it: requests
+ * (moe_gen), ChatML rendering, and metrics.
+ *
+ * Threads: HTTP connection threads submit requests and wait on them; the one
+ * scheduler thread admits queued requests into free slots, builds one batch
+ * per step from every active sequence (one token per decoding sequence, the
+ * next prefill piece of each prefilling one), runs moe_fwd_step, samples, and
+ * publishes the new text.  Everything shared is under the engine's mutex.
+ *
+ * Determinism: a request's result depends only on the request.  Kernels and
+ * dense ops are batch-invariant per token; the one place where batching could
+ * leak in is the DeltaNet layer, whose chunked form (and its chunk
+ * boundaries) is chosen by how many tokens of one sequence a step carries.
+ * The scheduler therefore cuts every prompt into pieces of prefill_chunk
+ * tokens counted from the start of that prompt alone, and never gives
+ * moe_fwd_step more than max_batch tokens (so it never re-chunks a step).
+ */
+#ifndef MOE_SERVE_H
+#define MOE_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/core.h"
+#include "model/forward.h"
+#include "model/sample.h"
+#include "model/tokenizer.h"
+
+/* ---- engine -------------------------------------------------------------------- */
+
+typedef struct moe_engine moe_engine;
+
+typedef struct moe_engine_opts {
+	int n_slots;       /* sequences decoded together (--parallel), default 4 */
+	int n_ctx;         /* positions per sequence (--ctx), default min(model, 4096) */
+	int n_threads;     /* 0 = one per CPU */
+	int max_queue;     /* requests waiting for a slot before 429; default 64 */
+	int prefill_chunk; /* prompt tokens per sequence per step; default 256 */
+	const moe_expert_backend *experts; /* NULL: local experts */
+	/* called on the scheduler thread after every step (may be NULL): for a
+	 * cluster backend to report round trips with moe_engine_observe_rtt */
+	void (*after_step)(void *ctx, moe_engine *e);
+	void *after_step_ctx;
+} moe_engine_opts;
+
+void moe_engine_opts_default(moe_engine_opts *o);
+
+/* Creates the engine on model m (which must outlive it) and tok, and starts
+ * its scheduler thread.  Errors: those of moe_fwd_create, MOE_ERR_NOMEM,
+ * MOE_ERR_SYS (thread). */
+moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokenizer *tok,
+                          const moe_engine_opts *o);
+
+/* Stops the scheduler thread: running and queued requests finish with
+ * MOE_GEN_ERROR, new ones are refused.  Requests stay usable (wait, release)
+ * until moe_engine_destroy.  Idempotent. */
+void moe_engine_stop(moe_engine *e);
+
+/* Stops the engine if needed and frees it; every request must have been
+ * released.  NULL is a no-op. */
+void moe_engine_destroy(moe_engine *e);
+
+int moe_engine_n_ctx(const moe_engine *e);
+
+/* The thread pool of the engine's forward pass (for the cluster backend). */
+moe_pool *moe_engine_pool(const moe_engine *e);
+
+/* False if the last step failed (the expert backend cannot serve), with the
+ * reason copied into reason[0..size); true once a step succeeds again. */
+bool moe_engine_healthy(moe_engine *e, char *reason, size_t size);
+
+/* ---- requests ------------------------------------------------------------------ */
+
+#define MOE_GEN_MAX_STOPS 8
+#define MOE_GEN_MAX_END   4
+
+typedef struct moe_gen_params {
+	const int32_t *prompt; /* [n_prompt], copied */
+	size_t n_prompt;
+	int max_tokens;
+	moe_sampler_params sp;
+	const char *stops[MOE_GEN_MAX_STOPS]; /* copied */
+	int n_stops;
+	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the generation (not emitted) */
+	int n_end;
+} moe_gen_params;
+
+typedef enum moe_gen_finish {
+	MOE_GEN_RUNNING = 0,
+	MOE_GEN_STOP,   /* an end token or stop string */
+	MOE_GEN_LENGTH, /* max_tokens */
+	MOE_GEN_ERROR,  /* the engine failed or shut down */
+	MOE_GEN_CANCELLED,
+} moe_gen_finish;
+
+typedef struct moe_gen moe_gen;
+
+/* Queues a request.  On success *out is a handle the caller must release with
+ * moe_gen_release.  Errors: MOE_ERR_INVAL (empty prompt, bad sampler
+ * parameter), MOE_ERR_BAD_VALUE (n_prompt + max_tokens > n_ctx), MOE_ERR_BUSY
+ * (queue full), MOE_ERR_STATE (engine stopping), MOE_ERR_NOMEM. */
+moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p);
+
+/* Waits up to timeout_ms for text not yet taken or for the end.  Appends the
+ * new text (valid UTF-8, stop strings cut) to the caller's malloc'd buffer
+ * *buf / *len / *cap (grown with realloc) and returns the finish state
+ * (MOE_GEN_RUNNING if not finished yet).  MOE_GEN_ERROR also on allocation
+ * failure. */
+moe_gen_finish moe_gen_wait(moe_gen *g, char **buf, size_t *len, size_t *cap, int timeout_ms);
+
+/* Asks the scheduler to drop the request: its slot is freed at the next step. */
+void moe_gen_cancel(moe_gen *g);
+
+/* Tokens of the prompt and generated so far; seconds from submit to the
+ * first generated token (0 until then). */
+void moe_gen_usage(const moe_gen *g, int *prompt_tokens, int *completion_tokens);
+
+/* Drops the caller's reference (cancels the request if still running). */
+void moe_gen_release(moe_gen *g);
+
+/* ---- metrics ------------------------------------------------------------------- */
+
+/* Writes the engine's metrics in Prometheus text format: prompt and generated
+ * token counters, tokens/s, queue depth, active sequences, KV / state bytes in
+ * use, per-layer per-expert routed token counts, the per-worker round-trip
+ * histogram (filled by moe_engine_observe_rtt). */
+void moe_engine_metrics(moe_engine *e, FILE *out);
+
+/* Records one round trip of rtt_s seconds to worker (0 <= worker < 64) for
+ * the per-worker histogram; for expert backends that talk to workers.  Safe
+ * from any thread. */
+void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s);
+
+/* The same for n round trips of rtt_s seconds each (e.g. a step's mean). */
+void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n);
+
+/* ---- chat ---------------------------------------------------------------------- */
+
+typedef struct moe_chat_msg {
+	const char *role;
+	const char *content;
+} moe_chat_msg;
+
+/* Checks that the model's chat template (tokenizer.chat_template in g;
+ * absent means ChatML) is one the server renders: ChatML (<|im_start|> and
+ * <|im_end|> in the template).  Errors: MOE_ERR_UNSUPPORTED (the detail says
+ * why and quotes the start of the template). */
+moe_err moe_chat_check(const moe_gguf *g);
+
+/* Renders msgs as ChatML token ids with the assistant turn opened:
+ * <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n.  The
+ * markers are the tokenizer's special tokens (encoded as text if it lacks
+ * them); roles and contents are encoded as plain text, so a client cannot
+ * inject special tokens.  *ids is malloc'd (caller frees).  Errors: those of
+ * moe_tokenizer_encode, MOE_ERR_NOMEM. */
+moe_err moe_chat_tokens(int32_t **ids, size_t *n_ids, const moe_tokenizer *tok,
+                        const moe_chat_msg *msgs, int n);
+
+/* The id of <|im_end|> in tok, or -1. */
+int32_t moe_chat_end_id(const moe_tokenizer *tok);
+
+/* ---- HTTP front end (serve_http.c) ------------------------------------------- */
+
+typedef struct moe_http_opts {
+	const char *host;     /* IPv4 address or "localhost"; default 127.0.0.1 */
+	int port;             /* 0: any free port (see moe_http_port) */
+	const char *api_key;  /* NULL: no authentication */
+	size_t max_body;      /* request body cap in bytes (413 above it) */
+	int max_conn;         /* connections at once */
+	const char *model_id; /* the name /v1/models shows */
+} moe_http_opts;
+
+typedef struct moe_http moe_http;
+
+/* Starts listening (a thread per connection).  Until moe_http_set_engine the
+ * server answers /health with 503 and the reason set by
+ * moe_http_set_status, and every API route with 503.  Errors: MOE_ERR_INVAL
+ * (host), MOE_ERR_SYS (bind / start failed), MOE_ERR_NOMEM. */
+moe_err moe_http_start(moe_http **out, const moe_http_opts *o);
+
+/* The port actually bound. */
+int moe_http_port(const moe_http *h);
+
+/* Sets the /health message while not ready (copied). */
+void moe_http_set_status(moe_http *h, const char *status, const char *reason);
+
+/* Makes the server ready: e and tok serve the API from now on (both must
+ * outlive moe_http_stop). */
+void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok);
+
+/* Stops listening, waits for every connection thread, frees h.  NULL is a
+ * no-op. */
+void moe_http_stop(moe_http *h);
+
+#endif

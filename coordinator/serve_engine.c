@@ -1,0 +1,841 @@
+/* serve_engine.c - the scheduler thread of `moemesh serve`: continuous batching
+ * of requests over the slots of one moe_fwd (see serve.h). */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "coordinator/serve.h"
+
+#define RTT_WORKERS 64
+#define RTT_BUCKETS 12
+static const double rtt_le[RTT_BUCKETS] = {50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3,
+                                           5e-3,  10e-3,  20e-3,  50e-3,  0.1,  1.0};
+
+struct moe_gen {
+	moe_engine *e;
+	int refs; /* under e->mu: the caller's and the engine's */
+	moe_gen *next;
+
+	/* parameters, fixed at submit */
+	int32_t *prompt; /* [n_prompt] */
+	size_t n_prompt;
+	int max_tokens;
+	moe_sampler_params sp;
+	char *stops[MOE_GEN_MAX_STOPS];
+	int n_stops;
+	int32_t end_ids[MOE_GEN_MAX_END];
+	int n_end;
+
+	/* shared, under e->mu */
+	pthread_cond_t cv;
+	char *text; /* published text: [0, taken) went to the caller */
+	size_t text_len, text_cap, taken;
+	moe_gen_finish finish;
+	bool cancel;
+	int n_gen;
+
+	/* the scheduler's own */
+	int slot;
+	int n_sched;  /* tokens generated (copied to n_gen when published) */
+	size_t n_fed; /* prompt tokens in the slot */
+	int32_t next_tok;
+	moe_sampler *smp;
+	moe_tok_stream *ts;
+	char *raw; /* generated text; [0, raw_out) published */
+	size_t raw_len, raw_cap, raw_out;
+	size_t pub;          /* raw_out at the last publish */
+	moe_gen_finish done; /* set by the scheduler before publishing */
+};
+
+/* The local expert backend, wrapped by the counting one. */
+typedef struct local_call {
+	const moe_model *m;
+	moe_fwd *f;
+	int il;
+	int64_t n_tok;
+	const float *x;
+	const int32_t *ids;
+	const float *w;
+	int n_used;
+} local_call;
+
+struct moe_engine {
+	const moe_model *m;
+	const moe_tokenizer *tok;
+	moe_engine_opts o;
+	int max_batch;
+	moe_fwd *f;
+	moe_expert_backend inner; /* local or the cluster's */
+	moe_expert_backend counting;
+	local_call local;
+	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
+	_Atomic uint64_t rtt_count[RTT_WORKERS][RTT_BUCKETS + 1];
+	_Atomic uint64_t rtt_sum_us[RTT_WORKERS];
+
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t work; /* the scheduler waits on it */
+	bool stop, joined;
+	moe_gen *queue_head, *queue_tail;
+	int n_queued;
+	moe_gen **active; /* [n_slots], scheduler's; NULL = free */
+	int n_active;
+
+	/* step buffers: [max_batch] */
+	int32_t *b_tok, *b_slot, *b_pos;
+	bool *b_want;
+	moe_gen **b_gen; /* gen of each wanted row */
+	float *logits;   /* [n_slots][n_vocab] */
+
+	/* metrics, under mu */
+	uint64_t prompt_tokens, gen_tokens, steps;
+	uint64_t win_tokens;
+	double win_t0, rate;
+	size_t kv_in_use, state_in_use;
+	char fail_reason[256]; /* the last step's error; "" when it succeeded */
+};
+
+void moe_engine_opts_default(moe_engine_opts *o)
+{
+	*o = (moe_engine_opts){.n_slots = 4, .max_queue = 64, .prefill_chunk = 256};
+}
+
+int moe_engine_n_ctx(const moe_engine *e)
+{
+	return e->o.n_ctx;
+}
+
+/* ---- expert backends ------------------------------------------------------------ */
+
+static moe_err local_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                           const float *weights, int n_used)
+{
+	local_call *c = ctx;
+	c->il = il, c->n_tok = n_tok, c->x = x, c->ids = ids, c->w = weights, c->n_used = n_used;
+	return MOE_OK;
+}
+
+static moe_err local_finish(void *ctx, moe_fix_t *acc)
+{
+	local_call *c = ctx;
+	const moe_expert_ffn *ex = moe_model_experts(c->m, c->il);
+	if (ex == NULL)
+		return moe_fail(MOE_ERR_INVAL, "serve: layer %d out of range", c->il);
+	return moe_expert_ffn_run(moe_fwd_pool(c->f), acc, ex, c->x, c->n_tok, c->ids, c->w,
+	                          c->n_used);
+}
+
+static moe_err count_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                           const float *weights, int n_used)
+{
+	moe_engine *e = ctx;
+	const moe_hparams *hp = moe_model_hparams(e->m);
+	if (il >= 0 && il < hp->n_layer) {
+		for (int64_t i = 0; i < n_tok * n_used; i++)
+			if (ids[i] >= 0 && ids[i] < hp->n_expert)
+				atomic_fetch_add_explicit(
+				    &e->expert_tokens[(size_t)il * (size_t)hp->n_expert +
+				                      (size_t)ids[i]],
+				    1, memory_order_relaxed);
+	}
+	return e->inner.start(e->inner.ctx, il, n_tok, x, ids, weights, n_used);
+}
+
+static moe_err count_finish(void *ctx, moe_fix_t *acc)
+{
+	moe_engine *e = ctx;
+	return e->inner.finish(e->inner.ctx, acc);
+}
+
+void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n)
+{
+	if (e == NULL || worker < 0 || worker >= RTT_WORKERS || !(rtt_s >= 0) || rtt_s > 1e6)
+		return;
+	int b = 0;
+	while (b < RTT_BUCKETS && rtt_s > rtt_le[b])
+		b++;
+	atomic_fetch_add_explicit(&e->rtt_count[worker][b], n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&e->rtt_sum_us[worker], (uint64_t)(rtt_s * 1e6) * n,
+	                          memory_order_relaxed);
+}
+
+void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s)
+{
+	moe_engine_observe_rtt_n(e, worker, rtt_s, 1);
+}
+
+moe_pool *moe_engine_pool(const moe_engine *e)
+{
+	return moe_fwd_pool(e->f);
+}
+
+bool moe_engine_healthy(moe_engine *e, char *reason, size_t size)
+{
+	pthread_mutex_lock(&e->mu);
+	const bool ok = e->fail_reason[0] == '\0';
+	if (!ok && size > 0)
+		snprintf(reason, size, "%s", e->fail_reason);
+	pthread_mutex_unlock(&e->mu);
+	return ok;
+}
+
+/* ---- requests ------------------------------------------------------------------- */
+
+static void gen_free(moe_gen *g)
+{
+	free(g->prompt);
+	for (int i = 0; i < g->n_stops; i++)
+		free(g->stops[i]);
+	free(g->text);
+	free(g->raw);
+	moe_sampler_destroy(g->smp);
+	moe_tok_stream_destroy(g->ts);
+	pthread_cond_destroy(&g->cv);
+	free(g);
+}
+
+/* Under e->mu. */
+static void gen_unref(moe_gen *g)
+{
+	if (--g->refs == 0)
+		gen_free(g);
+}
+
+moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
+{
+	if (p->n_prompt == 0)
+		return moe_fail(MOE_ERR_INVAL, "serve: the prompt is empty");
+	if (p->max_tokens < 1)
+		return moe_fail(MOE_ERR_INVAL, "serve: max_tokens %d < 1", p->max_tokens);
+	if (p->n_prompt + (size_t)p->max_tokens > (size_t)e->o.n_ctx)
+		return moe_fail(MOE_ERR_BAD_VALUE,
+		                "prompt (%zu tokens) + max_tokens (%d) exceeds the context of %d "
+		                "tokens",
+		                p->n_prompt, p->max_tokens, e->o.n_ctx);
+	if (p->n_stops < 0 || p->n_stops > MOE_GEN_MAX_STOPS || p->n_end < 0 ||
+	    p->n_end > MOE_GEN_MAX_END)
+		return moe_fail(MOE_ERR_INVAL, "serve: too many stop strings or end tokens");
+	const int32_t n_vocab = moe_model_hparams(e->m)->n_vocab;
+	for (size_t i = 0; i < p->n_prompt; i++)
+		if (p->prompt[i] < 0 || p->prompt[i] >= n_vocab)
+			return moe_fail(MOE_ERR_INVAL,
+			                "serve: prompt token %zu: id %d not in [0, %d)", i,
+			                p->prompt[i], n_vocab);
+	moe_err err;
+	moe_gen *g = calloc(1, sizeof *g);
+	if (g == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "serve: request");
+	if (pthread_cond_init(&g->cv, NULL) != 0) {
+		free(g);
+		return moe_fail(MOE_ERR_SYS, "serve: pthread_cond_init");
+	}
+	g->e = e;
+	g->slot = -1;
+	g->n_prompt = p->n_prompt;
+	g->max_tokens = p->max_tokens;
+	g->sp = p->sp;
+	g->n_end = p->n_end;
+	memcpy(g->end_ids, p->end_ids, sizeof g->end_ids);
+	g->prompt = malloc(p->n_prompt * sizeof *g->prompt);
+	if (g->prompt == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "serve: prompt of %zu tokens", p->n_prompt);
+		goto out_free_gen;
+	}
+	memcpy(g->prompt, p->prompt, p->n_prompt * sizeof *g->prompt);
+	for (int i = 0; i < p->n_stops; i++) {
+		if ((g->stops[i] = strdup(p->stops[i])) == NULL) {
+			err = moe_fail(MOE_ERR_NOMEM, "serve: stop string");
+			goto out_free_gen;
+		}
+		g->n_stops = i + 1;
+	}
+	if ((err = moe_sampler_create(&g->smp, &p->sp, n_vocab)) != MOE_OK ||
+	    (err = moe_tok_stream_create(&g->ts, e->tok, 0)) != MOE_OK)
+		goto out_free_gen;
+
+	pthread_mutex_lock(&e->mu);
+	if (e->stop) {
+		pthread_mutex_unlock(&e->mu);
+		err = moe_fail(MOE_ERR_STATE, "serve: the engine is stopping");
+		goto out_free_gen;
+	}
+	if (e->n_queued >= e->o.max_queue) {
+		pthread_mutex_unlock(&e->mu);
+		err = moe_fail(MOE_ERR_BUSY, "serve: %d requests queued already", e->n_queued);
+		goto out_free_gen;
+	}
+	g->refs = 2;
+	if (e->queue_tail != NULL)
+		e->queue_tail->next = g;
+	else
+		e->queue_head = g;
+	e->queue_tail = g;
+	e->n_queued++;
+	pthread_cond_signal(&e->work);
+	pthread_mutex_unlock(&e->mu);
+	*out = g;
+	return MOE_OK;
+
+out_free_gen:
+	gen_free(g);
+	return err;
+}
+
+moe_gen_finish moe_gen_wait(moe_gen *g, char **buf, size_t *len, size_t *cap, int timeout_ms)
+{
+	moe_engine *e = g->e;
+	pthread_mutex_lock(&e->mu);
+	if (g->taken == g->text_len && g->finish == MOE_GEN_RUNNING && timeout_ms > 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += timeout_ms / 1000;
+		ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&g->cv, &e->mu, &ts);
+	}
+	moe_gen_finish fin = g->finish;
+	const size_t n = g->text_len - g->taken;
+	if (n > 0) {
+		if (*len + n + 1 > *cap) {
+			size_t c = *cap ? *cap : 256;
+			while (c < *len + n + 1)
+				c *= 2;
+			char *b = realloc(*buf, c);
+			if (b == NULL) {
+				pthread_mutex_unlock(&e->mu);
+				return MOE_GEN_ERROR;
+			}
+			*buf = b;
+			*cap = c;
+		}
+		memcpy(*buf + *len, g->text + g->taken, n);
+		*len += n;
+		(*buf)[*len] = '\0';
+		g->taken = g->text_len;
+	}
+	pthread_mutex_unlock(&e->mu);
+	return fin;
+}
+
+void moe_gen_cancel(moe_gen *g)
+{
+	pthread_mutex_lock(&g->e->mu);
+	g->cancel = true;
+	pthread_cond_signal(&g->e->work);
+	pthread_mutex_unlock(&g->e->mu);
+}
+
+void moe_gen_usage(const moe_gen *g, int *prompt_tokens, int *completion_tokens)
+{
+	pthread_mutex_lock(&g->e->mu);
+	*prompt_tokens = (int)g->n_prompt;
+	*completion_tokens = g->n_gen;
+	pthread_mutex_unlock(&g->e->mu);
+}
+
+void moe_gen_release(moe_gen *g)
+{
+	if (g == NULL)
+		return;
+	moe_engine *e = g->e;
+	pthread_mutex_lock(&e->mu);
+	g->cancel = true;
+	pthread_cond_signal(&e->work);
+	gen_unref(g);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the scheduler ------------------------------------------------------------------ */
+
+static bool raw_add(moe_gen *g, const char *s, size_t n)
+{
+	if (g->raw_len + n + 1 > g->raw_cap) {
+		size_t c = g->raw_cap ? g->raw_cap : 256;
+		while (c < g->raw_len + n + 1)
+			c *= 2;
+		char *b = realloc(g->raw, c);
+		if (b == NULL)
+			return false;
+		g->raw = b;
+		g->raw_cap = c;
+	}
+	memcpy(g->raw + g->raw_len, s, n);
+	g->raw_len += n;
+	g->raw[g->raw_len] = '\0';
+	return true;
+}
+
+/* Moves raw_out forward over what is safe to show; true if a stop string
+ * was reached (then raw_out stops where it starts). */
+static bool raw_flush(moe_gen *g, bool final)
+{
+	size_t at;
+	const bool stop = moe_stop_find(&at, g->raw + g->raw_out, g->raw_len - g->raw_out,
+	                                (const char *const *)g->stops, g->n_stops);
+	if (final && !stop)
+		at = g->raw_len - g->raw_out;
+	g->raw_out += at;
+	return stop;
+}
+
+/* Samples the next token of g from its logits row (the scheduler thread,
+ * unlocked).  Sets g->done when the generation ends. */
+static void gen_take(moe_gen *g, const float *row)
+{
+	int32_t t;
+	if (moe_sampler_sample(g->smp, &t, row) != MOE_OK) {
+		g->done = MOE_GEN_ERROR;
+		return;
+	}
+	for (int i = 0; i < g->n_end; i++) {
+		if (t == g->end_ids[i]) {
+			g->done = MOE_GEN_STOP;
+			goto out_final;
+		}
+	}
+	moe_sampler_accept(g->smp, t);
+	g->n_sched++;
+	const char *piece;
+	size_t plen;
+	if (moe_tok_stream_push(g->ts, t, &piece, &plen) != MOE_OK || !raw_add(g, piece, plen)) {
+		g->done = MOE_GEN_ERROR;
+		return;
+	}
+	if (raw_flush(g, false)) {
+		g->done = MOE_GEN_STOP;
+		return;
+	}
+	if (g->n_sched >= g->max_tokens) {
+		g->done = MOE_GEN_LENGTH;
+		goto out_final;
+	}
+	g->next_tok = t;
+	return;
+
+out_final:;
+	const char *rest;
+	size_t rlen;
+	if (moe_tok_stream_finish(g->ts, &rest, &rlen) == MOE_OK && raw_add(g, rest, rlen))
+		raw_flush(g, true);
+}
+
+/* Under mu: frees g's slot and hands the end to the caller. */
+static void gen_end(moe_engine *e, moe_gen *g, moe_gen_finish fin)
+{
+	if (g->slot >= 0) {
+		(void)moe_fwd_seq_close(e->f, g->slot);
+		e->active[g->slot] = NULL;
+		e->n_active--;
+		g->slot = -1;
+	}
+	g->finish = fin;
+	pthread_cond_broadcast(&g->cv);
+	gen_unref(g);
+}
+
+/* Under mu: copies the newly safe text to the shared buffer. */
+static void publish(moe_gen *g)
+{
+	const size_t n = g->raw_out - g->pub;
+	g->n_gen = g->n_sched;
+	if (n == 0)
+		return;
+	if (g->text_len + n + 1 > g->text_cap) {
+		size_t c = g->text_cap ? g->text_cap : 256;
+		while (c < g->text_len + n + 1)
+			c *= 2;
+		char *b = realloc(g->text, c);
+		if (b == NULL) {
+			g->done = MOE_GEN_ERROR;
+			return;
+		}
+		g->text = b;
+		g->text_cap = c;
+	}
+	memcpy(g->text + g->text_len, g->raw + g->pub, n);
+	g->text_len += n;
+	g->text[g->text_len] = '\0';
+	g->pub = g->raw_out;
+	pthread_cond_broadcast(&g->cv);
+}
+
+/* Under mu: drops cancelled requests, admits queued ones into free slots. */
+static void admit(moe_engine *e)
+{
+	for (int s = 0; s < e->o.n_slots; s++)
+		if (e->active[s] != NULL && e->active[s]->cancel)
+			gen_end(e, e->active[s], MOE_GEN_CANCELLED);
+	moe_gen **pp = &e->queue_head;
+	e->queue_tail = NULL;
+	while (*pp != NULL) {
+		moe_gen *g = *pp;
+		if (!g->cancel && e->n_active == e->o.n_slots) {
+			e->queue_tail = g;
+			pp = &g->next;
+			continue;
+		}
+		*pp = g->next;
+		g->next = NULL;
+		e->n_queued--;
+		if (g->cancel) {
+			gen_end(e, g, MOE_GEN_CANCELLED);
+			continue;
+		}
+		int slot;
+		if (moe_fwd_seq_open(e->f, &slot) != MOE_OK) {
+			gen_end(e, g, MOE_GEN_ERROR);
+			continue;
+		}
+		g->slot = slot;
+		e->active[slot] = g;
+		e->n_active++;
+		for (size_t i = 0; i < g->n_prompt; i++)
+			moe_sampler_accept(g->smp, g->prompt[i]);
+	}
+}
+
+/* Builds the next batch from the active slots (scheduler thread).  Returns
+ * the number of tokens. */
+static int64_t build_batch(moe_engine *e, int *n_rows)
+{
+	int64_t n = 0;
+	int rows = 0;
+	/* decoding sequences first: one token each */
+	for (int s = 0; s < e->o.n_slots; s++) {
+		moe_gen *g = e->active[s];
+		if (g == NULL || g->n_fed < g->n_prompt || g->done != MOE_GEN_RUNNING)
+			continue;
+		e->b_tok[n] = g->next_tok;
+		e->b_slot[n] = s;
+		e->b_pos[n] = (int32_t)moe_fwd_seq_len(e->f, s);
+		e->b_want[n] = true;
+		e->b_gen[rows++] = g;
+		n++;
+	}
+	/* then whole prefill pieces, cut from each prompt's own start */
+	for (int s = 0; s < e->o.n_slots; s++) {
+		moe_gen *g = e->active[s];
+		if (g == NULL || g->n_fed >= g->n_prompt)
+			continue;
+		size_t piece = g->n_prompt - g->n_fed;
+		if (piece > (size_t)e->o.prefill_chunk)
+			piece = (size_t)e->o.prefill_chunk;
+		if (n + (int64_t)piece > e->max_batch)
+			continue; /* next step */
+		for (size_t i = 0; i < piece; i++) {
+			e->b_tok[n] = g->prompt[g->n_fed + i];
+			e->b_slot[n] = s;
+			e->b_pos[n] = (int32_t)(g->n_fed + i);
+			e->b_want[n] = g->n_fed + i + 1 == g->n_prompt;
+			if (e->b_want[n])
+				e->b_gen[rows++] = g;
+			n++;
+		}
+		g->n_fed += piece;
+	}
+	*n_rows = rows;
+	return n;
+}
+
+static void *sched_main(void *arg)
+{
+	moe_engine *e = arg;
+	const int32_t n_vocab = moe_model_hparams(e->m)->n_vocab;
+	const size_t kv_pos = moe_fwd_kv_bytes(e->f) / ((size_t)e->o.n_slots * (size_t)e->o.n_ctx);
+	const size_t st_slot = moe_fwd_state_bytes(e->f) / (size_t)e->o.n_slots;
+	pthread_mutex_lock(&e->mu);
+	e->win_t0 = moe_now_s();
+	while (!e->stop) {
+		admit(e);
+		if (e->n_active == 0) {
+			e->kv_in_use = e->state_in_use = 0;
+			pthread_cond_wait(&e->work, &e->mu);
+			e->win_t0 = moe_now_s(); /* the rate counts busy time only */
+			e->win_tokens = 0;
+			continue;
+		}
+		pthread_mutex_unlock(&e->mu);
+
+		int rows;
+		const int64_t n = build_batch(e, &rows);
+		int64_t n_prompt_tok = n - (int64_t)rows;
+		for (int r = 0; r < rows; r++)
+			if (e->b_gen[r]->n_sched == 0)
+				n_prompt_tok++; /* the last prompt token of a finished prefill */
+		const moe_batch b = {.n_tok = n,
+		                     .tokens = e->b_tok,
+		                     .slot = e->b_slot,
+		                     .pos = e->b_pos,
+		                     .logits = e->b_want};
+		const moe_err err = moe_fwd_step(e->f, e->logits, &b);
+		char why[256] = "";
+		if (err != MOE_OK)
+			snprintf(why, sizeof why, "%s: %s", moe_err_name(err), moe_err_detail());
+		if (e->o.after_step != NULL)
+			e->o.after_step(e->o.after_step_ctx, e);
+		int n_new = 0;
+		for (int r = 0; r < rows; r++) {
+			moe_gen *g = e->b_gen[r];
+			if (err != MOE_OK) {
+				g->done = MOE_GEN_ERROR;
+				continue;
+			}
+			const int before = g->n_sched;
+			gen_take(g, e->logits + (size_t)r * (size_t)n_vocab);
+			n_new += g->n_sched - before;
+		}
+
+		pthread_mutex_lock(&e->mu);
+		snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
+		if (err != MOE_OK) /* the batch's sequences are in an unknown state */
+			for (int64_t t = 0; t < n; t++)
+				if (e->active[e->b_slot[t]] != NULL)
+					e->active[e->b_slot[t]]->done = MOE_GEN_ERROR;
+		for (int s = 0; s < e->o.n_slots; s++) {
+			moe_gen *g = e->active[s];
+			if (g == NULL)
+				continue;
+			publish(g);
+			if (g->done != MOE_GEN_RUNNING)
+				gen_end(e, g, g->done);
+		}
+		e->prompt_tokens += (uint64_t)n_prompt_tok;
+		e->gen_tokens += (uint64_t)n_new;
+		e->win_tokens += (uint64_t)n_new;
+		e->steps++;
+		const double now = moe_now_s();
+		if (now - e->win_t0 >= 1.0) {
+			e->rate = (double)e->win_tokens / (now - e->win_t0);
+			e->win_tokens = 0;
+			e->win_t0 = now;
+		}
+		size_t pos = 0;
+		for (int s = 0; s < e->o.n_slots; s++)
+			if (e->active[s] != NULL)
+				pos += (size_t)moe_fwd_seq_len(e->f, s);
+		e->kv_in_use = pos * kv_pos;
+		e->state_in_use = (size_t)e->n_active * st_slot;
+	}
+	/* stopping: everything still here ends with an error */
+	for (int s = 0; s < e->o.n_slots; s++)
+		if (e->active[s] != NULL)
+			gen_end(e, e->active[s], MOE_GEN_ERROR);
+	while (e->queue_head != NULL) {
+		moe_gen *g = e->queue_head;
+		e->queue_head = g->next;
+		gen_end(e, g, MOE_GEN_ERROR);
+	}
+	e->queue_tail = NULL;
+	e->n_queued = 0;
+	pthread_mutex_unlock(&e->mu);
+	return NULL;
+}
+
+/* ---- engine ------------------------------------------------------------------------- */
+
+moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokenizer *tok,
+                          const moe_engine_opts *opts)
+{
+	moe_engine_opts o = *opts;
+	const moe_hparams *hp = moe_model_hparams(m);
+	if (o.n_slots < 1 || o.n_slots > 1024 || o.max_queue < 0 || o.prefill_chunk < 1 ||
+	    o.n_ctx < 0)
+		return moe_fail(MOE_ERR_INVAL, "serve: parallel %d, queue %d, prefill chunk %d",
+		                o.n_slots, o.max_queue, o.prefill_chunk);
+	if (o.n_ctx == 0)
+		o.n_ctx =
+		    hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? (int)hp->n_ctx_train : 4096;
+	moe_err err;
+	moe_engine *e = calloc(1, sizeof *e);
+	if (e == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "serve: engine");
+	e->m = m;
+	e->tok = tok;
+	e->o = o;
+	e->max_batch = o.prefill_chunk + o.n_slots;
+	e->expert_tokens =
+	    calloc((size_t)hp->n_layer * (size_t)hp->n_expert, sizeof *e->expert_tokens);
+	e->active = calloc((size_t)o.n_slots, sizeof *e->active);
+	e->b_tok = malloc((size_t)e->max_batch * sizeof *e->b_tok);
+	e->b_slot = malloc((size_t)e->max_batch * sizeof *e->b_slot);
+	e->b_pos = malloc((size_t)e->max_batch * sizeof *e->b_pos);
+	e->b_want = malloc((size_t)e->max_batch * sizeof *e->b_want);
+	e->b_gen = malloc((size_t)o.n_slots * sizeof *e->b_gen);
+	e->logits = malloc((size_t)o.n_slots * (size_t)hp->n_vocab * sizeof *e->logits);
+	if (e->expert_tokens == NULL || e->active == NULL || e->b_tok == NULL ||
+	    e->b_slot == NULL || e->b_pos == NULL || e->b_want == NULL || e->b_gen == NULL ||
+	    e->logits == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "serve: engine buffers");
+		goto out_free_bufs;
+	}
+	e->local = (local_call){.m = m};
+	if (o.experts != NULL)
+		e->inner = *o.experts;
+	else
+		e->inner = (moe_expert_backend){
+		    .ctx = &e->local, .start = local_start, .finish = local_finish};
+	e->counting = (moe_expert_backend){.ctx = e, .start = count_start, .finish = count_finish};
+
+	moe_fwd_opts fo;
+	moe_fwd_opts_default(&fo);
+	fo.n_slots = o.n_slots;
+	fo.n_ctx = o.n_ctx;
+	fo.max_batch = e->max_batch;
+	fo.n_threads = o.n_threads;
+	fo.experts = &e->counting;
+	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
+		goto out_free_bufs;
+	e->local.f = e->f;
+
+	if (pthread_mutex_init(&e->mu, NULL) != 0) {
+		err = moe_fail(MOE_ERR_SYS, "serve: pthread_mutex_init");
+		goto out_free_fwd;
+	}
+	if (pthread_cond_init(&e->work, NULL) != 0) {
+		err = moe_fail(MOE_ERR_SYS, "serve: pthread_cond_init");
+		goto out_free_mutex;
+	}
+	int rc = pthread_create(&e->thread, NULL, sched_main, e);
+	if (rc != 0) {
+		err = moe_fail(MOE_ERR_SYS, "serve: pthread_create: %s", strerror(rc));
+		goto out_free_cond;
+	}
+	*out = e;
+	return MOE_OK;
+
+out_free_cond:
+	pthread_cond_destroy(&e->work);
+out_free_mutex:
+	pthread_mutex_destroy(&e->mu);
+out_free_fwd:
+	moe_fwd_destroy(e->f);
+out_free_bufs:
+	free(e->expert_tokens);
+	free(e->active);
+	free(e->b_tok);
+	free(e->b_slot);
+	free(e->b_pos);
+	free(e->b_want);
+	free(e->b_gen);
+	free(e->logits);
+	free(e);
+	return err;
+}
+
+void moe_engine_stop(moe_engine *e)
+{
+	pthread_mutex_lock(&e->mu);
+	const bool joined = e->joined;
+	e->stop = true;
+	e->joined = true;
+	pthread_cond_signal(&e->work);
+	pthread_mutex_unlock(&e->mu);
+	if (!joined)
+		pthread_join(e->thread, NULL);
+}
+
+void moe_engine_destroy(moe_engine *e)
+{
+	if (e == NULL)
+		return;
+	moe_engine_stop(e);
+	pthread_cond_destroy(&e->work);
+	pthread_mutex_destroy(&e->mu);
+	moe_fwd_destroy(e->f);
+	free(e->expert_tokens);
+	free(e->active);
+	free(e->b_tok);
+	free(e->b_slot);
+	free(e->b_pos);
+	free(e->b_want);
+	free(e->b_gen);
+	free(e->logits);
+	free(e);
+}
+
+/* ---- metrics ----------------------------------------------------------------------- */
+
+void moe_engine_metrics(moe_engine *e, FILE *out)
+{
+	const moe_hparams *hp = moe_model_hparams(e->m);
+	pthread_mutex_lock(&e->mu);
+	const uint64_t pt = e->prompt_tokens, gt = e->gen_tokens, steps = e->steps;
+	const double rate = moe_now_s() - e->win_t0 > 5.0 ? 0.0 : e->rate;
+	const int queued = e->n_queued, active = e->n_active;
+	const size_t kv = e->kv_in_use, st = e->state_in_use;
+	pthread_mutex_unlock(&e->mu);
+
+	fprintf(out,
+	        "# HELP moemesh_prompt_tokens_total Prompt tokens prefilled.\n"
+	        "# TYPE moemesh_prompt_tokens_total counter\nmoemesh_prompt_tokens_total %llu\n"
+	        "# HELP moemesh_generated_tokens_total Tokens generated.\n"
+	        "# TYPE moemesh_generated_tokens_total counter\n"
+	        "moemesh_generated_tokens_total %llu\n"
+	        "# HELP moemesh_steps_total Forward steps run.\n"
+	        "# TYPE moemesh_steps_total counter\nmoemesh_steps_total %llu\n"
+	        "# HELP moemesh_generated_tokens_per_second Generation rate over the last "
+	        "second.\n"
+	        "# TYPE moemesh_generated_tokens_per_second gauge\n"
+	        "moemesh_generated_tokens_per_second %.3f\n"
+	        "# HELP moemesh_queue_depth Requests waiting for a slot.\n"
+	        "# TYPE moemesh_queue_depth gauge\nmoemesh_queue_depth %d\n"
+	        "# HELP moemesh_active_sequences Sequences holding a slot.\n"
+	        "# TYPE moemesh_active_sequences gauge\nmoemesh_active_sequences %d\n"
+	        "# HELP moemesh_slots Sequence slots.\n"
+	        "# TYPE moemesh_slots gauge\nmoemesh_slots %d\n"
+	        "# HELP moemesh_kv_bytes_in_use KV cache bytes of the positions in use.\n"
+	        "# TYPE moemesh_kv_bytes_in_use gauge\nmoemesh_kv_bytes_in_use %zu\n"
+	        "# HELP moemesh_state_bytes_in_use DeltaNet state bytes of the slots in use.\n"
+	        "# TYPE moemesh_state_bytes_in_use gauge\nmoemesh_state_bytes_in_use %zu\n",
+	        (unsigned long long)pt, (unsigned long long)gt, (unsigned long long)steps, rate,
+	        queued, active, e->o.n_slots, kv, st);
+
+	fprintf(out, "# HELP moemesh_worker_rtt_seconds Round trip of one expert dispatch.\n"
+	             "# TYPE moemesh_worker_rtt_seconds histogram\n");
+	for (int w = 0; w < RTT_WORKERS; w++) {
+		uint64_t cum = 0, c[RTT_BUCKETS + 1];
+		for (int b = 0; b <= RTT_BUCKETS; b++) {
+			c[b] = atomic_load_explicit(&e->rtt_count[w][b], memory_order_relaxed);
+			cum += c[b];
+		}
+		if (cum == 0)
+			continue;
+		uint64_t run = 0;
+		for (int b = 0; b < RTT_BUCKETS; b++) {
+			run += c[b];
+			fprintf(out,
+			        "moemesh_worker_rtt_seconds_bucket{worker=\"%d\",le=\"%g\"} %llu\n",
+			        w, rtt_le[b], (unsigned long long)run);
+		}
+		fprintf(out,
+		        "moemesh_worker_rtt_seconds_bucket{worker=\"%d\",le=\"+Inf\"} %llu\n"
+		        "moemesh_worker_rtt_seconds_sum{worker=\"%d\"} %.6f\n"
+		        "moemesh_worker_rtt_seconds_count{worker=\"%d\"} %llu\n",
+		        w, (unsigned long long)cum, w,
+		        (double)atomic_load_explicit(&e->rtt_sum_us[w], memory_order_relaxed) *
+		            1e-6,
+		        w, (unsigned long long)cum);
+	}
+
+	fprintf(out, "# HELP moemesh_expert_tokens_total Token rows routed to each expert.\n"
+	             "# TYPE moemesh_expert_tokens_total counter\n");
+	for (int il = 0; il < hp->n_layer; il++)
+		for (int x = 0; x < hp->n_expert; x++) {
+			const uint64_t c = atomic_load_explicit(
+			    &e->expert_tokens[(size_t)il * (size_t)hp->n_expert + (size_t)x],
+			    memory_order_relaxed);
+			if (c > 0)
+				fprintf(out,
+				        "moemesh_expert_tokens_total{layer=\"%d\",expert=\"%d\"} "
+				        "%llu\n",
+				        il, x, (unsigned long long)c);
+		}
+}

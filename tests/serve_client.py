@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""serve_client.py - HTTP client cases for tests/test_serve.c.
+
+usage: serve_client.py CASE PORT [ARG]
+
+Each case talks to a running `moemesh serve` on 127.0.0.1:PORT over real
+HTTP and exits 0 when every check holds, 1 with a message otherwise.  Only
+the Python standard library is used.
+"""
+import http.client
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+PORT = 0
+KEY = None
+
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def request(method, path, body=None, headers=None, key=None, raw=None):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    h = {"Content-Type": "application/json"}
+    if key or KEY:
+        h["Authorization"] = "Bearer " + (key or KEY)
+    h.update(headers or {})
+    data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    text = r.read()
+    c.close()
+    return r.status, text
+
+
+def post(path, body, **kw):
+    st, text = request("POST", path, body, **kw)
+    try:
+        j = json.loads(text)
+    except ValueError:
+        fail("%s: not JSON: %r" % (path, text[:200]))
+    return st, j
+
+
+def complete(body, path="/v1/completions"):
+    st, j = post(path, body)
+    check(st == 200, "%s -> %d %s" % (path, st, j))
+    ch = j["choices"][0]
+    text = ch["message"]["content"] if "message" in ch else ch["text"]
+    check(ch["finish_reason"] in ("stop", "length"), "finish_reason %r" % ch["finish_reason"])
+    u = j["usage"]
+    check(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], "usage sums")
+    return text, j
+
+
+def stream(body, path="/v1/completions", stop_after=None):
+    """Returns (text, chunks, final chunk) from an SSE stream, checking each
+    event: data lines are strict UTF-8 JSON, the last is [DONE]."""
+    body = dict(body, stream=True)
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    h = {"Content-Type": "application/json"}
+    if KEY:
+        h["Authorization"] = "Bearer " + KEY
+    c.request("POST", path, body=json.dumps(body), headers=h)
+    r = c.getresponse()
+    check(r.status == 200, "stream status %d" % r.status)
+    check(r.getheader("Content-Type", "").startswith("text/event-stream"), "content type")
+    text, chunks, final, done = "", [], None, False
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line in (b"\n", b"\r\n"):
+            continue
+        check(line.startswith(b"data: "), "SSE line %r" % line[:80])
+        payload = line[6:].strip()
+        if payload == b"[DONE]":
+            done = True
+            break
+        try:
+            s = payload.decode("utf-8")  # strict: no character split across events
+        except UnicodeDecodeError:
+            fail("an event is not valid UTF-8: %r" % payload[:120])
+        ev = json.loads(s)
+        check("error" not in ev, "error event %s" % s)
+        ch = ev["choices"][0]
+        piece = ch["delta"].get("content", "") if "delta" in ch else ch["text"]
+        text += piece or ""
+        chunks.append(ev)
+        if ch.get("finish_reason"):
+            final = ev
+        if stop_after is not None and len(chunks) >= stop_after:
+            r.close()
+            c.close()
+            return text, chunks, None
+    c.close()
+    check(done, "stream did not end with data: [DONE]")
+    check(final is not None and "usage" in final, "no final chunk with usage")
+    return text, chunks, final
+
+
+def metrics():
+    st, text = request("GET", "/metrics")
+    check(st == 200, "metrics status %d" % st)
+    m = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            m[k] = float(v)
+    return m
+
+
+def run_cli(prompt, n):
+    out = subprocess.run([os.environ["MOE_BIN"], "run", "-m", MODEL, "-p", prompt, "-n", str(n),
+                          "--temp", "0", "--threads", "1"], capture_output=True, check=True)
+    return out.stdout.decode()[:-1]  # run ends with a newline
+
+
+# ---- cases -----------------------------------------------------------------------------
+
+def case_basic():
+    st, text = request("GET", "/health")
+    check(st == 200 and json.loads(text)["status"] == "ok", "health %d %r" % (st, text))
+    st, text = request("GET", "/v1/models")
+    j = json.loads(text)
+    check(st == 200 and j["object"] == "list" and j["data"][0]["id"], "models %r" % text)
+    prompt = "And God said"
+    t, j = complete({"prompt": prompt, "max_tokens": 24, "temperature": 0})
+    check(j["object"] == "text_completion" and j["usage"]["completion_tokens"] == 24,
+          "completion %r" % j)
+    check(j["choices"][0]["finish_reason"] == "length", "finish length")
+    cli = run_cli(prompt, 24)
+    check(t == cli, "greedy server text %r != moemesh run %r" % (t, cli))
+    t, j = complete({"messages": [{"role": "system", "content": "You are terse."},
+                                  {"role": "user", "content": "Who made the heaven?"}],
+                     "max_tokens": 12, "temperature": 0.7, "seed": 3},
+                    "/v1/chat/completions")
+    check(j["object"] == "chat.completion" and j["choices"][0]["message"]["role"] == "assistant",
+          "chat %r" % j)
+    check(j["usage"]["prompt_tokens"] > 10 and j["usage"]["completion_tokens"] <= 12, "chat usage")
+    # stop strings: the text ends before the first one that occurs
+    stop = cli[12:17]
+    t, j = complete({"prompt": prompt, "max_tokens": 24, "temperature": 0,
+                     "stop": ["zzzz", stop]})
+    check(t == cli[:cli.index(stop)] and j["choices"][0]["finish_reason"] == "stop",
+          "stop %r: %r" % (stop, t))
+
+
+def case_stream():
+    for path, body in (("/v1/completions", {"prompt": "In the beginning", "max_tokens": 30,
+                                            "temperature": 0.9, "top_p": 0.9, "top_k": 50,
+                                            "min_p": 0.02, "seed": 7, "presence_penalty": 0.5,
+                                            "frequency_penalty": 0.3}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Sing"}],
+                                                 "max_tokens": 20, "temperature": 1.0,
+                                                 "seed": 11})):
+        whole, j = complete(body, path)
+        text, chunks, final = stream(body, path)
+        check(text == whole, "%s: streamed %r != non-streamed %r" % (path, text, whole))
+        check(len(chunks) >= 3, "%s: only %d chunks" % (path, len(chunks)))
+        check(final["usage"] == j["usage"], "%s: usage %r vs %r" % (path, final["usage"], j["usage"]))
+        if "chat" in path:
+            check(chunks[0]["object"] == "chat.completion.chunk" and
+                  chunks[0]["choices"][0]["delta"].get("role") == "assistant", "first chat chunk")
+
+
+def case_utf8():
+    # random weights + byte tokens: many tokens are pieces of characters
+    body = {"prompt": "h\u00e9llo w\u00f6rld \u4e16\u754c", "max_tokens": 80, "temperature": 2.0,
+            "seed": 5}
+    for seed in (5, 6, 7):
+        body["seed"] = seed
+        whole, _ = complete(body)
+        text, chunks, _ = stream(body)
+        check(text == whole, "utf8 streamed %r != %r" % (text, whole))
+
+
+def case_concurrent8():
+    prompts = ["In the beginning", "And the LORD", "Blessed are", "The heavens", "Now these are",
+               "Then came", "Hear, O Israel", "And it came to pass"]
+    bodies = [{"prompt": p, "max_tokens": 24, "temperature": 0.8, "seed": 100 + i}
+              for i, p in enumerate(prompts)]
+    solo = [complete(b)[0] for b in bodies]
+    res = [None] * 8
+
+    def go(i):
+        res[i] = stream(bodies[i])[0]
+    th = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    for i in range(8):
+        check(res[i] == solo[i], "client %d got %r, alone %r" % (i, res[i], solo[i]))
+    check(len(set(solo)) > 1, "the 8 requests all gave the same text")
+
+
+def case_determinism():
+    target = {"prompt": "And the LORD spake unto Moses, saying, Speak unto the children of "
+                        "Israel", "max_tokens": 40, "temperature": 0.9, "seed": 42}
+    alone, _ = complete(target)
+    others = []
+    for i in range(15):
+        p = "And the king said unto them, " * (1 + i % 4) + "Go"
+        others.append({"prompt": p, "max_tokens": 10 + 5 * (i % 5), "temperature": 0.7,
+                       "seed": i, "stream": i % 2 == 0})
+    res = {}
+
+    def go(i, b):
+        res[i] = stream(b)[0] if b.get("stream") else complete(b)[0]
+    th = [threading.Thread(target=go, args=(i, b)) for i, b in enumerate(others)]
+    th.insert(7, threading.Thread(target=go, args=("t", target)))
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    check(res["t"] == alone, "under load %r != alone %r" % (res["t"], alone))
+    check(len(res) == 16, "missing results")
+
+
+def case_cancel():
+    body = {"prompt": "In the beginning", "max_tokens": 400, "temperature": 0.8, "seed": 1}
+    m0 = metrics()
+    stream(body, stop_after=3)  # closes the connection after 3 chunks
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = metrics()
+        if m["moemesh_active_sequences"] == 0:
+            break
+        time.sleep(0.05)
+    check(m["moemesh_active_sequences"] == 0, "the sequence is still active")
+    check(m["moemesh_kv_bytes_in_use"] == 0 and m["moemesh_state_bytes_in_use"] == 0,
+          "KV/state bytes still in use: %r" % m)
+    gen = m["moemesh_generated_tokens_total"] - m0["moemesh_generated_tokens_total"]
+    check(gen < 300, "generation ran on after the client left (%d tokens)" % gen)
+    # a non-streamed request whose client leaves is cancelled too
+    s = socket.create_connection(("127.0.0.1", PORT))
+    b = json.dumps(body).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(b) + b)
+    time.sleep(0.3)
+    s.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = metrics()
+        if m["moemesh_active_sequences"] == 0:
+            break
+        time.sleep(0.05)
+    check(m["moemesh_active_sequences"] == 0, "the non-streamed sequence is still active")
+    # the server still serves
+    complete({"prompt": "Amen", "max_tokens": 4, "temperature": 0})
+
+
+def expect_error(st, j, code, param=None):
+    check(st == code, "status %d, expected %d: %r" % (st, code, j))
+    e = j.get("error")
+    check(isinstance(e, dict) and isinstance(e.get("message"), str) and e.get("type"),
+          "error shape %r" % j)
+    if param is not None:
+        check(e.get("param") == param, "param %r, expected %r" % (e.get("param"), param))
+
+
+def case_errors():
+    def raw(path, data, method="POST"):
+        st, text = request(method, path, raw=data)
+        return st, json.loads(text)
+    expect_error(*raw("/v1/completions", b"{not json"), 400)
+    expect_error(*raw("/v1/completions", b"[1,2]"), 400)
+    expect_error(*post("/v1/completions", {"prompt": "x", "temperature": "hot"}), 400,
+                 "temperature")
+    expect_error(*post("/v1/completions", {"prompt": "x", "max_tokens": 1.5}), 400, "max_tokens")
+    expect_error(*post("/v1/completions", {"prompt": "x", "stream": "yes"}), 400, "stream")
+    expect_error(*post("/v1/completions", {"prompt": "x", "stop": [1]}), 400, "stop")
+    expect_error(*post("/v1/completions", {"prompt": "x", "seed": -1}), 400, "seed")
+    expect_error(*post("/v1/completions", {"max_tokens": 3}), 400, "prompt")
+    expect_error(*post("/v1/chat/completions", {"messages": "hi"}), 400, "messages")
+    expect_error(*post("/v1/chat/completions", {"messages": [{"content": "hi"}]}), 400, "messages")
+    expect_error(*post("/v1/completions", {"prompt": "x", "max_tokens": 100000}), 400, "max_tokens")
+    expect_error(*post("/v1/completions", {"prompt": "the " * 600, "max_tokens": 8}), 400,
+                 "max_tokens")
+    expect_error(*raw("/v1/nothing", b"{}"), 404)
+    st, text = request("GET", "/nope")
+    expect_error(st, json.loads(text), 404)
+    st, text = request("GET", "/v1/completions")
+    expect_error(st, json.loads(text), 405)
+    big = json.dumps({"prompt": "x" * 20000}).encode()
+    expect_error(*raw("/v1/completions", big), 413)
+    # garbage on the socket does not hurt the server
+    for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: " + b"a" * 70000 +
+                 b"\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"):
+        s = socket.create_connection(("127.0.0.1", PORT))
+        try:
+            s.sendall(junk)
+            s.settimeout(5)
+            s.recv(100)
+        except OSError:
+            pass
+        s.close()
+    # queue full: --parallel 1 --queue 1; one runs, one waits, the next gets 429
+    long_body = {"prompt": "In the beginning", "max_tokens": 300, "temperature": 0.8, "seed": 1}
+    conns = []
+    for _ in range(2):
+        c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps(dict(long_body, stream=True)),
+                  headers={"Content-Type": "application/json"})
+        conns.append(c)
+        time.sleep(0.3)
+    expect_error(*post("/v1/completions", long_body), 429)
+    for c in conns:
+        c.close()
+    m = metrics()
+    check(m['moemesh_http_requests_total{code="429"}'] >= 1, "429 not counted")
+    check(m['moemesh_http_requests_total{code="400"}'] >= 12, "400s not counted")
+    deadline = time.time() + 10  # the two clients' requests are dropped soon
+    while time.time() < deadline:
+        st, j = post("/v1/completions", {"prompt": "Amen", "max_tokens": 2})
+        if st != 429:
+            break
+        time.sleep(0.05)
+    check(st == 200, "after the queue emptied: %d %r" % (st, j))
+
+
+def case_auth(key):
+    global KEY
+    st, _ = request("GET", "/health")
+    check(st == 200, "health needs no key (%d)" % st)
+    for path in ("/v1/models", "/metrics"):
+        st, text = request("GET", path)
+        expect_error(st, json.loads(text), 401)
+        st, text = request("GET", path, key="wrong" + key)
+        expect_error(st, json.loads(text), 401)
+        st, text = request("GET", path, key=key[:-1])
+        expect_error(st, json.loads(text), 401)
+    st, j = post("/v1/completions", {"prompt": "x", "max_tokens": 2})
+    expect_error(st, j, 401)
+    KEY = key
+    st, _ = request("GET", "/v1/models")
+    check(st == 200, "right key refused (%d)" % st)
+    complete({"prompt": "Amen", "max_tokens": 2, "temperature": 0})
+
+
+def add_chat_template(src, dst, template):
+    """Copies GGUF src to dst with one more key: tokenizer.chat_template."""
+    d = open(src, "rb").read()
+    magic, ver, n_t, n_kv = struct.unpack_from("<IIQQ", d, 0)
+    off = 24
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    align = 32
+
+    def skip_str(o):
+        n, = struct.unpack_from("<Q", d, o)
+        return o + 8 + n
+
+    def skip_val(o, t):
+        if t == 8:
+            return skip_str(o)
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", d, o)
+            o += 12
+            for _ in range(n):
+                o = skip_val(o, et)
+            return o
+        return o + sizes[t]
+    for _ in range(n_kv):
+        kn, = struct.unpack_from("<Q", d, off)
+        key = d[off + 8:off + 8 + kn]
+        off = skip_str(off)
+        t, = struct.unpack_from("<I", d, off)
+        if key == b"general.alignment":
+            align, = struct.unpack_from("<I", d, off + 4)
+        off = skip_val(off + 4, t)
+    kv_end = off
+    for _ in range(n_t):
+        off = skip_str(off)
+        nd, = struct.unpack_from("<I", d, off)
+        off += 4 + 8 * nd + 4 + 8
+    data_start = (off + align - 1) // align * align
+    k = b"tokenizer.chat_template"
+    v = template.encode()
+    kv = struct.pack("<Q", len(k)) + k + struct.pack("<IQ", 8, len(v)) + v
+    head = struct.pack("<IIQQ", magic, ver, n_t, n_kv + 1) + d[24:kv_end] + kv + d[kv_end:off]
+    head += b"\0" * ((-len(head)) % align)
+    open(dst, "wb").write(head + d[data_start:])
+
+
+def main():
+    global PORT, MODEL
+    case = sys.argv[1]
+    if case == "make-template-model":  # serve_client.py make-template-model SRC DST TEMPLATE
+        add_chat_template(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
+    PORT = int(sys.argv[2])
+    MODEL = os.environ.get("MOE_MODEL", "")
+    if case == "auth":
+        case_auth(sys.argv[3])
+    else:
+        globals()["case_" + case]()
+    print("ok: " + case, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+/* test_serve.c - `moemesh serve` over real HTTP on loopback.  Each test
+ * starts the server ($MOE_BIN) on a free port, runs one client case of
+ * tests/serve_client.py against it, then stops it with SIGTERM and expects a
+ * clean exit (under ASan/LSan a leak or a memory error makes it fail). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+typedef struct server {
+	pid_t pid;
+	int port;
+	FILE *err; /* the server's stderr */
+} server;
+
+static const char *env(const char *name)
+{
+	const char *v = getenv(name);
+	cr_assert_not_null(v, "%s is not set", name);
+	return v;
+}
+
+static char *path_in(const char *dir_env, const char *name)
+{
+	static char buf[4][1024];
+	static int k;
+	char *p = buf[k++ % 4];
+	snprintf(p, 1024, "%s/%s", env(dir_env), name);
+	return p;
+}
+
+static char *kjv(void)
+{
+	static char p[1024];
+	snprintf(p, sizeof p, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	return p;
+}
+
+/* Starts `moemesh serve -m model --port 0 --threads 2 EXTRA...`; returns after
+ * the "ready" line (or asserts with the server's message).  want_ready false:
+ * expects it to exit with status 1 and returns its stderr in msg. */
+static server start(const char *model, const char *const *extra, bool want_ready, char *msg,
+                    size_t msg_size)
+{
+	const char *argv[32] = {env("MOE_BIN"), "serve", "-m",        model,
+	                        "--port",       "0",     "--threads", "2"};
+	int n = 8;
+	for (int i = 0; extra != NULL && extra[i] != NULL; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+	posix_spawn_file_actions_addclose(&fa, fds[0]);
+	server s = {0};
+	cr_assert_eq(posix_spawn(&s.pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(fds[1]);
+	s.err = fdopen(fds[0], "r");
+	char line[1024];
+	size_t used = 0;
+	if (msg != NULL)
+		msg[0] = '\0';
+	while (fgets(line, sizeof line, s.err) != NULL) {
+		if (msg != NULL && used + strlen(line) < msg_size) {
+			strcpy(msg + used, line);
+			used += strlen(line);
+		}
+		const char *p = strstr(line, "listening on http://127.0.0.1:");
+		if (p != NULL)
+			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		if (strstr(line, "moemesh serve: ready") != NULL) {
+			cr_assert(want_ready, "the server started: %s", line);
+			cr_assert_gt(s.port, 0);
+			return s;
+		}
+	}
+	int st = 0;
+	waitpid(s.pid, &st, 0);
+	fclose(s.err);
+	cr_assert(!want_ready, "the server did not start: %s", msg != NULL ? msg : "");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", st);
+	s.pid = 0;
+	return s;
+}
+
+static void stop(server *s)
+{
+	kill(s->pid, SIGTERM);
+	char line[1024];
+	while (fgets(line, sizeof line, s->err) != NULL)
+		fputs(line, stderr);
+	int st = 0;
+	waitpid(s->pid, &st, 0);
+	fclose(s->err);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the server exited with status %d", st);
+}
+
+/* Runs serve_client.py CASE PORT [ARG] with MOE_MODEL=model; asserts exit 0. */
+static void client(const char *c, const server *s, const char *model, const char *arg)
+{
+	char port[16];
+	snprintf(port, sizeof port, "%d", s->port);
+	const char *argv[] = {
+	    "python3", path_in("MOE_SOURCE_DIR", "tests/serve_client.py"), c, port, arg, NULL};
+	setenv("MOE_MODEL", model, 1);
+	pid_t pid;
+	cr_assert_eq(posix_spawnp(&pid, "python3", NULL, NULL, (char *const *)argv, environ), 0);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client case %s failed (status %d)", c,
+	          st);
+}
+
+static void run_case(const char *c, const char *model, const char *const *extra, const char *arg)
+{
+	server s = start(model, extra, true, NULL, 0);
+	client(c, &s, model, arg);
+	stop(&s);
+}
+
+Test(serve, chat_completion_and_greedy_equals_run, .timeout = 300)
+{
+	run_case("basic", kjv(), NULL, NULL);
+}
+
+Test(serve, streaming_matches_non_streamed, .timeout = 300)
+{
+	run_case("stream", kjv(), NULL, NULL);
+}
+
+Test(serve, streaming_never_splits_utf8, .timeout = 300)
+{
+	const char *m = path_in("MOE_FIXTURES", "qwen3next-tiny-Q8_0.gguf");
+	run_case("utf8", m, (const char *const[]){"--chat-template", "chatml", NULL}, NULL);
+}
+
+Test(serve, eight_concurrent_streams_get_their_own_text, .timeout = 300)
+{
+	run_case("concurrent8", kjv(), (const char *const[]){"--parallel", "8", NULL}, NULL);
+}
+
+Test(serve, seeded_output_identical_alone_and_among_15, .timeout = 300)
+{
+	/* small prefill pieces: prompts are cut and mixed with decoding sequences */
+	run_case("determinism", kjv(),
+	         (const char *const[]){"--parallel", "16", "--prefill-chunk", "16", NULL}, NULL);
+}
+
+Test(serve, disconnect_cancels_and_frees, .timeout = 300)
+{
+	run_case("cancel", kjv(), (const char *const[]){"--parallel", "2", NULL}, NULL);
+}
+
+Test(serve, error_cases, .timeout = 300)
+{
+	run_case("errors", kjv(),
+	         (const char *const[]){"--parallel", "1", "--queue", "1", "--ctx", "512",
+	                               "--max-body", "4096", NULL},
+	         NULL);
+}
+
+Test(serve, api_key, .timeout = 300)
+{
+	run_case("auth", kjv(), (const char *const[]){"--api-key", "s3cret-key", NULL},
+	         "s3cret-key");
+}
+
+Test(serve, unrenderable_chat_template_fails_at_startup, .timeout = 120)
+{
+	char dst[] = "/tmp/moe_tmpl_XXXXXX";
+	int fd = mkstemp(dst);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	const char *argv[] = {"python3",
+	                      path_in("MOE_SOURCE_DIR", "tests/serve_client.py"),
+	                      "make-template-model",
+	                      kjv(),
+	                      dst,
+	                      "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}",
+	                      NULL};
+	pid_t pid;
+	cr_assert_eq(posix_spawnp(&pid, "python3", NULL, NULL, (char *const *)argv, environ), 0);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	char msg[4096];
+	start(dst, NULL, false, msg, sizeof msg);
+	cr_expect(strstr(msg, "chat template") != NULL && strstr(msg, "[INST]") != NULL,
+	          "start-up message: %s", msg);
+	/* the same file with the ChatML override serves */
+	server s =
+	    start(dst, (const char *const[]){"--chat-template", "chatml", NULL}, true, NULL, 0);
+	stop(&s);
+	unlink(dst);
+}
+
+Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
+{
+	/* experts on 2 spawned workers: greedy text still equals `moemesh run` */
+#ifdef __SANITIZE_ADDRESS__
+	/* the spawned workers fail under the sanitizers for now (clu: UBSan
+	 * memcpy(NULL, 0) in proto/net.c rx_grow, then "sending a frame: timed
+	 * out"); the release build runs this case */
+	cr_skip_test("cluster workers under ASan/UBSan: see the clu branch");
+#endif
+	run_case("basic", kjv(), (const char *const[]){"--workers", "2", NULL}, NULL);
+}
