@@ -206,11 +206,5 @@ Test(serve, unrenderable_chat_template_fails_at_startup, .timeout = 120)
 Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
 {
 	/* experts on 2 spawned workers: greedy text still equals `moemesh run` */
-#ifdef __SANITIZE_ADDRESS__
-	/* the spawned workers fail under the sanitizers for now (clu: UBSan
-	 * memcpy(NULL, 0) in proto/net.c rx_grow, then "sending a frame: timed
-	 * out"); the release build runs this case */
-	cr_skip_test("cluster workers under ASan/UBSan: see the clu branch");
-#endif
 	run_case("basic", kjv(), (const char *const[]){"--workers", "2", NULL}, NULL);
 }
