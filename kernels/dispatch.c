@@ -28,8 +28,6 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static bool isa_supported[N_ISA];
 static moe_vec_dot_fn dot_table[N_ISA][MOE_TYPE_COUNT];
 static _Atomic int isa_current = MOE_ISA_SCALAR;
-/* aarch64: the NEON level uses the SDOT build of its int8 dots. */
-static bool neon_dotprod;
 
 static const char *const isa_names[N_ISA] = {"scalar", "avx2", "avx512", "neon"};
 
@@ -65,6 +63,9 @@ static void detect(bool sup[N_ISA])
 	sup[MOE_ISA_AVX512] = sup[MOE_ISA_AVX2] && zmm_os && f && dq && bw && vl && vnni;
 }
 #elif defined(__aarch64__) && defined(__linux__)
+/* Whether the NEON level uses the SDOT build of its int8 dots. */
+static bool neon_dotprod;
+
 /* Advanced SIMD is architecturally part of every aarch64 Linux system, but the
  * kernel says so in HWCAP_ASIMD and a CPU without it must not get NEON code;
  * dotprod (SDOT) is optional before Armv8.4 and says so in HWCAP_ASIMDDP. */
