@@ -11,6 +11,8 @@ const moe_bench moe_benches[] = {
     {"tokenizer", "tokenizer encode/decode MB/s on mixed text, one core", moe_bench_tokenizer},
     {"e2e", "single-process prefill / decode tok/s of a model vs the memory roofline",
      moe_bench_e2e},
+    {"cluster", "decode tok/s with 0-3 workers, dispatch round trip vs raw TCP, shard load",
+     moe_bench_cluster},
     {NULL, NULL, NULL},
 };
 

@@ -18,5 +18,6 @@ extern const moe_bench moe_benches[];
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);
+int moe_bench_cluster(int argc, char **argv);
 
 #endif

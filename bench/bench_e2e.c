@@ -7,7 +7,9 @@
  * every tensor except token_embd (one row) and the routed experts, plus
  * n_used/n_expert of the routed experts; times decode tok/s that gives the
  * effective bandwidth, shown next to a STREAM-like triad on the same pool
- * (the memory roofline).  Ends with `decode_pct_of_triad=NN`.
+ * (the memory roofline: triad / bytes per token = the fastest decode the
+ * memory allows).  Ends with one line:
+ * `decode_tok_s=.. prefill_tok_s=.. decode_pct_of_roofline=..`.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -167,8 +169,9 @@ int moe_bench_e2e(int argc, char **argv)
 	printf("prefill: %d tokens, %.1f tok/s\n", n_prompt, pre);
 	printf("decode:  %d tokens, %.1f tok/s, %.2f MB weights/token -> %.2f GB/s\n", n_gen, dec,
 	       bpt / 1e6, bpt * dec / 1e9);
-	printf("triad:   %.2f GB/s\n", bw / 1e9);
-	printf("decode_pct_of_triad=%.0f\n", bw > 0 ? 100.0 * bpt * dec / bw : 0.0);
+	printf("triad:   %.2f GB/s -> roofline %.1f decode tok/s\n", bw / 1e9, bw / bpt);
+	printf("decode_tok_s=%.1f prefill_tok_s=%.1f decode_pct_of_roofline=%.0f\n", dec, pre,
+	       bw > 0 ? 100.0 * bpt * dec / bw : 0.0);
 	rc = 0;
 	goto out_free;
 

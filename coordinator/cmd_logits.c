@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "model/forward.h"
 
@@ -17,7 +18,8 @@ static void usage(FILE *f)
 	           "little-endian float32 logits [n_tokens][n_vocab] to OUT (row i = after\n"
 	           "token i).  All tokens go in one step (chunked by --batch, default 256),\n"
 	           "or one token per step with --one-by-one.  --kv picks the KV cache type\n"
-	           "(default f16).\n");
+	           "(default f16).\n\n%s",
+	        moe_cluster_usage());
 }
 
 /* Parses "1,2,3" into a new array; returns the count or -1 (message printed). */
@@ -67,6 +69,8 @@ int moe_cmd_logits(int argc, char **argv)
 {
 	const char *model = NULL, *out = NULL, *toks = NULL;
 	bool one = false;
+	moe_cluster_opts co = {0};
+	moe_cluster *cl = NULL;
 	moe_fwd_opts o;
 	moe_fwd_opts_default(&o);
 	for (int i = 1; i < argc; i++) {
@@ -98,7 +102,13 @@ int moe_cmd_logits(int argc, char **argv)
 			if (parse_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
 				goto out_usage;
 		} else {
-			goto out_usage;
+			moe_err ce = moe_cluster_parse_arg(&co, &i, argc, argv);
+			if (ce == MOE_ERR_NOT_FOUND)
+				goto out_usage;
+			if (ce != MOE_OK) {
+				fprintf(stderr, "moemesh logits: %s\n", moe_err_detail());
+				return 2;
+			}
 		}
 	}
 	if (model == NULL || out == NULL || toks == NULL)
@@ -121,10 +131,19 @@ int moe_cmd_logits(int argc, char **argv)
 	const int64_t nv = moe_model_hparams(m)->n_vocab;
 	if (o.n_ctx == 0 || o.n_ctx < n)
 		o.n_ctx = (int)n;
+	if (moe_cluster_wanted(&co)) {
+		if ((err = moe_cluster_create(&cl, m, model, &co)) != MOE_OK) {
+			rc = fail(err);
+			goto out_free_model;
+		}
+		o.experts = moe_cluster_backend(cl);
+	}
 	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK) {
 		rc = fail(err);
-		goto out_free_model;
+		goto out_free_cluster;
 	}
+	if (cl)
+		moe_cluster_set_pool(cl, moe_fwd_pool(f));
 	logits = malloc((size_t)n * (size_t)nv * sizeof(float));
 	pos = malloc((size_t)n * sizeof *pos);
 	slots = calloc((size_t)n, sizeof *slots);
@@ -170,6 +189,8 @@ out_free_fwd:
 	free(pos);
 	free(slots);
 	moe_fwd_destroy(f);
+out_free_cluster:
+	moe_cluster_destroy(cl);
 out_free_model:
 	moe_model_destroy(m);
 out_free_tokens:

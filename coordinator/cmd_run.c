@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "model/forward.h"
 #include "model/sample.h"
@@ -24,7 +25,9 @@ static void usage(FILE *f)
 	           "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
 	           "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
 	           "top-p 0.95, min-p 0.05).  Prompt and decode speed and the bytes of KV\n"
-	           "cache and recurrent state go to stderr.\n");
+	           "cache and recurrent state go to stderr; with a cluster, one line of\n"
+	           "statistics per worker.\n\n%s",
+	        moe_cluster_usage());
 }
 
 static int parse_tokens(int32_t **out, size_t *n_out, const char *s)
@@ -90,6 +93,7 @@ typedef struct run_args {
 	int n_stops;
 	moe_sampler_params sp;
 	moe_fwd_opts fo;
+	moe_cluster_opts co;
 } run_args;
 
 /* Returns 0, or 2 on a usage error, 3 for --help. */
@@ -104,6 +108,13 @@ static int parse_args(run_args *a, int argc, char **argv)
 		if (strcmp(s, "--ignore-eos") == 0) {
 			a->ignore_eos = true;
 			continue;
+		}
+		moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
+		if (ce == MOE_OK)
+			continue;
+		if (ce != MOE_ERR_NOT_FOUND) {
+			fprintf(stderr, "moemesh run: %s\n", moe_err_detail());
+			return 2;
 		}
 		if (v == NULL)
 			return 2;
@@ -223,6 +234,7 @@ int moe_cmd_run(int argc, char **argv)
 	moe_tokenizer *tok = NULL;
 	moe_tok_stream *ts = NULL;
 	moe_fwd *f = NULL;
+	moe_cluster *cl = NULL;
 	moe_sampler *smp = NULL;
 	int32_t *prompt = NULL, *pos = NULL, *slots = NULL;
 	float *logits = NULL;
@@ -248,9 +260,16 @@ int moe_cmd_run(int argc, char **argv)
 	}
 	if (a.fo.n_ctx == 0)
 		a.fo.n_ctx = (int)(n_prompt + (size_t)a.n_gen);
+	if (moe_cluster_wanted(&a.co)) {
+		if ((err = moe_cluster_create(&cl, m, a.model, &a.co)) != MOE_OK)
+			goto out_fail;
+		a.fo.experts = moe_cluster_backend(cl);
+	}
 	if ((err = moe_fwd_create(&f, m, &a.fo)) != MOE_OK ||
 	    (err = moe_sampler_create(&smp, &a.sp, hp->n_vocab)) != MOE_OK)
 		goto out_fail;
+	if (cl)
+		moe_cluster_set_pool(cl, moe_fwd_pool(f));
 	logits = malloc((size_t)hp->n_vocab * sizeof(float));
 	pos = malloc(n_prompt * sizeof *pos);
 	slots = calloc(n_prompt, sizeof *slots);
@@ -328,6 +347,8 @@ int moe_cmd_run(int argc, char **argv)
 	fprintf(stderr, "memory: KV cache %zu bytes, recurrent state %zu bytes (n_ctx %d, %s KV)\n",
 	        moe_fwd_kv_bytes(f), moe_fwd_state_bytes(f), a.fo.n_ctx,
 	        a.fo.kv_type == MOE_TYPE_F16 ? "f16" : "f32");
+	if (cl)
+		moe_cluster_print_stats(cl, stderr);
 	rc = 0;
 	goto out_free;
 
@@ -341,6 +362,7 @@ out_free:
 	free(prompt);
 	moe_sampler_destroy(smp);
 	moe_fwd_destroy(f);
+	moe_cluster_destroy(cl);
 	moe_tok_stream_destroy(ts);
 	moe_tokenizer_destroy(tok);
 	moe_model_destroy(m);

@@ -19,5 +19,6 @@ const moe_command moe_commands[] = {
 	{"bench", "run a benchmark (moemesh bench --help)", moe_cmd_bench},
 	{"logits", "write the raw float32 logits of a token list", moe_cmd_logits},
 	{"run", "generate text from a prompt on this machine", moe_cmd_run},
+	{"worker", "serve a slice of the experts to a coordinator", moe_cmd_worker},
 	{NULL, NULL, NULL},
 };

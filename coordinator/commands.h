@@ -23,5 +23,6 @@ int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_logits(int argc, char **argv);
 int moe_cmd_run(int argc, char **argv);
+int moe_cmd_worker(int argc, char **argv);
 
 #endif

@@ -28,3 +28,9 @@ echo
 echo "== 2. generate with the KJV-trained qwen3next MoE model (greedy, 64 tokens)"
 printf "In the beginning"
 "$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0
+echo
+echo "== 3. the same generation, experts spread over 2 worker processes (ipc://)"
+echo "   (coordinator: dense layers, KV, sampling; each worker: half of every layer's experts)"
+printf "In the beginning"
+"$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0 \
+	--workers 2

@@ -17,6 +17,7 @@ static const char *const kind_names[MOE_MSG_KIND_COUNT] = {
     [MOE_MSG_STATS] = "STATS",
     [MOE_MSG_ERROR] = "ERROR",
     [MOE_MSG_SHUTDOWN] = "SHUTDOWN",
+    [MOE_MSG_AUTH_OK] = "AUTH_OK",
 };
 
 const char *moe_msg_kind_name(uint32_t kind)
@@ -98,17 +99,12 @@ moe_err moe_frame_write(void *buf, size_t buf_len, moe_msg_kind kind, const Prot
 	return MOE_OK;
 }
 
-moe_err moe_frame_parse(moe_frame *out, const void *buf, size_t len)
+moe_err moe_frame_length(size_t *out, const void *prefix)
 {
-	const uint8_t *p = buf;
+	const uint8_t *p = prefix;
 	uint32_t kind, hlen, reserved;
 	uint64_t plen;
-	size_t off;
 
-	if (len < MOE_PROTO_PREFIX)
-		return moe_fail(MOE_ERR_TRUNCATED,
-		                "frame of %zu bytes is shorter than its %d-byte prefix", len,
-		                MOE_PROTO_PREFIX);
 	if (rd32(p) != MOE_PROTO_MAGIC)
 		return moe_fail(MOE_ERR_BAD_MAGIC, "frame magic 0x%08x at offset 0 is not \"MOE1\"",
 		                rd32(p));
@@ -131,6 +127,53 @@ moe_err moe_frame_parse(moe_frame *out, const void *buf, size_t len)
 	if (reserved != 0)
 		return moe_fail(MOE_ERR_BAD_VALUE, "frame reserved field at offset 12 is %u, not 0",
 		                reserved);
+	*out = moe_frame_payload_offset(hlen) + (size_t)plen;
+	return MOE_OK;
+}
+
+moe_err moe_frame_write_head(size_t *head_len, void *buf, size_t cap, moe_msg_kind kind,
+                             const ProtobufCMessage *msg, size_t payload_len)
+{
+	uint8_t *p = buf;
+	size_t hlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+	size_t off = moe_frame_payload_offset(hlen);
+
+	if (moe_frame_size(hlen, payload_len) == 0)
+		return moe_fail(MOE_ERR_INVAL, "frame %s: header %zu or payload %zu bytes over cap",
+		                moe_msg_kind_name(kind), hlen, payload_len);
+	if (cap < off)
+		return moe_fail(MOE_ERR_INVAL, "frame %s: head buffer of %zu bytes, head is %zu",
+		                moe_msg_kind_name(kind), cap, off);
+	wr32(p, MOE_PROTO_MAGIC);
+	wr16(p + 4, MOE_PROTO_VERSION);
+	wr16(p + 6, (uint16_t)kind);
+	wr32(p + 8, (uint32_t)hlen);
+	wr32(p + 12, 0);
+	wr64(p + 16, payload_len);
+	if (msg)
+		protobuf_c_message_pack(msg, p + MOE_PROTO_PREFIX);
+	memset(p + MOE_PROTO_PREFIX + hlen, 0, off - MOE_PROTO_PREFIX - hlen);
+	*head_len = off;
+	return MOE_OK;
+}
+
+moe_err moe_frame_parse(moe_frame *out, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	uint32_t kind, hlen;
+	uint64_t plen;
+	size_t off, total;
+	moe_err err;
+
+	if (len < MOE_PROTO_PREFIX)
+		return moe_fail(MOE_ERR_TRUNCATED,
+		                "frame of %zu bytes is shorter than its %d-byte prefix", len,
+		                MOE_PROTO_PREFIX);
+	if ((err = moe_frame_length(&total, p)) != MOE_OK)
+		return err;
+	kind = rd16(p + 6);
+	hlen = rd32(p + 8);
+	plen = rd64(p + 16);
 	off = moe_frame_payload_offset(hlen);
 	if (len < off + plen)
 		return moe_fail(

@@ -52,6 +52,7 @@ typedef enum moe_msg_kind {
 	MOE_MSG_STATS = 10,
 	MOE_MSG_ERROR = 11,
 	MOE_MSG_SHUTDOWN = 12,
+	MOE_MSG_AUTH_OK = 13,
 	MOE_MSG_KIND_COUNT
 } moe_msg_kind;
 
@@ -87,6 +88,18 @@ moe_err moe_frame_write(void *buf, size_t buf_len, moe_msg_kind kind, const Prot
  * MOE_ERR_BAD_COUNT (a length over its cap, or bytes after the payload),
  * MOE_ERR_BAD_VALUE (reserved field or padding not zero). */
 moe_err moe_frame_parse(moe_frame *out, const void *buf, size_t len);
+
+/* Validates a frame's 24-byte prefix alone (magic, version, kind, reserved,
+ * length caps) and sets *out to the whole frame's length, so a stream reader
+ * knows how much to read before it allocates. Errors as moe_frame_parse. */
+moe_err moe_frame_length(size_t *out, const void *prefix);
+
+/* Writes the prefix, header and padding of a frame (everything before the
+ * payload) into buf (cap bytes) and sets *head_len to their length, for a
+ * writer that sends the payload from where it lies (writev). MOE_ERR_INVAL if
+ * cap is too small or a length exceeds its cap. */
+moe_err moe_frame_write_head(size_t *head_len, void *buf, size_t cap, moe_msg_kind kind,
+                             const ProtobufCMessage *msg, size_t payload_len);
 
 /* What a peer's headers are checked against. */
 typedef struct moe_proto_limits {

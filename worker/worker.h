@@ -66,4 +66,31 @@ bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe
 
 moe_store_stats moe_expert_store_stats(const moe_expert_store *s);
 
+/* ---- dispatch server ------------------------------------------------------------- */
+
+typedef struct moe_worker_opts {
+	const char *model_path;  /* the GGUF (only its expert slices are read) */
+	const char *listen_url;  /* control: tcp://HOST:PORT or ipc://PATH (nng) */
+	int n_threads;           /* expert FFN threads; 0 = one per CPU */
+	const char *secret_file; /* shared secret for HMAC challenge-response; NULL = none */
+	const char *name;        /* announced in HELLO_REPLY */
+	uint64_t mem_bytes;      /* memory offered for experts; 0 = MemAvailable */
+	uint16_t data_port;      /* TCP data port; 0 = any (announced in AUTH_OK) */
+	int net_delay_us;        /* injected delay before reading a dispatch and before its
+	                          * result (latency experiments); 0 = none */
+	int die_after;           /* test hook: _exit(3) after this many dispatches, before
+	                          * answering the last (0 = never) */
+	bool die_on_assign;      /* test hook: _exit(3) when an ASSIGN arrives */
+	int ready_fd;            /* if >= 0: one byte is written and the fd closed once the
+	                          * worker listens (process supervisors); else -1 */
+	bool quiet;              /* no log lines on stderr */
+} moe_worker_opts;
+
+/* Serves the cluster protocol (proto/net.h, server.c) on o->listen_url until
+ * an authenticated SHUTDOWN arrives.  Bad frames from peers are answered and
+ * counted, never fatal.  Errors (set-up only): those of moe_gguf_open,
+ * moe_hparams_load, moe_secret_read, MOE_ERR_INVAL/IO (cannot listen),
+ * MOE_ERR_NOMEM, MOE_ERR_SYS. */
+moe_err moe_worker_run(const moe_worker_opts *o);
+
 #endif

@@ -1,0 +1,460 @@
+/*
+ * bench_cluster.c - `moemesh bench cluster [-m MODEL.gguf]`: expert
+ * parallelism on this box.
+ *
+ * 1. Decode tok/s at batch 1 and batch 16 (16 sequences, one token each per
+ *    step) for 0 (one process), 1, 2 and 3 spawned workers (ipc: Unix-domain
+ *    data sockets), with the time per MoE layer split into coordinator
+ *    compute (everything but waiting for results), network (waiting beyond
+ *    the slowest worker's compute) and worker compute.
+ * 2. Dispatch round trip: one token through the cluster backend to one
+ *    worker on tcp://127.0.0.1 (minus the worker's reported compute) against
+ *    a raw TCP_NODELAY ping-pong of the same frame sizes, p50 of --iters.
+ * 3. Worker load: expert bytes / load time of one worker holding every
+ *    expert, against a sequential read of the same file (page cache
+ *    dropped for the file first, both ways).
+ * Writes DIR/bench_cluster.csv and .png (gnuplot) and ends with
+ * `rtt_ratio=X.XX net_pct_b1=N load_pct_of_seq=N`.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "coordinator/cluster.h"
+#include "proto/net.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh bench cluster [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
+	           "                              [--worker-threads N] [--max-workers N]\n"
+	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n\n"
+	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, up to 3\n"
+	           "workers, 2000 round trips, output in bench/out.\n");
+}
+
+typedef struct bargs {
+	const char *model, *dir;
+	int steps, threads, wthreads, max_workers, iters, delay_us;
+} bargs;
+
+typedef struct row {
+	int workers, batch;
+	double tok_s, coord_us, net_us, worker_us;
+} row;
+
+static int cmp_u64(const void *a, const void *b)
+{
+	const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Decode speed for one configuration; fills r (per-layer split if w > 0). */
+static moe_err decode_run(row *r, const bargs *a, moe_model *m, int w, int batch)
+{
+	const moe_hparams *hp = moe_model_hparams(m);
+	moe_cluster *cl = NULL;
+	moe_fwd *f = NULL;
+	moe_err err;
+	moe_fwd_opts o;
+	moe_fwd_opts_default(&o);
+	o.n_slots = batch;
+	o.n_ctx = a->steps + 8;
+	o.n_threads = a->threads;
+	if (w > 0) {
+		moe_cluster_opts co = {
+		    .spawn = w, .worker_threads = a->wthreads, .net_delay_us = a->delay_us};
+		if ((err = moe_cluster_create(&cl, m, a->model, &co)) != MOE_OK)
+			return err;
+		o.experts = moe_cluster_backend(cl);
+	}
+	float *logits = malloc((size_t)batch * (size_t)hp->n_vocab * sizeof *logits);
+	int32_t tok[64], slot[64], pos[64];
+	if (logits == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "logits");
+		goto out_free;
+	}
+	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK)
+		goto out_free;
+	if (cl)
+		moe_cluster_set_pool(cl, moe_fwd_pool(f));
+	for (int b = 0; b < batch; b++)
+		if ((err = moe_fwd_seq_open(f, &slot[b])) != MOE_OK)
+			goto out_free;
+	moe_cluster_counters c0 = {0};
+	double t0 = 0;
+	for (int s = 0; s < a->steps + 2; s++) {
+		if (s == 2) { /* two warm-up steps */
+			t0 = moe_now_s();
+			if (cl)
+				c0 = moe_cluster_get_counters(cl);
+		}
+		for (int b = 0; b < batch; b++) {
+			tok[b] = (int32_t)((s * 31 + b * 7 + 1) % hp->n_vocab);
+			pos[b] = s;
+		}
+		const moe_batch mb = {.n_tok = batch, .tokens = tok, .slot = slot, .pos = pos};
+		if ((err = moe_fwd_step(f, logits, &mb)) != MOE_OK)
+			goto out_free;
+	}
+	const double dt = moe_now_s() - t0;
+	*r = (row){.workers = w, .batch = batch, .tok_s = (double)a->steps * batch / dt};
+	const double layers = (double)a->steps * hp->n_layer;
+	r->coord_us = dt * 1e6 / layers;
+	if (cl) {
+		const moe_cluster_counters c1 = moe_cluster_get_counters(cl);
+		const double wait = (double)(c1.wait_ns - c0.wait_ns) / 1e3 / layers;
+		r->worker_us = (double)(c1.worker_ns - c0.worker_ns) / 1e3 / layers;
+		r->net_us = wait > r->worker_us ? wait - r->worker_us : 0;
+		r->coord_us = dt * 1e6 / layers - wait;
+	}
+out_free:
+	free(logits);
+	moe_fwd_destroy(f);
+	moe_cluster_destroy(cl);
+	return err;
+}
+
+/* ---- raw ping-pong ------------------------------------------------------------- */
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	for (size_t got = 0; got < n;) {
+		ssize_t r = recv(fd, (char *)buf + got, n - got, 0);
+		if (r <= 0)
+			return -1;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+	for (size_t put = 0; put < n;) {
+		ssize_t r = send(fd, (const char *)buf + put, n - put, MSG_NOSIGNAL);
+		if (r <= 0)
+			return -1;
+		put += (size_t)r;
+	}
+	return 0;
+}
+
+/* p50 of a TCP_NODELAY ping-pong over 127.0.0.1: out bytes there, back back. */
+static double raw_rtt_us(size_t out, size_t back, int iters)
+{
+	int lfd, fd = -1;
+	uint16_t port = 0;
+	if (moe_sock_listen_tcp(&lfd, "127.0.0.1", &port) != MOE_OK)
+		return 0;
+	uint8_t *buf = calloc(1, out > back ? out : back);
+	uint64_t *t = malloc((size_t)iters * sizeof *t);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int c = accept(lfd, NULL, NULL);
+		moe_sock_nodelay(c);
+		for (int i = 0; i < iters; i++)
+			if (read_full(c, buf, out) != 0 || write_full(c, buf, back) != 0)
+				break;
+		_exit(0);
+	}
+	close(lfd);
+	double p50 = 0;
+	if (buf && t && moe_sock_connect_tcp(&fd, "127.0.0.1", port, 5000) == MOE_OK) {
+		int i = 0;
+		for (; i < iters; i++) {
+			const uint64_t t0 = moe_now_ns();
+			if (write_full(fd, buf, out) != 0 || read_full(fd, buf, back) != 0)
+				break;
+			t[i] = moe_now_ns() - t0;
+		}
+		if (i == iters) {
+			qsort(t, (size_t)iters, sizeof *t, cmp_u64);
+			p50 = (double)t[iters / 2] / 1e3;
+		}
+		close(fd);
+	}
+	waitpid(pid, NULL, 0);
+	free(buf);
+	free(t);
+	return p50;
+}
+
+/* Starts `moemesh worker` on tcp://127.0.0.1:port (this binary). */
+static pid_t start_tcp_worker(const bargs *a, int port)
+{
+	char url[64], thr[16];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	snprintf(thr, sizeof thr, "%d", a->wthreads ? a->wthreads : 1);
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl("/proc/self/exe", "moemesh", "worker", "-m", a->model, "--listen", url,
+		      "--threads", thr, "--quiet", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Dispatch round trip of one token to one tcp worker, minus its compute. */
+static moe_err dispatch_rtt(double *p50_us, double *compute_us, size_t *out_bytes,
+                            size_t *back_bytes, const bargs *a, moe_model *m)
+{
+	const moe_hparams *hp = moe_model_hparams(m);
+	const int port = 20000 + (int)(getpid() % 20000);
+	char url[64];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	pid_t pid = start_tcp_worker(a, port);
+	moe_cluster_opts co = {.n_urls = 1};
+	co.urls[0] = url;
+	moe_cluster *cl = NULL;
+	moe_err err = moe_cluster_create(&cl, m, a->model, &co);
+	if (err != MOE_OK)
+		goto out_kill;
+	const moe_expert_backend *be = moe_cluster_backend(cl);
+	const int nu = hp->n_expert_used, ne = hp->n_embd;
+	float *x = malloc((size_t)ne * sizeof *x), *w = malloc((size_t)nu * sizeof *w);
+	int32_t *ids = malloc((size_t)nu * sizeof *ids);
+	moe_fix_t *acc = calloc((size_t)ne, sizeof *acc);
+	uint64_t *t = malloc((size_t)a->iters * sizeof *t);
+	if (!x || !w || !ids || !acc || !t) {
+		err = moe_fail(MOE_ERR_NOMEM, "rtt buffers");
+		goto out_free;
+	}
+	for (int i = 0; i < ne; i++)
+		x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+	for (int j = 0; j < nu; j++) {
+		ids[j] = j;
+		w[j] = 1.0f / (float)nu;
+	}
+	uint64_t comp0 = 0;
+	for (int i = -50; i < a->iters; i++) {
+		if (i == 0)
+			comp0 = moe_cluster_link(cl, 0).compute_ns;
+		const uint64_t t0 = moe_now_ns();
+		const uint64_t c0 = moe_cluster_link(cl, 0).compute_ns;
+		if ((err = be->start(be->ctx, 0, 1, x, ids, w, nu)) != MOE_OK ||
+		    (err = be->finish(be->ctx, acc)) != MOE_OK)
+			goto out_free;
+		const uint64_t dt = moe_now_ns() - t0, dc = moe_cluster_link(cl, 0).compute_ns - c0;
+		if (i >= 0)
+			t[i] = dt > dc ? dt - dc : 0;
+	}
+	*compute_us = (double)(moe_cluster_link(cl, 0).compute_ns - comp0) / 1e3 / a->iters;
+	qsort(t, (size_t)a->iters, sizeof *t, cmp_u64);
+	*p50_us = (double)t[a->iters / 2] / 1e3;
+	/* frame sizes: DISPATCH header (~2 x n_used values) + 1 activation row,
+	 * RESULT header + one moe_fix_t row */
+	const moe_expert_ffn *ffn = moe_model_experts(m, 0);
+	*out_bytes =
+	    moe_frame_payload_offset(24 + 10 * (size_t)nu) + moe_act_row_size(ffn->gate.type, ne);
+	*back_bytes = moe_frame_payload_offset(24) + (size_t)ne * 8;
+out_free:
+	free(x);
+	free(w);
+	free(ids);
+	free(acc);
+	free(t);
+	moe_cluster_destroy(cl);
+out_kill:
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	return err;
+}
+
+/* ---- load bandwidth ---------------------------------------------------------------- */
+
+static void drop_cache(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd >= 0) {
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		close(fd);
+	}
+}
+
+static double seq_read_gbs(const char *path)
+{
+	drop_cache(path);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	const size_t bs = 4u << 20;
+	char *buf = malloc(bs);
+	uint64_t total = 0;
+	const double t0 = moe_now_s();
+	ssize_t r;
+	while (buf && (r = read(fd, buf, bs)) > 0)
+		total += (uint64_t)r;
+	const double dt = moe_now_s() - t0;
+	free(buf);
+	close(fd);
+	return dt > 0 ? (double)total / dt / 1e9 : 0;
+}
+
+static double load_gbs(const bargs *a, moe_model *m, double *bytes)
+{
+	drop_cache(a->model);
+	moe_cluster_opts co = {.spawn = 1, .worker_threads = 1};
+	moe_cluster *cl;
+	if (moe_cluster_create(&cl, m, a->model, &co) != MOE_OK)
+		return 0;
+	const moe_cluster_link_stats s = moe_cluster_link(cl, 0);
+	moe_cluster_destroy(cl);
+	*bytes = (double)s.bytes_loaded;
+	return s.load_seconds > 0 ? (double)s.bytes_loaded / s.load_seconds / 1e9 : 0;
+}
+
+/* ---- output ------------------------------------------------------------------------ */
+
+static void plot(const char *dir, const char *csv)
+{
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		printf("gnuplot not found: no plot\n");
+		return;
+	}
+	char script[1024], png[1024], cmd[2300];
+	snprintf(script, sizeof script, "%s/bench_cluster.gp", dir);
+	snprintf(png, sizeof png, "%s/bench_cluster.png", dir);
+	FILE *f = fopen(script, "w");
+	if (f == NULL)
+		return;
+	fprintf(f,
+	        "set terminal pngcairo size 1200,500 noenhanced\n"
+	        "set output '%s'\nset datafile separator ','\nset multiplot layout 1,2\n"
+	        "set title 'decode tok/s vs workers'\nset xlabel 'workers (0 = one process)'\n"
+	        "set ylabel 'tok/s'\nset key top right\nset grid\n"
+	        "plot '%s' using 1:($2==1?$3:1/0) with linespoints title 'batch 1', "
+	        "'' using 1:($2==16?$3:1/0) with linespoints title 'batch 16'\n"
+	        "set title 'per-layer time, batch 1 (us)'\nset style data histograms\n"
+	        "set style histogram rowstacked\nset style fill solid 0.8\nset boxwidth 0.6\n"
+	        "set ylabel 'us per layer'\nset xlabel 'workers'\n"
+	        "plot '%s' every ::0 using ($2==1?$4:0):xtic(1) title 'coordinator', '' using "
+	        "($2==1?$5:0) title 'network', '' using ($2==1?$6:0) title 'worker compute'\n"
+	        "unset multiplot\n",
+	        png, csv, csv);
+	fclose(f);
+	snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", script);
+	if (system(cmd) == 0)
+		printf("plot: %s\n", png);
+	else
+		printf("gnuplot failed: no plot\n");
+}
+
+int moe_bench_cluster(int argc, char **argv)
+{
+	bargs a = {.model = "models/kjv-qwen3next-Q4_K_M.gguf",
+	           .dir = "bench/out",
+	           .steps = 16,
+	           .max_workers = 3,
+	           .iters = 2000};
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		}
+		if (v == NULL)
+			goto out_usage;
+		i++;
+		if (strcmp(s, "-m") == 0)
+			a.model = v;
+		else if (strcmp(s, "-o") == 0)
+			a.dir = v;
+		else if (strcmp(s, "-n") == 0)
+			a.steps = atoi(v);
+		else if (strcmp(s, "--threads") == 0)
+			a.threads = atoi(v);
+		else if (strcmp(s, "--worker-threads") == 0)
+			a.wthreads = atoi(v);
+		else if (strcmp(s, "--max-workers") == 0)
+			a.max_workers = atoi(v);
+		else if (strcmp(s, "--iters") == 0)
+			a.iters = atoi(v);
+		else if (strcmp(s, "--net-delay-us") == 0)
+			a.delay_us = atoi(v);
+		else
+			goto out_usage;
+	}
+	if (a.steps < 1 || a.max_workers < 0 || a.max_workers > 8 || a.iters < 10 ||
+	    a.delay_us < 0 || a.threads < 0 || a.wthreads < 0)
+		goto out_usage;
+
+	moe_model *m;
+	moe_err err = moe_model_open(&m, a.model);
+	if (err != MOE_OK) {
+		fprintf(stderr, "moemesh bench cluster: %s: %s\n", moe_err_name(err),
+		        moe_err_detail());
+		return 1;
+	}
+	int rc = 1;
+	row rows[2 * 9];
+	int nr = 0;
+	printf("model %s, %d decode steps, net delay %d us per message\n", a.model, a.steps,
+	       a.delay_us);
+	printf("%8s %6s %10s %14s %12s %14s\n", "workers", "batch", "tok/s", "coord us/layer",
+	       "net us/layer", "worker us/layer");
+	for (int w = 0; w <= a.max_workers; w++) {
+		for (int bi = 0; bi < 2; bi++) {
+			row *r = &rows[nr];
+			if ((err = decode_run(r, &a, m, w, bi ? 16 : 1)) != MOE_OK)
+				goto out_fail;
+			printf("%8d %6d %10.1f %14.1f %12.1f %14.1f\n", r->workers, r->batch,
+			       r->tok_s, r->coord_us, r->net_us, r->worker_us);
+			nr++;
+		}
+	}
+	double rtt = 0, comp = 0;
+	size_t ob = 0, bb = 0;
+	if ((err = dispatch_rtt(&rtt, &comp, &ob, &bb, &a, m)) != MOE_OK)
+		goto out_fail;
+	const double raw = raw_rtt_us(ob, bb, a.iters);
+	printf("dispatch round trip (tcp://127.0.0.1, 1 token, %zu B out / %zu B back): p50 "
+	       "%.1f us beyond %.1f us worker compute; raw TCP ping-pong p50 %.1f us\n",
+	       ob, bb, rtt, comp, raw);
+	double bytes = 0;
+	const double lgb = load_gbs(&a, m, &bytes), sgb = seq_read_gbs(a.model);
+	printf("worker load: %.1f MB at %.2f GB/s; sequential read of the file %.2f GB/s\n",
+	       bytes / 1e6, lgb, sgb);
+
+	char csv[1024];
+	mkdir(a.dir, 0755);
+	snprintf(csv, sizeof csv, "%s/bench_cluster.csv", a.dir);
+	FILE *f = fopen(csv, "w");
+	if (f) {
+		fprintf(f, "workers,batch,tok_s,coord_us_per_layer,net_us_per_layer,"
+		           "worker_us_per_layer\n");
+		for (int i = 0; i < nr; i++)
+			fprintf(f, "%d,%d,%.2f,%.2f,%.2f,%.2f\n", rows[i].workers, rows[i].batch,
+			        rows[i].tok_s, rows[i].coord_us, rows[i].net_us, rows[i].worker_us);
+		fclose(f);
+		printf("csv: %s\n", csv);
+		plot(a.dir, csv);
+	}
+	/* network share of a batch-1 step with the most workers */
+	const row *r1 = NULL;
+	for (int i = 0; i < nr; i++)
+		if (rows[i].batch == 1 && rows[i].workers == a.max_workers)
+			r1 = &rows[i];
+	const double step = r1 ? r1->coord_us + r1->net_us + r1->worker_us : 0;
+	printf("rtt_ratio=%.2f net_pct_b1=%.0f load_pct_of_seq=%.0f\n", raw > 0 ? rtt / raw : 0,
+	       step > 0 ? 100.0 * r1->net_us / step : 0, sgb > 0 ? 100.0 * lgb / sgb : 0);
+	rc = 0;
+	goto out_free;
+
+out_fail:
+	fprintf(stderr, "moemesh bench cluster: %s: %s\n", moe_err_name(err), moe_err_detail());
+out_free:
+	moe_model_destroy(m);
+	return rc;
+
+out_usage:
+	usage(stderr);
+	return 2;
+}

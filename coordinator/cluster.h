@@ -1,0 +1,129 @@
+/*
+ * cluster.h - the coordinator's side of expert parallelism: a set of worker
+ * links, a placement of every (layer, expert) on one or more of them, and a
+ * moe_expert_backend that sends each layer's tokens to the workers that hold
+ * their chosen experts and adds up the exact partial sums they return.
+ *
+ * Wire (proto/net.h): nng for control; DISPATCH/RESULT on a plain stream
+ * socket per worker.  Per layer, start() quantises the FFN input once to the
+ * activation form of the layer's gate weights, groups tokens by worker and
+ * writes every involved worker's frame (writev, payload from where it lies);
+ * finish() computes the experts this process hosts itself ("local"), then
+ * waits on all data sockets at once (poll) and adds each RESULT's moe_fix_t
+ * rows into the accumulator.  Integer addition is associative, so the logits
+ * are bit-identical to the single-process run whatever the placement, the
+ * number of workers and the order results arrive in.
+ *
+ * Failures: a worker whose data socket closes, errors, answers with ERROR or
+ * misses the per-dispatch deadline is marked dead; its unanswered (token,
+ * expert) pairs are sent again to a live replica, and experts with no live
+ * holder are re-assigned (ASSIGN + load) to the survivors first.  The layer
+ * then completes with identical bits.  With nobody left the step fails with
+ * MOE_ERR_CLOSED.
+ */
+#ifndef MOE_CLUSTER_H
+#define MOE_CLUSTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model/forward.h"
+
+#define MOE_CLUSTER_MAX_LINKS 64
+
+typedef enum moe_place_kind {
+	MOE_PLACE_MEMORY = 0,      /* contiguous expert ranges per layer, sized by memory */
+	MOE_PLACE_ROUND_ROBIN = 1, /* expert e on link e % n */
+} moe_place_kind;
+
+typedef struct moe_cluster_opts {
+	const char *urls[MOE_CLUSTER_MAX_LINKS]; /* tcp://, ipc://, or "local" (this process) */
+	int n_urls;
+	int spawn;          /* --workers N: start N local workers on ipc:// */
+	const char *exe;    /* the moemesh binary for spawn (NULL = /proc/self/exe) */
+	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
+	const char *secret_file;
+	moe_place_kind place;
+	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
+	                        * (those experts of every layer on every link) */
+	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
+	int load_timeout_ms;   /* silence allowed while a worker loads (0 = 120000) */
+	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
+	bool verbose;          /* progress lines on stderr */
+} moe_cluster_opts;
+
+/* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
+ * --placement memory|round-robin, --replicate all|E,E.., --secret-file F,
+ * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N), consumes it
+ * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
+ * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
+ * --cluster file (JSON: see deploy/cluster.example.json). */
+moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv);
+
+/* The usage lines of those options. */
+const char *moe_cluster_usage(void);
+
+/* Whether o asks for a cluster at all. */
+bool moe_cluster_wanted(const moe_cluster_opts *o);
+
+typedef struct moe_cluster moe_cluster;
+
+/* Starts spawned workers, connects to every URL (HELLO: protocol version and
+ * model identity checked, HMAC challenge-response both ways if a secret is
+ * set; AUTH_OK: the data socket), computes the placement and has every worker
+ * load its experts.  m (opened from model_path) must outlive the cluster.
+ * Errors: MOE_ERR_MISMATCH (a worker has another model: the detail says so),
+ * MOE_ERR_AUTH, MOE_ERR_CLOSED / MOE_ERR_TIMEOUT (a worker died or did not
+ * answer: the detail names it), MOE_ERR_INVAL, MOE_ERR_NOMEM, MOE_ERR_SYS. */
+moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *model_path,
+                           const moe_cluster_opts *o);
+
+/* Shuts down spawned workers (SHUTDOWN, then a signal if they linger), closes
+ * every link.  NULL is a no-op. */
+void moe_cluster_destroy(moe_cluster *c);
+
+/* The backend to put in moe_fwd_opts.experts; valid while c lives. */
+const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
+
+/* The pool for quantising activations and for local experts (NULL = one
+ * thread); pass moe_fwd_pool() of the context that uses the backend. */
+void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool);
+
+/* Sends a HEARTBEAT to every live worker and waits for the echoes (up to the
+ * dispatch deadline); a worker that does not answer is marked dead and its
+ * experts re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some
+ * expert. */
+moe_err moe_cluster_heartbeat(moe_cluster *c);
+
+typedef struct moe_cluster_link_stats {
+	char name[64];
+	char url[128];
+	bool local, alive;
+	uint64_t experts_held; /* (layer, expert) pairs */
+	uint64_t bytes_loaded; /* expert bytes (as the worker reports) */
+	double load_seconds;
+	uint64_t dispatches; /* answered */
+	uint64_t rtt_ns;     /* sum of round trips (send .. result parsed) */
+	uint64_t compute_ns; /* sum of the worker's reported compute */
+} moe_cluster_link_stats;
+
+typedef struct moe_cluster_counters {
+	uint64_t layers;    /* start/finish pairs */
+	uint64_t start_ns;  /* in start(): quantise + send */
+	uint64_t local_ns;  /* experts computed in this process */
+	uint64_t wait_ns;   /* in finish(), waiting for results */
+	uint64_t worker_ns; /* sum over layers of the slowest worker's compute */
+	uint64_t retries;   /* (token, expert) pairs sent again after a failure */
+	uint64_t reassigns; /* experts re-loaded onto survivors */
+} moe_cluster_counters;
+
+int moe_cluster_n_links(const moe_cluster *c);
+moe_cluster_link_stats moe_cluster_link(const moe_cluster *c, int i);
+moe_cluster_counters moe_cluster_get_counters(const moe_cluster *c);
+
+/* Prints one line per link: experts held, bytes loaded, dispatches, mean
+ * round trip, worker compute. */
+void moe_cluster_print_stats(const moe_cluster *c, FILE *f);
+
+#endif

@@ -1,0 +1,100 @@
+/* cmd_worker.c - `moemesh worker`: serve a slice of a model's experts. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/commands.h"
+#include "worker/worker.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
+	           "                      [--secret-file F] [--name NAME] [--mem GIB]\n"
+	           "                      [--data-port P] [--net-delay-us US] [--quiet]\n\n"
+	           "Serves the routed experts a coordinator assigns to it.  URL is\n"
+	           "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
+	           "plain TCP socket (--data-port, default any free port) or, for ipc://,\n"
+	           "on the Unix socket PATH.data.  Only the assigned expert slices are\n"
+	           "read from MODEL.  --mem is what it offers for experts (default: the\n"
+	           "available memory); --net-delay-us adds a delay to every dispatch and\n"
+	           "every result (latency experiments).  Stops on the coordinator's\n"
+	           "SHUTDOWN.\n");
+}
+
+static int parse_long(long *out, const char *s, long lo, long hi)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (end == s || *end || errno != 0 || x < lo || x > hi)
+		return -1;
+	*out = x;
+	return 0;
+}
+
+int moe_cmd_worker(int argc, char **argv)
+{
+	moe_worker_opts o = {.ready_fd = -1, .name = "worker"};
+	long v;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const bool has = i + 1 < argc;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--quiet") == 0) {
+			o.quiet = true;
+		} else if (strcmp(a, "--die-on-assign") == 0) {
+			o.die_on_assign = true; /* test hook, not in the usage text */
+		} else if (strcmp(a, "-m") == 0 && has) {
+			o.model_path = argv[++i];
+		} else if (strcmp(a, "--listen") == 0 && has) {
+			o.listen_url = argv[++i];
+		} else if (strcmp(a, "--secret-file") == 0 && has) {
+			o.secret_file = argv[++i];
+		} else if (strcmp(a, "--name") == 0 && has) {
+			o.name = argv[++i];
+		} else if (strcmp(a, "--threads") == 0 && has) {
+			if (parse_long(&v, argv[++i], 1, 1024) != 0)
+				goto out_usage;
+			o.n_threads = (int)v;
+		} else if (strcmp(a, "--mem") == 0 && has) {
+			if (parse_long(&v, argv[++i], 1, 1 << 20) != 0)
+				goto out_usage;
+			o.mem_bytes = (uint64_t)v << 30;
+		} else if (strcmp(a, "--data-port") == 0 && has) {
+			if (parse_long(&v, argv[++i], 1, 65535) != 0)
+				goto out_usage;
+			o.data_port = (uint16_t)v;
+		} else if (strcmp(a, "--net-delay-us") == 0 && has) {
+			if (parse_long(&v, argv[++i], 0, 10000000) != 0)
+				goto out_usage;
+			o.net_delay_us = (int)v;
+		} else if (strcmp(a, "--die-after") == 0 && has) {
+			/* test hook, not in the usage text */
+			if (parse_long(&v, argv[++i], 1, 1L << 30) != 0)
+				goto out_usage;
+			o.die_after = (int)v;
+		} else if (strcmp(a, "--ready-fd") == 0 && has) {
+			/* for --workers N: the parent's pipe */
+			if (parse_long(&v, argv[++i], 0, 1 << 20) != 0)
+				goto out_usage;
+			o.ready_fd = (int)v;
+		} else {
+			goto out_usage;
+		}
+	}
+	if (o.model_path == NULL || o.listen_url == NULL)
+		goto out_usage;
+	moe_err err = moe_worker_run(&o);
+	if (err != MOE_OK) {
+		fprintf(stderr, "moemesh worker: %s: %s\n", moe_err_name(err), moe_err_detail());
+		return 1;
+	}
+	return 0;
+
+out_usage:
+	usage(stderr);
+	return 2;
+}

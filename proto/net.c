@@ -1,0 +1,431 @@
+/* net.c - model identity, authentication, frames over nng and stream sockets. */
+#include "proto/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "moemesh payloads (moe_fix_t rows, activation blocks) are little-endian on the wire"
+#endif
+
+moe_err moe_model_identity(uint8_t out[MOE_ID_BYTES], const moe_gguf *g)
+{
+	unsigned int n = 0;
+	const uint64_t len = moe_gguf_data_offset(g);
+	if (len > moe_gguf_file_size(g))
+		return moe_fail(MOE_ERR_BAD_OFFSET, "identity: data offset %llu past the file",
+		                (unsigned long long)len);
+	if (EVP_Digest(moe_gguf_base(g), (size_t)len, out, &n, EVP_sha256(), NULL) != 1 ||
+	    n != MOE_ID_BYTES)
+		return moe_fail(MOE_ERR_SYS, "identity: SHA-256 failed");
+	return MOE_OK;
+}
+
+moe_err moe_hmac_sha256(uint8_t out[32], const void *key, size_t key_len, const void *msg,
+                        size_t len)
+{
+	unsigned int n = 0;
+	if (key_len > INT32_MAX ||
+	    HMAC(EVP_sha256(), key, (int)key_len, msg, len, out, &n) == NULL || n != 32)
+		return moe_fail(MOE_ERR_SYS, "HMAC-SHA256 failed");
+	return MOE_OK;
+}
+
+moe_err moe_random_bytes(void *out, size_t n)
+{
+	if (n > INT32_MAX || RAND_bytes(out, (int)n) != 1)
+		return moe_fail(MOE_ERR_SYS, "RAND_bytes(%zu) failed", n);
+	return MOE_OK;
+}
+
+bool moe_bytes_equal_ct(const void *a, const void *b, size_t n)
+{
+	const volatile uint8_t *x = a, *y = b;
+	uint8_t d = 0;
+	for (size_t i = 0; i < n; i++)
+		d |= x[i] ^ y[i];
+	return d == 0;
+}
+
+moe_err moe_secret_read(uint8_t **out, size_t *len, const char *path)
+{
+	enum { MAX_SECRET = 4096 };
+	FILE *fp = fopen(path, "rb");
+	if (fp == NULL)
+		return moe_fail(MOE_ERR_IO, "secret file %s: %s", path, strerror(errno));
+	uint8_t *buf = malloc(MAX_SECRET + 1);
+	if (buf == NULL) {
+		fclose(fp);
+		return moe_fail(MOE_ERR_NOMEM, "secret buffer");
+	}
+	size_t n = fread(buf, 1, MAX_SECRET + 1, fp);
+	const bool bad = ferror(fp);
+	fclose(fp);
+	if (bad) {
+		free(buf);
+		return moe_fail(MOE_ERR_IO, "reading secret file %s", path);
+	}
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;
+	if (n == 0 || n > MAX_SECRET) {
+		free(buf);
+		return moe_fail(MOE_ERR_BAD_VALUE, "secret file %s: %s", path,
+		                n == 0 ? "empty" : "longer than 4096 bytes");
+	}
+	*out = buf;
+	*len = n;
+	return MOE_OK;
+}
+
+/* ---- nng ------------------------------------------------------------------------ */
+
+moe_err moe_nng_fail(int rv, const char *what)
+{
+	switch (rv) {
+	case NNG_ETIMEDOUT:
+		return moe_fail(MOE_ERR_TIMEOUT, "%s: timed out", what);
+	case NNG_ECLOSED:
+	case NNG_ECONNSHUT:
+	case NNG_ECONNRESET:
+		return moe_fail(MOE_ERR_CLOSED, "%s: %s", what, nng_strerror(rv));
+	case NNG_ENOMEM:
+		return moe_fail(MOE_ERR_NOMEM, "%s: %s", what, nng_strerror(rv));
+	case NNG_EADDRINVAL:
+	case NNG_EINVAL:
+		return moe_fail(MOE_ERR_INVAL, "%s: %s", what, nng_strerror(rv));
+	default:
+		return moe_fail(MOE_ERR_IO, "%s: %s", what, nng_strerror(rv));
+	}
+}
+
+moe_err moe_nng_send(nng_socket s, moe_msg_kind kind, const ProtobufCMessage *msg)
+{
+	const size_t hlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+	const size_t size = moe_frame_size(hlen, 0);
+	nng_msg *m;
+	moe_err err;
+	int rv;
+
+	if (size == 0)
+		return moe_fail(MOE_ERR_INVAL, "%s header of %zu bytes over cap",
+		                moe_msg_kind_name(kind), hlen);
+	if ((rv = nng_msg_alloc(&m, size)) != 0)
+		return moe_nng_fail(rv, "allocating a frame");
+	if ((err = moe_frame_write(nng_msg_body(m), size, kind, msg, 0)) != MOE_OK)
+		goto out_free_msg;
+	if ((rv = nng_sendmsg(s, m, 0)) != 0) {
+		err = moe_nng_fail(rv, "sending a frame");
+		goto out_free_msg;
+	}
+	return MOE_OK;
+
+out_free_msg:
+	nng_msg_free(m);
+	return err;
+}
+
+moe_err moe_nng_recv(nng_msg **msg, moe_frame *f, nng_socket s, int timeout_ms)
+{
+	nng_msg *m;
+	moe_err err;
+	int rv;
+
+	if (timeout_ms >= 0 &&
+	    (rv = nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms)) != 0)
+		return moe_nng_fail(rv, "setting the receive timeout");
+	if ((rv = nng_recvmsg(s, &m, 0)) != 0)
+		return moe_nng_fail(rv, "receiving a frame");
+	if ((err = moe_frame_parse(f, nng_msg_body(m), nng_msg_len(m))) != MOE_OK) {
+		nng_msg_free(m);
+		return err;
+	}
+	*msg = m;
+	return MOE_OK;
+}
+
+/* ---- stream sockets ----------------------------------------------------------- */
+
+void moe_sock_nodelay(int fd)
+{
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static moe_err sys_fail(const char *what, const char *where)
+{
+	return moe_fail(MOE_ERR_SYS, "%s %s: %s", what, where, strerror(errno));
+}
+
+moe_err moe_sock_listen_tcp(int *fd, const char *host, uint16_t *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(*port)};
+	socklen_t alen = sizeof a;
+	int one = 1;
+
+	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+		return moe_fail(MOE_ERR_INVAL, "data listener: '%s' is not an IPv4 address", host);
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return sys_fail("socket", host);
+	(void)setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0 ||
+	    getsockname(s, (struct sockaddr *)&a, &alen) != 0) {
+		moe_err err = sys_fail("bind/listen", host);
+		close(s);
+		return err;
+	}
+	*port = ntohs(a.sin_port);
+	*fd = s;
+	return MOE_OK;
+}
+
+static moe_err unix_addr(struct sockaddr_un *a, const char *path)
+{
+	memset(a, 0, sizeof *a);
+	a->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof a->sun_path)
+		return moe_fail(MOE_ERR_INVAL, "unix socket path '%s' longer than %zu bytes", path,
+		                sizeof a->sun_path - 1);
+	memcpy(a->sun_path, path, strlen(path) + 1);
+	return MOE_OK;
+}
+
+moe_err moe_sock_listen_unix(int *fd, const char *path)
+{
+	struct sockaddr_un a;
+	moe_err err = unix_addr(&a, path);
+	if (err != MOE_OK)
+		return err;
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return sys_fail("socket", path);
+	(void)unlink(path);
+	if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+		err = sys_fail("bind/listen", path);
+		close(s);
+		return err;
+	}
+	*fd = s;
+	return MOE_OK;
+}
+
+moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeout_ms)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+		return moe_fail(MOE_ERR_INVAL, "data link: '%s' is not an IPv4 address", host);
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (s < 0)
+		return sys_fail("socket", host);
+	moe_err err = MOE_OK;
+	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+		if (errno != EINPROGRESS) {
+			err =
+			    moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port, strerror(errno));
+			goto out_close;
+		}
+		struct pollfd p = {.fd = s, .events = POLLOUT};
+		int rv = poll(&p, 1, timeout_ms);
+		int so = 0;
+		socklen_t sl = sizeof so;
+		if (rv == 0) {
+			err = moe_fail(MOE_ERR_TIMEOUT, "connect %s:%u: no answer in %d ms", host,
+			               port, timeout_ms);
+			goto out_close;
+		}
+		if (rv < 0 || getsockopt(s, SOL_SOCKET, SO_ERROR, &so, &sl) != 0 || so != 0) {
+			err = moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port,
+			               strerror(so ? so : errno));
+			goto out_close;
+		}
+	}
+	if (fcntl(s, F_SETFL, fcntl(s, F_GETFL) & ~O_NONBLOCK) != 0) {
+		err = sys_fail("fcntl", host);
+		goto out_close;
+	}
+	moe_sock_nodelay(s);
+	*fd = s;
+	return MOE_OK;
+
+out_close:
+	close(s);
+	return err;
+}
+
+moe_err moe_sock_connect_unix(int *fd, const char *path)
+{
+	struct sockaddr_un a;
+	moe_err err = unix_addr(&a, path);
+	if (err != MOE_OK)
+		return err;
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return sys_fail("socket", path);
+	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+		err = sys_fail("connect", path);
+		close(s);
+		return err;
+	}
+	*fd = s;
+	return MOE_OK;
+}
+
+moe_err moe_sock_writev_all(int fd, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(n > 512 ? 512 : n)};
+		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE || errno == ECONNRESET)
+				return moe_fail(MOE_ERR_CLOSED, "data link: peer closed (%s)",
+				                strerror(errno));
+			return moe_fail(MOE_ERR_IO, "data link: send: %s", strerror(errno));
+		}
+		size_t left = (size_t)w;
+		while (n > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return MOE_OK;
+}
+
+moe_err moe_stream_send(int fd, moe_msg_kind kind, const ProtobufCMessage *msg,
+                        const struct iovec *payload, int n_payload)
+{
+	enum { MAX_PARTS = 64 };
+	size_t plen = 0, head_len, hcap;
+	uint8_t stack[4096];
+	uint8_t *head = stack;
+	struct iovec small[MAX_PARTS + 1];
+	struct iovec *iov = small;
+	moe_err err;
+
+	for (int i = 0; i < n_payload; i++)
+		plen += payload[i].iov_len;
+	hcap = moe_frame_payload_offset(msg ? protobuf_c_message_get_packed_size(msg) : 0);
+	if (hcap > sizeof stack && (head = malloc(hcap)) == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "frame head of %zu bytes", hcap);
+	if (n_payload > MAX_PARTS &&
+	    (iov = malloc(((size_t)n_payload + 1) * sizeof *iov)) == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "%d payload parts", n_payload);
+		goto out_free_head;
+	}
+	if ((err = moe_frame_write_head(&head_len, head, hcap, kind, msg, plen)) != MOE_OK)
+		goto out_free_iov;
+	iov[0] = (struct iovec){.iov_base = head, .iov_len = head_len};
+	for (int i = 0; i < n_payload; i++)
+		iov[i + 1] = payload[i];
+	err = moe_sock_writev_all(fd, iov, n_payload + 1);
+
+out_free_iov:
+	if (iov != small)
+		free(iov);
+out_free_head:
+	if (head != stack)
+		free(head);
+	return err;
+}
+
+void moe_rx_free(moe_rx *rx)
+{
+	moe_aligned_free(rx->buf);
+	*rx = (moe_rx){0};
+}
+
+bool moe_rx_in_sync(const moe_rx *rx)
+{
+	return rx->need != 0 && rx->have >= rx->need;
+}
+
+static moe_err rx_grow(moe_rx *rx, size_t size)
+{
+	if (rx->cap >= size)
+		return MOE_OK;
+	size_t cap = rx->cap ? rx->cap : 4096;
+	while (cap < size)
+		cap *= 2;
+	uint8_t *b = moe_aligned_alloc(MOE_PROTO_ALIGN, cap);
+	if (b == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "frame buffer of %zu bytes", cap);
+	if (rx->have > 0)
+		memcpy(b, rx->buf, rx->have);
+	moe_aligned_free(rx->buf);
+	rx->buf = b;
+	rx->cap = cap;
+	return MOE_OK;
+}
+
+/* Reads take what the socket has, up to the buffer's capacity, so a small
+ * frame usually arrives in one recv; bytes past the current frame stay in the
+ * buffer and start the next one (moved to offset 0 to keep it aligned). */
+moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_frame, bool block)
+{
+	moe_err err;
+	*done = false;
+	if (rx->need != 0 && rx->have >= rx->need) {
+		const size_t left = rx->have - rx->need;
+		if (left > 0)
+			memmove(rx->buf, rx->buf + rx->need, left);
+		rx->have = left;
+		rx->need = 0;
+	}
+	if ((err = rx_grow(rx, 4096)) != MOE_OK)
+		return err;
+	for (;;) {
+		if (rx->need == 0 && rx->have >= MOE_PROTO_PREFIX) {
+			size_t len;
+			if ((err = moe_frame_length(&len, rx->buf)) != MOE_OK)
+				return err;
+			if (len > max_frame)
+				return moe_fail(MOE_ERR_BAD_COUNT,
+				                "%s frame of %zu bytes over this link's cap of %zu",
+				                moe_msg_kind_name(rx->buf[6] | rx->buf[7] << 8),
+				                len, max_frame);
+			if ((err = rx_grow(rx, len)) != MOE_OK)
+				return err;
+			rx->need = len;
+		}
+		if (rx->need != 0 && rx->have >= rx->need) {
+			if ((err = moe_frame_parse(f, rx->buf, rx->need)) != MOE_OK)
+				return err;
+			*done = true;
+			return MOE_OK;
+		}
+		ssize_t r =
+		    recv(fd, rx->buf + rx->have, rx->cap - rx->have, block ? 0 : MSG_DONTWAIT);
+		if (r == 0)
+			return moe_fail(MOE_ERR_CLOSED, "data link closed by the peer%s",
+			                rx->have ? " in the middle of a frame" : "");
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return MOE_OK;
+			if (errno == ECONNRESET)
+				return moe_fail(MOE_ERR_CLOSED, "data link reset by the peer");
+			return moe_fail(MOE_ERR_IO, "data link: recv: %s", strerror(errno));
+		}
+		rx->have += (size_t)r;
+	}
+}

@@ -1,0 +1,719 @@
+/*
+ * test_cluster.c - expert parallelism end to end: `moemesh logits` with
+ * spawned, replicated, local and tcp workers is bit-identical to one process
+ * for every fixture model; a worker answers malformed control and data frames
+ * with ERROR and keeps serving; wrong model identity and wrong secret are
+ * refused; a worker dying before its assignment is a clear error; workers
+ * dying mid-generation do not change the output; a 3-host run over network
+ * namespaces (veth + tbf) gives the single-process text.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "model/forward.h"
+#include "proto/net.h"
+
+static const char *fixtures(void)
+{
+	const char *d = getenv("MOE_FIXTURES");
+	cr_assert(d != NULL, "MOE_FIXTURES is not set");
+	return d;
+}
+
+static const char *bin(void)
+{
+	const char *b = getenv("MOE_BIN");
+	cr_assert(b != NULL, "MOE_BIN is not set");
+	return b;
+}
+
+/* Runs a shell command; returns its exit status (-1 if it did not exit). */
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[8192];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+	return sh("cmp -s '%s' '%s'", a, b) == 0;
+}
+
+static bool file_has(const char *path, const char *needle)
+{
+	FILE *fp = fopen(path, "rb");
+	static char buf[1 << 16];
+	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+	if (fp)
+		fclose(fp);
+	buf[n] = '\0';
+	return strstr(buf, needle) != NULL;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
+/* Starts `moemesh worker -m model --listen ipc://path extra` and waits until
+ * its socket exists. */
+static pid_t start_worker(const char *model, const char *sock, const char *extra)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 %s",
+	         bin(), model, sock, extra);
+	unlink(sock);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	struct stat st;
+	for (int i = 0; i < 500 && stat(sock, &st) != 0; i++)
+		sleep_ms(10);
+	cr_assert(stat(sock, &st) == 0, "worker on %s did not start", sock);
+	return pid;
+}
+
+/* Stops a worker the test started; returns its exit status or -1. */
+static int stop_worker(pid_t pid)
+{
+	int st;
+	kill(pid, SIGTERM);
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void tmp_path(char *out, size_t n, const char *what)
+{
+	snprintf(out, n, "/tmp/moetest-%d-%s", (int)getpid(), what);
+}
+
+/* ---- bit-identical logits ------------------------------------------------------ */
+
+Test(cluster, logits_bit_identical_for_every_fixture, .timeout = 600)
+{
+	static const char *const configs[][2] = {
+	    {"--workers 1", ""},
+	    {"--workers 2", ""},
+	    {"--workers 3", "--one-by-one"},
+	    {"--workers 2 --replicate all", ""},
+	    {"--workers 3 --replicate 0,1 --placement round-robin", "--one-by-one"},
+	    {"--workers 2 --worker local --placement round-robin", "--one-by-one"},
+	};
+	DIR *d = opendir(fixtures());
+	cr_assert(d != NULL);
+	struct dirent *de;
+	int n_models = 0;
+	char ref[256], ref1[256], out[256];
+	tmp_path(ref, sizeof ref, "ref.f32");
+	tmp_path(ref1, sizeof ref1, "ref1.f32");
+	tmp_path(out, sizeof out, "out.f32");
+	while ((de = readdir(d)) != NULL) {
+		const size_t len = strlen(de->d_name);
+		if (len < 5 || strcmp(de->d_name + len - 5, ".gguf") != 0)
+			continue;
+		char model[1024];
+		snprintf(model, sizeof model, "%s/%s", fixtures(), de->d_name);
+		const char *toks = "1,7,42,3,99,5,11,200,13";
+		cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --threads 1", bin(), model,
+		                toks, ref),
+		             0);
+		cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --threads 1 --one-by-one",
+		                bin(), model, toks, ref1),
+		             0);
+		for (size_t k = 0; k < sizeof configs / sizeof *configs; k++) {
+			cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --threads 1 %s %s",
+			                bin(), model, toks, out, configs[k][0], configs[k][1]),
+			             0, "%s: %s %s failed", de->d_name, configs[k][0],
+			             configs[k][1]);
+			cr_assert(same_file(configs[k][1][0] ? ref1 : ref, out),
+			          "%s: logits with %s %s differ from one process", de->d_name,
+			          configs[k][0], configs[k][1]);
+		}
+		n_models++;
+	}
+	closedir(d);
+	cr_assert_geq(n_models, 8, "only %d fixture models found", n_models);
+	unlink(ref);
+	unlink(ref1);
+	unlink(out);
+}
+
+Test(cluster, cluster_file_and_local_host, .timeout = 120)
+{
+	char model[1024], ref[256], out[256], json[256];
+	snprintf(model, sizeof model, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	tmp_path(ref, sizeof ref, "cf-ref.f32");
+	tmp_path(out, sizeof out, "cf-out.f32");
+	tmp_path(json, sizeof json, "cluster.json");
+	FILE *fp = fopen(json, "w");
+	cr_assert(fp != NULL);
+	fprintf(fp, "{\"workers\": [\"local\", {\"url\": \"local\"}], \"placement\": "
+	            "\"round-robin\", \"replicate\": \"all\"}\n");
+	fclose(fp);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1", bin(), model, ref),
+	             0);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1 --cluster %s", bin(),
+	                model, out, json),
+	             0);
+	cr_assert(same_file(ref, out));
+	/* a broken file is a usage error */
+	fp = fopen(json, "w");
+	fprintf(fp, "{\"workers\": 7}");
+	fclose(fp);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3 -o %s --cluster %s 2>/dev/null", bin(),
+	                model, out, json),
+	             2);
+	unlink(json);
+	unlink(ref);
+	unlink(out);
+}
+
+/* ---- refusals ------------------------------------------------------------------- */
+
+Test(cluster, wrong_model_identity_is_refused, .timeout = 60)
+{
+	char a[1024], b[1024], sock[256], out[256], err[256];
+	snprintf(a, sizeof a, "%s/qwen3next-tiny-Q4_0.gguf", fixtures());
+	snprintf(b, sizeof b, "%s/qwen3next-tiny-Q8_0.gguf", fixtures());
+	tmp_path(sock, sizeof sock, "id.sock");
+	tmp_path(out, sizeof out, "id.f32");
+	tmp_path(err, sizeof err, "id.err");
+	pid_t w = start_worker(a, sock, "--quiet");
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s 2>%s", bin(), b,
+	                out, sock, err),
+	             1);
+	cr_assert(file_has(err, "model identity differs"), "stderr does not say why");
+	cr_assert(file_has(err, "MOE_ERR_MISMATCH"));
+	/* the worker still serves the right model */
+	cr_assert_eq(
+	    sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s", bin(), a, out, sock), 0);
+	stop_worker(w);
+	unlink(out);
+	unlink(err);
+}
+
+Test(cluster, wrong_secret_is_refused, .timeout = 60)
+{
+	char m[1024], sock[256], out[256], ref[256], err[256], s1[256], s2[256];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
+	tmp_path(sock, sizeof sock, "sec.sock");
+	tmp_path(out, sizeof out, "sec.f32");
+	tmp_path(ref, sizeof ref, "sec-ref.f32");
+	tmp_path(err, sizeof err, "sec.err");
+	tmp_path(s1, sizeof s1, "s1");
+	tmp_path(s2, sizeof s2, "s2");
+	cr_assert_eq(sh("echo right-secret > %s; echo wrong-secret > %s", s1, s2), 0);
+	char extra[512];
+	snprintf(extra, sizeof extra, "--quiet --secret-file %s", s1);
+	pid_t w = start_worker(m, sock, extra);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s --secret-file "
+	                "%s 2>%s",
+	                bin(), m, out, sock, s2, err),
+	             1);
+	cr_assert(file_has(err, "MOE_ERR_AUTH") && file_has(err, "secret"));
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s 2>%s", bin(), m,
+	                out, sock, err),
+	             1, "a coordinator without the secret was let in");
+	cr_assert(file_has(err, "MOE_ERR_AUTH"));
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s", bin(), m, ref), 0);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s --secret-file %s",
+	                bin(), m, out, sock, s1),
+	             0);
+	cr_assert(same_file(ref, out));
+	stop_worker(w);
+	unlink(out);
+	unlink(ref);
+	unlink(err);
+	unlink(s1);
+	unlink(s2);
+}
+
+Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
+{
+	char m[1024], sock[256], out[256], err[256];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
+	tmp_path(sock, sizeof sock, "dead.sock");
+	tmp_path(out, sizeof out, "dead.f32");
+	tmp_path(err, sizeof err, "dead.err");
+	pid_t w = start_worker(m, sock, "--quiet --die-on-assign");
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s 2>%s", bin(), m,
+	                out, sock, err),
+	             1);
+	cr_assert(file_has(err, "MOE_ERR_CLOSED") && file_has(err, "did it die"),
+	          "stderr does not name the dead worker");
+	int st;
+	waitpid(w, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+	unlink(out);
+	unlink(err);
+	unlink(sock);
+}
+
+/* ---- failures mid-generation ---------------------------------------------------- */
+
+Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
+{
+	static const char *const extra[] = {"--replicate all", "", "--worker local"};
+	char m[1024], sa[256], sb[256], out[256], ref[256];
+	snprintf(m, sizeof m, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	tmp_path(sa, sizeof sa, "ka.sock");
+	tmp_path(sb, sizeof sb, "kb.sock");
+	tmp_path(out, sizeof out, "k.f32");
+	tmp_path(ref, sizeof ref, "k-ref.f32");
+	const char *toks = "5,6,7,8,9,10,11,12";
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one", bin(), m, toks, ref),
+	             0);
+	for (size_t k = 0; k < sizeof extra / sizeof *extra; k++) {
+		pid_t a = start_worker(m, sa, "--quiet");
+		pid_t b = start_worker(m, sb, "--quiet --die-after 9");
+		cr_assert_eq(
+		    sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
+		       "--worker ipc://%s %s 2>/dev/null",
+		       bin(), m, toks, out, sa, sb, extra[k]),
+		    0, "with '%s'", extra[k]);
+		cr_assert(same_file(ref, out), "a dead worker changed the logits (%s)", extra[k]);
+		int st;
+		waitpid(b, &st, 0);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "worker b did not die as asked");
+		stop_worker(a);
+	}
+	/* nobody left: a clear error, no hang */
+	pid_t b = start_worker(m, sb, "--quiet --die-after 3");
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
+	                "2>/dev/null",
+	                bin(), m, toks, out, sb),
+	             1);
+	waitpid(b, NULL, 0);
+	unlink(out);
+	unlink(ref);
+	unlink(sa);
+	unlink(sb);
+}
+
+/* ---- malformed frames ------------------------------------------------------------- */
+
+static moe_msg_kind ctl_rx(nng_socket s, Moemesh__Error **err)
+{
+	nng_msg *m;
+	moe_frame f;
+	cr_assert_eq(moe_nng_recv(&m, &f, s, 5000), MOE_OK, "no answer: %s", moe_err_detail());
+	moe_msg_kind k = f.kind;
+	if (err)
+		*err = k == MOE_MSG_ERROR ? moemesh__error__unpack(NULL, f.header_len, f.header)
+		                          : NULL;
+	nng_msg_free(m);
+	return k;
+}
+
+static void ctl_raw(nng_socket s, const void *buf, size_t n)
+{
+	cr_assert_eq(nng_send(s, (void *)buf, n, 0), 0);
+}
+
+static void expect_ctl_error(nng_socket s, const char *what)
+{
+	Moemesh__Error *e = NULL;
+	cr_assert_eq(ctl_rx(s, &e), MOE_MSG_ERROR, "%s: no ERROR reply", what);
+	cr_assert(e != NULL && e->message && e->message[0], "%s: ERROR without a message", what);
+	moemesh__error__free_unpacked(e, NULL);
+}
+
+static int data_connect(const char *path, const uint8_t *token)
+{
+	int fd;
+	cr_assert_eq(moe_sock_connect_unix(&fd, path), MOE_OK);
+	struct timeval tv = {.tv_sec = 5};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	if (token) {
+		Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+		a.response = (ProtobufCBinaryData){32, (uint8_t *)token};
+		cr_assert_eq(moe_stream_send(fd, MOE_MSG_AUTH, &a.base, NULL, 0), MOE_OK);
+	}
+	return fd;
+}
+
+/* Receives one data frame; returns its kind, or 0 if the worker closed. */
+static moe_msg_kind data_rx(int fd, moe_rx *rx, moe_frame *f)
+{
+	bool done;
+	moe_err err = moe_rx_read(&done, f, rx, fd, (size_t)1 << 28, true);
+	if (err == MOE_ERR_CLOSED)
+		return 0;
+	cr_assert_eq(err, MOE_OK, "data receive: %s", moe_err_detail());
+	cr_assert(done);
+	return f->kind;
+}
+
+static void dispatch_send(int fd, uint32_t layer, uint32_t n_tok, uint32_t act_type,
+                          uint32_t n_used, int32_t *ids, float *w, const void *payload, size_t plen)
+{
+	Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
+	d.step = 77;
+	d.layer = layer;
+	d.n_tokens = n_tok;
+	d.act_type = act_type;
+	d.n_embd = 0;
+	d.n_used = n_used;
+	d.n_expert_ids = d.n_weights = (size_t)n_tok * n_used;
+	d.expert_ids = ids;
+	d.weights = w;
+	struct iovec iov = {.iov_base = (void *)payload, .iov_len = plen};
+	(void)moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1);
+}
+
+Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 120)
+{
+	char path[1024], sock[256], url[300], dpath[300];
+	snprintf(path, sizeof path, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	tmp_path(sock, sizeof sock, "bad.sock");
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	snprintf(dpath, sizeof dpath, "%s.data", sock);
+	pid_t w = start_worker(path, sock, "--quiet");
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, path), MOE_OK);
+	const moe_hparams *hp = moe_model_hparams(m);
+	uint8_t id[MOE_ID_BYTES];
+	cr_assert_eq(moe_model_identity(id, moe_model_gguf(m)), MOE_OK);
+
+	nng_socket s;
+	cr_assert_eq(nng_pair1_open(&s), 0);
+	cr_assert_eq(nng_dial(s, url, NULL, 0), 0);
+	int n_bad = 0;
+
+	/* control: garbage, truncated, oversized header, reserved bits, wrong state */
+	ctl_raw(s, "garbage!!", 9);
+	expect_ctl_error(s, "garbage");
+	uint8_t fr[256];
+	Moemesh__Hello h = MOEMESH__HELLO__INIT;
+	uint8_t chal[32] = {1, 2, 3};
+	h.protocol_version = MOE_PROTO_VERSION;
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, id};
+	h.challenge = (ProtobufCBinaryData){32, chal};
+	size_t hsz = moe_frame_size(protobuf_c_message_get_packed_size(&h.base), 0);
+	cr_assert_eq(moe_frame_write(fr, hsz, MOE_MSG_HELLO, &h.base, 0), MOE_OK);
+	ctl_raw(s, fr, hsz - 7);
+	expect_ctl_error(s, "truncated HELLO");
+	uint8_t big[64];
+	memcpy(big, fr, 64);
+	big[11] = 0x7f; /* header length ~2 GiB */
+	ctl_raw(s, big, 64);
+	expect_ctl_error(s, "oversized header");
+	memcpy(big, fr, 64);
+	big[12] = 1; /* reserved */
+	ctl_raw(s, big, 64);
+	expect_ctl_error(s, "reserved field");
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_ASSIGN, NULL), MOE_OK);
+	expect_ctl_error(s, "ASSIGN before HELLO");
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_DISPATCH, NULL), MOE_OK);
+	expect_ctl_error(s, "DISPATCH on control");
+	n_bad += 5;
+	uint8_t zero_id[MOE_ID_BYTES] = {0};
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, zero_id};
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_HELLO, &h.base), MOE_OK);
+	Moemesh__Error *e;
+	cr_assert_eq(ctl_rx(s, &e), MOE_MSG_ERROR);
+	cr_assert(strstr(e->message, "model identity differs") != NULL);
+	moemesh__error__free_unpacked(e, NULL);
+
+	/* handshake */
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, id};
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_HELLO, &h.base), MOE_OK);
+	cr_assert_eq(ctl_rx(s, NULL), MOE_MSG_HELLO_REPLY);
+	Moemesh__AuthResponse ar = MOEMESH__AUTH_RESPONSE__INIT;
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &ar.base), MOE_OK);
+	nng_msg *msg;
+	moe_frame f;
+	cr_assert_eq(moe_nng_recv(&msg, &f, s, 5000), MOE_OK);
+	cr_assert_eq(f.kind, MOE_MSG_AUTH_OK);
+	Moemesh__AuthOk *ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
+	cr_assert(ok && ok->data_token.len == 32);
+	uint8_t token[32];
+	memcpy(token, ok->data_token.data, 32);
+	cr_assert_str_eq(ok->data_path, dpath);
+	moemesh__auth_ok__free_unpacked(ok, NULL);
+	nng_msg_free(msg);
+
+	/* out-of-range ASSIGNs, then a good one: layer 0, experts 0 and 1 */
+	Moemesh__ExpertRange r = MOEMESH__EXPERT_RANGE__INIT, *rp = &r;
+	Moemesh__LayerExperts le = MOEMESH__LAYER_EXPERTS__INIT, *lp = &le;
+	Moemesh__Assign as = MOEMESH__ASSIGN__INIT;
+	as.n_layers = 1;
+	as.layers = &lp;
+	le.n_ranges = 1;
+	le.ranges = &rp;
+	le.layer = (uint32_t)hp->n_layer;
+	r.first = 0;
+	r.count = 2;
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_ASSIGN, &as.base), MOE_OK);
+	expect_ctl_error(s, "ASSIGN layer out of range");
+	le.layer = 0;
+	r.first = (uint32_t)hp->n_expert - 1;
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_ASSIGN, &as.base), MOE_OK);
+	expect_ctl_error(s, "ASSIGN expert out of range");
+	n_bad += 2;
+	r.first = 0;
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_ASSIGN, &as.base), MOE_OK);
+	for (;;) {
+		cr_assert_eq(moe_nng_recv(&msg, &f, s, 5000), MOE_OK);
+		cr_assert_eq(f.kind, MOE_MSG_LOAD_PROGRESS);
+		Moemesh__LoadProgress *p =
+		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
+		const bool done = p && p->done;
+		moemesh__load_progress__free_unpacked(p, NULL);
+		nng_msg_free(msg);
+		if (done)
+			break;
+	}
+
+	/* data: the first frame must be AUTH */
+	const moe_expert_ffn *ffn = moe_model_experts(m, 0);
+	const int ne = hp->n_embd, nu = hp->n_expert_used;
+	const uint32_t at = moe_type_get(ffn->gate.type)->vec_dot_type;
+	const size_t row = moe_act_row_size(ffn->gate.type, ne);
+	float *x = malloc(2 * (size_t)ne * sizeof *x);
+	uint8_t *xq = moe_aligned_alloc(64, 2 * row);
+	int32_t *ids = malloc(2 * (size_t)nu * sizeof *ids);
+	float *wt = malloc(2 * (size_t)nu * sizeof *wt);
+	moe_fix_t *want = calloc(2 * (size_t)ne, sizeof *want);
+	for (int i = 0; i < 2 * ne; i++)
+		x[i] = sinf((float)i * 0.37f) * 0.5f;
+	for (int i = 0; i < 2 * nu; i++) {
+		ids[i] = i % nu == 0 ? 0 : i % nu == 1 ? 1 : -1;
+		wt[i] = 0.25f + 0.05f * (float)i;
+	}
+	cr_assert_eq(moe_quantize_act_rows(NULL, xq, ffn->gate.type, x, ne, 2), MOE_OK);
+	cr_assert_eq(moe_expert_ffn_run(NULL, want, ffn, x, 2, ids, wt, nu), MOE_OK);
+
+	moe_rx rx = {0};
+	int fd = data_connect(dpath, NULL);
+	dispatch_send(fd, 0, 2, at, (uint32_t)nu, ids, wt, xq, 2 * row);
+	cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_ERROR, "unauthenticated DISPATCH served");
+	cr_assert_eq(data_rx(fd, &rx, &f), 0, "unauthenticated link not closed");
+	close(fd);
+	n_bad++;
+
+	fd = data_connect(dpath, token);
+	/* n_embd is filled from the model below; each bad field in turn */
+	struct {
+		uint32_t layer, n_tok, act, nu;
+		size_t plen;
+		int32_t bad_id;
+	} cases[] = {
+	    {(uint32_t)hp->n_layer, 2, at, (uint32_t)nu, 2 * row, 0}, /* layer */
+	    {0, 2, at, (uint32_t)nu + 1, 2 * row, 0},                 /* n_used */
+	    {0, 2, at, (uint32_t)nu, 2 * row - 1, 0},                 /* payload */
+	    {0, 2, MOE_TYPE_Q4_K, (uint32_t)nu, 2 * row, 0},          /* act type */
+	    {0, 2, at, (uint32_t)nu, 2 * row, 5},                     /* not held */
+	    {0, 2, at, (uint32_t)nu, 2 * row, hp->n_expert},          /* out of range */
+	    {0, 0, at, (uint32_t)nu, 0, 0},                           /* no tokens */
+	};
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		int32_t *ids2 = malloc(2 * (size_t)(nu + 1) * sizeof *ids2);
+		float *w2 = malloc(2 * (size_t)(nu + 1) * sizeof *w2);
+		for (int i = 0; i < 2 * (nu + 1); i++) {
+			ids2[i] = i < 2 * nu ? ids[i] : -1;
+			w2[i] = 0.1f;
+		}
+		if (cases[k].bad_id)
+			ids2[1] = cases[k].bad_id;
+		Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
+		d.step = 5;
+		d.layer = cases[k].layer;
+		d.n_tokens = cases[k].n_tok;
+		d.act_type = cases[k].act;
+		d.n_embd = (uint32_t)ne;
+		d.n_used = cases[k].nu;
+		d.n_expert_ids = d.n_weights = (size_t)cases[k].n_tok * cases[k].nu;
+		d.expert_ids = ids2;
+		d.weights = w2;
+		uint8_t *pl = moe_aligned_alloc(64, 2 * row + 64);
+		memcpy(pl, xq, 2 * row);
+		struct iovec iov = {.iov_base = pl, .iov_len = cases[k].plen};
+		cr_assert_eq(moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1), MOE_OK);
+		cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_ERROR, "bad DISPATCH case %zu served",
+		             k);
+		moe_aligned_free(pl);
+		free(ids2);
+		free(w2);
+		n_bad++;
+	}
+	/* a good dispatch on the same connection */
+	Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
+	d.step = 9;
+	d.layer = 0;
+	d.n_tokens = 2;
+	d.act_type = at;
+	d.n_embd = (uint32_t)ne;
+	d.n_used = (uint32_t)nu;
+	d.n_expert_ids = d.n_weights = 2 * (size_t)nu;
+	d.expert_ids = ids;
+	d.weights = wt;
+	struct iovec iov = {.iov_base = xq, .iov_len = 2 * row};
+	cr_assert_eq(moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1), MOE_OK);
+	cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_RESULT);
+	Moemesh__Result *res;
+	cr_assert_eq(moe_proto_read_result(&res, &f, 9, 0, 2, (uint32_t)ne), MOE_OK);
+	moemesh__result__free_unpacked(res, NULL);
+	cr_assert(memcmp(f.payload, want, 2 * (size_t)ne * sizeof *want) == 0,
+	          "worker's partial sums differ from the in-process expert FFN");
+
+	/* a frame cut short, then the peer leaves: the worker goes on */
+	uint8_t head[128];
+	size_t hl;
+	cr_assert_eq(moe_frame_write_head(&hl, head, sizeof head, MOE_MSG_DISPATCH, NULL, 4096),
+	             MOE_OK);
+	cr_assert_eq(send(fd, head, hl, MSG_NOSIGNAL), (ssize_t)hl);
+	cr_assert_eq(send(fd, xq, 100, MSG_NOSIGNAL), 100);
+	close(fd);
+
+	/* oversized payload in the prefix: ERROR, then the link is closed */
+	fd = data_connect(dpath, token);
+	cr_assert_eq(
+	    moe_frame_write_head(&hl, head, sizeof head, MOE_MSG_DISPATCH, NULL, (size_t)1 << 29),
+	    MOE_OK);
+	cr_assert_eq(send(fd, head, hl, MSG_NOSIGNAL), (ssize_t)hl);
+	cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_ERROR);
+	cr_assert_eq(data_rx(fd, &rx, &f), 0);
+	close(fd);
+	/* bad magic: ERROR, closed */
+	fd = data_connect(dpath, token);
+	cr_assert_eq(send(fd, "NOT A FRAME AT ALL, REALLY NOT", 30, MSG_NOSIGNAL), 30);
+	cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_ERROR);
+	cr_assert_eq(data_rx(fd, &rx, &f), 0);
+	close(fd);
+	n_bad += 2;
+
+	/* still serving: the same good dispatch, same bits */
+	fd = data_connect(dpath, token);
+	iov = (struct iovec){.iov_base = xq, .iov_len = 2 * row};
+	cr_assert_eq(moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1), MOE_OK);
+	cr_assert_eq(data_rx(fd, &rx, &f), MOE_MSG_RESULT);
+	cr_assert(memcmp(f.payload, want, 2 * (size_t)ne * sizeof *want) == 0);
+	close(fd);
+
+	/* stats count the bad frames; shutdown is clean */
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_STATS_REQUEST, NULL), MOE_OK);
+	cr_assert_eq(moe_nng_recv(&msg, &f, s, 5000), MOE_OK);
+	cr_assert_eq(f.kind, MOE_MSG_STATS);
+	Moemesh__Stats *st = moemesh__stats__unpack(NULL, f.header_len, f.header);
+	cr_assert(st != NULL);
+	cr_assert_geq(st->bad_frames, (uint64_t)n_bad, "bad_frames %llu < %d",
+	              (unsigned long long)st->bad_frames, n_bad);
+	cr_assert_eq(st->dispatches, 2);
+	cr_assert_eq(st->experts_held, 2);
+	moemesh__stats__free_unpacked(st, NULL);
+	nng_msg_free(msg);
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_SHUTDOWN, NULL), MOE_OK);
+	int wst;
+	waitpid(w, &wst, 0);
+	cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "worker did not shut down cleanly");
+	nng_close(s);
+	moe_rx_free(&rx);
+	free(x);
+	moe_aligned_free(xq);
+	free(ids);
+	free(wt);
+	free(want);
+	moe_model_destroy(m);
+}
+
+/* ---- three hosts over network namespaces ---------------------------------------- */
+
+Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
+{
+	if (geteuid() != 0 || sh("command -v ip >/dev/null && command -v tc >/dev/null") != 0) {
+		cr_skip_test("3-host test skipped: needs root and ip/tc to create network "
+		             "namespaces");
+		return;
+	}
+	char ns[3][32];
+	const int id = (int)getpid() % 100000;
+	for (int i = 0; i < 3; i++)
+		snprintf(ns[i], sizeof ns[i], "moe%d-%c", id, "cab"[i]);
+	if (sh("ip netns add %s 2>/dev/null", ns[0]) != 0) {
+		cr_skip_test("3-host test skipped: network namespaces are not permitted here");
+		return;
+	}
+	int bad = 0;
+	for (int i = 1; i < 3; i++) {
+		bad |= sh("ip netns add %s", ns[i]);
+		bad |= sh("ip link add v%d-%d netns %s type veth peer name u%d-%d netns %s", id, i,
+		          ns[0], id, i, ns[i]);
+		bad |= sh("ip -n %s addr add 10.97.%d.1/24 dev v%d-%d && ip -n %s link set v%d-%d "
+		          "up && ip -n %s link set lo up",
+		          ns[0], i, id, i, ns[0], id, i, ns[0]);
+		bad |= sh("ip -n %s addr add 10.97.%d.2/24 dev u%d-%d && ip -n %s link set u%d-%d "
+		          "up && ip -n %s link set lo up",
+		          ns[i], i, id, i, ns[i], id, i, ns[i]);
+		bad |= sh("ip netns exec %s tc qdisc add dev v%d-%d root tbf rate 10gbit burst 1mb "
+		          "latency 1ms && ip netns exec %s tc qdisc add dev u%d-%d root tbf rate "
+		          "10gbit burst 1mb latency 1ms",
+		          ns[0], id, i, ns[i], id, i);
+	}
+	char model[1024], ref[256], out[256];
+	snprintf(model, sizeof model, "%s/models/kjv-qwen3next-Q4_K_M.gguf",
+	         getenv("MOE_SOURCE_DIR") ? getenv("MOE_SOURCE_DIR") : "..");
+	tmp_path(ref, sizeof ref, "ns-ref.txt");
+	tmp_path(out, sizeof out, "ns-out.txt");
+	pid_t w[3] = {0};
+	if (!bad) {
+		for (int i = 1; i < 3; i++) {
+			char cmd[2048];
+			snprintf(cmd, sizeof cmd,
+			         "exec ip netns exec %s '%s' worker -m '%s' --listen "
+			         "tcp://10.97.%d.2:7070 --threads 1 --name host%c --quiet",
+			         ns[i], bin(), model, i, "xab"[i]);
+			w[i] = fork();
+			if (w[i] == 0) {
+				execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+				_exit(127);
+			}
+		}
+		sleep_ms(300);
+		bad |= sh("'%s' run -m '%s' -p 'In the beginning' -n 24 --temp 0 --threads 1 > %s "
+		          "2>/dev/null",
+		          bin(), model, ref);
+		bad |= sh("ip netns exec %s '%s' run -m '%s' -p 'In the beginning' -n 24 --temp 0 "
+		          "--threads 1 --worker tcp://10.97.1.2:7070 --worker tcp://10.97.2.2:7070 "
+		          "> %s 2>/dev/null",
+		          ns[0], bin(), model, out);
+	}
+	for (int i = 1; i < 3; i++)
+		if (w[i] > 0)
+			stop_worker(w[i]);
+	for (int i = 0; i < 3; i++)
+		sh("ip netns del %s 2>/dev/null", ns[i]);
+	for (int i = 0; i < 3; i++)
+		cr_assert_neq(sh("ip netns list | grep -q '^%s'", ns[i]), 0, "namespace %s left",
+		              ns[i]);
+	cr_assert_eq(bad, 0, "setting up or running the 3-host cluster failed");
+	cr_assert(same_file(ref, out), "3-host generation differs from one process");
+	cr_assert(file_has(out, "LORD"), "no text generated");
+	unlink(ref);
+	unlink(out);
+}

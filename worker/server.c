@@ -1,0 +1,701 @@
+/*
+ * server.c - the worker's dispatch server.
+ *
+ * One thread runs a poll loop over the nng control socket (its receive fd),
+ * the data listener and the data connections; expert FFNs run on the worker's
+ * thread pool.  Control: HELLO -> HELLO_REPLY (model identity checked,
+ * HMAC response), AUTH -> AUTH_OK (data endpoint + token), then ASSIGN (load
+ * with LOAD_PROGRESS), HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
+ * connection's first frame is AUTH carrying the token; then DISPATCH frames,
+ * each answered by one RESULT (or ERROR).  Every frame is validated; a frame
+ * whose prefix is sound but whose content is not gets an ERROR and the
+ * connection goes on; a stream whose prefix is bad cannot be resynchronised,
+ * so it gets an ERROR and is closed.  The worker itself always keeps serving.
+ */
+#include <errno.h>
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "model/hparams.h"
+#include "proto/net.h"
+#include "worker/worker.h"
+
+#define MAX_CONNS 32
+
+typedef struct conn {
+	int fd;
+	bool authed;
+	moe_rx rx;
+} conn;
+
+typedef struct server {
+	const moe_worker_opts *o;
+	moe_gguf *g;
+	moe_hparams hp;
+	moe_proto_limits lim;
+	uint8_t id[MOE_ID_BYTES];
+	uint8_t *secret;
+	size_t secret_len;
+	nng_socket ctl;
+	int ctl_fd;
+	int lfd;
+	uint16_t data_port;
+	char data_path[256];
+	conn conns[MAX_CONNS];
+	int n_conns;
+	/* handshake of the current control peer */
+	bool hello_ok, authed;
+	uint8_t challenge[32];
+	uint8_t token[32];
+	/* experts */
+	moe_pool *pool;
+	moe_expert_store *store;
+	moe_expert_ffn *ffn; /* [n_layer] */
+	const void **ptrs;   /* [n_layer][3][n_expert] */
+	moe_fix_t *acc;      /* result buffer */
+	size_t acc_cap;      /* in elements */
+	Moemesh__Stats st;
+	uint64_t load_last;   /* bytes at the last LOAD_PROGRESS sent */
+	atomic_int peer_gone; /* the control peer's pipe closed: handshake again */
+	bool quit;
+} server;
+
+static void logf_(const server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(const server *s, const char *fmt, ...)
+{
+	if (s->o->quiet)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "worker %s: ", s->o->name ? s->o->name : "");
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+static void delay_us(int us)
+{
+	if (us <= 0)
+		return;
+	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
+}
+
+static uint64_t mem_available(void)
+{
+	FILE *fp = fopen("/proc/meminfo", "r");
+	char line[256];
+	unsigned long long kb = 0;
+	if (fp == NULL)
+		return 0;
+	while (fgets(line, sizeof line, fp))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	fclose(fp);
+	return (uint64_t)kb * 1024;
+}
+
+/* ---- replies ----------------------------------------------------------------- */
+
+static void ctl_error(server *s, moe_err code, const char *what)
+{
+	Moemesh__Error e = MOEMESH__ERROR__INIT;
+	e.code = (uint32_t)code;
+	e.message = (char *)what;
+	logf_(s, "control: %s", what);
+	(void)moe_nng_send(s->ctl, MOE_MSG_ERROR, &e.base);
+}
+
+static moe_err data_error(server *s, int fd, moe_err code, const char *what, uint64_t step)
+{
+	Moemesh__Error e = MOEMESH__ERROR__INIT;
+	e.code = (uint32_t)code;
+	e.message = (char *)what;
+	e.step = step;
+	logf_(s, "data: %s", what);
+	return moe_stream_send(fd, MOE_MSG_ERROR, &e.base, NULL, 0);
+}
+
+/* ---- control ------------------------------------------------------------------ */
+
+static void on_hello(server *s, const moe_frame *f)
+{
+	char msg[256];
+	Moemesh__Hello *h = moemesh__hello__unpack(NULL, f->header_len, f->header);
+	s->hello_ok = s->authed = false;
+	if (h == NULL) {
+		ctl_error(s, MOE_ERR_PROTO, "HELLO header does not decode");
+		return;
+	}
+	if (h->protocol_version != MOE_PROTO_VERSION) {
+		snprintf(msg, sizeof msg, "protocol version %u, this worker speaks %u",
+		         h->protocol_version, MOE_PROTO_VERSION);
+		ctl_error(s, MOE_ERR_BAD_VERSION, msg);
+		goto out_free;
+	}
+	if (h->model_id.len != MOE_ID_BYTES || h->challenge.len != 32) {
+		snprintf(msg, sizeof msg, "HELLO model_id of %zu bytes, challenge of %zu (want 32)",
+		         h->model_id.len, h->challenge.len);
+		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
+		goto out_free;
+	}
+	if (!moe_bytes_equal_ct(h->model_id.data, s->id, MOE_ID_BYTES)) {
+		snprintf(msg, sizeof msg,
+		         "model identity differs: the coordinator runs %02x%02x%02x%02x..., this "
+		         "worker has %s (%02x%02x%02x%02x...): start it with the same GGUF",
+		         h->model_id.data[0], h->model_id.data[1], h->model_id.data[2],
+		         h->model_id.data[3], s->o->model_path, s->id[0], s->id[1], s->id[2],
+		         s->id[3]);
+		ctl_error(s, MOE_ERR_MISMATCH, msg);
+		goto out_free;
+	}
+	uint8_t resp[32];
+	Moemesh__HelloReply r = MOEMESH__HELLO_REPLY__INIT;
+	if (moe_random_bytes(s->challenge, sizeof s->challenge) != MOE_OK ||
+	    (s->secret && moe_hmac_sha256(resp, s->secret, s->secret_len, h->challenge.data,
+	                                  h->challenge.len) != MOE_OK)) {
+		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+		goto out_free;
+	}
+	r.protocol_version = MOE_PROTO_VERSION;
+	r.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, s->id};
+	r.name = (char *)(s->o->name ? s->o->name : "");
+	r.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
+	r.isa = (char *)moe_isa_name(moe_isa_active());
+	r.threads = (uint32_t)moe_pool_threads(s->pool);
+	r.challenge = (ProtobufCBinaryData){32, s->challenge};
+	if (s->secret)
+		r.response = (ProtobufCBinaryData){32, resp};
+	s->hello_ok = true;
+	(void)moe_nng_send(s->ctl, MOE_MSG_HELLO_REPLY, &r.base);
+out_free:
+	moemesh__hello__free_unpacked(h, NULL);
+}
+
+static void on_auth(server *s, const moe_frame *f)
+{
+	Moemesh__AuthResponse *a = moemesh__auth_response__unpack(NULL, f->header_len, f->header);
+	uint8_t want[32];
+	if (a == NULL) {
+		ctl_error(s, MOE_ERR_PROTO, "AUTH header does not decode");
+		return;
+	}
+	if (!s->hello_ok) {
+		ctl_error(s, MOE_ERR_STATE, "AUTH before HELLO");
+		goto out_free;
+	}
+	if (s->secret) {
+		if (moe_hmac_sha256(want, s->secret, s->secret_len, s->challenge, 32) != MOE_OK ||
+		    a->response.len != 32 || !moe_bytes_equal_ct(a->response.data, want, 32)) {
+			s->hello_ok = false;
+			ctl_error(s, MOE_ERR_AUTH,
+			          "authentication failed: the coordinator does not know this "
+			          "worker's secret (--secret-file)");
+			goto out_free;
+		}
+	}
+	if (moe_random_bytes(s->token, sizeof s->token) != MOE_OK) {
+		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+		goto out_free;
+	}
+	s->authed = true;
+	Moemesh__AuthOk ok = MOEMESH__AUTH_OK__INIT;
+	ok.data_token = (ProtobufCBinaryData){32, s->token};
+	ok.data_port = s->data_port;
+	ok.data_path = s->data_path;
+	(void)moe_nng_send(s->ctl, MOE_MSG_AUTH_OK, &ok.base);
+out_free:
+	moemesh__auth_response__free_unpacked(a, NULL);
+}
+
+static void load_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	server *s = ctx;
+	if (done != total && done - s->load_last < (64u << 20))
+		return;
+	s->load_last = done;
+	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
+	p.bytes_done = done;
+	p.bytes_total = total;
+	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+}
+
+static void drop_store(server *s)
+{
+	moe_expert_store_destroy(s->store);
+	s->store = NULL;
+	s->st.experts_held = 0;
+	s->st.bytes_loaded = 0;
+}
+
+/* Points the per-layer FFN views at the store. */
+static void bind_store(server *s)
+{
+	const int nl = s->hp.n_layer, ne = s->hp.n_expert;
+	for (int l = 0; l < nl; l++) {
+		moe_expert_mat *mats[3] = {&s->ffn[l].gate, &s->ffn[l].up, &s->ffn[l].down};
+		s->ffn[l].n_expert = ne;
+		for (int w = 0; w < 3; w++) {
+			const void **p = s->ptrs + ((size_t)l * 3 + (size_t)w) * (size_t)ne;
+			moe_expert_store_shape(s->store, l, w, &mats[w]->type, &mats[w]->n_cols,
+			                       &mats[w]->n_rows);
+			for (int e = 0; e < ne; e++)
+				p[e] = moe_expert_store_get(s->store, l, w, e);
+			mats[w]->expert = p;
+		}
+	}
+}
+
+static void on_assign(server *s, const moe_frame *f)
+{
+	char msg[600];
+	Moemesh__Assign *a;
+	moe_err err;
+	if (!s->authed) {
+		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
+		return;
+	}
+	if (s->o->die_on_assign) {
+		logf_(s, "--die-on-assign: exiting");
+		_exit(3);
+	}
+	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
+		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
+		s->st.bad_frames++;
+		ctl_error(s, err, msg);
+		return;
+	}
+	const size_t ne = (size_t)s->hp.n_expert;
+	uint8_t *held = calloc((size_t)s->hp.n_layer * ne, 1);
+	if (held == NULL) {
+		ctl_error(s, MOE_ERR_NOMEM, "ASSIGN: no memory for the held table");
+		goto out_free;
+	}
+	for (size_t i = 0; i < a->n_layers; i++) {
+		const Moemesh__LayerExperts *le = a->layers[i];
+		for (size_t j = 0; j < le->n_ranges; j++)
+			for (uint32_t k = 0; k < le->ranges[j]->count; k++)
+				held[le->layer * ne + le->ranges[j]->first + k] = 1;
+		for (size_t j = 0; j < le->n_experts; j++)
+			held[le->layer * ne + le->experts[j]] = 1;
+	}
+	drop_store(s);
+	s->load_last = 0;
+	moe_store_opts so = {.progress = load_progress, .progress_ctx = s};
+	if ((err = moe_expert_store_load(&s->store, s->o->model_path, s->g, s->hp.n_layer,
+	                                 s->hp.n_expert, held, &so)) != MOE_OK) {
+		s->store = NULL;
+		snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s",
+		         moe_err_name(err), moe_err_detail());
+		ctl_error(s, err, msg);
+		goto out_free_held;
+	}
+	bind_store(s);
+	const moe_store_stats ss = moe_expert_store_stats(s->store);
+	s->st.experts_held = ss.experts_held;
+	s->st.bytes_loaded = ss.bytes_held;
+	logf_(s, "loaded %llu experts, %.1f MB in %.3f s (%s)", (unsigned long long)ss.experts_held,
+	      (double)ss.bytes_held / 1e6, ss.seconds, ss.direct ? "O_DIRECT" : "buffered");
+	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
+	p.bytes_done = p.bytes_total = ss.bytes_read;
+	p.done = true;
+	p.seconds = ss.seconds;
+	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+out_free_held:
+	free(held);
+out_free:
+	moemesh__assign__free_unpacked(a, NULL);
+}
+
+static void pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	(void)p;
+	(void)ev;
+	atomic_store(&((server *)arg)->peer_gone, 1);
+}
+
+static void on_control(server *s)
+{
+	nng_msg *m;
+	moe_frame f;
+	char msg[600];
+	if (atomic_exchange(&s->peer_gone, 0)) {
+		/* a new peer must say HELLO and authenticate again */
+		s->hello_ok = s->authed = false;
+	}
+	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
+	if (rv == NNG_EAGAIN)
+		return;
+	if (rv != 0) {
+		logf_(s, "control receive: %s", nng_strerror(rv));
+		return;
+	}
+	moe_err err = moe_frame_parse(&f, nng_msg_body(m), nng_msg_len(m));
+	if (err != MOE_OK) {
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg, "bad control frame: %s: %s", moe_err_name(err),
+		         moe_err_detail());
+		ctl_error(s, err, msg);
+		goto out_free;
+	}
+	switch (f.kind) {
+	case MOE_MSG_HELLO:
+		on_hello(s, &f);
+		break;
+	case MOE_MSG_AUTH:
+		on_auth(s, &f);
+		break;
+	case MOE_MSG_ASSIGN:
+		on_assign(s, &f);
+		break;
+	case MOE_MSG_HEARTBEAT: {
+		Moemesh__Heartbeat *h = moemesh__heartbeat__unpack(NULL, f.header_len, f.header);
+		if (h == NULL) {
+			s->st.bad_frames++;
+			ctl_error(s, MOE_ERR_PROTO, "HEARTBEAT header does not decode");
+			break;
+		}
+		(void)moe_nng_send(s->ctl, MOE_MSG_HEARTBEAT, &h->base);
+		moemesh__heartbeat__free_unpacked(h, NULL);
+		break;
+	}
+	case MOE_MSG_STATS_REQUEST:
+		if (!s->authed) {
+			ctl_error(s, MOE_ERR_STATE, "STATS_REQUEST before authentication");
+			break;
+		}
+		(void)moe_nng_send(s->ctl, MOE_MSG_STATS, &s->st.base);
+		break;
+	case MOE_MSG_SHUTDOWN:
+		if (!s->authed) {
+			ctl_error(s, MOE_ERR_STATE, "SHUTDOWN before authentication");
+			break;
+		}
+		s->quit = true;
+		break;
+	default:
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg, "unexpected %s frame on the control link",
+		         moe_msg_kind_name(f.kind));
+		ctl_error(s, MOE_ERR_PROTO, msg);
+		break;
+	}
+out_free:
+	nng_msg_free(m);
+}
+
+/* ---- data ----------------------------------------------------------------------- */
+
+/* Checks what the generic validation cannot: the activation form matches this
+ * layer's weights and every expert asked for is held here. */
+static moe_err check_dispatch(const server *s, const Moemesh__Dispatch *d)
+{
+	if (s->store == NULL)
+		return moe_fail(MOE_ERR_STATE, "DISPATCH before any ASSIGN was loaded");
+	const moe_expert_ffn *ffn = &s->ffn[d->layer];
+	const moe_type want = moe_type_get(ffn->gate.type)->vec_dot_type;
+	if (d->act_type != (uint32_t)want)
+		return moe_fail(MOE_ERR_BAD_TYPE, "DISPATCH act_type %s, layer %u's gate takes %s",
+		                moe_type_get((moe_type)d->act_type)->name, d->layer,
+		                moe_type_get(want)->name);
+	for (size_t i = 0; i < d->n_expert_ids; i++) {
+		const int32_t e = d->expert_ids[i];
+		if (e >= 0 && ffn->gate.expert[e] == NULL)
+			return moe_fail(MOE_ERR_BAD_VALUE,
+			                "DISPATCH expert_ids[%zu] = %d: layer %u expert %d is not "
+			                "held by this worker",
+			                i, e, d->layer, e);
+	}
+	return MOE_OK;
+}
+
+static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
+{
+	Moemesh__Dispatch *d;
+	char msg[600];
+	moe_err err = moe_proto_read_dispatch(&d, f, &s->lim);
+	if (err == MOE_OK && (err = check_dispatch(s, d)) != MOE_OK)
+		moemesh__dispatch__free_unpacked(d, NULL);
+	if (err != MOE_OK) {
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg, "bad DISPATCH: %s: %s", moe_err_name(err),
+		         moe_err_detail());
+		return data_error(s, fd, err, msg, 0);
+	}
+	delay_us(s->o->net_delay_us);
+	const size_t n = (size_t)d->n_tokens * (size_t)s->hp.n_embd;
+	if (n > s->acc_cap) {
+		moe_fix_t *a = moe_aligned_alloc(64, n * sizeof *a);
+		if (a == NULL) {
+			err = data_error(s, fd, MOE_ERR_NOMEM, "no memory for the result", d->step);
+			goto out_free;
+		}
+		moe_aligned_free(s->acc);
+		s->acc = a;
+		s->acc_cap = n;
+	}
+	memset(s->acc, 0, n * sizeof *s->acc);
+	const uint64_t t0 = moe_now_ns();
+	err = moe_expert_ffn_run_q(s->pool, s->acc, &s->ffn[d->layer], f->payload, d->n_tokens,
+	                           d->expert_ids, d->weights, (int)d->n_used);
+	const uint64_t dt = moe_now_ns() - t0;
+	if (err != MOE_OK) {
+		snprintf(msg, sizeof msg, "expert FFN failed: %s: %s", moe_err_name(err),
+		         moe_err_detail());
+		err = data_error(s, fd, err, msg, d->step);
+		goto out_free;
+	}
+	s->st.dispatches++;
+	s->st.tokens += d->n_tokens;
+	for (size_t i = 0; i < d->n_expert_ids; i++)
+		s->st.expert_tokens += d->expert_ids[i] >= 0;
+	s->st.bytes_in += f->payload_len;
+	s->st.bytes_out += n * sizeof *s->acc;
+	s->st.compute_ns += dt;
+	if (s->o->die_after > 0 && s->st.dispatches >= (uint64_t)s->o->die_after) {
+		logf_(s, "--die-after %d reached: exiting without an answer", s->o->die_after);
+		_exit(3);
+	}
+	delay_us(s->o->net_delay_us);
+	Moemesh__Result r = MOEMESH__RESULT__INIT;
+	r.step = d->step;
+	r.layer = d->layer;
+	r.n_tokens = d->n_tokens;
+	r.n_embd = d->n_embd;
+	r.compute_ns = dt;
+	const struct iovec iov = {.iov_base = s->acc, .iov_len = n * sizeof *s->acc};
+	err = moe_stream_send(fd, MOE_MSG_RESULT, &r.base, &iov, 1);
+out_free:
+	moemesh__dispatch__free_unpacked(d, NULL);
+	return err;
+}
+
+static void close_conn(server *s, int i)
+{
+	close(s->conns[i].fd);
+	moe_rx_free(&s->conns[i].rx);
+	s->conns[i] = s->conns[--s->n_conns];
+}
+
+/* Serves what connection i has; returns false if it was closed. */
+static bool on_data(server *s, int i)
+{
+	conn *c = &s->conns[i];
+	char msg[600];
+	/* activations of a full batch, with room to spare; never more */
+	const size_t max_frame =
+	    (size_t)MOE_PROTO_MAX_HEADER + 4096 +
+	    (size_t)s->lim.max_tokens * moe_act_row_size(MOE_TYPE_F32, s->hp.n_embd);
+	for (;;) {
+		bool done;
+		moe_frame f;
+		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd, max_frame, false);
+		if (err == MOE_ERR_CLOSED) {
+			close_conn(s, i);
+			return false;
+		}
+		if (err != MOE_OK) {
+			s->st.bad_frames++;
+			snprintf(msg, sizeof msg, "bad data frame: %s: %s", moe_err_name(err),
+			         moe_err_detail());
+			if (data_error(s, c->fd, err, msg, 0) != MOE_OK ||
+			    !moe_rx_in_sync(&c->rx)) {
+				close_conn(s, i);
+				return false;
+			}
+			continue;
+		}
+		if (!done)
+			return true;
+		if (!c->authed) {
+			Moemesh__AuthResponse *a =
+			    f.kind == MOE_MSG_AUTH
+			        ? moemesh__auth_response__unpack(NULL, f.header_len, f.header)
+			        : NULL;
+			const bool ok = a && s->authed && a->response.len == 32 &&
+			                moe_bytes_equal_ct(a->response.data, s->token, 32);
+			moemesh__auth_response__free_unpacked(a, NULL);
+			if (!ok) {
+				s->st.bad_frames++;
+				(void)data_error(s, c->fd, MOE_ERR_AUTH,
+				                 "data link: the first frame must be AUTH with the "
+				                 "token of an authenticated control link",
+				                 0);
+				close_conn(s, i);
+				return false;
+			}
+			c->authed = true;
+			continue;
+		}
+		if (f.kind != MOE_MSG_DISPATCH) {
+			s->st.bad_frames++;
+			snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
+			         moe_msg_kind_name(f.kind));
+			err = data_error(s, c->fd, MOE_ERR_PROTO, msg, 0);
+		} else {
+			err = on_dispatch(s, c->fd, &f);
+		}
+		if (err != MOE_OK) {
+			close_conn(s, i);
+			return false;
+		}
+	}
+}
+
+static void on_accept(server *s)
+{
+	int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (s->n_conns == MAX_CONNS) {
+		(void)data_error(s, fd, MOE_ERR_BUSY, "too many data connections", 0);
+		close(fd);
+		return;
+	}
+	moe_sock_nodelay(fd);
+	struct timeval tv = {.tv_sec = 30};
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	s->conns[s->n_conns++] = (conn){.fd = fd};
+}
+
+/* ---- set-up ------------------------------------------------------------------------ */
+
+/* Splits "tcp://HOST:PORT" / "ipc://PATH" into where the data listener goes. */
+static moe_err open_data_listener(server *s)
+{
+	const char *url = s->o->listen_url;
+	if (strncmp(url, "ipc://", 6) == 0) {
+		if (snprintf(s->data_path, sizeof s->data_path, "%s.data", url + 6) >=
+		    (int)sizeof s->data_path)
+			return moe_fail(MOE_ERR_INVAL, "--listen %s: path too long", url);
+		return moe_sock_listen_unix(&s->lfd, s->data_path);
+	}
+	if (strncmp(url, "tcp://", 6) != 0)
+		return moe_fail(MOE_ERR_INVAL, "--listen %s: want tcp://HOST:PORT or ipc://PATH",
+		                url);
+	char host[64];
+	const char *colon = strrchr(url + 6, ':');
+	size_t hl = colon ? (size_t)(colon - (url + 6)) : 0;
+	if (colon == NULL || hl >= sizeof host)
+		return moe_fail(MOE_ERR_INVAL, "--listen %s: want tcp://HOST:PORT", url);
+	memcpy(host, url + 6, hl);
+	host[hl] = '\0';
+	if (hl == 0 || strcmp(host, "*") == 0)
+		strcpy(host, "0.0.0.0");
+	else if (strcmp(host, "localhost") == 0)
+		strcpy(host, "127.0.0.1");
+	s->data_port = s->o->data_port;
+	return moe_sock_listen_tcp(&s->lfd, host, &s->data_port);
+}
+
+static void server_free(server *s)
+{
+	for (int i = s->n_conns - 1; i >= 0; i--)
+		close_conn(s, i);
+	if (s->lfd >= 0)
+		close(s->lfd);
+	if (s->data_path[0])
+		unlink(s->data_path);
+	nng_close(s->ctl);
+	drop_store(s);
+	moe_aligned_free(s->acc);
+	free(s->ffn);
+	free(s->ptrs);
+	moe_pool_destroy(s->pool);
+	free(s->secret);
+	moe_gguf_close(s->g);
+}
+
+moe_err moe_worker_run(const moe_worker_opts *o)
+{
+	server s = {.o = o, .lfd = -1, .ctl = NNG_SOCKET_INITIALIZER};
+	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
+	moe_err err;
+	int rv;
+	s.st = st0;
+
+	if ((err = moe_gguf_open(&s.g, o->model_path)) != MOE_OK ||
+	    (err = moe_hparams_load(&s.hp, s.g)) != MOE_OK ||
+	    (err = moe_model_identity(s.id, s.g)) != MOE_OK)
+		goto out_free;
+	if (s.hp.n_expert <= 0) {
+		err = moe_fail(MOE_ERR_UNSUPPORTED, "%s has no routed experts", o->model_path);
+		goto out_free;
+	}
+	s.lim = (moe_proto_limits){.n_layer = (uint32_t)s.hp.n_layer,
+	                           .n_expert = (uint32_t)s.hp.n_expert,
+	                           .n_expert_used = (uint32_t)s.hp.n_expert_used,
+	                           .n_embd = (uint32_t)s.hp.n_embd,
+	                           .max_tokens = 4096};
+	if (o->secret_file &&
+	    (err = moe_secret_read(&s.secret, &s.secret_len, o->secret_file)) != MOE_OK)
+		goto out_free;
+	s.ffn = calloc((size_t)s.hp.n_layer, sizeof *s.ffn);
+	s.ptrs = calloc((size_t)s.hp.n_layer * 3 * (size_t)s.hp.n_expert, sizeof *s.ptrs);
+	if (s.ffn == NULL || s.ptrs == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "worker tables");
+		goto out_free;
+	}
+	if ((err = moe_pool_create(&s.pool, o->n_threads)) != MOE_OK ||
+	    (err = open_data_listener(&s)) != MOE_OK)
+		goto out_free;
+	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
+	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
+	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
+	    (rv = nng_listen(s.ctl, o->listen_url, NULL, 0)) != 0 ||
+	    (rv = nng_socket_get_int(s.ctl, NNG_OPT_RECVFD, &s.ctl_fd)) != 0) {
+		err = moe_nng_fail(rv, o->listen_url);
+		goto out_free;
+	}
+	char data[300];
+	if (s.data_path[0])
+		snprintf(data, sizeof data, "%s", s.data_path);
+	else
+		snprintf(data, sizeof data, "tcp port %u", (unsigned)s.data_port);
+	logf_(&s, "serving %s on %s (data: %s), %d threads, %s", o->model_path, o->listen_url, data,
+	      moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
+	if (o->ready_fd >= 0) {
+		(void)!write(o->ready_fd, "R", 1);
+		close(o->ready_fd);
+	}
+
+	while (!s.quit) {
+		struct pollfd p[MAX_CONNS + 2];
+		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
+		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
+		for (int i = 0; i < s.n_conns; i++)
+			p[2 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 2 + s.n_conns;
+		if (poll(p, (nfds_t)n, 1000) < 0) {
+			if (errno == EINTR)
+				continue;
+			err = moe_fail(MOE_ERR_SYS, "poll: %s", strerror(errno));
+			goto out_free;
+		}
+		/* connections first, from the back (closing one moves the last) */
+		for (int i = n - 3; i >= 0; i--)
+			if (p[2 + i].revents)
+				(void)on_data(&s, i);
+		if (p[1].revents & POLLIN)
+			on_accept(&s);
+		if (p[0].revents & POLLIN)
+			on_control(&s);
+	}
+	logf_(&s, "shut down after %llu dispatches", (unsigned long long)s.st.dispatches);
+	err = MOE_OK;
+
+out_free:
+	server_free(&s);
+	return err;
+}
