@@ -62,6 +62,13 @@ static void dot_f32(int64_t n, float *s, const void *w, const void *a)
 	*s = sum;
 }
 
+/* One fp16 value as a float: the same exact conversion as moe_fp16_to_f32,
+ * in one instruction instead of a call. */
+static inline float half_to_f32(uint16_t h)
+{
+	return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
 /* 4 fp16 values at p as floats (exact conversion, FCVTL). */
 static inline float32x4_t f16x4(const uint16_t *p)
 {
@@ -82,7 +89,7 @@ static void dot_f16(int64_t n, float *s, const void *w, const void *a)
 		acc[0] = vfmaq_f32(acc[0], f16x4(x + i), vld1q_f32(y + i));
 	float sum = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
 	for (; i < n; i++)
-		sum += moe_fp16_to_f32(x[i]) * y[i];
+		sum += half_to_f32(x[i]) * y[i];
 	*s = sum;
 }
 
@@ -176,7 +183,7 @@ static inline int32x4_t part_q5_0(const moe_block_q5_0 *x, const moe_block_q8_0 
 
 static inline float block_scale(uint16_t dx, uint16_t dy)
 {
-	return moe_fp16_to_f32(dx) * moe_fp16_to_f32(dy);
+	return half_to_f32(dx) * half_to_f32(dy);
 }
 
 static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
@@ -297,8 +304,8 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 			acc = vmlaq_n_s32(acc, phi, sc[2 * c + 1]);
 		}
 		int isum = vaddvq_s32(acc), msum = k4_min_sum(mn, y[i].bsums);
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)isum -
-		       moe_fp16_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		sum += half_to_f32(x[i].d) * y[i].d * (float)isum -
+		       half_to_f32(x[i].dmin) * y[i].d * (float)msum;
 	}
 	*s = sum;
 }
@@ -337,8 +344,8 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 			    vmlaq_n_s32(acc, dot32(vdupq_n_s32(0), h0, h1, y8 + 32), sc[2 * c + 1]);
 		}
 		int isum = vaddvq_s32(acc), msum = k4_min_sum(mn, y[i].bsums);
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)isum -
-		       moe_fp16_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		sum += half_to_f32(x[i].d) * y[i].d * (float)isum -
+		       half_to_f32(x[i].dmin) * y[i].d * (float)msum;
 	}
 	*s = sum;
 }
@@ -396,7 +403,7 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 				}
 			}
 		}
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)vaddvq_s32(acc);
+		sum += half_to_f32(x[i].d) * y[i].d * (float)vaddvq_s32(acc);
 	}
 	*s = sum;
 }
