@@ -69,6 +69,36 @@ case "$os_id $os_like" in
 	;;
 esac
 
+# Optional, test mode on x86-64 only: the aarch64 cross compiler and qemu-user,
+# for the NEON kernels' cross test (ctest neon_cross, skipped without them).
+# If apt cannot install them, warn and go on.
+cross_pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+if [ "$mode" = test ] && [ "$arch" = x86_64 ] && command -v dpkg-query >/dev/null; then
+	missing=
+	for p in $cross_pkgs; do
+		if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+			missing="$missing $p"
+		fi
+	done
+	if [ -n "$missing" ]; then
+		say "installing (optional, for the NEON cross test):$missing"
+		sudo=none
+		if [ "$(id -u)" = 0 ]; then
+			sudo=
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+			sudo="sudo -n"
+		fi
+		# shellcheck disable=SC2086
+		if [ "$sudo" = none ] ||
+			! { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+				$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+					--no-install-recommends $missing >/dev/null; }; then
+			say "warning: could not install$missing; the NEON cross test will be skipped"
+			echo "  (to run it: sudo apt-get install -y$missing)" >&2
+		fi
+	fi
+fi
+
 # --- 3. build -------------------------------------------------------------------
 jobs=$(nproc 2>/dev/null || echo 2)
 build_tree() { # build_tree DIR CMAKE_ARGS...: configure once, build, show warnings/errors only

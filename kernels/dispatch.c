@@ -1,5 +1,6 @@
 /*
- * dispatch.c - which ISA level runs: CPUID/xgetbv detection once at start-up,
+ * dispatch.c - which ISA level runs: CPUID/xgetbv (x86) or the kernel's
+ * AT_HWCAP bits (aarch64 Linux) read once at start-up,
  * the MOEMESH_ISA override, and per level a table of dot products indexed by
  * type (filled from the scalar references, then overwritten by each per-ISA
  * file with the kernels it has).
@@ -14,6 +15,11 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+/* The bits of AT_HWCAP, as in the kernel's uapi asm/hwcap.h for arm64. */
+#define MOE_HWCAP_ASIMD   (1ul << 1)
+#define MOE_HWCAP_ASIMDDP (1ul << 20)
 #endif
 
 #define N_ISA 4
@@ -56,14 +62,24 @@ static void detect(bool sup[N_ISA])
 	sup[MOE_ISA_AVX2] = ymm_os && avx2 && fma && f16c;
 	sup[MOE_ISA_AVX512] = sup[MOE_ISA_AVX2] && zmm_os && f && dq && bw && vl && vnni;
 }
+#elif defined(__aarch64__) && defined(__linux__)
+/* Whether the NEON level uses the SDOT build of its int8 dots. */
+static bool neon_dotprod;
+
+/* Advanced SIMD is architecturally part of every aarch64 Linux system, but the
+ * kernel says so in HWCAP_ASIMD and a CPU without it must not get NEON code;
+ * dotprod (SDOT) is optional before Armv8.4 and says so in HWCAP_ASIMDDP. */
+static void detect(bool sup[N_ISA])
+{
+	unsigned long hwcap = getauxval(AT_HWCAP);
+
+	sup[MOE_ISA_NEON] = (hwcap & MOE_HWCAP_ASIMD) != 0;
+	neon_dotprod = sup[MOE_ISA_NEON] && (hwcap & MOE_HWCAP_ASIMDDP) != 0;
+}
 #else
 static void detect(bool sup[N_ISA])
 {
-#if defined(__aarch64__) && defined(MOE_HAVE_NEON)
-	sup[MOE_ISA_NEON] = true;
-#else
 	(void)sup;
-#endif
 }
 #endif
 
@@ -78,8 +94,12 @@ static void fill_tables(void)
 		moe_dots_avx2(dot_table[MOE_ISA_AVX512]);
 		moe_dots_avx512(dot_table[MOE_ISA_AVX512]);
 	}
-#elif defined(__aarch64__) && defined(MOE_HAVE_NEON)
-	moe_dots_neon(dot_table[MOE_ISA_NEON]);
+#elif defined(__aarch64__) && defined(__linux__)
+	if (isa_supported[MOE_ISA_NEON]) {
+		moe_dots_neon(dot_table[MOE_ISA_NEON]);
+		if (neon_dotprod)
+			moe_dots_neon_dotprod(dot_table[MOE_ISA_NEON]);
+	}
 #endif
 }
 

@@ -4,7 +4,8 @@
  * grouped expert FFN.  Depends on core/ only.
  *
  * Every op has a scalar reference (`_ref`) and SIMD versions (AVX2+FMA,
- * AVX-512, NEON) in per-ISA files, chosen once at start-up from CPUID through a
+ * AVX-512, NEON) in per-ISA files, chosen once at start-up from CPUID (x86) or
+ * getauxval(AT_HWCAP) (aarch64) through a
  * dispatch table indexed by type; MOEMESH_ISA=scalar|avx2|avx512|neon forces a
  * level.
  *
@@ -87,7 +88,8 @@ typedef enum moe_isa {
 	MOE_ISA_SCALAR = 0,
 	MOE_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
 	MOE_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI (+ BF16 where present) */
-	MOE_ISA_NEON = 3,   /* aarch64 NEON + dotprod */
+	MOE_ISA_NEON = 3,   /* aarch64 Advanced SIMD; int8 dots use SDOT where the
+	                       CPU has dotprod (HWCAP_ASIMDDP), same results */
 } moe_isa;
 
 /* The level in use: the best the CPU supports, or MOEMESH_ISA if set (a level

@@ -228,6 +228,7 @@ void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 
 void moe_dots_avx2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx512(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
-void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);         /* base Armv8-A */
+void moe_dots_neon_dotprod(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* + SDOT */
 
 #endif
