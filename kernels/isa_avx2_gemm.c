@@ -80,6 +80,24 @@ static ALWAYS_INLINE __m256 lane_toks_f(int T, const uint8_t *const a[NP], size_
 	return _mm256_setr_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
 }
 
+/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums). */
+static ALWAYS_INLINE int32_t hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
+	return _mm_cvtsi128_si32(s);
+}
+
+/* acc + (f32)isum * scale, with one rounding of the product-sum: the same
+ * operations (int32 -> f32 conversion, fused multiply-add) as one lane of a
+ * tile's accumulator. */
+static ALWAYS_INLINE float fma_lane(int32_t isum, float scale, float acc)
+{
+	__m128 f = _mm_cvtsi32_ss(_mm_setzero_ps(), isum);
+	return _mm_cvtss_f32(_mm_fmadd_ss(f, _mm_set_ss(scale), _mm_set_ss(acc)));
+}
+
 /* ---- Q4_K / Q5_K x Q8_K ---------------------------------------------------------- */
 
 /* Q4_K (hbits false) or Q5_K (true). Per row and block the scales and the
@@ -95,12 +113,14 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
 	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+	float s_acc = 0, s_accm = 0;
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * wbs;
 		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
 		__m256i is[NP], ms[NP], sm[NP];
 
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			const uint8_t *b = w[r] + wo;
 			sm[r] = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
@@ -108,6 +128,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 			if (hbits)
 				qh = _mm256_loadu_si256(
 				    (const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
+#pragma GCC unroll 8
 			for (int c = 0; c < 4; c++) {
 				__m256i q =
 				    _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
@@ -122,6 +143,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 				}
 				__m256i s0 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c));
 				__m256i s1 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c + 1));
+#pragma GCC unroll 8
 				for (int t = 0; t < T; t++) {
 					const int8_t *y =
 					    (const int8_t *)(a[t] + ao +
@@ -138,7 +160,24 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 				}
 			}
 		}
+		if (R * T == 1) {
+			/* one pair: the tile's lane arithmetic on scalars */
+			const moe_block_q8_K *y = (const moe_block_q8_K *)(a[0] + ao);
+			const uint8_t *b = w[0] + wo;
+			float dy = y->d;
+			int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
+			s_acc = fma_lane(
+			    hsum_i32(is[0]),
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))) * dy,
+			    s_acc);
+			s_accm = fma_lane(
+			    msum,
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))) * dy,
+			    s_accm);
+			continue;
+		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
+#pragma GCC unroll 8
 		for (int k = 0; k < NP; k++)
 			ms[k] =
 			    k4_mins(sm[k / T], (const int16_t *)(a[k % T] + ao +
@@ -150,7 +189,10 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
 	}
-	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+	if (R * T == 1)
+		out[0] = s_acc - s_accm;
+	else
+		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
 
 /* ---- Q6_K x Q8_K ----------------------------------------------------------------- */
@@ -164,16 +206,19 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 	const int64_t nb = n_cols / MOE_QK_K;
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	__m256 acc = _mm256_setzero_ps();
+	float s_acc = 0;
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
 		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
 		__m256i is[NP];
 
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[r] + wo);
 			__m256i sc16 =
 			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+#pragma GCC unroll 8
 			for (int t = 0; t < T; t++) {
 				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
 				__m256i bias = _mm256_madd_epi16(
@@ -181,6 +226,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				is[r * T + t] = _mm256_sub_epi32(_mm256_setzero_si256(),
 				                                 _mm256_slli_epi32(bias, 5));
 			}
+#pragma GCC unroll 8
 			for (int h = 0; h < 2; h++) {
 				__m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
 				                    : _mm256_permute2x128_si256(sc16, sc16, 0x11);
@@ -204,12 +250,14 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				q[3] =
 				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
 				                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+#pragma GCC unroll 8
 				for (int j = 0; j < 4; j++) {
 					/* low half: scale 2j, high half: scale 2j+1 */
 					__m256i scj = _mm256_shuffle_epi8(
 					    sc, _mm256_set_m128i(
 					            _mm256_castsi256_si128(pick16(2 * j + 1)),
 					            _mm256_castsi256_si128(pick16(2 * j))));
+#pragma GCC unroll 8
 					for (int t = 0; t < T; t++) {
 						const int8_t *yq =
 						    ((const moe_block_q8_K *)(a[t] + ao))->qs +
@@ -223,12 +271,21 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				}
 			}
 		}
+		if (R * T == 1) {
+			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[0] + wo);
+			float dy = ((const moe_block_q8_K *)(a[0] + ao))->d;
+			s_acc = fma_lane(hsum_i32(is[0]), half_to_f32(x->d) * dy, s_acc);
+			continue;
+		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
 		__m256 dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
 		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q6_K, d));
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 	}
-	_mm256_storeu_ps(out, acc);
+	if (R * T == 1)
+		out[0] = s_acc;
+	else
+		_mm256_storeu_ps(out, acc);
 }
 
 /* ---- 32-blocks x Q8_0 ------------------------------------------------------------ */
@@ -266,10 +323,12 @@ static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float
 		const size_t wo = (size_t)i * wbs, ao = (size_t)i * sizeof(moe_block_q8_0);
 		__m256i v[NP];
 
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			__m256i qx = q32_values(kind, w[r] + wo);
 			pin(&qx);
 			__m256i ax = _mm256_sign_epi8(qx, qx);
+#pragma GCC unroll 8
 			for (int t = 0; t < T; t++) {
 				__m256i qy = _mm256_loadu_si256(
 				    (const __m256i *)(a[t] + ao + offsetof(moe_block_q8_0, qs)));
@@ -288,6 +347,10 @@ static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float
 
 /* ---- shapes ---------------------------------------------------------------------- */
 
+static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 1, false, n, o, w, a);
+}
 static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	tile_k45(8, 1, false, n, o, w, a);
@@ -300,6 +363,10 @@ static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 {
 	tile_k45(1, 8, false, n, o, w, a);
 }
+static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 1, true, n, o, w, a);
+}
 static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	tile_k45(8, 1, true, n, o, w, a);
@@ -311,6 +378,10 @@ static void q5_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	tile_k45(1, 8, true, n, o, w, a);
+}
+static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 1, n, o, w, a);
 }
 static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -364,6 +435,7 @@ static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 /* A type's three shapes: 8 rows x 1 token, 2 x 4, 1 x 8. */
 typedef struct tile_set {
 	tile_fn r8t1, r2t4, r1t8;
+	tile_fn r1t1; /* one pair, the same lane arithmetic; NULL: use r8t1 */
 } tile_set;
 
 /* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
@@ -386,7 +458,7 @@ static void run_shape(tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_
 				wp[r] = w + (size_t)rr * w_stride;
 			}
 			fn(n_cols, out, wp, ap);
-			for (int k = 0; k < NP; k++) {
+			for (int k = 0; k < R * T; k++) {
 				int64_t r = r0 + k / T, t = tt + k % T;
 				if (r < n_r && t < t1)
 					y[t * ldy + r] = out[k];
@@ -404,7 +476,9 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 	int64_t full = n_t / 8 * 8, rem = n_t - full;
 	if (full > 0)
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
-	if (rem == 1)
+	if (rem == 1 && s->r1t1 != NULL)
+		run_shape(s->r1t1, 1, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem == 1)
 		run_shape(s->r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 	else if (rem >= 2 && rem <= 4)
 		run_shape(s->r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
@@ -412,12 +486,12 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 }
 
-static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8};
-static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8};
-static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8};
-static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8};
-static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8};
-static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8};
+static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8, q4_K_1x1};
+static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8, q5_K_1x1};
+static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8, q6_K_1x1};
+static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, NULL};
+static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, NULL};
+static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, NULL};
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
