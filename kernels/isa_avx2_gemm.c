@@ -19,6 +19,15 @@
  * once per row and block and met by up to 8 tokens; one token's activation
  * loads are shared by 8 rows; and the per-block f32 work (conversion, scale,
  * FMA) and the final horizontal sums serve 8 results at once.
+ *
+ * One token alone (decode) on K-quants takes a one-pair kernel doing the
+ * lane's arithmetic in scalar registers (the block's integer sum reduced
+ * exactly, then int->f32 and one fused multiply-add, as in the lane): 8-row
+ * tiles ran as fast in cache but streamed from DRAM at about half the per-row
+ * dot's rate (8 interleaved row streams; software prefetch did not help), and
+ * decode is DRAM-bound.  The 32-block types still use 8x1 for one token
+ * (their streaming loss measured small); a one-pair version for them needs a
+ * block-order-preserving scalar chain, not done.
  */
 #include <stddef.h>
 
