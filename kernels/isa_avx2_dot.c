@@ -27,64 +27,7 @@
  */
 #include <immintrin.h>
 
-#include "kernels/quants.h"
-
-static inline float hsum_ps(__m256 v)
-{
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_movehdup_ps(s));
-	return _mm_cvtss_f32(s);
-}
-
-static inline float half_to_f32(uint16_t h)
-{
-	return _cvtsh_ss(h);
-}
-
-static inline uint64_t ld16(const void *p)
-{
-	uint16_t v;
-	memcpy(&v, p, 2);
-	return v;
-}
-
-/* The 8 fp16 values at p, p + stride, ..., p + 7 * stride, as floats.  They
- * are packed in two general-purpose registers (integer ALUs, otherwise idle
- * here) and moved over with vmovq + vpinsrq; the empty asm statements keep
- * the compiler from turning the packing into a long chain of vector
- * shuffles (which it does otherwise, and which costs more than it saves). */
-static inline __m256 half8(const uint8_t *p, size_t stride)
-{
-	uint64_t lo = ld16(p) | ld16(p + stride) << 16 | ld16(p + 2 * stride) << 32 |
-	              ld16(p + 3 * stride) << 48;
-	uint64_t hi = ld16(p + 4 * stride) | ld16(p + 5 * stride) << 16 |
-	              ld16(p + 6 * stride) << 32 | ld16(p + 7 * stride) << 48;
-	__asm__("" : "+r"(lo));
-	__asm__("" : "+r"(hi));
-	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
-}
-
-/* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high.
- * The 16 bytes are loaded into both halves; the upper half is shifted. */
-static inline __m256i unpack_nibbles(const uint8_t *p)
-{
-	__m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-	b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0));
-	return _mm256_and_si256(b, _mm256_set1_epi8(15));
-}
-
-/* 32 bits -> 32 bytes, 0xff where the bit is set (byte k <- bit k). */
-static inline __m256i spread_bits(const uint8_t *p)
-{
-	uint32_t bits;
-	memcpy(&bits, p, 4);
-	const __m256i pick =
-	    _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll, 0x0101010101010101ll, 0);
-	const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	__m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
-	return _mm256_cmpeq_epi8(_mm256_and_si256(b, sel), sel);
-}
+#include "kernels/isa_avx2.h"
 
 /* ---- float rows ------------------------------------------------------------------ */
 
@@ -171,40 +114,6 @@ static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
  * and a broadcast per block would load the multiply pipes instead.)  Blocks
  * past the last full group go one at a time.
  */
-
-/* 8 vectors of 16 int16 partial sums -> 8 int32 lanes, lane k = sum of v[k].
- * The tree keeps the two int16 halves of each 32-bit unit in one block, so
- * one multiply-add by ones finishes it; each int16 lane ends as the sum of 8
- * of v[k]'s lanes, which callers guarantee fits (16 products per lane). */
-static inline __m256i sum8_i16(const __m256i v[8])
-{
-	__m256i t[4], u[2];
-
-	for (int k = 0; k < 4; k++)
-		t[k] = _mm256_add_epi16(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
-		                        _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
-	for (int k = 0; k < 2; k++)
-		u[k] = _mm256_add_epi16(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
-		                        _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
-	__m256i w = _mm256_add_epi16(_mm256_permute2x128_si256(u[0], u[1], 0x20),
-	                             _mm256_permute2x128_si256(u[0], u[1], 0x31));
-	return _mm256_madd_epi16(w, _mm256_set1_epi16(1));
-}
-
-/* 8 vectors of 8 int32 partial sums -> 8 int32 lanes, lane k = sum of v[k]. */
-static inline __m256i sum8_i32(const __m256i v[8])
-{
-	__m256i t[4], u[2];
-
-	for (int k = 0; k < 4; k++)
-		t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
-		                        _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
-	for (int k = 0; k < 2; k++)
-		u[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
-		                        _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
-	return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
-	                        _mm256_permute2x128_si256(u[0], u[1], 0x31));
-}
 
 /* The 16 int16 partial sums (pairs of products) of one block pair. */
 static inline __m256i pairs_q8_0(const moe_block_q8_0 *x, const moe_block_q8_0 *y)
@@ -316,70 +225,6 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 
 /* ---- K-quants -------------------------------------------------------------------- */
 
-/* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K
- * block, in both 128-bit halves, unpacked in vector registers from the 12
- * bytes at p as 32-bit words u0 u1 u2 (layout in quants.h):
- *   sc0-3 = u0 & 0x3f..             sc4-7 = (u2 & 0x0f..) | ((u0 >> 2) & 0x30..)
- *   mn0-3 = u1 & 0x3f..             mn4-7 = ((u2 >> 4) & 0x0f..) | ((u1 >> 2) & 0x30..)
- * Reads 16 bytes at p (the caller's block continues past the scales).  The
- * consumers pick bytes out of it with one byte shuffle each. */
-static inline __m256i k4_scales_mins(const uint8_t *p)
-{
-	__m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-	__m256i a = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
-	__m256i b = _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
-	__m256i lo =
-	    _mm256_and_si256(_mm256_srlv_epi32(a, _mm256_set_epi32(4, 0, 0, 0, 4, 0, 0, 0)),
-	                     _mm256_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
-	                                      0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-	__m256i hi = _mm256_and_si256(
-	    _mm256_srli_epi32(b, 2),
-	    _mm256_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0));
-	return _mm256_or_si256(lo, hi);
-}
-
-/* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes:
- * word j of the bsums is multiplied by mn[j / 2] (byte 8 + j/2 of sm). */
-static inline __m256i k4_mins(__m256i sm, const int16_t *bsums)
-{
-	const __m256i pick =
-	    _mm256_setr_epi16((short)0x8008, (short)0x8008, (short)0x8009, (short)0x8009,
-	                      (short)0x800a, (short)0x800a, (short)0x800b, (short)0x800b,
-	                      (short)0x800c, (short)0x800c, (short)0x800d, (short)0x800d,
-	                      (short)0x800e, (short)0x800e, (short)0x800f, (short)0x800f);
-	return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums),
-	                         _mm256_shuffle_epi8(sm, pick));
-}
-
-/* Byte shuffle mask giving scale byte e of sm as every int16 lane. */
-static inline __m256i pick_scale(int e)
-{
-	return _mm256_set1_epi16((short)(0x8000 | e));
-}
-
-/* [d * dy, dmin * dy, ...] from the fp16 pair d, dmin at p (both
- * conversions in one instruction; the products are the references'). */
-static inline __m128 k4_d_dmin(const uint16_t *p, float dy)
-{
-	uint32_t u;
-	memcpy(&u, p, 4);
-	return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(dy));
-}
-
-/* Keeps v in a register: without it the compiler folds one use of a load into
- * an instruction's memory operand and loads the same bytes again for the
- * other use, and loads are what these loops run short of. */
-static inline void pin(__m256i *v)
-{
-	__asm__("" : "+x"(*v));
-}
-
-/* Shuffle mask that broadcasts int16 element e of each 128-bit half. */
-static inline __m256i pick16(int e)
-{
-	return _mm256_set1_epi16((short)((2 * e + 1) << 8 | 2 * e));
-}
-
 static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q4_K *x = w;
@@ -420,18 +265,6 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 		                       _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
-}
-
-/* qh shifted so that bit k of each byte lands on bit 4 (other bits are
- * garbage, to be masked): 16-bit shifts by at most 4 keep bit k inside its
- * byte. */
-static inline __m256i bit_to_4(__m256i qh, int k)
-{
-	if (k < 4)
-		return _mm256_slli_epi16(qh, 4 - k);
-	if (k > 4)
-		return _mm256_srli_epi16(qh, k - 4);
-	return qh;
 }
 
 static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)

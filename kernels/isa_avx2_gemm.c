@@ -1,9 +1,553 @@
-/* isa_avx2_gemm.c - tile kernels (gemm.h) built with the avx2 flags. */
+/*
+ * isa_avx2_gemm.c - tile kernels (gemm.h) built with the avx2 flags.
+ *
+ * One tile = 8 (row, token) pairs: R rows x T tokens with R * T = 8 (shapes
+ * 8x1 for one token, 2x4 and 1x8 for many).  Pair k is row k / T, token
+ * k % T.  For every block, each pair's integer dot is exact in int32 (the
+ * same maddubs/madd sums as the per-row dots), the 8 pairs' partial-sum
+ * vectors are reduced together by an unpack-and-add tree to one vector whose
+ * lane k is pair k's exact block sum, and that vector is converted and
+ * multiplied-added (one FMA) by the 8 pairs' scale products into one f32
+ * accumulator: lane k accumulates pair k's blocks in block order and is the
+ * result.  Every lane goes through the same instructions whatever the shape,
+ * and integer sums are exact (their order is free), so the bits of a result
+ * depend only on its row and token: not on the shape, the position in the
+ * tile, or on padding (an edge tile repeats its last row or token and drops
+ * those lanes).
+ *
+ * Why tiles: the weight unpacking (nibbles, 6-bit scales, high bits) is done
+ * once per row and block and met by up to 8 tokens; one token's activation
+ * loads are shared by 8 rows; and the per-block f32 work (conversion, scale,
+ * FMA) and the final horizontal sums serve 8 results at once.
+ *
+ * One token alone (decode) on K-quants takes a one-pair kernel doing the
+ * lane's arithmetic in scalar registers (the block's integer sum reduced
+ * exactly, then int->f32 and one fused multiply-add, as in the lane): 8-row
+ * tiles ran as fast in cache but streamed from DRAM at about half the per-row
+ * dot's rate (8 interleaved row streams; software prefetch did not help), and
+ * decode is DRAM-bound.  The 32-block types still use 8x1 for one token
+ * (their streaming loss measured small); a one-pair version for them needs a
+ * block-order-preserving scalar chain, not done.
+ */
+#include <stddef.h>
+
 #include "kernels/gemm.h"
+#include "kernels/isa_avx2.h"
+
+enum { NP = 8 }; /* pairs per tile */
+
+/* A tile's rows (w[0..R)) and tokens (a[0..T)), as pointers to their first
+ * block; out[k] = pair k's result. */
+typedef void (*tile_fn)(int64_t n_cols, float out[NP], const uint8_t *const w[NP],
+                        const uint8_t *const a[NP]);
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* The 8 fp16 values at p[k] + off as floats (packed in general-purpose
+ * registers, then one conversion; see half8 in isa_avx2.h). */
+static ALWAYS_INLINE __m256 half8_ptr(const uint8_t *const p[NP], size_t off)
+{
+	uint64_t lo = ld16(p[0] + off) | ld16(p[1] + off) << 16 | ld16(p[2] + off) << 32 |
+	              ld16(p[3] + off) << 48;
+	uint64_t hi = ld16(p[4] + off) | ld16(p[5] + off) << 16 | ld16(p[6] + off) << 32 |
+	              ld16(p[7] + off) << 48;
+	__asm__("" : "+r"(lo));
+	__asm__("" : "+r"(hi));
+	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
+/* Per-lane fp16 scale at byte off of each pair's row block (rw) and token
+ * block (ta): lane k = f32(row k/T) * f32(token k%T), or the token's f32 when
+ * tok_f32 (Q8_K).  A single row or token is broadcast. */
+static ALWAYS_INLINE __m256 lane_rows_h(int R, int T, const uint8_t *const w[NP], size_t off)
+{
+	if (R == 1)
+		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(w[0] + off)));
+	const uint8_t *p[NP];
+	for (int k = 0; k < NP; k++)
+		p[k] = w[k / T];
+	return half8_ptr(p, off);
+}
+
+static ALWAYS_INLINE __m256 lane_toks_h(int T, const uint8_t *const a[NP], size_t off)
+{
+	if (T == 1)
+		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(a[0] + off)));
+	const uint8_t *p[NP];
+	for (int k = 0; k < NP; k++)
+		p[k] = a[k % T];
+	return half8_ptr(p, off);
+}
+
+static ALWAYS_INLINE __m256 lane_toks_f(int T, const uint8_t *const a[NP], size_t off)
+{
+	float v[NP];
+	for (int k = 0; k < NP; k++)
+		memcpy(&v[k], a[k % T] + off, sizeof(float));
+	if (T == 1)
+		return _mm256_set1_ps(v[0]);
+	return _mm256_setr_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+}
+
+/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums). */
+static ALWAYS_INLINE int32_t hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
+	return _mm_cvtsi128_si32(s);
+}
+
+/* acc + (f32)isum * scale, with one rounding of the product-sum: the same
+ * operations (int32 -> f32 conversion, fused multiply-add) as one lane of a
+ * tile's accumulator. */
+static ALWAYS_INLINE float fma_lane(int32_t isum, float scale, float acc)
+{
+	__m128 f = _mm_cvtsi32_ss(_mm_setzero_ps(), isum);
+	return _mm_cvtss_f32(_mm_fmadd_ss(f, _mm_set_ss(scale), _mm_set_ss(acc)));
+}
+
+/* ---- Q4_K / Q5_K x Q8_K ---------------------------------------------------------- */
+
+/* Q4_K (hbits false) or Q5_K (true). Per row and block the scales and the
+ * quants are unpacked once; per pair: 8 maddubs (u8 x s8 pairs, at most
+ * 2 * 31 * 127 < 2^15) and 8 madds by the sub-block scales -> int32, then
+ * the mins' term from the activation's bsums (one madd). Block value:
+ * d * d_a * isum - dmin * d_a * msum, accumulated in two f32 lanes. */
+static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, float out[NP],
+                                   const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
+	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
+	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+	float s_acc = 0, s_accm = 0;
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * wbs;
+		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
+		__m256i is[NP], ms[NP], sm[NP];
+
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			const uint8_t *b = w[r] + wo;
+			sm[r] = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
+			__m256i qh = _mm256_setzero_si256();
+			if (hbits)
+				qh = _mm256_loadu_si256(
+				    (const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
+#pragma GCC unroll 8
+			for (int c = 0; c < 4; c++) {
+				__m256i q =
+				    _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
+				pin(&q);
+				__m256i lo = _mm256_and_si256(q, m4);
+				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+				if (hbits) {
+					lo = _mm256_or_si256(
+					    lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
+					hi = _mm256_or_si256(
+					    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
+				}
+				__m256i s0 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c));
+				__m256i s1 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c + 1));
+#pragma GCC unroll 8
+				for (int t = 0; t < T; t++) {
+					const int8_t *y =
+					    (const int8_t *)(a[t] + ao +
+					                     offsetof(moe_block_q8_K, qs));
+					__m256i y0 =
+					    _mm256_loadu_si256((const __m256i *)(y + 64 * c));
+					__m256i y1 =
+					    _mm256_loadu_si256((const __m256i *)(y + 64 * c + 32));
+					__m256i p = _mm256_add_epi32(
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s0),
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s1));
+					is[r * T + t] =
+					    c == 0 ? p : _mm256_add_epi32(is[r * T + t], p);
+				}
+			}
+		}
+		if (R * T == 1) {
+			/* one pair: the tile's lane arithmetic on scalars */
+			const moe_block_q8_K *y = (const moe_block_q8_K *)(a[0] + ao);
+			const uint8_t *b = w[0] + wo;
+			float dy = y->d;
+			int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
+			s_acc = fma_lane(
+			    hsum_i32(is[0]),
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))) * dy,
+			    s_acc);
+			s_accm = fma_lane(
+			    msum,
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))) * dy,
+			    s_accm);
+			continue;
+		}
+		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
+#pragma GCC unroll 8
+		for (int k = 0; k < NP; k++)
+			ms[k] =
+			    k4_mins(sm[k / T], (const int16_t *)(a[k % T] + ao +
+			                                         offsetof(moe_block_q8_K, bsums)));
+		__m256 vm = _mm256_cvtepi32_ps(sum8_i32(ms));
+		__m256 dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
+		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q4_K, d));
+		__m256 dmin = lane_rows_h(R, T, w, wo + offsetof(moe_block_q4_K, dmin));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
+		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
+	}
+	if (R * T == 1)
+		out[0] = s_acc - s_accm;
+	else
+		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+}
+
+/* ---- Q6_K x Q8_K ----------------------------------------------------------------- */
+
+/* Per row and block the 6-bit quants (0..63) are assembled once; per pair 8
+ * maddubs (at most 2 * 63 * 127 < 2^15) and 8 madds by the int8 sub-block
+ * scales, minus 32 * sum(scale * bsum) for the -32 offset: exact in int32. */
+static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
+                                    const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
+	__m256 acc = _mm256_setzero_ps();
+	float s_acc = 0;
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
+		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
+		__m256i is[NP];
+
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[r] + wo);
+			__m256i sc16 =
+			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+#pragma GCC unroll 8
+			for (int t = 0; t < T; t++) {
+				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
+				__m256i bias = _mm256_madd_epi16(
+				    sc16, _mm256_loadu_si256((const __m256i *)y->bsums));
+				is[r * T + t] = _mm256_sub_epi32(_mm256_setzero_si256(),
+				                                 _mm256_slli_epi32(bias, 5));
+			}
+#pragma GCC unroll 8
+			for (int h = 0; h < 2; h++) {
+				__m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+				                    : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+				__m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+				__m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+				__m256i l1 =
+				    _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+				__m256i q[4];
+				pin(&qh);
+				pin(&l0);
+				pin(&l1);
+				q[0] =
+				    _mm256_or_si256(_mm256_and_si256(l0, m4),
+				                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+				q[1] =
+				    _mm256_or_si256(_mm256_and_si256(l1, m4),
+				                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+				q[2] =
+				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+				                    _mm256_and_si256(qh, m3));
+				q[3] =
+				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+				                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+#pragma GCC unroll 8
+				for (int j = 0; j < 4; j++) {
+					/* low half: scale 2j, high half: scale 2j+1 */
+					__m256i scj = _mm256_shuffle_epi8(
+					    sc, _mm256_set_m128i(
+					            _mm256_castsi256_si128(pick16(2 * j + 1)),
+					            _mm256_castsi256_si128(pick16(2 * j))));
+#pragma GCC unroll 8
+					for (int t = 0; t < T; t++) {
+						const int8_t *yq =
+						    ((const moe_block_q8_K *)(a[t] + ao))->qs +
+						    128 * h + 32 * j;
+						__m256i yy =
+						    _mm256_loadu_si256((const __m256i *)yq);
+						__m256i p = _mm256_madd_epi16(
+						    _mm256_maddubs_epi16(q[j], yy), scj);
+						is[r * T + t] = _mm256_add_epi32(is[r * T + t], p);
+					}
+				}
+			}
+		}
+		if (R * T == 1) {
+			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[0] + wo);
+			float dy = ((const moe_block_q8_K *)(a[0] + ao))->d;
+			s_acc = fma_lane(hsum_i32(is[0]), half_to_f32(x->d) * dy, s_acc);
+			continue;
+		}
+		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
+		__m256 dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
+		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q6_K, d));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
+	}
+	if (R * T == 1)
+		out[0] = s_acc;
+	else
+		_mm256_storeu_ps(out, acc);
+}
+
+/* ---- 32-blocks x Q8_0 ------------------------------------------------------------ */
+
+enum { KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 };
+
+/* The signed quants of a 32-block as int8 (Q8_0 as is, Q4_0 q - 8, Q5_0
+ * q - 16). */
+static ALWAYS_INLINE __m256i q32_values(int kind, const uint8_t *b)
+{
+	if (kind == KIND_Q8_0)
+		return _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q8_0, qs)));
+	if (kind == KIND_Q4_0)
+		return _mm256_sub_epi8(unpack_nibbles(b + offsetof(moe_block_q4_0, qs)),
+		                       _mm256_set1_epi8(8));
+	__m256i hi = _mm256_andnot_si256(spread_bits(b + offsetof(moe_block_q5_0, qh)),
+	                                 _mm256_set1_epi8((char)0xf0));
+	return _mm256_or_si256(unpack_nibbles(b + offsetof(moe_block_q5_0, qs)), hi);
+}
+
+/* Per row and block |q| once; per pair sign(y, q) and one maddubs. Q8_0's
+ * pairs (up to 2 * 127 * 127) are widened by a madd before the tree; Q4_0's
+ * and Q5_0's (up to 2 * 16 * 127) are summed 8 to a lane in int16 by the
+ * tree first (at most 16 * 16 * 127 < 2^15). Block value: d * d_a * isum. */
+static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float out[NP],
+                                   const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	const int64_t nb = n_cols / MOE_QK32;
+	const size_t wbs = kind == KIND_Q8_0   ? sizeof(moe_block_q8_0)
+	                   : kind == KIND_Q4_0 ? sizeof(moe_block_q4_0)
+	                                       : sizeof(moe_block_q5_0);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * wbs, ao = (size_t)i * sizeof(moe_block_q8_0);
+		__m256i v[NP];
+
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			__m256i qx = q32_values(kind, w[r] + wo);
+			pin(&qx);
+			__m256i ax = _mm256_sign_epi8(qx, qx);
+#pragma GCC unroll 8
+			for (int t = 0; t < T; t++) {
+				__m256i qy = _mm256_loadu_si256(
+				    (const __m256i *)(a[t] + ao + offsetof(moe_block_q8_0, qs)));
+				__m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));
+				v[r * T + t] = kind == KIND_Q8_0
+				                   ? _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+				                   : p;
+			}
+		}
+		__m256i s = kind == KIND_Q8_0 ? sum8_i32(v) : sum8_i16(v);
+		__m256 d = _mm256_mul_ps(lane_rows_h(R, T, w, wo), lane_toks_h(T, a, ao));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* ---- shapes ---------------------------------------------------------------------- */
+
+static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 1, false, n, o, w, a);
+}
+static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(8, 1, false, n, o, w, a);
+}
+static void q4_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(2, 4, false, n, o, w, a);
+}
+static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 8, false, n, o, w, a);
+}
+static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 1, true, n, o, w, a);
+}
+static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(8, 1, true, n, o, w, a);
+}
+static void q5_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(2, 4, true, n, o, w, a);
+}
+static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 8, true, n, o, w, a);
+}
+static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 1, n, o, w, a);
+}
+static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(8, 1, n, o, w, a);
+}
+static void q6_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(2, 4, n, o, w, a);
+}
+static void q6_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 8, n, o, w, a);
+}
+static void q8_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(8, 1, KIND_Q8_0, n, o, w, a);
+}
+static void q8_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(2, 4, KIND_Q8_0, n, o, w, a);
+}
+static void q8_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(1, 8, KIND_Q8_0, n, o, w, a);
+}
+static void q4_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(8, 1, KIND_Q4_0, n, o, w, a);
+}
+static void q4_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(2, 4, KIND_Q4_0, n, o, w, a);
+}
+static void q4_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(1, 8, KIND_Q4_0, n, o, w, a);
+}
+static void q5_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(8, 1, KIND_Q5_0, n, o, w, a);
+}
+static void q5_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(2, 4, KIND_Q5_0, n, o, w, a);
+}
+static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q32(1, 8, KIND_Q5_0, n, o, w, a);
+}
+
+/* A type's three shapes: 8 rows x 1 token, 2 x 4, 1 x 8. */
+typedef struct tile_set {
+	tile_fn r8t1, r2t4, r1t8;
+	tile_fn r1t1; /* one pair, the same lane arithmetic; NULL: use r8t1 */
+} tile_set;
+
+/* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
+ * repeating the last row / token in edge tiles. */
+static void run_shape(tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_t ldy,
+                      const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                      size_t x_stride, int64_t t0, int64_t t1)
+{
+	const uint8_t *wp[NP], *ap[NP];
+	float out[NP];
+
+	for (int64_t tt = t0; tt < t1; tt += T) {
+		for (int t = 0; t < T; t++) {
+			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
+			ap[t] = x + (size_t)tk * x_stride;
+		}
+		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
+			for (int r = 0; r < R; r++) {
+				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
+				wp[r] = w + (size_t)rr * w_stride;
+			}
+			fn(n_cols, out, wp, ap);
+			for (int k = 0; k < R * T; k++) {
+				int64_t r = r0 + k / T, t = tt + k % T;
+				if (r < n_r && t < t1)
+					y[t * ldy + r] = out[k];
+			}
+		}
+	}
+}
+
+/* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 8x1, of 2-4
+ * 2x4, of 5-7 one padded 1x8. Which shape computes an element does not
+ * change its bits (see the top of the file). */
+static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                      size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	int64_t full = n_t / 8 * 8, rem = n_t - full;
+	if (full > 0)
+		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
+	if (rem == 1 && s->r1t1 != NULL)
+		run_shape(s->r1t1, 1, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem == 1)
+		run_shape(s->r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem >= 2 && rem <= 4)
+		run_shape(s->r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem > 4)
+		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+}
+
+static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8, q4_K_1x1};
+static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8, q5_K_1x1};
+static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8, q6_K_1x1};
+static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, NULL};
+static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, NULL};
+static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, NULL};
+
+static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q4_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+static void gemm_q5_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q5_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+static void gemm_q6_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q6_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+static void gemm_q8_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q8_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+static void gemm_q4_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q4_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+static void gemm_q5_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(&set_q5_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
 
 moe_gemm_fn moe_gemm_avx2(moe_type t)
 {
 	switch (t) {
+	case MOE_TYPE_Q4_K:
+		return gemm_q4_K;
+	case MOE_TYPE_Q5_K:
+		return gemm_q5_K;
+	case MOE_TYPE_Q6_K:
+		return gemm_q6_K;
+	case MOE_TYPE_Q8_0:
+		return gemm_q8_0;
+	case MOE_TYPE_Q4_0:
+		return gemm_q4_0;
+	case MOE_TYPE_Q5_0:
+		return gemm_q5_0;
 	default:
 		return NULL;
 	}

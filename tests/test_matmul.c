@@ -10,7 +10,7 @@
 #include "kernels/kernels.h"
 
 static const moe_type types[] = {MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
-                                 MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K};
+                                 MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K};
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -142,6 +142,62 @@ Test(matmul, batch_and_thread_invariant_at_every_isa_level)
 		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
 		for (size_t ti = 0; ti < N_TYPES; ti++)
 			check_batch_invariance(types[ti], 37, 512); /* 37: ragged row tiles */
+	}
+	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+}
+
+/* Every (row, token) element of an n_rows x n_tok product equals the product
+ * of that row alone with that token alone, bit for bit, for every edge size:
+ * the tile kernels compute it in a 1x1, 8x1, 2x4 or 1x8 tile, at any
+ * position, padded or not (isa_avx2_gemm.c), and must not tell. */
+static void check_tile_shapes(moe_type t)
+{
+	enum { MAXR = 11, MAXT = 19, COLS = 512 };
+	uint8_t *w = make_weights(t, MAXR, COLS);
+	size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+	float *x = malloc(sizeof(float) * MAXT * COLS);
+	uint8_t *xq = malloc(as * MAXT);
+	float single[MAXT][MAXR], y[MAXT * MAXR];
+	cr_assert(x != NULL && xq != NULL);
+	fill_f32(x, MAXT * COLS);
+	cr_assert_eq(moe_quantize_act_rows(NULL, xq, t, x, COLS, MAXT), MOE_OK);
+	for (int k = 0; k < MAXT; k++)
+		for (int r = 0; r < MAXR; r++)
+			cr_assert_eq(moe_matmul_q(NULL, &single[k][r], w + r * rs, t, 1, COLS,
+			                          xq + k * as, 1),
+			             MOE_OK);
+	for (int nr = 1; nr <= MAXR; nr += 1)
+		for (int nt = 1; nt <= MAXT; nt++) {
+			/* the last rows and tokens, so that every one meets every edge */
+			int r0 = MAXR - nr, t0 = MAXT - nt;
+			cr_assert_eq(
+			    moe_matmul_q(NULL, y, w + r0 * rs, t, nr, COLS, xq + t0 * as, nt),
+			    MOE_OK);
+			for (int k = 0; k < nt; k++)
+				for (int r = 0; r < nr; r++)
+					cr_assert(
+					    memcmp(&y[k * nr + r], &single[t0 + k][r0 + r],
+					           sizeof(float)) == 0,
+					    "%s %s: %d rows x %d tokens, element (%d, %d): %.9g vs "
+					    "%.9g alone",
+					    moe_isa_name(moe_isa_active()), moe_type_get(t)->name,
+					    nr, nt, r, k, y[k * nr + r], single[t0 + k][r0 + r]);
+		}
+	free(xq);
+	free(x);
+	free(w);
+}
+
+Test(matmul, element_independent_of_tile_shape_at_every_isa_level)
+{
+	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	moe_isa orig = moe_isa_active();
+	for (int li = 0; li < 4; li++) {
+		if (!moe_isa_supported(levels[li]))
+			continue;
+		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
+		for (size_t ti = 0; ti < N_TYPES; ti++)
+			check_tile_shapes(types[ti]);
 	}
 	cr_assert_eq(moe_isa_set(orig), MOE_OK);
 }

@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,8 @@ typedef struct job {
 	int kind; /* 0 = gemv, 1 = triad */
 	/* gemv */
 	moe_vec_dot_fn dot;
+	moe_type type;
+	bool matmul; /* through moe_matmul_q (the tile kernels), not dot */
 	const uint8_t *w;
 	size_t row_bytes;
 	int64_t n_rows, n_cols;
@@ -104,10 +107,16 @@ static void run_slice(const job *j, int ith, int nth)
 {
 	if (j->kind == 0) {
 		int64_t r0 = j->n_rows * ith / nth, r1 = j->n_rows * (ith + 1) / nth;
-		for (int p = 0; p < j->passes; p++)
+		for (int p = 0; p < j->passes; p++) {
+			if (j->matmul) {
+				moe_matmul_q(NULL, j->y + r0, j->w + (size_t)r0 * j->row_bytes,
+				             j->type, r1 - r0, j->n_cols, j->act, 1);
+				continue;
+			}
 			for (int64_t r = r0; r < r1; r++)
 				j->dot(j->n_cols, &j->y[r], j->w + (size_t)r * j->row_bytes,
 				       j->act);
+		}
 	} else {
 		size_t i0 = j->n * (size_t)ith / (size_t)nth;
 		size_t i1 = j->n * (size_t)(ith + 1) / (size_t)nth;
@@ -195,15 +204,19 @@ static int parse_types(const char *s, moe_type *out, int max)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
-	        "                    [--mib N] [--reps N] [--samples N] [--types F32,Q4_K,...]\n");
+	fprintf(
+	    f,
+	    "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
+	    "                    [--mib N] [--reps N] [--samples N] [--types F32,Q4_K,...]\n"
+	    "                    [--matmul]  (GEMV through moe_matmul_q: the tile kernels\n"
+	    "                                 of the active level, not the dot; ignores --isa)\n");
 }
 
 int main(int argc, char **argv)
 {
 	moe_isa isa = moe_isa_active();
 	int nth = 1, reps = 7, samples = 1000;
+	bool matmul = false;
 	int64_t n_cols = 2048;
 	size_t big_mib = 4 * llc_mib();
 	moe_type types[N_ALL_TYPES];
@@ -215,6 +228,10 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--help") == 0) {
 			usage(stdout);
 			return 0;
+		}
+		if (strcmp(argv[i], "--matmul") == 0) {
+			matmul = true;
+			continue;
 		}
 		if (v == NULL) {
 			usage(stderr);
@@ -329,6 +346,8 @@ int main(int argc, char **argv)
 		int passes = (int)((nth > 1 ? 16.0 : 1.0) * nth * (1 << 20) / per) + 1;
 		job cj = {.kind = 0,
 		          .dot = dot,
+		          .type = t,
+		          .matmul = matmul,
 		          .w = big,
 		          .row_bytes = rb,
 		          .n_rows = n_small,
