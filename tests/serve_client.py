@@ -309,14 +309,16 @@ def case_errors():
             pass
         s.close()
     # queue full: --parallel 1 --queue 1; one runs, one waits, the next gets 429
-    long_body = {"prompt": "In the beginning", "max_tokens": 300, "temperature": 0.8, "seed": 1}
+    # (as long a generation as the 512-token context allows, and little time between the
+    # requests, so that the first is still running when the third arrives on a fast machine)
+    long_body = {"prompt": "In the beginning", "max_tokens": 480, "temperature": 0.8, "seed": 1}
     conns = []
     for _ in range(2):
         c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
         c.request("POST", "/v1/completions", body=json.dumps(dict(long_body, stream=True)),
                   headers={"Content-Type": "application/json"})
         conns.append(c)
-        time.sleep(0.3)
+        time.sleep(0.05)
     expect_error(*post("/v1/completions", long_body), 429)
     for c in conns:
         c.close()
