@@ -155,6 +155,40 @@ static int cand_cmp(const void *a, const void *b)
 	return (x->id > y->id) - (x->id < y->id);
 }
 
+/* Moves the k first candidates in cand_cmp order to c[0..k), in no
+ * particular order; 0 < k < n. A heap of the k best so far with the worst
+ * of them at its root. */
+static void heap_down(cand *h, int32_t k, int32_t i)
+{
+	for (;;) {
+		int32_t w = i, l = 2 * i + 1, r = l + 1;
+		if (l < k && cand_cmp(&h[l], &h[w]) > 0)
+			w = l;
+		if (r < k && cand_cmp(&h[r], &h[w]) > 0)
+			w = r;
+		if (w == i)
+			return;
+		cand t = h[i];
+		h[i] = h[w];
+		h[w] = t;
+		i = w;
+	}
+}
+
+static void select_top(cand *c, int32_t n, int32_t k)
+{
+	for (int32_t i = k / 2 - 1; i >= 0; i--)
+		heap_down(c, k, i);
+	for (int32_t i = k; i < n; i++) {
+		if (cand_cmp(&c[i], &c[0]) < 0) { /* better than the worst kept */
+			cand t = c[0];
+			c[0] = c[i];
+			c[i] = t;
+			heap_down(c, k, 0);
+		}
+	}
+}
+
 /* p = softmax(logit / temp) over c[0..n), returns nothing; n >= 1. */
 static void cand_softmax(cand *c, int32_t n, float temp)
 {
@@ -220,10 +254,13 @@ moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
 			s->c[n++] = s->c[i];
 	if (n == 0)
 		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
-	qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
-
-	if (p->top_k > 0 && p->top_k < n)
+	if (p->top_k > 0 && p->top_k < n) {
+		/* the same top_k as a full sort would keep (cand_cmp is a total
+		 * order), in O(n log k) instead of sorting the whole vocabulary */
+		select_top(s->c, n, p->top_k);
 		n = p->top_k;
+	}
+	qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
 	cand_softmax(s->c, n, 1.0f);
 	if (p->top_p < 1.0f) {
 		double cum = 0.0;

@@ -224,3 +224,52 @@ Test(sample, stop_strings)
 	cr_assert(moe_stop_find(&at, t5, strlen(t5), stops, 2));
 	cr_assert_eq(at, 1);
 }
+
+/* top-k keeps exactly the k best logits (ties to the lower id), found here by
+ * brute force, over a big vocabulary full of ties. */
+Test(sample, top_k_keeps_the_k_best_of_a_big_vocabulary)
+{
+	enum { V = 50000, K = 7 };
+	static float l[V];
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 5.0f; /* flat: every kept token gets drawn */
+	p.top_k = K;
+	p.top_p = 1.0f;
+	p.min_p = 0.0f;
+	p.repeat_penalty = 1.0f;
+	uint32_t r = 99;
+	for (int i = 0; i < V; i++) {
+		r = r * 1103515245u + 12345u;
+		l[i] = (float)((r >> 16) % 1000) / 100.0f; /* 1000 values: many ties */
+	}
+	/* brute force: the K best by (logit desc, id asc) */
+	int best[K];
+	for (int k = 0; k < K; k++) {
+		int b = -1;
+		for (int i = 0; i < V; i++) {
+			int taken = 0;
+			for (int j = 0; j < k; j++)
+				taken |= best[j] == i;
+			if (!taken && (b < 0 || l[i] > l[b]))
+				b = i;
+		}
+		best[k] = b;
+	}
+	int seen[K] = {0};
+	for (int it = 0; it < 400; it++) {
+		p.seed = (uint64_t)it + 1;
+		moe_sampler *s = make(&p, V);
+		int32_t t = -1;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		int in = -1;
+		for (int k = 0; k < K; k++)
+			if (best[k] == t)
+				in = k;
+		cr_assert_geq(in, 0, "drew %d, not among the %d best", t, K);
+		seen[in]++;
+		moe_sampler_destroy(s);
+	}
+	for (int k = 0; k < K; k++)
+		cr_assert_gt(seen[k], 0, "token %d of the best %d never drawn", best[k], K);
+}
