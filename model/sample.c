@@ -229,6 +229,39 @@ static void apply_penalties(moe_sampler *s)
 	}
 }
 
+static moe_err draw(moe_sampler *s, int32_t *out, int32_t n);
+
+/* Without top-k, the nucleus of top_p < 1 usually lies in the few best
+ * candidates: this finds the best NUCLEUS_TRY of them (sorted) and walks
+ * their probabilities under the softmax over all n, as the full sort would.
+ * Where they reach top_p it cuts c to the nucleus (*n = its size) and
+ * returns true: the same cut as sorting everything. Otherwise it returns
+ * false (c reordered, nothing lost) and the caller sorts everything. */
+enum { NUCLEUS_TRY = 256 };
+
+static bool nucleus_of_top(cand *c, int32_t *n, float top_p)
+{
+	if (!(top_p < 1.0f) || *n <= NUCLEUS_TRY)
+		return false;
+	float max = c[0].logit;
+	for (int32_t i = 1; i < *n; i++)
+		max = c[i].logit > max ? c[i].logit : max;
+	double sum = 0.0;
+	for (int32_t i = 0; i < *n; i++)
+		sum += expf(c[i].logit - max);
+	select_top(c, *n, NUCLEUS_TRY);
+	qsort(c, NUCLEUS_TRY, sizeof *c, cand_cmp);
+	double cum = 0.0;
+	for (int32_t i = 0; i < NUCLEUS_TRY; i++) {
+		cum += expf(c[i].logit - max) / sum;
+		if (cum >= top_p) {
+			*n = i + 1;
+			return true;
+		}
+	}
+	return false;
+}
+
 moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
 {
 	const moe_sampler_params *p = &s->p;
@@ -248,21 +281,45 @@ moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
 		return MOE_OK;
 	}
 
-	/* keep the numbers, sorted by logit (descending, then id) */
+	/* keep the numbers */
 	for (int32_t i = 0; i < s->n_vocab; i++)
 		if (!isnan(s->c[i].logit))
 			s->c[n++] = s->c[i];
 	if (n == 0)
 		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
+
+	if (p->top_k <= 0 && !(p->top_p < 1.0f)) {
+		/* No cut that needs an order: keep id order, no sort. min-p keeps
+		 * p_i >= min_p * p_max, i.e. logit_i >= max + log(min_p). */
+		if (p->min_p > 0.0f) {
+			float max = s->c[0].logit;
+			for (int32_t i = 1; i < n; i++)
+				max = s->c[i].logit > max ? s->c[i].logit : max;
+			const float lim = max + logf(p->min_p);
+			int32_t keep = 0;
+			for (int32_t i = 0; i < n; i++)
+				if (s->c[i].logit >= lim)
+					s->c[keep++] = s->c[i];
+			n = keep;
+		}
+		return draw(s, out, n);
+	}
+
+	/* Sorted by logit (descending, then id) as far as the cuts need. */
+	bool nucleus_done = false;
 	if (p->top_k > 0 && p->top_k < n) {
 		/* the same top_k as a full sort would keep (cand_cmp is a total
 		 * order), in O(n log k) instead of sorting the whole vocabulary */
 		select_top(s->c, n, p->top_k);
 		n = p->top_k;
+		qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
+	} else if (p->top_k <= 0 && nucleus_of_top(s->c, &n, p->top_p)) {
+		nucleus_done = true;
+	} else {
+		qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
 	}
-	qsort(s->c, (size_t)n, sizeof *s->c, cand_cmp);
 	cand_softmax(s->c, n, 1.0f);
-	if (p->top_p < 1.0f) {
+	if (p->top_p < 1.0f && !nucleus_done) {
 		double cum = 0.0;
 		int32_t keep = n;
 		for (int32_t i = 0; i < n; i++) {
@@ -281,7 +338,13 @@ moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
 			keep++;
 		n = keep;
 	}
-	cand_softmax(s->c, n, p->temp);
+	return draw(s, out, n);
+}
+
+/* Draws from softmax(logit / temp) over c[0..n), in the order they stand. */
+static moe_err draw(moe_sampler *s, int32_t *out, int32_t n)
+{
+	cand_softmax(s->c, n, s->p.temp);
 	const double u = moe_rng_f64(&s->rng);
 	double cum = 0.0;
 	for (int32_t i = 0; i < n; i++) {

@@ -273,3 +273,60 @@ Test(sample, top_k_keeps_the_k_best_of_a_big_vocabulary)
 	for (int k = 0; k < K; k++)
 		cr_assert_gt(seen[k], 0, "token %d of the best %d never drawn", best[k], K);
 }
+
+/* top-p without top-k over a big vocabulary keeps exactly the nucleus of the
+ * softmax over all tokens, found here by brute force: once where it is a
+ * few tokens (the sampler's short cut) and once where it is thousands (its
+ * full sort). */
+static int cmp_desc(const void *a, const void *b)
+{
+	const float *x = a, *y = b;
+	return (*x < *y) - (*x > *y);
+}
+
+static void nucleus_case(float spread)
+{
+	enum { V = 30000 };
+	static float l[V], sorted[V];
+	moe_sampler_params p;
+	moe_sampler_params_default(&p);
+	p.temp = 1.0f;
+	p.top_k = 0;
+	p.top_p = 0.9f;
+	p.min_p = 0.0f;
+	p.repeat_penalty = 1.0f;
+	uint32_t r = 7;
+	for (int i = 0; i < V; i++) {
+		r = r * 1103515245u + 12345u;
+		l[i] = spread * (float)((r >> 8) % 100000) / 100000.0f;
+		sorted[i] = l[i];
+	}
+	qsort(sorted, V, sizeof(float), cmp_desc);
+	double sum = 0, cum = 0;
+	for (int i = 0; i < V; i++)
+		sum += exp((double)sorted[i] - sorted[0]);
+	float cut = sorted[0]; /* the smallest logit inside the nucleus */
+	int size = 0;
+	for (int i = 0; i < V && cum < 0.9; i++) {
+		cum += exp((double)sorted[i] - sorted[0]) / sum;
+		cut = sorted[i];
+		size = i + 1;
+	}
+	for (int it = 0; it < 100; it++) {
+		p.seed = (uint64_t)it + 11;
+		moe_sampler *s = make(&p, V);
+		int32_t t = -1;
+		cr_assert_eq(moe_sampler_sample(s, &t, l), MOE_OK);
+		cr_assert_geq(l[t], cut,
+		              "spread %g: drew logit %g below the nucleus (%d tokens, cut %g)",
+		              spread, l[t], size, cut);
+		moe_sampler_destroy(s);
+	}
+	cr_log_info("spread %g: nucleus of %d tokens", spread, size);
+}
+
+Test(sample, top_p_keeps_the_nucleus_of_a_big_vocabulary)
+{
+	nucleus_case(400.0f); /* peaked: a short nucleus */
+	nucleus_case(1.0f);   /* flat: most of the vocabulary */
+}
