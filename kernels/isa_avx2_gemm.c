@@ -166,6 +166,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 					    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s1));
 					is[r * T + t] =
 					    c == 0 ? p : _mm256_add_epi32(is[r * T + t], p);
+					pin(&is[r * T + t]);
 				}
 			}
 		}
@@ -276,6 +277,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 						__m256i p = _mm256_madd_epi16(
 						    _mm256_maddubs_epi16(q[j], yy), scj);
 						is[r * T + t] = _mm256_add_epi32(is[r * T + t], p);
+						pin(&is[r * T + t]);
 					}
 				}
 			}
