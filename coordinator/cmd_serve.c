@@ -136,6 +136,13 @@ static int parse_args(serve_args *a, int argc, char **argv)
 	return a->model == NULL ? 2 : 0;
 }
 
+/* The engine's idle hook: heartbeats keep the cluster's picture of live
+ * workers current between requests. */
+static moe_err heartbeat(void *ctx)
+{
+	return moe_cluster_heartbeat(ctx);
+}
+
 int moe_cmd_serve(int argc, char **argv)
 {
 	serve_args a = {.ho = {.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20}};
@@ -190,6 +197,8 @@ int moe_cmd_serve(int argc, char **argv)
 		feed.cl = cl;
 		a.eo.after_step = feed_rtt;
 		a.eo.after_step_ctx = &feed;
+		a.eo.idle = heartbeat;
+		a.eo.idle_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)

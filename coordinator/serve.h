@@ -46,6 +46,13 @@ typedef struct moe_engine_opts {
 	 * cluster backend to report round trips with moe_engine_observe_rtt */
 	void (*after_step)(void *ctx, moe_engine *e);
 	void *after_step_ctx;
+	/* called on the scheduler thread about once a second while no request is
+	 * active (may be NULL): for a cluster to send heartbeats, so a dead worker
+	 * is found (and its experts re-placed) before the next request needs it.
+	 * An error makes the engine unhealthy with its detail as the reason until
+	 * the next success. */
+	moe_err (*idle)(void *ctx);
+	void *idle_ctx;
 } moe_engine_opts;
 
 void moe_engine_opts_default(moe_engine_opts *o);

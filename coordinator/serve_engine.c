@@ -545,6 +545,18 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 	return n;
 }
 
+/* The idle hook, called with e->mu held; drops it meanwhile. */
+static void run_idle(moe_engine *e)
+{
+	pthread_mutex_unlock(&e->mu);
+	const moe_err err = e->o.idle(e->o.idle_ctx);
+	char why[256] = "";
+	if (err != MOE_OK)
+		snprintf(why, sizeof why, "%s: %s", moe_err_name(err), moe_err_detail());
+	pthread_mutex_lock(&e->mu);
+	snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
+}
+
 static void *sched_main(void *arg)
 {
 	moe_engine *e = arg;
@@ -557,7 +569,16 @@ static void *sched_main(void *arg)
 		admit(e);
 		if (e->n_active == 0) {
 			e->kv_in_use = e->state_in_use = 0;
-			pthread_cond_wait(&e->work, &e->mu);
+			if (e->o.idle == NULL) {
+				pthread_cond_wait(&e->work, &e->mu);
+			} else {
+				struct timespec ts;
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_sec += 1;
+				if (pthread_cond_timedwait(&e->work, &e->mu, &ts) == ETIMEDOUT &&
+				    e->n_queued == 0 && !e->stop)
+					run_idle(e);
+			}
 			e->win_t0 = moe_now_s(); /* the rate counts busy time only */
 			e->win_tokens = 0;
 			continue;

@@ -144,6 +144,19 @@ static cJSON *error_json(int code, const char *param, const char *msg)
 	return j;
 }
 
+/* Why a generation failed: 503 with the engine's reason when the experts
+ * cannot be reached (the cluster cannot serve), else 500. */
+static int failure(moe_engine *e, char *why, size_t size)
+{
+	char reason[256];
+	if (e != NULL && !moe_engine_healthy(e, reason, sizeof reason)) {
+		snprintf(why, size, "the cluster cannot serve: %s", reason);
+		return 503;
+	}
+	snprintf(why, size, "generation failed");
+	return 500;
+}
+
 static enum MHD_Result send_error(moe_http *h, struct MHD_Connection *c, int code,
                                   const char *param, const char *msg)
 {
@@ -526,7 +539,9 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max)
 		    !out_event(s, chunk_json(s, s->text, s->text_len, false, MOE_GEN_RUNNING)))
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
-			if (!out_event(s, error_json(500, NULL, "generation failed")) ||
+			char why[300];
+			const int code = failure(s->h->e, why, sizeof why);
+			if (!out_event(s, error_json(code, NULL, why)) ||
 			    !out_add(s, "data: [DONE]\n\n", 14))
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			s->phase = 2;
@@ -622,9 +637,11 @@ static enum MHD_Result generate(moe_http *h, struct MHD_Connection *c, req_ctx *
 		}
 	}
 	if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
+		char why[300];
+		const int code = failure(e, why, sizeof why);
 		moe_gen_release(g);
 		free(text);
-		ret = send_error(h, c, 500, NULL, "generation failed");
+		ret = send_error(h, c, code, NULL, why);
 		goto out_free;
 	}
 	cJSON *choice;

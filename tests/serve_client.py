@@ -334,6 +334,23 @@ def case_errors():
     check(st == 200, "after the queue emptied: %d %r" % (st, j))
 
 
+def case_dead_cluster():
+    """The test killed every worker: /health turns 503 with the reason (found by
+    the idle heartbeat) and a request fails with 503 and that reason."""
+    deadline = time.time() + 30
+    st, text = 200, b""
+    while time.time() < deadline:
+        st, text = request("GET", "/health")
+        if st == 503:
+            break
+        time.sleep(0.3)
+    check(st == 503, "health stayed %d after the workers died: %r" % (st, text))
+    check(b"no worker left" in text, "health gives no reason: %r" % text)
+    st, j = post("/v1/completions", {"prompt": "In the beginning", "max_tokens": 4})
+    check(st == 503, "completion -> %d %s, expected 503" % (st, j))
+    check("cannot serve" in j["error"]["message"], "no reason: %s" % j)
+
+
 def case_auth(key):
     global KEY
     st, _ = request("GET", "/health")

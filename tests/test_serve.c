@@ -3,6 +3,7 @@
  * tests/serve_client.py against it, then stops it with SIGTERM and expects a
  * clean exit (under ASan/LSan a leak or a memory error makes it fail). */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -207,4 +208,42 @@ Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
 {
 	/* experts on 2 spawned workers: greedy text still equals `moemesh run` */
 	run_case("basic", kjv(), (const char *const[]){"--workers", "2", NULL}, NULL);
+}
+
+/* Kills every child process of pid (the spawned workers). */
+static int kill_children(pid_t pid)
+{
+	int n = 0;
+	DIR *d = opendir("/proc");
+	cr_assert_not_null(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char path[300], buf[512];
+		snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		size_t len = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[len] = '\0';
+		const char *rp = strrchr(buf, ')'); /* the name may hold spaces */
+		int ppid = 0;
+		char state;
+		if (rp != NULL && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 && ppid == pid) {
+			kill((pid_t)atoi(de->d_name), SIGKILL);
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+Test(serve, dead_workers_make_it_unhealthy_with_a_reason, .timeout = 120)
+{
+	server s = start(
+	    kjv(), (const char *const[]){"--workers", "1", "--dispatch-timeout-ms", "2000", NULL},
+	    true, NULL, 0);
+	cr_assert_eq(kill_children(s.pid), 1, "expected one worker process");
+	client("dead_cluster", &s, kjv(), NULL);
+	stop(&s);
 }

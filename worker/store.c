@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,7 +33,8 @@ typedef struct store_mat {
 } store_mat;
 
 typedef struct store_run {
-	uint8_t *buf;      /* [len], DIRECT_ALIGN-aligned */
+	uint8_t *buf; /* [len], an anonymous mapping of map_len bytes */
+	size_t map_len;
 	size_t len;        /* multiple of DIRECT_ALIGN */
 	uint64_t file_off; /* multiple of DIRECT_ALIGN */
 } store_run;
@@ -52,7 +54,7 @@ void moe_expert_store_destroy(moe_expert_store *s)
 	if (s == NULL)
 		return;
 	for (size_t i = 0; i < s->n_runs; i++)
-		moe_aligned_free(s->runs[i].buf);
+		munmap(s->runs[i].buf, s->runs[i].map_len);
 	for (int i = 0; s->mats && i < s->n_layer * 3; i++)
 		free(s->mats[i].expert);
 	free(s->runs);
@@ -83,6 +85,24 @@ bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe
 moe_store_stats moe_expert_store_stats(const moe_expert_store *s)
 {
 	return s->st;
+}
+
+/* A run's buffer: an anonymous mapping (page-aligned, as O_DIRECT needs),
+ * asked to be backed by transparent huge pages: faulting in and pinning
+ * gigabytes of 4 KiB pages, not the disk, was what limited the load (cold
+ * 3.9 GB of experts: 0.99 GB/s before). Returns NULL on failure. */
+static uint8_t *run_alloc(size_t *map_len, size_t len)
+{
+	const size_t huge = 2u << 20;
+	size_t n = len >= huge ? (len + huge - 1) / huge * huge : len;
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	if (n >= huge)
+		(void)madvise(p, n, MADV_HUGEPAGE);
+	*map_len = n;
+	return p;
 }
 
 /* Plans the runs and allocates their buffers; sets the experts' pointers. */
@@ -135,7 +155,7 @@ static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held,
 				store_run *r = &s->runs[s->n_runs++];
 				r->file_off = a_al;
 				r->len = (size_t)(b_al - a_al);
-				r->buf = moe_aligned_alloc(DIRECT_ALIGN, r->len);
+				r->buf = run_alloc(&r->map_len, r->len);
 				if (r->buf == NULL)
 					return moe_fail(MOE_ERR_NOMEM,
 					                "%zu bytes for experts %d..%d of %s",
