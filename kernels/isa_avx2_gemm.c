@@ -20,18 +20,14 @@
  * loads are shared by 8 rows; and the per-block f32 work (conversion, scale,
  * FMA) and the final horizontal sums serve 8 results at once.
  *
- * One token alone (decode, an expert's 1-token group) on K-quants takes a
- * 4 rows x 1 token kernel (col_k45, col_q6_K): the lanes' arithmetic on
- * 4 (Q6_K) or 4 + 4 (Q4_K/Q5_K: values and mins side by side) lanes, the
- * token's quants loaded once for the 4 rows.  Plain multi-row kernels
- * streamed from DRAM at 60-70 % of the one-row rate (short interleaved row
- * streams defeat the hardware prefetcher at every new group); these
- * prefetch the next group's blocks in step.  The 32-block types still use
- * 8x1 for one token (their streaming loss measured small).
- *
- * The K-quant tiles pin their int32 accumulators in registers after every
- * add: without that gcc reassociates the four chunks' sums of every pair
- * and spills 64 vectors a block (a third slower).
+ * One token alone (decode) on K-quants takes a one-pair kernel doing the
+ * lane's arithmetic in scalar registers (the block's integer sum reduced
+ * exactly, then int->f32 and one fused multiply-add, as in the lane): 8-row
+ * tiles ran as fast in cache but streamed from DRAM at about half the per-row
+ * dot's rate (8 interleaved row streams; software prefetch did not help), and
+ * decode is DRAM-bound.  The 32-block types still use 8x1 for one token
+ * (their streaming loss measured small); a one-pair version for them needs a
+ * block-order-preserving scalar chain, not done.
  */
 #include <stddef.h>
 
@@ -93,6 +89,24 @@ static ALWAYS_INLINE __m256 lane_toks_f(int T, const uint8_t *const a[NP], size_
 	return _mm256_setr_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
 }
 
+/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums). */
+static ALWAYS_INLINE int32_t hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
+	return _mm_cvtsi128_si32(s);
+}
+
+/* acc + (f32)isum * scale, with one rounding of the product-sum: the same
+ * operations (int32 -> f32 conversion, fused multiply-add) as one lane of a
+ * tile's accumulator. */
+static ALWAYS_INLINE float fma_lane(int32_t isum, float scale, float acc)
+{
+	__m128 f = _mm_cvtsi32_ss(_mm_setzero_ps(), isum);
+	return _mm_cvtss_f32(_mm_fmadd_ss(f, _mm_set_ss(scale), _mm_set_ss(acc)));
+}
+
 /* ---- Q4_K / Q5_K x Q8_K ---------------------------------------------------------- */
 
 /* Q4_K (hbits false) or Q5_K (true). Per row and block the scales and the
@@ -108,6 +122,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
 	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+	float s_acc = 0, s_accm = 0;
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * wbs;
@@ -155,6 +170,22 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 				}
 			}
 		}
+		if (R * T == 1) {
+			/* one pair: the tile's lane arithmetic on scalars */
+			const moe_block_q8_K *y = (const moe_block_q8_K *)(a[0] + ao);
+			const uint8_t *b = w[0] + wo;
+			float dy = y->d;
+			int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
+			s_acc = fma_lane(
+			    hsum_i32(is[0]),
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))) * dy,
+			    s_acc);
+			s_accm = fma_lane(
+			    msum,
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))) * dy,
+			    s_accm);
+			continue;
+		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
 #pragma GCC unroll 8
 		for (int k = 0; k < NP; k++)
@@ -168,7 +199,10 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
 	}
-	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+	if (R * T == 1)
+		out[0] = s_acc - s_accm;
+	else
+		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
 
 /* ---- Q6_K x Q8_K ----------------------------------------------------------------- */
@@ -182,6 +216,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 	const int64_t nb = n_cols / MOE_QK_K;
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	__m256 acc = _mm256_setzero_ps();
+	float s_acc = 0;
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
@@ -247,190 +282,21 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				}
 			}
 		}
+		if (R * T == 1) {
+			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[0] + wo);
+			float dy = ((const moe_block_q8_K *)(a[0] + ao))->d;
+			s_acc = fma_lane(hsum_i32(is[0]), half_to_f32(x->d) * dy, s_acc);
+			continue;
+		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
 		__m256 dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
 		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q6_K, d));
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 	}
-	_mm256_storeu_ps(out, acc);
-}
-
-/* ---- one token: R rows x 1 token (K-quants) --------------------------------------- */
-
-/* 4 vectors of 8 int32 partial sums -> 4 int32 lanes, lane k = sum of v[k]. */
-static ALWAYS_INLINE __m128i sum4_i32(const __m256i v[4])
-{
-	__m256i t0 =
-	    _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
-	__m256i t1 =
-	    _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
-	__m256i u = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
-	return _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
-}
-
-/* Prefetches the block at byte wo of the 4 rows `ahead` bytes past w[0..4)
- * (the next 4-row group where rows are adjacent). One token reads each
- * weight byte once, from DRAM: 4 interleaved row streams of a few KiB each
- * restart the hardware prefetcher at every group and ran at 60-70 % of the
- * one-row rate without this. A prefetch of an address outside the matrix is
- * harmless (no fault). */
-static ALWAYS_INLINE void prefetch_next(const uint8_t *const w[NP], ptrdiff_t ahead, size_t wo,
-                                        size_t bs)
-{
-	for (int r = 0; r < 4; r++)
-		for (size_t off = 0; off < bs; off += 64)
-			_mm_prefetch((const char *)(w[r] + ahead + wo + off), _MM_HINT_T0);
-}
-
-/* Q4_K / Q5_K, 4 rows x 1 token. The tile lanes' arithmetic with the lanes
- * laid out as (row r value, row r mins) in lanes 2r, 2r + 1: one reduction
- * tree gives the 4 rows' exact block sums and mins sums, the scale vector
- * is (d_r * d_a, dmin_r * d_a) straight from the blocks' adjacent fp16 d and
- * dmin, and one FMA accumulates both; out[r] = lane 2r - lane 2r + 1 at the
- * end, as a tile's acc - accm. The token's quants are loaded once per chunk
- * and meet the 4 rows. */
-static ALWAYS_INLINE void col_k45(bool hbits, int64_t n_cols, float out[NP],
-                                  const uint8_t *const w[NP], const uint8_t *const a[NP])
-{
-	enum { R = 4 };
-	const int64_t nb = n_cols / MOE_QK_K;
-	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
-	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
-	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-	const ptrdiff_t ahead = R * (w[1] - w[0]);
-	__m256 acc = _mm256_setzero_ps();
-
-	for (int64_t i = 0; i < nb; i++) {
-		const size_t wo = (size_t)i * wbs;
-		const moe_block_q8_K *y =
-		    (const moe_block_q8_K *)(a[0] + i * sizeof(moe_block_q8_K));
-		__m256i v[2 * R], sm[R], qh[R];
-
-		prefetch_next(w, ahead, wo, wbs);
-#pragma GCC unroll 8
-		for (int r = 0; r < R; r++) {
-			sm[r] = k4_scales_mins(w[r] + wo + offsetof(moe_block_q4_K, scales));
-			v[2 * r + 1] = k4_mins(sm[r], y->bsums);
-			if (hbits)
-				qh[r] = _mm256_loadu_si256(
-				    (const __m256i *)(w[r] + wo + offsetof(moe_block_q5_K, qh)));
-		}
-#pragma GCC unroll 8
-		for (int c = 0; c < 4; c++) {
-			__m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c));
-			__m256i y1 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c + 32));
-			pin(&y0);
-			pin(&y1);
-#pragma GCC unroll 8
-			for (int r = 0; r < R; r++) {
-				__m256i q = _mm256_loadu_si256(
-				    (const __m256i *)(w[r] + wo + qs_off + 32 * c));
-				__m256i lo = _mm256_and_si256(q, m4);
-				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-				if (hbits) {
-					lo = _mm256_or_si256(
-					    lo, _mm256_and_si256(bit_to_4(qh[r], 2 * c), b16));
-					hi = _mm256_or_si256(
-					    hi, _mm256_and_si256(bit_to_4(qh[r], 2 * c + 1), b16));
-				}
-				__m256i p = _mm256_add_epi32(
-				    _mm256_madd_epi16(
-				        _mm256_maddubs_epi16(lo, y0),
-				        _mm256_shuffle_epi8(sm[r], pick_scale(2 * c))),
-				    _mm256_madd_epi16(
-				        _mm256_maddubs_epi16(hi, y1),
-				        _mm256_shuffle_epi8(sm[r], pick_scale(2 * c + 1))));
-				v[2 * r] = c == 0 ? p : _mm256_add_epi32(v[2 * r], p);
-				pin(&v[2 * r]);
-			}
-		}
-		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(v));
-		uint32_t dd[R];
-		for (int r = 0; r < R; r++)
-			memcpy(&dd[r], w[r] + wo + offsetof(moe_block_q4_K, d), sizeof(uint32_t));
-		__m256 d =
-		    _mm256_cvtph_ps(_mm_setr_epi32((int)dd[0], (int)dd[1], (int)dd[2], (int)dd[3]));
-		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, _mm256_set1_ps(y->d)), acc);
-	}
-	float t[NP];
-	_mm256_storeu_ps(t, acc);
-	for (int r = 0; r < R; r++)
-		out[r] = t[2 * r] - t[2 * r + 1];
-}
-
-/* Q6_K, 4 rows x 1 token: the tile lanes' arithmetic on a 4-lane vector. */
-static ALWAYS_INLINE void col_q6_K(int64_t n_cols, float out[NP], const uint8_t *const w[NP],
-                                   const uint8_t *const a[NP])
-{
-	enum { R = 4 };
-	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
-	const ptrdiff_t ahead = R * (w[1] - w[0]);
-	__m128 acc = _mm_setzero_ps();
-
-	for (int64_t i = 0; i < nb; i++) {
-		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
-		const moe_block_q8_K *y =
-		    (const moe_block_q8_K *)(a[0] + i * sizeof(moe_block_q8_K));
-		const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
-		__m256i is[R];
-
-		prefetch_next(w, ahead, wo, sizeof(moe_block_q6_K));
-#pragma GCC unroll 8
-		for (int r = 0; r < R; r++) {
-			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[r] + wo);
-			__m256i sc16 =
-			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
-			is[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-			                         _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
-#pragma GCC unroll 8
-			for (int h = 0; h < 2; h++) {
-				__m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
-				                    : _mm256_permute2x128_si256(sc16, sc16, 0x11);
-				__m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
-				__m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
-				__m256i l1 =
-				    _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
-				__m256i q[4];
-				pin(&qh);
-				pin(&l0);
-				pin(&l1);
-				q[0] =
-				    _mm256_or_si256(_mm256_and_si256(l0, m4),
-				                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-				q[1] =
-				    _mm256_or_si256(_mm256_and_si256(l1, m4),
-				                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-				q[2] =
-				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-				                    _mm256_and_si256(qh, m3));
-				q[3] =
-				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-				                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
-#pragma GCC unroll 8
-				for (int j = 0; j < 4; j++) {
-					__m256i scj = _mm256_shuffle_epi8(
-					    sc, _mm256_set_m128i(
-					            _mm256_castsi256_si128(pick16(2 * j + 1)),
-					            _mm256_castsi256_si128(pick16(2 * j))));
-					__m256i yy = _mm256_loadu_si256(
-					    (const __m256i *)(y->qs + 128 * h + 32 * j));
-					is[r] = _mm256_add_epi32(
-					    is[r],
-					    _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], yy), scj));
-					pin(&is[r]);
-				}
-			}
-		}
-		__m128 vi = _mm_cvtepi32_ps(sum4_i32(is));
-		uint64_t d = ld16(w[0] + wo + offsetof(moe_block_q6_K, d)) |
-		             ld16(w[1] + wo + offsetof(moe_block_q6_K, d)) << 16 |
-		             ld16(w[2] + wo + offsetof(moe_block_q6_K, d)) << 32 |
-		             ld16(w[3] + wo + offsetof(moe_block_q6_K, d)) << 48;
-		__m128 df = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)d));
-		acc = _mm_fmadd_ps(vi, _mm_mul_ps(df, _mm_set1_ps(y->d)), acc);
-	}
-	_mm_storeu_ps(out, acc);
+	if (R * T == 1)
+		out[0] = s_acc;
+	else
+		_mm256_storeu_ps(out, acc);
 }
 
 /* ---- 32-blocks x Q8_0 ------------------------------------------------------------ */
@@ -492,9 +358,9 @@ static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float
 
 /* ---- shapes ---------------------------------------------------------------------- */
 
-static void q4_K_4x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
-	col_k45(false, n, o, w, a);
+	tile_k45(1, 1, false, n, o, w, a);
 }
 static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -508,9 +374,9 @@ static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 {
 	tile_k45(1, 8, false, n, o, w, a);
 }
-static void q5_K_4x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
-	col_k45(true, n, o, w, a);
+	tile_k45(1, 1, true, n, o, w, a);
 }
 static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -524,9 +390,9 @@ static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 {
 	tile_k45(1, 8, true, n, o, w, a);
 }
-static void q6_K_4x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
-	col_q6_K(n, o, w, a);
+	tile_q6_K(1, 1, n, o, w, a);
 }
 static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -577,10 +443,10 @@ static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 	tile_q32(1, 8, KIND_Q5_0, n, o, w, a);
 }
 
-/* A type's shapes: 8 rows x 1 token, 2 x 4, 1 x 8, and 4 x 1. */
+/* A type's three shapes: 8 rows x 1 token, 2 x 4, 1 x 8. */
 typedef struct tile_set {
 	tile_fn r8t1, r2t4, r1t8;
-	tile_fn r4t1; /* 4 rows x 1 token, the same lane arithmetic; NULL: use r8t1 */
+	tile_fn r1t1; /* one pair, the same lane arithmetic; NULL: use r8t1 */
 } tile_set;
 
 /* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
@@ -612,8 +478,7 @@ static void run_shape(tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_
 	}
 }
 
-/* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 4x1 (K-quants)
- * or 8x1, of 2-4
+/* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 8x1, of 2-4
  * 2x4, of 5-7 one padded 1x8. Which shape computes an element does not
  * change its bits (see the top of the file). */
 static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
@@ -622,8 +487,8 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 	int64_t full = n_t / 8 * 8, rem = n_t - full;
 	if (full > 0)
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
-	if (rem == 1 && s->r4t1 != NULL)
-		run_shape(s->r4t1, 4, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	if (rem == 1 && s->r1t1 != NULL)
+		run_shape(s->r1t1, 1, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 	else if (rem == 1)
 		run_shape(s->r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 	else if (rem >= 2 && rem <= 4)
@@ -632,9 +497,9 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 }
 
-static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8, q4_K_4x1};
-static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8, q5_K_4x1};
-static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8, q6_K_4x1};
+static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8, q4_K_1x1};
+static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8, q5_K_1x1};
+static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8, q6_K_1x1};
 static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, NULL};
 static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, NULL};
 static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, NULL};

@@ -148,7 +148,7 @@ Test(matmul, batch_and_thread_invariant_at_every_isa_level)
 
 /* Every (row, token) element of an n_rows x n_tok product equals the product
  * of that row alone with that token alone, bit for bit, for every edge size:
- * the tile kernels compute it in a 4x1, 8x1, 2x4 or 1x8 tile, at any
+ * the tile kernels compute it in a 1x1, 8x1, 2x4 or 1x8 tile, at any
  * position, padded or not (isa_avx2_gemm.c), and must not tell. */
 static void check_tile_shapes(moe_type t)
 {
