@@ -22,8 +22,9 @@ echo "..."
 "$moemesh" inspect "$out/qwen3next-tiny-qwen3tok.gguf" | tail -4
 echo
 echo "== tokenize with it"
-printf '%s\n' '"Hello, world! <|im_start|>user\nWie geht es dir? 你好"' | tee /dev/stderr |
-	"$moemesh" tokenize -m "$out/qwen3next-tiny-qwen3tok.gguf"
+line='"Hello, world! <|im_start|>user\nWie geht es dir? 你好"'
+printf '%s\n' "$line"
+printf '%s\n' "$line" | "$moemesh" tokenize -m "$out/qwen3next-tiny-qwen3tok.gguf"
 echo
 echo "== 2. generate with the KJV-trained qwen3next MoE model (greedy, 64 tokens)"
 printf "In the beginning"
