@@ -5,58 +5,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/args.h"
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "model/forward.h"
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh logits -m MODEL.gguf --tokens ID,ID,... -o OUT.f32\n"
-	           "                      [--one-by-one] [--kv f16|f32] [--threads N]\n"
-	           "                      [--batch N]\n\n"
-	           "Runs the tokens through the model (positions 0, 1, ...) and writes raw\n"
-	           "little-endian float32 logits [n_tokens][n_vocab] to OUT (row i = after\n"
-	           "token i).  All tokens go in one step (chunked by --batch, default 256),\n"
-	           "or one token per step with --one-by-one.  --kv picks the KV cache type\n"
-	           "(default f16).\n\n%s",
+	fprintf(f,
+	        "usage: moemesh logits -m MODEL.gguf --tokens ID,ID,... -o OUT.f32\n"
+	        "                      [--one-by-one] [--kv f16|f32] [--threads N]\n"
+	        "                      [--batch N]\n\n"
+	        "Runs the tokens through the model (positions 0, 1, ...) and writes raw\n"
+	        "little-endian float32 logits [n_tokens][n_vocab] to OUT (row i = after\n"
+	        "token i).  All tokens go in one step (chunked by --batch, default 256),\n"
+	        "or one token per step with --one-by-one.  --kv picks the KV cache type\n"
+	        "(default f16).\n\n%s",
 	        moe_cluster_usage());
-}
-
-/* Parses "1,2,3" into a new array; returns the count or -1 (message printed). */
-static int64_t parse_tokens(int32_t **out, const char *s)
-{
-	int64_t n = 1;
-	for (const char *p = s; *p; p++)
-		n += *p == ',';
-	int32_t *v = malloc((size_t)n * sizeof *v);
-	if (v == NULL)
-		return -1;
-	const char *p = s;
-	for (int64_t i = 0; i < n; i++) {
-		char *end;
-		errno = 0;
-		long x = strtol(p, &end, 10);
-		if (end == p || errno != 0 || x < 0 || x > INT32_MAX || (*end != ',' && *end)) {
-			fprintf(stderr, "moemesh logits: bad token list at '%s'\n", p);
-			free(v);
-			return -1;
-		}
-		v[i] = (int32_t)x;
-		p = end + (*end == ',');
-	}
-	*out = v;
-	return n;
-}
-
-static int parse_int(int *out, const char *s, int lo, int hi)
-{
-	char *end;
-	errno = 0;
-	long x = strtol(s, &end, 10);
-	if (end == s || *end || errno != 0 || x < lo || x > hi)
-		return -1;
-	*out = (int)x;
-	return 0;
 }
 
 static int fail(moe_err err)
@@ -96,10 +61,10 @@ int moe_cmd_logits(int argc, char **argv)
 			else
 				goto out_usage;
 		} else if (strcmp(a, "--threads") == 0 && has) {
-			if (parse_int(&o.n_threads, argv[++i], 1, 1024) != 0)
+			if (moe_arg_int(&o.n_threads, argv[++i], 1, 1024) != 0)
 				goto out_usage;
 		} else if (strcmp(a, "--batch") == 0 && has) {
-			if (parse_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
+			if (moe_arg_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
 				goto out_usage;
 		} else {
 			moe_err ce = moe_cluster_parse_arg(&co, &i, argc, argv);
@@ -115,9 +80,12 @@ int moe_cmd_logits(int argc, char **argv)
 		goto out_usage;
 
 	int32_t *tokens;
-	const int64_t n = parse_tokens(&tokens, toks);
-	if (n < 0)
+	size_t n_tokens;
+	if (moe_arg_tokens(&tokens, &n_tokens, toks) != 0) {
+		fprintf(stderr, "moemesh logits: bad token list '%s'\n", toks);
 		return 2;
+	}
+	const int64_t n = (int64_t)n_tokens;
 	int rc = 1;
 	moe_model *m = NULL;
 	moe_fwd *f = NULL;

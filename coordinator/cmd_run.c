@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/args.h"
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "model/forward.h"
@@ -15,66 +16,20 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh run -m MODEL.gguf (-p PROMPT | --tokens ID,ID,...) [-n N]\n"
-	           "                   [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
-	           "                   [--repeat-penalty R] [--presence-penalty P]\n"
-	           "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
-	           "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
-	           "                   [--kv f16|f32] [--ctx N] [--batch N]\n\n"
-	           "Generates up to N tokens (default 128) after the prompt and streams the\n"
-	           "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
-	           "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
-	           "top-p 0.95, min-p 0.05).  Prompt and decode speed and the bytes of KV\n"
-	           "cache and recurrent state go to stderr; with a cluster, one line of\n"
-	           "statistics per worker.\n\n%s",
+	fprintf(f,
+	        "usage: moemesh run -m MODEL.gguf (-p PROMPT | --tokens ID,ID,...) [-n N]\n"
+	        "                   [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
+	        "                   [--repeat-penalty R] [--presence-penalty P]\n"
+	        "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
+	        "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
+	        "                   [--kv f16|f32] [--ctx N] [--batch N]\n\n"
+	        "Generates up to N tokens (default 128) after the prompt and streams the\n"
+	        "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
+	        "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
+	        "top-p 0.95, min-p 0.05).  Prompt and decode speed and the bytes of KV\n"
+	        "cache and recurrent state go to stderr; with a cluster, one line of\n"
+	        "statistics per worker.\n\n%s",
 	        moe_cluster_usage());
-}
-
-static int parse_tokens(int32_t **out, size_t *n_out, const char *s)
-{
-	size_t n = 1;
-	for (const char *p = s; *p; p++)
-		n += *p == ',';
-	int32_t *v = malloc(n * sizeof *v);
-	if (v == NULL)
-		return -1;
-	const char *p = s;
-	for (size_t i = 0; i < n; i++) {
-		char *end;
-		errno = 0;
-		long x = strtol(p, &end, 10);
-		if (end == p || errno != 0 || x < 0 || x > INT32_MAX || (*end != ',' && *end)) {
-			free(v);
-			return -1;
-		}
-		v[i] = (int32_t)x;
-		p = end + (*end == ',');
-	}
-	*out = v;
-	*n_out = n;
-	return 0;
-}
-
-static int parse_int(int *out, const char *s, long lo, long hi)
-{
-	char *end;
-	errno = 0;
-	long x = strtol(s, &end, 10);
-	if (end == s || *end || errno != 0 || x < lo || x > hi)
-		return -1;
-	*out = (int)x;
-	return 0;
-}
-
-static int parse_float(float *out, const char *s)
-{
-	char *end;
-	errno = 0;
-	float x = strtof(s, &end);
-	if (end == s || *end || errno != 0)
-		return -1;
-	*out = x;
-	return 0;
 }
 
 static int fail(moe_err err)
@@ -126,23 +81,23 @@ static int parse_args(run_args *a, int argc, char **argv)
 		else if (strcmp(s, "--tokens") == 0)
 			a->tokens = v;
 		else if (strcmp(s, "-n") == 0)
-			bad = parse_int(&a->n_gen, v, 0, 1 << 24);
+			bad = moe_arg_int(&a->n_gen, v, 0, 1 << 24);
 		else if (strcmp(s, "--temp") == 0)
-			bad = parse_float(&a->sp.temp, v);
+			bad = moe_arg_float(&a->sp.temp, v);
 		else if (strcmp(s, "--top-k") == 0)
-			bad = parse_int(&a->sp.top_k, v, 0, 1 << 30);
+			bad = moe_arg_int(&a->sp.top_k, v, 0, 1 << 30);
 		else if (strcmp(s, "--top-p") == 0)
-			bad = parse_float(&a->sp.top_p, v);
+			bad = moe_arg_float(&a->sp.top_p, v);
 		else if (strcmp(s, "--min-p") == 0)
-			bad = parse_float(&a->sp.min_p, v);
+			bad = moe_arg_float(&a->sp.min_p, v);
 		else if (strcmp(s, "--repeat-penalty") == 0)
-			bad = parse_float(&a->sp.repeat_penalty, v);
+			bad = moe_arg_float(&a->sp.repeat_penalty, v);
 		else if (strcmp(s, "--presence-penalty") == 0)
-			bad = parse_float(&a->sp.presence_penalty, v);
+			bad = moe_arg_float(&a->sp.presence_penalty, v);
 		else if (strcmp(s, "--frequency-penalty") == 0)
-			bad = parse_float(&a->sp.frequency_penalty, v);
+			bad = moe_arg_float(&a->sp.frequency_penalty, v);
 		else if (strcmp(s, "--penalty-last-n") == 0)
-			bad = parse_int(&a->sp.penalty_last_n, v, 0, 1 << 20);
+			bad = moe_arg_int(&a->sp.penalty_last_n, v, 0, 1 << 20);
 		else if (strcmp(s, "--seed") == 0) {
 			char *end;
 			errno = 0;
@@ -153,11 +108,11 @@ static int parse_args(run_args *a, int argc, char **argv)
 				return 2;
 			a->stops[a->n_stops++] = v;
 		} else if (strcmp(s, "--threads") == 0)
-			bad = parse_int(&a->fo.n_threads, v, 1, 1024);
+			bad = moe_arg_int(&a->fo.n_threads, v, 1, 1024);
 		else if (strcmp(s, "--ctx") == 0)
-			bad = parse_int(&a->fo.n_ctx, v, 1, 1 << 24);
+			bad = moe_arg_int(&a->fo.n_ctx, v, 1, 1 << 24);
 		else if (strcmp(s, "--batch") == 0)
-			bad = parse_int(&a->fo.max_batch, v, 1, 1 << 20);
+			bad = moe_arg_int(&a->fo.max_batch, v, 1, 1 << 20);
 		else if (strcmp(s, "--kv") == 0) {
 			if (strcmp(v, "f16") == 0)
 				a->fo.kv_type = MOE_TYPE_F16;
@@ -250,7 +205,7 @@ int moe_cmd_run(int argc, char **argv)
 	if (a.prompt != NULL)
 		err = moe_tokenizer_encode(&prompt, &n_prompt, tok, a.prompt, strlen(a.prompt),
 		                           MOE_TOK_ENCODE_ADD_SPECIAL);
-	else if (parse_tokens(&prompt, &n_prompt, a.tokens) != 0)
+	else if (moe_arg_tokens(&prompt, &n_prompt, a.tokens) != 0)
 		err = moe_fail(MOE_ERR_INVAL, "run: bad --tokens list");
 	if (err != MOE_OK)
 		goto out_fail;
