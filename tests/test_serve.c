@@ -247,3 +247,8 @@ Test(serve, dead_workers_make_it_unhealthy_with_a_reason, .timeout = 120)
 	client("dead_cluster", &s, kjv(), NULL);
 	stop(&s);
 }
+
+Test(serve, random_bodies_never_get_a_5xx_nor_crash_it, .timeout = 300)
+{
+	run_case("fuzz", kjv(), NULL, NULL);
+}
