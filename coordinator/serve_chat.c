@@ -59,7 +59,8 @@ static moe_err ids_add(id_buf *b, const int32_t *ids, size_t n)
 		b->v = v;
 		b->cap = c;
 	}
-	memcpy(b->v + b->n, ids, n * sizeof *ids);
+	if (n > 0) /* an empty text encodes to no ids and maybe a NULL array */
+		memcpy(b->v + b->n, ids, n * sizeof *ids);
 	b->n += n;
 	return MOE_OK;
 }

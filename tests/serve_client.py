@@ -371,7 +371,7 @@ def case_fuzz():
             return o
         return rnd.choice(vals)
 
-    for i in range(300):
+    for i in range(1000):
         path = rnd.choice(["/v1/completions", "/v1/chat/completions"])
         body = json.dumps(mutate(rnd.choice(base))).encode()
         if rnd.random() < 0.15:
