@@ -76,10 +76,8 @@ size_t moe_frame_size(size_t header_len, size_t payload_len)
 moe_err moe_frame_write(void *buf, size_t buf_len, moe_msg_kind kind, const ProtobufCMessage *msg,
                         size_t payload_len)
 {
-	uint8_t *p = buf;
 	size_t hlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
-	size_t size = moe_frame_size(hlen, payload_len);
-	size_t off = moe_frame_payload_offset(hlen);
+	size_t size = moe_frame_size(hlen, payload_len), head;
 
 	if (size == 0)
 		return moe_fail(MOE_ERR_INVAL, "frame %s: header %zu or payload %zu bytes over cap",
@@ -87,16 +85,7 @@ moe_err moe_frame_write(void *buf, size_t buf_len, moe_msg_kind kind, const Prot
 	if (buf_len != size)
 		return moe_fail(MOE_ERR_INVAL, "frame %s: buffer of %zu bytes, frame is %zu",
 		                moe_msg_kind_name(kind), buf_len, size);
-	wr32(p, MOE_PROTO_MAGIC);
-	wr16(p + 4, MOE_PROTO_VERSION);
-	wr16(p + 6, (uint16_t)kind);
-	wr32(p + 8, (uint32_t)hlen);
-	wr32(p + 12, 0);
-	wr64(p + 16, payload_len);
-	if (msg)
-		protobuf_c_message_pack(msg, p + MOE_PROTO_PREFIX);
-	memset(p + MOE_PROTO_PREFIX + hlen, 0, off - MOE_PROTO_PREFIX - hlen);
-	return MOE_OK;
+	return moe_frame_write_head(&head, buf, buf_len, kind, msg, payload_len);
 }
 
 moe_err moe_frame_length(size_t *out, const void *prefix)
