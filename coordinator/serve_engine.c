@@ -52,27 +52,13 @@ struct moe_gen {
 	moe_gen_finish done; /* set by the scheduler before publishing */
 };
 
-/* The local expert backend, wrapped by the counting one. */
-typedef struct local_call {
-	const moe_model *m;
-	moe_fwd *f;
-	int il;
-	int64_t n_tok;
-	const float *x;
-	const int32_t *ids;
-	const float *w;
-	int n_used;
-} local_call;
-
 struct moe_engine {
 	const moe_model *m;
 	const moe_tokenizer *tok;
 	moe_engine_opts o;
 	int max_batch;
 	moe_fwd *f;
-	moe_expert_backend inner; /* local or the cluster's */
-	moe_expert_backend counting;
-	local_call local;
+	moe_expert_backend inner;        /* local or the cluster's */
 	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
 	_Atomic uint64_t rtt_count[RTT_WORKERS][RTT_BUCKETS + 1];
 	_Atomic uint64_t rtt_sum_us[RTT_WORKERS];
@@ -111,24 +97,6 @@ int moe_engine_n_ctx(const moe_engine *e)
 }
 
 /* ---- expert backends ------------------------------------------------------------ */
-
-static moe_err local_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
-                           const float *weights, int n_used)
-{
-	local_call *c = ctx;
-	c->il = il, c->n_tok = n_tok, c->x = x, c->ids = ids, c->w = weights, c->n_used = n_used;
-	return MOE_OK;
-}
-
-static moe_err local_finish(void *ctx, moe_fix_t *acc)
-{
-	local_call *c = ctx;
-	const moe_expert_ffn *ex = moe_model_experts(c->m, c->il);
-	if (ex == NULL)
-		return moe_fail(MOE_ERR_INVAL, "serve: layer %d out of range", c->il);
-	return moe_expert_ffn_run(moe_fwd_pool(c->f), acc, ex, c->x, c->n_tok, c->ids, c->w,
-	                          c->n_used);
-}
 
 static moe_err count_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                            const float *weights, int n_used)
@@ -697,13 +665,6 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 		err = moe_fail(MOE_ERR_NOMEM, "serve: engine buffers");
 		goto out_free_bufs;
 	}
-	e->local = (local_call){.m = m};
-	if (o.experts != NULL)
-		e->inner = *o.experts;
-	else
-		e->inner = (moe_expert_backend){
-		    .ctx = &e->local, .start = local_start, .finish = local_finish};
-	e->counting = (moe_expert_backend){.ctx = e, .start = count_start, .finish = count_finish};
 
 	moe_fwd_opts fo;
 	moe_fwd_opts_default(&fo);
@@ -711,10 +672,14 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.n_ctx = o.n_ctx;
 	fo.max_batch = e->max_batch;
 	fo.n_threads = o.n_threads;
-	fo.experts = &e->counting;
+	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;
-	e->local.f = e->f;
+	/* count every layer's routed tokens on their way to that backend */
+	e->inner = moe_fwd_experts(e->f);
+	const moe_expert_backend counting = {
+	    .ctx = e, .start = count_start, .finish = count_finish};
+	moe_fwd_set_experts(e->f, &counting);
 
 	if (pthread_mutex_init(&e->mu, NULL) != 0) {
 		err = moe_fail(MOE_ERR_SYS, "serve: pthread_mutex_init");

@@ -476,6 +476,16 @@ moe_pool *moe_fwd_pool(const moe_fwd *f)
 	return f->pool;
 }
 
+moe_expert_backend moe_fwd_experts(const moe_fwd *f)
+{
+	return f->backend;
+}
+
+void moe_fwd_set_experts(moe_fwd *f, const moe_expert_backend *b)
+{
+	f->backend = *b;
+}
+
 /* ---- sequence slots ----------------------------------------------------------------- */
 
 static void clear_slot(moe_fwd *f, int slot)

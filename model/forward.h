@@ -131,4 +131,12 @@ size_t moe_fwd_state_bytes(const moe_fwd *f);
 /* The pool the context runs on (for callers that want to share it). */
 moe_pool *moe_fwd_pool(const moe_fwd *f);
 
+/* The expert backend the context calls: the one given in its options, or its
+ * own local one (valid as long as f). A caller that wraps it (to count, say)
+ * reads it here and installs the wrapper with moe_fwd_set_experts. */
+moe_expert_backend moe_fwd_experts(const moe_fwd *f);
+
+/* Replaces the expert backend (copied by value) for the following steps. */
+void moe_fwd_set_experts(moe_fwd *f, const moe_expert_backend *b);
+
 #endif
