@@ -628,6 +628,20 @@ static void *sched_main(void *arg)
 	return NULL;
 }
 
+/* Frees the engine's buffers and the engine itself. */
+static void free_engine(moe_engine *e)
+{
+	free(e->expert_tokens);
+	free(e->active);
+	free(e->b_tok);
+	free(e->b_slot);
+	free(e->b_pos);
+	free(e->b_want);
+	free(e->b_gen);
+	free(e->logits);
+	free(e);
+}
+
 /* ---- engine ------------------------------------------------------------------------- */
 
 moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokenizer *tok,
@@ -704,15 +718,7 @@ out_free_mutex:
 out_free_fwd:
 	moe_fwd_destroy(e->f);
 out_free_bufs:
-	free(e->expert_tokens);
-	free(e->active);
-	free(e->b_tok);
-	free(e->b_slot);
-	free(e->b_pos);
-	free(e->b_want);
-	free(e->b_gen);
-	free(e->logits);
-	free(e);
+	free_engine(e);
 	return err;
 }
 
@@ -736,15 +742,7 @@ void moe_engine_destroy(moe_engine *e)
 	pthread_cond_destroy(&e->work);
 	pthread_mutex_destroy(&e->mu);
 	moe_fwd_destroy(e->f);
-	free(e->expert_tokens);
-	free(e->active);
-	free(e->b_tok);
-	free(e->b_slot);
-	free(e->b_pos);
-	free(e->b_want);
-	free(e->b_gen);
-	free(e->logits);
-	free(e);
+	free_engine(e);
 }
 
 /* ---- metrics ----------------------------------------------------------------------- */
