@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "coordinator/args.h"
 #include "coordinator/cluster.h"
 #include "proto/net.h"
 
@@ -376,6 +377,7 @@ int moe_bench_cluster(int argc, char **argv)
 	           .steps = 16,
 	           .max_workers = 3,
 	           .iters = 2000};
+	int bad = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
@@ -390,22 +392,21 @@ int moe_bench_cluster(int argc, char **argv)
 		else if (strcmp(s, "-o") == 0)
 			a.dir = v;
 		else if (strcmp(s, "-n") == 0)
-			a.steps = atoi(v);
+			bad |= moe_arg_int(&a.steps, v, 1, 1000000);
 		else if (strcmp(s, "--threads") == 0)
-			a.threads = atoi(v);
+			bad |= moe_arg_int(&a.threads, v, 0, 1024);
 		else if (strcmp(s, "--worker-threads") == 0)
-			a.wthreads = atoi(v);
+			bad |= moe_arg_int(&a.wthreads, v, 0, 1024);
 		else if (strcmp(s, "--max-workers") == 0)
-			a.max_workers = atoi(v);
+			bad |= moe_arg_int(&a.max_workers, v, 0, 8);
 		else if (strcmp(s, "--iters") == 0)
-			a.iters = atoi(v);
+			bad |= moe_arg_int(&a.iters, v, 10, 10000000);
 		else if (strcmp(s, "--net-delay-us") == 0)
-			a.delay_us = atoi(v);
+			bad |= moe_arg_int(&a.delay_us, v, 0, 10000000);
 		else
 			goto out_usage;
 	}
-	if (a.steps < 1 || a.max_workers < 0 || a.max_workers > 8 || a.iters < 10 ||
-	    a.delay_us < 0 || a.threads < 0 || a.wthreads < 0)
+	if (bad)
 		goto out_usage;
 
 	moe_model *m;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "bench/bench.h"
+#include "coordinator/args.h"
 #include "model/forward.h"
 #include "model/sample.h"
 
@@ -84,7 +85,7 @@ static double bytes_per_token(const moe_model *m)
 int moe_bench_e2e(int argc, char **argv)
 {
 	const char *model = NULL;
-	int n_prompt = 128, n_gen = 64;
+	int n_prompt = 128, n_gen = 64, bad = 0;
 	moe_fwd_opts o;
 	moe_fwd_opts_default(&o);
 	for (int i = 1; i < argc; i++) {
@@ -101,17 +102,17 @@ int moe_bench_e2e(int argc, char **argv)
 		if (strcmp(argv[i - 1], "-m") == 0)
 			model = v;
 		else if (strcmp(argv[i - 1], "--prompt") == 0)
-			n_prompt = atoi(v);
+			bad |= moe_arg_int(&n_prompt, v, 1, 1 << 20);
 		else if (strcmp(argv[i - 1], "-n") == 0)
-			n_gen = atoi(v);
+			bad |= moe_arg_int(&n_gen, v, 1, 1 << 20);
 		else if (strcmp(argv[i - 1], "--threads") == 0)
-			o.n_threads = atoi(v);
+			bad |= moe_arg_int(&o.n_threads, v, 0, 1024);
 		else {
 			usage(stderr);
 			return 2;
 		}
 	}
-	if (model == NULL || n_prompt < 1 || n_gen < 1 || o.n_threads < 0) {
+	if (model == NULL || bad) {
 		usage(stderr);
 		return 2;
 	}

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "coordinator/args.h"
 #include "coordinator/commands.h"
 #include "model/synth.h"
 #include "model/tokenizer.h"
@@ -124,9 +125,9 @@ int moe_cmd_make_model(int argc, char **argv)
 			o.preset = optarg;
 			break;
 		case 'l':
-			o.n_layer = atoi(optarg);
-			if (o.n_layer <= 0) {
-				fprintf(stderr, "make-model: --layers needs a positive number\n");
+			if (moe_arg_int(&o.n_layer, optarg, 1, 1024) != 0) {
+				fprintf(stderr,
+				        "make-model: --layers needs a number from 1 to 1024\n");
 				return 2;
 			}
 			break;
