@@ -20,13 +20,16 @@
  * loads are shared by 8 rows; and the per-block f32 work (conversion, scale,
  * FMA) and the final horizontal sums serve 8 results at once.
  *
- * One token alone (decode) on K-quants takes a one-pair kernel doing the
- * lane's arithmetic in scalar registers (the block's integer sum reduced
- * exactly, then int->f32 and one fused multiply-add, as in the lane): 8-row
- * tiles ran as fast in cache but streamed from DRAM at about half the per-row
- * dot's rate (8 interleaved row streams; software prefetch did not help), and
- * decode is DRAM-bound.  The 32-block types still use 8x1 for one token
- * (their streaming loss measured small); a one-pair version for them needs a
+ * One row against one to four tokens on K-quants (decode, and experts that
+ * met only a few tokens) takes a one-row kernel doing each pair's lane
+ * arithmetic in scalar registers (the block's integer sum reduced exactly,
+ * then int->f32 and one fused multiply-add, as in the lane): 8-row tiles ran
+ * as fast in cache but streamed from DRAM at about half the per-row dot's
+ * rate (8 interleaved row streams; software prefetch did not help), and the
+ * 2x4 tile padded 2 tokens to 4 and streamed 2 rows: 2 tokens on a
+ * 151936 x 2048 Q6_K matrix took 62.6 ms with 2x4 and 22.8 ms with 1x2 (2
+ * threads).  The 32-block types still use 8x1 for one token (their
+ * streaming loss measured small); a one-row version for them needs a
  * block-order-preserving scalar chain, not done.
  */
 #include <stddef.h>
@@ -121,8 +124,10 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
 	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	/* one row and at most 4 tokens: each pair's lane arithmetic on scalars */
+	const bool scalar = R == 1 && T <= 4;
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-	float s_acc = 0, s_accm = 0;
+	float s_acc[4] = {0}, s_accm[4] = {0};
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * wbs;
@@ -170,20 +175,19 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 				}
 			}
 		}
-		if (R * T == 1) {
-			/* one pair: the tile's lane arithmetic on scalars */
-			const moe_block_q8_K *y = (const moe_block_q8_K *)(a[0] + ao);
+		if (scalar) {
 			const uint8_t *b = w[0] + wo;
-			float dy = y->d;
-			int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
-			s_acc = fma_lane(
-			    hsum_i32(is[0]),
-			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))) * dy,
-			    s_acc);
-			s_accm = fma_lane(
-			    msum,
-			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))) * dy,
-			    s_accm);
+			float d = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d)));
+			float dmin =
+			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin)));
+#pragma GCC unroll 4
+			for (int t = 0; t < T; t++) {
+				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
+				float dy = y->d;
+				int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
+				s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+				s_accm[t] = fma_lane(msum, dmin * dy, s_accm[t]);
+			}
 			continue;
 		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
@@ -199,8 +203,9 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
 	}
-	if (R * T == 1)
-		out[0] = s_acc - s_accm;
+	if (scalar)
+		for (int t = 0; t < T; t++)
+			out[t] = s_acc[t] - s_accm[t];
 	else
 		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
@@ -215,8 +220,9 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
+	const bool scalar = R == 1 && T <= 4; /* as in tile_k45 */
 	__m256 acc = _mm256_setzero_ps();
-	float s_acc = 0;
+	float s_acc[4] = {0};
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
@@ -282,10 +288,13 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				}
 			}
 		}
-		if (R * T == 1) {
-			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[0] + wo);
-			float dy = ((const moe_block_q8_K *)(a[0] + ao))->d;
-			s_acc = fma_lane(hsum_i32(is[0]), half_to_f32(x->d) * dy, s_acc);
+		if (scalar) {
+			float d = half_to_f32(((const moe_block_q6_K *)(w[0] + wo))->d);
+#pragma GCC unroll 4
+			for (int t = 0; t < T; t++) {
+				float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
+				s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+			}
 			continue;
 		}
 		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
@@ -293,8 +302,9 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q6_K, d));
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
 	}
-	if (R * T == 1)
-		out[0] = s_acc;
+	if (scalar)
+		for (int t = 0; t < T; t++)
+			out[t] = s_acc[t];
 	else
 		_mm256_storeu_ps(out, acc);
 }
@@ -358,10 +368,7 @@ static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float
 
 /* ---- shapes ---------------------------------------------------------------------- */
 
-static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
-{
-	tile_k45(1, 1, false, n, o, w, a);
-}
+/* The K-quant shapes: 8x1, 2x4, 1x8 and the scalar-lane 1x1 .. 1x4. */
 static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	tile_k45(8, 1, false, n, o, w, a);
@@ -374,9 +381,21 @@ static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 {
 	tile_k45(1, 8, false, n, o, w, a);
 }
-static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
-	tile_k45(1, 1, true, n, o, w, a);
+	tile_k45(1, 1, false, n, o, w, a);
+}
+static void q4_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 2, false, n, o, w, a);
+}
+static void q4_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 3, false, n, o, w, a);
+}
+static void q4_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 4, false, n, o, w, a);
 }
 static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -390,9 +409,21 @@ static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 {
 	tile_k45(1, 8, true, n, o, w, a);
 }
-static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
-	tile_q6_K(1, 1, n, o, w, a);
+	tile_k45(1, 1, true, n, o, w, a);
+}
+static void q5_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 2, true, n, o, w, a);
+}
+static void q5_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 3, true, n, o, w, a);
+}
+static void q5_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_k45(1, 4, true, n, o, w, a);
 }
 static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -405,6 +436,22 @@ static void q6_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 static void q6_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	tile_q6_K(1, 8, n, o, w, a);
+}
+static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 1, n, o, w, a);
+}
+static void q6_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 2, n, o, w, a);
+}
+static void q6_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 3, n, o, w, a);
+}
+static void q6_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	tile_q6_K(1, 4, n, o, w, a);
 }
 static void q8_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
@@ -443,10 +490,12 @@ static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 	tile_q32(1, 8, KIND_Q5_0, n, o, w, a);
 }
 
-/* A type's three shapes: 8 rows x 1 token, 2 x 4, 1 x 8. */
+/* A type's shapes: 8 rows x 1 token, 2 x 4, 1 x 8, and where not NULL
+ * r1tn[T] for one row x T tokens (T = 1..4; the same lane arithmetic on
+ * scalars, streaming one row). */
 typedef struct tile_set {
 	tile_fn r8t1, r2t4, r1t8;
-	tile_fn r1t1; /* one pair, the same lane arithmetic; NULL: use r8t1 */
+	tile_fn r1tn[5];
 } tile_set;
 
 /* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
@@ -487,8 +536,9 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 	int64_t full = n_t / 8 * 8, rem = n_t - full;
 	if (full > 0)
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
-	if (rem == 1 && s->r1t1 != NULL)
-		run_shape(s->r1t1, 1, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	if (rem >= 1 && rem <= 4 && s->r1tn[rem] != NULL)
+		run_shape(s->r1tn[rem], 1, (int)rem, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+		          full, n_t);
 	else if (rem == 1)
 		run_shape(s->r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 	else if (rem >= 2 && rem <= 4)
@@ -497,12 +547,15 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
 }
 
-static const tile_set set_q4_K = {q4_K_8x1, q4_K_2x4, q4_K_1x8, q4_K_1x1};
-static const tile_set set_q5_K = {q5_K_8x1, q5_K_2x4, q5_K_1x8, q5_K_1x1};
-static const tile_set set_q6_K = {q6_K_8x1, q6_K_2x4, q6_K_1x8, q6_K_1x1};
-static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, NULL};
-static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, NULL};
-static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, NULL};
+static const tile_set set_q4_K = {
+    q4_K_8x1, q4_K_2x4, q4_K_1x8, {NULL, q4_K_1x1, q4_K_1x2, q4_K_1x3, q4_K_1x4}};
+static const tile_set set_q5_K = {
+    q5_K_8x1, q5_K_2x4, q5_K_1x8, {NULL, q5_K_1x1, q5_K_1x2, q5_K_1x3, q5_K_1x4}};
+static const tile_set set_q6_K = {
+    q6_K_8x1, q6_K_2x4, q6_K_1x8, {NULL, q6_K_1x1, q6_K_1x2, q6_K_1x3, q6_K_1x4}};
+static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, {NULL}};
+static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, {NULL}};
+static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, {NULL}};
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
