@@ -76,6 +76,7 @@ struct moe_engine {
 	int32_t *b_tok, *b_slot, *b_pos;
 	bool *b_want;
 	moe_gen **b_gen; /* gen of each wanted row */
+	int *b_before;   /* each row's n_sched before the step's sampling */
 	float *logits;   /* [n_slots][n_vocab] */
 
 	/* metrics, under mu */
@@ -525,6 +526,28 @@ static void run_idle(moe_engine *e)
 	snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
 }
 
+/* The sampling of one step's rows, spread over the forward pass's pool
+ * (each row's generation is its own: sampler, stream and text). */
+typedef struct take_task {
+	moe_engine *e;
+	int rows;
+	int32_t n_vocab;
+	atomic_int next;
+} take_task;
+
+static void take_worker(void *arg, int ith, int nth)
+{
+	take_task *tk = arg;
+	(void)ith;
+	(void)nth;
+	for (;;) {
+		const int r = atomic_fetch_add_explicit(&tk->next, 1, memory_order_relaxed);
+		if (r >= tk->rows)
+			return;
+		gen_take(tk->e->b_gen[r], tk->e->logits + (size_t)r * (size_t)tk->n_vocab);
+	}
+}
+
 static void *sched_main(void *arg)
 {
 	moe_engine *e = arg;
@@ -572,15 +595,20 @@ static void *sched_main(void *arg)
 			e->o.after_step(e->o.after_step_ctx, e);
 		int n_new = 0;
 		for (int r = 0; r < rows; r++) {
-			moe_gen *g = e->b_gen[r];
-			if (err != MOE_OK) {
-				g->done = MOE_GEN_ERROR;
-				continue;
-			}
-			const int before = g->n_sched;
-			gen_take(g, e->logits + (size_t)r * (size_t)n_vocab);
-			n_new += g->n_sched - before;
+			e->b_before[r] = e->b_gen[r]->n_sched;
+			if (err != MOE_OK)
+				e->b_gen[r]->done = MOE_GEN_ERROR;
 		}
+		if (err == MOE_OK && rows > 0) {
+			take_task tk = {.e = e, .rows = rows, .n_vocab = n_vocab};
+			atomic_init(&tk.next, 0);
+			if (rows == 1)
+				take_worker(&tk, 0, 1);
+			else
+				moe_pool_run(moe_fwd_pool(e->f), take_worker, &tk);
+		}
+		for (int r = 0; r < rows; r++)
+			n_new += e->b_gen[r]->n_sched - e->b_before[r];
 
 		pthread_mutex_lock(&e->mu);
 		snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
@@ -638,6 +666,7 @@ static void free_engine(moe_engine *e)
 	free(e->b_pos);
 	free(e->b_want);
 	free(e->b_gen);
+	free(e->b_before);
 	free(e->logits);
 	free(e);
 }
@@ -672,10 +701,11 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->b_pos = malloc((size_t)e->max_batch * sizeof *e->b_pos);
 	e->b_want = malloc((size_t)e->max_batch * sizeof *e->b_want);
 	e->b_gen = malloc((size_t)o.n_slots * sizeof *e->b_gen);
+	e->b_before = malloc((size_t)o.n_slots * sizeof *e->b_before);
 	e->logits = malloc((size_t)o.n_slots * (size_t)hp->n_vocab * sizeof *e->logits);
 	if (e->expert_tokens == NULL || e->active == NULL || e->b_tok == NULL ||
 	    e->b_slot == NULL || e->b_pos == NULL || e->b_want == NULL || e->b_gen == NULL ||
-	    e->logits == NULL) {
+	    e->b_before == NULL || e->logits == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "serve: engine buffers");
 		goto out_free_bufs;
 	}

@@ -59,6 +59,7 @@ struct moe_sampler {
 	int32_t n_vocab;
 	moe_rng rng;
 	cand *c;        /* [n_vocab] */
+	float *w;       /* [n_vocab] penalised logits, then draw weights */
 	int32_t *count; /* [n_vocab] occurrences in the window, zero between calls */
 	int32_t *hist;  /* ring of the last penalty_last_n accepted tokens */
 	int64_t n_hist; /* tokens accepted so far */
@@ -96,9 +97,10 @@ moe_err moe_sampler_create(moe_sampler **out, const moe_sampler_params *p, int32
 	s->p = *p;
 	s->n_vocab = n_vocab;
 	s->c = malloc((size_t)n_vocab * sizeof *s->c);
+	s->w = malloc((size_t)n_vocab * sizeof *s->w);
 	s->count = calloc((size_t)n_vocab, sizeof *s->count);
 	s->hist = malloc(((size_t)p->penalty_last_n + 1) * sizeof *s->hist);
-	if (s->c == NULL || s->count == NULL || s->hist == NULL) {
+	if (s->c == NULL || s->w == NULL || s->count == NULL || s->hist == NULL) {
 		moe_sampler_destroy(s);
 		return moe_fail(MOE_ERR_NOMEM, "sampler: allocating for %d tokens", n_vocab);
 	}
@@ -112,6 +114,7 @@ void moe_sampler_destroy(moe_sampler *s)
 	if (s == NULL)
 		return;
 	free(s->c);
+	free(s->w);
 	free(s->count);
 	free(s->hist);
 	free(s);
@@ -222,7 +225,7 @@ static void apply_penalties(moe_sampler *s)
 		const int32_t t = s->hist[i];
 		if (t < 0 || t >= s->n_vocab || s->count[t] == 0)
 			continue;
-		float *l = &s->c[t].logit;
+		float *l = &s->w[t];
 		*l = *l > 0.0f ? *l / p->repeat_penalty : *l * p->repeat_penalty;
 		*l -= (float)s->count[t] * p->frequency_penalty + p->presence_penalty;
 		s->count[t] = 0; /* each token once; also leaves count zeroed */
@@ -262,48 +265,71 @@ static bool nucleus_of_top(cand *c, int32_t *n, float top_p)
 	return false;
 }
 
+/* No cut that needs an order (top_k off, top_p 1): draws from
+ * softmax(logit / temp) over the non-NaN penalised logits in s->w (with
+ * min_p, those at or above max + log(min_p)), walking them in id order.  The
+ * weights exp((l - max) / temp) are summed in double and the draw is the
+ * first id whose running sum passes u * sum: no candidates are built. */
+static moe_err draw_unordered(moe_sampler *s, int32_t *out)
+{
+	float *w = s->w;
+	const int32_t n = s->n_vocab;
+	float max = -INFINITY;
+	bool any = false;
+	for (int32_t i = 0; i < n; i++) {
+		if (isnan(w[i]))
+			continue;
+		any = true;
+		max = w[i] > max ? w[i] : max;
+	}
+	if (!any)
+		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
+	const float lim = s->p.min_p > 0.0f ? max + logf(s->p.min_p) : -INFINITY;
+	const float temp = s->p.temp;
+	double sum = 0.0;
+	int32_t last = -1;
+	for (int32_t i = 0; i < n; i++) {
+		/* NaN fails the comparison too */
+		w[i] = w[i] >= lim ? expf((w[i] - max) / temp) : 0.0f;
+		sum += w[i];
+		last = w[i] > 0.0f ? i : last;
+	}
+	const double target = moe_rng_f64(&s->rng) * sum;
+	double cum = 0.0;
+	for (int32_t i = 0; i < n; i++) {
+		cum += w[i];
+		if (target < cum) {
+			*out = i;
+			return MOE_OK;
+		}
+	}
+	*out = last; /* the target beyond the rounded total */
+	return MOE_OK;
+}
+
 moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits)
 {
 	const moe_sampler_params *p = &s->p;
 	int32_t n = 0;
-	for (int32_t i = 0; i < s->n_vocab; i++)
-		s->c[i] = (cand){.id = i, .logit = logits[i], .p = 0.0f};
+	memcpy(s->w, logits, (size_t)s->n_vocab * sizeof *s->w);
 	apply_penalties(s);
 
 	if (!(p->temp > 0.0f)) {
-		int32_t best = -1;
-		for (int32_t i = 0; i < s->n_vocab; i++)
-			if (!isnan(s->c[i].logit) && (best < 0 || s->c[i].logit > s->c[best].logit))
-				best = i;
-		if (best < 0)
+		int32_t best = moe_argmax(s->w, s->n_vocab);
+		if (isnan(s->w[best]))
 			return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
 		*out = best;
 		return MOE_OK;
 	}
+	if (p->top_k <= 0 && !(p->top_p < 1.0f))
+		return draw_unordered(s, out);
 
 	/* keep the numbers */
 	for (int32_t i = 0; i < s->n_vocab; i++)
-		if (!isnan(s->c[i].logit))
-			s->c[n++] = s->c[i];
+		if (!isnan(s->w[i]))
+			s->c[n++] = (cand){.id = i, .logit = s->w[i], .p = 0.0f};
 	if (n == 0)
 		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
-
-	if (p->top_k <= 0 && !(p->top_p < 1.0f)) {
-		/* No cut that needs an order: keep id order, no sort. min-p keeps
-		 * p_i >= min_p * p_max, i.e. logit_i >= max + log(min_p). */
-		if (p->min_p > 0.0f) {
-			float max = s->c[0].logit;
-			for (int32_t i = 1; i < n; i++)
-				max = s->c[i].logit > max ? s->c[i].logit : max;
-			const float lim = max + logf(p->min_p);
-			int32_t keep = 0;
-			for (int32_t i = 0; i < n; i++)
-				if (s->c[i].logit >= lim)
-					s->c[keep++] = s->c[i];
-			n = keep;
-		}
-		return draw(s, out, n);
-	}
 
 	/* Sorted by logit (descending, then id) as far as the cuts need. */
 	bool nucleus_done = false;
