@@ -18,6 +18,9 @@
 #include "kernels/kernels.h"
 
 enum { MM_CHUNK_ROWS = 16, MM_TOK_BLOCK = 32 };
+#ifndef CLAIM
+#define CLAIM 1024
+#endif
 
 moe_gemm_fn moe_gemm_get(moe_type t)
 {
@@ -122,23 +125,27 @@ typedef struct mm_task {
 	const uint8_t *x;
 	size_t x_stride;
 	int64_t n_tok;
+	int64_t claim;     /* rows per claimed chunk, a multiple of MM_CHUNK_ROWS */
 	atomic_llong next; /* next chunk to hand out */
 } mm_task;
 
 static void mm_worker(void *arg, int ith, int nth)
 {
 	mm_task *tk = arg;
-	int64_t n_chunks = (tk->n_rows + MM_CHUNK_ROWS - 1) / MM_CHUNK_ROWS;
+	int64_t n_chunks = (tk->n_rows + tk->claim - 1) / tk->claim;
 	(void)ith;
 	(void)nth;
 	for (;;) {
 		int64_t c = atomic_fetch_add_explicit(&tk->next, 1, memory_order_relaxed);
 		if (c >= n_chunks)
 			break;
-		int64_t r0 = c * MM_CHUNK_ROWS;
-		int64_t r1 = r0 + MM_CHUNK_ROWS < tk->n_rows ? r0 + MM_CHUNK_ROWS : tk->n_rows;
-		gemm_range(tk->y + r0, tk->n_rows, tk->w, tk->w_stride, tk->k, r0, r1, tk->n_cols,
-		           tk->x, tk->x_stride, tk->n_tok);
+		int64_t c0 = c * tk->claim;
+		int64_t c1 = c0 + tk->claim < tk->n_rows ? c0 + tk->claim : tk->n_rows;
+		for (int64_t r0 = c0; r0 < c1; r0 += MM_CHUNK_ROWS) {
+			int64_t r1 = r0 + MM_CHUNK_ROWS < c1 ? r0 + MM_CHUNK_ROWS : c1;
+			gemm_range(tk->y + r0, tk->n_rows, tk->w, tk->w_stride, tk->k, r0, r1,
+			           tk->n_cols, tk->x, tk->x_stride, tk->n_tok);
+		}
 	}
 }
 
@@ -160,6 +167,11 @@ moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64
 	tk.n_cols = n_cols;
 	tk.x = xq;
 	tk.n_tok = n_tok;
+	/* about 8 claims per thread, between 16 and 1024 rows: long contiguous
+	 * runs for the hardware prefetcher on big matrices, enough pieces to even
+	 * out a thread that was descheduled */
+	tk.claim = n_rows / (8 * (int64_t)moe_pool_threads(pool)) / MM_CHUNK_ROWS * MM_CHUNK_ROWS;
+	tk.claim = tk.claim < MM_CHUNK_ROWS ? MM_CHUNK_ROWS : tk.claim > 1024 ? 1024 : tk.claim;
 	atomic_init(&tk.next, 0);
 	if (n_rows <= MM_CHUNK_ROWS)
 		mm_worker(&tk, 0, 1);
