@@ -234,13 +234,15 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 			const moe_block_q6_K *x = (const moe_block_q6_K *)(w[r] + wo);
 			__m256i sc16 =
 			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+			/* -32 * scale fits int16 (|.| <= 4096), and each madd lane
+			 * below (two products of at most 4096 * 2048) fits int32 */
+			__m256i scm = _mm256_sub_epi16(_mm256_setzero_si256(),
+			                               _mm256_slli_epi16(sc16, 5));
 #pragma GCC unroll 8
 			for (int t = 0; t < T; t++) {
 				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
-				__m256i bias = _mm256_madd_epi16(
-				    sc16, _mm256_loadu_si256((const __m256i *)y->bsums));
-				is[r * T + t] = _mm256_sub_epi32(_mm256_setzero_si256(),
-				                                 _mm256_slli_epi32(bias, 5));
+				is[r * T + t] = _mm256_madd_epi16(
+				    scm, _mm256_loadu_si256((const __m256i *)y->bsums));
 			}
 #pragma GCC unroll 8
 			for (int h = 0; h < 2; h++) {
