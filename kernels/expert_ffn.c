@@ -21,7 +21,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 
-enum { FFN_CHUNK = 32, FFN_MAX_USED = 64 };
+enum { FFN_CHUNK = 128, FFN_MAX_USED = 64 };
 
 typedef struct ffn_job {
 	const moe_expert_ffn *f;
