@@ -232,6 +232,14 @@ int moe_cmd_inspect(int argc, char **argv)
 	printf("%s: GGUF v%u, %zu bytes, alignment %u, data section at offset %" PRIu64 "\n", path,
 	       moe_gguf_version(g), moe_gguf_file_size(g), moe_gguf_alignment(g),
 	       moe_gguf_data_offset(g));
+	for (int i = 1; i < moe_gguf_n_splits(g); i++) {
+		const moe_gguf *p = moe_gguf_split(g, i);
+		printf("split %d of %d: %s: GGUF v%u, %zu bytes, alignment %u, data section at "
+		       "offset %" PRIu64 ", %" PRId64 " tensors\n",
+		       i + 1, moe_gguf_n_splits(g), moe_gguf_path(p), moe_gguf_version(p),
+		       moe_gguf_file_size(p), moe_gguf_alignment(p), moe_gguf_data_offset(p),
+		       moe_gguf_n_tensors(p));
+	}
 	for (int64_t i = 0; i < moe_gguf_n_kv(g); i++) {
 		moe_gguf_str k = moe_gguf_kv_key(g, i);
 		if ((int)k.len > key_width)

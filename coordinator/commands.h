@@ -19,6 +19,7 @@ extern const moe_command moe_commands[];
 int moe_cmd_version(int argc, char **argv);
 int moe_cmd_make_model(int argc, char **argv);
 int moe_cmd_inspect(int argc, char **argv);
+int moe_cmd_gguf_split(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_logits(int argc, char **argv);

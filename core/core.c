@@ -9,34 +9,34 @@
 static _Thread_local char err_detail[512];
 
 static const char *const err_names[MOE_ERR__COUNT] = {
-	[MOE_OK] = "MOE_OK",
-	[MOE_ERR_NOMEM] = "MOE_ERR_NOMEM",
-	[MOE_ERR_INVAL] = "MOE_ERR_INVAL",
-	[MOE_ERR_IO] = "MOE_ERR_IO",
-	[MOE_ERR_UNSUPPORTED] = "MOE_ERR_UNSUPPORTED",
-	[MOE_ERR_NOT_FOUND] = "MOE_ERR_NOT_FOUND",
-	[MOE_ERR_BAD_MAGIC] = "MOE_ERR_BAD_MAGIC",
-	[MOE_ERR_BAD_VERSION] = "MOE_ERR_BAD_VERSION",
-	[MOE_ERR_TRUNCATED] = "MOE_ERR_TRUNCATED",
-	[MOE_ERR_BAD_COUNT] = "MOE_ERR_BAD_COUNT",
-	[MOE_ERR_BAD_STRING] = "MOE_ERR_BAD_STRING",
-	[MOE_ERR_BAD_TYPE] = "MOE_ERR_BAD_TYPE",
-	[MOE_ERR_BAD_SHAPE] = "MOE_ERR_BAD_SHAPE",
-	[MOE_ERR_OVERFLOW] = "MOE_ERR_OVERFLOW",
-	[MOE_ERR_BAD_OFFSET] = "MOE_ERR_BAD_OFFSET",
-	[MOE_ERR_BAD_ALIGNMENT] = "MOE_ERR_BAD_ALIGNMENT",
-	[MOE_ERR_DUPLICATE] = "MOE_ERR_DUPLICATE",
-	[MOE_ERR_BAD_VALUE] = "MOE_ERR_BAD_VALUE",
-	[MOE_ERR_FORMAT] = "MOE_ERR_FORMAT",
-	[MOE_ERR_PROTO] = "MOE_ERR_PROTO",
-	[MOE_ERR_TIMEOUT] = "MOE_ERR_TIMEOUT",
-	[MOE_ERR_CLOSED] = "MOE_ERR_CLOSED",
-	[MOE_ERR_MISMATCH] = "MOE_ERR_MISMATCH",
-	[MOE_ERR_BUSY] = "MOE_ERR_BUSY",
-	[MOE_ERR_AUTH] = "MOE_ERR_AUTH",
-	[MOE_ERR_CANCELED] = "MOE_ERR_CANCELED",
-	[MOE_ERR_STATE] = "MOE_ERR_STATE",
-	[MOE_ERR_SYS] = "MOE_ERR_SYS",
+    [MOE_OK] = "MOE_OK",
+    [MOE_ERR_NOMEM] = "MOE_ERR_NOMEM",
+    [MOE_ERR_INVAL] = "MOE_ERR_INVAL",
+    [MOE_ERR_IO] = "MOE_ERR_IO",
+    [MOE_ERR_UNSUPPORTED] = "MOE_ERR_UNSUPPORTED",
+    [MOE_ERR_NOT_FOUND] = "MOE_ERR_NOT_FOUND",
+    [MOE_ERR_BAD_MAGIC] = "MOE_ERR_BAD_MAGIC",
+    [MOE_ERR_BAD_VERSION] = "MOE_ERR_BAD_VERSION",
+    [MOE_ERR_TRUNCATED] = "MOE_ERR_TRUNCATED",
+    [MOE_ERR_BAD_COUNT] = "MOE_ERR_BAD_COUNT",
+    [MOE_ERR_BAD_STRING] = "MOE_ERR_BAD_STRING",
+    [MOE_ERR_BAD_TYPE] = "MOE_ERR_BAD_TYPE",
+    [MOE_ERR_BAD_SHAPE] = "MOE_ERR_BAD_SHAPE",
+    [MOE_ERR_OVERFLOW] = "MOE_ERR_OVERFLOW",
+    [MOE_ERR_BAD_OFFSET] = "MOE_ERR_BAD_OFFSET",
+    [MOE_ERR_BAD_ALIGNMENT] = "MOE_ERR_BAD_ALIGNMENT",
+    [MOE_ERR_DUPLICATE] = "MOE_ERR_DUPLICATE",
+    [MOE_ERR_BAD_VALUE] = "MOE_ERR_BAD_VALUE",
+    [MOE_ERR_FORMAT] = "MOE_ERR_FORMAT",
+    [MOE_ERR_PROTO] = "MOE_ERR_PROTO",
+    [MOE_ERR_TIMEOUT] = "MOE_ERR_TIMEOUT",
+    [MOE_ERR_CLOSED] = "MOE_ERR_CLOSED",
+    [MOE_ERR_MISMATCH] = "MOE_ERR_MISMATCH",
+    [MOE_ERR_BUSY] = "MOE_ERR_BUSY",
+    [MOE_ERR_AUTH] = "MOE_ERR_AUTH",
+    [MOE_ERR_CANCELED] = "MOE_ERR_CANCELED",
+    [MOE_ERR_STATE] = "MOE_ERR_STATE",
+    [MOE_ERR_SYS] = "MOE_ERR_SYS",
 };
 
 const char *moe_err_name(moe_err err)
@@ -48,7 +48,10 @@ const char *moe_err_name(moe_err err)
 
 moe_err moe_failv(moe_err err, const char *fmt, va_list ap)
 {
-	vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+	/* formatted aside first: callers may pass moe_err_detail() itself */
+	char tmp[sizeof(err_detail)];
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	memcpy(err_detail, tmp, sizeof(tmp));
 	return err;
 }
 

@@ -33,42 +33,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_NO_IDX UINT64_MAX
-
-/* One metadata entry. */
-struct kv {
-	moe_gguf_str key;
-	uint64_t off; /* file offset of the entry (its key length) */
-	moe_gguf_vtype type;
-	const uint8_t *val; /* scalar / string encoding; for arrays the first element */
-	moe_gguf_vtype arr_type;
-	uint64_t arr_n;
-	uint64_t arr_idx; /* pool index of the element index, or GGUF_NO_IDX */
-};
-
-struct moe_gguf {
-	const uint8_t *base; /* [size] the whole file */
-	size_t size;
-	void *map; /* our mapping, or NULL for open_mem */
-	uint32_t version;
-	uint32_t alignment;
-	uint64_t data_offset;
-
-	struct kv *kvs; /* [n_kv] */
-	int64_t n_kv;
-	moe_gguf_tensor *tensors; /* [n_tensors] */
-	int64_t n_tensors;
-
-	uint64_t *pool; /* [n_pool] element indexes of string and nested arrays */
-	size_t n_pool;
-	size_t cap_pool;
-
-	int64_t *key_hash; /* [key_cap] kv index + 1, 0 = empty */
-	size_t key_cap;
-	int64_t *tensor_hash; /* [tensor_cap] tensor index + 1, 0 = empty */
-	size_t tensor_cap;
-};
-
 /* The parse position and what is being parsed, for error details. */
 struct cur {
 	const uint8_t *base;
@@ -442,6 +406,7 @@ static moe_err parse_tensor_info(struct cur *c, moe_gguf_tensor *t, int64_t i)
 	const moe_type_traits *tr;
 	int64_t nel = 1;
 
+	*t = (moe_gguf_tensor){0};
 	snprintf(c->where, sizeof(c->where), "tensor info %lld", (long long)i);
 	err = read_str(c, &t->name, "name", true);
 	if (err != MOE_OK)
@@ -588,7 +553,7 @@ out_free_sp:
 	return err;
 }
 
-static moe_err build_tensor_hash(moe_gguf *g)
+moe_err gguf_build_tensor_hash(moe_gguf *g)
 {
 	g->tensor_cap = hash_cap(g->n_tensors);
 	g->tensor_hash = calloc(g->tensor_cap, sizeof(int64_t));
@@ -599,15 +564,20 @@ static moe_err build_tensor_hash(moe_gguf *g)
 		size_t h = gguf_hash(t->name.ptr, t->name.len) & (g->tensor_cap - 1);
 		for (; g->tensor_hash[h] != 0; h = (h + 1) & (g->tensor_cap - 1)) {
 			const moe_gguf_tensor *o = &g->tensors[g->tensor_hash[h] - 1];
-			if (str_eq(o->name, t->name.ptr, t->name.len))
-				return moe_fail(
-				    MOE_ERR_DUPLICATE,
-				    "tensor info %lld (%.*s) at offset %zu: duplicate of tensor "
-				    "info %lld",
-				    (long long)i, (int)(t->name.len > 96 ? 96 : t->name.len),
-				    t->name.ptr,
-				    (size_t)((const uint8_t *)t->name.ptr - g->base) - 8,
-				    (long long)(g->tensor_hash[h] - 1));
+			if (!str_eq(o->name, t->name.ptr, t->name.len))
+				continue;
+			if (t->split != 0 || o->split != 0)
+				return moe_fail(MOE_ERR_DUPLICATE,
+				                "tensor %.*s is in split %u and in split %u",
+				                (int)(t->name.len > 96 ? 96 : t->name.len),
+				                t->name.ptr, o->split + 1, t->split + 1);
+			return moe_fail(MOE_ERR_DUPLICATE,
+			                "tensor info %lld (%.*s) at offset %zu: duplicate of "
+			                "tensor info %lld",
+			                (long long)i, (int)(t->name.len > 96 ? 96 : t->name.len),
+			                t->name.ptr,
+			                (size_t)((const uint8_t *)t->name.ptr - g->base) - 8,
+			                (long long)(g->tensor_hash[h] - 1));
 		}
 		g->tensor_hash[h] = i + 1;
 	}
@@ -758,7 +728,7 @@ static moe_err parse_tensors(moe_gguf *g, struct cur *c, uint64_t n_tensors)
 	c->where[0] = '\0';
 	/* pos <= size, alignment <= 2^31: no overflow */
 	g->data_offset = ((uint64_t)c->pos + g->alignment - 1) / g->alignment * g->alignment;
-	err = build_tensor_hash(g);
+	err = gguf_build_tensor_hash(g);
 	if (err != MOE_OK)
 		return err;
 	return check_tensor_ranges(g);
@@ -812,7 +782,8 @@ out_free_g:
 	return err;
 }
 
-moe_err moe_gguf_open(moe_gguf **out, const char *path)
+/* moe_gguf_open for one file, splits not followed. */
+static moe_err open_file(moe_gguf **out, const char *path)
 {
 	struct stat st;
 	void *map = NULL;
@@ -845,6 +816,11 @@ moe_err moe_gguf_open(moe_gguf **out, const char *path)
 		goto out_unmap;
 	g->map = map;
 	close(fd);
+	g->path = strdup(path);
+	if (g->path == NULL) {
+		moe_gguf_close(g);
+		return moe_fail(MOE_ERR_NOMEM, "path of %s", path);
+	}
 	*out = g;
 	return MOE_OK;
 
@@ -856,12 +832,33 @@ out_close_fd:
 	return err;
 }
 
+moe_err moe_gguf_open(moe_gguf **out, const char *path)
+{
+	moe_gguf *g = NULL;
+	moe_err err;
+
+	if (out == NULL || path == NULL)
+		return moe_fail(MOE_ERR_INVAL, "moe_gguf_open: NULL argument");
+	if ((err = open_file(&g, path)) != MOE_OK)
+		return err;
+	if ((err = gguf_open_splits(g, open_file)) != MOE_OK) {
+		moe_gguf_close(g);
+		return err;
+	}
+	*out = g;
+	return MOE_OK;
+}
+
 void moe_gguf_close(moe_gguf *g)
 {
 	if (g == NULL)
 		return;
+	for (int i = 1; i < g->n_splits; i++)
+		moe_gguf_close(g->splits[i]);
+	free(g->splits);
 	if (g->map != NULL)
 		munmap(g->map, g->size);
+	free(g->path);
 	free_tables(g);
 	free(g);
 }
@@ -891,6 +888,23 @@ const void *moe_gguf_base(const moe_gguf *g)
 size_t moe_gguf_file_size(const moe_gguf *g)
 {
 	return g->size;
+}
+
+const char *moe_gguf_path(const moe_gguf *g)
+{
+	return g->path;
+}
+
+int moe_gguf_n_splits(const moe_gguf *g)
+{
+	return g->n_splits > 1 ? g->n_splits : 1;
+}
+
+const moe_gguf *moe_gguf_split(const moe_gguf *g, int i)
+{
+	if (i == 0)
+		return g;
+	return i > 0 && i < g->n_splits ? g->splits[i] : NULL;
 }
 
 int64_t moe_gguf_n_kv(const moe_gguf *g)

@@ -70,6 +70,7 @@ typedef struct moe_gguf_tensor {
 	uint64_t offset;               /* relative to the data section */
 	uint64_t size;                 /* bytes */
 	const void *data;              /* [size] bytes inside the mapping */
+	uint32_t split;                /* file holding it: 0, or the split index (0-based) */
 } moe_gguf_tensor;
 
 /* "UINT32", "STRING", ...; "?" for an unknown value. */
@@ -99,7 +100,10 @@ typedef struct moe_gguf moe_gguf;
 
 /* Opens and validates path, mapping it read-only. On success *out owns the
  * mapping (free with moe_gguf_close). On error returns the specific code with
- * a detail; *out is untouched. */
+ * a detail; *out is untouched.  A model split by llama.cpp's gguf-split is
+ * opened through its first file (NAME-00001-of-0000N.gguf): the other files
+ * are found by name, validated, and their tensors join the first file's
+ * table (metadata comes from the first file, as gguf-split writes it). */
 moe_err moe_gguf_open(moe_gguf **out, const char *path);
 
 /* Same for a buffer of size bytes that the caller keeps alive and unchanged
@@ -114,6 +118,15 @@ uint32_t moe_gguf_alignment(const moe_gguf *g);
 uint64_t moe_gguf_data_offset(const moe_gguf *g); /* file offset of the data section */
 const void *moe_gguf_base(const moe_gguf *g);     /* the whole file */
 size_t moe_gguf_file_size(const moe_gguf *g);
+const char *moe_gguf_path(const moe_gguf *g); /* as opened; NULL for open_mem */
+
+/* A split model: the number of files (1 for a single file) and file i as a
+ * reader of its own (i = 0 is g itself; for i > 0 its tensor table is its own
+ * share only; NULL out of range).  The version, alignment, data offset, base
+ * and size accessors above describe one file: use them on moe_gguf_split(g,
+ * t->split) for tensor t's file. */
+int moe_gguf_n_splits(const moe_gguf *g);
+const moe_gguf *moe_gguf_split(const moe_gguf *g, int i);
 
 /* Metadata. Keys are indexed 0..n_kv-1 in file order. */
 int64_t moe_gguf_n_kv(const moe_gguf *g);
@@ -236,5 +249,15 @@ moe_err moe_gguf_writer_finish(moe_gguf_writer *w);
 
 /* Frees; an unfinished file is removed. NULL is a no-op. */
 void moe_gguf_writer_destroy(moe_gguf_writer *w);
+
+/* Writes the model g (any reader, split or not) as llama.cpp's gguf-split
+ * does: files PREFIX-%05d-of-%05d.gguf of at most max_tensors tensors each, in
+ * g's tensor order; the first carries all of g's metadata, and every file
+ * split.no (UINT16), split.count (UINT16) and split.tensors.count (INT32).
+ * *n_files (may be NULL) gets the file count.  Errors: MOE_ERR_INVAL
+ * (max_tensors < 1, more than 65535 files), the writer's errors with the
+ * file named (a file that failed is removed; earlier ones stay). */
+moe_err moe_gguf_split_write(int *n_files, const moe_gguf *g, const char *prefix,
+                             int64_t max_tensors);
 
 #endif

@@ -24,14 +24,32 @@
 moe_err moe_model_identity(uint8_t out[MOE_ID_BYTES], const moe_gguf *g)
 {
 	unsigned int n = 0;
-	const uint64_t len = moe_gguf_data_offset(g);
-	if (len > moe_gguf_file_size(g))
-		return moe_fail(MOE_ERR_BAD_OFFSET, "identity: data offset %llu past the file",
-		                (unsigned long long)len);
-	if (EVP_Digest(moe_gguf_base(g), (size_t)len, out, &n, EVP_sha256(), NULL) != 1 ||
-	    n != MOE_ID_BYTES)
-		return moe_fail(MOE_ERR_SYS, "identity: SHA-256 failed");
-	return MOE_OK;
+	moe_err err = MOE_OK;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		err = moe_fail(MOE_ERR_SYS, "identity: SHA-256 failed");
+		goto out_free_md;
+	}
+	/* every file's header, in split order (one file: just its header) */
+	for (int i = 0; i < moe_gguf_n_splits(g); i++) {
+		const moe_gguf *p = moe_gguf_split(g, i);
+		const uint64_t len = moe_gguf_data_offset(p);
+		if (len > moe_gguf_file_size(p)) {
+			err = moe_fail(MOE_ERR_BAD_OFFSET,
+			               "identity: data offset %llu past the file (split %d)",
+			               (unsigned long long)len, i + 1);
+			goto out_free_md;
+		}
+		if (EVP_DigestUpdate(md, moe_gguf_base(p), (size_t)len) != 1) {
+			err = moe_fail(MOE_ERR_SYS, "identity: SHA-256 failed");
+			goto out_free_md;
+		}
+	}
+	if (EVP_DigestFinal_ex(md, out, &n) != 1 || n != MOE_ID_BYTES)
+		err = moe_fail(MOE_ERR_SYS, "identity: SHA-256 failed");
+out_free_md:
+	EVP_MD_CTX_free(md);
+	return err;
 }
 
 moe_err moe_hmac_sha256(uint8_t out[32], const void *key, size_t key_len, const void *msg,

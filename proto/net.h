@@ -29,7 +29,8 @@
 #define MOE_ID_BYTES 32 /* SHA-256 */
 
 /* The model identity: SHA-256 of the GGUF bytes [0, data offset), i.e. the
- * metadata and the tensor table.  Errors: MOE_ERR_SYS (libcrypto). */
+ * metadata and the tensor table (of every file in order, for a split model).
+ * Errors: MOE_ERR_SYS (libcrypto), MOE_ERR_BAD_OFFSET. */
 moe_err moe_model_identity(uint8_t out[MOE_ID_BYTES], const moe_gguf *g);
 
 /* out = HMAC-SHA256(key, msg).  Errors: MOE_ERR_SYS. */

@@ -37,6 +37,7 @@ typedef struct store_run {
 	size_t map_len;
 	size_t len;        /* multiple of DIRECT_ALIGN */
 	uint64_t file_off; /* multiple of DIRECT_ALIGN */
+	int split;         /* file of a split model (0 otherwise) */
 } store_run;
 
 struct moe_expert_store {
@@ -108,8 +109,6 @@ static uint8_t *run_alloc(size_t *map_len, size_t len)
 /* Plans the runs and allocates their buffers; sets the experts' pointers. */
 static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held, size_t max_runs)
 {
-	uint64_t data_off = moe_gguf_data_offset(g);
-
 	s->runs = calloc(max_runs, sizeof(*s->runs));
 	if (s->runs == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "expert store runs");
@@ -131,6 +130,11 @@ static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held,
 				    "[*, *, %d]",
 				    name, t->n_dims, (long long)t->ne[0], (long long)t->ne[1],
 				    (long long)t->ne[2], s->n_expert);
+			const moe_gguf *file = moe_gguf_split(g, (int)t->split);
+			if (file == NULL)
+				return moe_fail(MOE_ERR_INVAL, "tensor %s: split %u of %d", name,
+				                t->split + 1, moe_gguf_n_splits(g));
+			const uint64_t data_off = moe_gguf_data_offset(file);
 			m->type = t->type;
 			m->n_cols = t->ne[0];
 			m->n_rows = t->ne[1];
@@ -155,6 +159,7 @@ static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held,
 				store_run *r = &s->runs[s->n_runs++];
 				r->file_off = a_al;
 				r->len = (size_t)(b_al - a_al);
+				r->split = (int)t->split;
 				r->buf = run_alloc(&r->map_len, r->len);
 				if (r->buf == NULL)
 					return moe_fail(MOE_ERR_NOMEM,
@@ -181,8 +186,8 @@ typedef struct chunk {
 
 /* Reads every run through the ring. Returns MOE_ERR_UNSUPPORTED if the first
  * O_DIRECT read is refused (the caller retries buffered). */
-static moe_err read_all(moe_expert_store *s, int fd, uint64_t file_size, bool direct,
-                        const moe_store_opts *o)
+static moe_err read_all(moe_expert_store *s, const int *fds, const uint64_t *file_sizes,
+                        bool direct, const moe_store_opts *o)
 {
 	unsigned depth = o && o->depth ? o->depth : 16;
 	size_t chunk_bytes = o && o->chunk_bytes ? o->chunk_bytes : (1u << 20);
@@ -235,11 +240,12 @@ static moe_err read_all(moe_expert_store *s, int fd, uint64_t file_size, bool di
 				;
 			inflight[slot] = (chunk){next_run, next_off, len};
 			if (registered)
-				io_uring_prep_read_fixed(sqe, fd, r->buf + next_off, (unsigned)len,
-				                         r->file_off + next_off, (int)next_run);
+				io_uring_prep_read_fixed(sqe, fds[r->split], r->buf + next_off,
+				                         (unsigned)len, r->file_off + next_off,
+				                         (int)next_run);
 			else
-				io_uring_prep_read(sqe, fd, r->buf + next_off, (unsigned)len,
-				                   r->file_off + next_off);
+				io_uring_prep_read(sqe, fds[r->split], r->buf + next_off,
+				                   (unsigned)len, r->file_off + next_off);
 			io_uring_sqe_set_data64(sqe, slot);
 			n_inflight++;
 			next_off += len;
@@ -278,10 +284,10 @@ static moe_err read_all(moe_expert_store *s, int fd, uint64_t file_size, bool di
 			/* A short read that stops before the end of file is finished with
 			 * plain preads; one that reaches it is the run's 4 KiB slack. */
 			for (uint64_t end = r->file_off + c.off + (uint64_t)res;
-			     res >= 0 && (size_t)res < c.len && end < file_size;
+			     res >= 0 && (size_t)res < c.len && end < file_sizes[r->split];
 			     end = r->file_off + c.off + (uint64_t)res) {
-				ssize_t n = pread(fd, r->buf + c.off + res, c.len - (size_t)res,
-				                  (off_t)end);
+				ssize_t n = pread(fds[r->split], r->buf + c.off + res,
+				                  c.len - (size_t)res, (off_t)end);
 				if (n <= 0) {
 					err = moe_fail(MOE_ERR_IO, "short read at %llu: %s",
 					               (unsigned long long)end,
@@ -316,18 +322,54 @@ out_ring:
 	return err;
 }
 
+/* Closes fds[0..n) that are open and marks them closed. */
+static void close_all(int *fds, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (fds[i] >= 0)
+			close(fds[i]);
+		fds[i] = -1;
+	}
+}
+
+/* Opens every file of the model (path for the first, the reader's own paths
+ * for the other splits) and checks each is the size the reader saw. */
+static moe_err open_all(int *fds, uint64_t *sizes, const char *path, const moe_gguf *g, bool direct)
+{
+	for (int i = 0; i < moe_gguf_n_splits(g); i++) {
+		const moe_gguf *f = moe_gguf_split(g, i);
+		const char *p = i == 0 ? path : moe_gguf_path(f);
+		struct stat sb;
+		if (p == NULL)
+			return moe_fail(MOE_ERR_INVAL, "expert store: split %d has no path", i + 1);
+		fds[i] = open(p, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (fds[i] < 0)
+			return moe_fail(errno == EINVAL && direct ? MOE_ERR_UNSUPPORTED
+			                                          : MOE_ERR_IO,
+			                "open %s: %s", p, strerror(errno));
+		if (fstat(fds[i], &sb) != 0)
+			return moe_fail(MOE_ERR_IO, "stat %s: %s", p, strerror(errno));
+		if ((uint64_t)sb.st_size != moe_gguf_file_size(f))
+			return moe_fail(MOE_ERR_MISMATCH, "%s is %lld bytes, the opened GGUF %zu",
+			                p, (long long)sb.st_size, moe_gguf_file_size(f));
+		sizes[i] = (uint64_t)sb.st_size;
+	}
+	return MOE_OK;
+}
+
 moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const moe_gguf *g,
                               int n_layer, int n_expert, const uint8_t *held,
                               const moe_store_opts *opts)
 {
 	moe_expert_store *s;
-	struct stat sb;
 	double t0 = moe_now_s();
 	bool direct = !(opts && opts->no_direct);
-	int fd = -1;
+	const int n_files = moe_gguf_n_splits(g);
+	int *fds = NULL;
+	uint64_t *sizes = NULL;
 	moe_err err;
 
-	if (n_layer <= 0 || n_expert <= 0 || held == NULL)
+	if (n_layer <= 0 || n_expert <= 0 || held == NULL || path == NULL)
 		return moe_fail(MOE_ERR_INVAL, "expert store: %d layers, %d experts", n_layer,
 		                n_expert);
 	s = calloc(1, sizeof(*s));
@@ -336,51 +378,40 @@ moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const mo
 	s->n_layer = n_layer;
 	s->n_expert = n_expert;
 	s->mats = calloc((size_t)n_layer * 3, sizeof(*s->mats));
-	if (s->mats == NULL) {
+	fds = malloc((size_t)n_files * sizeof(*fds));
+	sizes = calloc((size_t)n_files, sizeof(*sizes));
+	if (s->mats == NULL || fds == NULL || sizes == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "expert store tables");
 		goto out_destroy;
 	}
+	for (int i = 0; i < n_files; i++)
+		fds[i] = -1;
 	if ((err = plan(s, g, held, (size_t)n_layer * 3 * (size_t)(n_expert / 2 + 1))) != MOE_OK)
 		goto out_destroy;
 
 	for (;;) {
-		fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
-		if (fd < 0 && direct && errno == EINVAL) {
-			direct = false;
-			continue;
-		}
-		if (fd < 0) {
-			err = moe_fail(MOE_ERR_IO, "open %s: %s", path, strerror(errno));
-			goto out_destroy;
-		}
-		if (fstat(fd, &sb) != 0) {
-			err = moe_fail(MOE_ERR_IO, "stat %s: %s", path, strerror(errno));
-			goto out_close;
-		}
-		if ((uint64_t)sb.st_size != moe_gguf_file_size(g)) {
-			err = moe_fail(MOE_ERR_MISMATCH, "%s is %lld bytes, the opened GGUF %zu",
-			               path, (long long)sb.st_size, moe_gguf_file_size(g));
-			goto out_close;
-		}
-		err = read_all(s, fd, (uint64_t)sb.st_size, direct, opts);
+		err = open_all(fds, sizes, path, g, direct);
+		if (err == MOE_OK)
+			err = read_all(s, fds, sizes, direct, opts);
+		close_all(fds, n_files);
 		if (err == MOE_ERR_UNSUPPORTED && direct) {
-			close(fd);
-			direct = false;
+			direct = false; /* the file system refuses O_DIRECT: buffered reads */
 			continue;
 		}
 		break;
 	}
 	if (err != MOE_OK)
-		goto out_close;
-	close(fd);
+		goto out_destroy;
+	free(fds);
+	free(sizes);
 	s->st.direct = direct;
 	s->st.seconds = moe_now_s() - t0;
 	*out = s;
 	return MOE_OK;
 
-out_close:
-	close(fd);
 out_destroy:
+	free(fds);
+	free(sizes);
 	moe_expert_store_destroy(s);
 	return err;
 }

@@ -43,7 +43,8 @@ typedef struct moe_store_opts {
 /* Loads, for every layer l < n_layer and expert e < n_expert with
  * held[l * n_expert + e] != 0, expert e's slices of blk.l.ffn_{gate,up,down}_exps
  * from the GGUF file at path (g: that file, opened, used for the tensor table
- * only). Reads only those slices (contiguous experts in one run), with
+ * only; for a split model path is the first file and the others are read
+ * from the paths g opened them by). Reads only those slices (contiguous experts in one run), with
  * io_uring, O_DIRECT and registered buffers where the file system and limits
  * allow, else buffered reads. opts may be NULL. Errors: MOE_ERR_NOT_FOUND /
  * MOE_ERR_BAD_SHAPE (tensors absent or not [*, *, n_expert]), MOE_ERR_IO,
