@@ -33,6 +33,7 @@
  * block-order-preserving scalar chain, not done.
  */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "kernels/gemm.h"
 #include "kernels/isa_avx2.h"
@@ -42,7 +43,31 @@ enum { NP = 8 }; /* pairs per tile */
 /* A tile's rows (w[0..R)) and tokens (a[0..T)), as pointers to their first
  * block; out[k] = pair k's result. */
 typedef void (*tile_fn)(int64_t n_cols, float out[NP], const uint8_t *const w[NP],
-                        const uint8_t *const a[NP]);
+                        const uint8_t *const a[NP], const void *prep);
+
+/* What a 1x8 K-quant tile needs of its 8 tokens per block, gathered once per
+ * group of tokens instead of once per row: the tokens' d, and the bsums that
+ * meet the mins, summed per 32-value sub-block (BS[s] = bsums[2s] +
+ * bsums[2s+1], |BS| <= 2 * 16 * 128) and laid out for one madd per pair of
+ * sub-blocks: bs[k] = BS[2k][t], BS[2k+1][t] for t = 0..7. */
+typedef struct k8_prep {
+	float dy[NP];
+	int16_t bs[4][2 * NP];
+} k8_prep;
+
+static void prep_k8(k8_prep *p, int64_t nb, const uint8_t *const a[NP])
+{
+	for (int64_t i = 0; i < nb; i++) {
+		for (int t = 0; t < NP; t++) {
+			const moe_block_q8_K *y =
+			    (const moe_block_q8_K *)(a[t] + (size_t)i * sizeof(moe_block_q8_K));
+			p[i].dy[t] = y->d;
+			for (int s = 0; s < 8; s++)
+				p[i].bs[s / 2][2 * t + s % 2] =
+				    (int16_t)(y->bsums[2 * s] + y->bsums[2 * s + 1]);
+		}
+	}
+}
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -118,7 +143,8 @@ static ALWAYS_INLINE float fma_lane(int32_t isum, float scale, float acc)
  * the mins' term from the activation's bsums (one madd). Block value:
  * d * d_a * isum - dmin * d_a * msum, accumulated in two f32 lanes. */
 static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, float out[NP],
-                                   const uint8_t *const w[NP], const uint8_t *const a[NP])
+                                   const uint8_t *const w[NP], const uint8_t *const a[NP],
+                                   const k8_prep *prep, bool use_prep)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
@@ -190,14 +216,33 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 			}
 			continue;
 		}
-		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is));
+		__m256 vi = _mm256_cvtepi32_ps(sum8_i32(is)), vm, dy;
+		if (use_prep) { /* R == 1, T == NP */
+			/* lane t = sum over sub-blocks of mn[s] * BS[s][t]: the same
+			 * integer as below, in 4 madds instead of 8 and a tree */
+			const k8_prep *pp = &prep[i];
+			__m256i m = _mm256_setzero_si256();
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++) {
+				const __m256i pick =
+				    _mm256_set1_epi32((int)(0x80008000u | (uint32_t)(8 + 2 * k) |
+				                            (uint32_t)(9 + 2 * k) << 16));
+				m = _mm256_add_epi32(
+				    m, _mm256_madd_epi16(
+				           _mm256_loadu_si256((const __m256i *)pp->bs[k]),
+				           _mm256_shuffle_epi8(sm[0], pick)));
+			}
+			vm = _mm256_cvtepi32_ps(m);
+			dy = _mm256_loadu_ps(pp->dy);
+		} else {
 #pragma GCC unroll 8
-		for (int k = 0; k < NP; k++)
-			ms[k] =
-			    k4_mins(sm[k / T], (const int16_t *)(a[k % T] + ao +
-			                                         offsetof(moe_block_q8_K, bsums)));
-		__m256 vm = _mm256_cvtepi32_ps(sum8_i32(ms));
-		__m256 dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
+			for (int k = 0; k < NP; k++)
+				ms[k] = k4_mins(sm[k / T],
+				                (const int16_t *)(a[k % T] + ao +
+				                                  offsetof(moe_block_q8_K, bsums)));
+			vm = _mm256_cvtepi32_ps(sum8_i32(ms));
+			dy = lane_toks_f(T, a, ao + offsetof(moe_block_q8_K, d));
+		}
 		__m256 d = lane_rows_h(R, T, w, wo + offsetof(moe_block_q4_K, d));
 		__m256 dmin = lane_rows_h(R, T, w, wo + offsetof(moe_block_q4_K, dmin));
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
@@ -236,8 +281,8 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
 			/* -32 * scale fits int16 (|.| <= 4096), and each madd lane
 			 * below (two products of at most 4096 * 2048) fits int32 */
-			__m256i scm = _mm256_sub_epi16(_mm256_setzero_si256(),
-			                               _mm256_slli_epi16(sc16, 5));
+			__m256i scm =
+			    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
 #pragma GCC unroll 8
 			for (int t = 0; t < T; t++) {
 				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
@@ -371,124 +416,180 @@ static ALWAYS_INLINE void tile_q32(int R, int T, int kind, int64_t n_cols, float
 /* ---- shapes ---------------------------------------------------------------------- */
 
 /* The K-quant shapes: 8x1, 2x4, 1x8 and the scalar-lane 1x1 .. 1x4. */
-static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(8, 1, false, n, o, w, a);
+	tile_k45(8, 1, false, n, o, w, a, prep, false);
 }
-static void q4_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(2, 4, false, n, o, w, a);
+	tile_k45(2, 4, false, n, o, w, a, prep, false);
 }
-static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 8, false, n, o, w, a);
+	tile_k45(1, 8, false, n, o, w, a, prep, false);
 }
-static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x8p(int64_t n, float o[NP], const uint8_t *const w[NP],
+                      const uint8_t *const a[NP], const void *prep)
 {
-	tile_k45(1, 1, false, n, o, w, a);
+	tile_k45(1, 8, false, n, o, w, a, prep, true);
 }
-static void q4_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 2, false, n, o, w, a);
+	tile_k45(1, 1, false, n, o, w, a, prep, false);
 }
-static void q4_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 3, false, n, o, w, a);
+	tile_k45(1, 2, false, n, o, w, a, prep, false);
 }
-static void q4_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 4, false, n, o, w, a);
+	tile_k45(1, 3, false, n, o, w, a, prep, false);
 }
-static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(8, 1, true, n, o, w, a);
+	tile_k45(1, 4, false, n, o, w, a, prep, false);
 }
-static void q5_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(2, 4, true, n, o, w, a);
+	tile_k45(8, 1, true, n, o, w, a, prep, false);
 }
-static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 8, true, n, o, w, a);
+	tile_k45(2, 4, true, n, o, w, a, prep, false);
 }
-static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 1, true, n, o, w, a);
+	tile_k45(1, 8, true, n, o, w, a, prep, false);
 }
-static void q5_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x8p(int64_t n, float o[NP], const uint8_t *const w[NP],
+                      const uint8_t *const a[NP], const void *prep)
 {
-	tile_k45(1, 2, true, n, o, w, a);
+	tile_k45(1, 8, true, n, o, w, a, prep, true);
 }
-static void q5_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 3, true, n, o, w, a);
+	tile_k45(1, 1, true, n, o, w, a, prep, false);
 }
-static void q5_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
-	tile_k45(1, 4, true, n, o, w, a);
+	tile_k45(1, 2, true, n, o, w, a, prep, false);
 }
-static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	tile_k45(1, 3, true, n, o, w, a, prep, false);
+}
+static void q5_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
+{
+	tile_k45(1, 4, true, n, o, w, a, prep, false);
+}
+static void q6_K_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
+{
+	(void)prep;
 	tile_q6_K(8, 1, n, o, w, a);
 }
-static void q6_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(2, 4, n, o, w, a);
 }
-static void q6_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(1, 8, n, o, w, a);
 }
-static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(1, 1, n, o, w, a);
 }
-static void q6_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x2(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(1, 2, n, o, w, a);
 }
-static void q6_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x3(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(1, 3, n, o, w, a);
 }
-static void q6_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q6_K_1x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q6_K(1, 4, n, o, w, a);
 }
-static void q8_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q8_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(8, 1, KIND_Q8_0, n, o, w, a);
 }
-static void q8_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q8_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(2, 4, KIND_Q8_0, n, o, w, a);
 }
-static void q8_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q8_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(1, 8, KIND_Q8_0, n, o, w, a);
 }
-static void q4_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(8, 1, KIND_Q4_0, n, o, w, a);
 }
-static void q4_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(2, 4, KIND_Q4_0, n, o, w, a);
 }
-static void q4_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q4_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(1, 8, KIND_Q4_0, n, o, w, a);
 }
-static void q5_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_0_8x1(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(8, 1, KIND_Q5_0, n, o, w, a);
 }
-static void q5_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_0_2x4(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(2, 4, KIND_Q5_0, n, o, w, a);
 }
-static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP])
+static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const uint8_t *const a[NP],
+                     const void *prep)
 {
+	(void)prep;
 	tile_q32(1, 8, KIND_Q5_0, n, o, w, a);
 }
 
@@ -498,28 +599,42 @@ static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
 typedef struct tile_set {
 	tile_fn r8t1, r2t4, r1t8;
 	tile_fn r1tn[5];
+	tile_fn r1t8p; /* r1t8 taking a k8_prep, or NULL */
 } tile_set;
 
+enum { PREP_STACK_BLOCKS = 64 };
+
 /* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
- * repeating the last row / token in edge tiles. */
-static void run_shape(tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_t ldy,
+ * repeating the last row / token in edge tiles.  With fnp (1x8 K-quant
+ * tiles, fnp) each group of 8 tokens is gathered into a k8_prep first (on the
+ * stack, or the heap for long rows; without memory the tiles gather for
+ * themselves, with the same results). */
+static void run_shape(tile_fn fn, tile_fn fnp, int R, int T, int64_t n_cols, float *y, int64_t ldy,
                       const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
                       size_t x_stride, int64_t t0, int64_t t1)
 {
 	const uint8_t *wp[NP], *ap[NP];
 	float out[NP];
+	k8_prep stack[PREP_STACK_BLOCKS], *prep = NULL;
+	const int64_t nb = n_cols / MOE_QK_K;
 
+	if (fnp != NULL && R == 1 && T == NP)
+		prep = nb <= PREP_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*prep));
+	if (prep != NULL)
+		fn = fnp;
 	for (int64_t tt = t0; tt < t1; tt += T) {
 		for (int t = 0; t < T; t++) {
 			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
 			ap[t] = x + (size_t)tk * x_stride;
 		}
+		if (prep != NULL)
+			prep_k8(prep, nb, ap);
 		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
 			for (int r = 0; r < R; r++) {
 				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
 				wp[r] = w + (size_t)rr * w_stride;
 			}
-			fn(n_cols, out, wp, ap);
+			fn(n_cols, out, wp, ap, prep);
 			for (int k = 0; k < R * T; k++) {
 				int64_t r = r0 + k / T, t = tt + k % T;
 				if (r < n_r && t < t1)
@@ -527,6 +642,8 @@ static void run_shape(tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_
 			}
 		}
 	}
+	if (prep != stack)
+		free(prep);
 }
 
 /* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 8x1, of 2-4
@@ -537,27 +654,31 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 {
 	int64_t full = n_t / 8 * 8, rem = n_t - full;
 	if (full > 0)
-		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
+		run_shape(s->r1t8, s->r1t8p, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0,
+		          full);
 	if (rem >= 1 && rem <= 4 && s->r1tn[rem] != NULL)
-		run_shape(s->r1tn[rem], 1, (int)rem, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
-		          full, n_t);
+		run_shape(s->r1tn[rem], NULL, 1, (int)rem, n_cols, y, ldy, w, w_stride, n_r, x,
+		          x_stride, full, n_t);
 	else if (rem == 1)
-		run_shape(s->r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+		run_shape(s->r8t1, NULL, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full,
+		          n_t);
 	else if (rem >= 2 && rem <= 4)
-		run_shape(s->r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+		run_shape(s->r2t4, NULL, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full,
+		          n_t);
 	else if (rem > 4)
-		run_shape(s->r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+		run_shape(s->r1t8, s->r1t8p, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+		          full, n_t);
 }
 
 static const tile_set set_q4_K = {
-    q4_K_8x1, q4_K_2x4, q4_K_1x8, {NULL, q4_K_1x1, q4_K_1x2, q4_K_1x3, q4_K_1x4}};
+    q4_K_8x1, q4_K_2x4, q4_K_1x8, {NULL, q4_K_1x1, q4_K_1x2, q4_K_1x3, q4_K_1x4}, q4_K_1x8p};
 static const tile_set set_q5_K = {
-    q5_K_8x1, q5_K_2x4, q5_K_1x8, {NULL, q5_K_1x1, q5_K_1x2, q5_K_1x3, q5_K_1x4}};
+    q5_K_8x1, q5_K_2x4, q5_K_1x8, {NULL, q5_K_1x1, q5_K_1x2, q5_K_1x3, q5_K_1x4}, q5_K_1x8p};
 static const tile_set set_q6_K = {
-    q6_K_8x1, q6_K_2x4, q6_K_1x8, {NULL, q6_K_1x1, q6_K_1x2, q6_K_1x3, q6_K_1x4}};
-static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, {NULL}};
-static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, {NULL}};
-static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, {NULL}};
+    q6_K_8x1, q6_K_2x4, q6_K_1x8, {NULL, q6_K_1x1, q6_K_1x2, q6_K_1x3, q6_K_1x4}, NULL};
+static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, {NULL}, NULL};
+static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, {NULL}, NULL};
+static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, {NULL}, NULL};
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
