@@ -83,8 +83,21 @@ bool moe_engine_healthy(moe_engine *e, char *reason, size_t size);
 
 /* ---- requests ------------------------------------------------------------------ */
 
-#define MOE_GEN_MAX_STOPS 8
-#define MOE_GEN_MAX_END   4
+#define MOE_GEN_MAX_STOPS       8
+#define MOE_GEN_MAX_END         4
+#define MOE_GEN_MAX_TOP_LOGPROB 20
+
+/* A generated token's log-probability under the model (the log-softmax of the
+ * raw logits at that position, before temperature, penalties and cuts) and
+ * the n_top most likely tokens there, best first (ties: lower id first). */
+typedef struct moe_gen_logprob {
+	int32_t id;
+	float logprob;
+	size_t offset; /* where its text starts in the generated text, in bytes */
+	int n_top;
+	int32_t top_id[MOE_GEN_MAX_TOP_LOGPROB];
+	float top_logprob[MOE_GEN_MAX_TOP_LOGPROB];
+} moe_gen_logprob;
 
 typedef struct moe_gen_params {
 	const int32_t *prompt; /* [n_prompt], copied */
@@ -95,6 +108,8 @@ typedef struct moe_gen_params {
 	int n_stops;
 	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the generation (not emitted) */
 	int n_end;
+	int logprobs; /* -1: none; else a moe_gen_logprob per token with this many
+	               * alternatives (0..MOE_GEN_MAX_TOP_LOGPROB) */
 } moe_gen_params;
 
 typedef enum moe_gen_finish {
@@ -119,6 +134,13 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
  * (MOE_GEN_RUNNING if not finished yet).  MOE_GEN_ERROR also on allocation
  * failure. */
 moe_gen_finish moe_gen_wait(moe_gen *g, char **buf, size_t *len, size_t *cap, int timeout_ms);
+
+/* With params.logprobs >= 0: copies to out (at most max) the records of the
+ * generated tokens from record *next on whose text starts before byte upto
+ * of the text moe_gen_wait has handed out (SIZE_MAX once it returned the
+ * finish: every token of the final text), advances *next and returns the
+ * count.  Tokens cut off by a stop string never get a record. */
+size_t moe_gen_logprobs(moe_gen *g, moe_gen_logprob *out, size_t max, size_t *next, size_t upto);
 
 /* Asks the scheduler to drop the request: its slot is freed at the next step. */
 void moe_gen_cancel(moe_gen *g);

@@ -30,6 +30,7 @@ struct moe_gen {
 	int n_stops;
 	int32_t end_ids[MOE_GEN_MAX_END];
 	int n_end;
+	int logprobs;
 
 	/* shared, under e->mu */
 	pthread_cond_t cv;
@@ -38,6 +39,8 @@ struct moe_gen {
 	moe_gen_finish finish;
 	bool cancel;
 	int n_gen;
+	moe_gen_logprob *lp; /* [n_lp] published records */
+	size_t n_lp, cap_lp;
 
 	/* the scheduler's own */
 	int slot;
@@ -48,8 +51,11 @@ struct moe_gen {
 	moe_tok_stream *ts;
 	char *raw; /* generated text; [0, raw_out) published */
 	size_t raw_len, raw_cap, raw_out;
-	size_t pub;          /* raw_out at the last publish */
-	moe_gen_finish done; /* set by the scheduler before publishing */
+	size_t pub;           /* raw_out at the last publish */
+	moe_gen_finish done;  /* set by the scheduler before publishing */
+	bool stop_cut;        /* a stop string ended it: later tokens get no record */
+	moe_gen_logprob *slp; /* [n_slp] records not yet published */
+	size_t n_slp, cap_slp;
 };
 
 struct moe_engine {
@@ -162,6 +168,8 @@ static void gen_free(moe_gen *g)
 		free(g->stops[i]);
 	free(g->text);
 	free(g->raw);
+	free(g->lp);
+	free(g->slp);
 	moe_sampler_destroy(g->smp);
 	moe_tok_stream_destroy(g->ts);
 	pthread_cond_destroy(&g->cv);
@@ -189,6 +197,9 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	if (p->n_stops < 0 || p->n_stops > MOE_GEN_MAX_STOPS || p->n_end < 0 ||
 	    p->n_end > MOE_GEN_MAX_END)
 		return moe_fail(MOE_ERR_INVAL, "serve: too many stop strings or end tokens");
+	if (p->logprobs < -1 || p->logprobs > MOE_GEN_MAX_TOP_LOGPROB)
+		return moe_fail(MOE_ERR_INVAL, "serve: logprobs %d not in [-1, %d]", p->logprobs,
+		                MOE_GEN_MAX_TOP_LOGPROB);
 	const int32_t n_vocab = moe_model_hparams(e->m)->n_vocab;
 	for (size_t i = 0; i < p->n_prompt; i++)
 		if (p->prompt[i] < 0 || p->prompt[i] >= n_vocab)
@@ -209,6 +220,7 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	g->max_tokens = p->max_tokens;
 	g->sp = p->sp;
 	g->n_end = p->n_end;
+	g->logprobs = p->logprobs;
 	memcpy(g->end_ids, p->end_ids, sizeof g->end_ids);
 	g->prompt = malloc(p->n_prompt * sizeof *g->prompt);
 	if (g->prompt == NULL) {
@@ -294,6 +306,17 @@ moe_gen_finish moe_gen_wait(moe_gen *g, char **buf, size_t *len, size_t *cap, in
 	return fin;
 }
 
+size_t moe_gen_logprobs(moe_gen *g, moe_gen_logprob *out, size_t max, size_t *next, size_t upto)
+{
+	moe_engine *e = g->e;
+	size_t k = 0;
+	pthread_mutex_lock(&e->mu);
+	while (k < max && *next < g->n_lp && g->lp[*next].offset < upto)
+		out[k++] = g->lp[(*next)++];
+	pthread_mutex_unlock(&e->mu);
+	return k;
+}
+
 void moe_gen_cancel(moe_gen *g)
 {
 	pthread_mutex_lock(&g->e->mu);
@@ -355,6 +378,54 @@ static bool raw_flush(moe_gen *g, bool final)
 	return stop;
 }
 
+/* Appends token t's record, computed from the raw logits row, to g's
+ * unpublished ones (its text starts where the generated text ends now).
+ * False without memory. */
+static bool lp_record(moe_gen *g, int32_t t, const float *row)
+{
+	const int32_t n = moe_model_hparams(g->e->m)->n_vocab;
+	if (g->n_slp == g->cap_slp) {
+		size_t c = g->cap_slp ? 2 * g->cap_slp : 16;
+		moe_gen_logprob *p = realloc(g->slp, c * sizeof(*p));
+		if (p == NULL)
+			return false;
+		g->slp = p;
+		g->cap_slp = c;
+	}
+	moe_gen_logprob *r = &g->slp[g->n_slp++];
+	*r = (moe_gen_logprob){.id = t, .offset = g->raw_len};
+	/* log-softmax: lse = max + log(sum exp(l - max)), the sum in double;
+	 * the best n_top by insertion, ties to the lower id */
+	float max = -INFINITY;
+	for (int32_t i = 0; i < n; i++)
+		max = row[i] > max ? row[i] : max;
+	double sum = 0.0;
+	for (int32_t i = 0; i < n; i++) {
+		if (isnan(row[i]))
+			continue;
+		sum += exp((double)row[i] - (double)max);
+		if (g->logprobs == 0)
+			continue;
+		int k = r->n_top;
+		if (k == g->logprobs && !(row[i] > row[r->top_id[k - 1]]))
+			continue;
+		if (k < g->logprobs)
+			r->n_top++;
+		else
+			k--;
+		while (k > 0 && row[i] > row[r->top_id[k - 1]]) {
+			r->top_id[k] = r->top_id[k - 1];
+			k--;
+		}
+		r->top_id[k] = i;
+	}
+	const double lse = (double)max + log(sum);
+	r->logprob = (float)((double)row[t] - lse);
+	for (int k = 0; k < r->n_top; k++)
+		r->top_logprob[k] = (float)((double)row[r->top_id[k]] - lse);
+	return true;
+}
+
 /* Samples the next token of g from its logits row (the scheduler thread,
  * unlocked).  Sets g->done when the generation ends. */
 static void gen_take(moe_gen *g, const float *row)
@@ -372,6 +443,10 @@ static void gen_take(moe_gen *g, const float *row)
 	}
 	moe_sampler_accept(g->smp, t);
 	g->n_sched++;
+	if (g->logprobs >= 0 && !lp_record(g, t, row)) {
+		g->done = MOE_GEN_ERROR;
+		return;
+	}
 	const char *piece;
 	size_t plen;
 	if (moe_tok_stream_push(g->ts, t, &piece, &plen) != MOE_OK || !raw_add(g, piece, plen)) {
@@ -380,6 +455,7 @@ static void gen_take(moe_gen *g, const float *row)
 	}
 	if (raw_flush(g, false)) {
 		g->done = MOE_GEN_STOP;
+		g->stop_cut = true;
 		return;
 	}
 	if (g->n_sched >= g->max_tokens) {
@@ -411,10 +487,39 @@ static void gen_end(moe_engine *e, moe_gen *g, moe_gen_finish fin)
 }
 
 /* Under mu: copies the newly safe text to the shared buffer. */
+/* Under mu: moves the records whose text has been published (all of them at
+ * the end, unless a stop string cut the text) to the shared list. */
+static void publish_lp(moe_gen *g)
+{
+	size_t k = 0;
+	const bool all = g->done != MOE_GEN_RUNNING && !g->stop_cut;
+	while (k < g->n_slp && (all || g->slp[k].offset < g->raw_out))
+		k++;
+	if (k == 0)
+		return;
+	if (g->n_lp + k > g->cap_lp) {
+		size_t c = g->cap_lp ? g->cap_lp : 16;
+		while (c < g->n_lp + k)
+			c *= 2;
+		moe_gen_logprob *p = realloc(g->lp, c * sizeof(*p));
+		if (p == NULL) {
+			g->done = MOE_GEN_ERROR;
+			return;
+		}
+		g->lp = p;
+		g->cap_lp = c;
+	}
+	memcpy(g->lp + g->n_lp, g->slp, k * sizeof(*g->slp));
+	g->n_lp += k;
+	memmove(g->slp, g->slp + k, (g->n_slp - k) * sizeof(*g->slp));
+	g->n_slp -= k;
+}
+
 static void publish(moe_gen *g)
 {
 	const size_t n = g->raw_out - g->pub;
 	g->n_gen = g->n_sched;
+	publish_lp(g);
 	if (n == 0)
 		return;
 	if (g->text_len + n + 1 > g->text_cap) {

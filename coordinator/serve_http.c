@@ -359,6 +359,34 @@ static bool parse_stop(api_req *r, const cJSON *root)
 	return true;
 }
 
+/* Completions: "logprobs": N alternatives per token (0..20).  Chat:
+ * "logprobs": true, with "top_logprobs": N alternatives (0..20, default 0). */
+static bool parse_logprobs(api_req *r, const cJSON *root)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+	double n = -1, top = -1;
+	r->gp.logprobs = -1;
+	if (!r->chat) {
+		if (cJSON_IsBool(v))
+			return bad(r, "logprobs",
+			           "'logprobs' of a completion is a number of alternatives: an "
+			           "integer in [0, 20]");
+		if (!get_num(r, &n, root, "logprobs", 0, MOE_GEN_MAX_TOP_LOGPROB, true))
+			return false;
+		r->gp.logprobs = (int)n;
+		return true;
+	}
+	if (v != NULL && !cJSON_IsNull(v) && !cJSON_IsBool(v))
+		return bad(r, "logprobs", "'logprobs' must be a boolean");
+	if (!get_num(r, &top, root, "top_logprobs", 0, MOE_GEN_MAX_TOP_LOGPROB, true))
+		return false;
+	if (cJSON_IsTrue(v))
+		r->gp.logprobs = top < 0 ? 0 : (int)top;
+	else if (top >= 0)
+		return bad(r, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+	return true;
+}
+
 /* Fills r from the body's JSON (root stays alive while r is used). */
 static bool parse_request(api_req *r, const cJSON *root, const moe_tokenizer *tok, int n_ctx)
 {
@@ -388,7 +416,8 @@ static bool parse_request(api_req *r, const cJSON *root, const moe_tokenizer *to
 	    !get_num(r, &fp, root, "frequency_penalty", -2, 2, false) ||
 	    !get_num(r, &seed, root, "seed", 0, 9007199254740991.0, true) ||
 	    !get_num(r, &max_tok, root, "max_completion_tokens", 1, 1 << 24, true) ||
-	    !get_num(r, &max_tok, root, "max_tokens", 1, 1 << 24, true) || !parse_stop(r, root))
+	    !get_num(r, &max_tok, root, "max_tokens", 1, 1 << 24, true) || !parse_stop(r, root) ||
+	    !parse_logprobs(r, root))
 		return false;
 	sp->temp = (float)temp;
 	sp->top_p = (float)top_p;
@@ -452,6 +481,106 @@ static cJSON *frame(const moe_http *h, bool chat, bool chunk, uint64_t id, cJSON
 	return j;
 }
 
+/* ---- logprobs ---- */
+
+/* Token id's text under key: its bytes as UTF-8, ill-formed ones as U+FFFD. */
+static void add_token_text(cJSON *obj, const char *key, const moe_tokenizer *tok, int32_t id)
+{
+	size_t n = 0, sl = 0;
+	const char *b = moe_tokenizer_token_bytes(tok, id, &n);
+	char *t = NULL;
+	if (b != NULL && moe_utf8_sanitize(&t, &sl, b, n) == MOE_OK)
+		add_text(obj, key, t, sl);
+	else
+		cJSON_AddStringToObject(obj, key, "");
+	free(t);
+}
+
+/* Chat: {"token", "logprob", "bytes"} of id. */
+static cJSON *chat_token(const moe_tokenizer *tok, int32_t id, float logprob)
+{
+	size_t n = 0;
+	const char *b = moe_tokenizer_token_bytes(tok, id, &n);
+	cJSON *o = cJSON_CreateObject();
+	add_token_text(o, "token", tok, id);
+	cJSON_AddNumberToObject(o, "logprob", logprob);
+	cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
+	for (size_t i = 0; b != NULL && i < n; i++)
+		cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)b[i]));
+	return o;
+}
+
+/* The "logprobs" object of records lp[0..n): chat {"content": [...]} or the
+ * completions' parallel arrays (text_offset counted in the generated text;
+ * top_logprobs maps token text to logprob, the sampled token included). */
+static cJSON *logprobs_json(bool chat, const moe_tokenizer *tok, const moe_gen_logprob *lp,
+                            size_t n)
+{
+	cJSON *j = cJSON_CreateObject();
+	if (chat) {
+		cJSON *content = cJSON_AddArrayToObject(j, "content");
+		for (size_t i = 0; i < n; i++) {
+			cJSON *o = chat_token(tok, lp[i].id, lp[i].logprob);
+			cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
+			for (int k = 0; k < lp[i].n_top; k++)
+				cJSON_AddItemToArray(
+				    top, chat_token(tok, lp[i].top_id[k], lp[i].top_logprob[k]));
+			cJSON_AddItemToArray(content, o);
+		}
+		cJSON_AddNullToObject(j, "refusal");
+		return j;
+	}
+	cJSON *tokens = cJSON_AddArrayToObject(j, "tokens");
+	cJSON *lps = cJSON_AddArrayToObject(j, "token_logprobs");
+	cJSON *tops = cJSON_AddArrayToObject(j, "top_logprobs");
+	cJSON *offs = cJSON_AddArrayToObject(j, "text_offset");
+	for (size_t i = 0; i < n; i++) {
+		cJSON *tmp = cJSON_CreateObject();
+		add_token_text(tmp, "t", tok, lp[i].id);
+		const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(tmp, "t"));
+		cJSON_AddItemToArray(tokens, cJSON_CreateString(text != NULL ? text : ""));
+		cJSON_AddItemToArray(lps, cJSON_CreateNumber(lp[i].logprob));
+		cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)lp[i].offset));
+		cJSON *top = cJSON_CreateObject();
+		for (int k = 0; k <= lp[i].n_top; k++) {
+			const int32_t id = k < lp[i].n_top ? lp[i].top_id[k] : lp[i].id;
+			const float v = k < lp[i].n_top ? lp[i].top_logprob[k] : lp[i].logprob;
+			cJSON *key = cJSON_CreateObject();
+			add_token_text(key, "t", tok, id);
+			const char *ks =
+			    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(key, "t"));
+			if (ks != NULL && cJSON_GetObjectItemCaseSensitive(top, ks) == NULL)
+				cJSON_AddNumberToObject(top, ks,
+				                        v); /* texts can repeat: first wins */
+			cJSON_Delete(key);
+		}
+		cJSON_AddItemToArray(tops, top);
+		cJSON_Delete(tmp);
+	}
+	return j;
+}
+
+/* Appends the records of g from *next on whose text starts before upto to
+ * *lp / *n / *cap (grown with realloc).  False without memory. */
+static bool take_logprobs(moe_gen *g, moe_gen_logprob **lp, size_t *n, size_t *cap, size_t *next,
+                          size_t upto)
+{
+	for (;;) {
+		if (*n == *cap) {
+			size_t c = *cap ? 2 * *cap : 32;
+			moe_gen_logprob *p = realloc(*lp, c * sizeof(*p));
+			if (p == NULL)
+				return false;
+			*lp = p;
+			*cap = c;
+		}
+		const size_t k = moe_gen_logprobs(g, *lp + *n, *cap - *n, next, upto);
+		*n += k;
+		if (*n < *cap)
+			return true;
+	}
+}
+
 typedef struct stream_ctx {
 	moe_http *h;
 	moe_gen *g;
@@ -463,6 +592,12 @@ typedef struct stream_ctx {
 	char *text;
 	size_t text_len, text_cap;
 	int phase; /* 0 = start, 1 = generating, 2 = [DONE] queued */
+	bool want_lp;
+	const moe_tokenizer *tok;
+	size_t text_total;   /* bytes of text received so far */
+	size_t lp_next;      /* next record of g */
+	moe_gen_logprob *lp; /* records for the chunk being built */
+	size_t n_lp, cap_lp;
 } stream_ctx;
 
 static bool out_add(stream_ctx *s, const char *b, size_t n)
@@ -508,8 +643,13 @@ static cJSON *chunk_json(stream_ctx *s, const char *text, size_t len, bool role,
 			add_text(d, "content", text, len);
 	} else {
 		add_text(choice, "text", text != NULL ? text : "", len);
-		cJSON_AddNullToObject(choice, "logprobs");
 	}
+	if (s->want_lp && s->n_lp > 0)
+		cJSON_AddItemToObject(choice, "logprobs",
+		                      logprobs_json(s->chat, s->tok, s->lp, s->n_lp));
+	else
+		cJSON_AddNullToObject(choice, "logprobs");
+	s->n_lp = 0;
 	if (fin != MOE_GEN_RUNNING) {
 		cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin));
 		cJSON_AddItemToObject(j, "usage", usage_json(s->g));
@@ -535,6 +675,10 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max)
 		s->text_len = 0;
 		const moe_gen_finish fin =
 		    moe_gen_wait(s->g, &s->text, &s->text_len, &s->text_cap, WAIT_MS);
+		s->text_total += s->text_len;
+		if (s->want_lp && !take_logprobs(s->g, &s->lp, &s->n_lp, &s->cap_lp, &s->lp_next,
+		                                 fin == MOE_GEN_RUNNING ? s->text_total : SIZE_MAX))
+			return MHD_CONTENT_READER_END_WITH_ERROR;
 		if (s->text_len > 0 &&
 		    !out_event(s, chunk_json(s, s->text, s->text_len, false, MOE_GEN_RUNNING)))
 			return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -567,6 +711,7 @@ static void stream_free(void *cls)
 	moe_gen_release(s->g); /* cancels it if the client left early */
 	free(s->out);
 	free(s->text);
+	free(s->lp);
 	free(s);
 }
 
@@ -609,7 +754,13 @@ static enum MHD_Result generate(moe_http *h, struct MHD_Connection *c, req_ctx *
 			ret = send_error(h, c, 500, NULL, "out of memory");
 			goto out_free;
 		}
-		*s = (stream_ctx){.h = h, .g = g, .conn = c, .chat = chat, .id = id};
+		*s = (stream_ctx){.h = h,
+		                  .g = g,
+		                  .conn = c,
+		                  .chat = chat,
+		                  .id = id,
+		                  .want_lp = r.gp.logprobs >= 0,
+		                  .tok = tok};
 		struct MHD_Response *resp = MHD_create_response_from_callback(
 		    MHD_SIZE_UNKNOWN, 16384, stream_read, s, stream_free);
 		if (resp == NULL) {
@@ -644,6 +795,15 @@ static enum MHD_Result generate(moe_http *h, struct MHD_Connection *c, req_ctx *
 		ret = send_error(h, c, code, NULL, why);
 		goto out_free;
 	}
+	moe_gen_logprob *lp = NULL;
+	size_t n_lp = 0, cap_lp = 0, lp_next = 0;
+	if (r.gp.logprobs >= 0 && !take_logprobs(g, &lp, &n_lp, &cap_lp, &lp_next, SIZE_MAX)) {
+		moe_gen_release(g);
+		free(text);
+		free(lp);
+		ret = send_error(h, c, 500, NULL, "out of memory");
+		goto out_free;
+	}
 	cJSON *choice;
 	cJSON *j = frame(h, chat, false, id, &choice);
 	if (chat) {
@@ -652,8 +812,12 @@ static enum MHD_Result generate(moe_http *h, struct MHD_Connection *c, req_ctx *
 		add_text(msg, "content", text != NULL ? text : "", len);
 	} else {
 		add_text(choice, "text", text != NULL ? text : "", len);
-		cJSON_AddNullToObject(choice, "logprobs");
 	}
+	if (r.gp.logprobs >= 0)
+		cJSON_AddItemToObject(choice, "logprobs", logprobs_json(chat, tok, lp, n_lp));
+	else
+		cJSON_AddNullToObject(choice, "logprobs");
+	free(lp);
 	cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin));
 	cJSON_AddItemToObject(j, "usage", usage_json(g));
 	moe_gen_release(g);

@@ -264,6 +264,104 @@ def case_cancel():
     complete({"prompt": "Amen", "max_tokens": 4, "temperature": 0})
 
 
+def tokenize(text):
+    out = subprocess.run([os.environ["MOE_BIN"], "tokenize", "-m", MODEL],
+                         input=(json.dumps(text) + "\n").encode(), capture_output=True, check=True)
+    return json.loads(out.stdout)
+
+
+def logits_rows(ids):
+    """Raw float32 logits [len(ids)][n_vocab] from `moemesh logits` (an independent path)."""
+    path = "/tmp/moe_lp_%d.f32" % os.getpid()
+    subprocess.run([os.environ["MOE_BIN"], "logits", "-m", MODEL, "--tokens",
+                    ",".join(str(i) for i in ids), "-o", path, "--threads", "1"],
+                   capture_output=True, check=True)
+    data = open(path, "rb").read()
+    os.unlink(path)
+    n_vocab = len(data) // 4 // len(ids)
+    return [struct.unpack_from("<%df" % n_vocab, data, r * n_vocab * 4) for r in range(len(ids))]
+
+
+def log_softmax_at(row, i):
+    import math
+    m = max(row)
+    return row[i] - (m + math.log(sum(math.exp(v - m) for v in row)))
+
+
+def case_logprobs():
+    prompt = "And God said"
+    body = {"prompt": prompt, "max_tokens": 10, "temperature": 0, "logprobs": 3}
+    text, j = complete(body)
+    lp = j["choices"][0]["logprobs"]
+    toks, vals, tops, offs = lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], lp["text_offset"]
+    check(len(toks) == len(vals) == len(tops) == len(offs) == j["usage"]["completion_tokens"],
+          "logprobs lengths %r" % lp)
+    check("".join(toks) == text, "tokens %r do not make the text %r" % (toks, text))
+    at = 0
+    for t, v, top, o in zip(toks, vals, tops, offs):
+        check(o == at, "text_offset %d, expected %d" % (o, at))
+        at += len(t.encode())
+        check(v <= 0 and len(top) == 3, "logprob %r, top %r" % (v, top))
+        tv = list(top.values())
+        check(tv == sorted(tv, reverse=True), "top not best first: %r" % top)
+        check(abs(v - tv[0]) < 1e-6 and list(top)[0] == t, "greedy token %r is not the best %r" % (t, top))
+    # the values against log-softmax of the logits of `moemesh logits` on the same tokens
+    p_ids = tokenize(prompt)
+    g_ids = []
+    for t in toks:
+        ids = tokenize(t)
+        check(len(ids) == 1, "token %r re-encodes to %r" % (t, ids))
+        g_ids.append(ids[0])
+    rows = logits_rows(p_ids + g_ids[:-1])
+    for i, gid in enumerate(g_ids):
+        row = rows[len(p_ids) - 1 + i]
+        want = log_softmax_at(row, gid)
+        check(abs(vals[i] - want) < 1e-4, "token %d: logprob %r, log-softmax of logits %r" % (i, vals[i], want))
+        best = sorted(range(len(row)), key=lambda k: -row[k])[:3]
+        for k, (ttext, tval) in zip(best, tops[i].items()):
+            check(abs(tval - log_softmax_at(row, k)) < 1e-4, "top %r: %r" % (ttext, tval))
+    # no logprobs asked: null
+    t2, j2 = complete({"prompt": prompt, "max_tokens": 4, "temperature": 0})
+    check(j2["choices"][0]["logprobs"] is None, "logprobs not asked but %r" % j2["choices"][0]["logprobs"])
+
+    # chat: streamed records are the non-streamed ones, bytes make the text
+    cb = {"messages": [{"role": "user", "content": "Sing"}], "max_tokens": 12,
+          "temperature": 0.8, "seed": 5, "logprobs": True, "top_logprobs": 2}
+    whole, j = complete(cb, "/v1/chat/completions")
+    content = j["choices"][0]["logprobs"]["content"]
+    check(len(content) == j["usage"]["completion_tokens"], "chat records %d" % len(content))
+    check(b"".join(bytes(c["bytes"]) for c in content) == whole.encode(), "chat bytes vs text")
+    for c in content:
+        check(len(c["top_logprobs"]) == 2 and c["logprob"] <= c["top_logprobs"][0]["logprob"] + 1e-6,
+              "chat record %r" % c)
+    text, chunks, final = stream(cb, "/v1/chat/completions")
+    check(text == whole, "chat stream text")
+    streamed = []
+    for ev in chunks:
+        l = ev["choices"][0].get("logprobs")
+        if l:
+            streamed += l["content"]
+    check(streamed == content, "streamed records differ:\n%r\n%r" % (streamed, content))
+
+    # a stop string: no record for what it cut off
+    stop = text[4:7] if len(text) > 8 else None
+    if stop:
+        t3, j3 = complete(dict(cb, stop=[stop]), "/v1/chat/completions")
+        c3 = j3["choices"][0]["logprobs"]["content"]
+        got = b"".join(bytes(c["bytes"]) for c in c3)
+        check(got.startswith(t3.encode()) and len(got) < len(t3.encode()) + 16 and
+              len(c3) < len(content), "stop: records %r for text %r" % (c3, t3))
+
+    for path, b, param in (("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
+                           ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                     "top_logprobs": 2}, "top_logprobs"),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                     "logprobs": 3}, "logprobs")):
+        st, jj = post(path, b)
+        expect_error(st, jj, 400, param)
+
+
 def expect_error(st, j, code, param=None):
     check(st == code, "status %d, expected %d: %r" % (st, code, j))
     e = j.get("error")

@@ -138,6 +138,11 @@ Test(serve, streaming_matches_non_streamed, .timeout = 300)
 	run_case("stream", kjv(), NULL, NULL);
 }
 
+Test(serve, logprobs_match_the_logits_and_the_stream, .timeout = 300)
+{
+	run_case("logprobs", kjv(), NULL, NULL);
+}
+
 Test(serve, streaming_never_splits_utf8, .timeout = 300)
 {
 	const char *m = path_in("MOE_FIXTURES", "qwen3next-tiny-Q8_0.gguf");
