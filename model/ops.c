@@ -69,6 +69,46 @@ void moe_softmax(float *x, int64_t n)
 		x[i] *= inv;
 }
 
+/* x = n ln2 + r with n = round(x log2 e) (the 1.5 * 2^23 shift rounds in the
+ * float's low bits, whose integer is n) and ln2 in two parts, |r| <= ln2 / 2;
+ * e^r by its Taylor series to r^7 (truncation < 6e-9 relative); times 2^n
+ * built in the exponent bits (n >= -126 for x >= -87: a normal number). */
+static inline float exp_poly(float x)
+{
+	const float shift = 12582912.0f;
+	const float xc = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+	const float t = xc * 1.44269504f + shift;
+	const float n = t - shift;
+	const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-6f;
+	const float p =
+	    1.0f +
+	    r * (1.0f +
+	         r * (0.5f + r * (1.0f / 6 +
+	                          r * (1.0f / 24 +
+	                               r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+	int32_t bits;
+	memcpy(&bits, &t, sizeof bits);
+	bits = (bits - 0x4b400000 + 127) * (1 << 23);
+	float scale;
+	memcpy(&scale, &bits, sizeof scale);
+	const float e = p * scale;
+	return x < -87.0f ? 0.0f : x != x ? x : e;
+}
+
+float moe_exp_approx(float x)
+{
+	return exp_poly(x);
+}
+
+void moe_exp_weights(float *w, int64_t n, float max, float temp, float lim)
+{
+	for (int64_t i = 0; i < n; i++) {
+		const float x = w[i];
+		const float e = exp_poly((x - max) / temp);
+		w[i] = x >= lim ? e : 0.0f;
+	}
+}
+
 void moe_swiglu(float *y, const float *g, const float *u, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)

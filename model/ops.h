@@ -33,6 +33,15 @@ void moe_rope_neox(float *x, const float *cs, int n_rot);
 /* In place: x = exp(x - max) / sum(exp(x - max)) over x[0..n), n >= 1. */
 void moe_softmax(float *x, int64_t n);
 
+/* e^x in float by range reduction and a polynomial, written so a loop over it
+ * vectorizes: relative error below 4e-7 for x in [-87, 88] (test_ops); 0 below
+ * -87 (where e^x < 2^-125), e^88 above 88, NaN for NaN. */
+float moe_exp_approx(float x);
+
+/* In place, the sampler's draw weights: w[i] = e^((w[i] - max) / temp) by
+ * moe_exp_approx where w[i] >= lim, else 0 (NaN included). */
+void moe_exp_weights(float *w, int64_t n, float max, float temp, float lim);
+
 static inline float moe_sigmoid(float x)
 {
 	return 1.0f / (1.0f + expf(-x));

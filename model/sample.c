@@ -1,5 +1,6 @@
 /* sample.c - token sampling and stop strings (see sample.h). */
 #include "model/sample.h"
+#include "model/ops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -268,8 +269,9 @@ static bool nucleus_of_top(cand *c, int32_t *n, float top_p)
 /* No cut that needs an order (top_k off, top_p 1): draws from
  * softmax(logit / temp) over the non-NaN penalised logits in s->w (with
  * min_p, those at or above max + log(min_p)), walking them in id order.  The
- * weights exp((l - max) / temp) are summed in double and the draw is the
- * first id whose running sum passes u * sum: no candidates are built. */
+ * weights exp((l - max) / temp) (moe_exp_weights) are summed in double and
+ * the draw is the first id whose running sum passes u * sum: no candidates
+ * are built. */
 static moe_err draw_unordered(moe_sampler *s, int32_t *out)
 {
 	float *w = s->w;
@@ -286,20 +288,25 @@ static moe_err draw_unordered(moe_sampler *s, int32_t *out)
 		return moe_fail(MOE_ERR_BAD_VALUE, "sampler: every logit is NaN");
 	const float lim = s->p.min_p > 0.0f ? max + logf(s->p.min_p) : -INFINITY;
 	const float temp = s->p.temp;
-	double sum = 0.0;
-	int32_t last = -1;
-	for (int32_t i = 0; i < n; i++) {
-		/* NaN fails the comparison too */
-		w[i] = w[i] >= lim ? expf((w[i] - max) / temp) : 0.0f;
-		sum += w[i];
-		last = w[i] > 0.0f ? i : last;
-	}
+	moe_exp_weights(w, n, max, temp, lim); /* NaN fails the comparison: 0 */
+	/* four running sums (independent add chains), then combined */
+	double part[4] = {0.0, 0.0, 0.0, 0.0};
+	int32_t i = 0;
+	for (; i + 4 <= n; i += 4)
+		for (int k = 0; k < 4; k++)
+			part[k] += w[i + k];
+	for (; i < n; i++)
+		part[0] += w[i];
+	const double sum = (part[0] + part[1]) + (part[2] + part[3]);
+	int32_t last = n - 1;
+	while (last >= 0 && !(w[last] > 0.0f))
+		last--;
 	const double target = moe_rng_f64(&s->rng) * sum;
 	double cum = 0.0;
-	for (int32_t i = 0; i < n; i++) {
-		cum += w[i];
+	for (int32_t j = 0; j < n; j++) {
+		cum += w[j];
 		if (target < cum) {
-			*out = i;
+			*out = j;
 			return MOE_OK;
 		}
 	}

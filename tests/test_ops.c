@@ -97,6 +97,40 @@ Test(ops, activations)
 	cr_assert_float_eq(y[1], 2.0 * -1.0 / (1.0 + exp(1.0)), 1e-6);
 }
 
+Test(ops, exp_approx_within_4e_7_and_weights_follow_the_rules)
+{
+	/* every 2^-10 step over the range, against exp in double */
+	double worst = 0.0;
+	for (double x = -87.0; x <= 88.0; x += 1.0 / 1024) {
+		const double want = exp((double)(float)x);
+		const double rel = fabs((double)moe_exp_approx((float)x) - want) / want;
+		worst = rel > worst ? rel : worst;
+	}
+	cr_assert(worst < 4e-7, "worst relative error %g", worst);
+	cr_assert_eq(moe_exp_approx(0.0f), 1.0f);
+	cr_assert_eq(moe_exp_approx(-87.5f), 0.0f);
+	cr_assert_eq(moe_exp_approx(-INFINITY), 0.0f);
+	cr_assert(isnan(moe_exp_approx(NAN)));
+
+	/* weights: e^((w - max) / temp) at or above lim, 0 below it and for NaN;
+	 * the vectorised loop and its scalar tail agree with the function */
+	float w[11], ref[11];
+	for (int i = 0; i < 11; i++)
+		w[i] = (float)i * 0.7f - 3.0f;
+	w[3] = NAN;
+	w[7] = -INFINITY;
+	memcpy(ref, w, sizeof w);
+	moe_exp_weights(w, 11, 4.0f, 0.8f, -2.5f);
+	for (int i = 0; i < 11; i++) {
+		const float want = ref[i] >= -2.5f ? moe_exp_approx((ref[i] - 4.0f) / 0.8f) : 0.0f;
+		cr_assert_eq(w[i], want, "w[%d] = %g, want %g", i, (double)w[i], (double)want);
+	}
+	cr_assert_eq(w[0], 0.0f); /* -3 < lim */
+	cr_assert_eq(w[3], 0.0f); /* NaN */
+	cr_assert_eq(w[7], 0.0f); /* -inf */
+	cr_assert(w[10] > 0.0f);
+}
+
 Test(ops, topk_descending_ties_to_lower_index)
 {
 	const float p[6] = {0.1f, 0.3f, 0.2f, 0.3f, 0.05f, 0.05f};
