@@ -86,9 +86,11 @@ static inline float exp_poly(float x)
 	         r * (0.5f + r * (1.0f / 6 +
 	                          r * (1.0f / 24 +
 	                               r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-	int32_t bits;
+	/* unsigned: a NaN input makes t's bits arbitrary (the result is then
+	 * replaced by x below), and signed arithmetic on them could overflow */
+	uint32_t bits;
 	memcpy(&bits, &t, sizeof bits);
-	bits = (bits - 0x4b400000 + 127) * (1 << 23);
+	bits = (bits - 0x4b400000u + 127u) << 23;
 	float scale;
 	memcpy(&scale, &bits, sizeof scale);
 	const float e = p * scale;
