@@ -29,8 +29,12 @@ moe_gemm_fn moe_gemm_get(moe_type t)
 	/* asked on every product: tests force other levels with moe_isa_set */
 	switch (moe_isa_active()) {
 #if defined(__x86_64__)
-	case MOE_ISA_AVX512:
-		return moe_gemm_avx512(t);
+	case MOE_ISA_AVX512: {
+		/* the AVX2 tiles where the level has none of its own: they run on
+		 * every AVX-512 CPU, and a per-element dot would lose the tiling */
+		moe_gemm_fn f = moe_gemm_avx512(t);
+		return f != NULL ? f : moe_gemm_avx2(t);
+	}
 	case MOE_ISA_AVX2:
 		return moe_gemm_avx2(t);
 #endif
