@@ -4,6 +4,7 @@
 
 #include "bench/bench.h"
 #include "coordinator/commands.h"
+#include "core/core.h"
 
 const moe_bench moe_benches[] = {
     {"kernels", "STREAM triad, GEMV bandwidth and GEMM throughput per weight type",
@@ -42,4 +43,55 @@ int moe_cmd_bench(int argc, char **argv)
 	fprintf(stderr, "moemesh bench: unknown benchmark '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;
+}
+
+typedef struct triad_job {
+	double *a, *b, *c;
+	size_t n;
+	int init;
+} triad_job;
+
+static void triad_fn(void *arg, int ith, int nth)
+{
+	triad_job *j = arg;
+	size_t lo = j->n * (size_t)ith / (size_t)nth, hi = j->n * (size_t)(ith + 1) / (size_t)nth;
+	double *restrict a = j->a, *restrict b = j->b, *restrict c = j->c;
+	if (j->init) {
+		for (size_t i = lo; i < hi; i++) {
+			a[i] = 0.0;
+			b[i] = 1.0;
+			c[i] = 2.0;
+		}
+		return;
+	}
+	for (size_t i = lo; i < hi; i++)
+		a[i] = b[i] + 3.0 * c[i];
+}
+
+double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps)
+{
+	triad_job j = {.n = n_doubles, .init = 1};
+	double best = 1e30;
+
+	j.a = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	j.b = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	j.c = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	if (j.a == NULL || j.b == NULL || j.c == NULL || n_doubles == 0) {
+		best = 0;
+		goto out_free_arrays;
+	}
+	moe_pool_run(pool, triad_fn, &j);
+	j.init = 0;
+	for (int rep = 0; rep < reps; rep++) {
+		const double t0 = moe_now_s();
+		moe_pool_run(pool, triad_fn, &j);
+		const double t = moe_now_s() - t0;
+		best = t < best ? t : best;
+	}
+	best = 3.0 * (double)(n_doubles * sizeof(double)) / best / 1e9;
+out_free_arrays:
+	moe_aligned_free(j.c);
+	moe_aligned_free(j.b);
+	moe_aligned_free(j.a);
+	return best;
 }

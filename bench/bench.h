@@ -6,6 +6,8 @@
 #ifndef MOE_BENCH_H
 #define MOE_BENCH_H
 
+#include "kernels/kernels.h"
+
 typedef struct moe_bench {
 	const char *name;
 	const char *summary;
@@ -14,6 +16,13 @@ typedef struct moe_bench {
 
 /* The table of benchmarks, terminated by an entry with name NULL. */
 extern const moe_bench moe_benches[];
+
+/* STREAM triad a[i] = b[i] + 3 * c[i] on three arrays of n_doubles doubles
+ * (first touched on the pool's threads, as they are then read), on pool:
+ * the best of reps passes in GB/s, counting 3 x 8 bytes per element as
+ * STREAM does.  0 when the arrays cannot be allocated.  Every benchmark that
+ * states a % of the memory roofline measures it with this. */
+double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps);
 
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);

@@ -58,60 +58,14 @@ static float bk_frand(void)
 
 /* ---- STREAM triad ----------------------------------------------------------- */
 
-typedef struct triad_job {
-	double *a, *b, *c;
-	size_t n;
-	int init;
-} triad_job;
-
-static void triad_fn(void *arg, int ith, int nth)
-{
-	triad_job *j = arg;
-	size_t lo = j->n * (size_t)ith / (size_t)nth, hi = j->n * (size_t)(ith + 1) / (size_t)nth;
-	double *restrict a = j->a, *restrict b = j->b, *restrict c = j->c;
-	if (j->init) {
-		for (size_t i = lo; i < hi; i++) {
-			a[i] = 0.0;
-			b[i] = 1.0;
-			c[i] = 2.0;
-		}
-		return;
-	}
-	for (size_t i = lo; i < hi; i++)
-		a[i] = b[i] + 3.0 * c[i];
-}
-
 static moe_err triad_measure(double gbs[2], moe_pool *pools[2], size_t llc)
 {
-	triad_job j;
-	j.n = 4 * llc / sizeof(double);
-	j.a = moe_aligned_alloc(64, j.n * sizeof(double));
-	j.b = moe_aligned_alloc(64, j.n * sizeof(double));
-	j.c = moe_aligned_alloc(64, j.n * sizeof(double));
-	moe_err err = MOE_OK;
-	if (j.a == NULL || j.b == NULL || j.c == NULL) {
-		err = moe_fail(MOE_ERR_NOMEM, "triad: 3 x %zu bytes", j.n * sizeof(double));
-		goto out_free_arrays;
-	}
-	j.init = 1;
-	moe_pool_run(pools[1], triad_fn, &j);
-	j.init = 0;
 	for (int p = 0; p < 2; p++) {
-		double best = 1e30;
-		for (int rep = 0; rep < 6; rep++) {
-			double t0 = moe_now_s();
-			moe_pool_run(pools[p], triad_fn, &j);
-			double t = moe_now_s() - t0;
-			if (t < best)
-				best = t;
-		}
-		gbs[p] = 3.0 * (double)(j.n * sizeof(double)) / best / 1e9;
+		gbs[p] = moe_bench_triad_gbs(pools[p], 4 * llc / sizeof(double), 6);
+		if (gbs[p] <= 0)
+			return moe_fail(MOE_ERR_NOMEM, "triad: 3 x %zu bytes", 4 * llc);
 	}
-out_free_arrays:
-	moe_aligned_free(j.c);
-	moe_aligned_free(j.b);
-	moe_aligned_free(j.a);
-	return err;
+	return MOE_OK;
 }
 
 /* ---- GEMV, GEMM ------------------------------------------------------------------ */

@@ -117,24 +117,6 @@ static ALWAYS_INLINE __m256 lane_toks_f(int T, const uint8_t *const a[NP], size_
 	return _mm256_setr_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
 }
 
-/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums). */
-static ALWAYS_INLINE int32_t hsum_i32(__m256i v)
-{
-	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
-	return _mm_cvtsi128_si32(s);
-}
-
-/* acc + (f32)isum * scale, with one rounding of the product-sum: the same
- * operations (int32 -> f32 conversion, fused multiply-add) as one lane of a
- * tile's accumulator. */
-static ALWAYS_INLINE float fma_lane(int32_t isum, float scale, float acc)
-{
-	__m128 f = _mm_cvtsi32_ss(_mm_setzero_ps(), isum);
-	return _mm_cvtss_f32(_mm_fmadd_ss(f, _mm_set_ss(scale), _mm_set_ss(acc)));
-}
-
 /* ---- Q4_K / Q5_K x Q8_K ---------------------------------------------------------- */
 
 /* Q4_K (hbits false) or Q5_K (true). Per row and block the scales and the

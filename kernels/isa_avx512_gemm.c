@@ -1,108 +1,249 @@
 /*
- * isa_avx512_gemm.c - tile kernels (gemm.h) built with the AVX-512 flags
- * (F/BW/VL/DQ + VNNI).
+ * isa_avx512_gemm.c - tile kernels (gemm.h) at the AVX-512 level, built with
+ * the AVX-512 flags (F/BW/VL/DQ + VNNI).
  *
- * Q4_K x Q8_K: for each weight row, each 256-value block's nibbles are
- * unpacked once into four zmm (chunk c = values 64c..64c+63: low nibbles of
- * qs[32c..32c+31] then their high nibbles, the same order as the Q8_K
- * activation bytes) and met by up to GEMM_T tokens. Per (row, token, block):
- * vpmaddubsw (u8 weight x s8 activation -> pairs in s16, exact: 2*15*127 <
- * 2^15) and vpdpwssd with the sub-block scales (-> s32, exact), then one f32
- * fma of the block's integer sums by d * d_a into 16 lanes; the mins the same
- * way with bsums on 8 lanes. The lanes of a token never mix with another
- * token's and the final reduction has a fixed order, so the bits of a result
- * do not depend on the tile.
+ * The per-element arithmetic is the AVX2 tiles' (isa_avx2_gemm.c): per block
+ * an exact integer sum, then one int32 -> f32 conversion and one fused
+ * multiply-add into the element's accumulator, block after block.  Integer
+ * sums are exact whichever instructions form them, so every result here has
+ * the same bits as at the AVX2 level: an AVX2 node and an AVX-512 node of one
+ * cluster compute the same logits (tested: test_matmul).
+ *
+ * What differs: one weight row against 1..4 tokens on Q4_K, Q5_K and Q6_K
+ * (decode, and experts that met few tokens) takes VNNI's vpdpwssd, which
+ * multiplies the u8 x s8 pair sums by the sub-block scales and accumulates
+ * in one instruction where AVX2 needs vpmaddwd + vpaddd; on 256-bit vectors,
+ * which the Zen 4 cores these were measured on run at full rate (512-bit
+ * ones take two passes).  Everything else (groups of 8 tokens, 5..7 tokens,
+ * the 32-value block types) runs the AVX2 tiles, which measured faster than
+ * a 512-bit 4-token Q4_K tile did here (GEMM at 64 tokens, 2 threads: 293
+ * vs 216 GOPS).
  */
-#include <immintrin.h>
+#include <stddef.h>
 
 #include "kernels/gemm.h"
-#include "kernels/quants.h"
+#include "kernels/isa_avx2.h"
 
-enum { GEMM_T = 4 };
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
-static inline float f16(uint16_t h)
+enum { MAX_T = 4 };
+
+/* One Q4_K (hbits false) or Q5_K (true) row against T tokens a[0..T):
+ * y[t * ldy] for t < T.  The integers and the float operations of
+ * tile_k45's scalar-lane shapes (isa_avx2_gemm.c). */
+static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, int64_t ldy,
+                                  const uint8_t *w, const uint8_t *const a[MAX_T])
 {
-	return _cvtsh_ss(h);
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
+	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
+	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	float s_acc[MAX_T] = {0}, s_accm[MAX_T] = {0};
+
+	for (int64_t i = 0; i < nb; i++) {
+		const uint8_t *b = w + (size_t)i * wbs;
+		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
+		const __m256i sm = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
+		__m256i qh = _mm256_setzero_si256();
+		__m256i is[MAX_T];
+
+		if (hbits)
+			qh =
+			    _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
+#pragma GCC unroll 4
+		for (int c = 0; c < 4; c++) {
+			__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
+			pin(&q);
+			__m256i lo = _mm256_and_si256(q, m4);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+			if (hbits) {
+				lo =
+				    _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
+				hi = _mm256_or_si256(
+				    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
+			}
+			const __m256i s0 = _mm256_shuffle_epi8(sm, pick_scale(2 * c));
+			const __m256i s1 = _mm256_shuffle_epi8(sm, pick_scale(2 * c + 1));
+#pragma GCC unroll 4
+			for (int t = 0; t < T; t++) {
+				const int8_t *yq =
+				    (const int8_t *)(a[t] + ao + offsetof(moe_block_q8_K, qs));
+				__m256i y0 = _mm256_loadu_si256((const __m256i *)(yq + 64 * c));
+				__m256i y1 =
+				    _mm256_loadu_si256((const __m256i *)(yq + 64 * c + 32));
+				__m256i p0 = _mm256_maddubs_epi16(lo, y0);
+				__m256i p1 = _mm256_maddubs_epi16(hi, y1);
+				__m256i acc = c == 0 ? _mm256_madd_epi16(p0, s0)
+				                     : _mm256_dpwssd_epi32(is[t], p0, s0);
+				is[t] = _mm256_dpwssd_epi32(acc, p1, s1);
+			}
+		}
+		const float d = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d)));
+		const float dmin = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin)));
+#pragma GCC unroll 4
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_K *yb = (const moe_block_q8_K *)(a[t] + ao);
+			const float dy = yb->d;
+			const int32_t msum = hsum_i32(k4_mins(sm, yb->bsums));
+			s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+			s_accm[t] = fma_lane(msum, dmin * dy, s_accm[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		y[t * ldy] = s_acc[t] - s_accm[t];
 }
 
-static inline float hsum512(__m512 v)
+/* One Q6_K row against T tokens: tile_q6_K's scalar-lane integers and float
+ * operations (6-bit quants 0..63 by maddubs, times the int8 sub-block scales,
+ * minus 32 * sum(scale * bsum) for the -32 offset). */
+static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                                   const uint8_t *const a[MAX_T])
 {
-	__m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-	__m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-	b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-	b = _mm_add_ss(b, _mm_movehdup_ps(b));
-	return _mm_cvtss_f32(b);
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
+	float s_acc[MAX_T] = {0};
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q6_K *x = (const moe_block_q6_K *)(w + (size_t)i * sizeof(*x));
+		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
+		const __m256i sc16 =
+		    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+		const __m256i scm =
+		    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
+		__m256i is[MAX_T];
+
+#pragma GCC unroll 4
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_K *yb = (const moe_block_q8_K *)(a[t] + ao);
+			is[t] =
+			    _mm256_madd_epi16(scm, _mm256_loadu_si256((const __m256i *)yb->bsums));
+		}
+#pragma GCC unroll 2
+		for (int h = 0; h < 2; h++) {
+			const __m256i sc =
+			    _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
+			__m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+			__m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+			__m256i l1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+			pin(&qh);
+			pin(&l0);
+			pin(&l1);
+			__m256i q[4];
+			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+			                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+			                       _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+			q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+			                       _mm256_and_si256(qh, m3));
+			q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+			                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+#pragma GCC unroll 4
+			for (int j = 0; j < 4; j++) {
+				/* low 128-bit half: scale 2j, high half: scale 2j + 1 */
+				const __m256i scj = _mm256_shuffle_epi8(
+				    sc, _mm256_set_m128i(_mm256_castsi256_si128(pick16(2 * j + 1)),
+				                         _mm256_castsi256_si128(pick16(2 * j))));
+#pragma GCC unroll 4
+				for (int t = 0; t < T; t++) {
+					const int8_t *yq =
+					    ((const moe_block_q8_K *)(a[t] + ao))->qs + 128 * h +
+					    32 * j;
+					__m256i yy = _mm256_loadu_si256((const __m256i *)yq);
+					is[t] = _mm256_dpwssd_epi32(
+					    is[t], _mm256_maddubs_epi16(q[j], yy), scj);
+				}
+			}
+		}
+		const float d = half_to_f32(x->d);
+#pragma GCC unroll 4
+		for (int t = 0; t < T; t++) {
+			const float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
+			s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		y[t * ldy] = s_acc[t];
 }
 
-static inline float hsum256(__m256 a)
+enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
+
+static ALWAYS_INLINE void rows_t(int kind, int T, int64_t n_cols, float *y, int64_t ldy,
+                                 const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                                 size_t x_stride)
 {
-	__m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-	b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-	b = _mm_add_ss(b, _mm_movehdup_ps(b));
-	return _mm_cvtss_f32(b);
+	const uint8_t *a[MAX_T];
+	for (int t = 0; t < MAX_T; t++)
+		a[t] = x + (size_t)(t < T ? t : 0) * x_stride;
+	for (int64_t r = 0; r < n_r; r++) {
+		const uint8_t *wr = w + (size_t)r * w_stride;
+		if (kind == KQ_Q6_K)
+			row_q6_K(T, n_cols, y + r, ldy, wr, a);
+		else if (kind == KQ_Q5_K)
+			row_k45(T, true, n_cols, y + r, ldy, wr, a);
+		else
+			row_k45(T, false, n_cols, y + r, ldy, wr, a);
+	}
+}
+
+/* Rows [0, n_r) against 1..4 tokens, one row at a time. */
+static void rows_few(int kind, int T, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride)
+{
+	switch (T) {
+	case 1:
+		rows_t(kind, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride);
+		break;
+	case 2:
+		rows_t(kind, 2, n_cols, y, ldy, w, w_stride, n_r, x, x_stride);
+		break;
+	case 3:
+		rows_t(kind, 3, n_cols, y, ldy, w, w_stride, n_r, x, x_stride);
+		break;
+	case 4:
+		rows_t(kind, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride);
+		break;
+	default:
+		break;
+	}
+}
+
+/* The AVX2 tiles' split (isa_avx2_gemm.c run_tiles): groups of 8 tokens by
+ * the AVX2 1x8 tiles, a remainder of 1..4 tokens by the rows above, of 5..7
+ * by the AVX2 tiles too.  Each element has the same bits whichever part
+ * computes it. */
+static void gemm_k(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                   size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t full = n_t / 8 * 8, rem = n_t - full;
+	moe_gemm_fn avx2 = moe_gemm_avx2(t);
+
+	if (rem > 4) {
+		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+		return;
+	}
+	if (full > 0)
+		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
+	if (rem > 0)
+		rows_few(kind, (int)rem, n_cols, y + full * ldy, ldy, w, w_stride, n_r,
+		         x + (size_t)full * x_stride, x_stride);
 }
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	const int64_t nb = n_cols / MOE_QK_K;
-	const __m512i m4 = _mm512_set1_epi8(15);
+	gemm_k(MOE_TYPE_Q4_K, KQ_Q4_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
 
-	for (int64_t t0 = 0; t0 < n_t; t0 += GEMM_T) {
-		int nt = n_t - t0 < GEMM_T ? (int)(n_t - t0) : GEMM_T;
-		const moe_block_q8_K *a[GEMM_T];
-		for (int t = 0; t < nt; t++)
-			a[t] = (const moe_block_q8_K *)(x + (size_t)(t0 + t) * x_stride);
-		for (int64_t r = 0; r < n_r; r++) {
-			const moe_block_q4_K *b =
-			    (const moe_block_q4_K *)(w + (size_t)r * w_stride);
-			__m512 acc[GEMM_T];
-			__m256 accm[GEMM_T];
-			for (int t = 0; t < GEMM_T; t++) {
-				acc[t] = _mm512_setzero_ps();
-				accm[t] = _mm256_setzero_ps();
-			}
-			for (int64_t i = 0; i < nb; i++) {
-				uint8_t sc[8], mn[8];
-				for (int s = 0; s < 8; s++)
-					moe_k4_scale_min(s, b[i].scales, &sc[s], &mn[s]);
-				__m512i q[4], scv[4];
-				for (int c = 0; c < 4; c++) {
-					__m256i v =
-					    _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * c));
-					__m512i both = _mm512_inserti64x4(
-					    _mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-					q[c] = _mm512_and_si512(both, m4);
-					scv[c] = _mm512_inserti64x4(
-					    _mm512_castsi256_si512(_mm256_set1_epi16(sc[2 * c])),
-					    _mm256_set1_epi16(sc[2 * c + 1]), 1);
-				}
-				__m128i m8 =
-				    _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
-				__m256i mn2 = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8),
-				                               _mm_unpacklo_epi16(m8, m8));
-				float d = f16(b[i].d), dmin = f16(b[i].dmin);
-				for (int t = 0; t < nt; t++) {
-					const moe_block_q8_K *ab = &a[t][i];
-					__m512i isum = _mm512_setzero_si512();
-					for (int c = 0; c < 4; c++) {
-						__m512i av = _mm512_loadu_si512(ab->qs + 64 * c);
-						isum = _mm512_dpwssd_epi32(
-						    isum, _mm512_maddubs_epi16(q[c], av), scv[c]);
-					}
-					__m256i ms = _mm256_madd_epi16(
-					    _mm256_loadu_si256((const __m256i *)ab->bsums), mn2);
-					acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
-					                         _mm512_set1_ps(d * ab->d), acc[t]);
-					accm[t] =
-					    _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms),
-					                    _mm256_set1_ps(dmin * ab->d), accm[t]);
-				}
-			}
-			for (int t = 0; t < nt; t++)
-				y[(t0 + t) * ldy + r] = hsum512(acc[t]) - hsum256(accm[t]);
-		}
-	}
+static void gemm_q5_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_k(MOE_TYPE_Q5_K, KQ_Q5_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_q6_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_k(MOE_TYPE_Q6_K, KQ_Q6_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 moe_gemm_fn moe_gemm_avx512(moe_type t)
@@ -110,6 +251,10 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 	switch (t) {
 	case MOE_TYPE_Q4_K:
 		return gemm_q4_K;
+	case MOE_TYPE_Q5_K:
+		return gemm_q5_K;
+	case MOE_TYPE_Q6_K:
+		return gemm_q6_K;
 	default:
 		return NULL;
 	}
