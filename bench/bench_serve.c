@@ -379,6 +379,10 @@ int moe_bench_serve(int argc, char **argv)
 			rate16 = rate;
 		if (errors)
 			rc = 1;
+		if (ttft.n == 0 && tokens > 0)
+			printf("  (no streamed chunk carried text, so the latencies above were not "
+			       "measured: a model without a real vocabulary? make-model "
+			       "--tokenizer gives it one)\n");
 		free(ttft.v);
 		free(itl.v);
 	}

@@ -38,7 +38,10 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
 	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-	float s_acc[MAX_T] = {0}, s_accm[MAX_T] = {0};
+	/* per token: lane 0 the block terms' accumulator, lane 1 the mins' */
+	__m128 acc[MAX_T];
+	for (int t = 0; t < MAX_T; t++)
+		acc[t] = _mm_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
 		const uint8_t *b = w + (size_t)i * wbs;
@@ -73,24 +76,28 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 				    _mm256_loadu_si256((const __m256i *)(yq + 64 * c + 32));
 				__m256i p0 = _mm256_maddubs_epi16(lo, y0);
 				__m256i p1 = _mm256_maddubs_epi16(hi, y1);
-				__m256i acc = c == 0 ? _mm256_madd_epi16(p0, s0)
-				                     : _mm256_dpwssd_epi32(is[t], p0, s0);
-				is[t] = _mm256_dpwssd_epi32(acc, p1, s1);
+				__m256i part = c == 0 ? _mm256_madd_epi16(p0, s0)
+				                      : _mm256_dpwssd_epi32(is[t], p0, s0);
+				is[t] = _mm256_dpwssd_epi32(part, p1, s1);
 			}
 		}
-		const float d = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d)));
-		const float dmin = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin)));
 #pragma GCC unroll 4
 		for (int t = 0; t < T; t++) {
 			const moe_block_q8_K *yb = (const moe_block_q8_K *)(a[t] + ao);
-			const float dy = yb->d;
-			const int32_t msum = hsum_i32(k4_mins(sm, yb->bsums));
-			s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
-			s_accm[t] = fma_lane(msum, dmin * dy, s_accm[t]);
+			/* lanes [d * dy, dmin * dy]: the references' products */
+			const __m128 dd = k4_d_dmin((const uint16_t *)b, yb->d);
+			/* [isum, msum, ...] by one reduction of both vectors */
+			__m256i h = _mm256_hadd_epi32(is[t], k4_mins(sm, yb->bsums));
+			h = _mm256_hadd_epi32(h, h);
+			const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
+			                                   _mm256_extracti128_si256(h, 1));
+			/* lane 0 is fma_lane(isum, d * dy, .), lane 1 fma_lane(msum,
+			 * dmin * dy, .): the same conversion and fused multiply-add */
+			acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, acc[t]);
 		}
 	}
 	for (int t = 0; t < T; t++)
-		y[t * ldy] = s_acc[t] - s_accm[t];
+		y[t * ldy] = _mm_cvtss_f32(acc[t]) - _mm_cvtss_f32(_mm_movehdup_ps(acc[t]));
 }
 
 /* One Q6_K row against T tokens: tile_q6_K's scalar-lane integers and float
@@ -101,7 +108,9 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
-	float s_acc[MAX_T] = {0};
+	__m128 acc[MAX_T]; /* lane 0 */
+	for (int t = 0; t < MAX_T; t++)
+		acc[t] = _mm_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q6_K *x = (const moe_block_q6_K *)(w + (size_t)i * sizeof(*x));
@@ -158,11 +167,14 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 #pragma GCC unroll 4
 		for (int t = 0; t < T; t++) {
 			const float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
-			s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+			/* fma_lane's conversion and fused multiply-add, without
+			 * the trip through a general-purpose register */
+			acc[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(is[t])),
+			                      _mm_set_ss(d * dy), acc[t]);
 		}
 	}
 	for (int t = 0; t < T; t++)
-		y[t * ldy] = s_acc[t];
+		y[t * ldy] = _mm_cvtss_f32(acc[t]);
 }
 
 enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
