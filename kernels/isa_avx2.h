@@ -178,30 +178,13 @@ static inline __m256i bit_to_4(__m256i qh, int k)
 	return qh;
 }
 
-/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums). */
-static inline int32_t hsum_i32(__m256i v)
-{
-	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
-	return _mm_cvtsi128_si32(s);
-}
-
-/* hsum_i32's exact sum, left in lane 0 of a vector. */
+/* The exact sum of v's 8 int32 lanes (they fit: callers' block sums), in
+ * lane 0 of the result. */
 static inline __m128i hsum_i32_v(__m256i v)
 {
 	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
 	return _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
-}
-
-/* acc + (f32)isum * scale, with one rounding of the product-sum: the same
- * operations (int32 -> f32 conversion, fused multiply-add) as one lane of a
- * tile's accumulator. */
-static inline float fma_lane(int32_t isum, float scale, float acc)
-{
-	__m128 f = _mm_cvtsi32_ss(_mm_setzero_ps(), isum);
-	return _mm_cvtss_f32(_mm_fmadd_ss(f, _mm_set_ss(scale), _mm_set_ss(acc)));
 }
 
 #endif

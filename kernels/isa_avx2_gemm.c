@@ -135,7 +135,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	/* one row and at most 4 tokens: each pair's lane arithmetic on scalars */
 	const bool scalar = R == 1 && T <= 4;
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-	float s_acc[4] = {0}, s_accm[4] = {0};
+	__m128 s_acc2[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * wbs;
@@ -185,16 +185,19 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 		}
 		if (scalar) {
 			const uint8_t *b = w[0] + wo;
-			float d = half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d)));
-			float dmin =
-			    half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin)));
 #pragma GCC unroll 4
 			for (int t = 0; t < T; t++) {
 				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
-				float dy = y->d;
-				int32_t msum = hsum_i32(k4_mins(sm[0], y->bsums));
-				s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
-				s_accm[t] = fma_lane(msum, dmin * dy, s_accm[t]);
+				/* lanes [d * dy, dmin * dy] and [isum, msum]: lane 0
+				 * and 1 take a tile lane's conversion and FMA, kept in
+				 * vector registers (a trip through general-purpose ones
+				 * per block cost ~25 % of the one-row speed) */
+				const __m128 dd = k4_d_dmin((const uint16_t *)b, y->d);
+				__m256i h = _mm256_hadd_epi32(is[t], k4_mins(sm[0], y->bsums));
+				h = _mm256_hadd_epi32(h, h);
+				const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
+				                                   _mm256_extracti128_si256(h, 1));
+				s_acc2[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, s_acc2[t]);
 			}
 			continue;
 		}
@@ -232,7 +235,8 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	}
 	if (scalar)
 		for (int t = 0; t < T; t++)
-			out[t] = s_acc[t] - s_accm[t];
+			out[t] =
+			    _mm_cvtss_f32(s_acc2[t]) - _mm_cvtss_f32(_mm_movehdup_ps(s_acc2[t]));
 	else
 		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
@@ -249,7 +253,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	const bool scalar = R == 1 && T <= 4; /* as in tile_k45 */
 	__m256 acc = _mm256_setzero_ps();
-	float s_acc[4] = {0};
+	__m128 s_acc1[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
 
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * sizeof(moe_block_q6_K);
@@ -322,7 +326,8 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 #pragma GCC unroll 4
 			for (int t = 0; t < T; t++) {
 				float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
-				s_acc[t] = fma_lane(hsum_i32(is[t]), d * dy, s_acc[t]);
+				s_acc1[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(is[t])),
+				                         _mm_set_ss(d * dy), s_acc1[t]);
 			}
 			continue;
 		}
@@ -333,7 +338,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 	}
 	if (scalar)
 		for (int t = 0; t < T; t++)
-			out[t] = s_acc[t];
+			out[t] = _mm_cvtss_f32(s_acc1[t]);
 	else
 		_mm256_storeu_ps(out, acc);
 }

@@ -91,8 +91,9 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 			h = _mm256_hadd_epi32(h, h);
 			const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
 			                                   _mm256_extracti128_si256(h, 1));
-			/* lane 0 is fma_lane(isum, d * dy, .), lane 1 fma_lane(msum,
-			 * dmin * dy, .): the same conversion and fused multiply-add */
+			/* lane 0 takes isum * (d * dy), lane 1 msum * (dmin * dy):
+			 * a tile lane's int32 -> f32 conversion and fused
+			 * multiply-add */
 			acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, acc[t]);
 		}
 	}
@@ -167,8 +168,7 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 #pragma GCC unroll 4
 		for (int t = 0; t < T; t++) {
 			const float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
-			/* fma_lane's conversion and fused multiply-add, without
-			 * the trip through a general-purpose register */
+			/* a tile lane's conversion and fused multiply-add */
 			acc[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(is[t])),
 			                      _mm_set_ss(d * dy), acc[t]);
 		}
