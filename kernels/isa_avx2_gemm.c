@@ -28,9 +28,13 @@
  * rate (8 interleaved row streams; software prefetch did not help), and the
  * 2x4 tile padded 2 tokens to 4 and streamed 2 rows: 2 tokens on a
  * 151936 x 2048 Q6_K matrix took 62.6 ms with 2x4 and 22.8 ms with 1x2 (2
- * threads).  The 32-block types still use 8x1 for one token (their
- * streaming loss measured small); a one-row version for them needs a
- * block-order-preserving scalar chain, not done.
+ * threads).  The 32-block types use 8x1 for one token, its 8 lanes laid
+ * over 8 contiguous runs of the rows (run_shape), so that each lane reads
+ * one long stream: over 8 adjacent rows, 8 streams of a few KB each that
+ * ended with every tile, it streamed at half its in-cache rate (Q4_0 9.6,
+ * Q8_0 16.1 GB/s on one Zen 4 core; 15.2 and 21.7 with long runs).  A
+ * 4-row VNNI variant with the same lanes was slower still (8 adjacent rows
+ * was not the cause, their shortness was), as was software prefetching.
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -605,6 +609,25 @@ static void run_shape(tile_fn fn, tile_fn fnp, int R, int T, int64_t n_cols, flo
 	k8_prep stack[PREP_STACK_BLOCKS], *prep = NULL;
 	const int64_t nb = n_cols / MOE_QK_K;
 
+	if (R == NP && T == 1 && n_r >= 2 * NP) {
+		/* One token on many rows: lane k walks the k-th of 8 contiguous
+		 * runs of rows, so the tile reads 8 long sequential streams that
+		 * the hardware prefetcher follows, not 8 rows of a few KB that
+		 * end at every tile (which streamed at half the in-cache rate). */
+		const int64_t seg = (n_r + NP - 1) / NP;
+		ap[0] = x + (size_t)t0 * x_stride;
+		for (int64_t j = 0; j < seg; j++) {
+			for (int k = 0; k < NP; k++) {
+				int64_t rr = k * seg + j < n_r ? k * seg + j : n_r - 1;
+				wp[k] = w + (size_t)rr * w_stride;
+			}
+			fn(n_cols, out, wp, ap, NULL);
+			for (int k = 0; k < NP; k++)
+				if (k * seg + j < n_r)
+					y[t0 * ldy + k * seg + j] = out[k];
+		}
+		return;
+	}
 	if (fnp != NULL && R == 1 && T == NP)
 		prep = nb <= PREP_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*prep));
 	if (prep != NULL)

@@ -145,8 +145,11 @@ static void mm_worker(void *arg, int ith, int nth)
 			break;
 		int64_t c0 = c * tk->claim;
 		int64_t c1 = c0 + tk->claim < tk->n_rows ? c0 + tk->claim : tk->n_rows;
-		for (int64_t r0 = c0; r0 < c1; r0 += MM_CHUNK_ROWS) {
-			int64_t r1 = r0 + MM_CHUNK_ROWS < c1 ? r0 + MM_CHUNK_ROWS : c1;
+		/* one token: the whole run at once (no weights to keep in cache
+		 * for other tokens, and the tiles can lay long streams over it) */
+		const int64_t step = tk->n_tok == 1 ? c1 - c0 : MM_CHUNK_ROWS;
+		for (int64_t r0 = c0; r0 < c1; r0 += step) {
+			int64_t r1 = r0 + step < c1 ? r0 + step : c1;
 			gemm_range(tk->y + r0, tk->n_rows, tk->w, tk->w_stride, tk->k, r0, r1,
 			           tk->n_cols, tk->x, tk->x_stride, tk->n_tok);
 		}

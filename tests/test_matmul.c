@@ -294,3 +294,49 @@ Test(matmul, avx512_level_gives_the_avx2_bits_for_tiled_types)
 	cr_assert_eq(moe_isa_set(orig), MOE_OK);
 	cr_log_info("%d elements equal at the AVX2 and AVX-512 levels", compared);
 }
+
+/* One token against row counts that take the one-token 8x1 tile over long
+ * runs of rows (isa_avx2_gemm.c run_shape: lane k walks the k-th of 8
+ * runs, the last lanes clamped): every element equals its row alone, at
+ * every ISA level. */
+Test(matmul, one_token_over_row_runs_equals_rows_alone)
+{
+	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	/* one thread: runs of max(16, rows / 8 rounded down to 16) rows */
+	const int64_t counts[] = {16, 17, 23, 37, 130, 300, 2100};
+	enum { COLS = 256, MAXR = 2100 };
+	moe_isa orig = moe_isa_active();
+	for (int li = 0; li < 4; li++) {
+		if (!moe_isa_supported(levels[li]))
+			continue;
+		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
+		for (size_t ti = 0; ti < N_TYPES; ti++) {
+			moe_type t = types[ti];
+			uint8_t *w = make_weights(t, MAXR, COLS);
+			size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+			float x[COLS], alone;
+			float *y = malloc(sizeof(float) * MAXR);
+			uint8_t *xq = malloc(as);
+			cr_assert(xq != NULL && y != NULL);
+			fill_f32(x, COLS);
+			cr_assert_eq(moe_quantize_act(t, xq, x, COLS), MOE_OK);
+			for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++) {
+				const int64_t n = counts[ci];
+				cr_assert_eq(moe_matmul_q(NULL, y, w, t, n, COLS, xq, 1), MOE_OK);
+				for (int64_t r = 0; r < n; r++) {
+					cr_assert_eq(moe_matmul_q(NULL, &alone, w + r * rs, t, 1,
+					                          COLS, xq, 1),
+					             MOE_OK);
+					cr_assert(memcmp(&y[r], &alone, sizeof(float)) == 0,
+					          "%s %s: %lld rows, row %lld: %.9g vs %.9g alone",
+					          moe_isa_name(levels[li]), moe_type_get(t)->name,
+					          (long long)n, (long long)r, y[r], alone);
+				}
+			}
+			free(y);
+			free(xq);
+			free(w);
+		}
+	}
+	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+}
