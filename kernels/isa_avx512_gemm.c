@@ -48,7 +48,7 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 		const size_t ao = (size_t)i * sizeof(moe_block_q8_K);
 		const __m256i sm = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
 		__m256i qh = _mm256_setzero_si256();
-		__m256i is[MAX_T];
+		__m256i is[MAX_T][4];
 
 		if (hbits)
 			qh =
@@ -76,9 +76,18 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 				    _mm256_loadu_si256((const __m256i *)(yq + 64 * c + 32));
 				__m256i p0 = _mm256_maddubs_epi16(lo, y0);
 				__m256i p1 = _mm256_maddubs_epi16(hi, y1);
-				__m256i part = c == 0 ? _mm256_madd_epi16(p0, s0)
-				                      : _mm256_dpwssd_epi32(is[t], p0, s0);
-				is[t] = _mm256_dpwssd_epi32(part, p1, s1);
+				/* four chains of two (chunk parity x lo/hi) instead of
+				 * one of eight: vpdpwssd's latency, not its rate, had
+				 * bounded the loop */
+				if (c < 2) {
+					is[t][2 * c] = _mm256_madd_epi16(p0, s0);
+					is[t][2 * c + 1] = _mm256_madd_epi16(p1, s1);
+				} else {
+					is[t][2 * (c - 2)] =
+					    _mm256_dpwssd_epi32(is[t][2 * (c - 2)], p0, s0);
+					is[t][2 * (c - 2) + 1] =
+					    _mm256_dpwssd_epi32(is[t][2 * (c - 2) + 1], p1, s1);
+				}
 			}
 		}
 #pragma GCC unroll 4
@@ -87,7 +96,9 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 			/* lanes [d * dy, dmin * dy]: the references' products */
 			const __m128 dd = k4_d_dmin((const uint16_t *)b, yb->d);
 			/* [isum, msum, ...] by one reduction of both vectors */
-			__m256i h = _mm256_hadd_epi32(is[t], k4_mins(sm, yb->bsums));
+			const __m256i isum = _mm256_add_epi32(_mm256_add_epi32(is[t][0], is[t][1]),
+			                                      _mm256_add_epi32(is[t][2], is[t][3]));
+			__m256i h = _mm256_hadd_epi32(isum, k4_mins(sm, yb->bsums));
 			h = _mm256_hadd_epi32(h, h);
 			const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
 			                                   _mm256_extracti128_si256(h, 1));
@@ -120,12 +131,12 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 		    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
 		const __m256i scm =
 		    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
-		__m256i is[MAX_T];
+		__m256i is[MAX_T][4]; /* four chains of two, as in row_k45 */
 
 #pragma GCC unroll 4
 		for (int t = 0; t < T; t++) {
 			const moe_block_q8_K *yb = (const moe_block_q8_K *)(a[t] + ao);
-			is[t] =
+			is[t][0] =
 			    _mm256_madd_epi16(scm, _mm256_loadu_si256((const __m256i *)yb->bsums));
 		}
 #pragma GCC unroll 2
@@ -159,8 +170,10 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 					    ((const moe_block_q8_K *)(a[t] + ao))->qs + 128 * h +
 					    32 * j;
 					__m256i yy = _mm256_loadu_si256((const __m256i *)yq);
-					is[t] = _mm256_dpwssd_epi32(
-					    is[t], _mm256_maddubs_epi16(q[j], yy), scj);
+					const __m256i p = _mm256_maddubs_epi16(q[j], yy);
+					is[t][j] = h == 0 && j > 0
+					               ? _mm256_madd_epi16(p, scj)
+					               : _mm256_dpwssd_epi32(is[t][j], p, scj);
 				}
 			}
 		}
@@ -169,8 +182,10 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 		for (int t = 0; t < T; t++) {
 			const float dy = ((const moe_block_q8_K *)(a[t] + ao))->d;
 			/* a tile lane's conversion and fused multiply-add */
-			acc[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(is[t])),
-			                      _mm_set_ss(d * dy), acc[t]);
+			const __m256i isum = _mm256_add_epi32(_mm256_add_epi32(is[t][0], is[t][1]),
+			                                      _mm256_add_epi32(is[t][2], is[t][3]));
+			acc[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(isum)), _mm_set_ss(d * dy),
+			                      acc[t]);
 		}
 	}
 	for (int t = 0; t < T; t++)
