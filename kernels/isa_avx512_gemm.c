@@ -20,6 +20,7 @@
  * vs 216 GOPS).
  */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "kernels/gemm.h"
 #include "kernels/isa_avx2.h"
@@ -192,6 +193,172 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 		y[t * ldy] = _mm_cvtss_f32(acc[t]);
 }
 
+/* ---- Q4_K / Q5_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ---------------- */
+
+/* A block of 256 values as 8 rows (sub-blocks s) of 8 dwords (4 values each)
+ * -> its 8 columns: on return r[k] holds, in 32-bit lane s, dword k of
+ * row s. */
+static ALWAYS_INLINE void transpose8(__m256i r[8])
+{
+	__m256i t[8], u[8];
+	for (int k = 0; k < 4; k++) {
+		t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+		t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+	}
+	for (int h = 0; h < 2; h++) {
+		u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+		u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+	}
+	for (int k = 0; k < 4; k++) {
+		r[k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
+		r[4 + k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+	}
+}
+
+/* What the tile needs of a group of 8 tokens per block, made once per group:
+ * each token's quants transposed like the weights (so one vpdpbusd meets 4
+ * values of every sub-block at once), the tokens' d, and the bsums that meet
+ * the mins, as in isa_avx2_gemm.c's k8_prep. */
+typedef struct vk8_block {
+	uint8_t yt[8][8][32]; /* [token][column k] */
+	float dy[8];
+	int16_t bs[4][16]; /* bs[k] = BS[2k][t], BS[2k+1][t] for t = 0..7 */
+} vk8_block;
+
+enum { VK8_STACK_BLOCKS = 16 };
+
+static void prep_vk8(vk8_block *p, int64_t nb, const uint8_t *const a[8])
+{
+	for (int64_t i = 0; i < nb; i++) {
+		for (int t = 0; t < 8; t++) {
+			const moe_block_q8_K *y =
+			    (const moe_block_q8_K *)(a[t] + (size_t)i * sizeof(moe_block_q8_K));
+			__m256i r[8];
+			for (int s = 0; s < 8; s++)
+				r[s] = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * s));
+			transpose8(r);
+			for (int k = 0; k < 8; k++)
+				_mm256_storeu_si256((__m256i *)p[i].yt[t][k], r[k]);
+			p[i].dy[t] = y->d;
+			for (int s = 0; s < 8; s++)
+				p[i].bs[s / 2][2 * t + s % 2] =
+				    (int16_t)(y->bsums[2 * s] + y->bsums[2 * s + 1]);
+		}
+	}
+}
+
+/* One Q4_K (hbits false) or Q5_K row against the 8 tokens of p: out[t].
+ * Per block the weights' 8 sub-blocks are transposed into columns, and per
+ * token 8 vpdpbusd (u8 quants x s8 activations, 4 products per lane, exact)
+ * leave lane s = the integer dot of sub-block s; one vpmulld by the 8 scales
+ * and the 8-token tree give lane t = the block's exact integer sum, the same
+ * integer as the AVX2 tiles' maddubs/madd (which spend two multiplies per 32
+ * products where this spends one and a ninth).  The float operations are
+ * the AVX2 1x8 tile's, lane for lane. */
+static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], const uint8_t *w,
+                                    const vk8_block *p)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
+	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
+	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const uint8_t *b = w + (size_t)i * wbs;
+		const vk8_block *pp = &p[i];
+		const __m256i sm = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
+		const __m256i scv = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(sm));
+		__m256i qh = _mm256_setzero_si256();
+		__m256i wc[8], iv[8];
+
+		if (hbits)
+			qh =
+			    _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
+		for (int c = 0; c < 4; c++) {
+			__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
+			__m256i lo = _mm256_and_si256(q, m4);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+			if (hbits) {
+				lo =
+				    _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
+				hi = _mm256_or_si256(
+				    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
+			}
+			wc[2 * c] = lo;
+			wc[2 * c + 1] = hi;
+		}
+		transpose8(wc);
+#pragma GCC unroll 8
+		for (int t = 0; t < 8; t++) {
+			/* two chains of four per token */
+			__m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++) {
+				s0 = _mm256_dpbusd_epi32(
+				    s0, wc[k], _mm256_loadu_si256((const __m256i *)pp->yt[t][k]));
+				s1 = _mm256_dpbusd_epi32(
+				    s1, wc[4 + k],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 + k]));
+			}
+			iv[t] = _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), scv);
+		}
+		const __m256 vi = _mm256_cvtepi32_ps(sum8_i32(iv));
+		__m256i m = _mm256_setzero_si256();
+#pragma GCC unroll 4
+		for (int k = 0; k < 4; k++) {
+			const __m256i pick =
+			    _mm256_set1_epi32((int)(0x80008000u | (uint32_t)(8 + 2 * k) |
+			                            (uint32_t)(9 + 2 * k) << 16));
+			m = _mm256_add_epi32(
+			    m, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)pp->bs[k]),
+			                         _mm256_shuffle_epi8(sm, pick)));
+		}
+		const __m256 vm = _mm256_cvtepi32_ps(m);
+		const __m256 dy = _mm256_loadu_ps(pp->dy);
+		const __m256 d =
+		    _mm256_set1_ps(half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))));
+		const __m256 dmin =
+		    _mm256_set1_ps(half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
+		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
+	}
+	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+}
+
+/* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of
+ * fewer repeats its last token and drops it). false without memory for the
+ * gathered activations (nothing written then). */
+static bool run_v1x8(bool hbits, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	vk8_block stack[VK8_STACK_BLOCKS];
+	vk8_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	if (p == NULL)
+		return false;
+	for (int64_t t0 = 0; t0 < n_t; t0 += 8) {
+		const uint8_t *a[8];
+		float out[8];
+		for (int t = 0; t < 8; t++)
+			a[t] = x + (size_t)(t0 + t < n_t ? t0 + t : n_t - 1) * x_stride;
+		prep_vk8(p, nb, a);
+		for (int64_t r = 0; r < n_r; r++) {
+			if (hbits)
+				tile_v1x8(true, n_cols, out, w + (size_t)r * w_stride, p);
+			else
+				tile_v1x8(false, n_cols, out, w + (size_t)r * w_stride, p);
+			for (int t = 0; t < 8 && t0 + t < n_t; t++)
+				y[(t0 + t) * ldy + r] = out[t];
+		}
+	}
+	if (p != stack)
+		free(p);
+	return true;
+}
+
 enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
 
 static ALWAYS_INLINE void rows_t(int kind, int T, int64_t n_cols, float *y, int64_t ldy,
@@ -242,17 +409,14 @@ static void gemm_k(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, 
                    size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
 	const int64_t full = n_t / 8 * 8, rem = n_t - full;
-	moe_gemm_fn avx2 = moe_gemm_avx2(t);
+	const int64_t grouped = rem > 4 ? n_t : full; /* 5..7 left: one padded group */
 
-	if (rem > 4) {
-		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
-		return;
-	}
-	if (full > 0)
-		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
-	if (rem > 0)
-		rows_few(kind, (int)rem, n_cols, y + full * ldy, ldy, w, w_stride, n_r,
-		         x + (size_t)full * x_stride, x_stride);
+	if (grouped > 0 && (kind == KQ_Q6_K || !run_v1x8(kind == KQ_Q5_K, n_cols, y, ldy, w,
+	                                                 w_stride, n_r, x, x_stride, grouped)))
+		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
+	if (grouped < n_t)
+		rows_few(kind, (int)(n_t - grouped), n_cols, y + grouped * ldy, ldy, w, w_stride,
+		         n_r, x + (size_t)grouped * x_stride, x_stride);
 }
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
