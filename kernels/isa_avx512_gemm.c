@@ -21,6 +21,7 @@
  */
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/gemm.h"
 #include "kernels/isa_avx2.h"
@@ -359,6 +360,147 @@ static bool run_v1x8(bool hbits, int64_t n_cols, float *y, int64_t ldy, const ui
 	return true;
 }
 
+/* ---- Q6_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ------------------------- */
+
+/* 4 vectors of one Q6_K half-block (vector j: sub-blocks 2j | 2j + 1, 16
+ * values = 4 dwords each) -> 4 columns: lane l of r[k] is dword k of
+ * sub-block 2l, lane 4 + l dword k of sub-block 2l + 1 (a 4x4 dword
+ * transpose in each 128-bit half). */
+static ALWAYS_INLINE void transpose4x2(__m256i r[4])
+{
+	const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]),
+	              t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+	const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]),
+	              t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+	r[0] = _mm256_unpacklo_epi64(t0, t2);
+	r[1] = _mm256_unpackhi_epi64(t0, t2);
+	r[2] = _mm256_unpacklo_epi64(t1, t3);
+	r[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+typedef struct v6_block {
+	uint8_t yt[8][8][32]; /* [token][4 * half + column] */
+	float dy[8];
+	int16_t bsums[8][16];
+} v6_block;
+
+static void prep_v6(v6_block *p, int64_t nb, const uint8_t *const a[8])
+{
+	for (int64_t i = 0; i < nb; i++) {
+		for (int t = 0; t < 8; t++) {
+			const moe_block_q8_K *y =
+			    (const moe_block_q8_K *)(a[t] + (size_t)i * sizeof(moe_block_q8_K));
+			for (int h = 0; h < 2; h++) {
+				__m256i r[4];
+				for (int j = 0; j < 4; j++)
+					r[j] = _mm256_loadu_si256(
+					    (const __m256i *)(y->qs + 128 * h + 32 * j));
+				transpose4x2(r);
+				for (int k = 0; k < 4; k++)
+					_mm256_storeu_si256((__m256i *)p[i].yt[t][4 * h + k], r[k]);
+			}
+			p[i].dy[t] = y->d;
+			memcpy(p[i].bsums[t], y->bsums, sizeof(p[i].bsums[t]));
+		}
+	}
+}
+
+/* One Q6_K row against the 8 tokens of p: out[t].  Per half-block the 6-bit
+ * quants (0..63) are transposed into columns; per token 4 vpdpbusd leave
+ * lane l = the dot of one sub-block, one vpmulld per half applies the int8
+ * scales (in the lanes' order), and -32 * sum(scale * bsum) accounts for
+ * the offset: the AVX2 Q6_K tile's integer, and its float operations. */
+static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w, const v6_block *p)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
+	/* scale bytes in lane order: sub-blocks 0 2 4 6 1 3 5 7 of each half */
+	const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q6_K *x = (const moe_block_q6_K *)(w + (size_t)i * sizeof(*x));
+		const v6_block *pp = &p[i];
+		const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
+		const __m128i so = _mm_shuffle_epi8(sc8, order);
+		const __m256i scv[2] = {_mm256_cvtepi8_epi32(so),
+		                        _mm256_cvtepi8_epi32(_mm_srli_si128(so, 8))};
+		const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+		const __m256i scm =
+		    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
+		__m256i wq[2][4], iv[8];
+
+		for (int h = 0; h < 2; h++) {
+			const __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+			const __m256i l1 =
+			    _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+			wq[h][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+			                           _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+			wq[h][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+			                           _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+			wq[h][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+			                           _mm256_and_si256(qh, m3));
+			wq[h][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+			                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+			transpose4x2(wq[h]);
+		}
+#pragma GCC unroll 8
+		for (int t = 0; t < 8; t++) {
+			__m256i s[2];
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++) {
+				__m256i d0 = _mm256_dpbusd_epi32(
+				    _mm256_setzero_si256(), wq[h][0],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 * h]));
+				__m256i d1 = _mm256_dpbusd_epi32(
+				    _mm256_setzero_si256(), wq[h][1],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 * h + 1]));
+				d0 = _mm256_dpbusd_epi32(
+				    d0, wq[h][2],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 * h + 2]));
+				d1 = _mm256_dpbusd_epi32(
+				    d1, wq[h][3],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 * h + 3]));
+				s[h] = _mm256_mullo_epi32(_mm256_add_epi32(d0, d1), scv[h]);
+			}
+			const __m256i off = _mm256_madd_epi16(
+			    scm, _mm256_loadu_si256((const __m256i *)pp->bsums[t]));
+			iv[t] = _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), off);
+		}
+		const __m256 vi = _mm256_cvtepi32_ps(sum8_i32(iv));
+		const __m256 d = _mm256_set1_ps(half_to_f32(x->d));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, _mm256_loadu_ps(pp->dy)), acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* run_v1x8 for Q6_K. */
+static bool run_v6(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                   int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	v6_block stack[VK8_STACK_BLOCKS];
+	v6_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	if (p == NULL)
+		return false;
+	for (int64_t t0 = 0; t0 < n_t; t0 += 8) {
+		const uint8_t *a[8];
+		float out[8];
+		for (int t = 0; t < 8; t++)
+			a[t] = x + (size_t)(t0 + t < n_t ? t0 + t : n_t - 1) * x_stride;
+		prep_v6(p, nb, a);
+		for (int64_t r = 0; r < n_r; r++) {
+			tile_v6(n_cols, out, w + (size_t)r * w_stride, p);
+			for (int t = 0; t < 8 && t0 + t < n_t; t++)
+				y[(t0 + t) * ldy + r] = out[t];
+		}
+	}
+	if (p != stack)
+		free(p);
+	return true;
+}
+
 enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
 
 static ALWAYS_INLINE void rows_t(int kind, int T, int64_t n_cols, float *y, int64_t ldy,
@@ -411,8 +553,13 @@ static void gemm_k(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, 
 	const int64_t full = n_t / 8 * 8, rem = n_t - full;
 	const int64_t grouped = rem > 4 ? n_t : full; /* 5..7 left: one padded group */
 
-	if (grouped > 0 && (kind == KQ_Q6_K || !run_v1x8(kind == KQ_Q5_K, n_cols, y, ldy, w,
-	                                                 w_stride, n_r, x, x_stride, grouped)))
+	bool done = grouped == 0;
+	if (!done && kind == KQ_Q6_K)
+		done = run_v6(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
+	else if (!done)
+		done = run_v1x8(kind == KQ_Q5_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+		                grouped);
+	if (!done) /* no memory for the gathered activations */
 		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
 	if (grouped < n_t)
 		rows_few(kind, (int)(n_t - grouped), n_cols, y + grouped * ldy, ldy, w, w_stride,
