@@ -27,6 +27,7 @@
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static bool isa_supported[N_ISA];
 static moe_vec_dot_fn dot_table[N_ISA][MOE_TYPE_COUNT];
+static moe_vec_ops vec_table[N_ISA];
 static _Atomic int isa_current = MOE_ISA_SCALAR;
 
 static const char *const isa_names[N_ISA] = {"scalar", "avx2", "avx512", "neon"};
@@ -85,14 +86,19 @@ static void detect(bool sup[N_ISA])
 
 static void fill_tables(void)
 {
-	for (int i = 0; i < N_ISA; i++)
+	for (int i = 0; i < N_ISA; i++) {
 		moe_dots_ref(dot_table[i]);
+		moe_vec_ops_ref(&vec_table[i]);
+	}
 #if defined(__x86_64__)
-	if (isa_supported[MOE_ISA_AVX2])
+	if (isa_supported[MOE_ISA_AVX2]) {
 		moe_dots_avx2(dot_table[MOE_ISA_AVX2]);
+		moe_vec_ops_avx2(&vec_table[MOE_ISA_AVX2]);
+	}
 	if (isa_supported[MOE_ISA_AVX512]) {
 		moe_dots_avx2(dot_table[MOE_ISA_AVX512]);
 		moe_dots_avx512(dot_table[MOE_ISA_AVX512]);
+		moe_vec_ops_avx2(&vec_table[MOE_ISA_AVX512]);
 	}
 #elif defined(__aarch64__) && defined(__linux__)
 	if (isa_supported[MOE_ISA_NEON]) {
@@ -182,4 +188,17 @@ moe_vec_dot_fn moe_vec_dot_get_isa(moe_type t, moe_isa isa)
 moe_vec_dot_fn moe_vec_dot_get(moe_type t)
 {
 	return moe_vec_dot_get_isa(t, moe_isa_active());
+}
+
+const moe_vec_ops *moe_vec_ops_get_isa(moe_isa isa)
+{
+	pthread_once(&isa_once, isa_init);
+	if ((unsigned)isa >= N_ISA || !isa_supported[isa])
+		return NULL;
+	return &vec_table[isa];
+}
+
+const moe_vec_ops *moe_vec_ops_get(void)
+{
+	return moe_vec_ops_get_isa(moe_isa_active());
 }

@@ -158,6 +158,24 @@ int moe_pool_threads(const moe_pool *pool);
  * reentrant. */
 void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void *arg);
 
+/* ---- float vector ops -------------------------------------------------------- */
+
+/* The model's dense float loops (attention, DeltaNet), per ISA level.  Every
+ * level gives the scalar references' bits (same operations lane for lane,
+ * multiplies and adds never fused, the dot in 8 partial sums and a fixed
+ * tree), so these results do not depend on the CPU. */
+typedef struct moe_vec_ops {
+	float (*dot)(const float *a, const float *b, int64_t n);    /* sum a[i] * b[i] */
+	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y[i] += a * x[i] */
+	void (*scale)(float *y, float a, int64_t n);                /* y[i] *= a */
+	void (*f16_to_f32)(float *y, const uint16_t *x, int64_t n); /* exact */
+} moe_vec_ops;
+
+/* The active level's ops (never NULL; fetch once per loop, not per call). */
+const moe_vec_ops *moe_vec_ops_get(void);
+/* Level isa's ops, or NULL if this CPU cannot run it (tests). */
+const moe_vec_ops *moe_vec_ops_get_isa(moe_isa isa);
+
 /* ---- matrix products ---------------------------------------------------------- */
 
 /* y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tok, r < n_rows.
@@ -179,7 +197,7 @@ moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64
  * moe_quantize_act does row by row (so the bits do not depend on n_tok or the
  * pool). Errors as moe_quantize_act; dst is then partly written. */
 moe_err moe_quantize_act_rows(moe_pool *pool, void *dst, moe_type wt, const float *x,
-			      int64_t n_cols, int64_t n_tok);
+                              int64_t n_cols, int64_t n_tok);
 
 /* ---- exact accumulation -------------------------------------------------------- */
 
@@ -195,7 +213,7 @@ moe_err moe_quantize_act_rows(moe_pool *pool, void *dst, moe_type wt, const floa
  * Resolution: 2^-32 = 2.3e-10, far below an f32 ulp of any value >= 2^-9. */
 typedef int64_t moe_fix_t;
 #define MOE_FIX_FRAC_BITS 32
-#define MOE_FIX_MAX	  ((moe_fix_t)1 << 55)
+#define MOE_FIX_MAX       ((moe_fix_t)1 << 55)
 #define MOE_FIX_MAX_TERMS 256
 moe_fix_t moe_fix_from_f32(float v);
 float moe_fix_to_f32(moe_fix_t v);
@@ -242,7 +260,7 @@ moe_err moe_expert_ffn_run(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn 
  * (an id >= n_expert, n_used out of 1..64), MOE_ERR_NOMEM; acc is untouched
  * on an error found before the work starts. */
 moe_err moe_expert_ffn_run_q(moe_pool *pool, moe_fix_t *acc, const moe_expert_ffn *f,
-			     const void *xq, int64_t n_tok, const int32_t *ids,
-			     const float *weights, int n_used);
+                             const void *xq, int64_t n_tok, const int32_t *ids,
+                             const float *weights, int n_used);
 
 #endif

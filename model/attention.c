@@ -49,8 +49,8 @@ static const float *kv_head(const moe_fwd *f, void *cache, int kv_layer, int slo
 	const char *row = kv_row(f, cache, kv_layer, slot, p);
 	if (f->o.kv_type == MOE_TYPE_F32)
 		return (const float *)row + (int64_t)kvh * hd;
-	/* cannot fail: F16 converts any length */
-	(void)moe_dequantize_row(MOE_TYPE_F16, buf, row + (size_t)kvh * (size_t)hd * 2, hd);
+	moe_vec_ops_get()->f16_to_f32(buf, (const uint16_t *)(row + (size_t)kvh * (size_t)hd * 2),
+	                              hd);
 	return buf;
 }
 
@@ -60,6 +60,7 @@ static void attn_heads(void *arg, int ith, int nth)
 {
 	const attn_job *jb = arg;
 	moe_fwd *f = jb->f;
+	const moe_vec_ops *v_ops = moe_vec_ops_get();
 	const moe_hparams *hp = &f->m->hp;
 	const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
 	const int grp = nh / nkv;
@@ -80,7 +81,7 @@ static void attn_heads(void *arg, int ith, int nth)
 			const float *k = kv_head(f, f->k_cache, kv_layer, slot, p, kvh, hd, buf);
 			for (int g = 0; g < grp; g++)
 				s[(int64_t)g * f->o.n_ctx + p] =
-				    moe_dot_f32(q0 + g * jb->q_head, k, hd) * scale;
+				    v_ops->dot(q0 + g * jb->q_head, k, hd) * scale;
 		}
 		for (int g = 0; g < grp; g++) {
 			moe_softmax(s + (int64_t)g * f->o.n_ctx, n_pos);
@@ -89,12 +90,8 @@ static void attn_heads(void *arg, int ith, int nth)
 		}
 		for (int64_t p = 0; p < n_pos; p++) {
 			const float *v = kv_head(f, f->v_cache, kv_layer, slot, p, kvh, hd, buf);
-			for (int g = 0; g < grp; g++) {
-				const float w = s[(int64_t)g * f->o.n_ctx + p];
-				float *out = out0 + g * hd;
-				for (int d = 0; d < hd; d++)
-					out[d] += w * v[d];
-			}
+			for (int g = 0; g < grp; g++)
+				v_ops->axpy(out0 + g * hd, s[(int64_t)g * f->o.n_ctx + p], v, hd);
 		}
 		if (jb->gated) {
 			for (int g = 0; g < grp; g++) {

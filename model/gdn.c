@@ -1,6 +1,8 @@
 /*
  * gdn.c - the Gated-DeltaNet cores on one value head: the recurrent form for
  * decode and the chunked form for prefill (see deltanet.c for the math).
+ * The loops over a value row run on the kernels' float vector ops, which
+ * give the scalar loops' bits at every ISA level.
  */
 #include <math.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 
 void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 {
+	const moe_vec_ops *v_ops = moe_vec_ops_get();
 	float *d = tmp; /* [hv] */
 	for (int64_t i = 0; i < io->n_tok; i++) {
 		const int64_t r = io->rows[i];
@@ -25,11 +28,8 @@ void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tm
 			d[j] = 0.0f;
 		for (int a = 0; a < hk; a++) {
 			float *row = S + (int64_t)a * hv;
-			const float ka = k[a];
-			for (int j = 0; j < hv; j++) {
-				row[j] *= decay;
-				d[j] += row[j] * ka;
-			}
+			v_ops->scale(row, decay, hv);
+			v_ops->axpy(d, k[a], row, hv);
 		}
 		for (int j = 0; j < hv; j++) {
 			d[j] = (v[j] - d[j]) * beta;
@@ -38,11 +38,8 @@ void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tm
 		/* S += k d^T, then o = S^T q with the updated rows */
 		for (int a = 0; a < hk; a++) {
 			float *row = S + (int64_t)a * hv;
-			const float ka = k[a], qa = q[a];
-			for (int j = 0; j < hv; j++) {
-				row[j] += ka * d[j];
-				o[j] += row[j] * qa;
-			}
+			v_ops->axpy(row, k[a], d, hv);
+			v_ops->axpy(o, q[a], row, hv);
 		}
 	}
 }
@@ -55,6 +52,7 @@ size_t moe_gdn_chunk_scratch(int hk, int hv)
 
 void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 {
+	const moe_vec_ops *v_ops = moe_vec_ops_get();
 	float *G = tmp;                 /* [C] cumulative log decay */
 	float *D = tmp + MOE_GDN_CHUNK; /* [C][hv] the d_t */
 	for (int64_t c0 = 0; c0 < io->n_tok; c0 += MOE_GDN_CHUNK) {
@@ -75,22 +73,16 @@ void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 			float *d = D + (int64_t)t * hv;
 			for (int j = 0; j < hv; j++)
 				d[j] = 0.0f;
-			for (int a = 0; a < hk; a++) {
-				const float *row = S + (int64_t)a * hv;
-				const float ka = k[a];
-				for (int j = 0; j < hv; j++)
-					d[j] += row[j] * ka;
-			}
+			for (int a = 0; a < hk; a++)
+				v_ops->axpy(d, k[a], S + (int64_t)a * hv, hv);
 			for (int j = 0; j < hv; j++)
 				d[j] = beta * (v[j] - eg * d[j]);
 			/* forward substitution against the earlier d_i */
 			for (int i = 0; i < t; i++) {
 				const float *ki = io->k + rows[i] * io->qk_stride;
-				const float coef =
-				    beta * expf(G[t] - G[i]) * moe_dot_f32(k, ki, hk);
-				const float *di = D + (int64_t)i * hv;
-				for (int j = 0; j < hv; j++)
-					d[j] -= coef * di[j];
+				const float coef = beta * expf(G[t] - G[i]) * v_ops->dot(k, ki, hk);
+				/* d - c * di: the same bits as d + (-c) * di */
+				v_ops->axpy(d, -coef, D + (int64_t)i * hv, hv);
 			}
 		}
 		/* outputs, from the state before the chunk */
@@ -100,39 +92,25 @@ void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 			const float eg = expf(G[t]);
 			for (int j = 0; j < hv; j++)
 				o[j] = 0.0f;
-			for (int a = 0; a < hk; a++) {
-				const float *row = S + (int64_t)a * hv;
-				const float qa = q[a];
-				for (int j = 0; j < hv; j++)
-					o[j] += row[j] * qa;
-			}
-			for (int j = 0; j < hv; j++)
-				o[j] *= eg;
+			for (int a = 0; a < hk; a++)
+				v_ops->axpy(o, q[a], S + (int64_t)a * hv, hv);
+			v_ops->scale(o, eg, hv);
 			for (int i = 0; i <= t; i++) {
 				const float *ki = io->k + rows[i] * io->qk_stride;
-				const float coef = expf(G[t] - G[i]) * moe_dot_f32(q, ki, hk);
-				const float *di = D + (int64_t)i * hv;
-				for (int j = 0; j < hv; j++)
-					o[j] += coef * di[j];
+				const float coef = expf(G[t] - G[i]) * v_ops->dot(q, ki, hk);
+				v_ops->axpy(o, coef, D + (int64_t)i * hv, hv);
 			}
 		}
 		/* state at the end of the chunk */
 		const float eg_end = expf(G[c - 1]);
-		for (int a = 0; a < hk; a++) {
-			float *row = S + (int64_t)a * hv;
-			for (int j = 0; j < hv; j++)
-				row[j] *= eg_end;
-		}
+		for (int a = 0; a < hk; a++)
+			v_ops->scale(S + (int64_t)a * hv, eg_end, hv);
 		for (int i = 0; i < c; i++) {
 			const float *ki = io->k + rows[i] * io->qk_stride;
 			const float w = expf(G[c - 1] - G[i]);
 			const float *di = D + (int64_t)i * hv;
-			for (int a = 0; a < hk; a++) {
-				float *row = S + (int64_t)a * hv;
-				const float ka = w * ki[a];
-				for (int j = 0; j < hv; j++)
-					row[j] += ka * di[j];
-			}
+			for (int a = 0; a < hk; a++)
+				v_ops->axpy(S + (int64_t)a * hv, w * ki[a], di, hv);
 		}
 	}
 }

@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "kernels/kernels.h"
+
 void moe_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps)
 {
 	double sum = 0.0;
@@ -184,14 +186,6 @@ float moe_f16_to_f32(uint16_t h)
 
 float moe_dot_f32(const float *a, const float *b, int64_t n)
 {
-	/* Eight partial sums let the compiler vectorise without -ffast-math. */
-	float s[8] = {0};
-	int64_t i = 0;
-	for (; i + 8 <= n; i += 8)
-		for (int j = 0; j < 8; j++)
-			s[j] += a[i + j] * b[i + j];
-	float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-	for (; i < n; i++)
-		r += a[i] * b[i];
-	return r;
+	/* the kernels' dot: eight partial sums and a fixed tree at every level */
+	return moe_vec_ops_get()->dot(a, b, n);
 }

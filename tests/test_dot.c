@@ -273,3 +273,70 @@ Test(dot, active_isa_is_the_best_supported)
 		          moe_isa_name((moe_isa)l), moe_isa_name(a));
 	cr_log_info("active ISA: %s", moe_isa_name(a));
 }
+
+/* The float vector ops give the scalar references' bits at every level, for
+ * every length 0..100 and a long one (tails, the 8-lane body), and the F16
+ * conversion is exact for every half that is not a NaN. */
+Test(dot, vec_ops_equal_references_at_every_level)
+{
+	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
+	const moe_vec_ops *ref = moe_vec_ops_get_isa(MOE_ISA_SCALAR);
+	enum { N = 1031 };
+	float *a = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * N);
+	float *y1 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
+	uint16_t *h = malloc(sizeof(uint16_t) * 65536);
+	float *f1 = malloc(sizeof(float) * 65536), *f2 = malloc(sizeof(float) * 65536);
+	cr_assert(ref != NULL && a && b && y1 && y2 && h && f1 && f2);
+	uint64_t st = 12345;
+	for (int i = 0; i < N; i++) {
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		a[i] = (float)((int64_t)(st >> 33) - (1ll << 30)) / (float)(1 << 28);
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		b[i] = (float)((int64_t)(st >> 33) - (1ll << 30)) / (float)(1 << 26);
+	}
+	for (int i = 0; i < 65536; i++)
+		h[i] = (uint16_t)i;
+	int checked = 0;
+	for (int li = 0; li < 3; li++) {
+		const moe_vec_ops *v = moe_vec_ops_get_isa(levels[li]);
+		if (v == NULL)
+			continue;
+		for (int n = 0; n <= N; n = n < 100 ? n + 1 : N + 1) {
+			float d1 = ref->dot(a, b, n), d2 = v->dot(a, b, n);
+			cr_assert(memcmp(&d1, &d2, sizeof d1) == 0, "%s dot n=%d: %.9g vs %.9g",
+			          moe_isa_name(levels[li]), n, d2, d1);
+			memcpy(y1, b, sizeof(float) * N);
+			memcpy(y2, b, sizeof(float) * N);
+			ref->axpy(y1, 0.377f, a, n);
+			v->axpy(y2, 0.377f, a, n);
+			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy n=%d",
+			          moe_isa_name(levels[li]), n);
+			ref->scale(y1, -1.618f, n);
+			v->scale(y2, -1.618f, n);
+			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s scale n=%d",
+			          moe_isa_name(levels[li]), n);
+			checked += 3;
+		}
+		ref->f16_to_f32(f1, h, 65536);
+		v->f16_to_f32(f2, h, 65536);
+		for (int i = 0; i < 65536; i++) {
+			if (f1[i] != f1[i]) {
+				cr_assert(f2[i] != f2[i], "%s f16 %04x: NaN vs %g",
+				          moe_isa_name(levels[li]), i, f2[i]);
+				continue;
+			}
+			cr_assert(memcmp(&f1[i], &f2[i], sizeof(float)) == 0,
+			          "%s f16 %04x: %g vs %g", moe_isa_name(levels[li]), i, f2[i],
+			          f1[i]);
+		}
+		checked++;
+	}
+	cr_log_info("%d vector op cases equal to the references", checked);
+	free(f2);
+	free(f1);
+	free(h);
+	free(y2);
+	free(y1);
+	free(b);
+	free(a);
+}

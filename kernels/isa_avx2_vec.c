@@ -1,0 +1,62 @@
+/*
+ * isa_avx2_vec.c - the float vector ops (vec.c) with AVX2 + F16C: the
+ * references' operations on 8 lanes, multiply and add kept separate
+ * (-ffp-contract=off), so every result has the reference's bits.
+ */
+#include <immintrin.h>
+
+#include "kernels/quants.h"
+
+/* dot_ref's lane j is the partial sum s[j]; its tail and tree likewise */
+static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+	__m256 s = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+	float v[8];
+	_mm256_storeu_ps(v, s);
+	float r = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+	for (; i < n; i++)
+		r += a[i] * b[i];
+	return r;
+}
+
+static void axpy_avx2(float *y, float a, const float *x, int64_t n)
+{
+	const __m256 va = _mm256_set1_ps(a);
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i),
+		                                      _mm256_mul_ps(va, _mm256_loadu_ps(x + i))));
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+
+static void scale_avx2(float *y, float a, int64_t n)
+{
+	const __m256 va = _mm256_set1_ps(a);
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), va));
+	for (; i < n; i++)
+		y[i] *= a;
+}
+
+/* exact, as the reference's conversion (F16C) */
+static void f16_avx2(float *y, const uint16_t *x, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+	for (; i < n; i++)
+		y[i] = _cvtsh_ss(x[i]);
+}
+
+void moe_vec_ops_avx2(moe_vec_ops *ops)
+{
+	ops->dot = dot_avx2;
+	ops->axpy = axpy_avx2;
+	ops->scale = scale_avx2;
+	ops->f16_to_f32 = f16_avx2;
+}

@@ -1,0 +1,51 @@
+/*
+ * vec.c - float vector ops for the model's dense math (attention scores and
+ * sums, DeltaNet state updates): the scalar references, and the table of the
+ * active ISA level (dispatch.c picks the level).
+ *
+ * Every level gives the references' bits: the SIMD versions do the same
+ * operations lane for lane (a multiply and a separate add, never fused: this
+ * file and the per-ISA vec files are compiled with -ffp-contract=off; the
+ * dot in 8 partial sums finished by a fixed tree), so the dense part of a
+ * forward pass does not depend on which CPU the coordinator runs on.
+ */
+#include "kernels/quants.h"
+
+static float dot_ref(const float *a, const float *b, int64_t n)
+{
+	float s[8] = {0};
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			s[j] += a[i + j] * b[i + j];
+	float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+	for (; i < n; i++)
+		r += a[i] * b[i];
+	return r;
+}
+
+static void axpy_ref(float *y, float a, const float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+
+static void scale_ref(float *y, float a, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] *= a;
+}
+
+static void f16_ref(float *y, const uint16_t *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = moe_fp16_to_f32(x[i]);
+}
+
+void moe_vec_ops_ref(moe_vec_ops *ops)
+{
+	ops->dot = dot_ref;
+	ops->axpy = axpy_ref;
+	ops->scale = scale_ref;
+	ops->f16_to_f32 = f16_ref;
+}
