@@ -99,6 +99,7 @@ static void fill_tables(void)
 		moe_dots_avx2(dot_table[MOE_ISA_AVX512]);
 		moe_dots_avx512(dot_table[MOE_ISA_AVX512]);
 		moe_vec_ops_avx2(&vec_table[MOE_ISA_AVX512]);
+		moe_vec_ops_avx512(&vec_table[MOE_ISA_AVX512]);
 	}
 #elif defined(__aarch64__) && defined(__linux__)
 	if (isa_supported[MOE_ISA_NEON]) {

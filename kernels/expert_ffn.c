@@ -104,6 +104,7 @@ static void phase_down(void *arg, int ith, int nth)
 	ffn_job *j = arg;
 	const moe_expert_ffn *f = j->f;
 	float *d = j->scratch + (size_t)ith * (size_t)j->max_pairs * FFN_CHUNK;
+	const moe_vec_ops *v_ops = moe_vec_ops_get();
 	int64_t n_items = (j->n_embd + FFN_CHUNK - 1) / FFN_CHUNK;
 	(void)nth;
 	for (;;) {
@@ -125,10 +126,8 @@ static void phase_down(void *arg, int ith, int nth)
 				continue;
 			}
 			for (int64_t p = 0; p < np; p++) {
-				float w = j->pair_w[p0 + p];
 				moe_fix_t *a = j->acc + (int64_t)j->pair_tok[p0 + p] * j->n_embd;
-				for (int64_t r = 0; r < nr; r++)
-					a[r0 + r] += moe_fix_from_f32(w * d[p * nr + r]);
+				v_ops->fix_axpy(a + r0, j->pair_w[p0 + p], d + p * nr, nr);
 			}
 		}
 	}

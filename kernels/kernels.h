@@ -169,6 +169,8 @@ typedef struct moe_vec_ops {
 	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y[i] += a * x[i] */
 	void (*scale)(float *y, float a, int64_t n);                /* y[i] *= a */
 	void (*f16_to_f32)(float *y, const uint16_t *x, int64_t n); /* exact */
+	/* acc[i] += moe_fix_from_f32(w * x[i]), the product in f32 */
+	void (*fix_axpy)(int64_t *acc, float w, const float *x, int64_t n);
 } moe_vec_ops;
 
 /* The active level's ops (never NULL; fetch once per loop, not per call). */

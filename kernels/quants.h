@@ -233,6 +233,7 @@ void moe_dots_neon_dotprod(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* + SDOT */
 
 /* The float vector ops (kernels.h moe_vec_ops): references, AVX2 + F16C. */
 void moe_vec_ops_ref(moe_vec_ops *ops);
-void moe_vec_ops_avx2(moe_vec_ops *ops);
+void moe_vec_ops_avx2(moe_vec_ops *ops);   /* all but fix_axpy */
+void moe_vec_ops_avx512(moe_vec_ops *ops); /* fix_axpy */
 
 #endif

@@ -42,10 +42,17 @@ static void f16_ref(float *y, const uint16_t *x, int64_t n)
 		y[i] = moe_fp16_to_f32(x[i]);
 }
 
+static void fix_axpy_ref(int64_t *acc, float w, const float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		acc[i] += moe_fix_from_f32(w * x[i]);
+}
+
 void moe_vec_ops_ref(moe_vec_ops *ops)
 {
 	ops->dot = dot_ref;
 	ops->axpy = axpy_ref;
 	ops->scale = scale_ref;
 	ops->f16_to_f32 = f16_ref;
+	ops->fix_axpy = fix_axpy_ref;
 }

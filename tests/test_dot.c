@@ -317,6 +317,34 @@ Test(dot, vec_ops_equal_references_at_every_level)
 			          moe_isa_name(levels[li]), n);
 			checked += 3;
 		}
+		/* fixed-point accumulation: the values of a and some at the
+		 * edges (ties, saturation, infinities, NaN, tiny) */
+		{
+			float e[N];
+			int64_t acc1[N], acc2[N];
+			memcpy(e, a, sizeof e);
+			const float edge[] = {0.5f * 0x1p-32f, -0.5f * 0x1p-32f,
+			                      1.5f * 0x1p-32f, -2.5f * 0x1p-32f,
+			                      8388608.0f,      -8388608.0f,
+			                      8388607.5f,      1e30f,
+			                      -1e30f,          INFINITY,
+			                      -INFINITY,       NAN,
+			                      1e-45f,          -0.0f,
+			                      3.0f * 0x1p-33f};
+			for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]); k++)
+				e[7 * k + 3] = edge[k];
+			for (int k = 0; k < N; k++)
+				acc1[k] = acc2[k] = (int64_t)k * 977 - 400000;
+			const float ws[] = {1.0f, -0.731f, 3.5f};
+			for (int wi = 0; wi < 3; wi++)
+				for (int n = 0; n <= N; n = n < 40 ? n + 1 : N + 1) {
+					ref->fix_axpy(acc1, ws[wi], e, n);
+					v->fix_axpy(acc2, ws[wi], e, n);
+					cr_assert(memcmp(acc1, acc2, sizeof acc1) == 0,
+					          "%s fix_axpy w=%g n=%d", moe_isa_name(levels[li]),
+					          ws[wi], n);
+				}
+		}
 		ref->f16_to_f32(f1, h, 65536);
 		v->f16_to_f32(f2, h, 65536);
 		for (int i = 0; i < 65536; i++) {
