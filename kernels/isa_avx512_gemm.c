@@ -29,6 +29,7 @@
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 enum { MAX_T = 4 };
+enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
 
 /* One Q4_K (hbits false) or Q5_K (true) row against T tokens a[0..T):
  * y[t * ldy] for t < T.  The integers and the float operations of
@@ -223,9 +224,10 @@ static ALWAYS_INLINE void transpose8(__m256i r[8])
  * values of every sub-block at once), the tokens' d, and the bsums that meet
  * the mins, as in isa_avx2_gemm.c's k8_prep. */
 typedef struct vk8_block {
-	uint8_t yt[8][8][32]; /* [token][column k] */
+	uint8_t yt[8][8][32]; /* [token][column k] (Q6_K: [4 * half + column]) */
 	float dy[8];
-	int16_t bs[4][16]; /* bs[k] = BS[2k][t], BS[2k+1][t] for t = 0..7 */
+	int16_t bs[4][16];    /* Q4_K/Q5_K: bs[k] = BS[2k][t], BS[2k+1][t], t = 0..7 */
+	int16_t bsums[8][16]; /* Q6_K: each token's bsums */
 } vk8_block;
 
 enum { VK8_STACK_BLOCKS = 16 };
@@ -329,37 +331,6 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
 
-/* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of
- * fewer repeats its last token and drops it). false without memory for the
- * gathered activations (nothing written then). */
-static bool run_v1x8(bool hbits, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
-                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
-{
-	const int64_t nb = n_cols / MOE_QK_K;
-	vk8_block stack[VK8_STACK_BLOCKS];
-	vk8_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
-	if (p == NULL)
-		return false;
-	for (int64_t t0 = 0; t0 < n_t; t0 += 8) {
-		const uint8_t *a[8];
-		float out[8];
-		for (int t = 0; t < 8; t++)
-			a[t] = x + (size_t)(t0 + t < n_t ? t0 + t : n_t - 1) * x_stride;
-		prep_vk8(p, nb, a);
-		for (int64_t r = 0; r < n_r; r++) {
-			if (hbits)
-				tile_v1x8(true, n_cols, out, w + (size_t)r * w_stride, p);
-			else
-				tile_v1x8(false, n_cols, out, w + (size_t)r * w_stride, p);
-			for (int t = 0; t < 8 && t0 + t < n_t; t++)
-				y[(t0 + t) * ldy + r] = out[t];
-		}
-	}
-	if (p != stack)
-		free(p);
-	return true;
-}
-
 /* ---- Q6_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ------------------------- */
 
 /* 4 vectors of one Q6_K half-block (vector j: sub-blocks 2j | 2j + 1, 16
@@ -378,13 +349,7 @@ static ALWAYS_INLINE void transpose4x2(__m256i r[4])
 	r[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
-typedef struct v6_block {
-	uint8_t yt[8][8][32]; /* [token][4 * half + column] */
-	float dy[8];
-	int16_t bsums[8][16];
-} v6_block;
-
-static void prep_v6(v6_block *p, int64_t nb, const uint8_t *const a[8])
+static void prep_v6(vk8_block *p, int64_t nb, const uint8_t *const a[8])
 {
 	for (int64_t i = 0; i < nb; i++) {
 		for (int t = 0; t < 8; t++) {
@@ -410,7 +375,8 @@ static void prep_v6(v6_block *p, int64_t nb, const uint8_t *const a[8])
  * lane l = the dot of one sub-block, one vpmulld per half applies the int8
  * scales (in the lanes' order), and -32 * sum(scale * bsum) accounts for
  * the offset: the AVX2 Q6_K tile's integer, and its float operations. */
-static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w, const v6_block *p)
+static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w,
+                                  const vk8_block *p)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
@@ -420,7 +386,7 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
 
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q6_K *x = (const moe_block_q6_K *)(w + (size_t)i * sizeof(*x));
-		const v6_block *pp = &p[i];
+		const vk8_block *pp = &p[i];
 		const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
 		const __m128i so = _mm_shuffle_epi8(sc8, order);
 		const __m256i scv[2] = {_mm256_cvtepi8_epi32(so),
@@ -475,13 +441,16 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
 	_mm256_storeu_ps(out, acc);
 }
 
-/* run_v1x8 for Q6_K. */
-static bool run_v6(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
-                   int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+/* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of
+ * fewer repeats its last token and drops it), by the sub-blocks-in-lanes
+ * tiles of kind.  false without memory for the gathered activations
+ * (nothing written then). */
+static bool run_v(int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                  size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	v6_block stack[VK8_STACK_BLOCKS];
-	v6_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	vk8_block stack[VK8_STACK_BLOCKS];
+	vk8_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
 	if (p == NULL)
 		return false;
 	for (int64_t t0 = 0; t0 < n_t; t0 += 8) {
@@ -489,9 +458,18 @@ static bool run_v6(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size
 		float out[8];
 		for (int t = 0; t < 8; t++)
 			a[t] = x + (size_t)(t0 + t < n_t ? t0 + t : n_t - 1) * x_stride;
-		prep_v6(p, nb, a);
+		if (kind == KQ_Q6_K)
+			prep_v6(p, nb, a);
+		else
+			prep_vk8(p, nb, a);
 		for (int64_t r = 0; r < n_r; r++) {
-			tile_v6(n_cols, out, w + (size_t)r * w_stride, p);
+			const uint8_t *wr = w + (size_t)r * w_stride;
+			if (kind == KQ_Q6_K)
+				tile_v6(n_cols, out, wr, p);
+			else if (kind == KQ_Q5_K)
+				tile_v1x8(true, n_cols, out, wr, p);
+			else
+				tile_v1x8(false, n_cols, out, wr, p);
 			for (int t = 0; t < 8 && t0 + t < n_t; t++)
 				y[(t0 + t) * ldy + r] = out[t];
 		}
@@ -500,8 +478,6 @@ static bool run_v6(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size
 		free(p);
 	return true;
 }
-
-enum { KQ_Q4_K, KQ_Q5_K, KQ_Q6_K };
 
 static ALWAYS_INLINE void rows_t(int kind, int T, int64_t n_cols, float *y, int64_t ldy,
                                  const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
@@ -553,12 +529,8 @@ static void gemm_k(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, 
 	const int64_t full = n_t / 8 * 8, rem = n_t - full;
 	const int64_t grouped = rem > 4 ? n_t : full; /* 5..7 left: one padded group */
 
-	bool done = grouped == 0;
-	if (!done && kind == KQ_Q6_K)
-		done = run_v6(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
-	else if (!done)
-		done = run_v1x8(kind == KQ_Q5_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
-		                grouped);
+	const bool done =
+	    grouped == 0 || run_v(kind, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
 	if (!done) /* no memory for the gathered activations */
 		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, grouped);
 	if (grouped < n_t)
