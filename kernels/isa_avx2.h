@@ -178,6 +178,51 @@ static inline __m256i bit_to_4(__m256i qh, int k)
 	return qh;
 }
 
+/* The 32 quants of Q4_K/Q5_K chunk c (64 values) from its 32 quant bytes q:
+ * *lo = values 0..31 (low nibbles), *hi = values 32..63 (high nibbles), with
+ * Q5_K's fifth bit (qh bits 2c and 2c + 1) when hbits. */
+static inline void k45_unpack(__m256i *lo, __m256i *hi, __m256i q, __m256i qh, int c, bool hbits)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+	*lo = _mm256_and_si256(q, m4);
+	*hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+	if (hbits) {
+		*lo = _mm256_or_si256(*lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
+		*hi = _mm256_or_si256(*hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
+	}
+}
+
+/* The 6-bit quants (0..63) of one Q6_K half-block from its 64 ql bytes (l0,
+ * l1) and 32 qh bytes: q[j] = values 32j..32j + 31 of the half. */
+static inline void q6_assemble(__m256i q[4], __m256i l0, __m256i l1, __m256i qh)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
+	q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+	                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+	q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+	                       _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+	q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+	                       _mm256_and_si256(qh, m3));
+	q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+	                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+}
+
+/* For 8 tokens of one Q4_K/Q5_K block: lane t = sum over sub-blocks s of
+ * mn[s] * BS[s][t] (BS = bsums summed per 32 values), from the mins in sm
+ * (k4_scales_mins) and bs[k] = BS[2k][t], BS[2k+1][t] for t = 0..7: 4 madds. */
+static inline __m256i k8_mins(__m256i sm, const int16_t bs[4][16])
+{
+	__m256i m = _mm256_setzero_si256();
+	for (int k = 0; k < 4; k++) {
+		const __m256i pick = _mm256_set1_epi32(
+		    (int)(0x80008000u | (uint32_t)(8 + 2 * k) | (uint32_t)(9 + 2 * k) << 16));
+		m = _mm256_add_epi32(m,
+		                     _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bs[k]),
+		                                       _mm256_shuffle_epi8(sm, pick)));
+	}
+	return m;
+}
+
 /* The exact sum of v's 8 int32 lanes (they fit: callers' block sums), in
  * lane 0 of the result. */
 static inline __m128i hsum_i32_v(__m256i v)

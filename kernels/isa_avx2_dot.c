@@ -317,7 +317,6 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q6_K *x = w;
 	const moe_block_q8_K *y = a;
 	__m256 acc = _mm256_setzero_ps();
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		__m256i is0 = _mm256_setzero_si256(), is1 = _mm256_setzero_si256();
@@ -341,14 +340,7 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 			pin(&l0);
 			pin(&l1);
 
-			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-			q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-			                       _mm256_and_si256(qh, m3));
-			q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-			                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+			q6_assemble(q, l0, l1, qh);
 			for (int j = 0; j < 4; j++) {
 				__m256i yy = _mm256_loadu_si256((const __m256i *)(q8 + 32 * j));
 				/* low half: scale 2j, high half: scale 2j+1 */

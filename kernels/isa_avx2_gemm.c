@@ -135,7 +135,6 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
-	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 	/* one row and at most 4 tokens: each pair's lane arithmetic on scalars */
 	const bool scalar = R == 1 && T <= 4;
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
@@ -159,14 +158,8 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 				__m256i q =
 				    _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
 				pin(&q);
-				__m256i lo = _mm256_and_si256(q, m4);
-				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-				if (hbits) {
-					lo = _mm256_or_si256(
-					    lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
-					hi = _mm256_or_si256(
-					    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
-				}
+				__m256i lo, hi;
+				k45_unpack(&lo, &hi, q, qh, c, hbits);
 				__m256i s0 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c));
 				__m256i s1 = _mm256_shuffle_epi8(sm[r], pick_scale(2 * c + 1));
 #pragma GCC unroll 8
@@ -210,17 +203,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 			/* lane t = sum over sub-blocks of mn[s] * BS[s][t]: the same
 			 * integer as below, in 4 madds instead of 8 and a tree */
 			const k8_prep *pp = &prep[i];
-			__m256i m = _mm256_setzero_si256();
-#pragma GCC unroll 4
-			for (int k = 0; k < 4; k++) {
-				const __m256i pick =
-				    _mm256_set1_epi32((int)(0x80008000u | (uint32_t)(8 + 2 * k) |
-				                            (uint32_t)(9 + 2 * k) << 16));
-				m = _mm256_add_epi32(
-				    m, _mm256_madd_epi16(
-				           _mm256_loadu_si256((const __m256i *)pp->bs[k]),
-				           _mm256_shuffle_epi8(sm[0], pick)));
-			}
+			const __m256i m = k8_mins(sm[0], pp->bs);
 			vm = _mm256_cvtepi32_ps(m);
 			dy = _mm256_loadu_ps(pp->dy);
 		} else {
@@ -254,7 +237,6 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
                                     const uint8_t *const w[NP], const uint8_t *const a[NP])
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	const bool scalar = R == 1 && T <= 4; /* as in tile_k45 */
 	__m256 acc = _mm256_setzero_ps();
 	__m128 s_acc1[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
@@ -291,18 +273,7 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 				pin(&qh);
 				pin(&l0);
 				pin(&l1);
-				q[0] =
-				    _mm256_or_si256(_mm256_and_si256(l0, m4),
-				                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-				q[1] =
-				    _mm256_or_si256(_mm256_and_si256(l1, m4),
-				                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-				q[2] =
-				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-				                    _mm256_and_si256(qh, m3));
-				q[3] =
-				    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-				                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+				q6_assemble(q, l0, l1, qh);
 #pragma GCC unroll 8
 				for (int j = 0; j < 4; j++) {
 					/* low half: scale 2j, high half: scale 2j+1 */

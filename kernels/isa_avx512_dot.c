@@ -7,20 +7,7 @@
  */
 #include <immintrin.h>
 
-#include "kernels/quants.h"
-
-static inline float hsum_ps(__m256 v)
-{
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_movehdup_ps(s));
-	return _mm_cvtss_f32(s);
-}
-
-static inline float half_to_f32(uint16_t h)
-{
-	return _cvtsh_ss(h);
-}
+#include "kernels/isa_avx2.h"
 
 /* int32 lanes of sum over pairs of x*y, x and y signed bytes (|x*y| pairs
  * stay within int16: |y| <= 127 for our activations). */
@@ -29,26 +16,6 @@ static inline __m256i dot_i8(__m256i x, __m256i y)
 	__m256i ax = _mm256_sign_epi8(x, x);
 	__m256i sy = _mm256_sign_epi8(y, x);
 	return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
-}
-
-/* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high. */
-static inline __m256i unpack_nibbles(const uint8_t *p)
-{
-	__m128i t = _mm_loadu_si128((const __m128i *)p);
-	__m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
-	return _mm256_and_si256(b, _mm256_set1_epi8(15));
-}
-
-/* 32 bits -> 32 bytes, 0xff where the bit is set (byte k <- bit k). */
-static inline __m256i spread_bits(const uint8_t *p)
-{
-	uint32_t bits;
-	memcpy(&bits, p, 4);
-	const __m256i pick =
-	    _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll, 0x0101010101010101ll, 0);
-	const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	__m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
-	return _mm256_cmpeq_epi8(_mm256_and_si256(b, sel), sel);
 }
 
 static void dot_f32(int64_t n, float *s, const void *w, const void *a)
@@ -177,7 +144,7 @@ static inline void k4_unpack(const uint8_t *p, uint8_t sc[8], uint8_t mn[8])
 }
 
 /* sum over 8 sub-blocks of mn[s] * (bsums[2s] + bsums[2s+1]), as 8 int32 lanes. */
-static inline __m256i k4_mins(const uint8_t mn[8], const int16_t *bsums)
+static inline __m256i k4_mins_bytes(const uint8_t mn[8], const int16_t *bsums)
 {
 	__m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
 	__m256i m2 = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
@@ -210,7 +177,7 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 		float dy = y[i].d;
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
 		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
-		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(mn, y[i].bsums)),
+		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins_bytes(mn, y[i].bsums)),
 		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
@@ -250,7 +217,7 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 		float dy = y[i].d;
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
 		                      _mm256_set1_ps(half_to_f32(x[i].d) * dy), acc);
-		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins(mn, y[i].bsums)),
+		accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_mins_bytes(mn, y[i].bsums)),
 		                       _mm256_set1_ps(half_to_f32(x[i].dmin) * dy), accm);
 	}
 	*s = hsum_ps(acc) - hsum_ps(accm);
@@ -261,7 +228,6 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q6_K *x = w;
 	const moe_block_q8_K *y = a;
 	__m256 acc = _mm256_setzero_ps();
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		__m256i isum = _mm256_setzero_si256();
@@ -278,15 +244,7 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 			__m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
 			__m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
 			__m256i q[4];
-
-			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-			q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-			                       _mm256_and_si256(qh, m3));
-			q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-			                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+			q6_assemble(q, l0, l1, qh);
 			for (int j = 0; j < 4; j++) {
 				__m256i yy = _mm256_loadu_si256((const __m256i *)(q8 + 32 * j));
 				__m256i sc = _mm256_set_m128i(_mm_set1_epi16(scl[2 * j + 1]),

@@ -40,7 +40,6 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
-	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 	/* per token: lane 0 the block terms' accumulator, lane 1 the mins' */
 	__m128 acc[MAX_T];
 	for (int t = 0; t < MAX_T; t++)
@@ -60,14 +59,8 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
 			pin(&q);
-			__m256i lo = _mm256_and_si256(q, m4);
-			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-			if (hbits) {
-				lo =
-				    _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
-				hi = _mm256_or_si256(
-				    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
-			}
+			__m256i lo, hi;
+			k45_unpack(&lo, &hi, q, qh, c, hbits);
 			const __m256i s0 = _mm256_shuffle_epi8(sm, pick_scale(2 * c));
 			const __m256i s1 = _mm256_shuffle_epi8(sm, pick_scale(2 * c + 1));
 #pragma GCC unroll 4
@@ -122,7 +115,6 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
                                    const uint8_t *const a[MAX_T])
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	__m128 acc[MAX_T]; /* lane 0 */
 	for (int t = 0; t < MAX_T; t++)
 		acc[t] = _mm_setzero_ps();
@@ -153,14 +145,7 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 			pin(&l0);
 			pin(&l1);
 			__m256i q[4];
-			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-			                       _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-			q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-			                       _mm256_and_si256(qh, m3));
-			q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-			                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+			q6_assemble(q, l0, l1, qh);
 #pragma GCC unroll 4
 			for (int j = 0; j < 4; j++) {
 				/* low 128-bit half: scale 2j, high half: scale 2j + 1 */
@@ -266,7 +251,6 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
 	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
-	const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
@@ -282,14 +266,8 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 			    _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
-			__m256i lo = _mm256_and_si256(q, m4);
-			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-			if (hbits) {
-				lo =
-				    _mm256_or_si256(lo, _mm256_and_si256(bit_to_4(qh, 2 * c), b16));
-				hi = _mm256_or_si256(
-				    hi, _mm256_and_si256(bit_to_4(qh, 2 * c + 1), b16));
-			}
+			__m256i lo, hi;
+			k45_unpack(&lo, &hi, q, qh, c, hbits);
 			wc[2 * c] = lo;
 			wc[2 * c + 1] = hi;
 		}
@@ -309,16 +287,7 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 			iv[t] = _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), scv);
 		}
 		const __m256 vi = _mm256_cvtepi32_ps(sum8_i32(iv));
-		__m256i m = _mm256_setzero_si256();
-#pragma GCC unroll 4
-		for (int k = 0; k < 4; k++) {
-			const __m256i pick =
-			    _mm256_set1_epi32((int)(0x80008000u | (uint32_t)(8 + 2 * k) |
-			                            (uint32_t)(9 + 2 * k) << 16));
-			m = _mm256_add_epi32(
-			    m, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)pp->bs[k]),
-			                         _mm256_shuffle_epi8(sm, pick)));
-		}
+		const __m256i m = k8_mins(sm, pp->bs);
 		const __m256 vm = _mm256_cvtepi32_ps(m);
 		const __m256 dy = _mm256_loadu_ps(pp->dy);
 		const __m256 d =
@@ -379,7 +348,6 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
                                   const vk8_block *p)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(0x30);
 	/* scale bytes in lane order: sub-blocks 0 2 4 6 1 3 5 7 of each half */
 	const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
 	__m256 acc = _mm256_setzero_ps();
@@ -401,14 +369,7 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
 			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
 			const __m256i l1 =
 			    _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
-			wq[h][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-			                           _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-			wq[h][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-			                           _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-			wq[h][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-			                           _mm256_and_si256(qh, m3));
-			wq[h][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-			                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+			q6_assemble(wq[h], l0, l1, qh);
 			transpose4x2(wq[h]);
 		}
 #pragma GCC unroll 8
