@@ -33,6 +33,39 @@ static void axpy_avx2(float *y, float a, const float *x, int64_t n)
 		y[i] += a * x[i];
 }
 
+/* Columns in blocks of 64 (8 vectors held in registers over all m rows),
+ * then of 8, then one at a time: each y[j] still takes a[0] * x0[j], a[1] *
+ * x1[j], ... in row order, as axpy row by row does. */
+static void axpy_rows_avx2(float *y, const float *a, const float *x, int64_t x_stride, int64_t m,
+                           int64_t n)
+{
+	int64_t j = 0;
+	for (; j + 64 <= n; j += 64) {
+		__m256 v[8];
+		for (int r = 0; r < 8; r++)
+			v[r] = _mm256_loadu_ps(y + j + 8 * r);
+		for (int64_t i = 0; i < m; i++) {
+			const __m256 va = _mm256_set1_ps(a[i]);
+			const float *xi = x + i * x_stride + j;
+			for (int r = 0; r < 8; r++)
+				v[r] = _mm256_add_ps(
+				    v[r], _mm256_mul_ps(va, _mm256_loadu_ps(xi + 8 * r)));
+		}
+		for (int r = 0; r < 8; r++)
+			_mm256_storeu_ps(y + j + 8 * r, v[r]);
+	}
+	for (; j + 8 <= n; j += 8) {
+		__m256 v = _mm256_loadu_ps(y + j);
+		for (int64_t i = 0; i < m; i++)
+			v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(a[i]),
+			                                   _mm256_loadu_ps(x + i * x_stride + j)));
+		_mm256_storeu_ps(y + j, v);
+	}
+	for (; j < n; j++)
+		for (int64_t i = 0; i < m; i++)
+			y[j] += a[i] * x[i * x_stride + j];
+}
+
 static void scale_avx2(float *y, float a, int64_t n)
 {
 	const __m256 va = _mm256_set1_ps(a);
@@ -57,6 +90,7 @@ void moe_vec_ops_avx2(moe_vec_ops *ops)
 {
 	ops->dot = dot_avx2;
 	ops->axpy = axpy_avx2;
+	ops->axpy_rows = axpy_rows_avx2;
 	ops->scale = scale_avx2;
 	ops->f16_to_f32 = f16_avx2;
 }

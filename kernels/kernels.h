@@ -169,6 +169,10 @@ typedef struct moe_vec_ops {
 	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y[i] += a * x[i] */
 	void (*scale)(float *y, float a, int64_t n);                /* y[i] *= a */
 	void (*f16_to_f32)(float *y, const uint16_t *x, int64_t n); /* exact */
+	/* for i < m in order: y[j] += a[i] * x[i * x_stride + j], j < n (y kept
+	 * in registers across the m rows: the same sums as m axpy calls) */
+	void (*axpy_rows)(float *y, const float *a, const float *x, int64_t x_stride, int64_t m,
+	                  int64_t n);
 	/* acc[i] += moe_fix_from_f32(w * x[i]), the product in f32 */
 	void (*fix_axpy)(int64_t *acc, float w, const float *x, int64_t n);
 } moe_vec_ops;

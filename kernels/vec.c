@@ -30,6 +30,13 @@ static void axpy_ref(float *y, float a, const float *x, int64_t n)
 		y[i] += a * x[i];
 }
 
+static void axpy_rows_ref(float *y, const float *a, const float *x, int64_t x_stride, int64_t m,
+                          int64_t n)
+{
+	for (int64_t i = 0; i < m; i++)
+		axpy_ref(y, a[i], x + i * x_stride, n);
+}
+
 static void scale_ref(float *y, float a, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
@@ -52,6 +59,7 @@ void moe_vec_ops_ref(moe_vec_ops *ops)
 {
 	ops->dot = dot_ref;
 	ops->axpy = axpy_ref;
+	ops->axpy_rows = axpy_rows_ref;
 	ops->scale = scale_ref;
 	ops->f16_to_f32 = f16_ref;
 	ops->fix_axpy = fix_axpy_ref;

@@ -26,21 +26,16 @@ void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tm
 		/* decay the state and read it at k: d = (e^g S)^T k */
 		for (int j = 0; j < hv; j++)
 			d[j] = 0.0f;
-		for (int a = 0; a < hk; a++) {
-			float *row = S + (int64_t)a * hv;
-			v_ops->scale(row, decay, hv);
-			v_ops->axpy(d, k[a], row, hv);
-		}
+		v_ops->scale(S, decay, (int64_t)hk * hv);
+		v_ops->axpy_rows(d, k, S, hv, hk, hv);
 		for (int j = 0; j < hv; j++) {
 			d[j] = (v[j] - d[j]) * beta;
 			o[j] = 0.0f;
 		}
 		/* S += k d^T, then o = S^T q with the updated rows */
-		for (int a = 0; a < hk; a++) {
-			float *row = S + (int64_t)a * hv;
-			v_ops->axpy(row, k[a], d, hv);
-			v_ops->axpy(o, q[a], row, hv);
-		}
+		for (int a = 0; a < hk; a++)
+			v_ops->axpy(S + (int64_t)a * hv, k[a], d, hv);
+		v_ops->axpy_rows(o, q, S, hv, hk, hv);
 	}
 }
 
@@ -53,8 +48,9 @@ size_t moe_gdn_chunk_scratch(int hk, int hv)
 void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 {
 	const moe_vec_ops *v_ops = moe_vec_ops_get();
-	float *G = tmp;                 /* [C] cumulative log decay */
-	float *D = tmp + MOE_GDN_CHUNK; /* [C][hv] the d_t */
+	float *G = tmp;                             /* [C] cumulative log decay */
+	float *D = tmp + MOE_GDN_CHUNK;             /* [C][hv] the d_t */
+	float cf[MOE_GDN_CHUNK], ws[MOE_GDN_CHUNK]; /* coefficients of one axpy_rows */
 	for (int64_t c0 = 0; c0 < io->n_tok; c0 += MOE_GDN_CHUNK) {
 		const int c =
 		    (int)(io->n_tok - c0 < MOE_GDN_CHUNK ? io->n_tok - c0 : MOE_GDN_CHUNK);
@@ -73,17 +69,16 @@ void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 			float *d = D + (int64_t)t * hv;
 			for (int j = 0; j < hv; j++)
 				d[j] = 0.0f;
-			for (int a = 0; a < hk; a++)
-				v_ops->axpy(d, k[a], S + (int64_t)a * hv, hv);
+			v_ops->axpy_rows(d, k, S, hv, hk, hv);
 			for (int j = 0; j < hv; j++)
 				d[j] = beta * (v[j] - eg * d[j]);
-			/* forward substitution against the earlier d_i */
+			/* forward substitution against the earlier d_i (d - c * di
+			 * has the same bits as d + (-c) * di) */
 			for (int i = 0; i < t; i++) {
 				const float *ki = io->k + rows[i] * io->qk_stride;
-				const float coef = beta * expf(G[t] - G[i]) * v_ops->dot(k, ki, hk);
-				/* d - c * di: the same bits as d + (-c) * di */
-				v_ops->axpy(d, -coef, D + (int64_t)i * hv, hv);
+				cf[i] = -(beta * expf(G[t] - G[i]) * v_ops->dot(k, ki, hk));
 			}
+			v_ops->axpy_rows(d, cf, D, hv, t, hv);
 		}
 		/* outputs, from the state before the chunk */
 		for (int t = 0; t < c; t++) {
@@ -92,25 +87,24 @@ void moe_gdn_chunked(float *S, const moe_gdn_io *io, int hk, int hv, float *tmp)
 			const float eg = expf(G[t]);
 			for (int j = 0; j < hv; j++)
 				o[j] = 0.0f;
-			for (int a = 0; a < hk; a++)
-				v_ops->axpy(o, q[a], S + (int64_t)a * hv, hv);
+			v_ops->axpy_rows(o, q, S, hv, hk, hv);
 			v_ops->scale(o, eg, hv);
 			for (int i = 0; i <= t; i++) {
 				const float *ki = io->k + rows[i] * io->qk_stride;
-				const float coef = expf(G[t] - G[i]) * v_ops->dot(q, ki, hk);
-				v_ops->axpy(o, coef, D + (int64_t)i * hv, hv);
+				cf[i] = expf(G[t] - G[i]) * v_ops->dot(q, ki, hk);
 			}
+			v_ops->axpy_rows(o, cf, D, hv, t + 1, hv);
 		}
 		/* state at the end of the chunk */
-		const float eg_end = expf(G[c - 1]);
-		for (int a = 0; a < hk; a++)
-			v_ops->scale(S + (int64_t)a * hv, eg_end, hv);
-		for (int i = 0; i < c; i++) {
-			const float *ki = io->k + rows[i] * io->qk_stride;
-			const float w = expf(G[c - 1] - G[i]);
-			const float *di = D + (int64_t)i * hv;
-			for (int a = 0; a < hk; a++)
-				v_ops->axpy(S + (int64_t)a * hv, w * ki[a], di, hv);
+		/* each row a of S takes w_i k_i[a] d_i for i in order, as row by
+		 * row rank-one updates would */
+		v_ops->scale(S, expf(G[c - 1]), (int64_t)hk * hv);
+		for (int i = 0; i < c; i++)
+			ws[i] = expf(G[c - 1] - G[i]);
+		for (int a = 0; a < hk; a++) {
+			for (int i = 0; i < c; i++)
+				cf[i] = ws[i] * io->k[rows[i] * io->qk_stride + a];
+			v_ops->axpy_rows(S + (int64_t)a * hv, cf, D, hv, c, hv);
 		}
 	}
 }

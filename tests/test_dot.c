@@ -311,6 +311,13 @@ Test(dot, vec_ops_equal_references_at_every_level)
 			v->axpy(y2, 0.377f, a, n);
 			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy n=%d",
 			          moe_isa_name(levels[li]), n);
+			/* axpy_rows over m rows of a (stride 101) with weights b */
+			for (int m = 0; m <= 9 && (int64_t)(m - 1) * 101 + n <= N; m += 3) {
+				ref->axpy_rows(y1, b, a, 101, m, n);
+				v->axpy_rows(y2, b, a, 101, m, n);
+				cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0,
+				          "%s axpy_rows m=%d n=%d", moe_isa_name(levels[li]), m, n);
+			}
 			ref->scale(y1, -1.618f, n);
 			v->scale(y2, -1.618f, n);
 			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s scale n=%d",
