@@ -17,7 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 
-enum { MM_CHUNK_ROWS = 16, MM_TOK_BLOCK = 32 };
+enum { MM_CHUNK_ROWS = 16, MM_ROW_STEP = 64, MM_TOK_BLOCK = 32 };
 #ifndef CLAIM
 #define CLAIM 1024
 #endif
@@ -147,7 +147,11 @@ static void mm_worker(void *arg, int ith, int nth)
 		int64_t c1 = c0 + tk->claim < tk->n_rows ? c0 + tk->claim : tk->n_rows;
 		/* one token: the whole run at once (no weights to keep in cache
 		 * for other tokens, and the tiles can lay long streams over it) */
-		const int64_t step = tk->n_tok == 1 ? c1 - c0 : MM_CHUNK_ROWS;
+		/* several tokens: 64 rows at a time meet every token block (their
+		 * weights stay in L2; a tile kernel's per-call gathering of the
+		 * tokens is spread over 64 rows: prefill 353-393 -> 398-413 tok/s
+		 * on the 80b-4L model, 2 threads, than over 16) */
+		const int64_t step = tk->n_tok == 1 ? c1 - c0 : MM_ROW_STEP;
 		for (int64_t r0 = c0; r0 < c1; r0 += step) {
 			int64_t r1 = r0 + step < c1 ? r0 + step : c1;
 			gemm_range(tk->y + r0, tk->n_rows, tk->w, tk->w_stride, tk->k, r0, r1,
