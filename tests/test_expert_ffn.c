@@ -388,3 +388,53 @@ Test(expert_ffn, rejects_bad_input_without_touching_acc)
 		cr_assert_eq(acc[i], 77);
 	free_ffn(&tf);
 }
+
+/* A worker's whole expert FFN (products, SwiGLU, the quantised h, the
+ * fixed-point sums) gives the same bits at the AVX2 and AVX-512 levels, for
+ * every type mix whose products are tiled at both (see test_matmul): workers
+ * of either kind can share a cluster.  Skipped, with a note, without
+ * AVX-512. */
+Test(expert_ffn, avx512_level_gives_the_avx2_bits)
+{
+	enum { T = 19 };
+	if (!moe_isa_supported(MOE_ISA_AVX512) || !moe_isa_supported(MOE_ISA_AVX2)) {
+		cr_log_warn(
+		    "no AVX-512 on this CPU: the AVX-512 vs AVX2 FFN comparison did not run");
+		return;
+	}
+	moe_isa orig = moe_isa_active();
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	int compared = 0;
+	for (size_t k = 0; k < N_FFN_TYPES; k++) {
+		bool tiled = true;
+		for (int m = 0; m < 3; m++) {
+			moe_type t = ffn_types[k][m];
+			tiled &= t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K ||
+			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0;
+		}
+		if (!tiled)
+			continue;
+		test_ffn tf;
+		make_ffn(&tf, ffn_types[k][0], ffn_types[k][1], ffn_types[k][2]);
+		float x[T * N_EMBD], w[T * N_USED];
+		int32_t ids[T * N_USED];
+		for (int i = 0; i < T * N_EMBD; i++)
+			x[i] = frand();
+		make_routing(ids, w, T);
+		static moe_fix_t a2[T * N_EMBD], a5[T * N_EMBD];
+		memset(a2, 0, sizeof(a2));
+		memset(a5, 0, sizeof(a5));
+		cr_assert_eq(moe_isa_set(MOE_ISA_AVX2), MOE_OK);
+		cr_assert_eq(moe_expert_ffn_run(pool, a2, &tf.f, x, T, ids, w, N_USED), MOE_OK);
+		cr_assert_eq(moe_isa_set(MOE_ISA_AVX512), MOE_OK);
+		cr_assert_eq(moe_expert_ffn_run(pool, a5, &tf.f, x, T, ids, w, N_USED), MOE_OK);
+		cr_assert(memcmp(a2, a5, sizeof(a2)) == 0, "types %zu: AVX2 and AVX-512 differ", k);
+		compared++;
+		free_ffn(&tf);
+	}
+	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	cr_assert_gt(compared, 0);
+	cr_log_info("%d type mixes give equal bits at AVX2 and AVX-512", compared);
+	moe_pool_destroy(pool);
+}
