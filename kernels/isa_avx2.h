@@ -47,6 +47,19 @@ static inline __m256 half8(const uint8_t *p, size_t stride)
 	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
 }
 
+/* The 8 fp16 values at p[k] + off as floats (packed in general-purpose
+ * registers, then one conversion, as half8 does). */
+static inline __m256 half8_ptr(const uint8_t *const p[8], size_t off)
+{
+	uint64_t lo = ld16(p[0] + off) | ld16(p[1] + off) << 16 | ld16(p[2] + off) << 32 |
+	              ld16(p[3] + off) << 48;
+	uint64_t hi = ld16(p[4] + off) | ld16(p[5] + off) << 16 | ld16(p[6] + off) << 32 |
+	              ld16(p[7] + off) << 48;
+	__asm__("" : "+r"(lo));
+	__asm__("" : "+r"(hi));
+	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
 /* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high.
  * The 16 bytes are loaded into both halves; the upper half is shifted. */
 static inline __m256i unpack_nibbles(const uint8_t *p)

@@ -75,19 +75,6 @@ static void prep_k8(k8_prep *p, int64_t nb, const uint8_t *const a[NP])
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
-/* The 8 fp16 values at p[k] + off as floats (packed in general-purpose
- * registers, then one conversion; see half8 in isa_avx2.h). */
-static ALWAYS_INLINE __m256 half8_ptr(const uint8_t *const p[NP], size_t off)
-{
-	uint64_t lo = ld16(p[0] + off) | ld16(p[1] + off) << 16 | ld16(p[2] + off) << 32 |
-	              ld16(p[3] + off) << 48;
-	uint64_t hi = ld16(p[4] + off) | ld16(p[5] + off) << 16 | ld16(p[6] + off) << 32 |
-	              ld16(p[7] + off) << 48;
-	__asm__("" : "+r"(lo));
-	__asm__("" : "+r"(hi));
-	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
-}
-
 /* Per-lane fp16 scale at byte off of each pair's row block (rw) and token
  * block (ta): lane k = f32(row k/T) * f32(token k%T), or the token's f32 when
  * tok_f32 (Q8_K).  A single row or token is broadcast. */

@@ -402,6 +402,118 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
 	_mm256_storeu_ps(out, acc);
 }
 
+/* ---- 32-value blocks x Q8_0, one token ------------------------------------------- */
+
+enum { KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 };
+
+/* The AVX2 8x1 tile (isa_avx2_gemm.c tile_q32) for one token, lane r = row
+ * w[r], with VNNI: Q8_0 by vpdpbusd on |q| and sign(y, q); Q4_0 and Q5_0 by
+ * vpdpbusd on their unsigned codes u (q = u - 8 or u - 16), the accumulator
+ * starting at -8 or -16 times the lanes' sums of y.  The same exact block
+ * sums, conversion and FMA per lane, so the same bits. */
+static ALWAYS_INLINE void tile8_q32(int kind, int64_t n_cols, float out[8],
+                                    const uint8_t *const w[8], const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK32;
+	const size_t wbs = kind == KIND_Q8_0   ? sizeof(moe_block_q8_0)
+	                   : kind == KIND_Q4_0 ? sizeof(moe_block_q4_0)
+	                                       : sizeof(moe_block_q5_0);
+	const __m256i ones = _mm256_set1_epi8(1), b16 = _mm256_set1_epi8(16);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a + i;
+		const size_t wo = (size_t)i * wbs;
+		const __m256i qy = _mm256_loadu_si256((const __m256i *)ab->qs);
+		__m256i base = _mm256_setzero_si256(), v[8];
+		if (kind != KIND_Q8_0)
+			base = _mm256_sub_epi32(
+			    base,
+			    _mm256_slli_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, qy),
+			                      kind == KIND_Q4_0 ? 3 : 4));
+#pragma GCC unroll 8
+		for (int r = 0; r < 8; r++) {
+			const uint8_t *b = w[r] + wo;
+			if (kind == KIND_Q8_0) {
+				const __m256i q = _mm256_loadu_si256(
+				    (const __m256i *)(b + offsetof(moe_block_q8_0, qs)));
+				v[r] = _mm256_dpbusd_epi32(base, _mm256_sign_epi8(q, q),
+				                           _mm256_sign_epi8(qy, q));
+			} else if (kind == KIND_Q4_0) {
+				v[r] = _mm256_dpbusd_epi32(
+				    base, unpack_nibbles(b + offsetof(moe_block_q4_0, qs)), qy);
+			} else {
+				const __m256i u = _mm256_or_si256(
+				    unpack_nibbles(b + offsetof(moe_block_q5_0, qs)),
+				    _mm256_and_si256(spread_bits(b + offsetof(moe_block_q5_0, qh)),
+				                     b16));
+				v[r] = _mm256_dpbusd_epi32(base, u, qy);
+			}
+		}
+		const __m256 d =
+		    _mm256_mul_ps(half8_ptr(w, wo), _mm256_set1_ps(half_to_f32(ab->d)));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* Rows [0, n_r) against one token: lane k walks the k-th of 8 contiguous
+ * runs of rows (long streams; the last lanes clamped), as the AVX2 8x1 path
+ * does. */
+static void rows8_q32(int kind, int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x)
+{
+	const int64_t seg = (n_r + 7) / 8;
+	for (int64_t j = 0; j < seg; j++) {
+		const uint8_t *wp[8];
+		float out[8];
+		for (int k = 0; k < 8; k++)
+			wp[k] = w + (size_t)(k * seg + j < n_r ? k * seg + j : n_r - 1) * w_stride;
+		if (kind == KIND_Q8_0)
+			tile8_q32(KIND_Q8_0, n_cols, out, wp, x);
+		else if (kind == KIND_Q4_0)
+			tile8_q32(KIND_Q4_0, n_cols, out, wp, x);
+		else
+			tile8_q32(KIND_Q5_0, n_cols, out, wp, x);
+		for (int k = 0; k < 8; k++)
+			if (k * seg + j < n_r)
+				y[k * seg + j] = out[k];
+	}
+}
+
+/* The AVX2 tiles for every token but a last lone one after the groups of 8,
+ * which takes rows8_q32. */
+static void gemm_q32(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t full = n_t / 8 * 8;
+	if (n_t - full != 1) {
+		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+		return;
+	}
+	if (full > 0)
+		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
+	rows8_q32(kind, n_cols, y + full * ldy, w, w_stride, n_r, x + (size_t)full * x_stride);
+}
+
+static void gemm_q8_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_q32(MOE_TYPE_Q8_0, KIND_Q8_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_q4_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_q32(MOE_TYPE_Q4_0, KIND_Q4_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_q5_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                      int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_q32(MOE_TYPE_Q5_0, KIND_Q5_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
 /* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of
  * fewer repeats its last token and drops it), by the sub-blocks-in-lanes
  * tiles of kind.  false without memory for the gathered activations
@@ -526,6 +638,12 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 		return gemm_q5_K;
 	case MOE_TYPE_Q6_K:
 		return gemm_q6_K;
+	case MOE_TYPE_Q8_0:
+		return gemm_q8_0;
+	case MOE_TYPE_Q4_0:
+		return gemm_q4_0;
+	case MOE_TYPE_Q5_0:
+		return gemm_q5_0;
 	default:
 		return NULL;
 	}
