@@ -9,15 +9,19 @@
  * the same bits as at the AVX2 level: an AVX2 node and an AVX-512 node of one
  * cluster compute the same logits (tested: test_matmul).
  *
- * What differs: one weight row against 1..4 tokens on Q4_K, Q5_K and Q6_K
- * (decode, and experts that met few tokens) takes VNNI's vpdpwssd, which
- * multiplies the u8 x s8 pair sums by the sub-block scales and accumulates
- * in one instruction where AVX2 needs vpmaddwd + vpaddd; on 256-bit vectors,
- * which the Zen 4 cores these were measured on run at full rate (512-bit
- * ones take two passes).  Everything else (groups of 8 tokens, 5..7 tokens,
- * the 32-value block types) runs the AVX2 tiles, which measured faster than
- * a 512-bit 4-token Q4_K tile did here (GEMM at 64 tokens, 2 threads: 293
- * vs 216 GOPS).
+ * What differs (all on 256-bit vectors: the Zen 4 cores these were
+ * measured on run 512-bit integer multiplies in two passes, and a zmm
+ * one-row Q4_K kernel was ~15 % slower):
+ *   - one row x 1..4 tokens on Q4_K, Q5_K, Q6_K (decode, experts that met
+ *     few tokens): VNNI's vpdpwssd multiplies the u8 x s8 pair sums by the
+ *     sub-block scales and accumulates in one instruction (AVX2: vpmaddwd +
+ *     vpaddd), in four short chains per block;
+ *   - one row x 8 tokens on Q4_K, Q5_K, Q6_K (prefill, batches): the
+ *     sub-blocks in lanes (tile_v1x8, tile_v6): ~1.1 multiply instructions
+ *     per 32 products instead of 2;
+ *   - one token on Q8_0, Q4_0, Q5_0: the 8x1 tile with vpdpbusd (tile8_q32);
+ *   - everything else (5..7 tokens pad an 8-group; several tokens on the
+ *     32-value types) calls the AVX2 tiles.
  */
 #include <stddef.h>
 #include <stdlib.h>
