@@ -1,7 +1,8 @@
 /*
  * isa_avx2.h - private to kernels/: small AVX2 + FMA + F16C helpers shared by
- * isa_avx2_dot.c and isa_avx2_gemm.c.  Include only from files compiled with
- * the avx2 flags (isa_avx2_*.c).
+ * the per-ISA dot and tile files of the AVX2 and AVX-512 levels.  Include only
+ * from files compiled with the avx2 flags or a superset (isa_avx2_*.c,
+ * isa_avx512_*.c).
  */
 #ifndef MOE_KERNELS_ISA_AVX2_H
 #define MOE_KERNELS_ISA_AVX2_H
