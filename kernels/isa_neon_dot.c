@@ -24,6 +24,7 @@
  * every call with the same inputs gives the same bits.
  */
 #include <arm_neon.h>
+#include <math.h>
 
 #include "kernels/quants.h"
 
@@ -122,9 +123,10 @@ static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
 /*
  * Groups of 4 blocks: each block's products are summed into a vector of 4
  * int32 partial sums; a pairwise-add tree turns the 4 vectors into one
- * holding block k's exact sum in lane k, which is converted once and
- * multiplied by the 4 scale products dx * dy in one FMA.  Blocks past the
- * last full group go one at a time into a float accumulator of their own.
+ * holding block k's exact sum in lane k, converted once; the 4 scale
+ * products dx * dy in one multiply; then one fused multiply-add per block,
+ * in block order, into one accumulator (the canonical arithmetic of
+ * quants.h, which the x86 tiles follow too).
  */
 
 /* The fp16 values at p, p + stride, p + 2 stride, p + 3 stride, as floats. */
@@ -186,12 +188,21 @@ static inline float block_scale(uint16_t dx, uint16_t dy)
 	return half_to_f32(dx) * half_to_f32(dy);
 }
 
+/* acc + f[k] * d[k] for k = 0..3 in order, one fused multiply-add each: the
+ * canonical block arithmetic (quants.h) of 4 consecutive blocks. */
+static inline float fma4(float acc, float32x4_t f, float32x4_t d)
+{
+	acc = fmaf(vgetq_lane_f32(f, 0), vgetq_lane_f32(d, 0), acc);
+	acc = fmaf(vgetq_lane_f32(f, 1), vgetq_lane_f32(d, 1), acc);
+	acc = fmaf(vgetq_lane_f32(f, 2), vgetq_lane_f32(d, 2), acc);
+	return fmaf(vgetq_lane_f32(f, 3), vgetq_lane_f32(d, 3), acc);
+}
+
 static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q8_0 *x = w, *y = a;
 	const int64_t nb = n / MOE_QK32;
-	float32x4_t acc = vdupq_n_f32(0);
-	float acc1 = 0;
+	float acc = 0;
 	int64_t i = 0;
 
 	for (; i + 4 <= nb; i += 4) {
@@ -200,11 +211,12 @@ static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
 			v[k] = part_q8_0(x + i + k, y + i + k);
 		float32x4_t d = vmulq_f32(half4((const uint8_t *)&x[i].d, sizeof(*x)),
 		                          half4((const uint8_t *)&y[i].d, sizeof(*y)));
-		acc = vfmaq_f32(acc, vcvtq_f32_s32(sum4_i32(v)), d);
+		acc = fma4(acc, vcvtq_f32_s32(sum4_i32(v)), d);
 	}
 	for (; i < nb; i++)
-		acc1 += (float)vaddvq_s32(part_q8_0(x + i, y + i)) * block_scale(x[i].d, y[i].d);
-	*s = vaddvq_f32(acc) + acc1;
+		acc = fmaf((float)vaddvq_s32(part_q8_0(x + i, y + i)), block_scale(x[i].d, y[i].d),
+		           acc);
+	*s = acc;
 }
 
 static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
@@ -212,8 +224,7 @@ static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q4_0 *x = w;
 	const moe_block_q8_0 *y = a;
 	const int64_t nb = n / MOE_QK32;
-	float32x4_t acc = vdupq_n_f32(0);
-	float acc1 = 0;
+	float acc = 0;
 	int64_t i = 0;
 
 	for (; i + 4 <= nb; i += 4) {
@@ -222,11 +233,12 @@ static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
 			v[k] = part_q4_0(x + i + k, y + i + k);
 		float32x4_t d = vmulq_f32(half4((const uint8_t *)&x[i].d, sizeof(*x)),
 		                          half4((const uint8_t *)&y[i].d, sizeof(*y)));
-		acc = vfmaq_f32(acc, vcvtq_f32_s32(sum4_i32(v)), d);
+		acc = fma4(acc, vcvtq_f32_s32(sum4_i32(v)), d);
 	}
 	for (; i < nb; i++)
-		acc1 += (float)vaddvq_s32(part_q4_0(x + i, y + i)) * block_scale(x[i].d, y[i].d);
-	*s = vaddvq_f32(acc) + acc1;
+		acc = fmaf((float)vaddvq_s32(part_q4_0(x + i, y + i)), block_scale(x[i].d, y[i].d),
+		           acc);
+	*s = acc;
 }
 
 static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
@@ -234,8 +246,7 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q5_0 *x = w;
 	const moe_block_q8_0 *y = a;
 	const int64_t nb = n / MOE_QK32;
-	float32x4_t acc = vdupq_n_f32(0);
-	float acc1 = 0;
+	float acc = 0;
 	int64_t i = 0;
 
 	for (; i + 4 <= nb; i += 4) {
@@ -244,11 +255,12 @@ static void dot_q5_0(int64_t n, float *s, const void *w, const void *a)
 			v[k] = part_q5_0(x + i + k, y + i + k);
 		float32x4_t d = vmulq_f32(half4((const uint8_t *)&x[i].d, sizeof(*x)),
 		                          half4((const uint8_t *)&y[i].d, sizeof(*y)));
-		acc = vfmaq_f32(acc, vcvtq_f32_s32(sum4_i32(v)), d);
+		acc = fma4(acc, vcvtq_f32_s32(sum4_i32(v)), d);
 	}
 	for (; i < nb; i++)
-		acc1 += (float)vaddvq_s32(part_q5_0(x + i, y + i)) * block_scale(x[i].d, y[i].d);
-	*s = vaddvq_f32(acc) + acc1;
+		acc = fmaf((float)vaddvq_s32(part_q5_0(x + i, y + i)), block_scale(x[i].d, y[i].d),
+		           acc);
+	*s = acc;
 }
 
 /* ---- K-quants -------------------------------------------------------------------- */
@@ -285,7 +297,7 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q4_K *x = w;
 	const moe_block_q8_K *y = a;
 	const uint8x16_t m4 = vdupq_n_u8(15);
-	float sum = 0;
+	float sum = 0, msums = 0;
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		uint8_t sc[8], mn[8];
@@ -304,10 +316,11 @@ static void dot_q4_K(int64_t n, float *s, const void *w, const void *a)
 			acc = vmlaq_n_s32(acc, phi, sc[2 * c + 1]);
 		}
 		int isum = vaddvq_s32(acc), msum = k4_min_sum(mn, y[i].bsums);
-		sum += half_to_f32(x[i].d) * y[i].d * (float)isum -
-		       half_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		/* the canonical block arithmetic (quants.h) */
+		sum = fmaf((float)isum, half_to_f32(x[i].d) * y[i].d, sum);
+		msums = fmaf((float)msum, half_to_f32(x[i].dmin) * y[i].d, msums);
 	}
-	*s = sum;
+	*s = sum - msums;
 }
 
 static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
@@ -315,7 +328,7 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 	const moe_block_q5_K *x = w;
 	const moe_block_q8_K *y = a;
 	const uint8x16_t m4 = vdupq_n_u8(15), b16 = vdupq_n_u8(16);
-	float sum = 0;
+	float sum = 0, msums = 0;
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		uint8_t sc[8], mn[8];
@@ -344,10 +357,11 @@ static void dot_q5_K(int64_t n, float *s, const void *w, const void *a)
 			    vmlaq_n_s32(acc, dot32(vdupq_n_s32(0), h0, h1, y8 + 32), sc[2 * c + 1]);
 		}
 		int isum = vaddvq_s32(acc), msum = k4_min_sum(mn, y[i].bsums);
-		sum += half_to_f32(x[i].d) * y[i].d * (float)isum -
-		       half_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		/* the canonical block arithmetic (quants.h) */
+		sum = fmaf((float)isum, half_to_f32(x[i].d) * y[i].d, sum);
+		msums = fmaf((float)msum, half_to_f32(x[i].dmin) * y[i].d, msums);
 	}
-	*s = sum;
+	*s = sum - msums;
 }
 
 /* Bits 2j, 2j + 1 of each byte of qh, moved to bits 4-5 (others garbage). */
@@ -403,7 +417,7 @@ static void dot_q6_K(int64_t n, float *s, const void *w, const void *a)
 				}
 			}
 		}
-		sum += half_to_f32(x[i].d) * y[i].d * (float)vaddvq_s32(acc);
+		sum = fmaf((float)vaddvq_s32(acc), half_to_f32(x[i].d) * y[i].d, sum);
 	}
 	*s = sum;
 }

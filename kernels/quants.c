@@ -966,7 +966,7 @@ void moe_vec_dot_q4_0_ref(int64_t n, float *s, const void *w, const void *a)
 			isum += ((x[i].qs[j] & 15) - 8) * y[i].qs[j];
 			isum += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
 		}
-		sum += (float)isum * (moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d));
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d), sum);
 	}
 	*s = sum;
 }
@@ -1006,7 +1006,7 @@ void moe_vec_dot_q5_0_ref(int64_t n, float *s, const void *w, const void *a)
 
 			isum += (q0 - 16) * y[i].qs[j] + (q1 - 16) * y[i].qs[j + 16];
 		}
-		sum += (float)isum * (moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d));
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d), sum);
 	}
 	*s = sum;
 }
@@ -1044,7 +1044,7 @@ void moe_vec_dot_q8_0_ref(int64_t n, float *s, const void *w, const void *a)
 
 		for (int j = 0; j < MOE_QK32; j++)
 			isum += x[i].qs[j] * y[i].qs[j];
-		sum += (float)isum * (moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d));
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * moe_fp16_to_f32(y[i].d), sum);
 	}
 	*s = sum;
 }
@@ -1053,7 +1053,7 @@ void moe_vec_dot_q4_K_ref(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q4_K *x = w;
 	const moe_block_q8_K *y = a;
-	float sum = 0;
+	float sum = 0, msums = 0;
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		int isum = 0, msum = 0;
@@ -1070,17 +1070,17 @@ void moe_vec_dot_q4_K_ref(int64_t n, float *s, const void *w, const void *a)
 			isum += sc * sub;
 			msum += mn * (y[i].bsums[2 * sb] + y[i].bsums[2 * sb + 1]);
 		}
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)isum -
-		       moe_fp16_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * y[i].d, sum);
+		msums = fmaf((float)msum, moe_fp16_to_f32(x[i].dmin) * y[i].d, msums);
 	}
-	*s = sum;
+	*s = sum - msums;
 }
 
 void moe_vec_dot_q5_K_ref(int64_t n, float *s, const void *w, const void *a)
 {
 	const moe_block_q5_K *x = w;
 	const moe_block_q8_K *y = a;
-	float sum = 0;
+	float sum = 0, msums = 0;
 
 	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
 		int isum = 0, msum = 0;
@@ -1101,10 +1101,10 @@ void moe_vec_dot_q5_K_ref(int64_t n, float *s, const void *w, const void *a)
 			isum += sc * sub;
 			msum += mn * (y[i].bsums[2 * sb] + y[i].bsums[2 * sb + 1]);
 		}
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)isum -
-		       moe_fp16_to_f32(x[i].dmin) * y[i].d * (float)msum;
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * y[i].d, sum);
+		msums = fmaf((float)msum, moe_fp16_to_f32(x[i].dmin) * y[i].d, msums);
 	}
-	*s = sum;
+	*s = sum - msums;
 }
 
 void moe_vec_dot_q6_K_ref(int64_t n, float *s, const void *w, const void *a)
@@ -1123,7 +1123,7 @@ void moe_vec_dot_q6_K_ref(int64_t n, float *s, const void *w, const void *a)
 				sub += (q6_K_get(&x[i], 16 * g + l) - 32) * y[i].qs[16 * g + l];
 			isum += x[i].scales[g] * sub;
 		}
-		sum += moe_fp16_to_f32(x[i].d) * y[i].d * (float)isum;
+		sum = fmaf((float)isum, moe_fp16_to_f32(x[i].d) * y[i].d, sum);
 	}
 	*s = sum;
 }

@@ -209,6 +209,14 @@ static inline void moe_k4_scale_min(int s, const uint8_t *scales, uint8_t *sc, u
 
 /* ---- scalar references (quants.c) ----------------------------------------------- */
 
+/* The canonical arithmetic of the block types with tile kernels (Q8_0, Q4_0,
+ * Q5_0, Q4_K, Q5_K, Q6_K), which every level's products follow bit for bit:
+ * per block the exact integer sum isum (K-quants: of sub-block scale times
+ * sub-block dot; Q4_K/Q5_K also msum of mins times bsums), then
+ * acc = fmaf((float)isum, dw * da, acc) in block order (dw, da the weight's
+ * and the activation's block scales as f32; Q4_K/Q5_K a second accumulator
+ * with dmin), the result acc (minus the mins' accumulator). */
+
 void moe_vec_dot_f32_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_f16_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_bf16_ref(int64_t n, float *s, const void *w, const void *a);

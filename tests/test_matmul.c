@@ -242,57 +242,66 @@ Test(matmul, rejects_bad_arguments)
 	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q8_0, 2, 32, x, 0), MOE_OK);
 }
 
-/* The types with tile kernels (gemm.h) give the AVX2 level's bits at the
- * AVX-512 level, every rows x tokens edge size: the products a worker
- * computes for its experts do not depend on whether its CPU has AVX-512, so
- * a cluster that mixes such nodes stays bit-identical to one process.  (The
- * per-element dot types - F32, F16, BF16, Q4_1, Q5_1 - use each level's own
- * dot and are not covered.)  Skipped, with a note, without AVX-512. */
-Test(matmul, avx512_level_gives_the_avx2_bits_for_tiled_types)
+/* The types with tile kernels (gemm.h) follow one canonical block
+ * arithmetic (quants.h) at every level: the scalar level's reference dots,
+ * the AVX2 tiles and the AVX-512 kernels give the same bits, for every rows x
+ * tokens edge size (and neon_cross checks the NEON dots against the same
+ * references).  So the products a worker computes for its experts do not
+ * depend on its CPU, and a cluster that mixes kinds of node stays
+ * bit-identical to one process.  (The per-element dot types - F32, F16,
+ * BF16, Q4_1, Q5_1 - use each level's own dot and are not covered.)  Levels
+ * this CPU lacks are skipped, with a note. */
+Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 {
 	const moe_type tiled[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
 	                          MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0};
+	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	enum { MAXR = 11, MAXT = 19, COLS = 768 };
-	if (!moe_isa_supported(MOE_ISA_AVX512) || !moe_isa_supported(MOE_ISA_AVX2)) {
-		cr_log_warn("no AVX-512 on this CPU: the AVX-512 vs AVX2 comparison did not run");
-		return;
-	}
 	moe_isa orig = moe_isa_active();
 	int compared = 0;
+	for (int li = 0; li < 3; li++)
+		if (!moe_isa_supported(levels[li]))
+			cr_log_info("%s: not on this CPU, not compared", moe_isa_name(levels[li]));
 	for (size_t ti = 0; ti < sizeof(tiled) / sizeof(tiled[0]); ti++) {
 		moe_type t = tiled[ti];
 		uint8_t *w = make_weights(t, MAXR, COLS);
 		size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
 		float *x = malloc(sizeof(float) * MAXT * COLS);
 		uint8_t *xq = malloc(as * MAXT);
-		float y2[MAXT * MAXR], y5[MAXT * MAXR];
+		float want[MAXT * MAXR], got[MAXT * MAXR];
 		cr_assert(x != NULL && xq != NULL);
 		fill_f32(x, MAXT * COLS);
 		cr_assert_eq(moe_quantize_act_rows(NULL, xq, t, x, COLS, MAXT), MOE_OK);
 		for (int nr = 1; nr <= MAXR; nr += 2)
 			for (int nt = 1; nt <= MAXT; nt++) {
 				const int r0 = MAXR - nr, t0 = MAXT - nt;
-				cr_assert_eq(moe_isa_set(MOE_ISA_AVX2), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, y2, w + r0 * rs, t, nr, COLS,
+				cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+				cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr, COLS,
 				                          xq + t0 * as, nt),
 				             MOE_OK);
-				cr_assert_eq(moe_isa_set(MOE_ISA_AVX512), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, y5, w + r0 * rs, t, nr, COLS,
-				                          xq + t0 * as, nt),
-				             MOE_OK);
-				for (int k = 0; k < nr * nt; k++)
-					cr_assert(memcmp(&y2[k], &y5[k], sizeof(float)) == 0,
-					          "%s: %d rows x %d tokens, element %d: avx2 %.9g, "
-					          "avx512 %.9g",
-					          moe_type_get(t)->name, nr, nt, k, y2[k], y5[k]);
-				compared += nr * nt;
+				for (int li = 0; li < 3; li++) {
+					if (!moe_isa_supported(levels[li]))
+						continue;
+					cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
+					cr_assert_eq(moe_matmul_q(NULL, got, w + r0 * rs, t, nr,
+					                          COLS, xq + t0 * as, nt),
+					             MOE_OK);
+					for (int k = 0; k < nr * nt; k++)
+						cr_assert(
+						    memcmp(&want[k], &got[k], sizeof(float)) == 0,
+						    "%s %s: %d rows x %d tokens, element %d: "
+						    "%.9g, scalar %.9g",
+						    moe_isa_name(levels[li]), moe_type_get(t)->name,
+						    nr, nt, k, got[k], want[k]);
+					compared += nr * nt;
+				}
 			}
 		free(xq);
 		free(x);
 		free(w);
 	}
 	cr_assert_eq(moe_isa_set(orig), MOE_OK);
-	cr_log_info("%d elements equal at the AVX2 and AVX-512 levels", compared);
+	cr_log_info("%d elements equal to the scalar level's", compared);
 }
 
 /* One token against row counts that take the one-token 8x1 tile over long
