@@ -77,13 +77,15 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Starts `moemesh worker -m model --listen ipc://path extra` and waits until
- * its socket exists. */
-static pid_t start_worker(const char *model, const char *sock, const char *extra)
+/* Starts `env ENV moemesh worker -m model --listen ipc://path extra` (env:
+ * VAR=value words, or "") and waits until its socket exists. */
+static pid_t start_worker_env(const char *model, const char *sock, const char *env,
+                              const char *extra)
 {
 	char cmd[4096];
-	snprintf(cmd, sizeof cmd, "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 %s",
-	         bin(), model, sock, extra);
+	snprintf(cmd, sizeof cmd,
+	         "exec env %s '%s' worker -m '%s' --listen ipc://%s --threads 1 %s", env, bin(),
+	         model, sock, extra);
 	unlink(sock);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
@@ -96,6 +98,11 @@ static pid_t start_worker(const char *model, const char *sock, const char *extra
 		sleep_ms(10);
 	cr_assert(stat(sock, &st) == 0, "worker on %s did not start", sock);
 	return pid;
+}
+
+static pid_t start_worker(const char *model, const char *sock, const char *extra)
+{
+	return start_worker_env(model, sock, "", extra);
 }
 
 /* Stops a worker the test started; returns its exit status or -1. */
@@ -313,6 +320,63 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 	unlink(ref);
 	unlink(sa);
 	unlink(sb);
+}
+
+/* Workers forced to other ISA levels (scalar, AVX2; the coordinator and a
+ * third worker on this CPU's best) give the logits of one process bit for
+ * bit: the expert products follow one canonical block arithmetic at every
+ * level (kernels/quants.h), so a cluster may mix kinds of CPU.  K-quant
+ * experts (Q4_K/Q6_K), both architectures, one step and one by one.  These
+ * fixtures' expert rows are one K-quant block long, so the per-block
+ * arithmetic across blocks is pinned by test_matmul and test_expert_ffn
+ * (768-column rows); this test covers the cluster path end to end.  (On a
+ * CPU without AVX2 that worker falls back to its best level, which is still
+ * a valid run.) */
+Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180)
+{
+	static const char *const models[] = {"qwen3next-kq-Q4_K_M.gguf", "qwen3moe-kq-Q4_K_M.gguf"};
+	static const char *const modes[] = {"", "--one-by-one"};
+	char sa[256], sb[256], sc[256], out[256], ref[256];
+	tmp_path(sa, sizeof sa, "isa-a.sock");
+	tmp_path(sb, sizeof sb, "isa-b.sock");
+	tmp_path(sc, sizeof sc, "isa-c.sock");
+	tmp_path(out, sizeof out, "isa.f32");
+	tmp_path(ref, sizeof ref, "isa-ref.f32");
+	const char *toks = "3,14,15,92,65,35,89,79,32,38";
+	for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+		char m[1024];
+		snprintf(m, sizeof m, "%s/%s", fixtures(), models[mi]);
+		pid_t a = start_worker_env(m, sa, "MOEMESH_ISA=scalar", "--quiet");
+		pid_t b = start_worker_env(m, sb, "MOEMESH_ISA=avx2", "--quiet");
+		pid_t c = start_worker(m, sc, "--quiet");
+		/* the workers are stopped before any assertion, so that a failure
+		 * does not leave them holding the test's output open */
+		int rc_ref[2], rc_out[2];
+		bool same[2];
+		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
+			rc_ref[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s", bin(), m, toks,
+			               ref, modes[k]);
+			rc_out[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s --worker ipc://%s "
+			               "--worker ipc://%s --worker ipc://%s 2>/dev/null",
+			               bin(), m, toks, out, modes[k], sa, sb, sc);
+			same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
+		}
+		stop_worker(a);
+		stop_worker(b);
+		stop_worker(c);
+		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
+			cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "%s %s: logits failed (%d, %d)",
+			          models[mi], modes[k], rc_ref[k], rc_out[k]);
+			cr_assert(same[k],
+			          "%s %s: scalar + AVX2 + best-level workers changed the logits",
+			          models[mi], modes[k]);
+		}
+	}
+	unlink(out);
+	unlink(ref);
+	unlink(sa);
+	unlink(sb);
+	unlink(sc);
 }
 
 /* ---- malformed frames ------------------------------------------------------------- */
