@@ -237,6 +237,35 @@ static inline __m256i k8_mins(__m256i sm, const int16_t bs[4][16])
 	return m;
 }
 
+/* A tile of 8 (row, token) pairs: rows w[0..R), tokens a[0..T) with R * T =
+ * 8, as pointers to their first block; out[k] = pair k's result (row k / T,
+ * token k % T); prep: gathered token data or NULL. */
+typedef void (*moe_tile_fn)(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                            const uint8_t *const a[8], const void *prep);
+
+/* Rows [0, n_r) of w against the one token at a by an 8-row x 1-token tile,
+ * y[r] = row r's result: lane k walks the k-th of 8 contiguous runs of the
+ * rows (the last lanes clamped to the last row and dropped), so the tile
+ * reads 8 long sequential streams that the hardware prefetcher follows, not
+ * 8 adjacent rows of a few KB that end with every tile (those streamed at
+ * half the in-cache rate). */
+static inline void run_lanes8(moe_tile_fn tile, int64_t n_cols, float *y, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const uint8_t *a)
+{
+	const int64_t seg = (n_r + 7) / 8;
+	const uint8_t *ap[8] = {a, a, a, a, a, a, a, a};
+	for (int64_t j = 0; j < seg; j++) {
+		const uint8_t *wp[8];
+		float out[8];
+		for (int k = 0; k < 8; k++)
+			wp[k] = w + (size_t)(k * seg + j < n_r ? k * seg + j : n_r - 1) * w_stride;
+		tile(n_cols, out, wp, ap, NULL);
+		for (int k = 0; k < 8; k++)
+			if (k * seg + j < n_r)
+				y[k * seg + j] = out[k];
+	}
+}
+
 /* The exact sum of v's 8 int32 lanes (they fit: callers' block sums), in
  * lane 0 of the result. */
 static inline __m128i hsum_i32_v(__m256i v)

@@ -29,7 +29,7 @@
  * 2x4 tile padded 2 tokens to 4 and streamed 2 rows: 2 tokens on a
  * 151936 x 2048 Q6_K matrix took 62.6 ms with 2x4 and 22.8 ms with 1x2 (2
  * threads).  The 32-block types use 8x1 for one token, its 8 lanes laid
- * over 8 contiguous runs of the rows (run_shape), so that each lane reads
+ * over 8 contiguous runs of the rows (run_lanes8), so that each lane reads
  * one long stream: over 8 adjacent rows, 8 streams of a few KB each that
  * ended with every tile, it streamed at half its in-cache rate (Q4_0 9.6,
  * Q8_0 16.1 GB/s on one Zen 4 core; 15.2 and 21.7 with long runs).  A
@@ -43,11 +43,6 @@
 #include "kernels/isa_avx2.h"
 
 enum { NP = 8 }; /* pairs per tile */
-
-/* A tile's rows (w[0..R)) and tokens (a[0..T)), as pointers to their first
- * block; out[k] = pair k's result. */
-typedef void (*tile_fn)(int64_t n_cols, float out[NP], const uint8_t *const w[NP],
-                        const uint8_t *const a[NP], const void *prep);
 
 /* What a 1x8 K-quant tile needs of its 8 tokens per block, gathered once per
  * group of tokens instead of once per row: the tokens' d, and the bsums that
@@ -546,9 +541,9 @@ static void q5_0_1x8(int64_t n, float o[NP], const uint8_t *const w[NP], const u
  * r1tn[T] for one row x T tokens (T = 1..4; the same lane arithmetic on
  * scalars, streaming one row). */
 typedef struct tile_set {
-	tile_fn r8t1, r2t4, r1t8;
-	tile_fn r1tn[5];
-	tile_fn r1t8p; /* r1t8 taking a k8_prep, or NULL */
+	moe_tile_fn r8t1, r2t4, r1t8;
+	moe_tile_fn r1tn[5];
+	moe_tile_fn r1t8p; /* r1t8 taking a k8_prep, or NULL */
 } tile_set;
 
 enum { PREP_STACK_BLOCKS = 64 };
@@ -558,8 +553,8 @@ enum { PREP_STACK_BLOCKS = 64 };
  * tiles, fnp) each group of 8 tokens is gathered into a k8_prep first (on the
  * stack, or the heap for long rows; without memory the tiles gather for
  * themselves, with the same results). */
-static void run_shape(tile_fn fn, tile_fn fnp, int R, int T, int64_t n_cols, float *y, int64_t ldy,
-                      const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+static void run_shape(moe_tile_fn fn, moe_tile_fn fnp, int R, int T, int64_t n_cols, float *y,
+                      int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
                       size_t x_stride, int64_t t0, int64_t t1)
 {
 	const uint8_t *wp[NP], *ap[NP];
@@ -567,23 +562,8 @@ static void run_shape(tile_fn fn, tile_fn fnp, int R, int T, int64_t n_cols, flo
 	k8_prep stack[PREP_STACK_BLOCKS], *prep = NULL;
 	const int64_t nb = n_cols / MOE_QK_K;
 
-	if (R == NP && T == 1 && n_r >= 2 * NP) {
-		/* One token on many rows: lane k walks the k-th of 8 contiguous
-		 * runs of rows, so the tile reads 8 long sequential streams that
-		 * the hardware prefetcher follows, not 8 rows of a few KB that
-		 * end at every tile (which streamed at half the in-cache rate). */
-		const int64_t seg = (n_r + NP - 1) / NP;
-		ap[0] = x + (size_t)t0 * x_stride;
-		for (int64_t j = 0; j < seg; j++) {
-			for (int k = 0; k < NP; k++) {
-				int64_t rr = k * seg + j < n_r ? k * seg + j : n_r - 1;
-				wp[k] = w + (size_t)rr * w_stride;
-			}
-			fn(n_cols, out, wp, ap, NULL);
-			for (int k = 0; k < NP; k++)
-				if (k * seg + j < n_r)
-					y[t0 * ldy + k * seg + j] = out[k];
-		}
+	if (R == NP && T == 1 && n_r >= 2 * NP) { /* one token, many rows */
+		run_lanes8(fn, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride);
 		return;
 	}
 	if (fnp != NULL && R == 1 && T == NP)

@@ -461,34 +461,33 @@ static ALWAYS_INLINE void tile8_q32(int kind, int64_t n_cols, float out[8],
 	_mm256_storeu_ps(out, acc);
 }
 
-/* Rows [0, n_r) against one token: lane k walks the k-th of 8 contiguous
- * runs of rows (long streams; the last lanes clamped), as the AVX2 8x1 path
- * does. */
-static void rows8_q32(int kind, int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
-                      int64_t n_r, const uint8_t *x)
+/* tile8_q32 as run_lanes8's tiles (one token: a[0]) */
+static void q8_0_8x1(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                     const uint8_t *const a[8], const void *prep)
 {
-	const int64_t seg = (n_r + 7) / 8;
-	for (int64_t j = 0; j < seg; j++) {
-		const uint8_t *wp[8];
-		float out[8];
-		for (int k = 0; k < 8; k++)
-			wp[k] = w + (size_t)(k * seg + j < n_r ? k * seg + j : n_r - 1) * w_stride;
-		if (kind == KIND_Q8_0)
-			tile8_q32(KIND_Q8_0, n_cols, out, wp, x);
-		else if (kind == KIND_Q4_0)
-			tile8_q32(KIND_Q4_0, n_cols, out, wp, x);
-		else
-			tile8_q32(KIND_Q5_0, n_cols, out, wp, x);
-		for (int k = 0; k < 8; k++)
-			if (k * seg + j < n_r)
-				y[k * seg + j] = out[k];
-	}
+	(void)prep;
+	tile8_q32(KIND_Q8_0, n_cols, out, w, a[0]);
+}
+
+static void q4_0_8x1(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                     const uint8_t *const a[8], const void *prep)
+{
+	(void)prep;
+	tile8_q32(KIND_Q4_0, n_cols, out, w, a[0]);
+}
+
+static void q5_0_8x1(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                     const uint8_t *const a[8], const void *prep)
+{
+	(void)prep;
+	tile8_q32(KIND_Q5_0, n_cols, out, w, a[0]);
 }
 
 /* The AVX2 tiles for every token but a last lone one after the groups of 8,
- * which takes rows8_q32. */
-static void gemm_q32(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
-                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+ * which takes one8 over runs of the rows (run_lanes8). */
+static void gemm_q32(moe_type t, moe_tile_fn one8, int64_t n_cols, float *y, int64_t ldy,
+                     const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                     size_t x_stride, int64_t n_t)
 {
 	const int64_t full = n_t / 8 * 8;
 	if (n_t - full != 1) {
@@ -497,25 +496,25 @@ static void gemm_q32(moe_type t, int kind, int64_t n_cols, float *y, int64_t ldy
 	}
 	if (full > 0)
 		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
-	rows8_q32(kind, n_cols, y + full * ldy, w, w_stride, n_r, x + (size_t)full * x_stride);
+	run_lanes8(one8, n_cols, y + full * ldy, w, w_stride, n_r, x + (size_t)full * x_stride);
 }
 
 static void gemm_q8_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_q32(MOE_TYPE_Q8_0, KIND_Q8_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	gemm_q32(MOE_TYPE_Q8_0, q8_0_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 static void gemm_q4_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_q32(MOE_TYPE_Q4_0, KIND_Q4_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	gemm_q32(MOE_TYPE_Q4_0, q4_0_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 static void gemm_q5_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_q32(MOE_TYPE_Q5_0, KIND_Q5_0, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	gemm_q32(MOE_TYPE_Q5_0, q5_0_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 /* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of

@@ -305,7 +305,7 @@ Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 }
 
 /* One token against row counts that take the one-token 8x1 tile over long
- * runs of rows (isa_avx2_gemm.c run_shape: lane k walks the k-th of 8
+ * runs of rows (isa_avx2.h run_lanes8: lane k walks the k-th of 8
  * runs, the last lanes clamped): every element equals its row alone, at
  * every ISA level. */
 Test(matmul, one_token_over_row_runs_equals_rows_alone)
