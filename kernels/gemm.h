@@ -24,7 +24,10 @@ typedef void (*moe_gemm_fn)(int64_t n_cols, float *y, int64_t ldy, const uint8_t
  * there is none (the caller then uses moe_vec_dot_get(t) per element). */
 moe_gemm_fn moe_gemm_get(moe_type t);
 
-/* Per-ISA lookups: the level's tile kernel for type t, or NULL. */
+/* Per-ISA lookups: the level's tile kernel for type t, or NULL.  The
+ * AVX-512 level lists every type the AVX2 level tiles (some of its entries
+ * call the AVX2 tiles): a type it missed would fall back to the per-element
+ * dot, whose bits test_matmul's every-level comparison would catch. */
 moe_gemm_fn moe_gemm_avx512(moe_type t);
 moe_gemm_fn moe_gemm_avx2(moe_type t);
 

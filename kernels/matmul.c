@@ -29,12 +29,8 @@ moe_gemm_fn moe_gemm_get(moe_type t)
 	/* asked on every product: tests force other levels with moe_isa_set */
 	switch (moe_isa_active()) {
 #if defined(__x86_64__)
-	case MOE_ISA_AVX512: {
-		/* the AVX2 tiles where the level has none of its own: they run on
-		 * every AVX-512 CPU, and a per-element dot would lose the tiling */
-		moe_gemm_fn f = moe_gemm_avx512(t);
-		return f != NULL ? f : moe_gemm_avx2(t);
-	}
+	case MOE_ISA_AVX512:
+		return moe_gemm_avx512(t);
 	case MOE_ISA_AVX2:
 		return moe_gemm_avx2(t);
 #endif
@@ -145,12 +141,12 @@ static void mm_worker(void *arg, int ith, int nth)
 			break;
 		int64_t c0 = c * tk->claim;
 		int64_t c1 = c0 + tk->claim < tk->n_rows ? c0 + tk->claim : tk->n_rows;
-		/* one token: the whole run at once (no weights to keep in cache
-		 * for other tokens, and the tiles can lay long streams over it) */
-		/* several tokens: 64 rows at a time meet every token block (their
-		 * weights stay in L2; a tile kernel's per-call gathering of the
-		 * tokens is spread over 64 rows: prefill 353-393 -> 398-413 tok/s
-		 * on the 80b-4L model, 2 threads, than over 16) */
+		/* One token: the whole run at once (no weights to keep in cache
+		 * for other tokens, and the tiles can lay long streams over it).
+		 * Several tokens: 64 rows at a time meet every token block (their
+		 * weights stay in L2, and a tile kernel's per-call gathering of the
+		 * tokens is spread over 64 rows instead of 16: 80b-4L prefill at 2
+		 * threads 353-393 -> 382-411 tok/s). */
 		const int64_t step = tk->n_tok == 1 ? c1 - c0 : MM_ROW_STEP;
 		for (int64_t r0 = c0; r0 < c1; r0 += step) {
 			int64_t r1 = r0 + step < c1 ? r0 + step : c1;

@@ -43,14 +43,13 @@ typedef struct attn_job {
 
 /* Row of head kvh at position p of the cache as floats: a pointer into the
  * cache (F32) or buf converted (F16). */
-static const float *kv_head(const moe_fwd *f, void *cache, int kv_layer, int slot, int64_t p,
-                            int kvh, int hd, float *buf)
+static const float *kv_head(const moe_fwd *f, const moe_vec_ops *v_ops, void *cache, int kv_layer,
+                            int slot, int64_t p, int kvh, int hd, float *buf)
 {
 	const char *row = kv_row(f, cache, kv_layer, slot, p);
 	if (f->o.kv_type == MOE_TYPE_F32)
 		return (const float *)row + (int64_t)kvh * hd;
-	moe_vec_ops_get()->f16_to_f32(buf, (const uint16_t *)(row + (size_t)kvh * (size_t)hd * 2),
-	                              hd);
+	v_ops->f16_to_f32(buf, (const uint16_t *)(row + (size_t)kvh * (size_t)hd * 2), hd);
 	return buf;
 }
 
@@ -78,7 +77,8 @@ static void attn_heads(void *arg, int ith, int nth)
 		float *out0 = f->att + (t * nh + (int64_t)kvh * grp) * hd;
 
 		for (int64_t p = 0; p < n_pos; p++) {
-			const float *k = kv_head(f, f->k_cache, kv_layer, slot, p, kvh, hd, buf);
+			const float *k =
+			    kv_head(f, v_ops, f->k_cache, kv_layer, slot, p, kvh, hd, buf);
 			for (int g = 0; g < grp; g++)
 				s[(int64_t)g * f->o.n_ctx + p] =
 				    v_ops->dot(q0 + g * jb->q_head, k, hd) * scale;
@@ -89,7 +89,8 @@ static void attn_heads(void *arg, int ith, int nth)
 				out0[g * hd + d] = 0.0f;
 		}
 		for (int64_t p = 0; p < n_pos; p++) {
-			const float *v = kv_head(f, f->v_cache, kv_layer, slot, p, kvh, hd, buf);
+			const float *v =
+			    kv_head(f, v_ops, f->v_cache, kv_layer, slot, p, kvh, hd, buf);
 			for (int g = 0; g < grp; g++)
 				v_ops->axpy(out0 + g * hd, s[(int64_t)g * f->o.n_ctx + p], v, hd);
 		}
