@@ -172,6 +172,14 @@ static void make_routing(int32_t *ids, float *w, int64_t n_tok)
 		}
 }
 
+/* n_tok random input rows x [n_tok][N_EMBD], then their routing. */
+static void make_batch(float *x, int32_t *ids, float *w, int64_t n_tok)
+{
+	for (int64_t i = 0; i < n_tok * N_EMBD; i++)
+		x[i] = frand();
+	make_routing(ids, w, n_tok);
+}
+
 static float ref_silu(float v)
 {
 	return v / (1.0f + expf(-v));
@@ -236,9 +244,7 @@ Test(expert_ffn, matches_per_token_reference)
 		make_ffn(&tf, ffn_types[k][0], ffn_types[k][1], ffn_types[k][2]);
 		float x[T * N_EMBD], w[T * N_USED];
 		int32_t ids[T * N_USED];
-		for (int i = 0; i < T * N_EMBD; i++)
-			x[i] = frand();
-		make_routing(ids, w, T);
+		make_batch(x, ids, w, T);
 		ids[4] = -1; /* an unused slot */
 		static moe_fix_t acc[T * N_EMBD], ref[T * N_EMBD];
 		for (int pass = 0; pass < 2; pass++) {
@@ -299,9 +305,7 @@ Test(expert_ffn, batch_position_and_thread_invariant)
 					static float x[NB * N_EMBD];
 					float w[NB * N_USED];
 					int32_t ids[NB * N_USED];
-					for (int i = 0; i < n * N_EMBD; i++)
-						x[i] = frand();
-					make_routing(ids, w, n);
+					make_batch(x, ids, w, n);
 					memcpy(x + p * N_EMBD, probe, sizeof(probe));
 					memcpy(ids + p * N_USED, pid, sizeof(pid));
 					memcpy(w + p * N_USED, pw, sizeof(pw));
@@ -330,9 +334,7 @@ Test(expert_ffn, any_placement_gives_the_same_bits)
 	make_ffn(&tf, MOE_TYPE_Q4_K, MOE_TYPE_Q4_K, MOE_TYPE_Q6_K);
 	float x[T * N_EMBD], w[T * N_USED];
 	int32_t ids[T * N_USED];
-	for (int i = 0; i < T * N_EMBD; i++)
-		x[i] = frand();
-	make_routing(ids, w, T);
+	make_batch(x, ids, w, T);
 	static moe_fix_t full[T * N_EMBD], a[T * N_EMBD], b[T * N_EMBD], q[T * N_EMBD];
 	memset(full, 0, sizeof(full));
 	cr_assert_eq(moe_expert_ffn_run(NULL, full, &tf.f, x, T, ids, w, N_USED), MOE_OK);
@@ -415,9 +417,7 @@ Test(expert_ffn, same_bits_at_every_x86_level)
 		make_ffn(&tf, ffn_types[k][0], ffn_types[k][1], ffn_types[k][2]);
 		float x[T * N_EMBD], w[T * N_USED];
 		int32_t ids[T * N_USED];
-		for (int i = 0; i < T * N_EMBD; i++)
-			x[i] = frand();
-		make_routing(ids, w, T);
+		make_batch(x, ids, w, T);
 		static moe_fix_t want[T * N_EMBD], got[T * N_EMBD];
 		memset(want, 0, sizeof(want));
 		cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
