@@ -1,5 +1,6 @@
 /* bench.c - `moemesh bench NAME [ARGS...]`: the table of benchmarks. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bench/bench.h"
@@ -51,6 +52,10 @@ typedef struct triad_job {
 	int init;
 } triad_job;
 
+struct moe_bench_triad {
+	triad_job j;
+};
+
 static void triad_fn(void *arg, int ith, int nth)
 {
 	triad_job *j = arg;
@@ -68,30 +73,56 @@ static void triad_fn(void *arg, int ith, int nth)
 		a[i] = b[i] + 3.0 * c[i];
 }
 
-double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps)
+void moe_bench_triad_destroy(moe_bench_triad *t)
 {
-	triad_job j = {.n = n_doubles, .init = 1};
-	double best = 1e30;
+	if (t == NULL)
+		return;
+	moe_aligned_free(t->j.c);
+	moe_aligned_free(t->j.b);
+	moe_aligned_free(t->j.a);
+	free(t);
+}
 
-	j.a = moe_aligned_alloc(64, n_doubles * sizeof(double));
-	j.b = moe_aligned_alloc(64, n_doubles * sizeof(double));
-	j.c = moe_aligned_alloc(64, n_doubles * sizeof(double));
-	if (j.a == NULL || j.b == NULL || j.c == NULL || n_doubles == 0) {
-		best = 0;
-		goto out_free_arrays;
-	}
-	moe_pool_run(pool, triad_fn, &j);
-	j.init = 0;
+moe_err moe_bench_triad_create(moe_bench_triad **out, moe_pool *pool, size_t n_doubles)
+{
+	*out = NULL;
+	moe_bench_triad *t = calloc(1, sizeof(*t));
+	if (t == NULL || n_doubles == 0)
+		goto out_fail;
+	t->j.n = n_doubles;
+	t->j.a = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	t->j.b = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	t->j.c = moe_aligned_alloc(64, n_doubles * sizeof(double));
+	if (t->j.a == NULL || t->j.b == NULL || t->j.c == NULL)
+		goto out_fail;
+	t->j.init = 1;
+	moe_pool_run(pool, triad_fn, &t->j);
+	t->j.init = 0;
+	*out = t;
+	return MOE_OK;
+out_fail:
+	moe_bench_triad_destroy(t);
+	return moe_fail(MOE_ERR_NOMEM, "triad: 3 x %zu doubles", n_doubles);
+}
+
+double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps)
+{
+	double best = 1e30;
 	for (int rep = 0; rep < reps; rep++) {
 		const double t0 = moe_now_s();
-		moe_pool_run(pool, triad_fn, &j);
-		const double t = moe_now_s() - t0;
-		best = t < best ? t : best;
+		moe_pool_run(pool, triad_fn, &t->j);
+		const double dt = moe_now_s() - t0;
+		best = dt < best ? dt : best;
 	}
-	best = 3.0 * (double)(n_doubles * sizeof(double)) / best / 1e9;
-out_free_arrays:
-	moe_aligned_free(j.c);
-	moe_aligned_free(j.b);
-	moe_aligned_free(j.a);
-	return best;
+	return 3.0 * (double)(t->j.n * sizeof(double)) / best / 1e9;
+}
+
+double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps)
+{
+	moe_bench_triad *t = NULL;
+	if (moe_bench_triad_create(&t, pool, n_doubles) != MOE_OK)
+		return 0;
+	const double gbs = moe_bench_triad_run(t, pool, reps);
+	moe_bench_triad_destroy(t);
+	return gbs;
 }

@@ -21,8 +21,19 @@ extern const moe_bench moe_benches[];
  * (first touched on the pool's threads, as they are then read), on pool:
  * the best of reps passes in GB/s, counting 3 x 8 bytes per element as
  * STREAM does.  0 when the arrays cannot be allocated.  Every benchmark that
- * states a % of the memory roofline measures it with this. */
+ * states a % of the memory roofline measures it with this, or with the
+ * handle below. */
 double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps);
+
+/* The same triad with its arrays kept, so that a benchmark can measure it
+ * next to each of its own measurements (this machine's bandwidth moves by a
+ * third from one second to the next).  create: MOE_ERR_NOMEM without memory
+ * (*out NULL), arrays first touched on pool; run: the best of reps passes in
+ * GB/s on pool (any pool); destroy(NULL) is a no-op. */
+typedef struct moe_bench_triad moe_bench_triad;
+moe_err moe_bench_triad_create(moe_bench_triad **out, moe_pool *pool, size_t n_doubles);
+double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps);
+void moe_bench_triad_destroy(moe_bench_triad *t);
 
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);

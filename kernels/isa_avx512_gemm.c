@@ -428,6 +428,7 @@ static ALWAYS_INLINE void tile8_q32(int kind, int64_t n_cols, float out[8],
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a + i;
 		const size_t wo = (size_t)i * wbs;
+		lanes8_prefetch(w, wo);
 		const __m256i qy = _mm256_loadu_si256((const __m256i *)ab->qs);
 		__m256i base = _mm256_setzero_si256(), v[8];
 		if (kind != KIND_Q8_0)

@@ -306,8 +306,9 @@ Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 
 /* One token against row counts that take the one-token 8x1 tile over long
  * runs of rows (isa_avx2.h run_lanes8: lane k walks the k-th of 8
- * runs, the last lanes clamped): every element equals its row alone, at
- * every ISA level. */
+ * runs, the last lanes clamped, each lane starting k * rotation rows in and
+ * wrapping; the rotation is 1 to 3 for many of these shapes' 144-, 160- and
+ * 272-byte rows): every element equals its row alone, at every ISA level. */
 Test(matmul, one_token_over_row_runs_equals_rows_alone)
 {
 	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
