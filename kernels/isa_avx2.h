@@ -288,9 +288,9 @@ static inline __attribute__((always_inline)) void lanes8_prefetch(const uint8_t 
  * reads 8 long sequential streams that the hardware prefetcher follows, not
  * 8 adjacent rows of a few KB that end with every tile (those streamed at
  * half the in-cache rate).  Each lane starts lanes8_rotation() * k rows into
- * its run and wraps around to the run's start. */
+ * its run and wraps around to the run's start.  prep goes to every tile. */
 static inline void run_lanes8(moe_tile_fn tile, int64_t n_cols, float *y, const uint8_t *w,
-                              size_t w_stride, int64_t n_r, const uint8_t *a)
+                              size_t w_stride, int64_t n_r, const uint8_t *a, const void *prep)
 {
 	const int64_t seg = (n_r + 7) / 8;
 	const int64_t rot = lanes8_rotation(seg, w_stride);
@@ -303,7 +303,7 @@ static inline void run_lanes8(moe_tile_fn tile, int64_t n_cols, float *y, const 
 			row[k] = k * seg + (j + k * rot) % seg;
 			wp[k] = w + (size_t)(row[k] < n_r ? row[k] : n_r - 1) * w_stride;
 		}
-		tile(n_cols, out, wp, ap, NULL);
+		tile(n_cols, out, wp, ap, prep);
 		for (int k = 0; k < 8; k++)
 			if (row[k] < n_r)
 				y[row[k]] = out[k];

@@ -563,7 +563,8 @@ static void run_shape(moe_tile_fn fn, moe_tile_fn fnp, int R, int T, int64_t n_c
 	const int64_t nb = n_cols / MOE_QK_K;
 
 	if (R == NP && T == 1 && n_r >= 2 * NP) { /* one token, many rows */
-		run_lanes8(fn, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride);
+		run_lanes8(fn, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride,
+		           NULL);
 		return;
 	}
 	if (fnp != NULL && R == 1 && T == NP)

@@ -304,6 +304,41 @@ Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 	cr_log_info("%d elements equal to the scalar level's", compared);
 }
 
+/* One token on Q4_0 rows longer than the AVX-512 tile's stack-held prep
+ * (isa_avx512_gemm.c Q40_STACK_BLOCKS: 16384 columns), which then takes it
+ * from the heap: the scalar level's bits at every x86 level. */
+Test(matmul, q4_0_one_token_on_long_rows_same_bits)
+{
+	enum { ROWS = 13, COLS = 32 * 600 };
+	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512};
+	moe_isa orig = moe_isa_active();
+	uint8_t *w = make_weights(MOE_TYPE_Q4_0, ROWS, COLS);
+	float *x = malloc(sizeof(float) * COLS);
+	uint8_t *xq = malloc(moe_act_row_size(MOE_TYPE_Q4_0, COLS));
+	float want[ROWS], got[ROWS];
+	cr_assert(x != NULL && xq != NULL);
+	fill_f32(x, COLS);
+	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q4_0, xq, x, COLS), MOE_OK);
+	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_Q4_0, ROWS, COLS, xq, 1), MOE_OK);
+	for (int li = 0; li < 2; li++) {
+		if (!moe_isa_supported(levels[li])) {
+			cr_log_info("%s: not on this CPU, not compared", moe_isa_name(levels[li]));
+			continue;
+		}
+		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
+		cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_Q4_0, ROWS, COLS, xq, 1), MOE_OK);
+		for (int r = 0; r < ROWS; r++)
+			cr_assert(memcmp(&want[r], &got[r], sizeof(float)) == 0,
+			          "%s: row %d: %.9g, scalar %.9g", moe_isa_name(levels[li]), r,
+			          got[r], want[r]);
+	}
+	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	free(xq);
+	free(x);
+	free(w);
+}
+
 /* One token against row counts that take the one-token 8x1 tile over long
  * runs of rows (isa_avx2.h run_lanes8: lane k walks the k-th of 8
  * runs, the last lanes clamped, each lane starting k * rotation rows in and
