@@ -8,6 +8,7 @@
 #define MOE_KERNELS_ISA_AVX2_H
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/quants.h"
@@ -317,6 +318,88 @@ static inline __m128i hsum_i32_v(__m256i v)
 	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 	s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
 	return _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
+}
+
+/* ---- Q4_0, one token, the rows transposed into the lanes -------------------------
+ *
+ * The one-token 8x1 Q4_0 tiles of both levels (isa_avx2_gemm.c q4_0_8x1_t,
+ * isa_avx512_gemm.c q4_0_8x1_t) load the 8 rows' 16 code bytes of a block
+ * in pairs [row r | row r + 4] and transpose them by dword (q40_rows), so
+ * that vector m holds dword m of every row: lane r = row r, no reduction at
+ * the end.  Each meets the token's matching 4 values broadcast (bcast4); the
+ * -8 of every code is the block's q40_prep base, one value for all rows. */
+typedef struct q40_prep {
+	int32_t base; /* -8 x the sum of the token block's 32 values */
+	float d;      /* the token block's scale */
+} q40_prep;
+
+enum { Q40_STACK_BLOCKS = 512 }; /* 4 KiB on the stack: up to 16384 columns */
+
+static inline void prep_q40(q40_prep *p, int64_t nb, const uint8_t *a)
+{
+	const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a + i;
+		const __m256i y = _mm256_loadu_si256((const __m256i *)ab->qs);
+		const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, y), ones16);
+		p[i].base = -8 * _mm_cvtsi128_si32(hsum_i32_v(s));
+		p[i].d = half_to_f32(ab->d);
+	}
+}
+
+/* A 4x4 dword transpose in each 128-bit half of r[0..3]: lane l of r[k]
+ * becomes dword k of the input r[l], lane 4 + l dword 4 + k of it.  (Also
+ * isa_avx512_gemm.c's Q6_K sub-blocks: vector j holding sub-blocks 2j |
+ * 2j + 1 becomes 4 columns.) */
+static inline void transpose4x2(__m256i r[4])
+{
+	const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]),
+	              t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+	const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]),
+	              t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+	r[0] = _mm256_unpacklo_epi64(t0, t2);
+	r[1] = _mm256_unpackhi_epi64(t0, t2);
+	r[2] = _mm256_unpacklo_epi64(t1, t3);
+	r[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* v[m] = dword m of the code bytes at w[r] + qo, lane r (m = 0..3). */
+static inline void q40_rows(__m256i v[4], const uint8_t *const w[8], size_t qo)
+{
+	for (int k = 0; k < 4; k++)
+		v[k] = _mm256_inserti128_si256(
+		    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(w[k] + qo))),
+		    _mm_loadu_si128((const __m128i *)(w[k + 4] + qo)), 1);
+	transpose4x2(v);
+}
+
+/* The 4 bytes at p in every dword. */
+static inline __m256i bcast4(const int8_t *p)
+{
+	int32_t v;
+	memcpy(&v, p, 4);
+	return _mm256_set1_epi32(v);
+}
+
+/* run_lanes8 with tile_t and a q40_prep of the token at a (on the stack, or
+ * the heap for rows over Q40_STACK_BLOCKS blocks); without memory for it,
+ * run_lanes8 with plain, which needs none (the same results). */
+static inline void run_lanes8_q40(moe_tile_fn tile_t, moe_tile_fn plain, int64_t n_cols, float *y,
+                                  const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK32;
+	q40_prep stack[Q40_STACK_BLOCKS];
+	q40_prep *p = nb <= Q40_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	if (p == NULL) {
+		run_lanes8(plain, n_cols, y, w, w_stride, n_r, a, NULL);
+		return;
+	}
+	prep_q40(p, nb, a);
+	/* GCC (ASan build) cannot see that prep_q40 wrote what the tiles read */
+	__asm__("" : : "r"(p) : "memory");
+	run_lanes8(tile_t, n_cols, y, w, w_stride, n_r, a, p);
+	if (p != stack)
+		free(p);
 }
 
 #endif

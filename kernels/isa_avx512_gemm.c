@@ -307,22 +307,6 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 
 /* ---- Q6_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ------------------------- */
 
-/* 4 vectors of one Q6_K half-block (vector j: sub-blocks 2j | 2j + 1, 16
- * values = 4 dwords each) -> 4 columns: lane l of r[k] is dword k of
- * sub-block 2l, lane 4 + l dword k of sub-block 2l + 1 (a 4x4 dword
- * transpose in each 128-bit half). */
-static ALWAYS_INLINE void transpose4x2(__m256i r[4])
-{
-	const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]),
-	              t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-	const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]),
-	              t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-	r[0] = _mm256_unpacklo_epi64(t0, t2);
-	r[1] = _mm256_unpackhi_epi64(t0, t2);
-	r[2] = _mm256_unpacklo_epi64(t1, t3);
-	r[3] = _mm256_unpackhi_epi64(t1, t3);
-}
-
 static void prep_v6(vk8_block *p, int64_t nb, const uint8_t *const a[8])
 {
 	for (int64_t i = 0; i < nb; i++) {
@@ -485,50 +469,14 @@ static void q5_0_8x1(int64_t n_cols, float out[8], const uint8_t *const w[8],
 	tile8_q32(KIND_Q5_0, n_cols, out, w, a[0]);
 }
 
-/* Q4_0, one token, the rows transposed into the lanes: per block the 8 rows'
- * 16 bytes are loaded in pairs [row r | row r + 4] and transposed by dword
- * (8 unpacks), so that vector m holds dword m of every row (8 codes each,
- * low and high nibbles); each meets the token's matching 4 values
- * broadcast, and the lanes add up whole rows with no reduction at the end
- * (tile8_q32 spends a third of its instructions reducing 8 vectors).  The
- * high nibbles are taken in place (16 x the code) and their sums shifted
- * down by 4, exact.  The -8 offset is prep's base (-8 x the block's sum of
- * y), one value for every row.  The same exact integers, conversion and FMA
- * per lane as tile8_q32, so the same bits; 32.4 against 25.4 GB/s in cache,
- * 24.0 against 22.5 streaming 1024-row claims (one Zen 4 core, alternating
- * runs). */
-typedef struct q40_prep {
-	int32_t base; /* -8 x sum of the block's 32 values */
-	float d;      /* the block's scale */
-} q40_prep;
-
-enum { Q40_STACK_BLOCKS = 512 }; /* 4 KiB: up to 16384 columns */
-
-static void prep_q40(q40_prep *p, int64_t nb, const uint8_t *a)
-{
-	const __m256i ones = _mm256_set1_epi8(1);
-	for (int64_t i = 0; i < nb; i++) {
-		const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a + i;
-		const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones,
-		                                      _mm256_loadu_si256((const __m256i *)ab->qs));
-		p[i].base = -8 * _mm_cvtsi128_si32(hsum_i32_v(s));
-		p[i].d = half_to_f32(ab->d);
-	}
-}
-
-static ALWAYS_INLINE __m256i q40_pair(const uint8_t *p, const uint8_t *q)
-{
-	return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
-	                               _mm_loadu_si128((const __m128i *)q), 1);
-}
-
-static ALWAYS_INLINE __m256i bcast4(const int8_t *p)
-{
-	int32_t v;
-	memcpy(&v, p, 4);
-	return _mm256_set1_epi32(v);
-}
-
+/* Q4_0, one token, the rows transposed into the lanes (isa_avx2.h
+ * q40_rows): vpdpbusd of each dword vector's low nibbles and of its high
+ * nibbles in place (16 x the code, the sums shifted down by 4, exact) with
+ * the token's 4 matching values.  tile8_q32 spends a third of its
+ * instructions reducing 8 vectors per block; the same exact integers,
+ * conversion and FMA per lane, so the same bits: 32.4 against 25.4 GB/s in
+ * cache, 24.0 against 22.5 streaming 1024-row claims (one Zen 4 core,
+ * alternating runs). */
 static void q4_0_8x1_t(int64_t n_cols, float out[8], const uint8_t *const w[8],
                        const uint8_t *const a[8], const void *prep)
 {
@@ -542,16 +490,8 @@ static void q4_0_8x1_t(int64_t n_cols, float out[8], const uint8_t *const w[8],
 		const size_t qo = wo + offsetof(moe_block_q4_0, qs);
 		const int8_t *y = ((const moe_block_q8_0 *)a[0] + i)->qs;
 		lanes8_prefetch(w, wo);
-		const __m256i r04 = q40_pair(w[0] + qo, w[4] + qo),
-		              r15 = q40_pair(w[1] + qo, w[5] + qo);
-		const __m256i r26 = q40_pair(w[2] + qo, w[6] + qo),
-		              r37 = q40_pair(w[3] + qo, w[7] + qo);
-		const __m256i t0 = _mm256_unpacklo_epi32(r04, r15),
-		              t1 = _mm256_unpackhi_epi32(r04, r15);
-		const __m256i t2 = _mm256_unpacklo_epi32(r26, r37),
-		              t3 = _mm256_unpackhi_epi32(r26, r37);
-		const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
-		                      _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+		__m256i v[4];
+		q40_rows(v, w, qo);
 		__m256i lo = _mm256_set1_epi32(p[i].base), hi = _mm256_setzero_si256();
 #pragma GCC unroll 4
 		for (int m = 0; m < 4; m++) {
@@ -568,9 +508,8 @@ static void q4_0_8x1_t(int64_t n_cols, float out[8], const uint8_t *const w[8],
 }
 
 /* The AVX2 tiles for every token but a last lone one after the groups of 8,
- * which takes one8 over runs of the rows (run_lanes8); Q4_0's one8 is
- * q4_0_8x1_t with its prep, or tile8_q32's without memory for a long row's
- * prep. */
+ * which takes one8 over runs of the rows (run_lanes8), on Q4_0 q4_0_8x1_t
+ * (one8 without memory for its prep). */
 static void gemm_q32(moe_type t, moe_tile_fn one8, int64_t n_cols, float *y, int64_t ldy,
                      const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
                      size_t x_stride, int64_t n_t)
@@ -583,21 +522,10 @@ static void gemm_q32(moe_type t, moe_tile_fn one8, int64_t n_cols, float *y, int
 	if (full > 0)
 		moe_gemm_avx2(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
 	const uint8_t *a = x + (size_t)full * x_stride;
-	if (t != MOE_TYPE_Q4_0) {
+	if (t == MOE_TYPE_Q4_0)
+		run_lanes8_q40(q4_0_8x1_t, one8, n_cols, y + full * ldy, w, w_stride, n_r, a);
+	else
 		run_lanes8(one8, n_cols, y + full * ldy, w, w_stride, n_r, a, NULL);
-		return;
-	}
-	const int64_t nb = n_cols / MOE_QK32;
-	q40_prep stack[Q40_STACK_BLOCKS];
-	q40_prep *p = nb <= Q40_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
-	if (p == NULL) {
-		run_lanes8(one8, n_cols, y + full * ldy, w, w_stride, n_r, a, NULL);
-		return;
-	}
-	prep_q40(p, nb, a);
-	run_lanes8(q4_0_8x1_t, n_cols, y + full * ldy, w, w_stride, n_r, a, p);
-	if (p != stack)
-		free(p);
 }
 
 static void gemm_q8_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
