@@ -304,12 +304,13 @@ Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 	cr_log_info("%d elements equal to the scalar level's", compared);
 }
 
-/* One token on Q4_0 rows longer than the AVX-512 tile's stack-held prep
- * (isa_avx512_gemm.c Q40_STACK_BLOCKS: 16384 columns), which then takes it
- * from the heap: the scalar level's bits at every x86 level. */
+/* One token on Q4_0 rows longer than the transposed tiles' stack-held prep
+ * (isa_avx2.h Q40_STACK_BLOCKS: 16384 columns), which then comes from the
+ * heap, over enough rows (>= 16) that the AVX2 level takes its row runs too:
+ * the scalar level's bits at every x86 level. */
 Test(matmul, q4_0_one_token_on_long_rows_same_bits)
 {
-	enum { ROWS = 13, COLS = 32 * 600 };
+	enum { ROWS = 37, COLS = 32 * 600 };
 	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512};
 	moe_isa orig = moe_isa_active();
 	uint8_t *w = make_weights(MOE_TYPE_Q4_0, ROWS, COLS);
