@@ -116,13 +116,3 @@ double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps)
 	}
 	return 3.0 * (double)(t->j.n * sizeof(double)) / best / 1e9;
 }
-
-double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps)
-{
-	moe_bench_triad *t = NULL;
-	if (moe_bench_triad_create(&t, pool, n_doubles) != MOE_OK)
-		return 0;
-	const double gbs = moe_bench_triad_run(t, pool, reps);
-	moe_bench_triad_destroy(t);
-	return gbs;
-}

@@ -17,19 +17,14 @@ typedef struct moe_bench {
 /* The table of benchmarks, terminated by an entry with name NULL. */
 extern const moe_bench moe_benches[];
 
-/* STREAM triad a[i] = b[i] + 3 * c[i] on three arrays of n_doubles doubles
- * (first touched on the pool's threads, as they are then read), on pool:
- * the best of reps passes in GB/s, counting 3 x 8 bytes per element as
- * STREAM does.  0 when the arrays cannot be allocated.  Every benchmark that
- * states a % of the memory roofline measures it with this, or with the
- * handle below. */
-double moe_bench_triad_gbs(moe_pool *pool, size_t n_doubles, int reps);
-
-/* The same triad with its arrays kept, so that a benchmark can measure it
- * next to each of its own measurements (this machine's bandwidth moves by a
- * third from one second to the next).  create: MOE_ERR_NOMEM without memory
- * (*out NULL), arrays first touched on pool; run: the best of reps passes in
- * GB/s on pool (any pool); destroy(NULL) is a no-op. */
+/* STREAM triad a[i] = b[i] + 3 * c[i] on three arrays of n_doubles doubles,
+ * kept so that a benchmark can measure it next to each of its own
+ * measurements (this machine's bandwidth moves by a third from one second to
+ * the next); every benchmark that states a % of the memory roofline measures
+ * it with this.  create: arrays first touched on pool's threads (as they are
+ * then read); MOE_ERR_NOMEM without memory (*out NULL).  run: the best of
+ * reps passes on pool (any pool) in GB/s, counting 3 x 8 bytes per element
+ * as STREAM does.  destroy(NULL) is a no-op. */
 typedef struct moe_bench_triad moe_bench_triad;
 moe_err moe_bench_triad_create(moe_bench_triad **out, moe_pool *pool, size_t n_doubles);
 double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps);

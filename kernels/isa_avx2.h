@@ -167,6 +167,29 @@ static inline __m128 k4_d_dmin(const uint16_t *p, float dy)
 	return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(dy));
 }
 
+/* One Q4_K/Q5_K block of a one-row pair (b: the weight block, y: the token's):
+ * acc lane 0 += isum (the block's integer sum, spread over 8 lanes) at
+ * d * dy, lane 1 += the mins' sum (sm: k4_scales_mins) at dmin * dy, each by
+ * one int32 -> f32 conversion and one fused multiply-add, as a tile lane;
+ * both sums reduced together, kept in vector registers (a trip through
+ * general-purpose ones per block cost ~25 % of the one-row speed). */
+static inline __m128 k45_row_block(__m128 acc, __m256i isum, __m256i sm, const uint8_t *b,
+                                   const moe_block_q8_K *y)
+{
+	const __m128 dd = k4_d_dmin((const uint16_t *)(b + offsetof(moe_block_q4_K, d)), y->d);
+	__m256i h = _mm256_hadd_epi32(isum, k4_mins(sm, y->bsums));
+	h = _mm256_hadd_epi32(h, h);
+	const __m128i sums =
+	    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+	return _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, acc);
+}
+
+/* A one-row pair's result from k45_row_block's accumulator: lane 0 - lane 1. */
+static inline float k45_row_result(__m128 acc)
+{
+	return _mm_cvtss_f32(acc) - _mm_cvtss_f32(_mm_movehdup_ps(acc));
+}
+
 /* Keeps v in a register: without it the compiler folds one use of a load into
  * an instruction's memory operand and loads the same bytes again for the
  * other use, and loads are what these loops run short of. */

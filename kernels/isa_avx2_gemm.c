@@ -166,17 +166,8 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 			const uint8_t *b = w[0] + wo;
 #pragma GCC unroll 4
 			for (int t = 0; t < T; t++) {
-				const moe_block_q8_K *y = (const moe_block_q8_K *)(a[t] + ao);
-				/* lanes [d * dy, dmin * dy] and [isum, msum]: lane 0
-				 * and 1 take a tile lane's conversion and FMA, kept in
-				 * vector registers (a trip through general-purpose ones
-				 * per block cost ~25 % of the one-row speed) */
-				const __m128 dd = k4_d_dmin((const uint16_t *)b, y->d);
-				__m256i h = _mm256_hadd_epi32(is[t], k4_mins(sm[0], y->bsums));
-				h = _mm256_hadd_epi32(h, h);
-				const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
-				                                   _mm256_extracti128_si256(h, 1));
-				s_acc2[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, s_acc2[t]);
+				s_acc2[t] = k45_row_block(s_acc2[t], is[t], sm[0], b,
+				                          (const moe_block_q8_K *)(a[t] + ao));
 			}
 			continue;
 		}
@@ -204,8 +195,7 @@ static ALWAYS_INLINE void tile_k45(int R, int T, bool hbits, int64_t n_cols, flo
 	}
 	if (scalar)
 		for (int t = 0; t < T; t++)
-			out[t] =
-			    _mm_cvtss_f32(s_acc2[t]) - _mm_cvtss_f32(_mm_movehdup_ps(s_acc2[t]));
+			out[t] = k45_row_result(s_acc2[t]);
 	else
 		_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }

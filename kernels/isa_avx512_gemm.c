@@ -93,24 +93,14 @@ static ALWAYS_INLINE void row_k45(int T, bool hbits, int64_t n_cols, float *y, i
 		}
 #pragma GCC unroll 4
 		for (int t = 0; t < T; t++) {
-			const moe_block_q8_K *yb = (const moe_block_q8_K *)(a[t] + ao);
-			/* lanes [d * dy, dmin * dy]: the references' products */
-			const __m128 dd = k4_d_dmin((const uint16_t *)b, yb->d);
-			/* [isum, msum, ...] by one reduction of both vectors */
 			const __m256i isum = _mm256_add_epi32(_mm256_add_epi32(is[t][0], is[t][1]),
 			                                      _mm256_add_epi32(is[t][2], is[t][3]));
-			__m256i h = _mm256_hadd_epi32(isum, k4_mins(sm, yb->bsums));
-			h = _mm256_hadd_epi32(h, h);
-			const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h),
-			                                   _mm256_extracti128_si256(h, 1));
-			/* lane 0 takes isum * (d * dy), lane 1 msum * (dmin * dy):
-			 * a tile lane's int32 -> f32 conversion and fused
-			 * multiply-add */
-			acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sums), dd, acc[t]);
+			acc[t] =
+			    k45_row_block(acc[t], isum, sm, b, (const moe_block_q8_K *)(a[t] + ao));
 		}
 	}
 	for (int t = 0; t < T; t++)
-		y[t * ldy] = _mm_cvtss_f32(acc[t]) - _mm_cvtss_f32(_mm_movehdup_ps(acc[t]));
+		y[t * ldy] = k45_row_result(acc[t]);
 }
 
 /* One Q6_K row against T tokens: tile_q6_K's scalar-lane integers and float
@@ -192,20 +182,12 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
  * row s. */
 static ALWAYS_INLINE void transpose8(__m256i r[8])
 {
-	__m256i t[8], u[8];
+	transpose4x2(r);
+	transpose4x2(r + 4);
 	for (int k = 0; k < 4; k++) {
-		t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-		t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-	}
-	for (int h = 0; h < 2; h++) {
-		u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
-		u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
-		u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
-		u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
-	}
-	for (int k = 0; k < 4; k++) {
-		r[k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
-		r[4 + k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+		const __m256i u = r[k];
+		r[k] = _mm256_permute2x128_si256(u, r[4 + k], 0x20);
+		r[4 + k] = _mm256_permute2x128_si256(u, r[4 + k], 0x31);
 	}
 }
 
