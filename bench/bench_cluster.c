@@ -33,9 +33,9 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
-#include "coordinator/args.h"
-#include "coordinator/cluster.h"
-#include "proto/net.h"
+#include "coordinator/coordinator.h"
+#include "core/core.h"
+#include "proto/proto.h"
 
 static void usage(FILE *f)
 {
@@ -392,17 +392,17 @@ int moe_bench_cluster(int argc, char **argv)
 		else if (strcmp(s, "-o") == 0)
 			a.dir = v;
 		else if (strcmp(s, "-n") == 0)
-			bad |= moe_arg_int(&a.steps, v, 1, 1000000);
+			bad |= moe_parse_int(&a.steps, v, 1, 1000000);
 		else if (strcmp(s, "--threads") == 0)
-			bad |= moe_arg_int(&a.threads, v, 0, 1024);
+			bad |= moe_parse_int(&a.threads, v, 0, 1024);
 		else if (strcmp(s, "--worker-threads") == 0)
-			bad |= moe_arg_int(&a.wthreads, v, 0, 1024);
+			bad |= moe_parse_int(&a.wthreads, v, 0, 1024);
 		else if (strcmp(s, "--max-workers") == 0)
-			bad |= moe_arg_int(&a.max_workers, v, 0, 8);
+			bad |= moe_parse_int(&a.max_workers, v, 0, 8);
 		else if (strcmp(s, "--iters") == 0)
-			bad |= moe_arg_int(&a.iters, v, 10, 10000000);
+			bad |= moe_parse_int(&a.iters, v, 10, 10000000);
 		else if (strcmp(s, "--net-delay-us") == 0)
-			bad |= moe_arg_int(&a.delay_us, v, 0, 10000000);
+			bad |= moe_parse_int(&a.delay_us, v, 0, 10000000);
 		else
 			goto out_usage;
 	}

@@ -19,9 +19,8 @@
 #include <string.h>
 
 #include "bench/bench.h"
-#include "coordinator/args.h"
-#include "model/forward.h"
-#include "model/sample.h"
+#include "core/core.h"
+#include "model/model.h"
 
 static void usage(FILE *f)
 {
@@ -68,11 +67,11 @@ int moe_bench_e2e(int argc, char **argv)
 		if (strcmp(argv[i - 1], "-m") == 0)
 			model = v;
 		else if (strcmp(argv[i - 1], "--prompt") == 0)
-			bad |= moe_arg_int(&n_prompt, v, 1, 1 << 20);
+			bad |= moe_parse_int(&n_prompt, v, 1, 1 << 20);
 		else if (strcmp(argv[i - 1], "-n") == 0)
-			bad |= moe_arg_int(&n_gen, v, 1, 1 << 20);
+			bad |= moe_parse_int(&n_gen, v, 1, 1 << 20);
 		else if (strcmp(argv[i - 1], "--threads") == 0)
-			bad |= moe_arg_int(&o.n_threads, v, 0, 1024);
+			bad |= moe_parse_int(&o.n_threads, v, 0, 1024);
 		else {
 			usage(stderr);
 			return 2;

@@ -14,8 +14,7 @@
 #include <string.h>
 
 #include "bench/bench.h"
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "model/model.h"
 
 #define CHUNK (16 * 1024)
 

@@ -14,8 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "coordinator/args.h"
 #include "coordinator/cluster_impl.h"
+#include "core/core.h"
 
 /* ---- options ------------------------------------------------------------------- */
 
@@ -149,8 +149,9 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 	case 0:
 		return add_url(o, v);
 	case 1:
-		return moe_arg_int(&o->spawn, v, 0, 32) ? moe_fail(MOE_ERR_INVAL, "--workers %s", v)
-		                                        : MOE_OK;
+		return moe_parse_int(&o->spawn, v, 0, 32)
+		           ? moe_fail(MOE_ERR_INVAL, "--workers %s", v)
+		           : MOE_OK;
 	case 2:
 		return read_cluster_file(o, v);
 	case 3:
@@ -162,15 +163,15 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 		o->secret_file = v;
 		return MOE_OK;
 	case 6:
-		return moe_arg_int(&o->worker_threads, v, 1, 1024)
+		return moe_parse_int(&o->worker_threads, v, 1, 1024)
 		           ? moe_fail(MOE_ERR_INVAL, "--worker-threads %s", v)
 		           : MOE_OK;
 	case 7:
-		return moe_arg_int(&o->timeout_ms, v, 1, 3600000)
+		return moe_parse_int(&o->timeout_ms, v, 1, 3600000)
 		           ? moe_fail(MOE_ERR_INVAL, "--dispatch-timeout-ms %s", v)
 		           : MOE_OK;
 	default:
-		return moe_arg_int(&o->net_delay_us, v, 0, 10000000)
+		return moe_parse_int(&o->net_delay_us, v, 0, 10000000)
 		           ? moe_fail(MOE_ERR_INVAL, "--net-delay-us %s", v)
 		           : MOE_OK;
 	}

@@ -1,4 +1,4 @@
-/* cluster_impl.h - what cluster.c (links, placement) and cluster_dispatch.c
+/* cluster_impl.h - what cluster.c (links, placement) and dispatch.c
  * (the expert backend) share.  Not a public header. */
 #ifndef MOE_CLUSTER_IMPL_H
 #define MOE_CLUSTER_IMPL_H
@@ -7,8 +7,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#include "coordinator/cluster.h"
-#include "proto/net.h"
+#include "coordinator/coordinator.h"
+#include "proto/proto.h"
 
 typedef struct clink {
 	char url[256];
@@ -74,7 +74,7 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l);
 moe_err moe_clu_repair(moe_cluster *c);
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
-/* cluster_dispatch.c */
+/* dispatch.c */
 moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                               const float *weights, int n_used);
 moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc);

@@ -1,7 +1,8 @@
 /*
- * core.h - the one error enum of moemesh, per-thread error detail, aligned
- * memory and clocks.  Every other module depends on this one and on nothing
- * else below it.
+ * core.h - the public header of core/: the one error enum of moemesh,
+ * per-thread error detail, aligned memory, checked size arithmetic, numbers
+ * from text and clocks.  Every other folder depends on this one; it depends
+ * on nothing of moemesh.
  *
  * Conventions (see DESIGN.md): action functions return moe_err, MOE_OK = 0;
  * outputs come first in argument lists; on failure a function sets a
@@ -37,15 +38,15 @@ typedef enum moe_err {
 	MOE_ERR_BAD_VALUE,     /* a value is out of its allowed range */
 	MOE_ERR_FORMAT,        /* other malformed input (JSON, text, ...) */
 	/* distributed operation */
-	MOE_ERR_PROTO,     /* a peer broke the wire protocol */
-	MOE_ERR_TIMEOUT,   /* a deadline passed */
-	MOE_ERR_CLOSED,    /* the peer or object was closed */
-	MOE_ERR_MISMATCH,  /* peers disagree (model identity, version, ISA) */
-	MOE_ERR_BUSY,      /* overloaded; try again later */
-	MOE_ERR_AUTH,      /* authentication failed */
-	MOE_ERR_CANCELED,  /* the operation was canceled */
-	MOE_ERR_STATE,     /* called in the wrong state */
-	MOE_ERR_SYS,       /* another system call failed (errno in the detail) */
+	MOE_ERR_PROTO,    /* a peer broke the wire protocol */
+	MOE_ERR_TIMEOUT,  /* a deadline passed */
+	MOE_ERR_CLOSED,   /* the peer or object was closed */
+	MOE_ERR_MISMATCH, /* peers disagree (model identity, version, ISA) */
+	MOE_ERR_BUSY,     /* overloaded; try again later */
+	MOE_ERR_AUTH,     /* authentication failed */
+	MOE_ERR_CANCELED, /* the operation was canceled */
+	MOE_ERR_STATE,    /* called in the wrong state */
+	MOE_ERR_SYS,      /* another system call failed (errno in the detail) */
 	MOE_ERR__COUNT
 } moe_err;
 
@@ -55,8 +56,7 @@ const char *moe_err_name(moe_err err);
 /* Records a formatted detail for err on the calling thread and returns err, so
  * that failures read `return moe_fail(MOE_ERR_TRUNCATED, "tensor %s: ...", n);`.
  * The detail is truncated to 511 bytes. */
-moe_err moe_fail(moe_err err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+moe_err moe_fail(moe_err err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 moe_err moe_failv(moe_err err, const char *fmt, va_list ap);
 
 /* Returns the detail of the last moe_fail on this thread ("" if none). The
@@ -76,6 +76,13 @@ void moe_aligned_free(void *p);
  * leave *out unchanged on overflow, 1 on success. */
 int moe_size_mul(size_t *out, size_t a, size_t b);
 int moe_size_add(size_t *out, size_t a, size_t b);
+
+/* Numbers from text (parse.c): the whole of s must be the number, base 10,
+ * within [lo, hi].  Each returns 0 on success and -1 (leaving *out untouched)
+ * otherwise. */
+int moe_parse_long(long *out, const char *s, long lo, long hi);
+int moe_parse_int(int *out, const char *s, long lo, long hi);
+int moe_parse_float(float *out, const char *s);
 
 /* Monotonic clock. */
 uint64_t moe_now_ns(void);

@@ -1,5 +1,5 @@
 /* net.c - model identity, authentication, frames over nng and stream sockets. */
-#include "proto/net.h"
+#include "proto/proto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

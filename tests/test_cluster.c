@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "model/forward.h"
-#include "proto/net.h"
+#include "proto/proto.h"
 
 static const char *fixtures(void)
 {

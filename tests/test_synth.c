@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "devtools/devtools.h"
 #include "model/gguf.h"
-#include "model/synth.h"
 #include "model/tokenizer.h"
 
 static char tmpdir[64];

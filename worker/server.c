@@ -26,8 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "model/hparams.h"
-#include "proto/net.h"
+#include "model/model.h"
+#include "proto/proto.h"
 #include "worker/worker.h"
 
 #define MAX_CONNS 32

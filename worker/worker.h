@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "model/gguf.h"
+#include "model/model.h"
 #include "proto/proto.h"
 
 /* ---- expert store ------------------------------------------------------------ */
@@ -87,7 +87,7 @@ typedef struct moe_worker_opts {
 	bool quiet;              /* no log lines on stderr */
 } moe_worker_opts;
 
-/* Serves the cluster protocol (proto/net.h, server.c) on o->listen_url until
+/* Serves the cluster protocol (proto/proto.h, server.c) on o->listen_url until
  * an authenticated SHUTDOWN arrives.  Bad frames from peers are answered and
  * counted, never fatal.  Errors (set-up only): those of moe_gguf_open,
  * moe_hparams_load, moe_secret_read, MOE_ERR_INVAL/IO (cannot listen),

@@ -1,9 +1,9 @@
-/* serve_chat.c - ChatML rendering for /v1/chat/completions and the start-up
+/* chat.c - ChatML rendering for /v1/chat/completions and the start-up
  * check of the model's chat template. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/serve.h"
+#include "server/server.h"
 
 static const char im_start[] = "<|im_start|>";
 static const char im_end[] = "<|im_end|>";

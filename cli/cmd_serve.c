@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "coordinator/args.h"
-#include "coordinator/cluster.h"
-#include "coordinator/commands.h"
-#include "coordinator/serve.h"
+#include "cli/cli.h"
+#include "coordinator/coordinator.h"
+#include "core/core.h"
+#include "server/server.h"
 
 static void usage(FILE *f)
 {
@@ -98,21 +98,21 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		else if (strcmp(s, "--host") == 0)
 			a->ho.host = v;
 		else if (strcmp(s, "--port") == 0)
-			bad = moe_arg_int(&a->ho.port, v, 0, 65535);
+			bad = moe_parse_int(&a->ho.port, v, 0, 65535);
 		else if (strcmp(s, "--api-key") == 0)
 			a->ho.api_key = v;
 		else if (strcmp(s, "--parallel") == 0)
-			bad = moe_arg_int(&a->eo.n_slots, v, 1, 256);
+			bad = moe_parse_int(&a->eo.n_slots, v, 1, 256);
 		else if (strcmp(s, "--ctx") == 0)
-			bad = moe_arg_int(&a->eo.n_ctx, v, 8, 1 << 22);
+			bad = moe_parse_int(&a->eo.n_ctx, v, 8, 1 << 22);
 		else if (strcmp(s, "--threads") == 0)
-			bad = moe_arg_int(&a->eo.n_threads, v, 1, 1024);
+			bad = moe_parse_int(&a->eo.n_threads, v, 1, 1024);
 		else if (strcmp(s, "--queue") == 0)
-			bad = moe_arg_int(&a->eo.max_queue, v, 0, 1 << 20);
+			bad = moe_parse_int(&a->eo.max_queue, v, 0, 1 << 20);
 		else if (strcmp(s, "--prefill-chunk") == 0)
-			bad = moe_arg_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
+			bad = moe_parse_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
 		else if (strcmp(s, "--max-body") == 0) {
-			bad = moe_arg_int(&max_body, v, 1024, 1 << 30);
+			bad = moe_parse_int(&max_body, v, 1024, 1 << 30);
 			a->ho.max_body = (size_t)max_body;
 		} else if (strcmp(s, "--chat-template") == 0) {
 			if (strcmp(v, "chatml") != 0)

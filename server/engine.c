@@ -1,4 +1,4 @@
-/* serve_engine.c - the scheduler thread of `moemesh serve`: continuous batching
+/* engine.c - the scheduler thread of `moemesh serve`: continuous batching
  * of requests over the slots of one moe_fwd (see serve.h). */
 #include <errno.h>
 #include <math.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "coordinator/serve.h"
+#include "server/server.h"
 
 #define RTT_WORKERS 64
 #define RTT_BUCKETS 12

@@ -11,7 +11,7 @@
  * Every tensor has its own random stream seeded by (seed, hash of its name),
  * so a tensor's values do not depend on the others or on the layer count.
  */
-#include "model/synth.h"
+#include "devtools/devtools.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -22,7 +22,7 @@
 #include <strings.h>
 
 #include "kernels/kernels.h"
-#include "model/gguf.h"
+#include "model/model.h"
 
 /* ---- presets ------------------------------------------------------------------ */
 

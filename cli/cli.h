@@ -1,11 +1,16 @@
 /*
- * commands.h - the subcommands of the moemesh program.  Each takes the
+ * cli.h - the public header of cli/: the subcommands of the moemesh program
+ * (the only place that knows every role), for main.c and the tests that run
+ * a command in-process.  Each takes the
  * arguments after its name (argv[0] is the subcommand name) and returns the
  * process exit status: 0 on success, 1 on a runtime error (reported on stderr
  * with moe_err_detail()), 2 on a usage error.
  */
-#ifndef MOE_COMMANDS_H
-#define MOE_COMMANDS_H
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 typedef struct moe_command {
 	const char *name;
@@ -26,5 +31,9 @@ int moe_cmd_logits(int argc, char **argv);
 int moe_cmd_run(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_worker(int argc, char **argv);
+
+/* "1,2,3" (ids 0..INT32_MAX) into a new array (*out, *n; caller frees);
+ * -1 for a malformed list or no memory (args.c). */
+int moe_arg_tokens(int32_t **out, size_t *n, const char *s);
 
 #endif

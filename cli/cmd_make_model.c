@@ -5,10 +5,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "coordinator/args.h"
-#include "coordinator/commands.h"
-#include "model/synth.h"
-#include "model/tokenizer.h"
+#include "cli/cli.h"
+#include "core/core.h"
+#include "devtools/devtools.h"
+#include "model/model.h"
 
 static void usage(FILE *f)
 {
@@ -125,7 +125,7 @@ int moe_cmd_make_model(int argc, char **argv)
 			o.preset = optarg;
 			break;
 		case 'l':
-			if (moe_arg_int(&o.n_layer, optarg, 1, 1024) != 0) {
+			if (moe_parse_int(&o.n_layer, optarg, 1, 1024) != 0) {
 				fprintf(stderr,
 				        "make-model: --layers needs a number from 1 to 1024\n");
 				return 2;

@@ -1,12 +1,13 @@
 /*
- * synth.h - synthetic random-weight models in GGUF, with exactly llama.cpp's
+ * devtools.h - the public header of devtools/, the developer tools the CLI
+ * links (make-model): synthetic random-weight models in GGUF, with exactly llama.cpp's
  * metadata keys, tensor names, shapes, storage conventions and F32-kept
  * tensors for qwen3moe and qwen3next (see tests/fixtures/README.md), so
  * llama.cpp and moemesh load the same file.  Generation is streamed: no
  * buffer bigger than a chunk of rows is held, whatever the model size.
  */
-#ifndef MOE_SYNTH_H
-#define MOE_SYNTH_H
+#ifndef MOE_DEVTOOLS_H
+#define MOE_DEVTOOLS_H
 
 #include <stdint.h>
 

@@ -1,7 +1,8 @@
 /*
- * serve.h - the serving engine behind `moemesh serve`: a scheduler thread that
+ * server.h - the public header of server/, the serving engine behind
+ * `moemesh serve`: a scheduler thread that
  * owns one moe_fwd and runs continuous batching over its sequence slots, and
- * the pieces the HTTP front end (serve_http.c) needs around it: requests
+ * the pieces the HTTP front end (http.c) needs around it: requests
  * (moe_gen), ChatML rendering, and metrics.
  *
  * Threads: HTTP connection threads submit requests and wait on them; the one
@@ -18,8 +19,8 @@
  * tokens counted from the start of that prompt alone, and never gives
  * moe_fwd_step more than max_batch tokens (so it never re-chunks a step).
  */
-#ifndef MOE_SERVE_H
-#define MOE_SERVE_H
+#ifndef MOE_SERVER_H
+#define MOE_SERVER_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,9 +28,7 @@
 #include <stdio.h>
 
 #include "core/core.h"
-#include "model/forward.h"
-#include "model/sample.h"
-#include "model/tokenizer.h"
+#include "model/model.h"
 
 /* ---- engine -------------------------------------------------------------------- */
 
@@ -193,7 +192,7 @@ moe_err moe_chat_tokens(int32_t **ids, size_t *n_ids, const moe_tokenizer *tok,
 /* The id of <|im_end|> in tok, or -1. */
 int32_t moe_chat_end_id(const moe_tokenizer *tok);
 
-/* ---- HTTP front end (serve_http.c) ------------------------------------------- */
+/* ---- HTTP front end (http.c) ------------------------------------------- */
 
 typedef struct moe_http_opts {
 	const char *host;     /* IPv4 address or "localhost"; default 127.0.0.1 */

@@ -1,4 +1,4 @@
-/* serve_http.c - the OpenAI-compatible HTTP API of `moemesh serve` on
+/* http.c - the OpenAI-compatible HTTP API of `moemesh serve` on
  * libmicrohttpd (one thread per connection: a handler may block while its
  * request generates, and polls its socket to notice a client that left). */
 #include <arpa/inet.h>
@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "coordinator/serve.h"
+#include "server/server.h"
 
 #define WAIT_MS 50
 

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/args.h"
-#include "coordinator/commands.h"
+#include "cli/cli.h"
+#include "core/core.h"
 #include "worker/worker.h"
 
 static void usage(FILE *f)
@@ -46,29 +46,29 @@ int moe_cmd_worker(int argc, char **argv)
 		} else if (strcmp(a, "--name") == 0 && has) {
 			o.name = argv[++i];
 		} else if (strcmp(a, "--threads") == 0 && has) {
-			if (moe_arg_long(&v, argv[++i], 1, 1024) != 0)
+			if (moe_parse_long(&v, argv[++i], 1, 1024) != 0)
 				goto out_usage;
 			o.n_threads = (int)v;
 		} else if (strcmp(a, "--mem") == 0 && has) {
-			if (moe_arg_long(&v, argv[++i], 1, 1 << 20) != 0)
+			if (moe_parse_long(&v, argv[++i], 1, 1 << 20) != 0)
 				goto out_usage;
 			o.mem_bytes = (uint64_t)v << 30;
 		} else if (strcmp(a, "--data-port") == 0 && has) {
-			if (moe_arg_long(&v, argv[++i], 1, 65535) != 0)
+			if (moe_parse_long(&v, argv[++i], 1, 65535) != 0)
 				goto out_usage;
 			o.data_port = (uint16_t)v;
 		} else if (strcmp(a, "--net-delay-us") == 0 && has) {
-			if (moe_arg_long(&v, argv[++i], 0, 10000000) != 0)
+			if (moe_parse_long(&v, argv[++i], 0, 10000000) != 0)
 				goto out_usage;
 			o.net_delay_us = (int)v;
 		} else if (strcmp(a, "--die-after") == 0 && has) {
 			/* test hook, not in the usage text */
-			if (moe_arg_long(&v, argv[++i], 1, 1L << 30) != 0)
+			if (moe_parse_long(&v, argv[++i], 1, 1L << 30) != 0)
 				goto out_usage;
 			o.die_after = (int)v;
 		} else if (strcmp(a, "--ready-fd") == 0 && has) {
 			/* for --workers N: the parent's pipe */
-			if (moe_arg_long(&v, argv[++i], 0, 1 << 20) != 0)
+			if (moe_parse_long(&v, argv[++i], 0, 1 << 20) != 0)
 				goto out_usage;
 			o.ready_fd = (int)v;
 		} else {

@@ -1,5 +1,5 @@
 /*
- * cluster_dispatch.c - the cluster's expert backend: one layer's routed
+ * dispatch.c - the cluster's expert backend: one layer's routed
  * experts computed by the workers that hold them.
  *
  * start(): quantise the FFN input once (the gate weights' activation form,

@@ -18,9 +18,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "coordinator/commands.h"
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "cli/cli.h"
+#include "model/model.h"
 
 #define FDD0 "\xEF\xB7\x90"
 

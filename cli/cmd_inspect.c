@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "coordinator/commands.h"
-#include "model/gguf.h"
+#include "cli/cli.h"
+#include "model/model.h"
 
 #define SHOW_ITEMS     3  /* array elements shown before "..." */
 #define SHOW_STR_BYTES 80 /* string bytes shown before "..." */

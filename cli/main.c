@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "coordinator/commands.h"
+#include "cli/cli.h"
 
 static void usage(FILE *f)
 {

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/args.h"
-#include "coordinator/cluster.h"
-#include "coordinator/commands.h"
-#include "model/forward.h"
+#include "cli/cli.h"
+#include "coordinator/coordinator.h"
+#include "core/core.h"
+#include "model/model.h"
 
 static void usage(FILE *f)
 {
@@ -61,10 +61,10 @@ int moe_cmd_logits(int argc, char **argv)
 			else
 				goto out_usage;
 		} else if (strcmp(a, "--threads") == 0 && has) {
-			if (moe_arg_int(&o.n_threads, argv[++i], 1, 1024) != 0)
+			if (moe_parse_int(&o.n_threads, argv[++i], 1, 1024) != 0)
 				goto out_usage;
 		} else if (strcmp(a, "--batch") == 0 && has) {
-			if (moe_arg_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
+			if (moe_parse_int(&o.max_batch, argv[++i], 1, 1 << 20) != 0)
 				goto out_usage;
 		} else {
 			moe_err ce = moe_cluster_parse_arg(&co, &i, argc, argv);

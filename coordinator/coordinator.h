@@ -1,10 +1,11 @@
 /*
- * cluster.h - the coordinator's side of expert parallelism: a set of worker
+ * coordinator.h - the public header of coordinator/, the coordinator's side
+ * of expert parallelism: a set of worker
  * links, a placement of every (layer, expert) on one or more of them, and a
  * moe_expert_backend that sends each layer's tokens to the workers that hold
  * their chosen experts and adds up the exact partial sums they return.
  *
- * Wire (proto/net.h): nng for control; DISPATCH/RESULT on a plain stream
+ * Wire (proto/proto.h): nng for control; DISPATCH/RESULT on a plain stream
  * socket per worker.  Per layer, start() quantises the FFN input once to the
  * activation form of the layer's gate weights, groups tokens by worker and
  * writes every involved worker's frame (writev, payload from where it lies);
@@ -21,14 +22,14 @@
  * then completes with identical bits.  With nobody left the step fails with
  * MOE_ERR_CLOSED.
  */
-#ifndef MOE_CLUSTER_H
-#define MOE_CLUSTER_H
+#ifndef MOE_COORDINATOR_H
+#define MOE_COORDINATOR_H
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#include "model/forward.h"
+#include "model/model.h"
 
 #define MOE_CLUSTER_MAX_LINKS 64
 

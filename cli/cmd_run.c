@@ -5,12 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/args.h"
-#include "coordinator/cluster.h"
-#include "coordinator/commands.h"
-#include "model/forward.h"
-#include "model/sample.h"
-#include "model/tokenizer.h"
+#include "cli/cli.h"
+#include "coordinator/coordinator.h"
+#include "core/core.h"
+#include "model/model.h"
 
 #define MAX_STOPS 16
 
@@ -81,23 +79,23 @@ static int parse_args(run_args *a, int argc, char **argv)
 		else if (strcmp(s, "--tokens") == 0)
 			a->tokens = v;
 		else if (strcmp(s, "-n") == 0)
-			bad = moe_arg_int(&a->n_gen, v, 0, 1 << 24);
+			bad = moe_parse_int(&a->n_gen, v, 0, 1 << 24);
 		else if (strcmp(s, "--temp") == 0)
-			bad = moe_arg_float(&a->sp.temp, v);
+			bad = moe_parse_float(&a->sp.temp, v);
 		else if (strcmp(s, "--top-k") == 0)
-			bad = moe_arg_int(&a->sp.top_k, v, 0, 1 << 30);
+			bad = moe_parse_int(&a->sp.top_k, v, 0, 1 << 30);
 		else if (strcmp(s, "--top-p") == 0)
-			bad = moe_arg_float(&a->sp.top_p, v);
+			bad = moe_parse_float(&a->sp.top_p, v);
 		else if (strcmp(s, "--min-p") == 0)
-			bad = moe_arg_float(&a->sp.min_p, v);
+			bad = moe_parse_float(&a->sp.min_p, v);
 		else if (strcmp(s, "--repeat-penalty") == 0)
-			bad = moe_arg_float(&a->sp.repeat_penalty, v);
+			bad = moe_parse_float(&a->sp.repeat_penalty, v);
 		else if (strcmp(s, "--presence-penalty") == 0)
-			bad = moe_arg_float(&a->sp.presence_penalty, v);
+			bad = moe_parse_float(&a->sp.presence_penalty, v);
 		else if (strcmp(s, "--frequency-penalty") == 0)
-			bad = moe_arg_float(&a->sp.frequency_penalty, v);
+			bad = moe_parse_float(&a->sp.frequency_penalty, v);
 		else if (strcmp(s, "--penalty-last-n") == 0)
-			bad = moe_arg_int(&a->sp.penalty_last_n, v, 0, 1 << 20);
+			bad = moe_parse_int(&a->sp.penalty_last_n, v, 0, 1 << 20);
 		else if (strcmp(s, "--seed") == 0) {
 			char *end;
 			errno = 0;
@@ -108,11 +106,11 @@ static int parse_args(run_args *a, int argc, char **argv)
 				return 2;
 			a->stops[a->n_stops++] = v;
 		} else if (strcmp(s, "--threads") == 0)
-			bad = moe_arg_int(&a->fo.n_threads, v, 1, 1024);
+			bad = moe_parse_int(&a->fo.n_threads, v, 1, 1024);
 		else if (strcmp(s, "--ctx") == 0)
-			bad = moe_arg_int(&a->fo.n_ctx, v, 1, 1 << 24);
+			bad = moe_parse_int(&a->fo.n_ctx, v, 1, 1 << 24);
 		else if (strcmp(s, "--batch") == 0)
-			bad = moe_arg_int(&a->fo.max_batch, v, 1, 1 << 20);
+			bad = moe_parse_int(&a->fo.max_batch, v, 1, 1 << 20);
 		else if (strcmp(s, "--kv") == 0) {
 			if (strcmp(v, "f16") == 0)
 				a->fo.kv_type = MOE_TYPE_F16;

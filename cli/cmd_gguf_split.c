@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "coordinator/args.h"
-#include "coordinator/commands.h"
-#include "model/gguf.h"
+#include "cli/cli.h"
+#include "core/core.h"
+#include "model/model.h"
 
 static void usage(FILE *f)
 {
@@ -29,7 +29,7 @@ int moe_cmd_gguf_split(int argc, char **argv)
 			return 0;
 		}
 		if (strcmp(argv[i], "--split-max-tensors") == 0 && i + 1 < argc) {
-			if (moe_arg_int(&max_tensors, argv[++i], 1, 1 << 30) != 0) {
+			if (moe_parse_int(&max_tensors, argv[++i], 1, 1 << 30) != 0) {
 				fprintf(stderr,
 				        "moemesh gguf-split: --split-max-tensors %s: not an "
 				        "integer in [1, 2^30]\n",

@@ -1,2 +1,0 @@
-/* worker.c - expert store and dispatch server (issue 5). */
-#include "worker/worker.h"
