@@ -169,7 +169,7 @@ static cmp compare(const float *a, const float *b, int n_rows)
 	return c;
 }
 
-/* Every check of issue 4 on one fixture model. */
+/* Every golden check (A and B, batch and one by one, generation G) on one model. */
 static void check_model(const char *model, bool f32)
 {
 	char path[256];

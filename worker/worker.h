@@ -1,6 +1,6 @@
 /*
- * worker.h - the worker side of moemesh: an expert store that holds a slice
- * of the routed experts of a GGUF model, loaded with io_uring, and (issue 5)
+ * worker.h - the public header of worker/: an expert store that holds a slice
+ * of the routed experts of a GGUF model, loaded with io_uring, and
  * the dispatch server that runs them for the coordinator.
  *
  * A worker holds no request state: what it computes for a dispatch is a pure
