@@ -247,12 +247,17 @@ def case_cancel():
           "KV/state bytes still in use: %r" % m)
     gen = m["moemesh_generated_tokens_total"] - m0["moemesh_generated_tokens_total"]
     check(gen < 300, "generation ran on after the client left (%d tokens)" % gen)
-    # a non-streamed request whose client leaves is cancelled too
+    # a non-streamed request whose client leaves is cancelled too: one that fills the
+    # 512-token context (the model's), left as soon as it runs, stops before its max_tokens
+    m0 = metrics()
+    n_max = 512 - len(tokenize(body["prompt"]))
     s = socket.create_connection(("127.0.0.1", PORT))
-    b = json.dumps(body).encode()
+    b = json.dumps(dict(body, max_tokens=n_max)).encode()
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(b) + b)
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while time.time() < deadline and metrics()["moemesh_active_sequences"] == 0:
+        time.sleep(0.005)
     s.close()
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -261,6 +266,9 @@ def case_cancel():
             break
         time.sleep(0.05)
     check(m["moemesh_active_sequences"] == 0, "the non-streamed sequence is still active")
+    gen = m["moemesh_generated_tokens_total"] - m0["moemesh_generated_tokens_total"]
+    check(gen < n_max, "the non-streamed generation ran on after the client left (%d tokens)"
+          % gen)
     # the server still serves
     complete({"prompt": "Amen", "max_tokens": 4, "temperature": 0})
 
