@@ -2,7 +2,8 @@
  * server.h - the public header of server/, the serving engine behind
  * `moemesh serve`: a scheduler thread that
  * owns one moe_fwd and runs continuous batching over its sequence slots, and
- * the pieces the HTTP front end (http.c) needs around it: requests
+ * the pieces the HTTP front end (api.c and api_*.c on the transport of
+ * http.c) needs around it: requests
  * (moe_gen), ChatML rendering, and metrics.
  *
  * Threads: HTTP connection threads submit requests and wait on them; the one
@@ -192,7 +193,7 @@ moe_err moe_chat_tokens(int32_t **ids, size_t *n_ids, const moe_tokenizer *tok,
 /* The id of <|im_end|> in tok, or -1. */
 int32_t moe_chat_end_id(const moe_tokenizer *tok);
 
-/* ---- HTTP front end (http.c) ------------------------------------------- */
+/* ---- HTTP front end (api.c; the transport under it is http.c) ---------- */
 
 typedef struct moe_http_opts {
 	const char *host;     /* IPv4 address or "localhost"; default 127.0.0.1 */

@@ -78,6 +78,7 @@ def stream(body, path="/v1/completions", stop_after=None):
     r = c.getresponse()
     check(r.status == 200, "stream status %d" % r.status)
     check(r.getheader("Content-Type", "").startswith("text/event-stream"), "content type")
+    check(r.getheader("Cache-Control") == "no-cache", "Cache-Control %r" % r.getheader("Cache-Control"))
     text, chunks, final, done = "", [], None, False
     while True:
         line = r.readline()
@@ -246,12 +247,17 @@ def case_cancel():
           "KV/state bytes still in use: %r" % m)
     gen = m["moemesh_generated_tokens_total"] - m0["moemesh_generated_tokens_total"]
     check(gen < 300, "generation ran on after the client left (%d tokens)" % gen)
-    # a non-streamed request whose client leaves is cancelled too
+    # a non-streamed request whose client leaves is cancelled too: one that fills the
+    # 512-token context (the model's), left as soon as it runs, stops before its max_tokens
+    m0 = metrics()
+    n_max = 512 - len(tokenize(body["prompt"]))
     s = socket.create_connection(("127.0.0.1", PORT))
-    b = json.dumps(body).encode()
+    b = json.dumps(dict(body, max_tokens=n_max)).encode()
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(b) + b)
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while time.time() < deadline and metrics()["moemesh_active_sequences"] == 0:
+        time.sleep(0.005)
     s.close()
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -260,6 +266,9 @@ def case_cancel():
             break
         time.sleep(0.05)
     check(m["moemesh_active_sequences"] == 0, "the non-streamed sequence is still active")
+    gen = m["moemesh_generated_tokens_total"] - m0["moemesh_generated_tokens_total"]
+    check(gen < n_max, "the non-streamed generation ran on after the client left (%d tokens)"
+          % gen)
     # the server still serves
     complete({"prompt": "Amen", "max_tokens": 4, "temperature": 0})
 
@@ -500,6 +509,92 @@ def case_dead_cluster():
     check("cannot serve" in j["error"]["message"], "no reason: %s" % j)
 
 
+def exchange(data, more=None, timeout=10):
+    """Sends raw bytes (then more, after a pause, if given) on a new connection and
+    returns (status, lower-case headers, body) of the reply, read until the server
+    closes; fails if no reply comes within timeout seconds."""
+    s = socket.create_connection(("127.0.0.1", PORT))
+    s.settimeout(timeout)
+    try:
+        s.sendall(data)
+        if more is not None:
+            time.sleep(0.3)
+            s.sendall(more)
+    except OSError:
+        pass  # the server may answer and close before taking everything
+    buf = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            buf += b
+    except socket.timeout:
+        fail("no reply within %d s to %r (got %r)" % (timeout, data[:80], buf[:200]))
+    except OSError:
+        pass
+    s.close()
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    check(lines[0].startswith("HTTP/1.1 "), "status line %r" % lines[0])
+    hdr = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hdr[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), hdr, body
+
+
+def case_http():
+    """What the transport and the routing promise, with --max-body 4096: HEAD on
+    GET routes, 404 / 405 before anything else, 413 answered from the headers
+    (before the body is sent) and for a chunked body over the cap, a body in
+    pieces, JSON errors, and exact per-status counters in /metrics."""
+    def error_reply(st, hdr, body, code):
+        check(hdr.get("content-type") == "application/json", "error content type %r" % hdr)
+        expect_error(st, json.loads(body), code)
+    for path in ("/health", "/v1/models", "/metrics"):
+        st, hdr, body = exchange(b"HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                                 % path.encode())
+        check(st == 200 and body == b"", "HEAD %s: %d %r" % (path, st, body))
+    st, _, _ = exchange(b"HEAD /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check(st == 405, "HEAD on a POST route: %d" % st)
+    n405 = 1
+    for method, path in (("POST", "/v1/models"), ("POST", "/health"), ("POST", "/metrics"),
+                         ("PUT", "/v1/chat/completions"), ("GET", "/v1/chat/completions")):
+        st, text = request(method, path, raw=b"{}" if method != "GET" else None)
+        check(st == 405, "%s %s: %d" % (method, path, st))
+        expect_error(st, json.loads(text), 405)
+        n405 += 1
+    for path in ("/", "/v1", "/v1/completions/", "/HEALTH", "/v1/nothing"):
+        error_reply(*exchange(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                              % path.encode()), 404)
+    # 413 from Content-Length alone: the reply comes although no body byte was sent
+    error_reply(*exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          b"application/json\r\nContent-Length: 99999\r\n\r\n", timeout=5), 413)
+    # the cap is on the body: 4096 bytes pass, 4097 do not; a chunked body over it is cut
+    small = b'{"prompt": "Amen", "max_tokens": 1, "temperature": 0}'
+    for size, code in ((4096, 200), (4097, 413)):
+        b = small + b" " * (size - len(small))
+        st, hdr, body = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                 b"\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
+        check(st == code, "a body of %d bytes: %d %r" % (size, st, body[:200]))
+    part = b"x" * 3000
+    error_reply(*exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\nbb8\r\n" + part + b"\r\nbb8\r\n" +
+                          part + b"\r\n0\r\n\r\n"), 413)
+    # a body that arrives in two pieces is read whole
+    st, hdr, body = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(small) + small[:9], small[9:])
+    check(st == 200 and json.loads(body)["object"] == "text_completion", "split body: %d %r"
+          % (st, body[:200]))
+    # every reply is counted under its status (this server answered nothing else)
+    m = metrics()
+    for code, n in (("200", 3 + 2), ("404", 5), ("405", n405), ("413", 3), ("400", 0),
+                    ("401", 0)):
+        got = m['moemesh_http_requests_total{code="%s"}' % code]
+        check(got == n, "%s counted %d times, expected %d" % (code, got, n))
+
+
 def case_auth(key):
     global KEY
     st, _ = request("GET", "/health")
@@ -513,6 +608,16 @@ def case_auth(key):
         expect_error(st, json.loads(text), 401)
     st, j = post("/v1/completions", {"prompt": "x", "max_tokens": 2})
     expect_error(st, j, 401)
+    # the route and the method are checked before the key, the key before the size
+    st, text = request("GET", "/v1/nothing")
+    expect_error(st, json.loads(text), 404)
+    st, text = request("POST", "/v1/models", raw=b"{}")
+    expect_error(st, json.loads(text), 405)
+    st, hdr, body = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                             b"999999999\r\n\r\n", timeout=5)
+    expect_error(st, json.loads(body), 401)
+    st, _, body = exchange(b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check(st == 200 and body == b"", "HEAD /health without a key: %d" % st)
     KEY = key
     st, _ = request("GET", "/v1/models")
     check(st == 200, "right key refused (%d)" % st)

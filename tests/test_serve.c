@@ -174,6 +174,11 @@ Test(serve, error_cases, .timeout = 300)
 	         NULL);
 }
 
+Test(serve, http_head_405_413_before_the_body_and_counters, .timeout = 300)
+{
+	run_case("http", kjv(), (const char *const[]){"--max-body", "4096", NULL}, NULL);
+}
+
 Test(serve, api_key, .timeout = 300)
 {
 	run_case("auth", kjv(), (const char *const[]){"--api-key", "s3cret-key", NULL},
