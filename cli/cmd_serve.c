@@ -18,16 +18,17 @@ static void usage(FILE *f)
 	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
 	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
 	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
-	        "                     [--prefill-chunk N] [--chat-template chatml]\n\n"
+	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n\n"
 	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
 	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
 	        "(default 4) decode together in every step, each with --ctx positions\n"
 	        "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
 	        "a slot, more get 429.  With --api-key every route but /health needs\n"
-	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  The model's\n"
-	        "chat template must be ChatML (checked at start-up; --chat-template chatml\n"
-	        "uses ChatML whatever the model says).  Stops on SIGINT / SIGTERM.\n"
+	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  Chats are\n"
+	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
+	        "(--chat-template chatml); a template the server cannot render stops it\n"
+	        "at start-up.  Stops on SIGINT / SIGTERM.\n"
 	        "With cluster options the routed experts run on workers:\n%s",
 	        moe_cluster_usage());
 }
@@ -47,7 +48,7 @@ static void on_signal(int sig)
 
 typedef struct serve_args {
 	const char *model;
-	bool force_chatml;
+	const char *chat_template; /* a file, "chatml", or NULL: the model's */
 	moe_http_opts ho;
 	moe_engine_opts eo;
 	moe_cluster_opts co;
@@ -115,9 +116,7 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			bad = moe_parse_int(&max_body, v, 1024, 1 << 30);
 			a->ho.max_body = (size_t)max_body;
 		} else if (strcmp(s, "--chat-template") == 0) {
-			if (strcmp(v, "chatml") != 0)
-				return 2;
-			a->force_chatml = true;
+			a->chat_template = v;
 		} else
 			return 2;
 		if (bad)
@@ -166,6 +165,7 @@ int moe_cmd_serve(int argc, char **argv)
 	moe_http *h = NULL;
 	moe_model *m = NULL;
 	moe_tokenizer *tok = NULL;
+	moe_chat_template *tmpl = NULL;
 	moe_engine *e = NULL;
 	moe_cluster *cl = NULL;
 	rtt_feed feed = {0};
@@ -177,7 +177,8 @@ int moe_cmd_serve(int argc, char **argv)
 	if ((err = moe_model_open(&m, a.model)) != MOE_OK ||
 	    (err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK)
 		goto out_fail;
-	if (!a.force_chatml && (err = moe_chat_check(moe_model_gguf(m))) != MOE_OK)
+	if ((err = moe_chat_template_create(&tmpl, moe_model_gguf(m), tok, a.chat_template)) !=
+	    MOE_OK)
 		goto out_fail;
 	if (moe_cluster_wanted(&a.co)) {
 		moe_http_set_status(h, "loading", "starting workers and loading their experts");
@@ -195,7 +196,7 @@ int moe_cmd_serve(int argc, char **argv)
 		goto out_fail;
 	if (cl != NULL)
 		moe_cluster_set_pool(cl, moe_engine_pool(e));
-	moe_http_set_engine(h, e, tok);
+	moe_http_set_engine(h, e, tok, tmpl);
 	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d, %s)\n",
 	        a.eo.n_slots, moe_engine_n_ctx(e),
 	        cl != NULL ? "cluster experts" : "local experts");
@@ -219,6 +220,7 @@ out_free:
 	moe_http_stop(h);           /* waits for every connection */
 	moe_engine_destroy(e);
 	moe_cluster_destroy(cl);
+	moe_chat_template_destroy(tmpl);
 	moe_tokenizer_destroy(tok);
 	moe_model_destroy(m);
 	return rc;

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "server/api.h"
 
@@ -17,6 +18,7 @@ struct moe_http {
 	pthread_mutex_t mu;
 	moe_engine *e; /* NULL until ready */
 	const moe_tokenizer *tok;
+	const moe_chat_template *tmpl;
 	char status[64], reason[256];
 	_Atomic uint64_t next_id;
 };
@@ -30,6 +32,14 @@ bool moe_api_engine(moe_http *h, moe_engine **e, const moe_tokenizer **tok)
 	*tok = h->tok;
 	pthread_mutex_unlock(&h->mu);
 	return *e != NULL;
+}
+
+const moe_chat_template *moe_api_template(moe_http *h)
+{
+	pthread_mutex_lock(&h->mu);
+	const moe_chat_template *t = h->tmpl;
+	pthread_mutex_unlock(&h->mu);
+	return t;
 }
 
 const char *moe_api_model_id(const moe_http *h)
@@ -148,6 +158,28 @@ void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len)
 	s[k] = '\0';
 	cJSON_AddStringToObject(obj, key, s);
 	free(s);
+}
+
+void moe_api_call_id(char *out, size_t size, const char *prefix)
+{
+	static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	unsigned char rnd[24];
+	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+		uint64_t x = moe_now_ns() ^ (uint64_t)(uintptr_t)out;
+		for (size_t i = 0; i < sizeof rnd; i++) {
+			x = x * 6364136223846793005ull + 1442695040888963407ull;
+			rnd[i] = (unsigned char)(x >> 56);
+		}
+	}
+	if (size == 0)
+		return;
+	size_t k = (size_t)snprintf(out, size, "%s", prefix);
+	if (k >= size)
+		k = size - 1;
+	for (size_t i = 0; i < sizeof rnd && k + 1 < size; i++)
+		out[k++] = abc[rnd[i] % (sizeof abc - 1)];
+	if (k < size)
+		out[k] = '\0';
 }
 
 /* ---- /health and /metrics ------------------------------------------------------------ */
@@ -354,11 +386,13 @@ void moe_http_set_status(moe_http *h, const char *status, const char *reason)
 	pthread_mutex_unlock(&h->mu);
 }
 
-void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok)
+void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok,
+                         const moe_chat_template *t)
 {
 	pthread_mutex_lock(&h->mu);
 	h->e = e;
 	h->tok = tok;
+	h->tmpl = t;
 	pthread_mutex_unlock(&h->mu);
 }
 

@@ -31,6 +31,9 @@ typedef cJSON *(*moe_api_error_fn)(int code, const char *param, const char *msg)
 /* The engine and its tokenizer; false (and NULLs) until moe_http_set_engine. */
 bool moe_api_engine(moe_http *h, moe_engine **e, const moe_tokenizer **tok);
 
+/* The chat template (set with the engine; NULL before). */
+const moe_chat_template *moe_api_template(moe_http *h);
+
 /* The model name clients see (moe_http_opts.model_id); lives as long as h. */
 const char *moe_api_model_id(const moe_http *h);
 
@@ -64,6 +67,10 @@ int moe_api_failure(moe_engine *e, char *why, size_t size);
  * cannot carry) to obj as the JSON string key; NUL becomes U+FFFD.  Without
  * memory the string is empty. */
 void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len);
+
+/* A new tool call id: prefix and 24 random letters and digits (the system's
+ * CSPRNG; a clock-seeded generator if it fails), NUL-terminated in out. */
+void moe_api_call_id(char *out, size_t size, const char *prefix);
 
 /* ---- api_openai.c ----------------------------------------------------------------- */
 

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "server/api.h"
+#include "server/chat.h"
 
 #define WAIT_MS 50 /* longest wait for text between two looks at the client */
 
@@ -16,7 +17,9 @@
 typedef struct api_req {
 	bool chat, stream;
 	moe_gen_params gp;
-	int32_t *prompt;
+	int32_t *prompt;    /* completions */
+	moe_chat_req cr;    /* chat */
+	moe_chat_prompt cp; /* chat: the prompt, end tokens, how to read the reply */
 	char err[256];
 	const char *err_param;
 } api_req;
@@ -61,31 +64,37 @@ static bool valid_utf8(const char *s)
 	return same;
 }
 
-/* Text of a message's content: a string, null, or an array of
- * {"type": "text", "text": ...} parts (concatenated into *own). */
-static bool content_text(api_req *r, const char **out, char **own, const cJSON *v)
+/* A message's content for the template: a string, null, or an array of
+ * {"type": "text", "text": ...} parts, joined into one string. */
+static bool norm_content(api_req *r, cJSON *out, const cJSON *v, int i)
 {
-	if (v == NULL || cJSON_IsNull(v)) {
-		*out = "";
-		return true;
-	}
-	if (cJSON_IsString(v)) {
-		*out = v->valuestring;
-		return true;
-	}
+	char msg[160];
+	if (v == NULL || cJSON_IsNull(v))
+		return cJSON_AddNullToObject(out, "content") != NULL ||
+		       bad(r, NULL, "out of memory");
+	if (cJSON_IsString(v))
+		return cJSON_AddStringToObject(out, "content", v->valuestring) != NULL ||
+		       bad(r, NULL, "out of memory");
+	snprintf(msg, sizeof msg,
+	         "'messages[%d].content' must be a string or an array of text parts", i);
 	if (!cJSON_IsArray(v))
-		return bad(r, "messages",
-		           "'messages[].content' must be a string or an array of "
-		           "text parts");
+		return bad(r, "messages", msg);
 	size_t n = 1;
 	const cJSON *p;
 	cJSON_ArrayForEach(p, v)
 	{
 		const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
-		if (!cJSON_IsObject(p) || !cJSON_IsString(t))
-			return bad(
-			    r, "messages",
-			    "'messages[].content[]' parts must be objects with a 'text' string");
+		const char *type =
+		    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "type"));
+		if (!cJSON_IsObject(p) || !cJSON_IsString(t) ||
+		    (type != NULL && strcmp(type, "text") != 0)) {
+			snprintf(
+			    msg, sizeof msg,
+			    "'messages[%d].content[]' parts must be {\"type\": \"text\", \"text\": "
+			    "...} (the model reads text only)",
+			    i);
+			return bad(r, "messages", msg);
+		}
 		n += strlen(t->valuestring);
 	}
 	char *s = malloc(n);
@@ -94,62 +103,251 @@ static bool content_text(api_req *r, const char **out, char **own, const cJSON *
 	s[0] = '\0';
 	cJSON_ArrayForEach(p, v)
 	    strcat(s, cJSON_GetObjectItemCaseSensitive(p, "text")->valuestring);
-	*own = s;
-	*out = s;
+	const bool ok = cJSON_AddStringToObject(out, "content", s) != NULL;
+	free(s);
+	return ok || bad(r, NULL, "out of memory");
+}
+
+/* An assistant message's tool_calls for the template: each {"id", "type":
+ * "function", "function": {"name", "arguments": OBJECT}}, the arguments
+ * (a JSON text in OpenAI's shape) parsed. */
+static bool norm_tool_calls(api_req *r, cJSON *out, const cJSON *calls, int i)
+{
+	char msg[200];
+	if (calls == NULL || cJSON_IsNull(calls))
+		return true;
+	if (!cJSON_IsArray(calls)) {
+		snprintf(msg, sizeof msg, "'messages[%d].tool_calls' must be an array", i);
+		return bad(r, "messages", msg);
+	}
+	cJSON *arr = cJSON_AddArrayToObject(out, "tool_calls");
+	if (arr == NULL)
+		return bad(r, NULL, "out of memory");
+	int k = 0;
+	const cJSON *tc;
+	cJSON_ArrayForEach(tc, calls)
+	{
+		const cJSON *f = cJSON_GetObjectItemCaseSensitive(tc, "function");
+		const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
+		const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(tc, "id");
+		if (!cJSON_IsObject(tc) || !cJSON_IsObject(f) || !cJSON_IsString(name) ||
+		    (id != NULL && !cJSON_IsString(id))) {
+			snprintf(msg, sizeof msg,
+			         "'messages[%d].tool_calls[%d]' must be {\"id\", \"type\": "
+			         "\"function\", "
+			         "\"function\": {\"name\", \"arguments\"}}",
+			         i, k);
+			return bad(r, "messages", msg);
+		}
+		cJSON *a = NULL;
+		if (cJSON_IsString(args))
+			a = cJSON_Parse(args->valuestring);
+		else if (cJSON_IsObject(args))
+			a = cJSON_Duplicate(args, true);
+		else if (args == NULL || cJSON_IsNull(args))
+			a = cJSON_CreateObject();
+		if (!cJSON_IsObject(a)) {
+			cJSON_Delete(a);
+			snprintf(
+			    msg, sizeof msg,
+			    "'messages[%d].tool_calls[%d].function.arguments' is not a JSON object",
+			    i, k);
+			return bad(r, "messages", msg);
+		}
+		cJSON *o = cJSON_CreateObject();
+		cJSON *fo = cJSON_CreateObject();
+		if (o == NULL || fo == NULL || !cJSON_AddItemToArray(arr, o) ||
+		    !cJSON_AddItemToObject(o, "function", fo)) {
+			cJSON_Delete(a);
+			cJSON_Delete(fo);
+			return bad(r, NULL, "out of memory");
+		}
+		if (id != NULL)
+			cJSON_AddStringToObject(o, "id", id->valuestring);
+		cJSON_AddStringToObject(o, "type", "function");
+		cJSON_AddStringToObject(fo, "name", name->valuestring);
+		cJSON_AddItemToObject(fo, "arguments", a);
+		k++;
+	}
 	return true;
 }
 
-static bool parse_messages(api_req *r, const cJSON *root, const moe_tokenizer *tok)
+/* "messages" into the shape of chat.h. */
+static bool parse_messages(api_req *r, const cJSON *root)
 {
 	const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
 	if (ms == NULL)
 		return bad(r, "messages", "'messages' is required");
 	if (!cJSON_IsArray(ms) || cJSON_GetArraySize(ms) < 1)
 		return bad(r, "messages", "'messages' must be a non-empty array");
-	const int n = cJSON_GetArraySize(ms);
-	if (n > 4096)
+	if (cJSON_GetArraySize(ms) > 4096)
 		return bad(r, "messages", "'messages' has more than 4096 entries");
-	moe_chat_msg *msgs = calloc((size_t)n, sizeof *msgs);
-	char **own = calloc((size_t)n, sizeof *own);
-	bool ok = msgs != NULL && own != NULL;
-	if (!ok)
-		bad(r, NULL, "out of memory");
+	if ((r->cr.messages = cJSON_CreateArray()) == NULL)
+		return bad(r, NULL, "out of memory");
 	int i = 0;
 	const cJSON *m;
 	cJSON_ArrayForEach(m, ms)
 	{
-		if (!ok)
-			break;
+		char msg[160];
 		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-		if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
-			ok =
-			    bad(r, "messages", "'messages[]' must be objects with a 'role' string");
-			break;
-		}
+		if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+			return bad(r, "messages",
+			           "'messages[]' must be objects with a 'role' string");
 		const char *rs = role->valuestring;
+		if (strcmp(rs, "developer") == 0)
+			rs = "system"; /* OpenAI's newer name for it */
 		if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
-		    strcmp(rs, "developer") && strcmp(rs, "tool")) {
-			ok = bad(
+		    strcmp(rs, "tool"))
+			return bad(
 			    r, "messages",
 			    "'messages[].role' must be system, developer, user, assistant or tool");
-			break;
+		cJSON *o = cJSON_CreateObject();
+		if (o == NULL || !cJSON_AddItemToArray(r->cr.messages, o) ||
+		    cJSON_AddStringToObject(o, "role", rs) == NULL)
+			return bad(r, NULL, "out of memory");
+		if (!norm_content(r, o, cJSON_GetObjectItemCaseSensitive(m, "content"), i))
+			return false;
+		const cJSON *rc = cJSON_GetObjectItemCaseSensitive(m, "reasoning_content");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+		const cJSON *nm = cJSON_GetObjectItemCaseSensitive(m, "name");
+		if ((rc != NULL && !cJSON_IsString(rc) && !cJSON_IsNull(rc)) ||
+		    (id != NULL && !cJSON_IsString(id)) || (nm != NULL && !cJSON_IsString(nm))) {
+			snprintf(
+			    msg, sizeof msg,
+			    "'messages[%d]': 'reasoning_content', 'tool_call_id' and 'name' are "
+			    "strings",
+			    i);
+			return bad(r, "messages", msg);
 		}
-		msgs[i].role = rs;
-		ok = content_text(r, &msgs[i].content, &own[i],
-		                  cJSON_GetObjectItemCaseSensitive(m, "content"));
+		if (cJSON_IsString(rc) && strcmp(rs, "assistant") == 0)
+			cJSON_AddStringToObject(o, "reasoning_content", rc->valuestring);
+		if (id != NULL && strcmp(rs, "tool") == 0)
+			cJSON_AddStringToObject(o, "tool_call_id", id->valuestring);
+		if (nm != NULL)
+			cJSON_AddStringToObject(o, "name", nm->valuestring);
+		const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+		if (tc != NULL && strcmp(rs, "assistant") != 0 && !cJSON_IsNull(tc)) {
+			snprintf(msg, sizeof msg,
+			         "'messages[%d]': only assistant messages have 'tool_calls'", i);
+			return bad(r, "messages", msg);
+		}
+		if (!norm_tool_calls(r, o, tc, i))
+			return false;
 		i++;
 	}
-	if (ok) {
-		size_t nt = 0;
-		if (moe_chat_tokens(&r->prompt, &nt, tok, msgs, n) != MOE_OK)
-			ok = bad(r, "messages", "the messages cannot be tokenized");
-		r->gp.n_prompt = nt;
+	return true;
+}
+
+/* "tools", "tool_choice", "parallel_tool_calls". */
+static bool parse_tools(api_req *r, const cJSON *root)
+{
+	const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+	const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+	const cJSON *par = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+	char why[200];
+	if (tools != NULL && !cJSON_IsNull(tools)) {
+		if (!moe_chat_tools_valid(tools, why, sizeof why))
+			return bad(r, "tools", why);
+		if (cJSON_GetArraySize(tools) > 0 &&
+		    (r->cr.tools = cJSON_Duplicate(tools, true)) == NULL)
+			return bad(r, NULL, "out of memory");
 	}
-	for (int k = 0; own != NULL && k < n; k++)
-		free(own[k]);
-	free(own);
-	free(msgs);
-	return ok;
+	if (par != NULL && !cJSON_IsNull(par) && !cJSON_IsBool(par))
+		return bad(r, "parallel_tool_calls", "'parallel_tool_calls' must be a boolean");
+	r->cr.parallel_tool_calls = !cJSON_IsFalse(par);
+	r->cr.tool_choice = MOE_TOOLS_AUTO;
+	if (choice == NULL || cJSON_IsNull(choice))
+		return true;
+	const char *cs = cJSON_GetStringValue(choice);
+	const cJSON *fn = cJSON_GetObjectItemCaseSensitive(choice, "function");
+	const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fn, "name"));
+	if (cs != NULL && strcmp(cs, "auto") == 0)
+		r->cr.tool_choice = MOE_TOOLS_AUTO;
+	else if (cs != NULL && strcmp(cs, "none") == 0)
+		r->cr.tool_choice = MOE_TOOLS_NONE;
+	else if (cs != NULL && strcmp(cs, "required") == 0)
+		r->cr.tool_choice = MOE_TOOLS_REQUIRED;
+	else if (cJSON_IsObject(choice) && name != NULL && strlen(name) <= MOE_CHAT_NAME_MAX) {
+		r->cr.tool_choice = MOE_TOOLS_NAMED;
+		snprintf(r->cr.tool_name, sizeof r->cr.tool_name, "%s", name);
+	} else
+		return bad(r, "tool_choice",
+		           "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": "
+		           "\"function\", \"function\": {\"name\": ...}}");
+	if ((r->cr.tool_choice == MOE_TOOLS_REQUIRED || r->cr.tool_choice == MOE_TOOLS_NAMED) &&
+	    r->cr.tools == NULL)
+		return bad(r, "tool_choice", "'tool_choice' asks for a call but 'tools' is empty");
+	if (r->cr.tool_choice == MOE_TOOLS_NAMED && !moe_chat_tool_exists(r->cr.tools, name))
+		return bad(r, "tool_choice", "'tool_choice' names a function that 'tools' lacks");
+	return true;
+}
+
+/* "response_format": text, json_object or json_schema. */
+static bool parse_response_format(api_req *r, const cJSON *root)
+{
+	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+	if (rf == NULL || cJSON_IsNull(rf))
+		return true;
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rf, "type"));
+	if (!cJSON_IsObject(rf) || type == NULL)
+		return bad(r, "response_format", "'response_format' must be {\"type\": ...}");
+	if (strcmp(type, "text") == 0)
+		return true;
+	if (strcmp(type, "json_object") == 0) {
+		r->cr.schema = cJSON_Parse("{\"type\": \"object\"}");
+	} else if (strcmp(type, "json_schema") == 0) {
+		const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+		const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+		if (!cJSON_IsObject(js) || !cJSON_IsObject(schema))
+			return bad(
+			    r, "response_format",
+			    "'response_format.json_schema.schema' must be a JSON schema object");
+		r->cr.schema = cJSON_Duplicate(schema, true);
+	} else {
+		return bad(r, "response_format",
+		           "'response_format.type' must be text, json_object or json_schema");
+	}
+	return r->cr.schema != NULL || bad(r, NULL, "out of memory");
+}
+
+/* Everything of a chat body but the sampling: the conversation, tools,
+ * template variables, reasoning, and its prompt. */
+static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t,
+                       const moe_tokenizer *tok)
+{
+	if (!parse_messages(r, root) || !parse_tools(r, root) || !parse_response_format(r, root))
+		return false;
+	const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
+	if (kw != NULL && !cJSON_IsNull(kw)) {
+		if (!cJSON_IsObject(kw))
+			return bad(r, "chat_template_kwargs",
+			           "'chat_template_kwargs' must be an object");
+		if ((r->cr.kwargs = cJSON_Duplicate(kw, true)) == NULL)
+			return bad(r, NULL, "out of memory");
+	}
+	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "reasoning_format");
+	if (rf != NULL && !cJSON_IsNull(rf) && !cJSON_IsString(rf))
+		return bad(r, "reasoning_format", "'reasoning_format' must be a string");
+	r->cr.reasoning = !(cJSON_IsString(rf) && strcmp(rf->valuestring, "none") == 0);
+	r->cr.add_generation_prompt = true;
+	if (r->cr.schema != NULL || r->cr.tool_choice == MOE_TOOLS_REQUIRED ||
+	    r->cr.tool_choice == MOE_TOOLS_NAMED)
+		return bad(
+		    r, r->cr.schema != NULL ? "response_format" : "tool_choice",
+		    "constrained output (a JSON schema, a required or named tool call) is not "
+		    "available on this server yet");
+	const moe_err err = moe_chat_prompt_make(&r->cp, t, tok, &r->cr);
+	if (err != MOE_OK) {
+		char msg[256];
+		snprintf(msg, sizeof msg, "the messages cannot be rendered: %s", moe_err_detail());
+		return bad(r, "messages", msg);
+	}
+	r->gp.n_prompt = r->cp.n_ids;
+	r->gp.prompt = r->cp.ids;
+	memcpy(r->gp.end_ids, r->cp.end_ids, sizeof r->gp.end_ids);
+	r->gp.n_end = r->cp.n_end;
+	return true;
 }
 
 static bool parse_prompt(api_req *r, const cJSON *root, const moe_tokenizer *tok)
@@ -166,8 +364,12 @@ static bool parse_prompt(api_req *r, const cJSON *root, const moe_tokenizer *tok
 	                         MOE_TOK_ENCODE_ADD_SPECIAL) != MOE_OK)
 		return bad(r, "prompt", "the prompt cannot be tokenized");
 	r->gp.n_prompt = nt;
+	r->gp.prompt = r->prompt;
 	if (nt == 0)
 		return bad(r, "prompt", "'prompt' is empty");
+	const int32_t eos = moe_tokenizer_eos(tok);
+	if (eos >= 0)
+		r->gp.end_ids[r->gp.n_end++] = eos;
 	return true;
 }
 
@@ -225,7 +427,8 @@ static bool parse_logprobs(api_req *r, const cJSON *root)
 }
 
 /* Fills r from the body's JSON (root stays alive while r is used). */
-static bool parse_request(api_req *r, const cJSON *root, const moe_tokenizer *tok, int n_ctx)
+static bool parse_request(api_req *r, const cJSON *root, const moe_chat_template *t,
+                          const moe_tokenizer *tok, int n_ctx)
 {
 	if (!cJSON_IsObject(root))
 		return bad(r, NULL, "the body must be a JSON object");
@@ -264,28 +467,22 @@ static bool parse_request(api_req *r, const cJSON *root, const moe_tokenizer *to
 	sp->frequency_penalty = (float)fp;
 	sp->seed = (uint64_t)seed;
 
-	if (!(r->chat ? parse_messages(r, root, tok) : parse_prompt(r, root, tok)))
+	if (!(r->chat ? parse_chat(r, root, t, tok) : parse_prompt(r, root, tok)))
 		return false;
-	r->gp.prompt = r->prompt;
 	if (max_tok < 0) {
 		const long left = (long)n_ctx - (long)r->gp.n_prompt;
 		max_tok = left < 1 ? 1 : left < 256 ? left : 256;
 	}
 	r->gp.max_tokens = (int)max_tok;
-	const int32_t eos = moe_tokenizer_eos(tok);
-	if (eos >= 0)
-		r->gp.end_ids[r->gp.n_end++] = eos;
-	const int32_t im_end = moe_chat_end_id(tok);
-	if (r->chat && im_end >= 0 && im_end != eos)
-		r->gp.end_ids[r->gp.n_end++] = im_end;
 	return true;
 }
 
 /* ---- responses ---------------------------------------------------------------------- */
 
-static const char *finish_name(moe_gen_finish f)
+/* "length", "tool_calls" (the reply ended after n_calls > 0 calls) or "stop". */
+static const char *finish_name(moe_gen_finish f, int n_calls)
 {
-	return f == MOE_GEN_LENGTH ? "length" : "stop";
+	return f == MOE_GEN_LENGTH ? "length" : n_calls > 0 ? "tool_calls" : "stop";
 }
 
 static cJSON *usage_json(const moe_gen *g)
@@ -428,6 +625,127 @@ static void add_logprobs(cJSON *choice, bool chat, const moe_tokenizer *tok, boo
 		cJSON_AddNullToObject(choice, "logprobs");
 }
 
+/* ---- a chat's reply: content, reasoning, tool calls ------------------------------ */
+
+/* Appends s[0..n) to the malloc'd *b (length *len, capacity *cap). */
+static bool grow_add(char **b, size_t *len, size_t *cap, const char *s, size_t n)
+{
+	if (*len + n + 1 > *cap) {
+		size_t c = *cap ? *cap : 1024;
+		while (c < *len + n + 1)
+			c *= 2;
+		char *p = realloc(*b, c);
+		if (p == NULL)
+			return false;
+		*b = p;
+		*cap = c;
+	}
+	if (n > 0)
+		memcpy(*b + *len, s, n);
+	*len += n;
+	(*b)[*len] = '\0';
+	return true;
+}
+
+/* {"id", "type": "function", "function": {"name", "arguments"}}: a call whole
+ * (args non-NULL) or the first delta of a streamed one (arguments ""). */
+static cJSON *call_json(int index, const char *id, const char *name, const char *args,
+                        size_t n_args, bool with_index)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (with_index)
+		cJSON_AddNumberToObject(o, "index", index);
+	cJSON_AddStringToObject(o, "id", id);
+	cJSON_AddStringToObject(o, "type", "function");
+	cJSON *f = cJSON_AddObjectToObject(o, "function");
+	cJSON_AddStringToObject(f, "name", name);
+	moe_api_add_text(f, "arguments", args != NULL ? args : "", n_args);
+	return o;
+}
+
+/* The whole reply collected from the parser's events. */
+typedef struct collect {
+	char *text[2]; /* [0] content, [1] reasoning */
+	size_t len[2], cap[2];
+	cJSON *calls; /* [call_json ...] */
+	char *args;   /* of the call being read */
+	size_t n_args, cap_args;
+	char id[40], name[MOE_CHAT_NAME_MAX + 256];
+	bool nomem;
+} collect;
+
+static bool on_collect(void *ctx, const moe_reply_event *ev)
+{
+	collect *c = ctx;
+	switch (ev->kind) {
+	case MOE_REPLY_CONTENT:
+	case MOE_REPLY_REASONING: {
+		const int k = ev->kind == MOE_REPLY_REASONING;
+		c->nomem |= !grow_add(&c->text[k], &c->len[k], &c->cap[k], ev->text, ev->len);
+		break;
+	}
+	case MOE_REPLY_TOOL_BEGIN:
+		moe_api_call_id(c->id, sizeof c->id, "call_");
+		snprintf(c->name, sizeof c->name, "%s", ev->name);
+		c->n_args = 0;
+		break;
+	case MOE_REPLY_TOOL_ARGS:
+		c->nomem |= !grow_add(&c->args, &c->n_args, &c->cap_args, ev->text, ev->len);
+		break;
+	case MOE_REPLY_TOOL_END:
+		if (c->calls == NULL)
+			c->calls = cJSON_CreateArray();
+		c->nomem |= !cJSON_AddItemToArray(
+		    c->calls, call_json(ev->index, c->id, c->name, c->args, c->n_args, false));
+		break;
+	}
+	return !c->nomem;
+}
+
+static void collect_free(collect *c)
+{
+	free(c->text[0]);
+	free(c->text[1]);
+	free(c->args);
+	cJSON_Delete(c->calls);
+}
+
+/* The assistant message of a whole chat reply read from text[0..len) as cp
+ * says; *n_calls gets its tool calls.  NULL with the reason in why (a tool
+ * call the parser cannot read, no memory). */
+static cJSON *chat_message(const moe_chat_prompt *cp, const char *text, size_t len, int *n_calls,
+                           char *why, size_t size)
+{
+	collect c = {0};
+	moe_reply_parser *p = NULL;
+	cJSON *msg = NULL;
+	moe_err err = moe_reply_parser_create(&p, &cp->reply);
+	if (err == MOE_OK)
+		err = moe_reply_parser_feed(p, text, len, true, on_collect, &c);
+	moe_reply_parser_destroy(p);
+	if (err != MOE_OK || c.nomem) {
+		snprintf(why, size, "the model's reply cannot be read: %s",
+		         err != MOE_OK ? moe_err_detail() : "out of memory");
+		goto out_free;
+	}
+	msg = cJSON_CreateObject();
+	cJSON_AddStringToObject(msg, "role", "assistant");
+	if (c.len[0] == 0 && c.calls != NULL)
+		cJSON_AddNullToObject(msg, "content");
+	else
+		moe_api_add_text(msg, "content", c.text[0] != NULL ? c.text[0] : "", c.len[0]);
+	if (c.len[1] > 0)
+		moe_api_add_text(msg, "reasoning_content", c.text[1], c.len[1]);
+	*n_calls = cJSON_GetArraySize(c.calls);
+	if (c.calls != NULL) {
+		cJSON_AddItemToObject(msg, "tool_calls", c.calls);
+		c.calls = NULL;
+	}
+out_free:
+	collect_free(&c);
+	return msg;
+}
+
 /* ---- streamed responses ------------------------------------------------------------- */
 
 typedef struct stream_ctx {
@@ -446,25 +764,23 @@ typedef struct stream_ctx {
 	const moe_tokenizer *tok;
 	size_t text_total;   /* bytes of text received so far */
 	size_t lp_next;      /* next record of g */
-	moe_gen_logprob *lp; /* records for the chunk being built */
+	moe_gen_logprob *lp; /* records for the next chunk */
 	size_t n_lp, cap_lp;
+	/* chat: the reply parser and the piece it has given but not yet sent */
+	moe_reply_parser *rp;
+	cJSON *tools;  /* the request's, for the parser (the request is gone) */
+	int pend_kind; /* moe_reply_kind of pend, or -1 */
+	int pend_index;
+	char *pend;
+	size_t n_pend, cap_pend;
+	int n_calls;
+	char call_id[40];
+	bool nomem;
 } stream_ctx;
 
 static bool out_add(stream_ctx *s, const char *b, size_t n)
 {
-	if (s->len + n > s->cap) {
-		size_t c = s->cap ? s->cap : 1024;
-		while (c < s->len + n)
-			c *= 2;
-		char *p = realloc(s->out, c);
-		if (p == NULL)
-			return false;
-		s->out = p;
-		s->cap = c;
-	}
-	memcpy(s->out + s->len, b, n);
-	s->len += n;
-	return true;
+	return grow_add(&s->out, &s->len, &s->cap, b, n);
 }
 
 /* Queues "data: JSON\n\n" and frees j. */
@@ -480,28 +796,80 @@ static bool out_event(stream_ctx *s, cJSON *j)
 	return ok;
 }
 
-/* A chunk with text (may be NULL: none), role (first chat chunk) and finish. */
-static cJSON *chunk_json(stream_ctx *s, const char *text, size_t len, bool role, moe_gen_finish fin)
+/* A chunk: chat, the delta d (taken; NULL: an empty one); completions, text
+ * (NULL: none).  The records taken so far go with it, and the finish. */
+static cJSON *chunk_json(stream_ctx *s, cJSON *d, const char *text, size_t len, moe_gen_finish fin)
 {
 	cJSON *choice;
 	cJSON *j = frame(s->h, s->chat, true, s->id, &choice);
-	if (s->chat) {
-		cJSON *d = cJSON_AddObjectToObject(choice, "delta");
-		if (role)
-			cJSON_AddStringToObject(d, "role", "assistant");
-		if (text != NULL)
-			moe_api_add_text(d, "content", text, len);
-	} else {
+	if (s->chat)
+		cJSON_AddItemToObject(choice, "delta", d != NULL ? d : cJSON_CreateObject());
+	else
 		moe_api_add_text(choice, "text", text != NULL ? text : "", len);
-	}
 	add_logprobs(choice, s->chat, s->tok, s->want_lp && s->n_lp > 0, s->lp, s->n_lp);
 	s->n_lp = 0;
 	if (fin != MOE_GEN_RUNNING) {
-		cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin));
+		cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin, s->n_calls));
 		cJSON_AddItemToObject(j, "usage", usage_json(s->g));
 	} else
 		cJSON_AddNullToObject(choice, "finish_reason");
 	return j;
+}
+
+/* Sends the pending piece as one chunk. */
+static bool flush_pending(stream_ctx *s)
+{
+	if (s->pend_kind < 0)
+		return true;
+	cJSON *d = cJSON_CreateObject();
+	if (s->pend_kind == MOE_REPLY_CONTENT) {
+		moe_api_add_text(d, "content", s->pend, s->n_pend);
+	} else if (s->pend_kind == MOE_REPLY_REASONING) {
+		moe_api_add_text(d, "reasoning_content", s->pend, s->n_pend);
+	} else {
+		cJSON *arr = cJSON_AddArrayToObject(d, "tool_calls");
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddItemToArray(arr, o);
+		cJSON_AddNumberToObject(o, "index", s->pend_index);
+		moe_api_add_text(cJSON_AddObjectToObject(o, "function"), "arguments", s->pend,
+		                 s->n_pend);
+	}
+	s->pend_kind = -1;
+	s->n_pend = 0;
+	return out_event(s, chunk_json(s, d, NULL, 0, MOE_GEN_RUNNING));
+}
+
+/* The parser's events as chunks: consecutive pieces of one kind (one call's
+ * arguments) are sent together when the kind changes or the pull ends. */
+static bool on_stream_event(void *ctx, const moe_reply_event *ev)
+{
+	stream_ctx *s = ctx;
+	if (ev->kind == MOE_REPLY_TOOL_END) {
+		s->n_calls++;
+		return flush_pending(s);
+	}
+	if (s->pend_kind != (int)ev->kind || s->pend_index != ev->index) {
+		if (!flush_pending(s))
+			return false;
+	}
+	if (ev->kind == MOE_REPLY_TOOL_BEGIN) {
+		moe_api_call_id(s->call_id, sizeof s->call_id, "call_");
+		cJSON *d = cJSON_CreateObject();
+		cJSON *arr = cJSON_AddArrayToObject(d, "tool_calls");
+		cJSON_AddItemToArray(arr, call_json(ev->index, s->call_id, ev->name, "", 0, true));
+		return out_event(s, chunk_json(s, d, NULL, 0, MOE_GEN_RUNNING));
+	}
+	s->pend_kind = (int)ev->kind;
+	s->pend_index = ev->index;
+	return grow_add(&s->pend, &s->n_pend, &s->cap_pend, ev->text, ev->len);
+}
+
+/* Queues an error event and the end of the stream. */
+static bool out_error(stream_ctx *s, int code, const char *why)
+{
+	s->phase = 2;
+	return out_event(s, moe_api_error_json(code, NULL, why)) &&
+	       out_add(s, "data: [DONE]\n\n", 14);
 }
 
 /* The transport's pull (http.h): the next SSE bytes, waiting for text. */
@@ -514,8 +882,13 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 			return 0;
 		if (s->phase == 0) {
 			s->phase = 1;
-			if (s->chat && !out_event(s, chunk_json(s, "", 0, true, MOE_GEN_RUNNING)))
-				return -1;
+			if (s->chat) {
+				cJSON *d = cJSON_CreateObject();
+				cJSON_AddStringToObject(d, "role", "assistant");
+				cJSON_AddStringToObject(d, "content", "");
+				if (!out_event(s, chunk_json(s, d, NULL, 0, MOE_GEN_RUNNING)))
+					return -1;
+			}
 			continue;
 		}
 		s->text_len = 0;
@@ -525,18 +898,32 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 		if (s->want_lp && !take_logprobs(s->g, &s->lp, &s->n_lp, &s->cap_lp, &s->lp_next,
 		                                 fin == MOE_GEN_RUNNING ? s->text_total : SIZE_MAX))
 			return -1;
-		if (s->text_len > 0 &&
-		    !out_event(s, chunk_json(s, s->text, s->text_len, false, MOE_GEN_RUNNING)))
+		const bool done = fin != MOE_GEN_RUNNING;
+		if (s->chat && (s->text_len > 0 || done)) {
+			const moe_err err = moe_reply_parser_feed(s->rp, s->text, s->text_len, done,
+			                                          on_stream_event, s);
+			if (err == MOE_ERR_FORMAT) {
+				char why[400];
+				snprintf(why, sizeof why, "the model's reply cannot be read: %s",
+				         moe_err_detail());
+				if (!out_error(s, 500, why))
+					return -1;
+				continue;
+			}
+			if (err != MOE_OK || !flush_pending(s))
+				return -1;
+		} else if (!s->chat && s->text_len > 0 &&
+		           !out_event(s,
+		                      chunk_json(s, NULL, s->text, s->text_len, MOE_GEN_RUNNING))) {
 			return -1;
+		}
 		if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
 			char why[300];
 			const int code = moe_api_failure(s->e, why, sizeof why);
-			if (!out_event(s, moe_api_error_json(code, NULL, why)) ||
-			    !out_add(s, "data: [DONE]\n\n", 14))
+			if (!out_error(s, code, why))
 				return -1;
-			s->phase = 2;
-		} else if (fin != MOE_GEN_RUNNING) {
-			if (!out_event(s, chunk_json(s, NULL, 0, false, fin)) ||
+		} else if (done) {
+			if (!out_event(s, chunk_json(s, NULL, NULL, 0, fin)) ||
 			    !out_add(s, "data: [DONE]\n\n", 14))
 				return -1;
 			s->phase = 2;
@@ -555,18 +942,34 @@ static void stream_release(void *ctx)
 {
 	stream_ctx *s = ctx;
 	moe_gen_release(s->g); /* cancels it if the client left early */
+	moe_reply_parser_destroy(s->rp);
+	cJSON_Delete(s->tools);
 	free(s->out);
 	free(s->text);
 	free(s->lp);
+	free(s->pend);
 	free(s);
 }
 
-/* Answers with the events of g as they come; takes g. */
+/* Answers with the events of g as they come; takes g.  cp: how to read a
+ * chat's reply (NULL for completions). */
 static void answer_stream(moe_http *h, moe_http_req *rq, moe_engine *e, const moe_tokenizer *tok,
-                          moe_gen *g, bool chat, uint64_t id, bool want_lp)
+                          moe_gen *g, const moe_chat_prompt *cp, uint64_t id, bool want_lp)
 {
 	static const moe_http_header no_cache = {"Cache-Control", "no-cache"};
 	stream_ctx *s = calloc(1, sizeof *s);
+	moe_reply_parser *rp = NULL;
+	cJSON *tools = NULL;
+	if (s != NULL && cp != NULL) {
+		moe_reply_opts o = cp->reply;
+		o.tools = tools = o.tools != NULL ? cJSON_Duplicate(o.tools, true) : NULL;
+		if ((cp->reply.tools != NULL && tools == NULL) ||
+		    moe_reply_parser_create(&rp, &o) != MOE_OK) {
+			cJSON_Delete(tools);
+			free(s);
+			s = NULL;
+		}
+	}
 	if (s == NULL) {
 		moe_gen_release(g);
 		moe_api_send_error(rq, 500, NULL, "out of memory");
@@ -576,10 +979,13 @@ static void answer_stream(moe_http *h, moe_http_req *rq, moe_engine *e, const mo
 	                  .e = e,
 	                  .g = g,
 	                  .rq = rq,
-	                  .chat = chat,
+	                  .chat = cp != NULL,
 	                  .id = id,
 	                  .want_lp = want_lp,
-	                  .tok = tok};
+	                  .tok = tok,
+	                  .rp = rp,
+	                  .tools = tools,
+	                  .pend_kind = -1};
 	moe_http_reply_stream(rq, 200, "text/event-stream", &no_cache, 1, stream_pull,
 	                      stream_release, s);
 }
@@ -587,9 +993,9 @@ static void answer_stream(moe_http *h, moe_http_req *rq, moe_engine *e, const mo
 /* ---- whole responses ------------------------------------------------------------------ */
 
 /* Answers once g has finished (a closed connection if the client left
- * first); takes g. */
+ * first); takes g.  cp: how to read a chat's reply (NULL for completions). */
 static void answer_whole(moe_http *h, moe_http_req *rq, moe_engine *e, const moe_tokenizer *tok,
-                         moe_gen *g, bool chat, uint64_t id, bool want_lp)
+                         moe_gen *g, const moe_chat_prompt *cp, uint64_t id, bool want_lp)
 {
 	char *text = NULL;
 	size_t len = 0, cap = 0;
@@ -599,29 +1005,30 @@ static void answer_whole(moe_http *h, moe_http_req *rq, moe_engine *e, const moe
 	while ((fin = moe_gen_wait(g, &text, &len, &cap, WAIT_MS)) == MOE_GEN_RUNNING)
 		if (moe_http_req_client_gone(rq))
 			break;
-	int code = 200;
-	cJSON *j = NULL;
+	int code = 200, n_calls = 0;
+	char why[400];
+	cJSON *j = NULL, *msg = NULL;
 	if (fin == MOE_GEN_RUNNING) {
 		code = 0; /* the client left: no reply */
 	} else if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
-		char why[300];
 		code = moe_api_failure(e, why, sizeof why);
 		j = moe_api_error_json(code, NULL, why);
 	} else if (want_lp && !take_logprobs(g, &lp, &n_lp, &cap_lp, &lp_next, SIZE_MAX)) {
 		code = 500;
 		j = moe_api_error_json(code, NULL, "out of memory");
+	} else if (cp != NULL && (msg = chat_message(cp, text != NULL ? text : "", len, &n_calls,
+	                                             why, sizeof why)) == NULL) {
+		code = 500;
+		j = moe_api_error_json(code, NULL, why);
 	} else {
 		cJSON *choice;
-		j = frame(h, chat, false, id, &choice);
-		if (chat) {
-			cJSON *msg = cJSON_AddObjectToObject(choice, "message");
-			cJSON_AddStringToObject(msg, "role", "assistant");
-			moe_api_add_text(msg, "content", text != NULL ? text : "", len);
-		} else {
+		j = frame(h, cp != NULL, false, id, &choice);
+		if (cp != NULL)
+			cJSON_AddItemToObject(choice, "message", msg);
+		else
 			moe_api_add_text(choice, "text", text != NULL ? text : "", len);
-		}
-		add_logprobs(choice, chat, tok, want_lp, lp, n_lp);
-		cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin));
+		add_logprobs(choice, cp != NULL, tok, want_lp, lp, n_lp);
+		cJSON_AddStringToObject(choice, "finish_reason", finish_name(fin, n_calls));
 		cJSON_AddItemToObject(j, "usage", usage_json(g));
 	}
 	moe_gen_release(g);
@@ -650,7 +1057,7 @@ static void generate(moe_http *h, moe_http_req *rq, bool chat)
 		return;
 	}
 	api_req r = {.chat = chat};
-	if (!parse_request(&r, root, tok, moe_engine_n_ctx(e))) {
+	if (!parse_request(&r, root, moe_api_template(h), tok, moe_engine_n_ctx(e))) {
 		moe_api_send_error(rq, 400, r.err_param, r.err);
 		goto out_free_req;
 	}
@@ -667,12 +1074,14 @@ static void generate(moe_http *h, moe_http_req *rq, bool chat)
 	}
 	const uint64_t id = moe_api_next_id(h);
 	if (r.stream)
-		answer_stream(h, rq, e, tok, g, chat, id, r.gp.logprobs >= 0);
+		answer_stream(h, rq, e, tok, g, chat ? &r.cp : NULL, id, r.gp.logprobs >= 0);
 	else
-		answer_whole(h, rq, e, tok, g, chat, id, r.gp.logprobs >= 0);
+		answer_whole(h, rq, e, tok, g, chat ? &r.cp : NULL, id, r.gp.logprobs >= 0);
 
 out_free_req:
 	free(r.prompt);
+	moe_chat_prompt_free(&r.cp);
+	moe_chat_req_free(&r.cr);
 	cJSON_Delete(root);
 }
 

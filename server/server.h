@@ -168,30 +168,21 @@ void moe_engine_observe_rtt(moe_engine *e, int worker, double rtt_s);
 /* The same for n round trips of rtt_s seconds each (e.g. a step's mean). */
 void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n);
 
-/* ---- chat ---------------------------------------------------------------------- */
+/* ---- chat templates (chat.c) ------------------------------------------------- */
 
-typedef struct moe_chat_msg {
-	const char *role;
-	const char *content;
-} moe_chat_msg;
+/* How the chat routes turn a conversation into a prompt and read the reply. */
+typedef struct moe_chat_template moe_chat_template;
 
-/* Checks that the model's chat template (tokenizer.chat_template in g;
- * absent means ChatML) is one the server renders: ChatML (<|im_start|> and
- * <|im_end|> in the template).  Errors: MOE_ERR_UNSUPPORTED (the detail says
- * why and quotes the start of the template). */
-moe_err moe_chat_check(const moe_gguf *g);
+/* The template of the file at path (the name "chatml": the built-in ChatML
+ * one), or with path NULL the model's own (tokenizer.chat_template of g;
+ * ChatML if it has none), for tok's vocabulary (both must outlive it).
+ * Errors: MOE_ERR_IO (path unreadable), MOE_ERR_UNSUPPORTED (the server
+ * cannot render it: the detail says why and where), MOE_ERR_NOMEM. */
+moe_err moe_chat_template_create(moe_chat_template **out, const moe_gguf *g,
+                                 const moe_tokenizer *tok, const char *path);
 
-/* Renders msgs as ChatML token ids with the assistant turn opened:
- * <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n.  The
- * markers are the tokenizer's special tokens (encoded as text if it lacks
- * them); roles and contents are encoded as plain text, so a client cannot
- * inject special tokens.  *ids is malloc'd (caller frees).  Errors: those of
- * moe_tokenizer_encode, MOE_ERR_NOMEM. */
-moe_err moe_chat_tokens(int32_t **ids, size_t *n_ids, const moe_tokenizer *tok,
-                        const moe_chat_msg *msgs, int n);
-
-/* The id of <|im_end|> in tok, or -1. */
-int32_t moe_chat_end_id(const moe_tokenizer *tok);
+/* NULL is a no-op. */
+void moe_chat_template_destroy(moe_chat_template *t);
 
 /* ---- HTTP front end (api.c; the transport under it is http.c) ---------- */
 
@@ -218,9 +209,10 @@ int moe_http_port(const moe_http *h);
 /* Sets the /health message while not ready (copied). */
 void moe_http_set_status(moe_http *h, const char *status, const char *reason);
 
-/* Makes the server ready: e and tok serve the API from now on (both must
- * outlive moe_http_stop). */
-void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok);
+/* Makes the server ready: e, tok and the chat template t serve the API from
+ * now on (all must outlive moe_http_stop). */
+void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok,
+                         const moe_chat_template *t);
 
 /* Stops listening, waits for every connection thread, frees h.  NULL is a
  * no-op. */
