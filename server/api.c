@@ -160,6 +160,25 @@ void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len)
 	free(s);
 }
 
+bool moe_api_grow(char **b, size_t *len, size_t *cap, const char *s, size_t n)
+{
+	if (*len + n + 1 > *cap) {
+		size_t c = *cap ? *cap : 1024;
+		while (c < *len + n + 1)
+			c *= 2;
+		char *p = realloc(*b, c);
+		if (p == NULL)
+			return false;
+		*b = p;
+		*cap = c;
+	}
+	if (n > 0)
+		memcpy(*b + *len, s, n);
+	*len += n;
+	(*b)[*len] = '\0';
+	return true;
+}
+
 void moe_api_call_id(char *out, size_t size, const char *prefix)
 {
 	static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -260,6 +279,10 @@ static const route routes[] = {
     {"/v1/models", "GET", 0, moe_api_openai_models, moe_api_error_json},
     {"/v1/chat/completions", "POST", 0, moe_api_openai_chat, moe_api_error_json},
     {"/v1/completions", "POST", 0, moe_api_openai_completions, moe_api_error_json},
+    /* Anthropic: api_anthropic.c */
+    {"/v1/messages", "POST", 0, moe_api_anthropic_messages, moe_api_anthropic_error},
+    {"/v1/messages/count_tokens", "POST", 0, moe_api_anthropic_count_tokens,
+     moe_api_anthropic_error},
 };
 
 static const route *find_route(const char *path)
@@ -276,16 +299,18 @@ static void route_error(moe_http_req *r, const route *rt, int code, const char *
 	moe_api_send_json(r, code, (rt != NULL ? rt->error : moe_api_error_json)(code, NULL, msg));
 }
 
-/* "Authorization: Bearer KEY" with the server's key, compared in a time
- * that does not depend on where they differ. */
+/* "Authorization: Bearer KEY" (OpenAI's clients) or "x-api-key: KEY"
+ * (Anthropic's) with the server's key, compared in a time that does not
+ * depend on where they differ. */
 static bool authorized(const moe_http *h, const moe_http_req *r)
 {
 	if (h->api_key == NULL)
 		return true;
 	const char *a = moe_http_req_header(r, "Authorization");
-	if (a == NULL || strncmp(a, "Bearer ", 7) != 0)
+	if (a != NULL && strncmp(a, "Bearer ", 7) == 0)
+		a += 7;
+	else if ((a = moe_http_req_header(r, "x-api-key")) == NULL)
 		return false;
-	a += 7;
 	const size_t n = strlen(a), k = strlen(h->api_key);
 	unsigned diff = n != k;
 	for (size_t i = 0; i < n; i++)
@@ -309,7 +334,9 @@ static void on_head(void *ctx, moe_http_req *r)
 		return;
 	}
 	if (!(rt->flags & ROUTE_KEYLESS) && !authorized(h, r))
-		route_error(r, rt, 401, "missing or wrong API key (Authorization: Bearer KEY)");
+		route_error(
+		    r, rt, 401,
+		    "missing or wrong API key (Authorization: Bearer KEY, or x-api-key: KEY)");
 }
 
 static void on_reject(void *ctx, moe_http_req *r, int status, const char *why)

@@ -68,6 +68,10 @@ int moe_api_failure(moe_engine *e, char *why, size_t size);
  * memory the string is empty. */
 void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len);
 
+/* Appends s[0..n) to the malloc'd *b (length *len, capacity *cap, kept
+ * NUL-terminated).  False without memory (*b unchanged). */
+bool moe_api_grow(char **b, size_t *len, size_t *cap, const char *s, size_t n);
+
 /* A new tool call id: prefix and 24 random letters and digits (the system's
  * CSPRNG; a clock-seeded generator if it fails), NUL-terminated in out. */
 void moe_api_call_id(char *out, size_t size, const char *prefix);
@@ -82,5 +86,18 @@ void moe_api_openai_models(moe_http *h, moe_http_req *r);
  * leaves cancels its request. */
 void moe_api_openai_chat(moe_http *h, moe_http_req *r);
 void moe_api_openai_completions(moe_http *h, moe_http_req *r);
+
+/* ---- api_anthropic.c --------------------------------------------------------------- */
+
+/* Anthropic's error shape: {"type": "error", "error": {"type", "message"}}. */
+cJSON *moe_api_anthropic_error(int code, const char *param, const char *msg);
+
+/* POST /v1/messages: a Messages API request, answered whole or as
+ * Anthropic's event stream. */
+void moe_api_anthropic_messages(moe_http *h, moe_http_req *r);
+
+/* POST /v1/messages/count_tokens: {"input_tokens": N} of the rendered
+ * prompt. */
+void moe_api_anthropic_count_tokens(moe_http *h, moe_http_req *r);
 
 #endif

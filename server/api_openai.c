@@ -347,6 +347,7 @@ static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t
 	r->gp.prompt = r->cp.ids;
 	memcpy(r->gp.end_ids, r->cp.end_ids, sizeof r->gp.end_ids);
 	r->gp.n_end = r->cp.n_end;
+	r->gp.special_text = r->cp.special_text;
 	return true;
 }
 
@@ -627,26 +628,6 @@ static void add_logprobs(cJSON *choice, bool chat, const moe_tokenizer *tok, boo
 
 /* ---- a chat's reply: content, reasoning, tool calls ------------------------------ */
 
-/* Appends s[0..n) to the malloc'd *b (length *len, capacity *cap). */
-static bool grow_add(char **b, size_t *len, size_t *cap, const char *s, size_t n)
-{
-	if (*len + n + 1 > *cap) {
-		size_t c = *cap ? *cap : 1024;
-		while (c < *len + n + 1)
-			c *= 2;
-		char *p = realloc(*b, c);
-		if (p == NULL)
-			return false;
-		*b = p;
-		*cap = c;
-	}
-	if (n > 0)
-		memcpy(*b + *len, s, n);
-	*len += n;
-	(*b)[*len] = '\0';
-	return true;
-}
-
 /* {"id", "type": "function", "function": {"name", "arguments"}}: a call whole
  * (args non-NULL) or the first delta of a streamed one (arguments ""). */
 static cJSON *call_json(int index, const char *id, const char *name, const char *args,
@@ -681,7 +662,7 @@ static bool on_collect(void *ctx, const moe_reply_event *ev)
 	case MOE_REPLY_CONTENT:
 	case MOE_REPLY_REASONING: {
 		const int k = ev->kind == MOE_REPLY_REASONING;
-		c->nomem |= !grow_add(&c->text[k], &c->len[k], &c->cap[k], ev->text, ev->len);
+		c->nomem |= !moe_api_grow(&c->text[k], &c->len[k], &c->cap[k], ev->text, ev->len);
 		break;
 	}
 	case MOE_REPLY_TOOL_BEGIN:
@@ -690,7 +671,7 @@ static bool on_collect(void *ctx, const moe_reply_event *ev)
 		c->n_args = 0;
 		break;
 	case MOE_REPLY_TOOL_ARGS:
-		c->nomem |= !grow_add(&c->args, &c->n_args, &c->cap_args, ev->text, ev->len);
+		c->nomem |= !moe_api_grow(&c->args, &c->n_args, &c->cap_args, ev->text, ev->len);
 		break;
 	case MOE_REPLY_TOOL_END:
 		if (c->calls == NULL)
@@ -780,7 +761,7 @@ typedef struct stream_ctx {
 
 static bool out_add(stream_ctx *s, const char *b, size_t n)
 {
-	return grow_add(&s->out, &s->len, &s->cap, b, n);
+	return moe_api_grow(&s->out, &s->len, &s->cap, b, n);
 }
 
 /* Queues "data: JSON\n\n" and frees j. */
@@ -861,7 +842,7 @@ static bool on_stream_event(void *ctx, const moe_reply_event *ev)
 	}
 	s->pend_kind = (int)ev->kind;
 	s->pend_index = ev->index;
-	return grow_add(&s->pend, &s->n_pend, &s->cap_pend, ev->text, ev->len);
+	return moe_api_grow(&s->pend, &s->n_pend, &s->cap_pend, ev->text, ev->len);
 }
 
 /* Queues an error event and the end of the stream. */

@@ -137,9 +137,15 @@ moe_err moe_chat_template_create(moe_chat_template **out, const moe_gguf *g,
 	const int32_t eos = moe_tokenizer_eos(tok);
 	if (eos >= 0)
 		t->end_ids[t->n_end++] = eos;
-	const int32_t ie = moe_tokenizer_find_special(tok, im_end, sizeof im_end - 1);
-	if (ie >= 0 && ie != eos)
-		t->end_ids[t->n_end++] = ie;
+	static const char *const ends[] = {im_end, "<|call|>", "<|return|>"};
+	for (size_t k = 0; k < sizeof ends / sizeof ends[0]; k++) {
+		const int32_t id = moe_tokenizer_find_special(tok, ends[k], strlen(ends[k]));
+		bool dup = id < 0 || t->n_end == MOE_GEN_MAX_END;
+		for (int i = 0; i < t->n_end && !dup; i++)
+			dup = t->end_ids[i] == id;
+		if (!dup)
+			t->end_ids[t->n_end++] = id;
+	}
 	*out = t;
 	return MOE_OK;
 
@@ -249,53 +255,9 @@ bool moe_chat_tool_exists(const cJSON *tools, const char *name)
 
 /* ---- prompts ------------------------------------------------------------------------ */
 
-typedef struct id_buf {
-	int32_t *v;
-	size_t n, cap;
-} id_buf;
-
-static moe_err ids_add(id_buf *b, const int32_t *ids, size_t n)
+/* ChatML: <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n. */
+static bool chatml(FILE *f, const moe_chat_req *r)
 {
-	if (b->n + n > b->cap) {
-		size_t c = b->cap ? b->cap : 64;
-		while (c < b->n + n)
-			c *= 2;
-		int32_t *v = realloc(b->v, c * sizeof *v);
-		if (v == NULL)
-			return moe_fail(MOE_ERR_NOMEM, "chat: %zu token ids", c);
-		b->v = v;
-		b->cap = c;
-	}
-	if (n > 0) /* an empty text encodes to no ids and maybe a NULL array */
-		memcpy(b->v + b->n, ids, n * sizeof *ids);
-	b->n += n;
-	return MOE_OK;
-}
-
-static moe_err add_text(id_buf *b, const moe_tokenizer *tok, const char *s, size_t len)
-{
-	int32_t *ids = NULL;
-	size_t n = 0;
-	moe_err err = moe_tokenizer_encode(&ids, &n, tok, s, len, 0);
-	if (err == MOE_OK)
-		err = ids_add(b, ids, n);
-	free(ids);
-	return err;
-}
-
-static moe_err add_marker(id_buf *b, const moe_tokenizer *tok, const char *m, size_t len)
-{
-	const int32_t id = moe_tokenizer_find_special(tok, m, len);
-	if (id >= 0)
-		return ids_add(b, &id, 1);
-	return add_text(b, tok, m, len);
-}
-
-/* ChatML: <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n,
- * the markers as special tokens, roles and contents as plain text. */
-static moe_err chatml(id_buf *b, const moe_tokenizer *tok, const moe_chat_req *r)
-{
-	moe_err err = MOE_OK;
 	const cJSON *m;
 	cJSON_ArrayForEach(m, r->messages)
 	{
@@ -303,35 +265,53 @@ static moe_err chatml(id_buf *b, const moe_tokenizer *tok, const moe_chat_req *r
 		    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
 		const char *content =
 		    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "content"));
-		if (content == NULL)
-			content = "";
-		if ((err = add_marker(b, tok, im_start, sizeof im_start - 1)) != MOE_OK ||
-		    (err = add_text(b, tok, role, strlen(role))) != MOE_OK ||
-		    (err = add_text(b, tok, "\n", 1)) != MOE_OK ||
-		    (err = add_text(b, tok, content, strlen(content))) != MOE_OK ||
-		    (err = add_marker(b, tok, im_end, sizeof im_end - 1)) != MOE_OK ||
-		    (err = add_text(b, tok, "\n", 1)) != MOE_OK)
-			return err;
+		fprintf(f, "%s%s\n%s%s\n", im_start, role != NULL ? role : "",
+		        content != NULL ? content : "", im_end);
 	}
-	if (r->add_generation_prompt &&
-	    ((err = add_marker(b, tok, im_start, sizeof im_start - 1)) != MOE_OK ||
-	     (err = add_text(b, tok, "assistant\n", 10)) != MOE_OK))
-		return err;
+	if (r->add_generation_prompt)
+		fprintf(f, "%sassistant\n", im_start);
+	return !ferror(f);
+}
+
+moe_err moe_chat_render(char **text, size_t *len, const moe_chat_template *t, const moe_chat_req *r)
+{
+	(void)t;
+	char *buf = NULL;
+	size_t n = 0;
+	FILE *f = open_memstream(&buf, &n);
+	if (f == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "chat: rendering");
+	const bool ok = chatml(f, r);
+	if (fclose(f) != 0 || !ok) {
+		free(buf);
+		return moe_fail(MOE_ERR_NOMEM, "chat: rendering");
+	}
+	*text = buf;
+	*len = n;
 	return MOE_OK;
+}
+
+/* Whether the rendered prompt ends inside <think> (the template opened the
+ * reasoning for the model): "<think>" and then only whitespace. */
+static bool ends_in_think(const char *s, size_t n)
+{
+	while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\r'))
+		n--;
+	return n >= 7 && memcmp(s + n - 7, "<think>", 7) == 0;
 }
 
 moe_err moe_chat_prompt_make(moe_chat_prompt *out, const moe_chat_template *t,
                              const moe_tokenizer *tok, const moe_chat_req *r)
 {
 	memset(out, 0, sizeof *out);
-	id_buf b = {0};
-	moe_err err = chatml(&b, tok, r);
-	if (err != MOE_OK) {
-		free(b.v);
+	char *text = NULL;
+	size_t len = 0;
+	moe_err err = moe_chat_render(&text, &len, t, r);
+	if (err != MOE_OK)
 		return err;
-	}
-	out->ids = b.v;
-	out->n_ids = b.n;
+	err = moe_tokenizer_encode(&out->ids, &out->n_ids, tok, text, len, MOE_TOK_ENCODE_SPECIAL);
+	if (err != MOE_OK)
+		goto out_free;
 	memcpy(out->end_ids, t->end_ids, sizeof out->end_ids);
 	out->n_end = t->n_end;
 	out->reply = (moe_reply_opts){
@@ -342,7 +322,11 @@ moe_err moe_chat_prompt_make(moe_chat_prompt *out, const moe_chat_template *t,
 	};
 	if (t->format == MOE_REPLY_HARMONY)
 		out->reply.format = MOE_REPLY_HARMONY; /* its channels are read in any case */
-	return MOE_OK;
+	out->reply.in_reasoning = out->reply.reasoning && ends_in_think(text, len);
+	out->special_text = t->format == MOE_REPLY_HARMONY;
+out_free:
+	free(text);
+	return err;
 }
 
 void moe_chat_prompt_free(moe_chat_prompt *p)

@@ -65,8 +65,15 @@ typedef struct moe_chat_prompt {
 	size_t n_ids;
 	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the reply */
 	int n_end;
+	bool special_text;    /* the reply's markup is control tokens: show them */
 	moe_reply_opts reply; /* .tools points into the request: valid while it lives */
 } moe_chat_prompt;
+
+/* The text of r rendered with the template t: *text malloc'd (NUL-terminated,
+ * *len bytes).  Errors: MOE_ERR_BAD_VALUE (the template refused the
+ * conversation: the detail quotes it), MOE_ERR_NOMEM. */
+moe_err moe_chat_render(char **text, size_t *len, const moe_chat_template *t,
+                        const moe_chat_req *r);
 
 /* Renders r with the template t and tokenizes it with tok (special tokens
  * written by the template are recognised).  Errors: MOE_ERR_BAD_VALUE (the

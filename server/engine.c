@@ -54,6 +54,7 @@ struct moe_gen {
 	size_t pub;           /* raw_out at the last publish */
 	moe_gen_finish done;  /* set by the scheduler before publishing */
 	bool stop_cut;        /* a stop string ended it: later tokens get no record */
+	int stop_index;       /* which one (stops[]), or -1 */
 	moe_gen_logprob *slp; /* [n_slp] records not yet published */
 	size_t n_slp, cap_slp;
 };
@@ -216,6 +217,7 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	}
 	g->e = e;
 	g->slot = -1;
+	g->stop_index = -1;
 	g->n_prompt = p->n_prompt;
 	g->max_tokens = p->max_tokens;
 	g->sp = p->sp;
@@ -236,7 +238,8 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 		g->n_stops = i + 1;
 	}
 	if ((err = moe_sampler_create(&g->smp, &p->sp, n_vocab)) != MOE_OK ||
-	    (err = moe_tok_stream_create(&g->ts, e->tok, 0)) != MOE_OK)
+	    (err = moe_tok_stream_create(&g->ts, e->tok,
+	                                 p->special_text ? MOE_TOK_DECODE_SPECIAL : 0)) != MOE_OK)
 		goto out_free_gen;
 
 	pthread_mutex_lock(&e->mu);
@@ -325,6 +328,14 @@ void moe_gen_cancel(moe_gen *g)
 	pthread_mutex_unlock(&g->e->mu);
 }
 
+int moe_gen_stop_index(const moe_gen *g)
+{
+	pthread_mutex_lock(&g->e->mu);
+	const int k = g->finish == MOE_GEN_STOP ? g->stop_index : -1;
+	pthread_mutex_unlock(&g->e->mu);
+	return k;
+}
+
 void moe_gen_usage(const moe_gen *g, int *prompt_tokens, int *completion_tokens)
 {
 	pthread_mutex_lock(&g->e->mu);
@@ -375,6 +386,9 @@ static bool raw_flush(moe_gen *g, bool final)
 	if (final && !stop)
 		at = g->raw_len - g->raw_out;
 	g->raw_out += at;
+	for (int k = 0; stop && g->stop_index < 0 && k < g->n_stops; k++)
+		if (strncmp(g->raw + g->raw_out, g->stops[k], strlen(g->stops[k])) == 0)
+			g->stop_index = k;
 	return stop;
 }
 

@@ -108,8 +108,9 @@ typedef struct moe_gen_params {
 	int n_stops;
 	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the generation (not emitted) */
 	int n_end;
-	int logprobs; /* -1: none; else a moe_gen_logprob per token with this many
-	               * alternatives (0..MOE_GEN_MAX_TOP_LOGPROB) */
+	int logprobs;      /* -1: none; else a moe_gen_logprob per token with this many
+	                    * alternatives (0..MOE_GEN_MAX_TOP_LOGPROB) */
+	bool special_text; /* the text shows control tokens too (harmony's channels) */
 } moe_gen_params;
 
 typedef enum moe_gen_finish {
@@ -144,6 +145,10 @@ size_t moe_gen_logprobs(moe_gen *g, moe_gen_logprob *out, size_t max, size_t *ne
 
 /* Asks the scheduler to drop the request: its slot is freed at the next step. */
 void moe_gen_cancel(moe_gen *g);
+
+/* Once g has finished with MOE_GEN_STOP because of a stop string: its index
+ * in the request's stops; else -1. */
+int moe_gen_stop_index(const moe_gen *g);
 
 /* Tokens of the prompt and generated so far; seconds from submit to the
  * first generated token (0 until then). */
