@@ -8,8 +8,77 @@
 # Works on a fresh Debian 12 / Ubuntu 22.04+ machine. Packages are installed
 # with apt: directly as root, else with `sudo -n`; if neither is possible the
 # exact command to run is printed and the script stops. Re-running is quick:
-# nothing is installed or rebuilt when nothing changed.
+# nothing is installed or rebuilt when nothing changed. A build tree whose
+# cached options differ from what this script asks for (say build/asan
+# configured without MOE_SANITIZE) is re-configured, and the script says so.
+#
+# Sourced, it only defines its build functions and returns, so they can be
+# tried by hand (in a subshell: it sets -euo pipefail), e.g.
+#   bash -c '. deploy/install.sh && config_diff build/asan -DMOE_SANITIZE=ON'
+#   bash -c '. deploy/install.sh && build_tree build/x -DCMAKE_BUILD_TYPE=Release'
 set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# --- build functions --------------------------------------------------------------
+cache_get() { # cache_get DIR VAR: VAR's value in DIR/CMakeCache.txt, empty if absent
+	sed -n "/^$2:[^=]*=/{s///p;q;}" "$1/CMakeCache.txt"
+}
+
+cmake_bool() { # one spelling (ON/OFF) for CMake's boolean constants; others unchanged
+	case "$(printf '%s' "$1" | tr '[:lower:]' '[:upper:]')" in
+	ON | 1 | TRUE | YES | Y) echo ON ;;
+	OFF | 0 | FALSE | NO | N | "") echo OFF ;;
+	*) printf '%s\n' "$1" ;;
+	esac
+}
+
+config_diff() { # config_diff DIR CMAKE_ARGS...: one line per -DVAR[:TYPE]=VALUE of
+	# CMAKE_ARGS that DIR's cache holds another value of; nothing if all match
+	local dir=$1 arg var want have
+	shift
+	for arg in "$@"; do
+		case "$arg" in -D*=*) ;; *) continue ;; esac
+		var=${arg#-D}
+		want=${var#*=}
+		var=${var%%=*}
+		var=${var%%:*}
+		have=$(cache_get "$dir" "$var")
+		if [ "$(cmake_bool "$have")" != "$(cmake_bool "$want")" ]; then
+			echo "$var=${have:-(unset)} (asked for $want)"
+		fi
+	done
+}
+
+build_tree() { # build_tree DIR CMAKE_ARGS...: configure if new or configured otherwise, build, show warnings/errors only
+	local dir=$1 rc=0 stale
+	shift
+	if [ ! -f "$dir/CMakeCache.txt" ]; then
+		cmake -S "$root" -B "$dir" "$@" >/dev/null
+	else
+		stale=$(config_diff "$dir" "$@")
+		if [ -n "$stale" ]; then
+			say "$dir was configured with ${stale//$'\n'/, }: re-configuring"
+			cmake -S "$root" -B "$dir" "$@" >/dev/null
+		fi
+	fi
+	stale=$(config_diff "$dir" "$@")
+	if [ -n "$stale" ]; then
+		echo "$dir: after configuring, the cache still has ${stale//$'\n'/, }" >&2
+		return 1
+	fi
+	cmake --build "$dir" -j "$jobs" -- --no-print-directory >"$dir/build.log" 2>&1 || rc=$?
+	grep -Ev '^\[ *[0-9]+%\]' "$dir/build.log" || true
+	return $rc
+}
+
+# Sourced: the functions above are all it does.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+	return 0
+fi
 
 mode=${1:-demo}
 case "$mode" in demo | test | build) ;; *)
@@ -17,10 +86,7 @@ case "$mode" in demo | test | build) ;; *)
 	exit 2
 	;;
 esac
-cd "$(dirname "$0")/.."
-root=$(pwd)
-
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+cd "$root"
 
 # --- 1. platform --------------------------------------------------------------
 os_id=unknown
@@ -100,19 +166,10 @@ if [ "$mode" = test ] && [ "$arch" = x86_64 ] && command -v dpkg-query >/dev/nul
 fi
 
 # --- 3. build -------------------------------------------------------------------
-jobs=$(nproc 2>/dev/null || echo 2)
-build_tree() { # build_tree DIR CMAKE_ARGS...: configure once, build, show warnings/errors only
-	local dir=$1 rc=0
-	shift
-	if [ ! -f "$dir/CMakeCache.txt" ]; then
-		cmake -S "$root" -B "$dir" "$@" >/dev/null
-	fi
-	cmake --build "$dir" -j "$jobs" -- --no-print-directory >"$dir/build.log" 2>&1 || rc=$?
-	grep -Ev '^\[ *[0-9]+%\]' "$dir/build.log" || true
-	return $rc
-}
+# Every option the trees depend on is named, at its default where it is one,
+# so a tree configured otherwise by hand is re-configured (build_tree).
 say "building build/release"
-build_tree build/release -DCMAKE_BUILD_TYPE=Release
+build_tree build/release -DCMAKE_BUILD_TYPE=Release -DMOE_SANITIZE=OFF -DMOE_TESTS=ON
 moemesh=$root/build/release/moemesh
 
 if [ "$mode" = build ]; then
@@ -123,7 +180,7 @@ fi
 # --- 4. test --------------------------------------------------------------------
 if [ "$mode" = test ]; then
 	say "building build/asan (AddressSanitizer + UndefinedBehaviorSanitizer)"
-	build_tree build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON
+	build_tree build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON -DMOE_TESTS=ON
 	say "test suite, release build"
 	(cd build/release && ctest --output-on-failure -j "$jobs")
 	say "test suite, ASan/UBSan build"

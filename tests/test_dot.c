@@ -1,7 +1,11 @@
 /*
  * test_dot.c - dot products: the scalar reference against a double-precision
- * dot of the dequantised operands, and every ISA level this CPU runs against
- * the scalar reference, on seeded random data of several lengths.
+ * dot of the dequantised operands, and each SIMD level against the scalar
+ * reference (dots on seeded random data of several lengths and on extreme
+ * values, the float vector ops bit for bit): one test per level
+ * (isa_levels.h), skipped - and reported so - where this CPU cannot run the
+ * level or MOEMESH_ISA caps it (e.g. to run under valgrind, which cannot
+ * execute AVX-512).
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -9,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "isa_levels.h"
 #include "kernels/kernels.h"
 
 static uint64_t rng_state;
@@ -24,15 +29,6 @@ static uint64_t rng_next(void)
 static float rng_unif(void)
 {
 	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-/* Levels up to the active one (all the CPU has, unless MOEMESH_ISA lowers
- * it, e.g. to run under valgrind, which cannot execute AVX-512). */
-static bool level_tested(moe_isa isa)
-{
-	if (isa == MOE_ISA_NEON)
-		return moe_isa_active() == MOE_ISA_NEON;
-	return moe_isa_supported(isa) && (int)isa <= (int)moe_isa_active();
 }
 
 /* fp16 bits -> value by the IEEE formula. */
@@ -183,14 +179,15 @@ Test(dot, quantised_dot_tracks_float_dot)
  * for every length here.  Float dots (F32/F16/BF16) reorder all n products
  * and may fuse multiply-adds: n * 1.2e-7 relative.
  */
-Test(dot, every_isa_matches_reference)
+static void matches_reference(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	int checked = 0;
 
 	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
 		moe_type t = dot_types[ti];
 		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
+		cr_assert_not_null(fn, "%s %s", moe_isa_name(level), moe_type_get(t)->name);
 		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
 			case_data c;
 			float want;
@@ -199,44 +196,42 @@ Test(dot, every_isa_matches_reference)
 				continue;
 			case_make(&c, t, lengths[li], 7000 + ti * 10 + li);
 			ref(c.n, &want, c.w, c.aq);
-			for (size_t k = 0; k < sizeof(levels) / sizeof(levels[0]); k++) {
-				if (!level_tested(levels[k]))
-					continue;
-				moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, levels[k]);
-				cr_assert_not_null(fn);
-				float got = NAN, again = NAN;
-				fn(c.n, &got, c.w, c.aq);
-				fn(c.n, &again, c.w, c.aq);
-				bool per_value = moe_type_get(t)->block_size == 1;
-				double tol = (per_value ? (double)c.n * 1.2e-7 : 2e-6) * c.mag;
-				cr_assert(fabs((double)got - want) <= tol,
-				          "%s %s n=%lld: %.9g vs ref %.9g (tol %.3g)",
-				          moe_isa_name(levels[k]), moe_type_get(t)->name,
-				          (long long)c.n, got, want, tol);
-				cr_assert(memcmp(&got, &again, sizeof(float)) == 0,
-				          "not deterministic");
-				checked++;
-			}
+			float got = NAN, again = NAN;
+			fn(c.n, &got, c.w, c.aq);
+			fn(c.n, &again, c.w, c.aq);
+			bool per_value = moe_type_get(t)->block_size == 1;
+			double tol = (per_value ? (double)c.n * 1.2e-7 : 2e-6) * c.mag;
+			cr_assert(fabs((double)got - want) <= tol,
+			          "%s %s n=%lld: %.9g vs ref %.9g (tol %.3g)", moe_isa_name(level),
+			          moe_type_get(t)->name, (long long)c.n, got, want, tol);
+			cr_assert(memcmp(&got, &again, sizeof(float)) == 0, "not deterministic");
+			checked++;
 			case_free(&c);
 		}
 	}
-	cr_log_info("%d (type, length, isa) cases checked against the reference", checked);
+	cr_assert_gt(checked, 0, "%s: nothing compared", moe_isa_name(level));
+	cr_log_info("%s: %d (type, length) cases checked against the reference",
+	            moe_isa_name(level), checked);
 }
+
+ISA_SIMD_TESTS(dot, every_isa_matches_reference, matches_reference)
 
 /* Extreme activations: q8 values of -127/127 everywhere and maximal weights
  * exercise the int16/int32 headroom of the SIMD paths (maddubs saturation).
  * Pattern 1 (all weights and activations -1) makes every Q4_0/Q5_0 product
  * its largest magnitude with one sign (-8 * -127, -16 * -127): 16 of them
  * sum to 32512, the bound the AVX2 int16 reduction tree relies on. */
-Test(dot, every_isa_extremes)
+static void extremes(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	enum { N = 1024 };
 	static float x[N], a[N];
 	static uint8_t w[N * 4], aq[N * 4];
+	int checked = 0;
 
 	for (size_t ti = 0; ti < N_DOT_TYPES; ti++) {
 		moe_type t = dot_types[ti];
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
+		cr_assert_not_null(fn, "%s %s", moe_isa_name(level), moe_type_get(t)->name);
 		for (int pattern = 0; pattern < 3; pattern++) {
 			for (int i = 0; i < N; i++) {
 				float sx = (i % 2) ? 1.0f : -1.0f;
@@ -247,20 +242,19 @@ Test(dot, every_isa_extremes)
 			}
 			cr_assert_eq(moe_quantize_row(t, w, x, N), MOE_OK);
 			cr_assert_eq(moe_quantize_act(t, aq, a, N), MOE_OK);
-			float want;
+			float want, got;
 			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(N, &want, w, aq);
-			for (size_t k = 0; k < sizeof(levels) / sizeof(levels[0]); k++) {
-				if (!level_tested(levels[k]))
-					continue;
-				float got;
-				moe_vec_dot_get_isa(t, levels[k])(N, &got, w, aq);
-				cr_assert(fabs((double)got - want) <= 1e-5 * (fabs(want) + N),
-				          "%s %s pattern %d: %.9g vs %.9g", moe_isa_name(levels[k]),
-				          moe_type_get(t)->name, pattern, got, want);
-			}
+			fn(N, &got, w, aq);
+			cr_assert(fabs((double)got - want) <= 1e-5 * (fabs(want) + N),
+			          "%s %s pattern %d: %.9g vs %.9g", moe_isa_name(level),
+			          moe_type_get(t)->name, pattern, got, want);
+			checked++;
 		}
 	}
+	cr_assert_gt(checked, 0, "%s: nothing compared", moe_isa_name(level));
 }
+
+ISA_SIMD_TESTS(dot, every_isa_extremes, extremes)
 
 Test(dot, active_isa_is_the_best_supported)
 {
@@ -274,19 +268,19 @@ Test(dot, active_isa_is_the_best_supported)
 	cr_log_info("active ISA: %s", moe_isa_name(a));
 }
 
-/* The float vector ops give the scalar references' bits at every level, for
- * every length 0..100 and a long one (tails, the 8-lane body), and the F16
- * conversion is exact for every half that is not a NaN. */
-Test(dot, vec_ops_equal_references_at_every_level)
+/* The float vector ops give the scalar references' bits at each SIMD level,
+ * for every length 0..100 and a long one (tails, the 8-lane body), and the
+ * F16 conversion is exact for every half that is not a NaN. */
+static void vec_ops_equal_references(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	const moe_vec_ops *ref = moe_vec_ops_get_isa(MOE_ISA_SCALAR);
+	const moe_vec_ops *v = moe_vec_ops_get_isa(level);
 	enum { N = 1031 };
 	float *a = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * N);
 	float *y1 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
 	uint16_t *h = malloc(sizeof(uint16_t) * 65536);
 	float *f1 = malloc(sizeof(float) * 65536), *f2 = malloc(sizeof(float) * 65536);
-	cr_assert(ref != NULL && a && b && y1 && y2 && h && f1 && f2);
+	cr_assert(ref != NULL && v != NULL && a && b && y1 && y2 && h && f1 && f2);
 	uint64_t st = 12345;
 	for (int i = 0; i < N; i++) {
 		st = st * 6364136223846793005ull + 1442695040888963407ull;
@@ -297,76 +291,70 @@ Test(dot, vec_ops_equal_references_at_every_level)
 	for (int i = 0; i < 65536; i++)
 		h[i] = (uint16_t)i;
 	int checked = 0;
-	for (int li = 0; li < 3; li++) {
-		const moe_vec_ops *v = moe_vec_ops_get_isa(levels[li]);
-		if (v == NULL)
+	for (int n = 0; n <= N; n = n < 100 ? n + 1 : N + 1) {
+		float d1 = ref->dot(a, b, n), d2 = v->dot(a, b, n);
+		cr_assert(memcmp(&d1, &d2, sizeof d1) == 0, "%s dot n=%d: %.9g vs %.9g",
+		          moe_isa_name(level), n, d2, d1);
+		memcpy(y1, b, sizeof(float) * N);
+		memcpy(y2, b, sizeof(float) * N);
+		ref->axpy(y1, 0.377f, a, n);
+		v->axpy(y2, 0.377f, a, n);
+		cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy n=%d",
+		          moe_isa_name(level), n);
+		/* axpy_rows over m rows of a (stride 101) with weights b */
+		for (int m = 0; m <= 9 && (int64_t)(m - 1) * 101 + n <= N; m += 3) {
+			ref->axpy_rows(y1, b, a, 101, m, n);
+			v->axpy_rows(y2, b, a, 101, m, n);
+			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy_rows m=%d n=%d",
+			          moe_isa_name(level), m, n);
+		}
+		ref->scale(y1, -1.618f, n);
+		v->scale(y2, -1.618f, n);
+		cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s scale n=%d",
+		          moe_isa_name(level), n);
+		checked += 3;
+	}
+	/* fixed-point accumulation: the values of a and some at the
+	 * edges (ties, saturation, infinities, NaN, tiny) */
+	{
+		float e[N];
+		int64_t acc1[N], acc2[N];
+		memcpy(e, a, sizeof e);
+		const float edge[] = {0.5f * 0x1p-32f, -0.5f * 0x1p-32f,
+		                      1.5f * 0x1p-32f, -2.5f * 0x1p-32f,
+		                      8388608.0f,      -8388608.0f,
+		                      8388607.5f,      1e30f,
+		                      -1e30f,          INFINITY,
+		                      -INFINITY,       NAN,
+		                      1e-45f,          -0.0f,
+		                      3.0f * 0x1p-33f};
+		for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]); k++)
+			e[7 * k + 3] = edge[k];
+		for (int k = 0; k < N; k++)
+			acc1[k] = acc2[k] = (int64_t)k * 977 - 400000;
+		const float ws[] = {1.0f, -0.731f, 3.5f};
+		for (int wi = 0; wi < 3; wi++)
+			for (int n = 0; n <= N; n = n < 40 ? n + 1 : N + 1) {
+				ref->fix_axpy(acc1, ws[wi], e, n);
+				v->fix_axpy(acc2, ws[wi], e, n);
+				cr_assert(memcmp(acc1, acc2, sizeof acc1) == 0,
+				          "%s fix_axpy w=%g n=%d", moe_isa_name(level), ws[wi], n);
+			}
+	}
+	ref->f16_to_f32(f1, h, 65536);
+	v->f16_to_f32(f2, h, 65536);
+	for (int i = 0; i < 65536; i++) {
+		if (f1[i] != f1[i]) {
+			cr_assert(f2[i] != f2[i], "%s f16 %04x: NaN vs %g", moe_isa_name(level), i,
+			          f2[i]);
 			continue;
-		for (int n = 0; n <= N; n = n < 100 ? n + 1 : N + 1) {
-			float d1 = ref->dot(a, b, n), d2 = v->dot(a, b, n);
-			cr_assert(memcmp(&d1, &d2, sizeof d1) == 0, "%s dot n=%d: %.9g vs %.9g",
-			          moe_isa_name(levels[li]), n, d2, d1);
-			memcpy(y1, b, sizeof(float) * N);
-			memcpy(y2, b, sizeof(float) * N);
-			ref->axpy(y1, 0.377f, a, n);
-			v->axpy(y2, 0.377f, a, n);
-			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy n=%d",
-			          moe_isa_name(levels[li]), n);
-			/* axpy_rows over m rows of a (stride 101) with weights b */
-			for (int m = 0; m <= 9 && (int64_t)(m - 1) * 101 + n <= N; m += 3) {
-				ref->axpy_rows(y1, b, a, 101, m, n);
-				v->axpy_rows(y2, b, a, 101, m, n);
-				cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0,
-				          "%s axpy_rows m=%d n=%d", moe_isa_name(levels[li]), m, n);
-			}
-			ref->scale(y1, -1.618f, n);
-			v->scale(y2, -1.618f, n);
-			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s scale n=%d",
-			          moe_isa_name(levels[li]), n);
-			checked += 3;
 		}
-		/* fixed-point accumulation: the values of a and some at the
-		 * edges (ties, saturation, infinities, NaN, tiny) */
-		{
-			float e[N];
-			int64_t acc1[N], acc2[N];
-			memcpy(e, a, sizeof e);
-			const float edge[] = {0.5f * 0x1p-32f, -0.5f * 0x1p-32f,
-			                      1.5f * 0x1p-32f, -2.5f * 0x1p-32f,
-			                      8388608.0f,      -8388608.0f,
-			                      8388607.5f,      1e30f,
-			                      -1e30f,          INFINITY,
-			                      -INFINITY,       NAN,
-			                      1e-45f,          -0.0f,
-			                      3.0f * 0x1p-33f};
-			for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]); k++)
-				e[7 * k + 3] = edge[k];
-			for (int k = 0; k < N; k++)
-				acc1[k] = acc2[k] = (int64_t)k * 977 - 400000;
-			const float ws[] = {1.0f, -0.731f, 3.5f};
-			for (int wi = 0; wi < 3; wi++)
-				for (int n = 0; n <= N; n = n < 40 ? n + 1 : N + 1) {
-					ref->fix_axpy(acc1, ws[wi], e, n);
-					v->fix_axpy(acc2, ws[wi], e, n);
-					cr_assert(memcmp(acc1, acc2, sizeof acc1) == 0,
-					          "%s fix_axpy w=%g n=%d", moe_isa_name(levels[li]),
-					          ws[wi], n);
-				}
-		}
-		ref->f16_to_f32(f1, h, 65536);
-		v->f16_to_f32(f2, h, 65536);
-		for (int i = 0; i < 65536; i++) {
-			if (f1[i] != f1[i]) {
-				cr_assert(f2[i] != f2[i], "%s f16 %04x: NaN vs %g",
-				          moe_isa_name(levels[li]), i, f2[i]);
-				continue;
-			}
-			cr_assert(memcmp(&f1[i], &f2[i], sizeof(float)) == 0,
-			          "%s f16 %04x: %g vs %g", moe_isa_name(levels[li]), i, f2[i],
-			          f1[i]);
-		}
+		cr_assert(memcmp(&f1[i], &f2[i], sizeof(float)) == 0, "%s f16 %04x: %g vs %g",
+		          moe_isa_name(level), i, f2[i], f1[i]);
 		checked++;
 	}
-	cr_log_info("%d vector op cases equal to the references", checked);
+	cr_assert_gt(checked, 0, "%s: nothing compared", moe_isa_name(level));
+	cr_log_info("%s: %d vector op cases equal to the references", moe_isa_name(level), checked);
 	free(f2);
 	free(f1);
 	free(h);
@@ -375,3 +363,5 @@ Test(dot, vec_ops_equal_references_at_every_level)
 	free(b);
 	free(a);
 }
+
+ISA_SIMD_TESTS(dot, vec_ops_equal_references, vec_ops_equal_references)

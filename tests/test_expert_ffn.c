@@ -1,10 +1,14 @@
-/* test_expert_ffn.c - the exact accumulator and the grouped expert FFN. */
+/* test_expert_ffn.c - the exact accumulator and the grouped expert FFN:
+ * against a per-token reference and the same bits at every x86 level, one
+ * test per ISA level (isa_levels.h; a level this CPU cannot run is reported
+ * as skipped), batch/position/thread invariance, argument errors. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "isa_levels.h"
 #include "kernels/kernels.h"
 
 /* ---- fixed point ---------------------------------------------------------- */
@@ -230,15 +234,17 @@ static const moe_type ffn_types[][3] = {
 #define N_FFN_TYPES (sizeof(ffn_types) / sizeof(ffn_types[0]))
 
 /* With the scalar level every kernel is the dot product the reference uses,
- * so the grouped FFN must give the reference's bits exactly; at the best
- * level the tile kernels may order f32 operations differently, so there the
- * check is against the float value with a tolerance. */
-Test(expert_ffn, matches_per_token_reference)
+ * so the grouped FFN must give the reference's bits exactly; at a SIMD level
+ * (whose dots the reference then uses) the tile kernels may order f32
+ * operations differently, so there the check is against the float value with
+ * a tolerance.  One test per level. */
+static void matches_per_token_reference(moe_isa level)
 {
 	enum { T = 11 };
-	moe_isa orig = moe_isa_active();
 	moe_pool *pool = NULL;
+	int compared = 0;
 	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
 	for (size_t k = 0; k < N_FFN_TYPES; k++) {
 		test_ffn tf;
 		make_ffn(&tf, ffn_types[k][0], ffn_types[k][1], ffn_types[k][2]);
@@ -247,36 +253,36 @@ Test(expert_ffn, matches_per_token_reference)
 		make_batch(x, ids, w, T);
 		ids[4] = -1; /* an unused slot */
 		static moe_fix_t acc[T * N_EMBD], ref[T * N_EMBD];
-		for (int pass = 0; pass < 2; pass++) {
-			cr_assert_eq(moe_isa_set(pass == 0 ? MOE_ISA_SCALAR : orig), MOE_OK);
-			memset(acc, 0, sizeof(acc));
-			memset(ref, 0, sizeof(ref));
-			ref_ffn(ref, &tf.f, x, T, ids, w);
-			cr_assert_eq(moe_expert_ffn_run(pool, acc, &tf.f, x, T, ids, w, N_USED),
-			             MOE_OK, "%s", moe_err_detail());
-			double maxabs = 0;
-			for (int i = 0; i < T * N_EMBD; i++)
-				maxabs = fmax(maxabs, fabs(moe_fix_to_f32(ref[i])));
-			cr_assert_gt(maxabs, 1e-3, "reference output is not trivially zero");
-			for (int i = 0; i < T * N_EMBD; i++) {
-				if (pass == 0) {
-					cr_assert_eq(acc[i], ref[i], "types %zu elem %d", k, i);
-					continue;
-				}
-				/* a tile kernel's result may differ from the dot's by a few
-				 * f32 ulps of the block sums; through the quantised SwiGLU
-				 * that can move an activation by one quantisation step:
-				 * 1 % of the largest output bounds that with room. */
-				double d = fabs(moe_fix_to_f32(acc[i]) - moe_fix_to_f32(ref[i]));
-				cr_assert(d <= 0.01 * maxabs, "types %zu elem %d: %g vs %g", k, i,
-				          moe_fix_to_f32(acc[i]), moe_fix_to_f32(ref[i]));
+		memset(acc, 0, sizeof(acc));
+		memset(ref, 0, sizeof(ref));
+		ref_ffn(ref, &tf.f, x, T, ids, w);
+		cr_assert_eq(moe_expert_ffn_run(pool, acc, &tf.f, x, T, ids, w, N_USED), MOE_OK,
+		             "%s", moe_err_detail());
+		double maxabs = 0;
+		for (int i = 0; i < T * N_EMBD; i++)
+			maxabs = fmax(maxabs, fabs(moe_fix_to_f32(ref[i])));
+		cr_assert_gt(maxabs, 1e-3, "reference output is not trivially zero");
+		for (int i = 0; i < T * N_EMBD; i++, compared++) {
+			if (level == MOE_ISA_SCALAR) {
+				cr_assert_eq(acc[i], ref[i], "types %zu elem %d", k, i);
+				continue;
 			}
+			/* a tile kernel's result may differ from the dot's by a few
+			 * f32 ulps of the block sums; through the quantised SwiGLU
+			 * that can move an activation by one quantisation step:
+			 * 1 % of the largest output bounds that with room. */
+			double d = fabs(moe_fix_to_f32(acc[i]) - moe_fix_to_f32(ref[i]));
+			cr_assert(d <= 0.01 * maxabs, "%s types %zu elem %d: %g vs %g",
+			          moe_isa_name(level), k, i, moe_fix_to_f32(acc[i]),
+			          moe_fix_to_f32(ref[i]));
 		}
 		free_ffn(&tf);
 	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
 	moe_pool_destroy(pool);
 }
+
+ISA_LEVEL_TESTS(expert_ffn, matches_per_token_reference, matches_per_token_reference)
 
 Test(expert_ffn, batch_position_and_thread_invariant)
 {
@@ -395,12 +401,10 @@ Test(expert_ffn, rejects_bad_input_without_touching_acc)
  * fixed-point sums) gives the same bits at the scalar, AVX2 and AVX-512
  * levels, for every type mix whose products follow the canonical block
  * arithmetic (see test_matmul): workers of any of these kinds can share a
- * cluster.  Levels this CPU lacks are skipped, with a note. */
-Test(expert_ffn, same_bits_at_every_x86_level)
+ * cluster.  One test per x86 SIMD level. */
+static void same_bits_as_scalar(moe_isa level)
 {
 	enum { T = 19 };
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512};
-	moe_isa orig = moe_isa_active();
 	moe_pool *pool = NULL;
 	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
 	int compared = 0;
@@ -420,25 +424,23 @@ Test(expert_ffn, same_bits_at_every_x86_level)
 		make_batch(x, ids, w, T);
 		static moe_fix_t want[T * N_EMBD], got[T * N_EMBD];
 		memset(want, 0, sizeof(want));
+		memset(got, 0, sizeof(got));
 		cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
 		cr_assert_eq(moe_expert_ffn_run(pool, want, &tf.f, x, T, ids, w, N_USED), MOE_OK);
-		for (int li = 0; li < 2; li++) {
-			if (!moe_isa_supported(levels[li])) {
-				cr_log_info("%s: not on this CPU, not compared",
-				            moe_isa_name(levels[li]));
-				continue;
-			}
-			memset(got, 0, sizeof(got));
-			cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-			cr_assert_eq(moe_expert_ffn_run(pool, got, &tf.f, x, T, ids, w, N_USED),
-			             MOE_OK);
-			cr_assert(memcmp(want, got, sizeof(got)) == 0,
-			          "types %zu: %s and scalar differ", k, moe_isa_name(levels[li]));
-			compared++;
-		}
+		cr_assert_eq(moe_isa_set(level), MOE_OK);
+		cr_assert_eq(moe_expert_ffn_run(pool, got, &tf.f, x, T, ids, w, N_USED), MOE_OK);
+		cr_assert(memcmp(want, got, sizeof(got)) == 0, "types %zu: %s and scalar differ", k,
+		          moe_isa_name(level));
+		compared++;
 		free_ffn(&tf);
 	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
-	cr_log_info("%d (type mix, level) pairs give the scalar level's bits", compared);
+	cr_assert_gt(compared, 0, "%s: no type mix compared", moe_isa_name(level));
+	cr_log_info("%s: %d type mixes give the scalar level's bits", moe_isa_name(level),
+	            compared);
 	moe_pool_destroy(pool);
 }
+
+#if defined(__x86_64__)
+ISA_TEST_AT(expert_ffn, same_bits_as_scalar, same_bits_as_scalar, MOE_ISA_AVX2, avx2)
+ISA_TEST_AT(expert_ffn, same_bits_as_scalar, same_bits_as_scalar, MOE_ISA_AVX512, avx512)
+#endif

@@ -1,8 +1,11 @@
 /* test_forward.c - the forward pass against llama.cpp's golden logits for
- * every fixture model (sequences A and B in one step and one token per step,
- * greedy generation G), plus batching of several sequences, chunked prefill,
- * slot reuse, a split expert backend (bit-identical), F16 KV cache, and the
- * load-time checks of hyper-parameters and tensor shapes. */
+ * every fixture model (sequences A and B in one step and one token per step:
+ * logits, KL, llama.cpp's argmax at every position; greedy generation G),
+ * plus batching of several sequences, chunked prefill, slot reuse, a split
+ * expert backend (bit-identical), F16 KV cache, and the load-time checks of
+ * hyper-parameters and tensor shapes.  Every tolerance, and every position
+ * where an argmax may differ, comes from tests/fixtures/tolerances.json
+ * (section "moemesh", which says why each is what it is). */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -53,6 +56,50 @@ static int32_t *json_ints(const cJSON *o, const char *key, int *n)
 	for (int i = 0; i < *n; i++)
 		v[i] = (int32_t)cJSON_GetArrayItem(a, i)->valueint;
 	return v;
+}
+
+/* ---- tolerances (fixtures/tolerances.json, section "moemesh") ---------------------- */
+
+static cJSON *tolerances(void)
+{
+	static cJSON *root;
+	if (root == NULL) {
+		size_t n;
+		char *txt = read_file(fixture("tolerances.json"), &n);
+		root = cJSON_Parse(txt);
+		free(txt);
+		cr_assert_not_null(root, "tolerances.json does not parse");
+	}
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "moemesh");
+	cr_assert(cJSON_IsObject(m), "tolerances.json has no \"moemesh\" section");
+	return (cJSON *)m;
+}
+
+/* The number moemesh.<section>.<key>. */
+static double tol(const char *section, const char *key)
+{
+	const cJSON *s = cJSON_GetObjectItemCaseSensitive(tolerances(), section);
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, key);
+	cr_assert(cJSON_IsNumber(v), "tolerances.json: moemesh.%s.%s is not a number", section,
+	          key);
+	return v->valuedouble;
+}
+
+/* Whether position pos of sequence seq of model is a listed argmax exception. */
+static bool argmax_exception(const char *model, const char *seq, int pos)
+{
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(tolerances(), "quantized");
+	const cJSON *ex = cJSON_GetObjectItemCaseSensitive(q, "argmax_exceptions");
+	cr_assert(cJSON_IsObject(ex), "tolerances.json: moemesh.quantized.argmax_exceptions");
+	const cJSON *l =
+	    cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ex, model), seq);
+	const cJSON *p;
+	cJSON_ArrayForEach(p, l)
+	{
+		if (cJSON_IsNumber(p) && p->valueint == pos)
+			return true;
+	}
+	return false;
 }
 
 typedef struct golden {
@@ -169,6 +216,32 @@ static cmp compare(const float *a, const float *b, int n_rows)
 	return c;
 }
 
+/* llama.cpp's argmax at every row, except at the positions tolerances.json
+ * lists for this model and sequence (with the reason).  Returns the number of
+ * rows whose argmax differs. */
+static int check_argmax(const char *model, const char *seq, const char *mode, const float *gold,
+                        const float *ours, int n_rows)
+{
+	int differ = 0;
+	for (int r = 0; r < n_rows; r++) {
+		const float *g = gold + (size_t)r * N_VOCAB, *o = ours + (size_t)r * N_VOCAB;
+		const int32_t ag = moe_argmax(g, N_VOCAB), ao = moe_argmax(o, N_VOCAB);
+		if (ag == ao)
+			continue;
+		differ++;
+		const bool listed = argmax_exception(model, seq, r);
+		cr_log_info("%s %s %s: position %d: argmax %d, llama.cpp's %d (%.3g above it "
+		            "there)%s",
+		            model, seq, mode, r, ao, ag, g[ag] - g[ao],
+		            listed ? ", a listed exception" : "");
+		cr_expect(listed,
+		          "%s %s %s: position %d: argmax %d, llama.cpp's %d, and tolerances.json "
+		          "lists no exception there",
+		          model, seq, mode, r, ao, ag);
+	}
+	return differ;
+}
+
 /* Every golden check (A and B, batch and one by one, generation G) on one model. */
 static void check_model(const char *model, bool f32)
 {
@@ -203,20 +276,22 @@ static void check_model(const char *model, bool f32)
 		            model, names[s], cb.max_abs, cb.mean_kl, 100 * cb.agree, cs.max_abs,
 		            cs.mean_kl, 100 * cs.agree, self.max_abs);
 		if (f32) {
-			cr_expect(cb.max_abs <= 1e-4, "%s %s batch: max |dlogit| %g", model,
+			const double max_abs = tol("f32", "max_abs");
+			cr_expect(cb.max_abs <= max_abs, "%s %s batch: max |dlogit| %g", model,
 			          names[s], cb.max_abs);
-			cr_expect(cs.max_abs <= 1e-4, "%s %s one-by-one: max |dlogit| %g", model,
+			cr_expect(cs.max_abs <= max_abs, "%s %s one-by-one: max |dlogit| %g", model,
 			          names[s], cs.max_abs);
-			cr_expect(self.max_abs <= 1e-4, "%s %s: batch vs one-by-one %g", model,
+			cr_expect(self.max_abs <= max_abs, "%s %s: batch vs one-by-one %g", model,
 			          names[s], self.max_abs);
 		} else {
-			cr_expect(cb.mean_kl <= 5e-3 && cb.agree >= 0.85,
-			          "%s %s batch: KL %g agree %g", model, names[s], cb.mean_kl,
-			          cb.agree);
-			cr_expect(cs.mean_kl <= 5e-3 && cs.agree >= 0.85,
-			          "%s %s one-by-one: KL %g agree %g", model, names[s], cs.mean_kl,
-			          cs.agree);
+			const double max_kl = tol("quantized", "max_mean_kl");
+			cr_expect(cb.mean_kl <= max_kl, "%s %s batch: KL %g", model, names[s],
+			          cb.mean_kl);
+			cr_expect(cs.mean_kl <= max_kl, "%s %s one-by-one: KL %g", model, names[s],
+			          cs.mean_kl);
 		}
+		check_argmax(model, names[s], "batch", gb, batch, n);
+		check_argmax(model, names[s], "one-by-one", gs, seq, n);
 		free(batch), free(seq), free(gb), free(gs);
 	}
 
@@ -246,11 +321,11 @@ static void check_model(const char *model, bool f32)
 	cr_log_info("%s G: %d of %d greedy tokens as llama.cpp (max |dlogit| before any "
 	            "divergence %.3g)",
 	            model, same, g.n_gen, gen_max);
-	if (f32) {
-		cr_expect_eq(same, g.n_gen, "%s: greedy generation matched %d of %d", model, same,
-		             g.n_gen);
-		cr_expect(gen_max <= 1e-4, "%s: generation logits max |d| %g", model, gen_max);
-	}
+	cr_expect_geq(same, (int)tol("greedy", "min_same"),
+	              "%s: greedy generation matched %d of %d", model, same, g.n_gen);
+	if (f32)
+		cr_expect(gen_max <= tol("f32", "max_abs"), "%s: generation logits max |d| %g",
+		          model, gen_max);
 	free(gl), free(row), free(all);
 	golden_free(&g);
 	moe_fwd_destroy(f);
@@ -338,8 +413,9 @@ static void check_interleaved(const char *model)
 		tok[i] = g.tok[1][i], sl[i] = s1, pos[i] = i;
 	moe_batch b = {.n_tok = 30, .tokens = tok, .slot = sl, .pos = pos};
 	cr_assert_eq(moe_fwd_step(f, out, &b), MOE_OK);
+	const double max_abs = tol("f32", "max_abs");
 	cmp c = compare(ref_b, out, 30);
-	cr_expect(c.max_abs <= 1e-4, "%s: B prefix %g", model, c.max_abs);
+	cr_expect(c.max_abs <= max_abs, "%s: B prefix %g", model, c.max_abs);
 	int ia = 0, ib = 30;
 	double worst = 0;
 	while (ia < na || ib < nb) {
@@ -357,7 +433,7 @@ static void check_interleaved(const char *model)
 		}
 	}
 	cr_log_info("%s: interleaved two sequences, max |d| vs alone %.3g", model, worst);
-	cr_expect(worst <= 1e-4, "%s: interleaved max |d| %g", model, worst);
+	cr_expect(worst <= max_abs, "%s: interleaved max |d| %g", model, worst);
 
 	/* wrong position, closed slot, bad token are refused */
 	int32_t t0 = 1, p5 = 5, bad = N_VOCAB;
@@ -378,7 +454,7 @@ static void check_interleaved(const char *model)
 	cr_assert_eq(moe_fwd_seq_len(f, s3), 0);
 	run_seq(f, s3, out, g.tok[0], na, false);
 	c = compare(ref_a, out, na);
-	cr_expect(c.max_abs <= 1e-4, "%s: reused slot %g", model, c.max_abs);
+	cr_expect(c.max_abs <= max_abs, "%s: reused slot %g", model, c.max_abs);
 
 	free(ref_a), free(ref_b), free(out);
 	golden_free(&g);
@@ -409,7 +485,7 @@ Test(forward, chunked_prefill_and_logit_selection)
 	float *out = malloc(sizeof(float) * (size_t)n * N_VOCAB);
 	run_seq(f, slot, out, g.tok[1], n, false);
 	cmp c = compare(gb, out, n);
-	cr_expect(c.max_abs <= 1e-4, "chunked prefill max |d| %g", c.max_abs);
+	cr_expect(c.max_abs <= tol("f32", "max_abs"), "chunked prefill max |d| %g", c.max_abs);
 
 	/* only the last row wanted */
 	bool want[64] = {0};
@@ -422,7 +498,7 @@ Test(forward, chunked_prefill_and_logit_selection)
 	float last[N_VOCAB];
 	cr_assert_eq(moe_fwd_step(f, last, &b), MOE_OK);
 	c = compare(gb + (size_t)(n - 1) * N_VOCAB, last, 1);
-	cr_expect(c.max_abs <= 1e-4, "last row %g", c.max_abs);
+	cr_expect(c.max_abs <= tol("f32", "max_abs"), "last row %g", c.max_abs);
 	free(out), free(gb);
 	golden_free(&g);
 	moe_fwd_destroy(f);
@@ -443,8 +519,9 @@ Test(forward, f16_kv_cache_stays_close)
 	run_seq(f, slot, out, g.tok[1], n, false);
 	const cmp c = compare(gb, out, n);
 	cr_log_info("f16 KV: max %.3g KL %.3g agree %.1f%%", c.max_abs, c.mean_kl, 100 * c.agree);
-	cr_expect(c.mean_kl <= 1e-4 && c.agree >= 0.98, "f16 KV: KL %g agree %g", c.mean_kl,
-	          c.agree);
+	cr_expect(c.mean_kl <= tol("f16_kv", "max_mean_kl") &&
+	              c.agree >= tol("f16_kv", "min_top1_agree"),
+	          "f16 KV: KL %g agree %g", c.mean_kl, c.agree);
 	cr_expect(moe_fwd_kv_bytes(f) > 0);
 	free(out), free(gb);
 	golden_free(&g);
@@ -661,7 +738,7 @@ Test(cli, logits_one_by_one_matches_golden)
 	cr_assert_eq(n, (size_t)g.n_tok[0] * N_VOCAB * sizeof(float));
 	float *gs = golden_logits("qwen3next-tiny-F32", "A.seq", g.n_tok[0]);
 	const cmp c = compare(gs, ours, g.n_tok[0]);
-	cr_expect(c.max_abs <= 1e-4, "CLI logits max |d| %g", c.max_abs);
+	cr_expect(c.max_abs <= tol("f32", "max_abs"), "CLI logits max |d| %g", c.max_abs);
 	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,x -o %s 2>/dev/null", bin(),
 	         fixture("qwen3next-tiny-F32.gguf"), out);
 	cr_expect_eq(WEXITSTATUS(system(cmd)), 2, "bad token list is a usage error");

@@ -1,12 +1,16 @@
 /* test_matmul.c - GEMV/GEMM: against a float64 reference, batch invariance
- * (alone vs among others, any position, 1 or 2 threads, every ISA level),
- * moe_matmul == moe_matmul_q on quantised rows, argument errors. */
+ * (alone vs among others, any position, 1 or 2 threads), tile-shape and
+ * row-run independence, the scalar level's bits at every SIMD level for the
+ * tiled types, moe_matmul == moe_matmul_q on quantised rows, argument errors.
+ * The per-level checks are one test per ISA level (isa_levels.h): a level
+ * this CPU cannot run is reported as skipped, never passed. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "isa_levels.h"
 #include "kernels/kernels.h"
 
 static const moe_type types[] = {MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
@@ -94,8 +98,9 @@ Test(matmul, matches_float64_reference_of_dequantised_operands)
 }
 
 /* Token `probe` alone, then at positions 0, middle and last among n-1 random
- * others, with pools of 1 and 2 threads: the same bits every time. */
-static void check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
+ * others, with pools of 1 and 2 threads: the same bits every time.  Returns
+ * the number of batches compared. */
+static int check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
 {
 	enum { NB = 41 }; /* crosses the token blocks of matmul.c */
 	moe_pool *pools[2] = {NULL, NULL};
@@ -110,6 +115,7 @@ static void check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
 	             moe_err_detail());
 	const int64_t pos[] = {0, NB / 2, NB - 1};
 	const int64_t sizes[] = {2, 7, NB};
+	int compared = 0;
 	for (int pi = 0; pi < 2; pi++)
 		for (int si = 0; si < 3; si++)
 			for (int qi = 0; qi < 3; qi++) {
@@ -122,6 +128,7 @@ static void check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
 				          "%s %s: %d threads, batch %lld, position %lld differs",
 				          moe_isa_name(moe_isa_active()), moe_type_get(t)->name,
 				          pi + 1, (long long)n, (long long)p);
+				compared++;
 			}
 	free(y);
 	free(alone);
@@ -130,27 +137,27 @@ static void check_batch_invariance(moe_type t, int64_t rows, int64_t cols)
 	free(w);
 	moe_pool_destroy(pools[1]);
 	moe_pool_destroy(pools[0]);
+	return compared;
 }
 
-Test(matmul, batch_and_thread_invariant_at_every_isa_level)
+static void batch_and_thread_invariant(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
-	moe_isa orig = moe_isa_active();
-	for (int li = 0; li < 4; li++) {
-		if (!moe_isa_supported(levels[li]))
-			continue;
-		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-		for (size_t ti = 0; ti < N_TYPES; ti++)
-			check_batch_invariance(types[ti], 37, 512); /* 37: ragged row tiles */
-	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	int compared = 0;
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	for (size_t ti = 0; ti < N_TYPES; ti++)
+		compared += check_batch_invariance(types[ti], 37, 512); /* 37: ragged row tiles */
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+	cr_log_info("%s: %d batches give the bits of their probe alone", moe_isa_name(level),
+	            compared);
 }
+
+ISA_LEVEL_TESTS(matmul, batch_and_thread_invariant, batch_and_thread_invariant)
 
 /* Every (row, token) element of an n_rows x n_tok product equals the product
  * of that row alone with that token alone, bit for bit, for every edge size:
  * the tile kernels compute it in a 1x1, 8x1, 2x4 or 1x8 tile, at any
  * position, padded or not (isa_avx2_gemm.c), and must not tell. */
-static void check_tile_shapes(moe_type t)
+static int check_tile_shapes(moe_type t)
 {
 	enum { MAXR = 11, MAXT = 19, COLS = 512 };
 	uint8_t *w = make_weights(t, MAXR, COLS);
@@ -158,6 +165,7 @@ static void check_tile_shapes(moe_type t)
 	float *x = malloc(sizeof(float) * MAXT * COLS);
 	uint8_t *xq = malloc(as * MAXT);
 	float single[MAXT][MAXR], y[MAXT * MAXR];
+	int compared = 0;
 	cr_assert(x != NULL && xq != NULL);
 	fill_f32(x, MAXT * COLS);
 	cr_assert_eq(moe_quantize_act_rows(NULL, xq, t, x, COLS, MAXT), MOE_OK);
@@ -182,25 +190,26 @@ static void check_tile_shapes(moe_type t)
 					    "%.9g alone",
 					    moe_isa_name(moe_isa_active()), moe_type_get(t)->name,
 					    nr, nt, r, k, y[k * nr + r], single[t0 + k][r0 + r]);
+			compared += nr * nt;
 		}
 	free(xq);
 	free(x);
 	free(w);
+	return compared;
 }
 
-Test(matmul, element_independent_of_tile_shape_at_every_isa_level)
+static void element_independent_of_tile_shape(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
-	moe_isa orig = moe_isa_active();
-	for (int li = 0; li < 4; li++) {
-		if (!moe_isa_supported(levels[li]))
-			continue;
-		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-		for (size_t ti = 0; ti < N_TYPES; ti++)
-			check_tile_shapes(types[ti]);
-	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	int compared = 0;
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	for (size_t ti = 0; ti < N_TYPES; ti++)
+		compared += check_tile_shapes(types[ti]);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+	cr_log_info("%s: %d elements equal to their row and token alone", moe_isa_name(level),
+	            compared);
 }
+
+ISA_LEVEL_TESTS(matmul, element_independent_of_tile_shape, element_independent_of_tile_shape)
 
 Test(matmul, float_input_equals_prequantised_input)
 {
@@ -249,19 +258,14 @@ Test(matmul, rejects_bad_arguments)
  * references).  So the products a worker computes for its experts do not
  * depend on its CPU, and a cluster that mixes kinds of node stays
  * bit-identical to one process.  (The per-element dot types - F32, F16,
- * BF16, Q4_1, Q5_1 - use each level's own dot and are not covered.)  Levels
- * this CPU lacks are skipped, with a note. */
-Test(matmul, tiled_types_give_the_same_bits_at_every_level)
+ * BF16, Q4_1, Q5_1 - use each level's own dot and are not covered.)  One test
+ * per SIMD level; a level this CPU lacks is a skipped test. */
+static void tiled_types_same_bits_as_scalar(moe_isa level)
 {
 	const moe_type tiled[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
 	                          MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0};
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	enum { MAXR = 11, MAXT = 19, COLS = 768 };
-	moe_isa orig = moe_isa_active();
 	int compared = 0;
-	for (int li = 0; li < 3; li++)
-		if (!moe_isa_supported(levels[li]))
-			cr_log_info("%s: not on this CPU, not compared", moe_isa_name(levels[li]));
 	for (size_t ti = 0; ti < sizeof(tiled) / sizeof(tiled[0]); ti++) {
 		moe_type t = tiled[ti];
 		uint8_t *w = make_weights(t, MAXR, COLS);
@@ -279,110 +283,104 @@ Test(matmul, tiled_types_give_the_same_bits_at_every_level)
 				cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr, COLS,
 				                          xq + t0 * as, nt),
 				             MOE_OK);
-				for (int li = 0; li < 3; li++) {
-					if (!moe_isa_supported(levels[li]))
-						continue;
-					cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-					cr_assert_eq(moe_matmul_q(NULL, got, w + r0 * rs, t, nr,
-					                          COLS, xq + t0 * as, nt),
-					             MOE_OK);
-					for (int k = 0; k < nr * nt; k++)
-						cr_assert(
-						    memcmp(&want[k], &got[k], sizeof(float)) == 0,
-						    "%s %s: %d rows x %d tokens, element %d: "
-						    "%.9g, scalar %.9g",
-						    moe_isa_name(levels[li]), moe_type_get(t)->name,
-						    nr, nt, k, got[k], want[k]);
-					compared += nr * nt;
-				}
+				cr_assert_eq(moe_isa_set(level), MOE_OK);
+				cr_assert_eq(moe_matmul_q(NULL, got, w + r0 * rs, t, nr, COLS,
+				                          xq + t0 * as, nt),
+				             MOE_OK);
+				for (int k = 0; k < nr * nt; k++)
+					cr_assert(memcmp(&want[k], &got[k], sizeof(float)) == 0,
+					          "%s %s: %d rows x %d tokens, element %d: "
+					          "%.9g, scalar %.9g",
+					          moe_isa_name(level), moe_type_get(t)->name, nr,
+					          nt, k, got[k], want[k]);
+				compared += nr * nt;
 			}
 		free(xq);
 		free(x);
 		free(w);
 	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
-	cr_log_info("%d elements equal to the scalar level's", compared);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+	cr_log_info("%s: %d elements equal to the scalar level's", moe_isa_name(level), compared);
 }
+
+ISA_SIMD_TESTS(matmul, tiled_types_same_bits_as_scalar, tiled_types_same_bits_as_scalar)
 
 /* One token on Q4_0 rows longer than the transposed tiles' stack-held prep
  * (isa_avx2.h Q40_STACK_BLOCKS: 16384 columns), which then comes from the
  * heap, over enough rows (>= 16) that the AVX2 level takes its row runs too:
- * the scalar level's bits at every x86 level. */
-Test(matmul, q4_0_one_token_on_long_rows_same_bits)
+ * the scalar level's bits at each x86 level (one test per level). */
+static void q4_0_long_rows_same_bits(moe_isa level)
 {
 	enum { ROWS = 37, COLS = 32 * 600 };
-	const moe_isa levels[] = {MOE_ISA_AVX2, MOE_ISA_AVX512};
-	moe_isa orig = moe_isa_active();
 	uint8_t *w = make_weights(MOE_TYPE_Q4_0, ROWS, COLS);
 	float *x = malloc(sizeof(float) * COLS);
 	uint8_t *xq = malloc(moe_act_row_size(MOE_TYPE_Q4_0, COLS));
 	float want[ROWS], got[ROWS];
+	int compared = 0;
 	cr_assert(x != NULL && xq != NULL);
 	fill_f32(x, COLS);
 	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q4_0, xq, x, COLS), MOE_OK);
 	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
 	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_Q4_0, ROWS, COLS, xq, 1), MOE_OK);
-	for (int li = 0; li < 2; li++) {
-		if (!moe_isa_supported(levels[li])) {
-			cr_log_info("%s: not on this CPU, not compared", moe_isa_name(levels[li]));
-			continue;
-		}
-		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-		cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_Q4_0, ROWS, COLS, xq, 1), MOE_OK);
-		for (int r = 0; r < ROWS; r++)
-			cr_assert(memcmp(&want[r], &got[r], sizeof(float)) == 0,
-			          "%s: row %d: %.9g, scalar %.9g", moe_isa_name(levels[li]), r,
-			          got[r], want[r]);
-	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_Q4_0, ROWS, COLS, xq, 1), MOE_OK);
+	for (int r = 0; r < ROWS; r++, compared++)
+		cr_assert(memcmp(&want[r], &got[r], sizeof(float)) == 0,
+		          "%s: row %d: %.9g, scalar %.9g", moe_isa_name(level), r, got[r], want[r]);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
 	free(xq);
 	free(x);
 	free(w);
 }
+
+#if defined(__x86_64__)
+ISA_TEST_AT(matmul, q4_0_one_token_on_long_rows_same_bits, q4_0_long_rows_same_bits, MOE_ISA_AVX2,
+            avx2)
+ISA_TEST_AT(matmul, q4_0_one_token_on_long_rows_same_bits, q4_0_long_rows_same_bits, MOE_ISA_AVX512,
+            avx512)
+#endif
 
 /* One token against row counts that take the one-token 8x1 tile over long
  * runs of rows (isa_avx2.h run_lanes8: lane k walks the k-th of 8
  * runs, the last lanes clamped, each lane starting k * rotation rows in and
  * wrapping; the rotation is 1 to 3 for many of these shapes' 144-, 160- and
  * 272-byte rows): every element equals its row alone, at every ISA level. */
-Test(matmul, one_token_over_row_runs_equals_rows_alone)
+static void one_token_over_row_runs(moe_isa level)
 {
-	const moe_isa levels[] = {MOE_ISA_SCALAR, MOE_ISA_AVX2, MOE_ISA_AVX512, MOE_ISA_NEON};
 	/* one thread: runs of max(16, rows / 8 rounded down to 16) rows */
 	const int64_t counts[] = {16, 17, 23, 37, 130, 300, 2100};
 	enum { COLS = 256, MAXR = 2100 };
-	moe_isa orig = moe_isa_active();
-	for (int li = 0; li < 4; li++) {
-		if (!moe_isa_supported(levels[li]))
-			continue;
-		cr_assert_eq(moe_isa_set(levels[li]), MOE_OK);
-		for (size_t ti = 0; ti < N_TYPES; ti++) {
-			moe_type t = types[ti];
-			uint8_t *w = make_weights(t, MAXR, COLS);
-			size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
-			float x[COLS], alone;
-			float *y = malloc(sizeof(float) * MAXR);
-			uint8_t *xq = malloc(as);
-			cr_assert(xq != NULL && y != NULL);
-			fill_f32(x, COLS);
-			cr_assert_eq(moe_quantize_act(t, xq, x, COLS), MOE_OK);
-			for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++) {
-				const int64_t n = counts[ci];
-				cr_assert_eq(moe_matmul_q(NULL, y, w, t, n, COLS, xq, 1), MOE_OK);
-				for (int64_t r = 0; r < n; r++) {
-					cr_assert_eq(moe_matmul_q(NULL, &alone, w + r * rs, t, 1,
-					                          COLS, xq, 1),
-					             MOE_OK);
-					cr_assert(memcmp(&y[r], &alone, sizeof(float)) == 0,
-					          "%s %s: %lld rows, row %lld: %.9g vs %.9g alone",
-					          moe_isa_name(levels[li]), moe_type_get(t)->name,
-					          (long long)n, (long long)r, y[r], alone);
-				}
+	int compared = 0;
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	for (size_t ti = 0; ti < N_TYPES; ti++) {
+		moe_type t = types[ti];
+		uint8_t *w = make_weights(t, MAXR, COLS);
+		size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+		float x[COLS], alone;
+		float *y = malloc(sizeof(float) * MAXR);
+		uint8_t *xq = malloc(as);
+		cr_assert(xq != NULL && y != NULL);
+		fill_f32(x, COLS);
+		cr_assert_eq(moe_quantize_act(t, xq, x, COLS), MOE_OK);
+		for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++) {
+			const int64_t n = counts[ci];
+			cr_assert_eq(moe_matmul_q(NULL, y, w, t, n, COLS, xq, 1), MOE_OK);
+			for (int64_t r = 0; r < n; r++) {
+				cr_assert_eq(
+				    moe_matmul_q(NULL, &alone, w + r * rs, t, 1, COLS, xq, 1),
+				    MOE_OK);
+				cr_assert(memcmp(&y[r], &alone, sizeof(float)) == 0,
+				          "%s %s: %lld rows, row %lld: %.9g vs %.9g alone",
+				          moe_isa_name(level), moe_type_get(t)->name, (long long)n,
+				          (long long)r, y[r], alone);
+				compared++;
 			}
-			free(y);
-			free(xq);
-			free(w);
 		}
+		free(y);
+		free(xq);
+		free(w);
 	}
-	cr_assert_eq(moe_isa_set(orig), MOE_OK);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
 }
+
+ISA_LEVEL_TESTS(matmul, one_token_over_row_runs_equals_rows_alone, one_token_over_row_runs)

@@ -1,4 +1,8 @@
-/* test_proto.c - frames of the cluster protocol and validation of headers. */
+/* test_proto.c - frames of the cluster protocol and validation of headers:
+ * hand-made frames for each check, and a seeded fuzz run that starts from
+ * valid DISPATCH, ASSIGN and RESULT frames, mutates their fields, header
+ * bytes, lengths and prefixes, and holds every outcome of moe_frame_parse and
+ * moe_proto_read_* to the documented contract. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -322,32 +326,586 @@ Test(proto, assign_checks_layers_and_experts)
 	}
 }
 
-Test(proto, random_bytes_never_crash)
-{
-	uint32_t s = 12345;
-	uint8_t buf[256];
-	moe_frame f;
+/* ---- fuzzing: valid frames, mutated ------------------------------------------------- */
 
-	for (int it = 0; it < 20000; it++) {
-		size_t n = 0;
-		s = s * 1664525u + 1013904223u;
-		n = s % sizeof(buf);
-		for (size_t i = 0; i < n; i++) {
-			s = s * 1664525u + 1013904223u;
-			buf[i] = (uint8_t)(s >> 24);
+/* Each iteration makes a valid DISPATCH, ASSIGN or RESULT message with random
+ * contents, then maybe (1) changes one field to a value the reader must refuse
+ * or one it must accept, (2) mutates the packed header bytes (bit flips,
+ * overwrites, cuts, insertions, repeats), (3) changes the payload length or
+ * the kind, (4) corrupts the 24-byte prefix, the padding or the frame length.
+ * Frames whose prefix was left alone are laid out consistently, so they pass
+ * moe_frame_parse and reach the reader of their kind.  What is known of the
+ * outcome is asserted (a frame built right parses; an untouched or validly
+ * changed message is accepted; a refused field is refused); anything a
+ * reader accepts must satisfy its documented checks, and a refusal must leave
+ * *out NULL and use a documented error. */
+
+enum { FZ_DISPATCH, FZ_ASSIGN, FZ_RESULT, FZ_KINDS };
+enum { FZ_UNKNOWN, FZ_ACCEPT, FZ_REJECT };
+enum { FZ_ITERATIONS = 30000, FZ_MAX_HEADER = 1024 };
+
+static uint64_t fz_state;
+
+static uint64_t fz_next(void) /* splitmix64 */
+{
+	uint64_t z = (fz_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint32_t fz_below(uint32_t n)
+{
+	return (uint32_t)(fz_next() % n);
+}
+
+static bool fz_chance(unsigned percent)
+{
+	return fz_below(100) < percent;
+}
+
+/* A value >= bound: half the time bound itself, often bound + 1, else any. */
+static uint32_t fz_at_least(uint32_t bound)
+{
+	const uint32_t r = fz_below(4);
+	return r < 2 ? bound : r == 2 ? bound + 1 : bound + fz_below(UINT32_MAX - bound);
+}
+
+typedef struct fz_case {
+	moe_msg_kind kind;
+	uint8_t hdr[FZ_MAX_HEADER];
+	size_t hlen;
+	size_t plen;
+	int expect;         /* FZ_ACCEPT / FZ_REJECT / FZ_UNKNOWN by the reader */
+	bool prefix_broken; /* the frame layout was corrupted: parse may refuse */
+	/* RESULT: what the reader is told the dispatch was */
+	uint64_t step;
+	uint32_t layer, n_tokens, n_embd;
+} fz_case;
+
+static void fz_pack(fz_case *c, const ProtobufCMessage *m)
+{
+	c->hlen = protobuf_c_message_get_packed_size(m);
+	cr_assert_leq(c->hlen, sizeof(c->hdr));
+	protobuf_c_message_pack(m, c->hdr);
+}
+
+/* Activation types a DISPATCH may carry, with their row bytes for n_embd 128. */
+static const struct {
+	moe_type t;
+	size_t row;
+} fz_act[] = {{MOE_TYPE_F32, 512}, {MOE_TYPE_Q8_0, 136}, {MOE_TYPE_Q8_1, 144}};
+
+static void fz_dispatch(fz_case *c)
+{
+	Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
+	int32_t ids[8 * 4 + 1];
+	float w[8 * 4 + 1];
+	const uint32_t n_tok = 1 + fz_below(8);
+	const int at = (int)fz_below(3);
+
+	d.step = fz_next();
+	d.layer = fz_below(lim.n_layer);
+	d.n_tokens = n_tok;
+	d.act_type = fz_act[at].t;
+	d.n_embd = lim.n_embd;
+	d.n_used = lim.n_expert_used;
+	d.n_expert_ids = d.n_weights = n_tok * lim.n_expert_used;
+	d.expert_ids = ids;
+	d.weights = w;
+	for (size_t i = 0; i < d.n_expert_ids; i++) {
+		ids[i] = (int32_t)fz_below(lim.n_expert + 1) - 1; /* -1 .. n_expert-1 */
+		w[i] = (float)(fz_next() >> 40) / 16777216.0f;
+	}
+	c->kind = MOE_MSG_DISPATCH;
+	c->plen = fz_act[at].row * n_tok;
+	c->expect = FZ_ACCEPT;
+	if (fz_chance(40)) {
+		const size_t i = fz_below((uint32_t)d.n_expert_ids);
+		c->expect = FZ_REJECT;
+		switch (fz_below(14)) {
+		case 0:
+			d.layer = fz_at_least(lim.n_layer);
+			break;
+		case 1:
+			d.n_tokens = fz_chance(30) ? 0 : fz_at_least(lim.max_tokens + 1);
+			break;
+		case 2:
+			d.n_embd =
+			    fz_chance(50) ? fz_below(lim.n_embd) : fz_at_least(lim.n_embd + 1);
+			break;
+		case 3:
+			d.n_used = fz_chance(50) ? fz_below(lim.n_expert_used)
+			                         : fz_at_least(lim.n_expert_used + 1);
+			break;
+		case 4:
+			d.n_expert_ids += fz_chance(50) ? 1 : -1;
+			ids[d.n_expert_ids - 1] = 0;
+			break;
+		case 5:
+			d.n_weights += fz_chance(50) ? 1 : -1;
+			w[d.n_weights - 1] = 0;
+			break;
+		case 6: {
+			const uint32_t big = fz_at_least(lim.n_expert);
+			ids[i] = fz_chance(60)   ? (big > INT32_MAX ? INT32_MAX : (int32_t)big)
+			         : fz_chance(50) ? -2
+			                         : -2 - (int32_t)fz_below(INT32_MAX - 1);
+			break;
 		}
-		if (n >= 8 && (it & 1)) { /* keep a valid prefix half the time */
-			buf[0] = 'M';
-			buf[1] = 'O';
-			buf[2] = 'E';
-			buf[3] = '1';
-			buf[4] = 1;
-			buf[5] = 0;
-		}
-		if (moe_frame_parse(&f, buf, n) == MOE_OK && f.kind == MOE_MSG_DISPATCH) {
-			Moemesh__Dispatch *d = NULL;
-			if (moe_proto_read_dispatch(&d, &f, &lim) == MOE_OK)
-				moemesh__dispatch__free_unpacked(d, NULL);
+		case 7:
+			w[i] = fz_chance(50) ? NAN : fz_chance(50) ? INFINITY : -INFINITY;
+			break;
+		case 8:
+			d.act_type = fz_chance(30)   ? MOE_TYPE_Q4_K
+			             : fz_chance(50) ? MOE_TYPE_Q8_K /* no rows of 128 */
+			                             : fz_at_least(MOE_TYPE_COUNT);
+			break;
+		case 9: /* a payload one byte, one row or many rows off */
+			c->plen = fz_chance(30)   ? c->plen + 1
+			          : fz_chance(50) ? c->plen - fz_act[at].row
+			                          : c->plen + fz_act[at].row * (1 + fz_below(3));
+			break;
+		case 10: /* another activation type whose rows fit: valid */
+			d.act_type = fz_act[(at + 1) % 3].t;
+			c->plen = fz_act[(at + 1) % 3].row * n_tok;
+			c->expect = FZ_ACCEPT;
+			break;
+		case 11: /* slots of other workers, weights of any sign: valid */
+			ids[i] = -1;
+			w[i] = -w[i];
+			c->expect = FZ_ACCEPT;
+			break;
+		case 12: /* the largest expert id and the smallest float: valid */
+			ids[i] = (int32_t)lim.n_expert - 1;
+			w[i] = 1e-45f;
+			c->expect = FZ_ACCEPT;
+			break;
+		default: /* an empty payload with tokens */
+			c->plen = 0;
+			break;
 		}
 	}
+	fz_pack(c, &d.base);
+}
+
+static void fz_assign(fz_case *c)
+{
+	Moemesh__Assign a = MOEMESH__ASSIGN__INIT;
+	Moemesh__LayerExperts le[5], *lp[5];
+	Moemesh__ExpertRange rg[5][3], *rp[5][3];
+	uint32_t ex[5][4];
+	uint32_t order[4] = {0, 1, 2, 3};
+
+	for (int i = 3; i > 0; i--) { /* distinct layers in random order */
+		uint32_t j = fz_below((uint32_t)i + 1), t = order[i];
+		order[i] = order[j];
+		order[j] = t;
+	}
+	a.n_layers = 1 + fz_below(lim.n_layer);
+	a.layers = lp;
+	for (size_t l = 0; l < 5; l++) {
+		moemesh__layer_experts__init(&le[l]);
+		lp[l] = &le[l];
+		le[l].layer = l < 4 ? order[l] : order[0];
+		le[l].n_ranges = fz_below(4);
+		le[l].ranges = rp[l];
+		for (size_t r = 0; r < 3; r++) {
+			moemesh__expert_range__init(&rg[l][r]);
+			rp[l][r] = &rg[l][r];
+			rg[l][r].first = fz_below(lim.n_expert);
+			rg[l][r].count = 1 + fz_below(lim.n_expert - rg[l][r].first);
+		}
+		le[l].n_experts = fz_below(5);
+		le[l].experts = ex[l];
+		for (size_t e = 0; e < 4; e++)
+			ex[l][e] = fz_below(lim.n_expert);
+	}
+	c->kind = MOE_MSG_ASSIGN;
+	c->plen = 0;
+	c->expect = FZ_ACCEPT;
+	if (fz_chance(40)) {
+		const uint32_t l = fz_below((uint32_t)a.n_layers);
+		c->expect = FZ_REJECT;
+		switch (fz_below(7)) {
+		case 0:
+			le[l].layer = fz_at_least(lim.n_layer);
+			break;
+		case 1: /* a layer twice */
+			if (a.n_layers == lim.n_layer)
+				le[l].layer = le[(l + 1) % a.n_layers].layer;
+			else
+				a.n_layers++, le[a.n_layers - 1].layer = le[l].layer;
+			break;
+		case 2: /* an empty range */
+			le[l].n_ranges = 1 + fz_below(3);
+			rg[l][fz_below((uint32_t)le[l].n_ranges)].count = 0;
+			break;
+		case 3: /* a range past the end, or wrapping around 2^32 */
+			le[l].n_ranges = 1 + fz_below(3);
+			if (fz_chance(70)) { /* mostly ending at n_expert + 1 */
+				rg[l][0].first = fz_below(lim.n_expert + 1);
+				rg[l][0].count = lim.n_expert + 1 - rg[l][0].first;
+				rg[l][0].count += fz_chance(50) ? 0 : fz_below(8);
+			} else {
+				rg[l][0].first = UINT32_MAX - fz_below(4);
+				rg[l][0].count = 1 + fz_below(8);
+			}
+			break;
+		case 4: {
+			le[l].n_experts = 1 + fz_below(4);
+			const uint32_t bad = fz_at_least(lim.n_expert);
+			ex[l][fz_below((uint32_t)le[l].n_experts)] = bad;
+			break;
+		}
+		case 5: /* the last expert, alone and as a range: valid */
+			le[l].n_ranges = le[l].n_experts = 1;
+			rg[l][0].first = ex[l][0] = lim.n_expert - 1;
+			rg[l][0].count = 1;
+			c->expect = FZ_ACCEPT;
+			break;
+		default: /* no layers at all: valid */
+			a.n_layers = 0;
+			c->expect = FZ_ACCEPT;
+			break;
+		}
+	}
+	fz_pack(c, &a.base);
+}
+
+static void fz_result(fz_case *c)
+{
+	Moemesh__Result r = MOEMESH__RESULT__INIT;
+
+	r.step = fz_next();
+	r.step >>= fz_below(64);
+	r.layer = fz_below(lim.n_layer);
+	r.n_tokens = 1 + fz_below(4);
+	r.n_embd = lim.n_embd;
+	r.compute_ns = fz_next();
+	r.compute_ns >>= fz_below(64);
+	c->kind = MOE_MSG_RESULT;
+	c->step = r.step;
+	c->layer = r.layer;
+	c->n_tokens = r.n_tokens;
+	c->n_embd = r.n_embd;
+	c->plen = (size_t)r.n_tokens * r.n_embd * 8;
+	c->expect = FZ_ACCEPT;
+	if (fz_chance(40)) {
+		c->expect = FZ_REJECT;
+		switch (fz_below(6)) {
+		case 0:
+			c->step ^= (uint64_t)1 << fz_below(64);
+			break;
+		case 1:
+			c->layer = r.layer + 1 + fz_below(3);
+			break;
+		case 2:
+			c->n_tokens = r.n_tokens + 1;
+			break;
+		case 3:
+			c->n_embd = 2 * r.n_embd;
+			break;
+		case 4:
+			c->plen = fz_chance(50) ? c->plen - 8 : c->plen + 1 + fz_below(16);
+			break;
+		default: /* the time it took is free: valid */
+			r.compute_ns = fz_next();
+			c->expect = FZ_ACCEPT;
+			break;
+		}
+	}
+	fz_pack(c, &r.base);
+}
+
+/* Mutates the packed header bytes; the reader's outcome is then unknown. */
+static void fz_mutate_header(fz_case *c)
+{
+	for (int n = 1 + (int)fz_below(4); n > 0; n--) {
+		const size_t at = c->hlen ? fz_below((uint32_t)c->hlen) : 0;
+		switch (fz_below(6)) {
+		case 0:
+		case 1:
+			if (c->hlen)
+				c->hdr[at] ^= (uint8_t)(1u << fz_below(8));
+			break;
+		case 2: {
+			static const uint8_t v[] = {0x00, 0x01, 0x7f, 0x80, 0xff};
+			if (c->hlen)
+				c->hdr[at] = fz_chance(50) ? v[fz_below(5)] : (uint8_t)fz_next();
+			break;
+		}
+		case 3:
+			c->hlen = fz_below((uint32_t)c->hlen + 1);
+			break;
+		case 4: { /* insert 1..8 random bytes */
+			size_t k = 1 + fz_below(8);
+			if (c->hlen + k > sizeof(c->hdr))
+				break;
+			memmove(c->hdr + at + k, c->hdr + at, c->hlen - at);
+			for (size_t i = 0; i < k; i++)
+				c->hdr[at + i] = (uint8_t)fz_next();
+			c->hlen += k;
+			break;
+		}
+		default: { /* repeat a piece (protobuf merges repeated fields) */
+			size_t k = fz_below((uint32_t)(c->hlen - at) + 1);
+			if (c->hlen + k > sizeof(c->hdr))
+				break;
+			memcpy(c->hdr + c->hlen, c->hdr + at, k);
+			c->hlen += k;
+			break;
+		}
+		}
+	}
+	c->expect = FZ_UNKNOWN;
+}
+
+static void fz_wr(uint8_t *p, uint64_t v, int bytes)
+{
+	for (int i = 0; i < bytes; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The frame of c laid out as proto.h says, then maybe corrupted; *len is its
+ * length, and the bytes are an allocation of exactly that size (ASan). */
+static uint8_t *fz_frame(fz_case *c, size_t *len)
+{
+	const size_t off = moe_frame_payload_offset(c->hlen);
+	size_t n = off + c->plen;
+	uint8_t *b = calloc(1, n + 16);
+	cr_assert_not_null(b);
+	fz_wr(b, MOE_PROTO_MAGIC, 4);
+	fz_wr(b + 4, MOE_PROTO_VERSION, 2);
+	fz_wr(b + 6, c->kind, 2);
+	fz_wr(b + 8, c->hlen, 4);
+	fz_wr(b + 16, c->plen, 8);
+	memcpy(b + MOE_PROTO_PREFIX, c->hdr, c->hlen);
+	for (size_t i = off; i < n; i++)
+		b[i] = (uint8_t)fz_next();
+	c->prefix_broken = false;
+	if (fz_chance(12)) {
+		c->prefix_broken = true;
+		c->expect = FZ_UNKNOWN;
+		switch (fz_below(8)) {
+		case 0: {
+			const uint32_t at = fz_below(MOE_PROTO_PREFIX);
+			b[at] = (uint8_t)fz_next();
+			break;
+		}
+		case 1: { /* header length off by a little or a lot */
+			static const int64_t d[] = {-64, -1, 1, 64, 1 << 20, -(1 << 20)};
+			fz_wr(b + 8, (uint64_t)((int64_t)c->hlen + d[fz_below(6)]), 4);
+			break;
+		}
+		case 2: {
+			static const int64_t d[] = {
+			    -8, -1, 1, 8, (int64_t)1 << 30, (int64_t)1 << 62};
+			fz_wr(b + 16, (uint64_t)((int64_t)c->plen + d[fz_below(6)]), 8);
+			break;
+		}
+		case 3: /* cut */
+			n -= fz_below((uint32_t)(n < 64 ? n : 64) + 1);
+			break;
+		case 4: /* trailing bytes */
+			n += 1 + fz_below(16);
+			break;
+		case 5: /* padding not zero */
+			if (off > MOE_PROTO_PREFIX + c->hlen) {
+				const size_t at =
+				    MOE_PROTO_PREFIX + c->hlen +
+				    fz_below((uint32_t)(off - MOE_PROTO_PREFIX - c->hlen));
+				b[at] = (uint8_t)(1 + fz_below(255));
+			}
+			break;
+		case 6: /* any kind */
+			fz_wr(b + 6, fz_below(MOE_MSG_KIND_COUNT + 3), 2);
+			break;
+		default:
+			fz_wr(b + 12, 1 + fz_below(UINT32_MAX), 4);
+			break;
+		}
+	}
+	uint8_t *exact = malloc(n ? n : 1);
+	cr_assert_not_null(exact);
+	memcpy(exact, b, n);
+	free(b);
+	*len = n;
+	return exact;
+}
+
+/* The documented checks of an accepted DISPATCH. */
+static void fz_check_dispatch(const Moemesh__Dispatch *d, const moe_frame *f)
+{
+	cr_assert_lt(d->layer, lim.n_layer);
+	cr_assert(d->n_tokens >= 1 && d->n_tokens <= lim.max_tokens, "n_tokens %u", d->n_tokens);
+	cr_assert_eq(d->n_embd, lim.n_embd);
+	cr_assert_eq(d->n_used, lim.n_expert_used);
+	cr_assert_eq(d->n_expert_ids, (size_t)d->n_tokens * d->n_used);
+	cr_assert_eq(d->n_weights, (size_t)d->n_tokens * d->n_used);
+	for (size_t i = 0; i < d->n_expert_ids; i++) {
+		cr_assert(d->expert_ids[i] >= -1 && d->expert_ids[i] < (int32_t)lim.n_expert,
+		          "accepted expert_ids[%zu] = %d", i, d->expert_ids[i]);
+		cr_assert(isfinite(d->weights[i]), "accepted weights[%zu] = %g", i, d->weights[i]);
+	}
+	size_t row = 0;
+	for (size_t k = 0; k < 3; k++)
+		if (d->act_type == (uint32_t)fz_act[k].t)
+			row = fz_act[k].row;
+	cr_assert_gt(row, 0, "accepted act_type %u", d->act_type);
+	cr_assert_eq(f->payload_len, row * d->n_tokens, "payload %zu for %u rows of %zu bytes",
+	             f->payload_len, d->n_tokens, row);
+}
+
+static void fz_check_assign(const Moemesh__Assign *a)
+{
+	for (size_t i = 0; i < a->n_layers; i++) {
+		const Moemesh__LayerExperts *le = a->layers[i];
+		cr_assert_lt(le->layer, lim.n_layer);
+		for (size_t j = 0; j < i; j++)
+			cr_assert_neq(a->layers[j]->layer, le->layer, "layer %u twice", le->layer);
+		for (size_t j = 0; j < le->n_ranges; j++) {
+			cr_assert_gt(le->ranges[j]->count, 0);
+			cr_assert_leq((uint64_t)le->ranges[j]->first + le->ranges[j]->count,
+			              lim.n_expert);
+		}
+		for (size_t j = 0; j < le->n_experts; j++)
+			cr_assert_lt(le->experts[j], lim.n_expert);
+	}
+}
+
+Test(proto, mutated_frames_reach_the_parsers)
+{
+	static const char *const names[FZ_KINDS] = {"DISPATCH", "ASSIGN", "RESULT"};
+	int parse_ok = 0, parse_refused = 0, other_kind = 0;
+	int reached[FZ_KINDS] = {0}, accepted[FZ_KINDS] = {0}, refused[FZ_KINDS] = {0};
+	int undecoded[FZ_KINDS] = {0}; /* refused as MOE_ERR_PROTO */
+
+	fz_state = 20240611;
+	for (int it = 0; it < FZ_ITERATIONS; it++) {
+		fz_case c;
+		memset(&c, 0, sizeof(c));
+		const int gen = (int)fz_below(FZ_KINDS);
+		if (gen == FZ_DISPATCH)
+			fz_dispatch(&c);
+		else if (gen == FZ_ASSIGN)
+			fz_assign(&c);
+		else
+			fz_result(&c);
+		if (fz_chance(45))
+			fz_mutate_header(&c);
+		if (fz_chance(5)) { /* read as another kind */
+			static const moe_msg_kind k[] = {MOE_MSG_DISPATCH, MOE_MSG_ASSIGN,
+			                                 MOE_MSG_RESULT};
+			c.kind = k[fz_below(3)];
+			c.expect = FZ_UNKNOWN;
+		}
+		if (fz_chance(5)) { /* payload length: the reader may refuse or ignore it */
+			c.plen += 1 + fz_below(300);
+			c.expect = FZ_UNKNOWN;
+		}
+		size_t len;
+		uint8_t *buf = fz_frame(&c, &len);
+		moe_frame f;
+		moe_err err = moe_frame_parse(&f, buf, len);
+		if (err != MOE_OK) {
+			cr_assert(c.prefix_broken,
+			          "iteration %d: a well-formed frame is refused: %s", it,
+			          moe_err_detail());
+			cr_assert(err == MOE_ERR_TRUNCATED || err == MOE_ERR_BAD_MAGIC ||
+			              err == MOE_ERR_BAD_VERSION || err == MOE_ERR_BAD_TYPE ||
+			              err == MOE_ERR_BAD_COUNT || err == MOE_ERR_BAD_VALUE,
+			          "iteration %d: frame error %s", it, moe_err_name(err));
+			parse_refused++;
+			free(buf);
+			continue;
+		}
+		parse_ok++;
+		cr_assert_eq(f.header, buf + MOE_PROTO_PREFIX);
+		cr_assert_eq((size_t)(f.payload - buf) % MOE_PROTO_ALIGN, 0);
+		cr_assert_eq(f.payload + f.payload_len, buf + len,
+		             "iteration %d: the frame has bytes after its payload", it);
+		cr_assert_leq(f.header + f.header_len, f.payload);
+		int k;
+		err = MOE_OK;
+		if (f.kind == MOE_MSG_DISPATCH) {
+			Moemesh__Dispatch *d = NULL;
+			k = FZ_DISPATCH;
+			err = moe_proto_read_dispatch(&d, &f, &lim);
+			if (err == MOE_OK) {
+				fz_check_dispatch(d, &f);
+				moemesh__dispatch__free_unpacked(d, NULL);
+			} else {
+				cr_assert_null(d);
+				cr_assert(err == MOE_ERR_PROTO || err == MOE_ERR_BAD_VALUE ||
+				              err == MOE_ERR_BAD_COUNT || err == MOE_ERR_BAD_TYPE,
+				          "iteration %d: DISPATCH error %s", it, moe_err_name(err));
+			}
+		} else if (f.kind == MOE_MSG_ASSIGN) {
+			Moemesh__Assign *a = NULL;
+			k = FZ_ASSIGN;
+			err = moe_proto_read_assign(&a, &f, &lim);
+			if (err == MOE_OK) {
+				fz_check_assign(a);
+				moemesh__assign__free_unpacked(a, NULL);
+			} else {
+				cr_assert_null(a);
+				cr_assert(err == MOE_ERR_PROTO || err == MOE_ERR_BAD_VALUE ||
+				              err == MOE_ERR_DUPLICATE,
+				          "iteration %d: ASSIGN error %s", it, moe_err_name(err));
+			}
+		} else if (f.kind == MOE_MSG_RESULT) {
+			Moemesh__Result *r = NULL;
+			k = FZ_RESULT;
+			err = moe_proto_read_result(&r, &f, c.step, c.layer, c.n_tokens, c.n_embd);
+			if (err == MOE_OK) {
+				cr_assert(r->step == c.step && r->layer == c.layer &&
+				          r->n_tokens == c.n_tokens && r->n_embd == c.n_embd);
+				cr_assert_eq(f.payload_len, (size_t)c.n_tokens * c.n_embd * 8);
+				moemesh__result__free_unpacked(r, NULL);
+			} else {
+				cr_assert_null(r);
+				cr_assert(err == MOE_ERR_PROTO || err == MOE_ERR_BAD_COUNT,
+				          "iteration %d: RESULT error %s", it, moe_err_name(err));
+			}
+		} else {
+			other_kind++; /* a corrupted kind field named another message */
+			free(buf);
+			continue;
+		}
+		reached[k]++;
+		if (err == MOE_OK)
+			accepted[k]++;
+		else
+			refused[k]++;
+		undecoded[k] += err == MOE_ERR_PROTO;
+		if (c.expect == FZ_ACCEPT)
+			cr_assert_eq(err, MOE_OK, "iteration %d: valid %s refused: %s", it,
+			             names[k], moe_err_detail());
+		else if (c.expect == FZ_REJECT)
+			cr_assert_neq(err, MOE_OK, "iteration %d: invalid %s accepted", it,
+			              names[k]);
+		free(buf);
+	}
+	cr_log_info("%d iterations: %d frames parsed, %d refused, %d of other kinds", FZ_ITERATIONS,
+	            parse_ok, parse_refused, other_kind);
+	for (int k = 0; k < FZ_KINDS; k++) {
+		cr_log_info("%s: %d reached the reader, %d accepted, %d refused (%d as "
+		            "undecodable or not answering)",
+		            names[k], reached[k], accepted[k], refused[k], undecoded[k]);
+		/* a third of the iterations make each kind; most of those must get
+		 * past the prefix, and both outcomes must be common */
+		cr_assert_geq(reached[k], FZ_ITERATIONS / 4, "%s reached its reader %d times",
+		              names[k], reached[k]);
+		cr_assert_geq(accepted[k], FZ_ITERATIONS / 20, "%s accepted %d times", names[k],
+		              accepted[k]);
+		cr_assert_geq(refused[k], FZ_ITERATIONS / 20, "%s refused %d times", names[k],
+		              refused[k]);
+		if (k != FZ_RESULT) /* RESULT's field checks are MOE_ERR_PROTO too */
+			cr_assert_geq(refused[k] - undecoded[k], FZ_ITERATIONS / 40,
+			              "%s: %d refused after decoding", names[k],
+			              refused[k] - undecoded[k]);
+	}
+	cr_assert_gt(parse_refused, FZ_ITERATIONS / 50, "moe_frame_parse refused %d frames",
+	             parse_refused);
 }
