@@ -103,7 +103,13 @@ say "platform: $os_id ($arch)"
 # --- 2. packages ----------------------------------------------------------------
 pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libopenblas-dev libcriterion-dev libcjson-dev libpcre2-dev libutf8proc-dev
-      libssl-dev libmicrohttpd-dev gnuplot-nox python3 curl iproute2"
+      libssl-dev libmicrohttpd-dev gnuplot-nox python3 python3-jinja2 curl iproute2"
+# The tests drive the server with the official OpenAI and Anthropic SDKs
+# (tests/sdk, from npm): Node.js and npm, unless some are on PATH already
+# (e.g. NodeSource's nodejs, which carries its own npm).
+if [ "$mode" = test ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
+	pkgs="$pkgs nodejs npm"
+fi
 case "$os_id $os_like" in
 *debian* | *ubuntu*)
 	missing=
@@ -181,6 +187,12 @@ fi
 if [ "$mode" = test ]; then
 	say "building build/asan (AddressSanitizer + UndefinedBehaviorSanitizer)"
 	build_tree build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON -DMOE_TESTS=ON
+	# the SDKs the tests use, as the lock file pins them
+	if [ ! -f tests/sdk/node_modules/.package-lock.json ] ||
+		[ tests/sdk/package-lock.json -nt tests/sdk/node_modules/.package-lock.json ]; then
+		say "installing the test clients (npm ci in tests/sdk)"
+		npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error
+	fi
 	say "test suite, release build"
 	(cd build/release && ctest --output-on-failure -j "$jobs")
 	say "test suite, ASan/UBSan build"

@@ -262,3 +262,36 @@ Test(serve, random_bodies_never_get_a_5xx_nor_crash_it, .timeout = 300)
 {
 	run_case("fuzz", kjv(), NULL, NULL);
 }
+
+/* Runs `node tests/sdk/SCRIPT.mjs CASE PORT` (the official SDKs, installed in
+ * tests/sdk/node_modules by deploy/install.sh test); asserts exit 0. */
+static void sdk(const char *script, const char *c, const server *s)
+{
+	char port[16], js[64];
+	snprintf(port, sizeof port, "%d", s->port);
+	snprintf(js, sizeof js, "tests/sdk/%s.mjs", script);
+	const char *argv[] = {"node", path_in("MOE_SOURCE_DIR", js), c, port, NULL};
+	pid_t pid;
+	cr_assert_eq(posix_spawnp(&pid, "node", NULL, NULL, (char *const *)argv, environ), 0,
+	             "cannot start node (deploy/install.sh test installs it)");
+	int st = 0;
+	waitpid(pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s SDK case %s failed (status %d)",
+	          script, c, st);
+}
+
+Test(serve, openai_sdk_chat_stream_and_errors, .timeout = 300)
+{
+	server s = start(kjv(), NULL, true, NULL, 0);
+	sdk("openai", "basic", &s);
+	sdk("openai", "errors", &s);
+	stop(&s);
+}
+
+Test(serve, anthropic_sdk_messages_stream_and_errors, .timeout = 300)
+{
+	server s = start(kjv(), NULL, true, NULL, 0);
+	sdk("anthropic", "basic", &s);
+	sdk("anthropic", "errors", &s);
+	stop(&s);
+}
