@@ -39,6 +39,12 @@ void g_buf_utf8(g_buf *b, uint32_t cp);
 /* Appends bytes as the inside of a grammar literal (no quotes). */
 void g_buf_lit(g_buf *b, const char *s, size_t n);
 
+/* Appends to out the grammar expression for the JSON-encoded strings whose
+ * decoded text the regex re (len bytes; the subset of grammar.h) matches,
+ * without the quotes.  Errors: MOE_ERR_UNSUPPORTED (a feature outside the
+ * subset, named), MOE_ERR_FORMAT (not a regex), MOE_ERR_NOMEM. (regex.c) */
+moe_err g_regex_to_gbnf(g_buf *out, const char *re, size_t len);
+
 /* ---- arrays of uint32_t ---------------------------------------------------------- */
 
 typedef struct g_vec {
