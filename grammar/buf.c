@@ -48,16 +48,20 @@ void g_buf_puts(g_buf *b, const char *s)
 
 void g_buf_printf(g_buf *b, const char *fmt, ...)
 {
-	char tmp[256];
 	va_list ap;
 	va_start(ap, fmt);
-	int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	int k = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	if (k < 0 || (size_t)k >= sizeof tmp) {
+	if (k < 0) {
 		b->failed = 1;
 		return;
 	}
-	g_buf_put(b, tmp, (size_t)k);
+	if (!buf_grow(b, (size_t)k))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->n, (size_t)k + 1, fmt, ap);
+	va_end(ap);
+	b->n += (size_t)k;
 }
 
 void g_buf_utf8(g_buf *b, uint32_t cp)

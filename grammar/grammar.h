@@ -103,7 +103,7 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len);
  *
  * Whitespace: between structural tokens, either nothing, one space, or one
  * newline followed by at most 24 spaces or tabs; numbers take at most 16
- * integer digits, 16 fraction digits and 3 exponent digits.  So the model
+ * integer digits, 16 fraction digits and 2 exponent digits.  So the model
  * cannot loop on whitespace or digits; only strings without maxLength are
  * unbounded.  Errors: MOE_ERR_FORMAT (not JSON, or a keyword of the wrong
  * type), MOE_ERR_UNSUPPORTED, MOE_ERR_NOT_FOUND (a $ref that does not
