@@ -940,6 +940,13 @@ Test(grammar, rollback_and_clone)
 	cr_assert_eq(moe_grammar_matcher_n_steps(m), n + 1);
 	cr_assert_eq(moe_grammar_matcher_rollback(m, n + 2), MOE_ERR_INVAL);
 	uint32_t *mask = malloc(words * 4);
+	/* back several steps at once, then forward again */
+	cr_assert(moe_grammar_matcher_rollback(m, n / 3 + 1) == MOE_OK);
+	cr_assert(moe_grammar_matcher_fill_mask(m, mask) == MOE_OK);
+	cr_assert(!memcmp(mask, masks[n - n / 3], words * 4), "after rollback of %zu", n / 3 + 1);
+	for (size_t k = n - n / 3; k < n; k++)
+		cr_assert(moe_grammar_matcher_accept_token(m, ids[k]) == MOE_OK);
+	cr_assert(moe_grammar_matcher_accept_token(m, im_end()) == MOE_OK);
 	/* back step by step: every earlier mask again */
 	for (size_t k = n + 1; k-- > 0;) {
 		cr_assert(moe_grammar_matcher_rollback(m, 1) == MOE_OK);
