@@ -36,7 +36,8 @@ void g_buf_put(g_buf *b, const char *s, size_t n)
 {
 	if (!buf_grow(b, n))
 		return;
-	memcpy(b->p + b->n, s, n);
+	if (n > 0)
+		memcpy(b->p + b->n, s, n);
 	b->n += n;
 	b->p[b->n] = 0;
 }

@@ -475,7 +475,8 @@ static moe_err expand_state(dfa_build *d, uint32_t x)
 				}
 			}
 		}
-		qsort(d->pairs.v, d->pairs.n / 2, 2 * sizeof(uint32_t), cmp_pair64);
+		if (d->pairs.n > 0)
+			qsort(d->pairs.v, d->pairs.n / 2, 2 * sizeof(uint32_t), cmp_pair64);
 		for (size_t i = 0; i < d->pairs.n;) {
 			uint32_t key = d->pairs.v[i];
 			d->tmp.n = 0;

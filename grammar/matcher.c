@@ -109,7 +109,8 @@ moe_err moe_grammar_matcher_clone(moe_grammar_matcher **out, const moe_grammar_m
 		goto out_destroy;
 	if ((err = g_vec_reserve(&c->hist, m->hist.n)) != MOE_OK)
 		goto out_destroy;
-	memcpy(c->hist.v, m->hist.v, m->hist.n * sizeof(uint32_t));
+	if (m->hist.n > 0)
+		memcpy(c->hist.v, m->hist.v, m->hist.n * sizeof(uint32_t));
 	c->hist.n = m->hist.n;
 	c->steps = malloc(m->cap_steps * sizeof(m_step));
 	if (c->steps == NULL) {
@@ -160,7 +161,8 @@ static moe_err run_bytes(moe_grammar_matcher *m, const uint8_t *b, size_t len, i
 	buf->n = 0;
 	if ((err = g_vec_reserve(buf, s->n)) != MOE_OK)
 		return err;
-	memcpy(buf->v, m->hist.v + s->off, s->n * sizeof(uint32_t));
+	if (s->n > 0)
+		memcpy(buf->v, m->hist.v + s->off, s->n * sizeof(uint32_t));
 	buf->n = s->n;
 	size_t o = 0;
 	uint32_t k = s->n;
@@ -226,7 +228,8 @@ static moe_err accept(moe_grammar_matcher *m, const uint8_t *b, size_t len, int3
 		return err;
 	}
 	size_t at = m->hist.n;
-	memcpy(m->hist.v + at, m->walk.buf.v + off, n * sizeof(uint32_t));
+	if (n > 0)
+		memcpy(m->hist.v + at, m->walk.buf.v + off, n * sizeof(uint32_t));
 	m->hist.n += n;
 	err = push_step(m, (m_step){at, n, m->pool.n, flags, 0});
 	if (err != MOE_OK) {
@@ -293,6 +296,8 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 	memset(mask, 0, v->words * sizeof(uint32_t));
 	if (s->done)
 		return MOE_OK;
+	if (s->n == 0)
+		goto out_end;
 	const uint32_t *stacks = m->hist.v + s->off;
 	if (++m->top_epoch == 0) {
 		memset(m->top_seen, 0, t->g->n_states * sizeof(uint32_t));
@@ -356,6 +361,7 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 				mask[id >> 5] |= 1u << (id & 31);
 			}
 	}
+out_end:
 	if (s->flags & G_SET_END)
 		for (uint32_t k = 0; k < v->n_end; k++)
 			mask[v->end_ids[k] >> 5] |= 1u << (v->end_ids[k] & 31);

@@ -83,7 +83,8 @@ static int cmp_pair(const void *a, const void *b)
 static int finish_class(rx *r, g_vec *v, int negate)
 {
 	size_t n = v->n / 2, m = 0;
-	qsort(v->v, n, 2 * sizeof(uint32_t), cmp_pair);
+	if (n > 0)
+		qsort(v->v, n, 2 * sizeof(uint32_t), cmp_pair);
 	for (size_t i = 0; i < n; i++) {
 		if (m > 0 && v->v[2 * i] <= v->v[2 * (m - 1) + 1] + 1) {
 			if (v->v[2 * i + 1] > v->v[2 * (m - 1) + 1])

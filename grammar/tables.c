@@ -188,7 +188,8 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 			tab->acc_n = (uint32_t)ids.n;
 			if ((err = g_vec_reserve(&acc, ids.n)) != MOE_OK)
 				goto out_free;
-			memcpy(acc.v + acc.n, ids.v, ids.n * sizeof(uint32_t));
+			if (ids.n > 0)
+				memcpy(acc.v + acc.n, ids.v, ids.n * sizeof(uint32_t));
 			acc.n += ids.n;
 		}
 		if (acc.n > UINT32_MAX / 2 || unc.n > UINT32_MAX / 2) {
