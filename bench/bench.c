@@ -17,6 +17,8 @@ const moe_bench moe_benches[] = {
      moe_bench_serve},
     {"cluster", "decode tok/s with 0-3 workers, dispatch round trip vs raw TCP, shard load",
      moe_bench_cluster},
+    {"grammar", "constrained decoding: tool-schema compile, per-step token check and full mask",
+     moe_bench_grammar},
     {NULL, NULL, NULL},
 };
 

@@ -35,5 +35,6 @@ int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);
 int moe_bench_serve(int argc, char **argv);
 int moe_bench_cluster(int argc, char **argv);
+int moe_bench_grammar(int argc, char **argv);
 
 #endif

@@ -1,0 +1,237 @@
+/*
+ * grammar_impl.h - private to grammar/: the parsed rules (syntax trees in an
+ * arena), the compiled automaton, the vocabulary view, the per-position token
+ * tables, the stack machine (interned stack nodes, expansion, one byte step)
+ * and the token walker shared by the tables and the matcher.
+ */
+#ifndef MOE_GRAMMAR_IMPL_H
+#define MOE_GRAMMAR_IMPL_H
+
+#include "grammar/grammar.h"
+
+#define G_NONE UINT32_MAX
+#define G_INF  UINT32_MAX
+
+/* Limits that keep hostile grammars bounded. */
+#define G_MAX_NEST   64           /* nested ( ) in grammar text */
+#define G_MAX_REPEAT 10000        /* m and n of {m,n} */
+#define G_MAX_RULES  65536        /* rules in one grammar */
+#define G_MAX_NFA    (1u << 21)   /* automaton states before determinisation */
+#define G_MAX_DFA    (1u << 18)   /* automaton states after */
+#define G_MAX_CELLS  (1u << 25)   /* states x byte classes */
+#define G_MAX_STACKS 4096         /* stacks in one matcher state */
+#define G_MAX_NODES  (1u << 23)   /* interned stack nodes of one matcher */
+#define G_MAX_WORK   400000000ull /* byte steps spent building one set of tables */
+
+/* ---- byte buffers (schema.c, regex.c) ---------------------------------------------- */
+
+typedef struct g_buf {
+	char *p;
+	size_t n, cap;
+	int failed; /* an allocation failed: the text is incomplete */
+} g_buf;
+
+void g_buf_put(g_buf *b, const char *s, size_t n);
+void g_buf_puts(g_buf *b, const char *s);
+void g_buf_printf(g_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends the UTF-8 form of code point cp. */
+void g_buf_utf8(g_buf *b, uint32_t cp);
+/* Appends bytes as the inside of a grammar literal (no quotes). */
+void g_buf_lit(g_buf *b, const char *s, size_t n);
+
+/* Appends to out the grammar expression for the JSON-encoded strings whose
+ * decoded text the regex re (len bytes; the subset of grammar.h) matches,
+ * without the quotes.  Errors: MOE_ERR_UNSUPPORTED (a feature outside the
+ * subset, named), MOE_ERR_FORMAT (not a regex), MOE_ERR_NOMEM. (regex.c) */
+moe_err g_regex_to_gbnf(g_buf *out, const char *re, size_t len);
+
+/* ---- arrays of uint32_t ---------------------------------------------------------- */
+
+typedef struct g_vec {
+	uint32_t *v;
+	size_t n, cap;
+} g_vec;
+
+/* Room for extra more elements; MOE_ERR_NOMEM otherwise (v unchanged). */
+moe_err g_vec_reserve(g_vec *v, size_t extra);
+
+/* ---- parsed rules (gbnf.c) ------------------------------------------------------- */
+
+enum { AST_EMPTY, AST_LIT, AST_CLASS, AST_REF, AST_SEQ, AST_ALT, AST_REP };
+
+typedef struct g_ast g_ast;
+struct g_ast {
+	uint8_t kind;
+	uint32_t n;        /* LIT: bytes; CLASS: ranges; SEQ, ALT: kids */
+	uint32_t min, max; /* REP (max G_INF: unbounded); the body is kids[0] */
+	uint32_t rule;     /* REF */
+	union {
+		uint8_t *bytes;   /* LIT */
+		uint32_t *ranges; /* CLASS: n pairs lo, hi of code points, sorted, disjoint */
+		g_ast **kids;     /* SEQ, ALT, REP */
+	};
+};
+
+typedef struct g_chunk g_chunk;
+typedef struct g_arena {
+	g_chunk *head;
+	size_t used, cap;
+} g_arena;
+
+void *g_arena_alloc(g_arena *a, size_t n);
+void g_arena_free(g_arena *a);
+
+typedef struct g_rule {
+	char *name;
+	g_ast *body; /* NULL while only referenced */
+	uint32_t line, col;
+} g_rule;
+
+typedef struct g_rules {
+	g_arena arena;
+	g_rule *r;
+	uint32_t n, cap;
+} g_rules;
+
+/* Parses grammar text into rules (every name defined); errors as
+ * moe_grammar_parse. On error the rules may be partly filled: free them. */
+moe_err g_parse_text(g_rules *out, const char *text, size_t len);
+void g_rules_free(g_rules *rs);
+
+/* ---- the compiled automaton (compile.c) ------------------------------------------ */
+
+enum { G_FINAL = 1, G_BYTES = 2, G_TAIL = 4 };
+
+typedef struct g_call {
+	uint32_t rule, ret; /* the callee, the state to return to */
+} g_call;
+
+struct moe_grammar {
+	uint32_t n_states, n_classes, n_rules, root;
+	uint8_t byte_class[256];
+	uint32_t *next;     /* [n_states * n_classes] state after a byte, or G_NONE */
+	uint8_t *flags;     /* [n_states] G_FINAL: the rule may end; G_BYTES: reads bytes;
+	                       G_TAIL: final and nothing else (a call returning here is a tail call) */
+	uint32_t *call_off; /* [n_states + 1] */
+	g_call *calls;
+	uint32_t *rule_start;  /* [n_rules] */
+	uint32_t *state_rule;  /* [n_states] */
+	char **rule_names;     /* [n_rules] */
+	uint32_t (*follow)[8]; /* [n_rules] bytes that can come right after the rule ends
+	                          (a superset; all bytes where it could not be bounded) */
+};
+
+static inline uint32_t g_next(const moe_grammar *g, uint32_t s, uint8_t b)
+{
+	return g->next[(size_t)s * g->n_classes + g->byte_class[b]];
+}
+
+/* ---- stack machine (stacks.c) ---------------------------------------------------- */
+
+/* A stack is a chain of interned nodes: node (state, parent) means "at state
+ * of a rule; when it ends, resume at parent".  Node 0 is the bottom (the
+ * grammar ends when it is reached), node 1 the unknown context below a
+ * position (tables.c asks whether a token stays above it). */
+#define G_BOTTOM 0u
+#define G_CTX    1u
+
+enum { G_SET_END = 1, G_SET_CTX = 2 };
+
+typedef struct g_node {
+	uint32_t state, parent, next, depth;
+} g_node;
+
+typedef struct g_pool {
+	g_node *nodes;
+	uint32_t *mark; /* [cap] epoch of the last expansion that met the node */
+	uint32_t n, cap;
+	uint32_t *bucket; /* heads of hash chains, newest first */
+	uint32_t n_buckets;
+	uint32_t epoch;
+	uint32_t max_depth; /* deepest node interned since the caller last cleared it */
+	g_vec work;
+} g_pool;
+
+moe_err g_pool_init(g_pool *p);
+void g_pool_free(g_pool *p);
+moe_err g_pool_copy(g_pool *dst, const g_pool *src);
+/* Forgets every node from n on (they were interned last, so chains stay whole). */
+void g_pool_truncate(g_pool *p, uint32_t n);
+
+/* Appends to out the expanded stacks of the stack (state, parent): those whose
+ * top reads a byte; *flags gets G_SET_END / G_SET_CTX when the stack can end
+ * into the bottom / the context.  Errors: MOE_ERR_NOMEM, MOE_ERR_BAD_COUNT. */
+moe_err g_start(g_pool *p, const moe_grammar *g, g_vec *out, uint8_t *flags, uint32_t state,
+                uint32_t parent);
+
+/* Appends to out the expanded stacks after byte b from the n stacks at
+ * out->v[off..off+n); *flags as g_start.  Errors as g_start. */
+moe_err g_step(g_pool *p, const moe_grammar *g, g_vec *out, uint8_t *flags, size_t off, uint32_t n,
+               uint8_t b);
+
+/* ---- vocabulary view (vocab.c) --------------------------------------------------- */
+
+enum { G_TOK_NORMAL = 0, G_TOK_NEVER = 1, G_TOK_END = 2 };
+
+struct moe_grammar_vocab {
+	uint32_t n_vocab, n_sorted, max_len;
+	uint8_t *bytes;
+	uint32_t *off;       /* [n_vocab + 1] bytes of token i: bytes[off[i] .. off[i+1]) */
+	uint8_t *kind;       /* [n_vocab] G_TOK_* */
+	uint32_t *sorted;    /* [n_sorted] the NORMAL tokens by their bytes */
+	uint32_t first[257]; /* sorted[first[b] .. first[b+1]) start with byte b */
+	uint32_t *end_ids;
+	uint32_t n_end;
+	size_t words;
+};
+
+/* ---- the token walker (tables.c) ------------------------------------------------- */
+
+enum { G_REJ = 0, G_ACC = 1, G_UNC = 2 };
+
+typedef struct g_level {
+	size_t off; /* the stacks in the walker's buffer */
+	uint32_t n;
+	uint32_t mark;   /* nodes in the pool before this level was made */
+	uint8_t flags;   /* G_SET_* of this level */
+	uint8_t cum_ctx; /* some level up to this one could end into the context */
+} g_level;
+
+typedef struct g_walk {
+	g_vec buf;
+	g_level *lv;
+	size_t lv_cap;
+	uint64_t work; /* byte steps taken */
+} g_walk;
+
+void g_walk_free(g_walk *w);
+
+/* For each of the n_pos sorted positions pos[] of v (ascending), res[i] =
+ * G_ACC when the token's bytes can all be consumed from the n_start stacks
+ * start[] (start_flags as their expansion gave), or end exactly where they
+ * may end; G_UNC when they cannot but a stack could end into the context
+ * before a byte in follow (256 bits; NULL: no context); G_REJ otherwise.  Errors: MOE_ERR_NOMEM,
+ * MOE_ERR_BAD_COUNT (the pool is left as it was). */
+moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar_vocab *v,
+                   const uint32_t *start, uint32_t n_start, uint8_t start_flags,
+                   const uint32_t *follow, const uint32_t *pos, size_t n_pos, uint8_t *res);
+
+/* ---- tables (tables.c) ----------------------------------------------------------- */
+
+typedef struct g_tab {
+	uint32_t acc_off, acc_n; /* acc_bits: a bitset at acc[acc_off], else acc_n ids */
+	uint32_t unc_off, unc_n; /* sorted positions at unc[unc_off] */
+	uint32_t max_push;       /* deepest stack a local walk from here made */
+	uint8_t acc_bits;
+} g_tab;
+
+struct moe_grammar_tables {
+	const moe_grammar *g;
+	const moe_grammar_vocab *v;
+	g_tab *st; /* [n_states] (only G_BYTES states are filled) */
+	uint32_t *acc;
+	uint32_t *unc;
+	double build_s;
+};
+
+#endif
