@@ -33,6 +33,7 @@ LIBS = {
     "moe_pb": "proto", "moe_proto": "proto", "moe_worker": "worker",
     "moe_coordinator": "coordinator", "moe_server": "server",
     "moe_devtools": "devtools", "moe_bench": "bench", "moe_cli": "cli",
+    "moe_grammar": "grammar", "moe_jinja": "jinja",
 }
 
 

@@ -5,8 +5,8 @@
  * independent random document generator (accepted byte by byte and token by
  * token through the real Qwen3 tokenizer, broken ones refused at the first
  * bad byte), fill_mask against token_ok over the whole 151,669-token
- * vocabulary, constrained random walks validated by ajv (node, installed
- * into the build folder from tests/node), rollback and clone, tool-call
+ * vocabulary, constrained random walks validated by ajv (node, with
+ * tests/sdk/node_modules), rollback and clone, tool-call
  * composition with Qwen3's added tokens.
  */
 #include <cjson/cJSON.h>
@@ -980,26 +980,21 @@ Test(grammar, rollback_and_clone)
 
 /* ---- constrained random walks, validated by ajv ----------------------------------- */
 
-/* Installs ajv into ./node (the test's build folder) from tests/node when it
- * is not there; returns the validator script's path, or NULL without node. */
-static const char *ajv_ready(void)
+/* The validator script (tests/sdk/validate.cjs) with ajv and ajv-formats
+ * next to it in tests/sdk/node_modules, which deploy/install.sh test installs
+ * (npm ci): without them the test fails, saying so. */
+static const char *ajv_script(void)
 {
-	static char script[4096];
+	static char script[4096], mod[4096];
 	const char *src = getenv("MOE_SOURCE_DIR");
 	cr_assert(src != NULL, "MOE_SOURCE_DIR is not set");
 	struct stat st;
-	if (stat("node/node_modules/ajv/package.json", &st) != 0 ||
-	    stat("node/node_modules/ajv-formats/package.json", &st) != 0) {
-		char cmd[8192];
-		snprintf(cmd, sizeof cmd,
-		         "mkdir -p node && cp '%s/tests/node/package.json' "
-		         "'%s/tests/node/package-lock.json' node/ && cd node && timeout 300 npm ci "
-		         "--no-audit --no-fund --loglevel=error >npm.log 2>&1",
-		         src, src);
-		if (system(cmd) != 0)
-			return NULL;
-	}
-	snprintf(script, sizeof script, "%s/tests/node/validate.js", src);
+	snprintf(mod, sizeof mod, "%s/tests/sdk/node_modules/ajv-formats/package.json", src);
+	cr_assert(stat(mod, &st) == 0,
+	          "%s is missing: deploy/install.sh test installs the test clients "
+	          "(npm ci --prefix tests/sdk)",
+	          mod);
+	snprintf(script, sizeof script, "%s/tests/sdk/validate.cjs", src);
 	return script;
 }
 
@@ -1085,15 +1080,9 @@ Test(grammar, random_walks_are_valid_json_for_ajv, .timeout = 600)
 	cr_assert(finished * 2 >= total, "only %d of %d walks finished", finished, total);
 	cr_log_info("%d of %d random walks finished; %d documents for ajv", finished, total,
 	            n_docs);
-	const char *script = ajv_ready();
-	if (script == NULL)
-		cr_skip_test("node/npm could not install ajv (see node/npm.log): ajv not run");
-	char cmd[16384], cwd[4096];
-	cr_assert(getcwd(cwd, sizeof cwd) != NULL);
-	snprintf(cmd, sizeof cmd,
-	         "NODE_PATH='%s/node/node_modules' node '%s' grammar_schemas.json "
-	         "grammar_docs.jsonl",
-	         cwd, script);
+	const char *script = ajv_script();
+	char cmd[16384];
+	snprintf(cmd, sizeof cmd, "node '%s' grammar_schemas.json grammar_docs.jsonl", script);
 	int rc = system(cmd);
 	cr_assert_eq(rc, 0, "ajv found invalid documents (above)");
 }

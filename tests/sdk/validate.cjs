@@ -1,7 +1,7 @@
-// validate.js - checks documents against JSON schemas with ajv (draft
+// validate.cjs - checks documents against JSON schemas with ajv (draft
 // 2020-12, ajv-formats), for tests/test_grammar.c.
 //
-// usage: node validate.js SCHEMAS.json DOCS.jsonl
+// usage: node validate.cjs SCHEMAS.json DOCS.jsonl
 // SCHEMAS.json is an array of schemas; each line of DOCS.jsonl is
 // {"schema": INDEX, "doc": "JSON TEXT", "what": "..."}.  Every doc must parse
 // as JSON and be valid.  Prints one line per failure and a count; exits 1 on
