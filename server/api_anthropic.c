@@ -473,14 +473,12 @@ static bool parse_generation(areq *r, const cJSON *root)
  * not only a count). */
 static bool make_prompt(areq *r, moe_http *h, const moe_tokenizer *tok, bool generating)
 {
-	if (generating &&
-	    (r->cr.tool_choice == MOE_TOOLS_REQUIRED || r->cr.tool_choice == MOE_TOOLS_NAMED))
-		return bad(r,
-		           "tool_choice: a forced tool call (any, tool) is not available on this "
-		           "server yet",
-		           NULL);
-	if (moe_chat_prompt_make(&r->cp, moe_api_template(h), tok, &r->cr) != MOE_OK)
+	const moe_chat_template *t = moe_api_template(h);
+	if (moe_chat_prompt_make(&r->cp, t, tok, &r->cr) != MOE_OK)
 		return bad(r, "messages: cannot be rendered: %s", moe_err_detail());
+	if (generating &&
+	    moe_chat_constrain(&r->cp, moe_chat_template_grammars(t), &r->cr) != MOE_OK)
+		return bad(r, "tools: the reply cannot be held to them: %s", moe_err_detail());
 	r->gp.prompt = r->cp.ids;
 	r->gp.n_prompt = r->cp.n_ids;
 	memcpy(r->gp.end_ids, r->cp.end_ids, sizeof r->gp.end_ids);
@@ -840,8 +838,10 @@ void moe_api_anthropic_messages(moe_http *h, moe_http_req *rq)
 		send_error(rq, 400, r.err);
 		goto out_free;
 	}
+	r.gp.grammar = moe_chat_gen_grammar(&r.cp);
 	const moe_err err = moe_engine_submit(&g, e, &r.gp);
 	if (err != MOE_OK) {
+		moe_chat_grammar_release(r.gp.grammar.release_ctx);
 		send_error(rq, moe_api_submit_status(err), moe_err_detail());
 		goto out_free;
 	}

@@ -331,17 +331,14 @@ static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t
 		return bad(r, "reasoning_format", "'reasoning_format' must be a string");
 	r->cr.reasoning = !(cJSON_IsString(rf) && strcmp(rf->valuestring, "none") == 0);
 	r->cr.add_generation_prompt = true;
-	if (r->cr.schema != NULL || r->cr.tool_choice == MOE_TOOLS_REQUIRED ||
-	    r->cr.tool_choice == MOE_TOOLS_NAMED)
-		return bad(
-		    r, r->cr.schema != NULL ? "response_format" : "tool_choice",
-		    "constrained output (a JSON schema, a required or named tool call) is not "
-		    "available on this server yet");
-	const moe_err err = moe_chat_prompt_make(&r->cp, t, tok, &r->cr);
-	if (err != MOE_OK) {
-		char msg[256];
+	char msg[256];
+	if (moe_chat_prompt_make(&r->cp, t, tok, &r->cr) != MOE_OK) {
 		snprintf(msg, sizeof msg, "the messages cannot be rendered: %s", moe_err_detail());
 		return bad(r, "messages", msg);
+	}
+	if (moe_chat_constrain(&r->cp, moe_chat_template_grammars(t), &r->cr) != MOE_OK) {
+		snprintf(msg, sizeof msg, "the reply cannot be held to it: %s", moe_err_detail());
+		return bad(r, r->cr.schema != NULL ? "response_format" : "tools", msg);
 	}
 	r->gp.n_prompt = r->cp.n_ids;
 	r->gp.prompt = r->cp.ids;
@@ -1043,8 +1040,10 @@ static void generate(moe_http *h, moe_http_req *rq, bool chat)
 		goto out_free_req;
 	}
 	moe_gen *g = NULL;
+	r.gp.grammar = moe_chat_gen_grammar(&r.cp);
 	const moe_err err = moe_engine_submit(&g, e, &r.gp);
 	if (err != MOE_OK) {
+		moe_chat_grammar_release(r.gp.grammar.release_ctx);
 		const int code = moe_api_submit_status(err);
 		moe_api_send_error(rq, code,
 		                   err == MOE_ERR_BAD_VALUE ? "max_tokens"

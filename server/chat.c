@@ -15,6 +15,7 @@ struct moe_chat_template {
 	bool thinks; /* the template writes <think> */
 	int32_t end_ids[MOE_GEN_MAX_END];
 	int n_end;
+	moe_chat_grammars *grammars;
 };
 
 static const char im_start[] = "<|im_start|>";
@@ -146,6 +147,8 @@ moe_err moe_chat_template_create(moe_chat_template **out, const moe_gguf *g,
 		if (!dup)
 			t->end_ids[t->n_end++] = id;
 	}
+	if ((err = moe_chat_grammars_create(&t->grammars, tok, t->end_ids, t->n_end)) != MOE_OK)
+		goto out_destroy;
 	*out = t;
 	return MOE_OK;
 
@@ -158,8 +161,14 @@ void moe_chat_template_destroy(moe_chat_template *t)
 {
 	if (t == NULL)
 		return;
+	moe_chat_grammars_destroy(t->grammars);
 	free(t->text);
 	free(t);
+}
+
+moe_chat_grammars *moe_chat_template_grammars(const moe_chat_template *t)
+{
+	return t->grammars;
 }
 
 /* ---- requests ----------------------------------------------------------------------- */
@@ -332,5 +341,6 @@ out_free:
 void moe_chat_prompt_free(moe_chat_prompt *p)
 {
 	free(p->ids);
+	moe_chat_grammar_release(p->grammar);
 	memset(p, 0, sizeof *p);
 }

@@ -31,6 +31,7 @@ struct moe_gen {
 	int32_t end_ids[MOE_GEN_MAX_END];
 	int n_end;
 	int logprobs;
+	moe_gen_grammar gram; /* .trigger malloc'd */
 
 	/* shared, under e->mu */
 	pthread_cond_t cv;
@@ -57,6 +58,11 @@ struct moe_gen {
 	int stop_index;       /* which one (stops[]), or -1 */
 	moe_gen_logprob *slp; /* [n_slp] records not yet published */
 	size_t n_slp, cap_slp;
+	moe_grammar_matcher *gm; /* the constraint's state, or NULL */
+	bool g_on;               /* the constraint applies (its trigger was met) */
+	size_t g_scan;           /* raw text below this has no trigger */
+	uint32_t *g_mask;        /* [n_vocab / 32] a step's valid tokens */
+	float *g_logits;         /* [n_vocab] the row with the others at -inf */
 };
 
 struct moe_engine {
@@ -173,6 +179,12 @@ static void gen_free(moe_gen *g)
 	free(g->slp);
 	moe_sampler_destroy(g->smp);
 	moe_tok_stream_destroy(g->ts);
+	moe_grammar_matcher_destroy(g->gm);
+	free(g->g_mask);
+	free(g->g_logits);
+	free((char *)g->gram.trigger);
+	if (g->gram.release != NULL)
+		g->gram.release(g->gram.release_ctx);
 	pthread_cond_destroy(&g->cv);
 	free(g);
 }
@@ -241,6 +253,20 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	    (err = moe_tok_stream_create(&g->ts, e->tok,
 	                                 p->special_text ? MOE_TOK_DECODE_SPECIAL : 0)) != MOE_OK)
 		goto out_free_gen;
+	if (p->grammar.tables != NULL) {
+		const char *trig = p->grammar.trigger;
+		if ((err = moe_grammar_matcher_create(&g->gm, p->grammar.tables)) != MOE_OK)
+			goto out_free_gen;
+		g->g_mask = calloc(((size_t)n_vocab + 31) / 32, sizeof *g->g_mask);
+		g->g_logits = malloc((size_t)n_vocab * sizeof *g->g_logits);
+		g->gram.trigger = trig != NULL && trig[0] ? strdup(trig) : NULL;
+		if (g->g_mask == NULL || g->g_logits == NULL ||
+		    (trig != NULL && trig[0] && g->gram.trigger == NULL)) {
+			err = moe_fail(MOE_ERR_NOMEM, "serve: the grammar's buffers");
+			goto out_free_gen;
+		}
+		g->g_on = g->gram.trigger == NULL;
+	}
 
 	pthread_mutex_lock(&e->mu);
 	if (e->stop) {
@@ -254,6 +280,9 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 		goto out_free_gen;
 	}
 	g->refs = 2;
+	g->gram.tables = p->grammar.tables; /* the request's hold is the generation's now */
+	g->gram.release = p->grammar.release;
+	g->gram.release_ctx = p->grammar.release_ctx;
 	if (e->queue_tail != NULL)
 		e->queue_tail->next = g;
 	else
@@ -440,6 +469,40 @@ static bool lp_record(moe_gen *g, int32_t t, const float *row)
 	return true;
 }
 
+/* Under a constraint that refused the token sampled: samples again from
+ * row with every token the grammar does not allow at -inf.  False if the
+ * grammar allows none (or no memory). */
+static bool sample_masked(moe_gen *g, const float *row, int32_t n_vocab, int32_t *t)
+{
+	if (moe_grammar_matcher_fill_mask(g->gm, g->g_mask) != MOE_OK)
+		return false;
+	bool any = false;
+	for (int32_t i = 0; i < n_vocab; i++) {
+		const bool ok = (g->g_mask[i >> 5] >> (i & 31)) & 1u;
+		g->g_logits[i] = ok ? row[i] : -INFINITY;
+		any |= ok;
+	}
+	return any && moe_sampler_sample(g->smp, t, g->g_logits) == MOE_OK;
+}
+
+/* After token text was added to raw: turns the constraint on once its trigger
+ * shows up in the output (the bytes after it are the grammar's first).
+ * False if those bytes break the grammar already. */
+static bool grammar_trigger(moe_gen *g)
+{
+	const char *trig = g->gram.trigger;
+	const size_t tl = strlen(trig);
+	const char *at = memmem(g->raw + g->g_scan, g->raw_len - g->g_scan, trig, tl);
+	if (at == NULL) {
+		g->g_scan = g->raw_len >= tl ? g->raw_len - tl + 1 : 0;
+		return true;
+	}
+	g->g_on = true;
+	const size_t from = (size_t)(at - g->raw) + tl;
+	return from == g->raw_len ||
+	       moe_grammar_matcher_accept_bytes(g->gm, g->raw + from, g->raw_len - from) == MOE_OK;
+}
+
 /* Samples the next token of g from its logits row (the scheduler thread,
  * unlocked).  Sets g->done when the generation ends. */
 static void gen_take(moe_gen *g, const float *row)
@@ -448,6 +511,18 @@ static void gen_take(moe_gen *g, const float *row)
 	if (moe_sampler_sample(g->smp, &t, row) != MOE_OK) {
 		g->done = MOE_GEN_ERROR;
 		return;
+	}
+	if (g->g_on) {
+		const int32_t n_vocab = moe_model_hparams(g->e->m)->n_vocab;
+		if (!moe_grammar_matcher_token_ok(g->gm, t) &&
+		    !sample_masked(g, row, n_vocab, &t)) {
+			g->done = MOE_GEN_ERROR; /* the grammar allows nothing here */
+			return;
+		}
+		if (moe_grammar_matcher_accept_token(g->gm, t) != MOE_OK) {
+			g->done = MOE_GEN_ERROR;
+			return;
+		}
 	}
 	for (int i = 0; i < g->n_end; i++) {
 		if (t == g->end_ids[i]) {
@@ -467,10 +542,18 @@ static void gen_take(moe_gen *g, const float *row)
 		g->done = MOE_GEN_ERROR;
 		return;
 	}
+	if (g->gm != NULL && !g->g_on && !grammar_trigger(g)) {
+		g->done = MOE_GEN_ERROR;
+		return;
+	}
 	if (raw_flush(g, false)) {
 		g->done = MOE_GEN_STOP;
 		g->stop_cut = true;
 		return;
+	}
+	if (g->g_on && moe_grammar_matcher_is_done(g->gm)) {
+		g->done = MOE_GEN_STOP; /* the grammar is complete: nothing but the end follows */
+		goto out_final;
 	}
 	if (g->n_sched >= g->max_tokens) {
 		g->done = MOE_GEN_LENGTH;

@@ -29,6 +29,7 @@
 #include <stdio.h>
 
 #include "core/core.h"
+#include "grammar/grammar.h"
 #include "model/model.h"
 
 /* ---- engine -------------------------------------------------------------------- */
@@ -99,6 +100,19 @@ typedef struct moe_gen_logprob {
 	float top_logprob[MOE_GEN_MAX_TOP_LOGPROB];
 } moe_gen_logprob;
 
+/* A grammar the generated tokens must follow (grammar.h): tables over the
+ * tokenizer's vocabulary, and where the constraint starts. */
+typedef struct moe_gen_grammar {
+	const moe_grammar_tables *tables; /* NULL: no constraint */
+	const char *trigger;              /* NULL: from the first token; else from the end of the
+	                                   * first occurrence of this text in the output (copied) */
+	/* The request's hold on tables: on a successful submit the generation
+	 * takes it and calls release(release_ctx) once when done with them; on
+	 * a failed one the caller keeps it. */
+	void (*release)(void *release_ctx);
+	void *release_ctx;
+} moe_gen_grammar;
+
 typedef struct moe_gen_params {
 	const int32_t *prompt; /* [n_prompt], copied */
 	size_t n_prompt;
@@ -108,9 +122,10 @@ typedef struct moe_gen_params {
 	int n_stops;
 	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the generation (not emitted) */
 	int n_end;
-	int logprobs;      /* -1: none; else a moe_gen_logprob per token with this many
-	                    * alternatives (0..MOE_GEN_MAX_TOP_LOGPROB) */
-	bool special_text; /* the text shows control tokens too (harmony's channels) */
+	int logprobs;            /* -1: none; else a moe_gen_logprob per token with this many
+	                          * alternatives (0..MOE_GEN_MAX_TOP_LOGPROB) */
+	bool special_text;       /* the text shows control tokens too (harmony's channels) */
+	moe_gen_grammar grammar; /* a constraint, or all zero */
 } moe_gen_params;
 
 typedef enum moe_gen_finish {
