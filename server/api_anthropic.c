@@ -715,6 +715,8 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 		    moe_gen_wait(s->g, &s->text, &s->text_len, &s->text_cap, WAIT_MS);
 		const bool done = fin != MOE_GEN_RUNNING;
 		if (s->text_len > 0 || done) {
+			if (fin == MOE_GEN_LENGTH)
+				moe_reply_parser_truncated(s->rp);
 			const moe_err err =
 			    moe_reply_parser_feed(s->rp, s->text, s->text_len, done, on_event, b);
 			if (err == MOE_ERR_FORMAT) {
@@ -786,16 +788,24 @@ static void answer_whole(moe_http *h, moe_http_req *rq, moe_engine *e, areq *r, 
 	blocks b = {.index = -1, .kind = -1, .content = cJSON_CreateArray()};
 	moe_reply_parser *rp = NULL;
 	char why[400];
+	const bool cut = fin == MOE_GEN_LENGTH; /* a tool_use cut short gets input {} */
+	bool read = false;
+	if (fin != MOE_GEN_RUNNING && fin != MOE_GEN_ERROR && fin != MOE_GEN_CANCELLED &&
+	    b.content != NULL && moe_reply_parser_create(&rp, &r->cp.reply) == MOE_OK) {
+		if (cut)
+			moe_reply_parser_truncated(rp);
+		read = moe_reply_parser_feed(rp, text != NULL ? text : "", len, true, on_event,
+		                             &b) == MOE_OK &&
+		       close_block(&b) && (!b.bad_input || cut);
+	}
 	if (fin == MOE_GEN_RUNNING) {
 		moe_http_close(rq);
 	} else if (fin == MOE_GEN_ERROR || fin == MOE_GEN_CANCELLED) {
 		const int code = moe_api_failure(e, why, sizeof why);
 		send_error(rq, code, why);
-	} else if (b.content == NULL || moe_reply_parser_create(&rp, &r->cp.reply) != MOE_OK) {
+	} else if (rp == NULL) {
 		send_error(rq, 500, "out of memory");
-	} else if (moe_reply_parser_feed(rp, text != NULL ? text : "", len, true, on_event, &b) !=
-	               MOE_OK ||
-	           !close_block(&b) || b.bad_input) {
+	} else if (!read) {
 		snprintf(why, sizeof why, "the model's reply cannot be read: %s",
 		         b.nomem       ? "out of memory"
 		         : b.bad_input ? "a tool call's input is not a JSON object"

@@ -691,13 +691,15 @@ static void collect_free(collect *c)
 /* The assistant message of a whole chat reply read from text[0..len) as cp
  * says; *n_calls gets its tool calls.  NULL with the reason in why (a tool
  * call the parser cannot read, no memory). */
-static cJSON *chat_message(const moe_chat_prompt *cp, const char *text, size_t len, int *n_calls,
-                           char *why, size_t size)
+static cJSON *chat_message(const moe_chat_prompt *cp, const char *text, size_t len, bool cut,
+                           int *n_calls, char *why, size_t size)
 {
 	collect c = {0};
 	moe_reply_parser *p = NULL;
 	cJSON *msg = NULL;
 	moe_err err = moe_reply_parser_create(&p, &cp->reply);
+	if (err == MOE_OK && cut)
+		moe_reply_parser_truncated(p);
 	if (err == MOE_OK)
 		err = moe_reply_parser_feed(p, text, len, true, on_collect, &c);
 	moe_reply_parser_destroy(p);
@@ -878,6 +880,8 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 			return -1;
 		const bool done = fin != MOE_GEN_RUNNING;
 		if (s->chat && (s->text_len > 0 || done)) {
+			if (fin == MOE_GEN_LENGTH)
+				moe_reply_parser_truncated(s->rp);
 			const moe_err err = moe_reply_parser_feed(s->rp, s->text, s->text_len, done,
 			                                          on_stream_event, s);
 			if (err == MOE_ERR_FORMAT) {
@@ -994,8 +998,9 @@ static void answer_whole(moe_http *h, moe_http_req *rq, moe_engine *e, const moe
 	} else if (want_lp && !take_logprobs(g, &lp, &n_lp, &cap_lp, &lp_next, SIZE_MAX)) {
 		code = 500;
 		j = moe_api_error_json(code, NULL, "out of memory");
-	} else if (cp != NULL && (msg = chat_message(cp, text != NULL ? text : "", len, &n_calls,
-	                                             why, sizeof why)) == NULL) {
+	} else if (cp != NULL &&
+	           (msg = chat_message(cp, text != NULL ? text : "", len, fin == MOE_GEN_LENGTH,
+	                               &n_calls, why, sizeof why)) == NULL) {
 		code = 500;
 		j = moe_api_error_json(code, NULL, why);
 	} else {

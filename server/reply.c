@@ -65,7 +65,8 @@ struct moe_reply_parser {
 	bool lead; /* drop leading whitespace of the next text */
 	moe_reply_cb cb;
 	void *ctx;
-	int n_tools; /* completed calls */
+	int n_tools;    /* completed calls */
+	bool truncated; /* the text was cut: an unfinished call ends as it is */
 	/* the tool call being read */
 	buf body; /* ST_TOOL: the call's text so far */
 	buf name;
@@ -781,6 +782,14 @@ static moe_err step(moe_reply_parser *p, bool final, bool *more)
 	case ST_TOOL:
 		if (!buf_add(&p->body, s, upto))
 			return moe_fail(MOE_ERR_NOMEM, "reply");
+		if (!found && final && p->truncated) {
+			/* cut by the token limit: the call ends with what it has */
+			err = tool_step(p, false);
+			if (err == MOE_OK && p->begun)
+				err = tool_end(p);
+			p->st = ST_CONTENT;
+			break;
+		}
 		err = tool_step(p, found || final);
 		if (err == MOE_OK && !found && final)
 			p->st = ST_CONTENT; /* a whole call the text ended after */
@@ -802,6 +811,8 @@ static moe_err step(moe_reply_parser *p, bool final, bool *more)
 		if (final) {
 			if (p->st == ST_CONTENT && p->n_tools == 0 && p->held.n > 0)
 				err = send(p, MOE_REPLY_CONTENT, p->held.p, p->held.n, NULL);
+			else if (p->st == ST_H_BODY && p->ch == CH_TOOL && p->truncated)
+				err = tool_end(p);
 			else if (p->st == ST_H_BODY)
 				err = harmony_end(p);
 			p->held.n = 0;
@@ -855,6 +866,11 @@ moe_err moe_reply_parser_feed(moe_reply_parser *p, const char *text, size_t len,
 	if (err != MOE_OK)
 		p->st = ST_FAILED;
 	return err;
+}
+
+void moe_reply_parser_truncated(moe_reply_parser *p)
+{
+	p->truncated = true;
 }
 
 bool moe_reply_parser_in_tool(const moe_reply_parser *p)

@@ -92,6 +92,11 @@ void moe_reply_parser_destroy(moe_reply_parser *p);
 moe_err moe_reply_parser_feed(moe_reply_parser *p, const char *text, size_t len, bool final,
                               moe_reply_cb cb, void *ctx);
 
+/* Says the text is being cut by the token limit: at the final feed a tool
+ * call still open ends (TOOL_END) with the arguments it has, which may not
+ * be JSON, instead of failing (one whose name never came is dropped). */
+void moe_reply_parser_truncated(moe_reply_parser *p);
+
 /* Whether the text so far has opened a tool call that has not ended (for a
  * constraint that starts when the model opens a call). */
 bool moe_reply_parser_in_tool(const moe_reply_parser *p);

@@ -422,3 +422,34 @@ Test(reply, random_text_never_crashes)
 		}
 	}
 }
+
+Test(reply, a_call_cut_by_the_token_limit_ends_as_it_is)
+{
+	const moe_reply_opts o = {.format = MOE_REPLY_QWEN3_JSON};
+	static const char *const texts[] = {
+	    "<tool_call>\n{\"name\": \"f\", \"arguments\": "
+	    "{}}\n</tool_call>\n<tool_call>\n{\"name\": "
+	    "\"g\", \"arguments\": {\"a\": [1, 2",
+	    "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"na"};
+	for (int k = 0; k < 2; k++) {
+		moe_reply_parser *p;
+		got g = {.order_ok = true, .open = -1};
+		cr_assert_eq(moe_reply_parser_create(&p, &o), MOE_OK);
+		moe_reply_parser_truncated(p);
+		cr_assert_eq(
+		    moe_reply_parser_feed(p, texts[k], strlen(texts[k]), true, on_event, &g),
+		    MOE_OK, "%s", moe_err_detail());
+		moe_reply_parser_destroy(p);
+		cr_assert(g.order_ok);
+		cr_assert_eq(g.n_tools, k == 0 ? 2 : 1, "text %d: %d calls", k, g.n_tools);
+		cr_assert_str_eq(g.args[0], "{}");
+		if (k == 0) {
+			cr_assert_str_eq(g.name[1], "g");
+			cr_assert_str_eq(g.args[1], "{\"a\": [1, 2");
+			cr_assert_str_eq(g.end[1], "{\"a\": [1, 2");
+		}
+		/* not cut: the same text is an error */
+		got h;
+		cr_assert_eq(parse_cut(&h, &o, texts[k], NULL, 0), MOE_ERR_FORMAT);
+	}
+}
