@@ -1,4 +1,4 @@
-/* cluster_impl.h - what cluster.c (links, placement) and dispatch.c
+/* cluster_impl.h - what link.c (links, placement) and dispatch.c
  * (the expert backend) share.  Not a public header. */
 #ifndef MOE_CLUSTER_IMPL_H
 #define MOE_CLUSTER_IMPL_H
@@ -69,7 +69,7 @@ struct moe_cluster {
 	moe_cluster_counters cnt;
 };
 
-/* cluster.c */
+/* link.c */
 moe_err moe_clu_assign(moe_cluster *c, clink *l);
 moe_err moe_clu_repair(moe_cluster *c);
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);

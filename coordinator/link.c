@@ -1,5 +1,5 @@
 /*
- * cluster.c - worker links (spawn, connect, handshake, assign, shutdown), the
+ * link.c - worker links (spawn, connect, handshake, assign, shutdown), the
  * placement of experts on them, its repair after a failure, and options.
  */
 #include <cjson/cJSON.h>
