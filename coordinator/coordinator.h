@@ -41,17 +41,14 @@ typedef enum moe_place_kind {
 typedef struct moe_cluster_opts {
 	const char *urls[MOE_CLUSTER_MAX_LINKS]; /* tcp://, ipc://, or "local" (this process) */
 	int n_urls;
-	int spawn;          /* --workers N: start N local workers on ipc:// */
-	const char *exe;    /* the moemesh binary for spawn (NULL = /proc/self/exe) */
+	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
-	int load_timeout_ms;   /* silence allowed while a worker loads (0 = 120000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
-	bool verbose;          /* progress lines on stderr */
 } moe_cluster_opts;
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,

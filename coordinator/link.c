@@ -18,6 +18,10 @@
 #include "coordinator/cluster_impl.h"
 #include "core/core.h"
 
+/* Silence allowed while a worker loads its experts: LOAD_PROGRESS frames
+ * (every 64 MB read) and heartbeats restart it. */
+#define LOAD_SILENCE_MS 120000
+
 /* ---- control connection --------------------------------------------------------- */
 
 static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
@@ -271,9 +275,9 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 	a.layers = lp;
 	if ((err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
 		goto out_free;
-	const int tmo = c->o.load_timeout_ms > 0 ? c->o.load_timeout_ms : 120000;
 	for (;;) {
-		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, tmo)) != MOE_OK)
+		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
+		    MOE_OK)
 			goto out_free;
 		Moemesh__LoadProgress *p =
 		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
@@ -286,9 +290,6 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		const bool done = p->done;
 		if (done)
 			l->st.load_seconds = p->seconds;
-		if (c->o.verbose && !done)
-			fprintf(stderr, "\rworker %s: loaded %.0f / %.0f MB", l->name,
-			        (double)p->bytes_done / 1e6, (double)p->bytes_total / 1e6);
 		moemesh__load_progress__free_unpacked(p, NULL);
 		if (done)
 			break;
@@ -308,10 +309,6 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 			               (unsigned long long)held);
 		moemesh__stats__free_unpacked(s, NULL);
 	}
-	if (c->o.verbose && err == MOE_OK)
-		fprintf(stderr, "\rworker %s: %llu experts, %.1f MB loaded in %.2f s\n", l->name,
-		        (unsigned long long)held, (double)l->st.bytes_loaded / 1e6,
-		        l->st.load_seconds);
 out_free:
 	free(les);
 	free(lp);
@@ -350,7 +347,7 @@ moe_err moe_clu_spawn(moe_cluster *c, clink *l, int k)
 {
 	int fds[2];
 	char rfd[16], thr[16], name[32], delay[16];
-	const char *exe = c->o.exe ? c->o.exe : "/proc/self/exe";
+	const char *exe = "/proc/self/exe";
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	int threads = c->o.worker_threads
 	                  ? c->o.worker_threads
