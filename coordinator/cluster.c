@@ -52,6 +52,8 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 				goto out_destroy;
 		} else {
 			snprintf(l->url, sizeof l->url, "%s", o->urls[i - o->spawn]);
+			if (o->names[i - o->spawn] != NULL)
+				snprintf(l->name, sizeof l->name, "%s", o->names[i - o->spawn]);
 		}
 		snprintf(l->st.url, sizeof l->st.url, "%s", l->url);
 	}
@@ -59,7 +61,8 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		clink *l = &c->links[i];
 		if (strcmp(l->url, "local") == 0) {
 			l->local = true;
-			snprintf(l->name, sizeof l->name, "local");
+			if (l->name[0] == '\0')
+				snprintf(l->name, sizeof l->name, "local");
 			FILE *fp = fopen("/proc/meminfo", "r");
 			unsigned long long kb = 0;
 			char line[256];

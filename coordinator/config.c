@@ -30,6 +30,7 @@ static moe_err add_url(moe_cluster_opts *o, const char *url)
 {
 	if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
 		return moe_fail(MOE_ERR_INVAL, "more than %d workers", MOE_CLUSTER_MAX_LINKS);
+	o->names[o->n_urls] = NULL;
 	o->urls[o->n_urls++] = url;
 	return MOE_OK;
 }
@@ -45,10 +46,78 @@ static moe_err parse_place(moe_cluster_opts *o, const char *v)
 	return MOE_OK;
 }
 
-/* The strings of a cluster file live as long as the process (options point
- * into them); one file per process is all a command reads. */
-static cJSON *g_cluster_json;
+/* Every cluster file read, kept as long as the process: options point into
+ * their strings. */
+static cJSON *g_cluster_files;
 
+static const char *const top_keys[] = {"workers", "replicate", "placement", "secret_file",
+                                       "dispatch_timeout_ms"};
+static const char *const worker_keys[] = {"url", "name"};
+
+/* Fails with MOE_ERR_INVAL naming the first member of obj whose key is not
+ * one of known[0..n) (where: the place in the file, for the message). */
+static moe_err check_keys(const cJSON *obj, const char *const *known, size_t n, const char *path,
+                          const char *where)
+{
+	const cJSON *it;
+	cJSON_ArrayForEach(it, obj)
+	{
+		size_t k = 0;
+		while (k < n && strcmp(it->string, known[k]) != 0)
+			k++;
+		if (k < n)
+			continue;
+		char list[160];
+		size_t len = 0;
+		for (k = 0; k < n; k++)
+			len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+			                        k ? ", " : "", known[k]);
+		return moe_fail(MOE_ERR_INVAL, "--cluster %s: unknown key \"%s\" %s (known: %s)",
+		                path, it->string, where, list);
+	}
+	return MOE_OK;
+}
+
+/* The workers array: URL strings or {"url": URL, "name": NAME} objects. */
+static moe_err read_workers(moe_cluster_opts *o, const cJSON *ws, const char *path)
+{
+	if (!cJSON_IsArray(ws))
+		return moe_fail(MOE_ERR_INVAL, "--cluster %s: \"workers\" must be an array", path);
+	const cJSON *w;
+	int k = 0;
+	cJSON_ArrayForEach(w, ws)
+	{
+		const cJSON *u = w, *name = NULL;
+		if (cJSON_IsObject(w)) {
+			char where[32];
+			snprintf(where, sizeof where, "in workers[%d]", k);
+			moe_err err = check_keys(
+			    w, worker_keys, sizeof worker_keys / sizeof *worker_keys, path, where);
+			if (err != MOE_OK)
+				return err;
+			u = cJSON_GetObjectItemCaseSensitive(w, "url");
+			name = cJSON_GetObjectItemCaseSensitive(w, "name");
+		}
+		if (!cJSON_IsString(u))
+			return moe_fail(MOE_ERR_INVAL,
+			                "--cluster %s: workers[%d] is not a URL string nor "
+			                "{\"url\": URL, \"name\": NAME}",
+			                path, k);
+		if (name != NULL && (!cJSON_IsString(name) || name->valuestring[0] == '\0'))
+			return moe_fail(MOE_ERR_INVAL,
+			                "--cluster %s: workers[%d].name is not a non-empty string",
+			                path, k);
+		if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
+			return moe_fail(MOE_ERR_INVAL, "more than %d workers",
+			                MOE_CLUSTER_MAX_LINKS);
+		o->names[o->n_urls] = name ? name->valuestring : NULL;
+		o->urls[o->n_urls++] = u->valuestring;
+		k++;
+	}
+	return MOE_OK;
+}
+
+/* Reads the JSON cluster file into o; o is unchanged on an error. */
 static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
 {
 	FILE *fp = fopen(path, "rb");
@@ -62,32 +131,23 @@ static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
 	buf[n] = '\0';
 	cJSON *j = cJSON_Parse(buf);
 	free(buf);
+	moe_cluster_opts t = *o;
 	moe_err err = MOE_OK;
+	const cJSON *v;
 	if (j == NULL || !cJSON_IsObject(j)) {
 		err = moe_fail(MOE_ERR_INVAL, "--cluster %s: not a JSON object", path);
 		goto out_free;
 	}
-	const cJSON *ws = cJSON_GetObjectItemCaseSensitive(j, "workers");
-	if (!cJSON_IsArray(ws)) {
-		err = moe_fail(MOE_ERR_INVAL, "--cluster %s: \"workers\" must be an array", path);
+	if ((err = check_keys(j, top_keys, sizeof top_keys / sizeof *top_keys, path,
+	                      "at the top level")) != MOE_OK ||
+	    (err = read_workers(&t, cJSON_GetObjectItemCaseSensitive(j, "workers"), path)) !=
+	        MOE_OK)
 		goto out_free;
-	}
-	const cJSON *w;
-	cJSON_ArrayForEach(w, ws)
-	{
-		const cJSON *u = cJSON_IsObject(w) ? cJSON_GetObjectItemCaseSensitive(w, "url") : w;
-		if (!cJSON_IsString(u)) {
-			err = moe_fail(
-			    MOE_ERR_INVAL,
-			    "--cluster %s: each worker is a URL string or {\"url\": ...}", path);
-			goto out_free;
-		}
-		if ((err = add_url(o, u->valuestring)) != MOE_OK)
-			goto out_free;
-	}
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "placement");
-	if (v && (!cJSON_IsString(v) || parse_place(o, v->valuestring) != MOE_OK)) {
-		err = moe_fail(MOE_ERR_INVAL, "--cluster %s: bad \"placement\"", path);
+	v = cJSON_GetObjectItemCaseSensitive(j, "placement");
+	if (v && (!cJSON_IsString(v) || parse_place(&t, v->valuestring) != MOE_OK)) {
+		err =
+		    moe_fail(MOE_ERR_INVAL,
+		             "--cluster %s: \"placement\" is \"memory\" or \"round-robin\"", path);
 		goto out_free;
 	}
 	if ((v = cJSON_GetObjectItemCaseSensitive(j, "replicate")) != NULL) {
@@ -96,7 +156,7 @@ static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
 			               path);
 			goto out_free;
 		}
-		o->replicate = v->valuestring;
+		t.replicate = v->valuestring;
 	}
 	if ((v = cJSON_GetObjectItemCaseSensitive(j, "secret_file")) != NULL) {
 		if (!cJSON_IsString(v)) {
@@ -104,18 +164,25 @@ static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
 			               path);
 			goto out_free;
 		}
-		o->secret_file = v->valuestring;
+		t.secret_file = v->valuestring;
 	}
 	if ((v = cJSON_GetObjectItemCaseSensitive(j, "dispatch_timeout_ms")) != NULL) {
 		if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 3600000) {
-			err = moe_fail(MOE_ERR_INVAL, "--cluster %s: bad \"dispatch_timeout_ms\"",
-			               path);
+			err = moe_fail(MOE_ERR_INVAL,
+			               "--cluster %s: \"dispatch_timeout_ms\" is 1..3600000", path);
 			goto out_free;
 		}
-		o->timeout_ms = (int)v->valuedouble;
+		t.timeout_ms = (int)v->valuedouble;
 	}
-	cJSON_Delete(g_cluster_json);
-	g_cluster_json = j;
+	if (g_cluster_files == NULL && (g_cluster_files = cJSON_CreateArray()) == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "--cluster %s", path);
+		goto out_free;
+	}
+	if (!cJSON_AddItemToArray(g_cluster_files, j)) {
+		err = moe_fail(MOE_ERR_NOMEM, "--cluster %s", path);
+		goto out_free;
+	}
+	*o = t;
 	return MOE_OK;
 
 out_free:

@@ -39,7 +39,9 @@ typedef enum moe_place_kind {
 } moe_place_kind;
 
 typedef struct moe_cluster_opts {
-	const char *urls[MOE_CLUSTER_MAX_LINKS]; /* tcp://, ipc://, or "local" (this process) */
+	const char *urls[MOE_CLUSTER_MAX_LINKS];  /* tcp://, ipc://, or "local" (this process) */
+	const char *names[MOE_CLUSTER_MAX_LINKS]; /* per URL: the name messages and statistics
+	                                           * give it (NULL = what the worker announces) */
 	int n_urls;
 	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
@@ -56,7 +58,12 @@ typedef struct moe_cluster_opts {
  * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N), consumes it
  * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
- * --cluster file (JSON: see deploy/cluster.example.json). */
+ * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
+ * is a JSON object with the keys "workers" (an array of URL strings or
+ * {"url": URL, "name": NAME} objects), "placement", "replicate",
+ * "secret_file" and "dispatch_timeout_ms", all optional but "workers"; any
+ * other key, at the top or in a worker object, is an error that names it.
+ * The file's strings stay allocated for the life of the process. */
 moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv);
 
 /* The usage lines of those options. */

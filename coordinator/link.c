@@ -152,7 +152,9 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		               r->protocol_version);
 		goto out_free_reply;
 	}
-	snprintf(l->name, sizeof l->name, "%.63s", r->name && r->name[0] ? r->name : l->url);
+	if (l->name[0] == '\0') /* not named by the cluster file */
+		snprintf(l->name, sizeof l->name, "%.63s",
+		         r->name && r->name[0] ? r->name : l->url);
 	l->mem = r->mem_bytes;
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
 	if (c->secret) {

@@ -1,7 +1,8 @@
 /*
  * test_cluster.c - expert parallelism end to end: `moemesh logits` with
  * spawned, replicated, local and tcp workers is bit-identical to one process
- * for every fixture model; a worker answers malformed control and data frames
+ * for every fixture model; the example cluster file loads and a misspelt key
+ * in one is an error naming it; a worker answers malformed control and data frames
  * with ERROR and keeps serving; wrong model identity and wrong secret are
  * refused; a worker dying before its assignment is a clear error; workers
  * dying mid-generation do not change the output; a 3-host run over network
@@ -25,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coordinator/coordinator.h"
+#include "core/core.h"
 #include "model/forward.h"
 #include "proto/proto.h"
 
@@ -179,8 +182,8 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	tmp_path(json, sizeof json, "cluster.json");
 	FILE *fp = fopen(json, "w");
 	cr_assert(fp != NULL);
-	fprintf(fp, "{\"workers\": [\"local\", {\"url\": \"local\"}], \"placement\": "
-	            "\"round-robin\", \"replicate\": \"all\"}\n");
+	fprintf(fp, "{\"workers\": [\"local\", {\"url\": \"local\", \"name\": \"here\"}], "
+	            "\"placement\": \"round-robin\", \"replicate\": \"all\"}\n");
 	fclose(fp);
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1", bin(), model, ref),
 	             0);
@@ -188,6 +191,12 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	                model, out, json),
 	             0);
 	cr_assert(same_file(ref, out));
+	/* a worker's "name" is the name its statistics line gives */
+	cr_assert_eq(sh("'%s' run -m '%s' --tokens 3,4,5 -n 2 --threads 1 --cluster %s >/dev/null "
+	                "2>%s",
+	                bin(), model, json, out),
+	             0);
+	cr_assert(file_has(out, "worker here "), "the name from the cluster file is not used");
 	/* a broken file is a usage error */
 	fp = fopen(json, "w");
 	fprintf(fp, "{\"workers\": 7}");
@@ -198,6 +207,72 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	unlink(json);
 	unlink(ref);
 	unlink(out);
+}
+
+/* deploy/cluster.example.json, as the docs show it, loads with every key. */
+Test(cluster, cluster_file_example_loads, .timeout = 30)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/deploy/cluster.example.json",
+	         getenv("MOE_SOURCE_DIR") ? getenv("MOE_SOURCE_DIR") : "..");
+	char *argv[] = {"--cluster", path};
+	moe_cluster_opts o = {0};
+	int i = 0;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(i, 1);
+	cr_assert_eq(o.n_urls, 3);
+	cr_assert_str_eq(o.urls[0], "tcp://10.0.0.2:7070");
+	cr_assert_str_eq(o.names[0], "box-b");
+	cr_assert_str_eq(o.names[1], "box-c");
+	cr_assert_str_eq(o.urls[2], "local");
+	cr_assert_null(o.names[2]);
+	cr_assert_eq(o.place, MOE_PLACE_MEMORY);
+	cr_assert_str_eq(o.replicate, "all");
+	cr_assert_str_eq(o.secret_file, "/etc/moemesh/secret");
+	cr_assert_eq(o.timeout_ms, 10000);
+}
+
+/* A misspelt key, at the top or in a worker object, is an error that names
+ * it (it used to be ignored: "placment" quietly gave the default placement),
+ * in-process and as the usage error of a command. */
+Test(cluster, cluster_file_unknown_key_is_an_error_naming_it, .timeout = 60)
+{
+	static const struct {
+		const char *json, *key, *where;
+	} cases[] = {
+	    {"{\"workers\": [\"local\"], \"placment\": \"round-robin\"}", "\"placment\"",
+	     "top level"},
+	    {"{\"workers\": [\"local\", {\"ulr\": \"local\"}]}", "\"ulr\"", "workers[1]"},
+	    {"{\"workers\": [{\"url\": \"local\", \"nmae\": \"a\"}]}", "\"nmae\"", "workers[0]"},
+	};
+	char json[256], out[256], err[256], model[1024];
+	tmp_path(json, sizeof json, "typo.json");
+	tmp_path(out, sizeof out, "typo.f32");
+	tmp_path(err, sizeof err, "typo.err");
+	snprintf(model, sizeof model, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		FILE *fp = fopen(json, "w");
+		cr_assert_not_null(fp);
+		fputs(cases[k].json, fp);
+		fclose(fp);
+		char *argv[] = {"--cluster", json};
+		moe_cluster_opts o = {0};
+		int i = 0;
+		cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_ERR_INVAL,
+		             "%s was accepted", cases[k].json);
+		cr_assert(strstr(moe_err_detail(), cases[k].key) != NULL &&
+		              strstr(moe_err_detail(), cases[k].where) != NULL,
+		          "the error does not name %s in the %s: %s", cases[k].key, cases[k].where,
+		          moe_err_detail());
+		cr_assert_eq(o.n_urls, 0, "a refused file changed the options");
+		cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3 -o %s --cluster %s 2>%s", bin(),
+		                model, out, json, err),
+		             2);
+		cr_assert(file_has(err, cases[k].key), "logits does not name %s", cases[k].key);
+	}
+	unlink(json);
+	unlink(out);
+	unlink(err);
 }
 
 /* ---- refusals ------------------------------------------------------------------- */
