@@ -84,11 +84,14 @@ typedef struct moe_worker_opts {
 	bool die_on_assign;      /* test hook: _exit(3) when an ASSIGN arrives */
 	int ready_fd;            /* if >= 0: one byte is written and the fd closed once the
 	                          * worker listens (process supervisors); else -1 */
+	int stop_fd;             /* if >= 0: once it is readable (a byte from a signal
+	                          * handler) the worker stops as on SHUTDOWN; else -1 */
 	bool quiet;              /* no log lines on stderr */
 } moe_worker_opts;
 
 /* Serves the cluster protocol (proto/proto.h, server.c) on o->listen_url until
- * an authenticated SHUTDOWN arrives.  Bad frames from peers are answered and
+ * an authenticated SHUTDOWN arrives or o->stop_fd becomes readable (then it
+ * frees everything and returns MOE_OK).  Bad frames from peers are answered and
  * counted, never fatal.  Errors (set-up only): those of moe_gguf_open,
  * moe_hparams_load, moe_secret_read, MOE_ERR_INVAL/IO (cannot listen),
  * MOE_ERR_NOMEM, MOE_ERR_SYS. */
