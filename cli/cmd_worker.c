@@ -62,6 +62,12 @@ static moe_err run_stoppable(moe_worker_opts *o)
 
 int moe_cmd_worker(int argc, char **argv)
 {
+	return moe_cmd_worker_with(argc, argv, NULL, NULL);
+}
+
+int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o, void *ctx),
+                        void *ctx)
+{
 	moe_worker_opts o = {.ready_fd = -1, .stop_fd = -1, .name = "worker"};
 	long v;
 	for (int i = 1; i < argc; i++) {
@@ -72,8 +78,6 @@ int moe_cmd_worker(int argc, char **argv)
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
-		} else if (strcmp(a, "--die-on-assign") == 0) {
-			o.die_on_assign = true; /* test hook, not in the usage text */
 		} else if (strcmp(a, "-m") == 0 && has) {
 			o.model_path = argv[++i];
 		} else if (strcmp(a, "--listen") == 0 && has) {
@@ -98,11 +102,6 @@ int moe_cmd_worker(int argc, char **argv)
 			if (moe_parse_long(&v, argv[++i], 0, 10000000) != 0)
 				goto out_usage;
 			o.net_delay_us = (int)v;
-		} else if (strcmp(a, "--die-after") == 0 && has) {
-			/* test hook, not in the usage text */
-			if (moe_parse_long(&v, argv[++i], 1, 1L << 30) != 0)
-				goto out_usage;
-			o.die_after = (int)v;
 		} else if (strcmp(a, "--ready-fd") == 0 && has) {
 			/* for --workers N: the parent's pipe */
 			if (moe_parse_long(&v, argv[++i], 0, 1 << 20) != 0)
@@ -114,6 +113,8 @@ int moe_cmd_worker(int argc, char **argv)
 	}
 	if (o.model_path == NULL || o.listen_url == NULL)
 		goto out_usage;
+	if (adjust != NULL)
+		adjust(&o, ctx);
 	moe_err err = run_stoppable(&o);
 	if (err != MOE_OK) {
 		fprintf(stderr, "moemesh worker: %s: %s\n", moe_err_name(err), moe_err_detail());

@@ -5,8 +5,10 @@
  * in one is an error naming it; a worker answers malformed control and data frames
  * with ERROR and keeps serving; wrong model identity and wrong secret are
  * refused; a worker dying before its assignment is a clear error; workers
- * dying mid-generation do not change the output; a 3-host run over network
- * namespaces (veth + tbf) gives the single-process text.
+ * dying mid-generation do not change the output (the dying workers are the
+ * test harness, $MOE_TEST_WORKER: the release programs carry no fault
+ * injection); a 3-host run over network namespaces (veth + tbf) gives the
+ * single-process text.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -80,15 +82,30 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Starts `env ENV moemesh worker -m model --listen ipc://path extra` (env:
- * VAR=value words, or "") and waits until its socket exists. */
-static pid_t start_worker_env(const char *model, const char *sock, const char *env,
-                              const char *extra)
+/* The fault-injecting worker (tests/worker_harness.c). */
+static const char *test_worker(void)
+{
+	const char *b = getenv("MOE_TEST_WORKER");
+	cr_assert(b != NULL, "MOE_TEST_WORKER is not set");
+	return b;
+}
+
+/* Starts `env ENV moemesh worker -m model --listen ipc://path --threads 1
+ * extra` (env: VAR=value words, or ""), or with fault (not NULL: "--die-after
+ * N" or "--die-on-assign") the test harness with those options instead of
+ * `moemesh worker`, and waits until its socket exists. */
+static pid_t start_worker_full(const char *model, const char *sock, const char *env,
+                               const char *fault, const char *extra)
 {
 	char cmd[4096];
-	snprintf(cmd, sizeof cmd,
-	         "exec env %s '%s' worker -m '%s' --listen ipc://%s --threads 1 %s", env, bin(),
-	         model, sock, extra);
+	if (fault != NULL)
+		snprintf(cmd, sizeof cmd,
+		         "exec env %s '%s' %s -m '%s' --listen ipc://%s --threads 1 %s", env,
+		         test_worker(), fault, model, sock, extra);
+	else
+		snprintf(cmd, sizeof cmd,
+		         "exec env %s '%s' worker -m '%s' --listen ipc://%s --threads 1 %s", env,
+		         bin(), model, sock, extra);
 	unlink(sock);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
@@ -103,9 +120,22 @@ static pid_t start_worker_env(const char *model, const char *sock, const char *e
 	return pid;
 }
 
+static pid_t start_worker_env(const char *model, const char *sock, const char *env,
+                              const char *extra)
+{
+	return start_worker_full(model, sock, env, NULL, extra);
+}
+
 static pid_t start_worker(const char *model, const char *sock, const char *extra)
 {
-	return start_worker_env(model, sock, "", extra);
+	return start_worker_full(model, sock, "", NULL, extra);
+}
+
+/* A worker of the test harness that dies as fault says. */
+static pid_t start_faulty_worker(const char *model, const char *sock, const char *fault,
+                                 const char *extra)
+{
+	return start_worker_full(model, sock, "", fault, extra);
 }
 
 /* Stops a worker the test started; returns its exit status or -1. */
@@ -342,7 +372,7 @@ Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
 	tmp_path(sock, sizeof sock, "dead.sock");
 	tmp_path(out, sizeof out, "dead.f32");
 	tmp_path(err, sizeof err, "dead.err");
-	pid_t w = start_worker(m, sock, "--quiet --die-on-assign");
+	pid_t w = start_faulty_worker(m, sock, "--die-on-assign", "--quiet");
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s 2>%s", bin(), m,
 	                out, sock, err),
 	             1);
@@ -354,6 +384,34 @@ Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
 	unlink(out);
 	unlink(err);
 	unlink(sock);
+}
+
+/* The fault injection lives in the test harness only: neither release
+ * program knows --die-after / --die-on-assign (nor any "die-" string). */
+Test(cluster, release_programs_carry_no_fault_injection, .timeout = 30)
+{
+	char worker[1024];
+	snprintf(worker, sizeof worker, "%s", bin());
+	char *slash = strrchr(worker, '/');
+	cr_assert_not_null(slash);
+	snprintf(slash + 1, sizeof worker - (size_t)(slash + 1 - worker), "moemesh-worker");
+	const char *const progs[] = {bin(), worker};
+	for (size_t k = 0; k < 2; k++) {
+		FILE *fp = fopen(progs[k], "rb");
+		cr_assert_not_null(fp, "%s", progs[k]);
+		fseek(fp, 0, SEEK_END);
+		const long n = ftell(fp);
+		rewind(fp);
+		char *buf = malloc((size_t)n);
+		cr_assert_not_null(buf);
+		cr_assert_eq(fread(buf, 1, (size_t)n, fp), (size_t)n);
+		fclose(fp);
+		const bool found = memmem(buf, (size_t)n, "die-", 4) != NULL;
+		free(buf);
+		cr_assert(!found, "%s contains \"die-\"", progs[k]);
+	}
+	/* and the harness does (it is what the fault tests run) */
+	cr_assert_eq(sh("grep -q -a -- --die-after '%s'", test_worker()), 0);
 }
 
 /* ---- failures mid-generation ---------------------------------------------------- */
@@ -372,7 +430,7 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 	             0);
 	for (size_t k = 0; k < sizeof extra / sizeof *extra; k++) {
 		pid_t a = start_worker(m, sa, "--quiet");
-		pid_t b = start_worker(m, sb, "--quiet --die-after 9");
+		pid_t b = start_faulty_worker(m, sb, "--die-after 9", "--quiet");
 		cr_assert_eq(
 		    sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
 		       "--worker ipc://%s %s 2>/dev/null",
@@ -385,7 +443,7 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 		stop_worker(a);
 	}
 	/* nobody left: a clear error, no hang */
-	pid_t b = start_worker(m, sb, "--quiet --die-after 3");
+	pid_t b = start_faulty_worker(m, sb, "--die-after 3", "--quiet");
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
 	                "2>/dev/null",
 	                bin(), m, toks, out, sb),

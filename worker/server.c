@@ -267,10 +267,8 @@ static void on_assign(server *s, const moe_frame *f)
 		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
 		return;
 	}
-	if (s->o->die_on_assign) {
-		logf_(s, "--die-on-assign: exiting");
-		_exit(3);
-	}
+	if (s->o->on_assign != NULL)
+		s->o->on_assign(s->o->observer_ctx);
 	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
 		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
 		s->st.bad_frames++;
@@ -464,10 +462,8 @@ static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
 	s->st.bytes_in += f->payload_len;
 	s->st.bytes_out += n * sizeof *s->acc;
 	s->st.compute_ns += dt;
-	if (s->o->die_after > 0 && s->st.dispatches >= (uint64_t)s->o->die_after) {
-		logf_(s, "--die-after %d reached: exiting without an answer", s->o->die_after);
-		_exit(3);
-	}
+	if (s->o->on_computed != NULL)
+		s->o->on_computed(s->o->observer_ctx, s->st.dispatches);
 	delay_us(s->o->net_delay_us);
 	Moemesh__Result r = MOEMESH__RESULT__INIT;
 	r.step = d->step;
