@@ -97,7 +97,7 @@ void moe_cluster_destroy(moe_cluster *c)
 {
 	if (c == NULL)
 		return;
-	moe_clu_stop_spawned(c);
+	(void)moe_clu_stop_spawned(c, false); /* a no-op after moe_cluster_shutdown */
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
 		if (l->ctl_open)
@@ -114,6 +114,11 @@ void moe_cluster_destroy(moe_cluster *c)
 	moe_clu_free_buffers(c);
 	free(c->secret);
 	free(c);
+}
+
+moe_err moe_cluster_shutdown(moe_cluster *c)
+{
+	return c == NULL ? MOE_OK : moe_clu_stop_spawned(c, true);
 }
 
 const moe_expert_backend *moe_cluster_backend(moe_cluster *c)

@@ -96,9 +96,12 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l);
 /* Marks l dead (once): closes its data socket, says why on stderr. */
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
-/* Sends SHUTDOWN to the live spawned workers, waits for each to exit (a
- * signal after a grace period), reaps them and removes their socket files. */
-void moe_clu_stop_spawned(moe_cluster *c);
+/* Stops the spawned workers (moe_cluster_shutdown): SHUTDOWN to the live
+ * ones, SIGTERM to the others, SIGKILL after a grace period; reaps them,
+ * removes their socket files and marks them dead.  Returns MOE_ERR_CLOSED,
+ * naming each worker that did not end cleanly, if report; else MOE_OK
+ * without touching the thread's error detail. */
+moe_err moe_clu_stop_spawned(moe_cluster *c, bool report);
 
 /* placement.c */
 

@@ -84,8 +84,21 @@ typedef struct moe_cluster moe_cluster;
 moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *model_path,
                            const moe_cluster_opts *o);
 
-/* Shuts down spawned workers (SHUTDOWN, then a signal if they linger), closes
- * every link.  NULL is a no-op. */
+/* Ends the workers this cluster spawned (--workers N): SHUTDOWN to each live
+ * one (SIGTERM to one already lost), up to 10 s for all to exit, SIGKILL for
+ * those still there; reaps every one.  Returns MOE_OK if each exited with
+ * status 0 of its own accord, else MOE_ERR_CLOSED with a detail that names
+ * each that did not (killed by a signal, a non-zero exit status such as an
+ * AddressSanitizer report's, or killed here), even when failover had hidden
+ * its loss.  Workers named by URL keep running.  Call it once, after the
+ * last step (the cluster computes nothing on spawned workers after it), then
+ * moe_cluster_destroy; programs print its error and exit non-zero.  NULL:
+ * MOE_OK. */
+moe_err moe_cluster_shutdown(moe_cluster *c);
+
+/* Ends the spawned workers as moe_cluster_shutdown does if it was not called
+ * (without a report: the thread's error detail is left as it was), closes
+ * every link, frees c.  NULL is a no-op. */
 void moe_cluster_destroy(moe_cluster *c);
 
 /* The backend to put in moe_fwd_opts.experts; valid while c lives. */

@@ -9,6 +9,7 @@
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -418,35 +419,82 @@ moe_err moe_clu_spawn(moe_cluster *c, clink *l, int k)
 	return MOE_OK;
 }
 
-/* Sends SHUTDOWN to the live spawned workers, waits up to 3 s for each to
- * exit, kills the ones that linger and removes the socket files. */
-void moe_clu_stop_spawned(moe_cluster *c)
+/* How long spawned workers get to exit after SHUTDOWN or SIGTERM. */
+#define STOP_GRACE_MS 10000
+
+/* Appends to buf (of size n, used len) how the spawned worker of l ended, if
+ * not cleanly; returns whether it did. */
+static bool ended_cleanly(char *buf, size_t n, size_t *len, const clink *l, int status, bool killed)
 {
+	char how[96];
+	if (killed)
+		snprintf(how, sizeof how, "did not exit within %d ms and was killed",
+		         STOP_GRACE_MS);
+	else if (WIFSIGNALED(status))
+		snprintf(how, sizeof how, "was killed by signal %d (%s)", WTERMSIG(status),
+		         strsignal(WTERMSIG(status)));
+	else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+		snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+	else
+		return true;
+	if (*len < n)
+		*len += (size_t)snprintf(buf + *len, n - *len, "%sworker %s (pid %d, %s) %s",
+		                         *len ? "; " : "", l->name[0] ? l->name : "?", (int)l->pid,
+		                         l->url, how);
+	return false;
+}
+
+moe_err moe_clu_stop_spawned(moe_cluster *c, bool report)
+{
+	/* SHUTDOWN to the connected live ones, SIGTERM to the others (lost or
+	 * never connected), then one deadline for all */
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
-		if (l->ctl_open && l->alive && l->pid > 0)
-			(void)moe_nng_send(l->ctl, MOE_MSG_SHUTDOWN, NULL);
+		if (l->pid <= 0)
+			continue;
+		if (!(l->ctl_open && l->alive && atomic_load(&l->pipes) > 0 &&
+		      moe_nng_send(l->ctl, MOE_MSG_SHUTDOWN, NULL) == MOE_OK))
+			kill(l->pid, SIGTERM);
 	}
+	const uint64_t deadline = moe_now_ns() + (uint64_t)STOP_GRACE_MS * 1000000u;
+	char bad[480];
+	size_t len = 0;
+	int n_bad = 0;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
-		if (l->pid > 0) {
-			int status;
-			pid_t r = 0;
-			for (int t = 0; t < 300 && (r = waitpid(l->pid, &status, WNOHANG)) == 0;
-			     t++) {
-				struct timespec ts = {0, 10 * 1000000};
-				nanosleep(&ts, NULL);
-			}
-			if (r == 0) {
-				kill(l->pid, SIGKILL);
-				waitpid(l->pid, &status, 0);
-			}
-			/* files a killed worker could not remove */
-			char path[300];
-			snprintf(path, sizeof path, "%s.data", l->url + 6);
-			unlink(path);
-			unlink(l->url + 6);
-			l->pid = 0;
+		if (l->pid <= 0)
+			continue;
+		int status = 0;
+		pid_t r;
+		while ((r = waitpid(l->pid, &status, WNOHANG)) == 0 && moe_now_ns() < deadline) {
+			struct timespec ts = {0, 10 * 1000000};
+			nanosleep(&ts, NULL);
 		}
+		const bool killed = r == 0;
+		if (killed) {
+			kill(l->pid, SIGKILL);
+			waitpid(l->pid, &status, 0);
+		}
+		if (r < 0) {
+			n_bad++;
+			if (len < sizeof bad)
+				len += (size_t)snprintf(bad + len, sizeof bad - len,
+				                        "%sworker %s (pid %d): waitpid: %s",
+				                        len ? "; " : "", l->url, (int)l->pid,
+				                        strerror(errno));
+		} else if (!ended_cleanly(bad, sizeof bad, &len, l, status, killed)) {
+			n_bad++;
+		}
+		/* files a killed worker could not remove */
+		char path[300];
+		snprintf(path, sizeof path, "%s.data", l->url + 6);
+		unlink(path);
+		unlink(l->url + 6);
+		l->pid = 0;
+		l->alive = l->st.alive = false;
 	}
+	if (n_bad == 0 || !report)
+		return MOE_OK;
+	return moe_fail(MOE_ERR_CLOSED, "%d spawned worker%s did not end cleanly: %s", n_bad,
+	                n_bad > 1 ? "s" : "", bad);
 }

@@ -13,9 +13,11 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -82,6 +84,40 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
+/* The workers the current test started and has not waited for yet; a test
+ * that fails part-way leaves them to reap_workers (its .fini). */
+static pid_t g_workers[16];
+
+static void track_worker(pid_t pid, bool add)
+{
+	for (int i = 0; i < 16; i++) {
+		if (add ? g_workers[i] == 0 : g_workers[i] == pid) {
+			g_workers[i] = add ? pid : 0;
+			return;
+		}
+	}
+	cr_assert(!add, "more than 16 workers in one test");
+}
+
+static int children_of(pid_t parent, pid_t *out, int max);
+
+/* .fini of every test that starts workers or coordinators: none outlives its
+ * test, nor do a coordinator's spawned workers. */
+static void reap_workers(void)
+{
+	for (int i = 0; i < 16; i++) {
+		if (g_workers[i] > 0) {
+			pid_t kids[8];
+			const int n = children_of(g_workers[i], kids, 8);
+			for (int k = 0; k < n; k++)
+				kill(kids[k], SIGKILL);
+			kill(g_workers[i], SIGKILL);
+			waitpid(g_workers[i], NULL, 0);
+			g_workers[i] = 0;
+		}
+	}
+}
+
 /* The fault-injecting worker (tests/worker_harness.c). */
 static const char *test_worker(void)
 {
@@ -113,6 +149,7 @@ static pid_t start_worker_full(const char *model, const char *sock, const char *
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
+	track_worker(pid, true);
 	struct stat st;
 	for (int i = 0; i < 500 && stat(sock, &st) != 0; i++)
 		sleep_ms(10);
@@ -138,13 +175,65 @@ static pid_t start_faulty_worker(const char *model, const char *sock, const char
 	return start_worker_full(model, sock, "", fault, extra);
 }
 
-/* Stops a worker the test started; returns its exit status or -1. */
+/* ---- how workers end --------------------------------------------------------------
+ * Every worker a test starts is checked when it ends: a crash (an ASan report
+ * exits 1; or a signal) fails the test even where failover hid it from the
+ * output.  Workers stopped with SIGTERM must exit 0; the harness's faults exit
+ * 3.  Workers a coordinator spawns (--workers N) are checked by the
+ * coordinator (moe_cluster_shutdown), whose exit status the tests check. */
+
+#define STILL_RUNNING (-2) /* wait_worker: the worker had to be killed */
+
+/* Waits up to ms for pid to end; returns its wait status, or STILL_RUNNING
+ * after killing it (SIGKILL) when it did not end in time. */
+static int wait_worker(pid_t pid, int ms)
+{
+	int st = 0;
+	for (int t = 0; t <= ms; t += 10) {
+		const pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid) {
+			track_worker(pid, false);
+			return st;
+		}
+		cr_assert_eq(r, 0, "waitpid %d: %s", (int)pid, strerror(errno));
+		sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	track_worker(pid, false);
+	return STILL_RUNNING;
+}
+
+/* Stops a worker the test started (SIGTERM) and returns how it ended
+ * (wait_worker). */
 static int stop_worker(pid_t pid)
 {
-	int st;
 	kill(pid, SIGTERM);
-	waitpid(pid, &st, 0);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return wait_worker(pid, 20000);
+}
+
+/* "exit status N", "signal N (name)" or "no exit (killed by the test)". */
+static const char *ending(int st)
+{
+	static char buf[4][64];
+	static int k;
+	char *b = buf[k++ % 4];
+	if (st == STILL_RUNNING)
+		snprintf(b, 64, "no exit (still running, killed by the test)");
+	else if (WIFEXITED(st))
+		snprintf(b, 64, "exit status %d", WEXITSTATUS(st));
+	else if (WIFSIGNALED(st))
+		snprintf(b, 64, "signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+	else
+		snprintf(b, 64, "wait status %#x", st);
+	return b;
+}
+
+/* Asserts that a worker ended with exit status want. */
+static void expect_exit(int st, int want, const char *who)
+{
+	cr_assert(st != STILL_RUNNING && WIFEXITED(st) && WEXITSTATUS(st) == want,
+	          "%s ended with %s, not exit status %d", who, ending(st), want);
 }
 
 static void tmp_path(char *out, size_t n, const char *what)
@@ -307,7 +396,7 @@ Test(cluster, cluster_file_unknown_key_is_an_error_naming_it, .timeout = 60)
 
 /* ---- refusals ------------------------------------------------------------------- */
 
-Test(cluster, wrong_model_identity_is_refused, .timeout = 60)
+Test(cluster, wrong_model_identity_is_refused, .timeout = 60, .fini = reap_workers)
 {
 	char a[1024], b[1024], sock[256], out[256], err[256];
 	snprintf(a, sizeof a, "%s/qwen3next-tiny-Q4_0.gguf", fixtures());
@@ -324,12 +413,12 @@ Test(cluster, wrong_model_identity_is_refused, .timeout = 60)
 	/* the worker still serves the right model */
 	cr_assert_eq(
 	    sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s", bin(), a, out, sock), 0);
-	stop_worker(w);
+	expect_exit(stop_worker(w), 0, "the worker");
 	unlink(out);
 	unlink(err);
 }
 
-Test(cluster, wrong_secret_is_refused, .timeout = 60)
+Test(cluster, wrong_secret_is_refused, .timeout = 60, .fini = reap_workers)
 {
 	char m[1024], sock[256], out[256], ref[256], err[256], s1[256], s2[256];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
@@ -357,7 +446,7 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60)
 	                bin(), m, out, sock, s1),
 	             0);
 	cr_assert(same_file(ref, out));
-	stop_worker(w);
+	expect_exit(stop_worker(w), 0, "the worker");
 	unlink(out);
 	unlink(ref);
 	unlink(err);
@@ -365,7 +454,7 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60)
 	unlink(s2);
 }
 
-Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
+Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60, .fini = reap_workers)
 {
 	char m[1024], sock[256], out[256], err[256];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
@@ -378,9 +467,7 @@ Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
 	             1);
 	cr_assert(file_has(err, "MOE_ERR_CLOSED") && file_has(err, "did it die"),
 	          "stderr does not name the dead worker");
-	int st;
-	waitpid(w, &st, 0);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+	expect_exit(wait_worker(w, 20000), 3, "the worker told to die on ASSIGN");
 	unlink(out);
 	unlink(err);
 	unlink(sock);
@@ -416,7 +503,7 @@ Test(cluster, release_programs_carry_no_fault_injection, .timeout = 30)
 
 /* ---- failures mid-generation ---------------------------------------------------- */
 
-Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
+Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120, .fini = reap_workers)
 {
 	static const char *const extra[] = {"--replicate all", "", "--worker local"};
 	char m[1024], sa[256], sb[256], out[256], ref[256];
@@ -431,16 +518,16 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 	for (size_t k = 0; k < sizeof extra / sizeof *extra; k++) {
 		pid_t a = start_worker(m, sa, "--quiet");
 		pid_t b = start_faulty_worker(m, sb, "--die-after 9", "--quiet");
-		cr_assert_eq(
+		const int rc =
 		    sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
 		       "--worker ipc://%s %s 2>/dev/null",
-		       bin(), m, toks, out, sa, sb, extra[k]),
-		    0, "with '%s'", extra[k]);
+		       bin(), m, toks, out, sa, sb, extra[k]);
+		/* both ended before any assertion: none is left running */
+		const int st_b = wait_worker(b, 20000), st_a = stop_worker(a);
+		cr_assert_eq(rc, 0, "with '%s'", extra[k]);
 		cr_assert(same_file(ref, out), "a dead worker changed the logits (%s)", extra[k]);
-		int st;
-		waitpid(b, &st, 0);
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "worker b did not die as asked");
-		stop_worker(a);
+		expect_exit(st_b, 3, "worker b (--die-after 9)");
+		expect_exit(st_a, 0, "worker a, the survivor");
 	}
 	/* nobody left: a clear error, no hang */
 	pid_t b = start_faulty_worker(m, sb, "--die-after 3", "--quiet");
@@ -448,11 +535,167 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 	                "2>/dev/null",
 	                bin(), m, toks, out, sb),
 	             1);
-	waitpid(b, NULL, 0);
+	expect_exit(wait_worker(b, 20000), 3, "worker b (--die-after 3)");
 	unlink(out);
 	unlink(ref);
 	unlink(sa);
 	unlink(sb);
+}
+
+/* The child processes of parent (a coordinator's spawned workers), up to max;
+ * returns how many. */
+static int children_of(pid_t parent, pid_t *out, int max)
+{
+	int n = 0;
+	DIR *d = opendir("/proc");
+	cr_assert_not_null(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL && n < max) {
+		char path[300], buf[512];
+		snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		const size_t len = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[len] = '\0';
+		const char *rp = strrchr(buf, ')'); /* the name may hold spaces */
+		int ppid = 0;
+		char state;
+		if (rp != NULL && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 && ppid == parent)
+			out[n++] = (pid_t)atoi(de->d_name);
+	}
+	closedir(d);
+	return n;
+}
+
+/* Starts `moemesh ARGS...` (NULL-terminated) with stdout on a pipe (*out_fd,
+ * read end) and stderr into err_path. */
+static pid_t start_coordinator(int *out_fd, const char *err_path, const char *const *args)
+{
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	const pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		const char *argv[40] = {bin()};
+		int n = 1;
+		for (int i = 0; args[i] != NULL && n < 39; i++)
+			argv[n++] = args[i];
+		argv[n] = NULL;
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		if (freopen(err_path, "w", stderr) == NULL)
+			_exit(126);
+		execv(bin(), (char *const *)argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	track_worker(pid, true);
+	*out_fd = fds[0];
+	return pid;
+}
+
+/* Waits up to ms for fd to be readable. */
+static bool readable_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, ms) == 1;
+}
+
+/* Reads fd to its end into path. */
+static void drain_to(int fd, const char *path)
+{
+	FILE *fp = fopen(path, "wb");
+	cr_assert_not_null(fp);
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof buf)) > 0)
+		cr_assert_eq(fwrite(buf, 1, (size_t)n, fp), (size_t)n);
+	fclose(fp);
+	close(fd);
+}
+
+/* SIGKILLs one of the coordinator's two spawned workers; returns its pid. */
+static pid_t kill_one_spawned(pid_t coord)
+{
+	pid_t kids[8];
+	const int n = children_of(coord, kids, 8);
+	cr_assert_eq(n, 2, "the coordinator has %d child processes, not 2 workers", n);
+	cr_assert_eq(kill(kids[0], SIGKILL), 0);
+	return kids[0];
+}
+
+/* A spawned worker (--workers N) that does not end cleanly makes run and
+ * logits fail with a message that names it, even when failover (a replica
+ * of every expert) kept the output identical: here one is SIGKILLed, for run
+ * mid-generation (after its first output), for logits once the logits are
+ * computed (it blocks writing them into a FIFO), before the shutdown. */
+Test(cluster, coordinator_reports_a_spawned_worker_that_died, .timeout = 180, .fini = reap_workers)
+{
+	char m[1024], ref[256], out[256], err[256], fifo[256], want[64];
+	snprintf(m, sizeof m, "%s/models/kjv-qwen3next-Q4_K_M.gguf",
+	         getenv("MOE_SOURCE_DIR") ? getenv("MOE_SOURCE_DIR") : "..");
+	tmp_path(ref, sizeof ref, "spawn-ref");
+	tmp_path(out, sizeof out, "spawn-out");
+	tmp_path(err, sizeof err, "spawn.err");
+	tmp_path(fifo, sizeof fifo, "spawn.fifo");
+
+	/* run: every step waits >= 10 ms per layer (--net-delay-us), so that the
+	 * generation goes on for seconds after the kill */
+	cr_assert_eq(sh("'%s' run -m '%s' -p 'In the beginning' -n 64 --temp 0 --ignore-eos "
+	                "--threads 1 > %s 2>/dev/null",
+	                bin(), m, ref),
+	             0);
+	int fd;
+	const pid_t run = start_coordinator(
+	    &fd, err,
+	    (const char *const[]){"run", "-m", m, "-p", "In the beginning", "-n", "64", "--temp",
+	                          "0", "--ignore-eos", "--threads", "1", "--workers", "2",
+	                          "--replicate", "all", "--net-delay-us", "5000", NULL});
+	cr_assert(readable_within(fd, 60000), "run printed nothing");
+	const pid_t victim = kill_one_spawned(run);
+	drain_to(fd, out);
+	int st = wait_worker(run, 60000);
+	cr_assert(same_file(ref, out), "failover changed the text");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	          "run ended with %s although a worker was killed", ending(st));
+	snprintf(want, sizeof want, "(pid %d, ", (int)victim);
+	cr_assert(file_has(err, want) && file_has(err, "was killed by signal 9"),
+	          "run does not name the killed worker (pid %d)", (int)victim);
+
+	/* logits */
+	const char *toks = "1,7,42,3,99,5,11,200,13,17,19,23,29,31,37,41";
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --threads 1", bin(), m, toks, ref),
+	             0);
+	unlink(fifo);
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+	const int rfd = open(fifo, O_RDONLY | O_NONBLOCK); /* no writer yet: no event */
+	cr_assert_geq(rfd, 0);
+	int unused;
+	const pid_t lg = start_coordinator(
+	    &unused, err,
+	    (const char *const[]){"logits", "-m", m, "--tokens", toks, "-o", fifo, "--threads", "1",
+	                          "--workers", "2", "--replicate", "all", NULL});
+	close(unused);
+	/* the first bytes: the logits are computed, 256 KB > the pipe's buffer
+	 * keeps logits writing until we read, and the workers still run */
+	cr_assert(readable_within(rfd, 60000), "logits wrote nothing");
+	const pid_t victim2 = kill_one_spawned(lg);
+	cr_assert_eq(fcntl(rfd, F_SETFL, 0), 0);
+	drain_to(rfd, out);
+	st = wait_worker(lg, 60000);
+	cr_assert(same_file(ref, out), "logits differ");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	          "logits ended with %s although a worker was killed", ending(st));
+	snprintf(want, sizeof want, "(pid %d, ", (int)victim2);
+	cr_assert(file_has(err, want) && file_has(err, "was killed by signal 9"),
+	          "logits does not name the killed worker (pid %d)", (int)victim2);
+	unlink(fifo);
+	unlink(ref);
+	unlink(out);
+	unlink(err);
 }
 
 /* Workers forced to other ISA levels (scalar, AVX2; the coordinator and a
@@ -465,7 +708,7 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
  * (768-column rows); this test covers the cluster path end to end.  (On a
  * CPU without AVX2 that worker falls back to its best level, which is still
  * a valid run.) */
-Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180)
+Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180, .fini = reap_workers)
 {
 	static const char *const models[] = {"qwen3next-kq-Q4_K_M.gguf", "qwen3moe-kq-Q4_K_M.gguf"};
 	static const char *const modes[] = {"", "--one-by-one"};
@@ -494,9 +737,10 @@ Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180)
 			               bin(), m, toks, out, modes[k], sa, sb, sc);
 			same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
 		}
-		stop_worker(a);
-		stop_worker(b);
-		stop_worker(c);
+		const int st_a = stop_worker(a), st_b = stop_worker(b), st_c = stop_worker(c);
+		expect_exit(st_a, 0, "the scalar worker");
+		expect_exit(st_b, 0, "the AVX2 worker");
+		expect_exit(st_c, 0, "the best-level worker");
 		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
 			cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "%s %s: logits failed (%d, %d)",
 			          models[mi], modes[k], rc_ref[k], rc_out[k]);
@@ -583,7 +827,8 @@ static void dispatch_send(int fd, uint32_t layer, uint32_t n_tok, uint32_t act_t
 	(void)moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1);
 }
 
-Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 120)
+Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 120,
+     .fini = reap_workers)
 {
 	char path[1024], sock[256], url[300], dpath[300];
 	snprintf(path, sizeof path, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
@@ -826,9 +1071,7 @@ Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 1
 	moemesh__stats__free_unpacked(st, NULL);
 	nng_msg_free(msg);
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_SHUTDOWN, NULL), MOE_OK);
-	int wst;
-	waitpid(w, &wst, 0);
-	cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "worker did not shut down cleanly");
+	expect_exit(wait_worker(w, 20000), 0, "the worker after SHUTDOWN");
 	nng_close(s);
 	moe_rx_free(&rx);
 	free(x);
@@ -841,7 +1084,7 @@ Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 1
 
 /* ---- three hosts over network namespaces ---------------------------------------- */
 
-Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
+Test(cluster, three_hosts_in_network_namespaces, .timeout = 180, .fini = reap_workers)
 {
 	if (geteuid() != 0 || sh("command -v ip >/dev/null && command -v tc >/dev/null") != 0) {
 		cr_skip_test("3-host test skipped: needs root and ip/tc to create network "
@@ -890,6 +1133,7 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
 				execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 				_exit(127);
 			}
+			track_worker(w[i], true);
 		}
 		sleep_ms(300);
 		bad |= sh("'%s' run -m '%s' -p 'In the beginning' -n 24 --temp 0 --threads 1 > %s "
@@ -900,15 +1144,18 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
 		          "> %s 2>/dev/null",
 		          ns[0], bin(), model, out);
 	}
+	int st_w[3] = {0, 0, 0};
 	for (int i = 1; i < 3; i++)
 		if (w[i] > 0)
-			stop_worker(w[i]);
+			st_w[i] = stop_worker(w[i]);
 	for (int i = 0; i < 3; i++)
 		sh("ip netns del %s 2>/dev/null", ns[i]);
 	for (int i = 0; i < 3; i++)
 		cr_assert_neq(sh("ip netns list | grep -q '^%s'", ns[i]), 0, "namespace %s left",
 		              ns[i]);
 	cr_assert_eq(bad, 0, "setting up or running the 3-host cluster failed");
+	for (int i = 1; i < 3; i++)
+		expect_exit(st_w[i], 0, i == 1 ? "the worker on host a" : "the worker on host b");
 	cr_assert(same_file(ref, out), "3-host generation differs from one process");
 	cr_assert(file_has(out, "LORD"), "no text generated");
 	unlink(ref);
