@@ -4,17 +4,20 @@
  * for every fixture model; the example cluster file loads and a misspelt key
  * in one is an error naming it; a worker answers malformed control and data frames
  * with ERROR and keeps serving; wrong model identity and wrong secret are
- * refused; a worker dying before its assignment is a clear error; workers
- * dying mid-generation do not change the output (the dying workers are the
+ * refused; workers on tcp://127.0.0.1 with --secret-file serve a coordinator
+ * that knows the secret bit for bit and refuse the others; a worker dying before its assignment is
+ * a clear error; workers dying mid-generation do not change the output (the dying workers are the
  * test harness, $MOE_TEST_WORKER: the release programs carry no fault
  * injection); a 3-host run over network namespaces (veth + tbf) gives the
  * single-process text.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
@@ -84,6 +87,13 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
+/* Waits up to ms for fd to be readable. */
+static bool readable_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, ms) == 1;
+}
+
 /* The workers the current test started and has not waited for yet; a test
  * that fails part-way leaves them to reap_workers (its .fini). */
 static pid_t g_workers[16];
@@ -126,35 +136,48 @@ static const char *test_worker(void)
 	return b;
 }
 
-/* Starts `env ENV moemesh worker -m model --listen ipc://path --threads 1
- * extra` (env: VAR=value words, or ""), or with fault (not NULL: "--die-after
- * N" or "--die-on-assign") the test harness with those options instead of
- * `moemesh worker`, and waits until its socket exists. */
-static pid_t start_worker_full(const char *model, const char *sock, const char *env,
-                               const char *fault, const char *extra)
+/* Starts `env ENV moemesh worker -m model --listen url --threads 1 extra`
+ * (env: VAR=value words, or ""), or with fault (not NULL: "--die-after N" or
+ * "--die-on-assign") the test harness with those options instead of `moemesh
+ * worker`, and waits until it listens (its --ready-fd byte). */
+static pid_t start_worker_url(const char *model, const char *url, const char *env,
+                              const char *fault, const char *extra)
 {
 	char cmd[4096];
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
 	if (fault != NULL)
 		snprintf(cmd, sizeof cmd,
-		         "exec env %s '%s' %s -m '%s' --listen ipc://%s --threads 1 %s", env,
-		         test_worker(), fault, model, sock, extra);
+		         "exec env %s '%s' %s -m '%s' --listen %s --threads 1 --ready-fd %d %s",
+		         env, test_worker(), fault, model, url, fds[1], extra);
 	else
 		snprintf(cmd, sizeof cmd,
-		         "exec env %s '%s' worker -m '%s' --listen ipc://%s --threads 1 %s", env,
-		         bin(), model, sock, extra);
-	unlink(sock);
+		         "exec env %s '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d %s",
+		         env, bin(), model, url, fds[1], extra);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
+		close(fds[0]);
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
 	track_worker(pid, true);
-	struct stat st;
-	for (int i = 0; i < 500 && stat(sock, &st) != 0; i++)
-		sleep_ms(10);
-	cr_assert(stat(sock, &st) == 0, "worker on %s did not start", sock);
+	close(fds[1]);
+	char b = 0;
+	const bool ready = readable_within(fds[0], 10000) && read(fds[0], &b, 1) == 1;
+	close(fds[0]);
+	cr_assert(ready, "the worker on %s did not start listening", url);
 	return pid;
+}
+
+/* The same on ipc://sock. */
+static pid_t start_worker_full(const char *model, const char *sock, const char *env,
+                               const char *fault, const char *extra)
+{
+	char url[300];
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	unlink(sock);
+	return start_worker_url(model, url, env, fault, extra);
 }
 
 static pid_t start_worker_env(const char *model, const char *sock, const char *env,
@@ -454,6 +477,83 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60, .fini = reap_workers)
 	unlink(s2);
 }
 
+/* A free TCP port on 127.0.0.1 (bound, then released for a worker). */
+static int free_port(void)
+{
+	const int fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof a;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+/* The TCP path outside the namespace test: two workers on
+ * tcp://127.0.0.1:PORT (data on a TCP port of their own) started with
+ * --secret-file; a coordinator with the same secret gets one process's logits
+ * bit for bit, one with another secret or none is refused with MOE_ERR_AUTH
+ * and a message that names the worker and the secret, and the workers go on
+ * serving. */
+Test(cluster, tcp_loopback_with_a_secret, .timeout = 120, .fini = reap_workers)
+{
+	static const char *const modes[] = {"", "--one-by-one --replicate all"};
+	char m[1024], out[256], ref[256], err[256], s1[256], s2[256], url[2][64];
+	char extra[512];
+	snprintf(m, sizeof m, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	tmp_path(out, sizeof out, "tcp.f32");
+	tmp_path(ref, sizeof ref, "tcp-ref.f32");
+	tmp_path(err, sizeof err, "tcp.err");
+	tmp_path(s1, sizeof s1, "tcp-s1");
+	tmp_path(s2, sizeof s2, "tcp-s2");
+	cr_assert_eq(sh("echo tcp-right-secret > %s; echo tcp-wrong-secret > %s", s1, s2), 0);
+	snprintf(extra, sizeof extra, "--quiet --secret-file %s", s1);
+	pid_t w[2];
+	for (int i = 0; i < 2; i++) {
+		snprintf(url[i], sizeof url[i], "tcp://127.0.0.1:%d", free_port());
+		w[i] = start_worker_url(m, url[i], "", NULL, extra);
+	}
+	const char *toks = "5,6,7,8,9,10,11,12";
+	/* refused: another secret, then none */
+	const int rc_wrong = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s "
+	                        "--secret-file %s 2>%s",
+	                        bin(), m, toks, out, url[0], url[1], s2, err);
+	const bool wrong_said = file_has(err, "MOE_ERR_AUTH") && file_has(err, url[0]) &&
+	                        file_has(err, "does not know the cluster secret");
+	const int rc_none = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s 2>%s",
+	                       bin(), m, toks, out, url[0], url[1], err);
+	const bool none_said = file_has(err, "MOE_ERR_AUTH") && file_has(err, "secret");
+	/* accepted, bit-identical */
+	int rc_ref[2], rc_out[2];
+	bool same[2];
+	for (int k = 0; k < 2; k++) {
+		rc_ref[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s", bin(), m, toks, ref,
+		               strstr(modes[k], "--one-by-one") ? "--one-by-one" : "");
+		rc_out[k] = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s "
+		               "--secret-file %s %s",
+		               bin(), m, toks, out, url[0], url[1], s1, modes[k]);
+		same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
+	}
+	const int st0 = stop_worker(w[0]), st1 = stop_worker(w[1]);
+	cr_assert_eq(rc_wrong, 1, "a coordinator with another secret was let in");
+	cr_assert(wrong_said, "the refusal does not say MOE_ERR_AUTH, %s and the secret", url[0]);
+	cr_assert_eq(rc_none, 1, "a coordinator without the secret was let in");
+	cr_assert(none_said, "the refusal without a secret does not say why");
+	for (int k = 0; k < 2; k++) {
+		cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "'%s': logits failed (%d, %d)",
+		          modes[k], rc_ref[k], rc_out[k]);
+		cr_assert(same[k], "'%s': logits over TCP differ from one process", modes[k]);
+	}
+	expect_exit(st0, 0, "the first TCP worker");
+	expect_exit(st1, 0, "the second TCP worker");
+	unlink(out);
+	unlink(ref);
+	unlink(err);
+	unlink(s1);
+	unlink(s2);
+}
+
 Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60, .fini = reap_workers)
 {
 	char m[1024], sock[256], out[256], err[256];
@@ -595,13 +695,6 @@ static pid_t start_coordinator(int *out_fd, const char *err_path, const char *co
 	track_worker(pid, true);
 	*out_fd = fds[0];
 	return pid;
-}
-
-/* Waits up to ms for fd to be readable. */
-static bool readable_within(int fd, int ms)
-{
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	return poll(&p, 1, ms) == 1;
 }
 
 /* Reads fd to its end into path. */
