@@ -1,15 +1,17 @@
 /*
- * test_cluster.c - expert parallelism end to end: `moemesh logits` with
+ * test_cluster.c - expert parallelism end to end.  `moemesh logits` with
  * spawned, replicated, local and tcp workers is bit-identical to one process
- * for every fixture model; the example cluster file loads and a misspelt key
- * in one is an error naming it; a worker answers malformed control and data frames
- * with ERROR and keeps serving; wrong model identity and wrong secret are
- * refused; workers on tcp://127.0.0.1 with --secret-file serve a coordinator
- * that knows the secret bit for bit and refuse the others; a worker dying before its assignment is
- * a clear error; workers dying mid-generation do not change the output (the dying workers are the
- * test harness, $MOE_TEST_WORKER: the release programs carry no fault
- * injection); a 3-host run over network namespaces (veth + tbf) gives the
- * single-process text.
+ * for every fixture model, and with workers on other ISA levels (or says it
+ * is skipped where the CPU has one level); the example cluster file loads
+ * and a misspelt key is an error naming it; a worker answers malformed
+ * control and data frames with ERROR and keeps serving; wrong model identity
+ * and wrong secret are refused, over ipc:// and tcp://127.0.0.1; a worker
+ * dying before its assignment is a clear error; workers dying mid-generation
+ * do not change the output (the dying workers are the test harness,
+ * $MOE_TEST_WORKER: the release programs carry no fault injection); a
+ * spawned worker that dies is reported by run and logits (exit 1); a 3-host
+ * run over network namespaces (veth + tbf) gives the single-process text.
+ * Every worker a test starts is checked when it ends (see "how workers end").
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -791,6 +793,36 @@ Test(cluster, coordinator_reports_a_spawned_worker_that_died, .timeout = 180, .f
 	unlink(err);
 }
 
+/* The ISA level a worker serves with: the end of its "serving ..." log line
+ * (log: its stderr); "" if absent.  *fell_back: it could not run the level
+ * MOEMESH_ISA asked for. */
+static const char *worker_isa(const char *log, bool *fell_back)
+{
+	static char isa[4][32];
+	static int k;
+	char *out = isa[k++ % 4];
+	out[0] = '\0';
+	*fell_back = file_has(log, "this CPU cannot run it");
+	FILE *fp = fopen(log, "r");
+	char line[1024];
+	while (fp != NULL && fgets(line, sizeof line, fp) != NULL) {
+		const char *comma = strrchr(line, ',');
+		if (strstr(line, ": serving ") == NULL || comma == NULL)
+			continue;
+		snprintf(out, 32, "%s", comma + 2);
+		out[strcspn(out, "\n")] = '\0';
+	}
+	if (fp != NULL)
+		fclose(fp);
+	return out;
+}
+
+static long file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
 /* Workers forced to other ISA levels (scalar, AVX2; the coordinator and a
  * third worker on this CPU's best) give the logits of one process bit for
  * bit: the expert products follow one canonical block arithmetic at every
@@ -798,30 +830,40 @@ Test(cluster, coordinator_reports_a_spawned_worker_that_died, .timeout = 180, .f
  * experts (Q4_K/Q6_K), both architectures, one step and one by one.  These
  * fixtures' expert rows are one K-quant block long, so the per-block
  * arithmetic across blocks is pinned by test_matmul and test_expert_ffn
- * (768-column rows); this test covers the cluster path end to end.  (On a
- * CPU without AVX2 that worker falls back to its best level, which is still
- * a valid run.) */
+ * (768-column rows); this test covers the cluster path end to end.  Each
+ * worker's level is read from its log: the scalar one must run scalar, the
+ * AVX2 one AVX2 unless the CPU lacks it; with fewer than two distinct levels
+ * (a CPU whose best is scalar) there is nothing to compare and the test says
+ * it is skipped, never passes having compared nothing. */
 Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180, .fini = reap_workers)
 {
 	static const char *const models[] = {"qwen3next-kq-Q4_K_M.gguf", "qwen3moe-kq-Q4_K_M.gguf"};
 	static const char *const modes[] = {"", "--one-by-one"};
-	char sa[256], sb[256], sc[256], out[256], ref[256];
+	char sa[256], sb[256], sc[256], out[256], ref[256], log[3][256], extra[3][300];
 	tmp_path(sa, sizeof sa, "isa-a.sock");
 	tmp_path(sb, sizeof sb, "isa-b.sock");
 	tmp_path(sc, sizeof sc, "isa-c.sock");
 	tmp_path(out, sizeof out, "isa.f32");
 	tmp_path(ref, sizeof ref, "isa-ref.f32");
+	for (int i = 0; i < 3; i++) {
+		char what[16];
+		snprintf(what, sizeof what, "isa-%c.log", "abc"[i]);
+		tmp_path(log[i], sizeof log[i], what);
+		snprintf(extra[i], sizeof extra[i], "2>'%.255s'", log[i]);
+	}
 	const char *toks = "3,14,15,92,65,35,89,79,32,38";
+	int n_compared = 0;
 	for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
 		char m[1024];
 		snprintf(m, sizeof m, "%s/%s", fixtures(), models[mi]);
-		pid_t a = start_worker_env(m, sa, "MOEMESH_ISA=scalar", "--quiet");
-		pid_t b = start_worker_env(m, sb, "MOEMESH_ISA=avx2", "--quiet");
-		pid_t c = start_worker(m, sc, "--quiet");
+		pid_t a = start_worker_env(m, sa, "MOEMESH_ISA=scalar", extra[0]);
+		pid_t b = start_worker_env(m, sb, "MOEMESH_ISA=avx2", extra[1]);
+		pid_t c = start_worker(m, sc, extra[2]);
 		/* the workers are stopped before any assertion, so that a failure
 		 * does not leave them holding the test's output open */
 		int rc_ref[2], rc_out[2];
 		bool same[2];
+		long size[2];
 		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
 			rc_ref[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s", bin(), m, toks,
 			               ref, modes[k]);
@@ -829,24 +871,49 @@ Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180, .
 			               "--worker ipc://%s --worker ipc://%s 2>/dev/null",
 			               bin(), m, toks, out, modes[k], sa, sb, sc);
 			same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
+			size[k] = file_size(out);
 		}
 		const int st_a = stop_worker(a), st_b = stop_worker(b), st_c = stop_worker(c);
 		expect_exit(st_a, 0, "the scalar worker");
 		expect_exit(st_b, 0, "the AVX2 worker");
 		expect_exit(st_c, 0, "the best-level worker");
+		bool fell_a, fell_b, fell_c;
+		const char *isa_a = worker_isa(log[0], &fell_a),
+		           *isa_b = worker_isa(log[1], &fell_b),
+		           *isa_c = worker_isa(log[2], &fell_c);
+		cr_assert(isa_a[0] && isa_b[0] && isa_c[0], "a worker did not log its ISA level");
+		cr_assert_str_eq(isa_a, "scalar",
+		                 "MOEMESH_ISA=scalar did not give a scalar worker");
+		cr_assert(fell_b || strcmp(isa_b, "avx2") == 0,
+		          "MOEMESH_ISA=avx2 gave %s on a CPU that has AVX2", isa_b);
+		const int n_levels = 1 + (strcmp(isa_b, isa_a) != 0) +
+		                     (strcmp(isa_c, isa_a) != 0 && strcmp(isa_c, isa_b) != 0);
+		if (n_levels < 2) {
+			cr_skip_test(
+			    "only one ISA level (%s) on this CPU: nothing to compare across "
+			    "levels",
+			    isa_c);
+			return;
+		}
 		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
 			cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "%s %s: logits failed (%d, %d)",
 			          models[mi], modes[k], rc_ref[k], rc_out[k]);
-			cr_assert(same[k],
-			          "%s %s: scalar + AVX2 + best-level workers changed the logits",
-			          models[mi], modes[k]);
+			cr_assert_gt(size[k], 0, "%s %s: no logits written", models[mi], modes[k]);
+			cr_assert(same[k], "%s %s: workers on %s, %s and %s changed the logits",
+			          models[mi], modes[k], isa_a, isa_b, isa_c);
+			n_compared++;
 		}
+		cr_log_info("%s: workers on %s, %s and %s (%d levels) gave the same logits",
+		            models[mi], isa_a, isa_b, isa_c, n_levels);
 	}
+	cr_assert_eq(n_compared, 4, "compared %d of 4 (model, mode) pairs", n_compared);
 	unlink(out);
 	unlink(ref);
 	unlink(sa);
 	unlink(sb);
 	unlink(sc);
+	for (int i = 0; i < 3; i++)
+		unlink(log[i]);
 }
 
 /* ---- malformed frames ------------------------------------------------------------- */
