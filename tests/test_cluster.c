@@ -96,6 +96,13 @@ static bool readable_within(int fd, int ms)
 	return poll(&p, 1, ms) == 1;
 }
 
+/* ---- how workers end --------------------------------------------------------------
+ * Every worker a test starts is checked when it ends: a crash (an ASan report
+ * exits 1; or a signal) fails the test even where failover hid it from the
+ * output.  Workers stopped with SIGTERM must exit 0; the harness's faults exit
+ * 3.  Workers a coordinator spawns (--workers N) are checked by the
+ * coordinator (moe_cluster_shutdown), whose exit status the tests check. */
+
 /* The workers the current test started and has not waited for yet; a test
  * that fails part-way leaves them to reap_workers (its .fini). */
 static pid_t g_workers[16];
@@ -199,13 +206,6 @@ static pid_t start_faulty_worker(const char *model, const char *sock, const char
 {
 	return start_worker_full(model, sock, "", fault, extra);
 }
-
-/* ---- how workers end --------------------------------------------------------------
- * Every worker a test starts is checked when it ends: a crash (an ASan report
- * exits 1; or a signal) fails the test even where failover hid it from the
- * output.  Workers stopped with SIGTERM must exit 0; the harness's faults exit
- * 3.  Workers a coordinator spawns (--workers N) are checked by the
- * coordinator (moe_cluster_shutdown), whose exit status the tests check. */
 
 #define STILL_RUNNING (-2) /* wait_worker: the worker had to be killed */
 
