@@ -20,7 +20,8 @@
  * expert) pairs are sent again to a live replica, and experts with no live
  * holder are re-assigned (ASSIGN + load) to the survivors first.  The layer
  * then completes with identical bits.  With nobody left the step fails with
- * MOE_ERR_CLOSED.
+ * MOE_ERR_CLOSED.  A spawned worker (--workers N) that does not end cleanly
+ * (a crash, even one that failover hid) is reported by moe_cluster_shutdown.
  */
 #ifndef MOE_COORDINATOR_H
 #define MOE_COORDINATOR_H

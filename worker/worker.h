@@ -86,12 +86,11 @@ typedef struct moe_worker_opts {
 	bool quiet;              /* no log lines on stderr */
 	/* Observers for tests (tests/worker_harness.c injects faults with them);
 	 * production leaves them NULL.  Called on the serving thread with
-	 * observer_ctx; they may end the process. */
-	void (*on_assign)(void *ctx); /* an authenticated ASSIGN arrived (before it is read) */
-	void (*on_computed)(void *ctx,
-	                    uint64_t n_computed); /* a DISPATCH was computed (the
-	                                           * count so far, this one included); its RESULT is
-	                                           * sent once this returns */
+	 * observer_ctx; they may end the process.  on_assign: an authenticated
+	 * ASSIGN arrived (before it is read).  on_computed: a DISPATCH was
+	 * computed, n_computed counting it; its RESULT is sent once this returns. */
+	void (*on_assign)(void *ctx);
+	void (*on_computed)(void *ctx, uint64_t n_computed);
 	void *observer_ctx;
 } moe_worker_opts;
 
