@@ -200,6 +200,16 @@ static pid_t start_worker(const char *model, const char *sock, const char *extra
 	return start_worker_full(model, sock, "", NULL, extra);
 }
 
+/* Removes what a worker on ipc://sock leaves when it dies without cleaning
+ * up (the harness's _exit(3)): the socket and its .data socket. */
+static void unlink_sockets(const char *sock)
+{
+	char data[300];
+	snprintf(data, sizeof data, "%s.data", sock);
+	unlink(sock);
+	unlink(data);
+}
+
 /* A worker of the test harness that dies as fault says. */
 static pid_t start_faulty_worker(const char *model, const char *sock, const char *fault,
                                  const char *extra)
@@ -572,7 +582,7 @@ Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60, .fini =
 	expect_exit(wait_worker(w, 20000), 3, "the worker told to die on ASSIGN");
 	unlink(out);
 	unlink(err);
-	unlink(sock);
+	unlink_sockets(sock);
 }
 
 /* The fault injection lives in the test harness only: neither release
@@ -640,8 +650,8 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120, .fin
 	expect_exit(wait_worker(b, 20000), 3, "worker b (--die-after 3)");
 	unlink(out);
 	unlink(ref);
-	unlink(sa);
-	unlink(sb);
+	unlink_sockets(sa);
+	unlink_sockets(sb);
 }
 
 /* The child processes of parent (a coordinator's spawned workers), up to max;
