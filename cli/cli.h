@@ -32,6 +32,14 @@ int moe_cmd_run(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_worker(int argc, char **argv);
 
+/* moe_cmd_worker with adjust(o, ctx) called on the parsed options just before
+ * the worker runs (not on --help or a usage error); adjust NULL is
+ * moe_cmd_worker.  The test harness (tests/worker_harness.c) sets the
+ * worker's observers there. */
+struct moe_worker_opts;
+int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(struct moe_worker_opts *o, void *ctx),
+                        void *ctx);
+
 /* "1,2,3" (ids 0..INT32_MAX) into a new array (*out, *n; caller frees);
  * -1 for a malformed list or no memory (args.c). */
 int moe_arg_tokens(int32_t **out, size_t *n, const char *s);

@@ -158,6 +158,8 @@ out_free_fwd:
 	free(slots);
 	moe_fwd_destroy(f);
 out_free_cluster:
+	if ((err = moe_cluster_shutdown(cl)) != MOE_OK)
+		rc = fail(err); /* a spawned worker crashed, even if failover hid it */
 	moe_cluster_destroy(cl);
 out_free_model:
 	moe_model_destroy(m);

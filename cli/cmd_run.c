@@ -315,6 +315,8 @@ out_free:
 	free(prompt);
 	moe_sampler_destroy(smp);
 	moe_fwd_destroy(f);
+	if ((err = moe_cluster_shutdown(cl)) != MOE_OK)
+		rc = fail(err); /* a spawned worker crashed, even if failover hid it */
 	moe_cluster_destroy(cl);
 	moe_tok_stream_destroy(ts);
 	moe_tokenizer_destroy(tok);

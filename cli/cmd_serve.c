@@ -219,6 +219,11 @@ out_free:
 		moe_engine_stop(e); /* requests in flight end now */
 	moe_http_stop(h);           /* waits for every connection */
 	moe_engine_destroy(e);
+	if ((err = moe_cluster_shutdown(cl)) != MOE_OK) {
+		/* a spawned worker crashed, even if failover hid it */
+		fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
+		rc = 1;
+	}
 	moe_cluster_destroy(cl);
 	moe_chat_template_destroy(tmpl);
 	moe_tokenizer_destroy(tok);

@@ -1,8 +1,12 @@
-/* cmd_worker.c - `moemesh worker`: serve a slice of a model's experts. */
+/* cmd_worker.c - `moemesh worker` (and the moemesh-worker program): serve a
+ * slice of a model's experts until SHUTDOWN, SIGTERM or SIGINT. */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "core/core.h"
@@ -20,12 +24,51 @@ static void usage(FILE *f)
 	           "read from MODEL.  --mem is what it offers for experts (default: the\n"
 	           "available memory); --net-delay-us adds a delay to every dispatch and\n"
 	           "every result (latency experiments).  Stops on the coordinator's\n"
-	           "SHUTDOWN.\n");
+	           "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).\n");
+}
+
+/* SIGTERM / SIGINT write a byte here; the worker polls the read end.  The
+ * handler only calls write (async-signal-safe). */
+static int stop_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+	const unsigned char b = (unsigned char)sig;
+	const int saved = errno;
+	if (write(stop_pipe[1], &b, 1) < 0) {
+		/* a byte is already waiting */
+	}
+	errno = saved;
+}
+
+/* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
+static moe_err run_stoppable(moe_worker_opts *o)
+{
+	if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+		return moe_fail(MOE_ERR_SYS, "pipe: %s", strerror(errno));
+	struct sigaction sa = {.sa_handler = on_signal}, old_term, old_int;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, &old_term);
+	sigaction(SIGINT, &sa, &old_int);
+	o->stop_fd = stop_pipe[0];
+	const moe_err err = moe_worker_run(o);
+	sigaction(SIGTERM, &old_term, NULL);
+	sigaction(SIGINT, &old_int, NULL);
+	close(stop_pipe[0]);
+	close(stop_pipe[1]);
+	stop_pipe[0] = stop_pipe[1] = -1;
+	return err;
 }
 
 int moe_cmd_worker(int argc, char **argv)
 {
-	moe_worker_opts o = {.ready_fd = -1, .name = "worker"};
+	return moe_cmd_worker_with(argc, argv, NULL, NULL);
+}
+
+int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o, void *ctx),
+                        void *ctx)
+{
+	moe_worker_opts o = {.ready_fd = -1, .stop_fd = -1, .name = "worker"};
 	long v;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -35,8 +78,6 @@ int moe_cmd_worker(int argc, char **argv)
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
-		} else if (strcmp(a, "--die-on-assign") == 0) {
-			o.die_on_assign = true; /* test hook, not in the usage text */
 		} else if (strcmp(a, "-m") == 0 && has) {
 			o.model_path = argv[++i];
 		} else if (strcmp(a, "--listen") == 0 && has) {
@@ -61,11 +102,6 @@ int moe_cmd_worker(int argc, char **argv)
 			if (moe_parse_long(&v, argv[++i], 0, 10000000) != 0)
 				goto out_usage;
 			o.net_delay_us = (int)v;
-		} else if (strcmp(a, "--die-after") == 0 && has) {
-			/* test hook, not in the usage text */
-			if (moe_parse_long(&v, argv[++i], 1, 1L << 30) != 0)
-				goto out_usage;
-			o.die_after = (int)v;
 		} else if (strcmp(a, "--ready-fd") == 0 && has) {
 			/* for --workers N: the parent's pipe */
 			if (moe_parse_long(&v, argv[++i], 0, 1 << 20) != 0)
@@ -77,7 +113,9 @@ int moe_cmd_worker(int argc, char **argv)
 	}
 	if (o.model_path == NULL || o.listen_url == NULL)
 		goto out_usage;
-	moe_err err = moe_worker_run(&o);
+	if (adjust != NULL)
+		adjust(&o, ctx);
+	moe_err err = run_stoppable(&o);
 	if (err != MOE_OK) {
 		fprintf(stderr, "moemesh worker: %s: %s\n", moe_err_name(err), moe_err_detail());
 		return 1;

@@ -1,5 +1,9 @@
-/* cluster_impl.h - what cluster.c (links, placement) and dispatch.c
- * (the expert backend) share.  Not a public header. */
+/* cluster_impl.h - the cluster's state (moe_cluster, one clink per worker)
+ * and the functions the files of coordinator/ call across: cluster.c
+ * (create/destroy, stats), config.c (options), link.c (workers: spawn,
+ * handshake, assign, heartbeat, shutdown), placement.c (placement, repair),
+ * dispatch.c (the expert backend).  Not a public header; every function here
+ * runs on the thread that owns the cluster. */
 #ifndef MOE_CLUSTER_IMPL_H
 #define MOE_CLUSTER_IMPL_H
 
@@ -69,15 +73,59 @@ struct moe_cluster {
 	moe_cluster_counters cnt;
 };
 
-/* cluster.c */
+/* link.c */
+
+/* Starts local worker k on ipc:///tmp/moemesh-PID-k.sock (this program,
+ * `worker --ready-fd`) and waits until it listens; l->url and l->pid are set.
+ * Errors: MOE_ERR_SYS (pipe/fork), MOE_ERR_CLOSED (it exited first: its
+ * status in the detail), MOE_ERR_TIMEOUT. */
+moe_err moe_clu_spawn(moe_cluster *c, clink *l, int k);
+
+/* Dials l->url and runs the handshake (HELLO / HELLO_REPLY, model identity,
+ * HMAC both ways if c has a secret, AUTH / AUTH_OK), then opens and
+ * authenticates the data socket; l->name and l->mem come from the worker.
+ * Errors: those of moe_cluster_create; the detail names the worker. */
+moe_err moe_clu_connect(moe_cluster *c, clink *l);
+
+/* Sends l's held set as an ASSIGN and waits until the worker has loaded it
+ * (LOAD_PROGRESS keeps the wait alive), then checks its count of experts.
+ * A local link only counts.  Errors: MOE_ERR_CLOSED / MOE_ERR_TIMEOUT /
+ * MOE_ERR_PROTO or the worker's own error, naming it. */
 moe_err moe_clu_assign(moe_cluster *c, clink *l);
-moe_err moe_clu_repair(moe_cluster *c);
+
+/* Marks l dead (once): closes its data socket, says why on stderr. */
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
+/* Stops the spawned workers (moe_cluster_shutdown): SHUTDOWN to the live
+ * ones, SIGTERM to the others, SIGKILL after a grace period; reaps them,
+ * removes their socket files and marks them dead.  Returns MOE_ERR_CLOSED,
+ * naming each worker that did not end cleanly, if report; else MOE_OK
+ * without touching the thread's error detail. */
+moe_err moe_clu_stop_spawned(moe_cluster *c, bool report);
+
+/* placement.c */
+
+/* Fills every link's held table from c->o (placement kind, replication).
+ * Errors: MOE_ERR_INVAL (a bad --replicate list). */
+moe_err moe_clu_place(moe_cluster *c);
+
+/* Gives every expert that no live link holds to the live link holding the
+ * fewest experts of its layer, and re-assigns the links that changed (a link
+ * that fails there is marked dead and the repair starts over).  Errors:
+ * MOE_ERR_CLOSED when no live link is left. */
+moe_err moe_clu_repair(moe_cluster *c);
+
 /* dispatch.c */
+
+/* The moe_expert_backend's start and finish (coordinator.h) with ctx the
+ * cluster: quantise and send a layer's tokens; run the local experts, gather
+ * the results, retry what failed.  Errors: MOE_ERR_INVAL (a bad layer or
+ * size), MOE_ERR_NOMEM, MOE_ERR_CLOSED (no worker left for some expert). */
 moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                               const float *weights, int n_used);
 moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc);
+
+/* Frees the per-layer buffers of c (not the per-link ones). */
 void moe_clu_free_buffers(moe_cluster *c);
 
 #endif

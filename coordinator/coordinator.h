@@ -20,7 +20,8 @@
  * expert) pairs are sent again to a live replica, and experts with no live
  * holder are re-assigned (ASSIGN + load) to the survivors first.  The layer
  * then completes with identical bits.  With nobody left the step fails with
- * MOE_ERR_CLOSED.
+ * MOE_ERR_CLOSED.  A spawned worker (--workers N) that does not end cleanly
+ * (a crash, even one that failover hid) is reported by moe_cluster_shutdown.
  */
 #ifndef MOE_COORDINATOR_H
 #define MOE_COORDINATOR_H
@@ -39,19 +40,18 @@ typedef enum moe_place_kind {
 } moe_place_kind;
 
 typedef struct moe_cluster_opts {
-	const char *urls[MOE_CLUSTER_MAX_LINKS]; /* tcp://, ipc://, or "local" (this process) */
+	const char *urls[MOE_CLUSTER_MAX_LINKS];  /* tcp://, ipc://, or "local" (this process) */
+	const char *names[MOE_CLUSTER_MAX_LINKS]; /* per URL: the name messages and statistics
+	                                           * give it (NULL = what the worker announces) */
 	int n_urls;
-	int spawn;          /* --workers N: start N local workers on ipc:// */
-	const char *exe;    /* the moemesh binary for spawn (NULL = /proc/self/exe) */
+	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
-	int load_timeout_ms;   /* silence allowed while a worker loads (0 = 120000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
-	bool verbose;          /* progress lines on stderr */
 } moe_cluster_opts;
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
@@ -59,7 +59,12 @@ typedef struct moe_cluster_opts {
  * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N), consumes it
  * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
- * --cluster file (JSON: see deploy/cluster.example.json). */
+ * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
+ * is a JSON object with the keys "workers" (an array of URL strings or
+ * {"url": URL, "name": NAME} objects), "placement", "replicate",
+ * "secret_file" and "dispatch_timeout_ms", all optional but "workers"; any
+ * other key, at the top or in a worker object, is an error that names it.
+ * The file's strings stay allocated for the life of the process. */
 moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv);
 
 /* The usage lines of those options. */
@@ -80,8 +85,21 @@ typedef struct moe_cluster moe_cluster;
 moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *model_path,
                            const moe_cluster_opts *o);
 
-/* Shuts down spawned workers (SHUTDOWN, then a signal if they linger), closes
- * every link.  NULL is a no-op. */
+/* Ends the workers this cluster spawned (--workers N): SHUTDOWN to each live
+ * one (SIGTERM to one already lost), up to 10 s for all to exit, SIGKILL for
+ * those still there; reaps every one.  Returns MOE_OK if each exited with
+ * status 0 of its own accord, else MOE_ERR_CLOSED with a detail that names
+ * each that did not (killed by a signal, a non-zero exit status such as an
+ * AddressSanitizer report's, or killed here), even when failover had hidden
+ * its loss.  Workers named by URL keep running.  Call it once, after the
+ * last step (the cluster computes nothing on spawned workers after it), then
+ * moe_cluster_destroy; programs print its error and exit non-zero.  NULL:
+ * MOE_OK. */
+moe_err moe_cluster_shutdown(moe_cluster *c);
+
+/* Ends the spawned workers as moe_cluster_shutdown does if it was not called
+ * (without a report: the thread's error detail is left as it was), closes
+ * every link, frees c.  NULL is a no-op. */
 void moe_cluster_destroy(moe_cluster *c);
 
 /* The backend to put in moe_fwd_opts.experts; valid while c lives. */

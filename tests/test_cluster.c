@@ -1,18 +1,28 @@
 /*
- * test_cluster.c - expert parallelism end to end: `moemesh logits` with
+ * test_cluster.c - expert parallelism end to end.  `moemesh logits` with
  * spawned, replicated, local and tcp workers is bit-identical to one process
- * for every fixture model; a worker answers malformed control and data frames
- * with ERROR and keeps serving; wrong model identity and wrong secret are
- * refused; a worker dying before its assignment is a clear error; workers
- * dying mid-generation do not change the output; a 3-host run over network
- * namespaces (veth + tbf) gives the single-process text.
+ * for every fixture model, and with workers on other ISA levels (or says it
+ * is skipped where the CPU has one level); the example cluster file loads
+ * and a misspelt key is an error naming it; a worker answers malformed
+ * control and data frames with ERROR and keeps serving; wrong model identity
+ * and wrong secret are refused, over ipc:// and tcp://127.0.0.1; a worker
+ * dying before its assignment is a clear error; workers dying mid-generation
+ * do not change the output (the dying workers are the test harness,
+ * $MOE_TEST_WORKER: the release programs carry no fault injection); a
+ * spawned worker that dies is reported by run and logits (exit 1); a 3-host
+ * run over network namespaces (veth + tbf) gives the single-process text.
+ * Every worker a test starts is checked when it ends (see "how workers end").
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coordinator/coordinator.h"
+#include "core/core.h"
 #include "model/forward.h"
 #include "proto/proto.h"
 
@@ -77,41 +89,186 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Starts `env ENV moemesh worker -m model --listen ipc://path extra` (env:
- * VAR=value words, or "") and waits until its socket exists. */
-static pid_t start_worker_env(const char *model, const char *sock, const char *env,
-                              const char *extra)
+/* Waits up to ms for fd to be readable. */
+static bool readable_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, ms) == 1;
+}
+
+/* ---- how workers end --------------------------------------------------------------
+ * Every worker a test starts is checked when it ends: a crash (an ASan report
+ * exits 1; or a signal) fails the test even where failover hid it from the
+ * output.  Workers stopped with SIGTERM must exit 0; the harness's faults exit
+ * 3.  Workers a coordinator spawns (--workers N) are checked by the
+ * coordinator (moe_cluster_shutdown), whose exit status the tests check. */
+
+/* The workers the current test started and has not waited for yet; a test
+ * that fails part-way leaves them to reap_workers (its .fini). */
+static pid_t g_workers[16];
+
+static void track_worker(pid_t pid, bool add)
+{
+	for (int i = 0; i < 16; i++) {
+		if (add ? g_workers[i] == 0 : g_workers[i] == pid) {
+			g_workers[i] = add ? pid : 0;
+			return;
+		}
+	}
+	cr_assert(!add, "more than 16 workers in one test");
+}
+
+static int children_of(pid_t parent, pid_t *out, int max);
+
+/* .fini of every test that starts workers or coordinators: none outlives its
+ * test, nor do a coordinator's spawned workers. */
+static void reap_workers(void)
+{
+	for (int i = 0; i < 16; i++) {
+		if (g_workers[i] > 0) {
+			pid_t kids[8];
+			const int n = children_of(g_workers[i], kids, 8);
+			for (int k = 0; k < n; k++)
+				kill(kids[k], SIGKILL);
+			kill(g_workers[i], SIGKILL);
+			waitpid(g_workers[i], NULL, 0);
+			g_workers[i] = 0;
+		}
+	}
+}
+
+/* The fault-injecting worker (tests/worker_harness.c). */
+static const char *test_worker(void)
+{
+	const char *b = getenv("MOE_TEST_WORKER");
+	cr_assert(b != NULL, "MOE_TEST_WORKER is not set");
+	return b;
+}
+
+/* Starts `env ENV moemesh worker -m model --listen url --threads 1 extra`
+ * (env: VAR=value words, or ""), or with fault (not NULL: "--die-after N" or
+ * "--die-on-assign") the test harness with those options instead of `moemesh
+ * worker`, and waits until it listens (its --ready-fd byte). */
+static pid_t start_worker_url(const char *model, const char *url, const char *env,
+                              const char *fault, const char *extra)
 {
 	char cmd[4096];
-	snprintf(cmd, sizeof cmd,
-	         "exec env %s '%s' worker -m '%s' --listen ipc://%s --threads 1 %s", env, bin(),
-	         model, sock, extra);
-	unlink(sock);
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	if (fault != NULL)
+		snprintf(cmd, sizeof cmd,
+		         "exec env %s '%s' %s -m '%s' --listen %s --threads 1 --ready-fd %d %s",
+		         env, test_worker(), fault, model, url, fds[1], extra);
+	else
+		snprintf(cmd, sizeof cmd,
+		         "exec env %s '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d %s",
+		         env, bin(), model, url, fds[1], extra);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
+		close(fds[0]);
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
-	struct stat st;
-	for (int i = 0; i < 500 && stat(sock, &st) != 0; i++)
-		sleep_ms(10);
-	cr_assert(stat(sock, &st) == 0, "worker on %s did not start", sock);
+	track_worker(pid, true);
+	close(fds[1]);
+	char b = 0;
+	const bool ready = readable_within(fds[0], 10000) && read(fds[0], &b, 1) == 1;
+	close(fds[0]);
+	cr_assert(ready, "the worker on %s did not start listening", url);
 	return pid;
+}
+
+/* The same on ipc://sock. */
+static pid_t start_worker_full(const char *model, const char *sock, const char *env,
+                               const char *fault, const char *extra)
+{
+	char url[300];
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	unlink(sock);
+	return start_worker_url(model, url, env, fault, extra);
+}
+
+static pid_t start_worker_env(const char *model, const char *sock, const char *env,
+                              const char *extra)
+{
+	return start_worker_full(model, sock, env, NULL, extra);
 }
 
 static pid_t start_worker(const char *model, const char *sock, const char *extra)
 {
-	return start_worker_env(model, sock, "", extra);
+	return start_worker_full(model, sock, "", NULL, extra);
 }
 
-/* Stops a worker the test started; returns its exit status or -1. */
+/* Removes what a worker on ipc://sock leaves when it dies without cleaning
+ * up (the harness's _exit(3)): the socket and its .data socket. */
+static void unlink_sockets(const char *sock)
+{
+	char data[300];
+	snprintf(data, sizeof data, "%s.data", sock);
+	unlink(sock);
+	unlink(data);
+}
+
+/* A worker of the test harness that dies as fault says. */
+static pid_t start_faulty_worker(const char *model, const char *sock, const char *fault,
+                                 const char *extra)
+{
+	return start_worker_full(model, sock, "", fault, extra);
+}
+
+#define STILL_RUNNING (-2) /* wait_worker: the worker had to be killed */
+
+/* Waits up to ms for pid to end; returns its wait status, or STILL_RUNNING
+ * after killing it (SIGKILL) when it did not end in time. */
+static int wait_worker(pid_t pid, int ms)
+{
+	int st = 0;
+	for (int t = 0; t <= ms; t += 10) {
+		const pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid) {
+			track_worker(pid, false);
+			return st;
+		}
+		cr_assert_eq(r, 0, "waitpid %d: %s", (int)pid, strerror(errno));
+		sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	track_worker(pid, false);
+	return STILL_RUNNING;
+}
+
+/* Stops a worker the test started (SIGTERM) and returns how it ended
+ * (wait_worker). */
 static int stop_worker(pid_t pid)
 {
-	int st;
 	kill(pid, SIGTERM);
-	waitpid(pid, &st, 0);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return wait_worker(pid, 20000);
+}
+
+/* "exit status N", "signal N (name)" or "no exit (killed by the test)". */
+static const char *ending(int st)
+{
+	static char buf[4][64];
+	static int k;
+	char *b = buf[k++ % 4];
+	if (st == STILL_RUNNING)
+		snprintf(b, 64, "no exit (still running, killed by the test)");
+	else if (WIFEXITED(st))
+		snprintf(b, 64, "exit status %d", WEXITSTATUS(st));
+	else if (WIFSIGNALED(st))
+		snprintf(b, 64, "signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+	else
+		snprintf(b, 64, "wait status %#x", st);
+	return b;
+}
+
+/* Asserts that a worker ended with exit status want. */
+static void expect_exit(int st, int want, const char *who)
+{
+	cr_assert(st != STILL_RUNNING && WIFEXITED(st) && WEXITSTATUS(st) == want,
+	          "%s ended with %s, not exit status %d", who, ending(st), want);
 }
 
 static void tmp_path(char *out, size_t n, const char *what)
@@ -179,8 +336,8 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	tmp_path(json, sizeof json, "cluster.json");
 	FILE *fp = fopen(json, "w");
 	cr_assert(fp != NULL);
-	fprintf(fp, "{\"workers\": [\"local\", {\"url\": \"local\"}], \"placement\": "
-	            "\"round-robin\", \"replicate\": \"all\"}\n");
+	fprintf(fp, "{\"workers\": [\"local\", {\"url\": \"local\", \"name\": \"here\"}], "
+	            "\"placement\": \"round-robin\", \"replicate\": \"all\"}\n");
 	fclose(fp);
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1", bin(), model, ref),
 	             0);
@@ -188,6 +345,12 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	                model, out, json),
 	             0);
 	cr_assert(same_file(ref, out));
+	/* a worker's "name" is the name its statistics line gives */
+	cr_assert_eq(sh("'%s' run -m '%s' --tokens 3,4,5 -n 2 --threads 1 --cluster %s >/dev/null "
+	                "2>%s",
+	                bin(), model, json, out),
+	             0);
+	cr_assert(file_has(out, "worker here "), "the name from the cluster file is not used");
 	/* a broken file is a usage error */
 	fp = fopen(json, "w");
 	fprintf(fp, "{\"workers\": 7}");
@@ -200,9 +363,75 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	unlink(out);
 }
 
+/* deploy/cluster.example.json, as the docs show it, loads with every key. */
+Test(cluster, cluster_file_example_loads, .timeout = 30)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/deploy/cluster.example.json",
+	         getenv("MOE_SOURCE_DIR") ? getenv("MOE_SOURCE_DIR") : "..");
+	char *argv[] = {"--cluster", path};
+	moe_cluster_opts o = {0};
+	int i = 0;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(i, 1);
+	cr_assert_eq(o.n_urls, 3);
+	cr_assert_str_eq(o.urls[0], "tcp://10.0.0.2:7070");
+	cr_assert_str_eq(o.names[0], "box-b");
+	cr_assert_str_eq(o.names[1], "box-c");
+	cr_assert_str_eq(o.urls[2], "local");
+	cr_assert_null(o.names[2]);
+	cr_assert_eq(o.place, MOE_PLACE_MEMORY);
+	cr_assert_str_eq(o.replicate, "all");
+	cr_assert_str_eq(o.secret_file, "/etc/moemesh/secret");
+	cr_assert_eq(o.timeout_ms, 10000);
+}
+
+/* A misspelt key, at the top or in a worker object, is an error that names
+ * it (it used to be ignored: "placment" quietly gave the default placement),
+ * in-process and as the usage error of a command. */
+Test(cluster, cluster_file_unknown_key_is_an_error_naming_it, .timeout = 60)
+{
+	static const struct {
+		const char *json, *key, *where;
+	} cases[] = {
+	    {"{\"workers\": [\"local\"], \"placment\": \"round-robin\"}", "\"placment\"",
+	     "top level"},
+	    {"{\"workers\": [\"local\", {\"ulr\": \"local\"}]}", "\"ulr\"", "workers[1]"},
+	    {"{\"workers\": [{\"url\": \"local\", \"nmae\": \"a\"}]}", "\"nmae\"", "workers[0]"},
+	};
+	char json[256], out[256], err[256], model[1024];
+	tmp_path(json, sizeof json, "typo.json");
+	tmp_path(out, sizeof out, "typo.f32");
+	tmp_path(err, sizeof err, "typo.err");
+	snprintf(model, sizeof model, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		FILE *fp = fopen(json, "w");
+		cr_assert_not_null(fp);
+		fputs(cases[k].json, fp);
+		fclose(fp);
+		char *argv[] = {"--cluster", json};
+		moe_cluster_opts o = {0};
+		int i = 0;
+		cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_ERR_INVAL,
+		             "%s was accepted", cases[k].json);
+		cr_assert(strstr(moe_err_detail(), cases[k].key) != NULL &&
+		              strstr(moe_err_detail(), cases[k].where) != NULL,
+		          "the error does not name %s in the %s: %s", cases[k].key, cases[k].where,
+		          moe_err_detail());
+		cr_assert_eq(o.n_urls, 0, "a refused file changed the options");
+		cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3 -o %s --cluster %s 2>%s", bin(),
+		                model, out, json, err),
+		             2);
+		cr_assert(file_has(err, cases[k].key), "logits does not name %s", cases[k].key);
+	}
+	unlink(json);
+	unlink(out);
+	unlink(err);
+}
+
 /* ---- refusals ------------------------------------------------------------------- */
 
-Test(cluster, wrong_model_identity_is_refused, .timeout = 60)
+Test(cluster, wrong_model_identity_is_refused, .timeout = 60, .fini = reap_workers)
 {
 	char a[1024], b[1024], sock[256], out[256], err[256];
 	snprintf(a, sizeof a, "%s/qwen3next-tiny-Q4_0.gguf", fixtures());
@@ -219,12 +448,12 @@ Test(cluster, wrong_model_identity_is_refused, .timeout = 60)
 	/* the worker still serves the right model */
 	cr_assert_eq(
 	    sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s", bin(), a, out, sock), 0);
-	stop_worker(w);
+	expect_exit(stop_worker(w), 0, "the worker");
 	unlink(out);
 	unlink(err);
 }
 
-Test(cluster, wrong_secret_is_refused, .timeout = 60)
+Test(cluster, wrong_secret_is_refused, .timeout = 60, .fini = reap_workers)
 {
 	char m[1024], sock[256], out[256], ref[256], err[256], s1[256], s2[256];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
@@ -252,7 +481,7 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60)
 	                bin(), m, out, sock, s1),
 	             0);
 	cr_assert(same_file(ref, out));
-	stop_worker(w);
+	expect_exit(stop_worker(w), 0, "the worker");
 	unlink(out);
 	unlink(ref);
 	unlink(err);
@@ -260,30 +489,133 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60)
 	unlink(s2);
 }
 
-Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60)
+/* A free TCP port on 127.0.0.1 (bound, then released for a worker). */
+static int free_port(void)
+{
+	const int fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof a;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+/* The TCP path outside the namespace test: two workers on
+ * tcp://127.0.0.1:PORT (data on a TCP port of their own) started with
+ * --secret-file; a coordinator with the same secret gets one process's logits
+ * bit for bit, one with another secret or none is refused with MOE_ERR_AUTH
+ * and a message that names the worker and the secret, and the workers go on
+ * serving. */
+Test(cluster, tcp_loopback_with_a_secret, .timeout = 120, .fini = reap_workers)
+{
+	static const char *const modes[] = {"", "--one-by-one --replicate all"};
+	char m[1024], out[256], ref[256], err[256], s1[256], s2[256], url[2][64];
+	char extra[512];
+	snprintf(m, sizeof m, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	tmp_path(out, sizeof out, "tcp.f32");
+	tmp_path(ref, sizeof ref, "tcp-ref.f32");
+	tmp_path(err, sizeof err, "tcp.err");
+	tmp_path(s1, sizeof s1, "tcp-s1");
+	tmp_path(s2, sizeof s2, "tcp-s2");
+	cr_assert_eq(sh("echo tcp-right-secret > %s; echo tcp-wrong-secret > %s", s1, s2), 0);
+	snprintf(extra, sizeof extra, "--quiet --secret-file %s", s1);
+	pid_t w[2];
+	for (int i = 0; i < 2; i++) {
+		snprintf(url[i], sizeof url[i], "tcp://127.0.0.1:%d", free_port());
+		w[i] = start_worker_url(m, url[i], "", NULL, extra);
+	}
+	const char *toks = "5,6,7,8,9,10,11,12";
+	/* refused: another secret, then none */
+	const int rc_wrong = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s "
+	                        "--secret-file %s 2>%s",
+	                        bin(), m, toks, out, url[0], url[1], s2, err);
+	const bool wrong_said = file_has(err, "MOE_ERR_AUTH") && file_has(err, url[0]) &&
+	                        file_has(err, "does not know the cluster secret");
+	const int rc_none = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s 2>%s",
+	                       bin(), m, toks, out, url[0], url[1], err);
+	const bool none_said = file_has(err, "MOE_ERR_AUTH") && file_has(err, "secret");
+	/* accepted, bit-identical */
+	int rc_ref[2], rc_out[2];
+	bool same[2];
+	for (int k = 0; k < 2; k++) {
+		rc_ref[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s", bin(), m, toks, ref,
+		               strstr(modes[k], "--one-by-one") ? "--one-by-one" : "");
+		rc_out[k] = sh("'%s' logits -m '%s' --tokens %s -o %s --worker %s --worker %s "
+		               "--secret-file %s %s",
+		               bin(), m, toks, out, url[0], url[1], s1, modes[k]);
+		same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
+	}
+	const int st0 = stop_worker(w[0]), st1 = stop_worker(w[1]);
+	cr_assert_eq(rc_wrong, 1, "a coordinator with another secret was let in");
+	cr_assert(wrong_said, "the refusal does not say MOE_ERR_AUTH, %s and the secret", url[0]);
+	cr_assert_eq(rc_none, 1, "a coordinator without the secret was let in");
+	cr_assert(none_said, "the refusal without a secret does not say why");
+	for (int k = 0; k < 2; k++) {
+		cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "'%s': logits failed (%d, %d)",
+		          modes[k], rc_ref[k], rc_out[k]);
+		cr_assert(same[k], "'%s': logits over TCP differ from one process", modes[k]);
+	}
+	expect_exit(st0, 0, "the first TCP worker");
+	expect_exit(st1, 0, "the second TCP worker");
+	unlink(out);
+	unlink(ref);
+	unlink(err);
+	unlink(s1);
+	unlink(s2);
+}
+
+Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60, .fini = reap_workers)
 {
 	char m[1024], sock[256], out[256], err[256];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q4_0.gguf", fixtures());
 	tmp_path(sock, sizeof sock, "dead.sock");
 	tmp_path(out, sizeof out, "dead.f32");
 	tmp_path(err, sizeof err, "dead.err");
-	pid_t w = start_worker(m, sock, "--quiet --die-on-assign");
+	pid_t w = start_faulty_worker(m, sock, "--die-on-assign", "--quiet");
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 1,2 -o %s --worker ipc://%s 2>%s", bin(), m,
 	                out, sock, err),
 	             1);
 	cr_assert(file_has(err, "MOE_ERR_CLOSED") && file_has(err, "did it die"),
 	          "stderr does not name the dead worker");
-	int st;
-	waitpid(w, &st, 0);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+	expect_exit(wait_worker(w, 20000), 3, "the worker told to die on ASSIGN");
 	unlink(out);
 	unlink(err);
-	unlink(sock);
+	unlink_sockets(sock);
+}
+
+/* The fault injection lives in the test harness only: neither release
+ * program knows --die-after / --die-on-assign (nor any "die-" string). */
+Test(cluster, release_programs_carry_no_fault_injection, .timeout = 30)
+{
+	char worker[1024];
+	snprintf(worker, sizeof worker, "%s", bin());
+	char *slash = strrchr(worker, '/');
+	cr_assert_not_null(slash);
+	snprintf(slash + 1, sizeof worker - (size_t)(slash + 1 - worker), "moemesh-worker");
+	const char *const progs[] = {bin(), worker};
+	for (size_t k = 0; k < 2; k++) {
+		FILE *fp = fopen(progs[k], "rb");
+		cr_assert_not_null(fp, "%s", progs[k]);
+		fseek(fp, 0, SEEK_END);
+		const long n = ftell(fp);
+		rewind(fp);
+		char *buf = malloc((size_t)n);
+		cr_assert_not_null(buf);
+		cr_assert_eq(fread(buf, 1, (size_t)n, fp), (size_t)n);
+		fclose(fp);
+		const bool found = memmem(buf, (size_t)n, "die-", 4) != NULL;
+		free(buf);
+		cr_assert(!found, "%s contains \"die-\"", progs[k]);
+	}
+	/* and the harness does (it is what the fault tests run) */
+	cr_assert_eq(sh("grep -q -a -- --die-after '%s'", test_worker()), 0);
 }
 
 /* ---- failures mid-generation ---------------------------------------------------- */
 
-Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
+Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120, .fini = reap_workers)
 {
 	static const char *const extra[] = {"--replicate all", "", "--worker local"};
 	char m[1024], sa[256], sb[256], out[256], ref[256];
@@ -297,29 +629,208 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
 	             0);
 	for (size_t k = 0; k < sizeof extra / sizeof *extra; k++) {
 		pid_t a = start_worker(m, sa, "--quiet");
-		pid_t b = start_worker(m, sb, "--quiet --die-after 9");
-		cr_assert_eq(
+		pid_t b = start_faulty_worker(m, sb, "--die-after 9", "--quiet");
+		const int rc =
 		    sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
 		       "--worker ipc://%s %s 2>/dev/null",
-		       bin(), m, toks, out, sa, sb, extra[k]),
-		    0, "with '%s'", extra[k]);
+		       bin(), m, toks, out, sa, sb, extra[k]);
+		/* both ended before any assertion: none is left running */
+		const int st_b = wait_worker(b, 20000), st_a = stop_worker(a);
+		cr_assert_eq(rc, 0, "with '%s'", extra[k]);
 		cr_assert(same_file(ref, out), "a dead worker changed the logits (%s)", extra[k]);
-		int st;
-		waitpid(b, &st, 0);
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "worker b did not die as asked");
-		stop_worker(a);
+		expect_exit(st_b, 3, "worker b (--die-after 9)");
+		expect_exit(st_a, 0, "worker a, the survivor");
 	}
 	/* nobody left: a clear error, no hang */
-	pid_t b = start_worker(m, sb, "--quiet --die-after 3");
+	pid_t b = start_faulty_worker(m, sb, "--die-after 3", "--quiet");
 	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --one-by-one --worker ipc://%s "
 	                "2>/dev/null",
 	                bin(), m, toks, out, sb),
 	             1);
-	waitpid(b, NULL, 0);
+	expect_exit(wait_worker(b, 20000), 3, "worker b (--die-after 3)");
 	unlink(out);
 	unlink(ref);
-	unlink(sa);
-	unlink(sb);
+	unlink_sockets(sa);
+	unlink_sockets(sb);
+}
+
+/* The child processes of parent (a coordinator's spawned workers), up to max;
+ * returns how many. */
+static int children_of(pid_t parent, pid_t *out, int max)
+{
+	int n = 0;
+	DIR *d = opendir("/proc");
+	cr_assert_not_null(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL && n < max) {
+		char path[300], buf[512];
+		snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		const size_t len = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[len] = '\0';
+		const char *rp = strrchr(buf, ')'); /* the name may hold spaces */
+		int ppid = 0;
+		char state;
+		if (rp != NULL && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 && ppid == parent)
+			out[n++] = (pid_t)atoi(de->d_name);
+	}
+	closedir(d);
+	return n;
+}
+
+/* Starts `moemesh ARGS...` (NULL-terminated) with stdout on a pipe (*out_fd,
+ * read end) and stderr into err_path. */
+static pid_t start_coordinator(int *out_fd, const char *err_path, const char *const *args)
+{
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	const pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		const char *argv[40] = {bin()};
+		int n = 1;
+		for (int i = 0; args[i] != NULL && n < 39; i++)
+			argv[n++] = args[i];
+		argv[n] = NULL;
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		if (freopen(err_path, "w", stderr) == NULL)
+			_exit(126);
+		execv(bin(), (char *const *)argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	track_worker(pid, true);
+	*out_fd = fds[0];
+	return pid;
+}
+
+/* Reads fd to its end into path. */
+static void drain_to(int fd, const char *path)
+{
+	FILE *fp = fopen(path, "wb");
+	cr_assert_not_null(fp);
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof buf)) > 0)
+		cr_assert_eq(fwrite(buf, 1, (size_t)n, fp), (size_t)n);
+	fclose(fp);
+	close(fd);
+}
+
+/* SIGKILLs one of the coordinator's two spawned workers; returns its pid. */
+static pid_t kill_one_spawned(pid_t coord)
+{
+	pid_t kids[8];
+	const int n = children_of(coord, kids, 8);
+	cr_assert_eq(n, 2, "the coordinator has %d child processes, not 2 workers", n);
+	cr_assert_eq(kill(kids[0], SIGKILL), 0);
+	return kids[0];
+}
+
+/* A spawned worker (--workers N) that does not end cleanly makes run and
+ * logits fail with a message that names it, even when failover (a replica
+ * of every expert) kept the output identical: here one is SIGKILLed, for run
+ * mid-generation (after its first output), for logits once the logits are
+ * computed (it blocks writing them into a FIFO), before the shutdown. */
+Test(cluster, coordinator_reports_a_spawned_worker_that_died, .timeout = 180, .fini = reap_workers)
+{
+	char m[1024], ref[256], out[256], err[256], fifo[256], want[64];
+	snprintf(m, sizeof m, "%s/models/kjv-qwen3next-Q4_K_M.gguf",
+	         getenv("MOE_SOURCE_DIR") ? getenv("MOE_SOURCE_DIR") : "..");
+	tmp_path(ref, sizeof ref, "spawn-ref");
+	tmp_path(out, sizeof out, "spawn-out");
+	tmp_path(err, sizeof err, "spawn.err");
+	tmp_path(fifo, sizeof fifo, "spawn.fifo");
+
+	/* run: every step waits >= 10 ms per layer (--net-delay-us), so that the
+	 * generation goes on for seconds after the kill */
+	cr_assert_eq(sh("'%s' run -m '%s' -p 'In the beginning' -n 64 --temp 0 --ignore-eos "
+	                "--threads 1 > %s 2>/dev/null",
+	                bin(), m, ref),
+	             0);
+	int fd;
+	const pid_t run = start_coordinator(
+	    &fd, err,
+	    (const char *const[]){"run", "-m", m, "-p", "In the beginning", "-n", "64", "--temp",
+	                          "0", "--ignore-eos", "--threads", "1", "--workers", "2",
+	                          "--replicate", "all", "--net-delay-us", "5000", NULL});
+	cr_assert(readable_within(fd, 60000), "run printed nothing");
+	const pid_t victim = kill_one_spawned(run);
+	drain_to(fd, out);
+	int st = wait_worker(run, 60000);
+	cr_assert(same_file(ref, out), "failover changed the text");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	          "run ended with %s although a worker was killed", ending(st));
+	snprintf(want, sizeof want, "(pid %d, ", (int)victim);
+	cr_assert(file_has(err, want) && file_has(err, "was killed by signal 9"),
+	          "run does not name the killed worker (pid %d)", (int)victim);
+
+	/* logits */
+	const char *toks = "1,7,42,3,99,5,11,200,13,17,19,23,29,31,37,41";
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens %s -o %s --threads 1", bin(), m, toks, ref),
+	             0);
+	unlink(fifo);
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+	const int rfd = open(fifo, O_RDONLY | O_NONBLOCK); /* no writer yet: no event */
+	cr_assert_geq(rfd, 0);
+	int unused;
+	const pid_t lg = start_coordinator(
+	    &unused, err,
+	    (const char *const[]){"logits", "-m", m, "--tokens", toks, "-o", fifo, "--threads", "1",
+	                          "--workers", "2", "--replicate", "all", NULL});
+	close(unused);
+	/* the first bytes: the logits are computed, 256 KB > the pipe's buffer
+	 * keeps logits writing until we read, and the workers still run */
+	cr_assert(readable_within(rfd, 60000), "logits wrote nothing");
+	const pid_t victim2 = kill_one_spawned(lg);
+	cr_assert_eq(fcntl(rfd, F_SETFL, 0), 0);
+	drain_to(rfd, out);
+	st = wait_worker(lg, 60000);
+	cr_assert(same_file(ref, out), "logits differ");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	          "logits ended with %s although a worker was killed", ending(st));
+	snprintf(want, sizeof want, "(pid %d, ", (int)victim2);
+	cr_assert(file_has(err, want) && file_has(err, "was killed by signal 9"),
+	          "logits does not name the killed worker (pid %d)", (int)victim2);
+	unlink(fifo);
+	unlink(ref);
+	unlink(out);
+	unlink(err);
+}
+
+/* The ISA level a worker serves with: the end of its "serving ..." log line
+ * (log: its stderr); "" if absent.  *fell_back: it could not run the level
+ * MOEMESH_ISA asked for. */
+static const char *worker_isa(const char *log, bool *fell_back)
+{
+	static char isa[4][32];
+	static int k;
+	char *out = isa[k++ % 4];
+	out[0] = '\0';
+	*fell_back = file_has(log, "this CPU cannot run it");
+	FILE *fp = fopen(log, "r");
+	char line[1024];
+	while (fp != NULL && fgets(line, sizeof line, fp) != NULL) {
+		const char *comma = strrchr(line, ',');
+		if (strstr(line, ": serving ") == NULL || comma == NULL)
+			continue;
+		snprintf(out, 32, "%s", comma + 2);
+		out[strcspn(out, "\n")] = '\0';
+	}
+	if (fp != NULL)
+		fclose(fp);
+	return out;
+}
+
+static long file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
 /* Workers forced to other ISA levels (scalar, AVX2; the coordinator and a
@@ -329,30 +840,40 @@ Test(cluster, worker_killed_mid_generation_changes_nothing, .timeout = 120)
  * experts (Q4_K/Q6_K), both architectures, one step and one by one.  These
  * fixtures' expert rows are one K-quant block long, so the per-block
  * arithmetic across blocks is pinned by test_matmul and test_expert_ffn
- * (768-column rows); this test covers the cluster path end to end.  (On a
- * CPU without AVX2 that worker falls back to its best level, which is still
- * a valid run.) */
-Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180)
+ * (768-column rows); this test covers the cluster path end to end.  Each
+ * worker's level is read from its log: the scalar one must run scalar, the
+ * AVX2 one AVX2 unless the CPU lacks it; with fewer than two distinct levels
+ * (a CPU whose best is scalar) there is nothing to compare and the test says
+ * it is skipped, never passes having compared nothing. */
+Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180, .fini = reap_workers)
 {
 	static const char *const models[] = {"qwen3next-kq-Q4_K_M.gguf", "qwen3moe-kq-Q4_K_M.gguf"};
 	static const char *const modes[] = {"", "--one-by-one"};
-	char sa[256], sb[256], sc[256], out[256], ref[256];
+	char sa[256], sb[256], sc[256], out[256], ref[256], log[3][256], extra[3][300];
 	tmp_path(sa, sizeof sa, "isa-a.sock");
 	tmp_path(sb, sizeof sb, "isa-b.sock");
 	tmp_path(sc, sizeof sc, "isa-c.sock");
 	tmp_path(out, sizeof out, "isa.f32");
 	tmp_path(ref, sizeof ref, "isa-ref.f32");
+	for (int i = 0; i < 3; i++) {
+		char what[16];
+		snprintf(what, sizeof what, "isa-%c.log", "abc"[i]);
+		tmp_path(log[i], sizeof log[i], what);
+		snprintf(extra[i], sizeof extra[i], "2>'%.255s'", log[i]);
+	}
 	const char *toks = "3,14,15,92,65,35,89,79,32,38";
+	int n_compared = 0;
 	for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
 		char m[1024];
 		snprintf(m, sizeof m, "%s/%s", fixtures(), models[mi]);
-		pid_t a = start_worker_env(m, sa, "MOEMESH_ISA=scalar", "--quiet");
-		pid_t b = start_worker_env(m, sb, "MOEMESH_ISA=avx2", "--quiet");
-		pid_t c = start_worker(m, sc, "--quiet");
+		pid_t a = start_worker_env(m, sa, "MOEMESH_ISA=scalar", extra[0]);
+		pid_t b = start_worker_env(m, sb, "MOEMESH_ISA=avx2", extra[1]);
+		pid_t c = start_worker(m, sc, extra[2]);
 		/* the workers are stopped before any assertion, so that a failure
 		 * does not leave them holding the test's output open */
 		int rc_ref[2], rc_out[2];
 		bool same[2];
+		long size[2];
 		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
 			rc_ref[k] = sh("'%s' logits -m '%s' --tokens %s -o %s %s", bin(), m, toks,
 			               ref, modes[k]);
@@ -360,23 +881,49 @@ Test(cluster, workers_on_every_isa_level_give_the_same_logits, .timeout = 180)
 			               "--worker ipc://%s --worker ipc://%s 2>/dev/null",
 			               bin(), m, toks, out, modes[k], sa, sb, sc);
 			same[k] = rc_ref[k] == 0 && rc_out[k] == 0 && same_file(ref, out);
+			size[k] = file_size(out);
 		}
-		stop_worker(a);
-		stop_worker(b);
-		stop_worker(c);
+		const int st_a = stop_worker(a), st_b = stop_worker(b), st_c = stop_worker(c);
+		expect_exit(st_a, 0, "the scalar worker");
+		expect_exit(st_b, 0, "the AVX2 worker");
+		expect_exit(st_c, 0, "the best-level worker");
+		bool fell_a, fell_b, fell_c;
+		const char *isa_a = worker_isa(log[0], &fell_a),
+		           *isa_b = worker_isa(log[1], &fell_b),
+		           *isa_c = worker_isa(log[2], &fell_c);
+		cr_assert(isa_a[0] && isa_b[0] && isa_c[0], "a worker did not log its ISA level");
+		cr_assert_str_eq(isa_a, "scalar",
+		                 "MOEMESH_ISA=scalar did not give a scalar worker");
+		cr_assert(fell_b || strcmp(isa_b, "avx2") == 0,
+		          "MOEMESH_ISA=avx2 gave %s on a CPU that has AVX2", isa_b);
+		const int n_levels = 1 + (strcmp(isa_b, isa_a) != 0) +
+		                     (strcmp(isa_c, isa_a) != 0 && strcmp(isa_c, isa_b) != 0);
+		if (n_levels < 2) {
+			cr_skip_test(
+			    "only one ISA level (%s) on this CPU: nothing to compare across "
+			    "levels",
+			    isa_c);
+			return;
+		}
 		for (size_t k = 0; k < sizeof modes / sizeof *modes; k++) {
 			cr_assert(rc_ref[k] == 0 && rc_out[k] == 0, "%s %s: logits failed (%d, %d)",
 			          models[mi], modes[k], rc_ref[k], rc_out[k]);
-			cr_assert(same[k],
-			          "%s %s: scalar + AVX2 + best-level workers changed the logits",
-			          models[mi], modes[k]);
+			cr_assert_gt(size[k], 0, "%s %s: no logits written", models[mi], modes[k]);
+			cr_assert(same[k], "%s %s: workers on %s, %s and %s changed the logits",
+			          models[mi], modes[k], isa_a, isa_b, isa_c);
+			n_compared++;
 		}
+		cr_log_info("%s: workers on %s, %s and %s (%d levels) gave the same logits",
+		            models[mi], isa_a, isa_b, isa_c, n_levels);
 	}
+	cr_assert_eq(n_compared, 4, "compared %d of 4 (model, mode) pairs", n_compared);
 	unlink(out);
 	unlink(ref);
 	unlink(sa);
 	unlink(sb);
 	unlink(sc);
+	for (int i = 0; i < 3; i++)
+		unlink(log[i]);
 }
 
 /* ---- malformed frames ------------------------------------------------------------- */
@@ -450,7 +997,8 @@ static void dispatch_send(int fd, uint32_t layer, uint32_t n_tok, uint32_t act_t
 	(void)moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1);
 }
 
-Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 120)
+Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 120,
+     .fini = reap_workers)
 {
 	char path[1024], sock[256], url[300], dpath[300];
 	snprintf(path, sizeof path, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
@@ -693,9 +1241,7 @@ Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 1
 	moemesh__stats__free_unpacked(st, NULL);
 	nng_msg_free(msg);
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_SHUTDOWN, NULL), MOE_OK);
-	int wst;
-	waitpid(w, &wst, 0);
-	cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "worker did not shut down cleanly");
+	expect_exit(wait_worker(w, 20000), 0, "the worker after SHUTDOWN");
 	nng_close(s);
 	moe_rx_free(&rx);
 	free(x);
@@ -708,7 +1254,7 @@ Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 1
 
 /* ---- three hosts over network namespaces ---------------------------------------- */
 
-Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
+Test(cluster, three_hosts_in_network_namespaces, .timeout = 180, .fini = reap_workers)
 {
 	if (geteuid() != 0 || sh("command -v ip >/dev/null && command -v tc >/dev/null") != 0) {
 		cr_skip_test("3-host test skipped: needs root and ip/tc to create network "
@@ -757,6 +1303,7 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
 				execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 				_exit(127);
 			}
+			track_worker(w[i], true);
 		}
 		sleep_ms(300);
 		bad |= sh("'%s' run -m '%s' -p 'In the beginning' -n 24 --temp 0 --threads 1 > %s "
@@ -767,15 +1314,18 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180)
 		          "> %s 2>/dev/null",
 		          ns[0], bin(), model, out);
 	}
+	int st_w[3] = {0, 0, 0};
 	for (int i = 1; i < 3; i++)
 		if (w[i] > 0)
-			stop_worker(w[i]);
+			st_w[i] = stop_worker(w[i]);
 	for (int i = 0; i < 3; i++)
 		sh("ip netns del %s 2>/dev/null", ns[i]);
 	for (int i = 0; i < 3; i++)
 		cr_assert_neq(sh("ip netns list | grep -q '^%s'", ns[i]), 0, "namespace %s left",
 		              ns[i]);
 	cr_assert_eq(bad, 0, "setting up or running the 3-host cluster failed");
+	for (int i = 1; i < 3; i++)
+		expect_exit(st_w[i], 0, i == 1 ? "the worker on host a" : "the worker on host b");
 	cr_assert(same_file(ref, out), "3-host generation differs from one process");
 	cr_assert(file_has(out, "LORD"), "no text generated");
 	unlink(ref);

@@ -1,7 +1,9 @@
 /* test_serve.c - `moemesh serve` over real HTTP on loopback.  Each test
  * starts the server ($MOE_BIN) on a free port, runs one client case of
  * tests/serve_client.py against it, then stops it with SIGTERM and expects a
- * clean exit (under ASan/LSan a leak or a memory error makes it fail). */
+ * clean exit (under ASan/LSan a leak or a memory error makes it fail; with
+ * --workers N, so does a spawned worker that did not end cleanly, which the
+ * server reports).  A worker the test kills is expected in that report. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <signal.h>
@@ -93,15 +95,33 @@ static server start(const char *model, const char *const *extra, bool want_ready
 	return s;
 }
 
-static void stop(server *s)
+/* Stops the server (SIGTERM), echoes the rest of its stderr, keeps the last
+ * of it in msg (when not NULL) and returns its wait status. */
+static int stop_status(server *s, char *msg, size_t msg_size)
 {
 	kill(s->pid, SIGTERM);
 	char line[1024];
-	while (fgets(line, sizeof line, s->err) != NULL)
+	size_t used = 0;
+	if (msg != NULL)
+		msg[0] = '\0';
+	while (fgets(line, sizeof line, s->err) != NULL) {
 		fputs(line, stderr);
+		if (msg != NULL && used + strlen(line) < msg_size) {
+			strcpy(msg + used, line);
+			used += strlen(line);
+		}
+	}
 	int st = 0;
 	waitpid(s->pid, &st, 0);
 	fclose(s->err);
+	return st;
+}
+
+/* Stops the server; it must exit 0, which with --workers N also says that
+ * every spawned worker ended cleanly (the coordinator checks them). */
+static void stop(server *s)
+{
+	const int st = stop_status(s, NULL, 0);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the server exited with status %d", st);
 }
 
@@ -220,8 +240,9 @@ Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
 	run_case("basic", kjv(), (const char *const[]){"--workers", "2", NULL}, NULL);
 }
 
-/* Kills every child process of pid (the spawned workers). */
-static int kill_children(pid_t pid)
+/* Kills every child process of pid (the spawned workers); returns how many,
+ * the last one's pid in *last. */
+static int kill_children(pid_t pid, pid_t *last)
 {
 	int n = 0;
 	DIR *d = opendir("/proc");
@@ -240,7 +261,8 @@ static int kill_children(pid_t pid)
 		int ppid = 0;
 		char state;
 		if (rp != NULL && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 && ppid == pid) {
-			kill((pid_t)atoi(de->d_name), SIGKILL);
+			*last = (pid_t)atoi(de->d_name);
+			kill(*last, SIGKILL);
 			n++;
 		}
 	}
@@ -253,9 +275,17 @@ Test(serve, dead_workers_make_it_unhealthy_with_a_reason, .timeout = 120)
 	server s = start(
 	    kjv(), (const char *const[]){"--workers", "1", "--dispatch-timeout-ms", "2000", NULL},
 	    true, NULL, 0);
-	cr_assert_eq(kill_children(s.pid), 1, "expected one worker process");
+	pid_t victim = 0;
+	cr_assert_eq(kill_children(s.pid, &victim), 1, "expected one worker process");
 	client("dead_cluster", &s, kjv(), NULL);
-	stop(&s);
+	/* the worker killed on purpose is reported: the server exits 1 naming it */
+	char msg[8192], want[64];
+	const int st = stop_status(&s, msg, sizeof msg);
+	snprintf(want, sizeof want, "worker w0 (pid %d, ", (int)victim);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	          "the server exited with status %d although its worker was killed", st);
+	cr_expect(strstr(msg, want) != NULL && strstr(msg, "was killed by signal 9") != NULL,
+	          "the server does not name its killed worker: %s", msg);
 }
 
 Test(serve, random_bodies_never_get_a_5xx_nor_crash_it, .timeout = 300)

@@ -10,7 +10,8 @@
  * each answered by one RESULT (or ERROR).  Every frame is validated; a frame
  * whose prefix is sound but whose content is not gets an ERROR and the
  * connection goes on; a stream whose prefix is bad cannot be resynchronised,
- * so it gets an ERROR and is closed.  The worker itself always keeps serving.
+ * so it gets an ERROR and is closed.  The worker itself always keeps serving,
+ * until SHUTDOWN or its stop fd (the program's SIGTERM / SIGINT).
  */
 #include <errno.h>
 #include <nng/nng.h>
@@ -266,10 +267,8 @@ static void on_assign(server *s, const moe_frame *f)
 		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
 		return;
 	}
-	if (s->o->die_on_assign) {
-		logf_(s, "--die-on-assign: exiting");
-		_exit(3);
-	}
+	if (s->o->on_assign != NULL)
+		s->o->on_assign(s->o->observer_ctx);
 	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
 		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
 		s->st.bad_frames++;
@@ -463,10 +462,8 @@ static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
 	s->st.bytes_in += f->payload_len;
 	s->st.bytes_out += n * sizeof *s->acc;
 	s->st.compute_ns += dt;
-	if (s->o->die_after > 0 && s->st.dispatches >= (uint64_t)s->o->die_after) {
-		logf_(s, "--die-after %d reached: exiting without an answer", s->o->die_after);
-		_exit(3);
-	}
+	if (s->o->on_computed != NULL)
+		s->o->on_computed(s->o->observer_ctx, s->st.dispatches);
 	delay_us(s->o->net_delay_us);
 	Moemesh__Result r = MOEMESH__RESULT__INIT;
 	r.step = d->step;
@@ -671,21 +668,27 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	}
 
 	while (!s.quit) {
-		struct pollfd p[MAX_CONNS + 2];
+		/* control, data listener, stop fd (ignored by poll when -1), connections */
+		struct pollfd p[MAX_CONNS + 3];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
 		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
+		p[2] = (struct pollfd){.fd = o->stop_fd, .events = POLLIN};
 		for (int i = 0; i < s.n_conns; i++)
-			p[2 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
-		const int n = 2 + s.n_conns;
+			p[3 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 3 + s.n_conns;
 		if (poll(p, (nfds_t)n, 1000) < 0) {
 			if (errno == EINTR)
 				continue;
 			err = moe_fail(MOE_ERR_SYS, "poll: %s", strerror(errno));
 			goto out_free;
 		}
+		if (p[2].revents) {
+			logf_(&s, "asked to stop");
+			break;
+		}
 		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 3; i >= 0; i--)
-			if (p[2 + i].revents)
+		for (int i = n - 4; i >= 0; i--)
+			if (p[3 + i].revents)
 				(void)on_data(&s, i);
 		if (p[1].revents & POLLIN)
 			on_accept(&s);

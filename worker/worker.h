@@ -79,16 +79,24 @@ typedef struct moe_worker_opts {
 	uint16_t data_port;      /* TCP data port; 0 = any (announced in AUTH_OK) */
 	int net_delay_us;        /* injected delay before reading a dispatch and before its
 	                          * result (latency experiments); 0 = none */
-	int die_after;           /* test hook: _exit(3) after this many dispatches, before
-	                          * answering the last (0 = never) */
-	bool die_on_assign;      /* test hook: _exit(3) when an ASSIGN arrives */
 	int ready_fd;            /* if >= 0: one byte is written and the fd closed once the
 	                          * worker listens (process supervisors); else -1 */
+	int stop_fd;             /* if >= 0: once it is readable (a byte from a signal
+	                          * handler) the worker stops as on SHUTDOWN; else -1 */
 	bool quiet;              /* no log lines on stderr */
+	/* Observers for tests (tests/worker_harness.c injects faults with them);
+	 * production leaves them NULL.  Called on the serving thread with
+	 * observer_ctx; they may end the process.  on_assign: an authenticated
+	 * ASSIGN arrived (before it is read).  on_computed: a DISPATCH was
+	 * computed, n_computed counting it; its RESULT is sent once this returns. */
+	void (*on_assign)(void *ctx);
+	void (*on_computed)(void *ctx, uint64_t n_computed);
+	void *observer_ctx;
 } moe_worker_opts;
 
 /* Serves the cluster protocol (proto/proto.h, server.c) on o->listen_url until
- * an authenticated SHUTDOWN arrives.  Bad frames from peers are answered and
+ * an authenticated SHUTDOWN arrives or o->stop_fd becomes readable (then it
+ * frees everything and returns MOE_OK).  Bad frames from peers are answered and
  * counted, never fatal.  Errors (set-up only): those of moe_gguf_open,
  * moe_hparams_load, moe_secret_read, MOE_ERR_INVAL/IO (cannot listen),
  * MOE_ERR_NOMEM, MOE_ERR_SYS. */

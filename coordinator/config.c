@@ -1,0 +1,238 @@
+/*
+ * config.c - the cluster options: the command-line arguments
+ * (moe_cluster_parse_arg), their usage text, and the JSON cluster file
+ * (--cluster FILE, deploy/cluster.example.json).
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/cluster_impl.h"
+#include "core/core.h"
+
+const char *moe_cluster_usage(void)
+{
+	return "cluster:  --worker URL (repeatable; tcp://HOST:PORT, ipc://PATH or local)\n"
+	       "          --workers N (start N local workers on ipc://) --cluster FILE (JSON)\n"
+	       "          --placement memory|round-robin  --replicate all|E,E,...\n"
+	       "          --secret-file F  --worker-threads N  --dispatch-timeout-ms N\n"
+	       "          --net-delay-us US (spawned workers delay every message)\n";
+}
+
+bool moe_cluster_wanted(const moe_cluster_opts *o)
+{
+	return o->n_urls > 0 || o->spawn > 0;
+}
+
+static moe_err add_url(moe_cluster_opts *o, const char *url)
+{
+	if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
+		return moe_fail(MOE_ERR_INVAL, "more than %d workers", MOE_CLUSTER_MAX_LINKS);
+	o->names[o->n_urls] = NULL;
+	o->urls[o->n_urls++] = url;
+	return MOE_OK;
+}
+
+static moe_err parse_place(moe_cluster_opts *o, const char *v)
+{
+	if (strcmp(v, "memory") == 0)
+		o->place = MOE_PLACE_MEMORY;
+	else if (strcmp(v, "round-robin") == 0)
+		o->place = MOE_PLACE_ROUND_ROBIN;
+	else
+		return moe_fail(MOE_ERR_INVAL, "--placement %s: want memory or round-robin", v);
+	return MOE_OK;
+}
+
+/* Every cluster file read, kept as long as the process: options point into
+ * their strings. */
+static cJSON *g_cluster_files;
+
+static const char *const top_keys[] = {"workers", "replicate", "placement", "secret_file",
+                                       "dispatch_timeout_ms"};
+static const char *const worker_keys[] = {"url", "name"};
+
+/* Fails with MOE_ERR_INVAL naming the first member of obj whose key is not
+ * one of known[0..n) (where: the place in the file, for the message). */
+static moe_err check_keys(const cJSON *obj, const char *const *known, size_t n, const char *path,
+                          const char *where)
+{
+	const cJSON *it;
+	cJSON_ArrayForEach(it, obj)
+	{
+		size_t k = 0;
+		while (k < n && strcmp(it->string, known[k]) != 0)
+			k++;
+		if (k < n)
+			continue;
+		char list[160];
+		size_t len = 0;
+		for (k = 0; k < n; k++)
+			len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+			                        k ? ", " : "", known[k]);
+		return moe_fail(MOE_ERR_INVAL, "--cluster %s: unknown key \"%s\" %s (known: %s)",
+		                path, it->string, where, list);
+	}
+	return MOE_OK;
+}
+
+/* The workers array: URL strings or {"url": URL, "name": NAME} objects. */
+static moe_err read_workers(moe_cluster_opts *o, const cJSON *ws, const char *path)
+{
+	if (!cJSON_IsArray(ws))
+		return moe_fail(MOE_ERR_INVAL, "--cluster %s: \"workers\" must be an array", path);
+	const cJSON *w;
+	int k = 0;
+	cJSON_ArrayForEach(w, ws)
+	{
+		const cJSON *u = w, *name = NULL;
+		if (cJSON_IsObject(w)) {
+			char where[32];
+			snprintf(where, sizeof where, "in workers[%d]", k);
+			moe_err err = check_keys(
+			    w, worker_keys, sizeof worker_keys / sizeof *worker_keys, path, where);
+			if (err != MOE_OK)
+				return err;
+			u = cJSON_GetObjectItemCaseSensitive(w, "url");
+			name = cJSON_GetObjectItemCaseSensitive(w, "name");
+		}
+		if (!cJSON_IsString(u))
+			return moe_fail(MOE_ERR_INVAL,
+			                "--cluster %s: workers[%d] is not a URL string nor "
+			                "{\"url\": URL, \"name\": NAME}",
+			                path, k);
+		if (name != NULL && (!cJSON_IsString(name) || name->valuestring[0] == '\0'))
+			return moe_fail(MOE_ERR_INVAL,
+			                "--cluster %s: workers[%d].name is not a non-empty string",
+			                path, k);
+		if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
+			return moe_fail(MOE_ERR_INVAL, "more than %d workers",
+			                MOE_CLUSTER_MAX_LINKS);
+		o->names[o->n_urls] = name ? name->valuestring : NULL;
+		o->urls[o->n_urls++] = u->valuestring;
+		k++;
+	}
+	return MOE_OK;
+}
+
+/* Reads the JSON cluster file into o; o is unchanged on an error. */
+static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	if (fp == NULL)
+		return moe_fail(MOE_ERR_INVAL, "--cluster %s: %s", path, strerror(errno));
+	char *buf = malloc(1 << 20);
+	size_t n = buf ? fread(buf, 1, (1 << 20) - 1, fp) : 0;
+	fclose(fp);
+	if (buf == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "--cluster %s", path);
+	buf[n] = '\0';
+	cJSON *j = cJSON_Parse(buf);
+	free(buf);
+	moe_cluster_opts t = *o;
+	moe_err err = MOE_OK;
+	const cJSON *v;
+	if (j == NULL || !cJSON_IsObject(j)) {
+		err = moe_fail(MOE_ERR_INVAL, "--cluster %s: not a JSON object", path);
+		goto out_free;
+	}
+	if ((err = check_keys(j, top_keys, sizeof top_keys / sizeof *top_keys, path,
+	                      "at the top level")) != MOE_OK ||
+	    (err = read_workers(&t, cJSON_GetObjectItemCaseSensitive(j, "workers"), path)) !=
+	        MOE_OK)
+		goto out_free;
+	v = cJSON_GetObjectItemCaseSensitive(j, "placement");
+	if (v && (!cJSON_IsString(v) || parse_place(&t, v->valuestring) != MOE_OK)) {
+		err =
+		    moe_fail(MOE_ERR_INVAL,
+		             "--cluster %s: \"placement\" is \"memory\" or \"round-robin\"", path);
+		goto out_free;
+	}
+	if ((v = cJSON_GetObjectItemCaseSensitive(j, "replicate")) != NULL) {
+		if (!cJSON_IsString(v)) {
+			err = moe_fail(MOE_ERR_INVAL, "--cluster %s: \"replicate\" is a string",
+			               path);
+			goto out_free;
+		}
+		t.replicate = v->valuestring;
+	}
+	if ((v = cJSON_GetObjectItemCaseSensitive(j, "secret_file")) != NULL) {
+		if (!cJSON_IsString(v)) {
+			err = moe_fail(MOE_ERR_INVAL, "--cluster %s: \"secret_file\" is a string",
+			               path);
+			goto out_free;
+		}
+		t.secret_file = v->valuestring;
+	}
+	if ((v = cJSON_GetObjectItemCaseSensitive(j, "dispatch_timeout_ms")) != NULL) {
+		if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 3600000) {
+			err = moe_fail(MOE_ERR_INVAL,
+			               "--cluster %s: \"dispatch_timeout_ms\" is 1..3600000", path);
+			goto out_free;
+		}
+		t.timeout_ms = (int)v->valuedouble;
+	}
+	if (g_cluster_files == NULL && (g_cluster_files = cJSON_CreateArray()) == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "--cluster %s", path);
+		goto out_free;
+	}
+	if (!cJSON_AddItemToArray(g_cluster_files, j)) {
+		err = moe_fail(MOE_ERR_NOMEM, "--cluster %s", path);
+		goto out_free;
+	}
+	*o = t;
+	return MOE_OK;
+
+out_free:
+	cJSON_Delete(j);
+	return err;
+}
+
+moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv)
+{
+	const char *a = argv[*i];
+	static const char *const names[] = {
+	    "--worker",      "--workers",     "--cluster",        "--placement",
+	    "--replicate",   "--secret-file", "--worker-threads", "--dispatch-timeout-ms",
+	    "--net-delay-us"};
+	int k = 0;
+	while (k < (int)(sizeof names / sizeof *names) && strcmp(a, names[k]) != 0)
+		k++;
+	if (k == (int)(sizeof names / sizeof *names))
+		return MOE_ERR_NOT_FOUND;
+	if (*i + 1 >= argc)
+		return moe_fail(MOE_ERR_INVAL, "%s needs a value", a);
+	const char *v = argv[++*i];
+	switch (k) {
+	case 0:
+		return add_url(o, v);
+	case 1:
+		return moe_parse_int(&o->spawn, v, 0, 32)
+		           ? moe_fail(MOE_ERR_INVAL, "--workers %s", v)
+		           : MOE_OK;
+	case 2:
+		return read_cluster_file(o, v);
+	case 3:
+		return parse_place(o, v);
+	case 4:
+		o->replicate = v;
+		return MOE_OK;
+	case 5:
+		o->secret_file = v;
+		return MOE_OK;
+	case 6:
+		return moe_parse_int(&o->worker_threads, v, 1, 1024)
+		           ? moe_fail(MOE_ERR_INVAL, "--worker-threads %s", v)
+		           : MOE_OK;
+	case 7:
+		return moe_parse_int(&o->timeout_ms, v, 1, 3600000)
+		           ? moe_fail(MOE_ERR_INVAL, "--dispatch-timeout-ms %s", v)
+		           : MOE_OK;
+	default:
+		return moe_parse_int(&o->net_delay_us, v, 0, 10000000)
+		           ? moe_fail(MOE_ERR_INVAL, "--net-delay-us %s", v)
+		           : MOE_OK;
+	}
+}

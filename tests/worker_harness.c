@@ -1,0 +1,81 @@
+/*
+ * worker_harness.c - moe-test-worker, the tests' double of moemesh-worker:
+ * `moemesh worker` (cli/cmd_worker.c, the same options) plus the faults the
+ * release programs do not carry, injected through the worker's observers:
+ *
+ *   --die-after N     _exit(3) once N dispatches are computed, before the
+ *                     Nth RESULT is sent
+ *   --die-on-assign   _exit(3) when an ASSIGN arrives
+ *
+ * Built by tests/CMakeLists.txt; the tests find it through MOE_TEST_WORKER.
+ * Exit status 3 is what a fault test expects of a worker it made die.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "core/core.h"
+#include "worker/worker.h"
+
+typedef struct faults {
+	long die_after; /* 0 = never */
+	bool die_on_assign;
+} faults;
+
+static void die(const char *why)
+{
+	fprintf(stderr, "moe-test-worker: %s: exiting with status 3\n", why);
+	_exit(3);
+}
+
+static void on_assign(void *ctx)
+{
+	(void)ctx;
+	die("--die-on-assign");
+}
+
+static void on_computed(void *ctx, uint64_t n_computed)
+{
+	const faults *f = ctx;
+	if (f->die_after > 0 && n_computed >= (uint64_t)f->die_after)
+		die("--die-after reached, the last RESULT unsent");
+}
+
+static void adjust(struct moe_worker_opts *o, void *ctx)
+{
+	const faults *f = ctx;
+	if (f->die_on_assign)
+		o->on_assign = on_assign;
+	if (f->die_after > 0)
+		o->on_computed = on_computed;
+	o->observer_ctx = ctx;
+}
+
+int main(int argc, char **argv)
+{
+	static faults f;
+	char **rest = calloc((size_t)argc + 1, sizeof *rest);
+	int n = 0;
+	if (rest == NULL)
+		return 1;
+	rest[n++] = "worker";
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--die-on-assign") == 0) {
+			f.die_on_assign = true;
+		} else if (strcmp(argv[i], "--die-after") == 0) {
+			if (i + 1 >= argc || moe_parse_long(&f.die_after, argv[++i], 1, 1L << 30)) {
+				fprintf(stderr, "moe-test-worker: --die-after N (N >= 1)\n");
+				free(rest);
+				return 2;
+			}
+		} else {
+			rest[n++] = argv[i];
+		}
+	}
+	const int rc = moe_cmd_worker_with(n, rest, adjust, &f);
+	free(rest);
+	return rc;
+}
