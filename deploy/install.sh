@@ -37,7 +37,7 @@ say "platform: $os_id ($arch)"
 # --- 2. packages ----------------------------------------------------------------
 pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libopenblas-dev libcriterion-dev libcjson-dev libpcre2-dev libutf8proc-dev
-      libssl-dev libmicrohttpd-dev gnuplot-nox python3 curl iproute2"
+      libssl-dev libmicrohttpd-dev libjansson-dev gnuplot-nox python3 python3-jinja2 curl iproute2"
 case "$os_id $os_like" in
 *debian* | *ubuntu*)
 	missing=
