@@ -811,7 +811,7 @@ moe_err jcall_filter(jrender *r, jv *out, int f, jv v, const jargs *a)
 		jlist *l = new_list(r, cnt, JL_LIST);
 		if (!l)
 			return jr_nomem(r);
-		memcpy(l->v, items, cnt * sizeof(jv));
+		jv_copy(l->v, 0, items, cnt);
 		l->n = cnt;
 		*out = jv_list(l);
 		return MOE_OK;
@@ -901,7 +901,7 @@ moe_err jcall_filter(jrender *r, jv *out, int f, jv v, const jargs *a)
 			jlist *l = new_list(r, a->npos, JL_TUPLE);
 			if (!l)
 				return jr_nomem(r);
-			memcpy(l->v, a->pos, a->npos * sizeof(jv));
+			jv_copy(l->v, 0, a->pos, a->npos);
 			l->n = a->npos;
 			args = jv_list(l);
 		}

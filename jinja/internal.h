@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/core.h"
 #include "jinja/jinja.h"
@@ -196,6 +197,13 @@ static inline jv jv_undef_hint(const char *hint)
 struct moe_jinja_value {
 	jv v;
 };
+
+/* Copies n values to dst[at...] (nothing when n is 0: dst may be NULL). */
+static inline void jv_copy(jv *dst, size_t at, const jv *src, size_t n)
+{
+	if (n)
+		memcpy(dst + at, src, n * sizeof(jv));
+}
 
 /* strings (value.c) */
 size_t utf8_count(const char *s, size_t n);

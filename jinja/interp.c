@@ -242,7 +242,7 @@ static moe_err call_macro(jrender *r, jv *out, const jmacro *m, const jargs *a)
 		if (!l) {
 			e = jr_nomem(r);
 		} else {
-			memcpy(l->v, a->pos + np, extra * sizeof(jv));
+			jv_copy(l->v, 0, a->pos + (extra ? np : 0), extra);
 			l->n = extra;
 			e = scope_set(r, s, t->sym_varargs, jv_list(l));
 		}
@@ -681,12 +681,15 @@ static moe_err apply_filters(jrender *r, const jnode *f, jv v, jv *out)
 		return MOE_OK;
 	}
 	jv inner;
-	moe_err e = apply_filters(r, f->a, v, &inner);
 	jargs args;
+	moe_err e = enter(r);
+	if (!e)
+		e = apply_filters(r, f->a, v, &inner);
 	if (!e)
 		e = eval_args(r, f, &args, 0);
 	if (!e)
 		e = jcall_filter(r, out, f->fn, inner, &args);
+	r->depth--;
 	return e ? at_line(r, f, e) : MOE_OK;
 }
 

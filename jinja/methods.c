@@ -927,12 +927,26 @@ moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 			e = conv == 's' ? jr_str(r, &s, arg) : jr_repr(r, &s, arg);
 			if (e)
 				break;
-			if (sl == 1) {
-				e = jbuf_put(&b, s->s, s->len);
-			} else {
-				e = moe_fail(MOE_ERR_UNSUPPORTED,
-				             "unsupported: width or precision with %%s");
+			/* flags ('-'), width and precision count code points */
+			int left = 0;
+			size_t k = 1, width = 0, prec = SIZE_MAX;
+			while (k < sl && strchr("-+ #0", spec[k]))
+				left |= spec[k++] == '-';
+			while (k < sl && spec[k] >= '0' && spec[k] <= '9')
+				width = width * 10 + (size_t)(spec[k++] - '0');
+			if (k < sl && spec[k] == '.') {
+				prec = 0;
+				for (k++; k < sl && spec[k] >= '0' && spec[k] <= '9'; k++)
+					prec = prec * 10 + (size_t)(spec[k] - '0');
 			}
+			size_t ncp = s->ncp < prec ? s->ncp : prec;
+			size_t pad = width > ncp ? width - ncp : 0;
+			for (size_t i = 0; i < pad && !left && !e; i++)
+				e = jbuf_putc(&b, ' ');
+			if (!e)
+				e = jbuf_put(&b, s->s, utf8_offset(s, ncp));
+			for (size_t i = 0; i < pad && left && !e; i++)
+				e = jbuf_putc(&b, ' ');
 		} else if (strchr("diouxXeEfFgGc", conv) && jv_is_num(arg)) {
 			if (strchr("diouxXc", conv)) {
 				long long v =
@@ -1149,7 +1163,7 @@ static moe_err call_loop(jrender *r, jv *out, jloop *lp, const char *name, const
 	jlist *l = jlist_new(&r->arena, a->npos, JL_TUPLE);
 	if (!l)
 		return jr_nomem(r);
-	memcpy(l->v, a->pos, a->npos * sizeof(jv));
+	jv_copy(l->v, 0, a->pos, a->npos);
 	l->n = a->npos;
 	jv now = jv_list(l);
 	int changed = lp->changed.t == JV_MISSING || !jv_eq(lp->changed, now);
@@ -1332,7 +1346,7 @@ moe_err jcall_method(jrender *r, jv *out, jv self, const jstr *name, const jargs
 			jlist *l = jlist_new(&r->arena, self.l->n, JL_LIST);
 			if (!l)
 				return jr_nomem(r);
-			memcpy(l->v, self.l->v, self.l->n * sizeof(jv));
+			jv_copy(l->v, 0, self.l->v, self.l->n);
 			l->n = self.l->n;
 			*out = jv_list(l);
 			return MOE_OK;

@@ -590,8 +590,8 @@ moe_err jr_binop(jrender *r, jv *out, int op, jv a, jv b)
 			jlist *l = jlist_new(&r->arena, a.l->n + b.l->n, a.l->kind);
 			if (!l)
 				return jr_nomem(r);
-			memcpy(l->v, a.l->v, a.l->n * sizeof(jv));
-			memcpy(l->v + a.l->n, b.l->v, b.l->n * sizeof(jv));
+			jv_copy(l->v, 0, a.l->v, a.l->n);
+			jv_copy(l->v, a.l->n, b.l->v, b.l->n);
 			l->n = a.l->n + b.l->n;
 			*out = jv_list(l);
 			return jr_steps(r, l->n);

@@ -106,7 +106,7 @@ moe_err jp_unexpected(jparser *p, const char *expected)
 	char buf[80];
 	jtok *t = jp_cur(p);
 	if (t->t == T_EOF)
-		return jp_err(p, t->line, "jp_unexpected end of template, expected '%s'", expected);
+		return jp_err(p, t->line, "unexpected end of template, expected '%s'", expected);
 	return jp_err(p, t->line, "expected token '%s', got '%s'", expected,
 	              jp_describe(t, buf, sizeof(buf)));
 }
@@ -681,8 +681,8 @@ moe_err jp_primary(jparser *p, jnode **out)
 	if (jp_op(t, "{"))
 		return parse_dict(p, out);
 	if (t->t == T_EOF)
-		return jp_err(p, t->line, "jp_unexpected end of template");
-	return jp_err(p, t->line, "jp_unexpected '%s'", jp_describe(t, buf, sizeof(buf)));
+		return jp_err(p, t->line, "unexpected end of template");
+	return jp_err(p, t->line, "unexpected '%s'", jp_describe(t, buf, sizeof(buf)));
 }
 
 static moe_err parse_unary(jparser *p, jnode **out, int with_filter)

@@ -531,7 +531,7 @@ moe_err jf_batch_slice(jrender *r, jv *out, jv v, const jargs *a, int slice)
 			jlist *part = new_list(r, end - start + 1, JL_LIST);
 			if (!part)
 				return jr_nomem(r);
-			memcpy(part->v, items + start, (end - start) * sizeof(jv));
+			jv_copy(part->v, 0, items + (end > start ? start : 0), end - start);
 			part->n = end - start;
 			if (fill && s >= extra)
 				part->v[part->n++] = x[1];

@@ -466,7 +466,7 @@ moe_err jp_subparse(jparser *p, jnvec *body, const char *const *end, size_t nend
 				e = jp_expect_type(p, T_BLOCK_END, "end of statement block");
 		} else {
 			char buf[80];
-			return jp_err(p, t->line, "jp_unexpected '%s'",
+			return jp_err(p, t->line, "unexpected '%s'",
 			              jp_describe(t, buf, sizeof(buf)));
 		}
 	}
