@@ -1731,13 +1731,26 @@ static const char *const fuzz_tokens[] = {
     "é",
     "😀",
     "\t",
+    "\r",
+    "\r\n",
+    "{%-",
+    "-%}",
+    "{{-",
+    "-}}",
+    "{%+",
+    "+%}",
+    "'\\x4",
+    "'\\u12'",
+    "\\",
 };
 
 static void mutate(rng *r, char *buf, size_t *len, size_t cap)
 {
 	size_t n = *len;
-	unsigned op = rn(r, 6);
+	unsigned op = rn(r, 7);
 	size_t at = n ? rn(r, (unsigned)n) : 0;
+	if (op == 6) /* insert at the end */
+		at = n, op = 2;
 	size_t span = 1 + rn(r, 24);
 	if (span > n - at)
 		span = n - at;
