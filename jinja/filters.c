@@ -460,11 +460,10 @@ static int float_to_int(jv *out, double f, moe_err *e)
 	return 0;
 }
 
-static moe_err f_int(jrender *r, jv *out, jv v, const jargs *a)
+static moe_err f_int(jv *out, jv v, const jargs *a)
 {
 	static const char *const p[] = {"default", "base"};
 	jv x[2];
-	(void)r;
 	moe_err e = bind(x, "int", p, 2, a);
 	if (e)
 		return e;
@@ -795,9 +794,18 @@ moe_err jcall_filter(jrender *r, jv *out, int f, jv v, const jargs *a)
 			return moe_fail(MOE_ERR_BAD_TYPE, "%s takes no arguments", filter_names[f]);
 		if (f == F_LAST && v.t == JV_LIST && v.l->kind == JL_GEN)
 			return moe_fail(MOE_ERR_BAD_TYPE, "'generator' object is not reversible");
-		e = jr_iter(r, &items, &cnt, v);
-		if (e)
-			return e;
+		if (f == F_FIRST && v.t == JV_LIST && v.l->kind == JL_GEN) {
+			/* next(iter(generator)): one item used up */
+			if (v.l->pos < v.l->n) {
+				*out = v.l->v[v.l->pos++];
+				return MOE_OK;
+			}
+			cnt = 0;
+		} else {
+			e = jr_iter(r, &items, &cnt, v);
+			if (e)
+				return e;
+		}
 		if (!cnt)
 			*out = jv_undef_hint(f == F_FIRST ? "No first item, sequence was empty."
 			                                  : "No last item, sequence was empty.");
@@ -826,7 +834,7 @@ moe_err jcall_filter(jrender *r, jv *out, int f, jv v, const jargs *a)
 	case F_FORCEESCAPE:
 		return markup_of(r, out, v, 1, 1);
 	case F_INT:
-		return f_int(r, out, v, a);
+		return f_int(out, v, a);
 	case F_FLOAT:
 		return f_float(out, v, a);
 	case F_ABS:

@@ -107,7 +107,7 @@ typedef struct jlist {
 	size_t n, cap;
 	jv *v;
 	uint8_t kind;
-	uint8_t used;       /* JL_GEN: iterated already */
+	size_t pos;         /* JL_GEN: items before pos are used up */
 	int64_t r0, r1, rs; /* JL_RANGE: start, stop, step */
 } jlist;
 

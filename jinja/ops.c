@@ -282,12 +282,13 @@ static moe_err undef_element(jrender *r, jv *out, jv obj, jv key)
 	return MOE_OK;
 }
 
-static moe_err str_char(jrender *r, jv *out, const jstr *s, size_t k)
+static moe_err str_char(jrender *r, jv *out, jv s, size_t k)
 {
-	const jstr *c = jr_substr(r, s, k, k + 1);
+	const jstr *c = jr_substr(r, s.s, k, k + 1);
 	if (!c)
 		return jr_nomem(r);
 	*out = jv_str(c);
+	out->fl = s.fl; /* Markup's __getitem__ gives Markup */
 	return MOE_OK;
 }
 
@@ -310,7 +311,7 @@ moe_err jr_getitem(jrender *r, jv *out, jv obj, jv key)
 		int64_t i = key.i < 0 ? key.i + len : key.i;
 		if (i >= 0 && i < len) {
 			if (obj.t == JV_STR)
-				return str_char(r, out, obj.s, (size_t)i);
+				return str_char(r, out, obj, (size_t)i);
 			*out = obj.l->v[i];
 			return MOE_OK;
 		}
@@ -349,12 +350,12 @@ moe_err jr_iter(jrender *r, const jv **items, size_t *n, jv v)
 		return MOE_OK;
 	case JV_LIST:
 		if (v.l->kind == JL_GEN) {
-			if (v.l->used) {
-				*items = NULL;
-				*n = 0;
-				return MOE_OK;
-			}
-			v.l->used = 1;
+			/* a generator: what is left of it, and then nothing */
+			size_t pos = v.l->pos;
+			v.l->pos = v.l->n;
+			*items = v.l->v + (v.l->n > pos ? pos : 0);
+			*n = v.l->n - pos;
+			return jr_steps(r, *n);
 		}
 		*items = v.l->v;
 		*n = v.l->n;
@@ -384,8 +385,7 @@ moe_err jr_iter(jrender *r, const jv **items, size_t *n, jv v)
 			const jstr *c = jstr_new(&r->arena, s->s + st, i - st);
 			if (!c)
 				return jr_nomem(r);
-			chars[k] = jv_str(c);
-			chars[k++].fl = v.fl;
+			chars[k++] = jv_str(c); /* str's iterator: plain str */
 		}
 		*items = chars;
 		*n = k;
@@ -423,12 +423,16 @@ moe_err jr_contains(jrender *r, int *out, jv item, jv seq)
 	case JV_LIST: {
 		const jv *items;
 		size_t n;
+		jlist *gen = seq.l->kind == JL_GEN ? seq.l : NULL;
+		size_t pos = gen ? gen->pos : 0;
 		moe_err e = jr_iter(r, &items, &n, seq);
 		if (e)
 			return e;
 		for (size_t i = 0; i < n; i++)
 			if (jv_eq(item, items[i])) {
 				*out = 1;
+				if (gen) /* a generator is used up to the item found */
+					gen->pos = pos + i + 1;
 				break;
 			}
 		return MOE_OK;

@@ -1229,6 +1229,18 @@ static const struct snippet {
     {"{{ [x]|tojson }} {{ [y] }}", "{\"x\": 1e+16, \"y\": 1.2345678901234567e+19}"},
     {"{{ (0.1).__class__ }}", "{}"},
     {"{{ 'ab'.__len__() }}", "{}"},
+    {"{% set g = xs|map('upper') %}{{ g|first }}{{ g|list }}{{ g|list }}",
+     "{\"xs\": [\"a\", \"b\", \"c\"]}"},
+    {"{% set g = xs|select %}{{ 'b' in g }}{{ g|list }}", "{\"xs\": [\"a\", \"b\", \"c\"]}"},
+    {"{% set g = xs|map('upper') %}{% for x in g %}{{ x }}{% endfor %}{% for x in g %}{{ x }}{% "
+     "endfor %}|{{ g|join }}",
+     "{\"xs\": [\"a\", \"b\"]}"},
+    {"{% if xs|select('eq', 'zz') %}a generator is true{% endif %} {{ xs|select|first }} {{ "
+     "xs|reject|list }}",
+     "{\"xs\": [\"a\", \"\", \"c\"]}"},
+    {"{% for c in ('<a>'|safe) %}{{ c + '&' }}{% endfor %} {{ ('<a>'|safe)[0] + '&' }} {{ "
+     "('<a>'|safe)[1:] + '&' }} {{ ('<a>'|safe).upper() + '&' }}",
+     "{}"},
 };
 
 #define N_SNIPPETS (sizeof(snippets) / sizeof(snippets[0]))
