@@ -420,10 +420,10 @@ static moe_err eval_slice(jrender *r, jv obj, const jnode *s, jv *out)
 		return jr_nomem(r);
 	for (int64_t j = 0; j < count; j++)
 		l->v[l->n++] = obj.l->v[start + j * step];
-	if (obj.l->kind == JL_RANGE) {
+	if (obj.l->kind == JL_RANGE) { /* Python's range slice: from the adjusted indices */
+		l->r0 = obj.l->r0 + start * obj.l->rs;
+		l->r1 = obj.l->r0 + stop * obj.l->rs;
 		l->rs = obj.l->rs * step;
-		l->r0 = count ? l->v[0].i : obj.l->r0;
-		l->r1 = l->r0 + count * l->rs;
 	}
 	*out = jv_list(l);
 	return MOE_OK;

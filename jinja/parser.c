@@ -937,11 +937,14 @@ moe_err jp_expression(jparser *p, jnode **out, int with_condexpr)
 	return with_condexpr ? parse_condexpr(p, out) : parse_or(p, out);
 }
 
+/* The end of a tuple.  Jinja2 also means to end one at an extra name ('in'
+ * after a for loop's targets) but its test never matches (it passes the
+ * rules as one argument), so "for a, in x" fails there: it fails here too. */
 static int tuple_end(jparser *p, const char *end_name)
 {
 	jtok *t = jp_cur(p);
-	return t->t == T_VAR_END || t->t == T_BLOCK_END || jp_op(t, ")") ||
-	       (end_name && jp_name(t, end_name));
+	(void)end_name;
+	return t->t == T_VAR_END || t->t == T_BLOCK_END || jp_op(t, ")");
 }
 
 moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, const char *end_name,
