@@ -256,7 +256,7 @@ static moe_err f_tojson(jrender *r, jv *out, jv v, const jargs *a)
 		o.item_sep = x[2].l->v[0].s;
 		o.key_sep = x[2].l->v[1].s;
 	}
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	e = jv_write_json(&b, v, &o);
 	if (!e) {
 		const jstr *s = jstr_new(&r->arena, b.p ? b.p : "", b.n);
@@ -317,7 +317,7 @@ static moe_err f_indent(jrender *r, jv *out, jv v, const jargs *a)
 	e = jsplitlines(r, lines, s2, 0, 0);
 	if (e)
 		return e;
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	if (first)
 		e = jbuf_put(&b, ind->s, ind->len);
 	for (size_t i = 0; i < lines->n && !e; i++) {

@@ -239,6 +239,7 @@ const char *jv_object_repr(int t);
 typedef struct jbuf {
 	char *p;
 	size_t n, cap, limit;
+	jarena *acct; /* if set, the capacity counts against its limit */
 } jbuf;
 moe_err jbuf_put(jbuf *b, const void *p, size_t n);
 moe_err jbuf_putc(jbuf *b, char c);

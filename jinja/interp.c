@@ -112,7 +112,7 @@ static moe_err emit_value(jrender *r, jv v)
 static moe_err capture(jrender *r, jnode *const *body, size_t n, jscope *scope, const jstr **out,
                        int *status)
 {
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	jbuf *saved_out = r->out;
 	jscope *saved_scope = r->scope;
 	r->out = &b;
@@ -400,7 +400,7 @@ static moe_err eval_slice(jrender *r, jv obj, const jnode *s, jv *out)
 			utf8_next(obj.s->s, obj.s->len, &i);
 		}
 		offs[k] = obj.s->len;
-		jbuf b = {0};
+		jbuf b = {.limit = r->max_output, .acct = &r->arena};
 		for (int64_t j = 0; j < count && !e; j++) {
 			int64_t at = start + j * step;
 			e = jbuf_put(&b, obj.s->s + offs[at], offs[at + 1] - offs[at]);
@@ -592,7 +592,7 @@ static moe_err eval_inner(jrender *r, const jnode *n, jv *out)
 		*out = jv_bool(1);
 		return e;
 	case N_CONCAT: {
-		jbuf buf = {.limit = r->max_output};
+		jbuf buf = {.limit = r->max_output, .acct = &r->arena};
 		for (size_t i = 0; i < n->nk; i++) {
 			const jstr *s;
 			e = eval(r, n->kids[i], &a);
@@ -963,6 +963,7 @@ moe_err moe_jinja_render(char **out, size_t *out_len, const moe_jinja_tmpl *t,
 		goto release_arena;
 	}
 	b.limit = r.max_output;
+	b.acct = &r.arena;
 	r.out = &b;
 	int st = exec_body(&r, t->root->kids, t->root->nk);
 	e = (moe_err)st;

@@ -445,6 +445,11 @@ static moe_err lex_tag(lexer *lx, int block)
 		int big;
 		if ((len = match_float(s, n, p)) > 0) {
 			char tmp[128];
+			if (len >= sizeof(tmp))
+				return moe_fail(MOE_ERR_UNSUPPORTED,
+				                "line %u: unsupported: a float literal of over 127 "
+				                "characters",
+				                lx->line);
 			size_t m = 0;
 			for (size_t j = p; j < p + len && m + 1 < sizeof(tmp); j++)
 				if (s[j] != '_')

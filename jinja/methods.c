@@ -563,7 +563,7 @@ static moe_err m_find(jv *out, jv self, const jv *a, int rev, int must, int coun
 moe_err jstr_replace(jrender *r, jv *out, const jstr *s, const jstr *old, const jstr *new,
                      int64_t count, uint8_t fl)
 {
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	moe_err e = MOE_OK;
 	if (count < 0)
 		count = INT64_MAX;
@@ -603,7 +603,7 @@ moe_err jstr_replace(jrender *r, jv *out, const jstr *s, const jstr *old, const 
 
 moe_err jstr_case(jrender *r, jv *out, const jstr *s, int how, uint8_t fl)
 {
-	jbuf b = {0};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	moe_err e = MOE_OK;
 	size_t i = 0;
 	int prev_cased = 0;
@@ -640,7 +640,7 @@ moe_err jstr_case(jrender *r, jv *out, const jstr *s, int how, uint8_t fl)
  * '[', '<'; each word's first character upper-cased, the rest lower-cased. */
 moe_err jstr_jtitle(jrender *r, jv *out, const jstr *s, uint8_t fl)
 {
-	jbuf b = {0};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	moe_err e = MOE_OK;
 	size_t i = 0;
 	int start = 1;
@@ -709,7 +709,7 @@ static moe_err m_pad(jrender *r, jv *out, jv self, const jv *a, int how)
 		left = marg;
 	const char *fp = fill ? fill->s : how == 3 ? "0" : " ";
 	size_t fl = fill ? fill->len : 1;
-	jbuf b = {0};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	size_t i0 = 0;
 	if (how == 3 && s->len && (s->s[0] == '+' || s->s[0] == '-')) {
 		e = jbuf_putc(&b, s->s[0]);
@@ -735,7 +735,7 @@ static moe_err m_join(jrender *r, jv *out, jv self, const jv *a)
 	moe_err e = jr_iter(r, &items, &n, a[0]);
 	if (e)
 		return e;
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	int markup = self.fl & JVF_MARKUP;
 	for (size_t i = 0; i < n && !e; i++) {
 		if (items[i].t != JV_STR) {
@@ -865,7 +865,7 @@ static int m_is(const jstr *s, int what)
 
 moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 {
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	const jv *argv = &args;
 	size_t argc = 1, ai = 0;
 	int is_map = args.t == JV_DICT;
@@ -982,7 +982,7 @@ moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 static moe_err m_format(jrender *r, jv *out, jv self, const jargs *a)
 {
 	const jstr *f = self.s;
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	size_t auto_i = 0, i = 0;
 	moe_err e = MOE_OK;
 	while (i < f->len && !e) {

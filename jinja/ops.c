@@ -90,7 +90,7 @@ moe_err jr_str(jrender *r, const jstr **out, jv v)
 		*out = jstr_lit(&r->arena, "None");
 		return *out ? MOE_OK : jr_nomem(r);
 	default: {
-		jbuf b = {.limit = r->max_output};
+		jbuf b = {.limit = r->max_output, .acct = &r->arena};
 		moe_err e = jv_write_str(&b, v, 0);
 		if (!e) {
 			*out = jstr_new(&r->arena, b.p ? b.p : "", b.n);
@@ -107,7 +107,7 @@ moe_err jr_str(jrender *r, const jstr **out, jv v)
 
 moe_err jr_repr(jrender *r, const jstr **out, jv v)
 {
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	moe_err e = jv_write_repr(&b, v, 0);
 	if (!e) {
 		*out = jstr_new(&r->arena, b.p ? b.p : "", b.n);
@@ -835,7 +835,7 @@ static moe_err g_strftime(jrender *r, jv *out, const jargs *a)
 		                jv_type_name(v[0]));
 	if (v[0].s->len > 256 || memchr(v[0].s->s, 0, v[0].s->len))
 		return moe_fail(MOE_ERR_UNSUPPORTED, "unsupported: this strftime format");
-	char buf[1024];
+	char buf[8192]; /* 256 bytes of format expand to less */
 	size_t n = v[0].s->len ? strftime(buf, sizeof(buf), v[0].s->s, &r->now) : 0;
 	if (v[0].s->len && n == 0)
 		buf[0] = 0;

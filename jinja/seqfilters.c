@@ -156,7 +156,7 @@ moe_err jf_join(jrender *r, jv *out, jv v, const jargs *a)
 		e = jr_iter(r, &items, &n, v);
 	if (e)
 		return e;
-	jbuf b = {.limit = r->max_output};
+	jbuf b = {.limit = r->max_output, .acct = &r->arena};
 	for (size_t i = 0; i < n && !e; i++) {
 		jv it = items[i];
 		const jstr *s;
@@ -455,7 +455,7 @@ moe_err jf_minmax(jrender *r, jv *out, jv v, const jargs *a, int max)
 moe_err jf_reverse(jrender *r, jv *out, jv v)
 {
 	if (v.t == JV_STR) {
-		jbuf b = {0};
+		jbuf b = {.limit = r->max_output, .acct = &r->arena};
 		moe_err e = MOE_OK;
 		size_t i = v.s->len;
 		while (i > 0 && !e) {

@@ -562,9 +562,18 @@ moe_err jbuf_put(jbuf *b, const void *p, size_t n)
 				return moe_fail(MOE_ERR_OVERFLOW, "output too large");
 			cap *= 2;
 		}
+		if (b->acct) {
+			size_t delta = cap - b->cap;
+			if (b->acct->limit && b->acct->total + delta > b->acct->limit) {
+				b->acct->over = 1;
+				return ja_fail(b->acct);
+			}
+		}
 		char *np = realloc(b->p, cap);
 		if (!np)
 			return moe_fail(MOE_ERR_NOMEM, "out of memory");
+		if (b->acct)
+			b->acct->total += cap - b->cap;
 		b->p = np;
 		b->cap = cap;
 	}
@@ -600,6 +609,8 @@ moe_err jbuf_printf(jbuf *b, const char *fmt, ...)
 
 void jbuf_free(jbuf *b)
 {
+	if (b->acct)
+		b->acct->total -= b->cap;
 	free(b->p);
 	b->p = NULL;
 	b->n = b->cap = 0;

@@ -1555,6 +1555,18 @@ Test(jinja, limits_stop_hostile_templates, .timeout = 120)
 	             "{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
 	             &small, "exceeds");
 	expect_limit("{{ 'x' * 100000000000 }}", NULL, "too large");
+	/* captured output counts as working memory: nested macros that each hold
+	 * megabytes of output stop at the memory limit, not at the depth limit */
+	moe_jinja_opts mem = {.max_memory = 16 << 20, .max_depth = 200};
+	char *kb = repeat3("x", 1000, "", "");
+	char *deep = malloc(strlen(kb) + 128);
+	sprintf(deep,
+	        "{%% macro f(n) %%}{%% for i in range(2000) %%}%s{%% endfor %%}{{ f(n + 1) }}"
+	        "{%% endmacro %%}{{ f(0) }}",
+	        kb);
+	expect_limit(deep, &mem, "working memory exceeds");
+	free(kb);
+	free(deep);
 	expect_limit("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL,
 	             "nesting deeper");
 	expect_limit("{% macro f(n) %}{% for x in [1, 2] %}{{ f(n + 1) }}{% endfor %}{% endmacro %}"
