@@ -46,7 +46,8 @@ typedef struct moe_jinja_value moe_jinja_value;
 typedef struct moe_jinja_opts {
 	size_t max_output;    /* bytes of output, and of each captured block (32 MiB) */
 	size_t max_memory;    /* bytes of working memory of the render (256 MiB) */
-	uint64_t max_steps;   /* loop iterations plus macro calls (1,000,000) */
+	uint64_t max_steps;   /* loop iterations, macro calls and items that filters
+	                       * walk (1,000,000) */
 	unsigned max_depth;   /* nesting of evaluation: statements, expressions,
 	                       * macro calls (500) */
 	const struct tm *now; /* what strftime_now formats; NULL: local time now */
@@ -64,19 +65,32 @@ void moe_jinja_free(moe_jinja_tmpl *t);
  * malloc'd buffer of *out_len bytes plus a terminating NUL (free() it).  opts
  * may be NULL.  Thread-safe: any number of threads may render the same t with
  * the same or other vars at once, as long as nobody changes vars meanwhile.
- * On failure *out is NULL and *out_len 0. */
+ * At the default depth limit a render needs about 300 KiB of stack (run it
+ * on threads of 1 MiB or more).  On failure *out is NULL and *out_len 0. */
 moe_err moe_jinja_render(char **out, size_t *out_len, const moe_jinja_tmpl *t,
                          const moe_jinja_value *vars, const moe_jinja_opts *opts);
 
-/* Value constructors: each makes a new value in *out (NULL on failure), owned
- * by the caller until it is freed or handed to a list or dict. */
+/* Makes *out a new None, owned by the caller until freed or handed to a list
+ * or dict (so for every constructor below; on failure *out is NULL). */
 moe_err moe_jinja_value_null(moe_jinja_value **out);
+
+/* Makes *out a new bool (b != 0 is True). */
 moe_err moe_jinja_value_bool(moe_jinja_value **out, int b);
+
+/* Makes *out a new int. */
 moe_err moe_jinja_value_int(moe_jinja_value **out, int64_t i);
+
+/* Makes *out a new float (a Python float: 1.0 prints "1.0"). */
 moe_err moe_jinja_value_float(moe_jinja_value **out, double d);
-/* s is len bytes of UTF-8 (MOE_ERR_BAD_STRING otherwise), copied. */
+
+/* Makes *out a new string, a copy of the len bytes at s, which must be UTF-8
+ * (MOE_ERR_BAD_STRING otherwise); NUL bytes are allowed. */
 moe_err moe_jinja_value_string(moe_jinja_value **out, const char *s, size_t len);
+
+/* Makes *out a new empty list. */
 moe_err moe_jinja_value_list(moe_jinja_value **out);
+
+/* Makes *out a new empty dict. */
 moe_err moe_jinja_value_dict(moe_jinja_value **out);
 
 /* Parses one JSON text (any value at the top) into *out: integers stay ints

@@ -432,6 +432,26 @@ static moe_err cmp_depth(int *r, jv v, jv w, int depth)
 	if (jv_is_num(v) && jv_is_num(w)) {
 		if (v.t != JV_FLOAT && w.t != JV_FLOAT) {
 			*r = cmp_i64(v.i, w.i);
+		} else if (v.t != JV_FLOAT || w.t != JV_FLOAT) {
+			/* int with float: exactly, as Python does */
+			double f = v.t == JV_FLOAT ? v.f : w.f;
+			int64_t i = v.t == JV_FLOAT ? w.i : v.i;
+			int c; /* sign of i - f */
+			if (isnan(f)) {
+				*r = 2;
+				return MOE_OK;
+			}
+			if (f >= 9223372036854775808.0) {
+				c = -1;
+			} else if (f < -9223372036854775808.0) {
+				c = 1;
+			} else {
+				double fl = floor(f);
+				c = cmp_i64(i, (int64_t)fl);
+				if (c == 0 && fl < f)
+					c = -1;
+			}
+			*r = v.t == JV_FLOAT ? -c : c;
 		} else {
 			double a = jv_num(v), b = jv_num(w);
 			if (isnan(a) || isnan(b))
