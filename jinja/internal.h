@@ -437,8 +437,7 @@ jnode *jp_node(jparser *p, int kind, uint32_t line);
 moe_err jp_intern(jparser *p, int32_t *out, const char *s, size_t n);
 moe_err jp_enter(jparser *p); /* one level deeper (JP_MAX_NEST) */
 moe_err jp_expression(jparser *p, jnode **out, int with_condexpr);
-moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, const char *end_name,
-                 int explicit_parens);
+moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, int explicit_parens);
 moe_err jp_filter(jparser *p, jnode **node, int start_inline);
 moe_err jp_primary(jparser *p, jnode **out);
 moe_err jp_subparse(jparser *p, jnvec *body, const char *const *end, size_t nend);

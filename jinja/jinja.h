@@ -20,6 +20,7 @@
  *                        (undefined attribute use, str + int, not iterable...)
  *   MOE_ERR_OVERFLOW     a resource limit was hit (output, memory, steps, depth)
  *                        or an integer left int64
+ *   MOE_ERR_BAD_STRING   text that is not UTF-8 (a template, a string value)
  *   MOE_ERR_NOMEM, MOE_ERR_INVAL as usual.
  */
 #ifndef MOE_JINJA_H

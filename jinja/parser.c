@@ -673,7 +673,7 @@ moe_err jp_primary(jparser *p, jnode **out)
 	}
 	if (jp_op(t, "(")) {
 		jp_next(p);
-		e = jp_tuple(p, out, 0, 1, NULL, 1);
+		e = jp_tuple(p, out, 0, 1, 1);
 		return e ? e : jp_expect_op(p, ")");
 	}
 	if (jp_op(t, "["))
@@ -940,15 +940,13 @@ moe_err jp_expression(jparser *p, jnode **out, int with_condexpr)
 /* The end of a tuple.  Jinja2 also means to end one at an extra name ('in'
  * after a for loop's targets) but its test never matches (it passes the
  * rules as one argument), so "for a, in x" fails there: it fails here too. */
-static int tuple_end(jparser *p, const char *end_name)
+static int tuple_end(jparser *p)
 {
 	jtok *t = jp_cur(p);
-	(void)end_name;
 	return t->t == T_VAR_END || t->t == T_BLOCK_END || jp_op(t, ")");
 }
 
-moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, const char *end_name,
-                 int explicit_parens)
+moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, int explicit_parens)
 {
 	uint32_t line = jp_cur(p)->line;
 	jnvec args = {0};
@@ -961,7 +959,7 @@ moe_err jp_tuple(jparser *p, jnode **out, int simplified, int with_condexpr, con
 			if (e)
 				return e;
 		}
-		if (tuple_end(p, end_name))
+		if (tuple_end(p))
 			break;
 		jnode *x = NULL;
 		e = simplified ? jp_primary(p, &x) : jp_expression(p, &x, with_condexpr);

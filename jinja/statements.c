@@ -128,13 +128,13 @@ static moe_err parse_for(jparser *p, jnode **out)
 		return ja_fail(p->a);
 	jp_next(p);
 	jnode *target = NULL;
-	moe_err e = jp_tuple(p, &target, 1, 1, "in", 0);
+	moe_err e = jp_tuple(p, &target, 1, 1, 0);
 	if (!e)
 		e = target_syms(p, f, target);
 	if (!e)
 		e = jp_expect_name(p, "in");
 	if (!e)
-		e = jp_tuple(p, &f->a, 0, 0, "recursive", 0);
+		e = jp_tuple(p, &f->a, 0, 0, 0);
 	if (!e && jp_name(jp_cur(p), "if")) {
 		jp_next(p);
 		e = jp_expression(p, &f->b, 1);
@@ -177,7 +177,7 @@ static moe_err parse_if(jparser *p, jnode **out)
 		jnode *br = jp_node(p, N_IF, jp_cur(p)->line);
 		if (!br)
 			return ja_fail(p->a);
-		e = jp_tuple(p, &br->a, 0, 0, NULL, 0);
+		e = jp_tuple(p, &br->a, 0, 0, 0);
 		jnvec body = {0};
 		if (!e)
 			e = parse_statements(p, &body, end1, 3, 0);
@@ -233,7 +233,7 @@ static moe_err parse_set(jparser *p, jnode **out)
 		s->k = N_SETNS;
 	} else {
 		jnode *target = NULL;
-		e = jp_tuple(p, &target, 1, 1, NULL, 0);
+		e = jp_tuple(p, &target, 1, 1, 0);
 		if (!e)
 			e = target_syms(p, s, target);
 		if (e)
@@ -242,7 +242,7 @@ static moe_err parse_set(jparser *p, jnode **out)
 	*out = s;
 	if (jp_op(jp_cur(p), "=")) {
 		jp_next(p);
-		return jp_tuple(p, &s->a, 0, 1, NULL, 0);
+		return jp_tuple(p, &s->a, 0, 1, 0);
 	}
 	/* a block set: {% set x | filter %}...{% endset %} */
 	jnode *blk = jp_node(p, N_SETBLOCK, line);
@@ -449,7 +449,7 @@ moe_err jp_subparse(jparser *p, jnvec *body, const char *const *end, size_t nend
 			jnode *o = jp_node(p, N_OUTPUT, t->line);
 			if (!o)
 				return ja_fail(p->a);
-			e = jp_tuple(p, &o->a, 0, 1, NULL, 0);
+			e = jp_tuple(p, &o->a, 0, 1, 0);
 			if (!e)
 				e = jp_expect_type(p, T_VAR_END, "end of print statement");
 			if (!e)
