@@ -55,6 +55,13 @@ static jscope *scope_new(jrender *r, jscope *parent)
 	return s;
 }
 
+/* A macro holds s and every scope around it: a loop must not reuse them. */
+static void capture_scopes(jscope *s)
+{
+	for (; s && !s->captured; s = s->parent)
+		s->captured = 1;
+}
+
 static moe_err scope_set(jrender *r, jscope *s, int32_t sym, jv v)
 {
 	for (size_t i = 0; i < s->n; i++)
@@ -842,7 +849,7 @@ static int exec_stmt(jrender *r, const jnode *n)
 			return jr_nomem(r);
 		m->def = n;
 		m->closure = r->scope;
-		r->scope->captured = 1;
+		capture_scopes(r->scope);
 		v = jv_make(JV_MACRO);
 		v.m = m;
 		return scope_set(r, r->scope, n->sym, v);
@@ -853,7 +860,7 @@ static int exec_stmt(jrender *r, const jnode *n)
 			return jr_nomem(r);
 		m->def = n;
 		m->closure = r->scope;
-		r->scope->captured = 1;
+		capture_scopes(r->scope);
 		jv caller = jv_make(JV_MACRO);
 		caller.m = m;
 		e = eval_call(r, n->a, &v, caller);
