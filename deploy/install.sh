@@ -103,7 +103,7 @@ say "platform: $os_id ($arch)"
 # --- 2. packages ----------------------------------------------------------------
 pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libopenblas-dev libcriterion-dev libcjson-dev libpcre2-dev libutf8proc-dev
-      libssl-dev libmicrohttpd-dev gnuplot-nox python3 python3-jinja2 curl iproute2"
+      libssl-dev libmicrohttpd-dev libjansson-dev gnuplot-nox python3 python3-jinja2 curl iproute2"
 # The tests drive the server with the official OpenAI and Anthropic SDKs
 # (tests/sdk, from npm): Node.js and npm, unless some are on PATH already
 # (e.g. NodeSource's nodejs, which carries its own npm).

@@ -29,7 +29,7 @@ import sys
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 ISSUE = re.compile(r'\bissues?\s*#?\s*\d+\b', re.I)
 LIBS = {
-    "moe_core": "core", "moe_kernels": "kernels", "moe_model": "model",
+    "moe_core": "core", "moe_jinja": "jinja", "moe_kernels": "kernels", "moe_model": "model",
     "moe_pb": "proto", "moe_proto": "proto", "moe_worker": "worker",
     "moe_coordinator": "coordinator", "moe_server": "server",
     "moe_devtools": "devtools", "moe_bench": "bench", "moe_cli": "cli",
