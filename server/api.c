@@ -279,6 +279,7 @@ static const route routes[] = {
     {"/v1/models", "GET", 0, moe_api_openai_models, moe_api_error_json},
     {"/v1/chat/completions", "POST", 0, moe_api_openai_chat, moe_api_error_json},
     {"/v1/completions", "POST", 0, moe_api_openai_completions, moe_api_error_json},
+    {"/apply-template", "POST", 0, moe_api_apply_template, moe_api_error_json},
     /* Anthropic: api_anthropic.c */
     {"/v1/messages", "POST", 0, moe_api_anthropic_messages, moe_api_anthropic_error},
     {"/v1/messages/count_tokens", "POST", 0, moe_api_anthropic_count_tokens,

@@ -78,6 +78,11 @@ void moe_api_call_id(char *out, size_t size, const char *prefix);
 
 /* ---- api_openai.c ----------------------------------------------------------------- */
 
+/* POST /apply-template (as llama.cpp's server has it): an OpenAI chat body
+ * (messages, tools, chat_template_kwargs, add_generation_prompt) rendered
+ * with the chat template: {"prompt": TEXT}. */
+void moe_api_apply_template(moe_http *h, moe_http_req *r);
+
 /* GET /v1/models: the one model, as moe_api_model_id. */
 void moe_api_openai_models(moe_http *h, moe_http_req *r);
 

@@ -64,17 +64,15 @@ static bool valid_utf8(const char *s)
 	return same;
 }
 
-/* A message's content for the template: a string, null, or an array of
- * {"type": "text", "text": ...} parts, joined into one string. */
-static bool norm_content(api_req *r, cJSON *out, const cJSON *v, int i)
+/* A message's content for the template (o is the message's copy): a string
+ * or null stays, an array of {"type": "text", "text": ...} parts becomes one
+ * string. */
+static bool norm_content(api_req *r, cJSON *o, int i)
 {
 	char msg[160];
-	if (v == NULL || cJSON_IsNull(v))
-		return cJSON_AddNullToObject(out, "content") != NULL ||
-		       bad(r, NULL, "out of memory");
-	if (cJSON_IsString(v))
-		return cJSON_AddStringToObject(out, "content", v->valuestring) != NULL ||
-		       bad(r, NULL, "out of memory");
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "content");
+	if (v == NULL || cJSON_IsNull(v) || cJSON_IsString(v))
+		return true;
 	snprintf(msg, sizeof msg,
 	         "'messages[%d].content' must be a string or an array of text parts", i);
 	if (!cJSON_IsArray(v))
@@ -103,31 +101,30 @@ static bool norm_content(api_req *r, cJSON *out, const cJSON *v, int i)
 	s[0] = '\0';
 	cJSON_ArrayForEach(p, v)
 	    strcat(s, cJSON_GetObjectItemCaseSensitive(p, "text")->valuestring);
-	const bool ok = cJSON_AddStringToObject(out, "content", s) != NULL;
+	cJSON *str = cJSON_CreateString(s);
 	free(s);
-	return ok || bad(r, NULL, "out of memory");
+	return (str != NULL && cJSON_ReplaceItemInObjectCaseSensitive(o, "content", str)) ||
+	       bad(r, NULL, "out of memory");
 }
 
-/* An assistant message's tool_calls for the template: each {"id", "type":
- * "function", "function": {"name", "arguments": OBJECT}}, the arguments
- * (a JSON text in OpenAI's shape) parsed. */
-static bool norm_tool_calls(api_req *r, cJSON *out, const cJSON *calls, int i)
+/* An assistant message's tool_calls for the template (o is the message's
+ * copy): each call's "function.arguments", a JSON text in OpenAI's shape, is
+ * parsed into the object templates iterate over; the rest stays. */
+static bool norm_tool_calls(api_req *r, cJSON *o, int i)
 {
 	char msg[200];
+	cJSON *calls = cJSON_GetObjectItemCaseSensitive(o, "tool_calls");
 	if (calls == NULL || cJSON_IsNull(calls))
 		return true;
 	if (!cJSON_IsArray(calls)) {
 		snprintf(msg, sizeof msg, "'messages[%d].tool_calls' must be an array", i);
 		return bad(r, "messages", msg);
 	}
-	cJSON *arr = cJSON_AddArrayToObject(out, "tool_calls");
-	if (arr == NULL)
-		return bad(r, NULL, "out of memory");
 	int k = 0;
-	const cJSON *tc;
+	cJSON *tc;
 	cJSON_ArrayForEach(tc, calls)
 	{
-		const cJSON *f = cJSON_GetObjectItemCaseSensitive(tc, "function");
+		cJSON *f = cJSON_GetObjectItemCaseSensitive(tc, "function");
 		const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
 		const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
 		const cJSON *id = cJSON_GetObjectItemCaseSensitive(tc, "id");
@@ -135,8 +132,7 @@ static bool norm_tool_calls(api_req *r, cJSON *out, const cJSON *calls, int i)
 		    (id != NULL && !cJSON_IsString(id))) {
 			snprintf(msg, sizeof msg,
 			         "'messages[%d].tool_calls[%d]' must be {\"id\", \"type\": "
-			         "\"function\", "
-			         "\"function\": {\"name\", \"arguments\"}}",
+			         "\"function\", \"function\": {\"name\", \"arguments\"}}",
 			         i, k);
 			return bad(r, "messages", msg);
 		}
@@ -155,25 +151,21 @@ static bool norm_tool_calls(api_req *r, cJSON *out, const cJSON *calls, int i)
 			    i, k);
 			return bad(r, "messages", msg);
 		}
-		cJSON *o = cJSON_CreateObject();
-		cJSON *fo = cJSON_CreateObject();
-		if (o == NULL || fo == NULL || !cJSON_AddItemToArray(arr, o) ||
-		    !cJSON_AddItemToObject(o, "function", fo)) {
+		const bool ok = args != NULL
+		                    ? cJSON_ReplaceItemInObjectCaseSensitive(f, "arguments", a)
+		                    : cJSON_AddItemToObject(f, "arguments", a);
+		if (!ok) {
 			cJSON_Delete(a);
-			cJSON_Delete(fo);
 			return bad(r, NULL, "out of memory");
 		}
-		if (id != NULL)
-			cJSON_AddStringToObject(o, "id", id->valuestring);
-		cJSON_AddStringToObject(o, "type", "function");
-		cJSON_AddStringToObject(fo, "name", name->valuestring);
-		cJSON_AddItemToObject(fo, "arguments", a);
 		k++;
 	}
 	return true;
 }
 
-/* "messages" into the shape of chat.h. */
+/* "messages" into the shape of chat.h: each message as the client sent it
+ * (keys a template may read, such as "thinking", stay), with "developer"
+ * named "system", text parts joined, tool call arguments parsed. */
 static bool parse_messages(api_req *r, const cJSON *root)
 {
 	const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
@@ -195,19 +187,20 @@ static bool parse_messages(api_req *r, const cJSON *root)
 			return bad(r, "messages",
 			           "'messages[]' must be objects with a 'role' string");
 		const char *rs = role->valuestring;
-		if (strcmp(rs, "developer") == 0)
-			rs = "system"; /* OpenAI's newer name for it */
+		const bool dev = strcmp(rs, "developer") == 0; /* OpenAI's newer name */
 		if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
-		    strcmp(rs, "tool"))
+		    strcmp(rs, "tool") && !dev)
 			return bad(
 			    r, "messages",
 			    "'messages[].role' must be system, developer, user, assistant or tool");
-		cJSON *o = cJSON_CreateObject();
-		if (o == NULL || !cJSON_AddItemToArray(r->cr.messages, o) ||
-		    cJSON_AddStringToObject(o, "role", rs) == NULL)
+		cJSON *o = cJSON_Duplicate(m, true);
+		if (o == NULL || !cJSON_AddItemToArray(r->cr.messages, o)) {
+			cJSON_Delete(o);
 			return bad(r, NULL, "out of memory");
-		if (!norm_content(r, o, cJSON_GetObjectItemCaseSensitive(m, "content"), i))
-			return false;
+		}
+		if (dev && !cJSON_ReplaceItemInObjectCaseSensitive(o, "role",
+		                                                   cJSON_CreateString("system")))
+			return bad(r, NULL, "out of memory");
 		const cJSON *rc = cJSON_GetObjectItemCaseSensitive(m, "reasoning_content");
 		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
 		const cJSON *nm = cJSON_GetObjectItemCaseSensitive(m, "name");
@@ -220,19 +213,13 @@ static bool parse_messages(api_req *r, const cJSON *root)
 			    i);
 			return bad(r, "messages", msg);
 		}
-		if (cJSON_IsString(rc) && strcmp(rs, "assistant") == 0)
-			cJSON_AddStringToObject(o, "reasoning_content", rc->valuestring);
-		if (id != NULL && strcmp(rs, "tool") == 0)
-			cJSON_AddStringToObject(o, "tool_call_id", id->valuestring);
-		if (nm != NULL)
-			cJSON_AddStringToObject(o, "name", nm->valuestring);
 		const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
 		if (tc != NULL && strcmp(rs, "assistant") != 0 && !cJSON_IsNull(tc)) {
 			snprintf(msg, sizeof msg,
 			         "'messages[%d]': only assistant messages have 'tool_calls'", i);
 			return bad(r, "messages", msg);
 		}
-		if (!norm_tool_calls(r, o, tc, i))
+		if (!norm_content(r, o, i) || !norm_tool_calls(r, o, i))
 			return false;
 		i++;
 	}
@@ -313,8 +300,10 @@ static bool parse_response_format(api_req *r, const cJSON *root)
 
 /* Everything of a chat body but the sampling: the conversation, tools,
  * template variables, reasoning, and its prompt. */
-static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t,
-                       const moe_tokenizer *tok)
+/* The conversation and what goes with it into the template: messages,
+ * tools, response_format, chat_template_kwargs, reasoning_format,
+ * add_generation_prompt (default true). */
+static bool parse_chat_req(api_req *r, const cJSON *root)
 {
 	if (!parse_messages(r, root) || !parse_tools(r, root) || !parse_response_format(r, root))
 		return false;
@@ -330,7 +319,19 @@ static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t
 	if (rf != NULL && !cJSON_IsNull(rf) && !cJSON_IsString(rf))
 		return bad(r, "reasoning_format", "'reasoning_format' must be a string");
 	r->cr.reasoning = !(cJSON_IsString(rf) && strcmp(rf->valuestring, "none") == 0);
-	r->cr.add_generation_prompt = true;
+	const cJSON *agp = cJSON_GetObjectItemCaseSensitive(root, "add_generation_prompt");
+	if (agp != NULL && !cJSON_IsNull(agp) && !cJSON_IsBool(agp))
+		return bad(r, "add_generation_prompt", "'add_generation_prompt' must be a boolean");
+	r->cr.add_generation_prompt = !cJSON_IsFalse(agp);
+	return true;
+}
+
+/* A chat body: the conversation, its prompt and the constraint of its reply. */
+static bool parse_chat(api_req *r, const cJSON *root, const moe_chat_template *t,
+                       const moe_tokenizer *tok)
+{
+	if (!parse_chat_req(r, root))
+		return false;
 	char msg[256];
 	if (moe_chat_prompt_make(&r->cp, t, tok, &r->cr) != MOE_OK) {
 		snprintf(msg, sizeof msg, "the messages cannot be rendered: %s", moe_err_detail());
@@ -1078,6 +1079,34 @@ void moe_api_openai_chat(moe_http *h, moe_http_req *r)
 void moe_api_openai_completions(moe_http *h, moe_http_req *r)
 {
 	generate(h, r, false);
+}
+
+void moe_api_apply_template(moe_http *h, moe_http_req *rq)
+{
+	size_t len;
+	const char *body = moe_http_req_body(rq, &len);
+	cJSON *root = cJSON_ParseWithLength(body, len);
+	api_req r = {.chat = true};
+	char *text = NULL;
+	size_t n = 0;
+	if (root == NULL) {
+		moe_api_send_error(rq, 400, NULL, "the body is not valid JSON");
+		return;
+	}
+	if (!cJSON_IsObject(root)) {
+		moe_api_send_error(rq, 400, NULL, "the body must be a JSON object");
+	} else if (!parse_chat_req(&r, root)) {
+		moe_api_send_error(rq, 400, r.err_param, r.err);
+	} else if (moe_chat_render(&text, &n, moe_api_template(h), &r.cr) != MOE_OK) {
+		moe_api_send_error(rq, 400, "messages", moe_err_detail());
+	} else {
+		cJSON *j = cJSON_CreateObject();
+		moe_api_add_text(j, "prompt", text, n);
+		moe_api_send_json(rq, 200, j);
+	}
+	free(text);
+	moe_chat_req_free(&r.cr);
+	cJSON_Delete(root);
 }
 
 void moe_api_openai_models(moe_http *h, moe_http_req *r)

@@ -1,15 +1,19 @@
 /* chat.c - chat templates (server.h) and chat requests turned into prompts
- * (chat.h): which template, which reply format it implies, the checks of a
+ * (chat.h): which template (the model's Jinja template, a file, or ChatML),
+ * parsed once (jinja/), which reply format it implies, the checks of a
  * request's tools, rendering and tokenizing. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "jinja/jinja.h"
 #include "server/chat.h"
 
 struct moe_chat_template {
-	char *text; /* the template's source; NULL: the built-in ChatML */
+	char *text; /* the template's source */
+	moe_jinja_tmpl *jt;
+	char *bos, *eos; /* the tokenizer's BOS and EOS text, for bos_token / eos_token */
 	const moe_tokenizer *tok;
 	moe_reply_format format;
 	bool thinks; /* the template writes <think> */
@@ -18,8 +22,15 @@ struct moe_chat_template {
 	moe_chat_grammars *grammars;
 };
 
-static const char im_start[] = "<|im_start|>";
 static const char im_end[] = "<|im_end|>";
+
+/* The template of a model that has none, and of --chat-template chatml. */
+static const char chatml_text[] =
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + (message.content if message.content is "
+    "string else '') + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 /* ---- the template ----------------------------------------------------------------- */
 
@@ -83,21 +94,18 @@ out_close:
 	return MOE_OK;
 }
 
-/* The renderer below writes ChatML only: refuse a template that is not. */
-static moe_err chatml_only(const char *text, const char *whose)
+/* The text of token id ("" for none; NULL without memory). */
+static char *token_text(const moe_tokenizer *tok, int32_t id)
 {
-	if (has(text, im_start) && has(text, im_end))
-		return MOE_OK;
-	char head[81];
-	size_t k = 0;
-	for (size_t i = 0; text[i] && k < sizeof head - 1; i++)
-		head[k++] = text[i] >= 0x20 && text[i] < 0x7f ? text[i] : ' ';
-	head[k] = '\0';
-	return moe_fail(MOE_ERR_UNSUPPORTED,
-	                "%s (%zu bytes) is not ChatML (no <|im_start|>/<|im_end|>), the only "
-	                "template the server renders; it starts \"%s\"; pass --chat-template "
-	                "chatml to use ChatML anyway",
-	                whose, strlen(text), head);
+	size_t n = 0;
+	const char *b = id >= 0 ? moe_tokenizer_token_bytes(tok, id, &n) : NULL;
+	char *s = malloc(n + 1);
+	if (s != NULL) {
+		if (n > 0)
+			memcpy(s, b, n);
+		s[n] = '\0';
+	}
+	return s;
 }
 
 moe_err moe_chat_template_create(moe_chat_template **out, const moe_gguf *g,
@@ -108,30 +116,36 @@ moe_err moe_chat_template_create(moe_chat_template **out, const moe_gguf *g,
 		return moe_fail(MOE_ERR_NOMEM, "chat template");
 	t->tok = tok;
 	moe_err err = MOE_OK;
+	const char *whose = "the model's chat template (tokenizer.chat_template)";
+	moe_gguf_str s;
 	if (path != NULL && strcmp(path, "chatml") != 0) {
-		if ((err = read_file(&t->text, path)) != MOE_OK ||
-		    (err = chatml_only(t->text, path)) != MOE_OK)
+		whose = path;
+		if ((err = read_file(&t->text, path)) != MOE_OK)
 			goto out_destroy;
-	} else if (path == NULL) {
-		moe_gguf_str s;
-		if (moe_gguf_get_str(&s, g, "tokenizer.chat_template") == MOE_OK) {
-			t->text = malloc((size_t)s.len + 1);
-			if (t->text == NULL) {
-				err = moe_fail(MOE_ERR_NOMEM, "chat template");
-				goto out_destroy;
-			}
-			memcpy(t->text, s.ptr, (size_t)s.len);
-			t->text[s.len] = '\0';
-			if (memchr(t->text, '\0', (size_t)s.len) != NULL) {
-				err = moe_fail(MOE_ERR_BAD_VALUE,
-				               "the model's chat template holds a NUL byte");
-				goto out_destroy;
-			}
-			if ((err = chatml_only(
-			         t->text, "the model's chat template (tokenizer.chat_template)")) !=
-			    MOE_OK)
-				goto out_destroy;
+	} else if (path == NULL && moe_gguf_get_str(&s, g, "tokenizer.chat_template") == MOE_OK) {
+		if (memchr(s.ptr, '\0', (size_t)s.len) != NULL) {
+			err = moe_fail(MOE_ERR_BAD_VALUE, "%s holds a NUL byte", whose);
+			goto out_destroy;
 		}
+		t->text = strndup(s.ptr, (size_t)s.len);
+	} else {
+		whose = "ChatML";
+		t->text = strdup(chatml_text);
+	}
+	if (t->text == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "chat template");
+		goto out_destroy;
+	}
+	if ((err = moe_jinja_parse(&t->jt, t->text, strlen(t->text))) != MOE_OK) {
+		err = moe_fail(MOE_ERR_UNSUPPORTED, "%s cannot be rendered: %s", whose,
+		               moe_err_detail());
+		goto out_destroy;
+	}
+	t->bos = token_text(tok, moe_tokenizer_bos(tok));
+	t->eos = token_text(tok, moe_tokenizer_eos(tok));
+	if (t->bos == NULL || t->eos == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "chat template");
+		goto out_destroy;
 	}
 	t->format = format_of(t->text);
 	t->thinks = has(t->text, "<think>");
@@ -162,6 +176,9 @@ void moe_chat_template_destroy(moe_chat_template *t)
 	if (t == NULL)
 		return;
 	moe_chat_grammars_destroy(t->grammars);
+	moe_jinja_free(t->jt);
+	free(t->bos);
+	free(t->eos);
 	free(t->text);
 	free(t);
 }
@@ -264,40 +281,53 @@ bool moe_chat_tool_exists(const cJSON *tools, const char *name)
 
 /* ---- prompts ------------------------------------------------------------------------ */
 
-/* ChatML: <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n. */
-static bool chatml(FILE *f, const moe_chat_req *r)
+/* The variables of the template, as transformers passes them: the chat
+ * template kwargs, then messages, add_generation_prompt, bos_token,
+ * eos_token and (unless tool_choice is none) tools. */
+static cJSON *template_vars(const moe_chat_template *t, const moe_chat_req *r)
 {
-	const cJSON *m;
-	cJSON_ArrayForEach(m, r->messages)
-	{
-		const char *role =
-		    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
-		const char *content =
-		    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "content"));
-		fprintf(f, "%s%s\n%s%s\n", im_start, role != NULL ? role : "",
-		        content != NULL ? content : "", im_end);
+	cJSON *v = r->kwargs != NULL ? cJSON_Duplicate(r->kwargs, true) : cJSON_CreateObject();
+	if (v == NULL)
+		return NULL;
+	static const char *const ours[] = {"messages", "add_generation_prompt", "bos_token",
+	                                   "eos_token", "tools"};
+	for (size_t k = 0; k < sizeof ours / sizeof ours[0]; k++)
+		cJSON_DeleteItemFromObjectCaseSensitive(v, ours[k]);
+	const bool ok =
+	    cJSON_AddItemToObject(v, "messages", cJSON_Duplicate(r->messages, true)) &&
+	    cJSON_AddBoolToObject(v, "add_generation_prompt", r->add_generation_prompt) &&
+	    cJSON_AddStringToObject(v, "bos_token", t->bos) &&
+	    cJSON_AddStringToObject(v, "eos_token", t->eos) &&
+	    (r->tools == NULL || r->tool_choice == MOE_TOOLS_NONE ||
+	     cJSON_AddItemToObject(v, "tools", cJSON_Duplicate(r->tools, true)));
+	if (!ok) {
+		cJSON_Delete(v);
+		return NULL;
 	}
-	if (r->add_generation_prompt)
-		fprintf(f, "%sassistant\n", im_start);
-	return !ferror(f);
+	return v;
 }
 
 moe_err moe_chat_render(char **text, size_t *len, const moe_chat_template *t, const moe_chat_req *r)
 {
-	(void)t;
-	char *buf = NULL;
-	size_t n = 0;
-	FILE *f = open_memstream(&buf, &n);
-	if (f == NULL)
-		return moe_fail(MOE_ERR_NOMEM, "chat: rendering");
-	const bool ok = chatml(f, r);
-	if (fclose(f) != 0 || !ok) {
-		free(buf);
-		return moe_fail(MOE_ERR_NOMEM, "chat: rendering");
-	}
-	*text = buf;
-	*len = n;
-	return MOE_OK;
+	cJSON *v = template_vars(t, r);
+	char *json = v != NULL ? cJSON_PrintUnformatted(v) : NULL;
+	cJSON_Delete(v);
+	if (json == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "chat: the template's variables");
+	moe_jinja_value *vars = NULL;
+	moe_err err = moe_jinja_value_from_json(&vars, json, strlen(json));
+	cJSON_free(json);
+	if (err == MOE_OK)
+		err = moe_jinja_render(text, len, t->jt, vars, NULL);
+	moe_jinja_value_free(vars);
+	if (err == MOE_JINJA_RAISED)
+		return moe_fail(MOE_ERR_BAD_VALUE, "the chat template refused the conversation: %s",
+		                moe_err_detail());
+	if (err != MOE_OK && err != MOE_ERR_NOMEM)
+		return moe_fail(MOE_ERR_BAD_VALUE,
+		                "the chat template failed on the conversation: %s",
+		                moe_err_detail());
+	return err;
 }
 
 /* Whether the rendered prompt ends inside <think> (the template opened the
