@@ -82,7 +82,9 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len);
  * value rule is named "<prefix>root", so that a caller can write its own
  * root around it:  root ::= "<tool_call>\n{\"arguments\": " fn-root "}"
  * followed by the text of this function for prefix "fn-".  The value has no
- * leading or trailing whitespace.
+ * leading or trailing whitespace.  Strict: every keyword that constrains
+ * values is enforced or the schema is refused (moe_grammar_schema_to_gbnf_ex
+ * with flags 0).
  *
  * Covered: type (every JSON type, and lists of them), properties with
  * required (emitted in declared order, optional ones may be left out),
@@ -94,12 +96,37 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len);
  * maxLength, pattern (a regex subset: literals, escapes \d \w \s \D \W . and
  * classes, groups, |, ? * + {m,n}, ^ and $ only at the ends; characters JSON
  * must escape are never produced by a class or `.`), format date, time,
- * date-time and uuid (other formats are annotations and ignored), $ref to
- * #/$defs/NAME and #/definitions/NAME (recursion allowed), the annotations
- * title, description, default, examples, $schema, $id, $comment.  Refused
+ * date-time and uuid on strings and int32 on integers (other formats are
+ * annotations: not enforced, and listed as "format" in *ignored of the _ex
+ * form), $ref to #/$defs/NAME and #/definitions/NAME (recursion allowed),
+ * nullable (OpenAPI: true also allows null), the annotations title,
+ * description, default, examples, $schema, $id, $comment, and:
+ *
+ *   - integers with minimum, maximum, exclusiveMinimum, exclusiveMaximum
+ *     (numbers, as in draft 2020-12; any combination, the tightest bound of
+ *     each side wins; a non-integral bound is rounded inward: minimum 1.5
+ *     means >= 2): exactly the integers of the range, written without
+ *     leading zeros, "+" or fraction, zero as "0" only (not "-0", which the
+ *     unbounded integer rule allows); bounds up to +-2^53 and beyond, a
+ *     missing side ending at the 16-digit limit;
+ *   - numbers with those bounds when they are integral: exactly the numbers
+ *     of the range, written without exponent (at most 16 integer and 16
+ *     fraction digits, no "-0", "-0.0"); minimum 0 alone keeps the exponent
+ *     (no minus sign is enough).  Non-integral bounds on numbers are not
+ *     covered.
+ *
+ * A schema with $ref, const, enum, anyOf, oneOf or allOf is that keyword
+ * alone (in this order): the keywords beside it, nullable aside, are checked
+ * (refused, or ignored as below) but not applied, and not listed in
+ * *ignored.  Bounds compare decimal values (as JSON Schema does); a
+ * validator that reads numbers as doubles may round a number of more than
+ * 15 significant digits onto an exclusive bound.  Refused
  * (MOE_ERR_UNSUPPORTED, the keyword in the detail): every other keyword that
- * constrains values (minimum, multipleOf, not, if, uniqueItems, ...), regex
- * features beyond the subset, pattern together with min/maxLength.
+ * constrains values (multipleOf, not, if, uniqueItems, ...), regex features
+ * beyond the subset, pattern together with min/maxLength, non-integral
+ * bounds on numbers, counts above 10000.  Bounds that no integer (no number)
+ * of at most 16 integer digits meets, and minItems above maxItems (or
+ * minLength above maxLength): the schema cannot be met (MOE_ERR_BAD_VALUE).
  *
  * Whitespace: between structural tokens, either nothing, one space, or one
  * newline followed by at most 24 spaces or tabs; numbers take at most 16
@@ -108,8 +135,49 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len);
  * unbounded.  Errors: MOE_ERR_FORMAT (not JSON, or a keyword of the wrong
  * type), MOE_ERR_UNSUPPORTED, MOE_ERR_NOT_FOUND (a $ref that does not
  * resolve), MOE_ERR_BAD_COUNT (nested deeper than 64, or too large),
- * MOE_ERR_NOMEM.  *out is malloc'd, NUL-terminated, owned by the caller. */
+ * MOE_ERR_BAD_VALUE, MOE_ERR_NOMEM.  *out is malloc'd, NUL-terminated,
+ * owned by the caller. */
 moe_err moe_grammar_schema_to_gbnf(char **out, const char *schema, size_t len, const char *prefix);
+
+/* Flags of moe_grammar_schema_to_gbnf_ex. */
+#define MOE_GRAMMAR_SCHEMA_LENIENT 1u /* ignore (and list) what cannot be enforced */
+
+/* moe_grammar_schema_to_gbnf with flags (0 or MOE_GRAMMAR_SCHEMA_LENIENT;
+ * other bits: MOE_ERR_INVAL) and a report of what was not enforced.
+ *
+ * Flags 0: as moe_grammar_schema_to_gbnf.  MOE_GRAMMAR_SCHEMA_LENIENT: what
+ * the strict form refuses as MOE_ERR_UNSUPPORTED because it constrains
+ * values that the grammar cannot is ignored instead, so that the grammar
+ * allows a superset of the schema (apart from the policies above:
+ * additionalProperties, whitespace, digit counts): every keyword outside the covered set and the
+ * annotations (multipleOf, not, if/then/else, uniqueItems, contains, minContains, maxContains,
+ * minProperties, maxProperties, dependentRequired, dependentSchemas, propertyNames,
+ * unevaluatedItems, unevaluatedProperties, and unknown keywords, which JSON Schema ignores too);
+ * patternProperties (other keys are then allowed with any value, and a non-true
+ * additionalProperties is listed as well); a pattern beyond the regex subset
+ * (the string is then free within its lengths); minLength/maxLength beside a
+ * pattern (the pattern is kept); a count above 10000 (minItems, maxItems,
+ * minLength, maxLength: as if absent); a non-integral bound on a number
+ * (widened to the next integer outward, included: maximum 2.5 allows up to
+ * 3); allOf of schemas that are not all objects (its first schema alone).
+ * Everything the grammar does enforce stays as in the strict form, and
+ * every other error stays an error: MOE_ERR_FORMAT (not JSON, a keyword of
+ * the wrong type), MOE_ERR_NOT_FOUND (a $ref that does not resolve),
+ * MOE_ERR_UNSUPPORTED (a $ref outside the document, the schema false,
+ * items as an array, a required property that is not among properties, more
+ * than 32 prefixItems, long or empty property names beside
+ * additionalProperties), MOE_ERR_BAD_COUNT (too deep or too large),
+ * MOE_ERR_BAD_VALUE (a schema that cannot be met).
+ *
+ * ignored (may be NULL): on success, *ignored is NULL when every keyword was
+ * enforced, else a malloc'd, NUL-terminated list of the names of the
+ * keywords that were not, comma-separated without spaces, each once, in the
+ * order first met (e.g. "multipleOf,uniqueItems,not"); the caller frees it.
+ * In both modes it lists "format" where a format was not enforced (an
+ * unknown one, or date/time/date-time/uuid beside a pattern or lengths).
+ * On error *out and *ignored are untouched. */
+moe_err moe_grammar_schema_to_gbnf_ex(char **out, const char *schema, size_t len,
+                                      const char *prefix, unsigned flags, char **ignored);
 
 /* moe_grammar_schema_to_gbnf (prefix "") + moe_grammar_parse (root "root").
  * The JSON mode {"type":"json_object"} is the schema {"type":"object"}. */

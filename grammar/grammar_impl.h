@@ -23,7 +23,7 @@
 #define G_MAX_NODES  (1u << 23)   /* interned stack nodes of one matcher */
 #define G_MAX_WORK   400000000ull /* byte steps spent building one set of tables */
 
-/* ---- byte buffers (schema.c, regex.c) ---------------------------------------------- */
+/* ---- byte buffers (schema.c, regex.c, range.c) ---------------------------------------- */
 
 typedef struct g_buf {
 	char *p;
@@ -44,6 +44,35 @@ void g_buf_lit(g_buf *b, const char *s, size_t n);
  * without the quotes.  Errors: MOE_ERR_UNSUPPORTED (a feature outside the
  * subset, named), MOE_ERR_FORMAT (not a regex), MOE_ERR_NOMEM. (regex.c) */
 moe_err g_regex_to_gbnf(g_buf *out, const char *re, size_t len);
+
+/* ---- numeric ranges (range.c) ------------------------------------------------------ */
+
+/* The largest magnitude of an integer part the JSON number rules write (16
+ * digits). */
+#define G_INT_CAP 9999999999999999ull
+
+/* One bound of a range: set or not; v an integer; excl: the bound itself is
+ * left out. */
+typedef struct g_bound {
+	int set, excl;
+	int64_t v;
+} g_bound;
+
+/* Appends a grammar expression matching exactly the decimal strings without
+ * sign or leading zeros ("0" for zero) of the integers in [lo, hi]; lo <= hi
+ * <= G_INT_CAP. */
+void g_range_uint(g_buf *e, uint64_t lo, uint64_t hi);
+
+/* As g_range_uint for -G_INT_CAP <= lo <= hi <= G_INT_CAP: negatives as "-"
+ * and the magnitude, zero as "0" only. */
+void g_range_int(g_buf *e, int64_t lo, int64_t hi);
+
+/* Appends a grammar expression matching exactly the JSON numbers without
+ * exponent (integer part of at most 16 digits, at most 16 fraction digits;
+ * no "-0", "-0.0", ...) whose decimal value lies within the bounds
+ * (|v| <= 10^17).  Returns the number of alternatives written; 0: no number
+ * fits (the expression is then empty: do not use it). */
+int g_range_number(g_buf *e, g_bound lo, g_bound hi);
 
 /* ---- arrays of uint32_t ---------------------------------------------------------- */
 

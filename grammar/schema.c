@@ -1,10 +1,12 @@
 /*
  * schema.c - JSON schemas into grammar text: one rule per object, array,
  * constrained string, $ref target and property, shared rules for the JSON
- * primitives and for any value, and the bounded whitespace; grammar.h lists
- * what is covered and what is refused.
+ * primitives and for any value, and the bounded whitespace; numeric bounds
+ * (range.c writes the ranges); the lenient mode's list of what was not
+ * enforced.  grammar.h lists what is covered, refused and ignored.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,9 +34,7 @@ enum {
 	P_VALUE = 1 << 6,
 	P_OBJECT = 1 << 7,
 	P_ARRAY = 1 << 8,
-	P_UINT = 1 << 9,
-	P_PINT = 1 << 10,
-	P_UNUMBER = 1 << 11,
+	P_UNUMBER = 1 << 9,
 };
 
 typedef struct ref_rule {
@@ -50,6 +50,8 @@ typedef struct sctx {
 	uint32_t prims, n_names;
 	ref_rule *refs;
 	size_t n_refs, cap_refs;
+	unsigned flags;
+	g_buf ignored; /* the keywords not enforced, comma-separated, each once */
 } sctx;
 
 static int fail(sctx *c, moe_err err)
@@ -57,6 +59,38 @@ static int fail(sctx *c, moe_err err)
 	if (c->err == MOE_OK)
 		c->err = err;
 	return -1;
+}
+
+static int lenient(const sctx *c)
+{
+	return (c->flags & MOE_GRAMMAR_SCHEMA_LENIENT) != 0;
+}
+
+/* Adds keyword kw to the list of those not enforced (once). */
+static void note(sctx *c, const char *kw)
+{
+	size_t n = strlen(kw);
+	for (const char *p = c->ignored.p; p != NULL && *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (len == n && memcmp(p, kw, n) == 0)
+			return;
+		p += len + (end != NULL);
+	}
+	if (c->ignored.n > 0)
+		g_buf_puts(&c->ignored, ",");
+	g_buf_puts(&c->ignored, kw);
+}
+
+/* A keyword that constrains values but cannot be enforced here: noted when
+ * lenient (returns 0), refused otherwise. */
+static int unenforced(sctx *c, const char *kw, const char *why)
+{
+	if (lenient(c)) {
+		note(c, kw);
+		return 0;
+	}
+	return fail(c, moe_fail(MOE_ERR_UNSUPPORTED, "json schema: %s", why));
 }
 
 /* Appends a fresh rule name "<prefix><hint>-<n>" to b. */
@@ -81,7 +115,11 @@ static const char *const handled[] = {
     "enum",     "const",      "anyOf",       "oneOf",
     "allOf",    "items",      "prefixItems", "minItems",
     "maxItems", "minLength",  "maxLength",   "pattern",
-    "$ref",     "minimum",    NULL};
+    "$ref",     "nullable",   NULL};
+
+/* The bounds of numbers (read_bounds: lower ones first, inclusive first). */
+static const char *const bounds[] = {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum",
+                                     NULL};
 
 static int in_list(const char *const *l, const char *s)
 {
@@ -95,11 +133,16 @@ static int gen(sctx *c, const cJSON *s, g_buf *e, int depth);
 
 static int check_keywords(sctx *c, const cJSON *s)
 {
-	for (const cJSON *k = s->child; k; k = k->next)
-		if (!in_list(annotations, k->string) && !in_list(handled, k->string))
+	for (const cJSON *k = s->child; k; k = k->next) {
+		if (in_list(annotations, k->string) || in_list(handled, k->string) ||
+		    in_list(bounds, k->string))
+			continue;
+		if (!lenient(c))
 			return fail(c, moe_fail(MOE_ERR_UNSUPPORTED,
 			                        "json schema: keyword \"%s\" is not supported",
 			                        k->string));
+		note(c, k->string);
+	}
 	return 0;
 }
 
@@ -112,9 +155,14 @@ static int get_count(sctx *c, const cJSON *s, const char *key, uint32_t *out, ui
 	if (!cJSON_IsNumber(x) || x->valuedouble < 0 ||
 	    x->valuedouble != (double)(long long)x->valuedouble)
 		return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: %s is not a count", key));
-	if (x->valuedouble > G_MAX_REPEAT)
+	if (x->valuedouble > G_MAX_REPEAT) {
+		if (lenient(c)) {
+			note(c, key);
+			return 0;
+		}
 		return fail(c, moe_fail(MOE_ERR_UNSUPPORTED, "json schema: %s above %u", key,
 		                        G_MAX_REPEAT));
+	}
 	*out = (uint32_t)x->valuedouble;
 	return 0;
 }
@@ -141,6 +189,12 @@ static int literal_value(sctx *c, const cJSON *v, g_buf *e)
 	return 0;
 }
 
+static int known_format(const char *f)
+{
+	return !strcmp(f, "date") || !strcmp(f, "time") || !strcmp(f, "date-time") ||
+	       !strcmp(f, "uuid");
+}
+
 static int gen_string(sctx *c, const cJSON *s, g_buf *e)
 {
 	uint32_t lo, hi;
@@ -153,28 +207,47 @@ static int gen_string(sctx *c, const cJSON *s, g_buf *e)
 	const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(s, "format");
 	const char *f = cJSON_IsString(fmt) ? fmt->valuestring : "";
 	g_buf body = {0};
-	int rc = 0;
+	int rc = 0, use_pat = 0;
 	if (pat != NULL) {
 		if (!cJSON_IsString(pat)) {
 			rc = fail(c,
 			          moe_fail(MOE_ERR_FORMAT, "json schema: pattern is not a string"));
 			goto out_free_body;
 		}
-		if (lo != 0 || hi != G_INF) {
+		g_buf_puts(&body, "\"\\\"\" ");
+		moe_err err = g_regex_to_gbnf(&body, pat->valuestring, strlen(pat->valuestring));
+		if (err == MOE_ERR_UNSUPPORTED && lenient(c)) {
+			note(c, "pattern"); /* any string of the lengths instead */
+			body.n = 0;
+			if (body.p != NULL)
+				body.p[0] = 0;
+		} else if (err != MOE_OK) {
+			rc = fail(c, err);
+			goto out_free_body;
+		} else {
+			use_pat = 1;
+			g_buf_puts(&body, " \"\\\"\"");
+		}
+	}
+	if (use_pat && (lo != 0 || hi != G_INF)) {
+		if (!lenient(c)) {
 			rc = fail(
 			    c, moe_fail(MOE_ERR_UNSUPPORTED,
 			                "json schema: pattern together with minLength/maxLength"));
 			goto out_free_body;
 		}
-		g_buf_puts(&body, "\"\\\"\" ");
-		moe_err err = g_regex_to_gbnf(&body, pat->valuestring, strlen(pat->valuestring));
-		if (err != MOE_OK) {
-			rc = fail(c, err);
-			goto out_free_body;
-		}
-		g_buf_puts(&body, " \"\\\"\"");
-	} else if (lo == 0 && hi == G_INF && strcmp(f, "date") && strcmp(f, "time") &&
-	           strcmp(f, "date-time") && strcmp(f, "uuid")) {
+		if (lo != 0)
+			note(c, "minLength");
+		if (hi != G_INF)
+			note(c, "maxLength");
+		lo = 0;
+		hi = G_INF;
+	}
+	if (f[0] != 0 && (!known_format(f) || use_pat || lo != 0 || hi != G_INF))
+		note(c, "format"); /* an annotation (draft 2020-12): not enforced */
+	if (use_pat) {
+		/* body holds the pattern */
+	} else if (lo == 0 && hi == G_INF && !known_format(f)) {
 		prim(c, e, P_STRING, "string");
 		goto out_free_body;
 	} else if (lo != 0 || hi != G_INF) {
@@ -218,32 +291,101 @@ out_free_body:
 	return rc;
 }
 
+/* The bounds of a number schema: minimum, exclusiveMinimum, maximum,
+ * exclusiveMaximum, the tightest on each side, clipped to +-1e17.  For
+ * integers inclusive and rounded inward; for numbers integral (another
+ * bound is refused, or when lenient widened to the integer outside it,
+ * included, and noted). */
+static int read_bounds(sctx *c, const cJSON *s, int integer, g_bound *lo, g_bound *hi)
+{
+	const char *const *keys = bounds;
+	*lo = *hi = (g_bound){0};
+	for (int i = 0; i < 4; i++) {
+		const cJSON *x = cJSON_GetObjectItemCaseSensitive(s, keys[i]);
+		if (x == NULL)
+			continue;
+		if (!cJSON_IsNumber(x) || isnan(x->valuedouble))
+			return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: %s is not a number",
+			                        keys[i]));
+		int upper = i >= 2, excl = i & 1;
+		double d = x->valuedouble > 1e17    ? 1e17
+		           : x->valuedouble < -1e17 ? -1e17
+		                                    : x->valuedouble;
+		double r = upper ? floor(d) : ceil(d); /* the integer inside the bound */
+		g_bound b = {.set = 1, .excl = excl, .v = (int64_t)r};
+		if (integer) {
+			if (excl && r == d)
+				b.v += upper ? -1 : 1;
+			b.excl = 0;
+		} else if (r != d) {
+			char why[128];
+			snprintf(why, sizeof why, "%s %g on a number (only integral bounds)",
+			         keys[i], x->valuedouble);
+			if (unenforced(c, keys[i], why))
+				return -1;
+			b.v = (int64_t)(upper ? ceil(d) : floor(d));
+			b.excl = 0;
+		}
+		g_bound *cur = upper ? hi : lo;
+		if (!cur->set || (upper ? b.v < cur->v : b.v > cur->v) || (b.v == cur->v && b.excl))
+			*cur = b;
+	}
+	return 0;
+}
+
 static int gen_number(sctx *c, const cJSON *s, g_buf *e, int integer)
 {
-	const cJSON *min = cJSON_GetObjectItemCaseSensitive(s, "minimum");
-	if (min == NULL) {
+	g_bound lo, hi;
+	if (read_bounds(c, s, integer, &lo, &hi))
+		return -1;
+	const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(s, "format");
+	const char *f = cJSON_IsString(fmt) ? fmt->valuestring : "";
+	if (integer && !strcmp(f, "int32")) {
+		if (!lo.set || lo.v < -2147483648ll)
+			lo = (g_bound){.set = 1, .v = -2147483648ll};
+		if (!hi.set || hi.v > 2147483647ll)
+			hi = (g_bound){.set = 1, .v = 2147483647ll};
+	} else if (f[0] != 0 && strcmp(f, "float") && strcmp(f, "double") &&
+	           !(integer && !strcmp(f, "int64"))) {
+		note(c, "format"); /* an annotation (draft 2020-12): not enforced */
+	}
+	if (!lo.set && !hi.set) {
 		if (integer)
 			prim(c, e, P_INTEGER, "integer");
 		else
 			prim(c, e, P_NUMBER, "number");
 		return 0;
 	}
-	if (!cJSON_IsNumber(min))
-		return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: minimum is not a number"));
-	if (min->valuedouble == 0) {
-		if (integer)
-			prim(c, e, P_UINT, "uint");
-		else
-			prim(c, e, P_UNUMBER, "unumber");
+	if (!integer && lo.set && lo.v == 0 && !lo.excl && !hi.set) {
+		prim(c, e, P_UNUMBER, "unumber"); /* with an exponent: no sign is enough */
 		return 0;
 	}
-	if (min->valuedouble == 1 && integer) {
-		prim(c, e, P_PINT, "pint");
-		return 0;
+	g_buf body = {0}, name = {0};
+	int rc = 0;
+	if (integer) {
+		const int64_t cap = (int64_t)G_INT_CAP;
+		int64_t a = lo.set && lo.v > -cap ? lo.v : -cap,
+		        b = hi.set && hi.v < cap ? hi.v : cap;
+		if (a > b) {
+			rc = fail(c,
+			          moe_fail(MOE_ERR_BAD_VALUE,
+			                   "json schema: no integer of at most 16 digits is within "
+			                   "the bounds"));
+			goto out_free;
+		}
+		g_range_int(&body, a, b);
+	} else if (g_range_number(&body, lo, hi) == 0) {
+		rc = fail(c, moe_fail(MOE_ERR_BAD_VALUE, "json schema: no number of at most 16 "
+		                                         "integer digits is within the bounds"));
+		goto out_free;
 	}
-	return fail(c, moe_fail(MOE_ERR_UNSUPPORTED,
-	                        "json schema: minimum %g (only 0, and 1 for integers)",
-	                        min->valuedouble));
+	new_name(c, &name, integer ? "integer" : "number");
+	g_buf_printf(&c->rules, "%s ::= %s\n", name.p ? name.p : "", body.p ? body.p : "");
+	g_buf_puts(e, name.p ? name.p : "");
+out_free:
+	free(body.p);
+	free(name.p);
+	return rc;
 }
 
 /* The key of an additional property: a string without escapes that is none
@@ -682,11 +824,19 @@ static int gen_typed(sctx *c, const cJSON *s, const char *type, g_buf *e, int de
 		prim(c, e, P_NULL, "null");
 		return 0;
 	}
-	if (!strcmp(type, "object"))
+	if (!strcmp(type, "object")) {
+		const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+		cJSON any = {.type = cJSON_True};
+		if (cJSON_GetObjectItemCaseSensitive(s, "patternProperties") != NULL) {
+			/* lenient only (check_keywords refuses it otherwise): other
+			 * keys with any value */
+			if (addl != NULL && !cJSON_IsTrue(addl))
+				note(c, "additionalProperties");
+			addl = &any;
+		}
 		return gen_object(c, cJSON_GetObjectItemCaseSensitive(s, "properties"),
-		                  cJSON_GetObjectItemCaseSensitive(s, "required"),
-		                  cJSON_GetObjectItemCaseSensitive(s, "additionalProperties"), e,
-		                  depth);
+		                  cJSON_GetObjectItemCaseSensitive(s, "required"), addl, e, depth);
+	}
 	if (!strcmp(type, "array"))
 		return gen_array(c, s, e, depth);
 	return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: unknown type \"%s\"", type));
@@ -708,6 +858,9 @@ static int gen_alts(sctx *c, const cJSON *list, const char *kw, g_buf *e, int de
 	return 0;
 }
 
+static int gen_body(sctx *c, const cJSON *s, g_buf *e, int depth);
+
+/* The value of schema s, appended to e. */
 static int gen(sctx *c, const cJSON *s, g_buf *e, int depth)
 {
 	if (depth > S_MAX_DEPTH)
@@ -723,6 +876,23 @@ static int gen(sctx *c, const cJSON *s, g_buf *e, int depth)
 		return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: a schema is not an object"));
 	if (check_keywords(c, s))
 		return -1;
+	const cJSON *nullable = cJSON_GetObjectItemCaseSensitive(s, "nullable");
+	if (nullable == NULL || cJSON_IsFalse(nullable))
+		return gen_body(c, s, e, depth);
+	if (!cJSON_IsTrue(nullable))
+		return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: nullable is not a boolean"));
+	g_buf_puts(e, "( ");
+	if (gen_body(c, s, e, depth))
+		return -1;
+	g_buf_puts(e, " | ");
+	prim(c, e, P_NULL, "null");
+	g_buf_puts(e, " )");
+	return 0;
+}
+
+/* The value of object schema s, its keywords checked, nullable aside. */
+static int gen_body(sctx *c, const cJSON *s, g_buf *e, int depth)
+{
 	const cJSON *x;
 	if ((x = cJSON_GetObjectItemCaseSensitive(s, "$ref")) != NULL) {
 		if (!cJSON_IsString(x))
@@ -788,8 +958,9 @@ static int gen(sctx *c, const cJSON *s, g_buf *e, int depth)
 	    cJSON_GetObjectItemCaseSensitive(s, "maxLength") ||
 	    cJSON_GetObjectItemCaseSensitive(s, "pattern"))
 		return gen_typed(c, s, "string", e, depth);
-	if (cJSON_GetObjectItemCaseSensitive(s, "minimum"))
-		return gen_typed(c, s, "number", e, depth);
+	for (const char *const *k = bounds; *k; k++)
+		if (cJSON_GetObjectItemCaseSensitive(s, *k))
+			return gen_typed(c, s, "number", e, depth);
 	prim(c, e, P_VALUE, "value");
 	return 0;
 }
@@ -827,6 +998,11 @@ static int gen_allof(sctx *c, const cJSON *all, g_buf *e, int depth)
 		if (!cJSON_IsObject(s) ||
 		    (type && !(cJSON_IsString(type) && !strcmp(type->valuestring, "object"))) ||
 		    (!type && !p)) {
+			if (lenient(c)) { /* the first schema: a superset of them all */
+				note(c, "allOf");
+				rc = gen(c, all->child, e, depth + 1);
+				goto out_free;
+			}
 			rc = fail(
 			    c, moe_fail(MOE_ERR_UNSUPPORTED,
 			                "json schema: allOf of schemas that are not all objects"));
@@ -890,10 +1066,6 @@ static void emit_prims(sctx *c)
 		             P);
 	if (p & P_INTEGER)
 		g_buf_printf(r, "%sinteger ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} )\n", P);
-	if (p & P_UINT)
-		g_buf_printf(r, "%suint ::= \"0\" | [1-9] [0-9]{0,15}\n", P);
-	if (p & P_PINT)
-		g_buf_printf(r, "%spint ::= [1-9] [0-9]{0,15}\n", P);
 	if (p & P_BOOLEAN)
 		g_buf_printf(r, "%sboolean ::= \"true\" | \"false\"\n", P);
 	if (p & P_NULL)
@@ -916,10 +1088,13 @@ static void emit_prims(sctx *c)
 		    P, P, P, P, P, P, P);
 }
 
-moe_err moe_grammar_schema_to_gbnf(char **out, const char *schema, size_t len, const char *prefix)
+moe_err moe_grammar_schema_to_gbnf_ex(char **out, const char *schema, size_t len,
+                                      const char *prefix, unsigned flags, char **ignored)
 {
 	if (out == NULL || schema == NULL)
 		return moe_fail(MOE_ERR_INVAL, "json schema: NULL argument");
+	if ((flags & ~MOE_GRAMMAR_SCHEMA_LENIENT) != 0)
+		return moe_fail(MOE_ERR_INVAL, "json schema: unknown flags 0x%x", flags);
 	if (prefix == NULL)
 		prefix = "";
 	if (strlen(prefix) > 64)
@@ -933,13 +1108,13 @@ moe_err moe_grammar_schema_to_gbnf(char **out, const char *schema, size_t len, c
 	if (doc == NULL)
 		return moe_fail(MOE_ERR_FORMAT, "json schema: not JSON (near byte %td)",
 		                cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - schema : (ptrdiff_t)0);
-	sctx c = {.prefix = prefix, .doc = doc};
+	sctx c = {.prefix = prefix, .doc = doc, .flags = flags};
 	g_buf root = {0};
 	if (gen(&c, doc, &root, 0) == 0) {
 		g_buf_printf(&c.rules, "%sroot ::= %s\n", prefix, root.p ? root.p : "");
 		emit_prims(&c);
 	}
-	if (c.err == MOE_OK && (c.rules.failed || root.failed))
+	if (c.err == MOE_OK && (c.rules.failed || root.failed || c.ignored.failed))
 		c.err = moe_fail(MOE_ERR_NOMEM, "json schema: grammar text");
 	free(root.p);
 	for (size_t i = 0; i < c.n_refs; i++) {
@@ -950,10 +1125,20 @@ moe_err moe_grammar_schema_to_gbnf(char **out, const char *schema, size_t len, c
 	cJSON_Delete(doc);
 	if (c.err != MOE_OK) {
 		free(c.rules.p);
+		free(c.ignored.p);
 		return c.err;
 	}
 	*out = c.rules.p;
+	if (ignored != NULL)
+		*ignored = c.ignored.p; /* NULL when nothing was noted */
+	else
+		free(c.ignored.p);
 	return MOE_OK;
+}
+
+moe_err moe_grammar_schema_to_gbnf(char **out, const char *schema, size_t len, const char *prefix)
+{
+	return moe_grammar_schema_to_gbnf_ex(out, schema, len, prefix, 0, NULL);
 }
 
 moe_err moe_grammar_from_json_schema(moe_grammar **out, const char *schema, size_t len)
