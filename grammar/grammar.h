@@ -89,7 +89,7 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len);
  * Covered: type (every JSON type, and lists of them), properties with
  * required (emitted in declared order, optional ones may be left out),
  * additionalProperties (false, true or a schema; absent means false when
- * properties are given, any property otherwise; extra keys come after the
+ * properties are given, even as {}, any property otherwise; extra keys come after the
  * declared ones, are written without escapes and differ from the declared
  * names), enum, const, anyOf, oneOf (as anyOf), allOf of object schemas (and
  * of one schema), items, prefixItems, minItems, maxItems, minLength,

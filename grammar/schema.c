@@ -530,8 +530,9 @@ static int gen_object(sctx *c, const cJSON *props, const cJSON *required, const 
 			                     "properties",
 			                     r->valuestring));
 	}
-	/* absent additionalProperties: none when properties are declared */
-	int extra = addl == NULL ? n == 0 : !cJSON_IsFalse(addl);
+	/* absent additionalProperties: none when properties are declared, even
+	 * as {} (a tool without parameters takes {}) */
+	int extra = addl == NULL ? props == NULL : !cJSON_IsFalse(addl);
 	if (n == 0 && !extra) {
 		g_buf_puts(e, "\"{\" ");
 		prim(c, e, P_WS, "ws");

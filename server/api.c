@@ -135,11 +135,7 @@ int moe_api_failure(moe_engine *e, char *why, size_t size)
 
 void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len)
 {
-	if (memchr(text, '\0', len) == NULL) {
-		cJSON_AddStringToObject(obj, key, text);
-		return;
-	}
-	size_t n = 0;
+	size_t n = 0; /* the bytes of the copy: text need not end at len */
 	for (size_t i = 0; i < len; i++)
 		n += text[i] == '\0' ? 3 : 1;
 	char *s = malloc(n + 1);

@@ -64,8 +64,8 @@ int moe_api_submit_status(moe_err err);
 int moe_api_failure(moe_engine *e, char *why, size_t size);
 
 /* Adds text[0..len) (valid UTF-8, possibly with NUL bytes, which a C string
- * cannot carry) to obj as the JSON string key; NUL becomes U+FFFD.  Without
- * memory the string is empty. */
+ * cannot carry; what follows text[len - 1] is not read) to obj as the JSON
+ * string key; NUL becomes U+FFFD.  Without memory the string is empty. */
 void moe_api_add_text(cJSON *obj, const char *key, const char *text, size_t len);
 
 /* Appends s[0..n) to the malloc'd *b (length *len, capacity *cap, kept

@@ -65,14 +65,25 @@ static bool valid_utf8(const char *s)
 }
 
 /* A message's content for the template (o is the message's copy): a string
- * or null stays, an array of {"type": "text", "text": ...} parts becomes one
- * string. */
+ * stays, null or none becomes "" (as llama.cpp's server passes it: templates
+ * test it with `in` and string methods), an array of {"type": "text",
+ * "text": ...} parts becomes one string. */
 static bool norm_content(api_req *r, cJSON *o, int i)
 {
 	char msg[160];
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "content");
-	if (v == NULL || cJSON_IsNull(v) || cJSON_IsString(v))
+	if (cJSON_IsString(v))
 		return true;
+	if (v == NULL || cJSON_IsNull(v)) {
+		cJSON *e = cJSON_CreateString("");
+		const bool ok =
+		    e != NULL &&
+		    (v == NULL ? cJSON_AddItemToObject(o, "content", e)
+		               : cJSON_ReplaceItemInObjectCaseSensitive(o, "content", e));
+		if (!ok)
+			cJSON_Delete(e);
+		return ok || bad(r, NULL, "out of memory");
+	}
 	snprintf(msg, sizeof msg,
 	         "'messages[%d].content' must be a string or an array of text parts", i);
 	if (!cJSON_IsArray(v))
@@ -291,6 +302,7 @@ static bool parse_response_format(api_req *r, const cJSON *root)
 			    r, "response_format",
 			    "'response_format.json_schema.schema' must be a JSON schema object");
 		r->cr.schema = cJSON_Duplicate(schema, true);
+		r->cr.schema_strict = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(js, "strict"));
 	} else {
 		return bad(r, "response_format",
 		           "'response_format.type' must be text, json_object or json_schema");

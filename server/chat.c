@@ -330,13 +330,15 @@ moe_err moe_chat_render(char **text, size_t *len, const moe_chat_template *t, co
 	return err;
 }
 
-/* Whether the rendered prompt ends inside <think> (the template opened the
- * reasoning for the model): "<think>" and then only whitespace. */
-static bool ends_in_think(const char *s, size_t n)
+/* Whether the rendered prompt ends with tag and then only whitespace:
+ * "<think>" (the template opened the reasoning for the model) or "</think>"
+ * (it closed it: thinking is off). */
+static bool ends_with(const char *s, size_t n, const char *tag)
 {
+	const size_t k = strlen(tag);
 	while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\r'))
 		n--;
-	return n >= 7 && memcmp(s + n - 7, "<think>", 7) == 0;
+	return n >= k && memcmp(s + n - k, tag, k) == 0;
 }
 
 moe_err moe_chat_prompt_make(moe_chat_prompt *out, const moe_chat_template *t,
@@ -361,7 +363,8 @@ moe_err moe_chat_prompt_make(moe_chat_prompt *out, const moe_chat_template *t,
 	};
 	if (t->format == MOE_REPLY_HARMONY)
 		out->reply.format = MOE_REPLY_HARMONY; /* its channels are read in any case */
-	out->reply.in_reasoning = out->reply.reasoning && ends_in_think(text, len);
+	out->reply.in_reasoning = out->reply.reasoning && ends_with(text, len, "<think>");
+	out->think_closed = ends_with(text, len, "</think>");
 	out->special_text = t->format == MOE_REPLY_HARMONY;
 out_free:
 	free(text);

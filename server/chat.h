@@ -45,8 +45,9 @@ typedef struct moe_chat_req {
 	moe_tool_choice tool_choice;
 	char tool_name[MOE_CHAT_NAME_MAX + 1]; /* MOE_TOOLS_NAMED */
 	bool parallel_tool_calls;
-	cJSON *schema;  /* owned; the JSON schema the answer must follow; NULL: free text */
-	bool reasoning; /* take the reasoning apart from the answer */
+	cJSON *schema;      /* owned; the JSON schema the answer must follow; NULL: free text */
+	bool schema_strict; /* refuse a schema keyword that cannot be enforced (else ignore it) */
+	bool reasoning;     /* take the reasoning apart from the answer */
 } moe_chat_req;
 
 /* Frees what r owns and zeroes it. */
@@ -71,6 +72,7 @@ typedef struct moe_chat_prompt {
 	int32_t end_ids[MOE_GEN_MAX_END]; /* tokens that end the reply */
 	int n_end;
 	bool special_text;         /* the reply's markup is control tokens: show them */
+	bool think_closed;         /* the prompt ends with </think>: thinking is off */
 	moe_reply_opts reply;      /* .tools points into the request: valid while it lives */
 	moe_chat_grammar *grammar; /* held; NULL: the reply is free (moe_chat_constrain) */
 	const char *trigger;       /* static; NULL: the grammar holds from the first token */

@@ -197,15 +197,19 @@ static bool lit(FILE *f, const char *text)
 }
 
 /* Writes the rules of schema s (NULL: any object) with names from prefix;
- * its value rule is PREFIXroot. */
-static moe_err schema_rules(FILE *f, const cJSON *s, const char *prefix)
+ * its value rule is PREFIXroot.  Lenient: keywords that cannot be enforced
+ * are ignored (the grammar is a superset of the schema) instead of refused. */
+static moe_err schema_rules(FILE *f, const cJSON *s, const char *prefix, bool lenient)
 {
 	char *json = s != NULL ? cJSON_PrintUnformatted(s) : NULL;
 	char *rules = NULL;
 	const char *text = json != NULL ? json : "{\"type\": \"object\"}";
 	if (s != NULL && json == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "chat: a schema");
-	moe_err err = moe_grammar_schema_to_gbnf(&rules, text, strlen(text), prefix);
+	char *ignored = NULL;
+	moe_err err = moe_grammar_schema_to_gbnf_ex(
+	    &rules, text, strlen(text), prefix, lenient ? MOE_GRAMMAR_SCHEMA_LENIENT : 0, &ignored);
+	free(ignored);
 	cJSON_free(json);
 	if (err == MOE_OK)
 		fprintf(f, "%s\n", rules);
@@ -232,7 +236,7 @@ static moe_err json_call_rules(FILE *f, const cJSON *tool, int i)
 	if (!lit(f, head))
 		return moe_fail(MOE_ERR_NOMEM, "chat: a grammar");
 	fprintf(f, " t%d-root \"}\"\n", i);
-	return schema_rules(f, cJSON_GetObjectItemCaseSensitive(fn, "parameters"), prefix);
+	return schema_rules(f, cJSON_GetObjectItemCaseSensitive(fn, "parameters"), prefix, true);
 }
 
 /* The XML form of tool i: <function=N>\n then each parameter of its schema,
@@ -291,13 +295,24 @@ static moe_err xml_call_rules(FILE *f, const cJSON *tool, int i)
 			}
 			fputs(")", f);
 		} else if (type != NULL && strcmp(type, "string") == 0) {
-			fputs(" xml-text", f);
+			/* raw text; a maxLength bounds it (then without '<' at all) */
+			const cJSON *lo = cJSON_GetObjectItemCaseSensitive(p, "minLength");
+			const cJSON *hi = cJSON_GetObjectItemCaseSensitive(p, "maxLength");
+			if (cJSON_IsNumber(hi) && hi->valuedouble >= 0 && hi->valuedouble <= 10000)
+				fprintf(f, " [^<]{%d,%d}",
+				        cJSON_IsNumber(lo) && lo->valuedouble >= 0 &&
+				                lo->valuedouble <= hi->valuedouble
+				            ? (int)lo->valuedouble
+				            : 0,
+				        (int)hi->valuedouble);
+			else
+				fputs(" xml-text", f);
 		} else {
 			fprintf(f, " %sroot", prefix);
 		}
 		fputs(" \"\\n</parameter>\\n\"\n", f);
 		if (!all_str && !(type != NULL && strcmp(type, "string") == 0) &&
-		    (err = schema_rules(f, p, prefix)) != MOE_OK)
+		    (err = schema_rules(f, p, prefix, true)) != MOE_OK)
 			return err;
 		k++;
 	}
@@ -322,6 +337,8 @@ static moe_err grammar_text(FILE *f, const char **trigger, const view *v)
 		    MOE_ERR_UNSUPPORTED,
 		    "constrained output is not available for harmony (gpt-oss) templates");
 	const bool xml = v->format == MOE_REPLY_QWEN3_XML;
+	/* a named function is called once (as OpenAI and Anthropic force it) */
+	const bool several = r->parallel_tool_calls && r->tool_choice != MOE_TOOLS_NAMED;
 	const bool lazy = calls && r->tool_choice == MOE_TOOLS_AUTO;
 	moe_err err = MOE_OK;
 	if (calls) {
@@ -357,16 +374,15 @@ static moe_err grammar_text(FILE *f, const char **trigger, const view *v)
 			fputs("call ::= \"<tool_call>\\n\" calls-body \"\\n</tool_call>\"\n"
 			      "call-rest ::= \"\\n\" calls-body \"\\n</tool_call>\"\n",
 			      f);
-		fprintf(f, "body ::= call%s\n", r->parallel_tool_calls ? " (\"\\n\" call)*" : "");
+		fprintf(f, "body ::= call%s\n", several ? " (\"\\n\" call)*" : "");
 	} else {
-		if ((err = schema_rules(f, r->schema, "s-")) != MOE_OK)
+		if ((err = schema_rules(f, r->schema, "s-", !r->schema_strict)) != MOE_OK)
 			return err;
 		fputs("body ::= s-root\n", f);
 	}
 	if (lazy) {
 		*trigger = "<tool_call>";
-		fprintf(f, "root ::= call-rest%s\n",
-		        r->parallel_tool_calls ? " (\"\\n\" call)*" : "");
+		fprintf(f, "root ::= call-rest%s\n", several ? " (\"\\n\" call)*" : "");
 	} else if (v->reasoning && v->in_reasoning) {
 		fputs("think-body ::= ([^<] | \"<\" [^/])*\n"
 		      "root ::= think-body \"</think>\" [ \\t\\n]{0,4} body\n",
@@ -401,7 +417,7 @@ moe_err moe_chat_constrain(moe_chat_prompt *p, moe_chat_grammars *gs, const moe_
 	const view v = {.r = r,
 	                .format = p->reply.format == MOE_REPLY_PLAIN ? MOE_REPLY_QWEN3_JSON
 	                                                             : p->reply.format,
-	                .reasoning = p->reply.reasoning,
+	                .reasoning = p->reply.reasoning && !p->think_closed,
 	                .in_reasoning = p->reply.in_reasoning};
 	const char *trigger = NULL;
 	moe_err err = grammar_text(f, &trigger, &v);

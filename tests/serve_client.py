@@ -10,6 +10,7 @@ the Python standard library is used.
 import http.client
 import json
 import random
+import re
 import os
 import socket
 import struct
@@ -668,6 +669,67 @@ def add_chat_template(src, dst, template):
     open(dst, "wb").write(head + d[data_start:])
 
 
+def case_mistral_template():
+    """A model whose own template is not ChatML: chats and /apply-template use it."""
+    st, j = post("/apply-template", {"messages": [{"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": "Hello"}]})
+    check(st == 200 and j["prompt"] == "[INST] Hi [/INST][INST] Hello [/INST]", "%d %r" % (st, j))
+    complete({"messages": [{"role": "user", "content": "In the beginning"}], "max_tokens": 4},
+             "/v1/chat/completions")
+
+
+def case_apply_template(template):
+    """POST /apply-template for every conversation of tests/fixtures/chat-templates/cases, against
+    the reference rendering (Python's Jinja2 as transformers sets it up, Debian's /usr/bin/python3,
+    render_batch.py) of the same conversation with the same bos/eos tokens: the same bytes, or both
+    refuse (a raise_exception gives a 400 with its message).  The server's KJV model has BOS
+    <|endoftext|> and EOS <|im_end|> (models/README.md); the reference's strftime_now is fixed at
+    2026-01-01, the server's is today, so a "Current date: " line is compared without its date."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cdir = os.path.join(here, "fixtures", "chat-templates")
+    text = open(template, encoding="utf-8").read()
+    names = sorted(os.listdir(os.path.join(cdir, "cases")))
+    cases = [json.load(open(os.path.join(cdir, "cases", n), encoding="utf-8")) for n in names]
+    jobs = []
+    for case in cases:
+        ref = dict(case, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+        ref["messages"] = [dict(m, content=m.get("content") if m.get("content") is not None else "")
+                           for m in case["messages"]]
+        jobs.append([0, ref])
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        jp, op = os.path.join(d, "jobs.json"), os.path.join(d, "out.json")
+        json.dump({"templates": [text], "jobs": jobs}, open(jp, "w", encoding="utf-8"))
+        rc = subprocess.call(["/usr/bin/python3", os.path.join(cdir, "render_batch.py"), jp, op])
+        check(rc == 0, "render_batch.py failed (Debian's python3-jinja2 missing?)")
+        refs = json.load(open(op, encoding="utf-8"))
+    date = re.compile(r"Current date: \d{4}-\d{2}-\d{2}")
+    same = 0
+    for name, case, ref in zip(names, cases, refs):
+        body = {"messages": case["messages"], "add_generation_prompt": case.get("add_generation_prompt", True)}
+        if case.get("tools") is not None:
+            body["tools"] = case["tools"]
+        if case.get("kwargs"):
+            body["chat_template_kwargs"] = case["kwargs"]
+        st, j = post("/apply-template", body)
+        if "out" in ref:
+            check(st == 200, "%s: %d %s" % (name, st, j))
+            got = date.sub("Current date: 2026-01-01", j["prompt"])
+            if got != ref["out"]:
+                k = next(i for i in range(min(len(got), len(ref["out"])) + 1)
+                         if i == min(len(got), len(ref["out"])) or got[i] != ref["out"][i])
+                fail("%s: differs from Jinja2 at byte %d: ours %r, Jinja2 %r" %
+                     (name, k, got[max(0, k - 40):k + 40], ref["out"][max(0, k - 40):k + 40]))
+            same += 1
+        else:
+            check(st == 400, "%s: Jinja2 refused (%s) but the server answered %d" % (name, ref, st))
+            if "raised" in ref:
+                check(ref["raised"] in j["error"]["message"], "%s: %r lacks %r" % (name, j, ref["raised"]))
+    check(same > 0, "no case rendered at all")
+    print("apply-template: %d of %d cases byte-identical to Jinja2, the others refused by both"
+          % (same, len(cases)), file=sys.stderr)
+
+
 def main():
     global PORT, MODEL
     case = sys.argv[1]
@@ -678,6 +740,8 @@ def main():
     MODEL = os.environ.get("MOE_MODEL", "")
     if case == "auth":
         case_auth(sys.argv[3])
+    elif case == "apply_template":
+        case_apply_template(sys.argv[3])
     else:
         globals()["case_" + case]()
     print("ok: " + case, file=sys.stderr)

@@ -1138,6 +1138,24 @@ Test(grammar, integer_ranges_are_exact, .timeout = 300)
 
 /* Numbers between integral bounds: every integer part near the bounds and
  * 0, with fractions; compared exactly in units of 10^-4. */
+/* "properties": {} declares that there are none: a tool without parameters
+ * takes {} only (no additionalProperties means no extra keys, as with any
+ * declared properties), while an object without the keyword takes any keys. */
+Test(grammar, empty_properties_take_the_empty_object)
+{
+	fixture f = {0};
+	fx_open(&f, "{\"type\": \"object\", \"properties\": {}}", 0, NULL);
+	cr_assert(takes(f.m, "{}"));
+	cr_assert(takes(f.m, "{ }"));
+	cr_assert(!takes(f.m, "{\"a\": 1}"));
+	fx_close(&f);
+	fixture g = {0};
+	fx_open(&g, "{\"type\": \"object\"}", 0, NULL);
+	cr_assert(takes(g.m, "{}"));
+	cr_assert(takes(g.m, "{\"a\": 1}"));
+	fx_close(&g);
+}
+
 Test(grammar, number_ranges_are_exact)
 {
 	static const char *const r[] = {

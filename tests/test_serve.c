@@ -205,9 +205,9 @@ Test(serve, api_key, .timeout = 300)
 	         "s3cret-key");
 }
 
-Test(serve, unrenderable_chat_template_fails_at_startup, .timeout = 120)
+/* A model file with tmpl as its chat template, in dst (a mkstemp name). */
+static void template_model(char *dst, const char *tmpl)
 {
-	char dst[] = "/tmp/moe_tmpl_XXXXXX";
 	int fd = mkstemp(dst);
 	cr_assert_geq(fd, 0);
 	close(fd);
@@ -216,22 +216,54 @@ Test(serve, unrenderable_chat_template_fails_at_startup, .timeout = 120)
 	                      "make-template-model",
 	                      kjv(),
 	                      dst,
-	                      "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}",
+	                      tmpl,
 	                      NULL};
 	pid_t pid;
 	cr_assert_eq(posix_spawnp(&pid, "python3", NULL, NULL, (char *const *)argv, environ), 0);
 	int st = 0;
 	waitpid(pid, &st, 0);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+Test(serve, a_template_it_cannot_render_fails_at_startup_naming_it, .timeout = 120)
+{
+	/* any Jinja template renders (here not ChatML: the model's own is used) ... */
+	char ok[] = "/tmp/moe_tmpl_XXXXXX";
+	template_model(ok, "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}");
+	server s = start(ok, NULL, true, NULL, 0);
+	client("mistral_template", &s, ok, NULL);
+	stop(&s);
+	unlink(ok);
+	/* ... one with a construct the renderer lacks stops the server at start-up,
+	 * naming the construct and its line */
+	char bad[] = "/tmp/moe_tmpl_XXXXXX";
+	template_model(bad, "{{ bos_token }}\n{% include 'other.jinja' %}");
 	char msg[4096];
-	start(dst, NULL, false, msg, sizeof msg);
-	cr_expect(strstr(msg, "chat template") != NULL && strstr(msg, "[INST]") != NULL,
+	start(bad, NULL, false, msg, sizeof msg);
+	cr_expect(strstr(msg, "chat template") != NULL && strstr(msg, "line 2") != NULL &&
+	              strstr(msg, "include") != NULL,
 	          "start-up message: %s", msg);
 	/* the same file with the ChatML override serves */
-	server s =
-	    start(dst, (const char *const[]){"--chat-template", "chatml", NULL}, true, NULL, 0);
+	s = start(bad, (const char *const[]){"--chat-template", "chatml", NULL}, true, NULL, 0);
 	stop(&s);
-	unlink(dst);
+	unlink(bad);
+}
+
+/* POST /apply-template with every fixture template against Jinja2 itself. */
+Test(serve, apply_template_is_jinja2_byte_for_byte, .timeout = 300)
+{
+	static const char *const names[] = {
+	    "Qwen-Qwen3-0.6B.jinja",           "Qwen3-Coder.jinja",       "Qwen3.5-4B.jinja",
+	    "openai-gpt-oss-120b.jinja",       "GLM-4.6.jinja",           "MiniMax-M2.jinja",
+	    "deepseek-ai-DeepSeek-V3.1.jinja", "moonshotai-Kimi-K2.jinja"};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		char t[512];
+		snprintf(t, sizeof t, "%s/chat-templates/%s", env("MOE_FIXTURES"), names[i]);
+		server s =
+		    start(kjv(), (const char *const[]){"--chat-template", t, NULL}, true, NULL, 0);
+		client("apply_template", &s, kjv(), t);
+		stop(&s);
+	}
 }
 
 Test(serve, cluster_workers_give_the_same_text, .timeout = 300)
@@ -324,4 +356,47 @@ Test(serve, anthropic_sdk_messages_stream_and_errors, .timeout = 300)
 	sdk("anthropic", "basic", &s);
 	sdk("anthropic", "errors", &s);
 	stop(&s);
+}
+
+/* Tool calls through both SDKs with a chat template (NULL: the model's, which
+ * it has none of: ChatML), the small model's context stretched to fit the
+ * tools' descriptions, its thinking off (it never ends a reasoning part). */
+static void sdk_tools(const char *tmpl)
+{
+	char t[512];
+	const char *extra[8] = {"--ctx", "2048", NULL};
+	if (tmpl != NULL) {
+		snprintf(t, sizeof t, "%s/chat-templates/%s", env("MOE_FIXTURES"), tmpl);
+		extra[2] = "--chat-template";
+		extra[3] = t;
+		extra[4] = NULL;
+	}
+	server s = start(kjv(), extra, true, NULL, 0);
+	setenv("MOE_NO_THINKING", "1", 1);
+	sdk("openai", "tools", &s);
+	sdk("openai", "agent", &s);
+	sdk("openai", "json_schema", &s);
+	sdk("anthropic", "tools", &s);
+	unsetenv("MOE_NO_THINKING");
+	stop(&s);
+}
+
+Test(serve, sdk_tool_calls_and_schemas_chatml, .timeout = 300)
+{
+	sdk_tools(NULL);
+}
+
+Test(serve, sdk_tool_calls_and_schemas_qwen3_json_form, .timeout = 300)
+{
+	sdk_tools("Qwen-Qwen3-0.6B.jinja");
+}
+
+Test(serve, sdk_tool_calls_and_schemas_qwen3_5_xml_form, .timeout = 300)
+{
+	sdk_tools("Qwen3.5-4B.jinja");
+}
+
+Test(serve, sdk_tool_calls_and_schemas_qwen3_coder_xml_form, .timeout = 300)
+{
+	sdk_tools("Qwen3-Coder.jinja");
 }
