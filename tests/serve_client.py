@@ -669,6 +669,36 @@ def add_chat_template(src, dst, template):
     open(dst, "wb").write(head + d[data_start:])
 
 
+def case_reasoning():
+    """With a template that opens <think> for the model (Qwen3.5's), what the model writes before
+    </think> is reasoning_content (OpenAI) or a thinking block (Anthropic), streamed as
+    delta.reasoning_content adding up to the same; reasoning_format "none" gives the same text as
+    content; enable_thinking false gives no reasoning at all."""
+    body = {"messages": [{"role": "user", "content": "In the beginning"}], "max_tokens": 24, "seed": 3,
+            "temperature": 0.8}
+    _, j = complete(body, "/v1/chat/completions")
+    m = j["choices"][0]["message"]
+    check(m.get("reasoning_content"), "no reasoning_content: %r" % m)
+    check("<think>" not in m["reasoning_content"] and "</think>" not in (m["content"] or ""), repr(m))
+    _, chunks, _ = stream(dict(body), "/v1/chat/completions")
+    r = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c["choices"])
+    check(r == m["reasoning_content"], "streamed reasoning %r vs %r" % (r, m["reasoning_content"]))
+    _, j2 = complete(dict(body, reasoning_format="none"), "/v1/chat/completions")
+    m2 = j2["choices"][0]["message"]
+    check("reasoning_content" not in m2, "reasoning_format none still split: %r" % m2)
+    check(m2["content"].strip() == m["reasoning_content"].strip(),
+          "raw %r vs reasoning %r" % (m2["content"], m["reasoning_content"]))
+    _, j3 = complete(dict(body, chat_template_kwargs={"enable_thinking": False}), "/v1/chat/completions")
+    m3 = j3["choices"][0]["message"]
+    check("reasoning_content" not in m3 and m3["content"], "thinking off: %r" % m3)
+    st, a = post("/v1/messages", {"model": "m", "max_tokens": 24, "messages": body["messages"]})
+    check(st == 200 and a["content"][0]["type"] == "thinking" and a["content"][0]["thinking"],
+          "Anthropic: %r" % a)
+    st, a2 = post("/v1/messages", {"model": "m", "max_tokens": 24, "messages": body["messages"],
+                                   "thinking": {"type": "disabled"}})
+    check(st == 200 and all(b["type"] != "thinking" for b in a2["content"]), "Anthropic off: %r" % a2)
+
+
 def case_mistral_template():
     """A model whose own template is not ChatML: chats and /apply-template use it."""
     st, j = post("/apply-template", {"messages": [{"role": "user", "content": "Hi"},

@@ -249,6 +249,13 @@ Test(serve, a_template_it_cannot_render_fails_at_startup_naming_it, .timeout = 1
 	unlink(bad);
 }
 
+Test(serve, reasoning_is_taken_apart_from_the_answer, .timeout = 300)
+{
+	char t[512];
+	snprintf(t, sizeof t, "%s/chat-templates/Qwen3.5-4B.jinja", env("MOE_FIXTURES"));
+	run_case("reasoning", kjv(), (const char *const[]){"--chat-template", t, NULL}, NULL);
+}
+
 /* POST /apply-template with every fixture template against Jinja2 itself. */
 Test(serve, apply_template_is_jinja2_byte_for_byte, .timeout = 300)
 {
