@@ -9,6 +9,7 @@
 #ifndef MOE_CLI_H
 #define MOE_CLI_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,13 @@ int moe_cmd_worker(int argc, char **argv);
 struct moe_worker_opts;
 int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(struct moe_worker_opts *o, void *ctx),
                         void *ctx);
+
+/* SIGTERM and SIGINT from now on write their number as one byte to a pipe
+ * (signals.c); returns its read end (non-blocking if asked), or -1 with
+ * errno.  One at a time per process; _end restores the handlers and closes
+ * the pipe (a no-op without _begin). */
+int moe_cli_stop_signals_begin(bool nonblock);
+void moe_cli_stop_signals_end(void);
 
 /* "1,2,3" (ids 0..INT32_MAX) into a new array (*out, *n; caller frees);
  * -1 for a malformed list or no memory (args.c). */

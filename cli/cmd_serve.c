@@ -33,19 +33,6 @@ static void usage(FILE *f)
 	        moe_cluster_usage());
 }
 
-/* The write end is used by the signal handler (only async-signal-safe code). */
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-	const unsigned char b = (unsigned char)sig;
-	const int saved = errno;
-	if (write(stop_pipe[1], &b, 1) < 0) {
-		/* nothing to do: a byte is already waiting */
-	}
-	errno = saved;
-}
-
 typedef struct serve_args {
 	const char *model;
 	const char *chat_template; /* a file, "chatml", or NULL: the model's */
@@ -150,14 +137,11 @@ int moe_cmd_serve(int argc, char **argv)
 
 	/* SIGINT / SIGTERM write to a pipe that the main thread waits on (any
 	 * thread may take the signal: libraries start threads before main) */
-	if (pipe(stop_pipe) != 0) {
+	const int stop_fd = moe_cli_stop_signals_begin(false);
+	if (stop_fd < 0) {
 		fprintf(stderr, "moemesh serve: pipe: %s\n", strerror(errno));
 		return 1;
 	}
-	struct sigaction sa = {.sa_handler = on_signal};
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	int rc = 1;
@@ -202,7 +186,7 @@ int moe_cmd_serve(int argc, char **argv)
 	        cl != NULL ? "cluster experts" : "local experts");
 
 	unsigned char sig = 0;
-	while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR)
+	while (read(stop_fd, &sig, 1) < 0 && errno == EINTR)
 		;
 	fprintf(stderr, "moemesh serve: signal %d, stopping\n", sig);
 	rc = 0;
@@ -211,10 +195,7 @@ int moe_cmd_serve(int argc, char **argv)
 out_fail:
 	fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
 out_free:
-	signal(SIGINT, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	close(stop_pipe[0]);
-	close(stop_pipe[1]);
+	moe_cli_stop_signals_end();
 	if (e != NULL)
 		moe_engine_stop(e); /* requests in flight end now */
 	moe_http_stop(h);           /* waits for every connection */

@@ -27,36 +27,13 @@ static void usage(FILE *f)
 	           "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).\n");
 }
 
-/* SIGTERM / SIGINT write a byte here; the worker polls the read end.  The
- * handler only calls write (async-signal-safe). */
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-	const unsigned char b = (unsigned char)sig;
-	const int saved = errno;
-	if (write(stop_pipe[1], &b, 1) < 0) {
-		/* a byte is already waiting */
-	}
-	errno = saved;
-}
-
 /* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
 static moe_err run_stoppable(moe_worker_opts *o)
 {
-	if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+	if ((o->stop_fd = moe_cli_stop_signals_begin(true)) < 0)
 		return moe_fail(MOE_ERR_SYS, "pipe: %s", strerror(errno));
-	struct sigaction sa = {.sa_handler = on_signal}, old_term, old_int;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, &old_term);
-	sigaction(SIGINT, &sa, &old_int);
-	o->stop_fd = stop_pipe[0];
 	const moe_err err = moe_worker_run(o);
-	sigaction(SIGTERM, &old_term, NULL);
-	sigaction(SIGINT, &old_int, NULL);
-	close(stop_pipe[0]);
-	close(stop_pipe[1]);
-	stop_pipe[0] = stop_pipe[1] = -1;
+	moe_cli_stop_signals_end();
 	return err;
 }
 
