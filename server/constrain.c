@@ -332,14 +332,17 @@ static moe_err grammar_text(FILE *f, const char **trigger, const view *v)
 	*trigger = NULL;
 	if (!calls && r->schema == NULL)
 		return MOE_ERR_NOT_FOUND;
-	if (v->format == MOE_REPLY_HARMONY)
+	const bool lazy = calls && r->tool_choice == MOE_TOOLS_AUTO;
+	if (v->format == MOE_REPLY_HARMONY) {
+		if (lazy)
+			return MOE_ERR_NOT_FOUND; /* calls the model opens itself are read as written */
 		return moe_fail(
 		    MOE_ERR_UNSUPPORTED,
 		    "constrained output is not available for harmony (gpt-oss) templates");
+	}
 	const bool xml = v->format == MOE_REPLY_QWEN3_XML;
 	/* a named function is called once (as OpenAI and Anthropic force it) */
 	const bool several = r->parallel_tool_calls && r->tool_choice != MOE_TOOLS_NAMED;
-	const bool lazy = calls && r->tool_choice == MOE_TOOLS_AUTO;
 	moe_err err = MOE_OK;
 	if (calls) {
 		int i = 0, n = 0;
