@@ -24,7 +24,10 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh bench e2e -m MODEL.gguf [--prompt N] [-n N] [--threads N]\n");
+	fprintf(f,
+	        "usage: moemesh bench e2e -m MODEL.gguf [--prompt N] [-n N] [--threads N]\n"
+	        "                        [--gdn-chunk N]  (DeltaNet: runs of >= N tokens in the\n"
+	        "                        chunked form, 0 = always recurrent; default 16)\n");
 }
 
 /* Weight bytes read by one decode token. */
@@ -72,6 +75,8 @@ int moe_bench_e2e(int argc, char **argv)
 			bad |= moe_parse_int(&n_gen, v, 1, 1 << 20);
 		else if (strcmp(argv[i - 1], "--threads") == 0)
 			bad |= moe_parse_int(&o.n_threads, v, 0, 1024);
+		else if (strcmp(argv[i - 1], "--gdn-chunk") == 0)
+			bad |= moe_parse_int(&o.gdn_chunk, v, 0, 1 << 20);
 		else {
 			usage(stderr);
 			return 2;
