@@ -19,6 +19,8 @@ const moe_bench moe_benches[] = {
      moe_bench_cluster},
     {"grammar", "constrained decoding: tool-schema compile, per-step token check and full mask",
      moe_bench_grammar},
+    {"agent", "a synthetic agent session: TTFT per turn with and without the prefix cache",
+     moe_bench_agent},
     {NULL, NULL, NULL},
 };
 

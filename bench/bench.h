@@ -36,5 +36,6 @@ int moe_bench_e2e(int argc, char **argv);
 int moe_bench_serve(int argc, char **argv);
 int moe_bench_cluster(int argc, char **argv);
 int moe_bench_grammar(int argc, char **argv);
+int moe_bench_agent(int argc, char **argv);
 
 #endif

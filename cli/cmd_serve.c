@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "coordinator/coordinator.h"
 #include "core/core.h"
+#include "proto/proto.h"
 #include "server/server.h"
 
 static void usage(FILE *f)
@@ -18,7 +19,9 @@ static void usage(FILE *f)
 	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
 	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
 	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
-	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n\n"
+	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
+	        "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
+	        "                     [--no-prefix-cache]\n\n"
 	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
 	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
@@ -28,7 +31,12 @@ static void usage(FILE *f)
 	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  Chats are\n"
 	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	        "(--chat-template chatml); a template the server cannot render stops it\n"
-	        "at start-up.  Stops on SIGINT / SIGTERM.\n"
+	        "at start-up.  A prompt that extends one the server has run (an agent's\n"
+	        "next turn) starts from the longest prefix kept in the prefix cache\n"
+	        "(--cache-ram MiB of KV rows and recurrent-state checkpoints, default\n"
+	        "8192; a checkpoint every --cache-block tokens of a prompt, default 1024;\n"
+	        "--cache-dir keeps those blocks on disk across restarts); the output is\n"
+	        "the same bytes as without it.  Stops on SIGINT / SIGTERM.\n"
 	        "With cluster options the routed experts run on workers:\n%s",
 	        moe_cluster_usage());
 }
@@ -71,6 +79,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		int bad = 0, max_body = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
+		if (strcmp(s, "--no-prefix-cache") == 0) {
+			a->eo.cache_ram = 0;
+			continue;
+		}
 		const moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
 		if (ce == MOE_OK)
 			continue;
@@ -102,6 +114,14 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		else if (strcmp(s, "--max-body") == 0) {
 			bad = moe_parse_int(&max_body, v, 1024, 1 << 30);
 			a->ho.max_body = (size_t)max_body;
+		} else if (strcmp(s, "--cache-ram") == 0) {
+			int mib = 0;
+			bad = moe_parse_int(&mib, v, 0, 1 << 24);
+			a->eo.cache_ram = (size_t)mib << 20;
+		} else if (strcmp(s, "--cache-dir") == 0) {
+			a->eo.cache_dir = v;
+		} else if (strcmp(s, "--cache-block") == 0) {
+			bad = moe_parse_int(&a->eo.cache_block, v, 1, 1 << 20);
 		} else if (strcmp(s, "--chat-template") == 0) {
 			a->chat_template = v;
 		} else
@@ -110,6 +130,21 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			return 2;
 	}
 	return a->model == NULL ? 2 : 0;
+}
+
+/* What the prefix cache's disk entries are keyed by: the model's identity
+ * (proto.h) and what the KV rows' bits depend on besides it (the kernels'
+ * ISA level). */
+static moe_err cache_identity(uint8_t out[32], const moe_model *m)
+{
+	uint8_t id[MOE_ID_BYTES];
+	moe_err err = moe_model_identity(id, moe_model_gguf(m));
+	if (err != MOE_OK)
+		return err;
+	char what[64];
+	const int n =
+	    snprintf(what, sizeof what, "prefix-cache 1 isa %s", moe_isa_name(moe_isa_active()));
+	return moe_hmac_sha256(out, id, sizeof id, what, (size_t)n);
 }
 
 /* The engine's idle hook: heartbeats keep the cluster's picture of live
@@ -123,6 +158,7 @@ int moe_cmd_serve(int argc, char **argv)
 {
 	serve_args a = {.ho = {.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20}};
 	moe_engine_opts_default(&a.eo);
+	a.eo.cache_ram = (size_t)8192 << 20;
 	const int pr = parse_args(&a, argc, argv);
 	if (pr == 3) {
 		usage(stdout);
@@ -176,6 +212,8 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.idle_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
+	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m)) != MOE_OK)
+		goto out_fail;
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;
 	if (cl != NULL)

@@ -649,6 +649,15 @@ static void add_stop(cJSON *o, const areq *r, moe_gen *g, moe_gen_finish fin, in
 		cJSON_AddNullToObject(o, "stop_sequence");
 }
 
+/* Anthropic's input counts: the tokens read from the prefix cache apart. */
+static void add_input_usage(cJSON *u, const moe_gen *g, int prompt_tokens)
+{
+	const int cached = moe_gen_cached_tokens(g);
+	cJSON_AddNumberToObject(u, "input_tokens", prompt_tokens - cached);
+	cJSON_AddNumberToObject(u, "cache_creation_input_tokens", 0);
+	cJSON_AddNumberToObject(u, "cache_read_input_tokens", cached);
+}
+
 static cJSON *message_json(moe_http *h, uint64_t id)
 {
 	char sid[48];
@@ -701,7 +710,7 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 			cJSON_AddNullToObject(m, "stop_reason");
 			cJSON_AddNullToObject(m, "stop_sequence");
 			cJSON *u = cJSON_AddObjectToObject(m, "usage");
-			cJSON_AddNumberToObject(u, "input_tokens", pt);
+			add_input_usage(u, s->g, pt);
 			cJSON_AddNumberToObject(u, "output_tokens", 0);
 			cJSON *j = cJSON_CreateObject();
 			cJSON_AddStringToObject(j, "type", "message_start");
@@ -742,6 +751,7 @@ static ssize_t stream_pull(void *ctx, char *buf, size_t max)
 			cJSON *d = cJSON_AddObjectToObject(j, "delta");
 			add_stop(d, &s->r, s->g, fin, b->n_calls);
 			cJSON *u = cJSON_AddObjectToObject(j, "usage");
+			add_input_usage(u, s->g, pt); /* the cache's part is known by now */
 			cJSON_AddNumberToObject(u, "output_tokens", ct);
 			cJSON *stop = cJSON_CreateObject();
 			cJSON_AddStringToObject(stop, "type", "message_stop");
@@ -819,7 +829,7 @@ static void answer_whole(moe_http *h, moe_http_req *rq, moe_engine *e, areq *r, 
 		b.content = NULL;
 		add_stop(j, r, g, fin, b.n_calls);
 		cJSON *u = cJSON_AddObjectToObject(j, "usage");
-		cJSON_AddNumberToObject(u, "input_tokens", pt);
+		add_input_usage(u, g, pt);
 		cJSON_AddNumberToObject(u, "output_tokens", ct);
 		moe_api_send_json(rq, 200, j);
 	}

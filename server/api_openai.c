@@ -504,6 +504,8 @@ static cJSON *usage_json(const moe_gen *g)
 	cJSON_AddNumberToObject(u, "prompt_tokens", pt);
 	cJSON_AddNumberToObject(u, "completion_tokens", ct);
 	cJSON_AddNumberToObject(u, "total_tokens", pt + ct);
+	cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+	cJSON_AddNumberToObject(d, "cached_tokens", moe_gen_cached_tokens(g));
 	return u;
 }
 

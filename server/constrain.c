@@ -335,7 +335,8 @@ static moe_err grammar_text(FILE *f, const char **trigger, const view *v)
 	const bool lazy = calls && r->tool_choice == MOE_TOOLS_AUTO;
 	if (v->format == MOE_REPLY_HARMONY) {
 		if (lazy)
-			return MOE_ERR_NOT_FOUND; /* calls the model opens itself are read as written */
+			return MOE_ERR_NOT_FOUND; /* calls the model opens itself are read as
+			                             written */
 		return moe_fail(
 		    MOE_ERR_UNSUPPORTED,
 		    "constrained output is not available for harmony (gpt-oss) templates");

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "server/prefix.h"
 #include "server/server.h"
 
 #define RTT_WORKERS 64
@@ -22,7 +23,7 @@ struct moe_gen {
 	moe_gen *next;
 
 	/* parameters, fixed at submit */
-	int32_t *prompt; /* [n_prompt] */
+	int32_t *prompt; /* [n_prompt + max_tokens]: the prompt, then the tokens generated */
 	size_t n_prompt;
 	int max_tokens;
 	moe_sampler_params sp;
@@ -58,6 +59,9 @@ struct moe_gen {
 	int stop_index;       /* which one (stops[]), or -1 */
 	moe_gen_logprob *slp; /* [n_slp] records not yet published */
 	size_t n_slp, cap_slp;
+	size_t cached;  /* prompt tokens the prefix cache gave (set before the first step) */
+	bool looked_up; /* the prefix cache was asked */
+	bool cp_due;    /* the step under way ends at a checkpoint of the prompt */
 	moe_grammar_matcher *gm; /* the constraint's state, or NULL */
 	bool g_on;               /* the constraint applies (its trigger was met) */
 	size_t g_scan;           /* raw text below this has no trigger */
@@ -71,6 +75,8 @@ struct moe_engine {
 	moe_engine_opts o;
 	int max_batch;
 	moe_fwd *f;
+	moe_prefix_cache *pc;            /* NULL: no prefix cache */
+	uint8_t *state;                  /* [moe_fwd_state_size] a state on its way in or out */
 	moe_expert_backend inner;        /* local or the cluster's */
 	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
 	_Atomic uint64_t rtt_count[RTT_WORKERS][RTT_BUCKETS + 1];
@@ -102,7 +108,8 @@ struct moe_engine {
 
 void moe_engine_opts_default(moe_engine_opts *o)
 {
-	*o = (moe_engine_opts){.n_slots = 4, .max_queue = 64, .prefill_chunk = 256};
+	*o = (moe_engine_opts){
+	    .n_slots = 4, .max_queue = 64, .prefill_chunk = 256, .cache_block = 1024};
 }
 
 int moe_engine_n_ctx(const moe_engine *e)
@@ -236,7 +243,7 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	g->n_end = p->n_end;
 	g->logprobs = p->logprobs;
 	memcpy(g->end_ids, p->end_ids, sizeof g->end_ids);
-	g->prompt = malloc(p->n_prompt * sizeof *g->prompt);
+	g->prompt = malloc((p->n_prompt + (size_t)p->max_tokens) * sizeof *g->prompt);
 	if (g->prompt == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "serve: prompt of %zu tokens", p->n_prompt);
 		goto out_free_gen;
@@ -355,6 +362,14 @@ void moe_gen_cancel(moe_gen *g)
 	g->cancel = true;
 	pthread_cond_signal(&g->e->work);
 	pthread_mutex_unlock(&g->e->mu);
+}
+
+int moe_gen_cached_tokens(const moe_gen *g)
+{
+	pthread_mutex_lock(&g->e->mu);
+	const int k = (int)g->cached;
+	pthread_mutex_unlock(&g->e->mu);
+	return k;
 }
 
 int moe_gen_stop_index(const moe_gen *g)
@@ -531,6 +546,7 @@ static void gen_take(moe_gen *g, const float *row)
 		}
 	}
 	moe_sampler_accept(g->smp, t);
+	g->prompt[g->n_prompt + (size_t)g->n_sched] = t; /* room for max_tokens */
 	g->n_sched++;
 	if (g->logprobs >= 0 && !lp_record(g, t, row)) {
 		g->done = MOE_GEN_ERROR;
@@ -691,14 +707,17 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 		e->b_gen[rows++] = g;
 		n++;
 	}
-	/* then whole prefill pieces, cut from each prompt's own start */
+	/* then prefill pieces, cut at multiples of prefill_chunk (so that a step
+	 * ends at every checkpoint of the prefix cache, which is a multiple of
+	 * it; outputs do not depend on the cuts) */
 	for (int s = 0; s < e->o.n_slots; s++) {
 		moe_gen *g = e->active[s];
 		if (g == NULL || g->n_fed >= g->n_prompt)
 			continue;
+		const size_t chunk = (size_t)e->o.prefill_chunk;
 		size_t piece = g->n_prompt - g->n_fed;
-		if (piece > (size_t)e->o.prefill_chunk)
-			piece = (size_t)e->o.prefill_chunk;
+		if (piece > chunk - g->n_fed % chunk)
+			piece = chunk - g->n_fed % chunk;
 		if (n + (int64_t)piece > e->max_batch)
 			continue; /* next step */
 		for (size_t i = 0; i < piece; i++) {
@@ -711,6 +730,8 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 			n++;
 		}
 		g->n_fed += piece;
+		g->cp_due = e->pc != NULL &&
+		            (g->n_fed % (size_t)e->o.cache_block == 0 || g->n_fed == g->n_prompt);
 	}
 	*n_rows = rows;
 	return n;
@@ -750,6 +771,50 @@ static void take_worker(void *arg, int ith, int nth)
 	}
 }
 
+/* ---- the prefix cache ---------------------------------------------------------------- */
+
+static bool kv_in(void *ctx, int64_t p0, int64_t p1, const void *kv)
+{
+	const moe_gen *g = ctx;
+	return moe_fwd_seq_kv_write(g->e->f, g->slot, p0, p1, kv) == MOE_OK;
+}
+
+static moe_err kv_out(void *ctx, int64_t p0, int64_t p1, void *kv)
+{
+	const moe_gen *g = ctx;
+	return moe_fwd_seq_kv_read(g->e->f, g->slot, p0, p1, kv);
+}
+
+/* A new sequence starts from the longest prefix of its prompt the cache holds
+ * (leaving at least its last token to run, whose logits give the first
+ * token): KV rows and state into its slot.  Scheduler thread, unlocked. */
+static void restore(moe_engine *e, moe_gen *g)
+{
+	g->looked_up = true;
+	const size_t p = moe_prefix_cache_lookup(e->pc, g->prompt, g->n_prompt, g->n_prompt - 1);
+	if (p == 0)
+		return;
+	if (moe_prefix_cache_read(e->pc, p, kv_in, g, e->state) != MOE_OK ||
+	    moe_fwd_seq_state_write(e->f, g->slot, e->state) != MOE_OK ||
+	    moe_fwd_seq_set_len(e->f, g->slot, (int64_t)p) != MOE_OK) {
+		(void)moe_fwd_seq_reset(e->f, g->slot); /* from the start, then */
+		return;
+	}
+	g->n_fed = p;
+	g->cached = p;
+}
+
+/* Keeps the checkpoint of g's sequence as it stands in its slot: the prompt
+ * (or a block of it) after a prefill step, the prompt and the reply when
+ * the reply has ended.  Best effort: a failure only loses the checkpoint. */
+static void checkpoint(moe_engine *e, moe_gen *g)
+{
+	const int64_t n = moe_fwd_seq_len(e->f, g->slot);
+	if (n <= 0 || moe_fwd_seq_state_read(e->f, g->slot, e->state) != MOE_OK)
+		return;
+	(void)moe_prefix_cache_insert(e->pc, g->prompt, (size_t)n, kv_out, g, e->state);
+}
+
 static void *sched_main(void *arg)
 {
 	moe_engine *e = arg;
@@ -778,6 +843,10 @@ static void *sched_main(void *arg)
 		}
 		pthread_mutex_unlock(&e->mu);
 
+		if (e->pc != NULL)
+			for (int s = 0; s < e->o.n_slots; s++)
+				if (e->active[s] != NULL && !e->active[s]->looked_up)
+					restore(e, e->active[s]);
 		int rows;
 		const int64_t n = build_batch(e, &rows);
 		int64_t n_prompt_tok = n - (int64_t)rows;
@@ -811,6 +880,18 @@ static void *sched_main(void *arg)
 		}
 		for (int r = 0; r < rows; r++)
 			n_new += e->b_gen[r]->n_sched - e->b_before[r];
+		if (e->pc != NULL && err == MOE_OK) {
+			/* checkpoints: prompts that reached one, replies that ended */
+			for (int s = 0; s < e->o.n_slots; s++) {
+				moe_gen *g = e->active[s];
+				if (g == NULL)
+					continue;
+				if (g->cp_due || g->done == MOE_GEN_STOP ||
+				    g->done == MOE_GEN_LENGTH)
+					checkpoint(e, g);
+				g->cp_due = false;
+			}
+		}
 
 		pthread_mutex_lock(&e->mu);
 		snprintf(e->fail_reason, sizeof e->fail_reason, "%s", why);
@@ -887,6 +968,9 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	if (o.n_ctx == 0)
 		o.n_ctx =
 		    hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? (int)hp->n_ctx_train : 4096;
+	if (o.cache_block < 1)
+		o.cache_block = 1024;
+	o.cache_block = (o.cache_block + o.prefill_chunk - 1) / o.prefill_chunk * o.prefill_chunk;
 	moe_err err;
 	moe_engine *e = calloc(1, sizeof *e);
 	if (e == NULL)
@@ -926,6 +1010,21 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	const moe_expert_backend counting = {
 	    .ctx = e, .start = count_start, .finish = count_finish};
 	moe_fwd_set_experts(e->f, &counting);
+	if (o.cache_ram > 0) {
+		moe_prefix_opts po = {.ram_bytes = o.cache_ram,
+		                      .dir = o.cache_dir,
+		                      .kv_pos_bytes = moe_fwd_kv_pos_bytes(e->f),
+		                      .state_bytes = moe_fwd_state_size(e->f),
+		                      .block = (uint32_t)o.cache_block};
+		memcpy(po.identity, o.cache_identity, sizeof po.identity);
+		e->state = malloc(po.state_bytes > 0 ? po.state_bytes : 1);
+		if (e->state == NULL) {
+			err = moe_fail(MOE_ERR_NOMEM, "serve: a state buffer");
+			goto out_free_fwd;
+		}
+		if ((err = moe_prefix_cache_create(&e->pc, &po)) != MOE_OK)
+			goto out_free_fwd;
+	}
 
 	if (pthread_mutex_init(&e->mu, NULL) != 0) {
 		err = moe_fail(MOE_ERR_SYS, "serve: pthread_mutex_init");
@@ -948,6 +1047,8 @@ out_free_cond:
 out_free_mutex:
 	pthread_mutex_destroy(&e->mu);
 out_free_fwd:
+	moe_prefix_cache_destroy(e->pc);
+	free(e->state);
 	moe_fwd_destroy(e->f);
 out_free_bufs:
 	free_engine(e);
@@ -973,6 +1074,8 @@ void moe_engine_destroy(moe_engine *e)
 	moe_engine_stop(e);
 	pthread_cond_destroy(&e->work);
 	pthread_mutex_destroy(&e->mu);
+	moe_prefix_cache_destroy(e->pc);
+	free(e->state);
 	moe_fwd_destroy(e->f);
 	free_engine(e);
 }
@@ -1039,6 +1142,39 @@ void moe_engine_metrics(moe_engine *e, FILE *out)
 		        (double)atomic_load_explicit(&e->rtt_sum_us[w], memory_order_relaxed) *
 		            1e-6,
 		        w, (unsigned long long)cum);
+	}
+
+	if (e->pc != NULL) {
+		const moe_prefix_stats ps = moe_prefix_cache_stats(e->pc);
+		const struct {
+			const char *name, *type, *help;
+			double v;
+		} m[] = {
+		    {"prefix_cache_lookups_total", "counter", "Prompts looked up.",
+		     (double)ps.lookups},
+		    {"prefix_cache_hits_total", "counter",
+		     "Prompts that started from a cached prefix.", (double)ps.hits},
+		    {"prefix_cache_tokens_reused_total", "counter",
+		     "Prompt tokens not prefilled thanks to the cache.", (double)ps.tokens_reused},
+		    {"prefix_cache_bytes", "gauge", "KV rows and states held in memory.",
+		     (double)ps.bytes},
+		    {"prefix_cache_checkpoint_bytes", "gauge",
+		     "Of which recurrent-state checkpoints.", (double)ps.state_bytes},
+		    {"prefix_cache_checkpoints", "gauge", "Checkpoints held in memory.",
+		     (double)ps.checkpoints},
+		    {"prefix_cache_evictions_total", "counter", "Entries dropped for the budget.",
+		     (double)ps.evictions},
+		    {"prefix_cache_disk_reads_total", "counter",
+		     "Blocks read back from the disk tier.", (double)ps.disk_hits},
+		    {"prefix_cache_disk_writes_total", "counter",
+		     "Blocks written to the disk tier.", (double)ps.disk_writes},
+		    {"prefix_cache_disk_rejects_total", "counter",
+		     "Disk blocks that failed their checks.", (double)ps.disk_rejects},
+		};
+		for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+			fprintf(out,
+			        "# HELP moemesh_%s %s\n# TYPE moemesh_%s %s\nmoemesh_%s %.0f\n",
+			        m[i].name, m[i].help, m[i].name, m[i].type, m[i].name, m[i].v);
 	}
 
 	fprintf(out, "# HELP moemesh_expert_tokens_total Token rows routed to each expert.\n"

@@ -516,8 +516,8 @@ static bool read_block(moe_prefix_cache *c, const int32_t *tokens, size_t end, u
 	file_path(path, sizeof path, c, key);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return false;
-	struct stat st;
+		return false; /* not there: no block */
+	struct stat st = {0};
 	uint8_t *buf = NULL;
 	bool ok = fstat(fd, &st) == 0 && (size_t)st.st_size == len && (buf = malloc(len)) != NULL;
 	for (size_t at = 0; ok && at < len;) {
@@ -528,28 +528,35 @@ static bool read_block(moe_prefix_cache *c, const int32_t *tokens, size_t end, u
 		at += ok ? (size_t)r : 0;
 	}
 	close(fd);
-	uint64_t u[8];
-	uint32_t v[2];
+	bool ours = false; /* the file says it is of this model */
 	if (ok) {
+		uint64_t u[7];
+		uint32_t v[2];
 		memcpy(v, buf + 8, 8);
 		memcpy(u, buf + 16, 8);              /* start */
 		memcpy(u + 1, buf + 24 + 32, 6 * 8); /* key, prev, kv, state */
 		uint64_t sum;
 		memcpy(&sum, buf + len - 8, 8);
+		ours = memcmp(buf + 24, c->o.identity, 32) == 0;
 		ok = memcmp(buf, "MOEPFX1", 8) == 0 && v[0] == 1 && v[1] == b && u[0] == end - b &&
-		     memcmp(buf + 24, c->o.identity, 32) == 0 && u[1] == key.a && u[2] == key.b &&
-		     u[3] == prev.a && u[4] == prev.b && u[5] == kb && u[6] == sb &&
-		     memcmp(buf + HEAD, tokens + end - b, b * 4) == 0 && fnv64(buf, len - 8) == sum;
-		if (!ok) {
-			pthread_mutex_lock(&c->mu);
-			c->st.disk_rejects++;
-			pthread_mutex_unlock(&c->mu);
-			/* a file of another model's identity is only ignored; a broken one goes */
-			if (memcmp(buf + 24, c->o.identity, 32) == 0)
-				unlink(path);
-		}
+		     ours && u[1] == key.a && u[2] == key.b && u[3] == prev.a && u[4] == prev.b &&
+		     u[5] == kb && u[6] == sb && memcmp(buf + HEAD, tokens + end - b, b * 4) == 0 &&
+		     fnv64(buf, len - 8) == sum;
+	} else if (buf == NULL && st.st_size >= HEAD) {
+		/* another size: whose is it? (a file of another model is only ignored) */
+		uint8_t head[HEAD];
+		int f2 = open(path, O_RDONLY | O_CLOEXEC);
+		ours = f2 >= 0 && read(f2, head, HEAD) == HEAD &&
+		       memcmp(head + 24, c->o.identity, 32) == 0;
+		if (f2 >= 0)
+			close(f2);
 	}
 	if (!ok) {
+		pthread_mutex_lock(&c->mu);
+		c->st.disk_rejects++;
+		pthread_mutex_unlock(&c->mu);
+		if (ours)
+			unlink(path); /* ours, and broken */
 		free(buf);
 		return false;
 	}

@@ -54,6 +54,16 @@ typedef struct moe_engine_opts {
 	 * the next success. */
 	moe_err (*idle)(void *ctx);
 	void *idle_ctx;
+	/* The prefix cache: a new sequence starts from the longest cached prefix of
+	 * its prompt that has a checkpoint, kept at every cache_block tokens of a
+	 * prompt (a multiple of prefill_chunk; default 1024), at the end of every
+	 * prompt and of every reply.  cache_ram: bytes of KV rows and states kept
+	 * (0: no cache); cache_dir: a disk tier (NULL: none), its entries keyed by
+	 * cache_identity (the model's, and what the bytes depend on). */
+	size_t cache_ram;
+	const char *cache_dir;
+	int cache_block;
+	uint8_t cache_identity[32];
 } moe_engine_opts;
 
 void moe_engine_opts_default(moe_engine_opts *o);
@@ -164,6 +174,10 @@ void moe_gen_cancel(moe_gen *g);
 /* Once g has finished with MOE_GEN_STOP because of a stop string: its index
  * in the request's stops; else -1. */
 int moe_gen_stop_index(const moe_gen *g);
+
+/* Tokens of the prompt that the prefix cache gave (0 until the request has
+ * started, or without a hit). */
+int moe_gen_cached_tokens(const moe_gen *g);
 
 /* Tokens of the prompt and generated so far; seconds from submit to the
  * first generated token (0 until then). */

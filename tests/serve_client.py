@@ -669,6 +669,34 @@ def add_chat_template(src, dst, template):
     open(dst, "wb").write(head + d[data_start:])
 
 
+def case_conversation(out):
+    """Four turns of a chat, each resending the whole conversation with the reply and a new
+    message added (as agents do), greedy and seeded: writes the replies, usage and the prefix
+    cache's metrics to OUT (JSON) for the test to compare between servers."""
+    rnd = random.Random(11)
+    words = ["LORD", "Moses", "Israel", "land", "day", "house", "son", "king", "people", "city"]
+    msgs = [{"role": "system", "content": " ".join(rnd.choice(words) for _ in range(120))}]
+    texts, cached, prompt = [], [], []
+    for turn in range(4):
+        msgs.append({"role": "user", "content": " ".join(rnd.choice(words) for _ in range(40 + 30 * turn))})
+        _, j = complete({"messages": msgs, "max_tokens": 12, "temperature": 0.7, "seed": turn},
+                        "/v1/chat/completions")
+        m = j["choices"][0]["message"]
+        texts.append(m["content"])
+        cached.append(j["usage"]["prompt_tokens_details"]["cached_tokens"])
+        prompt.append(j["usage"]["prompt_tokens"])
+        msgs.append({"role": "assistant", "content": m["content"]})
+    # a streamed repeat of the last request: the same bytes, from the cache
+    _, chunks, final = stream({"messages": msgs[:-1], "max_tokens": 12, "temperature": 0.7,
+                               "seed": 3}, "/v1/chat/completions")
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    check(text == texts[-1], "streamed repeat %r vs %r" % (text, texts[-1]))
+    met = {k: v for k, v in metrics().items() if k.startswith("moemesh_prefix_cache_")}
+    json.dump({"texts": texts, "cached": cached, "prompt": prompt, "metrics": met,
+               "repeat_cached": final["usage"]["prompt_tokens_details"]["cached_tokens"]},
+              open(out, "w"))
+
+
 def case_reasoning():
     """With a template that opens <think> for the model (Qwen3.5's), what the model writes before
     </think> is reasoning_content (OpenAI) or a thinking block (Anthropic), streamed as
@@ -772,6 +800,8 @@ def main():
         case_auth(sys.argv[3])
     elif case == "apply_template":
         case_apply_template(sys.argv[3])
+    elif case == "conversation":
+        case_conversation(sys.argv[3])
     else:
         globals()["case_" + case]()
     print("ok: " + case, file=sys.stderr)

@@ -4,6 +4,7 @@
  * clean exit (under ASan/LSan a leak or a memory error makes it fail; with
  * --workers N, so does a spawned worker that did not end cleanly, which the
  * server reports).  A worker the test kills is expected in that report. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <signal.h>
@@ -406,4 +407,138 @@ Test(serve, sdk_tool_calls_and_schemas_qwen3_5_xml_form, .timeout = 300)
 Test(serve, sdk_tool_calls_and_schemas_qwen3_coder_xml_form, .timeout = 300)
 {
 	sdk_tools("Qwen3-Coder.jinja");
+}
+
+/* ---- the prefix cache ------------------------------------------------------------ */
+
+/* The conversation case against model served with extra (NULL-terminated):
+ * its JSON. */
+static cJSON *conversation(const char *model, const char *const *extra)
+{
+	char out[] = "/tmp/moe_conv_XXXXXX";
+	int fd = mkstemp(out);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	server s = start(model, extra, true, NULL, 0);
+	client("conversation", &s, model, out);
+	stop(&s);
+	FILE *f = fopen(out, "rb");
+	cr_assert(f != NULL);
+	static char buf[1 << 16];
+	const size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	unlink(out);
+	buf[n] = '\0';
+	cJSON *j = cJSON_Parse(buf);
+	cr_assert(j != NULL, "conversation output: %s", buf);
+	return j;
+}
+
+static int cached_at(const cJSON *j, int turn)
+{
+	return (int)cJSON_GetNumberValue(
+	    cJSON_GetArrayItem(cJSON_GetObjectItem(j, "cached"), turn));
+}
+
+static double metric(const cJSON *j, const char *name)
+{
+	return cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metrics"), name));
+}
+
+static void same_texts(const cJSON *a, const cJSON *b, const char *what)
+{
+	char *x = cJSON_PrintUnformatted(cJSON_GetObjectItem(a, "texts"));
+	char *y = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, "texts"));
+	cr_expect_str_eq(x, y, "%s: the replies differ", what);
+	cJSON_free(x);
+	cJSON_free(y);
+}
+
+Test(serve, prefix_cache_reuses_prompts_and_changes_no_byte, .timeout = 600)
+{
+	cJSON *on = conversation(
+	    kjv(), (const char *const[]){"--ctx", "2048", "--cache-block", "256", NULL});
+	cJSON *off =
+	    conversation(kjv(), (const char *const[]){"--ctx", "2048", "--no-prefix-cache", NULL});
+	cJSON *small = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--cache-block",
+	                                                         "256", "--cache-ram", "1", NULL});
+	cJSON *cl = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--cache-block",
+	                                                      "256", "--workers", "2", NULL});
+	same_texts(on, off, "cache vs none");
+	same_texts(on, small, "cache vs a 1 MiB cache");
+	same_texts(on, cl, "cache vs cache on 2 workers");
+	cr_expect_eq(cached_at(on, 0), 0);
+	for (int t = 1; t < 4; t++) {
+		cr_expect_gt(cached_at(on, t), 0, "turn %d reused nothing", t);
+		cr_expect_gt(cached_at(cl, t), 0, "cluster: turn %d reused nothing", t);
+		cr_expect_eq(cached_at(off, t), 0, "no cache, yet turn %d reused", t);
+	}
+	cr_expect_gt(cJSON_GetNumberValue(cJSON_GetObjectItem(on, "repeat_cached")), 0);
+	cr_expect_gt(metric(on, "moemesh_prefix_cache_tokens_reused_total"), 0);
+	cr_expect_gt(metric(small, "moemesh_prefix_cache_evictions_total"), 0,
+	             "a 1 MiB budget evicted nothing");
+	cJSON_Delete(on);
+	cJSON_Delete(off);
+	cJSON_Delete(small);
+	cJSON_Delete(cl);
+}
+
+/* The .moeblk files of one identity folder of dir into list (their folder
+ * in *folder): how many. */
+static int block_files(const char *dir, const char *skip, char *folder, size_t fsize)
+{
+	DIR *d = opendir(dir);
+	cr_assert(d != NULL);
+	const struct dirent *e;
+	int n = 0;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.' || (skip != NULL && strcmp(e->d_name, skip) == 0))
+			continue;
+		snprintf(folder, fsize, "%s", e->d_name);
+		char sub[1024];
+		snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
+		DIR *s = opendir(sub);
+		const struct dirent *f;
+		while (s != NULL && (f = readdir(s)) != NULL)
+			n += strstr(f->d_name, ".moeblk") != NULL;
+		if (s != NULL)
+			closedir(s);
+	}
+	closedir(d);
+	return n;
+}
+
+Test(serve, prefix_cache_disk_tier_survives_a_restart_and_refuses_another_models_blocks,
+     .timeout = 600)
+{
+	char dir[] = "/tmp/moe_cache_XXXXXX";
+	cr_assert(mkdtemp(dir) != NULL);
+	const char *const args[] = {"--ctx", "2048", "--cache-block", "256", "--cache-dir",
+	                            dir,     NULL};
+	cJSON *a1 = conversation(kjv(), args);
+	char fa[256];
+	cr_assert_gt(block_files(dir, NULL, fa, sizeof fa), 0, "no block was written");
+	cJSON *a2 = conversation(kjv(), args); /* a restart: memory empty */
+	same_texts(a1, a2, "after a restart");
+	cr_expect_gt(cached_at(a2, 0), 0, "the first turn after a restart reused nothing");
+	cr_expect_gt(metric(a2, "moemesh_prefix_cache_disk_reads_total"), 0);
+	/* another model: its own folder; model A's blocks copied into it are refused */
+	char other[1024];
+	snprintf(other, sizeof other, "%s/models/kjv-qwen3moe-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	cJSON *b1 = conversation(other, args);
+	char fb[256];
+	block_files(dir, fa, fb, sizeof fb);
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "cp %s/%s/*.moeblk %s/%s/", dir, fa, dir, fb);
+	cr_assert_eq(system(cmd), 0);
+	cJSON *b2 = conversation(other, args);
+	same_texts(b1, b2, "model B with model A's blocks in its folder");
+	cr_expect_gt(metric(b2, "moemesh_prefix_cache_disk_rejects_total"), 0,
+	             "model A's blocks were not refused");
+	cJSON_Delete(a1);
+	cJSON_Delete(a2);
+	cJSON_Delete(b1);
+	cJSON_Delete(b2);
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	cr_assert_eq(system(cmd), 0);
 }
