@@ -307,7 +307,7 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .max_batch = 256,
 	    .kv_type = MOE_TYPE_F16,
 	    .n_threads = 0,
-	    .gdn_chunk = 16,
+	    .gdn_chunk = 0,
 	    .experts = NULL,
 	};
 }

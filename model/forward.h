@@ -75,7 +75,8 @@ typedef struct moe_fwd_opts {
 	moe_type kv_type; /* MOE_TYPE_F16 (default) or MOE_TYPE_F32 */
 	int n_threads;    /* threads of the pool (default: one per CPU) */
 	int gdn_chunk;    /* DeltaNet runs of >= this many tokens of one sequence use the
-	                   * chunked form (default 16; 0 = always recurrent) */
+	                   * chunked form (default 0 = always the recurrent form, whose
+	                   * logits do not depend on how a sequence is cut into steps) */
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
 } moe_fwd_opts;
 
@@ -117,10 +118,11 @@ typedef struct moe_batch {
 
 /* Runs the batch (in chunks of max_batch tokens) and writes the logits of the
  * wanted rows, in batch order, to logits [n_wanted][n_vocab] (NULL allowed if
- * none is wanted).  Errors: MOE_ERR_INVAL (token id, slot or position wrong;
- * the detail names the index), MOE_ERR_BAD_VALUE (n_ctx exceeded), backend
- * errors.  On error the sequences of the batch are in an unspecified state:
- * reset them. */
+ * none is wanted).  A sequence's logits are bit-identical however it is cut
+ * into steps and whatever shares them, while gdn_chunk is 0.  Errors:
+ * MOE_ERR_INVAL (token id, slot or position wrong; the detail names the
+ * index), MOE_ERR_BAD_VALUE (n_ctx exceeded), backend errors.  On error the
+ * sequences of the batch are in an unspecified state: reset them. */
 moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b);
 
 /* Bytes allocated for the KV cache and for the DeltaNet conv + recurrent
