@@ -27,7 +27,7 @@ static void usage(FILE *f)
 	fprintf(f,
 	        "usage: moemesh bench e2e -m MODEL.gguf [--prompt N] [-n N] [--threads N]\n"
 	        "                        [--gdn-chunk N]  (DeltaNet: runs of >= N tokens in the\n"
-	        "                        chunked form, 0 = always recurrent; default 16)\n");
+	        "                        chunked form, 0 = always recurrent; default 0)\n");
 }
 
 /* Weight bytes read by one decode token. */

@@ -86,6 +86,39 @@ static void f16_avx2(float *y, const uint16_t *x, int64_t n)
 		y[i] = _cvtsh_ss(x[i]);
 }
 
+/* the reference's exact products, 8 lanes at a time */
+static void q8_0_avx2(float *y, const void *x, int64_t n)
+{
+	const moe_block_q8_0 *b = x;
+	for (int64_t i = 0; i < n / MOE_QK32; i++, y += MOE_QK32) {
+		const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+		for (int k = 0; k < 4; k++) {
+			const __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k));
+			const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+			_mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(v, d));
+		}
+	}
+}
+
+static void q4_0_avx2(float *y, const void *x, int64_t n)
+{
+	const moe_block_q4_0 *b = x;
+	const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+	for (int64_t i = 0; i < n / MOE_QK32; i++, y += MOE_QK32) {
+		const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+		const __m128i qs = _mm_loadu_si128((const __m128i *)b[i].qs);
+		/* values 0..15 in the low nibbles, 16..31 in the high ones */
+		const __m128i h[2] = {
+		    _mm_sub_epi8(_mm_and_si128(qs, lo4), eight),
+		    _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), lo4), eight)};
+		for (int k = 0; k < 4; k++) {
+			const __m128i q = k & 1 ? _mm_srli_si128(h[k >> 1], 8) : h[k >> 1];
+			const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+			_mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(v, d));
+		}
+	}
+}
+
 void moe_vec_ops_avx2(moe_vec_ops *ops)
 {
 	ops->dot = dot_avx2;
@@ -93,4 +126,6 @@ void moe_vec_ops_avx2(moe_vec_ops *ops)
 	ops->axpy_rows = axpy_rows_avx2;
 	ops->scale = scale_avx2;
 	ops->f16_to_f32 = f16_avx2;
+	ops->q8_0_to_f32 = q8_0_avx2;
+	ops->q4_0_to_f32 = q4_0_avx2;
 }

@@ -175,6 +175,11 @@ typedef struct moe_vec_ops {
 	                  int64_t n);
 	/* acc[i] += moe_fix_from_f32(w * x[i]), the product in f32 */
 	void (*fix_axpy)(int64_t *acc, float w, const float *x, int64_t n);
+	/* y[0..n) = the values of n / 32 Q8_0 (d * q) or Q4_0 (d * (q - 8))
+	 * blocks at x, n a multiple of 32; exact (an fp16 scale times an
+	 * integer of at most 8 bits is an f32) */
+	void (*q8_0_to_f32)(float *y, const void *x, int64_t n);
+	void (*q4_0_to_f32)(float *y, const void *x, int64_t n);
 } moe_vec_ops;
 
 /* The active level's ops (never NULL; fetch once per loop, not per call). */

@@ -7,7 +7,8 @@
  * operations lane for lane (a multiply and a separate add, never fused: this
  * file and the per-ISA vec files are compiled with -ffp-contract=off; the
  * dot in 8 partial sums finished by a fixed tree), so the dense part of a
- * forward pass does not depend on which CPU the coordinator runs on.
+ * forward pass does not depend on which CPU the coordinator runs on.  The
+ * conversions (F16, Q8_0 and Q4_0 rows of the KV cache to f32) are exact.
  */
 #include "kernels/quants.h"
 
@@ -49,6 +50,29 @@ static void f16_ref(float *y, const uint16_t *x, int64_t n)
 		y[i] = moe_fp16_to_f32(x[i]);
 }
 
+/* d * q: an fp16 scale times an integer of at most 8 bits is exact in f32 */
+static void q8_0_ref(float *y, const void *x, int64_t n)
+{
+	const moe_block_q8_0 *b = x;
+	for (int64_t i = 0; i < n / MOE_QK32; i++, y += MOE_QK32) {
+		const float d = moe_fp16_to_f32(b[i].d);
+		for (int j = 0; j < MOE_QK32; j++)
+			y[j] = (float)b[i].qs[j] * d;
+	}
+}
+
+static void q4_0_ref(float *y, const void *x, int64_t n)
+{
+	const moe_block_q4_0 *b = x;
+	for (int64_t i = 0; i < n / MOE_QK32; i++, y += MOE_QK32) {
+		const float d = moe_fp16_to_f32(b[i].d);
+		for (int j = 0; j < 16; j++) {
+			y[j] = (float)((b[i].qs[j] & 15) - 8) * d;
+			y[j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+		}
+	}
+}
+
 static void fix_axpy_ref(int64_t *acc, float w, const float *x, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
@@ -63,4 +87,6 @@ void moe_vec_ops_ref(moe_vec_ops *ops)
 	ops->scale = scale_ref;
 	ops->f16_to_f32 = f16_ref;
 	ops->fix_axpy = fix_axpy_ref;
+	ops->q8_0_to_f32 = q8_0_ref;
+	ops->q4_0_to_f32 = q4_0_ref;
 }

@@ -1,37 +1,23 @@
 /*
  * attention.c - grouped-query attention with q/k RMSNorm, NeoX RoPE (partial
- * for qwen3next), a per-sequence KV cache (F16 or F32) and, for qwen3next,
- * the sigmoid output gate whose rows are interleaved with the query rows
- * (head 0 q, head 0 gate, head 1 q, ...).
+ * for qwen3next), a per-sequence KV cache (kvcache.c: F32, F16, Q8_0 or Q4_0
+ * rows in blocks of positions) and, for qwen3next, the sigmoid output gate
+ * whose rows are interleaved with the query rows (head 0 q, head 0 gate,
+ * head 1 q, ...).
  *
  * A batch first writes the K/V rows of all its tokens into the cache, then
  * every (token, head) attends to positions 0..pos of its own sequence, which
- * is causal because a token never reads a position after its own.
+ * is causal because a token never reads a position after its own.  Rows of
+ * other types than F32 are converted to f32 (exactly) into a scratch row once
+ * per group of query heads sharing a KV head, then enter the same float dot
+ * products and sums as F32 rows: per query the scores, softmax and weighted
+ * sum run over positions 0..pos in order, whatever block they lie in.
  */
 #include <math.h>
 #include <string.h>
 
 #include "model/fwd_internal.h"
 #include "model/ops.h"
-
-static void *kv_row(const moe_fwd *f, void *cache, int kv_layer, int slot, int64_t pos)
-{
-	const size_t idx =
-	    ((size_t)kv_layer * (size_t)f->o.n_slots + (size_t)slot) * (size_t)f->o.n_ctx +
-	    (size_t)pos;
-	return (char *)cache + idx * f->kv_row;
-}
-
-static void kv_store(void *dst, const float *src, int64_t n, moe_type t)
-{
-	if (t == MOE_TYPE_F32) {
-		memcpy(dst, src, (size_t)n * sizeof(float));
-		return;
-	}
-	uint16_t *h = dst;
-	for (int64_t i = 0; i < n; i++)
-		h[i] = moe_f32_to_f16(src[i]);
-}
 
 typedef struct attn_job {
 	moe_fwd *f;
@@ -41,16 +27,26 @@ typedef struct attn_job {
 	bool gated;
 } attn_job;
 
-/* Row of head kvh at position p of the cache as floats: a pointer into the
- * cache (F32) or buf converted (F16). */
-static const float *kv_head(const moe_fwd *f, const moe_vec_ops *v_ops, void *cache, int kv_layer,
-                            int slot, int64_t p, int kvh, int hd, float *buf)
+/* Head kvh's part of the K (which 0) or V (1) row at position p as floats: a
+ * pointer into the cache (F32) or buf converted. */
+static const float *kv_head(const moe_fwd *f, const moe_vec_ops *v_ops, int which, int kv_layer,
+                            int slot, int64_t p, int kvh, size_t head_bytes, int hd, float *buf)
 {
-	const char *row = kv_row(f, cache, kv_layer, slot, p);
-	if (f->o.kv_type == MOE_TYPE_F32)
-		return (const float *)row + (int64_t)kvh * hd;
-	v_ops->f16_to_f32(buf, (const uint16_t *)(row + (size_t)kvh * (size_t)hd * 2), hd);
-	return buf;
+	const char *row =
+	    (const char *)moe_kv_row(&f->kv, slot, kv_layer, which, p) + (size_t)kvh * head_bytes;
+	switch (f->kv.type) {
+	case MOE_TYPE_F32:
+		return (const float *)row;
+	case MOE_TYPE_F16:
+		v_ops->f16_to_f32(buf, (const uint16_t *)row, hd);
+		return buf;
+	case MOE_TYPE_Q8_0:
+		v_ops->q8_0_to_f32(buf, row, hd);
+		return buf;
+	default:
+		v_ops->q4_0_to_f32(buf, row, hd);
+		return buf;
+	}
 }
 
 /* One item = one token and one KV head with its group of query heads, so
@@ -65,8 +61,10 @@ static void attn_heads(void *arg, int ith, int nth)
 	const int grp = nh / nkv;
 	const int kv_layer = f->m->layers[jb->il].idx_kv;
 	const float scale = 1.0f / sqrtf((float)hd);
-	float *s = f->scores + (size_t)ith * f->scores_n;  /* [grp][n_ctx] */
-	float *buf = s + (size_t)grp * (size_t)f->o.n_ctx; /* [hd] */
+	const int64_t cap = f->scores_cap;
+	const size_t head_bytes = moe_row_size(f->kv.type, hd);
+	float *s = f->scores + (size_t)ith * f->scores_n; /* [grp][cap] */
+	float *buf = s + (size_t)grp * (size_t)cap;       /* [hd] */
 
 	for (int64_t item = ith; item < f->n * nkv; item += nth) {
 		const int64_t t = item / nkv;
@@ -78,21 +76,21 @@ static void attn_heads(void *arg, int ith, int nth)
 
 		for (int64_t p = 0; p < n_pos; p++) {
 			const float *k =
-			    kv_head(f, v_ops, f->k_cache, kv_layer, slot, p, kvh, hd, buf);
+			    kv_head(f, v_ops, 0, kv_layer, slot, p, kvh, head_bytes, hd, buf);
 			for (int g = 0; g < grp; g++)
-				s[(int64_t)g * f->o.n_ctx + p] =
+				s[(int64_t)g * cap + p] =
 				    v_ops->dot(q0 + g * jb->q_head, k, hd) * scale;
 		}
 		for (int g = 0; g < grp; g++) {
-			moe_softmax(s + (int64_t)g * f->o.n_ctx, n_pos);
+			moe_softmax(s + (int64_t)g * cap, n_pos);
 			for (int d = 0; d < hd; d++)
 				out0[g * hd + d] = 0.0f;
 		}
 		for (int64_t p = 0; p < n_pos; p++) {
 			const float *v =
-			    kv_head(f, v_ops, f->v_cache, kv_layer, slot, p, kvh, hd, buf);
+			    kv_head(f, v_ops, 1, kv_layer, slot, p, kvh, head_bytes, hd, buf);
 			for (int g = 0; g < grp; g++)
-				v_ops->axpy(out0 + g * hd, s[(int64_t)g * f->o.n_ctx + p], v, hd);
+				v_ops->axpy(out0 + g * hd, s[(int64_t)g * cap + p], v, hd);
 		}
 		if (jb->gated) {
 			for (int g = 0; g < grp; g++) {
@@ -140,10 +138,13 @@ moe_err moe_fwd_attention(moe_fwd *f, int il)
 			            hp->rms_eps);
 			moe_rope_neox(k + (int64_t)h * hd, cs, hp->n_rot);
 		}
-		kv_store(kv_row(f, f->k_cache, L->idx_kv, f->slot[t], f->pos[t]), k, kvd,
-		         f->o.kv_type);
-		kv_store(kv_row(f, f->v_cache, L->idx_kv, f->slot[t], f->pos[t]), f->v + t * kvd,
-		         kvd, f->o.kv_type);
+		if ((err = moe_kv_store(&f->kv,
+		                        moe_kv_row(&f->kv, f->slot[t], L->idx_kv, 0, f->pos[t]),
+		                        k)) != MOE_OK ||
+		    (err = moe_kv_store(&f->kv,
+		                        moe_kv_row(&f->kv, f->slot[t], L->idx_kv, 1, f->pos[t]),
+		                        f->v + t * kvd)) != MOE_OK)
+			return err;
 	}
 
 	/* small work runs on this thread: a pool barrier costs more */

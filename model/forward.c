@@ -1,7 +1,8 @@
 /*
  * forward.c - model loading (tensor checks), the inference context, sequence
- * slots, the MoE block with its expert backend, and the step that runs a
- * batch through every layer (see forward.h).
+ * slots and their snapshots (state and KV in and out), the MoE block with its
+ * expert backend, and the step that runs a batch through every layer (see
+ * forward.h).
  */
 #include <math.h>
 #include <stdio.h>
@@ -306,10 +307,40 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .n_ctx = 0,
 	    .max_batch = 256,
 	    .kv_type = MOE_TYPE_F16,
+	    .kv_budget_bytes = 0,
 	    .n_threads = 0,
-	    .gdn_chunk = 16,
+	    .gdn_chunk = 0,
 	    .experts = NULL,
 	};
+}
+
+static const struct {
+	const char *name;
+	moe_type type;
+} kv_types[] = {
+    {"f32", MOE_TYPE_F32},
+    {"f16", MOE_TYPE_F16},
+    {"q8_0", MOE_TYPE_Q8_0},
+    {"q4_0", MOE_TYPE_Q4_0},
+};
+
+moe_err moe_fwd_kv_type_parse(moe_type *out, const char *name)
+{
+	for (size_t i = 0; i < sizeof kv_types / sizeof kv_types[0]; i++) {
+		if (strcmp(name, kv_types[i].name) == 0) {
+			*out = kv_types[i].type;
+			return MOE_OK;
+		}
+	}
+	return moe_fail(MOE_ERR_INVAL, "fwd: KV type '%s' is not f32, f16, q8_0 or q4_0", name);
+}
+
+const char *moe_fwd_kv_type_name(moe_type t)
+{
+	for (size_t i = 0; i < sizeof kv_types / sizeof kv_types[0]; i++)
+		if (kv_types[i].type == t)
+			return kv_types[i].name;
+	return "?";
 }
 
 static void *falloc(size_t n, size_t elem, bool *fail)
@@ -328,13 +359,14 @@ static void *falloc(size_t n, size_t elem, bool *fail)
 static void free_buffers(moe_fwd *f)
 {
 	void *bufs[] = {
-	    f->open,    f->len,      f->next,  f->k_cache, f->v_cache,  f->conv_state, f->ssm_state,
-	    f->x,       f->xn,       f->y,     f->rope,    f->q,        f->k,          f->v,
-	    f->att,     f->scores,   f->qkv,   f->z,       f->ba,       f->beta,       f->gdec,
-	    f->gdn_tmp, f->conv_tmp, f->order, f->runs,    f->run_slot, f->run_of,     f->router,
-	    f->ids,     f->wts,      f->acc,   f->sh_g,    f->sh_u};
+	    f->open,  f->len,  f->next,     f->conv_state, f->ssm_state, f->x,       f->xn,
+	    f->y,     f->rope, f->q,        f->k,          f->v,         f->att,     f->scores,
+	    f->qkv,   f->z,    f->ba,       f->beta,       f->gdec,      f->gdn_tmp, f->conv_tmp,
+	    f->order, f->runs, f->run_slot, f->run_of,     f->router,    f->ids,     f->wts,
+	    f->acc,   f->sh_g, f->sh_u};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		moe_aligned_free(bufs[i]);
+	moe_kv_free(&f->kv);
 }
 
 moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *opts)
@@ -346,28 +378,29 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	else
 		moe_fwd_opts_default(&o);
 	if (o.n_ctx == 0)
-		o.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+		o.n_ctx = hp->n_ctx_train < (1 << 24) ? hp->n_ctx_train : (1 << 24);
 	if (o.n_slots < 1 || o.n_slots > 65536 || o.n_ctx < 1 || o.n_ctx > (1 << 24) ||
 	    o.max_batch < 1 || o.max_batch > (1 << 20) || o.gdn_chunk < 0)
 		return moe_fail(MOE_ERR_INVAL,
 		                "fwd: options out of range (n_slots %d, n_ctx %d, max_batch %d, "
 		                "gdn_chunk %d)",
 		                o.n_slots, o.n_ctx, o.max_batch, o.gdn_chunk);
-	if (o.kv_type != MOE_TYPE_F16 && o.kv_type != MOE_TYPE_F32)
-		return moe_fail(MOE_ERR_INVAL, "fwd: kv_type %d is not F16 or F32", (int)o.kv_type);
 
 	moe_fwd *f = calloc(1, sizeof *f);
 	if (f == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "fwd: allocating the context");
 	f->m = m;
 	f->o = o;
-	moe_err err = moe_pool_create(&f->pool, o.n_threads);
+	moe_err err = moe_kv_init(&f->kv, o.kv_type, moe_hparams_n_attn_layers(hp),
+	                          (int64_t)hp->n_head_kv * hp->head_dim, o.n_slots, o.n_ctx,
+	                          o.kv_budget_bytes);
 	if (err != MOE_OK)
-		goto out_free_f;
+		goto out_free_kv;
+	if ((err = moe_pool_create(&f->pool, o.n_threads)) != MOE_OK)
+		goto out_free_kv;
 	f->nth = moe_pool_threads(f->pool);
 
 	const size_t B = (size_t)o.max_batch, S = (size_t)o.n_slots, E = (size_t)hp->n_embd;
-	const size_t n_kv = (size_t)moe_hparams_n_attn_layers(hp);
 	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
 	const size_t hd = (size_t)hp->head_dim;
 	const size_t kvd = (size_t)hp->n_head_kv * hd;
@@ -382,14 +415,6 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	f->len = falloc(S, sizeof(int64_t), &fail);
 	f->next = falloc(S, sizeof(int64_t), &fail);
 	f->run_of = falloc(S, sizeof(int32_t), &fail);
-
-	f->kv_row = kvd * (o.kv_type == MOE_TYPE_F16 ? 2 : 4);
-	size_t kv_n = 0;
-	if (!moe_size_mul(&kv_n, n_kv * S, (size_t)o.n_ctx) ||
-	    !moe_size_mul(&f->kv_bytes, kv_n, 2 * f->kv_row))
-		fail = true;
-	f->k_cache = falloc(kv_n, f->kv_row, &fail);
-	f->v_cache = falloc(kv_n, f->kv_row, &fail);
 
 	const size_t conv_n =
 	    n_rec * S * (size_t)(hp->ssm_conv_kernel > 0 ? hp->ssm_conv_kernel - 1 : 0) * cd;
@@ -406,8 +431,6 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	f->k = falloc(B * kvd, sizeof(float), &fail);
 	f->v = falloc(B * kvd, sizeof(float), &fail);
 	f->att = falloc(B * att, sizeof(float), &fail);
-	f->scores_n = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)o.n_ctx + hd;
-	f->scores = falloc((size_t)f->nth * f->scores_n, sizeof(float), &fail);
 	f->qkv = falloc(B * cd, sizeof(float), &fail);
 	f->z = falloc(B * vdim, sizeof(float), &fail);
 	f->ba = falloc(B * 2 * nv, sizeof(float), &fail);
@@ -426,9 +449,8 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	f->sh_g = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
 	f->sh_u = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
 	if (fail) {
-		err = moe_fail(MOE_ERR_NOMEM,
-		               "fwd: allocating buffers (KV cache %zu bytes, state %zu bytes)",
-		               f->kv_bytes, f->state_bytes);
+		err = moe_fail(MOE_ERR_NOMEM, "fwd: allocating buffers (state %zu bytes)",
+		               f->state_bytes);
 		goto out_free_buffers;
 	}
 	memset(f->open, 0, S * sizeof(bool));
@@ -447,7 +469,10 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 out_free_buffers:
 	free_buffers(f);
 	moe_pool_destroy(f->pool);
-out_free_f:
+	free(f);
+	return err;
+out_free_kv:
+	moe_kv_free(&f->kv);
 	free(f);
 	return err;
 }
@@ -463,7 +488,21 @@ void moe_fwd_destroy(moe_fwd *f)
 
 size_t moe_fwd_kv_bytes(const moe_fwd *f)
 {
-	return f->kv_bytes;
+	return f->kv.in_use;
+}
+
+size_t moe_fwd_kv_capacity(const moe_fwd *f)
+{
+	if (f->kv.budget == 0)
+		return SIZE_MAX;
+	if (f->kv.blk_bytes == 0)
+		return 0;
+	return f->kv.budget / f->kv.blk_bytes * f->kv.blk_bytes;
+}
+
+size_t moe_fwd_kv_pos_bytes(const moe_fwd *f)
+{
+	return (size_t)f->kv.n_layers * 2 * f->kv.row;
 }
 
 size_t moe_fwd_state_bytes(const moe_fwd *f)
@@ -488,20 +527,30 @@ void moe_fwd_set_experts(moe_fwd *f, const moe_expert_backend *b)
 
 /* ---- sequence slots ----------------------------------------------------------------- */
 
+/* Floats of one slot's conv state and recurrent state in one DeltaNet layer. */
+static size_t conv_floats(const moe_hparams *hp)
+{
+	return (size_t)(hp->ssm_conv_kernel > 0 ? hp->ssm_conv_kernel - 1 : 0) *
+	       (size_t)hp->ssm_conv_dim;
+}
+
+static size_t ssm_floats(const moe_hparams *hp)
+{
+	return (size_t)hp->ssm_n_v_heads * (size_t)hp->ssm_head_k * (size_t)hp->ssm_head_v;
+}
+
 static void clear_slot(moe_fwd *f, int slot)
 {
 	const moe_hparams *hp = &f->m->hp;
 	const size_t S = (size_t)f->o.n_slots;
 	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
-	const size_t conv = (size_t)(hp->ssm_conv_kernel > 0 ? hp->ssm_conv_kernel - 1 : 0) *
-	                    (size_t)hp->ssm_conv_dim;
-	const size_t ssm =
-	    (size_t)hp->ssm_n_v_heads * (size_t)hp->ssm_head_k * (size_t)hp->ssm_head_v;
+	const size_t conv = conv_floats(hp), ssm = ssm_floats(hp);
 	for (size_t r = 0; r < n_rec; r++) {
 		memset(f->conv_state + (r * S + (size_t)slot) * conv, 0, conv * sizeof(float));
 		memset(f->ssm_state + (r * S + (size_t)slot) * ssm, 0, ssm * sizeof(float));
 	}
-	/* The KV cache needs no clearing: positions >= len are never read. */
+	/* Its KV blocks go back; positions >= len are never read. */
+	moe_kv_trim(&f->kv, slot, 0);
 	f->len[slot] = 0;
 }
 
@@ -523,6 +572,7 @@ moe_err moe_fwd_seq_close(moe_fwd *f, int slot)
 	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
 		return moe_fail(MOE_ERR_INVAL, "fwd: slot %d is not open", slot);
 	f->open[slot] = false;
+	moe_kv_trim(&f->kv, slot, 0);
 	return MOE_OK;
 }
 
@@ -539,6 +589,100 @@ int64_t moe_fwd_seq_len(const moe_fwd *f, int slot)
 	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
 		return -1;
 	return f->len[slot];
+}
+
+/* ---- sequence snapshots ----------------------------------------------------------------- */
+
+static moe_err check_open(const moe_fwd *f, int slot)
+{
+	if (slot < 0 || slot >= f->o.n_slots || !f->open[slot])
+		return moe_fail(MOE_ERR_INVAL, "fwd: slot %d is not open", slot);
+	return MOE_OK;
+}
+
+size_t moe_fwd_state_size(const moe_fwd *f)
+{
+	const moe_hparams *hp = &f->m->hp;
+	return (size_t)moe_hparams_n_recurrent_layers(hp) * (conv_floats(hp) + ssm_floats(hp)) *
+	       sizeof(float);
+}
+
+/* Copies slot's state out (to_state false) or in (true) through buf. */
+static void copy_state(const moe_fwd *f, int slot, float *buf, bool to_state)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const size_t S = (size_t)f->o.n_slots;
+	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
+	const size_t conv = conv_floats(hp), ssm = ssm_floats(hp);
+	for (size_t r = 0; r < n_rec; r++) {
+		float *c = f->conv_state + (r * S + (size_t)slot) * conv;
+		float *st = f->ssm_state + (r * S + (size_t)slot) * ssm;
+		memcpy(to_state ? c : buf, to_state ? buf : c, conv * sizeof(float));
+		buf += conv;
+		memcpy(to_state ? st : buf, to_state ? buf : st, ssm * sizeof(float));
+		buf += ssm;
+	}
+}
+
+moe_err moe_fwd_seq_state_read(const moe_fwd *f, int slot, void *out)
+{
+	moe_err err = check_open(f, slot);
+	if (err == MOE_OK)
+		copy_state(f, slot, out, false);
+	return err;
+}
+
+moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in)
+{
+	moe_err err = check_open(f, slot);
+	if (err == MOE_OK)
+		copy_state(f, slot, (float *)in, true);
+	return err;
+}
+
+moe_err moe_fwd_seq_kv_read(const moe_fwd *f, int slot, int64_t p0, int64_t p1, void *out)
+{
+	moe_err err = check_open(f, slot);
+	if (err != MOE_OK)
+		return err;
+	const int64_t held = f->kv.seq[slot].held;
+	if (p0 < 0 || p0 > p1 || p1 > held)
+		return moe_fail(MOE_ERR_INVAL,
+		                "fwd: KV read of positions [%lld, %lld) of slot %d, which holds "
+		                "[0, %lld)",
+		                (long long)p0, (long long)p1, slot, (long long)held);
+	moe_kv_read(&f->kv, slot, p0, p1, out);
+	return MOE_OK;
+}
+
+moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const void *in)
+{
+	moe_err err = check_open(f, slot);
+	if (err != MOE_OK)
+		return err;
+	const int64_t held = f->kv.seq[slot].held;
+	if (p0 < 0 || p0 > p1 || p1 > f->o.n_ctx || p0 > held)
+		return moe_fail(MOE_ERR_INVAL,
+		                "fwd: KV write of positions [%lld, %lld) into slot %d, which "
+		                "holds [0, %lld) of n_ctx %d (no gaps)",
+		                (long long)p0, (long long)p1, slot, (long long)held, f->o.n_ctx);
+	return moe_kv_write(&f->kv, slot, p0, p1, in);
+}
+
+moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n)
+{
+	moe_err err = check_open(f, slot);
+	if (err != MOE_OK)
+		return err;
+	const int64_t held = f->kv.seq[slot].held;
+	if (n < 0 || n > held)
+		return moe_fail(MOE_ERR_INVAL,
+		                "fwd: slot %d cannot continue at position %lld: it holds KV "
+		                "[0, %lld)",
+		                slot, (long long)n, (long long)held);
+	moe_kv_trim(&f->kv, slot, n);
+	f->len[slot] = n;
+	return MOE_OK;
 }
 
 /* ---- the step ------------------------------------------------------------------------ */
@@ -665,8 +809,12 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 		for (int64_t i = 0; i < n * E; i++)
 			f->x[i] += f->y[i];
 	}
-	for (int64_t t = 0; t < n; t++)
-		f->len[f->slot[t]] = f->pos[t] + 1;
+	for (int64_t t = 0; t < n; t++) {
+		const int s = f->slot[t];
+		f->len[s] = f->pos[t] + 1;
+		if (f->kv.seq[s].held < f->len[s])
+			f->kv.seq[s].held = f->len[s];
+	}
 
 	int64_t n_out = 0;
 	for (int64_t t = 0; t < n; t++) {
@@ -678,6 +826,49 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 	if (n_out == 0)
 		return MOE_OK;
 	return moe_fwd_matmul(f, logits, &m->output, f->xn, n_out);
+}
+
+/* Before a step whose sequences end at f->next[]: the attention scores
+ * scratch for the longest of them (grown by whole KV blocks), and the KV
+ * blocks of every sequence.  On an error nothing has changed (the blocks
+ * taken are given back). */
+static moe_err take_memory(moe_fwd *f)
+{
+	const moe_hparams *hp = &f->m->hp;
+	if (f->kv.n_layers == 0)
+		return MOE_OK;
+	int64_t need = 0;
+	for (int s = 0; s < f->o.n_slots; s++)
+		if (f->next[s] > f->len[s] && f->next[s] > need)
+			need = f->next[s];
+	if (need > f->scores_cap) {
+		const int64_t cap =
+		    (need + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK * MOE_FWD_KV_BLOCK;
+		const size_t n =
+		    (size_t)(hp->n_head / hp->n_head_kv) * (size_t)cap + (size_t)hp->head_dim;
+		bool fail = false;
+		float *sc = falloc((size_t)f->nth * n, sizeof(float), &fail);
+		if (fail)
+			return moe_fail(MOE_ERR_NOMEM,
+			                "fwd: attention scores for %lld positions (%d threads)",
+			                (long long)cap, f->nth);
+		moe_aligned_free(f->scores);
+		f->scores = sc;
+		f->scores_n = n;
+		f->scores_cap = cap;
+	}
+	for (int s = 0; s < f->o.n_slots; s++) {
+		if (f->next[s] <= f->len[s])
+			continue;
+		moe_err err = moe_kv_reserve(&f->kv, s, f->next[s]);
+		if (err != MOE_OK) {
+			for (int r = 0; r <= s; r++)
+				if (f->next[r] > f->len[r])
+					moe_kv_trim(&f->kv, r, f->kv.seq[r].held);
+			return err;
+		}
+	}
+	return MOE_OK;
 }
 
 moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
@@ -715,6 +906,9 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
 	if (n_want > 0 && logits == NULL)
 		return moe_fail(MOE_ERR_INVAL, "fwd: %lld logit rows wanted but logits is NULL",
 		                (long long)n_want);
+	moe_err err = take_memory(f);
+	if (err != MOE_OK)
+		return err;
 
 	int64_t out_row = 0;
 	for (int64_t c0 = 0; c0 < b->n_tok; c0 += f->o.max_batch) {
@@ -722,8 +916,8 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
 		const bool *want = b->logits != NULL ? b->logits + c0 : NULL;
 		f->slot = b->slot + c0;
 		f->pos = b->pos + c0;
-		moe_err err = step_chunk(f, logits != NULL ? logits + out_row * hp->n_vocab : NULL,
-		                         b->tokens + c0, want, n);
+		err = step_chunk(f, logits != NULL ? logits + out_row * hp->n_vocab : NULL,
+		                 b->tokens + c0, want, n);
 		if (err != MOE_OK)
 			return err;
 		for (int64_t t = 0; t < n; t++)

@@ -3,10 +3,12 @@
  *
  * A moe_model is a validated view of the weights in a mapped GGUF file (no
  * copy).  A moe_fwd is one inference context on a model: a fixed number of
- * sequence slots, each with its own KV cache (full-attention layers) and
- * conv + recurrent state (DeltaNet layers), scratch buffers sized for
- * max_batch tokens, and a thread pool.  moe_fwd_step runs one batch of tokens
- * that may belong to several sequences at different positions.
+ * sequence slots, each with its own KV cache (full-attention layers; blocks
+ * taken as the sequence grows, under a byte budget) and conv + recurrent
+ * state (DeltaNet layers), scratch buffers sized for max_batch tokens, and a
+ * thread pool.  moe_fwd_step runs one batch of tokens that may belong to
+ * several sequences at different positions.  A sequence can be read out at a
+ * position and written into another slot (snapshots, for prefix caching).
  *
  * The routed experts of every layer go through a moe_expert_backend: the
  * default one runs them locally on the mapped stacked tensors; the cluster
@@ -68,26 +70,42 @@ typedef struct moe_expert_backend {
 
 /* ---- inference context ---------------------------------------------------------- */
 
+/* Positions per KV block: a slot's KV cache grows by blocks of this many
+ * positions (every full-attention layer's K and V rows of them). */
+#define MOE_FWD_KV_BLOCK 256
+
 typedef struct moe_fwd_opts {
 	int n_slots;      /* sequences alive at once (default 1) */
-	int n_ctx;        /* positions per sequence (default: min(context_length, 4096)) */
+	int n_ctx;        /* positions per sequence at most (default: the model's
+	                   * context_length); nothing is reserved for them */
 	int max_batch;    /* tokens per internal step; longer batches are chunked (default 256) */
-	moe_type kv_type; /* MOE_TYPE_F16 (default) or MOE_TYPE_F32 */
-	int n_threads;    /* threads of the pool (default: one per CPU) */
-	int gdn_chunk;    /* DeltaNet runs of >= this many tokens of one sequence use the
-	                   * chunked form (default 16; 0 = always recurrent) */
+	moe_type kv_type; /* MOE_TYPE_F16 (default), F32, Q8_0 or Q4_0 */
+	size_t kv_budget_bytes; /* KV blocks of all slots together at most (0 = no limit) */
+	int n_threads;          /* threads of the pool (default: one per CPU) */
+	int gdn_chunk;          /* DeltaNet runs of >= this many tokens of one sequence use the
+	                         * chunked form (default 0 = always the recurrent form, whose
+	                         * logits do not depend on how a sequence is cut into steps) */
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
 } moe_fwd_opts;
 
 /* Fills the defaults above (n_ctx = 0, n_threads = 0 mean "choose"). */
 void moe_fwd_opts_default(moe_fwd_opts *o);
 
+/* The KV type called name ("f32", "f16", "q8_0", "q4_0") into *out;
+ * MOE_ERR_INVAL (naming it) for any other name. */
+moe_err moe_fwd_kv_type_parse(moe_type *out, const char *name);
+
+/* The name above of a KV type, or "?" for a type that is not one. */
+const char *moe_fwd_kv_type_name(moe_type t);
+
 typedef struct moe_fwd moe_fwd;
 
-/* Creates a context with every buffer allocated up front (KV cache for
- * n_slots * n_ctx positions, states, scratch for max_batch tokens).  m must
- * outlive it.  Errors: MOE_ERR_INVAL (option out of range), MOE_ERR_NOMEM,
- * errors of moe_pool_create. */
+/* Creates a context: the DeltaNet states of n_slots sequences and scratch
+ * for max_batch tokens are allocated here; the KV cache grows by blocks of
+ * MOE_FWD_KV_BLOCK positions as sequences do.  m must outlive it.  Errors:
+ * MOE_ERR_INVAL (option out of range, or a Q8_0/Q4_0 KV type with a head
+ * dimension that is not a multiple of 32), MOE_ERR_NOMEM, errors of
+ * moe_pool_create. */
 moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *o);
 
 void moe_fwd_destroy(moe_fwd *f); /* NULL is a no-op */
@@ -96,10 +114,11 @@ void moe_fwd_destroy(moe_fwd *f); /* NULL is a no-op */
  * MOE_ERR_BUSY if all slots are in use. */
 moe_err moe_fwd_seq_open(moe_fwd *f, int *slot);
 
-/* Releases slot (it can be opened again); MOE_ERR_INVAL if not open. */
+/* Releases slot and its KV blocks (it can be opened again); MOE_ERR_INVAL if
+ * not open. */
 moe_err moe_fwd_seq_close(moe_fwd *f, int slot);
 
-/* Empties slot's KV cache and states, keeping it open. */
+/* Empties slot's KV cache (releasing its blocks) and states, keeping it open. */
 moe_err moe_fwd_seq_reset(moe_fwd *f, int slot);
 
 /* Positions already in slot (the position of its next token), or -1. */
@@ -117,15 +136,73 @@ typedef struct moe_batch {
 
 /* Runs the batch (in chunks of max_batch tokens) and writes the logits of the
  * wanted rows, in batch order, to logits [n_wanted][n_vocab] (NULL allowed if
- * none is wanted).  Errors: MOE_ERR_INVAL (token id, slot or position wrong;
- * the detail names the index), MOE_ERR_BAD_VALUE (n_ctx exceeded), backend
- * errors.  On error the sequences of the batch are in an unspecified state:
- * reset them. */
+ * none is wanted).  A sequence's logits are bit-identical however it is cut
+ * into steps and whatever shares them, while gdn_chunk is 0.  Errors:
+ * MOE_ERR_INVAL (token id, slot or position wrong; the detail names the
+ * index), MOE_ERR_BAD_VALUE (n_ctx exceeded), MOE_ERR_NOMEM (a KV block past
+ * kv_budget_bytes, or memory; the detail names the numbers), all found before
+ * anything runs, so the sequences are unchanged; backend errors, after which
+ * the sequences of the batch are in an unspecified state: reset them. */
 moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b);
 
-/* Bytes allocated for the KV cache and for the DeltaNet conv + recurrent
- * states (all slots). */
+/* ---- sequence snapshots (prefix caching) ------------------------------------------
+ * A sequence at position P is its KV [0, P) and its DeltaNet state at P.  Read
+ * both out of one slot, write them into another (of a context on the same
+ * model with the same KV type), set its length to P, and the tokens from P on
+ * give the logits they would have given in the first slot, bit for bit. */
+
+/* Bytes of one sequence's DeltaNet state (conv + recurrent, all DeltaNet
+ * layers); 0 for qwen3moe. */
+size_t moe_fwd_state_size(const moe_fwd *f);
+
+/* Copies slot's DeltaNet state, as it stands at the slot's current position,
+ * to out[0..moe_fwd_state_size): per DeltaNet layer in layer order the conv
+ * state f32 [conv_kernel-1][conv_dim] (oldest position first), then the
+ * recurrent state f32 [n_v_heads][head_k][head_v].  MOE_ERR_INVAL if slot is
+ * not open. */
+moe_err moe_fwd_seq_state_read(const moe_fwd *f, int slot, void *out);
+
+/* Replaces slot's DeltaNet state by in (the layout above); its length and KV
+ * are unchanged.  MOE_ERR_INVAL if slot is not open. */
+moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in);
+
+/* Bytes of one position's K and V over all full-attention layers in the
+ * context's KV type: the unit of moe_fwd_seq_kv_read / _write. */
+size_t moe_fwd_kv_pos_bytes(const moe_fwd *f);
+
+/* Copies the K and V of positions [p0, p1) of slot to
+ * out[0 .. (p1-p0) * moe_fwd_kv_pos_bytes), position-major: per position, per
+ * full-attention layer in layer order, its K row then its V row, each
+ * n_head_kv * head_dim values encoded as GGUF stores the KV type (f32, f16,
+ * or Q8_0 / Q4_0 blocks of 32), so [p0, p1) then [p1, p2) concatenate to
+ * [p0, p2).  The slot holds positions [0, n): n is its length, or more after
+ * moe_fwd_seq_kv_write.  MOE_ERR_INVAL if slot is not open or not
+ * 0 <= p0 <= p1 <= n. */
+moe_err moe_fwd_seq_kv_read(const moe_fwd *f, int slot, int64_t p0, int64_t p1, void *out);
+
+/* Writes positions [p0, p1) of slot's KV from in (the layout above), taking
+ * KV blocks as needed; the slot then holds positions up to at least p1.  Its
+ * length is unchanged (moe_fwd_seq_set_len).  Errors: MOE_ERR_INVAL (slot not
+ * open, or not 0 <= p0 <= p1 <= n_ctx, or p0 past the positions held: no
+ * gaps), MOE_ERR_NOMEM (a block past kv_budget_bytes, or memory; nothing
+ * written). */
+moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const void *in);
+
+/* Makes slot continue at position n: its next token has position n and
+ * attends to KV [0, n); the KV blocks past n are released.  The caller has
+ * written (or computed) KV [0, n) and the state at n.  MOE_ERR_INVAL if slot
+ * is not open or n is not within [0, positions held]. */
+moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n);
+
+/* ---- memory ------------------------------------------------------------------------ */
+
+/* Bytes of the KV blocks that the slots hold now, and the most they may hold
+ * (kv_budget_bytes rounded down to whole blocks; SIZE_MAX without a budget). */
 size_t moe_fwd_kv_bytes(const moe_fwd *f);
+size_t moe_fwd_kv_capacity(const moe_fwd *f);
+
+/* Bytes of the DeltaNet conv + recurrent states of all slots (allocated at
+ * creation). */
 size_t moe_fwd_state_bytes(const moe_fwd *f);
 
 /* The pool the context runs on (for callers that want to share it). */

@@ -1,6 +1,6 @@
 /*
- * fwd_internal.h - structures shared by forward.c, attention.c and
- * deltanet.c.  Not part of the public API (see forward.h).
+ * fwd_internal.h - structures shared by forward.c, kvcache.c, attention.c
+ * and deltanet.c.  Not part of the public API (see forward.h).
  */
 #ifndef MOE_FWD_INTERNAL_H
 #define MOE_FWD_INTERNAL_H
@@ -60,6 +60,68 @@ struct moe_model {
 	const void **exp_ptrs; /* [n_layer][3][n_expert], backing of layers[].exps */
 };
 
+/* ---- the KV cache (kvcache.c) ---------------------------------------------------------
+ * Per sequence a table of blocks; block b holds positions [b*B, (b+1)*B),
+ * B = MOE_FWD_KV_BLOCK, laid out [layer][K, V][position in block][row], a row
+ * being one position's n_head_kv*head_dim values of one layer in the KV type.
+ * A sequence holds blocks for positions [0, n_blk*B), written ones [0, held). */
+
+typedef struct moe_kv_seq {
+	char **blk;    /* [cap] */
+	int64_t n_blk; /* blocks held */
+	int64_t cap;
+	int64_t held; /* positions whose K and V are written */
+} moe_kv_seq;
+
+typedef struct moe_kvcache {
+	moe_type type;   /* F32, F16, Q8_0 or Q4_0 */
+	int n_layers;    /* full-attention layers */
+	int n_seq;       /* slots */
+	int64_t n_ctx;   /* positions per sequence at most */
+	int64_t row_len; /* values per row */
+	size_t row;      /* bytes per row */
+	size_t blk_bytes;
+	size_t budget; /* 0: none */
+	size_t in_use; /* bytes of the blocks held by all sequences */
+	moe_kv_seq *seq;
+} moe_kvcache;
+
+/* An empty cache.  Errors: MOE_ERR_INVAL (type, or row_len not a multiple of
+ * its block), MOE_ERR_NOMEM. */
+moe_err moe_kv_init(moe_kvcache *kv, moe_type type, int n_layers, int64_t row_len, int n_seq,
+                    int64_t n_ctx, size_t budget);
+void moe_kv_free(moe_kvcache *kv); /* releases every block and table */
+
+/* Blocks for positions [0, n) of sequence s.  MOE_ERR_NOMEM, naming the
+ * numbers, if a block would pass the budget or cannot be allocated; the
+ * blocks taken before stay (moe_kv_trim gives them back). */
+moe_err moe_kv_reserve(moe_kvcache *kv, int s, int64_t n);
+
+/* Releases the blocks of sequence s past position n (all of them for 0);
+ * held becomes min(held, n). */
+void moe_kv_trim(moe_kvcache *kv, int s, int64_t n);
+
+/* The K (which 0) or V (1) row of layer at position pos of sequence s, in a
+ * block it holds. */
+static inline void *moe_kv_row(const moe_kvcache *kv, int s, int layer, int which, int64_t pos)
+{
+	char *b = kv->seq[s].blk[pos / MOE_FWD_KV_BLOCK];
+	const size_t r = ((size_t)layer * 2 + (size_t)which) * MOE_FWD_KV_BLOCK +
+	                 (size_t)(pos % MOE_FWD_KV_BLOCK);
+	return b + r * kv->row;
+}
+
+/* Encodes row_len floats as one row of the KV type at dst.  Errors of
+ * moe_quantize_row (NaN or Inf in a quantized row). */
+moe_err moe_kv_store(const moe_kvcache *kv, void *dst, const float *src);
+
+/* Positions [p0, p1) of sequence s to / from the position-major form of
+ * moe_fwd_seq_kv_read; the range is checked by the caller.  moe_kv_write
+ * takes the blocks it needs first (errors of moe_kv_reserve) and raises held
+ * to p1. */
+void moe_kv_read(const moe_kvcache *kv, int s, int64_t p0, int64_t p1, void *out);
+moe_err moe_kv_write(moe_kvcache *kv, int s, int64_t p0, int64_t p1, const void *in);
+
 /* The local expert backend's pending call. */
 typedef struct moe_local_experts {
 	const moe_model *m;
@@ -85,11 +147,7 @@ struct moe_fwd {
 	int64_t *len;  /* [n_slots] positions held */
 	int64_t *next; /* [n_slots] scratch for batch validation */
 
-	/* KV cache: [n_attn_layers][n_slots][n_ctx][n_head_kv*head_dim] of kv_type */
-	void *k_cache;
-	void *v_cache;
-	size_t kv_row; /* bytes of one position's K (or V) row */
-	size_t kv_bytes;
+	moe_kvcache kv;
 
 	/* DeltaNet state */
 	float *conv_state; /* [n_rec][n_slots][conv_kernel-1][conv_dim] */
@@ -105,9 +163,11 @@ struct moe_fwd {
 	float *k;    /* [B][n_head_kv*head_dim] */
 	float *v;    /* [B][n_head_kv*head_dim] */
 	float *att;  /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
-	float
-	    *scores; /* [nth][scores_n]: [n_head/n_head_kv][n_ctx] scores, then a [head_dim] row */
+	/* [nth][scores_n]: [n_head/n_head_kv][scores_cap] scores, then a [head_dim]
+	 * row; grown (by whole KV blocks) to the longest sequence a step has seen */
+	float *scores;
 	size_t scores_n;
+	int64_t scores_cap;
 	float *qkv;     /* [B][conv_dim] DeltaNet projections, then conv output */
 	float *z;       /* [B][n_v_heads*head_v] */
 	float *ba;      /* [B][2*n_v_heads] */

@@ -819,7 +819,7 @@ static void *sched_main(void *arg)
 {
 	moe_engine *e = arg;
 	const int32_t n_vocab = moe_model_hparams(e->m)->n_vocab;
-	const size_t kv_pos = moe_fwd_kv_bytes(e->f) / ((size_t)e->o.n_slots * (size_t)e->o.n_ctx);
+	const size_t kv_pos = moe_fwd_kv_pos_bytes(e->f);
 	const size_t st_slot = moe_fwd_state_bytes(e->f) / (size_t)e->o.n_slots;
 	pthread_mutex_lock(&e->mu);
 	e->win_t0 = moe_now_s();

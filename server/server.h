@@ -13,12 +13,15 @@
  * publishes the new text.  Everything shared is under the engine's mutex.
  *
  * Determinism: a request's result depends only on the request.  Kernels and
- * dense ops are batch-invariant per token; the one place where batching could
- * leak in is the DeltaNet layer, whose chunked form (and its chunk
- * boundaries) is chosen by how many tokens of one sequence a step carries.
- * The scheduler therefore cuts every prompt into pieces of prefill_chunk
- * tokens counted from the start of that prompt alone, and never gives
- * moe_fwd_step more than max_batch tokens (so it never re-chunks a step).
+ * dense ops are batch-invariant per token, and with the forward pass's
+ * default options (the DeltaNet in its recurrent form) a sequence's logits
+ * do not depend on how it is cut into steps either (test_batch_invariance):
+ * a prefix restored at any position and prefilled from there gives what one
+ * piece would.  The scheduler cuts every prompt into pieces of prefill_chunk
+ * tokens counted from the start of that prompt and never gives moe_fwd_step
+ * more than max_batch tokens; that bounds a step's length, and determinism
+ * no longer needs it (it did while long runs took the DeltaNet's chunked
+ * form, whose bits depend on where a run starts and ends).
  */
 #ifndef MOE_SERVER_H
 #define MOE_SERVER_H

@@ -268,6 +268,65 @@ Test(dot, active_isa_is_the_best_supported)
 	cr_log_info("active ISA: %s", moe_isa_name(a));
 }
 
+/* The Q8_0 and Q4_0 row conversions (the quantized KV cache) at level v give
+ * the reference's bits, and the reference gives moe_dequantize_row's values,
+ * for blocks with every fp16 scale (NaN scales: NaN) and random codes, over
+ * rows of 1..8 blocks.  Returns the number of rows compared. */
+static int kv_rows_equal_references(const moe_vec_ops *ref, const moe_vec_ops *v, moe_isa level)
+{
+	enum { NB = 65536, Q8 = 34, Q4 = 18 };
+	uint8_t *q8 = malloc((size_t)NB * Q8), *q4 = malloc((size_t)NB * Q4);
+	float *r = malloc(sizeof(float) * 32 * 8), *s = malloc(sizeof(float) * 32 * 8);
+	float *g = malloc(sizeof(float) * 32 * 8);
+	cr_assert(q8 && q4 && r && s && g);
+	uint64_t st = 777;
+	for (int i = 0; i < NB; i++) {
+		const uint16_t d = (uint16_t)i;
+		memcpy(q8 + (size_t)i * Q8, &d, 2);
+		memcpy(q4 + (size_t)i * Q4, &d, 2);
+		for (int j = 0; j < 32; j++) {
+			st = st * 6364136223846793005ull + 1442695040888963407ull;
+			q8[(size_t)i * Q8 + 2 + j] = (uint8_t)(st >> 56);
+			if (j < 16)
+				q4[(size_t)i * Q4 + 2 + j] = (uint8_t)(st >> 48);
+		}
+	}
+	int rows = 0;
+	for (int t = 0; t < 2; t++) {
+		const moe_type type = t == 0 ? MOE_TYPE_Q8_0 : MOE_TYPE_Q4_0;
+		const size_t bs = t == 0 ? Q8 : Q4;
+		const uint8_t *blocks = t == 0 ? q8 : q4;
+		void (*fr)(float *, const void *, int64_t) =
+		    t == 0 ? ref->q8_0_to_f32 : ref->q4_0_to_f32;
+		void (*fv)(float *, const void *, int64_t) =
+		    t == 0 ? v->q8_0_to_f32 : v->q4_0_to_f32;
+		for (int i = 0; i < NB; i += 1 + i % 8) {
+			const int nb = 1 + i % 8 < NB - i ? 1 + i % 8 : NB - i;
+			const int n = 32 * nb;
+			fr(r, blocks + (size_t)i * bs, n);
+			fv(s, blocks + (size_t)i * bs, n);
+			cr_assert_eq(moe_dequantize_row(type, g, blocks + (size_t)i * bs, n),
+			             MOE_OK);
+			for (int k = 0; k < n; k++) {
+				if (r[k] != r[k]) {
+					cr_assert(s[k] != s[k] && g[k] != g[k],
+					          "%s %s block %d: NaN vs %g", moe_isa_name(level),
+					          t == 0 ? "q8_0" : "q4_0", i + k / 32, s[k]);
+					continue;
+				}
+				cr_assert(
+				    memcmp(&r[k], &s[k], 4) == 0 && memcmp(&r[k], &g[k], 4) == 0,
+				    "%s %s block %d value %d: %g, reference %g, dequantized %g",
+				    moe_isa_name(level), t == 0 ? "q8_0" : "q4_0", i + k / 32,
+				    k % 32, s[k], r[k], g[k]);
+			}
+			rows++;
+		}
+	}
+	free(g), free(s), free(r), free(q4), free(q8);
+	return rows;
+}
+
 /* The float vector ops give the scalar references' bits at each SIMD level,
  * for every length 0..100 and a long one (tails, the 8-lane body), and the
  * F16 conversion is exact for every half that is not a NaN. */
@@ -353,6 +412,7 @@ static void vec_ops_equal_references(moe_isa level)
 		          moe_isa_name(level), i, f2[i], f1[i]);
 		checked++;
 	}
+	checked += kv_rows_equal_references(ref, v, level);
 	cr_assert_gt(checked, 0, "%s: nothing compared", moe_isa_name(level));
 	cr_log_info("%s: %d vector op cases equal to the references", moe_isa_name(level), checked);
 	free(f2);
