@@ -76,6 +76,7 @@ struct moe_engine {
 	int max_batch;
 	moe_fwd *f;
 	moe_prefix_cache *pc;            /* NULL: no prefix cache */
+	bool cp_before_last;             /* prompts' checkpoints before their last token */
 	uint8_t *state;                  /* [moe_fwd_state_size] a state on its way in or out */
 	moe_expert_backend inner;        /* local or the cluster's */
 	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
@@ -718,6 +719,11 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 		size_t piece = g->n_prompt - g->n_fed;
 		if (piece > chunk - g->n_fed % chunk)
 			piece = chunk - g->n_fed % chunk;
+		/* with a recurrent state, the prompt's checkpoint is before its
+		 * last token, so that the same prompt again (a retry, another
+		 * sample) finds all but that token */
+		if (e->cp_before_last && piece > 1 && g->n_fed + piece == g->n_prompt)
+			piece--;
 		if (n + (int64_t)piece > e->max_batch)
 			continue; /* next step */
 		for (size_t i = 0; i < piece; i++) {
@@ -731,7 +737,8 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 		}
 		g->n_fed += piece;
 		g->cp_due = e->pc != NULL &&
-		            (g->n_fed % (size_t)e->o.cache_block == 0 || g->n_fed == g->n_prompt);
+		            (g->n_fed % (size_t)e->o.cache_block == 0 ||
+		             g->n_fed + (e->cp_before_last ? 1 : 0) == g->n_prompt);
 	}
 	*n_rows = rows;
 	return n;
@@ -1024,6 +1031,7 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 		}
 		if ((err = moe_prefix_cache_create(&e->pc, &po)) != MOE_OK)
 			goto out_free_fwd;
+		e->cp_before_last = po.state_bytes > 0;
 	}
 
 	if (pthread_mutex_init(&e->mu, NULL) != 0) {

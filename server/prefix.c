@@ -196,9 +196,11 @@ static node *split(moe_prefix_cache *c, node *x, size_t m)
 	return h;
 }
 
-/* Drops least recently used leaves and inner checkpoints not on the path
- * being kept until the bytes fit the budget. */
-static void evict(moe_prefix_cache *c)
+/* Drops least recently used leaves off the path being kept (nodes marked
+ * keep) and checkpoints (states) but the one at its end, until the bytes fit
+ * the budget.  A conversation is one path: its older checkpoints go, their
+ * rows stay as long as the newest needs them. */
+static void evict(moe_prefix_cache *c, const node *end)
 {
 	while (c->bytes > c->o.ram_bytes) {
 		node *best = NULL;
@@ -211,10 +213,11 @@ static void evict(moe_prefix_cache *c)
 			node *x = stack[--sp];
 			for (int i = 0; i < x->n_kids && sp < 4096; i++)
 				stack[sp++] = x->kids[i];
-			if (x == &c->root || x->keep == c->mark)
+			if (x == &c->root || x == end)
 				continue;
-			const bool leaf = x->n_kids == 0;
-			if ((leaf || x->state != NULL) && (best == NULL || x->used < best->used)) {
+			const bool leaf = x->n_kids == 0 && x->keep != c->mark;
+			const bool st = x->state != NULL && c->o.state_bytes > 0;
+			if ((leaf || st) && (best == NULL || x->used < best->used)) {
 				best = x;
 				whole = leaf;
 			}
@@ -340,7 +343,7 @@ static moe_err do_insert(moe_prefix_cache *c, const int32_t *tokens, size_t n,
 			memcpy(s, state, c->o.state_bytes);
 		x->state = s;
 	}
-	evict(c);
+	evict(c, x);
 	return MOE_OK;
 }
 
@@ -643,17 +646,31 @@ size_t moe_prefix_cache_lookup(moe_prefix_cache *c, const int32_t *tokens, size_
 	node *bn = NULL;
 	for (;;) {
 		node *k = pos < n ? child_of(x, tokens[pos]) : NULL;
-		if (k == NULL || k->len > n - pos || memcmp(k->tok, tokens + pos, k->len * 4) != 0)
+		if (k == NULL)
 			break;
+		if (k->len > n - pos || memcmp(k->tok, tokens + pos, k->len * 4) != 0) {
+			/* without a recurrent state, KV rows alone restore any
+			 * position: a hit may end inside a run */
+			if (c->o.state_bytes == 0) {
+				size_t m = 0;
+				while (m < k->len && pos + m < n && k->tok[m] == tokens[pos + m])
+					m++;
+				k->used = ++c->clock;
+				best = pos + m;
+				bn = k;
+			}
+			break;
+		}
 		pos += k->len;
 		x = k;
 		x->used = ++c->clock;
-		if (x->state != NULL) {
+		if (x->state != NULL || c->o.state_bytes == 0) {
 			best = pos;
 			bn = x;
 		}
 	}
-	if (c->dir[0] != '\0' && best + c->o.block <= n) {
+	/* the disk holds checkpoints at multiples of the block only */
+	if (c->dir[0] != '\0' && (best / c->o.block + 1) * c->o.block <= n) {
 		const size_t d = from_disk(c, tokens, n, max);
 		if (d > best) {
 			size_t e;
@@ -688,8 +705,8 @@ moe_err moe_prefix_cache_read(moe_prefix_cache *c, size_t len, moe_prefix_kv_sin
 		path[n++] = x;
 	}
 	for (int i = n - 1; i >= 0; i--)
-		if (!sink(ctx, (int64_t)path[i]->start, (int64_t)(path[i]->start + path[i]->len),
-		          path[i]->kv))
+		if (!sink(ctx, (int64_t)path[i]->start,
+		          (int64_t)(i > 0 ? path[i]->start + path[i]->len : len), path[i]->kv))
 			return moe_fail(MOE_ERR_CANCELED, "prefix cache: the reader stopped");
 	if (c->o.state_bytes > 0)
 		memcpy(state, c->hit->state, c->o.state_bytes);

@@ -9,8 +9,10 @@
  * KV rows of their positions (kv_pos_bytes each, as moe_fwd_seq_kv_read
  * writes them: position-major, so runs concatenate), and optionally the
  * state after its last token (a checkpoint).  A lookup walks the request's
- * tokens and answers the deepest checkpoint on the path; a hit is read back
- * run by run.  The bytes of every node count against a budget; beyond it
+ * tokens and answers the deepest checkpoint on the path (for a model
+ * without a recurrent state, state_bytes 0, the deepest position: KV rows
+ * alone restore it, so a hit may end inside a run); a hit is read back run
+ * by run.  The bytes of every node count against a budget; beyond it
  * the least recently used leaves (and checkpoints of inner nodes) go.
  *
  * On disk (optional): checkpoints at multiples of block tokens, one file per

@@ -1,8 +1,10 @@
 /* test_prefix.c - the prefix cache (server/prefix.h) on made-up KV rows and
  * states whose bytes say which position and token they belong to: the
  * deepest checkpoint of a prompt is found and read back row for row,
- * sequences sharing a prefix split the tree, the budget evicts least
- * recently used entries but never the path being inserted, the disk tier
+ * sequences sharing a prefix split the tree, without a recurrent state
+ * any position on a path is a hit, the budget evicts least
+ * recently used entries but never the path being inserted (of a
+ * conversation's one path, the older checkpoints), the disk tier
  * rebuilds a prefix after a restart, and refuses files of another model or
  * broken ones. */
 #include <criterion/criterion.h>
@@ -158,6 +160,32 @@ Test(prefix, sequences_sharing_a_prefix_split_the_tree_and_share_its_rows)
 	moe_prefix_cache_destroy(c);
 }
 
+Test(prefix, without_a_recurrent_state_any_position_on_a_path_is_a_hit)
+{
+	moe_prefix_opts o = {.ram_bytes = 1 << 20, .kv_pos_bytes = KB, .state_bytes = 0, .block = 8};
+	moe_prefix_cache *c = NULL;
+	cr_assert_eq(moe_prefix_cache_create(&c, &o), MOE_OK, "%s", moe_err_detail());
+	int32_t t[50], u[50];
+	for (int i = 0; i < 50; i++) {
+		t[i] = 300 + i;
+		u[i] = i < 33 ? t[i] : 9;
+	}
+	seq s = {.tokens = t};
+	cr_assert_eq(moe_prefix_cache_insert(c, t, 40, source, &s, NULL), MOE_OK);
+	struct {
+		const int32_t *tok;
+		size_t n, max, want;
+	} cases[] = {{t, 50, 50, 40}, {t, 50, 17, 17}, {u, 50, 50, 33}, {t, 1, 1, 1}};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const size_t len = moe_prefix_cache_lookup(c, cases[i].tok, cases[i].n, cases[i].max);
+		cr_assert_eq(len, cases[i].want, "case %zu: %zu, not %zu", i, len, cases[i].want);
+		check k = {.tokens = cases[i].tok, .ok = true};
+		cr_assert_eq(moe_prefix_cache_read(c, len, sink, &k, NULL), MOE_OK);
+		cr_assert(k.ok && k.next == (int64_t)len, "case %zu: the rows up to %zu", i, len);
+	}
+	moe_prefix_cache_destroy(c);
+}
+
 Test(prefix, the_budget_evicts_least_recently_used_never_the_new_path)
 {
 	/* room for about three 30-token sequences */
@@ -184,6 +212,25 @@ Test(prefix, the_budget_evicts_least_recently_used_never_the_new_path)
 	insert(c, big, 400);
 	cr_assert_eq(hit(c, big, 400, 400), 0);
 	cr_assert_eq(hit(c, t[0], 30, 30), 30);
+	moe_prefix_cache_destroy(c);
+}
+
+Test(prefix, a_long_conversation_gives_up_its_older_checkpoints_first)
+{
+	/* one path of 100 rows, room for two states besides */
+	moe_prefix_cache *c = make(100 * KB + 2 * SB + 4, NULL, 1);
+	int32_t t[100];
+	for (int i = 0; i < 100; i++)
+		t[i] = 70 + i;
+	for (size_t n = 20; n <= 100; n += 20)
+		insert(c, t, n);
+	cr_assert_eq(hit(c, t, 100, 100), 100, "the newest checkpoint stays");
+	cr_assert_eq(hit(c, t, 100, 99), 80, "the one before it too");
+	cr_assert_eq(hit(c, t, 100, 79), 0, "the older ones went");
+	const moe_prefix_stats k = moe_prefix_cache_stats(c);
+	cr_assert_eq(k.checkpoints, 2);
+	cr_assert_eq(k.evictions, 3);
+	cr_assert_eq(k.bytes, (size_t)100 * KB + 2 * SB, "every row stays: the newest needs them");
 	moe_prefix_cache_destroy(c);
 }
 

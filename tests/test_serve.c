@@ -513,8 +513,9 @@ Test(serve, prefix_cache_disk_tier_survives_a_restart_and_refuses_another_models
 {
 	char dir[] = "/tmp/moe_cache_XXXXXX";
 	cr_assert(mkdtemp(dir) != NULL);
-	const char *const args[] = {"--ctx", "2048", "--cache-block", "256", "--cache-dir",
-	                            dir,     NULL};
+	/* blocks of 64 tokens: the first prompt (181 tokens) has two */
+	const char *const args[] = {"--ctx",         "2048", "--prefill-chunk", "64", "--cache-block",
+	                            "64",            "--cache-dir", dir,           NULL};
 	cJSON *a1 = conversation(kjv(), args);
 	char fa[256];
 	cr_assert_gt(block_files(dir, NULL, fa, sizeof fa), 0, "no block was written");

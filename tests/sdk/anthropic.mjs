@@ -14,6 +14,9 @@ const client = new Anthropic({ baseURL: `http://127.0.0.1:${port}`, apiKey: "non
 // never ends a reasoning part of its own)
 const extra = process.env.MOE_NO_THINKING ? { thinking: { type: "disabled" } } : {};
 
+// the prompt's tokens: input_tokens counts only those the prompt cache did not hold (Anthropic's usage)
+const prompt = (u) => u.input_tokens + (u.cache_read_input_tokens ?? 0) + (u.cache_creation_input_tokens ?? 0);
+
 function check(ok, msg) {
   if (!ok) {
     console.error(`FAIL (${which}): ${msg}`);
@@ -53,11 +56,14 @@ const cases = {
     const m = await stream.finalMessage();
     check(JSON.stringify(m.content) === JSON.stringify(r.content), `streamed ${JSON.stringify(m.content)} vs ${JSON.stringify(r.content)}`);
     check(m.stop_reason === "max_tokens" && m.usage.output_tokens === 12, JSON.stringify(m));
+    // the same body again: the server's prefix cache (on by default) holds all but its last token
+    check(prompt(m.usage) === prompt(r.usage) && m.usage.cache_read_input_tokens === prompt(r.usage) - 1,
+          `usage of the repeat ${JSON.stringify(m.usage)} vs ${JSON.stringify(r.usage)}`);
     check(kinds[0] === "message_start" && kinds.at(-1) === "message_stop" && kinds.includes("content_block_start") &&
           kinds.includes("content_block_delta") && kinds.includes("content_block_stop") && kinds.includes("message_delta"),
           `events ${kinds}`);
     const c = await client.messages.countTokens({ ...extra, model: "kjv", system: body.system, messages: body.messages });
-    check(c.input_tokens === r.usage.input_tokens, `count_tokens ${c.input_tokens} vs ${r.usage.input_tokens}`);
+    check(c.input_tokens === prompt(r.usage), `count_tokens ${c.input_tokens} vs ${JSON.stringify(r.usage)}`);
     // a stop sequence met is named
     const s = await client.messages.create({ ...extra, ...body, max_tokens: 40, stop_sequences: ["LORD", "God", "the"] });
     check(s.stop_reason === "stop_sequence" && ["LORD", "God", "the"].includes(s.stop_sequence), `stop ${s.stop_reason} ${s.stop_sequence}`);
@@ -101,7 +107,7 @@ const cases = {
       { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "12 degrees, rain" }] }];
     const a = await client.messages.create({ ...extra, model: "kjv", max_tokens: 16, tools: [weather], messages });
     check(["end_turn", "max_tokens", "tool_use"].includes(a.stop_reason), JSON.stringify(a));
-    check(a.usage.input_tokens > r.usage.input_tokens, "the tool result is not in the prompt");
+    check(prompt(a.usage) > prompt(r.usage), "the tool result is not in the prompt");
     // "any": some call
     // (one call: this model never writes the end token that would stop a run of several)
     const any = await client.messages.create({ ...extra, ...body, tool_choice: { type: "any", disable_parallel_tool_use: true } });
