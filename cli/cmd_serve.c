@@ -18,13 +18,16 @@ static void usage(FILE *f)
 	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
 	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
 	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
-	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n\n"
+	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
+	        "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n\n"
 	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
 	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
 	        "(default 4) decode together in every step, each with --ctx positions\n"
-	        "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
-	        "a slot, more get 429.  With --api-key every route but /health needs\n"
+	        "(default min(model, 4096)) of KV cache in --kv's type (default f16), taken\n"
+	        "in blocks as sequences grow, at most --kv-budget MiB of them (0: no cap);\n"
+	        "up to --queue requests (default 64) wait for a slot, more get 429.  With\n"
+	        "--api-key every route but /health needs\n"
 	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  Chats are\n"
 	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	        "(--chat-template chatml); a template the server cannot render stops it\n"
@@ -97,7 +100,13 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			bad = moe_parse_int(&a->eo.n_threads, v, 1, 1024);
 		else if (strcmp(s, "--queue") == 0)
 			bad = moe_parse_int(&a->eo.max_queue, v, 0, 1 << 20);
-		else if (strcmp(s, "--prefill-chunk") == 0)
+		else if (strcmp(s, "--kv") == 0)
+			bad = moe_fwd_kv_type_parse(&a->eo.kv_type, v) != MOE_OK;
+		else if (strcmp(s, "--kv-budget") == 0) {
+			long mib = 0;
+			bad = moe_parse_long(&mib, v, 0, 1L << 30);
+			a->eo.kv_budget_bytes = (size_t)mib << 20;
+		} else if (strcmp(s, "--prefill-chunk") == 0)
 			bad = moe_parse_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
 		else if (strcmp(s, "--max-body") == 0) {
 			bad = moe_parse_int(&max_body, v, 1024, 1 << 30);

@@ -750,6 +750,48 @@ Test(cli, logits_one_by_one_matches_golden)
 	golden_free(&g);
 }
 
+/* --kv takes every KV type (and refuses others as a usage error); run reports
+ * the type, the bytes per position and the blocks held. */
+Test(cli, kv_types)
+{
+	char out[] = "/tmp/moe_logits_XXXXXX";
+	int fd = mkstemp(out);
+	cr_assert(fd >= 0);
+	close(fd);
+	char cmd[4096];
+	static const char *types[] = {"f32", "f16", "q8_0", "q4_0"};
+	for (int i = 0; i < 4; i++) {
+		snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2,3,4 --kv %s -o %s", bin(),
+		         fixture("qwen3moe-tiny-F32.gguf"), types[i], out);
+		cr_expect_eq(system(cmd), 0, "%s", cmd);
+	}
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2 --kv q5_0 -o %s 2>/dev/null", bin(),
+	         fixture("qwen3moe-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2, "an unknown KV type is a usage error");
+	unlink(out);
+
+	const char *src = getenv("MOE_SOURCE_DIR");
+	cr_assert_not_null(src);
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/kjv-qwen3next-Q4_K_M.gguf -p 'In the beginning' -n 4 "
+	         "--temp 0 --threads 1 --kv q8_0 --kv-budget 1 2>&1 >/dev/null",
+	         bin(), src);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof text - 1, p);
+	text[n] = 0;
+	cr_assert_eq(pclose(p), 0, "%s", cmd);
+	/* one attention layer, 2 KV heads of 32: K and V rows of 2 Q8_0 blocks */
+	cr_expect_not_null(strstr(text, "KV cache 34816 bytes held (q8_0, 136 bytes per position, "
+	                                "in blocks of 256 positions)"),
+	                   "%s", text);
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/kjv-qwen3next-Q4_K_M.gguf -p x --kv q8 >/dev/null 2>&1",
+	         bin(), src);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2);
+}
+
 /* Greedy text of the KJV demo models equals llama.cpp's (the samples in
  * models/README.md, prompt removed). */
 static void check_kjv(const char *model, const char *prompt, const char *expect)
