@@ -1,6 +1,7 @@
 /*
  * bench_e2e.c - `moemesh bench e2e -m MODEL.gguf [--prompt N] [-n N]
- * [--threads N]`: single-process prefill and decode speed of the forward pass.
+ * [--threads N] [--gdn-chunk N] [--kv TYPE]`: single-process prefill and
+ * decode speed of the forward pass.
  *
  * Prefill: one step of N prompt tokens (default 128), after one unmeasured
  * run of the same step.  Decode: -n (default 64)
@@ -27,7 +28,8 @@ static void usage(FILE *f)
 	fprintf(f,
 	        "usage: moemesh bench e2e -m MODEL.gguf [--prompt N] [-n N] [--threads N]\n"
 	        "                        [--gdn-chunk N]  (DeltaNet: runs of >= N tokens in the\n"
-	        "                        chunked form, 0 = always recurrent; default 0)\n");
+	        "                        chunked form, 0 = always recurrent; default 0)\n"
+	        "                        [--kv f16|f32|q8_0|q4_0]  (KV cache type; default f16)\n");
 }
 
 /* Weight bytes read by one decode token. */
@@ -77,6 +79,8 @@ int moe_bench_e2e(int argc, char **argv)
 			bad |= moe_parse_int(&o.n_threads, v, 0, 1024);
 		else if (strcmp(argv[i - 1], "--gdn-chunk") == 0)
 			bad |= moe_parse_int(&o.gdn_chunk, v, 0, 1 << 20);
+		else if (strcmp(argv[i - 1], "--kv") == 0)
+			bad |= moe_fwd_kv_type_parse(&o.kv_type, v) != MOE_OK;
 		else {
 			usage(stderr);
 			return 2;
@@ -159,8 +163,8 @@ int moe_bench_e2e(int argc, char **argv)
 	moe_bench_triad_destroy(tri);
 	const double pre = n_prompt / (t_pre - t0), dec = n_gen / (t2 - t1);
 	const double bpt = bytes_per_token(m);
-	printf("model %s (%s), %d threads\n", model, moe_arch_name(hp->arch),
-	       moe_pool_threads(moe_fwd_pool(f)));
+	printf("model %s (%s), %d threads, %s KV\n", model, moe_arch_name(hp->arch),
+	       moe_pool_threads(moe_fwd_pool(f)), moe_fwd_kv_type_name(o.kv_type));
 	printf("prefill: %d tokens, %.1f tok/s\n", n_prompt, pre);
 	printf("decode:  %d tokens, %.1f tok/s, %.2f MB weights/token -> %.2f GB/s\n", n_gen, dec,
 	       bpt / 1e6, bpt * dec / 1e9);

@@ -14,7 +14,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: moemesh logits -m MODEL.gguf --tokens ID,ID,... -o OUT.f32\n"
-	        "                      [--one-by-one] [--kv f16|f32] [--threads N]\n"
+	        "                      [--one-by-one] [--kv f16|f32|q8_0|q4_0] [--threads N]\n"
 	        "                      [--batch N]\n\n"
 	        "Runs the tokens through the model (positions 0, 1, ...) and writes raw\n"
 	        "little-endian float32 logits [n_tokens][n_vocab] to OUT (row i = after\n"
@@ -53,12 +53,7 @@ int moe_cmd_logits(int argc, char **argv)
 		} else if (strcmp(a, "--tokens") == 0 && has) {
 			toks = argv[++i];
 		} else if (strcmp(a, "--kv") == 0 && has) {
-			const char *t = argv[++i];
-			if (strcmp(t, "f16") == 0)
-				o.kv_type = MOE_TYPE_F16;
-			else if (strcmp(t, "f32") == 0)
-				o.kv_type = MOE_TYPE_F32;
-			else
+			if (moe_fwd_kv_type_parse(&o.kv_type, argv[++i]) != MOE_OK)
 				goto out_usage;
 		} else if (strcmp(a, "--threads") == 0 && has) {
 			if (moe_parse_int(&o.n_threads, argv[++i], 1, 1024) != 0)

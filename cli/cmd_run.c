@@ -20,13 +20,15 @@ static void usage(FILE *f)
 	        "                   [--repeat-penalty R] [--presence-penalty P]\n"
 	        "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
 	        "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
-	        "                   [--kv f16|f32] [--ctx N] [--batch N]\n\n"
+	        "                   [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB] [--ctx N]\n"
+	        "                   [--batch N]\n\n"
 	        "Generates up to N tokens (default 128) after the prompt and streams the\n"
 	        "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
 	        "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
-	        "top-p 0.95, min-p 0.05).  Prompt and decode speed and the bytes of KV\n"
-	        "cache and recurrent state go to stderr; with a cluster, one line of\n"
-	        "statistics per worker.\n\n%s",
+	        "top-p 0.95, min-p 0.05).  --kv picks the KV cache type (default f16),\n"
+	        "--kv-budget caps its blocks (0: no cap).  Prompt and decode speed and the\n"
+	        "bytes of KV cache and recurrent state go to stderr; with a cluster, one\n"
+	        "line of statistics per worker.\n\n%s",
 	        moe_cluster_usage());
 }
 
@@ -111,13 +113,12 @@ static int parse_args(run_args *a, int argc, char **argv)
 			bad = moe_parse_int(&a->fo.n_ctx, v, 1, 1 << 24);
 		else if (strcmp(s, "--batch") == 0)
 			bad = moe_parse_int(&a->fo.max_batch, v, 1, 1 << 20);
-		else if (strcmp(s, "--kv") == 0) {
-			if (strcmp(v, "f16") == 0)
-				a->fo.kv_type = MOE_TYPE_F16;
-			else if (strcmp(v, "f32") == 0)
-				a->fo.kv_type = MOE_TYPE_F32;
-			else
-				bad = 1;
+		else if (strcmp(s, "--kv") == 0)
+			bad = moe_fwd_kv_type_parse(&a->fo.kv_type, v) != MOE_OK;
+		else if (strcmp(s, "--kv-budget") == 0) {
+			long mib = 0;
+			bad = moe_parse_long(&mib, v, 0, 1L << 30);
+			a->fo.kv_budget_bytes = (size_t)mib << 20;
 		} else
 			return 2;
 		if (bad)
@@ -297,9 +298,11 @@ int moe_cmd_run(int argc, char **argv)
 	        "tok/s, %d steps)\n",
 	        n_prompt, t1 - t0, (double)n_prompt / (t1 - t0), n_done, t2 - t1,
 	        n_steps > 0 ? (double)n_steps / (t2 - t1) : 0.0, n_steps);
-	fprintf(stderr, "memory: KV cache %zu bytes, recurrent state %zu bytes (n_ctx %d, %s KV)\n",
-	        moe_fwd_kv_bytes(f), moe_fwd_state_bytes(f), a.fo.n_ctx,
-	        a.fo.kv_type == MOE_TYPE_F16 ? "f16" : "f32");
+	fprintf(stderr,
+	        "memory: KV cache %zu bytes held (%s, %zu bytes per position, in blocks of %d "
+	        "positions), recurrent state %zu bytes (n_ctx %d)\n",
+	        moe_fwd_kv_bytes(f), moe_fwd_kv_type_name(a.fo.kv_type), moe_fwd_kv_pos_bytes(f),
+	        MOE_FWD_KV_BLOCK, moe_fwd_state_bytes(f), a.fo.n_ctx);
 	if (cl)
 		moe_cluster_print_stats(cl, stderr);
 	rc = 0;

@@ -20,14 +20,17 @@ static void usage(FILE *f)
 	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
 	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
 	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
+	        "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
 	        "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
 	        "                     [--no-prefix-cache]\n\n"
 	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
 	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
 	        "(default 4) decode together in every step, each with --ctx positions\n"
-	        "(default min(model, 4096)); up to --queue requests (default 64) wait for\n"
-	        "a slot, more get 429.  With --api-key every route but /health needs\n"
+	        "(default min(model, 4096)) of KV cache in --kv's type (default f16), taken\n"
+	        "in blocks as sequences grow, at most --kv-budget MiB of them (0: no cap);\n"
+	        "up to --queue requests (default 64) wait for a slot, more get 429.  With\n"
+	        "--api-key every route but /health needs\n"
 	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  Chats are\n"
 	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	        "(--chat-template chatml); a template the server cannot render stops it\n"
@@ -109,7 +112,13 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			bad = moe_parse_int(&a->eo.n_threads, v, 1, 1024);
 		else if (strcmp(s, "--queue") == 0)
 			bad = moe_parse_int(&a->eo.max_queue, v, 0, 1 << 20);
-		else if (strcmp(s, "--prefill-chunk") == 0)
+		else if (strcmp(s, "--kv") == 0)
+			bad = moe_fwd_kv_type_parse(&a->eo.kv_type, v) != MOE_OK;
+		else if (strcmp(s, "--kv-budget") == 0) {
+			long mib = 0;
+			bad = moe_parse_long(&mib, v, 0, 1L << 30);
+			a->eo.kv_budget_bytes = (size_t)mib << 20;
+		} else if (strcmp(s, "--prefill-chunk") == 0)
 			bad = moe_parse_int(&a->eo.prefill_chunk, v, 1, 1 << 16);
 		else if (strcmp(s, "--max-body") == 0) {
 			bad = moe_parse_int(&max_body, v, 1024, 1 << 30);
@@ -133,17 +142,17 @@ static int parse_args(serve_args *a, int argc, char **argv)
 }
 
 /* What the prefix cache's disk entries are keyed by: the model's identity
- * (proto.h) and what the KV rows' bits depend on besides it (the kernels'
- * ISA level). */
-static moe_err cache_identity(uint8_t out[32], const moe_model *m)
+ * (proto.h) and what the KV rows' and states' bits depend on besides it (the
+ * kernels' ISA level, the KV type). */
+static moe_err cache_identity(uint8_t out[32], const moe_model *m, moe_type kv)
 {
 	uint8_t id[MOE_ID_BYTES];
 	moe_err err = moe_model_identity(id, moe_model_gguf(m));
 	if (err != MOE_OK)
 		return err;
-	char what[64];
-	const int n =
-	    snprintf(what, sizeof what, "prefix-cache 1 isa %s", moe_isa_name(moe_isa_active()));
+	char what[96];
+	const int n = snprintf(what, sizeof what, "prefix-cache 1 isa %s kv %s",
+	                       moe_isa_name(moe_isa_active()), moe_fwd_kv_type_name(kv));
 	return moe_hmac_sha256(out, id, sizeof id, what, (size_t)n);
 }
 
@@ -212,7 +221,7 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.idle_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
-	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m)) != MOE_OK)
+	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type)) != MOE_OK)
 		goto out_fail;
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;

@@ -110,7 +110,8 @@ struct moe_engine {
 void moe_engine_opts_default(moe_engine_opts *o)
 {
 	*o = (moe_engine_opts){
-	    .n_slots = 4, .max_queue = 64, .prefill_chunk = 256, .cache_block = 1024};
+	    .n_slots = 4, .max_queue = 64, .prefill_chunk = 256, .cache_block = 1024,
+	    .kv_type = MOE_TYPE_F16};
 }
 
 int moe_engine_n_ctx(const moe_engine *e)
@@ -1009,6 +1010,8 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.n_ctx = o.n_ctx;
 	fo.max_batch = e->max_batch;
 	fo.n_threads = o.n_threads;
+	fo.kv_type = o.kv_type;
+	fo.kv_budget_bytes = o.kv_budget_bytes;
 	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;

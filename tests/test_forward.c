@@ -529,6 +529,57 @@ Test(forward, f16_kv_cache_stays_close)
 	moe_model_destroy(m);
 }
 
+/* A quantized KV cache against the F32 one, on sequences A and B of the F32
+ * fixtures in one step: mean KL and top-1 agreement within tolerances.json's
+ * section (KV type name + "_kv"). */
+static void check_kv_type(moe_type kv)
+{
+	char section[32];
+	snprintf(section, sizeof section, "%s_kv", moe_fwd_kv_type_name(kv));
+	const char *models[2] = {"qwen3moe-tiny-F32", "qwen3next-tiny-F32"};
+	for (int k = 0; k < 2; k++) {
+		char path[128];
+		snprintf(path, sizeof path, "%s.gguf", models[k]);
+		moe_model *m = open_model(path);
+		golden g;
+		golden_load(&g, models[k]);
+		moe_fwd *f32 = make_fwd(m, MOE_TYPE_F32, 1, 256, 1);
+		moe_fwd *fq = make_fwd(m, kv, 1, 256, 1);
+		int s1, s2;
+		cr_assert_eq(moe_fwd_seq_open(f32, &s1), MOE_OK);
+		cr_assert_eq(moe_fwd_seq_open(fq, &s2), MOE_OK);
+		for (int s = 0; s < 2; s++) {
+			const int n = g.n_tok[s];
+			float *a = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+			float *b = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+			run_seq(f32, s1, a, g.tok[s], n, false);
+			run_seq(fq, s2, b, g.tok[s], n, false);
+			const cmp c = compare(a, b, n);
+			cr_log_info("%s KV vs f32 KV, %s %s: max %.3g KL %.3g agree %.1f%%",
+			            moe_fwd_kv_type_name(kv), models[k], s == 0 ? "A" : "B",
+			            c.max_abs, c.mean_kl, 100 * c.agree);
+			cr_expect(c.mean_kl <= tol(section, "max_mean_kl") &&
+			              c.agree >= tol(section, "min_top1_agree"),
+			          "%s KV, %s %s: KL %g agree %g", moe_fwd_kv_type_name(kv),
+			          models[k], s == 0 ? "A" : "B", c.mean_kl, c.agree);
+			free(a), free(b);
+		}
+		golden_free(&g);
+		moe_fwd_destroy(fq);
+		moe_fwd_destroy(f32);
+		moe_model_destroy(m);
+	}
+}
+
+Test(forward, q8_0_kv_cache_stays_close)
+{
+	check_kv_type(MOE_TYPE_Q8_0);
+}
+Test(forward, q4_0_kv_cache_stays_close)
+{
+	check_kv_type(MOE_TYPE_Q4_0);
+}
+
 /* ---- expert backend: split placement gives identical bits --------------------------- */
 
 typedef struct split_backend {
@@ -748,6 +799,48 @@ Test(cli, logits_one_by_one_matches_golden)
 	unlink(out);
 	free(ours), free(gs);
 	golden_free(&g);
+}
+
+/* --kv takes every KV type (and refuses others as a usage error); run reports
+ * the type, the bytes per position and the blocks held. */
+Test(cli, kv_types)
+{
+	char out[] = "/tmp/moe_logits_XXXXXX";
+	int fd = mkstemp(out);
+	cr_assert(fd >= 0);
+	close(fd);
+	char cmd[4096];
+	static const char *types[] = {"f32", "f16", "q8_0", "q4_0"};
+	for (int i = 0; i < 4; i++) {
+		snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2,3,4 --kv %s -o %s", bin(),
+		         fixture("qwen3moe-tiny-F32.gguf"), types[i], out);
+		cr_expect_eq(system(cmd), 0, "%s", cmd);
+	}
+	snprintf(cmd, sizeof cmd, "%s logits -m %s --tokens 1,2 --kv q5_0 -o %s 2>/dev/null", bin(),
+	         fixture("qwen3moe-tiny-F32.gguf"), out);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2, "an unknown KV type is a usage error");
+	unlink(out);
+
+	const char *src = getenv("MOE_SOURCE_DIR");
+	cr_assert_not_null(src);
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/kjv-qwen3next-Q4_K_M.gguf -p 'In the beginning' -n 4 "
+	         "--temp 0 --threads 1 --kv q8_0 --kv-budget 1 2>&1 >/dev/null",
+	         bin(), src);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof text - 1, p);
+	text[n] = 0;
+	cr_assert_eq(pclose(p), 0, "%s", cmd);
+	/* one attention layer, 2 KV heads of 32: K and V rows of 2 Q8_0 blocks */
+	cr_expect_not_null(strstr(text, "KV cache 34816 bytes held (q8_0, 136 bytes per position, "
+	                                "in blocks of 256 positions)"),
+	                   "%s", text);
+	snprintf(cmd, sizeof cmd,
+	         "%s run -m %s/models/kjv-qwen3next-Q4_K_M.gguf -p x --kv q8 >/dev/null 2>&1",
+	         bin(), src);
+	cr_expect_eq(WEXITSTATUS(system(cmd)), 2);
 }
 
 /* Greedy text of the KJV demo models equals llama.cpp's (the samples in

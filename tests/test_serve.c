@@ -464,7 +464,13 @@ Test(serve, prefix_cache_reuses_prompts_and_changes_no_byte, .timeout = 600)
 	                                                         "256", "--cache-ram", "1", NULL});
 	cJSON *cl = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--cache-block",
 	                                                      "256", "--workers", "2", NULL});
+	cJSON *q8 = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--cache-block",
+	                                                      "256", "--kv", "q8_0", NULL});
+	cJSON *q8off = conversation(
+	    kjv(), (const char *const[]){"--ctx", "2048", "--kv", "q8_0", "--no-prefix-cache", NULL});
 	same_texts(on, off, "cache vs none");
+	same_texts(q8, q8off, "a Q8_0 KV cache: prefix cache vs none");
+	cr_expect_gt(cached_at(q8, 3), 0, "Q8_0 KV: the last turn reused nothing");
 	same_texts(on, small, "cache vs a 1 MiB cache");
 	same_texts(on, cl, "cache vs cache on 2 workers");
 	cr_expect_eq(cached_at(on, 0), 0);
@@ -481,6 +487,8 @@ Test(serve, prefix_cache_reuses_prompts_and_changes_no_byte, .timeout = 600)
 	cJSON_Delete(off);
 	cJSON_Delete(small);
 	cJSON_Delete(cl);
+	cJSON_Delete(q8);
+	cJSON_Delete(q8off);
 }
 
 /* The .moeblk files of one identity folder of dir into list (their folder
