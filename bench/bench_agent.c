@@ -253,6 +253,14 @@ static int run_session(turn *t, const session *s, int port)
 		t[k].secs = moe_now_s() - t0;
 		t[k].ttft = first;
 		free(json);
+		const char *eol = strchr(resp, '\n');
+		if (strncmp(resp, "HTTP/1.", 7) != 0 || eol == NULL || strstr(resp, " 200 ") == NULL ||
+		    strstr(resp, " 200 ") > eol || strstr(resp, "\ndata: {\"error\"") != NULL) {
+			fprintf(stderr, "bench agent: turn %d failed: %.400s\n", k + 1, resp);
+			free(resp);
+			rc = -1;
+			break;
+		}
 		/* the events: the reply's text, and usage (and llama.cpp's timings) */
 		char *reply = calloc(1, 1);
 		size_t rl = 0;
@@ -294,6 +302,12 @@ static int run_session(turn *t, const session *s, int port)
 			cJSON_Delete(ev);
 		}
 		free(resp);
+		if (t[k].prompt <= 0 || t[k].ttft <= 0) {
+			fprintf(stderr, "bench agent: turn %d: no usage or no text in the reply\n", k + 1);
+			free(reply);
+			rc = -1;
+			break;
+		}
 		m = cJSON_CreateObject();
 		cJSON_AddStringToObject(m, "role", "assistant");
 		cJSON_AddStringToObject(m, "content", reply);
