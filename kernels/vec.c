@@ -25,6 +25,13 @@ static float dot_ref(const float *a, const float *b, int64_t n)
 	return r;
 }
 
+static void dot_rows_ref(float *y, int64_t y_stride, const float *a, int64_t a_stride, int64_t m,
+                         const float *b, int64_t n)
+{
+	for (int64_t r = 0; r < m; r++)
+		y[r * y_stride] = dot_ref(a + r * a_stride, b, n);
+}
+
 static void axpy_ref(float *y, float a, const float *x, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
@@ -82,6 +89,7 @@ static void fix_axpy_ref(int64_t *acc, float w, const float *x, int64_t n)
 void moe_vec_ops_ref(moe_vec_ops *ops)
 {
 	ops->dot = dot_ref;
+	ops->dot_rows = dot_rows_ref;
 	ops->axpy = axpy_ref;
 	ops->axpy_rows = axpy_rows_ref;
 	ops->scale = scale_ref;

@@ -50,7 +50,11 @@ static const float *kv_head(const moe_fwd *f, const moe_vec_ops *v_ops, int whic
 }
 
 /* One item = one token and one KV head with its group of query heads, so
- * every cache row is read (and converted) once per group. */
+ * every cache row is read (and converted) once per group: each K row meets
+ * the group's queries in one dot_rows (independent sums, the bits of one dot
+ * each); the V rows are converted MOE_ATTN_VTILE at a time and summed into
+ * each head's output by axpy_rows (the bits of one axpy per position, in
+ * position order). */
 static void attn_heads(void *arg, int ith, int nth)
 {
 	const attn_job *jb = arg;
@@ -64,7 +68,7 @@ static void attn_heads(void *arg, int ith, int nth)
 	const int64_t cap = f->scores_cap;
 	const size_t head_bytes = moe_row_size(f->kv.type, hd);
 	float *s = f->scores + (size_t)ith * f->scores_n; /* [grp][cap] */
-	float *buf = s + (size_t)grp * (size_t)cap;       /* [hd] */
+	float *buf = s + (size_t)grp * (size_t)cap;       /* [MOE_ATTN_VTILE][hd] */
 
 	for (int64_t item = ith; item < f->n * nkv; item += nth) {
 		const int64_t t = item / nkv;
@@ -77,20 +81,27 @@ static void attn_heads(void *arg, int ith, int nth)
 		for (int64_t p = 0; p < n_pos; p++) {
 			const float *k =
 			    kv_head(f, v_ops, 0, kv_layer, slot, p, kvh, head_bytes, hd, buf);
-			for (int g = 0; g < grp; g++)
-				s[(int64_t)g * cap + p] =
-				    v_ops->dot(q0 + g * jb->q_head, k, hd) * scale;
+			v_ops->dot_rows(s + p, cap, q0, jb->q_head, grp, k, hd);
 		}
 		for (int g = 0; g < grp; g++) {
-			moe_softmax(s + (int64_t)g * cap, n_pos);
+			float *sg = s + (int64_t)g * cap;
+			for (int64_t p = 0; p < n_pos; p++)
+				sg[p] *= scale;
+			moe_softmax(sg, n_pos);
 			for (int d = 0; d < hd; d++)
 				out0[g * hd + d] = 0.0f;
 		}
-		for (int64_t p = 0; p < n_pos; p++) {
-			const float *v =
-			    kv_head(f, v_ops, 1, kv_layer, slot, p, kvh, head_bytes, hd, buf);
+		for (int64_t p0 = 0; p0 < n_pos; p0 += MOE_ATTN_VTILE) {
+			const int64_t m = n_pos - p0 < MOE_ATTN_VTILE ? n_pos - p0 : MOE_ATTN_VTILE;
+			for (int64_t i = 0; i < m; i++) {
+				float *row = buf + i * hd;
+				const float *src =
+				    kv_head(f, v_ops, 1, kv_layer, slot, p0 + i, kvh, head_bytes, hd, row);
+				if (src != row)
+					memcpy(row, src, sizeof(float) * (size_t)hd);
+			}
 			for (int g = 0; g < grp; g++)
-				v_ops->axpy(out0 + g * hd, s[(int64_t)g * cap + p], v, hd);
+				v_ops->axpy_rows(out0 + g * hd, s + (int64_t)g * cap + p0, buf, hd, m, hd);
 		}
 		if (jb->gated) {
 			for (int g = 0; g < grp; g++) {

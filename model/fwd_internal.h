@@ -73,6 +73,9 @@ typedef struct moe_kv_seq {
 	int64_t held; /* positions whose K and V are written */
 } moe_kv_seq;
 
+/* V rows converted and summed at a time by the attention (attention.c) */
+#define MOE_ATTN_VTILE 64
+
 typedef struct moe_kvcache {
 	moe_type type;   /* F32, F16, Q8_0 or Q4_0 */
 	int n_layers;    /* full-attention layers */
@@ -163,8 +166,9 @@ struct moe_fwd {
 	float *k;    /* [B][n_head_kv*head_dim] */
 	float *v;    /* [B][n_head_kv*head_dim] */
 	float *att;  /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
-	/* [nth][scores_n]: [n_head/n_head_kv][scores_cap] scores, then a [head_dim]
-	 * row; grown (by whole KV blocks) to the longest sequence a step has seen */
+	/* [nth][scores_n]: [n_head/n_head_kv][scores_cap] scores, then
+	 * [MOE_ATTN_VTILE][head_dim] rows; grown (by whole KV blocks) to the
+	 * longest sequence a step has seen */
 	float *scores;
 	size_t scores_n;
 	int64_t scores_cap;

@@ -46,6 +46,7 @@ struct moe_gen {
 
 	/* the scheduler's own */
 	int slot;
+	size_t kv_blocks; /* KV blocks its prompt and max_tokens can take (held from admission) */
 	int n_sched;  /* tokens generated (copied to n_gen when published) */
 	size_t n_fed; /* prompt tokens in the slot */
 	int32_t next_tok;
@@ -91,6 +92,8 @@ struct moe_engine {
 	int n_queued;
 	moe_gen **active; /* [n_slots], scheduler's; NULL = free */
 	int n_active;
+	size_t kv_blocks_cap;  /* KV blocks the budget holds (SIZE_MAX: no budget) */
+	size_t kv_blocks_held; /* under mu: the kv_blocks of the admitted requests */
 
 	/* step buffers: [max_batch] */
 	int32_t *b_tok, *b_slot, *b_pos;
@@ -216,6 +219,19 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 		                "prompt (%zu tokens) + max_tokens (%d) exceeds the context of %d "
 		                "tokens",
 		                p->n_prompt, p->max_tokens, e->o.n_ctx);
+	/* the KV blocks it can take are held from admission to its end, so a
+	 * step never runs out of them mid-way */
+	const size_t blocks =
+	    (p->n_prompt + (size_t)p->max_tokens + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK;
+	if (e->kv_blocks_cap != SIZE_MAX && blocks > e->kv_blocks_cap) {
+		const double mib = (double)moe_fwd_kv_pos_bytes(e->f) * MOE_FWD_KV_BLOCK / 1048576.0;
+		return moe_fail(MOE_ERR_BAD_VALUE,
+		                "prompt (%zu tokens) + max_tokens (%d) need %zu KV blocks of %d "
+		                "positions (%.1f MiB); the KV budget holds %zu (%.1f MiB)",
+		                p->n_prompt, p->max_tokens, blocks, MOE_FWD_KV_BLOCK,
+		                (double)blocks * mib, e->kv_blocks_cap,
+		                (double)e->kv_blocks_cap * mib);
+	}
 	if (p->n_stops < 0 || p->n_stops > MOE_GEN_MAX_STOPS || p->n_end < 0 ||
 	    p->n_end > MOE_GEN_MAX_END)
 		return moe_fail(MOE_ERR_INVAL, "serve: too many stop strings or end tokens");
@@ -238,6 +254,7 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	}
 	g->e = e;
 	g->slot = -1;
+	g->kv_blocks = e->kv_blocks_cap == SIZE_MAX ? 0 : blocks;
 	g->stop_index = -1;
 	g->n_prompt = p->n_prompt;
 	g->max_tokens = p->max_tokens;
@@ -594,6 +611,7 @@ static void gen_end(moe_engine *e, moe_gen *g, moe_gen_finish fin)
 		(void)moe_fwd_seq_close(e->f, g->slot);
 		e->active[g->slot] = NULL;
 		e->n_active--;
+		e->kv_blocks_held -= g->kv_blocks;
 		g->slot = -1;
 	}
 	g->finish = fin;
@@ -664,9 +682,13 @@ static void admit(moe_engine *e)
 			gen_end(e, e->active[s], MOE_GEN_CANCELLED);
 	moe_gen **pp = &e->queue_head;
 	e->queue_tail = NULL;
+	bool full = false; /* first come, first served: none passes a request that waits */
 	while (*pp != NULL) {
 		moe_gen *g = *pp;
-		if (!g->cancel && e->n_active == e->o.n_slots) {
+		if (!g->cancel)
+			full = full || e->n_active == e->o.n_slots ||
+			       g->kv_blocks > e->kv_blocks_cap - e->kv_blocks_held;
+		if (!g->cancel && full) {
 			e->queue_tail = g;
 			pp = &g->next;
 			continue;
@@ -686,6 +708,7 @@ static void admit(moe_engine *e)
 		g->slot = slot;
 		e->active[slot] = g;
 		e->n_active++;
+		e->kv_blocks_held += g->kv_blocks;
 		for (size_t i = 0; i < g->n_prompt; i++)
 			moe_sampler_accept(g->smp, g->prompt[i]);
 	}
@@ -973,9 +996,9 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	    o.n_ctx < 0)
 		return moe_fail(MOE_ERR_INVAL, "serve: parallel %d, queue %d, prefill chunk %d",
 		                o.n_slots, o.max_queue, o.prefill_chunk);
+	/* KV blocks are taken as sequences grow: the trained length costs nothing up front */
 	if (o.n_ctx == 0)
-		o.n_ctx =
-		    hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? (int)hp->n_ctx_train : 4096;
+		o.n_ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < (1 << 22) ? hp->n_ctx_train : 1 << 22;
 	if (o.cache_block < 1)
 		o.cache_block = 1024;
 	o.cache_block = (o.cache_block + o.prefill_chunk - 1) / o.prefill_chunk * o.prefill_chunk;
@@ -1015,6 +1038,9 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;
+	const size_t kv_cap = moe_fwd_kv_capacity(e->f);
+	const size_t kv_blk = moe_fwd_kv_pos_bytes(e->f) * MOE_FWD_KV_BLOCK;
+	e->kv_blocks_cap = kv_cap == SIZE_MAX || kv_blk == 0 ? SIZE_MAX : kv_cap / kv_blk;
 	/* count every layer's routed tokens on their way to that backend */
 	e->inner = moe_fwd_experts(e->f);
 	const moe_expert_backend counting = {

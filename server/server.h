@@ -41,7 +41,7 @@ typedef struct moe_engine moe_engine;
 
 typedef struct moe_engine_opts {
 	int n_slots;            /* sequences decoded together (--parallel), default 4 */
-	int n_ctx;              /* positions per sequence (--ctx), default min(model, 4096) */
+	int n_ctx;              /* positions per sequence (--ctx), default the model's trained length */
 	int n_threads;          /* 0 = one per CPU */
 	int max_queue;          /* requests waiting for a slot before 429; default 64 */
 	int prefill_chunk;      /* prompt tokens per sequence per step; default 256 */
@@ -155,8 +155,12 @@ typedef struct moe_gen moe_gen;
 
 /* Queues a request.  On success *out is a handle the caller must release with
  * moe_gen_release.  Errors: MOE_ERR_INVAL (empty prompt, bad sampler
- * parameter), MOE_ERR_BAD_VALUE (n_prompt + max_tokens > n_ctx), MOE_ERR_BUSY
- * (queue full), MOE_ERR_STATE (engine stopping), MOE_ERR_NOMEM. */
+ * parameter), MOE_ERR_BAD_VALUE (n_prompt + max_tokens > n_ctx, or their KV
+ * blocks more than kv_budget_bytes holds; the detail names the numbers),
+ * MOE_ERR_BUSY (queue full), MOE_ERR_STATE (engine stopping), MOE_ERR_NOMEM.
+ * A request is admitted when a slot is free and the KV blocks that its
+ * n_prompt + max_tokens can take fit the budget beside those of the admitted
+ * ones (held until it ends), in the order of submission. */
 moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p);
 
 /* Waits up to timeout_ms for text not yet taken or for the end.  Appends the

@@ -794,6 +794,58 @@ def case_apply_template(template):
           % (same, len(cases)), file=sys.stderr)
 
 
+def case_kv_budget():
+    """Server: --ctx 8192 --kv-budget 1 --parallel 2 on a model with 256 bytes
+    of KV per position, so 16 blocks of 256 positions in all."""
+    st, j = post("/v1/completions", {"prompt": "In the beginning", "max_tokens": 4200})
+    check(st == 400, "a request needing 17 KV blocks of 16 -> %d %s" % (st, j))
+    msg = j["error"]["message"]
+    check("17 KV blocks" in msg and "holds 16" in msg, "the 400 does not name the numbers: %r" % msg)
+    check(j["error"].get("param") == "max_tokens", "param %r" % j["error"].get("param"))
+    # two requests of 9 blocks each: 18 > 16, so the second waits for the first
+    base = "And the king said unto them, Go ye, and inquire of the LORD for me. " * 94
+    bodies = []
+    for k in range(2):
+        p = base + ("Then answered Jesus" if k else "And it came to pass")
+        _, one = complete({"prompt": p, "max_tokens": 1, "temperature": 0})
+        n = one["usage"]["prompt_tokens"]
+        check(1800 < n < 2000, "prompt of %d tokens" % n)
+        bodies.append({"prompt": p, "max_tokens": 2100 - n, "temperature": 0})
+    alone = [complete(b)[0] for b in bodies]
+    times = [[None, None], [None, None]]
+    texts = [None, None]
+
+    def go(k):
+        c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=300)
+        c.request("POST", "/v1/completions", body=json.dumps(dict(bodies[k], stream=True)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        check(r.status == 200, "stream %d status %d" % (k, r.status))
+        text = ""
+        for line in r:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            piece = json.loads(line[6:])["choices"][0].get("text") or ""
+            if piece and times[k][0] is None:
+                times[k][0] = time.monotonic()
+            text += piece
+        times[k][1] = time.monotonic()
+        texts[k] = text
+        c.close()
+    a = threading.Thread(target=go, args=(0,))
+    a.start()
+    time.sleep(0.3)
+    b = threading.Thread(target=go, args=(1,))
+    b.start()
+    a.join()
+    b.join()
+    check(texts == alone, "texts under the budget differ from each alone")
+    check(len(alone[0]) > 100, "the first reply is too short to overlap: %r" % alone[0])
+    check(times[1][0] >= times[0][1],
+          "the second request ran beside the first (first token %.3f s before the first "
+          "ended): 18 blocks > the budget's 16" % (times[0][1] - times[1][0]))
+
+
 def main():
     global PORT, MODEL
     case = sys.argv[1]

@@ -360,6 +360,20 @@ static void vec_ops_equal_references(moe_isa level)
 		v->axpy(y2, 0.377f, a, n);
 		cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s axpy n=%d",
 		          moe_isa_name(level), n);
+		/* dot_rows over m rows of a (stride 103) with b, into y (stride 3) */
+		for (int m = 0; m <= 17 && (int64_t)(m - 1) * 103 + n <= N && 3 * m <= N; m++) {
+			memcpy(y1, b, sizeof(float) * N);
+			memcpy(y2, b, sizeof(float) * N);
+			ref->dot_rows(y1, 3, a, 103, m, b, n);
+			v->dot_rows(y2, 3, a, 103, m, b, n);
+			cr_assert(memcmp(y1, y2, sizeof(float) * N) == 0, "%s dot_rows m=%d n=%d",
+			          moe_isa_name(level), m, n);
+			for (int r = 0; r < m; r++) {
+				const float d = ref->dot(a + r * 103, b, n);
+				cr_assert(memcmp(&y1[3 * r], &d, sizeof d) == 0,
+				          "reference dot_rows m=%d n=%d row %d is not dot's", m, n, r);
+			}
+		}
 		/* axpy_rows over m rows of a (stride 101) with weights b */
 		for (int m = 0; m <= 9 && (int64_t)(m - 1) * 101 + n <= N; m += 3) {
 			ref->axpy_rows(y1, b, a, 101, m, n);

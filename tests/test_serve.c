@@ -195,6 +195,16 @@ Test(serve, error_cases, .timeout = 300)
 	         NULL);
 }
 
+/* A KV budget of 16 blocks: a request that needs more gets 400 naming the
+ * numbers; two that fit alone but not together run one after the other. */
+Test(serve, a_kv_budget_admits_what_fits_and_refuses_what_never_can, .timeout = 300)
+{
+	run_case("kv_budget", kjv(),
+	         (const char *const[]){"--parallel", "2", "--ctx", "8192", "--kv-budget", "1",
+	                               "--no-prefix-cache", NULL},
+	         NULL);
+}
+
 Test(serve, http_head_405_413_before_the_body_and_counters, .timeout = 300)
 {
 	run_case("http", kjv(), (const char *const[]){"--max-body", "4096", NULL}, NULL);
