@@ -404,7 +404,11 @@ static moe_type fallback(moe_type t, int64_t ne0)
 	return t;
 }
 
-static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t n_layer)
+/* The type of t under ft.  llama-quantize's "more bits" rule counts attn_v
+ * and attn_qkv tensors in file order (t is number i_v of n_v) and places
+ * ffn_down tensors by their block among all n_blocks (MTP blocks included). */
+static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t i_v, int64_t n_v,
+                          int64_t n_blocks)
 {
 	if (t->role == ROLE_KEEP_F32 || t->n_dims < 2)
 		return MOE_TYPE_F32;
@@ -422,8 +426,8 @@ static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t n_layer)
 	case MOE_FTYPE_Q4_K_M:
 		if (t->role == ROLE_OUTPUT)
 			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
-		if ((t->role == ROLE_MORE_V || t->role == ROLE_MORE_DOWN) &&
-		    more_bits(t->layer, n_layer))
+		if ((t->role == ROLE_MORE_V && more_bits((int)i_v, n_v)) ||
+		    (t->role == ROLE_MORE_DOWN && more_bits(t->layer, n_blocks)))
 			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
 		return fallback(MOE_TYPE_Q4_K, t->ne[0]);
 	}
@@ -963,9 +967,13 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 	if ((err = tensor_list_reserve(tl, n_layer + p->n_nextn)) != MOE_OK)
 		return err;
 	build_tensors(tl, p, arch_of(o->arch), n_layer, vocab_rows(p, n_vocab_tokens));
+	int64_t n_v = 0, i_v = 0;
+	for (size_t i = 0; i < tl->n; i++)
+		n_v += tl->v[i].role == ROLE_MORE_V;
 	for (size_t i = 0; i < tl->n; i++) {
 		tensor_spec *t = &tl->v[i];
-		t->type = pick_type(t, o->ftype, n_layer);
+		t->type = pick_type(t, o->ftype, i_v, n_v, n_layer + p->n_nextn);
+		i_v += t->role == ROLE_MORE_V;
 		if (moe_row_size(t->type, t->ne[0]) == 0) {
 			err = moe_fail(MOE_ERR_UNSUPPORTED, "%s: rows of %lld do not fit type %s",
 			               t->name, (long long)t->ne[0], moe_type_get(t->type)->name);

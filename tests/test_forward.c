@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "model/forward.h"
+#include "model/fwd_internal.h"
 #include "model/sample.h"
 
 #define N_VOCAB 512
@@ -372,6 +373,18 @@ Test(forward, qwen3next_kq_q4_k_m)
 {
 	check_model("qwen3next-kq-Q4_K_M", false);
 }
+Test(forward, qwen35moe_tiny_f32)
+{
+	check_model("qwen35moe-tiny-F32", true);
+}
+Test(forward, qwen35moe_tiny_q8_0)
+{
+	check_model("qwen35moe-tiny-Q8_0", false);
+}
+Test(forward, qwen35moe_tiny_q4_k_m)
+{
+	check_model("qwen35moe-tiny-Q4_K_M", false);
+}
 
 /* ---- batching, chunking, slots ----------------------------------------------------- */
 
@@ -469,6 +482,10 @@ Test(forward, interleaved_sequences_qwen3next)
 Test(forward, interleaved_sequences_qwen3moe)
 {
 	check_interleaved("qwen3moe-tiny-F32.gguf");
+}
+Test(forward, interleaved_sequences_qwen35moe)
+{
+	check_interleaved("qwen35moe-tiny-F32.gguf");
 }
 
 Test(forward, chunked_prefill_and_logit_selection)
@@ -634,8 +651,9 @@ static moe_err split_finish(void *ctx, moe_fix_t *acc)
 
 Test(forward, split_expert_backend_is_bit_identical)
 {
-	const char *models[2] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf"};
-	for (int k = 0; k < 2; k++) {
+	const char *models[3] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
+	                         "qwen35moe-tiny-Q4_K_M.gguf"};
+	for (int k = 0; k < 3; k++) {
 		moe_model *m = open_model(models[k]);
 		golden g;
 		char base[128];
@@ -755,6 +773,58 @@ Test(forward, load_names_missing_key_and_bad_shapes)
 	cr_expect(hp->recurrent[0] && hp->recurrent[1] && hp->recurrent[2] && !hp->recurrent[3]);
 	cr_expect_eq(hp->eos_id, 511);
 	moe_model_destroy(m);
+	moe_gguf_close(g), free(buf);
+}
+
+/* qwen35moe: the trunk is block_count less nextn_predict_layers, the MTP block's
+ * tensors are loaded and checked, the rotary sections are required and
+ * checked. */
+Test(forward, qwen35moe_hparams_and_mtp_block)
+{
+	moe_model *m = NULL;
+	moe_gguf *g = NULL;
+	void *buf = NULL;
+	moe_err err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                           "qwen35moe.block_count", 5);
+	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	cr_expect_eq(hp->arch, MOE_ARCH_QWEN35MOE);
+	cr_expect_eq(hp->n_layer, 4);
+	cr_expect_eq(hp->n_layer_nextn, 1);
+	cr_expect_eq(hp->n_layer_all, 5);
+	cr_expect_eq(hp->n_rot, 16);
+	cr_expect(hp->rope_sections[0] == 2 && hp->rope_sections[1] == 1 &&
+	          hp->rope_sections[2] == 1 && hp->rope_sections[3] == 1);
+	cr_expect(hp->recurrent[0] && hp->recurrent[1] && hp->recurrent[2] && !hp->recurrent[3] &&
+	          !hp->recurrent[4]);
+	cr_expect_eq(moe_hparams_n_attn_layers(hp), 1);
+	cr_expect(m->has_nextn);
+	cr_expect_not_null(m->layers[4].nextn.eh_proj.data);
+	cr_expect_not_null(m->layers[4].nextn.shared_head_norm);
+	cr_expect_null(m->layers[4].nextn.embed_tokens.data);
+	cr_expect_null(moe_model_experts(m, 4), "the MTP block's experts are not the trunk's");
+	moe_model_destroy(m);
+	moe_gguf_close(g), free(buf);
+
+	/* one block less: the MTP block is taken for trunk layer 4's tensors... */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.nextn_predict_layers",
+	                   0);
+	cr_expect_eq(err, MOE_ERR_NOT_FOUND, "%s", moe_err_detail());
+	cr_expect_not_null(strstr(moe_err_detail(), "blk.4."), "%s", moe_err_detail());
+	moe_gguf_close(g), free(buf);
+	/* ...and nextn_predict_layers >= block_count is refused, naming both */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.nextn_predict_layers",
+	                   5);
+	cr_expect_eq(err, MOE_ERR_BAD_VALUE);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.block_count"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+	/* the sections are required */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.rope.dimension_sections", -1);
+	cr_expect_eq(err, MOE_ERR_NOT_FOUND);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.rope.dimension_sections"), "%s",
+	                   moe_err_detail());
 	moe_gguf_close(g), free(buf);
 }
 
