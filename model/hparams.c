@@ -278,7 +278,8 @@ moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g)
 	if ((err = load_attention(out, g, a)) != MOE_OK)
 		return err;
 	out->n_layer = out->n_layer_all;
-	if (out->arch == MOE_ARCH_QWEN35MOE) {
+	if (moe_arch_is_hybrid(out->arch)) {
+		/* MTP blocks after the trunk (llama.cpp reads the key for both archs) */
 		if ((err = get_u32_opt(&out->n_layer_nextn, g, a, "nextn_predict_layers", 0,
 		                       MOE_MAX_LAYERS, 0)) != MOE_OK)
 			return err;
@@ -288,9 +289,9 @@ moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g)
 			                "%s.block_count (%d)",
 			                a, out->n_layer_nextn, a, out->n_layer_all);
 		out->n_layer = out->n_layer_all - out->n_layer_nextn;
-		if ((err = load_rope_sections(out, g, a)) != MOE_OK)
-			return err;
 	}
+	if (out->arch == MOE_ARCH_QWEN35MOE && (err = load_rope_sections(out, g, a)) != MOE_OK)
+		return err;
 	if (moe_arch_is_hybrid(out->arch)) {
 		if ((err = load_ssm(out, g, a)) != MOE_OK ||
 		    (err = load_recurrent(out, g, a)) != MOE_OK)

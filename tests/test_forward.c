@@ -828,32 +828,38 @@ Test(forward, qwen35moe_hparams_and_mtp_block)
 	moe_gguf_close(g), free(buf);
 }
 
-/* Writes the fixture src as dst with qwen35moe.full_attention_interval set to
- * fai and, if n_flags > 0, qwen35moe.attention.recurrent_layers = flags (BOOL
- * array) added; every other key and every tensor as they are. */
-static void rewrite_recurrent(const char *src, const char *dst, uint32_t fai, const bool *flags,
-                              uint64_t n_flags)
+/* Writes the fixture src as dst with the UINT32 key set_key set to set_val
+ * (added after the others if src lacks it) and, if n_flags > 0,
+ * "<arch>.attention.recurrent_layers" = flags (a BOOL array) added; every
+ * other key and every tensor as they are. */
+static void rewrite_fixture(const char *src, const char *dst, const char *set_key,
+                            uint32_t set_val, const bool *flags, uint64_t n_flags)
 {
 	moe_gguf *g = NULL;
 	moe_gguf_writer *w = NULL;
 	cr_assert_eq(moe_gguf_open(&g, fixture(src)), MOE_OK, "%s", moe_err_detail());
 	cr_assert_eq(moe_gguf_writer_create(&w, dst), MOE_OK);
+	bool set = false;
 	for (int64_t i = 0; i < moe_gguf_n_kv(g); i++) {
 		const moe_gguf_str k = moe_gguf_kv_key(g, i);
-		if (k.len == 33 && memcmp(k.ptr, "qwen35moe.full_attention_interval", 33) == 0)
-			cr_assert_eq(moe_gguf_writer_add_u32(w, "qwen35moe.full_attention_interval",
-			                                     fai),
-			             MOE_OK);
-		else
+		if (k.len == strlen(set_key) && memcmp(k.ptr, set_key, k.len) == 0) {
+			cr_assert_eq(moe_gguf_writer_add_u32(w, set_key, set_val), MOE_OK);
+			set = true;
+		} else {
 			cr_assert_eq(moe_gguf_writer_copy_kv(w, g, i), MOE_OK);
+		}
 	}
+	if (!set)
+		cr_assert_eq(moe_gguf_writer_add_u32(w, set_key, set_val), MOE_OK);
 	if (n_flags > 0) {
+		moe_gguf_str arch;
+		cr_assert_eq(moe_gguf_get_str(&arch, g, "general.architecture"), MOE_OK);
+		char key[128];
+		snprintf(key, sizeof key, "%.*s.attention.recurrent_layers", (int)arch.len, arch.ptr);
 		uint8_t b[16];
 		for (uint64_t i = 0; i < n_flags; i++)
 			b[i] = flags[i];
-		cr_assert_eq(moe_gguf_writer_add_arr(w, "qwen35moe.attention.recurrent_layers",
-		                                     MOE_GGUF_BOOL, b, n_flags),
-		             MOE_OK);
+		cr_assert_eq(moe_gguf_writer_add_arr(w, key, MOE_GGUF_BOOL, b, n_flags), MOE_OK);
 	}
 	char name[128];
 	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
@@ -886,7 +892,8 @@ Test(forward, qwen35moe_recurrent_layers_key)
 	const bool flags[5] = {true, true, true, false, false};
 	moe_model *m = NULL;
 
-	rewrite_recurrent("qwen35moe-tiny-F32.gguf", path, 2, flags, 5);
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 2,
+	                flags, 5);
 	moe_err err = moe_model_open(&m, path);
 	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
 	golden g;
@@ -906,14 +913,45 @@ Test(forward, qwen35moe_recurrent_layers_key)
 	moe_fwd_destroy(f);
 	moe_model_destroy(m);
 
-	rewrite_recurrent("qwen35moe-tiny-F32.gguf", path, 2, NULL, 0);
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 2,
+	                NULL, 0);
 	cr_expect_eq(moe_model_open(&m, path), MOE_ERR_NOT_FOUND);
 	cr_expect_not_null(strstr(moe_err_detail(), "blk.1.attn_q.weight"), "%s", moe_err_detail());
 
-	rewrite_recurrent("qwen35moe-tiny-F32.gguf", path, 4, flags, 4);
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 4,
+	                flags, 4);
 	cr_expect_eq(moe_model_open(&m, path), MOE_ERR_BAD_VALUE);
 	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.attention.recurrent_layers"), "%s",
 	                   moe_err_detail());
+	unlink(path);
+}
+
+/* qwen3next reads nextn_predict_layers too (as llama.cpp does): the fixture
+ * with 1 declared makes block 3 an MTP block, the trunk blocks 0-2 (no
+ * attention layer left), and a file without the block's nextn tensors loads
+ * without them (llama.cpp refuses this file: it requires them). */
+Test(forward, qwen3next_nextn_predict_layers)
+{
+	char path[] = "/tmp/moe_q3n_mtp_XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	rewrite_fixture("qwen3next-tiny-F32.gguf", path, "qwen3next.nextn_predict_layers", 1, NULL,
+	                0);
+	moe_model *m = NULL;
+	cr_assert_eq(moe_model_open(&m, path), MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	cr_expect(hp->n_layer == 3 && hp->n_layer_nextn == 1 && hp->n_layer_all == 4);
+	cr_expect_eq(moe_hparams_n_attn_layers(hp), 0);
+	cr_expect(!m->has_nextn);
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 1, 256, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+	float out[4 * N_VOCAB];
+	const int32_t toks[4] = {1, 2, 3, 4};
+	run_seq(f, slot, out, toks, 4, false);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
 	unlink(path);
 }
 
