@@ -49,10 +49,54 @@ static const preset presets[] = {
     /* the fixtures' tiny qwen35moe: qwen3next-tiny's sizes, 16 rotary dims in
      * sections [2, 1, 1, 1] (pair 4 falls in the fourth section, which text
      * tokens do not rotate, and pairs 5-7 wrap around to the first), 1 MTP block */
-    {"tiny", "qwen35moe", 512, 128, 4, 384, 8, 2, 32, 16, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8,
-     4, 4096, {2, 1, 1, 1}, 1},
-    {"tiny", NULL, 512, 128, 4, 384, 8, 2, 32, 8, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8, 4, 4096,
-     {0, 0, 0, 0}, 0},
+    {.name = "tiny",
+     .arch = "qwen35moe",
+     .n_vocab = 512,
+     .n_embd = 128,
+     .n_layer = 4,
+     .n_ff = 384,
+     .n_head = 8,
+     .n_head_kv = 2,
+     .head_dim = 32,
+     .n_rot = 16,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 16,
+     .n_expert_used = 4,
+     .n_ff_exp = 64,
+     .n_ff_shexp = 64,
+     .ssm_conv = 4,
+     .ssm_d_state = 32,
+     .ssm_n_group = 4,
+     .ssm_dt_rank = 8,
+     .full_attn_interval = 4,
+     .n_ctx = 4096,
+     .rope_sections = {2, 1, 1, 1},
+     .n_nextn = 1},
+    {.name = "tiny",
+     .arch = NULL,
+     .n_vocab = 512,
+     .n_embd = 128,
+     .n_layer = 4,
+     .n_ff = 384,
+     .n_head = 8,
+     .n_head_kv = 2,
+     .head_dim = 32,
+     .n_rot = 8,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 16,
+     .n_expert_used = 4,
+     .n_ff_exp = 64,
+     .n_ff_shexp = 64,
+     .ssm_conv = 4,
+     .ssm_d_state = 32,
+     .ssm_n_group = 4,
+     .ssm_dt_rank = 8,
+     .full_attn_interval = 4,
+     .n_ctx = 4096,
+     .rope_sections = {0, 0, 0, 0},
+     .n_nextn = 0},
     /* Qwen3.5-397B-A17B's per-layer sizes, 4 trunk layers plus its 1 MTP block.
      * Source: the model's Hugging Face config.json (Qwen/Qwen3.5-397B-A17B), as
      * transcribed by MLPerf's Qwen3.5 training reference and the
@@ -282,8 +326,8 @@ static void add_attention(tensor_list *l, const preset *p, bool hybrid, int il)
 	           ROLE_PLAIN);
 	add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
 	           ROLE_MORE_V);
-	add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL,
-	           fan_scale(0.5f, H * D), 0, ROLE_PLAIN);
+	add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL, fan_scale(0.5f, H * D),
+	           0, ROLE_PLAIN);
 	add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
 	add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
 }
@@ -307,23 +351,23 @@ static void add_deltanet(tensor_list *l, const preset *p, bool split, int il)
 	if (split) {
 		add_tensor(l, "ssm_beta.weight", il, 2, E, nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
 		           ROLE_PLAIN);
-		add_tensor(l, "ssm_alpha.weight", il, 2, E, nv, 1, INIT_NORMAL, fan_scale(1, E),
-		           0, ROLE_PLAIN);
+		add_tensor(l, "ssm_alpha.weight", il, 2, E, nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+		           ROLE_PLAIN);
 	} else {
-		add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL, fan_scale(1, E),
-		           0, ROLE_PLAIN);
+		add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+		           ROLE_PLAIN);
 	}
 	add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
-	add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL,
-	           fan_scale(0.5f, nv * dv), 0, ROLE_PLAIN);
+	add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL, fan_scale(0.5f, nv * dv),
+	           0, ROLE_PLAIN);
 }
 
 /* Router, routed experts and (hybrid) shared expert of block il. */
 static void add_moe(tensor_list *l, const preset *p, bool hybrid, int il)
 {
 	const int64_t E = p->n_embd;
-	add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL,
-	           fan_scale(2, E), 0, ROLE_KEEP_F32);
+	add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL, fan_scale(2, E),
+	           0, ROLE_KEEP_F32);
 	add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
 	           fan_scale(1, E), 0, ROLE_PLAIN);
 	add_tensor(l, "ffn_up_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,

@@ -109,8 +109,8 @@ static moe_err load_attn(moe_model *m, int il)
 	if ((err = get_mat(&L->wq, g, lname(nm, il, "attn_q.weight"), E, q_rows)) != MOE_OK ||
 	    (err = get_mat(&L->wk, g, lname(nm, il, "attn_k.weight"), E, kv_rows)) != MOE_OK ||
 	    (err = get_mat(&L->wv, g, lname(nm, il, "attn_v.weight"), E, kv_rows)) != MOE_OK ||
-	    (err = get_mat(&L->wo, g, lname(nm, il, "attn_output.weight"),
-	                   (int64_t)hp->n_head * hd, E)) != MOE_OK ||
+	    (err = get_mat(&L->wo, g, lname(nm, il, "attn_output.weight"), (int64_t)hp->n_head * hd,
+	                   E)) != MOE_OK ||
 	    (err = get_vec(&L->q_norm, g, lname(nm, il, "attn_q_norm.weight"), hd)) != MOE_OK ||
 	    (err = get_vec(&L->k_norm, g, lname(nm, il, "attn_k_norm.weight"), hd)) != MOE_OK)
 		return err;
@@ -306,9 +306,9 @@ moe_err moe_model_load(moe_model **out, const moe_gguf *g)
 	/* MTP blocks: loaded when the file has them (a converter may leave them
 	 * out), never run by the main pass */
 	char nm[128];
-	m->has_nextn = hp->n_layer_nextn > 0 &&
-	               moe_gguf_find_tensor(g, lname(nm, hp->n_layer, "nextn.eh_proj.weight")) !=
-	                   NULL;
+	m->has_nextn =
+	    hp->n_layer_nextn > 0 &&
+	    moe_gguf_find_tensor(g, lname(nm, hp->n_layer, "nextn.eh_proj.weight")) != NULL;
 	for (int il = hp->n_layer; m->has_nextn && il < hp->n_layer_all; il++)
 		if ((err = load_nextn(m, il)) != MOE_OK)
 			goto out_free_layers;
@@ -888,7 +888,8 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 			moe_rope_cache_imrope(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
 			                      hp->rope_base, hp->rope_sections);
 		else
-			moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot, hp->rope_base);
+			moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
+			               hp->rope_base);
 	}
 	group_runs(f);
 

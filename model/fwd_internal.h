@@ -32,7 +32,7 @@ typedef struct moe_layer_w {
 	int idx_rec; /* index among the DeltaNet layers, or -1 */
 
 	const float *attn_norm; /* [n_embd] */
-	const float *ffn_norm; /* [n_embd] ffn_norm (qwen3moe) / post_attention_norm (hybrid) */
+	const float *ffn_norm;  /* [n_embd] ffn_norm (qwen3moe) / post_attention_norm (hybrid) */
 
 	/* full attention */
 	moe_wmat wq; /* [n_embd] -> [n_head*head_dim] (x2 for hybrid archs: per head q then gate) */

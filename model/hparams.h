@@ -23,13 +23,13 @@ typedef enum moe_arch {
 
 typedef struct moe_hparams {
 	moe_arch arch;
-	int32_t n_vocab; /* rows of token_embd */
-	int32_t n_embd;  /* hidden size */
-	int32_t n_layer; /* trunk layers: the ones the main pass runs */
+	int32_t n_vocab;       /* rows of token_embd */
+	int32_t n_embd;        /* hidden size */
+	int32_t n_layer;       /* trunk layers: the ones the main pass runs */
 	int32_t n_layer_nextn; /* MTP (nextn) blocks after the trunk (nextn_predict_layers;
 	                        * qwen35moe and qwen3next, 0 for qwen3moe) */
 	int32_t n_layer_all;   /* block_count = n_layer + n_layer_nextn */
-	int32_t n_ctx_train; /* context_length */
+	int32_t n_ctx_train;   /* context_length */
 	float rms_eps;
 
 	/* full attention */

@@ -45,8 +45,7 @@ void moe_rope_cache(float *cs, int64_t pos, int n_rot, float base)
 	}
 }
 
-void moe_rope_cache_imrope(float *cs, int64_t pos, int n_rot, float base,
-                           const int32_t sections[4])
+void moe_rope_cache_imrope(float *cs, int64_t pos, int n_rot, float base, const int32_t sections[4])
 {
 	/* ggml keeps one angle per section, each multiplied by theta_scale per
 	 * pair; three start at pos and stay equal, the fourth starts at 0. */

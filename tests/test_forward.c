@@ -784,8 +784,8 @@ Test(forward, qwen35moe_hparams_and_mtp_block)
 	moe_model *m = NULL;
 	moe_gguf *g = NULL;
 	void *buf = NULL;
-	moe_err err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
-	                           "qwen35moe.block_count", 5);
+	moe_err err =
+	    open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.block_count", 5);
 	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
 	const moe_hparams *hp = moe_model_hparams(m);
 	cr_expect_eq(hp->arch, MOE_ARCH_QWEN35MOE);
@@ -807,14 +807,14 @@ Test(forward, qwen35moe_hparams_and_mtp_block)
 	moe_gguf_close(g), free(buf);
 
 	/* one block less: the MTP block is taken for trunk layer 4's tensors... */
-	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.nextn_predict_layers",
-	                   0);
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.nextn_predict_layers", 0);
 	cr_expect_eq(err, MOE_ERR_NOT_FOUND, "%s", moe_err_detail());
 	cr_expect_not_null(strstr(moe_err_detail(), "blk.4."), "%s", moe_err_detail());
 	moe_gguf_close(g), free(buf);
 	/* ...and nextn_predict_layers >= block_count is refused, naming both */
-	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.nextn_predict_layers",
-	                   5);
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.nextn_predict_layers", 5);
 	cr_expect_eq(err, MOE_ERR_BAD_VALUE);
 	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.block_count"), "%s",
 	                   moe_err_detail());
@@ -832,8 +832,8 @@ Test(forward, qwen35moe_hparams_and_mtp_block)
  * (added after the others if src lacks it) and, if n_flags > 0,
  * "<arch>.attention.recurrent_layers" = flags (a BOOL array) added; every
  * other key and every tensor as they are. */
-static void rewrite_fixture(const char *src, const char *dst, const char *set_key,
-                            uint32_t set_val, const bool *flags, uint64_t n_flags)
+static void rewrite_fixture(const char *src, const char *dst, const char *set_key, uint32_t set_val,
+                            const bool *flags, uint64_t n_flags)
 {
 	moe_gguf *g = NULL;
 	moe_gguf_writer *w = NULL;
@@ -855,7 +855,8 @@ static void rewrite_fixture(const char *src, const char *dst, const char *set_ke
 		moe_gguf_str arch;
 		cr_assert_eq(moe_gguf_get_str(&arch, g, "general.architecture"), MOE_OK);
 		char key[128];
-		snprintf(key, sizeof key, "%.*s.attention.recurrent_layers", (int)arch.len, arch.ptr);
+		snprintf(key, sizeof key, "%.*s.attention.recurrent_layers", (int)arch.len,
+		         arch.ptr);
 		uint8_t b[16];
 		for (uint64_t i = 0; i < n_flags; i++)
 			b[i] = flags[i];
@@ -865,7 +866,8 @@ static void rewrite_fixture(const char *src, const char *dst, const char *set_ke
 	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
 		const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);
 		snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
-		cr_assert_eq(moe_gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne), MOE_OK);
+		cr_assert_eq(moe_gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne),
+		             MOE_OK);
 	}
 	cr_assert_eq(moe_gguf_writer_begin_data(w), MOE_OK);
 	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {

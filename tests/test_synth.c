@@ -250,7 +250,8 @@ Test(synth, big_presets_have_the_real_dimensions)
  * layers and 1 MTP block, with qwen35moe's keys. */
 Test(synth, qwen35_397b_preset_has_the_real_dimensions)
 {
-	moe_synth_opts o = {.arch = "qwen35moe", .preset = "qwen35-397b-4L", .ftype = MOE_FTYPE_F32};
+	moe_synth_opts o = {
+	    .arch = "qwen35moe", .preset = "qwen35-397b-4L", .ftype = MOE_FTYPE_F32};
 	moe_synth_tensor *t;
 	size_t n;
 	int seen = 0;
