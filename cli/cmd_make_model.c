@@ -14,13 +14,17 @@ static void usage(FILE *f)
 {
 	fprintf(
 	    f,
-	    "usage: moemesh make-model --arch qwen3moe|qwen3next --preset NAME [--layers N]\n"
+	    "usage: moemesh make-model --arch qwen3moe|qwen3next|qwen35moe --preset NAME\n"
+	    "                          [--layers N]\n"
 	    "                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K_M] [--seed S]\n"
 	    "                          [--tokenizer tokenizer.json] [--dry-run] -o OUT.gguf\n"
 	    "\n"
 	    "Writes a random-weight model with llama.cpp's metadata keys, tensor names and\n"
-	    "shapes. Presets: tiny (both archs, fixture-sized), qwen3next-80b-4L (qwen3next:\n"
-	    "Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers), qwen3-30b-a3b-4L (qwen3moe).\n"
+	    "shapes. Presets: tiny (every arch, fixture-sized; qwen35moe's with 1 MTP block),\n"
+	    "qwen3next-80b-4L (qwen3next: Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers),\n"
+	    "qwen3-30b-a3b-4L (qwen3moe), qwen35-397b-4L (qwen35moe: Qwen3.5-397B-A17B's\n"
+	    "per-layer dimensions, 4 layers + 1 MTP block). --layers N: trunk layers (MTP\n"
+	    "blocks come after them).\n"
 	    "--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
 	    "tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
 	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n");

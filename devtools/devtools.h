@@ -2,7 +2,7 @@
  * devtools.h - the public header of devtools/, the developer tools the CLI
  * links (make-model): synthetic random-weight models in GGUF, with exactly llama.cpp's
  * metadata keys, tensor names, shapes, storage conventions and F32-kept
- * tensors for qwen3moe and qwen3next (see tests/fixtures/README.md), so
+ * tensors for qwen3moe, qwen3next and qwen35moe (see tests/fixtures/README.md), so
  * llama.cpp and moemesh load the same file.  Generation is streamed: no
  * buffer bigger than a chunk of rows is held, whatever the model size.
  */
@@ -39,10 +39,11 @@ typedef struct moe_synth_vocab {
 } moe_synth_vocab;
 
 typedef struct moe_synth_opts {
-	const char *arch; /* "qwen3moe" or "qwen3next" */
-	const char
-	    *preset; /* "tiny", "qwen3next-80b-4L" (qwen3next), "qwen3-30b-a3b-4L" (qwen3moe) */
-	int n_layer; /* 0: the preset's */
+	const char *arch; /* "qwen3moe", "qwen3next" or "qwen35moe" */
+	/* "tiny", "qwen3next-80b-4L" (qwen3next), "qwen3-30b-a3b-4L" (qwen3moe),
+	 * "qwen35-397b-4L" (qwen35moe) */
+	const char *preset;
+	int n_layer; /* trunk layers, 0: the preset's (qwen35moe's MTP blocks come after) */
 	moe_ftype ftype;
 	uint64_t seed;
 	/* NULL: a small byte-level BPE vocabulary learned from a built-in text,

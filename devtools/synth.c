@@ -1,5 +1,6 @@
 /*
- * synth.c - synthetic random-weight qwen3moe / qwen3next GGUF models.
+ * synth.c - synthetic random-weight qwen3moe / qwen3next / qwen35moe GGUF
+ * models.
  *
  * Layout, names, shapes and key order follow llama.cpp's converter (see
  * tests/fixtures/README.md, "Storage conventions").  Initialisation follows
@@ -40,10 +41,98 @@ typedef struct preset {
 	int64_t ssm_conv, ssm_d_state, ssm_n_group, ssm_dt_rank;
 	int64_t full_attn_interval;
 	int64_t n_ctx;
+	int32_t rope_sections[4]; /* qwen35moe: rope.dimension_sections */
+	int64_t n_nextn;          /* qwen35moe: MTP blocks after the n_layer trunk blocks */
 } preset;
 
 static const preset presets[] = {
-    {"tiny", NULL, 512, 128, 4, 384, 8, 2, 32, 8, 1e6f, 1e7f, 16, 4, 64, 64, 4, 32, 4, 8, 4, 4096},
+    /* the fixtures' tiny qwen35moe: qwen3next-tiny's sizes, 16 rotary dims in
+     * sections [2, 1, 1, 1] (pair 4 falls in the fourth section, which text
+     * tokens do not rotate, and pairs 5-7 wrap around to the first), 1 MTP block */
+    {.name = "tiny",
+     .arch = "qwen35moe",
+     .n_vocab = 512,
+     .n_embd = 128,
+     .n_layer = 4,
+     .n_ff = 384,
+     .n_head = 8,
+     .n_head_kv = 2,
+     .head_dim = 32,
+     .n_rot = 16,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 16,
+     .n_expert_used = 4,
+     .n_ff_exp = 64,
+     .n_ff_shexp = 64,
+     .ssm_conv = 4,
+     .ssm_d_state = 32,
+     .ssm_n_group = 4,
+     .ssm_dt_rank = 8,
+     .full_attn_interval = 4,
+     .n_ctx = 4096,
+     .rope_sections = {2, 1, 1, 1},
+     .n_nextn = 1},
+    {.name = "tiny",
+     .arch = NULL,
+     .n_vocab = 512,
+     .n_embd = 128,
+     .n_layer = 4,
+     .n_ff = 384,
+     .n_head = 8,
+     .n_head_kv = 2,
+     .head_dim = 32,
+     .n_rot = 8,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 16,
+     .n_expert_used = 4,
+     .n_ff_exp = 64,
+     .n_ff_shexp = 64,
+     .ssm_conv = 4,
+     .ssm_d_state = 32,
+     .ssm_n_group = 4,
+     .ssm_dt_rank = 8,
+     .full_attn_interval = 4,
+     .n_ctx = 4096,
+     .rope_sections = {0, 0, 0, 0},
+     .n_nextn = 0},
+    /* Qwen3.5-397B-A17B's per-layer sizes, 4 trunk layers plus its 1 MTP block.
+     * Source: the model's Hugging Face config.json (Qwen/Qwen3.5-397B-A17B), as
+     * transcribed by MLPerf's Qwen3.5 training reference and the
+     * mlx-community/Qwen3.5-397B-A17B-4bit model card: hidden 4096, 60 layers
+     * with full attention every 4th, 32 q / 2 kv heads x 256, partial rotary
+     * 0.25 (64 dims), rope theta 1e7, 512 experts / 10 used of 1024, one
+     * shared expert of 1024 (shared_expert_intermediate_size = moe_intermediate_
+     * size, as in the 35B and 122B configs), DeltaNet 16 key / 64 value heads
+     * x 128, conv 4, vocab 248320, context 262144, mtp_num_hidden_layers 1;
+     * mrope_section [11, 11, 10] (llama.cpp's converter writes [11, 11, 10, 0]).
+     * feed_forward_length (intermediate_size, unused by qwen35moe) is written as
+     * 1024. */
+    {"qwen35-397b-4L",
+     "qwen35moe",
+     248320,
+     4096,
+     4,
+     1024,
+     32,
+     2,
+     256,
+     64,
+     1e7f,
+     1e7f,
+     512,
+     10,
+     1024,
+     1024,
+     4,
+     128,
+     16,
+     64,
+     4,
+     262144,
+     {11, 11, 10, 0},
+     1},
     {"qwen3next-80b-4L",
      "qwen3next",
      151936,
@@ -65,7 +154,9 @@ static const preset presets[] = {
      16,
      32,
      4,
-     262144},
+     262144,
+     {0, 0, 0, 0},
+     0},
     {"qwen3-30b-a3b-4L",
      "qwen3moe",
      151936,
@@ -87,15 +178,28 @@ static const preset presets[] = {
      0,
      0,
      0,
-     40960},
+     40960,
+     {0, 0, 0, 0},
+     0},
 };
 
-static const preset *find_preset(const char *name)
+/* The preset called name for arch: one made for arch first, else a shared
+ * one (arch NULL), else one of another arch (refused by plan, naming it). */
+static const preset *find_preset(const char *name, const char *arch)
 {
-	for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
-		if (strcmp(presets[i].name, name) == 0)
-			return &presets[i];
-	return NULL;
+	const preset *other = NULL;
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++) {
+			const preset *p = &presets[i];
+			if (strcmp(p->name, name) != 0)
+				continue;
+			if (pass == 0 && p->arch != NULL && strcmp(p->arch, arch) == 0)
+				return p;
+			if (pass == 1 && p->arch == NULL)
+				return p;
+			other = p;
+		}
+	return other;
 }
 
 /* ---- file types ---------------------------------------------------------------- */
@@ -201,77 +305,124 @@ static float fan_scale(float scale, int64_t fan_in)
 	return scale / sqrtf((float)fan_in);
 }
 
-/* Appends the model's tensors in llama.cpp's converter order; l has room. */
-static void build_tensors(tensor_list *l, const preset *p, bool next, int64_t n_layer,
+typedef enum synth_arch { SYN_QWEN3MOE, SYN_QWEN3NEXT, SYN_QWEN35MOE } synth_arch;
+
+static synth_arch arch_of(const char *arch)
+{
+	if (strcmp(arch, "qwen3next") == 0)
+		return SYN_QWEN3NEXT;
+	if (strcmp(arch, "qwen35moe") == 0)
+		return SYN_QWEN35MOE;
+	return SYN_QWEN3MOE;
+}
+
+/* The attention tensors of block il (hybrid: q and gate per head). */
+static void add_attention(tensor_list *l, const preset *p, bool hybrid, int il)
+{
+	const int64_t E = p->n_embd, D = p->head_dim, H = p->n_head, HKV = p->n_head_kv;
+	add_tensor(l, "attn_q.weight", il, 2, E, (hybrid ? 2 : 1) * H * D, 1, INIT_NORMAL,
+	           fan_scale(1, E), 0, ROLE_PLAIN);
+	add_tensor(l, "attn_k.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
+	           ROLE_PLAIN);
+	add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL, fan_scale(1, E), 0,
+	           ROLE_MORE_V);
+	add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL, fan_scale(0.5f, H * D),
+	           0, ROLE_PLAIN);
+	add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+	add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+}
+
+/* The Gated DeltaNet tensors of block il: qwen3next's ssm_ba, or qwen35moe's
+ * ssm_beta and ssm_alpha (one row per value head each). */
+static void add_deltanet(tensor_list *l, const preset *p, bool split, int il)
+{
+	const int64_t E = p->n_embd;
+	const int64_t dk = p->ssm_d_state, nk = p->ssm_n_group, nv = p->ssm_dt_rank;
+	const int64_t dv = dk; /* head_v = head_k in these models */
+	const int64_t conv_dim = 2 * nk * dk + nv * dv;
+	add_tensor(l, "attn_qkv.weight", il, 2, E, conv_dim, 1, INIT_NORMAL, fan_scale(1, E), 0,
+	           ROLE_MORE_V);
+	add_tensor(l, "attn_gate.weight", il, 2, E, nv * dv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+	           ROLE_PLAIN);
+	add_tensor(l, "ssm_conv1d.weight", il, 2, p->ssm_conv, conv_dim, 1, INIT_UNIFORM, -0.5f,
+	           0.5f, ROLE_KEEP_F32);
+	add_tensor(l, "ssm_dt.bias", il, 1, nv, 1, 1, INIT_UNIFORM, -2.0f, 1.0f, ROLE_KEEP_F32);
+	add_tensor(l, "ssm_a", il, 1, nv, 1, 1, INIT_NEG_LOGU, 0.05f, 1.0f, ROLE_KEEP_F32);
+	if (split) {
+		add_tensor(l, "ssm_beta.weight", il, 2, E, nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+		           ROLE_PLAIN);
+		add_tensor(l, "ssm_alpha.weight", il, 2, E, nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+		           ROLE_PLAIN);
+	} else {
+		add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL, fan_scale(1, E), 0,
+		           ROLE_PLAIN);
+	}
+	add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
+	add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL, fan_scale(0.5f, nv * dv),
+	           0, ROLE_PLAIN);
+}
+
+/* Router, routed experts and (hybrid) shared expert of block il. */
+static void add_moe(tensor_list *l, const preset *p, bool hybrid, int il)
+{
+	const int64_t E = p->n_embd;
+	add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL, fan_scale(2, E),
+	           0, ROLE_KEEP_F32);
+	add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
+	           fan_scale(1, E), 0, ROLE_PLAIN);
+	add_tensor(l, "ffn_up_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
+	           fan_scale(1, E), 0, ROLE_PLAIN);
+	add_tensor(l, "ffn_down_exps.weight", il, 3, p->n_ff_exp, E, p->n_expert, INIT_NORMAL,
+	           fan_scale(0.5f, p->n_ff_exp), 0, ROLE_MORE_DOWN);
+	if (!hybrid)
+		return;
+	add_tensor(l, "ffn_gate_inp_shexp.weight", il, 1, E, 1, 1, INIT_NORMAL, fan_scale(1, E), 0,
+	           ROLE_KEEP_F32);
+	add_tensor(l, "ffn_gate_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
+	           fan_scale(1, E), 0, ROLE_PLAIN);
+	add_tensor(l, "ffn_up_shexp.weight", il, 2, E, p->n_ff_shexp, 1, INIT_NORMAL,
+	           fan_scale(1, E), 0, ROLE_PLAIN);
+	add_tensor(l, "ffn_down_shexp.weight", il, 2, p->n_ff_shexp, E, 1, INIT_NORMAL,
+	           fan_scale(0.5f, p->n_ff_shexp), 0, ROLE_MORE_DOWN);
+}
+
+/* Appends the model's tensors in llama.cpp's converter order; l has room.
+ * n_layer trunk blocks, then (qwen35moe) the preset's MTP blocks: a gated
+ * attention block with MoE plus nextn.eh_proj, enorm, hnorm and
+ * shared_head_norm, as llama.cpp's converter names Qwen3.5's mtp.* tensors. */
+static void build_tensors(tensor_list *l, const preset *p, synth_arch arch, int64_t n_layer,
                           int64_t n_vocab)
 {
-	const int64_t E = p->n_embd, V = n_vocab, D = p->head_dim;
-	const int64_t H = p->n_head, HKV = p->n_head_kv;
+	const int64_t E = p->n_embd, V = n_vocab;
+	const bool hybrid = arch != SYN_QWEN3MOE;
+	const int64_t n_nextn = arch == SYN_QWEN35MOE ? p->n_nextn : 0;
 
 	add_tensor(l, "token_embd.weight", -1, 2, E, V, 1, INIT_NORMAL, 1.0f, 0, ROLE_EMBD);
-	for (int il = 0; il < n_layer; il++) {
-		bool full = !next || ((il + 1) % p->full_attn_interval == 0);
+	for (int il = 0; il < n_layer + n_nextn; il++) {
+		const bool mtp = il >= n_layer;
+		const bool full = mtp || !hybrid || ((il + 1) % p->full_attn_interval == 0);
 
 		add_tensor(l, "attn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
-		if (next)
+		if (hybrid)
 			add_tensor(l, "post_attention_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
 			           ROLE_KEEP_F32);
-		if (full) {
-			int64_t q_rows =
-			    (next ? 2 : 1) * H * D; /* qwen3next: q and gate per head */
-			add_tensor(l, "attn_q.weight", il, 2, E, q_rows, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "attn_k.weight", il, 2, E, HKV * D, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "attn_v.weight", il, 2, E, HKV * D, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_MORE_V);
-			add_tensor(l, "attn_output.weight", il, 2, H * D, E, 1, INIT_NORMAL,
-			           fan_scale(0.5f, H * D), 0, ROLE_PLAIN);
-			add_tensor(l, "attn_q_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0,
-			           ROLE_KEEP_F32);
-			add_tensor(l, "attn_k_norm.weight", il, 1, D, 1, 1, INIT_NORM, 0, 0,
-			           ROLE_KEEP_F32);
-		} else {
-			int64_t dk = p->ssm_d_state, nk = p->ssm_n_group, nv = p->ssm_dt_rank;
-			int64_t dv = dk; /* head_v = head_k in these models */
-			int64_t conv_dim = 2 * nk * dk + nv * dv;
-			add_tensor(l, "attn_qkv.weight", il, 2, E, conv_dim, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_MORE_V);
-			add_tensor(l, "attn_gate.weight", il, 2, E, nv * dv, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ssm_conv1d.weight", il, 2, p->ssm_conv, conv_dim, 1,
-			           INIT_UNIFORM, -0.5f, 0.5f, ROLE_KEEP_F32);
-			add_tensor(l, "ssm_dt.bias", il, 1, nv, 1, 1, INIT_UNIFORM, -2.0f, 1.0f,
-			           ROLE_KEEP_F32);
-			add_tensor(l, "ssm_a", il, 1, nv, 1, 1, INIT_NEG_LOGU, 0.05f, 1.0f,
-			           ROLE_KEEP_F32);
-			add_tensor(l, "ssm_ba.weight", il, 2, E, 2 * nv, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ssm_norm.weight", il, 1, dv, 1, 1, INIT_NORM, 0, 0,
-			           ROLE_KEEP_F32);
-			add_tensor(l, "ssm_out.weight", il, 2, nv * dv, E, 1, INIT_NORMAL,
-			           fan_scale(0.5f, nv * dv), 0, ROLE_PLAIN);
-		}
-		if (!next)
+		if (full)
+			add_attention(l, p, hybrid, il);
+		else
+			add_deltanet(l, p, arch == SYN_QWEN35MOE, il);
+		if (!hybrid)
 			add_tensor(l, "ffn_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
 			           ROLE_KEEP_F32);
-		add_tensor(l, "ffn_gate_inp.weight", il, 2, E, p->n_expert, 1, INIT_NORMAL,
-		           fan_scale(2, E), 0, ROLE_KEEP_F32);
-		add_tensor(l, "ffn_gate_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert,
-		           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
-		add_tensor(l, "ffn_up_exps.weight", il, 3, E, p->n_ff_exp, p->n_expert, INIT_NORMAL,
-		           fan_scale(1, E), 0, ROLE_PLAIN);
-		add_tensor(l, "ffn_down_exps.weight", il, 3, p->n_ff_exp, E, p->n_expert,
-		           INIT_NORMAL, fan_scale(0.5f, p->n_ff_exp), 0, ROLE_MORE_DOWN);
-		if (next) {
-			add_tensor(l, "ffn_gate_inp_shexp.weight", il, 1, E, 1, 1, INIT_NORMAL,
-			           fan_scale(1, E), 0, ROLE_KEEP_F32);
-			add_tensor(l, "ffn_gate_shexp.weight", il, 2, E, p->n_ff_shexp, 1,
-			           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ffn_up_shexp.weight", il, 2, E, p->n_ff_shexp, 1,
-			           INIT_NORMAL, fan_scale(1, E), 0, ROLE_PLAIN);
-			add_tensor(l, "ffn_down_shexp.weight", il, 2, p->n_ff_shexp, E, 1,
-			           INIT_NORMAL, fan_scale(0.5f, p->n_ff_shexp), 0, ROLE_MORE_DOWN);
+		add_moe(l, p, hybrid, il);
+		if (mtp) {
+			add_tensor(l, "nextn.eh_proj.weight", il, 2, 2 * E, E, 1, INIT_NORMAL,
+			           fan_scale(1, 2 * E), 0, ROLE_PLAIN);
+			add_tensor(l, "nextn.enorm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
+			add_tensor(l, "nextn.hnorm.weight", il, 1, E, 1, 1, INIT_NORM, 0, 0,
+			           ROLE_KEEP_F32);
+			add_tensor(l, "nextn.shared_head_norm.weight", il, 1, E, 1, 1, INIT_NORM, 0,
+			           0, ROLE_KEEP_F32);
 		}
 	}
 	add_tensor(l, "output_norm.weight", -1, 1, E, 1, 1, INIT_NORM, 0, 0, ROLE_KEEP_F32);
@@ -297,7 +448,11 @@ static moe_type fallback(moe_type t, int64_t ne0)
 	return t;
 }
 
-static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t n_layer)
+/* The type of t under ft.  llama-quantize's "more bits" rule counts attn_v
+ * and attn_qkv tensors in file order (t is number i_v of n_v) and places
+ * ffn_down tensors by their block among all n_blocks (MTP blocks included). */
+static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t i_v, int64_t n_v,
+                          int64_t n_blocks)
 {
 	if (t->role == ROLE_KEEP_F32 || t->n_dims < 2)
 		return MOE_TYPE_F32;
@@ -315,8 +470,8 @@ static moe_type pick_type(const tensor_spec *t, moe_ftype ft, int64_t n_layer)
 	case MOE_FTYPE_Q4_K_M:
 		if (t->role == ROLE_OUTPUT)
 			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
-		if ((t->role == ROLE_MORE_V || t->role == ROLE_MORE_DOWN) &&
-		    more_bits(t->layer, n_layer))
+		if ((t->role == ROLE_MORE_V && more_bits((int)i_v, n_v)) ||
+		    (t->role == ROLE_MORE_DOWN && more_bits(t->layer, n_blocks)))
 			return fallback(MOE_TYPE_Q6_K, t->ne[0]);
 		return fallback(MOE_TYPE_Q4_K, t->ne[0]);
 	}
@@ -669,7 +824,9 @@ static const char *akey(char *buf, const char *arch, const char *suffix)
 static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *arch,
                               int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab)
 {
-	bool next = strcmp(arch, "qwen3next") == 0;
+	const synth_arch sa = arch_of(arch);
+	const bool hybrid = sa != SYN_QWEN3MOE;
+	const int64_t n_nextn = sa == SYN_QWEN35MOE ? p->n_nextn : 0;
 	char key[128], name[128];
 	moe_err err = MOE_OK;
 
@@ -677,7 +834,8 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 	if ((err = moe_gguf_writer_add_str(w, "general.architecture", arch)) ||
 	    (err = moe_gguf_writer_add_str(w, "general.type", "model")) ||
 	    (err = moe_gguf_writer_add_str(w, "general.name", name)) ||
-	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "block_count"), (uint32_t)n_layer)) ||
+	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "block_count"),
+	                                   (uint32_t)(n_layer + n_nextn))) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "context_length"),
 	                                   (uint32_t)p->n_ctx)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "embedding_length"),
@@ -689,7 +847,7 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "attention.head_count_kv"),
 	                                   (uint32_t)p->n_head_kv)) ||
 	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "rope.freq_base"),
-	                                   next ? p->rope_base_next : p->rope_base_moe)) ||
+	                                   hybrid ? p->rope_base_next : p->rope_base_moe)) ||
 	    (err = moe_gguf_writer_add_f32(w, akey(key, arch, "attention.layer_norm_rms_epsilon"),
 	                                   1e-6f)) ||
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_count"),
@@ -704,7 +862,7 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 	    (err = moe_gguf_writer_add_u32(w, akey(key, arch, "expert_feed_forward_length"),
 	                                   (uint32_t)p->n_ff_exp)))
 		return err;
-	if (next) {
+	if (hybrid) {
 		if ((err = moe_gguf_writer_add_u32(
 		         w, akey(key, arch, "expert_shared_feed_forward_length"),
 		         (uint32_t)p->n_ff_shexp)) ||
@@ -724,6 +882,12 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 		                                   (uint32_t)p->n_rot)))
 			return err;
 	}
+	if (sa == SYN_QWEN35MOE &&
+	    ((err = moe_gguf_writer_add_arr(w, akey(key, arch, "rope.dimension_sections"),
+	                                    MOE_GGUF_INT32, p->rope_sections, 4)) ||
+	     (n_nextn > 0 && (err = moe_gguf_writer_add_u32(
+	                          w, akey(key, arch, "nextn_predict_layers"), (uint32_t)n_nextn)))))
+		return err;
 	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2")) ||
@@ -828,12 +992,15 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 
 	if (o == NULL || o->arch == NULL || o->preset == NULL)
 		return moe_fail(MOE_ERR_INVAL, "make-model: arch and preset are required");
-	if (strcmp(o->arch, "qwen3moe") != 0 && strcmp(o->arch, "qwen3next") != 0)
-		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next)", o->arch);
-	p = find_preset(o->preset);
+	if (strcmp(o->arch, "qwen3moe") != 0 && strcmp(o->arch, "qwen3next") != 0 &&
+	    strcmp(o->arch, "qwen35moe") != 0)
+		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next, qwen35moe)",
+		                o->arch);
+	p = find_preset(o->preset, o->arch);
 	if (p == NULL)
 		return moe_fail(MOE_ERR_INVAL,
-		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L)",
+		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L, "
+		                "qwen35-397b-4L)",
 		                o->preset);
 	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
 		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,
@@ -841,13 +1008,16 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
 	if (n_layer > 1024)
 		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
-	if ((err = tensor_list_reserve(tl, n_layer)) != MOE_OK)
+	if ((err = tensor_list_reserve(tl, n_layer + p->n_nextn)) != MOE_OK)
 		return err;
-	build_tensors(tl, p, strcmp(o->arch, "qwen3next") == 0, n_layer,
-	              vocab_rows(p, n_vocab_tokens));
+	build_tensors(tl, p, arch_of(o->arch), n_layer, vocab_rows(p, n_vocab_tokens));
+	int64_t n_v = 0, i_v = 0;
+	for (size_t i = 0; i < tl->n; i++)
+		n_v += tl->v[i].role == ROLE_MORE_V;
 	for (size_t i = 0; i < tl->n; i++) {
 		tensor_spec *t = &tl->v[i];
-		t->type = pick_type(t, o->ftype, n_layer);
+		t->type = pick_type(t, o->ftype, i_v, n_v, n_layer + p->n_nextn);
+		i_v += t->role == ROLE_MORE_V;
 		if (moe_row_size(t->type, t->ne[0]) == 0) {
 			err = moe_fail(MOE_ERR_UNSUPPORTED, "%s: rows of %lld do not fit type %s",
 			               t->name, (long long)t->ne[0], moe_type_get(t->type)->name);

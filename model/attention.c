@@ -1,9 +1,10 @@
 /*
  * attention.c - grouped-query attention with q/k RMSNorm, NeoX RoPE (partial
- * for qwen3next), a per-sequence KV cache (kvcache.c: F32, F16, Q8_0 or Q4_0
- * rows in blocks of positions) and, for qwen3next, the sigmoid output gate
- * whose rows are interleaved with the query rows (head 0 q, head 0 gate,
- * head 1 q, ...).
+ * for qwen3next, multi-section IMROPE angles for qwen35moe: see
+ * moe_rope_cache_imrope), a per-sequence KV cache (kvcache.c: F32, F16, Q8_0
+ * or Q4_0 rows in blocks of positions) and, for qwen3next and qwen35moe, the
+ * sigmoid output gate whose rows are interleaved with the query rows (head 0
+ * q, head 0 gate, head 1 q, ...).
  *
  * A batch first writes the K/V rows of all its tokens into the cache, then
  * every (token, head) attends to positions 0..pos of its own sequence, which
@@ -120,7 +121,7 @@ moe_err moe_fwd_attention(moe_fwd *f, int il)
 	const moe_layer_w *L = &f->m->layers[il];
 	const int64_t n = f->n;
 	const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-	const bool gated = hp->arch == MOE_ARCH_QWEN3NEXT;
+	const bool gated = moe_arch_is_hybrid(hp->arch);
 	const int64_t kvd = (int64_t)nkv * hd;
 	moe_err err;
 

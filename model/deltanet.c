@@ -1,11 +1,19 @@
 /*
- * deltanet.c - the Gated DeltaNet (linear attention) layer of qwen3next.
+ * deltanet.c - the Gated DeltaNet (linear attention) layer of qwen3next and
+ * qwen35moe.
  *
  * Per token t and value head (S: [head_k][head_v], zeros at start):
  *   S = exp(g) * S;  d = (v - S^T k) * beta;  S = S + k d^T;  o = S^T q
  * with q, k L2-normalised after a causal depthwise conv + SiLU, q scaled by
  * 1/sqrt(head_k), beta = sigmoid(b), g = ssm_a * softplus(a + dt_bias).
  * Output: rmsnorm(o per head, ssm_norm) * silu(z), then ssm_out.
+ *
+ * The two archs differ in the projections and in which key head a value head
+ * reads: qwen3next's ssm_ba rows come per key head ([b for its r value heads,
+ * a for them]) and value head j reads key head j / r (llama.cpp's repeat
+ * interleave); qwen35moe has ssm_beta and ssm_alpha rows per value head, and
+ * its converter stores the value heads tiled, so value head j reads key head
+ * j mod n_k_heads (ggml's broadcast).
  *
  * Decode runs the recurrence token by token; prefill runs it in chunks of
  * MOE_GDN_CHUNK tokens: with G_t the cumulative log decay inside a chunk and
@@ -26,7 +34,8 @@
 
 typedef struct gdn_job {
 	moe_fwd *f;
-	int rec; /* index among DeltaNet layers */
+	int rec;    /* index among DeltaNet layers */
+	bool tiled; /* value head j reads key head j mod n_k_heads (qwen35moe), else j / r */
 } gdn_job;
 
 static void gdn_heads(void *arg, int ith, int nth)
@@ -41,7 +50,7 @@ static void gdn_heads(void *arg, int ith, int nth)
 	for (int item = ith; item < f->n_runs * nv; item += nth) {
 		const int run = item / nv, j = item % nv;
 		const int slot = f->run_slot[run];
-		const int kh = j / r;
+		const int kh = jb->tiled ? j % nk : j / r;
 		moe_gdn_io io = {
 		    .rows = f->order + f->runs[run],
 		    .n_tok = f->runs[run + 1] - f->runs[run],
@@ -103,9 +112,15 @@ moe_err moe_fwd_deltanet(moe_fwd *f, int il)
 	const int64_t cd = hp->ssm_conv_dim;
 	moe_err err;
 
+	const bool split = hp->arch == MOE_ARCH_QWEN35MOE;
 	if ((err = moe_fwd_matmul(f, f->qkv, &L->wqkv, f->xn, n)) != MOE_OK ||
-	    (err = moe_fwd_matmul(f, f->z, &L->wz, f->xn, n)) != MOE_OK ||
-	    (err = moe_fwd_matmul(f, f->ba, &L->wba, f->xn, n)) != MOE_OK)
+	    (err = moe_fwd_matmul(f, f->z, &L->wz, f->xn, n)) != MOE_OK)
+		return err;
+	/* qwen35moe: b into beta and a into gdec, per value head, in place below */
+	if (split && ((err = moe_fwd_matmul(f, f->beta, &L->wbeta, f->xn, n)) != MOE_OK ||
+	              (err = moe_fwd_matmul(f, f->gdec, &L->walpha, f->xn, n)) != MOE_OK))
+		return err;
+	if (!split && (err = moe_fwd_matmul(f, f->ba, &L->wba, f->xn, n)) != MOE_OK)
 		return err;
 
 	/* beta and g per token and value head; ssm_ba rows are grouped per key
@@ -114,8 +129,8 @@ moe_err moe_fwd_deltanet(moe_fwd *f, int il)
 		const float *ba = f->ba + t * 2 * nv;
 		for (int j = 0; j < nv; j++) {
 			const int grp = j / r, i = j % r;
-			const float b = ba[grp * 2 * r + i];
-			const float a = ba[grp * 2 * r + r + i];
+			const float b = split ? f->beta[t * nv + j] : ba[grp * 2 * r + i];
+			const float a = split ? f->gdec[t * nv + j] : ba[grp * 2 * r + r + i];
 			f->beta[t * nv + j] = moe_sigmoid(b);
 			f->gdec[t * nv + j] = L->ssm_a[j] * moe_softplus(a + L->dt_bias[j]);
 		}
@@ -141,7 +156,7 @@ moe_err moe_fwd_deltanet(moe_fwd *f, int il)
 	}
 
 	/* small work runs on this thread: a pool barrier costs more */
-	gdn_job jb = {.f = f, .rec = L->idx_rec};
+	gdn_job jb = {.f = f, .rec = L->idx_rec, .tiled = split};
 	if ((double)n * nv * hk * hv < 2e5)
 		gdn_heads(&jb, 0, 1);
 	else

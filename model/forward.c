@@ -95,66 +95,77 @@ static const char *lname(char *buf, int il, const char *s)
 	return buf;
 }
 
-static moe_err load_layer(moe_model *m, int il, int *n_kv, int *n_rec)
+/* The gated (hybrid) or plain attention weights of block il. */
+static moe_err load_attn(moe_model *m, int il)
 {
 	const moe_hparams *hp = &m->hp;
 	const moe_gguf *g = m->g;
 	moe_layer_w *L = &m->layers[il];
 	const int64_t E = hp->n_embd, hd = hp->head_dim;
-	const bool next = hp->arch == MOE_ARCH_QWEN3NEXT;
+	const int64_t q_rows = (int64_t)hp->n_head * hd * (moe_arch_is_hybrid(hp->arch) ? 2 : 1);
+	const int64_t kv_rows = (int64_t)hp->n_head_kv * hd;
 	char nm[128];
 	moe_err err;
+	if ((err = get_mat(&L->wq, g, lname(nm, il, "attn_q.weight"), E, q_rows)) != MOE_OK ||
+	    (err = get_mat(&L->wk, g, lname(nm, il, "attn_k.weight"), E, kv_rows)) != MOE_OK ||
+	    (err = get_mat(&L->wv, g, lname(nm, il, "attn_v.weight"), E, kv_rows)) != MOE_OK ||
+	    (err = get_mat(&L->wo, g, lname(nm, il, "attn_output.weight"), (int64_t)hp->n_head * hd,
+	                   E)) != MOE_OK ||
+	    (err = get_vec(&L->q_norm, g, lname(nm, il, "attn_q_norm.weight"), hd)) != MOE_OK ||
+	    (err = get_vec(&L->k_norm, g, lname(nm, il, "attn_k_norm.weight"), hd)) != MOE_OK)
+		return err;
+	return MOE_OK;
+}
 
-	if ((err = get_vec(&L->attn_norm, g, lname(nm, il, "attn_norm.weight"), E)) != MOE_OK)
+/* The Gated DeltaNet weights of block il: qwen3next's ssm_ba, or qwen35moe's
+ * ssm_beta and ssm_alpha. */
+static moe_err load_deltanet(moe_model *m, int il)
+{
+	const moe_hparams *hp = &m->hp;
+	const moe_gguf *g = m->g;
+	moe_layer_w *L = &m->layers[il];
+	const int64_t E = hp->n_embd;
+	const int64_t nv = hp->ssm_n_v_heads, hv = hp->ssm_head_v;
+	char nm[128];
+	moe_err err;
+	if ((err = get_mat(&L->wqkv, g, lname(nm, il, "attn_qkv.weight"), E, hp->ssm_conv_dim)) !=
+	        MOE_OK ||
+	    (err = get_mat(&L->wz, g, lname(nm, il, "attn_gate.weight"), E, nv * hv)) != MOE_OK ||
+	    (err = get_mat(&L->ssm_out, g, lname(nm, il, "ssm_out.weight"), nv * hv, E)) !=
+	        MOE_OK ||
+	    (err = get_vec(&L->dt_bias, g, lname(nm, il, "ssm_dt.bias"), nv)) != MOE_OK ||
+	    (err = get_vec(&L->ssm_a, g, lname(nm, il, "ssm_a"), nv)) != MOE_OK ||
+	    (err = get_vec(&L->ssm_norm, g, lname(nm, il, "ssm_norm.weight"), hv)) != MOE_OK)
 		return err;
-	if ((err = get_vec(&L->ffn_norm, g,
-	                   next ? lname(nm, il, "post_attention_norm.weight")
-	                        : lname(nm, il, "ffn_norm.weight"),
-	                   E)) != MOE_OK)
-		return err;
-	L->idx_kv = L->idx_rec = -1;
-	if (hp->recurrent[il]) {
-		const int64_t nv = hp->ssm_n_v_heads, hv = hp->ssm_head_v;
-		L->idx_rec = (*n_rec)++;
-		if ((err = get_mat(&L->wqkv, g, lname(nm, il, "attn_qkv.weight"), E,
-		                   hp->ssm_conv_dim)) != MOE_OK ||
-		    (err = get_mat(&L->wz, g, lname(nm, il, "attn_gate.weight"), E, nv * hv)) !=
+	if (hp->arch == MOE_ARCH_QWEN35MOE) {
+		if ((err = get_mat(&L->wbeta, g, lname(nm, il, "ssm_beta.weight"), E, nv)) !=
 		        MOE_OK ||
-		    (err = get_mat(&L->wba, g, lname(nm, il, "ssm_ba.weight"), E, 2 * nv)) !=
-		        MOE_OK ||
-		    (err = get_mat(&L->ssm_out, g, lname(nm, il, "ssm_out.weight"), nv * hv, E)) !=
-		        MOE_OK ||
-		    (err = get_vec(&L->dt_bias, g, lname(nm, il, "ssm_dt.bias"), nv)) != MOE_OK ||
-		    (err = get_vec(&L->ssm_a, g, lname(nm, il, "ssm_a"), nv)) != MOE_OK ||
-		    (err = get_vec(&L->ssm_norm, g, lname(nm, il, "ssm_norm.weight"), hv)) !=
+		    (err = get_mat(&L->walpha, g, lname(nm, il, "ssm_alpha.weight"), E, nv)) !=
 		        MOE_OK)
 			return err;
-		const moe_gguf_tensor *t = NULL;
-		if ((err = find_checked(&t, g, lname(nm, il, "ssm_conv1d.weight"), true, 2,
-		                        hp->ssm_conv_kernel, hp->ssm_conv_dim, 1)) != MOE_OK)
-			return err;
-		L->conv1d = t->data;
-	} else {
-		const int64_t q_rows = (int64_t)hp->n_head * hd * (next ? 2 : 1);
-		const int64_t kv_rows = (int64_t)hp->n_head_kv * hd;
-		L->idx_kv = (*n_kv)++;
-		if ((err = get_mat(&L->wq, g, lname(nm, il, "attn_q.weight"), E, q_rows)) !=
-		        MOE_OK ||
-		    (err = get_mat(&L->wk, g, lname(nm, il, "attn_k.weight"), E, kv_rows)) !=
-		        MOE_OK ||
-		    (err = get_mat(&L->wv, g, lname(nm, il, "attn_v.weight"), E, kv_rows)) !=
-		        MOE_OK ||
-		    (err = get_mat(&L->wo, g, lname(nm, il, "attn_output.weight"),
-		                   (int64_t)hp->n_head * hd, E)) != MOE_OK ||
-		    (err = get_vec(&L->q_norm, g, lname(nm, il, "attn_q_norm.weight"), hd)) !=
-		        MOE_OK ||
-		    (err = get_vec(&L->k_norm, g, lname(nm, il, "attn_k_norm.weight"), hd)) !=
-		        MOE_OK)
-			return err;
+	} else if ((err = get_mat(&L->wba, g, lname(nm, il, "ssm_ba.weight"), E, 2 * nv)) !=
+	           MOE_OK) {
+		return err;
 	}
+	const moe_gguf_tensor *t = NULL;
+	if ((err = find_checked(&t, g, lname(nm, il, "ssm_conv1d.weight"), true, 2,
+	                        hp->ssm_conv_kernel, hp->ssm_conv_dim, 1)) != MOE_OK)
+		return err;
+	L->conv1d = t->data;
+	return MOE_OK;
+}
 
+/* Router, routed experts and shared expert of block il. */
+static moe_err load_moe(moe_model *m, int il)
+{
+	const moe_hparams *hp = &m->hp;
+	const moe_gguf *g = m->g;
+	moe_layer_w *L = &m->layers[il];
+	const int64_t E = hp->n_embd;
 	const int ne = hp->n_expert;
 	const void **ptrs = m->exp_ptrs + (size_t)il * 3 * (size_t)ne;
+	char nm[128];
+	moe_err err;
 	L->exps.n_expert = ne;
 	if ((err = get_mat(&L->router, g, lname(nm, il, "ffn_gate_inp.weight"), E, ne)) != MOE_OK ||
 	    (err = get_exps(&L->exps.gate, ptrs, g, lname(nm, il, "ffn_gate_exps.weight"), E,
@@ -179,6 +190,80 @@ static moe_err load_layer(moe_model *m, int il, int *n_kv, int *n_rec)
 	return MOE_OK;
 }
 
+static moe_err load_norms(moe_model *m, int il)
+{
+	const moe_gguf *g = m->g;
+	moe_layer_w *L = &m->layers[il];
+	const int64_t E = m->hp.n_embd;
+	char nm[128];
+	moe_err err = get_vec(&L->attn_norm, g, lname(nm, il, "attn_norm.weight"), E);
+	if (err != MOE_OK)
+		return err;
+	return get_vec(&L->ffn_norm, g,
+	               moe_arch_is_hybrid(m->hp.arch) ? lname(nm, il, "post_attention_norm.weight")
+	                                              : lname(nm, il, "ffn_norm.weight"),
+	               E);
+}
+
+static moe_err load_layer(moe_model *m, int il, int *n_kv, int *n_rec)
+{
+	moe_layer_w *L = &m->layers[il];
+	moe_err err;
+	if ((err = load_norms(m, il)) != MOE_OK)
+		return err;
+	L->idx_kv = L->idx_rec = -1;
+	if (m->hp.recurrent[il]) {
+		L->idx_rec = (*n_rec)++;
+		err = load_deltanet(m, il);
+	} else {
+		L->idx_kv = (*n_kv)++;
+		err = load_attn(m, il);
+	}
+	if (err != MOE_OK)
+		return err;
+	return load_moe(m, il);
+}
+
+/* An optional [n_embd] x rows matrix: data NULL when absent. */
+static moe_err get_mat_opt(moe_wmat *out, const moe_gguf *g, const char *name, int64_t n_cols,
+                           int64_t n_rows)
+{
+	if (moe_gguf_find_tensor(g, name) == NULL) {
+		*out = (moe_wmat){0};
+		return MOE_OK;
+	}
+	return get_mat(out, g, name, n_cols, n_rows);
+}
+
+/* MTP block il (>= n_layer): a gated-attention block with MoE plus the nextn
+ * tensors, all checked as llama.cpp's loader names and shapes them. */
+static moe_err load_nextn(moe_model *m, int il)
+{
+	const moe_hparams *hp = &m->hp;
+	const moe_gguf *g = m->g;
+	moe_layer_w *L = &m->layers[il];
+	moe_nextn_w *N = &L->nextn;
+	const int64_t E = hp->n_embd, V = hp->n_vocab;
+	char nm[128];
+	moe_err err;
+	L->idx_kv = L->idx_rec = -1;
+	if ((err = load_norms(m, il)) != MOE_OK || (err = load_attn(m, il)) != MOE_OK ||
+	    (err = load_moe(m, il)) != MOE_OK ||
+	    (err = get_mat(&N->eh_proj, g, lname(nm, il, "nextn.eh_proj.weight"), 2 * E, E)) !=
+	        MOE_OK ||
+	    (err = get_vec(&N->enorm, g, lname(nm, il, "nextn.enorm.weight"), E)) != MOE_OK ||
+	    (err = get_vec(&N->hnorm, g, lname(nm, il, "nextn.hnorm.weight"), E)) != MOE_OK ||
+	    (err = get_mat_opt(&N->embed_tokens, g, lname(nm, il, "nextn.embed_tokens.weight"), E,
+	                       V)) != MOE_OK ||
+	    (err = get_mat_opt(&N->shared_head_head, g,
+	                       lname(nm, il, "nextn.shared_head_head.weight"), E, V)) != MOE_OK)
+		return err;
+	N->shared_head_norm = NULL;
+	if (moe_gguf_find_tensor(g, lname(nm, il, "nextn.shared_head_norm.weight")) != NULL)
+		return get_vec(&N->shared_head_norm, g, nm, E);
+	return MOE_OK;
+}
+
 moe_err moe_model_load(moe_model **out, const moe_gguf *g)
 {
 	moe_model *m = calloc(1, sizeof *m);
@@ -189,14 +274,15 @@ moe_err moe_model_load(moe_model **out, const moe_gguf *g)
 	if (err != MOE_OK)
 		goto out_free_model;
 	const moe_hparams *hp = &m->hp;
-	if (hp->arch == MOE_ARCH_QWEN3NEXT && hp->n_ff_shexp == 0) {
+	if (moe_arch_is_hybrid(hp->arch) && hp->n_ff_shexp == 0) {
 		err = moe_fail(MOE_ERR_NOT_FOUND,
-		               "hparams: required key qwen3next.expert_shared_feed_forward_length "
-		               "is missing");
+		               "hparams: required key %s.expert_shared_feed_forward_length "
+		               "is missing",
+		               moe_arch_name(hp->arch));
 		goto out_free_model;
 	}
-	m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
-	m->exp_ptrs = calloc((size_t)hp->n_layer * 3 * (size_t)hp->n_expert, sizeof(void *));
+	m->layers = calloc((size_t)hp->n_layer_all, sizeof *m->layers);
+	m->exp_ptrs = calloc((size_t)hp->n_layer_all * 3 * (size_t)hp->n_expert, sizeof(void *));
 	if (m->layers == NULL || m->exp_ptrs == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "model: allocating %d layers", hp->n_layer);
 		goto out_free_layers;
@@ -216,6 +302,15 @@ moe_err moe_model_load(moe_model **out, const moe_gguf *g)
 	int n_kv = 0, n_rec = 0;
 	for (int il = 0; il < hp->n_layer; il++)
 		if ((err = load_layer(m, il, &n_kv, &n_rec)) != MOE_OK)
+			goto out_free_layers;
+	/* MTP blocks: loaded when the file has them (a converter may leave them
+	 * out), never run by the main pass */
+	char nm[128];
+	m->has_nextn =
+	    hp->n_layer_nextn > 0 &&
+	    moe_gguf_find_tensor(g, lname(nm, hp->n_layer, "nextn.eh_proj.weight")) != NULL;
+	for (int il = hp->n_layer; m->has_nextn && il < hp->n_layer_all; il++)
+		if ((err = load_nextn(m, il)) != MOE_OK)
 			goto out_free_layers;
 	*out = m;
 	return MOE_OK;
@@ -404,7 +499,7 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	const size_t n_rec = (size_t)moe_hparams_n_recurrent_layers(hp);
 	const size_t hd = (size_t)hp->head_dim;
 	const size_t kvd = (size_t)hp->n_head_kv * hd;
-	const size_t q_rows = (size_t)hp->n_head * hd * (hp->arch == MOE_ARCH_QWEN3NEXT ? 2 : 1);
+	const size_t q_rows = (size_t)hp->n_head * hd * (moe_arch_is_hybrid(hp->arch) ? 2 : 1);
 	const size_t vdim = (size_t)hp->ssm_n_v_heads * (size_t)hp->ssm_head_v;
 	const size_t att = (size_t)hp->n_head * hd > vdim ? (size_t)hp->n_head * hd : vdim;
 	const size_t cd = (size_t)hp->ssm_conv_dim;
@@ -789,10 +884,16 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 		const char *row = (const char *)m->tok_embd.data + (size_t)tokens[t] * emb_row;
 		if ((err = moe_dequantize_row(m->tok_embd.type, f->x + t * E, row, E)) != MOE_OK)
 			return err;
-		moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot, hp->rope_base);
+		if (hp->arch == MOE_ARCH_QWEN35MOE)
+			moe_rope_cache_imrope(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
+			                      hp->rope_base, hp->rope_sections);
+		else
+			moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
+			               hp->rope_base);
 	}
 	group_runs(f);
 
+	/* the trunk only: MTP blocks (qwen35moe) follow it in m->layers */
 	for (int il = 0; il < hp->n_layer; il++) {
 		const moe_layer_w *L = &m->layers[il];
 		for (int64_t t = 0; t < n; t++)

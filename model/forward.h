@@ -1,5 +1,6 @@
 /*
- * forward.h - the single-process forward pass of qwen3moe / qwen3next models.
+ * forward.h - the single-process forward pass of qwen3moe / qwen3next /
+ * qwen35moe models (the trunk; qwen35moe's MTP blocks are loaded, not run).
  *
  * A moe_model is a validated view of the weights in a mapped GGUF file (no
  * copy).  A moe_fwd is one inference context on a model: a fixed number of
@@ -46,7 +47,8 @@ const moe_hparams *moe_model_hparams(const moe_model *m);
 const moe_gguf *moe_model_gguf(const moe_model *m);
 
 /* The stacked routed-expert tensors of layer il (pointers into the mapping),
- * as moe_expert_ffn_run takes them; NULL if il is out of range. */
+ * as moe_expert_ffn_run takes them; NULL if il is not a trunk layer
+ * (0 <= il < n_layer: MTP blocks are not served). */
 const moe_expert_ffn *moe_model_experts(const moe_model *m, int il);
 
 /* ---- expert backend ----------------------------------------------------------- */

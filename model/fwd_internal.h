@@ -15,15 +15,27 @@ typedef struct moe_wmat {
 	int64_t n_rows; /* output length */
 } moe_wmat;
 
+/* The extra weights of an MTP (nextn) block (qwen35moe), which otherwise is a
+ * gated-attention block with MoE: h' = eh_proj [rmsnorm(embd, enorm);
+ * rmsnorm(h, hnorm)].  Loaded and checked, not run by the main pass. */
+typedef struct moe_nextn_w {
+	moe_wmat eh_proj;              /* [2*n_embd] -> [n_embd] */
+	const float *enorm;            /* [n_embd] */
+	const float *hnorm;            /* [n_embd] */
+	const float *shared_head_norm; /* [n_embd], NULL: output_norm */
+	moe_wmat embed_tokens;         /* [n_embd] x n_vocab; data NULL: token_embd */
+	moe_wmat shared_head_head;     /* [n_embd] -> [n_vocab]; data NULL: output */
+} moe_nextn_w;
+
 typedef struct moe_layer_w {
 	int idx_kv;  /* index among the full-attention layers, or -1 */
 	int idx_rec; /* index among the DeltaNet layers, or -1 */
 
 	const float *attn_norm; /* [n_embd] */
-	const float *ffn_norm;  /* [n_embd] ffn_norm (qwen3moe) / post_attention_norm (qwen3next) */
+	const float *ffn_norm;  /* [n_embd] ffn_norm (qwen3moe) / post_attention_norm (hybrid) */
 
 	/* full attention */
-	moe_wmat wq; /* [n_embd] -> [n_head*head_dim] (x2 for qwen3next: per head q then gate) */
+	moe_wmat wq; /* [n_embd] -> [n_head*head_dim] (x2 for hybrid archs: per head q then gate) */
 	moe_wmat wk; /* [n_embd] -> [n_head_kv*head_dim] */
 	moe_wmat wv; /* [n_embd] -> [n_head_kv*head_dim] */
 	moe_wmat wo; /* [n_head*head_dim] -> [n_embd] */
@@ -33,7 +45,10 @@ typedef struct moe_layer_w {
 	/* Gated DeltaNet */
 	moe_wmat wqkv;         /* [n_embd] -> [conv_dim]: q heads, k heads, v heads */
 	moe_wmat wz;           /* attn_gate: [n_embd] -> [n_v_heads*head_v] */
-	moe_wmat wba;          /* ssm_ba: [n_embd] -> [n_k_heads][b for r heads, a for r heads] */
+	moe_wmat wba;          /* ssm_ba (qwen3next): [n_embd] -> [n_k_heads][b for r heads,
+	                        * a for r heads] */
+	moe_wmat wbeta;        /* ssm_beta (qwen35moe): [n_embd] -> [n_v_heads] */
+	moe_wmat walpha;       /* ssm_alpha (qwen35moe): [n_embd] -> [n_v_heads] */
 	moe_wmat ssm_out;      /* [n_v_heads*head_v] -> [n_embd] */
 	const float *conv1d;   /* [conv_dim][conv_kernel] */
 	const float *dt_bias;  /* [n_v_heads] */
@@ -47,6 +62,8 @@ typedef struct moe_layer_w {
 	moe_wmat sh_gate;         /* [n_embd] -> [n_ff_shexp] */
 	moe_wmat sh_up;           /* [n_embd] -> [n_ff_shexp] */
 	moe_wmat sh_down;         /* [n_ff_shexp] -> [n_embd] */
+
+	moe_nextn_w nextn; /* MTP blocks only */
 } moe_layer_w;
 
 struct moe_model {
@@ -56,8 +73,9 @@ struct moe_model {
 	moe_wmat tok_embd;     /* [n_embd] x n_vocab rows */
 	const float *out_norm; /* [n_embd] */
 	moe_wmat output;       /* [n_embd] -> [n_vocab] */
-	moe_layer_w *layers;   /* [n_layer] */
-	const void **exp_ptrs; /* [n_layer][3][n_expert], backing of layers[].exps */
+	moe_layer_w *layers;   /* [n_layer_all]: the trunk, then the MTP blocks */
+	bool has_nextn;        /* the MTP blocks' tensors are in the file (layers[n_layer..]) */
+	const void **exp_ptrs; /* [n_layer_all][3][n_expert], backing of layers[].exps */
 };
 
 /* ---- the KV cache (kvcache.c) ---------------------------------------------------------

@@ -12,8 +12,15 @@ const char *moe_arch_name(moe_arch arch)
 		return "qwen3moe";
 	case MOE_ARCH_QWEN3NEXT:
 		return "qwen3next";
+	case MOE_ARCH_QWEN35MOE:
+		return "qwen35moe";
 	}
 	return "?";
+}
+
+bool moe_arch_is_hybrid(moe_arch arch)
+{
+	return arch == MOE_ARCH_QWEN3NEXT || arch == MOE_ARCH_QWEN35MOE;
 }
 
 /* Reads "<arch>.<name>" as a u32 in [lo, hi] into *out. */
@@ -148,6 +155,91 @@ static moe_err load_ssm(moe_hparams *hp, const moe_gguf *g, const char *a)
 	                   0);
 }
 
+/* rope.dimension_sections: required for qwen35moe (as llama.cpp requires it),
+ * 4 integers (an array of 4, or one value for all four); the rotary pairs are
+ * cycled through their sum, which must fit the head (as ggml asserts). */
+static moe_err load_rope_sections(moe_hparams *hp, const moe_gguf *g, const char *a)
+{
+	char key[128];
+	snprintf(key, sizeof key, "%s.rope.dimension_sections", a);
+	const int64_t i = moe_gguf_find_key(g, key);
+	if (i < 0)
+		return moe_fail(MOE_ERR_NOT_FOUND, "hparams: required key %s is missing", key);
+	int64_t sum = 0;
+	if (moe_gguf_kv_type(g, i) == MOE_GGUF_ARRAY) {
+		moe_gguf_arr arr;
+		moe_err err = moe_gguf_kv_arr(&arr, g, i);
+		if (err != MOE_OK)
+			return err;
+		if (arr.n != 4 || (arr.type != MOE_GGUF_INT32 && arr.type != MOE_GGUF_UINT32))
+			return moe_fail(MOE_ERR_BAD_TYPE,
+			                "hparams: %s must be 4 32-bit integers (has %llu)", key,
+			                (unsigned long long)arr.n);
+		for (int k = 0; k < 4; k++) {
+			const int64_t v = moe_gguf_arr_int(&arr, (uint64_t)k);
+			if (v < 0 || v > 65536)
+				return moe_fail(MOE_ERR_BAD_VALUE, "hparams: %s[%d] = %lld", key, k,
+				                (long long)v);
+			hp->rope_sections[k] = (int32_t)v;
+			sum += v;
+		}
+	} else {
+		int32_t v;
+		moe_err err = get_u32(&v, g, a, "rope.dimension_sections", 0, 65536);
+		if (err != MOE_OK)
+			return err;
+		for (int k = 0; k < 4; k++)
+			hp->rope_sections[k] = v;
+		sum = 4 * (int64_t)v;
+	}
+	if (sum > hp->head_dim ||
+	    hp->rope_sections[0] + hp->rope_sections[1] + hp->rope_sections[2] == 0)
+		return moe_fail(MOE_ERR_BAD_VALUE,
+		                "hparams: %s = [%d, %d, %d, %d]: the sum must be at most "
+		                "%s.attention.key_length (%d), and one of the first three positive",
+		                key, hp->rope_sections[0], hp->rope_sections[1],
+		                hp->rope_sections[2], hp->rope_sections[3], a, hp->head_dim);
+	return MOE_OK;
+}
+
+/* Which trunk layers are Gated DeltaNet: attention.recurrent_layers (an array
+ * of block_count flags, or one flag for all) where present, else every layer
+ * but each full_attention_interval-th.  MTP blocks are attention blocks. */
+static moe_err load_recurrent(moe_hparams *hp, const moe_gguf *g, const char *a)
+{
+	char key[128];
+	snprintf(key, sizeof key, "%s.attention.recurrent_layers", a);
+	const int64_t i = moe_gguf_find_key(g, key);
+	if (i < 0) {
+		for (int l = 0; l < hp->n_layer; l++)
+			hp->recurrent[l] = (l + 1) % hp->full_attn_interval != 0;
+		return MOE_OK;
+	}
+	if (moe_gguf_kv_type(g, i) == MOE_GGUF_ARRAY) {
+		moe_gguf_arr arr;
+		moe_err err = moe_gguf_kv_arr(&arr, g, i);
+		if (err != MOE_OK)
+			return err;
+		if (arr.n != (uint64_t)hp->n_layer_all ||
+		    (arr.type != MOE_GGUF_BOOL && arr.type != MOE_GGUF_INT32 &&
+		     arr.type != MOE_GGUF_UINT32))
+			return moe_fail(MOE_ERR_BAD_VALUE,
+			                "hparams: %s must hold %s.block_count (%d) bools or "
+			                "integers (has %llu)",
+			                key, a, hp->n_layer_all, (unsigned long long)arr.n);
+		for (int l = 0; l < hp->n_layer; l++)
+			hp->recurrent[l] = moe_gguf_arr_int(&arr, (uint64_t)l) != 0;
+		return MOE_OK;
+	}
+	double v;
+	if (!moe_gguf_kv_as_double(&v, g, i))
+		return moe_fail(MOE_ERR_BAD_TYPE, "hparams: %s is not a flag or an array", key);
+	const bool all = v != 0;
+	for (int l = 0; l < hp->n_layer; l++)
+		hp->recurrent[l] = all;
+	return MOE_OK;
+}
+
 moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g)
 {
 	memset(out, 0, sizeof *out);
@@ -159,13 +251,16 @@ moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g)
 		out->arch = MOE_ARCH_QWEN3MOE;
 	else if (arch.len == 9 && memcmp(arch.ptr, "qwen3next", 9) == 0)
 		out->arch = MOE_ARCH_QWEN3NEXT;
+	else if (arch.len == 9 && memcmp(arch.ptr, "qwen35moe", 9) == 0)
+		out->arch = MOE_ARCH_QWEN35MOE;
 	else
 		return moe_fail(MOE_ERR_UNSUPPORTED,
-		                "hparams: general.architecture '%.*s' is not qwen3moe or qwen3next",
+		                "hparams: general.architecture '%.*s' is not qwen3moe, qwen3next "
+		                "or qwen35moe",
 		                (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
 	const char *a = moe_arch_name(out->arch);
 
-	if ((err = get_u32(&out->n_layer, g, a, "block_count", 1, MOE_MAX_LAYERS)) != MOE_OK ||
+	if ((err = get_u32(&out->n_layer_all, g, a, "block_count", 1, MOE_MAX_LAYERS)) != MOE_OK ||
 	    (err = get_u32(&out->n_embd, g, a, "embedding_length", 1, 1 << 16)) != MOE_OK ||
 	    (err = get_u32_opt(&out->n_ctx_train, g, a, "context_length", 1, 1u << 30, 4096)) !=
 	        MOE_OK ||
@@ -182,11 +277,25 @@ moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g)
 		                out->n_expert_used, a, out->n_expert);
 	if ((err = load_attention(out, g, a)) != MOE_OK)
 		return err;
-	if (out->arch == MOE_ARCH_QWEN3NEXT) {
-		if ((err = load_ssm(out, g, a)) != MOE_OK)
+	out->n_layer = out->n_layer_all;
+	if (moe_arch_is_hybrid(out->arch)) {
+		/* MTP blocks after the trunk (llama.cpp reads the key for both archs) */
+		if ((err = get_u32_opt(&out->n_layer_nextn, g, a, "nextn_predict_layers", 0,
+		                       MOE_MAX_LAYERS, 0)) != MOE_OK)
 			return err;
-		for (int i = 0; i < out->n_layer; i++)
-			out->recurrent[i] = (i + 1) % out->full_attn_interval != 0;
+		if (out->n_layer_nextn >= out->n_layer_all)
+			return moe_fail(MOE_ERR_BAD_VALUE,
+			                "hparams: %s.nextn_predict_layers (%d) must be below "
+			                "%s.block_count (%d)",
+			                a, out->n_layer_nextn, a, out->n_layer_all);
+		out->n_layer = out->n_layer_all - out->n_layer_nextn;
+	}
+	if (out->arch == MOE_ARCH_QWEN35MOE && (err = load_rope_sections(out, g, a)) != MOE_OK)
+		return err;
+	if (moe_arch_is_hybrid(out->arch)) {
+		if ((err = load_ssm(out, g, a)) != MOE_OK ||
+		    (err = load_recurrent(out, g, a)) != MOE_OK)
+			return err;
 	}
 
 	const moe_gguf_tensor *emb = moe_gguf_find_tensor(g, "token_embd.weight");

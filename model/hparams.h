@@ -1,7 +1,7 @@
 /*
- * hparams.h - hyper-parameters of qwen3moe / qwen3next models, read from GGUF
- * metadata (keys "<arch>.block_count", "<arch>.ssm.state_size", ...; see
- * tests/fixtures/README.md) and checked for consistency.
+ * hparams.h - hyper-parameters of qwen3moe / qwen3next / qwen35moe models,
+ * read from GGUF metadata (keys "<arch>.block_count", "<arch>.ssm.state_size",
+ * ...; see tests/fixtures/README.md) and checked for consistency.
  */
 #ifndef MOE_HPARAMS_H
 #define MOE_HPARAMS_H
@@ -17,14 +17,19 @@
 typedef enum moe_arch {
 	MOE_ARCH_QWEN3MOE = 0,  /* attention + MoE in every layer */
 	MOE_ARCH_QWEN3NEXT = 1, /* Gated DeltaNet / gated attention + MoE + shared expert */
+	MOE_ARCH_QWEN35MOE = 2, /* qwen3next with split DeltaNet projections, multi-section
+	                         * rotary (IMROPE) and MTP blocks after the trunk */
 } moe_arch;
 
 typedef struct moe_hparams {
 	moe_arch arch;
-	int32_t n_vocab; /* rows of token_embd */
-	int32_t n_embd;  /* hidden size */
-	int32_t n_layer;
-	int32_t n_ctx_train; /* context_length */
+	int32_t n_vocab;       /* rows of token_embd */
+	int32_t n_embd;        /* hidden size */
+	int32_t n_layer;       /* trunk layers: the ones the main pass runs */
+	int32_t n_layer_nextn; /* MTP (nextn) blocks after the trunk (nextn_predict_layers;
+	                        * qwen35moe and qwen3next, 0 for qwen3moe) */
+	int32_t n_layer_all;   /* block_count = n_layer + n_layer_nextn */
+	int32_t n_ctx_train;   /* context_length */
 	float rms_eps;
 
 	/* full attention */
@@ -33,6 +38,9 @@ typedef struct moe_hparams {
 	int32_t head_dim; /* attention.key_length (= value_length) */
 	int32_t n_rot;    /* rotated dims per head (rope.dimension_count) */
 	float rope_base;  /* rope.freq_base */
+	/* rope.dimension_sections (qwen35moe): rotary pair i takes position section
+	 * (i mod sum) under llama.cpp's interleaved rule (IMROPE); all zero = plain NeoX */
+	int32_t rope_sections[4];
 
 	/* MoE */
 	int32_t n_expert;
@@ -49,7 +57,7 @@ typedef struct moe_hparams {
 	int32_t ssm_conv_dim;    /* 2*n_k_heads*head_k + n_v_heads*head_v */
 	int32_t full_attn_interval;
 
-	bool recurrent[MOE_MAX_LAYERS]; /* layer i is Gated DeltaNet */
+	bool recurrent[MOE_MAX_LAYERS]; /* layer i is Gated DeltaNet (never an MTP block) */
 
 	/* tokenizer ids, -1 when absent */
 	int32_t bos_id;
@@ -63,10 +71,15 @@ typedef struct moe_hparams {
  * *out is then unspecified. */
 moe_err moe_hparams_load(moe_hparams *out, const moe_gguf *g);
 
-/* Number of full-attention / DeltaNet layers. */
+/* Number of full-attention / DeltaNet layers of the trunk. */
 int moe_hparams_n_attn_layers(const moe_hparams *hp);
 int moe_hparams_n_recurrent_layers(const moe_hparams *hp);
 
+/* The GGUF general.architecture string of arch ("qwen3moe", ...), or "?". */
 const char *moe_arch_name(moe_arch arch);
+
+/* Whether arch has qwen3next's layout: Gated DeltaNet layers, gated attention,
+ * post_attention_norm, a shared expert (qwen3next and qwen35moe). */
+bool moe_arch_is_hybrid(moe_arch arch);
 
 #endif

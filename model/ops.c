@@ -1,6 +1,7 @@
 /* ops.c - per-row layer operations (see ops.h). */
 #include "model/ops.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -40,6 +41,24 @@ void moe_rope_cache(float *cs, int64_t pos, int n_rot, float base)
 	for (int i = 0; i < n_rot / 2; i++) {
 		cs[2 * i] = cosf(theta);
 		cs[2 * i + 1] = sinf(theta);
+		theta *= theta_scale;
+	}
+}
+
+void moe_rope_cache_imrope(float *cs, int64_t pos, int n_rot, float base, const int32_t sections[4])
+{
+	/* ggml keeps one angle per section, each multiplied by theta_scale per
+	 * pair; three start at pos and stay equal, the fourth starts at 0. */
+	const float theta_scale = powf(base, -2.0f / (float)n_rot);
+	const int sum = sections[0] + sections[1] + sections[2] + sections[3];
+	float theta = (float)pos;
+	for (int i = 0; i < n_rot / 2; i++) {
+		const int s = i % sum;
+		const bool at_pos = (s % 3 == 0 && s < 3 * sections[0]) ||
+		                    (s % 3 == 1 && s < 3 * sections[1]) ||
+		                    (s % 3 == 2 && s < 3 * sections[2]);
+		cs[2 * i] = at_pos ? cosf(theta) : 1.0f;
+		cs[2 * i + 1] = at_pos ? sinf(theta) : 0.0f;
 		theta *= theta_scale;
 	}
 }

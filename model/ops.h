@@ -25,6 +25,16 @@ void moe_l2norm(float *y, const float *x, int64_t n, float eps);
  *   cs: f32 [n_rot/2][2] */
 void moe_rope_cache(float *cs, int64_t pos, int n_rot, float base);
 
+/* The same for llama.cpp's interleaved multi-section rotary (IMROPE, qwen35moe)
+ * on a text token: pair i lies in sector s = i mod (sections[0] + ... + [3]);
+ * sectors 3j, 3j+1, 3j+2 below 3*sections[0], 3*sections[1], 3*sections[2]
+ * take the temporal, height and width positions, which llama.cpp sets all to
+ * pos for text; every other sector takes the fourth position, which it sets
+ * to 0 (cos 1, sin 0: the pair is not rotated).  Rotate with moe_rope_neox.
+ *   sections: the 4 values of rope.dimension_sections, sum > 0 */
+void moe_rope_cache_imrope(float *cs, int64_t pos, int n_rot, float base,
+                           const int32_t sections[4]);
+
 /* Rotates one head vector x in NeoX layout: pairs (i, i + n_rot/2) for
  * i < n_rot/2 by the angles in cs (moe_rope_cache); dims >= n_rot are left as
  * they are (partial rotary).   x: f32 [head_dim >= n_rot] */

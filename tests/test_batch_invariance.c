@@ -151,6 +151,10 @@ Test(batch_invariance, qwen3moe_q4_k_m)
 {
 	check("qwen3moe-kq-Q4_K_M.gguf");
 }
+Test(batch_invariance, qwen35moe_q4_k_m)
+{
+	check("qwen35moe-tiny-Q4_K_M.gguf");
+}
 
 /* ---- cut invariance ------------------------------------------------------------------ */
 
@@ -291,6 +295,10 @@ Test(cut_invariance, qwen3next_f32)
 Test(cut_invariance, qwen3moe_q4_k_m)
 {
 	check_cuts("qwen3moe-kq-Q4_K_M.gguf");
+}
+Test(cut_invariance, qwen35moe_f32)
+{
+	check_cuts("qwen35moe-tiny-F32.gguf");
 }
 
 /* The check can fail: the DeltaNet's chunked form (runs of >= 16 tokens)

@@ -321,7 +321,7 @@ Test(cluster, logits_bit_identical_for_every_fixture, .timeout = 600)
 		n_models++;
 	}
 	closedir(d);
-	cr_assert_geq(n_models, 8, "only %d fixture models found", n_models);
+	cr_assert_geq(n_models, 13, "only %d fixture models found", n_models);
 	unlink(ref);
 	unlink(ref1);
 	unlink(out);

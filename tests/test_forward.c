@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "model/forward.h"
+#include "model/fwd_internal.h"
 #include "model/sample.h"
 
 #define N_VOCAB 512
@@ -372,6 +373,18 @@ Test(forward, qwen3next_kq_q4_k_m)
 {
 	check_model("qwen3next-kq-Q4_K_M", false);
 }
+Test(forward, qwen35moe_tiny_f32)
+{
+	check_model("qwen35moe-tiny-F32", true);
+}
+Test(forward, qwen35moe_tiny_q8_0)
+{
+	check_model("qwen35moe-tiny-Q8_0", false);
+}
+Test(forward, qwen35moe_tiny_q4_k_m)
+{
+	check_model("qwen35moe-tiny-Q4_K_M", false);
+}
 
 /* ---- batching, chunking, slots ----------------------------------------------------- */
 
@@ -469,6 +482,10 @@ Test(forward, interleaved_sequences_qwen3next)
 Test(forward, interleaved_sequences_qwen3moe)
 {
 	check_interleaved("qwen3moe-tiny-F32.gguf");
+}
+Test(forward, interleaved_sequences_qwen35moe)
+{
+	check_interleaved("qwen35moe-tiny-F32.gguf");
 }
 
 Test(forward, chunked_prefill_and_logit_selection)
@@ -634,8 +651,9 @@ static moe_err split_finish(void *ctx, moe_fix_t *acc)
 
 Test(forward, split_expert_backend_is_bit_identical)
 {
-	const char *models[2] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf"};
-	for (int k = 0; k < 2; k++) {
+	const char *models[3] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
+	                         "qwen35moe-tiny-Q4_K_M.gguf"};
+	for (int k = 0; k < 3; k++) {
 		moe_model *m = open_model(models[k]);
 		golden g;
 		char base[128];
@@ -756,6 +774,187 @@ Test(forward, load_names_missing_key_and_bad_shapes)
 	cr_expect_eq(hp->eos_id, 511);
 	moe_model_destroy(m);
 	moe_gguf_close(g), free(buf);
+}
+
+/* qwen35moe: the trunk is block_count less nextn_predict_layers, the MTP block's
+ * tensors are loaded and checked, the rotary sections are required and
+ * checked. */
+Test(forward, qwen35moe_hparams_and_mtp_block)
+{
+	moe_model *m = NULL;
+	moe_gguf *g = NULL;
+	void *buf = NULL;
+	moe_err err =
+	    open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf", "qwen35moe.block_count", 5);
+	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	cr_expect_eq(hp->arch, MOE_ARCH_QWEN35MOE);
+	cr_expect_eq(hp->n_layer, 4);
+	cr_expect_eq(hp->n_layer_nextn, 1);
+	cr_expect_eq(hp->n_layer_all, 5);
+	cr_expect_eq(hp->n_rot, 16);
+	cr_expect(hp->rope_sections[0] == 2 && hp->rope_sections[1] == 1 &&
+	          hp->rope_sections[2] == 1 && hp->rope_sections[3] == 1);
+	cr_expect(hp->recurrent[0] && hp->recurrent[1] && hp->recurrent[2] && !hp->recurrent[3] &&
+	          !hp->recurrent[4]);
+	cr_expect_eq(moe_hparams_n_attn_layers(hp), 1);
+	cr_expect(m->has_nextn);
+	cr_expect_not_null(m->layers[4].nextn.eh_proj.data);
+	cr_expect_not_null(m->layers[4].nextn.shared_head_norm);
+	cr_expect_null(m->layers[4].nextn.embed_tokens.data);
+	cr_expect_null(moe_model_experts(m, 4), "the MTP block's experts are not the trunk's");
+	moe_model_destroy(m);
+	moe_gguf_close(g), free(buf);
+
+	/* one block less: the MTP block is taken for trunk layer 4's tensors... */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.nextn_predict_layers", 0);
+	cr_expect_eq(err, MOE_ERR_NOT_FOUND, "%s", moe_err_detail());
+	cr_expect_not_null(strstr(moe_err_detail(), "blk.4."), "%s", moe_err_detail());
+	moe_gguf_close(g), free(buf);
+	/* ...and nextn_predict_layers >= block_count is refused, naming both */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.nextn_predict_layers", 5);
+	cr_expect_eq(err, MOE_ERR_BAD_VALUE);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.block_count"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+	/* the sections are required */
+	err = open_patched(&m, &g, &buf, "qwen35moe-tiny-F32.gguf",
+	                   "qwen35moe.rope.dimension_sections", -1);
+	cr_expect_eq(err, MOE_ERR_NOT_FOUND);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.rope.dimension_sections"), "%s",
+	                   moe_err_detail());
+	moe_gguf_close(g), free(buf);
+}
+
+/* Writes the fixture src as dst with the UINT32 key set_key set to set_val
+ * (added after the others if src lacks it) and, if n_flags > 0,
+ * "<arch>.attention.recurrent_layers" = flags (a BOOL array) added; every
+ * other key and every tensor as they are. */
+static void rewrite_fixture(const char *src, const char *dst, const char *set_key, uint32_t set_val,
+                            const bool *flags, uint64_t n_flags)
+{
+	moe_gguf *g = NULL;
+	moe_gguf_writer *w = NULL;
+	cr_assert_eq(moe_gguf_open(&g, fixture(src)), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_gguf_writer_create(&w, dst), MOE_OK);
+	bool set = false;
+	for (int64_t i = 0; i < moe_gguf_n_kv(g); i++) {
+		const moe_gguf_str k = moe_gguf_kv_key(g, i);
+		if (k.len == strlen(set_key) && memcmp(k.ptr, set_key, k.len) == 0) {
+			cr_assert_eq(moe_gguf_writer_add_u32(w, set_key, set_val), MOE_OK);
+			set = true;
+		} else {
+			cr_assert_eq(moe_gguf_writer_copy_kv(w, g, i), MOE_OK);
+		}
+	}
+	if (!set)
+		cr_assert_eq(moe_gguf_writer_add_u32(w, set_key, set_val), MOE_OK);
+	if (n_flags > 0) {
+		moe_gguf_str arch;
+		cr_assert_eq(moe_gguf_get_str(&arch, g, "general.architecture"), MOE_OK);
+		char key[128];
+		snprintf(key, sizeof key, "%.*s.attention.recurrent_layers", (int)arch.len,
+		         arch.ptr);
+		uint8_t b[16];
+		for (uint64_t i = 0; i < n_flags; i++)
+			b[i] = flags[i];
+		cr_assert_eq(moe_gguf_writer_add_arr(w, key, MOE_GGUF_BOOL, b, n_flags), MOE_OK);
+	}
+	char name[128];
+	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
+		const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);
+		snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+		cr_assert_eq(moe_gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne),
+		             MOE_OK);
+	}
+	cr_assert_eq(moe_gguf_writer_begin_data(w), MOE_OK);
+	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
+		const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);
+		cr_assert_eq(moe_gguf_writer_write(w, t->data, t->size), MOE_OK);
+	}
+	cr_assert_eq(moe_gguf_writer_finish(w), MOE_OK, "%s", moe_err_detail());
+	moe_gguf_writer_destroy(w);
+	moe_gguf_close(g);
+}
+
+/* attention.recurrent_layers, where present, decides over
+ * full_attention_interval: with the fixture's layout given as flags and an
+ * interval of 2 that disagrees, the model loads and gives the golden logits;
+ * with the interval alone it is refused (blk.1 has no attention tensors); a
+ * flag array of the wrong length is refused, naming the key.  (llama.cpp gives
+ * the flagged file's A logits bit-identical to the golden: checked by hand.) */
+Test(forward, qwen35moe_recurrent_layers_key)
+{
+	char path[] = "/tmp/moe_q35_rec_XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	const bool flags[5] = {true, true, true, false, false};
+	moe_model *m = NULL;
+
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 2,
+	                flags, 5);
+	moe_err err = moe_model_open(&m, path);
+	cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+	golden g;
+	golden_load(&g, "qwen35moe-tiny-F32");
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 1, 256, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+	const int n = g.n_tok[0];
+	float *out = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+	run_seq(f, slot, out, g.tok[0], n, false);
+	float *gb = golden_logits("qwen35moe-tiny-F32", "A.batch", n);
+	const cmp c = compare(gb, out, n);
+	cr_expect(c.max_abs <= tol("f32", "max_abs"), "recurrent_layers flags: max |d| %g",
+	          c.max_abs);
+	free(out), free(gb);
+	golden_free(&g);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 2,
+	                NULL, 0);
+	cr_expect_eq(moe_model_open(&m, path), MOE_ERR_NOT_FOUND);
+	cr_expect_not_null(strstr(moe_err_detail(), "blk.1.attn_q.weight"), "%s", moe_err_detail());
+
+	rewrite_fixture("qwen35moe-tiny-F32.gguf", path, "qwen35moe.full_attention_interval", 4,
+	                flags, 4);
+	cr_expect_eq(moe_model_open(&m, path), MOE_ERR_BAD_VALUE);
+	cr_expect_not_null(strstr(moe_err_detail(), "qwen35moe.attention.recurrent_layers"), "%s",
+	                   moe_err_detail());
+	unlink(path);
+}
+
+/* qwen3next reads nextn_predict_layers too (as llama.cpp does): the fixture
+ * with 1 declared makes block 3 an MTP block, the trunk blocks 0-2 (no
+ * attention layer left), and a file without the block's nextn tensors loads
+ * without them (llama.cpp refuses this file: it requires them). */
+Test(forward, qwen3next_nextn_predict_layers)
+{
+	char path[] = "/tmp/moe_q3n_mtp_XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	rewrite_fixture("qwen3next-tiny-F32.gguf", path, "qwen3next.nextn_predict_layers", 1, NULL,
+	                0);
+	moe_model *m = NULL;
+	cr_assert_eq(moe_model_open(&m, path), MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	cr_expect(hp->n_layer == 3 && hp->n_layer_nextn == 1 && hp->n_layer_all == 4);
+	cr_expect_eq(moe_hparams_n_attn_layers(hp), 0);
+	cr_expect(!m->has_nextn);
+	moe_fwd *f = make_fwd(m, MOE_TYPE_F32, 1, 256, 1);
+	int slot;
+	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
+	float out[4 * N_VOCAB];
+	const int32_t toks[4] = {1, 2, 3, 4};
+	run_seq(f, slot, out, toks, 4, false);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+	unlink(path);
 }
 
 /* ---- the CLI ------------------------------------------------------------------------------ */

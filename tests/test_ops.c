@@ -71,6 +71,36 @@ Test(ops, rope_rotates_pairs_neox_and_leaves_the_rest)
 	cr_assert_eq(y[3], 7.0f);
 }
 
+/* IMROPE for a text token (qwen35moe): sections [2, 1, 1, 1] over 8 pairs put
+ * pair i in sector i mod 5; sectors 0-3 take the token's position (t, h, w, t
+ * by llama.cpp's interleaving), sector 4 the fourth section's position 0.
+ * Qwen3.5's [11, 11, 10, 0] over 32 pairs leaves none in the fourth section:
+ * the angles are NeoX's, bit for bit. */
+Test(ops, imrope_text_positions_by_section)
+{
+	float cs[16], ref[16];
+	const int32_t sec[4] = {2, 1, 1, 1};
+	moe_rope_cache_imrope(cs, 37, 16, 1e7f, sec);
+	moe_rope_cache(ref, 37, 16, 1e7f);
+	for (int i = 0; i < 8; i++) {
+		const bool still = i % 5 == 4;
+		cr_assert_eq(cs[2 * i], still ? 1.0f : ref[2 * i], "pair %d", i);
+		cr_assert_eq(cs[2 * i + 1], still ? 0.0f : ref[2 * i + 1], "pair %d", i);
+	}
+	float big[64], nx[64];
+	const int32_t q35[4] = {11, 11, 10, 0};
+	moe_rope_cache_imrope(big, 4097, 64, 1e7f, q35);
+	moe_rope_cache(nx, 4097, 64, 1e7f);
+	cr_assert_eq(memcmp(big, nx, sizeof big), 0);
+	/* sections [1, 1, 0, 1]: sector 2 would be the width section, which has
+	 * no pairs, so it falls to the fourth */
+	const int32_t gap[4] = {1, 1, 0, 1};
+	moe_rope_cache_imrope(cs, 5, 8, 1e4f, gap);
+	moe_rope_cache(ref, 5, 8, 1e4f);
+	cr_assert(cs[0] == ref[0] && cs[2] == ref[2] && cs[4] == 1.0f && cs[5] == 0.0f &&
+	          cs[6] == ref[6]);
+}
+
 Test(ops, softmax_matches_formula_and_survives_large_inputs)
 {
 	float x[3] = {1.0f, 2.0f, 3.0f};

@@ -185,6 +185,10 @@ Test(snapshot, resume_qwen3moe_q4_k_m)
 {
 	check_all_kv_types("qwen3moe-kq-Q4_K_M.gguf");
 }
+Test(snapshot, resume_qwen35moe_q4_k_m)
+{
+	check_all_kv_types("qwen35moe-tiny-Q4_K_M.gguf");
+}
 
 /* Sizes: state per slot, KV bytes per position in every type (qwen3moe-tiny:
  * 4 attention layers, 2 KV heads of 32), KV type names. */

@@ -103,6 +103,10 @@ Test(synth, tiny_models_match_llama_cpp_layout_and_types)
 		compare(archs[i], "Q4_0", MOE_FTYPE_Q4_0, 0);
 		compare(archs[i], "Q4_K_M", MOE_FTYPE_Q4_K_M, 0);
 	}
+	/* qwen35moe's fixtures come from make-model (seed 5001) and llama-quantize */
+	compare("qwen35moe", "F32", MOE_FTYPE_F32, 1);
+	compare("qwen35moe", "Q8_0", MOE_FTYPE_Q8_0, 0);
+	compare("qwen35moe", "Q4_K_M", MOE_FTYPE_Q4_K_M, 0);
 }
 
 /* Reads a whole file. */
@@ -240,6 +244,63 @@ Test(synth, big_presets_have_the_real_dimensions)
 		if (strcmp(t[i].name, "blk.1.ffn_down_exps.weight") == 0)
 			cr_assert(t[i].ne[0] == 768 && t[i].ne[1] == 2048 && t[i].ne[2] == 128);
 	free(t);
+}
+
+/* Qwen3.5-397B-A17B's per-layer sizes (synth.c names the source), 4 trunk
+ * layers and 1 MTP block, with qwen35moe's keys. */
+Test(synth, qwen35_397b_preset_has_the_real_dimensions)
+{
+	moe_synth_opts o = {
+	    .arch = "qwen35moe", .preset = "qwen35-397b-4L", .ftype = MOE_FTYPE_F32};
+	moe_synth_tensor *t;
+	size_t n;
+	int seen = 0;
+
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_OK, "%s", moe_err_detail());
+	for (size_t i = 0; i < n; i++) {
+		const moe_synth_tensor *x = &t[i];
+		if (strcmp(x->name, "blk.0.ffn_gate_exps.weight") == 0)
+			seen += x->ne[0] == 4096 && x->ne[1] == 1024 && x->ne[2] == 512;
+		if (strcmp(x->name, "blk.0.ffn_up_shexp.weight") == 0)
+			seen += x->ne[0] == 4096 && x->ne[1] == 1024;
+		if (strcmp(x->name, "blk.3.attn_q.weight") == 0) /* 32 heads x 256, q + gate */
+			seen += x->ne[0] == 4096 && x->ne[1] == 2 * 32 * 256;
+		if (strcmp(x->name, "blk.3.attn_k.weight") == 0) /* 2 kv heads x 256 */
+			seen += x->ne[1] == 2 * 256;
+		if (strcmp(x->name, "blk.0.attn_qkv.weight") == 0) /* 2*16*128 + 64*128 */
+			seen += x->ne[1] == 2 * 16 * 128 + 64 * 128;
+		if (strcmp(x->name, "blk.0.ssm_beta.weight") == 0 ||
+		    strcmp(x->name, "blk.0.ssm_alpha.weight") == 0)
+			seen += x->ne[0] == 4096 && x->ne[1] == 64;
+		if (strcmp(x->name, "blk.4.nextn.eh_proj.weight") == 0)
+			seen += x->ne[0] == 2 * 4096 && x->ne[1] == 4096;
+		if (strcmp(x->name, "blk.4.attn_q.weight") == 0) /* the MTP block is attention */
+			seen++;
+		if (strcmp(x->name, "output.weight") == 0)
+			seen += x->ne[1] == 248320;
+		cr_assert_null(strstr(x->name, "ssm_ba."), "%s", x->name);
+		cr_assert_null(strstr(x->name, "blk.5."), "%s", x->name);
+	}
+	cr_assert_eq(seen, 10);
+	free(t);
+
+	char path[512];
+	snprintf(path, sizeof path, "%s", tmpfile_("q35-tiny.gguf"));
+	o.preset = "tiny";
+	o.n_layer = 2; /* 2 trunk layers, then the MTP block as blk.2 */
+	cr_assert_eq(moe_synth_write(path, &o), MOE_OK, "%s", moe_err_detail());
+	moe_gguf *g = NULL;
+	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK);
+	uint32_t v;
+	cr_assert_eq(moe_gguf_get_u32(&v, g, "qwen35moe.block_count"), MOE_OK);
+	cr_expect_eq(v, 3);
+	cr_assert_eq(moe_gguf_get_u32(&v, g, "qwen35moe.nextn_predict_layers"), MOE_OK);
+	cr_expect_eq(v, 1);
+	moe_gguf_arr a;
+	cr_assert_eq(moe_gguf_get_arr(&a, g, "qwen35moe.rope.dimension_sections"), MOE_OK);
+	cr_expect(a.n == 4 && a.type == MOE_GGUF_INT32 && moe_gguf_arr_int(&a, 0) == 2);
+	cr_expect_not_null(moe_gguf_find_tensor(g, "blk.2.nextn.hnorm.weight"));
+	moe_gguf_close(g);
 }
 
 Test(synth, bad_options_are_refused)
