@@ -43,6 +43,8 @@ extern char **environ;
 
 #define MAX_TURNS 64
 
+static const char *const names[3] = {"moemesh-cache", "moemesh-nocache", "llama.cpp"};
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -50,10 +52,12 @@ static void usage(FILE *f)
 	        "                           [--add 500,2000] [--reply 64] [--threads N]\n"
 	        "                           [--ctx 40960] [--cache-ram MIB] [--llama-server PATH]\n"
 	        "                           [--skip-nocache] [--out DIR] [--seed S]\n"
+	        "       moemesh bench agent --summary DIR/agent.csv\n"
 	        "Runs one synthetic agent session (a system prompt of --system tokens, then\n"
 	        "--turns turns each adding --add tokens and a --reply-token reply) against\n"
 	        "moemesh serve with and without its prefix cache and, with --llama-server,\n"
-	        "against llama.cpp's server on the same file.  CSV + PNG in DIR (bench/out).\n");
+	        "against llama.cpp's server on the same file.  CSV + PNG in DIR (bench/out).\n"
+	        "--summary prints the table and summary lines of a CSV written before.\n");
 }
 
 /* ---- the session's text ---------------------------------------------------------- */
@@ -257,8 +261,9 @@ static int run_session(turn *t, const session *s, int port)
 		t[k].ttft = first;
 		free(json);
 		const char *eol = strchr(resp, '\n');
-		if (strncmp(resp, "HTTP/1.", 7) != 0 || eol == NULL || strstr(resp, " 200 ") == NULL ||
-		    strstr(resp, " 200 ") > eol || strstr(resp, "\ndata: {\"error\"") != NULL) {
+		if (strncmp(resp, "HTTP/1.", 7) != 0 || eol == NULL ||
+		    strstr(resp, " 200 ") == NULL || strstr(resp, " 200 ") > eol ||
+		    strstr(resp, "\ndata: {\"error\"") != NULL) {
 			fprintf(stderr, "bench agent: turn %d failed: %.400s\n", k + 1, resp);
 			free(resp);
 			rc = -1;
@@ -306,7 +311,8 @@ static int run_session(turn *t, const session *s, int port)
 		}
 		free(resp);
 		if (t[k].prompt <= 0 || t[k].ttft <= 0) {
-			fprintf(stderr, "bench agent: turn %d: no usage or no text in the reply\n", k + 1);
+			fprintf(stderr, "bench agent: turn %d: no usage or no text in the reply\n",
+			        k + 1);
 			free(reply);
 			rc = -1;
 			break;
@@ -325,6 +331,152 @@ static int run_session(turn *t, const session *s, int port)
 }
 
 /* ---- the benchmark ---------------------------------------------------------------- */
+
+/* Prints the per-turn table and the summary lines; with write_csv also
+ * OUT/agent.csv and OUT/agent.png.  Returns 0, or 1 when the CSV cannot be
+ * written. */
+static int report(turn t[3][MAX_TURNS], const bool ran[3], const double total[3], int turns,
+                  const char *out, bool write_csv)
+{
+	if (write_csv)
+		mkdir(out, 0755);
+	char path[1024];
+	snprintf(path, sizeof path, "%s/agent.csv", out);
+	FILE *csv = write_csv ? fopen(path, "w") : NULL;
+	if (write_csv && csv == NULL) {
+		fprintf(stderr, "bench agent: cannot write %s\n", path);
+		return 1;
+	}
+	if (csv != NULL)
+		fprintf(csv, "turn,run,prompt_tokens,reused_tokens,ttft_s,turn_s\n");
+	printf("%-5s", "turn");
+	for (int run = 0; run < 3; run++)
+		if (ran[run])
+			printf(" | %-15s %7s %7s %8s", names[run], "prompt", "reused", "TTFT s");
+	printf("\n");
+	/* the first turn's prefill rate (cache run: nothing to reuse yet) */
+	const double rate = t[0][0].ttft > 0 ? (double)t[0][0].prompt / t[0][0].ttft : 0;
+	double worst = 0, worst_m = 0;
+	/* the no-cache run's TTFT as a * P + b * P^2 (P in thousands of tokens:
+	 * the layers' work grows with the prompt, attention's with its square),
+	 * least squares; a turn's new tokens alone then cost
+	 * a * (P - C) + b * (P^2 - C^2) with C the tokens reused */
+	double fa = 0, fb = 0;
+	bool fit = false;
+	if (ran[1]) {
+		double s2 = 0, s3 = 0, s4 = 0, st1 = 0, st2 = 0;
+		for (int k = 0; k < turns; k++) {
+			const double p = t[1][k].prompt / 1e3, y = t[1][k].ttft;
+			s2 += p * p, s3 += p * p * p, s4 += p * p * p * p;
+			st1 += p * y, st2 += p * p * y;
+		}
+		const double det = s2 * s4 - s3 * s3;
+		if (det > 0) {
+			fa = (st1 * s4 - st2 * s3) / det;
+			fb = (s2 * st2 - s3 * st1) / det;
+			fit = true;
+		}
+	}
+	for (int k = 0; k < turns; k++) {
+		printf("%-5d", k + 1);
+		for (int run = 0; run < 3; run++) {
+			if (!ran[run])
+				continue;
+			const turn *x = &t[run][k];
+			printf(" | %-15s %7d %7d %8.2f", "", x->prompt, x->cached, x->ttft);
+			if (csv != NULL)
+				fprintf(csv, "%d,%s,%d,%d,%.3f,%.3f\n", k + 1, names[run],
+				        x->prompt, x->cached, x->ttft, x->secs);
+		}
+		printf("\n");
+		if (k > 0 && rate > 0 && t[0][k].prompt > t[0][k].cached) {
+			const double alone = (double)(t[0][k].prompt - t[0][k].cached) / rate;
+			if (t[0][k].ttft / alone > worst)
+				worst = t[0][k].ttft / alone;
+		}
+		if (k > 0 && fit && t[0][k].prompt > t[0][k].cached) {
+			const double p1 = t[0][k].prompt / 1e3, p0 = t[0][k].cached / 1e3;
+			const double alone = fa * (p1 - p0) + fb * (p1 * p1 - p0 * p0);
+			if (alone > 0 && t[0][k].ttft / alone > worst_m)
+				worst_m = t[0][k].ttft / alone;
+		}
+	}
+	if (csv != NULL)
+		fclose(csv);
+	for (int run = 0; run < 3; run++)
+		if (ran[run])
+			printf("%s: session %.1f s\n", names[run], total[run]);
+	char cmd[4096];
+	if (!write_csv)
+		goto summary;
+	snprintf(cmd, sizeof cmd,
+	         "command -v gnuplot >/dev/null && gnuplot -e \"set terminal pngcairo size 900,420 "
+	         "noenhanced; set output '%s/agent.png'; set datafile separator ','; "
+	         "set xlabel 'turn'; set ylabel 'time to first token, s'; set key top left; "
+	         "plot for [r in 'moemesh-cache moemesh-nocache llama.cpp'] '%s/agent.csv' "
+	         "using (strcol(2) eq r ? \\$1 : 1/0):5 with linespoints title r\"",
+	         out, out);
+	if (system(cmd) != 0)
+		fprintf(stderr, "bench agent: no plot (gnuplot missing or failed)\n");
+	printf("wrote %s/agent.csv and %s/agent.png\n", out, out);
+summary:
+	if (ran[1] && total[0] > 0)
+		printf("agent_speedup=%.2f (session without the cache / with it; target >= 5)\n",
+		       total[1] / total[0]);
+	if (ran[2] && total[0] > 0)
+		printf("agent_vs_llama=%.2f (llama.cpp's session / moemesh's; target >= 1)\n",
+		       total[2] / total[0]);
+	printf("agent_ttft_ratio_max=%.2f (a turn's TTFT / prefill of its new tokens alone at "
+	       "%.0f tok/s, the first turn's rate; target <= 1.3)\n",
+	       worst, rate);
+	if (fit)
+		printf("agent_ttft_vs_new_at_depth_max=%.2f (a turn's TTFT / its new tokens alone "
+		       "where "
+		       "they sit, from the no-cache TTFT fitted as %.3f s * P + %.5f s * P^2, P in "
+		       "thousands of tokens)\n",
+		       worst_m, fa, fb);
+	return 0;
+}
+
+/* --summary CSV: the table and summary lines of an agent.csv written before
+ * (session totals as the sums of its turns' times). */
+static int summary_of(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		fprintf(stderr, "bench agent: cannot read %s\n", path);
+		return 1;
+	}
+	static turn t[3][MAX_TURNS];
+	bool ran[3] = {false};
+	double total[3] = {0};
+	int turns = 0;
+	char line[512], name[64];
+	if (fgets(line, sizeof line, f) == NULL) /* the header */
+		line[0] = '\0';
+	while (fgets(line, sizeof line, f) != NULL) {
+		int k, prompt, cached;
+		double ttft, secs;
+		if (sscanf(line, "%d,%63[^,],%d,%d,%lf,%lf", &k, name, &prompt, &cached, &ttft,
+		           &secs) != 6 ||
+		    k < 1 || k > MAX_TURNS) {
+			fprintf(stderr, "bench agent: %s: not a line of agent.csv: %s", path, line);
+			fclose(f);
+			return 1;
+		}
+		for (int r = 0; r < 3; r++)
+			if (strcmp(name, names[r]) == 0) {
+				t[r][k - 1] = (turn){
+				    .prompt = prompt, .cached = cached, .ttft = ttft, .secs = secs};
+				ran[r] = true;
+				total[r] += secs;
+			}
+		if (k > turns)
+			turns = k;
+	}
+	fclose(f);
+	return report(t, ran, total, turns, NULL, false);
+}
 
 int moe_bench_agent(int argc, char **argv)
 {
@@ -353,6 +505,8 @@ int moe_bench_agent(int argc, char **argv)
 			return 2;
 		}
 		i++;
+		if (strcmp(a, "--summary") == 0)
+			return summary_of(v);
 		if (strcmp(a, "-m") == 0)
 			model = v;
 		else if (strcmp(a, "--llama-server") == 0)
@@ -387,7 +541,6 @@ int moe_bench_agent(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	static const char *const names[3] = {"moemesh-cache", "moemesh-nocache", "llama.cpp"};
 	turn t[3][MAX_TURNS] = {{{0}}};
 	double total[3] = {0};
 	bool ran[3] = {false};
@@ -420,78 +573,5 @@ int moe_bench_agent(int argc, char **argv)
 		}
 		ran[run] = true;
 	}
-	mkdir(out, 0755);
-	char path[1024];
-	snprintf(path, sizeof path, "%s/agent.csv", out);
-	FILE *csv = fopen(path, "w");
-	if (csv == NULL) {
-		fprintf(stderr, "bench agent: cannot write %s\n", path);
-		return 1;
-	}
-	fprintf(csv, "turn,run,prompt_tokens,reused_tokens,ttft_s,turn_s\n");
-	printf("%-5s", "turn");
-	for (int run = 0; run < 3; run++)
-		if (ran[run])
-			printf(" | %-15s %7s %7s %8s", names[run], "prompt", "reused", "TTFT s");
-	printf("\n");
-	/* the first turn's prefill rate (cache run: nothing to reuse yet) */
-	const double rate = t[0][0].ttft > 0 ? (double)t[0][0].prompt / t[0][0].ttft : 0;
-	double worst = 0, worst_m = 0;
-	for (int k = 0; k < s.turns; k++) {
-		printf("%-5d", k + 1);
-		for (int run = 0; run < 3; run++) {
-			if (!ran[run])
-				continue;
-			const turn *x = &t[run][k];
-			printf(" | %-15s %7d %7d %8.2f", "", x->prompt, x->cached, x->ttft);
-			fprintf(csv, "%d,%s,%d,%d,%.3f,%.3f\n", k + 1, names[run], x->prompt,
-			        x->cached, x->ttft, x->secs);
-		}
-		printf("\n");
-		if (k > 0 && rate > 0 && t[0][k].prompt > t[0][k].cached) {
-			const double alone = (double)(t[0][k].prompt - t[0][k].cached) / rate;
-			if (t[0][k].ttft / alone > worst)
-				worst = t[0][k].ttft / alone;
-		}
-		/* the same new tokens where they sit (after the whole conversation):
-		 * what they added to the no-cache run's TTFT, per token of growth */
-		const turn *a = &t[1][k - (k > 0)], *z = &t[1][k];
-		if (k > 0 && ran[1] && z->prompt > a->prompt && z->ttft > a->ttft &&
-		    t[0][k].prompt > t[0][k].cached) {
-			const double marg = (z->ttft - a->ttft) *
-			                    (double)(t[0][k].prompt - t[0][k].cached) /
-			                    (double)(z->prompt - a->prompt);
-			if (t[0][k].ttft / marg > worst_m)
-				worst_m = t[0][k].ttft / marg;
-		}
-	}
-	fclose(csv);
-	for (int run = 0; run < 3; run++)
-		if (ran[run])
-			printf("%s: session %.1f s\n", names[run], total[run]);
-	char cmd[4096];
-	snprintf(cmd, sizeof cmd,
-	         "command -v gnuplot >/dev/null && gnuplot -e \"set terminal pngcairo size 900,420 "
-	         "noenhanced; set output '%s/agent.png'; set datafile separator ','; "
-	         "set xlabel 'turn'; set ylabel 'time to first token, s'; set key top left; "
-	         "plot for [r in 'moemesh-cache moemesh-nocache llama.cpp'] '%s/agent.csv' "
-	         "using (strcol(2) eq r ? \\$1 : 1/0):5 with linespoints title r\"",
-	         out, out);
-	if (system(cmd) != 0)
-		fprintf(stderr, "bench agent: no plot (gnuplot missing or failed)\n");
-	printf("wrote %s/agent.csv and %s/agent.png\n", out, out);
-	if (ran[1] && total[0] > 0)
-		printf("agent_speedup=%.2f (session without the cache / with it; target >= 5)\n",
-		       total[1] / total[0]);
-	if (ran[2] && total[0] > 0)
-		printf("agent_vs_llama=%.2f (llama.cpp's session / moemesh's; target >= 1)\n",
-		       total[2] / total[0]);
-	printf("agent_ttft_ratio_max=%.2f (a turn's TTFT / prefill of its new tokens alone at "
-	       "%.0f tok/s, the first turn's rate; target <= 1.3)\n",
-	       worst, rate);
-	if (ran[1])
-		printf("agent_ttft_vs_marginal_max=%.2f (a turn's TTFT / what its new tokens added to "
-		       "the no-cache TTFT, from the growth between consecutive turns)\n",
-		       worst_m);
-	return 0;
+	return report(t, ran, total, s.turns, out, true);
 }

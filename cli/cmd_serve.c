@@ -223,7 +223,8 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.idle_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
-	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type)) != MOE_OK)
+	if (a.eo.cache_ram > 0 &&
+	    (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type)) != MOE_OK)
 		goto out_fail;
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;

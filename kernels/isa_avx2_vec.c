@@ -39,7 +39,8 @@ static void dot_rows_avx2(float *y, int64_t y_stride, const float *a, int64_t a_
 			const __m256 vb = _mm256_loadu_ps(b + i);
 			for (int k = 0; k < 8; k++)
 				s[k] = _mm256_add_ps(
-				    s[k], _mm256_mul_ps(_mm256_loadu_ps(ar + k * a_stride + i), vb));
+				    s[k],
+				    _mm256_mul_ps(_mm256_loadu_ps(ar + k * a_stride + i), vb));
 		}
 		for (int k = 0; k < 8; k++) {
 			float v[8];

@@ -165,7 +165,7 @@ void moe_pool_run(moe_pool *pool, void (*fn)(void *arg, int ith, int nth), void 
  * multiplies and adds never fused, the dot in 8 partial sums and a fixed
  * tree), so these results do not depend on the CPU. */
 typedef struct moe_vec_ops {
-	float (*dot)(const float *a, const float *b, int64_t n);    /* sum a[i] * b[i] */
+	float (*dot)(const float *a, const float *b, int64_t n); /* sum a[i] * b[i] */
 	/* for r < m: y[r * y_stride] = dot(a + r * a_stride, b, n), the same bits
 	 * as m dot calls (rows in independent sums: one b, many rows at once) */
 	void (*dot_rows)(float *y, int64_t y_stride, const float *a, int64_t a_stride, int64_t m,

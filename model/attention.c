@@ -96,13 +96,14 @@ static void attn_heads(void *arg, int ith, int nth)
 			const int64_t m = n_pos - p0 < MOE_ATTN_VTILE ? n_pos - p0 : MOE_ATTN_VTILE;
 			for (int64_t i = 0; i < m; i++) {
 				float *row = buf + i * hd;
-				const float *src =
-				    kv_head(f, v_ops, 1, kv_layer, slot, p0 + i, kvh, head_bytes, hd, row);
+				const float *src = kv_head(f, v_ops, 1, kv_layer, slot, p0 + i, kvh,
+				                           head_bytes, hd, row);
 				if (src != row)
 					memcpy(row, src, sizeof(float) * (size_t)hd);
 			}
 			for (int g = 0; g < grp; g++)
-				v_ops->axpy_rows(out0 + g * hd, s + (int64_t)g * cap + p0, buf, hd, m, hd);
+				v_ops->axpy_rows(out0 + g * hd, s + (int64_t)g * cap + p0, buf, hd,
+				                 m, hd);
 		}
 		if (jb->gated) {
 			for (int g = 0; g < grp; g++) {

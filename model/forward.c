@@ -945,9 +945,8 @@ static moe_err take_memory(moe_fwd *f)
 	if (need > f->scores_cap) {
 		const int64_t cap =
 		    (need + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK * MOE_FWD_KV_BLOCK;
-		const size_t n =
-		    (size_t)(hp->n_head / hp->n_head_kv) * (size_t)cap +
-		    (size_t)MOE_ATTN_VTILE * (size_t)hp->head_dim;
+		const size_t n = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)cap +
+		                 (size_t)MOE_ATTN_VTILE * (size_t)hp->head_dim;
 		bool fail = false;
 		float *sc = falloc((size_t)f->nth * n, sizeof(float), &fail);
 		if (fail)

@@ -47,8 +47,8 @@ struct moe_gen {
 	/* the scheduler's own */
 	int slot;
 	size_t kv_blocks; /* KV blocks its prompt and max_tokens can take (held from admission) */
-	int n_sched;  /* tokens generated (copied to n_gen when published) */
-	size_t n_fed; /* prompt tokens in the slot */
+	int n_sched;      /* tokens generated (copied to n_gen when published) */
+	size_t n_fed;     /* prompt tokens in the slot */
 	int32_t next_tok;
 	moe_sampler *smp;
 	moe_tok_stream *ts;
@@ -112,9 +112,11 @@ struct moe_engine {
 
 void moe_engine_opts_default(moe_engine_opts *o)
 {
-	*o = (moe_engine_opts){
-	    .n_slots = 4, .max_queue = 64, .prefill_chunk = 256, .cache_block = 1024,
-	    .kv_type = MOE_TYPE_F16};
+	*o = (moe_engine_opts){.n_slots = 4,
+	                       .max_queue = 64,
+	                       .prefill_chunk = 256,
+	                       .cache_block = 1024,
+	                       .kv_type = MOE_TYPE_F16};
 }
 
 int moe_engine_n_ctx(const moe_engine *e)
@@ -224,7 +226,8 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	const size_t blocks =
 	    (p->n_prompt + (size_t)p->max_tokens + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK;
 	if (e->kv_blocks_cap != SIZE_MAX && blocks > e->kv_blocks_cap) {
-		const double mib = (double)moe_fwd_kv_pos_bytes(e->f) * MOE_FWD_KV_BLOCK / 1048576.0;
+		const double mib =
+		    (double)moe_fwd_kv_pos_bytes(e->f) * MOE_FWD_KV_BLOCK / 1048576.0;
 		return moe_fail(MOE_ERR_BAD_VALUE,
 		                "prompt (%zu tokens) + max_tokens (%d) need %zu KV blocks of %d "
 		                "positions (%.1f MiB); the KV budget holds %zu (%.1f MiB)",
@@ -760,9 +763,9 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 			n++;
 		}
 		g->n_fed += piece;
-		g->cp_due = e->pc != NULL &&
-		            (g->n_fed % (size_t)e->o.cache_block == 0 ||
-		             g->n_fed + (e->cp_before_last ? 1 : 0) == g->n_prompt);
+		g->cp_due =
+		    e->pc != NULL && (g->n_fed % (size_t)e->o.cache_block == 0 ||
+		                      g->n_fed + (e->cp_before_last ? 1 : 0) == g->n_prompt);
 	}
 	*n_rows = rows;
 	return n;
@@ -998,7 +1001,8 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 		                o.n_slots, o.max_queue, o.prefill_chunk);
 	/* KV blocks are taken as sequences grow: the trained length costs nothing up front */
 	if (o.n_ctx == 0)
-		o.n_ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < (1 << 22) ? hp->n_ctx_train : 1 << 22;
+		o.n_ctx =
+		    hp->n_ctx_train > 0 && hp->n_ctx_train < (1 << 22) ? hp->n_ctx_train : 1 << 22;
 	if (o.cache_block < 1)
 		o.cache_block = 1024;
 	o.cache_block = (o.cache_block + o.prefill_chunk - 1) / o.prefill_chunk * o.prefill_chunk;

@@ -40,12 +40,12 @@
 typedef struct moe_engine moe_engine;
 
 typedef struct moe_engine_opts {
-	int n_slots;            /* sequences decoded together (--parallel), default 4 */
-	int n_ctx;              /* positions per sequence (--ctx), default the model's trained length */
-	int n_threads;          /* 0 = one per CPU */
-	int max_queue;          /* requests waiting for a slot before 429; default 64 */
-	int prefill_chunk;      /* prompt tokens per sequence per step; default 256 */
-	moe_type kv_type;       /* KV cache type (--kv), default MOE_TYPE_F16 */
+	int n_slots;       /* sequences decoded together (--parallel), default 4 */
+	int n_ctx;         /* positions per sequence (--ctx), default the model's trained length */
+	int n_threads;     /* 0 = one per CPU */
+	int max_queue;     /* requests waiting for a slot before 429; default 64 */
+	int prefill_chunk; /* prompt tokens per sequence per step; default 256 */
+	moe_type kv_type;  /* KV cache type (--kv), default MOE_TYPE_F16 */
 	size_t kv_budget_bytes; /* KV blocks of all sequences at most (--kv-budget), 0 = no cap */
 	const moe_expert_backend *experts; /* NULL: local experts */
 	/* called on the scheduler thread after every step (may be NULL): for a

@@ -371,7 +371,8 @@ static void vec_ops_equal_references(moe_isa level)
 			for (int r = 0; r < m; r++) {
 				const float d = ref->dot(a + r * 103, b, n);
 				cr_assert(memcmp(&y1[3 * r], &d, sizeof d) == 0,
-				          "reference dot_rows m=%d n=%d row %d is not dot's", m, n, r);
+				          "reference dot_rows m=%d n=%d row %d is not dot's", m, n,
+				          r);
 			}
 		}
 		/* axpy_rows over m rows of a (stride 101) with weights b */

@@ -476,8 +476,8 @@ Test(serve, prefix_cache_reuses_prompts_and_changes_no_byte, .timeout = 600)
 	                                                      "256", "--workers", "2", NULL});
 	cJSON *q8 = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--cache-block",
 	                                                      "256", "--kv", "q8_0", NULL});
-	cJSON *q8off = conversation(
-	    kjv(), (const char *const[]){"--ctx", "2048", "--kv", "q8_0", "--no-prefix-cache", NULL});
+	cJSON *q8off = conversation(kjv(), (const char *const[]){"--ctx", "2048", "--kv", "q8_0",
+	                                                         "--no-prefix-cache", NULL});
 	same_texts(on, off, "cache vs none");
 	same_texts(q8, q8off, "a Q8_0 KV cache: prefix cache vs none");
 	cr_expect_gt(cached_at(q8, 3), 0, "Q8_0 KV: the last turn reused nothing");
@@ -532,8 +532,9 @@ Test(serve, prefix_cache_disk_tier_survives_a_restart_and_refuses_another_models
 	char dir[] = "/tmp/moe_cache_XXXXXX";
 	cr_assert(mkdtemp(dir) != NULL);
 	/* blocks of 64 tokens: the first prompt (181 tokens) has two */
-	const char *const args[] = {"--ctx",         "2048", "--prefill-chunk", "64", "--cache-block",
-	                            "64",            "--cache-dir", dir,           NULL};
+	const char *const args[] = {
+	    "--ctx", "2048", "--prefill-chunk", "64", "--cache-block", "64", "--cache-dir",
+	    dir,     NULL};
 	cJSON *a1 = conversation(kjv(), args);
 	char fa[256];
 	cr_assert_gt(block_files(dir, NULL, fa, sizeof fa), 0, "no block was written");
