@@ -16,9 +16,11 @@
  *   agent_speedup=X (session without the cache / with it; target >= 5)
  *   agent_ttft_ratio_max=Y (a turn's TTFT over the time to prefill only its
  *   new tokens at the first turn's prefill rate; target <= 1.3)
- *   agent_ttft_vs_marginal_max=Z (a turn's TTFT over what the same number of
- *   tokens at the same depth cost the no-cache run: attention over a long
- *   context makes a token at 30k dearer than one at 3k, which Y ignores)
+ *   agent_ttft_vs_new_at_depth_max=Z (a turn's TTFT over what its new tokens
+ *   cost where they sit, after the reused ones: the no-cache run's TTFT
+ *   fitted as a * P + b * P^2 over its prompts P gives a * (P - C) +
+ *   b * (P^2 - C^2) for C reused; attention over a long context makes a
+ *   token at 30k dearer than one at 3k, which Y ignores)
  */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
