@@ -49,17 +49,22 @@ static const char *const names[3] = {"moemesh-cache", "moemesh-nocache", "llama.
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: moemesh bench agent -m MODEL.gguf [--turns 20] [--system 3000]\n"
-	        "                           [--add 500,2000] [--reply 64] [--threads N]\n"
-	        "                           [--ctx 40960] [--cache-ram MIB] [--llama-server PATH]\n"
-	        "                           [--skip-nocache] [--out DIR] [--seed S]\n"
-	        "       moemesh bench agent --summary DIR/agent.csv\n"
-	        "Runs one synthetic agent session (a system prompt of --system tokens, then\n"
-	        "--turns turns each adding --add tokens and a --reply-token reply) against\n"
-	        "moemesh serve with and without its prefix cache and, with --llama-server,\n"
-	        "against llama.cpp's server on the same file.  CSV + PNG in DIR (bench/out).\n"
-	        "--summary prints the table and summary lines of a CSV written before.\n");
+	fprintf(
+	    f,
+	    "usage: moemesh bench agent -m MODEL.gguf [--turns 20] [--system 3000]\n"
+	    "                           [--add 500,2000] [--reply 64] [--threads N]\n"
+	    "                           [--ctx 40960] [--cache-ram MIB] [--llama-server PATH]\n"
+	    "                           [--llama-arg ARG (repeatable, up to 8)] [--completions]\n"
+	    "                           [--skip-cache] [--skip-nocache] [--out DIR] [--seed S]\n"
+	    "       moemesh bench agent --summary DIR/agent.csv\n"
+	    "Runs one synthetic agent session (a system prompt of --system tokens, then\n"
+	    "--turns turns each adding --add tokens and a --reply-token reply) against\n"
+	    "moemesh serve with and without its prefix cache and, with --llama-server,\n"
+	    "against llama.cpp's server on the same file.  CSV + PNG in DIR (bench/out).\n"
+	    "--summary prints the table and summary lines of a CSV written before.\n"
+	    "--completions: each server renders the chat (POST /apply-template) and the\n"
+	    "prompt goes to /v1/completions, so that no reply parser sees the text (llama.cpp's\n"
+	    "refuses a random-weight model's replies).\n");
 }
 
 /* ---- the session's text ---------------------------------------------------------- */
@@ -165,12 +170,16 @@ static int http(char **out, double *first, int port, const char *method, const c
 			break;
 		len += (size_t)k;
 		buf[len] = '\0';
-		/* the first delta with text (moemesh's first chunk carries "content":"") */
-		for (const char *p = buf;
-		     first != NULL && *first == 0 && (p = strstr(p, "\"content\":\"")) != NULL;
-		     p += 11)
-			if (p[11] != '"')
-				*first = moe_now_s() - t0;
+		/* the first delta with text (moemesh's first chunk carries "content":"");
+		 * chat events carry "content", completion events "text" */
+		for (int w = 0; w < 2; w++) {
+			const char *key = w == 0 ? "\"content\":\"" : "\"text\":\"";
+			const size_t kl = strlen(key);
+			for (const char *p = buf;
+			     first != NULL && *first == 0 && (p = strstr(p, key)) != NULL; p += kl)
+				if (p[kl] != '"')
+					*first = moe_now_s() - t0;
+		}
 	}
 	close(fd);
 	if (buf == NULL)
@@ -215,10 +224,49 @@ typedef struct turn {
 
 typedef struct session {
 	int turns, system, add_lo, add_hi, reply;
+	bool completions; /* render with /apply-template, send to /v1/completions */
 	uint64_t seed;
 } session;
 
 /* Runs the session against the server on port; fills t[0..turns). */
+/* Completions mode: the server renders msgs with its chat template
+ * (POST /apply-template, as llama.cpp's server has it too) and the prompt
+ * goes to /v1/completions, so that nothing parses the reply.  Returns the
+ * body to send (malloc'd), or NULL. */
+static char *completion_body(int port, const cJSON *msgs, int reply)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddItemReferenceToObject(b, "messages", (cJSON *)msgs);
+	char *json = cJSON_PrintUnformatted(b);
+	cJSON_Delete(b);
+	char *resp = NULL;
+	if (json == NULL || http(&resp, NULL, port, "POST", "/apply-template", json) != 0) {
+		free(json);
+		return NULL;
+	}
+	free(json);
+	const char *body = strstr(resp, "\r\n\r\n");
+	cJSON *j = body != NULL ? cJSON_Parse(body + 4) : NULL;
+	const char *prompt = cJSON_GetStringValue(cJSON_GetObjectItem(j, "prompt"));
+	char *out = NULL;
+	if (prompt != NULL) {
+		cJSON *c = cJSON_CreateObject();
+		cJSON_AddStringToObject(c, "prompt", prompt);
+		cJSON_AddNumberToObject(c, "max_tokens", reply);
+		cJSON_AddNumberToObject(c, "temperature", 0);
+		cJSON_AddBoolToObject(c, "stream", true);
+		cJSON *so = cJSON_AddObjectToObject(c, "stream_options");
+		cJSON_AddBoolToObject(so, "include_usage", true);
+		out = cJSON_PrintUnformatted(c);
+		cJSON_Delete(c);
+	} else {
+		fprintf(stderr, "bench agent: /apply-template gave no prompt: %.300s\n", resp);
+	}
+	cJSON_Delete(j);
+	free(resp);
+	return out;
+}
+
 static int run_session(turn *t, const session *s, int port)
 {
 	uint64_t r = s->seed;
@@ -248,13 +296,15 @@ static int run_session(turn *t, const session *s, int port)
 		cJSON_AddBoolToObject(body, "stream", true);
 		cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
 		cJSON_AddBoolToObject(so, "include_usage", true);
-		char *json = cJSON_PrintUnformatted(body);
+		char *json = s->completions ? completion_body(port, msgs, s->reply)
+		                            : cJSON_PrintUnformatted(body);
 		cJSON_Delete(body);
 		char *resp = NULL;
 		double first = 0;
 		const double t0 = moe_now_s();
 		if (json == NULL ||
-		    http(&resp, &first, port, "POST", "/v1/chat/completions", json) != 0) {
+		    http(&resp, &first, port, "POST",
+		         s->completions ? "/v1/completions" : "/v1/chat/completions", json) != 0) {
 			rc = -1;
 			free(json);
 			break;
@@ -266,7 +316,9 @@ static int run_session(turn *t, const session *s, int port)
 		if (strncmp(resp, "HTTP/1.", 7) != 0 || eol == NULL ||
 		    strstr(resp, " 200 ") == NULL || strstr(resp, " 200 ") > eol ||
 		    strstr(resp, "\ndata: {\"error\"") != NULL) {
-			fprintf(stderr, "bench agent: turn %d failed: %.400s\n", k + 1, resp);
+			const char *ev = strstr(resp, "\ndata: {\"error\"");
+			fprintf(stderr, "bench agent: turn %d failed: %.400s%s%.400s\n", k + 1,
+			        resp, ev != NULL ? "\n...\n" : "", ev != NULL ? ev + 1 : "");
 			free(resp);
 			rc = -1;
 			break;
@@ -284,8 +336,10 @@ static int run_session(turn *t, const session *s, int port)
 			if (e != NULL)
 				*e = '\n';
 			const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
-			const char *piece = cJSON_GetStringValue(
-			    cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "delta"), "content"));
+			const char *piece =
+			    s->completions ? cJSON_GetStringValue(cJSON_GetObjectItem(ch, "text"))
+			                   : cJSON_GetStringValue(cJSON_GetObjectItem(
+			                         cJSON_GetObjectItem(ch, "delta"), "content"));
 			if (piece != NULL && *piece) {
 				const size_t pl = strlen(piece);
 				char *nr = realloc(reply, rl + pl + 1);
@@ -490,7 +544,9 @@ int moe_bench_agent(int argc, char **argv)
 	             .add_hi = 2000,
 	             .reply = 64,
 	             .seed = 88172645463325252ull};
-	bool skip_nocache = false;
+	bool skip_nocache = false, skip_cache = false;
+	const char *extra[8];
+	int n_extra = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		int bad = 0;
@@ -500,6 +556,14 @@ int moe_bench_agent(int argc, char **argv)
 		}
 		if (strcmp(a, "--skip-nocache") == 0) {
 			skip_nocache = true;
+			continue;
+		}
+		if (strcmp(a, "--completions") == 0) {
+			s.completions = true;
+			continue;
+		}
+		if (strcmp(a, "--skip-cache") == 0) {
+			skip_cache = true;
 			continue;
 		}
 		if (v == NULL) {
@@ -513,6 +577,8 @@ int moe_bench_agent(int argc, char **argv)
 			model = v;
 		else if (strcmp(a, "--llama-server") == 0)
 			llama = v;
+		else if (strcmp(a, "--llama-arg") == 0 && n_extra < 8)
+			extra[n_extra++] = v;
 		else if (strcmp(a, "--out") == 0)
 			out = v;
 		else if (strcmp(a, "--threads") == 0)
@@ -547,7 +613,8 @@ int moe_bench_agent(int argc, char **argv)
 	double total[3] = {0};
 	bool ran[3] = {false};
 	for (int run = 0; run < 3; run++) {
-		if ((run == 1 && skip_nocache) || (run == 2 && llama == NULL))
+		if ((run == 0 && skip_cache) || (run == 1 && skip_nocache) ||
+		    (run == 2 && llama == NULL))
 			continue;
 		child c = {.port = free_port()};
 		char port[16];
@@ -558,8 +625,10 @@ int moe_bench_agent(int argc, char **argv)
 		                     "--cache-ram",    cache_ram, NULL,         NULL};
 		if (run == 1)
 			moe[14] = "--no-prefix-cache", moe[15] = NULL;
-		const char *lla[] = {llama, "-m", model, "--port", port,  "-t", threads,
-		                     "-c",  ctx,  "-np", "1",      "-fa", "on", NULL};
+		const char *lla[24] = {llama, "-m", model, "--port", port,  "-t", threads,
+		                       "-c",  ctx,  "-np", "1",      "-fa", "on", NULL};
+		for (int j = 0; j < n_extra; j++)
+			lla[13 + j] = extra[j];
 		fprintf(stderr, "bench agent: %s\n", names[run]);
 		if (start(&c, run == 2 ? lla : moe) != 0) {
 			fprintf(stderr, "bench agent: %s did not start\n", names[run]);

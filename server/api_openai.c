@@ -371,8 +371,11 @@ static bool parse_prompt(api_req *r, const cJSON *root, const moe_tokenizer *tok
 	if (!cJSON_IsString(p))
 		return bad(r, "prompt", "'prompt' must be a string");
 	size_t nt = 0;
+	/* control tokens written in the prompt are those tokens, as llama.cpp's
+	 * and vLLM's servers read a completion prompt (a chat rendered by the
+	 * client, e.g. from /apply-template) */
 	if (moe_tokenizer_encode(&r->prompt, &nt, tok, p->valuestring, strlen(p->valuestring),
-	                         MOE_TOK_ENCODE_ADD_SPECIAL) != MOE_OK)
+	                         MOE_TOK_ENCODE_ADD_SPECIAL | MOE_TOK_ENCODE_SPECIAL) != MOE_OK)
 		return bad(r, "prompt", "the prompt cannot be tokenized");
 	r->gp.n_prompt = nt;
 	r->gp.prompt = r->prompt;

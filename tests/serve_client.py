@@ -153,6 +153,17 @@ def case_basic():
     check(j["object"] == "chat.completion" and j["choices"][0]["message"]["role"] == "assistant",
           "chat %r" % j)
     check(j["usage"]["prompt_tokens"] > 10 and j["usage"]["completion_tokens"] <= 12, "chat usage")
+    # a completion prompt's control tokens are read as those tokens (llama.cpp and
+    # vLLM do): the chat above, rendered by /apply-template, is the same prompt
+    chat_prompt = j["usage"]["prompt_tokens"]
+    st, r = post("/apply-template", {"messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Who made the heaven?"}]})
+    check(st == 200 and "<|im_start|>" in r["prompt"], "apply-template %d %r" % (st, r))
+    _, j = complete({"prompt": r["prompt"], "max_tokens": 1, "temperature": 0})
+    check(j["usage"]["prompt_tokens"] == chat_prompt,
+          "the rendered chat as a completion prompt: %d tokens, as a chat %d" %
+          (j["usage"]["prompt_tokens"], chat_prompt))
     # stop strings: the text ends before the first one that occurs
     stop = cli[12:17]
     t, j = complete({"prompt": prompt, "max_tokens": 24, "temperature": 0,
