@@ -233,7 +233,7 @@ typedef struct session {
  * (POST /apply-template, as llama.cpp's server has it too) and the prompt
  * goes to /v1/completions, so that nothing parses the reply.  Returns the
  * body to send (malloc'd), or NULL. */
-static char *completion_body(int port, const cJSON *msgs, int reply)
+static char *completion_body(int port, const cJSON *msgs, int reply, bool native)
 {
 	cJSON *b = cJSON_CreateObject();
 	cJSON_AddItemReferenceToObject(b, "messages", (cJSON *)msgs);
@@ -252,11 +252,15 @@ static char *completion_body(int port, const cJSON *msgs, int reply)
 	if (prompt != NULL) {
 		cJSON *c = cJSON_CreateObject();
 		cJSON_AddStringToObject(c, "prompt", prompt);
-		cJSON_AddNumberToObject(c, "max_tokens", reply);
+		cJSON_AddNumberToObject(c, native ? "n_predict" : "max_tokens", reply);
 		cJSON_AddNumberToObject(c, "temperature", 0);
 		cJSON_AddBoolToObject(c, "stream", true);
-		cJSON *so = cJSON_AddObjectToObject(c, "stream_options");
-		cJSON_AddBoolToObject(so, "include_usage", true);
+		if (native) {
+			cJSON_AddBoolToObject(c, "cache_prompt", true);
+		} else {
+			cJSON *so = cJSON_AddObjectToObject(c, "stream_options");
+			cJSON_AddBoolToObject(so, "include_usage", true);
+		}
 		out = cJSON_PrintUnformatted(c);
 		cJSON_Delete(c);
 	} else {
@@ -267,7 +271,7 @@ static char *completion_body(int port, const cJSON *msgs, int reply)
 	return out;
 }
 
-static int run_session(turn *t, const session *s, int port)
+static int run_session(turn *t, const session *s, int port, bool llama)
 {
 	uint64_t r = s->seed;
 	cJSON *msgs = cJSON_CreateArray();
@@ -296,15 +300,20 @@ static int run_session(turn *t, const session *s, int port)
 		cJSON_AddBoolToObject(body, "stream", true);
 		cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
 		cJSON_AddBoolToObject(so, "include_usage", true);
-		char *json = s->completions ? completion_body(port, msgs, s->reply)
+		/* llama.cpp's /v1/completions also runs its reply parser, which
+		 * refuses some replies of a random-weight model: its own route */
+		const bool native = s->completions && llama;
+		char *json = s->completions ? completion_body(port, msgs, s->reply, native)
 		                            : cJSON_PrintUnformatted(body);
 		cJSON_Delete(body);
 		char *resp = NULL;
 		double first = 0;
 		const double t0 = moe_now_s();
-		if (json == NULL ||
-		    http(&resp, &first, port, "POST",
-		         s->completions ? "/v1/completions" : "/v1/chat/completions", json) != 0) {
+		if (json == NULL || http(&resp, &first, port, "POST",
+		                         native           ? "/completion"
+		                         : s->completions ? "/v1/completions"
+		                                          : "/v1/chat/completions",
+		                         json) != 0) {
 			rc = -1;
 			free(json);
 			break;
@@ -337,9 +346,13 @@ static int run_session(turn *t, const session *s, int port)
 				*e = '\n';
 			const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
 			const char *piece =
-			    s->completions ? cJSON_GetStringValue(cJSON_GetObjectItem(ch, "text"))
-			                   : cJSON_GetStringValue(cJSON_GetObjectItem(
-			                         cJSON_GetObjectItem(ch, "delta"), "content"));
+			    native ? cJSON_GetStringValue(cJSON_GetObjectItem(ev, "content"))
+			    : s->completions ? cJSON_GetStringValue(cJSON_GetObjectItem(ch, "text"))
+			                     : cJSON_GetStringValue(cJSON_GetObjectItem(
+			                           cJSON_GetObjectItem(ch, "delta"), "content"));
+			const cJSON *te = cJSON_GetObjectItem(ev, "tokens_evaluated");
+			if (native && cJSON_IsNumber(te))
+				t[k].prompt = (int)te->valuedouble;
 			if (piece != NULL && *piece) {
 				const size_t pl = strlen(piece);
 				char *nr = realloc(reply, rl + pl + 1);
@@ -635,7 +648,7 @@ int moe_bench_agent(int argc, char **argv)
 			return 1;
 		}
 		const double t0 = moe_now_s();
-		const int rc = run_session(t[run], &s, c.port);
+		const int rc = run_session(t[run], &s, c.port, run == 2);
 		total[run] = moe_now_s() - t0;
 		stop(&c);
 		if (rc != 0) {
