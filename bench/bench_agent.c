@@ -220,6 +220,7 @@ static void stop(child *c)
 typedef struct turn {
 	int prompt, cached; /* tokens */
 	double ttft, secs;
+	bool cut; /* llama.cpp's server ended the reply early with an error */
 } turn;
 
 typedef struct session {
@@ -322,9 +323,16 @@ static int run_session(turn *t, const session *s, int port, bool llama)
 		t[k].ttft = first;
 		free(json);
 		const char *eol = strchr(resp, '\n');
+		/* llama.cpp's server ends a stream with a 500 event when its reply
+		 * parser meets bytes that are not UTF-8 (a random-weight model writes
+		 * them); with text streamed before it, that text is the reply and the
+		 * turn counts as cut (shorter than --reply: it favours llama.cpp) */
+		const char *err_ev = strstr(resp, "\ndata: {\"error\"");
+		t[k].cut = llama && err_ev != NULL && first > 0 &&
+		           strstr(err_ev, "does not match the expected") != NULL;
 		if (strncmp(resp, "HTTP/1.", 7) != 0 || eol == NULL ||
 		    strstr(resp, " 200 ") == NULL || strstr(resp, " 200 ") > eol ||
-		    strstr(resp, "\ndata: {\"error\"") != NULL) {
+		    (err_ev != NULL && !t[k].cut)) {
 			const char *ev = strstr(resp, "\ndata: {\"error\"");
 			fprintf(stderr, "bench agent: turn %d failed: %.400s%s%.400s\n", k + 1,
 			        resp, ev != NULL ? "\n...\n" : "", ev != NULL ? ev + 1 : "");
@@ -332,7 +340,10 @@ static int run_session(turn *t, const session *s, int port, bool llama)
 			rc = -1;
 			break;
 		}
-		/* the events: the reply's text, and usage (and llama.cpp's timings) */
+		/* the events: the reply's text, and usage (and llama.cpp's timings;
+		 * -1: a cut reply has none) */
+		if (llama)
+			t[k].cached = -1;
 		char *reply = calloc(1, 1);
 		size_t rl = 0;
 		for (char *line = strstr(resp, "data: "); line != NULL;
@@ -392,8 +403,9 @@ static int run_session(turn *t, const session *s, int port, bool llama)
 		cJSON_AddItemToArray(msgs, m);
 		free(reply);
 		fprintf(stderr,
-		        "  turn %2d: prompt %6d tokens, reused %6d, TTFT %7.2f s, turn %7.2f s\n",
-		        k + 1, t[k].prompt, t[k].cached, t[k].ttft, t[k].secs);
+		        "  turn %2d: prompt %6d tokens, reused %6d, TTFT %7.2f s, turn %7.2f s%s\n",
+		        k + 1, t[k].prompt, t[k].cached, t[k].ttft, t[k].secs,
+		        t[k].cut ? " (reply cut by the server's error)" : "");
 	}
 	cJSON_Delete(msgs);
 	return rc;
@@ -472,9 +484,19 @@ static int report(turn t[3][MAX_TURNS], const bool ran[3], const double total[3]
 	}
 	if (csv != NULL)
 		fclose(csv);
-	for (int run = 0; run < 3; run++)
-		if (ran[run])
-			printf("%s: session %.1f s\n", names[run], total[run]);
+	for (int run = 0; run < 3; run++) {
+		if (!ran[run])
+			continue;
+		double ttft = 0;
+		int cut = 0;
+		for (int k = 0; k < turns; k++)
+			ttft += t[run][k].ttft, cut += t[run][k].cut;
+		printf("%s: session %.1f s, time to first token summed over turns %.1f s",
+		       names[run], total[run], ttft);
+		if (cut > 0)
+			printf(", %d replies cut short by the server's error", cut);
+		printf("\n");
+	}
 	char cmd[4096];
 	if (!write_csv)
 		goto summary;
