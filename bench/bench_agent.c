@@ -517,9 +517,11 @@ summary:
 	if (ran[2] && total[0] > 0)
 		printf("agent_vs_llama=%.2f (llama.cpp's session / moemesh's; target >= 1)\n",
 		       total[2] / total[0]);
-	printf("agent_ttft_ratio_max=%.2f (a turn's TTFT / prefill of its new tokens alone at "
-	       "%.0f tok/s, the first turn's rate; target <= 1.3)\n",
-	       worst, rate);
+	if (ran[0])
+		printf(
+		    "agent_ttft_ratio_max=%.2f (a turn's TTFT / prefill of its new tokens alone at "
+		    "%.0f tok/s, the first turn's rate; target <= 1.3)\n",
+		    worst, rate);
 	if (fit)
 		printf("agent_ttft_vs_new_at_depth_max=%.2f (a turn's TTFT / its new tokens alone "
 		       "where "

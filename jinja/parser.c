@@ -877,34 +877,32 @@ static moe_err parse_not(jparser *p, jnode **out)
 	return e;
 }
 
-static moe_err parse_and(jparser *p, jnode **out)
+/* A left-associative chain `sub (word sub)*` of node kind k: `and` over
+ * `not`, `or` over `and`. */
+static moe_err parse_chain(jparser *p, jnode **out, moe_err (*sub)(jparser *, jnode **),
+                           const char *word, int k)
 {
 	uint32_t line = jp_cur(p)->line;
-	moe_err e = parse_not(p, out);
-	while (!e && jp_name(jp_cur(p), "and")) {
+	moe_err e = sub(p, out);
+	while (!e && jp_name(jp_cur(p), word)) {
 		jp_next(p);
 		jnode *r = NULL;
-		e = parse_not(p, &r);
+		e = sub(p, &r);
 		if (!e)
-			e = binop(p, out, N_AND, 0, line, r);
+			e = binop(p, out, k, 0, line, r);
 		line = jp_cur(p)->line;
 	}
 	return e;
 }
 
+static moe_err parse_and(jparser *p, jnode **out)
+{
+	return parse_chain(p, out, parse_not, "and", N_AND);
+}
+
 static moe_err parse_or(jparser *p, jnode **out)
 {
-	uint32_t line = jp_cur(p)->line;
-	moe_err e = parse_and(p, out);
-	while (!e && jp_name(jp_cur(p), "or")) {
-		jp_next(p);
-		jnode *r = NULL;
-		e = parse_and(p, &r);
-		if (!e)
-			e = binop(p, out, N_OR, 0, line, r);
-		line = jp_cur(p)->line;
-	}
-	return e;
+	return parse_chain(p, out, parse_and, "or", N_OR);
 }
 
 static moe_err parse_condexpr(jparser *p, jnode **out)
