@@ -139,6 +139,17 @@ static moe_err sort_by(jrender *r, jlist *out, const jv *items, const jv *keys, 
 	return MOE_OK;
 }
 
+/* The attribute path of a filter's `attribute` argument, then the items of
+ * v: the two steps (in that order, which decides the error reported) of
+ * join, sort, unique, min / max and sum. */
+static moe_err attr_items(jrender *r, attrpath *ap, const jv **items, size_t *n, jv attr, jv v)
+{
+	moe_err e = attr_parts(r, ap, attr);
+	if (!e)
+		e = jr_iter(r, items, n, v);
+	return e;
+}
+
 moe_err jf_join(jrender *r, jv *out, jv v, const jargs *a)
 {
 	static const char *const p[] = {"d", "attribute"};
@@ -151,9 +162,7 @@ moe_err jf_join(jrender *r, jv *out, jv v, const jargs *a)
 	if (!e && x[0].t != JV_MISSING)
 		e = jr_str(r, &sep, x[0]);
 	if (!e)
-		e = attr_parts(r, &ap, x[1]);
-	if (!e)
-		e = jr_iter(r, &items, &n, v);
+		e = attr_items(r, &ap, &items, &n, x[1], v);
 	if (e)
 		return e;
 	jbuf b = {.limit = r->max_output, .acct = &r->arena};
@@ -306,9 +315,7 @@ moe_err jf_sort(jrender *r, jv *out, jv v, const jargs *a)
 	size_t n;
 	attrpath ap;
 	if (!e)
-		e = attr_parts(r, &ap, x[2]);
-	if (!e)
-		e = jr_iter(r, &items, &n, v);
+		e = attr_items(r, &ap, &items, &n, x[2], v);
 	if (e)
 		return e;
 	jv *keys = ja_alloc(&r->arena, (n ? n : 1) * sizeof(jv));
@@ -373,9 +380,7 @@ moe_err jf_unique(jrender *r, jv *out, jv v, const jargs *a)
 	size_t n;
 	attrpath ap;
 	if (!e)
-		e = attr_parts(r, &ap, x[1]);
-	if (!e)
-		e = jr_iter(r, &items, &n, v);
+		e = attr_items(r, &ap, &items, &n, x[1], v);
 	if (e)
 		return e;
 	jlist *l = new_list(r, 0, JL_GEN);
@@ -418,9 +423,7 @@ moe_err jf_minmax(jrender *r, jv *out, jv v, const jargs *a, int max)
 	size_t n;
 	attrpath ap;
 	if (!e)
-		e = attr_parts(r, &ap, x[1]);
-	if (!e)
-		e = jr_iter(r, &items, &n, v);
+		e = attr_items(r, &ap, &items, &n, x[1], v);
 	if (e)
 		return e;
 	if (n == 0) {
@@ -567,9 +570,7 @@ moe_err jf_sum(jrender *r, jv *out, jv v, const jargs *a)
 	size_t n;
 	attrpath ap;
 	if (!e)
-		e = attr_parts(r, &ap, x[0]);
-	if (!e)
-		e = jr_iter(r, &items, &n, v);
+		e = attr_items(r, &ap, &items, &n, x[0], v);
 	if (e)
 		return e;
 	jv acc = or_default(x[1], jv_int(0));
