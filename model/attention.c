@@ -50,12 +50,26 @@ static const float *kv_head(const moe_fwd *f, const moe_vec_ops *v_ops, int whic
 	}
 }
 
-/* One item = one token and one KV head with its group of query heads, so
- * every cache row is read (and converted) once per group: each K row meets
- * the group's queries in one dot_rows (independent sums, the bits of one dot
- * each); the V rows are converted MOE_ATTN_VTILE at a time and summed into
- * each head's output by axpy_rows (the bits of one axpy per position, in
- * position order). */
+/* Tokens t0..t1-1 (one sequence, consecutive) attended together: tile_end
+ * gives the end of the tile that starts at t0. */
+static int64_t tile_end(const moe_fwd *f, int64_t t0)
+{
+	int64_t t1 = t0 + 1;
+	while (t1 < f->n && t1 - t0 < f->scores_qt && f->slot[t1] == f->slot[t0])
+		t1++;
+	return t1;
+}
+
+/* One item = a tile of up to f->scores_qt consecutive tokens of one
+ * sequence and one KV head with its group of query heads, so every cache row
+ * is read and converted once per tile: MOE_ATTN_VTILE K rows at a time, which
+ * meet every query of the tile MOE_ATTN_KSUB rows at a time in dot_rows (the
+ * rows' dots with the query, the bits of one dot each); after each query's
+ * scale and softmax, the V rows likewise, summed into each query's output by
+ * axpy_rows (the bits of one axpy per position, in position order, however
+ * the positions are cut).  A query only meets positions 0..pos of its own
+ * token, so the result is each (token, head)'s own attention, bit for bit,
+ * whatever tile the token falls in. */
 static void attn_heads(void *arg, int ith, int nth)
 {
 	const attn_job *jb = arg;
@@ -68,49 +82,96 @@ static void attn_heads(void *arg, int ith, int nth)
 	const float scale = 1.0f / sqrtf((float)hd);
 	const int64_t cap = f->scores_cap;
 	const size_t head_bytes = moe_row_size(f->kv.type, hd);
-	float *s = f->scores + (size_t)ith * f->scores_n; /* [grp][cap] */
-	float *buf = s + (size_t)grp * (size_t)cap;       /* [MOE_ATTN_VTILE][hd] */
+	float *s = f->scores + (size_t)ith * f->scores_n;                  /* [qt][grp][cap] */
+	float *buf = s + (size_t)f->scores_qt * (size_t)grp * (size_t)cap; /* [VTILE][hd] */
 
-	for (int64_t item = ith; item < f->n * nkv; item += nth) {
-		const int64_t t = item / nkv;
-		const int kvh = (int)(item % nkv);
-		const int slot = f->slot[t];
-		const int64_t n_pos = f->pos[t] + 1;
-		const float *q0 = f->q + t * jb->q_stride + (int64_t)kvh * grp * jb->q_head;
-		float *out0 = f->att + (t * nh + (int64_t)kvh * grp) * hd;
+	int64_t item = 0;
+	for (int64_t t0 = 0, t1; t0 < f->n; t0 = t1) {
+		t1 = tile_end(f, t0);
+		for (int kvh = 0; kvh < nkv; kvh++, item++) {
+			if (item % nth != ith)
+				continue;
+			const int slot = f->slot[t0];
+			int64_t n_max = 0;
+			for (int64_t t = t0; t < t1; t++)
+				if (f->pos[t] + 1 > n_max)
+					n_max = f->pos[t] + 1;
 
-		for (int64_t p = 0; p < n_pos; p++) {
-			const float *k =
-			    kv_head(f, v_ops, 0, kv_layer, slot, p, kvh, head_bytes, hd, buf);
-			v_ops->dot_rows(s + p, cap, q0, jb->q_head, grp, k, hd);
-		}
-		for (int g = 0; g < grp; g++) {
-			float *sg = s + (int64_t)g * cap;
-			for (int64_t p = 0; p < n_pos; p++)
-				sg[p] *= scale;
-			moe_softmax(sg, n_pos);
-			for (int d = 0; d < hd; d++)
-				out0[g * hd + d] = 0.0f;
-		}
-		for (int64_t p0 = 0; p0 < n_pos; p0 += MOE_ATTN_VTILE) {
-			const int64_t m = n_pos - p0 < MOE_ATTN_VTILE ? n_pos - p0 : MOE_ATTN_VTILE;
-			for (int64_t i = 0; i < m; i++) {
-				float *row = buf + i * hd;
-				const float *src = kv_head(f, v_ops, 1, kv_layer, slot, p0 + i, kvh,
-				                           head_bytes, hd, row);
-				if (src != row)
-					memcpy(row, src, sizeof(float) * (size_t)hd);
+			for (int pass = 0; pass < 2; pass++) {
+				if (pass == 1) {
+					for (int64_t t = t0; t < t1; t++) {
+						const int64_t n_pos = f->pos[t] + 1;
+						float *out0 =
+						    f->att + (t * nh + (int64_t)kvh * grp) * hd;
+						for (int g = 0; g < grp; g++) {
+							float *sg = s + ((t - t0) * grp + g) * cap;
+							for (int64_t p = 0; p < n_pos; p++)
+								sg[p] *= scale;
+							moe_softmax(sg, n_pos);
+						}
+						memset(out0, 0,
+						       sizeof(float) * (size_t)grp * (size_t)hd);
+					}
+				}
+				for (int64_t p0 = 0; p0 < n_max; p0 += MOE_ATTN_VTILE) {
+					const int64_t m = n_max - p0 < MOE_ATTN_VTILE
+					                      ? n_max - p0
+					                      : MOE_ATTN_VTILE;
+					for (int64_t i = 0; i < m; i++) {
+						float *row = buf + i * hd;
+						const float *src =
+						    kv_head(f, v_ops, pass, kv_layer, slot, p0 + i,
+						            kvh, head_bytes, hd, row);
+						if (src != row)
+							memcpy(row, src,
+							       sizeof(float) * (size_t)hd);
+					}
+					for (int64_t b0 = p0; b0 < p0 + m; b0 += MOE_ATTN_KSUB) {
+						const float *rows = buf + (b0 - p0) * hd;
+						for (int64_t t = t0; t < t1; t++) {
+							const int64_t n_pos = f->pos[t] + 1;
+							if (b0 >= n_pos)
+								continue;
+							int64_t mb = n_pos - b0;
+							if (mb > MOE_ATTN_KSUB)
+								mb = MOE_ATTN_KSUB;
+							if (mb > p0 + m - b0)
+								mb = p0 + m - b0;
+							const float *q0 =
+							    f->q + t * jb->q_stride +
+							    (int64_t)kvh * grp * jb->q_head;
+							float *out0 =
+							    f->att +
+							    (t * nh + (int64_t)kvh * grp) * hd;
+							for (int g = 0; g < grp; g++) {
+								float *sg =
+								    s + ((t - t0) * grp + g) * cap;
+								if (pass == 0)
+									v_ops->dot_rows(
+									    sg + b0, 1, rows, hd,
+									    mb, q0 + g * jb->q_head,
+									    hd);
+								else
+									v_ops->axpy_rows(
+									    out0 + g * hd, sg + b0,
+									    rows, hd, mb, hd);
+							}
+						}
+					}
+				}
 			}
-			for (int g = 0; g < grp; g++)
-				v_ops->axpy_rows(out0 + g * hd, s + (int64_t)g * cap + p0, buf, hd,
-				                 m, hd);
-		}
-		if (jb->gated) {
-			for (int g = 0; g < grp; g++) {
-				const float *gate = q0 + g * jb->q_head + hd;
-				float *out = out0 + g * hd;
-				for (int d = 0; d < hd; d++)
-					out[d] *= moe_sigmoid(gate[d]);
+			if (jb->gated) {
+				for (int64_t t = t0; t < t1; t++) {
+					const float *q0 = f->q + t * jb->q_stride +
+					                  (int64_t)kvh * grp * jb->q_head;
+					float *out0 = f->att + (t * nh + (int64_t)kvh * grp) * hd;
+					for (int g = 0; g < grp; g++) {
+						const float *gate = q0 + g * jb->q_head + hd;
+						float *out = out0 + g * hd;
+						for (int d = 0; d < hd; d++)
+							out[d] *= moe_sigmoid(gate[d]);
+					}
+				}
 			}
 		}
 	}

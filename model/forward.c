@@ -945,8 +945,10 @@ static moe_err take_memory(moe_fwd *f)
 	if (need > f->scores_cap) {
 		const int64_t cap =
 		    (need + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK * MOE_FWD_KV_BLOCK;
-		const size_t n = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)cap +
-		                 (size_t)MOE_ATTN_VTILE * (size_t)hp->head_dim;
+		const size_t per_tok = (size_t)(hp->n_head / hp->n_head_kv) * (size_t)cap;
+		size_t qt = MOE_ATTN_SCORES_MAX / (per_tok * sizeof(float));
+		qt = qt < 1 ? 1 : qt > MOE_ATTN_QTILE ? MOE_ATTN_QTILE : qt;
+		const size_t n = qt * per_tok + (size_t)MOE_ATTN_VTILE * (size_t)hp->head_dim;
 		bool fail = false;
 		float *sc = falloc((size_t)f->nth * n, sizeof(float), &fail);
 		if (fail)
@@ -957,6 +959,7 @@ static moe_err take_memory(moe_fwd *f)
 		f->scores = sc;
 		f->scores_n = n;
 		f->scores_cap = cap;
+		f->scores_qt = (int)qt;
 	}
 	for (int s = 0; s < f->o.n_slots; s++) {
 		if (f->next[s] <= f->len[s])

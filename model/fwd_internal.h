@@ -91,8 +91,16 @@ typedef struct moe_kv_seq {
 	int64_t held; /* positions whose K and V are written */
 } moe_kv_seq;
 
-/* V rows converted and summed at a time by the attention (attention.c) */
-#define MOE_ATTN_VTILE 64
+/* The attention (attention.c) takes up to scores_qt consecutive tokens of
+ * one sequence at a time (MOE_ATTN_QTILE, fewer where their scores would
+ * pass MOE_ATTN_SCORES_MAX bytes per thread), converts MOE_ATTN_VTILE K or V
+ * rows at a time and meets the queries with MOE_ATTN_KSUB of them at a time
+ * (16 KiB of f32 at head_dim 256: they stay in L1 while every query of the
+ * tile passes). */
+#define MOE_ATTN_QTILE      16
+#define MOE_ATTN_SCORES_MAX ((size_t)64 << 20)
+#define MOE_ATTN_VTILE      64
+#define MOE_ATTN_KSUB       16
 
 typedef struct moe_kvcache {
 	moe_type type;   /* F32, F16, Q8_0 or Q4_0 */
@@ -184,12 +192,13 @@ struct moe_fwd {
 	float *k;    /* [B][n_head_kv*head_dim] */
 	float *v;    /* [B][n_head_kv*head_dim] */
 	float *att;  /* [B][max(n_head*head_dim, n_v_heads*head_v)] attention / DeltaNet output */
-	/* [nth][scores_n]: [n_head/n_head_kv][scores_cap] scores, then
+	/* [nth][scores_n]: [scores_qt][n_head/n_head_kv][scores_cap] scores, then
 	 * [MOE_ATTN_VTILE][head_dim] rows; grown (by whole KV blocks) to the
 	 * longest sequence a step has seen */
 	float *scores;
 	size_t scores_n;
 	int64_t scores_cap;
+	int scores_qt;
 	float *qkv;     /* [B][conv_dim] DeltaNet projections, then conv output */
 	float *z;       /* [B][n_v_heads*head_v] */
 	float *ba;      /* [B][2*n_v_heads] */
