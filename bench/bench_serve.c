@@ -46,11 +46,11 @@ static void usage(FILE *f)
 	fprintf(
 	    f, "usage: moemesh bench serve [-m MODEL.gguf] [--clients 1,4,16] [-n TOKENS]\n"
 	       "                           [--requests R] [--threads N] [--workers N] [--out DIR]\n"
-	       "                           [--schema] [--rounds K]\n"
+	       "                           [--schema] [--rounds K] [--spec ngram]\n"
 	       "Default model models/kjv-qwen3next-Q4_K_M.gguf, -n 64, 2 requests per\n"
 	       "client, output in bench/out; --workers N serves with N local workers.\n"
 	       "--schema: chat requests free and held to a JSON schema, alternating in K\n"
-	       "rounds (default 3) per level.\n");
+	       "rounds (default 3) per level.  --spec: the server drafts (serve --spec).\n");
 }
 
 typedef struct lat {
@@ -246,7 +246,7 @@ typedef struct child {
 } child;
 
 static int start_server(child *s, const char *model, int parallel, const char *threads,
-                        const char *workers)
+                        const char *workers, const char *spec)
 {
 	char par[16];
 	snprintf(par, sizeof par, "%d", parallel);
@@ -260,6 +260,10 @@ static int start_server(child *s, const char *model, int parallel, const char *t
 	if (workers != NULL) {
 		argv[n++] = "--workers";
 		argv[n++] = workers;
+	}
+	if (spec != NULL) {
+		argv[n++] = "--spec";
+		argv[n++] = spec;
 	}
 	argv[n] = NULL;
 	int fds[2];
@@ -354,7 +358,7 @@ static double report(FILE *csv, const char *label, int C, level *lv)
 int moe_bench_serve(int argc, char **argv)
 {
 	const char *model = "models/kjv-qwen3next-Q4_K_M.gguf", *out = "bench/out";
-	const char *threads = NULL, *workers = NULL;
+	const char *threads = NULL, *workers = NULL, *spec = NULL;
 	int cs[MAX_C_VALUES] = {1, 4, 16}, n_cs = 3, n_tok = 64, n_req = 2, rounds = 3;
 	bool schema = false;
 	for (int i = 1; i < argc; i++) {
@@ -380,6 +384,8 @@ int moe_bench_serve(int argc, char **argv)
 			threads = v;
 		else if (strcmp(argv[i - 1], "--workers") == 0)
 			workers = v;
+		else if (strcmp(argv[i - 1], "--spec") == 0)
+			spec = v;
 		else if (strcmp(argv[i - 1], "-n") == 0)
 			n_tok = atoi(v);
 		else if (strcmp(argv[i - 1], "--requests") == 0)
@@ -413,7 +419,7 @@ int moe_bench_serve(int argc, char **argv)
 		return 2;
 	}
 	child srv = {0};
-	if (start_server(&srv, model, max_c, threads, workers) != 0) {
+	if (start_server(&srv, model, max_c, threads, workers, spec) != 0) {
 		fprintf(stderr, "bench serve: the server did not start\n");
 		return 1;
 	}

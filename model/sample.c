@@ -426,3 +426,41 @@ bool moe_stop_find(size_t *at, const char *text, size_t len, const char *const *
 	*at = len - hold;
 	return false;
 }
+
+/* ---- speculative drafting ------------------------------------------------------------ */
+
+moe_err moe_spec_mode_parse(moe_spec_mode *out, const char *s)
+{
+	if (strcmp(s, "none") == 0)
+		*out = MOE_SPEC_NONE;
+	else if (strcmp(s, "ngram") == 0)
+		*out = MOE_SPEC_NGRAM;
+	else if (strcmp(s, "mtp") == 0)
+		return moe_fail(MOE_ERR_INVAL,
+		                "--spec mtp: drafting with the model's MTP layer is not built yet "
+		                "(use ngram)");
+	else
+		return moe_fail(MOE_ERR_INVAL, "--spec '%s': expected none or ngram", s);
+	return MOE_OK;
+}
+
+int moe_ngram_draft(int32_t *draft, int max, const int32_t *hist, size_t len)
+{
+	if (max <= 0)
+		return 0;
+	for (size_t n = MOE_NGRAM_MAX; n >= MOE_NGRAM_MIN; n--) {
+		if (len < n + 1)
+			continue;
+		const int32_t *tail = hist + len - n;
+		/* an earlier occurrence starts at i < len - n, latest first */
+		for (size_t i = len - n; i-- > 0;) {
+			if (memcmp(hist + i, tail, n * sizeof *tail) != 0)
+				continue;
+			size_t k = 0;
+			for (size_t j = i + n; j < len && k < (size_t)max; j++)
+				draft[k++] = hist[j];
+			return (int)k;
+		}
+	}
+	return 0;
+}

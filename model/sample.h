@@ -62,6 +62,32 @@ moe_err moe_sampler_sample(moe_sampler *s, int32_t *out, const float *logits);
  * all are NaN. */
 int32_t moe_argmax(const float *x, int64_t n);
 
+/* ---- speculative drafting ------------------------------------------------------
+ * Drafted tokens are checked by running them in the step that would have run
+ * the last token alone, wanting the logits of every position: the sampler
+ * picks each position's token from its row as it would have without drafts
+ * (the forward pass gives the same logits however a sequence is cut into
+ * steps), and the drafts are taken while they equal what it picked.  So the
+ * output is the same bytes with and without drafting, greedy or sampled. */
+
+typedef enum moe_spec_mode {
+	MOE_SPEC_NONE,
+	MOE_SPEC_NGRAM, /* prompt lookup: the tokens after the latest earlier match */
+} moe_spec_mode;
+
+/* "none" or "ngram" into *out; MOE_ERR_INVAL naming the text otherwise
+ * ("mtp" too: the MTP layers are loaded but not run yet). */
+moe_err moe_spec_mode_parse(moe_spec_mode *out, const char *s);
+
+/* Prompt lookup: the longest n in [MOE_NGRAM_MIN, MOE_NGRAM_MAX] for which
+ * the last n tokens of hist[0..len) occurred earlier in it; of that n, the
+ * latest earlier occurrence.  Copies the tokens that followed it (at most
+ * max, not past len) to draft and returns how many (0: no match, or
+ * max <= 0). */
+#define MOE_NGRAM_MIN 2
+#define MOE_NGRAM_MAX 4
+int moe_ngram_draft(int32_t *draft, int max, const int32_t *hist, size_t len);
+
 /* ---- stop strings --------------------------------------------------------------- */
 
 /* Looks for the stop strings in text[0..len).  Returns true if one occurs, with

@@ -98,12 +98,24 @@ struct moe_engine {
 	/* step buffers: [max_batch] */
 	int32_t *b_tok, *b_slot, *b_pos;
 	bool *b_want;
-	moe_gen **b_gen; /* gen of each wanted row */
-	int *b_before;   /* each row's n_sched before the step's sampling */
-	float *logits;   /* [n_slots][n_vocab] */
+	moe_gen **b_gen; /* [max_rows] gen of each wanted row (a gen's rows in a row) */
+	int *b_before;   /* [max_rows] each row's n_sched before the step's sampling */
+	float *logits;   /* [max_rows][n_vocab] */
+	int max_rows;    /* n_slots * (dmax + 1) */
+
+	/* speculative decoding, per slot; the scheduler's */
+	int dmax;        /* drafts per sequence and step at most (0: off) */
+	size_t st_size;  /* bytes of a slot's DeltaNet state */
+	int32_t *d_tok;  /* [n_slots][dmax] the step's drafts */
+	int *d_n;        /* [n_slots] how many */
+	int *d_acc;      /* [n_slots] of which taken */
+	int64_t *d_from; /* [n_slots] the slot's length before the step */
+	int *d_fed;      /* [n_slots] tokens of the sequence (not drafts) the step ran */
+	uint8_t *snap;   /* [n_slots][st_size] states from before the step */
 
 	/* metrics, under mu */
 	uint64_t prompt_tokens, gen_tokens, steps;
+	uint64_t drafted, accepted;
 	uint64_t win_tokens;
 	double win_t0, rate;
 	size_t kv_in_use, state_in_use;
@@ -116,7 +128,8 @@ void moe_engine_opts_default(moe_engine_opts *o)
 	                       .max_queue = 64,
 	                       .prefill_chunk = 256,
 	                       .cache_block = 1024,
-	                       .kv_type = MOE_TYPE_F16};
+	                       .kv_type = MOE_TYPE_F16,
+	                       .draft_max = 8};
 }
 
 int moe_engine_n_ctx(const moe_engine *e)
@@ -723,17 +736,38 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 {
 	int64_t n = 0;
 	int rows = 0;
-	/* decoding sequences first: one token each */
+	/* decoding sequences first: the tokens taken but not in the cache (the
+	 * last one taken; after a refused draft with a DeltaNet state, those of
+	 * the last step again), then drafts, if none had to run again */
 	for (int s = 0; s < e->o.n_slots; s++) {
+		e->d_n[s] = 0;
 		moe_gen *g = e->active[s];
 		if (g == NULL || g->n_fed < g->n_prompt || g->done != MOE_GEN_RUNNING)
 			continue;
-		e->b_tok[n] = g->next_tok;
-		e->b_slot[n] = s;
-		e->b_pos[n] = (int32_t)moe_fwd_seq_len(e->f, s);
-		e->b_want[n] = true;
+		const int64_t len = moe_fwd_seq_len(e->f, s);
+		const int64_t hist = (int64_t)g->n_prompt + g->n_sched; /* g->prompt[0..hist) */
+		for (int64_t p = len; p < hist; p++, n++) {
+			e->b_tok[n] = g->prompt[p];
+			e->b_slot[n] = s;
+			e->b_pos[n] = (int32_t)p;
+			e->b_want[n] = p == hist - 1;
+		}
 		e->b_gen[rows++] = g;
-		n++;
+		e->d_from[s] = len;
+		e->d_fed[s] = (int)(hist - len);
+		const int room = g->max_tokens - g->n_sched - 1; /* rows past the next token */
+		if (e->dmax == 0 || len != hist - 1 || room <= 0)
+			continue;
+		int32_t *d = e->d_tok + (size_t)s * (size_t)e->dmax;
+		e->d_n[s] =
+		    moe_ngram_draft(d, room < e->dmax ? room : e->dmax, g->prompt, (size_t)hist);
+		for (int i = 0; i < e->d_n[s]; i++, n++) {
+			e->b_tok[n] = d[i];
+			e->b_slot[n] = s;
+			e->b_pos[n] = (int32_t)(hist + i);
+			e->b_want[n] = true;
+			e->b_gen[rows++] = g;
+		}
 	}
 	/* then prefill pieces, cut at multiples of prefill_chunk (so that a step
 	 * ends at every checkpoint of the prefix cache, which is a multiple of
@@ -797,11 +831,53 @@ static void take_worker(void *arg, int ith, int nth)
 	take_task *tk = arg;
 	(void)ith;
 	(void)nth;
+	moe_engine *e = tk->e;
 	for (;;) {
 		const int r = atomic_fetch_add_explicit(&tk->next, 1, memory_order_relaxed);
 		if (r >= tk->rows)
 			return;
-		gen_take(tk->e->b_gen[r], tk->e->logits + (size_t)r * (size_t)tk->n_vocab);
+		moe_gen *g = e->b_gen[r];
+		if (r > 0 && e->b_gen[r - 1] == g)
+			continue; /* not a sequence's first row: taken with it */
+		/* rows in order while the token taken equals the draft of the next */
+		const int s = g->slot;
+		const int32_t *d = e->d_tok + (size_t)s * (size_t)e->dmax;
+		const bool drafts = g->n_fed >= g->n_prompt && e->d_n[s] > 0;
+		int i = 0;
+		for (;; i++) {
+			gen_take(g, e->logits + (size_t)(r + i) * (size_t)tk->n_vocab);
+			if (!drafts || i == e->d_n[s] || g->done != MOE_GEN_RUNNING ||
+			    g->next_tok != d[i])
+				break;
+		}
+		if (drafts)
+			e->d_acc[s] = i;
+	}
+}
+
+/* After a step's sampling: where a draft was refused, the slot is cut back to
+ * the tokens taken (KV), or with a DeltaNet state to its length and state
+ * before the step (the taken tokens run again next step).  Scheduler thread,
+ * unlocked. */
+static void spec_rollback(moe_engine *e)
+{
+	for (int s = 0; s < e->o.n_slots; s++) {
+		moe_gen *g = e->active[s];
+		if (g == NULL || e->d_n[s] == 0)
+			continue;
+		if (e->d_acc[s] == e->d_n[s])
+			continue;
+		moe_err err;
+		if (e->st_size > 0) {
+			err = moe_fwd_seq_state_write(e->f, s, e->snap + (size_t)s * e->st_size);
+			if (err == MOE_OK)
+				err = moe_fwd_seq_set_len(e->f, s, e->d_from[s]);
+		} else {
+			err =
+			    moe_fwd_seq_set_len(e->f, s, e->d_from[s] + e->d_fed[s] + e->d_acc[s]);
+		}
+		if (err != MOE_OK)
+			g->done = MOE_GEN_ERROR;
 	}
 }
 
@@ -892,7 +968,13 @@ static void *sched_main(void *arg)
 		                     .slot = e->b_slot,
 		                     .pos = e->b_pos,
 		                     .logits = e->b_want};
-		const moe_err err = moe_fwd_step(e->f, e->logits, &b);
+		moe_err err = MOE_OK;
+		for (int s = 0; s < e->o.n_slots && e->st_size > 0; s++)
+			if (e->d_n[s] > 0 && err == MOE_OK)
+				err = moe_fwd_seq_state_read(e->f, s,
+				                             e->snap + (size_t)s * e->st_size);
+		if (err == MOE_OK)
+			err = moe_fwd_step(e->f, e->logits, &b);
 		char why[256] = "";
 		if (err != MOE_OK)
 			snprintf(why, sizeof why, "%s: %s", moe_err_name(err), moe_err_detail());
@@ -913,7 +995,16 @@ static void *sched_main(void *arg)
 				moe_pool_run(moe_fwd_pool(e->f), take_worker, &tk);
 		}
 		for (int r = 0; r < rows; r++)
-			n_new += e->b_gen[r]->n_sched - e->b_before[r];
+			if (r == 0 || e->b_gen[r - 1] != e->b_gen[r])
+				n_new += e->b_gen[r]->n_sched - e->b_before[r];
+		uint64_t drafted = 0, accepted = 0;
+		if (err == MOE_OK && e->dmax > 0) {
+			spec_rollback(e);
+			for (int s = 0; s < e->o.n_slots; s++) {
+				drafted += (uint64_t)e->d_n[s];
+				accepted += e->d_n[s] > 0 ? (uint64_t)e->d_acc[s] : 0;
+			}
+		}
 		if (e->pc != NULL && err == MOE_OK) {
 			/* checkpoints: prompts that reached one, replies that ended */
 			for (int s = 0; s < e->o.n_slots; s++) {
@@ -943,6 +1034,8 @@ static void *sched_main(void *arg)
 		}
 		e->prompt_tokens += (uint64_t)n_prompt_tok;
 		e->gen_tokens += (uint64_t)n_new;
+		e->drafted += drafted;
+		e->accepted += accepted;
 		e->win_tokens += (uint64_t)n_new;
 		e->steps++;
 		const double now = moe_now_s();
@@ -985,6 +1078,12 @@ static void free_engine(moe_engine *e)
 	free(e->b_gen);
 	free(e->b_before);
 	free(e->logits);
+	free(e->d_tok);
+	free(e->d_n);
+	free(e->d_acc);
+	free(e->d_from);
+	free(e->d_fed);
+	free(e->snap);
 	free(e);
 }
 
@@ -1013,7 +1112,21 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->m = m;
 	e->tok = tok;
 	e->o = o;
-	e->max_batch = o.prefill_chunk + o.n_slots;
+	if (o.draft_max < 1 || o.draft_max > 256) {
+		free(e);
+		return moe_fail(MOE_ERR_INVAL, "serve: draft-max %d (1..256)", o.draft_max);
+	}
+	e->dmax = o.spec == MOE_SPEC_NONE ? 0 : o.draft_max;
+	/* a decoding sequence runs at most dmax + 2 tokens: its last step's
+	 * taken tokens again and the next, or the next and dmax drafts */
+	e->max_batch = o.prefill_chunk + o.n_slots * (e->dmax + 2);
+	e->max_rows = o.n_slots * (e->dmax + 1);
+	const size_t ns = (size_t)o.n_slots, dm = (size_t)(e->dmax > 0 ? e->dmax : 1);
+	e->d_tok = malloc(ns * dm * sizeof *e->d_tok);
+	e->d_n = calloc(ns, sizeof *e->d_n);
+	e->d_acc = calloc(ns, sizeof *e->d_acc);
+	e->d_from = calloc(ns, sizeof *e->d_from);
+	e->d_fed = calloc(ns, sizeof *e->d_fed);
 	e->expert_tokens =
 	    calloc((size_t)hp->n_layer * (size_t)hp->n_expert, sizeof *e->expert_tokens);
 	e->active = calloc((size_t)o.n_slots, sizeof *e->active);
@@ -1021,12 +1134,13 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->b_slot = malloc((size_t)e->max_batch * sizeof *e->b_slot);
 	e->b_pos = malloc((size_t)e->max_batch * sizeof *e->b_pos);
 	e->b_want = malloc((size_t)e->max_batch * sizeof *e->b_want);
-	e->b_gen = malloc((size_t)o.n_slots * sizeof *e->b_gen);
-	e->b_before = malloc((size_t)o.n_slots * sizeof *e->b_before);
-	e->logits = malloc((size_t)o.n_slots * (size_t)hp->n_vocab * sizeof *e->logits);
+	e->b_gen = malloc((size_t)e->max_rows * sizeof *e->b_gen);
+	e->b_before = malloc((size_t)e->max_rows * sizeof *e->b_before);
+	e->logits = malloc((size_t)e->max_rows * (size_t)hp->n_vocab * sizeof *e->logits);
 	if (e->expert_tokens == NULL || e->active == NULL || e->b_tok == NULL ||
 	    e->b_slot == NULL || e->b_pos == NULL || e->b_want == NULL || e->b_gen == NULL ||
-	    e->b_before == NULL || e->logits == NULL) {
+	    e->b_before == NULL || e->logits == NULL || e->d_tok == NULL || e->d_n == NULL ||
+	    e->d_acc == NULL || e->d_from == NULL || e->d_fed == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "serve: engine buffers");
 		goto out_free_bufs;
 	}
@@ -1042,6 +1156,12 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;
+	e->st_size = moe_fwd_state_size(e->f);
+	if (e->dmax > 0 && e->st_size > 0 && (e->snap = malloc(ns * e->st_size)) == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "serve: %zu state snapshots of %zu bytes", ns,
+		               e->st_size);
+		goto out_free_fwd;
+	}
 	const size_t kv_cap = moe_fwd_kv_capacity(e->f);
 	const size_t kv_blk = moe_fwd_kv_pos_bytes(e->f) * MOE_FWD_KV_BLOCK;
 	e->kv_blocks_cap = kv_cap == SIZE_MAX || kv_blk == 0 ? SIZE_MAX : kv_cap / kv_blk;
@@ -1128,6 +1248,7 @@ void moe_engine_metrics(moe_engine *e, FILE *out)
 	const moe_hparams *hp = moe_model_hparams(e->m);
 	pthread_mutex_lock(&e->mu);
 	const uint64_t pt = e->prompt_tokens, gt = e->gen_tokens, steps = e->steps;
+	const uint64_t drafted = e->drafted, accepted = e->accepted;
 	const double rate = moe_now_s() - e->win_t0 > 5.0 ? 0.0 : e->rate;
 	const int queued = e->n_queued, active = e->n_active;
 	const size_t kv = e->kv_in_use, st = e->state_in_use;
@@ -1157,6 +1278,17 @@ void moe_engine_metrics(moe_engine *e, FILE *out)
 	        "# TYPE moemesh_state_bytes_in_use gauge\nmoemesh_state_bytes_in_use %zu\n",
 	        (unsigned long long)pt, (unsigned long long)gt, (unsigned long long)steps, rate,
 	        queued, active, e->o.n_slots, kv, st);
+
+	if (e->dmax > 0)
+		fprintf(out,
+		        "# HELP moemesh_spec_drafted_tokens_total Tokens drafted (n-gram) and "
+		        "checked.\n"
+		        "# TYPE moemesh_spec_drafted_tokens_total counter\n"
+		        "moemesh_spec_drafted_tokens_total %llu\n"
+		        "# HELP moemesh_spec_accepted_tokens_total Drafted tokens taken.\n"
+		        "# TYPE moemesh_spec_accepted_tokens_total counter\n"
+		        "moemesh_spec_accepted_tokens_total %llu\n",
+		        (unsigned long long)drafted, (unsigned long long)accepted);
 
 	fprintf(out, "# HELP moemesh_worker_rtt_seconds Round trip of one expert dispatch.\n"
 	             "# TYPE moemesh_worker_rtt_seconds histogram\n");

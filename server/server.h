@@ -69,6 +69,14 @@ typedef struct moe_engine_opts {
 	const char *cache_dir;
 	int cache_block;
 	uint8_t cache_identity[32];
+	/* Speculative decoding (--spec, --draft-max; see model/sample.h): each
+	 * decoding sequence's step carries up to draft_max drafted tokens (default
+	 * 8), checked in that same step; the output is the same bytes.  Where a
+	 * draft is refused the KV is cut back; a DeltaNet state goes back to its
+	 * snapshot from before the step (a copy per slot) and the step's taken
+	 * tokens run again, without drafts, in the next one. */
+	moe_spec_mode spec;
+	int draft_max;
 } moe_engine_opts;
 
 void moe_engine_opts_default(moe_engine_opts *o);

@@ -857,6 +857,42 @@ def case_kv_budget():
           "ended): 18 blocks > the budget's 16" % (times[0][1] - times[1][0]))
 
 
+def case_spec(out):
+    """Requests whose text repeats (so prompt lookup finds drafts), greedy and seeded, eight at
+    once (several sequences' drafts checked in one step), streamed and not, one with logprobs and
+    one chat: writes the texts, the logprobs and the drafting metrics to OUT (JSON) for the test
+    to compare between servers with and without --spec."""
+    verse = ("And God said, Let there be light: and there was light. And God saw the light, "
+             "that it was good: and God divided the light from the darkness. ")
+    prompts = [verse * 3 + "And God said", verse * 2 + "And God saw",
+               "And the LORD spake unto Moses, saying, Speak unto the children of Israel, " * 3,
+               "In the beginning God created the heaven and the earth. " * 4 + "In the beginning",
+               "Blessed are the poor in spirit: for theirs is the kingdom of heaven. " * 2,
+               "And it came to pass, " * 6, verse + "And God", "The LORD is my shepherd; " * 5]
+    bodies = [{"prompt": p, "max_tokens": 40, "temperature": 0.0 if i % 2 == 0 else 0.8,
+               "seed": 7 + i, "stream": i % 3 == 0} for i, p in enumerate(prompts)]
+    res = [None] * len(bodies)
+
+    def go(i):
+        b = bodies[i]
+        res[i] = stream(b)[0] if b["stream"] else complete(b)[0]
+    th = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    alone = [complete(dict(b, stream=False))[0] for b in bodies[:2]]
+    check(alone == res[:2], "alone %r, among 8 %r" % (alone, res[:2]))
+    _, j = complete({"prompt": verse * 2 + "And God", "max_tokens": 24, "temperature": 0,
+                     "logprobs": 2})
+    lp = j["choices"][0]["logprobs"]
+    _, c = complete({"messages": [{"role": "user", "content": verse * 2}], "max_tokens": 24,
+                     "temperature": 0.7, "seed": 3}, "/v1/chat/completions")
+    res.append(c["choices"][0]["message"]["content"])
+    met = {k: v for k, v in metrics().items() if k.startswith("moemesh_spec_")}
+    json.dump({"texts": res, "logprobs": lp, "metrics": met}, open(out, "w"))
+
+
 def main():
     global PORT, MODEL
     case = sys.argv[1]
@@ -871,6 +907,8 @@ def main():
         case_apply_template(sys.argv[3])
     elif case == "conversation":
         case_conversation(sys.argv[3])
+    elif case == "spec":
+        case_spec(sys.argv[3])
     else:
         globals()["case_" + case]()
     print("ok: " + case, file=sys.stderr)

@@ -1079,3 +1079,64 @@ Test(cli, kjv_qwen3next_greedy_text_matches_llama_cpp)
 	          "earth.\nAnd the LORD said unto Moses, The LORD hath given me to the people, and "
 	          "the LORD thy God, and the");
 }
+
+/* `run ARGS` on a KJV demo model: stdout into text, stderr into err. */
+static void run_kjv(char *text, char *err, size_t size, const char *model, const char *args)
+{
+	const char *src = getenv("MOE_SOURCE_DIR");
+	cr_assert_not_null(src);
+	char log[] = "/tmp/moe_run_err_XXXXXX";
+	int fd = mkstemp(log);
+	cr_assert(fd >= 0);
+	close(fd);
+	char cmd[2048];
+	snprintf(cmd, sizeof cmd, "%s run -m %s/models/%s %s 2>%s", bin(), src, model, args, log);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	size_t n = fread(text, 1, size - 1, p);
+	text[n] = 0;
+	cr_assert_eq(pclose(p), 0, "%s", cmd);
+	FILE *e = fopen(log, "rb");
+	cr_assert_not_null(e);
+	n = fread(err, 1, size - 1, e);
+	err[n] = 0;
+	fclose(e);
+	unlink(log);
+}
+
+/* --spec ngram gives the text run gives without it (greedy: llama.cpp's, see
+ * above; seeded), with drafts both taken and refused: with a DeltaNet state
+ * (qwen3next: refused drafts send it back to its snapshot), without one
+ * (qwen3moe: the KV is cut back) and with the experts on workers. */
+static void check_spec(const char *model, const char *args)
+{
+	static char plain[8192], spec[8192], e1[8192], e2[8192];
+	char a2[1024];
+	run_kjv(plain, e1, sizeof plain, model, args);
+	snprintf(a2, sizeof a2, "%s --spec ngram --draft-max 6", args);
+	run_kjv(spec, e2, sizeof spec, model, a2);
+	cr_expect_str_eq(spec, plain, "%s %s: --spec ngram changed the text", model, args);
+	const char *line = strstr(e2, "spec: ngram, ");
+	cr_assert_not_null(line, "no spec line in: %s", e2);
+	long drafted = 0, accepted = 0;
+	cr_assert_eq(sscanf(line, "spec: ngram, %ld drafted, %ld accepted", &drafted, &accepted),
+	             2);
+	cr_expect_gt(accepted, 0, "%s %s: no draft taken: %s", model, args, line);
+	cr_expect_lt(accepted, drafted, "%s %s: no draft refused: %s", model, args, line);
+	cr_expect_null(strstr(e1, "spec:"), "a spec line without --spec");
+}
+
+#define SPEC_PROMPT                                                                                \
+	"-p 'And God said, Let there be light: and there was light. And God said, Let there be "   \
+	"light: and there was light. And God said' -n 64 --ignore-eos --threads 1"
+
+Test(cli, spec_ngram_changes_no_token)
+{
+	check_spec("kjv-qwen3next-Q4_K_M.gguf", SPEC_PROMPT " --temp 0");
+	check_spec("kjv-qwen3next-Q4_K_M.gguf", SPEC_PROMPT " --temp 0.3 --seed 3");
+	check_spec("kjv-qwen3moe-Q4_K_M.gguf", SPEC_PROMPT " --temp 0");
+	check_spec("kjv-qwen3moe-Q4_K_M.gguf", SPEC_PROMPT " --temp 0.3 --seed 3");
+	check_spec("kjv-qwen3next-Q4_K_M.gguf", SPEC_PROMPT " --temp 0 --workers 2");
+	check_spec("kjv-qwen3next-Q4_K_M.gguf",
+	           "-p 'Jesus answered and said unto him' -n 48 --temp 0 --ignore-eos --threads 1");
+}

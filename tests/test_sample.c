@@ -330,3 +330,52 @@ Test(sample, top_p_keeps_the_nucleus_of_a_big_vocabulary)
 	nucleus_case(400.0f); /* peaked: a short nucleus */
 	nucleus_case(1.0f);   /* flat: most of the vocabulary */
 }
+
+/* ---- n-gram drafting ------------------------------------------------------------ */
+
+static int draft(int32_t *out, int max, const int32_t *h, size_t n)
+{
+	return moe_ngram_draft(out, max, h, n);
+}
+
+Test(ngram, the_tokens_after_the_earlier_occurrence_of_the_tail)
+{
+	int32_t d[8];
+	/* tail 1 2 3 at 0: then 9 1 2 3 */
+	const int32_t a[] = {1, 2, 3, 9, 1, 2, 3};
+	cr_assert_eq(draft(d, 8, a, 7), 4);
+	cr_expect(d[0] == 9 && d[1] == 1 && d[2] == 2 && d[3] == 3);
+	cr_assert_eq(draft(d, 2, a, 7), 2, "max caps the draft");
+	/* tail 5 6 at 0 and 3: the latest, 3, then 8 5 */
+	const int32_t b[] = {5, 6, 7, 5, 6, 8, 5, 6};
+	cr_assert_eq(draft(d, 2, b, 8), 2);
+	cr_expect(d[0] == 8 && d[1] == 5, "latest occurrence: %d %d", d[0], d[1]);
+	/* the longest tail wins: 1 2 3 4 at 0 (then 0 2 3) over 2 3 4 at 5 (then 7) */
+	const int32_t c[] = {1, 2, 3, 4, 0, 2, 3, 4, 7, 1, 2, 3, 4};
+	cr_assert_eq(draft(d, 3, c, 13), 3);
+	cr_expect(d[0] == 0 && d[1] == 2 && d[2] == 3, "longest tail: %d %d %d", d[0], d[1], d[2]);
+}
+
+Test(ngram, nothing_without_a_repeat_of_two_tokens)
+{
+	int32_t d[8];
+	const int32_t a[] = {1, 2, 3, 4};
+	cr_expect_eq(draft(d, 8, a, 4), 0);
+	const int32_t b[] = {1, 2, 1}; /* one token repeats: shorter than MOE_NGRAM_MIN */
+	cr_expect_eq(draft(d, 8, b, 3), 0);
+	const int32_t c[] = {7, 7, 7};
+	cr_expect_eq(draft(d, 0, c, 3), 0, "max 0");
+	cr_expect_eq(draft(d, 8, c, 2), 0, "too short to repeat");
+	cr_expect_eq(draft(d, 8, c, 3), 1, "7 7 at 0: then 7");
+}
+
+Test(ngram, spec_modes)
+{
+	moe_spec_mode m = MOE_SPEC_NGRAM;
+	cr_expect_eq(moe_spec_mode_parse(&m, "none"), MOE_OK);
+	cr_expect_eq(m, MOE_SPEC_NONE);
+	cr_expect_eq(moe_spec_mode_parse(&m, "ngram"), MOE_OK);
+	cr_expect_eq(m, MOE_SPEC_NGRAM);
+	cr_expect_eq(moe_spec_mode_parse(&m, "mtp"), MOE_ERR_INVAL);
+	cr_expect_eq(moe_spec_mode_parse(&m, "eagle"), MOE_ERR_INVAL);
+}

@@ -421,16 +421,16 @@ Test(serve, sdk_tool_calls_and_schemas_qwen3_coder_xml_form, .timeout = 300)
 
 /* ---- the prefix cache ------------------------------------------------------------ */
 
-/* The conversation case against model served with extra (NULL-terminated):
- * its JSON. */
-static cJSON *conversation(const char *model, const char *const *extra)
+/* Client case c (one that writes JSON to the file it is given) against model
+ * served with extra (NULL-terminated): that JSON. */
+static cJSON *json_case(const char *c, const char *model, const char *const *extra)
 {
 	char out[] = "/tmp/moe_conv_XXXXXX";
 	int fd = mkstemp(out);
 	cr_assert_geq(fd, 0);
 	close(fd);
 	server s = start(model, extra, true, NULL, 0);
-	client("conversation", &s, model, out);
+	client(c, &s, model, out);
 	stop(&s);
 	FILE *f = fopen(out, "rb");
 	cr_assert(f != NULL);
@@ -440,8 +440,13 @@ static cJSON *conversation(const char *model, const char *const *extra)
 	unlink(out);
 	buf[n] = '\0';
 	cJSON *j = cJSON_Parse(buf);
-	cr_assert(j != NULL, "conversation output: %s", buf);
+	cr_assert(j != NULL, "%s output: %s", c, buf);
 	return j;
+}
+
+static cJSON *conversation(const char *model, const char *const *extra)
+{
+	return json_case("conversation", model, extra);
 }
 
 static int cached_at(const cJSON *j, int turn)
@@ -561,4 +566,53 @@ Test(serve, prefix_cache_disk_tier_survives_a_restart_and_refuses_another_models
 	cJSON_Delete(b2);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	cr_assert_eq(system(cmd), 0);
+}
+
+/* ---- speculative decoding --------------------------------------------------------- */
+
+static void same_json(const cJSON *a, const cJSON *b, const char *key, const char *what)
+{
+	char *x = cJSON_PrintUnformatted(cJSON_GetObjectItem(a, key));
+	char *y = cJSON_PrintUnformatted(cJSON_GetObjectItem(b, key));
+	cr_expect_str_eq(x, y, "%s: the %s differ", what, key);
+	cJSON_free(x);
+	cJSON_free(y);
+}
+
+/* n-gram drafts change no byte (texts, logprobs), alone or eight at a time,
+ * greedy or seeded, with a DeltaNet state (qwen3next: refused drafts go back to
+ * the state's snapshot) or without (qwen3moe: the KV is cut), on workers too;
+ * and they are taken and refused. */
+static void spec_same_bytes(const char *model, bool cluster)
+{
+	const char *const none[] = {"--parallel", "4", NULL};
+	const char *const ngram[] = {"--parallel", "4", "--spec", "ngram", NULL};
+	const char *const ngram_cl[] = {"--parallel", "4",           "--spec", "ngram", "--workers",
+	                                "2",          "--draft-max", "5",      NULL};
+	cJSON *off = json_case("spec", model, none);
+	cJSON *on = json_case("spec", model, cluster ? ngram_cl : ngram);
+	same_json(off, on, "texts", "--spec ngram");
+	same_json(off, on, "logprobs", "--spec ngram");
+	const double drafted = metric(on, "moemesh_spec_drafted_tokens_total");
+	const double accepted = metric(on, "moemesh_spec_accepted_tokens_total");
+	cr_expect_gt(accepted, 0, "no draft was taken (%g drafted)", drafted);
+	cr_expect_lt(accepted, drafted, "every draft was taken: refusals are untested");
+	cr_expect(cJSON_GetObjectItem(cJSON_GetObjectItem(off, "metrics"),
+	                              "moemesh_spec_drafted_tokens_total") == NULL,
+	          "drafting metrics without --spec");
+	cJSON_Delete(off);
+	cJSON_Delete(on);
+}
+
+Test(serve, spec_ngram_changes_no_byte_with_a_deltanet_state, .timeout = 600)
+{
+	spec_same_bytes(kjv(), false);
+}
+
+Test(serve, spec_ngram_changes_no_byte_without_one_and_on_workers, .timeout = 600)
+{
+	static char p[1024];
+	snprintf(p, sizeof p, "%s/models/kjv-qwen3moe-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	spec_same_bytes(p, false);
+	spec_same_bytes(kjv(), true);
 }
