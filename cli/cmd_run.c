@@ -306,7 +306,7 @@ int moe_cmd_run(int argc, char **argv)
 	}
 	memcpy(hist, prompt, n_prompt * sizeof *hist);
 	size_t n_hist = n_prompt;
-	int n_done = 0, n_steps = 0, n_rows_used = 0, row = 0, n_draft = 0;
+	int n_done = 0, n_steps = 0, n_rows_used = 0, row = 0, n_draft = 0, d_max = dmax;
 	long n_drafted = 0, n_accepted = 0;
 	int64_t step_from = (int64_t)n_prompt - 1; /* position of the last step's first token */
 	for (; n_done < a.n_gen; n_done++) {
@@ -349,7 +349,13 @@ int moe_cmd_run(int argc, char **argv)
 				goto out_fail;
 		}
 		int remain = a.n_gen - n_done - 2; /* tokens after the next one that need logits */
-		n_draft = moe_ngram_draft(draft, remain < dmax ? remain : dmax, hist, n_hist);
+		/* no drafts while taken tokens run again: their state is not
+		 * snapshotted */
+		d_max = moe_spec_next_max(d_max, n_draft, row, dmax);
+		n_draft =
+		    from < (int64_t)n_hist - 1
+		        ? 0
+		        : moe_ngram_draft(draft, remain < d_max ? remain : d_max, hist, n_hist);
 		if (n_draft > 0 && st_size > 0 &&
 		    (err = moe_fwd_seq_state_read(f, slot, snap)) != MOE_OK)
 			goto out_fail;

@@ -464,3 +464,12 @@ int moe_ngram_draft(int32_t *draft, int max, const int32_t *hist, size_t len)
 	}
 	return 0;
 }
+
+int moe_spec_next_max(int cur, int drafted, int accepted, int dmax)
+{
+	if (drafted <= 0)
+		return cur;
+	if (accepted >= drafted)
+		return 2 * cur < dmax ? 2 * cur : dmax;
+	return accepted + 1 < dmax ? accepted + 1 : dmax;
+}

@@ -88,6 +88,13 @@ moe_err moe_spec_mode_parse(moe_spec_mode *out, const char *s);
 #define MOE_NGRAM_MAX 4
 int moe_ngram_draft(int32_t *draft, int max, const int32_t *hist, size_t len);
 
+/* How many tokens the next draft of a sequence may have, from cur (its last
+ * bound), what its last draft had and how many of them were taken: twice cur
+ * (at most dmax) after a draft taken whole, one more than were taken after
+ * one refused, cur after none; so a sequence whose text stops repeating
+ * spends little on drafts, and one that repeats soon drafts dmax again. */
+int moe_spec_next_max(int cur, int drafted, int accepted, int dmax);
+
 /* ---- stop strings --------------------------------------------------------------- */
 
 /* Looks for the stop strings in text[0..len).  Returns true if one occurs, with

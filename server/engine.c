@@ -50,6 +50,7 @@ struct moe_gen {
 	int n_sched;      /* tokens generated (copied to n_gen when published) */
 	size_t n_fed;     /* prompt tokens in the slot */
 	int32_t next_tok;
+	int d_max; /* the bound of its next draft (moe_spec_next_max) */
 	moe_sampler *smp;
 	moe_tok_stream *ts;
 	char *raw; /* generated text; [0, raw_out) published */
@@ -274,6 +275,7 @@ moe_err moe_engine_submit(moe_gen **out, moe_engine *e, const moe_gen_params *p)
 	g->stop_index = -1;
 	g->n_prompt = p->n_prompt;
 	g->max_tokens = p->max_tokens;
+	g->d_max = e->dmax;
 	g->sp = p->sp;
 	g->n_end = p->n_end;
 	g->logprobs = p->logprobs;
@@ -760,7 +762,7 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 			continue;
 		int32_t *d = e->d_tok + (size_t)s * (size_t)e->dmax;
 		e->d_n[s] =
-		    moe_ngram_draft(d, room < e->dmax ? room : e->dmax, g->prompt, (size_t)hist);
+		    moe_ngram_draft(d, room < g->d_max ? room : g->d_max, g->prompt, (size_t)hist);
 		for (int i = 0; i < e->d_n[s]; i++, n++) {
 			e->b_tok[n] = d[i];
 			e->b_slot[n] = s;
@@ -850,8 +852,10 @@ static void take_worker(void *arg, int ith, int nth)
 			    g->next_tok != d[i])
 				break;
 		}
-		if (drafts)
+		if (drafts) {
 			e->d_acc[s] = i;
+			g->d_max = moe_spec_next_max(g->d_max, e->d_n[s], i, e->dmax);
+		}
 	}
 }
 

@@ -379,3 +379,12 @@ Test(ngram, spec_modes)
 	cr_expect_eq(moe_spec_mode_parse(&m, "mtp"), MOE_ERR_INVAL);
 	cr_expect_eq(moe_spec_mode_parse(&m, "eagle"), MOE_ERR_INVAL);
 }
+
+Test(ngram, the_next_draft_bound_follows_what_was_taken)
+{
+	cr_expect_eq(moe_spec_next_max(2, 2, 2, 8), 4, "taken whole: twice");
+	cr_expect_eq(moe_spec_next_max(8, 8, 8, 8), 8, "at most dmax");
+	cr_expect_eq(moe_spec_next_max(8, 6, 2, 8), 3, "refused at 2: 3");
+	cr_expect_eq(moe_spec_next_max(8, 5, 0, 8), 1, "refused at once: 1");
+	cr_expect_eq(moe_spec_next_max(3, 0, 0, 8), 3, "no draft: unchanged");
+}
