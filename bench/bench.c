@@ -21,6 +21,9 @@ const moe_bench moe_benches[] = {
      moe_bench_grammar},
     {"agent", "a synthetic agent session: TTFT per turn with and without the prefix cache",
      moe_bench_agent},
+    {"quality",
+     "perplexity over a text, KL and top-1 against a reference model (llama-perplexity's)",
+     moe_bench_quality},
     {NULL, NULL, NULL},
 };
 

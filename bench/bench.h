@@ -37,5 +37,6 @@ int moe_bench_serve(int argc, char **argv);
 int moe_bench_cluster(int argc, char **argv);
 int moe_bench_grammar(int argc, char **argv);
 int moe_bench_agent(int argc, char **argv);
+int moe_bench_quality(int argc, char **argv);
 
 #endif

@@ -54,6 +54,7 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 			snprintf(l->url, sizeof l->url, "%s", o->urls[i - o->spawn]);
 			if (o->names[i - o->spawn] != NULL)
 				snprintf(l->name, sizeof l->name, "%s", o->names[i - o->spawn]);
+			l->cap = o->mem_caps[i - o->spawn];
 		}
 		snprintf(l->st.url, sizeof l->st.url, "%s", l->url);
 	}

@@ -26,8 +26,9 @@ typedef struct clink {
 	/* data (stream socket) */
 	int dfd;
 	moe_rx rx;
-	pid_t pid; /* spawned worker, or 0 */
-	uint64_t mem;
+	pid_t pid;     /* spawned worker, or 0 */
+	uint64_t mem;  /* free memory the worker announces */
+	uint64_t cap;  /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
 	uint8_t *held; /* [n_layer][n_expert] */
 	/* the dispatch of the current layer */
 	bool pending;

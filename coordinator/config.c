@@ -26,11 +26,31 @@ bool moe_cluster_wanted(const moe_cluster_opts *o)
 	return o->n_urls > 0 || o->spawn > 0;
 }
 
+/* A worker's tcp:// URL names its host (a name, an IPv4 address or
+ * [IPv6]) and a port; ipc:// and the others are checked when linked. */
+static moe_err check_url(const char *url)
+{
+	if (strncmp(url, "tcp://", 6) != 0)
+		return MOE_OK;
+	char host[256];
+	uint16_t port;
+	moe_err err = moe_url_tcp_split(host, sizeof host, &port, url);
+	if (err != MOE_OK)
+		return err;
+	if (host[0] == '\0' || port == 0)
+		return moe_fail(MOE_ERR_INVAL, "worker '%s': name the worker's host and port", url);
+	return MOE_OK;
+}
+
 static moe_err add_url(moe_cluster_opts *o, const char *url)
 {
+	moe_err err = check_url(url);
+	if (err != MOE_OK)
+		return err;
 	if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
 		return moe_fail(MOE_ERR_INVAL, "more than %d workers", MOE_CLUSTER_MAX_LINKS);
 	o->names[o->n_urls] = NULL;
+	o->mem_caps[o->n_urls] = 0;
 	o->urls[o->n_urls++] = url;
 	return MOE_OK;
 }
@@ -52,7 +72,40 @@ static cJSON *g_cluster_files;
 
 static const char *const top_keys[] = {"workers", "replicate", "placement", "secret_file",
                                        "dispatch_timeout_ms"};
-static const char *const worker_keys[] = {"url", "name"};
+static const char *const worker_keys[] = {"url", "name", "mem"};
+
+/* A worker's "mem": a number of bytes, or a string of digits with an
+ * optional B, KiB, MiB, GiB or TiB (a space between allowed).  0 on an
+ * error. */
+static uint64_t parse_mem(const cJSON *v)
+{
+	if (cJSON_IsNumber(v))
+		return v->valuedouble >= 1 && v->valuedouble < 1.8e19 &&
+		               v->valuedouble == (double)(uint64_t)v->valuedouble
+		           ? (uint64_t)v->valuedouble
+		           : 0;
+	if (!cJSON_IsString(v))
+		return 0;
+	const char *p = v->valuestring;
+	uint64_t n = 0;
+	if (*p < '0' || *p > '9')
+		return 0;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (n > (UINT64_MAX - 9) / 10)
+			return 0;
+		n = n * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p == ' ')
+		p++;
+	static const struct {
+		const char *suffix;
+		int shift;
+	} units[] = {{"", 0}, {"B", 0}, {"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}};
+	for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+		if (strcmp(p, units[i].suffix) == 0)
+			return n > (UINT64_MAX >> units[i].shift) ? 0 : n << units[i].shift;
+	return 0;
+}
 
 /* Fails with MOE_ERR_INVAL naming the first member of obj whose key is not
  * one of known[0..n) (where: the place in the file, for the message). */
@@ -107,10 +160,23 @@ static moe_err read_workers(moe_cluster_opts *o, const cJSON *ws, const char *pa
 			return moe_fail(MOE_ERR_INVAL,
 			                "--cluster %s: workers[%d].name is not a non-empty string",
 			                path, k);
+		moe_err uerr = check_url(u->valuestring);
+		if (uerr != MOE_OK)
+			return uerr;
+		const cJSON *mem =
+		    cJSON_IsObject(w) ? cJSON_GetObjectItemCaseSensitive(w, "mem") : NULL;
+		uint64_t cap = 0;
+		if (mem != NULL && (cap = parse_mem(mem)) == 0)
+			return moe_fail(
+			    MOE_ERR_INVAL,
+			    "--cluster %s: workers[%d].mem is not a size (bytes, or a "
+			    "string such as \"96GiB\": digits and B, KiB, MiB, GiB or TiB)",
+			    path, k);
 		if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
 			return moe_fail(MOE_ERR_INVAL, "more than %d workers",
 			                MOE_CLUSTER_MAX_LINKS);
 		o->names[o->n_urls] = name ? name->valuestring : NULL;
+		o->mem_caps[o->n_urls] = cap;
 		o->urls[o->n_urls++] = u->valuestring;
 		k++;
 	}

@@ -43,6 +43,8 @@ typedef struct moe_cluster_opts {
 	const char *urls[MOE_CLUSTER_MAX_LINKS];  /* tcp://, ipc://, or "local" (this process) */
 	const char *names[MOE_CLUSTER_MAX_LINKS]; /* per URL: the name messages and statistics
 	                                           * give it (NULL = what the worker announces) */
+	uint64_t mem_caps[MOE_CLUSTER_MAX_LINKS]; /* per URL: expert bytes it may hold at most
+	                                           * (the cluster file's "mem"; 0 = no cap) */
 	int n_urls;
 	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
@@ -61,7 +63,9 @@ typedef struct moe_cluster_opts {
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
  * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
  * is a JSON object with the keys "workers" (an array of URL strings or
- * {"url": URL, "name": NAME} objects), "placement", "replicate",
+ * {"url": URL, "name": NAME, "mem": SIZE} objects; mem caps the expert bytes
+ * that worker holds, replicas counted, and placement sizes its share by it),
+ * "placement", "replicate",
  * "secret_file" and "dispatch_timeout_ms", all optional but "workers"; any
  * other key, at the top or in a worker object, is an error that names it.
  * The file's strings stay allocated for the life of the process. */

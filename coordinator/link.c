@@ -194,20 +194,20 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		}
 		err = moe_sock_connect_unix(&l->dfd, want);
 	} else {
-		char host[64];
-		const char *h0 = l->url + 6, *colon = strrchr(h0, ':');
-		size_t hl = colon ? (size_t)(colon - h0) : 0;
-		if (strncmp(l->url, "tcp://", 6) != 0 || colon == NULL || hl == 0 ||
-		    hl >= sizeof host || ok->data_port == 0 || ok->data_port > 65535) {
-			err = moe_fail(MOE_ERR_INVAL,
-			               "worker %s: want tcp://IPV4:PORT (data port %u)", l->url,
+		char host[256];
+		uint16_t control_port;
+		if (ok->data_port == 0 || ok->data_port > 65535) {
+			err = moe_fail(MOE_ERR_PROTO, "worker %s announces data port %u", l->url,
 			               ok->data_port);
 			goto out_free_ok;
 		}
-		memcpy(host, h0, hl);
-		host[hl] = '\0';
-		if (strcmp(host, "localhost") == 0)
-			strcpy(host, "127.0.0.1");
+		if ((err = moe_url_tcp_split(host, sizeof host, &control_port, l->url)) != MOE_OK)
+			goto out_free_ok;
+		if (host[0] == '\0') {
+			err = moe_fail(MOE_ERR_INVAL, "worker %s: a worker's URL names its host",
+			               l->url);
+			goto out_free_ok;
+		}
 		err = moe_sock_connect_tcp(&l->dfd, host, (uint16_t)ok->data_port, 10000);
 	}
 	if (err != MOE_OK)

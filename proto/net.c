@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
@@ -187,27 +188,132 @@ static moe_err sys_fail(const char *what, const char *where)
 	return moe_fail(MOE_ERR_SYS, "%s %s: %s", what, where, strerror(errno));
 }
 
+moe_err moe_url_tcp_split(char *host, size_t host_size, uint16_t *port, const char *url)
+{
+	if (strncmp(url, "tcp://", 6) != 0)
+		return moe_fail(MOE_ERR_INVAL, "'%s': want tcp://HOST:PORT", url);
+	const char *h = url + 6, *end, *ps;
+	if (*h == '[') {
+		end = strchr(h, ']');
+		if (end == NULL || end[1] != ':')
+			return moe_fail(MOE_ERR_INVAL, "'%s': want tcp://[IPV6]:PORT", url);
+		h++;
+		ps = end + 2;
+	} else {
+		end = strrchr(h, ':');
+		if (end == NULL)
+			return moe_fail(MOE_ERR_INVAL, "'%s': no port (want tcp://HOST:PORT)", url);
+		if (memchr(h, ':', (size_t)(end - h)) != NULL)
+			return moe_fail(MOE_ERR_INVAL,
+			                "'%s': an IPv6 address goes in brackets: tcp://[ADDR]:PORT",
+			                url);
+		ps = end + 1;
+	}
+	const size_t hl = (size_t)(end - h);
+	int p = 0;
+	if (moe_parse_int(&p, ps, 0, 65535) != 0)
+		return moe_fail(MOE_ERR_INVAL, "'%s': the port '%s' is not a number in 0..65535",
+		                url, ps);
+	if (hl >= host_size)
+		return moe_fail(MOE_ERR_INVAL, "'%s': a host name of %zu bytes", url, hl);
+	for (size_t i = 0; i < hl; i++)
+		if (h[i] <= ' ' || h[i] == '/' || h[i] == '[' || h[i] == ']' || h[i] == '@')
+			return moe_fail(MOE_ERR_INVAL, "'%s': a character the host cannot hold",
+			                url);
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	if (strcmp(host, "*") == 0)
+		host[0] = '\0';
+	*port = (uint16_t)p;
+	return MOE_OK;
+}
+
+/* The addresses of host:port (numeric port) for a stream socket; passive:
+ * for bind.  The error names host. */
+static moe_err resolve(struct addrinfo **out, const char *host, uint16_t port, bool passive,
+                       const char *what)
+{
+	char ps[8];
+	snprintf(ps, sizeof ps, "%u", (unsigned)port);
+	const struct addrinfo hints = {.ai_family = AF_UNSPEC,
+	                               .ai_socktype = SOCK_STREAM,
+	                               .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0)};
+	const int rv = getaddrinfo(host, ps, &hints, out);
+	if (rv == EAI_NONAME || rv == EAI_FAIL || rv == EAI_NODATA)
+		return moe_fail(MOE_ERR_INVAL, "%s: '%s' is no address and no known host name (%s)",
+		                what, host, gai_strerror(rv));
+	if (rv != 0)
+		return moe_fail(MOE_ERR_SYS, "%s: resolving '%s': %s", what, host,
+		                gai_strerror(rv));
+	return MOE_OK;
+}
+
+/* The numeric form of a socket address, for messages. */
+static const char *addr_text(char *buf, size_t size, const struct sockaddr *a, socklen_t len)
+{
+	if (getnameinfo(a, len, buf, (socklen_t)size, NULL, 0, NI_NUMERICHOST) != 0)
+		snprintf(buf, size, "?");
+	return buf;
+}
+
+/* socket + bind + listen on one address; the port bound into *port. */
+static int listen_on(const struct sockaddr *a, socklen_t alen, int family, uint16_t *port)
+{
+	int one = 1, zero = 0;
+	int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	(void)setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (family == AF_INET6) /* "::" takes IPv4 too */
+		(void)setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+	struct sockaddr_storage got;
+	socklen_t gl = sizeof got;
+	if (bind(s, a, alen) != 0 || listen(s, 16) != 0 ||
+	    getsockname(s, (struct sockaddr *)&got, &gl) != 0) {
+		const int e = errno;
+		close(s);
+		errno = e;
+		return -1;
+	}
+	*port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+	                                        : ((struct sockaddr_in *)&got)->sin_port);
+	return s;
+}
+
 moe_err moe_sock_listen_tcp(int *fd, const char *host, uint16_t *port)
 {
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(*port)};
-	socklen_t alen = sizeof a;
-	int one = 1;
-
-	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
-		return moe_fail(MOE_ERR_INVAL, "data listener: '%s' is not an IPv4 address", host);
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return sys_fail("socket", host);
-	(void)setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0 ||
-	    getsockname(s, (struct sockaddr *)&a, &alen) != 0) {
-		moe_err err = sys_fail("bind/listen", host);
-		close(s);
-		return err;
+	if (host[0] == '\0') { /* any address: IPv6 and IPv4 on one socket, or IPv4 alone */
+		struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+		                          .sin6_port = htons(*port),
+		                          .sin6_addr = IN6ADDR_ANY_INIT};
+		int s = listen_on((struct sockaddr *)&a6, sizeof a6, AF_INET6, port);
+		if (s < 0) {
+			struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(*port)};
+			s = listen_on((struct sockaddr *)&a4, sizeof a4, AF_INET, port);
+		}
+		if (s < 0)
+			return moe_fail(MOE_ERR_SYS, "data listener on port %u: %s",
+			                (unsigned)*port, strerror(errno));
+		*fd = s;
+		return MOE_OK;
 	}
-	*port = ntohs(a.sin_port);
-	*fd = s;
-	return MOE_OK;
+	struct addrinfo *ai = NULL;
+	moe_err err = resolve(&ai, host, *port, true, "data listener");
+	if (err != MOE_OK)
+		return err;
+	int e = 0;
+	for (const struct addrinfo *r = ai; r != NULL; r = r->ai_next) {
+		const int s = listen_on(r->ai_addr, r->ai_addrlen, r->ai_family, port);
+		if (s >= 0) {
+			freeaddrinfo(ai);
+			*fd = s;
+			return MOE_OK;
+		}
+		e = errno;
+	}
+	freeaddrinfo(ai);
+	return moe_fail(MOE_ERR_SYS, "data listener on %s port %u: %s", host, (unsigned)*port,
+	                strerror(e));
 }
 
 static moe_err unix_addr(struct sockaddr_un *a, const char *path)
@@ -240,19 +346,20 @@ moe_err moe_sock_listen_unix(int *fd, const char *path)
 	return MOE_OK;
 }
 
-moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeout_ms)
+/* A non-blocking connect to one address, waited for up to timeout_ms. */
+static moe_err connect_one(int *fd, const struct addrinfo *r, const char *host, uint16_t port,
+                           int timeout_ms)
 {
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
-		return moe_fail(MOE_ERR_INVAL, "data link: '%s' is not an IPv4 address", host);
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	char at[INET6_ADDRSTRLEN + 8];
+	addr_text(at, sizeof at, r->ai_addr, r->ai_addrlen);
+	int s = socket(r->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (s < 0)
 		return sys_fail("socket", host);
 	moe_err err = MOE_OK;
-	if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+	if (connect(s, r->ai_addr, r->ai_addrlen) != 0) {
 		if (errno != EINPROGRESS) {
-			err =
-			    moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port, strerror(errno));
+			err = moe_fail(MOE_ERR_SYS, "connect %s (%s) port %u: %s", host, at, port,
+			               strerror(errno));
 			goto out_close;
 		}
 		struct pollfd p = {.fd = s, .events = POLLOUT};
@@ -260,12 +367,13 @@ moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeo
 		int so = 0;
 		socklen_t sl = sizeof so;
 		if (rv == 0) {
-			err = moe_fail(MOE_ERR_TIMEOUT, "connect %s:%u: no answer in %d ms", host,
-			               port, timeout_ms);
+			err =
+			    moe_fail(MOE_ERR_TIMEOUT, "connect %s (%s) port %u: no answer in %d ms",
+			             host, at, port, timeout_ms);
 			goto out_close;
 		}
 		if (rv < 0 || getsockopt(s, SOL_SOCKET, SO_ERROR, &so, &sl) != 0 || so != 0) {
-			err = moe_fail(MOE_ERR_SYS, "connect %s:%u: %s", host, port,
+			err = moe_fail(MOE_ERR_SYS, "connect %s (%s) port %u: %s", host, at, port,
 			               strerror(so ? so : errno));
 			goto out_close;
 		}
@@ -280,6 +388,20 @@ moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeo
 
 out_close:
 	close(s);
+	return err;
+}
+
+moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeout_ms)
+{
+	struct addrinfo *ai = NULL;
+	moe_err err = resolve(&ai, host, port, false, "data link");
+	if (err != MOE_OK)
+		return err;
+	/* each address in getaddrinfo's order until one answers */
+	for (const struct addrinfo *r = ai; r != NULL; r = r->ai_next)
+		if ((err = connect_one(fd, r, host, port, timeout_ms)) == MOE_OK)
+			break;
+	freeaddrinfo(ai);
 	return err;
 }
 

@@ -190,16 +190,25 @@ moe_err moe_nng_fail(int rv, const char *what);
 
 /* ---- stream sockets (data plane) --------------------------------------------- */
 
-/* Listens on host:*port (TCP, *port 0 = any; set to the port bound).
- * Errors: MOE_ERR_SYS, MOE_ERR_INVAL (host not an address). */
+/* Splits "tcp://HOST:PORT" into host[0..host_size) and *port: HOST a name,
+ * an IPv4 address, "[IPv6 address]" (written without the brackets), or empty
+ * or "*" for any address (written as "").  MOE_ERR_INVAL naming url and what
+ * is wrong with it. */
+moe_err moe_url_tcp_split(char *host, size_t host_size, uint16_t *port, const char *url);
+
+/* Listens on host:*port (TCP, *port 0 = any; set to the port bound): host a
+ * name or an IPv4 or IPv6 address (the first of its addresses that binds),
+ * or "" for every address (IPv6 and IPv4 on one socket where the system has
+ * IPv6).  Errors: MOE_ERR_SYS, MOE_ERR_INVAL (host unknown). */
 moe_err moe_sock_listen_tcp(int *fd, const char *host, uint16_t *port);
 
 /* Listens on a Unix-domain socket at path (an old socket file is replaced). */
 moe_err moe_sock_listen_unix(int *fd, const char *path);
 
-/* Connects (blocking, TCP_NODELAY) to host:port or to a Unix socket path;
- * gives up after timeout_ms.  Errors: MOE_ERR_SYS, MOE_ERR_TIMEOUT,
- * MOE_ERR_INVAL. */
+/* Connects (blocking, TCP_NODELAY) to host:port (a name, tried address by
+ * address, or an IPv4 or IPv6 address) or to a Unix socket path; gives up on
+ * an address after timeout_ms.  Errors: MOE_ERR_SYS, MOE_ERR_TIMEOUT,
+ * MOE_ERR_INVAL (host unknown), naming the host and address. */
 moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeout_ms);
 moe_err moe_sock_connect_unix(int *fd, const char *path);
 

@@ -363,6 +363,113 @@ Test(cluster, cluster_file_and_local_host, .timeout = 120)
 	unlink(out);
 }
 
+/* Writes text to path. */
+static void put_file(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+	cr_assert_not_null(fp, "%s", path);
+	fputs(text, fp);
+	fclose(fp);
+}
+
+/* A worker's "mem" in the cluster file: sizes as users write them, and
+ * anything else refused naming the worker. */
+Test(cluster, mem_caps_parse_as_users_write_them, .timeout = 30)
+{
+	char json[256];
+	tmp_path(json, sizeof json, "mem.json");
+	put_file(json, "{\"workers\": [{\"url\": \"local\", \"mem\": \"96GiB\"}, "
+	               "{\"url\": \"local\", \"mem\": \"512 MiB\"}, {\"url\": \"local\", "
+	               "\"mem\": 1000}, {\"url\": \"local\", \"mem\": \"2TiB\"}, \"local\"]}");
+	char *argv[] = {"--cluster", json};
+	moe_cluster_opts o = {0};
+	int i = 0;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(o.mem_caps[0], 96ull * 1024 * 1024 * 1024);
+	cr_expect_eq(o.mem_caps[1], 512ull * 1024 * 1024);
+	cr_expect_eq(o.mem_caps[2], 1000);
+	cr_expect_eq(o.mem_caps[3], 2ull << 40);
+	cr_expect_eq(o.mem_caps[4], 0, "no cap where none is given");
+	static const char *const bad[] = {"\"4XB\"",
+	                                  "\"GiB\"",
+	                                  "0",
+	                                  "-5",
+	                                  "1.5",
+	                                  "\"1.5GiB\"",
+	                                  "\"99999999999999999999\"",
+	                                  "\"20000000TiB\"",
+	                                  "true"};
+	for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+		char text[256];
+		snprintf(text, sizeof text,
+		         "{\"workers\": [\"local\", {\"url\": \"local\", \"mem\": %s}]}", bad[k]);
+		put_file(json, text);
+		moe_cluster_opts t = {0};
+		i = 0;
+		cr_expect_eq(moe_cluster_parse_arg(&t, &i, 2, argv), MOE_ERR_INVAL, "mem %s taken",
+		             bad[k]);
+		cr_expect(strstr(moe_err_detail(), "workers[1].mem") != NULL, "mem %s: %s", bad[k],
+		          moe_err_detail());
+	}
+	unlink(json);
+}
+
+/* Placement by bytes (qwen3moe-tiny-F32: 4 layers of 16 experts, each
+ * 3 x 128 x 64 F32 = 98,304 bytes, so an expert index costs 393,216 bytes
+ * over the 4 layers, 6,291,456 in all): caps of 4 and 3 MiB share the 16
+ * indices 9 / 7 (36 and 28 experts, 3,538,944 and 2,752,512 bytes), with one
+ * process's logits; caps that cannot hold the experts, or not with the
+ * replicas, are refused naming the worker and the bytes. */
+Test(cluster, placement_by_bytes_within_mem_caps, .timeout = 120)
+{
+	char model[1024], ref[256], out[256], err[256], json[256];
+	snprintf(model, sizeof model, "%s/qwen3moe-tiny-F32.gguf", fixtures());
+	tmp_path(ref, sizeof ref, "cap-ref.f32");
+	tmp_path(out, sizeof out, "cap-out.f32");
+	tmp_path(err, sizeof err, "cap.err");
+	tmp_path(json, sizeof json, "cap.json");
+	put_file(json, "{\"workers\": [{\"url\": \"local\", \"name\": \"a\", \"mem\": \"4MiB\"}, "
+	               "{\"url\": \"local\", \"name\": \"b\", \"mem\": \"3MiB\"}]}");
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1", bin(), model, ref),
+	             0);
+	cr_assert_eq(sh("'%s' logits -m '%s' --tokens 3,4,5 -o %s --threads 1 --cluster %s", bin(),
+	                model, out, json),
+	             0);
+	cr_assert(same_file(ref, out), "logits within caps differ from one process");
+	cr_assert_eq(sh("'%s' run -m '%s' --tokens 3,4,5 -n 2 --threads 1 --cluster %s >/dev/null "
+	                "2>%s",
+	                bin(), model, json, err),
+	             0);
+	cr_expect(file_has(err, "worker a ") && file_has(err, "experts     36"),
+	          "worker a does not hold 36 experts");
+	cr_expect(file_has(err, "worker b ") && file_has(err, "experts     28"),
+	          "worker b does not hold 28 experts");
+
+	put_file(json, "{\"workers\": [{\"url\": \"local\", \"name\": \"a\", \"mem\": \"2MiB\"}, "
+	               "{\"url\": \"local\", \"name\": \"b\", \"mem\": \"2MiB\"}]}");
+	cr_expect_eq(sh("'%s' logits -m '%s' --tokens 3 -o %s --threads 1 --cluster %s 2>%s", bin(),
+	                model, out, json, err),
+	             1);
+	/* a takes the 5 indices that fit (1,966,080 bytes), b the other 11 */
+	cr_expect(file_has(err, "worker b (local) would hold 4325376 bytes of experts, over its "
+	                        "\"mem\" cap of 2097152 by 2228224; the experts are 6291456 "
+	                        "bytes, the caps of all workers 4194304"),
+	          "the refusal does not give the numbers");
+	put_file(json, "{\"workers\": [{\"url\": \"local\", \"name\": \"a\", \"mem\": \"4MiB\"}, "
+	               "{\"url\": \"local\", \"name\": \"b\", \"mem\": \"4MiB\"}], "
+	               "\"replicate\": \"all\"}");
+	cr_expect_eq(sh("'%s' logits -m '%s' --tokens 3 -o %s --threads 1 --cluster %s 2>%s", bin(),
+	                model, out, json, err),
+	             1);
+	cr_expect(file_has(err, "worker a (local) would hold 6291456 bytes of experts with the "
+	                        "replicas, over its \"mem\" cap of 4194304 by 2097152"),
+	          "the refusal does not count the replicas");
+	unlink(json);
+	unlink(ref);
+	unlink(out);
+	unlink(err);
+}
+
 /* deploy/cluster.example.json, as the docs show it, loads with every key. */
 Test(cluster, cluster_file_example_loads, .timeout = 30)
 {
@@ -378,6 +485,9 @@ Test(cluster, cluster_file_example_loads, .timeout = 30)
 	cr_assert_str_eq(o.urls[0], "tcp://10.0.0.2:7070");
 	cr_assert_str_eq(o.names[0], "box-b");
 	cr_assert_str_eq(o.names[1], "box-c");
+	cr_assert_eq(o.mem_caps[0], 96ull << 30);
+	cr_assert_eq(o.mem_caps[1], 96ull << 30);
+	cr_assert_eq(o.mem_caps[2], 0);
 	cr_assert_str_eq(o.urls[2], "local");
 	cr_assert_null(o.names[2]);
 	cr_assert_eq(o.place, MOE_PLACE_MEMORY);
@@ -564,6 +674,43 @@ Test(cluster, tcp_loopback_with_a_secret, .timeout = 120, .fini = reap_workers)
 	unlink(err);
 	unlink(s1);
 	unlink(s2);
+}
+
+/* Addresses as users write them: one worker on tcp://[::1]:PORT with a fixed
+ * --data-port, one on tcp://localhost:PORT; the coordinator names them the
+ * same way and gets one process's logits bit for bit.  A URL it cannot use is
+ * refused before anything starts, naming it. */
+Test(cluster, ipv6_and_host_names, .timeout = 120, .fini = reap_workers)
+{
+	char m[1024], out[256], ref[256], err[256], url[2][64], extra[64];
+	snprintf(m, sizeof m, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	tmp_path(out, sizeof out, "v6.f32");
+	tmp_path(ref, sizeof ref, "v6-ref.f32");
+	tmp_path(err, sizeof err, "v6.err");
+	snprintf(url[0], sizeof url[0], "tcp://[::1]:%d", free_port());
+	snprintf(url[1], sizeof url[1], "tcp://localhost:%d", free_port());
+	snprintf(extra, sizeof extra, "--quiet --data-port %d", free_port());
+	pid_t w[2];
+	w[0] = start_worker_url(m, url[0], "", NULL, extra);
+	w[1] = start_worker_url(m, url[1], "", NULL, "--quiet");
+	const char *toks = "5,6,7,8,9,10,11,12";
+	const int rc_ref = sh("'%s' logits -m '%s' --tokens %s -o %s", bin(), m, toks, ref);
+	const int rc_out = sh("'%s' logits -m '%s' --tokens %s -o %s --worker '%s' --worker '%s'",
+	                      bin(), m, toks, out, url[0], url[1]);
+	const bool same = rc_ref == 0 && rc_out == 0 && same_file(ref, out);
+	const int rc_bad = sh("'%s' logits -m '%s' --tokens %s -o %s --worker tcp://::1:7000 2>%s",
+	                      bin(), m, toks, out, err);
+	const bool bad_said = file_has(err, "tcp://::1:7000") && file_has(err, "in brackets");
+	const int st0 = stop_worker(w[0]), st1 = stop_worker(w[1]);
+	cr_assert(rc_ref == 0 && rc_out == 0, "logits failed (%d, %d)", rc_ref, rc_out);
+	cr_assert(same, "logits over [::1] and localhost differ from one process");
+	cr_assert_neq(rc_bad, 0, "an IPv6 address without brackets was taken");
+	cr_assert(bad_said, "the refusal does not name the URL and what is wrong");
+	expect_exit(st0, 0, "the worker on [::1]");
+	expect_exit(st1, 0, "the worker on localhost");
+	unlink(out);
+	unlink(ref);
+	unlink(err);
 }
 
 Test(cluster, worker_dead_before_assign_is_a_clear_error, .timeout = 60, .fini = reap_workers)

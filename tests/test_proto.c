@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto/proto.h"
 
@@ -908,4 +909,78 @@ Test(proto, mutated_frames_reach_the_parsers)
 	}
 	cr_assert_gt(parse_refused, FZ_ITERATIONS / 50, "moe_frame_parse refused %d frames",
 	             parse_refused);
+}
+
+/* ---- addresses -------------------------------------------------------------------- */
+
+static void split_ok(const char *url, const char *host, unsigned port)
+{
+	char h[64];
+	uint16_t p = 1;
+	cr_assert_eq(moe_url_tcp_split(h, sizeof h, &p, url), MOE_OK, "%s: %s", url,
+	             moe_err_detail());
+	cr_expect_str_eq(h, host, "%s", url);
+	cr_expect_eq(p, port, "%s", url);
+}
+
+static void split_bad(const char *url, const char *says)
+{
+	char h[64];
+	uint16_t p;
+	cr_assert_eq(moe_url_tcp_split(h, sizeof h, &p, url), MOE_ERR_INVAL, "%s accepted", url);
+	cr_expect(strstr(moe_err_detail(), says) != NULL, "%s: '%s' does not say '%s'", url,
+	          moe_err_detail(), says);
+}
+
+Test(proto, tcp_urls_as_users_write_them)
+{
+	split_ok("tcp://10.0.0.2:7070", "10.0.0.2", 7070);
+	split_ok("tcp://box-1.lab.example:7000", "box-1.lab.example", 7000);
+	split_ok("tcp://localhost:0", "localhost", 0);
+	split_ok("tcp://[::1]:7000", "::1", 7000);
+	split_ok("tcp://[fd00::2]:65535", "fd00::2", 65535);
+	split_ok("tcp://*:7000", "", 7000);
+	split_ok("tcp://:7000", "", 7000);
+	split_bad("ipc:///tmp/x", "want tcp://HOST:PORT");
+	split_bad("tcp://box", "no port");
+	split_bad("tcp://::1:7000", "in brackets");
+	split_bad("tcp://[::1]7000", "[IPV6]:PORT");
+	split_bad("tcp://[::1:7000", "[IPV6]:PORT");
+	split_bad("tcp://box:70000", "not a number in 0..65535");
+	split_bad("tcp://box:70x", "not a number");
+	split_bad("tcp://box:", "not a number");
+	split_bad("tcp://a b:7000", "character");
+	split_bad("tcp://user@box:7000", "character");
+	split_bad(
+	    "tcp://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:1",
+	    "host name of 72 bytes");
+}
+
+/* Data sockets by name and over IPv6: a listener on every address takes
+ * connections to ::1 and 127.0.0.1; an unknown name is a clear error. */
+Test(proto, data_sockets_take_names_and_ipv6)
+{
+	int lfd = -1, c1 = -1, c2 = -1, c3 = -1;
+	uint16_t port = 0;
+	cr_assert_eq(moe_sock_listen_tcp(&lfd, "", &port), MOE_OK, "%s", moe_err_detail());
+	cr_assert_gt(port, 0);
+	cr_expect_eq(moe_sock_connect_tcp(&c1, "::1", port, 2000), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(moe_sock_connect_tcp(&c2, "127.0.0.1", port, 2000), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_expect_eq(moe_sock_connect_tcp(&c3, "localhost", port, 2000), MOE_OK, "%s",
+	             moe_err_detail());
+	close(c1);
+	close(c2);
+	close(c3);
+	close(lfd);
+	uint16_t p6 = 0;
+	cr_assert_eq(moe_sock_listen_tcp(&lfd, "::1", &p6), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(moe_sock_connect_tcp(&c1, "::1", p6, 2000), MOE_OK, "%s", moe_err_detail());
+	close(c1);
+	close(lfd);
+	/* MOE_ERR_INVAL where a resolver answers, MOE_ERR_SYS where none can be asked */
+	cr_expect_neq(moe_sock_connect_tcp(&c1, "no-such-host.invalid", 7000, 2000), MOE_OK);
+	cr_expect(strstr(moe_err_detail(), "'no-such-host.invalid'") != NULL, "%s",
+	          moe_err_detail());
+	cr_expect_neq(moe_sock_listen_tcp(&lfd, "no-such-host.invalid", &p6), MOE_OK);
 }

@@ -568,7 +568,8 @@ static void on_accept(server *s)
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
-/* Splits "tcp://HOST:PORT" / "ipc://PATH" into where the data listener goes. */
+/* Splits "tcp://HOST:PORT" / "ipc://PATH" into where the data listener goes:
+ * the same host (a name, an address, [IPv6], or * for every address). */
 static moe_err open_data_listener(server *s)
 {
 	const char *url = s->o->listen_url;
@@ -581,17 +582,11 @@ static moe_err open_data_listener(server *s)
 	if (strncmp(url, "tcp://", 6) != 0)
 		return moe_fail(MOE_ERR_INVAL, "--listen %s: want tcp://HOST:PORT or ipc://PATH",
 		                url);
-	char host[64];
-	const char *colon = strrchr(url + 6, ':');
-	size_t hl = colon ? (size_t)(colon - (url + 6)) : 0;
-	if (colon == NULL || hl >= sizeof host)
-		return moe_fail(MOE_ERR_INVAL, "--listen %s: want tcp://HOST:PORT", url);
-	memcpy(host, url + 6, hl);
-	host[hl] = '\0';
-	if (hl == 0 || strcmp(host, "*") == 0)
-		strcpy(host, "0.0.0.0");
-	else if (strcmp(host, "localhost") == 0)
-		strcpy(host, "127.0.0.1");
+	char host[256];
+	uint16_t control_port;
+	moe_err err = moe_url_tcp_split(host, sizeof host, &control_port, url);
+	if (err != MOE_OK)
+		return err; /* the detail names url */
 	s->data_port = s->o->data_port;
 	return moe_sock_listen_tcp(&s->lfd, host, &s->data_port);
 }
