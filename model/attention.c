@@ -60,6 +60,118 @@ static int64_t tile_end(const moe_fwd *f, int64_t t0)
 	return t1;
 }
 
+/* One tile: tokens t0..t1-1 of one sequence with KV head kvh and its group
+ * of query heads; s [qt][grp][cap] their scores, buf [VTILE][hd] rows. */
+typedef struct attn_tile {
+	const attn_job *jb;
+	const moe_vec_ops *v_ops;
+	float *s, *buf;
+	int64_t t0, t1;
+	int kvh;
+} attn_tile;
+
+/* Token t's first query head of the group (its q row) and output row. */
+static const float *tile_q(const attn_tile *a, int64_t t)
+{
+	const attn_job *jb = a->jb;
+	const int grp = jb->f->m->hp.n_head / jb->f->m->hp.n_head_kv;
+	return jb->f->q + t * jb->q_stride + (int64_t)a->kvh * grp * jb->q_head;
+}
+
+static float *tile_out(const attn_tile *a, int64_t t)
+{
+	const moe_hparams *hp = &a->jb->f->m->hp;
+	const int grp = hp->n_head / hp->n_head_kv;
+	return a->jb->f->att + (t * hp->n_head + (int64_t)a->kvh * grp) * hp->head_dim;
+}
+
+/* The tile against the K rows (which 0: every query's scores) or the V rows
+ * (which 1: every query's output from its softmaxed scores), up to n_max
+ * positions: rows converted MOE_ATTN_VTILE at a time, each MOE_ATTN_KSUB of
+ * them meeting every query whose positions reach them. */
+static void tile_rows(const attn_tile *a, int which, int64_t n_max)
+{
+	const attn_job *jb = a->jb;
+	const moe_fwd *f = jb->f;
+	const moe_hparams *hp = &f->m->hp;
+	const int hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv;
+	const int kv_layer = f->m->layers[jb->il].idx_kv;
+	const int64_t cap = f->scores_cap;
+	const size_t head_bytes = moe_row_size(f->kv.type, hd);
+	const int slot = f->slot[a->t0];
+
+	for (int64_t p0 = 0; p0 < n_max; p0 += MOE_ATTN_VTILE) {
+		const int64_t m = n_max - p0 < MOE_ATTN_VTILE ? n_max - p0 : MOE_ATTN_VTILE;
+		for (int64_t i = 0; i < m; i++) {
+			float *row = a->buf + i * hd;
+			const float *src = kv_head(f, a->v_ops, which, kv_layer, slot, p0 + i,
+			                           a->kvh, head_bytes, hd, row);
+			if (src != row)
+				memcpy(row, src, sizeof(float) * (size_t)hd);
+		}
+		for (int64_t b0 = p0; b0 < p0 + m; b0 += MOE_ATTN_KSUB) {
+			const float *rows = a->buf + (b0 - p0) * hd;
+			const int64_t b_end =
+			    b0 + MOE_ATTN_KSUB < p0 + m ? b0 + MOE_ATTN_KSUB : p0 + m;
+			for (int64_t t = a->t0; t < a->t1; t++) {
+				const int64_t n_pos = f->pos[t] + 1;
+				if (b0 >= n_pos)
+					continue;
+				const int64_t mb = (n_pos < b_end ? n_pos : b_end) - b0;
+				const float *q0 = tile_q(a, t);
+				float *out0 = tile_out(a, t);
+				for (int g = 0; g < grp; g++) {
+					float *sg = a->s + ((t - a->t0) * grp + g) * cap;
+					if (which == 0)
+						a->v_ops->dot_rows(sg + b0, 1, rows, hd, mb,
+						                   q0 + g * jb->q_head, hd);
+					else
+						a->v_ops->axpy_rows(out0 + g * hd, sg + b0, rows,
+						                    hd, mb, hd);
+				}
+			}
+		}
+	}
+}
+
+/* Each query's scores over its positions 0..pos scaled and softmaxed; its
+ * output zeroed for the V rows. */
+static void tile_softmax(const attn_tile *a)
+{
+	const moe_fwd *f = a->jb->f;
+	const moe_hparams *hp = &f->m->hp;
+	const int hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv;
+	const float scale = 1.0f / sqrtf((float)hd);
+	for (int64_t t = a->t0; t < a->t1; t++) {
+		const int64_t n_pos = f->pos[t] + 1;
+		for (int g = 0; g < grp; g++) {
+			float *sg = a->s + ((t - a->t0) * grp + g) * f->scores_cap;
+			for (int64_t p = 0; p < n_pos; p++)
+				sg[p] *= scale;
+			moe_softmax(sg, n_pos);
+		}
+		memset(tile_out(a, t), 0, sizeof(float) * (size_t)grp * (size_t)hd);
+	}
+}
+
+/* The sigmoid output gate (qwen3next, qwen35moe): its rows follow each
+ * head's query rows. */
+static void tile_gate(const attn_tile *a)
+{
+	const moe_hparams *hp = &a->jb->f->m->hp;
+	const int hd = hp->head_dim, grp = hp->n_head / hp->n_head_kv;
+	for (int64_t t = a->t0; t < a->t1; t++) {
+		const float *q0 = tile_q(a, t);
+		float *out0 = tile_out(a, t);
+		for (int g = 0; g < grp; g++) {
+			const float *gate = q0 + g * a->jb->q_head + hd;
+			float *out = out0 + g * hd;
+			for (int d = 0; d < hd; d++)
+				out[d] *= moe_sigmoid(gate[d]);
+		}
+	}
+}
+
 /* One item = a tile of up to f->scores_qt consecutive tokens of one
  * sequence and one KV head with its group of query heads, so every cache row
  * is read and converted once per tile: MOE_ATTN_VTILE K rows at a time, which
@@ -73,106 +185,27 @@ static int64_t tile_end(const moe_fwd *f, int64_t t0)
 static void attn_heads(void *arg, int ith, int nth)
 {
 	const attn_job *jb = arg;
-	moe_fwd *f = jb->f;
-	const moe_vec_ops *v_ops = moe_vec_ops_get();
-	const moe_hparams *hp = &f->m->hp;
-	const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-	const int grp = nh / nkv;
-	const int kv_layer = f->m->layers[jb->il].idx_kv;
-	const float scale = 1.0f / sqrtf((float)hd);
-	const int64_t cap = f->scores_cap;
-	const size_t head_bytes = moe_row_size(f->kv.type, hd);
-	float *s = f->scores + (size_t)ith * f->scores_n;                  /* [qt][grp][cap] */
-	float *buf = s + (size_t)f->scores_qt * (size_t)grp * (size_t)cap; /* [VTILE][hd] */
+	const moe_fwd *f = jb->f;
+	const int grp = f->m->hp.n_head / f->m->hp.n_head_kv, nkv = f->m->hp.n_head_kv;
+	attn_tile a = {.jb = jb, .v_ops = moe_vec_ops_get()};
+	a.s = f->scores + (size_t)ith * f->scores_n; /* [qt][grp][cap] */
+	a.buf = a.s + (size_t)f->scores_qt * (size_t)grp * (size_t)f->scores_cap; /* [VTILE][hd] */
 
 	int64_t item = 0;
-	for (int64_t t0 = 0, t1; t0 < f->n; t0 = t1) {
-		t1 = tile_end(f, t0);
-		for (int kvh = 0; kvh < nkv; kvh++, item++) {
+	for (a.t0 = 0; a.t0 < f->n; a.t0 = a.t1) {
+		a.t1 = tile_end(f, a.t0);
+		for (a.kvh = 0; a.kvh < nkv; a.kvh++, item++) {
 			if (item % nth != ith)
 				continue;
-			const int slot = f->slot[t0];
 			int64_t n_max = 0;
-			for (int64_t t = t0; t < t1; t++)
+			for (int64_t t = a.t0; t < a.t1; t++)
 				if (f->pos[t] + 1 > n_max)
 					n_max = f->pos[t] + 1;
-
-			for (int pass = 0; pass < 2; pass++) {
-				if (pass == 1) {
-					for (int64_t t = t0; t < t1; t++) {
-						const int64_t n_pos = f->pos[t] + 1;
-						float *out0 =
-						    f->att + (t * nh + (int64_t)kvh * grp) * hd;
-						for (int g = 0; g < grp; g++) {
-							float *sg = s + ((t - t0) * grp + g) * cap;
-							for (int64_t p = 0; p < n_pos; p++)
-								sg[p] *= scale;
-							moe_softmax(sg, n_pos);
-						}
-						memset(out0, 0,
-						       sizeof(float) * (size_t)grp * (size_t)hd);
-					}
-				}
-				for (int64_t p0 = 0; p0 < n_max; p0 += MOE_ATTN_VTILE) {
-					const int64_t m = n_max - p0 < MOE_ATTN_VTILE
-					                      ? n_max - p0
-					                      : MOE_ATTN_VTILE;
-					for (int64_t i = 0; i < m; i++) {
-						float *row = buf + i * hd;
-						const float *src =
-						    kv_head(f, v_ops, pass, kv_layer, slot, p0 + i,
-						            kvh, head_bytes, hd, row);
-						if (src != row)
-							memcpy(row, src,
-							       sizeof(float) * (size_t)hd);
-					}
-					for (int64_t b0 = p0; b0 < p0 + m; b0 += MOE_ATTN_KSUB) {
-						const float *rows = buf + (b0 - p0) * hd;
-						for (int64_t t = t0; t < t1; t++) {
-							const int64_t n_pos = f->pos[t] + 1;
-							if (b0 >= n_pos)
-								continue;
-							int64_t mb = n_pos - b0;
-							if (mb > MOE_ATTN_KSUB)
-								mb = MOE_ATTN_KSUB;
-							if (mb > p0 + m - b0)
-								mb = p0 + m - b0;
-							const float *q0 =
-							    f->q + t * jb->q_stride +
-							    (int64_t)kvh * grp * jb->q_head;
-							float *out0 =
-							    f->att +
-							    (t * nh + (int64_t)kvh * grp) * hd;
-							for (int g = 0; g < grp; g++) {
-								float *sg =
-								    s + ((t - t0) * grp + g) * cap;
-								if (pass == 0)
-									v_ops->dot_rows(
-									    sg + b0, 1, rows, hd,
-									    mb, q0 + g * jb->q_head,
-									    hd);
-								else
-									v_ops->axpy_rows(
-									    out0 + g * hd, sg + b0,
-									    rows, hd, mb, hd);
-							}
-						}
-					}
-				}
-			}
-			if (jb->gated) {
-				for (int64_t t = t0; t < t1; t++) {
-					const float *q0 = f->q + t * jb->q_stride +
-					                  (int64_t)kvh * grp * jb->q_head;
-					float *out0 = f->att + (t * nh + (int64_t)kvh * grp) * hd;
-					for (int g = 0; g < grp; g++) {
-						const float *gate = q0 + g * jb->q_head + hd;
-						float *out = out0 + g * hd;
-						for (int d = 0; d < hd; d++)
-							out[d] *= moe_sigmoid(gate[d]);
-					}
-				}
-			}
+			tile_rows(&a, 0, n_max);
+			tile_softmax(&a);
+			tile_rows(&a, 1, n_max);
+			if (jb->gated)
+				tile_gate(&a);
 		}
 	}
 }
