@@ -38,43 +38,6 @@ static void usage(FILE *f)
 	           "--kl-divergence).  --chunks: at most this many chunks.\n");
 }
 
-/* The whole file at path into *out (NUL-terminated, malloc'd). */
-static moe_err read_text(char **out, size_t *len, const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return moe_fail(MOE_ERR_IO, "bench quality: cannot open %s", path);
-	size_t n = 0, cap = 1 << 16;
-	char *b = malloc(cap);
-	for (;;) {
-		if (b == NULL)
-			break;
-		n += fread(b + n, 1, cap - n - 1, f);
-		if (n < cap - 1)
-			break;
-		char *more = realloc(b, cap * 2);
-		if (more == NULL) {
-			free(b);
-			b = NULL;
-			break;
-		}
-		b = more;
-		cap *= 2;
-	}
-	const bool failed = ferror(f) != 0;
-	fclose(f);
-	if (b == NULL)
-		return moe_fail(MOE_ERR_NOMEM, "bench quality: %s", path);
-	if (failed) {
-		free(b);
-		return moe_fail(MOE_ERR_IO, "bench quality: reading %s", path);
-	}
-	b[n] = '\0';
-	*out = b;
-	*len = n;
-	return MOE_OK;
-}
-
 /* One model with its forward pass over one slot. */
 typedef struct qmodel {
 	moe_model *m;
@@ -224,7 +187,7 @@ int moe_bench_quality(int argc, char **argv)
 	bool *want = NULL;
 	size_t n_ids = 0;
 
-	if ((err = read_text(&text, &text_len, text_path)) != MOE_OK ||
+	if ((err = moe_read_file(&text, &text_len, text_path, (size_t)1 << 30)) != MOE_OK ||
 	    (err = moe_model_open(&q.m, model)) != MOE_OK ||
 	    (err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(q.m))) != MOE_OK ||
 	    (err = moe_tokenizer_encode(&ids, &n_ids, tok, text, text_len,

@@ -1,6 +1,8 @@
-/* core.c - error names and per-thread detail, aligned memory, clocks. */
+/* core.c - error names and per-thread detail, aligned memory, whole files,
+ * clocks. */
 #include "core/core.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +109,53 @@ int moe_size_add(size_t *out, size_t a, size_t b)
 		return 0;
 	*out = r;
 	return 1;
+}
+
+moe_err moe_read_file(char **out, size_t *len, const char *path, size_t max)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return moe_fail(MOE_ERR_IO, "%s: %s", path, strerror(errno));
+	moe_err err = MOE_OK;
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	if (b == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "%s", path);
+		goto out_close;
+	}
+	for (;;) {
+		if (n + 1 >= cap) {
+			char *nb = realloc(b, cap * 2);
+			if (nb == NULL) {
+				err = moe_fail(MOE_ERR_NOMEM, "%s: %zu bytes", path, cap * 2);
+				goto out_free;
+			}
+			b = nb;
+			cap *= 2;
+		}
+		const size_t r = fread(b + n, 1, cap - n - 1, f);
+		n += r;
+		if (n > max) {
+			err = moe_fail(MOE_ERR_BAD_COUNT, "%s: larger than %zu bytes", path, max);
+			goto out_free;
+		}
+		if (r == 0) {
+			if (ferror(f)) {
+				err = moe_fail(MOE_ERR_IO, "%s: read failed", path);
+				goto out_free;
+			}
+			break;
+		}
+	}
+	b[n] = '\0';
+	*out = b;
+	*len = n;
+	goto out_close;
+out_free:
+	free(b);
+out_close:
+	fclose(f);
+	return err;
 }
 
 uint64_t moe_now_ns(void)

@@ -84,6 +84,11 @@ int moe_parse_long(long *out, const char *s, long lo, long hi);
 int moe_parse_int(int *out, const char *s, long lo, long hi);
 int moe_parse_float(float *out, const char *s);
 
+/* The whole file at path into *out (malloc'd, NUL-terminated after its *len
+ * bytes).  Errors: MOE_ERR_IO (cannot open or read: the detail names path and
+ * why), MOE_ERR_BAD_COUNT (more than max bytes), MOE_ERR_NOMEM. */
+moe_err moe_read_file(char **out, size_t *len, const char *path, size_t max);
+
 /* Monotonic clock. */
 uint64_t moe_now_ns(void);
 double moe_now_s(void);

@@ -45,60 +45,11 @@ void moe_tokenizer_spec_free(moe_tokenizer_spec *spec)
 	free(h);
 }
 
-/* Reads a whole file; *buf is malloc'd and NUL-terminated. */
-static moe_err read_whole(char **buf, size_t *len, const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return moe_fail(MOE_ERR_IO, "%s: %s", path, strerror(errno));
-	moe_err err = MOE_OK;
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	if (b == NULL) {
-		err = moe_fail(MOE_ERR_NOMEM, "%s", path);
-		goto out_close;
-	}
-	for (;;) {
-		if (n + 1 >= cap) {
-			if (cap >= HF_MAX_FILE) {
-				err = moe_fail(MOE_ERR_BAD_COUNT, "%s: larger than %u bytes", path,
-				               HF_MAX_FILE);
-				goto out_free;
-			}
-			char *nb = realloc(b, cap * 2);
-			if (nb == NULL) {
-				err = moe_fail(MOE_ERR_NOMEM, "%s: %zu bytes", path, cap * 2);
-				goto out_free;
-			}
-			b = nb;
-			cap *= 2;
-		}
-		size_t r = fread(b + n, 1, cap - n - 1, f);
-		n += r;
-		if (r == 0) {
-			if (ferror(f)) {
-				err = moe_fail(MOE_ERR_IO, "%s: read failed", path);
-				goto out_free;
-			}
-			break;
-		}
-	}
-	b[n] = 0;
-	*buf = b;
-	*len = n;
-	goto out_close;
-out_free:
-	free(b);
-out_close:
-	fclose(f);
-	return err;
-}
-
 static moe_err parse_file(cJSON **out, const char *path)
 {
 	char *buf = NULL;
 	size_t len = 0;
-	moe_err err = read_whole(&buf, &len, path);
+	moe_err err = moe_read_file(&buf, &len, path, HF_MAX_FILE);
 	if (err)
 		return err;
 	*out = cJSON_ParseWithLength(buf, len);

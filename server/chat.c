@@ -51,44 +51,22 @@ static moe_reply_format format_of(const char *text)
 	return MOE_REPLY_PLAIN;
 }
 
+/* The template file at path (at most 16 MiB, no NUL byte) into *out. */
 static moe_err read_file(char **out, const char *path)
 {
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return moe_fail(MOE_ERR_IO, "chat template %s: %s", path, strerror(errno));
 	char *b = NULL;
-	size_t n = 0, cap = 0;
-	moe_err err = MOE_OK;
-	for (;;) {
-		if (n + 4096 + 1 > cap) {
-			cap = cap ? 2 * cap : 16384;
-			char *q = cap <= (1u << 24) ? realloc(b, cap) : NULL;
-			if (q == NULL) {
-				err = cap > (1u << 24)
-				          ? moe_fail(MOE_ERR_BAD_VALUE,
-				                     "chat template %s: over 16 MiB", path)
-				          : moe_fail(MOE_ERR_NOMEM, "chat template %s", path);
-				goto out_close;
-			}
-			b = q;
-		}
-		const size_t k = fread(b + n, 1, 4096, f);
-		n += k;
-		if (k < 4096)
-			break;
-	}
-	if (ferror(f)) {
-		err = moe_fail(MOE_ERR_IO, "chat template %s: read error", path);
-		goto out_close;
-	}
-	b[n] = '\0';
-	if (memchr(b, '\0', n) != NULL)
-		err = moe_fail(MOE_ERR_BAD_VALUE, "chat template %s holds a NUL byte", path);
-out_close:
-	fclose(f);
+	size_t n = 0;
+	moe_err err = moe_read_file(&b, &n, path, (size_t)1 << 24);
+	if (err == MOE_ERR_BAD_COUNT)
+		return moe_fail(MOE_ERR_BAD_VALUE, "chat template %s: over 16 MiB", path);
 	if (err != MOE_OK) {
+		char why[512];
+		snprintf(why, sizeof why, "%s", moe_err_detail()); /* it names path */
+		return moe_fail(err, "chat template %s", why);
+	}
+	if (memchr(b, '\0', n) != NULL) {
 		free(b);
-		return err;
+		return moe_fail(MOE_ERR_BAD_VALUE, "chat template %s holds a NUL byte", path);
 	}
 	*out = b;
 	return MOE_OK;

@@ -1,7 +1,10 @@
 /* test_core.c - the error enum, per-thread detail and size arithmetic. */
 #include <criterion/criterion.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core.h"
 
@@ -44,4 +47,32 @@ Test(core, aligned_alloc_is_aligned)
 	memset(p, 1, 1000);
 	moe_aligned_free(p);
 	moe_aligned_free(NULL);
+}
+
+/* A whole file: its bytes and a NUL after them, across the buffer's growth
+ * (64 KiB); more than max bytes and a missing file are errors naming it. */
+Test(core, read_file_whole_bounded_and_named)
+{
+	char path[] = "/tmp/moe_core_read_XXXXXX";
+	const int fd = mkstemp(path);
+	cr_assert_geq(fd, 0);
+	const size_t n = 200000;
+	char *data = malloc(n);
+	cr_assert_not_null(data);
+	for (size_t i = 0; i < n; i++)
+		data[i] = (char)('a' + i % 26);
+	cr_assert_eq(write(fd, data, n), (ssize_t)n);
+	close(fd);
+	char *got = NULL;
+	size_t len = 0;
+	cr_assert_eq(moe_read_file(&got, &len, path, n), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(len, n);
+	cr_expect(memcmp(got, data, n) == 0 && got[n] == '\0');
+	free(got);
+	cr_expect_eq(moe_read_file(&got, &len, path, n - 1), MOE_ERR_BAD_COUNT);
+	cr_expect_not_null(strstr(moe_err_detail(), path));
+	unlink(path);
+	cr_expect_eq(moe_read_file(&got, &len, path, n), MOE_ERR_IO);
+	cr_expect_not_null(strstr(moe_err_detail(), path));
+	free(data);
 }
