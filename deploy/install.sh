@@ -141,19 +141,27 @@ case "$os_id $os_like" in
 	;;
 esac
 
-# Optional, test mode on x86-64 only: the aarch64 cross compiler and qemu-user,
-# for the NEON kernels' cross test (ctest neon_cross, skipped without them).
-# If apt cannot install them, warn and go on.
-cross_pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
-if [ "$mode" = test ] && [ "$arch" = x86_64 ] && command -v dpkg-query >/dev/null; then
+# Optional, test mode only: clang with libFuzzer (libclang-rt-dev where apt
+# has it), for the fuzz harnesses' smoke run (ctest fuzz_smoke), and on x86-64
+# the aarch64 cross compiler and qemu-user, for the NEON kernels' cross test
+# (ctest neon_cross). Each test is skipped without them. If apt cannot install
+# them, warn and go on.
+opt_pkgs="clang"
+if command -v apt-cache >/dev/null && apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+	opt_pkgs="$opt_pkgs libclang-rt-dev"
+fi
+if [ "$arch" = x86_64 ]; then
+	opt_pkgs="$opt_pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+fi
+if [ "$mode" = test ] && command -v dpkg-query >/dev/null; then
 	missing=
-	for p in $cross_pkgs; do
+	for p in $opt_pkgs; do
 		if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
 			missing="$missing $p"
 		fi
 	done
 	if [ -n "$missing" ]; then
-		say "installing (optional, for the NEON cross test):$missing"
+		say "installing (optional, for the fuzz and NEON cross tests):$missing"
 		sudo=none
 		if [ "$(id -u)" = 0 ]; then
 			sudo=
@@ -165,8 +173,8 @@ if [ "$mode" = test ] && [ "$arch" = x86_64 ] && command -v dpkg-query >/dev/nul
 			! { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
 				$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 					--no-install-recommends $missing >/dev/null; }; then
-			say "warning: could not install$missing; the NEON cross test will be skipped"
-			echo "  (to run it: sudo apt-get install -y$missing)" >&2
+			say "warning: could not install$missing; the tests that need them will be skipped"
+			echo "  (to run them: sudo apt-get install -y$missing)" >&2
 		fi
 	fi
 fi

@@ -353,8 +353,8 @@ moe_err jr_iter(jrender *r, const jv **items, size_t *n, jv v)
 			/* a generator: what is left of it, and then nothing */
 			size_t pos = v.l->pos;
 			v.l->pos = v.l->n;
-			*items = v.l->v + (v.l->n > pos ? pos : 0);
-			*n = v.l->n - pos;
+			*n = v.l->n > pos ? v.l->n - pos : 0;
+			*items = *n ? v.l->v + pos : NULL; /* an empty one may have no array */
 			return jr_steps(r, *n);
 		}
 		*items = v.l->v;

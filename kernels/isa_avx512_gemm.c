@@ -131,8 +131,9 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 		}
 #pragma GCC unroll 2
 		for (int h = 0; h < 2; h++) {
-			const __m256i sc =
-			    _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
+			/* two calls: clang wants the selector a constant expression */
+			const __m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+			                          : _mm256_permute2x128_si256(sc16, sc16, 0x11);
 			__m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
 			__m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
 			__m256i l1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));

@@ -92,6 +92,14 @@ void moe_api_openai_models(moe_http *h, moe_http_req *r);
 void moe_api_openai_chat(moe_http *h, moe_http_req *r);
 void moe_api_openai_completions(moe_http *h, moe_http_req *r);
 
+/* The checks POST /v1/chat/completions (chat) or /v1/completions makes of a
+ * body before it generates (the JSON, every field, the rendered and tokenized
+ * prompt, the reply's grammar), without a connection or an engine: 0 when the
+ * route would submit the request, else the status it answers (400) with the
+ * message in why.  For the fuzzer (tests/fuzz); thread-safe as the handlers. */
+int moe_api_openai_check(const char *body, size_t len, bool chat, const moe_chat_template *t,
+                         const moe_tokenizer *tok, int n_ctx, char *why, size_t size);
+
 /* ---- api_anthropic.c --------------------------------------------------------------- */
 
 /* Anthropic's error shape: {"type": "error", "error": {"type", "message"}}. */
@@ -104,5 +112,9 @@ void moe_api_anthropic_messages(moe_http *h, moe_http_req *r);
 /* POST /v1/messages/count_tokens: {"input_tokens": N} of the rendered
  * prompt. */
 void moe_api_anthropic_count_tokens(moe_http *h, moe_http_req *r);
+
+/* As moe_api_openai_check, for POST /v1/messages. */
+int moe_api_anthropic_check(const char *body, size_t len, const moe_chat_template *t,
+                            const moe_tokenizer *tok, char *why, size_t size);
 
 #endif

@@ -471,9 +471,9 @@ static bool parse_generation(areq *r, const cJSON *root)
 
 /* Renders the chat and sets the prompt of r->gp (generating: for a reply,
  * not only a count). */
-static bool make_prompt(areq *r, moe_http *h, const moe_tokenizer *tok, bool generating)
+static bool make_prompt(areq *r, const moe_chat_template *t, const moe_tokenizer *tok,
+                        bool generating)
 {
-	const moe_chat_template *t = moe_api_template(h);
 	if (moe_chat_prompt_make(&r->cp, t, tok, &r->cr) != MOE_OK)
 		return bad(r, "messages: cannot be rendered: %s", moe_err_detail());
 	if (generating &&
@@ -854,7 +854,7 @@ void moe_api_anthropic_messages(moe_http *h, moe_http_req *rq)
 		return;
 	}
 	if (!parse_chat(&r, root) || !parse_generation(&r, root) ||
-	    !make_prompt(&r, h, tok, true)) {
+	    !make_prompt(&r, moe_api_template(h), tok, true)) {
 		send_error(rq, 400, r.err);
 		goto out_free;
 	}
@@ -909,7 +909,7 @@ void moe_api_anthropic_count_tokens(moe_http *h, moe_http_req *rq)
 		send_error(rq, 400, "the body is not valid JSON");
 		return;
 	}
-	if (!parse_chat(&r, root) || !make_prompt(&r, h, tok, false)) {
+	if (!parse_chat(&r, root) || !make_prompt(&r, moe_api_template(h), tok, false)) {
 		send_error(rq, 400, r.err);
 	} else {
 		cJSON *j = cJSON_CreateObject();
@@ -919,4 +919,25 @@ void moe_api_anthropic_count_tokens(moe_http *h, moe_http_req *rq)
 	moe_chat_prompt_free(&r.cp);
 	moe_chat_req_free(&r.cr);
 	cJSON_Delete(root);
+}
+
+int moe_api_anthropic_check(const char *body, size_t len, const moe_chat_template *t,
+                            const moe_tokenizer *tok, char *why, size_t size)
+{
+	cJSON *root = cJSON_ParseWithLength(body, len);
+	areq r = {0};
+	int code = 0;
+	if (root == NULL) {
+		snprintf(why, size, "the body is not valid JSON");
+		return 400;
+	}
+	if (!parse_chat(&r, root) || !parse_generation(&r, root) ||
+	    !make_prompt(&r, t, tok, true)) {
+		snprintf(why, size, "%s", r.err);
+		code = 400;
+	}
+	moe_chat_prompt_free(&r.cp);
+	moe_chat_req_free(&r.cr);
+	cJSON_Delete(root);
+	return code;
 }

@@ -1139,3 +1139,25 @@ void moe_api_openai_models(moe_http *h, moe_http_req *r)
 	cJSON_AddStringToObject(m, "owned_by", "moemesh");
 	moe_api_send_json(r, 200, j);
 }
+
+int moe_api_openai_check(const char *body, size_t len, bool chat, const moe_chat_template *t,
+                         const moe_tokenizer *tok, int n_ctx, char *why, size_t size)
+{
+	cJSON *root = cJSON_ParseWithLength(body, len);
+	api_req r = {.chat = chat};
+	int code = 0;
+	if (root == NULL) {
+		snprintf(why, size, "the body is not valid JSON");
+		return 400;
+	}
+	if (!parse_request(&r, root, t, tok, n_ctx)) {
+		snprintf(why, size, "%s%s%s", r.err_param ? r.err_param : "",
+		         r.err_param ? ": " : "", r.err);
+		code = 400;
+	}
+	free(r.prompt);
+	moe_chat_prompt_free(&r.cp);
+	moe_chat_req_free(&r.cr);
+	cJSON_Delete(root);
+	return code;
+}

@@ -1314,6 +1314,10 @@ static const struct snippet {
     {"{{ s|wordcount }} {{ s.split()|length }} {{ s|title }}",
      "{\"s\": \"one two-three (four) [five] <six> it's\"}"},
     {"{{ x|tojson }} {{ x|string }}", "{\"x\": \"\342\200\250\342\200\251\302\205\"}"},
+    /* empty generators iterated (found by tests/fuzz/fuzz_jinja: UB on a NULL array) */
+    {"{% for x in xs|select %}{{ x }}{% else %}none{% endfor %}|{% for k in u|items %}{{ k "
+     "}}{% endfor %}|{{ xs|map('upper')|list }}",
+     "{\"xs\": []}"},
 };
 
 #define N_SNIPPETS (sizeof(snippets) / sizeof(snippets[0]))
