@@ -183,6 +183,10 @@ moe_err moe_cluster_tick(moe_cluster *c);
  * when nothing pays.  A change already under way is finished first. */
 moe_err moe_cluster_rebalance(moe_cluster *c);
 
+/* Closes the load window now (its loads are what the next plan starts from)
+ * and returns its imbalance (the last one's if it had no load). */
+double moe_cluster_window(moe_cluster *c);
+
 /* Finishes the change under way, if any, waiting for the workers. */
 moe_err moe_cluster_settle(moe_cluster *c);
 

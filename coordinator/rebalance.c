@@ -44,6 +44,8 @@ struct rebal {
 	int n_snap;
 };
 
+static void snapshot(moe_cluster *c);
+
 static size_t nh_of(const moe_cluster *c)
 {
 	return (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
@@ -72,6 +74,7 @@ moe_err moe_clu_rebalance_init(moe_cluster *c)
 		for (size_t k = 0; k < nh; k++)
 			rb->base[k] += c->links[i].held[k] != 0;
 	rb->win_t0 = moe_now_s();
+	snapshot(c);
 	return MOE_OK;
 }
 
@@ -570,16 +573,33 @@ moe_err moe_cluster_tick(moe_cluster *c)
 {
 	struct rebal *rb = c->rb;
 	const double period = c->o.rebalance_s > 0 ? c->o.rebalance_s : WINDOW_DEFAULT_S;
+	const int phase = rb->phase;
 	advance(c, false);
+	bool changed = rb->phase != phase;
 	if (moe_now_s() - rb->win_t0 >= period) {
 		close_window(c);
 		if (c->o.rebalance_s > 0 && rb->phase == PHASE_IDLE) {
 			start_change(c);
 			advance(c, false);
 		}
+		changed = true;
+	}
+	if (changed) {
 		snapshot(c);
+	} else { /* the counters only */
+		pthread_mutex_lock(&rb->mu);
+		for (int i = 0; i < c->n_links; i++)
+			rb->snap[i].routed = c->links[i].st.routed;
+		pthread_mutex_unlock(&rb->mu);
 	}
 	return MOE_OK;
+}
+
+double moe_cluster_window(moe_cluster *c)
+{
+	close_window(c);
+	snapshot(c);
+	return moe_cluster_get_balance(c).imbalance;
 }
 
 moe_err moe_cluster_settle(moe_cluster *c)

@@ -9,14 +9,18 @@
  * (one repeated token) with the rebalancer ticking after every step gives
  * the single-process logits bit for bit, switches the placement at least
  * once, keeps every worker under its "mem" cap, and one re-placement loads
- * and drops exactly the slices its placements differ by.
+ * and drops exactly the slices its placements differ by; `moemesh serve
+ * --rebalance` replies to skewed prompts with the bytes of a server without
+ * it and of one without workers, and its /metrics shows the re-placements.
  */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -560,4 +564,110 @@ Test(rebalance, a_lost_worker_costs_the_survivors_only_its_experts, .timeout = 1
 	free(ref);
 	free(got);
 	moe_model_destroy(m);
+}
+
+/* ---- serve --------------------------------------------------------------------------- */
+
+extern char **environ;
+
+/* Runs `moemesh serve -m model --port 0 EXTRA`, then serve_client.py's case
+ * rebalance against it, then SIGTERM (exit status 0: every spawned worker
+ * ended cleanly too); returns what the case wrote. */
+static cJSON *serve_case(const char *model, const char *const *extra)
+{
+	const char *argv[24] = {env("MOE_BIN"), "serve", "-m",        model,
+	                        "--port",       "0",     "--threads", "1"};
+	int n = 8;
+	for (int i = 0; extra[i] != NULL; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+	posix_spawn_file_actions_addclose(&fa, fds[0]);
+	pid_t pid;
+	cr_assert_eq(posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(fds[1]);
+	g_workers[7] = pid;
+	FILE *err = fdopen(fds[0], "r");
+	char line[1024];
+	int port = 0;
+	bool ready = false;
+	while (!ready && fgets(line, sizeof line, err) != NULL) {
+		const char *p = strstr(line, "listening on http://127.0.0.1:");
+		if (p != NULL)
+			port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		ready = strstr(line, "moemesh serve: ready") != NULL;
+	}
+	cr_assert(ready && port > 0, "the server did not start");
+	char out[] = "/tmp/moe_rebalance_XXXXXX", ports[16], script[1024];
+	int fd = mkstemp(out);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	snprintf(ports, sizeof ports, "%d", port);
+	snprintf(script, sizeof script, "%s/tests/serve_client.py", env("MOE_SOURCE_DIR"));
+	const char *cargv[] = {"python3", script, "rebalance", ports, out, NULL};
+	pid_t cp;
+	cr_assert_eq(posix_spawnp(&cp, "python3", NULL, NULL, (char *const *)cargv, environ), 0);
+	int st = 0;
+	waitpid(cp, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the client case failed (%#x)", st);
+	kill(pid, SIGTERM);
+	while (fgets(line, sizeof line, err) != NULL)
+		fputs(line, stderr);
+	fclose(err);
+	waitpid(pid, &st, 0);
+	g_workers[7] = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the server exited with %#x", st);
+	FILE *f = fopen(out, "rb");
+	cr_assert(f != NULL);
+	static char buf[1 << 16];
+	const size_t len = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	unlink(out);
+	buf[len] = '\0';
+	cJSON *j = cJSON_Parse(buf);
+	cr_assert(j != NULL, "client output: %s", buf);
+	return j;
+}
+
+static double metric(const cJSON *j, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metrics"), name);
+	cr_assert(cJSON_IsNumber(v), "no metric %s", name);
+	return cJSON_GetNumberValue(v);
+}
+
+Test(rebalance, serve_rebalancing_replies_the_same_bytes, .timeout = 300, .fini = reap_workers)
+{
+	char model[1024];
+	snprintf(model, sizeof model, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	cJSON *rb =
+	    serve_case(model, (const char *const[]){"--workers", "3", "--rebalance", "0.05", NULL});
+	cJSON *still = serve_case(model, (const char *const[]){"--workers", "3", NULL});
+	cJSON *one = serve_case(model, (const char *const[]){NULL});
+	char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(rb, "texts"));
+	char *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(still, "texts"));
+	char *c = cJSON_PrintUnformatted(cJSON_GetObjectItem(one, "texts"));
+	cr_expect_str_eq(a, b, "replies with --rebalance differ from those without it");
+	cr_expect_str_eq(a, c, "replies with --rebalance differ from one process's");
+	cr_log_info("serve --rebalance 0.05: %.0f re-placements, %.0f bytes loaded, imbalance "
+	            "%.3f before the last, %.3f planned",
+	            metric(rb, "moemesh_rebalances_total"),
+	            metric(rb, "moemesh_rebalance_bytes_loaded_total"),
+	            metric(rb, "moemesh_rebalance_imbalance_before"),
+	            metric(rb, "moemesh_rebalance_imbalance_planned"));
+	cr_expect_geq(metric(rb, "moemesh_rebalances_total"), 1, "no re-placement");
+	cr_expect_gt(metric(rb, "moemesh_rebalance_bytes_loaded_total"), 0);
+	cr_expect_eq(metric(still, "moemesh_rebalances_total"), 0, "a re-placement without it");
+	cr_expect_gt(metric(still, "moemesh_worker_routed_tokens_total{worker=\"w0\"}"), 0);
+	cJSON_free(a);
+	cJSON_free(b);
+	cJSON_free(c);
+	cJSON_Delete(rb);
+	cJSON_Delete(still);
+	cJSON_Delete(one);
 }
