@@ -213,15 +213,15 @@ static void advance(moe_cluster *c, bool wait)
 	struct rebal *rb = c->rb;
 	const size_t nh = nh_of(c);
 	while (rb->phase != PHASE_IDLE) {
-		if (rb->phase == PHASE_LOADING) {
+		if (!poll_all(c, wait))
+			return;
+		if (rb->phase == PHASE_LOADING) { /* a worker lost or repaired: no switch */
 			for (int i = 0; i < c->n_links; i++)
 				if (rb->alive0[i] && !c->links[i].alive)
 					rb->abort = true;
 			if (c->cnt.reassigns != rb->reassigns0)
 				rb->abort = true;
 		}
-		if (!poll_all(c, wait))
-			return;
 		if (rb->phase == PHASE_DROPPING || rb->abort) {
 			rb->phase = PHASE_IDLE;
 			return;
