@@ -19,7 +19,7 @@ const char *moe_cluster_usage(void)
 	       "          --placement memory|round-robin  --replicate all|E,E,...\n"
 	       "          --secret-file F  --worker-threads N  --dispatch-timeout-ms N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
-	       "          --rebalance SECONDS (re-place experts by their load, while serving)\n";
+	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)

@@ -19,6 +19,7 @@
 #define MIN_GAIN         0.98  /* a plan must bring the imbalance under this share of it */
 #define STEP_GAIN        0.995 /* one planner action must lower a layer's busiest by this */
 #define CANDIDATES       16    /* experts of the busiest worker tried per action */
+#define MAX_ACTIONS      128   /* per layer and plan: bounds its time; the next window goes on */
 
 enum { PHASE_IDLE = 0, PHASE_LOADING, PHASE_DROPPING };
 
@@ -389,7 +390,7 @@ static void plan_layer(moe_cluster *c, int il, uint64_t *ub, const uint64_t *bud
 		}
 	}
 
-	for (int iter = 0; iter < 2 * ne; iter++) {
+	for (int iter = 0; iter < MAX_ACTIONS; iter++) {
 		layer_loads(c, pl, il, ld);
 		int w = -1;
 		const double mx = max_alive(c, ld, &w);
