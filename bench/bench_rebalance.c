@@ -10,10 +10,11 @@
  * same per expert, which is what is measured.)  Decode tok/s at --batch
  * sequences (the best of 4 parts of the steps) and the imbalance (busiest
  * worker's pairs over the mean's, summed over layers) are measured for -n
- * steps; then one re-placement is
+ * steps, with the slowest worker's compute per MoE layer (what a layer waits
+ * for) and the coordinator's wait; then one re-placement is
  * run (moe_cluster_rebalance, timed, with the bytes it moved); then the same
  * again.  Ends with `imbalance_before=X imbalance_after=Y tok_s_before=A
- * tok_s_after=B`.
+ * tok_s_after=B slowest_us_before=C slowest_us_after=D`.
  */
 #include <math.h>
 #include <stdio.h>
@@ -210,25 +211,40 @@ int moe_bench_rebalance(int argc, char **argv)
 	if ((err = decode(&ts0, f, hp, batch, 2, &pos, slot, logits)) != MOE_OK) /* warm-up */
 		goto out_fail;
 	(void)moe_cluster_window(cl);
+	const moe_cluster_counters k0 = moe_cluster_get_counters(cl);
 	if ((err = decode(&ts0, f, hp, batch, steps - 2, &pos, slot, logits)) != MOE_OK)
 		goto out_fail;
+	const moe_cluster_counters k1 = moe_cluster_get_counters(cl);
 	const double t_rb = moe_now_s();
 	if ((err = moe_cluster_rebalance(cl)) != MOE_OK)
 		goto out_fail;
 	const double rb_s = moe_now_s() - t_rb;
 	const moe_cluster_balance b = moe_cluster_get_balance(cl);
+	const moe_cluster_counters k2 = moe_cluster_get_counters(cl);
 	if ((err = decode(&ts1, f, hp, batch, steps - 2, &pos, slot, logits)) != MOE_OK)
 		goto out_fail;
+	const moe_cluster_counters k3 = moe_cluster_get_counters(cl);
 	const double after = moe_cluster_window(cl);
-	printf("phase   imbalance  tok/s\n");
-	printf("before  %9.3f  %6.1f\n", b.before, ts0);
-	printf("after   %9.3f  %6.1f   (planned %.3f)\n", after, ts1, b.planned);
+	/* per MoE layer: the slowest worker's compute, and the wait for results */
+	const double sw0 = (double)(k1.worker_ns - k0.worker_ns) / 1e3 /
+	                   (double)(k1.layers - k0.layers),
+	             wt0 =
+	                 (double)(k1.wait_ns - k0.wait_ns) / 1e3 / (double)(k1.layers - k0.layers),
+	             sw1 = (double)(k3.worker_ns - k2.worker_ns) / 1e3 /
+	                   (double)(k3.layers - k2.layers),
+	             wt1 =
+	                 (double)(k3.wait_ns - k2.wait_ns) / 1e3 / (double)(k3.layers - k2.layers);
+	printf("phase   imbalance  tok/s   slowest worker us/layer  wait us/layer\n");
+	printf("before  %9.3f  %6.1f  %23.1f  %13.1f\n", b.before, ts0, sw0, wt0);
+	printf("after   %9.3f  %6.1f  %23.1f  %13.1f   (planned imbalance %.3f)\n", after, ts1, sw1,
+	       wt1, b.planned);
 	printf("re-placements %llu in %.3f s: %.2f MB loaded, %.2f MB dropped\n",
 	       (unsigned long long)b.rebalances, rb_s, (double)b.bytes_loaded / 1e6,
 	       (double)b.bytes_dropped / 1e6);
 	moe_cluster_print_stats(cl, stdout);
-	printf("imbalance_before=%.3f imbalance_after=%.3f tok_s_before=%.1f tok_s_after=%.1f\n",
-	       b.before, after, ts0, ts1);
+	printf("imbalance_before=%.3f imbalance_after=%.3f tok_s_before=%.1f tok_s_after=%.1f "
+	       "slowest_us_before=%.1f slowest_us_after=%.1f\n",
+	       b.before, after, ts0, ts1, sw0, sw1);
 	rc = 0;
 	goto out_free;
 
