@@ -439,8 +439,14 @@ static void on_control(server *s)
 	moe_frame f;
 	char msg[600];
 	if (atomic_exchange(&s->peer_gone, 0)) {
-		/* a new peer must say HELLO and authenticate again */
+		/* a new peer must say HELLO and authenticate again, and assign
+		 * anew: a load for the one that left stops */
 		s->hello_ok = s->authed = false;
+		if (s->loading) {
+			join_loader(s, true);
+			moe_store_load_destroy(s->ld);
+			s->ld = NULL;
+		}
 	}
 	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
 	if (rv == NNG_EAGAIN)
