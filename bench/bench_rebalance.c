@@ -212,18 +212,27 @@ int moe_bench_rebalance(int argc, char **argv)
 		goto out_fail;
 	(void)moe_cluster_window(cl);
 	const moe_cluster_counters k0 = moe_cluster_get_counters(cl);
+	moe_cluster_link_stats l0[16], l1[16], l2[16], l3[16];
+	for (int i = 0; i < workers; i++)
+		l0[i] = moe_cluster_link(cl, i);
 	if ((err = decode(&ts0, f, hp, batch, steps - 2, &pos, slot, logits)) != MOE_OK)
 		goto out_fail;
 	const moe_cluster_counters k1 = moe_cluster_get_counters(cl);
+	for (int i = 0; i < workers; i++)
+		l1[i] = moe_cluster_link(cl, i);
 	const double t_rb = moe_now_s();
 	if ((err = moe_cluster_rebalance(cl)) != MOE_OK)
 		goto out_fail;
 	const double rb_s = moe_now_s() - t_rb;
 	const moe_cluster_balance b = moe_cluster_get_balance(cl);
 	const moe_cluster_counters k2 = moe_cluster_get_counters(cl);
+	for (int i = 0; i < workers; i++)
+		l2[i] = moe_cluster_link(cl, i);
 	if ((err = decode(&ts1, f, hp, batch, steps - 2, &pos, slot, logits)) != MOE_OK)
 		goto out_fail;
 	const moe_cluster_counters k3 = moe_cluster_get_counters(cl);
+	for (int i = 0; i < workers; i++)
+		l3[i] = moe_cluster_link(cl, i);
 	const double after = moe_cluster_window(cl);
 	/* per MoE layer: the slowest worker's compute, and the wait for results */
 	const double sw0 = (double)(k1.worker_ns - k0.worker_ns) / 1e3 /
@@ -238,6 +247,17 @@ int moe_bench_rebalance(int argc, char **argv)
 	printf("before  %9.3f  %6.1f  %23.1f  %13.1f\n", b.before, ts0, sw0, wt0);
 	printf("after   %9.3f  %6.1f  %23.1f  %13.1f   (planned imbalance %.3f)\n", after, ts1, sw1,
 	       wt1, b.planned);
+	/* where the work went: each worker's pairs and compute per MoE layer */
+	for (int ph = 0; ph < 2; ph++) {
+		const moe_cluster_link_stats *a = ph ? l2 : l0, *z = ph ? l3 : l1;
+		const double layers = (double)(ph ? k3.layers - k2.layers : k1.layers - k0.layers);
+		printf("%s ", ph ? "after  per worker:" : "before per worker:");
+		for (int i = 0; i < workers; i++)
+			printf(" %s %.0f pairs %.1f us", z[i].name,
+			       (double)(z[i].routed - a[i].routed) / layers,
+			       (double)(z[i].compute_ns - a[i].compute_ns) / 1e3 / layers);
+		printf("\n");
+	}
 	printf("re-placements %llu in %.3f s: %.2f MB loaded, %.2f MB dropped\n",
 	       (unsigned long long)b.rebalances, rb_s, (double)b.bytes_loaded / 1e6,
 	       (double)b.bytes_dropped / 1e6);
