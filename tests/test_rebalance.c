@@ -671,3 +671,22 @@ Test(rebalance, serve_rebalancing_replies_the_same_bytes, .timeout = 300, .fini 
 	cJSON_Delete(still);
 	cJSON_Delete(one);
 }
+
+Test(rebalance, rebalance_option_takes_positive_seconds)
+{
+	static const char *const bad[] = {"0", "-1", "x", "1e9", ""};
+	for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+		moe_cluster_opts o = {0};
+		char *argv[] = {"prog", "--rebalance", (char *)bad[k]};
+		int i = 1;
+		cr_assert_eq(moe_cluster_parse_arg(&o, &i, 3, argv), MOE_ERR_INVAL,
+		             "--rebalance '%s' was taken", bad[k]);
+		cr_assert(strstr(moe_err_detail(), "--rebalance") != NULL, "%s", moe_err_detail());
+	}
+	moe_cluster_opts o = {0};
+	char *argv[] = {"prog", "--rebalance", "2.5"};
+	int i = 1;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 3, argv), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(i, 2);
+	cr_assert_float_eq(o.rebalance_s, 2.5, 1e-9);
+}
