@@ -11,7 +11,8 @@
  * once, keeps every worker under its "mem" cap, and one re-placement loads
  * and drops exactly the slices its placements differ by; `moemesh serve
  * --rebalance` replies to skewed prompts with the bytes of a server without
- * it and of one without workers, and its /metrics shows the re-placements.
+ * it and of one without workers, and its /metrics shows the re-placements;
+ * --rebalance takes positive seconds only.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
