@@ -17,6 +17,8 @@ const moe_bench moe_benches[] = {
      moe_bench_serve},
     {"cluster", "decode tok/s with 0-3 workers, dispatch round trip vs raw TCP, shard load",
      moe_bench_cluster},
+    {"rebalance", "imbalance and decode tok/s on a skewed routing before and after a re-placement",
+     moe_bench_rebalance},
     {"grammar", "constrained decoding: tool-schema compile, per-step token check and full mask",
      moe_bench_grammar},
     {"agent", "a synthetic agent session: TTFT per turn with and without the prefix cache",

@@ -35,6 +35,7 @@ int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);
 int moe_bench_serve(int argc, char **argv);
 int moe_bench_cluster(int argc, char **argv);
+int moe_bench_rebalance(int argc, char **argv);
 int moe_bench_grammar(int argc, char **argv);
 int moe_bench_agent(int argc, char **argv);
 int moe_bench_quality(int argc, char **argv);

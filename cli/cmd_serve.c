@@ -68,6 +68,7 @@ typedef struct rtt_feed {
 static void feed_rtt(void *ctx, moe_engine *e)
 {
 	rtt_feed *r = ctx;
+	(void)moe_cluster_tick(r->cl); /* load windows, re-placement (--rebalance) */
 	const int n = moe_cluster_n_links(r->cl);
 	for (int i = 0; i < n && i < MOE_CLUSTER_MAX_LINKS; i++) {
 		const moe_cluster_link_stats st = moe_cluster_link(r->cl, i);
@@ -173,7 +174,13 @@ static moe_err cache_identity(uint8_t out[32], const moe_model *m, moe_type kv)
  * workers current between requests. */
 static moe_err heartbeat(void *ctx)
 {
-	return moe_cluster_heartbeat(ctx);
+	moe_err err = moe_cluster_heartbeat(ctx);
+	return err != MOE_OK ? err : moe_cluster_tick(ctx);
+}
+
+static void cluster_metrics(void *ctx, FILE *out)
+{
+	moe_cluster_metrics(ctx, out);
 }
 
 int moe_cmd_serve(int argc, char **argv)
@@ -232,6 +239,8 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.after_step_ctx = &feed;
 		a.eo.idle = heartbeat;
 		a.eo.idle_ctx = cl;
+		a.eo.metrics = cluster_metrics;
+		a.eo.metrics_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
 	if (a.eo.cache_ram > 0 &&

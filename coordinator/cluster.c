@@ -42,7 +42,9 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 	for (int i = 0; i < n; i++) {
 		clink *l = &c->links[i];
 		l->held = calloc(nh, 1);
-		if (l->held == NULL) {
+		l->loaded = calloc(nh, 1);
+		l->next = calloc(nh, 1);
+		if (l->held == NULL || l->loaded == NULL || l->next == NULL) {
 			err = moe_fail(MOE_ERR_NOMEM, "placement tables");
 			goto out_destroy;
 		}
@@ -81,7 +83,7 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		l->st.local = l->local;
 		snprintf(l->st.name, sizeof l->st.name, "%s", l->name);
 	}
-	if ((err = moe_clu_place(c)) != MOE_OK)
+	if ((err = moe_clu_place(c)) != MOE_OK || (err = moe_clu_rebalance_init(c)) != MOE_OK)
 		goto out_destroy;
 	for (int i = 0; i < n; i++)
 		if ((err = moe_clu_assign(c, &c->links[i])) != MOE_OK)
@@ -107,12 +109,15 @@ void moe_cluster_destroy(moe_cluster *c)
 			close(l->dfd);
 		moe_rx_free(&l->rx);
 		free(l->held);
+		free(l->loaded);
+		free(l->next);
 		free(l->tok);
 		free(l->ids);
 		free(l->wts);
 		free(l->iov);
 	}
 	moe_clu_free_buffers(c);
+	moe_clu_rebalance_free(c);
 	free(c->secret);
 	free(c);
 }
@@ -152,11 +157,14 @@ void moe_cluster_print_stats(const moe_cluster *c, FILE *f)
 	for (int i = 0; i < c->n_links; i++) {
 		const moe_cluster_link_stats *s = &c->links[i].st;
 		fprintf(f,
-		        "worker %-8s %-34s %s experts %6llu, loaded %8.1f MB (%.2f s), dispatches "
+		        "worker %-8s %-34s %s experts %6llu, loaded %8.1f MB (%.2f s; %.1f MB in, "
+		        "%.1f MB out by %llu ASSIGNs), dispatches "
 		        "%7llu, mean round trip %7.1f us, worker compute %7.1f us\n",
 		        s->name, s->url, s->alive ? "up  " : "DEAD",
 		        (unsigned long long)s->experts_held, (double)s->bytes_loaded / 1e6,
-		        s->load_seconds, (unsigned long long)s->dispatches,
+		        s->load_seconds, (double)s->assign_loaded / 1e6,
+		        (double)s->assign_dropped / 1e6, (unsigned long long)s->assigns,
+		        (unsigned long long)s->dispatches,
 		        s->dispatches ? (double)s->rtt_ns / 1e3 / (double)s->dispatches : 0.0,
 		        s->dispatches ? (double)s->compute_ns / 1e3 / (double)s->dispatches : 0.0);
 	}

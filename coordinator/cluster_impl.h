@@ -2,8 +2,8 @@
  * and the functions the files of coordinator/ call across: cluster.c
  * (create/destroy, stats), config.c (options), link.c (workers: spawn,
  * handshake, assign, heartbeat, shutdown), placement.c (placement, repair),
- * dispatch.c (the expert backend).  Not a public header; every function here
- * runs on the thread that owns the cluster. */
+ * dispatch.c (the expert backend), rebalance.c (load, re-placement).  Not a public header; every
+ * function here runs on the thread that owns the cluster. */
 #ifndef MOE_CLUSTER_IMPL_H
 #define MOE_CLUSTER_IMPL_H
 
@@ -26,10 +26,14 @@ typedef struct clink {
 	/* data (stream socket) */
 	int dfd;
 	moe_rx rx;
-	pid_t pid;     /* spawned worker, or 0 */
-	uint64_t mem;  /* free memory the worker announces */
-	uint64_t cap;  /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
-	uint8_t *held; /* [n_layer][n_expert] */
+	pid_t pid;        /* spawned worker, or 0 */
+	uint64_t mem;     /* free memory the worker announces */
+	uint64_t cap;     /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
+	uint8_t *held;    /* [n_layer][n_expert] what dispatch routes to it */
+	uint8_t *loaded;  /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
+	uint8_t *next;    /* [n_layer][n_expert] the ASSIGN in flight (async) */
+	bool async;       /* an ASSIGN of the rebalancer in flight, not waited for */
+	uint64_t async_t; /* when it was sent, or its last LOAD_PROGRESS */
 	/* the dispatch of the current layer */
 	bool pending;
 	int n_sent;
@@ -72,6 +76,10 @@ struct moe_cluster {
 	uint64_t rr;    /* rotates the choice among replicas */
 	moe_err start_err;
 	moe_cluster_counters cnt;
+	/* load, counted by dispatch for the rebalancer (rebalance.c) */
+	uint64_t *eload; /* [n_layer][n_expert] (token, expert) pairs routed, this window */
+	uint64_t *wload; /* [n_layer][MOE_CLUSTER_MAX_LINKS] pairs sent to each link, this window */
+	struct rebal *rb; /* the rebalancer's state (rebalance.c) */
 };
 
 /* link.c */
@@ -94,6 +102,19 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l);
  * MOE_ERR_PROTO or the worker's own error, naming it. */
 moe_err moe_clu_assign(moe_cluster *c, clink *l);
 
+/* Sends set ([n_layer][n_expert]) to l as an ASSIGN without waiting. */
+moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set);
+
+/* Takes the final LOAD_PROGRESS f of the ASSIGN of set: checks the worker's
+ * count of experts, adds what it loaded and dropped to l's stats, and
+ * records set as what l holds.  Errors: MOE_ERR_PROTO. */
+moe_err moe_clu_assign_done(moe_cluster *c, clink *l, const moe_frame *f, const uint8_t *set);
+
+/* link.c's wait for a control frame (LOAD_PROGRESS and HEARTBEAT frames
+ * restart the silence allowed; an ERROR frame is its error). */
+moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind want,
+                           int timeout_ms);
+
 /* Marks l dead (once): closes its data socket, says why on stderr. */
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
@@ -106,6 +127,9 @@ moe_err moe_clu_stop_spawned(moe_cluster *c, bool report);
 
 /* placement.c */
 
+/* Bytes of one expert of layer il: its gate, up and down slices. */
+uint64_t moe_clu_expert_bytes(const moe_cluster *c, int il);
+
 /* Fills every link's held table from c->o (placement kind, replication).
  * Errors: MOE_ERR_INVAL (a bad --replicate list). */
 moe_err moe_clu_place(moe_cluster *c);
@@ -115,6 +139,17 @@ moe_err moe_clu_place(moe_cluster *c);
  * that fails there is marked dead and the repair starts over).  Errors:
  * MOE_ERR_CLOSED when no live link is left. */
 moe_err moe_clu_repair(moe_cluster *c);
+
+/* rebalance.c */
+
+/* Allocates the load counters and the rebalancer's state (after place).
+ * Errors: MOE_ERR_NOMEM, MOE_ERR_SYS. */
+moe_err moe_clu_rebalance_init(moe_cluster *c);
+void moe_clu_rebalance_free(moe_cluster *c);
+
+/* If l has an ASSIGN of the rebalancer in flight, waits for it to finish
+ * (a change that is under way when a worker is lost is abandoned). */
+moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l);
 
 /* dispatch.c */
 

@@ -18,7 +18,8 @@ const char *moe_cluster_usage(void)
 	       "          --workers N (start N local workers on ipc://) --cluster FILE (JSON)\n"
 	       "          --placement memory|round-robin  --replicate all|E,E,...\n"
 	       "          --secret-file F  --worker-threads N  --dispatch-timeout-ms N\n"
-	       "          --net-delay-us US (spawned workers delay every message)\n";
+	       "          --net-delay-us US (spawned workers delay every message)\n"
+	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)
@@ -260,9 +261,9 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 {
 	const char *a = argv[*i];
 	static const char *const names[] = {
-	    "--worker",      "--workers",     "--cluster",        "--placement",
-	    "--replicate",   "--secret-file", "--worker-threads", "--dispatch-timeout-ms",
-	    "--net-delay-us"};
+	    "--worker",       "--workers",     "--cluster",        "--placement",
+	    "--replicate",    "--secret-file", "--worker-threads", "--dispatch-timeout-ms",
+	    "--net-delay-us", "--rebalance"};
 	int k = 0;
 	while (k < (int)(sizeof names / sizeof *names) && strcmp(a, names[k]) != 0)
 		k++;
@@ -296,6 +297,13 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 		return moe_parse_int(&o->timeout_ms, v, 1, 3600000)
 		           ? moe_fail(MOE_ERR_INVAL, "--dispatch-timeout-ms %s", v)
 		           : MOE_OK;
+	case 9: {
+		float sec = 0;
+		if (moe_parse_float(&sec, v) != 0 || !(sec > 0) || sec > 86400)
+			return moe_fail(MOE_ERR_INVAL, "--rebalance %s: seconds, > 0", v);
+		o->rebalance_s = sec;
+		return MOE_OK;
+	}
 	default:
 		return moe_parse_int(&o->net_delay_us, v, 0, 10000000)
 		           ? moe_fail(MOE_ERR_INVAL, "--net-delay-us %s", v)

@@ -54,6 +54,8 @@ typedef struct moe_cluster_opts {
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
+	double rebalance_s;    /* --rebalance SECONDS: re-place experts by the load of
+	                        * each such window (moe_cluster_tick); 0 = never */
 } moe_cluster_opts;
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
@@ -126,9 +128,13 @@ typedef struct moe_cluster_link_stats {
 	uint64_t experts_held; /* (layer, expert) pairs */
 	uint64_t bytes_loaded; /* expert bytes (as the worker reports) */
 	double load_seconds;
-	uint64_t dispatches; /* answered */
-	uint64_t rtt_ns;     /* sum of round trips (send .. result parsed) */
-	uint64_t compute_ns; /* sum of the worker's reported compute */
+	uint64_t dispatches;     /* answered */
+	uint64_t rtt_ns;         /* sum of round trips (send .. result parsed) */
+	uint64_t compute_ns;     /* sum of the worker's reported compute */
+	uint64_t assigns;        /* ASSIGNs done */
+	uint64_t assign_loaded;  /* expert bytes they loaded (as the worker reports) */
+	uint64_t assign_dropped; /* and dropped */
+	uint64_t routed;         /* (token, expert) pairs sent to it */
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
@@ -148,5 +154,60 @@ moe_cluster_counters moe_cluster_get_counters(const moe_cluster *c);
 /* Prints one line per link: experts held, bytes loaded, dispatches, mean
  * round trip, worker compute. */
 void moe_cluster_print_stats(const moe_cluster *c, FILE *f);
+
+/* ---- rebalancing (rebalance.c) ----------------------------------------------------
+ * Dispatch counts the (token, expert) pairs of every layer, and those it sends
+ * to each worker.  Per window the imbalance is sum over layers of the busiest
+ * worker's pairs over sum over layers of the mean worker's (a layer waits for
+ * its slowest worker).  A re-placement starts from the current placement and
+ * per layer moves, replicates or un-replicates experts while that lowers the
+ * layer's busiest worker by the window's loads (a replicated expert's tokens
+ * are split between its holders), within every worker's byte budget (its
+ * "mem" cap, else the memory it announced) counting what it holds and what
+ * it gets until the change ends.  The change runs while serving: (1) every
+ * worker that gains experts is sent the union of its old and new sets and
+ * loads while it serves its old ones; (2) when all confirm, the routing
+ * switches between two steps; (3) workers that lose experts are sent their
+ * new sets and drop them.  Outputs do not change by a bit (the partial sums
+ * are exact integers, whatever the placement). */
+
+/* Called between steps on the cluster's thread (the serving engine's after-step
+ * and idle hooks): closes a window when rebalance_s (or 10 s without
+ * --rebalance) has passed, starts a re-placement if it pays and none is under
+ * way, and moves one under way on as its workers confirm, never waiting for
+ * a load.  Errors: those of a lost worker's repair (MOE_ERR_CLOSED). */
+moe_err moe_cluster_tick(moe_cluster *c);
+
+/* Closes the window and runs one re-placement from its loads to its end,
+ * waiting for the workers (benchmarks, tests); MOE_OK with nothing changed
+ * when nothing pays.  A change already under way is finished first. */
+moe_err moe_cluster_rebalance(moe_cluster *c);
+
+/* Closes the load window now (its loads are what the next plan starts from)
+ * and returns its imbalance (the last one's if it had no load). */
+double moe_cluster_window(moe_cluster *c);
+
+/* Finishes the change under way, if any, waiting for the workers. */
+moe_err moe_cluster_settle(moe_cluster *c);
+
+typedef struct moe_cluster_balance {
+	double imbalance;       /* of the last window closed (1 = even; 0 = no load yet) */
+	double before, planned; /* at the last re-placement: the window's imbalance, and
+	                         * the imbalance the new placement gives its loads */
+	uint64_t rebalances;    /* routing switches to a new placement */
+	uint64_t bytes_loaded;  /* expert bytes workers loaded for them */
+	uint64_t bytes_dropped; /* and dropped */
+} moe_cluster_balance;
+
+/* Safe from any thread. */
+moe_cluster_balance moe_cluster_get_balance(moe_cluster *c);
+
+/* Whether dispatch routes layer il's expert e to link i now. */
+bool moe_cluster_holds(const moe_cluster *c, int i, int il, int e);
+
+/* Writes the cluster's metrics in Prometheus text: per worker the pairs
+ * routed to it and the expert bytes it holds, the imbalance, re-placements
+ * and bytes moved.  Safe from any thread (a snapshot the tick keeps). */
+void moe_cluster_metrics(moe_cluster *c, FILE *out);
 
 #endif

@@ -113,11 +113,13 @@ static moe_err send_round(moe_cluster *c)
 		if (!l->alive)
 			continue;
 		int rows = 0, n_iov = 0;
+		uint64_t pairs = 0;
 		for (int64_t t = 0; t < nt; t++) {
 			bool any = false;
 			for (int j = 0; j < nu; j++) {
 				const int64_t s = t * nu + j;
 				const bool mine = c->todo[s] && choose(c, t, c->ids[s]) == i;
+				pairs += mine;
 				if (l->local) {
 					if (mine)
 						c->lids[s] = c->ids[s];
@@ -141,6 +143,8 @@ static moe_err send_round(moe_cluster *c)
 				    (struct iovec){.iov_base = row, .iov_len = c->act_row};
 			rows++;
 		}
+		c->wload[(size_t)c->il * MOE_CLUSTER_MAX_LINKS + (size_t)i] += pairs;
+		l->st.routed += pairs;
 		if (l->local || rows == 0)
 			continue;
 		Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
@@ -192,8 +196,12 @@ moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, 
 	    (err = moe_quantize_act_rows(c->pool, c->xq, ffn->gate.type, x, c->hp->n_embd,
 	                                 n_tok)) != MOE_OK)
 		return c->start_err = err;
-	for (int64_t s = 0; s < n_tok * n_used; s++)
+	uint64_t *eload = c->eload + (size_t)il * (size_t)c->hp->n_expert;
+	for (int64_t s = 0; s < n_tok * n_used; s++) {
 		c->todo[s] = ids[s] >= 0;
+		if (c->todo[s])
+			eload[ids[s]]++; /* the rebalancer's window */
+	}
 	err = send_round(c);
 	c->cnt.start_ns += moe_now_ns() - t0;
 	return c->start_err = err;

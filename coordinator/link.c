@@ -224,27 +224,17 @@ out_free_reply:
 	return err;
 }
 
-/* Sends l's held set as an ASSIGN (runs of experts as ranges) and waits until
- * it is loaded. */
-moe_err moe_clu_assign(moe_cluster *c, clink *l)
+/* Sends set (a [n_layer][n_expert] table) to l as an ASSIGN, runs of experts
+ * as ranges. */
+moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set)
 {
 	const int nl = c->hp->n_layer, ne = c->hp->n_expert;
-	uint64_t held = 0;
-	for (size_t i = 0; i < (size_t)nl * (size_t)ne; i++)
-		held += l->held[i] != 0;
-	l->st.experts_held = held;
-	if (l->local) {
-		l->st.bytes_loaded = 0; /* mapped, not loaded */
-		return MOE_OK;
-	}
 	Moemesh__Assign a = MOEMESH__ASSIGN__INIT;
 	Moemesh__LayerExperts *les = calloc((size_t)nl, sizeof *les);
 	Moemesh__LayerExperts **lp = calloc((size_t)nl, sizeof *lp);
 	Moemesh__ExpertRange *rs = calloc((size_t)nl * (size_t)ne, sizeof *rs);
 	Moemesh__ExpertRange **rp = calloc((size_t)nl * (size_t)ne, sizeof *rp);
 	moe_err err = MOE_OK;
-	nng_msg *msg;
-	moe_frame f;
 	if (les == NULL || lp == NULL || rs == NULL || rp == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "ASSIGN of %d layers", nl);
 		goto out_free;
@@ -255,7 +245,7 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		Moemesh__LayerExperts *le = &les[a.n_layers];
 		le->layer = (uint32_t)il;
 		le->ranges = rp + nr;
-		const uint8_t *h = l->held + (size_t)il * (size_t)ne;
+		const uint8_t *h = set + (size_t)il * (size_t)ne;
 		for (int e = 0; e < ne;) {
 			if (!h[e]) {
 				e++;
@@ -276,42 +266,7 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 			lp[a.n_layers++] = le;
 	}
 	a.layers = lp;
-	if ((err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
-		goto out_free;
-	for (;;) {
-		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
-		    MOE_OK)
-			goto out_free;
-		Moemesh__LoadProgress *p =
-		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
-		nng_msg_free(msg);
-		if (p == NULL) {
-			err = moe_fail(MOE_ERR_PROTO, "worker %s: LOAD_PROGRESS does not decode",
-			               l->url);
-			goto out_free;
-		}
-		const bool done = p->done;
-		if (done)
-			l->st.load_seconds = p->seconds;
-		moemesh__load_progress__free_unpacked(p, NULL);
-		if (done)
-			break;
-	}
-	/* what the worker holds, as it counts it */
-	Moemesh__Stats *s = NULL;
-	if ((err = moe_nng_send(l->ctl, MOE_MSG_STATS_REQUEST, NULL)) != MOE_OK ||
-	    (err = ctl_expect(&msg, &f, l, MOE_MSG_STATS, 10000)) != MOE_OK)
-		goto out_free;
-	s = moemesh__stats__unpack(NULL, f.header_len, f.header);
-	nng_msg_free(msg);
-	if (s != NULL) {
-		l->st.bytes_loaded = s->bytes_loaded;
-		if (s->experts_held != held)
-			err = moe_fail(MOE_ERR_PROTO, "worker %s holds %llu experts, assigned %llu",
-			               l->url, (unsigned long long)s->experts_held,
-			               (unsigned long long)held);
-		moemesh__stats__free_unpacked(s, NULL);
-	}
+	err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base);
 out_free:
 	free(les);
 	free(lp);
@@ -320,13 +275,77 @@ out_free:
 	return err;
 }
 
+moe_err moe_clu_assign_done(moe_cluster *c, clink *l, const moe_frame *f, const uint8_t *set)
+{
+	const size_t nh = (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
+	Moemesh__LoadProgress *p = moemesh__load_progress__unpack(NULL, f->header_len, f->header);
+	if (p == NULL)
+		return moe_fail(MOE_ERR_PROTO, "worker %s: LOAD_PROGRESS does not decode", l->url);
+	uint64_t held = 0;
+	for (size_t i = 0; i < nh; i++)
+		held += set[i] != 0;
+	moe_err err = MOE_OK;
+	if (p->experts_held != held)
+		err = moe_fail(MOE_ERR_PROTO, "worker %s holds %llu experts, assigned %llu", l->url,
+		               (unsigned long long)p->experts_held, (unsigned long long)held);
+	l->st.load_seconds = p->seconds;
+	l->st.bytes_loaded = p->bytes_held;
+	l->st.assign_loaded += p->bytes_loaded;
+	l->st.assign_dropped += p->bytes_dropped;
+	l->st.assigns++;
+	if (err == MOE_OK)
+		memcpy(l->loaded, set, nh);
+	moemesh__load_progress__free_unpacked(p, NULL);
+	return err;
+}
+
+/* Sends l's held set as an ASSIGN and waits until it is loaded. */
+moe_err moe_clu_assign(moe_cluster *c, clink *l)
+{
+	const size_t nh = (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
+	uint64_t held = 0;
+	for (size_t i = 0; i < nh; i++)
+		held += l->held[i] != 0;
+	l->st.experts_held = held;
+	if (l->local) {
+		l->st.bytes_loaded = 0; /* mapped, not loaded */
+		memcpy(l->loaded, l->held, nh);
+		return MOE_OK;
+	}
+	nng_msg *msg;
+	moe_frame f;
+	moe_err err = moe_clu_rebalance_drain(c, l); /* a change under way finishes first */
+	if (err != MOE_OK || (err = moe_clu_send_assign(c, l, l->held)) != MOE_OK)
+		return err;
+	for (;;) {
+		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
+		    MOE_OK)
+			return err;
+		Moemesh__LoadProgress *p =
+		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
+		const bool done = p != NULL && p->done;
+		moemesh__load_progress__free_unpacked(p, NULL);
+		if (p == NULL || done)
+			break;
+		nng_msg_free(msg);
+	}
+	err = moe_clu_assign_done(c, l, &f, l->held);
+	nng_msg_free(msg);
+	return err;
+}
+
+moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind want, int timeout_ms)
+{
+	return ctl_expect(msg, f, l, want, timeout_ms);
+}
+
 moe_err moe_cluster_heartbeat(moe_cluster *c)
 {
 	static uint64_t seq;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
-		if (!l->alive || l->local)
-			continue;
+		if (!l->alive || l->local || l->async)
+			continue; /* a worker loading for a rebalance answers its poll */
 		Moemesh__Heartbeat h = MOEMESH__HEARTBEAT__INIT;
 		h.seq = ++seq;
 		h.time_ns = moe_now_ns();

@@ -11,8 +11,7 @@
 
 #include "coordinator/cluster_impl.h"
 
-/* Bytes of one expert of layer il: its gate, up and down slices. */
-static uint64_t expert_bytes(const moe_cluster *c, int il)
+uint64_t moe_clu_expert_bytes(const moe_cluster *c, int il)
 {
 	static const char *const which[3] = {"gate", "up", "down"};
 	const moe_gguf *g = moe_model_gguf(c->m);
@@ -33,7 +32,7 @@ static uint64_t held_bytes(const moe_cluster *c, const clink *l)
 	const int ne = c->hp->n_expert;
 	uint64_t b = 0;
 	for (int il = 0; il < c->hp->n_layer; il++) {
-		const uint64_t eb = expert_bytes(c, il);
+		const uint64_t eb = moe_clu_expert_bytes(c, il);
 		for (int e = 0; e < ne; e++)
 			b += l->held[(size_t)il * (size_t)ne + (size_t)e] ? eb : 0;
 	}
@@ -47,7 +46,7 @@ static moe_err check_caps(const moe_cluster *c)
 	uint64_t need = 0, caps = 0;
 	bool all_capped = true;
 	for (int il = 0; il < c->hp->n_layer; il++)
-		need += expert_bytes(c, il) * (uint64_t)c->hp->n_expert;
+		need += moe_clu_expert_bytes(c, il) * (uint64_t)c->hp->n_expert;
 	for (int i = 0; i < c->n_links; i++) {
 		caps += c->links[i].cap;
 		all_capped = all_capped && c->links[i].cap > 0;
@@ -81,7 +80,7 @@ moe_err moe_clu_place(moe_cluster *c)
 	/* an expert index costs col bytes on its owner (all its layers) */
 	uint64_t col = 0;
 	for (int il = 0; il < nl; il++)
-		col += expert_bytes(c, il);
+		col += moe_clu_expert_bytes(c, il);
 	for (int i = 0; i < n; i++) {
 		const clink *l = &c->links[i];
 		total += (double)(l->cap ? l->cap : l->mem ? l->mem : 1);
@@ -145,7 +144,7 @@ moe_err moe_clu_repair(moe_cluster *c)
 			alive[na++] = i;
 		}
 	for (int il = 0; il < nl; il++) {
-		const uint64_t eb = expert_bytes(c, il);
+		const uint64_t eb = moe_clu_expert_bytes(c, il);
 		for (int e = 0; e < ne; e++) {
 			const size_t k = (size_t)il * (size_t)ne + (size_t)e;
 			bool held = false;

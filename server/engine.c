@@ -1354,6 +1354,9 @@ void moe_engine_metrics(moe_engine *e, FILE *out)
 			        m[i].name, m[i].help, m[i].name, m[i].type, m[i].name, m[i].v);
 	}
 
+	if (e->o.metrics != NULL)
+		e->o.metrics(e->o.metrics_ctx, out);
+
 	fprintf(out, "# HELP moemesh_expert_tokens_total Token rows routed to each expert.\n"
 	             "# TYPE moemesh_expert_tokens_total counter\n");
 	for (int il = 0; il < hp->n_layer; il++)

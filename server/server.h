@@ -59,6 +59,10 @@ typedef struct moe_engine_opts {
 	 * the next success. */
 	moe_err (*idle)(void *ctx);
 	void *idle_ctx;
+	/* called by moe_engine_metrics on the thread that asks (may be NULL): the
+	 * expert backend's own metrics, appended in Prometheus text */
+	void (*metrics)(void *ctx, FILE *out);
+	void *metrics_ctx;
 	/* The prefix cache: a new sequence starts from the longest cached prefix of
 	 * its prompt that has a checkpoint, kept at every cache_block tokens of a
 	 * prompt (a multiple of prefill_chunk; default 1024), at the end of every

@@ -893,6 +893,19 @@ def case_spec(out):
     json.dump({"texts": res, "logprobs": lp, "metrics": met}, open(out, "w"))
 
 
+def case_rebalance(out):
+    """Greedy completions of skewed prompts (one word repeated: every position routes alike),
+    then the cluster's metrics: writes both to OUT (JSON) for the test to compare between
+    servers (test_rebalance.c)."""
+    texts = []
+    for w in ["the", "LORD", "and", "said", "the", "God"]:
+        t, _ = complete({"prompt": " ".join([w] * 40), "max_tokens": 24, "temperature": 0})
+        texts.append(t)
+    met = {k: v for k, v in metrics().items()
+           if "rebalance" in k or "imbalance" in k or k.startswith("moemesh_worker_")}
+    json.dump({"texts": texts, "metrics": met}, open(out, "w"))
+
+
 def main():
     global PORT, MODEL
     case = sys.argv[1]
@@ -909,6 +922,8 @@ def main():
         case_conversation(sys.argv[3])
     elif case == "spec":
         case_spec(sys.argv[3])
+    elif case == "rebalance":
+        case_rebalance(sys.argv[3])
     else:
         globals()["case_" + case]()
     print("ok: " + case, file=sys.stderr)

@@ -4,8 +4,10 @@
  * One thread runs a poll loop over the nng control socket (its receive fd),
  * the data listener and the data connections; expert FFNs run on the worker's
  * thread pool.  Control: HELLO -> HELLO_REPLY (model identity checked,
- * HMAC response), AUTH -> AUTH_OK (data endpoint + token), then ASSIGN (load
- * with LOAD_PROGRESS), HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
+ * HMAC response), AUTH -> AUTH_OK (data endpoint + token), then ASSIGN (the
+ * slices no longer named dropped, the missing ones loaded by a loader thread
+ * while this one goes on serving, LOAD_PROGRESS with what changed),
+ * HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
  * connection's first frame is AUTH carrying the token; then DISPATCH frames,
  * each answered by one RESULT (or ERROR).  Every frame is validated; a frame
  * whose prefix is sound but whose content is not gets an ERROR and the
@@ -14,9 +16,11 @@
  * until SHUTDOWN or its stop fd (the program's SIGTERM / SIGINT).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -66,8 +70,18 @@ typedef struct server {
 	moe_fix_t *acc;      /* result buffer */
 	size_t acc_cap;      /* in elements */
 	Moemesh__Stats st;
-	uint64_t load_last;   /* bytes at the last LOAD_PROGRESS sent */
-	atomic_int peer_gone; /* the control peer's pipe closed: handshake again */
+	/* an ASSIGN's load, read by the loader thread while this one serves */
+	bool loading; /* the loader thread runs (join it) */
+	pthread_t loader;
+	moe_store_load *ld; /* what it reads */
+	moe_err load_err;   /* its outcome, with load_msg */
+	char load_msg[400];
+	int load_pipe[2];        /* it writes a byte here when done */
+	atomic_int load_stop;    /* asks it to stop (shutdown) */
+	double load_t0;          /* when the ASSIGN arrived */
+	uint64_t assign_dropped; /* bytes the ASSIGN dropped */
+	uint64_t load_last;      /* bytes at the last LOAD_PROGRESS sent (loader thread) */
+	atomic_int peer_gone;    /* the control peer's pipe closed: handshake again */
 	bool quit;
 } server;
 
@@ -229,11 +243,47 @@ static void load_progress(void *ctx, uint64_t done, uint64_t total)
 	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
 	p.bytes_done = done;
 	p.bytes_total = total;
-	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base); /* nng: any thread */
+}
+
+static bool load_stopped(void *ctx)
+{
+	return atomic_load(&((server *)ctx)->load_stop) != 0;
+}
+
+/* The loader thread: reads s->ld, then wakes the serving thread. */
+static void *loader_main(void *arg)
+{
+	server *s = arg;
+	moe_store_opts so = {.progress = load_progress, .stop = load_stopped, .progress_ctx = s};
+	s->load_err = moe_store_load_read(s->ld, &so);
+	if (s->load_err != MOE_OK)
+		snprintf(s->load_msg, sizeof s->load_msg, "%s", moe_err_detail());
+	(void)!write(s->load_pipe[1], "L", 1);
+	return NULL;
+}
+
+/* Waits for the loader thread (asking it to stop first if stop) and frees
+ * its load if it was not committed. */
+static void join_loader(server *s, bool stop)
+{
+	if (!s->loading)
+		return;
+	if (stop)
+		atomic_store(&s->load_stop, 1);
+	pthread_join(s->loader, NULL);
+	s->loading = false;
+	atomic_store(&s->load_stop, 0);
+	char b;
+	while (read(s->load_pipe[0], &b, 1) == 1) {
+	}
 }
 
 static void drop_store(server *s)
 {
+	join_loader(s, true);
+	moe_store_load_destroy(s->ld);
+	s->ld = NULL;
 	moe_expert_store_destroy(s->store);
 	s->store = NULL;
 	s->st.experts_held = 0;
@@ -256,8 +306,55 @@ static void bind_store(server *s)
 			mats[w]->expert = p;
 		}
 	}
+	const moe_store_stats ss = moe_expert_store_stats(s->store);
+	s->st.experts_held = ss.experts_held;
+	s->st.bytes_loaded = ss.bytes_held;
 }
 
+/* The ASSIGN is done: the final LOAD_PROGRESS, with what it changed. */
+static void assign_done(server *s, uint64_t loaded, double seconds)
+{
+	s->st.bytes_loaded_total += loaded;
+	s->st.bytes_dropped_total += s->assign_dropped;
+	logf_(s, "holds %llu experts, %.1f MB: loaded %.1f MB, dropped %.1f MB in %.3f s",
+	      (unsigned long long)s->st.experts_held, (double)s->st.bytes_loaded / 1e6,
+	      (double)loaded / 1e6, (double)s->assign_dropped / 1e6, seconds);
+	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
+	p.bytes_done = p.bytes_total = loaded;
+	p.done = true;
+	p.seconds = seconds;
+	p.bytes_loaded = loaded;
+	p.bytes_dropped = s->assign_dropped;
+	p.experts_held = s->st.experts_held;
+	p.bytes_held = s->st.bytes_loaded;
+	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+}
+
+/* The loader thread is done: the experts it read join the store. */
+static void on_loaded(server *s)
+{
+	char msg[600];
+	join_loader(s, false);
+	moe_err err = s->load_err;
+	if (err == MOE_OK) {
+		const uint64_t loaded = moe_store_load_bytes(s->ld);
+		if ((err = moe_store_load_commit(s->store, s->ld)) == MOE_OK) {
+			s->ld = NULL;
+			bind_store(s);
+			assign_done(s, loaded, moe_now_s() - s->load_t0);
+			return;
+		}
+		snprintf(s->load_msg, sizeof s->load_msg, "%s", moe_err_detail());
+	}
+	moe_store_load_destroy(s->ld);
+	s->ld = NULL;
+	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
+	         s->load_msg);
+	ctl_error(s, err, msg);
+}
+
+/* ASSIGN: drop what the new set does not name, keep what it does, load what
+ * is missing on the loader thread while dispatches go on being served. */
 static void on_assign(server *s, const moe_frame *f)
 {
 	char msg[600];
@@ -275,6 +372,10 @@ static void on_assign(server *s, const moe_frame *f)
 		ctl_error(s, err, msg);
 		return;
 	}
+	if (s->loading) {
+		ctl_error(s, MOE_ERR_BUSY, "ASSIGN while the last one is still loading");
+		goto out_free;
+	}
 	const size_t ne = (size_t)s->hp.n_expert;
 	uint8_t *held = calloc((size_t)s->hp.n_layer * ne, 1);
 	if (held == NULL) {
@@ -289,28 +390,36 @@ static void on_assign(server *s, const moe_frame *f)
 		for (size_t j = 0; j < le->n_experts; j++)
 			held[le->layer * ne + le->experts[j]] = 1;
 	}
-	drop_store(s);
-	s->load_last = 0;
-	moe_store_opts so = {.progress = load_progress, .progress_ctx = s};
-	if ((err = moe_expert_store_load(&s->store, s->o->model_path, s->g, s->hp.n_layer,
-	                                 s->hp.n_expert, held, &so)) != MOE_OK) {
-		s->store = NULL;
-		snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s",
-		         moe_err_name(err), moe_err_detail());
-		ctl_error(s, err, msg);
+	s->load_t0 = moe_now_s();
+	if (s->store == NULL &&
+	    (err = moe_expert_store_create(&s->store, s->o->model_path, s->g, s->hp.n_layer,
+	                                   s->hp.n_expert)) != MOE_OK)
+		goto out_fail;
+	moe_expert_store_keep(s->store, held, &s->assign_dropped, NULL);
+	bind_store(s);
+	if ((err = moe_store_load_prepare(&s->ld, s->store, held)) != MOE_OK)
+		goto out_fail;
+	if (moe_store_load_bytes(s->ld) == 0) {
+		moe_store_load_destroy(s->ld);
+		s->ld = NULL;
+		assign_done(s, 0, moe_now_s() - s->load_t0);
 		goto out_free_held;
 	}
-	bind_store(s);
-	const moe_store_stats ss = moe_expert_store_stats(s->store);
-	s->st.experts_held = ss.experts_held;
-	s->st.bytes_loaded = ss.bytes_held;
-	logf_(s, "loaded %llu experts, %.1f MB in %.3f s (%s)", (unsigned long long)ss.experts_held,
-	      (double)ss.bytes_held / 1e6, ss.seconds, ss.direct ? "O_DIRECT" : "buffered");
-	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
-	p.bytes_done = p.bytes_total = ss.bytes_read;
-	p.done = true;
-	p.seconds = ss.seconds;
-	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+	s->load_last = 0;
+	int rc = pthread_create(&s->loader, NULL, loader_main, s);
+	if (rc != 0) {
+		moe_store_load_destroy(s->ld);
+		s->ld = NULL;
+		err = moe_fail(MOE_ERR_SYS, "pthread_create: %s", strerror(rc));
+		goto out_fail;
+	}
+	s->loading = true;
+	goto out_free_held;
+
+out_fail:
+	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
+	         moe_err_detail());
+	ctl_error(s, err, msg);
 out_free_held:
 	free(held);
 out_free:
@@ -330,8 +439,14 @@ static void on_control(server *s)
 	moe_frame f;
 	char msg[600];
 	if (atomic_exchange(&s->peer_gone, 0)) {
-		/* a new peer must say HELLO and authenticate again */
+		/* a new peer must say HELLO and authenticate again, and assign
+		 * anew: a load for the one that left stops */
 		s->hello_ok = s->authed = false;
+		if (s->loading) {
+			join_loader(s, true);
+			moe_store_load_destroy(s->ld);
+			s->ld = NULL;
+		}
 	}
 	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
 	if (rv == NNG_EAGAIN)
@@ -601,6 +716,9 @@ static void server_free(server *s)
 		unlink(s->data_path);
 	nng_close(s->ctl);
 	drop_store(s);
+	for (int i = 0; i < 2; i++)
+		if (s->load_pipe[i] >= 0)
+			close(s->load_pipe[i]);
 	moe_aligned_free(s->acc);
 	free(s->ffn);
 	free(s->ptrs);
@@ -611,7 +729,7 @@ static void server_free(server *s)
 
 moe_err moe_worker_run(const moe_worker_opts *o)
 {
-	server s = {.o = o, .lfd = -1, .ctl = NNG_SOCKET_INITIALIZER};
+	server s = {.o = o, .lfd = -1, .ctl = NNG_SOCKET_INITIALIZER, .load_pipe = {-1, -1}};
 	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
 	moe_err err;
 	int rv;
@@ -639,6 +757,10 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		err = moe_fail(MOE_ERR_NOMEM, "worker tables");
 		goto out_free;
 	}
+	if (pipe2(s.load_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+		err = moe_fail(MOE_ERR_SYS, "pipe: %s", strerror(errno));
+		goto out_free;
+	}
 	if ((err = moe_pool_create(&s.pool, o->n_threads)) != MOE_OK ||
 	    (err = open_data_listener(&s)) != MOE_OK)
 		goto out_free;
@@ -664,13 +786,14 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 
 	while (!s.quit) {
 		/* control, data listener, stop fd (ignored by poll when -1), connections */
-		struct pollfd p[MAX_CONNS + 3];
+		struct pollfd p[MAX_CONNS + 4];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
 		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
 		p[2] = (struct pollfd){.fd = o->stop_fd, .events = POLLIN};
+		p[3] = (struct pollfd){.fd = s.loading ? s.load_pipe[0] : -1, .events = POLLIN};
 		for (int i = 0; i < s.n_conns; i++)
-			p[3 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
-		const int n = 3 + s.n_conns;
+			p[4 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 4 + s.n_conns;
 		if (poll(p, (nfds_t)n, 1000) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -682,9 +805,11 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 			break;
 		}
 		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 4; i >= 0; i--)
-			if (p[3 + i].revents)
+		for (int i = n - 5; i >= 0; i--)
+			if (p[4 + i].revents)
 				(void)on_data(&s, i);
+		if (p[3].revents & POLLIN)
+			on_loaded(&s);
 		if (p[1].revents & POLLIN)
 			on_accept(&s);
 		if (p[0].revents & POLLIN)

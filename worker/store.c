@@ -9,6 +9,13 @@
  * each are kept `depth` in flight. The buffers are registered with the ring
  * (READ_FIXED) when the kernel and RLIMIT_MEMLOCK allow; a file system that
  * refuses O_DIRECT gets buffered reads instead.
+ *
+ * What a store holds changes by slices: a load (moe_store_load_*) reads the
+ * experts a new table adds into runs of its own, on any thread, while the
+ * store goes on being read; its commit adds them; moe_expert_store_keep
+ * drops the experts a table no longer names, giving back at once the pages
+ * that hold nothing else and a run's mapping when its last expert goes.
+ * Experts that stay are never moved or copied.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,7 +36,10 @@ typedef struct store_mat {
 	int64_t n_cols; /* input length (ne0) */
 	int64_t n_rows; /* output length (ne1) */
 	size_t expert_bytes;
+	uint64_t file_off;   /* expert 0's first byte in its file */
+	int split;           /* file of a split model (0 otherwise) */
 	const void **expert; /* [n_expert], NULL = not held */
+	int32_t *run_of;     /* [n_expert] the run holding it (valid where held) */
 } store_mat;
 
 typedef struct store_run {
@@ -38,28 +48,52 @@ typedef struct store_run {
 	size_t len;        /* multiple of DIRECT_ALIGN */
 	uint64_t file_off; /* multiple of DIRECT_ALIGN */
 	int split;         /* file of a split model (0 otherwise) */
+	int mat;           /* layer * 3 + which */
+	int e0, e1;        /* its experts */
+	size_t skip;       /* expert e0's offset in buf */
+	int n_live;        /* its experts still held */
 } store_run;
 
 struct moe_expert_store {
 	int n_layer, n_expert;
+	char *path;
+	const moe_gguf *g;
 	store_mat *mats; /* [n_layer][3] */
 	store_run *runs;
 	size_t n_runs;
 	moe_store_stats st;
 };
 
+/* Experts being read into buffers of their own (moe_store_load_*). */
+struct moe_store_load {
+	const moe_expert_store *s;
+	store_run *runs;
+	size_t n_runs;
+	uint64_t bytes, experts; /* expert bytes and (layer, expert) pairs it adds */
+	moe_store_stats st;      /* bytes_read, seconds, direct, registered */
+};
+
 static const char *const which_name[3] = {"gate", "up", "down"};
+
+static void runs_unmap(store_run *runs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (runs[i].buf != NULL)
+			munmap(runs[i].buf, runs[i].map_len);
+}
 
 void moe_expert_store_destroy(moe_expert_store *s)
 {
 	if (s == NULL)
 		return;
-	for (size_t i = 0; i < s->n_runs; i++)
-		munmap(s->runs[i].buf, s->runs[i].map_len);
-	for (int i = 0; s->mats && i < s->n_layer * 3; i++)
+	runs_unmap(s->runs, s->n_runs);
+	for (int i = 0; s->mats && i < s->n_layer * 3; i++) {
 		free(s->mats[i].expert);
+		free(s->mats[i].run_of);
+	}
 	free(s->runs);
 	free(s->mats);
+	free(s->path);
 	free(s);
 }
 
@@ -106,12 +140,10 @@ static uint8_t *run_alloc(size_t *map_len, size_t len)
 	return p;
 }
 
-/* Plans the runs and allocates their buffers; sets the experts' pointers. */
-static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held, size_t max_runs)
+/* The tensor table: type, shape and file place of every layer's three
+ * stacked expert tensors; empty expert tables. */
+static moe_err read_table(moe_expert_store *s, const moe_gguf *g)
 {
-	s->runs = calloc(max_runs, sizeof(*s->runs));
-	if (s->runs == NULL)
-		return moe_fail(MOE_ERR_NOMEM, "expert store runs");
 	for (int l = 0; l < s->n_layer; l++) {
 		for (int w = 0; w < 3; w++) {
 			char name[64];
@@ -134,43 +166,65 @@ static moe_err plan(moe_expert_store *s, const moe_gguf *g, const uint8_t *held,
 			if (file == NULL)
 				return moe_fail(MOE_ERR_INVAL, "tensor %s: split %u of %d", name,
 				                t->split + 1, moe_gguf_n_splits(g));
-			const uint64_t data_off = moe_gguf_data_offset(file);
 			m->type = t->type;
 			m->n_cols = t->ne[0];
 			m->n_rows = t->ne[1];
 			m->expert_bytes = moe_row_size(t->type, t->ne[0]) * (size_t)t->ne[1];
+			m->file_off = moe_gguf_data_offset(file) + t->offset;
+			m->split = (int)t->split;
 			m->expert = calloc((size_t)s->n_expert, sizeof(void *));
-			if (m->expert == NULL)
+			m->run_of = calloc((size_t)s->n_expert, sizeof(int32_t));
+			if (m->expert == NULL || m->run_of == NULL)
 				return moe_fail(MOE_ERR_NOMEM, "expert table");
+		}
+	}
+	return MOE_OK;
+}
+
+/* Plans ld's runs: every maximal run of experts that held names and the
+ * store lacks, per tensor; allocates their buffers. */
+static moe_err plan(moe_store_load *ld, const uint8_t *held)
+{
+	const moe_expert_store *s = ld->s;
+	size_t max_runs = (size_t)s->n_layer * 3 * (size_t)(s->n_expert / 2 + 1);
+	ld->runs = calloc(max_runs, sizeof(*ld->runs));
+	if (ld->runs == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "expert store runs");
+	for (int l = 0; l < s->n_layer; l++) {
+		for (int w = 0; w < 3; w++) {
+			const store_mat *m = &s->mats[l * 3 + w];
+			const uint8_t *h = held + (size_t)l * (size_t)s->n_expert;
 			for (int e0 = 0; e0 < s->n_expert;) {
 				int e1;
-				if (!held[(size_t)l * s->n_expert + e0]) {
+				if (!h[e0] || m->expert[e0] != NULL) {
 					e0++;
 					continue;
 				}
-				for (e1 = e0;
-				     e1 < s->n_expert && held[(size_t)l * s->n_expert + e1];)
+				for (e1 = e0; e1 < s->n_expert && h[e1] && m->expert[e1] == NULL;)
 					e1++;
-				uint64_t a = data_off + t->offset + (uint64_t)e0 * m->expert_bytes;
+				uint64_t a = m->file_off + (uint64_t)e0 * m->expert_bytes;
 				uint64_t b = a + (uint64_t)(e1 - e0) * m->expert_bytes;
 				uint64_t a_al = a / DIRECT_ALIGN * DIRECT_ALIGN;
 				uint64_t b_al =
 				    (b + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
-				store_run *r = &s->runs[s->n_runs++];
+				store_run *r = &ld->runs[ld->n_runs++];
 				r->file_off = a_al;
 				r->len = (size_t)(b_al - a_al);
-				r->split = (int)t->split;
+				r->split = m->split;
+				r->mat = l * 3 + w;
+				r->e0 = e0;
+				r->e1 = e1;
+				r->skip = (size_t)(a - a_al);
+				r->n_live = e1 - e0;
 				r->buf = run_alloc(&r->map_len, r->len);
 				if (r->buf == NULL)
 					return moe_fail(MOE_ERR_NOMEM,
-					                "%zu bytes for experts %d..%d of %s",
-					                r->len, e0, e1 - 1, name);
-				for (int e = e0; e < e1; e++)
-					m->expert[e] = r->buf + (a - a_al) +
-					               (size_t)(e - e0) * m->expert_bytes;
-				s->st.bytes_held += (uint64_t)(e1 - e0) * m->expert_bytes;
+					                "%zu bytes for experts %d..%d of "
+					                "blk.%d.ffn_%s_exps",
+					                r->len, e0, e1 - 1, l, which_name[w]);
+				ld->bytes += (uint64_t)(e1 - e0) * m->expert_bytes;
 				if (w == 0)
-					s->st.experts_held += (uint64_t)(e1 - e0);
+					ld->experts += (uint64_t)(e1 - e0);
 				e0 = e1;
 			}
 		}
@@ -186,8 +240,8 @@ typedef struct chunk {
 
 /* Reads every run through the ring. Returns MOE_ERR_UNSUPPORTED if the first
  * O_DIRECT read is refused (the caller retries buffered). */
-static moe_err read_all(moe_expert_store *s, const int *fds, const uint64_t *file_sizes,
-                        bool direct, const moe_store_opts *o)
+static moe_err read_all(moe_store_load *s, const int *fds, const uint64_t *file_sizes, bool direct,
+                        const moe_store_opts *o)
 {
 	unsigned depth = o && o->depth ? o->depth : 16;
 	size_t chunk_bytes = o && o->chunk_bytes ? o->chunk_bytes : (1u << 20);
@@ -256,6 +310,10 @@ static moe_err read_all(moe_expert_store *s, const int *fds, const uint64_t *fil
 		}
 		if (n_inflight == 0)
 			break;
+		if (o && o->stop && o->stop(o->progress_ctx)) {
+			err = moe_fail(MOE_ERR_CLOSED, "expert load stopped");
+			goto out_drain;
+		}
 		rc = io_uring_submit_and_wait(&ring, 1);
 		if (rc < 0 && rc != -EINTR) {
 			err = moe_fail(MOE_ERR_SYS, "io_uring_submit: %s", strerror(-rc));
@@ -357,42 +415,86 @@ static moe_err open_all(int *fds, uint64_t *sizes, const char *path, const moe_g
 	return MOE_OK;
 }
 
-moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const moe_gguf *g,
-                              int n_layer, int n_expert, const uint8_t *held,
-                              const moe_store_opts *opts)
+moe_err moe_expert_store_create(moe_expert_store **out, const char *path, const moe_gguf *g,
+                                int n_layer, int n_expert)
 {
-	moe_expert_store *s;
-	double t0 = moe_now_s();
-	bool direct = !(opts && opts->no_direct);
-	const int n_files = moe_gguf_n_splits(g);
-	int *fds = NULL;
-	uint64_t *sizes = NULL;
 	moe_err err;
-
-	if (n_layer <= 0 || n_expert <= 0 || held == NULL || path == NULL)
+	if (n_layer <= 0 || n_expert <= 0 || path == NULL || g == NULL)
 		return moe_fail(MOE_ERR_INVAL, "expert store: %d layers, %d experts", n_layer,
 		                n_expert);
-	s = calloc(1, sizeof(*s));
+	moe_expert_store *s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "expert store");
 	s->n_layer = n_layer;
 	s->n_expert = n_expert;
+	s->g = g;
+	s->path = strdup(path);
 	s->mats = calloc((size_t)n_layer * 3, sizeof(*s->mats));
-	fds = malloc((size_t)n_files * sizeof(*fds));
-	sizes = calloc((size_t)n_files, sizeof(*sizes));
-	if (s->mats == NULL || fds == NULL || sizes == NULL) {
+	if (s->mats == NULL || s->path == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "expert store tables");
 		goto out_destroy;
 	}
+	if ((err = read_table(s, g)) != MOE_OK)
+		goto out_destroy;
+	*out = s;
+	return MOE_OK;
+
+out_destroy:
+	moe_expert_store_destroy(s);
+	return err;
+}
+
+void moe_store_load_destroy(moe_store_load *ld)
+{
+	if (ld == NULL)
+		return;
+	runs_unmap(ld->runs, ld->n_runs);
+	free(ld->runs);
+	free(ld);
+}
+
+moe_err moe_store_load_prepare(moe_store_load **out, const moe_expert_store *s, const uint8_t *held)
+{
+	if (s == NULL || held == NULL)
+		return moe_fail(MOE_ERR_INVAL, "expert load: no store or table");
+	moe_store_load *ld = calloc(1, sizeof(*ld));
+	if (ld == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "expert load");
+	ld->s = s;
+	moe_err err = plan(ld, held);
+	if (err != MOE_OK) {
+		moe_store_load_destroy(ld);
+		return err;
+	}
+	*out = ld;
+	return MOE_OK;
+}
+
+uint64_t moe_store_load_bytes(const moe_store_load *ld)
+{
+	return ld->bytes;
+}
+
+moe_err moe_store_load_read(moe_store_load *ld, const moe_store_opts *opts)
+{
+	const moe_expert_store *s = ld->s;
+	double t0 = moe_now_s();
+	bool direct = !(opts && opts->no_direct);
+	const int n_files = moe_gguf_n_splits(s->g);
+	int *fds = malloc((size_t)n_files * sizeof(*fds));
+	uint64_t *sizes = calloc((size_t)n_files, sizeof(*sizes));
+	moe_err err = MOE_OK;
+
+	if (fds == NULL || sizes == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "expert store tables");
+		goto out_free;
+	}
 	for (int i = 0; i < n_files; i++)
 		fds[i] = -1;
-	if ((err = plan(s, g, held, (size_t)n_layer * 3 * (size_t)(n_expert / 2 + 1))) != MOE_OK)
-		goto out_destroy;
-
-	for (;;) {
-		err = open_all(fds, sizes, path, g, direct);
+	while (ld->n_runs > 0) {
+		err = open_all(fds, sizes, s->path, s->g, direct);
 		if (err == MOE_OK)
-			err = read_all(s, fds, sizes, direct, opts);
+			err = read_all(ld, fds, sizes, direct, opts);
 		close_all(fds, n_files);
 		if (err == MOE_ERR_UNSUPPORTED && direct) {
 			direct = false; /* the file system refuses O_DIRECT: buffered reads */
@@ -400,18 +502,110 @@ moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const mo
 		}
 		break;
 	}
-	if (err != MOE_OK)
-		goto out_destroy;
+	ld->st.direct = direct;
+	ld->st.seconds = moe_now_s() - t0;
+out_free:
 	free(fds);
 	free(sizes);
-	s->st.direct = direct;
-	s->st.seconds = moe_now_s() - t0;
+	return err;
+}
+
+moe_err moe_store_load_commit(moe_expert_store *s, moe_store_load *ld)
+{
+	store_run *runs = realloc(s->runs, (s->n_runs + ld->n_runs + 1) * sizeof(*runs));
+	if (runs == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "expert store: %zu runs", s->n_runs + ld->n_runs);
+	s->runs = runs;
+	for (size_t i = 0; i < ld->n_runs; i++) {
+		store_run *r = &ld->runs[i];
+		store_mat *m = &s->mats[r->mat];
+		for (int e = r->e0; e < r->e1; e++) {
+			m->expert[e] = r->buf + r->skip + (size_t)(e - r->e0) * m->expert_bytes;
+			m->run_of[e] = (int32_t)s->n_runs;
+		}
+		s->runs[s->n_runs++] = *r;
+	}
+	s->st.bytes_held += ld->bytes;
+	s->st.experts_held += ld->experts;
+	s->st.bytes_read = ld->st.bytes_read;
+	s->st.seconds = ld->st.seconds;
+	s->st.direct = ld->st.direct;
+	s->st.registered = ld->st.registered;
+	ld->n_runs = 0; /* the buffers are the store's now */
+	moe_store_load_destroy(ld);
+	return MOE_OK;
+}
+
+void moe_expert_store_keep(moe_expert_store *s, const uint8_t *held, uint64_t *bytes_dropped,
+                           uint64_t *experts_dropped)
+{
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	uint64_t bytes = 0, experts = 0;
+	for (int l = 0; l < s->n_layer; l++) {
+		for (int w = 0; w < 3; w++) {
+			store_mat *m = &s->mats[l * 3 + w];
+			for (int e = 0; e < s->n_expert; e++) {
+				if (m->expert[e] == NULL ||
+				    held[(size_t)l * (size_t)s->n_expert + e])
+					continue;
+				store_run *r = &s->runs[m->run_of[e]];
+				/* the pages that hold nothing but this expert go back now */
+				const uintptr_t a = (uintptr_t)m->expert[e];
+				const uintptr_t a_pg = (a + page - 1) / page * page;
+				const uintptr_t b_pg = (a + m->expert_bytes) / page * page;
+				if (b_pg > a_pg)
+					(void)madvise((void *)a_pg, b_pg - a_pg, MADV_DONTNEED);
+				m->expert[e] = NULL;
+				bytes += m->expert_bytes;
+				experts += w == 0;
+				if (--r->n_live == 0) {
+					munmap(r->buf, r->map_len);
+					r->buf = NULL;
+				}
+			}
+		}
+	}
+	/* compact the runs: those with no expert left are gone */
+	size_t k = 0;
+	for (size_t i = 0; i < s->n_runs; i++) {
+		if (s->runs[i].buf == NULL)
+			continue;
+		store_run *r = &s->runs[i];
+		store_mat *m = &s->mats[r->mat];
+		for (int e = r->e0; e < r->e1; e++)
+			if (m->expert[e] != NULL)
+				m->run_of[e] = (int32_t)k;
+		s->runs[k++] = *r;
+	}
+	s->n_runs = k;
+	s->st.bytes_held -= bytes;
+	s->st.experts_held -= experts;
+	if (bytes_dropped)
+		*bytes_dropped = bytes;
+	if (experts_dropped)
+		*experts_dropped = experts;
+}
+
+moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const moe_gguf *g,
+                              int n_layer, int n_expert, const uint8_t *held,
+                              const moe_store_opts *opts)
+{
+	moe_expert_store *s = NULL;
+	moe_store_load *ld = NULL;
+	moe_err err;
+	if (held == NULL)
+		return moe_fail(MOE_ERR_INVAL, "expert store: no held table");
+	if ((err = moe_expert_store_create(&s, path, g, n_layer, n_expert)) != MOE_OK)
+		return err;
+	if ((err = moe_store_load_prepare(&ld, s, held)) != MOE_OK ||
+	    (err = moe_store_load_read(ld, opts)) != MOE_OK ||
+	    (err = moe_store_load_commit(s, ld)) != MOE_OK)
+		goto out_destroy;
 	*out = s;
 	return MOE_OK;
 
 out_destroy:
-	free(fds);
-	free(sizes);
+	moe_store_load_destroy(ld);
 	moe_expert_store_destroy(s);
 	return err;
 }

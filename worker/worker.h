@@ -37,7 +37,10 @@ typedef struct moe_store_opts {
 	size_t chunk_bytes; /* bytes per read; 0 = 1 MiB */
 	/* Called after each completed read with bytes done and total; may be NULL. */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
-	void *progress_ctx;
+	/* Asked before each batch of reads (may be NULL): true stops the load
+	 * with MOE_ERR_CLOSED. */
+	bool (*stop)(void *ctx);
+	void *progress_ctx; /* of progress and stop */
 } moe_store_opts;
 
 /* Loads, for every layer l < n_layer and expert e < n_expert with
@@ -53,8 +56,42 @@ moe_err moe_expert_store_load(moe_expert_store **out, const char *path, const mo
                               int n_layer, int n_expert, const uint8_t *held,
                               const moe_store_opts *opts);
 
+/* An empty store for the expert tensors of g (the GGUF at path; both must
+ * outlive the store): their types, shapes and places are read and checked
+ * here.  Errors: MOE_ERR_NOT_FOUND / MOE_ERR_BAD_SHAPE as above, MOE_ERR_INVAL,
+ * MOE_ERR_NOMEM. */
+moe_err moe_expert_store_create(moe_expert_store **out, const char *path, const moe_gguf *g,
+                                int n_layer, int n_expert);
+
 /* Frees everything; NULL is a no-op. */
 void moe_expert_store_destroy(moe_expert_store *s);
+
+/* Changing what a store holds by slices, while it serves: a load reads into
+ * buffers of its own the experts that a held table names and s lacks.
+ * prepare plans and allocates (on the thread that owns s; nothing is read);
+ * read does the reading (io_uring, as moe_expert_store_load) and may run on
+ * another thread while s is read and used, but not changed; commit (on the
+ * owning thread) makes the experts s's, without a copy, and frees ld, or
+ * fails with MOE_ERR_NOMEM leaving s and ld as they were.  Errors of
+ * prepare: MOE_ERR_INVAL, MOE_ERR_NOMEM; of read: MOE_ERR_IO, MOE_ERR_NOMEM,
+ * MOE_ERR_SYS, MOE_ERR_MISMATCH (the file changed), MOE_ERR_CLOSED (opts->stop
+ * said so).  moe_store_load_destroy frees a load not committed (NULL: no-op). */
+typedef struct moe_store_load moe_store_load;
+moe_err moe_store_load_prepare(moe_store_load **out, const moe_expert_store *s,
+                               const uint8_t *held);
+moe_err moe_store_load_read(moe_store_load *ld, const moe_store_opts *opts);
+moe_err moe_store_load_commit(moe_expert_store *s, moe_store_load *ld);
+void moe_store_load_destroy(moe_store_load *ld);
+
+/* Expert bytes (slices, no alignment slack) that ld adds. */
+uint64_t moe_store_load_bytes(const moe_store_load *ld);
+
+/* Drops every held expert that held[l * n_expert + e] does not name; the
+ * others stay where they are.  Sets the expert bytes and (layer, expert)
+ * pairs dropped (either may be NULL).  Pages holding only dropped bytes go
+ * back to the system at once. */
+void moe_expert_store_keep(moe_expert_store *s, const uint8_t *held, uint64_t *bytes_dropped,
+                           uint64_t *experts_dropped);
 
 /* Expert e's matrix `which` (MOE_EXP_*) of layer l, or NULL if not held or
  * out of range. */
