@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -17,7 +18,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
-	        "                     [--api-key KEY] [--parallel SEQS] [--ctx TOKENS]\n"
+	        "                     [--api-key KEY | --insecure] [--parallel SEQS] [--ctx TOKENS]\n"
+	        "                     [--max-conn N] [--timeout SECONDS]\n"
 	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
 	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
 	        "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
@@ -33,7 +35,11 @@ static void usage(FILE *f)
 	        "can take fit, and one that never could gets 400);\n"
 	        "up to --queue requests (default 64) wait for a slot, more get 429.  With\n"
 	        "--api-key every route but /health needs\n"
-	        "`Authorization: Bearer KEY`.  --port 0 picks a free port.  Chats are\n"
+	        "`Authorization: Bearer KEY`; a --host beyond loopback needs --api-key, or\n"
+	        "--insecure to serve it open.  --port 0 picks a free port.  Up to\n"
+	        "--max-conn connections (default 4096; the open-file limit is raised to\n"
+	        "fit) are served at once, each idle one closed after --timeout seconds\n"
+	        "(default 600, as llama.cpp's server).  Chats are\n"
 	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	        "(--chat-template chatml); a template the server cannot render stops it\n"
 	        "at start-up.  A prompt that extends one the server has run (an agent's\n"
@@ -93,6 +99,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			a->eo.cache_ram = 0;
 			continue;
 		}
+		if (strcmp(s, "--insecure") == 0) {
+			a->ho.insecure = true;
+			continue;
+		}
 		const moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
 		if (ce == MOE_OK)
 			continue;
@@ -111,6 +121,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			bad = moe_parse_int(&a->ho.port, v, 0, 65535);
 		else if (strcmp(s, "--api-key") == 0)
 			a->ho.api_key = v;
+		else if (strcmp(s, "--max-conn") == 0)
+			bad = moe_parse_int(&a->ho.max_conn, v, 1, 1 << 20);
+		else if (strcmp(s, "--timeout") == 0)
+			bad = moe_parse_int(&a->ho.timeout_s, v, 1, 1 << 20);
 		else if (strcmp(s, "--parallel") == 0)
 			bad = moe_parse_int(&a->eo.n_slots, v, 1, 256);
 		else if (strcmp(s, "--ctx") == 0)
@@ -178,6 +192,23 @@ static moe_err heartbeat(void *ctx)
 	return err != MOE_OK ? err : moe_cluster_tick(ctx);
 }
 
+/* Raises the soft open-file limit toward what max_conn connections need
+ * beside the server's own descriptors (workers, cache files), within the
+ * hard limit; says so when the hard limit is lower. */
+static void fit_open_files(int max_conn)
+{
+	const rlim_t want = (rlim_t)(max_conn > 0 ? max_conn : 4096) + 256;
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+		fprintf(stderr,
+		        "moemesh serve: warning: open files limited to %llu, fewer than --max-conn "
+		        "needs (%llu): raise the hard limit (ulimit -Hn, LimitNOFILE=)\n",
+		        (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 static void cluster_metrics(void *ctx, FILE *out)
 {
 	moe_cluster_metrics(ctx, out);
@@ -208,6 +239,7 @@ int moe_cmd_serve(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	fit_open_files(a.ho.max_conn);
 
 	int rc = 1;
 	moe_err err;

@@ -361,8 +361,20 @@ static void on_body(void *ctx, moe_http_req *r)
 
 /* ---- the front end (server.h) ------------------------------------------------------- */
 
+/* Whether host (as moe_http_opts takes it) is a loopback address. */
+static bool is_loopback(const char *host)
+{
+	return host == NULL || strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0;
+}
+
 moe_err moe_http_start(moe_http **out, const moe_http_opts *o)
 {
+	if (!is_loopback(o->host) && o->api_key == NULL && !o->insecure)
+		return moe_fail(MOE_ERR_INVAL,
+		                "serve: --host %s is reachable from other machines and every request "
+		                "would be served unauthenticated: give --api-key KEY (or --insecure "
+		                "to serve it without one)",
+		                o->host);
 	moe_http *h = calloc(1, sizeof *h);
 	if (h == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "serve: http");
@@ -379,8 +391,11 @@ moe_err moe_http_start(moe_http **out, const moe_http_opts *o)
 		err = moe_fail(MOE_ERR_SYS, "serve: pthread_mutex_init");
 		goto out_free_h;
 	}
-	const moe_httpd_opts to = {
-	    .host = o->host, .port = o->port, .max_body = o->max_body, .max_conn = o->max_conn};
+	const moe_httpd_opts to = {.host = o->host,
+	                           .port = o->port,
+	                           .max_body = o->max_body,
+	                           .max_conn = o->max_conn,
+	                           .timeout_s = o->timeout_s};
 	const moe_httpd_handlers hh = {
 	    .ctx = h, .head = on_head, .reject = on_reject, .body = on_body};
 	if ((err = moe_httpd_start(&h->t, &to, &hh)) != MOE_OK)

@@ -246,7 +246,10 @@ typedef struct moe_http_opts {
 	int port;             /* 0: any free port (see moe_http_port) */
 	const char *api_key;  /* NULL: no authentication */
 	size_t max_body;      /* request body cap in bytes (413 above it) */
-	int max_conn;         /* connections at once */
+	int max_conn;         /* connections at once (<= 0: 4096; each idle one costs a thread
+	                       * and a descriptor, nothing else) */
+	int timeout_s;        /* a connection idle this long is closed (<= 0: 600) */
+	bool insecure;        /* allow a host beyond loopback without an api_key */
 	const char *model_id; /* the name /v1/models shows */
 } moe_http_opts;
 
@@ -255,7 +258,8 @@ typedef struct moe_http moe_http;
 /* Starts listening (a thread per connection).  Until moe_http_set_engine the
  * server answers /health with 503 and the reason set by
  * moe_http_set_status, and every API route with 503.  Errors: MOE_ERR_INVAL
- * (host), MOE_ERR_SYS (bind / start failed), MOE_ERR_NOMEM. */
+ * (host; or a host beyond loopback without api_key and without insecure: the
+ * detail says what to give), MOE_ERR_SYS (bind / start failed), MOE_ERR_NOMEM. */
 moe_err moe_http_start(moe_http **out, const moe_http_opts *o);
 
 /* The port actually bound. */

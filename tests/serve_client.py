@@ -906,6 +906,37 @@ def case_rebalance(out):
     json.dump({"texts": texts, "metrics": met}, open(out, "w"))
 
 
+def case_slowloris():
+    """1,000 connections that send part of a request's headers, a line more
+    now and then, and never finish (slowloris), leave real clients served:
+    /health, and the same text as before them, whole and streamed; then the
+    server still serves once they are gone."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (1200 if hard == resource.RLIM_INFINITY else min(1200, hard), hard))
+    body = {"prompt": "In the beginning", "max_tokens": 12, "temperature": 0}
+    before, _ = complete(body)
+    idle = []
+    for i in range(1000):
+        s = socket.create_connection(("127.0.0.1", PORT), timeout=30)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n")
+        idle.append(s)
+    for s in idle:  # one more header line each: never idle long enough to be timed out
+        s.sendall(b"X-Slow: 1\r\n")
+    st, text = request("GET", "/health")
+    check(st == 200, "/health under 1000 idle connections: %d %r" % (st, text[:200]))
+    after, _ = complete(body)
+    check(after == before, "text under 1000 idle connections %r, alone %r" % (after, before))
+    streamed, _, _ = stream(body)
+    check(streamed == before, "streamed under 1000 idle connections %r" % streamed)
+    for s in idle:
+        s.close()
+    again, _ = complete(body)
+    check(again == before, "text after the idle connections left %r" % again)
+
+
 def main():
     global PORT, MODEL
     case = sys.argv[1]

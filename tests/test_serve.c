@@ -78,9 +78,9 @@ static server start(const char *model, const char *const *extra, bool want_ready
 			strcpy(msg + used, line);
 			used += strlen(line);
 		}
-		const char *p = strstr(line, "listening on http://127.0.0.1:");
-		if (p != NULL)
-			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		const char *p = strstr(line, "listening on http://");
+		if (p != NULL && (p = strchr(p + strlen("listening on http://"), ':')) != NULL)
+			s.port = atoi(p + 1);
 		if (strstr(line, "moemesh serve: ready") != NULL) {
 			cr_assert(want_ready, "the server started: %s", line);
 			cr_assert_gt(s.port, 0);
@@ -208,6 +208,26 @@ Test(serve, a_kv_budget_admits_what_fits_and_refuses_what_never_can, .timeout = 
 Test(serve, http_head_405_413_before_the_body_and_counters, .timeout = 300)
 {
 	run_case("http", kjv(), (const char *const[]){"--max-body", "4096", NULL}, NULL);
+}
+
+Test(serve, a_thousand_idle_connections_leave_real_clients_served, .timeout = 300)
+{
+	run_case("slowloris", kjv(), NULL, NULL);
+}
+
+Test(serve, a_host_beyond_loopback_needs_an_api_key_or_insecure, .timeout = 120)
+{
+	char msg[4096];
+	start(kjv(), (const char *const[]){"--host", "0.0.0.0", NULL}, false, msg, sizeof msg);
+	cr_expect(strstr(msg, "--host 0.0.0.0 is reachable from other machines") != NULL &&
+	              strstr(msg, "--api-key") != NULL && strstr(msg, "--insecure") != NULL,
+	          "the refusal: %s", msg);
+	server s = start(kjv(), (const char *const[]){"--host", "0.0.0.0", "--api-key", "k", NULL},
+	                 true, NULL, 0);
+	stop(&s);
+	s = start(kjv(), (const char *const[]){"--host", "0.0.0.0", "--insecure", NULL}, true, NULL,
+	          0);
+	stop(&s);
 }
 
 Test(serve, api_key, .timeout = 300)
