@@ -51,7 +51,7 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 		l->dfd = -1;
 	}
 	moe_rx_free(&l->rx);
-	fprintf(stderr, "moemesh: worker %s (%s) lost: %s\n", l->name, l->url, why);
+	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
 	(void)c;
 }
 
@@ -157,6 +157,8 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		snprintf(l->name, sizeof l->name, "%.63s",
 		         r->name && r->name[0] ? r->name : l->url);
 	l->mem = r->mem_bytes;
+	moe_log(MOE_LOG_DEBUG, "worker %s (%s): HELLO_REPLY, %llu bytes offered", l->name, l->url,
+	        (unsigned long long)l->mem);
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
 	if (c->secret) {
 		if (moe_hmac_sha256(resp, c->secret, c->secret_len, chal, 32) != MOE_OK ||
@@ -276,8 +278,12 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 			lp[a.n_layers++] = le;
 	}
 	a.layers = lp;
+	moe_log(MOE_LOG_DEBUG, "worker %s (%s): ASSIGN of %llu experts in %zu ranges", l->name,
+	        l->url, (unsigned long long)held, nr);
 	if ((err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
 		goto out_free;
+	l->st.loading = true;
+	l->st.load_done = l->st.load_total = 0;
 	for (;;) {
 		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
 		    MOE_OK)
@@ -293,7 +299,14 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		const bool done = p->done;
 		if (done)
 			l->st.load_seconds = p->seconds;
+		if (p->bytes_done <= p->bytes_total) {
+			l->st.load_done = p->bytes_done;
+			l->st.load_total = p->bytes_total;
+		}
+		l->st.loading = !done;
 		moemesh__load_progress__free_unpacked(p, NULL);
+		if (c->o.on_load != NULL)
+			c->o.on_load(c->o.on_load_ctx, c);
 		if (done)
 			break;
 	}
@@ -313,6 +326,7 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		moemesh__stats__free_unpacked(s, NULL);
 	}
 out_free:
+	l->st.loading = false;
 	free(les);
 	free(lp);
 	free(rs);
@@ -387,7 +401,12 @@ moe_err moe_clu_spawn(moe_cluster *c, clink *l, int k)
 		argv[n++] = rfd;
 		argv[n++] = "--net-delay-us";
 		argv[n++] = delay;
-		argv[n++] = "--quiet";
+		if (moe_log_enabled(MOE_LOG_DEBUG)) {
+			argv[n++] = "--log-level";
+			argv[n++] = "debug";
+		} else {
+			argv[n++] = "--quiet";
+		}
 		if (c->o.secret_file) {
 			argv[n++] = "--secret-file";
 			argv[n++] = c->o.secret_file;
