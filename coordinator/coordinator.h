@@ -56,9 +56,9 @@ typedef struct moe_cluster_opts {
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
-	/* Called on the cluster's thread whenever a worker reports load progress
-	 * (LOAD_PROGRESS) and when its load ends; c's links (moe_cluster_link:
-	 * loading, load_done, load_total) say where each is.  May be NULL. */
+	/* Called on the cluster's thread when an ASSIGN is sent, whenever a
+	 * worker reports load progress (LOAD_PROGRESS) and when its load ends; c's links
+	 * (moe_cluster_link: loading, load_done, load_total) say where each is.  May be NULL. */
 	void (*on_load)(void *ctx, const struct moe_cluster *c);
 	void *on_load_ctx;
 } moe_cluster_opts;

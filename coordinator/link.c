@@ -284,6 +284,8 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		goto out_free;
 	l->st.loading = true;
 	l->st.load_done = l->st.load_total = 0;
+	if (c->o.on_load != NULL)
+		c->o.on_load(c->o.on_load_ctx, c);
 	for (;;) {
 		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
 		    MOE_OK)

@@ -492,3 +492,117 @@ Test(log, debug_lines_come_and_go_with_the_level, .timeout = 120)
 	}
 	unlink(err);
 }
+
+/* The test harness worker (tests/worker_harness.c). */
+static const char *test_worker(void)
+{
+	const char *w = getenv("MOE_TEST_WORKER");
+	cr_assert(w != NULL, "MOE_TEST_WORKER is not set");
+	return w;
+}
+
+/* GET url into out; the HTTP status (curl's). */
+static int http_get(const char *url, const char *out)
+{
+	char code[256];
+	tmp_path(code, sizeof code, "code");
+	if (sh("curl -s -o '%s' -w '%%{http_code}' '%s' >'%s'", out, url, code) != 0) {
+		unlink(code);
+		return 0;
+	}
+	char *c = slurp(code);
+	const int st = atoi(c);
+	free(c);
+	unlink(code);
+	return st;
+}
+
+/* serve with two workers, the second holding its ASSIGN until the test lets
+ * it go: meanwhile /health is 503 "loading" and lists both workers, the
+ * first with all its bytes loaded, the second with none; then 200. */
+Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini = reap)
+{
+	char m[1024], u0[64], u1[64], e0[256], e1[256], es[256], go[256], body[256], h[128];
+	char cmd[4096], extra[4096];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	tmp_path(e0, sizeof e0, "w0.err");
+	tmp_path(e1, sizeof e1, "w1.err");
+	tmp_path(es, sizeof es, "serve.err");
+	tmp_path(go, sizeof go, "go");
+	tmp_path(body, sizeof body, "health.json");
+	unlink(go);
+	snprintf(u0, sizeof u0, "tcp://127.0.0.1:%d", free_port());
+	snprintf(u1, sizeof u1, "tcp://127.0.0.1:%d", free_port());
+	const int port = free_port();
+	snprintf(h, sizeof h, "http://127.0.0.1:%d/health", port);
+	const pid_t w0 = start_worker(m, u0, "--name first", e0);
+	/* the harness: start_worker runs `moemesh worker`; this one runs the harness */
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	snprintf(extra, sizeof extra,
+	         "exec '%s' --hold-assign-until '%s' -m '%s' --listen %s --threads 1 --name second "
+	         "--ready-fd %d 2>'%s'",
+	         test_worker(), go, m, u1, fds[1], e1);
+	const pid_t w1 = fork();
+	cr_assert(w1 >= 0);
+	if (w1 == 0) {
+		close(fds[0]);
+		execl("/bin/sh", "sh", "-c", extra, (char *)NULL);
+		_exit(127);
+	}
+	track(w1, true);
+	close(fds[1]);
+	char b = 0;
+	struct pollfd p = {.fd = fds[0], .events = POLLIN};
+	cr_assert(poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1, "the harness did not start");
+	close(fds[0]);
+
+	snprintf(cmd, sizeof cmd,
+	         "exec '%s' serve -m '%s' --port %d --threads 1 --worker %s --worker %s 2>'%s'",
+	         bin(), m, port, u0, u1, es);
+	const pid_t srv = fork();
+	cr_assert(srv >= 0);
+	if (srv == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	track(srv, true);
+	/* until /health names the second worker (its ASSIGN is held) */
+	int code = 0;
+	for (int t = 0; t < 30000; t += 20) {
+		code = http_get(h, body);
+		if (code != 0 && file_has(body, "\"second\""))
+			break;
+		sleep_ms(20);
+	}
+	cr_expect_eq(code, 503);
+	json_error_t je;
+	json_t *j = json_load_file(body, 0, &je);
+	cr_assert(j != NULL, "/health: %s", je.text);
+	cr_expect_str_eq(json_string_value(json_object_get(j, "status")), "loading");
+	json_t *ws = json_object_get(j, "workers");
+	cr_assert_eq(json_array_size(ws), 2);
+	json_t *a = json_array_get(ws, 0), *c = json_array_get(ws, 1);
+	cr_expect_str_eq(jstr(a, "name"), "first");
+	cr_expect_str_eq(jstr(c, "name"), "second");
+	cr_expect_gt(jint(a, "total_bytes"), 0);
+	cr_expect_eq(jint(a, "loaded_bytes"), jint(a, "total_bytes"));
+	cr_expect_eq(jint(c, "loaded_bytes"), 0);
+	json_decref(j);
+
+	FILE *fp = fopen(go, "w");
+	cr_assert(fp != NULL);
+	fclose(fp);
+	for (int t = 0; t < 30000 && (code = http_get(h, body)) != 200; t += 20)
+		sleep_ms(20);
+	cr_expect_eq(code, 200, "serve got ready once the load was let go");
+	cr_expect(!file_has(body, "workers"), "no load list once ready");
+	cr_expect_eq(stop(srv), 0);
+	cr_expect_eq(stop(w0), 0);
+	cr_expect_eq(stop(w1), 0);
+	unlink(go);
+	unlink(body);
+	unlink(e0);
+	unlink(e1);
+	unlink(es);
+}
