@@ -138,6 +138,10 @@ pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-c
 if [ "$mode" = test ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
 	pkgs="$pkgs nodejs npm"
 fi
+# systemd-analyze checks the units (ctest deploy_units)
+if [ "$mode" = test ]; then
+	pkgs="$pkgs systemd"
+fi
 case "$os_id $os_like" in
 *debian* | *ubuntu*)
 	missing=

@@ -91,6 +91,11 @@ mkdir -p "$work/stub"
 # shellcheck disable=SC2016
 printf '#!/bin/sh\n[ "$1" = -u ] && { echo 1000; exit 0; }\nexec /usr/bin/id "$@"\n' >"$work/stub/id"
 printf '#!/bin/sh\necho "sudo: a password is required" >&2\nexit 1\n' >"$work/stub/sudo"
+# and whatever would change the system fails loudly, should the check above be wrong
+for c in install useradd chgrp chown systemctl; do
+	printf '#!/bin/sh\necho "stub: would have run %s" >&2\nexit 99\n' "$c" >"$work/stub/$c"
+	chmod +x "$work/stub/$c"
+done
 chmod +x "$work/stub/id" "$work/stub/sudo"
 rc=0
 PATH=$work/stub:$PATH bash "$install_sh" worker --model /var/lib/moemesh/models/m.gguf \
@@ -110,9 +115,9 @@ for u in moemesh-worker moemesh-serve; do
 	check "$u.service: systemd-analyze verify says nothing: $(cat "$work/verify")" \
 		[ ! -s "$work/verify" ]
 	rc=0
-	(cd "$work/units" && systemd-analyze security --offline=true --threshold=40 \
+	(cd "$work/units" && systemd-analyze security --offline=true --threshold=35 \
 		--no-pager "$u.service") >"$work/security" 2>&1 || rc=$?
-	check "$u.service: exposure above 4.0: $(tail -1 "$work/security")" [ "$rc" = 0 ]
+	check "$u.service: exposure above 3.5: $(tail -1 "$work/security")" [ "$rc" = 0 ]
 	check "$u.service: restarts on failure" grep -qx 'Restart=on-failure' "$work/units/$u.service"
 	check "$u.service: runs as moemesh" grep -qx 'User=moemesh' "$work/units/$u.service"
 done
