@@ -606,3 +606,26 @@ Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini 
 	unlink(e1);
 	unlink(es);
 }
+
+/* On a terminal (script(1) gives the run one) the load progress is one bar
+ * redrawn in place that ends with every worker loaded, and no log line per
+ * 10 %. */
+Test(log, a_terminal_gets_one_progress_bar, .timeout = 60)
+{
+	char m[1024], out[256];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	tmp_path(out, sizeof out, "tty.txt");
+	if (sh("command -v script >/dev/null") != 0) {
+		fprintf(stderr, "[SKIP] log::a_terminal_gets_one_progress_bar: no script(1)\n");
+		return;
+	}
+	cr_assert_eq(sh("script -qec \"'%s' run -m '%s' --tokens 1,2 -n 2 --temp 0 --workers 2 "
+	                ">/dev/null\" '%s' >/dev/null 2>&1",
+	                bin(), m, out),
+	             0);
+	cr_expect(file_has(out, "\rloading experts ["), "no bar drawn in place");
+	cr_expect(file_has(out, "2 of 2 workers\033[K\r\n"),
+	          "the bar does not end with both loaded");
+	cr_expect(!file_has(out, "loading experts: worker"), "log lines on a terminal");
+	unlink(out);
+}
