@@ -67,7 +67,9 @@ static void print_json(const moe_node_status *ns, int n)
 		if (s->pings_answered > 0) {
 			printf(",\"name\":");
 			json_str(s->name);
-			printf(",\"model_id\":\"%s\",\"isa\":\"%s\",\"threads\":%u,"
+			printf(",\"model_id\":\"%s\",\"isa\":", id);
+			json_str(s->isa);
+			printf(",\"threads\":%u,"
 			       "\"mem_total\":%llu,\"mem_available\":%llu,\"mem_offered\":%llu,"
 			       "\"bytes_loaded\":%llu,\"experts_held\":%llu,\"layers_held\":%d,"
 			       "\"n_layers\":%d,\"dispatches\":%llu,\"compute_ns\":%llu,"
@@ -75,7 +77,7 @@ static void print_json(const moe_node_status *ns, int n)
 			       "\"load_done\":%llu,\"load_total\":%llu,\"bad_frames\":%llu,"
 			       "\"rtt_ms\":%.3f,\"rtt_ms_max\":%.3f,\"clock_offset_ms\":%.3f,"
 			       "\"pings_answered\":%d",
-			       id, s->isa, s->threads, (unsigned long long)s->mem_total,
+			       s->threads, (unsigned long long)s->mem_total,
 			       (unsigned long long)s->mem_available,
 			       (unsigned long long)s->mem_offered,
 			       (unsigned long long)s->bytes_loaded,
@@ -98,8 +100,8 @@ static void print_table(const moe_node_status *ns, int n)
 	for (int i = 0; i < n; i++) {
 		const moe_node_status *s = &ns[i];
 		if (s->pings_answered == 0) {
-			printf("%-12s %-30s %-14s %s\n", "-", s->url, moe_node_state_name(s->state),
-			       s->detail);
+			printf("%-12s %-30s %-14s %s\n", s->name[0] ? s->name : "-", s->url,
+			       moe_node_state_name(s->state), s->detail);
 			continue;
 		}
 		char id[9], mem[64], ex[64], load[96];

@@ -121,8 +121,8 @@ node_install() { # node_install worker|coordinator OPTIONS...
 	$sudo install -d -m 0750 "$D/etc/moemesh"
 	[ -n "$D" ] || $sudo chgrp moemesh /etc/moemesh
 	# the secret: the one given, else the one there, else a new one
-	local tmp
-	tmp=$(mktemp)
+	tmp=$(mktemp) # global: the EXIT trap removes it if we stop half way
+	trap 'rm -f "${tmp:-}"' EXIT
 	if [ -n "$secret" ]; then
 		cat "$secret" >"$tmp"
 	elif [ -f "$D/etc/moemesh/secret" ]; then
