@@ -629,3 +629,30 @@ Test(log, a_terminal_gets_one_progress_bar, .timeout = 60)
 	cr_expect(!file_has(out, "loading experts: worker"), "log lines on a terminal");
 	unlink(out);
 }
+
+/* With stderr the journal's stream (JOURNAL_STREAM names its device and
+ * inode) a line is a syslog priority and the message, no time of our own;
+ * with JOURNAL_STREAM naming another file, the usual time and level. */
+Test(log, the_journal_gets_priority_prefixes, .timeout = 60)
+{
+	char m[1024], err[256];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	tmp_path(err, sizeof err, "journal.err");
+	cr_assert_eq(
+	    sh(": >'%s'; JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' run -m '%s' --tokens 1,2 "
+	       "-n 2 --temp 0 --workers 1 --log-level debug 2>>'%s' >/dev/null",
+	       err, err, bin(), m, err),
+	    0);
+	cr_expect(file_has(err, "<6>loading experts: worker w0 100%"),
+	          "no info line with its priority");
+	cr_expect(file_has(err, "<7>worker w0 ("), "no debug line with its priority");
+	cr_expect(!file_has(err, "Z info "), "a time of our own under the journal");
+	cr_assert_eq(
+	    sh("JOURNAL_STREAM=1:1 '%s' run -m '%s' --tokens 1,2 -n 2 --temp 0 --workers 1 "
+	       "2>'%s' >/dev/null",
+	       bin(), m, err),
+	    0);
+	cr_expect(file_has(err, "Z info  loading experts: worker w0 100%"));
+	cr_expect(!file_has(err, "<6>"));
+	unlink(err);
+}
