@@ -2,9 +2,10 @@
  * test_status.c - running a cluster you can see: `moemesh status` against
  * real worker processes (an up worker with the experts a coordinator gave
  * it, an unreachable address, a wrong or missing secret, another model, a
- * worker answering while it serves a coordinator), --log-level (strict
- * values; debug lines there with debug and gone without), and the workers'
- * load progress logged while a cluster starts.
+ * worker answering while it serves a coordinator), serve's /health listing
+ * the workers' bytes while they load, --log-level (strict values; debug
+ * lines there with debug and gone without), the load progress as log lines
+ * or, on a terminal, one bar, and syslog priorities under the journal.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
