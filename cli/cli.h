@@ -50,16 +50,17 @@ int moe_cli_stop_signals_begin(bool nonblock);
 void moe_cli_stop_signals_end(void);
 
 /* The workers' load progress while a cluster starts (progress.c): give
- * moe_cli_progress_cb and a moe_cli_progress to moe_cluster_opts.on_load.
- * On a terminal (not the journal) one bar on stderr is redrawn in place,
- * else a log line per worker at every 10 % it passes; with h, /health lists
- * the workers' bytes (moe_http_set_loading) until _end, which also ends the
- * bar's line. */
+ * moe_cli_progress_cb and a moe_cli_progress that lives as long as the
+ * cluster to moe_cluster_opts.on_load.  On a terminal (not the journal) one
+ * bar on stderr is redrawn in place, else a log line per worker at every
+ * 10 % it passes; with h, /health lists the workers' bytes
+ * (moe_http_set_loading) until _end, which also ends the bar's line.  After
+ * _end (a repair re-loading experts) only log lines. */
 struct moe_http;
 struct moe_cluster;
 typedef struct moe_cli_progress {
 	struct moe_http *h;
-	bool tty, drawn;
+	bool tty, drawn, ended;
 	int decile[64]; /* last 10 % step logged per worker */
 } moe_cli_progress;
 void moe_cli_progress_init(moe_cli_progress *p, struct moe_http *h);

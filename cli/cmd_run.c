@@ -239,8 +239,9 @@ int moe_cmd_run(int argc, char **argv)
 	}
 	if (a.fo.n_ctx == 0)
 		a.fo.n_ctx = (int)(n_prompt + (size_t)a.n_gen);
+	/* lives as long as the cluster: a repair re-loads experts later */
+	moe_cli_progress prog;
 	if (moe_cluster_wanted(&a.co)) {
-		moe_cli_progress prog;
 		moe_cli_progress_init(&prog, NULL);
 		a.co.on_load = moe_cli_progress_cb;
 		a.co.on_load_ctx = &prog;

@@ -222,6 +222,7 @@ int moe_cmd_serve(int argc, char **argv)
 	moe_engine *e = NULL;
 	moe_cluster *cl = NULL;
 	rtt_feed feed = {0};
+	moe_cli_progress prog; /* lives as long as the cluster: a repair re-loads experts later */
 	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
 		goto out_fail;
 	moe_log(MOE_LOG_INFO, "moemesh serve: listening on http://%s:%d (loading %s)", a.ho.host,
@@ -235,7 +236,6 @@ int moe_cmd_serve(int argc, char **argv)
 		goto out_fail;
 	if (moe_cluster_wanted(&a.co)) {
 		moe_http_set_status(h, "loading", "starting workers and loading their experts");
-		moe_cli_progress prog;
 		moe_cli_progress_init(&prog, h);
 		a.co.on_load = moe_cli_progress_cb;
 		a.co.on_load_ctx = &prog;

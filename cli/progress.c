@@ -58,7 +58,9 @@ void moe_cli_progress_cb(void *ctx, const struct moe_cluster *c)
 		w[i] = (moe_http_load){.name = st[i].name,
 		                       .loaded_bytes = st[i].load_done,
 		                       .total_bytes = st[i].load_total};
-		if (p->tty || st[i].load_total == 0)
+		if (st[i].loading && st[i].load_total == 0)
+			p->decile[i] = -1; /* a load starts (again, after a repair) */
+		if ((p->tty && !p->ended) || st[i].load_total == 0)
 			continue;
 		/* a line at every 10 % a worker passes */
 		const int d = (int)(st[i].load_done * 10 / st[i].load_total);
@@ -69,6 +71,8 @@ void moe_cli_progress_cb(void *ctx, const struct moe_cluster *c)
 			        (double)st[i].load_total / 1e6);
 		}
 	}
+	if (p->ended)
+		return; /* a repair's re-load: log lines only */
 	if (p->h != NULL)
 		moe_http_set_loading(p->h, w, n);
 	if (p->tty)
@@ -80,6 +84,7 @@ void moe_cli_progress_end(moe_cli_progress *p)
 	if (p->drawn)
 		fputc('\n', stderr);
 	p->drawn = false;
+	p->ended = true;
 	if (p->h != NULL)
 		moe_http_set_loading(p->h, NULL, 0);
 }
