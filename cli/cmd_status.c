@@ -62,6 +62,10 @@ static void print_json(const moe_node_status *ns, int n)
 			snprintf(id + 2 * k, 3, "%02x", s->model_id[k]);
 		printf("%s{\"url\":", i ? "," : "");
 		json_str(s->url);
+		if (s->pings_answered == 0 && s->name[0]) {
+			printf(",\"name\":");
+			json_str(s->name);
+		}
 		printf(",\"state\":\"%s\",\"detail\":", moe_node_state_name(s->state));
 		json_str(s->detail);
 		if (s->pings_answered > 0) {
