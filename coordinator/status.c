@@ -115,8 +115,8 @@ static moe_err ping(Moemesh__WorkerStatus **b, uint64_t *t_send, uint64_t *t_rec
 		if (got < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				continue;
-			return moe_fail(errno == ECONNREFUSED ? MOE_ERR_CLOSED : MOE_ERR_IO, "%s",
-			                strerror(errno));
+			return moe_fail(errno == ECONNREFUSED ? MOE_ERR_CLOSED : MOE_ERR_IO,
+			                "status socket: %s (no worker there?)", strerror(errno));
 		}
 		*t_recv = unix_ns();
 		moe_frame f;
