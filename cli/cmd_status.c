@@ -204,8 +204,9 @@ int moe_cmd_status(int argc, char **argv)
 	int n_bad = 0;
 	for (int i = 0; i < co.n_urls; i++) {
 		if (strcmp(co.urls[i], "local") == 0) {
+			/* the coordinator's own experts: nothing to ask, nothing wrong */
 			snprintf(ns[i].url, sizeof ns[i].url, "local");
-			ns[i].state = MOE_NODE_ERROR;
+			ns[i].state = MOE_NODE_UP;
 			snprintf(ns[i].detail, sizeof ns[i].detail,
 			         "the coordinator's own experts: nothing to ask");
 			continue;

@@ -657,3 +657,17 @@ Test(log, the_journal_gets_priority_prefixes, .timeout = 60)
 	cr_expect(!file_has(err, "<6>"));
 	unlink(err);
 }
+
+/* `local` in a cluster (the coordinator's own experts) is listed, not asked,
+ * and is no failure; --workers N (workers status would start) is refused. */
+Test(status, local_is_listed_and_workers_n_refused, .timeout = 30)
+{
+	int rc;
+	json_t *j = status_json(&rc, "--worker local");
+	cr_expect_eq(rc, 0);
+	cr_expect_str_eq(jstr(worker_at(j, 0), "url"), "local");
+	cr_expect(strstr(jstr(worker_at(j, 0), "detail"), "own experts") != NULL);
+	json_decref(j);
+	cr_expect_eq(sh("'%s' status --workers 2 2>/dev/null", bin()), 2);
+	cr_expect_eq(sh("'%s' status 2>/dev/null", bin()), 2, "no worker named");
+}
