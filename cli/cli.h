@@ -32,6 +32,7 @@ int moe_cmd_logits(int argc, char **argv);
 int moe_cmd_run(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_worker(int argc, char **argv);
+int moe_cmd_status(int argc, char **argv);
 
 /* moe_cmd_worker with adjust(o, ctx) called on the parsed options just before
  * the worker runs (not on --help or a usage error); adjust NULL is
@@ -47,6 +48,24 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(struct moe_worker_
  * the pipe (a no-op without _begin). */
 int moe_cli_stop_signals_begin(bool nonblock);
 void moe_cli_stop_signals_end(void);
+
+/* The workers' load progress while a cluster starts (progress.c): give
+ * moe_cli_progress_cb and a moe_cli_progress that lives as long as the
+ * cluster to moe_cluster_opts.on_load.  On a terminal (not the journal) one
+ * bar on stderr is redrawn in place, else a log line per worker at every
+ * 10 % it passes; with h, /health lists the workers' bytes
+ * (moe_http_set_loading) until _end, which also ends the bar's line.  After
+ * _end (a repair re-loading experts) only log lines. */
+struct moe_http;
+struct moe_cluster;
+typedef struct moe_cli_progress {
+	struct moe_http *h;
+	bool tty, drawn, ended;
+	int decile[64]; /* last 10 % step logged per worker */
+} moe_cli_progress;
+void moe_cli_progress_init(moe_cli_progress *p, struct moe_http *h);
+void moe_cli_progress_cb(void *ctx, const struct moe_cluster *c);
+void moe_cli_progress_end(moe_cli_progress *p);
 
 /* "1,2,3" (ids 0..INT32_MAX) into a new array (*out, *n; caller frees);
  * -1 for a malformed list or no memory (args.c). */

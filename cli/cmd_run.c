@@ -21,7 +21,8 @@ static void usage(FILE *f)
 	        "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
 	        "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
 	        "                   [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB] [--ctx N]\n"
-	        "                   [--batch N] [--spec none|ngram] [--draft-max N]\n\n"
+	        "                   [--batch N] [--spec none|ngram] [--draft-max N]\n"
+	        "                   [--log-level error|warn|info|debug]\n\n"
 	        "Generates up to N tokens (default 128) after the prompt and streams the\n"
 	        "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
 	        "or a stop string.  --temp 0 is greedy (the default is 0.8 with top-k 40,\n"
@@ -64,6 +65,16 @@ static int parse_args(run_args *a, int argc, char **argv)
 		int bad = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
+		if (strcmp(s, "--log-level") == 0) {
+			moe_log_level l;
+			if (v == NULL || moe_log_level_parse(&l, v) != MOE_OK) {
+				fprintf(stderr, "moemesh %s: %s\n", argv[0], moe_err_detail());
+				return 2;
+			}
+			moe_log_set_level(l);
+			i++;
+			continue;
+		}
 		if (strcmp(s, "--ignore-eos") == 0) {
 			a->ignore_eos = true;
 			continue;
@@ -228,8 +239,15 @@ int moe_cmd_run(int argc, char **argv)
 	}
 	if (a.fo.n_ctx == 0)
 		a.fo.n_ctx = (int)(n_prompt + (size_t)a.n_gen);
+	/* lives as long as the cluster: a repair re-loads experts later */
+	moe_cli_progress prog;
 	if (moe_cluster_wanted(&a.co)) {
-		if ((err = moe_cluster_create(&cl, m, a.model, &a.co)) != MOE_OK)
+		moe_cli_progress_init(&prog, NULL);
+		a.co.on_load = moe_cli_progress_cb;
+		a.co.on_load_ctx = &prog;
+		err = moe_cluster_create(&cl, m, a.model, &a.co);
+		moe_cli_progress_end(&prog);
+		if (err != MOE_OK)
 			goto out_fail;
 		a.fo.experts = moe_cluster_backend(cl);
 	}

@@ -24,7 +24,8 @@ static void usage(FILE *f)
 	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
 	        "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
 	        "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
-	        "                     [--no-prefix-cache] [--spec none|ngram] [--draft-max N]\n\n"
+	        "                     [--no-prefix-cache] [--spec none|ngram] [--draft-max N]\n"
+	        "                     [--log-level error|warn|info|debug]\n\n"
 	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
 	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
@@ -95,6 +96,16 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		int bad = 0, max_body = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
+		if (strcmp(s, "--log-level") == 0) {
+			moe_log_level l;
+			if (v == NULL || moe_log_level_parse(&l, v) != MOE_OK) {
+				fprintf(stderr, "moemesh %s: %s\n", argv[0], moe_err_detail());
+				return 2;
+			}
+			moe_log_set_level(l);
+			i++;
+			continue;
+		}
 		if (strcmp(s, "--no-prefix-cache") == 0) {
 			a->eo.cache_ram = 0;
 			continue;
@@ -250,9 +261,10 @@ int moe_cmd_serve(int argc, char **argv)
 	moe_engine *e = NULL;
 	moe_cluster *cl = NULL;
 	rtt_feed feed = {0};
+	moe_cli_progress prog; /* lives as long as the cluster: a repair re-loads experts later */
 	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
 		goto out_fail;
-	fprintf(stderr, "moemesh serve: listening on http://%s:%d (loading %s)\n", a.ho.host,
+	moe_log(MOE_LOG_INFO, "moemesh serve: listening on http://%s:%d (loading %s)", a.ho.host,
 	        moe_http_port(h), a.model);
 	moe_http_set_status(h, "loading", "opening the model");
 	if ((err = moe_model_open(&m, a.model)) != MOE_OK ||
@@ -263,7 +275,12 @@ int moe_cmd_serve(int argc, char **argv)
 		goto out_fail;
 	if (moe_cluster_wanted(&a.co)) {
 		moe_http_set_status(h, "loading", "starting workers and loading their experts");
-		if ((err = moe_cluster_create(&cl, m, a.model, &a.co)) != MOE_OK)
+		moe_cli_progress_init(&prog, h);
+		a.co.on_load = moe_cli_progress_cb;
+		a.co.on_load_ctx = &prog;
+		err = moe_cluster_create(&cl, m, a.model, &a.co);
+		moe_cli_progress_end(&prog);
+		if (err != MOE_OK)
 			goto out_fail;
 		a.eo.experts = moe_cluster_backend(cl);
 		feed.cl = cl;
@@ -283,19 +300,19 @@ int moe_cmd_serve(int argc, char **argv)
 	if (cl != NULL)
 		moe_cluster_set_pool(cl, moe_engine_pool(e));
 	moe_http_set_engine(h, e, tok, tmpl);
-	fprintf(stderr, "moemesh serve: ready (%d parallel sequences, context %d, %s)\n",
+	moe_log(MOE_LOG_INFO, "moemesh serve: ready (%d parallel sequences, context %d, %s)",
 	        a.eo.n_slots, moe_engine_n_ctx(e),
 	        cl != NULL ? "cluster experts" : "local experts");
 
 	unsigned char sig = 0;
 	while (read(stop_fd, &sig, 1) < 0 && errno == EINTR)
 		;
-	fprintf(stderr, "moemesh serve: signal %d, stopping\n", sig);
+	moe_log(MOE_LOG_INFO, "moemesh serve: signal %d, stopping", sig);
 	rc = 0;
 	goto out_free;
 
 out_fail:
-	fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
+	moe_log(MOE_LOG_ERROR, "moemesh serve: %s: %s", moe_err_name(err), moe_err_detail());
 out_free:
 	moe_cli_stop_signals_end();
 	if (e != NULL)
@@ -304,7 +321,8 @@ out_free:
 	moe_engine_destroy(e);
 	if ((err = moe_cluster_shutdown(cl)) != MOE_OK) {
 		/* a spawned worker crashed, even if failover hid it */
-		fprintf(stderr, "moemesh serve: %s: %s\n", moe_err_name(err), moe_err_detail());
+		moe_log(MOE_LOG_ERROR, "moemesh serve: %s: %s", moe_err_name(err),
+		        moe_err_detail());
 		rc = 1;
 	}
 	moe_cluster_destroy(cl);

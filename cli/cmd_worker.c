@@ -16,7 +16,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
 	           "                      [--secret-file F] [--name NAME] [--mem GIB]\n"
-	           "                      [--data-port P] [--net-delay-us US] [--quiet]\n\n"
+	           "                      [--data-port P] [--net-delay-us US] [--quiet]\n"
+	           "                      [--log-level error|warn|info|debug]\n\n"
 	           "Serves the routed experts a coordinator assigns to it.  URL is\n"
 	           "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
 	           "plain TCP socket (--data-port, default any free port) or, for ipc://,\n"
@@ -24,7 +25,10 @@ static void usage(FILE *f)
 	           "read from MODEL.  --mem is what it offers for experts (default: the\n"
 	           "available memory); --net-delay-us adds a delay to every dispatch and\n"
 	           "every result (latency experiments).  Stops on the coordinator's\n"
-	           "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).\n");
+	           "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).  `moemesh status`\n"
+	           "asks it for its state on UDP at --listen's port (ipc://: PATH.status),\n"
+	           "also while it serves a coordinator.  Log lines go to stderr (--quiet:\n"
+	           "none).\n");
 }
 
 /* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
@@ -55,6 +59,13 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
+		} else if (strcmp(a, "--log-level") == 0 && has) {
+			moe_log_level l;
+			if (moe_log_level_parse(&l, argv[++i]) != MOE_OK) {
+				fprintf(stderr, "moemesh worker: %s\n", moe_err_detail());
+				return 2;
+			}
+			moe_log_set_level(l);
 		} else if (strcmp(a, "-m") == 0 && has) {
 			o.model_path = argv[++i];
 		} else if (strcmp(a, "--listen") == 0 && has) {
@@ -94,7 +105,8 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 		adjust(&o, ctx);
 	moe_err err = run_stoppable(&o);
 	if (err != MOE_OK) {
-		fprintf(stderr, "moemesh worker: %s: %s\n", moe_err_name(err), moe_err_detail());
+		moe_log(MOE_LOG_ERROR, "moemesh worker: %s: %s", moe_err_name(err),
+		        moe_err_detail());
 		return 1;
 	}
 	return 0;

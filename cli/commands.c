@@ -23,5 +23,6 @@ const moe_command moe_commands[] = {
     {"run", "generate text from a prompt on this machine", moe_cmd_run},
     {"worker", "serve a slice of the experts to a coordinator", moe_cmd_worker},
     {"serve", "OpenAI-compatible HTTP server with continuous batching", moe_cmd_serve},
+    {"status", "each worker's state, experts, memory, load and round trip", moe_cmd_status},
     {NULL, NULL, NULL},
 };

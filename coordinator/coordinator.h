@@ -39,6 +39,8 @@ typedef enum moe_place_kind {
 	MOE_PLACE_ROUND_ROBIN = 1, /* expert e on link e % n */
 } moe_place_kind;
 
+struct moe_cluster;
+
 typedef struct moe_cluster_opts {
 	const char *urls[MOE_CLUSTER_MAX_LINKS];  /* tcp://, ipc://, or "local" (this process) */
 	const char *names[MOE_CLUSTER_MAX_LINKS]; /* per URL: the name messages and statistics
@@ -56,6 +58,11 @@ typedef struct moe_cluster_opts {
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
 	double rebalance_s;    /* --rebalance SECONDS: re-place experts by the load of
 	                        * each such window (moe_cluster_tick); 0 = never */
+	/* Called on the cluster's thread when an ASSIGN is sent, whenever a
+	 * worker reports load progress (LOAD_PROGRESS) and when its load ends; c's links
+	 * (moe_cluster_link: loading, load_done, load_total) say where each is.  May be NULL. */
+	void (*on_load)(void *ctx, const struct moe_cluster *c);
+	void *on_load_ctx;
 } moe_cluster_opts;
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
@@ -128,13 +135,15 @@ typedef struct moe_cluster_link_stats {
 	uint64_t experts_held; /* (layer, expert) pairs */
 	uint64_t bytes_loaded; /* expert bytes (as the worker reports) */
 	double load_seconds;
-	uint64_t dispatches;     /* answered */
-	uint64_t rtt_ns;         /* sum of round trips (send .. result parsed) */
-	uint64_t compute_ns;     /* sum of the worker's reported compute */
-	uint64_t assigns;        /* ASSIGNs done */
-	uint64_t assign_loaded;  /* expert bytes they loaded (as the worker reports) */
-	uint64_t assign_dropped; /* and dropped */
-	uint64_t routed;         /* (token, expert) pairs sent to it */
+	bool loading;                   /* an ASSIGN is being loaded */
+	uint64_t load_done, load_total; /* bytes of it, as LOAD_PROGRESS says (0 before) */
+	uint64_t dispatches;            /* answered */
+	uint64_t rtt_ns;                /* sum of round trips (send .. result parsed) */
+	uint64_t compute_ns;            /* sum of the worker's reported compute */
+	uint64_t assigns;               /* ASSIGNs done */
+	uint64_t assign_loaded;         /* expert bytes they loaded (as the worker reports) */
+	uint64_t assign_dropped;        /* and dropped */
+	uint64_t routed;                /* (token, expert) pairs sent to it */
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
@@ -209,5 +218,49 @@ bool moe_cluster_holds(const moe_cluster *c, int i, int il, int e);
  * routed to it and the expert bytes it holds, the imbalance, re-placements
  * and bytes moved.  Safe from any thread (a snapshot the tick keeps). */
 void moe_cluster_metrics(moe_cluster *c, FILE *out);
+/* ---- status of workers (status.c): `moemesh status`, without a cluster ---------- */
+
+typedef enum moe_node_state {
+	MOE_NODE_UP = 0,
+	MOE_NODE_UNREACHABLE,    /* no answer, or nothing listens */
+	MOE_NODE_AUTH_FAILED,    /* one side does not know the other's secret */
+	MOE_NODE_MODEL_MISMATCH, /* set by the caller: another model identity */
+	MOE_NODE_ERROR,          /* an answer that is not a valid STATUS */
+} moe_node_state;
+
+/* "up", "unreachable", "auth-failed", "model-mismatch", "error". */
+const char *moe_node_state_name(moe_node_state s);
+
+typedef struct moe_node_status {
+	char url[256];
+	moe_node_state state;
+	char detail[256]; /* why, when not up */
+	/* as the worker answered (state up) */
+	char name[64];
+	uint8_t model_id[32];
+	char isa[16];
+	uint32_t threads;
+	uint64_t mem_total, mem_available, mem_offered; /* bytes */
+	uint64_t bytes_loaded, experts_held;            /* experts held */
+	int layers_held, n_layers;                      /* layers with experts here, of all */
+	uint64_t dispatches, compute_ns, uptime_ns;
+	bool coordinator; /* a coordinator is connected */
+	bool loading;
+	uint64_t load_done, load_total, bad_frames;
+	double rtt_ms, rtt_ms_max; /* fastest and slowest answered ping */
+	double clock_offset_ms;    /* its wall clock minus ours, at the fastest ping */
+	int pings_answered;
+} moe_node_status;
+
+/* Asks the worker at url (its control URL: tcp://HOST:PORT or ipc://PATH)
+ * for its status n_pings times (each up to timeout_ms) on its status socket
+ * (proto.h), with the secret when secret_len > 0, and fills *out: state up
+ * once any ping is answered, else unreachable (no answer, refused, a host
+ * that does not resolve), auth-failed (the worker refused our MAC, or its
+ * answer lacks the right one) or error, with the reason in detail.  Returns
+ * MOE_OK whatever the worker's state; MOE_ERR_NOMEM / MOE_ERR_SYS only for
+ * this process's own failures.  Never opens the control link. */
+moe_err moe_node_status_query(moe_node_status *out, const char *url, const uint8_t *secret,
+                              size_t secret_len, int n_pings, int timeout_ms);
 
 #endif

@@ -51,7 +51,7 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 		l->dfd = -1;
 	}
 	moe_rx_free(&l->rx);
-	fprintf(stderr, "moemesh: worker %s (%s) lost: %s\n", l->name, l->url, why);
+	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
 	(void)c;
 }
 
@@ -157,6 +157,8 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		snprintf(l->name, sizeof l->name, "%.63s",
 		         r->name && r->name[0] ? r->name : l->url);
 	l->mem = r->mem_bytes;
+	moe_log(MOE_LOG_DEBUG, "worker %s (%s): HELLO_REPLY, %llu bytes offered", l->name, l->url,
+	        (unsigned long long)l->mem);
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
 	if (c->secret) {
 		if (moe_hmac_sha256(resp, c->secret, c->secret_len, chal, 32) != MOE_OK ||
@@ -266,7 +268,13 @@ moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set)
 			lp[a.n_layers++] = le;
 	}
 	a.layers = lp;
-	err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base);
+	moe_log(MOE_LOG_DEBUG, "worker %s (%s): ASSIGN in %zu ranges", l->name, l->url, nr);
+	if ((err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
+		goto out_free;
+	l->st.loading = true;
+	l->st.load_done = l->st.load_total = 0;
+	if (c->o.on_load != NULL)
+		c->o.on_load(c->o.on_load_ctx, c);
 out_free:
 	free(les);
 	free(lp);
@@ -290,12 +298,19 @@ moe_err moe_clu_assign_done(moe_cluster *c, clink *l, const moe_frame *f, const 
 		               (unsigned long long)p->experts_held, (unsigned long long)held);
 	l->st.load_seconds = p->seconds;
 	l->st.bytes_loaded = p->bytes_held;
+	if (p->bytes_done <= p->bytes_total) {
+		l->st.load_done = p->bytes_done;
+		l->st.load_total = p->bytes_total;
+	}
+	l->st.loading = false;
 	l->st.assign_loaded += p->bytes_loaded;
 	l->st.assign_dropped += p->bytes_dropped;
 	l->st.assigns++;
 	if (err == MOE_OK)
 		memcpy(l->loaded, set, nh);
 	moemesh__load_progress__free_unpacked(p, NULL);
+	if (c->o.on_load != NULL)
+		c->o.on_load(c->o.on_load_ctx, c);
 	return err;
 }
 
@@ -324,6 +339,12 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		Moemesh__LoadProgress *p =
 		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
 		const bool done = p != NULL && p->done;
+		if (p != NULL && !done && p->bytes_done <= p->bytes_total) {
+			l->st.load_done = p->bytes_done;
+			l->st.load_total = p->bytes_total;
+			if (c->o.on_load != NULL)
+				c->o.on_load(c->o.on_load_ctx, c);
+		}
 		moemesh__load_progress__free_unpacked(p, NULL);
 		if (p == NULL || done)
 			break;
@@ -406,7 +427,12 @@ moe_err moe_clu_spawn(moe_cluster *c, clink *l, int k)
 		argv[n++] = rfd;
 		argv[n++] = "--net-delay-us";
 		argv[n++] = delay;
-		argv[n++] = "--quiet";
+		if (moe_log_enabled(MOE_LOG_DEBUG)) {
+			argv[n++] = "--log-level";
+			argv[n++] = "debug";
+		} else {
+			argv[n++] = "--quiet";
+		}
 		if (c->o.secret_file) {
 			argv[n++] = "--secret-file";
 			argv[n++] = c->o.secret_file;

@@ -186,8 +186,7 @@ moe_err moe_clu_repair(moe_cluster *c)
 		if (!changed[i])
 			continue;
 		clink *l = &c->links[i];
-		fprintf(stderr, "moemesh: re-assigning experts: worker %s now holds more\n",
-		        l->name);
+		moe_log(MOE_LOG_WARN, "re-assigning experts: worker %s now holds more", l->name);
 		moe_err err = moe_clu_assign(c, l);
 		if (err != MOE_OK) {
 			moe_clu_mark_dead(c, l, moe_err_detail());

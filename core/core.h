@@ -1,7 +1,7 @@
 /*
  * core.h - the public header of core/: the one error enum of moemesh,
  * per-thread error detail, aligned memory, checked size arithmetic, numbers
- * from text and clocks.  Every other folder depends on this one; it depends
+ * from text, clocks and log lines.  Every other folder depends on this one; it depends
  * on nothing of moemesh.
  *
  * Conventions (see DESIGN.md): action functions return moe_err, MOE_OK = 0;
@@ -13,6 +13,7 @@
 #define MOE_CORE_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,5 +93,32 @@ moe_err moe_read_file(char **out, size_t *len, const char *path, size_t max);
 /* Monotonic clock. */
 uint64_t moe_now_ns(void);
 double moe_now_s(void);
+
+/* ---- log lines (log.c) -------------------------------------------------------------- */
+
+typedef enum moe_log_level {
+	MOE_LOG_ERROR = 0,
+	MOE_LOG_WARN = 1,
+	MOE_LOG_INFO = 2, /* the default */
+	MOE_LOG_DEBUG = 3,
+} moe_log_level;
+
+/* "error", "warn", "info" or "debug" (exactly) into *out; MOE_ERR_INVAL
+ * naming s and the four otherwise. */
+moe_err moe_log_level_parse(moe_log_level *out, const char *s);
+const char *moe_log_level_name(moe_log_level l);
+
+/* The process-wide level (set once, from --log-level, before threads log;
+ * reads and writes are atomic).  Lines above it are dropped. */
+void moe_log_set_level(moe_log_level l);
+moe_log_level moe_log_get_level(void);
+bool moe_log_enabled(moe_log_level l);
+
+/* One line on stderr, written whole (threads do not interleave): the UTC time
+ * (2026-01-02T03:04:05.678Z), the level and the message; when stderr is the
+ * journal's stream (JOURNAL_STREAM) a syslog priority prefix (<3> .. <7>)
+ * instead, since journald stamps the time itself.  Lines over 2 KiB are cut. */
+void moe_log(moe_log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void moe_logv(moe_log_level l, const char *fmt, va_list ap);
 
 #endif

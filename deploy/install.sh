@@ -5,6 +5,28 @@
 #   deploy/install.sh test    install what is missing, build (release + ASan/UBSan), run all tests
 #   deploy/install.sh build   install what is missing, build the release tree only
 #
+# On the boxes of a cluster (Debian / Ubuntu, x86-64 or aarch64, systemd):
+#
+#   deploy/install.sh worker --model PATH [--listen URL] [--name NAME] [--secret-file F] [--args "..."]
+#   deploy/install.sh coordinator --model PATH [--cluster FILE] [--host H] [--port P]
+#                                 [--secret-file F] [--args "..."]
+#       build, install /usr/local/bin/moemesh and moemesh-worker, a `moemesh`
+#       system user, /etc/moemesh/ (worker.env or serve.env, the cluster file,
+#       the secret: copied from --secret-file, else kept, else made; mode 0600,
+#       owned by moemesh), /var/lib/moemesh/models, and the systemd unit
+#       (deploy/systemd/moemesh-worker.service or moemesh-serve.service), then
+#       enable and (re)start it.  Copy the same secret to every node.
+#   deploy/install.sh verify [CLUSTER_FILE] [STATUS_ARGS...]
+#       `moemesh status` on every node of the cluster file (default
+#       /etc/moemesh/cluster.json) with /etc/moemesh/secret: reachable,
+#       authenticated, the same model, ISA levels and clocks; exit status 1
+#       when a node is not up.
+#
+#   MOE_DESTDIR=DIR  installs into DIR instead of / (no user, no ownership, no
+#                    systemctl: for packaging and the tests)
+#   MOE_BIN_DIR=DIR  takes moemesh and moemesh-worker from DIR (no packages,
+#                    no build)
+#
 # Works on a fresh Debian 12 / Ubuntu 22.04+ machine. Packages are installed
 # with apt: directly as root, else with `sudo -n`; if neither is possible the
 # exact command to run is printed and the script stops. Re-running is quick:
@@ -81,12 +103,18 @@ if [ "${BASH_SOURCE[0]}" != "$0" ]; then
 fi
 
 mode=${1:-demo}
-case "$mode" in demo | test | build) ;; *)
-	echo "usage: $0 demo|test|build" >&2
+case "$mode" in demo | test | build | worker | coordinator | verify) ;; *)
+	echo "usage: $0 demo|test|build|worker|coordinator|verify" >&2
 	exit 2
 	;;
 esac
 cd "$root"
+if [ "$mode" = worker ] || [ "$mode" = coordinator ] || [ "$mode" = verify ]; then
+	# shellcheck source=deploy/node.sh
+	. "$root/deploy/node.sh"
+	node_main "$@"
+	exit $?
+fi
 
 # --- 1. platform --------------------------------------------------------------
 os_id=unknown
@@ -109,6 +137,10 @@ pkgs="build-essential cmake pkg-config libnng-dev libprotobuf-c-dev protobuf-c-c
 # (e.g. NodeSource's nodejs, which carries its own npm).
 if [ "$mode" = test ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
 	pkgs="$pkgs nodejs npm"
+fi
+# systemd-analyze checks the units (ctest deploy_units)
+if [ "$mode" = test ]; then
+	pkgs="$pkgs systemd"
 fi
 case "$os_id $os_like" in
 *debian* | *ubuntu*)

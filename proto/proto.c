@@ -18,6 +18,8 @@ static const char *const kind_names[MOE_MSG_KIND_COUNT] = {
     [MOE_MSG_ERROR] = "ERROR",
     [MOE_MSG_SHUTDOWN] = "SHUTDOWN",
     [MOE_MSG_AUTH_OK] = "AUTH_OK",
+    [MOE_MSG_STATUS_REQUEST] = "STATUS_REQUEST",
+    [MOE_MSG_STATUS] = "STATUS",
 };
 
 const char *moe_msg_kind_name(uint32_t kind)

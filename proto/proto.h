@@ -71,6 +71,8 @@ typedef enum moe_msg_kind {
 	MOE_MSG_ERROR = 11,
 	MOE_MSG_SHUTDOWN = 12,
 	MOE_MSG_AUTH_OK = 13,
+	MOE_MSG_STATUS_REQUEST = 14, /* datagrams, see moemesh.proto */
+	MOE_MSG_STATUS = 15,
 	MOE_MSG_KIND_COUNT
 } moe_msg_kind;
 
@@ -148,6 +150,37 @@ moe_err moe_proto_read_result(Moemesh__Result **out, const moe_frame *f, uint64_
 moe_err moe_proto_read_assign(Moemesh__Assign **out, const moe_frame *f,
                               const moe_proto_limits *lim);
 
+/* ---- status (datagrams: moemesh.proto's StatusRequest, Status) ---------------- */
+
+#define MOE_STATUS_MIN_REQUEST 1200 /* bytes of a request datagram at least */
+#define MOE_STATUS_MAX_LAYERS  4096
+
+/* HMAC-SHA256(secret, label || msg), label one of "moemesh status request"
+ * and "moemesh status".  Errors: MOE_ERR_SYS, MOE_ERR_NOMEM. */
+moe_err moe_status_mac(uint8_t out[32], const uint8_t *secret, size_t secret_len, const char *label,
+                       const void *msg, size_t len);
+
+/* Decodes and checks a StatusRequest: our protocol version, a 32-byte
+ * challenge, a MAC of 0 or 32 bytes; with a secret (secret_len > 0) the MAC
+ * must be there and right.  On success *out is the message (free with
+ * moemesh__status_request__free_unpacked).  Errors: MOE_ERR_PROTO
+ * (undecodable), MOE_ERR_BAD_VERSION, MOE_ERR_BAD_COUNT, MOE_ERR_AUTH. */
+moe_err moe_proto_read_status_request(Moemesh__StatusRequest **out, const moe_frame *f,
+                                      const uint8_t *secret, size_t secret_len);
+
+/* Decodes and checks a Status answering the request with `challenge`: the
+ * body decodes and echoes the challenge, its MAC is there and right when
+ * secret_len > 0 (absent or wrong: MOE_ERR_AUTH, the worker does not know
+ * the secret), model_id has 32 bytes, name and isa are at most 63 and 15
+ * printable bytes, at most MOE_STATUS_MAX_LAYERS layer counts that add up to
+ * experts_held, load_done <= load_total.  On success *out is the body (free
+ * with moemesh__worker_status__free_unpacked).  Errors: MOE_ERR_PROTO,
+ * MOE_ERR_AUTH, MOE_ERR_MISMATCH (another challenge), MOE_ERR_BAD_COUNT,
+ * MOE_ERR_BAD_STRING, MOE_ERR_BAD_VALUE, with the field in the detail. */
+moe_err moe_proto_read_status(Moemesh__WorkerStatus **out, const moe_frame *f,
+                              const uint8_t challenge[32], const uint8_t *secret,
+                              size_t secret_len);
+
 /* ---- model identity and authentication (net.c) ------------------------------- */
 
 #define MOE_ID_BYTES 32 /* SHA-256 */
@@ -211,6 +244,19 @@ moe_err moe_sock_listen_unix(int *fd, const char *path);
  * MOE_ERR_INVAL (host unknown), naming the host and address. */
 moe_err moe_sock_connect_tcp(int *fd, const char *host, uint16_t port, int timeout_ms);
 moe_err moe_sock_connect_unix(int *fd, const char *path);
+
+/* The status datagram socket of a worker whose control URL is url: UDP on
+ * tcp://HOST:PORT's host and port (port, if not 0, replaces the URL's: the
+ * port nng bound for PORT 0), or the Unix datagram socket PATH.status for
+ * ipc://PATH (an old one replaced).  Non-blocking, close-on-exec.  Errors:
+ * MOE_ERR_INVAL (the URL), MOE_ERR_SYS naming the address. */
+moe_err moe_dgram_listen(int *fd, const char *url, uint16_t port);
+
+/* A datagram socket connected to that status socket of url (UDP to the
+ * first address of HOST, or PATH.status from an automatically bound
+ * abstract Unix address).  Errors: MOE_ERR_INVAL (the URL, or a host that
+ * does not resolve), MOE_ERR_SYS. */
+moe_err moe_dgram_connect(int *fd, const char *url);
 
 /* Sets TCP_NODELAY where fd is a TCP socket (no-op otherwise). */
 void moe_sock_nodelay(int fd);

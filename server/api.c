@@ -20,6 +20,9 @@ struct moe_http {
 	const moe_tokenizer *tok;
 	const moe_chat_template *tmpl;
 	char status[64], reason[256];
+	moe_http_load load[MOE_HTTP_MAX_LOADS]; /* workers loading (names copied) */
+	char load_names[MOE_HTTP_MAX_LOADS][64];
+	int n_load;
 	_Atomic uint64_t next_id;
 };
 
@@ -200,7 +203,8 @@ void moe_api_call_id(char *out, size_t size, const char *prefix)
 /* ---- /health and /metrics ------------------------------------------------------------ */
 
 /* 200 {"status": "ok"} when serving; 503 with the loading status set by
- * moe_http_set_status, or "unavailable" and the engine's reason. */
+ * moe_http_set_status (and the workers' load progress set by
+ * moe_http_set_loading), or "unavailable" and the engine's reason. */
 static void health(moe_http *h, moe_http_req *r)
 {
 	cJSON *j = cJSON_CreateObject();
@@ -210,6 +214,14 @@ static void health(moe_http *h, moe_http_req *r)
 		cJSON_AddStringToObject(j, "status", h->status);
 		if (h->reason[0])
 			cJSON_AddStringToObject(j, "reason", h->reason);
+		cJSON *ws = h->n_load > 0 ? cJSON_AddArrayToObject(j, "workers") : NULL;
+		for (int i = 0; ws != NULL && i < h->n_load; i++) {
+			cJSON *w = cJSON_CreateObject();
+			cJSON_AddStringToObject(w, "name", h->load_names[i]);
+			cJSON_AddNumberToObject(w, "loaded_bytes", (double)h->load[i].loaded_bytes);
+			cJSON_AddNumberToObject(w, "total_bytes", (double)h->load[i].total_bytes);
+			cJSON_AddItemToArray(ws, w);
+		}
 	}
 	pthread_mutex_unlock(&h->mu);
 	char why[256];
@@ -422,6 +434,19 @@ void moe_http_set_status(moe_http *h, const char *status, const char *reason)
 	pthread_mutex_lock(&h->mu);
 	snprintf(h->status, sizeof h->status, "%s", status);
 	snprintf(h->reason, sizeof h->reason, "%s", reason != NULL ? reason : "");
+	pthread_mutex_unlock(&h->mu);
+}
+
+void moe_http_set_loading(moe_http *h, const moe_http_load *w, int n)
+{
+	pthread_mutex_lock(&h->mu);
+	h->n_load = n < 0 ? 0 : n > MOE_HTTP_MAX_LOADS ? MOE_HTTP_MAX_LOADS : n;
+	for (int i = 0; i < h->n_load; i++) {
+		snprintf(h->load_names[i], sizeof h->load_names[i], "%s",
+		         w[i].name != NULL ? w[i].name : "");
+		h->load[i] = w[i];
+		h->load[i].name = h->load_names[i];
+	}
 	pthread_mutex_unlock(&h->mu);
 }
 

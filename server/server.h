@@ -268,6 +268,18 @@ int moe_http_port(const moe_http *h);
 /* Sets the /health message while not ready (copied). */
 void moe_http_set_status(moe_http *h, const char *status, const char *reason);
 
+/* Load progress of one worker, for /health while not ready. */
+#define MOE_HTTP_MAX_LOADS 64
+typedef struct moe_http_load {
+	const char *name;
+	uint64_t loaded_bytes, total_bytes; /* total 0: not started */
+} moe_http_load;
+
+/* Sets the workers /health lists while not ready ("workers": [{"name",
+ * "loaded_bytes", "total_bytes"}]); w[0..n) is copied (at most
+ * MOE_HTTP_MAX_LOADS), n 0 lists none.  Any thread. */
+void moe_http_set_loading(moe_http *h, const moe_http_load *w, int n);
+
 /* Makes the server ready: e, tok and the chat template t serve the API from
  * now on (all must outlive moe_http_stop). */
 void moe_http_set_engine(moe_http *h, moe_engine *e, const moe_tokenizer *tok,

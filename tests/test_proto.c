@@ -984,3 +984,187 @@ Test(proto, data_sockets_take_names_and_ipv6)
 	          moe_err_detail());
 	cr_expect_neq(moe_sock_listen_tcp(&lfd, "no-such-host.invalid", &p6), MOE_OK);
 }
+
+/* ---- status datagrams ------------------------------------------------------------------ */
+
+static const uint8_t st_secret[] = "the cluster secret";
+#define ST_SECRET_LEN (sizeof st_secret - 1)
+
+/* A STATUS_REQUEST frame (into buf, *len) with these fields. */
+static void status_request(uint8_t *buf, size_t *len, uint32_t version, size_t chal_len,
+                           const uint8_t *mac, size_t mac_len)
+{
+	uint8_t chal[64];
+	memset(chal, 0x42, sizeof chal);
+	Moemesh__StatusRequest r = MOEMESH__STATUS_REQUEST__INIT;
+	r.protocol_version = version;
+	r.challenge = (ProtobufCBinaryData){chal_len, chal};
+	r.mac = (ProtobufCBinaryData){mac_len, (uint8_t *)mac};
+	*len = moe_frame_size(moemesh__status_request__get_packed_size(&r), 0);
+	cr_assert_eq(moe_frame_write(buf, *len, MOE_MSG_STATUS_REQUEST, &r.base, 0), MOE_OK);
+}
+
+static moe_err read_request(const uint8_t *buf, size_t len, bool with_secret)
+{
+	moe_frame f;
+	Moemesh__StatusRequest *r = NULL;
+	moe_err err = moe_frame_parse(&f, buf, len);
+	cr_assert_eq(err, MOE_OK);
+	err = moe_proto_read_status_request(&r, &f, st_secret, with_secret ? ST_SECRET_LEN : 0);
+	if (err == MOE_OK)
+		moemesh__status_request__free_unpacked(r, NULL);
+	return err;
+}
+
+Test(proto, status_request_checks_version_challenge_and_mac)
+{
+	uint8_t buf[512], chal[32], mac[32], bad[32];
+	size_t len;
+	memset(chal, 0x42, sizeof chal);
+	/* the MAC computed here with HMAC directly, not with moe_status_mac */
+	uint8_t msg[22 + 32];
+	memcpy(msg, "moemesh status request", 22);
+	memcpy(msg + 22, chal, 32);
+	cr_assert_eq(moe_hmac_sha256(mac, st_secret, ST_SECRET_LEN, msg, sizeof msg), MOE_OK);
+	memcpy(bad, mac, 32);
+	bad[31] ^= 1;
+
+	status_request(buf, &len, MOE_PROTO_VERSION, 32, mac, 32);
+	cr_expect_eq(read_request(buf, len, true), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(read_request(buf, len, false), MOE_OK, "no secret: the MAC is not asked for");
+	status_request(buf, &len, MOE_PROTO_VERSION, 32, bad, 32);
+	cr_expect_eq(read_request(buf, len, true), MOE_ERR_AUTH);
+	status_request(buf, &len, MOE_PROTO_VERSION, 32, NULL, 0);
+	cr_expect_eq(read_request(buf, len, true), MOE_ERR_AUTH);
+	cr_expect_eq(read_request(buf, len, false), MOE_OK);
+	status_request(buf, &len, MOE_PROTO_VERSION + 1, 32, mac, 32);
+	cr_expect_eq(read_request(buf, len, true), MOE_ERR_BAD_VERSION);
+	status_request(buf, &len, MOE_PROTO_VERSION, 31, mac, 32);
+	cr_expect_eq(read_request(buf, len, false), MOE_ERR_BAD_COUNT);
+	status_request(buf, &len, MOE_PROTO_VERSION, 32, mac, 16);
+	cr_expect_eq(read_request(buf, len, false), MOE_ERR_BAD_COUNT);
+	/* another kind, and a header that does not decode */
+	moe_frame f = {.kind = MOE_MSG_STATUS_REQUEST,
+	               .header = (const uint8_t *)"\xff\xff\xff",
+	               .header_len = 3};
+	Moemesh__StatusRequest *r = NULL;
+	cr_expect_eq(moe_proto_read_status_request(&r, &f, NULL, 0), MOE_ERR_PROTO);
+	f.kind = MOE_MSG_STATUS;
+	cr_expect_eq(moe_proto_read_status_request(&r, &f, NULL, 0), MOE_ERR_PROTO);
+}
+
+/* A STATUS frame whose body is b (spoiled by spoil), signed with key
+ * (key_len 0: unsigned), read back with our challenge and secret. */
+static moe_err read_status_with(void (*spoil)(Moemesh__WorkerStatus *), const uint8_t *key,
+                                size_t key_len, bool with_secret)
+{
+	uint8_t chal[32], id[32], body[8192], mac[32], buf[9000];
+	uint32_t layers[4] = {3, 0, 2, 1};
+	memset(chal, 0x42, sizeof chal);
+	memset(id, 0x17, sizeof id);
+	Moemesh__WorkerStatus b = MOEMESH__WORKER_STATUS__INIT;
+	b.challenge = (ProtobufCBinaryData){32, chal};
+	b.name = "box-1";
+	b.model_id = (ProtobufCBinaryData){32, id};
+	b.isa = "avx2";
+	b.experts_held = 6;
+	b.n_layer_experts = 4;
+	b.layer_experts = layers;
+	b.load_done = 5;
+	b.load_total = 9;
+	uint8_t other[32];
+	memset(other, 0x43, sizeof other);
+	if (spoil != NULL)
+		spoil(&b);
+	if (spoil != NULL && b.challenge.data == NULL)
+		b.challenge = (ProtobufCBinaryData){32, other};
+	const size_t bl = moemesh__worker_status__get_packed_size(&b);
+	cr_assert_leq(bl, sizeof body);
+	moemesh__worker_status__pack(&b, body);
+	Moemesh__Status s = MOEMESH__STATUS__INIT;
+	s.body = (ProtobufCBinaryData){bl, body};
+	if (key_len > 0) {
+		uint8_t msg[14 + 8192];
+		memcpy(msg, "moemesh status", 14);
+		memcpy(msg + 14, body, bl);
+		cr_assert_eq(moe_hmac_sha256(mac, key, key_len, msg, 14 + bl), MOE_OK);
+		s.mac = (ProtobufCBinaryData){32, mac};
+	}
+	const size_t len = moe_frame_size(moemesh__status__get_packed_size(&s), 0);
+	cr_assert_eq(moe_frame_write(buf, len, MOE_MSG_STATUS, &s.base, 0), MOE_OK);
+	moe_frame f;
+	cr_assert_eq(moe_frame_parse(&f, buf, len), MOE_OK);
+	Moemesh__WorkerStatus *out = NULL;
+	const moe_err err =
+	    moe_proto_read_status(&out, &f, chal, st_secret, with_secret ? ST_SECRET_LEN : 0);
+	if (err == MOE_OK) {
+		cr_expect_str_eq(out->name, "box-1");
+		cr_expect_eq(out->experts_held, 6);
+		moemesh__worker_status__free_unpacked(out, NULL);
+	}
+	return err;
+}
+
+static void st_other_challenge(Moemesh__WorkerStatus *b)
+{
+	b->challenge.data = NULL; /* read_status_with puts another there */
+}
+static void st_short_id(Moemesh__WorkerStatus *b)
+{
+	b->model_id.len = 31;
+}
+static void st_long_name(Moemesh__WorkerStatus *b)
+{
+	b->name = "a-name-of-sixty-four-characters-is-one-longer-than-a-worker-has!";
+}
+static void st_control_name(Moemesh__WorkerStatus *b)
+{
+	b->name = "box\n1";
+}
+static void st_long_isa(Moemesh__WorkerStatus *b)
+{
+	b->isa = "avx512-and-then-some";
+}
+static void st_count_off(Moemesh__WorkerStatus *b)
+{
+	b->experts_held = 7;
+}
+static void st_too_many_layers(Moemesh__WorkerStatus *b)
+{
+	static uint32_t zeros[MOE_STATUS_MAX_LAYERS + 1];
+	b->n_layer_experts = MOE_STATUS_MAX_LAYERS + 1;
+	b->layer_experts = zeros;
+	b->experts_held = 0;
+}
+static void st_load_over(Moemesh__WorkerStatus *b)
+{
+	b->load_done = 10;
+}
+
+Test(proto, status_reply_checks_mac_challenge_and_fields)
+{
+	static const uint8_t other_key[] = "another secret";
+	cr_expect_eq(read_status_with(NULL, NULL, 0, false), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(read_status_with(NULL, st_secret, ST_SECRET_LEN, true), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_expect_eq(read_status_with(NULL, NULL, 0, true), MOE_ERR_AUTH, "unsigned");
+	cr_expect_eq(read_status_with(NULL, other_key, sizeof other_key - 1, true), MOE_ERR_AUTH);
+	cr_expect_eq(read_status_with(st_other_challenge, NULL, 0, false), MOE_ERR_MISMATCH);
+	cr_expect_eq(read_status_with(st_short_id, NULL, 0, false), MOE_ERR_BAD_COUNT);
+	cr_expect_eq(read_status_with(st_long_name, NULL, 0, false), MOE_ERR_BAD_STRING);
+	cr_expect_eq(read_status_with(st_control_name, NULL, 0, false), MOE_ERR_BAD_STRING);
+	cr_expect_eq(read_status_with(st_long_isa, NULL, 0, false), MOE_ERR_BAD_STRING);
+	cr_expect_eq(read_status_with(st_count_off, NULL, 0, false), MOE_ERR_BAD_VALUE);
+	cr_expect_eq(read_status_with(st_load_over, NULL, 0, false), MOE_ERR_BAD_VALUE);
+	cr_expect_eq(read_status_with(st_too_many_layers, NULL, 0, false), MOE_ERR_BAD_COUNT);
+	/* a body that does not decode */
+	uint8_t chal[32] = {0}, buf[256];
+	Moemesh__Status s = MOEMESH__STATUS__INIT;
+	s.body = (ProtobufCBinaryData){3, (uint8_t *)"\xff\xff\xff"};
+	const size_t len = moe_frame_size(moemesh__status__get_packed_size(&s), 0);
+	cr_assert_eq(moe_frame_write(buf, len, MOE_MSG_STATUS, &s.base, 0), MOE_OK);
+	moe_frame f;
+	cr_assert_eq(moe_frame_parse(&f, buf, len), MOE_OK);
+	Moemesh__WorkerStatus *out = NULL;
+	cr_expect_eq(moe_proto_read_status(&out, &f, chal, NULL, 0), MOE_ERR_PROTO);
+}

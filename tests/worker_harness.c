@@ -6,6 +6,9 @@
  *   --die-after N     _exit(3) once N dispatches are computed, before the
  *                     Nth RESULT is sent
  *   --die-on-assign   _exit(3) when an ASSIGN arrives
+ *   --hold-assign-until FILE
+ *                     when an ASSIGN arrives, wait until FILE exists (up to
+ *                     60 s), then load it (a load the test can watch)
  *
  * Built by tests/CMakeLists.txt; the tests find it through MOE_TEST_WORKER.
  * Exit status 3 is what a fault test expects of a worker it made die.
@@ -23,6 +26,7 @@
 typedef struct faults {
 	long die_after; /* 0 = never */
 	bool die_on_assign;
+	const char *hold_until; /* NULL = do not hold */
 } faults;
 
 static void die(const char *why)
@@ -33,8 +37,11 @@ static void die(const char *why)
 
 static void on_assign(void *ctx)
 {
-	(void)ctx;
-	die("--die-on-assign");
+	const faults *f = ctx;
+	if (f->die_on_assign)
+		die("--die-on-assign");
+	for (int t = 0; t < 60000 && access(f->hold_until, F_OK) != 0; t += 10)
+		usleep(10000);
 }
 
 static void on_computed(void *ctx, uint64_t n_computed)
@@ -47,7 +54,7 @@ static void on_computed(void *ctx, uint64_t n_computed)
 static void adjust(struct moe_worker_opts *o, void *ctx)
 {
 	const faults *f = ctx;
-	if (f->die_on_assign)
+	if (f->die_on_assign || f->hold_until != NULL)
 		o->on_assign = on_assign;
 	if (f->die_after > 0)
 		o->on_computed = on_computed;
@@ -65,6 +72,8 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--die-on-assign") == 0) {
 			f.die_on_assign = true;
+		} else if (strcmp(argv[i], "--hold-assign-until") == 0 && i + 1 < argc) {
+			f.hold_until = argv[++i];
 		} else if (strcmp(argv[i], "--die-after") == 0) {
 			if (i + 1 >= argc || moe_parse_long(&f.die_after, argv[++i], 1, 1L << 30)) {
 				fprintf(stderr, "moe-test-worker: --die-after N (N >= 1)\n");

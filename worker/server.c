@@ -13,7 +13,10 @@
  * whose prefix is sound but whose content is not gets an ERROR and the
  * connection goes on; a stream whose prefix is bad cannot be resynchronised,
  * so it gets an ERROR and is closed.  The worker itself always keeps serving,
- * until SHUTDOWN or its stop fd (the program's SIGTERM / SIGINT).
+ * until SHUTDOWN or its stop fd (the program's SIGTERM / SIGINT).  Status:
+ * STATUS_REQUEST datagrams on the status socket (UDP at the control port's
+ * number, or PATH.status) are answered with one STATUS datagram each, also
+ * while the worker serves a coordinator and while it loads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -54,6 +57,10 @@ typedef struct server {
 	nng_socket ctl;
 	int ctl_fd;
 	int lfd;
+	int sfd; /* status datagrams */
+	char status_path[256];
+	uint64_t t_start;
+	_Atomic uint64_t load_done, load_total; /* the loader thread writes them */
 	uint16_t data_port;
 	char data_path[256];
 	conn conns[MAX_CONNS];
@@ -85,17 +92,19 @@ typedef struct server {
 	bool quit;
 } server;
 
-static void logf_(const server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(const server *s, const char *fmt, ...)
+/* A log line (core.h) naming this worker; --quiet drops them all. */
+static void wlog(const server *s, moe_log_level l, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void wlog(const server *s, moe_log_level l, const char *fmt, ...)
 {
-	if (s->o->quiet)
+	if (s->o->quiet || !moe_log_enabled(l))
 		return;
+	char line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	fprintf(stderr, "worker %s: ", s->o->name ? s->o->name : "");
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
+	moe_log(l, "worker %s: %s", s->o->name ? s->o->name : "", line);
 }
 
 static void delay_us(int us)
@@ -107,18 +116,26 @@ static void delay_us(int us)
 	}
 }
 
-static uint64_t mem_available(void)
+/* A line "KEY: N kB" of /proc/meminfo in bytes (key "MemAvailable: "), 0
+ * if absent. */
+static uint64_t meminfo(const char *key)
 {
 	FILE *fp = fopen("/proc/meminfo", "r");
 	char line[256];
 	unsigned long long kb = 0;
+	const size_t kl = strlen(key);
 	if (fp == NULL)
 		return 0;
 	while (fgets(line, sizeof line, fp))
-		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+		if (strncmp(line, key, kl) == 0 && sscanf(line + kl, "%llu kB", &kb) == 1)
 			break;
 	fclose(fp);
 	return (uint64_t)kb * 1024;
+}
+
+static uint64_t mem_available(void)
+{
+	return meminfo("MemAvailable: ");
 }
 
 /* ---- replies ----------------------------------------------------------------- */
@@ -128,7 +145,7 @@ static void ctl_error(server *s, moe_err code, const char *what)
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
-	logf_(s, "control: %s", what);
+	wlog(s, MOE_LOG_WARN, "control: %s", what);
 	(void)moe_nng_send(s->ctl, MOE_MSG_ERROR, &e.base);
 }
 
@@ -138,8 +155,115 @@ static moe_err data_error(server *s, int fd, moe_err code, const char *what, uin
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
 	e.step = step;
-	logf_(s, "data: %s", what);
+	wlog(s, MOE_LOG_WARN, "data: %s", what);
 	return moe_stream_send(fd, MOE_MSG_ERROR, &e.base, NULL, 0);
+}
+
+/* ---- status ------------------------------------------------------------------- */
+
+/* Answers one STATUS_REQUEST datagram of len bytes in buf from (from, fl). */
+static void status_answer(server *s, const uint8_t *buf, size_t len, const struct sockaddr *from,
+                          socklen_t fl)
+{
+	moe_frame f;
+	Moemesh__StatusRequest *rq = NULL;
+	moe_err err;
+	if (len < MOE_STATUS_MIN_REQUEST) {
+		s->st.bad_frames++; /* too short to be answered: no reply bigger than a request */
+		wlog(s, MOE_LOG_DEBUG, "status: a datagram of %zu bytes dropped (at least %d)", len,
+		     MOE_STATUS_MIN_REQUEST);
+		return;
+	}
+	if ((err = moe_frame_parse(&f, buf, len)) == MOE_OK)
+		err = moe_proto_read_status_request(&rq, &f, s->secret,
+		                                    s->secret ? s->secret_len : 0);
+	if (err != MOE_OK) {
+		s->st.bad_frames++;
+		char msg[600];
+		snprintf(msg, sizeof msg, "bad STATUS_REQUEST: %s: %s", moe_err_name(err),
+		         moe_err_detail());
+		wlog(s, MOE_LOG_WARN, "status: %s", msg);
+		Moemesh__Error e = MOEMESH__ERROR__INIT;
+		e.code = (uint32_t)err;
+		e.message = msg;
+		uint8_t out[1024];
+		const size_t n = moe_frame_size(moemesh__error__get_packed_size(&e), 0);
+		if (n > 0 && n <= sizeof out && n <= len &&
+		    moe_frame_write(out, n, MOE_MSG_ERROR, &e.base, 0) == MOE_OK)
+			(void)sendto(s->sfd, out, n, MSG_DONTWAIT, from, fl);
+		return;
+	}
+	uint32_t per_layer[MOE_STATUS_MAX_LAYERS];
+	const int nl =
+	    s->hp.n_layer < MOE_STATUS_MAX_LAYERS ? s->hp.n_layer : MOE_STATUS_MAX_LAYERS;
+	for (int l = 0; l < nl; l++) {
+		per_layer[l] = 0;
+		for (int e = 0; s->store != NULL && e < s->hp.n_expert; e++)
+			per_layer[l] += moe_expert_store_get(s->store, l, MOE_EXP_GATE, e) != NULL;
+	}
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	Moemesh__WorkerStatus b = MOEMESH__WORKER_STATUS__INIT;
+	b.challenge = rq->challenge;
+	b.name = (char *)(s->o->name ? s->o->name : "");
+	b.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, s->id};
+	b.isa = (char *)moe_isa_name(moe_isa_active());
+	b.threads = (uint32_t)moe_pool_threads(s->pool);
+	b.mem_total = meminfo("MemTotal: ");
+	b.mem_available = mem_available();
+	b.mem_offered = s->o->mem_bytes ? s->o->mem_bytes : b.mem_available;
+	b.bytes_loaded = s->st.bytes_loaded;
+	b.experts_held = s->st.experts_held;
+	b.n_layer_experts = s->store != NULL ? (size_t)nl : 0;
+	b.layer_experts = per_layer;
+	b.dispatches = s->st.dispatches;
+	b.compute_ns = s->st.compute_ns;
+	b.uptime_ns = moe_now_ns() - s->t_start;
+	b.coordinator = s->authed && atomic_load(&s->peer_gone) == 0;
+	b.loading = s->loading;
+	b.load_done = s->loading ? s->load_done : 0;
+	b.load_total = s->loading ? s->load_total : 0;
+	b.time_unix_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+	b.bad_frames = s->st.bad_frames;
+	uint8_t body[MOE_STATUS_MAX_LAYERS * 6 + 1024], mac[32], out[sizeof body + 256];
+	const size_t bl = moemesh__worker_status__get_packed_size(&b);
+	if (bl > sizeof body)
+		goto out_free;
+	moemesh__worker_status__pack(&b, body);
+	Moemesh__Status st = MOEMESH__STATUS__INIT;
+	st.body = (ProtobufCBinaryData){bl, body};
+	if (s->secret != NULL) {
+		if (moe_status_mac(mac, s->secret, s->secret_len, "moemesh status", body, bl) !=
+		    MOE_OK)
+			goto out_free;
+		st.mac = (ProtobufCBinaryData){32, mac};
+	}
+	const size_t n = moe_frame_size(moemesh__status__get_packed_size(&st), 0);
+	if (n == 0 || n > sizeof out || n > len) {
+		wlog(s, MOE_LOG_WARN,
+		     "status: a reply of %zu bytes is longer than the request (%zu)", n, len);
+		goto out_free;
+	}
+	if (moe_frame_write(out, n, MOE_MSG_STATUS, &st.base, 0) == MOE_OK)
+		(void)sendto(s->sfd, out, n, MSG_DONTWAIT, from, fl);
+	wlog(s, MOE_LOG_DEBUG, "status: answered a request (%zu bytes)", n);
+out_free:
+	moemesh__status_request__free_unpacked(rq, NULL);
+}
+
+/* Answers every status datagram waiting (never blocks). */
+static void status_serve(server *s)
+{
+	uint8_t buf[65536];
+	for (int k = 0; k < 64 && s->sfd >= 0; k++) {
+		struct sockaddr_storage from;
+		socklen_t fl = sizeof from;
+		const ssize_t n =
+		    recvfrom(s->sfd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+		if (n < 0)
+			return;
+		status_answer(s, buf, (size_t)n, (struct sockaddr *)&from, fl);
+	}
 }
 
 /* ---- control ------------------------------------------------------------------ */
@@ -193,6 +317,7 @@ static void on_hello(server *s, const moe_frame *f)
 	if (s->secret)
 		r.response = (ProtobufCBinaryData){32, resp};
 	s->hello_ok = true;
+	wlog(s, MOE_LOG_DEBUG, "HELLO: model identity and protocol match");
 	(void)moe_nng_send(s->ctl, MOE_MSG_HELLO_REPLY, &r.base);
 out_free:
 	moemesh__hello__free_unpacked(h, NULL);
@@ -237,6 +362,8 @@ out_free:
 static void load_progress(void *ctx, uint64_t done, uint64_t total)
 {
 	server *s = ctx;
+	s->load_done = done; /* the loader thread: status replies read them */
+	s->load_total = total;
 	if (done != total && done - s->load_last < (64u << 20))
 		return;
 	s->load_last = done;
@@ -316,9 +443,10 @@ static void assign_done(server *s, uint64_t loaded, double seconds)
 {
 	s->st.bytes_loaded_total += loaded;
 	s->st.bytes_dropped_total += s->assign_dropped;
-	logf_(s, "holds %llu experts, %.1f MB: loaded %.1f MB, dropped %.1f MB in %.3f s",
-	      (unsigned long long)s->st.experts_held, (double)s->st.bytes_loaded / 1e6,
-	      (double)loaded / 1e6, (double)s->assign_dropped / 1e6, seconds);
+	wlog(s, MOE_LOG_INFO,
+	     "holds %llu experts, %.1f MB: loaded %.1f MB, dropped %.1f MB in %.3f s",
+	     (unsigned long long)s->st.experts_held, (double)s->st.bytes_loaded / 1e6,
+	     (double)loaded / 1e6, (double)s->assign_dropped / 1e6, seconds);
 	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
 	p.bytes_done = p.bytes_total = loaded;
 	p.done = true;
@@ -406,6 +534,10 @@ static void on_assign(server *s, const moe_frame *f)
 		goto out_free_held;
 	}
 	s->load_last = 0;
+	s->load_done = 0;
+	s->load_total = moe_store_load_bytes(s->ld);
+	wlog(s, MOE_LOG_DEBUG, "ASSIGN of %zu layers: loading %llu bytes", a->n_layers,
+	     (unsigned long long)s->load_total);
 	int rc = pthread_create(&s->loader, NULL, loader_main, s);
 	if (rc != 0) {
 		moe_store_load_destroy(s->ld);
@@ -452,7 +584,7 @@ static void on_control(server *s)
 	if (rv == NNG_EAGAIN)
 		return;
 	if (rv != 0) {
-		logf_(s, "control receive: %s", nng_strerror(rv));
+		wlog(s, MOE_LOG_INFO, "control receive: %s", nng_strerror(rv));
 		return;
 	}
 	moe_err err = moe_frame_parse(&f, nng_msg_body(m), nng_msg_len(m));
@@ -714,6 +846,10 @@ static void server_free(server *s)
 		close(s->lfd);
 	if (s->data_path[0])
 		unlink(s->data_path);
+	if (s->sfd >= 0)
+		close(s->sfd);
+	if (s->status_path[0])
+		unlink(s->status_path);
 	nng_close(s->ctl);
 	drop_store(s);
 	for (int i = 0; i < 2; i++)
@@ -729,11 +865,14 @@ static void server_free(server *s)
 
 moe_err moe_worker_run(const moe_worker_opts *o)
 {
-	server s = {.o = o, .lfd = -1, .ctl = NNG_SOCKET_INITIALIZER, .load_pipe = {-1, -1}};
+	server s = {
+	    .o = o, .lfd = -1, .sfd = -1, .ctl = NNG_SOCKET_INITIALIZER, .load_pipe = {-1, -1}};
+	nng_listener lst;
 	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
 	moe_err err;
 	int rv;
 	s.st = st0;
+	s.t_start = moe_now_ns();
 
 	if ((err = moe_gguf_open(&s.g, o->model_path)) != MOE_OK ||
 	    (err = moe_hparams_load(&s.hp, s.g)) != MOE_OK ||
@@ -767,18 +906,29 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
 	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
 	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
-	    (rv = nng_listen(s.ctl, o->listen_url, NULL, 0)) != 0 ||
+	    (rv = nng_listen(s.ctl, o->listen_url, &lst, 0)) != 0 ||
 	    (rv = nng_socket_get_int(s.ctl, NNG_OPT_RECVFD, &s.ctl_fd)) != 0) {
 		err = moe_nng_fail(rv, o->listen_url);
 		goto out_free;
 	}
+	/* status on UDP at the port nng bound (the URL's, or the one picked for 0) */
+	int bound = 0;
+	if (strncmp(o->listen_url, "tcp://", 6) == 0 &&
+	    (rv = nng_listener_get_int(lst, NNG_OPT_TCP_BOUND_PORT, &bound)) != 0) {
+		err = moe_nng_fail(rv, o->listen_url);
+		goto out_free;
+	}
+	if ((err = moe_dgram_listen(&s.sfd, o->listen_url, (uint16_t)bound)) != MOE_OK)
+		goto out_free;
+	if (strncmp(o->listen_url, "ipc://", 6) == 0)
+		snprintf(s.status_path, sizeof s.status_path, "%s.status", o->listen_url + 6);
 	char data[300];
 	if (s.data_path[0])
 		snprintf(data, sizeof data, "%s", s.data_path);
 	else
 		snprintf(data, sizeof data, "tcp port %u", (unsigned)s.data_port);
-	logf_(&s, "serving %s on %s (data: %s), %d threads, %s", o->model_path, o->listen_url, data,
-	      moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
+	wlog(&s, MOE_LOG_INFO, "serving %s on %s (data: %s), %d threads, %s", o->model_path,
+	     o->listen_url, data, moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
 	if (o->ready_fd >= 0) {
 		(void)!write(o->ready_fd, "R", 1);
 		close(o->ready_fd);
@@ -786,14 +936,15 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 
 	while (!s.quit) {
 		/* control, data listener, stop fd (ignored by poll when -1), connections */
-		struct pollfd p[MAX_CONNS + 4];
+		struct pollfd p[MAX_CONNS + 5];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
 		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
 		p[2] = (struct pollfd){.fd = o->stop_fd, .events = POLLIN};
 		p[3] = (struct pollfd){.fd = s.loading ? s.load_pipe[0] : -1, .events = POLLIN};
+		p[4] = (struct pollfd){.fd = s.sfd, .events = POLLIN};
 		for (int i = 0; i < s.n_conns; i++)
-			p[4 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
-		const int n = 4 + s.n_conns;
+			p[5 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 5 + s.n_conns;
 		if (poll(p, (nfds_t)n, 1000) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -801,21 +952,24 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 			goto out_free;
 		}
 		if (p[2].revents) {
-			logf_(&s, "asked to stop");
+			wlog(&s, MOE_LOG_INFO, "asked to stop");
 			break;
 		}
 		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 5; i >= 0; i--)
-			if (p[4 + i].revents)
+		for (int i = n - 6; i >= 0; i--)
+			if (p[5 + i].revents)
 				(void)on_data(&s, i);
 		if (p[3].revents & POLLIN)
 			on_loaded(&s);
+		if (p[4].revents & POLLIN)
+			status_serve(&s);
 		if (p[1].revents & POLLIN)
 			on_accept(&s);
 		if (p[0].revents & POLLIN)
 			on_control(&s);
 	}
-	logf_(&s, "shut down after %llu dispatches", (unsigned long long)s.st.dispatches);
+	wlog(&s, MOE_LOG_INFO, "shut down after %llu dispatches",
+	     (unsigned long long)s.st.dispatches);
 	err = MOE_OK;
 
 out_free:
