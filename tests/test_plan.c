@@ -376,6 +376,35 @@ Test(plan_refuse, coordinator_over_mem)
 	free(cf);
 }
 
+/* serve refuses at start in the same words: with its 1 GiB overhead the
+ * coordinator holds 3038528 + 786432 + 350208 + 1048576 + 1073741824 =
+ * 1078965568 bytes, over 6000000 by 1072965568 */
+Test(plan_refuse, serve_at_start)
+{
+	char *cf = write_file("{\"coordinator\": {\"name\": \"head\", \"mem\": 6000000},"
+	                      " \"workers\": [\"tcp://127.0.0.1:1\"]}");
+	const char *bin = getenv("MOE_BIN");
+	char cmd[4096], e_path[] = "/tmp/moemesh-test-plan-err-XXXXXX";
+	const int efd = mkstemp(e_path);
+	cr_assert(efd >= 0);
+	close(efd);
+	snprintf(cmd, sizeof cmd,
+	         "'%s' serve -m %s --cluster %s --port 0 --ctx 1000 --parallel 3 --cache-ram 1 "
+	         "2>%s",
+	         bin, fixture_path(), cf, e_path);
+	const int st = system(cmd);
+	char *err;
+	size_t n;
+	cr_assert_eq(moe_read_file(&err, &n, e_path, 1 << 20), MOE_OK);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d", st);
+	cr_expect(strstr(err, "coordinator head would hold 1078965568 bytes") != NULL, "%s", err);
+	cr_expect(strstr(err, "over its \"mem\" of 6000000 by 1072965568") != NULL, "%s", err);
+	free(err);
+	unlink(e_path);
+	unlink(cf);
+	free(cf);
+}
+
 Test(plan_json, parses)
 {
 	char *cf =
