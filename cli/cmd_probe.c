@@ -59,7 +59,7 @@ static int echo_serve(const char *url)
 	uint16_t port;
 	int lfd;
 	if (moe_url_tcp_split(host, sizeof host, &port, url) != MOE_OK ||
-	    moe_sock_listen_tcp(&lfd, strcmp(host, "*") == 0 ? NULL : host, &port) != MOE_OK) {
+	    moe_sock_listen_tcp(&lfd, strcmp(host, "*") == 0 ? "" : host, &port) != MOE_OK) {
 		fprintf(stderr, "moemesh probe: --echo %s: %s\n", url, moe_err_detail());
 		return 1;
 	}

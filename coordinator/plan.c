@@ -517,8 +517,6 @@ static void print_text(const moe_plan *p, FILE *f)
 		        1e3 * p->speed[bi].step_s, p->speed[bi].tok_s_stream,
 		        p->speed[bi].tok_s_total);
 	}
-	if (!p->fits)
-		fprintf(f, "\ndoes not fit: %s\n", p->why);
 }
 
 static void add_u64(cJSON *o, const char *k, uint64_t v)
