@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -518,4 +519,57 @@ Test(plan_config, three_box_example)
 	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 2, argv), MOE_OK, "%s", moe_err_detail());
 	cr_expect_eq(o.n_urls, 2);
 	cr_expect(o.coord_mem > 0 && o.coord_bw > 0 && o.bw[0] > 0 && o.rtt_us[1] > 0);
+}
+
+/* ---- probe ------------------------------------------------------------------------- */
+
+/* probe against a probe --echo on loopback: one line of "key": value pairs
+ * that make a JSON object once braced, with the four figures positive, and
+ * the disk read as a comment line */
+Test(probe, fragment, .timeout = 120)
+{
+	const char *bin = getenv("MOE_BIN");
+	cr_assert(bin != NULL, "MOE_BIN is not set");
+	const int port = 30000 + (int)(getpid() % 20000);
+	char url[64];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	const pid_t echo = fork();
+	if (echo == 0) {
+		execl(bin, "moemesh", "probe", "--echo", url, (char *)NULL);
+		_exit(127);
+	}
+	char cmd[4096], o_path[] = "/tmp/moemesh-test-probe-XXXXXX";
+	const int ofd = mkstemp(o_path);
+	cr_assert(ofd >= 0);
+	close(ofd);
+	/* the echo may take a moment to listen: the probe's connect waits 5 s */
+	snprintf(cmd, sizeof cmd,
+	         "sleep 0.3; '%s' probe --threads 1 --peer %s --pings 20 --read %s --read-mib 4 "
+	         ">%s",
+	         bin, url, fixture_path(), o_path);
+	const int st = system(cmd);
+	kill(echo, SIGTERM);
+	waitpid(echo, NULL, 0);
+	char *out;
+	size_t n;
+	cr_assert_eq(moe_read_file(&out, &n, o_path, 1 << 20), MOE_OK);
+	unlink(o_path);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+	char *nl = strchr(out, '\n');
+	cr_assert(nl != NULL, "%s", out);
+	cr_expect(strncmp(nl + 1, "// disk: ", 9) == 0, "%s", out);
+	*nl = '\0';
+	char obj[1024];
+	snprintf(obj, sizeof obj, "{%s}", out);
+	json_error_t je;
+	json_t *j = json_loads(obj, 0, &je);
+	cr_assert(j != NULL, "not a JSON fragment (%s): %s", je.text, obj);
+	double bw = 0;
+	cr_expect_eq(moe_parse_rate(&bw, json_string_value(json_object_get(j, "bw"))), MOE_OK);
+	cr_expect(bw > 0);
+	cr_expect(json_number_value(json_object_get(j, "gops")) > 0);
+	cr_expect(json_number_value(json_object_get(j, "rtt_us")) > 0);
+	cr_expect(json_is_string(json_object_get(j, "net")));
+	json_decref(j);
+	free(out);
 }
