@@ -7,7 +7,8 @@
  * decode estimate at batch 1 and 4, --layers scaling; the refusals (a worker
  * over its cap in the words of the refusal at start, the coordinator over
  * its mem) through the real program; its JSON output; the cluster file's
- * node figures and their errors; the 3-box example file.
+ * node figures and their errors; the 3-box example file; probe's fragment
+ * against a probe --echo on loopback.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
