@@ -3,7 +3,8 @@
  * parallelism on this box.
  *
  * 1. Decode tok/s at batch 1 and batch 16 (16 sequences, one token each per
- *    step) for 0 (one process), 1, 2 and 3 spawned workers (ipc: Unix-domain
+ *    step; --batches B,B,.. for others, up to 4) for 0 (one process), 1, 2 and
+ *    3 spawned workers (--min-workers, --max-workers) (ipc: Unix-domain
  *    data sockets), with the time per MoE layer split into coordinator
  *    compute (everything but waiting for results), network (waiting beyond
  *    the slowest worker's compute) and worker compute.
