@@ -3,7 +3,8 @@
  * parallelism on this box.
  *
  * 1. Decode tok/s at batch 1 and batch 16 (16 sequences, one token each per
- *    step) for 0 (one process), 1, 2 and 3 spawned workers (ipc: Unix-domain
+ *    step; --batches B,B,.. for others, up to 4) for 0 (one process), 1, 2 and
+ *    3 spawned workers (--min-workers, --max-workers) (ipc: Unix-domain
  *    data sockets), with the time per MoE layer split into coordinator
  *    compute (everything but waiting for results), network (waiting beyond
  *    the slowest worker's compute) and worker compute.
@@ -41,14 +42,16 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: moemesh bench cluster [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
 	           "                              [--worker-threads N] [--max-workers N]\n"
-	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n\n"
-	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, up to 3\n"
-	           "workers, 2000 round trips, output in bench/out.\n");
+	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
+	           "                              [--min-workers N] [--batches B,B,..]\n\n"
+	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
+	           "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
 }
 
 typedef struct bargs {
 	const char *model, *dir;
-	int steps, threads, wthreads, max_workers, iters, delay_us;
+	int steps, threads, wthreads, min_workers, max_workers, iters, delay_us;
+	int batches[4], n_batches;
 } bargs;
 
 typedef struct row {
@@ -376,7 +379,9 @@ int moe_bench_cluster(int argc, char **argv)
 	           .dir = "bench/out",
 	           .steps = 16,
 	           .max_workers = 3,
-	           .iters = 2000};
+	           .iters = 2000,
+	           .batches = {1, 16},
+	           .n_batches = 2};
 	int bad = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -399,7 +404,22 @@ int moe_bench_cluster(int argc, char **argv)
 			bad |= moe_parse_int(&a.wthreads, v, 0, 1024);
 		else if (strcmp(s, "--max-workers") == 0)
 			bad |= moe_parse_int(&a.max_workers, v, 0, 8);
-		else if (strcmp(s, "--iters") == 0)
+		else if (strcmp(s, "--min-workers") == 0)
+			bad |= moe_parse_int(&a.min_workers, v, 0, 8);
+		else if (strcmp(s, "--batches") == 0) {
+			const char *p = v;
+			a.n_batches = 0;
+			while (!bad && *p) {
+				char *end;
+				const long b = strtol(p, &end, 10);
+				bad |= end == p || b < 1 || b > 64 || a.n_batches == 4 ||
+				       (*end != ',' && *end != '\0');
+				if (!bad)
+					a.batches[a.n_batches++] = (int)b;
+				p = *end ? end + 1 : end;
+			}
+			bad |= a.n_batches == 0;
+		} else if (strcmp(s, "--iters") == 0)
 			bad |= moe_parse_int(&a.iters, v, 10, 10000000);
 		else if (strcmp(s, "--net-delay-us") == 0)
 			bad |= moe_parse_int(&a.delay_us, v, 0, 10000000);
@@ -417,16 +437,16 @@ int moe_bench_cluster(int argc, char **argv)
 		return 1;
 	}
 	int rc = 1;
-	row rows[2 * 9];
+	row rows[4 * 9];
 	int nr = 0;
 	printf("model %s, %d decode steps, net delay %d us per message\n", a.model, a.steps,
 	       a.delay_us);
 	printf("%8s %6s %10s %14s %12s %14s\n", "workers", "batch", "tok/s", "coord us/layer",
 	       "net us/layer", "worker us/layer");
-	for (int w = 0; w <= a.max_workers; w++) {
-		for (int bi = 0; bi < 2; bi++) {
+	for (int w = a.min_workers; w <= a.max_workers; w++) {
+		for (int bi = 0; bi < a.n_batches; bi++) {
 			row *r = &rows[nr];
-			if ((err = decode_run(r, &a, m, w, bi ? 16 : 1)) != MOE_OK)
+			if ((err = decode_run(r, &a, m, w, a.batches[bi])) != MOE_OK)
 				goto out_fail;
 			printf("%8d %6d %10.1f %14.1f %12.1f %14.1f\n", r->workers, r->batch,
 			       r->tok_s, r->coord_us, r->net_us, r->worker_us);

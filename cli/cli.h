@@ -33,6 +33,8 @@ int moe_cmd_run(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_worker(int argc, char **argv);
 int moe_cmd_status(int argc, char **argv);
+int moe_cmd_plan(int argc, char **argv);
+int moe_cmd_probe(int argc, char **argv);
 
 /* moe_cmd_worker with adjust(o, ctx) called on the parsed options just before
  * the worker runs (not on --help or a usage error); adjust NULL is

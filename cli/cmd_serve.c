@@ -197,6 +197,25 @@ static moe_err cache_identity(uint8_t out[32], const moe_model *m, moe_type kv)
 
 /* The engine's idle hook: heartbeats keep the cluster's picture of live
  * workers current between requests. */
+/* The cluster file's coordinator "mem" against what this server will hold,
+ * as `moemesh plan` counts it (the same words): MOE_ERR_NOMEM naming the node
+ * and the shortfall. */
+static moe_err check_fits(const moe_model *m, const serve_args *a)
+{
+	moe_plan_opts po;
+	moe_plan_opts_default(&po);
+	po.n_ctx = a->eo.n_ctx;
+	po.n_parallel = a->eo.n_slots;
+	po.kv_type = a->eo.kv_type;
+	po.cache_bytes = a->eo.cache_ram;
+	moe_plan *p = malloc(sizeof *p);
+	moe_err err = p ? moe_plan_compute(p, m, &a->co, &po) : moe_fail(MOE_ERR_NOMEM, "plan");
+	if (err == MOE_OK && !p->fits)
+		err = moe_fail(MOE_ERR_NOMEM, "does not fit: %s", p->why);
+	free(p);
+	return err;
+}
+
 static moe_err heartbeat(void *ctx)
 {
 	moe_err err = moe_cluster_heartbeat(ctx);
@@ -272,6 +291,8 @@ int moe_cmd_serve(int argc, char **argv)
 		goto out_fail;
 	if ((err = moe_chat_template_create(&tmpl, moe_model_gguf(m), tok, a.chat_template)) !=
 	    MOE_OK)
+		goto out_fail;
+	if (a.co.coord_mem > 0 && (err = check_fits(m, &a)) != MOE_OK)
 		goto out_fail;
 	if (moe_cluster_wanted(&a.co)) {
 		moe_http_set_status(h, "loading", "starting workers and loading their experts");

@@ -24,5 +24,7 @@ const moe_command moe_commands[] = {
     {"worker", "serve a slice of the experts to a coordinator", moe_cmd_worker},
     {"serve", "OpenAI-compatible HTTP server with continuous batching", moe_cmd_serve},
     {"status", "each worker's state, experts, memory, load and round trip", moe_cmd_status},
+    {"plan", "what a model takes on a cluster: bytes, context, decode tok/s", moe_cmd_plan},
+    {"probe", "measure this node's figures for the cluster file", moe_cmd_probe},
     {NULL, NULL, NULL},
 };

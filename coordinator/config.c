@@ -52,6 +52,7 @@ static moe_err add_url(moe_cluster_opts *o, const char *url)
 		return moe_fail(MOE_ERR_INVAL, "more than %d workers", MOE_CLUSTER_MAX_LINKS);
 	o->names[o->n_urls] = NULL;
 	o->mem_caps[o->n_urls] = 0;
+	o->bw[o->n_urls] = o->rtt_us[o->n_urls] = o->net_bps[o->n_urls] = o->gops[o->n_urls] = 0;
 	o->urls[o->n_urls++] = url;
 	return MOE_OK;
 }
@@ -71,9 +72,10 @@ static moe_err parse_place(moe_cluster_opts *o, const char *v)
  * their strings. */
 static cJSON *g_cluster_files;
 
-static const char *const top_keys[] = {"workers", "replicate", "placement", "secret_file",
-                                       "dispatch_timeout_ms"};
-static const char *const worker_keys[] = {"url", "name", "mem"};
+static const char *const top_keys[] = {"workers",     "replicate",           "placement",
+                                       "secret_file", "dispatch_timeout_ms", "coordinator"};
+static const char *const worker_keys[] = {"url", "name", "mem", "bw", "rtt_us", "net", "gops"};
+static const char *const coord_keys[] = {"name", "mem", "bw", "gops"};
 
 /* A worker's "mem": a number of bytes, or a string of digits with an
  * optional B, KiB, MiB, GiB or TiB (a space between allowed).  0 on an
@@ -106,6 +108,73 @@ static uint64_t parse_mem(const cJSON *v)
 		if (strcmp(p, units[i].suffix) == 0)
 			return n > (UINT64_MAX >> units[i].shift) ? 0 : n << units[i].shift;
 	return 0;
+}
+
+moe_err moe_parse_rate(double *out, const char *s)
+{
+	char *end;
+	errno = 0;
+	const double x = strtod(s, &end);
+	if (end == s || errno != 0 || !(x > 0) || x > 1e15 || *s < '0' || *s > '9')
+		return moe_fail(MOE_ERR_INVAL, "\"%s\" is not a rate", s);
+	if (*end == ' ')
+		end++;
+	static const struct {
+		const char *unit;
+		double scale;
+	} units[] = {{"", 1},
+	             {"B/s", 1},
+	             {"KB/s", 1e3},
+	             {"MB/s", 1e6},
+	             {"GB/s", 1e9},
+	             {"KiB/s", 1024.0},
+	             {"MiB/s", 1048576.0},
+	             {"GiB/s", 1073741824.0},
+	             {"Mbit/s", 1e6 / 8},
+	             {"Gbit/s", 1e9 / 8}};
+	for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+		if (strcmp(end, units[i].unit) == 0) {
+			*out = x * units[i].scale;
+			return MOE_OK;
+		}
+	return moe_fail(MOE_ERR_INVAL,
+	                "\"%s\" is not a rate (a number and B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, "
+	                "GiB/s, Mbit/s or Gbit/s)",
+	                s);
+}
+
+/* A rate member of the cluster file (what: its place, for the message):
+ * a positive number of bytes/s or a string moe_parse_rate reads.  Absent: 0. */
+static moe_err read_rate(double *out, const cJSON *v, const char *path, const char *what)
+{
+	*out = 0;
+	if (v == NULL)
+		return MOE_OK;
+	if (cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble <= 1e15) {
+		*out = v->valuedouble;
+		return MOE_OK;
+	}
+	if (cJSON_IsString(v) && moe_parse_rate(out, v->valuestring) == MOE_OK)
+		return MOE_OK;
+	return moe_fail(MOE_ERR_INVAL,
+	                "--cluster %s: %s is not a rate (bytes/s, or a string such as "
+	                "\"120GB/s\" or \"10Gbit/s\")",
+	                path, what);
+}
+
+/* A "gops" member (what: its place): a number in (0, 1e7].  Absent: 0. */
+static moe_err read_gops(double *out, const cJSON *v, const char *path, const char *what)
+{
+	*out = 0;
+	if (v == NULL)
+		return MOE_OK;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || v->valuedouble > 1e7)
+		return moe_fail(MOE_ERR_INVAL,
+		                "--cluster %s: %s is not a number of 1e9 operations a second in "
+		                "(0, 1e7]",
+		                path, what);
+	*out = v->valuedouble;
+	return MOE_OK;
 }
 
 /* Fails with MOE_ERR_INVAL naming the first member of obj whose key is not
@@ -176,11 +245,78 @@ static moe_err read_workers(moe_cluster_opts *o, const cJSON *ws, const char *pa
 		if (o->n_urls == MOE_CLUSTER_MAX_LINKS)
 			return moe_fail(MOE_ERR_INVAL, "more than %d workers",
 			                MOE_CLUSTER_MAX_LINKS);
+		char what[48];
+		snprintf(what, sizeof what, "workers[%d].bw", k);
+		double bw = 0, net = 0, rtt = 0, gops = 0;
+		if (cJSON_IsObject(w)) {
+			moe_err ferr =
+			    read_rate(&bw, cJSON_GetObjectItemCaseSensitive(w, "bw"), path, what);
+			snprintf(what, sizeof what, "workers[%d].net", k);
+			if (ferr == MOE_OK)
+				ferr = read_rate(&net, cJSON_GetObjectItemCaseSensitive(w, "net"),
+				                 path, what);
+			snprintf(what, sizeof what, "workers[%d].gops", k);
+			if (ferr == MOE_OK)
+				ferr = read_gops(&gops, cJSON_GetObjectItemCaseSensitive(w, "gops"),
+				                 path, what);
+			if (ferr != MOE_OK)
+				return ferr;
+			const cJSON *r = cJSON_GetObjectItemCaseSensitive(w, "rtt_us");
+			if (r != NULL &&
+			    (!cJSON_IsNumber(r) || !(r->valuedouble > 0) || r->valuedouble > 1e7))
+				return moe_fail(MOE_ERR_INVAL,
+				                "--cluster %s: workers[%d].rtt_us is not a number "
+				                "of microseconds in (0, 1e7]",
+				                path, k);
+			rtt = r ? r->valuedouble : 0;
+		}
 		o->names[o->n_urls] = name ? name->valuestring : NULL;
 		o->mem_caps[o->n_urls] = cap;
+		o->bw[o->n_urls] = bw;
+		o->net_bps[o->n_urls] = net;
+		o->rtt_us[o->n_urls] = rtt;
+		o->gops[o->n_urls] = gops;
 		o->urls[o->n_urls++] = u->valuestring;
 		k++;
 	}
+	return MOE_OK;
+}
+
+/* The "coordinator" object: its name, "mem" and "bw" (for plan). */
+static moe_err read_coordinator(moe_cluster_opts *o, const cJSON *c, const char *path)
+{
+	if (c == NULL)
+		return MOE_OK;
+	if (!cJSON_IsObject(c))
+		return moe_fail(MOE_ERR_INVAL,
+		                "--cluster %s: \"coordinator\" must be an object "
+		                "{\"name\": NAME, \"mem\": SIZE, \"bw\": RATE}",
+		                path);
+	moe_err err = check_keys(c, coord_keys, sizeof coord_keys / sizeof *coord_keys, path,
+	                         "in coordinator");
+	if (err != MOE_OK)
+		return err;
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(c, "name");
+	const cJSON *mem = cJSON_GetObjectItemCaseSensitive(c, "mem");
+	if (name != NULL && (!cJSON_IsString(name) || name->valuestring[0] == '\0'))
+		return moe_fail(MOE_ERR_INVAL,
+		                "--cluster %s: coordinator.name is not a non-empty string", path);
+	uint64_t m = 0;
+	if (mem != NULL && (m = parse_mem(mem)) == 0)
+		return moe_fail(MOE_ERR_INVAL,
+		                "--cluster %s: coordinator.mem is not a size (bytes, or a "
+		                "string such as \"128GiB\": digits and B, KiB, MiB, GiB or TiB)",
+		                path);
+	double bw = 0, gops = 0;
+	if ((err = read_rate(&bw, cJSON_GetObjectItemCaseSensitive(c, "bw"), path,
+	                     "coordinator.bw")) != MOE_OK ||
+	    (err = read_gops(&gops, cJSON_GetObjectItemCaseSensitive(c, "gops"), path,
+	                     "coordinator.gops")) != MOE_OK)
+		return err;
+	o->coord_name = name ? name->valuestring : NULL;
+	o->coord_mem = m;
+	o->coord_bw = bw;
+	o->coord_gops = gops;
 	return MOE_OK;
 }
 
@@ -208,7 +344,9 @@ static moe_err read_cluster_file(moe_cluster_opts *o, const char *path)
 	if ((err = check_keys(j, top_keys, sizeof top_keys / sizeof *top_keys, path,
 	                      "at the top level")) != MOE_OK ||
 	    (err = read_workers(&t, cJSON_GetObjectItemCaseSensitive(j, "workers"), path)) !=
-	        MOE_OK)
+	        MOE_OK ||
+	    (err = read_coordinator(&t, cJSON_GetObjectItemCaseSensitive(j, "coordinator"),
+	                            path)) != MOE_OK)
 		goto out_free;
 	v = cJSON_GetObjectItemCaseSensitive(j, "placement");
 	if (v && (!cJSON_IsString(v) || parse_place(&t, v->valuestring) != MOE_OK)) {

@@ -63,6 +63,14 @@ typedef struct moe_cluster_opts {
 	 * (moe_cluster_link: loading, load_done, load_total) say where each is.  May be NULL. */
 	void (*on_load)(void *ctx, const struct moe_cluster *c);
 	void *on_load_ctx;
+	/* the cluster file's node figures, read by `moemesh plan` (0 = not given) */
+	double bw[MOE_CLUSTER_MAX_LINKS];      /* per URL: memory bandwidth, bytes/s ("bw") */
+	double rtt_us[MOE_CLUSTER_MAX_LINKS];  /* per URL: round trip to it ("rtt_us") */
+	double net_bps[MOE_CLUSTER_MAX_LINKS]; /* per URL: link bandwidth, bytes/s ("net") */
+	double gops[MOE_CLUSTER_MAX_LINKS];    /* per URL: weight kernels' 1e9 ops/s ("gops") */
+	const char *coord_name;                /* "coordinator": {"name", "mem", "bw", "gops"} */
+	uint64_t coord_mem;
+	double coord_bw, coord_gops;
 } moe_cluster_opts;
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
@@ -73,8 +81,10 @@ typedef struct moe_cluster_opts {
  * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
  * is a JSON object with the keys "workers" (an array of URL strings or
  * {"url": URL, "name": NAME, "mem": SIZE} objects; mem caps the expert bytes
- * that worker holds, replicas counted, and placement sizes its share by it),
- * "placement", "replicate",
+ * that worker holds, replicas counted, and placement sizes its share by it;
+ * plan's figures "bw": RATE, "rtt_us": N, "net": RATE, "gops": N may be given
+ * too), "coordinator" ({"name", "mem": SIZE, "bw": RATE, "gops": N}: its box, for
+ * plan), "placement", "replicate",
  * "secret_file" and "dispatch_timeout_ms", all optional but "workers"; any
  * other key, at the top or in a worker object, is an error that names it.
  * The file's strings stay allocated for the life of the process. */
@@ -262,5 +272,89 @@ typedef struct moe_node_status {
  * this process's own failures.  Never opens the control link. */
 moe_err moe_node_status_query(moe_node_status *out, const char *url, const uint8_t *secret,
                               size_t secret_len, int n_pings, int timeout_ms);
+/* ---- plan (plan.c) ------------------------------------------------------------ */
+
+/* What `moemesh plan` is asked for; moe_plan_opts_default fills each. */
+typedef struct moe_plan_opts {
+	int n_ctx;               /* positions per sequence (default: the model's context_length) */
+	int n_parallel;          /* sequences decoding at once (default 4, as serve) */
+	moe_type kv_type;        /* F16 (default), F32, Q8_0 or Q4_0 */
+	uint64_t cache_bytes;    /* prefix-cache budget (default 8192 MiB, serve's --cache-ram) */
+	uint64_t overhead_bytes; /* coordinator's scratch, pools, server (default 1 GiB) */
+	int n_layer;             /* trunk layers to plan for (0 = the file's; else a multiple of
+	                          * them: the file's layers repeat, see DESIGN "Planning") */
+	int depth;               /* context depth of the decode estimate (default 0) */
+	double efficiency;       /* fraction of "bw" that weight reads reach (default 0.8) */
+	double bw;               /* bytes/s of a node that states no "bw" (0 = unknown) */
+	double worker_bw;        /* the same for workers (0 = bw) */
+	double gops;             /* 1e9 ops/s of a node that states no "gops" (0 = no compute
+	                          * bound: bandwidth alone) */
+	double rtt_us;           /* round trip of a worker that states no "rtt_us" (default 100) */
+	double net_bps;          /* link of a worker that states no "net" (default 1.25e9) */
+} moe_plan_opts;
+
+void moe_plan_opts_default(moe_plan_opts *o);
+
+#define MOE_PLAN_NODES   (MOE_CLUSTER_MAX_LINKS + 1)
+#define MOE_PLAN_BATCHES 3 /* decode estimates at batch 1, 4, 16 */
+
+typedef struct moe_plan_node {
+	char name[64];
+	char url[256]; /* "" for the coordinator */
+	bool coordinator;
+	uint64_t mem; /* its "mem" (coordinator: all it holds; worker: expert cap); 0 none */
+	uint64_t dense, kv, state, cache, overhead; /* coordinator only */
+	uint64_t experts; /* expert bytes held, replicas counted ("local" on the coordinator) */
+	uint64_t expert_pairs; /* (layer, expert) pairs held */
+	uint64_t total;        /* what it holds: the sum of the above */
+	double bw, rtt_us, net_bps, gops;
+} moe_plan_node;
+
+typedef struct moe_plan {
+	char model[32]; /* architecture */
+	int n_layer, n_layer_file, n_attn, n_rec, n_expert, n_used, n_ctx, n_parallel;
+	moe_type kv_type;
+	uint64_t dense_bytes;  /* coordinator weights: all but the routed experts */
+	uint64_t dense_read;   /* of those, read every step (not token_embd's rows, not MTP) */
+	uint64_t dense_params; /* values of dense_read (a multiply-add each per token) */
+	uint64_t expert_bytes; /* all routed experts, each once */
+	uint64_t kv_block;     /* bytes of one KV block (MOE_FWD_KV_BLOCK positions) */
+	uint64_t kv_seq;       /* KV of one sequence at n_ctx (whole blocks) */
+	uint64_t state_seq;    /* DeltaNet conv + recurrent state of one sequence */
+	int n_nodes;           /* nodes[0] is the coordinator, then one per worker */
+	moe_plan_node nodes[MOE_PLAN_NODES];
+	int64_t max_ctx;      /* at n_parallel, whole KV blocks (-1: coordinator mem unknown) */
+	int64_t max_parallel; /* at n_ctx (-1: unknown) */
+	int depth;
+	double efficiency;
+	struct {
+		int batch;
+		double distinct; /* expected distinct experts per layer */
+		double coord_s, workers_s, net_s, step_s;
+		double tok_s_stream, tok_s_total;
+	} speed[MOE_PLAN_BATCHES];
+	bool fits;
+	char why[512]; /* when !fits: the node, what is short and by how much */
+} moe_plan;
+
+/* Plans model m (the layers of the file, or po->n_layer of them) on the
+ * cluster o (its URLs, caps and figures; o->spawn local workers count as
+ * workers with no figures) without contacting anyone: the bytes each node
+ * holds, with the experts placed by the placement moe_cluster_create uses
+ * (workers with no "mem" cap taken as equal), the largest context and
+ * parallel sequences the coordinator's "mem" allows, and the decode estimate
+ * (DESIGN "Planning").  A plan that does not fit is still filled, with
+ * fits false and why set (the same words as the refusal at start).  Errors:
+ * MOE_ERR_INVAL (bad options: the detail says which), MOE_ERR_UNSUPPORTED (no
+ * routed experts), MOE_ERR_NOMEM.  *out is large (~40 KiB): allocate it. */
+moe_err moe_plan_compute(moe_plan *out, const moe_model *m, const moe_cluster_opts *o,
+                         const moe_plan_opts *po);
+
+/* Writes p as a table (text) or one JSON object (json) to f. */
+void moe_plan_print(const moe_plan *p, bool json, FILE *f);
+
+/* A rate as the cluster file writes it ("215GB/s", "10Gbit/s", "900MB/s",
+ * "1.5GiB/s" or a number of bytes/s) into *out bytes/s; MOE_ERR_INVAL else. */
+moe_err moe_parse_rate(double *out, const char *s);
 
 #endif
