@@ -73,4 +73,9 @@ void moe_cli_progress_end(moe_cli_progress *p);
  * -1 for a malformed list or no memory (args.c). */
 int moe_arg_tokens(int32_t **out, size_t *n, const char *s);
 
+/* If argv[*i] is --log-level LEVEL: sets the process's log level, moves *i to
+ * the value and returns 1; another option: 0; a missing or unknown level:
+ * says so on stderr as "moemesh CMD: ..." and returns -1 (a usage error). */
+int moe_cli_log_level_arg(int *i, int argc, char **argv, const char *cmd);
+
 #endif

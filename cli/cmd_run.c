@@ -65,14 +65,10 @@ static int parse_args(run_args *a, int argc, char **argv)
 		int bad = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
-		if (strcmp(s, "--log-level") == 0) {
-			moe_log_level l;
-			if (v == NULL || moe_log_level_parse(&l, v) != MOE_OK) {
-				fprintf(stderr, "moemesh %s: %s\n", argv[0], moe_err_detail());
+		const int ll = moe_cli_log_level_arg(&i, argc, argv, argv[0]);
+		if (ll != 0) {
+			if (ll < 0)
 				return 2;
-			}
-			moe_log_set_level(l);
-			i++;
 			continue;
 		}
 		if (strcmp(s, "--ignore-eos") == 0) {

@@ -16,45 +16,46 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
-	        "                     [--api-key KEY | --insecure] [--parallel SEQS] [--ctx TOKENS]\n"
-	        "                     [--max-conn N] [--timeout SECONDS]\n"
-	        "                     [--threads N] [--queue N] [--max-body BYTES]\n"
-	        "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
-	        "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
-	        "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
-	        "                     [--no-prefix-cache] [--spec none|ngram] [--draft-max N]\n"
-	        "                     [--log-level error|warn|info|debug]\n\n"
-	        "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
-	        "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
-	        "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
-	        "(default 4) decode together in every step, each with --ctx positions\n"
-	        "(default: the model's trained length) of KV cache in --kv's type (default\n"
-	        "f16), taken in blocks as sequences grow, at most --kv-budget MiB of them\n"
-	        "(0: no cap; a request waits until the blocks its prompt and max_tokens\n"
-	        "can take fit, and one that never could gets 400);\n"
-	        "up to --queue requests (default 64) wait for a slot, more get 429.  With\n"
-	        "--api-key every route but /health needs\n"
-	        "`Authorization: Bearer KEY`; a --host beyond loopback needs --api-key, or\n"
-	        "--insecure to serve it open.  --port 0 picks a free port.  Up to\n"
-	        "--max-conn connections (default 4096; the open-file limit is raised to\n"
-	        "fit) are served at once, each idle one closed after --timeout seconds\n"
-	        "(default 600, as llama.cpp's server).  Chats are\n"
-	        "rendered with the model's chat template, or the one in FILE, or ChatML\n"
-	        "(--chat-template chatml); a template the server cannot render stops it\n"
-	        "at start-up.  A prompt that extends one the server has run (an agent's\n"
-	        "next turn) starts from the longest prefix kept in the prefix cache\n"
-	        "(--cache-ram MiB of KV rows and recurrent-state checkpoints, default\n"
-	        "8192; a checkpoint every --cache-block tokens of a prompt, default 1024;\n"
-	        "--cache-dir keeps those blocks on disk across restarts); the output is\n"
-	        "the same bytes as without it.  --spec ngram drafts up to --draft-max\n"
-	        "tokens (default 8) per sequence and step from its own earlier tokens\n"
-	        "and checks them in that step: the same bytes, in fewer steps where the\n"
-	        "text repeats (drafted and accepted counts in /metrics).\n"
-	        "Stops on SIGINT / SIGTERM.\n"
-	        "With cluster options the routed experts run on workers:\n%s",
-	        moe_cluster_usage());
+	fprintf(
+	    f,
+	    "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
+	    "                     [--api-key KEY | --insecure] [--parallel SEQS] [--ctx TOKENS]\n"
+	    "                     [--max-conn N] [--timeout SECONDS]\n"
+	    "                     [--threads N] [--queue N] [--max-body BYTES]\n"
+	    "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
+	    "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
+	    "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
+	    "                     [--no-prefix-cache] [--spec none|ngram] [--draft-max N]\n"
+	    "                     [--log-level error|warn|info|debug]\n\n"
+	    "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
+	    "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
+	    "events), GET /health, GET /metrics (Prometheus).  --parallel sequences\n"
+	    "(default 4) decode together in every step, each with --ctx positions\n"
+	    "(default: the model's trained length) of KV cache in --kv's type (default\n"
+	    "f16), taken in blocks as sequences grow, at most --kv-budget MiB of them\n"
+	    "(0: no cap; a request waits until the blocks its prompt and max_tokens\n"
+	    "can take fit, and one that never could gets 400);\n"
+	    "up to --queue requests (default 64) wait for a slot, more get 429.  With\n"
+	    "--api-key every route but /health needs\n"
+	    "`Authorization: Bearer KEY`; a --host beyond loopback needs --api-key, or\n"
+	    "--insecure to serve it open.  --port 0 picks a free port.  Up to\n"
+	    "--max-conn connections (default 4096; the open-file limit is raised to\n"
+	    "fit) are served at once, each idle one closed after --timeout seconds\n"
+	    "(default 600, as llama.cpp's server).  Chats are\n"
+	    "rendered with the model's chat template, or the one in FILE, or ChatML\n"
+	    "(--chat-template chatml); a template the server cannot render stops it\n"
+	    "at start-up.  A prompt that extends one the server has run (an agent's\n"
+	    "next turn) starts from the longest prefix kept in the prefix cache\n"
+	    "(--cache-ram MiB of KV rows and recurrent-state checkpoints, default\n"
+	    "8192; a checkpoint every --cache-block tokens of a prompt, default 1024;\n"
+	    "--cache-dir keeps those blocks on disk across restarts); the output is\n"
+	    "the same bytes as without it.  --spec ngram drafts up to --draft-max\n"
+	    "tokens (default 8) per sequence and step from its own earlier tokens\n"
+	    "and checks them in that step: the same bytes, in fewer steps where the\n"
+	    "text repeats (drafted and accepted counts in /metrics).\n"
+	    "Stops on SIGINT / SIGTERM.\n"
+	    "With cluster options the routed experts run on workers:\n%s",
+	    moe_cluster_usage());
 }
 
 typedef struct serve_args {
@@ -96,14 +97,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 		int bad = 0, max_body = 0;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
 			return 3;
-		if (strcmp(s, "--log-level") == 0) {
-			moe_log_level l;
-			if (v == NULL || moe_log_level_parse(&l, v) != MOE_OK) {
-				fprintf(stderr, "moemesh %s: %s\n", argv[0], moe_err_detail());
+		const int ll = moe_cli_log_level_arg(&i, argc, argv, "serve");
+		if (ll != 0) {
+			if (ll < 0)
 				return 2;
-			}
-			moe_log_set_level(l);
-			i++;
 			continue;
 		}
 		if (strcmp(s, "--no-prefix-cache") == 0) {

@@ -54,18 +54,15 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const bool has = i + 1 < argc;
+		int ll;
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
-		} else if (strcmp(a, "--log-level") == 0 && has) {
-			moe_log_level l;
-			if (moe_log_level_parse(&l, argv[++i]) != MOE_OK) {
-				fprintf(stderr, "moemesh worker: %s\n", moe_err_detail());
+		} else if ((ll = moe_cli_log_level_arg(&i, argc, argv, "worker")) != 0) {
+			if (ll < 0)
 				return 2;
-			}
-			moe_log_set_level(l);
 		} else if (strcmp(a, "-m") == 0 && has) {
 			o.model_path = argv[++i];
 		} else if (strcmp(a, "--listen") == 0 && has) {
