@@ -39,33 +39,7 @@
 #include "core/core.h"
 #include "model/forward.h"
 #include "proto/proto.h"
-
-static const char *fixtures(void)
-{
-	const char *d = getenv("MOE_FIXTURES");
-	cr_assert(d != NULL, "MOE_FIXTURES is not set");
-	return d;
-}
-
-static const char *bin(void)
-{
-	const char *b = getenv("MOE_BIN");
-	cr_assert(b != NULL, "MOE_BIN is not set");
-	return b;
-}
-
-/* Runs a shell command; returns its exit status (-1 if it did not exit). */
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[8192];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#include "tests/test_util.h"
 
 static bool same_file(const char *a, const char *b)
 {

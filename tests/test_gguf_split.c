@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "model/gguf.h"
+#include "tests/test_util.h"
 #include "worker/worker.h"
 
 #define MODEL "kjv-qwen3next-Q4_K_M.gguf"
@@ -41,13 +42,6 @@ static const char *model_path(void)
 	return path;
 }
 
-static const char *bin(void)
-{
-	const char *b = getenv("MOE_BIN");
-	cr_assert(b != NULL, "MOE_BIN is not set");
-	return b;
-}
-
 /* dir/name in a static buffer (one of 4 in rotation). */
 static const char *in_dir(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static const char *in_dir(const char *fmt, ...)
@@ -62,18 +56,6 @@ static const char *in_dir(const char *fmt, ...)
 	char *b = bufs[k++ % 4];
 	snprintf(b, 512, "%s/%s", dir, name);
 	return b;
-}
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[8192];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Splits the demo model into files of max_tensors tensors under dir/prefix;
