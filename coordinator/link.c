@@ -23,6 +23,10 @@
  * (every 64 MB read) and heartbeats restart it. */
 #define LOAD_SILENCE_MS 120000
 
+/* How long HELLO is sent again when a worker closes the connection before
+ * answering it (it holds another peer, see moe_clu_connect). */
+#define HELLO_BUDGET_MS 30000
+
 /* ---- control connection --------------------------------------------------------- */
 
 static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
@@ -125,13 +129,6 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	    (rv = nng_socket_set_ms(l->ctl, NNG_OPT_RECONNMAXT, 500)) != 0 ||
 	    (rv = nng_dial(l->ctl, l->url, NULL, NNG_FLAG_NONBLOCK)) != 0)
 		return moe_nng_fail(rv, l->url);
-	for (int waited = 0; atomic_load(&l->pipes) == 0; waited += 10) {
-		if (waited >= 10000)
-			return moe_fail(MOE_ERR_TIMEOUT, "worker %s: no connection within 10 s",
-			                l->url);
-		struct timespec ts = {0, 10 * 1000000};
-		nanosleep(&ts, NULL);
-	}
 	if ((err = moe_random_bytes(chal, sizeof chal)) != MOE_OK)
 		return err;
 	Moemesh__Hello h = MOEMESH__HELLO__INIT;
@@ -139,53 +136,86 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, c->id};
 	h.name = "coordinator";
 	h.challenge = (ProtobufCBinaryData){32, chal};
-	if ((err = moe_nng_send(l->ctl, MOE_MSG_HELLO, &h.base)) != MOE_OK ||
-	    (err = ctl_expect(&msg, &f, l, MOE_MSG_HELLO_REPLY, 10000)) != MOE_OK)
-		return err;
+	/* pair1 takes one peer: a worker that still holds another (or has just
+	 * let it go) takes our pipe and closes it, HELLO lost with it, and the
+	 * dialer dials again; HELLO goes again on the next pipe, or after 3 s
+	 * without an answer, for up to HELLO_BUDGET_MS */
+	const uint64_t t0 = moe_now_ns();
+	for (int tries = 0;; tries++) {
+		for (int waited = 0; atomic_load(&l->pipes) == 0; waited += 10) {
+			if (waited >= 10000)
+				return moe_fail(MOE_ERR_TIMEOUT,
+				                "worker %s: no connection within 10 s%s", l->url,
+				                tries
+				                    ? " (it closed our connections before HELLO's "
+				                      "answer: does another peer hold it?)"
+				                    : "");
+			struct timespec ts = {0, 10 * 1000000};
+			nanosleep(&ts, NULL);
+		}
+		if ((err = moe_nng_send(l->ctl, MOE_MSG_HELLO, &h.base)) != MOE_OK)
+			return err;
+		err = ctl_expect(&msg, &f, l, MOE_MSG_HELLO_REPLY, 3000);
+		if (err == MOE_OK)
+			break;
+		if ((err != MOE_ERR_CLOSED && err != MOE_ERR_TIMEOUT) ||
+		    moe_now_ns() - t0 > HELLO_BUDGET_MS * 1000000ull)
+			return err;
+		moe_log(MOE_LOG_DEBUG, "worker %s: no HELLO_REPLY (%s), HELLO again", l->url,
+		        moe_err_name(err));
+	}
 	Moemesh__HelloReply *r = moemesh__hello_reply__unpack(NULL, f.header_len, f.header);
 	nng_msg_free(msg);
 	if (r == NULL)
 		return moe_fail(MOE_ERR_PROTO, "worker %s: HELLO_REPLY does not decode", l->url);
-	if (r->protocol_version != MOE_PROTO_VERSION || r->model_id.len != MOE_ID_BYTES ||
-	    !moe_bytes_equal_ct(r->model_id.data, c->id, MOE_ID_BYTES)) {
-		err = moe_fail(MOE_ERR_MISMATCH,
-		               "worker %s: protocol %u or model identity differs from ours", l->url,
-		               r->protocol_version);
-		goto out_free_reply;
+	if (r->protocol_version != MOE_PROTO_VERSION || r->challenge.len != 32) {
+		err =
+		    moe_fail(MOE_ERR_BAD_VERSION,
+		             "worker %s: HELLO_REPLY of protocol %u with a nonce of %zu bytes (we "
+		             "speak %u, 32 bytes)",
+		             l->url, r->protocol_version, r->challenge.len, MOE_PROTO_VERSION);
+		moemesh__hello_reply__free_unpacked(r, NULL);
+		return err;
 	}
-	if (l->name[0] == '\0') /* not named by the cluster file */
-		snprintf(l->name, sizeof l->name, "%.63s",
-		         r->name && r->name[0] ? r->name : l->url);
-	l->mem = r->mem_bytes;
-	moe_log(MOE_LOG_DEBUG, "worker %s (%s): HELLO_REPLY, %llu bytes offered", l->name, l->url,
-	        (unsigned long long)l->mem);
-	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
-	if (c->secret) {
-		if (moe_hmac_sha256(resp, c->secret, c->secret_len, chal, 32) != MOE_OK ||
-		    r->response.len != 32 || !moe_bytes_equal_ct(r->response.data, resp, 32)) {
-			err = moe_fail(MOE_ERR_AUTH,
-			               "worker %s does not know the cluster secret (--secret-file)",
-			               l->url);
-			goto out_free_reply;
-		}
-		if (r->challenge.len != 32) {
-			err = moe_fail(MOE_ERR_PROTO, "worker %s: challenge of %zu bytes", l->url,
-			               r->challenge.len);
-			goto out_free_reply;
-		}
-		if ((err = moe_hmac_sha256(resp, c->secret, c->secret_len, r->challenge.data,
-		                           32)) != MOE_OK)
-			goto out_free_reply;
-		a.response = (ProtobufCBinaryData){32, resp};
-	}
+	uint8_t nonce_w[32], mac_w[32];
+	memcpy(nonce_w, r->challenge.data, 32);
 	moemesh__hello_reply__free_unpacked(r, NULL);
+	const size_t sl = c->secret ? c->secret_len : 0;
+	if ((err = moe_auth_mac(resp, c->secret, sl, MOE_AUTH_COORDINATOR, chal, nonce_w, c->id)) !=
+	        MOE_OK ||
+	    (err = moe_auth_mac(mac_w, c->secret, sl, MOE_AUTH_WORKER, chal, nonce_w, c->id)) !=
+	        MOE_OK)
+		return err;
+	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+	a.response = (ProtobufCBinaryData){32, resp};
 	if ((err = moe_nng_send(l->ctl, MOE_MSG_AUTH, &a.base)) != MOE_OK ||
 	    (err = ctl_expect(&msg, &f, l, MOE_MSG_AUTH_OK, 10000)) != MOE_OK)
 		return err;
 	Moemesh__AuthOk *ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
 	nng_msg_free(msg);
-	if (ok == NULL || ok->data_token.len != 32)
-		return moe_fail(MOE_ERR_PROTO, "worker %s: bad AUTH_OK", l->url);
+	if (ok == NULL)
+		return moe_fail(MOE_ERR_PROTO, "worker %s: AUTH_OK does not decode", l->url);
+	/* nothing in AUTH_OK is trusted before its MAC */
+	if (ok->mac.len != 32 || !moe_bytes_equal_ct(ok->mac.data, mac_w, 32)) {
+		err = moe_fail(MOE_ERR_AUTH,
+		               c->secret
+		                   ? "worker %s does not know the cluster secret (--secret-file)"
+		                   : "worker %s: AUTH_OK's MAC is not the one of this handshake "
+		                     "(a worker with --secret-file, or not this model?)",
+		               l->url);
+		goto out_free_ok;
+	}
+	if (ok->data_token.len != 32) {
+		err = moe_fail(MOE_ERR_PROTO, "worker %s: AUTH_OK data token of %zu bytes", l->url,
+		               ok->data_token.len);
+		goto out_free_ok;
+	}
+	if (l->name[0] == '\0') /* not named by the cluster file */
+		snprintf(l->name, sizeof l->name, "%.63s",
+		         ok->name && ok->name[0] ? ok->name : l->url);
+	l->mem = ok->mem_bytes;
+	moe_log(MOE_LOG_DEBUG, "worker %s (%s): authenticated, %llu bytes offered", l->name, l->url,
+	        (unsigned long long)l->mem);
 	if (strncmp(l->url, "ipc://", 6) == 0) {
 		char want[300];
 		snprintf(want, sizeof want, "%s.data", l->url + 6);
@@ -219,10 +249,6 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	err = moe_stream_send(l->dfd, MOE_MSG_AUTH, &da.base, NULL, 0);
 out_free_ok:
 	moemesh__auth_ok__free_unpacked(ok, NULL);
-	return err;
-
-out_free_reply:
-	moemesh__hello_reply__free_unpacked(r, NULL);
 	return err;
 }
 

@@ -63,6 +63,23 @@ moe_err moe_hmac_sha256(uint8_t out[32], const void *key, size_t key_len, const 
 	return MOE_OK;
 }
 
+moe_err moe_auth_mac(uint8_t out[32], const uint8_t *secret, size_t secret_len, const char *role,
+                     const uint8_t nonce_c[32], const uint8_t nonce_w[32],
+                     const uint8_t model_id[MOE_ID_BYTES])
+{
+	static const uint8_t empty[1];
+	uint8_t msg[64 + 96];
+	const size_t rl = strlen(role);
+	if (rl > 64)
+		return moe_fail(MOE_ERR_SYS, "auth MAC: role label too long");
+	memcpy(msg, role, rl);
+	memcpy(msg + rl, nonce_c, 32);
+	memcpy(msg + rl + 32, nonce_w, 32);
+	memcpy(msg + rl + 64, model_id, MOE_ID_BYTES);
+	return moe_hmac_sha256(out, secret_len > 0 ? secret : empty, secret_len, msg,
+	                       rl + 64 + MOE_ID_BYTES);
+}
+
 moe_err moe_random_bytes(void *out, size_t n)
 {
 	if (n > INT32_MAX || RAND_bytes(out, (int)n) != 1)

@@ -49,7 +49,7 @@
 #include "model/model.h"
 #include "proto/moemesh.pb-c.h"
 
-#define MOE_PROTO_VERSION     1
+#define MOE_PROTO_VERSION     2
 #define MOE_PROTO_MAGIC       0x31454f4du /* "MOE1" little-endian */
 #define MOE_PROTO_PREFIX      24
 #define MOE_PROTO_ALIGN       64
@@ -193,6 +193,19 @@ moe_err moe_model_identity(uint8_t out[MOE_ID_BYTES], const moe_gguf *g);
 /* out = HMAC-SHA256(key, msg).  Errors: MOE_ERR_SYS. */
 moe_err moe_hmac_sha256(uint8_t out[32], const void *key, size_t key_len, const void *msg,
                         size_t len);
+
+#define MOE_AUTH_COORDINATOR "moemesh-v2 coordinator"
+#define MOE_AUTH_WORKER      "moemesh-v2 worker"
+
+/* The handshake's MACs: out = HMAC-SHA256(secret, role || nonce_c || nonce_w
+ * || model_id), role MOE_AUTH_COORDINATOR (AUTH) or MOE_AUTH_WORKER
+ * (AUTH_OK), the role's bytes without a terminator.  secret_len 0 (no
+ * --secret-file) is an empty key: then the MAC only checks that both ends
+ * agree on the nonces and the model, it authenticates nobody.  Errors:
+ * MOE_ERR_SYS. */
+moe_err moe_auth_mac(uint8_t out[32], const uint8_t *secret, size_t secret_len, const char *role,
+                     const uint8_t nonce_c[32], const uint8_t nonce_w[32],
+                     const uint8_t model_id[MOE_ID_BYTES]);
 
 /* n bytes from the system's CSPRNG.  Errors: MOE_ERR_SYS. */
 moe_err moe_random_bytes(void *out, size_t n);

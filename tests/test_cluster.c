@@ -1176,11 +1176,20 @@ Test(cluster, malformed_frames_get_errors_and_worker_keeps_serving, .timeout = 1
 	/* handshake */
 	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, id};
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_HELLO, &h.base), MOE_OK);
-	cr_assert_eq(ctl_rx(s, NULL), MOE_MSG_HELLO_REPLY);
-	Moemesh__AuthResponse ar = MOEMESH__AUTH_RESPONSE__INIT;
-	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &ar.base), MOE_OK);
 	nng_msg *msg;
 	moe_frame f;
+	cr_assert_eq(moe_nng_recv(&msg, &f, s, 5000), MOE_OK);
+	cr_assert_eq(f.kind, MOE_MSG_HELLO_REPLY);
+	Moemesh__HelloReply *hr = moemesh__hello_reply__unpack(NULL, f.header_len, f.header);
+	cr_assert(hr && hr->challenge.len == 32);
+	uint8_t mac[32];
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, chal, hr->challenge.data, id),
+	             MOE_OK);
+	moemesh__hello_reply__free_unpacked(hr, NULL);
+	nng_msg_free(msg);
+	Moemesh__AuthResponse ar = MOEMESH__AUTH_RESPONSE__INIT;
+	ar.response = (ProtobufCBinaryData){32, mac};
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &ar.base), MOE_OK);
 	cr_assert_eq(moe_nng_recv(&msg, &f, s, 5000), MOE_OK);
 	cr_assert_eq(f.kind, MOE_MSG_AUTH_OK);
 	Moemesh__AuthOk *ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);

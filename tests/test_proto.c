@@ -5,6 +5,7 @@
  * moe_proto_read_* to the documented contract. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -1167,4 +1168,66 @@ Test(proto, status_reply_checks_mac_challenge_and_fields)
 	cr_assert_eq(moe_frame_parse(&f, buf, len), MOE_OK);
 	Moemesh__WorkerStatus *out = NULL;
 	cr_expect_eq(moe_proto_read_status(&out, &f, chal, NULL, 0), MOE_ERR_PROTO);
+}
+
+/* ---- handshake MACs (moe_auth_mac) ------------------------------------------------ */
+
+static void unhex(uint8_t *out, const char *hex, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned v;
+		cr_assert_eq(sscanf(hex + 2 * i, "%2x", &v), 1);
+		out[i] = (uint8_t)v;
+	}
+}
+
+/* Known answers computed outside this code base (Python's hmac over the
+ * documented byte string role || nonce_c || nonce_w || model_id), nonce_c
+ * = 00..1f, nonce_w = 40..5f, model_id = 80..9f, secret "s3cret" or none. */
+Test(proto, auth_mac_known_answers_bind_role_nonces_and_model)
+{
+	static const struct {
+		const char *secret, *role, *hex;
+	} kat[] = {
+	    {"s3cret", MOE_AUTH_COORDINATOR,
+	     "4d4f0af709e09001762d11b0f99589c7da260cb3f77df0047c00ac899cff336f"},
+	    {"s3cret", MOE_AUTH_WORKER,
+	     "0f322c721024829870a33c8a95969d086343615a0216702a5f5a7a91e0699630"},
+	    {"", MOE_AUTH_COORDINATOR,
+	     "71fa7b49355b8b448b36f7b6562b90116d319942ad3dd3e4583325d0426c4cbb"},
+	    {"", MOE_AUTH_WORKER,
+	     "9031b8eea28362f860306efb5a09e144ce9ee58d08ac070d956024b2e25e538d"},
+	};
+	uint8_t nc[32], nw[32], id[MOE_ID_BYTES], mac[32], want[32], other[32];
+	for (int i = 0; i < 32; i++) {
+		nc[i] = (uint8_t)i;
+		nw[i] = (uint8_t)(0x40 + i);
+		id[i] = (uint8_t)(0x80 + i);
+	}
+	cr_assert_str_eq(MOE_AUTH_COORDINATOR, "moemesh-v2 coordinator");
+	cr_assert_str_eq(MOE_AUTH_WORKER, "moemesh-v2 worker");
+	for (size_t k = 0; k < sizeof kat / sizeof kat[0]; k++) {
+		const size_t sl = strlen(kat[k].secret);
+		unhex(want, kat[k].hex, 32);
+		cr_assert_eq(
+		    moe_auth_mac(mac, (const uint8_t *)kat[k].secret, sl, kat[k].role, nc, nw, id),
+		    MOE_OK);
+		cr_expect(memcmp(mac, want, 32) == 0, "vector %zu (%s, '%s')", k, kat[k].role,
+		          kat[k].secret);
+		/* each input changes it: nonces swapped, another model */
+		cr_assert_eq(moe_auth_mac(other, (const uint8_t *)kat[k].secret, sl, kat[k].role,
+		                          nw, nc, id),
+		             MOE_OK);
+		cr_expect(memcmp(other, want, 32) != 0);
+		id[5] ^= 1;
+		cr_assert_eq(moe_auth_mac(other, (const uint8_t *)kat[k].secret, sl, kat[k].role,
+		                          nc, nw, id),
+		             MOE_OK);
+		id[5] ^= 1;
+		cr_expect(memcmp(other, want, 32) != 0);
+	}
+	/* no secret: a NULL key works as the empty one */
+	unhex(want, kat[2].hex, 32);
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, nc, nw, id), MOE_OK);
+	cr_expect(memcmp(mac, want, 32) == 0);
 }

@@ -141,8 +141,15 @@ static void handshake(nng_socket s, const uint8_t *id, uint8_t token[32])
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_HELLO, &h.base), MOE_OK);
 	ctl_recv(s, &m, &f);
 	cr_assert_eq(f.kind, MOE_MSG_HELLO_REPLY);
+	Moemesh__HelloReply *r = moemesh__hello_reply__unpack(NULL, f.header_len, f.header);
+	cr_assert(r && r->challenge.len == 32);
+	uint8_t mac[32];
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, chal, r->challenge.data, id),
+	             MOE_OK);
+	moemesh__hello_reply__free_unpacked(r, NULL);
 	nng_msg_free(m);
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+	a.response = (ProtobufCBinaryData){32, mac};
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &a.base), MOE_OK);
 	ctl_recv(s, &m, &f);
 	cr_assert_eq(f.kind, MOE_MSG_AUTH_OK);

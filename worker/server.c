@@ -3,8 +3,10 @@
  *
  * One thread runs a poll loop over the nng control socket (its receive fd),
  * the data listener and the data connections; expert FFNs run on the worker's
- * thread pool.  Control: HELLO -> HELLO_REPLY (model identity checked,
- * HMAC response), AUTH -> AUTH_OK (data endpoint + token), then ASSIGN (the
+ * thread pool.  Control: HELLO -> HELLO_REPLY (model identity checked; the
+ * worker's nonce, nothing else), AUTH -> AUTH_OK (the coordinator's MAC
+ * checked, else ERROR and the peer dropped; the worker's MAC, node facts,
+ * data endpoint + token), then ASSIGN (the
  * slices no longer named dropped, the missing ones loaded by a loader thread
  * while this one goes on serving, LOAD_PROGRESS with what changed),
  * HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
@@ -67,8 +69,10 @@ typedef struct server {
 	int n_conns;
 	/* handshake of the current control peer */
 	bool hello_ok, authed;
-	uint8_t challenge[32];
+	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
 	uint8_t token[32];
+	nng_pipe drop_pipe; /* a peer to drop at drop_at (after its ERROR went out) */
+	uint64_t drop_at;
 	/* experts */
 	moe_pool *pool;
 	moe_expert_store *store;
@@ -289,33 +293,25 @@ static void on_hello(server *s, const moe_frame *f)
 		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
 		goto out_free;
 	}
+	/* nothing about this node before authentication: not its model's path
+	 * nor its identity */
 	if (!moe_bytes_equal_ct(h->model_id.data, s->id, MOE_ID_BYTES)) {
 		snprintf(msg, sizeof msg,
 		         "model identity differs: the coordinator runs %02x%02x%02x%02x..., this "
-		         "worker has %s (%02x%02x%02x%02x...): start it with the same GGUF",
+		         "worker another model: start both with the same GGUF",
 		         h->model_id.data[0], h->model_id.data[1], h->model_id.data[2],
-		         h->model_id.data[3], s->o->model_path, s->id[0], s->id[1], s->id[2],
-		         s->id[3]);
+		         h->model_id.data[3]);
 		ctl_error(s, MOE_ERR_MISMATCH, msg);
 		goto out_free;
 	}
-	uint8_t resp[32];
-	Moemesh__HelloReply r = MOEMESH__HELLO_REPLY__INIT;
-	if (moe_random_bytes(s->challenge, sizeof s->challenge) != MOE_OK ||
-	    (s->secret && moe_hmac_sha256(resp, s->secret, s->secret_len, h->challenge.data,
-	                                  h->challenge.len) != MOE_OK)) {
+	if (moe_random_bytes(s->challenge, sizeof s->challenge) != MOE_OK) {
 		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
 		goto out_free;
 	}
+	memcpy(s->nonce_c, h->challenge.data, 32);
+	Moemesh__HelloReply r = MOEMESH__HELLO_REPLY__INIT;
 	r.protocol_version = MOE_PROTO_VERSION;
-	r.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, s->id};
-	r.name = (char *)(s->o->name ? s->o->name : "");
-	r.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
-	r.isa = (char *)moe_isa_name(moe_isa_active());
-	r.threads = (uint32_t)moe_pool_threads(s->pool);
 	r.challenge = (ProtobufCBinaryData){32, s->challenge};
-	if (s->secret)
-		r.response = (ProtobufCBinaryData){32, resp};
 	s->hello_ok = true;
 	wlog(s, MOE_LOG_DEBUG, "HELLO: model identity and protocol match");
 	(void)moe_nng_send(s->ctl, MOE_MSG_HELLO_REPLY, &r.base);
@@ -323,10 +319,17 @@ out_free:
 	moemesh__hello__free_unpacked(h, NULL);
 }
 
-static void on_auth(server *s, const moe_frame *f)
+/* Drops the control peer p once its ERROR has had time to leave. */
+static void drop_peer(server *s, nng_pipe p)
+{
+	s->drop_pipe = p;
+	s->drop_at = moe_now_ns() + 200u * 1000000u;
+}
+
+static void on_auth(server *s, const moe_frame *f, nng_pipe p)
 {
 	Moemesh__AuthResponse *a = moemesh__auth_response__unpack(NULL, f->header_len, f->header);
-	uint8_t want[32];
+	uint8_t want[32], mac_w[32];
 	if (a == NULL) {
 		ctl_error(s, MOE_ERR_PROTO, "AUTH header does not decode");
 		return;
@@ -335,18 +338,23 @@ static void on_auth(server *s, const moe_frame *f)
 		ctl_error(s, MOE_ERR_STATE, "AUTH before HELLO");
 		goto out_free;
 	}
-	if (s->secret) {
-		if (moe_hmac_sha256(want, s->secret, s->secret_len, s->challenge, 32) != MOE_OK ||
-		    a->response.len != 32 || !moe_bytes_equal_ct(a->response.data, want, 32)) {
-			s->hello_ok = false;
-			ctl_error(s, MOE_ERR_AUTH,
-			          "authentication failed: the coordinator does not know this "
-			          "worker's secret (--secret-file)");
-			goto out_free;
-		}
-	}
-	if (moe_random_bytes(s->token, sizeof s->token) != MOE_OK) {
+	s->hello_ok = false; /* one try per HELLO (fresh nonce_w) */
+	const size_t sl = s->secret ? s->secret_len : 0;
+	if (moe_auth_mac(want, s->secret, sl, MOE_AUTH_COORDINATOR, s->nonce_c, s->challenge,
+	                 s->id) != MOE_OK ||
+	    moe_auth_mac(mac_w, s->secret, sl, MOE_AUTH_WORKER, s->nonce_c, s->challenge, s->id) !=
+	        MOE_OK ||
+	    moe_random_bytes(s->token, sizeof s->token) != MOE_OK) {
 		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+		goto out_free;
+	}
+	if (a->response.len != 32 || !moe_bytes_equal_ct(a->response.data, want, 32)) {
+		ctl_error(s, MOE_ERR_AUTH,
+		          s->secret ? "authentication failed: the coordinator does not know the "
+		                      "cluster secret of this worker (--secret-file)"
+		                    : "authentication failed: the AUTH MAC is not the one of this "
+		                      "HELLO (this worker has no --secret-file)");
+		drop_peer(s, p);
 		goto out_free;
 	}
 	s->authed = true;
@@ -354,6 +362,11 @@ static void on_auth(server *s, const moe_frame *f)
 	ok.data_token = (ProtobufCBinaryData){32, s->token};
 	ok.data_port = s->data_port;
 	ok.data_path = s->data_path;
+	ok.mac = (ProtobufCBinaryData){32, mac_w};
+	ok.name = (char *)(s->o->name ? s->o->name : "");
+	ok.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
+	ok.isa = (char *)moe_isa_name(moe_isa_active());
+	ok.threads = (uint32_t)moe_pool_threads(s->pool);
 	(void)moe_nng_send(s->ctl, MOE_MSG_AUTH_OK, &ok.base);
 out_free:
 	moemesh__auth_response__free_unpacked(a, NULL);
@@ -600,7 +613,7 @@ static void on_control(server *s)
 		on_hello(s, &f);
 		break;
 	case MOE_MSG_AUTH:
-		on_auth(s, &f);
+		on_auth(s, &f, nng_msg_get_pipe(m));
 		break;
 	case MOE_MSG_ASSIGN:
 		on_assign(s, &f);
@@ -945,7 +958,17 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		for (int i = 0; i < s.n_conns; i++)
 			p[5 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
 		const int n = 5 + s.n_conns;
-		if (poll(p, (nfds_t)n, 1000) < 0) {
+		int wait_ms = 1000;
+		if (s.drop_at != 0) {
+			const uint64_t now = moe_now_ns();
+			if (now >= s.drop_at) {
+				(void)nng_pipe_close(s.drop_pipe);
+				s.drop_at = 0;
+			} else if ((s.drop_at - now) / 1000000u + 1 < (uint64_t)wait_ms) {
+				wait_ms = (int)((s.drop_at - now) / 1000000u + 1);
+			}
+		}
+		if (poll(p, (nfds_t)n, wait_ms) < 0) {
 			if (errno == EINTR)
 				continue;
 			err = moe_fail(MOE_ERR_SYS, "poll: %s", strerror(errno));

@@ -52,13 +52,7 @@ int main(int argc, char **argv)
 
 	Moemesh__HelloReply hr = MOEMESH__HELLO_REPLY__INIT;
 	hr.protocol_version = MOE_PROTO_VERSION;
-	hr.model_id = (ProtobufCBinaryData){sizeof id, id};
-	hr.name = "w0";
-	hr.mem_bytes = 1ull << 36;
-	hr.isa = "avx2";
-	hr.threads = 2;
 	hr.challenge = (ProtobufCBinaryData){sizeof ch, ch};
-	hr.response = (ProtobufCBinaryData){sizeof id, id};
 	bad |= write_frame(dir, "hello_reply", MOE_MSG_HELLO_REPLY, &hr.base, NULL, 0);
 
 	Moemesh__ExpertRange rg = MOEMESH__EXPERT_RANGE__INIT;

@@ -1,0 +1,319 @@
+/*
+ * test_auth.c - the cluster handshake and what a peer can do before it has
+ * authenticated, against real `moemesh worker` processes over real sockets:
+ * a fake coordinator (a raw nng pair1 socket here) gets a HELLO_REPLY with
+ * the worker's nonce and nothing about the node, a wrong AUTH is an ERROR and
+ * the connection dropped, the MAC of one nonce pair is refused for another
+ * (no relay), and the right one gets AUTH_OK whose MAC proves the worker.
+ */
+#include <criterion/criterion.h>
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "model/model.h"
+#include "proto/proto.h"
+#include "tests/test_util.h"
+
+#define SECRET "auth-test-secret"
+
+static pid_t g_worker;
+
+static void reap_worker(void)
+{
+	if (g_worker > 0) {
+		kill(g_worker, SIGKILL);
+		waitpid(g_worker, NULL, 0);
+		g_worker = 0;
+	}
+}
+
+static void tmp_path(char *out, size_t n, const char *name)
+{
+	snprintf(out, n, "/tmp/moe-auth-%d-%s", (int)getpid(), name);
+}
+
+static const char *model_path(void)
+{
+	static char path[1024];
+	snprintf(path, sizeof path, "%s/qwen3next-tiny-Q4_K_M.gguf", fixtures());
+	return path;
+}
+
+static void model_id(uint8_t id[MOE_ID_BYTES])
+{
+	moe_gguf *g;
+	cr_assert_eq(moe_gguf_open(&g, model_path()), MOE_OK);
+	cr_assert_eq(moe_model_identity(id, g), MOE_OK);
+	moe_gguf_close(g);
+}
+
+/* Starts `moemesh worker --listen url --name NAME ... extra` and waits for
+ * its --ready-fd byte. */
+static void start_worker(const char *url, const char *extra)
+{
+	char cmd[4096];
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	snprintf(cmd, sizeof cmd,
+	         "exec '%s' worker -m '%s' --listen %s --threads 1 --name node-secret-name "
+	         "--ready-fd %d --quiet %s",
+	         bin(), model_path(), url, fds[1], extra);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		close(fds[0]);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	g_worker = pid;
+	close(fds[1]);
+	struct pollfd p = {.fd = fds[0], .events = POLLIN};
+	char b = 0;
+	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
+	close(fds[0]);
+	cr_assert(ready, "the worker on %s did not start listening", url);
+}
+
+/* SIGTERM, then its exit status must be 0 (an ASan report is 1). */
+static void stop_worker(void)
+{
+	int st = 0;
+	kill(g_worker, SIGTERM);
+	cr_assert_eq(waitpid(g_worker, &st, 0), g_worker);
+	g_worker = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the worker ended with status %d", st);
+}
+
+static atomic_int g_removed; /* pipes the fake coordinator's socket lost */
+static atomic_int g_pipes;   /* and has */
+
+static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	(void)p;
+	(void)arg;
+	if (ev == NNG_PIPE_EV_ADD_POST) {
+		atomic_fetch_add(&g_pipes, 1);
+	} else {
+		atomic_fetch_sub(&g_pipes, 1);
+		atomic_fetch_add(&g_removed, 1);
+	}
+}
+
+/* One socket for a whole test, never closed while it may be dialling again
+ * (nng 1.5.2's listener stops accepting when a peer goes away during the SP
+ * negotiation, nng#1518): the worker drops it, its dialer dials again. */
+static nng_socket fake_coordinator(const char *url)
+{
+	nng_socket s;
+	cr_assert_eq(nng_pair1_open(&s), 0);
+	cr_assert_eq(nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, on_pipe, NULL), 0);
+	cr_assert_eq(nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, on_pipe, NULL), 0);
+	cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 5000), 0);
+	cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECONNMINT, 50), 0);
+	cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 200), 0);
+	cr_assert_eq(nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK), 0);
+	return s;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
+/* Sends HELLO with nonce_c once s has a pipe; returns the HELLO_REPLY's
+ * header bytes in hdr (*hl of them) and its nonce in nonce_w.  pair1 takes
+ * one peer: right after the worker dropped us it may still refuse our next
+ * pipe, and a HELLO is lost with it; then (and only then: no answer in 3 s)
+ * HELLO goes again, up to 5 times, as the coordinator does (moe_clu_connect). */
+static void hello(nng_socket s, const uint8_t id[MOE_ID_BYTES], const uint8_t nonce_c[32],
+                  uint8_t nonce_w[32], uint8_t *hdr, size_t *hl)
+{
+	Moemesh__Hello h = MOEMESH__HELLO__INIT;
+	h.protocol_version = MOE_PROTO_VERSION;
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, (uint8_t *)id};
+	h.name = "fake";
+	h.challenge = (ProtobufCBinaryData){32, (uint8_t *)nonce_c};
+	nng_msg *m;
+	moe_frame f;
+	for (int tries = 0;; tries++) {
+		cr_assert(tries < 5, "no HELLO_REPLY to 5 HELLOs");
+		for (int t = 0; atomic_load(&g_pipes) <= 0; t += 10) {
+			cr_assert(t < 10000, "no connection to the worker in 10 s");
+			sleep_ms(10);
+		}
+		cr_assert_eq(moe_nng_send(s, MOE_MSG_HELLO, &h.base), MOE_OK);
+		moe_err err = moe_nng_recv(&m, &f, s, 3000);
+		if (err == MOE_ERR_TIMEOUT)
+			continue;
+		cr_assert_eq(err, MOE_OK, "%s", moe_err_detail());
+		cr_assert_eq(f.kind, MOE_MSG_HELLO_REPLY, "got %s", moe_msg_kind_name(f.kind));
+		cr_assert(f.header_len <= 256);
+		memcpy(hdr, f.header, f.header_len);
+		*hl = f.header_len;
+		Moemesh__HelloReply *r = moemesh__hello_reply__unpack(NULL, f.header_len, f.header);
+		cr_assert(r != NULL && r->challenge.len == 32);
+		memcpy(nonce_w, r->challenge.data, 32);
+		moemesh__hello_reply__free_unpacked(r, NULL);
+		nng_msg_free(m);
+		return;
+	}
+}
+
+/* Sends AUTH with mac; returns the kind of the answer, and with AUTH_OK its
+ * decoded message in *ok (caller frees), with ERROR its code in *code. */
+static moe_msg_kind auth(nng_socket s, const uint8_t mac[32], Moemesh__AuthOk **ok, uint32_t *code)
+{
+	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+	a.response = (ProtobufCBinaryData){32, (uint8_t *)mac};
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &a.base), MOE_OK);
+	nng_msg *m;
+	moe_frame f;
+	cr_assert_eq(moe_nng_recv(&m, &f, s, 10000), MOE_OK, "%s", moe_err_detail());
+	const moe_msg_kind k = f.kind;
+	if (k == MOE_MSG_AUTH_OK && ok != NULL)
+		*ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
+	if (k == MOE_MSG_ERROR && code != NULL) {
+		Moemesh__Error *e = moemesh__error__unpack(NULL, f.header_len, f.header);
+		cr_assert(e != NULL);
+		*code = e->code;
+		moemesh__error__free_unpacked(e, NULL);
+	}
+	nng_msg_free(m);
+	return k;
+}
+
+/* Waits up to ms for the socket to have lost a pipe since `before`. */
+static bool dropped_within(int before, int ms)
+{
+	for (int t = 0; t < ms; t += 20) {
+		if (atomic_load(&g_removed) > before)
+			return true;
+		struct timespec ts = {0, 20 * 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}
+
+static bool has_bytes(const uint8_t *h, size_t n, const char *needle)
+{
+	const size_t k = strlen(needle);
+	for (size_t i = 0; i + k <= n; i++)
+		if (memcmp(h + i, needle, k) == 0)
+			return true;
+	return false;
+}
+
+Test(auth, hello_reply_says_nothing_and_a_wrong_auth_is_dropped, .timeout = 60, .fini = reap_worker)
+{
+	char sock[256], url[300], sec[300], extra[400];
+	tmp_path(sock, sizeof sock, "a.sock");
+	tmp_path(sec, sizeof sec, "a.secret");
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	cr_assert_eq(sh("printf '%%s\\n' '%s' > %s", SECRET, sec), 0);
+	snprintf(extra, sizeof extra, "--secret-file %s", sec);
+	start_worker(url, extra);
+	uint8_t id[MOE_ID_BYTES], nc[32], nw[32], hdr[256], mac[32], mac_w[32];
+	size_t hl;
+	model_id(id);
+
+	/* HELLO_REPLY: a version and a 32-byte nonce, nothing else */
+	memset(nc, 0x11, sizeof nc);
+	nng_socket s = fake_coordinator(url);
+	hello(s, id, nc, nw, hdr, &hl);
+	cr_expect_eq(hl, 2 + 2 + 32, "HELLO_REPLY header of %zu bytes", hl);
+	cr_expect(!has_bytes(hdr, hl, "node-secret-name"));
+
+	/* a wrong AUTH: ERROR, then the worker drops the connection */
+	memset(mac, 0x5a, sizeof mac);
+	int before = atomic_load(&g_removed);
+	uint32_t code = 0;
+	cr_assert_eq(auth(s, mac, NULL, &code), MOE_MSG_ERROR);
+	cr_expect_eq(code, (uint32_t)MOE_ERR_AUTH);
+	cr_expect(dropped_within(before, 5000), "the worker kept a peer that failed AUTH");
+
+	/* the MAC of the empty key (what a coordinator without the secret
+	 * sends) is refused too */
+	hello(s, id, nc, nw, hdr, &hl);
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, nc, nw, id), MOE_OK);
+	before = atomic_load(&g_removed);
+	cr_assert_eq(auth(s, mac, NULL, &code), MOE_MSG_ERROR);
+	cr_expect(dropped_within(before, 5000));
+
+	/* the right one: AUTH_OK whose MAC is the worker's, with the node's facts */
+	hello(s, id, nc, nw, hdr, &hl);
+	cr_assert_eq(moe_auth_mac(mac, (const uint8_t *)SECRET, strlen(SECRET),
+	                          MOE_AUTH_COORDINATOR, nc, nw, id),
+	             MOE_OK);
+	cr_assert_eq(moe_auth_mac(mac_w, (const uint8_t *)SECRET, strlen(SECRET), MOE_AUTH_WORKER,
+	                          nc, nw, id),
+	             MOE_OK);
+	Moemesh__AuthOk *ok = NULL;
+	cr_assert_eq(auth(s, mac, &ok, NULL), MOE_MSG_AUTH_OK);
+	cr_assert(ok != NULL);
+	cr_expect(ok->mac.len == 32 && memcmp(ok->mac.data, mac_w, 32) == 0);
+	cr_expect_str_eq(ok->name, "node-secret-name");
+	cr_expect_eq(ok->data_token.len, 32);
+	moemesh__auth_ok__free_unpacked(ok, NULL);
+	nng_close(s);
+	stop_worker();
+	unlink(sec);
+}
+
+/* Two workers share a secret; a client that talks to both gets no MAC from
+ * either before it has authenticated (HELLO_REPLY carries none), and the MAC
+ * one worker accepts for one nonce pair is refused for any other: a relay of
+ * a coordinator's AUTH to a second HELLO fails. */
+Test(auth, the_mac_of_one_nonce_pair_is_refused_for_another, .timeout = 60, .fini = reap_worker)
+{
+	char sock[256], url[300], sec[300], extra[400];
+	tmp_path(sock, sizeof sock, "r.sock");
+	tmp_path(sec, sizeof sec, "r.secret");
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	cr_assert_eq(sh("printf '%%s\\n' '%s' > %s", SECRET, sec), 0);
+	snprintf(extra, sizeof extra, "--secret-file %s", sec);
+	start_worker(url, extra);
+	uint8_t id[MOE_ID_BYTES], nc1[32], nc2[32], nw1[32], nw2[32], hdr[256], mac1[32];
+	size_t hl;
+	model_id(id);
+	memset(nc1, 0x21, sizeof nc1);
+	memset(nc2, 0x22, sizeof nc2);
+	/* the pair (nc1, nw1) has a valid MAC, as a real coordinator would send */
+	nng_socket s = fake_coordinator(url);
+	hello(s, id, nc1, nw1, hdr, &hl);
+	cr_assert_eq(moe_auth_mac(mac1, (const uint8_t *)SECRET, strlen(SECRET),
+	                          MOE_AUTH_COORDINATOR, nc1, nw1, id),
+	             MOE_OK);
+	/* a new HELLO (the relay's): another nonce_w; mac1 is refused for it */
+	hello(s, id, nc2, nw2, hdr, &hl);
+	cr_expect(memcmp(nw1, nw2, 32) != 0, "the worker reused its nonce");
+	uint32_t code = 0;
+	int before = atomic_load(&g_removed);
+	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	cr_expect_eq(code, (uint32_t)MOE_ERR_AUTH);
+	cr_expect(dropped_within(before, 5000));
+	/* the same coordinator nonce again: still another nonce_w, still refused */
+	hello(s, id, nc1, nw2, hdr, &hl);
+	before = atomic_load(&g_removed);
+	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	cr_expect(dropped_within(before, 5000));
+	/* the worker role's MAC for the right pair is no coordinator's */
+	hello(s, id, nc1, nw1, hdr, &hl);
+	cr_assert_eq(moe_auth_mac(mac1, (const uint8_t *)SECRET, strlen(SECRET), MOE_AUTH_WORKER,
+	                          nc1, nw1, id),
+	             MOE_OK);
+	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	nng_close(s);
+	stop_worker();
+	unlink(sec);
+}
