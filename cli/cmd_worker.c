@@ -10,25 +10,28 @@
 
 #include "cli/cli.h"
 #include "core/core.h"
+#include "proto/proto.h"
 #include "worker/worker.h"
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
-	           "                      [--secret-file F] [--name NAME] [--mem GIB]\n"
-	           "                      [--data-port P] [--net-delay-us US] [--quiet]\n"
-	           "                      [--log-level error|warn|info|debug]\n\n"
-	           "Serves the routed experts a coordinator assigns to it.  URL is\n"
-	           "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
-	           "plain TCP socket (--data-port, default any free port) or, for ipc://,\n"
-	           "on the Unix socket PATH.data.  Only the assigned expert slices are\n"
-	           "read from MODEL.  --mem is what it offers for experts (default: the\n"
-	           "available memory); --net-delay-us adds a delay to every dispatch and\n"
-	           "every result (latency experiments).  Stops on the coordinator's\n"
-	           "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).  `moemesh status`\n"
-	           "asks it for its state on UDP at --listen's port (ipc://: PATH.status),\n"
-	           "also while it serves a coordinator.  Log lines go to stderr (--quiet:\n"
-	           "none).\n");
+	fprintf(f,
+	        "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
+	        "                      [--secret-file F | --insecure] [--name NAME] [--mem GIB]\n"
+	        "                      [--data-port P] [--net-delay-us US] [--quiet]\n"
+	        "                      [--log-level error|warn|info|debug]\n\n"
+	        "Serves the routed experts a coordinator assigns to it.  URL is\n"
+	        "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
+	        "plain TCP socket (--data-port, default any free port) or, for ipc://,\n"
+	        "on the Unix socket PATH.data.  Only the assigned expert slices are\n"
+	        "read from MODEL.  --mem is what it offers for experts (default: the\n"
+	        "available memory); --net-delay-us adds a delay to every dispatch and\n"
+	        "every result (latency experiments).  Stops on the coordinator's\n"
+	        "SHUTDOWN, or on SIGTERM / SIGINT (exit status 0).  `moemesh status`\n"
+	        "asks it for its state on UDP at --listen's port (ipc://: PATH.status),\n"
+	        "also while it serves a coordinator.  Log lines go to stderr (--quiet:\n"
+	        "none).  A tcp:// URL off loopback needs --secret-file (the same file\n"
+	        "as the coordinator's), or --insecure to listen unauthenticated.\n");
 }
 
 /* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
@@ -51,6 +54,7 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 {
 	moe_worker_opts o = {.ready_fd = -1, .stop_fd = -1, .name = "worker"};
 	long v;
+	bool insecure = false;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const bool has = i + 1 < argc;
@@ -60,6 +64,8 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 			return 0;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.quiet = true;
+		} else if (strcmp(a, "--insecure") == 0) {
+			insecure = true;
 		} else if ((ll = moe_cli_log_level_arg(&i, argc, argv, "worker")) != 0) {
 			if (ll < 0)
 				return 2;
@@ -98,6 +104,16 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 	}
 	if (o.model_path == NULL || o.listen_url == NULL)
 		goto out_usage;
+	if (o.secret_file == NULL && !insecure && !moe_url_is_loopback(o.listen_url)) {
+		fprintf(
+		    stderr,
+		    "moemesh worker: --listen %s is not a loopback address and no --secret-file "
+		    "is given: anyone who reaches it could drive this worker; give --secret-file "
+		    "F (the same file on the coordinator), or --insecure to listen "
+		    "unauthenticated anyway\n",
+		    o.listen_url);
+		return 2;
+	}
 	if (adjust != NULL)
 		adjust(&o, ctx);
 	moe_err err = run_stoppable(&o);

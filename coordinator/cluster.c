@@ -18,6 +18,8 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 	if (n <= 0 || n > MOE_CLUSTER_MAX_LINKS)
 		return moe_fail(MOE_ERR_INVAL, "cluster of %d workers (1..%d)", n,
 		                MOE_CLUSTER_MAX_LINKS);
+	if ((err = moe_cluster_check_secure(o)) != MOE_OK)
+		return err;
 	moe_cluster *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "cluster");

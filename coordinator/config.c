@@ -17,7 +17,8 @@ const char *moe_cluster_usage(void)
 	return "cluster:  --worker URL (repeatable; tcp://HOST:PORT, ipc://PATH or local)\n"
 	       "          --workers N (start N local workers on ipc://) --cluster FILE (JSON)\n"
 	       "          --placement memory|round-robin  --replicate all|E,E,...\n"
-	       "          --secret-file F  --worker-threads N  --dispatch-timeout-ms N\n"
+	       "          --secret-file F | --insecure  --worker-threads N  --dispatch-timeout-ms "
+	       "N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
 	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n";
 }
@@ -395,9 +396,30 @@ out_free:
 	return err;
 }
 
+moe_err moe_cluster_check_secure(const moe_cluster_opts *o)
+{
+	if (o->secret_file != NULL || o->insecure)
+		return MOE_OK;
+	for (int i = 0; i < o->n_urls; i++)
+		if (strcmp(o->urls[i], "local") != 0 && !moe_url_is_loopback(o->urls[i]))
+			return moe_fail(
+			    MOE_ERR_INVAL,
+			    "worker %s is not on this machine and no --secret-file (or "
+			    "\"secret_file\") is given: anyone who reaches it could pose "
+			    "as its coordinator or as it; give --secret-file F (the same "
+			    "file on every worker), or --insecure to run unauthenticated "
+			    "anyway",
+			    o->urls[i]);
+	return MOE_OK;
+}
+
 moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv)
 {
 	const char *a = argv[*i];
+	if (strcmp(a, "--insecure") == 0) {
+		o->insecure = true;
+		return MOE_OK;
+	}
 	static const char *const names[] = {
 	    "--worker",       "--workers",     "--cluster",        "--placement",
 	    "--replicate",    "--secret-file", "--worker-threads", "--dispatch-timeout-ms",

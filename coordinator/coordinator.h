@@ -51,6 +51,7 @@ typedef struct moe_cluster_opts {
 	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
+	bool insecure; /* --insecure: tcp:// workers off loopback without a secret */
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
@@ -75,7 +76,7 @@ typedef struct moe_cluster_opts {
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
  * --placement memory|round-robin, --replicate all|E,E.., --secret-file F,
- * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N), consumes it
+ * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N, --insecure), consumes it
  * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
  * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
@@ -89,6 +90,11 @@ typedef struct moe_cluster_opts {
  * other key, at the top or in a worker object, is an error that names it.
  * The file's strings stay allocated for the life of the process. */
 moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv);
+
+/* MOE_ERR_INVAL naming the first worker URL that is not loopback
+ * (moe_url_is_loopback) when o has no secret_file and not insecure, and
+ * both remedies; MOE_OK otherwise. */
+moe_err moe_cluster_check_secure(const moe_cluster_opts *o);
 
 /* The usage lines of those options. */
 const char *moe_cluster_usage(void);

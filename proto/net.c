@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -78,6 +79,29 @@ moe_err moe_auth_mac(uint8_t out[32], const uint8_t *secret, size_t secret_len, 
 	memcpy(msg + rl + 64, model_id, MOE_ID_BYTES);
 	return moe_hmac_sha256(out, secret_len > 0 ? secret : empty, secret_len, msg,
 	                       rl + 64 + MOE_ID_BYTES);
+}
+
+bool moe_url_is_loopback(const char *url)
+{
+	char host[256];
+	uint16_t port;
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (strncmp(url, "ipc://", 6) == 0)
+		return true;
+	if (strncmp(url, "tcp://", 6) != 0 ||
+	    moe_url_tcp_split(host, sizeof host, &port, url) != MOE_OK)
+		return false;
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1) {
+		static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		return IN6_IS_ADDR_LOOPBACK(&a6) ||
+		       (memcmp(a6.s6_addr, mapped, 12) == 0 && a6.s6_addr[12] == 127);
+	}
+	return false;
 }
 
 moe_err moe_random_bytes(void *out, size_t n)

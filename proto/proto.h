@@ -242,6 +242,12 @@ moe_err moe_nng_fail(int rv, const char *what);
  * is wrong with it. */
 moe_err moe_url_tcp_split(char *host, size_t host_size, uint16_t *port, const char *url);
 
+/* Whether url reaches only this machine: ipc://, or tcp:// on localhost,
+ * 127.0.0.0/8 or ::1 (written [::1]; also ::ffff:127.x.y.z).  Any other
+ * host, a name included (no lookup), and HOST "*" or empty (every
+ * address) are not; nor is a URL that does not parse. */
+bool moe_url_is_loopback(const char *url);
+
 /* Listens on host:*port (TCP, *port 0 = any; set to the port bound): host a
  * name or an IPv4 or IPv6 address (the first of its addresses that binds),
  * or "" for every address (IPv6 and IPv4 on one socket where the system has

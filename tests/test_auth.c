@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coordinator/coordinator.h"
 #include "core/core.h"
 #include "model/model.h"
 #include "proto/proto.h"
@@ -316,4 +317,82 @@ Test(auth, the_mac_of_one_nonce_pair_is_refused_for_another, .timeout = 60, .fin
 	nng_close(s);
 	stop_worker();
 	unlink(sec);
+}
+
+/* ---- no open listening without a secret ------------------------------------------- */
+
+static bool file_has(const char *path, const char *needle)
+{
+	FILE *fp = fopen(path, "rb");
+	static char buf[1 << 16];
+	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+	if (fp)
+		fclose(fp);
+	buf[n] = '\0';
+	return strstr(buf, needle) != NULL;
+}
+
+/* A worker on every address, or on another host's address, without
+ * --secret-file is refused (status 2) naming the address and both remedies,
+ * before it listens; with --insecure it serves. */
+Test(auth, open_listening_needs_a_secret_or_insecure, .timeout = 60, .fini = reap_worker)
+{
+	char err[300];
+	tmp_path(err, sizeof err, "open.err");
+	static const char *const urls[] = {"tcp://0.0.0.0:0", "tcp://*:0", "tcp://[::]:0",
+	                                   "tcp://192.0.2.1:7000"};
+	for (size_t i = 0; i < sizeof urls / sizeof *urls; i++) {
+		const int rc = sh("'%s' worker -m '%s' --listen '%s' --threads 1 2>%s", bin(),
+		                  model_path(), urls[i], err);
+		cr_expect_eq(rc, 2, "%s: exit status %d", urls[i], rc);
+		cr_expect(file_has(err, urls[i]) && file_has(err, "--secret-file") &&
+		              file_has(err, "--insecure"),
+		          "%s: the refusal does not name the address and both remedies", urls[i]);
+	}
+	/* --insecure: it listens (on every address) and stops cleanly */
+	start_worker("tcp://0.0.0.0:0", "--insecure");
+	stop_worker();
+	unlink(err);
+}
+
+/* A coordinator with a tcp:// worker off loopback and no secret is refused
+ * naming the worker and both remedies, before it dials; --insecure or a
+ * secret file lets the options through; loopback and ipc:// need neither. */
+Test(auth, coordinator_needs_a_secret_or_insecure_for_remote_workers, .timeout = 60)
+{
+	char err[300];
+	tmp_path(err, sizeof err, "coord.err");
+	const int rc = sh("'%s' logits -m '%s' --tokens 1,2 -o /dev/null --worker "
+	                  "tcp://127.0.0.1:9 --worker tcp://192.0.2.1:7000 2>%s",
+	                  bin(), model_path(), err);
+	cr_expect_eq(rc, 1);
+	cr_expect(file_has(err, "tcp://192.0.2.1:7000") && file_has(err, "--secret-file") &&
+	              file_has(err, "--insecure"),
+	          "the refusal does not name the worker and both remedies");
+	cr_expect(!file_has(err, "no connection"), "it dialled before refusing");
+	unlink(err);
+
+	moe_cluster_opts o = {0};
+	char *argv[] = {
+	    "x",          "--worker",      "tcp://192.0.2.1:7000", "--worker", "ipc:///tmp/w",
+	    "--insecure", "--secret-file", "/etc/moemesh/secret"};
+	int i = 1;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 8, argv), MOE_OK);
+	i = 3;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 8, argv), MOE_OK);
+	cr_expect_eq(moe_cluster_check_secure(&o), MOE_ERR_INVAL);
+	i = 5;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 8, argv), MOE_OK);
+	cr_expect(o.insecure);
+	cr_expect_eq(moe_cluster_check_secure(&o), MOE_OK);
+	o.insecure = false;
+	i = 6;
+	cr_assert_eq(moe_cluster_parse_arg(&o, &i, 8, argv), MOE_OK);
+	cr_expect_eq(moe_cluster_check_secure(&o), MOE_OK);
+	moe_cluster_opts lo = {0};
+	lo.urls[0] = "tcp://[::1]:7000";
+	lo.urls[1] = "ipc:///tmp/w";
+	lo.urls[2] = "local";
+	lo.n_urls = 3;
+	cr_expect_eq(moe_cluster_check_secure(&lo), MOE_OK);
 }

@@ -1424,10 +1424,11 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180, .fini = reap_wo
 	if (!bad) {
 		for (int i = 1; i < 3; i++) {
 			char cmd[2048];
-			snprintf(cmd, sizeof cmd,
-			         "exec ip netns exec %s '%s' worker -m '%s' --listen "
-			         "tcp://10.97.%d.2:7070 --threads 1 --name host%c --quiet",
-			         ns[i], bin(), model, i, "xab"[i]);
+			snprintf(
+			    cmd, sizeof cmd,
+			    "exec ip netns exec %s '%s' worker -m '%s' --listen "
+			    "tcp://10.97.%d.2:7070 --threads 1 --name host%c --quiet --insecure",
+			    ns[i], bin(), model, i, "xab"[i]);
 			w[i] = fork();
 			if (w[i] == 0) {
 				execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -1441,7 +1442,7 @@ Test(cluster, three_hosts_in_network_namespaces, .timeout = 180, .fini = reap_wo
 		          bin(), model, ref);
 		bad |= sh("ip netns exec %s '%s' run -m '%s' -p 'In the beginning' -n 24 --temp 0 "
 		          "--threads 1 --worker tcp://10.97.1.2:7070 --worker tcp://10.97.2.2:7070 "
-		          "> %s 2>/dev/null",
+		          "--insecure > %s 2>/dev/null",
 		          ns[0], bin(), model, out);
 	}
 	int st_w[3] = {0, 0, 0};

@@ -1231,3 +1231,23 @@ Test(proto, auth_mac_known_answers_bind_role_nonces_and_model)
 	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, nc, nw, id), MOE_OK);
 	cr_expect(memcmp(mac, want, 32) == 0);
 }
+
+Test(proto, url_is_loopback_only_for_this_machine)
+{
+	static const char *const yes[] = {"ipc:///tmp/x",
+	                                  "tcp://127.0.0.1:7000",
+	                                  "tcp://127.9.8.7:1",
+	                                  "tcp://localhost:7000",
+	                                  "tcp://LocalHost:7000",
+	                                  "tcp://[::1]:7000",
+	                                  "tcp://[::ffff:127.0.0.1]:7000"};
+	static const char *const no[] = {
+	    "tcp://0.0.0.0:7000",   "tcp://*:7000",         "tcp://:7000",
+	    "tcp://10.0.0.2:7000",  "tcp://128.0.0.1:7000", "tcp://[::]:7000",
+	    "tcp://[fd00::2]:7000", "tcp://box1:7000",      "tcp://localhost.evil.example:7000",
+	    "tcp://::1:7000",       "ws://127.0.0.1:7000",  "tcp://[::ffff:10.0.0.1]:7000"};
+	for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+		cr_expect(moe_url_is_loopback(yes[i]), "%s", yes[i]);
+	for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+		cr_expect(!moe_url_is_loopback(no[i]), "%s", no[i]);
+}
