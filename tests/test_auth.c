@@ -396,3 +396,93 @@ Test(auth, coordinator_needs_a_secret_or_insecure_for_remote_workers, .timeout =
 	lo.n_urls = 3;
 	cr_expect_eq(moe_cluster_check_secure(&lo), MOE_OK);
 }
+
+/* ---- what an unauthenticated peer may send ------------------------------------------ */
+
+/* Before authentication a frame over 64 KiB is refused and the connection
+ * dropped: on the data socket as soon as its prefix announces it (nothing
+ * more is buffered), on the control socket when it arrives. */
+Test(auth, big_frames_before_authentication_are_refused_and_dropped, .timeout = 60,
+     .fini = reap_worker)
+{
+	char sock[256], url[300], data[300];
+	tmp_path(sock, sizeof sock, "big.sock");
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	snprintf(data, sizeof data, "%s.data", sock);
+	start_worker(url, "");
+
+	/* data: a DISPATCH prefix announcing 1 MiB of payload (under the
+	 * frame caps, over the pre-authentication one), and nothing else */
+	int fd;
+	cr_assert_eq(moe_sock_connect_unix(&fd, data), MOE_OK, "%s", moe_err_detail());
+	uint8_t pre[MOE_PROTO_PREFIX] = {'M',
+	                                 'O',
+	                                 'E',
+	                                 '1',
+	                                 MOE_PROTO_VERSION,
+	                                 0,
+	                                 MOE_MSG_DISPATCH,
+	                                 0,
+	                                 64,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 16,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0,
+	                                 0};
+	cr_assert_eq(write(fd, pre, sizeof pre), (ssize_t)sizeof pre);
+	uint8_t buf[4096];
+	size_t got = 0;
+	bool eof = false;
+	for (int t = 0; t < 50 && !eof; t++) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 100) != 1)
+			continue;
+		const ssize_t n = read(fd, buf + got, sizeof buf - got);
+		if (n <= 0)
+			eof = true;
+		else
+			got += (size_t)n;
+	}
+	close(fd);
+	cr_expect(eof, "the worker kept a data connection that announced a 1 MiB frame");
+	moe_frame f;
+	cr_expect(got > 0 && moe_frame_parse(&f, buf, got) == MOE_OK && f.kind == MOE_MSG_ERROR,
+	          "no ERROR before the close (%zu bytes)", got);
+
+	/* control: a 100 KiB HEARTBEAT before HELLO */
+	nng_socket s = fake_coordinator(url);
+	const size_t n = moe_frame_size(0, 100 << 10);
+	uint8_t *big = calloc(1, n);
+	cr_assert(big != NULL);
+	cr_assert_eq(moe_frame_write(big, n, MOE_MSG_HEARTBEAT, NULL, 100 << 10), MOE_OK);
+	for (int t = 0; atomic_load(&g_pipes) <= 0; t += 10) {
+		cr_assert(t < 10000, "no connection to the worker in 10 s");
+		sleep_ms(10);
+	}
+	const int before = atomic_load(&g_removed);
+	cr_assert_eq(nng_send(s, big, n, 0), 0);
+	free(big);
+	nng_msg *m;
+	cr_assert_eq(moe_nng_recv(&m, &f, s, 10000), MOE_OK, "%s", moe_err_detail());
+	cr_expect_eq(f.kind, MOE_MSG_ERROR);
+	nng_msg_free(m);
+	cr_expect(dropped_within(before, 5000),
+	          "the worker kept a peer that sent 100 KiB unauthenticated");
+	/* and it still serves: a HELLO gets its answer */
+	uint8_t id[MOE_ID_BYTES], nc[32] = {7}, nw[32], hdr[256];
+	size_t hl;
+	model_id(id);
+	hello(s, id, nc, nw, hdr, &hl);
+	nng_close(s);
+	stop_worker();
+}

@@ -42,6 +42,12 @@
 
 #define MAX_CONNS 32
 
+/* Frames a peer may send before it has authenticated (control: before
+ * AUTH_OK; data: before its token), HELLO and AUTH being a few hundred
+ * bytes: a bigger one is refused and the connection dropped, so an
+ * unauthenticated peer makes the worker buffer no more than this. */
+#define PREAUTH_MAX_FRAME (64u << 10)
+
 typedef struct conn {
 	int fd;
 	bool authed;
@@ -600,6 +606,16 @@ static void on_control(server *s)
 		wlog(s, MOE_LOG_INFO, "control receive: %s", nng_strerror(rv));
 		return;
 	}
+	if (!s->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg,
+		         "a control frame of %zu bytes before authentication (at most %u): "
+		         "dropping the peer",
+		         nng_msg_len(m), PREAUTH_MAX_FRAME);
+		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
+		drop_peer(s, nng_msg_get_pipe(m));
+		goto out_free;
+	}
 	moe_err err = moe_frame_parse(&f, nng_msg_body(m), nng_msg_len(m));
 	if (err != MOE_OK) {
 		s->st.bad_frames++;
@@ -757,7 +773,8 @@ static bool on_data(server *s, int i)
 	for (;;) {
 		bool done;
 		moe_frame f;
-		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd, max_frame, false);
+		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd,
+		                          c->authed ? max_frame : PREAUTH_MAX_FRAME, false);
 		if (err == MOE_ERR_CLOSED) {
 			close_conn(s, i);
 			return false;
