@@ -33,5 +33,7 @@ echo
 echo "== 3. the same generation, experts spread over 2 worker processes (ipc://)"
 echo "   (coordinator: dense layers, KV, sampling; each worker: half of every layer's experts)"
 printf "In the beginning"
+# --log-level warn: the workers' load progress (info lines on stderr) would
+# land in the middle of the text
 "$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0 \
-	--workers 2
+	--workers 2 --log-level warn
