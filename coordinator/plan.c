@@ -110,6 +110,19 @@ static double gib(uint64_t b)
 	return (double)b / (double)(1ull << 30);
 }
 
+/* Link i's URL ("spawned-I" for a worker --workers starts) and name (the
+ * cluster file's, else the URL), as place() and the node table show them. */
+static void node_label(char *url, size_t url_size, char *name, size_t name_size,
+                       const moe_cluster_opts *o, int i)
+{
+	const int u = i - o->spawn;
+	if (u >= 0)
+		snprintf(url, url_size, "%s", o->urls[u]);
+	else
+		snprintf(url, url_size, "spawned-%d", i);
+	snprintf(name, name_size, "%s", u >= 0 && o->names[u] ? o->names[u] : url);
+}
+
 /* Places the experts as moe_cluster_create does, without workers: the same
  * moe_clu_place on a cluster whose links have the file's caps divided by
  * scale (the planned layers are scale times the file's, each expert index
@@ -134,12 +147,7 @@ static moe_err place(uint8_t **held, const moe_model *m, const moe_cluster_opts 
 		l->dfd = -1;
 		l->alive = true;
 		const int u = i - o->spawn;
-		if (u >= 0)
-			snprintf(l->url, sizeof l->url, "%s", o->urls[u]);
-		else
-			snprintf(l->url, sizeof l->url, "spawned-%d", i);
-		snprintf(l->name, sizeof l->name, "%s",
-		         u >= 0 && o->names[u] ? o->names[u] : l->url);
+		node_label(l->url, sizeof l->url, l->name, sizeof l->name, o, i);
 		l->cap = u >= 0 ? o->mem_caps[u] / scale : 0;
 		if (u >= 0 && o->mem_caps[u] > 0 && l->cap == 0)
 			l->cap = 1;
@@ -199,12 +207,7 @@ static moe_err fill_nodes(moe_plan *p, double *shares, const moe_model *m,
 	for (int i = 0; i < n_links; i++) {
 		moe_plan_node *w = &p->nodes[1 + i];
 		const int u = i - o->spawn;
-		if (u >= 0)
-			snprintf(w->url, sizeof w->url, "%s", o->urls[u]);
-		else
-			snprintf(w->url, sizeof w->url, "spawned-%d", i);
-		snprintf(w->name, sizeof w->name, "%s",
-		         u >= 0 && o->names[u] ? o->names[u] : w->url);
+		node_label(w->url, sizeof w->url, w->name, sizeof w->name, o, i);
 		w->mem = u >= 0 ? o->mem_caps[u] : 0;
 		w->bw = u >= 0 && o->bw[u] > 0 ? o->bw[u]
 		        : po->worker_bw > 0    ? po->worker_bw

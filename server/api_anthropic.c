@@ -487,6 +487,15 @@ static bool make_prompt(areq *r, const moe_chat_template *t, const moe_tokenizer
 	return true;
 }
 
+/* What POST /v1/messages checks of a body before it generates: the chat, the
+ * sampling and limits, the rendered prompt and the tools' grammar (the route
+ * and moe_api_anthropic_check both, so the fuzzer checks the route's path). */
+static bool parse_messages_request(areq *r, const cJSON *root, const moe_chat_template *t,
+                                   const moe_tokenizer *tok)
+{
+	return parse_chat(r, root) && parse_generation(r, root) && make_prompt(r, t, tok, true);
+}
+
 /* ---- replies ----------------------------------------------------------------------- */
 
 /* The block the parser's event belongs to: 0 text, 1 thinking, 2 tool_use. */
@@ -853,8 +862,7 @@ void moe_api_anthropic_messages(moe_http *h, moe_http_req *rq)
 		send_error(rq, 400, "the body is not valid JSON");
 		return;
 	}
-	if (!parse_chat(&r, root) || !parse_generation(&r, root) ||
-	    !make_prompt(&r, moe_api_template(h), tok, true)) {
+	if (!parse_messages_request(&r, root, moe_api_template(h), tok)) {
 		send_error(rq, 400, r.err);
 		goto out_free;
 	}
@@ -931,8 +939,7 @@ int moe_api_anthropic_check(const char *body, size_t len, const moe_chat_templat
 		snprintf(why, size, "the body is not valid JSON");
 		return 400;
 	}
-	if (!parse_chat(&r, root) || !parse_generation(&r, root) ||
-	    !make_prompt(&r, t, tok, true)) {
+	if (!parse_messages_request(&r, root, t, tok)) {
 		snprintf(why, size, "%s", r.err);
 		code = 400;
 	}
