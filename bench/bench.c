@@ -26,6 +26,8 @@ const moe_bench moe_benches[] = {
     {"quality",
      "perplexity over a text, KL and top-1 against a reference model (llama-perplexity's)",
      moe_bench_quality},
+    {"soak", "clients that cancel and disconnect for minutes: RSS, fds, ITL p99, 429s",
+     moe_bench_soak},
     {NULL, NULL, NULL},
 };
 

@@ -22,21 +22,17 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/serve_child.h"
 #include "core/core.h"
-
-extern char **environ;
 
 #define MAX_CLIENTS  64
 #define MAX_C_VALUES 8
@@ -51,40 +47,6 @@ static void usage(FILE *f)
 	       "client, output in bench/out; --workers N serves with N local workers.\n"
 	       "--schema: chat requests free and held to a JSON schema, alternating in K\n"
 	       "rounds (default 3) per level.  --spec: the server drafts (serve --spec).\n");
-}
-
-typedef struct lat {
-	double *v;
-	size_t n, cap;
-} lat;
-
-static int lat_add(lat *l, double x)
-{
-	if (l->n == l->cap) {
-		size_t c = l->cap ? 2 * l->cap : 256;
-		double *v = realloc(l->v, c * sizeof *v);
-		if (v == NULL)
-			return -1;
-		l->v = v;
-		l->cap = c;
-	}
-	l->v[l->n++] = x;
-	return 0;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	const double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double pct(lat *l, double p)
-{
-	if (l->n == 0)
-		return 0;
-	qsort(l->v, l->n, sizeof *l->v, cmp_d);
-	size_t i = (size_t)(p * (double)(l->n - 1) + 0.5);
-	return l->v[i < l->n ? i : l->n - 1];
 }
 
 enum { MODE_COMPLETIONS, MODE_CHAT, MODE_SCHEMA };
@@ -105,8 +67,25 @@ typedef struct client {
 	int port, id, n_req, n_tok, mode;
 	long tokens; /* completion tokens received */
 	int errors;
-	lat ttft, itl;
+	moe_bsrv_lat ttft, itl;
 } client;
+
+/* The latencies of one stream: TTFT from the request, then between chunks. */
+typedef struct lat_state {
+	client *c;
+	double t0, last;
+} lat_state;
+
+static int on_text(void *arg, double now)
+{
+	lat_state *st = arg;
+	if (st->last == 0)
+		moe_bsrv_lat_add(&st->c->ttft, now - st->t0);
+	else
+		moe_bsrv_lat_add(&st->c->itl, now - st->last);
+	st->last = now;
+	return 1;
+}
 
 /* One streamed request over HTTP/1.0 (the server closes at the end). */
 static int one_request(client *c, int r)
@@ -114,7 +93,7 @@ static int one_request(client *c, int r)
 	static const char *prompts[] = {"In the beginning", "And the LORD said unto Moses",
 	                                "Blessed are the",  "And it came to pass",
 	                                "Hear, O Israel",   "The heavens declare"};
-	char body[2048], req[3072];
+	char body[2048];
 	const char *prompt = prompts[(c->id + r) % 6];
 	const int seed = c->id * 1000 + r;
 	const int nb =
@@ -134,86 +113,16 @@ static int one_request(client *c, int r)
 	                  : "",
 	              c->mode == MODE_SCHEMA ? bench_schema : "",
 	              c->mode == MODE_SCHEMA ? "}}" : "");
-	const int nr = snprintf(
-	    req, sizeof req,
-	    "POST %s HTTP/1.0\r\nHost: 127.0.0.1\r\n"
-	    "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
-	    c->mode == MODE_COMPLETIONS ? "/v1/completions" : "/v1/chat/completions", nb, body);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	if (fd < 0)
+	if (nb < 0 || (size_t)nb >= sizeof body)
 		return -1;
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	const double t0 = moe_now_s();
-	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-	    send(fd, req, (size_t)nr, MSG_NOSIGNAL) != nr) {
-		close(fd);
-		return -1;
-	}
-	size_t cap = 1 << 16, len = 0, scan = 0;
-	char *buf = malloc(cap);
-	bool in_body = false, done = false;
-	double last = 0;
-	int rc = -1;
-	while (buf != NULL && !done) {
-		if (len + 4096 > cap) {
-			char *b = realloc(buf, cap * 2);
-			if (b == NULL)
-				break;
-			buf = b;
-			cap *= 2;
-		}
-		const ssize_t k = recv(fd, buf + len, cap - len - 1, 0);
-		if (k <= 0)
-			break;
-		len += (size_t)k;
-		buf[len] = '\0';
-		if (!in_body) {
-			char *e = strstr(buf, "\r\n\r\n");
-			if (e == NULL)
-				continue;
-			if (strncmp(buf, "HTTP/1.0 200", 12) != 0 &&
-			    strncmp(buf, "HTTP/1.1 200", 12) != 0)
-				break;
-			in_body = true;
-			scan = (size_t)(e + 4 - buf);
-		}
-		char *nl;
-		while ((nl = memchr(buf + scan, '\n', len - scan)) != NULL) {
-			*nl = '\0';
-			const char *line = buf + scan;
-			scan = (size_t)(nl + 1 - buf);
-			if (strncmp(line, "data: ", 6) != 0)
-				continue;
-			if (strcmp(line + 6, "[DONE]") == 0) {
-				done = true;
-				rc = 0;
-				break;
-			}
-			cJSON *j = cJSON_Parse(line + 6);
-			const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
-			const cJSON *t = cJSON_GetObjectItem(ch, "text");
-			if (t == NULL)
-				t = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "delta"),
-				                        "content");
-			const cJSON *u = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"),
-			                                     "completion_tokens");
-			if (cJSON_IsString(t) && t->valuestring[0] != '\0') {
-				const double now = moe_now_s();
-				if (last == 0)
-					lat_add(&c->ttft, now - t0);
-				else
-					lat_add(&c->itl, now - last);
-				last = now;
-			}
-			if (cJSON_IsNumber(u))
-				c->tokens += (long)u->valuedouble;
-			cJSON_Delete(j);
-		}
-	}
-	free(buf);
-	close(fd);
-	return rc;
+	lat_state st = {c, moe_now_s(), 0};
+	moe_bsrv_reply rep;
+	const int rc = moe_bsrv_request(
+	    &rep, c->port, c->mode == MODE_COMPLETIONS ? "/v1/completions" : "/v1/chat/completions",
+	    body, on_text, &st);
+	c->tokens += rep.tokens;
+	free(rep.body);
+	return rc == 0 && rep.status == 200 && rep.done ? 0 : -1;
 }
 
 static void *client_main(void *arg)
@@ -225,91 +134,12 @@ static void *client_main(void *arg)
 	return NULL;
 }
 
-/* Reads path through once (into the page cache); 0 on success. */
-static int warm_file(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return -1;
-	static char buf[1 << 20];
-	while (fread(buf, 1, sizeof buf, f) == sizeof buf)
-		;
-	const int rc = ferror(f) ? -1 : 0;
-	fclose(f);
-	return rc;
-}
-
-typedef struct child {
-	pid_t pid;
-	int port;
-	FILE *err;
-} child;
-
-static int start_server(child *s, const char *model, int parallel, const char *threads,
-                        const char *workers, const char *spec)
-{
-	char par[16];
-	snprintf(par, sizeof par, "%d", parallel);
-	const char *argv[16] = {"/proc/self/exe", "serve", "-m",    model, "--port", "0",
-	                        "--parallel",     par,     "--ctx", "512"};
-	int n = 10;
-	if (threads != NULL) {
-		argv[n++] = "--threads";
-		argv[n++] = threads;
-	}
-	if (workers != NULL) {
-		argv[n++] = "--workers";
-		argv[n++] = workers;
-	}
-	if (spec != NULL) {
-		argv[n++] = "--spec";
-		argv[n++] = spec;
-	}
-	argv[n] = NULL;
-	int fds[2];
-	if (pipe(fds) != 0)
-		return -1;
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-	posix_spawn_file_actions_addclose(&fa, fds[0]);
-	const int rc = posix_spawn(&s->pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(fds[1]);
-	if (rc != 0) {
-		close(fds[0]);
-		return -1;
-	}
-	s->err = fdopen(fds[0], "r");
-	char line[1024];
-	while (s->err != NULL && fgets(line, sizeof line, s->err) != NULL) {
-		const char *p = strstr(line, "listening on http://127.0.0.1:");
-		if (p != NULL)
-			s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
-		if (strstr(line, "moemesh serve: ready") != NULL)
-			return 0;
-		fputs(line, stderr);
-	}
-	waitpid(s->pid, NULL, 0);
-	return -1;
-}
-
-static void stop_server(child *s)
-{
-	kill(s->pid, SIGTERM);
-	char line[1024];
-	while (fgets(line, sizeof line, s->err) != NULL)
-		;
-	fclose(s->err);
-	waitpid(s->pid, NULL, 0);
-}
-
 /* What one level measured: tokens, wall time, latencies, errors. */
 typedef struct level {
 	long tokens;
 	double seconds;
 	int errors;
-	lat ttft, itl;
+	moe_bsrv_lat ttft, itl;
 } level;
 
 /* Runs C clients of n_req requests of n_tok tokens in mode, adding to *lv. */
@@ -330,9 +160,9 @@ static void run_level(level *lv, int port, int C, int n_req, int n_tok, int mode
 		lv->tokens += cl[i].tokens;
 		lv->errors += cl[i].errors;
 		for (size_t j = 0; j < cl[i].ttft.n; j++)
-			lat_add(&lv->ttft, cl[i].ttft.v[j]);
+			moe_bsrv_lat_add(&lv->ttft, cl[i].ttft.v[j]);
 		for (size_t j = 0; j < cl[i].itl.n; j++)
-			lat_add(&lv->itl, cl[i].itl.v[j]);
+			moe_bsrv_lat_add(&lv->itl, cl[i].itl.v[j]);
 		free(cl[i].ttft.v);
 		free(cl[i].itl.v);
 	}
@@ -342,8 +172,9 @@ static void run_level(level *lv, int port, int C, int n_req, int n_tok, int mode
 static double report(FILE *csv, const char *label, int C, level *lv)
 {
 	const double rate = lv->seconds > 0 ? (double)lv->tokens / lv->seconds : 0;
-	const double r[4] = {pct(&lv->ttft, 0.5) * 1e3, pct(&lv->ttft, 0.99) * 1e3,
-	                     pct(&lv->itl, 0.5) * 1e3, pct(&lv->itl, 0.99) * 1e3};
+	const double r[4] = {moe_bsrv_pct(&lv->ttft, 0.5) * 1e3,
+	                     moe_bsrv_pct(&lv->ttft, 0.99) * 1e3, moe_bsrv_pct(&lv->itl, 0.5) * 1e3,
+	                     moe_bsrv_pct(&lv->itl, 0.99) * 1e3};
 	printf("%-8d %-8s %10.1f %12.1f %12.1f %11.2f %11.2f%s\n", C, label, rate, r[0], r[1], r[2],
 	       r[3], lv->errors ? "  (errors)" : "");
 	fprintf(csv, "%d,%s,%.2f,%.2f,%.2f,%.3f,%.3f,%d\n", C, label, rate, r[0], r[1], r[2], r[3],
@@ -418,8 +249,24 @@ int moe_bench_serve(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	child srv = {0};
-	if (start_server(&srv, model, max_c, threads, workers, spec) != 0) {
+	char par[16];
+	snprintf(par, sizeof par, "%d", max_c);
+	const char *extra[12] = {"--parallel", par, "--ctx", "512"};
+	int n_extra = 4;
+	if (threads != NULL) {
+		extra[n_extra++] = "--threads";
+		extra[n_extra++] = threads;
+	}
+	if (workers != NULL) {
+		extra[n_extra++] = "--workers";
+		extra[n_extra++] = workers;
+	}
+	if (spec != NULL) {
+		extra[n_extra++] = "--spec";
+		extra[n_extra++] = spec;
+	}
+	moe_bsrv_child srv = {0};
+	if (moe_bsrv_start(&srv, model, extra) != 0) {
 		fprintf(stderr, "bench serve: the server did not start\n");
 		return 1;
 	}
@@ -428,14 +275,14 @@ int moe_bench_serve(int argc, char **argv)
 	snprintf(path, sizeof path, "%s/serve.csv", out);
 	FILE *csv = fopen(path, "w");
 	if (csv == NULL) {
-		stop_server(&srv);
+		moe_bsrv_stop(&srv);
 		fprintf(stderr, "bench serve: cannot write %s\n", path);
 		return 1;
 	}
 	/* Warm-up, not measured: the model file into the page cache (a cold
 	 * first level would be charged the disk), then one request through the
 	 * server (its first touches of the mapping). */
-	if (warm_file(model) != 0)
+	if (moe_bsrv_warm_file(model) != 0)
 		fprintf(stderr, "bench serve: warning: could not read %s ahead\n", model);
 	client warm = {.port = srv.port,
 	               .id = 0,
@@ -477,7 +324,7 @@ int moe_bench_serve(int argc, char **argv)
 		}
 	}
 	fclose(csv);
-	stop_server(&srv);
+	moe_bsrv_stop(&srv);
 
 	char cmd[4096];
 	snprintf(cmd, sizeof cmd,
