@@ -374,38 +374,34 @@ int moe_bench_soak(int argc, char **argv)
 	const char *threads = NULL, *cache_ram = "64";
 	int clients = 16, seconds = 600, sample_s = 5, parallel = 4, warm_pct = 20;
 	soak s = {.cancel_pct = 20, .disconnect_pct = 10};
-	for (int i = 1; i < argc; i++) {
-		const char *v = i + 1 < argc ? argv[++i] : NULL;
-		if (v == NULL) {
+	/* every option takes a value: a string, or a whole number (atoi) */
+	const struct {
+		const char *name;
+		const char **str;
+		int *num;
+	} opts[] = {{"-m", &model, NULL},
+	            {"--out", &out, NULL},
+	            {"--threads", &threads, NULL},
+	            {"--cache-ram", &cache_ram, NULL},
+	            {"--clients", NULL, &clients},
+	            {"--seconds", NULL, &seconds},
+	            {"--sample", NULL, &sample_s},
+	            {"--parallel", NULL, &parallel},
+	            {"--cancel", NULL, &s.cancel_pct},
+	            {"--disconnect", NULL, &s.disconnect_pct},
+	            {"--warmup", NULL, &warm_pct}};
+	for (int i = 1; i < argc; i += 2) {
+		size_t k = 0;
+		while (k < sizeof opts / sizeof *opts && strcmp(argv[i], opts[k].name) != 0)
+			k++;
+		if (k == sizeof opts / sizeof *opts || i + 1 >= argc) {
 			usage(stderr);
 			return 2;
 		}
-		if (strcmp(argv[i - 1], "-m") == 0)
-			model = v;
-		else if (strcmp(argv[i - 1], "--out") == 0)
-			out = v;
-		else if (strcmp(argv[i - 1], "--threads") == 0)
-			threads = v;
-		else if (strcmp(argv[i - 1], "--cache-ram") == 0)
-			cache_ram = v;
-		else if (strcmp(argv[i - 1], "--clients") == 0)
-			clients = atoi(v);
-		else if (strcmp(argv[i - 1], "--seconds") == 0)
-			seconds = atoi(v);
-		else if (strcmp(argv[i - 1], "--sample") == 0)
-			sample_s = atoi(v);
-		else if (strcmp(argv[i - 1], "--parallel") == 0)
-			parallel = atoi(v);
-		else if (strcmp(argv[i - 1], "--cancel") == 0)
-			s.cancel_pct = atoi(v);
-		else if (strcmp(argv[i - 1], "--disconnect") == 0)
-			s.disconnect_pct = atoi(v);
-		else if (strcmp(argv[i - 1], "--warmup") == 0)
-			warm_pct = atoi(v);
-		else {
-			usage(stderr);
-			return 2;
-		}
+		if (opts[k].str != NULL)
+			*opts[k].str = argv[i + 1];
+		else
+			*opts[k].num = atoi(argv[i + 1]);
 	}
 	if (clients < 1 || clients > MAX_CLIENTS || seconds < 1 || sample_s < 1 || parallel < 1 ||
 	    parallel > 64 || s.cancel_pct < 0 || s.disconnect_pct < 0 ||
