@@ -342,11 +342,12 @@ static void plot(const char *out)
 	    cmd, sizeof cmd,
 	    "command -v gnuplot >/dev/null && gnuplot -e \"set terminal pngcairo size 1000,420 "
 	    "noenhanced; set output '%s/soak.png'; set datafile separator ','; "
-	    "set multiplot layout 1,2; set xlabel 'seconds'; set key top left; "
+	    "set multiplot layout 1,2; set xlabel 'seconds'; set key bottom right; "
 	    "set ylabel 'RSS MiB'; set y2label 'open fds'; set ytics nomirror; set y2tics; "
+	    "set yrange [0:*]; set y2range [0:*]; "
 	    "plot '%s/soak.csv' every ::1 using 1:2 with lines lw 2 title 'RSS', "
 	    "'' every ::1 using 1:3 axes x1y2 with lines title 'fds'; "
-	    "set ylabel 'ITL ms'; set y2label 'tok/s'; "
+	    "set ylabel 'ITL ms'; set y2label 'tok/s'; set key top left; "
 	    "plot '%s/soak.csv' every ::1 using 1:6 with lines lw 2 title 'ITL p99', "
 	    "'' every ::1 using 1:5 with lines title 'ITL p50', "
 	    "'' every ::1 using 1:4 axes x1y2 with lines title 'tok/s'; unset multiplot\"",
