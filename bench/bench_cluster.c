@@ -17,7 +17,9 @@
  * 3. Worker load: expert bytes / load time of one worker holding every
  *    expert (its start and handshake included), against a sequential
  *    O_DIRECT read of the same file.
- * Writes DIR/bench_cluster.csv and .png (gnuplot) and ends with
+ * With --secret-file F every link (workers spawned or on tcp://) is sealed
+ * (proto/seal.c), so a run with it and one without give the encryption's
+ * cost.  Writes DIR/bench_cluster.csv and .png (gnuplot) and ends with
  * `rtt_ratio=X.XX net_pct_b1=N load_pct_of_seq=N`.
  */
 #include <errno.h>
@@ -43,13 +45,15 @@ static void usage(FILE *f)
 	fprintf(f, "usage: moemesh bench cluster [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
 	           "                              [--worker-threads N] [--max-workers N]\n"
 	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
-	           "                              [--min-workers N] [--batches B,B,..]\n\n"
+	           "                              [--min-workers N] [--batches B,B,..]\n"
+	           "                              [--secret-file F]\n\n"
 	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
 	           "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
 }
 
 typedef struct bargs {
 	const char *model, *dir;
+	const char *secret; /* --secret-file: sealed links */
 	int steps, threads, wthreads, min_workers, max_workers, iters, delay_us;
 	int batches[4], n_batches;
 } bargs;
@@ -78,8 +82,10 @@ static moe_err decode_run(row *r, const bargs *a, moe_model *m, int w, int batch
 	o.n_ctx = a->steps + 8;
 	o.n_threads = a->threads;
 	if (w > 0) {
-		moe_cluster_opts co = {
-		    .spawn = w, .worker_threads = a->wthreads, .net_delay_us = a->delay_us};
+		moe_cluster_opts co = {.spawn = w,
+		                       .worker_threads = a->wthreads,
+		                       .net_delay_us = a->delay_us,
+		                       .secret_file = a->secret};
 		if ((err = moe_cluster_create(&cl, m, a->model, &co)) != MOE_OK)
 			return err;
 		o.experts = moe_cluster_backend(cl);
@@ -213,8 +219,13 @@ static pid_t start_tcp_worker(const bargs *a, int port)
 	snprintf(thr, sizeof thr, "%d", a->wthreads ? a->wthreads : 1);
 	pid_t pid = fork();
 	if (pid == 0) {
-		execl("/proc/self/exe", "moemesh", "worker", "-m", a->model, "--listen", url,
-		      "--threads", thr, "--quiet", (char *)NULL);
+		if (a->secret != NULL)
+			execl("/proc/self/exe", "moemesh", "worker", "-m", a->model, "--listen",
+			      url, "--threads", thr, "--quiet", "--secret-file", a->secret,
+			      (char *)NULL);
+		else
+			execl("/proc/self/exe", "moemesh", "worker", "-m", a->model, "--listen",
+			      url, "--threads", thr, "--quiet", (char *)NULL);
 		_exit(127);
 	}
 	return pid;
@@ -229,7 +240,7 @@ static moe_err dispatch_rtt(double *p50_us, double *compute_us, size_t *out_byte
 	char url[64];
 	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
 	pid_t pid = start_tcp_worker(a, port);
-	moe_cluster_opts co = {.n_urls = 1};
+	moe_cluster_opts co = {.n_urls = 1, .secret_file = a->secret};
 	co.urls[0] = url;
 	moe_cluster *cl = NULL;
 	moe_err err = moe_cluster_create(&cl, m, a->model, &co);
@@ -284,6 +295,45 @@ out_kill:
 	kill(pid, SIGTERM);
 	waitpid(pid, NULL, 0);
 	return err;
+}
+
+/* ---- sealing ------------------------------------------------------------------------ */
+
+/* p50 of sealing and opening (AES-256-GCM, proto/seal.c) one frame of out
+ * bytes and one of back bytes, as a DISPATCH and its RESULT cross a sealed
+ * link; 0 if libcrypto fails. */
+static double seal_us(size_t out, size_t back, int iters)
+{
+	uint8_t key[MOE_SEAL_KEY] = {1}, tag[MOE_SEAL_TAG];
+	moe_aead *a[4] = {0};
+	const size_t n = out > back ? out : back;
+	uint8_t *buf = moe_aligned_alloc(64, n);
+	uint64_t *t = malloc((size_t)iters * sizeof *t);
+	double p50 = 0;
+	if (buf == NULL || t == NULL)
+		goto out_free;
+	memset(buf, 0x5a, n);
+	for (int k = 0; k < 4; k++)
+		if (moe_aead_create(&a[k], key, k % 2 == 0) != MOE_OK)
+			goto out_free;
+	for (int i = -50; i < iters; i++) {
+		const uint64_t t0 = moe_now_ns();
+		if (moe_aead_seal_frame(a[0], tag, buf, out) != MOE_OK ||
+		    moe_aead_open_frame(a[1], buf, out, tag) != MOE_OK ||
+		    moe_aead_seal_frame(a[2], tag, buf, back) != MOE_OK ||
+		    moe_aead_open_frame(a[3], buf, back, tag) != MOE_OK)
+			goto out_free;
+		if (i >= 0)
+			t[i] = moe_now_ns() - t0;
+	}
+	qsort(t, (size_t)iters, sizeof *t, cmp_u64);
+	p50 = (double)t[iters / 2] / 1e3;
+out_free:
+	for (int k = 0; k < 4; k++)
+		moe_aead_destroy(a[k]);
+	moe_aligned_free(buf);
+	free(t);
+	return p50;
 }
 
 /* ---- load bandwidth ---------------------------------------------------------------- */
@@ -423,6 +473,8 @@ int moe_bench_cluster(int argc, char **argv)
 			bad |= moe_parse_int(&a.iters, v, 10, 10000000);
 		else if (strcmp(s, "--net-delay-us") == 0)
 			bad |= moe_parse_int(&a.delay_us, v, 0, 10000000);
+		else if (strcmp(s, "--secret-file") == 0)
+			a.secret = v;
 		else
 			goto out_usage;
 	}
@@ -439,8 +491,8 @@ int moe_bench_cluster(int argc, char **argv)
 	int rc = 1;
 	row rows[4 * 9];
 	int nr = 0;
-	printf("model %s, %d decode steps, net delay %d us per message\n", a.model, a.steps,
-	       a.delay_us);
+	printf("model %s, %d decode steps, net delay %d us per message, links %s\n", a.model,
+	       a.steps, a.delay_us, a.secret ? "sealed (--secret-file)" : "plain");
 	printf("%8s %6s %10s %14s %12s %14s\n", "workers", "batch", "tok/s", "coord us/layer",
 	       "net us/layer", "worker us/layer");
 	for (int w = a.min_workers; w <= a.max_workers; w++) {
@@ -463,6 +515,21 @@ int moe_bench_cluster(int argc, char **argv)
 	       "%.1f us beyond %.1f us worker compute; raw TCP ping-pong p50 %.1f us with the "
 	       "far side busy as long (%.1f us without)\n",
 	       ob, bb, rtt, comp, raw, raw0);
+	/* what sealing costs per layer and worker: one DISPATCH and its RESULT
+	 * at batch 1 and at batch 16 (16 activation rows out, 16 sums back) */
+	{
+		const moe_hparams *hp = moe_model_hparams(m);
+		const size_t act =
+		                 ob - moe_frame_payload_offset(24 + 10 * (size_t)hp->n_expert_used),
+		             sum = (size_t)hp->n_embd * 8;
+		const size_t ob16 = ob + 15 * act, bb16 = bb + 15 * sum;
+		const double s1 = seal_us(ob, bb, a.iters), s16 = seal_us(ob16, bb16, a.iters);
+		printf(
+		    "sealing (AES-256-GCM, seal + open, p50): batch 1 %zu B + %zu B %.2f us per "
+		    "layer and worker (%.1f us per token over %d layers); batch 16 %zu B + %zu B "
+		    "%.2f us\n",
+		    ob, bb, s1, s1 * hp->n_layer, hp->n_layer, ob16, bb16, s16);
+	}
 	double bytes = 0;
 	bool direct = false;
 	const double lgb = load_gbs(&a, m, &bytes), sgb = seq_read_gbs(a.model, &direct);
