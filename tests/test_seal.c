@@ -382,6 +382,48 @@ Test(seal, a_flipped_bit_in_a_control_frame_drops_the_link, .timeout = 60, .fini
 	unlink(sec);
 }
 
+/* A peer of protocol 2 (frames of version 2, or a HELLO saying 2) gets the
+ * version error naming both versions, and the worker goes on serving. */
+Test(seal, a_protocol_2_peer_gets_the_version_error, .timeout = 60, .fini = reap_workers)
+{
+	char sock[256], url[300];
+	tmp_path(sock, sizeof sock, "v.sock");
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	start_worker(0, url, "");
+	uint8_t id[MOE_ID_BYTES] = {0}, nc[32] = {9};
+	nng_socket s;
+	cr_assert_eq(nng_pair1_open(&s), 0);
+	cr_assert_eq(nng_dial(s, url, NULL, 0), 0);
+	Moemesh__Hello h = MOEMESH__HELLO__INIT;
+	h.protocol_version = 2;
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, id};
+	h.challenge = (ProtobufCBinaryData){32, nc};
+	for (int k = 0; k < 2; k++) {
+		/* k 0: the whole frame of version 2; k 1: a v3 frame, HELLO says 2 */
+		uint8_t fr[256];
+		const size_t n = moe_frame_size(protobuf_c_message_get_packed_size(&h.base), 0);
+		cr_assert(n <= sizeof fr);
+		cr_assert_eq(moe_frame_write(fr, n, MOE_MSG_HELLO, &h.base, 0), MOE_OK);
+		if (k == 0)
+			fr[4] = 2;
+		cr_assert_eq(nng_send(s, fr, n, 0), 0);
+		nng_msg *m;
+		moe_frame f;
+		cr_assert_eq(moe_nng_recv(&m, &f, s, 10000), MOE_OK, "%s", moe_err_detail());
+		cr_assert_eq(f.kind, MOE_MSG_ERROR);
+		Moemesh__Error *e = moemesh__error__unpack(NULL, f.header_len, f.header);
+		cr_assert(e != NULL && e->message != NULL);
+		cr_expect_eq(e->code, (uint32_t)MOE_ERR_BAD_VERSION, "case %d: code %u", k,
+		             e->code);
+		cr_expect(strstr(e->message, "2") && strstr(e->message, "3"),
+		          "case %d: '%s' does not name both versions", k, e->message);
+		moemesh__error__free_unpacked(e, NULL);
+		nng_msg_free(m);
+	}
+	nng_close(s);
+	stop_worker(0);
+}
+
 /* The data link of session ss: connected, its sealed token sent; rx opens
  * what comes back (it takes the session's data opener). */
 static int data_open(session *ss, moe_rx *rx)
