@@ -27,16 +27,16 @@ typedef struct clink {
 	moe_aead *ctl_rx; /* and opens the worker's, from AUTH_OK on */
 	/* data (stream socket) */
 	int dfd;
-	moe_rx rx;         /* rx.open: opens RESULTs on a sealed link */
-	moe_aead *data_tx; /* seals DISPATCHes (NULL: plain) */
-	pid_t pid;         /* spawned worker, or 0 */
-	uint64_t mem;      /* free memory the worker announces */
-	uint64_t cap;      /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
-	uint8_t *held;     /* [n_layer][n_expert] what dispatch routes to it */
-	uint8_t *loaded;   /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
-	uint8_t *next;     /* [n_layer][n_expert] the ASSIGN in flight (async) */
-	bool async;        /* an ASSIGN of the rebalancer in flight, not waited for */
-	uint64_t async_t;  /* when it was sent, or its last LOAD_PROGRESS */
+	moe_aead *data_tx; /* seals DISPATCHes, rx.open opens RESULTs (NULL: plain) */
+	moe_rx rx;
+	pid_t pid;        /* spawned worker, or 0 */
+	uint64_t mem;     /* free memory the worker announces */
+	uint64_t cap;     /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
+	uint8_t *held;    /* [n_layer][n_expert] what dispatch routes to it */
+	uint8_t *loaded;  /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
+	uint8_t *next;    /* [n_layer][n_expert] the ASSIGN in flight (async) */
+	bool async;       /* an ASSIGN of the rebalancer in flight, not waited for */
+	uint64_t async_t; /* when it was sent, or its last LOAD_PROGRESS */
 	/* the dispatch of the current layer */
 	bool pending;
 	int n_sent;

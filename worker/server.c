@@ -11,8 +11,8 @@
  * while this one goes on serving, LOAD_PROGRESS with what changed),
  * HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
  * connection's first frame is AUTH carrying the token (with a secret: one
- * connection per handshake); then DISPATCH frames, each answered by one RESULT (or ERROR).
- * With a secret, AUTH_OK and every frame after it on both links are sealed
+ * connection per handshake); then DISPATCH frames, each answered by one
+ * RESULT (or ERROR).  With a secret, AUTH_OK and every frame after it on both links are sealed
  * with the handshake's session keys (proto.h, seal.c); one that fails its
  * tag is an ERROR and the link dropped.  Every frame is validated; a frame
  * whose prefix is sound but whose content is not gets an ERROR and the
@@ -81,7 +81,7 @@ typedef struct server {
 	bool hello_ok, authed;
 	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
 	uint8_t token[32];
-	bool token_used;          /* a data connection came with it (one per handshake) */
+	bool token_used;          /* a data connection came with it (with a secret: no second) */
 	moe_session_keys keys;    /* with a secret, from AUTH on */
 	moe_aead *ctl_tx;         /* control sealer (NULL: plain), under ctl_lock */
 	moe_aead *ctl_rx;         /* control opener (NULL: plain) */
