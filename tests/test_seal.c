@@ -565,6 +565,7 @@ typedef struct relay {
 	uint8_t *cap[2][2];
 	size_t len[2][2], size[2][2];
 	int pair[RELAY_PAIRS][3]; /* client fd, worker fd, which port; fd -1: free */
+	long flip[2][2];          /* a stream offset whose byte is changed in passing, or -1 */
 } relay;
 
 static void relay_keep(relay *r, int which, int dir, const uint8_t *b, size_t n)
@@ -652,8 +653,14 @@ static void *relay_main(void *arg)
 			if (r->pair[k][0] < 0)
 				continue;
 			const ssize_t got = recv(r->pair[k][d], buf, sizeof buf, 0);
+			const int which = r->pair[k][2];
+			pthread_mutex_lock(&r->mu);
+			const long at = r->flip[which][d] - (long)r->len[which][d];
+			pthread_mutex_unlock(&r->mu);
+			if (got > 0 && at >= 0 && at < got)
+				buf[at] ^= 0x01; /* a man in the middle */
 			if (got > 0)
-				relay_keep(r, r->pair[k][2], d, buf, (size_t)got);
+				relay_keep(r, which, d, buf, (size_t)got);
 			if (got <= 0 || !write_all(r->pair[k][1 - d], buf, (size_t)got)) {
 				close(r->pair[k][0]);
 				close(r->pair[k][1]);
@@ -668,6 +675,8 @@ static void relay_start(relay *r)
 	memset(r, 0, sizeof *r);
 	for (int k = 0; k < RELAY_PAIRS; k++)
 		r->pair[k][0] = r->pair[k][1] = -1;
+	for (int i = 0; i < 2; i++)
+		r->flip[i][0] = r->flip[i][1] = -1;
 	pthread_mutex_init(&r->mu, NULL);
 	for (int i = 0; i < 2; i++) {
 		r->lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -839,5 +848,47 @@ Test(seal, a_relay_sees_no_activation_on_a_sealed_link, .timeout = 120, .fini = 
 				free(cap[run][i][d]);
 	}
 	unlink(ref);
+	unlink(sec);
+}
+
+static bool file_has(const char *path, const char *needle)
+{
+	FILE *fp = fopen(path, "rb");
+	static char buf[1 << 16];
+	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+	if (fp)
+		fclose(fp);
+	buf[n] = '\0';
+	return strstr(buf, needle) != NULL;
+}
+
+/* A relay that changes one bit of the first RESULT on its way to a real
+ * coordinator: the coordinator refuses it (the tag) and drops the worker,
+ * and the run fails instead of producing other logits. */
+Test(seal, the_coordinator_refuses_a_tampered_result, .timeout = 120, .fini = reap_workers)
+{
+	char sec[300], out[300], err[300], url[64], wurl[64], extra[400];
+	tmp_path(sec, sizeof sec, "mitm.secret");
+	tmp_path(out, sizeof out, "mitm.f32");
+	tmp_path(err, sizeof err, "mitm.err");
+	cr_assert_eq(sh("printf '%%s\\n' '%s' > %s", SECRET, sec), 0);
+	relay r;
+	relay_start(&r);
+	snprintf(url, sizeof url, "tcp://127.0.0.3:%u", (unsigned)r.port[0]);
+	snprintf(wurl, sizeof wurl, "tcp://127.0.0.2:%u", (unsigned)r.port[0]);
+	snprintf(extra, sizeof extra, "--data-port %u --secret-file %s", (unsigned)r.port[1], sec);
+	start_worker(0, wurl, extra);
+	pthread_mutex_lock(&r.mu);
+	r.flip[1][1] = 300; /* inside the first RESULT's payload */
+	pthread_mutex_unlock(&r.mu);
+	const int rc = sh("'%s' logits -m '%s' --tokens 5,6,7 -o %s --worker %s --secret-file %s "
+	                  "2>%s",
+	                  bin(), model_path(), out, url, sec, err);
+	stop_worker(0);
+	relay_stop(&r);
+	cr_expect_eq(rc, 1, "the coordinator took a tampered RESULT (exit status %d)", rc);
+	cr_expect(file_has(err, "authentication tag"), "the refusal does not say why");
+	unlink(out);
+	unlink(err);
 	unlink(sec);
 }
