@@ -110,6 +110,9 @@ void moe_cluster_destroy(moe_cluster *c)
 		if (l->dfd >= 0)
 			close(l->dfd);
 		moe_rx_free(&l->rx);
+		moe_aead_destroy(l->ctl_tx);
+		moe_aead_destroy(l->ctl_rx);
+		moe_aead_destroy(l->data_tx);
 		free(l->held);
 		free(l->loaded);
 		free(l->next);

@@ -23,8 +23,11 @@ typedef struct clink {
 	nng_socket ctl;
 	bool ctl_open;
 	atomic_int pipes; /* connected pipes (nng notify callback) */
+	moe_aead *ctl_tx; /* with a secret: seals control frames (NULL: plain) */
+	moe_aead *ctl_rx; /* and opens the worker's, from AUTH_OK on */
 	/* data (stream socket) */
 	int dfd;
+	moe_aead *data_tx; /* seals DISPATCHes, rx.open opens RESULTs (NULL: plain) */
 	moe_rx rx;
 	pid_t pid;        /* spawned worker, or 0 */
 	uint64_t mem;     /* free memory the worker announces */

@@ -159,7 +159,9 @@ static moe_err send_round(moe_cluster *c)
 		d.n_weights = (size_t)rows * (size_t)nu;
 		d.weights = l->wts;
 		l->t_sent = moe_now_ns();
-		err = moe_stream_send(l->dfd, MOE_MSG_DISPATCH, &d.base, l->iov, n_iov);
+		/* sealed into the link's own buffer: the rows are shared by links */
+		err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_DISPATCH, &d.base, l->iov,
+		                             n_iov, false);
 		if (err != MOE_OK) {
 			moe_clu_mark_dead(c, l, moe_err_detail());
 			continue;

@@ -55,6 +55,8 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 		l->dfd = -1;
 	}
 	moe_rx_free(&l->rx);
+	moe_aead_destroy(l->data_tx);
+	l->data_tx = NULL;
 	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
 	(void)c;
 }
@@ -67,7 +69,7 @@ static moe_err ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind wa
 	const bool had_pipe = atomic_load(&l->pipes) > 0;
 	int waited = 0;
 	for (;;) {
-		moe_err err = moe_nng_recv(msg, f, l->ctl, 100);
+		moe_err err = moe_nng_recv_sealed(msg, f, l->ctl, l->ctl_rx, 100);
 		if (err == MOE_ERR_TIMEOUT) {
 			waited += 100;
 			if (had_pipe && atomic_load(&l->pipes) == 0)
@@ -188,8 +190,26 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		return err;
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
 	a.response = (ProtobufCBinaryData){32, resp};
-	if ((err = moe_nng_send(l->ctl, MOE_MSG_AUTH, &a.base)) != MOE_OK ||
-	    (err = ctl_expect(&msg, &f, l, MOE_MSG_AUTH_OK, 10000)) != MOE_OK)
+	if ((err = moe_nng_send(l->ctl, MOE_MSG_AUTH, &a.base)) != MOE_OK)
+		return err;
+	/* with a secret, AUTH_OK and everything after it are sealed with
+	 * this handshake's keys (a worker that refuses AUTH says so in the
+	 * clear: moe_nng_open quotes it) */
+	moe_session_keys keys;
+	if (c->secret != NULL) {
+		if ((err = moe_session_derive(&keys, c->secret, c->secret_len, chal, nonce_w,
+		                              c->id)) != MOE_OK)
+			return err;
+		if ((err = moe_aead_create(&l->ctl_tx, keys.ctl_cw, true)) != MOE_OK ||
+		    (err = moe_aead_create(&l->ctl_rx, keys.ctl_wc, false)) != MOE_OK ||
+		    (err = moe_aead_create(&l->data_tx, keys.data_cw, true)) != MOE_OK ||
+		    (err = moe_aead_create(&l->rx.open, keys.data_wc, false)) != MOE_OK) {
+			moe_session_wipe(&keys);
+			return err;
+		}
+		moe_session_wipe(&keys);
+	}
+	if ((err = ctl_expect(&msg, &f, l, MOE_MSG_AUTH_OK, 10000)) != MOE_OK)
 		return err;
 	Moemesh__AuthOk *ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
 	nng_msg_free(msg);
@@ -246,7 +266,7 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		goto out_free_ok;
 	Moemesh__AuthResponse da = MOEMESH__AUTH_RESPONSE__INIT;
 	da.response = ok->data_token;
-	err = moe_stream_send(l->dfd, MOE_MSG_AUTH, &da.base, NULL, 0);
+	err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_AUTH, &da.base, NULL, 0, false);
 out_free_ok:
 	moemesh__auth_ok__free_unpacked(ok, NULL);
 	return err;
@@ -295,7 +315,7 @@ moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set)
 	}
 	a.layers = lp;
 	moe_log(MOE_LOG_DEBUG, "worker %s (%s): ASSIGN in %zu ranges", l->name, l->url, nr);
-	if ((err = moe_nng_send(l->ctl, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
+	if ((err = moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
 		goto out_free;
 	l->st.loading = true;
 	l->st.load_done = l->st.load_total = 0;
@@ -398,7 +418,7 @@ moe_err moe_cluster_heartbeat(moe_cluster *c)
 		h.time_ns = moe_now_ns();
 		nng_msg *msg;
 		moe_frame f;
-		moe_err err = moe_nng_send(l->ctl, MOE_MSG_HEARTBEAT, &h.base);
+		moe_err err = moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_HEARTBEAT, &h.base);
 		if (err == MOE_OK)
 			err = ctl_expect(&msg, &f, l, MOE_MSG_HEARTBEAT,
 			                 c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000);
@@ -524,7 +544,7 @@ moe_err moe_clu_stop_spawned(moe_cluster *c, bool report)
 		if (l->pid <= 0)
 			continue;
 		if (!(l->ctl_open && l->alive && atomic_load(&l->pipes) > 0 &&
-		      moe_nng_send(l->ctl, MOE_MSG_SHUTDOWN, NULL) == MOE_OK))
+		      moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_SHUTDOWN, NULL) == MOE_OK))
 			kill(l->pid, SIGTERM);
 	}
 	const uint64_t deadline = moe_now_ns() + (uint64_t)STOP_GRACE_MS * 1000000u;

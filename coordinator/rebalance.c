@@ -110,7 +110,7 @@ static moe_err poll_link(moe_cluster *c, clink *l, bool wait)
 		if (wait) {
 			err = moe_clu_ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, 120000);
 		} else {
-			err = moe_nng_recv(&msg, &f, l->ctl, 0);
+			err = moe_nng_recv_sealed(&msg, &f, l->ctl, l->ctl_rx, 0);
 			if (err == MOE_ERR_TIMEOUT) {
 				if (atomic_load(&l->pipes) == 0)
 					return moe_fail(MOE_ERR_CLOSED,

@@ -531,12 +531,13 @@ out_free_head:
 void moe_rx_free(moe_rx *rx)
 {
 	moe_aligned_free(rx->buf);
+	moe_aead_destroy(rx->open);
 	*rx = (moe_rx){0};
 }
 
 bool moe_rx_in_sync(const moe_rx *rx)
 {
-	return rx->need != 0 && rx->have >= rx->need;
+	return !rx->broken && rx->need != 0 && rx->have >= rx->need;
 }
 
 static moe_err rx_grow(moe_rx *rx, size_t size)
@@ -559,11 +560,16 @@ static moe_err rx_grow(moe_rx *rx, size_t size)
 
 /* Reads take what the socket has, up to the buffer's capacity, so a small
  * frame usually arrives in one recv; bytes past the current frame stay in the
- * buffer and start the next one (moved to offset 0 to keep it aligned). */
+ * buffer and start the next one (moved to offset 0 to keep it aligned).  On a
+ * sealed link rx->need counts the tag after the frame, and the frame is
+ * opened where it lies. */
 moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_frame, bool block)
 {
 	moe_err err;
+	const size_t tag = rx->open != NULL ? MOE_SEAL_TAG : 0;
 	*done = false;
+	if (rx->broken)
+		return moe_fail(MOE_ERR_AUTH, "data link: a frame failed its tag before");
 	if (rx->need != 0 && rx->have >= rx->need) {
 		const size_t left = rx->have - rx->need;
 		if (left > 0)
@@ -583,12 +589,18 @@ moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_fra
 				                "%s frame of %zu bytes over this link's cap of %zu",
 				                moe_msg_kind_name(rx->buf[6] | rx->buf[7] << 8),
 				                len, max_frame);
-			if ((err = rx_grow(rx, len)) != MOE_OK)
+			if ((err = rx_grow(rx, len + tag)) != MOE_OK)
 				return err;
-			rx->need = len;
+			rx->need = len + tag;
 		}
 		if (rx->need != 0 && rx->have >= rx->need) {
-			if ((err = moe_frame_parse(f, rx->buf, rx->need)) != MOE_OK)
+			const size_t flen = rx->need - tag;
+			if (tag != 0 && (err = moe_aead_open_frame(rx->open, rx->buf, flen,
+			                                           rx->buf + flen)) != MOE_OK) {
+				rx->broken = true;
+				return err;
+			}
+			if ((err = moe_frame_parse(f, rx->buf, flen)) != MOE_OK)
 				return err;
 			*done = true;
 			return MOE_OK;

@@ -49,7 +49,7 @@
 #include "model/model.h"
 #include "proto/moemesh.pb-c.h"
 
-#define MOE_PROTO_VERSION     2
+#define MOE_PROTO_VERSION     3
 #define MOE_PROTO_MAGIC       0x31454f4du /* "MOE1" little-endian */
 #define MOE_PROTO_PREFIX      24
 #define MOE_PROTO_ALIGN       64
@@ -218,6 +218,87 @@ bool moe_bytes_equal_ct(const void *a, const void *b, size_t n);
  * MOE_ERR_IO, MOE_ERR_BAD_VALUE (empty or too long), MOE_ERR_NOMEM. */
 moe_err moe_secret_read(uint8_t **out, size_t *len, const char *path);
 
+/* ---- session keys and sealed frames (seal.c) ---------------------------------- */
+
+/* With a secret, every frame from AUTH_OK on (both directions, control and
+ * data, the data link's token frame included) is sealed with AES-256-GCM:
+ *
+ *    prefix (24 bytes, in the clear: framing)   associated data
+ *    header, padding, payload                   encrypted in place
+ *    tag (16 bytes)                             appended
+ *
+ * under a key of its link and direction and a 96-bit nonce = the direction's
+ * frame counter (64 bits, little-endian) || 4 zero bytes, starting at 0 and
+ * never reused: a counter that would wrap refuses to seal.  The receiver
+ * keeps its own count, so a tampered, replayed, dropped or reordered frame
+ * fails its tag (MOE_ERR_AUTH) and the link is dropped.  Without a secret
+ * frames stay plain. */
+
+#define MOE_SEAL_TAG 16
+#define MOE_SEAL_KEY 32
+
+/* The keys of one authenticated handshake: HKDF-SHA256 (RFC 5869) with
+ * IKM = the secret, salt = nonce_c || nonce_w || model id, info = one of
+ * the MOE_KEY_* labels (ASCII, no terminator), 32 bytes each. */
+typedef struct moe_session_keys {
+	uint8_t ctl_cw[MOE_SEAL_KEY];  /* control, coordinator -> worker */
+	uint8_t ctl_wc[MOE_SEAL_KEY];  /* control, worker -> coordinator */
+	uint8_t data_cw[MOE_SEAL_KEY]; /* data, coordinator -> worker */
+	uint8_t data_wc[MOE_SEAL_KEY]; /* data, worker -> coordinator */
+} moe_session_keys;
+
+#define MOE_KEY_CTL_CW  "moemesh-v3 control coordinator to worker"
+#define MOE_KEY_CTL_WC  "moemesh-v3 control worker to coordinator"
+#define MOE_KEY_DATA_CW "moemesh-v3 data coordinator to worker"
+#define MOE_KEY_DATA_WC "moemesh-v3 data worker to coordinator"
+
+/* Derives the four keys (secret_len > 0).  Errors: MOE_ERR_INVAL (no
+ * secret), MOE_ERR_SYS (libcrypto). */
+moe_err moe_session_derive(moe_session_keys *out, const uint8_t *secret, size_t secret_len,
+                           const uint8_t nonce_c[32], const uint8_t nonce_w[32],
+                           const uint8_t model_id[MOE_ID_BYTES]);
+
+/* Wipes the keys (memory the compiler may not skip). */
+void moe_session_wipe(moe_session_keys *k);
+
+/* One direction of one link: an AES-256-GCM key and its frame counter, for
+ * sealing (seal true) or opening.  Not thread-safe: one user at a time. */
+typedef struct moe_aead moe_aead;
+
+/* Errors: MOE_ERR_NOMEM, MOE_ERR_SYS (libcrypto). */
+moe_err moe_aead_create(moe_aead **out, const uint8_t key[MOE_SEAL_KEY], bool seal);
+void moe_aead_destroy(moe_aead *a); /* NULL: no-op */
+
+/* Frames sealed or opened so far (the next nonce). */
+uint64_t moe_aead_count(const moe_aead *a);
+
+/* Seals a whole frame of len >= MOE_PROTO_PREFIX bytes in place (bytes
+ * from the prefix on encrypted, the prefix authenticated) and writes its tag.
+ * Errors: MOE_ERR_INVAL (not a sealer, or len too short), MOE_ERR_CLOSED
+ * (the counter is used up), MOE_ERR_SYS. */
+moe_err moe_aead_seal_frame(moe_aead *a, uint8_t tag[MOE_SEAL_TAG], void *frame, size_t len);
+
+/* Opens a frame sealed by moe_aead_seal_frame, in place, with the next
+ * counter.  On MOE_ERR_AUTH (tampered, replayed, reordered, or another key)
+ * the bytes are garbage and the link must be dropped; the counter does not
+ * advance.  Errors: MOE_ERR_AUTH, MOE_ERR_INVAL, MOE_ERR_CLOSED, MOE_ERR_SYS. */
+moe_err moe_aead_open_frame(moe_aead *a, void *frame, size_t len, const uint8_t tag[MOE_SEAL_TAG]);
+
+/* Opens (when open is not NULL: the message must be a sealed frame, its
+ * tag then trimmed) and parses the frame of m; *f views m's body.  A plain
+ * frame on a sealed link is MOE_ERR_AUTH, its text quoted in the detail when
+ * it is a plain ERROR (what a peer that refused our AUTH sends).  Errors:
+ * MOE_ERR_AUTH, those of moe_frame_parse and moe_aead_open_frame. */
+moe_err moe_nng_open(moe_frame *f, nng_msg *m, moe_aead *open);
+
+/* moe_nng_send and moe_nng_recv on a sealed link (seal / open NULL: plain).
+ * Errors: theirs, and those of moe_aead_seal_frame / moe_nng_open (the
+ * message is then freed). */
+moe_err moe_nng_send_sealed(nng_socket s, moe_aead *seal, moe_msg_kind kind,
+                            const ProtobufCMessage *msg);
+moe_err moe_nng_recv_sealed(nng_msg **msg, moe_frame *f, nng_socket s, moe_aead *open,
+                            int timeout_ms);
+
 /* ---- nng control plane ------------------------------------------------------- */
 
 /* Packs msg into one frame (no payload) and sends it on s, blocking up to the
@@ -290,25 +371,38 @@ moe_err moe_sock_writev_all(int fd, struct iovec *iov, int n);
 moe_err moe_stream_send(int fd, moe_msg_kind kind, const ProtobufCMessage *msg,
                         const struct iovec *payload, int n_payload);
 
+/* moe_stream_send sealed with seal (NULL: plain, as moe_stream_send).  The
+ * payload is encrypted where it lies when in_place (the caller's bytes are
+ * then ciphertext), else into a buffer of seal's (one pass either way), and
+ * the frame goes out in one writev.  Errors: those of moe_stream_send and
+ * moe_aead_seal_frame, MOE_ERR_NOMEM. */
+moe_err moe_stream_send_sealed(int fd, moe_aead *seal, moe_msg_kind kind,
+                               const ProtobufCMessage *msg, const struct iovec *payload,
+                               int n_payload, bool in_place);
+
 /* A frame being received from a stream: the buffer grows to the frame's size
  * (checked against max_frame from the prefix before anything is allocated)
  * and is 64-byte aligned, so payloads are used where they lie. */
 typedef struct moe_rx {
 	uint8_t *buf; /* [cap], moe_aligned_alloc */
 	size_t cap;
-	size_t have; /* bytes of the current frame received */
-	size_t need; /* its total length, 0 until the prefix is in */
+	size_t have;    /* bytes of the current frame received */
+	size_t need;    /* its total length (with the tag), 0 until the prefix is in */
+	moe_aead *open; /* sealed link: frames are opened with it (owned; NULL: plain) */
+	bool broken;    /* a frame failed its tag: the stream must close */
 } moe_rx;
 
 /* Reads what fd has without blocking (or, if block, until the frame is
  * complete) and sets *done when a whole frame is in; *f then views it (valid
- * until the next call).  The next call starts a new frame.  Errors:
+ * until the next call; opened in place first when rx->open is set: a sealed
+ * frame is followed by its tag).  The next call starts a new frame.  Errors:
  * MOE_ERR_CLOSED (EOF; mid-frame: the detail says so), MOE_ERR_IO, those of
  * moe_frame_length (the stream cannot be resynchronised: close it),
- * MOE_ERR_BAD_COUNT (frame longer than max_frame), MOE_ERR_NOMEM. */
+ * MOE_ERR_BAD_COUNT (frame longer than max_frame), MOE_ERR_NOMEM,
+ * MOE_ERR_AUTH (a sealed frame failed its tag: close). */
 moe_err moe_rx_read(bool *done, moe_frame *f, moe_rx *rx, int fd, size_t max_frame, bool block);
 
-void moe_rx_free(moe_rx *rx); /* frees the buffer; the struct may be reused */
+void moe_rx_free(moe_rx *rx); /* frees the buffer and rx->open; the struct may be reused */
 
 /* After an error of moe_rx_read: true if the bad frame was read to its end
  * (its prefix was sound, what followed was not), so the stream is still in

@@ -171,16 +171,18 @@ static void hello(nng_socket s, const uint8_t id[MOE_ID_BYTES], const uint8_t no
 	}
 }
 
-/* Sends AUTH with mac; returns the kind of the answer, and with AUTH_OK its
- * decoded message in *ok (caller frees), with ERROR its code in *code. */
-static moe_msg_kind auth(nng_socket s, const uint8_t mac[32], Moemesh__AuthOk **ok, uint32_t *code)
+/* Sends AUTH with mac; returns the kind of the answer (opened with open
+ * when not NULL: AUTH_OK is sealed), and with AUTH_OK its decoded message in
+ * *ok (caller frees), with ERROR its code in *code. */
+static moe_msg_kind auth(nng_socket s, const uint8_t mac[32], Moemesh__AuthOk **ok, uint32_t *code,
+                         moe_aead *open)
 {
 	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
 	a.response = (ProtobufCBinaryData){32, (uint8_t *)mac};
 	cr_assert_eq(moe_nng_send(s, MOE_MSG_AUTH, &a.base), MOE_OK);
 	nng_msg *m;
 	moe_frame f;
-	cr_assert_eq(moe_nng_recv(&m, &f, s, 10000), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_nng_recv_sealed(&m, &f, s, open, 10000), MOE_OK, "%s", moe_err_detail());
 	const moe_msg_kind k = f.kind;
 	if (k == MOE_MSG_AUTH_OK && ok != NULL)
 		*ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
@@ -239,7 +241,7 @@ Test(auth, hello_reply_says_nothing_and_a_wrong_auth_is_dropped, .timeout = 60, 
 	memset(mac, 0x5a, sizeof mac);
 	int before = atomic_load(&g_removed);
 	uint32_t code = 0;
-	cr_assert_eq(auth(s, mac, NULL, &code), MOE_MSG_ERROR);
+	cr_assert_eq(auth(s, mac, NULL, &code, NULL), MOE_MSG_ERROR);
 	cr_expect_eq(code, (uint32_t)MOE_ERR_AUTH);
 	cr_expect(dropped_within(before, 5000), "the worker kept a peer that failed AUTH");
 
@@ -248,7 +250,7 @@ Test(auth, hello_reply_says_nothing_and_a_wrong_auth_is_dropped, .timeout = 60, 
 	hello(s, id, nc, nw, hdr, &hl);
 	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, nc, nw, id), MOE_OK);
 	before = atomic_load(&g_removed);
-	cr_assert_eq(auth(s, mac, NULL, &code), MOE_MSG_ERROR);
+	cr_assert_eq(auth(s, mac, NULL, &code, NULL), MOE_MSG_ERROR);
 	cr_expect(dropped_within(before, 5000));
 
 	/* the right one: AUTH_OK whose MAC is the worker's, with the node's facts */
@@ -259,8 +261,15 @@ Test(auth, hello_reply_says_nothing_and_a_wrong_auth_is_dropped, .timeout = 60, 
 	cr_assert_eq(moe_auth_mac(mac_w, (const uint8_t *)SECRET, strlen(SECRET), MOE_AUTH_WORKER,
 	                          nc, nw, id),
 	             MOE_OK);
+	/* sealed with the key of this handshake (worker to coordinator) */
+	moe_session_keys k;
+	moe_aead *open;
+	cr_assert_eq(moe_session_derive(&k, (const uint8_t *)SECRET, strlen(SECRET), nc, nw, id),
+	             MOE_OK);
+	cr_assert_eq(moe_aead_create(&open, k.ctl_wc, false), MOE_OK);
 	Moemesh__AuthOk *ok = NULL;
-	cr_assert_eq(auth(s, mac, &ok, NULL), MOE_MSG_AUTH_OK);
+	cr_assert_eq(auth(s, mac, &ok, NULL, open), MOE_MSG_AUTH_OK);
+	moe_aead_destroy(open);
 	cr_assert(ok != NULL);
 	cr_expect(ok->mac.len == 32 && memcmp(ok->mac.data, mac_w, 32) == 0);
 	cr_expect_str_eq(ok->name, "node-secret-name");
@@ -300,20 +309,20 @@ Test(auth, the_mac_of_one_nonce_pair_is_refused_for_another, .timeout = 60, .fin
 	cr_expect(memcmp(nw1, nw2, 32) != 0, "the worker reused its nonce");
 	uint32_t code = 0;
 	int before = atomic_load(&g_removed);
-	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	cr_assert_eq(auth(s, mac1, NULL, &code, NULL), MOE_MSG_ERROR);
 	cr_expect_eq(code, (uint32_t)MOE_ERR_AUTH);
 	cr_expect(dropped_within(before, 5000));
 	/* the same coordinator nonce again: still another nonce_w, still refused */
 	hello(s, id, nc1, nw2, hdr, &hl);
 	before = atomic_load(&g_removed);
-	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	cr_assert_eq(auth(s, mac1, NULL, &code, NULL), MOE_MSG_ERROR);
 	cr_expect(dropped_within(before, 5000));
 	/* the worker role's MAC for the right pair is no coordinator's */
 	hello(s, id, nc1, nw1, hdr, &hl);
 	cr_assert_eq(moe_auth_mac(mac1, (const uint8_t *)SECRET, strlen(SECRET), MOE_AUTH_WORKER,
 	                          nc1, nw1, id),
 	             MOE_OK);
-	cr_assert_eq(auth(s, mac1, NULL, &code), MOE_MSG_ERROR);
+	cr_assert_eq(auth(s, mac1, NULL, &code, NULL), MOE_MSG_ERROR);
 	nng_close(s);
 	stop_worker();
 	unlink(sec);

@@ -65,6 +65,8 @@ static void reap_workers(void)
 }
 
 /* Starts `moemesh worker` on ipc://sock and waits until it listens. */
+static const char *g_secret; /* --secret-file of the workers start_worker starts, or NULL */
+
 static pid_t start_worker(int k, const char *model, const char *sock)
 {
 	int fds[2];
@@ -79,7 +81,8 @@ static pid_t start_worker(int k, const char *model, const char *sock)
 	if (pid == 0) {
 		close(fds[0]);
 		execl(env("MOE_BIN"), "moemesh", "worker", "-m", model, "--listen", url,
-		      "--threads", "1", "--ready-fd", fd, "--quiet", (char *)NULL);
+		      "--threads", "1", "--ready-fd", fd, "--quiet",
+		      g_secret ? "--secret-file" : (char *)NULL, g_secret, (char *)NULL);
 		_exit(127);
 	}
 	close(fds[1]);
@@ -421,11 +424,18 @@ Test(rebalance, live_replacement_changes_no_logit_and_moves_only_what_it_says, .
 	float *got = malloc((2 * N_STEPS + 2) * nv * sizeof *got);
 	run_seq(m, NULL, tok, ref, 2 * N_STEPS, false);
 
-	/* three workers, each capped at 60 % of all the expert bytes */
+	/* three workers, each capped at 60 % of all the expert bytes; sealed
+	 * links (a secret), so ASSIGNs and LOAD_PROGRESS from the workers'
+	 * loader threads cross them too */
 	uint64_t all = 0;
 	for (int il = 0; il < hp->n_layer; il++)
 		all += expert_bytes(m, il) * (uint64_t)hp->n_expert;
-	moe_cluster_opts o = {.n_urls = 3, .rebalance_s = 1e-6};
+	char secret[128];
+	snprintf(secret, sizeof secret, "/tmp/moetest-rb-%d.secret", (int)getpid());
+	FILE *sf = fopen(secret, "w");
+	cr_assert(sf != NULL && fputs("rebalance-secret\n", sf) >= 0 && fclose(sf) == 0);
+	g_secret = secret;
+	moe_cluster_opts o = {.n_urls = 3, .rebalance_s = 1e-6, .secret_file = secret};
 	char url[3][160];
 	for (int k = 0; k < 3; k++) {
 		snprintf(sock[k], sizeof sock[k], "/tmp/moetest-rb-%d-%d.sock", (int)getpid(), k);
@@ -507,6 +517,8 @@ Test(rebalance, live_replacement_changes_no_logit_and_moves_only_what_it_says, .
 	moe_cluster_destroy(cl);
 	for (int k = 0; k < 3; k++)
 		stop_worker(k);
+	g_secret = NULL;
+	unlink(secret);
 	free(h0);
 	free(h1);
 	free(ref);

@@ -10,8 +10,11 @@
  * slices no longer named dropped, the missing ones loaded by a loader thread
  * while this one goes on serving, LOAD_PROGRESS with what changed),
  * HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
- * connection's first frame is AUTH carrying the token; then DISPATCH frames,
- * each answered by one RESULT (or ERROR).  Every frame is validated; a frame
+ * connection's first frame is AUTH carrying the token (with a secret: one
+ * connection per handshake); then DISPATCH frames, each answered by one
+ * RESULT (or ERROR).  With a secret, AUTH_OK and every frame after it on both links are sealed
+ * with the handshake's session keys (proto.h, seal.c); one that fails its
+ * tag is an ERROR and the link dropped.  Every frame is validated; a frame
  * whose prefix is sound but whose content is not gets an ERROR and the
  * connection goes on; a stream whose prefix is bad cannot be resynchronised,
  * so it gets an ERROR and is closed.  The worker itself always keeps serving,
@@ -51,7 +54,8 @@
 typedef struct conn {
 	int fd;
 	bool authed;
-	moe_rx rx;
+	moe_rx rx;    /* rx.open: sealed link (a secret) */
+	moe_aead *tx; /* seals what goes out, once authed with a secret */
 } conn;
 
 typedef struct server {
@@ -77,7 +81,13 @@ typedef struct server {
 	bool hello_ok, authed;
 	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
 	uint8_t token[32];
-	nng_pipe drop_pipe; /* a peer to drop at drop_at (after its ERROR went out) */
+	bool token_used;          /* a data connection came with it (with a secret: no second) */
+	moe_session_keys keys;    /* with a secret, from AUTH on */
+	moe_aead *ctl_tx;         /* control sealer (NULL: plain), under ctl_lock */
+	moe_aead *ctl_rx;         /* control opener (NULL: plain) */
+	nng_pipe auth_pipe;       /* the pipe the keys belong to */
+	pthread_mutex_t ctl_lock; /* control sends: this thread and the loader's */
+	nng_pipe drop_pipe;       /* a peer to drop at drop_at (after its ERROR went out) */
 	uint64_t drop_at;
 	/* experts */
 	moe_pool *pool;
@@ -150,23 +160,50 @@ static uint64_t mem_available(void)
 
 /* ---- replies ----------------------------------------------------------------- */
 
+/* Sends a control frame, sealed once the peer has authenticated with a
+ * secret; from this thread or the loader's. */
+static moe_err ctl_send(server *s, moe_msg_kind kind, const ProtobufCMessage *msg)
+{
+	pthread_mutex_lock(&s->ctl_lock);
+	const moe_err err = moe_nng_send_sealed(s->ctl, s->ctl_tx, kind, msg);
+	pthread_mutex_unlock(&s->ctl_lock);
+	return err;
+}
+
+/* Forgets the control peer's handshake and keys: the next peer (or this
+ * one, again) says HELLO in the clear. */
+static void session_reset(server *s)
+{
+	pthread_mutex_lock(&s->ctl_lock);
+	moe_aead_destroy(s->ctl_tx);
+	moe_aead_destroy(s->ctl_rx);
+	s->ctl_tx = s->ctl_rx = NULL;
+	pthread_mutex_unlock(&s->ctl_lock);
+	moe_session_wipe(&s->keys);
+	s->hello_ok = s->authed = false;
+	s->token_used = true;
+}
+
 static void ctl_error(server *s, moe_err code, const char *what)
 {
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
 	wlog(s, MOE_LOG_WARN, "control: %s", what);
-	(void)moe_nng_send(s->ctl, MOE_MSG_ERROR, &e.base);
+	(void)ctl_send(s, MOE_MSG_ERROR, &e.base);
 }
 
-static moe_err data_error(server *s, int fd, moe_err code, const char *what, uint64_t step)
+/* An ERROR on a data connection, sealed with tx (NULL: plain, before the
+ * connection authenticated). */
+static moe_err data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
+                          uint64_t step)
 {
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
 	e.step = step;
 	wlog(s, MOE_LOG_WARN, "data: %s", what);
-	return moe_stream_send(fd, MOE_MSG_ERROR, &e.base, NULL, 0);
+	return moe_stream_send_sealed(fd, tx, MOE_MSG_ERROR, &e.base, NULL, 0, false);
 }
 
 /* ---- status ------------------------------------------------------------------- */
@@ -282,7 +319,7 @@ static void on_hello(server *s, const moe_frame *f)
 {
 	char msg[256];
 	Moemesh__Hello *h = moemesh__hello__unpack(NULL, f->header_len, f->header);
-	s->hello_ok = s->authed = false;
+	session_reset(s);
 	if (h == NULL) {
 		ctl_error(s, MOE_ERR_PROTO, "HELLO header does not decode");
 		return;
@@ -320,7 +357,7 @@ static void on_hello(server *s, const moe_frame *f)
 	r.challenge = (ProtobufCBinaryData){32, s->challenge};
 	s->hello_ok = true;
 	wlog(s, MOE_LOG_DEBUG, "HELLO: model identity and protocol match");
-	(void)moe_nng_send(s->ctl, MOE_MSG_HELLO_REPLY, &r.base);
+	(void)ctl_send(s, MOE_MSG_HELLO_REPLY, &r.base);
 out_free:
 	moemesh__hello__free_unpacked(h, NULL);
 }
@@ -363,7 +400,26 @@ static void on_auth(server *s, const moe_frame *f, nng_pipe p)
 		drop_peer(s, p);
 		goto out_free;
 	}
+	/* with a secret, AUTH_OK and all after it are sealed with this
+	 * handshake's keys */
+	if (s->secret != NULL) {
+		moe_aead *tx = NULL, *rx = NULL;
+		if (moe_session_derive(&s->keys, s->secret, s->secret_len, s->nonce_c, s->challenge,
+		                       s->id) != MOE_OK ||
+		    moe_aead_create(&tx, s->keys.ctl_wc, true) != MOE_OK ||
+		    moe_aead_create(&rx, s->keys.ctl_cw, false) != MOE_OK) {
+			moe_aead_destroy(tx);
+			ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+			goto out_free;
+		}
+		pthread_mutex_lock(&s->ctl_lock);
+		s->ctl_tx = tx;
+		s->ctl_rx = rx;
+		pthread_mutex_unlock(&s->ctl_lock);
+		s->auth_pipe = p;
+	}
 	s->authed = true;
+	s->token_used = false;
 	Moemesh__AuthOk ok = MOEMESH__AUTH_OK__INIT;
 	ok.data_token = (ProtobufCBinaryData){32, s->token};
 	ok.data_port = s->data_port;
@@ -373,7 +429,7 @@ static void on_auth(server *s, const moe_frame *f, nng_pipe p)
 	ok.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
 	ok.isa = (char *)moe_isa_name(moe_isa_active());
 	ok.threads = (uint32_t)moe_pool_threads(s->pool);
-	(void)moe_nng_send(s->ctl, MOE_MSG_AUTH_OK, &ok.base);
+	(void)ctl_send(s, MOE_MSG_AUTH_OK, &ok.base);
 out_free:
 	moemesh__auth_response__free_unpacked(a, NULL);
 }
@@ -389,7 +445,7 @@ static void load_progress(void *ctx, uint64_t done, uint64_t total)
 	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
 	p.bytes_done = done;
 	p.bytes_total = total;
-	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base); /* nng: any thread */
+	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base); /* the loader thread */
 }
 
 static bool load_stopped(void *ctx)
@@ -474,7 +530,7 @@ static void assign_done(server *s, uint64_t loaded, double seconds)
 	p.bytes_dropped = s->assign_dropped;
 	p.experts_held = s->st.experts_held;
 	p.bytes_held = s->st.bytes_loaded;
-	(void)moe_nng_send(s->ctl, MOE_MSG_LOAD_PROGRESS, &p.base);
+	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base);
 }
 
 /* The loader thread is done: the experts it read join the store. */
@@ -592,7 +648,7 @@ static void on_control(server *s)
 	if (atomic_exchange(&s->peer_gone, 0)) {
 		/* a new peer must say HELLO and authenticate again, and assign
 		 * anew: a load for the one that left stops */
-		s->hello_ok = s->authed = false;
+		session_reset(s);
 		if (s->loading) {
 			join_loader(s, true);
 			moe_store_load_destroy(s->ld);
@@ -606,6 +662,9 @@ static void on_control(server *s)
 		wlog(s, MOE_LOG_INFO, "control receive: %s", nng_strerror(rv));
 		return;
 	}
+	const nng_pipe mp = nng_msg_get_pipe(m);
+	if (s->ctl_rx != NULL && nng_pipe_id(mp) != nng_pipe_id(s->auth_pipe))
+		session_reset(s); /* another peer than the one the keys are for */
 	if (!s->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg,
@@ -616,12 +675,16 @@ static void on_control(server *s)
 		drop_peer(s, nng_msg_get_pipe(m));
 		goto out_free;
 	}
-	moe_err err = moe_frame_parse(&f, nng_msg_body(m), nng_msg_len(m));
+	moe_err err = moe_nng_open(&f, m, s->ctl_rx);
 	if (err != MOE_OK) {
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg, "bad control frame: %s: %s", moe_err_name(err),
 		         moe_err_detail());
 		ctl_error(s, err, msg);
+		if (err == MOE_ERR_AUTH) { /* tampered or replayed: this link is done */
+			drop_peer(s, mp);
+			session_reset(s);
+		}
 		goto out_free;
 	}
 	switch (f.kind) {
@@ -641,7 +704,7 @@ static void on_control(server *s)
 			ctl_error(s, MOE_ERR_PROTO, "HEARTBEAT header does not decode");
 			break;
 		}
-		(void)moe_nng_send(s->ctl, MOE_MSG_HEARTBEAT, &h->base);
+		(void)ctl_send(s, MOE_MSG_HEARTBEAT, &h->base);
 		moemesh__heartbeat__free_unpacked(h, NULL);
 		break;
 	}
@@ -650,7 +713,7 @@ static void on_control(server *s)
 			ctl_error(s, MOE_ERR_STATE, "STATS_REQUEST before authentication");
 			break;
 		}
-		(void)moe_nng_send(s->ctl, MOE_MSG_STATS, &s->st.base);
+		(void)ctl_send(s, MOE_MSG_STATS, &s->st.base);
 		break;
 	case MOE_MSG_SHUTDOWN:
 		if (!s->authed) {
@@ -695,8 +758,9 @@ static moe_err check_dispatch(const server *s, const Moemesh__Dispatch *d)
 	return MOE_OK;
 }
 
-static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
+static moe_err on_dispatch(server *s, conn *c, const moe_frame *f)
 {
+	const int fd = c->fd;
 	Moemesh__Dispatch *d;
 	char msg[600];
 	moe_err err = moe_proto_read_dispatch(&d, f, &s->lim);
@@ -706,14 +770,15 @@ static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg, "bad DISPATCH: %s: %s", moe_err_name(err),
 		         moe_err_detail());
-		return data_error(s, fd, err, msg, 0);
+		return data_error(s, fd, c->tx, err, msg, 0);
 	}
 	delay_us(s->o->net_delay_us);
 	const size_t n = (size_t)d->n_tokens * (size_t)s->hp.n_embd;
 	if (n > s->acc_cap) {
 		moe_fix_t *a = moe_aligned_alloc(64, n * sizeof *a);
 		if (a == NULL) {
-			err = data_error(s, fd, MOE_ERR_NOMEM, "no memory for the result", d->step);
+			err = data_error(s, fd, c->tx, MOE_ERR_NOMEM, "no memory for the result",
+			                 d->step);
 			goto out_free;
 		}
 		moe_aligned_free(s->acc);
@@ -728,7 +793,7 @@ static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
 	if (err != MOE_OK) {
 		snprintf(msg, sizeof msg, "expert FFN failed: %s: %s", moe_err_name(err),
 		         moe_err_detail());
-		err = data_error(s, fd, err, msg, d->step);
+		err = data_error(s, fd, c->tx, err, msg, d->step);
 		goto out_free;
 	}
 	s->st.dispatches++;
@@ -748,7 +813,8 @@ static moe_err on_dispatch(server *s, int fd, const moe_frame *f)
 	r.n_embd = d->n_embd;
 	r.compute_ns = dt;
 	const struct iovec iov = {.iov_base = s->acc, .iov_len = n * sizeof *s->acc};
-	err = moe_stream_send(fd, MOE_MSG_RESULT, &r.base, &iov, 1);
+	/* sealed where it lies: the result buffer is cleared before its next use */
+	err = moe_stream_send_sealed(fd, c->tx, MOE_MSG_RESULT, &r.base, &iov, 1, true);
 out_free:
 	moemesh__dispatch__free_unpacked(d, NULL);
 	return err;
@@ -758,6 +824,7 @@ static void close_conn(server *s, int i)
 {
 	close(s->conns[i].fd);
 	moe_rx_free(&s->conns[i].rx);
+	moe_aead_destroy(s->conns[i].tx);
 	s->conns[i] = s->conns[--s->n_conns];
 }
 
@@ -783,7 +850,7 @@ static bool on_data(server *s, int i)
 			s->st.bad_frames++;
 			snprintf(msg, sizeof msg, "bad data frame: %s: %s", moe_err_name(err),
 			         moe_err_detail());
-			if (data_error(s, c->fd, err, msg, 0) != MOE_OK ||
+			if (data_error(s, c->fd, c->tx, err, msg, 0) != MOE_OK ||
 			    !moe_rx_in_sync(&c->rx)) {
 				close_conn(s, i);
 				return false;
@@ -797,12 +864,15 @@ static bool on_data(server *s, int i)
 			    f.kind == MOE_MSG_AUTH
 			        ? moemesh__auth_response__unpack(NULL, f.header_len, f.header)
 			        : NULL;
-			const bool ok = a && s->authed && a->response.len == 32 &&
-			                moe_bytes_equal_ct(a->response.data, s->token, 32);
+			bool ok = a && s->authed && !(s->secret && s->token_used) &&
+			          a->response.len == 32 &&
+			          moe_bytes_equal_ct(a->response.data, s->token, 32);
 			moemesh__auth_response__free_unpacked(a, NULL);
+			if (ok && s->secret != NULL)
+				ok = moe_aead_create(&c->tx, s->keys.data_wc, true) == MOE_OK;
 			if (!ok) {
 				s->st.bad_frames++;
-				(void)data_error(s, c->fd, MOE_ERR_AUTH,
+				(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
 				                 "data link: the first frame must be AUTH with the "
 				                 "token of an authenticated control link",
 				                 0);
@@ -810,15 +880,19 @@ static bool on_data(server *s, int i)
 				return false;
 			}
 			c->authed = true;
+			/* with a secret, one data connection per handshake: its
+			 * keys are the handshake's, and a second one with the
+			 * same counters would reuse nonces */
+			s->token_used = true;
 			continue;
 		}
 		if (f.kind != MOE_MSG_DISPATCH) {
 			s->st.bad_frames++;
 			snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
 			         moe_msg_kind_name(f.kind));
-			err = data_error(s, c->fd, MOE_ERR_PROTO, msg, 0);
+			err = data_error(s, c->fd, c->tx, MOE_ERR_PROTO, msg, 0);
 		} else {
-			err = on_dispatch(s, c->fd, &f);
+			err = on_dispatch(s, c, &f);
 		}
 		if (err != MOE_OK) {
 			close_conn(s, i);
@@ -833,14 +907,31 @@ static void on_accept(server *s)
 	if (fd < 0)
 		return;
 	if (s->n_conns == MAX_CONNS) {
-		(void)data_error(s, fd, MOE_ERR_BUSY, "too many data connections", 0);
+		(void)data_error(s, fd, NULL, MOE_ERR_BUSY, "too many data connections", 0);
 		close(fd);
 		return;
 	}
 	moe_sock_nodelay(fd);
 	struct timeval tv = {.tv_sec = 30};
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	s->conns[s->n_conns++] = (conn){.fd = fd};
+	conn c = {.fd = fd};
+	/* with a secret the first frame (the token) is sealed with the data key
+	 * of the control link that is waiting for its data connection */
+	if (s->secret != NULL) {
+		if (!s->authed || s->token_used) {
+			(void)data_error(s, fd, NULL, MOE_ERR_AUTH,
+			                 "no authenticated control link is waiting for a data "
+			                 "connection",
+			                 0);
+			close(fd);
+			return;
+		}
+		if (moe_aead_create(&c.rx.open, s->keys.data_cw, false) != MOE_OK) {
+			close(fd);
+			return;
+		}
+	}
+	s->conns[s->n_conns++] = c;
 }
 
 /* ---- set-up ------------------------------------------------------------------------ */
@@ -889,14 +980,21 @@ static void server_free(server *s)
 	free(s->ffn);
 	free(s->ptrs);
 	moe_pool_destroy(s->pool);
+	session_reset(s);
+	pthread_mutex_destroy(&s->ctl_lock);
 	free(s->secret);
 	moe_gguf_close(s->g);
 }
 
 moe_err moe_worker_run(const moe_worker_opts *o)
 {
-	server s = {
-	    .o = o, .lfd = -1, .sfd = -1, .ctl = NNG_SOCKET_INITIALIZER, .load_pipe = {-1, -1}};
+	server s = {.o = o,
+	            .lfd = -1,
+	            .sfd = -1,
+	            .ctl = NNG_SOCKET_INITIALIZER,
+	            .load_pipe = {-1, -1},
+	            .token_used = true,
+	            .ctl_lock = PTHREAD_MUTEX_INITIALIZER};
 	nng_listener lst;
 	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
 	moe_err err;
