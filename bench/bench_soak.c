@@ -1,6 +1,6 @@
 /*
  * bench_soak.c - `moemesh bench soak`: a server left running under clients
- * that misbehave, as a lab leaves it (issue #16, item 6).
+ * that misbehave, as a lab leaves it.
  *
  * `moemesh serve` starts as a child (--parallel P, --queue = the number of
  * clients, so the soak itself is never refused; --cache-ram 64 MiB, so that
