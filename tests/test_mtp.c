@@ -3,7 +3,9 @@
  * against llama.cpp's MTP context on the tiny fixture
  * (qwen35moe-tiny-F32.A.mtp.f32, written by tests/tools/llama_mtp_logits.cpp),
  * the trunk's logits unchanged by it and by drafting, its KV and hidden
- * state following the trunk's through a refused draft, and the refusals.
+ * state following the trunk's through a refused draft, and the refusals;
+ * and `moemesh run --spec mtp`: the same text as without it, alone and with
+ * the experts on workers, and refused for a file without an MTP block.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -13,6 +15,7 @@
 
 #include "model/forward.h"
 #include "model/sample.h"
+#include "tests/test_util.h"
 
 #define N_VOCAB 512
 #define N_A     24
@@ -262,4 +265,72 @@ Test(mtp, refused)
 	             MOE_ERR_UNSUPPORTED);
 	moe_fwd_destroy(f);
 	moe_model_destroy(m);
+}
+
+/* ---- moemesh run --spec mtp ------------------------------------------------------ */
+
+/* `run -m fixture ARGS`: its exit status; stdout into out, stderr into err. */
+static int run_cli(char *out, char *err, size_t size, const char *model, const char *args)
+{
+	char log[] = "/tmp/moe_mtp_err_XXXXXX";
+	int fd = mkstemp(log);
+	cr_assert(fd >= 0);
+	close(fd);
+	char cmd[2048];
+	snprintf(cmd, sizeof cmd, "%s run -m %s/%s %s 2>%s", bin(), fixtures(), model, args, log);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	size_t n = fread(out, 1, size - 1, p);
+	out[n] = 0;
+	const int st = pclose(p);
+	FILE *e = fopen(log, "rb");
+	cr_assert_not_null(e);
+	n = fread(err, 1, size - 1, e);
+	err[n] = 0;
+	fclose(e);
+	unlink(log);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#define PROMPT "--tokens 315,220,293,72,66,74,285,294,86,77,304,78,87 -n 64 --ignore-eos"
+
+/* --spec mtp gives the text run gives without it, greedy and seeded, alone and
+ * on workers, drafting and refusing drafts; its accepted count over the
+ * cases is not 0 (random weights: few are taken). */
+Test(mtp_cli, run_text_unchanged, .timeout = 300)
+{
+	static const char *const cases[] = {
+	    "--temp 0 --threads 1", "--temp 0.8 --seed 3 --threads 1",
+	    "--temp 0 --threads 1 --workers 2 --draft-max 3", "--temp 0 --threads 2 --kv f32"};
+	static char plain[8192], spec[8192], e1[8192], e2[8192];
+	long taken = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char a[512];
+		snprintf(a, sizeof a, PROMPT " %s", cases[i]);
+		cr_assert_eq(run_cli(plain, e1, sizeof plain, "qwen35moe-tiny-F32.gguf", a), 0,
+		             "%s", e1);
+		snprintf(a, sizeof a, PROMPT " %s --spec mtp", cases[i]);
+		cr_assert_eq(run_cli(spec, e2, sizeof spec, "qwen35moe-tiny-F32.gguf", a), 0, "%s",
+		             e2);
+		cr_expect_str_eq(spec, plain, "%s: --spec mtp changed the text", cases[i]);
+		const char *line = strstr(e2, "spec: mtp, ");
+		cr_assert_not_null(line, "no spec line in: %s", e2);
+		long drafted = 0, accepted = 0;
+		cr_assert_eq(
+		    sscanf(line, "spec: mtp, %ld drafted, %ld accepted", &drafted, &accepted), 2);
+		cr_expect_gt(drafted, 0, "%s: nothing drafted", cases[i]);
+		cr_expect_lt(accepted, drafted, "%s: no draft refused: %s", cases[i], line);
+		cr_expect_null(strstr(e1, "spec:"), "a spec line without --spec");
+		taken += accepted;
+	}
+	cr_expect_gt(taken, 0, "no MTP draft was ever taken");
+}
+
+Test(mtp_cli, refused_without_an_mtp_block)
+{
+	static char out[4096], err[4096];
+	cr_expect_neq(run_cli(out, err, sizeof out, "qwen3next-tiny-F32.gguf",
+	                      "--tokens 1,2,3 -n 4 --spec mtp"),
+	              0);
+	cr_expect(strstr(err, "has no MTP (nextn) block") != NULL, "%s", err);
 }
