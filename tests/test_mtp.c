@@ -61,9 +61,9 @@ static moe_fwd *ctx(const moe_model *m, bool mtp, int n_slots)
 
 static void step(moe_fwd *f, float *logits, int slot, const int32_t *tok, int n, bool all)
 {
-	int32_t slots[16], pos[16];
-	bool want[16];
-	cr_assert(n <= 16);
+	int32_t slots[32], pos[32];
+	bool want[32];
+	cr_assert(n <= 32);
 	const int64_t p0 = moe_fwd_seq_len(f, slot);
 	for (int i = 0; i < n; i++) {
 		slots[i] = slot;
@@ -108,6 +108,39 @@ Test(mtp, logits_match_llamacpp)
 	cr_assert(worst <= 1e-4, "MTP logits differ from llama.cpp's by %g", worst);
 	moe_fwd_destroy(f);
 	free(gold);
+	moe_model_destroy(m);
+}
+
+/* A chain of 8 drafts after a prompt, from the trunk's greedy next token, is
+ * llama.cpp's (draft-mtp's chain: each pass at the next position with the
+ * block's own post-norm output row; `llama_mtp_logits ... chain:8` printed
+ * these ids), for sequence A and for G's prompt. */
+static void chain(const moe_model *m, const int32_t *prompt, int n, const int32_t *want)
+{
+	moe_fwd *f = ctx(m, true, 1);
+	int s;
+	cr_assert_eq(moe_fwd_seq_open(f, &s), MOE_OK);
+	float lg[N_VOCAB];
+	step(f, lg, s, prompt, n, false);
+	const int32_t next = moe_argmax(lg, N_VOCAB);
+	int32_t d[8];
+	int nd;
+	const int mx = 8;
+	cr_assert_eq(moe_fwd_mtp_draft(f, d, &nd, NULL, 1, &(int32_t){s}, &next, &mx, 8), MOE_OK,
+	             "%s", moe_err_detail());
+	cr_assert_eq(nd, 8);
+	for (int i = 0; i < 8; i++)
+		cr_expect_eq(d[i], want[i], "draft %d: %d, llama.cpp's %d", i, d[i], want[i]);
+	moe_fwd_destroy(f);
+}
+
+Test(mtp, draft_chain_matches_llamacpp)
+{
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, fixture("qwen35moe-tiny-F32.gguf")), MOE_OK);
+	chain(m, seq_a, N_A, (const int32_t[]){452, 415, 182, 136, 98, 445, 268, 364});
+	chain(m, (const int32_t[]){315, 220, 293, 72, 66, 74, 285, 294, 86, 77, 304, 78, 87}, 13,
+	      (const int32_t[]){3, 338, 375, 1, 334, 295, 65, 1});
 	moe_model_destroy(m);
 }
 

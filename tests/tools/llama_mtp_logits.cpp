@@ -1,13 +1,16 @@
 // llama_mtp_logits.cpp - golden MTP (nextn) logits from llama.cpp, for
 // tests/test_mtp.c.  Built like ../shared/tools/llama_logits.cpp (see
 // tests/fixtures/README.md), plus -I src for llama-ext.h.
-// usage: llama_mtp_logits MODEL.gguf TOKENS(comma) OUT.f32 [threads=1]
+// usage: llama_mtp_logits MODEL.gguf TOKENS(comma) OUT.f32 [threads=1] [chain:K]
 // The trunk runs the tokens in one llama_decode (f32 KV) and gives its
 // post-norm hidden rows h_0..h_{n-1}; then the MTP context (an
 // LLAMA_CONTEXT_TYPE_MTP context over the same model) runs token q at
 // position q with h_{q-1} (zeros for q = 0), as common/speculative.cpp's
 // draft-mtp catch-up does, and OUT gets its logits for every q: [n][n_vocab]
 // f32, row q being the logits for position q + 1.
+// chain:K then drafts K tokens as draft-mtp does: the trunk's greedy next token
+// t at position n with h_{n-1}, then each draft at the next position with the
+// MTP context's own h_nextn row of the pass before; prints the K ids.
 #include "llama.h"
 #include "llama-ext.h"
 #include <cstdio>
@@ -73,10 +76,31 @@ int main(int argc, char **argv) {
     memcpy(d.embd, h.data(), sizeof(float) * h.size());
     d.n_tokens = n;
     if (llama_decode(dft, d) != 0) { fprintf(stderr, "MTP decode failed\n"); return 1; }
+
     FILE *f = fopen(argv[3], "wb");
     if (!f) return 1;
     for (int i = 0; i < n; i++) fwrite(llama_get_logits_ith(dft, i), 4, V, f);
     fclose(f);
+    const int K = argc > 5 && !strncmp(argv[5], "chain:", 6) ? atoi(argv[5] + 6) : 0;
+    if (K > 0) {
+        auto argmax = [V](const float *l) { int b = 0; for (int i = 1; i < V; i++) if (l[i] > l[b]) b = i; return b; };
+        int t = argmax(llama_get_logits_ith(tgt, n - 1));
+        std::vector<float> hc(llama_get_embeddings_nextn_ith(tgt, n - 1), llama_get_embeddings_nextn_ith(tgt, n - 1) + E);
+        llama_batch c = llama_batch_init(1, E, 1);
+        c.token = (llama_token *)malloc(sizeof(llama_token));
+        for (int i = 0; i < K; i++) {
+            c.token[0] = t; c.pos[0] = n + i; c.n_seq_id[0] = 1; c.seq_id[0][0] = 0; c.logits[0] = 1;
+            memcpy(c.embd, hc.data(), sizeof(float) * E);
+            c.n_tokens = 1;
+            if (llama_decode(dft, c) != 0) { fprintf(stderr, "MTP chain decode failed\n"); return 1; }
+            t = argmax(llama_get_logits_ith(dft, 0));
+            memcpy(hc.data(), llama_get_embeddings_nextn_ith(dft, 0), sizeof(float) * E);
+            printf("%s%d", i ? "," : "", t);
+        }
+        printf("\n");
+        free(c.token); c.token = nullptr;
+        llama_batch_free(c);
+    }
     free(d.token); d.token = nullptr;
     llama_batch_free(d);
     llama_free(dft); llama_free(tgt); llama_model_free(m);
