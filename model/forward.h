@@ -161,7 +161,7 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b);
  * give the logits they would have given in the first slot, bit for bit. */
 
 /* Bytes of one sequence's DeltaNet state (conv + recurrent, all DeltaNet
- * layers); 0 for qwen3moe. */
+ * layers) and, with o.mtp, its last trunk hidden row; 0 for qwen3moe. */
 size_t moe_fwd_state_size(const moe_fwd *f);
 
 /* Copies slot's DeltaNet state, as it stands at the slot's current position,
@@ -176,8 +176,9 @@ moe_err moe_fwd_seq_state_read(const moe_fwd *f, int slot, void *out);
  * are unchanged.  MOE_ERR_INVAL if slot is not open. */
 moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in);
 
-/* Bytes of one position's K and V over all full-attention layers in the
- * context's KV type: the unit of moe_fwd_seq_kv_read / _write. */
+/* Bytes of one position's K and V over all full-attention layers (with
+ * o.mtp, the MTP block's last) in the context's KV type: the unit of
+ * moe_fwd_seq_kv_read / _write. */
 size_t moe_fwd_kv_pos_bytes(const moe_fwd *f);
 
 /* Copies the K and V of positions [p0, p1) of slot to
