@@ -260,7 +260,8 @@ Test(mtp, bounds)
 	const int m2[2] = {1, 1}, big = 9;
 	cr_assert_eq(moe_fwd_mtp_draft(f, d1, &n1, NULL, 1, &(int32_t){3}, tk, &mx, 8),
 	             MOE_ERR_INVAL);
-	cr_assert_eq(moe_fwd_mtp_draft(f, d1, &n1, NULL, 2, two, tk, m2, 8), MOE_ERR_INVAL);
+	int nd2[2];
+	cr_assert_eq(moe_fwd_mtp_draft(f, d1, nd2, NULL, 2, two, tk, m2, 8), MOE_ERR_INVAL);
 	cr_assert_eq(
 	    moe_fwd_mtp_draft(f, d1, &n1, NULL, 1, &(int32_t){s}, &(int32_t){N_VOCAB}, &mx, 8),
 	    MOE_ERR_INVAL);
