@@ -21,7 +21,7 @@ static void usage(FILE *f)
 	        "                   [--frequency-penalty F] [--penalty-last-n N] [--seed S]\n"
 	        "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
 	        "                   [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB] [--ctx N]\n"
-	        "                   [--batch N] [--spec none|ngram] [--draft-max N]\n"
+	        "                   [--batch N] [--spec none|ngram|mtp] [--draft-max N]\n"
 	        "                   [--log-level error|warn|info|debug]\n\n"
 	        "Generates up to N tokens (default 128) after the prompt and streams the\n"
 	        "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
@@ -31,7 +31,9 @@ static void usage(FILE *f)
 	        "bytes of KV cache and recurrent state go to stderr; with a cluster, one\n"
 	        "line of statistics per worker.  --spec ngram drafts up to --draft-max\n"
 	        "tokens (default 8) from the sequence's own earlier tokens and checks them in\n"
-	        "one step: the same output, in fewer steps when the text repeats itself.\n\n%s",
+	        "one step: the same output, in fewer steps when the text repeats itself;\n"
+	        "--spec mtp drafts them with the model's MTP block (qwen35moe files that\n"
+	        "have one).\n\n%s",
 	        moe_cluster_usage());
 }
 
@@ -219,6 +221,9 @@ int moe_cmd_run(int argc, char **argv)
 	if ((err = moe_model_open(&m, a.model)) != MOE_OK)
 		goto out_fail;
 	const moe_hparams *hp = moe_model_hparams(m);
+	if ((err = moe_spec_mode_check(a.spec, moe_model_has_mtp(m), a.model)) != MOE_OK)
+		goto out_fail;
+	a.fo.mtp = a.spec == MOE_SPEC_MTP;
 	if ((err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK ||
 	    (err = moe_tok_stream_create(&ts, tok, 0)) != MOE_OK)
 		goto out_fail;
@@ -366,10 +371,17 @@ int moe_cmd_run(int argc, char **argv)
 		/* no drafts while taken tokens run again: their state is not
 		 * snapshotted */
 		d_max = moe_spec_next_max(d_max, n_draft, row, dmax);
-		n_draft =
-		    from < (int64_t)n_hist - 1
-		        ? 0
-		        : moe_ngram_draft(draft, remain < d_max ? remain : d_max, hist, n_hist);
+		const int d_room = remain < d_max ? remain : d_max;
+		n_draft = 0;
+		if (from < (int64_t)n_hist - 1 || d_room <= 0)
+			;
+		else if (a.spec == MOE_SPEC_MTP)
+			err = moe_fwd_mtp_draft(f, draft, &n_draft, NULL, 1, &(int32_t){slot},
+			                        &hist[n_hist - 1], &d_room, dmax);
+		else
+			n_draft = moe_ngram_draft(draft, d_room, hist, n_hist);
+		if (err != MOE_OK)
+			goto out_fail;
 		if (n_draft > 0 && st_size > 0 &&
 		    (err = moe_fwd_seq_state_read(f, slot, snap)) != MOE_OK)
 			goto out_fail;
@@ -410,8 +422,8 @@ int moe_cmd_run(int argc, char **argv)
 	        n_steps > 0 ? (double)n_rows_used / (t2 - t1) : 0.0, n_steps);
 	if (dmax > 0)
 		fprintf(stderr,
-		        "spec: ngram, %ld drafted, %ld accepted (%.1f %%), %.2f tokens per step\n",
-		        n_drafted, n_accepted,
+		        "spec: %s, %ld drafted, %ld accepted (%.1f %%), %.2f tokens per step\n",
+		        moe_spec_mode_name(a.spec), n_drafted, n_accepted,
 		        n_drafted > 0 ? 100.0 * (double)n_accepted / (double)n_drafted : 0.0,
 		        n_steps > 0 ? (double)n_rows_used / n_steps : 0.0);
 	fprintf(stderr,

@@ -25,7 +25,7 @@ static void usage(FILE *f)
 	    "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
 	    "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
 	    "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
-	    "                     [--no-prefix-cache] [--spec none|ngram] [--draft-max N]\n"
+	    "                     [--no-prefix-cache] [--spec none|ngram|mtp] [--draft-max N]\n"
 	    "                     [--log-level error|warn|info|debug]\n\n"
 	    "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	    "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
@@ -52,7 +52,8 @@ static void usage(FILE *f)
 	    "the same bytes as without it.  --spec ngram drafts up to --draft-max\n"
 	    "tokens (default 8) per sequence and step from its own earlier tokens\n"
 	    "and checks them in that step: the same bytes, in fewer steps where the\n"
-	    "text repeats (drafted and accepted counts in /metrics).\n"
+	    "text repeats (drafted and accepted counts in /metrics); --spec mtp drafts\n"
+	    "them with the model's MTP block (qwen35moe files that have one).\n"
 	    "Stops on SIGINT / SIGTERM.\n"
 	    "With cluster options the routed experts run on workers:\n%s",
 	    moe_cluster_usage());
@@ -180,15 +181,16 @@ static int parse_args(serve_args *a, int argc, char **argv)
 /* What the prefix cache's disk entries are keyed by: the model's identity
  * (proto.h) and what the KV rows' and states' bits depend on besides it (the
  * kernels' ISA level, the KV type). */
-static moe_err cache_identity(uint8_t out[32], const moe_model *m, moe_type kv)
+static moe_err cache_identity(uint8_t out[32], const moe_model *m, moe_type kv, bool mtp)
 {
 	uint8_t id[MOE_ID_BYTES];
 	moe_err err = moe_model_identity(id, moe_model_gguf(m));
 	if (err != MOE_OK)
 		return err;
 	char what[96];
-	const int n = snprintf(what, sizeof what, "prefix-cache 1 isa %s kv %s",
-	                       moe_isa_name(moe_isa_active()), moe_fwd_kv_type_name(kv));
+	const int n = snprintf(what, sizeof what, "prefix-cache 1 isa %s kv %s%s",
+	                       moe_isa_name(moe_isa_active()), moe_fwd_kv_type_name(kv),
+	                       mtp ? " mtp" : ""); /* MTP: another KV layer, state row */
 	return moe_hmac_sha256(out, id, sizeof id, what, (size_t)n);
 }
 
@@ -284,6 +286,7 @@ int moe_cmd_serve(int argc, char **argv)
 	        moe_http_port(h), a.model);
 	moe_http_set_status(h, "loading", "opening the model");
 	if ((err = moe_model_open(&m, a.model)) != MOE_OK ||
+	    (err = moe_spec_mode_check(a.eo.spec, moe_model_has_mtp(m), a.model)) != MOE_OK ||
 	    (err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK)
 		goto out_fail;
 	if ((err = moe_chat_template_create(&tmpl, moe_model_gguf(m), tok, a.chat_template)) !=
@@ -310,8 +313,8 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.metrics_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
-	if (a.eo.cache_ram > 0 &&
-	    (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type)) != MOE_OK)
+	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type,
+	                                                a.eo.spec == MOE_SPEC_MTP)) != MOE_OK)
 		goto out_fail;
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;

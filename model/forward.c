@@ -246,7 +246,9 @@ static moe_err load_nextn(moe_model *m, int il)
 	const int64_t E = hp->n_embd, V = hp->n_vocab;
 	char nm[128];
 	moe_err err;
-	L->idx_kv = L->idx_rec = -1;
+	/* its KV, in a context with o.mtp, is the layer after the trunk's */
+	L->idx_kv = moe_hparams_n_attn_layers(hp) + (il - hp->n_layer);
+	L->idx_rec = -1;
 	if ((err = load_norms(m, il)) != MOE_OK || (err = load_attn(m, il)) != MOE_OK ||
 	    (err = load_moe(m, il)) != MOE_OK ||
 	    (err = get_mat(&N->eh_proj, g, lname(nm, il, "nextn.eh_proj.weight"), 2 * E, E)) !=
@@ -360,6 +362,11 @@ const moe_gguf *moe_model_gguf(const moe_model *m)
 	return m->g;
 }
 
+bool moe_model_has_mtp(const moe_model *m)
+{
+	return m->has_nextn && m->hp.arch == MOE_ARCH_QWEN35MOE;
+}
+
 const moe_expert_ffn *moe_model_experts(const moe_model *m, int il)
 {
 	if (il < 0 || il >= m->hp.n_layer)
@@ -373,7 +380,7 @@ static moe_err local_start(void *ctx, int il, int64_t n_tok, const float *x, con
                            const float *weights, int n_used)
 {
 	moe_local_experts *le = ctx;
-	if (il < 0 || il >= le->m->hp.n_layer)
+	if (il < 0 || il >= le->m->hp.n_layer_all)
 		return moe_fail(MOE_ERR_INVAL, "local experts: layer %d out of range", il);
 	*le = (moe_local_experts){.m = le->m,
 	                          .pool = le->pool,
@@ -405,6 +412,7 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .kv_budget_bytes = 0,
 	    .n_threads = 0,
 	    .gdn_chunk = 0,
+	    .mtp = false,
 	    .experts = NULL,
 	};
 }
@@ -454,11 +462,13 @@ static void *falloc(size_t n, size_t elem, bool *fail)
 static void free_buffers(moe_fwd *f)
 {
 	void *bufs[] = {
-	    f->open,  f->len,  f->next,     f->conv_state, f->ssm_state, f->x,       f->xn,
-	    f->y,     f->rope, f->q,        f->k,          f->v,         f->att,     f->scores,
-	    f->qkv,   f->z,    f->ba,       f->beta,       f->gdec,      f->gdn_tmp, f->conv_tmp,
-	    f->order, f->runs, f->run_slot, f->run_of,     f->router,    f->ids,     f->wts,
-	    f->acc,   f->sh_g, f->sh_u};
+	    f->open,       f->len,     f->next,     f->conv_state, f->ssm_state, f->x,
+	    f->xn,         f->y,       f->rope,     f->q,          f->k,         f->v,
+	    f->att,        f->scores,  f->qkv,      f->z,          f->ba,        f->beta,
+	    f->gdec,       f->gdn_tmp, f->conv_tmp, f->order,      f->runs,      f->run_slot,
+	    f->run_of,     f->router,  f->ids,      f->wts,        f->acc,       f->sh_g,
+	    f->sh_u,       f->mtp_h,   f->mtp_hn,   f->mtp_hin,    f->mtp_cat,   f->mtp_g,
+	    f->mtp_logits, f->mtp_tok, f->mtp_slot, f->mtp_pos,    f->mtp_row};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		moe_aligned_free(bufs[i]);
 	moe_kv_free(&f->kv);
@@ -480,15 +490,20 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 		                "fwd: options out of range (n_slots %d, n_ctx %d, max_batch %d, "
 		                "gdn_chunk %d)",
 		                o.n_slots, o.n_ctx, o.max_batch, o.gdn_chunk);
+	if (o.mtp && !moe_model_has_mtp(m))
+		return moe_fail(MOE_ERR_UNSUPPORTED,
+		                "fwd: MTP drafting needs a qwen35moe file with its MTP (nextn) "
+		                "block; this %s file has none",
+		                moe_arch_name(hp->arch));
 
 	moe_fwd *f = calloc(1, sizeof *f);
 	if (f == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "fwd: allocating the context");
 	f->m = m;
 	f->o = o;
-	moe_err err = moe_kv_init(&f->kv, o.kv_type, moe_hparams_n_attn_layers(hp),
-	                          (int64_t)hp->n_head_kv * hp->head_dim, o.n_slots, o.n_ctx,
-	                          o.kv_budget_bytes);
+	moe_err err = moe_kv_init(
+	    &f->kv, o.kv_type, moe_hparams_n_attn_layers(hp) + (o.mtp ? 1 : 0),
+	    (int64_t)hp->n_head_kv * hp->head_dim, o.n_slots, o.n_ctx, o.kv_budget_bytes);
 	if (err != MOE_OK)
 		goto out_free_kv;
 	if ((err = moe_pool_create(&f->pool, o.n_threads)) != MOE_OK)
@@ -543,6 +558,19 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	f->acc = falloc(B * E, sizeof(moe_fix_t), &fail);
 	f->sh_g = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
 	f->sh_u = falloc(B * (size_t)hp->n_ff_shexp, sizeof(float), &fail);
+	if (o.mtp) {
+		f->mtp_h = falloc(S * E, sizeof(float), &fail);
+		f->mtp_hn = falloc(B * E, sizeof(float), &fail);
+		f->mtp_hin = falloc(B * E, sizeof(float), &fail);
+		f->mtp_cat = falloc(B * 2 * E, sizeof(float), &fail);
+		f->mtp_g = falloc(B * E, sizeof(float), &fail);
+		f->mtp_logits = falloc(S * (size_t)hp->n_vocab, sizeof(float), &fail);
+		f->mtp_tok = falloc(B, sizeof(int32_t), &fail);
+		f->mtp_slot = falloc(B, sizeof(int32_t), &fail);
+		f->mtp_pos = falloc(B, sizeof(int32_t), &fail);
+		f->mtp_row = falloc(S, sizeof(int32_t), &fail);
+		f->state_bytes += S * E * sizeof(float);
+	}
 	if (fail) {
 		err = moe_fail(MOE_ERR_NOMEM, "fwd: allocating buffers (state %zu bytes)",
 		               f->state_bytes);
@@ -552,11 +580,9 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	memset(f->len, 0, S * sizeof(int64_t));
 
 	f->local = (moe_local_experts){.m = m, .pool = f->pool};
-	if (o.experts != NULL)
-		f->backend = *o.experts;
-	else
-		f->backend = (moe_expert_backend){
-		    .ctx = &f->local, .start = local_start, .finish = local_finish};
+	f->local_backend =
+	    (moe_expert_backend){.ctx = &f->local, .start = local_start, .finish = local_finish};
+	f->backend = o.experts != NULL ? *o.experts : f->local_backend;
 	f->o.experts = NULL;
 	*out = f;
 	return MOE_OK;
@@ -644,6 +670,9 @@ static void clear_slot(moe_fwd *f, int slot)
 		memset(f->conv_state + (r * S + (size_t)slot) * conv, 0, conv * sizeof(float));
 		memset(f->ssm_state + (r * S + (size_t)slot) * ssm, 0, ssm * sizeof(float));
 	}
+	if (f->mtp_h != NULL)
+		memset(f->mtp_h + (size_t)slot * (size_t)hp->n_embd, 0,
+		       (size_t)hp->n_embd * sizeof(float));
 	/* Its KV blocks go back; positions >= len are never read. */
 	moe_kv_trim(&f->kv, slot, 0);
 	f->len[slot] = 0;
@@ -698,7 +727,8 @@ static moe_err check_open(const moe_fwd *f, int slot)
 size_t moe_fwd_state_size(const moe_fwd *f)
 {
 	const moe_hparams *hp = &f->m->hp;
-	return (size_t)moe_hparams_n_recurrent_layers(hp) * (conv_floats(hp) + ssm_floats(hp)) *
+	return ((size_t)moe_hparams_n_recurrent_layers(hp) * (conv_floats(hp) + ssm_floats(hp)) +
+	        (f->mtp_h != NULL ? (size_t)hp->n_embd : 0)) *
 	       sizeof(float);
 }
 
@@ -716,6 +746,10 @@ static void copy_state(const moe_fwd *f, int slot, float *buf, bool to_state)
 		buf += conv;
 		memcpy(to_state ? st : buf, to_state ? buf : st, ssm * sizeof(float));
 		buf += ssm;
+	}
+	if (f->mtp_h != NULL) {
+		float *h = f->mtp_h + (size_t)slot * (size_t)hp->n_embd;
+		memcpy(to_state ? h : buf, to_state ? buf : h, (size_t)hp->n_embd * sizeof(float));
 	}
 }
 
@@ -848,7 +882,7 @@ static moe_err moe_block(moe_fwd *f, int il)
 /* Groups the chunk's tokens by slot, slots in order of first appearance and
  * tokens in batch order: order[runs[r] .. runs[r+1]) are run r's tokens,
  * run_slot[r] its slot. */
-static void group_runs(moe_fwd *f)
+void moe_fwd_group_runs(moe_fwd *f)
 {
 	for (int64_t t = 0; t < f->n; t++)
 		f->run_of[f->slot[t]] = -1;
@@ -868,6 +902,28 @@ static void group_runs(moe_fwd *f)
 				f->order[at++] = (int32_t)t;
 	}
 	f->runs[f->n_runs] = at;
+}
+
+moe_err moe_fwd_layer(moe_fwd *f, int il)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const moe_layer_w *L = &f->m->layers[il];
+	const int64_t n = f->n, E = hp->n_embd;
+	moe_err err;
+	for (int64_t t = 0; t < n; t++)
+		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->attn_norm, E, hp->rms_eps);
+	err = L->idx_rec >= 0 ? moe_fwd_deltanet(f, il) : moe_fwd_attention(f, il);
+	if (err != MOE_OK)
+		return err;
+	for (int64_t i = 0; i < n * E; i++)
+		f->x[i] += f->y[i];
+	for (int64_t t = 0; t < n; t++)
+		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->ffn_norm, E, hp->rms_eps);
+	if ((err = moe_block(f, il)) != MOE_OK)
+		return err;
+	for (int64_t i = 0; i < n * E; i++)
+		f->x[i] += f->y[i];
+	return MOE_OK;
 }
 
 static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, const bool *want,
@@ -891,25 +947,15 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 			moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
 			               hp->rope_base);
 	}
-	group_runs(f);
+	moe_fwd_group_runs(f);
 
-	/* the trunk only: MTP blocks (qwen35moe) follow it in m->layers */
-	for (int il = 0; il < hp->n_layer; il++) {
-		const moe_layer_w *L = &m->layers[il];
-		for (int64_t t = 0; t < n; t++)
-			moe_rmsnorm(f->xn + t * E, f->x + t * E, L->attn_norm, E, hp->rms_eps);
-		err = hp->recurrent[il] ? moe_fwd_deltanet(f, il) : moe_fwd_attention(f, il);
-		if (err != MOE_OK)
+	/* the trunk only: MTP blocks (qwen35moe) follow it in m->layers and run
+	 * after it, for drafting (mtp.c) */
+	for (int il = 0; il < hp->n_layer; il++)
+		if ((err = moe_fwd_layer(f, il)) != MOE_OK)
 			return err;
-		for (int64_t i = 0; i < n * E; i++)
-			f->x[i] += f->y[i];
-		for (int64_t t = 0; t < n; t++)
-			moe_rmsnorm(f->xn + t * E, f->x + t * E, L->ffn_norm, E, hp->rms_eps);
-		if ((err = moe_block(f, il)) != MOE_OK)
-			return err;
-		for (int64_t i = 0; i < n * E; i++)
-			f->x[i] += f->y[i];
-	}
+	if (f->o.mtp && (err = moe_mtp_catch_up(f, tokens)) != MOE_OK)
+		return err;
 	for (int64_t t = 0; t < n; t++) {
 		const int s = f->slot[t];
 		f->len[s] = f->pos[t] + 1;
@@ -921,7 +967,10 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 	for (int64_t t = 0; t < n; t++) {
 		if (want != NULL && !want[t])
 			continue;
-		moe_rmsnorm(f->xn + n_out * E, f->x + t * E, m->out_norm, E, hp->rms_eps);
+		if (f->o.mtp) /* the same rows, normed before the MTP block ran */
+			memcpy(f->xn + n_out * E, f->mtp_hn + t * E, (size_t)E * sizeof(float));
+		else
+			moe_rmsnorm(f->xn + n_out * E, f->x + t * E, m->out_norm, E, hp->rms_eps);
 		n_out++;
 	}
 	if (n_out == 0)
@@ -933,7 +982,7 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
  * scratch for the longest of them (grown by whole KV blocks), and the KV
  * blocks of every sequence.  On an error nothing has changed (the blocks
  * taken are given back). */
-static moe_err take_memory(moe_fwd *f)
+moe_err moe_fwd_take_memory(moe_fwd *f)
 {
 	const moe_hparams *hp = &f->m->hp;
 	if (f->kv.n_layers == 0)
@@ -1010,7 +1059,7 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
 	if (n_want > 0 && logits == NULL)
 		return moe_fail(MOE_ERR_INVAL, "fwd: %lld logit rows wanted but logits is NULL",
 		                (long long)n_want);
-	moe_err err = take_memory(f);
+	moe_err err = moe_fwd_take_memory(f);
 	if (err != MOE_OK)
 		return err;
 

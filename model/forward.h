@@ -1,6 +1,6 @@
 /*
  * forward.h - the single-process forward pass of qwen3moe / qwen3next /
- * qwen35moe models (the trunk; qwen35moe's MTP blocks are loaded, not run).
+ * qwen35moe models, and qwen35moe's MTP block for drafting (moe_fwd_mtp_draft).
  *
  * A moe_model is a validated view of the weights in a mapped GGUF file (no
  * copy).  A moe_fwd is one inference context on a model: a fixed number of
@@ -46,6 +46,9 @@ void moe_model_destroy(moe_model *m); /* NULL is a no-op */
 const moe_hparams *moe_model_hparams(const moe_model *m);
 const moe_gguf *moe_model_gguf(const moe_model *m);
 
+/* Whether m can draft with its MTP block: a qwen35moe file that has one. */
+bool moe_model_has_mtp(const moe_model *m);
+
 /* The stacked routed-expert tensors of layer il (pointers into the mapping),
  * as moe_expert_ffn_run takes them; NULL if il is not a trunk layer
  * (0 <= il < n_layer: MTP blocks are not served). */
@@ -87,6 +90,10 @@ typedef struct moe_fwd_opts {
 	int gdn_chunk;          /* DeltaNet runs of >= this many tokens of one sequence use the
 	                         * chunked form (default 0 = always the recurrent form, whose
 	                         * logits do not depend on how a sequence is cut into steps) */
+	bool mtp; /* keep what moe_fwd_mtp_draft needs (default false): every step also runs
+	           * the MTP block on its rows, whose KV is one more attention layer of the
+	           * cache, and a slot's state includes its last trunk hidden row; a model
+	           * without moe_model_has_mtp is refused (MOE_ERR_UNSUPPORTED) */
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
 } moe_fwd_opts;
 
@@ -154,22 +161,24 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b);
  * give the logits they would have given in the first slot, bit for bit. */
 
 /* Bytes of one sequence's DeltaNet state (conv + recurrent, all DeltaNet
- * layers); 0 for qwen3moe. */
+ * layers) and, with o.mtp, its last trunk hidden row; 0 for qwen3moe. */
 size_t moe_fwd_state_size(const moe_fwd *f);
 
 /* Copies slot's DeltaNet state, as it stands at the slot's current position,
  * to out[0..moe_fwd_state_size): per DeltaNet layer in layer order the conv
  * state f32 [conv_kernel-1][conv_dim] (oldest position first), then the
- * recurrent state f32 [n_v_heads][head_k][head_v].  MOE_ERR_INVAL if slot is
- * not open. */
+ * recurrent state f32 [n_v_heads][head_k][head_v]; then, with o.mtp, the f32
+ * [n_embd] post-norm trunk hidden row of the slot's last position (the MTP
+ * block's input for the next).  MOE_ERR_INVAL if slot is not open. */
 moe_err moe_fwd_seq_state_read(const moe_fwd *f, int slot, void *out);
 
 /* Replaces slot's DeltaNet state by in (the layout above); its length and KV
  * are unchanged.  MOE_ERR_INVAL if slot is not open. */
 moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in);
 
-/* Bytes of one position's K and V over all full-attention layers in the
- * context's KV type: the unit of moe_fwd_seq_kv_read / _write. */
+/* Bytes of one position's K and V over all full-attention layers (with
+ * o.mtp, the MTP block's last) in the context's KV type: the unit of
+ * moe_fwd_seq_kv_read / _write. */
 size_t moe_fwd_kv_pos_bytes(const moe_fwd *f);
 
 /* Copies the K and V of positions [p0, p1) of slot to
@@ -195,6 +204,27 @@ moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const
  * written (or computed) KV [0, n) and the state at n.  MOE_ERR_INVAL if slot
  * is not open or n is not within [0, positions held]. */
 moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n);
+
+/* ---- MTP drafting (o.mtp) ---------------------------------------------------------
+ * The MTP block at position p takes the token at p and the post-norm trunk
+ * hidden row of p - 1 (zeros at 0) and gives logits for p + 1, and its own
+ * post-norm output row, which stands in for the trunk's at p in the next
+ * pass of a chain (as llama.cpp drafts).  Every step runs it on its rows so
+ * that its KV follows the trunk's (cut, snapshotted and freed with it). */
+
+/* Drafts greedily for n_seq distinct open slots at once: for sequence j, whose
+ * next token tokens[j] is not yet run (it goes at position len = the slot's
+ * length), up to max[j] tokens (fewer where n_ctx ends; at most stride) into
+ * draft[j*stride ..], their number into n_draft[j].  The pass for draft i runs
+ * the MTP block at position len + i, writing its KV rows there (the next step
+ * writes them again); the slot's length, trunk KV and state are unchanged.
+ * logits1, if not NULL, gets each sequence's first pass's logits
+ * [n_seq][n_vocab] (max[j] >= 1).  Errors: MOE_ERR_UNSUPPORTED (context
+ * without o.mtp), MOE_ERR_INVAL (slot not open or repeated, token id, max,
+ * n_seq > max_batch), MOE_ERR_NOMEM (KV blocks past the budget; nothing
+ * changed); no draft is valid after an error. */
+moe_err moe_fwd_mtp_draft(moe_fwd *f, int32_t *draft, int *n_draft, float *logits1, int n_seq,
+                          const int32_t *slots, const int32_t *tokens, const int *max, int stride);
 
 /* ---- memory ------------------------------------------------------------------------ */
 

@@ -170,6 +170,7 @@ struct moe_fwd {
 	int nth;
 	moe_expert_backend backend;
 	moe_local_experts local;
+	moe_expert_backend local_backend; /* on local: the MTP block's experts */
 
 	/* slots */
 	bool *open;    /* [n_slots] */
@@ -223,7 +224,37 @@ struct moe_fwd {
 	int64_t n;
 	const int32_t *slot;
 	const int32_t *pos;
+
+	/* MTP drafting (o.mtp; mtp.c): the MTP block's KV is one more layer of kv
+	 * (index n_attn), and a slot's state includes its last trunk hidden row */
+	float *mtp_h;      /* [n_slots][n_embd] post-norm trunk hidden of the last position */
+	float *mtp_hn;     /* [B][n_embd] post-norm trunk hidden of the chunk's rows */
+	float *mtp_hin;    /* [B][n_embd] the MTP block's hidden input per row */
+	float *mtp_cat;    /* [B][2*n_embd] [enorm(embedding); hnorm(h)] */
+	float *mtp_g;      /* [B][n_embd] the MTP block's post-norm output (the next h) */
+	float *mtp_logits; /* [n_slots][n_vocab] */
+	int32_t *mtp_tok;  /* [B] */
+	int32_t *mtp_slot; /* [B] */
+	int32_t *mtp_pos;  /* [B] */
+	int32_t *mtp_row;  /* [n_slots] a drafting sequence's row in the last pass */
 };
+
+/* One block (attention or DeltaNet, then MoE) of layer il on the chunk's
+ * residual stream f->x, in place. */
+moe_err moe_fwd_layer(moe_fwd *f, int il);
+
+/* Groups the chunk's tokens by slot (f->order, f->runs, f->run_slot). */
+void moe_fwd_group_runs(moe_fwd *f);
+
+/* Scores scratch and KV blocks for a step whose sequences end at f->next[];
+ * nothing changed on an error. */
+moe_err moe_fwd_take_memory(moe_fwd *f);
+
+/* After the trunk of a chunk (f->x its output): the post-norm hidden rows into
+ * f->mtp_hn, and the MTP block run on every row (its KV written), each row
+ * paired with the hidden row of the position before (f->mtp_h for a slot's
+ * first); f->mtp_h then holds each slot's last row.  Clobbers f->x. */
+moe_err moe_mtp_catch_up(moe_fwd *f, const int32_t *tokens);
 
 /* y[t] = W x[t] for t < n_tok (moe_matmul on the context's pool). */
 moe_err moe_fwd_matmul(moe_fwd *f, float *y, const moe_wmat *w, const float *x, int64_t n_tok);

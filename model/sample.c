@@ -436,12 +436,25 @@ moe_err moe_spec_mode_parse(moe_spec_mode *out, const char *s)
 	else if (strcmp(s, "ngram") == 0)
 		*out = MOE_SPEC_NGRAM;
 	else if (strcmp(s, "mtp") == 0)
-		return moe_fail(MOE_ERR_INVAL,
-		                "--spec mtp: drafting with the model's MTP layer is not built yet "
-		                "(use ngram)");
+		*out = MOE_SPEC_MTP;
 	else
-		return moe_fail(MOE_ERR_INVAL, "--spec '%s': expected none or ngram", s);
+		return moe_fail(MOE_ERR_INVAL, "--spec '%s': expected none, ngram or mtp", s);
 	return MOE_OK;
+}
+
+const char *moe_spec_mode_name(moe_spec_mode m)
+{
+	return m == MOE_SPEC_MTP ? "mtp" : m == MOE_SPEC_NGRAM ? "ngram" : "none";
+}
+
+moe_err moe_spec_mode_check(moe_spec_mode mode, bool model_has_mtp, const char *path)
+{
+	if (mode != MOE_SPEC_MTP || model_has_mtp)
+		return MOE_OK;
+	return moe_fail(MOE_ERR_UNSUPPORTED,
+	                "--spec mtp: %s has no MTP (nextn) block to draft with (qwen35moe files "
+	                "converted with it); use --spec ngram",
+	                path);
 }
 
 int moe_ngram_draft(int32_t *draft, int max, const int32_t *hist, size_t len)

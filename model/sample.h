@@ -73,11 +73,19 @@ int32_t moe_argmax(const float *x, int64_t n);
 typedef enum moe_spec_mode {
 	MOE_SPEC_NONE,
 	MOE_SPEC_NGRAM, /* prompt lookup: the tokens after the latest earlier match */
+	MOE_SPEC_MTP,   /* the model's MTP block (moe_fwd_mtp_draft) */
 } moe_spec_mode;
 
-/* "none" or "ngram" into *out; MOE_ERR_INVAL naming the text otherwise
- * ("mtp" too: the MTP layers are loaded but not run yet). */
+/* "none", "ngram" or "mtp" into *out; MOE_ERR_INVAL naming the text
+ * otherwise. */
 moe_err moe_spec_mode_parse(moe_spec_mode *out, const char *s);
+
+/* The name above of a mode. */
+const char *moe_spec_mode_name(moe_spec_mode m);
+
+/* MOE_OK if model_has_mtp or mode is not MOE_SPEC_MTP; else
+ * MOE_ERR_UNSUPPORTED, saying that the file (path) has no MTP block. */
+moe_err moe_spec_mode_check(moe_spec_mode mode, bool model_has_mtp, const char *path);
 
 /* Prompt lookup: the longest n in [MOE_NGRAM_MIN, MOE_NGRAM_MAX] for which
  * the last n tokens of hist[0..len) occurred earlier in it; of that n, the

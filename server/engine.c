@@ -113,6 +113,13 @@ struct moe_engine {
 	int64_t *d_from; /* [n_slots] the slot's length before the step */
 	int *d_fed;      /* [n_slots] tokens of the sequence (not drafts) the step ran */
 	uint8_t *snap;   /* [n_slots][st_size] states from before the step */
+	/* --spec mtp: the step's MTP drafts, made for every slot at once */
+	int32_t *m_slot; /* [n_slots] the drafting slots */
+	int32_t *m_tok;  /* [n_slots] their next tokens */
+	int *m_max;      /* [n_slots] their bounds */
+	int *m_nd;       /* [n_slots] drafts made, per drafting slot */
+	int32_t *m_d;    /* [n_slots][dmax] */
+	int *m_n;        /* [n_slots] drafts made, per slot */
 
 	/* metrics, under mu */
 	uint64_t prompt_tokens, gen_tokens, steps;
@@ -732,12 +739,52 @@ static void admit(moe_engine *e)
 	}
 }
 
+/* Whether slot s's sequence drafts this step: decoding, only its last token
+ * taken is not in the cache (so no taken tokens run again), and it may take
+ * more than one token; *room is how many past the next. */
+static bool may_draft(const moe_engine *e, int s, int *room)
+{
+	const moe_gen *g = e->active[s];
+	if (e->dmax == 0 || g == NULL || g->n_fed < g->n_prompt || g->done != MOE_GEN_RUNNING)
+		return false;
+	const int64_t hist = (int64_t)g->n_prompt + g->n_sched;
+	*room = g->max_tokens - g->n_sched - 1;
+	return moe_fwd_seq_len(e->f, s) == hist - 1 && *room > 0;
+}
+
+/* --spec mtp: the drafts of every slot that drafts this step, in one call
+ * (e->m_n, e->m_d); none where it fails. */
+static void mtp_drafts(moe_engine *e)
+{
+	int n = 0, room;
+	for (int s = 0; s < e->o.n_slots; s++) {
+		e->m_n[s] = 0;
+		if (!may_draft(e, s, &room))
+			continue;
+		const moe_gen *g = e->active[s];
+		e->m_slot[n] = s;
+		e->m_tok[n] = g->prompt[g->n_prompt + g->n_sched - 1];
+		e->m_max[n++] = room < g->d_max ? room : g->d_max;
+	}
+	if (n == 0 || moe_fwd_mtp_draft(e->f, e->m_d, e->m_nd, NULL, n, e->m_slot, e->m_tok,
+	                                e->m_max, e->dmax) != MOE_OK)
+		return;
+	for (int j = 0; j < n; j++) {
+		const int s = e->m_slot[j];
+		e->m_n[s] = e->m_nd[j];
+		memcpy(e->d_tok + (size_t)s * (size_t)e->dmax, e->m_d + (size_t)j * (size_t)e->dmax,
+		       (size_t)e->m_nd[j] * sizeof *e->m_d);
+	}
+}
+
 /* Builds the next batch from the active slots (scheduler thread).  Returns
  * the number of tokens. */
 static int64_t build_batch(moe_engine *e, int *n_rows)
 {
 	int64_t n = 0;
 	int rows = 0;
+	if (e->m_n != NULL)
+		mtp_drafts(e);
 	/* decoding sequences first: the tokens taken but not in the cache (the
 	 * last one taken; after a refused draft with a DeltaNet state, those of
 	 * the last step again), then drafts, if none had to run again */
@@ -757,12 +804,13 @@ static int64_t build_batch(moe_engine *e, int *n_rows)
 		e->b_gen[rows++] = g;
 		e->d_from[s] = len;
 		e->d_fed[s] = (int)(hist - len);
-		const int room = g->max_tokens - g->n_sched - 1; /* rows past the next token */
-		if (e->dmax == 0 || len != hist - 1 || room <= 0)
+		int room; /* rows past the next token */
+		if (!may_draft(e, s, &room))
 			continue;
 		int32_t *d = e->d_tok + (size_t)s * (size_t)e->dmax;
-		e->d_n[s] =
-		    moe_ngram_draft(d, room < g->d_max ? room : g->d_max, g->prompt, (size_t)hist);
+		e->d_n[s] = e->m_n != NULL ? e->m_n[s]
+		                           : moe_ngram_draft(d, room < g->d_max ? room : g->d_max,
+		                                             g->prompt, (size_t)hist);
 		for (int i = 0; i < e->d_n[s]; i++, n++) {
 			e->b_tok[n] = d[i];
 			e->b_slot[n] = s;
@@ -1087,6 +1135,12 @@ static void free_engine(moe_engine *e)
 	free(e->d_acc);
 	free(e->d_from);
 	free(e->d_fed);
+	free(e->m_slot);
+	free(e->m_tok);
+	free(e->m_max);
+	free(e->m_nd);
+	free(e->m_d);
+	free(e->m_n);
 	free(e->snap);
 	free(e);
 }
@@ -1131,6 +1185,19 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->d_acc = calloc(ns, sizeof *e->d_acc);
 	e->d_from = calloc(ns, sizeof *e->d_from);
 	e->d_fed = calloc(ns, sizeof *e->d_fed);
+	if (e->dmax > 0 && o.spec == MOE_SPEC_MTP) {
+		e->m_slot = malloc(ns * sizeof *e->m_slot);
+		e->m_tok = malloc(ns * sizeof *e->m_tok);
+		e->m_max = malloc(ns * sizeof *e->m_max);
+		e->m_nd = malloc(ns * sizeof *e->m_nd);
+		e->m_d = malloc(ns * dm * sizeof *e->m_d);
+		e->m_n = calloc(ns, sizeof *e->m_n);
+		if (e->m_slot == NULL || e->m_tok == NULL || e->m_max == NULL || e->m_nd == NULL ||
+		    e->m_d == NULL || e->m_n == NULL) {
+			err = moe_fail(MOE_ERR_NOMEM, "serve: MTP draft buffers");
+			goto out_free_bufs;
+		}
+	}
 	e->expert_tokens =
 	    calloc((size_t)hp->n_layer * (size_t)hp->n_expert, sizeof *e->expert_tokens);
 	e->active = calloc((size_t)o.n_slots, sizeof *e->active);
@@ -1157,6 +1224,7 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.n_threads = o.n_threads;
 	fo.kv_type = o.kv_type;
 	fo.kv_budget_bytes = o.kv_budget_bytes;
+	fo.mtp = e->m_n != NULL;
 	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;

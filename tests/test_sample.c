@@ -376,8 +376,14 @@ Test(ngram, spec_modes)
 	cr_expect_eq(m, MOE_SPEC_NONE);
 	cr_expect_eq(moe_spec_mode_parse(&m, "ngram"), MOE_OK);
 	cr_expect_eq(m, MOE_SPEC_NGRAM);
-	cr_expect_eq(moe_spec_mode_parse(&m, "mtp"), MOE_ERR_INVAL);
+	cr_expect_eq(moe_spec_mode_parse(&m, "mtp"), MOE_OK);
+	cr_expect_eq(m, MOE_SPEC_MTP);
 	cr_expect_eq(moe_spec_mode_parse(&m, "eagle"), MOE_ERR_INVAL);
+	cr_expect_str_eq(moe_spec_mode_name(MOE_SPEC_MTP), "mtp");
+	cr_expect_eq(moe_spec_mode_check(MOE_SPEC_MTP, true, "x.gguf"), MOE_OK);
+	cr_expect_eq(moe_spec_mode_check(MOE_SPEC_NGRAM, false, "x.gguf"), MOE_OK);
+	cr_expect_eq(moe_spec_mode_check(MOE_SPEC_MTP, false, "x.gguf"), MOE_ERR_UNSUPPORTED);
+	cr_expect(strstr(moe_err_detail(), "x.gguf has no MTP") != NULL, "%s", moe_err_detail());
 }
 
 Test(ngram, the_next_draft_bound_follows_what_was_taken)

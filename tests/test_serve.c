@@ -636,3 +636,32 @@ Test(serve, spec_ngram_changes_no_byte_without_one_and_on_workers, .timeout = 60
 	spec_same_bytes(p, false);
 	spec_same_bytes(kjv(), true);
 }
+
+/* MTP drafts (--spec mtp, qwen35moe's MTP block; the tiny fixture's random
+ * weights: few are taken) change no byte either, alone or with the experts
+ * on workers (the block's own experts stay on the coordinator); a file
+ * without the block is refused at start-up. */
+Test(serve, spec_mtp_changes_no_byte_alone_and_on_workers, .timeout = 600)
+{
+	const char *model = path_in("MOE_FIXTURES", "qwen35moe-tiny-F32.gguf");
+	const char *const none[] = {"--parallel", "4", NULL};
+	const char *const mtp[] = {"--parallel", "4", "--spec", "mtp", NULL};
+	const char *const mtp_cl[] = {"--parallel", "4",           "--spec", "mtp", "--workers",
+	                              "2",          "--draft-max", "3",      NULL};
+	cJSON *off = json_case("spec", model, none);
+	for (int cl = 0; cl < 2; cl++) {
+		cJSON *on = json_case("spec", model, cl ? mtp_cl : mtp);
+		same_json(off, on, "texts", cl ? "--spec mtp --workers 2" : "--spec mtp");
+		same_json(off, on, "logprobs", cl ? "--spec mtp --workers 2" : "--spec mtp");
+		const double drafted = metric(on, "moemesh_spec_drafted_tokens_total");
+		const double accepted = metric(on, "moemesh_spec_accepted_tokens_total");
+		cr_expect_gt(drafted, 0, "nothing drafted");
+		cr_expect_lt(accepted, drafted, "every draft was taken: refusals are untested");
+		cJSON_Delete(on);
+	}
+	cJSON_Delete(off);
+	char msg[8192];
+	start(path_in("MOE_FIXTURES", "qwen3next-tiny-F32.gguf"),
+	      (const char *const[]){"--spec", "mtp", NULL}, false, msg, sizeof msg);
+	cr_expect(strstr(msg, "has no MTP (nextn) block") != NULL, "%s", msg);
+}
