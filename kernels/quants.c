@@ -871,6 +871,11 @@ moe_err moe_quantize_row(moe_type t, void *dst, const float *src, int64_t n)
 	case MOE_TYPE_Q8_K:
 		quant_q8_K(dst, src, n);
 		break;
+	case MOE_TYPE_IQ4_NL:
+	case MOE_TYPE_IQ4_XS:
+	case MOE_TYPE_MXFP4:
+		moe_quant_iq4(t, dst, src, n);
+		break;
 	default:
 		return moe_fail(MOE_ERR_UNSUPPORTED, "quantize: type %s is not implemented",
 		                tr->name);

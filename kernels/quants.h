@@ -302,6 +302,9 @@ void moe_vec_dot_iq4_xs_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_mxfp4_ref(int64_t n, float *s, const void *w, const void *a);
 /* Dequantises n values of IQ4_NL, IQ4_XS or MXFP4 (n a multiple of the block). */
 void moe_dequant_iq4(moe_type t, float *y, const void *src, int64_t n);
+/* Quantises n finite floats to IQ4_NL, IQ4_XS or MXFP4 (ggml's algorithms, no
+ * importance matrix). */
+void moe_quant_iq4(moe_type t, void *dst, const float *x, int64_t n);
 void moe_dots_ref_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx2_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq4.c */
 void moe_dots_neon_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq4.c */

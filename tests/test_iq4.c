@@ -10,11 +10,13 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "isa_levels.h"
 #include "kernels/kernels.h"
+#include "model/gguf.h"
 
 static const moe_type iq_types[] = {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4};
 #define N_IQ (sizeof(iq_types) / sizeof(iq_types[0]))
@@ -364,3 +366,65 @@ static void matmul_same_bits(moe_isa level)
 }
 
 ISA_SIMD_TESTS(iq4, matmul_same_bits_as_scalar, matmul_same_bits)
+
+/* ---- the quantizers against llama-quantize ---------------------------------------- */
+
+static moe_gguf *open_fixture(const char *name)
+{
+	const char *dir = getenv("MOE_FIXTURES");
+	char path[1024];
+	moe_gguf *g = NULL;
+
+	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK, "%s: %s", path, moe_err_detail());
+	return g;
+}
+
+/*
+ * The IQ4 / MXFP4 fixtures were made by `llama-quantize F32 out TYPE` from an
+ * F32 twin holding qwen3moe-kq-Q4_K_M.gguf's values (tests/fixtures/README.md):
+ * so the Q4_K_M tensor dequantised and quantised by moe_quantize_row gives
+ * the fixture's bytes, for a prefix of every IQ4_NL, IQ4_XS and MXFP4 tensor.
+ */
+Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
+{
+	const char *files[] = {"qwen3moe-kq-IQ4_XS.gguf", "qwen3moe-kq-IQ4_NL.gguf",
+	                       "qwen3moe-kq-MXFP4_MOE.gguf"};
+	int seen[MOE_TYPE_COUNT] = {0};
+	moe_gguf *src = open_fixture("qwen3moe-kq-Q4_K_M.gguf");
+	for (size_t fi = 0; fi < sizeof(files) / sizeof(files[0]); fi++) {
+		moe_gguf *gq = open_fixture(files[fi]);
+		for (int64_t i = 0; i < moe_gguf_n_tensors(gq); i++) {
+			const moe_gguf_tensor *tq = moe_gguf_tensor_at(gq, i);
+			if (tq->type != MOE_TYPE_IQ4_NL && tq->type != MOE_TYPE_IQ4_XS &&
+			    tq->type != MOE_TYPE_MXFP4)
+				continue;
+			char name[256];
+			snprintf(name, sizeof(name), "%.*s", (int)tq->name.len, tq->name.ptr);
+			const moe_gguf_tensor *tf = moe_gguf_find_tensor(src, name);
+			cr_assert_not_null(tf, "%s", name);
+			const int64_t n = tq->n_elements < 256 * 64 ? tq->n_elements : 256 * 64;
+			const size_t sz = moe_row_size(tq->type, n);
+			float *f = malloc(sizeof(float) * (size_t)n);
+			uint8_t *buf = malloc(sz);
+			cr_assert(f != NULL && buf != NULL);
+			cr_assert_eq(moe_dequantize_row(tf->type, f, tf->data, n), MOE_OK);
+			cr_assert_eq(moe_quantize_row(tq->type, buf, f, n), MOE_OK);
+			const size_t bs = moe_type_get(tq->type)->type_size;
+			for (size_t b = 0; b < sz / bs; b++)
+				cr_assert(memcmp(buf + b * bs, (const uint8_t *)tq->data + b * bs,
+				                 bs) == 0,
+				          "%s %s (%s): block %zu differs", files[fi], name,
+				          moe_type_get(tq->type)->name, b);
+			seen[tq->type]++;
+			free(buf);
+			free(f);
+		}
+		moe_gguf_close(gq);
+	}
+	moe_gguf_close(src);
+	cr_assert_eq(seen[MOE_TYPE_IQ4_XS], 9);
+	cr_assert_eq(seen[MOE_TYPE_IQ4_NL], 9);
+	cr_assert_eq(seen[MOE_TYPE_MXFP4], 6);
+}
