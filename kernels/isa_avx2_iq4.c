@@ -185,8 +185,12 @@ static ALWAYS_INLINE __m256 lane_rows_d(int kind, int R, int T, const uint8_t *c
 	if (kind == KIND_MX) {
 		if (R == 1)
 			return _mm256_set1_ps(moe_e8m0_half(p[0][0]));
-		return e8m0_half_v(_mm256_setr_epi32(p[0][0], p[1][0], p[2][0], p[3][0], p[4][0],
-		                                     p[5][0], p[6][0], p[7][0]));
+		/* the 8 exponents packed in a general-purpose register, one move over */
+		uint64_t e = 0;
+		for (int k = 0; k < NP; k++)
+			e |= (uint64_t)p[k][0] << (8 * k);
+		__asm__("" : "+r"(e));
+		return e8m0_half_v(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e)));
 	}
 	if (R == 1)
 		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(p[0])));
