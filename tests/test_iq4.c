@@ -334,7 +334,9 @@ static void matmul_same_bits(moe_isa level)
 			uint8_t *xq = rand_act(t, (int64_t)MAXT * COLS);
 			const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
 			static float want[MAXT * LONG_R], got[MAXT * LONG_R];
-			for (int nr = 1; nr <= LONG_R; nr = nr < MAXR ? nr + 1 : LONG_R + 1)
+			for (int nr = 1; nr <= LONG_R; nr = nr < MAXR    ? nr + 1
+			                                    : nr == MAXR ? LONG_R
+			                                                 : LONG_R + 1)
 				for (int nt = 1; nt <= MAXT; nt = nr <= MAXR ? nt + 1 : nt + 9) {
 					const int r0 = LONG_R - nr, t0 = MAXT - nt;
 					cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
@@ -428,3 +430,26 @@ Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
 	cr_assert_eq(seen[MOE_TYPE_IQ4_NL], 9);
 	cr_assert_eq(seen[MOE_TYPE_MXFP4], 6);
 }
+
+/* One token on long IQ4_XS rows (40 blocks) over 37 rows (the 8 row runs of
+ * the one-token tile, in claims of 16 rows and an edge): the scalar level's
+ * bits. */
+static void xs_long_rows_same_bits(moe_isa level)
+{
+	enum { ROWS = 37, COLS = 256 * 40 };
+	rng_state = 31337;
+	uint8_t *w = rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
+	void *xq = rand_act(MOE_TYPE_IQ4_XS, COLS);
+	float want[ROWS], got[ROWS];
+	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
+	for (int r = 0; r < ROWS; r++)
+		cr_assert(same_float(want[r], got[r]), "%s: row %d: %.9g, scalar %.9g",
+		          moe_isa_name(level), r, got[r], want[r]);
+	free(xq);
+	free(w);
+}
+
+ISA_SIMD_TESTS(iq4, xs_one_token_long_rows_same_bits, xs_long_rows_same_bits)
