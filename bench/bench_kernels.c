@@ -39,8 +39,10 @@ typedef struct bk_type {
 } bk_type;
 
 static const bk_type bk_types[] = {
-    {MOE_TYPE_Q4_K, true}, {MOE_TYPE_Q6_K, true}, {MOE_TYPE_Q8_0, true}, {MOE_TYPE_Q4_0, true},
-    {MOE_TYPE_Q5_K, true}, {MOE_TYPE_F16, false}, {MOE_TYPE_F32, false},
+    {MOE_TYPE_Q4_K, true},   {MOE_TYPE_Q6_K, true},    {MOE_TYPE_Q8_0, true},
+    {MOE_TYPE_Q4_0, true},   {MOE_TYPE_Q5_K, true},    {MOE_TYPE_F16, false},
+    {MOE_TYPE_F32, false},   {MOE_TYPE_IQ4_XS, false}, {MOE_TYPE_IQ4_NL, false},
+    {MOE_TYPE_MXFP4, false},
 };
 #define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
 

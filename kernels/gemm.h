@@ -30,6 +30,7 @@ moe_gemm_fn moe_gemm_get(moe_type t);
  * dot, whose bits test_matmul's every-level comparison would catch. */
 moe_gemm_fn moe_gemm_avx512(moe_type t);
 moe_gemm_fn moe_gemm_avx2(moe_type t);
+moe_gemm_fn moe_gemm_avx2_iq4(moe_type t); /* IQ4_NL, IQ4_XS, MXFP4 (isa_avx2_iq4.c) */
 
 /* Single-threaded: y[t*ldy + (r - r0)] = row r . token t for r in [r0, r1)
  * and t < n_tok; w points at row 0. The same per-element arithmetic as

@@ -708,6 +708,6 @@ moe_gemm_fn moe_gemm_avx2(moe_type t)
 	case MOE_TYPE_Q5_0:
 		return gemm_q5_0;
 	default:
-		return NULL;
+		return moe_gemm_avx2_iq4(t);
 	}
 }

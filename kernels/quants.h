@@ -161,6 +161,54 @@ typedef struct moe_block_q8_K {
 } moe_block_q8_K;
 static_assert(sizeof(moe_block_q8_K) == 292, "Q8_K block is 292 bytes");
 
+/*
+ * IQ4_NL (18 bytes / 32 values): value = d * moe_iq4nl_values[q], q in 0..15
+ * (a fixed non-linear 16-entry table of int8 levels, -127..113).
+ *   byte 0-1  d      fp16
+ *   byte 2-17 qs[16] qs[j] low nibble = q of value j, high nibble = q of value j+16
+ */
+typedef struct moe_block_iq4_nl {
+	uint16_t d;
+	uint8_t qs[16];
+} moe_block_iq4_nl;
+static_assert(sizeof(moe_block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
+
+/*
+ * IQ4_XS (136 bytes / 256 values): 8 sub-blocks of 32 values with a 6-bit
+ * scale ls each; value = d * (ls[s] - 32) * moe_iq4nl_values[q], q in 0..15.
+ *   byte 0-1    d           fp16
+ *   byte 2-3    scales_h    u16 LE: bits 2s, 2s+1 = bits 4, 5 of ls[s]
+ *   byte 4-7    scales_l[4] low 4 bits: ls[s] & 15 = scales_l[s/2] >> 4*(s%2)
+ *   byte 8-135  qs[128]     16 bytes per sub-block s (qs[16s..16s+15]):
+ *               low nibble = q of value 32s + j, high nibble = of 32s + 16 + j
+ */
+typedef struct moe_block_iq4_xs {
+	uint16_t d;
+	uint16_t scales_h;
+	uint8_t scales_l[4];
+	uint8_t qs[128];
+} moe_block_iq4_xs;
+static_assert(sizeof(moe_block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
+
+/*
+ * MXFP4 (17 bytes / 32 values), OCP Microscaling FP4: value = 2^(e-127) * fp4(q),
+ * fp4 = E2M1 (sign, 2 exponent bits, 1 mantissa bit: 0, 0.5, 1, 1.5, 2, 3, 4, 6).
+ * Computed, as in ggml, as moe_e8m0_half(e) * moe_mxfp4_values[q] with the E2M1
+ * values doubled into integers (-12..12) and the scale halved: 2^(e-128).
+ *   byte 0    e      E8M0 shared exponent (255 = NaN: the block's values are NaN)
+ *   byte 1-16 qs[16] qs[j] low nibble = q of value j, high nibble = q of value j+16
+ */
+typedef struct moe_block_mxfp4 {
+	uint8_t e;
+	uint8_t qs[16];
+} moe_block_mxfp4;
+static_assert(sizeof(moe_block_mxfp4) == 17, "MXFP4 block is 17 bytes");
+
+/* The levels of IQ4_NL/IQ4_XS codes and the doubled E2M1 values of MXFP4
+ * codes (quants_iq4.c). */
+extern const int8_t moe_iq4nl_values[16];
+extern const int8_t moe_mxfp4_values[16];
+
 /* ---- half-precision conversions (bit-exact, round to nearest even) -------- */
 
 static inline float moe_bits_f32(uint32_t u)
@@ -207,6 +255,22 @@ static inline void moe_k4_scale_min(int s, const uint8_t *scales, uint8_t *sc, u
 	}
 }
 
+/* Half an E8M0 scale, 2^(e-128) as f32 (e = 0, 1: subnormal); NaN for e = 255. */
+static inline float moe_e8m0_half(uint8_t e)
+{
+	if (e == 255)
+		return moe_bits_f32(0x7fc00000u);
+	if (e < 2)
+		return moe_bits_f32(0x00200000u << e);
+	return moe_bits_f32((uint32_t)(e - 1) << 23);
+}
+
+/* The 6-bit scale ls (0..63) of sub-block s (0..7) of an IQ4_XS block. */
+static inline int moe_iq4xs_scale(const moe_block_iq4_xs *b, int s)
+{
+	return ((b->scales_l[s / 2] >> (4 * (s % 2))) & 15) | ((b->scales_h >> (2 * s)) & 3) << 4;
+}
+
 /* ---- scalar references (quants.c) ----------------------------------------------- */
 
 /* The canonical arithmetic of the block types with tile kernels (Q8_0, Q4_0,
@@ -228,6 +292,22 @@ void moe_vec_dot_q8_0_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q4_K_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q5_K_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q6_K_ref(int64_t n, float *s, const void *w, const void *a);
+
+/* IQ4_NL and MXFP4 (x Q8_0), IQ4_XS (x Q8_K): quants_iq4.c.  Canonical
+ * arithmetic as above: per block the exact integer sum (IQ4_XS: of
+ * (ls - 32) times each sub-block's dot), acc = fmaf((float)isum, dw * da, acc)
+ * in block order, dw = fp16 d (MXFP4: moe_e8m0_half(e)). */
+void moe_vec_dot_iq4_nl_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq4_xs_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_mxfp4_ref(int64_t n, float *s, const void *w, const void *a);
+/* Dequantises n values of IQ4_NL, IQ4_XS or MXFP4 (n a multiple of the block). */
+void moe_dequant_iq4(moe_type t, float *y, const void *src, int64_t n);
+/* Quantises n finite floats to IQ4_NL, IQ4_XS or MXFP4 (ggml's algorithms, no
+ * importance matrix). */
+void moe_quant_iq4(moe_type t, void *dst, const float *x, int64_t n);
+void moe_dots_ref_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_avx2_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq4.c */
+void moe_dots_neon_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq4.c */
 
 /* Fills dots[type] with the scalar references (NULL where none). */
 void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);

@@ -20,10 +20,10 @@ static const moe_type_traits type_table[MOE_TYPE_COUNT] = {
     [MOE_TYPE_IQ2_XS] = {"IQ2_XS", 256, 74, false, MOE_TYPE_Q8_K},
     [MOE_TYPE_IQ3_XXS] = {"IQ3_XXS", 256, 98, false, MOE_TYPE_Q8_K},
     [MOE_TYPE_IQ1_S] = {"IQ1_S", 256, 50, false, MOE_TYPE_Q8_K},
-    [MOE_TYPE_IQ4_NL] = {"IQ4_NL", 32, 18, false, MOE_TYPE_Q8_0},
+    [MOE_TYPE_IQ4_NL] = {"IQ4_NL", 32, 18, true, MOE_TYPE_Q8_0},
     [MOE_TYPE_IQ3_S] = {"IQ3_S", 256, 110, false, MOE_TYPE_Q8_K},
     [MOE_TYPE_IQ2_S] = {"IQ2_S", 256, 82, false, MOE_TYPE_Q8_K},
-    [MOE_TYPE_IQ4_XS] = {"IQ4_XS", 256, 136, false, MOE_TYPE_Q8_K},
+    [MOE_TYPE_IQ4_XS] = {"IQ4_XS", 256, 136, true, MOE_TYPE_Q8_K},
     [MOE_TYPE_I8] = {"I8", 1, 1, false, MOE_TYPE_I8},
     [MOE_TYPE_I16] = {"I16", 1, 2, false, MOE_TYPE_I16},
     [MOE_TYPE_I32] = {"I32", 1, 4, false, MOE_TYPE_I32},
@@ -33,7 +33,7 @@ static const moe_type_traits type_table[MOE_TYPE_COUNT] = {
     [MOE_TYPE_BF16] = {"BF16", 1, 2, true, MOE_TYPE_F32},
     [MOE_TYPE_TQ1_0] = {"TQ1_0", 256, 54, false, MOE_TYPE_Q8_K},
     [MOE_TYPE_TQ2_0] = {"TQ2_0", 256, 66, false, MOE_TYPE_Q8_K},
-    [MOE_TYPE_MXFP4] = {"MXFP4", 32, 17, false, MOE_TYPE_Q8_0},
+    [MOE_TYPE_MXFP4] = {"MXFP4", 32, 17, true, MOE_TYPE_Q8_0},
 };
 
 const moe_type_traits *moe_type_get(moe_type t)

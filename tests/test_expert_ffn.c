@@ -230,6 +230,9 @@ static const moe_type ffn_types[][3] = {
     {MOE_TYPE_Q4_0, MOE_TYPE_Q4_0, MOE_TYPE_Q8_0},
     {MOE_TYPE_F32, MOE_TYPE_F32, MOE_TYPE_F32},
     {MOE_TYPE_Q8_0, MOE_TYPE_Q5_K, MOE_TYPE_Q4_K}, /* gate and up take different forms */
+    {MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_XS},
+    {MOE_TYPE_MXFP4, MOE_TYPE_MXFP4, MOE_TYPE_MXFP4}, /* gpt-oss-style experts */
+    {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_NL},
 };
 #define N_FFN_TYPES (sizeof(ffn_types) / sizeof(ffn_types[0]))
 
@@ -413,7 +416,9 @@ static void same_bits_as_scalar(moe_isa level)
 		for (int m = 0; m < 3; m++) {
 			moe_type t = ffn_types[k][m];
 			tiled &= t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K ||
-			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0;
+			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 ||
+			         t == MOE_TYPE_IQ4_NL || t == MOE_TYPE_IQ4_XS ||
+			         t == MOE_TYPE_MXFP4;
 		}
 		if (!tiled)
 			continue;

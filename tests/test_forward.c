@@ -353,6 +353,18 @@ Test(forward, qwen3moe_kq_q4_k_m)
 {
 	check_model("qwen3moe-kq-Q4_K_M", false);
 }
+Test(forward, qwen3moe_kq_iq4_xs)
+{
+	check_model("qwen3moe-kq-IQ4_XS", false);
+}
+Test(forward, qwen3moe_kq_iq4_nl)
+{
+	check_model("qwen3moe-kq-IQ4_NL", false);
+}
+Test(forward, qwen3moe_kq_mxfp4_moe)
+{
+	check_model("qwen3moe-kq-MXFP4_MOE", false);
+}
 Test(forward, qwen3next_tiny_f32)
 {
 	check_model("qwen3next-tiny-F32", true);

@@ -83,8 +83,9 @@ static double half_value(uint16_t h)
 }
 
 static const moe_type dot_types[] = {
-    MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16, MOE_TYPE_Q4_0, MOE_TYPE_Q4_1, MOE_TYPE_Q5_0,
-    MOE_TYPE_Q5_1, MOE_TYPE_Q8_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
+    MOE_TYPE_F32,  MOE_TYPE_F16,    MOE_TYPE_BF16,   MOE_TYPE_Q4_0,  MOE_TYPE_Q4_1,
+    MOE_TYPE_Q5_0, MOE_TYPE_Q5_1,   MOE_TYPE_Q8_0,   MOE_TYPE_Q4_K,  MOE_TYPE_Q5_K,
+    MOE_TYPE_Q6_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4,
 };
 #define N_DOT_TYPES (sizeof(dot_types) / sizeof(dot_types[0]))
 
@@ -104,14 +105,16 @@ static bool is_k_quant(moe_type t)
  * x86 tiles' bits too. */
 static bool is_canonical(moe_type t)
 {
-	return is_k_quant(t) || t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0;
+	return is_k_quant(t) || t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 ||
+	       t == MOE_TYPE_IQ4_NL || t == MOE_TYPE_IQ4_XS || t == MOE_TYPE_MXFP4;
 }
 
 /* The types the NEON files implement (the rest fall back to the reference). */
 static bool has_neon_kernel(moe_type t)
 {
 	return t == MOE_TYPE_F32 || t == MOE_TYPE_F16 || t == MOE_TYPE_BF16 || t == MOE_TYPE_Q8_0 ||
-	       t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 || is_k_quant(t);
+	       t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 || is_k_quant(t) || t == MOE_TYPE_IQ4_NL ||
+	       t == MOE_TYPE_IQ4_XS || t == MOE_TYPE_MXFP4;
 }
 
 typedef struct case_data {

@@ -1,0 +1,391 @@
+/*
+ * isa_avx2_iq4.c - AVX2 + FMA + F16C dot products and tile kernels (gemm.h)
+ * of IQ4_NL and MXFP4 (x Q8_0) and IQ4_XS (x Q8_K), built with the avx2
+ * flags; the AVX-512 level uses them too.
+ *
+ * Both follow the canonical arithmetic of quants.h bit for bit: per block the
+ * exact integer sum, then (float)isum times (dw * da) fused-added into the
+ * element's accumulator in block order.  The 4-bit codes become their int8
+ * levels by one byte shuffle from the 16-entry table (vpshufb); products are
+ * formed as |w| * sign(y, w) by vpmaddubsw (pairs of at most 2 * 127 * 127 <
+ * 2^15, no saturation), widened by vpmaddwd (by ones, or by IQ4_XS's
+ * sub-block scale ls - 32) to int32.  MXFP4's levels (|v| <= 12) leave its
+ * pairs small enough (2 * 12 * 127) to be summed 8 to an int16 lane by the
+ * reduction tree before widening, as Q4_0's are.
+ *
+ * Tiles: 8 (row, token) pairs, R rows x T tokens (8x1, 2x4, 1x8), as
+ * isa_avx2_gemm.c's: the 8 pairs' partial-sum vectors are reduced together
+ * (sum8_i32 / sum8_i16) so lane k holds pair k's exact block sum, converted
+ * and fused-multiply-added by the 8 pairs' scale products; one token over
+ * many rows lays the 8 lanes over 8 long row runs (run_lanes8).  The
+ * one-row dots form each block's sum in vector registers, reduce it exactly
+ * and do the reference's fmaf per block in scalar registers.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "kernels/gemm.h"
+#include "kernels/isa_avx2.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+enum { NP = 8 }; /* pairs per tile */
+enum { KIND_NL, KIND_MX, KIND_XS };
+
+/* The 16 levels of kind's codes in both 128-bit halves. */
+static ALWAYS_INLINE __m256i levels(int kind)
+{
+	const int8_t *t = kind == KIND_MX ? moe_mxfp4_values : moe_iq4nl_values;
+	return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
+}
+
+/* The 32 int8 levels of 16 bytes of codes (low nibbles: values 0..15, high
+ * nibbles: 16..31). */
+static ALWAYS_INLINE __m256i code_values(__m256i lut, const uint8_t *qs)
+{
+	return _mm256_shuffle_epi8(lut, unpack_nibbles(qs));
+}
+
+/* The 16 int16 pair sums of 32 levels qx with 32 activations qy. */
+static ALWAYS_INLINE __m256i pairs(__m256i ax, __m256i qx, __m256i qy)
+{
+	return _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));
+}
+
+/* Half an E8M0 scale per lane (moe_e8m0_half): 2^(e-128), NaN for 255. */
+static ALWAYS_INLINE __m256 e8m0_half_v(__m256i e)
+{
+	const __m256i one = _mm256_set1_epi32(1);
+	__m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, one), 23);
+	__m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+	__m256i bits = _mm256_blendv_epi8(norm, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e));
+	bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7fc00000),
+	                          _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
+	return _mm256_castsi256_ps(bits);
+}
+
+/* ---- one-row dots ---------------------------------------------------------------- */
+
+/* IQ4_NL / MXFP4 x Q8_0: 8 blocks' sums reduced together (block k in lane
+ * k), then the reference's fmaf per block in order. */
+static ALWAYS_INLINE void dot_q32(int kind, int64_t n, float *s, const void *w, const void *a)
+{
+	const size_t bs = kind == KIND_MX ? sizeof(moe_block_mxfp4) : sizeof(moe_block_iq4_nl);
+	const size_t qo =
+	    kind == KIND_MX ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
+	const uint8_t *x = w;
+	const moe_block_q8_0 *y = a;
+	const int64_t nb = n / MOE_QK32;
+	const __m256i lut = levels(kind), ones = _mm256_set1_epi16(1);
+	float sum = 0;
+
+	for (int64_t i = 0; i < nb; i += 8) {
+		const int g = nb - i < 8 ? (int)(nb - i) : 8;
+		__m256i v[8];
+		int32_t is[8];
+		for (int k = 0; k < 8; k++) {
+			const int64_t b = i + (k < g ? k : 0);
+			__m256i qx = code_values(lut, x + (size_t)b * bs + qo);
+			__m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
+			__m256i p = pairs(_mm256_sign_epi8(qx, qx), qx, qy);
+			v[k] = kind == KIND_MX ? p : _mm256_madd_epi16(p, ones);
+		}
+		_mm256_storeu_si256((__m256i *)is, kind == KIND_MX ? sum8_i16(v) : sum8_i32(v));
+		for (int k = 0; k < g; k++) {
+			const uint8_t *xb = x + (size_t)(i + k) * bs;
+			const float dw = kind == KIND_MX ? moe_e8m0_half(xb[0])
+			                                 : half_to_f32((uint16_t)ld16(xb));
+			sum = fmaf((float)is[k], dw * half_to_f32(y[i + k].d), sum);
+		}
+	}
+	*s = sum;
+}
+
+static void dot_iq4_nl(int64_t n, float *s, const void *w, const void *a)
+{
+	dot_q32(KIND_NL, n, s, w, a);
+}
+
+static void dot_mxfp4(int64_t n, float *s, const void *w, const void *a)
+{
+	dot_q32(KIND_MX, n, s, w, a);
+}
+
+/* IQ4_XS sub-block scales ls - 32 of block b, as int16 lanes 0..7 of both
+ * 128-bit halves: ls[s] = bits 4s..4s+3 of the scales_l word | bits 2s, 2s+1
+ * of scales_h << 4. */
+static ALWAYS_INLINE __m256i xs_scales(const moe_block_iq4_xs *b)
+{
+	uint32_t lo;
+	memcpy(&lo, b->scales_l, 4);
+	const __m256i l =
+	    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)lo),
+	                                       _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+	                     _mm256_set1_epi32(15));
+	const __m256i h =
+	    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(b->scales_h),
+	                                       _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+	                     _mm256_set1_epi32(3));
+	const __m256i ls =
+	    _mm256_sub_epi32(_mm256_or_si256(l, _mm256_slli_epi32(h, 4)), _mm256_set1_epi32(32));
+	/* 8 int32 -> 8 int16 (exact: -32..31), in both halves */
+	const __m128i p =
+	    _mm_packs_epi32(_mm256_castsi256_si128(ls), _mm256_extracti128_si256(ls, 1));
+	return _mm256_broadcastsi128_si256(p);
+}
+
+/* Per block of one (row, token) pair: lane sums whose total is the block's
+ * exact integer sum (each sub-block's pairs widened by its scale). */
+static ALWAYS_INLINE __m256i xs_block(__m256i lut, const moe_block_iq4_xs *x, const int8_t *q8)
+{
+	const __m256i sc = xs_scales(x);
+	__m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 8
+	for (int sb = 0; sb < 8; sb++) {
+		__m256i qx = code_values(lut, x->qs + 16 * sb);
+		__m256i qy = _mm256_loadu_si256((const __m256i *)(q8 + 32 * sb));
+		__m256i p = pairs(_mm256_sign_epi8(qx, qx), qx, qy);
+		acc = _mm256_add_epi32(acc,
+		                       _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick16(sb))));
+	}
+	return acc;
+}
+
+static void dot_iq4_xs(int64_t n, float *s, const void *w, const void *a)
+{
+	const moe_block_iq4_xs *x = w;
+	const moe_block_q8_K *y = a;
+	const __m256i lut = levels(KIND_XS);
+	float sum = 0;
+
+	for (int64_t i = 0; i < n / MOE_QK_K; i++) {
+		const int32_t isum = _mm_cvtsi128_si32(hsum_i32_v(xs_block(lut, &x[i], y[i].qs)));
+		sum = fmaf((float)isum, half_to_f32(x[i].d) * y[i].d, sum);
+	}
+	*s = sum;
+}
+
+void moe_dots_avx2_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
+{
+	dots[MOE_TYPE_IQ4_NL] = dot_iq4_nl;
+	dots[MOE_TYPE_MXFP4] = dot_mxfp4;
+	dots[MOE_TYPE_IQ4_XS] = dot_iq4_xs;
+}
+
+/* ---- tiles ----------------------------------------------------------------------- */
+
+/* Lane k's weight scale (row k / T at byte off of its block): fp16, or E8M0 / 2. */
+static ALWAYS_INLINE __m256 lane_rows_d(int kind, int R, int T, const uint8_t *const w[NP],
+                                        size_t off)
+{
+	const uint8_t *p[NP];
+	for (int k = 0; k < NP; k++)
+		p[k] = w[k / T] + off;
+	if (kind == KIND_MX) {
+		if (R == 1)
+			return _mm256_set1_ps(moe_e8m0_half(p[0][0]));
+		/* the 8 exponents packed in a general-purpose register, one move over */
+		uint64_t e = 0;
+		for (int k = 0; k < NP; k++)
+			e |= (uint64_t)p[k][0] << (8 * k);
+		__asm__("" : "+r"(e));
+		return e8m0_half_v(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e)));
+	}
+	if (R == 1)
+		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(p[0])));
+	return half8_ptr(p, 0);
+}
+
+/* Lane k's token scale (token k % T): Q8_0's fp16 d, or Q8_K's f32 d. */
+static ALWAYS_INLINE __m256 lane_toks_d(int kind, int T, const uint8_t *const a[NP], size_t off)
+{
+	if (kind == KIND_XS) {
+		float v[NP];
+		for (int k = 0; k < NP; k++)
+			memcpy(&v[k], a[k % T] + off + offsetof(moe_block_q8_K, d), sizeof(float));
+		if (T == 1)
+			return _mm256_set1_ps(v[0]);
+		return _mm256_loadu_ps(v);
+	}
+	if (T == 1)
+		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(a[0] + off)));
+	const uint8_t *p[NP];
+	for (int k = 0; k < NP; k++)
+		p[k] = a[k % T] + off;
+	return half8_ptr(p, 0);
+}
+
+/* One R x T tile of kind over n_cols columns; out[k] = pair k's result. */
+static ALWAYS_INLINE void tile(int kind, int R, int T, int64_t n_cols, float out[NP],
+                               const uint8_t *const w[NP], const uint8_t *const a[NP])
+{
+	const bool xs = kind == KIND_XS;
+	const int64_t nb = n_cols / (xs ? MOE_QK_K : MOE_QK32);
+	const size_t wbs = xs                ? sizeof(moe_block_iq4_xs)
+	                   : kind == KIND_MX ? sizeof(moe_block_mxfp4)
+	                                     : sizeof(moe_block_iq4_nl);
+	const size_t abs_ = xs ? sizeof(moe_block_q8_K) : sizeof(moe_block_q8_0);
+	const size_t qo =
+	    kind == KIND_MX ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
+	const size_t aqo = xs ? offsetof(moe_block_q8_K, qs) : offsetof(moe_block_q8_0, qs);
+	const __m256i lut = levels(kind), ones = _mm256_set1_epi16(1);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * wbs, ao = (size_t)i * abs_;
+		__m256i v[NP];
+
+		if (xs) {
+#pragma GCC unroll 8
+			for (int r = 0; r < R; r++) {
+				const moe_block_iq4_xs *b = (const moe_block_iq4_xs *)(w[r] + wo);
+				const __m256i sc = xs_scales(b);
+#pragma GCC unroll 8
+				for (int sb = 0; sb < 8; sb++) {
+					__m256i qx = code_values(lut, b->qs + 16 * sb);
+					pin(&qx);
+					const __m256i ax = _mm256_sign_epi8(qx, qx);
+					const __m256i scv = _mm256_shuffle_epi8(sc, pick16(sb));
+#pragma GCC unroll 8
+					for (int t = 0; t < T; t++) {
+						const __m256i qy = _mm256_loadu_si256(
+						    (const __m256i *)(a[t] + ao + aqo + 32 * sb));
+						const __m256i p =
+						    _mm256_madd_epi16(pairs(ax, qx, qy), scv);
+						v[r * T + t] =
+						    sb == 0 ? p : _mm256_add_epi32(v[r * T + t], p);
+					}
+				}
+			}
+		} else {
+#pragma GCC unroll 8
+			for (int r = 0; r < R; r++) {
+				__m256i qx = code_values(lut, w[r] + wo + qo);
+				pin(&qx);
+				__m256i ax = _mm256_sign_epi8(qx, qx);
+#pragma GCC unroll 8
+				for (int t = 0; t < T; t++) {
+					__m256i qy =
+					    _mm256_loadu_si256((const __m256i *)(a[t] + ao + aqo));
+					__m256i p = pairs(ax, qx, qy);
+					v[r * T + t] =
+					    kind == KIND_NL ? _mm256_madd_epi16(p, ones) : p;
+				}
+			}
+		}
+		__m256i s = kind == KIND_MX ? sum8_i16(v) : sum8_i32(v);
+		__m256 d =
+		    _mm256_mul_ps(lane_rows_d(kind, R, T, w, wo), lane_toks_d(kind, T, a, ao));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+#define SHAPES(name, kind)                                                                         \
+	static void name##_8x1(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
+	                       const uint8_t *const a[NP], const void *prep)                       \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 8, 1, n, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_2x4(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
+	                       const uint8_t *const a[NP], const void *prep)                       \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 2, 4, n, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_1x8(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
+	                       const uint8_t *const a[NP], const void *prep)                       \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 1, 8, n, o, w, a);                                                      \
+	}
+
+SHAPES(nl, KIND_NL)
+SHAPES(mx, KIND_MX)
+SHAPES(xs, KIND_XS)
+
+/* Rows [0, n_r) x tokens [t0, t1) by R x T tiles of fn, the last row / token
+ * repeated in edge tiles (their lanes dropped); one token over 16 rows or
+ * more by the 8x1 tile over 8 row runs (run_lanes8). */
+static void run_shape(moe_tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_t ldy,
+                      const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                      size_t x_stride, int64_t t0, int64_t t1)
+{
+	const uint8_t *wp[NP], *ap[NP];
+	float out[NP];
+
+	if (R == NP && T == 1 && n_r >= 2 * NP) {
+		run_lanes8(fn, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride,
+		           NULL);
+		return;
+	}
+	for (int64_t tt = t0; tt < t1; tt += T) {
+		for (int t = 0; t < T; t++) {
+			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
+			ap[t] = x + (size_t)tk * x_stride;
+		}
+		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
+			for (int r = 0; r < R; r++) {
+				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
+				wp[r] = w + (size_t)rr * w_stride;
+			}
+			fn(n_cols, out, wp, ap, NULL);
+			for (int k = 0; k < R * T; k++) {
+				int64_t r = r0 + k / T, t = tt + k % T;
+				if (r < n_r && t < t1)
+					y[t * ldy + r] = out[k];
+			}
+		}
+	}
+}
+
+/* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 8x1, of 2-4
+ * 2x4, of 5-7 one padded 1x8 (as isa_avx2_gemm.c's run_tiles). */
+static void run_tiles(moe_tile_fn r8t1, moe_tile_fn r2t4, moe_tile_fn r1t8, int64_t n_cols,
+                      float *y, int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r,
+                      const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t full = n_t / 8 * 8, rem = n_t - full;
+	if (full > 0)
+		run_shape(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
+	if (rem == 1)
+		run_shape(r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem >= 2 && rem <= 4)
+		run_shape(r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+	else if (rem > 4)
+		run_shape(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
+}
+
+static void gemm_iq4_nl(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(nl_8x1, nl_2x4, nl_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_mxfp4(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(mx_8x1, mx_2x4, mx_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_iq4_xs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_tiles(xs_8x1, xs_2x4, xs_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+moe_gemm_fn moe_gemm_avx2_iq4(moe_type t)
+{
+	switch (t) {
+	case MOE_TYPE_IQ4_NL:
+		return gemm_iq4_nl;
+	case MOE_TYPE_MXFP4:
+		return gemm_mxfp4;
+	case MOE_TYPE_IQ4_XS:
+		return gemm_iq4_xs;
+	default:
+		return NULL;
+	}
+}

@@ -1,0 +1,455 @@
+/*
+ * test_iq4.c - the IQ4_NL, IQ4_XS and MXFP4 block formats: dequantisation of
+ * hand-built blocks (expected values from the format's definition written out
+ * here: the IQ4 levels, E2M1 decoded from its bits), the scalar reference dot
+ * against a double-precision dot of the dequantised operands, and every SIMD
+ * level's dots and matrix products against the scalar level bit for bit, on
+ * sane random blocks and on blocks of random bytes (NaN / Inf scales, E8M0
+ * 255 = NaN), over every rows x tokens edge size.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isa_levels.h"
+#include "kernels/kernels.h"
+#include "model/gguf.h"
+
+static const moe_type iq_types[] = {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4};
+#define N_IQ (sizeof(iq_types) / sizeof(iq_types[0]))
+
+/* The IQ4_NL / IQ4_XS levels as the format defines them. */
+static const int nl_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                  1,    13,   25,  38,  53,  69,  89,  113};
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float rng_unif(void)
+{
+	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* fp16 bits -> value by the IEEE formula. */
+static double half_value(uint16_t h)
+{
+	int e = (h >> 10) & 31, m = h & 1023;
+	double v = e == 0    ? ldexp(m, -24)
+	           : e == 31 ? (m ? NAN : INFINITY)
+	                     : ldexp(1024 + m, e - 25);
+	return (h & 0x8000) ? -v : v;
+}
+
+/* An E2M1 code's value from its bits: sign, 2 exponent bits (bias 1), 1
+ * mantissa bit; exponent 0 is subnormal (0 or 0.5). */
+static double e2m1_value(int q)
+{
+	int s = q >> 3, e = (q >> 1) & 3, m = q & 1;
+	double v = e == 0 ? 0.5 * m : ldexp(1.0 + 0.5 * m, e - 1);
+	return s ? -v : v;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+/* A random fp16 scale of magnitude 2^-10 .. 2^-4 (sane blocks). */
+static uint16_t rand_scale16(void)
+{
+	uint64_t r = rng_next();
+	return (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 | ((r >> 8) & 1023));
+}
+
+/* n values of type t as random blocks: random codes, and (sane) realistic
+ * scales or (!sane) every byte random. */
+static void *rand_blocks(moe_type t, int64_t n, bool sane)
+{
+	const moe_type_traits *tr = moe_type_get(t);
+	size_t bytes = moe_row_size(t, n);
+	uint8_t *b = malloc(bytes);
+	cr_assert_not_null(b);
+	for (size_t i = 0; i < bytes; i++)
+		b[i] = (uint8_t)(rng_next() >> 56);
+	if (!sane)
+		return b;
+	for (int64_t k = 0; k < n / tr->block_size; k++) {
+		uint8_t *blk = b + (size_t)k * tr->type_size;
+		if (t == MOE_TYPE_MXFP4)
+			blk[0] = (uint8_t)(112 + rng_next() % 20); /* 2^-15 .. 2^4 */
+		else
+			put16(blk, rand_scale16());
+	}
+	return b;
+}
+
+/* Random activations quantised to t's activation form. */
+static void *rand_act(moe_type t, int64_t n)
+{
+	float *x = malloc(sizeof(float) * (size_t)n);
+	void *q = malloc(moe_act_row_size(t, n));
+	cr_assert(x != NULL && q != NULL);
+	for (int64_t i = 0; i < n; i++)
+		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
+	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
+	free(x);
+	return q;
+}
+
+static bool same_float(float a, float b)
+{
+	return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0;
+}
+
+Test(iq4, type_table)
+{
+	const struct {
+		moe_type t;
+		int64_t bs;
+		size_t size;
+		moe_type act;
+	} want[] = {{MOE_TYPE_IQ4_NL, 32, 18, MOE_TYPE_Q8_0},
+	            {MOE_TYPE_IQ4_XS, 256, 136, MOE_TYPE_Q8_K},
+	            {MOE_TYPE_MXFP4, 32, 17, MOE_TYPE_Q8_0}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		const moe_type_traits *tr = moe_type_get(want[i].t);
+		cr_assert_not_null(tr);
+		cr_assert_eq(tr->block_size, want[i].bs, "%s", tr->name);
+		cr_assert_eq(tr->type_size, want[i].size, "%s", tr->name);
+		cr_assert_eq(tr->vec_dot_type, want[i].act, "%s", tr->name);
+		cr_assert(tr->compute, "%s", tr->name);
+		cr_assert_not_null(moe_vec_dot_get(want[i].t), "%s", tr->name);
+	}
+}
+
+Test(iq4, dequant_iq4_nl_by_hand)
+{
+	uint8_t b[2 * 18];
+	float y[64];
+	put16(b, 0x3800);      /* 0.5 */
+	put16(b + 18, 0xc400); /* -4 */
+	for (int j = 0; j < 16; j++) {
+		b[2 + j] = (uint8_t)(j | (15 - j) << 4);
+		b[20 + j] = (uint8_t)((j * 7) % 16 | ((j * 3) % 16) << 4);
+	}
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ4_NL, y, b, 64), MOE_OK);
+	for (int j = 0; j < 16; j++) {
+		cr_assert_eq(y[j], 0.5f * (float)nl_levels[j], "value %d", j);
+		cr_assert_eq(y[16 + j], 0.5f * (float)nl_levels[15 - j], "value %d", 16 + j);
+		cr_assert_eq(y[32 + j], -4.0f * (float)nl_levels[(j * 7) % 16]);
+		cr_assert_eq(y[48 + j], -4.0f * (float)nl_levels[(j * 3) % 16]);
+	}
+	/* a few literal values: level 0 is -127, level 15 is 113 */
+	cr_assert_eq(y[0], -63.5f);
+	cr_assert_eq(y[16], 56.5f);
+	cr_assert_eq(y[15], 56.5f);
+	cr_assert_eq(y[8], 0.5f);
+}
+
+Test(iq4, dequant_iq4_xs_by_hand)
+{
+	uint8_t b[136];
+	float y[256];
+	const int ls[8] = {0, 63, 32, 33, 31, 16, 48, 7};
+	memset(b, 0, sizeof b);
+	put16(b, 0x3400); /* 0.25 */
+	uint16_t h = 0;
+	for (int s = 0; s < 8; s++) {
+		b[4 + s / 2] |= (uint8_t)((ls[s] & 15) << (4 * (s % 2)));
+		h |= (uint16_t)((ls[s] >> 4) << (2 * s));
+	}
+	put16(b + 2, h);
+	for (int k = 0; k < 128; k++)
+		b[8 + k] = (uint8_t)((k * 5 + 3) % 16 | ((k * 11 + 1) % 16) << 4);
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ4_XS, y, b, 256), MOE_OK);
+	for (int v = 0; v < 256; v++) {
+		int s = v / 32, j = v % 32, k = 16 * s + j % 16;
+		int q = j < 16 ? (k * 5 + 3) % 16 : (k * 11 + 1) % 16;
+		float want = (float)half_value(0x3400) * (float)(ls[s] - 32) * (float)nl_levels[q];
+		cr_assert_eq(y[v], want, "value %d: %g vs %g", v, y[v], want);
+	}
+	/* literal: value 0 is in sub-block 0 (ls 0: scale -32), code 3 (-65):
+	 * 0.25 * -32 * -65 = 520 */
+	cr_assert_eq(y[0], 520.0f);
+	/* sub-block 2 has ls 32: all zero */
+	for (int j = 0; j < 32; j++)
+		cr_assert_eq(y[64 + j], 0.0f);
+}
+
+Test(iq4, dequant_mxfp4_by_hand)
+{
+	const uint8_t es[] = {127, 130, 100, 0, 1, 2, 254};
+	enum { NE = sizeof(es) };
+	uint8_t b[NE * 17];
+	float y[NE * 32];
+	for (int k = 0; k < NE; k++) {
+		b[17 * k] = es[k];
+		for (int j = 0; j < 16; j++)
+			b[17 * k + 1 + j] = (uint8_t)(j | ((j + k + 5) % 16) << 4);
+	}
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_MXFP4, y, b, NE * 32), MOE_OK);
+	for (int k = 0; k < NE; k++)
+		for (int j = 0; j < 16; j++) {
+			double s = ldexp(1.0, es[k] - 127);
+			double w0 = e2m1_value(j) * s, w1 = e2m1_value((j + k + 5) % 16) * s;
+			cr_assert_eq(y[32 * k + j], (float)w0, "e %d code %d: %g vs %g", es[k], j,
+			             y[32 * k + j], w0);
+			cr_assert_eq(y[32 * k + 16 + j], (float)w1, "e %d code %d", es[k],
+			             (j + k + 5) % 16);
+		}
+	/* literal: e 127 is scale 1, codes 0..7 are 0 0.5 1 1.5 2 3 4 6 */
+	const float lit[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+	for (int j = 0; j < 8; j++) {
+		cr_assert_eq(y[j], lit[j]);
+		cr_assert_eq(y[8 + j], -lit[j]);
+	}
+	cr_assert_eq(y[32 + 7], 48.0f); /* e 130: 6 * 8 */
+	cr_assert_eq(y[96 + 1], 0x1p-128f, "e 0: 0.5 * 2^-127, a subnormal");
+}
+
+/* E8M0 255 is NaN (OCP MX): every value of its block is NaN, and so is any
+ * dot that meets it, at every level; its neighbours are not. */
+Test(iq4, mxfp4_e8m0_255_is_nan)
+{
+	enum { N = 32 * 24 };
+	rng_state = 4242;
+	uint8_t *w = rand_blocks(MOE_TYPE_MXFP4, N, true);
+	void *a = rand_act(MOE_TYPE_MXFP4, N);
+	float y[N];
+	w[17 * 5] = 255;
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_MXFP4, y, w, N), MOE_OK);
+	for (int i = 0; i < N; i++)
+		cr_assert(isnan(y[i]) == (i / 32 == 5), "value %d: %g", i, y[i]);
+	for (int l = 0; l <= (int)MOE_ISA_NEON; l++) {
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(MOE_TYPE_MXFP4, (moe_isa)l);
+		if (fn == NULL)
+			continue;
+		float s = 0;
+		fn(N, &s, w, a);
+		cr_assert(isnan(s), "%s: %g", moe_isa_name((moe_isa)l), s);
+	}
+	free(a);
+	free(w);
+}
+
+/* The reference dot against sum(dequant(w) * dequant(a)) in double: integer
+ * parts exact, then float rounding of the scale products and the running
+ * sum (as test_dot's bound). */
+Test(iq4, reference_matches_dequantised_double)
+{
+	const int64_t lengths[] = {256, 768, 4096, 256 * 27, 32 * 13, 32 * 41};
+	int checked = 0;
+	for (size_t ti = 0; ti < N_IQ; ti++) {
+		const moe_type t = iq_types[ti];
+		const moe_type_traits *tr = moe_type_get(t);
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+			const int64_t n = lengths[li];
+			if (moe_row_size(t, n) == 0)
+				continue;
+			rng_state = 100 + ti * 10 + li;
+			void *w = rand_blocks(t, n, true), *a = rand_act(t, n);
+			float *wd = malloc(sizeof(float) * (size_t)n),
+			      *ad = malloc(sizeof(float) * (size_t)n);
+			cr_assert(wd != NULL && ad != NULL);
+			cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
+			cr_assert_eq(moe_dequantize_row(tr->vec_dot_type, ad, a, n), MOE_OK);
+			double exact = 0, mag = 0;
+			for (int64_t i = 0; i < n; i++) {
+				exact += (double)wd[i] * ad[i];
+				mag += fabs((double)wd[i] * ad[i]);
+			}
+			float s = NAN;
+			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(n, &s, w, a);
+			cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
+			          "%s n=%lld: %.9g vs %.9g (mag %.3g)", tr->name, (long long)n, s,
+			          exact, mag);
+			checked++;
+			free(ad), free(wd), free(a), free(w);
+		}
+	}
+	cr_assert_eq(checked, 16);
+}
+
+/* Each level's one-row dot gives the reference's bits (NaN for NaN), on sane
+ * and on random-byte blocks, for lengths with and without a partial group
+ * of 8 blocks. */
+static void dots_same_bits(moe_isa level)
+{
+	const int64_t lengths[] = {256, 768, 4096, 32 * 13, 32 * 41, 32 * 7};
+	int checked = 0;
+	for (size_t ti = 0; ti < N_IQ; ti++) {
+		const moe_type t = iq_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
+		cr_assert(ref != NULL && fn != NULL);
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++)
+			for (int sane = 0; sane < 2; sane++) {
+				const int64_t n = lengths[li];
+				if (moe_row_size(t, n) == 0)
+					continue;
+				rng_state = 900 + ti * 100 + li * 2 + (uint64_t)sane;
+				void *w = rand_blocks(t, n, sane), *a = rand_act(t, n);
+				float want = 0, got = 1;
+				ref(n, &want, w, a);
+				fn(n, &got, w, a);
+				cr_assert(same_float(want, got),
+				          "%s %s n=%lld %s: %.9g vs ref %.9g", moe_isa_name(level),
+				          moe_type_get(t)->name, (long long)n,
+				          sane ? "sane" : "random bytes", got, want);
+				checked++;
+				free(a), free(w);
+			}
+	}
+	cr_assert_gt(checked, 0);
+	cr_log_info("%s: %d IQ4/MXFP4 dots equal to the reference", moe_isa_name(level), checked);
+}
+
+ISA_SIMD_TESTS(iq4, dots_same_bits_as_reference, dots_same_bits)
+
+/* Matrix products at each level give the scalar level's bits for every rows
+ * x tokens edge size (1..11 rows x 1..19 tokens: every tile shape, padded
+ * or not), one token over 37 rows (the 8 row runs), and on 2 threads. */
+static void matmul_same_bits(moe_isa level)
+{
+	enum { MAXR = 11, MAXT = 19, COLS = 768, LONG_R = 37 };
+	int compared = 0;
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	for (size_t ti = 0; ti < N_IQ; ti++)
+		for (int sane = 1; sane >= 0; sane--) {
+			const moe_type t = iq_types[ti];
+			rng_state = 5000 + ti * 2 + (uint64_t)sane;
+			uint8_t *w = rand_blocks(t, (int64_t)LONG_R * COLS, sane);
+			uint8_t *xq = rand_act(t, (int64_t)MAXT * COLS);
+			const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+			static float want[MAXT * LONG_R], got[MAXT * LONG_R];
+			for (int nr = 1; nr <= LONG_R; nr = nr < MAXR    ? nr + 1
+			                                    : nr == MAXR ? LONG_R
+			                                                 : LONG_R + 1)
+				for (int nt = 1; nt <= MAXT; nt = nr <= MAXR ? nt + 1 : nt + 9) {
+					const int r0 = LONG_R - nr, t0 = MAXT - nt;
+					cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+					cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr,
+					                          COLS, xq + t0 * as, nt),
+					             MOE_OK);
+					cr_assert_eq(moe_isa_set(level), MOE_OK);
+					cr_assert_eq(moe_matmul_q(nr > MAXR ? pool : NULL, got,
+					                          w + r0 * rs, t, nr, COLS,
+					                          xq + t0 * as, nt),
+					             MOE_OK);
+					for (int k = 0; k < nr * nt; k++)
+						cr_assert(
+						    same_float(want[k], got[k]),
+						    "%s %s %s: %d rows x %d tokens, element %d: "
+						    "%.9g, scalar %.9g",
+						    moe_isa_name(level), moe_type_get(t)->name,
+						    sane ? "sane" : "random bytes", nr, nt, k,
+						    got[k], want[k]);
+					compared += nr * nt;
+				}
+			free(xq);
+			free(w);
+		}
+	moe_pool_destroy(pool);
+	cr_assert_gt(compared, 0);
+	cr_log_info("%s: %d IQ4/MXFP4 elements equal to the scalar level's", moe_isa_name(level),
+	            compared);
+}
+
+ISA_SIMD_TESTS(iq4, matmul_same_bits_as_scalar, matmul_same_bits)
+
+/* ---- the quantizers against llama-quantize ---------------------------------------- */
+
+static moe_gguf *open_fixture(const char *name)
+{
+	const char *dir = getenv("MOE_FIXTURES");
+	char path[1024];
+	moe_gguf *g = NULL;
+
+	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK, "%s: %s", path, moe_err_detail());
+	return g;
+}
+
+/*
+ * The IQ4 / MXFP4 fixtures were made by `llama-quantize F32 out TYPE` from an
+ * F32 twin holding qwen3moe-kq-Q4_K_M.gguf's values (tests/fixtures/README.md):
+ * so the Q4_K_M tensor dequantised and quantised by moe_quantize_row gives
+ * the fixture's bytes, for a prefix of every IQ4_NL, IQ4_XS and MXFP4 tensor.
+ */
+Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
+{
+	const char *files[] = {"qwen3moe-kq-IQ4_XS.gguf", "qwen3moe-kq-IQ4_NL.gguf",
+	                       "qwen3moe-kq-MXFP4_MOE.gguf"};
+	int seen[MOE_TYPE_COUNT] = {0};
+	moe_gguf *src = open_fixture("qwen3moe-kq-Q4_K_M.gguf");
+	for (size_t fi = 0; fi < sizeof(files) / sizeof(files[0]); fi++) {
+		moe_gguf *gq = open_fixture(files[fi]);
+		for (int64_t i = 0; i < moe_gguf_n_tensors(gq); i++) {
+			const moe_gguf_tensor *tq = moe_gguf_tensor_at(gq, i);
+			if (tq->type != MOE_TYPE_IQ4_NL && tq->type != MOE_TYPE_IQ4_XS &&
+			    tq->type != MOE_TYPE_MXFP4)
+				continue;
+			char name[256];
+			snprintf(name, sizeof(name), "%.*s", (int)tq->name.len, tq->name.ptr);
+			const moe_gguf_tensor *tf = moe_gguf_find_tensor(src, name);
+			cr_assert_not_null(tf, "%s", name);
+			const int64_t n = tq->n_elements < 256 * 64 ? tq->n_elements : 256 * 64;
+			const size_t sz = moe_row_size(tq->type, n);
+			float *f = malloc(sizeof(float) * (size_t)n);
+			uint8_t *buf = malloc(sz);
+			cr_assert(f != NULL && buf != NULL);
+			cr_assert_eq(moe_dequantize_row(tf->type, f, tf->data, n), MOE_OK);
+			cr_assert_eq(moe_quantize_row(tq->type, buf, f, n), MOE_OK);
+			const size_t bs = moe_type_get(tq->type)->type_size;
+			for (size_t b = 0; b < sz / bs; b++)
+				cr_assert(memcmp(buf + b * bs, (const uint8_t *)tq->data + b * bs,
+				                 bs) == 0,
+				          "%s %s (%s): block %zu differs", files[fi], name,
+				          moe_type_get(tq->type)->name, b);
+			seen[tq->type]++;
+			free(buf);
+			free(f);
+		}
+		moe_gguf_close(gq);
+	}
+	moe_gguf_close(src);
+	cr_assert_eq(seen[MOE_TYPE_IQ4_XS], 9);
+	cr_assert_eq(seen[MOE_TYPE_IQ4_NL], 9);
+	cr_assert_eq(seen[MOE_TYPE_MXFP4], 6);
+}
+
+/* One token on long IQ4_XS rows (40 blocks) over 37 rows (the 8 row runs of
+ * the one-token tile, in claims of 16 rows and an edge): the scalar level's
+ * bits. */
+static void xs_long_rows_same_bits(moe_isa level)
+{
+	enum { ROWS = 37, COLS = 256 * 40 };
+	rng_state = 31337;
+	uint8_t *w = rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
+	void *xq = rand_act(MOE_TYPE_IQ4_XS, COLS);
+	float want[ROWS], got[ROWS];
+	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
+	for (int r = 0; r < ROWS; r++)
+		cr_assert(same_float(want[r], got[r]), "%s: row %d: %.9g, scalar %.9g",
+		          moe_isa_name(level), r, got[r], want[r]);
+	free(xq);
+	free(w);
+}
+
+ISA_SIMD_TESTS(iq4, xs_one_token_long_rows_same_bits, xs_long_rows_same_bits)
