@@ -45,8 +45,8 @@ static void usage(FILE *f)
 	           "1,4,16, at most 3), the median of --rounds (1) runs each, logits compared\n"
 	           "with one process; with plan's prediction for each row from `moemesh probe`\n"
 	           "figures over the same links (--no-plan: none).  Writes DIR/bench_netns.csv\n"
-	           "and .png (default bench/out).  Several coordinators sharing the workers wait\n"
-	           "for issue #18 item 1: one coordinator.\n");
+	           "and .png (default bench/out).  One coordinator: several sharing the\n"
+	           "workers do not exist yet.\n");
 }
 
 typedef struct nargs {
