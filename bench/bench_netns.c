@@ -91,18 +91,18 @@ static int sh(const char *fmt, ...)
 	return st != 0;
 }
 
-/* Removes the namespaces (their veth ends go with them) and the secret. */
+/* Removes the namespaces (their veth ends go with them) and the secret; a
+ * name not made yet, or already gone, is passed over. */
 static void teardown_names(const setup *s)
 {
 	char cmd[128];
-	snprintf(cmd, sizeof cmd, "ip netns del %s 2>/dev/null", s->ns_c);
-	if (system(cmd) != 0) { /* not made yet, or gone */
+	int missing = 0;
+	for (int i = -1; i < s->n; i++) {
+		snprintf(cmd, sizeof cmd, "ip netns del %s 2>/dev/null",
+		         i < 0 ? s->ns_c : s->ns_w[i]);
+		missing += system(cmd) != 0;
 	}
-	for (int i = 0; i < s->n; i++) {
-		snprintf(cmd, sizeof cmd, "ip netns del %s 2>/dev/null", s->ns_w[i]);
-		if (system(cmd) != 0) {
-		}
-	}
+	(void)missing;
 	if (s->secret[0])
 		unlink(s->secret);
 	if (s->tmpdir[0])
@@ -201,8 +201,9 @@ static int write_secret(setup *s)
 
 static int start_workers(setup *s, const nargs *a)
 {
-	char thr[16];
+	char thr[16], dport[16];
 	snprintf(thr, sizeof thr, "%d", a->wthreads);
+	snprintf(dport, sizeof dport, "%d", DATA_PORT);
 	for (int i = 0; i < s->n; i++) {
 		char url[64], name[16];
 		if (a->direct)
@@ -212,7 +213,7 @@ static int start_workers(setup *s, const nargs *a)
 		snprintf(name, sizeof name, "ns%d", i + 1);
 		char *argv[] = {"ip",          "netns",   "exec",           s->ns_w[i], s->exe,
 		                "worker",      "-m",      (char *)a->model, "--listen", url,
-		                "--data-port", "7071",    "--threads",      thr,        "--name",
+		                "--data-port", dport,     "--threads",      thr,        "--name",
 		                name,          "--quiet", "--secret-file",  s->secret,  NULL};
 		if ((s->workers[i] = spawn(argv)) < 0)
 			return 1;
