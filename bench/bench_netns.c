@@ -42,7 +42,8 @@ static void usage(FILE *f)
 	           "in each worker's namespace holds each direction's bytes --rtt-us / 2\n"
 	           "(default 100 us round trip; --direct: no relay).  Rows: one process and\n"
 	           "--min-workers (1) to --max-workers (2) workers at each batch (default\n"
-	           "1,4,16, at most 3), the median of --rounds (1) runs each, logits compared\n"
+	           "1,4,16, at most 3), the median of --rounds (1) runs each (%% of one process:\n"
+	           "the median of the rounds' ratios), logits compared\n"
 	           "with one process; with plan's prediction for each row from `moemesh probe`\n"
 	           "figures over the same links (--no-plan: none).  Writes DIR/bench_netns.csv\n"
 	           "and .png (default bench/out).  One coordinator: several sharing the\n"
@@ -61,7 +62,7 @@ typedef struct nrow {
 	double tok_s, coord_us, net_us, worker_us;
 	uint64_t fnv;
 	bool fnv_varies; /* rounds disagreed */
-	double pct;      /* of the one-process row at this batch */
+	double pct;      /* of one process at this batch: median of the rounds' ratios */
 	double p_tok_s, p_coord_us, p_net_us, p_worker_us; /* plan's; < 0 none */
 } nrow;
 
@@ -494,6 +495,12 @@ static void plot(const char *dir, const char *csv, const nargs *a)
 		printf("gnuplot failed: no plot\n");
 }
 
+static int cmp_double(const void *x, const void *y)
+{
+	const double a = *(const double *)x, b = *(const double *)y;
+	return a < b ? -1 : a > b;
+}
+
 static int cmp_row_tok(const void *x, const void *y)
 {
 	const double a = ((const nrow *)x)->tok_s, b = ((const nrow *)y)->tok_s;
@@ -596,7 +603,6 @@ static int sweep(nrow *rows, int *n_rows, const nargs *a, moe_model *m, const se
 			}
 	*n_rows = 0;
 	for (int bi = 0; bi < a->n_batches; bi++) {
-		double one = 0;
 		for (int wi = 0; wi <= nw; wi++) {
 			nrow sorted[MAX_ROUNDS];
 			memcpy(sorted, runs[bi][wi], (size_t)a->rounds * sizeof *sorted);
@@ -605,9 +611,15 @@ static int sweep(nrow *rows, int *n_rows, const nargs *a, moe_model *m, const se
 			*r = sorted[a->rounds / 2]; /* the median run, with its own split */
 			for (int rd = 0; rd < a->rounds; rd++)
 				r->fnv_varies |= runs[bi][wi][rd].fnv != r->fnv;
-			if (wi == 0)
-				one = r->tok_s;
-			r->pct = one > 0 ? 100.0 * r->tok_s / one : 0;
+			/* against one process in the same round, the median of the
+			 * rounds' ratios: drift on a shared box cancels */
+			double ratio[MAX_ROUNDS];
+			for (int rd = 0; rd < a->rounds; rd++) {
+				const double one = runs[bi][0][rd].tok_s;
+				ratio[rd] = one > 0 ? runs[bi][wi][rd].tok_s / one : 0;
+			}
+			qsort(ratio, (size_t)a->rounds, sizeof *ratio, cmp_double);
+			r->pct = 100.0 * ratio[a->rounds / 2];
 			r->p_tok_s = r->p_coord_us = r->p_net_us = r->p_worker_us = -1;
 			if (a->plan)
 				predict(r, m, a, fg, urls);
