@@ -30,11 +30,33 @@ moe_err moe_bench_triad_create(moe_bench_triad **out, moe_pool *pool, size_t n_d
 double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps);
 void moe_bench_triad_destroy(moe_bench_triad *t);
 
+/* A delaying TCP relay (relay.c): listens on listen_host:listen_port (0 =
+ * any: moe_relay_port says which) and joins each connection it accepts to
+ * to_host:to_port (a refused connect is retried for up to 10 s: the target
+ * may be starting), passing the bytes of each direction on hold_us after it
+ * read them (TCP_NODELAY both sides; an EOF is passed on after the last
+ * held byte, a reset ends both directions).  netns: NULL, or the name of a
+ * network namespace (/var/run/netns/NAME, as `ip netns` makes) whose network
+ * its sockets live in; the calling thread's stays as it was.  Threads: its
+ * own (one accepting, two per connection); create and destroy from one
+ * thread.  Errors: MOE_ERR_INVAL, MOE_ERR_SYS (namespace, listen), MOE_ERR_NOMEM.
+ * destroy: closes every connection, joins its threads; NULL is a no-op. */
+typedef struct moe_relay_opts {
+	const char *listen_host, *to_host, *netns;
+	uint16_t listen_port, to_port;
+	int hold_us;
+} moe_relay_opts;
+typedef struct moe_relay moe_relay;
+moe_err moe_relay_create(moe_relay **out, const moe_relay_opts *o);
+uint16_t moe_relay_port(const moe_relay *r);
+void moe_relay_destroy(moe_relay *r);
+
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);
 int moe_bench_serve(int argc, char **argv);
 int moe_bench_cluster(int argc, char **argv);
+int moe_bench_cluster_netns(int argc, char **argv); /* bench cluster --netns */
 int moe_bench_rebalance(int argc, char **argv);
 int moe_bench_grammar(int argc, char **argv);
 int moe_bench_agent(int argc, char **argv);

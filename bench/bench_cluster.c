@@ -47,7 +47,8 @@ static void usage(FILE *f)
 	           "                              [--worker-threads N] [--max-workers N]\n"
 	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
 	           "                              [--min-workers N] [--batches B,B,..]\n"
-	           "                              [--secret-file F]\n\n"
+	           "                              [--secret-file F]\n"
+	           "       moemesh bench cluster --netns ... (over real links: --netns --help)\n\n"
 	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
 	           "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
 }
@@ -615,6 +616,9 @@ int moe_bench_cluster(int argc, char **argv)
 	           .batches = {1, 16},
 	           .n_batches = 2};
 	int bad = 0;
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--netns") == 0) /* over real links: bench_netns.c */
+			return moe_bench_cluster_netns(argc, argv);
 	for (int i = 1; i < argc; i++) {
 		const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {

@@ -316,11 +316,15 @@ static double node_time(const moe_plan_node *n, double eff, double bytes, double
 	return bytes / (n->bw * eff) + (n->gops > 0 ? ops / (n->gops * 1e9) : 0);
 }
 
-/* The decode estimate at batch 1, 4 and 16 (DESIGN "Planning"). */
+/* The decode estimate at batch 1, 4 and 16, or those asked for (DESIGN
+ * "Planning"). */
 static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
-                       const moe_hparams *hp, int n_links)
+                       const moe_hparams *hp, int n_links, const int *want)
 {
-	static const int batches[MOE_PLAN_BATCHES] = {1, 4, 16};
+	static const int dflt[MOE_PLAN_BATCHES] = {1, 4, 16};
+	int batches[MOE_PLAN_BATCHES];
+	for (int bi = 0; bi < MOE_PLAN_BATCHES; bi++)
+		batches[bi] = want[bi] > 0 ? want[bi] : dflt[bi];
 	const int nf = hp->n_layer;
 	const double E = hp->n_expert, k = hp->n_expert_used;
 	const uint64_t kv_row = moe_row_size(p->kv_type, (int64_t)hp->n_head_kv * hp->head_dim);
@@ -407,7 +411,8 @@ moe_err moe_plan_compute(moe_plan *p, const moe_model *m, const moe_cluster_opts
 		                "(whose count must be a multiple of the attention interval %d)",
 		                L, nf, hp->full_attn_interval);
 	if (po->n_parallel < 1 || po->depth < 0 || !(po->efficiency > 0) || po->efficiency > 1 ||
-	    !(po->net_bps > 0) || po->rtt_us < 0)
+	    !(po->net_bps > 0) || po->rtt_us < 0 || po->batches[0] < 0 || po->batches[1] < 0 ||
+	    po->batches[2] < 0)
 		return moe_fail(MOE_ERR_INVAL, "plan: --parallel, --depth, --efficiency (0, 1], "
 		                               "--net or --rtt-us out of range");
 	const uint64_t scale = (uint64_t)(L / nf);
@@ -459,7 +464,7 @@ moe_err moe_plan_compute(moe_plan *p, const moe_model *m, const moe_cluster_opts
 	if ((err = fill_nodes(p, shares, m, o, po, mb, n_links)) != MOE_OK)
 		goto out_free;
 	fill_limits(p);
-	fill_speed(p, shares, mb, hp, n_links);
+	fill_speed(p, shares, mb, hp, n_links, po->batches);
 out_free:
 	free(shares);
 	free(mb);

@@ -226,6 +226,33 @@ Test(plan_fixture, decode_estimate)
 	moe_model_destroy(m);
 }
 
+/* moe_plan_opts.batches (bench cluster --netns asks for its sweep's): the
+ * estimates of decode_estimate's figures, in the order asked, 0 keeping its
+ * default slot (16) */
+Test(plan_fixture, batches_asked_for)
+{
+	moe_model *m = open_model("MOE_FIXTURES", "qwen3next-tiny-F32.gguf");
+	const moe_cluster_opts o = two_workers(0, 0);
+	moe_plan_opts po = small_opts();
+	po.bw = 1e9;
+	po.efficiency = 0.5;
+	po.rtt_us = 100;
+	po.net_bps = 1e9;
+	po.batches[0] = 4;
+	po.batches[1] = 1;
+	moe_plan *p = plan_of(m, &o, &po);
+	cr_expect_eq(p->speed[0].batch, 4);
+	cr_expect_float_eq(p->speed[0].distinct, 10.9375, 1e-9);
+	cr_expect_float_eq(p->speed[0].step_s, 12.14592e-3, 1e-12);
+	cr_expect_eq(p->speed[1].batch, 1);
+	cr_expect_float_eq(p->speed[1].step_s, 7.99872e-3, 1e-12);
+	cr_expect_eq(p->speed[2].batch, 16);
+	po.batches[2] = -1;
+	cr_expect_eq(moe_plan_compute(p, m, &o, &po), MOE_ERR_INVAL);
+	free(p);
+	moe_model_destroy(m);
+}
+
 /* --layers 8 from the 4-layer file: layers 0..3 twice: dense 524800 + 2 x
  * (3 x 648896 + 567040) = 5552256, experts 2 x 6291456, 2 attention layers
  * (a f16 block 131072), 6 DeltaNet layers (233472 B a sequence) */
