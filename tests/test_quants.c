@@ -368,7 +368,7 @@ Test(quants, dequant_errors)
 	bad[3] = NAN;
 	cr_assert_eq(moe_quantize_row(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
 	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
-	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q2_K, b, y, 256), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_quantize_act(MOE_TYPE_IQ2_XXS, b, y, 256), MOE_ERR_UNSUPPORTED);
 }
 
 /* ---- activation quantisation: exact bit patterns ------------------------------------ */
