@@ -18,9 +18,9 @@
  *   Q2_K: q in 0..3; the mins' term sum mn[s] * bsums[s] is one madd of the
  *         16 mins with the activation's bsums.
  *   Q3_K: q in 0..7 (bit 2 from hmask), the -4 offset taken out as
- *         4 * sum (sc[s] - 32) * bsums[s] (one madd); scales are signed,
- *         picked as bytes into both halves of an int16 and shifted down
- *         arithmetically.
+ *         4 * sum (sc[s] - 32) * bsums[s] (one madd); the signed scales
+ *         are unpacked in vector registers and widened to int16 once per
+ *         block, each vector's pair picked by one shuffle.
  */
 #include <stddef.h>
 
@@ -41,13 +41,13 @@ static ALWAYS_INLINE __m256i pick_u8_pair(int v)
 	                         0x8000800080008000ll | (0x0001000100010001ll * (2 * v)));
 }
 
-/* Shuffle mask: every byte of the low half = byte 2v, of the high half =
- * byte 2v + 1 (then an arithmetic shift by 8 sign-extends it into int16). */
-static ALWAYS_INLINE __m256i pick_s8_pair(int v)
+/* Shuffle mask: int16 lanes of the low half = int16 element e0, of the high
+ * half = element e1 (of each half's 8). */
+static ALWAYS_INLINE __m256i pick_i16_pair(int e0, int e1)
 {
-	return _mm256_set_epi64x(0x0101010101010101ll * (2 * v + 1),
-	                         0x0101010101010101ll * (2 * v + 1), 0x0101010101010101ll * (2 * v),
-	                         0x0101010101010101ll * (2 * v));
+	const long long w0 = 0x0001000100010001ll * (0x0100 * (2 * e0 + 1) + 2 * e0);
+	const long long w1 = 0x0001000100010001ll * (0x0100 * (2 * e1 + 1) + 2 * e1);
+	return _mm256_set_epi64x(w1, w1, w0, w0);
 }
 
 /* [sum of a's 8 int32, sum of b's, the same again] (exact). */
@@ -125,19 +125,23 @@ static ALWAYS_INLINE void row_q2_K(int T, int64_t nb, float out[KT], const uint8
 
 /* ---- Q3_K ------------------------------------------------------------------------ */
 
-/* The 16 scales sc[s] - 32 of a Q3_K block as int8 (quants.h layout). */
-static ALWAYS_INLINE __m128i q3_scales(const uint8_t *p)
+/* The 16 scales sc[s] - 32 of a Q3_K block as int8 (quants.h layout), from
+ * the 16 bytes ending with its 12 scale bytes (the block's bytes 92-107: no
+ * read past the block).  As 32-bit words a0 a1 hi (scale bytes 0-3, 4-7,
+ * 8-11): scales 0-3 = (a0 & 0x0f..) | (hi & 0x03..) << 4, 4-7 = a1 and hi >> 2,
+ * 8-11 = a0 >> 4 and hi >> 4, 12-15 = a1 >> 4 and hi >> 6. */
+static ALWAYS_INLINE __m128i q3_scales(const uint8_t *scales)
 {
-	uint32_t a0, a1, hi;
-	memcpy(&a0, p, 4);
-	memcpy(&a1, p + 4, 4);
-	memcpy(&hi, p + 8, 4);
-	const uint32_t k2 = 0x0f0f0f0fu, k1 = 0x03030303u;
-	const uint32_t s0 = (a0 & k2) | (hi & k1) << 4;
-	const uint32_t s1 = (a1 & k2) | ((hi >> 2) & k1) << 4;
-	const uint32_t s2 = ((a0 >> 4) & k2) | ((hi >> 4) & k1) << 4;
-	const uint32_t s3 = ((a1 >> 4) & k2) | ((hi >> 6) & k1) << 4;
-	return _mm_sub_epi8(_mm_set_epi32((int)s3, (int)s2, (int)s1, (int)s0), _mm_set1_epi8(32));
+	const __m128i v = _mm_srli_si128(_mm_loadu_si128((const __m128i *)(scales - 4)), 4);
+	const __m128i lo =
+	    _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 1, 0)),
+	                                 _mm_set_epi32(4, 4, 0, 0)),
+	                  _mm_set1_epi8(15));
+	const __m128i hi =
+	    _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 2, 2)),
+	                                 _mm_set_epi32(6, 4, 2, 0)),
+	                  _mm_set1_epi8(3));
+	return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi32(hi, 4)), _mm_set1_epi8(32));
 }
 
 static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8_t *w,
@@ -150,11 +154,13 @@ static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8
 		sum[t] = _mm_setzero_ps();
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q3_K *x = (const moe_block_q3_K *)w + i;
-		const __m128i sc8 = q3_scales(x->scales);
-		const __m256i scb = _mm256_broadcastsi128_si256(sc8);
+		const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x->scales));
+		/* scales 0-7 and 8-15 as int16, in both halves */
+		const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+		const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
 		/* -4 * (sc - 32) as int16 per sub-block: |.| <= 128 */
-		const __m256i off16 = _mm256_slli_epi16(
-		    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(sc8)), 2);
+		const __m256i off16 =
+		    _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
 		const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
 		__m256i acc[KT];
 
@@ -177,8 +183,8 @@ static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8
 				const __m256i q = _mm256_or_si256(
 				    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
 				    _mm256_and_si256(hb, b4));
-				const __m256i sc =
-				    _mm256_srai_epi16(_mm256_shuffle_epi8(scb, pick_s8_pair(v)), 8);
+				const __m256i sc = _mm256_shuffle_epi8(
+				    v < 4 ? sca : scb, pick_i16_pair((2 * v) % 8, (2 * v + 1) % 8));
 #pragma GCC unroll 8
 				for (int t = 0; t < T; t++) {
 					const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
