@@ -294,7 +294,11 @@ void moe_dots_avx2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx512(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);         /* base Armv8-A */
 void moe_dots_neon_dotprod(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* + SDOT */
-void moe_dots_avx2_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);     /* Q2_K, Q3_K */
+
+/* Q2_K and Q3_K (isa_<level>_k23.c), called by the tables above. */
+void moe_dots_avx2_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon_dotprod_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 
 /* The float vector ops (kernels.h moe_vec_ops): references, AVX2 + F16C. */
 void moe_vec_ops_ref(moe_vec_ops *ops);
