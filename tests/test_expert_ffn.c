@@ -230,6 +230,8 @@ static const moe_type ffn_types[][3] = {
     {MOE_TYPE_Q4_0, MOE_TYPE_Q4_0, MOE_TYPE_Q8_0},
     {MOE_TYPE_F32, MOE_TYPE_F32, MOE_TYPE_F32},
     {MOE_TYPE_Q8_0, MOE_TYPE_Q5_K, MOE_TYPE_Q4_K}, /* gate and up take different forms */
+    {MOE_TYPE_Q2_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K}, /* Q2_K's experts */
+    {MOE_TYPE_Q3_K, MOE_TYPE_Q3_K, MOE_TYPE_Q4_K}, /* Q3_K_M's experts */
 };
 #define N_FFN_TYPES (sizeof(ffn_types) / sizeof(ffn_types[0]))
 
@@ -413,7 +415,8 @@ static void same_bits_as_scalar(moe_isa level)
 		for (int m = 0; m < 3; m++) {
 			moe_type t = ffn_types[k][m];
 			tiled &= t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K ||
-			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0;
+			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 ||
+			         t == MOE_TYPE_Q2_K || t == MOE_TYPE_Q3_K;
 		}
 		if (!tiled)
 			continue;
