@@ -38,12 +38,14 @@ typedef struct bk_type {
 	bool in_target; /* counts for gemv_min_pct_of_triad */
 } bk_type;
 
+/* clang-format off */
 static const bk_type bk_types[] = {
-    {MOE_TYPE_Q4_K, true},   {MOE_TYPE_Q6_K, true},    {MOE_TYPE_Q8_0, true},
-    {MOE_TYPE_Q4_0, true},   {MOE_TYPE_Q5_K, true},    {MOE_TYPE_F16, false},
-    {MOE_TYPE_F32, false},   {MOE_TYPE_IQ4_XS, false}, {MOE_TYPE_IQ4_NL, false},
-    {MOE_TYPE_MXFP4, false},
+    {MOE_TYPE_Q4_K, true},   {MOE_TYPE_Q6_K, true},   {MOE_TYPE_Q8_0, true},
+    {MOE_TYPE_Q4_0, true},   {MOE_TYPE_Q5_K, true},   {MOE_TYPE_F16, false},
+    {MOE_TYPE_F32, false},   {MOE_TYPE_Q2_K, true},   {MOE_TYPE_Q3_K, true},
+    {MOE_TYPE_IQ4_XS, true}, {MOE_TYPE_IQ4_NL, true}, {MOE_TYPE_MXFP4, true},
 };
+/* clang-format on */
 #define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
 
 typedef struct bk_row {

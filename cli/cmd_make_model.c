@@ -24,7 +24,7 @@ static void usage(FILE *f)
 	    "qwen3next-80b-4L (qwen3next: Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers),\n"
 	    "qwen3-30b-a3b-4L (qwen3moe), qwen35-397b-4L (qwen35moe: Qwen3.5-397B-A17B's\n"
 	    "per-layer dimensions, 4 layers + 1 MTP block). --layers N: trunk layers (MTP\n"
-	    "blocks come after them).\n"
+	    "blocks come after them). tiny256 (qwen3moe: every row length a multiple of 256).\n"
 	    "--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
 	    "tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
 	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n");

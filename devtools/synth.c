@@ -181,6 +181,25 @@ static const preset presets[] = {
      40960,
      {0, 0, 0, 0},
      0},
+    /* a tiny qwen3moe whose every row length is a multiple of 256 (the K-quant
+     * block), so llama-quantize gives the 2- and 3-bit K-quants real tensors:
+     * the Q2_K / Q3_K_M fixtures (tests/make_k23_fixtures.py) */
+    {.name = "tiny256",
+     .arch = "qwen3moe",
+     .n_vocab = 512,
+     .n_embd = 256,
+     .n_layer = 2,
+     .n_ff = 768,
+     .n_head = 2,
+     .n_head_kv = 1,
+     .head_dim = 128,
+     .n_rot = 128,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 4,
+     .n_expert_used = 2,
+     .n_ff_exp = 256,
+     .n_ctx = 4096},
 };
 
 /* The preset called name for arch: one made for arch first, else a shared
@@ -1000,7 +1019,7 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 	if (p == NULL)
 		return moe_fail(MOE_ERR_INVAL,
 		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L, "
-		                "qwen35-397b-4L)",
+		                "qwen35-397b-4L, tiny256)",
 		                o->preset);
 	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
 		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,

@@ -707,6 +707,10 @@ moe_gemm_fn moe_gemm_avx2(moe_type t)
 		return gemm_q4_0;
 	case MOE_TYPE_Q5_0:
 		return gemm_q5_0;
+	case MOE_TYPE_Q2_K:
+		return moe_gemm_q2_K_avx2;
+	case MOE_TYPE_Q3_K:
+		return moe_gemm_q3_K_avx2;
 	default:
 		return moe_gemm_avx2_iq4(t);
 	}

@@ -110,9 +110,10 @@ bool moe_isa_supported(moe_isa isa);
 moe_err moe_dequantize_row(moe_type t, float *dst, const void *src, int64_t n);
 
 /* Quantises n floats into type t blocks (moe_row_size(t, n) bytes).
- * Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K,
- * IQ4_NL, IQ4_XS, MXFP4 (the same algorithms as ggml's reference quantizers,
- * which llama-quantize uses without an imatrix: byte-identical output), Q8_K and Q8_1 (activation
+ * Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K,
+ * Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4 (the same algorithms as ggml's reference
+ * quantizers, which llama-quantize uses without an imatrix: byte-identical
+ * output), Q8_K and Q8_1 (activation
  * semantics, below).  Errors: MOE_ERR_BAD_TYPE / MOE_ERR_UNSUPPORTED /
  * MOE_ERR_INVAL as above; MOE_ERR_BAD_VALUE if a quantised type is asked of
  * input with NaN or Inf. */

@@ -319,6 +319,12 @@ moe_err moe_dequantize_row(moe_type t, float *dst, const void *src, int64_t n)
 	case MOE_TYPE_MXFP4:
 		moe_dequant_iq4(t, dst, src, n);
 		break;
+	case MOE_TYPE_Q2_K:
+		moe_dequant_q2_K(dst, src, n);
+		break;
+	case MOE_TYPE_Q3_K:
+		moe_dequant_q3_K(dst, src, n);
+		break;
 	default:
 		return moe_fail(MOE_ERR_UNSUPPORTED, "dequantize: type %s is not implemented",
 		                tr->name);
@@ -876,6 +882,12 @@ moe_err moe_quantize_row(moe_type t, void *dst, const float *src, int64_t n)
 	case MOE_TYPE_MXFP4:
 		moe_quant_iq4(t, dst, src, n);
 		break;
+	case MOE_TYPE_Q2_K:
+		moe_quant_q2_K(dst, src, n);
+		break;
+	case MOE_TYPE_Q3_K:
+		moe_quant_q3_K(dst, src, n);
+		break;
 	default:
 		return moe_fail(MOE_ERR_UNSUPPORTED, "quantize: type %s is not implemented",
 		                tr->name);
@@ -1154,4 +1166,6 @@ void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	dots[MOE_TYPE_Q5_K] = moe_vec_dot_q5_K_ref;
 	dots[MOE_TYPE_Q6_K] = moe_vec_dot_q6_K_ref;
 	moe_dots_ref_iq4(dots);
+	dots[MOE_TYPE_Q2_K] = moe_vec_dot_q2_K_ref;
+	dots[MOE_TYPE_Q3_K] = moe_vec_dot_q3_K_ref;
 }

@@ -149,6 +149,42 @@ typedef struct moe_block_q6_K {
 static_assert(sizeof(moe_block_q6_K) == 210, "Q6_K block is 210 bytes");
 
 /*
+ * Q2_K (84 bytes / 256 values): 16 sub-blocks of 16 values, each with a 4-bit
+ * scale sc and a 4-bit min mn; value = d*sc[s] * q - dmin*mn[s], q in 0..3,
+ * s = v / 16.
+ *   byte 0-15   scales[16]  scales[s] = sc[s] | mn[s] << 4
+ *   byte 16-79  qs[64]  two halves h = 0,1 of 128 values; for l < 32 and
+ *               j < 4, bits 2j..2j+1 of qs[32h + l] = q of value 128h + 32j + l
+ *   byte 80-81  d     fp16 super-scale of the scales
+ *   byte 82-83  dmin  fp16 super-scale of the mins
+ */
+typedef struct moe_block_q2_K {
+	uint8_t scales[16];
+	uint8_t qs[64];
+	uint16_t d;
+	uint16_t dmin;
+} moe_block_q2_K;
+static_assert(sizeof(moe_block_q2_K) == 84, "Q2_K block is 84 bytes");
+
+/*
+ * Q3_K (110 bytes / 256 values): 16 sub-blocks of 16 values with a 6-bit
+ * scale each; value = d * (sc[s] - 32) * (q - 4), q in 0..7, s = v / 16.
+ *   byte 0-31    hmask[32]  bit 2 of q: bit k of hmask[l] is that of value 32k + l
+ *   byte 32-95   qs[64]     bits 0-1 of q, laid out as Q2_K's qs
+ *   byte 96-107  scales[12] sc[s] = lo4 | hi2 << 4 with
+ *                  lo4 = s < 8 ? scales[s] & 15 : scales[s - 8] >> 4
+ *                  hi2 = (scales[8 + s % 4] >> (2 * (s / 4))) & 3
+ *   byte 108-109 d fp16
+ */
+typedef struct moe_block_q3_K {
+	uint8_t hmask[32];
+	uint8_t qs[64];
+	uint8_t scales[12];
+	uint16_t d;
+} moe_block_q3_K;
+static_assert(sizeof(moe_block_q3_K) == 110, "Q3_K block is 110 bytes");
+
+/*
  * Q8_K (292 bytes / 256 values), activations of the K-quants: value = d * q.
  *   byte 0-3     d         f32
  *   byte 4-259   qs[256]   int8
@@ -271,6 +307,13 @@ static inline int moe_iq4xs_scale(const moe_block_iq4_xs *b, int s)
 	return ((b->scales_l[s / 2] >> (4 * (s % 2))) & 15) | ((b->scales_h >> (2 * s)) & 3) << 4;
 }
 
+/* The 6-bit scale (0..63, before the -32) of sub-block s (0..15) of a Q3_K block. */
+static inline int moe_k3_scale(int s, const uint8_t *scales)
+{
+	int lo = s < 8 ? scales[s] & 15 : scales[s - 8] >> 4;
+	return lo | ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4;
+}
+
 /* ---- scalar references (quants.c) ----------------------------------------------- */
 
 /* The canonical arithmetic of the block types with tile kernels (Q8_0, Q4_0,
@@ -279,7 +322,10 @@ static inline int moe_iq4xs_scale(const moe_block_iq4_xs *b, int s)
  * sub-block dot; Q4_K/Q5_K also msum of mins times bsums), then
  * acc = fmaf((float)isum, dw * da, acc) in block order (dw, da the weight's
  * and the activation's block scales as f32; Q4_K/Q5_K a second accumulator
- * with dmin), the result acc (minus the mins' accumulator). */
+ * with dmin), the result acc (minus the mins' accumulator).  Q2_K is Q4_K's
+ * arithmetic over 16 sub-blocks of 16 (msum = sum mn[s] * bsums[s]); Q3_K
+ * Q6_K's with scales sc - 32 and q - 4 (isum = sum (sc[s] - 32) * sum
+ * (q - 4) * a), their tiles in isa_<level>_k23.c. */
 
 void moe_vec_dot_f32_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_f16_ref(int64_t n, float *s, const void *w, const void *a);
@@ -292,6 +338,16 @@ void moe_vec_dot_q8_0_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q4_K_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q5_K_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_q6_K_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q2_K_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_q3_K_ref(int64_t n, float *s, const void *w, const void *a);
+
+/* Q2_K / Q3_K rows (quants_k23.c): dequantisation and ggml's reference
+ * quantizers (quantize_row_q2_K_ref / _q3_K_ref, what llama-quantize runs
+ * without an imatrix); n a multiple of 256, x finite. */
+void moe_dequant_q2_K(float *y, const void *src, int64_t n);
+void moe_dequant_q3_K(float *y, const void *src, int64_t n);
+void moe_quant_q2_K(void *dst, const float *x, int64_t n);
+void moe_quant_q3_K(void *dst, const float *x, int64_t n);
 
 /* IQ4_NL and MXFP4 (x Q8_0), IQ4_XS (x Q8_K): quants_iq4.c.  Canonical
  * arithmetic as above: per block the exact integer sum (IQ4_XS: of
@@ -318,6 +374,11 @@ void moe_dots_avx2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx512(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);         /* base Armv8-A */
 void moe_dots_neon_dotprod(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* + SDOT */
+
+/* Q2_K and Q3_K (isa_<level>_k23.c), called by the tables above. */
+void moe_dots_avx2_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_neon_dotprod_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 
 /* The float vector ops (kernels.h moe_vec_ops): references, AVX2 + F16C. */
 void moe_vec_ops_ref(moe_vec_ops *ops);

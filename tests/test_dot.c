@@ -40,11 +40,14 @@ static double half_value(uint16_t h)
 	return (h & 0x8000) ? -v : v;
 }
 
+/* clang-format off */
 static const moe_type dot_types[] = {
-    MOE_TYPE_F32,  MOE_TYPE_F16,    MOE_TYPE_BF16,   MOE_TYPE_Q4_0,  MOE_TYPE_Q4_1,
-    MOE_TYPE_Q5_0, MOE_TYPE_Q5_1,   MOE_TYPE_Q8_0,   MOE_TYPE_Q4_K,  MOE_TYPE_Q5_K,
-    MOE_TYPE_Q6_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4,
+    MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16,   MOE_TYPE_Q4_0,   MOE_TYPE_Q4_1,
+    MOE_TYPE_Q5_0, MOE_TYPE_Q5_1, MOE_TYPE_Q8_0,   MOE_TYPE_Q4_K,   MOE_TYPE_Q5_K,
+    MOE_TYPE_Q6_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K,   MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS,
+    MOE_TYPE_MXFP4,
 };
+/* clang-format on */
 #define N_DOT_TYPES (sizeof(dot_types) / sizeof(dot_types[0]))
 
 /* Lengths: one block, a few, and long rows (expert FFN sizes); then lengths

@@ -233,6 +233,8 @@ static const moe_type ffn_types[][3] = {
     {MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_XS},
     {MOE_TYPE_MXFP4, MOE_TYPE_MXFP4, MOE_TYPE_MXFP4}, /* gpt-oss-style experts */
     {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_NL},
+    {MOE_TYPE_Q2_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K}, /* Q2_K's experts */
+    {MOE_TYPE_Q3_K, MOE_TYPE_Q3_K, MOE_TYPE_Q4_K}, /* Q3_K_M's experts */
 };
 #define N_FFN_TYPES (sizeof(ffn_types) / sizeof(ffn_types[0]))
 
@@ -418,7 +420,7 @@ static void same_bits_as_scalar(moe_isa level)
 			tiled &= t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K ||
 			         t == MOE_TYPE_Q8_0 || t == MOE_TYPE_Q4_0 || t == MOE_TYPE_Q5_0 ||
 			         t == MOE_TYPE_IQ4_NL || t == MOE_TYPE_IQ4_XS ||
-			         t == MOE_TYPE_MXFP4;
+			         t == MOE_TYPE_MXFP4 || t == MOE_TYPE_Q2_K || t == MOE_TYPE_Q3_K;
 		}
 		if (!tiled)
 			continue;

@@ -368,7 +368,7 @@ Test(quants, dequant_errors)
 	bad[3] = NAN;
 	cr_assert_eq(moe_quantize_row(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
 	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
-	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q2_K, b, y, 256), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_quantize_act(MOE_TYPE_IQ2_XXS, b, y, 256), MOE_ERR_UNSUPPORTED);
 }
 
 /* ---- activation quantisation: exact bit patterns ------------------------------------ */
@@ -697,6 +697,9 @@ Test(quants, isa_override_by_environment_avx2)
 
 /* ---- fixtures: llama-quantize output reproduced byte for byte --------------------- */
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "model/gguf.h"
 
 static moe_gguf *open_fixture(const char *name)
@@ -716,9 +719,9 @@ static moe_gguf *open_fixture(const char *name)
  * (no imatrix), i.e. by ggml's reference quantizers.  Quantising each F32
  * tensor with moe_quantize_row must give the same bytes.
  */
-static void check_requantize(const char *f32_name, const char *q_name, int *n_types_seen)
+static void requantize_equal(moe_gguf *gf, moe_gguf *gq, const char *f32_name, const char *q_name,
+                             int *n_types_seen)
 {
-	moe_gguf *gf = open_fixture(f32_name), *gq = open_fixture(q_name);
 	int checked = 0;
 
 	for (int64_t i = 0; i < moe_gguf_n_tensors(gq); i++) {
@@ -747,6 +750,12 @@ static void check_requantize(const char *f32_name, const char *q_name, int *n_ty
 		free(buf);
 	}
 	cr_log_info("%s: %d tensors byte-identical", q_name, checked);
+}
+
+static void check_requantize(const char *f32_name, const char *q_name, int *n_types_seen)
+{
+	moe_gguf *gf = open_fixture(f32_name), *gq = open_fixture(q_name);
+	requantize_equal(gf, gq, f32_name, q_name, n_types_seen);
 	moe_gguf_close(gf);
 	moe_gguf_close(gq);
 }
@@ -762,6 +771,44 @@ Test(quants_fixtures, quantizers_reproduce_llama_quantize)
 	cr_assert_gt(seen[MOE_TYPE_Q4_0], 0);
 	cr_assert_gt(seen[MOE_TYPE_Q5_0], 0);
 	cr_assert_gt(seen[MOE_TYPE_Q4_K], 0);
+}
+
+/* The qwen3moe-k256 fixtures ship without their F32 original, which
+ * `moemesh make-model --arch qwen3moe --preset tiny256 --seed 6001` writes byte
+ * for byte (tests/make_k23_fixtures.py): written here to a temporary folder,
+ * its Q2_K / Q3_K_M quantisations (mixing Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) must
+ * be llama-quantize's bytes. */
+Test(quants_fixtures, k23_quantizers_reproduce_llama_quantize)
+{
+	const char *bin = getenv("MOE_BIN");
+	cr_assert_not_null(bin, "MOE_BIN is not set");
+	char dir[] = "/tmp/moe-k23-XXXXXX", path[256];
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/qwen3moe-k256-F32.gguf", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		execl(bin, bin, "make-model", "--arch", "qwen3moe", "--preset", "tiny256", "--seed",
+		      "6001", "-o", path, (char *)NULL);
+		_exit(127);
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "make-model failed");
+	moe_gguf *gf = NULL;
+	cr_assert_eq(moe_gguf_open(&gf, path), MOE_OK, "%s: %s", path, moe_err_detail());
+	int seen[MOE_TYPE_COUNT] = {0};
+	const char *qs[] = {"qwen3moe-k256-Q2_K.gguf", "qwen3moe-k256-Q3_K_M.gguf"};
+	for (int k = 0; k < 2; k++) {
+		moe_gguf *gq = open_fixture(qs[k]);
+		requantize_equal(gf, gq, "qwen3moe-k256-F32.gguf", qs[k], seen);
+		moe_gguf_close(gq);
+	}
+	moe_gguf_close(gf);
+	unlink(path);
+	rmdir(dir);
+	cr_assert_gt(seen[MOE_TYPE_Q2_K], 0);
+	cr_assert_gt(seen[MOE_TYPE_Q3_K], 0);
 }
 
 /* Value v of a K-quant block decoded straight from the layout drawing. */

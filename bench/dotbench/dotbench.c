@@ -28,10 +28,13 @@
 
 #include "kernels/kernels.h"
 
+/* clang-format off */
 static const moe_type all_types[] = {
     MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
     MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
+    MOE_TYPE_Q2_K, MOE_TYPE_Q3_K,
 };
+/* clang-format on */
 #define N_ALL_TYPES (sizeof(all_types) / sizeof(all_types[0]))
 
 static double now_s(void)
@@ -281,8 +284,8 @@ int main(int argc, char **argv)
 	float *x = malloc((size_t)n_cols * sizeof(float));
 	float *a = malloc((size_t)n_cols * sizeof(float));
 	void *act = aligned_alloc(64, ((size_t)n_cols * 4 + 63) / 64 * 64);
-	/* every type takes >= 4 bits a value, so no type has more rows than this */
-	float *y = malloc(big_bytes / (size_t)(n_cols / 2) * sizeof(float));
+	/* every type takes >= 2 bits a value, so no type has more rows than this */
+	float *y = malloc(big_bytes / (size_t)(n_cols / 4) * sizeof(float));
 	if (big == NULL || x == NULL || a == NULL || act == NULL || y == NULL) {
 		fprintf(stderr, "moe_dotbench: out of memory (%zu MiB)\n", big_mib);
 		return 1;

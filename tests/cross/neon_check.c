@@ -82,11 +82,14 @@ static double half_value(uint16_t h)
 	return (h & 0x8000) ? -v : v;
 }
 
+/* clang-format off */
 static const moe_type dot_types[] = {
-    MOE_TYPE_F32,  MOE_TYPE_F16,    MOE_TYPE_BF16,   MOE_TYPE_Q4_0,  MOE_TYPE_Q4_1,
-    MOE_TYPE_Q5_0, MOE_TYPE_Q5_1,   MOE_TYPE_Q8_0,   MOE_TYPE_Q4_K,  MOE_TYPE_Q5_K,
-    MOE_TYPE_Q6_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4,
+    MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16,   MOE_TYPE_Q4_0,   MOE_TYPE_Q4_1,
+    MOE_TYPE_Q5_0, MOE_TYPE_Q5_1, MOE_TYPE_Q8_0,   MOE_TYPE_Q4_K,   MOE_TYPE_Q5_K,
+    MOE_TYPE_Q6_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K,   MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS,
+    MOE_TYPE_MXFP4,
 };
+/* clang-format on */
 #define N_DOT_TYPES (sizeof(dot_types) / sizeof(dot_types[0]))
 
 /* test_dot.c's lengths: one block, a few, long rows; 13 and 41 32-blocks
@@ -97,7 +100,8 @@ static const int64_t lengths[] = {256, 768, 2048, 4096, 256 * 27, 32 * 13, 32 * 
 
 static bool is_k_quant(moe_type t)
 {
-	return t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K;
+	return t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K || t == MOE_TYPE_Q6_K ||
+	       t == MOE_TYPE_Q2_K || t == MOE_TYPE_Q3_K;
 }
 
 /* The types whose dots follow the canonical block arithmetic (quants.h) at

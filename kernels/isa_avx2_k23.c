@@ -1,0 +1,312 @@
+/*
+ * isa_avx2_k23.c - AVX2 + FMA + F16C kernels of the 2- and 3-bit K-quants
+ * (Q2_K, Q3_K) against Q8_K: the one-token dot and the tile kernel (gemm.h)
+ * the matrix products and the expert FFN use.  Compiled with the avx2 flags;
+ * the AVX-512 level takes these as they are.
+ *
+ * Both follow the canonical arithmetic of quants.h bit for bit: per (row,
+ * token) and block the exact int32 sum (in any order: integers), then the
+ * same scalar f32 operations as the references in block order
+ * (acc = fmaf((float)isum, d * d_a, acc)).  A (row, token) result therefore
+ * does not depend on the tile, the batch or the level.
+ *
+ * Each block prefetches the weights 16 blocks ahead (1.3-1.8 KB): these
+ * formats carry few bytes per unit of work, and on one busy AVX2 EPYC core
+ * Q3_K's one-token stream went from 4.2-6.4 to 7.7-7.9 GB/s with it (Q2_K
+ * within the noise; dotbench --matmul, runs alternated).
+ *
+ * Per row and block the quants are unpacked once into 8 vectors of 32 bytes
+ * (vector v = values 32v..32v+31 = sub-blocks 2v (low 128 bits) and 2v+1
+ * (high 128 bits)), each with its pair of sub-block scales as int16, and met
+ * by up to 8 tokens: one maddubs (u8 quants x s8 activations, pairs within
+ * int16) and one madd by the scales (-> int32) per vector and token.
+ *   Q2_K: q in 0..3; the mins' term sum mn[s] * bsums[s] is one madd of the
+ *         16 mins with the activation's bsums.
+ *   Q3_K: q in 0..7 (bit 2 from hmask), the -4 offset taken out as
+ *         4 * sum (sc[s] - 32) * bsums[s] (one madd); the signed scales
+ *         are unpacked in vector registers and widened to int16 once per
+ *         block, each vector's pair picked by one shuffle.
+ */
+#include <stddef.h>
+
+#include "kernels/gemm.h"
+#include "kernels/isa_avx2.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+enum { KT = 8 }; /* tokens per tile at most */
+
+/* Shuffle mask: int16 lanes of the low half = byte 2v zero-extended, of the
+ * high half = byte 2v + 1 (with 0x80 high bytes). */
+static ALWAYS_INLINE __m256i pick_u8_pair(int v)
+{
+	return _mm256_set_epi64x(0x8000800080008000ll | (0x0001000100010001ll * (2 * v + 1)),
+	                         0x8000800080008000ll | (0x0001000100010001ll * (2 * v + 1)),
+	                         0x8000800080008000ll | (0x0001000100010001ll * (2 * v)),
+	                         0x8000800080008000ll | (0x0001000100010001ll * (2 * v)));
+}
+
+/* Shuffle mask: int16 lanes of the low half = int16 element e0, of the high
+ * half = element e1 (of each half's 8). */
+static ALWAYS_INLINE __m256i pick_i16_pair(int e0, int e1)
+{
+	const long long w0 = 0x0001000100010001ll * (0x0100 * (2 * e0 + 1) + 2 * e0);
+	const long long w1 = 0x0001000100010001ll * (0x0100 * (2 * e1 + 1) + 2 * e1);
+	return _mm256_set_epi64x(w1, w1, w0, w0);
+}
+
+/* [sum of a's 8 int32, sum of b's, the same again] (exact). */
+static ALWAYS_INLINE __m128i hsum2_i32(__m256i a, __m256i b)
+{
+	__m256i t = _mm256_hadd_epi32(a, b); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+	return _mm_hadd_epi32(s, s);
+}
+
+static ALWAYS_INLINE uint32_t load_u32(const void *p)
+{
+	uint32_t u;
+	memcpy(&u, p, 4);
+	return u;
+}
+
+/* ---- Q2_K ------------------------------------------------------------------------ */
+
+/* Row w (nb blocks) against T tokens a[0..T): out[t] as the reference. */
+static ALWAYS_INLINE void row_q2_K(int T, int64_t nb, float out[KT], const uint8_t *w,
+                                   const uint8_t *const a[KT])
+{
+	const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+	__m128 acc2[KT]; /* lane 0: the scales' sum, lane 1: the mins' */
+
+	for (int t = 0; t < T; t++)
+		acc2[t] = _mm_setzero_ps();
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q2_K *x = (const moe_block_q2_K *)w + i;
+		_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
+		const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
+		const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(sc8), m15);
+		const __m256i mn16 =
+		    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
+		__m256i acc[KT];
+
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			acc[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+		for (int h = 0; h < 2; h++) {
+			__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+			pin(&qs);
+#pragma GCC unroll 4
+			for (int j = 0; j < 4; j++) {
+				const int v = 4 * h + j;
+				const __m256i q =
+				    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
+				const __m256i sc = _mm256_shuffle_epi8(scb, pick_u8_pair(v));
+#pragma GCC unroll 8
+				for (int t = 0; t < T; t++) {
+					const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+					const __m256i yy =
+					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * v));
+					acc[t] = _mm256_add_epi32(
+					    acc[t],
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+				}
+			}
+		}
+		const __m128 ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(&x->d)));
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+			const __m256i m =
+			    _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)y->bsums));
+			/* [isum, msum] * [d * dy, dmin * dy] + acc: the references' fmaf */
+			acc2[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum2_i32(acc[t], m)),
+			                       _mm_mul_ps(ddm, _mm_set1_ps(y->d)), acc2[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		out[t] = _mm_cvtss_f32(acc2[t]) - _mm_cvtss_f32(_mm_movehdup_ps(acc2[t]));
+}
+
+/* ---- Q3_K ------------------------------------------------------------------------ */
+
+/* The 16 scales sc[s] - 32 of a Q3_K block as int8 (quants.h layout), from
+ * the 16 bytes ending with its 12 scale bytes (the block's bytes 92-107: no
+ * read past the block).  As 32-bit words a0 a1 hi (scale bytes 0-3, 4-7,
+ * 8-11): scales 0-3 = (a0 & 0x0f..) | (hi & 0x03..) << 4, 4-7 = a1 and hi >> 2,
+ * 8-11 = a0 >> 4 and hi >> 4, 12-15 = a1 >> 4 and hi >> 6. */
+static ALWAYS_INLINE __m128i q3_scales(const uint8_t *scales)
+{
+	const __m128i v = _mm_srli_si128(_mm_loadu_si128((const __m128i *)(scales - 4)), 4);
+	const __m128i lo =
+	    _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 1, 0)),
+	                                 _mm_set_epi32(4, 4, 0, 0)),
+	                  _mm_set1_epi8(15));
+	const __m128i hi =
+	    _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 2, 2)),
+	                                 _mm_set_epi32(6, 4, 2, 0)),
+	                  _mm_set1_epi8(3));
+	return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi32(hi, 4)), _mm_set1_epi8(32));
+}
+
+static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8_t *w,
+                                   const uint8_t *const a[KT])
+{
+	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
+	__m128 sum[KT]; /* lane 0 */
+
+	for (int t = 0; t < T; t++)
+		sum[t] = _mm_setzero_ps();
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q3_K *x = (const moe_block_q3_K *)w + i;
+		_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
+		const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x->scales));
+		/* scales 0-7 and 8-15 as int16, in both halves */
+		const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+		const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+		/* -4 * (sc - 32) as int16 per sub-block: |.| <= 128 */
+		const __m256i off16 =
+		    _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
+		const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+		__m256i acc[KT];
+
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+			acc[t] =
+			    _mm256_madd_epi16(off16, _mm256_loadu_si256((const __m256i *)y->bsums));
+		}
+#pragma GCC unroll 2
+		for (int h = 0; h < 2; h++) {
+			__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+			pin(&qs);
+#pragma GCC unroll 4
+			for (int j = 0; j < 4; j++) {
+				const int v = 4 * h + j;
+				/* bit v of each hmask byte moved to bit 2 */
+				const __m256i hb = v >= 2 ? _mm256_srli_epi16(hm, v - 2)
+				                          : _mm256_slli_epi16(hm, 2 - v);
+				const __m256i q = _mm256_or_si256(
+				    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
+				    _mm256_and_si256(hb, b4));
+				const __m256i sc = _mm256_shuffle_epi8(
+				    v < 4 ? sca : scb, pick_i16_pair((2 * v) % 8, (2 * v + 1) % 8));
+#pragma GCC unroll 8
+				for (int t = 0; t < T; t++) {
+					const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+					const __m256i yy =
+					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * v));
+					acc[t] = _mm256_add_epi32(
+					    acc[t],
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+				}
+			}
+		}
+		const float d = half_to_f32(x->d);
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+			/* fmaf((float)isum, d * dy, sum), in a vector register */
+			sum[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(acc[t])),
+			                      _mm_set_ss(d * y->d), sum[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		out[t] = _mm_cvtss_f32(sum[t]);
+}
+
+/* ---- one-token dots -------------------------------------------------------------- */
+
+static void dot_q2_K(int64_t n, float *s, const void *w, const void *a)
+{
+	const uint8_t *ap[KT] = {a};
+	float out[KT];
+
+	row_q2_K(1, n / MOE_QK_K, out, w, ap);
+	*s = out[0];
+}
+
+static void dot_q3_K(int64_t n, float *s, const void *w, const void *a)
+{
+	const uint8_t *ap[KT] = {a};
+	float out[KT];
+
+	row_q3_K(1, n / MOE_QK_K, out, w, ap);
+	*s = out[0];
+}
+
+void moe_dots_avx2_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
+{
+	dots[MOE_TYPE_Q2_K] = dot_q2_K;
+	dots[MOE_TYPE_Q3_K] = dot_q3_K;
+}
+
+/* ---- tiles ----------------------------------------------------------------------- */
+
+typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_t *const a[KT]);
+
+#define ROW_FNS(type)                                                                              \
+	static void type##_t1(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_##type(1, nb, o, w, a);                                                        \
+	}                                                                                          \
+	static void type##_t2(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_##type(2, nb, o, w, a);                                                        \
+	}                                                                                          \
+	static void type##_t4(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_##type(4, nb, o, w, a);                                                        \
+	}                                                                                          \
+	static void type##_t8(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_##type(8, nb, o, w, a);                                                        \
+	}
+
+ROW_FNS(q2_K)
+ROW_FNS(q3_K)
+
+/* Tokens [0, n_t) in groups of 8, then one of 4, 2 and 1 as needed; each
+ * group meets every row (the caller keeps the rows few enough to stay in
+ * cache when there are several groups). */
+static void run_rows(const row_fn fns[4], int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const uint8_t *ap[KT];
+	float out[KT];
+
+	for (int64_t t0 = 0; t0 < n_t;) {
+		const int64_t left = n_t - t0;
+		const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+		const int T = 1 << k;
+		for (int t = 0; t < T; t++)
+			ap[t] = x + (size_t)(t0 + t) * x_stride;
+		for (int64_t r = 0; r < n_r; r++) {
+			fns[k](nb, out, w + (size_t)r * w_stride, ap);
+			for (int t = 0; t < T; t++)
+				y[(t0 + t) * ldy + r] = out[t];
+		}
+		t0 += T;
+	}
+}
+
+static const row_fn fns_q2_K[4] = {q2_K_t1, q2_K_t2, q2_K_t4, q2_K_t8};
+static const row_fn fns_q3_K[4] = {q3_K_t1, q3_K_t2, q3_K_t4, q3_K_t8};
+
+void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_rows(fns_q2_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+void moe_gemm_q3_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	run_rows(fns_q3_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}

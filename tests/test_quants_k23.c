@@ -1,0 +1,328 @@
+/*
+ * test_quants_k23.c - the 2- and 3-bit K-quants (Q2_K, Q3_K): dequantisation
+ * of hand-built blocks against values worked out by hand and against a
+ * decoder written here from the layout drawing; the quantizers' error; the
+ * scalar dot against a double-precision dot of the dequantised operands; and
+ * each SIMD level's dot and tiles against the scalar reference bit for bit
+ * (random blocks of every bit pattern, extremes, row lengths of 1 to 27
+ * blocks, 1 to 19 tokens).  Fixture checks (llama-quantize's bytes, the
+ * forward pass) are in test_quants and test_forward.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isa_levels.h"
+#include "kernels/kernels.h"
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float rng_unif(void)
+{
+	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* fp16 bits -> value by the IEEE formula. */
+static double half_value(uint16_t h)
+{
+	int e = (h >> 10) & 31, m = h & 1023;
+	double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+
+	return (h & 0x8000) ? -v : v;
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+enum { Q2_BYTES = 84, Q3_BYTES = 110 };
+
+/* Value v of a block, decoded from quants.h's drawing. */
+static double q2_value(const uint8_t *b, int v)
+{
+	int s = v / 16, sc = b[s] & 15, mn = b[s] >> 4;
+	int q = (b[16 + 32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3;
+	return half_value(get16(b + 80)) * sc * q - half_value(get16(b + 82)) * mn;
+}
+
+static double q3_value(const uint8_t *b, int v)
+{
+	int s = v / 16;
+	const uint8_t *sc12 = b + 96;
+	int lo = s < 8 ? sc12[s] & 15 : sc12[s - 8] >> 4;
+	int sc = lo | ((sc12[8 + s % 4] >> (2 * (s / 4))) & 3) << 4;
+	int q = (b[32 + 32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3;
+	q |= ((b[v % 32] >> (v / 32)) & 1) << 2;
+	return half_value(get16(b + 108)) * (sc - 32) * (q - 4);
+}
+
+/* Packs 16 six-bit Q3_K scales as drawn in quants.h. */
+static void pack_q3_scales(uint8_t out[12], const int sc[16])
+{
+	memset(out, 0, 12);
+	for (int s = 0; s < 16; s++) {
+		if (s < 8)
+			out[s] |= (uint8_t)(sc[s] & 15);
+		else
+			out[s - 8] |= (uint8_t)((sc[s] & 15) << 4);
+		out[8 + s % 4] |= (uint8_t)((sc[s] >> 4) << (2 * (s / 4)));
+	}
+}
+
+Test(quants_k23, dequant_q2_K_by_hand)
+{
+	uint8_t b[Q2_BYTES];
+	float y[256];
+
+	/* sc[s] = s + 1 (15 for s = 15), mn = 2 (1 for s = 15); every qs byte
+	 * 0xe4 = q 0, 1, 2, 3 in bits 0-1, 2-3, 4-5, 6-7: q = (v % 128) / 32;
+	 * d = 1, dmin = 0.5 */
+	for (int s = 0; s < 16; s++)
+		b[s] = s < 15 ? (uint8_t)((s + 1) | 2 << 4) : (uint8_t)(15 | 1 << 4);
+	memset(b + 16, 0xe4, 64);
+	b[80] = 0x00, b[81] = 0x3c, b[82] = 0x00, b[83] = 0x38;
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q2_K, y, b, 256), MOE_OK);
+	cr_assert_float_eq(y[0], -1.0f, 0, "q 0: -dmin * mn");
+	cr_assert_float_eq(y[40], 2.0f, 0, "s 2 (sc 3), q 1: 3 - 1");
+	cr_assert_float_eq(y[100], 20.0f, 0, "s 6 (sc 7), q 3: 21 - 1");
+	cr_assert_float_eq(y[200], 25.0f, 0, "s 12 (sc 13), q 2: 26 - 1");
+	cr_assert_float_eq(y[255], 44.5f, 0, "s 15 (sc 15, mn 1), q 3: 45 - 0.5");
+
+	/* random blocks against the drawing */
+	rng_state = 11;
+	for (int k = 0; k < 200; k++) {
+		for (int i = 0; i < 80; i++)
+			b[i] = (uint8_t)rng_next();
+		b[80] = (uint8_t)rng_next(), b[81] = (uint8_t)(0x28 + rng_next() % 16);
+		b[82] = (uint8_t)rng_next(), b[83] = (uint8_t)(0x28 + rng_next() % 16);
+		cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q2_K, y, b, 256), MOE_OK);
+		for (int v = 0; v < 256; v++) {
+			double want = q2_value(b, v);
+			cr_assert(fabs(y[v] - want) <= 1e-6 * fabs(want) + 1e-9,
+			          "block %d value %d: %g vs %g", k, v, y[v], want);
+		}
+	}
+}
+
+Test(quants_k23, dequant_q3_K_by_hand)
+{
+	uint8_t b[Q3_BYTES];
+	float y[256];
+	int sc[16];
+
+	/* sc[s] = 4s (63 for s = 15), i.e. sc - 32 = -32, -28, ..., 31; every
+	 * qs byte 0xe4: bits 0-1 of q = (v % 128) / 32; every hmask byte 0xaa:
+	 * bit 2 of q set where v / 32 is odd; d = 1 */
+	for (int s = 0; s < 16; s++)
+		sc[s] = s < 15 ? 4 * s : 63;
+	memset(b, 0xaa, 32);
+	memset(b + 32, 0xe4, 64);
+	pack_q3_scales(b + 96, sc);
+	b[108] = 0x00, b[109] = 0x3c;
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q3_K, y, b, 256), MOE_OK);
+	cr_assert_float_eq(y[0], 128.0f, 0, "s 0 (-32), q 0: -32 * -4");
+	cr_assert_float_eq(y[33], -24.0f, 0, "s 2 (-24), q 1 | 4: -24 * 1");
+	cr_assert_float_eq(y[100], -24.0f, 0, "s 6 (-8), q 3 | 4: -8 * 3");
+	cr_assert_float_eq(y[130], 0.0f, 0, "s 8 (0)");
+	cr_assert_float_eq(y[255], 93.0f, 0, "s 15 (31), q 3 | 4: 31 * 3");
+	cr_assert_float_eq(y[64], 32.0f, 0, "s 4 (-16), q 2: -16 * -2");
+
+	rng_state = 12;
+	for (int k = 0; k < 200; k++) {
+		for (int i = 0; i < 108; i++)
+			b[i] = (uint8_t)rng_next();
+		b[108] = (uint8_t)rng_next(), b[109] = (uint8_t)(0x28 + rng_next() % 16);
+		cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q3_K, y, b, 256), MOE_OK);
+		for (int v = 0; v < 256; v++) {
+			double want = q3_value(b, v);
+			cr_assert(fabs(y[v] - want) <= 1e-6 * fabs(want) + 1e-9,
+			          "block %d value %d: %g vs %g", k, v, y[v], want);
+		}
+	}
+}
+
+/* The quantizers: the RMS error over normal-ish data relative to its RMS,
+ * bounded by what 2 and 3 bits with 16-value sub-blocks give (measured:
+ * Q2_K 0.289, Q3_K 0.145 on this data), and an all-zero block stays zero. */
+Test(quants_k23, quantizer_error)
+{
+	enum { N = 256 * 32 };
+	static float x[N], y[N];
+	static uint8_t q[N];
+	const moe_type types[] = {MOE_TYPE_Q2_K, MOE_TYPE_Q3_K};
+	const double bound[] = {0.32, 0.17};
+
+	rng_state = 5;
+	for (int i = 0; i < N; i++)
+		x[i] = (rng_unif() + rng_unif() + rng_unif()) * (1.0f + (float)(i / 256 % 4));
+	for (int k = 0; k < 2; k++) {
+		double e2 = 0, x2 = 0;
+		cr_assert_eq(moe_quantize_row(types[k], q, x, N), MOE_OK);
+		cr_assert_eq(moe_dequantize_row(types[k], y, q, N), MOE_OK);
+		for (int i = 0; i < N; i++) {
+			e2 += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+			x2 += (double)x[i] * x[i];
+		}
+		double rel = sqrt(e2 / x2);
+		cr_log_info("%s: relative RMS error %.4f", moe_type_get(types[k])->name, rel);
+		cr_assert(rel <= bound[k], "%s: relative RMS error %.4f > %.2f",
+		          moe_type_get(types[k])->name, rel, bound[k]);
+		float z[256] = {0}, back[256];
+		cr_assert_eq(moe_quantize_row(types[k], q, z, 256), MOE_OK);
+		cr_assert_eq(moe_dequantize_row(types[k], back, q, 256), MOE_OK);
+		for (int i = 0; i < 256; i++)
+			cr_assert_eq(back[i], 0.0f);
+	}
+}
+
+/* A row of nb random blocks of type t (every byte random, the fp16 scales
+ * positive and small), and an activation row from random floats. */
+static void random_row(moe_type t, uint8_t *w, uint8_t *aq, float *a, int64_t nb, int extreme)
+{
+	const size_t bs = moe_type_get(t)->type_size;
+	for (int64_t i = 0; i < nb; i++) {
+		uint8_t *b = w + (size_t)i * bs;
+		for (size_t k = 0; k < bs; k++)
+			b[k] = extreme ? 0xff : (uint8_t)rng_next();
+		/* the fp16 fields: Q2_K d, dmin at 80, 82; Q3_K d at 108 */
+		const size_t off = t == MOE_TYPE_Q2_K ? 80 : 108;
+		const int nh = t == MOE_TYPE_Q2_K ? 2 : 1;
+		for (int h = 0; h < nh; h++) {
+			b[off + 2 * h] = (uint8_t)rng_next();
+			b[off + 2 * h + 1] = (uint8_t)(0x1c + rng_next() % 24);
+		}
+	}
+	for (int64_t i = 0; i < 256 * nb; i++)
+		a[i] = extreme ? (i % 3 ? 1.0f : -1.0f) : rng_unif() * (1.0f + (float)(i / 64 % 5));
+	if (extreme == 2)
+		for (int64_t i = 0; i < 256 * nb; i++)
+			a[i] = -1.0f;
+	cr_assert_eq(moe_quantize_act(t, aq, a, 256 * nb), MOE_OK);
+}
+
+static const moe_type k23_types[] = {MOE_TYPE_Q2_K, MOE_TYPE_Q3_K};
+static const int64_t k23_blocks[] = {1, 2, 3, 8, 16, 27};
+
+/* Reference vs double: the integer parts are exact, what remains is the f32
+ * rounding of the scale products and of the two running sums (as in
+ * test_dot: 4e-6 relative to sum |w_i a_i|). */
+Test(quants_k23, reference_matches_dequantised_double)
+{
+	enum { MAXB = 27 };
+	static uint8_t w[MAXB * 110], aq[MAXB * 292];
+	static float a[MAXB * 256], wd[MAXB * 256], ad[MAXB * 256];
+	int checked = 0;
+
+	rng_state = 77;
+	for (size_t ti = 0; ti < 2; ti++) {
+		moe_type t = k23_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		cr_assert_not_null(ref);
+		for (size_t li = 0; li < sizeof(k23_blocks) / sizeof(k23_blocks[0]); li++) {
+			const int64_t nb = k23_blocks[li], n = 256 * nb;
+			for (int rep = 0; rep < 4; rep++) {
+				random_row(t, w, aq, a, nb, 0);
+				cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
+				cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q8_K, ad, aq, n), MOE_OK);
+				double exact = 0, mag = 0;
+				for (int64_t i = 0; i < n; i++) {
+					exact += (double)wd[i] * ad[i];
+					mag += fabs((double)wd[i] * ad[i]);
+				}
+				float s = NAN;
+				ref(n, &s, w, aq);
+				cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
+				          "%s n=%lld: %.9g vs %.9g", moe_type_get(t)->name,
+				          (long long)n, s, exact);
+				checked++;
+			}
+		}
+	}
+	cr_assert_gt(checked, 0);
+}
+
+/* Each SIMD level's one-token dot gives the reference's bits, on random
+ * blocks and on extremes (every byte 0xff: the largest quants, scales and
+ * mins; activations of +-127 and all -127). */
+static void dot_same_bits(moe_isa level)
+{
+	enum { MAXB = 27 };
+	static uint8_t w[MAXB * 110], aq[MAXB * 292];
+	static float a[MAXB * 256];
+	int checked = 0;
+
+	rng_state = 99;
+	for (size_t ti = 0; ti < 2; ti++) {
+		moe_type t = k23_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
+		cr_assert(ref != NULL && fn != NULL);
+		for (size_t li = 0; li < sizeof(k23_blocks) / sizeof(k23_blocks[0]); li++) {
+			const int64_t nb = k23_blocks[li], n = 256 * nb;
+			for (int rep = 0; rep < 6; rep++) {
+				random_row(t, w, aq, a, nb, rep < 3 ? 0 : rep - 3);
+				float want = NAN, got = NAN;
+				ref(n, &want, w, aq);
+				fn(n, &got, w, aq);
+				cr_assert(memcmp(&want, &got, sizeof(float)) == 0,
+				          "%s %s n=%lld rep %d: %.9g, reference %.9g",
+				          moe_isa_name(level), moe_type_get(t)->name, (long long)n,
+				          rep, got, want);
+				checked++;
+			}
+		}
+	}
+	cr_assert_gt(checked, 0, "%s: nothing compared", moe_isa_name(level));
+}
+
+ISA_SIMD_TESTS(quants_k23, dot_same_bits_as_reference, dot_same_bits)
+
+/* The tiles behind moe_matmul_q: every element of rows x tokens products
+ * (1..11 rows, 1..19 tokens: every group size of the tiles) gives the scalar
+ * level's bits, on random blocks of 3 blocks per row. */
+static void tiles_same_bits(moe_isa level)
+{
+	enum { MAXR = 11, MAXT = 19, NB = 3, COLS = 256 * NB };
+	static uint8_t w[MAXR * NB * 110], aq[MAXT * NB * 292];
+	static float a[COLS], want[MAXR * MAXT], got[MAXR * MAXT];
+	int compared = 0;
+
+	rng_state = 1234;
+	for (size_t ti = 0; ti < 2; ti++) {
+		moe_type t = k23_types[ti];
+		const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+		for (int r = 0; r < MAXR; r++)
+			random_row(t, w + r * rs, aq, a, NB, 0);
+		for (int k = 0; k < MAXT; k++)
+			random_row(t, w + (MAXR - 1) * rs, aq + k * as, a, NB, 0);
+		for (int nr = 1; nr <= MAXR; nr += 2)
+			for (int nt = 1; nt <= MAXT; nt++) {
+				cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+				cr_assert_eq(moe_matmul_q(NULL, want, w, t, nr, COLS, aq, nt),
+				             MOE_OK);
+				cr_assert_eq(moe_isa_set(level), MOE_OK);
+				cr_assert_eq(moe_matmul_q(NULL, got, w, t, nr, COLS, aq, nt),
+				             MOE_OK);
+				for (int e = 0; e < nr * nt; e++)
+					cr_assert(memcmp(&want[e], &got[e], sizeof(float)) == 0,
+					          "%s %s %d x %d element %d: %.9g, scalar %.9g",
+					          moe_isa_name(level), moe_type_get(t)->name, nr,
+					          nt, e, got[e], want[e]);
+				compared += nr * nt;
+			}
+	}
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+}
+
+ISA_SIMD_TESTS(quants_k23, tiles_same_bits_as_scalar, tiles_same_bits)
