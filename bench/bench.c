@@ -26,6 +26,8 @@ const moe_bench moe_benches[] = {
     {"quality",
      "perplexity over a text, KL and top-1 against a reference model (llama-perplexity's)",
      moe_bench_quality},
+    {"trace", "replay a routing trace against a placement: load per worker, distinct experts",
+     moe_bench_trace},
     {NULL, NULL, NULL},
 };
 

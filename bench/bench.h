@@ -39,5 +39,6 @@ int moe_bench_rebalance(int argc, char **argv);
 int moe_bench_grammar(int argc, char **argv);
 int moe_bench_agent(int argc, char **argv);
 int moe_bench_quality(int argc, char **argv);
+int moe_bench_trace(int argc, char **argv);
 
 #endif
