@@ -117,6 +117,7 @@ struct moe_trace_writer {
 	bool bad;          /* the open step saw a layer it cannot place */
 	uint32_t *done;    /* [n_layer] tokens recorded per layer in the open step */
 	uint64_t next_step;
+	double handed_at; /* when records were last handed over (0: never) */
 
 	/* shared, under mu */
 	pthread_mutex_t mu;
@@ -180,9 +181,10 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* Hands cur to the thread if it is idle (wait: until it is). */
-static void hand_over(moe_trace_writer *w, bool wait)
+/* Hands cur to the thread if it is idle (wait: until it is); true if it did. */
+static bool hand_over(moe_trace_writer *w, bool wait)
 {
+	bool handed = false;
 	pthread_mutex_lock(&w->mu);
 	while (wait && w->busy)
 		pthread_cond_wait(&w->cv, &w->mu);
@@ -192,9 +194,11 @@ static void hand_over(moe_trace_writer *w, bool wait)
 		w->cur = t;
 		w->cur.len = 0;
 		w->busy = true;
+		handed = true;
 		pthread_cond_broadcast(&w->cv);
 	}
 	pthread_mutex_unlock(&w->mu);
+	return handed;
 }
 
 static bool reserve(buf *b, size_t more)
@@ -387,8 +391,11 @@ void moe_trace_writer_step_end(moe_trace_writer *w, bool ok)
 	put64(p + size - 8, fnv64(p, size - 8));
 	w->cur.len = w->rec + size;
 	atomic_fetch_add(&w->recorded, 1);
-	if (w->cur.len >= FLUSH_AT)
-		hand_over(w, false);
+	/* large pieces, and at least once a second so that the file follows the
+	 * server (the first step goes at once) */
+	const double now = moe_now_s();
+	if ((w->cur.len >= FLUSH_AT || now - w->handed_at >= 1.0) && hand_over(w, false))
+		w->handed_at = now;
 }
 
 void moe_trace_writer_counts(const moe_trace_writer *w, uint64_t *recorded, uint64_t *dropped,

@@ -75,7 +75,8 @@ typedef struct moe_trace_writer moe_trace_writer;
 /* Creates (or truncates) path, writes the header of info (n_layer, n_expert,
  * k, flags, model_id; version is set here) and starts the writer's thread.
  * Steps are kept in memory and handed to that thread in pieces of about
- * 1 MiB, so the step path only copies; while it is still writing, steps are
+ * 1 MiB, or after a second (the first step at once), so the step path only
+ * copies; while it is still writing, steps are
  * kept up to 64 MiB, and beyond that dropped (counted in the end record,
  * never waited for).  Errors: MOE_ERR_INVAL (info out of the ranges above),
  * MOE_ERR_IO (create or write the header: the detail names path and errno),
