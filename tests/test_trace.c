@@ -699,9 +699,9 @@ static void three_requests(const server *sv, uint32_t ran[3])
 		    snprintf(cmd + n, sizeof cmd - (size_t)n,
 		             "curl -sf -m 120 -o '%s/r%d.json' -H 'Content-Type: application/json' "
 		             "-d '{\"prompt\": \"%s\", \"max_tokens\": 7, \"temperature\": 0}' "
-		             "http://127.0.0.1:%d/v1/completions & ",
-		             g_dir, i, prompts[i], sv->port);
-	snprintf(cmd + n, sizeof cmd - (size_t)n, "wait)");
+		             "http://127.0.0.1:%d/v1/completions & p%d=$!; ",
+		             g_dir, i, prompts[i], sv->port, i);
+	snprintf(cmd + n, sizeof cmd - (size_t)n, "wait $p0 && wait $p1 && wait $p2)");
 	cr_assert_eq(sh("%s", cmd), 0);
 	for (int i = 0; i < 3; i++) {
 		char name[16];
