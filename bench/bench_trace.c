@@ -292,15 +292,15 @@ int moe_bench_trace(int argc, char **argv)
 		const double uniform = (double)nl * ne * (1.0 - pow(1.0 - kp, (double)s.n_tok));
 		const double ip = sum_p > 0 ? max_p / sum_p : 1.0,
 		             id_ = sum_d > 0 ? max_d / sum_d : 1.0;
-		/* sequences in the step: distinct seq ids (its tokens are few) */
-		uint32_t n_seq = 0;
+		/* sequences in the step: distinct ids (a step has as many as the
+		 * server's slots, so a short list does; past 1024 they stop counting) */
+		uint32_t seqs[1024], n_seq = 0;
 		for (uint32_t t = 0; t < s.n_tok; t++) {
-			bool again = false;
-			for (uint32_t u = 0; u < t && !again; u++)
-				again = s.seq[u] == s.seq[t];
-			n_seq += !again;
-			if (t >= 4096)
-				break; /* a long prefill: enough to count its few sequences */
+			uint32_t q = 0;
+			while (q < n_seq && seqs[q] != s.seq[t])
+				q++;
+			if (q == n_seq && n_seq < 1024)
+				seqs[n_seq++] = s.seq[t];
 		}
 		fprintf(out, "%llu,%u,%u,%llu,%.2f,%.4f,%.4f", (unsigned long long)s.step, s.n_tok,
 		        n_seq, (unsigned long long)distinct, uniform, ip, id_);
