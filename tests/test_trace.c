@@ -9,12 +9,14 @@
  * which `bench trace` must reproduce from the trace and the placement; the
  * CSV converter's rows against the binary; corrupt and truncated files
  * refused, naming the fault; a write error stopping the trace, not the run
- * or the server.
+ * or the server; steps dropped, not waited for, when the writer falls behind.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -844,4 +846,128 @@ Test(trace, serve_goes_on_after_a_write_error)
 	cr_assert(strstr(log, "File too large") != NULL && strstr(log, "tracing stopped") != NULL,
 	          "%s", log);
 	free(log);
+}
+
+/* ---- a writer that falls behind -------------------------------------------------------- */
+
+static moe_err null_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                          const float *weights, int n_used)
+{
+	(void)ctx, (void)il, (void)n_tok, (void)x, (void)ids, (void)weights, (void)n_used;
+	return MOE_OK;
+}
+
+static moe_err null_finish(void *ctx, moe_fix_t *acc)
+{
+	(void)ctx, (void)acc;
+	return MOE_OK;
+}
+
+typedef struct drain {
+	int fd;
+	uint8_t *b;
+	size_t len, cap;
+} drain;
+
+static void *drain_main(void *arg)
+{
+	drain *d = arg;
+	for (;;) {
+		if (d->len + 65536 > d->cap) {
+			d->cap = d->cap ? 2 * d->cap : 1 << 24;
+			d->b = realloc(d->b, d->cap);
+			if (d->b == NULL)
+				return NULL;
+		}
+		const ssize_t n = read(d->fd, d->b + d->len, 65536);
+		if (n > 0)
+			d->len += (size_t)n;
+		else if (n == 0 || errno != EINTR)
+			return NULL;
+	}
+}
+
+/* The file is a FIFO nobody reads while 400 steps of 4096 tokens (90 MiB of
+ * records) are recorded: the writer's thread blocks on the full pipe, the
+ * steps go on (this test would hang if they waited), those past what the
+ * writer keeps are dropped and counted, and once the FIFO is read the file
+ * is whole: the records kept, numbered with the gaps where steps were
+ * dropped, each with the ids it was given. */
+Test(trace, steps_are_dropped_not_waited_for_when_the_writer_is_behind)
+{
+	const char *fifo = path("fifo");
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+	drain d = {.fd = open(fifo, O_RDONLY | O_NONBLOCK)};
+	cr_assert_geq(d.fd, 0);
+	const moe_trace_info info = {.n_layer = 6, .n_expert = 16, .k = 4};
+	moe_trace_writer *w;
+	cr_assert_eq(moe_trace_writer_create(&w, fifo, &info), MOE_OK, "%s", moe_err_detail());
+	const moe_expert_backend inner = {.start = null_start, .finish = null_finish};
+	const moe_expert_backend be = moe_trace_writer_backend(w, &inner);
+	enum { NT = 4096, STEPS = 400 };
+	int32_t *slot = calloc(NT, sizeof *slot), *pos = malloc(NT * sizeof *pos);
+	int32_t *ids = malloc((size_t)NT * 4 * sizeof *ids);
+	for (int t = 0; t < NT; t++)
+		pos[t] = t;
+	for (int st = 0; st < STEPS; st++) {
+		const moe_batch b = {.n_tok = NT, .slot = slot, .pos = pos};
+		moe_trace_writer_step_begin(w, &b, NULL, 1);
+		for (int il = 0; il < 6; il++) {
+			for (int i = 0; i < NT * 4; i++)
+				ids[i] = (st + il + i) % 16; /* 4 consecutive: distinct */
+			cr_assert_eq(be.start(be.ctx, il, NT, NULL, ids, NULL, 4), MOE_OK);
+			cr_assert_eq(be.finish(be.ctx, NULL), MOE_OK);
+		}
+		moe_trace_writer_step_end(w, true);
+		for (int t = 0; t < NT; t++)
+			pos[t] += NT;
+	}
+	uint64_t rec, drop;
+	bool failed;
+	moe_trace_writer_counts(w, &rec, &drop, &failed);
+	cr_assert(!failed);
+	cr_assert_eq(rec + drop, STEPS);
+	cr_assert_gt(drop, 0, "the writer kept all %d steps (%llu) while nothing was read", STEPS,
+	             (unsigned long long)rec);
+	/* now read the FIFO (blocking) while the writer finishes */
+	cr_assert_eq(fcntl(d.fd, F_SETFL, 0), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, drain_main, &d), 0);
+	cr_assert_eq(moe_trace_writer_close(w), MOE_OK, "%s", moe_err_detail());
+	moe_trace_writer_destroy(w);
+	pthread_join(th, NULL);
+	close(d.fd);
+	spit(path("behind.trace"), d.b, d.len);
+	moe_trace_reader *r;
+	cr_assert_eq(moe_trace_reader_open(&r, path("behind.trace")), MOE_OK, "%s",
+	             moe_err_detail());
+	uint64_t n = 0, last = 0, n_steps = 0, dropped = 0;
+	bool gap = false;
+	for (;;) {
+		moe_trace_step s;
+		bool done;
+		cr_assert_eq(moe_trace_reader_next(r, &s, &done, &n_steps, &dropped), MOE_OK, "%s",
+		             moe_err_detail());
+		if (done)
+			break;
+		gap = gap || (n > 0 && s.step != last + 1) || (n == 0 && s.step != 0);
+		cr_assert_eq(s.n_tok, NT);
+		cr_assert_eq(s.pos[0], (uint32_t)s.step * NT, "step %llu's tokens",
+		             (unsigned long long)s.step);
+		for (int il = 0; il < 6; il++)
+			cr_assert_eq(s.ids[(size_t)il * NT * 4 + 5],
+			             (s.step + (uint64_t)il + 5) % 16);
+		last = s.step;
+		n++;
+	}
+	moe_trace_reader_destroy(r);
+	cr_assert_eq(n, rec);
+	cr_assert_eq(dropped, drop);
+	cr_assert_eq(n_steps, STEPS);
+	gap = gap || n_steps != last + 1; /* steps dropped after the last kept */
+	cr_assert(gap, "the dropped steps leave gaps in the numbers");
+	free(d.b);
+	free(slot);
+	free(pos);
+	free(ids);
 }
