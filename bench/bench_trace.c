@@ -32,14 +32,18 @@ static void usage(FILE *f)
 	fprintf(
 	    f, "usage: moemesh bench trace -t TRACE -m MODEL.gguf (--workers N | --cluster FILE |\n"
 	       "                           --worker URL...) [--placement memory|round-robin]\n"
-	       "                           [--replicate all|E,E,...] [-o PREFIX]\n\n"
+	       "                           [--replicate all|E,E,...] [-o PREFIX]\n"
+	       "       moemesh bench trace --record-cost FILE\n\n"
 	       "Replays TRACE (written by run/serve --trace on MODEL) against the placement\n"
 	       "those cluster options give at start (nothing is contacted; workers without a\n"
 	       "\"mem\" cap count as equal).  Per step: each worker's (token, expert) pairs\n"
 	       "and distinct experts, the cluster's distinct experts beside the uniform-\n"
 	       "routing estimate, and the imbalance (busiest worker / mean, summed over\n"
 	       "layers) of pairs and of distinct experts.  Writes PREFIX.csv (default\n"
-	       "bench_trace), PREFIX.png with gnuplot, and a summary on stdout.\n");
+	       "bench_trace), PREFIX.png with gnuplot, and a summary on stdout.\n"
+	       "--record-cost FILE: what recording a trace costs the step thread per step,\n"
+	       "on Qwen3-Next-80B's routing shape (48 layers, 10 of 512 experts) written\n"
+	       "to FILE, at 1, 16 and 256 tokens per step.\n");
 }
 
 /* Nearest-rank percentile q of v[0..n) (sorted here). */
@@ -134,8 +138,95 @@ static void plot(const char *prefix, const char *csv)
 		printf("gnuplot failed: no plot\n");
 }
 
+/* ---- what recording costs the step path --------------------------------------------- */
+
+static moe_err null_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                          const float *weights, int n_used)
+{
+	(void)ctx, (void)il, (void)n_tok, (void)x, (void)ids, (void)weights, (void)n_used;
+	return MOE_OK;
+}
+
+static moe_err null_finish(void *ctx, moe_fix_t *acc)
+{
+	(void)ctx, (void)acc;
+	return MOE_OK;
+}
+
+/* Steps of Qwen3-Next-80B's routing shape (48 layers, 10 of 512 experts,
+ * weights) recorded into file through the writer's backend wrapper around a
+ * backend that does nothing: the time the step thread spends per step
+ * (begin, 48 layers' copies, end) at 1, 16 and 256 tokens. */
+static int record_cost(const char *file)
+{
+	enum { NL = 48, K = 10, NE = 512 };
+	static const int batches[3] = {1, 16, 256};
+	int32_t *ids = malloc(256 * K * sizeof *ids), *slot = calloc(256, sizeof *slot);
+	int32_t *pos = malloc(256 * sizeof *pos);
+	float *wts = malloc(256 * K * sizeof *wts);
+	int rc = 0;
+	if (ids == NULL || slot == NULL || pos == NULL || wts == NULL) {
+		fprintf(stderr, "moemesh bench trace: no memory\n");
+		rc = 1;
+	}
+	for (int i = 0; rc == 0 && i < 256 * K; i++) {
+		ids[i] = (i * 37) % NE; /* 37 is prime to 512: a token's 10 are distinct */
+		wts[i] = 1.0f / K;
+	}
+	for (int bi = 0; bi < 3 && rc == 0; bi++) {
+		const int nt = batches[bi], steps = 200000 / nt;
+		const moe_trace_info info = {
+		    .flags = MOE_TRACE_WEIGHTS, .n_layer = NL, .n_expert = NE, .k = K};
+		moe_trace_writer *w;
+		if (moe_trace_writer_create(&w, file, &info) != MOE_OK) {
+			fprintf(stderr, "moemesh bench trace: %s\n", moe_err_detail());
+			rc = 1;
+			break;
+		}
+		const moe_expert_backend inner = {.start = null_start, .finish = null_finish};
+		const moe_expert_backend be = moe_trace_writer_backend(w, &inner);
+		for (int t = 0; t < nt; t++)
+			pos[t] = t;
+		const double t0 = moe_now_s();
+		for (int st = 0; st < steps; st++) {
+			const moe_batch b = {.n_tok = nt, .slot = slot, .pos = pos};
+			moe_trace_writer_step_begin(w, &b, NULL, 1);
+			for (int il = 0; il < NL; il++) {
+				(void)be.start(be.ctx, il, nt, NULL, ids, wts, K);
+				(void)be.finish(be.ctx, NULL);
+			}
+			moe_trace_writer_step_end(w, true);
+			for (int t = 0; t < nt; t++)
+				pos[t] += nt;
+		}
+		const double dt = moe_now_s() - t0;
+		uint64_t rec, drop;
+		bool failed;
+		moe_trace_writer_counts(w, &rec, &drop, &failed);
+		const moe_err err = moe_trace_writer_close(w);
+		moe_trace_writer_destroy(w);
+		if (err != MOE_OK) {
+			fprintf(stderr, "moemesh bench trace: %s\n", moe_err_detail());
+			rc = 1;
+			break;
+		}
+		const double bytes = 16.0 + 8.0 * nt + 6.0 * NL * nt * K + 8.0;
+		printf(
+		    "record cost: %3d tokens per step (%7.0f bytes): %8.2f us per step on the step "
+		    "thread; %llu recorded, %llu dropped\n",
+		    nt, bytes, dt / steps * 1e6, (unsigned long long)rec, (unsigned long long)drop);
+	}
+	free(ids);
+	free(slot);
+	free(pos);
+	free(wts);
+	return rc;
+}
+
 int moe_bench_trace(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "--record-cost") == 0)
+		return record_cost(argv[2]);
 	const char *trace = NULL, *model = NULL, *prefix = "bench_trace";
 	moe_cluster_opts co = {0};
 	for (int i = 1; i < argc; i++) {

@@ -30,7 +30,7 @@
  *        f32     weights[n_layer][n_tok][k] (only with flags bit 0): the
  *                routing weights as renormalised, each in [0, 1], summing to
  *                1 within 1e-3 per token
- *        u64     FNV-1a (64-bit) of the record's bytes before it
+ *        u64     sum64 of the record's bytes before it
  *
  *   end record: once, when the writer is closed
  *     0  u32     tag "TEND"

@@ -49,11 +49,16 @@ static uint32_t fnv32(const uint8_t *p, size_t n)
 	return h;
 }
 
+/* sum64 as trace.h defines it */
 static uint64_t fnv64(const uint8_t *p, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
-	while (n--)
-		h = (h ^ *p++) * 0x100000001b3ull;
+	for (size_t i = 0; i < n; i += 8) {
+		uint64_t w = 0;
+		for (size_t j = 0; j < 8 && i + j < n; j++)
+			w |= (uint64_t)p[i + j] << (8 * j);
+		h = (h ^ w) * 0x100000001b3ull;
+	}
 	return h;
 }
 
