@@ -446,7 +446,6 @@ Test(trace, corrupt_and_truncated_files_are_refused)
 	cr_assert_eq(t.n, 4);
 	uint8_t *b = malloc(t.len + 1);
 	const raw_step *s0 = &t.s[0], *s1 = &t.s[1], *s2 = &t.s[2];
-	const size_t cells0 = (size_t)t.n_layer * s0->n_tok * t.k;
 	const size_t ids1 = (size_t)(s1->ids - t.b), wts1 = (size_t)(s1->wts - t.b);
 
 	/* cut anywhere */
@@ -461,68 +460,65 @@ Test(trace, corrupt_and_truncated_files_are_refused)
 	cr_assert(strstr(msg, "truncated") != NULL, "%s", msg);
 	free(msg);
 
-#define FRESH() memcpy(b, t.b, t.len)
-	FRESH();
+	memcpy(b, t.b, t.len);
 	memcpy(b, "MOETRACX", 8);
 	refused(b, t.len, MOE_ERR_BAD_MAGIC, "not a routing trace");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + 8, 2);
 	reseal(b, NULL);
 	refused(b, t.len, MOE_ERR_BAD_VERSION, "version 2");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + 20, 70000); /* n_expert */
 	reseal(b, NULL);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "n_expert 70000");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	b[ids1 + 3] ^= 0x01; /* a bit of an id, checksum left as it was */
 	refused(b, t.len, MOE_ERR_FORMAT, "checksum");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + 16, t.n_layer + 1); /* the header's checksum catches it */
 	refused(b, t.len, MOE_ERR_FORMAT, "header checksum");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	b[ids1] = (uint8_t)t.n_expert; /* an expert past the last, resealed */
 	b[ids1 + 1] = (uint8_t)(t.n_expert >> 8);
 	reseal(b, s1);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "not < n_expert");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	memcpy(b + ids1 + 2, b + ids1, 2); /* slot 1 = slot 0 */
 	reseal(b, s1);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "chosen twice");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	cr_assert_lt(r_w(&t, s1, 0, 0, 0), 0.99f);
 	wr32(b + wts1, 0x3f800000u); /* the first weight 1: the sum passes 1 */
 	reseal(b, s1);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "sum");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + wts1, 0x7fc00000u); /* NaN */
 	reseal(b, s1);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "not in [0, 1]");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr64(b + s2->off + 8, 1); /* step 2 numbered 1 */
 	reseal(b, s2);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "not increasing");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + s0->off + 16 + 8 + 4, 7); /* token 1 of the prompt at position 7 */
 	reseal(b, s0);
 	refused(b, t.len, MOE_ERR_BAD_VALUE, "not consecutive");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + s0->off + 4, 1u << 25); /* more tokens than a step may have */
 	refused(b, t.len, MOE_ERR_BAD_COUNT, "not in [1,");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + s0->off + 4, s0->n_tok + 1000); /* past the file's end */
 	refused(b, t.len, MOE_ERR_TRUNCATED, "past the file's end");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr32(b + s1->off, 0x58585858u); /* an unknown tag */
 	refused(b, t.len, MOE_ERR_FORMAT, "neither STEP nor");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	wr64(b + t.len - 24, 9); /* the end record counts 9 steps */
 	wr64(b + t.len - 8, fnv64(b + t.len - 32, 24));
 	refused(b, t.len, MOE_ERR_BAD_COUNT, "end record says 9 steps");
-	FRESH();
+	memcpy(b, t.b, t.len);
 	b[t.len] = 0;
 	refused(b, t.len + 1, MOE_ERR_FORMAT, "after the end record");
-#undef FRESH
-	(void)cells0;
 	free(b);
 	free(t.b);
 }
