@@ -7,7 +7,6 @@
  * bytes at its offset (the decode is exact); the end record must end the
  * input.
  */
-#define _GNU_SOURCE
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
