@@ -28,6 +28,8 @@ const moe_bench moe_benches[] = {
      moe_bench_quality},
     {"soak", "clients that cancel and disconnect for minutes: RSS, fds, ITL p99, 429s",
      moe_bench_soak},
+    {"trace", "replay a routing trace against a placement: load per worker, distinct experts",
+     moe_bench_trace},
     {NULL, NULL, NULL},
 };
 

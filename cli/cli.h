@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/core.h"
+
 typedef struct moe_command {
 	const char *name;
 	const char *summary;
@@ -35,6 +37,17 @@ int moe_cmd_worker(int argc, char **argv);
 int moe_cmd_status(int argc, char **argv);
 int moe_cmd_plan(int argc, char **argv);
 int moe_cmd_probe(int argc, char **argv);
+int moe_cmd_trace(int argc, char **argv);
+
+/* Routing traces for run and serve (cmd_trace.c): create writes path's
+ * header for model m (its identity, n_layer, n_expert, k; the weights if
+ * weights); close ends the file and logs one line with the steps recorded
+ * and dropped, or the write error (returned too). */
+struct moe_model;
+struct moe_trace_writer;
+moe_err moe_cli_trace_create(struct moe_trace_writer **out, const struct moe_model *m,
+                             const char *path, bool weights);
+moe_err moe_cli_trace_close(struct moe_trace_writer *w, const char *path);
 
 /* moe_cmd_worker with adjust(o, ctx) called on the parsed options just before
  * the worker runs (not on --help or a usage error); adjust NULL is

@@ -22,6 +22,7 @@ static void usage(FILE *f)
 	        "                   [--stop STR]... [--ignore-eos] [--threads N]\n"
 	        "                   [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB] [--ctx N]\n"
 	        "                   [--batch N] [--spec none|ngram|mtp] [--draft-max N]\n"
+	        "                   [--trace FILE [--trace-no-weights]]\n"
 	        "                   [--log-level error|warn|info|debug]\n\n"
 	        "Generates up to N tokens (default 128) after the prompt and streams the\n"
 	        "text to stdout; stops at the end-of-sequence token (unless --ignore-eos)\n"
@@ -33,7 +34,10 @@ static void usage(FILE *f)
 	        "tokens (default 8) from the sequence's own earlier tokens and checks them in\n"
 	        "one step: the same output, in fewer steps when the text repeats itself;\n"
 	        "--spec mtp drafts them with the model's MTP block (qwen35moe files that\n"
-	        "have one).\n\n%s",
+	        "have one).\n"
+	        "--trace FILE writes the routing of every step (the prompt is step 0):\n"
+	        "per layer, the experts and weights chosen for each token (moemesh trace).\n\n"
+	        "%s",
 	        moe_cluster_usage());
 }
 
@@ -53,6 +57,8 @@ typedef struct run_args {
 	int n_stops;
 	moe_spec_mode spec;
 	int draft_max;
+	const char *trace;
+	bool trace_no_weights;
 	moe_sampler_params sp;
 	moe_fwd_opts fo;
 	moe_cluster_opts co;
@@ -77,6 +83,10 @@ static int parse_args(run_args *a, int argc, char **argv)
 			a->ignore_eos = true;
 			continue;
 		}
+		if (strcmp(s, "--trace-no-weights") == 0) {
+			a->trace_no_weights = true;
+			continue;
+		}
 		moe_err ce = moe_cluster_parse_arg(&a->co, &i, argc, argv);
 		if (ce == MOE_OK)
 			continue;
@@ -93,6 +103,8 @@ static int parse_args(run_args *a, int argc, char **argv)
 			a->prompt = v;
 		else if (strcmp(s, "--tokens") == 0)
 			a->tokens = v;
+		else if (strcmp(s, "--trace") == 0)
+			a->trace = v;
 		else if (strcmp(s, "-n") == 0)
 			bad = moe_parse_int(&a->n_gen, v, 0, 1 << 24);
 		else if (strcmp(s, "--temp") == 0)
@@ -147,6 +159,17 @@ static int parse_args(run_args *a, int argc, char **argv)
 	if (a->model == NULL || (a->prompt == NULL) == (a->tokens == NULL))
 		return 2;
 	return 0;
+}
+
+/* One forward step, recorded in the trace if there is one. */
+static moe_err step(moe_fwd *f, float *logits, const moe_batch *b, moe_trace_writer *tw)
+{
+	if (tw != NULL)
+		moe_trace_writer_step_begin(tw, b, NULL, 1);
+	const moe_err err = moe_fwd_step(f, logits, b);
+	if (tw != NULL)
+		moe_trace_writer_step_end(tw, err == MOE_OK);
+	return err;
 }
 
 /* Text of the generation so far and how much of it went to stdout. */
@@ -210,6 +233,7 @@ int moe_cmd_run(int argc, char **argv)
 	moe_fwd *f = NULL;
 	moe_cluster *cl = NULL;
 	moe_sampler *smp = NULL;
+	moe_trace_writer *tw = NULL;
 	int32_t *prompt = NULL, *pos = NULL, *slots = NULL;
 	int32_t *hist = NULL, *feed = NULL, *fpos = NULL, *fslot = NULL, *draft = NULL;
 	bool *fwant = NULL;
@@ -257,6 +281,13 @@ int moe_cmd_run(int argc, char **argv)
 		goto out_fail;
 	if (cl)
 		moe_cluster_set_pool(cl, moe_fwd_pool(f));
+	if (a.trace != NULL) {
+		if ((err = moe_cli_trace_create(&tw, m, a.trace, !a.trace_no_weights)) != MOE_OK)
+			goto out_fail;
+		const moe_expert_backend inner = moe_fwd_experts(f);
+		const moe_expert_backend traced = moe_trace_writer_backend(tw, &inner);
+		moe_fwd_set_experts(f, &traced);
+	}
 	logits = malloc((size_t)hp->n_vocab * sizeof(float));
 	pos = malloc(n_prompt * sizeof *pos);
 	slots = calloc(n_prompt, sizeof *slots);
@@ -287,7 +318,7 @@ int moe_cmd_run(int argc, char **argv)
 	                      .slot = slots,
 	                      .pos = pos,
 	                      .logits = want};
-	err = moe_fwd_step(f, logits, &pb);
+	err = step(f, logits, &pb, tw);
 	free(want);
 	if (err != MOE_OK)
 		goto out_fail;
@@ -400,7 +431,7 @@ int moe_cmd_run(int argc, char **argv)
 		}
 		const moe_batch db = {
 		    .n_tok = nf, .tokens = feed, .slot = fslot, .pos = fpos, .logits = fwant};
-		if ((err = moe_fwd_step(f, logits, &db)) != MOE_OK)
+		if ((err = step(f, logits, &db, tw)) != MOE_OK)
 			goto out_fail;
 		step_from = from;
 		n_drafted += n_draft;
@@ -434,6 +465,9 @@ int moe_cmd_run(int argc, char **argv)
 	if (cl)
 		moe_cluster_print_stats(cl, stderr);
 	rc = 0;
+	/* a trace that could not be written makes the run fail, after its text */
+	if (tw != NULL && moe_cli_trace_close(tw, a.trace) != MOE_OK)
+		rc = 1;
 	goto out_free;
 
 out_fail:
@@ -452,6 +486,7 @@ out_free:
 	free(draft);
 	free(snap);
 	moe_sampler_destroy(smp);
+	moe_trace_writer_destroy(tw);
 	moe_fwd_destroy(f);
 	if ((err = moe_cluster_shutdown(cl)) != MOE_OK)
 		rc = fail(err); /* a spawned worker crashed, even if failover hid it */

@@ -26,6 +26,7 @@ static void usage(FILE *f)
 	    "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
 	    "                     [--cache-ram MIB] [--cache-dir DIR] [--cache-block N]\n"
 	    "                     [--no-prefix-cache] [--spec none|ngram|mtp] [--draft-max N]\n"
+	    "                     [--trace FILE [--trace-no-weights]]\n"
 	    "                     [--log-level error|warn|info|debug]\n\n"
 	    "Serves the model over HTTP with OpenAI's API: POST /v1/chat/completions,\n"
 	    "POST /v1/completions, GET /v1/models (stream: true gives server-sent\n"
@@ -54,6 +55,9 @@ static void usage(FILE *f)
 	    "and checks them in that step: the same bytes, in fewer steps where the\n"
 	    "text repeats (drafted and accepted counts in /metrics); --spec mtp drafts\n"
 	    "them with the model's MTP block (qwen35moe files that have one).\n"
+	    "--trace FILE writes every step's routing (per layer, the experts and\n"
+	    "weights chosen for each token; moemesh trace FILE --csv reads it); a\n"
+	    "write error stops the trace, not the server.\n"
 	    "Stops on SIGINT / SIGTERM.\n"
 	    "With cluster options the routed experts run on workers:\n%s",
 	    moe_cluster_usage());
@@ -61,6 +65,8 @@ static void usage(FILE *f)
 
 typedef struct serve_args {
 	const char *model;
+	const char *trace; /* --trace FILE */
+	bool trace_no_weights;
 	const char *chat_template; /* a file, "chatml", or NULL: the model's */
 	moe_http_opts ho;
 	moe_engine_opts eo;
@@ -104,6 +110,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 				return 2;
 			continue;
 		}
+		if (strcmp(s, "--trace-no-weights") == 0) {
+			a->trace_no_weights = true;
+			continue;
+		}
 		if (strcmp(s, "--no-prefix-cache") == 0) {
 			a->eo.cache_ram = 0;
 			continue;
@@ -128,6 +138,8 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			a->ho.host = v;
 		else if (strcmp(s, "--port") == 0)
 			bad = moe_parse_int(&a->ho.port, v, 0, 65535);
+		else if (strcmp(s, "--trace") == 0)
+			a->trace = v;
 		else if (strcmp(s, "--api-key") == 0)
 			a->ho.api_key = v;
 		else if (strcmp(s, "--max-conn") == 0)
@@ -278,6 +290,7 @@ int moe_cmd_serve(int argc, char **argv)
 	moe_chat_template *tmpl = NULL;
 	moe_engine *e = NULL;
 	moe_cluster *cl = NULL;
+	moe_trace_writer *tw = NULL;
 	rtt_feed feed = {0};
 	moe_cli_progress prog; /* lives as long as the cluster: a repair re-loads experts later */
 	if ((err = moe_http_start(&h, &a.ho)) != MOE_OK)
@@ -316,6 +329,11 @@ int moe_cmd_serve(int argc, char **argv)
 	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type,
 	                                                a.eo.spec == MOE_SPEC_MTP)) != MOE_OK)
 		goto out_fail;
+	if (a.trace != NULL) {
+		if ((err = moe_cli_trace_create(&tw, m, a.trace, !a.trace_no_weights)) != MOE_OK)
+			goto out_fail;
+		a.eo.trace = tw;
+	}
 	if ((err = moe_engine_create(&e, m, tok, &a.eo)) != MOE_OK)
 		goto out_fail;
 	if (cl != NULL)
@@ -340,6 +358,10 @@ out_free:
 		moe_engine_stop(e); /* requests in flight end now */
 	moe_http_stop(h);           /* waits for every connection */
 	moe_engine_destroy(e);
+	if (tw != NULL)
+		(void)moe_cli_trace_close(tw,
+		                          a.trace); /* a write error was logged; serving went on */
+	moe_trace_writer_destroy(tw);
 	if ((err = moe_cluster_shutdown(cl)) != MOE_OK) {
 		/* a spawned worker crashed, even if failover hid it */
 		moe_log(MOE_LOG_ERROR, "moemesh serve: %s: %s", moe_err_name(err),

@@ -26,5 +26,7 @@ const moe_command moe_commands[] = {
     {"status", "each worker's state, experts, memory, load and round trip", moe_cmd_status},
     {"plan", "what a model takes on a cluster: bytes, context, decode tok/s", moe_cmd_plan},
     {"probe", "measure this node's figures for the cluster file", moe_cmd_probe},
+    {"trace", "check a routing trace (run/serve --trace) and print it, or its rows as CSV",
+     moe_cmd_trace},
     {NULL, NULL, NULL},
 };

@@ -280,6 +280,23 @@ moe_err moe_node_status_query(moe_node_status *out, const char *url, const uint8
                               size_t secret_len, int n_pings, int timeout_ms);
 /* ---- plan (plan.c) ------------------------------------------------------------ */
 
+/* The placement moe_cluster_create starts with for o's links (the --workers
+ * N spawned ones first, then o's URLs), computed without contacting any: the
+ * same moe_clu_place on the model's expert bytes and the links' "mem" caps;
+ * links without a cap count as equal (start sizes those by the memory each
+ * announces: give caps, or round-robin, for the two to agree exactly).
+ * held[i][il * n_expert + e] is 1 where link i holds layer il's expert e;
+ * name[i] as plan's node table names the link.  A link over its cap is not
+ * refused here (plan reports it).  Errors: MOE_ERR_INVAL (no links, a bad
+ * --replicate list), MOE_ERR_NOMEM.  moe_placement_free frees the tables. */
+typedef struct moe_placement {
+	int n_links, n_layer, n_expert;
+	uint8_t *held[MOE_CLUSTER_MAX_LINKS];
+	char name[MOE_CLUSTER_MAX_LINKS][64];
+} moe_placement;
+moe_err moe_placement_compute(moe_placement *out, const moe_model *m, const moe_cluster_opts *o);
+void moe_placement_free(moe_placement *p);
+
 /* What `moemesh plan` is asked for; moe_plan_opts_default fills each. */
 typedef struct moe_plan_opts {
 	int n_ctx;               /* positions per sequence (default: the model's context_length) */

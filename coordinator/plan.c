@@ -174,6 +174,35 @@ out_free:
 	return err;
 }
 
+moe_err moe_placement_compute(moe_placement *out, const moe_model *m, const moe_cluster_opts *o)
+{
+	const moe_hparams *hp = moe_model_hparams(m);
+	*out = (moe_placement){
+	    .n_links = o->spawn + o->n_urls, .n_layer = hp->n_layer, .n_expert = hp->n_expert};
+	if (out->n_links < 1 || out->n_links > MOE_CLUSTER_MAX_LINKS)
+		return moe_fail(MOE_ERR_INVAL, "placement: %d workers (1..%d)", out->n_links,
+		                MOE_CLUSTER_MAX_LINKS);
+	const moe_err err = place(out->held, m, o, out->n_links, 1);
+	if (err != MOE_OK) {
+		moe_placement_free(out);
+		return err;
+	}
+	for (int i = 0; i < out->n_links; i++) {
+		char url[256], name[256];
+		node_label(url, sizeof url, name, sizeof name, o, i);
+		snprintf(out->name[i], sizeof out->name[i], "%.63s", name);
+	}
+	return MOE_OK;
+}
+
+void moe_placement_free(moe_placement *p)
+{
+	for (int i = 0; i < MOE_CLUSTER_MAX_LINKS; i++) {
+		free(p->held[i]);
+		p->held[i] = NULL;
+	}
+}
+
 /* Fills the node table and the refusal; shares[i][lf] is link i's expected
  * share of layer lf's experts (replicas splitting an expert's reads). */
 static moe_err fill_nodes(moe_plan *p, double *shares, const moe_model *m,

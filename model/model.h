@@ -9,6 +9,7 @@
  *   tokenizer.h  byte-level BPE tokenizer (GGUF metadata or tokenizer.json)
  *   forward.h    the forward pass (moe_model, moe_fwd, expert backends)
  *   sample.h     sampling and stop strings
+ *   trace.h      routing traces: the experts chosen per step, layer and token
  *
  * The other headers here (ops.h, fwd_internal.h, gguf_impl.h,
  * tokenizer_impl.h) are private to model/ (tests may use them).
@@ -22,5 +23,6 @@
 #include "model/hparams.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
+#include "model/trace.h"
 
 #endif

@@ -82,6 +82,8 @@ struct moe_engine {
 	uint8_t *state;                  /* [moe_fwd_state_size] a state on its way in or out */
 	moe_expert_backend inner;        /* local or the cluster's */
 	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
+	uint32_t *slot_seq;              /* [n_slots] the trace's sequence id of each slot */
+	uint32_t next_seq;               /* the next admitted request's (scheduler's) */
 	_Atomic uint64_t rtt_count[RTT_WORKERS][RTT_BUCKETS + 1];
 	_Atomic uint64_t rtt_sum_us[RTT_WORKERS];
 
@@ -731,6 +733,7 @@ static void admit(moe_engine *e)
 			continue;
 		}
 		g->slot = slot;
+		e->slot_seq[slot] = e->next_seq++;
 		e->active[slot] = g;
 		e->n_active++;
 		e->kv_blocks_held += g->kv_blocks;
@@ -1025,8 +1028,14 @@ static void *sched_main(void *arg)
 			if (e->d_n[s] > 0 && err == MOE_OK)
 				err = moe_fwd_seq_state_read(e->f, s,
 				                             e->snap + (size_t)s * e->st_size);
-		if (err == MOE_OK)
+		if (err == MOE_OK) {
+			if (e->o.trace != NULL)
+				moe_trace_writer_step_begin(e->o.trace, &b, e->slot_seq,
+				                            e->o.n_slots);
 			err = moe_fwd_step(e->f, e->logits, &b);
+			if (e->o.trace != NULL)
+				moe_trace_writer_step_end(e->o.trace, err == MOE_OK);
+		}
 		char why[256] = "";
 		if (err != MOE_OK)
 			snprintf(why, sizeof why, "%s: %s", moe_err_name(err), moe_err_detail());
@@ -1122,6 +1131,7 @@ static void *sched_main(void *arg)
 static void free_engine(moe_engine *e)
 {
 	free(e->expert_tokens);
+	free(e->slot_seq);
 	free(e->active);
 	free(e->b_tok);
 	free(e->b_slot);
@@ -1201,6 +1211,7 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->expert_tokens =
 	    calloc((size_t)hp->n_layer * (size_t)hp->n_expert, sizeof *e->expert_tokens);
 	e->active = calloc((size_t)o.n_slots, sizeof *e->active);
+	e->slot_seq = calloc((size_t)o.n_slots, sizeof *e->slot_seq);
 	e->b_tok = malloc((size_t)e->max_batch * sizeof *e->b_tok);
 	e->b_slot = malloc((size_t)e->max_batch * sizeof *e->b_slot);
 	e->b_pos = malloc((size_t)e->max_batch * sizeof *e->b_pos);
@@ -1208,10 +1219,10 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	e->b_gen = malloc((size_t)e->max_rows * sizeof *e->b_gen);
 	e->b_before = malloc((size_t)e->max_rows * sizeof *e->b_before);
 	e->logits = malloc((size_t)e->max_rows * (size_t)hp->n_vocab * sizeof *e->logits);
-	if (e->expert_tokens == NULL || e->active == NULL || e->b_tok == NULL ||
-	    e->b_slot == NULL || e->b_pos == NULL || e->b_want == NULL || e->b_gen == NULL ||
-	    e->b_before == NULL || e->logits == NULL || e->d_tok == NULL || e->d_n == NULL ||
-	    e->d_acc == NULL || e->d_from == NULL || e->d_fed == NULL) {
+	if (e->expert_tokens == NULL || e->active == NULL || e->slot_seq == NULL ||
+	    e->b_tok == NULL || e->b_slot == NULL || e->b_pos == NULL || e->b_want == NULL ||
+	    e->b_gen == NULL || e->b_before == NULL || e->logits == NULL || e->d_tok == NULL ||
+	    e->d_n == NULL || e->d_acc == NULL || e->d_from == NULL || e->d_fed == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "serve: engine buffers");
 		goto out_free_bufs;
 	}
@@ -1242,6 +1253,11 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	const moe_expert_backend counting = {
 	    .ctx = e, .start = count_start, .finish = count_finish};
 	moe_fwd_set_experts(e->f, &counting);
+	if (o.trace != NULL) {
+		/* the trace records what the counting hook counts, before it */
+		const moe_expert_backend traced = moe_trace_writer_backend(o.trace, &counting);
+		moe_fwd_set_experts(e->f, &traced);
+	}
 	if (o.cache_ram > 0) {
 		moe_prefix_opts po = {.ram_bytes = o.cache_ram,
 		                      .dir = o.cache_dir,

@@ -81,6 +81,11 @@ typedef struct moe_engine_opts {
 	 * tokens run again, without drafts, in the next one. */
 	moe_spec_mode spec;
 	int draft_max;
+	/* Routing trace (--trace FILE; model/trace.h): every step's experts per
+	 * layer and token, each admitted request a new sequence id (0, 1, ...).
+	 * NULL: none.  The caller creates it, and closes it after
+	 * moe_engine_destroy. */
+	moe_trace_writer *trace;
 } moe_engine_opts;
 
 void moe_engine_opts_default(moe_engine_opts *o);

@@ -13,7 +13,7 @@ src=$1
 build=$2
 mode=$3
 shift 3
-targets=${*:-gguf frame tokenizer jinja grammar schema reply openai anthropic}
+targets=${*:-gguf frame tokenizer jinja grammar schema reply openai anthropic trace}
 
 cc=${MOE_FUZZ_CC:-clang}
 probe=$(mktemp -d)
