@@ -19,6 +19,7 @@ static void usage(FILE *f)
 	        "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
 	        "                      [--secret-file F | --insecure] [--name NAME] [--mem GIB]\n"
 	        "                      [--data-port P] [--net-delay-us US] [--quiet]\n"
+	        "                      [--auth-timeout MS]\n"
 	        "                      [--log-level error|warn|info|debug]\n\n"
 	        "Serves the routed experts a coordinator assigns to it.  URL is\n"
 	        "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
@@ -31,7 +32,9 @@ static void usage(FILE *f)
 	        "asks it for its state on UDP at --listen's port (ipc://: PATH.status),\n"
 	        "also while it serves a coordinator.  Log lines go to stderr (--quiet:\n"
 	        "none).  A tcp:// URL off loopback needs --secret-file (the same file\n"
-	        "as the coordinator's), or --insecure to listen unauthenticated.\n");
+	        "as the coordinator's), or --insecure to listen unauthenticated.  A peer\n"
+	        "that has not authenticated --auth-timeout ms (default 10000) after it\n"
+	        "connected is dropped.\n");
 }
 
 /* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
@@ -89,6 +92,10 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 			if (moe_parse_long(&v, argv[++i], 1, 65535) != 0)
 				goto out_usage;
 			o.data_port = (uint16_t)v;
+		} else if (strcmp(a, "--auth-timeout") == 0 && has) {
+			if (moe_parse_long(&v, argv[++i], 1, 3600000) != 0)
+				goto out_usage;
+			o.auth_timeout_ms = (int)v;
 		} else if (strcmp(a, "--net-delay-us") == 0 && has) {
 			if (moe_parse_long(&v, argv[++i], 0, 10000000) != 0)
 				goto out_usage;

@@ -495,3 +495,101 @@ Test(auth, big_frames_before_authentication_are_refused_and_dropped, .timeout = 
 	nng_close(s);
 	stop_worker();
 }
+
+/* A raw TCP peer that speaks the SP header of pair1 (nng's transport
+ * handshake: 0 'S' 'P' 0, protocol 0x11, two zero bytes) and then nothing:
+ * it never says HELLO, and never dials again once dropped. */
+static int idle_control_peer(int port)
+{
+	int fd;
+	char url[64];
+	snprintf(url, sizeof url, "127.0.0.1:%d", port);
+	cr_assert_eq(moe_sock_connect_tcp(&fd, "127.0.0.1", (uint16_t)port, 5000), MOE_OK, "%s: %s",
+	             url, moe_err_detail());
+	const uint8_t sp[8] = {0, 'S', 'P', 0, 0, 0x11, 0, 0};
+	uint8_t back[8];
+	cr_assert_eq(write(fd, sp, sizeof sp), (ssize_t)sizeof sp);
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	cr_assert(poll(&p, 1, 10000) == 1 && read(fd, back, sizeof back) == (ssize_t)sizeof back,
+	          "no SP header back from the worker");
+	cr_assert(back[1] == 'S' && back[2] == 'P' && back[5] == 0x11);
+	return fd;
+}
+
+/* Whether fd reads end-of-file (or a reset) within ms, discarding bytes. */
+static bool closed_within(int fd, int ms)
+{
+	uint8_t b[512];
+	for (int t = 0; t < ms; t += 50) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 50) == 1 && read(fd, b, sizeof b) <= 0)
+			return true;
+	}
+	return false;
+}
+
+/* `moemesh logits` over the worker at port (loopback: no secret needed);
+ * its stderr goes to the test's log when it fails. */
+static int logits_through(int port)
+{
+	char err[256];
+	tmp_path(err, sizeof err, "logits.err");
+	const int rc = sh("'%s' logits -m '%s' --tokens 1,2,3 -o /dev/null --worker "
+	                  "tcp://127.0.0.1:%d 2>%s",
+	                  bin(), model_path(), port, err);
+	if (rc != 0)
+		(void)sh("cat %s >&2", err);
+	unlink(err);
+	return rc;
+}
+
+/* An idle control peer (pair1 takes one) and data connections that never
+ * send their token would lock every coordinator out: past --auth-timeout
+ * both are dropped, and a coordinator gets in. */
+Test(auth, idle_peers_are_dropped_at_the_deadline, .timeout = 120, .fini = reap_worker)
+{
+	const int port = free_port(), dport = free_port();
+	char url[64], extra[128];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	snprintf(extra, sizeof extra, "--data-port %d --auth-timeout 500", dport);
+	start_worker(url, extra);
+	const int ctl = idle_control_peer(port);
+	int data;
+	cr_assert_eq(moe_sock_connect_tcp(&data, "127.0.0.1", (uint16_t)dport, 5000), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_expect(closed_within(ctl, 10000), "an idle control peer was kept past --auth-timeout");
+	cr_expect(closed_within(data, 10000),
+	          "a data connection without its token was kept past --auth-timeout");
+	close(ctl);
+	close(data);
+	cr_expect_eq(logits_through(port), 0, "no coordinator got in after the idle peers");
+	stop_worker();
+}
+
+/* A full data listener (32 connections without their token) makes room by
+ * closing the oldest of them, so a flood cannot keep the coordinator's data
+ * connection out even before the deadline. */
+Test(auth, a_flood_of_data_connections_makes_room, .timeout = 120, .fini = reap_worker)
+{
+	const int port = free_port(), dport = free_port();
+	char url[64], extra[128];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	snprintf(extra, sizeof extra, "--data-port %d --auth-timeout 600000", dport);
+	start_worker(url, extra);
+	enum { N = 40 };
+	int fd[N];
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(moe_sock_connect_tcp(&fd[i], "127.0.0.1", (uint16_t)dport, 5000),
+		             MOE_OK, "%s", moe_err_detail());
+		sleep_ms(5); /* one accept at a time: a known order */
+	}
+	int closed = 0;
+	for (int i = 0; i < N - 32; i++)
+		closed += closed_within(fd[i], 5000);
+	cr_expect_eq(closed, N - 32, "%d of the %d oldest connections were closed", closed, N - 32);
+	cr_expect(!closed_within(fd[N - 1], 300), "the newest connection was closed");
+	cr_expect_eq(logits_through(port), 0, "the coordinator's data connection was kept out");
+	for (int i = 0; i < N; i++)
+		close(fd[i]);
+	stop_worker();
+}

@@ -573,19 +573,6 @@ Test(cluster, wrong_secret_is_refused, .timeout = 60, .fini = reap_workers)
 	unlink(s2);
 }
 
-/* A free TCP port on 127.0.0.1 (bound, then released for a worker). */
-static int free_port(void)
-{
-	const int fd = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof a;
-	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
 /* The TCP path outside the namespace test: two workers on
  * tcp://127.0.0.1:PORT (data on a TCP port of their own) started with
  * --secret-file; a coordinator with the same secret gets one process's logits

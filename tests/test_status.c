@@ -49,18 +49,6 @@ static void tmp_path(char *out, size_t n, const char *what)
 	snprintf(out, n, "/tmp/moestatus-%d-%s", (int)getpid(), what);
 }
 
-static int free_port(void)
-{
-	const int fd = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof a;
-	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
 /* Whether the /health body in file path lists a first worker whose load
  * has ended (total_bytes > 0, all of it loaded). */
 static bool first_loaded(const char *path)

@@ -7,11 +7,15 @@
 #ifndef MOE_TESTS_TEST_UTIL_H
 #define MOE_TESTS_TEST_UTIL_H
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 /* tests/fixtures of the source tree. */
 static inline const char *fixtures(void)
@@ -40,6 +44,19 @@ static inline int sh(const char *fmt, ...)
 	va_end(ap);
 	const int st = system(cmd);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static inline int free_port(void)
+{
+	const int fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof a;
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	close(fd);
+	return ntohs(a.sin_port);
 }
 
 #endif

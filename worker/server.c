@@ -54,8 +54,9 @@
 typedef struct conn {
 	int fd;
 	bool authed;
-	moe_rx rx;    /* rx.open: sealed link (a secret) */
-	moe_aead *tx; /* seals what goes out, once authed with a secret */
+	uint64_t since; /* accepted at (moe_now_ns) */
+	moe_rx rx;      /* rx.open: sealed link (a secret) */
+	moe_aead *tx;   /* seals what goes out, once authed with a secret */
 } conn;
 
 typedef struct server {
@@ -103,12 +104,15 @@ typedef struct server {
 	moe_store_load *ld; /* what it reads */
 	moe_err load_err;   /* its outcome, with load_msg */
 	char load_msg[400];
-	int load_pipe[2];        /* it writes a byte here when done */
-	atomic_int load_stop;    /* asks it to stop (shutdown) */
-	double load_t0;          /* when the ASSIGN arrived */
-	uint64_t assign_dropped; /* bytes the ASSIGN dropped */
-	uint64_t load_last;      /* bytes at the last LOAD_PROGRESS sent (loader thread) */
-	atomic_int peer_gone;    /* the control peer's pipe closed: handshake again */
+	int load_pipe[2];            /* it writes a byte here when done */
+	atomic_int load_stop;        /* asks it to stop (shutdown) */
+	double load_t0;              /* when the ASSIGN arrived */
+	uint64_t assign_dropped;     /* bytes the ASSIGN dropped */
+	uint64_t load_last;          /* bytes at the last LOAD_PROGRESS sent (loader thread) */
+	atomic_int peer_gone;        /* the control peer's pipe closed: handshake again */
+	_Atomic uint32_t peer_id;    /* the control peer's pipe (0: none), from nng's callbacks */
+	_Atomic uint64_t peer_since; /* when it came (moe_now_ns) */
+	uint64_t auth_deadline_ns;   /* a peer not authenticated by then is dropped */
 	bool quit;
 } server;
 
@@ -416,8 +420,8 @@ static void on_auth(server *s, const moe_frame *f, nng_pipe p)
 		s->ctl_tx = tx;
 		s->ctl_rx = rx;
 		pthread_mutex_unlock(&s->ctl_lock);
-		s->auth_pipe = p;
 	}
+	s->auth_pipe = p;
 	s->authed = true;
 	s->token_used = false;
 	Moemesh__AuthOk ok = MOEMESH__AUTH_OK__INIT;
@@ -633,11 +637,60 @@ out_free:
 	moemesh__assign__free_unpacked(a, NULL);
 }
 
+static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	server *s = arg;
+	(void)ev;
+	atomic_store(&s->peer_since, moe_now_ns());
+	atomic_store(&s->peer_id, nng_pipe_id(p));
+}
+
 static void pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-	(void)p;
+	server *s = arg;
+	uint32_t id = nng_pipe_id(p);
 	(void)ev;
-	atomic_store(&((server *)arg)->peer_gone, 1);
+	atomic_compare_exchange_strong(&s->peer_id, &id, 0);
+	atomic_store(&s->peer_gone, 1);
+}
+
+static void close_conn(server *s, int i);
+
+/* Before authentication every peer has a deadline: the control peer (pair1
+ * takes one, so an idle one would lock every coordinator out) is dropped,
+ * and so is a data connection that has not sent its token, once
+ * auth_deadline_ns has passed since it came.  Returns the milliseconds until
+ * the next deadline (at most max_ms). */
+static int preauth_deadlines(server *s, int max_ms)
+{
+	const uint64_t now = moe_now_ns(), lim = s->auth_deadline_ns;
+	uint64_t next = now + (uint64_t)max_ms * 1000000u;
+	const uint32_t id = atomic_load(&s->peer_id);
+	if (id != 0 && !(s->authed && (uint32_t)nng_pipe_id(s->auth_pipe) == id)) {
+		const uint64_t due = atomic_load(&s->peer_since) + lim;
+		if (now >= due) {
+			wlog(s, MOE_LOG_WARN,
+			     "control: a peer did not authenticate within %llu ms: dropped",
+			     (unsigned long long)(lim / 1000000u));
+			atomic_store(&s->peer_since, UINT64_MAX - lim); /* once */
+			(void)nng_pipe_close((nng_pipe){.id = id});
+		} else if (due < next) {
+			next = due;
+		}
+	}
+	for (int i = s->n_conns - 1; i >= 0; i--) {
+		if (s->conns[i].authed)
+			continue;
+		if (now >= s->conns[i].since + lim) {
+			wlog(s, MOE_LOG_WARN,
+			     "data: a connection sent no token within %llu ms: closed",
+			     (unsigned long long)(lim / 1000000u));
+			close_conn(s, i);
+		} else if (s->conns[i].since + lim < next) {
+			next = s->conns[i].since + lim;
+		}
+	}
+	return next <= now ? 0 : (int)((next - now) / 1000000u) + 1;
 }
 
 static void on_control(server *s)
@@ -907,14 +960,24 @@ static void on_accept(server *s)
 	if (fd < 0)
 		return;
 	if (s->n_conns == MAX_CONNS) {
-		(void)data_error(s, fd, NULL, MOE_ERR_BUSY, "too many data connections", 0);
-		close(fd);
-		return;
+		/* full: the oldest connection without its token yet makes room (a
+		 * flood of idle ones cannot keep the coordinator's out) */
+		int old = -1;
+		for (int i = 0; i < s->n_conns; i++)
+			if (!s->conns[i].authed &&
+			    (old < 0 || s->conns[i].since < s->conns[old].since))
+				old = i;
+		if (old < 0) {
+			(void)data_error(s, fd, NULL, MOE_ERR_BUSY, "too many data connections", 0);
+			close(fd);
+			return;
+		}
+		close_conn(s, old);
 	}
 	moe_sock_nodelay(fd);
 	struct timeval tv = {.tv_sec = 30};
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	conn c = {.fd = fd};
+	conn c = {.fd = fd, .since = moe_now_ns()};
 	/* with a secret the first frame (the token) is sealed with the data key
 	 * of the control link that is waiting for its data connection */
 	if (s->secret != NULL) {
@@ -989,6 +1052,8 @@ static void server_free(server *s)
 moe_err moe_worker_run(const moe_worker_opts *o)
 {
 	server s = {.o = o,
+	            .auth_deadline_ns =
+	                (uint64_t)(o->auth_timeout_ms > 0 ? o->auth_timeout_ms : 10000) * 1000000u,
 	            .lfd = -1,
 	            .sfd = -1,
 	            .ctl = NNG_SOCKET_INITIALIZER,
@@ -1033,6 +1098,7 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		goto out_free;
 	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
 	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
+	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_ADD_POST, pipe_added, &s)) != 0 ||
 	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
 	    (rv = nng_listen(s.ctl, o->listen_url, &lst, 0)) != 0 ||
 	    (rv = nng_socket_get_int(s.ctl, NNG_OPT_RECVFD, &s.ctl_fd)) != 0) {
@@ -1063,6 +1129,9 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	}
 
 	while (!s.quit) {
+		/* first the deadlines of peers not yet authenticated (this may
+		 * close connections, so before the poll set is made) */
+		int wait_ms = preauth_deadlines(&s, 1000);
 		/* control, data listener, stop fd (ignored by poll when -1), connections */
 		struct pollfd p[MAX_CONNS + 5];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
@@ -1073,7 +1142,6 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		for (int i = 0; i < s.n_conns; i++)
 			p[5 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
 		const int n = 5 + s.n_conns;
-		int wait_ms = 1000;
 		if (s.drop_at != 0) {
 			const uint64_t now = moe_now_ns();
 			if (now >= s.drop_at) {

@@ -121,6 +121,9 @@ typedef struct moe_worker_opts {
 	int stop_fd;             /* if >= 0: once it is readable (a byte from a signal
 	                          * handler) the worker stops as on SHUTDOWN; else -1 */
 	bool quiet;              /* no log lines on stderr */
+	int auth_timeout_ms;     /* a control peer or data connection that has not
+	                          * authenticated this long after it came is dropped;
+	                          * 0 = 10000 */
 	/* Observers for tests (tests/worker_harness.c injects faults with them);
 	 * production leaves them NULL.  Called on the serving thread with
 	 * observer_ctx; they may end the process.  on_assign: an authenticated
