@@ -28,6 +28,8 @@ const moe_bench moe_benches[] = {
      moe_bench_quality},
     {"soak", "clients that cancel and disconnect for minutes: RSS, fds, ITL p99, 429s",
      moe_bench_soak},
+    {"chaos", "workers killed or frozen under serve while clients stream: identical bytes",
+     moe_bench_chaos},
     {NULL, NULL, NULL},
 };
 

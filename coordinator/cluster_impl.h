@@ -45,6 +45,7 @@ typedef struct clink {
 	float *wts;        /* [max_tok][n_used] */
 	struct iovec *iov; /* [max_tok] payload parts */
 	uint64_t t_sent;
+	int errors; /* ERROR replies in a row (a RESULT resets it) */
 	/* stats */
 	moe_cluster_link_stats st;
 } clink;
@@ -155,6 +156,10 @@ void moe_clu_rebalance_free(moe_cluster *c);
 moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l);
 
 /* dispatch.c */
+
+/* ERROR replies in a row a worker may give (each one's pairs sent again, to
+ * a replica or to it) before the next marks it dead. */
+#define MOE_CLU_ERROR_RETRIES 2
 
 /* The moe_expert_backend's start and finish (coordinator.h) with ctx the
  * cluster: quantise and send a layer's tokens; run the local experts, gather

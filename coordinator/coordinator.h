@@ -160,6 +160,7 @@ typedef struct moe_cluster_link_stats {
 	uint64_t assign_loaded;         /* expert bytes they loaded (as the worker reports) */
 	uint64_t assign_dropped;        /* and dropped */
 	uint64_t routed;                /* (token, expert) pairs sent to it */
+	uint64_t errors;                /* DISPATCHes it answered with an ERROR */
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
@@ -170,6 +171,8 @@ typedef struct moe_cluster_counters {
 	uint64_t worker_ns; /* sum over layers of the slowest worker's compute */
 	uint64_t retries;   /* (token, expert) pairs sent again after a failure */
 	uint64_t reassigns; /* experts re-loaded onto survivors */
+	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
+	uint64_t lost;          /* workers marked dead */
 } moe_cluster_counters;
 
 int moe_cluster_n_links(const moe_cluster *c);

@@ -58,7 +58,7 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 	moe_aead_destroy(l->data_tx);
 	l->data_tx = NULL;
 	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
-	(void)c;
+	c->cnt.lost++;
 }
 
 /* Receives the next control frame of kind `want` from l within timeout_ms of
