@@ -10,15 +10,18 @@
  * chunk of all clients together), sends SIGKILL (even iterations) or SIGSTOP
  * (odd ones; SIGCONT once the streams ended) to a drawn worker.
  * The texts must equal those the first server streamed before any fault
- * (the reference), the streams must end with [DONE], and the server must
+ * (the reference), the streams must end with [DONE], /health and /metrics
+ * must show the worker down and the loss counted, and the server must
  * then exit by itself on SIGTERM (status 1 after a SIGKILL: it names the
  * killed worker).  After the last iteration every worker is killed and a
  * request must get 503 naming the reason.  The same seed gives the same
  * victims, signals and moments.  ctest test_chaos runs a few iterations; the
  * long run (20 iterations) is in docs/DESIGN.md "Failure semantics".
  */
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -223,6 +227,89 @@ static int children(pid_t pid, pid_t *out, int max)
 	return n;
 }
 
+/* GET path at 127.0.0.1:port over HTTP/1.0: the whole reply (status line,
+ * headers, body; malloc'd), or NULL. */
+static char *http_get(int port, const char *path)
+{
+	char req[256];
+	const int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+	const int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0)
+		return NULL;
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	if (buf == NULL || connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+	    send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+		free(buf);
+		close(fd);
+		return NULL;
+	}
+	for (;;) {
+		if (len + 1 >= cap) {
+			char *b = realloc(buf, cap * 2);
+			if (b == NULL)
+				break;
+			buf = b;
+			cap *= 2;
+		}
+		const ssize_t k = recv(fd, buf + len, cap - len - 1, 0);
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return buf;
+}
+
+/* The --name of worker process pid (from its command line) into name. */
+static void worker_name(pid_t pid, char *name, size_t size)
+{
+	char path[64], buf[4096];
+	snprintf(name, size, "?");
+	snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return;
+	const size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+		if (strcmp(buf + i, "--name") == 0 && i + 7 < n)
+			snprintf(name, size, "%s", buf + i + 7);
+}
+
+/* After a fault on worker `victim` of W: /health lists it down within 5 s
+ * (the idle heartbeat finds a frozen worker nothing was sent to) with W - 1
+ * up, and /metrics says it is down and counts the loss.  0 if so. */
+static int fault_visible(int port, const char *victim, int workers)
+{
+	char want_h[160], want_up[64], want_m[160];
+	snprintf(want_h, sizeof want_h, "{\"name\":\"%s\",\"up\":false}", victim);
+	snprintf(want_up, sizeof want_up, "\"workers_up\":%d", workers - 1);
+	snprintf(want_m, sizeof want_m, "moemesh_worker_up{worker=\"%s\"} 0\n", victim);
+	char *h = NULL;
+	for (int t = 0; t < 50; t++) {
+		free(h);
+		h = http_get(port, "/health");
+		if (h != NULL && strstr(h, want_h) != NULL && strstr(h, want_up) != NULL)
+			break;
+		usleep(100000);
+	}
+	char *m = http_get(port, "/metrics");
+	const bool ok = h != NULL && strstr(h, want_h) != NULL && strstr(h, want_up) != NULL &&
+	                m != NULL && strstr(m, want_m) != NULL &&
+	                strstr(m, "moemesh_cluster_workers_lost_total 1\n") != NULL;
+	if (!ok)
+		fprintf(stderr, "bench chaos: %s is not shown down:\n%s\n%s\n", victim,
+		        h ? h : "(no /health)", m ? m : "(no /metrics)");
+	free(h);
+	free(m);
+	return ok ? 0 : -1;
+}
+
 /* SIGTERM, drain its stderr (echoed when echo), reap: the wait status. */
 static int stop_server(moe_bsrv_child *s, bool echo)
 {
@@ -239,8 +326,8 @@ static int stop_server(moe_bsrv_child *s, bool echo)
 	return st;
 }
 
-/* Every worker killed: /health turns 503 within 30 s and a completion gets
- * 503 with the reason. 0 if so. */
+/* Every worker killed: within 30 s a completion gets 503 with the reason,
+ * and /health is 503 with no worker up.  0 if so. */
 static int all_dead(const moe_bsrv_child *srv, int n_workers)
 {
 	pid_t w[MAX_WORKERS];
@@ -267,6 +354,16 @@ static int all_dead(const moe_bsrv_child *srv, int n_workers)
 				return -1;
 			}
 			printf("bench chaos: all workers killed: 503 %s\n", r.body);
+			char *h = http_get(srv->port, "/health");
+			const bool down = h != NULL && strstr(h, " 503 ") != NULL &&
+			                  strstr(h, "\"workers_up\":0") != NULL;
+			if (!down)
+				fprintf(stderr, "bench chaos: /health: %s\n", h ? h : "(none)");
+			free(h);
+			if (!down) {
+				free(r.body);
+				return -1;
+			}
 		} else if (r.status != 200) {
 			fprintf(stderr, "bench chaos: all workers killed: status %d: %s\n",
 			        r.status, r.body ? r.body : "");
@@ -352,6 +449,8 @@ int moe_bench_chaos(int argc, char **argv)
 		fault f = {.at = 1 + (int)(rnd(&rng) % (uint64_t)(N_CLIENTS * tokens * 3 / 4)),
 		           .pid = w[victim],
 		           .sig = sig};
+		char vname[64]; /* read while it lives: a killed one's command line is gone */
+		worker_name(w[victim], vname, sizeof vname);
 		const int bad = run_streams(st, srv.port, tokens, &f);
 		if (sig == SIGSTOP)
 			kill(w[victim], SIGCONT);
@@ -377,6 +476,9 @@ int moe_bench_chaos(int argc, char **argv)
 		n_kill += sig == SIGKILL && atomic_load(&f.sent);
 		n_stop += sig == SIGSTOP && atomic_load(&f.sent);
 		free_streams(st);
+		if (!bad && !diff && atomic_load(&f.sent) &&
+		    fault_visible(srv.port, vname, workers) != 0)
+			diff = 1;
 		int last_ok = 0;
 		if (!bad && !diff && it == iterations - 1)
 			last_ok = all_dead(&srv, workers);

@@ -234,9 +234,21 @@ moe_cluster_balance moe_cluster_get_balance(moe_cluster *c);
 bool moe_cluster_holds(const moe_cluster *c, int i, int il, int e);
 
 /* Writes the cluster's metrics in Prometheus text: per worker the pairs
- * routed to it and the expert bytes it holds, the imbalance, re-placements
- * and bytes moved.  Safe from any thread (a snapshot the tick keeps). */
+ * routed to it, the expert bytes it holds, whether it is up and its ERROR
+ * replies; the failure counters (pairs retried, ERROR retries, experts
+ * re-loaded onto survivors, workers lost), the imbalance, re-placements and
+ * bytes moved.  Safe from any thread (a snapshot the tick keeps). */
 void moe_cluster_metrics(moe_cluster *c, FILE *out);
+
+/* One worker as /health shows it. */
+typedef struct moe_cluster_worker_state {
+	char name[64];
+	bool up;
+} moe_cluster_worker_state;
+
+/* Fills out[0..max) with the workers' names and whether each is up (the
+ * snapshot moe_cluster_tick keeps); returns how many.  Safe from any thread. */
+int moe_cluster_worker_states(moe_cluster *c, moe_cluster_worker_state *out, int max);
 /* ---- status of workers (status.c): `moemesh status`, without a cluster ---------- */
 
 typedef enum moe_node_state {
