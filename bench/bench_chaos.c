@@ -45,8 +45,10 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: moemesh bench chaos [-m MODEL.gguf] [--iterations N] [--workers W]\n"
 	           "                           [--seed S] [--tokens T] [--deadline-ms MS]\n"
+	           "                           [--replicate all|none|E,E,...]\n"
 	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 20 iterations of 3\n"
-	           "workers, seed 1, 48 tokens per stream, a 1000 ms dispatch deadline.\n");
+	           "workers, seed 1, 48 tokens per stream, a 1000 ms dispatch deadline,\n"
+	           "--replicate all (none: one copy of each expert, a loss re-loads them).\n");
 }
 
 static uint64_t rnd(uint64_t *s)
@@ -91,7 +93,7 @@ static int on_text(void *arg, double now)
 }
 
 /* The text of a server-sent event stream: choices[0].text of every data
- * chunk, concatenated; NULL if a chunk is not JSON. */
+ * chunk, concatenated; NULL if a chunk is not JSON or is an error event. */
 static char *stream_text(const char *body)
 {
 	size_t cap = 256, len = 0;
@@ -107,7 +109,8 @@ static char *stream_text(const char *body)
 		if (strncmp(p, "[DONE]", 6) == 0)
 			break;
 		cJSON *j = cJSON_ParseWithLength(p, (size_t)(end - p));
-		if (j == NULL) {
+		if (j == NULL || cJSON_GetObjectItem(j, "error") != NULL) { /* failed mid-stream */
+			cJSON_Delete(j);
 			free(out);
 			return NULL;
 		}
@@ -174,10 +177,12 @@ static int run_streams(stream *st, int port, int tokens, fault *f)
 		return -1;
 	for (int i = 0; i < N_CLIENTS; i++) {
 		if (st[i].rc != 0 || st[i].r.status != 200 || !st[i].r.done || st[i].text == NULL) {
+			const char *b = st[i].r.body ? st[i].r.body : "";
+			const size_t n = strlen(b);
 			fprintf(stderr,
-			        "bench chaos: stream %d: rc %d, status %d, %s, body: %.300s\n", i,
+			        "bench chaos: stream %d: rc %d, status %d, %s, body: ...%s\n", i,
 			        st[i].rc, st[i].r.status, st[i].r.done ? "[DONE]" : "no [DONE]",
-			        st[i].r.body ? st[i].r.body : "");
+			        b + (n > 400 ? n - 400 : 0));
 			bad = 1;
 		}
 	}
@@ -283,8 +288,9 @@ static void worker_name(pid_t pid, char *name, size_t size)
 
 /* After a fault on worker `victim` of W: /health lists it down within 5 s
  * (the idle heartbeat finds a frozen worker nothing was sent to) with W - 1
- * up, and /metrics says it is down and counts the loss.  0 if so. */
-static int fault_visible(int port, const char *victim, int workers)
+ * up, and /metrics says it is down and counts the loss (and, with reload,
+ * experts re-loaded onto survivors).  0 if so. */
+static int fault_visible(int port, const char *victim, int workers, bool reload)
 {
 	char want_h[160], want_up[64], want_m[160];
 	snprintf(want_h, sizeof want_h, "{\"name\":\"%s\",\"up\":false}", victim);
@@ -299,9 +305,11 @@ static int fault_visible(int port, const char *victim, int workers)
 		usleep(100000);
 	}
 	char *m = http_get(port, "/metrics");
-	const bool ok = h != NULL && strstr(h, want_h) != NULL && strstr(h, want_up) != NULL &&
-	                m != NULL && strstr(m, want_m) != NULL &&
-	                strstr(m, "moemesh_cluster_workers_lost_total 1\n") != NULL;
+	const bool ok =
+	    h != NULL && strstr(h, want_h) != NULL && strstr(h, want_up) != NULL && m != NULL &&
+	    strstr(m, want_m) != NULL &&
+	    strstr(m, "moemesh_cluster_workers_lost_total 1\n") != NULL &&
+	    (!reload || strstr(m, "moemesh_cluster_replaced_experts_total 0\n") == NULL);
 	if (!ok)
 		fprintf(stderr, "bench chaos: %s is not shown down:\n%s\n%s\n", victim,
 		        h ? h : "(no /health)", m ? m : "(no /metrics)");
@@ -379,15 +387,19 @@ static int all_dead(const moe_bsrv_child *srv, int n_workers)
 
 int moe_bench_chaos(int argc, char **argv)
 {
-	const char *model = "models/kjv-qwen3next-Q4_K_M.gguf";
+	const char *model = "models/kjv-qwen3next-Q4_K_M.gguf", *replicate = "all";
 	int iterations = 20, workers = 3, seed = 1, tokens = 48, deadline_ms = 1000;
 	const struct {
 		const char *name;
 		const char **str;
 		int *num;
-	} opts[] = {{"-m", &model, NULL},          {"--iterations", NULL, &iterations},
-	            {"--workers", NULL, &workers}, {"--seed", NULL, &seed},
-	            {"--tokens", NULL, &tokens},   {"--deadline-ms", NULL, &deadline_ms}};
+	} opts[] = {{"-m", &model, NULL},
+	            {"--replicate", &replicate, NULL},
+	            {"--iterations", NULL, &iterations},
+	            {"--workers", NULL, &workers},
+	            {"--seed", NULL, &seed},
+	            {"--tokens", NULL, &tokens},
+	            {"--deadline-ms", NULL, &deadline_ms}};
 	for (int i = 1; i < argc; i += 2) {
 		size_t k = 0;
 		while (k < sizeof opts / sizeof *opts && strcmp(argv[i], opts[k].name) != 0)
@@ -410,8 +422,10 @@ int moe_bench_chaos(int argc, char **argv)
 	snprintf(nw, sizeof nw, "%d", workers);
 	snprintf(dl, sizeof dl, "%d", deadline_ms);
 	const char *extra[] = {
-	    "--workers", nw,  "--replicate", "all", "--dispatch-timeout-ms", dl, "--parallel", "4",
-	    "--threads", "1", NULL};
+	    "--workers", nw,  "--dispatch-timeout-ms", dl,        "--parallel", "4",
+	    "--threads", "1", "--replicate",           replicate, NULL};
+	if (strcmp(replicate, "none") == 0)
+		extra[8] = NULL; /* each expert on one worker: a loss re-loads onto survivors */
 	uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(unsigned)seed;
 	char *want[N_CLIENTS] = {0};
 	int rc = 1, n_kill = 0, n_stop = 0;
@@ -477,7 +491,7 @@ int moe_bench_chaos(int argc, char **argv)
 		n_stop += sig == SIGSTOP && atomic_load(&f.sent);
 		free_streams(st);
 		if (!bad && !diff && atomic_load(&f.sent) &&
-		    fault_visible(srv.port, vname, workers) != 0)
+		    fault_visible(srv.port, vname, workers, strcmp(replicate, "none") == 0) != 0)
 			diff = 1;
 		int last_ok = 0;
 		if (!bad && !diff && it == iterations - 1)

@@ -38,6 +38,11 @@ Test(chaos, killed_and_frozen_workers_under_serve_change_no_streamed_byte, .time
 	                "--iterations %d --deadline-ms 500 --seed 7",
 	                bin(), env("MOE_SOURCE_DIR"), n),
 	             0, "bench chaos failed (its output above)");
+	/* one copy of each expert: a loss re-loads its experts onto survivors */
+	cr_assert_eq(sh("'%s' bench chaos -m '%s/models/kjv-qwen3next-Q4_K_M.gguf' "
+	                "--iterations 2 --deadline-ms 500 --seed 11 --replicate none",
+	                bin(), env("MOE_SOURCE_DIR")),
+	             0, "bench chaos --replicate none failed (its output above)");
 }
 
 static void tmp_path(char *out, size_t n, const char *what)
