@@ -173,6 +173,7 @@ typedef struct moe_cluster_counters {
 	uint64_t reassigns; /* experts re-loaded onto survivors */
 	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
 	uint64_t lost;          /* workers marked dead */
+	uint64_t readmitted;    /* dead workers re-dialled and taken back */
 } moe_cluster_counters;
 
 int moe_cluster_n_links(const moe_cluster *c);

@@ -144,14 +144,15 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	 * without an answer, for up to HELLO_BUDGET_MS */
 	const uint64_t t0 = moe_now_ns();
 	for (int tries = 0;; tries++) {
+		const int wait_ms = c->dial_wait_ms > 0 ? c->dial_wait_ms : 10000;
 		for (int waited = 0; atomic_load(&l->pipes) == 0; waited += 10) {
-			if (waited >= 10000)
-				return moe_fail(MOE_ERR_TIMEOUT,
-				                "worker %s: no connection within 10 s%s", l->url,
-				                tries
-				                    ? " (it closed our connections before HELLO's "
-				                      "answer: does another peer hold it?)"
-				                    : "");
+			if (waited >= wait_ms)
+				return moe_fail(
+				    MOE_ERR_TIMEOUT, "worker %s: no connection within %d ms%s",
+				    l->url, wait_ms,
+				    tries ? " (it closed our connections before HELLO's "
+				            "answer: does another peer hold it?)"
+				          : "");
 			struct timespec ts = {0, 10 * 1000000};
 			nanosleep(&ts, NULL);
 		}
@@ -406,13 +407,79 @@ moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind w
 	return ctl_expect(msg, f, l, want, timeout_ms);
 }
 
+/* How often a dead URL worker is re-dialled, and how long each dial waits
+ * for a connection (the idle heartbeat runs it: a request that arrives
+ * meanwhile waits at most this long). */
+#define REDIAL_MS      2000
+#define REDIAL_WAIT_MS 200
+
+/* Closes everything of l's last session: control socket, keys, data socket. */
+static void drop_session(clink *l)
+{
+	if (l->ctl_open) {
+		nng_close(l->ctl);
+		l->ctl_open = false;
+	}
+	atomic_store(&l->pipes, 0);
+	if (l->dfd >= 0) {
+		close(l->dfd);
+		l->dfd = -1;
+	}
+	moe_rx_free(&l->rx);
+	moe_aead_destroy(l->ctl_tx);
+	moe_aead_destroy(l->ctl_rx);
+	moe_aead_destroy(l->data_tx);
+	l->ctl_tx = l->ctl_rx = l->data_tx = NULL;
+}
+
+void moe_clu_readmit(moe_cluster *c)
+{
+	const size_t nh = (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
+	for (int i = 0; i < c->n_links; i++) {
+		clink *l = &c->links[i];
+		if (l->alive || l->local || l->pid > 0 || l->url[0] == '\0')
+			continue;
+		const uint64_t now = moe_now_ns();
+		if (l->redial_t != 0 && now - l->redial_t < (uint64_t)REDIAL_MS * 1000000u)
+			continue;
+		l->redial_t = now;
+		drop_session(l);
+		c->dial_wait_ms = REDIAL_WAIT_MS;
+		moe_err err = moe_clu_connect(c, l);
+		c->dial_wait_ms = 0;
+		if (err == MOE_OK) {
+			/* what it holds is what it says it loaded, from nothing */
+			memset(l->loaded, 0, nh);
+			l->errors = 0;
+			l->pending = false;
+			l->async = false;
+			err = moe_clu_assign(c, l);
+		}
+		if (err != MOE_OK) {
+			moe_log(MOE_LOG_DEBUG, "worker %s (%s) not back: %s", l->name, l->url,
+			        moe_err_detail());
+			drop_session(l);
+			continue;
+		}
+		l->alive = l->st.alive = true;
+		c->cnt.readmitted++;
+		moe_log(MOE_LOG_WARN, "worker %s (%s) is back: re-admitted with its experts",
+		        l->name, l->url);
+	}
+}
+
 moe_err moe_cluster_heartbeat(moe_cluster *c)
 {
+	moe_clu_readmit(c);
 	static uint64_t seq;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
 		if (!l->alive || l->local || l->async)
 			continue; /* a worker loading for a rebalance answers its poll */
+		if (atomic_load(&l->pipes) == 0) { /* its end closed: no 5 s send timeout */
+			moe_clu_mark_dead(c, l, "control connection closed");
+			continue;
+		}
 		Moemesh__Heartbeat h = MOEMESH__HEARTBEAT__INIT;
 		h.seq = ++seq;
 		h.time_ns = moe_now_ns();

@@ -590,7 +590,8 @@ moe_err moe_cluster_tick(moe_cluster *c)
 		changed = true;
 	}
 	/* a worker lost or experts re-loaded since: who is up and what each holds */
-	changed |= c->cnt.lost != rb->cnt.lost || c->cnt.reassigns != rb->cnt.reassigns;
+	changed |= c->cnt.lost != rb->cnt.lost || c->cnt.reassigns != rb->cnt.reassigns ||
+	           c->cnt.readmitted != rb->cnt.readmitted;
 	if (changed) {
 		snapshot(c);
 	} else { /* the counters only */
@@ -691,9 +692,14 @@ void moe_cluster_metrics(moe_cluster *c, FILE *out)
 	        "moemesh_cluster_replaced_experts_total %llu\n"
 	        "# HELP moemesh_cluster_workers_lost_total Workers marked dead.\n"
 	        "# TYPE moemesh_cluster_workers_lost_total counter\n"
-	        "moemesh_cluster_workers_lost_total %llu\n",
+	        "moemesh_cluster_workers_lost_total %llu\n"
+	        "# HELP moemesh_cluster_workers_readmitted_total Lost workers re-dialled and "
+	        "taken back.\n"
+	        "# TYPE moemesh_cluster_workers_readmitted_total counter\n"
+	        "moemesh_cluster_workers_readmitted_total %llu\n",
 	        (unsigned long long)k.retries, (unsigned long long)k.error_retries,
-	        (unsigned long long)k.reassigns, (unsigned long long)k.lost);
+	        (unsigned long long)k.reassigns, (unsigned long long)k.lost,
+	        (unsigned long long)k.readmitted);
 	fprintf(out,
 	        "# HELP moemesh_expert_imbalance Busiest worker's pairs over the mean's, "
 	        "summed over layers, in the last window.\n"
