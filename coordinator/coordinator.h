@@ -138,10 +138,12 @@ const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
  * thread); pass moe_fwd_pool() of the context that uses the backend. */
 void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool);
 
-/* Sends a HEARTBEAT to every live worker and waits for the echoes (up to the
- * dispatch deadline); a worker that does not answer is marked dead and its
- * experts re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some
- * expert. */
+/* First re-dials lost workers named by URL and re-admits those that answer
+ * (each at most every 2 s, a 200 ms wait for the connection, then their
+ * ASSIGN's load), then sends a HEARTBEAT to every live worker and waits for
+ * the echoes (up to the dispatch deadline); a worker that does not answer,
+ * or whose control connection closed, is marked dead and its experts
+ * re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some expert. */
 moe_err moe_cluster_heartbeat(moe_cluster *c);
 
 typedef struct moe_cluster_link_stats {
