@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -265,6 +267,14 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	}
 	if (err != MOE_OK)
 		goto out_free_ok;
+	/* a worker that stops reading (SIGSTOP, a hung host) fails a DISPATCH's
+	 * send within the dispatch deadline instead of blocking it for good */
+	const int tmo = c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000;
+	const struct timeval tv = {.tv_sec = tmo / 1000, .tv_usec = (tmo % 1000) * 1000};
+	if (setsockopt(l->dfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+		err = moe_fail(MOE_ERR_SYS, "worker %s: SO_SNDTIMEO: %s", l->url, strerror(errno));
+		goto out_free_ok;
+	}
 	Moemesh__AuthResponse da = MOEMESH__AUTH_RESPONSE__INIT;
 	da.response = ok->data_token;
 	err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_AUTH, &da.base, NULL, 0, false);
