@@ -125,7 +125,8 @@ moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind w
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
 /* Re-dials each dead worker named by URL (not spawned, not local), at most
- * once per REDIAL_MS each, waiting briefly for a connection; one that
+ * once per REDIAL_MS each and not while a re-placement is under way (an
+ * async ASSIGN), waiting briefly for a connection; one that
  * authenticates is sent its held set as an ASSIGN, waited for, and is alive
  * again (it keeps its place in the placement; what survivors took over in
  * the meantime they keep).  Failures leave it dead; never an error. */

@@ -445,6 +445,9 @@ static void drop_session(clink *l)
 void moe_clu_readmit(moe_cluster *c)
 {
 	const size_t nh = (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
+	for (int i = 0; i < c->n_links; i++)
+		if (c->links[i].async)
+			return; /* a re-placement under way: after it ends */
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
 		if (l->alive || l->local || l->pid > 0 || l->url[0] == '\0')
@@ -462,7 +465,6 @@ void moe_clu_readmit(moe_cluster *c)
 			memset(l->loaded, 0, nh);
 			l->errors = 0;
 			l->pending = false;
-			l->async = false;
 			err = moe_clu_assign(c, l);
 		}
 		if (err != MOE_OK) {
