@@ -30,6 +30,8 @@ const moe_bench moe_benches[] = {
      moe_bench_soak},
     {"trace", "replay a routing trace against a placement: load per worker, distinct experts",
      moe_bench_trace},
+    {"chaos", "workers killed or frozen under serve while clients stream: identical bytes",
+     moe_bench_chaos},
     {NULL, NULL, NULL},
 };
 

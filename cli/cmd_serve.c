@@ -230,7 +230,21 @@ static moe_err check_fits(const moe_model *m, const serve_args *a)
 static moe_err heartbeat(void *ctx)
 {
 	moe_err err = moe_cluster_heartbeat(ctx);
-	return err != MOE_OK ? err : moe_cluster_tick(ctx);
+	const moe_err terr = moe_cluster_tick(ctx); /* also after a loss: /metrics says it */
+	return err != MOE_OK ? err : terr;
+}
+
+static int cluster_workers(void *ctx, moe_engine_worker *out, int max)
+{
+	moe_cluster_worker_state st[MOE_CLUSTER_MAX_LINKS];
+	const int n = moe_cluster_worker_states(
+	    ctx, st, max < MOE_CLUSTER_MAX_LINKS ? max : MOE_CLUSTER_MAX_LINKS);
+	for (int i = 0; i < n; i++) {
+		_Static_assert(sizeof out[i].name == sizeof st[i].name, "name sizes");
+		memcpy(out[i].name, st[i].name, sizeof out[i].name);
+		out[i].up = st[i].up;
+	}
+	return n;
 }
 
 /* Raises the soft open-file limit toward what max_conn connections need
@@ -324,6 +338,8 @@ int moe_cmd_serve(int argc, char **argv)
 		a.eo.idle_ctx = cl;
 		a.eo.metrics = cluster_metrics;
 		a.eo.metrics_ctx = cl;
+		a.eo.workers = cluster_workers;
+		a.eo.workers_ctx = cl;
 	}
 	moe_http_set_status(h, "loading", "allocating the KV cache and states");
 	if (a.eo.cache_ram > 0 && (err = cache_identity(a.eo.cache_identity, m, a.eo.kv_type,

@@ -174,8 +174,10 @@ void moe_cluster_print_stats(const moe_cluster *c, FILE *f)
 		        s->dispatches ? (double)s->compute_ns / 1e3 / (double)s->dispatches : 0.0);
 	}
 	const moe_cluster_counters *k = &c->cnt;
-	if (k->retries || k->reassigns)
+	if (k->retries || k->reassigns || k->error_retries || k->lost)
 		fprintf(f,
-		        "failures: %llu (token, expert) pairs retried, %llu experts re-assigned\n",
-		        (unsigned long long)k->retries, (unsigned long long)k->reassigns);
+		        "failures: %llu (token, expert) pairs retried, %llu experts re-assigned, "
+		        "%llu ERROR replies retried, %llu workers lost\n",
+		        (unsigned long long)k->retries, (unsigned long long)k->reassigns,
+		        (unsigned long long)k->error_retries, (unsigned long long)k->lost);
 }

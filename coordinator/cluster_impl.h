@@ -45,6 +45,8 @@ typedef struct clink {
 	float *wts;        /* [max_tok][n_used] */
 	struct iovec *iov; /* [max_tok] payload parts */
 	uint64_t t_sent;
+	int errors;         /* ERROR replies in a row (a RESULT resets it) */
+	uint64_t redial_t;  /* when it was last re-dialled (dead URL workers) */
 	/* stats */
 	moe_cluster_link_stats st;
 } clink;
@@ -78,6 +80,7 @@ struct moe_cluster {
 	size_t max_tok; /* capacity of the per-link arrays */
 	uint64_t rr;    /* rotates the choice among replicas */
 	moe_err start_err;
+	int dial_wait_ms; /* how long moe_clu_connect waits for a connection (0: 10 s) */
 	moe_cluster_counters cnt;
 	/* load, counted by dispatch for the rebalancer (rebalance.c) */
 	uint64_t *eload; /* [n_layer][n_expert] (token, expert) pairs routed, this window */
@@ -121,6 +124,14 @@ moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind w
 /* Marks l dead (once): closes its data socket, says why on stderr. */
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
 
+/* Re-dials each dead worker named by URL (not spawned, not local), at most
+ * once per REDIAL_MS each and not while a re-placement is under way (an
+ * async ASSIGN), waiting briefly for a connection; one that
+ * authenticates is sent its held set as an ASSIGN, waited for, and is alive
+ * again (it keeps its place in the placement; what survivors took over in
+ * the meantime they keep).  Failures leave it dead; never an error. */
+void moe_clu_readmit(moe_cluster *c);
+
 /* Stops the spawned workers (moe_cluster_shutdown): SHUTDOWN to the live
  * ones, SIGTERM to the others, SIGKILL after a grace period; reaps them,
  * removes their socket files and marks them dead.  Returns MOE_ERR_CLOSED,
@@ -155,6 +166,10 @@ void moe_clu_rebalance_free(moe_cluster *c);
 moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l);
 
 /* dispatch.c */
+
+/* ERROR replies in a row a worker may give (each one's pairs sent again, to
+ * a replica or to it) before the next marks it dead. */
+#define MOE_CLU_ERROR_RETRIES 2
 
 /* The moe_expert_backend's start and finish (coordinator.h) with ctx the
  * cluster: quantise and send a layer's tokens; run the local experts, gather

@@ -138,10 +138,12 @@ const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
  * thread); pass moe_fwd_pool() of the context that uses the backend. */
 void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool);
 
-/* Sends a HEARTBEAT to every live worker and waits for the echoes (up to the
- * dispatch deadline); a worker that does not answer is marked dead and its
- * experts re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some
- * expert. */
+/* First re-dials lost workers named by URL and re-admits those that answer
+ * (each at most every 2 s, a 200 ms wait for the connection, then their
+ * ASSIGN's load), then sends a HEARTBEAT to every live worker and waits for
+ * the echoes (up to the dispatch deadline); a worker that does not answer,
+ * or whose control connection closed, is marked dead and its experts
+ * re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some expert. */
 moe_err moe_cluster_heartbeat(moe_cluster *c);
 
 typedef struct moe_cluster_link_stats {
@@ -160,6 +162,7 @@ typedef struct moe_cluster_link_stats {
 	uint64_t assign_loaded;         /* expert bytes they loaded (as the worker reports) */
 	uint64_t assign_dropped;        /* and dropped */
 	uint64_t routed;                /* (token, expert) pairs sent to it */
+	uint64_t errors;                /* DISPATCHes it answered with an ERROR */
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
@@ -170,6 +173,9 @@ typedef struct moe_cluster_counters {
 	uint64_t worker_ns; /* sum over layers of the slowest worker's compute */
 	uint64_t retries;   /* (token, expert) pairs sent again after a failure */
 	uint64_t reassigns; /* experts re-loaded onto survivors */
+	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
+	uint64_t lost;          /* workers marked dead */
+	uint64_t readmitted;    /* dead workers re-dialled and taken back */
 } moe_cluster_counters;
 
 int moe_cluster_n_links(const moe_cluster *c);
@@ -231,9 +237,21 @@ moe_cluster_balance moe_cluster_get_balance(moe_cluster *c);
 bool moe_cluster_holds(const moe_cluster *c, int i, int il, int e);
 
 /* Writes the cluster's metrics in Prometheus text: per worker the pairs
- * routed to it and the expert bytes it holds, the imbalance, re-placements
- * and bytes moved.  Safe from any thread (a snapshot the tick keeps). */
+ * routed to it, the expert bytes it holds, whether it is up and its ERROR
+ * replies; the failure counters (pairs retried, ERROR retries, experts
+ * re-loaded onto survivors, workers lost), the imbalance, re-placements and
+ * bytes moved.  Safe from any thread (a snapshot the tick keeps). */
 void moe_cluster_metrics(moe_cluster *c, FILE *out);
+
+/* One worker as /health shows it. */
+typedef struct moe_cluster_worker_state {
+	char name[64];
+	bool up;
+} moe_cluster_worker_state;
+
+/* Fills out[0..max) with the workers' names and whether each is up (the
+ * snapshot moe_cluster_tick keeps); returns how many.  Safe from any thread. */
+int moe_cluster_worker_states(moe_cluster *c, moe_cluster_worker_state *out, int max);
 /* ---- status of workers (status.c): `moemesh status`, without a cluster ---------- */
 
 typedef enum moe_node_state {

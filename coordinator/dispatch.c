@@ -9,7 +9,10 @@
  * finish(): run the experts hosted here, then poll every pending data socket
  * at once and add each RESULT's moe_fix_t rows into acc.  (token, slot) pairs
  * whose worker failed stay to do: experts without a live holder are
- * re-assigned, and another round sends them again.
+ * re-assigned, and another round sends them again.  A worker that answers
+ * with an ERROR stays alive for MOE_CLU_ERROR_RETRIES such replies in a row
+ * (its pairs go out again in the next round, rotating among holders); the
+ * next one marks it dead.
  */
 #include <errno.h>
 #include <poll.h>
@@ -216,8 +219,8 @@ static moe_err take_result(moe_cluster *c, clink *l, const moe_frame *f, moe_fix
 	const int n_embd = c->hp->n_embd, nu = c->n_used;
 	if (f->kind == MOE_MSG_ERROR) {
 		Moemesh__Error *e = moemesh__error__unpack(NULL, f->header_len, f->header);
-		moe_err err = moe_fail(MOE_ERR_PROTO, "answered ERROR: %s",
-		                       e && e->message ? e->message : "(undecodable)");
+		moe_err err = moe_fail(MOE_ERR_PROTO, "answered ERROR %d times in a row: %s",
+		                       l->errors, e && e->message ? e->message : "(undecodable)");
 		moemesh__error__free_unpacked(e, NULL);
 		return err;
 	}
@@ -283,9 +286,24 @@ static void gather(moe_cluster *c, moe_fix_t *acc)
 			const size_t cap = (size_t)MOE_PROTO_MAX_HEADER + 4096 +
 			                   (size_t)l->n_sent * (size_t)c->hp->n_embd * 8u;
 			moe_err err = moe_rx_read(&done, &f, &l->rx, l->dfd, cap, false);
+			if (err == MOE_OK && done && f.kind == MOE_MSG_ERROR &&
+			    ++l->errors <= MOE_CLU_ERROR_RETRIES) {
+				/* transient: its pairs stay to do, sent again next round */
+				l->pending = false;
+				l->st.errors++;
+				c->cnt.error_retries++;
+				moe_log(
+				    MOE_LOG_WARN,
+				    "worker %s answered a DISPATCH with an ERROR (%d in a row): "
+				    "sending it again",
+				    l->name, l->errors);
+				continue;
+			}
 			if (err == MOE_OK && done) {
 				err = take_result(c, l, &f, acc, &max_compute);
 				l->pending = false;
+				if (err == MOE_OK)
+					l->errors = 0;
 			}
 			if (err != MOE_OK)
 				moe_clu_mark_dead(c, l, moe_err_detail());
@@ -327,7 +345,7 @@ moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc)
 			left += c->todo[s] != 0;
 		if (left == 0)
 			return MOE_OK;
-		if (round > c->n_links + 1)
+		if (round > c->n_links * (MOE_CLU_ERROR_RETRIES + 1) + 1)
 			return moe_fail(
 			    MOE_ERR_CLOSED,
 			    "cluster: layer %d still has %llu (token, expert) pairs after "

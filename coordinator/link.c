@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,7 +60,7 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 	moe_aead_destroy(l->data_tx);
 	l->data_tx = NULL;
 	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
-	(void)c;
+	c->cnt.lost++;
 }
 
 /* Receives the next control frame of kind `want` from l within timeout_ms of
@@ -144,14 +146,15 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	 * without an answer, for up to HELLO_BUDGET_MS */
 	const uint64_t t0 = moe_now_ns();
 	for (int tries = 0;; tries++) {
+		const int wait_ms = c->dial_wait_ms > 0 ? c->dial_wait_ms : 10000;
 		for (int waited = 0; atomic_load(&l->pipes) == 0; waited += 10) {
-			if (waited >= 10000)
-				return moe_fail(MOE_ERR_TIMEOUT,
-				                "worker %s: no connection within 10 s%s", l->url,
-				                tries
-				                    ? " (it closed our connections before HELLO's "
-				                      "answer: does another peer hold it?)"
-				                    : "");
+			if (waited >= wait_ms)
+				return moe_fail(
+				    MOE_ERR_TIMEOUT, "worker %s: no connection within %d ms%s",
+				    l->url, wait_ms,
+				    tries ? " (it closed our connections before HELLO's "
+				            "answer: does another peer hold it?)"
+				          : "");
 			struct timespec ts = {0, 10 * 1000000};
 			nanosleep(&ts, NULL);
 		}
@@ -264,6 +267,14 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	}
 	if (err != MOE_OK)
 		goto out_free_ok;
+	/* a worker that stops reading (SIGSTOP, a hung host) fails a DISPATCH's
+	 * send within the dispatch deadline instead of blocking it for good */
+	const int tmo = c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000;
+	const struct timeval tv = {.tv_sec = tmo / 1000, .tv_usec = (tmo % 1000) * 1000};
+	if (setsockopt(l->dfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+		err = moe_fail(MOE_ERR_SYS, "worker %s: SO_SNDTIMEO: %s", l->url, strerror(errno));
+		goto out_free_ok;
+	}
 	Moemesh__AuthResponse da = MOEMESH__AUTH_RESPONSE__INIT;
 	da.response = ok->data_token;
 	err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_AUTH, &da.base, NULL, 0, false);
@@ -406,13 +417,81 @@ moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind w
 	return ctl_expect(msg, f, l, want, timeout_ms);
 }
 
+/* How often a dead URL worker is re-dialled, and how long each dial waits
+ * for a connection (the idle heartbeat runs it: a request that arrives
+ * meanwhile waits at most this long). */
+#define REDIAL_MS      2000
+#define REDIAL_WAIT_MS 200
+
+/* Closes everything of l's last session: control socket, keys, data socket. */
+static void drop_session(clink *l)
+{
+	if (l->ctl_open) {
+		nng_close(l->ctl);
+		l->ctl_open = false;
+	}
+	atomic_store(&l->pipes, 0);
+	if (l->dfd >= 0) {
+		close(l->dfd);
+		l->dfd = -1;
+	}
+	moe_rx_free(&l->rx);
+	moe_aead_destroy(l->ctl_tx);
+	moe_aead_destroy(l->ctl_rx);
+	moe_aead_destroy(l->data_tx);
+	l->ctl_tx = l->ctl_rx = l->data_tx = NULL;
+}
+
+void moe_clu_readmit(moe_cluster *c)
+{
+	const size_t nh = (size_t)c->hp->n_layer * (size_t)c->hp->n_expert;
+	for (int i = 0; i < c->n_links; i++)
+		if (c->links[i].async)
+			return; /* a re-placement under way: after it ends */
+	for (int i = 0; i < c->n_links; i++) {
+		clink *l = &c->links[i];
+		if (l->alive || l->local || l->pid > 0 || l->url[0] == '\0')
+			continue;
+		const uint64_t now = moe_now_ns();
+		if (l->redial_t != 0 && now - l->redial_t < (uint64_t)REDIAL_MS * 1000000u)
+			continue;
+		l->redial_t = now;
+		drop_session(l);
+		c->dial_wait_ms = REDIAL_WAIT_MS;
+		moe_err err = moe_clu_connect(c, l);
+		c->dial_wait_ms = 0;
+		if (err == MOE_OK) {
+			/* what it holds is what it says it loaded, from nothing */
+			memset(l->loaded, 0, nh);
+			l->errors = 0;
+			l->pending = false;
+			err = moe_clu_assign(c, l);
+		}
+		if (err != MOE_OK) {
+			moe_log(MOE_LOG_DEBUG, "worker %s (%s) not back: %s", l->name, l->url,
+			        moe_err_detail());
+			drop_session(l);
+			continue;
+		}
+		l->alive = l->st.alive = true;
+		c->cnt.readmitted++;
+		moe_log(MOE_LOG_WARN, "worker %s (%s) is back: re-admitted with its experts",
+		        l->name, l->url);
+	}
+}
+
 moe_err moe_cluster_heartbeat(moe_cluster *c)
 {
+	moe_clu_readmit(c);
 	static uint64_t seq;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
 		if (!l->alive || l->local || l->async)
 			continue; /* a worker loading for a rebalance answers its poll */
+		if (atomic_load(&l->pipes) == 0) { /* its end closed: no 5 s send timeout */
+			moe_clu_mark_dead(c, l, "control connection closed");
+			continue;
+		}
 		Moemesh__Heartbeat h = MOEMESH__HEARTBEAT__INIT;
 		h.seq = ++seq;
 		h.time_ns = moe_now_ns();

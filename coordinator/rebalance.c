@@ -26,7 +26,7 @@ enum { PHASE_IDLE = 0, PHASE_LOADING, PHASE_DROPPING };
 typedef struct link_snap {
 	char name[64];
 	bool alive;
-	uint64_t routed, bytes;
+	uint64_t routed, bytes, errors;
 } link_snap;
 
 struct rebal {
@@ -43,6 +43,7 @@ struct rebal {
 	moe_cluster_balance bal;
 	link_snap snap[MOE_CLUSTER_MAX_LINKS];
 	int n_snap;
+	moe_cluster_counters cnt; /* c->cnt at the last snapshot or tick */
 };
 
 static void snapshot(moe_cluster *c);
@@ -546,7 +547,8 @@ static void start_change(moe_cluster *c)
 	free(u);
 }
 
-/* What other threads read: per link its name, pairs and bytes. */
+/* What other threads read: per link its name, state, pairs, ERROR replies
+ * and bytes; the failure counters. */
 static void snapshot(moe_cluster *c)
 {
 	struct rebal *rb = c->rb;
@@ -557,6 +559,7 @@ static void snapshot(moe_cluster *c)
 		snprintf(rb->snap[i].name, sizeof rb->snap[i].name, "%s", l->name);
 		rb->snap[i].alive = l->alive;
 		rb->snap[i].routed = l->st.routed;
+		rb->snap[i].errors = l->st.errors;
 		uint64_t b = 0;
 		for (int il = 0; il < c->hp->n_layer; il++) {
 			const uint64_t eb = moe_clu_expert_bytes(c, il);
@@ -565,6 +568,7 @@ static void snapshot(moe_cluster *c)
 		}
 		rb->snap[i].bytes = b;
 	}
+	rb->cnt = c->cnt;
 	pthread_mutex_unlock(&rb->mu);
 }
 
@@ -585,12 +589,18 @@ moe_err moe_cluster_tick(moe_cluster *c)
 		}
 		changed = true;
 	}
+	/* a worker lost or experts re-loaded since: who is up and what each holds */
+	changed |= c->cnt.lost != rb->cnt.lost || c->cnt.reassigns != rb->cnt.reassigns ||
+	           c->cnt.readmitted != rb->cnt.readmitted;
 	if (changed) {
 		snapshot(c);
 	} else { /* the counters only */
 		pthread_mutex_lock(&rb->mu);
-		for (int i = 0; i < c->n_links; i++)
+		for (int i = 0; i < c->n_links; i++) {
 			rb->snap[i].routed = c->links[i].st.routed;
+			rb->snap[i].errors = c->links[i].st.errors;
+		}
+		rb->cnt = c->cnt;
 		pthread_mutex_unlock(&rb->mu);
 	}
 	return MOE_OK;
@@ -644,6 +654,7 @@ void moe_cluster_metrics(moe_cluster *c, FILE *out)
 	link_snap s[MOE_CLUSTER_MAX_LINKS];
 	const int n = rb->n_snap;
 	memcpy(s, rb->snap, sizeof s);
+	const moe_cluster_counters k = rb->cnt;
 	pthread_mutex_unlock(&rb->mu);
 	fprintf(out, "# HELP moemesh_worker_routed_tokens_total (token, expert) pairs sent to "
 	             "each worker.\n"
@@ -656,6 +667,39 @@ void moe_cluster_metrics(moe_cluster *c, FILE *out)
 	for (int i = 0; i < n; i++)
 		fprintf(out, "moemesh_worker_expert_bytes{worker=\"%s\"} %llu\n", s[i].name,
 		        (unsigned long long)(s[i].alive ? s[i].bytes : 0));
+	fprintf(out, "# HELP moemesh_worker_up 1 while the worker serves, 0 once it was lost.\n"
+	             "# TYPE moemesh_worker_up gauge\n");
+	for (int i = 0; i < n; i++)
+		fprintf(out, "moemesh_worker_up{worker=\"%s\"} %d\n", s[i].name, s[i].alive);
+	fprintf(out, "# HELP moemesh_worker_error_replies_total DISPATCHes the worker answered "
+	             "with an ERROR.\n"
+	             "# TYPE moemesh_worker_error_replies_total counter\n");
+	for (int i = 0; i < n; i++)
+		fprintf(out, "moemesh_worker_error_replies_total{worker=\"%s\"} %llu\n", s[i].name,
+		        (unsigned long long)s[i].errors);
+	fprintf(out,
+	        "# HELP moemesh_cluster_retried_pairs_total (token, expert) pairs sent again "
+	        "after a worker failed or answered ERROR.\n"
+	        "# TYPE moemesh_cluster_retried_pairs_total counter\n"
+	        "moemesh_cluster_retried_pairs_total %llu\n"
+	        "# HELP moemesh_cluster_error_retries_total ERROR replies whose DISPATCH was "
+	        "sent again.\n"
+	        "# TYPE moemesh_cluster_error_retries_total counter\n"
+	        "moemesh_cluster_error_retries_total %llu\n"
+	        "# HELP moemesh_cluster_replaced_experts_total Experts re-loaded onto "
+	        "survivors after a worker was lost.\n"
+	        "# TYPE moemesh_cluster_replaced_experts_total counter\n"
+	        "moemesh_cluster_replaced_experts_total %llu\n"
+	        "# HELP moemesh_cluster_workers_lost_total Workers marked dead.\n"
+	        "# TYPE moemesh_cluster_workers_lost_total counter\n"
+	        "moemesh_cluster_workers_lost_total %llu\n"
+	        "# HELP moemesh_cluster_workers_readmitted_total Lost workers re-dialled and "
+	        "taken back.\n"
+	        "# TYPE moemesh_cluster_workers_readmitted_total counter\n"
+	        "moemesh_cluster_workers_readmitted_total %llu\n",
+	        (unsigned long long)k.retries, (unsigned long long)k.error_retries,
+	        (unsigned long long)k.reassigns, (unsigned long long)k.lost,
+	        (unsigned long long)k.readmitted);
 	fprintf(out,
 	        "# HELP moemesh_expert_imbalance Busiest worker's pairs over the mean's, "
 	        "summed over layers, in the last window.\n"
@@ -680,4 +724,17 @@ void moe_cluster_metrics(moe_cluster *c, FILE *out)
 	        "moemesh_rebalance_bytes_dropped_total %llu\n",
 	        b.imbalance, b.before, b.planned, (unsigned long long)b.rebalances,
 	        (unsigned long long)b.bytes_loaded, (unsigned long long)b.bytes_dropped);
+}
+
+int moe_cluster_worker_states(moe_cluster *c, moe_cluster_worker_state *out, int max)
+{
+	struct rebal *rb = c->rb;
+	pthread_mutex_lock(&rb->mu);
+	const int n = rb->n_snap < max ? rb->n_snap : max;
+	for (int i = 0; i < n; i++) {
+		snprintf(out[i].name, sizeof out[i].name, "%s", rb->snap[i].name);
+		out[i].up = rb->snap[i].alive;
+	}
+	pthread_mutex_unlock(&rb->mu);
+	return n;
 }

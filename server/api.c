@@ -204,7 +204,8 @@ void moe_api_call_id(char *out, size_t size, const char *prefix)
 
 /* 200 {"status": "ok"} when serving; 503 with the loading status set by
  * moe_http_set_status (and the workers' load progress set by
- * moe_http_set_loading), or "unavailable" and the engine's reason. */
+ * moe_http_set_loading), or "unavailable" and the engine's reason.  Once
+ * serving, a cluster's workers too: [{"name", "up"}] and "workers_up". */
 static void health(moe_http *h, moe_http_req *r)
 {
 	cJSON *j = cJSON_CreateObject();
@@ -230,6 +231,20 @@ static void health(moe_http *h, moe_http_req *r)
 		cJSON_AddStringToObject(j, "status", ok ? "ok" : "unavailable");
 		if (!ok)
 			cJSON_AddStringToObject(j, "reason", why);
+		/* a cluster's workers: which are up (a lost one stays listed) */
+		moe_engine_worker w[64];
+		const int nw = moe_engine_workers(e, w, 64);
+		int up = 0;
+		cJSON *ws = nw > 0 ? cJSON_AddArrayToObject(j, "workers") : NULL;
+		for (int i = 0; ws != NULL && i < nw; i++) {
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "name", w[i].name);
+			cJSON_AddBoolToObject(o, "up", w[i].up);
+			cJSON_AddItemToArray(ws, o);
+			up += w[i].up;
+		}
+		if (nw > 0)
+			cJSON_AddNumberToObject(j, "workers_up", up);
 	}
 	moe_api_send_json(r, ok ? 200 : 503, j);
 }
@@ -382,11 +397,12 @@ static bool is_loopback(const char *host)
 moe_err moe_http_start(moe_http **out, const moe_http_opts *o)
 {
 	if (!is_loopback(o->host) && o->api_key == NULL && !o->insecure)
-		return moe_fail(MOE_ERR_INVAL,
-		                "serve: --host %s is reachable from other machines and every request "
-		                "would be served unauthenticated: give --api-key KEY (or --insecure "
-		                "to serve it without one)",
-		                o->host);
+		return moe_fail(
+		    MOE_ERR_INVAL,
+		    "serve: --host %s is reachable from other machines and every request "
+		    "would be served unauthenticated: give --api-key KEY (or --insecure "
+		    "to serve it without one)",
+		    o->host);
 	moe_http *h = calloc(1, sizeof *h);
 	if (h == NULL)
 		return moe_fail(MOE_ERR_NOMEM, "serve: http");

@@ -1331,6 +1331,11 @@ void moe_engine_destroy(moe_engine *e)
 
 /* ---- metrics ----------------------------------------------------------------------- */
 
+int moe_engine_workers(moe_engine *e, moe_engine_worker *out, int max)
+{
+	return e->o.workers != NULL ? e->o.workers(e->o.workers_ctx, out, max) : 0;
+}
+
 void moe_engine_metrics(moe_engine *e, FILE *out)
 {
 	const moe_hparams *hp = moe_model_hparams(e->m);

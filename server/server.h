@@ -39,6 +39,12 @@
 
 typedef struct moe_engine moe_engine;
 
+/* One worker of a cluster backend as /health shows it. */
+typedef struct moe_engine_worker {
+	char name[64];
+	bool up;
+} moe_engine_worker;
+
 typedef struct moe_engine_opts {
 	int n_slots;       /* sequences decoded together (--parallel), default 4 */
 	int n_ctx;         /* positions per sequence (--ctx), default the model's trained length */
@@ -63,6 +69,11 @@ typedef struct moe_engine_opts {
 	 * expert backend's own metrics, appended in Prometheus text */
 	void (*metrics)(void *ctx, FILE *out);
 	void *metrics_ctx;
+	/* called by moe_engine_workers on the thread that asks (may be NULL): the
+	 * expert backend's workers for /health, up to max into out; returns how
+	 * many */
+	int (*workers)(void *ctx, moe_engine_worker *out, int max);
+	void *workers_ctx;
 	/* The prefix cache: a new sequence starts from the longest cached prefix of
 	 * its prompt that has a checkpoint, kept at every cache_block tokens of a
 	 * prompt (a multiple of prefill_chunk; default 1024), at the end of every
@@ -219,6 +230,10 @@ void moe_gen_release(moe_gen *g);
  * use, per-layer per-expert routed token counts, the per-worker round-trip
  * histogram (filled by moe_engine_observe_rtt). */
 void moe_engine_metrics(moe_engine *e, FILE *out);
+
+/* The expert backend's workers (moe_engine_opts.workers), up to max into
+ * out; 0 without a cluster.  Safe from any thread. */
+int moe_engine_workers(moe_engine *e, moe_engine_worker *out, int max);
 
 /* Records one round trip of rtt_s seconds to worker (0 <= worker < 64) for
  * the per-worker histogram; for expert backends that talk to workers.  Safe

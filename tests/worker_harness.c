@@ -6,6 +6,10 @@
  *   --die-after N     _exit(3) once N dispatches are computed, before the
  *                     Nth RESULT is sent
  *   --die-on-assign   _exit(3) when an ASSIGN arrives
+ *   --error-on N[,M...]
+ *                     answer the Nth (and Mth...) DISPATCH received with an
+ *                     ERROR instead of computing it (1-based, at most 16)
+ *   --error-from N    answer every DISPATCH from the Nth on with an ERROR
  *   --hold-assign-until FILE
  *                     when an ASSIGN arrives, wait until FILE exists (up to
  *                     60 s), then load it (a load the test can watch)
@@ -27,6 +31,10 @@ typedef struct faults {
 	long die_after; /* 0 = never */
 	bool die_on_assign;
 	const char *hold_until; /* NULL = do not hold */
+	long error_on[16];      /* DISPATCHes answered with an ERROR (1-based) */
+	int n_error_on;
+	long error_from; /* 0 = never */
+	uint64_t n_dispatch;
 } faults;
 
 static void die(const char *why)
@@ -51,6 +59,18 @@ static void on_computed(void *ctx, uint64_t n_computed)
 		die("--die-after reached, the last RESULT unsent");
 }
 
+static bool fail_dispatch(void *ctx)
+{
+	faults *f = ctx;
+	const long n = (long)++f->n_dispatch;
+	bool fail = f->error_from > 0 && n >= f->error_from;
+	for (int i = 0; i < f->n_error_on; i++)
+		fail |= f->error_on[i] == n;
+	if (fail)
+		fprintf(stderr, "moe-test-worker: DISPATCH %ld answered with an ERROR\n", n);
+	return fail;
+}
+
 static void adjust(struct moe_worker_opts *o, void *ctx)
 {
 	const faults *f = ctx;
@@ -58,6 +78,8 @@ static void adjust(struct moe_worker_opts *o, void *ctx)
 		o->on_assign = on_assign;
 	if (f->die_after > 0)
 		o->on_computed = on_computed;
+	if (f->n_error_on > 0 || f->error_from > 0)
+		o->fail_dispatch = fail_dispatch;
 	o->observer_ctx = ctx;
 }
 
@@ -74,6 +96,25 @@ int main(int argc, char **argv)
 			f.die_on_assign = true;
 		} else if (strcmp(argv[i], "--hold-assign-until") == 0 && i + 1 < argc) {
 			f.hold_until = argv[++i];
+		} else if (strcmp(argv[i], "--error-on") == 0 && i + 1 < argc) {
+			char *p = argv[++i], *end;
+			while (*p && f.n_error_on < 16) {
+				f.error_on[f.n_error_on++] = strtol(p, &end, 10);
+				if (end == p || f.error_on[f.n_error_on - 1] < 1 ||
+				    (*end && *end != ',')) {
+					fprintf(stderr, "moe-test-worker: --error-on N[,M...]\n");
+					free(rest);
+					return 2;
+				}
+				p = end + (*end == ',');
+			}
+		} else if (strcmp(argv[i], "--error-from") == 0) {
+			if (i + 1 >= argc ||
+			    moe_parse_long(&f.error_from, argv[++i], 1, 1L << 30)) {
+				fprintf(stderr, "moe-test-worker: --error-from N (N >= 1)\n");
+				free(rest);
+				return 2;
+			}
 		} else if (strcmp(argv[i], "--die-after") == 0) {
 			if (i + 1 >= argc || moe_parse_long(&f.die_after, argv[++i], 1, 1L << 30)) {
 				fprintf(stderr, "moe-test-worker: --die-after N (N >= 1)\n");

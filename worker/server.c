@@ -826,6 +826,10 @@ static moe_err on_dispatch(server *s, conn *c, const moe_frame *f)
 		return data_error(s, fd, c->tx, err, msg, 0);
 	}
 	delay_us(s->o->net_delay_us);
+	if (s->o->fail_dispatch != NULL && s->o->fail_dispatch(s->o->observer_ctx)) {
+		err = data_error(s, fd, c->tx, MOE_ERR_IO, "DISPATCH failed (injected)", d->step);
+		goto out_free;
+	}
 	const size_t n = (size_t)d->n_tokens * (size_t)s->hp.n_embd;
 	if (n > s->acc_cap) {
 		moe_fix_t *a = moe_aligned_alloc(64, n * sizeof *a);

@@ -128,9 +128,12 @@ typedef struct moe_worker_opts {
 	 * production leaves them NULL.  Called on the serving thread with
 	 * observer_ctx; they may end the process.  on_assign: an authenticated
 	 * ASSIGN arrived (before it is read).  on_computed: a DISPATCH was
-	 * computed, n_computed counting it; its RESULT is sent once this returns. */
+	 * computed, n_computed counting it; its RESULT is sent once this returns.
+	 * fail_dispatch: a valid DISPATCH arrived; true answers it with an ERROR
+	 * instead of computing it (a transient failure). */
 	void (*on_assign)(void *ctx);
 	void (*on_computed)(void *ctx, uint64_t n_computed);
+	bool (*fail_dispatch)(void *ctx);
 	void *observer_ctx;
 } moe_worker_opts;
 
