@@ -50,12 +50,6 @@ uint16_t moe_f32_to_fp16(float f)
 }
 
 /* Round to nearest, ties to even, for |f| < 2^22 (the 2^23 + 2^22 trick). */
-static inline int nearest_int(float f)
-{
-	float v = f + 12582912.f;
-
-	return (int)(moe_f32_bits(v) & 0x007fffffu) - 0x00400000;
-}
 
 static inline int imin(int a, int b)
 {
@@ -475,13 +469,8 @@ static void quant_q8_0(void *dst, const float *x, int64_t n)
 	}
 }
 
-/*
- * Best (scale, min) with q in 0..nmax for x[0..n) under weighted squared
- * error, searching scales around nmax/(max-min) (ggml's make_qkx2_quants).
- * Returns the scale; *neg_min = -min (>= 0).
- */
-static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L,
-                           float *neg_min, float rmin, float rdelta, int nstep)
+float moe_fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                        float rmin, float rdelta, int nstep, bool mad)
 {
 	uint8_t Laux[32];
 	float min = x[0], max = x[0];
@@ -505,18 +494,18 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
 	float best_error = 0;
 
 	for (int i = 0; i < n; i++) {
-		int l = nearest_int(iscale * (x[i] - min));
+		int l = moe_nearest_int(iscale * (x[i] - min));
 
 		L[i] = (uint8_t)imax(0, imin(nmax, l));
 		float diff = scale * L[i] + min - x[i];
-		best_error += w[i] * (diff * diff);
+		best_error += w[i] * (mad ? fabsf(diff) : diff * diff);
 	}
 	for (int is = 0; is <= nstep; is++) {
 		float sum_l = 0, sum_l2 = 0, sum_xl = 0;
 
 		iscale = (rmin + rdelta * is + nmax) / (max - min);
 		for (int i = 0; i < n; i++) {
-			int l = imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+			int l = imax(0, imin(nmax, moe_nearest_int(iscale * (x[i] - min))));
 
 			Laux[i] = (uint8_t)l;
 			sum_l += w[i] * l;
@@ -535,7 +524,7 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
 			}
 			for (int i = 0; i < n; i++) {
 				float diff = this_scale * Laux[i] + this_min - x[i];
-				cur_error += w[i] * (diff * diff);
+				cur_error += w[i] * (mad ? fabsf(diff) : diff * diff);
 			}
 			if (cur_error < best_error) {
 				memcpy(L, Laux, (size_t)n);
@@ -568,8 +557,8 @@ static void quant_k_scales(const float *x, int nmax, float rmin, int nstep, uint
 		float av_x = sqrtf(sum_x2 / 32);
 		for (int l = 0; l < 32; l++)
 			weights[l] = av_x + fabsf(x[32 * j + l]);
-		scales[j] = fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin,
-		                          0.1f, nstep);
+		scales[j] = moe_fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j],
+		                              rmin, 0.1f, nstep, false);
 		max_scale = scales[j] > max_scale ? scales[j] : max_scale;
 		max_min = mins[j] > max_min ? mins[j] : max_min;
 	}
@@ -578,8 +567,8 @@ static void quant_k_scales(const float *x, int nmax, float rmin, int nstep, uint
 
 	memset(packed, 0, 12);
 	for (int j = 0; j < 8; j++) {
-		uint8_t ls = (uint8_t)imin(63, (uint8_t)nearest_int(inv_scale * scales[j]));
-		uint8_t lm = (uint8_t)imin(63, (uint8_t)nearest_int(inv_min * mins[j]));
+		uint8_t ls = (uint8_t)imin(63, (uint8_t)moe_nearest_int(inv_scale * scales[j]));
+		uint8_t lm = (uint8_t)imin(63, (uint8_t)moe_nearest_int(inv_min * mins[j]));
 
 		if (j < 4) {
 			packed[j] = ls;
@@ -601,7 +590,7 @@ static void quant_k_scales(const float *x, int nmax, float rmin, int nstep, uint
 			continue;
 		float dm = moe_fp16_to_f32(*dmin_out) * mn;
 		for (int ii = 0; ii < 32; ii++) {
-			int l = nearest_int((x[32 * j + ii] + dm) / d);
+			int l = moe_nearest_int((x[32 * j + ii] + dm) / d);
 			L[32 * j + ii] = (uint8_t)imax(0, imin(nmax, l));
 		}
 	}
@@ -659,7 +648,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
 	float sumlx = 0, suml2 = 0;
 
 	for (int i = 0; i < n; i++) {
-		int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+		int l = imax(-nmax, imin(nmax - 1, moe_nearest_int(iscale * x[i])));
 		float w = x[i] * x[i];
 
 		L[i] = (int8_t)(l + nmax);
@@ -675,7 +664,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
 		iscale = -(nmax + 0.1f * is) / max;
 		sumlx = suml2 = 0;
 		for (int i = 0; i < n; i++) {
-			int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+			int l = imax(-nmax, imin(nmax - 1, moe_nearest_int(iscale * x[i])));
 			float w = x[i] * x[i];
 
 			sumlx += w * x[i] * l;
@@ -683,7 +672,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
 		}
 		if (suml2 > 0 && sumlx * sumlx > best * suml2) {
 			for (int i = 0; i < n; i++) {
-				int l = nearest_int(iscale * x[i]);
+				int l = moe_nearest_int(iscale * x[i]);
 				L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, l)));
 			}
 			scale = sumlx / suml2;
@@ -715,13 +704,13 @@ static void quant_q6_K(void *dst, const float *x, int64_t n)
 		float iscale = -128.f / max_scale;
 		y[i].d = moe_f32_to_fp16(1 / iscale);
 		for (int ib = 0; ib < 16; ib++)
-			y[i].scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
+			y[i].scales[ib] = (int8_t)imin(127, moe_nearest_int(iscale * scales[ib]));
 		for (int j = 0; j < 16; j++) {
 			float d = moe_fp16_to_f32(y[i].d) * y[i].scales[j];
 			if (d == 0.0f)
 				continue;
 			for (int ii = 0; ii < 16; ii++) {
-				int l = nearest_int(x[16 * j + ii] / d);
+				int l = moe_nearest_int(x[16 * j + ii] / d);
 				L[16 * j + ii] = (int8_t)(imax(-32, imin(31, l)) + 32);
 			}
 		}
@@ -742,7 +731,7 @@ static void quant_q6_K(void *dst, const float *x, int64_t n)
 /*
  * Q8_K as llama.cpp quantises K-quant activations (quantize_row_q8_K_ref,
  * also used by its x86 backend): m = the signed value of largest magnitude,
- * q = min(127, nearest_int(-127/m * x)), d = 1/(-127/m), bsums per 16.
+ * q = min(127, moe_nearest_int(-127/m * x)), d = 1/(-127/m), bsums per 16.
  */
 static void quant_q8_K(void *dst, const float *x, int64_t n)
 {
@@ -758,7 +747,7 @@ static void quant_q8_K(void *dst, const float *x, int64_t n)
 		}
 		float iscale = -127.f / max;
 		for (int j = 0; j < MOE_QK_K; j++)
-			y[i].qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
+			y[i].qs[j] = (int8_t)imin(127, moe_nearest_int(iscale * x[j]));
 		for (int g = 0; g < 16; g++) {
 			int sum = 0;
 
@@ -788,7 +777,7 @@ static void quant_act_q8_0(void *dst, const float *x, int64_t n)
 
 		y[i].d = moe_f32_to_fp16(amax / 127.f);
 		for (int j = 0; j < MOE_QK32; j++)
-			y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
+			y[i].qs[j] = (int8_t)moe_nearest_int(x[j] * id);
 	}
 }
 
@@ -808,7 +797,7 @@ static void quant_act_q8_1(void *dst, const float *x, int64_t n)
 
 		y[i].d = moe_f32_to_fp16(d);
 		for (int j = 0; j < MOE_QK32; j++) {
-			y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
+			y[i].qs[j] = (int8_t)moe_nearest_int(x[j] * id);
 			sum += y[i].qs[j];
 		}
 		y[i].s = moe_f32_to_fp16(d * (float)sum);

@@ -314,6 +314,21 @@ static inline int moe_k3_scale(int s, const uint8_t *scales)
 	return lo | ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4;
 }
 
+/* Round to nearest, ties to even, for |f| < 2^22 (the 2^23 + 2^22 trick, as
+ * ggml's quantizers round). */
+static inline int moe_nearest_int(float f)
+{
+	return (int)(moe_f32_bits(f + 12582912.f) & 0x007fffffu) - 0x00400000;
+}
+
+/* The best (scale, min) with q in 0..nmax (L[0..n), n <= 32) for x[0..n)
+ * under w-weighted squared error, or absolute error with mad, searching nstep
+ * + 1 scales (rmin + rdelta * is + nmax) / (max - min) around nmax/(max-min)
+ * (ggml's make_qkx2_quants; Q4_K/Q5_K squared, Q2_K absolute).  Returns the
+ * scale; *neg_min = -min (>= 0). */
+float moe_fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                        float rmin, float rdelta, int nstep, bool mad);
+
 /* ---- scalar references (quants.c) ----------------------------------------------- */
 
 /* The canonical arithmetic of the block types with tile kernels (Q8_0, Q4_0,

@@ -10,14 +10,6 @@
 
 #include "kernels/quants.h"
 
-/* Round to nearest, ties to even, for |f| < 2^22 (the 2^23 + 2^22 trick). */
-static inline int nearest(float f)
-{
-	float v = f + 12582912.f;
-
-	return (int)(moe_f32_bits(v) & 0x007fffffu) - 0x00400000;
-}
-
 static inline int clampi(int v, int lo, int hi)
 {
 	return v < lo ? lo : v > hi ? hi : v;
@@ -74,78 +66,6 @@ static void pack_q2(uint8_t qs[64], const uint8_t L[256])
 			              L[128 * h + 64 + l] << 4 | L[128 * h + 96 + l] << 6);
 }
 
-/*
- * Best (scale, min) with q in 0..nmax for x[0..n) under weighted absolute
- * error, searching scales around nmax/(max-min) (ggml's make_qkx2_quants with
- * use_mad).  Returns the scale; *neg_min = -min (>= 0).
- */
-static float fit_scale_min_mad(int n, int nmax, const float *x, const float *w, uint8_t *L,
-                               float *neg_min, float rmin, float rdelta, int nstep)
-{
-	uint8_t Laux[16];
-	float min = x[0], max = x[0];
-	float sum_w = w[0], sum_x = sum_w * x[0];
-
-	for (int i = 1; i < n; i++) {
-		min = x[i] < min ? x[i] : min;
-		max = x[i] > max ? x[i] : max;
-		sum_w += w[i];
-		sum_x += w[i] * x[i];
-	}
-	if (min > 0)
-		min = 0;
-	if (max == min) {
-		memset(L, 0, (size_t)n);
-		*neg_min = -min;
-		return 0.0f;
-	}
-	float iscale = nmax / (max - min);
-	float scale = 1 / iscale;
-	float best_error = 0;
-
-	for (int i = 0; i < n; i++) {
-		L[i] = (uint8_t)clampi(nearest(iscale * (x[i] - min)), 0, nmax);
-		float diff = scale * L[i] + min - x[i];
-		best_error += w[i] * fabsf(diff);
-	}
-	for (int is = 0; is <= nstep; is++) {
-		float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-
-		iscale = (rmin + rdelta * is + nmax) / (max - min);
-		for (int i = 0; i < n; i++) {
-			int l = clampi(nearest(iscale * (x[i] - min)), 0, nmax);
-
-			Laux[i] = (uint8_t)l;
-			sum_l += w[i] * l;
-			sum_l2 += w[i] * l * l;
-			sum_xl += w[i] * l * x[i];
-		}
-		float D = sum_w * sum_l2 - sum_l * sum_l;
-		if (D > 0) {
-			float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-			float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-			float cur_error = 0;
-
-			if (this_min > 0) {
-				this_min = 0;
-				this_scale = sum_xl / sum_l2;
-			}
-			for (int i = 0; i < n; i++) {
-				float diff = this_scale * Laux[i] + this_min - x[i];
-				cur_error += w[i] * fabsf(diff);
-			}
-			if (cur_error < best_error) {
-				memcpy(L, Laux, (size_t)n);
-				best_error = cur_error;
-				scale = this_scale;
-				min = this_min;
-			}
-		}
-	}
-	*neg_min = -min;
-	return scale;
-}
-
 void moe_quant_q2_K(void *dst, const float *x, int64_t n)
 {
 	moe_block_q2_K *y = dst;
@@ -158,8 +78,8 @@ void moe_quant_q2_K(void *dst, const float *x, int64_t n)
 		for (int j = 0; j < 16; j++) {
 			for (int l = 0; l < 16; l++)
 				w[l] = fabsf(x[16 * j + l]);
-			scales[j] = fit_scale_min_mad(16, 3, x + 16 * j, w, L + 16 * j, &mins[j],
-			                              -0.5f, 0.1f, 15);
+			scales[j] = moe_fit_scale_min(16, 3, x + 16 * j, w, L + 16 * j, &mins[j],
+			                              -0.5f, 0.1f, 15, true);
 			max_scale = scales[j] > max_scale ? scales[j] : max_scale;
 			max_min = mins[j] > max_min ? mins[j] : max_min;
 		}
@@ -168,14 +88,14 @@ void moe_quant_q2_K(void *dst, const float *x, int64_t n)
 		if (max_scale > 0) {
 			float iscale = 15.f / max_scale;
 			for (int j = 0; j < 16; j++)
-				y[i].scales[j] = (uint8_t)nearest(iscale * scales[j]);
+				y[i].scales[j] = (uint8_t)moe_nearest_int(iscale * scales[j]);
 			y[i].d = moe_f32_to_fp16(max_scale / 15.f);
 		}
 		y[i].dmin = moe_f32_to_fp16(0.0f);
 		if (max_min > 0) {
 			float iscale = 15.f / max_min;
 			for (int j = 0; j < 16; j++)
-				y[i].scales[j] |= (uint8_t)(nearest(iscale * mins[j]) << 4);
+				y[i].scales[j] |= (uint8_t)(moe_nearest_int(iscale * mins[j]) << 4);
 			y[i].dmin = moe_f32_to_fp16(max_min / 15.f);
 		}
 		for (int j = 0; j < 16; j++) {
@@ -184,8 +104,8 @@ void moe_quant_q2_K(void *dst, const float *x, int64_t n)
 				continue;
 			float dm = moe_fp16_to_f32(y[i].dmin) * (float)(y[i].scales[j] >> 4);
 			for (int l = 0; l < 16; l++)
-				L[16 * j + l] =
-				    (uint8_t)clampi(nearest((x[16 * j + l] + dm) / d), 0, 3);
+				L[16 * j + l] = (uint8_t)clampi(
+				    moe_nearest_int((x[16 * j + l] + dm) / d), 0, 3);
 		}
 		pack_q2(y[i].qs, L);
 	}
@@ -215,7 +135,7 @@ static float fit_scale_q3(int n, int nmax, const float *x, int8_t *L)
 	float sumlx = 0, suml2 = 0;
 
 	for (int i = 0; i < n; i++) {
-		int l = clampi(nearest(iscale * x[i]), -nmax, nmax - 1);
+		int l = clampi(moe_nearest_int(iscale * x[i]), -nmax, nmax - 1);
 		float w = x[i] * x[i];
 
 		L[i] = (int8_t)l;
@@ -231,7 +151,7 @@ static float fit_scale_q3(int n, int nmax, const float *x, int8_t *L)
 			if (slx <= 0)
 				continue;
 			float sl2 = suml2 - w * L[i] * L[i];
-			int new_l = clampi(nearest(x[i] * sl2 / slx), -nmax, nmax - 1);
+			int new_l = clampi(moe_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
 			if (new_l == L[i])
 				continue;
 			slx += w * x[i] * new_l;
@@ -273,7 +193,9 @@ void moe_quant_q3_K(void *dst, const float *x, int64_t n)
 		if (max_scale != 0.0f) {
 			float iscale = -32.f / max_scale;
 			for (int j = 0; j < 16; j++) {
-				int l = clampi((int8_t)nearest(iscale * scales[j]), -32, 31) + 32;
+				int l =
+				    clampi((int8_t)moe_nearest_int(iscale * scales[j]), -32, 31) +
+				    32;
 				if (j < 8)
 					y[i].scales[j] = (uint8_t)(l & 15);
 				else
@@ -289,7 +211,7 @@ void moe_quant_q3_K(void *dst, const float *x, int64_t n)
 				continue;
 			for (int l = 0; l < 16; l++)
 				L[16 * j + l] =
-				    (int8_t)(clampi(nearest(x[16 * j + l] / d), -4, 3) + 4);
+				    (int8_t)(clampi(moe_nearest_int(x[16 * j + l] / d), -4, 3) + 4);
 		}
 		memset(y[i].hmask, 0, sizeof(y[i].hmask));
 		for (int v = 0; v < MOE_QK_K; v++) {
