@@ -494,38 +494,7 @@ moe_err moe_sock_writev_all(int fd, struct iovec *iov, int n)
 moe_err moe_stream_send(int fd, moe_msg_kind kind, const ProtobufCMessage *msg,
                         const struct iovec *payload, int n_payload)
 {
-	enum { MAX_PARTS = 64 };
-	size_t plen = 0, head_len, hcap;
-	uint8_t stack[4096];
-	uint8_t *head = stack;
-	struct iovec small[MAX_PARTS + 1];
-	struct iovec *iov = small;
-	moe_err err;
-
-	for (int i = 0; i < n_payload; i++)
-		plen += payload[i].iov_len;
-	hcap = moe_frame_payload_offset(msg ? protobuf_c_message_get_packed_size(msg) : 0);
-	if (hcap > sizeof stack && (head = malloc(hcap)) == NULL)
-		return moe_fail(MOE_ERR_NOMEM, "frame head of %zu bytes", hcap);
-	if (n_payload > MAX_PARTS &&
-	    (iov = malloc(((size_t)n_payload + 1) * sizeof *iov)) == NULL) {
-		err = moe_fail(MOE_ERR_NOMEM, "%d payload parts", n_payload);
-		goto out_free_head;
-	}
-	if ((err = moe_frame_write_head(&head_len, head, hcap, kind, msg, plen)) != MOE_OK)
-		goto out_free_iov;
-	iov[0] = (struct iovec){.iov_base = head, .iov_len = head_len};
-	for (int i = 0; i < n_payload; i++)
-		iov[i + 1] = payload[i];
-	err = moe_sock_writev_all(fd, iov, n_payload + 1);
-
-out_free_iov:
-	if (iov != small)
-		free(iov);
-out_free_head:
-	if (head != stack)
-		free(head);
-	return err;
+	return moe_stream_send_sealed(fd, NULL, kind, msg, payload, n_payload, true);
 }
 
 void moe_rx_free(moe_rx *rx)

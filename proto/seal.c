@@ -281,8 +281,6 @@ moe_err moe_stream_send_sealed(int fd, moe_aead *seal, moe_msg_kind kind,
 	int n_iov = 0;
 	moe_err err;
 
-	if (seal == NULL)
-		return moe_stream_send(fd, kind, msg, payload, n_payload);
 	for (int i = 0; i < n_payload; i++)
 		plen += payload[i].iov_len;
 	hcap = moe_frame_payload_offset(msg ? protobuf_c_message_get_packed_size(msg) : 0);
@@ -295,6 +293,13 @@ moe_err moe_stream_send_sealed(int fd, moe_aead *seal, moe_msg_kind kind,
 	}
 	if ((err = moe_frame_write_head(&head_len, head, hcap, kind, msg, plen)) != MOE_OK)
 		goto out_free_iov;
+	if (seal == NULL) { /* plain: head and payload where they lie */
+		iov[n_iov++] = (struct iovec){.iov_base = head, .iov_len = head_len};
+		for (int i = 0; i < n_payload; i++)
+			iov[n_iov++] = payload[i];
+		err = moe_sock_writev_all(fd, iov, n_iov);
+		goto out_free_iov;
+	}
 	if (!in_place && plen > seal->cap) {
 		uint8_t *b = moe_aligned_alloc(MOE_PROTO_ALIGN, plen);
 		if (b == NULL) {
