@@ -392,8 +392,10 @@ static moe_err json_call(moe_reply_parser *p, bool done)
 		r = scan_value(s, &i, n, done, 0);
 		if (r == SCAN_BAD)
 			return bad_call(p, "is not valid JSON");
+		/* the first "name" is the call's (as cJSON reads it), whatever
+		 * follows and however the text arrives in pieces */
 		if (klen == 6 && memcmp(s + k0, "\"name\"", 6) == 0 && r == SCAN_DONE &&
-		    !p->begun) {
+		    p->name.n == 0 && !p->begun) {
 			cJSON *j = cJSON_ParseWithLength(s + v0, i - v0);
 			bool ok = cJSON_IsString(j) && j->valuestring[0] != '\0';
 			if (ok) {
