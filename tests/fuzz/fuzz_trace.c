@@ -15,50 +15,13 @@
 
 #include "model/model.h"
 #include "tests/fuzz/fuzz.h"
+#include "tests/trace_bytes.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
 	return 0;
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void wr64(uint8_t *p, uint64_t v)
-{
-	wr32(p, (uint32_t)v);
-	wr32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint32_t fnv32(const uint8_t *p, size_t n)
-{
-	uint32_t h = 0x811c9dc5u;
-	while (n--)
-		h = (h ^ *p++) * 0x01000193u;
-	return h;
-}
-
-/* sum64 as trace.h defines it */
-static uint64_t fnv64(const uint8_t *p, size_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < n; i += 8) {
-		uint64_t w = 0;
-		for (size_t j = 0; j < 8 && i + j < n; j++)
-			w |= (uint64_t)p[i + j] << (8 * j);
-		h = (h ^ w) * 0x100000001b3ull;
-	}
-	return h;
 }
 
 /* Bytes of a step record as trace.h lays it out; 0 if absurd. */
