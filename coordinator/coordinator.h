@@ -166,13 +166,13 @@ typedef struct moe_cluster_link_stats {
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
-	uint64_t layers;    /* start/finish pairs */
-	uint64_t start_ns;  /* in start(): quantise + send */
-	uint64_t local_ns;  /* experts computed in this process */
-	uint64_t wait_ns;   /* in finish(), waiting for results */
-	uint64_t worker_ns; /* sum over layers of the slowest worker's compute */
-	uint64_t retries;   /* (token, expert) pairs sent again after a failure */
-	uint64_t reassigns; /* experts re-loaded onto survivors */
+	uint64_t layers;        /* start/finish pairs */
+	uint64_t start_ns;      /* in start(): quantise + send */
+	uint64_t local_ns;      /* experts computed in this process */
+	uint64_t wait_ns;       /* in finish(), waiting for results */
+	uint64_t worker_ns;     /* sum over layers of the slowest worker's compute */
+	uint64_t retries;       /* (token, expert) pairs sent again after a failure */
+	uint64_t reassigns;     /* experts re-loaded onto survivors */
 	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
 	uint64_t lost;          /* workers marked dead */
 	uint64_t readmitted;    /* dead workers re-dialled and taken back */
@@ -356,7 +356,7 @@ typedef struct moe_plan {
 	char model[32]; /* architecture */
 	int n_layer, n_layer_file, n_attn, n_rec, n_expert, n_used, n_ctx, n_parallel;
 	moe_type kv_type;
-	uint64_t dense_bytes;  /* coordinator weights: all but the routed experts */
+	uint64_t dense_bytes;  /* coordinator weights: all but the trunk's routed experts */
 	uint64_t dense_read;   /* of those, read every step (not token_embd's rows, not MTP) */
 	uint64_t dense_params; /* values of dense_read (a multiply-add each per token) */
 	uint64_t expert_bytes; /* all routed experts, each once */

@@ -56,7 +56,9 @@ static bool name_is(const moe_gguf_tensor *t, const char *s)
 
 /* The model's bytes by kind: per file trunk layer the dense bytes and the
  * bytes of one routed expert (gate + up + down slices, as placement.c counts
- * them); the global tensors; MTP blocks (mapped, never read). */
+ * them); the global tensors; MTP blocks, whole (mapped on the coordinator,
+ * their routed experts too: drafting runs them there; the main pass never
+ * reads them). */
 typedef struct model_bytes {
 	uint64_t layer_dense[MOE_MAX_LAYERS];
 	uint64_t expert[MOE_MAX_LAYERS];
@@ -64,7 +66,7 @@ typedef struct model_bytes {
 	uint64_t expert_el[MOE_MAX_LAYERS];
 	uint64_t global, global_el; /* token_embd, output, output_norm, ... */
 	uint64_t embd, embd_el;     /* token_embd (read by rows only, unless it is the lm_head) */
-	uint64_t mtp_dense;         /* dense tensors of MTP blocks */
+	uint64_t mtp;               /* every tensor of the MTP blocks */
 	bool tied;                  /* no output.weight: token_embd is the lm_head */
 	moe_type gate_type;         /* of the routed experts (activation form on the wire) */
 } model_bytes;
@@ -89,18 +91,16 @@ static void count_bytes(model_bytes *mb, const moe_model *m)
 		if (il < 0) {
 			mb->global += t->size;
 			mb->global_el += el;
+		} else if (il >= hp->n_layer) {
+			mb->mtp += t->size;
 		} else if (name_has(t, "_exps.")) {
-			if (il < hp->n_layer) {
-				mb->expert[il] += t->size / (uint64_t)hp->n_expert;
-				mb->expert_el[il] += el / (uint64_t)hp->n_expert;
-			}
+			mb->expert[il] += t->size / (uint64_t)hp->n_expert;
+			mb->expert_el[il] += el / (uint64_t)hp->n_expert;
 			if (il == 0 && name_has(t, "ffn_gate_exps"))
 				mb->gate_type = t->type;
-		} else if (il < hp->n_layer) {
+		} else {
 			mb->layer_dense[il] += t->size;
 			mb->layer_dense_el[il] += el;
-		} else {
-			mb->mtp_dense += t->size;
 		}
 	}
 }
@@ -472,7 +472,7 @@ moe_err moe_plan_compute(moe_plan *p, const moe_model *m, const moe_cluster_opts
 		experts += mb->expert[lf];
 	}
 	p->dense_params = mb->global_el - (mb->tied ? 0 : mb->embd_el) + layers_el * scale;
-	p->dense_bytes = mb->global + mb->mtp_dense + layers * scale;
+	p->dense_bytes = mb->global + mb->mtp + layers * scale;
 	p->dense_read = mb->global - (mb->tied ? 0 : mb->embd) + layers * scale;
 	p->expert_bytes = experts * scale * (uint64_t)hp->n_expert;
 	const size_t row = moe_row_size(po->kv_type, (int64_t)hp->n_head_kv * hp->head_dim);

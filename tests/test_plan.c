@@ -127,6 +127,34 @@ Test(plan_fixture, bytes)
 	moe_model_destroy(m);
 }
 
+/* qwen35moe-tiny-F32's MTP block (blk.4, `moemesh inspect`): norms 512 + 512,
+ * q 262144, k and v 2 x 32768, output 131072, q/k norms 256, router 8192,
+ * routed experts 3 x 524288 = 1572864, shared gate 512, shared FFN 3 x 32768,
+ * nextn eh_proj 131072 + enorm, hnorm, shared_head_norm 3 x 512 = 2272512 B.
+ * The coordinator maps all of it (its experts run there, not on workers) and
+ * reads none of it in the main pass. */
+#define FX35_MTP 2272512ull
+
+Test(plan_fixture, mtp_block_on_the_coordinator)
+{
+	moe_model *m = open_model("MOE_FIXTURES", "qwen35moe-tiny-F32.gguf");
+	const moe_cluster_opts o = two_workers(0, 0);
+	const moe_plan_opts po = small_opts();
+	moe_plan *p = plan_of(m, &o, &po);
+	const moe_gguf *g = moe_model_gguf(m);
+	uint64_t all = 0;
+	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++)
+		all += moe_gguf_tensor_at(g, i)->size;
+	const moe_gguf_tensor *embd = moe_gguf_find_tensor(g, "token_embd.weight");
+	cr_assert(embd != NULL);
+	cr_expect_eq(p->dense_bytes + p->expert_bytes, all,
+	             "every byte of the file is the coordinator's or the workers'");
+	cr_expect_eq(p->dense_bytes - p->dense_read, embd->size + FX35_MTP);
+	cr_expect_eq(p->nodes[1].experts + p->nodes[2].experts, p->expert_bytes);
+	free(p);
+	moe_model_destroy(m);
+}
+
 Test(plan_fixture, kv_types)
 {
 	moe_model *m = open_model("MOE_FIXTURES", "qwen3next-tiny-F32.gguf");
