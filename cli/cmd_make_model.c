@@ -15,7 +15,7 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: moemesh make-model --arch qwen3moe|qwen3next|qwen35moe --preset NAME\n"
-	    "                          [--layers N]\n"
+	    "                          [--layers N] [--mtp N]\n"
 	    "                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K_M] [--seed S]\n"
 	    "                          [--tokenizer tokenizer.json] [--dry-run] -o OUT.gguf\n"
 	    "\n"
@@ -24,7 +24,8 @@ static void usage(FILE *f)
 	    "qwen3next-80b-4L (qwen3next: Qwen3-Next-80B-A3B's per-layer dimensions, 4 layers),\n"
 	    "qwen3-30b-a3b-4L (qwen3moe), qwen35-397b-4L (qwen35moe: Qwen3.5-397B-A17B's\n"
 	    "per-layer dimensions, 4 layers + 1 MTP block). --layers N: trunk layers (MTP\n"
-	    "blocks come after them). tiny256 (qwen3moe: every row length a multiple of 256).\n"
+	    "blocks come after them). --mtp N: N MTP blocks (1 to 4; qwen3next, qwen35moe)\n"
+	    "instead of the preset's. tiny256 (qwen3moe: every row length a multiple of 256).\n"
 	    "--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
 	    "tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
 	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n");
@@ -103,11 +104,17 @@ static int print_plan(const moe_synth_opts *o)
 int moe_cmd_make_model(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-	    {"arch", required_argument, NULL, 'a'},   {"preset", required_argument, NULL, 'p'},
-	    {"layers", required_argument, NULL, 'l'}, {"type", required_argument, NULL, 't'},
-	    {"seed", required_argument, NULL, 's'},   {"tokenizer", required_argument, NULL, 'k'},
-	    {"output", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'},
-	    {"dry-run", no_argument, NULL, 'n'},      {NULL, 0, NULL, 0},
+	    {"arch", required_argument, NULL, 'a'},
+	    {"preset", required_argument, NULL, 'p'},
+	    {"layers", required_argument, NULL, 'l'},
+	    {"type", required_argument, NULL, 't'},
+	    {"seed", required_argument, NULL, 's'},
+	    {"tokenizer", required_argument, NULL, 'k'},
+	    {"output", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"dry-run", no_argument, NULL, 'n'},
+	    {"mtp", required_argument, NULL, 'm'},
+	    {NULL, 0, NULL, 0},
 	};
 	moe_synth_opts o = {.ftype = MOE_FTYPE_F32, .seed = 1};
 	const char *out = NULL, *tokenizer = NULL;
@@ -132,6 +139,12 @@ int moe_cmd_make_model(int argc, char **argv)
 			if (moe_parse_int(&o.n_layer, optarg, 1, 1024) != 0) {
 				fprintf(stderr,
 				        "make-model: --layers needs a number from 1 to 1024\n");
+				return 2;
+			}
+			break;
+		case 'm':
+			if (moe_parse_int(&o.mtp, optarg, 1, 4) != 0) {
+				fprintf(stderr, "make-model: --mtp needs a number from 1 to 4\n");
 				return 2;
 			}
 			break;

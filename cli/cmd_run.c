@@ -33,8 +33,8 @@ static void usage(FILE *f)
 	        "line of statistics per worker.  --spec ngram drafts up to --draft-max\n"
 	        "tokens (default 8) from the sequence's own earlier tokens and checks them in\n"
 	        "one step: the same output, in fewer steps when the text repeats itself;\n"
-	        "--spec mtp drafts them with the model's MTP block (qwen35moe files that\n"
-	        "have one).\n"
+	        "--spec mtp drafts them with the model's MTP block (qwen35moe and qwen3next\n"
+	        "files that have one).\n"
 	        "--trace FILE writes the routing of every step (the prompt is step 0):\n"
 	        "per layer, the experts and weights chosen for each token (moemesh trace).\n\n"
 	        "%s",

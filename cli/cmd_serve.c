@@ -54,7 +54,7 @@ static void usage(FILE *f)
 	    "tokens (default 8) per sequence and step from its own earlier tokens\n"
 	    "and checks them in that step: the same bytes, in fewer steps where the\n"
 	    "text repeats (drafted and accepted counts in /metrics); --spec mtp drafts\n"
-	    "them with the model's MTP block (qwen35moe files that have one).\n"
+	    "them with the model's MTP block (qwen35moe and qwen3next files that have one).\n"
 	    "--trace FILE writes every step's routing (per layer, the experts and\n"
 	    "weights chosen for each token; moemesh trace FILE --csv reads it); a\n"
 	    "write error stops the trace, not the server.\n"

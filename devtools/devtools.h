@@ -43,7 +43,10 @@ typedef struct moe_synth_opts {
 	/* "tiny", "qwen3next-80b-4L" (qwen3next), "qwen3-30b-a3b-4L" (qwen3moe),
 	 * "qwen35-397b-4L" (qwen35moe) */
 	const char *preset;
-	int n_layer; /* trunk layers, 0: the preset's (qwen35moe's MTP blocks come after) */
+	int n_layer; /* trunk layers, 0: the preset's (MTP blocks come after them) */
+	/* MTP blocks after the trunk: 0 the preset's (qwen35moe presets have 1,
+	 * the others none), 1..4 that many (qwen3next, qwen35moe). */
+	int mtp;
 	moe_ftype ftype;
 	uint64_t seed;
 	/* NULL: a small byte-level BPE vocabulary learned from a built-in text,

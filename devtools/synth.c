@@ -42,7 +42,7 @@ typedef struct preset {
 	int64_t full_attn_interval;
 	int64_t n_ctx;
 	int32_t rope_sections[4]; /* qwen35moe: rope.dimension_sections */
-	int64_t n_nextn;          /* qwen35moe: MTP blocks after the n_layer trunk blocks */
+	int64_t n_nextn;          /* MTP blocks after the n_layer trunk blocks (hybrid archs) */
 } preset;
 
 static const preset presets[] = {
@@ -406,15 +406,15 @@ static void add_moe(tensor_list *l, const preset *p, bool hybrid, int il)
 }
 
 /* Appends the model's tensors in llama.cpp's converter order; l has room.
- * n_layer trunk blocks, then (qwen35moe) the preset's MTP blocks: a gated
- * attention block with MoE plus nextn.eh_proj, enorm, hnorm and
- * shared_head_norm, as llama.cpp's converter names Qwen3.5's mtp.* tensors. */
+ * n_layer trunk blocks, then p->n_nextn MTP blocks (qwen35moe and qwen3next):
+ * a gated attention block with MoE plus nextn.eh_proj, enorm, hnorm and
+ * shared_head_norm, as llama.cpp's converter names the mtp.* tensors. */
 static void build_tensors(tensor_list *l, const preset *p, synth_arch arch, int64_t n_layer,
                           int64_t n_vocab)
 {
 	const int64_t E = p->n_embd, V = n_vocab;
 	const bool hybrid = arch != SYN_QWEN3MOE;
-	const int64_t n_nextn = arch == SYN_QWEN35MOE ? p->n_nextn : 0;
+	const int64_t n_nextn = p->n_nextn;
 
 	add_tensor(l, "token_embd.weight", -1, 2, E, V, 1, INIT_NORMAL, 1.0f, 0, ROLE_EMBD);
 	for (int il = 0; il < n_layer + n_nextn; il++) {
@@ -845,7 +845,7 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 {
 	const synth_arch sa = arch_of(arch);
 	const bool hybrid = sa != SYN_QWEN3MOE;
-	const int64_t n_nextn = sa == SYN_QWEN35MOE ? p->n_nextn : 0;
+	const int64_t n_nextn = p->n_nextn;
 	char key[128], name[128];
 	moe_err err = MOE_OK;
 
@@ -902,10 +902,11 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 			return err;
 	}
 	if (sa == SYN_QWEN35MOE &&
-	    ((err = moe_gguf_writer_add_arr(w, akey(key, arch, "rope.dimension_sections"),
-	                                    MOE_GGUF_INT32, p->rope_sections, 4)) ||
-	     (n_nextn > 0 && (err = moe_gguf_writer_add_u32(
-	                          w, akey(key, arch, "nextn_predict_layers"), (uint32_t)n_nextn)))))
+	    (err = moe_gguf_writer_add_arr(w, akey(key, arch, "rope.dimension_sections"),
+	                                   MOE_GGUF_INT32, p->rope_sections, 4)))
+		return err;
+	if (n_nextn > 0 && (err = moe_gguf_writer_add_u32(
+	                        w, akey(key, arch, "nextn_predict_layers"), (uint32_t)n_nextn)))
 		return err;
 	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
@@ -1001,11 +1002,13 @@ static int64_t vocab_rows(const preset *p, int64_t n_tokens)
 	return r > p->n_vocab ? r : p->n_vocab;
 }
 
-/* Checks the options and builds the typed tensor list. */
-static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
-                    const moe_synth_opts *o, int64_t n_vocab_tokens)
+/* Checks the options and builds the typed tensor list; *pp gets the preset
+ * with the options' MTP blocks in n_nextn. */
+static moe_err plan(tensor_list *tl, preset *pp, int64_t *n_layer_out, const moe_synth_opts *o,
+                    int64_t n_vocab_tokens)
 {
-	const preset *p;
+	const preset *found;
+	preset *p = pp;
 	int64_t n_layer;
 	moe_err err;
 
@@ -1015,15 +1018,24 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 	    strcmp(o->arch, "qwen35moe") != 0)
 		return moe_fail(MOE_ERR_INVAL, "unknown arch '%s' (qwen3moe, qwen3next, qwen35moe)",
 		                o->arch);
-	p = find_preset(o->preset, o->arch);
-	if (p == NULL)
+	found = find_preset(o->preset, o->arch);
+	if (found == NULL)
 		return moe_fail(MOE_ERR_INVAL,
 		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L, "
 		                "qwen35-397b-4L, tiny256)",
 		                o->preset);
-	if (p->arch != NULL && strcmp(p->arch, o->arch) != 0)
-		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", p->name,
-		                p->arch, o->arch);
+	if (found->arch != NULL && strcmp(found->arch, o->arch) != 0)
+		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", found->name,
+		                found->arch, o->arch);
+	*p = *found;
+	if (o->mtp < 0 || o->mtp > 4)
+		return moe_fail(MOE_ERR_INVAL, "make-model: %d MTP blocks (0 to 4)", o->mtp);
+	if (o->mtp > 0 && arch_of(o->arch) == SYN_QWEN3MOE)
+		return moe_fail(MOE_ERR_INVAL, "make-model: qwen3moe has no MTP blocks");
+	if (o->mtp > 0)
+		p->n_nextn = o->mtp;
+	else if (o->mtp == 0 && arch_of(o->arch) != SYN_QWEN35MOE)
+		p->n_nextn = 0;
 	n_layer = o->n_layer > 0 ? o->n_layer : p->n_layer;
 	if (n_layer > 1024)
 		return moe_fail(MOE_ERR_INVAL, "%lld layers is too many", (long long)n_layer);
@@ -1045,7 +1057,6 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 			return err;
 		}
 	}
-	*pp = p;
 	*n_layer_out = n_layer;
 	return MOE_OK;
 }
@@ -1053,12 +1064,12 @@ static moe_err plan(tensor_list *tl, const preset **pp, int64_t *n_layer_out,
 moe_err moe_synth_plan(moe_synth_tensor **out, size_t *n, const moe_synth_opts *o)
 {
 	tensor_list tl = {0};
-	const preset *p;
+	preset pres;
 	int64_t n_layer;
 	moe_synth_tensor *v;
 	moe_err err;
 
-	err = plan(&tl, &p, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
+	err = plan(&tl, &pres, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
 	if (err != MOE_OK)
 		return err;
 	v = calloc(tl.n, sizeof(*v));
@@ -1082,7 +1093,8 @@ moe_err moe_synth_plan(moe_synth_tensor **out, size_t *n, const moe_synth_opts *
 
 moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 {
-	const preset *p;
+	preset pres;
+	const preset *p = &pres;
 	int64_t n_layer;
 	tensor_list tl = {0};
 	synth_vocab sv = {0};
@@ -1096,7 +1108,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	uint64_t total = 0, done = 0;
 	moe_err err;
 
-	err = plan(&tl, &p, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
+	err = plan(&tl, &pres, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
 	if (err != MOE_OK)
 		return err;
 	if (o->vocab != NULL && o->vocab->n_tokens < vocab_rows(p, o->vocab->n_tokens)) {

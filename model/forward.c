@@ -364,7 +364,8 @@ const moe_gguf *moe_model_gguf(const moe_model *m)
 
 bool moe_model_has_mtp(const moe_model *m)
 {
-	return m->has_nextn && m->hp.arch == MOE_ARCH_QWEN35MOE;
+	return m->has_nextn &&
+	       (m->hp.arch == MOE_ARCH_QWEN35MOE || m->hp.arch == MOE_ARCH_QWEN3NEXT);
 }
 
 const moe_expert_ffn *moe_model_experts(const moe_model *m, int il)
@@ -879,6 +880,16 @@ static moe_err moe_block(moe_fwd *f, int il)
 	return MOE_OK;
 }
 
+void moe_fwd_rope_row(moe_fwd *f, int64_t t, int64_t pos)
+{
+	const moe_hparams *hp = &f->m->hp;
+	float *cs = f->rope + t * hp->n_rot;
+	if (hp->arch == MOE_ARCH_QWEN35MOE)
+		moe_rope_cache_imrope(cs, pos, hp->n_rot, hp->rope_base, hp->rope_sections);
+	else
+		moe_rope_cache(cs, pos, hp->n_rot, hp->rope_base);
+}
+
 /* Groups the chunk's tokens by slot, slots in order of first appearance and
  * tokens in batch order: order[runs[r] .. runs[r+1]) are run r's tokens,
  * run_slot[r] its slot. */
@@ -940,12 +951,7 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 		const char *row = (const char *)m->tok_embd.data + (size_t)tokens[t] * emb_row;
 		if ((err = moe_dequantize_row(m->tok_embd.type, f->x + t * E, row, E)) != MOE_OK)
 			return err;
-		if (hp->arch == MOE_ARCH_QWEN35MOE)
-			moe_rope_cache_imrope(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
-			                      hp->rope_base, hp->rope_sections);
-		else
-			moe_rope_cache(f->rope + t * hp->n_rot, f->pos[t], hp->n_rot,
-			               hp->rope_base);
+		moe_fwd_rope_row(f, t, f->pos[t]);
 	}
 	moe_fwd_group_runs(f);
 

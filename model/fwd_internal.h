@@ -246,6 +246,10 @@ moe_err moe_fwd_layer(moe_fwd *f, int il);
 /* Groups the chunk's tokens by slot (f->order, f->runs, f->run_slot). */
 void moe_fwd_group_runs(moe_fwd *f);
 
+/* Row t's rotary cos/sin (f->rope) at position pos, as the model's arch
+ * ropes (qwen35moe: by sections). */
+void moe_fwd_rope_row(moe_fwd *f, int64_t t, int64_t pos);
+
 /* Scores scratch and KV blocks for a step whose sequences end at f->next[];
  * nothing changed on an error. */
 moe_err moe_fwd_take_memory(moe_fwd *f);

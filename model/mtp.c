@@ -1,7 +1,7 @@
 /*
- * mtp.c - qwen35moe's MTP (nextn) block, run for drafting (forward.h): the
- * catch-up after each step's trunk that keeps the block's KV in step with the
- * trunk's, and the greedy draft chain.  The math is llama.cpp's graph_mtp:
+ * mtp.c - the MTP (nextn) block of qwen35moe and qwen3next files, run for
+ * drafting (forward.h): the catch-up after each step's trunk that keeps the
+ * block's KV in step with the trunk's, and the greedy draft chain.  The math is llama.cpp's graph_mtp:
  * x = eh_proj [rmsnorm(embed(token), enorm); rmsnorm(h, hnorm)], one gated
  * full-attention block with MoE and shared expert, then the shared head norm
  * (else output_norm) and the head (else output).  The block's routed experts
@@ -134,8 +134,7 @@ moe_err moe_fwd_mtp_draft(moe_fwd *f, int32_t *draft, int *n_draft, float *logit
 		f->slot = f->mtp_slot;
 		f->pos = f->mtp_pos;
 		for (int64_t t = 0; t < n; t++)
-			moe_rope_cache_imrope(f->rope + t * hp->n_rot, f->mtp_pos[t], hp->n_rot,
-			                      hp->rope_base, hp->rope_sections);
+			moe_fwd_rope_row(f, t, f->mtp_pos[t]);
 		moe_fwd_group_runs(f);
 		if ((err = mtp_block(f, f->mtp_tok, f->mtp_hin)) != MOE_OK)
 			break;

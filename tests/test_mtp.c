@@ -1,7 +1,7 @@
 /*
- * test_mtp.c - qwen35moe's MTP block (moe_fwd_mtp_draft, o.mtp): its logits
- * against llama.cpp's MTP context on the tiny fixture
- * (qwen35moe-tiny-F32.A.mtp.f32, written by tests/tools/llama_mtp_logits.cpp),
+ * test_mtp.c - the MTP block (moe_fwd_mtp_draft, o.mtp): its logits and
+ * draft chains against llama.cpp's MTP context on the tiny qwen35moe and
+ * qwen3next fixtures (*.A.mtp.f32, written by tests/tools/llama_mtp_logits.cpp),
  * the trunk's logits unchanged by it and by drafting, its KV and hidden
  * state following the trunk's through a refused draft, and the refusals;
  * and `moemesh run --spec mtp`: the same text as without it, alone and with
@@ -77,13 +77,12 @@ static void step(moe_fwd *f, float *logits, int slot, const int32_t *tok, int n,
 /* Token q at position q with the trunk's hidden row of q - 1 gives the
  * logits of llama.cpp's MTP context row q (F32 bar: 1e-4); each is the first
  * pass of a draft made before the trunk runs token q. */
-Test(mtp, logits_match_llamacpp)
+static void logits_match(const char *model, const char *golden)
 {
 	moe_model *m;
-	cr_assert_eq(moe_model_open(&m, fixture("qwen35moe-tiny-F32.gguf")), MOE_OK, "%s",
-	             moe_err_detail());
+	cr_assert_eq(moe_model_open(&m, fixture(model)), MOE_OK, "%s", moe_err_detail());
 	cr_assert(moe_model_has_mtp(m));
-	float *gold = read_f32(fixture("qwen35moe-tiny-F32.A.mtp.f32"), (size_t)N_A * N_VOCAB);
+	float *gold = read_f32(fixture(golden), (size_t)N_A * N_VOCAB);
 	moe_fwd *f = ctx(m, true, 1);
 	int slot;
 	cr_assert_eq(moe_fwd_seq_open(f, &slot), MOE_OK);
@@ -104,11 +103,23 @@ Test(mtp, logits_match_llamacpp)
 		}
 		step(f, trunk, slot, &seq_a[q], 1, true);
 	}
-	cr_log_info("MTP logits vs llama.cpp: max abs diff %g", worst);
-	cr_assert(worst <= 1e-4, "MTP logits differ from llama.cpp's by %g", worst);
+	cr_log_info("%s: MTP logits vs llama.cpp: max abs diff %g", model, worst);
+	cr_assert(worst <= 1e-4, "%s: MTP logits differ from llama.cpp's by %g", model, worst);
 	moe_fwd_destroy(f);
 	free(gold);
 	moe_model_destroy(m);
+}
+
+Test(mtp, logits_match_llamacpp)
+{
+	logits_match("qwen35moe-tiny-F32.gguf", "qwen35moe-tiny-F32.A.mtp.f32");
+}
+
+/* qwen3next's block: the same math with the trunk's plain (partial NEOX)
+ * rotation instead of qwen35moe's sections. */
+Test(mtp, qwen3next_logits_match_llamacpp)
+{
+	logits_match("qwen3next-tiny-mtp-F32.gguf", "qwen3next-tiny-mtp-F32.A.mtp.f32");
 }
 
 /* A chain of 8 drafts after a prompt, from the trunk's greedy next token, is
@@ -141,6 +152,11 @@ Test(mtp, draft_chain_matches_llamacpp)
 	chain(m, seq_a, N_A, (const int32_t[]){452, 415, 182, 136, 98, 445, 268, 364});
 	chain(m, (const int32_t[]){315, 220, 293, 72, 66, 74, 285, 294, 86, 77, 304, 78, 87}, 13,
 	      (const int32_t[]){3, 338, 375, 1, 334, 295, 65, 1});
+	moe_model_destroy(m);
+	cr_assert_eq(moe_model_open(&m, fixture("qwen3next-tiny-mtp-F32.gguf")), MOE_OK);
+	chain(m, seq_a, N_A, (const int32_t[]){1, 50, 74, 321, 252, 351, 40, 294});
+	chain(m, (const int32_t[]){315, 220, 293, 72, 66, 74, 285, 294, 86, 77, 304, 78, 87}, 13,
+	      (const int32_t[]){337, 413, 261, 30, 74, 238, 107, 176});
 	moe_model_destroy(m);
 }
 
@@ -358,6 +374,25 @@ Test(mtp_cli, run_text_unchanged, .timeout = 300)
 		taken += accepted;
 	}
 	cr_expect_gt(taken, 0, "no MTP draft was ever taken");
+}
+
+/* The same on a qwen3next file with an MTP block, its trunk's experts on
+ * workers. */
+Test(mtp_cli, qwen3next_text_unchanged, .timeout = 120)
+{
+	static char plain[8192], spec[8192], e1[8192], e2[8192];
+	const char *a = PROMPT " --temp 0 --threads 1 --workers 2";
+	cr_assert_eq(run_cli(plain, e1, sizeof plain, "qwen3next-tiny-mtp-F32.gguf", a), 0, "%s",
+	             e1);
+	char b[512];
+	snprintf(b, sizeof b, "%s --spec mtp", a);
+	cr_assert_eq(run_cli(spec, e2, sizeof spec, "qwen3next-tiny-mtp-F32.gguf", b), 0, "%s", e2);
+	cr_expect_str_eq(spec, plain, "--spec mtp changed the text");
+	long drafted = 0, accepted = 0;
+	const char *line = strstr(e2, "spec: mtp, ");
+	cr_assert_not_null(line, "no spec line in: %s", e2);
+	cr_assert_eq(sscanf(line, "spec: mtp, %ld drafted, %ld accepted", &drafted, &accepted), 2);
+	cr_expect_gt(drafted, 0, "nothing drafted");
 }
 
 Test(mtp_cli, refused_without_an_mtp_block)
