@@ -319,6 +319,42 @@ Test(synth, bad_options_are_refused)
 	cr_assert_eq(moe_ftype_parse(&ft, "Q3_K"), MOE_ERR_INVAL);
 	o.preset = "tiny";
 	cr_assert_eq(moe_synth_write("/nonexistent-dir/x.gguf", &o) != MOE_OK, 1);
+	o.mtp = 1; /* qwen3moe has no MTP blocks */
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_ERR_INVAL);
+	o.arch = "qwen3next";
+	o.mtp = 5;
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_ERR_INVAL);
+}
+
+/* --mtp 1 on qwen3next: a fifth block after the 4 trunk blocks, gated attention
+ * (q and gate rows) with MoE, shared expert and the nextn tensors; without it
+ * no such block. */
+Test(synth, qwen3next_mtp_block)
+{
+	moe_synth_opts o = {.arch = "qwen3next", .preset = "tiny", .mtp = 1};
+	moe_synth_tensor *t;
+	size_t n;
+	int seen = 0;
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_OK, "%s", moe_err_detail());
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(t[i].name, "blk.4.attn_q.weight") == 0)
+			seen += t[i].ne[0] == 128 && t[i].ne[1] == 2 * 8 * 32;
+		if (strcmp(t[i].name, "blk.4.nextn.eh_proj.weight") == 0)
+			seen += t[i].ne[0] == 256 && t[i].ne[1] == 128;
+		if (strcmp(t[i].name, "blk.4.ffn_gate_exps.weight") == 0)
+			seen += t[i].ne[2] == 16;
+		if (strcmp(t[i].name, "blk.4.ffn_down_shexp.weight") == 0)
+			seen++;
+		cr_assert_null(strstr(t[i].name, "blk.4.ssm"), "%s", t[i].name);
+		cr_assert_null(strstr(t[i].name, "blk.5."), "%s", t[i].name);
+	}
+	cr_assert_eq(seen, 4);
+	free(t);
+	o.mtp = 0;
+	cr_assert_eq(moe_synth_plan(&t, &n, &o), MOE_OK);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_null(strstr(t[i].name, "blk.4."), "%s", t[i].name);
+	free(t);
 }
 
 Test(synth, real_qwen3_tokenizer_goes_into_the_file)
