@@ -219,6 +219,7 @@ static moe_err check_fits(const moe_model *m, const serve_args *a)
 	po.n_parallel = a->eo.n_slots;
 	po.kv_type = a->eo.kv_type;
 	po.cache_bytes = a->eo.cache_ram;
+	po.mtp = a->eo.spec == MOE_SPEC_MTP;
 	moe_plan *p = malloc(sizeof *p);
 	moe_err err = p ? moe_plan_compute(p, m, &a->co, &po) : moe_fail(MOE_ERR_NOMEM, "plan");
 	if (err == MOE_OK && !p->fits)

@@ -333,6 +333,7 @@ typedef struct moe_plan_opts {
 	double rtt_us;           /* round trip of a worker that states no "rtt_us" (default 100) */
 	double net_bps;          /* link of a worker that states no "net" (default 1.25e9) */
 	int batches[3];          /* decode estimates at these batches (0: 1, 4, 16 in turn) */
+	bool mtp;                /* MTP drafting (--spec mtp): the MTP blocks' KV counts too */
 } moe_plan_opts;
 
 void moe_plan_opts_default(moe_plan_opts *o);

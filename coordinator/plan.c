@@ -483,7 +483,9 @@ moe_err moe_plan_compute(moe_plan *p, const moe_model *m, const moe_cluster_opts
 		               moe_fwd_kv_type_name(po->kv_type));
 		goto out_free;
 	}
-	p->kv_block = (uint64_t)row * (uint64_t)p->n_attn * 2 * MOE_FWD_KV_BLOCK;
+	/* drafting keeps the MTP blocks' KV as more attention layers of the slot */
+	const int kv_layers = p->n_attn + (po->mtp && moe_model_has_mtp(m) ? hp->n_layer_nextn : 0);
+	p->kv_block = (uint64_t)row * (uint64_t)kv_layers * 2 * MOE_FWD_KV_BLOCK;
 	p->kv_seq = (uint64_t)((p->n_ctx + MOE_FWD_KV_BLOCK - 1) / MOE_FWD_KV_BLOCK) * p->kv_block;
 	p->state_seq =
 	    (uint64_t)p->n_rec * 4 *

@@ -151,6 +151,14 @@ Test(plan_fixture, mtp_block_on_the_coordinator)
 	             "every byte of the file is the coordinator's or the workers'");
 	cr_expect_eq(p->dense_bytes - p->dense_read, embd->size + FX35_MTP);
 	cr_expect_eq(p->nodes[1].experts + p->nodes[2].experts, p->expert_bytes);
+	/* KV: 1 attention layer of 2 heads x 32, f16: a block of 256 positions is
+	 * 128 B x 2 (K, V) x 256 = 65536 B; MTP drafting keeps the block's KV too */
+	cr_expect_eq(p->kv_block, 65536u);
+	free(p);
+	moe_plan_opts pm = po;
+	pm.mtp = true;
+	p = plan_of(m, &o, &pm);
+	cr_expect_eq(p->kv_block, 2 * 65536u);
 	free(p);
 	moe_model_destroy(m);
 }
