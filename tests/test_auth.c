@@ -38,11 +38,6 @@ static void reap_worker(void)
 	}
 }
 
-static void tmp_path(char *out, size_t n, const char *name)
-{
-	snprintf(out, n, "/tmp/moe-auth-%d-%s", (int)getpid(), name);
-}
-
 static const char *model_path(void)
 {
 	static char path[1024];
@@ -63,26 +58,11 @@ static void model_id(uint8_t id[MOE_ID_BYTES])
 static void start_worker(const char *url, const char *extra)
 {
 	char cmd[4096];
-	int fds[2];
-	cr_assert_eq(pipe(fds), 0);
 	snprintf(cmd, sizeof cmd,
 	         "exec '%s' worker -m '%s' --listen %s --threads 1 --name node-secret-name "
-	         "--ready-fd %d --quiet %s",
-	         bin(), model_path(), url, fds[1], extra);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	g_worker = pid;
-	close(fds[1]);
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
+	         "--ready-fd 3 --quiet %s",
+	         bin(), model_path(), url, extra);
+	g_worker = spawn_ready(cmd, url);
 }
 
 /* SIGTERM, then its exit status must be 0 (an ASan report is 1). */
@@ -124,12 +104,6 @@ static nng_socket fake_coordinator(const char *url)
 	cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 200), 0);
 	cr_assert_eq(nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK), 0);
 	return s;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
 }
 
 /* Sends HELLO with nonce_c once s has a pipe; returns the HELLO_REPLY's
@@ -329,17 +303,6 @@ Test(auth, the_mac_of_one_nonce_pair_is_refused_for_another, .timeout = 60, .fin
 }
 
 /* ---- no open listening without a secret ------------------------------------------- */
-
-static bool file_has(const char *path, const char *needle)
-{
-	FILE *fp = fopen(path, "rb");
-	static char buf[1 << 16];
-	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
-	if (fp)
-		fclose(fp);
-	buf[n] = '\0';
-	return strstr(buf, needle) != NULL;
-}
 
 /* A worker on every address, or on another host's address, without
  * --secret-file is refused (status 2) naming the address and both remedies,

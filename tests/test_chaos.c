@@ -48,36 +48,16 @@ Test(chaos, killed_and_frozen_workers_under_serve_change_no_streamed_byte, .time
 	             0, "bench chaos --replicate none failed (its output above)");
 }
 
-static void tmp_path(char *out, size_t n, const char *what)
-{
-	snprintf(out, n, "/tmp/moetest-chaos-%d-%s", (int)getpid(), what);
-}
-
 /* Starts the test harness worker (faults: its options) on ipc://sock and
  * waits until it listens. */
 static pid_t start_harness(const char *model, const char *sock, const char *faults)
 {
-	int fds[2];
 	char cmd[4096];
-	cr_assert_eq(pipe(fds), 0);
 	unlink(sock);
 	snprintf(cmd, sizeof cmd,
-	         "exec '%s' %s -m '%s' --listen ipc://%s --threads 1 --ready-fd %d --quiet",
-	         env("MOE_TEST_WORKER"), faults, model, sock, fds[1]);
-	const pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[1]);
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the harness worker on %s did not start listening", sock);
-	return pid;
+	         "exec '%s' %s -m '%s' --listen ipc://%s --threads 1 --ready-fd 3 --quiet",
+	         env("MOE_TEST_WORKER"), faults, model, sock);
+	return spawn_ready(cmd, sock);
 }
 
 /* SIGTERM, then its wait status (SIGKILL after 20 s). */
@@ -93,17 +73,6 @@ static int stop_harness(pid_t pid)
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
 	return -1;
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-	static char buf[1 << 16];
-	FILE *fp = fopen(path, "rb");
-	const size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
-	if (fp)
-		fclose(fp);
-	buf[n] = '\0';
-	return strstr(buf, needle) != NULL;
 }
 
 Test(chaos, error_replies_are_retried_before_a_worker_is_declared_dead, .timeout = 120)
@@ -170,27 +139,13 @@ static void kill_tracked(void)
 /* `moemesh worker` on ipc://sock (a stale socket file removed first). */
 static pid_t start_worker(const char *model, const char *sock)
 {
-	int fds[2];
 	char cmd[4096];
-	cr_assert_eq(pipe(fds), 0);
 	unlink(sock);
 	snprintf(cmd, sizeof cmd,
-	         "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 --ready-fd %d --quiet",
-	         bin(), model, sock, fds[1]);
-	const pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[1]);
+	         "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 --ready-fd 3 --quiet",
+	         bin(), model, sock);
+	const pid_t pid = spawn_ready(cmd, sock);
 	track(pid);
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", sock);
 	return pid;
 }
 

@@ -41,28 +41,6 @@
 #include "proto/proto.h"
 #include "tests/test_util.h"
 
-static bool same_file(const char *a, const char *b)
-{
-	return sh("cmp -s '%s' '%s'", a, b) == 0;
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-	FILE *fp = fopen(path, "rb");
-	static char buf[1 << 16];
-	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
-	if (fp)
-		fclose(fp);
-	buf[n] = '\0';
-	return strstr(buf, needle) != NULL;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
-
 /* Waits up to ms for fd to be readable. */
 static bool readable_within(int fd, int ms)
 {
@@ -127,29 +105,16 @@ static pid_t start_worker_url(const char *model, const char *url, const char *en
                               const char *fault, const char *extra)
 {
 	char cmd[4096];
-	int fds[2];
-	cr_assert_eq(pipe(fds), 0);
 	if (fault != NULL)
 		snprintf(cmd, sizeof cmd,
-		         "exec env %s '%s' %s -m '%s' --listen %s --threads 1 --ready-fd %d %s",
-		         env, test_worker(), fault, model, url, fds[1], extra);
+		         "exec env %s '%s' %s -m '%s' --listen %s --threads 1 --ready-fd 3 %s", env,
+		         test_worker(), fault, model, url, extra);
 	else
 		snprintf(cmd, sizeof cmd,
-		         "exec env %s '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d %s",
-		         env, bin(), model, url, fds[1], extra);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
+		         "exec env %s '%s' worker -m '%s' --listen %s --threads 1 --ready-fd 3 %s",
+		         env, bin(), model, url, extra);
+	const pid_t pid = spawn_ready(cmd, url);
 	track_worker(pid, true);
-	close(fds[1]);
-	char b = 0;
-	const bool ready = readable_within(fds[0], 10000) && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
 	return pid;
 }
 
@@ -243,11 +208,6 @@ static void expect_exit(int st, int want, const char *who)
 {
 	cr_assert(st != STILL_RUNNING && WIFEXITED(st) && WEXITSTATUS(st) == want,
 	          "%s ended with %s, not exit status %d", who, ending(st), want);
-}
-
-static void tmp_path(char *out, size_t n, const char *what)
-{
-	snprintf(out, n, "/tmp/moetest-%d-%s", (int)getpid(), what);
 }
 
 /* ---- bit-identical logits ------------------------------------------------------ */

@@ -35,6 +35,7 @@
 #include "core/core.h"
 #include "model/forward.h"
 #include "proto/proto.h"
+#include "tests/test_util.h"
 
 static const char *env(const char *name)
 {
@@ -69,30 +70,14 @@ static const char *g_secret; /* --secret-file of the workers start_worker starts
 
 static pid_t start_worker(int k, const char *model, const char *sock)
 {
-	int fds[2];
-	char fd[16];
-	cr_assert_eq(pipe(fds), 0);
-	snprintf(fd, sizeof fd, "%d", fds[1]);
-	char url[300];
-	snprintf(url, sizeof url, "ipc://%s", sock);
+	char cmd[4096];
 	unlink(sock);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl(env("MOE_BIN"), "moemesh", "worker", "-m", model, "--listen", url,
-		      "--threads", "1", "--ready-fd", fd, "--quiet",
-		      g_secret ? "--secret-file" : (char *)NULL, g_secret, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[1]);
-	g_workers[k] = pid;
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
-	return pid;
+	snprintf(cmd, sizeof cmd,
+	         "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 --ready-fd 3 --quiet%s%s",
+	         env("MOE_BIN"), model, sock, g_secret ? " --secret-file " : "",
+	         g_secret ? g_secret : "");
+	g_workers[k] = spawn_ready(cmd, sock);
+	return g_workers[k];
 }
 
 /* SIGTERM; the worker must exit 0 within 20 s. */

@@ -152,11 +152,6 @@ static void reap_workers(void)
 	}
 }
 
-static void tmp_path(char *out, size_t n, const char *name)
-{
-	snprintf(out, n, "/tmp/moe-seal-%d-%s", (int)getpid(), name);
-}
-
 static const char *model_path(void)
 {
 	static char path[1024];
@@ -164,37 +159,16 @@ static const char *model_path(void)
 	return path;
 }
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
-
 /* Starts `moemesh worker --listen url ... extra` as worker slot k and waits
  * for its --ready-fd byte. */
 static void start_worker(int k, const char *url, const char *extra)
 {
 	char cmd[4096];
-	int fds[2];
-	cr_assert_eq(pipe(fds), 0);
 	snprintf(cmd, sizeof cmd,
 	         "exec '%s' worker -m '%s' --listen %s --threads 1 --name relay-node-name "
-	         "--ready-fd %d --quiet %s",
-	         bin(), model_path(), url, fds[1], extra);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	g_worker[k] = pid;
-	close(fds[1]);
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
+	         "--ready-fd 3 --quiet %s",
+	         bin(), model_path(), url, extra);
+	g_worker[k] = spawn_ready(cmd, url);
 }
 
 /* SIGTERM; its exit status must be 0 (an ASan report is 1). */
@@ -788,11 +762,6 @@ static int chunks_found(uint8_t (*ch)[32], int n, const uint8_t *cap, size_t len
 	return found;
 }
 
-static bool same_file(const char *a, const char *b)
-{
-	return sh("cmp -s '%s' '%s'", a, b) == 0;
-}
-
 /* A real coordinator and worker talk through a relay: with no secret the
  * relay sees the activations (DISPATCH payloads), the partial sums (RESULT
  * payloads) and the node's name, the same in two runs; with a secret it sees
@@ -865,17 +834,6 @@ Test(seal, a_relay_sees_no_activation_on_a_sealed_link, .timeout = 120, .fini = 
 	}
 	unlink(ref);
 	unlink(sec);
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-	FILE *fp = fopen(path, "rb");
-	static char buf[1 << 16];
-	size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
-	if (fp)
-		fclose(fp);
-	buf[n] = '\0';
-	return strstr(buf, needle) != NULL;
 }
 
 /* A relay that changes one bit of the first RESULT on its way to a real

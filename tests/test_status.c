@@ -36,19 +36,6 @@ static char *slurp(const char *path)
 	return s;
 }
 
-static bool file_has(const char *path, const char *needle)
-{
-	char *s = slurp(path);
-	const bool has = strstr(s, needle) != NULL;
-	free(s);
-	return has;
-}
-
-static void tmp_path(char *out, size_t n, const char *what)
-{
-	snprintf(out, n, "/tmp/moestatus-%d-%s", (int)getpid(), what);
-}
-
 /* Whether the /health body in file path lists a first worker whose load
  * has ended (total_bytes > 0, all of it loaded). */
 static bool first_loaded(const char *path)
@@ -61,12 +48,6 @@ static bool first_loaded(const char *path)
 	    total > 0 && json_integer_value(json_object_get(w, "loaded_bytes")) == total;
 	json_decref(j);
 	return done;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
 }
 
 /* ---- processes ------------------------------------------------------------------- */
@@ -97,26 +78,12 @@ static void reap(void)
  * it listens (--ready-fd). */
 static pid_t start_worker(const char *model, const char *url, const char *extra, const char *err)
 {
-	int fds[2];
 	char cmd[4096];
-	cr_assert_eq(pipe(fds), 0);
 	snprintf(cmd, sizeof cmd,
-	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d %s 2>'%s'", bin(),
-	         model, url, fds[1], extra, err);
-	const pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
+	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd 3 %s 2>'%s'", bin(),
+	         model, url, extra, err);
+	const pid_t pid = spawn_ready(cmd, url);
 	track(pid, true);
-	close(fds[1]);
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
 	return pid;
 }
 
@@ -515,25 +482,12 @@ Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini 
 	snprintf(h, sizeof h, "http://127.0.0.1:%d/health", port);
 	const pid_t w0 = start_worker(m, u0, "--name first", e0);
 	/* the harness: start_worker runs `moemesh worker`; this one runs the harness */
-	int fds[2];
-	cr_assert_eq(pipe(fds), 0);
 	snprintf(extra, sizeof extra,
 	         "exec '%s' --hold-assign-until '%s' -m '%s' --listen %s --threads 1 --name second "
-	         "--ready-fd %d 2>'%s'",
-	         test_worker(), go, m, u1, fds[1], e1);
-	const pid_t w1 = fork();
-	cr_assert(w1 >= 0);
-	if (w1 == 0) {
-		close(fds[0]);
-		execl("/bin/sh", "sh", "-c", extra, (char *)NULL);
-		_exit(127);
-	}
+	         "--ready-fd 3 2>'%s'",
+	         test_worker(), go, m, u1, e1);
+	const pid_t w1 = spawn_ready(extra, "the harness");
 	track(w1, true);
-	close(fds[1]);
-	char b = 0;
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	cr_assert(poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1, "the harness did not start");
-	close(fds[0]);
 
 	snprintf(cmd, sizeof cmd,
 	         "exec '%s' serve -m '%s' --port %d --threads 1 --worker %s --worker %s 2>'%s'",

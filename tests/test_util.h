@@ -1,7 +1,8 @@
 /*
  * test_util.h - what several Criterion programs share: the paths the suite
- * hands them through the environment (MOE_FIXTURES, MOE_BIN: asserted set)
- * and a shell command's exit status.  Static inline: each test_*.c is a
+ * hands them through the environment (MOE_FIXTURES, MOE_BIN: asserted set),
+ * a shell command's exit status, a free port, temporary paths, file checks
+ * and a sleep.  Static inline: each test_*.c is a
  * program of its own.
  */
 #ifndef MOE_TESTS_TEST_UTIL_H
@@ -10,11 +11,16 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* tests/fixtures of the source tree. */
@@ -57,6 +63,77 @@ static inline int free_port(void)
 	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
 	close(fd);
 	return ntohs(a.sin_port);
+}
+
+/* /tmp/moetest-PID-name in out (this program's own: PID tells runs apart). */
+static inline void tmp_path(char *out, size_t n, const char *name)
+{
+	snprintf(out, n, "/tmp/moetest-%d-%s", (int)getpid(), name);
+}
+
+static inline void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
+/* Whether the file holds needle (false if it cannot be read). */
+static inline bool file_has(const char *path, const char *needle)
+{
+	FILE *fp = fopen(path, "rb");
+	if (fp == NULL)
+		return false;
+	size_t cap = 1 << 16, n = 0, got;
+	char *buf = malloc(cap + 1);
+	cr_assert(buf != NULL);
+	while ((got = fread(buf + n, 1, cap - n, fp)) > 0) {
+		n += got;
+		if (n == cap) {
+			buf = realloc(buf, (cap *= 2) + 1);
+			cr_assert(buf != NULL);
+		}
+	}
+	fclose(fp);
+	buf[n] = '\0';
+	const bool has = strstr(buf, needle) != NULL;
+	free(buf);
+	return has;
+}
+
+/* Whether the two files have the same bytes. */
+static inline bool same_file(const char *a, const char *b)
+{
+	return sh("cmp -s '%s' '%s'", a, b) == 0;
+}
+
+/* Runs the shell command line cmd, which gives its program `--ready-fd 3`
+ * (fd 3 is the write end of a pipe), and waits up to 10 s for the byte the
+ * program writes there once it listens; asserts it came, naming what.
+ * Returns the pid (the caller stops and reaps it). */
+static inline pid_t spawn_ready(const char *cmd, const char *what)
+{
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	const pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		close(fds[0]);
+		if (fds[1] != 3 && (dup2(fds[1], 3) != 3 || close(fds[1]) != 0))
+			_exit(127);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	struct pollfd p = {.fd = fds[0], .events = POLLIN};
+	char b = 0;
+	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
+	close(fds[0]);
+	if (!ready) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	cr_assert(ready, "%s did not start listening", what);
+	return pid;
 }
 
 #endif
