@@ -20,7 +20,7 @@ static void usage(FILE *f)
 	        "                    [--kv f16|f32|q8_0|q4_0] [--cache-ram MIB] [--overhead MIB]\n"
 	        "                    [--layers N] [--depth N] [--efficiency F] [--bw RATE]\n"
 	        "                    [--worker-bw RATE] [--gops N] [--rtt-us US] [--net RATE]\n"
-	        "                    [--spec none|ngram|mtp] [--json]\n\n"
+	        "                    [--spec none|ngram|mtp] [--coordinators N] [--json]\n\n"
 	        "For each node the bytes it will hold (the coordinator: dense weights, KV for\n"
 	        "--ctx (default: the model's) x --parallel (4) sequences, DeltaNet states, the\n"
 	        "prefix cache (--cache-ram, 8192), --overhead (1024); the workers: their expert\n"
@@ -32,6 +32,8 @@ static void usage(FILE *f)
 	        "none).  --layers N plans N trunk layers from the file's per-layer\n"
 	        "figures (a multiple of its layers).  --depth: context depth of the estimate.\n"
 	        "--spec mtp: serve's MTP drafting, whose MTP block keeps a KV cache too.\n"
+	        "--coordinators N: N coordinators (each as the cluster file's) share the\n"
+	        "workers, each decoding its own batch (tok/s total counts them all).\n"
 	        "Exit 1 if the model or the context does not fit, naming the node and what is\n"
 	        "short.  Cluster options as for run and serve:\n%s",
 	        moe_cluster_usage());
@@ -83,6 +85,8 @@ int moe_cmd_plan(int argc, char **argv)
 			po.overhead_bytes = (uint64_t)mib << 20;
 		} else if (strcmp(s, "--layers") == 0)
 			bad = moe_parse_int(&po.n_layer, v, 1, MOE_MAX_LAYERS * 64);
+		else if (strcmp(s, "--coordinators") == 0)
+			bad = moe_parse_int(&po.n_coordinators, v, 1, 64);
 		else if (strcmp(s, "--spec") == 0) {
 			moe_spec_mode sm;
 			bad = moe_spec_mode_parse(&sm, v) != MOE_OK;

@@ -334,6 +334,8 @@ typedef struct moe_plan_opts {
 	double net_bps;          /* link of a worker that states no "net" (default 1.25e9) */
 	int batches[3];          /* decode estimates at these batches (0: 1, 4, 16 in turn) */
 	bool mtp;                /* MTP drafting (--spec mtp): the MTP blocks' KV counts too */
+	int n_coordinators;      /* coordinators sharing the workers, each holding what nodes[0]
+	                          * holds and decoding its own batch (0 or 1: one) */
 } moe_plan_opts;
 
 void moe_plan_opts_default(moe_plan_opts *o);
@@ -356,6 +358,7 @@ typedef struct moe_plan_node {
 typedef struct moe_plan {
 	char model[32]; /* architecture */
 	int n_layer, n_layer_file, n_attn, n_rec, n_expert, n_used, n_ctx, n_parallel;
+	int n_coordinators; /* each like nodes[0]; speed[] per coordinator's batch */
 	moe_type kv_type;
 	uint64_t dense_bytes;  /* coordinator weights: all but the trunk's routed experts */
 	uint64_t dense_read;   /* of those, read every step (not token_embd's rows, not MTP) */

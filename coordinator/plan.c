@@ -346,7 +346,10 @@ static double node_time(const moe_plan_node *n, double eff, double bytes, double
 }
 
 /* The decode estimate at batch 1, 4 and 16, or those asked for (DESIGN
- * "Planning"). */
+ * "Planning"): each of p->n_coordinators coordinators steps its own batch B
+ * in lock step with the others, so each layer's dispatches reach a worker
+ * together: it reads the experts chosen by any of the nc x B tokens and
+ * computes every pair of them, and its link carries all nc dispatches. */
 static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
                        const moe_hparams *hp, int n_links, const int *want)
 {
@@ -360,10 +363,11 @@ static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
 	const double act = (double)moe_act_row_size(mb->gate_type, hp->n_embd);
 	const double eff = p->efficiency;
 	const moe_plan_node *co = &p->nodes[0];
+	const int nc = p->n_coordinators;
 	for (int bi = 0; bi < MOE_PLAN_BATCHES; bi++) {
 		const int B = batches[bi];
-		const double chosen =
-		    1 - pow(1 - k / E, B); /* P(an expert is chosen in the step) */
+		/* P(an expert is chosen by one of the step's tokens, all coordinators') */
+		const double chosen = 1 - pow(1 - k / E, (double)nc * B);
 		p->speed[bi].batch = B;
 		p->speed[bi].distinct = E * chosen;
 		double coord = (double)p->dense_read +
@@ -377,7 +381,7 @@ static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
 			/* bytes of the experts of the layer chosen in the step, and the
 			 * operations of every (token, expert) pair */
 			const double bytes = (double)mb->expert[lf] * E * chosen;
-			const double ops = 2.0 * B * k * (double)mb->expert_el[lf];
+			const double ops = 2.0 * nc * B * k * (double)mb->expert_el[lf];
 			double worst = 0, w_comp = 0, w_net = 0;
 			if (n_links == 0) {
 				coord += bytes;
@@ -399,8 +403,9 @@ static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
 					continue;
 				}
 				const double comp = node_time(w, eff, bytes * share, ops * share);
-				const double net =
-				    w->rtt_us * 1e-6 + B * (act + 8.0 * hp->n_embd) / w->net_bps;
+				const double net = w->rtt_us * 1e-6 + (double)nc * B *
+				                                          (act + 8.0 * hp->n_embd) /
+				                                          w->net_bps;
 				if (comp + net > worst) {
 					worst = comp + net;
 					w_comp = comp;
@@ -417,7 +422,7 @@ static void fill_speed(moe_plan *p, const double *shares, const model_bytes *mb,
 		p->speed[bi].net_s = known ? nsum : -1;
 		p->speed[bi].step_s = known ? step + cs : -1;
 		p->speed[bi].tok_s_stream = known ? 1 / p->speed[bi].step_s : -1;
-		p->speed[bi].tok_s_total = known ? B / p->speed[bi].step_s : -1;
+		p->speed[bi].tok_s_total = known ? (double)nc * B / p->speed[bi].step_s : -1;
 	}
 }
 
@@ -432,6 +437,12 @@ moe_err moe_plan_compute(moe_plan *p, const moe_model *m, const moe_cluster_opts
 	const int n_links = o->spawn + o->n_urls;
 	if (n_links > MOE_CLUSTER_MAX_LINKS)
 		return moe_fail(MOE_ERR_INVAL, "plan: more than %d workers", MOE_CLUSTER_MAX_LINKS);
+	if (po->n_coordinators < 0 || po->n_coordinators > 64 ||
+	    (po->n_coordinators > 1 && n_links == 0))
+		return moe_fail(MOE_ERR_INVAL,
+		                "plan: %d coordinators (1 to 64, and more than one needs workers)",
+		                po->n_coordinators);
+	p->n_coordinators = po->n_coordinators > 1 ? po->n_coordinators : 1;
 	const int L = po->n_layer > 0 ? po->n_layer : nf;
 	if (L % nf != 0 || (moe_arch_is_hybrid(hp->arch) && hp->full_attn_interval > 0 && L != nf &&
 	                    nf % hp->full_attn_interval != 0))
@@ -542,6 +553,12 @@ static void print_text(const moe_plan *p, FILE *f)
 	        "\ndecode at depth %d (bytes read at %.0f %% of each node's bw; plus ops at "
 	        "its gops where given):\n",
 	        p->depth, 100 * p->efficiency);
+	if (p->n_coordinators > 1)
+		fprintf(f,
+		        "%d coordinators, each holding what the coordinator row holds and decoding "
+		        "its own batch in step with the others (the workers see them all: distinct "
+		        "experts of all their tokens; tok/s total counts every coordinator's):\n",
+		        p->n_coordinators);
 	fprintf(f, "%6s %9s %10s %10s %10s %10s %12s %12s\n", "batch", "distinct", "coord ms",
 	        "workers ms", "net ms", "step ms", "tok/s/strm", "tok/s total");
 	for (int bi = 0; bi < MOE_PLAN_BATCHES; bi++) {
@@ -590,6 +607,7 @@ static void print_json(const moe_plan *p, FILE *f)
 	cJSON_AddNumberToObject(j, "experts_per_token", p->n_used);
 	cJSON_AddNumberToObject(j, "ctx", p->n_ctx);
 	cJSON_AddNumberToObject(j, "parallel", p->n_parallel);
+	cJSON_AddNumberToObject(j, "coordinators", p->n_coordinators);
 	cJSON_AddStringToObject(j, "kv_type", moe_fwd_kv_type_name(p->kv_type));
 	add_u64(j, "dense_bytes", p->dense_bytes);
 	add_u64(j, "dense_read_bytes", p->dense_read);

@@ -258,6 +258,22 @@ Test(plan_fixture, decode_estimate)
 	cr_expect_eq(p->dense_params, 694096u);
 	cr_expect_float_eq(p->speed[1].coord_s, 18.52608e-3, 1e-12);
 	cr_expect_float_eq(p->speed[1].step_s, 26.397184e-3, 1e-12);
+	/* 2 coordinators at batch 1 each (no gops): the workers see 2 tokens, P =
+	 * 1 - 0.75^2 = 0.4375 (7 distinct); a coordinator still 6.019712 ms; a
+	 * worker reads 98304 x 16 x 0.4375 x 0.5 = 344064 B = 0.688128 ms, link
+	 * 100 us + 2 x 1536 B / 1e9 = 103.072 us; 4 x 0.7912 = 3.1648 ms; step
+	 * 9.184512 ms, 2 tokens a step in all */
+	po.gops = 0;
+	po.n_coordinators = 2;
+	cr_assert_eq(moe_plan_compute(p, m, &o, &po), MOE_OK);
+	cr_expect_eq(p->n_coordinators, 2);
+	cr_expect_float_eq(p->speed[0].distinct, 7.0, 1e-9);
+	cr_expect_float_eq(p->speed[0].coord_s, 6.019712e-3, 1e-12);
+	cr_expect_float_eq(p->speed[0].step_s, 9.184512e-3, 1e-12);
+	cr_expect_float_eq(p->speed[0].tok_s_stream, 1 / 9.184512e-3, 1e-6);
+	cr_expect_float_eq(p->speed[0].tok_s_total, 2 / 9.184512e-3, 1e-6);
+	po.n_coordinators = 65;
+	cr_expect_eq(moe_plan_compute(p, m, &o, &po), MOE_ERR_INVAL);
 	free(p);
 	moe_model_destroy(m);
 }
