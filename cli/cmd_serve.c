@@ -20,7 +20,7 @@ static void usage(FILE *f)
 	    f,
 	    "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
 	    "                     [--api-key KEY | --insecure] [--parallel SEQS] [--ctx TOKENS]\n"
-	    "                     [--max-conn N] [--timeout SECONDS]\n"
+	    "                     [--max-conn N] [--max-conn-per-ip N] [--timeout SECONDS]\n"
 	    "                     [--threads N] [--queue N] [--max-body BYTES]\n"
 	    "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
 	    "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
@@ -42,7 +42,9 @@ static void usage(FILE *f)
 	    "--insecure to serve it open.  --port 0 picks a free port.  Up to\n"
 	    "--max-conn connections (default 4096; the open-file limit is raised to\n"
 	    "fit) are served at once, each idle one closed after --timeout seconds\n"
-	    "(default 600, as llama.cpp's server).  Chats are\n"
+	    "(default 600, as llama.cpp's server); one client address may hold\n"
+	    "--max-conn-per-ip of them (default: no limit on loopback, 256 beyond it;\n"
+	    "more are closed at accept).  Chats are\n"
 	    "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	    "(--chat-template chatml); a template the server cannot render stops it\n"
 	    "at start-up.  A prompt that extends one the server has run (an agent's\n"
@@ -146,6 +148,8 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			bad = moe_parse_int(&a->ho.max_conn, v, 1, 1 << 20);
 		else if (strcmp(s, "--timeout") == 0)
 			bad = moe_parse_int(&a->ho.timeout_s, v, 1, 1 << 20);
+		else if (strcmp(s, "--max-conn-per-ip") == 0)
+			bad = moe_parse_int(&a->ho.max_conn_per_ip, v, 1, 1 << 20);
 		else if (strcmp(s, "--parallel") == 0)
 			bad = moe_parse_int(&a->eo.n_slots, v, 1, 256);
 		else if (strcmp(s, "--ctx") == 0)

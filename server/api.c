@@ -423,7 +423,10 @@ moe_err moe_http_start(moe_http **out, const moe_http_opts *o)
 	                           .port = o->port,
 	                           .max_body = o->max_body,
 	                           .max_conn = o->max_conn,
-	                           .timeout_s = o->timeout_s};
+	                           .timeout_s = o->timeout_s,
+	                           .max_conn_per_ip = o->max_conn_per_ip > 0 ? o->max_conn_per_ip
+	                                              : is_loopback(o->host) ? 0
+	                                                                     : 256};
 	const moe_httpd_handlers hh = {
 	    .ctx = h, .head = on_head, .reject = on_reject, .body = on_body};
 	if ((err = moe_httpd_start(&h->t, &to, &hh)) != MOE_OK)
