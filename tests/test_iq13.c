@@ -368,6 +368,104 @@ static void matmul_same_bits(moe_isa level)
 
 ISA_SIMD_TESTS(iq13, matmul_same_bits_as_scalar, matmul_same_bits)
 
+/* ---- the expert FFN ----------------------------------------------------------------- */
+
+enum { FFN_EXP = 6, FFN_EMBD = 256, FFN_FF = 512, FFN_USED = 2, FFN_T = 19 };
+
+/* A stacked expert matrix of random sane blocks, scales cut to 2^-13 .. 2^-7
+ * so that the products stay far from the fixed-point limits. */
+static void ffn_mat(moe_expert_mat *m, const void **ptr, uint8_t **data, moe_type t, int64_t rows,
+                    int64_t cols)
+{
+	const size_t bytes = moe_row_size(t, cols) * (size_t)rows;
+	*data = malloc(bytes * FFN_EXP);
+	cr_assert_not_null(*data);
+	for (int e = 0; e < FFN_EXP; e++) {
+		uint8_t *b = rand_blocks(t, rows * cols, true);
+		const moe_type_traits *tr = moe_type_get(t);
+		for (int64_t k = 0; k < rows * cols / 256; k++) {
+			uint8_t *blk = b + (size_t)k * tr->type_size;
+			const uint16_t d = (uint16_t)(rand_scale16() - (3 << 10));
+			if (t == MOE_TYPE_IQ1_M)
+				put_iq1m_d(blk, d);
+			else
+				put16(blk, d);
+		}
+		memcpy(*data + bytes * (size_t)e, b, bytes);
+		free(b);
+		ptr[e] = *data + bytes * (size_t)e;
+	}
+	m->type = t;
+	m->n_rows = rows;
+	m->n_cols = cols;
+	m->expert = ptr;
+}
+
+/* A worker's whole expert FFN over these types (products, SwiGLU, the
+ * quantised h, the fixed-point sums) gives the scalar level's bits at each
+ * SIMD level: workers of any kind can share a cluster. */
+static void ffn_same_bits(moe_isa level)
+{
+	static const moe_type mixes[][3] = {
+	    {MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_XXS},
+	    {MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_S},
+	    {MOE_TYPE_IQ3_S, MOE_TYPE_IQ3_S, MOE_TYPE_IQ3_S},
+	    {MOE_TYPE_IQ1_S, MOE_TYPE_IQ1_S, MOE_TYPE_IQ1_S},
+	    {MOE_TYPE_IQ1_M, MOE_TYPE_IQ1_M, MOE_TYPE_IQ1_M},
+	};
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	int compared = 0;
+	for (size_t k = 0; k < sizeof(mixes) / sizeof(mixes[0]); k++) {
+		rng_state = 777 + k;
+		moe_expert_ffn f = {.n_expert = FFN_EXP};
+		const void *ptr[3][FFN_EXP];
+		uint8_t *data[3];
+		ffn_mat(&f.gate, ptr[0], &data[0], mixes[k][0], FFN_FF, FFN_EMBD);
+		ffn_mat(&f.up, ptr[1], &data[1], mixes[k][1], FFN_FF, FFN_EMBD);
+		ffn_mat(&f.down, ptr[2], &data[2], mixes[k][2], FFN_EMBD, FFN_FF);
+		static float x[FFN_T * FFN_EMBD];
+		float w[FFN_T * FFN_USED];
+		int32_t ids[FFN_T * FFN_USED];
+		for (int i = 0; i < FFN_T * FFN_EMBD; i++)
+			x[i] = rng_unif();
+		for (int t = 0; t < FFN_T; t++) {
+			ids[2 * t] = (int32_t)(rng_next() % FFN_EXP);
+			ids[2 * t + 1] =
+			    (ids[2 * t] + 1 + (int32_t)(rng_next() % (FFN_EXP - 1))) % FFN_EXP;
+			w[2 * t] = 0.25f + 0.5f * (rng_unif() + 1) / 2;
+			w[2 * t + 1] = 1 - w[2 * t];
+		}
+		static moe_fix_t want[FFN_T * FFN_EMBD], got[FFN_T * FFN_EMBD];
+		memset(want, 0, sizeof(want));
+		memset(got, 0, sizeof(got));
+		cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+		cr_assert_eq(moe_expert_ffn_run(pool, want, &f, x, FFN_T, ids, w, FFN_USED),
+		             MOE_OK);
+		cr_assert_eq(moe_isa_set(level), MOE_OK);
+		cr_assert_eq(moe_expert_ffn_run(pool, got, &f, x, FFN_T, ids, w, FFN_USED), MOE_OK);
+		int nonzero = 0;
+		for (int i = 0; i < FFN_T * FFN_EMBD; i++) {
+			nonzero +=
+			    want[i] != 0 && want[i] != MOE_FIX_MAX && want[i] != -MOE_FIX_MAX;
+			cr_assert_eq(want[i], got[i],
+			             "mix %zu (%s): element %d: %s %lld, scalar %lld", k,
+			             moe_type_get(mixes[k][0])->name, i, moe_isa_name(level),
+			             (long long)got[i], (long long)want[i]);
+		}
+		cr_assert_gt(nonzero, FFN_T * FFN_EMBD / 2,
+		             "mix %zu: outputs mostly 0 or saturated", k);
+		compared += FFN_T * FFN_EMBD;
+		for (int m = 0; m < 3; m++)
+			free(data[m]);
+	}
+	moe_pool_destroy(pool);
+	cr_log_info("%s: %d expert FFN outputs equal to the scalar level's", moe_isa_name(level),
+	            compared);
+}
+
+ISA_SIMD_TESTS(iq13, expert_ffn_same_bits_as_scalar, ffn_same_bits)
+
 /* ---- the fixtures ---------------------------------------------------------------- */
 
 static moe_gguf *open_fixture(const char *name)
