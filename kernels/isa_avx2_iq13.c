@@ -242,6 +242,7 @@ TYPE_FNS(iq1_m, MOE_TYPE_IQ1_M)
 
 void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 {
+	moe_iq13_init();
 	dots[MOE_TYPE_IQ3_XXS] = dot_iq3_xxs;
 	dots[MOE_TYPE_IQ3_S] = dot_iq3_s;
 	dots[MOE_TYPE_IQ1_S] = dot_iq1_s;

@@ -325,7 +325,9 @@ extern uint64_t moe_iq_signs[256];
 extern const uint64_t moe_iq3xxs_grid_set[64];
 extern const uint64_t moe_iq3s_grid_set[64];
 extern const uint64_t moe_iq1s_grid_set[103];
-/* Expands the grids (once; thread-safe).  Every function below calls it. */
+/* Expands the grids (once; thread-safe).  moe_dequant_iq13 and the
+ * moe_dots_*_iq13 table fillers call it, so every kernel that reads the grids
+ * runs after it. */
 void moe_iq13_init(void);
 
 /* The IQ1_M fp16 super-scale (bits 12-15 of its 4 scale words). */
