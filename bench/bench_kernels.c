@@ -44,6 +44,8 @@ static const bk_type bk_types[] = {
     {MOE_TYPE_Q4_0, true},   {MOE_TYPE_Q5_K, true},   {MOE_TYPE_F16, false},
     {MOE_TYPE_F32, false},   {MOE_TYPE_Q2_K, true},   {MOE_TYPE_Q3_K, true},
     {MOE_TYPE_IQ4_XS, true}, {MOE_TYPE_IQ4_NL, true}, {MOE_TYPE_MXFP4, true},
+    {MOE_TYPE_IQ3_XXS, true}, {MOE_TYPE_IQ3_S, true}, {MOE_TYPE_IQ1_S, true},
+    {MOE_TYPE_IQ1_M, true},
 };
 /* clang-format on */
 #define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
@@ -66,6 +68,31 @@ static float bk_frand(void)
 
 /* ---- GEMV, GEMM ------------------------------------------------------------------ */
 
+/* A row of cols values of a type moemesh has no quantiser for (IQ3_XXS,
+ * IQ3_S, IQ1_S, IQ1_M: llama-quantize makes them): random bytes with a fp16
+ * scale of about 2^-6 per block (IQ1_M: in its 4 scale words' top nibbles,
+ * the other types: the block's first two bytes), so no NaN or subnormal. */
+static moe_err random_blocks(uint8_t *row, moe_type t, int64_t cols)
+{
+	const moe_type_traits *tr = moe_type_get(t);
+	if (t != MOE_TYPE_IQ3_XXS && t != MOE_TYPE_IQ3_S && t != MOE_TYPE_IQ1_S &&
+	    t != MOE_TYPE_IQ1_M)
+		return moe_fail(MOE_ERR_UNSUPPORTED, "bench: no quantiser for %s", tr->name);
+	for (size_t i = 0; i < moe_row_size(t, cols); i++)
+		row[i] = (uint8_t)(bk_frand() * 128 + 128);
+	for (int64_t k = 0; k < cols / tr->block_size; k++) {
+		uint8_t *b = row + (size_t)k * tr->type_size;
+		const uint16_t d = (uint16_t)(0x2400 | (k * 37 & 1023));
+		if (t == MOE_TYPE_IQ1_M)
+			for (int q = 0; q < 4; q++)
+				b[49 + 2 * q] =
+				    (uint8_t)((b[49 + 2 * q] & 15) | ((d >> (4 * q)) & 15) << 4);
+		else
+			memcpy(b, &d, 2);
+	}
+	return MOE_OK;
+}
+
 /* rows x cols of type t: DISTINCT_ROWS random rows repeated (the content
  * does not change the speed). Caller frees with moe_aligned_free. */
 static moe_err make_matrix(uint8_t **out, moe_type t, int64_t rows, int64_t cols)
@@ -85,6 +112,8 @@ static moe_err make_matrix(uint8_t **out, moe_type t, int64_t rows, int64_t cols
 		for (int64_t c = 0; c < cols; c++)
 			tmp[c] = bk_frand();
 		err = moe_quantize_row(t, w + (size_t)r * rs, tmp, cols);
+		if (err == MOE_ERR_UNSUPPORTED)
+			err = random_blocks(w + (size_t)r * rs, t, cols);
 		if (err != MOE_OK)
 			goto out_free;
 	}

@@ -711,6 +711,11 @@ moe_gemm_fn moe_gemm_avx2(moe_type t)
 		return moe_gemm_q2_K_avx2;
 	case MOE_TYPE_Q3_K:
 		return moe_gemm_q3_K_avx2;
+	case MOE_TYPE_IQ3_XXS:
+	case MOE_TYPE_IQ3_S:
+	case MOE_TYPE_IQ1_S:
+	case MOE_TYPE_IQ1_M:
+		return moe_gemm_avx2_iq13(t);
 	default:
 		return moe_gemm_avx2_iq4(t);
 	}

@@ -240,6 +240,105 @@ typedef struct moe_block_mxfp4 {
 } moe_block_mxfp4;
 static_assert(sizeof(moe_block_mxfp4) == 17, "MXFP4 block is 17 bytes");
 
+/*
+ * IQ3_XXS (98 bytes / 256 values): 8 sub-blocks of 32 values; each group of
+ * 4 values is a point of a 256-entry grid of 4 levels in {4, 12, 20, 28, 36,
+ * 44, 52, 62} (moe_iq3xxs_grid), each value with a sign;
+ * value = d * (2 * ls + 1) * grid * sign / 4.
+ *   byte 0-1   d      fp16
+ *   byte 2-65  qs[64] qs[8s + k] = grid index of values 32s + 4k .. + 3
+ *   byte 66-97 8 u32 LE words, word s for sub-block s: bits 7l .. 7l + 6 =
+ *              the signs of values 32s + 8l + j (j < 7, bit j set: negative),
+ *              the sign of value j = 7 makes the count of negatives even;
+ *              bits 28-31 = ls
+ */
+typedef struct moe_block_iq3_xxs {
+	uint16_t d;
+	uint8_t qs[96];
+} moe_block_iq3_xxs;
+static_assert(sizeof(moe_block_iq3_xxs) == 98, "IQ3_XXS block is 98 bytes");
+
+/*
+ * IQ3_S (110 bytes / 256 values): 8 sub-blocks of 32; groups of 4 values are
+ * points of a 512-entry grid of levels in {1, 3, .., 15} (moe_iq3s_grid);
+ * value = d * (2 * ls + 1) * grid * sign.
+ *   byte 0-1    d          fp16
+ *   byte 2-65   qs[64]     low 8 bits of the grid index of values 32s + 4k .. + 3 (qs[8s + k])
+ *   byte 66-73  qh[8]      bit k of qh[s] = bit 8 of that index
+ *   byte 74-105 signs[32]  bit j of signs[4s + l] set: value 32s + 8l + j negative
+ *   byte 106-109 scales[4] ls of sub-block s = (scales[s / 2] >> 4 * (s % 2)) & 15
+ */
+typedef struct moe_block_iq3_s {
+	uint16_t d;
+	uint8_t qs[64];
+	uint8_t qh[8];
+	uint8_t signs[32];
+	uint8_t scales[4];
+} moe_block_iq3_s;
+static_assert(sizeof(moe_block_iq3_s) == 110, "IQ3_S block is 110 bytes");
+
+/*
+ * IQ1_S (50 bytes / 256 values): 8 sub-blocks of 32; groups of 8 values are
+ * points of a 2048-entry grid of values in {-1, 0, 1} (moe_iq1s_grid);
+ * value = d * (2 * ls + 1) * (grid + delta), delta = +-1/8 per sub-block.
+ *   byte 0-1   d       fp16
+ *   byte 2-33  qs[32]  low 8 bits of the grid index of values 32s + 8l .. + 7 (qs[4s + l])
+ *   byte 34-49 qh[8]   u16 LE per sub-block: bits 3l .. 3l + 2 = index bits 8-10 of
+ *                      group l, bits 12-14 = ls, bit 15 set: delta = -1/8
+ */
+typedef struct moe_block_iq1_s {
+	uint16_t d;
+	uint8_t qs[32];
+	uint16_t qh[8];
+} moe_block_iq1_s;
+static_assert(sizeof(moe_block_iq1_s) == 50, "IQ1_S block is 50 bytes");
+
+/*
+ * IQ1_M (56 bytes / 256 values): IQ1_S's grid and groups of 8, a 3-bit scale
+ * per 16 values and a delta per group; value = d * (2 * ls + 1) * (grid + delta).
+ *   byte 0-31  qs[32]    as IQ1_S
+ *   byte 32-47 qh[16]    qh[2s + h]: low nibble for group l = 2h of sub-block s,
+ *                        high nibble for l = 2h + 1: bits 0-2 = index bits 8-10,
+ *                        bit 3 set: delta = -1/8 (else +1/8)
+ *   byte 48-55 scales[8] 4 u16 LE words w[k]: bits 6 (s % 2) .. + 2 = ls of values
+ *                        32s .. 32s + 15 of sub-block s = 2k + s % 2, the next 3 bits
+ *                        ls of values 32s + 16 .. + 31; bits 12-15 of w[0..3] are
+ *                        bits 0-3, 4-7, 8-11, 12-15 of the fp16 super-scale d
+ */
+typedef struct moe_block_iq1_m {
+	uint8_t qs[32];
+	uint8_t qh[16];
+	uint8_t scales[8];
+} moe_block_iq1_m;
+static_assert(sizeof(moe_block_iq1_m) == 56, "IQ1_M block is 56 bytes");
+
+/* The grids, as ggml lays them out (4 uint8 levels per IQ3 point, 8 int8
+ * values per IQ1 point, point c's value j in byte j), expanded once by
+ * moe_iq13_init from the point sets in iq13_grids.c (bitmaps of the points
+ * in increasing order, point digits c_j: IQ3 bit sum c_j 8^j with level
+ * c_j, IQ1 bit sum (v_j + 1) 3^j), and moe_iq_signs[b]: byte j = -1 where
+ * bit j of b is set, else +1. */
+extern uint32_t moe_iq3xxs_grid[256];
+extern uint32_t moe_iq3s_grid[512];
+extern uint64_t moe_iq1s_grid[2048];
+extern uint64_t moe_iq_signs[256];
+extern const uint64_t moe_iq3xxs_grid_set[64];
+extern const uint64_t moe_iq3s_grid_set[64];
+extern const uint64_t moe_iq1s_grid_set[103];
+/* Expands the grids (once; thread-safe).  moe_dequant_iq13 and the
+ * moe_dots_*_iq13 table fillers call it, so every kernel that reads the grids
+ * runs after it. */
+void moe_iq13_init(void);
+
+/* The IQ1_M fp16 super-scale (bits 12-15 of its 4 scale words). */
+static inline uint16_t moe_iq1m_d(const moe_block_iq1_m *b)
+{
+	uint16_t w[4];
+	memcpy(w, b->scales, 8);
+	return (uint16_t)((w[0] >> 12) | ((w[1] >> 8) & 0x00f0) | ((w[2] >> 4) & 0x0f00) |
+	                  (w[3] & 0xf000));
+}
+
 /* The levels of IQ4_NL/IQ4_XS codes and the doubled E2M1 values of MXFP4
  * codes (quants_iq4.c). */
 extern const int8_t moe_iq4nl_values[16];
@@ -379,6 +478,23 @@ void moe_quant_iq4(moe_type t, void *dst, const float *x, int64_t n);
 void moe_dots_ref_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx2_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq4.c */
 void moe_dots_neon_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq4.c */
+
+/* IQ3_XXS, IQ3_S, IQ1_S, IQ1_M (x Q8_K): quants_iq13.c.  Canonical
+ * arithmetic: per block the exact integer sum over sub-blocks of ls' times
+ * the sub-block's dot of int8 weights with the activations, ls' = 2 ls + 1
+ * and the weights grid * sign (IQ3) or 8 * (grid + delta) = 8 grid +- 1 (IQ1, in
+ * -9..9; IQ1_M per 16 values), then acc = fmaf((float)isum, dw * da, acc)
+ * in block order with dw = fp16 d times 1/4 (IQ3_XXS), 1 (IQ3_S) or 1/8
+ * (IQ1), an exact product. */
+void moe_vec_dot_iq3_xxs_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq3_s_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq1_s_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq1_m_ref(int64_t n, float *s, const void *w, const void *a);
+/* Dequantises n values (a multiple of 256) of one of those types. */
+void moe_dequant_iq13(moe_type t, float *y, const void *src, int64_t n);
+void moe_dots_ref_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq13.c */
+void moe_dots_neon_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq13.c */
 
 /* Fills dots[type] with the scalar references (NULL where none). */
 void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);

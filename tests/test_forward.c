@@ -377,6 +377,22 @@ Test(forward, qwen3moe_kq_mxfp4_moe)
 {
 	check_model("qwen3moe-kq-MXFP4_MOE", false);
 }
+Test(forward, qwen3moe_kq_iq3_xxs)
+{
+	check_model("qwen3moe-kq-IQ3_XXS", false);
+}
+Test(forward, qwen3moe_kq_iq3_s)
+{
+	check_model("qwen3moe-kq-IQ3_S", false);
+}
+Test(forward, qwen3moe_kq_iq1_s)
+{
+	check_model("qwen3moe-kq-IQ1_S", false);
+}
+Test(forward, qwen3moe_kq_iq1_m)
+{
+	check_model("qwen3moe-kq-IQ1_M", false);
+}
 Test(forward, qwen3moe_k256_q2_k)
 {
 	check_model("qwen3moe-k256-Q2_K", false);

@@ -33,6 +33,7 @@ static const moe_type all_types[] = {
     MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
     MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
     MOE_TYPE_Q2_K, MOE_TYPE_Q3_K,
+    MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_S, MOE_TYPE_IQ1_S, MOE_TYPE_IQ1_M,
 };
 /* clang-format on */
 #define N_ALL_TYPES (sizeof(all_types) / sizeof(all_types[0]))
@@ -54,6 +55,31 @@ static float rng_unif(void)
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	z ^= z >> 31;
 	return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* A row of a type moemesh has no quantiser for (IQ3_XXS, IQ3_S, IQ1_S,
+ * IQ1_M: llama-quantize makes them): random bytes, each block's fp16 scale
+ * (IQ1_M: its 4 scale words' top nibbles; the others: its first two bytes)
+ * set to about 2^-6, so no NaN or subnormal. */
+static moe_err random_blocks(uint8_t *row, moe_type t, int64_t n_cols)
+{
+	const moe_type_traits *tr = moe_type_get(t);
+	if (t != MOE_TYPE_IQ3_XXS && t != MOE_TYPE_IQ3_S && t != MOE_TYPE_IQ1_S &&
+	    t != MOE_TYPE_IQ1_M)
+		return moe_fail(MOE_ERR_UNSUPPORTED, "no quantiser for %s", tr->name);
+	for (size_t i = 0; i < moe_row_size(t, n_cols); i++)
+		row[i] = (uint8_t)(rng_unif() * 128 + 128);
+	for (int64_t k = 0; k < n_cols / tr->block_size; k++) {
+		uint8_t *b = row + (size_t)k * tr->type_size;
+		const uint16_t d = (uint16_t)(0x2400 | (k * 37 & 1023));
+		if (t == MOE_TYPE_IQ1_M)
+			for (int q = 0; q < 4; q++)
+				b[49 + 2 * q] =
+				    (uint8_t)((b[49 + 2 * q] & 15) | ((d >> (4 * q)) & 15) << 4);
+		else
+			memcpy(b, &d, 2);
+	}
+	return MOE_OK;
 }
 
 /* The last-level cache in MiB from sysfs (glibc's sysconf reports 256 MiB on
@@ -284,8 +310,8 @@ int main(int argc, char **argv)
 	float *x = malloc((size_t)n_cols * sizeof(float));
 	float *a = malloc((size_t)n_cols * sizeof(float));
 	void *act = aligned_alloc(64, ((size_t)n_cols * 4 + 63) / 64 * 64);
-	/* every type takes >= 2 bits a value, so no type has more rows than this */
-	float *y = malloc(big_bytes / (size_t)(n_cols / 4) * sizeof(float));
+	/* every type takes >= 1 bit a value (IQ1_S 1.56), so no type has more rows than this */
+	float *y = malloc(big_bytes / (size_t)(n_cols / 8) * sizeof(float));
 	if (big == NULL || x == NULL || a == NULL || act == NULL || y == NULL) {
 		fprintf(stderr, "moe_dotbench: out of memory (%zu MiB)\n", big_mib);
 		return 1;
@@ -314,7 +340,7 @@ int main(int argc, char **argv)
 	       moe_isa_name(isa), nth, (long long)n_cols, samples, big_mib, reps);
 	printf("triad (3 x %zu MiB arrays): best %.1f GB/s, median %.1f GB/s\n",
 	       tn * sizeof(double) >> 20, triad, triad_med);
-	printf("%-5s %7s %22s %22s %13s\n", "type", "row B", "cache GB/s best  med",
+	printf("%-7s %7s %22s %22s %13s\n", "type", "row B", "cache GB/s best  med",
 	       "stream GB/s best  med", "stream/triad");
 	for (int i = 0; i < n_cols; i++)
 		a[i] = rng_unif() * (1.0f + (float)(i % 5));
@@ -323,7 +349,7 @@ int main(int argc, char **argv)
 		moe_vec_dot_fn dot = moe_vec_dot_get_isa(t, isa);
 		size_t rb = moe_row_size(t, n_cols);
 		if (dot == NULL || rb == 0 || moe_quantize_act(t, act, a, n_cols) != MOE_OK) {
-			printf("%-5s no dot product at this level\n", moe_type_get(t)->name);
+			printf("%-7s no dot product at this level\n", moe_type_get(t)->name);
 			continue;
 		}
 		/* 16 distinct random rows, replicated over the whole buffer. */
@@ -331,7 +357,10 @@ int main(int argc, char **argv)
 		for (int r = 0; r < 16 && r < n_big; r++) {
 			for (int64_t i = 0; i < n_cols; i++)
 				x[i] = rng_unif() * (0.1f + 0.05f * (float)(r % 4));
-			if (moe_quantize_row(t, big + (size_t)r * rb, x, n_cols) != MOE_OK) {
+			moe_err qe = moe_quantize_row(t, big + (size_t)r * rb, x, n_cols);
+			if (qe == MOE_ERR_UNSUPPORTED)
+				qe = random_blocks(big + (size_t)r * rb, t, n_cols);
+			if (qe != MOE_OK) {
 				fprintf(stderr, "moe_dotbench: quantize %s failed: %s\n",
 				        moe_type_get(t)->name, moe_err_detail());
 				return 1;
@@ -365,7 +394,7 @@ int main(int argc, char **argv)
 		time_job(&cj, nth); /* warm-up */
 		measure(&cj, nth, nth > 1 ? samples / 8 + 1 : samples, passes * per, &cb, &cm);
 		measure(&sj, nth, reps, (double)n_big * (double)rb, &sb, &sm);
-		printf("%-5s %7zu %16.1f %5.1f %16.1f %5.1f %12.0f%%\n", moe_type_get(t)->name, rb,
+		printf("%-7s %7zu %16.1f %5.1f %16.1f %5.1f %12.0f%%\n", moe_type_get(t)->name, rb,
 		       cb, cm, sb, sm, 100 * sb / triad);
 	}
 	free(ta);

@@ -428,6 +428,74 @@ static void check_act_bits(void)
 	}
 }
 
+/* IQ3_XXS, IQ3_S, IQ1_S, IQ1_M (no quantiser: llama-quantize makes them):
+ * blocks of random bytes, with a sane fp16 scale or (every other case) as
+ * they come (NaN / Inf scales), against Q8_K activations; each build's dot
+ * must give the reference's bits, and the NEON table must hold it. */
+static void check_iq13_dots(bool dotprod)
+{
+	static const moe_type types[] = {MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_S, MOE_TYPE_IQ1_S,
+	                                 MOE_TYPE_IQ1_M};
+	static const int64_t ns[] = {256, 768, 4096, 256 * 27};
+	int cases = 0;
+
+	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+		const moe_type t = types[ti];
+		const moe_type_traits *tr = moe_type_get(t);
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		check(ref != NULL &&
+		          moe_vec_dot_get_isa(t, MOE_ISA_NEON) == builds[dotprod ? 1 : 0].dots[t] &&
+		          builds[0].dots[t] != ref,
+		      "%s: NEON table entry", tr->name);
+		for (size_t li = 0; li < sizeof(ns) / sizeof(ns[0]); li++)
+			for (int sane = 0; sane < 2; sane++) {
+				const int64_t n = ns[li];
+				uint8_t *w = malloc(moe_row_size(t, n));
+				void *aq = malloc(moe_act_row_size(t, n));
+				float *a = malloc(sizeof(float) * (size_t)n);
+				if (!check(w && aq && a, "out of memory"))
+					goto next;
+				rng_state = 9100 + ti * 100 + li * 2 + (uint64_t)sane;
+				for (size_t i = 0; i < moe_row_size(t, n); i++)
+					w[i] = (uint8_t)(rng_next() >> 56);
+				for (int64_t k = 0; sane && k < n / 256; k++) {
+					uint8_t *blk = w + (size_t)k * tr->type_size;
+					uint16_t d = (uint16_t)(0x1400 + rng_next() % 0x1800);
+					if (t == MOE_TYPE_IQ1_M)
+						for (int q = 0; q < 4; q++)
+							blk[49 + 2 * q] =
+							    (uint8_t)((blk[49 + 2 * q] & 15) |
+							              ((d >> (4 * q)) & 15) << 4);
+					else
+						memcpy(blk, &d, 2);
+				}
+				for (int64_t i = 0; i < n; i++)
+					a[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
+				if (!check(moe_quantize_act(t, aq, a, n) == MOE_OK, "act %s",
+				           tr->name))
+					goto next;
+				float want = NAN;
+				ref(n, &want, w, aq);
+				for (int b = 0; b < n_builds; b++) {
+					float got = NAN;
+					builds[b].dots[t](n, &got, w, aq);
+					check(memcmp(&got, &want, sizeof(float)) == 0 ||
+					          (isnan(got) && isnan(want)),
+					      "%s %s n=%lld %s: %.9g is not the reference's bits "
+					      "%.9g",
+					      builds[b].name, tr->name, (long long)n,
+					      sane ? "sane" : "random bytes", got, want);
+					cases++;
+				}
+			next:
+				free(w);
+				free(aq);
+				free(a);
+			}
+	}
+	printf("IQ3/IQ1 dots: %d (type, length, build) cases bit for bit\n", cases);
+}
+
 int main(int argc, char **argv)
 {
 	const char *expect_isa = NULL;
@@ -459,6 +527,7 @@ int main(int argc, char **argv)
 		check_extremes();
 		check_q8_0_full_range();
 		check_act_bits();
+		check_iq13_dots(dotprod);
 	}
 	printf("%d checks, %d failed\n", n_checks, n_failed);
 	return n_failed ? 1 : 0;

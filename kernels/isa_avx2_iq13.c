@@ -1,0 +1,303 @@
+/*
+ * isa_avx2_iq13.c - AVX2 + FMA + F16C kernels of the grid formats IQ3_XXS,
+ * IQ3_S, IQ1_S and IQ1_M against Q8_K: the one-token dot and the tile kernel
+ * (gemm.h) of the matrix products and the expert FFN.  Compiled with the avx2
+ * flags; the AVX-512 level takes these as they are (it has none of its own).
+ *
+ * Both follow the canonical arithmetic of quants.h bit for bit: per (row,
+ * token) and block the exact int32 sum (any order: integers), then the
+ * reference's fmaf((float)isum, dw * d_a, acc) in block order, so a (row,
+ * token) result does not depend on the tile, the batch or the level.
+ *
+ * Per row and block each 32-value sub-block is unpacked once into a vector
+ * of 32 magnitudes (u8) and one of 32 signs (+-1 as int8): IQ3 magnitudes are
+ * the grid points (8 loads of 4 bytes from the expanded grid: faster here than
+ * a vpgatherdd, measured), their signs the sign bits spread over bytes by one
+ * shuffle and a bit test (IQ3_XXS: each group's 7 bits shifted into a 32-bit
+ * lane and the 8th made their parity there); IQ1 weights 8 * grid +- 1
+ * (4 loads of 8 bytes, times 8 by a sign op, plus the delta), split into
+ * |w| and w.  Every token then meets it with one sign op, one maddubs (pairs
+ * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
+ * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
+ */
+#include <math.h>
+#include <stddef.h>
+
+#include "kernels/gemm.h"
+#include "kernels/isa_avx2.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+enum { KT = 8 }; /* tokens per tile at most */
+
+/* 32 sign bytes (+1, or -1 where the bit is set) of the 4 bytes of b: byte
+ * 8l + j from bit j of byte l. */
+static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
+{
+	const __m256i pick =
+	    _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll, 0x0101010101010101ll, 0);
+	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+	const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)b), pick);
+	return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit),
+	                       _mm256_set1_epi8(1));
+}
+
+/* IQ3_XXS: the 32 sign bytes (+-1) of a sub-block's word: 32-bit lane k
+ * holds group l = k / 2's 7 bits (aux >> 7l) and their parity as bit 7,
+ * spread over its 4 bytes and tested against bits 4 (k % 2) + j. */
+static ALWAYS_INLINE __m256i xxs_signs_v(uint32_t aux)
+{
+	__m256i s =
+	    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)aux),
+	                                       _mm256_setr_epi32(0, 0, 7, 7, 14, 14, 21, 21)),
+	                     _mm256_set1_epi32(127));
+	__m256i p = _mm256_xor_si256(s, _mm256_srli_epi32(s, 4));
+	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
+	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
+	s = _mm256_or_si256(s, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(1)), 7));
+	/* byte 0 of each 32-bit lane to its 4 bytes */
+	const __m256i low = _mm256_set_epi64x(0x0c0c0c0c08080808ll, 0x0404040400000000ll,
+	                                      0x0c0c0c0c08080808ll, 0x0404040400000000ll);
+	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+	s = _mm256_shuffle_epi8(s, low);
+	return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(s, bit), bit),
+	                       _mm256_set1_epi8(1));
+}
+
+/* IQ1: the int8 weights 8 * grid + delta of the 4 groups (grid indices idx,
+ * deltas as +-1 bytes in dl). */
+static ALWAYS_INLINE __m256i iq1_weights(const uint16_t idx[4], __m256i dl)
+{
+	const __m256i g =
+	    _mm256_set_epi64x((long long)moe_iq1s_grid[idx[3]], (long long)moe_iq1s_grid[idx[2]],
+	                      (long long)moe_iq1s_grid[idx[1]], (long long)moe_iq1s_grid[idx[0]]);
+	return _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), g), dl);
+}
+
+static ALWAYS_INLINE uint32_t load_u32(const void *p)
+{
+	uint32_t u;
+	memcpy(&u, p, 4);
+	return u;
+}
+
+/* Sub-block v of block b of type t: magnitudes *mag (u8), signs *sgn (their
+ * sign bytes; never 0), scales *sc (int16: low half the first 16 values'). */
+static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *mag, __m256i *sgn,
+                                 __m256i *sc)
+{
+	if (t == MOE_TYPE_IQ3_XXS) {
+		const uint8_t *q = b + offsetof(moe_block_iq3_xxs, qs) + 8 * v;
+		const uint32_t aux = load_u32(b + offsetof(moe_block_iq3_xxs, qs) + 64 + 4 * v);
+		*mag = _mm256_setr_epi32((int)moe_iq3xxs_grid[q[0]], (int)moe_iq3xxs_grid[q[1]],
+		                         (int)moe_iq3xxs_grid[q[2]], (int)moe_iq3xxs_grid[q[3]],
+		                         (int)moe_iq3xxs_grid[q[4]], (int)moe_iq3xxs_grid[q[5]],
+		                         (int)moe_iq3xxs_grid[q[6]], (int)moe_iq3xxs_grid[q[7]]);
+		*sgn = xxs_signs_v(aux);
+		*sc = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+	} else if (t == MOE_TYPE_IQ3_S) {
+		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
+		const uint8_t *q = x->qs + 8 * v;
+		const unsigned h = x->qh[v];
+		*mag = _mm256_setr_epi32((int)moe_iq3s_grid[q[0] | (h << 8 & 256)],
+		                         (int)moe_iq3s_grid[q[1] | (h << 7 & 256)],
+		                         (int)moe_iq3s_grid[q[2] | (h << 6 & 256)],
+		                         (int)moe_iq3s_grid[q[3] | (h << 5 & 256)],
+		                         (int)moe_iq3s_grid[q[4] | (h << 4 & 256)],
+		                         (int)moe_iq3s_grid[q[5] | (h << 3 & 256)],
+		                         (int)moe_iq3s_grid[q[6] | (h << 2 & 256)],
+		                         (int)moe_iq3s_grid[q[7] | (h << 1 & 256)]);
+		*sgn = spread_signs(load_u32(x->signs + 4 * v));
+		*sc =
+		    _mm256_set1_epi16((short)(2 * ((x->scales[v / 2] >> (4 * (v % 2))) & 15) + 1));
+	} else if (t == MOE_TYPE_IQ1_S) {
+		const moe_block_iq1_s *x = (const moe_block_iq1_s *)b;
+		const uint8_t *q = x->qs + 4 * v;
+		const unsigned h = x->qh[v];
+		const uint16_t idx[4] = {
+		    (uint16_t)(q[0] | (h << 8 & 0x700)), (uint16_t)(q[1] | (h << 5 & 0x700)),
+		    (uint16_t)(q[2] | (h << 2 & 0x700)), (uint16_t)(q[3] | (h >> 1 & 0x700))};
+		const __m256i w = iq1_weights(idx, _mm256_set1_epi8(h & 0x8000 ? -1 : 1));
+		*mag = _mm256_abs_epi8(w);
+		*sgn = w;
+		*sc = _mm256_set1_epi16((short)(2 * ((h >> 12) & 7) + 1));
+	} else {
+		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
+		const uint8_t *q = x->qs + 4 * v;
+		const unsigned h0 = x->qh[2 * v], h1 = x->qh[2 * v + 1];
+		const uint16_t idx[4] = {
+		    (uint16_t)(q[0] | (h0 << 8 & 0x700)), (uint16_t)(q[1] | (h0 << 4 & 0x700)),
+		    (uint16_t)(q[2] | (h1 << 8 & 0x700)), (uint16_t)(q[3] | (h1 << 4 & 0x700))};
+		const long long m = (long long)0xffffffffffffffffull, p = 0x0101010101010101ll;
+		const __m256i dl = _mm256_set_epi64x(h1 & 0x80 ? m : p, h1 & 0x08 ? m : p,
+		                                     h0 & 0x80 ? m : p, h0 & 0x08 ? m : p);
+		const __m256i w = iq1_weights(idx, dl);
+		*mag = _mm256_abs_epi8(w);
+		*sgn = w;
+		const unsigned ws = (unsigned)ld16(x->scales + 2 * (v / 2)) >> (6 * (v % 2));
+		*sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * ((ws >> 3) & 7) + 1)),
+		                       _mm_set1_epi16((short)(2 * (ws & 7) + 1)));
+	}
+}
+
+static ALWAYS_INLINE size_t block_bytes(moe_type t)
+{
+	return t == MOE_TYPE_IQ3_XXS ? sizeof(moe_block_iq3_xxs)
+	       : t == MOE_TYPE_IQ3_S ? sizeof(moe_block_iq3_s)
+	       : t == MOE_TYPE_IQ1_S ? sizeof(moe_block_iq1_s)
+	                             : sizeof(moe_block_iq1_m);
+}
+
+/* The block's dw (quants.h): fp16 d times 1/4, 1 or 1/8. */
+static ALWAYS_INLINE float block_dw(moe_type t, const uint8_t *b)
+{
+	if (t == MOE_TYPE_IQ1_M)
+		return half_to_f32(moe_iq1m_d((const moe_block_iq1_m *)b)) * 0.125f;
+	const float d = half_to_f32((uint16_t)ld16(b));
+	return t == MOE_TYPE_IQ3_XXS ? d * 0.25f : t == MOE_TYPE_IQ3_S ? d : d * 0.125f;
+}
+
+/* Row w (nb blocks of type t) against T tokens a[0..T): out[t] as the
+ * reference. */
+static ALWAYS_INLINE void row_iq(moe_type t, int T, int64_t nb, float out[KT], const uint8_t *w,
+                                 const uint8_t *const a[KT])
+{
+	const size_t bs = block_bytes(t);
+	float sum[KT];
+
+	for (int k = 0; k < T; k++)
+		sum[k] = 0;
+	for (int64_t i = 0; i < nb; i++) {
+		const uint8_t *b = w + (size_t)i * bs;
+		_mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
+		__m256i acc[KT];
+#pragma GCC unroll 8
+		for (int k = 0; k < T; k++)
+			acc[k] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+		for (int v = 0; v < 8; v++) {
+			__m256i mag, sgn, sc;
+			unpack(t, b, v, &mag, &sgn, &sc);
+#pragma GCC unroll 8
+			for (int k = 0; k < T; k++) {
+				const moe_block_q8_K *y = (const moe_block_q8_K *)a[k] + i;
+				const __m256i q8 =
+				    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * v));
+				acc[k] = _mm256_add_epi32(
+				    acc[k],
+				    _mm256_madd_epi16(
+				        _mm256_maddubs_epi16(mag, _mm256_sign_epi8(q8, sgn)), sc));
+			}
+		}
+		const float dw = block_dw(t, b);
+#pragma GCC unroll 8
+		for (int k = 0; k < T; k++) {
+			const moe_block_q8_K *y = (const moe_block_q8_K *)a[k] + i;
+			const int32_t isum = _mm_cvtsi128_si32(hsum_i32_v(acc[k]));
+			sum[k] = fmaf((float)isum, dw * y->d, sum[k]);
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = sum[k];
+}
+
+/* ---- one-token dots and tiles per type ------------------------------------------- */
+
+typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_t *const a[KT]);
+
+#define TYPE_FNS(name, type)                                                                       \
+	static void name##_t1(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_iq(type, 1, nb, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_t2(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_iq(type, 2, nb, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_t4(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_iq(type, 4, nb, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_t8(int64_t nb, float o[KT], const uint8_t *w,                           \
+	                      const uint8_t *const a[KT])                                          \
+	{                                                                                          \
+		row_iq(type, 8, nb, o, w, a);                                                      \
+	}                                                                                          \
+	static const row_fn fns_##name[4] = {name##_t1, name##_t2, name##_t4, name##_t8};          \
+	static void dot_##name(int64_t n, float *s, const void *w, const void *a)                  \
+	{                                                                                          \
+		const uint8_t *ap[KT] = {a};                                                       \
+		float out[KT];                                                                     \
+		name##_t1(n / MOE_QK_K, out, w, ap);                                               \
+		*s = out[0];                                                                       \
+	}
+
+TYPE_FNS(iq3_xxs, MOE_TYPE_IQ3_XXS)
+TYPE_FNS(iq3_s, MOE_TYPE_IQ3_S)
+TYPE_FNS(iq1_s, MOE_TYPE_IQ1_S)
+TYPE_FNS(iq1_m, MOE_TYPE_IQ1_M)
+
+void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
+{
+	moe_iq13_init();
+	dots[MOE_TYPE_IQ3_XXS] = dot_iq3_xxs;
+	dots[MOE_TYPE_IQ3_S] = dot_iq3_s;
+	dots[MOE_TYPE_IQ1_S] = dot_iq1_s;
+	dots[MOE_TYPE_IQ1_M] = dot_iq1_m;
+}
+
+/* Tokens [0, n_t) in groups of 8, then one of 4, 2 and 1 as needed; each
+ * group meets every row (as isa_avx2_k23.c's run_rows). */
+static void run_rows(const row_fn fns[4], int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const uint8_t *ap[KT];
+	float out[KT];
+
+	for (int64_t t0 = 0; t0 < n_t;) {
+		const int64_t left = n_t - t0;
+		const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+		const int T = 1 << k;
+		for (int t = 0; t < T; t++)
+			ap[t] = x + (size_t)(t0 + t) * x_stride;
+		for (int64_t r = 0; r < n_r; r++) {
+			fns[k](nb, out, w + (size_t)r * w_stride, ap);
+			for (int t = 0; t < T; t++)
+				y[(t0 + t) * ldy + r] = out[t];
+		}
+		t0 += T;
+	}
+}
+
+#define GEMM(name)                                                                                 \
+	static void gemm_##name(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,           \
+	                        size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride,   \
+	                        int64_t n_t)                                                       \
+	{                                                                                          \
+		run_rows(fns_##name, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);          \
+	}
+
+GEMM(iq3_xxs)
+GEMM(iq3_s)
+GEMM(iq1_s)
+GEMM(iq1_m)
+
+moe_gemm_fn moe_gemm_avx2_iq13(moe_type t)
+{
+	switch (t) {
+	case MOE_TYPE_IQ3_XXS:
+		return gemm_iq3_xxs;
+	case MOE_TYPE_IQ3_S:
+		return gemm_iq3_s;
+	case MOE_TYPE_IQ1_S:
+		return gemm_iq1_s;
+	case MOE_TYPE_IQ1_M:
+		return gemm_iq1_m;
+	default:
+		return NULL;
+	}
+}
