@@ -663,6 +663,10 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 		return moe_gemm_q2_K_avx2;
 	case MOE_TYPE_Q3_K:
 		return moe_gemm_q3_K_avx2;
+	case MOE_TYPE_IQ2_XXS:
+	case MOE_TYPE_IQ2_XS:
+	case MOE_TYPE_IQ2_S:
+		return moe_gemm_avx2_iq2(t); /* isa_avx2_iq2.c */
 	default:
 		return moe_gemm_avx2_iq4(t); /* the AVX2 tiles */
 	}

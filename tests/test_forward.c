@@ -385,6 +385,22 @@ Test(forward, qwen3moe_k256_q3_k_m)
 {
 	check_model("qwen3moe-k256-Q3_K_M", false);
 }
+Test(forward, qwen3moe_k256_iq2_xxs)
+{
+	check_model("qwen3moe-k256-IQ2_XXS", false);
+}
+Test(forward, qwen3moe_k256_iq2_xs)
+{
+	check_model("qwen3moe-k256-IQ2_XS", false);
+}
+Test(forward, qwen3moe_k256_iq2_s)
+{
+	check_model("qwen3moe-k256-IQ2_S", false);
+}
+Test(forward, qwen3moe_k256_iq2_mix)
+{
+	check_model("qwen3moe-k256-IQ2_MIX", false);
+}
 Test(forward, qwen3next_tiny_f32)
 {
 	check_model("qwen3next-tiny-F32", true);
