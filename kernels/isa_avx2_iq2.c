@@ -40,7 +40,7 @@ static ALWAYS_INLINE size_t block_bytes(int kind)
 
 static ALWAYS_INLINE uint64_t esigns(uint32_t k)
 {
-	return moe_iq2_signs64[moe_iq2_sign_byte((int)(k & 127))];
+	return moe_iq2_esigns64[k & 127];
 }
 
 /* Sub-block b (values 32b .. 32b+31) of the block at p: its 32 grid bytes,

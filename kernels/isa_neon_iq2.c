@@ -29,7 +29,7 @@ static inline int32x4_t group(int32x4_t acc, uint64_t g, uint64_t sg, const int8
 
 static inline uint64_t esigns(uint32_t k)
 {
-	return moe_iq2_signs64[moe_iq2_sign_byte((int)(k & 127))];
+	return moe_iq2_esigns64[k & 127];
 }
 
 static void dot_iq2_xxs(int64_t n, float *s, const void *w, const void *a)

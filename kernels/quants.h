@@ -309,6 +309,8 @@ extern uint64_t moe_iq2xxs_grid64[256];
 extern uint64_t moe_iq2xs_grid64[512];
 extern uint64_t moe_iq2s_grid64[1024];
 extern uint64_t moe_iq2_signs64[256];
+/* moe_iq2_signs64 of an IQ2_XXS/IQ2_XS 7-bit sign field (its parity bit added). */
+extern uint64_t moe_iq2_esigns64[128];
 void moe_iq2_tables_init(void);
 
 /* The 8 sign bits of a 7-bit IQ2_XXS/IQ2_XS sign field: bit 7 makes the

@@ -17,6 +17,7 @@ uint64_t moe_iq2xxs_grid64[256];
 uint64_t moe_iq2xs_grid64[512];
 uint64_t moe_iq2s_grid64[1024];
 uint64_t moe_iq2_signs64[256];
+uint64_t moe_iq2_esigns64[128];
 
 static uint64_t expand(uint16_t g)
 {
@@ -41,6 +42,8 @@ static void tables_fill(void)
 			v |= (uint64_t)((m >> j) & 1 ? 0xff : 0x01) << (8 * j);
 		moe_iq2_signs64[m] = v;
 	}
+	for (int k = 0; k < 128; k++)
+		moe_iq2_esigns64[k] = moe_iq2_signs64[moe_iq2_sign_byte(k)];
 }
 
 void moe_iq2_tables_init(void)
