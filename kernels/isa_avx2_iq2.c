@@ -80,9 +80,17 @@ static ALWAYS_INLINE void decode(int kind, const uint8_t *p, int b, __m256i *gv,
 		                        (long long)moe_iq2s_grid64[qs[2] | (h << 4 & 0x300)],
 		                        (long long)moe_iq2s_grid64[qs[1] | (h << 6 & 0x300)],
 		                        (long long)moe_iq2s_grid64[qs[0] | (h << 8 & 0x300)]);
-		*sv = _mm256_set_epi64x(
-		    (long long)moe_iq2_signs64[sg[3]], (long long)moe_iq2_signs64[sg[2]],
-		    (long long)moe_iq2_signs64[sg[1]], (long long)moe_iq2_signs64[sg[0]]);
+		/* the 4 sign bytes spread over their 8 values each: -1 where the
+		 * value's bit is set, else +1 */
+		uint32_t s4;
+		memcpy(&s4, sg, 4);
+		const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+		const __m256i spread = _mm256_shuffle_epi8(
+		    _mm256_set1_epi32((int)s4),
+		    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2,
+		                     2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+		*sv = _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit),
+		                      _mm256_set1_epi8(1));
 		s = p[offsetof(moe_block_iq2_s, scales) + b];
 	}
 	*sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (s >> 4) + 1)),
