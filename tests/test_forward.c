@@ -699,9 +699,10 @@ static moe_err split_finish(void *ctx, moe_fix_t *acc)
 
 Test(forward, split_expert_backend_is_bit_identical)
 {
-	const char *models[4] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
-	                         "qwen35moe-tiny-Q4_K_M.gguf", "qwen3moe-k256-Q2_K.gguf"};
-	for (int k = 0; k < 4; k++) {
+	const char *models[5] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
+	                         "qwen35moe-tiny-Q4_K_M.gguf", "qwen3moe-k256-Q2_K.gguf",
+	                         "qwen3moe-k256-IQ2_MIX.gguf"};
+	for (int k = 0; k < 5; k++) {
 		moe_model *m = open_model(models[k]);
 		golden g;
 		char base[128];
