@@ -168,7 +168,6 @@ static ALWAYS_INLINE void tile(int kind, int R, int T, int64_t n_cols, float out
 		__m256i v[NP];
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
-#pragma GCC unroll 8
 			for (int b = 0; b < 8; b++) {
 				__m256i gv, sv, sc;
 				decode(kind, w[r] + wo, b, &gv, &sv, &sc);

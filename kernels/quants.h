@@ -467,8 +467,8 @@ void moe_dots_neon_iq4(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq4.c *
  * block the exact integer sum isum = sum over scales of (2 s + 1) times the
  * dot of its signed grid values with the activations, acc =
  * fmaf((float)isum, dw * da, acc) in block order (dw the fp16 d, da Q8_K's d),
- * the result 0.125f * acc.  SIMD levels sign the activations (|q8| <= 127,
- * as moe_quantize_act makes them). */
+ * the result 0.125f * acc.  The AVX2 kernels sign the activations, so they
+ * take |q8| <= 127 (as moe_quantize_act makes them: no -128 to negate). */
 void moe_vec_dot_iq2_xxs_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_iq2_xs_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_vec_dot_iq2_s_ref(int64_t n, float *s, const void *w, const void *a);
