@@ -46,6 +46,7 @@ static const bk_type bk_types[] = {
     {MOE_TYPE_IQ4_XS, true}, {MOE_TYPE_IQ4_NL, true}, {MOE_TYPE_MXFP4, true},
     {MOE_TYPE_IQ3_XXS, true}, {MOE_TYPE_IQ3_S, true}, {MOE_TYPE_IQ1_S, true},
     {MOE_TYPE_IQ1_M, true},
+    {MOE_TYPE_IQ2_XXS, true}, {MOE_TYPE_IQ2_XS, true}, {MOE_TYPE_IQ2_S, true},
 };
 /* clang-format on */
 #define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
@@ -68,15 +69,17 @@ static float bk_frand(void)
 
 /* ---- GEMV, GEMM ------------------------------------------------------------------ */
 
-/* A row of cols values of a type moemesh has no quantiser for (IQ3_XXS,
- * IQ3_S, IQ1_S, IQ1_M: llama-quantize makes them): random bytes with a fp16
- * scale of about 2^-6 per block (IQ1_M: in its 4 scale words' top nibbles,
- * the other types: the block's first two bytes), so no NaN or subnormal. */
+/* A row of cols values of a type moemesh has no quantiser for (IQ2_XXS,
+ * IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M: llama-quantize makes them):
+ * random bytes with a fp16 scale of about 2^-6 per block (IQ1_M: in its 4
+ * scale words' top nibbles, the other types: the block's first two bytes),
+ * so no NaN or subnormal; the speed does not depend on the values. */
 static moe_err random_blocks(uint8_t *row, moe_type t, int64_t cols)
 {
 	const moe_type_traits *tr = moe_type_get(t);
 	if (t != MOE_TYPE_IQ3_XXS && t != MOE_TYPE_IQ3_S && t != MOE_TYPE_IQ1_S &&
-	    t != MOE_TYPE_IQ1_M)
+	    t != MOE_TYPE_IQ1_M && t != MOE_TYPE_IQ2_XXS && t != MOE_TYPE_IQ2_XS &&
+	    t != MOE_TYPE_IQ2_S)
 		return moe_fail(MOE_ERR_UNSUPPORTED, "bench: no quantiser for %s", tr->name);
 	for (size_t i = 0; i < moe_row_size(t, cols); i++)
 		row[i] = (uint8_t)(bk_frand() * 128 + 128);

@@ -376,4 +376,5 @@ void moe_dots_avx2(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	moe_dots_avx2_iq4(dots);
 	moe_dots_avx2_k23(dots);
 	moe_dots_avx2_iq13(dots);
+	moe_dots_avx2_iq2(dots); /* isa_avx2_iq2.c, also the AVX-512 level's */
 }

@@ -716,6 +716,10 @@ moe_gemm_fn moe_gemm_avx2(moe_type t)
 	case MOE_TYPE_IQ1_S:
 	case MOE_TYPE_IQ1_M:
 		return moe_gemm_avx2_iq13(t);
+	case MOE_TYPE_IQ2_XXS:
+	case MOE_TYPE_IQ2_XS:
+	case MOE_TYPE_IQ2_S:
+		return moe_gemm_avx2_iq2(t); /* isa_avx2_iq2.c */
 	default:
 		return moe_gemm_avx2_iq4(t);
 	}

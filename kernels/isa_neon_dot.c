@@ -439,6 +439,7 @@ void moe_dots_neon(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	dots[MOE_TYPE_Q6_K] = dot_q6_K;
 	moe_dots_neon_iq4(dots);  /* isa_neon_iq4.c, the same in both builds */
 	moe_dots_neon_iq13(dots); /* isa_neon_iq13.c, likewise */
+	moe_dots_neon_iq2(dots);  /* isa_neon_iq2.c, likewise */
 #if defined(MOE_NEON_DOTPROD)
 	moe_dots_neon_dotprod_k23(dots);
 #else

@@ -325,6 +325,11 @@ moe_err moe_dequantize_row(moe_type t, float *dst, const void *src, int64_t n)
 	case MOE_TYPE_IQ1_M:
 		moe_dequant_iq13(t, dst, src, n);
 		break;
+	case MOE_TYPE_IQ2_XXS:
+	case MOE_TYPE_IQ2_XS:
+	case MOE_TYPE_IQ2_S:
+		moe_dequant_iq2(t, dst, src, n);
+		break;
 	default:
 		return moe_fail(MOE_ERR_UNSUPPORTED, "dequantize: type %s is not implemented",
 		                tr->name);
@@ -1164,4 +1169,5 @@ void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	dots[MOE_TYPE_Q2_K] = moe_vec_dot_q2_K_ref;
 	dots[MOE_TYPE_Q3_K] = moe_vec_dot_q3_K_ref;
 	moe_dots_ref_iq13(dots);
+	moe_dots_ref_iq2(dots);
 }

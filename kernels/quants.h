@@ -339,6 +339,89 @@ static inline uint16_t moe_iq1m_d(const moe_block_iq1_m *b)
 	                  (w[3] & 0xf000));
 }
 
+/*
+ * IQ2_XXS (66 bytes / 256 values): 8 sub-blocks of 32 values, each 4 groups
+ * of 8 values from a 256-entry grid (moe_iq2xxs_grid) with a sign per value;
+ * value = d * (2 s + 1) / 8 * moe_iq2_levels[grid level] * sign, s a 4-bit
+ * sub-block scale.
+ *   byte 0-1   d      fp16
+ *   byte 2-65  qs[32] u16; sub-block b is qs[4b..4b+3] read as two u32 LE
+ *              words a0, a1: byte l of a0 = grid index of group l (values
+ *              32b + 8l .. +7); bits 7l..7l+6 of a1 = signs of group l's
+ *              first 7 values (bit j set: value j negative), the 8th sign the
+ *              parity of those 7 (moe_iq2_sign_byte); bits 28-31 of a1 = s
+ */
+typedef struct moe_block_iq2_xxs {
+	uint16_t d;
+	uint16_t qs[32];
+} moe_block_iq2_xxs;
+static_assert(sizeof(moe_block_iq2_xxs) == 66, "IQ2_XXS block is 66 bytes");
+
+/*
+ * IQ2_XS (74 bytes / 256 values): 32 groups of 8 values from a 512-entry grid
+ * (moe_iq2xs_grid), signs as IQ2_XXS's; two 4-bit scales per 32 values;
+ * value = d * (2 s + 1) / 8 * level * sign.
+ *   byte 0-1   d          fp16
+ *   byte 2-65  qs[32]     u16, group g (values 8g .. 8g+7): bits 0-8 = grid
+ *                         index, bits 9-15 = the 7 sign bits (8th: parity)
+ *   byte 66-73 scales[8]  scales[b] low nibble = s of groups 4b, 4b+1, high
+ *                         nibble = s of groups 4b+2, 4b+3
+ */
+typedef struct moe_block_iq2_xs {
+	uint16_t d;
+	uint16_t qs[32];
+	uint8_t scales[8];
+} moe_block_iq2_xs;
+static_assert(sizeof(moe_block_iq2_xs) == 74, "IQ2_XS block is 74 bytes");
+
+/*
+ * IQ2_S (82 bytes / 256 values): 32 groups of 8 values from a 1024-entry grid
+ * (moe_iq2s_grid) with 8 explicit sign bits each; scales as IQ2_XS's.
+ *   byte 0-1   d          fp16
+ *   byte 2-33  qs[0..31]  low 8 bits of group g's grid index
+ *   byte 34-65 qs[32..63] signs: qs[32 + g] bit j set = value 8g + j negative
+ *   byte 66-73 qh[8]      bits 2l, 2l+1 of qh[b] = bits 8, 9 of group 4b+l's index
+ *   byte 74-81 scales[8]  as IQ2_XS
+ */
+typedef struct moe_block_iq2_s {
+	uint16_t d;
+	uint8_t qs[64];
+	uint8_t qh[8];
+	uint8_t scales[8];
+} moe_block_iq2_s;
+static_assert(sizeof(moe_block_iq2_s) == 82, "IQ2_S block is 82 bytes");
+
+/* The IQ2 grids (quants_iq2_grids.c, written by tests/make_iq2_grids.py):
+ * value i of entry k is moe_iq2_levels[(grid[k] >> 2 i) & 3], an index 0..2
+ * (3 never occurs: the script checks it). */
+extern const uint8_t moe_iq2_levels[3];
+extern const uint16_t moe_iq2xxs_grid[256];
+extern const uint16_t moe_iq2xs_grid[512];
+extern const uint16_t moe_iq2s_grid[1024];
+
+/* The same expanded for the SIMD kernels (quants_iq2.c, filled once by
+ * moe_iq2_tables_init, which the functions that hand out those kernels,
+ * moe_dots_<level>_iq2, call first; thread-safe): byte i of
+ * entry k = value i; and moe_iq2_signs64[m] byte j = -1 (0xff) where bit j of
+ * m is set, else +1. */
+extern uint64_t moe_iq2xxs_grid64[256];
+extern uint64_t moe_iq2xs_grid64[512];
+extern uint64_t moe_iq2s_grid64[1024];
+extern uint64_t moe_iq2_signs64[256];
+/* moe_iq2_signs64 of an IQ2_XXS/IQ2_XS 7-bit sign field (its parity bit added). */
+extern uint64_t moe_iq2_esigns64[128];
+void moe_iq2_tables_init(void);
+
+/* The 8 sign bits of a 7-bit IQ2_XXS/IQ2_XS sign field: bit 7 makes the
+ * number of negative values even. */
+static inline int moe_iq2_sign_byte(int k)
+{
+	int p = k ^ (k >> 4);
+	p ^= p >> 2;
+	p ^= p >> 1;
+	return k | (p & 1) << 7;
+}
+
 /* The levels of IQ4_NL/IQ4_XS codes and the doubled E2M1 values of MXFP4
  * codes (quants_iq4.c). */
 extern const int8_t moe_iq4nl_values[16];
@@ -495,6 +578,20 @@ void moe_dequant_iq13(moe_type t, float *y, const void *src, int64_t n);
 void moe_dots_ref_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq13.c */
 void moe_dots_neon_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq13.c */
+/* IQ2_XXS, IQ2_XS, IQ2_S (x Q8_K): quants_iq2.c.  Canonical arithmetic: per
+ * block the exact integer sum isum = sum over scales of (2 s + 1) times the
+ * dot of its signed grid values with the activations, acc =
+ * fmaf((float)isum, dw * da, acc) in block order (dw the fp16 d, da Q8_K's d),
+ * the result 0.125f * acc.  The AVX2 kernels sign the activations, so they
+ * take |q8| <= 127 (as moe_quantize_act makes them: no -128 to negate). */
+void moe_vec_dot_iq2_xxs_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq2_xs_ref(int64_t n, float *s, const void *w, const void *a);
+void moe_vec_dot_iq2_s_ref(int64_t n, float *s, const void *w, const void *a);
+/* Dequantises n values of IQ2_XXS, IQ2_XS or IQ2_S (n a multiple of 256). */
+void moe_dequant_iq2(moe_type t, float *y, const void *src, int64_t n);
+void moe_dots_ref_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
+void moe_dots_avx2_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq2.c */
+void moe_dots_neon_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq2.c */
 
 /* Fills dots[type] with the scalar references (NULL where none). */
 void moe_dots_ref(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);

@@ -401,6 +401,22 @@ Test(forward, qwen3moe_k256_q3_k_m)
 {
 	check_model("qwen3moe-k256-Q3_K_M", false);
 }
+Test(forward, qwen3moe_k256_iq2_xxs)
+{
+	check_model("qwen3moe-k256-IQ2_XXS", false);
+}
+Test(forward, qwen3moe_k256_iq2_xs)
+{
+	check_model("qwen3moe-k256-IQ2_XS", false);
+}
+Test(forward, qwen3moe_k256_iq2_s)
+{
+	check_model("qwen3moe-k256-IQ2_S", false);
+}
+Test(forward, qwen3moe_k256_iq2_mix)
+{
+	check_model("qwen3moe-k256-IQ2_MIX", false);
+}
 Test(forward, qwen3next_tiny_f32)
 {
 	check_model("qwen3next-tiny-F32", true);
@@ -699,9 +715,10 @@ static moe_err split_finish(void *ctx, moe_fix_t *acc)
 
 Test(forward, split_expert_backend_is_bit_identical)
 {
-	const char *models[4] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
-	                         "qwen35moe-tiny-Q4_K_M.gguf", "qwen3moe-k256-Q2_K.gguf"};
-	for (int k = 0; k < 4; k++) {
+	const char *models[5] = {"qwen3next-tiny-Q4_K_M.gguf", "qwen3moe-tiny-F32.gguf",
+	                         "qwen35moe-tiny-Q4_K_M.gguf", "qwen3moe-k256-Q2_K.gguf",
+	                         "qwen3moe-k256-IQ2_MIX.gguf"};
+	for (int k = 0; k < 5; k++) {
 		moe_model *m = open_model(models[k]);
 		golden g;
 		char base[128];

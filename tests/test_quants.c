@@ -107,7 +107,7 @@ Test(quants, block_sizes_are_ggml)
 	cr_assert_eq(moe_act_row_size(MOE_TYPE_Q4_0, 64), 2 * 34);
 	cr_assert_eq(moe_act_row_size(MOE_TYPE_Q4_1, 64), 2 * 36);
 	cr_assert_eq(moe_act_row_size(MOE_TYPE_BF16, 10), 40);
-	cr_assert_eq(moe_act_row_size(MOE_TYPE_IQ2_XXS, 256), 0);
+	cr_assert_eq(moe_act_row_size(MOE_TYPE_TQ1_0, 256), 0);
 }
 
 /* ---- half precision ------------------------------------------------------------- */
@@ -361,14 +361,14 @@ Test(quants, dequant_errors)
 	uint8_t b[64] = {0};
 
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q4_0, y, b, 31), MOE_ERR_INVAL);
-	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ2_XXS, y, b, 256), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_TQ1_0, y, b, 256), MOE_ERR_UNSUPPORTED);
 	cr_assert_eq(moe_dequantize_row((moe_type)4, y, b, 32), MOE_ERR_BAD_TYPE);
 	cr_assert_eq(moe_quantize_row(MOE_TYPE_Q4_K, b, y, 100), MOE_ERR_INVAL);
 	float bad[32] = {0};
 	bad[3] = NAN;
 	cr_assert_eq(moe_quantize_row(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
 	cr_assert_eq(moe_quantize_act(MOE_TYPE_Q8_0, b, bad, 32), MOE_ERR_BAD_VALUE);
-	cr_assert_eq(moe_quantize_act(MOE_TYPE_IQ2_XXS, b, y, 256), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_quantize_act(MOE_TYPE_TQ1_0, b, y, 256), MOE_ERR_UNSUPPORTED);
 }
 
 /* ---- activation quantisation: exact bit patterns ------------------------------------ */
@@ -671,7 +671,7 @@ Test(quants, isa_override_by_set)
 	cr_assert_null(moe_vec_dot_get_isa(MOE_TYPE_Q4_0, MOE_ISA_NEON));
 #endif
 	cr_assert_eq(moe_isa_set((moe_isa)17), MOE_ERR_INVAL);
-	cr_assert_null(moe_vec_dot_get(MOE_TYPE_IQ2_XXS));
+	cr_assert_null(moe_vec_dot_get(MOE_TYPE_TQ1_0));
 	cr_assert_str_eq(moe_isa_name(MOE_ISA_AVX512), "avx512");
 }
 

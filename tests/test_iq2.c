@@ -1,0 +1,359 @@
+/*
+ * test_iq2.c - the IQ2_XXS, IQ2_XS and IQ2_S block formats: dequantisation of
+ * hand-built blocks (expected values from grid entries written out here as
+ * llama.cpp's ggml-common.h states them, 8 bytes each, independent of our
+ * 2-bit index form), the grids' stated properties, the parity sign bit, the
+ * scalar reference dot against a double-precision dot of the dequantised
+ * operands, and every SIMD level's dots and matrix products against the
+ * scalar level bit for bit on blocks of random bytes (sane or random scales),
+ * over every rows x tokens edge size.  The fixtures' logits are test_forward's.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isa_levels.h"
+#include "kernels/kernels.h"
+
+static const moe_type iq2_types[] = {MOE_TYPE_IQ2_XXS, MOE_TYPE_IQ2_XS, MOE_TYPE_IQ2_S};
+#define N_IQ2 (sizeof(iq2_types) / sizeof(iq2_types[0]))
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float rng_unif(void)
+{
+	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+/* Value j (0..7) of a grid entry as ggml-common.h writes it (byte j). */
+static float gbyte(uint64_t e, int j)
+{
+	return (float)((e >> (8 * j)) & 255);
+}
+
+/* n values of type t as blocks of random bytes; sane: d a random fp16 of
+ * magnitude 2^-10 .. 2^-4 (else d random too: NaN / Inf included). */
+static uint8_t *rand_blocks(moe_type t, int64_t n, bool sane)
+{
+	const size_t bytes = moe_row_size(t, n), bs = moe_type_get(t)->type_size;
+	uint8_t *b = malloc(bytes);
+	cr_assert_not_null(b);
+	for (size_t i = 0; i < bytes; i++)
+		b[i] = (uint8_t)(rng_next() >> 56);
+	if (sane)
+		for (int64_t k = 0; k < n / 256; k++) {
+			uint64_t r = rng_next();
+			put16(b + (size_t)k * bs,
+			      (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 |
+			                 ((r >> 8) & 1023)));
+		}
+	return b;
+}
+
+static void *rand_act(moe_type t, int64_t n)
+{
+	float *x = malloc(sizeof(float) * (size_t)n);
+	void *q = malloc(moe_act_row_size(t, n));
+	cr_assert(x != NULL && q != NULL);
+	for (int64_t i = 0; i < n; i++)
+		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
+	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
+	free(x);
+	return q;
+}
+
+static bool same_float(float a, float b)
+{
+	return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0;
+}
+
+Test(iq2, type_table)
+{
+	const struct {
+		moe_type t;
+		size_t size;
+	} want[] = {{MOE_TYPE_IQ2_XXS, 66}, {MOE_TYPE_IQ2_XS, 74}, {MOE_TYPE_IQ2_S, 82}};
+	for (size_t i = 0; i < 3; i++) {
+		const moe_type_traits *tr = moe_type_get(want[i].t);
+		cr_assert_not_null(tr);
+		cr_assert_eq(tr->block_size, 256, "%s", tr->name);
+		cr_assert_eq(tr->type_size, want[i].size, "%s", tr->name);
+		cr_assert_eq(tr->vec_dot_type, MOE_TYPE_Q8_K, "%s", tr->name);
+		cr_assert(tr->compute, "%s", tr->name);
+		cr_assert_not_null(moe_vec_dot_get(want[i].t), "%s", tr->name);
+		/* no quantiser (llama-quantize makes these files) */
+		float x[256] = {0};
+		uint8_t b[82];
+		cr_assert_eq(moe_quantize_row(want[i].t, b, x, 256), MOE_ERR_UNSUPPORTED);
+	}
+}
+
+/* IQ2_XXS: sub-block 0 takes grid entries 1, 100, 255, 200 with sign fields
+ * 0, 127, 5, 1 and scale 3, in a block with d = 0.5; the rest stays 0 (entry
+ * 0, all 8; no signs; scale 0).  The 8th sign is the parity of the 7: field
+ * 127 negates all 8, 5 values 0 and 2, 1 values 0 and 7. */
+Test(iq2, dequant_iq2_xxs_by_hand)
+{
+	const uint64_t e[4] = {0x080808080808082bull, 0x08192b0808081908ull, 0x2b2b2b1908081908ull,
+	                       0x192b081908080808ull};
+	const int neg[4] = {0x00, 0xff, 0x05, 0x81};
+	uint8_t b[66];
+	float y[256];
+	memset(b, 0, sizeof b);
+	put16(b, 0x3800); /* 0.5 */
+	b[2] = 1, b[3] = 100, b[4] = 255, b[5] = 200;
+	const uint32_t a1 = 0u | 127u << 7 | 5u << 14 | 1u << 21 | 3u << 28;
+	for (int k = 0; k < 4; k++)
+		b[6 + k] = (uint8_t)(a1 >> (8 * k));
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ2_XXS, y, b, 256), MOE_OK);
+	for (int l = 0; l < 4; l++)
+		for (int j = 0; j < 8; j++) {
+			float want = 0.5f * 7.0f / 8.0f * gbyte(e[l], j);
+			want = (neg[l] >> j) & 1 ? -want : want;
+			cr_assert_eq(y[8 * l + j], want, "value %d: %g vs %g", 8 * l + j,
+			             y[8 * l + j], want);
+		}
+	for (int v = 32; v < 256; v++)
+		cr_assert_eq(y[v], 0.5f / 8.0f * 8.0f, "value %d", v);
+	cr_assert_eq(y[0], 0.5f * 7 / 8 * 43); /* literal: entry 1's first byte is 0x2b */
+	cr_assert_eq(y[8], -0.5f * 7 / 8 * 8);
+}
+
+/* IQ2_XS: groups 0..4 take entries 1, 100, 511, 300, 201 with sign fields 0,
+ * 127, 5, 1, 64; scales[0] = 0x52 (groups 0-1: s 2, groups 2-3: s 5),
+ * scales[1] = 0x0f (group 4: s 15); d = -2. */
+Test(iq2, dequant_iq2_xs_by_hand)
+{
+	const uint64_t e[5] = {0x080808080808082bull, 0x0808192b08081908ull, 0x2b2b2b2b2b2b2b2bull,
+	                       0x1908190808191908ull, 0x08192b1908081919ull};
+	const int idx[5] = {1, 100, 511, 300, 201}, sg[5] = {0, 127, 5, 1, 64};
+	const int neg[5] = {0x00, 0xff, 0x05, 0x81, 0xc0}, s[5] = {2, 2, 5, 5, 15};
+	uint8_t b[74];
+	float y[256];
+	memset(b, 0, sizeof b);
+	put16(b, 0xc000); /* -2 */
+	for (int g = 0; g < 5; g++)
+		put16(b + 2 + 2 * g, (uint16_t)(idx[g] | sg[g] << 9));
+	b[66] = 0x52, b[67] = 0x0f;
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ2_XS, y, b, 256), MOE_OK);
+	for (int g = 0; g < 5; g++)
+		for (int j = 0; j < 8; j++) {
+			float want = -2.0f * (float)(2 * s[g] + 1) / 8.0f * gbyte(e[g], j);
+			want = (neg[g] >> j) & 1 ? -want : want;
+			cr_assert_eq(y[8 * g + j], want, "value %d: %g vs %g", 8 * g + j,
+			             y[8 * g + j], want);
+		}
+	cr_assert_eq(y[16], 2.0f * 11 / 8 * 43, "group 2 value 0 is negative (sign field 5)");
+}
+
+/* IQ2_S: groups 0..3 take entries 700, 1023, 300, 1 (10-bit: qh[0] = 2 | 3 << 2
+ * | 1 << 4 | 0 << 6), explicit sign bytes 0xa5, 0x00, 0xff, 0x01; scales[0] =
+ * 0x31; d = 1. */
+Test(iq2, dequant_iq2_s_by_hand)
+{
+	const uint64_t e[4] = {0x1919082b2b080808ull, 0x2b2b2b2b2b2b2b2bull, 0x08191908192b1908ull,
+	                       0x080808080808082bull};
+	const int idx[4] = {700, 1023, 300, 1}, neg[4] = {0xa5, 0x00, 0xff, 0x01},
+	          s[4] = {1, 1, 3, 3};
+	uint8_t b[82];
+	float y[256];
+	memset(b, 0, sizeof b);
+	put16(b, 0x3c00);
+	for (int g = 0; g < 4; g++) {
+		b[2 + g] = (uint8_t)(idx[g] & 255);
+		b[2 + 32 + g] = (uint8_t)neg[g];
+		b[66] |= (uint8_t)((idx[g] >> 8) << (2 * g));
+	}
+	b[74] = 0x31;
+	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ2_S, y, b, 256), MOE_OK);
+	for (int g = 0; g < 4; g++)
+		for (int j = 0; j < 8; j++) {
+			float want = (float)(2 * s[g] + 1) / 8.0f * gbyte(e[g], j);
+			want = (neg[g] >> j) & 1 ? -want : want;
+			cr_assert_eq(y[8 * g + j], want, "value %d: %g vs %g", 8 * g + j,
+			             y[8 * g + j], want);
+		}
+	cr_assert_eq(y[8], 3.0f / 8 * 43, "entry 1023 is all 0x2b");
+}
+
+/* Properties the formats state, over random blocks with d = 1 and every scale
+ * 0 (so |value| = level / 8): the levels are 8, 25 and 43 (all met; 62,
+ * IQ3's fourth level, never); IQ2_XXS / IQ2_XS groups have an even
+ * number of negative values (the 8th sign is the parity of the 7). */
+Test(iq2, grid_levels_and_sign_parity)
+{
+	enum { N = 256 * 64 };
+	for (size_t ti = 0; ti < N_IQ2; ti++) {
+		const moe_type t = iq2_types[ti];
+		const size_t bs = moe_type_get(t)->type_size;
+		rng_state = 77 + ti;
+		uint8_t *w = rand_blocks(t, N, true);
+		for (int64_t k = 0; k < N / 256; k++) {
+			uint8_t *blk = w + (size_t)k * bs;
+			put16(blk, 0x3c00);
+			if (t == MOE_TYPE_IQ2_XXS)
+				for (int sb = 0; sb < 8; sb++)
+					blk[2 + 8 * sb + 7] &= 0x0f; /* bits 28-31 of a1 */
+			else
+				memset(blk + bs - 8, 0, 8); /* scales[8] */
+		}
+		float *y = malloc(sizeof(float) * N);
+		cr_assert_not_null(y);
+		cr_assert_eq(moe_dequantize_row(t, y, w, N), MOE_OK);
+		int count[64] = {0};
+		for (int g = 0; g < N / 8; g++) {
+			int negs = 0;
+			for (int j = 0; j < 8; j++) {
+				const float v = y[8 * g + j];
+				const float l = fabsf(v) * 8.0f;
+				negs += v < 0;
+				cr_assert(l == 8 || l == 25 || l == 43, "%s value %d: %g",
+				          moe_type_get(t)->name, 8 * g + j, v);
+				count[(int)l]++;
+			}
+			if (t != MOE_TYPE_IQ2_S)
+				cr_assert_eq(negs % 2, 0, "%s group %d: %d negative values",
+				             moe_type_get(t)->name, g, negs);
+		}
+		cr_assert(count[8] > 0 && count[25] > 0 && count[43] > 0);
+		cr_assert_eq(count[62], 0, "%s", moe_type_get(t)->name);
+		free(y);
+		free(w);
+	}
+}
+
+/* The reference dot against sum(dequant(w) * dequant(a)) in double (integer
+ * parts exact, then the float rounding of scale products and running sum). */
+Test(iq2, reference_matches_dequantised_double)
+{
+	const int64_t lengths[] = {256, 768, 4096, 256 * 27};
+	int checked = 0;
+	for (size_t ti = 0; ti < N_IQ2; ti++)
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+			const moe_type t = iq2_types[ti];
+			const int64_t n = lengths[li];
+			rng_state = 100 + ti * 10 + li;
+			uint8_t *w = rand_blocks(t, n, true);
+			void *a = rand_act(t, n);
+			float *wd = malloc(sizeof(float) * (size_t)n),
+			      *ad = malloc(sizeof(float) * (size_t)n);
+			cr_assert(wd != NULL && ad != NULL);
+			cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
+			cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q8_K, ad, a, n), MOE_OK);
+			double exact = 0, mag = 0;
+			for (int64_t i = 0; i < n; i++) {
+				exact += (double)wd[i] * ad[i];
+				mag += fabs((double)wd[i] * ad[i]);
+			}
+			float s = NAN;
+			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(n, &s, w, a);
+			cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
+			          "%s n=%lld: %.9g vs %.9g (mag %.3g)", moe_type_get(t)->name,
+			          (long long)n, s, exact, mag);
+			checked++;
+			free(ad), free(wd), free(a), free(w);
+		}
+	cr_assert_eq(checked, 12);
+}
+
+/* Each level's one-row dot gives the reference's bits (NaN for NaN). */
+static void dots_same_bits(moe_isa level)
+{
+	const int64_t lengths[] = {256, 768, 4096, 256 * 27};
+	int checked = 0;
+	for (size_t ti = 0; ti < N_IQ2; ti++) {
+		const moe_type t = iq2_types[ti];
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
+		cr_assert(ref != NULL && fn != NULL && fn != ref);
+		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++)
+			for (int sane = 0; sane < 2; sane++) {
+				const int64_t n = lengths[li];
+				rng_state = 900 + ti * 100 + li * 2 + (uint64_t)sane;
+				uint8_t *w = rand_blocks(t, n, sane);
+				void *a = rand_act(t, n);
+				float want = 0, got = 1;
+				ref(n, &want, w, a);
+				fn(n, &got, w, a);
+				cr_assert(same_float(want, got),
+				          "%s %s n=%lld %s: %.9g vs ref %.9g", moe_isa_name(level),
+				          moe_type_get(t)->name, (long long)n,
+				          sane ? "sane" : "random bytes", got, want);
+				checked++;
+				free(a), free(w);
+			}
+	}
+	cr_assert_eq(checked, 24);
+}
+
+ISA_SIMD_TESTS(iq2, dots_same_bits_as_reference, dots_same_bits)
+
+/* Matrix products at each level give the scalar level's bits for every rows
+ * x tokens edge size (1..11 rows x 1..19 tokens: every tile shape, padded or
+ * not), one token and a few over 37 rows (the 8 row runs), and on 2 threads. */
+static void matmul_same_bits(moe_isa level)
+{
+	enum { MAXR = 11, MAXT = 19, COLS = 768, LONG_R = 37 };
+	int compared = 0;
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	for (size_t ti = 0; ti < N_IQ2; ti++)
+		for (int sane = 1; sane >= 0; sane--) {
+			const moe_type t = iq2_types[ti];
+			rng_state = 5000 + ti * 2 + (uint64_t)sane;
+			uint8_t *w = rand_blocks(t, (int64_t)LONG_R * COLS, sane);
+			uint8_t *xq = rand_act(t, (int64_t)MAXT * COLS);
+			const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
+			static float want[MAXT * LONG_R], got[MAXT * LONG_R];
+			for (int nr = 1; nr <= LONG_R; nr = nr < MAXR    ? nr + 1
+			                                    : nr == MAXR ? LONG_R
+			                                                 : LONG_R + 1)
+				for (int nt = 1; nt <= MAXT; nt = nr <= MAXR ? nt + 1 : nt + 9) {
+					const int r0 = LONG_R - nr, t0 = MAXT - nt;
+					cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+					cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr,
+					                          COLS, xq + t0 * as, nt),
+					             MOE_OK);
+					cr_assert_eq(moe_isa_set(level), MOE_OK);
+					cr_assert_eq(moe_matmul_q(nr > MAXR ? pool : NULL, got,
+					                          w + r0 * rs, t, nr, COLS,
+					                          xq + t0 * as, nt),
+					             MOE_OK);
+					for (int k = 0; k < nr * nt; k++)
+						cr_assert(same_float(want[k], got[k]),
+						          "%s %s %s: %d rows x %d tokens, element "
+						          "%d: %.9g, "
+						          "scalar %.9g",
+						          moe_isa_name(level),
+						          moe_type_get(t)->name,
+						          sane ? "sane" : "random bytes", nr, nt, k,
+						          got[k], want[k]);
+					compared += nr * nt;
+				}
+			free(xq);
+			free(w);
+		}
+	moe_pool_destroy(pool);
+	cr_assert_gt(compared, 0);
+	cr_log_info("%s: %d IQ2 elements equal to the scalar level's", moe_isa_name(level),
+	            compared);
+}
+
+ISA_SIMD_TESTS(iq2, matmul_same_bits_as_scalar, matmul_same_bits)
