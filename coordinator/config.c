@@ -20,7 +20,9 @@ const char *moe_cluster_usage(void)
 	       "          --secret-file F | --insecure  --worker-threads N  --dispatch-timeout-ms "
 	       "N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
-	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n";
+	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n"
+	       "          --no-overlap (no two micro-batches: every layer waits for its "
+	       "dispatch)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)
@@ -418,6 +420,10 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 	const char *a = argv[*i];
 	if (strcmp(a, "--insecure") == 0) {
 		o->insecure = true;
+		return MOE_OK;
+	}
+	if (strcmp(a, "--no-overlap") == 0) {
+		o->no_overlap = true;
 		return MOE_OK;
 	}
 	static const char *const names[] = {
