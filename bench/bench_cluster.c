@@ -47,7 +47,7 @@ static void usage(FILE *f)
 	           "                              [--worker-threads N] [--max-workers N]\n"
 	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
 	           "                              [--min-workers N] [--batches B,B,..]\n"
-	           "                              [--secret-file F]\n"
+	           "                              [--secret-file F] [--overlap-ab]\n"
 	           "       moemesh bench cluster --netns ... (over real links: --netns --help)\n\n"
 	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
 	           "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
@@ -58,6 +58,7 @@ typedef struct bargs {
 	const char *secret; /* --secret-file: sealed links */
 	int steps, threads, wthreads, min_workers, max_workers, iters, delay_us;
 	int batches[4], n_batches;
+	bool overlap_ab; /* --overlap-ab: only the overlap A/B (bench_overlap.c) */
 } bargs;
 
 typedef struct row {
@@ -625,6 +626,10 @@ int moe_bench_cluster(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		}
+		if (strcmp(s, "--overlap-ab") == 0) {
+			a.overlap_ab = true;
+			continue;
+		}
 		if (v == NULL)
 			goto out_usage;
 		i++;
@@ -677,6 +682,29 @@ int moe_bench_cluster(int argc, char **argv)
 	int rc = 1;
 	row rows[4 * 9];
 	int nr = 0;
+	if (a.overlap_ab) { /* --max-workers spawned workers, --batches */
+		moe_cluster_opts co = {.spawn = a.max_workers,
+		                       .worker_threads = a.wthreads,
+		                       .net_delay_us = a.delay_us,
+		                       .secret_file = a.secret};
+		char label[64], csv[1100];
+		snprintf(label, sizeof label, "ipc w%d delay%d", a.max_workers, a.delay_us);
+		snprintf(csv, sizeof csv, "%s/bench_overlap.csv", a.dir);
+		moe_bench_overlap_opts oo = {.model = a.model,
+		                             .label = label,
+		                             .csv = csv,
+		                             .co = &co,
+		                             .n_batches = a.n_batches,
+		                             .steps = a.steps,
+		                             .threads = a.threads};
+		memcpy(oo.batches, a.batches, sizeof a.batches);
+		printf(
+		    "model %s, %d decode steps, %d spawned workers, net delay %d us per message\n",
+		    a.model, a.steps, a.max_workers, a.delay_us);
+		rc = moe_bench_overlap_ab(m, &oo);
+		moe_model_destroy(m);
+		return rc;
+	}
 	printf("model %s, %d decode steps, net delay %d us per message, links %s\n", a.model,
 	       a.steps, a.delay_us, a.secret ? "sealed (--secret-file)" : "plain");
 	printf("%8s %6s %10s %14s %12s %14s\n", "workers", "batch", "tok/s", "coord us/layer",
