@@ -66,7 +66,7 @@ typedef struct moe_bench_overlap_opts {
 typedef struct moe_bench_overlap_row {
 	int batch;
 	double step_on_ms, step_off_ms; /* medians */
-	double wait_on_ms, wait_off_ms; /* means per step */
+	double wait_on_ms, wait_off_ms; /* medians per step */
 	double hidden;                  /* (step_off - step_on) / wait_off */
 	bool same;                      /* the logits' bits */
 } moe_bench_overlap_row;

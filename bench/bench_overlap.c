@@ -4,9 +4,11 @@
  * contexts of B sequences each, one with the cluster's overlap backend and one
  * without, fed the same tokens; their decode steps alternate (which one goes
  * first alternates too), so drift on a shared box hits both alike.  Per batch:
- * the median step time of each, the mean time per step spent waiting for
- * results (the cluster's wait_ns, both lanes), and the share of the
- * no-overlap wait that overlap removes from the step: (off - on) / wait_off.
+ * the median step time of each, the median time per step spent waiting for
+ * results (the cluster's wait_ns, both lanes), the share of that wait that
+ * overlap puts to use (1 - wait_on / wait_off) and the share it removes from
+ * the step, (off - on) / wait_off (less where the coordinator and the workers
+ * share cores: then the wait was their compute).
  * Every step's logits of both must be the same bits (FNV-1a over them, outside
  * the timed steps): else the run fails.
  */
@@ -109,12 +111,9 @@ static moe_err ab_batch(moe_bench_overlap_row *r, moe_model *m, moe_cluster *cl,
 		}
 	}
 	if (err == MOE_OK) {
-		double wait[2] = {0};
-		for (int k = 0; k < 2; k++) {
-			for (int s = 0; s < o->steps; s++)
-				wait[k] += cx[k].wait_s[s];
-			wait[k] /= o->steps;
-		}
+		double wait[2];
+		for (int k = 0; k < 2; k++)
+			wait[k] = median(cx[k].wait_s, o->steps);
 		*r = (moe_bench_overlap_row){.batch = batch,
 		                             .step_on_ms = median(cx[0].step_s, o->steps) * 1e3,
 		                             .step_off_ms = median(cx[1].step_s, o->steps) * 1e3,
@@ -164,8 +163,8 @@ int moe_bench_overlap_ab(moe_model *m, const moe_bench_overlap_opts *o)
 	if (getloadavg(load, 3) > 0)
 		printf("overlap A/B (%s): load average before %.2f %.2f %.2f\n", o->label, load[0],
 		       load[1], load[2]);
-	printf("%6s %12s %12s %8s %14s %14s %8s\n", "batch", "step off ms", "step on ms", "gain",
-	       "wait off ms", "wait on ms", "hidden");
+	printf("%6s %12s %12s %8s %12s %12s %9s %8s\n", "batch", "step off ms", "step on ms",
+	       "gain", "wait off ms", "wait on ms", "wait cut", "hidden");
 	int rc = 0;
 	for (int i = 0; i < o->n_batches; i++) {
 		moe_bench_overlap_row r;
@@ -175,9 +174,12 @@ int moe_bench_overlap_ab(moe_model *m, const moe_bench_overlap_opts *o)
 			rc = 1;
 			break;
 		}
-		printf("%6d %12.2f %12.2f %7.1f%% %14.2f %14.2f %7.0f%%\n", r.batch, r.step_off_ms,
-		       r.step_on_ms, 100.0 * (r.step_off_ms - r.step_on_ms) / r.step_off_ms,
-		       r.wait_off_ms, r.wait_on_ms, 100.0 * r.hidden);
+		printf("%6d %12.2f %12.2f %7.1f%% %12.2f %12.2f %8.0f%% %7.0f%%\n", r.batch,
+		       r.step_off_ms, r.step_on_ms,
+		       100.0 * (r.step_off_ms - r.step_on_ms) / r.step_off_ms, r.wait_off_ms,
+		       r.wait_on_ms,
+		       r.wait_off_ms > 0 ? 100.0 * (1 - r.wait_on_ms / r.wait_off_ms) : 0,
+		       100.0 * r.hidden);
 		if (csv != NULL)
 			fprintf(csv, "%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f\n", o->label, r.batch,
 			        r.step_off_ms, r.step_on_ms, r.wait_off_ms, r.wait_on_ms, r.hidden);
