@@ -21,8 +21,8 @@ const char *moe_cluster_usage(void)
 	       "N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
 	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n"
-	       "          --no-overlap (no two micro-batches: every layer waits for its "
-	       "dispatch)\n";
+	       "          --overlap | --no-overlap (two micro-batches, one's experts in flight\n"
+	       "          while the other computes; default: with workers named by URL)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)
@@ -422,8 +422,8 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 		o->insecure = true;
 		return MOE_OK;
 	}
-	if (strcmp(a, "--no-overlap") == 0) {
-		o->no_overlap = true;
+	if (strcmp(a, "--overlap") == 0 || strcmp(a, "--no-overlap") == 0) {
+		o->overlap = a[2] == 'o' ? 1 : -1;
 		return MOE_OK;
 	}
 	static const char *const names[] = {

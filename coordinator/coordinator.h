@@ -51,8 +51,10 @@ typedef struct moe_cluster_opts {
 	int spawn;          /* --workers N: start N local workers (this program) on ipc:// */
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
-	bool insecure;   /* --insecure: tcp:// workers off loopback without a secret */
-	bool no_overlap; /* --no-overlap: moe_cluster_overlap_backend gives NULL */
+	bool insecure; /* --insecure: tcp:// workers off loopback without a secret */
+	int overlap;   /* two micro-batches (moe_cluster_overlap_backend): 0 where some worker
+	                * is named by URL (spawned ones share this box's cores), 1 always
+	                * (--overlap), -1 never (--no-overlap) */
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
@@ -78,7 +80,7 @@ typedef struct moe_cluster_opts {
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
  * --placement memory|round-robin, --replicate all|E,E.., --secret-file F,
  * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N, --insecure,
- * --no-overlap), consumes it
+ * --overlap, --no-overlap), consumes it
  * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
  * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
@@ -139,7 +141,7 @@ const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
 /* A second backend on the same workers whose call may be in flight while one
  * of moe_cluster_backend's is (its own buffers; the links answer each in
  * turn): the one to put in moe_fwd_opts.overlap, so that steps of several
- * sequences run as two micro-batches.  NULL with the option no_overlap.
+ * sequences run as two micro-batches.  NULL as the option overlap says.
  * Valid while c lives; same thread as the first. */
 const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c);
 

@@ -50,7 +50,10 @@ void moe_clu_lanes_init(moe_cluster *c)
 
 const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c)
 {
-	return c->o.no_overlap ? NULL : &c->lanes[1].be;
+	bool on = c->o.overlap > 0;
+	for (int i = 0; i < c->n_links && c->o.overlap == 0; i++)
+		on |= !c->links[i].local && c->links[i].pid == 0;
+	return on ? &c->lanes[1].be : NULL;
 }
 
 void moe_clu_free_buffers(moe_cluster *c)

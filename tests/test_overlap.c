@@ -6,7 +6,10 @@
  * without (qwen3moe) and the demo model; the steps are cut into micro-batches
  * where they can be (and only there: the count of expert calls says so), and
  * ERROR replies under overlap (a micro-batch's retry queued behind the other's
- * RESULT, which its wait then reads into the other's stash) change no bit.
+ * RESULT, which its wait then reads into the other's stash) change no bit;
+ * the second backend is there by default only when some worker is named by
+ * URL (spawned or in-process experts share the coordinator's cores), and
+ * --overlap / --no-overlap say otherwise.
  */
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -220,12 +223,13 @@ static void one_model(const char *model, bool shared_expert)
 	moe_cluster_destroy(cl);
 	reap_workers();
 
-	/* --no-overlap: the cluster gives no second backend */
-	int argc = 1, i = 0;
-	char *argv[] = {"--no-overlap", NULL};
+	/* --overlap and --no-overlap */
+	char *argv[] = {"--overlap", "--no-overlap", NULL};
 	moe_cluster_opts no = {0};
-	cr_assert_eq(moe_cluster_parse_arg(&no, &i, argc, argv), MOE_OK);
-	cr_assert(no.no_overlap);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(moe_cluster_parse_arg(&no, &i, 2, argv), MOE_OK);
+		cr_assert_eq(no.overlap, i == 0 ? 1 : -1);
+	}
 	free(ref);
 	free(on);
 	free(off);
@@ -296,5 +300,39 @@ Test(overlap, error_replies_under_overlap_same_bits, .timeout = 120, .fini = rea
 	moe_cluster_destroy(cl);
 	free(ref);
 	free(got);
+	moe_model_destroy(m);
+}
+
+Test(overlap, on_by_default_only_with_workers_named_by_url, .timeout = 60, .fini = reap_workers)
+{
+	char model[1024];
+	fixture(model, sizeof model, "qwen3moe-tiny-Q4_K_M.gguf");
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, model), MOE_OK, "%s", moe_err_detail());
+	/* experts in this process only: no second backend unless asked */
+	for (int want = -1; want <= 1; want++) {
+		moe_cluster_opts co = {.n_urls = 1, .urls = {"local"}, .overlap = want};
+		moe_cluster *cl;
+		cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s",
+		             moe_err_detail());
+		cr_assert_eq(moe_cluster_overlap_backend(cl) != NULL, want == 1,
+		             "overlap %d: backend %p", want,
+		             (const void *)moe_cluster_overlap_backend(cl));
+		moe_cluster_destroy(cl);
+	}
+	/* a worker named by URL: on unless --no-overlap */
+	char sock[128], url[300];
+	snprintf(sock, sizeof sock, "/tmp/moetest-ovd-%d.sock", (int)getpid());
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	start_worker(0, model, sock, NULL);
+	for (int want = -1; want <= 0; want++) {
+		moe_cluster_opts co = {.n_urls = 2, .urls = {"local", url}, .overlap = want};
+		moe_cluster *cl;
+		cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s",
+		             moe_err_detail());
+		cr_assert_eq(moe_cluster_overlap_backend(cl) != NULL, want == 0);
+		moe_cluster_destroy(cl);
+	}
+	reap_workers();
 	moe_model_destroy(m);
 }
