@@ -9,7 +9,8 @@
  * RESULT, which its wait then reads into the other's stash) change no bit;
  * the second backend is there by default only when some worker is named by
  * URL (spawned or in-process experts share the coordinator's cores), and
- * --overlap / --no-overlap say otherwise.
+ * --overlap / --no-overlap say otherwise; a worker lost under overlap changes
+ * no bit either.
  */
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -47,10 +48,11 @@ static void reap_workers(void)
 	}
 }
 
-/* Starts worker k on ipc://sock: `moemesh worker`, or with error_on (not
- * NULL) the test harness answering those DISPATCHes (1-based) with an ERROR;
+/* Starts worker k on ipc://sock: `moemesh worker`, or with fault (not NULL:
+ * "--error-on" or "--die-after") the test harness with that option and arg;
  * waits until it listens. */
-static void start_worker(int k, const char *model, const char *sock, const char *error_on)
+static void start_harness(int k, const char *model, const char *sock, const char *fault,
+                          const char *arg)
 {
 	int fds[2];
 	char fd[16], url[300];
@@ -62,10 +64,10 @@ static void start_worker(int k, const char *model, const char *sock, const char 
 	cr_assert(pid >= 0);
 	if (pid == 0) {
 		close(fds[0]);
-		if (error_on != NULL)
-			execl(env("MOE_TEST_WORKER"), "moe-test-worker", "--error-on", error_on,
-			      "-m", model, "--listen", url, "--threads", "1", "--ready-fd", fd,
-			      "--quiet", (char *)NULL);
+		if (fault != NULL)
+			execl(env("MOE_TEST_WORKER"), "moe-test-worker", fault, arg, "-m", model,
+			      "--listen", url, "--threads", "1", "--ready-fd", fd, "--quiet",
+			      (char *)NULL);
 		else
 			execl(env("MOE_BIN"), "moemesh", "worker", "-m", model, "--listen", url,
 			      "--threads", "1", "--ready-fd", fd, "--quiet", (char *)NULL);
@@ -78,6 +80,11 @@ static void start_worker(int k, const char *model, const char *sock, const char 
 	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
 	close(fds[0]);
 	cr_assert(ready, "the worker on %s did not start listening", url);
+}
+
+static void start_worker(int k, const char *model, const char *sock, const char *error_on)
+{
+	start_harness(k, model, sock, error_on != NULL ? "--error-on" : NULL, error_on);
 }
 
 /* ---- the steps ------------------------------------------------------------------------ */
@@ -334,5 +341,43 @@ Test(overlap, on_by_default_only_with_workers_named_by_url, .timeout = 60, .fini
 		moe_cluster_destroy(cl);
 	}
 	reap_workers();
+	moe_model_destroy(m);
+}
+
+Test(overlap, a_worker_dying_under_overlap_changes_no_bit, .timeout = 120, .fini = reap_workers)
+{
+	char model[1024];
+	fixture(model, sizeof model, "qwen3next-tiny-Q8_0.gguf");
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, model), MOE_OK, "%s", moe_err_detail());
+	const moe_hparams *hp = moe_model_hparams(m);
+	const size_t sz = (size_t)128 * (size_t)hp->n_vocab * sizeof(float);
+	float *ref = malloc(sz), *got = malloc(sz);
+	cr_assert(ref && got);
+	int rows_ref, rows;
+	uint64_t calls;
+	run_steps(m, NULL, false, ref, &rows_ref, &calls);
+
+	/* every expert on both workers; worker 0 dies before its 11th RESULT,
+	 * with the other micro-batch's DISPATCH on its way to it or queued */
+	char sock[2][128], url[2][300];
+	for (int k = 0; k < 2; k++) {
+		snprintf(sock[k], sizeof sock[k], "/tmp/moetest-ovk-%d-%d.sock", (int)getpid(), k);
+		snprintf(url[k], sizeof url[k], "ipc://%s", sock[k]);
+		start_harness(k, model, sock[k], k == 0 ? "--die-after" : NULL,
+		              k == 0 ? "11" : NULL);
+	}
+	moe_cluster_opts co = {.n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all"};
+	moe_cluster *cl;
+	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
+	run_steps(m, cl, true, got, &rows, &calls);
+	cr_assert_eq(rows, rows_ref);
+	same_rows(ref, got, rows, hp->n_vocab, "overlap with a worker lost against one process");
+	const moe_cluster_counters k = moe_cluster_get_counters(cl);
+	cr_assert_eq(k.lost, 1);
+	cr_assert_gt(k.retries, 0);
+	moe_cluster_destroy(cl);
+	free(ref);
+	free(got);
 	moe_model_destroy(m);
 }
