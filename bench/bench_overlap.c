@@ -78,6 +78,7 @@ static moe_err ab_batch(moe_bench_overlap_row *r, moe_model *m, moe_cluster *cl,
 		fo.n_threads = o->threads;
 		fo.experts = moe_cluster_backend(cl);
 		fo.overlap = k == 0 ? moe_cluster_overlap_backend(cl) : NULL;
+		fo.overlap_min_tok = 2; /* the A/B at every batch */
 		if ((err = moe_fwd_create(&cx[k].f, m, &fo)) != MOE_OK)
 			break;
 		for (int b = 0; b < batch && err == MOE_OK; b++)

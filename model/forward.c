@@ -414,6 +414,8 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .gdn_chunk = 0,
 	    .mtp = false,
 	    .experts = NULL,
+	    .overlap = NULL,
+	    .overlap_min_tok = 16,
 	};
 }
 
@@ -1016,7 +1018,8 @@ static void view_set(moe_fwd *f, const fwd_view *whole, int64_t t0, int64_t n)
 static int64_t split_point(moe_fwd *f)
 {
 	const int64_t n = f->n;
-	if (!f->has_overlap || n < 2 || n > MOE_FWD_OVERLAP_MAX_TOK || f->m->hp.n_layer < 1)
+	if (!f->has_overlap || n < 2 || n < f->o.overlap_min_tok || n > MOE_FWD_OVERLAP_MAX_TOK ||
+	    f->m->hp.n_layer < 1)
 		return 0;
 	for (int64_t t = 0; t < n; t++)
 		f->run_of[f->slot[t]] = (int32_t)t; /* each slot's last token */

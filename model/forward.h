@@ -97,12 +97,15 @@ typedef struct moe_fwd_opts {
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
 	/* A second backend on the same experts whose call may be in flight while one
 	 * of experts' is (the cluster's moe_cluster_overlap_backend), or NULL (the
-	 * default): copied by value.  With one, a chunk of at most
+	 * default): copied by value.  With one, a chunk of overlap_min_tok to
 	 * MOE_FWD_OVERLAP_MAX_TOK tokens that can be cut between sequences runs as
 	 * two micro-batches, A on experts and B on overlap, each layer's routed
 	 * experts of one in flight while the other's dense part (attention or
 	 * DeltaNet, router, shared expert) computes.  The logits are the same bits. */
 	const moe_expert_backend *overlap;
+	int overlap_min_tok; /* smaller chunks run in one pass (default 16, at least 2): each
+	                      * micro-batch costs a message per worker and a pass over the
+	                      * dense weights, which few tokens do not repay */
 } moe_fwd_opts;
 
 /* Chunks of more tokens than this are never cut into micro-batches: a

@@ -130,9 +130,10 @@ static int make_steps(step *st)
 /* Runs the steps (tokens from a fixed sequence, not from the logits) on one
  * process (cl NULL) or on cl with or without overlap; every row's logits in
  * turn into out (n_rows rows).  The cluster's expert calls are counted into
- * *calls. */
+ * *calls.  Steps of 2 tokens or more are cut where they can be, or with
+ * min_default from the default minimum on. */
 static void run_steps(const moe_model *m, moe_cluster *cl, bool overlap, float *out, int *n_rows,
-                      uint64_t *calls)
+                      uint64_t *calls, bool min_default)
 {
 	const moe_hparams *hp = moe_model_hparams(m);
 	step st[16];
@@ -142,6 +143,8 @@ static void run_steps(const moe_model *m, moe_cluster *cl, bool overlap, float *
 	o.n_slots = N_SEQ;
 	o.n_ctx = 64;
 	o.n_threads = 1;
+	if (!min_default)
+		o.overlap_min_tok = 2;
 	if (cl != NULL) {
 		o.experts = moe_cluster_backend(cl);
 		o.overlap = overlap ? moe_cluster_overlap_backend(cl) : NULL;
@@ -199,7 +202,7 @@ static void one_model(const char *model, bool shared_expert)
 	cr_assert(ref && on && off);
 	int rows_ref, rows_on, rows_off;
 	uint64_t calls_on, calls_off, none;
-	run_steps(m, NULL, false, ref, &rows_ref, &none);
+	run_steps(m, NULL, false, ref, &rows_ref, &none, false);
 
 	char sock[2][128];
 	const char *urls[2];
@@ -213,8 +216,8 @@ static void one_model(const char *model, bool shared_expert)
 	moe_cluster_opts co = {.n_urls = 2, .urls = {urls[0], urls[1]}};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
-	run_steps(m, cl, true, on, &rows_on, &calls_on);
-	run_steps(m, cl, false, off, &rows_off, &calls_off);
+	run_steps(m, cl, true, on, &rows_on, &calls_on, false);
+	run_steps(m, cl, false, off, &rows_off, &calls_off, false);
 	cr_assert_eq(rows_on, rows_ref);
 	cr_assert_eq(rows_off, rows_ref);
 	same_rows(ref, on, rows_ref, hp->n_vocab, "overlap against one process");
@@ -227,6 +230,12 @@ static void one_model(const char *model, bool shared_expert)
 	             (unsigned long long)calls_off);
 	cr_assert_eq(calls_on, (uint64_t)(2 * N_CUT_STEPS + 1) * L, "%llu calls with overlap",
 	             (unsigned long long)calls_on);
+	/* with the default minimum (16 tokens) none of these steps is cut */
+	uint64_t calls_def;
+	run_steps(m, cl, true, on, &rows_on, &calls_def, true);
+	same_rows(ref, on, rows_ref, hp->n_vocab, "default minimum against one process");
+	cr_assert_eq(calls_def, calls_off, "%llu calls with the default minimum",
+	             (unsigned long long)calls_def);
 	moe_cluster_destroy(cl);
 	reap_workers();
 
@@ -281,7 +290,7 @@ Test(overlap, error_replies_under_overlap_same_bits, .timeout = 120, .fini = rea
 	cr_assert(ref && got);
 	int rows_ref, rows;
 	uint64_t calls;
-	run_steps(m, NULL, false, ref, &rows_ref, &calls);
+	run_steps(m, NULL, false, ref, &rows_ref, &calls, false);
 
 	/* every expert on both workers; worker 0 answers a few DISPATCHes with an
 	 * ERROR (never two in a row), each sent again while the other
@@ -295,7 +304,7 @@ Test(overlap, error_replies_under_overlap_same_bits, .timeout = 120, .fini = rea
 	moe_cluster_opts co = {.n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all"};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
-	run_steps(m, cl, true, got, &rows, &calls);
+	run_steps(m, cl, true, got, &rows, &calls, false);
 	cr_assert_eq(rows, rows_ref);
 	same_rows(ref, got, rows, hp->n_vocab, "overlap with ERROR replies against one process");
 	const moe_cluster_counters k = moe_cluster_get_counters(cl);
@@ -356,7 +365,7 @@ Test(overlap, a_worker_dying_under_overlap_changes_no_bit, .timeout = 120, .fini
 	cr_assert(ref && got);
 	int rows_ref, rows;
 	uint64_t calls;
-	run_steps(m, NULL, false, ref, &rows_ref, &calls);
+	run_steps(m, NULL, false, ref, &rows_ref, &calls, false);
 
 	/* every expert on both workers; worker 0 dies before its 11th RESULT,
 	 * with the other micro-batch's DISPATCH on its way to it or queued */
@@ -370,7 +379,7 @@ Test(overlap, a_worker_dying_under_overlap_changes_no_bit, .timeout = 120, .fini
 	moe_cluster_opts co = {.n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all"};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
-	run_steps(m, cl, true, got, &rows, &calls);
+	run_steps(m, cl, true, got, &rows, &calls, false);
 	cr_assert_eq(rows, rows_ref);
 	same_rows(ref, got, rows, hp->n_vocab, "overlap with a worker lost against one process");
 	const moe_cluster_counters k = moe_cluster_get_counters(cl);
