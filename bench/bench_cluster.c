@@ -687,7 +687,7 @@ int moe_bench_cluster(int argc, char **argv)
 		                       .worker_threads = a.wthreads,
 		                       .net_delay_us = a.delay_us,
 		                       .secret_file = a.secret,
-		                       .overlap = 1};
+		                       .overlap = true};
 		char label[64], csv[1100];
 		snprintf(label, sizeof label, "ipc w%d delay%d", a.max_workers, a.delay_us);
 		snprintf(csv, sizeof csv, "%s/bench_overlap.csv", a.dir);

@@ -580,7 +580,7 @@ static int parse(nargs *a, int argc, char **argv)
 static int overlap_ab(const nargs *a, moe_model *m, const setup *s)
 {
 	char urls[MAX_W][64], names[MAX_W][16], label[64], csv[1100];
-	moe_cluster_opts co = {.n_urls = s->n, .secret_file = s->secret};
+	moe_cluster_opts co = {.n_urls = s->n, .secret_file = s->secret, .overlap = true};
 	for (int i = 0; i < s->n; i++) {
 		snprintf(urls[i], sizeof urls[i], "tcp://10.98.%d.2:%d", i + 1, CTL_PORT);
 		snprintf(names[i], sizeof names[i], "ns%d", i + 1);

@@ -22,7 +22,7 @@ const char *moe_cluster_usage(void)
 	       "          --net-delay-us US (spawned workers delay every message)\n"
 	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n"
 	       "          --overlap | --no-overlap (two micro-batches, one's experts in flight\n"
-	       "          while the other computes; default: with workers named by URL)\n";
+	       "          while the other computes; default off)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)
@@ -423,7 +423,7 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 		return MOE_OK;
 	}
 	if (strcmp(a, "--overlap") == 0 || strcmp(a, "--no-overlap") == 0) {
-		o->overlap = a[2] == 'o' ? 1 : -1;
+		o->overlap = a[2] == 'o';
 		return MOE_OK;
 	}
 	static const char *const names[] = {

@@ -52,9 +52,8 @@ typedef struct moe_cluster_opts {
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
 	bool insecure; /* --insecure: tcp:// workers off loopback without a secret */
-	int overlap;   /* two micro-batches (moe_cluster_overlap_backend): 0 where some worker
-	                * is named by URL (spawned ones share this box's cores), 1 always
-	                * (--overlap), -1 never (--no-overlap) */
+	bool overlap;  /* --overlap: two micro-batches (moe_cluster_overlap_backend); default off,
+	                * --no-overlap says so too (it did not pay on the shared VM: DESIGN) */
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
@@ -141,7 +140,7 @@ const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
 /* A second backend on the same workers whose call may be in flight while one
  * of moe_cluster_backend's is (its own buffers; the links answer each in
  * turn): the one to put in moe_fwd_opts.overlap, so that steps of several
- * sequences run as two micro-batches.  NULL as the option overlap says.
+ * sequences run as two micro-batches.  NULL unless the option overlap is set.
  * Valid while c lives; same thread as the first. */
 const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c);
 

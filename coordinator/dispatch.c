@@ -50,10 +50,7 @@ void moe_clu_lanes_init(moe_cluster *c)
 
 const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c)
 {
-	bool on = c->o.overlap > 0;
-	for (int i = 0; i < c->n_links && c->o.overlap == 0; i++)
-		on |= !c->links[i].local && c->links[i].pid == 0;
-	return on ? &c->lanes[1].be : NULL;
+	return c->o.overlap ? &c->lanes[1].be : NULL;
 }
 
 void moe_clu_free_buffers(moe_cluster *c)

@@ -7,10 +7,8 @@
  * where they can be (and only there: the count of expert calls says so), and
  * ERROR replies under overlap (a micro-batch's retry queued behind the other's
  * RESULT, which its wait then reads into the other's stash) change no bit;
- * the second backend is there by default only when some worker is named by
- * URL (spawned or in-process experts share the coordinator's cores), and
- * --overlap / --no-overlap say otherwise; a worker lost under overlap changes
- * no bit either.
+ * the cluster gives the second backend only with --overlap (it is off by
+ * default); a worker lost under overlap changes no bit either.
  */
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -213,7 +211,7 @@ static void one_model(const char *model, bool shared_expert)
 		start_worker(k, model, sock[k], NULL);
 		urls[k] = url[k];
 	}
-	moe_cluster_opts co = {.n_urls = 2, .urls = {urls[0], urls[1]}};
+	moe_cluster_opts co = {.n_urls = 2, .urls = {urls[0], urls[1]}, .overlap = true};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
 	run_steps(m, cl, true, on, &rows_on, &calls_on, false);
@@ -244,7 +242,7 @@ static void one_model(const char *model, bool shared_expert)
 	moe_cluster_opts no = {0};
 	for (int i = 0; i < 2; i++) {
 		cr_assert_eq(moe_cluster_parse_arg(&no, &i, 2, argv), MOE_OK);
-		cr_assert_eq(no.overlap, i == 0 ? 1 : -1);
+		cr_assert_eq(no.overlap, i == 0);
 	}
 	free(ref);
 	free(on);
@@ -301,7 +299,8 @@ Test(overlap, error_replies_under_overlap_same_bits, .timeout = 120, .fini = rea
 		snprintf(url[k], sizeof url[k], "ipc://%s", sock[k]);
 		start_worker(k, model, sock[k], k == 0 ? "2,5,9,14,20,27" : NULL);
 	}
-	moe_cluster_opts co = {.n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all"};
+	moe_cluster_opts co = {
+	    .n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all", .overlap = true};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
 	run_steps(m, cl, true, got, &rows, &calls, false);
@@ -319,34 +318,23 @@ Test(overlap, error_replies_under_overlap_same_bits, .timeout = 120, .fini = rea
 	moe_model_destroy(m);
 }
 
-Test(overlap, on_by_default_only_with_workers_named_by_url, .timeout = 60, .fini = reap_workers)
+Test(overlap, off_by_default_on_with_the_option, .timeout = 60, .fini = reap_workers)
 {
-	char model[1024];
+	char model[1024], sock[128], url[300];
 	fixture(model, sizeof model, "qwen3moe-tiny-Q4_K_M.gguf");
 	moe_model *m;
 	cr_assert_eq(moe_model_open(&m, model), MOE_OK, "%s", moe_err_detail());
-	/* experts in this process only: no second backend unless asked */
-	for (int want = -1; want <= 1; want++) {
-		moe_cluster_opts co = {.n_urls = 1, .urls = {"local"}, .overlap = want};
+	snprintf(sock, sizeof sock, "/tmp/moetest-ovd-%d.sock", (int)getpid());
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	start_worker(0, model, sock, NULL);
+	for (int want = 0; want < 2; want++) {
+		moe_cluster_opts co = {.n_urls = 2, .urls = {"local", url}, .overlap = want};
 		moe_cluster *cl;
 		cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s",
 		             moe_err_detail());
 		cr_assert_eq(moe_cluster_overlap_backend(cl) != NULL, want == 1,
 		             "overlap %d: backend %p", want,
 		             (const void *)moe_cluster_overlap_backend(cl));
-		moe_cluster_destroy(cl);
-	}
-	/* a worker named by URL: on unless --no-overlap */
-	char sock[128], url[300];
-	snprintf(sock, sizeof sock, "/tmp/moetest-ovd-%d.sock", (int)getpid());
-	snprintf(url, sizeof url, "ipc://%s", sock);
-	start_worker(0, model, sock, NULL);
-	for (int want = -1; want <= 0; want++) {
-		moe_cluster_opts co = {.n_urls = 2, .urls = {"local", url}, .overlap = want};
-		moe_cluster *cl;
-		cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s",
-		             moe_err_detail());
-		cr_assert_eq(moe_cluster_overlap_backend(cl) != NULL, want == 0);
 		moe_cluster_destroy(cl);
 	}
 	reap_workers();
@@ -376,7 +364,8 @@ Test(overlap, a_worker_dying_under_overlap_changes_no_bit, .timeout = 120, .fini
 		start_harness(k, model, sock[k], k == 0 ? "--die-after" : NULL,
 		              k == 0 ? "11" : NULL);
 	}
-	moe_cluster_opts co = {.n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all"};
+	moe_cluster_opts co = {
+	    .n_urls = 2, .urls = {url[0], url[1]}, .replicate = "all", .overlap = true};
 	moe_cluster *cl;
 	cr_assert_eq(moe_cluster_create(&cl, m, model, &co), MOE_OK, "%s", moe_err_detail());
 	run_steps(m, cl, true, got, &rows, &calls, false);
