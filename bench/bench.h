@@ -51,6 +51,28 @@ moe_err moe_relay_create(moe_relay **out, const moe_relay_opts *o);
 uint16_t moe_relay_port(const moe_relay *r);
 void moe_relay_destroy(moe_relay *r);
 
+/* The overlap A/B (bench_overlap.c) on a cluster made from co: per batch,
+ * steps of a context with the overlap backend and of one without alternate;
+ * prints step times, dispatch waits and the share of the wait hidden, and
+ * appends label,batch,... to csv (NULL: none).  Returns 0, 1 (an error, or
+ * logits that differ), 2 (bad options). */
+struct moe_cluster_opts;
+typedef struct moe_bench_overlap_opts {
+	const char *model, *label, *csv;
+	const struct moe_cluster_opts *co;
+	int batches[8], n_batches; /* 2..64 sequences */
+	int steps, threads;
+} moe_bench_overlap_opts;
+typedef struct moe_bench_overlap_row {
+	int batch;
+	double step_on_ms, step_off_ms; /* medians */
+	double wait_on_ms, wait_off_ms; /* medians per step */
+	double hidden;                  /* (step_off - step_on) / wait_off */
+	bool same;                      /* the logits' bits */
+} moe_bench_overlap_row;
+struct moe_model;
+int moe_bench_overlap_ab(struct moe_model *m, const moe_bench_overlap_opts *o);
+
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);
 int moe_bench_e2e(int argc, char **argv);

@@ -43,14 +43,19 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh bench cluster [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
-	           "                              [--worker-threads N] [--max-workers N]\n"
-	           "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
-	           "                              [--min-workers N] [--batches B,B,..]\n"
-	           "                              [--secret-file F]\n"
-	           "       moemesh bench cluster --netns ... (over real links: --netns --help)\n\n"
-	           "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
-	           "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
+	fprintf(f,
+	        "usage: moemesh bench cluster [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
+	        "                              [--worker-threads N] [--max-workers N]\n"
+	        "                              [--iters N] [--net-delay-us US] [-o DIR]\n"
+	        "                              [--min-workers N] [--batches B,B,..]\n"
+	        "                              [--secret-file F]\n"
+	        "       moemesh bench cluster --overlap-ab [--worker URL]... [-m MODEL.gguf]\n"
+	        "                              [-n STEPS] [--batches B,B,..] (two micro-batches\n"
+	        "                              vs one pass, alternated; spawned workers without\n"
+	        "                              --worker)\n"
+	        "       moemesh bench cluster --netns ... (over real links: --netns --help)\n\n"
+	        "Default model models/kjv-qwen3next-Q4_K_M.gguf, 16 decode steps, 0 to 3\n"
+	        "workers, batches 1,16, 2000 round trips, output in bench/out.\n");
 }
 
 typedef struct bargs {
@@ -58,6 +63,9 @@ typedef struct bargs {
 	const char *secret; /* --secret-file: sealed links */
 	int steps, threads, wthreads, min_workers, max_workers, iters, delay_us;
 	int batches[4], n_batches;
+	bool overlap_ab;     /* --overlap-ab: only the overlap A/B (bench_overlap.c) */
+	const char *urls[8]; /* --worker URL: the A/B's workers instead of spawned ones */
+	int n_urls;
 } bargs;
 
 typedef struct row {
@@ -625,6 +633,10 @@ int moe_bench_cluster(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		}
+		if (strcmp(s, "--overlap-ab") == 0) {
+			a.overlap_ab = true;
+			continue;
+		}
 		if (v == NULL)
 			goto out_usage;
 		i++;
@@ -661,6 +673,8 @@ int moe_bench_cluster(int argc, char **argv)
 			bad |= moe_parse_int(&a.delay_us, v, 0, 10000000);
 		else if (strcmp(s, "--secret-file") == 0)
 			a.secret = v;
+		else if (strcmp(s, "--worker") == 0 && a.n_urls < 8)
+			a.urls[a.n_urls++] = v;
 		else
 			goto out_usage;
 	}
@@ -677,6 +691,35 @@ int moe_bench_cluster(int argc, char **argv)
 	int rc = 1;
 	row rows[4 * 9];
 	int nr = 0;
+	if (a.overlap_ab) { /* --max-workers spawned workers, --batches */
+		moe_cluster_opts co = {.spawn = a.max_workers,
+		                       .worker_threads = a.wthreads,
+		                       .net_delay_us = a.delay_us,
+		                       .secret_file = a.secret,
+		                       .overlap = true};
+		for (int i = 0; i < a.n_urls; i++)
+			co.urls[i] = a.urls[i];
+		co.n_urls = a.n_urls;
+		co.spawn = a.n_urls > 0 ? 0 : a.max_workers;
+		char label[64], csv[1100];
+		snprintf(label, sizeof label, "%s w%d delay%d", a.n_urls > 0 ? "url" : "ipc",
+		         a.n_urls > 0 ? a.n_urls : a.max_workers, a.delay_us);
+		snprintf(csv, sizeof csv, "%s/bench_overlap.csv", a.dir);
+		moe_bench_overlap_opts oo = {.model = a.model,
+		                             .label = label,
+		                             .csv = csv,
+		                             .co = &co,
+		                             .n_batches = a.n_batches,
+		                             .steps = a.steps,
+		                             .threads = a.threads};
+		memcpy(oo.batches, a.batches, sizeof a.batches);
+		printf(
+		    "model %s, %d decode steps, %d spawned workers, net delay %d us per message\n",
+		    a.model, a.steps, a.max_workers, a.delay_us);
+		rc = moe_bench_overlap_ab(m, &oo);
+		moe_model_destroy(m);
+		return rc;
+	}
 	printf("model %s, %d decode steps, net delay %d us per message, links %s\n", a.model,
 	       a.steps, a.delay_us, a.secret ? "sealed (--secret-file)" : "plain");
 	printf("%8s %6s %10s %14s %12s %14s\n", "workers", "batch", "tok/s", "coord us/layer",

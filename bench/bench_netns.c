@@ -36,7 +36,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: moemesh bench cluster --netns [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
 	           "           [--worker-threads N] [--min-workers N] [--max-workers N]\n"
 	           "           [--batches B,B,..] [--rtt-us US] [--rate RATE] [--rounds N]\n"
-	           "           [--direct] [--no-plan] [-o DIR]\n\n"
+	           "           [--direct] [--no-plan] [--overlap-ab] [-o DIR]\n\n"
 	           "Runs as root: the coordinator and each worker in a network namespace of its\n"
 	           "own, joined by veth pairs shaped to --rate (tc tbf, default 10gbit); a relay\n"
 	           "in each worker's namespace holds each direction's bytes --rtt-us / 2\n"
@@ -47,7 +47,10 @@ static void usage(FILE *f)
 	           "with one process; with plan's prediction for each row from `moemesh probe`\n"
 	           "figures over the same links (--no-plan: none).  Writes DIR/bench_netns.csv\n"
 	           "and .png (default bench/out).  One coordinator: several sharing the\n"
-	           "workers do not exist yet.\n");
+	           "workers do not exist yet.  --overlap-ab: instead of the rows, steps with\n"
+	           "and without two micro-batches alternated on --max-workers workers at each\n"
+	           "batch (>= 2): step times, dispatch wait, the share of it hidden\n"
+	           "(DIR/bench_overlap.csv).\n");
 }
 
 typedef struct nargs {
@@ -55,6 +58,7 @@ typedef struct nargs {
 	int steps, threads, wthreads, min_workers, max_workers, rtt_us, rounds;
 	int batches[MAX_B], n_batches;
 	bool direct, plan;
+	bool overlap_ab; /* --overlap-ab: only the overlap A/B (bench_overlap.c) */
 } nargs;
 
 typedef struct nrow {
@@ -524,6 +528,10 @@ static int parse(nargs *a, int argc, char **argv)
 			a->plan = false;
 			continue;
 		}
+		if (strcmp(s, "--overlap-ab") == 0) {
+			a->overlap_ab = true;
+			continue;
+		}
 		if (v == NULL)
 			return 1;
 		i++;
@@ -566,6 +574,31 @@ static int parse(nargs *a, int argc, char **argv)
 			a->rate = v;
 	}
 	return bad || a->min_workers > a->max_workers;
+}
+
+/* The overlap A/B over the links to every worker. */
+static int overlap_ab(const nargs *a, moe_model *m, const setup *s)
+{
+	char urls[MAX_W][64], names[MAX_W][16], label[64], csv[1100];
+	moe_cluster_opts co = {.n_urls = s->n, .secret_file = s->secret, .overlap = true};
+	for (int i = 0; i < s->n; i++) {
+		snprintf(urls[i], sizeof urls[i], "tcp://10.98.%d.2:%d", i + 1, CTL_PORT);
+		snprintf(names[i], sizeof names[i], "ns%d", i + 1);
+		co.urls[i] = urls[i];
+		co.names[i] = names[i];
+	}
+	snprintf(label, sizeof label, "netns w%d rtt%d%s", s->n, a->direct ? 0 : a->rtt_us,
+	         a->direct ? " direct" : "");
+	snprintf(csv, sizeof csv, "%s/bench_overlap.csv", a->dir);
+	moe_bench_overlap_opts oo = {.model = a->model,
+	                             .label = label,
+	                             .csv = csv,
+	                             .co = &co,
+	                             .n_batches = a->n_batches,
+	                             .steps = a->steps,
+	                             .threads = a->threads};
+	memcpy(oo.batches, a->batches, (size_t)a->n_batches * sizeof *a->batches);
+	return moe_bench_overlap_ab(m, &oo);
 }
 
 /* Runs the sweep; 0, or 1 after saying what failed. */
@@ -790,6 +823,10 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	if (getloadavg(load, 3) > 0)
 		printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
 	fflush(stdout);
+	if (a.overlap_ab) { /* --max-workers workers, --batches (bench_overlap.c) */
+		rc = overlap_ab(&a, m, s);
+		goto out_setup;
+	}
 	if (sweep(rows, &n_rows, &a, m, s, &fg) != 0)
 		goto out_setup;
 	if (getloadavg(load, 3) > 0)

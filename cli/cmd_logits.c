@@ -100,6 +100,7 @@ int moe_cmd_logits(int argc, char **argv)
 			goto out_free_model;
 		}
 		o.experts = moe_cluster_backend(cl);
+		o.overlap = moe_cluster_overlap_backend(cl);
 	}
 	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK) {
 		rc = fail(err);

@@ -275,6 +275,7 @@ int moe_cmd_run(int argc, char **argv)
 		if (err != MOE_OK)
 			goto out_fail;
 		a.fo.experts = moe_cluster_backend(cl);
+		a.fo.overlap = moe_cluster_overlap_backend(cl);
 	}
 	if ((err = moe_fwd_create(&f, m, &a.fo)) != MOE_OK ||
 	    (err = moe_sampler_create(&smp, &a.sp, hp->n_vocab)) != MOE_OK)
@@ -287,6 +288,7 @@ int moe_cmd_run(int argc, char **argv)
 		const moe_expert_backend inner = moe_fwd_experts(f);
 		const moe_expert_backend traced = moe_trace_writer_backend(tw, &inner);
 		moe_fwd_set_experts(f, &traced);
+		moe_fwd_set_overlap(f, NULL); /* the trace sees every layer whole */
 	}
 	logits = malloc((size_t)hp->n_vocab * sizeof(float));
 	pos = malloc(n_prompt * sizeof *pos);

@@ -336,6 +336,7 @@ int moe_cmd_serve(int argc, char **argv)
 		if (err != MOE_OK)
 			goto out_fail;
 		a.eo.experts = moe_cluster_backend(cl);
+		a.eo.overlap = moe_cluster_overlap_backend(cl);
 		feed.cl = cl;
 		a.eo.after_step = feed_rtt;
 		a.eo.after_step_ctx = &feed;

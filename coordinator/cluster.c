@@ -27,8 +27,7 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 	c->m = m;
 	c->hp = moe_model_hparams(m);
 	snprintf(c->model_path, sizeof c->model_path, "%s", model_path);
-	c->be = (moe_expert_backend){
-	    .ctx = c, .start = moe_clu_backend_start, .finish = moe_clu_backend_finish};
+	moe_clu_lanes_init(c);
 	for (int i = 0; i < MOE_CLUSTER_MAX_LINKS; i++)
 		c->links[i].dfd = -1;
 	if (c->hp->n_expert <= 0) {
@@ -116,10 +115,6 @@ void moe_cluster_destroy(moe_cluster *c)
 		free(l->held);
 		free(l->loaded);
 		free(l->next);
-		free(l->tok);
-		free(l->ids);
-		free(l->wts);
-		free(l->iov);
 	}
 	moe_clu_free_buffers(c);
 	moe_clu_rebalance_free(c);
@@ -134,7 +129,7 @@ moe_err moe_cluster_shutdown(moe_cluster *c)
 
 const moe_expert_backend *moe_cluster_backend(moe_cluster *c)
 {
-	return &c->be;
+	return &c->lanes[0].be;
 }
 
 void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool)

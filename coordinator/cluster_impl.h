@@ -29,41 +29,40 @@ typedef struct clink {
 	int dfd;
 	moe_aead *data_tx; /* seals DISPATCHes, rx.open opens RESULTs (NULL: plain) */
 	moe_rx rx;
-	pid_t pid;        /* spawned worker, or 0 */
-	uint64_t mem;     /* free memory the worker announces */
-	uint64_t cap;     /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
-	uint8_t *held;    /* [n_layer][n_expert] what dispatch routes to it */
-	uint8_t *loaded;  /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
-	uint8_t *next;    /* [n_layer][n_expert] the ASSIGN in flight (async) */
-	bool async;       /* an ASSIGN of the rebalancer in flight, not waited for */
-	uint64_t async_t; /* when it was sent, or its last LOAD_PROGRESS */
-	/* the dispatch of the current layer */
-	bool pending;
+	pid_t pid;         /* spawned worker, or 0 */
+	uint64_t mem;      /* free memory the worker announces */
+	uint64_t cap;      /* expert bytes it may hold (the cluster file's "mem"; 0 = no cap) */
+	uint8_t *held;     /* [n_layer][n_expert] what dispatch routes to it */
+	uint8_t *loaded;   /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
+	uint8_t *next;     /* [n_layer][n_expert] the ASSIGN in flight (async) */
+	bool async;        /* an ASSIGN of the rebalancer in flight, not waited for */
+	uint64_t async_t;  /* when it was sent, or its last LOAD_PROGRESS */
+	int errors;        /* ERROR replies in a row (a RESULT resets it) */
+	uint64_t redial_t; /* when it was last re-dialled (dead URL workers) */
+	/* stats */
+	moe_cluster_link_stats st;
+} clink;
+
+/* A lane's dispatch on one link (dispatch.c). */
+typedef struct clane_link {
+	bool pending; /* its DISPATCH sent, its answer not yet read */
 	int n_sent;
 	int32_t *tok;      /* [max_tok] token index of each row sent */
 	int32_t *ids;      /* [max_tok][n_used] expert ids for this link, -1 elsewhere */
 	float *wts;        /* [max_tok][n_used] */
 	struct iovec *iov; /* [max_tok] payload parts */
 	uint64_t t_sent;
-	int errors;         /* ERROR replies in a row (a RESULT resets it) */
-	uint64_t redial_t;  /* when it was last re-dialled (dead URL workers) */
-	/* stats */
-	moe_cluster_link_stats st;
-} clink;
+} clane_link;
 
-struct moe_cluster {
-	moe_cluster_opts o;
-	const moe_model *m;
-	const moe_hparams *hp;
-	char model_path[1024];
-	uint8_t id[MOE_ID_BYTES];
-	uint8_t *secret;
-	size_t secret_len;
-	clink links[MOE_CLUSTER_MAX_LINKS];
-	int n_links;
-	moe_pool *pool;
+/* One layer's dispatch, from start to finish (dispatch.c).  Lane 0 is the
+ * backend of moe_cluster_backend, lane 1 that of moe_cluster_overlap_backend;
+ * both may be in flight at once (two micro-batches).  A link answers in the
+ * order it was sent to (the cluster's fifo), so one lane's wait may read the
+ * other's RESULT: its rows go to that lane's stash, added at its finish. */
+typedef struct clane {
+	struct moe_cluster *c;
 	moe_expert_backend be;
-	/* the current layer */
+	bool busy; /* between start and finish */
 	uint64_t step;
 	int il;
 	int64_t n_tok;
@@ -76,10 +75,32 @@ struct moe_cluster {
 	size_t xq_cap;
 	int8_t *todo; /* [max_tok][n_used] 1 = not yet computed */
 	size_t todo_cap;
-	int32_t *lids;  /* [max_tok][n_used] local ids */
-	size_t max_tok; /* capacity of the per-link arrays */
-	uint64_t rr;    /* rotates the choice among replicas */
+	int32_t *lids;    /* [max_tok][n_used] local ids */
+	size_t max_tok;   /* capacity of the per-link arrays */
+	moe_fix_t *stash; /* [stash_cap / n_embd][n_embd] rows read by the other lane's wait */
+	size_t stash_cap;
+	bool stashed; /* stash holds rows (zeroed at its first) */
 	moe_err start_err;
+	clane_link lk[MOE_CLUSTER_MAX_LINKS];
+} clane;
+
+struct moe_cluster {
+	moe_cluster_opts o;
+	const moe_model *m;
+	const moe_hparams *hp;
+	char model_path[1024];
+	uint8_t id[MOE_ID_BYTES];
+	uint8_t *secret;
+	size_t secret_len;
+	clink links[MOE_CLUSTER_MAX_LINKS];
+	int n_links;
+	moe_pool *pool;
+	/* dispatch (dispatch.c) */
+	clane lanes[2];
+	uint8_t fifo[MOE_CLUSTER_MAX_LINKS][2]; /* per link: lanes in the order sent */
+	uint8_t fifo_n[MOE_CLUSTER_MAX_LINKS];
+	uint64_t step;    /* the last DISPATCH's step number */
+	uint64_t rr;      /* rotates the choice among replicas */
 	int dial_wait_ms; /* how long moe_clu_connect waits for a connection (0: 10 s) */
 	moe_cluster_counters cnt;
 	/* load, counted by dispatch for the rebalancer (rebalance.c) */
@@ -171,15 +192,18 @@ moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l);
  * a replica or to it) before the next marks it dead. */
 #define MOE_CLU_ERROR_RETRIES 2
 
-/* The moe_expert_backend's start and finish (coordinator.h) with ctx the
- * cluster: quantise and send a layer's tokens; run the local experts, gather
+/* The moe_expert_backend's start and finish (coordinator.h) with ctx a
+ * lane of the cluster: quantise and send a layer's tokens; run the local experts, gather
  * the results, retry what failed.  Errors: MOE_ERR_INVAL (a bad layer or
  * size), MOE_ERR_NOMEM, MOE_ERR_CLOSED (no worker left for some expert). */
 moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                               const float *weights, int n_used);
 moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc);
 
-/* Frees the per-layer buffers of c (not the per-link ones). */
+/* Sets up the two lanes of c (before any dispatch). */
+void moe_clu_lanes_init(moe_cluster *c);
+
+/* Frees the lanes' buffers (per layer and per link). */
 void moe_clu_free_buffers(moe_cluster *c);
 
 #endif

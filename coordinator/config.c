@@ -20,7 +20,9 @@ const char *moe_cluster_usage(void)
 	       "          --secret-file F | --insecure  --worker-threads N  --dispatch-timeout-ms "
 	       "N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
-	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n";
+	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n"
+	       "          --overlap | --no-overlap (two micro-batches, one's experts in flight\n"
+	       "          while the other computes; default off)\n";
 }
 
 bool moe_cluster_wanted(const moe_cluster_opts *o)
@@ -418,6 +420,10 @@ moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv
 	const char *a = argv[*i];
 	if (strcmp(a, "--insecure") == 0) {
 		o->insecure = true;
+		return MOE_OK;
+	}
+	if (strcmp(a, "--overlap") == 0 || strcmp(a, "--no-overlap") == 0) {
+		o->overlap = a[2] == 'o';
 		return MOE_OK;
 	}
 	static const char *const names[] = {

@@ -52,6 +52,8 @@ typedef struct moe_cluster_opts {
 	int worker_threads; /* threads of spawned workers (0 = CPUs / (N + 1), >= 1) */
 	const char *secret_file;
 	bool insecure; /* --insecure: tcp:// workers off loopback without a secret */
+	bool overlap;  /* --overlap: two micro-batches (moe_cluster_overlap_backend); default off,
+	                * --no-overlap says so too (it did not pay on the shared VM: DESIGN) */
 	moe_place_kind place;
 	const char *replicate; /* NULL, "all" (every expert on two links) or "E,E,..."
 	                        * (those experts of every layer on every link) */
@@ -76,7 +78,8 @@ typedef struct moe_cluster_opts {
 
 /* If argv[*i] is a cluster option (--worker URL, --workers N, --cluster FILE,
  * --placement memory|round-robin, --replicate all|E,E.., --secret-file F,
- * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N, --insecure), consumes it
+ * --worker-threads N, --dispatch-timeout-ms N, --net-delay-us N, --insecure,
+ * --overlap, --no-overlap), consumes it
  * and its value (advancing *i) and returns MOE_OK; MOE_ERR_NOT_FOUND if it is
  * not one; MOE_ERR_INVAL (detail says why) for a bad value or an unreadable
  * --cluster file, o unchanged.  The cluster file (deploy/cluster.example.json)
@@ -134,6 +137,13 @@ void moe_cluster_destroy(moe_cluster *c);
 /* The backend to put in moe_fwd_opts.experts; valid while c lives. */
 const moe_expert_backend *moe_cluster_backend(moe_cluster *c);
 
+/* A second backend on the same workers whose call may be in flight while one
+ * of moe_cluster_backend's is (its own buffers; the links answer each in
+ * turn): the one to put in moe_fwd_opts.overlap, so that steps of several
+ * sequences run as two micro-batches.  NULL unless the option overlap is set.
+ * Valid while c lives; same thread as the first. */
+const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c);
+
 /* The pool for quantising activations and for local experts (NULL = one
  * thread); pass moe_fwd_pool() of the context that uses the backend. */
 void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool);
@@ -176,6 +186,7 @@ typedef struct moe_cluster_counters {
 	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
 	uint64_t lost;          /* workers marked dead */
 	uint64_t readmitted;    /* dead workers re-dialled and taken back */
+	uint64_t stashed;       /* RESULTs of one micro-batch read by the other's wait (overlap) */
 } moe_cluster_counters;
 
 int moe_cluster_n_links(const moe_cluster *c);

@@ -13,6 +13,13 @@
  * with an ERROR stays alive for MOE_CLU_ERROR_RETRIES such replies in a row
  * (its pairs go out again in the next round, rotating among holders); the
  * next one marks it dead.
+ *
+ * Two lanes (cluster_impl.h): lane 0 is moe_cluster_backend, lane 1
+ * moe_cluster_overlap_backend, each with its own buffers; a call on each may
+ * be in flight at once.  A link answers in the order it is sent to: the
+ * cluster's per-link fifo says whose RESULT comes next, and a lane's wait that
+ * reads the other lane's puts its rows in that lane's stash (exact sums: added
+ * at its finish, the same bits).
  */
 #include <errno.h>
 #include <poll.h>
@@ -25,39 +32,94 @@
 
 #define MAX_DISPATCH_TOKENS 4096 /* the worker's cap (server.c) */
 
-void moe_clu_free_buffers(moe_cluster *c)
+/* A DISPATCH of more bytes than this is not sent to a link while the other
+ * lane waits for its RESULT there: the worker may be blocked writing that
+ * RESULT (its rows unread here), and a frame this size fits the socket
+ * buffers of either side, so its send cannot block on it; a larger one waits
+ * until that RESULT is read. */
+#define OVERLAP_SEND_MAX (64u * 1024u)
+
+void moe_clu_lanes_init(moe_cluster *c)
 {
-	moe_aligned_free(c->xq);
-	free(c->todo);
-	free(c->lids);
-	c->xq = NULL;
-	c->todo = NULL;
-	c->lids = NULL;
+	for (int k = 0; k < 2; k++)
+		c->lanes[k] = (clane){.c = c,
+		                      .be = {.ctx = &c->lanes[k],
+		                             .start = moe_clu_backend_start,
+		                             .finish = moe_clu_backend_finish}};
 }
 
-static moe_err reserve(moe_cluster *c, int64_t n_tok, int n_used)
+const moe_expert_backend *moe_cluster_overlap_backend(moe_cluster *c)
 {
-	const size_t nx = (size_t)n_tok * c->act_row;
-	if (nx > c->xq_cap) {
-		moe_aligned_free(c->xq);
-		c->xq = moe_aligned_alloc(64, nx);
-		c->xq_cap = c->xq ? nx : 0;
-		if (c->xq == NULL)
+	return c->o.overlap ? &c->lanes[1].be : NULL;
+}
+
+void moe_clu_free_buffers(moe_cluster *c)
+{
+	for (int k = 0; k < 2; k++) {
+		clane *ln = &c->lanes[k];
+		moe_aligned_free(ln->xq);
+		free(ln->todo);
+		free(ln->lids);
+		moe_aligned_free(ln->stash);
+		ln->xq = NULL;
+		ln->todo = NULL;
+		ln->lids = NULL;
+		ln->stash = NULL;
+		ln->xq_cap = ln->todo_cap = ln->stash_cap = ln->max_tok = 0;
+		for (int i = 0; i < MOE_CLUSTER_MAX_LINKS; i++) {
+			clane_link *lk = &ln->lk[i];
+			free(lk->tok);
+			free(lk->ids);
+			free(lk->wts);
+			free(lk->iov);
+			*lk = (clane_link){0};
+		}
+	}
+}
+
+static clane *other(clane *ln)
+{
+	return &ln->c->lanes[ln == &ln->c->lanes[0]];
+}
+
+/* Room for a stash of n_tok rows in ln. */
+static moe_err reserve_stash(clane *ln, int64_t n_tok)
+{
+	const size_t n = (size_t)n_tok * (size_t)ln->c->hp->n_embd;
+	if (n <= ln->stash_cap)
+		return MOE_OK;
+	moe_aligned_free(ln->stash);
+	ln->stash = moe_aligned_alloc(64, n * sizeof *ln->stash);
+	ln->stash_cap = ln->stash != NULL ? n : 0;
+	if (ln->stash == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "cluster: a stash of %lld rows", (long long)n_tok);
+	return MOE_OK;
+}
+
+static moe_err reserve(clane *ln, int64_t n_tok, int n_used)
+{
+	moe_cluster *c = ln->c;
+	const size_t nx = (size_t)n_tok * ln->act_row;
+	if (nx > ln->xq_cap) {
+		moe_aligned_free(ln->xq);
+		ln->xq = moe_aligned_alloc(64, nx);
+		ln->xq_cap = ln->xq ? nx : 0;
+		if (ln->xq == NULL)
 			return moe_fail(MOE_ERR_NOMEM, "cluster: %zu bytes of activations", nx);
 	}
 	const size_t ns = (size_t)n_tok * (size_t)n_used;
-	if (ns > c->todo_cap) {
-		free(c->todo);
-		free(c->lids);
-		c->todo = malloc(ns);
-		c->lids = malloc(ns * sizeof *c->lids);
-		c->todo_cap = c->todo && c->lids ? ns : 0;
-		if (c->todo_cap == 0)
+	if (ns > ln->todo_cap) {
+		free(ln->todo);
+		free(ln->lids);
+		ln->todo = malloc(ns);
+		ln->lids = malloc(ns * sizeof *ln->lids);
+		ln->todo_cap = ln->todo && ln->lids ? ns : 0;
+		if (ln->todo_cap == 0)
 			return moe_fail(MOE_ERR_NOMEM, "cluster: slot tables");
 	}
-	if ((size_t)n_tok > c->max_tok || ns > c->max_tok * (size_t)c->n_used) {
+	if ((size_t)n_tok > ln->max_tok || ns > ln->max_tok * (size_t)ln->n_used) {
 		for (int i = 0; i < c->n_links; i++) {
-			clink *l = &c->links[i];
+			clane_link *l = &ln->lk[i];
 			free(l->tok);
 			free(l->ids);
 			free(l->wts);
@@ -67,21 +129,28 @@ static moe_err reserve(moe_cluster *c, int64_t n_tok, int n_used)
 			l->wts = malloc(ns * sizeof *l->wts);
 			l->iov = malloc((size_t)n_tok * sizeof *l->iov);
 			if (!l->tok || !l->ids || !l->wts || !l->iov) {
-				c->max_tok = 0;
+				ln->max_tok = 0;
 				return moe_fail(MOE_ERR_NOMEM, "cluster: dispatch tables");
 			}
 		}
-		c->max_tok = (size_t)n_tok;
+		ln->max_tok = (size_t)n_tok;
 	}
+	/* with the other lane in flight, either may read the other's rows */
+	moe_err err;
+	clane *o = other(ln);
+	if (o->busy && ((err = reserve_stash(ln, n_tok)) != MOE_OK ||
+	                (err = reserve_stash(o, o->n_tok)) != MOE_OK))
+		return err;
 	return MOE_OK;
 }
 
 /* The link that computes (t, j) this round: a live holder, rotating among
  * replicas by token; -1 if none holds the expert. */
-static int choose(const moe_cluster *c, int64_t t, int32_t e)
+static int choose(const clane *ln, int64_t t, int32_t e)
 {
+	const moe_cluster *c = ln->c;
 	int cand[MOE_CLUSTER_MAX_LINKS], n = 0;
-	const size_t k = (size_t)c->il * (size_t)c->hp->n_expert + (size_t)e;
+	const size_t k = (size_t)ln->il * (size_t)c->hp->n_expert + (size_t)e;
 	for (int i = 0; i < c->n_links; i++)
 		if (c->links[i].alive && c->links[i].held[k])
 			cand[n++] = i;
@@ -90,29 +159,49 @@ static int choose(const moe_cluster *c, int64_t t, int32_t e)
 	return cand[(size_t)(t + (int64_t)c->rr) % (size_t)n];
 }
 
-/* Sends what is still to do; link failures leave their pairs to do. */
-static moe_err send_round(moe_cluster *c)
+/* Whether ln waits for link i's answer (a link marked dead answers nothing:
+ * what ln sent there stays to do, and the link's fifo is emptied). */
+static bool waits(clane *ln, int i)
 {
-	const int64_t nt = c->n_tok;
-	const int nu = c->n_used;
+	moe_cluster *c = ln->c;
+	if (ln->lk[i].pending && !c->links[i].alive) {
+		for (int k = 0; k < 2; k++)
+			c->lanes[k].lk[i].pending = false;
+		c->fifo_n[i] = 0;
+	}
+	return ln->lk[i].pending;
+}
+
+static void gather(clane *ln, moe_fix_t *acc, int only);
+
+/* Sends what is still to do; link failures leave their pairs to do. */
+static moe_err send_round(clane *ln)
+{
+	moe_cluster *c = ln->c;
+	clane *o = other(ln);
+	const int64_t nt = ln->n_tok;
+	const int nu = ln->n_used;
 	moe_err err;
 
 	/* every expert still needed must have a live holder */
 	for (int64_t s = 0; s < nt * nu; s++) {
-		if (c->todo[s] && choose(c, s / nu, c->ids[s]) < 0) {
+		if (ln->todo[s] && choose(ln, s / nu, ln->ids[s]) < 0) {
 			if ((err = moe_clu_repair(c)) != MOE_OK)
 				return err;
 			break;
 		}
 	}
 	for (int i = 0; i < c->n_links; i++) {
-		c->links[i].pending = false;
-		c->links[i].n_sent = 0;
+		ln->lk[i].pending = false;
+		ln->lk[i].n_sent = 0;
+		if (!waits(o, i))
+			c->fifo_n[i] = 0;
 	}
 	for (int64_t s = 0; s < nt * nu; s++)
-		c->lids[s] = -1;
+		ln->lids[s] = -1;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
+		clane_link *lk = &ln->lk[i];
 		if (!l->alive)
 			continue;
 		int rows = 0, n_iov = 0;
@@ -121,56 +210,61 @@ static moe_err send_round(moe_cluster *c)
 			bool any = false;
 			for (int j = 0; j < nu; j++) {
 				const int64_t s = t * nu + j;
-				const bool mine = c->todo[s] && choose(c, t, c->ids[s]) == i;
+				const bool mine = ln->todo[s] && choose(ln, t, ln->ids[s]) == i;
 				pairs += mine;
 				if (l->local) {
 					if (mine)
-						c->lids[s] = c->ids[s];
+						ln->lids[s] = ln->ids[s];
 					continue;
 				}
-				l->ids[(size_t)rows * (size_t)nu + (size_t)j] =
-				    mine ? c->ids[s] : -1;
-				l->wts[(size_t)rows * (size_t)nu + (size_t)j] = c->wts[s];
+				lk->ids[(size_t)rows * (size_t)nu + (size_t)j] =
+				    mine ? ln->ids[s] : -1;
+				lk->wts[(size_t)rows * (size_t)nu + (size_t)j] = ln->wts[s];
 				any |= mine;
 			}
 			if (!any || l->local)
 				continue;
-			l->tok[rows] = (int32_t)t;
-			uint8_t *row = c->xq + (size_t)t * c->act_row;
+			lk->tok[rows] = (int32_t)t;
+			uint8_t *row = ln->xq + (size_t)t * ln->act_row;
 			if (n_iov > 0 &&
-			    (uint8_t *)l->iov[n_iov - 1].iov_base + l->iov[n_iov - 1].iov_len ==
+			    (uint8_t *)lk->iov[n_iov - 1].iov_base + lk->iov[n_iov - 1].iov_len ==
 			        row)
-				l->iov[n_iov - 1].iov_len += c->act_row;
+				lk->iov[n_iov - 1].iov_len += ln->act_row;
 			else
-				l->iov[n_iov++] =
-				    (struct iovec){.iov_base = row, .iov_len = c->act_row};
+				lk->iov[n_iov++] =
+				    (struct iovec){.iov_base = row, .iov_len = ln->act_row};
 			rows++;
 		}
-		c->wload[(size_t)c->il * MOE_CLUSTER_MAX_LINKS + (size_t)i] += pairs;
+		c->wload[(size_t)ln->il * MOE_CLUSTER_MAX_LINKS + (size_t)i] += pairs;
 		l->st.routed += pairs;
 		if (l->local || rows == 0)
 			continue;
+		if ((size_t)rows * ln->act_row > OVERLAP_SEND_MAX && waits(o, i))
+			gather(o, NULL, i); /* its RESULT there first (into its stash) */
+		if (!l->alive)
+			continue;
 		Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
-		d.step = c->step;
-		d.layer = (uint32_t)c->il;
+		d.step = ln->step;
+		d.layer = (uint32_t)ln->il;
 		d.n_tokens = (uint32_t)rows;
-		d.act_type = (uint32_t)c->act_type;
+		d.act_type = (uint32_t)ln->act_type;
 		d.n_embd = (uint32_t)c->hp->n_embd;
 		d.n_used = (uint32_t)nu;
 		d.n_expert_ids = (size_t)rows * (size_t)nu;
-		d.expert_ids = l->ids;
+		d.expert_ids = lk->ids;
 		d.n_weights = (size_t)rows * (size_t)nu;
-		d.weights = l->wts;
-		l->t_sent = moe_now_ns();
+		d.weights = lk->wts;
+		lk->t_sent = moe_now_ns();
 		/* sealed into the link's own buffer: the rows are shared by links */
-		err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_DISPATCH, &d.base, l->iov,
+		err = moe_stream_send_sealed(l->dfd, l->data_tx, MOE_MSG_DISPATCH, &d.base, lk->iov,
 		                             n_iov, false);
 		if (err != MOE_OK) {
 			moe_clu_mark_dead(c, l, moe_err_detail());
 			continue;
 		}
-		l->n_sent = rows;
-		l->pending = true;
+		lk->n_sent = rows;
+		lk->pending = true;
+		c->fifo[i][c->fifo_n[i]++] = (uint8_t)(ln - c->lanes);
 	}
 	c->rr++;
 	return MOE_OK;
@@ -179,44 +273,66 @@ static moe_err send_round(moe_cluster *c)
 moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                               const float *weights, int n_used)
 {
-	moe_cluster *c = ctx;
+	clane *ln = ctx;
+	moe_cluster *c = ln->c;
 	const uint64_t t0 = moe_now_ns();
 	const moe_expert_ffn *ffn = moe_model_experts(c->m, il);
 	moe_err err;
 
-	c->start_err = MOE_OK;
+	ln->start_err = MOE_OK;
+	ln->busy = false;
+	ln->n_tok = 0;
 	if (ffn == NULL || n_tok <= 0 || n_tok > MAX_DISPATCH_TOKENS || n_used <= 0 || n_used > 64)
-		return c->start_err = moe_fail(MOE_ERR_INVAL,
-		                               "cluster: layer %d, %lld tokens (max %d), %d slots",
-		                               il, (long long)n_tok, MAX_DISPATCH_TOKENS, n_used);
-	c->il = il;
-	c->n_tok = n_tok;
-	c->n_used = n_used;
-	c->ids = ids;
-	c->wts = weights;
-	c->act_type = moe_type_get(ffn->gate.type)->vec_dot_type;
-	c->act_row = moe_act_row_size(ffn->gate.type, c->hp->n_embd);
-	c->step++;
-	if ((err = reserve(c, n_tok, n_used)) != MOE_OK ||
-	    (err = moe_quantize_act_rows(c->pool, c->xq, ffn->gate.type, x, c->hp->n_embd,
+		return ln->start_err = moe_fail(MOE_ERR_INVAL,
+		                                "cluster: layer %d, %lld tokens (max %d), %d slots",
+		                                il, (long long)n_tok, MAX_DISPATCH_TOKENS, n_used);
+	ln->il = il;
+	ln->n_used = n_used;
+	ln->ids = ids;
+	ln->wts = weights;
+	ln->act_type = moe_type_get(ffn->gate.type)->vec_dot_type;
+	ln->act_row = moe_act_row_size(ffn->gate.type, c->hp->n_embd);
+	ln->step = ++c->step;
+	ln->stashed = false;
+	if ((err = reserve(ln, n_tok, n_used)) != MOE_OK ||
+	    (err = moe_quantize_act_rows(c->pool, ln->xq, ffn->gate.type, x, c->hp->n_embd,
 	                                 n_tok)) != MOE_OK)
-		return c->start_err = err;
+		return ln->start_err = err;
+	ln->n_tok = n_tok;
 	uint64_t *eload = c->eload + (size_t)il * (size_t)c->hp->n_expert;
 	for (int64_t s = 0; s < n_tok * n_used; s++) {
-		c->todo[s] = ids[s] >= 0;
-		if (c->todo[s])
+		ln->todo[s] = ids[s] >= 0;
+		if (ln->todo[s])
 			eload[ids[s]]++; /* the rebalancer's window */
 	}
-	err = send_round(c);
+	err = send_round(ln);
 	c->cnt.start_ns += moe_now_ns() - t0;
-	return c->start_err = err;
+	ln->busy = err == MOE_OK;
+	return ln->start_err = err;
 }
 
-/* Adds a RESULT's rows into acc and marks l's pairs done. */
-static moe_err take_result(moe_cluster *c, clink *l, const moe_frame *f, moe_fix_t *acc,
+/* Where owner's rows go when cur's wait reads them: acc for cur itself, else
+ * owner's stash (zeroed at its first rows). */
+static moe_fix_t *rows_to(clane *owner, const clane *cur, moe_fix_t *acc)
+{
+	if (owner == cur && acc != NULL)
+		return acc;
+	if (!owner->stashed) {
+		memset(owner->stash, 0,
+		       (size_t)owner->n_tok * (size_t)owner->c->hp->n_embd * sizeof *owner->stash);
+		owner->stashed = true;
+	}
+	return owner->stash;
+}
+
+/* Adds a RESULT's rows (of lane ln, on link i) into acc and marks its pairs
+ * done. */
+static moe_err take_result(clane *ln, int i, const moe_frame *f, moe_fix_t *acc,
                            uint64_t *max_compute)
 {
-	const int n_embd = c->hp->n_embd, nu = c->n_used;
+	clink *l = &ln->c->links[i];
+	clane_link *lk = &ln->lk[i];
+	const int n_embd = ln->c->hp->n_embd, nu = ln->n_used;
 	if (f->kind == MOE_MSG_ERROR) {
 		Moemesh__Error *e = moemesh__error__unpack(NULL, f->header_len, f->header);
 		moe_err err = moe_fail(MOE_ERR_PROTO, "answered ERROR %d times in a row: %s",
@@ -225,22 +341,22 @@ static moe_err take_result(moe_cluster *c, clink *l, const moe_frame *f, moe_fix
 		return err;
 	}
 	Moemesh__Result *r;
-	moe_err err = moe_proto_read_result(&r, f, c->step, (uint32_t)c->il, (uint32_t)l->n_sent,
+	moe_err err = moe_proto_read_result(&r, f, ln->step, (uint32_t)ln->il, (uint32_t)lk->n_sent,
 	                                    (uint32_t)n_embd);
 	if (err != MOE_OK)
 		return err;
 	const int64_t *rows = (const int64_t *)(const void *)f->payload;
-	for (int i = 0; i < l->n_sent; i++) {
-		moe_fix_t *dst = acc + (size_t)l->tok[i] * (size_t)n_embd;
-		const int64_t *src = rows + (size_t)i * (size_t)n_embd;
-		for (int k = 0; k < n_embd; k++)
-			dst[k] += src[k];
+	for (int k = 0; k < lk->n_sent; k++) {
+		moe_fix_t *dst = acc + (size_t)lk->tok[k] * (size_t)n_embd;
+		const int64_t *src = rows + (size_t)k * (size_t)n_embd;
+		for (int e = 0; e < n_embd; e++)
+			dst[e] += src[e];
 		for (int j = 0; j < nu; j++)
-			if (l->ids[(size_t)i * (size_t)nu + (size_t)j] >= 0)
-				c->todo[(size_t)l->tok[i] * (size_t)nu + (size_t)j] = 0;
+			if (lk->ids[(size_t)k * (size_t)nu + (size_t)j] >= 0)
+				ln->todo[(size_t)lk->tok[k] * (size_t)nu + (size_t)j] = 0;
 	}
 	l->st.dispatches++;
-	l->st.rtt_ns += moe_now_ns() - l->t_sent;
+	l->st.rtt_ns += moe_now_ns() - lk->t_sent;
 	l->st.compute_ns += r->compute_ns;
 	if (r->compute_ns > *max_compute)
 		*max_compute = r->compute_ns;
@@ -248,9 +364,56 @@ static moe_err take_result(moe_cluster *c, clink *l, const moe_frame *f, moe_fix
 	return MOE_OK;
 }
 
-/* Waits on every pending link at once until all answered or the deadline. */
-static void gather(moe_cluster *c, moe_fix_t *acc)
+/* Reads a frame of link i if one is in (false if not, or the link failed),
+ * whose owner is the head of its fifo: into acc if that is cur (acc not
+ * NULL), else into the owner's stash. */
+static bool take_frame(clane *cur, int i, moe_fix_t *acc, uint64_t *max_compute)
 {
+	moe_cluster *c = cur->c;
+	clink *l = &c->links[i];
+	clane *owner = &c->lanes[c->fifo_n[i] > 0 ? c->fifo[i][0] : 0];
+	clane_link *lk = &owner->lk[i];
+	bool done;
+	moe_frame f;
+	const size_t cap =
+	    (size_t)MOE_PROTO_MAX_HEADER + 4096 + (size_t)lk->n_sent * (size_t)c->hp->n_embd * 8u;
+	moe_err err = c->fifo_n[i] > 0 && lk->pending
+	                  ? moe_rx_read(&done, &f, &l->rx, l->dfd, cap, false)
+	                  : moe_fail(MOE_ERR_PROTO, "a frame nobody waits for");
+	if (err == MOE_OK && !done)
+		return false;
+	if (err == MOE_OK) {
+		lk->pending = false;
+		c->fifo[i][0] = c->fifo[i][1];
+		c->fifo_n[i]--;
+	}
+	if (err == MOE_OK && f.kind == MOE_MSG_ERROR && ++l->errors <= MOE_CLU_ERROR_RETRIES) {
+		/* transient: its pairs stay to do, sent again next round */
+		l->st.errors++;
+		c->cnt.error_retries++;
+		moe_log(MOE_LOG_WARN,
+		        "worker %s answered a DISPATCH with an ERROR (%d in a row): "
+		        "sending it again",
+		        l->name, l->errors);
+		return true;
+	}
+	if (err == MOE_OK) {
+		c->cnt.stashed += owner != cur || acc == NULL;
+		err = take_result(owner, i, &f, rows_to(owner, cur, acc), max_compute);
+		if (err == MOE_OK)
+			l->errors = 0;
+	}
+	if (err != MOE_OK)
+		moe_clu_mark_dead(c, l, moe_err_detail());
+	return err == MOE_OK;
+}
+
+/* Waits on every link ln waits for (only that one if only >= 0) until all
+ * answered or the deadline; frames of the other lane read on the way go to
+ * its stash (so do ln's own when acc is NULL). */
+static void gather(clane *ln, moe_fix_t *acc, int only)
+{
+	moe_cluster *c = ln->c;
 	const int tmo = c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000;
 	const uint64_t t0 = moe_now_ns(), deadline = t0 + (uint64_t)tmo * 1000000u;
 	uint64_t max_compute = 0;
@@ -258,7 +421,12 @@ static void gather(moe_cluster *c, moe_fix_t *acc)
 		struct pollfd p[MOE_CLUSTER_MAX_LINKS];
 		int who[MOE_CLUSTER_MAX_LINKS], n = 0;
 		for (int i = 0; i < c->n_links; i++) {
-			if (c->links[i].pending) {
+			if (only >= 0 && i != only)
+				continue;
+			/* a frame an earlier read brought in (poll cannot see it) */
+			while (waits(ln, i) && take_frame(ln, i, acc, &max_compute))
+				;
+			if (waits(ln, i)) {
 				p[n] = (struct pollfd){.fd = c->links[i].dfd, .events = POLLIN};
 				who[n++] = i;
 			}
@@ -277,72 +445,47 @@ static void gather(moe_cluster *c, moe_fix_t *acc)
 			}
 			break;
 		}
-		for (int k = 0; k < n && rv > 0; k++) {
-			if (!p[k].revents)
-				continue;
-			clink *l = &c->links[who[k]];
-			bool done;
-			moe_frame f;
-			const size_t cap = (size_t)MOE_PROTO_MAX_HEADER + 4096 +
-			                   (size_t)l->n_sent * (size_t)c->hp->n_embd * 8u;
-			moe_err err = moe_rx_read(&done, &f, &l->rx, l->dfd, cap, false);
-			if (err == MOE_OK && done && f.kind == MOE_MSG_ERROR &&
-			    ++l->errors <= MOE_CLU_ERROR_RETRIES) {
-				/* transient: its pairs stay to do, sent again next round */
-				l->pending = false;
-				l->st.errors++;
-				c->cnt.error_retries++;
-				moe_log(
-				    MOE_LOG_WARN,
-				    "worker %s answered a DISPATCH with an ERROR (%d in a row): "
-				    "sending it again",
-				    l->name, l->errors);
-				continue;
-			}
-			if (err == MOE_OK && done) {
-				err = take_result(c, l, &f, acc, &max_compute);
-				l->pending = false;
-				if (err == MOE_OK)
-					l->errors = 0;
-			}
-			if (err != MOE_OK)
-				moe_clu_mark_dead(c, l, moe_err_detail());
-		}
+		for (int k = 0; k < n && rv > 0; k++)
+			if (p[k].revents)
+				while (waits(ln, who[k]) &&
+				       take_frame(ln, who[k], acc, &max_compute))
+					;
 	}
 	c->cnt.wait_ns += moe_now_ns() - t0;
 	c->cnt.worker_ns += max_compute;
 }
 
-moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc)
+static moe_err finish(clane *ln, moe_fix_t *acc)
 {
-	moe_cluster *c = ctx;
-	const int64_t ns = c->n_tok * c->n_used;
+	moe_cluster *c = ln->c;
+	const int64_t ns = ln->n_tok * ln->n_used;
 	moe_err err;
-	if (c->start_err != MOE_OK)
-		return c->start_err;
+	if (ln->start_err != MOE_OK)
+		return ln->start_err;
 	c->cnt.layers++;
 	for (int round = 0;; round++) {
 		bool local = false;
 		for (int64_t s = 0; s < ns && !local; s++)
-			local = c->lids[s] >= 0;
+			local = ln->lids[s] >= 0;
 		if (local) {
 			const uint64_t t0 = moe_now_ns();
-			err = moe_expert_ffn_run_q(c->pool, acc, moe_model_experts(c->m, c->il),
-			                           c->xq, c->n_tok, c->lids, c->wts, c->n_used);
+			err =
+			    moe_expert_ffn_run_q(c->pool, acc, moe_model_experts(c->m, ln->il),
+			                         ln->xq, ln->n_tok, ln->lids, ln->wts, ln->n_used);
 			if (err != MOE_OK)
 				return err;
 			for (int64_t s = 0; s < ns; s++)
-				if (c->lids[s] >= 0)
-					c->todo[s] = 0;
+				if (ln->lids[s] >= 0)
+					ln->todo[s] = 0;
 			for (int i = 0; i < c->n_links; i++)
 				if (c->links[i].local)
 					c->links[i].st.dispatches++;
 			c->cnt.local_ns += moe_now_ns() - t0;
 		}
-		gather(c, acc);
+		gather(ln, acc, -1);
 		uint64_t left = 0;
 		for (int64_t s = 0; s < ns; s++)
-			left += c->todo[s] != 0;
+			left += ln->todo[s] != 0;
 		if (left == 0)
 			return MOE_OK;
 		if (round > c->n_links * (MOE_CLU_ERROR_RETRIES + 1) + 1)
@@ -350,9 +493,37 @@ moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc)
 			    MOE_ERR_CLOSED,
 			    "cluster: layer %d still has %llu (token, expert) pairs after "
 			    "%d rounds",
-			    c->il, (unsigned long long)left, round + 1);
+			    ln->il, (unsigned long long)left, round + 1);
 		c->cnt.retries += left;
-		if ((err = send_round(c)) != MOE_OK)
+		if ((err = send_round(ln)) != MOE_OK)
 			return err;
 	}
+}
+
+moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc)
+{
+	clane *ln = ctx;
+	moe_err err = finish(ln, acc);
+	if (err != MOE_OK) {
+		/* its answers still on the way are read (into its stash) and dropped */
+		char why[512];
+		snprintf(why, sizeof why, "%s", moe_err_detail());
+		for (int i = 0; i < ln->c->n_links; i++) {
+			if (!waits(ln, i))
+				continue;
+			if (reserve_stash(ln, ln->n_tok) == MOE_OK)
+				gather(ln, NULL, i);
+			else
+				moe_clu_mark_dead(ln->c, &ln->c->links[i], "no memory to drain it");
+		}
+		ln->busy = false;
+		return moe_fail(err, "%s", why);
+	}
+	if (ln->stashed) {
+		const size_t n = (size_t)ln->n_tok * (size_t)ln->c->hp->n_embd;
+		for (size_t k = 0; k < n; k++)
+			acc[k] += ln->stash[k];
+	}
+	ln->busy = false;
+	return err;
 }

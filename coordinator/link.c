@@ -51,7 +51,6 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 		return;
 	l->alive = false;
 	l->st.alive = false;
-	l->pending = false;
 	if (l->dfd >= 0) {
 		close(l->dfd);
 		l->dfd = -1;
@@ -464,7 +463,6 @@ void moe_clu_readmit(moe_cluster *c)
 			/* what it holds is what it says it loaded, from nothing */
 			memset(l->loaded, 0, nh);
 			l->errors = 0;
-			l->pending = false;
 			err = moe_clu_assign(c, l);
 		}
 		if (err != MOE_OK) {

@@ -415,6 +415,8 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .gdn_chunk = 0,
 	    .mtp = false,
 	    .experts = NULL,
+	    .overlap = NULL,
+	    .overlap_min_tok = 16,
 	};
 }
 
@@ -585,6 +587,8 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	    (moe_expert_backend){.ctx = &f->local, .start = local_start, .finish = local_finish};
 	f->backend = o.experts != NULL ? *o.experts : f->local_backend;
 	f->o.experts = NULL;
+	moe_fwd_set_overlap(f, o.overlap);
+	f->o.overlap = NULL;
 	*out = f;
 	return MOE_OK;
 
@@ -645,6 +649,17 @@ moe_expert_backend moe_fwd_experts(const moe_fwd *f)
 void moe_fwd_set_experts(moe_fwd *f, const moe_expert_backend *b)
 {
 	f->backend = *b;
+}
+
+void moe_fwd_set_overlap(moe_fwd *f, const moe_expert_backend *b)
+{
+	f->has_overlap = b != NULL;
+	f->overlap = b != NULL ? *b : (moe_expert_backend){0};
+}
+
+bool moe_fwd_has_overlap(const moe_fwd *f)
+{
+	return f->has_overlap;
 }
 
 /* ---- sequence slots ----------------------------------------------------------------- */
@@ -822,18 +837,15 @@ moe_err moe_fwd_matmul(moe_fwd *f, float *y, const moe_wmat *w, const float *x, 
 	return moe_matmul(f->pool, y, w->data, w->type, w->n_rows, w->n_cols, x, n_tok);
 }
 
-/* Router, routed experts through the backend, shared expert: f->xn -> f->y. */
-static moe_err moe_block(moe_fwd *f, int il)
+/* The router on f->xn: f->ids and f->wts. */
+static moe_err route(moe_fwd *f, const moe_layer_w *L)
 {
 	const moe_hparams *hp = &f->m->hp;
-	const moe_layer_w *L = &f->m->layers[il];
-	const int64_t n = f->n, E = hp->n_embd;
 	const int ne = hp->n_expert, k = hp->n_expert_used;
 	moe_err err;
-
-	if ((err = moe_fwd_matmul(f, f->router, &L->router, f->xn, n)) != MOE_OK)
+	if ((err = moe_fwd_matmul(f, f->router, &L->router, f->xn, f->n)) != MOE_OK)
 		return err;
-	for (int64_t t = 0; t < n; t++) {
+	for (int64_t t = 0; t < f->n; t++) {
 		float *p = f->router + t * ne;
 		float *w = f->wts + t * k;
 		moe_softmax(p, ne);
@@ -844,11 +856,46 @@ static moe_err moe_block(moe_fwd *f, int il)
 		for (int j = 0; j < k; j++)
 			w[j] /= sum;
 	}
-	memset(f->acc, 0, (size_t)n * (size_t)E * sizeof(moe_fix_t));
-	if ((err = f->backend.start(f->backend.ctx, il, n, f->xn, f->ids, f->wts, k)) != MOE_OK)
-		return err;
+	return MOE_OK;
+}
 
-	moe_err sh_err = MOE_OK;
+/* The first half of layer il on the chunk (or micro-batch) f->x: attention or
+ * DeltaNet, its residual, the FFN norm into f->xn, the router, and be's start
+ * (f->acc zeroed).  *started says whether be's finish is owed. */
+static moe_err layer_pre(moe_fwd *f, int il, const moe_expert_backend *be, bool *started)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const moe_layer_w *L = &f->m->layers[il];
+	const int64_t n = f->n, E = hp->n_embd;
+	moe_err err;
+	*started = false;
+	for (int64_t t = 0; t < n; t++)
+		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->attn_norm, E, hp->rms_eps);
+	err = L->idx_rec >= 0 ? moe_fwd_deltanet(f, il) : moe_fwd_attention(f, il);
+	if (err != MOE_OK)
+		return err;
+	for (int64_t i = 0; i < n * E; i++)
+		f->x[i] += f->y[i];
+	for (int64_t t = 0; t < n; t++)
+		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->ffn_norm, E, hp->rms_eps);
+	if ((err = route(f, L)) != MOE_OK)
+		return err;
+	memset(f->acc, 0, (size_t)n * (size_t)E * sizeof(moe_fix_t));
+	if ((err = be->start(be->ctx, il, n, f->xn, f->ids, f->wts, hp->n_expert_used)) != MOE_OK)
+		return err;
+	*started = true;
+	return MOE_OK;
+}
+
+/* The second half of layer il after layer_pre: the shared expert while be's
+ * call is in flight, be's finish (always: it is owed), the sum into f->y and
+ * the residual. */
+static moe_err layer_post(moe_fwd *f, int il, const moe_expert_backend *be)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const moe_layer_w *L = &f->m->layers[il];
+	const int64_t n = f->n, E = hp->n_embd;
+	moe_err err, sh_err = MOE_OK;
 	if (L->sh_gate_inp != NULL) {
 		const int64_t F = hp->n_ff_shexp;
 		if ((sh_err = moe_fwd_matmul(f, f->sh_g, &L->sh_gate, f->xn, n)) == MOE_OK &&
@@ -858,7 +905,7 @@ static moe_err moe_block(moe_fwd *f, int il)
 		}
 	}
 	/* finish is owed after a successful start, whatever happened since */
-	err = f->backend.finish(f->backend.ctx, f->acc);
+	err = be->finish(be->ctx, f->acc);
 	if (sh_err != MOE_OK)
 		return sh_err;
 	if (err != MOE_OK)
@@ -877,6 +924,8 @@ static moe_err moe_block(moe_fwd *f, int il)
 				y[c] = moe_fix_to_f32(a[c]);
 		}
 	}
+	for (int64_t i = 0; i < n * E; i++)
+		f->x[i] += f->y[i];
 	return MOE_OK;
 }
 
@@ -917,24 +966,135 @@ void moe_fwd_group_runs(moe_fwd *f)
 
 moe_err moe_fwd_layer(moe_fwd *f, int il)
 {
-	const moe_hparams *hp = &f->m->hp;
-	const moe_layer_w *L = &f->m->layers[il];
-	const int64_t n = f->n, E = hp->n_embd;
-	moe_err err;
-	for (int64_t t = 0; t < n; t++)
-		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->attn_norm, E, hp->rms_eps);
-	err = L->idx_rec >= 0 ? moe_fwd_deltanet(f, il) : moe_fwd_attention(f, il);
+	bool started;
+	moe_err err = layer_pre(f, il, &f->backend, &started);
 	if (err != MOE_OK)
 		return err;
-	for (int64_t i = 0; i < n * E; i++)
-		f->x[i] += f->y[i];
+	return layer_post(f, il, &f->backend);
+}
+
+/* ---- two micro-batches ---------------------------------------------------------------
+ * A chunk cut between sequences into A = tokens [0, cut) and B = [cut, n) runs
+ * layer by layer as A.pre(0), then per layer il: B.pre(il), A.post(il),
+ * A.pre(il + 1), B.post(il).  So A's routed experts are in flight (on f->backend)
+ * while B's attention, router and dispatch and A's own shared expert compute,
+ * and B's (on f->overlap) while A finishes and starts the next layer and B's
+ * shared expert computes.  Every token meets the same arithmetic as in one
+ * pass: attention and DeltaNet are per sequence, the matmuls batch-invariant,
+ * the routed sums exact. */
+
+/* The chunk's token-indexed buffers (a view on them is a micro-batch). */
+typedef struct fwd_view {
+	int64_t n;
+	const int32_t *slot, *pos;
+	float *x, *xn, *y, *rope, *wts;
+	int32_t *ids;
+	moe_fix_t *acc;
+} fwd_view;
+
+static fwd_view view_get(const moe_fwd *f)
+{
+	return (fwd_view){.n = f->n,
+	                  .slot = f->slot,
+	                  .pos = f->pos,
+	                  .x = f->x,
+	                  .xn = f->xn,
+	                  .y = f->y,
+	                  .rope = f->rope,
+	                  .wts = f->wts,
+	                  .ids = f->ids,
+	                  .acc = f->acc};
+}
+
+/* Points f at tokens [t0, t0 + n) of the chunk whole (and groups their runs). */
+static void view_set(moe_fwd *f, const fwd_view *whole, int64_t t0, int64_t n)
+{
+	const moe_hparams *hp = &f->m->hp;
+	const int64_t E = hp->n_embd, k = hp->n_expert_used;
+	f->n = n;
+	f->slot = whole->slot + t0;
+	f->pos = whole->pos + t0;
+	f->x = whole->x + t0 * E;
+	f->xn = whole->xn + t0 * E;
+	f->y = whole->y + t0 * E;
+	f->rope = whole->rope + t0 * hp->n_rot;
+	f->wts = whole->wts + t0 * k;
+	f->ids = whole->ids + t0 * k;
+	f->acc = whole->acc + t0 * E;
+	moe_fwd_group_runs(f);
+}
+
+/* Where the chunk can be cut into two parts that share no sequence, nearest
+ * its middle; 0 where it cannot (or is not to be). */
+static int64_t split_point(moe_fwd *f)
+{
+	const int64_t n = f->n;
+	if (!f->has_overlap || n < 2 || n < f->o.overlap_min_tok || n > MOE_FWD_OVERLAP_MAX_TOK ||
+	    f->m->hp.n_layer < 1)
+		return 0;
 	for (int64_t t = 0; t < n; t++)
-		moe_rmsnorm(f->xn + t * E, f->x + t * E, L->ffn_norm, E, hp->rms_eps);
-	if ((err = moe_block(f, il)) != MOE_OK)
-		return err;
-	for (int64_t i = 0; i < n * E; i++)
-		f->x[i] += f->y[i];
-	return MOE_OK;
+		f->run_of[f->slot[t]] = (int32_t)t; /* each slot's last token */
+	int64_t best = 0, reach = -1;
+	for (int64_t t = 0; t + 1 < n; t++) {
+		if (f->run_of[f->slot[t]] > reach)
+			reach = f->run_of[f->slot[t]];
+		const int64_t cut = t + 1, d = 2 * cut - n, bd = 2 * best - n;
+		if (reach == t && (best == 0 || (d < 0 ? -d : d) < (bd < 0 ? -bd : bd)))
+			best = cut;
+	}
+	return best;
+}
+
+/* The trunk as two micro-batches cut at cut (see above).  On an error the
+ * finish still owed by a micro-batch in flight is called before returning. */
+static moe_err trunk_overlapped(moe_fwd *f, int64_t cut)
+{
+	const fwd_view whole = view_get(f);
+	const int64_t t0[2] = {0, cut}, nt[2] = {cut, whole.n - cut};
+	const moe_expert_backend *be[2] = {&f->backend, &f->overlap};
+	const int n_layer = f->m->hp.n_layer;
+	bool fly[2] = {false, false};
+	moe_err err;
+
+	view_set(f, &whole, t0[0], nt[0]);
+	err = layer_pre(f, 0, be[0], &fly[0]);
+	for (int il = 0; il < n_layer && err == MOE_OK; il++) {
+		view_set(f, &whole, t0[1], nt[1]);
+		if ((err = layer_pre(f, il, be[1], &fly[1])) != MOE_OK)
+			break;
+		view_set(f, &whole, t0[0], nt[0]);
+		fly[0] = false;
+		if ((err = layer_post(f, il, be[0])) != MOE_OK)
+			break;
+		if (il + 1 < n_layer && (err = layer_pre(f, il + 1, be[0], &fly[0])) != MOE_OK)
+			break;
+		view_set(f, &whole, t0[1], nt[1]);
+		fly[1] = false;
+		err = layer_post(f, il, be[1]);
+	}
+	if (fly[0] || fly[1]) {
+		char why[512];
+		snprintf(why, sizeof why, "%s", moe_err_detail());
+		for (int k = 0; k < 2; k++) {
+			if (fly[k]) {
+				view_set(f, &whole, t0[k], nt[k]);
+				(void)be[k]->finish(be[k]->ctx, f->acc);
+			}
+		}
+		err = moe_fail(err, "%s", why);
+	}
+	f->n = whole.n;
+	f->slot = whole.slot;
+	f->pos = whole.pos;
+	f->x = whole.x;
+	f->xn = whole.xn;
+	f->y = whole.y;
+	f->rope = whole.rope;
+	f->wts = whole.wts;
+	f->ids = whole.ids;
+	f->acc = whole.acc;
+	moe_fwd_group_runs(f);
+	return err;
 }
 
 static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, const bool *want,
@@ -957,7 +1117,10 @@ static moe_err step_chunk(moe_fwd *f, float *logits, const int32_t *tokens, cons
 
 	/* the trunk only: MTP blocks (qwen35moe) follow it in m->layers and run
 	 * after it, for drafting (mtp.c) */
-	for (int il = 0; il < hp->n_layer; il++)
+	const int64_t cut = split_point(f);
+	if (cut > 0 && (err = trunk_overlapped(f, cut)) != MOE_OK)
+		return err;
+	for (int il = 0; cut == 0 && il < hp->n_layer; il++)
 		if ((err = moe_fwd_layer(f, il)) != MOE_OK)
 			return err;
 	if (f->o.mtp && (err = moe_mtp_catch_up(f, tokens)) != MOE_OK)

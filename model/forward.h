@@ -95,7 +95,23 @@ typedef struct moe_fwd_opts {
 	           * cache, and a slot's state includes its last trunk hidden row; a model
 	           * without moe_model_has_mtp is refused (MOE_ERR_UNSUPPORTED) */
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
+	/* A second backend on the same experts whose call may be in flight while one
+	 * of experts' is (the cluster's moe_cluster_overlap_backend), or NULL (the
+	 * default): copied by value.  With one, a chunk of overlap_min_tok to
+	 * MOE_FWD_OVERLAP_MAX_TOK tokens that can be cut between sequences runs as
+	 * two micro-batches, A on experts and B on overlap, each layer's routed
+	 * experts of one in flight while the other's dense part (attention or
+	 * DeltaNet, router, shared expert) computes.  The logits are the same bits. */
+	const moe_expert_backend *overlap;
+	int overlap_min_tok; /* smaller chunks run in one pass (default 16, at least 2): each
+	                      * micro-batch costs a message per worker and a pass over the
+	                      * dense weights, which few tokens do not repay */
 } moe_fwd_opts;
+
+/* Chunks of more tokens than this are never cut into micro-batches: a
+ * micro-batch's dispatch must fit the socket buffers while the other's result
+ * waits unread (prefill is compute-bound anyway). */
+#define MOE_FWD_OVERLAP_MAX_TOK 64
 
 /* Fills the defaults above (n_ctx = 0, n_threads = 0 mean "choose"). */
 void moe_fwd_opts_default(moe_fwd_opts *o);
@@ -247,5 +263,12 @@ moe_expert_backend moe_fwd_experts(const moe_fwd *f);
 
 /* Replaces the expert backend (copied by value) for the following steps. */
 void moe_fwd_set_experts(moe_fwd *f, const moe_expert_backend *b);
+
+/* Replaces the second backend of moe_fwd_opts.overlap (copied by value; NULL:
+ * no micro-batches) for the following steps. */
+void moe_fwd_set_overlap(moe_fwd *f, const moe_expert_backend *b);
+
+/* Whether the context has a second backend (steps may run as micro-batches). */
+bool moe_fwd_has_overlap(const moe_fwd *f);
 
 #endif

@@ -171,6 +171,8 @@ struct moe_fwd {
 	moe_expert_backend backend;
 	moe_local_experts local;
 	moe_expert_backend local_backend; /* on local: the MTP block's experts */
+	moe_expert_backend overlap;       /* micro-batch B's (has_overlap) */
+	bool has_overlap;
 
 	/* slots */
 	bool *open;    /* [n_slots] */

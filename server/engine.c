@@ -81,6 +81,7 @@ struct moe_engine {
 	bool cp_before_last;             /* prompts' checkpoints before their last token */
 	uint8_t *state;                  /* [moe_fwd_state_size] a state on its way in or out */
 	moe_expert_backend inner;        /* local or the cluster's */
+	moe_expert_backend inner_b;      /* the second micro-batch's (moe_fwd_opts.overlap) */
 	_Atomic uint64_t *expert_tokens; /* [n_layer][n_expert] */
 	uint32_t *slot_seq;              /* [n_slots] the trace's sequence id of each slot */
 	uint32_t next_seq;               /* the next admitted request's (scheduler's) */
@@ -149,10 +150,9 @@ int moe_engine_n_ctx(const moe_engine *e)
 
 /* ---- expert backends ------------------------------------------------------------ */
 
-static moe_err count_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
-                           const float *weights, int n_used)
+/* Counts the routed tokens of layer il. */
+static void count_tokens(moe_engine *e, int il, int64_t n_tok, const int32_t *ids, int n_used)
 {
-	moe_engine *e = ctx;
 	const moe_hparams *hp = moe_model_hparams(e->m);
 	if (il >= 0 && il < hp->n_layer) {
 		for (int64_t i = 0; i < n_tok * n_used; i++)
@@ -162,6 +162,13 @@ static moe_err count_start(void *ctx, int il, int64_t n_tok, const float *x, con
 				                      (size_t)ids[i]],
 				    1, memory_order_relaxed);
 	}
+}
+
+static moe_err count_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                           const float *weights, int n_used)
+{
+	moe_engine *e = ctx;
+	count_tokens(e, il, n_tok, ids, n_used);
 	return e->inner.start(e->inner.ctx, il, n_tok, x, ids, weights, n_used);
 }
 
@@ -169,6 +176,20 @@ static moe_err count_finish(void *ctx, moe_fix_t *acc)
 {
 	moe_engine *e = ctx;
 	return e->inner.finish(e->inner.ctx, acc);
+}
+
+static moe_err count_start_b(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
+                             const float *weights, int n_used)
+{
+	moe_engine *e = ctx;
+	count_tokens(e, il, n_tok, ids, n_used);
+	return e->inner_b.start(e->inner_b.ctx, il, n_tok, x, ids, weights, n_used);
+}
+
+static moe_err count_finish_b(void *ctx, moe_fix_t *acc)
+{
+	moe_engine *e = ctx;
+	return e->inner_b.finish(e->inner_b.ctx, acc);
 }
 
 void moe_engine_observe_rtt_n(moe_engine *e, int worker, double rtt_s, uint64_t n)
@@ -1253,6 +1274,12 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	const moe_expert_backend counting = {
 	    .ctx = e, .start = count_start, .finish = count_finish};
 	moe_fwd_set_experts(e->f, &counting);
+	if (o.overlap != NULL && o.trace == NULL) { /* the trace sees every layer whole */
+		e->inner_b = *o.overlap;
+		const moe_expert_backend counting_b = {
+		    .ctx = e, .start = count_start_b, .finish = count_finish_b};
+		moe_fwd_set_overlap(e->f, &counting_b);
+	}
 	if (o.trace != NULL) {
 		/* the trace records what the counting hook counts, before it */
 		const moe_expert_backend traced = moe_trace_writer_backend(o.trace, &counting);

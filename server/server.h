@@ -54,6 +54,7 @@ typedef struct moe_engine_opts {
 	moe_type kv_type;  /* KV cache type (--kv), default MOE_TYPE_F16 */
 	size_t kv_budget_bytes; /* KV blocks of all sequences at most (--kv-budget), 0 = no cap */
 	const moe_expert_backend *experts; /* NULL: local experts */
+	const moe_expert_backend *overlap; /* NULL, or moe_fwd_opts.overlap (off with a trace) */
 	/* called on the scheduler thread after every step (may be NULL): for a
 	 * cluster backend to report round trips with moe_engine_observe_rtt */
 	void (*after_step)(void *ctx, moe_engine *e);
