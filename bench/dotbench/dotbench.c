@@ -32,7 +32,7 @@
 static const moe_type all_types[] = {
     MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_BF16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
     MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
-    MOE_TYPE_Q2_K, MOE_TYPE_Q3_K,
+    MOE_TYPE_Q2_K, MOE_TYPE_Q3_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4,
 };
 /* clang-format on */
 #define N_ALL_TYPES (sizeof(all_types) / sizeof(all_types[0]))
