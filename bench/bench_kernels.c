@@ -458,7 +458,10 @@ int moe_bench_kernels(int argc, char **argv)
 	fclose(f);
 	printf("%%: GEMV GB/s over the STREAM triad measured next to it (same threads)\n");
 	printf("csv: %s\n", csv);
-	write_plot(dir, csv, threads);
+	if (gemv_only)
+		printf("--gemv-only: no plot\n");
+	else
+		write_plot(dir, csv, threads);
 	printf("GEMM 64 tokens, alternating rounds: Q4_K %.1f GOPS, sgemm %.1f GOPS\n", pair[0],
 	       pair[1]);
 	printf("gemv_min_pct_of_triad=%.0f gemm64_vs_sgemm=%.2f\n", min_pct < 1e29 ? min_pct : 0.0,
