@@ -378,7 +378,10 @@ static void q5_K_rows4(int64_t n, float out[4], const uint8_t *const w[4], const
 
 /* Q6_K, rows w[0..3]: accumulator lane r = row r's block sums at d * dy (the
  * tile's per-row arithmetic: -32 * sum(scale * bsum) first, then per half
- * the assembled 6-bit quants by maddubs and the int8 scales by madd). */
+ * the assembled 6-bit quants by maddubs and the int8 scales by madd).  Each
+ * row's block is done whole before the next (the token's values loaded again
+ * from L1): fewer live registers than the four rows side by side, 25.0-25.3
+ * against 23.1-24.8 GB/s in cache (one Zen 3 core, alternated). */
 static void q6_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
@@ -387,30 +390,21 @@ static void q6_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], 
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q6_K *x[4];
 		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
-		const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
-		__m256i sc16[4], is[4];
+		__m256i is[4];
 #pragma GCC unroll 4
 		for (int r = 0; r < 4; r++) {
 			x[r] = (const moe_block_q6_K *)(w[r] + (size_t)i * sizeof(moe_block_q6_K));
-			sc16[r] =
+			const __m256i sc16 =
 			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[r]->scales));
 			/* -32 * scale fits int16 (as in tile_q6_K) */
-			is[r] = _mm256_madd_epi16(
-			    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16[r], 5)),
-			    bsums);
-		}
+			__m256i s = _mm256_madd_epi16(
+			    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5)),
+			    _mm256_loadu_si256((const __m256i *)y->bsums));
 #pragma GCC unroll 2
-		for (int h = 0; h < 2; h++) {
-			__m256i yy[4];
-#pragma GCC unroll 4
-			for (int j = 0; j < 4; j++)
-				yy[j] =
-				    _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * j));
-#pragma GCC unroll 4
-			for (int r = 0; r < 4; r++) {
+			for (int h = 0; h < 2; h++) {
 				const __m256i sc =
-				    h == 0 ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00)
-				           : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11);
+				    h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+				           : _mm256_permute2x128_si256(sc16, sc16, 0x11);
 				__m256i qh =
 				    _mm256_loadu_si256((const __m256i *)(x[r]->qh + 32 * h));
 				__m256i l0 =
@@ -429,12 +423,15 @@ static void q6_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], 
 					    sc, _mm256_set_m128i(
 					            _mm256_castsi256_si128(pick16(2 * j + 1)),
 					            _mm256_castsi256_si128(pick16(2 * j))));
-					is[r] = _mm256_add_epi32(
-					    is[r], _mm256_madd_epi16(
-					               _mm256_maddubs_epi16(q[j], yy[j]), scj));
-					pin(&is[r]);
+					const __m256i yy = _mm256_loadu_si256(
+					    (const __m256i *)(y->qs + 128 * h + 32 * j));
+					s = _mm256_add_epi32(
+					    s,
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], yy), scj));
+					pin(&s);
 				}
 			}
+			is[r] = s;
 		}
 		uint64_t d4 = 0; /* the rows' fp16 d */
 		for (int r = 0; r < 4; r++)
