@@ -1,6 +1,8 @@
 /*
  * bench_kernels.c - `moemesh bench kernels [--threads N] [--out DIR]`.
  *
+ * `--types Q4_K,Q6_K` measures only those types, `--gemv-only` skips the GEMMs
+ * and sgemm (short runs while working on one kernel).
  * 1. STREAM triad a[i] = b[i] + s * c[i] on arrays of 4x the last-level cache
  *    each, at 1 and N threads (bytes counted as STREAM does: 3 x 8 per i).
  * 2. GEMV (one token) per weight type on a matrix of >= 4x the LLC: weight
@@ -350,17 +352,31 @@ static size_t last_level_cache(void)
 	return l3 > 0 ? (size_t)l3 : (size_t)32 << 20;
 }
 
+/* Whether name is one of the comma-separated names in list (NULL: all). */
+static bool type_listed(const char *list, const char *name)
+{
+	const size_t n = strlen(name);
+	for (const char *p = list; p != NULL; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+			return true;
+	return list == NULL;
+}
+
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: moemesh bench kernels [--threads N] [--out DIR]\n"
+	fprintf(f, "usage: moemesh bench kernels [--threads N] [--out DIR] [--types T,..] "
+	           "[--gemv-only]\n"
 	           "  --threads N  the larger thread count (default 2; GEMV also at 1)\n"
-	           "  --out DIR    where the CSV and PNG go (default bench/out)\n");
+	           "  --out DIR    where the CSV and PNG go (default bench/out)\n"
+	           "  --types T,.. only these weight types (names as in GGUF, e.g. Q4_K,Q6_K)\n"
+	           "  --gemv-only  no GEMM, no sgemm\n");
 }
 
 int moe_bench_kernels(int argc, char **argv)
 {
 	int threads = 2;
-	const char *dir = "bench/out";
+	const char *dir = "bench/out", *only = NULL;
+	bool gemv_only = false;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
@@ -375,6 +391,10 @@ int moe_bench_kernels(int argc, char **argv)
 			threads = (int)v;
 		} else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
 			dir = argv[++i];
+		} else if (strcmp(argv[i], "--types") == 0 && i + 1 < argc) {
+			only = argv[++i];
+		} else if (strcmp(argv[i], "--gemv-only") == 0) {
+			gemv_only = true;
 		} else {
 			usage(stderr);
 			return 2;
@@ -417,16 +437,17 @@ int moe_bench_kernels(int argc, char **argv)
 	for (size_t k = 0; k < N_BK_TYPES; k++) {
 		moe_type t = bk_types[k].type;
 		rows[k].name = moe_type_get(t)->name;
-		if (moe_vec_dot_get(t) == NULL)
+		if (moe_vec_dot_get(t) == NULL || !type_listed(only, rows[k].name))
 			continue;
 		err = gemv_measure(rows[k].gemv_gbs, rows[k].triad_gbs, t, pools, tri, llc);
-		if (err == MOE_OK)
+		if (err == MOE_OK && !gemv_only)
 			err = gemm_measure(rows[k].gemm_gops, t, pools[1], x, y);
 		if (err != MOE_OK)
 			goto out_report;
 	}
 	rows[N_BK_TYPES].name = "sgemm";
-	err = sgemm_measure(rows[N_BK_TYPES].gemm_gops, pair, pools[1], threads, x, y);
+	if (!gemv_only)
+		err = sgemm_measure(rows[N_BK_TYPES].gemm_gops, pair, pools[1], threads, x, y);
 	if (err != MOE_OK)
 		goto out_report;
 
@@ -469,7 +490,10 @@ int moe_bench_kernels(int argc, char **argv)
 	fclose(f);
 	printf("%%: GEMV GB/s over the STREAM triad measured next to it (same threads)\n");
 	printf("csv: %s\n", csv);
-	write_plot(dir, csv, threads);
+	if (gemv_only)
+		printf("--gemv-only: no plot\n");
+	else
+		write_plot(dir, csv, threads);
 	printf("GEMM 64 tokens, alternating rounds: Q4_K %.1f GOPS, sgemm %.1f GOPS\n", pair[0],
 	       pair[1]);
 	printf("gemv_min_pct_of_triad=%.0f gemm64_vs_sgemm=%.2f\n", min_pct < 1e29 ? min_pct : 0.0,

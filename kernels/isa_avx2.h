@@ -426,4 +426,50 @@ static inline void run_lanes8_q40(moe_tile_fn tile_t, moe_tile_fn plain, int64_t
 		free(p);
 }
 
+/* ---- one token, four rows at a time (decode) --------------------------------------
+ *
+ * The one-token K-quant kernels (isa_avx2_gemm.c, isa_avx2_k23.c) take four
+ * rows per pass: the token's loads serve four rows, and the four rows' block
+ * sums are reduced together (hsum4_i32, sum8_i32) and converted and
+ * fused-multiply-added once, in a vector whose lanes are the rows'
+ * accumulators: per lane the one-row arithmetic, so the same bits. */
+
+/* out[r] = row w[r] against the one token at a (n_cols columns). */
+typedef void (*rows4_fn)(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a);
+
+/* The exact sums of the 8 int32 lanes of a, b, c and d, in lanes 0-3. */
+static inline __m128i hsum4_i32(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+	const __m256i ab =
+	    _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+	const __m256i cd =
+	    _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+	const __m256i s =
+	    _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+	return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+/* Rows [0, n_r) (n_r >= 4) against the one token at a, four at a time: the
+ * rows in four contiguous runs, row j of each beside the others, so that each
+ * run is one sequential stream for the hardware prefetcher (as run_lanes8
+ * lays out its 8); a short last run repeats its last row and drops it. */
+static inline void run_rows4(rows4_fn fn, int64_t n_cols, float *y, const uint8_t *w,
+                             size_t w_stride, int64_t n_r, const uint8_t *a)
+{
+	const int64_t seg = (n_r + 3) / 4;
+	for (int64_t j = 0; j < seg; j++) {
+		const uint8_t *wp[4];
+		int64_t row[4];
+		float out[4];
+		for (int k = 0; k < 4; k++) {
+			row[k] = k * seg + j;
+			wp[k] = w + (size_t)(row[k] < n_r ? row[k] : n_r - 1) * w_stride;
+		}
+		fn(n_cols, out, wp, a);
+		for (int k = 0; k < 4; k++)
+			if (row[k] < n_r)
+				y[row[k]] = out[k];
+	}
+}
+
 #endif

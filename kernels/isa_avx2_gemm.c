@@ -28,11 +28,11 @@
  * rate (8 interleaved row streams; software prefetch did not help), and the
  * 2x4 tile padded 2 tokens to 4 and streamed 2 rows: 2 tokens on a
  * 151936 x 2048 Q6_K matrix took 62.6 ms with 2x4 and 22.8 ms with 1x2 (2
- * threads).  The 32-block types use 8x1 for one token, its 8 lanes laid
- * over 8 contiguous runs of the rows (run_lanes8), so that each lane reads
- * one long stream: over 8 adjacent rows, 8 streams of a few KB each that
- * ended with every tile, it streamed at half its in-cache rate (Q4_0 9.6,
- * Q8_0 16.1 GB/s on one Zen 4 core; 15.2 and 21.7 with long runs).  A
+ * threads).  (One token on 4 or more K-quant rows now takes four rows at a
+ * time, in four row runs: see run_rows4.)  The 32-block types use 8x1 for one token, its 8 lanes
+ * laid over 8 contiguous runs of the rows (run_lanes8), so that each lane reads one long stream:
+ * over 8 adjacent rows, 8 streams of a few KB each that ended with every tile, it streamed at half
+ * its in-cache rate (Q4_0 9.6, Q8_0 16.1 GB/s on one Zen 4 core; 15.2 and 21.7 with long runs).  A
  * 4-row VNNI variant with the same lanes was slower still (8 adjacent rows
  * was not the cause, their shortness was), as was software prefetching.
  */
@@ -288,6 +288,159 @@ static ALWAYS_INLINE void tile_q6_K(int R, int T, int64_t n_cols, float out[NP],
 			out[t] = _mm_cvtss_f32(s_acc1[t]);
 	else
 		_mm256_storeu_ps(out, acc);
+}
+
+/* ---- one token, four rows (decode) -----------------------------------------------
+ *
+ * One token against K-quant rows four at a time: the token's loads serve four
+ * rows, and the blocks' integer sums (Q4_K/Q5_K: each row's isum and mins
+ * sum) are reduced together by unpacks and adds instead of two horizontal adds
+ * per row (vphaddd costs two cycles on Zen 3), then converted and
+ * fused-multiply-added once, in a vector whose lanes are the rows'
+ * accumulators: per lane the one-row kernel's arithmetic (exact block sum, one
+ * conversion, one FMA by the same scale product), so the same bits.  In cache
+ * on one Zen 3 core (moe_dotbench --matmul, best of 3000 samples, 2 vCPUs
+ * shared with other work): Q4_K 17.5 GB/s one row at a time, 20 two rows,
+ * 22.4 four. */
+
+/* Q4_K (hbits false) or Q5_K (true), rows w[0..3]: accumulator lanes 2r and
+ * 2r + 1 = row r's isum at d * dy and mins sum at dmin * dy (sum8_i32 puts
+ * v[k]'s sum in lane k); out[r] = lane 2r - lane 2r + 1. */
+static ALWAYS_INLINE void rows4_k45(bool hbits, int64_t n_cols, float out[4],
+                                    const uint8_t *const w[4], const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
+	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const uint8_t *b[4];
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
+		__m256i sm[4], qh[4], v[8];
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++) {
+			b[r] = w[r] + (size_t)i * wbs;
+			sm[r] = k4_scales_mins(b[r] + offsetof(moe_block_q4_K, scales));
+			qh[r] = hbits ? _mm256_loadu_si256(
+			                    (const __m256i *)(b[r] + offsetof(moe_block_q5_K, qh)))
+			              : _mm256_setzero_si256();
+		}
+#pragma GCC unroll 4
+		for (int c = 0; c < 4; c++) {
+			const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c));
+			const __m256i y1 =
+			    _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c + 32));
+#pragma GCC unroll 4
+			for (int r = 0; r < 4; r++) {
+				__m256i q =
+				    _mm256_loadu_si256((const __m256i *)(b[r] + qs_off + 32 * c));
+				pin(&q);
+				__m256i lo, hi;
+				k45_unpack(&lo, &hi, q, qh[r], c, hbits);
+				const __m256i p = _mm256_add_epi32(
+				    _mm256_madd_epi16(
+				        _mm256_maddubs_epi16(lo, y0),
+				        _mm256_shuffle_epi8(sm[r], pick_scale(2 * c))),
+				    _mm256_madd_epi16(
+				        _mm256_maddubs_epi16(hi, y1),
+				        _mm256_shuffle_epi8(sm[r], pick_scale(2 * c + 1))));
+				v[2 * r] = c == 0 ? p : _mm256_add_epi32(v[2 * r], p);
+				pin(&v[2 * r]); /* one chain per row: fewer live registers */
+			}
+		}
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++)
+			v[2 * r + 1] = k4_mins(sm[r], y->bsums);
+		uint32_t u[4]; /* each row's fp16 d and dmin */
+		for (int r = 0; r < 4; r++)
+			memcpy(&u[r], b[r] + offsetof(moe_block_q4_K, d), 4);
+		const __m256 dd = _mm256_mul_ps(
+		    _mm256_cvtph_ps(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0])),
+		    _mm256_set1_ps(y->d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), dd, acc);
+	}
+	float o[8];
+	_mm256_storeu_ps(o, acc);
+	for (int r = 0; r < 4; r++)
+		out[r] = o[2 * r] - o[2 * r + 1];
+}
+
+static void q4_K_rows4(int64_t n, float out[4], const uint8_t *const w[4], const uint8_t *a)
+{
+	rows4_k45(false, n, out, w, a);
+}
+
+static void q5_K_rows4(int64_t n, float out[4], const uint8_t *const w[4], const uint8_t *a)
+{
+	rows4_k45(true, n, out, w, a);
+}
+
+/* Q6_K, rows w[0..3]: accumulator lane r = row r's block sums at d * dy (the
+ * tile's per-row arithmetic: -32 * sum(scale * bsum) first, then per half
+ * the assembled 6-bit quants by maddubs and the int8 scales by madd).  Each
+ * row's block is done whole before the next (the token's values loaded again
+ * from L1): fewer live registers than the four rows side by side, 25.0-25.3
+ * against 23.1-24.8 GB/s in cache (one Zen 3 core, alternated). */
+static void q6_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	__m128 acc = _mm_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q6_K *x[4];
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
+		__m256i is[4];
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++) {
+			x[r] = (const moe_block_q6_K *)(w[r] + (size_t)i * sizeof(moe_block_q6_K));
+			const __m256i sc16 =
+			    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[r]->scales));
+			/* -32 * scale fits int16 (as in tile_q6_K) */
+			__m256i s = _mm256_madd_epi16(
+			    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5)),
+			    _mm256_loadu_si256((const __m256i *)y->bsums));
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++) {
+				const __m256i sc =
+				    h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+				           : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+				__m256i qh =
+				    _mm256_loadu_si256((const __m256i *)(x[r]->qh + 32 * h));
+				__m256i l0 =
+				    _mm256_loadu_si256((const __m256i *)(x[r]->ql + 64 * h));
+				__m256i l1 =
+				    _mm256_loadu_si256((const __m256i *)(x[r]->ql + 64 * h + 32));
+				__m256i q[4];
+				pin(&qh);
+				pin(&l0);
+				pin(&l1);
+				q6_assemble(q, l0, l1, qh);
+#pragma GCC unroll 4
+				for (int j = 0; j < 4; j++) {
+					/* low half: scale 2j, high half: scale 2j+1 */
+					const __m256i scj = _mm256_shuffle_epi8(
+					    sc, _mm256_set_m128i(
+					            _mm256_castsi256_si128(pick16(2 * j + 1)),
+					            _mm256_castsi256_si128(pick16(2 * j))));
+					const __m256i yy = _mm256_loadu_si256(
+					    (const __m256i *)(y->qs + 128 * h + 32 * j));
+					s = _mm256_add_epi32(
+					    s,
+					    _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], yy), scj));
+					pin(&s);
+				}
+			}
+			is[r] = s;
+		}
+		uint64_t d4 = 0; /* the rows' fp16 d */
+		for (int r = 0; r < 4; r++)
+			d4 |= ld16(&x[r]->d) << 16 * r;
+		const __m128 d =
+		    _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d4)), _mm_set1_ps(y->d));
+		acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_i32(is[0], is[1], is[2], is[3])), d, acc);
+	}
+	_mm_storeu_ps(out, acc);
 }
 
 /* ---- 32-blocks x Q8_0 ------------------------------------------------------------ */
@@ -572,6 +725,7 @@ typedef struct tile_set {
 	moe_tile_fn r1tn[5];
 	moe_tile_fn r1t8p; /* r1t8 taking a k8_prep, or NULL */
 	moe_tile_fn r8t1p; /* r8t1's one-token runs as a tile taking a q40_prep, or NULL */
+	rows4_fn r4t1;     /* one token on >= 4 rows, four at a time (run_rows4), or NULL */
 } tile_set;
 
 enum { PREP_STACK_BLOCKS = 64 };
@@ -637,7 +791,10 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 	if (full > 0)
 		run_shape(s->r1t8, s->r1t8p, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0,
 		          full);
-	if (rem >= 1 && rem <= 4 && s->r1tn[rem] != NULL)
+	if (rem == 1 && n_r >= 4 && s->r4t1 != NULL)
+		run_rows4(s->r4t1, n_cols, y + full * ldy, w, w_stride, n_r,
+		          x + (size_t)full * x_stride);
+	else if (rem >= 1 && rem <= 4 && s->r1tn[rem] != NULL)
 		run_shape(s->r1tn[rem], NULL, 1, (int)rem, n_cols, y, ldy, w, w_stride, n_r, x,
 		          x_stride, full, n_t);
 	else if (rem == 1)
@@ -652,14 +809,17 @@ static void run_tiles(const tile_set *s, int64_t n_cols, float *y, int64_t ldy, 
 }
 
 static const tile_set set_q4_K = {
-    q4_K_8x1, q4_K_2x4, q4_K_1x8, {NULL, q4_K_1x1, q4_K_1x2, q4_K_1x3, q4_K_1x4}, q4_K_1x8p, NULL};
+    q4_K_8x1,  q4_K_2x4, q4_K_1x8,  {NULL, q4_K_1x1, q4_K_1x2, q4_K_1x3, q4_K_1x4},
+    q4_K_1x8p, NULL,     q4_K_rows4};
 static const tile_set set_q5_K = {
-    q5_K_8x1, q5_K_2x4, q5_K_1x8, {NULL, q5_K_1x1, q5_K_1x2, q5_K_1x3, q5_K_1x4}, q5_K_1x8p, NULL};
+    q5_K_8x1,  q5_K_2x4, q5_K_1x8,  {NULL, q5_K_1x1, q5_K_1x2, q5_K_1x3, q5_K_1x4},
+    q5_K_1x8p, NULL,     q5_K_rows4};
 static const tile_set set_q6_K = {
-    q6_K_8x1, q6_K_2x4, q6_K_1x8, {NULL, q6_K_1x1, q6_K_1x2, q6_K_1x3, q6_K_1x4}, NULL, NULL};
-static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, {NULL}, NULL, NULL};
-static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, {NULL}, NULL, q4_0_8x1_t};
-static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, {NULL}, NULL, NULL};
+    q6_K_8x1, q6_K_2x4, q6_K_1x8,  {NULL, q6_K_1x1, q6_K_1x2, q6_K_1x3, q6_K_1x4},
+    NULL,     NULL,     q6_K_rows4};
+static const tile_set set_q8_0 = {q8_0_8x1, q8_0_2x4, q8_0_1x8, {NULL}, NULL, NULL, NULL};
+static const tile_set set_q4_0 = {q4_0_8x1, q4_0_2x4, q4_0_1x8, {NULL}, NULL, q4_0_8x1_t, NULL};
+static const tile_set set_q5_0 = {q5_0_8x1, q5_0_2x4, q5_0_1x8, {NULL}, NULL, NULL, NULL};
 
 static void gemm_q4_K(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)

@@ -15,6 +15,10 @@
  * Q3_K's one-token stream went from 4.2-6.4 to 7.7-7.9 GB/s with it (Q2_K
  * within the noise; dotbench --matmul, runs alternated).
  *
+ * One token on 4 or more rows takes four rows per pass (q2_K_rows4,
+ * q3_K_rows4 through isa_avx2.h run_rows4): the same integer sums per row,
+ * reduced and accumulated four rows at once.
+ *
  * Per row and block the quants are unpacked once into 8 vectors of 32 bytes
  * (vector v = values 32v..32v+31 = sub-blocks 2v (low 128 bits) and 2v+1
  * (high 128 bits)), each with its pair of sub-block scales as int16, and met
@@ -216,6 +220,122 @@ static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8
 		out[t] = _mm_cvtss_f32(sum[t]);
 }
 
+/* ---- one token, four rows ------------------------------------------------------- */
+
+/* Q2_K, rows w[0..3] (isa_avx2.h run_rows4): per row and block the integer
+ * sums of row_q2_K, then accumulator lanes 2r, 2r + 1 = row r's isum at
+ * d * dy and msum at dmin * dy (sum8_i32 puts v[k]'s sum in lane k). */
+static void q2_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
+		const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
+		const moe_block_q2_K *x[4];
+		__m256i v[8];
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++) {
+			x[r] = (const moe_block_q2_K *)w[r] + i;
+			_mm_prefetch((const char *)(x[r] + 16), _MM_HINT_T0);
+			const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[r]->scales);
+			const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(sc8), m15);
+			const __m256i mn16 = _mm256_cvtepu8_epi16(
+			    _mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
+			__m256i is = _mm256_setzero_si256();
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++) {
+				__m256i qs =
+				    _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * h));
+				pin(&qs);
+#pragma GCC unroll 4
+				for (int j = 0; j < 4; j++) {
+					const int k = 4 * h + j;
+					const __m256i q =
+					    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
+					const __m256i sc =
+					    _mm256_shuffle_epi8(scb, pick_u8_pair(k));
+					const __m256i yy =
+					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
+					is = _mm256_add_epi32(
+					    is, _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+				}
+			}
+			v[2 * r] = is;
+			v[2 * r + 1] = _mm256_madd_epi16(mn16, bsums);
+		}
+		const __m256 dd =
+		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi32(
+		                      (int)load_u32(&x[3]->d), (int)load_u32(&x[2]->d),
+		                      (int)load_u32(&x[1]->d), (int)load_u32(&x[0]->d))),
+		                  _mm256_set1_ps(y->d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), dd, acc);
+	}
+	float o[8];
+	_mm256_storeu_ps(o, acc);
+	for (int r = 0; r < 4; r++)
+		out[r] = o[2 * r] - o[2 * r + 1];
+}
+
+/* Q3_K, rows w[0..3]: per row and block the integer sum of row_q3_K, then
+ * accumulator lane r = row r's at d * dy. */
+static void q3_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
+	__m128 acc = _mm_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
+		const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
+		const moe_block_q3_K *x[4];
+		__m256i is[4];
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++) {
+			x[r] = (const moe_block_q3_K *)w[r] + i;
+			_mm_prefetch((const char *)(x[r] + 16), _MM_HINT_T0);
+			const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x[r]->scales));
+			const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+			const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+			const __m256i off16 =
+			    _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
+			const __m256i hm = _mm256_loadu_si256((const __m256i *)x[r]->hmask);
+			__m256i s = _mm256_madd_epi16(off16, bsums);
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++) {
+				__m256i qs =
+				    _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * h));
+				pin(&qs);
+#pragma GCC unroll 4
+				for (int j = 0; j < 4; j++) {
+					const int k = 4 * h + j;
+					const __m256i hb = k >= 2 ? _mm256_srli_epi16(hm, k - 2)
+					                          : _mm256_slli_epi16(hm, 2 - k);
+					const __m256i q = _mm256_or_si256(
+					    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
+					    _mm256_and_si256(hb, b4));
+					const __m256i sc = _mm256_shuffle_epi8(
+					    k < 4 ? sca : scb,
+					    pick_i16_pair((2 * k) % 8, (2 * k + 1) % 8));
+					const __m256i yy =
+					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
+					s = _mm256_add_epi32(
+					    s, _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+				}
+			}
+			is[r] = s;
+		}
+		const uint64_t d4 = ld16(&x[0]->d) | ld16(&x[1]->d) << 16 | ld16(&x[2]->d) << 32 |
+		                    ld16(&x[3]->d) << 48;
+		const __m128 d =
+		    _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d4)), _mm_set1_ps(y->d));
+		acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_i32(is[0], is[1], is[2], is[3])), d, acc);
+	}
+	_mm_storeu_ps(out, acc);
+}
+
 /* ---- one-token dots -------------------------------------------------------------- */
 
 static void dot_q2_K(int64_t n, float *s, const void *w, const void *a)
@@ -271,12 +391,17 @@ typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_
 ROW_FNS(q2_K)
 ROW_FNS(q3_K)
 
-/* Tokens [0, n_t) in groups of 8, then one of 4, 2 and 1 as needed; each
- * group meets every row (the caller keeps the rows few enough to stay in
- * cache when there are several groups). */
-static void run_rows(const row_fn fns[4], int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
-                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+/* One token on 4 or more rows: rows4 (run_rows4).  Otherwise tokens [0, n_t)
+ * in groups of 8, then one of 4, 2 and 1 as needed; each group meets every row (the caller keeps
+ * the rows few enough to stay in cache when there are several groups). */
+static void run_rows(const row_fn fns[4], rows4_fn rows4, int64_t n_cols, float *y, int64_t ldy,
+                     const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                     size_t x_stride, int64_t n_t)
 {
+	if (n_t == 1 && n_r >= 4) {
+		run_rows4(rows4, n_cols, y, w, w_stride, n_r, x);
+		return;
+	}
 	const int64_t nb = n_cols / MOE_QK_K;
 	const uint8_t *ap[KT];
 	float out[KT];
@@ -302,11 +427,11 @@ static const row_fn fns_q3_K[4] = {q3_K_t1, q3_K_t2, q3_K_t4, q3_K_t8};
 void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	run_rows(fns_q2_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	run_rows(fns_q2_K, q2_K_rows4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 void moe_gemm_q3_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	run_rows(fns_q3_K, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	run_rows(fns_q3_K, q3_K_rows4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
