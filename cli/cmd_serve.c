@@ -83,7 +83,8 @@ typedef struct rtt_feed {
 static void feed_rtt(void *ctx, moe_engine *e)
 {
 	rtt_feed *r = ctx;
-	(void)moe_cluster_tick(r->cl); /* load windows, re-placement (--rebalance) */
+	(void)moe_cluster_heartbeat(r->cl); /* what the heartbeat thread found, while busy */
+	(void)moe_cluster_tick(r->cl);      /* load windows, re-placement (--rebalance) */
 	const int n = moe_cluster_n_links(r->cl);
 	for (int i = 0; i < n && i < MOE_CLUSTER_MAX_LINKS; i++) {
 		const moe_cluster_link_stats st = moe_cluster_link(r->cl, i);
@@ -328,7 +329,7 @@ int moe_cmd_serve(int argc, char **argv)
 		a.co.on_load_ctx = &prog;
 		err = moe_cluster_create(&cl, m, a.model, &a.co);
 		moe_cli_progress_end(&prog);
-		if (err != MOE_OK)
+		if (err != MOE_OK || (err = moe_cluster_watch(cl, 1000)) != MOE_OK)
 			goto out_fail;
 		a.eo.experts = moe_cluster_backend(cl);
 		feed.cl = cl;
