@@ -57,6 +57,8 @@ typedef struct moe_cluster_opts {
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
+	bool respawn;          /* --respawn: the heartbeat thread (moe_cluster_watch) starts
+	                        * a spawned worker that died again (backoff) and re-admits it */
 	double rebalance_s;    /* --rebalance SECONDS: re-place experts by the load of
 	                        * each such window (moe_cluster_tick); 0 = never */
 	/* Called on the cluster's thread when an ASSIGN is sent, whenever a

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "coordinator/cluster_impl.h"
 #include "core/core.h"
@@ -23,6 +25,13 @@
  * connection (on this thread: no request waits for it). */
 #define REDIAL_MS      2000
 #define REDIAL_WAIT_MS 200
+
+/* A spawned worker that died is started again after BACKOFF_MIN_MS, doubled
+ * after each start that does not come back, up to BACKOFF_MAX_MS; back to
+ * the minimum once it has served for BACKOFF_RESET_MS. */
+#define BACKOFF_MIN_MS   500
+#define BACKOFF_MAX_MS   30000
+#define BACKOFF_RESET_MS 60000
 
 /* Silence allowed while a returning worker loads (LOAD_PROGRESS restarts
  * it), as link.c allows an ASSIGN. */
@@ -36,6 +45,9 @@ struct watch {
 	int period_ms;
 	uint64_t seq;                             /* the last HEARTBEAT's */
 	uint64_t redial_t[MOE_CLUSTER_MAX_LINKS]; /* this thread's own */
+	uint64_t spawn_t[MOE_CLUSTER_MAX_LINKS];  /* when a died spawned worker may start */
+	uint64_t live_t[MOE_CLUSTER_MAX_LINKS];   /* when it was last started again */
+	int backoff_ms[MOE_CLUSTER_MAX_LINKS];
 	bool broken;    /* the owner's: the last repair failed (no holder for some expert) */
 	uint64_t lost0; /* the owner's: c->cnt.lost when it last repaired */
 };
@@ -179,15 +191,67 @@ static moe_err load_held(moe_cluster *c, struct watch *w, clink *l)
 	}
 }
 
-/* Re-dials every lost worker named by URL (not spawned, not local), each at
- * most every REDIAL_MS; one that authenticates is sent its held set and, once
- * loaded, handed to the owner (READY).  Failures leave it DOWN. */
+/* For a lost spawned worker (--respawn): if its process ended, reaps it
+ * (noting how, for moe_cluster_shutdown's report) and, once its backoff has
+ * passed, starts it again.  True when there is a process to dial now (one
+ * still running, frozen perhaps, is dialled as a URL worker is). */
+static bool respawn(moe_cluster *c, struct watch *w, clink *l, int i)
+{
+	const uint64_t now = moe_now_ns();
+	if (l->pid > 0) {
+		int status = 0;
+		if (waitpid(l->pid, &status, WNOHANG) != l->pid)
+			return true; /* still there */
+		const size_t n = strlen(l->ended);
+		if (WIFSIGNALED(status) && n < sizeof l->ended)
+			snprintf(l->ended + n, sizeof l->ended - n,
+			         "%sworker %s (pid %d) was killed by signal %d and re-spawned",
+			         n ? "; " : "", l->name, (int)l->pid, WTERMSIG(status));
+		else if (WIFEXITED(status) && WEXITSTATUS(status) != 0 && n < sizeof l->ended)
+			snprintf(l->ended + n, sizeof l->ended - n,
+			         "%sworker %s (pid %d) exited with status %d and was re-spawned",
+			         n ? "; " : "", l->name, (int)l->pid, WEXITSTATUS(status));
+		char path[300];
+		snprintf(path, sizeof path, "%s.data", l->url + 6);
+		unlink(path);
+		unlink(l->url + 6);
+		l->pid = 0;
+		if (w->backoff_ms[i] == 0 ||
+		    (w->live_t[i] != 0 && now - w->live_t[i] > BACKOFF_RESET_MS * 1000000ull))
+			w->backoff_ms[i] = BACKOFF_MIN_MS;
+		w->spawn_t[i] = now + (uint64_t)w->backoff_ms[i] * 1000000u;
+		moe_log(MOE_LOG_WARN, "worker %s ended; starting it again in %d ms", l->name,
+		        w->backoff_ms[i]);
+		w->backoff_ms[i] =
+		    w->backoff_ms[i] * 2 < BACKOFF_MAX_MS ? w->backoff_ms[i] * 2 : BACKOFF_MAX_MS;
+		return false;
+	}
+	if (now < w->spawn_t[i])
+		return false;
+	if (moe_clu_spawn(c, l, i) != MOE_OK) {
+		moe_log(MOE_LOG_WARN, "worker %s: starting it again failed: %s", l->name,
+		        moe_err_detail());
+		w->spawn_t[i] = now + (uint64_t)w->backoff_ms[i] * 1000000u;
+		w->backoff_ms[i] =
+		    w->backoff_ms[i] * 2 < BACKOFF_MAX_MS ? w->backoff_ms[i] * 2 : BACKOFF_MAX_MS;
+		return false;
+	}
+	w->live_t[i] = now;
+	w->redial_t[i] = 0; /* dial it at once */
+	return true;
+}
+
+/* Re-dials every lost worker named by URL (not local; a spawned one with
+ * --respawn, started again if it died), each at most every REDIAL_MS; one
+ * that authenticates is sent its held set and, once loaded, handed to the
+ * owner (READY).  Failures leave it DOWN. */
 static void readmit(moe_cluster *c, struct watch *w)
 {
 	for (int i = 0; i < c->n_links && !stopping(w); i++) {
 		clink *l = &c->links[i];
-		if (l->local || l->pid > 0 || l->url[0] == '\0' ||
-		    atomic_load(&l->wstate) != MOE_CLU_W_DOWN)
+		if (l->local || l->url[0] == '\0' || atomic_load(&l->wstate) != MOE_CLU_W_DOWN)
+			continue;
+		if (i < c->o.spawn && (!c->o.respawn || !respawn(c, w, l, i)))
 			continue;
 		const uint64_t now = moe_now_ns();
 		if (w->redial_t[i] != 0 && now - w->redial_t[i] < (uint64_t)REDIAL_MS * 1000000u)

@@ -657,6 +657,13 @@ moe_err moe_clu_stop_spawned(moe_cluster *c, bool report)
 	int n_bad = 0;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
+		if (l->ended[0] != '\0') { /* a process of it the heartbeat thread re-spawned */
+			n_bad++;
+			if (len < sizeof bad)
+				len += (size_t)snprintf(bad + len, sizeof bad - len, "%s%s",
+				                        len ? "; " : "", l->ended);
+			l->ended[0] = '\0';
+		}
 		if (l->pid <= 0)
 			continue;
 		int status = 0;

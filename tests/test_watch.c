@@ -276,3 +276,84 @@ Test(watch, workers_lost_and_readmitted_while_a_stream_runs, .timeout = 180, .fi
 	unlink(sb);
 	unlink(out);
 }
+
+/* The child processes of pid (of all its threads), up to max; how many. */
+static int children_of(pid_t pid, pid_t *out, int max)
+{
+	char cmd[128], line[4096];
+	snprintf(cmd, sizeof cmd, "cat /proc/%d/task/*/children 2>/dev/null", (int)pid);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	int n = 0;
+	while (fgets(line, sizeof line, p) != NULL)
+		for (char *t = strtok(line, " \n"); t != NULL && n < max; t = strtok(NULL, " \n"))
+			out[n++] = (pid_t)atoi(t);
+	pclose(p);
+	return n;
+}
+
+static bool health_gets(const serve *s, const char *want, char *out, size_t size)
+{
+	for (int t = 0; t < 300; t++) {
+		get(s, "/health", out, size);
+		if (strstr(out, want) != NULL)
+			return true;
+		usleep(50000);
+	}
+	return false;
+}
+
+Test(watch, a_spawned_worker_that_dies_is_respawned_with_respawn, .timeout = 120,
+     .fini = kill_tracked)
+{
+	static char buf[1 << 16], ref[1 << 16], txt[1 << 16], body[1 << 17];
+	char m[1024], out[256];
+	snprintf(m, sizeof m, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	tmp_path(out, sizeof out, "respawn.txt");
+	serve s = start_serve(m, (const char *const[]){"--workers", "2", "--replicate", "all",
+	                                               "--dispatch-timeout-ms", "1000", "--respawn",
+	                                               NULL});
+	const char *req = "{\"prompt\":\"In the beginning\",\"max_tokens\":24,\"temperature\":0,"
+	                  "\"stream\":true}";
+	pid_t curl = start_curl(&s, req, out);
+	cr_assert_eq(waitpid(curl, NULL, 0), curl);
+	read_file(out, body, sizeof body);
+	cr_assert(strstr(body, "data: [DONE]") != NULL, "the undisturbed stream: %s", body);
+	stream_text(ref, sizeof ref, body);
+
+	pid_t kids[8];
+	cr_assert_eq(children_of(s.pid, kids, 8), 2, "serve has not 2 workers");
+	track(kids[1]);         /* should serve be killed: the workers it spawned too */
+	kill(kids[0], SIGKILL); /* reaped by serve */
+	cr_assert(health_gets(&s, "\"workers_up\":1", buf, sizeof buf), "not seen lost: %s", buf);
+	cr_assert(health_gets(&s, "\"workers_up\":2", buf, sizeof buf), "not re-spawned: %s", buf);
+	pid_t now[8];
+	cr_assert_eq(children_of(s.pid, now, 8), 2, "serve has not 2 workers again");
+	track(now[0] != kids[1] ? now[0] : now[1]);
+	cr_assert(now[0] != kids[0] && now[1] != kids[0], "the killed worker is still a child");
+
+	curl = start_curl(&s, req, out);
+	cr_assert_eq(waitpid(curl, NULL, 0), curl);
+	read_file(out, body, sizeof body);
+	cr_assert(strstr(body, "data: [DONE]") != NULL, "the stream did not end: %s", body);
+	stream_text(txt, sizeof txt, body);
+	cr_assert_str_eq(txt, ref, "the streamed text changed");
+	get(&s, "/metrics", buf, sizeof buf);
+	cr_assert(strstr(buf, "moemesh_cluster_workers_readmitted_total 1\n") != NULL,
+	          "the re-admission is not counted");
+
+	/* the crash is still reported when serve ends: status 1, naming it */
+	kill(s.pid, SIGTERM);
+	char line[1024];
+	bool named = false;
+	while (fgets(line, sizeof line, s.err) != NULL) {
+		fputs(line, stderr);
+		named |= strstr(line, "was killed by signal 9 and re-spawned") != NULL;
+	}
+	fclose(s.err);
+	int st = 0;
+	waitpid(s.pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "serve ended with status %d", st);
+	cr_expect(named, "the killed worker is not named at the end");
+	unlink(out);
+}
