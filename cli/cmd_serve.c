@@ -20,7 +20,7 @@ static void usage(FILE *f)
 	    f,
 	    "usage: moemesh serve -m MODEL.gguf [--host 127.0.0.1] [--port 8080]\n"
 	    "                     [--api-key KEY | --insecure] [--parallel SEQS] [--ctx TOKENS]\n"
-	    "                     [--max-conn N] [--timeout SECONDS]\n"
+	    "                     [--max-conn N] [--max-conn-per-ip N] [--timeout SECONDS]\n"
 	    "                     [--threads N] [--queue N] [--max-body BYTES]\n"
 	    "                     [--prefill-chunk N] [--chat-template FILE|chatml]\n"
 	    "                     [--kv f16|f32|q8_0|q4_0] [--kv-budget MIB]\n"
@@ -41,7 +41,9 @@ static void usage(FILE *f)
 	    "`Authorization: Bearer KEY`; a --host beyond loopback needs --api-key, or\n"
 	    "--insecure to serve it open.  --port 0 picks a free port.  Up to\n"
 	    "--max-conn connections (default 4096; the open-file limit is raised to\n"
-	    "fit) are served at once, each idle one closed after --timeout seconds\n"
+	    "fit) are served at once, at most --max-conn-per-ip from one address\n"
+	    "(default 3/4 of --max-conn; past it refused at once), each idle one\n"
+	    "closed after --timeout seconds\n"
 	    "(default 600, as llama.cpp's server).  Chats are\n"
 	    "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	    "(--chat-template chatml); a template the server cannot render stops it\n"
@@ -145,6 +147,8 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			a->ho.api_key = v;
 		else if (strcmp(s, "--max-conn") == 0)
 			bad = moe_parse_int(&a->ho.max_conn, v, 1, 1 << 20);
+		else if (strcmp(s, "--max-conn-per-ip") == 0)
+			bad = moe_parse_int(&a->ho.max_conn_per_ip, v, 1, 1 << 20);
 		else if (strcmp(s, "--timeout") == 0)
 			bad = moe_parse_int(&a->ho.timeout_s, v, 1, 1 << 20);
 		else if (strcmp(s, "--parallel") == 0)

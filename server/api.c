@@ -423,6 +423,7 @@ moe_err moe_http_start(moe_http **out, const moe_http_opts *o)
 	                           .port = o->port,
 	                           .max_body = o->max_body,
 	                           .max_conn = o->max_conn,
+	                           .max_conn_per_ip = o->max_conn_per_ip,
 	                           .timeout_s = o->timeout_s};
 	const moe_httpd_handlers hh = {
 	    .ctx = h, .head = on_head, .reject = on_reject, .body = on_body};

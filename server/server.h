@@ -269,6 +269,8 @@ typedef struct moe_http_opts {
 	int max_conn;         /* connections at once (<= 0: 4096; each idle one costs a thread
 	                       * and a descriptor, nothing else) */
 	int timeout_s;        /* a connection idle this long is closed (<= 0: 600) */
+	int max_conn_per_ip;  /* connections at once from one address (<= 0: 3/4 of
+	                       * max_conn, at least 1: one address cannot take every slot) */
 	bool insecure;        /* allow a host beyond loopback without an api_key */
 	const char *model_id; /* the name /v1/models shows */
 } moe_http_opts;
