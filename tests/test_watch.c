@@ -5,7 +5,9 @@
  * its URL is re-admitted before the stream ends (not only once serve is
  * idle), and a worker frozen by SIGSTOP is found lost while it still runs
  * (and taken back once resumed); the stream ends with [DONE] and its text
- * is the one of the undisturbed run.  Real processes over real sockets.
+ * is the one of the undisturbed run.  A frozen worker that holds no expert
+ * (no dispatch waits on it) is found by the heartbeats alone, while the
+ * stream runs.  A spawned worker killed under --respawn is started again.  Real processes over real sockets.
  */
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -355,5 +357,67 @@ Test(watch, a_spawned_worker_that_dies_is_respawned_with_respawn, .timeout = 120
 	waitpid(s.pid, &st, 0);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "serve ended with status %d", st);
 	cr_expect(named, "the killed worker is not named at the end");
+	unlink(out);
+}
+
+Test(watch, a_frozen_worker_no_dispatch_waits_on_is_found_while_busy, .timeout = 180,
+     .fini = kill_tracked)
+{
+	static char buf[1 << 16], body[1 << 17];
+	char m[1024], sa[256], sb[256], sc[256], cfg[256], out[256];
+	snprintf(m, sizeof m, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+	tmp_path(sa, sizeof sa, "fa.sock");
+	tmp_path(sb, sizeof sb, "fb.sock");
+	tmp_path(sc, sizeof sc, "fc.sock");
+	tmp_path(cfg, sizeof cfg, "cluster.json");
+	tmp_path(out, sizeof out, "frozen.txt");
+	/* c's "mem" cap is below one expert: it holds none, and no dispatch
+	 * ever waits on it; only a heartbeat can find it frozen */
+	FILE *fp = fopen(cfg, "w");
+	cr_assert_not_null(fp);
+	fprintf(fp,
+	        "{\"workers\": [{\"url\": \"ipc://%s\", \"name\": \"c\", \"mem\": 4096},"
+	        " {\"url\": \"ipc://%s\", \"name\": \"a\"}, {\"url\": \"ipc://%s\", \"name\": "
+	        "\"b\"}]}\n",
+	        sc, sa, sb);
+	fclose(fp);
+	const pid_t a = start_worker(m, sa, 10000), b = start_worker(m, sb, 10000);
+	const pid_t c = start_worker(m, sc, 0);
+	serve s = start_serve(
+	    m, (const char *const[]){"--cluster", cfg, "--dispatch-timeout-ms", "1000", NULL});
+	const char *req = "{\"prompt\":\"In the beginning\",\"max_tokens\":120,\"temperature\":0,"
+	                  "\"stream\":true}";
+	const pid_t curl = start_curl(&s, req, out);
+	for (int t = 0; t < 400 && read_file(out, body, sizeof body) == 0; t++)
+		usleep(25000); /* its first chunk: serve is stepping */
+	cr_assert_gt(strlen(body), 0, "the stream did not start");
+	kill(c, SIGSTOP);
+	cr_assert(
+	    health_while_streaming(&s, curl, "{\"name\":\"c\",\"up\":false}", buf, sizeof buf),
+	    "frozen c not seen lost while the stream ran: %s", buf);
+	kill(c, SIGCONT);
+	cr_assert_eq(waitpid(curl, NULL, 0), curl);
+	read_file(out, body, sizeof body);
+	cr_assert(strstr(body, "data: [DONE]") != NULL, "the stream did not end: %s", body);
+	cr_assert(health_gets(&s, "\"workers_up\":3", buf, sizeof buf), "c not taken back: %s",
+	          buf);
+
+	kill(s.pid, SIGTERM);
+	char line[1024];
+	while (fgets(line, sizeof line, s.err) != NULL)
+		fputs(line, stderr);
+	fclose(s.err);
+	int st = 0;
+	waitpid(s.pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve ended with status %d", st);
+	const pid_t w[3] = {a, b, c};
+	for (int i = 0; i < 3; i++) {
+		kill(w[i], SIGTERM);
+		waitpid(w[i], NULL, 0);
+	}
+	unlink(sa);
+	unlink(sb);
+	unlink(sc);
+	unlink(cfg);
 	unlink(out);
 }
