@@ -55,7 +55,8 @@ typedef struct clink {
 	char why[256];          /* why it was found lost; written before wstate = LOST */
 	int dial_wait_ms;       /* moe_clu_connect's wait for a connection (0: the cluster's) */
 	uint64_t re_bytes, re_loaded, re_dropped; /* its re-admission's load (READY) */
-	char ended[200]; /* how spawned processes of it that were re-spawned ended, if not cleanly */
+	char
+	    ended[200]; /* how spawned processes of it that were re-spawned ended, if not cleanly */
 	double re_seconds;
 	/* stats */
 	moe_cluster_link_stats st;

@@ -56,11 +56,11 @@ typedef struct moe_httpd_handlers {
 } moe_httpd_handlers;
 
 typedef struct moe_httpd_opts {
-	const char *host; /* IPv4 address or "localhost"; NULL: 127.0.0.1 */
-	int port;         /* 0: any free port */
-	size_t max_body;  /* body cap in bytes */
-	int max_conn;     /* connections at once; <= 0: 4096 */
-	int timeout_s;    /* a connection idle this long is closed; <= 0: 600 */
+	const char *host;    /* IPv4 address or "localhost"; NULL: 127.0.0.1 */
+	int port;            /* 0: any free port */
+	size_t max_body;     /* body cap in bytes */
+	int max_conn;        /* connections at once; <= 0: 4096 */
+	int timeout_s;       /* a connection idle this long is closed; <= 0: 600 */
 	int max_conn_per_ip; /* connections at once from one address; <= 0: 3/4 of max_conn */
 } moe_httpd_opts;
 

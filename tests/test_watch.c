@@ -7,7 +7,8 @@
  * (and taken back once resumed); the stream ends with [DONE] and its text
  * is the one of the undisturbed run.  A frozen worker that holds no expert
  * (no dispatch waits on it) is found by the heartbeats alone, while the
- * stream runs.  A spawned worker killed under --respawn is started again.  Real processes over real sockets.
+ * stream runs.  A spawned worker killed under --respawn is started again.  Real processes over real
+ * sockets.
  */
 #include <criterion/criterion.h>
 #include <poll.h>
