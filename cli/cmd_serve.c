@@ -43,7 +43,8 @@ static void usage(FILE *f)
 	    "--max-conn connections (default 4096; the open-file limit is raised to\n"
 	    "fit) are served at once, each idle one closed after --timeout seconds\n"
 	    "(default 600, as llama.cpp's server); one client address may hold\n"
-	    "--max-conn-per-ip of them (default: no limit on loopback, 256 beyond it;\n"
+	    "--max-conn-per-ip of them (default: 3/4 of --max-conn on loopback, 256\n"
+	    "beyond it;\n"
 	    "more are closed at accept).  Chats are\n"
 	    "rendered with the model's chat template, or the one in FILE, or ChatML\n"
 	    "(--chat-template chatml); a template the server cannot render stops it\n"
@@ -85,7 +86,8 @@ typedef struct rtt_feed {
 static void feed_rtt(void *ctx, moe_engine *e)
 {
 	rtt_feed *r = ctx;
-	(void)moe_cluster_tick(r->cl); /* load windows, re-placement (--rebalance) */
+	(void)moe_cluster_heartbeat(r->cl); /* what the heartbeat thread found, while busy */
+	(void)moe_cluster_tick(r->cl);      /* load windows, re-placement (--rebalance) */
 	const int n = moe_cluster_n_links(r->cl);
 	for (int i = 0; i < n && i < MOE_CLUSTER_MAX_LINKS; i++) {
 		const moe_cluster_link_stats st = moe_cluster_link(r->cl, i);
@@ -146,10 +148,10 @@ static int parse_args(serve_args *a, int argc, char **argv)
 			a->ho.api_key = v;
 		else if (strcmp(s, "--max-conn") == 0)
 			bad = moe_parse_int(&a->ho.max_conn, v, 1, 1 << 20);
-		else if (strcmp(s, "--timeout") == 0)
-			bad = moe_parse_int(&a->ho.timeout_s, v, 1, 1 << 20);
 		else if (strcmp(s, "--max-conn-per-ip") == 0)
 			bad = moe_parse_int(&a->ho.max_conn_per_ip, v, 1, 1 << 20);
+		else if (strcmp(s, "--timeout") == 0)
+			bad = moe_parse_int(&a->ho.timeout_s, v, 1, 1 << 20);
 		else if (strcmp(s, "--parallel") == 0)
 			bad = moe_parse_int(&a->eo.n_slots, v, 1, 256);
 		else if (strcmp(s, "--ctx") == 0)
@@ -333,7 +335,7 @@ int moe_cmd_serve(int argc, char **argv)
 		a.co.on_load_ctx = &prog;
 		err = moe_cluster_create(&cl, m, a.model, &a.co);
 		moe_cli_progress_end(&prog);
-		if (err != MOE_OK)
+		if (err != MOE_OK || (err = moe_cluster_watch(cl, 1000)) != MOE_OK)
 			goto out_fail;
 		a.eo.experts = moe_cluster_backend(cl);
 		a.eo.overlap = moe_cluster_overlap_backend(cl);

@@ -101,6 +101,7 @@ void moe_cluster_destroy(moe_cluster *c)
 {
 	if (c == NULL)
 		return;
+	moe_clu_watch_stop(c);
 	(void)moe_clu_stop_spawned(c, false); /* a no-op after moe_cluster_shutdown */
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
@@ -124,7 +125,10 @@ void moe_cluster_destroy(moe_cluster *c)
 
 moe_err moe_cluster_shutdown(moe_cluster *c)
 {
-	return c == NULL ? MOE_OK : moe_clu_stop_spawned(c, true);
+	if (c == NULL)
+		return MOE_OK;
+	moe_clu_watch_stop(c); /* before the links it uses go */
+	return moe_clu_stop_spawned(c, true);
 }
 
 const moe_expert_backend *moe_cluster_backend(moe_cluster *c)

@@ -7,6 +7,7 @@
 #ifndef MOE_CLUSTER_IMPL_H
 #define MOE_CLUSTER_IMPL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -39,6 +40,16 @@ typedef struct clink {
 	uint64_t async_t;  /* when it was sent, or its last LOAD_PROGRESS */
 	int errors;        /* ERROR replies in a row (a RESULT resets it) */
 	uint64_t redial_t; /* when it was last re-dialled (dead URL workers) */
+	/* the heartbeat thread's side (heartbeat.c; the locking: DESIGN.md,
+	 * "Failure semantics") */
+	pthread_mutex_t ctl_mu; /* once it runs: held by whoever uses ctl, ctl_tx, ctl_rx */
+	atomic_int wstate;      /* MOE_CLU_W_*: who owns the session, what to apply */
+	char why[256];          /* why it was found lost; written before wstate = LOST */
+	int dial_wait_ms;       /* moe_clu_connect's wait for a connection (0: the cluster's) */
+	uint64_t re_bytes, re_loaded, re_dropped; /* its re-admission's load (READY) */
+	char
+	    ended[200]; /* how spawned processes of it that were re-spawned ended, if not cleanly */
+	double re_seconds;
 	/* stats */
 	moe_cluster_link_stats st;
 } clink;
@@ -107,7 +118,15 @@ struct moe_cluster {
 	uint64_t *eload; /* [n_layer][n_expert] (token, expert) pairs routed, this window */
 	uint64_t *wload; /* [n_layer][MOE_CLUSTER_MAX_LINKS] pairs sent to each link, this window */
 	struct rebal *rb; /* the rebalancer's state (rebalance.c) */
+	struct watch *wt; /* the heartbeat thread (heartbeat.c), or NULL */
 };
+
+/* A link's state between the owner thread and the heartbeat thread:
+ * LIVE (the owner's; heartbeated), LOST (the heartbeat thread found it lost:
+ * the owner marks it dead), DOWN (marked dead: its session fields are the
+ * heartbeat thread's, which may re-dial it), READY (re-dialled and loaded:
+ * the owner takes it back). */
+enum { MOE_CLU_W_LIVE = 0, MOE_CLU_W_LOST, MOE_CLU_W_DOWN, MOE_CLU_W_READY };
 
 /* link.c */
 
@@ -141,6 +160,13 @@ moe_err moe_clu_assign_done(moe_cluster *c, clink *l, const moe_frame *f, const 
  * restart the silence allowed; an ERROR frame is its error). */
 moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind want,
                            int timeout_ms);
+
+/* Sends set as an ASSIGN, touching neither l's stats nor on_load (the
+ * heartbeat thread's re-admission).  Errors: those of the send. */
+moe_err moe_clu_send_assign_msg(moe_cluster *c, clink *l, const uint8_t *set);
+
+/* Closes everything of l's last session: control socket, keys, data socket. */
+void moe_clu_drop_session(clink *l);
 
 /* Marks l dead (once): closes its data socket, says why on stderr. */
 void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why);
@@ -185,6 +211,23 @@ void moe_clu_rebalance_free(moe_cluster *c);
 /* If l has an ASSIGN of the rebalancer in flight, waits for it to finish
  * (a change that is under way when a worker is lost is abandoned). */
 moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l);
+
+/* heartbeat.c */
+
+/* Takes l's control lock (ctl_mu) while the heartbeat thread runs (else a
+ * no-op); try: false when the other thread holds it. */
+void moe_clu_ctl_lock(moe_cluster *c, clink *l);
+bool moe_clu_ctl_trylock(moe_cluster *c, clink *l);
+void moe_clu_ctl_unlock(moe_cluster *c, clink *l);
+
+/* The owner's side of moe_cluster_heartbeat while the heartbeat thread runs:
+ * marks dead the links it found lost, takes back those it re-admitted, and
+ * repairs the placement when something changed or the last repair failed.
+ * Errors: moe_clu_repair's. */
+moe_err moe_clu_watch_apply(moe_cluster *c);
+
+/* Stops and joins the heartbeat thread (a no-op without one). */
+void moe_clu_watch_stop(moe_cluster *c);
 
 /* dispatch.c */
 

@@ -20,6 +20,7 @@ const char *moe_cluster_usage(void)
 	       "          --secret-file F | --insecure  --worker-threads N  --dispatch-timeout-ms "
 	       "N\n"
 	       "          --net-delay-us US (spawned workers delay every message)\n"
+	       "          --respawn (serve: a spawned worker that dies is started again)\n"
 	       "          --rebalance SECONDS (serve: re-place experts by their load, live)\n"
 	       "          --overlap | --no-overlap (two micro-batches, one's experts in flight\n"
 	       "          while the other computes; default off)\n";
@@ -418,6 +419,10 @@ moe_err moe_cluster_check_secure(const moe_cluster_opts *o)
 moe_err moe_cluster_parse_arg(moe_cluster_opts *o, int *i, int argc, char **argv)
 {
 	const char *a = argv[*i];
+	if (strcmp(a, "--respawn") == 0) {
+		o->respawn = true;
+		return MOE_OK;
+	}
 	if (strcmp(a, "--insecure") == 0) {
 		o->insecure = true;
 		return MOE_OK;

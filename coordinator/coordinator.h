@@ -59,6 +59,8 @@ typedef struct moe_cluster_opts {
 	                        * (those experts of every layer on every link) */
 	int timeout_ms;        /* per-dispatch deadline (0 = 10000) */
 	int net_delay_us;      /* passed to spawned workers (--net-delay-us) */
+	bool respawn;          /* --respawn: the heartbeat thread (moe_cluster_watch) starts
+	                        * a spawned worker that died again (backoff) and re-admits it */
 	double rebalance_s;    /* --rebalance SECONDS: re-place experts by the load of
 	                        * each such window (moe_cluster_tick); 0 = never */
 	/* Called on the cluster's thread when an ASSIGN is sent, whenever a
@@ -155,6 +157,17 @@ void moe_cluster_set_pool(moe_cluster *c, moe_pool *pool);
  * or whose control connection closed, is marked dead and its experts
  * re-placed.  Errors: MOE_ERR_CLOSED if no holder is left for some expert. */
 moe_err moe_cluster_heartbeat(moe_cluster *c);
+
+/* Starts the cluster's heartbeat thread (coordinator/heartbeat.c): every
+ * period_ms it sends a HEARTBEAT to each live worker and awaits the echoes
+ * within the dispatch deadline, also while the scheduler steps, and re-dials
+ * lost workers named by URL (every 2 s), re-loading a returning one's
+ * experts on that thread.  From then on moe_cluster_heartbeat, on the
+ * cluster's thread, takes its findings (marks dead, takes back, repairs)
+ * instead of heartbeating itself: call it between steps too.  Stopped by
+ * moe_cluster_shutdown / moe_cluster_destroy.  Errors: MOE_ERR_INVAL (a
+ * period <= 0), MOE_ERR_NOMEM, MOE_ERR_SYS.  A second call is a no-op. */
+moe_err moe_cluster_watch(moe_cluster *c, int period_ms);
 
 typedef struct moe_cluster_link_stats {
 	char name[64];

@@ -60,6 +60,7 @@ void moe_clu_mark_dead(moe_cluster *c, clink *l, const char *why)
 	l->data_tx = NULL;
 	moe_log(MOE_LOG_ERROR, "worker %s (%s) lost: %s", l->name, l->url, why);
 	c->cnt.lost++;
+	atomic_store(&l->wstate, MOE_CLU_W_DOWN); /* its session is the heartbeat thread's */
 }
 
 /* Receives the next control frame of kind `want` from l within timeout_ms of
@@ -145,7 +146,9 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 	 * without an answer, for up to HELLO_BUDGET_MS */
 	const uint64_t t0 = moe_now_ns();
 	for (int tries = 0;; tries++) {
-		const int wait_ms = c->dial_wait_ms > 0 ? c->dial_wait_ms : 10000;
+		const int wait_ms = l->dial_wait_ms > 0   ? l->dial_wait_ms
+		                    : c->dial_wait_ms > 0 ? c->dial_wait_ms
+		                                          : 10000;
 		for (int waited = 0; atomic_load(&l->pipes) == 0; waited += 10) {
 			if (waited >= wait_ms)
 				return moe_fail(
@@ -286,6 +289,18 @@ out_free_ok:
  * as ranges. */
 moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set)
 {
+	const moe_err err = moe_clu_send_assign_msg(c, l, set);
+	if (err != MOE_OK)
+		return err;
+	l->st.loading = true;
+	l->st.load_done = l->st.load_total = 0;
+	if (c->o.on_load != NULL)
+		c->o.on_load(c->o.on_load_ctx, c);
+	return MOE_OK;
+}
+
+moe_err moe_clu_send_assign_msg(moe_cluster *c, clink *l, const uint8_t *set)
+{
 	const int nl = c->hp->n_layer, ne = c->hp->n_expert;
 	Moemesh__Assign a = MOEMESH__ASSIGN__INIT;
 	Moemesh__LayerExperts *les = calloc((size_t)nl, sizeof *les);
@@ -325,12 +340,7 @@ moe_err moe_clu_send_assign(moe_cluster *c, clink *l, const uint8_t *set)
 	}
 	a.layers = lp;
 	moe_log(MOE_LOG_DEBUG, "worker %s (%s): ASSIGN in %zu ranges", l->name, l->url, nr);
-	if ((err = moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_ASSIGN, &a.base)) != MOE_OK)
-		goto out_free;
-	l->st.loading = true;
-	l->st.load_done = l->st.load_total = 0;
-	if (c->o.on_load != NULL)
-		c->o.on_load(c->o.on_load_ctx, c);
+	err = moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_ASSIGN, &a.base);
 out_free:
 	free(les);
 	free(lp);
@@ -370,6 +380,8 @@ moe_err moe_clu_assign_done(moe_cluster *c, clink *l, const moe_frame *f, const 
 	return err;
 }
 
+static moe_err assign_wait(moe_cluster *c, clink *l);
+
 /* Sends l's held set as an ASSIGN and waits until it is loaded. */
 moe_err moe_clu_assign(moe_cluster *c, clink *l)
 {
@@ -383,10 +395,22 @@ moe_err moe_clu_assign(moe_cluster *c, clink *l)
 		memcpy(l->loaded, l->held, nh);
 		return MOE_OK;
 	}
+	moe_err err = moe_clu_rebalance_drain(c, l); /* a change under way finishes first */
+	if (err != MOE_OK)
+		return err;
+	moe_clu_ctl_lock(c, l); /* the heartbeat thread's echoes wait */
+	err = assign_wait(c, l);
+	moe_clu_ctl_unlock(c, l);
+	return err;
+}
+
+/* moe_clu_assign's ASSIGN and wait, l's control lock held. */
+static moe_err assign_wait(moe_cluster *c, clink *l)
+{
 	nng_msg *msg;
 	moe_frame f;
-	moe_err err = moe_clu_rebalance_drain(c, l); /* a change under way finishes first */
-	if (err != MOE_OK || (err = moe_clu_send_assign(c, l, l->held)) != MOE_OK)
+	moe_err err = moe_clu_send_assign(c, l, l->held);
+	if (err != MOE_OK)
 		return err;
 	for (;;) {
 		if ((err = ctl_expect(&msg, &f, l, MOE_MSG_LOAD_PROGRESS, LOAD_SILENCE_MS)) !=
@@ -422,8 +446,7 @@ moe_err moe_clu_ctl_expect(nng_msg **msg, moe_frame *f, clink *l, moe_msg_kind w
 #define REDIAL_MS      2000
 #define REDIAL_WAIT_MS 200
 
-/* Closes everything of l's last session: control socket, keys, data socket. */
-static void drop_session(clink *l)
+void moe_clu_drop_session(clink *l)
 {
 	if (l->ctl_open) {
 		nng_close(l->ctl);
@@ -455,7 +478,7 @@ void moe_clu_readmit(moe_cluster *c)
 		if (l->redial_t != 0 && now - l->redial_t < (uint64_t)REDIAL_MS * 1000000u)
 			continue;
 		l->redial_t = now;
-		drop_session(l);
+		moe_clu_drop_session(l);
 		c->dial_wait_ms = REDIAL_WAIT_MS;
 		moe_err err = moe_clu_connect(c, l);
 		c->dial_wait_ms = 0;
@@ -468,7 +491,7 @@ void moe_clu_readmit(moe_cluster *c)
 		if (err != MOE_OK) {
 			moe_log(MOE_LOG_DEBUG, "worker %s (%s) not back: %s", l->name, l->url,
 			        moe_err_detail());
-			drop_session(l);
+			moe_clu_drop_session(l);
 			continue;
 		}
 		l->alive = l->st.alive = true;
@@ -480,6 +503,8 @@ void moe_clu_readmit(moe_cluster *c)
 
 moe_err moe_cluster_heartbeat(moe_cluster *c)
 {
+	if (c->wt != NULL) /* the heartbeat thread beats: take what it found */
+		return moe_clu_watch_apply(c);
 	moe_clu_readmit(c);
 	static uint64_t seq;
 	for (int i = 0; i < c->n_links; i++) {
@@ -630,6 +655,13 @@ moe_err moe_clu_stop_spawned(moe_cluster *c, bool report)
 	int n_bad = 0;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
+		if (l->ended[0] != '\0') { /* a process of it the heartbeat thread re-spawned */
+			n_bad++;
+			if (len < sizeof bad)
+				len += (size_t)snprintf(bad + len, sizeof bad - len, "%s%s",
+				                        len ? "; " : "", l->ended);
+			l->ended[0] = '\0';
+		}
 		if (l->pid <= 0)
 			continue;
 		int status = 0;

@@ -171,20 +171,25 @@ moe_err moe_clu_rebalance_drain(moe_cluster *c, clink *l)
 	if (c->rb == NULL || !l->async)
 		return MOE_OK;
 	c->rb->abort = c->rb->phase == PHASE_LOADING;
-	return poll_link(c, l, true);
+	moe_clu_ctl_lock(c, l);
+	const moe_err err = poll_link(c, l, true);
+	moe_clu_ctl_unlock(c, l);
+	return err;
 }
 
 /* Sends set to l without waiting (l->next keeps it). */
 static void send_async(moe_cluster *c, clink *l, const uint8_t *set)
 {
 	memcpy(l->next, set, nh_of(c));
+	moe_clu_ctl_lock(c, l); /* async is read under it by the heartbeat thread */
 	moe_err err = moe_clu_send_assign(c, l, l->next);
-	if (err != MOE_OK) {
-		moe_clu_mark_dead(c, l, moe_err_detail());
-		return;
+	if (err == MOE_OK) {
+		l->async = true;
+		l->async_t = moe_now_ns();
 	}
-	l->async = true;
-	l->async_t = moe_now_ns();
+	moe_clu_ctl_unlock(c, l);
+	if (err != MOE_OK)
+		moe_clu_mark_dead(c, l, moe_err_detail());
 }
 
 /* Polls (or with wait, waits for) every ASSIGN in flight; true when none is. */
@@ -196,15 +201,25 @@ static bool poll_all(moe_cluster *c, bool wait)
 		if (!l->async)
 			continue;
 		if (!l->alive) {
+			moe_clu_ctl_lock(c, l);
 			l->async = false;
+			moe_clu_ctl_unlock(c, l);
+			continue;
+		}
+		if (wait) {
+			moe_clu_ctl_lock(c, l);
+		} else if (!moe_clu_ctl_trylock(c, l)) {
+			busy = true; /* a heartbeat's echo awaited: the next tick */
 			continue;
 		}
 		moe_err err = poll_link(c, l, wait);
-		if (err != MOE_OK) {
+		if (err != MOE_OK)
 			l->async = false;
+		const bool still = l->async;
+		moe_clu_ctl_unlock(c, l);
+		if (err != MOE_OK)
 			moe_clu_mark_dead(c, l, moe_err_detail());
-		}
-		busy |= l->async;
+		busy |= still;
 	}
 	return !busy;
 }
@@ -502,7 +517,8 @@ static void start_change(moe_cluster *c)
 			memcpy(p, l->held, nh);
 		else
 			memset(p, 0, nh);
-		budget[i] = l->cap ? l->cap : l->mem ? l->mem : UINT64_MAX;
+		/* a lost worker's mem is the heartbeat thread's while it re-dials */
+		budget[i] = !l->alive ? 0 : l->cap ? l->cap : l->mem ? l->mem : UINT64_MAX;
 		for (int il = 0; il < nl; il++) {
 			const uint64_t eb = moe_clu_expert_bytes(c, il);
 			for (int e = 0; e < ne; e++) {

@@ -249,13 +249,17 @@ moe_err moe_httpd_start(moe_httpd **out, const moe_httpd_opts *o, const moe_http
 		return moe_fail(MOE_ERR_NOMEM, "serve: http");
 	d->h = *h;
 	d->max_body = o->max_body;
+	/* one address (a client in a loop, a leak) cannot take every slot: it
+	 * is refused past its share, at once (MHD closes the connection) */
+	const unsigned max_conn = (unsigned)(o->max_conn > 0 ? o->max_conn : 4096);
+	const unsigned per_ip = o->max_conn_per_ip > 0 ? (unsigned)o->max_conn_per_ip
+	                        : max_conn * 3 / 4 > 0 ? max_conn * 3 / 4
+	                                               : 1;
 	d->d = MHD_start_daemon(
 	    MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)o->port,
 	    NULL, NULL, on_request, d, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->max_conn > 0 ? o->max_conn : 4096),
+	    MHD_OPTION_CONNECTION_LIMIT, max_conn, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s > 0 ? o->timeout_s : 600),
-	    MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-	    (unsigned)(o->max_conn_per_ip > 0 ? o->max_conn_per_ip : 0),
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, d, MHD_OPTION_END);
 	if (d->d == NULL) {
 		free(d);

@@ -61,7 +61,7 @@ typedef struct moe_httpd_opts {
 	size_t max_body;     /* body cap in bytes */
 	int max_conn;        /* connections at once; <= 0: 4096 */
 	int timeout_s;       /* a connection idle this long is closed; <= 0: 600 */
-	int max_conn_per_ip; /* from one client address at once; <= 0: no limit */
+	int max_conn_per_ip; /* connections at once from one address; <= 0: 3/4 of max_conn */
 } moe_httpd_opts;
 
 /* ---- the daemon ---------------------------------------------------------------- */

@@ -270,9 +270,9 @@ typedef struct moe_http_opts {
 	int max_conn;         /* connections at once (<= 0: 4096; each idle one costs a thread
 	                       * and a descriptor, nothing else) */
 	int timeout_s;        /* a connection idle this long is closed (<= 0: 600) */
-	int max_conn_per_ip;  /* connections at once from one client address (0: none when
-	                       * host is loopback, 256 beyond it; the ones over are closed
-	                       * at accept) */
+	int max_conn_per_ip;  /* connections at once from one client address (<= 0: 3/4 of
+	                       * max_conn when host is loopback, 256 beyond it; the ones
+	                       * over are closed at accept) */
 	bool insecure;        /* allow a host beyond loopback without an api_key */
 	const char *model_id; /* the name /v1/models shows */
 } moe_http_opts;

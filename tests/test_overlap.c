@@ -22,6 +22,7 @@
 #include "coordinator/coordinator.h"
 #include "core/core.h"
 #include "model/forward.h"
+#include "tests/test_util.h"
 
 static const char *env(const char *name)
 {
@@ -52,32 +53,19 @@ static void reap_workers(void)
 static void start_harness(int k, const char *model, const char *sock, const char *fault,
                           const char *arg)
 {
-	int fds[2];
-	char fd[16], url[300];
-	cr_assert_eq(pipe(fds), 0);
-	snprintf(fd, sizeof fd, "%d", fds[1]);
-	snprintf(url, sizeof url, "ipc://%s", sock);
+	char cmd[4096];
 	unlink(sock);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		close(fds[0]);
-		if (fault != NULL)
-			execl(env("MOE_TEST_WORKER"), "moe-test-worker", fault, arg, "-m", model,
-			      "--listen", url, "--threads", "1", "--ready-fd", fd, "--quiet",
-			      (char *)NULL);
-		else
-			execl(env("MOE_BIN"), "moemesh", "worker", "-m", model, "--listen", url,
-			      "--threads", "1", "--ready-fd", fd, "--quiet", (char *)NULL);
-		_exit(127);
-	}
-	close(fds[1]);
-	g_workers[k] = pid;
-	struct pollfd p = {.fd = fds[0], .events = POLLIN};
-	char b = 0;
-	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
-	close(fds[0]);
-	cr_assert(ready, "the worker on %s did not start listening", url);
+	if (fault != NULL)
+		snprintf(
+		    cmd, sizeof cmd,
+		    "exec '%s' %s '%s' -m '%s' --listen ipc://%s --threads 1 --ready-fd 3 --quiet",
+		    env("MOE_TEST_WORKER"), fault, arg, model, sock);
+	else
+		snprintf(
+		    cmd, sizeof cmd,
+		    "exec '%s' worker -m '%s' --listen ipc://%s --threads 1 --ready-fd 3 --quiet",
+		    env("MOE_BIN"), model, sock);
+	g_workers[k] = spawn_ready(cmd, sock);
 }
 
 static void start_worker(int k, const char *model, const char *sock, const char *error_on)

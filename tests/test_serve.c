@@ -215,11 +215,6 @@ Test(serve, a_thousand_idle_connections_leave_real_clients_served, .timeout = 30
 	run_case("slowloris", kjv(), NULL, NULL);
 }
 
-Test(serve, one_address_holds_at_most_max_conn_per_ip, .timeout = 120)
-{
-	run_case("per_ip", kjv(), (const char *const[]){"--max-conn-per-ip", "4", NULL}, NULL);
-}
-
 Test(serve, a_host_beyond_loopback_needs_an_api_key_or_insecure, .timeout = 120)
 {
 	char msg[4096];
