@@ -54,10 +54,41 @@
 typedef struct conn {
 	int fd;
 	bool authed;
-	uint64_t since; /* accepted at (moe_now_ns) */
-	moe_rx rx;      /* rx.open: sealed link (a secret) */
-	moe_aead *tx;   /* seals what goes out, once authed with a secret */
+	bool sealed_first; /* with a secret: its token frame is not read yet (sealed_token) */
+	uint64_t since;    /* accepted at (moe_now_ns) */
+	moe_rx rx;         /* rx.open: sealed link (a secret) */
+	moe_aead *tx;      /* seals what goes out, once authed with a secret */
+	uint8_t head[256]; /* the sealed token frame, read before its key is known */
+	size_t head_have;
 } conn;
+
+/* One control session: a coordinator's pipe on the (polyamorous) pair1
+ * socket, its handshake, keys, data token and the set it last assigned. */
+typedef struct session {
+	uint32_t pipe;  /* nng pipe id; 0: a free slot */
+	uint64_t since; /* its pipe came (moe_now_ns) */
+	bool hello_ok, authed;
+	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
+	uint8_t token[32];
+	bool token_used;       /* a data connection came with it (with a secret: no second) */
+	moe_session_keys keys; /* with a secret, from AUTH on */
+	moe_aead *tx;          /* control sealer (NULL: plain), under ctl_lock */
+	moe_aead *rx;          /* control opener (NULL: plain) */
+	uint8_t *set;          /* [n_layer][n_expert] its last ASSIGN (NULL: none) */
+	bool assign_wait;      /* its ASSIGN waits for the loader */
+	bool covered;          /* the load under way answers its ASSIGN (under ctl_lock) */
+	uint64_t drop_at;      /* drop it then (after its ERROR went out); 0: no */
+} session;
+
+/* A control pipe that came (add) or left, as nng's callback saw it. */
+typedef struct pipe_ev {
+	uint32_t id;
+	bool add;
+	uint64_t t;
+} pipe_ev;
+
+/* Coordinators served at once (each its own session). */
+#define MAX_SESSIONS 8
 
 typedef struct server {
 	const moe_worker_opts *o;
@@ -78,18 +109,17 @@ typedef struct server {
 	char data_path[256];
 	conn conns[MAX_CONNS];
 	int n_conns;
-	/* handshake of the current control peer */
-	bool hello_ok, authed;
-	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
-	uint8_t token[32];
-	bool token_used;          /* a data connection came with it (with a secret: no second) */
-	moe_session_keys keys;    /* with a secret, from AUTH on */
-	moe_aead *ctl_tx;         /* control sealer (NULL: plain), under ctl_lock */
-	moe_aead *ctl_rx;         /* control opener (NULL: plain) */
-	nng_pipe auth_pipe;       /* the pipe the keys belong to */
-	pthread_mutex_t ctl_lock; /* control sends: this thread and the loader's */
-	nng_pipe drop_pipe;       /* a peer to drop at drop_at (after its ERROR went out) */
-	uint64_t drop_at;
+	/* control sessions; pipes come and go on nng's threads, which queue
+	 * them (ev_*) and wake the poll loop through ev_pipe */
+	session sess[MAX_SESSIONS];
+	pthread_mutex_t ctl_lock; /* control sends (this thread and the loader's), sess[].tx */
+	pthread_mutex_t ev_lock;
+	pipe_ev ev[256];
+	int n_ev;
+	bool ev_lost; /* the queue overflowed */
+	int ev_pipe[2];
+	uint32_t gone[64]; /* the last pipes that left */
+	unsigned n_gone;
 	/* experts */
 	moe_pool *pool;
 	moe_expert_store *store;
@@ -104,15 +134,12 @@ typedef struct server {
 	moe_store_load *ld; /* what it reads */
 	moe_err load_err;   /* its outcome, with load_msg */
 	char load_msg[400];
-	int load_pipe[2];            /* it writes a byte here when done */
-	atomic_int load_stop;        /* asks it to stop (shutdown) */
-	double load_t0;              /* when the ASSIGN arrived */
-	uint64_t assign_dropped;     /* bytes the ASSIGN dropped */
-	uint64_t load_last;          /* bytes at the last LOAD_PROGRESS sent (loader thread) */
-	atomic_int peer_gone;        /* the control peer's pipe closed: handshake again */
-	_Atomic uint32_t peer_id;    /* the control peer's pipe (0: none), from nng's callbacks */
-	_Atomic uint64_t peer_since; /* when it came (moe_now_ns) */
-	uint64_t auth_deadline_ns;   /* a peer not authenticated by then is dropped */
+	int load_pipe[2];          /* it writes a byte here when done */
+	atomic_int load_stop;      /* asks it to stop (shutdown) */
+	double load_t0;            /* when the ASSIGN arrived */
+	uint64_t assign_dropped;   /* bytes the ASSIGN dropped */
+	uint64_t load_last;        /* bytes at the last LOAD_PROGRESS sent (loader thread) */
+	uint64_t auth_deadline_ns; /* a peer not authenticated by then is dropped */
 	bool quit;
 } server;
 
@@ -164,37 +191,74 @@ static uint64_t mem_available(void)
 
 /* ---- replies ----------------------------------------------------------------- */
 
-/* Sends a control frame, sealed once the peer has authenticated with a
- * secret; from this thread or the loader's. */
-static moe_err ctl_send(server *s, moe_msg_kind kind, const ProtobufCMessage *msg)
+/* Sends a control frame to session x's pipe, sealed once it has
+ * authenticated with a secret; from this thread or the loader's. */
+static moe_err ctl_send(server *s, session *x, moe_msg_kind kind, const ProtobufCMessage *msg)
 {
+	const size_t hlen = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+	const size_t size = moe_frame_size(hlen, 0);
+	nng_msg *m;
+	moe_err err;
+	int rv;
+	if (size == 0)
+		return moe_fail(MOE_ERR_INVAL, "%s header of %zu bytes over cap",
+		                moe_msg_kind_name(kind), hlen);
 	pthread_mutex_lock(&s->ctl_lock);
-	const moe_err err = moe_nng_send_sealed(s->ctl, s->ctl_tx, kind, msg);
+	const size_t tag = x->tx != NULL ? MOE_SEAL_TAG : 0;
+	if ((rv = nng_msg_alloc(&m, size + tag)) != 0) {
+		err = moe_nng_fail(rv, "allocating a frame");
+		goto out_unlock;
+	}
+	uint8_t *p = nng_msg_body(m);
+	if ((err = moe_frame_write(p, size, kind, msg, 0)) != MOE_OK ||
+	    (tag != 0 && (err = moe_aead_seal_frame(x->tx, p + size, p, size)) != MOE_OK))
+		goto out_free_msg;
+	/* polyamorous pair1 sends to the pipe the message names */
+	nng_msg_set_pipe(m, (nng_pipe){.id = x->pipe});
+	if ((rv = nng_sendmsg(s->ctl, m, 0)) != 0) {
+		err = moe_nng_fail(rv, "sending a frame");
+		goto out_free_msg;
+	}
+	pthread_mutex_unlock(&s->ctl_lock);
+	return MOE_OK;
+
+out_free_msg:
+	nng_msg_free(m);
+out_unlock:
 	pthread_mutex_unlock(&s->ctl_lock);
 	return err;
 }
 
-/* Forgets the control peer's handshake and keys: the next peer (or this
- * one, again) says HELLO in the clear. */
-static void session_reset(server *s)
+/* Forgets session x's handshake and keys: its peer (or this one, again)
+ * says HELLO in the clear.  Its assigned set stays. */
+static void session_reset(server *s, session *x)
 {
 	pthread_mutex_lock(&s->ctl_lock);
-	moe_aead_destroy(s->ctl_tx);
-	moe_aead_destroy(s->ctl_rx);
-	s->ctl_tx = s->ctl_rx = NULL;
+	moe_aead_destroy(x->tx);
+	moe_aead_destroy(x->rx);
+	x->tx = x->rx = NULL;
 	pthread_mutex_unlock(&s->ctl_lock);
-	moe_session_wipe(&s->keys);
-	s->hello_ok = s->authed = false;
-	s->token_used = true;
+	moe_session_wipe(&x->keys);
+	x->hello_ok = x->authed = false;
+	x->token_used = true;
 }
 
-static void ctl_error(server *s, moe_err code, const char *what)
+static void ctl_error(server *s, session *x, moe_err code, const char *what)
 {
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
 	wlog(s, MOE_LOG_WARN, "control: %s", what);
-	(void)ctl_send(s, MOE_MSG_ERROR, &e.base);
+	(void)ctl_send(s, x, MOE_MSG_ERROR, &e.base);
+}
+
+/* Whether any coordinator has an authenticated session. */
+static bool any_authed(const server *s)
+{
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		if (s->sess[k].pipe != 0 && s->sess[k].authed)
+			return true;
+	return false;
 }
 
 /* An ERROR on a data connection, sealed with tx (NULL: plain, before the
@@ -270,12 +334,15 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	b.dispatches = s->st.dispatches;
 	b.compute_ns = s->st.compute_ns;
 	b.uptime_ns = moe_now_ns() - s->t_start;
-	b.coordinator = s->authed && atomic_load(&s->peer_gone) == 0;
+	b.coordinator = any_authed(s);
 	b.loading = s->loading;
 	b.load_done = s->loading ? s->load_done : 0;
 	b.load_total = s->loading ? s->load_total : 0;
 	b.time_unix_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 	b.bad_frames = s->st.bad_frames;
+	b.bytes_loaded_total = s->st.bytes_loaded_total;
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		b.coordinators += s->sess[k].pipe != 0 && s->sess[k].authed;
 	uint8_t body[MOE_STATUS_MAX_LAYERS * 6 + 1024], mac[32], out[sizeof body + 256];
 	const size_t bl = moemesh__worker_status__get_packed_size(&b);
 	if (bl > sizeof body)
@@ -319,25 +386,25 @@ static void status_serve(server *s)
 
 /* ---- control ------------------------------------------------------------------ */
 
-static void on_hello(server *s, const moe_frame *f)
+static void on_hello(server *s, session *x, const moe_frame *f)
 {
 	char msg[256];
 	Moemesh__Hello *h = moemesh__hello__unpack(NULL, f->header_len, f->header);
-	session_reset(s);
+	session_reset(s, x);
 	if (h == NULL) {
-		ctl_error(s, MOE_ERR_PROTO, "HELLO header does not decode");
+		ctl_error(s, x, MOE_ERR_PROTO, "HELLO header does not decode");
 		return;
 	}
 	if (h->protocol_version != MOE_PROTO_VERSION) {
 		snprintf(msg, sizeof msg, "protocol version %u, this worker speaks %u",
 		         h->protocol_version, MOE_PROTO_VERSION);
-		ctl_error(s, MOE_ERR_BAD_VERSION, msg);
+		ctl_error(s, x, MOE_ERR_BAD_VERSION, msg);
 		goto out_free;
 	}
 	if (h->model_id.len != MOE_ID_BYTES || h->challenge.len != 32) {
 		snprintf(msg, sizeof msg, "HELLO model_id of %zu bytes, challenge of %zu (want 32)",
 		         h->model_id.len, h->challenge.len);
-		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
+		ctl_error(s, x, MOE_ERR_BAD_COUNT, msg);
 		goto out_free;
 	}
 	/* nothing about this node before authentication: not its model's path
@@ -348,84 +415,144 @@ static void on_hello(server *s, const moe_frame *f)
 		         "worker another model: start both with the same GGUF",
 		         h->model_id.data[0], h->model_id.data[1], h->model_id.data[2],
 		         h->model_id.data[3]);
-		ctl_error(s, MOE_ERR_MISMATCH, msg);
+		ctl_error(s, x, MOE_ERR_MISMATCH, msg);
 		goto out_free;
 	}
-	if (moe_random_bytes(s->challenge, sizeof s->challenge) != MOE_OK) {
-		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+	if (moe_random_bytes(x->challenge, sizeof x->challenge) != MOE_OK) {
+		ctl_error(s, x, MOE_ERR_SYS, "libcrypto failed");
 		goto out_free;
 	}
-	memcpy(s->nonce_c, h->challenge.data, 32);
+	memcpy(x->nonce_c, h->challenge.data, 32);
 	Moemesh__HelloReply r = MOEMESH__HELLO_REPLY__INIT;
 	r.protocol_version = MOE_PROTO_VERSION;
-	r.challenge = (ProtobufCBinaryData){32, s->challenge};
-	s->hello_ok = true;
+	r.challenge = (ProtobufCBinaryData){32, x->challenge};
+	x->hello_ok = true;
 	wlog(s, MOE_LOG_DEBUG, "HELLO: model identity and protocol match");
-	(void)ctl_send(s, MOE_MSG_HELLO_REPLY, &r.base);
+	(void)ctl_send(s, x, MOE_MSG_HELLO_REPLY, &r.base);
 out_free:
 	moemesh__hello__free_unpacked(h, NULL);
 }
 
-/* Drops the control peer p once its ERROR has had time to leave. */
-static void drop_peer(server *s, nng_pipe p)
+/* Drops session x's peer once its ERROR has had time to leave. */
+static void drop_peer(session *x)
 {
-	s->drop_pipe = p;
-	s->drop_at = moe_now_ns() + 200u * 1000000u;
+	x->drop_at = moe_now_ns() + 200u * 1000000u;
 }
 
-static void on_auth(server *s, const moe_frame *f, nng_pipe p)
+/* What this worker holds, as AUTH_OK's held list: runs of experts per
+ * layer.  Returns false (nothing filled) without memory. */
+typedef struct held_list {
+	Moemesh__LayerExperts *les, **lp;
+	Moemesh__ExpertRange *rs, **rp;
+	size_t n_layers;
+} held_list;
+
+static bool held_list_make(held_list *hl, const server *s)
+{
+	const int nl = s->hp.n_layer, ne = s->hp.n_expert;
+	memset(hl, 0, sizeof *hl);
+	if (s->store == NULL)
+		return true;
+	hl->les = calloc((size_t)nl, sizeof *hl->les);
+	hl->lp = calloc((size_t)nl, sizeof *hl->lp);
+	hl->rs = calloc((size_t)nl * (size_t)ne, sizeof *hl->rs);
+	hl->rp = calloc((size_t)nl * (size_t)ne, sizeof *hl->rp);
+	if (hl->les == NULL || hl->lp == NULL || hl->rs == NULL || hl->rp == NULL)
+		return false;
+	size_t nr = 0;
+	for (int il = 0; il < nl; il++) {
+		Moemesh__LayerExperts *le = &hl->les[hl->n_layers];
+		moemesh__layer_experts__init(le);
+		le->layer = (uint32_t)il;
+		le->ranges = hl->rp + nr;
+		for (int e = 0; e < ne;) {
+			if (moe_expert_store_get(s->store, il, MOE_EXP_GATE, e) == NULL) {
+				e++;
+				continue;
+			}
+			int e1 = e;
+			while (e1 < ne &&
+			       moe_expert_store_get(s->store, il, MOE_EXP_GATE, e1) != NULL)
+				e1++;
+			moemesh__expert_range__init(&hl->rs[nr]);
+			hl->rs[nr].first = (uint32_t)e;
+			hl->rs[nr].count = (uint32_t)(e1 - e);
+			hl->rp[nr] = &hl->rs[nr];
+			nr++;
+			le->n_ranges++;
+			e = e1;
+		}
+		if (le->n_ranges > 0)
+			hl->lp[hl->n_layers++] = le;
+	}
+	return true;
+}
+
+static void held_list_free(held_list *hl)
+{
+	free(hl->les);
+	free(hl->lp);
+	free(hl->rs);
+	free(hl->rp);
+}
+
+static void on_auth(server *s, session *x, const moe_frame *f)
 {
 	Moemesh__AuthResponse *a = moemesh__auth_response__unpack(NULL, f->header_len, f->header);
 	uint8_t want[32], mac_w[32];
+	held_list hl = {0};
 	if (a == NULL) {
-		ctl_error(s, MOE_ERR_PROTO, "AUTH header does not decode");
+		ctl_error(s, x, MOE_ERR_PROTO, "AUTH header does not decode");
 		return;
 	}
-	if (!s->hello_ok) {
-		ctl_error(s, MOE_ERR_STATE, "AUTH before HELLO");
+	if (!x->hello_ok) {
+		ctl_error(s, x, MOE_ERR_STATE, "AUTH before HELLO");
 		goto out_free;
 	}
-	s->hello_ok = false; /* one try per HELLO (fresh nonce_w) */
+	x->hello_ok = false; /* one try per HELLO (fresh nonce_w) */
 	const size_t sl = s->secret ? s->secret_len : 0;
-	if (moe_auth_mac(want, s->secret, sl, MOE_AUTH_COORDINATOR, s->nonce_c, s->challenge,
+	if (moe_auth_mac(want, s->secret, sl, MOE_AUTH_COORDINATOR, x->nonce_c, x->challenge,
 	                 s->id) != MOE_OK ||
-	    moe_auth_mac(mac_w, s->secret, sl, MOE_AUTH_WORKER, s->nonce_c, s->challenge, s->id) !=
+	    moe_auth_mac(mac_w, s->secret, sl, MOE_AUTH_WORKER, x->nonce_c, x->challenge, s->id) !=
 	        MOE_OK ||
-	    moe_random_bytes(s->token, sizeof s->token) != MOE_OK) {
-		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+	    moe_random_bytes(x->token, sizeof x->token) != MOE_OK) {
+		ctl_error(s, x, MOE_ERR_SYS, "libcrypto failed");
 		goto out_free;
 	}
 	if (a->response.len != 32 || !moe_bytes_equal_ct(a->response.data, want, 32)) {
-		ctl_error(s, MOE_ERR_AUTH,
+		ctl_error(s, x, MOE_ERR_AUTH,
 		          s->secret ? "authentication failed: the coordinator does not know the "
 		                      "cluster secret of this worker (--secret-file)"
 		                    : "authentication failed: the AUTH MAC is not the one of this "
 		                      "HELLO (this worker has no --secret-file)");
-		drop_peer(s, p);
+		drop_peer(x);
+		goto out_free;
+	}
+	if (!held_list_make(&hl, s)) {
+		ctl_error(s, x, MOE_ERR_NOMEM, "AUTH: no memory for the held list");
 		goto out_free;
 	}
 	/* with a secret, AUTH_OK and all after it are sealed with this
 	 * handshake's keys */
 	if (s->secret != NULL) {
 		moe_aead *tx = NULL, *rx = NULL;
-		if (moe_session_derive(&s->keys, s->secret, s->secret_len, s->nonce_c, s->challenge,
+		if (moe_session_derive(&x->keys, s->secret, s->secret_len, x->nonce_c, x->challenge,
 		                       s->id) != MOE_OK ||
-		    moe_aead_create(&tx, s->keys.ctl_wc, true) != MOE_OK ||
-		    moe_aead_create(&rx, s->keys.ctl_cw, false) != MOE_OK) {
+		    moe_aead_create(&tx, x->keys.ctl_wc, true) != MOE_OK ||
+		    moe_aead_create(&rx, x->keys.ctl_cw, false) != MOE_OK) {
 			moe_aead_destroy(tx);
-			ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
+			ctl_error(s, x, MOE_ERR_SYS, "libcrypto failed");
 			goto out_free;
 		}
 		pthread_mutex_lock(&s->ctl_lock);
-		s->ctl_tx = tx;
-		s->ctl_rx = rx;
+		x->tx = tx;
+		x->rx = rx;
 		pthread_mutex_unlock(&s->ctl_lock);
 	}
-	s->auth_pipe = p;
-	s->authed = true;
-	s->token_used = false;
+	x->authed = true;
+	x->token_used = false;
 	Moemesh__AuthOk ok = MOEMESH__AUTH_OK__INIT;
-	ok.data_token = (ProtobufCBinaryData){32, s->token};
+	ok.data_token = (ProtobufCBinaryData){32, x->token};
 	ok.data_port = s->data_port;
 	ok.data_path = s->data_path;
 	ok.mac = (ProtobufCBinaryData){32, mac_w};
@@ -433,8 +560,14 @@ static void on_auth(server *s, const moe_frame *f, nng_pipe p)
 	ok.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
 	ok.isa = (char *)moe_isa_name(moe_isa_active());
 	ok.threads = (uint32_t)moe_pool_threads(s->pool);
-	(void)ctl_send(s, MOE_MSG_AUTH_OK, &ok.base);
+	/* what it holds (a coordinator may adopt it) and who else is here */
+	ok.n_held = hl.n_layers;
+	ok.held = hl.lp;
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		ok.sessions += s->sess[k].pipe != 0 && s->sess[k].authed;
+	(void)ctl_send(s, x, MOE_MSG_AUTH_OK, &ok.base);
 out_free:
+	held_list_free(&hl);
 	moemesh__auth_response__free_unpacked(a, NULL);
 }
 
@@ -449,7 +582,18 @@ static void load_progress(void *ctx, uint64_t done, uint64_t total)
 	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
 	p.bytes_done = done;
 	p.bytes_total = total;
-	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base); /* the loader thread */
+	/* the loader thread: the sessions whose ASSIGN this load answers
+	 * (covered and the slots change under ctl_lock; ctl_send takes it too,
+	 * so read them first) */
+	uint32_t to[MAX_SESSIONS];
+	int n = 0;
+	pthread_mutex_lock(&s->ctl_lock);
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		if (s->sess[k].pipe != 0 && s->sess[k].covered)
+			to[n++] = (uint32_t)k;
+	pthread_mutex_unlock(&s->ctl_lock);
+	for (int i = 0; i < n; i++)
+		(void)ctl_send(s, &s->sess[to[i]], MOE_MSG_LOAD_PROGRESS, &p.base);
 }
 
 static bool load_stopped(void *ctx)
@@ -517,30 +661,64 @@ static void bind_store(server *s)
 	s->st.bytes_loaded = ss.bytes_held;
 }
 
-/* The ASSIGN is done: the final LOAD_PROGRESS, with what it changed. */
+/* Sets covered to false on every session (the load they waited for ended). */
+static void uncover(server *s)
+{
+	pthread_mutex_lock(&s->ctl_lock);
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		s->sess[k].covered = false;
+	pthread_mutex_unlock(&s->ctl_lock);
+}
+
+/* The ASSIGN is done: the final LOAD_PROGRESS, with what it changed, to
+ * every session it answers; experts_held counts what that session named
+ * (the worker may hold more: what other sessions named). */
 static void assign_done(server *s, uint64_t loaded, double seconds)
 {
+	const size_t nh = (size_t)s->hp.n_layer * (size_t)s->hp.n_expert;
 	s->st.bytes_loaded_total += loaded;
 	s->st.bytes_dropped_total += s->assign_dropped;
 	wlog(s, MOE_LOG_INFO,
 	     "holds %llu experts, %.1f MB: loaded %.1f MB, dropped %.1f MB in %.3f s",
 	     (unsigned long long)s->st.experts_held, (double)s->st.bytes_loaded / 1e6,
 	     (double)loaded / 1e6, (double)s->assign_dropped / 1e6, seconds);
-	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
-	p.bytes_done = p.bytes_total = loaded;
-	p.done = true;
-	p.seconds = seconds;
-	p.bytes_loaded = loaded;
-	p.bytes_dropped = s->assign_dropped;
-	p.experts_held = s->st.experts_held;
-	p.bytes_held = s->st.bytes_loaded;
-	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base);
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0 || !x->covered || x->set == NULL)
+			continue;
+		uint64_t named = 0;
+		for (size_t i = 0; i < nh; i++)
+			named += x->set[i];
+		Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
+		p.bytes_done = p.bytes_total = loaded;
+		p.done = true;
+		p.seconds = seconds;
+		p.bytes_loaded = loaded;
+		p.bytes_dropped = s->assign_dropped;
+		p.experts_held = named;
+		p.bytes_held = s->st.bytes_loaded;
+		(void)ctl_send(s, x, MOE_MSG_LOAD_PROGRESS, &p.base);
+	}
+	uncover(s);
 }
+
+/* An ASSIGN failed: ERROR to every session it answers. */
+static void assign_failed(server *s, moe_err err, const char *what)
+{
+	char msg[600];
+	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
+	         what);
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		if (s->sess[k].pipe != 0 && s->sess[k].covered)
+			ctl_error(s, &s->sess[k], err, msg);
+	uncover(s);
+}
+
+static void assign_run(server *s);
 
 /* The loader thread is done: the experts it read join the store. */
 static void on_loaded(server *s)
 {
-	char msg[600];
 	join_loader(s, false);
 	moe_err err = s->load_err;
 	if (err == MOE_OK) {
@@ -549,54 +727,49 @@ static void on_loaded(server *s)
 			s->ld = NULL;
 			bind_store(s);
 			assign_done(s, loaded, moe_now_s() - s->load_t0);
+			assign_run(s);
 			return;
 		}
 		snprintf(s->load_msg, sizeof s->load_msg, "%s", moe_err_detail());
 	}
 	moe_store_load_destroy(s->ld);
 	s->ld = NULL;
-	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
-	         s->load_msg);
-	ctl_error(s, err, msg);
+	assign_failed(s, err, s->load_msg);
+	assign_run(s);
 }
 
-/* ASSIGN: drop what the new set does not name, keep what it does, load what
- * is missing on the loader thread while dispatches go on being served. */
-static void on_assign(server *s, const moe_frame *f)
+/* Starts the load of what the sessions waiting with an ASSIGN asked for, if
+ * none runs: the worker keeps the union of the sets of every authenticated
+ * session (a slice is dropped only when no live session names it), loads
+ * what it lacks on the loader thread, and the final LOAD_PROGRESS goes to
+ * every session that was waiting. */
+static void assign_run(server *s)
 {
-	char msg[600];
-	Moemesh__Assign *a;
 	moe_err err;
-	if (!s->authed) {
-		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
+	if (s->loading)
 		return;
-	}
-	if (s->o->on_assign != NULL)
-		s->o->on_assign(s->o->observer_ctx);
-	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
-		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
-		s->st.bad_frames++;
-		ctl_error(s, err, msg);
+	bool waiting = false;
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		waiting |= s->sess[k].pipe != 0 && s->sess[k].assign_wait;
+	if (!waiting)
 		return;
-	}
-	if (s->loading) {
-		ctl_error(s, MOE_ERR_BUSY, "ASSIGN while the last one is still loading");
-		goto out_free;
-	}
-	const size_t ne = (size_t)s->hp.n_expert;
-	uint8_t *held = calloc((size_t)s->hp.n_layer * ne, 1);
+	const size_t nh = (size_t)s->hp.n_layer * (size_t)s->hp.n_expert;
+	uint8_t *held = calloc(nh, 1);
 	if (held == NULL) {
-		ctl_error(s, MOE_ERR_NOMEM, "ASSIGN: no memory for the held table");
-		goto out_free;
+		err = moe_fail(MOE_ERR_NOMEM, "ASSIGN: no memory for the held table");
+		goto out_fail;
 	}
-	for (size_t i = 0; i < a->n_layers; i++) {
-		const Moemesh__LayerExperts *le = a->layers[i];
-		for (size_t j = 0; j < le->n_ranges; j++)
-			for (uint32_t k = 0; k < le->ranges[j]->count; k++)
-				held[le->layer * ne + le->ranges[j]->first + k] = 1;
-		for (size_t j = 0; j < le->n_experts; j++)
-			held[le->layer * ne + le->experts[j]] = 1;
+	pthread_mutex_lock(&s->ctl_lock);
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0 || !x->authed || x->set == NULL)
+			continue;
+		for (size_t i = 0; i < nh; i++)
+			held[i] |= x->set[i];
+		x->covered = x->assign_wait;
+		x->assign_wait = false;
 	}
+	pthread_mutex_unlock(&s->ctl_lock);
 	s->load_t0 = moe_now_s();
 	if (s->store == NULL &&
 	    (err = moe_expert_store_create(&s->store, s->o->model_path, s->g, s->hp.n_layer,
@@ -615,8 +788,7 @@ static void on_assign(server *s, const moe_frame *f)
 	s->load_last = 0;
 	s->load_done = 0;
 	s->load_total = moe_store_load_bytes(s->ld);
-	wlog(s, MOE_LOG_DEBUG, "ASSIGN of %zu layers: loading %llu bytes", a->n_layers,
-	     (unsigned long long)s->load_total);
+	wlog(s, MOE_LOG_DEBUG, "ASSIGN: loading %llu bytes", (unsigned long long)s->load_total);
 	int rc = pthread_create(&s->loader, NULL, loader_main, s);
 	if (rc != 0) {
 		moe_store_load_destroy(s->ld);
@@ -628,52 +800,234 @@ static void on_assign(server *s, const moe_frame *f)
 	goto out_free_held;
 
 out_fail:
-	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
-	         moe_err_detail());
-	ctl_error(s, err, msg);
+	assign_failed(s, err, moe_err_detail());
 out_free_held:
 	free(held);
+}
+
+/* ASSIGN: session x's set becomes the one named; the worker then holds the
+ * union of its sessions' sets (assign_run), loading what is missing on the
+ * loader thread while dispatches go on being served.  An ASSIGN that comes
+ * while another loads waits for it. */
+static void on_assign(server *s, session *x, const moe_frame *f)
+{
+	char msg[600];
+	Moemesh__Assign *a;
+	moe_err err;
+	if (!x->authed) {
+		ctl_error(s, x, MOE_ERR_STATE, "ASSIGN before authentication");
+		return;
+	}
+	if (s->o->on_assign != NULL)
+		s->o->on_assign(s->o->observer_ctx);
+	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
+		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
+		s->st.bad_frames++;
+		ctl_error(s, x, err, msg);
+		return;
+	}
+	if (x->assign_wait || x->covered) {
+		ctl_error(s, x, MOE_ERR_BUSY, "ASSIGN while the last one is still loading");
+		goto out_free;
+	}
+	const size_t ne = (size_t)s->hp.n_expert;
+	uint8_t *set = calloc((size_t)s->hp.n_layer * ne, 1);
+	if (set == NULL) {
+		ctl_error(s, x, MOE_ERR_NOMEM, "ASSIGN: no memory for the held table");
+		goto out_free;
+	}
+	for (size_t i = 0; i < a->n_layers; i++) {
+		const Moemesh__LayerExperts *le = a->layers[i];
+		for (size_t j = 0; j < le->n_ranges; j++)
+			for (uint32_t k = 0; k < le->ranges[j]->count; k++)
+				set[le->layer * ne + le->ranges[j]->first + k] = 1;
+		for (size_t j = 0; j < le->n_experts; j++)
+			set[le->layer * ne + le->experts[j]] = 1;
+	}
+	pthread_mutex_lock(&s->ctl_lock);
+	free(x->set);
+	x->set = set;
+	x->assign_wait = true;
+	pthread_mutex_unlock(&s->ctl_lock);
+	assign_run(s);
 out_free:
 	moemesh__assign__free_unpacked(a, NULL);
 }
 
+/* nng's threads: a pipe came or left, queued for the poll loop (which gives
+ * a new one a session slot and ends a gone one's session), which the byte on
+ * ev_pipe wakes */
+static void pipe_event(server *s, nng_pipe p, bool add)
+{
+	pthread_mutex_lock(&s->ev_lock);
+	if (s->n_ev < (int)(sizeof s->ev / sizeof s->ev[0])) {
+		s->ev[s->n_ev].id = (uint32_t)nng_pipe_id(p);
+		s->ev[s->n_ev].add = add;
+		s->ev[s->n_ev].t = moe_now_ns();
+		s->n_ev++;
+	} else {
+		s->ev_lost = true;
+	}
+	pthread_mutex_unlock(&s->ev_lock);
+	(void)!write(s->ev_pipe[1], "p", 1);
+}
+
 static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-	server *s = arg;
 	(void)ev;
-	atomic_store(&s->peer_since, moe_now_ns());
-	atomic_store(&s->peer_id, nng_pipe_id(p));
+	pipe_event(arg, p, true);
 }
 
 static void pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-	server *s = arg;
-	uint32_t id = nng_pipe_id(p);
 	(void)ev;
-	atomic_compare_exchange_strong(&s->peer_id, &id, 0);
-	atomic_store(&s->peer_gone, 1);
+	pipe_event(arg, p, false);
+}
+
+/* Ends session x (its pipe left or was dropped): keys and handshake gone;
+ * the slices it named stay held until the next ASSIGN of another session
+ * (so a coordinator that comes back adopts them), and a load that answered
+ * it alone stops. */
+static void session_end(server *s, session *x)
+{
+	if (x->covered && s->loading) {
+		bool others = false;
+		for (int k = 0; k < MAX_SESSIONS; k++)
+			others |= &s->sess[k] != x && s->sess[k].pipe != 0 && s->sess[k].covered;
+		if (!others) {
+			join_loader(s, true);
+			moe_store_load_destroy(s->ld);
+			s->ld = NULL;
+			bind_store(s);
+			uncover(s);
+		}
+	}
+	session_reset(s, x);
+	pthread_mutex_lock(&s->ctl_lock);
+	free(x->set);
+	x->set = NULL;
+	x->pipe = 0;
+	x->assign_wait = x->covered = false;
+	x->drop_at = 0;
+	pthread_mutex_unlock(&s->ctl_lock);
+	assign_run(s);
+}
+
+/* A free session slot for pipe id (the oldest unauthenticated one makes
+ * room when all are taken), or NULL: the pipe is then closed. */
+static session *session_new(server *s, uint32_t id, uint64_t since)
+{
+	session *x = NULL;
+	for (int k = 0; k < MAX_SESSIONS && x == NULL; k++)
+		if (s->sess[k].pipe == 0)
+			x = &s->sess[k];
+	if (x == NULL) {
+		for (int k = 0; k < MAX_SESSIONS; k++)
+			if (!s->sess[k].authed && (x == NULL || s->sess[k].since < x->since))
+				x = &s->sess[k];
+		if (x == NULL) {
+			wlog(s, MOE_LOG_WARN, "control: %d coordinators already: a peer refused",
+			     MAX_SESSIONS);
+			(void)nng_pipe_close((nng_pipe){.id = id});
+			return NULL;
+		}
+		(void)nng_pipe_close((nng_pipe){.id = x->pipe});
+		session_end(s, x);
+	}
+	x->pipe = id;
+	x->since = since;
+	x->token_used = true;
+	return x;
+}
+
+static session *session_find(server *s, uint32_t id)
+{
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		if (s->sess[k].pipe == id)
+			return &s->sess[k];
+	return NULL;
+}
+
+/* Whether pipe id left (one of the last pipes nng said were gone). */
+static bool pipe_gone(const server *s, uint32_t id)
+{
+	for (int i = 0; i < (int)(sizeof s->gone / sizeof s->gone[0]); i++)
+		if (s->gone[i] == id)
+			return true;
+	return false;
+}
+
+/* Takes the pipes nng saw come and go: new ones get a slot, sessions whose
+ * pipe left end.  Should the queue have overflowed, each session's pipe is
+ * asked for. */
+static void pipes_changed(server *s)
+{
+	char b[64];
+	while (read(s->ev_pipe[0], b, sizeof b) > 0) {
+	}
+	pthread_mutex_lock(&s->ev_lock);
+	const int n = s->n_ev;
+	pipe_ev ev[sizeof s->ev / sizeof s->ev[0]];
+	memcpy(ev, s->ev, (size_t)n * sizeof ev[0]);
+	s->n_ev = 0;
+	const bool lost = s->ev_lost;
+	s->ev_lost = false;
+	pthread_mutex_unlock(&s->ev_lock);
+	for (int i = 0; i < n; i++) {
+		session *x = session_find(s, ev[i].id);
+		if (ev[i].add) {
+			if (x == NULL && !pipe_gone(s, ev[i].id))
+				(void)session_new(s, ev[i].id, ev[i].t);
+			continue;
+		}
+		s->gone[s->n_gone++ % (sizeof s->gone / sizeof s->gone[0])] = ev[i].id;
+		if (x != NULL) {
+			wlog(s, MOE_LOG_DEBUG, "control: a peer left");
+			session_end(s, x);
+		}
+	}
+	for (int k = 0; lost && k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		nng_sockaddr sa;
+		if (x->pipe != 0 && nng_pipe_get_addr((nng_pipe){.id = x->pipe}, NNG_OPT_REMADDR,
+		                                      &sa) == NNG_ENOENT)
+			session_end(s, x);
+	}
 }
 
 static void close_conn(server *s, int i);
 
-/* Before authentication every peer has a deadline: the control peer (pair1
- * takes one, so an idle one would lock every coordinator out) is dropped,
- * and so is a data connection that has not sent its token, once
- * auth_deadline_ns has passed since it came.  Returns the milliseconds until
- * the next deadline (at most max_ms). */
+/* Before authentication every peer has a deadline: a control peer is
+ * dropped, and so is a data connection that has not sent its token, once
+ * auth_deadline_ns has passed since it came; a session's ERROR that asked
+ * for its drop is followed by it.  Returns the milliseconds until the next
+ * deadline (at most max_ms). */
 static int preauth_deadlines(server *s, int max_ms)
 {
 	const uint64_t now = moe_now_ns(), lim = s->auth_deadline_ns;
 	uint64_t next = now + (uint64_t)max_ms * 1000000u;
-	const uint32_t id = atomic_load(&s->peer_id);
-	if (id != 0 && !(s->authed && (uint32_t)nng_pipe_id(s->auth_pipe) == id)) {
-		const uint64_t due = atomic_load(&s->peer_since) + lim;
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0)
+			continue;
+		if (x->drop_at != 0) {
+			if (now >= x->drop_at) {
+				(void)nng_pipe_close((nng_pipe){.id = x->pipe});
+				session_end(s, x);
+				continue;
+			}
+			if (x->drop_at < next)
+				next = x->drop_at;
+		}
+		if (x->authed)
+			continue;
+		const uint64_t due = x->since + lim;
 		if (now >= due) {
 			wlog(s, MOE_LOG_WARN,
 			     "control: a peer did not authenticate within %llu ms: dropped",
 			     (unsigned long long)(lim / 1000000u));
-			atomic_store(&s->peer_since, UINT64_MAX - lim); /* once */
-			(void)nng_pipe_close((nng_pipe){.id = id});
+			(void)nng_pipe_close((nng_pipe){.id = x->pipe});
+			session_end(s, x);
 		} else if (due < next) {
 			next = due;
 		}
@@ -698,16 +1052,6 @@ static void on_control(server *s)
 	nng_msg *m;
 	moe_frame f;
 	char msg[600];
-	if (atomic_exchange(&s->peer_gone, 0)) {
-		/* a new peer must say HELLO and authenticate again, and assign
-		 * anew: a load for the one that left stops */
-		session_reset(s);
-		if (s->loading) {
-			join_loader(s, true);
-			moe_store_load_destroy(s->ld);
-			s->ld = NULL;
-		}
-	}
 	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
 	if (rv == NNG_EAGAIN)
 		return;
@@ -716,61 +1060,64 @@ static void on_control(server *s)
 		return;
 	}
 	const nng_pipe mp = nng_msg_get_pipe(m);
-	if (s->ctl_rx != NULL && nng_pipe_id(mp) != nng_pipe_id(s->auth_pipe))
-		session_reset(s); /* another peer than the one the keys are for */
-	if (!s->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
+	pipes_changed(s); /* its pipe's slot, if nng's callback came first */
+	const uint32_t id = (uint32_t)nng_pipe_id(mp);
+	session *x = session_find(s, id);
+	if (x == NULL && (pipe_gone(s, id) || (x = session_new(s, id, moe_now_ns())) == NULL))
+		goto out_free; /* from a peer that left already */
+	if (!x->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg,
 		         "a control frame of %zu bytes before authentication (at most %u): "
 		         "dropping the peer",
 		         nng_msg_len(m), PREAUTH_MAX_FRAME);
-		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
-		drop_peer(s, nng_msg_get_pipe(m));
+		ctl_error(s, x, MOE_ERR_BAD_COUNT, msg);
+		drop_peer(x);
 		goto out_free;
 	}
-	moe_err err = moe_nng_open(&f, m, s->ctl_rx);
+	moe_err err = moe_nng_open(&f, m, x->rx);
 	if (err != MOE_OK) {
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg, "bad control frame: %s: %s", moe_err_name(err),
 		         moe_err_detail());
-		ctl_error(s, err, msg);
+		ctl_error(s, x, err, msg);
 		if (err == MOE_ERR_AUTH) { /* tampered or replayed: this link is done */
-			drop_peer(s, mp);
-			session_reset(s);
+			drop_peer(x);
+			session_reset(s, x);
 		}
 		goto out_free;
 	}
 	switch (f.kind) {
 	case MOE_MSG_HELLO:
-		on_hello(s, &f);
+		on_hello(s, x, &f);
 		break;
 	case MOE_MSG_AUTH:
-		on_auth(s, &f, nng_msg_get_pipe(m));
+		on_auth(s, x, &f);
 		break;
 	case MOE_MSG_ASSIGN:
-		on_assign(s, &f);
+		on_assign(s, x, &f);
 		break;
 	case MOE_MSG_HEARTBEAT: {
 		Moemesh__Heartbeat *h = moemesh__heartbeat__unpack(NULL, f.header_len, f.header);
 		if (h == NULL) {
 			s->st.bad_frames++;
-			ctl_error(s, MOE_ERR_PROTO, "HEARTBEAT header does not decode");
+			ctl_error(s, x, MOE_ERR_PROTO, "HEARTBEAT header does not decode");
 			break;
 		}
-		(void)ctl_send(s, MOE_MSG_HEARTBEAT, &h->base);
+		(void)ctl_send(s, x, MOE_MSG_HEARTBEAT, &h->base);
 		moemesh__heartbeat__free_unpacked(h, NULL);
 		break;
 	}
 	case MOE_MSG_STATS_REQUEST:
-		if (!s->authed) {
-			ctl_error(s, MOE_ERR_STATE, "STATS_REQUEST before authentication");
+		if (!x->authed) {
+			ctl_error(s, x, MOE_ERR_STATE, "STATS_REQUEST before authentication");
 			break;
 		}
-		(void)ctl_send(s, MOE_MSG_STATS, &s->st.base);
+		(void)ctl_send(s, x, MOE_MSG_STATS, &s->st.base);
 		break;
 	case MOE_MSG_SHUTDOWN:
-		if (!s->authed) {
-			ctl_error(s, MOE_ERR_STATE, "SHUTDOWN before authentication");
+		if (!x->authed) {
+			ctl_error(s, x, MOE_ERR_STATE, "SHUTDOWN before authentication");
 			break;
 		}
 		s->quit = true;
@@ -779,7 +1126,7 @@ static void on_control(server *s)
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg, "unexpected %s frame on the control link",
 		         moe_msg_kind_name(f.kind));
-		ctl_error(s, MOE_ERR_PROTO, msg);
+		ctl_error(s, x, MOE_ERR_PROTO, msg);
 		break;
 	}
 out_free:
@@ -885,6 +1232,75 @@ static void close_conn(server *s, int i)
 	s->conns[i] = s->conns[--s->n_conns];
 }
 
+/* With a secret, a data connection's first frame is its token, sealed with
+ * the data key of the session it belongs to, and several sessions may wait
+ * for theirs: its bytes are read into c->head (nothing past the frame and
+ * its tag) and opened with each waiting session's key in turn; the one that
+ * opens it and whose token it carries owns the connection (its keys seal and
+ * open what follows).  Returns 1 when c is authenticated, 0 while bytes are
+ * missing, -1 when it must close (refused with an ERROR). */
+static int sealed_token(server *s, conn *c)
+{
+	size_t need = MOE_PROTO_PREFIX, len = 0;
+	if (c->head_have >= MOE_PROTO_PREFIX) {
+		if (moe_frame_length(&len, c->head) != MOE_OK ||
+		    len + MOE_SEAL_TAG > sizeof c->head)
+			goto out_refuse;
+		need = len + MOE_SEAL_TAG;
+	}
+	while (c->head_have < need) {
+		const ssize_t r =
+		    recv(c->fd, c->head + c->head_have, need - c->head_have, MSG_DONTWAIT);
+		if (r == 0)
+			return -1;
+		if (r < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+		c->head_have += (size_t)r;
+		if (c->head_have == MOE_PROTO_PREFIX && need == MOE_PROTO_PREFIX)
+			return sealed_token(s, c);
+	}
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0 || !x->authed || x->token_used)
+			continue;
+		uint8_t tmp[sizeof c->head];
+		moe_aead *open = NULL;
+		moe_frame f;
+		memcpy(tmp, c->head, need);
+		if (moe_aead_create(&open, x->keys.data_cw, false) != MOE_OK)
+			goto out_refuse;
+		if (moe_aead_open_frame(open, tmp, len, tmp + len) != MOE_OK ||
+		    moe_frame_parse(&f, tmp, len) != MOE_OK || f.kind != MOE_MSG_AUTH) {
+			moe_aead_destroy(open);
+			continue;
+		}
+		Moemesh__AuthResponse *a =
+		    moemesh__auth_response__unpack(NULL, f.header_len, f.header);
+		const bool ok = a != NULL && a->response.len == 32 &&
+		                moe_bytes_equal_ct(a->response.data, x->token, 32) &&
+		                moe_aead_create(&c->tx, x->keys.data_wc, true) == MOE_OK;
+		moemesh__auth_response__free_unpacked(a, NULL);
+		if (!ok) {
+			moe_aead_destroy(open);
+			continue;
+		}
+		c->rx.open = open; /* its counter is past the token frame */
+		c->sealed_first = false;
+		c->authed = true;
+		/* one data connection per handshake: its keys are the
+		 * handshake's, and a second one would reuse nonces */
+		x->token_used = true;
+		return 1;
+	}
+out_refuse:
+	s->st.bad_frames++;
+	(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
+	                 "data link: the first frame must be AUTH with the token of an "
+	                 "authenticated control link",
+	                 0);
+	return -1;
+}
+
 /* Serves what connection i has; returns false if it was closed. */
 static bool on_data(server *s, int i)
 {
@@ -897,6 +1313,16 @@ static bool on_data(server *s, int i)
 	for (;;) {
 		bool done;
 		moe_frame f;
+		if (c->sealed_first) {
+			const int r = sealed_token(s, c);
+			if (r < 0) {
+				close_conn(s, i);
+				return false;
+			}
+			if (r == 0)
+				return true;
+			continue;
+		}
 		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd,
 		                          c->authed ? max_frame : PREAUTH_MAX_FRAME, false);
 		if (err == MOE_ERR_CLOSED) {
@@ -917,17 +1343,18 @@ static bool on_data(server *s, int i)
 		if (!done)
 			return true;
 		if (!c->authed) {
+			/* without a secret: the token of any authenticated session */
 			Moemesh__AuthResponse *a =
 			    f.kind == MOE_MSG_AUTH
 			        ? moemesh__auth_response__unpack(NULL, f.header_len, f.header)
 			        : NULL;
-			bool ok = a && s->authed && !(s->secret && s->token_used) &&
-			          a->response.len == 32 &&
-			          moe_bytes_equal_ct(a->response.data, s->token, 32);
+			session *x = NULL;
+			for (int k = 0; a != NULL && a->response.len == 32 && k < MAX_SESSIONS; k++)
+				if (s->sess[k].pipe != 0 && s->sess[k].authed &&
+				    moe_bytes_equal_ct(a->response.data, s->sess[k].token, 32))
+					x = &s->sess[k];
 			moemesh__auth_response__free_unpacked(a, NULL);
-			if (ok && s->secret != NULL)
-				ok = moe_aead_create(&c->tx, s->keys.data_wc, true) == MOE_OK;
-			if (!ok) {
+			if (x == NULL) {
 				s->st.bad_frames++;
 				(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
 				                 "data link: the first frame must be AUTH with the "
@@ -937,10 +1364,7 @@ static bool on_data(server *s, int i)
 				return false;
 			}
 			c->authed = true;
-			/* with a secret, one data connection per handshake: its
-			 * keys are the handshake's, and a second one with the
-			 * same counters would reuse nonces */
-			s->token_used = true;
+			x->token_used = true;
 			continue;
 		}
 		if (f.kind != MOE_MSG_DISPATCH) {
@@ -983,9 +1407,13 @@ static void on_accept(server *s)
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	conn c = {.fd = fd, .since = moe_now_ns()};
 	/* with a secret the first frame (the token) is sealed with the data key
-	 * of the control link that is waiting for its data connection */
+	 * of a control session that is waiting for its data connection */
 	if (s->secret != NULL) {
-		if (!s->authed || s->token_used) {
+		bool waits = false;
+		for (int k = 0; k < MAX_SESSIONS; k++)
+			waits |=
+			    s->sess[k].pipe != 0 && s->sess[k].authed && !s->sess[k].token_used;
+		if (!waits) {
 			(void)data_error(s, fd, NULL, MOE_ERR_AUTH,
 			                 "no authenticated control link is waiting for a data "
 			                 "connection",
@@ -993,10 +1421,7 @@ static void on_accept(server *s)
 			close(fd);
 			return;
 		}
-		if (moe_aead_create(&c.rx.open, s->keys.data_cw, false) != MOE_OK) {
-			close(fd);
-			return;
-		}
+		c.sealed_first = true;
 	}
 	s->conns[s->n_conns++] = c;
 }
@@ -1047,8 +1472,15 @@ static void server_free(server *s)
 	free(s->ffn);
 	free(s->ptrs);
 	moe_pool_destroy(s->pool);
-	session_reset(s);
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session_reset(s, &s->sess[k]);
+		free(s->sess[k].set);
+	}
+	for (int i = 0; i < 2; i++)
+		if (s->ev_pipe[i] >= 0)
+			close(s->ev_pipe[i]);
 	pthread_mutex_destroy(&s->ctl_lock);
+	pthread_mutex_destroy(&s->ev_lock);
 	free(s->secret);
 	moe_gguf_close(s->g);
 }
@@ -1062,8 +1494,9 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	            .sfd = -1,
 	            .ctl = NNG_SOCKET_INITIALIZER,
 	            .load_pipe = {-1, -1},
-	            .token_used = true,
-	            .ctl_lock = PTHREAD_MUTEX_INITIALIZER};
+	            .ev_pipe = {-1, -1},
+	            .ctl_lock = PTHREAD_MUTEX_INITIALIZER,
+	            .ev_lock = PTHREAD_MUTEX_INITIALIZER};
 	nng_listener lst;
 	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
 	moe_err err;
@@ -1093,14 +1526,17 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		err = moe_fail(MOE_ERR_NOMEM, "worker tables");
 		goto out_free;
 	}
-	if (pipe2(s.load_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+	if (pipe2(s.load_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
+	    pipe2(s.ev_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
 		err = moe_fail(MOE_ERR_SYS, "pipe: %s", strerror(errno));
 		goto out_free;
 	}
 	if ((err = moe_pool_create(&s.pool, o->n_threads)) != MOE_OK ||
 	    (err = open_data_listener(&s)) != MOE_OK)
 		goto out_free;
-	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
+	/* polyamorous: one pipe per coordinator (DESIGN.md, Several
+	 * coordinators); every reply names its pipe */
+	if ((rv = nng_pair1_open_poly(&s.ctl)) != 0 ||
 	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
 	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_ADD_POST, pipe_added, &s)) != 0 ||
 	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
@@ -1136,25 +1572,18 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		/* first the deadlines of peers not yet authenticated (this may
 		 * close connections, so before the poll set is made) */
 		int wait_ms = preauth_deadlines(&s, 1000);
-		/* control, data listener, stop fd (ignored by poll when -1), connections */
-		struct pollfd p[MAX_CONNS + 5];
+		/* control, data listener, stop fd (ignored by poll when -1),
+		 * loader, status, pipe events, connections */
+		struct pollfd p[MAX_CONNS + 6];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
 		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
 		p[2] = (struct pollfd){.fd = o->stop_fd, .events = POLLIN};
 		p[3] = (struct pollfd){.fd = s.loading ? s.load_pipe[0] : -1, .events = POLLIN};
 		p[4] = (struct pollfd){.fd = s.sfd, .events = POLLIN};
+		p[5] = (struct pollfd){.fd = s.ev_pipe[0], .events = POLLIN};
 		for (int i = 0; i < s.n_conns; i++)
-			p[5 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
-		const int n = 5 + s.n_conns;
-		if (s.drop_at != 0) {
-			const uint64_t now = moe_now_ns();
-			if (now >= s.drop_at) {
-				(void)nng_pipe_close(s.drop_pipe);
-				s.drop_at = 0;
-			} else if ((s.drop_at - now) / 1000000u + 1 < (uint64_t)wait_ms) {
-				wait_ms = (int)((s.drop_at - now) / 1000000u + 1);
-			}
-		}
+			p[6 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 6 + s.n_conns;
 		if (poll(p, (nfds_t)n, wait_ms) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1166,9 +1595,11 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 			break;
 		}
 		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 6; i >= 0; i--)
-			if (p[5 + i].revents)
+		for (int i = n - 7; i >= 0; i--)
+			if (p[6 + i].revents)
 				(void)on_data(&s, i);
+		if (p[5].revents & POLLIN)
+			pipes_changed(&s);
 		if (p[3].revents & POLLIN)
 			on_loaded(&s);
 		if (p[4].revents & POLLIN)

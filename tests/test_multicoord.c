@@ -1,0 +1,378 @@
+/*
+ * test_multicoord.c - several coordinators, one expert pool: two `moemesh
+ * serve` processes against the same two workers (tcp://127.0.0.1, sealed
+ * with a secret file).  The second one adopts the placement the workers
+ * hold (they load nothing more: `moemesh status` counts every byte any
+ * ASSIGN loaded); requests on both at once get the bytes of a single
+ * process; a coordinator killed (SIGKILL) mid-stream leaves its client with
+ * a cut stream, the workers and the other coordinator serving, and a
+ * restarted one adopts the workers without loading anything.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/test_util.h"
+
+extern char **environ;
+
+static const char *env(const char *name)
+{
+	const char *v = getenv(name);
+	cr_assert_not_null(v, "%s is not set", name);
+	return v;
+}
+
+/* Every process a test started, killed by its .fini if it ends early. */
+static pid_t g_pids[16];
+
+static void track(pid_t pid)
+{
+	for (int i = 0; i < 16; i++)
+		if (g_pids[i] == 0) {
+			g_pids[i] = pid;
+			return;
+		}
+}
+
+static void kill_tracked(void)
+{
+	for (int i = 0; i < 16; i++)
+		if (g_pids[i] > 0 && waitpid(g_pids[i], NULL, WNOHANG) == 0) {
+			kill(g_pids[i], SIGKILL);
+			waitpid(g_pids[i], NULL, 0);
+		}
+}
+
+static void tmp_path(char *out, size_t n, const char *what)
+{
+	snprintf(out, n, "/tmp/moetest-mc-%d-%s", (int)getpid(), what);
+}
+
+static void model(char *out, size_t n)
+{
+	snprintf(out, n, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
+}
+
+/* `moemesh worker` on url with the secret file, until it listens. */
+static pid_t start_worker(const char *m, const char *url, const char *secret)
+{
+	int fds[2];
+	char cmd[4096];
+	cr_assert_eq(pipe(fds), 0);
+	snprintf(cmd, sizeof cmd,
+	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d --quiet "
+	         "--secret-file %s",
+	         bin(), m, url, fds[1], secret);
+	const pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		close(fds[0]);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	track(pid);
+	struct pollfd p = {.fd = fds[0], .events = POLLIN};
+	char b = 0;
+	const bool ready = poll(&p, 1, 10000) == 1 && read(fds[0], &b, 1) == 1;
+	close(fds[0]);
+	cr_assert(ready, "the worker on %s did not start listening", url);
+	return pid;
+}
+
+typedef struct serve {
+	pid_t pid;
+	int port;
+	char log[256]; /* its stderr */
+} serve;
+
+static char *slurp(const char *path)
+{
+	static char buf[1 << 18];
+	FILE *fp = fopen(path, "rb");
+	const size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+	if (fp)
+		fclose(fp);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* `moemesh serve -m m --port 0 --threads 1 ARGS...`, its stderr into a file,
+ * until its ready line. */
+static serve start_serve(const char *m, const char *name, const char *const *args)
+{
+	const char *argv[32] = {bin(), "serve", "-m", m, "--port", "0", "--threads", "1"};
+	int n = 8;
+	for (int i = 0; args[i] != NULL; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	serve s = {0};
+	tmp_path(s.log, sizeof s.log, name);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 2, s.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_eq(posix_spawn(&s.pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	track(s.pid);
+	for (int t = 0; t < 600; t++) {
+		const char *log = slurp(s.log);
+		const char *p = strstr(log, "listening on http://127.0.0.1:");
+		if (p != NULL)
+			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		if (strstr(log, "moemesh serve: ready") != NULL && s.port > 0)
+			return s;
+		cr_assert_eq(waitpid(s.pid, NULL, WNOHANG), 0, "serve %s exited: %s", name, log);
+		usleep(50000);
+	}
+	cr_assert_fail("serve %s did not start: %s", name, slurp(s.log));
+	return s;
+}
+
+/* SIGTERM; its exit status must be 0. */
+static void stop_serve(serve *s)
+{
+	int st = 0;
+	kill(s->pid, SIGTERM);
+	waitpid(s->pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve ended with %#x: %s", st,
+	          slurp(s->log));
+	unlink(s->log);
+}
+
+static const char *const bodies[2] = {
+    "{\"prompt\":\"In the beginning\",\"max_tokens\":24,\"temperature\":0}",
+    "{\"prompt\":\"And God said\",\"max_tokens\":24,\"temperature\":0.8,\"seed\":5}"};
+
+/* The text of a completion's JSON body in out. */
+static void text_of(char *out, size_t size, const char *body)
+{
+	const char *k = strstr(body, "\"text\":\"");
+	cr_assert_not_null(k, "no text in %s", body);
+	k += 8;
+	const char *e = strstr(k, "\",\"");
+	cr_assert_not_null(e, "no end of the text in %s", body);
+	snprintf(out, size, "%.*s", (int)(e - k), k);
+}
+
+/* The texts of bodies[0..1] asked of s, each `per` times, all at once. */
+static void ask_all(char texts[][2][512], const serve *const *s, int n_serve, int per)
+{
+	char cmd[8192], path[256];
+	size_t len = 0;
+	for (int i = 0; i < n_serve; i++)
+		for (int b = 0; b < 2; b++)
+			for (int r = 0; r < per; r++) {
+				char what[32];
+				snprintf(what, sizeof what, "ask-%d-%d-%d", i, b, r);
+				tmp_path(path, sizeof path, what);
+				len += (size_t)snprintf(
+				    cmd + len, sizeof cmd - len,
+				    "curl -sf -m 60 -H 'Content-Type: application/json' -d '%s' "
+				    "http://127.0.0.1:%d/v1/completions > %s & ",
+				    bodies[b], s[i]->port, path);
+			}
+	snprintf(cmd + len, sizeof cmd - len, "wait");
+	cr_assert_eq(sh("%s", cmd), 0);
+	for (int i = 0; i < n_serve; i++)
+		for (int b = 0; b < 2; b++)
+			for (int r = 0; r < per; r++) {
+				char what[32];
+				snprintf(what, sizeof what, "ask-%d-%d-%d", i, b, r);
+				tmp_path(path, sizeof path, what);
+				text_of(texts[(i * 2 + b) * per + r][0], 512, slurp(path));
+				texts[(i * 2 + b) * per + r][1][0] = (char)b;
+				unlink(path);
+			}
+}
+
+/* `moemesh status --json` of one worker: the number after "key": in its
+ * answer (-1 if absent). */
+static long long worker_stat(const char *url, const char *secret, const char *key)
+{
+	char out[256], pat[64];
+	tmp_path(out, sizeof out, "status.json");
+	cr_assert_eq(sh("'%s' status --worker %s --secret-file %s --json > %s 2>/dev/null", bin(),
+	                url, secret, out),
+	             0, "the worker %s is not up", url);
+	snprintf(pat, sizeof pat, "\"%s\":", key);
+	const char *p = strstr(slurp(out), pat);
+	unlink(out);
+	return p ? atoll(p + strlen(pat)) : -1;
+}
+
+/* Polls until worker url counts `want` coordinators (15 s). */
+static bool coordinators_become(const char *url, const char *secret, long long want)
+{
+	for (int t = 0; t < 150; t++) {
+		if (worker_stat(url, secret, "coordinators") == want)
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
+typedef struct pool {
+	char m[1024], secret[256], url[2][64];
+	pid_t w[2];
+	char ref[2][512]; /* bodies[0..1] as one process answers them */
+} pool;
+
+/* The reference texts from a single process, then the secret and the two
+ * workers. */
+static void pool_start(pool *p)
+{
+	model(p->m, sizeof p->m);
+	serve one = start_serve(p->m, "one.log", (const char *const[]){NULL});
+	char texts[2][2][512];
+	const serve *const ones[] = {&one};
+	ask_all(texts, ones, 1, 1);
+	snprintf(p->ref[0], sizeof p->ref[0], "%s", texts[0][0]);
+	snprintf(p->ref[1], sizeof p->ref[1], "%s", texts[1][0]);
+	stop_serve(&one);
+	cr_assert_gt(strlen(p->ref[0]), 0);
+	cr_log_info("one process: '%s' / '%s'", p->ref[0], p->ref[1]);
+	tmp_path(p->secret, sizeof p->secret, "secret");
+	cr_assert_eq(sh("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > %s", p->secret), 0);
+	for (int i = 0; i < 2; i++) {
+		snprintf(p->url[i], sizeof p->url[i], "tcp://127.0.0.1:%d", free_port());
+		p->w[i] = start_worker(p->m, p->url[i], p->secret);
+	}
+}
+
+static void pool_stop(pool *p)
+{
+	for (int i = 0; i < 2; i++) {
+		int st = 0;
+		kill(p->w[i], SIGTERM);
+		waitpid(p->w[i], &st, 0);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d ended with %#x", i, st);
+	}
+	unlink(p->secret);
+}
+
+static serve coordinator(const pool *p, const char *name)
+{
+	return start_serve(p->m, name,
+	                   (const char *const[]){"--worker", p->url[0], "--worker", p->url[1],
+	                                         "--secret-file", p->secret, NULL});
+}
+
+/* The texts of ask_all against the reference. */
+static void check_texts(const pool *p, char texts[][2][512], int n, const char *when)
+{
+	for (int i = 0; i < n; i++)
+		cr_assert_str_eq(texts[i][0], p->ref[(int)texts[i][1][0]],
+		                 "%s: request %d answered '%s', one process '%s'", when, i,
+		                 texts[i][0], p->ref[(int)texts[i][1][0]]);
+}
+
+Test(multicoord, two_coordinators_share_two_workers_with_the_bytes_of_one_process, .timeout = 120,
+     .fini = kill_tracked)
+{
+	pool p;
+	pool_start(&p);
+	serve a = coordinator(&p, "a.log");
+	long long loaded[2];
+	for (int i = 0; i < 2; i++) {
+		loaded[i] = worker_stat(p.url[i], p.secret, "bytes_loaded_total");
+		cr_assert_gt(loaded[i], 0, "worker %d loaded nothing for the first coordinator", i);
+	}
+	/* the second finds the placement there and loads nothing */
+	serve b = coordinator(&p, "b.log");
+	cr_assert(strstr(slurp(b.log), "adopted, nothing to load") != NULL,
+	          "the second coordinator did not adopt the workers' placement: %s", slurp(b.log));
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(worker_stat(p.url[i], p.secret, "bytes_loaded_total"), loaded[i],
+		             "worker %d loaded more for the second coordinator", i);
+		cr_assert_eq(worker_stat(p.url[i], p.secret, "coordinators"), 2);
+	}
+	/* both at once, greedy and sampled: the bytes of one process */
+	char texts[8][2][512];
+	const serve *const both[] = {&a, &b};
+	ask_all(texts, both, 2, 2);
+	check_texts(&p, texts, 8, "two coordinators at once");
+	long long dispatches = 0;
+	for (int i = 0; i < 2; i++)
+		dispatches += worker_stat(p.url[i], p.secret, "dispatches");
+	cr_assert_gt(dispatches, 0);
+	stop_serve(&a);
+	stop_serve(&b);
+	pool_stop(&p);
+}
+
+Test(multicoord, a_killed_coordinator_cuts_its_stream_and_a_restarted_one_adopts_the_workers,
+     .timeout = 120, .fini = kill_tracked)
+{
+	pool p;
+	pool_start(&p);
+	serve a = coordinator(&p, "a.log");
+	serve b = coordinator(&p, "b.log");
+	long long loaded[2];
+	for (int i = 0; i < 2; i++)
+		loaded[i] = worker_stat(p.url[i], p.secret, "bytes_loaded_total");
+
+	/* a long stream on a, killed once it has streamed something */
+	char out[256], cmd[1024];
+	tmp_path(out, sizeof out, "stream.txt");
+	snprintf(cmd, sizeof cmd,
+	         "curl -sN -m 60 -H 'Content-Type: application/json' -d "
+	         "'{\"prompt\":\"In the beginning\",\"max_tokens\":400,\"temperature\":0,"
+	         "\"stream\":true}' http://127.0.0.1:%d/v1/completions > %s",
+	         a.port, out);
+	const pid_t client = fork();
+	cr_assert(client >= 0);
+	if (client == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	track(client);
+	bool streaming = false;
+	for (int t = 0; t < 300 && !streaming; t++) {
+		streaming = strstr(slurp(out), "data: ") != NULL;
+		usleep(20000);
+	}
+	cr_assert(streaming, "a streamed nothing: %s", slurp(a.log));
+	kill(a.pid, SIGKILL);
+	waitpid(a.pid, NULL, 0);
+	int st = 0;
+	waitpid(client, &st, 0);
+	/* its client: an error (a cut stream), never [DONE] */
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0,
+	          "the killed coordinator's client ended with %#x", st);
+	cr_assert(strstr(slurp(out), "[DONE]") == NULL, "the cut stream ended with [DONE]");
+	unlink(out);
+
+	/* the workers lose a's session, keep serving b */
+	for (int i = 0; i < 2; i++)
+		cr_assert(coordinators_become(p.url[i], p.secret, 1),
+		          "worker %d still counts the killed coordinator", i);
+	char texts[4][2][512];
+	const serve *const only_b[] = {&b};
+	ask_all(texts, only_b, 1, 2);
+	check_texts(&p, texts, 4, "the other coordinator after the kill");
+
+	/* a again: adopts what the workers hold, loads nothing, and both serve */
+	a = coordinator(&p, "a2.log");
+	cr_assert(strstr(slurp(a.log), "adopted, nothing to load") != NULL,
+	          "the restarted coordinator did not adopt the workers: %s", slurp(a.log));
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(worker_stat(p.url[i], p.secret, "bytes_loaded_total"), loaded[i],
+		             "worker %d loaded again for the restarted coordinator", i);
+		cr_assert_eq(worker_stat(p.url[i], p.secret, "coordinators"), 2);
+	}
+	char texts2[8][2][512];
+	const serve *const both[] = {&a, &b};
+	ask_all(texts2, both, 2, 2);
+	check_texts(&p, texts2, 8, "the restarted and the other coordinator");
+	stop_serve(&a);
+	stop_serve(&b);
+	pool_stop(&p);
+}
