@@ -788,7 +788,7 @@ static void assign_run(server *s)
 	s->load_last = 0;
 	s->load_done = 0;
 	s->load_total = moe_store_load_bytes(s->ld);
-	wlog(s, MOE_LOG_DEBUG, "ASSIGN: loading %llu bytes", (unsigned long long)s->load_total);
+	wlog(s, MOE_LOG_DEBUG, "loading %llu bytes", (unsigned long long)s->load_total);
 	int rc = pthread_create(&s->loader, NULL, loader_main, s);
 	if (rc != 0) {
 		moe_store_load_destroy(s->ld);
@@ -844,6 +844,7 @@ static void on_assign(server *s, session *x, const moe_frame *f)
 		for (size_t j = 0; j < le->n_experts; j++)
 			set[le->layer * ne + le->experts[j]] = 1;
 	}
+	wlog(s, MOE_LOG_DEBUG, "ASSIGN of %zu layers", a->n_layers);
 	pthread_mutex_lock(&s->ctl_lock);
 	free(x->set);
 	x->set = set;
