@@ -564,7 +564,7 @@ static void on_auth(server *s, session *x, const moe_frame *f)
 	ok.n_held = hl.n_layers;
 	ok.held = hl.lp;
 	for (int k = 0; k < MAX_SESSIONS; k++)
-		ok.sessions += s->sess[k].pipe != 0 && s->sess[k].authed;
+		ok.sessions += &s->sess[k] != x && s->sess[k].pipe != 0 && s->sess[k].authed;
 	(void)ctl_send(s, x, MOE_MSG_AUTH_OK, &ok.base);
 out_free:
 	held_list_free(&hl);
