@@ -3,9 +3,11 @@
  * holds when it authenticates (AUTH_OK's held list, checked here), and the
  * adoption of a complete placement the workers already hold (a second
  * coordinator joining, or one that restarted after a kill), so that its
- * ASSIGNs name what is there and load nothing.
+ * ASSIGNs name what is there and load nothing; and the load of every
+ * coordinator together, from the workers' counts, for the rebalancer.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "coordinator/cluster_impl.h"
@@ -82,4 +84,69 @@ bool moe_clu_adopt(moe_cluster *c)
 	        "connected): adopted, nothing to load",
 	        c->n_links, others, others == 1 ? "" : "s");
 	return true;
+}
+
+/* l's STATS expert_rows into rows ([nh]); false if it did not answer them. */
+static bool read_rows(clink *l, uint64_t *rows, size_t nh, int timeout_ms)
+{
+	nng_msg *msg;
+	moe_frame f;
+	if (moe_nng_send_sealed(l->ctl, l->ctl_tx, MOE_MSG_STATS_REQUEST, NULL) != MOE_OK ||
+	    moe_clu_ctl_expect(&msg, &f, l, MOE_MSG_STATS, timeout_ms) != MOE_OK)
+		return false;
+	Moemesh__Stats *st = moemesh__stats__unpack(NULL, f.header_len, f.header);
+	nng_msg_free(msg);
+	const bool ok = st != NULL && st->n_expert_rows == nh;
+	if (ok)
+		memcpy(rows, st->expert_rows, nh * sizeof *rows);
+	moemesh__stats__free_unpacked(st, NULL);
+	return ok;
+}
+
+void moe_clu_union_load(moe_cluster *c)
+{
+	const int nl = c->hp->n_layer, ne = c->hp->n_expert;
+	const size_t nh = (size_t)nl * (size_t)ne;
+	const int tmo = c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000;
+	bool all = true, got[MOE_CLUSTER_MAX_LINKS] = {false};
+	uint64_t *now = calloc((size_t)c->n_links * nh, sizeof *now);
+	if (now == NULL)
+		return;
+	for (int i = 0; i < c->n_links; i++) {
+		clink *l = &c->links[i];
+		if (!l->alive)
+			continue;
+		if (l->local || l->async || !read_rows(l, now + (size_t)i * nh, nh, tmo)) {
+			all = false;
+			l->rows_ok = false;
+			continue;
+		}
+		got[i] = true;
+		/* counters only grow within a session; else a restarted worker */
+		for (size_t k = 0; l->rows_ok && k < nh; k++)
+			l->rows_ok = now[(size_t)i * nh + k] >= l->rows[k];
+		all = all && l->rows_ok;
+	}
+	if (all) {
+		memset(c->eload, 0, nh * sizeof *c->eload);
+		memset(c->wload, 0, (size_t)nl * MOE_CLUSTER_MAX_LINKS * sizeof *c->wload);
+		for (int i = 0; i < c->n_links; i++) {
+			const clink *l = &c->links[i];
+			if (!l->alive)
+				continue;
+			for (size_t k = 0; k < nh; k++) {
+				const uint64_t d = now[(size_t)i * nh + k] - l->rows[k];
+				c->eload[k] += d;
+				c->wload[(k / (size_t)ne) * MOE_CLUSTER_MAX_LINKS + (size_t)i] += d;
+			}
+		}
+	}
+	for (int i = 0; i < c->n_links; i++) {
+		clink *l = &c->links[i];
+		if (!got[i])
+			continue;
+		memcpy(l->rows, now + (size_t)i * nh, nh * sizeof *l->rows);
+		l->rows_ok = true;
+	}
+	free(now);
 }

@@ -47,7 +47,9 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		l->loaded = calloc(nh, 1);
 		l->next = calloc(nh, 1);
 		l->has = calloc(nh, 1);
-		if (l->held == NULL || l->loaded == NULL || l->next == NULL || l->has == NULL) {
+		l->rows = calloc(nh, sizeof *l->rows);
+		if (l->held == NULL || l->loaded == NULL || l->next == NULL || l->has == NULL ||
+		    l->rows == NULL) {
 			err = moe_fail(MOE_ERR_NOMEM, "placement tables");
 			goto out_destroy;
 		}
@@ -121,6 +123,7 @@ void moe_cluster_destroy(moe_cluster *c)
 		free(l->loaded);
 		free(l->next);
 		free(l->has);
+		free(l->rows);
 		free(l->tok);
 		free(l->ids);
 		free(l->wts);

@@ -386,3 +386,46 @@ Test(multicoord, a_killed_coordinator_cuts_its_stream_and_a_restarted_one_adopts
 	stop_serve(&a);
 	pool_stop(&p);
 }
+
+/* The number after "name " in s's /metrics (-1 if absent). */
+static double metric(const serve *s, const char *name)
+{
+	char out[256], pat[128];
+	tmp_path(out, sizeof out, "metrics.txt");
+	cr_assert_eq(sh("curl -sf -m 10 http://127.0.0.1:%d/metrics > %s", s->port, out), 0);
+	snprintf(pat, sizeof pat, "\n%s ", name);
+	const char *p = strstr(slurp(out), pat);
+	unlink(out);
+	return p ? atof(p + strlen(pat)) : -1;
+}
+
+Test(multicoord, an_idle_coordinator_rebalances_on_the_load_the_other_brought, .timeout = 120,
+     .fini = kill_tracked)
+{
+	pool p;
+	pool_start(&p);
+	serve a = coordinator(&p, "a.log", NULL);
+	/* b serves nothing; its windows (0.3 s) see the workers' counts */
+	serve b = start_serve(p.m, "b.log",
+	                      (const char *const[]){"--worker", p.url[0], "--worker", p.url[1],
+	                                            "--secret-file", p.secret, "--rebalance", "0.3",
+	                                            NULL});
+	cr_assert_eq(metric(&b, "moemesh_expert_imbalance"), 0.0);
+	/* b's own dispatches are none: only the union gives its windows a load
+	 * (a is kept busy until b has seen some: b's first window only takes
+	 * the workers' first counts); whatever b re-places meanwhile, a
+	 * answers the same bytes */
+	char texts[2][2][512];
+	const serve *const only_a[] = {&a};
+	bool seen = false;
+	for (int t = 0; t < 60 && !seen; t++) {
+		ask_all(texts, only_a, 1, 1);
+		check_texts(&p, texts, 2, "a, with b rebalancing");
+		seen = metric(&b, "moemesh_expert_imbalance") > 0;
+	}
+	cr_assert(seen, "the idle coordinator never saw the other's load");
+	cr_assert_gt(metric(&b, "moemesh_rebalance_imbalance_before"), 0);
+	stop_serve(&a);
+	stop_serve(&b);
+	pool_stop(&p);
+}

@@ -333,7 +333,11 @@ static moe_err on_dispatch(server *s, conn *c, const moe_frame *f)
 	s->st.dispatches++;
 	s->st.tokens += d->n_tokens;
 	for (size_t i = 0; i < d->n_expert_ids; i++)
-		s->st.expert_tokens += d->expert_ids[i] >= 0;
+		if (d->expert_ids[i] >= 0) {
+			s->st.expert_tokens++;
+			s->st.expert_rows[(size_t)d->layer * (size_t)s->hp.n_expert +
+			                  (size_t)d->expert_ids[i]]++;
+		}
 	s->st.bytes_in += f->payload_len;
 	s->st.bytes_out += n * sizeof *s->acc;
 	s->st.compute_ns += dt;
@@ -601,6 +605,7 @@ static void server_free(server *s)
 	moe_aligned_free(s->acc);
 	free(s->ffn);
 	free(s->ptrs);
+	free(s->st.expert_rows);
 	moe_pool_destroy(s->pool);
 	for (int k = 0; k < MAX_SESSIONS; k++) {
 		moe_wk_session_reset(s, &s->sess[k]);
@@ -652,7 +657,9 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		goto out_free;
 	s.ffn = calloc((size_t)s.hp.n_layer, sizeof *s.ffn);
 	s.ptrs = calloc((size_t)s.hp.n_layer * 3 * (size_t)s.hp.n_expert, sizeof *s.ptrs);
-	if (s.ffn == NULL || s.ptrs == NULL) {
+	s.st.n_expert_rows = (size_t)s.hp.n_layer * (size_t)s.hp.n_expert;
+	s.st.expert_rows = calloc(s.st.n_expert_rows, sizeof *s.st.expert_rows);
+	if (s.ffn == NULL || s.ptrs == NULL || s.st.expert_rows == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "worker tables");
 		goto out_free;
 	}

@@ -99,7 +99,7 @@ typedef struct server {
 	const void **ptrs;   /* [n_layer][3][n_expert] */
 	moe_fix_t *acc;      /* result buffer */
 	size_t acc_cap;      /* in elements */
-	Moemesh__Stats st;
+	Moemesh__Stats st; /* st.expert_rows: [n_layer][n_expert] rows, every session */
 	/* an ASSIGN's load, read by the loader thread while this one serves */
 	bool loading; /* the loader thread runs (join it) */
 	pthread_t loader;
