@@ -67,6 +67,7 @@ static void fill(moe_node_status *o, const Moemesh__WorkerStatus *b)
 	o->bad_frames = b->bad_frames;
 	o->bytes_loaded_total = b->bytes_loaded_total;
 	o->coordinators = b->coordinators;
+	o->dispatches_merged = b->dispatches_merged;
 }
 
 /* One request and its answer within timeout_ms.  MOE_OK with *b set; or

@@ -10,6 +10,8 @@
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -19,6 +21,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "model/forward.h"
+#include "proto/proto.h"
 #include "tests/test_util.h"
 
 extern char **environ;
@@ -61,16 +65,16 @@ static void model(char *out, size_t n)
 	snprintf(out, n, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));
 }
 
-/* `moemesh worker` on url with the secret file, until it listens. */
+/* `moemesh worker` on url with the secret file (NULL: none), until it
+ * listens. */
 static pid_t start_worker(const char *m, const char *url, const char *secret)
 {
 	int fds[2];
 	char cmd[4096];
 	cr_assert_eq(pipe(fds), 0);
 	snprintf(cmd, sizeof cmd,
-	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d --quiet "
-	         "--secret-file %s",
-	         bin(), m, url, fds[1], secret);
+	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd %d --quiet %s%s",
+	         bin(), m, url, fds[1], secret ? "--secret-file " : "", secret ? secret : "");
 	const pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
@@ -428,4 +432,222 @@ Test(multicoord, an_idle_coordinator_rebalances_on_the_load_the_other_brought, .
 	stop_serve(&a);
 	stop_serve(&b);
 	pool_stop(&p);
+}
+
+/* ---- the raw protocol: two sessions on one worker ----------------------------------- */
+
+static void ctl_recv(nng_socket s, nng_msg **m, moe_frame *f)
+{
+	cr_assert_eq(moe_nng_recv(m, f, s, 10000), MOE_OK, "no answer: %s", moe_err_detail());
+}
+
+/* A session without a secret on the worker at ipc://sock: HELLO / AUTH
+ * on *s, then its data connection on *fd. */
+static void session_open(nng_socket *s, int *fd, const char *sock, const uint8_t *id)
+{
+	char url[300], dpath[300];
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	snprintf(dpath, sizeof dpath, "%s.data", sock);
+	cr_assert_eq(nng_pair1_open(s), 0);
+	cr_assert_eq(nng_dial(*s, url, NULL, 0), 0);
+	uint8_t chal[32] = {7}, mac[32];
+	Moemesh__Hello h = MOEMESH__HELLO__INIT;
+	h.protocol_version = MOE_PROTO_VERSION;
+	h.model_id = (ProtobufCBinaryData){MOE_ID_BYTES, (uint8_t *)id};
+	h.challenge = (ProtobufCBinaryData){32, chal};
+	nng_msg *m;
+	moe_frame f;
+	cr_assert_eq(moe_nng_send(*s, MOE_MSG_HELLO, &h.base), MOE_OK);
+	ctl_recv(*s, &m, &f);
+	cr_assert_eq(f.kind, MOE_MSG_HELLO_REPLY);
+	Moemesh__HelloReply *r = moemesh__hello_reply__unpack(NULL, f.header_len, f.header);
+	cr_assert(r && r->challenge.len == 32);
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, chal, r->challenge.data, id),
+	             MOE_OK);
+	moemesh__hello_reply__free_unpacked(r, NULL);
+	nng_msg_free(m);
+	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+	a.response = (ProtobufCBinaryData){32, mac};
+	cr_assert_eq(moe_nng_send(*s, MOE_MSG_AUTH, &a.base), MOE_OK);
+	ctl_recv(*s, &m, &f);
+	cr_assert_eq(f.kind, MOE_MSG_AUTH_OK);
+	Moemesh__AuthOk *ok = moemesh__auth_ok__unpack(NULL, f.header_len, f.header);
+	cr_assert(ok && ok->data_token.len == 32);
+	cr_assert_eq(moe_sock_connect_unix(fd, dpath), MOE_OK);
+	Moemesh__AuthResponse da = MOEMESH__AUTH_RESPONSE__INIT;
+	da.response = ok->data_token;
+	cr_assert_eq(moe_stream_send(*fd, MOE_MSG_AUTH, &da.base, NULL, 0), MOE_OK);
+	moemesh__auth_ok__free_unpacked(ok, NULL);
+	nng_msg_free(m);
+}
+
+/* ASSIGN of every expert of every layer on s; waits for its end. */
+static void assign_all(nng_socket s, int n_layer, int n_expert)
+{
+	Moemesh__LayerExperts le[64], *lp[64];
+	Moemesh__ExpertRange rg[64], *rp[64];
+	cr_assert_leq(n_layer, 64);
+	Moemesh__Assign a = MOEMESH__ASSIGN__INIT;
+	for (int l = 0; l < n_layer; l++) {
+		moemesh__layer_experts__init(&le[l]);
+		moemesh__expert_range__init(&rg[l]);
+		rg[l].first = 0;
+		rg[l].count = (uint32_t)n_expert;
+		rp[l] = &rg[l];
+		le[l].layer = (uint32_t)l;
+		le[l].n_ranges = 1;
+		le[l].ranges = &rp[l];
+		lp[l] = &le[l];
+	}
+	a.n_layers = (size_t)n_layer;
+	a.layers = lp;
+	cr_assert_eq(moe_nng_send(s, MOE_MSG_ASSIGN, &a.base), MOE_OK);
+	for (bool done = false; !done;) {
+		nng_msg *m;
+		moe_frame f;
+		ctl_recv(s, &m, &f);
+		cr_assert_eq(f.kind, MOE_MSG_LOAD_PROGRESS, "got %s", moe_msg_kind_name(f.kind));
+		Moemesh__LoadProgress *p =
+		    moemesh__load_progress__unpack(NULL, f.header_len, f.header);
+		cr_assert(p != NULL);
+		done = p->done;
+		moemesh__load_progress__free_unpacked(p, NULL);
+		nng_msg_free(m);
+	}
+}
+
+/* A DISPATCH of n rows of layer 0 (xq, ids, w) on fd. */
+static void dispatch_send(int fd, const moe_hparams *hp, const moe_expert_ffn *ffn,
+                          const uint8_t *xq, int n, int32_t *ids, float *w, uint64_t step)
+{
+	Moemesh__Dispatch d = MOEMESH__DISPATCH__INIT;
+	d.step = step;
+	d.layer = 0;
+	d.n_tokens = (uint32_t)n;
+	d.act_type = (uint32_t)moe_type_get(ffn->gate.type)->vec_dot_type;
+	d.n_embd = (uint32_t)hp->n_embd;
+	d.n_used = (uint32_t)hp->n_expert_used;
+	d.n_expert_ids = d.n_weights = (size_t)n * (size_t)hp->n_expert_used;
+	d.expert_ids = ids;
+	d.weights = w;
+	struct iovec iov = {.iov_base = (void *)xq,
+	                    .iov_len = (size_t)n * moe_act_row_size(ffn->gate.type, hp->n_embd)};
+	cr_assert_eq(moe_stream_send(fd, MOE_MSG_DISPATCH, &d.base, &iov, 1), MOE_OK);
+}
+
+/* Its RESULT's rows into out (n rows of n_embd). */
+static void result_recv(int fd, moe_rx *rx, const moe_hparams *hp, int n, int64_t *out)
+{
+	bool done;
+	moe_frame f;
+	cr_assert_eq(moe_rx_read(&done, &f, rx, fd, (size_t)1 << 24, true), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_assert_eq(f.kind, MOE_MSG_RESULT, "got %s", moe_msg_kind_name(f.kind));
+	cr_assert_eq(f.payload_len, (size_t)n * (size_t)hp->n_embd * 8);
+	memcpy(out, f.payload, f.payload_len);
+}
+
+Test(multicoord, dispatches_that_arrive_together_are_one_batch_with_the_rows_of_each_alone,
+     .timeout = 60, .fini = kill_tracked)
+{
+	char m[1024], sock[256];
+	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
+	tmp_path(sock, sizeof sock, "batch.sock");
+	char url[300];
+	snprintf(url, sizeof url, "ipc://%s", sock);
+	unlink(sock);
+	const pid_t w = start_worker(m, url, NULL);
+	moe_model *model;
+	cr_assert_eq(moe_model_open(&model, m), MOE_OK);
+	const moe_hparams *hp = moe_model_hparams(model);
+	const moe_expert_ffn *ffn = moe_model_experts(model, 0);
+	uint8_t id[MOE_ID_BYTES];
+	cr_assert_eq(moe_model_identity(id, moe_model_gguf(model)), MOE_OK);
+	nng_socket s[2];
+	int fd[2];
+	moe_rx rx[2] = {{0}};
+	for (int k = 0; k < 2; k++) {
+		session_open(&s[k], &fd[k], sock, id);
+		assign_all(s[k], hp->n_layer, hp->n_expert);
+	}
+	/* two coordinators' dispatches: 2 and 3 rows, their own experts */
+	const int nt[2] = {2, 3}, nu = hp->n_expert_used;
+	const size_t row = moe_act_row_size(ffn->gate.type, hp->n_embd);
+	uint8_t *xq[2];
+	int32_t ids[2][3 * 16];
+	float wt[2][3 * 16];
+	int64_t *alone[2], *together[2];
+	cr_assert_leq(nu, 16);
+	for (int k = 0; k < 2; k++) {
+		float *x = malloc((size_t)nt[k] * (size_t)hp->n_embd * sizeof *x);
+		for (int i = 0; i < nt[k] * hp->n_embd; i++)
+			x[i] = (float)((i * (31 + 6 * k)) % 29 - 14) / 9.0f;
+		xq[k] = moe_aligned_alloc(64, (size_t)nt[k] * row);
+		cr_assert_eq(
+		    moe_quantize_act_rows(NULL, xq[k], ffn->gate.type, x, hp->n_embd, nt[k]),
+		    MOE_OK);
+		free(x);
+		for (int i = 0; i < nt[k] * nu; i++) {
+			ids[k][i] = (int32_t)((i * 5 + k * 3) % hp->n_expert);
+			wt[k][i] = 0.25f + 0.125f * (float)(i % 3);
+		}
+		alone[k] = malloc((size_t)nt[k] * (size_t)hp->n_embd * 8);
+		together[k] = malloc((size_t)nt[k] * (size_t)hp->n_embd * 8);
+	}
+	/* each alone, the second one waiting for the first */
+	for (int k = 0; k < 2; k++) {
+		dispatch_send(fd[k], hp, ffn, xq[k], nt[k], ids[k], wt[k], 1);
+		result_recv(fd[k], &rx[k], hp, nt[k], alone[k]);
+	}
+	/* as this process computes them */
+	for (int k = 0; k < 2; k++) {
+		moe_fix_t *want = calloc((size_t)nt[k] * (size_t)hp->n_embd, sizeof *want);
+		cr_assert_eq(moe_expert_ffn_run_q(NULL, want, ffn, xq[k], nt[k], ids[k], wt[k], nu),
+		             MOE_OK);
+		cr_assert_arr_eq(want, alone[k], (size_t)nt[k] * (size_t)hp->n_embd * 8,
+		                 "dispatch %d alone: not this process's rows", k);
+		free(want);
+	}
+	/* both sent while the worker is stopped: its next poll finds both */
+	kill(w, SIGSTOP);
+	for (int k = 0; k < 2; k++)
+		dispatch_send(fd[k], hp, ffn, xq[k], nt[k], ids[k], wt[k], 2);
+	kill(w, SIGCONT);
+	for (int k = 0; k < 2; k++) {
+		result_recv(fd[k], &rx[k], hp, nt[k], together[k]);
+		cr_assert_arr_eq(alone[k], together[k], (size_t)nt[k] * (size_t)hp->n_embd * 8,
+		                 "dispatch %d in a batch: other rows than alone", k);
+	}
+	/* and they were one batch */
+	nng_msg *msg;
+	moe_frame f;
+	cr_assert_eq(moe_nng_send(s[0], MOE_MSG_STATS_REQUEST, NULL), MOE_OK);
+	ctl_recv(s[0], &msg, &f);
+	cr_assert_eq(f.kind, MOE_MSG_STATS);
+	Moemesh__Stats *st = moemesh__stats__unpack(NULL, f.header_len, f.header);
+	cr_assert(st != NULL);
+	cr_assert_eq(st->dispatches, 4);
+	cr_assert_eq(st->dispatches_merged, 2, "%llu dispatches computed in a batch, not 2",
+	             (unsigned long long)st->dispatches_merged);
+	/* the rows each worker computed, per expert, for both sessions */
+	uint64_t rows = 0;
+	for (size_t k = 0; k < st->n_expert_rows; k++)
+		rows += st->expert_rows[k];
+	cr_assert_eq(rows, (uint64_t)(2 * (nt[0] + nt[1]) * nu));
+	moemesh__stats__free_unpacked(st, NULL);
+	nng_msg_free(msg);
+	for (int k = 0; k < 2; k++) {
+		close(fd[k]);
+		moe_rx_free(&rx[k]);
+		nng_close(s[k]);
+		moe_aligned_free(xq[k]);
+		free(alone[k]);
+		free(together[k]);
+	}
+	moe_model_destroy(model);
+	int ws = 0;
+	kill(w, SIGTERM);
+	waitpid(w, &ws, 0);
+	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the worker ended with %#x", ws);
+	unlink(sock);
 }

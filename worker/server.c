@@ -56,15 +56,6 @@ void moe_wk_log(const server *s, moe_log_level l, const char *fmt, ...)
 	moe_log(l, "worker %s: %s", s->o->name ? s->o->name : "", line);
 }
 
-static void delay_us(int us)
-{
-	if (us <= 0)
-		return;
-	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-	}
-}
-
 /* A line "KEY: N kB" of /proc/meminfo in bytes (key "MemAvailable: "), 0
  * if absent. */
 static uint64_t meminfo(const char *key)
@@ -89,7 +80,7 @@ uint64_t moe_wk_mem_available(void)
 
 /* An ERROR on a data connection, sealed with tx (NULL: plain, before the
  * connection authenticated). */
-static moe_err data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
+moe_err moe_wk_data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
                           uint64_t step)
 {
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
@@ -168,6 +159,7 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	b.time_unix_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 	b.bad_frames = s->st.bad_frames;
 	b.bytes_loaded_total = s->st.bytes_loaded_total;
+	b.dispatches_merged = s->st.dispatches_merged;
 	for (int k = 0; k < MAX_SESSIONS; k++)
 		b.coordinators += s->sess[k].pipe != 0 && s->sess[k].authed;
 	uint8_t body[MOE_STATUS_MAX_LAYERS * 6 + 1024], mac[32], out[sizeof body + 256];
@@ -265,99 +257,6 @@ static int preauth_deadlines(server *s, int max_ms)
 
 /* ---- data ----------------------------------------------------------------------- */
 
-/* Checks what the generic validation cannot: the activation form matches this
- * layer's weights and every expert asked for is held here. */
-static moe_err check_dispatch(const server *s, const Moemesh__Dispatch *d)
-{
-	if (s->store == NULL)
-		return moe_fail(MOE_ERR_STATE, "DISPATCH before any ASSIGN was loaded");
-	const moe_expert_ffn *ffn = &s->ffn[d->layer];
-	const moe_type want = moe_type_get(ffn->gate.type)->vec_dot_type;
-	if (d->act_type != (uint32_t)want)
-		return moe_fail(MOE_ERR_BAD_TYPE, "DISPATCH act_type %s, layer %u's gate takes %s",
-		                moe_type_get((moe_type)d->act_type)->name, d->layer,
-		                moe_type_get(want)->name);
-	for (size_t i = 0; i < d->n_expert_ids; i++) {
-		const int32_t e = d->expert_ids[i];
-		if (e >= 0 && ffn->gate.expert[e] == NULL)
-			return moe_fail(MOE_ERR_BAD_VALUE,
-			                "DISPATCH expert_ids[%zu] = %d: layer %u expert %d is not "
-			                "held by this worker",
-			                i, e, d->layer, e);
-	}
-	return MOE_OK;
-}
-
-static moe_err on_dispatch(server *s, conn *c, const moe_frame *f)
-{
-	const int fd = c->fd;
-	Moemesh__Dispatch *d;
-	char msg[600];
-	moe_err err = moe_proto_read_dispatch(&d, f, &s->lim);
-	if (err == MOE_OK && (err = check_dispatch(s, d)) != MOE_OK)
-		moemesh__dispatch__free_unpacked(d, NULL);
-	if (err != MOE_OK) {
-		s->st.bad_frames++;
-		snprintf(msg, sizeof msg, "bad DISPATCH: %s: %s", moe_err_name(err),
-		         moe_err_detail());
-		return data_error(s, fd, c->tx, err, msg, 0);
-	}
-	delay_us(s->o->net_delay_us);
-	if (s->o->fail_dispatch != NULL && s->o->fail_dispatch(s->o->observer_ctx)) {
-		err = data_error(s, fd, c->tx, MOE_ERR_IO, "DISPATCH failed (injected)", d->step);
-		goto out_free;
-	}
-	const size_t n = (size_t)d->n_tokens * (size_t)s->hp.n_embd;
-	if (n > s->acc_cap) {
-		moe_fix_t *a = moe_aligned_alloc(64, n * sizeof *a);
-		if (a == NULL) {
-			err = data_error(s, fd, c->tx, MOE_ERR_NOMEM, "no memory for the result",
-			                 d->step);
-			goto out_free;
-		}
-		moe_aligned_free(s->acc);
-		s->acc = a;
-		s->acc_cap = n;
-	}
-	memset(s->acc, 0, n * sizeof *s->acc);
-	const uint64_t t0 = moe_now_ns();
-	err = moe_expert_ffn_run_q(s->pool, s->acc, &s->ffn[d->layer], f->payload, d->n_tokens,
-	                           d->expert_ids, d->weights, (int)d->n_used);
-	const uint64_t dt = moe_now_ns() - t0;
-	if (err != MOE_OK) {
-		snprintf(msg, sizeof msg, "expert FFN failed: %s: %s", moe_err_name(err),
-		         moe_err_detail());
-		err = data_error(s, fd, c->tx, err, msg, d->step);
-		goto out_free;
-	}
-	s->st.dispatches++;
-	s->st.tokens += d->n_tokens;
-	for (size_t i = 0; i < d->n_expert_ids; i++)
-		if (d->expert_ids[i] >= 0) {
-			s->st.expert_tokens++;
-			s->st.expert_rows[(size_t)d->layer * (size_t)s->hp.n_expert +
-			                  (size_t)d->expert_ids[i]]++;
-		}
-	s->st.bytes_in += f->payload_len;
-	s->st.bytes_out += n * sizeof *s->acc;
-	s->st.compute_ns += dt;
-	if (s->o->on_computed != NULL)
-		s->o->on_computed(s->o->observer_ctx, s->st.dispatches);
-	delay_us(s->o->net_delay_us);
-	Moemesh__Result r = MOEMESH__RESULT__INIT;
-	r.step = d->step;
-	r.layer = d->layer;
-	r.n_tokens = d->n_tokens;
-	r.n_embd = d->n_embd;
-	r.compute_ns = dt;
-	const struct iovec iov = {.iov_base = s->acc, .iov_len = n * sizeof *s->acc};
-	/* sealed where it lies: the result buffer is cleared before its next use */
-	err = moe_stream_send_sealed(fd, c->tx, MOE_MSG_RESULT, &r.base, &iov, 1, true);
-out_free:
-	moemesh__dispatch__free_unpacked(d, NULL);
-	return err;
-}
-
 static void close_conn(server *s, int i)
 {
 	close(s->conns[i].fd);
@@ -428,15 +327,18 @@ static int sealed_token(server *s, conn *c)
 	}
 out_refuse:
 	s->st.bad_frames++;
-	(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
-	                 "data link: the first frame must be AUTH with the token of an "
-	                 "authenticated control link",
-	                 0);
+	(void)moe_wk_data_error(s, c->fd, NULL, MOE_ERR_AUTH,
+	                        "data link: the first frame must be AUTH with the token of an "
+	                        "authenticated control link",
+	                        0);
 	return -1;
 }
 
-/* Serves what connection i has; returns false if it was closed. */
-static bool on_data(server *s, int i)
+/* Reads connection i until a DISPATCH frame is whole (*f views it until the
+ * next call), answering what else comes (its token, bad frames).  Returns 1
+ * with *f, 0 when nothing more is there now, -1 when it must close (marked
+ * dead: closed after the pass, so that the indices of the others hold). */
+static int data_next(server *s, int i, moe_frame *f)
 {
 	conn *c = &s->conns[i];
 	char msg[600];
@@ -446,41 +348,40 @@ static bool on_data(server *s, int i)
 	    (size_t)s->lim.max_tokens * moe_act_row_size(MOE_TYPE_F32, s->hp.n_embd);
 	for (;;) {
 		bool done;
-		moe_frame f;
 		if (c->sealed_first) {
 			const int r = sealed_token(s, c);
 			if (r < 0) {
-				close_conn(s, i);
-				return false;
+				c->dead = true;
+				return -1;
 			}
 			if (r == 0)
-				return true;
+				return 0;
 			continue;
 		}
-		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd,
+		moe_err err = moe_rx_read(&done, f, &c->rx, c->fd,
 		                          c->authed ? max_frame : PREAUTH_MAX_FRAME, false);
 		if (err == MOE_ERR_CLOSED) {
-			close_conn(s, i);
-			return false;
+			c->dead = true;
+			return -1;
 		}
 		if (err != MOE_OK) {
 			s->st.bad_frames++;
 			snprintf(msg, sizeof msg, "bad data frame: %s: %s", moe_err_name(err),
 			         moe_err_detail());
-			if (data_error(s, c->fd, c->tx, err, msg, 0) != MOE_OK ||
+			if (moe_wk_data_error(s, c->fd, c->tx, err, msg, 0) != MOE_OK ||
 			    !moe_rx_in_sync(&c->rx)) {
-				close_conn(s, i);
-				return false;
+				c->dead = true;
+				return -1;
 			}
 			continue;
 		}
 		if (!done)
-			return true;
+			return 0;
 		if (!c->authed) {
 			/* without a secret: the token of any authenticated session */
 			Moemesh__AuthResponse *a =
-			    f.kind == MOE_MSG_AUTH
-			        ? moemesh__auth_response__unpack(NULL, f.header_len, f.header)
+			    f->kind == MOE_MSG_AUTH
+			        ? moemesh__auth_response__unpack(NULL, f->header_len, f->header)
 			        : NULL;
 			session *x = NULL;
 			for (int k = 0; a != NULL && a->response.len == 32 && k < MAX_SESSIONS; k++)
@@ -490,30 +391,55 @@ static bool on_data(server *s, int i)
 			moemesh__auth_response__free_unpacked(a, NULL);
 			if (x == NULL) {
 				s->st.bad_frames++;
-				(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
-				                 "data link: the first frame must be AUTH with the "
-				                 "token of an authenticated control link",
-				                 0);
-				close_conn(s, i);
-				return false;
+				(void)moe_wk_data_error(
+				    s, c->fd, NULL, MOE_ERR_AUTH,
+				    "data link: the first frame must be AUTH with the "
+				    "token of an authenticated control link",
+				    0);
+				c->dead = true;
+				return -1;
 			}
 			c->authed = true;
 			x->token_used = true;
 			continue;
 		}
-		if (f.kind != MOE_MSG_DISPATCH) {
-			s->st.bad_frames++;
-			snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
-			         moe_msg_kind_name(f.kind));
-			err = data_error(s, c->fd, c->tx, MOE_ERR_PROTO, msg, 0);
-		} else {
-			err = on_dispatch(s, c, &f);
-		}
-		if (err != MOE_OK) {
-			close_conn(s, i);
-			return false;
+		if (f->kind == MOE_MSG_DISPATCH)
+			return 1;
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
+		         moe_msg_kind_name(f->kind));
+		if (moe_wk_data_error(s, c->fd, c->tx, MOE_ERR_PROTO, msg, 0) != MOE_OK) {
+			c->dead = true;
+			return -1;
 		}
 	}
+}
+
+/* Serves the readable connections (ready[i]): each pass takes at most one
+ * DISPATCH from each, and those of one layer are computed together
+ * (batch.c); passes go on while any gave one (more may be buffered).  Dead
+ * connections close at the end, from the back (closing one moves the last). */
+static void on_data(server *s, bool *ready)
+{
+	for (;;) {
+		moe_wk_pending pd[MAX_CONNS];
+		int np = 0;
+		for (int i = 0; i < s->n_conns; i++) {
+			if (!ready[i] || s->conns[i].dead)
+				continue;
+			const int r = data_next(s, i, &pd[np].f);
+			if (r == 1)
+				pd[np++].conn = i;
+			else
+				ready[i] = false;
+		}
+		if (np == 0)
+			break;
+		moe_wk_serve_dispatches(s, pd, np);
+	}
+	for (int i = s->n_conns - 1; i >= 0; i--)
+		if (s->conns[i].dead)
+			close_conn(s, i);
 }
 
 static void on_accept(server *s)
@@ -530,7 +456,8 @@ static void on_accept(server *s)
 			    (old < 0 || s->conns[i].since < s->conns[old].since))
 				old = i;
 		if (old < 0) {
-			(void)data_error(s, fd, NULL, MOE_ERR_BUSY, "too many data connections", 0);
+			(void)moe_wk_data_error(s, fd, NULL, MOE_ERR_BUSY,
+			                        "too many data connections", 0);
 			close(fd);
 			return;
 		}
@@ -548,10 +475,11 @@ static void on_accept(server *s)
 			waits |=
 			    s->sess[k].pipe != 0 && s->sess[k].authed && !s->sess[k].token_used;
 		if (!waits) {
-			(void)data_error(s, fd, NULL, MOE_ERR_AUTH,
-			                 "no authenticated control link is waiting for a data "
-			                 "connection",
-			                 0);
+			(void)moe_wk_data_error(
+			    s, fd, NULL, MOE_ERR_AUTH,
+			    "no authenticated control link is waiting for a data "
+			    "connection",
+			    0);
 			close(fd);
 			return;
 		}
@@ -603,6 +531,9 @@ static void server_free(server *s)
 		if (s->load_pipe[i] >= 0)
 			close(s->load_pipe[i]);
 	moe_aligned_free(s->acc);
+	moe_aligned_free(s->xcat);
+	free(s->idcat);
+	free(s->wcat);
 	free(s->ffn);
 	free(s->ptrs);
 	free(s->st.expert_rows);
@@ -731,10 +662,11 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 			moe_wk_log(&s, MOE_LOG_INFO, "asked to stop");
 			break;
 		}
-		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 7; i >= 0; i--)
-			if (p[6 + i].revents)
-				(void)on_data(&s, i);
+		/* connections first */
+		bool ready[MAX_CONNS];
+		for (int i = 0; i < s.n_conns; i++)
+			ready[i] = p[6 + i].revents != 0;
+		on_data(&s, ready);
 		if (p[5].revents & POLLIN)
 			moe_wk_pipes_changed(&s);
 		if (p[3].revents & POLLIN)

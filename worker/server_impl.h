@@ -27,6 +27,7 @@ typedef struct conn {
 	int fd;
 	bool authed;
 	bool sealed_first; /* with a secret: its token frame is not read yet (sealed_token) */
+	bool dead;         /* to close after this pass (on_data) */
 	uint64_t since;    /* accepted at (moe_now_ns) */
 	moe_rx rx;         /* rx.open: sealed link (a secret) */
 	moe_aead *tx;      /* seals what goes out, once authed with a secret */
@@ -99,6 +100,13 @@ typedef struct server {
 	const void **ptrs;   /* [n_layer][3][n_expert] */
 	moe_fix_t *acc;      /* result buffer */
 	size_t acc_cap;      /* in elements */
+	/* dispatches of one layer computed together (batch.c): their rows,
+	 * expert ids and weights one after the other */
+	uint8_t *xcat;
+	size_t xcat_cap; /* bytes */
+	int32_t *idcat;
+	float *wcat;
+	size_t cat_cap;    /* ids / weights */
 	Moemesh__Stats st; /* st.expert_rows: [n_layer][n_expert] rows, every session */
 	/* an ASSIGN's load, read by the loader thread while this one serves */
 	bool loading; /* the loader thread runs (join it) */
@@ -115,7 +123,17 @@ typedef struct server {
 	bool quit;
 } server;
 
+/* A DISPATCH frame one connection has ready (data_next). */
+typedef struct moe_wk_pending {
+	int conn;
+	moe_frame f;
+} moe_wk_pending;
+
 /* server.c */
+
+/* An ERROR on a data connection, sealed with tx (NULL: plain). */
+moe_err moe_wk_data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
+                          uint64_t step);
 
 /* A log line (core.h) naming this worker; --quiet drops them all. */
 void moe_wk_log(const server *s, moe_log_level l, const char *fmt, ...)
@@ -123,6 +141,15 @@ void moe_wk_log(const server *s, moe_log_level l, const char *fmt, ...)
 
 /* MemAvailable of /proc/meminfo in bytes (0 if absent). */
 uint64_t moe_wk_mem_available(void);
+
+/* batch.c */
+
+/* Answers the n DISPATCH frames of pd (each of another connection): those
+ * that fail validation get an ERROR; those of one layer are computed as one
+ * batch (every row's result is the one it would get alone: the expert
+ * kernels are row-independent) and each gets its RESULT.  A connection
+ * whose reply cannot be sent is marked dead. */
+void moe_wk_serve_dispatches(server *s, moe_wk_pending *pd, int n);
 
 /* session.c */
 
