@@ -29,6 +29,10 @@ static moe_err ctl_send(server *s, session *x, moe_msg_kind kind, const Protobuf
 		return moe_fail(MOE_ERR_INVAL, "%s header of %zu bytes over cap",
 		                moe_msg_kind_name(kind), hlen);
 	pthread_mutex_lock(&s->ctl_lock);
+	if (x->pipe == 0) { /* it ended meanwhile (the loader's sends): pipe 0 would be any peer */
+		err = moe_fail(MOE_ERR_CLOSED, "the session ended");
+		goto out_unlock;
+	}
 	const size_t tag = x->tx != NULL ? MOE_SEAL_TAG : 0;
 	if ((rv = nng_msg_alloc(&m, size + tag)) != 0) {
 		err = moe_nng_fail(rv, "allocating a frame");
@@ -638,7 +642,9 @@ static session *session_new(server *s, uint32_t id, uint64_t since)
 		(void)nng_pipe_close((nng_pipe){.id = x->pipe});
 		moe_wk_session_end(s, x);
 	}
+	pthread_mutex_lock(&s->ctl_lock); /* the loader thread reads pipe */
 	x->pipe = id;
+	pthread_mutex_unlock(&s->ctl_lock);
 	x->since = since;
 	x->token_used = true;
 	return x;
