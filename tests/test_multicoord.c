@@ -608,8 +608,12 @@ Test(multicoord, dispatches_that_arrive_together_are_one_batch_with_the_rows_of_
 		                 "dispatch %d alone: not this process's rows", k);
 		free(want);
 	}
-	/* both sent while the worker is stopped: its next poll finds both */
+	/* both sent while the worker is stopped (waited for: a signal stops a
+	 * running process a moment later): its next look finds both */
 	kill(w, SIGSTOP);
+	int ws = 0;
+	cr_assert_eq(waitpid(w, &ws, WUNTRACED), w);
+	cr_assert(WIFSTOPPED(ws));
 	for (int k = 0; k < 2; k++)
 		dispatch_send(fd[k], hp, ffn, xq[k], nt[k], ids[k], wt[k], 2);
 	kill(w, SIGCONT);
@@ -645,7 +649,6 @@ Test(multicoord, dispatches_that_arrive_together_are_one_batch_with_the_rows_of_
 		free(together[k]);
 	}
 	moe_model_destroy(model);
-	int ws = 0;
 	kill(w, SIGTERM);
 	waitpid(w, &ws, 0);
 	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the worker ended with %#x", ws);

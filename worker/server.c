@@ -417,11 +417,25 @@ static int data_next(server *s, int i, moe_frame *f)
 
 /* Serves the readable connections (ready[i]): each pass takes at most one
  * DISPATCH from each, and those of one layer are computed together
- * (batch.c); passes go on while any gave one (more may be buffered).  Dead
- * connections close at the end, from the back (closing one moves the last). */
+ * (batch.c).  A pass that served some is followed by another, its
+ * connections asked anew without waiting (what arrived during the last
+ * batch makes the next one), up to MAX_PASSES before the control socket and
+ * the listener get their turn.  Dead connections close at the end, from
+ * the back (closing one moves the last). */
+#define MAX_PASSES 4
+
 static void on_data(server *s, bool *ready)
 {
-	for (;;) {
+	for (int pass = 0; pass < MAX_PASSES; pass++) {
+		if (pass > 0) {
+			struct pollfd q[MAX_CONNS];
+			for (int i = 0; i < s->n_conns; i++)
+				q[i] = (struct pollfd){.fd = s->conns[i].dead ? -1 : s->conns[i].fd,
+				                       .events = POLLIN};
+			if (poll(q, (nfds_t)s->n_conns, 0) > 0)
+				for (int i = 0; i < s->n_conns; i++)
+					ready[i] = ready[i] || q[i].revents != 0;
+		}
 		moe_wk_pending pd[MAX_CONNS];
 		int np = 0;
 		for (int i = 0; i < s->n_conns; i++) {
