@@ -166,13 +166,13 @@ typedef struct moe_cluster_link_stats {
 } moe_cluster_link_stats;
 
 typedef struct moe_cluster_counters {
-	uint64_t layers;        /* start/finish pairs */
-	uint64_t start_ns;      /* in start(): quantise + send */
-	uint64_t local_ns;      /* experts computed in this process */
-	uint64_t wait_ns;       /* in finish(), waiting for results */
-	uint64_t worker_ns;     /* sum over layers of the slowest worker's compute */
-	uint64_t retries;       /* (token, expert) pairs sent again after a failure */
-	uint64_t reassigns;     /* experts re-loaded onto survivors */
+	uint64_t layers;    /* start/finish pairs */
+	uint64_t start_ns;  /* in start(): quantise + send */
+	uint64_t local_ns;  /* experts computed in this process */
+	uint64_t wait_ns;   /* in finish(), waiting for results */
+	uint64_t worker_ns; /* sum over layers of the slowest worker's compute */
+	uint64_t retries;   /* (token, expert) pairs sent again after a failure */
+	uint64_t reassigns; /* experts re-loaded onto survivors */
 	uint64_t error_retries; /* ERROR replies whose DISPATCH was sent again */
 	uint64_t lost;          /* workers marked dead */
 	uint64_t readmitted;    /* dead workers re-dialled and taken back */
