@@ -32,6 +32,8 @@ const moe_bench moe_benches[] = {
      moe_bench_trace},
     {"chaos", "workers killed or frozen under serve while clients stream: identical bytes",
      moe_bench_chaos},
+    {"multicoord", "two workers served by 1 and by 2 coordinators: aggregate tok/s",
+     moe_bench_multicoord},
     {NULL, NULL, NULL},
 };
 

@@ -86,5 +86,6 @@ int moe_bench_quality(int argc, char **argv);
 int moe_bench_soak(int argc, char **argv);
 int moe_bench_trace(int argc, char **argv);
 int moe_bench_chaos(int argc, char **argv);
+int moe_bench_multicoord(int argc, char **argv);
 
 #endif

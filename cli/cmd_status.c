@@ -91,6 +91,10 @@ static void print_json(const moe_node_status *ns, int n)
 			       s->loading ? "true" : "false", (unsigned long long)s->load_done,
 			       (unsigned long long)s->load_total, (unsigned long long)s->bad_frames,
 			       s->rtt_ms, s->rtt_ms_max, s->clock_offset_ms, s->pings_answered);
+			printf(",\"bytes_loaded_total\":%llu,\"coordinators\":%u,"
+			       "\"dispatches_merged\":%llu",
+			       (unsigned long long)s->bytes_loaded_total, s->coordinators,
+			       (unsigned long long)s->dispatches_merged);
 		}
 		printf("}");
 	}

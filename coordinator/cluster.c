@@ -45,7 +45,10 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		l->held = calloc(nh, 1);
 		l->loaded = calloc(nh, 1);
 		l->next = calloc(nh, 1);
-		if (l->held == NULL || l->loaded == NULL || l->next == NULL) {
+		l->has = calloc(nh, 1);
+		l->rows = calloc(nh, sizeof *l->rows);
+		if (l->held == NULL || l->loaded == NULL || l->next == NULL || l->has == NULL ||
+		    l->rows == NULL) {
 			err = moe_fail(MOE_ERR_NOMEM, "placement tables");
 			goto out_destroy;
 		}
@@ -84,7 +87,10 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		l->st.local = l->local;
 		snprintf(l->st.name, sizeof l->st.name, "%s", l->name);
 	}
-	if ((err = moe_clu_place(c)) != MOE_OK || (err = moe_clu_rebalance_init(c)) != MOE_OK)
+	/* workers that hold a whole placement already (another coordinator's,
+	 * or this one's before it restarted) keep it: nothing is loaded */
+	if ((!moe_clu_adopt(c) && (err = moe_clu_place(c)) != MOE_OK) ||
+	    (err = moe_clu_rebalance_init(c)) != MOE_OK)
 		goto out_destroy;
 	for (int i = 0; i < n; i++)
 		if ((err = moe_clu_assign(c, &c->links[i])) != MOE_OK)
@@ -116,6 +122,8 @@ void moe_cluster_destroy(moe_cluster *c)
 		free(l->held);
 		free(l->loaded);
 		free(l->next);
+		free(l->has);
+		free(l->rows);
 	}
 	moe_clu_free_buffers(c);
 	moe_clu_rebalance_free(c);

@@ -36,6 +36,10 @@ typedef struct clink {
 	uint8_t *held;     /* [n_layer][n_expert] what dispatch routes to it */
 	uint8_t *loaded;   /* [n_layer][n_expert] what it holds (its last ASSIGN done) */
 	uint8_t *next;     /* [n_layer][n_expert] the ASSIGN in flight (async) */
+	uint8_t *has;      /* [n_layer][n_expert] what it said it held at AUTH_OK (adopt.c) */
+	uint32_t others;   /* other coordinators it served at AUTH_OK */
+	uint64_t *rows;    /* [n_layer][n_expert] its STATS expert_rows at the last window */
+	bool rows_ok;      /* rows holds a reading of this session */
 	bool async;        /* an ASSIGN of the rebalancer in flight, not waited for */
 	uint64_t async_t;  /* when it was sent, or its last LOAD_PROGRESS */
 	int errors;        /* ERROR replies in a row (a RESULT resets it) */
@@ -185,6 +189,26 @@ void moe_clu_readmit(moe_cluster *c);
  * naming each worker that did not end cleanly, if report; else MOE_OK
  * without touching the thread's error detail. */
 moe_err moe_clu_stop_spawned(moe_cluster *c, bool report);
+
+/* adopt.c */
+
+/* Fills l->has from AUTH_OK's held list, checked against the model's
+ * layers and experts.  Errors: MOE_ERR_PROTO naming the worker. */
+moe_err moe_clu_held_read(moe_cluster *c, clink *l, const Moemesh__AuthOk *ok);
+
+/* If the workers already hold a complete placement (each one something,
+ * every expert of every layer somewhere, each within its cap; no local
+ * link), makes it this coordinator's (every link's held = what it holds) and
+ * returns true: its ASSIGNs then load nothing.  Else false, nothing changed. */
+bool moe_clu_adopt(moe_cluster *c);
+
+/* Replaces the window's load counters (c->eload, c->wload) by what the
+ * workers computed in the window for every coordinator together: each
+ * one's STATS expert_rows less its last reading.  Only when every live link
+ * is a worker that answers (no local link, none loading for a rebalance)
+ * and each has a reading from before; else the counters stay this
+ * coordinator's own (and the readings are taken for the next window). */
+void moe_clu_union_load(moe_cluster *c);
 
 /* placement.c */
 

@@ -305,8 +305,11 @@ typedef struct moe_node_status {
 	bool coordinator; /* a coordinator is connected */
 	bool loading;
 	uint64_t load_done, load_total, bad_frames;
-	double rtt_ms, rtt_ms_max; /* fastest and slowest answered ping */
-	double clock_offset_ms;    /* its wall clock minus ours, at the fastest ping */
+	uint64_t bytes_loaded_total; /* expert bytes every ASSIGN loaded since it started */
+	uint32_t coordinators;       /* authenticated coordinators connected now */
+	uint64_t dispatches_merged;  /* dispatches computed in one batch with others */
+	double rtt_ms, rtt_ms_max;   /* fastest and slowest answered ping */
+	double clock_offset_ms;      /* its wall clock minus ours, at the fastest ping */
 	int pings_answered;
 } moe_node_status;
 

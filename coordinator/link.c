@@ -235,6 +235,9 @@ moe_err moe_clu_connect(moe_cluster *c, clink *l)
 		               ok->data_token.len);
 		goto out_free_ok;
 	}
+	l->rows_ok = false; /* a new session: no reading of its counters yet */
+	if ((err = moe_clu_held_read(c, l, ok)) != MOE_OK)
+		goto out_free_ok;
 	if (l->name[0] == '\0') /* not named by the cluster file */
 		snprintf(l->name, sizeof l->name, "%.63s",
 		         ok->name && ok->name[0] ? ok->name : l->url);

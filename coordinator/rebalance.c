@@ -302,6 +302,7 @@ static void close_window(moe_cluster *c)
 	struct rebal *rb = c->rb;
 	const int nl = c->hp->n_layer;
 	const size_t nh = nh_of(c);
+	moe_clu_union_load(c); /* every coordinator's load, as the workers saw it */
 	double *lw = calloc((size_t)nl * MOE_CLUSTER_MAX_LINKS, sizeof *lw);
 	if (lw == NULL)
 		return;

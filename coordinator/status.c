@@ -65,6 +65,9 @@ static void fill(moe_node_status *o, const Moemesh__WorkerStatus *b)
 	o->load_done = b->load_done;
 	o->load_total = b->load_total;
 	o->bad_frames = b->bad_frames;
+	o->bytes_loaded_total = b->bytes_loaded_total;
+	o->coordinators = b->coordinators;
+	o->dispatches_merged = b->dispatches_merged;
 }
 
 /* One request and its answer within timeout_ms.  MOE_OK with *b set; or

@@ -1,27 +1,26 @@
 /*
- * server.c - the worker's dispatch server.
+ * server.c - the worker's dispatch server: the poll loop, status datagrams,
+ * data connections and set-up.
  *
  * One thread runs a poll loop over the nng control socket (its receive fd),
  * the data listener and the data connections; expert FFNs run on the worker's
- * thread pool.  Control: HELLO -> HELLO_REPLY (model identity checked; the
- * worker's nonce, nothing else), AUTH -> AUTH_OK (the coordinator's MAC
- * checked, else ERROR and the peer dropped; the worker's MAC, node facts,
- * data endpoint + token), then ASSIGN (the
- * slices no longer named dropped, the missing ones loaded by a loader thread
- * while this one goes on serving, LOAD_PROGRESS with what changed),
- * HEARTBEAT (echoed), STATS_REQUEST, SHUTDOWN.  Data: a
- * connection's first frame is AUTH carrying the token (with a secret: one
- * connection per handshake); then DISPATCH frames, each answered by one
- * RESULT (or ERROR).  With a secret, AUTH_OK and every frame after it on both links are sealed
- * with the handshake's session keys (proto.h, seal.c); one that fails its
- * tag is an ERROR and the link dropped.  Every frame is validated; a frame
- * whose prefix is sound but whose content is not gets an ERROR and the
- * connection goes on; a stream whose prefix is bad cannot be resynchronised,
- * so it gets an ERROR and is closed.  The worker itself always keeps serving,
- * until SHUTDOWN or its stop fd (the program's SIGTERM / SIGINT).  Status:
- * STATUS_REQUEST datagrams on the status socket (UDP at the control port's
- * number, or PATH.status) are answered with one STATUS datagram each, also
- * while the worker serves a coordinator and while it loads.
+ * thread pool.  Control (session.c) is one session per coordinator on a
+ * polyamorous pair1 socket, each with its own handshake (HELLO ->
+ * HELLO_REPLY, AUTH -> AUTH_OK with what the worker holds), keys, data
+ * token and ASSIGNed set.  Data: a connection's first frame is AUTH
+ * carrying the token of one authenticated session (with a secret: sealed
+ * with that session's data key, one connection per handshake); then
+ * DISPATCH frames, each answered by one RESULT (or ERROR), from whichever
+ * coordinator.  With a secret, AUTH_OK and every frame after it on both
+ * links are sealed with the session's keys (proto.h, seal.c); one that
+ * fails its tag is an ERROR and the link dropped.  Every frame is
+ * validated; a frame whose prefix is sound but whose content is not gets an
+ * ERROR and the connection goes on; a stream whose prefix is bad cannot be
+ * resynchronised, so it gets an ERROR and is closed.  The worker itself
+ * always keeps serving, until SHUTDOWN or its stop fd (the program's
+ * SIGTERM / SIGINT).  Status: STATUS_REQUEST datagrams on the status socket
+ * (UDP at the control port's number, or PATH.status) are answered with one
+ * STATUS datagram each, also while the worker serves and while it loads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,85 +40,11 @@
 
 #include "model/model.h"
 #include "proto/proto.h"
+#include "worker/server_impl.h"
 #include "worker/worker.h"
 
-#define MAX_CONNS 32
-
-/* Frames a peer may send before it has authenticated (control: before
- * AUTH_OK; data: before its token), HELLO and AUTH being a few hundred
- * bytes: a bigger one is refused and the connection dropped, so an
- * unauthenticated peer makes the worker buffer no more than this. */
-#define PREAUTH_MAX_FRAME (64u << 10)
-
-typedef struct conn {
-	int fd;
-	bool authed;
-	uint64_t since; /* accepted at (moe_now_ns) */
-	moe_rx rx;      /* rx.open: sealed link (a secret) */
-	moe_aead *tx;   /* seals what goes out, once authed with a secret */
-} conn;
-
-typedef struct server {
-	const moe_worker_opts *o;
-	moe_gguf *g;
-	moe_hparams hp;
-	moe_proto_limits lim;
-	uint8_t id[MOE_ID_BYTES];
-	uint8_t *secret;
-	size_t secret_len;
-	nng_socket ctl;
-	int ctl_fd;
-	int lfd;
-	int sfd; /* status datagrams */
-	char status_path[256];
-	uint64_t t_start;
-	_Atomic uint64_t load_done, load_total; /* the loader thread writes them */
-	uint16_t data_port;
-	char data_path[256];
-	conn conns[MAX_CONNS];
-	int n_conns;
-	/* handshake of the current control peer */
-	bool hello_ok, authed;
-	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
-	uint8_t token[32];
-	bool token_used;          /* a data connection came with it (with a secret: no second) */
-	moe_session_keys keys;    /* with a secret, from AUTH on */
-	moe_aead *ctl_tx;         /* control sealer (NULL: plain), under ctl_lock */
-	moe_aead *ctl_rx;         /* control opener (NULL: plain) */
-	nng_pipe auth_pipe;       /* the pipe the keys belong to */
-	pthread_mutex_t ctl_lock; /* control sends: this thread and the loader's */
-	nng_pipe drop_pipe;       /* a peer to drop at drop_at (after its ERROR went out) */
-	uint64_t drop_at;
-	/* experts */
-	moe_pool *pool;
-	moe_expert_store *store;
-	moe_expert_ffn *ffn; /* [n_layer] */
-	const void **ptrs;   /* [n_layer][3][n_expert] */
-	moe_fix_t *acc;      /* result buffer */
-	size_t acc_cap;      /* in elements */
-	Moemesh__Stats st;
-	/* an ASSIGN's load, read by the loader thread while this one serves */
-	bool loading; /* the loader thread runs (join it) */
-	pthread_t loader;
-	moe_store_load *ld; /* what it reads */
-	moe_err load_err;   /* its outcome, with load_msg */
-	char load_msg[400];
-	int load_pipe[2];            /* it writes a byte here when done */
-	atomic_int load_stop;        /* asks it to stop (shutdown) */
-	double load_t0;              /* when the ASSIGN arrived */
-	uint64_t assign_dropped;     /* bytes the ASSIGN dropped */
-	uint64_t load_last;          /* bytes at the last LOAD_PROGRESS sent (loader thread) */
-	atomic_int peer_gone;        /* the control peer's pipe closed: handshake again */
-	_Atomic uint32_t peer_id;    /* the control peer's pipe (0: none), from nng's callbacks */
-	_Atomic uint64_t peer_since; /* when it came (moe_now_ns) */
-	uint64_t auth_deadline_ns;   /* a peer not authenticated by then is dropped */
-	bool quit;
-} server;
-
 /* A log line (core.h) naming this worker; --quiet drops them all. */
-static void wlog(const server *s, moe_log_level l, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void wlog(const server *s, moe_log_level l, const char *fmt, ...)
+void moe_wk_log(const server *s, moe_log_level l, const char *fmt, ...)
 {
 	if (s->o->quiet || !moe_log_enabled(l))
 		return;
@@ -129,15 +54,6 @@ static void wlog(const server *s, moe_log_level l, const char *fmt, ...)
 	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
 	moe_log(l, "worker %s: %s", s->o->name ? s->o->name : "", line);
-}
-
-static void delay_us(int us)
-{
-	if (us <= 0)
-		return;
-	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-	}
 }
 
 /* A line "KEY: N kB" of /proc/meminfo in bytes (key "MemAvailable: "), 0
@@ -157,56 +73,21 @@ static uint64_t meminfo(const char *key)
 	return (uint64_t)kb * 1024;
 }
 
-static uint64_t mem_available(void)
+uint64_t moe_wk_mem_available(void)
 {
 	return meminfo("MemAvailable: ");
 }
 
-/* ---- replies ----------------------------------------------------------------- */
-
-/* Sends a control frame, sealed once the peer has authenticated with a
- * secret; from this thread or the loader's. */
-static moe_err ctl_send(server *s, moe_msg_kind kind, const ProtobufCMessage *msg)
-{
-	pthread_mutex_lock(&s->ctl_lock);
-	const moe_err err = moe_nng_send_sealed(s->ctl, s->ctl_tx, kind, msg);
-	pthread_mutex_unlock(&s->ctl_lock);
-	return err;
-}
-
-/* Forgets the control peer's handshake and keys: the next peer (or this
- * one, again) says HELLO in the clear. */
-static void session_reset(server *s)
-{
-	pthread_mutex_lock(&s->ctl_lock);
-	moe_aead_destroy(s->ctl_tx);
-	moe_aead_destroy(s->ctl_rx);
-	s->ctl_tx = s->ctl_rx = NULL;
-	pthread_mutex_unlock(&s->ctl_lock);
-	moe_session_wipe(&s->keys);
-	s->hello_ok = s->authed = false;
-	s->token_used = true;
-}
-
-static void ctl_error(server *s, moe_err code, const char *what)
-{
-	Moemesh__Error e = MOEMESH__ERROR__INIT;
-	e.code = (uint32_t)code;
-	e.message = (char *)what;
-	wlog(s, MOE_LOG_WARN, "control: %s", what);
-	(void)ctl_send(s, MOE_MSG_ERROR, &e.base);
-}
-
 /* An ERROR on a data connection, sealed with tx (NULL: plain, before the
  * connection authenticated). */
-static moe_err data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
+moe_err moe_wk_data_error(server *s, int fd, moe_aead *tx, moe_err code, const char *what,
                           uint64_t step)
 {
 	Moemesh__Error e = MOEMESH__ERROR__INIT;
 	e.code = (uint32_t)code;
 	e.message = (char *)what;
 	e.step = step;
-	wlog(s, MOE_LOG_WARN, "data: %s", what);
+	moe_wk_log(s, MOE_LOG_WARN, "data: %s", what);
 	return moe_stream_send_sealed(fd, tx, MOE_MSG_ERROR, &e.base, NULL, 0, false);
 }
 
@@ -221,8 +102,9 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	moe_err err;
 	if (len < MOE_STATUS_MIN_REQUEST) {
 		s->st.bad_frames++; /* too short to be answered: no reply bigger than a request */
-		wlog(s, MOE_LOG_DEBUG, "status: a datagram of %zu bytes dropped (at least %d)", len,
-		     MOE_STATUS_MIN_REQUEST);
+		moe_wk_log(s, MOE_LOG_DEBUG,
+		           "status: a datagram of %zu bytes dropped (at least %d)", len,
+		           MOE_STATUS_MIN_REQUEST);
 		return;
 	}
 	if ((err = moe_frame_parse(&f, buf, len)) == MOE_OK)
@@ -233,7 +115,7 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 		char msg[600];
 		snprintf(msg, sizeof msg, "bad STATUS_REQUEST: %s: %s", moe_err_name(err),
 		         moe_err_detail());
-		wlog(s, MOE_LOG_WARN, "status: %s", msg);
+		moe_wk_log(s, MOE_LOG_WARN, "status: %s", msg);
 		Moemesh__Error e = MOEMESH__ERROR__INIT;
 		e.code = (uint32_t)err;
 		e.message = msg;
@@ -261,7 +143,7 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	b.isa = (char *)moe_isa_name(moe_isa_active());
 	b.threads = (uint32_t)moe_pool_threads(s->pool);
 	b.mem_total = meminfo("MemTotal: ");
-	b.mem_available = mem_available();
+	b.mem_available = moe_wk_mem_available();
 	b.mem_offered = s->o->mem_bytes ? s->o->mem_bytes : b.mem_available;
 	b.bytes_loaded = s->st.bytes_loaded;
 	b.experts_held = s->st.experts_held;
@@ -270,12 +152,16 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	b.dispatches = s->st.dispatches;
 	b.compute_ns = s->st.compute_ns;
 	b.uptime_ns = moe_now_ns() - s->t_start;
-	b.coordinator = s->authed && atomic_load(&s->peer_gone) == 0;
+	b.coordinator = moe_wk_any_authed(s);
 	b.loading = s->loading;
 	b.load_done = s->loading ? s->load_done : 0;
 	b.load_total = s->loading ? s->load_total : 0;
 	b.time_unix_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 	b.bad_frames = s->st.bad_frames;
+	b.bytes_loaded_total = s->st.bytes_loaded_total;
+	b.dispatches_merged = s->st.dispatches_merged;
+	for (int k = 0; k < MAX_SESSIONS; k++)
+		b.coordinators += s->sess[k].pipe != 0 && s->sess[k].authed;
 	uint8_t body[MOE_STATUS_MAX_LAYERS * 6 + 1024], mac[32], out[sizeof body + 256];
 	const size_t bl = moemesh__worker_status__get_packed_size(&b);
 	if (bl > sizeof body)
@@ -291,13 +177,13 @@ static void status_answer(server *s, const uint8_t *buf, size_t len, const struc
 	}
 	const size_t n = moe_frame_size(moemesh__status__get_packed_size(&st), 0);
 	if (n == 0 || n > sizeof out || n > len) {
-		wlog(s, MOE_LOG_WARN,
-		     "status: a reply of %zu bytes is longer than the request (%zu)", n, len);
+		moe_wk_log(s, MOE_LOG_WARN,
+		           "status: a reply of %zu bytes is longer than the request (%zu)", n, len);
 		goto out_free;
 	}
 	if (moe_frame_write(out, n, MOE_MSG_STATUS, &st.base, 0) == MOE_OK)
 		(void)sendto(s->sfd, out, n, MSG_DONTWAIT, from, fl);
-	wlog(s, MOE_LOG_DEBUG, "status: answered a request (%zu bytes)", n);
+	moe_wk_log(s, MOE_LOG_DEBUG, "status: answered a request (%zu bytes)", n);
 out_free:
 	moemesh__status_request__free_unpacked(rq, NULL);
 }
@@ -317,363 +203,39 @@ static void status_serve(server *s)
 	}
 }
 
-/* ---- control ------------------------------------------------------------------ */
-
-static void on_hello(server *s, const moe_frame *f)
-{
-	char msg[256];
-	Moemesh__Hello *h = moemesh__hello__unpack(NULL, f->header_len, f->header);
-	session_reset(s);
-	if (h == NULL) {
-		ctl_error(s, MOE_ERR_PROTO, "HELLO header does not decode");
-		return;
-	}
-	if (h->protocol_version != MOE_PROTO_VERSION) {
-		snprintf(msg, sizeof msg, "protocol version %u, this worker speaks %u",
-		         h->protocol_version, MOE_PROTO_VERSION);
-		ctl_error(s, MOE_ERR_BAD_VERSION, msg);
-		goto out_free;
-	}
-	if (h->model_id.len != MOE_ID_BYTES || h->challenge.len != 32) {
-		snprintf(msg, sizeof msg, "HELLO model_id of %zu bytes, challenge of %zu (want 32)",
-		         h->model_id.len, h->challenge.len);
-		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
-		goto out_free;
-	}
-	/* nothing about this node before authentication: not its model's path
-	 * nor its identity */
-	if (!moe_bytes_equal_ct(h->model_id.data, s->id, MOE_ID_BYTES)) {
-		snprintf(msg, sizeof msg,
-		         "model identity differs: the coordinator runs %02x%02x%02x%02x..., this "
-		         "worker another model: start both with the same GGUF",
-		         h->model_id.data[0], h->model_id.data[1], h->model_id.data[2],
-		         h->model_id.data[3]);
-		ctl_error(s, MOE_ERR_MISMATCH, msg);
-		goto out_free;
-	}
-	if (moe_random_bytes(s->challenge, sizeof s->challenge) != MOE_OK) {
-		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
-		goto out_free;
-	}
-	memcpy(s->nonce_c, h->challenge.data, 32);
-	Moemesh__HelloReply r = MOEMESH__HELLO_REPLY__INIT;
-	r.protocol_version = MOE_PROTO_VERSION;
-	r.challenge = (ProtobufCBinaryData){32, s->challenge};
-	s->hello_ok = true;
-	wlog(s, MOE_LOG_DEBUG, "HELLO: model identity and protocol match");
-	(void)ctl_send(s, MOE_MSG_HELLO_REPLY, &r.base);
-out_free:
-	moemesh__hello__free_unpacked(h, NULL);
-}
-
-/* Drops the control peer p once its ERROR has had time to leave. */
-static void drop_peer(server *s, nng_pipe p)
-{
-	s->drop_pipe = p;
-	s->drop_at = moe_now_ns() + 200u * 1000000u;
-}
-
-static void on_auth(server *s, const moe_frame *f, nng_pipe p)
-{
-	Moemesh__AuthResponse *a = moemesh__auth_response__unpack(NULL, f->header_len, f->header);
-	uint8_t want[32], mac_w[32];
-	if (a == NULL) {
-		ctl_error(s, MOE_ERR_PROTO, "AUTH header does not decode");
-		return;
-	}
-	if (!s->hello_ok) {
-		ctl_error(s, MOE_ERR_STATE, "AUTH before HELLO");
-		goto out_free;
-	}
-	s->hello_ok = false; /* one try per HELLO (fresh nonce_w) */
-	const size_t sl = s->secret ? s->secret_len : 0;
-	if (moe_auth_mac(want, s->secret, sl, MOE_AUTH_COORDINATOR, s->nonce_c, s->challenge,
-	                 s->id) != MOE_OK ||
-	    moe_auth_mac(mac_w, s->secret, sl, MOE_AUTH_WORKER, s->nonce_c, s->challenge, s->id) !=
-	        MOE_OK ||
-	    moe_random_bytes(s->token, sizeof s->token) != MOE_OK) {
-		ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
-		goto out_free;
-	}
-	if (a->response.len != 32 || !moe_bytes_equal_ct(a->response.data, want, 32)) {
-		ctl_error(s, MOE_ERR_AUTH,
-		          s->secret ? "authentication failed: the coordinator does not know the "
-		                      "cluster secret of this worker (--secret-file)"
-		                    : "authentication failed: the AUTH MAC is not the one of this "
-		                      "HELLO (this worker has no --secret-file)");
-		drop_peer(s, p);
-		goto out_free;
-	}
-	/* with a secret, AUTH_OK and all after it are sealed with this
-	 * handshake's keys */
-	if (s->secret != NULL) {
-		moe_aead *tx = NULL, *rx = NULL;
-		if (moe_session_derive(&s->keys, s->secret, s->secret_len, s->nonce_c, s->challenge,
-		                       s->id) != MOE_OK ||
-		    moe_aead_create(&tx, s->keys.ctl_wc, true) != MOE_OK ||
-		    moe_aead_create(&rx, s->keys.ctl_cw, false) != MOE_OK) {
-			moe_aead_destroy(tx);
-			ctl_error(s, MOE_ERR_SYS, "libcrypto failed");
-			goto out_free;
-		}
-		pthread_mutex_lock(&s->ctl_lock);
-		s->ctl_tx = tx;
-		s->ctl_rx = rx;
-		pthread_mutex_unlock(&s->ctl_lock);
-	}
-	s->auth_pipe = p;
-	s->authed = true;
-	s->token_used = false;
-	Moemesh__AuthOk ok = MOEMESH__AUTH_OK__INIT;
-	ok.data_token = (ProtobufCBinaryData){32, s->token};
-	ok.data_port = s->data_port;
-	ok.data_path = s->data_path;
-	ok.mac = (ProtobufCBinaryData){32, mac_w};
-	ok.name = (char *)(s->o->name ? s->o->name : "");
-	ok.mem_bytes = s->o->mem_bytes ? s->o->mem_bytes : mem_available();
-	ok.isa = (char *)moe_isa_name(moe_isa_active());
-	ok.threads = (uint32_t)moe_pool_threads(s->pool);
-	(void)ctl_send(s, MOE_MSG_AUTH_OK, &ok.base);
-out_free:
-	moemesh__auth_response__free_unpacked(a, NULL);
-}
-
-static void load_progress(void *ctx, uint64_t done, uint64_t total)
-{
-	server *s = ctx;
-	s->load_done = done; /* the loader thread: status replies read them */
-	s->load_total = total;
-	if (done != total && done - s->load_last < (64u << 20))
-		return;
-	s->load_last = done;
-	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
-	p.bytes_done = done;
-	p.bytes_total = total;
-	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base); /* the loader thread */
-}
-
-static bool load_stopped(void *ctx)
-{
-	return atomic_load(&((server *)ctx)->load_stop) != 0;
-}
-
-/* The loader thread: reads s->ld, then wakes the serving thread. */
-static void *loader_main(void *arg)
-{
-	server *s = arg;
-	moe_store_opts so = {.progress = load_progress, .stop = load_stopped, .progress_ctx = s};
-	s->load_err = moe_store_load_read(s->ld, &so);
-	if (s->load_err != MOE_OK)
-		snprintf(s->load_msg, sizeof s->load_msg, "%s", moe_err_detail());
-	(void)!write(s->load_pipe[1], "L", 1);
-	return NULL;
-}
-
-/* Waits for the loader thread (asking it to stop first if stop) and frees
- * its load if it was not committed. */
-static void join_loader(server *s, bool stop)
-{
-	if (!s->loading)
-		return;
-	if (stop)
-		atomic_store(&s->load_stop, 1);
-	pthread_join(s->loader, NULL);
-	s->loading = false;
-	atomic_store(&s->load_stop, 0);
-	char b;
-	while (read(s->load_pipe[0], &b, 1) == 1) {
-	}
-}
-
-static void drop_store(server *s)
-{
-	join_loader(s, true);
-	moe_store_load_destroy(s->ld);
-	s->ld = NULL;
-	moe_expert_store_destroy(s->store);
-	s->store = NULL;
-	s->st.experts_held = 0;
-	s->st.bytes_loaded = 0;
-}
-
-/* Points the per-layer FFN views at the store. */
-static void bind_store(server *s)
-{
-	const int nl = s->hp.n_layer, ne = s->hp.n_expert;
-	for (int l = 0; l < nl; l++) {
-		moe_expert_mat *mats[3] = {&s->ffn[l].gate, &s->ffn[l].up, &s->ffn[l].down};
-		s->ffn[l].n_expert = ne;
-		for (int w = 0; w < 3; w++) {
-			const void **p = s->ptrs + ((size_t)l * 3 + (size_t)w) * (size_t)ne;
-			moe_expert_store_shape(s->store, l, w, &mats[w]->type, &mats[w]->n_cols,
-			                       &mats[w]->n_rows);
-			for (int e = 0; e < ne; e++)
-				p[e] = moe_expert_store_get(s->store, l, w, e);
-			mats[w]->expert = p;
-		}
-	}
-	const moe_store_stats ss = moe_expert_store_stats(s->store);
-	s->st.experts_held = ss.experts_held;
-	s->st.bytes_loaded = ss.bytes_held;
-}
-
-/* The ASSIGN is done: the final LOAD_PROGRESS, with what it changed. */
-static void assign_done(server *s, uint64_t loaded, double seconds)
-{
-	s->st.bytes_loaded_total += loaded;
-	s->st.bytes_dropped_total += s->assign_dropped;
-	wlog(s, MOE_LOG_INFO,
-	     "holds %llu experts, %.1f MB: loaded %.1f MB, dropped %.1f MB in %.3f s",
-	     (unsigned long long)s->st.experts_held, (double)s->st.bytes_loaded / 1e6,
-	     (double)loaded / 1e6, (double)s->assign_dropped / 1e6, seconds);
-	Moemesh__LoadProgress p = MOEMESH__LOAD_PROGRESS__INIT;
-	p.bytes_done = p.bytes_total = loaded;
-	p.done = true;
-	p.seconds = seconds;
-	p.bytes_loaded = loaded;
-	p.bytes_dropped = s->assign_dropped;
-	p.experts_held = s->st.experts_held;
-	p.bytes_held = s->st.bytes_loaded;
-	(void)ctl_send(s, MOE_MSG_LOAD_PROGRESS, &p.base);
-}
-
-/* The loader thread is done: the experts it read join the store. */
-static void on_loaded(server *s)
-{
-	char msg[600];
-	join_loader(s, false);
-	moe_err err = s->load_err;
-	if (err == MOE_OK) {
-		const uint64_t loaded = moe_store_load_bytes(s->ld);
-		if ((err = moe_store_load_commit(s->store, s->ld)) == MOE_OK) {
-			s->ld = NULL;
-			bind_store(s);
-			assign_done(s, loaded, moe_now_s() - s->load_t0);
-			return;
-		}
-		snprintf(s->load_msg, sizeof s->load_msg, "%s", moe_err_detail());
-	}
-	moe_store_load_destroy(s->ld);
-	s->ld = NULL;
-	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
-	         s->load_msg);
-	ctl_error(s, err, msg);
-}
-
-/* ASSIGN: drop what the new set does not name, keep what it does, load what
- * is missing on the loader thread while dispatches go on being served. */
-static void on_assign(server *s, const moe_frame *f)
-{
-	char msg[600];
-	Moemesh__Assign *a;
-	moe_err err;
-	if (!s->authed) {
-		ctl_error(s, MOE_ERR_STATE, "ASSIGN before authentication");
-		return;
-	}
-	if (s->o->on_assign != NULL)
-		s->o->on_assign(s->o->observer_ctx);
-	if ((err = moe_proto_read_assign(&a, f, &s->lim)) != MOE_OK) {
-		snprintf(msg, sizeof msg, "bad ASSIGN: %s", moe_err_detail());
-		s->st.bad_frames++;
-		ctl_error(s, err, msg);
-		return;
-	}
-	if (s->loading) {
-		ctl_error(s, MOE_ERR_BUSY, "ASSIGN while the last one is still loading");
-		goto out_free;
-	}
-	const size_t ne = (size_t)s->hp.n_expert;
-	uint8_t *held = calloc((size_t)s->hp.n_layer * ne, 1);
-	if (held == NULL) {
-		ctl_error(s, MOE_ERR_NOMEM, "ASSIGN: no memory for the held table");
-		goto out_free;
-	}
-	for (size_t i = 0; i < a->n_layers; i++) {
-		const Moemesh__LayerExperts *le = a->layers[i];
-		for (size_t j = 0; j < le->n_ranges; j++)
-			for (uint32_t k = 0; k < le->ranges[j]->count; k++)
-				held[le->layer * ne + le->ranges[j]->first + k] = 1;
-		for (size_t j = 0; j < le->n_experts; j++)
-			held[le->layer * ne + le->experts[j]] = 1;
-	}
-	s->load_t0 = moe_now_s();
-	if (s->store == NULL &&
-	    (err = moe_expert_store_create(&s->store, s->o->model_path, s->g, s->hp.n_layer,
-	                                   s->hp.n_expert)) != MOE_OK)
-		goto out_fail;
-	moe_expert_store_keep(s->store, held, &s->assign_dropped, NULL);
-	bind_store(s);
-	if ((err = moe_store_load_prepare(&s->ld, s->store, held)) != MOE_OK)
-		goto out_fail;
-	if (moe_store_load_bytes(s->ld) == 0) {
-		moe_store_load_destroy(s->ld);
-		s->ld = NULL;
-		assign_done(s, 0, moe_now_s() - s->load_t0);
-		goto out_free_held;
-	}
-	s->load_last = 0;
-	s->load_done = 0;
-	s->load_total = moe_store_load_bytes(s->ld);
-	wlog(s, MOE_LOG_DEBUG, "ASSIGN of %zu layers: loading %llu bytes", a->n_layers,
-	     (unsigned long long)s->load_total);
-	int rc = pthread_create(&s->loader, NULL, loader_main, s);
-	if (rc != 0) {
-		moe_store_load_destroy(s->ld);
-		s->ld = NULL;
-		err = moe_fail(MOE_ERR_SYS, "pthread_create: %s", strerror(rc));
-		goto out_fail;
-	}
-	s->loading = true;
-	goto out_free_held;
-
-out_fail:
-	snprintf(msg, sizeof msg, "loading the assigned experts failed: %s: %s", moe_err_name(err),
-	         moe_err_detail());
-	ctl_error(s, err, msg);
-out_free_held:
-	free(held);
-out_free:
-	moemesh__assign__free_unpacked(a, NULL);
-}
-
-static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-	server *s = arg;
-	(void)ev;
-	atomic_store(&s->peer_since, moe_now_ns());
-	atomic_store(&s->peer_id, nng_pipe_id(p));
-}
-
-static void pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-	server *s = arg;
-	uint32_t id = nng_pipe_id(p);
-	(void)ev;
-	atomic_compare_exchange_strong(&s->peer_id, &id, 0);
-	atomic_store(&s->peer_gone, 1);
-}
-
 static void close_conn(server *s, int i);
 
-/* Before authentication every peer has a deadline: the control peer (pair1
- * takes one, so an idle one would lock every coordinator out) is dropped,
- * and so is a data connection that has not sent its token, once
- * auth_deadline_ns has passed since it came.  Returns the milliseconds until
- * the next deadline (at most max_ms). */
+/* Before authentication every peer has a deadline: a control peer is
+ * dropped, and so is a data connection that has not sent its token, once
+ * auth_deadline_ns has passed since it came; a session's ERROR that asked
+ * for its drop is followed by it.  Returns the milliseconds until the next
+ * deadline (at most max_ms). */
 static int preauth_deadlines(server *s, int max_ms)
 {
 	const uint64_t now = moe_now_ns(), lim = s->auth_deadline_ns;
 	uint64_t next = now + (uint64_t)max_ms * 1000000u;
-	const uint32_t id = atomic_load(&s->peer_id);
-	if (id != 0 && !(s->authed && (uint32_t)nng_pipe_id(s->auth_pipe) == id)) {
-		const uint64_t due = atomic_load(&s->peer_since) + lim;
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0)
+			continue;
+		if (x->drop_at != 0) {
+			if (now >= x->drop_at) {
+				(void)nng_pipe_close((nng_pipe){.id = x->pipe});
+				moe_wk_session_end(s, x);
+				continue;
+			}
+			if (x->drop_at < next)
+				next = x->drop_at;
+		}
+		if (x->authed)
+			continue;
+		const uint64_t due = x->since + lim;
 		if (now >= due) {
-			wlog(s, MOE_LOG_WARN,
-			     "control: a peer did not authenticate within %llu ms: dropped",
-			     (unsigned long long)(lim / 1000000u));
-			atomic_store(&s->peer_since, UINT64_MAX - lim); /* once */
-			(void)nng_pipe_close((nng_pipe){.id = id});
+			moe_wk_log(s, MOE_LOG_WARN,
+			           "control: a peer did not authenticate within %llu ms: dropped",
+			           (unsigned long long)(lim / 1000000u));
+			(void)nng_pipe_close((nng_pipe){.id = x->pipe});
+			moe_wk_session_end(s, x);
 		} else if (due < next) {
 			next = due;
 		}
@@ -682,9 +244,9 @@ static int preauth_deadlines(server *s, int max_ms)
 		if (s->conns[i].authed)
 			continue;
 		if (now >= s->conns[i].since + lim) {
-			wlog(s, MOE_LOG_WARN,
-			     "data: a connection sent no token within %llu ms: closed",
-			     (unsigned long long)(lim / 1000000u));
+			moe_wk_log(s, MOE_LOG_WARN,
+			           "data: a connection sent no token within %llu ms: closed",
+			           (unsigned long long)(lim / 1000000u));
 			close_conn(s, i);
 		} else if (s->conns[i].since + lim < next) {
 			next = s->conns[i].since + lim;
@@ -693,189 +255,7 @@ static int preauth_deadlines(server *s, int max_ms)
 	return next <= now ? 0 : (int)((next - now) / 1000000u) + 1;
 }
 
-static void on_control(server *s)
-{
-	nng_msg *m;
-	moe_frame f;
-	char msg[600];
-	if (atomic_exchange(&s->peer_gone, 0)) {
-		/* a new peer must say HELLO and authenticate again, and assign
-		 * anew: a load for the one that left stops */
-		session_reset(s);
-		if (s->loading) {
-			join_loader(s, true);
-			moe_store_load_destroy(s->ld);
-			s->ld = NULL;
-		}
-	}
-	int rv = nng_recvmsg(s->ctl, &m, NNG_FLAG_NONBLOCK);
-	if (rv == NNG_EAGAIN)
-		return;
-	if (rv != 0) {
-		wlog(s, MOE_LOG_INFO, "control receive: %s", nng_strerror(rv));
-		return;
-	}
-	const nng_pipe mp = nng_msg_get_pipe(m);
-	if (s->ctl_rx != NULL && nng_pipe_id(mp) != nng_pipe_id(s->auth_pipe))
-		session_reset(s); /* another peer than the one the keys are for */
-	if (!s->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
-		s->st.bad_frames++;
-		snprintf(msg, sizeof msg,
-		         "a control frame of %zu bytes before authentication (at most %u): "
-		         "dropping the peer",
-		         nng_msg_len(m), PREAUTH_MAX_FRAME);
-		ctl_error(s, MOE_ERR_BAD_COUNT, msg);
-		drop_peer(s, nng_msg_get_pipe(m));
-		goto out_free;
-	}
-	moe_err err = moe_nng_open(&f, m, s->ctl_rx);
-	if (err != MOE_OK) {
-		s->st.bad_frames++;
-		snprintf(msg, sizeof msg, "bad control frame: %s: %s", moe_err_name(err),
-		         moe_err_detail());
-		ctl_error(s, err, msg);
-		if (err == MOE_ERR_AUTH) { /* tampered or replayed: this link is done */
-			drop_peer(s, mp);
-			session_reset(s);
-		}
-		goto out_free;
-	}
-	switch (f.kind) {
-	case MOE_MSG_HELLO:
-		on_hello(s, &f);
-		break;
-	case MOE_MSG_AUTH:
-		on_auth(s, &f, nng_msg_get_pipe(m));
-		break;
-	case MOE_MSG_ASSIGN:
-		on_assign(s, &f);
-		break;
-	case MOE_MSG_HEARTBEAT: {
-		Moemesh__Heartbeat *h = moemesh__heartbeat__unpack(NULL, f.header_len, f.header);
-		if (h == NULL) {
-			s->st.bad_frames++;
-			ctl_error(s, MOE_ERR_PROTO, "HEARTBEAT header does not decode");
-			break;
-		}
-		(void)ctl_send(s, MOE_MSG_HEARTBEAT, &h->base);
-		moemesh__heartbeat__free_unpacked(h, NULL);
-		break;
-	}
-	case MOE_MSG_STATS_REQUEST:
-		if (!s->authed) {
-			ctl_error(s, MOE_ERR_STATE, "STATS_REQUEST before authentication");
-			break;
-		}
-		(void)ctl_send(s, MOE_MSG_STATS, &s->st.base);
-		break;
-	case MOE_MSG_SHUTDOWN:
-		if (!s->authed) {
-			ctl_error(s, MOE_ERR_STATE, "SHUTDOWN before authentication");
-			break;
-		}
-		s->quit = true;
-		break;
-	default:
-		s->st.bad_frames++;
-		snprintf(msg, sizeof msg, "unexpected %s frame on the control link",
-		         moe_msg_kind_name(f.kind));
-		ctl_error(s, MOE_ERR_PROTO, msg);
-		break;
-	}
-out_free:
-	nng_msg_free(m);
-}
-
 /* ---- data ----------------------------------------------------------------------- */
-
-/* Checks what the generic validation cannot: the activation form matches this
- * layer's weights and every expert asked for is held here. */
-static moe_err check_dispatch(const server *s, const Moemesh__Dispatch *d)
-{
-	if (s->store == NULL)
-		return moe_fail(MOE_ERR_STATE, "DISPATCH before any ASSIGN was loaded");
-	const moe_expert_ffn *ffn = &s->ffn[d->layer];
-	const moe_type want = moe_type_get(ffn->gate.type)->vec_dot_type;
-	if (d->act_type != (uint32_t)want)
-		return moe_fail(MOE_ERR_BAD_TYPE, "DISPATCH act_type %s, layer %u's gate takes %s",
-		                moe_type_get((moe_type)d->act_type)->name, d->layer,
-		                moe_type_get(want)->name);
-	for (size_t i = 0; i < d->n_expert_ids; i++) {
-		const int32_t e = d->expert_ids[i];
-		if (e >= 0 && ffn->gate.expert[e] == NULL)
-			return moe_fail(MOE_ERR_BAD_VALUE,
-			                "DISPATCH expert_ids[%zu] = %d: layer %u expert %d is not "
-			                "held by this worker",
-			                i, e, d->layer, e);
-	}
-	return MOE_OK;
-}
-
-static moe_err on_dispatch(server *s, conn *c, const moe_frame *f)
-{
-	const int fd = c->fd;
-	Moemesh__Dispatch *d;
-	char msg[600];
-	moe_err err = moe_proto_read_dispatch(&d, f, &s->lim);
-	if (err == MOE_OK && (err = check_dispatch(s, d)) != MOE_OK)
-		moemesh__dispatch__free_unpacked(d, NULL);
-	if (err != MOE_OK) {
-		s->st.bad_frames++;
-		snprintf(msg, sizeof msg, "bad DISPATCH: %s: %s", moe_err_name(err),
-		         moe_err_detail());
-		return data_error(s, fd, c->tx, err, msg, 0);
-	}
-	delay_us(s->o->net_delay_us);
-	if (s->o->fail_dispatch != NULL && s->o->fail_dispatch(s->o->observer_ctx)) {
-		err = data_error(s, fd, c->tx, MOE_ERR_IO, "DISPATCH failed (injected)", d->step);
-		goto out_free;
-	}
-	const size_t n = (size_t)d->n_tokens * (size_t)s->hp.n_embd;
-	if (n > s->acc_cap) {
-		moe_fix_t *a = moe_aligned_alloc(64, n * sizeof *a);
-		if (a == NULL) {
-			err = data_error(s, fd, c->tx, MOE_ERR_NOMEM, "no memory for the result",
-			                 d->step);
-			goto out_free;
-		}
-		moe_aligned_free(s->acc);
-		s->acc = a;
-		s->acc_cap = n;
-	}
-	memset(s->acc, 0, n * sizeof *s->acc);
-	const uint64_t t0 = moe_now_ns();
-	err = moe_expert_ffn_run_q(s->pool, s->acc, &s->ffn[d->layer], f->payload, d->n_tokens,
-	                           d->expert_ids, d->weights, (int)d->n_used);
-	const uint64_t dt = moe_now_ns() - t0;
-	if (err != MOE_OK) {
-		snprintf(msg, sizeof msg, "expert FFN failed: %s: %s", moe_err_name(err),
-		         moe_err_detail());
-		err = data_error(s, fd, c->tx, err, msg, d->step);
-		goto out_free;
-	}
-	s->st.dispatches++;
-	s->st.tokens += d->n_tokens;
-	for (size_t i = 0; i < d->n_expert_ids; i++)
-		s->st.expert_tokens += d->expert_ids[i] >= 0;
-	s->st.bytes_in += f->payload_len;
-	s->st.bytes_out += n * sizeof *s->acc;
-	s->st.compute_ns += dt;
-	if (s->o->on_computed != NULL)
-		s->o->on_computed(s->o->observer_ctx, s->st.dispatches);
-	delay_us(s->o->net_delay_us);
-	Moemesh__Result r = MOEMESH__RESULT__INIT;
-	r.step = d->step;
-	r.layer = d->layer;
-	r.n_tokens = d->n_tokens;
-	r.n_embd = d->n_embd;
-	r.compute_ns = dt;
-	const struct iovec iov = {.iov_base = s->acc, .iov_len = n * sizeof *s->acc};
-	/* sealed where it lies: the result buffer is cleared before its next use */
-	err = moe_stream_send_sealed(fd, c->tx, MOE_MSG_RESULT, &r.base, &iov, 1, true);
-out_free:
-	moemesh__dispatch__free_unpacked(d, NULL);
-	return err;
-}
 
 static void close_conn(server *s, int i)
 {
@@ -885,8 +265,80 @@ static void close_conn(server *s, int i)
 	s->conns[i] = s->conns[--s->n_conns];
 }
 
-/* Serves what connection i has; returns false if it was closed. */
-static bool on_data(server *s, int i)
+/* With a secret, a data connection's first frame is its token, sealed with
+ * the data key of the session it belongs to, and several sessions may wait
+ * for theirs: its bytes are read into c->head (nothing past the frame and
+ * its tag) and opened with each waiting session's key in turn; the one that
+ * opens it and whose token it carries owns the connection (its keys seal and
+ * open what follows).  Returns 1 when c is authenticated, 0 while bytes are
+ * missing, -1 when it must close (refused with an ERROR). */
+static int sealed_token(server *s, conn *c)
+{
+	size_t need = MOE_PROTO_PREFIX, len = 0;
+	if (c->head_have >= MOE_PROTO_PREFIX) {
+		if (moe_frame_length(&len, c->head) != MOE_OK ||
+		    len + MOE_SEAL_TAG > sizeof c->head)
+			goto out_refuse;
+		need = len + MOE_SEAL_TAG;
+	}
+	while (c->head_have < need) {
+		const ssize_t r =
+		    recv(c->fd, c->head + c->head_have, need - c->head_have, MSG_DONTWAIT);
+		if (r == 0)
+			return -1;
+		if (r < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+		c->head_have += (size_t)r;
+		if (c->head_have == MOE_PROTO_PREFIX && need == MOE_PROTO_PREFIX)
+			return sealed_token(s, c);
+	}
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		session *x = &s->sess[k];
+		if (x->pipe == 0 || !x->authed || x->token_used)
+			continue;
+		uint8_t tmp[sizeof c->head];
+		moe_aead *open = NULL;
+		moe_frame f;
+		memcpy(tmp, c->head, need);
+		if (moe_aead_create(&open, x->keys.data_cw, false) != MOE_OK)
+			goto out_refuse;
+		if (moe_aead_open_frame(open, tmp, len, tmp + len) != MOE_OK ||
+		    moe_frame_parse(&f, tmp, len) != MOE_OK || f.kind != MOE_MSG_AUTH) {
+			moe_aead_destroy(open);
+			continue;
+		}
+		Moemesh__AuthResponse *a =
+		    moemesh__auth_response__unpack(NULL, f.header_len, f.header);
+		const bool ok = a != NULL && a->response.len == 32 &&
+		                moe_bytes_equal_ct(a->response.data, x->token, 32) &&
+		                moe_aead_create(&c->tx, x->keys.data_wc, true) == MOE_OK;
+		moemesh__auth_response__free_unpacked(a, NULL);
+		if (!ok) {
+			moe_aead_destroy(open);
+			continue;
+		}
+		c->rx.open = open; /* its counter is past the token frame */
+		c->sealed_first = false;
+		c->authed = true;
+		/* one data connection per handshake: its keys are the
+		 * handshake's, and a second one would reuse nonces */
+		x->token_used = true;
+		return 1;
+	}
+out_refuse:
+	s->st.bad_frames++;
+	(void)moe_wk_data_error(s, c->fd, NULL, MOE_ERR_AUTH,
+	                        "data link: the first frame must be AUTH with the token of an "
+	                        "authenticated control link",
+	                        0);
+	return -1;
+}
+
+/* Reads connection i until a DISPATCH frame is whole (*f views it until the
+ * next call), answering what else comes (its token, bad frames).  Returns 1
+ * with *f, 0 when nothing more is there now, -1 when it must close (marked
+ * dead: closed after the pass, so that the indices of the others hold). */
+static int data_next(server *s, int i, moe_frame *f)
 {
 	conn *c = &s->conns[i];
 	char msg[600];
@@ -896,66 +348,112 @@ static bool on_data(server *s, int i)
 	    (size_t)s->lim.max_tokens * moe_act_row_size(MOE_TYPE_F32, s->hp.n_embd);
 	for (;;) {
 		bool done;
-		moe_frame f;
-		moe_err err = moe_rx_read(&done, &f, &c->rx, c->fd,
+		if (c->sealed_first) {
+			const int r = sealed_token(s, c);
+			if (r < 0) {
+				c->dead = true;
+				return -1;
+			}
+			if (r == 0)
+				return 0;
+			continue;
+		}
+		moe_err err = moe_rx_read(&done, f, &c->rx, c->fd,
 		                          c->authed ? max_frame : PREAUTH_MAX_FRAME, false);
 		if (err == MOE_ERR_CLOSED) {
-			close_conn(s, i);
-			return false;
+			c->dead = true;
+			return -1;
 		}
 		if (err != MOE_OK) {
 			s->st.bad_frames++;
 			snprintf(msg, sizeof msg, "bad data frame: %s: %s", moe_err_name(err),
 			         moe_err_detail());
-			if (data_error(s, c->fd, c->tx, err, msg, 0) != MOE_OK ||
+			if (moe_wk_data_error(s, c->fd, c->tx, err, msg, 0) != MOE_OK ||
 			    !moe_rx_in_sync(&c->rx)) {
-				close_conn(s, i);
-				return false;
+				c->dead = true;
+				return -1;
 			}
 			continue;
 		}
 		if (!done)
-			return true;
+			return 0;
 		if (!c->authed) {
+			/* without a secret: the token of any authenticated session */
 			Moemesh__AuthResponse *a =
-			    f.kind == MOE_MSG_AUTH
-			        ? moemesh__auth_response__unpack(NULL, f.header_len, f.header)
+			    f->kind == MOE_MSG_AUTH
+			        ? moemesh__auth_response__unpack(NULL, f->header_len, f->header)
 			        : NULL;
-			bool ok = a && s->authed && !(s->secret && s->token_used) &&
-			          a->response.len == 32 &&
-			          moe_bytes_equal_ct(a->response.data, s->token, 32);
+			session *x = NULL;
+			for (int k = 0; a != NULL && a->response.len == 32 && k < MAX_SESSIONS; k++)
+				if (s->sess[k].pipe != 0 && s->sess[k].authed &&
+				    moe_bytes_equal_ct(a->response.data, s->sess[k].token, 32))
+					x = &s->sess[k];
 			moemesh__auth_response__free_unpacked(a, NULL);
-			if (ok && s->secret != NULL)
-				ok = moe_aead_create(&c->tx, s->keys.data_wc, true) == MOE_OK;
-			if (!ok) {
+			if (x == NULL) {
 				s->st.bad_frames++;
-				(void)data_error(s, c->fd, NULL, MOE_ERR_AUTH,
-				                 "data link: the first frame must be AUTH with the "
-				                 "token of an authenticated control link",
-				                 0);
-				close_conn(s, i);
-				return false;
+				(void)moe_wk_data_error(
+				    s, c->fd, NULL, MOE_ERR_AUTH,
+				    "data link: the first frame must be AUTH with the "
+				    "token of an authenticated control link",
+				    0);
+				c->dead = true;
+				return -1;
 			}
 			c->authed = true;
-			/* with a secret, one data connection per handshake: its
-			 * keys are the handshake's, and a second one with the
-			 * same counters would reuse nonces */
-			s->token_used = true;
+			x->token_used = true;
 			continue;
 		}
-		if (f.kind != MOE_MSG_DISPATCH) {
-			s->st.bad_frames++;
-			snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
-			         moe_msg_kind_name(f.kind));
-			err = data_error(s, c->fd, c->tx, MOE_ERR_PROTO, msg, 0);
-		} else {
-			err = on_dispatch(s, c, &f);
-		}
-		if (err != MOE_OK) {
-			close_conn(s, i);
-			return false;
+		if (f->kind == MOE_MSG_DISPATCH)
+			return 1;
+		s->st.bad_frames++;
+		snprintf(msg, sizeof msg, "unexpected %s frame on the data link",
+		         moe_msg_kind_name(f->kind));
+		if (moe_wk_data_error(s, c->fd, c->tx, MOE_ERR_PROTO, msg, 0) != MOE_OK) {
+			c->dead = true;
+			return -1;
 		}
 	}
+}
+
+/* Serves the readable connections (ready[i]): each pass takes at most one
+ * DISPATCH from each, and those of one layer are computed together
+ * (batch.c).  A pass that served some is followed by another, its
+ * connections asked anew without waiting (what arrived during the last
+ * batch makes the next one), up to MAX_PASSES before the control socket and
+ * the listener get their turn.  Dead connections close at the end, from
+ * the back (closing one moves the last). */
+#define MAX_PASSES 4
+
+static void on_data(server *s, bool *ready)
+{
+	for (int pass = 0; pass < MAX_PASSES; pass++) {
+		if (pass > 0) {
+			struct pollfd q[MAX_CONNS];
+			for (int i = 0; i < s->n_conns; i++)
+				q[i] = (struct pollfd){.fd = s->conns[i].dead ? -1 : s->conns[i].fd,
+				                       .events = POLLIN};
+			if (poll(q, (nfds_t)s->n_conns, 0) > 0)
+				for (int i = 0; i < s->n_conns; i++)
+					ready[i] = ready[i] || q[i].revents != 0;
+		}
+		moe_wk_pending pd[MAX_CONNS];
+		int np = 0;
+		for (int i = 0; i < s->n_conns; i++) {
+			if (!ready[i] || s->conns[i].dead)
+				continue;
+			const int r = data_next(s, i, &pd[np].f);
+			if (r == 1)
+				pd[np++].conn = i;
+			else
+				ready[i] = false;
+		}
+		if (np == 0)
+			break;
+		moe_wk_serve_dispatches(s, pd, np);
+	}
+	for (int i = s->n_conns - 1; i >= 0; i--)
+		if (s->conns[i].dead)
+			close_conn(s, i);
 }
 
 static void on_accept(server *s)
@@ -972,7 +470,8 @@ static void on_accept(server *s)
 			    (old < 0 || s->conns[i].since < s->conns[old].since))
 				old = i;
 		if (old < 0) {
-			(void)data_error(s, fd, NULL, MOE_ERR_BUSY, "too many data connections", 0);
+			(void)moe_wk_data_error(s, fd, NULL, MOE_ERR_BUSY,
+			                        "too many data connections", 0);
 			close(fd);
 			return;
 		}
@@ -983,20 +482,22 @@ static void on_accept(server *s)
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	conn c = {.fd = fd, .since = moe_now_ns()};
 	/* with a secret the first frame (the token) is sealed with the data key
-	 * of the control link that is waiting for its data connection */
+	 * of a control session that is waiting for its data connection */
 	if (s->secret != NULL) {
-		if (!s->authed || s->token_used) {
-			(void)data_error(s, fd, NULL, MOE_ERR_AUTH,
-			                 "no authenticated control link is waiting for a data "
-			                 "connection",
-			                 0);
+		bool waits = false;
+		for (int k = 0; k < MAX_SESSIONS; k++)
+			waits |=
+			    s->sess[k].pipe != 0 && s->sess[k].authed && !s->sess[k].token_used;
+		if (!waits) {
+			(void)moe_wk_data_error(
+			    s, fd, NULL, MOE_ERR_AUTH,
+			    "no authenticated control link is waiting for a data "
+			    "connection",
+			    0);
 			close(fd);
 			return;
 		}
-		if (moe_aead_create(&c.rx.open, s->keys.data_cw, false) != MOE_OK) {
-			close(fd);
-			return;
-		}
+		c.sealed_first = true;
 	}
 	s->conns[s->n_conns++] = c;
 }
@@ -1039,16 +540,27 @@ static void server_free(server *s)
 	if (s->status_path[0])
 		unlink(s->status_path);
 	nng_close(s->ctl);
-	drop_store(s);
+	moe_wk_drop_store(s);
 	for (int i = 0; i < 2; i++)
 		if (s->load_pipe[i] >= 0)
 			close(s->load_pipe[i]);
 	moe_aligned_free(s->acc);
+	moe_aligned_free(s->xcat);
+	free(s->idcat);
+	free(s->wcat);
 	free(s->ffn);
 	free(s->ptrs);
+	free(s->st.expert_rows);
 	moe_pool_destroy(s->pool);
-	session_reset(s);
+	for (int k = 0; k < MAX_SESSIONS; k++) {
+		moe_wk_session_reset(s, &s->sess[k]);
+		free(s->sess[k].set);
+	}
+	for (int i = 0; i < 2; i++)
+		if (s->ev_pipe[i] >= 0)
+			close(s->ev_pipe[i]);
 	pthread_mutex_destroy(&s->ctl_lock);
+	pthread_mutex_destroy(&s->ev_lock);
 	free(s->secret);
 	moe_gguf_close(s->g);
 }
@@ -1062,8 +574,9 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	            .sfd = -1,
 	            .ctl = NNG_SOCKET_INITIALIZER,
 	            .load_pipe = {-1, -1},
-	            .token_used = true,
-	            .ctl_lock = PTHREAD_MUTEX_INITIALIZER};
+	            .ev_pipe = {-1, -1},
+	            .ctl_lock = PTHREAD_MUTEX_INITIALIZER,
+	            .ev_lock = PTHREAD_MUTEX_INITIALIZER};
 	nng_listener lst;
 	Moemesh__Stats st0 = MOEMESH__STATS__INIT;
 	moe_err err;
@@ -1089,21 +602,26 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		goto out_free;
 	s.ffn = calloc((size_t)s.hp.n_layer, sizeof *s.ffn);
 	s.ptrs = calloc((size_t)s.hp.n_layer * 3 * (size_t)s.hp.n_expert, sizeof *s.ptrs);
-	if (s.ffn == NULL || s.ptrs == NULL) {
+	s.st.n_expert_rows = (size_t)s.hp.n_layer * (size_t)s.hp.n_expert;
+	s.st.expert_rows = calloc(s.st.n_expert_rows, sizeof *s.st.expert_rows);
+	if (s.ffn == NULL || s.ptrs == NULL || s.st.expert_rows == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "worker tables");
 		goto out_free;
 	}
-	if (pipe2(s.load_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+	if (pipe2(s.load_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
+	    pipe2(s.ev_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
 		err = moe_fail(MOE_ERR_SYS, "pipe: %s", strerror(errno));
 		goto out_free;
 	}
 	if ((err = moe_pool_create(&s.pool, o->n_threads)) != MOE_OK ||
 	    (err = open_data_listener(&s)) != MOE_OK)
 		goto out_free;
-	if ((rv = nng_pair1_open(&s.ctl)) != 0 ||
+	/* polyamorous: one pipe per coordinator (DESIGN.md, Several
+	 * coordinators); every reply names its pipe */
+	if ((rv = nng_pair1_open_poly(&s.ctl)) != 0 ||
 	    (rv = nng_socket_set_ms(s.ctl, NNG_OPT_SENDTIMEO, 5000)) != 0 ||
-	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_ADD_POST, pipe_added, &s)) != 0 ||
-	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, pipe_removed, &s)) != 0 ||
+	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_ADD_POST, moe_wk_pipe_added, &s)) != 0 ||
+	    (rv = nng_pipe_notify(s.ctl, NNG_PIPE_EV_REM_POST, moe_wk_pipe_removed, &s)) != 0 ||
 	    (rv = nng_listen(s.ctl, o->listen_url, &lst, 0)) != 0 ||
 	    (rv = nng_socket_get_int(s.ctl, NNG_OPT_RECVFD, &s.ctl_fd)) != 0) {
 		err = moe_nng_fail(rv, o->listen_url);
@@ -1125,8 +643,8 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		snprintf(data, sizeof data, "%s", s.data_path);
 	else
 		snprintf(data, sizeof data, "tcp port %u", (unsigned)s.data_port);
-	wlog(&s, MOE_LOG_INFO, "serving %s on %s (data: %s), %d threads, %s", o->model_path,
-	     o->listen_url, data, moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
+	moe_wk_log(&s, MOE_LOG_INFO, "serving %s on %s (data: %s), %d threads, %s", o->model_path,
+	           o->listen_url, data, moe_pool_threads(s.pool), moe_isa_name(moe_isa_active()));
 	if (o->ready_fd >= 0) {
 		(void)!write(o->ready_fd, "R", 1);
 		close(o->ready_fd);
@@ -1136,25 +654,18 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 		/* first the deadlines of peers not yet authenticated (this may
 		 * close connections, so before the poll set is made) */
 		int wait_ms = preauth_deadlines(&s, 1000);
-		/* control, data listener, stop fd (ignored by poll when -1), connections */
-		struct pollfd p[MAX_CONNS + 5];
+		/* control, data listener, stop fd (ignored by poll when -1),
+		 * loader, status, pipe events, connections */
+		struct pollfd p[MAX_CONNS + 6];
 		p[0] = (struct pollfd){.fd = s.ctl_fd, .events = POLLIN};
 		p[1] = (struct pollfd){.fd = s.lfd, .events = POLLIN};
 		p[2] = (struct pollfd){.fd = o->stop_fd, .events = POLLIN};
 		p[3] = (struct pollfd){.fd = s.loading ? s.load_pipe[0] : -1, .events = POLLIN};
 		p[4] = (struct pollfd){.fd = s.sfd, .events = POLLIN};
+		p[5] = (struct pollfd){.fd = s.ev_pipe[0], .events = POLLIN};
 		for (int i = 0; i < s.n_conns; i++)
-			p[5 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
-		const int n = 5 + s.n_conns;
-		if (s.drop_at != 0) {
-			const uint64_t now = moe_now_ns();
-			if (now >= s.drop_at) {
-				(void)nng_pipe_close(s.drop_pipe);
-				s.drop_at = 0;
-			} else if ((s.drop_at - now) / 1000000u + 1 < (uint64_t)wait_ms) {
-				wait_ms = (int)((s.drop_at - now) / 1000000u + 1);
-			}
-		}
+			p[6 + i] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+		const int n = 6 + s.n_conns;
 		if (poll(p, (nfds_t)n, wait_ms) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1162,24 +673,27 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 			goto out_free;
 		}
 		if (p[2].revents) {
-			wlog(&s, MOE_LOG_INFO, "asked to stop");
+			moe_wk_log(&s, MOE_LOG_INFO, "asked to stop");
 			break;
 		}
-		/* connections first, from the back (closing one moves the last) */
-		for (int i = n - 6; i >= 0; i--)
-			if (p[5 + i].revents)
-				(void)on_data(&s, i);
+		/* connections first */
+		bool ready[MAX_CONNS];
+		for (int i = 0; i < s.n_conns; i++)
+			ready[i] = p[6 + i].revents != 0;
+		on_data(&s, ready);
+		if (p[5].revents & POLLIN)
+			moe_wk_pipes_changed(&s);
 		if (p[3].revents & POLLIN)
-			on_loaded(&s);
+			moe_wk_on_loaded(&s);
 		if (p[4].revents & POLLIN)
 			status_serve(&s);
 		if (p[1].revents & POLLIN)
 			on_accept(&s);
 		if (p[0].revents & POLLIN)
-			on_control(&s);
+			moe_wk_on_control(&s);
 	}
-	wlog(&s, MOE_LOG_INFO, "shut down after %llu dispatches",
-	     (unsigned long long)s.st.dispatches);
+	moe_wk_log(&s, MOE_LOG_INFO, "shut down after %llu dispatches",
+	           (unsigned long long)s.st.dispatches);
 	err = MOE_OK;
 
 out_free:
