@@ -235,8 +235,11 @@ def moe(W, b, xn, stats):
     flat_ids = ids.reshape(-1)
     flat_w = w.reshape(-1)
     tok = torch.arange(B * T).repeat_interleave(N_USED)
-    gate, up, down = (W[b + "ffn_gate_exps.weight"], W[b + "ffn_up_exps.weight"],
-                      W[b + "ffn_down_exps.weight"])
+    # unbound once: indexing the [N_EXP, ...] tensors per expert would make
+    # the backward pass add N_EXP full-size gradients per tensor
+    gate, up, down = (W[b + "ffn_gate_exps.weight"].unbind(0),
+                      W[b + "ffn_up_exps.weight"].unbind(0),
+                      W[b + "ffn_down_exps.weight"].unbind(0))
     for e in range(N_EXP):
         sel = (flat_ids == e).nonzero(as_tuple=True)[0]
         if sel.numel() == 0:
