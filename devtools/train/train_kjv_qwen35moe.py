@@ -12,7 +12,9 @@ Steps (each a subcommand; `all` runs them in order):
            and tokenised with `moemesh tokenize` and the 4096-token BPE of
            models/kjv-qwen3next-Q4_K_M.gguf (the same tokenizer as the other
            demo models) -> train.u16 / val.u16
-  train    trains for a wall-clock budget, checkpoints to WORK/ckpt.pt
+  train    trains for a wall-clock budget, checkpoints to WORK/ckpt.pt; the
+           defaults are what made models/kjv-qwen35moe-*.gguf (run as
+           `OMP_NUM_THREADS=1 nice -n 10 python3 ... train`; see models/README.md)
   export   writes each tensor as raw little-endian F32 in ggml order to
            WORK/weights/<gguf name>, for
            `moemesh make-model --arch qwen35moe --preset kjv --from-weights DIR
@@ -432,16 +434,17 @@ def main():
     ap.add_argument("--work", default="kjv35-work")
     ap.add_argument("--moemesh", default="build/release/moemesh")
     ap.add_argument("--tokenizer-gguf", default="models/kjv-qwen3next-Q4_K_M.gguf")
-    ap.add_argument("--budget", type=float, default=1500, help="training seconds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=2400, help="training seconds")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (2 were slower than 1 on the loaded 2-core box)")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lr-min", type=float, default=2e-4)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--mtp-weight", type=float, default=0.3)
-    ap.add_argument("--eval-every", type=float, default=150, help="seconds")
-    ap.add_argument("--val-windows", type=int, default=24)
+    ap.add_argument("--eval-every", type=float, default=300, help="seconds")
+    ap.add_argument("--val-windows", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ckpt", action="store_true", help="logits: of the checkpoint")
     ap.add_argument("--tokens", default="[1147, 258, 2081]")
