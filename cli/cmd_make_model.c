@@ -1,4 +1,5 @@
-/* cmd_make_model.c - `moemesh make-model`: synthetic random-weight GGUF models. */
+/* cmd_make_model.c - `moemesh make-model`: synthetic random-weight GGUF models, or
+ * trained weights from raw tensor files written as GGUF. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@ static void usage(FILE *f)
 	    "                          [--layers N] [--mtp N]\n"
 	    "                          [--type F32|F16|BF16|Q8_0|Q4_0|Q4_K_M] [--seed S]\n"
 	    "                          [--tokenizer tokenizer.json] [--dry-run] -o OUT.gguf\n"
+	    "                          [--from-weights DIR] [--tokenizer-gguf MODEL.gguf]\n"
 	    "\n"
 	    "Writes a random-weight model with llama.cpp's metadata keys, tensor names and\n"
 	    "shapes. Presets: tiny (every arch, fixture-sized; qwen35moe's with 1 MTP block),\n"
@@ -28,7 +30,11 @@ static void usage(FILE *f)
 	    "instead of the preset's. tiny256 (qwen3moe: every row length a multiple of 256).\n"
 	    "--tokenizer writes the real vocabulary and tokenizer metadata of a Hugging Face\n"
 	    "tokenizer.json (e.g. Qwen3's); without it a small synthetic BPE vocabulary is\n"
-	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n");
+	    "used. Default type F32, seed 1. --dry-run prints the tensors and sizes only.\n"
+	    "--from-weights DIR: trained weights instead of random ones, one file per tensor\n"
+	    "named as in the GGUF, raw little-endian F32 in ggml order (what\n"
+	    "devtools/train/train_kjv_qwen35moe.py exports; preset kjv for its shape).\n"
+	    "--tokenizer-gguf copies the tokenizer.* keys of another GGUF (same token count).\n");
 }
 
 typedef struct progress_state {
@@ -114,6 +120,8 @@ int moe_cmd_make_model(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {"dry-run", no_argument, NULL, 'n'},
 	    {"mtp", required_argument, NULL, 'm'},
+	    {"from-weights", required_argument, NULL, 'w'},
+	    {"tokenizer-gguf", required_argument, NULL, 'g'},
 	    {NULL, 0, NULL, 0},
 	};
 	moe_synth_opts o = {.ftype = MOE_FTYPE_F32, .seed = 1};
@@ -166,6 +174,12 @@ int moe_cmd_make_model(int argc, char **argv)
 		case 'n':
 			dry_run = 1;
 			break;
+		case 'w':
+			o.weights_dir = optarg;
+			break;
+		case 'g':
+			o.tokenizer_gguf = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -174,7 +188,8 @@ int moe_cmd_make_model(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (o.arch == NULL || o.preset == NULL || (out == NULL && !dry_run) || optind != argc) {
+	if (o.arch == NULL || o.preset == NULL || (out == NULL && !dry_run) || optind != argc ||
+	    (tokenizer != NULL && o.tokenizer_gguf != NULL)) {
 		usage(stderr);
 		return 2;
 	}

@@ -5,9 +5,16 @@
 #    inspected, and used to tokenize a sentence.
 # 2. Generation with the small MoE model trained on the King James Bible
 #    (models/kjv-qwen3next-Q4_K_M.gguf, see models/README.md).
+#    MOE_DEMO_MODEL=models/kjv-qwen35moe-Q4_K_M.gguf (or another KJV model)
+#    runs steps 2 and 3 on that file instead; a qwen35moe file, which has an
+#    MTP block, also gets step 4: the same text drafted with --spec mtp.
+#    MOE_DEMO_PROMPT replaces their prompt, "In the beginning" (kjv-qwen35moe,
+#    the least trained, loops on it at once; "And the LORD said" reads better).
 set -euo pipefail
 moemesh=${1:?usage: demo.sh PATH/TO/moemesh}
 cd "$(dirname "$0")/.."
+model=${MOE_DEMO_MODEL:-models/kjv-qwen3next-Q4_K_M.gguf}
+prompt=${MOE_DEMO_PROMPT:-In the beginning}
 out=build/demo
 mkdir -p "$out"
 
@@ -26,14 +33,23 @@ line='"Hello, world! <|im_start|>user\nWie geht es dir? 你好"'
 printf '%s\n' "$line"
 printf '%s\n' "$line" | "$moemesh" tokenize -m "$out/qwen3next-tiny-qwen3tok.gguf"
 echo
-echo "== 2. generate with the KJV-trained qwen3next MoE model (greedy, 64 tokens)"
-printf "In the beginning"
-"$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0
+echo "== 2. generate with the KJV-trained MoE model $model (greedy, 64 tokens)"
+printf "%s" "$prompt"
+"$moemesh" run -m "$model" -p "$prompt" -n 64 --temp 0
 echo
 echo "== 3. the same generation, experts spread over 2 worker processes (ipc://)"
 echo "   (coordinator: dense layers, KV, sampling; each worker: half of every layer's experts)"
-printf "In the beginning"
+printf "%s" "$prompt"
 # --log-level warn: the workers' load progress (info lines on stderr) would
 # land in the middle of the text
-"$moemesh" run -m models/kjv-qwen3next-Q4_K_M.gguf -p "In the beginning" -n 64 --temp 0 \
+"$moemesh" run -m "$model" -p "$prompt" -n 64 --temp 0 \
 	--workers 2 --log-level warn
+case "$model" in
+*qwen35moe*)
+	echo
+	echo "== 4. the same generation, 4 tokens at a time drafted by the model's MTP block"
+	echo "   (--spec mtp: the same text; drafted and accepted counts on the spec: line)"
+	printf "%s" "$prompt"
+	"$moemesh" run -m "$model" -p "$prompt" -n 64 --temp 0 --spec mtp --draft-max 4
+	;;
+esac

@@ -59,6 +59,14 @@ typedef struct moe_synth_opts {
 	/* Threads quantising rows (0 = one per CPU). The output does not depend
 	 * on it. */
 	int n_threads;
+	/* Non-NULL: the weights are not random but read from this folder, one
+	 * file per tensor named as the tensor ("blk.0.attn_qkv.weight"), raw
+	 * little-endian F32 in ggml order, exactly the tensor's size; every value
+	 * must be finite (a trained model: devtools/train/). */
+	const char *weights_dir;
+	/* Non-NULL: the tokenizer.* metadata is copied from this GGUF file (its
+	 * token count must equal the preset's vocabulary rows) instead of vocab. */
+	const char *tokenizer_gguf;
 } moe_synth_opts;
 
 /* One tensor of the model a set of options describes. */

@@ -73,6 +73,34 @@ static const preset presets[] = {
      .n_ctx = 4096,
      .rope_sections = {2, 1, 1, 1},
      .n_nextn = 1},
+    /* the trained KJV demo model's shape (devtools/train/train_kjv_qwen35moe.py,
+     * models/README.md): kjv-qwen3next's sizes, 4096 tokens, 8 rotary dims in
+     * sections [2, 1, 1, 0] (all 4 pairs rotate for text), context 512, 1 MTP
+     * block; its weights come from --from-weights */
+    {.name = "kjv",
+     .arch = "qwen35moe",
+     .n_vocab = 4096,
+     .n_embd = 256,
+     .n_layer = 4,
+     .n_ff = 768,
+     .n_head = 8,
+     .n_head_kv = 2,
+     .head_dim = 32,
+     .n_rot = 8,
+     .rope_base_moe = 1e6f,
+     .rope_base_next = 1e7f,
+     .n_expert = 16,
+     .n_expert_used = 4,
+     .n_ff_exp = 128,
+     .n_ff_shexp = 256,
+     .ssm_conv = 4,
+     .ssm_d_state = 64,
+     .ssm_n_group = 2,
+     .ssm_dt_rank = 4,
+     .full_attn_interval = 4,
+     .n_ctx = 512,
+     .rope_sections = {2, 1, 1, 0},
+     .n_nextn = 1},
     {.name = "tiny",
      .arch = NULL,
      .n_vocab = 512,
@@ -840,8 +868,25 @@ static const char *akey(char *buf, const char *arch, const char *suffix)
 	return buf;
 }
 
+/* Copies every tokenizer.* key of g, in its order. */
+static moe_err copy_tokenizer(moe_gguf_writer *w, const moe_gguf *g)
+{
+	static const char prefix[] = "tokenizer.";
+	for (int64_t i = 0; i < moe_gguf_n_kv(g); i++) {
+		const moe_gguf_str k = moe_gguf_kv_key(g, i);
+		if (k.len < sizeof(prefix) - 1 || memcmp(k.ptr, prefix, sizeof(prefix) - 1) != 0)
+			continue;
+		moe_err err = moe_gguf_writer_copy_kv(w, g, i);
+		if (err != MOE_OK)
+			return err;
+	}
+	return MOE_OK;
+}
+
+/* The tokenizer keys are vocab's, or (tok_g non-NULL) copied from tok_g. */
 static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *arch,
-                              int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab)
+                              int64_t n_layer, moe_ftype ft, const moe_synth_vocab *vocab,
+                              const moe_gguf *tok_g)
 {
 	const synth_arch sa = arch_of(arch);
 	const bool hybrid = sa != SYN_QWEN3MOE;
@@ -908,8 +953,11 @@ static moe_err write_metadata(moe_gguf_writer *w, const preset *p, const char *a
 	if (n_nextn > 0 && (err = moe_gguf_writer_add_u32(
 	                        w, akey(key, arch, "nextn_predict_layers"), (uint32_t)n_nextn)))
 		return err;
-	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) ||
-	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
+	if ((err = moe_gguf_writer_add_u32(w, "general.quantization_version", 2)) != MOE_OK)
+		return err;
+	if (tok_g != NULL)
+		return copy_tokenizer(w, tok_g);
+	if ((err = moe_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
 	    (err = moe_gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2")) ||
 	    (err = moe_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", vocab->tokens,
 	                                       (uint64_t)vocab->n_tokens)) ||
@@ -958,11 +1006,52 @@ static void quant_rows(void *arg, int ith, int nth)
 	}
 }
 
-/* Generates (one random stream per tensor, in row order), converts and
- * writes one tensor in chunks of whole rows. */
-static moe_err write_tensor(moe_gguf_writer *w, moe_pool *pool, const tensor_spec *t, uint64_t seed,
-                            float *fbuf, void *qbuf, int64_t chunk_vals, uint64_t *done,
-                            uint64_t total, const moe_synth_opts *o)
+/* Opens dir/<t's name> for reading after checking it holds exactly t's
+ * values as F32. */
+static moe_err open_weights(FILE **out, const char *dir, const tensor_spec *t)
+{
+	char path[4096];
+	const int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+	if (snprintf(path, sizeof(path), "%s/%s", dir, t->name) >= (int)sizeof(path))
+		return moe_fail(MOE_ERR_INVAL, "weights: path too long for %s", t->name);
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return moe_fail(MOE_ERR_IO, "weights: cannot open %s", path);
+	long size = -1;
+	if (fseek(f, 0, SEEK_END) == 0)
+		size = ftell(f);
+	if (size != (long)(n * (int64_t)sizeof(float)) || fseek(f, 0, SEEK_SET) != 0) {
+		fclose(f);
+		return moe_fail(MOE_ERR_FORMAT, "weights: %s has %ld bytes, not %lld (%lld F32)",
+		                path, size, (long long)(n * (int64_t)sizeof(float)), (long long)n);
+	}
+	*out = f;
+	return MOE_OK;
+}
+
+/* n little-endian F32 values of f into dst, all finite. */
+static moe_err read_weights(float *dst, int64_t n, FILE *f, const tensor_spec *t)
+{
+	uint8_t *b = (uint8_t *)dst;
+	if (fread(dst, sizeof(float), (size_t)n, f) != (size_t)n)
+		return moe_fail(MOE_ERR_IO, "weights: short read in %s", t->name);
+	for (int64_t i = 0; i < n; i++) {
+		const uint8_t *p = b + 4 * i;
+		const uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+		                   (uint32_t)p[3] << 24;
+		memcpy(&dst[i], &u, sizeof(u));
+		if (!isfinite(dst[i]))
+			return moe_fail(MOE_ERR_BAD_VALUE, "weights: %s value %lld is not finite",
+			                t->name, (long long)i);
+	}
+	return MOE_OK;
+}
+
+/* The rows of t, random or (wf non-NULL) read from wf, converted and
+ * written in chunks. */
+static moe_err write_rows(moe_gguf_writer *w, moe_pool *pool, const tensor_spec *t, uint64_t seed,
+                          float *fbuf, void *qbuf, int64_t chunk_vals, uint64_t *done,
+                          uint64_t total, const moe_synth_opts *o, FILE *wf)
 {
 	int64_t ne0 = t->ne[0];
 	int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
@@ -974,7 +1063,12 @@ static moe_err write_tensor(moe_gguf_writer *w, moe_pool *pool, const tensor_spe
 	rng_seed(&r, seed, name_hash(t->name));
 	for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
 		int64_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
-		fill(fbuf, nr * ne0, t, &r);
+		if (wf != NULL) {
+			if ((err = read_weights(fbuf, nr * ne0, wf, t)) != MOE_OK)
+				return err;
+		} else {
+			fill(fbuf, nr * ne0, t, &r);
+		}
 		if (t->type == MOE_TYPE_F32) {
 			err = moe_gguf_writer_write(w, fbuf, (size_t)(nr * ne0) * sizeof(float));
 		} else {
@@ -992,6 +1086,22 @@ static moe_err write_tensor(moe_gguf_writer *w, moe_pool *pool, const tensor_spe
 			o->progress(o->progress_ctx, *done, total);
 	}
 	return MOE_OK;
+}
+
+/* Generates (one random stream per tensor, in row order) or reads (from
+ * o->weights_dir), converts and writes one tensor in chunks of whole rows. */
+static moe_err write_tensor(moe_gguf_writer *w, moe_pool *pool, const tensor_spec *t, uint64_t seed,
+                            float *fbuf, void *qbuf, int64_t chunk_vals, uint64_t *done,
+                            uint64_t total, const moe_synth_opts *o)
+{
+	FILE *wf = NULL;
+	moe_err err = o->weights_dir != NULL ? open_weights(&wf, o->weights_dir, t) : MOE_OK;
+	if (err != MOE_OK)
+		return err;
+	err = write_rows(w, pool, t, seed, fbuf, qbuf, chunk_vals, done, total, o, wf);
+	if (wf != NULL)
+		fclose(wf);
+	return err;
 }
 
 /* Rows of token_embd / output: the preset's, or a tokenizer's token count
@@ -1022,7 +1132,7 @@ static moe_err plan(tensor_list *tl, preset *pp, int64_t *n_layer_out, const moe
 	if (found == NULL)
 		return moe_fail(MOE_ERR_INVAL,
 		                "unknown preset '%s' (tiny, qwen3next-80b-4L, qwen3-30b-a3b-4L, "
-		                "qwen35-397b-4L, tiny256)",
+		                "qwen35-397b-4L, tiny256, kjv)",
 		                o->preset);
 	if (found->arch != NULL && strcmp(found->arch, o->arch) != 0)
 		return moe_fail(MOE_ERR_INVAL, "preset '%s' is for arch %s, not %s", found->name,
@@ -1101,6 +1211,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	moe_synth_vocab vocab = {0};
 	moe_gguf_writer *w = NULL;
 	moe_pool *pool = NULL;
+	moe_gguf *tok_g = NULL;
 	float *fbuf = NULL;
 	void *qbuf = NULL;
 	const int64_t chunk_vals = 1 << 20;
@@ -1111,7 +1222,18 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 	err = plan(&tl, &pres, &n_layer, o, o && o->vocab ? o->vocab->n_tokens : 0);
 	if (err != MOE_OK)
 		return err;
-	if (o->vocab != NULL && o->vocab->n_tokens < vocab_rows(p, o->vocab->n_tokens)) {
+	if (o->tokenizer_gguf != NULL) {
+		moe_gguf_arr toks;
+		if ((err = moe_gguf_open(&tok_g, o->tokenizer_gguf)) != MOE_OK ||
+		    (err = moe_gguf_get_arr(&toks, tok_g, "tokenizer.ggml.tokens")) != MOE_OK)
+			goto out_free;
+		if ((int64_t)toks.n != vocab_rows(p, 0)) {
+			err = moe_fail(MOE_ERR_INVAL, "%s has %llu tokens, preset %s has %lld rows",
+			               o->tokenizer_gguf, (unsigned long long)toks.n, p->name,
+			               (long long)vocab_rows(p, 0));
+			goto out_free;
+		}
+	} else if (o->vocab != NULL && o->vocab->n_tokens < vocab_rows(p, o->vocab->n_tokens)) {
 		err = pad_vocab(&sv, &vocab, o->vocab, vocab_rows(p, o->vocab->n_tokens));
 		if (err != MOE_OK)
 			goto out_free;
@@ -1146,7 +1268,7 @@ moe_err moe_synth_write(const char *path, const moe_synth_opts *o)
 		goto out_free;
 	if ((err = moe_gguf_writer_create(&w, path)) != MOE_OK)
 		goto out_pool;
-	if ((err = write_metadata(w, p, o->arch, n_layer, o->ftype, &vocab)) != MOE_OK)
+	if ((err = write_metadata(w, p, o->arch, n_layer, o->ftype, &vocab, tok_g)) != MOE_OK)
 		goto out_writer;
 	for (size_t i = 0; i < tl.n; i++) {
 		if ((err = moe_gguf_writer_add_tensor(w, tl.v[i].name, tl.v[i].type, tl.v[i].n_dims,
@@ -1172,5 +1294,6 @@ out_free:
 	free(qbuf);
 	free(tl.v);
 	synth_vocab_free(&sv);
+	moe_gguf_close(tok_g);
 	return err;
 }

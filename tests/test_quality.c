@@ -94,6 +94,7 @@ Test(quality, perplexity_equals_llama_perplexity)
 	cJSON *g = golden();
 	check_ppl(g, "kjv-qwen3next-Q4_K_M.gguf");
 	check_ppl(g, "kjv-qwen3moe-Q4_K_M.gguf");
+	check_ppl(g, "kjv-qwen35moe-Q4_K_M.gguf");
 	cJSON_Delete(g);
 }
 

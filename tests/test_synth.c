@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "devtools/devtools.h"
@@ -414,4 +415,90 @@ Test(synth, real_qwen3_tokenizer_goes_into_the_file)
 	moe_gguf_close(g);
 	free(merges);
 	moe_tokenizer_spec_free(spec);
+}
+
+/* Writes every tensor of g (all F32) as a raw file dir/<name>. */
+static void dump_tensors(const moe_gguf *g, const char *dir)
+{
+	for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
+		const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);
+		char path[512];
+		cr_assert_eq(t->type, MOE_TYPE_F32);
+		snprintf(path, sizeof(path), "%s/%.*s", dir, (int)t->name.len, t->name.ptr);
+		FILE *f = fopen(path, "wb");
+		cr_assert_not_null(f, "%s", path);
+		cr_assert_eq(fwrite(t->data, 1, t->size, f), t->size);
+		fclose(f);
+	}
+}
+
+/* Rewrites n bytes at offset off of path. */
+static void patch(const char *path, long off, const void *b, size_t n)
+{
+	FILE *f = fopen(path, "r+b");
+	cr_assert_not_null(f);
+	cr_assert_eq(fseek(f, off, SEEK_SET), 0);
+	cr_assert_eq(fwrite(b, 1, n, f), n);
+	fclose(f);
+}
+
+Test(synth, from_weights_gives_the_files_values_and_refuses_bad_files)
+{
+	moe_synth_opts o = {.arch = "qwen35moe", .preset = "tiny", .seed = 3};
+	moe_gguf *g = NULL;
+	size_t n1, n2;
+	char wdir[256], wfile[512], a_path[256], aq_path[256];
+
+	/* a random model, its tensors dumped, then read back with another seed
+	 * and its tokenizer copied: the same file, byte for byte */
+	snprintf(a_path, sizeof(a_path), "%s", tmpfile_("a.gguf"));
+	snprintf(aq_path, sizeof(aq_path), "%s", tmpfile_("aq.gguf"));
+	snprintf(wdir, sizeof(wdir), "%s", tmpfile_("w"));
+	cr_assert_eq(mkdir(wdir, 0700), 0);
+	cr_assert_eq(moe_synth_write(a_path, &o), MOE_OK, "%s", moe_err_detail());
+	o.ftype = MOE_FTYPE_Q8_0;
+	cr_assert_eq(moe_synth_write(aq_path, &o), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_gguf_open(&g, a_path), MOE_OK);
+	dump_tensors(g, wdir);
+	moe_gguf_close(g);
+
+	o.seed = 99;
+	o.weights_dir = wdir;
+	o.tokenizer_gguf = a_path;
+	o.ftype = MOE_FTYPE_F32;
+	cr_assert_eq(moe_synth_write(tmpfile_("b.gguf"), &o), MOE_OK, "%s", moe_err_detail());
+	unsigned char *a = slurp(a_path, &n1), *b = slurp(tmpfile_("b.gguf"), &n2);
+	cr_assert_eq(n1, n2);
+	cr_assert_eq(memcmp(a, b, n1), 0, "F32 from the weights differs from the original");
+	free(a);
+	free(b);
+	/* quantised on the way, as the random weights were */
+	o.ftype = MOE_FTYPE_Q8_0;
+	cr_assert_eq(moe_synth_write(tmpfile_("bq.gguf"), &o), MOE_OK, "%s", moe_err_detail());
+	a = slurp(aq_path, &n1);
+	b = slurp(tmpfile_("bq.gguf"), &n2);
+	cr_assert_eq(n1, n2);
+	cr_assert_eq(memcmp(a, b, n1), 0, "Q8_0 from the weights differs from the original");
+	free(a);
+	free(b);
+	o.ftype = MOE_FTYPE_F32;
+
+	/* a token count that does not fit the preset */
+	o.preset = "kjv";
+	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_ERR_INVAL);
+	o.preset = "tiny";
+
+	/* a NaN */
+	snprintf(wfile, sizeof(wfile), "%s/blk.1.ssm_a", wdir);
+	const float nan_v = NAN;
+	patch(wfile, 4, &nan_v, sizeof(nan_v));
+	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_ERR_BAD_VALUE);
+	cr_assert_str_eq(moe_err_detail(), "weights: blk.1.ssm_a value 1 is not finite");
+	/* one value short */
+	cr_assert_eq(truncate(wfile, 4 * 8 - 4), 0);
+	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_ERR_FORMAT);
+	/* missing */
+	cr_assert_eq(unlink(wfile), 0);
+	cr_assert_eq(moe_synth_write(tmpfile_("c.gguf"), &o), MOE_ERR_IO);
+	cr_assert_eq(access(tmpfile_("c.gguf"), F_OK), -1, "a partial file is left");
 }
