@@ -12,15 +12,16 @@
  * Per row and block each 32-value sub-block is unpacked once into a vector
  * of 32 magnitudes (u8) and one of 32 signs (+-1 as int8): IQ3 magnitudes are
  * the grid points (8 loads of 4 bytes from the expanded grid: faster here than
- * a vpgatherdd, measured), their signs the sign bits spread over bytes by one
- * shuffle and a bit test (IQ3_XXS: each group's 7 bits shifted into a 32-bit
- * lane and the 8th made their parity there); IQ1 weights 8 * grid +- 1
+ * a vpgatherdd, measured), their signs (IQ3_S) the sign bits spread over
+ * bytes by one shuffle and a bit test, (IQ3_XXS) 4 loads of 8 sign bytes
+ * from a table over the 7 stored bits of a group; IQ1 weights 8 * grid +- 1
  * (4 loads of 8 bytes, times 8 by a sign op, plus the delta), split into
  * |w| and w.  Every token then meets it with one sign op, one maddubs (pairs
  * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
  * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 
 #include "kernels/gemm.h"
@@ -42,26 +43,30 @@ static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
 	                       _mm256_set1_epi8(1));
 }
 
-/* IQ3_XXS: the 32 sign bytes (+-1) of a sub-block's word: 32-bit lane k
- * holds group l = k / 2's 7 bits (aux >> 7l) and their parity as bit 7,
- * spread over its 4 bytes and tested against bits 4 (k % 2) + j. */
-static ALWAYS_INLINE __m256i xxs_signs_v(uint32_t aux)
+/* IQ3_XXS's sign bytes: xxs8[s] holds 8 bytes, byte j -1 where bit j of
+ * s | parity(s) << 7 is set, else +1 (the 7 stored bits s of a group and the
+ * 8th their parity).  One 8-byte load a group: faster here than forming them
+ * in vector registers from the 7 bits (shift, parity, vpshufb, bit test:
+ * ~15 vector instructions a sub-block), measured.  Filled once, before any
+ * kernel of this file is handed out (tables_init). */
+static uint64_t xxs8[128];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void fill_tables(void)
 {
-	__m256i s =
-	    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)aux),
-	                                       _mm256_setr_epi32(0, 0, 7, 7, 14, 14, 21, 21)),
-	                     _mm256_set1_epi32(127));
-	__m256i p = _mm256_xor_si256(s, _mm256_srli_epi32(s, 4));
-	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
-	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
-	s = _mm256_or_si256(s, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(1)), 7));
-	/* byte 0 of each 32-bit lane to its 4 bytes */
-	const __m256i low = _mm256_set_epi64x(0x0c0c0c0c08080808ll, 0x0404040400000000ll,
-	                                      0x0c0c0c0c08080808ll, 0x0404040400000000ll);
-	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	s = _mm256_shuffle_epi8(s, low);
-	return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(s, bit), bit),
-	                       _mm256_set1_epi8(1));
+	for (unsigned s = 0; s < 128; s++) {
+		const unsigned b = s | (unsigned)(__builtin_popcount(s) & 1) << 7;
+		uint64_t m = 0;
+		for (int j = 0; j < 8; j++)
+			m |= (uint64_t)(b >> j & 1 ? 0xff : 0x01) << (8 * j);
+		xxs8[s] = m;
+	}
+}
+
+static void tables_init(void)
+{
+	moe_iq13_init();
+	pthread_once(&tables_once, fill_tables);
 }
 
 /* IQ1: the int8 weights 8 * grid + delta of the 4 groups (grid indices idx,
@@ -93,7 +98,9 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		                         (int)moe_iq3xxs_grid[q[2]], (int)moe_iq3xxs_grid[q[3]],
 		                         (int)moe_iq3xxs_grid[q[4]], (int)moe_iq3xxs_grid[q[5]],
 		                         (int)moe_iq3xxs_grid[q[6]], (int)moe_iq3xxs_grid[q[7]]);
-		*sgn = xxs_signs_v(aux);
+		*sgn = _mm256_set_epi64x(
+		    (long long)xxs8[aux >> 21 & 127], (long long)xxs8[aux >> 14 & 127],
+		    (long long)xxs8[aux >> 7 & 127], (long long)xxs8[aux & 127]);
 		*sc = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
 	} else if (t == MOE_TYPE_IQ3_S) {
 		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
@@ -242,7 +249,7 @@ TYPE_FNS(iq1_m, MOE_TYPE_IQ1_M)
 
 void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 {
-	moe_iq13_init();
+	tables_init();
 	dots[MOE_TYPE_IQ3_XXS] = dot_iq3_xxs;
 	dots[MOE_TYPE_IQ3_S] = dot_iq3_s;
 	dots[MOE_TYPE_IQ1_S] = dot_iq1_s;
@@ -288,6 +295,7 @@ GEMM(iq1_m)
 
 moe_gemm_fn moe_gemm_avx2_iq13(moe_type t)
 {
+	tables_init();
 	switch (t) {
 	case MOE_TYPE_IQ3_XXS:
 		return gemm_iq3_xxs;
