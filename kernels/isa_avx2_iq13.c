@@ -50,6 +50,16 @@ static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
  * ~15 vector instructions a sub-block), measured.  Filled once, before any
  * kernel of this file is handed out (tables_init). */
 static uint64_t xxs8[128];
+/* IQ1: g8[i] the grid point i times 8 (int8 bytes in -8, 0, 8): the
+ * weights are g8 + delta; m1_dl[k] IQ1_M's 4 groups' deltas (+-1 bytes,
+ * -1 where bit l of k is set for group l). */
+static uint64_t g8[2048];
+static __m256i m1_dl[16];
+/* Sub-block scales as vectors (one load instead of a broadcast from a
+ * general register): sc16[k] 2k + 1 in every int16 lane; m1_sc[k] IQ1_M's
+ * 2 (k & 7) + 1 in the low 8 lanes, 2 (k >> 3) + 1 in the high 8; s1_dl[k]
+ * IQ1_S's delta bytes, +1 (k = 0) or -1. */
+static __m256i sc16[16], m1_sc[64], s1_dl[2];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static void fill_tables(void)
@@ -61,6 +71,26 @@ static void fill_tables(void)
 			m |= (uint64_t)(b >> j & 1 ? 0xff : 0x01) << (8 * j);
 		xxs8[s] = m;
 	}
+	for (int i = 0; i < 2048; i++) {
+		int8_t b[8];
+		memcpy(b, &moe_iq1s_grid[i], 8);
+		for (int j = 0; j < 8; j++)
+			b[j] = (int8_t)(8 * b[j]);
+		memcpy(&g8[i], b, 8);
+	}
+	for (int k = 0; k < 16; k++) {
+		int64_t l[4];
+		for (int j = 0; j < 4; j++)
+			l[j] = k >> j & 1 ? -1 : 0x0101010101010101ll;
+		m1_dl[k] = _mm256_setr_epi64x(l[0], l[1], l[2], l[3]);
+	}
+	for (int k = 0; k < 16; k++)
+		sc16[k] = _mm256_set1_epi16((short)(2 * k + 1));
+	for (int k = 0; k < 64; k++)
+		m1_sc[k] = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (k >> 3) + 1)),
+		                            _mm_set1_epi16((short)(2 * (k & 7) + 1)));
+	s1_dl[0] = _mm256_set1_epi8(1);
+	s1_dl[1] = _mm256_set1_epi8(-1);
 }
 
 static void tables_init(void)
@@ -73,10 +103,9 @@ static void tables_init(void)
  * deltas as +-1 bytes in dl). */
 static ALWAYS_INLINE __m256i iq1_weights(const uint16_t idx[4], __m256i dl)
 {
-	const __m256i g =
-	    _mm256_set_epi64x((long long)moe_iq1s_grid[idx[3]], (long long)moe_iq1s_grid[idx[2]],
-	                      (long long)moe_iq1s_grid[idx[1]], (long long)moe_iq1s_grid[idx[0]]);
-	return _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), g), dl);
+	const __m256i g = _mm256_set_epi64x((long long)g8[idx[3]], (long long)g8[idx[2]],
+	                                    (long long)g8[idx[1]], (long long)g8[idx[0]]);
+	return _mm256_add_epi8(g, dl);
 }
 
 static ALWAYS_INLINE uint32_t load_u32(const void *p)
@@ -101,7 +130,7 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		*sgn = _mm256_set_epi64x(
 		    (long long)xxs8[aux >> 21 & 127], (long long)xxs8[aux >> 14 & 127],
 		    (long long)xxs8[aux >> 7 & 127], (long long)xxs8[aux & 127]);
-		*sc = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+		*sc = sc16[aux >> 28];
 	} else if (t == MOE_TYPE_IQ3_S) {
 		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
 		const uint8_t *q = x->qs + 8 * v;
@@ -115,8 +144,7 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		                         (int)moe_iq3s_grid[q[6] | (h << 2 & 256)],
 		                         (int)moe_iq3s_grid[q[7] | (h << 1 & 256)]);
 		*sgn = spread_signs(load_u32(x->signs + 4 * v));
-		*sc =
-		    _mm256_set1_epi16((short)(2 * ((x->scales[v / 2] >> (4 * (v % 2))) & 15) + 1));
+		*sc = sc16[(x->scales[v / 2] >> (4 * (v % 2))) & 15];
 	} else if (t == MOE_TYPE_IQ1_S) {
 		const moe_block_iq1_s *x = (const moe_block_iq1_s *)b;
 		const uint8_t *q = x->qs + 4 * v;
@@ -124,10 +152,10 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const uint16_t idx[4] = {
 		    (uint16_t)(q[0] | (h << 8 & 0x700)), (uint16_t)(q[1] | (h << 5 & 0x700)),
 		    (uint16_t)(q[2] | (h << 2 & 0x700)), (uint16_t)(q[3] | (h >> 1 & 0x700))};
-		const __m256i w = iq1_weights(idx, _mm256_set1_epi8(h & 0x8000 ? -1 : 1));
+		const __m256i w = iq1_weights(idx, s1_dl[h >> 15]);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
-		*sc = _mm256_set1_epi16((short)(2 * ((h >> 12) & 7) + 1));
+		*sc = sc16[(h >> 12) & 7];
 	} else {
 		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
 		const uint8_t *q = x->qs + 4 * v;
@@ -135,15 +163,13 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const uint16_t idx[4] = {
 		    (uint16_t)(q[0] | (h0 << 8 & 0x700)), (uint16_t)(q[1] | (h0 << 4 & 0x700)),
 		    (uint16_t)(q[2] | (h1 << 8 & 0x700)), (uint16_t)(q[3] | (h1 << 4 & 0x700))};
-		const long long m = (long long)0xffffffffffffffffull, p = 0x0101010101010101ll;
-		const __m256i dl = _mm256_set_epi64x(h1 & 0x80 ? m : p, h1 & 0x08 ? m : p,
-		                                     h0 & 0x80 ? m : p, h0 & 0x08 ? m : p);
+		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1; /* bits 0, 4, 2, 6 */
+		const __m256i dl = m1_dl[(u | u >> 3) & 15];
 		const __m256i w = iq1_weights(idx, dl);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		const unsigned ws = (unsigned)ld16(x->scales + 2 * (v / 2)) >> (6 * (v % 2));
-		*sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * ((ws >> 3) & 7) + 1)),
-		                       _mm_set1_epi16((short)(2 * (ws & 7) + 1)));
+		*sc = m1_sc[ws & 63];
 	}
 }
 
