@@ -60,6 +60,9 @@ static __m256i m1_dl[16];
  * 2 (k & 7) + 1 in the low 8 lanes, 2 (k >> 3) + 1 in the high 8; s1_dl[k]
  * IQ1_S's delta bytes, +1 (k = 0) or -1. */
 static __m256i sc16[16], m1_sc[64], s1_dl[2];
+/* IQ3_S: s3_hi[h] the 9th index bits of a sub-block's 8 groups from its qh
+ * byte h, as 8 int16 lanes (256 where bit k of h is set). */
+static __m128i s3_hi[256];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static void fill_tables(void)
@@ -89,6 +92,12 @@ static void fill_tables(void)
 	for (int k = 0; k < 64; k++)
 		m1_sc[k] = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (k >> 3) + 1)),
 		                            _mm_set1_epi16((short)(2 * (k & 7) + 1)));
+	for (int h = 0; h < 256; h++) {
+		int16_t l[8];
+		for (int k = 0; k < 8; k++)
+			l[k] = (int16_t)(h >> k & 1 ? 256 : 0);
+		memcpy(&s3_hi[h], l, 16);
+	}
 	s1_dl[0] = _mm256_set1_epi8(1);
 	s1_dl[1] = _mm256_set1_epi8(-1);
 }
@@ -133,16 +142,17 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		*sc = sc16[aux >> 28];
 	} else if (t == MOE_TYPE_IQ3_S) {
 		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
-		const uint8_t *q = x->qs + 8 * v;
-		const unsigned h = x->qh[v];
-		*mag = _mm256_setr_epi32((int)moe_iq3s_grid[q[0] | (h << 8 & 256)],
-		                         (int)moe_iq3s_grid[q[1] | (h << 7 & 256)],
-		                         (int)moe_iq3s_grid[q[2] | (h << 6 & 256)],
-		                         (int)moe_iq3s_grid[q[3] | (h << 5 & 256)],
-		                         (int)moe_iq3s_grid[q[4] | (h << 4 & 256)],
-		                         (int)moe_iq3s_grid[q[5] | (h << 3 & 256)],
-		                         (int)moe_iq3s_grid[q[6] | (h << 2 & 256)],
-		                         (int)moe_iq3s_grid[q[7] | (h << 1 & 256)]);
+		/* the 8 9-bit indices as int16 lanes, then read out 4 at a time */
+		const __m128i ix = _mm_or_si128(
+		    _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(x->qs + 8 * v))),
+		    s3_hi[x->qh[v]]);
+		const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
+		               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
+		const uint32_t *g = moe_iq3s_grid;
+		*mag = _mm256_setr_epi32((int)g[i0 & 0xffff], (int)g[i0 >> 16 & 0xffff],
+		                         (int)g[i0 >> 32 & 0xffff], (int)g[i0 >> 48],
+		                         (int)g[i1 & 0xffff], (int)g[i1 >> 16 & 0xffff],
+		                         (int)g[i1 >> 32 & 0xffff], (int)g[i1 >> 48]);
 		*sgn = spread_signs(load_u32(x->signs + 4 * v));
 		*sc = sc16[(x->scales[v / 2] >> (4 * (v % 2))) & 15];
 	} else if (t == MOE_TYPE_IQ1_S) {
