@@ -15,8 +15,12 @@
  * a vpgatherdd, measured), their signs (IQ3_S) the sign bits spread over
  * bytes by one shuffle and a bit test, (IQ3_XXS) 4 loads of 8 sign bytes
  * from a table over the 7 stored bits of a group; IQ1 weights 8 * grid +- 1
- * (4 loads of 8 bytes, times 8 by a sign op, plus the delta), split into
- * |w| and w.  Every token then meets it with one sign op, one maddubs (pairs
+ * (4 loads of 8 bytes from a table of 8 * grid, plus the delta), split
+ * into |w| and w.  IQ3_S's and IQ1's grid indices are formed in one vector
+ * and read out 2 or 4 per 64-bit register (fewer instructions than forming
+ * each in a general register: these kernels are bound by instruction
+ * count, not memory); scales and deltas come from small tables as ready
+ * vectors.  Every token then meets it with one sign op, one maddubs (pairs
  * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
  * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
  */
@@ -108,15 +112,6 @@ static void tables_init(void)
 	pthread_once(&tables_once, fill_tables);
 }
 
-/* IQ1: the int8 weights 8 * grid + delta of the 4 groups (grid indices idx,
- * deltas as +-1 bytes in dl). */
-static ALWAYS_INLINE __m256i iq1_weights(const uint16_t idx[4], __m256i dl)
-{
-	const __m256i g = _mm256_set_epi64x((long long)g8[idx[3]], (long long)g8[idx[2]],
-	                                    (long long)g8[idx[1]], (long long)g8[idx[0]]);
-	return _mm256_add_epi8(g, dl);
-}
-
 static ALWAYS_INLINE uint32_t load_u32(const void *p)
 {
 	uint32_t u;
@@ -124,6 +119,20 @@ static ALWAYS_INLINE uint32_t load_u32(const void *p)
 	return u;
 }
 
+/* IQ1: the int8 weights 8 * grid + delta of the 4 groups: index l is q[l]
+ * | ((H >> shift l) & 0x700), formed in one vector and read out 2 per 64-bit
+ * register; deltas as +-1 bytes in dl. */
+static ALWAYS_INLINE __m256i iq1_weights(const uint8_t *q, uint32_t H, __m128i shift, __m256i dl)
+{
+	const __m128i ix = _mm_or_si128(
+	    _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)load_u32(q))),
+	    _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)H), shift), _mm_set1_epi32(0x700)));
+	const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
+	               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
+	const __m256i g = _mm256_set_epi64x((long long)g8[i1 >> 32], (long long)g8[(uint32_t)i1],
+	                                    (long long)g8[i0 >> 32], (long long)g8[(uint32_t)i0]);
+	return _mm256_add_epi8(g, dl);
+}
 /* Sub-block v of block b of type t: magnitudes *mag (u8), signs *sgn (their
  * sign bytes; never 0), scales *sc (int16: low half the first 16 values'). */
 static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *mag, __m256i *sgn,
@@ -159,10 +168,8 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const moe_block_iq1_s *x = (const moe_block_iq1_s *)b;
 		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h = x->qh[v];
-		const uint16_t idx[4] = {
-		    (uint16_t)(q[0] | (h << 8 & 0x700)), (uint16_t)(q[1] | (h << 5 & 0x700)),
-		    (uint16_t)(q[2] | (h << 2 & 0x700)), (uint16_t)(q[3] | (h >> 1 & 0x700))};
-		const __m256i w = iq1_weights(idx, s1_dl[h >> 15]);
+		const __m256i w =
+		    iq1_weights(q, h << 8, _mm_setr_epi32(0, 3, 6, 9), s1_dl[h >> 15]);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		*sc = sc16[(h >> 12) & 7];
@@ -170,12 +177,10 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
 		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h0 = x->qh[2 * v], h1 = x->qh[2 * v + 1];
-		const uint16_t idx[4] = {
-		    (uint16_t)(q[0] | (h0 << 8 & 0x700)), (uint16_t)(q[1] | (h0 << 4 & 0x700)),
-		    (uint16_t)(q[2] | (h1 << 8 & 0x700)), (uint16_t)(q[3] | (h1 << 4 & 0x700))};
 		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1; /* bits 0, 4, 2, 6 */
 		const __m256i dl = m1_dl[(u | u >> 3) & 15];
-		const __m256i w = iq1_weights(idx, dl);
+		const __m256i w =
+		    iq1_weights(q, (h0 | h1 << 8) << 8, _mm_setr_epi32(0, 4, 8, 12), dl);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		const unsigned ws = (unsigned)ld16(x->scales + 2 * (v / 2)) >> (6 * (v % 2));
