@@ -133,6 +133,7 @@ static ALWAYS_INLINE __m256i iq1_weights(const uint8_t *q, uint32_t H, __m128i s
 	                                    (long long)g8[i0 >> 32], (long long)g8[(uint32_t)i0]);
 	return _mm256_add_epi8(g, dl);
 }
+
 /* Sub-block v of block b of type t: magnitudes *mag (u8), signs *sgn (their
  * sign bytes; never 0), scales *sc (int16: low half the first 16 values'). */
 static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *mag, __m256i *sgn,
@@ -177,7 +178,9 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
 		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h0 = x->qh[2 * v], h1 = x->qh[2 * v + 1];
-		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1; /* bits 0, 4, 2, 6 */
+		/* the 4 groups' delta bits (bits 3 and 7 of h0, h1) to bits 0, 4,
+		 * 2, 6 of u, then to bits 0-3 */
+		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1;
 		const __m256i dl = m1_dl[(u | u >> 3) & 15];
 		const __m256i w =
 		    iq1_weights(q, (h0 | h1 << 8) << 8, _mm_setr_epi32(0, 4, 8, 12), dl);
