@@ -12,15 +12,20 @@
  * Per row and block each 32-value sub-block is unpacked once into a vector
  * of 32 magnitudes (u8) and one of 32 signs (+-1 as int8): IQ3 magnitudes are
  * the grid points (8 loads of 4 bytes from the expanded grid: faster here than
- * a vpgatherdd, measured), their signs the sign bits spread over bytes by one
- * shuffle and a bit test (IQ3_XXS: each group's 7 bits shifted into a 32-bit
- * lane and the 8th made their parity there); IQ1 weights 8 * grid +- 1
- * (4 loads of 8 bytes, times 8 by a sign op, plus the delta), split into
- * |w| and w.  Every token then meets it with one sign op, one maddubs (pairs
+ * a vpgatherdd, measured), their signs (IQ3_S) the sign bits spread over
+ * bytes by one shuffle and a bit test, (IQ3_XXS) 4 loads of 8 sign bytes
+ * from a table over the 7 stored bits of a group; IQ1 weights 8 * grid +- 1
+ * (4 loads of 8 bytes from a table of 8 * grid, plus the delta), split
+ * into |w| and w.  IQ3_S's and IQ1's grid indices are formed in one vector
+ * and read out 2 or 4 per 64-bit register (fewer instructions than forming
+ * each in a general register: these kernels are bound by instruction
+ * count, not memory); scales and deltas come from small tables as ready
+ * vectors.  Every token then meets it with one sign op, one maddubs (pairs
  * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
  * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 
 #include "kernels/gemm.h"
@@ -42,36 +47,69 @@ static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
 	                       _mm256_set1_epi8(1));
 }
 
-/* IQ3_XXS: the 32 sign bytes (+-1) of a sub-block's word: 32-bit lane k
- * holds group l = k / 2's 7 bits (aux >> 7l) and their parity as bit 7,
- * spread over its 4 bytes and tested against bits 4 (k % 2) + j. */
-static ALWAYS_INLINE __m256i xxs_signs_v(uint32_t aux)
+/* IQ3_XXS's sign bytes: xxs8[s] holds 8 bytes, byte j -1 where bit j of
+ * s | parity(s) << 7 is set, else +1 (the 7 stored bits s of a group and the
+ * 8th their parity).  One 8-byte load a group: faster here than forming them
+ * in vector registers from the 7 bits (shift, parity, vpshufb, bit test:
+ * ~15 vector instructions a sub-block), measured.  Filled once, before any
+ * kernel of this file is handed out (tables_init). */
+static uint64_t xxs8[128];
+/* IQ1: g8[i] the grid point i times 8 (int8 bytes in -8, 0, 8): the
+ * weights are g8 + delta; m1_dl[k] IQ1_M's 4 groups' deltas (+-1 bytes,
+ * -1 where bit l of k is set for group l). */
+static uint64_t g8[2048];
+static __m256i m1_dl[16];
+/* Sub-block scales as vectors (one load instead of a broadcast from a
+ * general register): sc16[k] 2k + 1 in every int16 lane; m1_sc[k] IQ1_M's
+ * 2 (k & 7) + 1 in the low 8 lanes, 2 (k >> 3) + 1 in the high 8; s1_dl[k]
+ * IQ1_S's delta bytes, +1 (k = 0) or -1. */
+static __m256i sc16[16], m1_sc[64], s1_dl[2];
+/* IQ3_S: s3_hi[h] the 9th index bits of a sub-block's 8 groups from its qh
+ * byte h, as 8 int16 lanes (256 where bit k of h is set). */
+static __m128i s3_hi[256];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void fill_tables(void)
 {
-	__m256i s =
-	    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)aux),
-	                                       _mm256_setr_epi32(0, 0, 7, 7, 14, 14, 21, 21)),
-	                     _mm256_set1_epi32(127));
-	__m256i p = _mm256_xor_si256(s, _mm256_srli_epi32(s, 4));
-	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
-	p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
-	s = _mm256_or_si256(s, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(1)), 7));
-	/* byte 0 of each 32-bit lane to its 4 bytes */
-	const __m256i low = _mm256_set_epi64x(0x0c0c0c0c08080808ll, 0x0404040400000000ll,
-	                                      0x0c0c0c0c08080808ll, 0x0404040400000000ll);
-	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	s = _mm256_shuffle_epi8(s, low);
-	return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(s, bit), bit),
-	                       _mm256_set1_epi8(1));
+	for (unsigned s = 0; s < 128; s++) {
+		const unsigned b = s | (unsigned)(__builtin_popcount(s) & 1) << 7;
+		uint64_t m = 0;
+		for (int j = 0; j < 8; j++)
+			m |= (uint64_t)(b >> j & 1 ? 0xff : 0x01) << (8 * j);
+		xxs8[s] = m;
+	}
+	for (int i = 0; i < 2048; i++) {
+		int8_t b[8];
+		memcpy(b, &moe_iq1s_grid[i], 8);
+		for (int j = 0; j < 8; j++)
+			b[j] = (int8_t)(8 * b[j]);
+		memcpy(&g8[i], b, 8);
+	}
+	for (int k = 0; k < 16; k++) {
+		int64_t l[4];
+		for (int j = 0; j < 4; j++)
+			l[j] = k >> j & 1 ? -1 : 0x0101010101010101ll;
+		m1_dl[k] = _mm256_setr_epi64x(l[0], l[1], l[2], l[3]);
+	}
+	for (int k = 0; k < 16; k++)
+		sc16[k] = _mm256_set1_epi16((short)(2 * k + 1));
+	for (int k = 0; k < 64; k++)
+		m1_sc[k] = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (k >> 3) + 1)),
+		                            _mm_set1_epi16((short)(2 * (k & 7) + 1)));
+	for (int h = 0; h < 256; h++) {
+		int16_t l[8];
+		for (int k = 0; k < 8; k++)
+			l[k] = (int16_t)(h >> k & 1 ? 256 : 0);
+		memcpy(&s3_hi[h], l, 16);
+	}
+	s1_dl[0] = _mm256_set1_epi8(1);
+	s1_dl[1] = _mm256_set1_epi8(-1);
 }
 
-/* IQ1: the int8 weights 8 * grid + delta of the 4 groups (grid indices idx,
- * deltas as +-1 bytes in dl). */
-static ALWAYS_INLINE __m256i iq1_weights(const uint16_t idx[4], __m256i dl)
+static void tables_init(void)
 {
-	const __m256i g =
-	    _mm256_set_epi64x((long long)moe_iq1s_grid[idx[3]], (long long)moe_iq1s_grid[idx[2]],
-	                      (long long)moe_iq1s_grid[idx[1]], (long long)moe_iq1s_grid[idx[0]]);
-	return _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), g), dl);
+	moe_iq13_init();
+	pthread_once(&tables_once, fill_tables);
 }
 
 static ALWAYS_INLINE uint32_t load_u32(const void *p)
@@ -79,6 +117,21 @@ static ALWAYS_INLINE uint32_t load_u32(const void *p)
 	uint32_t u;
 	memcpy(&u, p, 4);
 	return u;
+}
+
+/* IQ1: the int8 weights 8 * grid + delta of the 4 groups: index l is q[l]
+ * | ((H >> shift l) & 0x700), formed in one vector and read out 2 per 64-bit
+ * register; deltas as +-1 bytes in dl. */
+static ALWAYS_INLINE __m256i iq1_weights(const uint8_t *q, uint32_t H, __m128i shift, __m256i dl)
+{
+	const __m128i ix = _mm_or_si128(
+	    _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)load_u32(q))),
+	    _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)H), shift), _mm_set1_epi32(0x700)));
+	const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
+	               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
+	const __m256i g = _mm256_set_epi64x((long long)g8[i1 >> 32], (long long)g8[(uint32_t)i1],
+	                                    (long long)g8[i0 >> 32], (long long)g8[(uint32_t)i0]);
+	return _mm256_add_epi8(g, dl);
 }
 
 /* Sub-block v of block b of type t: magnitudes *mag (u8), signs *sgn (their
@@ -93,50 +146,48 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		                         (int)moe_iq3xxs_grid[q[2]], (int)moe_iq3xxs_grid[q[3]],
 		                         (int)moe_iq3xxs_grid[q[4]], (int)moe_iq3xxs_grid[q[5]],
 		                         (int)moe_iq3xxs_grid[q[6]], (int)moe_iq3xxs_grid[q[7]]);
-		*sgn = xxs_signs_v(aux);
-		*sc = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+		*sgn = _mm256_set_epi64x(
+		    (long long)xxs8[aux >> 21 & 127], (long long)xxs8[aux >> 14 & 127],
+		    (long long)xxs8[aux >> 7 & 127], (long long)xxs8[aux & 127]);
+		*sc = sc16[aux >> 28];
 	} else if (t == MOE_TYPE_IQ3_S) {
 		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
-		const uint8_t *q = x->qs + 8 * v;
-		const unsigned h = x->qh[v];
-		*mag = _mm256_setr_epi32((int)moe_iq3s_grid[q[0] | (h << 8 & 256)],
-		                         (int)moe_iq3s_grid[q[1] | (h << 7 & 256)],
-		                         (int)moe_iq3s_grid[q[2] | (h << 6 & 256)],
-		                         (int)moe_iq3s_grid[q[3] | (h << 5 & 256)],
-		                         (int)moe_iq3s_grid[q[4] | (h << 4 & 256)],
-		                         (int)moe_iq3s_grid[q[5] | (h << 3 & 256)],
-		                         (int)moe_iq3s_grid[q[6] | (h << 2 & 256)],
-		                         (int)moe_iq3s_grid[q[7] | (h << 1 & 256)]);
+		/* the 8 9-bit indices as int16 lanes, then read out 4 at a time */
+		const __m128i ix = _mm_or_si128(
+		    _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(x->qs + 8 * v))),
+		    s3_hi[x->qh[v]]);
+		const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
+		               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
+		const uint32_t *g = moe_iq3s_grid;
+		*mag = _mm256_setr_epi32((int)g[i0 & 0xffff], (int)g[i0 >> 16 & 0xffff],
+		                         (int)g[i0 >> 32 & 0xffff], (int)g[i0 >> 48],
+		                         (int)g[i1 & 0xffff], (int)g[i1 >> 16 & 0xffff],
+		                         (int)g[i1 >> 32 & 0xffff], (int)g[i1 >> 48]);
 		*sgn = spread_signs(load_u32(x->signs + 4 * v));
-		*sc =
-		    _mm256_set1_epi16((short)(2 * ((x->scales[v / 2] >> (4 * (v % 2))) & 15) + 1));
+		*sc = sc16[(x->scales[v / 2] >> (4 * (v % 2))) & 15];
 	} else if (t == MOE_TYPE_IQ1_S) {
 		const moe_block_iq1_s *x = (const moe_block_iq1_s *)b;
 		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h = x->qh[v];
-		const uint16_t idx[4] = {
-		    (uint16_t)(q[0] | (h << 8 & 0x700)), (uint16_t)(q[1] | (h << 5 & 0x700)),
-		    (uint16_t)(q[2] | (h << 2 & 0x700)), (uint16_t)(q[3] | (h >> 1 & 0x700))};
-		const __m256i w = iq1_weights(idx, _mm256_set1_epi8(h & 0x8000 ? -1 : 1));
+		const __m256i w =
+		    iq1_weights(q, h << 8, _mm_setr_epi32(0, 3, 6, 9), s1_dl[h >> 15]);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
-		*sc = _mm256_set1_epi16((short)(2 * ((h >> 12) & 7) + 1));
+		*sc = sc16[(h >> 12) & 7];
 	} else {
 		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
 		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h0 = x->qh[2 * v], h1 = x->qh[2 * v + 1];
-		const uint16_t idx[4] = {
-		    (uint16_t)(q[0] | (h0 << 8 & 0x700)), (uint16_t)(q[1] | (h0 << 4 & 0x700)),
-		    (uint16_t)(q[2] | (h1 << 8 & 0x700)), (uint16_t)(q[3] | (h1 << 4 & 0x700))};
-		const long long m = (long long)0xffffffffffffffffull, p = 0x0101010101010101ll;
-		const __m256i dl = _mm256_set_epi64x(h1 & 0x80 ? m : p, h1 & 0x08 ? m : p,
-		                                     h0 & 0x80 ? m : p, h0 & 0x08 ? m : p);
-		const __m256i w = iq1_weights(idx, dl);
+		/* the 4 groups' delta bits (bits 3 and 7 of h0, h1) to bits 0, 4,
+		 * 2, 6 of u, then to bits 0-3 */
+		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1;
+		const __m256i dl = m1_dl[(u | u >> 3) & 15];
+		const __m256i w =
+		    iq1_weights(q, (h0 | h1 << 8) << 8, _mm_setr_epi32(0, 4, 8, 12), dl);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		const unsigned ws = (unsigned)ld16(x->scales + 2 * (v / 2)) >> (6 * (v % 2));
-		*sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * ((ws >> 3) & 7) + 1)),
-		                       _mm_set1_epi16((short)(2 * (ws & 7) + 1)));
+		*sc = m1_sc[ws & 63];
 	}
 }
 
@@ -242,7 +293,7 @@ TYPE_FNS(iq1_m, MOE_TYPE_IQ1_M)
 
 void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 {
-	moe_iq13_init();
+	tables_init();
 	dots[MOE_TYPE_IQ3_XXS] = dot_iq3_xxs;
 	dots[MOE_TYPE_IQ3_S] = dot_iq3_s;
 	dots[MOE_TYPE_IQ1_S] = dot_iq1_s;
@@ -288,6 +339,7 @@ GEMM(iq1_m)
 
 moe_gemm_fn moe_gemm_avx2_iq13(moe_type t)
 {
+	tables_init();
 	switch (t) {
 	case MOE_TYPE_IQ3_XXS:
 		return gemm_iq3_xxs;
