@@ -17,6 +17,7 @@
 #include "isa_levels.h"
 #include "kernels/kernels.h"
 #include "model/gguf.h"
+#include "quant_same_bits.h"
 
 static const moe_type iq_types[] = {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4};
 #define N_IQ (sizeof(iq_types) / sizeof(iq_types[0]))
@@ -105,11 +106,6 @@ static void *rand_act(moe_type t, int64_t n)
 	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
 	free(x);
 	return q;
-}
-
-static bool same_float(float a, float b)
-{
-	return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0;
 }
 
 Test(iq4, type_table)
@@ -286,33 +282,9 @@ Test(iq4, reference_matches_dequantised_double)
  * of 8 blocks. */
 static void dots_same_bits(moe_isa level)
 {
-	const int64_t lengths[] = {256, 768, 4096, 32 * 13, 32 * 41, 32 * 7};
-	int checked = 0;
-	for (size_t ti = 0; ti < N_IQ; ti++) {
-		const moe_type t = iq_types[ti];
-		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
-		moe_vec_dot_fn fn = moe_vec_dot_get_isa(t, level);
-		cr_assert(ref != NULL && fn != NULL);
-		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++)
-			for (int sane = 0; sane < 2; sane++) {
-				const int64_t n = lengths[li];
-				if (moe_row_size(t, n) == 0)
-					continue;
-				rng_state = 900 + ti * 100 + li * 2 + (uint64_t)sane;
-				void *w = rand_blocks(t, n, sane), *a = rand_act(t, n);
-				float want = 0, got = 1;
-				ref(n, &want, w, a);
-				fn(n, &got, w, a);
-				cr_assert(same_float(want, got),
-				          "%s %s n=%lld %s: %.9g vs ref %.9g", moe_isa_name(level),
-				          moe_type_get(t)->name, (long long)n,
-				          sane ? "sane" : "random bytes", got, want);
-				checked++;
-				free(a), free(w);
-			}
-	}
-	cr_assert_gt(checked, 0);
-	cr_log_info("%s: %d IQ4/MXFP4 dots equal to the reference", moe_isa_name(level), checked);
+	static const int64_t lengths[] = {256, 768, 4096, 32 * 13, 32 * 41, 32 * 7};
+	qsb_dots(level, iq_types, N_IQ, lengths, sizeof lengths / sizeof lengths[0], false,
+	         rand_blocks, rand_act, &rng_state, "IQ4/MXFP4");
 }
 
 ISA_SIMD_TESTS(iq4, dots_same_bits_as_reference, dots_same_bits)
@@ -322,49 +294,7 @@ ISA_SIMD_TESTS(iq4, dots_same_bits_as_reference, dots_same_bits)
  * or not), one token over 37 rows (the 8 row runs), and on 2 threads. */
 static void matmul_same_bits(moe_isa level)
 {
-	enum { MAXR = 11, MAXT = 19, COLS = 768, LONG_R = 37 };
-	int compared = 0;
-	moe_pool *pool = NULL;
-	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
-	for (size_t ti = 0; ti < N_IQ; ti++)
-		for (int sane = 1; sane >= 0; sane--) {
-			const moe_type t = iq_types[ti];
-			rng_state = 5000 + ti * 2 + (uint64_t)sane;
-			uint8_t *w = rand_blocks(t, (int64_t)LONG_R * COLS, sane);
-			uint8_t *xq = rand_act(t, (int64_t)MAXT * COLS);
-			const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
-			static float want[MAXT * LONG_R], got[MAXT * LONG_R];
-			for (int nr = 1; nr <= LONG_R; nr = nr < MAXR    ? nr + 1
-			                                    : nr == MAXR ? LONG_R
-			                                                 : LONG_R + 1)
-				for (int nt = 1; nt <= MAXT; nt = nr <= MAXR ? nt + 1 : nt + 9) {
-					const int r0 = LONG_R - nr, t0 = MAXT - nt;
-					cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
-					cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr,
-					                          COLS, xq + t0 * as, nt),
-					             MOE_OK);
-					cr_assert_eq(moe_isa_set(level), MOE_OK);
-					cr_assert_eq(moe_matmul_q(nr > MAXR ? pool : NULL, got,
-					                          w + r0 * rs, t, nr, COLS,
-					                          xq + t0 * as, nt),
-					             MOE_OK);
-					for (int k = 0; k < nr * nt; k++)
-						cr_assert(
-						    same_float(want[k], got[k]),
-						    "%s %s %s: %d rows x %d tokens, element %d: "
-						    "%.9g, scalar %.9g",
-						    moe_isa_name(level), moe_type_get(t)->name,
-						    sane ? "sane" : "random bytes", nr, nt, k,
-						    got[k], want[k]);
-					compared += nr * nt;
-				}
-			free(xq);
-			free(w);
-		}
-	moe_pool_destroy(pool);
-	cr_assert_gt(compared, 0);
-	cr_log_info("%s: %d IQ4/MXFP4 elements equal to the scalar level's", moe_isa_name(level),
-	            compared);
+	qsb_matmul(level, iq_types, N_IQ, 768, rand_blocks, rand_act, &rng_state, "IQ4/MXFP4");
 }
 
 ISA_SIMD_TESTS(iq4, matmul_same_bits_as_scalar, matmul_same_bits)
@@ -446,7 +376,7 @@ static void xs_long_rows_same_bits(moe_isa level)
 	cr_assert_eq(moe_isa_set(level), MOE_OK);
 	cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
 	for (int r = 0; r < ROWS; r++)
-		cr_assert(same_float(want[r], got[r]), "%s: row %d: %.9g, scalar %.9g",
+		cr_assert(qsb_same_float(want[r], got[r]), "%s: row %d: %.9g, scalar %.9g",
 		          moe_isa_name(level), r, got[r], want[r]);
 	free(xq);
 	free(w);
