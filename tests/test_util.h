@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -134,6 +135,54 @@ static inline pid_t spawn_ready(const char *cmd, const char *what)
 	}
 	cr_assert(ready, "%s did not start listening", what);
 	return pid;
+}
+
+extern char **environ;
+
+/* A `moemesh serve` the test started: its pid, HTTP port and stderr. */
+typedef struct serve_proc {
+	pid_t pid;
+	int port;
+	FILE *err;
+} serve_proc;
+
+/* Runs `moemesh serve -m model --port 0 --threads 1 ARGS...` (args
+ * NULL-terminated), echoing its stderr until its ready line; asserts that
+ * came (the process killed first).  The caller stops it and reads the rest
+ * of err. */
+static inline serve_proc spawn_serve(const char *model, const char *const *args)
+{
+	const char *argv[32] = {bin(), "serve", "-m", model, "--port", "0", "--threads", "1"};
+	int n = 8;
+	for (int i = 0; args[i] != NULL; i++) {
+		cr_assert_lt(n, 31);
+		argv[n++] = args[i];
+	}
+	argv[n] = NULL;
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+	posix_spawn_file_actions_addclose(&fa, fds[0]);
+	serve_proc s = {0};
+	cr_assert_eq(posix_spawn(&s.pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(fds[1]);
+	s.err = fdopen(fds[0], "r");
+	char line[1024];
+	while (fgets(line, sizeof line, s.err) != NULL) {
+		fputs(line, stderr);
+		const char *p = strstr(line, "listening on http://127.0.0.1:");
+		if (p != NULL)
+			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		if (strstr(line, "moemesh serve: ready") != NULL)
+			return s;
+	}
+	kill(s.pid, SIGKILL);
+	waitpid(s.pid, NULL, 0);
+	cr_assert_fail("the server did not start");
+	return s;
 }
 
 #endif

@@ -67,42 +67,13 @@ static pid_t start_worker(const char *model, const char *sock, int delay_us)
 	return pid;
 }
 
-typedef struct serve {
-	pid_t pid;
-	int port;
-	FILE *err;
-} serve;
+typedef serve_proc serve;
 
 /* `moemesh serve -m model --port 0 --threads 1 ARGS...` until its ready line. */
 static serve start_serve(const char *model, const char *const *args)
 {
-	const char *argv[32] = {bin(), "serve", "-m", model, "--port", "0", "--threads", "1"};
-	int n = 8;
-	for (int i = 0; args[i] != NULL; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	int fds[2];
-	cr_assert_eq(pipe(fds), 0);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-	posix_spawn_file_actions_addclose(&fa, fds[0]);
-	serve s = {0};
-	cr_assert_eq(posix_spawn(&s.pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	close(fds[1]);
+	const serve s = spawn_serve(model, args);
 	track(s.pid);
-	s.err = fdopen(fds[0], "r");
-	char line[1024];
-	while (fgets(line, sizeof line, s.err) != NULL) {
-		fputs(line, stderr);
-		const char *p = strstr(line, "listening on http://127.0.0.1:");
-		if (p != NULL)
-			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
-		if (strstr(line, "moemesh serve: ready") != NULL)
-			return s;
-	}
-	cr_assert_fail("the server did not start");
 	return s;
 }
 
