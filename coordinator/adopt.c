@@ -122,11 +122,10 @@ void moe_clu_union_load(moe_cluster *c)
 			continue;
 		}
 		/* the control socket is the heartbeat thread's while it holds the
-		 * lock (an echo awaited): this window goes on its own counts */
-		if (!moe_clu_ctl_trylock(c, l)) {
-			all = false;
-			continue;
-		}
+		 * lock (an echo awaited, at most a deadline): wait for it, as the
+		 * rebalancer's waiting poll does, so that no window goes without
+		 * the workers' counts for that reason */
+		moe_clu_ctl_lock(c, l);
 		const bool read = read_rows(l, now + (size_t)i * nh, nh, tmo);
 		moe_clu_ctl_unlock(c, l);
 		if (!read) {
