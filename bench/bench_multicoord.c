@@ -11,7 +11,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,53 +82,6 @@ static pid_t start_worker(const char *model, char *url, size_t n, const char *th
 		return -1;
 	}
 	return pid;
-}
-
-typedef struct client {
-	int port, id, n_req, n_tok;
-	long tokens;
-	int errors;
-} client;
-
-static void *client_main(void *arg)
-{
-	client *c = arg;
-	for (int r = 0; r < c->n_req; r++) {
-		char body[512];
-		snprintf(body, sizeof body,
-		         "{\"prompt\":\"In the beginning %d-%d\",\"max_tokens\":%d,"
-		         "\"temperature\":0,\"stream\":true}",
-		         c->id, r, c->n_tok);
-		moe_bsrv_reply rep = {0};
-		if (moe_bsrv_request(&rep, c->port, "/v1/completions", body, NULL, NULL) != 0 ||
-		    rep.status != 200)
-			c->errors++;
-		else
-			c->tokens += rep.tokens;
-		free(rep.body);
-	}
-	return NULL;
-}
-
-/* One level: C clients over the k coordinators' ports; tok/s, or -1. */
-static double run_level(const int *ports, int k, int C, int n_req, int n_tok, int *errors)
-{
-	client cl[MAX_CLIENTS];
-	pthread_t th[MAX_CLIENTS];
-	const double t0 = moe_now_s();
-	for (int i = 0; i < C; i++) {
-		cl[i] = (client){.port = ports[i % k], .id = i, .n_req = n_req, .n_tok = n_tok};
-		if (pthread_create(&th[i], NULL, client_main, &cl[i]) != 0)
-			return -1;
-	}
-	long tokens = 0;
-	for (int i = 0; i < C; i++) {
-		pthread_join(th[i], NULL);
-		tokens += cl[i].tokens;
-		*errors += cl[i].errors;
-	}
-	const double dt = moe_now_s() - t0;
-	return dt > 0 ? (double)tokens / dt : 0;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -223,8 +175,9 @@ int moe_bench_multicoord(int argc, char **argv)
 			if (started == k) {
 				/* one request each first, not measured */
 				int warm_err = 0;
-				(void)run_level(ports, k, k, 1, 8, &warm_err);
-				t = run_level(ports, k, C, n_req, n_tok, &e);
+				(void)moe_bsrv_run_clients(ports, NULL, k, k, 1, 8, &warm_err,
+				                           NULL);
+				t = moe_bsrv_run_clients(ports, NULL, k, C, n_req, n_tok, &e, NULL);
 			}
 			for (int i = 0; i < started; i++)
 				if (moe_bsrv_stop(&srv[i]) != 0)

@@ -25,18 +25,28 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/serve_child.h"
 #include "coordinator/coordinator.h"
 #include "core/core.h"
 #include "proto/proto.h"
 
-enum { MAX_W = 8, MAX_B = 3, MAX_ROUNDS = 9, CTL_PORT = 7070, DATA_PORT = 7071, ECHO_PORT = 7072 };
+enum {
+	MAX_W = 8,
+	MAX_B = 3,
+	MAX_C = 4, /* coordinators (--coordinators) */
+	MAX_ROUNDS = 9,
+	CTL_PORT = 7070,
+	DATA_PORT = 7071,
+	ECHO_PORT = 7072
+};
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: moemesh bench cluster --netns [-m MODEL.gguf] [-n STEPS] [--threads N]\n"
 	           "           [--worker-threads N] [--min-workers N] [--max-workers N]\n"
 	           "           [--batches B,B,..] [--rtt-us US] [--rate RATE] [--rounds N]\n"
-	           "           [--direct] [--no-plan] [--overlap-ab] [-o DIR]\n\n"
+	           "           [--direct] [--no-plan] [--overlap-ab] [-o DIR]\n"
+	           "           [--coordinators K,K,.. [--requests R]]\n\n"
 	           "Runs as root: the coordinator and each worker in a network namespace of its\n"
 	           "own, joined by veth pairs shaped to --rate (tc tbf, default 10gbit); a relay\n"
 	           "in each worker's namespace holds each direction's bytes --rtt-us / 2\n"
@@ -46,8 +56,13 @@ static void usage(FILE *f)
 	           "the median of the rounds' ratios), logits compared\n"
 	           "with one process; with plan's prediction for each row from `moemesh probe`\n"
 	           "figures over the same links (--no-plan: none).  Writes DIR/bench_netns.csv\n"
-	           "and .png (default bench/out).  One coordinator: several sharing the\n"
-	           "workers do not exist yet.  --overlap-ab: instead of the rows, steps with\n"
+	           "and .png (default bench/out).  --coordinators: instead, K `moemesh serve`\n"
+	           "coordinators (each in a namespace of its own, linked to every worker)\n"
+	           "share the workers; --batches are then concurrent streaming clients,\n"
+	           "split between the coordinators, each sending R (2) greedy completions of\n"
+	           "-n (64) tokens; rows against one process and one coordinator, texts\n"
+	           "compared (DIR/bench_netns_coord.csv and .png).  --overlap-ab: instead of the "
+	           "rows, steps with\n"
 	           "and without two micro-batches alternated on --max-workers workers at each\n"
 	           "batch (>= 2): step times, dispatch wait, the share of it hidden\n"
 	           "(DIR/bench_overlap.csv).\n");
@@ -58,7 +73,10 @@ typedef struct nargs {
 	int steps, threads, wthreads, min_workers, max_workers, rtt_us, rounds;
 	int batches[MAX_B], n_batches;
 	bool direct, plan;
-	bool overlap_ab; /* --overlap-ab: only the overlap A/B (bench_overlap.c) */
+	bool overlap_ab;             /* --overlap-ab: only the overlap A/B (bench_overlap.c) */
+	int coords[MAX_C], n_coords; /* --coordinators (0: the in-process rows) */
+	int requests;                /* per client, --coordinators */
+	bool steps_set;              /* -n given */
 } nargs;
 
 typedef struct nrow {
@@ -74,11 +92,12 @@ typedef struct nrow {
 typedef struct setup {
 	int id, n;
 	char exe[4096];
-	char ns_c[32], ns_w[MAX_W][32];
+	int n_c; /* coordinator namespaces */
+	char ns_c[MAX_C][32], ns_w[MAX_W][32];
 	char tmpdir[64], secret[96];
 	pid_t guard, workers[MAX_W + 1], echo;
 	int guard_fd, home_fd;
-	moe_relay *relay[MAX_W][2], *echo_relay;
+	moe_relay *relay[MAX_W][2 * MAX_C], *echo_relay; /* [worker][2 coordinator + port] */
 } setup;
 
 /* Runs a shell command made from fmt; 0 if it exited 0 (else says which). */
@@ -102,9 +121,9 @@ static void teardown_names(const setup *s)
 {
 	char cmd[128];
 	int missing = 0;
-	for (int i = -1; i < s->n; i++) {
+	for (int i = -s->n_c; i < s->n; i++) {
 		snprintf(cmd, sizeof cmd, "ip netns del %s 2>/dev/null",
-		         i < 0 ? s->ns_c : s->ns_w[i]);
+		         i < 0 ? s->ns_c[-1 - i] : s->ns_w[i]);
 		missing += system(cmd) != 0;
 	}
 	(void)missing;
@@ -162,26 +181,42 @@ static int stop_child(pid_t p)
 	return st;
 }
 
+/* Coordinator c's namespace joins worker k (1-based) by a veth pair: v<id>-<k>
+ * (c 0) or v<id>-<k>c<c> on 10.(98+c).k.1, u... on 10.(98+c).k.2 in the
+ * worker's, both ends shaped by tbf. */
 static int make_links(setup *s, const nargs *a)
 {
-	int bad = sh("ip netns add %s && ip -n %s link set lo up", s->ns_c, s->ns_c);
-	for (int i = 0; i < s->n && !bad; i++) {
-		const int k = i + 1;
+	int bad = 0;
+	for (int c = 0; c < s->n_c && !bad; c++)
+		bad |= sh("ip netns add %s && ip -n %s link set lo up", s->ns_c[c], s->ns_c[c]);
+	for (int i = 0; i < s->n && !bad; i++)
 		bad |= sh("ip netns add %s && ip -n %s link set lo up", s->ns_w[i], s->ns_w[i]);
-		bad |= sh("ip link add v%d-%d netns %s type veth peer name u%d-%d netns %s", s->id,
-		          k, s->ns_c, s->id, k, s->ns_w[i]);
-		bad |=
-		    sh("ip -n %s addr add 10.98.%d.1/24 dev v%d-%d && ip -n %s link set v%d-%d up",
-		       s->ns_c, k, s->id, k, s->ns_c, s->id, k);
-		bad |=
-		    sh("ip -n %s addr add 10.98.%d.2/24 dev u%d-%d && ip -n %s link set u%d-%d up",
-		       s->ns_w[i], k, s->id, k, s->ns_w[i], s->id, k);
-		bad |=
-		    sh("ip netns exec %s tc qdisc add dev v%d-%d root tbf rate %s burst 1mb "
-		       "latency 1ms && ip netns exec %s tc qdisc add dev u%d-%d root tbf rate %s "
-		       "burst 1mb latency 1ms",
-		       s->ns_c, s->id, k, a->rate, s->ns_w[i], s->id, k, a->rate);
-	}
+	for (int c = 0; c < s->n_c && !bad; c++)
+		for (int i = 0; i < s->n && !bad; i++) {
+			const int k = i + 1, net = 98 + c;
+			char v[40], u[40]; /* at most 12 characters: a pid has at most 7 digits */
+			if (c == 0) {
+				snprintf(v, sizeof v, "v%d-%d", s->id, k);
+				snprintf(u, sizeof u, "u%d-%d", s->id, k);
+			} else {
+				snprintf(v, sizeof v, "v%d-%dc%d", s->id, k, c);
+				snprintf(u, sizeof u, "u%d-%dc%d", s->id, k, c);
+			}
+			const char *nc = s->ns_c[c], *nw = s->ns_w[i];
+			bad |= sh("ip link add %s netns %s type veth peer name %s netns %s", v, nc,
+			          u, nw);
+			bad |=
+			    sh("ip -n %s addr add 10.%d.%d.1/24 dev %s && ip -n %s link set %s up",
+			       nc, net, k, v, nc, v);
+			bad |=
+			    sh("ip -n %s addr add 10.%d.%d.2/24 dev %s && ip -n %s link set %s up",
+			       nw, net, k, u, nw, u);
+			bad |=
+			    sh("ip netns exec %s tc qdisc add dev %s root tbf rate %s burst 1mb "
+			       "latency 1ms && ip netns exec %s tc qdisc add dev %s root tbf rate "
+			       "%s burst 1mb latency 1ms",
+			       nc, v, a->rate, nw, u, a->rate);
+		}
 	return bad;
 }
 
@@ -211,7 +246,9 @@ static int start_workers(setup *s, const nargs *a)
 	snprintf(dport, sizeof dport, "%d", DATA_PORT);
 	for (int i = 0; i < s->n; i++) {
 		char url[64], name[16];
-		if (a->direct)
+		if (a->direct && s->n_c > 1) /* reached on every coordinator's veth */
+			snprintf(url, sizeof url, "tcp://0.0.0.0:%d", CTL_PORT);
+		else if (a->direct)
 			snprintf(url, sizeof url, "tcp://10.98.%d.2:%d", i + 1, CTL_PORT);
 		else
 			snprintf(url, sizeof url, "tcp://127.0.0.1:%d", CTL_PORT);
@@ -224,15 +261,15 @@ static int start_workers(setup *s, const nargs *a)
 			return 1;
 		if (a->direct)
 			continue;
-		/* the relays: the coordinator dials 10.98.k.2, the worker listens on
-		 * its namespace's loopback */
-		for (int j = 0; j < 2; j++) {
+		/* the relays: coordinator c dials 10.(98+c).k.2, the worker listens
+		 * on its namespace's loopback */
+		for (int j = 0; j < 2 * s->n_c; j++) {
 			char host[32];
-			snprintf(host, sizeof host, "10.98.%d.2", i + 1);
+			snprintf(host, sizeof host, "10.%d.%d.2", 98 + j / 2, i + 1);
 			const moe_relay_opts ro = {.listen_host = host,
-			                           .listen_port = (uint16_t)(CTL_PORT + j),
+			                           .listen_port = (uint16_t)(CTL_PORT + j % 2),
 			                           .to_host = "127.0.0.1",
-			                           .to_port = (uint16_t)(CTL_PORT + j),
+			                           .to_port = (uint16_t)(CTL_PORT + j % 2),
 			                           .netns = s->ns_w[i],
 			                           .hold_us = a->rtt_us / 2};
 			if (moe_relay_create(&s->relay[i][j], &ro) != MOE_OK) {
@@ -321,38 +358,50 @@ static int measure_figures(figures *fg, setup *s, const nargs *a)
 	return bad;
 }
 
-/* Plan's decode estimate for w workers at batch B (the rows' cluster). */
-static void predict(nrow *r, const moe_model *m, const nargs *a, const figures *fg, char urls[][64])
+/* Plan's decode estimate for w workers at batch B per coordinator, nc
+ * coordinators (<= 1: one) each stepping its own batch: out[] = aggregate
+ * tok/s, coordinator, network and worker us per layer; all -1 where plan
+ * has no answer. */
+static void predict(double out[4], const moe_model *m, const nargs *a, const figures *fg,
+                    char urls[][64], int w, int B, int nc)
 {
-	r->p_tok_s = r->p_coord_us = r->p_net_us = r->p_worker_us = -1;
+	out[0] = out[1] = out[2] = out[3] = -1;
 	moe_plan *p = malloc(sizeof *p);
-	moe_cluster_opts co = {.n_urls = r->workers};
+	moe_cluster_opts co = {.n_urls = w};
 	/* the boxes share this machine: a worker's bandwidth is one worker's
 	 * threads' triad, but no more than the coordinator's threads' over the
-	 * workers (README "Planning a cluster") */
+	 * workers (README "Planning a cluster"); and where the nc coordinators'
+	 * (or the w workers') threads outnumber the cores, each gets its share
+	 * of them, as in plan's lock step all of them compute at once */
+	const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	const int k = nc > 1 ? nc : 1;
+	const double cpus = ncpu > 0 ? (double)ncpu : 1;
+	const double fc = k * a->threads > cpus ? cpus / (k * a->threads) : 1;
+	const double fw = w * a->wthreads > cpus ? cpus / (w * a->wthreads) : 1;
 	double wbw = fg->wbw;
-	if (r->workers > 0 && fg->bw / r->workers < wbw)
-		wbw = fg->bw / r->workers;
-	for (int i = 0; i < r->workers; i++) {
+	if (w > 0 && fg->bw / w < wbw)
+		wbw = fg->bw / w;
+	for (int i = 0; i < w; i++) {
 		co.urls[i] = urls[i];
-		co.bw[i] = wbw;
-		co.gops[i] = fg->wgops;
+		co.bw[i] = wbw * fw;
+		co.gops[i] = fg->wgops * fw;
 		co.rtt_us[i] = fg->rtt_us;
 		co.net_bps[i] = fg->net;
 	}
-	co.coord_bw = fg->bw;
-	co.coord_gops = fg->gops;
+	co.coord_bw = fg->bw * fc;
+	co.coord_gops = fg->gops * fc;
 	moe_plan_opts po;
 	moe_plan_opts_default(&po);
 	po.n_ctx = a->steps + 8;
-	po.n_parallel = r->batch;
-	po.batches[0] = r->batch;
+	po.n_parallel = B;
+	po.batches[0] = B;
+	po.n_coordinators = w > 0 ? k : 0;
 	if (p && moe_plan_compute(p, m, &co, &po) == MOE_OK && p->speed[0].step_s > 0) {
 		const double L = p->n_layer;
-		r->p_tok_s = p->speed[0].tok_s_total;
-		r->p_coord_us = p->speed[0].coord_s * 1e6 / L;
-		r->p_net_us = p->speed[0].net_s * 1e6 / L;
-		r->p_worker_us = p->speed[0].workers_s * 1e6 / L;
+		out[0] = p->speed[0].tok_s_total;
+		out[1] = p->speed[0].coord_s * 1e6 / L;
+		out[2] = p->speed[0].net_s * 1e6 / L;
+		out[3] = p->speed[0].workers_s * 1e6 / L;
 	}
 	free(p);
 }
@@ -511,6 +560,21 @@ static int cmp_row_tok(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+/* "N,N,..": at most max numbers in [lo, hi]; 0, or 1 when malformed. */
+static int parse_list(int *out, int *n, int max, const char *v, long lo, long hi)
+{
+	*n = 0;
+	for (const char *p = v; *p;) {
+		char *end;
+		const long b = strtol(p, &end, 10);
+		if (end == p || b < lo || b > hi || *n == max || (*end != ',' && *end != '\0'))
+			return 1;
+		out[(*n)++] = (int)b;
+		p = *end ? end + 1 : end;
+	}
+	return *n == 0;
+}
+
 static int parse(nargs *a, int argc, char **argv)
 {
 	int bad = 0;
@@ -537,13 +601,18 @@ static int parse(nargs *a, int argc, char **argv)
 		i++;
 		if (strcmp(s, "-m") == 0)
 			a->model = v;
+		else if (strcmp(s, "--requests") == 0)
+			bad |= moe_parse_int(&a->requests, v, 1, 1000);
+		else if (strcmp(s, "--coordinators") == 0)
+			bad |= parse_list(a->coords, &a->n_coords, MAX_C, v, 1, MAX_C);
 		else if (strcmp(s, "-o") == 0)
 			a->dir = v;
 		else if (strcmp(s, "--rate") == 0)
 			bad |= strspn(v, "0123456789.kmgitbpsKMGT") != strlen(v) || !*v;
-		else if (strcmp(s, "-n") == 0)
+		else if (strcmp(s, "-n") == 0) {
 			bad |= moe_parse_int(&a->steps, v, 1, 100000);
-		else if (strcmp(s, "--threads") == 0)
+			a->steps_set = true;
+		} else if (strcmp(s, "--threads") == 0)
 			bad |= moe_parse_int(&a->threads, v, 1, 1024);
 		else if (strcmp(s, "--worker-threads") == 0)
 			bad |= moe_parse_int(&a->wthreads, v, 1, 1024);
@@ -555,20 +624,9 @@ static int parse(nargs *a, int argc, char **argv)
 			bad |= moe_parse_int(&a->rtt_us, v, 0, 1000000);
 		else if (strcmp(s, "--rounds") == 0)
 			bad |= moe_parse_int(&a->rounds, v, 1, MAX_ROUNDS);
-		else if (strcmp(s, "--batches") == 0) {
-			const char *p = v;
-			a->n_batches = 0;
-			while (!bad && *p) {
-				char *end;
-				const long b = strtol(p, &end, 10);
-				bad |= end == p || b < 1 || b > 64 || a->n_batches == MAX_B ||
-				       (*end != ',' && *end != '\0');
-				if (!bad)
-					a->batches[a->n_batches++] = (int)b;
-				p = *end ? end + 1 : end;
-			}
-			bad |= a->n_batches == 0;
-		} else
+		else if (strcmp(s, "--batches") == 0)
+			bad |= parse_list(a->batches, &a->n_batches, MAX_B, v, 1, 64);
+		else
 			return 1;
 		if (strcmp(s, "--rate") == 0 && !bad)
 			a->rate = v;
@@ -653,9 +711,13 @@ static int sweep(nrow *rows, int *n_rows, const nargs *a, moe_model *m, const se
 			}
 			qsort(ratio, (size_t)a->rounds, sizeof *ratio, cmp_double);
 			r->pct = 100.0 * ratio[a->rounds / 2];
-			r->p_tok_s = r->p_coord_us = r->p_net_us = r->p_worker_us = -1;
+			double pl[4] = {-1, -1, -1, -1};
 			if (a->plan)
-				predict(r, m, a, fg, urls);
+				predict(pl, m, a, fg, urls, r->workers, r->batch, 1);
+			r->p_tok_s = pl[0];
+			r->p_coord_us = pl[1];
+			r->p_net_us = pl[2];
+			r->p_worker_us = pl[3];
 		}
 	}
 	return 0;
@@ -714,6 +776,271 @@ static int report(const nrow *rows, int n, const nargs *a)
 	return same ? 0 : 1;
 }
 
+/* ---- several coordinators: `moemesh serve` in each namespace ------------------------- */
+
+/* One row of the --coordinators sweep: c coordinators (0: one process, no
+ * workers) over w workers, C concurrent clients. */
+typedef struct crow {
+	int coords, workers, clients;
+	double tok_s; /* the median round's */
+	double pct;   /* of one process at C clients: median of the rounds' ratios */
+	double x_one; /* of one coordinator (same w, C): median ratio; 0 for c <= 1 */
+	uint64_t fnv; /* the texts' (moe_bsrv_run_clients) */
+	bool fnv_varies;
+	int errors;     /* over the rounds */
+	double p_tok_s; /* plan's aggregate, < 0 none */
+} crow;
+
+/* Starts k `moemesh serve` (k 0: one, without workers) in the first k
+ * coordinator namespaces, w workers each, C clients' worth of --parallel;
+ * runs the level and stops them.  0, or 1 after saying what failed. */
+static int serve_level(double *tok_s, uint64_t *fnv, int *errors, const nargs *a, const setup *s,
+                       int k, int w, int C)
+{
+	const int ns = k > 0 ? k : 1;
+	char urls[MAX_W][64], par[16], thr[16];
+	snprintf(par, sizeof par, "%d", (C + ns - 1) / ns);
+	snprintf(thr, sizeof thr, "%d", a->threads);
+	moe_bsrv_child srv[MAX_C] = {0};
+	int ports[MAX_C], fds[MAX_C], started = 0, bad = 0;
+	for (int c = 0; c < ns; c++)
+		fds[c] = -1;
+	for (; started < ns && !bad; started++) {
+		const char *extra[2 * MAX_W + 12];
+		int n = 0;
+		for (int i = 0; i < w; i++) {
+			snprintf(urls[i], sizeof urls[i], "tcp://10.%d.%d.2:%d", 98 + started,
+			         i + 1, CTL_PORT);
+			extra[n++] = "--worker";
+			extra[n++] = urls[i];
+		}
+		if (w > 0) {
+			extra[n++] = "--secret-file";
+			extra[n++] = s->secret;
+		}
+		const char *rest[] = {"--parallel", par, "--ctx", "512", "--threads", thr, NULL};
+		memcpy(&extra[n], rest, sizeof rest);
+		char path[96];
+		snprintf(path, sizeof path, "/var/run/netns/%s", s->ns_c[started]);
+		fds[started] = open(path, O_RDONLY | O_CLOEXEC);
+		/* the child is forked from this thread, in its namespace */
+		if (fds[started] < 0 || enter_netns(s->ns_c[started]) ||
+		    moe_bsrv_start(&srv[started], a->model, extra) != 0) {
+			fprintf(stderr, "bench cluster --netns: coordinator %d did not start\n",
+			        started + 1);
+			bad = 1;
+			break;
+		}
+		ports[started] = srv[started].port;
+	}
+	bad |= enter_netns(s->ns_c[0]);
+	*tok_s = -1;
+	if (!bad) {
+		int warm = 0; /* a request each first, not measured */
+		(void)moe_bsrv_run_clients(ports, fds, ns, ns, 1, 8, &warm, NULL);
+		*tok_s =
+		    moe_bsrv_run_clients(ports, fds, ns, C, a->requests, a->steps, errors, fnv);
+		bad = *tok_s < 0;
+	}
+	for (int c = 0; c < started; c++)
+		if (moe_bsrv_stop(&srv[c]) != 0)
+			bad = 1;
+	for (int c = 0; c < ns; c++)
+		if (fds[c] >= 0)
+			close(fds[c]);
+	return bad;
+}
+
+static int cmp_crow_tok(const void *x, const void *y)
+{
+	const double a = ((const crow *)x)->tok_s, b = ((const crow *)y)->tok_s;
+	return a < b ? -1 : a > b;
+}
+
+/* The median over the rounds of runs[rd].tok_s / ref[rd].tok_s. */
+static double median_ratio(const crow *runs, const crow *ref, int rounds)
+{
+	double ratio[MAX_ROUNDS];
+	for (int rd = 0; rd < rounds; rd++)
+		ratio[rd] = ref[rd].tok_s > 0 ? runs[rd].tok_s / ref[rd].tok_s : 0;
+	qsort(ratio, (size_t)rounds, sizeof *ratio, cmp_double);
+	return ratio[rounds / 2];
+}
+
+/* The --coordinators sweep: per clients level, one process, then per
+ * workers count each coordinators count (in the order asked, reversed every
+ * other round: the VM's speed drifts); rows are the medians.  0, or 1 after
+ * saying what failed. */
+static int sweep_coords(crow *rows, int *n_rows, const nargs *a, const moe_model *m, const setup *s,
+                        const figures *fg)
+{
+	/* [clients][0: one process, 1 + workers index * n_coords + coords index][round] */
+	static crow runs[MAX_B][1 + MAX_W * MAX_C][MAX_ROUNDS];
+	const int nw = 1 + a->max_workers - a->min_workers, per = 1 + nw * a->n_coords;
+	for (int rd = 0; rd < a->rounds; rd++)
+		for (int bi = 0; bi < a->n_batches; bi++)
+			for (int li = 0; li < per; li++) {
+				const int C = a->batches[bi];
+				int w = 0, k = 0, slot = 0;
+				if (li > 0) {
+					const int wi = (li - 1) / a->n_coords,
+					          o = (li - 1) % a->n_coords;
+					const int ci = rd % 2 ? a->n_coords - 1 - o : o;
+					w = a->min_workers + wi;
+					k = a->coords[ci];
+					slot = 1 + wi * a->n_coords + ci;
+				}
+				crow *r = &runs[bi][slot][rd];
+				*r = (crow){.coords = k, .workers = w, .clients = C, .tok_s = -1};
+				if (k > C) /* a coordinator would have no client */
+					continue;
+				if (serve_level(&r->tok_s, &r->fnv, &r->errors, a, s, k, w, C) != 0)
+					return 1;
+				fprintf(stderr,
+				        "  round %d: %d coordinators, %d workers, %d clients: %.1f "
+				        "tok/s%s\n",
+				        rd + 1, k, w, C, r->tok_s,
+				        r->errors ? " (failed requests)" : "");
+			}
+	char urls[MAX_W][64];
+	for (int i = 0; i < MAX_W; i++)
+		snprintf(urls[i], sizeof urls[i], "tcp://10.98.%d.2:%d", i + 1, CTL_PORT);
+	*n_rows = 0;
+	for (int bi = 0; bi < a->n_batches; bi++)
+		for (int slot = 0; slot < per; slot++) {
+			const crow *rs = runs[bi][slot];
+			if (rs[0].coords > rs[0].clients)
+				continue;
+			crow sorted[MAX_ROUNDS];
+			memcpy(sorted, rs, (size_t)a->rounds * sizeof *sorted);
+			qsort(sorted, (size_t)a->rounds, sizeof *sorted, cmp_crow_tok);
+			crow *r = &rows[(*n_rows)++];
+			*r = sorted[a->rounds / 2];
+			r->errors = 0;
+			for (int rd = 0; rd < a->rounds; rd++) {
+				r->fnv_varies |= rs[rd].fnv != r->fnv;
+				r->errors += rs[rd].errors;
+			}
+			r->pct = 100.0 * median_ratio(rs, runs[bi][0], a->rounds);
+			/* one coordinator over the same workers: the slot of coords 1 */
+			r->x_one = 0;
+			for (int ci = 0; slot > 0 && ci < a->n_coords; ci++)
+				if (a->coords[ci] == 1 && r->coords > 1)
+					r->x_one = median_ratio(
+					    rs, runs[bi][slot - (slot - 1) % a->n_coords + ci],
+					    a->rounds);
+			double pl[4] = {-1, -1, -1, -1};
+			if (a->plan)
+				predict(pl, m, a, fg, urls, r->workers,
+				        (r->clients + (r->coords > 1 ? r->coords : 1) - 1) /
+				            (r->coords > 1 ? r->coords : 1),
+				        r->coords);
+			r->p_tok_s = pl[0];
+		}
+	return 0;
+}
+
+static void plot_coords(const char *dir, const char *csv, const nargs *a)
+{
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		printf("gnuplot not found: no plot\n");
+		return;
+	}
+	char script[1024], png[1024], cmd[2300];
+	snprintf(script, sizeof script, "%s/bench_netns_coord.gp", dir);
+	snprintf(png, sizeof png, "%s/bench_netns_coord.png", dir);
+	FILE *f = fopen(script, "w");
+	if (f == NULL)
+		return;
+	fprintf(f,
+	        "set terminal pngcairo size 1200,500 noenhanced\n"
+	        "set output '%s'\nset datafile separator ','\nset multiplot layout 1,2\n"
+	        "set title 'aggregate tok/s, %d workers, %s links, %d us round trip (dashed: "
+	        "plan)'\nset xlabel 'concurrent clients'\nset ylabel 'tok/s'\nset key top left\n"
+	        "set grid\nset logscale x 2\nplot ",
+	        png, a->max_workers, a->rate, a->direct ? 0 : a->rtt_us);
+	fprintf(f, "'%s' using 3:($1==0?$5:1/0) with linespoints lc 0 title 'one process'", csv);
+	for (int ci = 0; ci < a->n_coords; ci++)
+		fprintf(f,
+		        ", '' using 3:($1==%d&&$2==%d?$5:1/0) with linespoints lc %d title '%d "
+		        "coordinator%s', '' using 3:($1==%d&&$2==%d&&$9>0?$9:1/0) with lines dt 2 "
+		        "lc %d notitle",
+		        a->coords[ci], a->max_workers, ci + 1, a->coords[ci],
+		        a->coords[ci] > 1 ? "s" : "", a->coords[ci], a->max_workers, ci + 1);
+	fprintf(f, "\nset title '%% of one process'\nset ylabel '%%'\nset yrange [0:*]\nplot ");
+	for (int ci = 0; ci < a->n_coords; ci++)
+		fprintf(f,
+		        "%s'%s' using 3:($1==%d&&$2==%d?$6:1/0) with linespoints lc %d title '%d "
+		        "coordinator%s'",
+		        ci ? ", " : "", csv, a->coords[ci], a->max_workers, ci + 1, a->coords[ci],
+		        a->coords[ci] > 1 ? "s" : "");
+	fprintf(f, "\nunset multiplot\n");
+	fclose(f);
+	snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", script);
+	if (system(cmd) == 0)
+		printf("plot: %s\n", png);
+	else
+		printf("gnuplot failed: no plot\n");
+}
+
+/* The table, DIR/bench_netns_coord.csv and .png; 0 when every row's texts
+ * are one process's and no request failed. */
+static int report_coords(const crow *rows, int n, const nargs *a)
+{
+	printf("%6s %7s %7s %9s %9s %10s %10s %9s %6s %s\n", "coords", "workers", "clients",
+	       "tok/s", "% of 1p", "x of 1 co", "plan tok/s", "meas/plan", "errors", "texts");
+	bool same = true;
+	int errors = 0;
+	const crow *one = NULL;
+	for (int i = 0; i < n; i++) {
+		const crow *r = &rows[i];
+		if (r->coords == 0)
+			one = r;
+		const bool ok = one && one->clients == r->clients && r->fnv == one->fnv &&
+		                !r->fnv_varies && !one->fnv_varies;
+		same &= ok;
+		errors += r->errors;
+		char x[16] = "-", pt[16] = "-", ratio[16] = "-";
+		if (r->x_one > 0)
+			snprintf(x, sizeof x, "%.2f", r->x_one);
+		if (r->p_tok_s > 0) {
+			snprintf(pt, sizeof pt, "%.1f", r->p_tok_s);
+			snprintf(ratio, sizeof ratio, "%.2f", r->tok_s / r->p_tok_s);
+		}
+		printf("%6d %7d %7d %9.1f %9.1f %10s %10s %9s %6d %s\n", r->coords, r->workers,
+		       r->clients, r->tok_s, r->pct, x, pt, ratio, r->errors,
+		       r->coords == 0 ? (r->fnv_varies ? "VARY" : "reference")
+		       : ok           ? "identical"
+		                      : "DIFFER");
+	}
+	char csv[1024];
+	mkdir(a->dir, 0755);
+	snprintf(csv, sizeof csv, "%s/bench_netns_coord.csv", a->dir);
+	FILE *f = fopen(csv, "w");
+	if (f == NULL) {
+		fprintf(stderr, "bench cluster --netns: cannot write %s\n", csv);
+		return 1;
+	}
+	fprintf(f, "coordinators,workers,clients,rtt_us,tok_s,pct_of_one_process,"
+	           "x_of_one_coordinator,errors,plan_tok_s,text_fnv\n");
+	for (int i = 0; i < n; i++) {
+		const crow *r = &rows[i];
+		fprintf(f, "%d,%d,%d,%d,%.2f,%.1f,%.3f,%d,%.2f,%016llx\n", r->coords, r->workers,
+		        r->clients, a->direct ? -1 : a->rtt_us, r->tok_s, r->pct, r->x_one,
+		        r->errors, r->p_tok_s, (unsigned long long)r->fnv);
+	}
+	fclose(f);
+	printf("csv: %s\n", csv);
+	plot_coords(a->dir, csv, a);
+	printf("texts: %s\n", same ? "every row identical to one process" : "DIFFER");
+	for (int i = 0; i < n; i++)
+		if (rows[i].x_one > 0)
+			printf("coord%d_x_of_one_w%d_c%d=%.3f ", rows[i].coords, rows[i].workers,
+			       rows[i].clients, rows[i].x_one);
+	printf("texts_identical=%d failed_requests=%d\n", same, errors);
+	return same && errors == 0 ? 0 : 1;
+}
+
 int moe_bench_cluster_netns(int argc, char **argv)
 {
 	nargs a = {.model = "models/kjv-qwen3next-Q4_K_M.gguf",
@@ -724,13 +1051,23 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	           .max_workers = 2,
 	           .rtt_us = 100,
 	           .rounds = 1,
+	           .requests = 2,
 	           .batches = {1, 4, 16},
 	           .n_batches = 3,
 	           .plan = true};
-	const int pr = parse(&a, argc, argv);
+	int pr = parse(&a, argc, argv);
+	if (pr == 0 && a.n_coords > 0 && a.overlap_ab)
+		pr = 1; /* one or the other */
 	if (pr != 0) {
 		usage(pr < 0 ? stdout : stderr);
 		return pr < 0 ? 0 : 2;
+	}
+	if (a.n_coords > 0 && !a.steps_set)
+		a.steps = 64; /* tokens per request */
+	if (a.n_coords > 0 && a.steps > 400) {
+		fprintf(stderr, "moemesh bench cluster --netns: --coordinators: -n is at most 400 "
+		                "tokens per request\n");
+		return 2;
 	}
 	const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	if (a.threads == 0)
@@ -764,7 +1101,12 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	s->n = a.max_workers;
 	s->guard_fd = s->home_fd = -1;
 	const ssize_t el = readlink("/proc/self/exe", s->exe, sizeof s->exe - 1);
-	snprintf(s->ns_c, sizeof s->ns_c, "moeb%d-c", s->id);
+	s->n_c = 1;
+	for (int i = 0; i < a.n_coords; i++)
+		s->n_c = a.coords[i] > s->n_c ? a.coords[i] : s->n_c;
+	for (int c = 0; c < s->n_c; c++)
+		snprintf(s->ns_c[c], sizeof s->ns_c[c], c ? "moeb%d-c%d" : "moeb%d-c", s->id,
+		         c + 1);
 	for (int i = 0; i < s->n; i++)
 		snprintf(s->ns_w[i], sizeof s->ns_w[i], "moeb%d-w%d", s->id, i + 1);
 	snprintf(s->tmpdir, sizeof s->tmpdir, "/tmp/moemesh-netns-XXXXXX");
@@ -786,12 +1128,15 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	close(gp[0]);
 	s->guard_fd = gp[1];
 	s->home_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-	printf("namespaces: %s", s->ns_c);
+	printf("namespaces:");
+	for (int c = 0; c < s->n_c; c++)
+		printf(" %s", s->ns_c[c]);
 	for (int i = 0; i < s->n; i++)
 		printf(" %s", s->ns_w[i]);
 	printf("\n");
 	fflush(stdout);
-	if (make_links(s, &a) || write_secret(s) || start_workers(s, &a) || enter_netns(s->ns_c)) {
+	if (make_links(s, &a) || write_secret(s) || start_workers(s, &a) ||
+	    enter_netns(s->ns_c[0])) {
 		fprintf(stderr,
 		        "moemesh bench cluster --netns: setting up the namespaces failed\n");
 		goto out_setup;
@@ -801,9 +1146,9 @@ int moe_bench_cluster_netns(int argc, char **argv)
 		fprintf(stderr, "moemesh bench cluster --netns: moemesh probe failed\n");
 		goto out_setup;
 	}
-	printf("model %s, %d decode steps, links %s with %s, coordinator %d threads, workers %d "
+	printf("model %s, %d %s, links %s with %s, coordinator %d threads, workers %d "
 	       "threads each\n",
-	       a.model, a.steps, a.rate,
+	       a.model, a.steps, a.n_coords ? "tokens per request" : "decode steps", a.rate,
 	       a.direct ? "no relay" : "a relay holding each direction rtt/2", a.threads,
 	       a.wthreads);
 	if (a.direct)
@@ -827,6 +1172,15 @@ int moe_bench_cluster_netns(int argc, char **argv)
 		rc = overlap_ab(&a, m, s);
 		goto out_setup;
 	}
+	if (a.n_coords > 0) { /* several coordinators: serve in each namespace */
+		static crow crows[MAX_B * (1 + MAX_W * MAX_C)];
+		if (sweep_coords(crows, &n_rows, &a, m, s, &fg) != 0)
+			goto out_setup;
+		if (getloadavg(load, 3) > 0)
+			printf("load average after: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
+		rc = report_coords(crows, n_rows, &a);
+		goto out_setup;
+	}
 	if (sweep(rows, &n_rows, &a, m, s, &fg) != 0)
 		goto out_setup;
 	if (getloadavg(load, 3) > 0)
@@ -845,7 +1199,7 @@ out_setup:
 	moe_relay_destroy(s->echo_relay);
 	stop_child(s->echo);
 	for (int i = 0; i < s->n; i++)
-		for (int j = 0; j < 2; j++)
+		for (int j = 0; j < 2 * MAX_C; j++)
 			moe_relay_destroy(s->relay[i][j]);
 	for (int i = 0; i < s->n; i++) {
 		const int st = stop_child(s->workers[i]);

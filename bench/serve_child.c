@@ -9,8 +9,11 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -18,6 +21,9 @@
 #include <unistd.h>
 
 extern char **environ;
+
+enum { MAX_CLIENTS = 256 };
+static const uint64_t FNV_BASIS = 1469598103934665603ull, FNV_PRIME = 1099511628211ull;
 
 int moe_bsrv_lat_add(moe_bsrv_lat *l, double x)
 {
@@ -81,6 +87,8 @@ static int stream_line(moe_bsrv_reply *r, const char *line, int (*on_text)(void 
 	int go = 1;
 	if (cJSON_IsString(t) && t->valuestring[0] != '\0') {
 		r->chunks++;
+		for (const char *c = t->valuestring; *c; c++)
+			r->text_fnv = (r->text_fnv ^ (uint8_t)*c) * FNV_PRIME;
 		if (on_text != NULL)
 			go = on_text(arg, moe_now_s());
 	}
@@ -93,7 +101,7 @@ static int stream_line(moe_bsrv_reply *r, const char *line, int (*on_text)(void 
 int moe_bsrv_request(moe_bsrv_reply *r, int port, const char *path, const char *body,
                      int (*on_text)(void *arg, double now), void *arg)
 {
-	*r = (moe_bsrv_reply){0};
+	*r = (moe_bsrv_reply){.text_fnv = FNV_BASIS};
 	const size_t nb = strlen(body);
 	char head[512];
 	const int nh = snprintf(head, sizeof head,
@@ -163,6 +171,89 @@ int moe_bsrv_request(moe_bsrv_reply *r, int port, const char *path, const char *
 		r->body = buf;
 	}
 	return rc;
+}
+
+typedef struct client {
+	int port, netns_fd, id, n_req, n_tok;
+	long tokens;
+	int errors;
+	bool ns_failed;
+	uint64_t *fnv; /* n_req entries: each request's text_fnv */
+} client;
+
+static void *client_main(void *arg)
+{
+	client *c = arg;
+	if (c->netns_fd >= 0 && setns(c->netns_fd, CLONE_NEWNET) != 0) {
+		c->ns_failed = true;
+		return NULL;
+	}
+	for (int r = 0; r < c->n_req; r++) {
+		char body[512];
+		snprintf(body, sizeof body,
+		         "{\"prompt\":\"In the beginning %d-%d\",\"max_tokens\":%d,"
+		         "\"temperature\":0,\"stream\":true}",
+		         c->id, r, c->n_tok);
+		moe_bsrv_reply rep = {0};
+		if (moe_bsrv_request(&rep, c->port, "/v1/completions", body, NULL, NULL) != 0 ||
+		    rep.status != 200)
+			c->errors++;
+		else
+			c->tokens += rep.tokens;
+		c->fnv[r] = rep.text_fnv;
+		free(rep.body);
+	}
+	return NULL;
+}
+
+double moe_bsrv_run_clients(const int *ports, const int *netns_fd, int k, int n_clients, int n_req,
+                            int n_tok, int *errors, uint64_t *text_fnv)
+{
+	if (k < 1 || n_clients < 1 || n_clients > MAX_CLIENTS || n_req < 1)
+		return -1;
+	client *cl = calloc((size_t)n_clients, sizeof *cl);
+	pthread_t *th = calloc((size_t)n_clients, sizeof *th);
+	uint64_t *fnv = calloc((size_t)n_clients * (size_t)n_req, sizeof *fnv);
+	double rate = -1;
+	int started = 0;
+	if (cl == NULL || th == NULL || fnv == NULL)
+		goto out_free;
+	const double t0 = moe_now_s();
+	for (; started < n_clients; started++) {
+		const int i = started;
+		cl[i] = (client){.port = ports[i % k],
+		                 .netns_fd = netns_fd ? netns_fd[i % k] : -1,
+		                 .id = i,
+		                 .n_req = n_req,
+		                 .n_tok = n_tok,
+		                 .fnv = &fnv[(size_t)i * (size_t)n_req]};
+		if (pthread_create(&th[i], NULL, client_main, &cl[i]) != 0)
+			break;
+	}
+	long tokens = 0;
+	bool ns_failed = false;
+	for (int i = 0; i < started; i++) {
+		pthread_join(th[i], NULL);
+		tokens += cl[i].tokens;
+		*errors += cl[i].errors;
+		ns_failed |= cl[i].ns_failed;
+	}
+	const double dt = moe_now_s() - t0;
+	if (started < n_clients || ns_failed)
+		goto out_free;
+	rate = dt > 0 ? (double)tokens / dt : 0;
+	if (text_fnv != NULL) {
+		uint64_t h = FNV_BASIS;
+		for (size_t i = 0; i < (size_t)n_clients * (size_t)n_req; i++)
+			for (int b = 0; b < 8; b++)
+				h = (h ^ ((fnv[i] >> (8 * b)) & 0xff)) * FNV_PRIME;
+		*text_fnv = h;
+	}
+out_free:
+	free(fnv);
+	free(th);
+	free(cl);
+	return rate;
 }
 
 int moe_bsrv_start(moe_bsrv_child *s, const char *model, const char *const *extra)

@@ -8,6 +8,7 @@
 #define MOE_BENCH_SERVE_CHILD_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
 
@@ -28,13 +29,14 @@ int moe_bsrv_warm_file(const char *path);
 
 /* What one HTTP request got back (moe_bsrv_request). */
 typedef struct moe_bsrv_reply {
-	int status;      /* the HTTP status, 0 if no status line arrived */
-	double t_status; /* seconds from connect to the status line */
-	int chunks;      /* streamed data chunks that carried text */
-	long tokens;     /* usage.completion_tokens, where a chunk or body had it */
-	int done;        /* a stream ended with data: [DONE] */
-	int cut;         /* on_text asked to stop: the connection was closed early */
-	char *body;      /* the whole body, NUL-terminated (malloc'd; free it) */
+	int status;        /* the HTTP status, 0 if no status line arrived */
+	double t_status;   /* seconds from connect to the status line */
+	int chunks;        /* streamed data chunks that carried text */
+	long tokens;       /* usage.completion_tokens, where a chunk or body had it */
+	int done;          /* a stream ended with data: [DONE] */
+	int cut;           /* on_text asked to stop: the connection was closed early */
+	uint64_t text_fnv; /* FNV-1a 64 over the streamed text's bytes, in order */
+	char *body;        /* the whole body, NUL-terminated (malloc'd; free it) */
 } moe_bsrv_reply;
 
 /* POSTs body (JSON) to path at 127.0.0.1:port over HTTP/1.0 and reads the
@@ -46,6 +48,20 @@ typedef struct moe_bsrv_reply {
  * -1 on a connection or memory error (r holds what arrived). Thread-safe. */
 int moe_bsrv_request(moe_bsrv_reply *r, int port, const char *path, const char *body,
                      int (*on_text)(void *arg, double now), void *arg);
+
+/* One load level (bench multicoord, bench cluster --netns --coordinators):
+ * n_clients threads, client i sending n_req streamed greedy completions of
+ * n_tok tokens (prompt "In the beginning I-R", so each request's text
+ * depends on the client and request only) to 127.0.0.1:ports[i % k] in the
+ * network namespace opened as netns_fd[i % k] (netns_fd NULL, or an entry
+ * < 0: the caller's).  Returns the completion tokens per second of the
+ * level's wall time, or -1 if a thread could not start or enter its
+ * namespace.  *errors is incremented per request that failed or did not
+ * answer 200; *text_fnv (may be NULL) gets an FNV-1a over every request's
+ * text_fnv in (client, request) order: equal for equal texts however the
+ * requests were spread.  At most 256 clients.  Thread-safe. */
+double moe_bsrv_run_clients(const int *ports, const int *netns_fd, int k, int n_clients, int n_req,
+                            int n_tok, int *errors, uint64_t *text_fnv);
 
 /* A `moemesh serve` child: its pid, HTTP port and stderr (read to the
  * "ready" line by start, drained by stop). */

@@ -3,7 +3,9 @@
  * passes bytes on intact both ways (more than its ring holds, with the EOF
  * after them) and holds each direction at least as long as asked; as root, a
  * tiny sweep over namespaces gives the CSV with its columns and the logits of
- * one process, and leaves no namespace behind, also when interrupted.
+ * one process, and leaves no namespace behind, also when interrupted; two
+ * `serve` coordinators in namespaces of their own sharing two workers give
+ * the texts of one process.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -216,6 +218,57 @@ Test(netns, tiny_sweep_gives_the_csv_and_the_logits_of_one_process, .timeout = 1
 	fclose(f);
 	cr_assert_eq(rows, 2);
 	cr_assert_str_eq(fnv[1], fnv[0], "one worker over the namespaces' links: other logits");
+	sh("rm -rf %s", dir);
+}
+
+Test(netns, two_coordinators_over_the_links_give_the_texts_of_one_process, .timeout = 180)
+{
+	if (!can_netns()) {
+		cr_skip_test("needs root, ip and tc, and network namespaces");
+		return;
+	}
+	char model[1024], dir[64], out[128], csv[128];
+	snprintf(dir, sizeof dir, "/tmp/moe-netns-co-%d", (int)getpid());
+	snprintf(out, sizeof out, "%s/out.txt", dir);
+	snprintf(csv, sizeof csv, "%s/bench_netns_coord.csv", dir);
+	cr_assert_eq(sh("mkdir -p %s", dir), 0);
+	const int st = sh("'%s' bench cluster --netns --coordinators 2 -m '%s' -n 8 --requests 1 "
+	                  "--batches 2 --min-workers 2 --max-workers 2 --threads 1 "
+	                  "--worker-threads 1 --rtt-us 100 --no-plan -o %s > %s 2>&1",
+	                  bin(), demo_model(model, sizeof model), dir, out);
+	sh("cat %s >&2", out);
+	cr_assert_eq(st, 0, "bench cluster --netns --coordinators exited %d", st);
+	cr_assert_eq(namespaces_left(out), 0, "namespaces left after the run");
+	/* the second coordinator took the workers' placement over (adopt.c) */
+	cr_assert(file_has(out, "adopted, nothing to load"), "no coordinator adopted");
+
+	FILE *f = fopen(csv, "r");
+	cr_assert(f != NULL, "no %s", csv);
+	char line[1024];
+	cr_assert(fgets(line, sizeof line, f) != NULL);
+	cr_assert_str_eq(line, "coordinators,workers,clients,rtt_us,tok_s,pct_of_one_process,"
+	                       "x_of_one_coordinator,errors,plan_tok_s,text_fnv\n");
+	char fnv[2][32] = {"", ""};
+	int rows = 0;
+	while (fgets(line, sizeof line, f)) {
+		int c, w, n, rtt, errors;
+		double tok, pct, x, plan;
+		cr_assert_lt(rows, 2, "more rows than one process and two coordinators");
+		cr_assert_eq(sscanf(line, "%d,%d,%d,%d,%lf,%lf,%lf,%d,%lf,%31s", &c, &w, &n, &rtt,
+		                    &tok, &pct, &x, &errors, &plan, fnv[rows]),
+		             10, "row: %s", line);
+		cr_assert_eq(c, rows ? 2 : 0, "row %d is for %d coordinators", rows, c);
+		cr_assert_eq(w, rows ? 2 : 0);
+		cr_assert_eq(n, 2);
+		cr_assert_eq(rtt, 100);
+		cr_assert_gt(tok, 0);
+		cr_assert_eq(errors, 0);
+		cr_assert_eq(strlen(fnv[rows]), 16, "texts hash '%s'", fnv[rows]);
+		rows++;
+	}
+	fclose(f);
+	cr_assert_eq(rows, 2);
+	cr_assert_str_eq(fnv[1], fnv[0], "two coordinators over the links: other texts");
 	sh("rm -rf %s", dir);
 }
 
