@@ -1,5 +1,6 @@
-/* bench.c - the table of benchmarks behind `moemesh bench NAME` and the
- * STREAM triad every benchmark measures next to its own figures. */
+/* bench.c - the table of benchmarks behind `moemesh bench NAME`, the
+ * STREAM triad every benchmark measures next to its own figures, and the
+ * gnuplot script the plotting benchmarks share. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,4 +107,36 @@ double moe_bench_triad_run(moe_bench_triad *t, moe_pool *pool, int reps)
 		best = dt < best ? dt : best;
 	}
 	return 3.0 * (double)(t->j.n * sizeof(double)) / best / 1e9;
+}
+
+FILE *moe_bench_plot_open(const char *dir, const char *name, int w, int h)
+{
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		printf("gnuplot not found: no plot\n");
+		return NULL;
+	}
+	char script[1100];
+	snprintf(script, sizeof script, "%s/%s.gp", dir, name);
+	FILE *f = fopen(script, "w");
+	if (f == NULL) {
+		printf("cannot write %s: no plot\n", script);
+		return NULL;
+	}
+	fprintf(f,
+	        "set terminal pngcairo size %d,%d noenhanced\nset output '%s/%s.png'\n"
+	        "set datafile separator ','\nset multiplot layout 1,2\n",
+	        w, h, dir, name);
+	return f;
+}
+
+void moe_bench_plot_run(FILE *f, const char *dir, const char *name)
+{
+	fprintf(f, "unset multiplot\n");
+	fclose(f);
+	char cmd[2300];
+	snprintf(cmd, sizeof cmd, "gnuplot '%s/%s.gp' 2>/dev/null", dir, name);
+	if (system(cmd) == 0)
+		printf("plot: %s/%s.png\n", dir, name);
+	else
+		printf("gnuplot failed: no plot\n");
 }

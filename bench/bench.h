@@ -6,6 +6,8 @@
 #ifndef MOE_BENCH_H
 #define MOE_BENCH_H
 
+#include <stdio.h>
+
 #include "kernels/kernels.h"
 
 typedef struct moe_bench {
@@ -72,6 +74,16 @@ typedef struct moe_bench_overlap_row {
 } moe_bench_overlap_row;
 struct moe_model;
 int moe_bench_overlap_ab(struct moe_model *m, const moe_bench_overlap_opts *o);
+
+/* A gnuplot script DIR/NAME.gp that will write DIR/NAME.png, opened with
+ * its terminal (pngcairo w x h, noenhanced), output, comma-separated data
+ * and a 1 x 2 multiplot already set; the caller writes the two plots.
+ * NULL after printing why there will be no plot (no gnuplot on the PATH,
+ * the file not writable). */
+FILE *moe_bench_plot_open(const char *dir, const char *name, int w, int h);
+/* Ends f's multiplot, closes f and runs gnuplot on DIR/NAME.gp; prints
+ * "plot: DIR/NAME.png" or that gnuplot failed. */
+void moe_bench_plot_run(FILE *f, const char *dir, const char *name);
 
 int moe_bench_kernels(int argc, char **argv);
 int moe_bench_tokenizer(int argc, char **argv);

@@ -582,19 +582,10 @@ static double load_gbs(const bargs *a, moe_model *m, double *bytes)
 
 static void plot(const char *dir, const char *csv)
 {
-	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		printf("gnuplot not found: no plot\n");
-		return;
-	}
-	char script[1024], png[1024], cmd[2300];
-	snprintf(script, sizeof script, "%s/bench_cluster.gp", dir);
-	snprintf(png, sizeof png, "%s/bench_cluster.png", dir);
-	FILE *f = fopen(script, "w");
+	FILE *f = moe_bench_plot_open(dir, "bench_cluster", 1200, 500);
 	if (f == NULL)
 		return;
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500 noenhanced\n"
-	        "set output '%s'\nset datafile separator ','\nset multiplot layout 1,2\n"
 	        "set title 'decode tok/s vs workers'\nset xlabel 'workers (0 = one process)'\n"
 	        "set ylabel 'tok/s'\nset key top right\nset grid\n"
 	        "plot '%s' using 1:($2==1?$3:1/0) with linespoints title 'batch 1', "
@@ -603,15 +594,9 @@ static void plot(const char *dir, const char *csv)
 	        "set style histogram rowstacked\nset style fill solid 0.8\nset boxwidth 0.6\n"
 	        "set ylabel 'us per layer'\nset xlabel 'workers'\n"
 	        "plot '%s' every ::0 using ($2==1?$4:0):xtic(1) title 'coordinator', '' using "
-	        "($2==1?$5:0) title 'network', '' using ($2==1?$6:0) title 'worker compute'\n"
-	        "unset multiplot\n",
-	        png, csv, csv);
-	fclose(f);
-	snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", script);
-	if (system(cmd) == 0)
-		printf("plot: %s\n", png);
-	else
-		printf("gnuplot failed: no plot\n");
+	        "($2==1?$5:0) title 'network', '' using ($2==1?$6:0) title 'worker compute'\n",
+	        csv, csv);
+	moe_bench_plot_run(f, dir, "bench_cluster");
 }
 
 int moe_bench_cluster(int argc, char **argv)

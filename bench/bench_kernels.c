@@ -292,23 +292,10 @@ out_free:
 
 static void write_plot(const char *dir, const char *csv, int threads)
 {
-	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		printf("gnuplot not found: no plot\n");
+	FILE *f = moe_bench_plot_open(dir, "bench_kernels", 1200, 500);
+	if (f == NULL)
 		return;
-	}
-	char script[1024], png[1024], cmd[2300];
-	snprintf(script, sizeof(script), "%s/bench_kernels.gp", dir);
-	snprintf(png, sizeof(png), "%s/bench_kernels.png", dir);
-	FILE *f = fopen(script, "w");
-	if (f == NULL) {
-		printf("cannot write %s: no plot\n", script);
-		return;
-	}
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500 noenhanced\n"
-	        "set output '%s'\n"
-	        "set datafile separator ','\n"
-	        "set multiplot layout 1,2\n"
 	        "set style data histograms\n"
 	        "set style histogram clustered gap 1\n"
 	        "set style fill solid 0.8 border -1\n"
@@ -324,15 +311,9 @@ static void write_plot(const char *dir, const char *csv, int threads)
 	        "set logscale y\n"
 	        "set yrange [1:*]\n"
 	        "plot '%s' every ::1 using 8:xtic(1) title '16 tokens', '' every ::1 using 9 "
-	        "title '64 tokens', '' every ::1 using 10 title '512 tokens'\n"
-	        "unset multiplot\n",
-	        png, csv, threads, GEMM_N, GEMM_N, threads, csv);
-	fclose(f);
-	snprintf(cmd, sizeof(cmd), "gnuplot '%s'", script);
-	if (system(cmd) == 0)
-		printf("plot: %s\n", png);
-	else
-		printf("gnuplot failed: no plot\n");
+	        "title '64 tokens', '' every ::1 using 10 title '512 tokens'\n",
+	        csv, threads, GEMM_N, GEMM_N, threads, csv);
+	moe_bench_plot_run(f, dir, "bench_kernels");
 }
 
 /* The L3 size of cpu0 from sysfs (what lscpu shows; sysconf may report the

@@ -512,23 +512,14 @@ static double warm_file(const char *path, double *bytes)
 
 static void plot(const char *dir, const char *csv, const nargs *a)
 {
-	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		printf("gnuplot not found: no plot\n");
-		return;
-	}
-	char script[1024], png[1024], cmd[2300];
-	snprintf(script, sizeof script, "%s/bench_netns.gp", dir);
-	snprintf(png, sizeof png, "%s/bench_netns.png", dir);
-	FILE *f = fopen(script, "w");
+	FILE *f = moe_bench_plot_open(dir, "bench_netns", 1200, 500);
 	if (f == NULL)
 		return;
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500 noenhanced\n"
-	        "set output '%s'\nset datafile separator ','\nset multiplot layout 1,2\n"
 	        "set title 'decode tok/s over %s links, %d us round trip (dashed: plan)'\n"
 	        "set xlabel 'workers (0 = one process)'\nset ylabel 'tok/s'\nset key top left\n"
 	        "set grid\nset xtics 1\nplot ",
-	        png, a->rate, a->rtt_us);
+	        a->rate, a->rtt_us);
 	for (int bi = 0; bi < a->n_batches; bi++)
 		fprintf(f,
 		        "%s'%s' using 1:($2==%d?$4:1/0) with linespoints lc %d title 'batch %d', "
@@ -539,13 +530,8 @@ static void plot(const char *dir, const char *csv, const nargs *a)
 	for (int bi = 0; bi < a->n_batches; bi++)
 		fprintf(f, "%s'%s' using 1:($2==%d?$5:1/0) with linespoints lc %d title 'batch %d'",
 		        bi ? ", " : "", csv, a->batches[bi], bi + 1, a->batches[bi]);
-	fprintf(f, "\nunset multiplot\n");
-	fclose(f);
-	snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", script);
-	if (system(cmd) == 0)
-		printf("plot: %s\n", png);
-	else
-		printf("gnuplot failed: no plot\n");
+	fprintf(f, "\n");
+	moe_bench_plot_run(f, dir, "bench_netns");
 }
 
 static int cmp_double(const void *x, const void *y)
@@ -942,23 +928,14 @@ static int sweep_coords(crow *rows, int *n_rows, const nargs *a, const moe_model
 
 static void plot_coords(const char *dir, const char *csv, const nargs *a)
 {
-	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		printf("gnuplot not found: no plot\n");
-		return;
-	}
-	char script[1024], png[1024], cmd[2300];
-	snprintf(script, sizeof script, "%s/bench_netns_coord.gp", dir);
-	snprintf(png, sizeof png, "%s/bench_netns_coord.png", dir);
-	FILE *f = fopen(script, "w");
+	FILE *f = moe_bench_plot_open(dir, "bench_netns_coord", 1200, 500);
 	if (f == NULL)
 		return;
 	fprintf(f,
-	        "set terminal pngcairo size 1200,500 noenhanced\n"
-	        "set output '%s'\nset datafile separator ','\nset multiplot layout 1,2\n"
 	        "set title 'aggregate tok/s, %d workers, %s links, %d us round trip (dashed: "
 	        "plan)'\nset xlabel 'concurrent clients'\nset ylabel 'tok/s'\nset key top left\n"
 	        "set grid\nset logscale x 2\nplot ",
-	        png, a->max_workers, a->rate, a->direct ? 0 : a->rtt_us);
+	        a->max_workers, a->rate, a->direct ? 0 : a->rtt_us);
 	fprintf(f, "'%s' using 3:($1==0?$5:1/0) with linespoints lc 0 title 'one process'", csv);
 	for (int ci = 0; ci < a->n_coords; ci++)
 		fprintf(f,
@@ -974,13 +951,8 @@ static void plot_coords(const char *dir, const char *csv, const nargs *a)
 		        "coordinator%s'",
 		        ci ? ", " : "", csv, a->coords[ci], a->max_workers, ci + 1, a->coords[ci],
 		        a->coords[ci] > 1 ? "s" : "");
-	fprintf(f, "\nunset multiplot\n");
-	fclose(f);
-	snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", script);
-	if (system(cmd) == 0)
-		printf("plot: %s\n", png);
-	else
-		printf("gnuplot failed: no plot\n");
+	fprintf(f, "\n");
+	moe_bench_plot_run(f, dir, "bench_netns_coord");
 }
 
 /* The table, DIR/bench_netns_coord.csv and .png; 0 when every row's texts
