@@ -1,12 +1,15 @@
 /* bench.c - the table of benchmarks behind `moemesh bench NAME`, the
- * STREAM triad every benchmark measures next to its own figures, and the
- * gnuplot script the plotting benchmarks share. */
+ * STREAM triad every benchmark measures next to its own figures, the decode
+ * loop of the cluster benchmarks and the gnuplot script the plotting
+ * benchmarks share. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bench/bench.h"
+#include "coordinator/coordinator.h"
 #include "core/core.h"
+#include "model/model.h"
 
 const moe_bench moe_benches[] = {
     {"kernels", "STREAM triad, GEMV bandwidth and GEMM throughput per weight type",
@@ -139,4 +142,76 @@ void moe_bench_plot_run(FILE *f, const char *dir, const char *name)
 		printf("plot: %s/%s.png\n", dir, name);
 	else
 		printf("gnuplot failed: no plot\n");
+}
+
+moe_err moe_bench_decode(moe_bench_decode_out *out, moe_model *m, const char *model_path,
+                         const moe_cluster_opts *co, int batch, int steps, int threads)
+{
+	const moe_hparams *hp = moe_model_hparams(m);
+	moe_cluster *cl = NULL;
+	moe_fwd *f = NULL;
+	moe_err err;
+	if (batch < 1 || batch > 64 || steps < 1)
+		return moe_fail(MOE_ERR_INVAL, "bench decode: batch %d, steps %d", batch, steps);
+	moe_fwd_opts o;
+	moe_fwd_opts_default(&o);
+	o.n_slots = batch;
+	o.n_ctx = steps + 8;
+	o.n_threads = threads;
+	if (co) {
+		if ((err = moe_cluster_create(&cl, m, model_path, co)) != MOE_OK)
+			return err;
+		o.experts = moe_cluster_backend(cl);
+	}
+	const size_t nl = (size_t)batch * (size_t)hp->n_vocab;
+	float *logits = malloc(nl * sizeof *logits);
+	int32_t tok[64], slot[64], pos[64];
+	if (logits == NULL) {
+		err = moe_fail(MOE_ERR_NOMEM, "logits");
+		goto out_free;
+	}
+	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK)
+		goto out_free;
+	if (cl)
+		moe_cluster_set_pool(cl, moe_fwd_pool(f));
+	for (int b = 0; b < batch; b++)
+		if ((err = moe_fwd_seq_open(f, &slot[b])) != MOE_OK)
+			goto out_free;
+	moe_cluster_counters c0 = {0};
+	double dt = 0;
+	uint64_t h = 1469598103934665603ull;
+	for (int s = 0; s < steps + 2; s++) {
+		if (s == 2 && cl) /* two warm-up steps */
+			c0 = moe_cluster_get_counters(cl);
+		for (int b = 0; b < batch; b++) {
+			tok[b] = (int32_t)((s * 31 + b * 7 + 1) % hp->n_vocab);
+			pos[b] = s;
+		}
+		const moe_batch mb = {.n_tok = batch, .tokens = tok, .slot = slot, .pos = pos};
+		const double t0 = moe_now_s();
+		if ((err = moe_fwd_step(f, logits, &mb)) != MOE_OK)
+			goto out_free;
+		if (s >= 2)
+			dt += moe_now_s() - t0;
+		for (size_t i = 0; i < nl; i++) {
+			uint32_t w;
+			memcpy(&w, &logits[i], sizeof w);
+			h = (h ^ w) * 1099511628211ull;
+		}
+	}
+	const double layers = (double)steps * hp->n_layer;
+	*out = (moe_bench_decode_out){
+	    .tok_s = (double)steps * batch / dt, .coord_us = dt * 1e6 / layers, .fnv = h};
+	if (cl) {
+		const moe_cluster_counters c1 = moe_cluster_get_counters(cl);
+		const double wait = (double)(c1.wait_ns - c0.wait_ns) / 1e3 / layers;
+		out->worker_us = (double)(c1.worker_ns - c0.worker_ns) / 1e3 / layers;
+		out->net_us = wait > out->worker_us ? wait - out->worker_us : 0;
+		out->coord_us -= wait;
+	}
+out_free:
+	free(logits);
+	moe_fwd_destroy(f);
+	moe_cluster_destroy(cl);
+	return err;
 }

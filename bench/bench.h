@@ -6,6 +6,7 @@
 #ifndef MOE_BENCH_H
 #define MOE_BENCH_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "kernels/kernels.h"
@@ -74,6 +75,26 @@ typedef struct moe_bench_overlap_row {
 } moe_bench_overlap_row;
 struct moe_model;
 int moe_bench_overlap_ab(struct moe_model *m, const moe_bench_overlap_opts *o);
+
+struct moe_model;
+struct moe_cluster_opts;
+
+/* One configuration's decode speed (bench cluster, bench cluster --netns). */
+typedef struct moe_bench_decode_out {
+	double tok_s;                       /* batch tokens per second of the timed steps */
+	double coord_us, net_us, worker_us; /* per layer; net and worker 0 without workers */
+	uint64_t fnv;                       /* FNV-1a over every step's logits' bits */
+} moe_bench_decode_out;
+
+/* Decodes `batch` sequences for 2 warm-up + `steps` timed steps (tokens
+ * (s*31 + b*7 + 1) mod vocab at position s) on m, in this process (co NULL)
+ * or with a cluster made from co on model_path; times each step's
+ * moe_fwd_step only (the logits are hashed outside it).  The split per
+ * layer: coordinator = step time - the cluster's wait, worker = its worker
+ * compute, net = the rest of the wait.  Errors: the cluster's, the forward
+ * pass's, MOE_ERR_NOMEM; batch 1..64. */
+moe_err moe_bench_decode(moe_bench_decode_out *out, struct moe_model *m, const char *model_path,
+                         const struct moe_cluster_opts *co, int batch, int steps, int threads);
 
 /* A gnuplot script DIR/NAME.gp that will write DIR/NAME.png, opened with
  * its terminal (pngcairo w x h, noenhanced), output, comma-separated data

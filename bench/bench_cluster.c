@@ -79,71 +79,24 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Decode speed for one configuration; fills r (per-layer split if w > 0). */
+/* Decode speed for one configuration on w spawned workers (0: one
+ * process); fills r (per-layer split if w > 0). */
 static moe_err decode_run(row *r, const bargs *a, moe_model *m, int w, int batch)
 {
-	const moe_hparams *hp = moe_model_hparams(m);
-	moe_cluster *cl = NULL;
-	moe_fwd *f = NULL;
-	moe_err err;
-	moe_fwd_opts o;
-	moe_fwd_opts_default(&o);
-	o.n_slots = batch;
-	o.n_ctx = a->steps + 8;
-	o.n_threads = a->threads;
-	if (w > 0) {
-		moe_cluster_opts co = {.spawn = w,
-		                       .worker_threads = a->wthreads,
-		                       .net_delay_us = a->delay_us,
-		                       .secret_file = a->secret};
-		if ((err = moe_cluster_create(&cl, m, a->model, &co)) != MOE_OK)
-			return err;
-		o.experts = moe_cluster_backend(cl);
-	}
-	float *logits = malloc((size_t)batch * (size_t)hp->n_vocab * sizeof *logits);
-	int32_t tok[64], slot[64], pos[64];
-	if (logits == NULL) {
-		err = moe_fail(MOE_ERR_NOMEM, "logits");
-		goto out_free;
-	}
-	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK)
-		goto out_free;
-	if (cl)
-		moe_cluster_set_pool(cl, moe_fwd_pool(f));
-	for (int b = 0; b < batch; b++)
-		if ((err = moe_fwd_seq_open(f, &slot[b])) != MOE_OK)
-			goto out_free;
-	moe_cluster_counters c0 = {0};
-	double t0 = 0;
-	for (int s = 0; s < a->steps + 2; s++) {
-		if (s == 2) { /* two warm-up steps */
-			t0 = moe_now_s();
-			if (cl)
-				c0 = moe_cluster_get_counters(cl);
-		}
-		for (int b = 0; b < batch; b++) {
-			tok[b] = (int32_t)((s * 31 + b * 7 + 1) % hp->n_vocab);
-			pos[b] = s;
-		}
-		const moe_batch mb = {.n_tok = batch, .tokens = tok, .slot = slot, .pos = pos};
-		if ((err = moe_fwd_step(f, logits, &mb)) != MOE_OK)
-			goto out_free;
-	}
-	const double dt = moe_now_s() - t0;
-	*r = (row){.workers = w, .batch = batch, .tok_s = (double)a->steps * batch / dt};
-	const double layers = (double)a->steps * hp->n_layer;
-	r->coord_us = dt * 1e6 / layers;
-	if (cl) {
-		const moe_cluster_counters c1 = moe_cluster_get_counters(cl);
-		const double wait = (double)(c1.wait_ns - c0.wait_ns) / 1e3 / layers;
-		r->worker_us = (double)(c1.worker_ns - c0.worker_ns) / 1e3 / layers;
-		r->net_us = wait > r->worker_us ? wait - r->worker_us : 0;
-		r->coord_us = dt * 1e6 / layers - wait;
-	}
-out_free:
-	free(logits);
-	moe_fwd_destroy(f);
-	moe_cluster_destroy(cl);
+	const moe_cluster_opts co = {.spawn = w,
+	                             .worker_threads = a->wthreads,
+	                             .net_delay_us = a->delay_us,
+	                             .secret_file = a->secret};
+	moe_bench_decode_out d;
+	const moe_err err =
+	    moe_bench_decode(&d, m, a->model, w > 0 ? &co : NULL, batch, a->steps, a->threads);
+	if (err == MOE_OK)
+		*r = (row){.workers = w,
+		           .batch = batch,
+		           .tok_s = d.tok_s,
+		           .coord_us = d.coord_us,
+		           .net_us = d.net_us,
+		           .worker_us = d.worker_us};
 	return err;
 }
 

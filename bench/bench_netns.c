@@ -408,83 +408,19 @@ static void predict(double out[4], const moe_model *m, const nargs *a, const fig
 
 /* ---- decode ------------------------------------------------------------------------ */
 
-/* FNV-1a over 32-bit words: the logits' bits. */
-static uint64_t fnv_words(uint64_t h, const float *x, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		uint32_t w;
-		memcpy(&w, &x[i], sizeof w);
-		h = (h ^ w) * 1099511628211ull;
-	}
-	return h;
-}
-
 /* Decode speed of one configuration (co NULL: one process) and the hash of
- * every step's logits (hashed outside the timed steps). */
+ * every step's logits (moe_bench_decode). */
 static moe_err decode(nrow *r, const nargs *a, moe_model *m, const moe_cluster_opts *co, int batch)
 {
-	const moe_hparams *hp = moe_model_hparams(m);
-	moe_cluster *cl = NULL;
-	moe_fwd *f = NULL;
-	moe_err err;
-	moe_fwd_opts o;
-	moe_fwd_opts_default(&o);
-	o.n_slots = batch;
-	o.n_ctx = a->steps + 8;
-	o.n_threads = a->threads;
-	if (co) {
-		if ((err = moe_cluster_create(&cl, m, a->model, co)) != MOE_OK)
-			return err;
-		o.experts = moe_cluster_backend(cl);
+	moe_bench_decode_out d;
+	const moe_err err = moe_bench_decode(&d, m, a->model, co, batch, a->steps, a->threads);
+	if (err == MOE_OK) {
+		r->tok_s = d.tok_s;
+		r->fnv = d.fnv;
+		r->coord_us = d.coord_us;
+		r->net_us = d.net_us;
+		r->worker_us = d.worker_us;
 	}
-	const size_t nl = (size_t)batch * (size_t)hp->n_vocab;
-	float *logits = malloc(nl * sizeof *logits);
-	int32_t tok[64], slot[64], pos[64];
-	if (logits == NULL) {
-		err = moe_fail(MOE_ERR_NOMEM, "logits");
-		goto out_free;
-	}
-	if ((err = moe_fwd_create(&f, m, &o)) != MOE_OK)
-		goto out_free;
-	if (cl)
-		moe_cluster_set_pool(cl, moe_fwd_pool(f));
-	for (int b = 0; b < batch; b++)
-		if ((err = moe_fwd_seq_open(f, &slot[b])) != MOE_OK)
-			goto out_free;
-	moe_cluster_counters c0 = {0};
-	double dt = 0;
-	uint64_t h = 1469598103934665603ull;
-	for (int s = 0; s < a->steps + 2; s++) {
-		if (s == 2 && cl) /* two warm-up steps */
-			c0 = moe_cluster_get_counters(cl);
-		for (int b = 0; b < batch; b++) {
-			tok[b] = (int32_t)((s * 31 + b * 7 + 1) % hp->n_vocab);
-			pos[b] = s;
-		}
-		const moe_batch mb = {.n_tok = batch, .tokens = tok, .slot = slot, .pos = pos};
-		const double t0 = moe_now_s();
-		if ((err = moe_fwd_step(f, logits, &mb)) != MOE_OK)
-			goto out_free;
-		if (s >= 2)
-			dt += moe_now_s() - t0;
-		h = fnv_words(h, logits, nl);
-	}
-	const double layers = (double)a->steps * hp->n_layer;
-	r->tok_s = (double)a->steps * batch / dt;
-	r->fnv = h;
-	r->coord_us = dt * 1e6 / layers;
-	r->net_us = r->worker_us = 0;
-	if (cl) {
-		const moe_cluster_counters c1 = moe_cluster_get_counters(cl);
-		const double wait = (double)(c1.wait_ns - c0.wait_ns) / 1e3 / layers;
-		r->worker_us = (double)(c1.worker_ns - c0.worker_ns) / 1e3 / layers;
-		r->net_us = wait > r->worker_us ? wait - r->worker_us : 0;
-		r->coord_us -= wait;
-	}
-out_free:
-	free(logits);
-	moe_fwd_destroy(f);
-	moe_cluster_destroy(cl);
 	return err;
 }
 
