@@ -645,6 +645,18 @@ static int sweep(nrow *rows, int *n_rows, const nargs *a, moe_model *m, const se
 	return 0;
 }
 
+/* DIR/NAME.csv (DIR made if missing) opened for writing, its path in path;
+ * NULL after saying so. */
+static FILE *open_csv(char *path, size_t n, const char *dir, const char *name)
+{
+	mkdir(dir, 0755);
+	snprintf(path, n, "%s/%s.csv", dir, name);
+	FILE *f = fopen(path, "w");
+	if (f == NULL)
+		fprintf(stderr, "bench cluster --netns: cannot write %s\n", path);
+	return f;
+}
+
 static int report(const nrow *rows, int n, const nargs *a)
 {
 	printf("%7s %5s %9s %9s %9s %9s %9s %10s %9s %s\n", "workers", "batch", "tok/s", "% of 1p",
@@ -670,13 +682,9 @@ static int report(const nrow *rows, int n, const nargs *a)
 		                       : "DIFFER");
 	}
 	char csv[1024];
-	mkdir(a->dir, 0755);
-	snprintf(csv, sizeof csv, "%s/bench_netns.csv", a->dir);
-	FILE *f = fopen(csv, "w");
-	if (f == NULL) {
-		fprintf(stderr, "bench cluster --netns: cannot write %s\n", csv);
+	FILE *f = open_csv(csv, sizeof csv, a->dir, "bench_netns");
+	if (f == NULL)
 		return 1;
-	}
 	fprintf(f, "workers,batch,rtt_us,tok_s,pct_of_one_process,coord_us_per_layer,"
 	           "net_us_per_layer,worker_us_per_layer,plan_tok_s,plan_coord_us_per_layer,"
 	           "plan_net_us_per_layer,plan_worker_us_per_layer,logits_fnv\n");
@@ -922,13 +930,9 @@ static int report_coords(const crow *rows, int n, const nargs *a)
 		                      : "DIFFER");
 	}
 	char csv[1024];
-	mkdir(a->dir, 0755);
-	snprintf(csv, sizeof csv, "%s/bench_netns_coord.csv", a->dir);
-	FILE *f = fopen(csv, "w");
-	if (f == NULL) {
-		fprintf(stderr, "bench cluster --netns: cannot write %s\n", csv);
+	FILE *f = open_csv(csv, sizeof csv, a->dir, "bench_netns_coord");
+	if (f == NULL)
 		return 1;
-	}
 	fprintf(f, "coordinators,workers,clients,rtt_us,tok_s,pct_of_one_process,"
 	           "x_of_one_coordinator,errors,plan_tok_s,text_fnv\n");
 	for (int i = 0; i < n; i++) {
