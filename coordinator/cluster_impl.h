@@ -267,6 +267,11 @@ moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, 
                               const float *weights, int n_used);
 moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc);
 
+/* Resets link i's dispatch state: no lane waits for its answer (what was
+ * sent there stays to do), its fifo is empty, its ERROR replies in a row
+ * are none.  For a link marked dead, or taken back between steps. */
+void moe_clu_link_reset(moe_cluster *c, int i);
+
 /* Sets up the two lanes of c (before any dispatch). */
 void moe_clu_lanes_init(moe_cluster *c);
 
