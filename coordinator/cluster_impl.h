@@ -205,10 +205,11 @@ bool moe_clu_adopt(moe_cluster *c);
 /* Replaces the window's load counters (c->eload, c->wload) by what the
  * workers computed in the window for every coordinator together: each
  * one's STATS expert_rows less its last reading.  Only when every live link
- * is a worker that answers (no local link, none loading for a rebalance)
- * and each has a reading from before; else the counters stay this
- * coordinator's own (and the readings are taken for the next window). */
-void moe_clu_union_load(moe_cluster *c);
+ * is a worker that answers (no local link, none loading for a rebalance,
+ * none the heartbeat thread found lost) and each has a reading from before;
+ * else the counters stay this coordinator's own (and the readings are taken
+ * for the next window).  Returns whether they were replaced. */
+bool moe_clu_union_load(moe_cluster *c);
 
 /* placement.c */
 
