@@ -103,15 +103,15 @@ static bool read_rows(clink *l, uint64_t *rows, size_t nh, int timeout_ms)
 	return ok;
 }
 
-void moe_clu_union_load(moe_cluster *c)
+bool moe_clu_union_load(moe_cluster *c)
 {
 	const int nl = c->hp->n_layer, ne = c->hp->n_expert;
 	const size_t nh = (size_t)nl * (size_t)ne;
 	const int tmo = c->o.timeout_ms > 0 ? c->o.timeout_ms : 10000;
-	bool all = true, got[MOE_CLUSTER_MAX_LINKS] = {false};
+	bool all = true, any = false, got[MOE_CLUSTER_MAX_LINKS] = {false};
 	uint64_t *now = calloc((size_t)c->n_links * nh, sizeof *now);
 	if (now == NULL)
-		return;
+		return false;
 	for (int i = 0; i < c->n_links; i++) {
 		clink *l = &c->links[i];
 		if (!l->alive)
@@ -122,23 +122,27 @@ void moe_clu_union_load(moe_cluster *c)
 			continue;
 		}
 		/* the control socket is the heartbeat thread's while it holds the
-		 * lock (an echo awaited, at most a deadline): wait for it, as the
-		 * rebalancer's waiting poll does, so that no window goes without
-		 * the workers' counts for that reason */
+		 * lock (an echo awaited, at most a deadline): wait for it.  Not a
+		 * trylock: serve's idle tick and the heartbeat thread both run
+		 * every second from starts a millisecond apart, so a window that
+		 * meets a beat meets the next one too (DESIGN.md, "Failure
+		 * semantics").  A link that the beat found lost is not asked. */
 		moe_clu_ctl_lock(c, l);
-		const bool read = read_rows(l, now + (size_t)i * nh, nh, tmo);
+		const bool read = atomic_load(&l->wstate) != MOE_CLU_W_LOST &&
+		                  read_rows(l, now + (size_t)i * nh, nh, tmo);
 		moe_clu_ctl_unlock(c, l);
 		if (!read) {
 			all = false;
 			l->rows_ok = false;
 			continue;
 		}
-		got[i] = true;
+		got[i] = any = true;
 		/* counters only grow within a session; else a restarted worker */
 		for (size_t k = 0; l->rows_ok && k < nh; k++)
 			l->rows_ok = now[(size_t)i * nh + k] >= l->rows[k];
 		all = all && l->rows_ok;
 	}
+	all = all && any; /* no live link: nothing read */
 	if (all) {
 		memset(c->eload, 0, nh * sizeof *c->eload);
 		memset(c->wload, 0, (size_t)nl * MOE_CLUSTER_MAX_LINKS * sizeof *c->wload);
@@ -161,4 +165,5 @@ void moe_clu_union_load(moe_cluster *c)
 		l->rows_ok = true;
 	}
 	free(now);
+	return all;
 }

@@ -95,6 +95,8 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 	for (int i = 0; i < n; i++)
 		if ((err = moe_clu_assign(c, &c->links[i])) != MOE_OK)
 			goto out_destroy;
+	/* the workers' counts now: the first window's load is every coordinator's */
+	(void)moe_clu_union_load(c);
 	*out = c;
 	return MOE_OK;
 

@@ -205,10 +205,11 @@ bool moe_clu_adopt(moe_cluster *c);
 /* Replaces the window's load counters (c->eload, c->wload) by what the
  * workers computed in the window for every coordinator together: each
  * one's STATS expert_rows less its last reading.  Only when every live link
- * is a worker that answers (no local link, none loading for a rebalance)
- * and each has a reading from before; else the counters stay this
- * coordinator's own (and the readings are taken for the next window). */
-void moe_clu_union_load(moe_cluster *c);
+ * is a worker that answers (no local link, none loading for a rebalance,
+ * none the heartbeat thread found lost) and each has a reading from before;
+ * else the counters stay this coordinator's own (and the readings are taken
+ * for the next window).  Returns whether they were replaced. */
+bool moe_clu_union_load(moe_cluster *c);
 
 /* placement.c */
 
@@ -266,6 +267,11 @@ void moe_clu_watch_stop(moe_cluster *c);
 moe_err moe_clu_backend_start(void *ctx, int il, int64_t n_tok, const float *x, const int32_t *ids,
                               const float *weights, int n_used);
 moe_err moe_clu_backend_finish(void *ctx, moe_fix_t *acc);
+
+/* Resets link i's dispatch state: no lane waits for its answer (what was
+ * sent there stays to do), its fifo is empty, its ERROR replies in a row
+ * are none.  For a link marked dead, or taken back between steps. */
+void moe_clu_link_reset(moe_cluster *c, int i);
 
 /* Sets up the two lanes of c (before any dispatch). */
 void moe_clu_lanes_init(moe_cluster *c);

@@ -252,6 +252,9 @@ typedef struct moe_cluster_balance {
 	uint64_t rebalances;    /* routing switches to a new placement */
 	uint64_t bytes_loaded;  /* expert bytes workers loaded for them */
 	uint64_t bytes_dropped; /* and dropped */
+	uint64_t windows;       /* load windows closed */
+	uint64_t union_windows; /* of them, those whose load is the workers' counts
+	                         * (every coordinator's rows, STATS expert_rows) */
 } moe_cluster_balance;
 
 /* Safe from any thread. */
@@ -264,7 +267,8 @@ bool moe_cluster_holds(const moe_cluster *c, int i, int il, int e);
  * routed to it, the expert bytes it holds, whether it is up and its ERROR
  * replies; the failure counters (pairs retried, ERROR retries, experts
  * re-loaded onto survivors, workers lost), the imbalance, re-placements and
- * bytes moved.  Safe from any thread (a snapshot the tick keeps). */
+ * bytes moved, the load windows closed and those with the workers' counts.
+ * Safe from any thread (a snapshot the tick keeps). */
 void moe_cluster_metrics(moe_cluster *c, FILE *out);
 
 /* One worker as /health shows it. */

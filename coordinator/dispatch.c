@@ -159,16 +159,21 @@ static int choose(const clane *ln, int64_t t, int32_t e)
 	return cand[(size_t)(t + (int64_t)c->rr) % (size_t)n];
 }
 
+void moe_clu_link_reset(moe_cluster *c, int i)
+{
+	for (int k = 0; k < 2; k++)
+		c->lanes[k].lk[i].pending = false;
+	c->fifo_n[i] = 0;
+	c->links[i].errors = 0;
+}
+
 /* Whether ln waits for link i's answer (a link marked dead answers nothing:
- * what ln sent there stays to do, and the link's fifo is emptied). */
+ * what ln sent there stays to do, and the link's dispatch state is reset). */
 static bool waits(clane *ln, int i)
 {
 	moe_cluster *c = ln->c;
-	if (ln->lk[i].pending && !c->links[i].alive) {
-		for (int k = 0; k < 2; k++)
-			c->lanes[k].lk[i].pending = false;
-		c->fifo_n[i] = 0;
-	}
+	if (ln->lk[i].pending && !c->links[i].alive)
+		moe_clu_link_reset(c, i);
 	return ln->lk[i].pending;
 }
 

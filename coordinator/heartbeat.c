@@ -380,12 +380,7 @@ static void adopt(moe_cluster *c, clink *l)
 	for (size_t k = 0; k < nh; k++)
 		held += l->held[k] != 0;
 	memcpy(l->loaded, l->held, nh);
-	l->errors = 0;
-	/* between steps: no lane waits on it; its fifo starts empty */
-	const int i = (int)(l - c->links);
-	for (int k = 0; k < 2; k++)
-		c->lanes[k].lk[i].pending = false;
-	c->fifo_n[i] = 0;
+	moe_clu_link_reset(c, (int)(l - c->links)); /* between steps: nothing in flight */
 	l->async = false;
 	l->st.experts_held = held;
 	l->st.bytes_loaded = l->re_bytes;

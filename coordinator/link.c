@@ -488,7 +488,7 @@ void moe_clu_readmit(moe_cluster *c)
 		if (err == MOE_OK) {
 			/* what it holds is what it says it loaded, from nothing */
 			memset(l->loaded, 0, nh);
-			l->errors = 0;
+			moe_clu_link_reset(c, i); /* between steps: nothing in flight */
 			err = moe_clu_assign(c, l);
 		}
 		if (err != MOE_OK) {

@@ -302,7 +302,8 @@ static void close_window(moe_cluster *c)
 	struct rebal *rb = c->rb;
 	const int nl = c->hp->n_layer;
 	const size_t nh = nh_of(c);
-	moe_clu_union_load(c); /* every coordinator's load, as the workers saw it */
+	/* every coordinator's load, as the workers saw it */
+	const bool uni = moe_clu_union_load(c);
 	double *lw = calloc((size_t)nl * MOE_CLUSTER_MAX_LINKS, sizeof *lw);
 	if (lw == NULL)
 		return;
@@ -318,11 +319,12 @@ static void close_window(moe_cluster *c)
 	memset(c->eload, 0, nh * sizeof *c->eload);
 	memset(c->wload, 0, (size_t)nl * MOE_CLUSTER_MAX_LINKS * sizeof *c->wload);
 	rb->win_t0 = moe_now_s();
-	if (rb->win_pairs > 0) {
-		pthread_mutex_lock(&rb->mu);
+	pthread_mutex_lock(&rb->mu);
+	if (rb->win_pairs > 0)
 		rb->bal.imbalance = imb;
-		pthread_mutex_unlock(&rb->mu);
-	}
+	rb->bal.windows++;
+	rb->bal.union_windows += uni;
+	pthread_mutex_unlock(&rb->mu);
 }
 
 /* Each live link's load in layer il under placement pl: an expert's pairs
@@ -738,9 +740,17 @@ void moe_cluster_metrics(moe_cluster *c, FILE *out)
 	        "# HELP moemesh_rebalance_bytes_dropped_total Expert bytes workers dropped "
 	        "for them.\n"
 	        "# TYPE moemesh_rebalance_bytes_dropped_total counter\n"
-	        "moemesh_rebalance_bytes_dropped_total %llu\n",
+	        "moemesh_rebalance_bytes_dropped_total %llu\n"
+	        "# HELP moemesh_load_windows_total Load windows closed.\n"
+	        "# TYPE moemesh_load_windows_total counter\n"
+	        "moemesh_load_windows_total %llu\n"
+	        "# HELP moemesh_load_windows_union_total Load windows whose load is the "
+	        "workers' counts: every coordinator's.\n"
+	        "# TYPE moemesh_load_windows_union_total counter\n"
+	        "moemesh_load_windows_union_total %llu\n",
 	        b.imbalance, b.before, b.planned, (unsigned long long)b.rebalances,
-	        (unsigned long long)b.bytes_loaded, (unsigned long long)b.bytes_dropped);
+	        (unsigned long long)b.bytes_loaded, (unsigned long long)b.bytes_dropped,
+	        (unsigned long long)b.windows, (unsigned long long)b.union_windows);
 }
 
 int moe_cluster_worker_states(moe_cluster *c, moe_cluster_worker_state *out, int max)

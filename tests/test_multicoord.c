@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "model/forward.h"
@@ -397,21 +396,30 @@ Test(multicoord, an_idle_coordinator_rebalances_on_the_load_the_other_brought, .
 	                                            "--secret-file", p.secret, "--rebalance", "0.3",
 	                                            NULL});
 	cr_assert_eq(metric(&b, "moemesh_expert_imbalance"), 0.0);
-	/* b's own dispatches are none: only the union gives its windows a load
-	 * (a is kept busy until b has seen some: b's first window only takes
-	 * the workers' first counts); whatever b re-places meanwhile, a
-	 * answers the same bytes */
+	/* b's own dispatches are none: only the union gives its windows a load.
+	 * b reads the workers' counts when it starts and at every window (its
+	 * idle tick closes one about every second), each window's load being
+	 * their growth since the last reading.  a is kept busy until b has seen
+	 * a's rows, and must have by the second window closed from now on, which
+	 * lies wholly within a's requests: no window may go without the counts
+	 * (one that met b's heartbeat thread holding a link's control lock once
+	 * did, window after window).  Whatever b re-places, a keeps its bytes. */
 	char texts[2][2][512];
 	const serve *const only_a[] = {&a};
+	const double w0 = metric(&b, "moemesh_load_windows_total");
+	cr_assert_geq(w0, 0, "b's /metrics has no moemesh_load_windows_total");
+	double w = w0;
 	bool seen = false;
-	/* at least 60 requests and 30 s: b's windows close at its own pace */
-	const time_t t0 = time(NULL);
-	for (int t = 0; !seen && (t < 60 || time(NULL) - t0 < 30); t++) {
+	while (!seen && w < w0 + 2) {
 		ask_all(texts, only_a, 1, 1);
 		check_texts(&p, texts, 2, "a, with b rebalancing");
+		/* the count first: the imbalance read after it is of window w or later */
+		w = metric(&b, "moemesh_load_windows_total");
 		seen = metric(&b, "moemesh_expert_imbalance") > 0;
 	}
-	cr_assert(seen, "the idle coordinator never saw the other's load");
+	cr_assert(seen, "the idle coordinator closed windows %g to %g, none with the other's load",
+	          w0 + 1, w);
+	cr_assert_geq(metric(&b, "moemesh_load_windows_union_total"), 1);
 	cr_assert_gt(metric(&b, "moemesh_rebalance_imbalance_before"), 0);
 	stop_serve(&a);
 	stop_serve(&b);
