@@ -74,6 +74,20 @@ static ALWAYS_INLINE uint32_t load_u32(const void *p)
 	return u;
 }
 
+/* acc[t] += the products of q (32 unsigned quants: values 32v..32v + 31 of
+ * a block) with token block y[t]'s, pairs summed (maddubs), times the
+ * pairs' scales sc (madd), for t < T: exact int32 lanes. */
+static ALWAYS_INLINE void add_vec_tokens(int T, __m256i q, __m256i sc,
+                                         const moe_block_q8_K *const *y, int v, __m256i *acc)
+{
+#pragma GCC unroll 8
+	for (int t = 0; t < T; t++) {
+		const __m256i yy = _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * v));
+		acc[t] =
+		    _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+	}
+}
+
 /* ---- Q2_K ------------------------------------------------------------------------ */
 
 /* Q2_K block x against the T token blocks y[0..T) (row_q2_K, q2_K_rows4):
@@ -101,13 +115,7 @@ static ALWAYS_INLINE void q2_K_block(int T, const moe_block_q2_K *x, const moe_b
 			const int v = 4 * h + j;
 			const __m256i q = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
 			const __m256i sc = _mm256_shuffle_epi8(scb, pick_u8_pair(v));
-#pragma GCC unroll 8
-			for (int t = 0; t < T; t++) {
-				const __m256i yy =
-				    _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * v));
-				acc[t] = _mm256_add_epi32(
-				    acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-			}
+			add_vec_tokens(T, q, sc, y, v, acc);
 		}
 	}
 }
@@ -199,13 +207,7 @@ static ALWAYS_INLINE void q3_K_block(int T, const moe_block_q3_K *x, const moe_b
 			                    _mm256_and_si256(hb, b4));
 			const __m256i sc = _mm256_shuffle_epi8(
 			    v < 4 ? sca : scb, pick_i16_pair((2 * v) % 8, (2 * v + 1) % 8));
-#pragma GCC unroll 8
-			for (int t = 0; t < T; t++) {
-				const __m256i yy =
-				    _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * v));
-				acc[t] = _mm256_add_epi32(
-				    acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-			}
+			add_vec_tokens(T, q, sc, y, v, acc);
 		}
 	}
 }
