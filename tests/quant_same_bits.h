@@ -1,14 +1,13 @@
 /*
  * quant_same_bits.h - what test_iq2.c, test_iq13.c and test_iq4.c share for
- * their types: one seeded generator (qsb_rng) with random blocks (sane: a
+ * their types: random blocks from test_rng.h's generator (sane: a
  * finite scale of the format's kind in each block; else every byte random)
  * and random activations from it, the scalar reference dot against a
  * double-precision dot of the dequantised operands, and the two checks made
  * at every SIMD level: each dot gives the reference's bits on sane and
  * random-byte blocks, and each matrix product the scalar level's bits for
  * every rows x tokens edge (1..11 rows x 1..19 tokens), one token over 37
- * rows, and on 2 threads.  Also the fixtures' opener.  One test program per
- * file: the generator's state is the including file's.
+ * rows, and on 2 threads.  Also the fixtures' opener.
  */
 #ifndef MOE_TESTS_QUANT_SAME_BITS_H
 #define MOE_TESTS_QUANT_SAME_BITS_H
@@ -24,23 +23,7 @@
 
 #include "kernels/kernels.h"
 #include "model/gguf.h"
-
-/* The generator's state (splitmix64); tests set it to a seed per case. */
-static uint64_t qsb_rng;
-
-static inline uint64_t qsb_rng_next(void)
-{
-	uint64_t z = (qsb_rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* Uniform in [-1, 1). */
-static inline float qsb_rng_unif(void)
-{
-	return (float)((double)(qsb_rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "test_rng.h"
 
 static inline void qsb_put16(uint8_t *p, uint16_t v)
 {
@@ -51,7 +34,7 @@ static inline void qsb_put16(uint8_t *p, uint16_t v)
 /* A random fp16 scale of magnitude 2^-10 .. 2^-4 (sane blocks). */
 static inline uint16_t qsb_rand_scale16(void)
 {
-	uint64_t r = qsb_rng_next();
+	uint64_t r = rng_next();
 	return (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 | ((r >> 8) & 1023));
 }
 
@@ -73,13 +56,13 @@ static inline void *qsb_rand_blocks(moe_type t, int64_t n, bool sane)
 	uint8_t *b = malloc(bytes);
 	cr_assert_not_null(b);
 	for (size_t i = 0; i < bytes; i++)
-		b[i] = (uint8_t)(qsb_rng_next() >> 56);
+		b[i] = (uint8_t)(rng_next() >> 56);
 	if (!sane)
 		return b;
 	for (int64_t k = 0; k < n / tr->block_size; k++) {
 		uint8_t *blk = b + (size_t)k * tr->type_size;
 		if (t == MOE_TYPE_MXFP4)
-			blk[0] = (uint8_t)(112 + qsb_rng_next() % 20);
+			blk[0] = (uint8_t)(112 + rng_next() % 20);
 		else if (t == MOE_TYPE_IQ1_M)
 			qsb_put_iq1m_d(blk, qsb_rand_scale16());
 		else
@@ -95,7 +78,7 @@ static inline void *qsb_rand_act(moe_type t, int64_t n)
 	void *q = malloc(moe_act_row_size(t, n));
 	cr_assert(x != NULL && q != NULL);
 	for (int64_t i = 0; i < n; i++)
-		x[i] = qsb_rng_unif() * (1.0f + (float)((i / 64) % 5));
+		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
 	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
 	free(x);
 	return q;
@@ -130,7 +113,7 @@ static inline int qsb_reference_double(const moe_type *types, size_t n_types,
 			const int64_t n = lengths[li];
 			if (moe_row_size(t, n) == 0)
 				continue;
-			qsb_rng = 100 + ti * 10 + li;
+			rng_state = 100 + ti * 10 + li;
 			void *w = qsb_rand_blocks(t, n, true), *a = qsb_rand_act(t, n);
 			float *wd = malloc(sizeof(float) * (size_t)n),
 			      *ad = malloc(sizeof(float) * (size_t)n);
@@ -179,7 +162,7 @@ static inline void qsb_dots(moe_isa level, const moe_type *types, size_t n_types
 				const int64_t n = lengths[li];
 				if (moe_row_size(t, n) == 0)
 					continue;
-				qsb_rng = 900 + ti * 100 + li * 2 + (uint64_t)sane;
+				rng_state = 900 + ti * 100 + li * 2 + (uint64_t)sane;
 				void *w = qsb_rand_blocks(t, n, sane), *a = qsb_rand_act(t, n);
 				float want = 0, got = 1;
 				ref(n, &want, w, a);
@@ -208,7 +191,7 @@ static inline void qsb_matmul(moe_isa level, const moe_type *types, size_t n_typ
 	for (size_t ti = 0; ti < n_types; ti++)
 		for (int sane = 1; sane >= 0; sane--) {
 			const moe_type t = types[ti];
-			qsb_rng = 5000 + ti * 2 + (uint64_t)sane;
+			rng_state = 5000 + ti * 2 + (uint64_t)sane;
 			uint8_t *w = qsb_rand_blocks(t, (int64_t)LONG_R * cols, sane);
 			uint8_t *xq = qsb_rand_act(t, (int64_t)MAXT * cols);
 			const size_t rs = moe_row_size(t, cols), as = moe_act_row_size(t, cols);

@@ -252,7 +252,7 @@ static void ffn_same_bits(moe_isa level)
 	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
 	int compared = 0;
 	for (size_t k = 0; k < sizeof(mixes) / sizeof(mixes[0]); k++) {
-		qsb_rng = 777 + k;
+		rng_state = 777 + k;
 		moe_expert_ffn f = {.n_expert = FFN_EXP};
 		const void *ptr[3][FFN_EXP];
 		uint8_t *data[3];
@@ -263,12 +263,12 @@ static void ffn_same_bits(moe_isa level)
 		float w[FFN_T * FFN_USED];
 		int32_t ids[FFN_T * FFN_USED];
 		for (int i = 0; i < FFN_T * FFN_EMBD; i++)
-			x[i] = qsb_rng_unif();
+			x[i] = rng_unif();
 		for (int t = 0; t < FFN_T; t++) {
-			ids[2 * t] = (int32_t)(qsb_rng_next() % FFN_EXP);
+			ids[2 * t] = (int32_t)(rng_next() % FFN_EXP);
 			ids[2 * t + 1] =
-			    (ids[2 * t] + 1 + (int32_t)(qsb_rng_next() % (FFN_EXP - 1))) % FFN_EXP;
-			w[2 * t] = 0.25f + 0.5f * (qsb_rng_unif() + 1) / 2;
+			    (ids[2 * t] + 1 + (int32_t)(rng_next() % (FFN_EXP - 1))) % FFN_EXP;
+			w[2 * t] = 0.25f + 0.5f * (rng_unif() + 1) / 2;
 			w[2 * t + 1] = 1 - w[2 * t];
 		}
 		static moe_fix_t want[FFN_T * FFN_EMBD], got[FFN_T * FFN_EMBD];

@@ -147,7 +147,7 @@ Test(iq2, grid_levels_and_sign_parity)
 	for (size_t ti = 0; ti < N_IQ2; ti++) {
 		const moe_type t = iq2_types[ti];
 		const size_t bs = moe_type_get(t)->type_size;
-		qsb_rng = 77 + ti;
+		rng_state = 77 + ti;
 		uint8_t *w = qsb_rand_blocks(t, N, true);
 		for (int64_t k = 0; k < N / 256; k++) {
 			uint8_t *blk = w + (size_t)k * bs;

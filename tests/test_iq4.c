@@ -156,7 +156,7 @@ Test(iq4, dequant_mxfp4_by_hand)
 Test(iq4, mxfp4_e8m0_255_is_nan)
 {
 	enum { N = 32 * 24 };
-	qsb_rng = 4242;
+	rng_state = 4242;
 	uint8_t *w = qsb_rand_blocks(MOE_TYPE_MXFP4, N, true);
 	void *a = qsb_rand_act(MOE_TYPE_MXFP4, N);
 	float y[N];
@@ -264,7 +264,7 @@ Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
 static void xs_long_rows_same_bits(moe_isa level)
 {
 	enum { ROWS = 37, COLS = 256 * 40 };
-	qsb_rng = 31337;
+	rng_state = 31337;
 	uint8_t *w = qsb_rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
 	void *xq = qsb_rand_act(MOE_TYPE_IQ4_XS, COLS);
 	float want[ROWS], got[ROWS];
