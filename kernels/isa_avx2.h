@@ -335,6 +335,87 @@ static inline void run_lanes8(moe_tile_fn tile, int64_t n_cols, float *y, const 
 	}
 }
 
+/* Fills prep (a tile's per-token data) from the tokens a[0..8) of one group,
+ * for rows of n_cols columns. */
+typedef void (*moe_tile_gather_fn)(void *prep, int64_t n_cols, const uint8_t *const a[8]);
+
+/* Rows [0, n_r) x tokens [t0, t1) by R x T tiles of tile (R * T = 8), the
+ * last row / token repeated in edge tiles (their lanes dropped) and the
+ * unused pointers (rows past R, tokens past T) set to the first; every tile
+ * gets prep, which gather (where not NULL) fills first for each group of T
+ * tokens.  The tile drivers of isa_avx2_gemm.c, isa_avx2_iq2.c and
+ * isa_avx2_iq4.c. */
+static inline void run_grid(moe_tile_fn tile, int R, int T, int64_t n_cols, float *y, int64_t ldy,
+                            const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                            size_t x_stride, int64_t t0, int64_t t1, moe_tile_gather_fn gather,
+                            void *prep)
+{
+	const uint8_t *wp[8], *ap[8];
+	float out[8];
+
+	for (int64_t tt = t0; tt < t1; tt += T) {
+		for (int t = 0; t < T; t++) {
+			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
+			ap[t] = x + (size_t)tk * x_stride;
+		}
+		for (int t = T; t < 8; t++)
+			ap[t] = ap[0];
+		if (gather != NULL)
+			gather(prep, n_cols, ap);
+		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
+			for (int r = 0; r < R; r++) {
+				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
+				wp[r] = w + (size_t)rr * w_stride;
+			}
+			for (int r = R; r < 8; r++)
+				wp[r] = wp[0];
+			tile(n_cols, out, wp, ap, prep);
+			for (int k = 0; k < R * T; k++) {
+				int64_t r = r0 + k / T, t = tt + k % T;
+				if (r < n_r && t < t1)
+					y[t * ldy + r] = out[k];
+			}
+		}
+	}
+}
+
+/* run_grid with tiles that take no prep, but one token over 16 rows or more
+ * by the 8x1 tile over 8 row runs (run_lanes8). */
+static inline void run_shape_plain(moe_tile_fn tile, int R, int T, int64_t n_cols, float *y,
+                                   int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r,
+                                   const uint8_t *x, size_t x_stride, int64_t t0, int64_t t1)
+{
+	if (R == 8 && T == 1 && n_r >= 16)
+		run_lanes8(tile, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride,
+		           NULL);
+	else
+		run_grid(tile, R, T, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, t0, t1, NULL,
+		         NULL);
+}
+
+/* Tokens [0, n_t) over rows [0, n_r) with a type's 8x1, 2x4 and 1x8 tiles
+ * (run_shape_plain): groups of 8 tokens take 1x8 tiles; a remainder of 1
+ * token 8x1, of 2-4 2x4, of 5-7 one padded 1x8 (as isa_avx2_gemm.c's
+ * run_tiles).  Which shape computes an element does not change its bits. */
+static inline void run_tiles_plain(moe_tile_fn r8t1, moe_tile_fn r2t4, moe_tile_fn r1t8,
+                                   int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                                   size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride,
+                                   int64_t n_t)
+{
+	const int64_t full = n_t / 8 * 8, rem = n_t - full;
+	if (full > 0)
+		run_shape_plain(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
+	if (rem == 1)
+		run_shape_plain(r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full,
+		                n_t);
+	else if (rem >= 2 && rem <= 4)
+		run_shape_plain(r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full,
+		                n_t);
+	else if (rem > 4)
+		run_shape_plain(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full,
+		                n_t);
+}
+
 /* The exact sum of v's 8 int32 lanes (they fit: callers' block sums), in
  * lane 0 of the result. */
 static inline __m128i hsum_i32_v(__m256i v)
@@ -469,6 +550,41 @@ static inline void run_rows4(rows4_fn fn, int64_t n_cols, float *y, const uint8_
 		for (int k = 0; k < 4; k++)
 			if (row[k] < n_r)
 				y[row[k]] = out[k];
+	}
+}
+
+/* ---- one row against up to 8 tokens ------------------------------------------------
+ *
+ * The 256-block types without tiles (isa_avx2_k23.c, isa_avx2_iq13.c) run one
+ * row at a time against a group of 1, 2, 4 or 8 tokens. */
+
+/* out[t] = row w (nb blocks) against token a[t], t < the function's group. */
+typedef void (*row_tokens_fn)(int64_t nb, float out[8], const uint8_t *w,
+                              const uint8_t *const a[8]);
+
+/* Tokens [0, n_t) in groups of 8 (fns[3]), then one of 4, 2 and 1 as needed
+ * (fns[2], fns[1], fns[0]); each group meets every row (the caller keeps the
+ * rows few enough to stay in cache when there are several groups). */
+static inline void run_row_groups(const row_tokens_fn fns[4], int64_t n_cols, float *y, int64_t ldy,
+                                  const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                                  size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const uint8_t *ap[8];
+	float out[8];
+
+	for (int64_t t0 = 0; t0 < n_t;) {
+		const int64_t left = n_t - t0;
+		const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+		const int T = 1 << k;
+		for (int t = 0; t < T; t++)
+			ap[t] = x + (size_t)(t0 + t) * x_stride;
+		for (int64_t r = 0; r < n_r; r++) {
+			fns[k](nb, out, w + (size_t)r * w_stride, ap);
+			for (int t = 0; t < T; t++)
+				y[(t0 + t) * ldy + r] = out[t];
+		}
+		t0 += T;
 	}
 }
 

@@ -730,9 +730,15 @@ typedef struct tile_set {
 
 enum { PREP_STACK_BLOCKS = 64 };
 
+/* prep_k8 as run_grid's gather (prep: a k8_prep per block). */
+static void gather_k8(void *prep, int64_t n_cols, const uint8_t *const a[NP])
+{
+	prep_k8(prep, n_cols / MOE_QK_K, a);
+}
+
 /* Covers rows [0, n_r) x tokens [t0, t0 + n_tt) with R x T tiles of fn,
- * repeating the last row / token in edge tiles.  With fnp (1x8 K-quant
- * tiles, fnp) each group of 8 tokens is gathered into a k8_prep first (on the
+ * repeating the last row / token in edge tiles (run_grid).  With fnp (1x8
+ * K-quant tiles, fnp) each group of 8 tokens is gathered into a k8_prep first (on the
  * stack, or the heap for long rows; without memory the tiles gather for
  * themselves, with the same results); one token over runs of many rows
  * takes fnp, where given, with a q40_prep (run_lanes8_q40). */
@@ -740,8 +746,6 @@ static void run_shape(moe_tile_fn fn, moe_tile_fn fnp, int R, int T, int64_t n_c
                       int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
                       size_t x_stride, int64_t t0, int64_t t1)
 {
-	const uint8_t *wp[NP], *ap[NP];
-	float out[NP];
 	k8_prep stack[PREP_STACK_BLOCKS], *prep = NULL;
 	const int64_t nb = n_cols / MOE_QK_K;
 
@@ -756,27 +760,11 @@ static void run_shape(moe_tile_fn fn, moe_tile_fn fnp, int R, int T, int64_t n_c
 	if (fnp != NULL && R == 1 && T == NP)
 		prep = nb <= PREP_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*prep));
 	if (prep != NULL)
-		fn = fnp;
-	for (int64_t tt = t0; tt < t1; tt += T) {
-		for (int t = 0; t < T; t++) {
-			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
-			ap[t] = x + (size_t)tk * x_stride;
-		}
-		if (prep != NULL)
-			prep_k8(prep, nb, ap);
-		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
-			for (int r = 0; r < R; r++) {
-				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
-				wp[r] = w + (size_t)rr * w_stride;
-			}
-			fn(n_cols, out, wp, ap, prep);
-			for (int k = 0; k < R * T; k++) {
-				int64_t r = r0 + k / T, t = tt + k % T;
-				if (r < n_r && t < t1)
-					y[t * ldy + r] = out[k];
-			}
-		}
-	}
+		run_grid(fnp, R, T, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, t0, t1,
+		         gather_k8, prep);
+	else
+		run_grid(fn, R, T, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, t0, t1, NULL,
+		         NULL);
 	if (prep != stack)
 		free(prep);
 }

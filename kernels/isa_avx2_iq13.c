@@ -254,8 +254,6 @@ static ALWAYS_INLINE void row_iq(moe_type t, int T, int64_t nb, float out[KT], c
 
 /* ---- one-token dots and tiles per type ------------------------------------------- */
 
-typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_t *const a[KT]);
-
 #define TYPE_FNS(name, type)                                                                       \
 	static void name##_t1(int64_t nb, float o[KT], const uint8_t *w,                           \
 	                      const uint8_t *const a[KT])                                          \
@@ -277,7 +275,7 @@ typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_
 	{                                                                                          \
 		row_iq(type, 8, nb, o, w, a);                                                      \
 	}                                                                                          \
-	static const row_fn fns_##name[4] = {name##_t1, name##_t2, name##_t4, name##_t8};          \
+	static const row_tokens_fn fns_##name[4] = {name##_t1, name##_t2, name##_t4, name##_t8};   \
 	static void dot_##name(int64_t n, float *s, const void *w, const void *a)                  \
 	{                                                                                          \
 		const uint8_t *ap[KT] = {a};                                                       \
@@ -300,36 +298,14 @@ void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	dots[MOE_TYPE_IQ1_M] = dot_iq1_m;
 }
 
-/* Tokens [0, n_t) in groups of 8, then one of 4, 2 and 1 as needed; each
- * group meets every row (as isa_avx2_k23.c's run_rows). */
-static void run_rows(const row_fn fns[4], int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
-                     size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
-{
-	const int64_t nb = n_cols / MOE_QK_K;
-	const uint8_t *ap[KT];
-	float out[KT];
-
-	for (int64_t t0 = 0; t0 < n_t;) {
-		const int64_t left = n_t - t0;
-		const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
-		const int T = 1 << k;
-		for (int t = 0; t < T; t++)
-			ap[t] = x + (size_t)(t0 + t) * x_stride;
-		for (int64_t r = 0; r < n_r; r++) {
-			fns[k](nb, out, w + (size_t)r * w_stride, ap);
-			for (int t = 0; t < T; t++)
-				y[(t0 + t) * ldy + r] = out[t];
-		}
-		t0 += T;
-	}
-}
-
+/* Tokens [0, n_t) in groups of 8, 4, 2 and 1 over every row (isa_avx2.h
+ * run_row_groups). */
 #define GEMM(name)                                                                                 \
 	static void gemm_##name(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,           \
 	                        size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride,   \
 	                        int64_t n_t)                                                       \
 	{                                                                                          \
-		run_rows(fns_##name, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);          \
+		run_row_groups(fns_##name, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);    \
 	}
 
 GEMM(iq3_xxs)

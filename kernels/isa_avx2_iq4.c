@@ -306,74 +306,22 @@ SHAPES(nl, KIND_NL)
 SHAPES(mx, KIND_MX)
 SHAPES(xs, KIND_XS)
 
-/* Rows [0, n_r) x tokens [t0, t1) by R x T tiles of fn, the last row / token
- * repeated in edge tiles (their lanes dropped); one token over 16 rows or
- * more by the 8x1 tile over 8 row runs (run_lanes8). */
-static void run_shape(moe_tile_fn fn, int R, int T, int64_t n_cols, float *y, int64_t ldy,
-                      const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
-                      size_t x_stride, int64_t t0, int64_t t1)
-{
-	const uint8_t *wp[NP], *ap[NP];
-	float out[NP];
-
-	if (R == NP && T == 1 && n_r >= 2 * NP) {
-		run_lanes8(fn, n_cols, y + t0 * ldy, w, w_stride, n_r, x + (size_t)t0 * x_stride,
-		           NULL);
-		return;
-	}
-	for (int64_t tt = t0; tt < t1; tt += T) {
-		for (int t = 0; t < T; t++) {
-			int64_t tk = tt + t < t1 ? tt + t : t1 - 1;
-			ap[t] = x + (size_t)tk * x_stride;
-		}
-		for (int64_t r0 = 0; r0 < n_r; r0 += R) {
-			for (int r = 0; r < R; r++) {
-				int64_t rr = r0 + r < n_r ? r0 + r : n_r - 1;
-				wp[r] = w + (size_t)rr * w_stride;
-			}
-			fn(n_cols, out, wp, ap, NULL);
-			for (int k = 0; k < R * T; k++) {
-				int64_t r = r0 + k / T, t = tt + k % T;
-				if (r < n_r && t < t1)
-					y[t * ldy + r] = out[k];
-			}
-		}
-	}
-}
-
-/* Groups of 8 tokens take 1x8 tiles; a remainder of 1 token 8x1, of 2-4
- * 2x4, of 5-7 one padded 1x8 (as isa_avx2_gemm.c's run_tiles). */
-static void run_tiles(moe_tile_fn r8t1, moe_tile_fn r2t4, moe_tile_fn r1t8, int64_t n_cols,
-                      float *y, int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r,
-                      const uint8_t *x, size_t x_stride, int64_t n_t)
-{
-	const int64_t full = n_t / 8 * 8, rem = n_t - full;
-	if (full > 0)
-		run_shape(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, full);
-	if (rem == 1)
-		run_shape(r8t1, 8, 1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
-	else if (rem >= 2 && rem <= 4)
-		run_shape(r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
-	else if (rem > 4)
-		run_shape(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full, n_t);
-}
-
 static void gemm_iq4_nl(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	run_tiles(nl_8x1, nl_2x4, nl_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	run_tiles_plain(nl_8x1, nl_2x4, nl_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 static void gemm_mxfp4(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	run_tiles(mx_8x1, mx_2x4, mx_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	run_tiles_plain(mx_8x1, mx_2x4, mx_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 static void gemm_iq4_xs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	run_tiles(xs_8x1, xs_2x4, xs_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	run_tiles_plain(xs_8x1, xs_2x4, xs_1x8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 moe_gemm_fn moe_gemm_avx2_iq4(moe_type t)

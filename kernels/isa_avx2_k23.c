@@ -74,59 +74,77 @@ static ALWAYS_INLINE uint32_t load_u32(const void *p)
 	return u;
 }
 
+/* acc[t] += the products of q (32 unsigned quants: values 32v..32v + 31 of
+ * a block) with token block y[t]'s, pairs summed (maddubs), times the
+ * pairs' scales sc (madd), for t < T: exact int32 lanes. */
+static ALWAYS_INLINE void add_vec_tokens(int T, __m256i q, __m256i sc,
+                                         const moe_block_q8_K *const *y, int v, __m256i *acc)
+{
+#pragma GCC unroll 8
+	for (int t = 0; t < T; t++) {
+		const __m256i yy = _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * v));
+		acc[t] =
+		    _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
+	}
+}
+
 /* ---- Q2_K ------------------------------------------------------------------------ */
+
+/* Q2_K block x against the T token blocks y[0..T) (row_q2_K, q2_K_rows4):
+ * acc[t] = 8 int32 lanes summing to the block's isum against y[t] (exact),
+ * *mn16 = the 16 mins as int16; prefetches the row 16 blocks ahead.  (y and
+ * acc are pointers, not [KT] arrays: the four-row callers pass one each.) */
+static ALWAYS_INLINE void q2_K_block(int T, const moe_block_q2_K *x, const moe_block_q8_K *const *y,
+                                     __m256i *acc, __m256i *mn16)
+{
+	const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+
+	_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
+	const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
+	const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(sc8), m15);
+	*mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
+#pragma GCC unroll 8
+	for (int t = 0; t < T; t++)
+		acc[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+		pin(&qs);
+#pragma GCC unroll 4
+		for (int j = 0; j < 4; j++) {
+			const int v = 4 * h + j;
+			const __m256i q = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
+			const __m256i sc = _mm256_shuffle_epi8(scb, pick_u8_pair(v));
+			add_vec_tokens(T, q, sc, y, v, acc);
+		}
+	}
+}
 
 /* Row w (nb blocks) against T tokens a[0..T): out[t] as the reference. */
 static ALWAYS_INLINE void row_q2_K(int T, int64_t nb, float out[KT], const uint8_t *w,
                                    const uint8_t *const a[KT])
 {
-	const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
 	__m128 acc2[KT]; /* lane 0: the scales' sum, lane 1: the mins' */
 
 	for (int t = 0; t < T; t++)
 		acc2[t] = _mm_setzero_ps();
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q2_K *x = (const moe_block_q2_K *)w + i;
-		_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
-		const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
-		const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(sc8), m15);
-		const __m256i mn16 =
-		    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
-		__m256i acc[KT];
+		const moe_block_q8_K *y[KT];
+		__m256i acc[KT], mn16;
 
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
-			acc[t] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-		for (int h = 0; h < 2; h++) {
-			__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
-			pin(&qs);
-#pragma GCC unroll 4
-			for (int j = 0; j < 4; j++) {
-				const int v = 4 * h + j;
-				const __m256i q =
-				    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
-				const __m256i sc = _mm256_shuffle_epi8(scb, pick_u8_pair(v));
-#pragma GCC unroll 8
-				for (int t = 0; t < T; t++) {
-					const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
-					const __m256i yy =
-					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * v));
-					acc[t] = _mm256_add_epi32(
-					    acc[t],
-					    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-				}
-			}
-		}
+			y[t] = (const moe_block_q8_K *)a[t] + i;
+		q2_K_block(T, x, y, acc, &mn16);
 		const __m128 ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(&x->d)));
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++) {
-			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
-			const __m256i m =
-			    _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)y->bsums));
+			const __m256i m = _mm256_madd_epi16(
+			    mn16, _mm256_loadu_si256((const __m256i *)y[t]->bsums));
 			/* [isum, msum] * [d * dy, dmin * dy] + acc: the references' fmaf */
 			acc2[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum2_i32(acc[t], m)),
-			                       _mm_mul_ps(ddm, _mm_set1_ps(y->d)), acc2[t]);
+			                       _mm_mul_ps(ddm, _mm_set1_ps(y[t]->d)), acc2[t]);
 		}
 	}
 	for (int t = 0; t < T; t++)
@@ -154,67 +172,68 @@ static ALWAYS_INLINE __m128i q3_scales(const uint8_t *scales)
 	return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi32(hi, 4)), _mm_set1_epi8(32));
 }
 
+/* Q3_K block x against the T token blocks y[0..T) (row_q3_K, q3_K_rows4):
+ * acc[t] = 8 int32 lanes summing to the block's isum against y[t] (exact,
+ * the -4 offset included); prefetches the row 16 blocks ahead. */
+static ALWAYS_INLINE void q3_K_block(int T, const moe_block_q3_K *x, const moe_block_q8_K *const *y,
+                                     __m256i *acc)
+{
+	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
+
+	_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
+	const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x->scales));
+	/* scales 0-7 and 8-15 as int16, in both halves */
+	const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+	const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+	/* -4 * (sc - 32) as int16 per sub-block: |.| <= 128 */
+	const __m256i off16 = _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
+	const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+
+#pragma GCC unroll 8
+	for (int t = 0; t < T; t++)
+		acc[t] = _mm256_madd_epi16(off16, _mm256_loadu_si256((const __m256i *)y[t]->bsums));
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+		pin(&qs);
+#pragma GCC unroll 4
+		for (int j = 0; j < 4; j++) {
+			const int v = 4 * h + j;
+			/* bit v of each hmask byte moved to bit 2 */
+			const __m256i hb =
+			    v >= 2 ? _mm256_srli_epi16(hm, v - 2) : _mm256_slli_epi16(hm, 2 - v);
+			const __m256i q =
+			    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
+			                    _mm256_and_si256(hb, b4));
+			const __m256i sc = _mm256_shuffle_epi8(
+			    v < 4 ? sca : scb, pick_i16_pair((2 * v) % 8, (2 * v + 1) % 8));
+			add_vec_tokens(T, q, sc, y, v, acc);
+		}
+	}
+}
+
 static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8_t *w,
                                    const uint8_t *const a[KT])
 {
-	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
 	__m128 sum[KT]; /* lane 0 */
 
 	for (int t = 0; t < T; t++)
 		sum[t] = _mm_setzero_ps();
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q3_K *x = (const moe_block_q3_K *)w + i;
-		_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
-		const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x->scales));
-		/* scales 0-7 and 8-15 as int16, in both halves */
-		const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
-		const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
-		/* -4 * (sc - 32) as int16 per sub-block: |.| <= 128 */
-		const __m256i off16 =
-		    _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
-		const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+		const moe_block_q8_K *y[KT];
 		__m256i acc[KT];
 
 #pragma GCC unroll 8
-		for (int t = 0; t < T; t++) {
-			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
-			acc[t] =
-			    _mm256_madd_epi16(off16, _mm256_loadu_si256((const __m256i *)y->bsums));
-		}
-#pragma GCC unroll 2
-		for (int h = 0; h < 2; h++) {
-			__m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
-			pin(&qs);
-#pragma GCC unroll 4
-			for (int j = 0; j < 4; j++) {
-				const int v = 4 * h + j;
-				/* bit v of each hmask byte moved to bit 2 */
-				const __m256i hb = v >= 2 ? _mm256_srli_epi16(hm, v - 2)
-				                          : _mm256_slli_epi16(hm, 2 - v);
-				const __m256i q = _mm256_or_si256(
-				    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
-				    _mm256_and_si256(hb, b4));
-				const __m256i sc = _mm256_shuffle_epi8(
-				    v < 4 ? sca : scb, pick_i16_pair((2 * v) % 8, (2 * v + 1) % 8));
-#pragma GCC unroll 8
-				for (int t = 0; t < T; t++) {
-					const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
-					const __m256i yy =
-					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * v));
-					acc[t] = _mm256_add_epi32(
-					    acc[t],
-					    _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-				}
-			}
-		}
+		for (int t = 0; t < T; t++)
+			y[t] = (const moe_block_q8_K *)a[t] + i;
+		q3_K_block(T, x, y, acc);
 		const float d = half_to_f32(x->d);
 #pragma GCC unroll 8
-		for (int t = 0; t < T; t++) {
-			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+		for (int t = 0; t < T; t++)
 			/* fmaf((float)isum, d * dy, sum), in a vector register */
 			sum[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(acc[t])),
-			                      _mm_set_ss(d * y->d), sum[t]);
-		}
+			                      _mm_set_ss(d * y[t]->d), sum[t]);
 	}
 	for (int t = 0; t < T; t++)
 		out[t] = _mm_cvtss_f32(sum[t]);
@@ -228,7 +247,6 @@ static ALWAYS_INLINE void row_q3_K(int T, int64_t nb, float out[KT], const uint8
 static void q2_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
 	__m256 acc = _mm256_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
@@ -238,32 +256,9 @@ static void q2_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], 
 		__m256i v[8];
 #pragma GCC unroll 4
 		for (int r = 0; r < 4; r++) {
+			__m256i mn16;
 			x[r] = (const moe_block_q2_K *)w[r] + i;
-			_mm_prefetch((const char *)(x[r] + 16), _MM_HINT_T0);
-			const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[r]->scales);
-			const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(sc8), m15);
-			const __m256i mn16 = _mm256_cvtepu8_epi16(
-			    _mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
-			__m256i is = _mm256_setzero_si256();
-#pragma GCC unroll 2
-			for (int h = 0; h < 2; h++) {
-				__m256i qs =
-				    _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * h));
-				pin(&qs);
-#pragma GCC unroll 4
-				for (int j = 0; j < 4; j++) {
-					const int k = 4 * h + j;
-					const __m256i q =
-					    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
-					const __m256i sc =
-					    _mm256_shuffle_epi8(scb, pick_u8_pair(k));
-					const __m256i yy =
-					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
-					is = _mm256_add_epi32(
-					    is, _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-				}
-			}
-			v[2 * r] = is;
+			q2_K_block(1, x[r], &y, &v[2 * r], &mn16);
 			v[2 * r + 1] = _mm256_madd_epi16(mn16, bsums);
 		}
 		const __m256 dd =
@@ -284,48 +279,16 @@ static void q2_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], 
 static void q3_K_rows4(int64_t n_cols, float out[4], const uint8_t *const w[4], const uint8_t *a)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
 	__m128 acc = _mm_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
 		const moe_block_q8_K *y = (const moe_block_q8_K *)a + i;
-		const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
 		const moe_block_q3_K *x[4];
 		__m256i is[4];
 #pragma GCC unroll 4
 		for (int r = 0; r < 4; r++) {
 			x[r] = (const moe_block_q3_K *)w[r] + i;
-			_mm_prefetch((const char *)(x[r] + 16), _MM_HINT_T0);
-			const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x[r]->scales));
-			const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
-			const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
-			const __m256i off16 =
-			    _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
-			const __m256i hm = _mm256_loadu_si256((const __m256i *)x[r]->hmask);
-			__m256i s = _mm256_madd_epi16(off16, bsums);
-#pragma GCC unroll 2
-			for (int h = 0; h < 2; h++) {
-				__m256i qs =
-				    _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * h));
-				pin(&qs);
-#pragma GCC unroll 4
-				for (int j = 0; j < 4; j++) {
-					const int k = 4 * h + j;
-					const __m256i hb = k >= 2 ? _mm256_srli_epi16(hm, k - 2)
-					                          : _mm256_slli_epi16(hm, 2 - k);
-					const __m256i q = _mm256_or_si256(
-					    _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3),
-					    _mm256_and_si256(hb, b4));
-					const __m256i sc = _mm256_shuffle_epi8(
-					    k < 4 ? sca : scb,
-					    pick_i16_pair((2 * k) % 8, (2 * k + 1) % 8));
-					const __m256i yy =
-					    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
-					s = _mm256_add_epi32(
-					    s, _mm256_madd_epi16(_mm256_maddubs_epi16(q, yy), sc));
-				}
-			}
-			is[r] = s;
+			q3_K_block(1, x[r], &y, &is[r]);
 		}
 		const uint64_t d4 = ld16(&x[0]->d) | ld16(&x[1]->d) << 16 | ld16(&x[2]->d) << 32 |
 		                    ld16(&x[3]->d) << 48;
@@ -364,8 +327,6 @@ void moe_dots_avx2_k23(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 
 /* ---- tiles ----------------------------------------------------------------------- */
 
-typedef void (*row_fn)(int64_t nb, float out[KT], const uint8_t *w, const uint8_t *const a[KT]);
-
 #define ROW_FNS(type)                                                                              \
 	static void type##_t1(int64_t nb, float o[KT], const uint8_t *w,                           \
 	                      const uint8_t *const a[KT])                                          \
@@ -392,37 +353,19 @@ ROW_FNS(q2_K)
 ROW_FNS(q3_K)
 
 /* One token on 4 or more rows: rows4 (run_rows4).  Otherwise tokens [0, n_t)
- * in groups of 8, then one of 4, 2 and 1 as needed; each group meets every row (the caller keeps
- * the rows few enough to stay in cache when there are several groups). */
-static void run_rows(const row_fn fns[4], rows4_fn rows4, int64_t n_cols, float *y, int64_t ldy,
-                     const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+ * in groups of 8, 4, 2 and 1 over every row (run_row_groups). */
+static void run_rows(const row_tokens_fn fns[4], rows4_fn rows4, int64_t n_cols, float *y,
+                     int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
                      size_t x_stride, int64_t n_t)
 {
-	if (n_t == 1 && n_r >= 4) {
+	if (n_t == 1 && n_r >= 4)
 		run_rows4(rows4, n_cols, y, w, w_stride, n_r, x);
-		return;
-	}
-	const int64_t nb = n_cols / MOE_QK_K;
-	const uint8_t *ap[KT];
-	float out[KT];
-
-	for (int64_t t0 = 0; t0 < n_t;) {
-		const int64_t left = n_t - t0;
-		const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
-		const int T = 1 << k;
-		for (int t = 0; t < T; t++)
-			ap[t] = x + (size_t)(t0 + t) * x_stride;
-		for (int64_t r = 0; r < n_r; r++) {
-			fns[k](nb, out, w + (size_t)r * w_stride, ap);
-			for (int t = 0; t < T; t++)
-				y[(t0 + t) * ldy + r] = out[t];
-		}
-		t0 += T;
-	}
+	else
+		run_row_groups(fns, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
-static const row_fn fns_q2_K[4] = {q2_K_t1, q2_K_t2, q2_K_t4, q2_K_t8};
-static const row_fn fns_q3_K[4] = {q3_K_t1, q3_K_t2, q3_K_t4, q3_K_t8};
+static const row_tokens_fn fns_q2_K[4] = {q2_K_t1, q2_K_t2, q2_K_t4, q2_K_t8};
+static const row_tokens_fn fns_q3_K[4] = {q3_K_t1, q3_K_t2, q3_K_t4, q3_K_t8};
 
 void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)

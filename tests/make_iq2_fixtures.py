@@ -23,13 +23,11 @@ qwen3moe --preset tiny256 --seed 6001`, not shipped) and an importance matrix
   - iq2-tolerances.json: llama.cpp's batch vs one-by-one and F32 vs quantized
     numbers (merged into tolerances.json by hand).
 """
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_qwen35_fixtures as q35  # noqa: E402
+import fixture_tools as ft  # noqa: E402
 
 SEED = 6001
 BASE = "qwen3moe-k256"
@@ -41,49 +39,19 @@ QUANTS = [("IQ2_XXS", "IQ2_XXS", []), ("IQ2_XS", "IQ2_XS", []),
 
 
 def main():
-    if len(sys.argv) < 4:
-        sys.exit(__doc__)
-    moemesh, llama_bin, out = sys.argv[1:4]
-    port = int(sys.argv[4]) if len(sys.argv) > 4 else 18093
-    here = os.path.dirname(os.path.abspath(__file__))
+    a = ft.args(__doc__, 3, 1)
+    moemesh, llama_bin, out = a[:3]
+    port = int(a[3]) if len(a) > 3 else 18093
     f32 = os.path.join(out, BASE + "-F32.gguf")
     imatrix = os.path.join(out, BASE + ".imatrix.gguf")
-    q35.run([moemesh, "make-model", "--arch", "qwen3moe", "--preset", "tiny256", "--seed",
-             str(SEED), "-o", f32])
-    q35.run([os.path.join(llama_bin, "llama-imatrix"), "-m", f32, "-f",
-             os.path.join(here, "..", "bench", "kjv-genesis-1.txt"), "-o", imatrix, "-c", "128",
-             "-t", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ft.make_model(moemesh, "qwen3moe", "tiny256", SEED, f32)
+    ft.imatrix(llama_bin, f32, imatrix)
     for name, ftype, extra in QUANTS:
-        q35.run([os.path.join(llama_bin, "llama-quantize"), "--imatrix", imatrix] + extra +
-                [f32, os.path.join(out, f"{BASE}-{name}.gguf"), ftype, "2"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    prompt = q35.tokenize(llama_bin, f32, port)
+        ft.quantize(llama_bin, f32, os.path.join(out, f"{BASE}-{name}.gguf"), ftype,
+                    ["--imatrix", imatrix] + extra)
+    prompt = ft.tokenize(llama_bin, f32, port)
     names = [BASE + "-F32"] + [f"{BASE}-{q[0]}" for q in QUANTS]
-    for n in names:
-        q35.goldens(llama_bin, out, n, prompt)
-    load = q35.load
-    tol = {"batch_vs_seq": {}, "f32_vs_quant": {}}
-    for n in names:
-        tol["batch_vs_seq"][n] = {
-            s: q35.compare(load(os.path.join(out, f"{n}.{s}.batch.f32")),
-                           load(os.path.join(out, f"{n}.{s}.seq.f32"))) for s in ("A", "B")}
-    gen0 = json.load(open(os.path.join(out, names[0] + ".json")))["generations"][0]["generated"]
-    for n in names[1:]:
-        t = {}
-        for s in ("A", "B"):
-            for m in ("batch", "seq"):
-                t[f"{s}.{m}"] = q35.compare(load(os.path.join(out, f"{names[0]}.{s}.{m}.f32")),
-                                            load(os.path.join(out, f"{n}.{s}.{m}.f32")))
-                del t[f"{s}.{m}"]["argmax_equal"]
-        gen = json.load(open(os.path.join(out, n + ".json")))["generations"][0]["generated"]
-        same = 0
-        while same < len(gen) and gen[same] == gen0[same]:
-            same += 1
-        t["gen_same_prefix_len"] = same
-        tol["f32_vs_quant"][n] = t
-    with open(os.path.join(out, "iq2-tolerances.json"), "w") as f:
-        json.dump(tol, f, indent=1)
-        f.write("\n")
+    ft.goldens_and_tolerances(llama_bin, out, names, prompt, "iq2-tolerances.json")
 
 
 if __name__ == "__main__":

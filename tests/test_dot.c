@@ -15,21 +15,7 @@
 
 #include "isa_levels.h"
 #include "kernels/kernels.h"
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "test_rng.h"
 
 /* fp16 bits -> value by the IEEE formula. */
 static double half_value(uint16_t h)

@@ -25,76 +25,6 @@ static const moe_type iq_types[] = {MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_S, MOE_TYPE_I
                                     MOE_TYPE_IQ1_M};
 #define N_IQ (sizeof(iq_types) / sizeof(iq_types[0]))
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-/* A random fp16 scale of magnitude 2^-10 .. 2^-4 (sane blocks). */
-static uint16_t rand_scale16(void)
-{
-	uint64_t r = rng_next();
-	return (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 | ((r >> 8) & 1023));
-}
-
-/* IQ1_M keeps its fp16 scale in the top nibbles of its 4 scale words. */
-static void put_iq1m_d(uint8_t *blk, uint16_t d)
-{
-	for (int k = 0; k < 4; k++)
-		blk[48 + 2 * k + 1] =
-		    (uint8_t)((blk[48 + 2 * k + 1] & 0x0f) | ((d >> (4 * k)) & 15) << 4);
-}
-
-/* n values of type t as random blocks: every byte random, then (sane) a
- * realistic fp16 scale. */
-static void *rand_blocks(moe_type t, int64_t n, bool sane)
-{
-	const moe_type_traits *tr = moe_type_get(t);
-	size_t bytes = moe_row_size(t, n);
-	uint8_t *b = malloc(bytes);
-	cr_assert_not_null(b);
-	for (size_t i = 0; i < bytes; i++)
-		b[i] = (uint8_t)(rng_next() >> 56);
-	if (!sane)
-		return b;
-	for (int64_t k = 0; k < n / tr->block_size; k++) {
-		uint8_t *blk = b + (size_t)k * tr->type_size;
-		if (t == MOE_TYPE_IQ1_M)
-			put_iq1m_d(blk, rand_scale16());
-		else
-			put16(blk, rand_scale16());
-	}
-	return b;
-}
-
-static void *rand_act(moe_type t, int64_t n)
-{
-	float *x = malloc(sizeof(float) * (size_t)n);
-	void *q = malloc(moe_act_row_size(t, n));
-	cr_assert(x != NULL && q != NULL);
-	for (int64_t i = 0; i < n; i++)
-		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
-	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
-	free(x);
-	return q;
-}
-
 Test(iq13, type_table)
 {
 	const struct {
@@ -155,9 +85,9 @@ Test(iq13, dequant_iq3_xxs_by_hand)
 {
 	uint8_t b[98] = {0};
 	float y[256];
-	put16(b, 0x3c00);   /* d = 1 */
-	b[2 + 0] = 1;       /* values 0-3: grid 1 = 20 4 4 4 */
-	b[2 + 8 + 2] = 100; /* values 40-43: grid 100 = 28 12 4 20 */
+	qsb_put16(b, 0x3c00); /* d = 1 */
+	b[2 + 0] = 1;         /* values 0-3: grid 1 = 20 4 4 4 */
+	b[2 + 8 + 2] = 100;   /* values 40-43: grid 100 = 28 12 4 20 */
 	/* sub-block 0's word: ls 3 (x 7), group 0 sign bits 0000001 (value 0
 	 * negative; odd count: value 7 negative too) */
 	const uint32_t w0 = 3u << 28 | 1u;
@@ -182,13 +112,13 @@ Test(iq13, dequant_iq3_s_by_hand)
 {
 	uint8_t b[110] = {0};
 	float y[256];
-	put16(b, 0x3800); /* d = 0.5 */
-	b[2 + 0] = 44;    /* with qh bit: grid 300 = 3 5 3 7 */
-	b[2 + 8] = 1;     /* sub-block 1 values 0-3: grid 1 = 3 1 1 1 */
-	b[66] = 1;        /* qh[0] bit 0 */
-	b[74] = 0x02;     /* signs[0]: value 1 negative */
-	b[74 + 4] = 0x01; /* signs[4]: value 32 negative */
-	b[106] = 0x21;    /* ls 1 (x 3) and 2 (x 5) */
+	qsb_put16(b, 0x3800); /* d = 0.5 */
+	b[2 + 0] = 44;        /* with qh bit: grid 300 = 3 5 3 7 */
+	b[2 + 8] = 1;         /* sub-block 1 values 0-3: grid 1 = 3 1 1 1 */
+	b[66] = 1;            /* qh[0] bit 0 */
+	b[74] = 0x02;         /* signs[0]: value 1 negative */
+	b[74 + 4] = 0x01;     /* signs[4]: value 32 negative */
+	b[106] = 0x21;        /* ls 1 (x 3) and 2 (x 5) */
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ3_S, y, b, 256), MOE_OK);
 	cr_expect_eq(y[0], 4.5f);
 	cr_expect_eq(y[1], -7.5f);
@@ -204,11 +134,11 @@ Test(iq13, dequant_iq1_s_by_hand)
 {
 	uint8_t b[50] = {0};
 	float y[256];
-	put16(b, 0x3c00); /* d = 1 */
-	b[2 + 0] = 0xff;  /* group 0: index 0x7ff, all +1 */
-	b[2 + 2] = 0xe8;  /* group 2: index 0x3e8 = 1000: -1 0 -1 -1 0 0 0 0 */
+	qsb_put16(b, 0x3c00); /* d = 1 */
+	b[2 + 0] = 0xff;      /* group 0: index 0x7ff, all +1 */
+	b[2 + 2] = 0xe8;      /* group 2: index 0x3e8 = 1000: -1 0 -1 -1 0 0 0 0 */
 	/* qh[0]: delta -1/8, ls 5 (x 11), group 0 high bits 7, group 2 high bits 3 */
-	put16(b + 34, 0x8000 | 5u << 12 | 7u | 3u << 6);
+	qsb_put16(b + 34, 0x8000 | 5u << 12 | 7u | 3u << 6);
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ1_S, y, b, 256), MOE_OK);
 	/* value = d * (2 ls + 1) * (grid + delta) */
 	cr_expect_eq(y[0], 9.625f);
@@ -230,8 +160,8 @@ Test(iq13, dequant_iq1_m_by_hand)
 	b[32] = 0x87; /* group 0 high bits 7, delta +; group 1 delta - */
 	/* word 0: sub-block 0 ls 2 (x 5) and 6 (x 13); sub-block 1 ls 0, 7 (x 15) */
 	uint16_t w0 = (uint16_t)(2u | 6u << 3 | 0u << 6 | 7u << 9);
-	put16(b + 48, w0);
-	put_iq1m_d(b, 0x4000); /* d = 2 */
+	qsb_put16(b + 48, w0);
+	qsb_put_iq1m_d(b, 0x4000); /* d = 2 */
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ1_M, y, b, 256), MOE_OK);
 	cr_expect_eq(y[0], 11.25f);
 	cr_expect_eq(y[8], -11.25f);
@@ -248,33 +178,8 @@ Test(iq13, dequant_iq1_m_by_hand)
 Test(iq13, reference_matches_dequantised_double)
 {
 	const int64_t lengths[] = {256, 768, 4096, 256 * 27};
-	int checked = 0;
-	for (size_t ti = 0; ti < N_IQ; ti++) {
-		const moe_type t = iq_types[ti];
-		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
-			const int64_t n = lengths[li];
-			rng_state = 100 + ti * 10 + li;
-			void *w = rand_blocks(t, n, true), *a = rand_act(t, n);
-			float *wd = malloc(sizeof(float) * (size_t)n),
-			      *ad = malloc(sizeof(float) * (size_t)n);
-			cr_assert(wd != NULL && ad != NULL);
-			cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
-			cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q8_K, ad, a, n), MOE_OK);
-			double exact = 0, mag = 0;
-			for (int64_t i = 0; i < n; i++) {
-				exact += (double)wd[i] * ad[i];
-				mag += fabs((double)wd[i] * ad[i]);
-			}
-			float s = NAN;
-			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(n, &s, w, a);
-			cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
-			          "%s n=%lld: %.9g vs %.9g (mag %.3g)", moe_type_get(t)->name,
-			          (long long)n, s, exact, mag);
-			checked++;
-			free(ad), free(wd), free(a), free(w);
-		}
-	}
-	cr_assert_eq(checked, 16);
+	cr_assert_eq(
+	    qsb_reference_double(iq_types, N_IQ, lengths, sizeof lengths / sizeof lengths[0]), 16);
 }
 
 /* Each level's one-row dot gives the reference's bits (NaN for NaN), on sane
@@ -283,7 +188,7 @@ static void dots_same_bits(moe_isa level)
 {
 	static const int64_t lengths[] = {256, 768, 4096, 256 * 27};
 	qsb_dots(level, iq_types, N_IQ, lengths, sizeof lengths / sizeof lengths[0], true,
-	         rand_blocks, rand_act, &rng_state, "IQ3/IQ1");
+	         "IQ3/IQ1");
 }
 
 ISA_SIMD_TESTS(iq13, dots_same_bits_as_reference, dots_same_bits)
@@ -293,7 +198,7 @@ ISA_SIMD_TESTS(iq13, dots_same_bits_as_reference, dots_same_bits)
  * not), one token over 37 rows, and on 2 threads. */
 static void matmul_same_bits(moe_isa level)
 {
-	qsb_matmul(level, iq_types, N_IQ, 512, rand_blocks, rand_act, &rng_state, "IQ3/IQ1");
+	qsb_matmul(level, iq_types, N_IQ, 512, "IQ3/IQ1");
 }
 
 ISA_SIMD_TESTS(iq13, matmul_same_bits_as_scalar, matmul_same_bits)
@@ -311,15 +216,15 @@ static void ffn_mat(moe_expert_mat *m, const void **ptr, uint8_t **data, moe_typ
 	*data = malloc(bytes * FFN_EXP);
 	cr_assert_not_null(*data);
 	for (int e = 0; e < FFN_EXP; e++) {
-		uint8_t *b = rand_blocks(t, rows * cols, true);
+		uint8_t *b = qsb_rand_blocks(t, rows * cols, true);
 		const moe_type_traits *tr = moe_type_get(t);
 		for (int64_t k = 0; k < rows * cols / 256; k++) {
 			uint8_t *blk = b + (size_t)k * tr->type_size;
-			const uint16_t d = (uint16_t)(rand_scale16() - (3 << 10));
+			const uint16_t d = (uint16_t)(qsb_rand_scale16() - (3 << 10));
 			if (t == MOE_TYPE_IQ1_M)
-				put_iq1m_d(blk, d);
+				qsb_put_iq1m_d(blk, d);
 			else
-				put16(blk, d);
+				qsb_put16(blk, d);
 		}
 		memcpy(*data + bytes * (size_t)e, b, bytes);
 		free(b);
@@ -398,18 +303,6 @@ ISA_SIMD_TESTS(iq13, expert_ffn_same_bits_as_scalar, ffn_same_bits)
 
 /* ---- the fixtures ---------------------------------------------------------------- */
 
-static moe_gguf *open_fixture(const char *name)
-{
-	const char *dir = getenv("MOE_FIXTURES");
-	char path[1024];
-	moe_gguf *g = NULL;
-
-	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK, "%s: %s", path, moe_err_detail());
-	return g;
-}
-
 /* The fixtures hold the types llama-quantize chose (tests/fixtures/README.md):
  * the IQ3_XXS file mixes IQ3_XXS experts with IQ3_S, Q8_0, Q5_K and Q6_K
  * tensors; every tensor of these types dequantises to finite values that
@@ -427,7 +320,7 @@ Test(iq13_fixtures, tensor_types)
 	            {"qwen3moe-kq-IQ1_S.gguf", MOE_TYPE_IQ1_S, 8, MOE_TYPE_Q2_K, 1},
 	            {"qwen3moe-kq-IQ1_M.gguf", MOE_TYPE_IQ1_M, 8, MOE_TYPE_Q2_K, 1}};
 	for (size_t fi = 0; fi < sizeof(want) / sizeof(want[0]); fi++) {
-		moe_gguf *g = open_fixture(want[fi].file);
+		moe_gguf *g = qsb_open_fixture(want[fi].file);
 		int count[MOE_TYPE_COUNT] = {0};
 		for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
 			const moe_gguf_tensor *t = moe_gguf_tensor_at(g, i);

@@ -22,62 +22,10 @@
 static const moe_type iq2_types[] = {MOE_TYPE_IQ2_XXS, MOE_TYPE_IQ2_XS, MOE_TYPE_IQ2_S};
 #define N_IQ2 (sizeof(iq2_types) / sizeof(iq2_types[0]))
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
 /* Value j (0..7) of a grid entry as ggml-common.h writes it (byte j). */
 static float gbyte(uint64_t e, int j)
 {
 	return (float)((e >> (8 * j)) & 255);
-}
-
-/* n values of type t as blocks of random bytes; sane: d a random fp16 of
- * magnitude 2^-10 .. 2^-4 (else d random too: NaN / Inf included). */
-static void *rand_blocks(moe_type t, int64_t n, bool sane)
-{
-	const size_t bytes = moe_row_size(t, n), bs = moe_type_get(t)->type_size;
-	uint8_t *b = malloc(bytes);
-	cr_assert_not_null(b);
-	for (size_t i = 0; i < bytes; i++)
-		b[i] = (uint8_t)(rng_next() >> 56);
-	if (sane)
-		for (int64_t k = 0; k < n / 256; k++) {
-			uint64_t r = rng_next();
-			put16(b + (size_t)k * bs,
-			      (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 |
-			                 ((r >> 8) & 1023)));
-		}
-	return b;
-}
-
-static void *rand_act(moe_type t, int64_t n)
-{
-	float *x = malloc(sizeof(float) * (size_t)n);
-	void *q = malloc(moe_act_row_size(t, n));
-	cr_assert(x != NULL && q != NULL);
-	for (int64_t i = 0; i < n; i++)
-		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
-	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
-	free(x);
-	return q;
 }
 
 Test(iq2, type_table)
@@ -113,7 +61,7 @@ Test(iq2, dequant_iq2_xxs_by_hand)
 	uint8_t b[66];
 	float y[256];
 	memset(b, 0, sizeof b);
-	put16(b, 0x3800); /* 0.5 */
+	qsb_put16(b, 0x3800); /* 0.5 */
 	b[2] = 1, b[3] = 100, b[4] = 255, b[5] = 200;
 	const uint32_t a1 = 0u | 127u << 7 | 5u << 14 | 1u << 21 | 3u << 28;
 	for (int k = 0; k < 4; k++)
@@ -144,9 +92,9 @@ Test(iq2, dequant_iq2_xs_by_hand)
 	uint8_t b[74];
 	float y[256];
 	memset(b, 0, sizeof b);
-	put16(b, 0xc000); /* -2 */
+	qsb_put16(b, 0xc000); /* -2 */
 	for (int g = 0; g < 5; g++)
-		put16(b + 2 + 2 * g, (uint16_t)(idx[g] | sg[g] << 9));
+		qsb_put16(b + 2 + 2 * g, (uint16_t)(idx[g] | sg[g] << 9));
 	b[66] = 0x52, b[67] = 0x0f;
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ2_XS, y, b, 256), MOE_OK);
 	for (int g = 0; g < 5; g++)
@@ -171,7 +119,7 @@ Test(iq2, dequant_iq2_s_by_hand)
 	uint8_t b[82];
 	float y[256];
 	memset(b, 0, sizeof b);
-	put16(b, 0x3c00);
+	qsb_put16(b, 0x3c00);
 	for (int g = 0; g < 4; g++) {
 		b[2 + g] = (uint8_t)(idx[g] & 255);
 		b[2 + 32 + g] = (uint8_t)neg[g];
@@ -200,10 +148,10 @@ Test(iq2, grid_levels_and_sign_parity)
 		const moe_type t = iq2_types[ti];
 		const size_t bs = moe_type_get(t)->type_size;
 		rng_state = 77 + ti;
-		uint8_t *w = rand_blocks(t, N, true);
+		uint8_t *w = qsb_rand_blocks(t, N, true);
 		for (int64_t k = 0; k < N / 256; k++) {
 			uint8_t *blk = w + (size_t)k * bs;
-			put16(blk, 0x3c00);
+			qsb_put16(blk, 0x3c00);
 			if (t == MOE_TYPE_IQ2_XXS)
 				for (int sb = 0; sb < 8; sb++)
 					blk[2 + 8 * sb + 7] &= 0x0f; /* bits 28-31 of a1 */
@@ -240,41 +188,16 @@ Test(iq2, grid_levels_and_sign_parity)
 Test(iq2, reference_matches_dequantised_double)
 {
 	const int64_t lengths[] = {256, 768, 4096, 256 * 27};
-	int checked = 0;
-	for (size_t ti = 0; ti < N_IQ2; ti++)
-		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
-			const moe_type t = iq2_types[ti];
-			const int64_t n = lengths[li];
-			rng_state = 100 + ti * 10 + li;
-			uint8_t *w = rand_blocks(t, n, true);
-			void *a = rand_act(t, n);
-			float *wd = malloc(sizeof(float) * (size_t)n),
-			      *ad = malloc(sizeof(float) * (size_t)n);
-			cr_assert(wd != NULL && ad != NULL);
-			cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
-			cr_assert_eq(moe_dequantize_row(MOE_TYPE_Q8_K, ad, a, n), MOE_OK);
-			double exact = 0, mag = 0;
-			for (int64_t i = 0; i < n; i++) {
-				exact += (double)wd[i] * ad[i];
-				mag += fabs((double)wd[i] * ad[i]);
-			}
-			float s = NAN;
-			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(n, &s, w, a);
-			cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
-			          "%s n=%lld: %.9g vs %.9g (mag %.3g)", moe_type_get(t)->name,
-			          (long long)n, s, exact, mag);
-			checked++;
-			free(ad), free(wd), free(a), free(w);
-		}
-	cr_assert_eq(checked, 12);
+	cr_assert_eq(
+	    qsb_reference_double(iq2_types, N_IQ2, lengths, sizeof lengths / sizeof lengths[0]),
+	    12);
 }
 
 /* Each level's one-row dot gives the reference's bits (NaN for NaN). */
 static void dots_same_bits(moe_isa level)
 {
 	static const int64_t lengths[] = {256, 768, 4096, 256 * 27};
-	qsb_dots(level, iq2_types, N_IQ2, lengths, sizeof lengths / sizeof lengths[0], true,
-	         rand_blocks, rand_act, &rng_state, "IQ2");
+	qsb_dots(level, iq2_types, N_IQ2, lengths, sizeof lengths / sizeof lengths[0], true, "IQ2");
 }
 
 ISA_SIMD_TESTS(iq2, dots_same_bits_as_reference, dots_same_bits)
@@ -284,7 +207,7 @@ ISA_SIMD_TESTS(iq2, dots_same_bits_as_reference, dots_same_bits)
  * not), one token and a few over 37 rows (the 8 row runs), and on 2 threads. */
 static void matmul_same_bits(moe_isa level)
 {
-	qsb_matmul(level, iq2_types, N_IQ2, 768, rand_blocks, rand_act, &rng_state, "IQ2");
+	qsb_matmul(level, iq2_types, N_IQ2, 768, "IQ2");
 }
 
 ISA_SIMD_TESTS(iq2, matmul_same_bits_as_scalar, matmul_same_bits)

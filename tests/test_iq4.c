@@ -26,21 +26,6 @@ static const moe_type iq_types[] = {MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_M
 static const int nl_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                   1,    13,   25,  38,  53,  69,  89,  113};
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
 /* fp16 bits -> value by the IEEE formula. */
 static double half_value(uint16_t h)
 {
@@ -58,54 +43,6 @@ static double e2m1_value(int q)
 	int s = q >> 3, e = (q >> 1) & 3, m = q & 1;
 	double v = e == 0 ? 0.5 * m : ldexp(1.0 + 0.5 * m, e - 1);
 	return s ? -v : v;
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-/* A random fp16 scale of magnitude 2^-10 .. 2^-4 (sane blocks). */
-static uint16_t rand_scale16(void)
-{
-	uint64_t r = rng_next();
-	return (uint16_t)((r & 1) << 15 | (uint16_t)(5 + r % 7) << 10 | ((r >> 8) & 1023));
-}
-
-/* n values of type t as random blocks: random codes, and (sane) realistic
- * scales or (!sane) every byte random. */
-static void *rand_blocks(moe_type t, int64_t n, bool sane)
-{
-	const moe_type_traits *tr = moe_type_get(t);
-	size_t bytes = moe_row_size(t, n);
-	uint8_t *b = malloc(bytes);
-	cr_assert_not_null(b);
-	for (size_t i = 0; i < bytes; i++)
-		b[i] = (uint8_t)(rng_next() >> 56);
-	if (!sane)
-		return b;
-	for (int64_t k = 0; k < n / tr->block_size; k++) {
-		uint8_t *blk = b + (size_t)k * tr->type_size;
-		if (t == MOE_TYPE_MXFP4)
-			blk[0] = (uint8_t)(112 + rng_next() % 20); /* 2^-15 .. 2^4 */
-		else
-			put16(blk, rand_scale16());
-	}
-	return b;
-}
-
-/* Random activations quantised to t's activation form. */
-static void *rand_act(moe_type t, int64_t n)
-{
-	float *x = malloc(sizeof(float) * (size_t)n);
-	void *q = malloc(moe_act_row_size(t, n));
-	cr_assert(x != NULL && q != NULL);
-	for (int64_t i = 0; i < n; i++)
-		x[i] = rng_unif() * (1.0f + (float)((i / 64) % 5));
-	cr_assert_eq(moe_quantize_act(t, q, x, n), MOE_OK);
-	free(x);
-	return q;
 }
 
 Test(iq4, type_table)
@@ -133,8 +70,8 @@ Test(iq4, dequant_iq4_nl_by_hand)
 {
 	uint8_t b[2 * 18];
 	float y[64];
-	put16(b, 0x3800);      /* 0.5 */
-	put16(b + 18, 0xc400); /* -4 */
+	qsb_put16(b, 0x3800);      /* 0.5 */
+	qsb_put16(b + 18, 0xc400); /* -4 */
 	for (int j = 0; j < 16; j++) {
 		b[2 + j] = (uint8_t)(j | (15 - j) << 4);
 		b[20 + j] = (uint8_t)((j * 7) % 16 | ((j * 3) % 16) << 4);
@@ -159,13 +96,13 @@ Test(iq4, dequant_iq4_xs_by_hand)
 	float y[256];
 	const int ls[8] = {0, 63, 32, 33, 31, 16, 48, 7};
 	memset(b, 0, sizeof b);
-	put16(b, 0x3400); /* 0.25 */
+	qsb_put16(b, 0x3400); /* 0.25 */
 	uint16_t h = 0;
 	for (int s = 0; s < 8; s++) {
 		b[4 + s / 2] |= (uint8_t)((ls[s] & 15) << (4 * (s % 2)));
 		h |= (uint16_t)((ls[s] >> 4) << (2 * s));
 	}
-	put16(b + 2, h);
+	qsb_put16(b + 2, h);
 	for (int k = 0; k < 128; k++)
 		b[8 + k] = (uint8_t)((k * 5 + 3) % 16 | ((k * 11 + 1) % 16) << 4);
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_IQ4_XS, y, b, 256), MOE_OK);
@@ -220,8 +157,8 @@ Test(iq4, mxfp4_e8m0_255_is_nan)
 {
 	enum { N = 32 * 24 };
 	rng_state = 4242;
-	uint8_t *w = rand_blocks(MOE_TYPE_MXFP4, N, true);
-	void *a = rand_act(MOE_TYPE_MXFP4, N);
+	uint8_t *w = qsb_rand_blocks(MOE_TYPE_MXFP4, N, true);
+	void *a = qsb_rand_act(MOE_TYPE_MXFP4, N);
 	float y[N];
 	w[17 * 5] = 255;
 	cr_assert_eq(moe_dequantize_row(MOE_TYPE_MXFP4, y, w, N), MOE_OK);
@@ -245,36 +182,8 @@ Test(iq4, mxfp4_e8m0_255_is_nan)
 Test(iq4, reference_matches_dequantised_double)
 {
 	const int64_t lengths[] = {256, 768, 4096, 256 * 27, 32 * 13, 32 * 41};
-	int checked = 0;
-	for (size_t ti = 0; ti < N_IQ; ti++) {
-		const moe_type t = iq_types[ti];
-		const moe_type_traits *tr = moe_type_get(t);
-		for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
-			const int64_t n = lengths[li];
-			if (moe_row_size(t, n) == 0)
-				continue;
-			rng_state = 100 + ti * 10 + li;
-			void *w = rand_blocks(t, n, true), *a = rand_act(t, n);
-			float *wd = malloc(sizeof(float) * (size_t)n),
-			      *ad = malloc(sizeof(float) * (size_t)n);
-			cr_assert(wd != NULL && ad != NULL);
-			cr_assert_eq(moe_dequantize_row(t, wd, w, n), MOE_OK);
-			cr_assert_eq(moe_dequantize_row(tr->vec_dot_type, ad, a, n), MOE_OK);
-			double exact = 0, mag = 0;
-			for (int64_t i = 0; i < n; i++) {
-				exact += (double)wd[i] * ad[i];
-				mag += fabs((double)wd[i] * ad[i]);
-			}
-			float s = NAN;
-			moe_vec_dot_get_isa(t, MOE_ISA_SCALAR)(n, &s, w, a);
-			cr_assert(fabs(s - exact) <= 4e-6 * mag + 1e-30,
-			          "%s n=%lld: %.9g vs %.9g (mag %.3g)", tr->name, (long long)n, s,
-			          exact, mag);
-			checked++;
-			free(ad), free(wd), free(a), free(w);
-		}
-	}
-	cr_assert_eq(checked, 16);
+	cr_assert_eq(
+	    qsb_reference_double(iq_types, N_IQ, lengths, sizeof lengths / sizeof lengths[0]), 16);
 }
 
 /* Each level's one-row dot gives the reference's bits (NaN for NaN), on sane
@@ -284,7 +193,7 @@ static void dots_same_bits(moe_isa level)
 {
 	static const int64_t lengths[] = {256, 768, 4096, 32 * 13, 32 * 41, 32 * 7};
 	qsb_dots(level, iq_types, N_IQ, lengths, sizeof lengths / sizeof lengths[0], false,
-	         rand_blocks, rand_act, &rng_state, "IQ4/MXFP4");
+	         "IQ4/MXFP4");
 }
 
 ISA_SIMD_TESTS(iq4, dots_same_bits_as_reference, dots_same_bits)
@@ -294,24 +203,12 @@ ISA_SIMD_TESTS(iq4, dots_same_bits_as_reference, dots_same_bits)
  * or not), one token over 37 rows (the 8 row runs), and on 2 threads. */
 static void matmul_same_bits(moe_isa level)
 {
-	qsb_matmul(level, iq_types, N_IQ, 768, rand_blocks, rand_act, &rng_state, "IQ4/MXFP4");
+	qsb_matmul(level, iq_types, N_IQ, 768, "IQ4/MXFP4");
 }
 
 ISA_SIMD_TESTS(iq4, matmul_same_bits_as_scalar, matmul_same_bits)
 
 /* ---- the quantizers against llama-quantize ---------------------------------------- */
-
-static moe_gguf *open_fixture(const char *name)
-{
-	const char *dir = getenv("MOE_FIXTURES");
-	char path[1024];
-	moe_gguf *g = NULL;
-
-	cr_assert_not_null(dir, "MOE_FIXTURES is not set");
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	cr_assert_eq(moe_gguf_open(&g, path), MOE_OK, "%s: %s", path, moe_err_detail());
-	return g;
-}
 
 /*
  * The IQ4 / MXFP4 fixtures were made by `llama-quantize F32 out TYPE` from an
@@ -324,9 +221,9 @@ Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
 	const char *files[] = {"qwen3moe-kq-IQ4_XS.gguf", "qwen3moe-kq-IQ4_NL.gguf",
 	                       "qwen3moe-kq-MXFP4_MOE.gguf"};
 	int seen[MOE_TYPE_COUNT] = {0};
-	moe_gguf *src = open_fixture("qwen3moe-kq-Q4_K_M.gguf");
+	moe_gguf *src = qsb_open_fixture("qwen3moe-kq-Q4_K_M.gguf");
 	for (size_t fi = 0; fi < sizeof(files) / sizeof(files[0]); fi++) {
-		moe_gguf *gq = open_fixture(files[fi]);
+		moe_gguf *gq = qsb_open_fixture(files[fi]);
 		for (int64_t i = 0; i < moe_gguf_n_tensors(gq); i++) {
 			const moe_gguf_tensor *tq = moe_gguf_tensor_at(gq, i);
 			if (tq->type != MOE_TYPE_IQ4_NL && tq->type != MOE_TYPE_IQ4_XS &&
@@ -368,8 +265,8 @@ static void xs_long_rows_same_bits(moe_isa level)
 {
 	enum { ROWS = 37, COLS = 256 * 40 };
 	rng_state = 31337;
-	uint8_t *w = rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
-	void *xq = rand_act(MOE_TYPE_IQ4_XS, COLS);
+	uint8_t *w = qsb_rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
+	void *xq = qsb_rand_act(MOE_TYPE_IQ4_XS, COLS);
 	float want[ROWS], got[ROWS];
 	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
 	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);

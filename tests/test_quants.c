@@ -11,24 +11,9 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "test_rng.h"
 
 /* ---- helpers independent of the code under test ------------------------------ */
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* Uniform in [-1, 1). */
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 
 /* Roughly normal (sum of 4 uniforms), like trained weights. */
 static float rng_normal(void)

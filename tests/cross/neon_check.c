@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 
+#include "../test_rng.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
 
@@ -57,21 +58,6 @@ static bool check(bool ok, const char *fmt, ...)
 }
 
 /* ---- helpers independent of the code under test ------------------------------ */
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float rng_unif(void)
-{
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 
 /* fp16 bits -> value by the IEEE formula (finite values only). */
 static double half_value(uint16_t h)
