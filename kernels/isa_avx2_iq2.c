@@ -54,27 +54,6 @@ static ALWAYS_INLINE __m256i rows4_u64(const uint64_t *tab, size_t i0, size_t i1
 	return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
 }
 
-/* The 32 sign bytes of 4 groups (IQ2_XXS, IQ2_XS) from v, whose 64-bit lane
- * l holds group l's 7 stored sign bits at bits 0-6 and anything at bit 7:
- * lane l's byte 0 spread over its 8 bytes, byte j tested for bit j (mask m:
- * -1 where set), then byte 7 made the parity of bits 0-6: vpsadbw of m
- * counts the set bits 0-7 (times 255), bit 0 of that shifted to bit 63
- * flips byte 7's sign exactly when bit 7 disagrees with that parity.  The
- * result, m | 1 with that flip, is negative where the value is negative and
- * never 0 (what vpsignb needs).  10 vector instructions a sub-block instead
- * of 4 table loads (moe_iq2_esigns64), their indices' general-register work
- * and 3 inserts: IQ2_XS one-token ~1.9x as fast with the changes below. */
-static ALWAYS_INLINE __m256i esigns4(__m256i v)
-{
-	const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 0,
-	                                        0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
-	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	v = _mm256_shuffle_epi8(v, spread);
-	const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-	const __m256i p = _mm256_slli_epi64(_mm256_sad_epu8(m, _mm256_setzero_si256()), 63);
-	return _mm256_or_si256(_mm256_xor_si256(m, p), _mm256_set1_epi8(1));
-}
-
 /* IQ2_XXS's sub-block scales 2 s + 1 (s = 0..15) in every int16 lane. */
 #define SC16(s)                                                                                    \
 	{                                                                                          \
