@@ -207,9 +207,9 @@ static ALWAYS_INLINE void tile(int kind, int R, int T, int64_t n_cols, float out
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			const __m256i e = block_scales(kind, w[r] + wo);
-			/* the row's sums in registers: accumulated in v[] itself they
-			 * went through the stack (a store-to-load chain per
-			 * sub-block, measured ~1.5x slower) */
+			/* the row's sums in registers (pinned): accumulated in v[]
+			 * itself they went through the stack, a store-to-load
+			 * chain per sub-block */
 			__m256i s[NP];
 #pragma GCC unroll 8
 			for (int b = 0; b < 8; b++) {
