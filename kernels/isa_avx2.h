@@ -425,6 +425,27 @@ static inline __m128i hsum_i32_v(__m256i v)
 	return _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 1, 1, 1)));
 }
 
+/* The 32 sign bytes of 4 groups (IQ2_XXS, IQ2_XS, IQ3_XXS) from v, whose 64-bit lane
+ * l holds group l's 7 stored sign bits at bits 0-6 and anything at bit 7:
+ * lane l's byte 0 spread over its 8 bytes, byte j tested for bit j (mask m:
+ * -1 where set), then byte 7 made the parity of bits 0-6: vpsadbw of m
+ * counts the set bits 0-7 (times 255), bit 0 of that shifted to bit 63
+ * flips byte 7's sign exactly when bit 7 disagrees with that parity.  The
+ * result, m | 1 with that flip, is negative where the value is negative and
+ * never 0 (what vpsignb needs).  Vector instructions instead of 4 table
+ * loads (moe_iq2_esigns64), their indices' general-register work and 3
+ * inserts per sub-block (isa_avx2_iq2.c, isa_avx2_iq13.c). */
+static inline __attribute__((always_inline)) __m256i esigns4(__m256i v)
+{
+	const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 0,
+	                                        0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+	v = _mm256_shuffle_epi8(v, spread);
+	const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+	const __m256i p = _mm256_slli_epi64(_mm256_sad_epu8(m, _mm256_setzero_si256()), 63);
+	return _mm256_or_si256(_mm256_xor_si256(m, p), _mm256_set1_epi8(1));
+}
+
 /* ---- Q4_0, one token, the rows transposed into the lanes -------------------------
  *
  * The one-token 8x1 Q4_0 tiles of both levels (isa_avx2_gemm.c q4_0_8x1_t,

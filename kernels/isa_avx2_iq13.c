@@ -11,10 +11,12 @@
  *
  * Per row and block each 32-value sub-block is unpacked once into a vector
  * of 32 magnitudes (u8) and one of 32 signs (+-1 as int8): IQ3 magnitudes are
- * the grid points (8 loads of 4 bytes from the expanded grid: faster here than
- * a vpgatherdd, measured), their signs (IQ3_S) the sign bits spread over
- * bytes by one shuffle and a bit test, (IQ3_XXS) 4 loads of 8 sign bytes
- * from a table over the 7 stored bits of a group; IQ1 weights 8 * grid +- 1
+ * the grid points (8 broadcast loads of 4 bytes from the expanded grid merged
+ * by blends, rows8_u32: faster here than a vpgatherdd or vpinsrd, measured),
+ * their signs (IQ3_S) the sign bits spread over bytes by one shuffle and a
+ * bit test, (IQ3_XXS) formed in vector registers from the 7 stored bits of
+ * each group, the 8th their parity (isa_avx2.h esigns4: ~4 % faster than 4
+ * loads from a table of 128 sign patterns); IQ1 weights 8 * grid +- 1
  * (4 loads of 8 bytes from a table of 8 * grid, plus the delta), split
  * into |w| and w.  IQ3_S's and IQ1's grid indices are formed in one vector
  * and read out 2 or 4 per 64-bit register (fewer instructions than forming
@@ -23,6 +25,11 @@
  * vectors.  Every token then meets it with one sign op, one maddubs (pairs
  * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
  * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
+ *
+ * One token on 16 rows or more (decode) takes 8 rows per tile (rows8_iq
+ * through run_lanes8): the 8 rows' block sums reduced, converted and
+ * fused-multiply-added together, one vector lane per row, instead of a
+ * horizontal sum and a scalar fmaf per row and block.
  */
 #include <math.h>
 #include <pthread.h>
@@ -47,13 +54,6 @@ static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
 	                       _mm256_set1_epi8(1));
 }
 
-/* IQ3_XXS's sign bytes: xxs8[s] holds 8 bytes, byte j -1 where bit j of
- * s | parity(s) << 7 is set, else +1 (the 7 stored bits s of a group and the
- * 8th their parity).  One 8-byte load a group: faster here than forming them
- * in vector registers from the 7 bits (shift, parity, vpshufb, bit test:
- * ~15 vector instructions a sub-block), measured.  Filled once, before any
- * kernel of this file is handed out (tables_init). */
-static uint64_t xxs8[128];
 /* IQ1: g8[i] the grid point i times 8 (int8 bytes in -8, 0, 8): the
  * weights are g8 + delta; m1_dl[k] IQ1_M's 4 groups' deltas (+-1 bytes,
  * -1 where bit l of k is set for group l). */
@@ -71,13 +71,6 @@ static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static void fill_tables(void)
 {
-	for (unsigned s = 0; s < 128; s++) {
-		const unsigned b = s | (unsigned)(__builtin_popcount(s) & 1) << 7;
-		uint64_t m = 0;
-		for (int j = 0; j < 8; j++)
-			m |= (uint64_t)(b >> j & 1 ? 0xff : 0x01) << (8 * j);
-		xxs8[s] = m;
-	}
 	for (int i = 0; i < 2048; i++) {
 		int8_t b[8];
 		memcpy(b, &moe_iq1s_grid[i], 8);
@@ -119,6 +112,25 @@ static ALWAYS_INLINE uint32_t load_u32(const void *p)
 	return u;
 }
 
+/* 8 entries of a table of 4-byte rows as one vector (entry i0 in lane 0):
+ * 8 broadcast loads merged by 7 blends, which any vector pipe runs (the
+ * compiler's _mm256_setr_epi32 makes 6 vpinsrd and a vinserti128 of it, all
+ * on the shuffle pipes; IQ3_XXS one-token ~12 % faster this way). */
+static ALWAYS_INLINE __m256i rows8_u32(const uint32_t *tab, size_t i0, size_t i1, size_t i2,
+                                       size_t i3, size_t i4, size_t i5, size_t i6, size_t i7)
+{
+	const __m256i a = _mm256_blend_epi32(_mm256_set1_epi32((int)tab[i0]),
+	                                     _mm256_set1_epi32((int)tab[i1]), 0xaa);
+	const __m256i b = _mm256_blend_epi32(_mm256_set1_epi32((int)tab[i2]),
+	                                     _mm256_set1_epi32((int)tab[i3]), 0xaa);
+	const __m256i c = _mm256_blend_epi32(_mm256_set1_epi32((int)tab[i4]),
+	                                     _mm256_set1_epi32((int)tab[i5]), 0xaa);
+	const __m256i d = _mm256_blend_epi32(_mm256_set1_epi32((int)tab[i6]),
+	                                     _mm256_set1_epi32((int)tab[i7]), 0xaa);
+	return _mm256_blend_epi32(_mm256_blend_epi32(a, b, 0xcc), _mm256_blend_epi32(c, d, 0xcc),
+	                          0xf0);
+}
+
 /* IQ1: the int8 weights 8 * grid + delta of the 4 groups: index l is q[l]
  * | ((H >> shift l) & 0x700), formed in one vector and read out 2 per 64-bit
  * register; deltas as +-1 bytes in dl. */
@@ -142,13 +154,9 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 	if (t == MOE_TYPE_IQ3_XXS) {
 		const uint8_t *q = b + offsetof(moe_block_iq3_xxs, qs) + 8 * v;
 		const uint32_t aux = load_u32(b + offsetof(moe_block_iq3_xxs, qs) + 64 + 4 * v);
-		*mag = _mm256_setr_epi32((int)moe_iq3xxs_grid[q[0]], (int)moe_iq3xxs_grid[q[1]],
-		                         (int)moe_iq3xxs_grid[q[2]], (int)moe_iq3xxs_grid[q[3]],
-		                         (int)moe_iq3xxs_grid[q[4]], (int)moe_iq3xxs_grid[q[5]],
-		                         (int)moe_iq3xxs_grid[q[6]], (int)moe_iq3xxs_grid[q[7]]);
-		*sgn = _mm256_set_epi64x(
-		    (long long)xxs8[aux >> 21 & 127], (long long)xxs8[aux >> 14 & 127],
-		    (long long)xxs8[aux >> 7 & 127], (long long)xxs8[aux & 127]);
+		*mag = rows8_u32(moe_iq3xxs_grid, q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]);
+		*sgn = esigns4(_mm256_srlv_epi64(_mm256_set1_epi32((int)aux),
+		                                 _mm256_setr_epi64x(0, 7, 14, 21)));
 		*sc = sc16[aux >> 28];
 	} else if (t == MOE_TYPE_IQ3_S) {
 		const moe_block_iq3_s *x = (const moe_block_iq3_s *)b;
@@ -159,10 +167,8 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
 		               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
 		const uint32_t *g = moe_iq3s_grid;
-		*mag = _mm256_setr_epi32((int)g[i0 & 0xffff], (int)g[i0 >> 16 & 0xffff],
-		                         (int)g[i0 >> 32 & 0xffff], (int)g[i0 >> 48],
-		                         (int)g[i1 & 0xffff], (int)g[i1 >> 16 & 0xffff],
-		                         (int)g[i1 >> 32 & 0xffff], (int)g[i1 >> 48]);
+		*mag = rows8_u32(g, i0 & 0xffff, i0 >> 16 & 0xffff, i0 >> 32 & 0xffff, i0 >> 48,
+		                 i1 & 0xffff, i1 >> 16 & 0xffff, i1 >> 32 & 0xffff, i1 >> 48);
 		*sgn = spread_signs(load_u32(x->signs + 4 * v));
 		*sc = sc16[(x->scales[v / 2] >> (4 * (v % 2))) & 15];
 	} else if (t == MOE_TYPE_IQ1_S) {
@@ -252,6 +258,60 @@ static ALWAYS_INLINE void row_iq(moe_type t, int T, int64_t nb, float out[KT], c
 		out[k] = sum[k];
 }
 
+/* One token against rows w[0..8) (run_lanes8's tile): per row and block the
+ * same exact isum as row_iq, the 8 rows' sums reduced together (sum8_i32)
+ * and converted and fused-multiply-added once per block in a vector whose
+ * lane r is row r's accumulator: lane by lane row_iq's fmaf, so the same
+ * bits, without a horizontal sum and a scalar fmaf per row and block. */
+static ALWAYS_INLINE void rows8_iq(moe_type t, int64_t n_cols, float out[8],
+                                   const uint8_t *const w[8], const uint8_t *const a[8])
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t bs = block_bytes(t);
+	const float f = t == MOE_TYPE_IQ3_XXS ? 0.25f : t == MOE_TYPE_IQ3_S ? 1.0f : 0.125f;
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a[0] + i;
+		const size_t wo = (size_t)i * bs;
+		lanes8_prefetch(w, wo);
+		__m256i v[8];
+		/* rows not unrolled: 64 unpacks in one body overflowed the op
+		 * cache (IQ3_XXS 25 -> 27, IQ1_M 26 -> 30 ns a block) */
+#pragma GCC unroll 1
+		for (int r = 0; r < 8; r++) {
+			const uint8_t *b = w[r] + wo;
+			__m256i s = _mm256_setzero_si256();
+#pragma GCC unroll 8
+			for (int k = 0; k < 8; k++) {
+				__m256i mag, sgn, sc;
+				unpack(t, b, k, &mag, &sgn, &sc);
+				const __m256i q8 =
+				    _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
+				s = _mm256_add_epi32(
+				    s,
+				    _mm256_madd_epi16(
+				        _mm256_maddubs_epi16(mag, _mm256_sign_epi8(q8, sgn)), sc));
+				pin(&s);
+			}
+			v[r] = s;
+		}
+		__m256 dw;
+		if (t == MOE_TYPE_IQ1_M) {
+			float d[8];
+			for (int r = 0; r < 8; r++)
+				d[r] = block_dw(t, w[r] + wo);
+			dw = _mm256_loadu_ps(d);
+		} else {
+			/* fp16 d times a power of two: exact, as block_dw */
+			dw = _mm256_mul_ps(half8_ptr(w, wo), _mm256_set1_ps(f));
+		}
+		const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(y->d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
 /* ---- one-token dots and tiles per type ------------------------------------------- */
 
 #define TYPE_FNS(name, type)                                                                       \
@@ -276,6 +336,12 @@ static ALWAYS_INLINE void row_iq(moe_type t, int T, int64_t nb, float out[KT], c
 		row_iq(type, 8, nb, o, w, a);                                                      \
 	}                                                                                          \
 	static const row_tokens_fn fns_##name[4] = {name##_t1, name##_t2, name##_t4, name##_t8};   \
+	static void name##_r8(int64_t n, float o[8], const uint8_t *const w[8],                    \
+	                      const uint8_t *const a[8], const void *prep)                         \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		rows8_iq(type, n, o, w, a);                                                        \
+	}                                                                                          \
 	static void dot_##name(int64_t n, float *s, const void *w, const void *a)                  \
 	{                                                                                          \
 		const uint8_t *ap[KT] = {a};                                                       \
@@ -298,14 +364,27 @@ void moe_dots_avx2_iq13(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	dots[MOE_TYPE_IQ1_M] = dot_iq1_m;
 }
 
-/* Tokens [0, n_t) in groups of 8, 4, 2 and 1 over every row (isa_avx2.h
- * run_row_groups). */
+/* One token on 16 rows or more: 8 rows per tile (rows8_iq through
+ * run_lanes8).  Otherwise tokens [0, n_t) in groups of 8, 4, 2 and 1 over
+ * every row (isa_avx2.h run_row_groups). */
+static void run_rows(const row_tokens_fn fns[4], moe_tile_fn r8, int64_t n_cols, float *y,
+                     int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                     size_t x_stride, int64_t n_t)
+{
+	if (n_t == 1 && n_r >= 16) {
+		run_lanes8(r8, n_cols, y, w, w_stride, n_r, x, NULL);
+		return;
+	}
+	run_row_groups(fns, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
 #define GEMM(name)                                                                                 \
 	static void gemm_##name(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,           \
 	                        size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride,   \
 	                        int64_t n_t)                                                       \
 	{                                                                                          \
-		run_row_groups(fns_##name, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);    \
+		run_rows(fns_##name, name##_r8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,     \
+		         n_t);                                                                     \
 	}
 
 GEMM(iq3_xxs)
