@@ -1,8 +1,8 @@
 /*
  * mtp.c - the MTP (nextn) block of qwen35moe and qwen3next files, run for
  * drafting (forward.h): the catch-up after each step's trunk that keeps the
- * block's KV in step with the trunk's, and the greedy draft chain.  The math is llama.cpp's graph_mtp:
- * x = eh_proj [rmsnorm(embed(token), enorm); rmsnorm(h, hnorm)], one gated
+ * block's KV in step with the trunk's, and the greedy draft chain.  The math is llama.cpp's
+ * graph_mtp: x = eh_proj [rmsnorm(embed(token), enorm); rmsnorm(h, hnorm)], one gated
  * full-attention block with MoE and shared expert, then the shared head norm
  * (else output_norm) and the head (else output).  The block's routed experts
  * always run locally (workers serve the trunk's only).
@@ -63,6 +63,13 @@ moe_err moe_mtp_catch_up(moe_fwd *f, const int32_t *tokens)
 			       i == f->runs[r] ? last : f->mtp_hn + f->order[i - 1] * E, row);
 		}
 		memcpy(last, f->mtp_hn + f->order[f->runs[r + 1] - 1] * E, row);
+		/* the rewind checkpoints' last rows (the row ends each one) */
+		for (int32_t i = f->runs[r]; i < f->runs[r + 1] && f->ck != NULL; i++) {
+			const int32_t t = f->order[i];
+			float *c = moe_fwd_ck(f, s, (int64_t)f->pos[t] + 1);
+			if (c != NULL)
+				memcpy(c + f->ck_floats - (size_t)E, f->mtp_hn + t * E, row);
+		}
 	}
 	return mtp_block(f, tokens, f->mtp_hin);
 }
