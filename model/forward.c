@@ -465,15 +465,15 @@ static void *falloc(size_t n, size_t elem, bool *fail)
 
 static void free_buffers(moe_fwd *f)
 {
-	void *bufs[] = {f->open,     f->len,        f->next,    f->conv_state, f->ssm_state,
-	                f->x,        f->xn,         f->y,       f->rope,       f->q,
-	                f->k,        f->v,          f->att,     f->scores,     f->qkv,
-	                f->z,        f->ba,         f->beta,    f->gdec,       f->gdn_tmp,
-	                f->conv_tmp, f->order,      f->runs,    f->run_slot,   f->run_of,
-	                f->router,   f->ids,        f->wts,     f->acc,        f->sh_g,
-	                f->sh_u,     f->mtp_h,      f->mtp_hn,  f->mtp_hin,    f->mtp_cat,
-	                f->mtp_g,    f->mtp_logits, f->mtp_tok, f->mtp_slot,   f->mtp_pos,
-	                f->mtp_row,  f->ck,         f->ck_lo,   f->ck_hi,      f->ck_row};
+	void *bufs[] = {
+	    f->open,       f->len,     f->next,     f->conv_state, f->ssm_state,  f->x,
+	    f->xn,         f->y,       f->rope,     f->q,          f->k,          f->v,
+	    f->att,        f->scores,  f->qkv,      f->z,          f->ba,         f->beta,
+	    f->gdec,       f->gdn_tmp, f->conv_tmp, f->order,      f->runs,       f->run_slot,
+	    f->run_of,     f->router,  f->ids,      f->wts,        f->acc,        f->sh_g,
+	    f->sh_u,       f->mtp_h,   f->mtp_hn,   f->mtp_hin,    f->mtp_cat,    f->mtp_g,
+	    f->mtp_logits, f->mtp_tok, f->mtp_slot, f->mtp_pos,    f->mtp_row,    f->ck,
+	    f->ck_lo,      f->ck_hi,   f->ck_row,   f->mtp_pre,    f->mtp_pre_tok};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		moe_aligned_free(bufs[i]);
 	moe_kv_free(&f->kv);
@@ -575,6 +575,8 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 		f->mtp_slot = falloc(B, sizeof(int32_t), &fail);
 		f->mtp_pos = falloc(B, sizeof(int32_t), &fail);
 		f->mtp_row = falloc(S, sizeof(int32_t), &fail);
+		f->mtp_pre = falloc(S, sizeof(int64_t), &fail);
+		f->mtp_pre_tok = falloc(S, sizeof(int32_t), &fail);
 		f->state_bytes += S * E * sizeof(float);
 	}
 	/* rewind checkpoints: keep_states states per slot, if they fit */
@@ -710,6 +712,8 @@ static void clear_slot(moe_fwd *f, int slot)
 	moe_kv_trim(&f->kv, slot, 0);
 	f->len[slot] = 0;
 	f->ck_lo[slot] = f->ck_hi[slot] = 0;
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 }
 
 moe_err moe_fwd_seq_open(moe_fwd *f, int *slot)
@@ -801,6 +805,8 @@ moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in)
 	if (err == MOE_OK) {
 		copy_state(f, slot, (float *)in, true);
 		f->ck_lo[slot] = f->ck_hi[slot] = 0;
+		if (f->mtp_pre != NULL)
+			f->mtp_pre[slot] = -1;
 	}
 	return err;
 }
@@ -831,6 +837,8 @@ moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const
 		                "fwd: KV write of positions [%lld, %lld) into slot %d, which "
 		                "holds [0, %lld) of n_ctx %d (no gaps)",
 		                (long long)p0, (long long)p1, slot, (long long)held, f->o.n_ctx);
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 	return moe_kv_write(&f->kv, slot, p0, p1, in);
 }
 
@@ -848,6 +856,8 @@ moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n)
 	moe_kv_trim(&f->kv, slot, n);
 	f->len[slot] = n;
 	f->ck_lo[slot] = f->ck_hi[slot] = 0;
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 	return MOE_OK;
 }
 

@@ -248,6 +248,10 @@ struct moe_fwd {
 	int32_t *mtp_slot; /* [B] */
 	int32_t *mtp_pos;  /* [B] */
 	int32_t *mtp_row;  /* [n_slots] a drafting sequence's row in the last pass */
+	/* [n_slots] the position (or -1) and token of the last draft's first pass,
+	 * which is the next step's catch-up row there: that row is not run again */
+	int64_t *mtp_pre;
+	int32_t *mtp_pre_tok;
 };
 
 /* Where slot s's checkpoint of length m goes, or NULL if the step keeps none. */

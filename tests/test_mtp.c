@@ -238,6 +238,51 @@ Test(mtp, follows_rollback)
 	moe_model_destroy(m);
 }
 
+/* A draft's first pass is the next step's first MTP catch-up row (the same
+ * token, position and hidden input), which therefore is not run again: the
+ * MTP block's KV is the same bytes as without drafting, and where the step
+ * runs another token there than the draft started from, that row runs. */
+Test(mtp, first_pass_stands_for_the_catch_up)
+{
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, fixture("qwen35moe-tiny-F32.gguf")), MOE_OK);
+	moe_fwd *f = ctx(m, true, 2);
+	int a, b;
+	cr_assert_eq(moe_fwd_seq_open(f, &a), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &b), MOE_OK);
+	float la[2 * N_VOCAB], lb[2 * N_VOCAB];
+	step(f, la, a, seq_a, 4, false);
+	step(f, lb, b, seq_a, 4, false);
+	for (int q = 4; q < 16; q += 2) {
+		int32_t d[3];
+		int nd;
+		const int mx = 3;
+		/* even q: from the token the step runs; odd: from another one */
+		const int32_t from = q % 4 == 0 ? seq_a[q] : 7;
+		cr_assert_eq(moe_fwd_mtp_draft(f, d, &nd, NULL, 1, &(int32_t){b}, &from, &mx, 3),
+		             MOE_OK, "%s", moe_err_detail());
+		step(f, la, a, seq_a + q, 2, true);
+		step(f, lb, b, seq_a + q, 2, true);
+		cr_assert_eq(memcmp(la, lb, sizeof la), 0, "position %d", q);
+	}
+	const size_t pb = moe_fwd_kv_pos_bytes(f);
+	unsigned char *ka = malloc(16 * pb), *kb = malloc(16 * pb);
+	cr_assert_eq(moe_fwd_seq_kv_read(f, a, 0, 16, ka), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_kv_read(f, b, 0, 16, kb), MOE_OK);
+	cr_assert_eq(memcmp(ka, kb, 16 * pb), 0, "the KV (the MTP block's last in each position)");
+	int32_t d[2][4];
+	int nd[2];
+	const int32_t slots[2] = {a, b}, toks[2] = {seq_a[16], seq_a[16]};
+	const int mx[2] = {4, 4};
+	cr_assert_eq(moe_fwd_mtp_draft(f, &d[0][0], nd, NULL, 2, slots, toks, mx, 4), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_assert_eq(memcmp(d[0], d[1], sizeof d[0]), 0);
+	free(ka);
+	free(kb);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
 /* A step of drafts keeps the states it passes through (keep_states): going
  * back to one of them after a refused draft (moe_fwd_seq_rewind) leaves the
  * slot, its DeltaNet state, last trunk hidden row and KV, where a plain run of
