@@ -248,6 +248,7 @@ int moe_cmd_run(int argc, char **argv)
 	if ((err = moe_spec_mode_check(a.spec, moe_model_has_mtp(m), a.model)) != MOE_OK)
 		goto out_fail;
 	a.fo.mtp = a.spec == MOE_SPEC_MTP;
+	a.fo.keep_states = a.spec == MOE_SPEC_NONE ? 0 : a.draft_max;
 	if ((err = moe_tokenizer_from_gguf(&tok, moe_model_gguf(m))) != MOE_OK ||
 	    (err = moe_tok_stream_create(&ts, tok, 0)) != MOE_OK)
 		goto out_fail;
@@ -331,11 +332,14 @@ int moe_cmd_run(int argc, char **argv)
 	 * draft.  A step runs feed = hist[len..] (tokens not yet in the cache)
 	 * and the drafts; row r is used while the tokens sampled from rows 0..r-1
 	 * equalled drafts 0..r-1.  Where a draft is refused, the cache is cut
-	 * back to the tokens taken; the DeltaNet state cannot be cut, so it goes
-	 * back to its snapshot from before the step and the taken tokens of that
-	 * step run again at the start of the next one. */
+	 * back to the tokens taken and the state to the one the step kept at
+	 * that length (moe_fwd_seq_rewind); where the context keeps none, the
+	 * DeltaNet state goes back to its snapshot from before the step and the
+	 * taken tokens of that step run again at the start of the next one. */
 	const int dmax = a.spec == MOE_SPEC_NONE ? 0 : a.draft_max;
 	const size_t st_size = moe_fwd_state_size(f);
+	/* a refused draft goes back to the state the step kept (no tokens again) */
+	const bool rewind = dmax > 0 && moe_fwd_keep_states(f) >= dmax;
 	hist = malloc((n_prompt + (size_t)a.n_gen + 1) * sizeof *hist);
 	feed = malloc((n_prompt + (size_t)a.n_gen + (size_t)dmax + 1) * sizeof *feed);
 	fpos = malloc((n_prompt + (size_t)a.n_gen + (size_t)dmax + 1) * sizeof *fpos);
@@ -391,7 +395,10 @@ int moe_cmd_run(int argc, char **argv)
 		/* a new step from the first position whose token is not in the
 		 * cache as it will stand */
 		int64_t from = (int64_t)n_hist - 1;
-		if (row < n_draft) {
+		if (row < n_draft && rewind) {
+			if ((err = moe_fwd_seq_rewind(f, slot, from)) != MOE_OK)
+				goto out_fail;
+		} else if (row < n_draft) {
 			if (st_size > 0) {
 				if ((err = moe_fwd_seq_state_write(f, slot, snap)) != MOE_OK)
 					goto out_fail;
@@ -415,7 +422,7 @@ int moe_cmd_run(int argc, char **argv)
 			n_draft = moe_ngram_draft(draft, d_room, hist, n_hist);
 		if (err != MOE_OK)
 			goto out_fail;
-		if (n_draft > 0 && st_size > 0 &&
+		if (n_draft > 0 && st_size > 0 && !rewind &&
 		    (err = moe_fwd_seq_state_read(f, slot, snap)) != MOE_OK)
 			goto out_fail;
 		int64_t nf = 0;

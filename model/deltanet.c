@@ -46,6 +46,7 @@ static void gdn_heads(void *arg, int ith, int nth)
 	const int nv = hp->ssm_n_v_heads, nk = hp->ssm_n_k_heads;
 	const int hk = hp->ssm_head_k, hv = hp->ssm_head_v, r = nv / nk;
 	const int64_t cd = hp->ssm_conv_dim;
+	const size_t conv_floats = (size_t)(hp->ssm_conv_kernel - 1) * (size_t)cd;
 	float *tmp = f->gdn_tmp + (size_t)ith * f->gdn_tmp_n;
 	for (int item = ith; item < f->n_runs * nv; item += nth) {
 		const int run = item / nv, j = item % nv;
@@ -64,6 +65,8 @@ static void gdn_heads(void *arg, int ith, int nth)
 		    .bg_stride = nv,
 		    .o = f->att + (int64_t)j * hv,
 		    .o_stride = (int64_t)nv * hv,
+		    .ck = f->ck != NULL ? f->ck_row : NULL,
+		    .ck_off = conv_floats + (size_t)j * (size_t)hk * (size_t)hv,
 		};
 		float *S = f->ssm_state +
 		           (((size_t)jb->rec * (size_t)f->o.n_slots + (size_t)slot) * (size_t)nv +
@@ -80,7 +83,7 @@ static void gdn_heads(void *arg, int ith, int nth)
  * SiLU; writes the result over the input rows.
  *   state: [K-1][conv_dim] oldest first;  w: [conv_dim][K]; out: [conv_dim] scratch */
 static void conv_run(float *qkv, const int32_t *rows, int64_t n_tok, float *state, const float *w,
-                     int K, int64_t cd, float *out)
+                     int K, int64_t cd, float *out, float *const *ck)
 {
 	for (int64_t i = 0; i < n_tok; i++) {
 		float *x = qkv + rows[i] * cd;
@@ -96,6 +99,8 @@ static void conv_run(float *qkv, const int32_t *rows, int64_t n_tok, float *stat
 			memmove(state, state + cd, (size_t)(K - 2) * (size_t)cd * sizeof(float));
 			memcpy(state + (int64_t)(K - 2) * cd, x, (size_t)cd * sizeof(float));
 		}
+		if (ck != NULL && ck[rows[i]] != NULL)
+			memcpy(ck[rows[i]], state, (size_t)(K - 1) * (size_t)cd * sizeof(float));
 		for (int64_t c = 0; c < cd; c++)
 			x[c] = moe_silu(out[c]);
 	}
@@ -136,13 +141,30 @@ moe_err moe_fwd_deltanet(moe_fwd *f, int il)
 		}
 	}
 
+	/* each row's checkpoint place in this layer (a chunked run keeps none) */
+	if (f->ck != NULL) {
+		const size_t layer = (size_t)L->idx_rec * ((size_t)(K - 1) * (size_t)cd +
+		                                           (size_t)nv * (size_t)hk * (size_t)hv);
+		for (int run = 0; run < f->n_runs; run++) {
+			const int s = f->run_slot[run];
+			const int64_t n_tok = f->runs[run + 1] - f->runs[run];
+			if (f->o.gdn_chunk > 0 && n_tok >= f->o.gdn_chunk)
+				f->ck_hi[s] = f->ck_lo[s]; /* none for this step */
+			for (int32_t i = f->runs[run]; i < f->runs[run + 1]; i++) {
+				const int32_t t = f->order[i];
+				float *c = moe_fwd_ck(f, s, (int64_t)f->pos[t] + 1);
+				f->ck_row[t] = c != NULL ? c + layer : NULL;
+			}
+		}
+	}
+
 	/* conv + SiLU per sequence, in token order */
 	for (int run = 0; run < f->n_runs; run++) {
 		float *state = f->conv_state + ((size_t)L->idx_rec * (size_t)f->o.n_slots +
 		                                (size_t)f->run_slot[run]) *
 		                                   (size_t)(K - 1) * (size_t)cd;
 		conv_run(f->qkv, f->order + f->runs[run], f->runs[run + 1] - f->runs[run], state,
-		         L->conv1d, K, cd, f->conv_tmp);
+		         L->conv1d, K, cd, f->conv_tmp, f->ck != NULL ? f->ck_row : NULL);
 	}
 
 	/* L2-normalise q and k per key head; fold 1/sqrt(head_k) into q */

@@ -414,6 +414,7 @@ void moe_fwd_opts_default(moe_fwd_opts *o)
 	    .n_threads = 0,
 	    .gdn_chunk = 0,
 	    .mtp = false,
+	    .keep_states = 0,
 	    .experts = NULL,
 	    .overlap = NULL,
 	    .overlap_min_tok = 16,
@@ -465,13 +466,14 @@ static void *falloc(size_t n, size_t elem, bool *fail)
 static void free_buffers(moe_fwd *f)
 {
 	void *bufs[] = {
-	    f->open,       f->len,     f->next,     f->conv_state, f->ssm_state, f->x,
-	    f->xn,         f->y,       f->rope,     f->q,          f->k,         f->v,
-	    f->att,        f->scores,  f->qkv,      f->z,          f->ba,        f->beta,
-	    f->gdec,       f->gdn_tmp, f->conv_tmp, f->order,      f->runs,      f->run_slot,
-	    f->run_of,     f->router,  f->ids,      f->wts,        f->acc,       f->sh_g,
-	    f->sh_u,       f->mtp_h,   f->mtp_hn,   f->mtp_hin,    f->mtp_cat,   f->mtp_g,
-	    f->mtp_logits, f->mtp_tok, f->mtp_slot, f->mtp_pos,    f->mtp_row};
+	    f->open,       f->len,     f->next,     f->conv_state, f->ssm_state,  f->x,
+	    f->xn,         f->y,       f->rope,     f->q,          f->k,          f->v,
+	    f->att,        f->scores,  f->qkv,      f->z,          f->ba,         f->beta,
+	    f->gdec,       f->gdn_tmp, f->conv_tmp, f->order,      f->runs,       f->run_slot,
+	    f->run_of,     f->router,  f->ids,      f->wts,        f->acc,        f->sh_g,
+	    f->sh_u,       f->mtp_h,   f->mtp_hn,   f->mtp_hin,    f->mtp_cat,    f->mtp_g,
+	    f->mtp_logits, f->mtp_tok, f->mtp_slot, f->mtp_pos,    f->mtp_row,    f->ck,
+	    f->ck_lo,      f->ck_hi,   f->ck_row,   f->mtp_pre,    f->mtp_pre_tok};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		moe_aligned_free(bufs[i]);
 	moe_kv_free(&f->kv);
@@ -488,11 +490,12 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	if (o.n_ctx == 0)
 		o.n_ctx = hp->n_ctx_train < (1 << 24) ? hp->n_ctx_train : (1 << 24);
 	if (o.n_slots < 1 || o.n_slots > 65536 || o.n_ctx < 1 || o.n_ctx > (1 << 24) ||
-	    o.max_batch < 1 || o.max_batch > (1 << 20) || o.gdn_chunk < 0)
+	    o.max_batch < 1 || o.max_batch > (1 << 20) || o.gdn_chunk < 0 || o.keep_states < 0 ||
+	    o.keep_states > 4096)
 		return moe_fail(MOE_ERR_INVAL,
 		                "fwd: options out of range (n_slots %d, n_ctx %d, max_batch %d, "
-		                "gdn_chunk %d)",
-		                o.n_slots, o.n_ctx, o.max_batch, o.gdn_chunk);
+		                "gdn_chunk %d, keep_states %d)",
+		                o.n_slots, o.n_ctx, o.max_batch, o.gdn_chunk, o.keep_states);
 	if (o.mtp && !moe_model_has_mtp(m))
 		return moe_fail(MOE_ERR_UNSUPPORTED,
 		                "fwd: MTP drafting needs a qwen35moe file with its MTP (nextn) "
@@ -572,7 +575,21 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 		f->mtp_slot = falloc(B, sizeof(int32_t), &fail);
 		f->mtp_pos = falloc(B, sizeof(int32_t), &fail);
 		f->mtp_row = falloc(S, sizeof(int32_t), &fail);
+		f->mtp_pre = falloc(S, sizeof(int64_t), &fail);
+		f->mtp_pre_tok = falloc(S, sizeof(int32_t), &fail);
 		f->state_bytes += S * E * sizeof(float);
+	}
+	/* rewind checkpoints: keep_states states per slot, if they fit */
+	f->ck_floats = f->state_bytes / sizeof(float) / S;
+	if ((double)f->ck_floats * sizeof(float) * (double)S * (double)o.keep_states >
+	    (double)MOE_FWD_KEEP_MAX_BYTES)
+		f->o.keep_states = 0;
+	f->ck_lo = falloc(S, sizeof(int64_t), &fail);
+	f->ck_hi = falloc(S, sizeof(int64_t), &fail);
+	if (f->o.keep_states > 0) {
+		f->ck = falloc(S * (size_t)f->o.keep_states * (f->ck_floats > 0 ? f->ck_floats : 1),
+		               sizeof(float), &fail);
+		f->ck_row = falloc(B, sizeof(float *), &fail);
 	}
 	if (fail) {
 		err = moe_fail(MOE_ERR_NOMEM, "fwd: allocating buffers (state %zu bytes)",
@@ -581,6 +598,8 @@ moe_err moe_fwd_create(moe_fwd **out, const moe_model *m, const moe_fwd_opts *op
 	}
 	memset(f->open, 0, S * sizeof(bool));
 	memset(f->len, 0, S * sizeof(int64_t));
+	memset(f->ck_lo, 0, S * sizeof(int64_t));
+	memset(f->ck_hi, 0, S * sizeof(int64_t));
 
 	f->local = (moe_local_experts){.m = m, .pool = f->pool};
 	f->local_backend =
@@ -692,6 +711,9 @@ static void clear_slot(moe_fwd *f, int slot)
 	/* Its KV blocks go back; positions >= len are never read. */
 	moe_kv_trim(&f->kv, slot, 0);
 	f->len[slot] = 0;
+	f->ck_lo[slot] = f->ck_hi[slot] = 0;
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 }
 
 moe_err moe_fwd_seq_open(moe_fwd *f, int *slot)
@@ -780,8 +802,12 @@ moe_err moe_fwd_seq_state_read(const moe_fwd *f, int slot, void *out)
 moe_err moe_fwd_seq_state_write(moe_fwd *f, int slot, const void *in)
 {
 	moe_err err = check_open(f, slot);
-	if (err == MOE_OK)
+	if (err == MOE_OK) {
 		copy_state(f, slot, (float *)in, true);
+		f->ck_lo[slot] = f->ck_hi[slot] = 0;
+		if (f->mtp_pre != NULL)
+			f->mtp_pre[slot] = -1;
+	}
 	return err;
 }
 
@@ -811,6 +837,8 @@ moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const
 		                "fwd: KV write of positions [%lld, %lld) into slot %d, which "
 		                "holds [0, %lld) of n_ctx %d (no gaps)",
 		                (long long)p0, (long long)p1, slot, (long long)held, f->o.n_ctx);
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 	return moe_kv_write(&f->kv, slot, p0, p1, in);
 }
 
@@ -827,7 +855,30 @@ moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n)
 		                slot, (long long)n, (long long)held);
 	moe_kv_trim(&f->kv, slot, n);
 	f->len[slot] = n;
+	f->ck_lo[slot] = f->ck_hi[slot] = 0;
+	if (f->mtp_pre != NULL)
+		f->mtp_pre[slot] = -1;
 	return MOE_OK;
+}
+
+int moe_fwd_keep_states(const moe_fwd *f)
+{
+	return f->o.keep_states;
+}
+
+moe_err moe_fwd_seq_rewind(moe_fwd *f, int slot, int64_t n)
+{
+	moe_err err = check_open(f, slot);
+	if (err != MOE_OK || n == f->len[slot])
+		return err;
+	if (f->ck_hi[slot] != f->len[slot] || moe_fwd_ck(f, slot, n) == NULL)
+		return moe_fail(MOE_ERR_INVAL,
+		                "fwd: slot %d (length %lld) holds no checkpoint of length %lld "
+		                "(kept: [%lld, %lld))",
+		                slot, (long long)f->len[slot], (long long)n,
+		                (long long)f->ck_lo[slot], (long long)f->ck_hi[slot]);
+	copy_state(f, slot, moe_fwd_ck(f, slot, n), true);
+	return moe_fwd_seq_set_len(f, slot, n);
 }
 
 /* ---- the step ------------------------------------------------------------------------ */
@@ -1231,6 +1282,17 @@ moe_err moe_fwd_step(moe_fwd *f, float *logits, const moe_batch *b)
 	moe_err err = moe_fwd_take_memory(f);
 	if (err != MOE_OK)
 		return err;
+	/* the rewind checkpoints this step keeps: per slot, the lengths m of the
+	 * rows at its end that want logits, after its first row, the last
+	 * keep_states of them (f->next[s] is where it ends) */
+	for (int64_t t = b->n_tok - 1; t >= 0 && f->o.keep_states > 0; t--) {
+		const int32_t s = b->slot[t], p = b->pos[t];
+		if (p == f->next[s] - 1) /* its last row: an empty window */
+			f->ck_lo[s] = f->ck_hi[s] = f->next[s];
+		if (p == f->ck_lo[s] - 1 && p > f->len[s] && p >= f->next[s] - f->o.keep_states &&
+		    (b->logits == NULL || b->logits[t]))
+			f->ck_lo[s] = p;
+	}
 
 	int64_t out_row = 0;
 	for (int64_t c0 = 0; c0 < b->n_tok; c0 += f->o.max_batch) {

@@ -90,10 +90,14 @@ typedef struct moe_fwd_opts {
 	int gdn_chunk;          /* DeltaNet runs of >= this many tokens of one sequence use the
 	                         * chunked form (default 0 = always the recurrent form, whose
 	                         * logits do not depend on how a sequence is cut into steps) */
-	bool mtp; /* keep what moe_fwd_mtp_draft needs (default false): every step also runs
-	           * the MTP block on its rows, whose KV is one more attention layer of the
-	           * cache, and a slot's state includes its last trunk hidden row; a model
-	           * without moe_model_has_mtp is refused (MOE_ERR_UNSUPPORTED) */
+	bool mtp;        /* keep what moe_fwd_mtp_draft needs (default false): every step also runs
+	                  * the MTP block on its rows, whose KV is one more attention layer of the
+	                  * cache, and a slot's state includes its last trunk hidden row; a model
+	                  * without moe_model_has_mtp is refused (MOE_ERR_UNSUPPORTED) */
+	int keep_states; /* per slot, the states a step passes through at most (default 0),
+	                  * for moe_fwd_seq_rewind: 0 where n_slots x keep_states x
+	                  * moe_fwd_state_size would pass MOE_FWD_KEEP_MAX_BYTES
+	                  * (moe_fwd_keep_states says what was kept) */
 	const moe_expert_backend *experts; /* NULL: local experts (copied by value) */
 	/* A second backend on the same experts whose call may be in flight while one
 	 * of experts' is (the cluster's moe_cluster_overlap_backend), or NULL (the
@@ -107,6 +111,11 @@ typedef struct moe_fwd_opts {
 	                      * micro-batch costs a message per worker and a pass over the
 	                      * dense weights, which few tokens do not repay */
 } moe_fwd_opts;
+
+/* The most bytes of rewind checkpoints (moe_fwd_opts.keep_states) a context
+ * takes: beyond it it keeps none, and callers run refused drafts' taken tokens
+ * again instead. */
+#define MOE_FWD_KEEP_MAX_BYTES ((size_t)64 << 20)
 
 /* Chunks of more tokens than this are never cut into micro-batches: a
  * micro-batch's dispatch must fit the socket buffers while the other's result
@@ -220,6 +229,24 @@ moe_err moe_fwd_seq_kv_write(moe_fwd *f, int slot, int64_t p0, int64_t p1, const
  * written (or computed) KV [0, n) and the state at n.  MOE_ERR_INVAL if slot
  * is not open or n is not within [0, positions held]. */
 moe_err moe_fwd_seq_set_len(moe_fwd *f, int slot, int64_t n);
+
+/* ---- rewinding after refused drafts (o.keep_states) --------------------------------
+ * A step that runs tokens [start, end) of a slot keeps, for lengths m with
+ * start < m < end, m >= end - keep_states, and the row at position m and every
+ * row after it wanting logits (the drafts), the slot's state at length m (its
+ * DeltaNet state after the token at m - 1, and with o.mtp its last trunk
+ * hidden row).  Going back to one of them costs a copy instead of running the
+ * taken tokens again, and gives the same bits. */
+
+/* The keep_states the context has (0 if it keeps none: see moe_fwd_opts). */
+int moe_fwd_keep_states(const moe_fwd *f);
+
+/* Makes slot continue at position n < its length, the state being the one
+ * its last step kept at length n (above), the KV cut as moe_fwd_seq_set_len
+ * does; n equal to the length changes nothing.  The checkpoints go with any
+ * step, reset, state write or length change of the slot (this one included).
+ * MOE_ERR_INVAL if slot is not open or no checkpoint of length n is held. */
+moe_err moe_fwd_seq_rewind(moe_fwd *f, int slot, int64_t n);
 
 /* ---- MTP drafting (o.mtp) ---------------------------------------------------------
  * The MTP block at position p takes the token at p and the post-norm trunk

@@ -227,6 +227,15 @@ struct moe_fwd {
 	const int32_t *slot;
 	const int32_t *pos;
 
+	/* rewind checkpoints (o.keep_states): slot s's state at length m, m in
+	 * [ck_lo[s], ck_hi[s]), at ck + (s * keep_states + m - ck_lo[s]) * ck_floats,
+	 * laid out as moe_fwd_seq_state_read's; the window is set by each step */
+	float *ck;
+	size_t ck_floats;
+	int64_t *ck_lo;
+	int64_t *ck_hi;
+	float **ck_row; /* [B] per row of a DeltaNet layer: its checkpoint's place, or NULL */
+
 	/* MTP drafting (o.mtp; mtp.c): the MTP block's KV is one more layer of kv
 	 * (index n_attn), and a slot's state includes its last trunk hidden row */
 	float *mtp_h;      /* [n_slots][n_embd] post-norm trunk hidden of the last position */
@@ -239,7 +248,20 @@ struct moe_fwd {
 	int32_t *mtp_slot; /* [B] */
 	int32_t *mtp_pos;  /* [B] */
 	int32_t *mtp_row;  /* [n_slots] a drafting sequence's row in the last pass */
+	/* [n_slots] the position (or -1) and token of the last draft's first pass,
+	 * which is the next step's catch-up row there: that row is not run again */
+	int64_t *mtp_pre;
+	int32_t *mtp_pre_tok;
 };
+
+/* Where slot s's checkpoint of length m goes, or NULL if the step keeps none. */
+static inline float *moe_fwd_ck(const moe_fwd *f, int s, int64_t m)
+{
+	if (m < f->ck_lo[s] || m >= f->ck_hi[s])
+		return NULL;
+	return f->ck +
+	       ((size_t)s * (size_t)f->o.keep_states + (size_t)(m - f->ck_lo[s])) * f->ck_floats;
+}
 
 /* One block (attention or DeltaNet, then MoE) of layer il on the chunk's
  * residual stream f->x, in place. */
@@ -289,6 +311,10 @@ typedef struct moe_gdn_io {
 	int64_t bg_stride;
 	float *o;
 	int64_t o_stride;
+	/* checkpoints (moe_fwd_ck): after the token of row r, S is copied to
+	 * ck[r] + ck_off where ck[r] is not NULL (ck itself NULL: none) */
+	float *const *ck;
+	size_t ck_off;
 } moe_gdn_io;
 
 /* The delta rule token by token.  S: f32 [head_k][head_v], updated in place;

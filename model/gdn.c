@@ -36,6 +36,8 @@ void moe_gdn_recurrent(float *S, const moe_gdn_io *io, int hk, int hv, float *tm
 		for (int a = 0; a < hk; a++)
 			v_ops->axpy(S + (int64_t)a * hv, k[a], d, hv);
 		v_ops->axpy_rows(o, q, S, hv, hk, hv);
+		if (io->ck != NULL && io->ck[r] != NULL)
+			memcpy(io->ck[r] + io->ck_off, S, (size_t)hk * (size_t)hv * sizeof(float));
 	}
 }
 

@@ -1,8 +1,8 @@
 /*
  * mtp.c - the MTP (nextn) block of qwen35moe and qwen3next files, run for
  * drafting (forward.h): the catch-up after each step's trunk that keeps the
- * block's KV in step with the trunk's, and the greedy draft chain.  The math is llama.cpp's graph_mtp:
- * x = eh_proj [rmsnorm(embed(token), enorm); rmsnorm(h, hnorm)], one gated
+ * block's KV in step with the trunk's, and the greedy draft chain.  The math is llama.cpp's
+ * graph_mtp: x = eh_proj [rmsnorm(embed(token), enorm); rmsnorm(h, hnorm)], one gated
  * full-attention block with MoE and shared expert, then the shared head norm
  * (else output_norm) and the head (else output).  The block's routed experts
  * always run locally (workers serve the trunk's only).
@@ -63,8 +63,53 @@ moe_err moe_mtp_catch_up(moe_fwd *f, const int32_t *tokens)
 			       i == f->runs[r] ? last : f->mtp_hn + f->order[i - 1] * E, row);
 		}
 		memcpy(last, f->mtp_hn + f->order[f->runs[r + 1] - 1] * E, row);
+		/* the first row, if the last draft's first pass ran it: the same
+		 * token, position and hidden input, so the same KV row (the block
+		 * is batch-invariant); its output is not used */
+		for (int32_t i = f->runs[r]; i < f->runs[r + 1]; i++)
+			f->mtp_tok[f->order[i]] = tokens[f->order[i]];
+		const int32_t t0 = f->order[f->runs[r]];
+		if (f->mtp_pre[s] == f->pos[t0] && f->mtp_pre_tok[s] == tokens[t0])
+			f->mtp_tok[t0] = -1;
+		f->mtp_pre[s] = -1;
+		/* the rewind checkpoints' last rows (the row ends each one) */
+		for (int32_t i = f->runs[r]; i < f->runs[r + 1] && f->ck != NULL; i++) {
+			const int32_t t = f->order[i];
+			float *c = moe_fwd_ck(f, s, (int64_t)f->pos[t] + 1);
+			if (c != NULL)
+				memcpy(c + f->ck_floats - (size_t)E, f->mtp_hn + t * E, row);
+		}
 	}
-	return mtp_block(f, tokens, f->mtp_hin);
+	/* the rows that run, packed (in place: row k <= t) */
+	int64_t k = 0;
+	for (int64_t t = 0; t < f->n; t++) {
+		if (f->mtp_tok[t] < 0)
+			continue;
+		f->mtp_slot[k] = f->slot[t];
+		f->mtp_pos[k] = f->pos[t];
+		f->mtp_tok[k] = tokens[t];
+		if (k != t)
+			memcpy(f->mtp_hin + k * E, f->mtp_hin + t * E, row);
+		k++;
+	}
+	if (k == f->n)
+		return mtp_block(f, tokens, f->mtp_hin);
+	const int64_t n = f->n;
+	const int32_t *slot = f->slot, *pos = f->pos;
+	f->n = k;
+	f->slot = f->mtp_slot;
+	f->pos = f->mtp_pos;
+	for (int64_t t = 0; t < k; t++)
+		moe_fwd_rope_row(f, t, f->pos[t]);
+	moe_fwd_group_runs(f);
+	moe_err err = k > 0 ? mtp_block(f, f->mtp_tok, f->mtp_hin) : MOE_OK;
+	f->n = n;
+	f->slot = slot;
+	f->pos = pos;
+	for (int64_t t = 0; t < n; t++)
+		moe_fwd_rope_row(f, t, f->pos[t]);
+	moe_fwd_group_runs(f);
+	return err;
 }
 
 moe_err moe_fwd_mtp_draft(moe_fwd *f, int32_t *draft, int *n_draft, float *logits1, int n_seq,
@@ -151,6 +196,10 @@ moe_err moe_fwd_mtp_draft(moe_fwd *f, int32_t *draft, int *n_draft, float *logit
 			if (i == 0 && logits1 != NULL)
 				memcpy(logits1 + (size_t)j * (size_t)V, lg,
 				       (size_t)V * sizeof(float));
+			if (i == 0) { /* the next step's first catch-up row, done */
+				f->mtp_pre[s] = f->len[s];
+				f->mtp_pre_tok[s] = tokens[j];
+			}
 		}
 	}
 	for (int j = 0; j < n_seq; j++)

@@ -115,7 +115,8 @@ struct moe_engine {
 	int *d_acc;      /* [n_slots] of which taken */
 	int64_t *d_from; /* [n_slots] the slot's length before the step */
 	int *d_fed;      /* [n_slots] tokens of the sequence (not drafts) the step ran */
-	uint8_t *snap;   /* [n_slots][st_size] states from before the step */
+	uint8_t *snap;   /* [n_slots][st_size] states from before the step (no rewind) */
+	bool rewind;     /* the context keeps the states of drafts (moe_fwd_seq_rewind) */
 	/* --spec mtp: the step's MTP drafts, made for every slot at once */
 	int32_t *m_slot; /* [n_slots] the drafting slots */
 	int32_t *m_tok;  /* [n_slots] their next tokens */
@@ -932,8 +933,9 @@ static void take_worker(void *arg, int ith, int nth)
 }
 
 /* After a step's sampling: where a draft was refused, the slot is cut back to
- * the tokens taken (KV), or with a DeltaNet state to its length and state
- * before the step (the taken tokens run again next step).  Scheduler thread,
+ * the tokens taken (KV) with the state the step kept there (e->rewind), or,
+ * with a DeltaNet state and no checkpoints, to its length and state before
+ * the step (the taken tokens run again next step).  Scheduler thread,
  * unlocked. */
 static void spec_rollback(moe_engine *e)
 {
@@ -944,7 +946,9 @@ static void spec_rollback(moe_engine *e)
 		if (e->d_acc[s] == e->d_n[s])
 			continue;
 		moe_err err;
-		if (e->st_size > 0) {
+		if (e->rewind) {
+			err = moe_fwd_seq_rewind(e->f, s, e->d_from[s] + e->d_fed[s] + e->d_acc[s]);
+		} else if (e->st_size > 0) {
 			err = moe_fwd_seq_state_write(e->f, s, e->snap + (size_t)s * e->st_size);
 			if (err == MOE_OK)
 				err = moe_fwd_seq_set_len(e->f, s, e->d_from[s]);
@@ -1045,7 +1049,7 @@ static void *sched_main(void *arg)
 		                     .pos = e->b_pos,
 		                     .logits = e->b_want};
 		moe_err err = MOE_OK;
-		for (int s = 0; s < e->o.n_slots && e->st_size > 0; s++)
+		for (int s = 0; s < e->o.n_slots && e->st_size > 0 && !e->rewind; s++)
 			if (e->d_n[s] > 0 && err == MOE_OK)
 				err = moe_fwd_seq_state_read(e->f, s,
 				                             e->snap + (size_t)s * e->st_size);
@@ -1257,11 +1261,14 @@ moe_err moe_engine_create(moe_engine **out, const moe_model *m, const moe_tokeni
 	fo.kv_type = o.kv_type;
 	fo.kv_budget_bytes = o.kv_budget_bytes;
 	fo.mtp = e->m_n != NULL;
+	fo.keep_states = e->dmax;
 	fo.experts = o.experts; /* NULL: the forward pass's local experts */
 	if ((err = moe_fwd_create(&e->f, m, &fo)) != MOE_OK)
 		goto out_free_bufs;
 	e->st_size = moe_fwd_state_size(e->f);
-	if (e->dmax > 0 && e->st_size > 0 && (e->snap = malloc(ns * e->st_size)) == NULL) {
+	e->rewind = e->dmax > 0 && moe_fwd_keep_states(e->f) >= e->dmax;
+	if (e->dmax > 0 && e->st_size > 0 && !e->rewind &&
+	    (e->snap = malloc(ns * e->st_size)) == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "serve: %zu state snapshots of %zu bytes", ns,
 		               e->st_size);
 		goto out_free_fwd;

@@ -3,7 +3,8 @@
  * draft chains against llama.cpp's MTP context on the tiny qwen35moe and
  * qwen3next fixtures (*.A.mtp.f32, written by tests/tools/llama_mtp_logits.cpp),
  * the trunk's logits unchanged by it and by drafting, its KV and hidden
- * state following the trunk's through a refused draft, and the refusals;
+ * state following the trunk's through a refused draft (run again, or
+ * rewound to the state a step kept), and the refusals;
  * and `moemesh run --spec mtp`: the same text as without it, alone and with
  * the experts on workers, and refused for a file without an MTP block.
  */
@@ -233,6 +234,131 @@ Test(mtp, follows_rollback)
 	cr_assert_eq(memcmp(l1[0], l1[1], sizeof l1[0]), 0);
 	cr_assert_eq(memcmp(d[0], d[1], sizeof d[0]), 0);
 	free(snap);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+/* A draft's first pass is the next step's first MTP catch-up row (the same
+ * token, position and hidden input), which therefore is not run again: the
+ * MTP block's KV is the same bytes as without drafting, and where the step
+ * runs another token there than the draft started from, that row runs. */
+Test(mtp, first_pass_stands_for_the_catch_up)
+{
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, fixture("qwen35moe-tiny-F32.gguf")), MOE_OK);
+	moe_fwd *f = ctx(m, true, 2);
+	int a, b;
+	cr_assert_eq(moe_fwd_seq_open(f, &a), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &b), MOE_OK);
+	float la[2 * N_VOCAB], lb[2 * N_VOCAB];
+	step(f, la, a, seq_a, 4, false);
+	step(f, lb, b, seq_a, 4, false);
+	for (int q = 4; q < 16; q += 2) {
+		int32_t d[3];
+		int nd;
+		const int mx = 3;
+		/* even q: from the token the step runs; odd: from another one */
+		const int32_t from = q % 4 == 0 ? seq_a[q] : 7;
+		cr_assert_eq(moe_fwd_mtp_draft(f, d, &nd, NULL, 1, &(int32_t){b}, &from, &mx, 3),
+		             MOE_OK, "%s", moe_err_detail());
+		step(f, la, a, seq_a + q, 2, true);
+		step(f, lb, b, seq_a + q, 2, true);
+		cr_assert_eq(memcmp(la, lb, sizeof la), 0, "position %d", q);
+	}
+	const size_t pb = moe_fwd_kv_pos_bytes(f);
+	unsigned char *ka = malloc(16 * pb), *kb = malloc(16 * pb);
+	cr_assert_eq(moe_fwd_seq_kv_read(f, a, 0, 16, ka), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_kv_read(f, b, 0, 16, kb), MOE_OK);
+	cr_assert_eq(memcmp(ka, kb, 16 * pb), 0, "the KV (the MTP block's last in each position)");
+	int32_t d[2][4];
+	int nd[2];
+	const int32_t slots[2] = {a, b}, toks[2] = {seq_a[16], seq_a[16]};
+	const int mx[2] = {4, 4};
+	cr_assert_eq(moe_fwd_mtp_draft(f, &d[0][0], nd, NULL, 2, slots, toks, mx, 4), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_assert_eq(memcmp(d[0], d[1], sizeof d[0]), 0);
+	free(ka);
+	free(kb);
+	moe_fwd_destroy(f);
+	moe_model_destroy(m);
+}
+
+/* A step of drafts keeps the states it passes through (keep_states): going
+ * back to one of them after a refused draft (moe_fwd_seq_rewind) leaves the
+ * slot, its DeltaNet state, last trunk hidden row and KV, where a plain run of
+ * the taken tokens leaves it, bit for bit: the same state, the same next
+ * logits and drafts.  Lengths the step kept nothing for are refused. */
+Test(mtp, rewind_equals_the_plain_run)
+{
+	moe_model *m;
+	cr_assert_eq(moe_model_open(&m, fixture("qwen35moe-tiny-F32.gguf")), MOE_OK);
+	moe_fwd_opts o;
+	moe_fwd_opts_default(&o);
+	o.kv_type = MOE_TYPE_F32;
+	o.n_threads = 2;
+	o.n_slots = 3;
+	o.n_ctx = 256;
+	o.mtp = true;
+	o.keep_states = 4;
+	moe_fwd *f;
+	cr_assert_eq(moe_fwd_create(&f, m, &o), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_fwd_keep_states(f), 4);
+	int a, b, c;
+	cr_assert_eq(moe_fwd_seq_open(f, &a), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &b), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_open(f, &c), MOE_OK);
+	float la[2 * N_VOCAB], lb[4 * N_VOCAB];
+	step(f, la, a, seq_a, 10, false); /* a: the plain run, to length 10 */
+	step(f, lb, b, seq_a, 8, false);
+	step(f, lb, c, seq_a, 8, false);
+	/* a prompt step keeps nothing: its rows want no logits */
+	cr_assert_eq(moe_fwd_seq_rewind(f, b, 5), MOE_ERR_INVAL);
+	cr_assert_eq(moe_fwd_seq_rewind(f, b, 8), MOE_OK); /* its length: nothing to do */
+	/* b: token 8, drafts 9 (right), 7 and 11 (wrong) -> back to length 10;
+	 * c: token 8, drafts 7, 9, 11 all wrong -> back to length 9 */
+	const int32_t db[4] = {seq_a[8], seq_a[9], 7, 11}, dc[4] = {seq_a[8], 7, 9, 11};
+	step(f, lb, b, db, 4, true);
+	step(f, lb, c, dc, 4, true);
+	cr_assert_eq(moe_fwd_seq_rewind(f, b, 8), MOE_ERR_INVAL); /* before its first row */
+	cr_assert_eq(moe_fwd_seq_rewind(f, b, 10), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_fwd_seq_len(f, b), 10);
+	cr_assert_eq(moe_fwd_seq_rewind(f, b, 9), MOE_ERR_INVAL); /* the checkpoints went */
+	cr_assert_eq(moe_fwd_seq_rewind(f, c, 9), MOE_OK, "%s", moe_err_detail());
+	step(f, lb, c, seq_a + 9, 1, true);
+
+	const size_t st = moe_fwd_state_size(f);
+	cr_assert_gt(st, 0);
+	unsigned char *sa = malloc(st), *sb = malloc(st), *sc = malloc(st);
+	cr_assert_eq(moe_fwd_seq_state_read(f, a, sa), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_state_read(f, b, sb), MOE_OK);
+	cr_assert_eq(moe_fwd_seq_state_read(f, c, sc), MOE_OK);
+	cr_assert_eq(memcmp(sa, sb, st), 0, "the state after a rewind to 10");
+	cr_assert_eq(memcmp(sa, sc, st), 0, "the state after a rewind to 9 and token 9");
+
+	/* the next steps and drafts of all three are the same bits */
+	step(f, la, a, seq_a + 10, 2, true);
+	step(f, lb, b, seq_a + 10, 2, true);
+	cr_assert_eq(memcmp(la, lb, 2 * N_VOCAB * sizeof(float)), 0);
+	step(f, lb, c, seq_a + 10, 2, true);
+	cr_assert_eq(memcmp(la, lb, 2 * N_VOCAB * sizeof(float)), 0);
+	int32_t d[3][4];
+	int nd[3];
+	const int32_t slots[3] = {a, b, c}, toks[3] = {seq_a[12], seq_a[12], seq_a[12]};
+	const int mx[3] = {4, 4, 4};
+	cr_assert_eq(moe_fwd_mtp_draft(f, &d[0][0], nd, NULL, 3, slots, toks, mx, 4), MOE_OK, "%s",
+	             moe_err_detail());
+	cr_assert_eq(memcmp(d[0], d[1], sizeof d[0]), 0);
+	cr_assert_eq(memcmp(d[0], d[2], sizeof d[0]), 0);
+	free(sa);
+	free(sb);
+	free(sc);
+	moe_fwd_destroy(f);
+
+	/* more checkpoints than MOE_FWD_KEEP_MAX_BYTES hold: none */
+	o.keep_states = 4096;
+	o.n_slots = 65536 / 64;
+	cr_assert_eq(moe_fwd_create(&f, m, &o), MOE_OK, "%s", moe_err_detail());
+	cr_assert_eq(moe_fwd_keep_states(f), 0);
 	moe_fwd_destroy(f);
 	moe_model_destroy(m);
 }
