@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -870,30 +871,42 @@ static int sweep_coords(crow *rows, int *n_rows, const nargs *a, const moe_model
 	return 0;
 }
 
-static void plot_coords(const char *dir, const char *csv, const nargs *a)
+/* Per series (one process; each K on --max-workers workers) a gnuplot data
+ * block of clients, tok/s, % of one process and plan's tok/s, so that each
+ * line joins its own points (the CSV interleaves the series). */
+static void plot_coords(const char *dir, const crow *rows, int n, const nargs *a)
 {
 	FILE *f = moe_bench_plot_open(dir, "bench_netns_coord", 1200, 500);
 	if (f == NULL)
 		return;
+	for (int ci = -1; ci < a->n_coords; ci++) {
+		const int k = ci < 0 ? 0 : a->coords[ci], w = ci < 0 ? 0 : a->max_workers;
+		fprintf(f, "$s%d << EOD\n", ci + 1);
+		for (int i = 0; i < n; i++)
+			if (rows[i].coords == k && rows[i].workers == w)
+				fprintf(f, "%d,%.3f,%.3f,%.3f\n", rows[i].clients, rows[i].tok_s,
+				        rows[i].pct, rows[i].p_tok_s > 0 ? rows[i].p_tok_s : NAN);
+		fprintf(f, "EOD\n");
+	}
 	fprintf(f,
 	        "set title 'aggregate tok/s, %d workers, %s links, %d us round trip (dashed: "
 	        "plan)'\nset xlabel 'concurrent clients'\nset ylabel 'tok/s'\nset key top left\n"
-	        "set grid\nset logscale x 2\nplot ",
+	        "set grid\nset logscale x 2\nset yrange [0:*]\nplot ",
 	        a->max_workers, a->rate, a->direct ? 0 : a->rtt_us);
-	fprintf(f, "'%s' using 3:($1==0?$5:1/0) with linespoints lc 0 title 'one process'", csv);
-	for (int ci = 0; ci < a->n_coords; ci++)
+	for (int ci = -1; ci < a->n_coords; ci++) {
+		const int k = ci < 0 ? 0 : a->coords[ci];
+		char title[32] = "one process";
+		if (k > 0)
+			snprintf(title, sizeof title, "%d coordinator%s", k, k > 1 ? "s" : "");
 		fprintf(f,
-		        ", '' using 3:($1==%d&&$2==%d?$5:1/0) with linespoints lc %d title '%d "
-		        "coordinator%s', '' using 3:($1==%d&&$2==%d&&$9>0?$9:1/0) with lines dt 2 "
-		        "lc %d notitle",
-		        a->coords[ci], a->max_workers, ci + 1, a->coords[ci],
-		        a->coords[ci] > 1 ? "s" : "", a->coords[ci], a->max_workers, ci + 1);
-	fprintf(f, "\nset title '%% of one process'\nset ylabel '%%'\nset yrange [0:*]\nplot ");
+		        "%s$s%d using 1:2 with linespoints lc %d title '%s', $s%d using 1:4 with "
+		        "lines dt 2 lc %d notitle",
+		        ci < 0 ? "" : ", ", ci + 1, ci + 1, title, ci + 1, ci + 1);
+	}
+	fprintf(f, "\nset title '%% of one process'\nset ylabel '%%'\nplot ");
 	for (int ci = 0; ci < a->n_coords; ci++)
-		fprintf(f,
-		        "%s'%s' using 3:($1==%d&&$2==%d?$6:1/0) with linespoints lc %d title '%d "
-		        "coordinator%s'",
-		        ci ? ", " : "", csv, a->coords[ci], a->max_workers, ci + 1, a->coords[ci],
+		fprintf(f, "%s$s%d using 1:3 with linespoints lc %d title '%d coordinator%s'",
+		        ci ? ", " : "", ci + 1, ci + 1, a->coords[ci],
 		        a->coords[ci] > 1 ? "s" : "");
 	fprintf(f, "\n");
 	moe_bench_plot_run(f, dir, "bench_netns_coord");
@@ -943,7 +956,7 @@ static int report_coords(const crow *rows, int n, const nargs *a)
 	}
 	fclose(f);
 	printf("csv: %s\n", csv);
-	plot_coords(a->dir, csv, a);
+	plot_coords(a->dir, rows, n, a);
 	printf("texts: %s\n", same ? "every row identical to one process" : "DIFFER");
 	for (int i = 0; i < n; i++)
 		if (rows[i].x_one > 0)
