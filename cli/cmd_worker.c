@@ -19,7 +19,7 @@ static void usage(FILE *f)
 	        "usage: moemesh worker -m MODEL.gguf --listen URL [--threads N]\n"
 	        "                      [--secret-file F | --insecure] [--name NAME] [--mem GIB]\n"
 	        "                      [--data-port P] [--net-delay-us US] [--quiet]\n"
-	        "                      [--auth-timeout MS]\n"
+	        "                      [--auth-timeout MS] [--max-preauth-per-ip N]\n"
 	        "                      [--log-level error|warn|info|debug]\n\n"
 	        "Serves the routed experts a coordinator assigns to it.  URL is\n"
 	        "tcp://HOST:PORT or ipc://PATH (control, nng); activations travel on a\n"
@@ -34,7 +34,10 @@ static void usage(FILE *f)
 	        "none).  A tcp:// URL off loopback needs --secret-file (the same file\n"
 	        "as the coordinator's), or --insecure to listen unauthenticated.  A peer\n"
 	        "that has not authenticated --auth-timeout ms (default 10000) after it\n"
-	        "connected is dropped.\n");
+	        "connected is dropped; one address (IPv4 or IPv6; ipc:// has none)\n"
+	        "holds at most --max-preauth-per-ip (default 4) control peers, and as\n"
+	        "many data connections, not yet authenticated: a new one past that is\n"
+	        "closed at once.\n");
 }
 
 /* Runs the worker with SIGTERM / SIGINT stopping it cleanly. */
@@ -96,6 +99,10 @@ int moe_cmd_worker_with(int argc, char **argv, void (*adjust)(moe_worker_opts *o
 			if (moe_parse_long(&v, argv[++i], 1, 3600000) != 0)
 				goto out_usage;
 			o.auth_timeout_ms = (int)v;
+		} else if (strcmp(a, "--max-preauth-per-ip") == 0 && has) {
+			if (moe_parse_long(&v, argv[++i], 1, 1024) != 0)
+				goto out_usage;
+			o.max_preauth_per_ip = (int)v;
 		} else if (strcmp(a, "--net-delay-us") == 0 && has) {
 			if (moe_parse_long(&v, argv[++i], 0, 10000000) != 0)
 				goto out_usage;

@@ -6,7 +6,9 @@
  * the connection dropped, the MAC of one nonce pair is refused for another
  * (no relay), and the right one gets AUTH_OK whose MAC proves the worker.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -459,16 +462,29 @@ Test(auth, big_frames_before_authentication_are_refused_and_dropped, .timeout = 
 	stop_worker();
 }
 
-/* A raw TCP peer that speaks the SP header of pair1 (nng's transport
- * handshake: 0 'S' 'P' 0, protocol 0x11, two zero bytes) and then nothing:
- * it never says HELLO, and never dials again once dropped. */
-static int idle_control_peer(int port)
+/* A TCP connection to dst:port from source address src (both loopback:
+ * 127.0.0.1 and 127.0.0.2 are two addresses of one host). */
+static int dial_from(const char *src, const char *dst, int port)
 {
-	int fd;
-	char url[64];
-	snprintf(url, sizeof url, "127.0.0.1:%d", port);
-	cr_assert_eq(moe_sock_connect_tcp(&fd, "127.0.0.1", (uint16_t)port, 5000), MOE_OK, "%s: %s",
-	             url, moe_err_detail());
+	const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+	cr_assert_eq(inet_pton(AF_INET, src, &a.sin_addr), 1);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0, "bind %s", src);
+	to.sin_port = htons((uint16_t)port);
+	cr_assert_eq(inet_pton(AF_INET, dst, &to.sin_addr), 1);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0, "connect %s:%d from %s",
+	             dst, port, src);
+	return fd;
+}
+
+/* A raw TCP peer from src that speaks the SP header of pair1 (nng's
+ * transport handshake: 0 'S' 'P' 0, protocol 0x11, two zero bytes) to the
+ * worker at dst:port and then nothing: it never says HELLO, and never dials
+ * again once dropped. */
+static int idle_control_peer_from(const char *src, const char *dst, int port)
+{
+	const int fd = dial_from(src, dst, port);
 	const uint8_t sp[8] = {0, 'S', 'P', 0, 0, 0x11, 0, 0};
 	uint8_t back[8];
 	cr_assert_eq(write(fd, sp, sizeof sp), (ssize_t)sizeof sp);
@@ -477,6 +493,11 @@ static int idle_control_peer(int port)
 	          "no SP header back from the worker");
 	cr_assert(back[1] == 'S' && back[2] == 'P' && back[5] == 0x11);
 	return fd;
+}
+
+static int idle_control_peer(int port)
+{
+	return idle_control_peer_from("127.0.0.1", "127.0.0.1", port);
 }
 
 /* Whether fd reads end-of-file (or a reset) within ms, discarding bytes. */
@@ -491,19 +512,24 @@ static bool closed_within(int fd, int ms)
 	return false;
 }
 
-/* `moemesh logits` over the worker at port (loopback: no secret needed);
- * its stderr goes to the test's log when it fails. */
-static int logits_through(int port)
+/* `moemesh logits` over the worker at host:port (loopback: no secret
+ * needed); its stderr goes to the test's log when it fails. */
+static int logits_via(const char *host, int port)
 {
 	char err[256];
 	tmp_path(err, sizeof err, "logits.err");
 	const int rc = sh("'%s' logits -m '%s' --tokens 1,2,3 -o /dev/null --worker "
-	                  "tcp://127.0.0.1:%d 2>%s",
-	                  bin(), model_path(), port, err);
+	                  "tcp://%s:%d 2>%s",
+	                  bin(), model_path(), host, port, err);
 	if (rc != 0)
 		(void)sh("cat %s >&2", err);
 	unlink(err);
 	return rc;
+}
+
+static int logits_through(int port)
+{
+	return logits_via("127.0.0.1", port);
 }
 
 /* An idle control peer (pair1 takes one) and data connections that never
@@ -537,7 +563,9 @@ Test(auth, a_flood_of_data_connections_makes_room, .timeout = 120, .fini = reap_
 	const int port = free_port(), dport = free_port();
 	char url[64], extra[128];
 	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
-	snprintf(extra, sizeof extra, "--data-port %d --auth-timeout 600000", dport);
+	/* one address: its per-address share raised past the flood */
+	snprintf(extra, sizeof extra,
+	         "--data-port %d --auth-timeout 600000 --max-preauth-per-ip 64", dport);
 	start_worker(url, extra);
 	enum { N = 40 };
 	int fd[N];
@@ -554,5 +582,132 @@ Test(auth, a_flood_of_data_connections_makes_room, .timeout = 120, .fini = reap_
 	cr_expect_eq(logits_through(port), 0, "the coordinator's data connection was kept out");
 	for (int i = 0; i < N; i++)
 		close(fd[i]);
+	stop_worker();
+}
+
+/* ---- peers not yet authenticated, per address ---------------------------------------- */
+
+/* Of the n sockets fd, how many the worker closed (end-of-file or a reset;
+ * bytes before it are dropped): waited for until at least want are (up to
+ * 10 s), then 300 ms more for any other. */
+static int count_closed(const int *fd, int n, int want)
+{
+	bool closed[16] = {0};
+	uint8_t b[512];
+	int got = 0;
+	const uint64_t t0 = moe_now_ns();
+	uint64_t end = t0 + 10000000000u;
+	cr_assert_leq(n, 16);
+	while (moe_now_ns() < end) {
+		struct pollfd p[16];
+		for (int i = 0; i < n; i++)
+			p[i] = (struct pollfd){.fd = closed[i] ? -1 : fd[i], .events = POLLIN};
+		if (poll(p, (nfds_t)n, 50) > 0)
+			for (int i = 0; i < n; i++)
+				if (p[i].revents != 0 && read(fd[i], b, sizeof b) <= 0) {
+					closed[i] = true;
+					got++;
+				}
+		if (got >= want && end - t0 == 10000000000u)
+			end = moe_now_ns() + 300000000u;
+	}
+	return got;
+}
+
+/* A fake coordinator (nng_socket, from whatever address reaches url) that
+ * authenticates without a secret, and its data connection from src to
+ * data_host, authenticated with the token (an ERROR for a HEARTBEAT on it
+ * proves the worker read the token: before it, any frame but AUTH closes
+ * the link).  Returns the data connection. */
+static int authenticated_coordinator(nng_socket s, const char *src, const char *data_host)
+{
+	uint8_t id[MOE_ID_BYTES], nc[32], nw[32], hdr[256], mac[32];
+	size_t hl;
+	model_id(id);
+	memset(nc, 0x33, sizeof nc);
+	hello(s, id, nc, nw, hdr, &hl);
+	cr_assert_eq(moe_auth_mac(mac, NULL, 0, MOE_AUTH_COORDINATOR, nc, nw, id), MOE_OK);
+	Moemesh__AuthOk *ok = NULL;
+	cr_assert_eq(auth(s, mac, &ok, NULL, NULL), MOE_MSG_AUTH_OK);
+	cr_assert(ok != NULL && ok->data_token.len == 32);
+	const int fd = dial_from(src, data_host, (int)ok->data_port);
+	Moemesh__AuthResponse a = MOEMESH__AUTH_RESPONSE__INIT;
+	a.response = ok->data_token;
+	cr_assert_eq(moe_stream_send(fd, MOE_MSG_AUTH, &a.base, NULL, 0), MOE_OK);
+	moemesh__auth_ok__free_unpacked(ok, NULL);
+	cr_assert_eq(moe_stream_send(fd, MOE_MSG_HEARTBEAT, NULL, NULL, 0), MOE_OK);
+	moe_rx rx = {0};
+	moe_frame f;
+	bool done = false;
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	while (!done) {
+		cr_assert_eq(poll(&p, 1, 10000), 1, "no answer on the data link in 10 s");
+		cr_assert_eq(moe_rx_read(&done, &f, &rx, fd, 1 << 16, false), MOE_OK, "%s",
+		             moe_err_detail());
+	}
+	cr_assert_eq(f.kind, MOE_MSG_ERROR, "got %s", moe_msg_kind_name(f.kind));
+	moe_rx_free(&rx);
+	cr_assert(!closed_within(fd, 300), "the worker closed an authenticated data link");
+	return fd;
+}
+
+/* One address holds at most --max-preauth-per-ip control peers and as many
+ * data connections that have not authenticated: a new one past that is
+ * closed at once, while another address is served: a real coordinator gets
+ * in, and an authenticated session and data link do not count against
+ * their address's share.  127.0.0.2 is the crowd (its sockets bound to it);
+ * the coordinators come from 127.0.0.1 (the kernel's source address on
+ * loopback). */
+Test(auth, one_address_holds_a_share_of_unauthenticated_peers, .timeout = 120, .fini = reap_worker)
+{
+	enum { CAP = 2 };
+	const int port = free_port(), dport = free_port();
+	char url[64], extra[160];
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+	snprintf(extra, sizeof extra,
+	         "--data-port %d --auth-timeout 600000 --max-preauth-per-ip %d", dport, CAP);
+	start_worker(url, extra);
+	/* from 127.0.0.1, a coordinator with its session and data link */
+	nng_socket s = fake_coordinator(url);
+	const int authed = authenticated_coordinator(s, "127.0.0.1", "127.0.0.1");
+
+	/* from 127.0.0.2: one control peer and one data connection too many */
+	int c2[CAP + 1], d2[CAP + 1];
+	for (int i = 0; i <= CAP; i++)
+		c2[i] = idle_control_peer_from("127.0.0.2", "127.0.0.1", port);
+	cr_expect_eq(count_closed(c2, CAP + 1, 1), 1,
+	             "not exactly 1 of %d idle control peers of 127.0.0.2 closed", CAP + 1);
+	for (int i = 0; i <= CAP; i++)
+		d2[i] = dial_from("127.0.0.2", "127.0.0.1", dport);
+	cr_expect_eq(count_closed(d2, CAP + 1, 1), 1,
+	             "not exactly 1 of %d data connections of 127.0.0.2 without a token closed",
+	             CAP + 1);
+
+	/* a real coordinator from 127.0.0.1 gets in while 127.0.0.2 holds its
+	 * share */
+	cr_expect_eq(logits_through(port), 0, "a coordinator from another address was kept out");
+
+	/* 127.0.0.1 has its own share: its authenticated session and data link
+	 * count for nothing; past the share it is refused too */
+	int c1[CAP + 1], d1[CAP + 1];
+	for (int i = 0; i <= CAP; i++)
+		c1[i] = idle_control_peer_from("127.0.0.1", "127.0.0.1", port);
+	cr_expect_eq(count_closed(c1, CAP + 1, 1), 1,
+	             "not exactly 1 of %d idle control peers of 127.0.0.1 closed", CAP + 1);
+	for (int i = 0; i <= CAP; i++)
+		d1[i] = dial_from("127.0.0.1", "127.0.0.1", dport);
+	cr_expect_eq(count_closed(d1, CAP + 1, 1), 1,
+	             "not exactly 1 of %d data connections of 127.0.0.1 without a token closed",
+	             CAP + 1);
+	cr_expect(!closed_within(authed, 300), "the authenticated data link was closed");
+	cr_expect_eq(atomic_load(&g_removed), 0, "the authenticated session was dropped");
+	for (int i = 0; i <= CAP; i++) {
+		close(c1[i]);
+		close(d1[i]);
+		close(c2[i]);
+		close(d2[i]);
+	}
+	close(authed);
+	nng_close(s);
 	stop_worker();
 }

@@ -22,8 +22,10 @@
  * (UDP at the control port's number, or PATH.status) are answered with one
  * STATUS datagram each, also while the worker serves and while it loads.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <poll.h>
@@ -255,6 +257,61 @@ static int preauth_deadlines(server *s, int max_ms)
 	return next <= now ? 0 : (int)((next - now) / 1000000u) + 1;
 }
 
+/* ---- peers not yet authenticated, per address ------------------------------------------ */
+
+/* The address of a data connection (accept's), as the limit counts it. */
+static peer_addr addr_of(const struct sockaddr_storage *ss)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	peer_addr a = {0};
+	if (ss->ss_family == AF_INET) {
+		a.len = 4;
+		memcpy(a.a, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		const uint8_t *b = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+		a.len = memcmp(b, v4mapped, 12) == 0 ? 4 : 16;
+		memcpy(a.a, a.len == 4 ? b + 12 : b, a.len);
+	}
+	return a;
+}
+
+static bool addr_eq(const peer_addr *x, const peer_addr *y)
+{
+	return x->len == y->len && memcmp(x->a, y->a, x->len) == 0;
+}
+
+bool moe_wk_preauth_admit(server *s, const peer_addr *a, bool control)
+{
+	if (a->len == 0)
+		return true;
+	int n = 0;
+	if (control) {
+		for (int k = 0; k < MAX_SESSIONS; k++)
+			n += s->sess[k].pipe != 0 && !s->sess[k].authed &&
+			     addr_eq(&s->sess[k].addr, a);
+	} else {
+		for (int i = 0; i < s->n_conns; i++)
+			n += !s->conns[i].authed && !s->conns[i].dead &&
+			     addr_eq(&s->conns[i].addr, a);
+	}
+	if (n < s->preauth_per_addr)
+		return true;
+	s->limit_refused++;
+	const uint64_t now = moe_now_ns();
+	if (s->limit_logged == 0 || now - s->limit_logged >= 10000000000u) {
+		char host[INET6_ADDRSTRLEN];
+		if (inet_ntop(a->len == 4 ? AF_INET : AF_INET6, a->a, host, sizeof host) == NULL)
+			snprintf(host, sizeof host, "?");
+		moe_wk_log(s, MOE_LOG_WARN,
+		           "%s: %s has %d peers not yet authenticated (--max-preauth-per-ip): a "
+		           "new one closed (%u refused in all since the last such line)",
+		           control ? "control" : "data", host, n, s->limit_refused);
+		s->limit_logged = now;
+		s->limit_refused = 0;
+	}
+	return false;
+}
+
 /* ---- data ----------------------------------------------------------------------- */
 
 static void close_conn(server *s, int i)
@@ -458,9 +515,23 @@ static void on_data(server *s, bool *ready)
 
 static void on_accept(server *s)
 {
-	int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+	struct sockaddr_storage from = {0};
+	socklen_t fl = sizeof from;
+	int fd = accept4(s->lfd, (struct sockaddr *)&from, &fl, SOCK_CLOEXEC);
 	if (fd < 0)
 		return;
+	/* an address past its share of peers without their token is refused
+	 * before it can make room (below) by closing another's */
+	const peer_addr addr = addr_of(&from);
+	if (!moe_wk_preauth_admit(s, &addr, false)) {
+		/* a fresh socket: these few bytes fit its buffer (admit logged it) */
+		Moemesh__Error e = MOEMESH__ERROR__INIT;
+		e.code = MOE_ERR_BUSY;
+		e.message = "too many data connections without their token from this address";
+		(void)moe_stream_send(fd, MOE_MSG_ERROR, &e.base, NULL, 0);
+		close(fd);
+		return;
+	}
 	if (s->n_conns == MAX_CONNS) {
 		/* full: the oldest connection without its token yet makes room (a
 		 * flood of idle ones cannot keep the coordinator's out) */
@@ -480,7 +551,7 @@ static void on_accept(server *s)
 	moe_sock_nodelay(fd);
 	struct timeval tv = {.tv_sec = 30};
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	conn c = {.fd = fd, .since = moe_now_ns()};
+	conn c = {.fd = fd, .addr = addr, .since = moe_now_ns()};
 	/* with a secret the first frame (the token) is sealed with the data key
 	 * of a control session that is waiting for its data connection */
 	if (s->secret != NULL) {
@@ -570,6 +641,8 @@ moe_err moe_worker_run(const moe_worker_opts *o)
 	server s = {.o = o,
 	            .auth_deadline_ns =
 	                (uint64_t)(o->auth_timeout_ms > 0 ? o->auth_timeout_ms : 10000) * 1000000u,
+	            .preauth_per_addr =
+	                o->max_preauth_per_ip > 0 ? o->max_preauth_per_ip : PREAUTH_PER_ADDR,
 	            .lfd = -1,
 	            .sfd = -1,
 	            .ctl = NNG_SOCKET_INITIALIZER,

@@ -23,8 +23,22 @@
  * unauthenticated peer makes the worker buffer no more than this. */
 #define PREAUTH_MAX_FRAME (64u << 10)
 
+/* A peer's address, as the per-address limit on peers not yet
+ * authenticated counts them (--max-preauth-per-ip): IPv4 in 4 bytes (an
+ * IPv4-mapped IPv6 address too), IPv6 in 16; len 0: none (ipc://, a Unix
+ * socket), never counted. */
+typedef struct peer_addr {
+	uint8_t len;
+	uint8_t a[16];
+} peer_addr;
+
+/* Peers not yet authenticated from one address, by default (control pipes
+ * and data connections each). */
+#define PREAUTH_PER_ADDR 4
+
 typedef struct conn {
 	int fd;
+	peer_addr addr; /* where it came from */
 	bool authed;
 	bool sealed_first; /* with a secret: its token frame is not read yet (sealed_token) */
 	bool dead;         /* to close after this pass (on_data) */
@@ -40,6 +54,7 @@ typedef struct conn {
 typedef struct session {
 	uint32_t pipe;  /* nng pipe id; 0: a free slot */
 	uint64_t since; /* its pipe came (moe_now_ns) */
+	peer_addr addr; /* its pipe's remote address */
 	bool hello_ok, authed;
 	uint8_t nonce_c[32], challenge[32]; /* challenge: nonce_w */
 	uint8_t token[32];
@@ -58,6 +73,7 @@ typedef struct pipe_ev {
 	uint32_t id;
 	bool add;
 	uint64_t t;
+	peer_addr addr; /* add: the pipe's remote address */
 } pipe_ev;
 
 /* Coordinators served at once (each its own session). */
@@ -120,6 +136,9 @@ typedef struct server {
 	uint64_t assign_dropped;   /* bytes the ASSIGN dropped */
 	uint64_t load_last;        /* bytes at the last LOAD_PROGRESS sent (loader thread) */
 	uint64_t auth_deadline_ns; /* a peer not authenticated by then is dropped */
+	int preauth_per_addr;      /* at most this many such peers from one address */
+	uint64_t limit_logged;     /* the last line about refused peers (moe_now_ns) */
+	unsigned limit_refused;    /* peers refused since that line */
 	bool quit;
 } server;
 
@@ -141,6 +160,14 @@ void moe_wk_log(const server *s, moe_log_level l, const char *fmt, ...)
 
 /* MemAvailable of /proc/meminfo in bytes (0 if absent). */
 uint64_t moe_wk_mem_available(void);
+
+/* Whether a new peer from a (control: a pipe; else a data connection) would
+ * pass the per-address limit: fewer than preauth_per_addr peers of that
+ * kind from a that have not authenticated (authenticated ones do not count;
+ * an address of len 0 always passes).  If not, logs it (a line per 10 s at
+ * most, with the count refused meanwhile) and returns false: the caller
+ * closes the peer. */
+bool moe_wk_preauth_admit(server *s, const peer_addr *a, bool control);
 
 /* batch.c */
 

@@ -561,16 +561,38 @@ out_free:
 	moemesh__assign__free_unpacked(a, NULL);
 }
 
+/* Pipe p's remote address, as the per-address limit counts it (len 0:
+ * none, as for ipc://, or p is gone). */
+static peer_addr pipe_addr(nng_pipe p)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	nng_sockaddr sa;
+	peer_addr a = {0};
+	if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) != 0)
+		return a;
+	if (sa.s_family == NNG_AF_INET) {
+		a.len = 4;
+		memcpy(a.a, &sa.s_in.sa_addr, 4);
+	} else if (sa.s_family == NNG_AF_INET6) {
+		const uint8_t *b = sa.s_in6.sa_addr;
+		a.len = memcmp(b, v4mapped, 12) == 0 ? 4 : 16;
+		memcpy(a.a, a.len == 4 ? b + 12 : b, a.len);
+	}
+	return a;
+}
+
 /* nng's threads: a pipe came or left, queued for the poll loop (which gives
  * a new one a session slot and ends a gone one's session), which the byte on
  * ev_pipe wakes */
 static void pipe_event(server *s, nng_pipe p, bool add)
 {
+	const peer_addr a = add ? pipe_addr(p) : (peer_addr){0};
 	pthread_mutex_lock(&s->ev_lock);
 	if (s->n_ev < (int)(sizeof s->ev / sizeof s->ev[0])) {
 		s->ev[s->n_ev].id = (uint32_t)nng_pipe_id(p);
 		s->ev[s->n_ev].add = add;
 		s->ev[s->n_ev].t = moe_now_ns();
+		s->ev[s->n_ev].addr = a;
 		s->n_ev++;
 	} else {
 		s->ev_lost = true;
@@ -620,11 +642,25 @@ void moe_wk_session_end(server *s, session *x)
 	assign_run(s);
 }
 
-/* A free session slot for pipe id (the oldest unauthenticated one makes
- * room when all are taken), or NULL: the pipe is then closed. */
-static session *session_new(server *s, uint32_t id, uint64_t since)
+/* Closes pipe id, which gets no session: counted as gone, so that a message
+ * of it still queued does not ask for a slot again. */
+static void pipe_refuse(server *s, uint32_t id)
+{
+	(void)nng_pipe_close((nng_pipe){.id = id});
+	s->gone[s->n_gone++ % (sizeof s->gone / sizeof s->gone[0])] = id;
+}
+
+/* A free session slot for pipe id from addr (the oldest unauthenticated one
+ * makes room when all are taken), or NULL: the pipe is then closed, as it
+ * is at once when its address has its share of peers not yet authenticated
+ * (that one takes no slot and makes no room). */
+static session *session_new(server *s, uint32_t id, uint64_t since, const peer_addr *addr)
 {
 	session *x = NULL;
+	if (!moe_wk_preauth_admit(s, addr, true)) {
+		pipe_refuse(s, id);
+		return NULL;
+	}
 	for (int k = 0; k < MAX_SESSIONS && x == NULL; k++)
 		if (s->sess[k].pipe == 0)
 			x = &s->sess[k];
@@ -636,7 +672,7 @@ static session *session_new(server *s, uint32_t id, uint64_t since)
 			moe_wk_log(s, MOE_LOG_WARN,
 			           "control: %d coordinators already: a peer refused",
 			           MAX_SESSIONS);
-			(void)nng_pipe_close((nng_pipe){.id = id});
+			pipe_refuse(s, id);
 			return NULL;
 		}
 		(void)nng_pipe_close((nng_pipe){.id = x->pipe});
@@ -646,6 +682,7 @@ static session *session_new(server *s, uint32_t id, uint64_t since)
 	x->pipe = id;
 	pthread_mutex_unlock(&s->ctl_lock);
 	x->since = since;
+	x->addr = *addr;
 	x->token_used = true;
 	return x;
 }
@@ -687,7 +724,7 @@ void moe_wk_pipes_changed(server *s)
 		session *x = session_find(s, ev[i].id);
 		if (ev[i].add) {
 			if (x == NULL && !pipe_gone(s, ev[i].id))
-				(void)session_new(s, ev[i].id, ev[i].t);
+				(void)session_new(s, ev[i].id, ev[i].t, &ev[i].addr);
 			continue;
 		}
 		s->gone[s->n_gone++ % (sizeof s->gone / sizeof s->gone[0])] = ev[i].id;
@@ -721,8 +758,11 @@ void moe_wk_on_control(server *s)
 	moe_wk_pipes_changed(s); /* its pipe's slot, if nng's callback came first */
 	const uint32_t id = (uint32_t)nng_pipe_id(mp);
 	session *x = session_find(s, id);
-	if (x == NULL && (pipe_gone(s, id) || (x = session_new(s, id, moe_now_ns())) == NULL))
-		goto out_free; /* from a peer that left already */
+	if (x == NULL) {
+		const peer_addr a = pipe_addr(mp);
+		if (pipe_gone(s, id) || (x = session_new(s, id, moe_now_ns(), &a)) == NULL)
+			goto out_free; /* from a peer that left already, or refused */
+	}
 	if (!x->authed && nng_msg_len(m) > PREAUTH_MAX_FRAME) {
 		s->st.bad_frames++;
 		snprintf(msg, sizeof msg,

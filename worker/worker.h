@@ -124,6 +124,10 @@ typedef struct moe_worker_opts {
 	int auth_timeout_ms;     /* a control peer or data connection that has not
 	                          * authenticated this long after it came is dropped;
 	                          * 0 = 10000 */
+	int max_preauth_per_ip;  /* control peers, and data connections, not yet
+	                          * authenticated from one address (IPv4 or IPv6;
+	                          * ipc:// has none): a new one past it is closed at
+	                          * once; 0 = 4 */
 	/* Observers for tests (tests/worker_harness.c injects faults with them);
 	 * production leaves them NULL.  Called on the serving thread with
 	 * observer_ctx; they may end the process.  on_assign: an authenticated
