@@ -47,7 +47,7 @@ static void usage(FILE *f)
 	           "           [--worker-threads N] [--min-workers N] [--max-workers N]\n"
 	           "           [--batches B,B,..] [--rtt-us US] [--rate RATE] [--rounds N]\n"
 	           "           [--direct] [--no-plan] [--overlap-ab] [-o DIR]\n"
-	           "           [--coordinators K,K,.. [--requests R]]\n\n"
+	           "           [--coordinators K,K,.. [--requests R] [--box-cpus F]]\n\n"
 	           "Runs as root: the coordinator and each worker in a network namespace of its\n"
 	           "own, joined by veth pairs shaped to --rate (tc tbf, default 10gbit); a relay\n"
 	           "in each worker's namespace holds each direction's bytes --rtt-us / 2\n"
@@ -62,7 +62,9 @@ static void usage(FILE *f)
 	           "share the workers; --batches are then concurrent streaming clients,\n"
 	           "split between the coordinators, each sending R (2) greedy completions of\n"
 	           "-n (64) tokens; rows against one process and one coordinator, texts\n"
-	           "compared (DIR/bench_netns_coord.csv and .png).  --overlap-ab: instead of the "
+	           "compared (DIR/bench_netns_coord.csv and .png); --box-cpus F: each\n"
+	           "coordinator and worker held to F cores (a cgroup v1 cpu quota), as if\n"
+	           "each were a box of its own.  --overlap-ab: instead of the "
 	           "rows, steps with\n"
 	           "and without two micro-batches alternated on --max-workers workers at each\n"
 	           "batch (>= 2): step times, dispatch wait, the share of it hidden\n"
@@ -78,6 +80,7 @@ typedef struct nargs {
 	int coords[MAX_C], n_coords; /* --coordinators (0: the in-process rows) */
 	int requests;                /* per client, --coordinators */
 	bool steps_set;              /* -n given */
+	double box_cpus;             /* --box-cpus: each node's cpu quota in cores (0: none) */
 } nargs;
 
 typedef struct nrow {
@@ -93,7 +96,8 @@ typedef struct nrow {
 typedef struct setup {
 	int id, n;
 	char exe[4096];
-	int n_c; /* coordinator namespaces */
+	int n_c;    /* coordinator namespaces */
+	bool boxes; /* --box-cpus: a cgroup per namespace, named alike */
 	char ns_c[MAX_C][32], ns_w[MAX_W][32];
 	char tmpdir[64], secret[96];
 	pid_t guard, workers[MAX_W + 1], echo;
@@ -116,6 +120,60 @@ static int sh(const char *fmt, ...)
 	return st != 0;
 }
 
+/* The cgroup v1 cpu folder of node name (--box-cpus): /sys/fs/cgroup/cpu/NAME. */
+static void box_path(char *out, size_t n, const char *name, const char *file)
+{
+	snprintf(out, n, "/sys/fs/cgroup/cpu/%s%s%s", name, file ? "/" : "", file ? file : "");
+}
+
+/* Writes text to path; 0 on success. */
+static int write_text(const char *path, const char *text)
+{
+	const int fd = open(path, O_WRONLY | O_CLOEXEC);
+	const size_t n = strlen(text);
+	const bool ok = fd >= 0 && write(fd, text, n) == (ssize_t)n;
+	if (fd >= 0)
+		close(fd);
+	return !ok;
+}
+
+/* Makes node name's cgroup with a quota of cpus cores; 0, or 1 after saying why. */
+static int box_make(const char *name, double cpus)
+{
+	char path[160], quota[32];
+	box_path(path, sizeof path, name, NULL);
+	snprintf(quota, sizeof quota, "%ld", (long)(cpus * 100000));
+	int bad = mkdir(path, 0755) != 0;
+	box_path(path, sizeof path, name, "cpu.cfs_period_us");
+	bad = bad || write_text(path, "100000");
+	box_path(path, sizeof path, name, "cpu.cfs_quota_us");
+	bad = bad || write_text(path, quota);
+	if (bad)
+		fprintf(stderr,
+		        "bench cluster --netns: --box-cpus: cannot make the cgroup %s (%s): needs "
+		        "cgroup v1's cpu controller at /sys/fs/cgroup/cpu\n",
+		        path, strerror(errno));
+	return bad;
+}
+
+/* Moves process pid (all its threads) into node name's cgroup; 0 on success. */
+static int box_enter(const char *name, pid_t pid)
+{
+	char path[160], text[32];
+	box_path(path, sizeof path, name, "cgroup.procs");
+	snprintf(text, sizeof text, "%d", (int)pid);
+	return write_text(path, text);
+}
+
+/* Removes node name's cgroup once its processes are gone (up to 10 s). */
+static void box_remove(const char *name)
+{
+	char path[160];
+	box_path(path, sizeof path, name, NULL);
+	for (int i = 0; i < 100 && rmdir(path) != 0 && errno == EBUSY; i++)
+		usleep(100000);
+}
+
 /* Removes the namespaces (their veth ends go with them) and the secret; a
  * name not made yet, or already gone, is passed over. */
 static void teardown_names(const setup *s)
@@ -128,6 +186,8 @@ static void teardown_names(const setup *s)
 		missing += system(cmd) != 0;
 	}
 	(void)missing;
+	for (int i = -s->n_c; s->boxes && i < s->n; i++)
+		box_remove(i < 0 ? s->ns_c[-1 - i] : s->ns_w[i]);
 	if (s->secret[0])
 		unlink(s->secret);
 	if (s->tmpdir[0])
@@ -188,6 +248,8 @@ static int stop_child(pid_t p)
 static int make_links(setup *s, const nargs *a)
 {
 	int bad = 0;
+	for (int i = -s->n_c; s->boxes && i < s->n && !bad; i++)
+		bad |= box_make(i < 0 ? s->ns_c[-1 - i] : s->ns_w[i], a->box_cpus);
 	for (int c = 0; c < s->n_c && !bad; c++)
 		bad |= sh("ip netns add %s && ip -n %s link set lo up", s->ns_c[c], s->ns_c[c]);
 	for (int i = 0; i < s->n && !bad; i++)
@@ -260,6 +322,13 @@ static int start_workers(setup *s, const nargs *a)
 		                name,          "--quiet", "--secret-file",  s->secret,  NULL};
 		if ((s->workers[i] = spawn(argv)) < 0)
 			return 1;
+		/* `ip netns exec` execs the worker in the same process */
+		if (s->boxes && box_enter(s->ns_w[i], s->workers[i]) != 0) {
+			fprintf(stderr,
+			        "bench cluster --netns: worker %d: cannot enter its cgroup\n",
+			        i + 1);
+			return 1;
+		}
 		if (a->direct)
 			continue;
 		/* the relays: coordinator c dials 10.(98+c).k.2, the worker listens
@@ -377,8 +446,12 @@ static void predict(double out[4], const moe_model *m, const nargs *a, const fig
 	const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	const int k = nc > 1 ? nc : 1;
 	const double cpus = ncpu > 0 ? (double)ncpu : 1;
-	const double fc = k * a->threads > cpus ? cpus / (k * a->threads) : 1;
-	const double fw = w * a->wthreads > cpus ? cpus / (w * a->wthreads) : 1;
+	double fc = k * a->threads > cpus ? cpus / (k * a->threads) : 1;
+	double fw = w * a->wthreads > cpus ? cpus / (w * a->wthreads) : 1;
+	if (a->box_cpus > 0) { /* each node its own quota, as a box of its own */
+		fc = a->box_cpus < a->threads ? a->box_cpus / a->threads : 1;
+		fw = a->box_cpus < a->wthreads ? a->box_cpus / a->wthreads : 1;
+	}
 	double wbw = fg->wbw;
 	if (w > 0 && fg->bw / w < wbw)
 		wbw = fg->bw / w;
@@ -524,7 +597,12 @@ static int parse(nargs *a, int argc, char **argv)
 		i++;
 		if (strcmp(s, "-m") == 0)
 			a->model = v;
-		else if (strcmp(s, "--requests") == 0)
+		else if (strcmp(s, "--box-cpus") == 0) {
+			char *end;
+			a->box_cpus = strtod(v, &end);
+			bad |= end == v || *end != '\0' ||
+			       !(a->box_cpus >= 0.01 && a->box_cpus <= 1024);
+		} else if (strcmp(s, "--requests") == 0)
 			bad |= moe_parse_int(&a->requests, v, 1, 1000);
 		else if (strcmp(s, "--coordinators") == 0)
 			bad |= parse_list(a->coords, &a->n_coords, MAX_C, v, 1, MAX_C);
@@ -763,6 +841,14 @@ static int serve_level(double *tok_s, uint64_t *fnv, int *errors, const nargs *a
 			break;
 		}
 		ports[started] = srv[started].port;
+		if (s->boxes && box_enter(s->ns_c[started], srv[started].pid) != 0) {
+			fprintf(stderr,
+			        "bench cluster --netns: coordinator %d: cannot enter its cgroup\n",
+			        started + 1);
+			bad = 1;
+			started++;
+			break;
+		}
 	}
 	bad |= enter_netns(s->ns_c[0]);
 	*tok_s = -1;
@@ -983,6 +1069,8 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	int pr = parse(&a, argc, argv);
 	if (pr == 0 && a.n_coords > 0 && a.overlap_ab)
 		pr = 1; /* one or the other */
+	if (pr == 0 && a.box_cpus > 0 && a.n_coords == 0)
+		pr = 1; /* the in-process rows' coordinator is this process */
 	if (pr != 0) {
 		usage(pr < 0 ? stdout : stderr);
 		return pr < 0 ? 0 : 2;
@@ -1025,6 +1113,7 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	s->id = (int)getpid();
 	s->n = a.max_workers;
 	s->guard_fd = s->home_fd = -1;
+	s->boxes = a.box_cpus > 0;
 	const ssize_t el = readlink("/proc/self/exe", s->exe, sizeof s->exe - 1);
 	s->n_c = 1;
 	for (int i = 0; i < a.n_coords; i++)
@@ -1076,6 +1165,9 @@ int moe_bench_cluster_netns(int argc, char **argv)
 	       a.model, a.steps, a.n_coords ? "tokens per request" : "decode steps", a.rate,
 	       a.direct ? "no relay" : "a relay holding each direction rtt/2", a.threads,
 	       a.wthreads);
+	if (a.box_cpus > 0)
+		printf("boxes: each coordinator and worker held to %.2f cores (cgroup cpu quota)\n",
+		       a.box_cpus);
 	if (a.direct)
 		printf("round trip: the veth's own\n");
 	else

@@ -221,6 +221,17 @@ Test(netns, tiny_sweep_gives_the_csv_and_the_logits_of_one_process, .timeout = 1
 	sh("rm -rf %s", dir);
 }
 
+/* Whether this process can make a cgroup v1 cpu folder (--box-cpus). */
+static bool can_box(void)
+{
+	char path[96];
+	snprintf(path, sizeof path, "/sys/fs/cgroup/cpu/moe-test-probe-%d", (int)getpid());
+	if (mkdir(path, 0755) != 0)
+		return false;
+	rmdir(path);
+	return true;
+}
+
 Test(netns, two_coordinators_over_the_links_give_the_texts_of_one_process, .timeout = 180)
 {
 	if (!can_netns()) {
@@ -232,13 +243,30 @@ Test(netns, two_coordinators_over_the_links_give_the_texts_of_one_process, .time
 	snprintf(out, sizeof out, "%s/out.txt", dir);
 	snprintf(csv, sizeof csv, "%s/bench_netns_coord.csv", dir);
 	cr_assert_eq(sh("mkdir -p %s", dir), 0);
+	/* each node in a cgroup of its own where this machine lets us make one */
+	const bool boxes = can_box();
 	const int st = sh("'%s' bench cluster --netns --coordinators 2 -m '%s' -n 8 --requests 1 "
 	                  "--batches 2 --min-workers 2 --max-workers 2 --threads 1 "
-	                  "--worker-threads 1 --rtt-us 100 --no-plan -o %s > %s 2>&1",
-	                  bin(), demo_model(model, sizeof model), dir, out);
+	                  "--worker-threads 1 --rtt-us 100 --no-plan %s -o %s > %s 2>&1",
+	                  bin(), demo_model(model, sizeof model), boxes ? "--box-cpus 1" : "", dir,
+	                  out);
 	sh("cat %s >&2", out);
 	cr_assert_eq(st, 0, "bench cluster --netns --coordinators exited %d", st);
 	cr_assert_eq(namespaces_left(out), 0, "namespaces left after the run");
+	if (boxes) {
+		cr_assert(file_has(out, "held to 1.00 cores"), "no cgroup per node");
+		int id = 0; /* the run's: its namespaces and cgroups are moeb<id>-... */
+		FILE *o = fopen(out, "r");
+		char line[512];
+		while (o && fgets(line, sizeof line, o))
+			if (sscanf(line, "namespaces: moeb%d-", &id) == 1)
+				break;
+		if (o)
+			fclose(o);
+		cr_assert_gt(id, 0, "the run named no namespaces");
+		cr_assert_neq(sh("ls -d /sys/fs/cgroup/cpu/moeb%d-* 2>/dev/null | grep -q .", id), 0,
+		              "a node's cgroup is left after the run");
+	}
 	/* the second coordinator took the workers' placement over (adopt.c) */
 	cr_assert(file_has(out, "adopted, nothing to load"), "no coordinator adopted");
 
