@@ -218,31 +218,33 @@ static ALWAYS_INLINE void tile_k45(int T, bool hbits, int64_t n_cols, float out[
 
 /* ---- Q6_K x Q8_K ----------------------------------------------------------------- */
 
-/* Bits 2j, 2j + 1 of each byte of qh, moved to bits 4-5 (others garbage). */
-static ALWAYS_INLINE uint8x16_t q6_high(uint8x16_t qh, int j)
+/* The 4 pieces j of 16 values (q - 32, in -32..31) that share the 16 bytes of
+ * ql at l (pieces 0, 2: low and high nibbles), of ql at l + 32 (pieces 1, 3)
+ * and of qh at hb (bits 2j, 2j + 1 of each byte: the values' bits 4-5). */
+static ALWAYS_INLINE void q6_pieces(int8x16_t q[4], const uint8_t *l, const uint8_t *hb)
 {
-	switch (j) {
-	case 0:
-		return vshlq_n_u8(qh, 4);
-	case 1:
-		return vshlq_n_u8(qh, 2);
-	case 2:
-		return qh;
-	default:
-		return vshrq_n_u8(qh, 2);
-	}
+	const uint8x16_t m4 = vdupq_n_u8(15), m3 = vdupq_n_u8(0x30);
+	const int8x16_t off = vdupq_n_s8(32);
+	const uint8x16_t la = vld1q_u8(l), lb = vld1q_u8(l + 32), qh = vld1q_u8(hb);
+	const uint8x16_t v[4] = {
+	    vorrq_u8(vandq_u8(la, m4), vandq_u8(vshlq_n_u8(qh, 4), m3)),
+	    vorrq_u8(vandq_u8(lb, m4), vandq_u8(vshlq_n_u8(qh, 2), m3)),
+	    vorrq_u8(vshrq_n_u8(la, 4), vandq_u8(qh, m3)),
+	    vorrq_u8(vshrq_n_u8(lb, 4), vandq_u8(vshrq_n_u8(qh, 2), m3)),
+	};
+	for (int j = 0; j < 4; j++)
+		q[j] = vsubq_s8(vreinterpretq_s8_u8(v[j]), off);
 }
 
 /* Q6_K, 2 rows x T tokens (the layout as in isa_neon_dot.c's dot_q6_K): per
- * row and 16 values q - 32 in -32..31 assembled once and the int8 scale
- * broadcast once; per pair one idot16 and one MLA.  Block value: d * d_a *
+ * row and 64 values (4 pieces of 16 sharing their ql and qh bytes) q - 32
+ * assembled once, and per 16 values the int8 scale broadcast once; per pair
+ * and 16 values one activation load, one idot16 and one MLA.  Block value: d * d_a *
  * isum. */
 static ALWAYS_INLINE void tile_q6_K(int T, int64_t n_cols, float out[8], const uint8_t *const w[2],
                                     const uint8_t *const a[4])
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const uint8x16_t m4 = vdupq_n_u8(15), m3 = vdupq_n_u8(0x30);
-	const int8x16_t off = vdupq_n_s8(32);
 	float32x4_t acc[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
 
 	for (int64_t i = 0; i < nb; i++) {
@@ -266,29 +268,27 @@ static ALWAYS_INLINE void tile_q6_K(int T, int64_t n_cols, float out[8], const u
 			for (int t = 0; t < 4; t++)
 				is[r][t] = vdupq_n_s32(0);
 		}
-		for (int h = 0; h < 2; h++)
-			for (int j = 0; j < 4; j++)
+		/* each row's block whole before the other's: fewer live registers
+		 * (the tokens' values are loaded again from L1) */
+		for (int r = 0; r < 2; r++)
+			for (int h = 0; h < 2; h++)
 				for (int half = 0; half < 2; half++) {
-					int8x16_t q[2];
-					int32x4_t s[2];
-					for (int r = 0; r < 2; r++) {
-						uint8x16_t lo = vld1q_u8(x[r]->ql + 64 * h +
-						                         32 * (j & 1) + 16 * half);
-						lo = j < 2 ? vandq_u8(lo, m4) : vshrq_n_u8(lo, 4);
-						uint8x16_t hi = q6_high(
-						    vld1q_u8(x[r]->qh + 32 * h + 16 * half), j);
-						q[r] = vsubq_s8(vreinterpretq_s8_u8(
-						                    vorrq_u8(lo, vandq_u8(hi, m3))),
-						                off);
-						s[r] = vld1q_dup_s32(&scv[r][8 * h + 2 * j + half]);
-					}
-					for (int t = 0; t < T; t++) {
-						int8x16_t yv = vld1q_s8(y[t]->qs + 128 * h +
-						                        32 * j + 16 * half);
-						for (int r = 0; r < 2; r++)
+					/* piece j of the 16 values here, q - 32 */
+					int8x16_t q[4];
+					q6_pieces(q, x[r]->ql + 64 * h + 16 * half,
+					          x[r]->qh + 32 * h + 16 * half);
+#pragma GCC unroll 4
+					for (int j = 0; j < 4; j++) {
+						const int32x4_t sj =
+						    vld1q_dup_s32(&scv[r][8 * h + 2 * j + half]);
+						for (int t = 0; t < T; t++) {
+							const int8x16_t yv =
+							    vld1q_s8(y[t]->qs + 128 * h + 32 * j +
+							             16 * half);
 							is[r][t] = vmlaq_s32(
 							    is[r][t],
-							    idot16(vdupq_n_s32(0), q[r], yv), s[r]);
+							    idot16(vdupq_n_s32(0), q[j], yv), sj);
+						}
 					}
 				}
 		const uint8_t *rp[4] = {w[0] + wo, w[1] + wo, w[1] + wo, w[1] + wo};
