@@ -3,11 +3,12 @@
  * Q6_K, Q8_0, Q4_0 and Q5_0.
  *
  * Compiled twice, as isa_neon_dot.c is: as itself for base Armv8-A (int8
- * products by SMULL/SMULL2 into int16, exact, widened by SADALP), defining
- * moe_gemm_neon(); and through isa_neondp_gemm.c with +dotprod (SDOT),
- * defining moe_gemm_neon_dotprod().  idot16() is the only difference; the two
- * spread the products over the lanes differently, but only whole-lane sums
- * are used, so both give the same integers and the same bits.
+ * products by SMULL/SMLAL into int16, exact, widened by SADDLP/SADALP),
+ * defining moe_gemm_neon(); and through isa_neondp_gemm.c with +dotprod
+ * (SDOT), defining moe_gemm_neon_dotprod().  idot16(), sdot16() and sdot32()
+ * are the only difference; the two spread the products over the lanes
+ * differently, but only whole-lane sums are used, so both give the same
+ * integers and the same bits.
  *
  * One tile = 2 rows x T tokens (T = 2, 3 or 4).  Per block, each row's
  * weights are decoded once (nibbles, fifth or sixth bits, the K-quants'
@@ -49,6 +50,33 @@ static ALWAYS_INLINE int32x4_t idot16(int32x4_t acc, int8x16_t a, int8x16_t b)
 {
 	acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
 	return vpadalq_s16(acc, vmull_high_s8(a, b));
+}
+#endif
+
+/* The 16 (a1, b1) or 32 (a1, b1 and a2, b2) products, as 4 int32 lanes of
+ * the same lane sums, for weights a of at most 32 in magnitude (every type
+ * here but Q8_0).  The base build sums them in int16 lanes first (2 or 4
+ * products of at most 32 * 128: under 2^15, exact for any int8 b) and widens
+ * once: 3 or 5 instructions instead of 4 or 8. */
+#if defined(MOE_NEON_DOTPROD)
+static ALWAYS_INLINE int32x4_t sdot16(int8x16_t a1, int8x16_t b1)
+{
+	return vdotq_s32(vdupq_n_s32(0), a1, b1);
+}
+static ALWAYS_INLINE int32x4_t sdot32(int8x16_t a1, int8x16_t b1, int8x16_t a2, int8x16_t b2)
+{
+	return vdotq_s32(vdotq_s32(vdupq_n_s32(0), a1, b1), a2, b2);
+}
+#else
+static ALWAYS_INLINE int32x4_t sdot16(int8x16_t a1, int8x16_t b1)
+{
+	return vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(a1), vget_low_s8(b1)), a1, b1));
+}
+static ALWAYS_INLINE int32x4_t sdot32(int8x16_t a1, int8x16_t b1, int8x16_t a2, int8x16_t b2)
+{
+	int16x8_t p = vmlal_high_s8(vmull_s8(vget_low_s8(a1), vget_low_s8(b1)), a1, b1);
+	p = vmlal_s8(p, vget_low_s8(a2), vget_low_s8(b2));
+	return vpaddlq_s16(vmlal_high_s8(p, a2, b2));
 }
 #endif
 
@@ -120,7 +148,7 @@ static ALWAYS_INLINE void k4_scales(const uint8_t *s, int32_t scv[8], int32x4_t 
 
 /* Q4_K (hbits false) or Q5_K (true), 2 rows x T tokens.  Per row and 64
  * values: the low and high nibbles (Q5_K: with their fifth bits) decoded once;
- * per pair 4 idot16 and 2 MLA by the sub-block scales.  Mins: per token the
+ * per pair 2 sdot32 and 2 MLA by the sub-block scales.  Mins: per token the
  * bsums summed in pairs once, per pair a MUL and an MLA by the row's mins.
  * Block value: d * d_a * isum - dmin * d_a * msum, in two accumulators. */
 static ALWAYS_INLINE void tile_k45(int T, bool hbits, int64_t n_cols, float out[8],
@@ -180,13 +208,10 @@ static ALWAYS_INLINE void tile_k45(int T, bool hbits, int64_t n_cols, float out[
 				int8x16_t y0 = vld1q_s8(y8), y1 = vld1q_s8(y8 + 16);
 				int8x16_t y2 = vld1q_s8(y8 + 32), y3 = vld1q_s8(y8 + 48);
 				for (int r = 0; r < 2; r++) {
-					const int32x4_t z = vdupq_n_s32(0);
-					int32x4_t pl =
-					    idot16(idot16(z, vreinterpretq_s8_u8(lo[r][0]), y0),
-					           vreinterpretq_s8_u8(lo[r][1]), y1);
-					int32x4_t ph =
-					    idot16(idot16(z, vreinterpretq_s8_u8(hi[r][0]), y2),
-					           vreinterpretq_s8_u8(hi[r][1]), y3);
+					int32x4_t pl = sdot32(vreinterpretq_s8_u8(lo[r][0]), y0,
+					                      vreinterpretq_s8_u8(lo[r][1]), y1);
+					int32x4_t ph = sdot32(vreinterpretq_s8_u8(hi[r][0]), y2,
+					                      vreinterpretq_s8_u8(hi[r][1]), y3);
 					is[r][t] =
 					    vmlaq_s32(vmlaq_s32(is[r][t], pl, s0[r]), ph, s1[r]);
 				}
@@ -239,7 +264,7 @@ static ALWAYS_INLINE void q6_pieces(int8x16_t q[4], const uint8_t *l, const uint
 /* Q6_K, 2 rows x T tokens (the layout as in isa_neon_dot.c's dot_q6_K): per
  * row and 64 values (4 pieces of 16 sharing their ql and qh bytes) q - 32
  * assembled once, and per 16 values the int8 scale broadcast once; per pair
- * and 16 values one activation load, one idot16 and one MLA.  Block value: d * d_a *
+ * and 16 values one activation load, one sdot16 and one MLA.  Block value: d * d_a *
  * isum. */
 static ALWAYS_INLINE void tile_q6_K(int T, int64_t n_cols, float out[8], const uint8_t *const w[2],
                                     const uint8_t *const a[4])
@@ -285,9 +310,8 @@ static ALWAYS_INLINE void tile_q6_K(int T, int64_t n_cols, float out[8], const u
 							const int8x16_t yv =
 							    vld1q_s8(y[t]->qs + 128 * h + 32 * j +
 							             16 * half);
-							is[r][t] = vmlaq_s32(
-							    is[r][t],
-							    idot16(vdupq_n_s32(0), q[j], yv), sj);
+							is[r][t] = vmlaq_s32(is[r][t],
+							                     sdot16(q[j], yv), sj);
 						}
 					}
 				}
@@ -340,7 +364,7 @@ static ALWAYS_INLINE void q32_values(int kind, const uint8_t *b, int8x16_t q[2])
 }
 
 /* Q8_0, Q4_0 or Q5_0 (kind), 2 rows x T tokens: per row and block the 32
- * values decoded once; per pair two idot16.  Block value: d * d_a * isum. */
+ * values decoded once; per pair two idot16 (Q8_0) or one sdot32.  Block value: d * d_a * isum. */
 static ALWAYS_INLINE void tile_q32(int T, int kind, int64_t n_cols, float out[8],
                                    const uint8_t *const w[2], const uint8_t *const a[4])
 {
@@ -362,7 +386,10 @@ static ALWAYS_INLINE void tile_q32(int T, int kind, int64_t n_cols, float out[8]
 			    (const int8_t *)(a[t] + ao + offsetof(moe_block_q8_0, qs));
 			int8x16_t y0 = vld1q_s8(yq), y1 = vld1q_s8(yq + 16);
 			for (int r = 0; r < 2; r++)
-				v[r][t] = idot16(idot16(vdupq_n_s32(0), q[r][0], y0), q[r][1], y1);
+				v[r][t] =
+				    kind == KIND_Q8_0
+				        ? idot16(idot16(vdupq_n_s32(0), q[r][0], y0), q[r][1], y1)
+				        : sdot32(q[r][0], y0, q[r][1], y1);
 		}
 		/* every block type here starts with its fp16 d */
 		const uint8_t *rp[4] = {w[0] + wo, w[1] + wo, w[1] + wo, w[1] + wo};
