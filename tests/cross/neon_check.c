@@ -576,7 +576,8 @@ enum { TILE_MAX = 17, TILE_LDY = TILE_MAX + 3 };
 
 /* Weights of TILE_MAX rows and activations of TILE_MAX tokens of type t:
  * quantised from seeded random floats, or (random) random bytes with sane
- * fp16 scales of either sign (every scale and min code, Q8_0's -128). */
+ * fp16 scales of either sign (every scale and min code, Q8_0's -128), and
+ * every other token's int8 values random bytes. */
 static bool tile_data(moe_type t, int64_t n, bool random, uint8_t *w, uint8_t *xq, uint64_t seed)
 {
 	const moe_type_traits *tr = moe_type_get(t);
@@ -615,6 +616,20 @@ static bool tile_data(moe_type t, int64_t n, bool random, uint8_t *w, uint8_t *x
 			f[i] = rng_unif() * (1.0f + (float)((i / 64 + tk) % 5));
 		ok = check(moe_quantize_act(t, xq + (size_t)tk * xs, f, n) == MOE_OK,
 		           "tiles: quantise activations %s", tr->name);
+		if (random && tk % 2 == 1) {
+			/* every other token's int8 values random too (-128
+			 * included, which moe_quantize_act never writes: the
+			 * int16 sums must hold for any activation byte); its d and
+			 * Q8_K bsums kept */
+			const bool q8k = moe_type_get(tr->vec_dot_type)->block_size == 256;
+			const size_t abs = q8k ? sizeof(moe_block_q8_K) : sizeof(moe_block_q8_0);
+			const size_t qoff =
+			    q8k ? offsetof(moe_block_q8_K, qs) : offsetof(moe_block_q8_0, qs);
+			for (size_t b = 0; b < xs / abs; b++)
+				for (int k = 0; k < (q8k ? 256 : 32); k++)
+					xq[(size_t)tk * xs + b * abs + qoff + (size_t)k] =
+					    (uint8_t)(rng_next() >> 56);
+		}
 	}
 	free(f);
 	return ok;
