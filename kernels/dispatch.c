@@ -3,7 +3,8 @@
  * AT_HWCAP bits (aarch64 Linux) read once at start-up,
  * the MOEMESH_ISA override, and per level a table of dot products indexed by
  * type (filled from the scalar references, then overwritten by each per-ISA
- * file with the kernels it has).
+ * file with the kernels it has); on aarch64 also which NEON build of the tile
+ * kernels runs (moe_gemm_neon_level).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/gemm.h"
 #include "kernels/quants.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -177,6 +179,14 @@ moe_err moe_isa_set(moe_isa isa)
 	atomic_store(&isa_current, (int)isa);
 	return MOE_OK;
 }
+
+#if defined(__aarch64__) && defined(__linux__)
+moe_gemm_fn moe_gemm_neon_level(moe_type t)
+{
+	pthread_once(&isa_once, isa_init);
+	return neon_dotprod ? moe_gemm_neon_dotprod(t) : moe_gemm_neon(t);
+}
+#endif
 
 moe_vec_dot_fn moe_vec_dot_get_isa(moe_type t, moe_isa isa)
 {

@@ -33,6 +33,9 @@ moe_gemm_fn moe_gemm_get(moe_type t)
 		return moe_gemm_avx512(t);
 	case MOE_ISA_AVX2:
 		return moe_gemm_avx2(t);
+#elif defined(__aarch64__) && defined(__linux__)
+	case MOE_ISA_NEON:
+		return moe_gemm_neon_level(t);
 #endif
 	default:
 		return NULL;

@@ -19,7 +19,13 @@
  *     the same bits; the two builds give the same bits as each other; the
  *     K-quants give the reference's bits (same integers, same float ops);
  *   - extreme rows (all +-127 activations, maximal weights);
- *   - activation quantisation bit patterns (Q8_0 ties to even, Q8_K).
+ *   - activation quantisation bit patterns (Q8_0 ties to even, Q8_K);
+ *   - the tile kernels (gemm.h) of every NEON build this CPU runs, on every
+ *     rows x tokens shape 1..17 x 1..17 at shifting positions in the
+ *     matrices, against the reference's dot per element bit for bit (so also
+ *     batch-invariant), nothing written outside the shape; quantised rows and
+ *     random-byte blocks; the level's dispatch of them (moe_gemm_get) and one
+ *     product through moe_gemm_rows.
  * Expected values come from the scalar reference or from formulas written
  * here, never from the NEON code.
  */
@@ -33,6 +39,7 @@
 #include <sys/auxv.h>
 
 #include "../test_rng.h"
+#include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
 
@@ -549,6 +556,211 @@ static void check_iq2(void)
 	printf("iq2: %d (type, length, build) cases against the reference\n", cases);
 }
 
+/* The NEON tile kernels (gemm.h): the types that have them. */
+static const moe_type tile_types[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
+                                      MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0};
+#define N_TILE_TYPES (sizeof(tile_types) / sizeof(tile_types[0]))
+
+/* The byte offsets of a block's fp16 scales (d, and Q4_K/Q5_K's dmin). */
+static int block_scales(moe_type t, size_t off[2])
+{
+	if (t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K) {
+		off[0] = 0, off[1] = 2;
+		return 2;
+	}
+	off[0] = t == MOE_TYPE_Q6_K ? 208 : 0;
+	return 1;
+}
+
+enum { TILE_MAX = 17, TILE_LDY = TILE_MAX + 3 };
+
+/* Weights of TILE_MAX rows and activations of TILE_MAX tokens of type t:
+ * quantised from seeded random floats, or (random) random bytes with sane
+ * fp16 scales of either sign (every scale and min code, Q8_0's -128), and
+ * every other token's int8 values random bytes. */
+static bool tile_data(moe_type t, int64_t n, bool random, uint8_t *w, uint8_t *xq, uint64_t seed)
+{
+	const moe_type_traits *tr = moe_type_get(t);
+	const size_t ws = moe_row_size(t, n), xs = moe_act_row_size(t, n);
+	float *f = malloc(sizeof(float) * (size_t)n);
+
+	if (!check(f != NULL, "out of memory"))
+		return false;
+	rng_state = seed;
+	bool ok = true;
+	for (int r = 0; r < TILE_MAX && ok; r++) {
+		uint8_t *row = w + (size_t)r * ws;
+		if (random) {
+			size_t off[2];
+			int ns = block_scales(t, off);
+			for (size_t k = 0; k < ws; k++)
+				row[k] = (uint8_t)(rng_next() >> 56);
+			for (int64_t b = 0; b < n / tr->block_size; b++)
+				for (int s = 0; s < ns; s++) {
+					uint64_t v = rng_next();
+					uint16_t d = (uint16_t)((v & 1) << 15 |
+					                        (0x1400 + (v >> 8) % 0x1800));
+					memcpy(row + (size_t)b * tr->type_size + off[s], &d, 2);
+				}
+		} else {
+			float scale = 0.05f + 0.1f * (float)r;
+			for (int64_t i = 0; i < n; i++)
+				f[i] = rng_unif() * scale +
+				       ((i / 256 + r) % 3 == 1 ? -0.3f * scale : 0.0f);
+			ok = check(moe_quantize_row(t, row, f, n) == MOE_OK, "tiles: quantise %s",
+			           tr->name);
+		}
+	}
+	for (int tk = 0; tk < TILE_MAX && ok; tk++) {
+		for (int64_t i = 0; i < n; i++)
+			f[i] = rng_unif() * (1.0f + (float)((i / 64 + tk) % 5));
+		ok = check(moe_quantize_act(t, xq + (size_t)tk * xs, f, n) == MOE_OK,
+		           "tiles: quantise activations %s", tr->name);
+		if (random && tk % 2 == 1) {
+			/* every other token's int8 values random too (-128
+			 * included, which moe_quantize_act never writes: the
+			 * int16 sums must hold for any activation byte); its d and
+			 * Q8_K bsums kept */
+			const bool q8k = moe_type_get(tr->vec_dot_type)->block_size == 256;
+			const size_t abs = q8k ? sizeof(moe_block_q8_K) : sizeof(moe_block_q8_0);
+			const size_t qoff =
+			    q8k ? offsetof(moe_block_q8_K, qs) : offsetof(moe_block_q8_0, qs);
+			for (size_t b = 0; b < xs / abs; b++)
+				for (int k = 0; k < (q8k ? 256 : 32); k++)
+					xq[(size_t)tk * xs + b * abs + qoff + (size_t)k] =
+					    (uint8_t)(rng_next() >> 56);
+		}
+	}
+	free(f);
+	return ok;
+}
+
+/* One type's tiles of every build this CPU runs (build b: 0 base, 1 SDOT)
+ * against want[t][r] = the reference dot of row r and token t. */
+static int check_tile_shapes(moe_type t, int64_t n, const char *data, const uint8_t *w,
+                             const uint8_t *xq, const float want[TILE_MAX][TILE_MAX])
+{
+	const size_t ws = moe_row_size(t, n), xs = moe_act_row_size(t, n);
+	const uint32_t sentinel = 0x7fc0dead;
+	static float y[TILE_MAX * TILE_LDY];
+	int cases = 0;
+
+	for (int b = 0; b < n_builds; b++) {
+		moe_gemm_fn gemm = b == 0 ? moe_gemm_neon(t) : moe_gemm_neon_dotprod(t);
+		if (!check(gemm != NULL, "%s %s: no tile kernel", builds[b].name,
+		           moe_type_get(t)->name))
+			continue;
+		for (int nr = 1; nr <= TILE_MAX; nr++)
+			for (int nt = 1; nt <= TILE_MAX; nt++) {
+				/* the shape's place in the matrices moves with it */
+				const int r0 = (nr * 7 + nt) % (TILE_MAX - nr + 1);
+				const int t0 = (nt * 5 + nr) % (TILE_MAX - nt + 1);
+				int bad = 0, stray = 0;
+
+				for (size_t k = 0; k < sizeof(y) / sizeof(y[0]); k++)
+					memcpy(&y[k], &sentinel, 4);
+				gemm(n, y, TILE_LDY, w + (size_t)r0 * ws, ws, nr,
+				     xq + (size_t)t0 * xs, xs, nt);
+				for (int tk = 0; tk < TILE_MAX; tk++)
+					for (int r = 0; r < TILE_LDY; r++) {
+						const float *got = &y[tk * TILE_LDY + r];
+						if (tk < nt && r < nr) {
+							if (memcmp(got, &want[t0 + tk][r0 + r],
+							           4) != 0 &&
+							    bad++ == 0)
+								printf("  %s %s %s %dx%d: row %d "
+								       "token %d: "
+								       "%.9g, reference %.9g\n",
+								       builds[b].name,
+								       moe_type_get(t)->name, data,
+								       nr, nt, r0 + r, t0 + tk,
+								       *got, want[t0 + tk][r0 + r]);
+						} else if (memcmp(got, &sentinel, 4) != 0) {
+							stray++;
+						}
+					}
+				check(bad == 0,
+				      "%s %s %s tiles %d rows x %d tokens: %d of %d not the "
+				      "reference's bits",
+				      builds[b].name, moe_type_get(t)->name, data, nr, nt, bad,
+				      nr * nt);
+				check(stray == 0,
+				      "%s %s %s tiles %d rows x %d tokens: %d writes outside",
+				      builds[b].name, moe_type_get(t)->name, data, nr, nt, stray);
+				cases++;
+			}
+	}
+	return cases;
+}
+
+/* Which tile kernels the level hands out, and one product through them. */
+static void check_tile_dispatch(bool dotprod, moe_type t, int64_t n, const uint8_t *w,
+                                const uint8_t *xq, const float want[TILE_MAX][TILE_MAX])
+{
+	const moe_isa active = moe_isa_active();
+	moe_gemm_fn build_fn = dotprod ? moe_gemm_neon_dotprod(t) : moe_gemm_neon(t);
+	static float y[TILE_MAX * TILE_LDY];
+
+	check(moe_isa_set(MOE_ISA_SCALAR) == MOE_OK && moe_gemm_get(t) == NULL,
+	      "%s: scalar level hands out a tile kernel", moe_type_get(t)->name);
+	check(moe_isa_set(MOE_ISA_NEON) == MOE_OK && moe_gemm_get(t) == build_fn,
+	      "%s: NEON level's tile kernel is not the %s build", moe_type_get(t)->name,
+	      dotprod ? "SDOT" : "base");
+	/* rows 3..16 x 11 tokens, as the matrix products call them */
+	if (check(moe_gemm_rows(y, TILE_LDY, w, t, 3, 16, n, xq, 11) == MOE_OK, "gemm_rows %s",
+	          moe_type_get(t)->name)) {
+		int bad = 0;
+		for (int tk = 0; tk < 11; tk++)
+			for (int r = 3; r < 16; r++)
+				bad += memcmp(&y[tk * TILE_LDY + r - 3], &want[tk][r], 4) != 0;
+		check(bad == 0,
+		      "%s: gemm_rows at the NEON level: %d of %d not the reference's bits",
+		      moe_type_get(t)->name, bad, 13 * 11);
+	}
+	moe_isa_set(active);
+}
+
+static void check_tiles(bool dotprod)
+{
+	static float want[TILE_MAX][TILE_MAX];
+	int cases = 0;
+
+	for (size_t ti = 0; ti < N_TILE_TYPES; ti++) {
+		const moe_type t = tile_types[ti];
+		/* K-quants 2 blocks, 32-blocks 5 (not a multiple of 2 or 4) */
+		const int64_t n = moe_type_get(t)->block_size == 256 ? 512 : 160;
+		const size_t ws = moe_row_size(t, n), xs = moe_act_row_size(t, n);
+		moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		uint8_t *w = malloc(ws * TILE_MAX), *xq = malloc(xs * TILE_MAX);
+
+		if (!check(w != NULL && xq != NULL && ref != NULL, "tiles: setup"))
+			goto next;
+		for (int random = 0; random < 2; random++) {
+			if (!tile_data(t, n, random, w, xq, 8800 + ti * 10 + (uint64_t)random))
+				continue;
+			for (int tk = 0; tk < TILE_MAX; tk++)
+				for (int r = 0; r < TILE_MAX; r++)
+					ref(n, &want[tk][r], w + (size_t)r * ws,
+					    xq + (size_t)tk * xs);
+			cases += check_tile_shapes(t, n, random ? "random bytes" : "quantised", w,
+			                           xq, want);
+			if (!random)
+				check_tile_dispatch(dotprod, t, n, w, xq, want);
+		}
+	next:
+		free(w);
+		free(xq);
+	}
+	for (moe_type t = 0; t < MOE_TYPE_COUNT; t++) {
+		bool listed = false;
+		for (size_t ti = 0; ti < N_TILE_TYPES; ti++)
+			listed |= tile_types[ti] == t;
+		check(listed || (moe_gemm_neon(t) == NULL && moe_gemm_neon_dotprod(t) == NULL),
+		      "type %d: a NEON tile kernel not checked here", (int)t);
+	}
+	printf("tiles: %d (type, data, build, rows x tokens) shapes bit for bit\n", cases);
+}
+
 int main(int argc, char **argv)
 {
 	const char *expect_isa = NULL;
@@ -582,6 +794,7 @@ int main(int argc, char **argv)
 		check_q8_0_full_range();
 		check_act_bits();
 		check_iq13_dots(dotprod);
+		check_tiles(dotprod);
 	}
 	printf("%d checks, %d failed\n", n_checks, n_failed);
 	return n_failed ? 1 : 0;
