@@ -492,6 +492,10 @@ static moe_err repeat(jrender *r, jv *out, jv seq, int64_t times)
 {
 	if (times < 0)
 		times = 0;
+	/* empty, however many times: no loop over times (fuzz_jinja found
+	 * `() * (9 ** 15)` spinning for hours) */
+	if ((seq.t == JV_STR ? seq.s->len : seq.l->n) == 0)
+		times = 0;
 	if (seq.t == JV_STR) {
 		size_t total;
 		if (!moe_size_mul(&total, seq.s->len, (size_t)times) || total > r->arena.limit)

@@ -818,6 +818,20 @@ static char *repeat3(const char *a, size_t n, const char *mid, const char *b)
 	return s;
 }
 
+/* An empty string or sequence repeated a huge number of times is empty at
+ * once (the loop over the count hung: fuzz_jinja's timeout input, committed
+ * to its corpus). */
+Test(jinja, empty_repeated_is_empty_at_once, .timeout = 30)
+{
+	char *out;
+	cr_assert_eq(run(&out, "{{ (() * (9 ** 15)) | length }}|{{ ('' * 10 ** 15) | length }}|"
+	                       "{{ ([] * 10 ** 15) | length }}|{{ () * 3 }}",
+	                 NULL, NULL),
+	             MOE_OK, "%s", out);
+	cr_assert_str_eq(out, "0|0|0|()");
+	free(out);
+}
+
 Test(jinja, limits_stop_hostile_templates, .timeout = 120)
 {
 	moe_jinja_opts small = {.max_output = 1 << 20, .max_memory = 16 << 20};
