@@ -267,6 +267,29 @@ static inline __m256i k8_mins(__m256i sm, const int16_t bs[4][16])
 typedef void (*moe_tile_fn)(int64_t n_cols, float out[8], const uint8_t *const w[8],
                             const uint8_t *const a[8], const void *prep);
 
+/* name##_8x1, name##_2x4 and name##_1x8: the 8x1, 2x4 and 1x8 moe_tile_fn
+ * shapes of the including file's static tile(kind, R, T, n_cols, out, w, a)
+ * (isa_avx2_iq2.c, isa_avx2_iq4.c), for run_tiles_plain. */
+#define AVX2_TILE_SHAPES(name, kind)                                                               \
+	static void name##_8x1(int64_t n, float o[8], const uint8_t *const w[8],                   \
+	                       const uint8_t *const a[8], const void *prep)                        \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 8, 1, n, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_2x4(int64_t n, float o[8], const uint8_t *const w[8],                   \
+	                       const uint8_t *const a[8], const void *prep)                        \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 2, 4, n, o, w, a);                                                      \
+	}                                                                                          \
+	static void name##_1x8(int64_t n, float o[8], const uint8_t *const w[8],                   \
+	                       const uint8_t *const a[8], const void *prep)                        \
+	{                                                                                          \
+		(void)prep;                                                                        \
+		tile(kind, 1, 8, n, o, w, a);                                                      \
+	}
+
 /* The rotation d (0..7) for run_lanes8's runs of seg rows of w_stride bytes:
  * lane k starts d * k rows into its run, so lanes sit k * (seg + d) rows
  * apart, and d is chosen to keep those distances (mod 4 KiB) as far from

@@ -245,29 +245,9 @@ static ALWAYS_INLINE void tile(int kind, int R, int T, int64_t n_cols, float out
 	_mm256_storeu_ps(out, _mm256_mul_ps(_mm256_set1_ps(0.125f), acc));
 }
 
-#define SHAPES(name, kind)                                                                         \
-	static void name##_8x1(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
-	                       const uint8_t *const a[NP], const void *prep)                       \
-	{                                                                                          \
-		(void)prep;                                                                        \
-		tile(kind, 8, 1, n, o, w, a);                                                      \
-	}                                                                                          \
-	static void name##_2x4(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
-	                       const uint8_t *const a[NP], const void *prep)                       \
-	{                                                                                          \
-		(void)prep;                                                                        \
-		tile(kind, 2, 4, n, o, w, a);                                                      \
-	}                                                                                          \
-	static void name##_1x8(int64_t n, float o[NP], const uint8_t *const w[NP],                 \
-	                       const uint8_t *const a[NP], const void *prep)                       \
-	{                                                                                          \
-		(void)prep;                                                                        \
-		tile(kind, 1, 8, n, o, w, a);                                                      \
-	}
-
-SHAPES(xxs, KIND_XXS)
-SHAPES(xs, KIND_XS)
-SHAPES(s2, KIND_S)
+AVX2_TILE_SHAPES(xxs, KIND_XXS)
+AVX2_TILE_SHAPES(xs, KIND_XS)
+AVX2_TILE_SHAPES(s2, KIND_S)
 
 static void gemm_iq2_xxs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                          int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
