@@ -259,20 +259,23 @@ static int preauth_deadlines(server *s, int max_ms)
 
 /* ---- peers not yet authenticated, per address ------------------------------------------ */
 
+peer_addr moe_wk_peer_addr(const uint8_t *bytes, bool v6)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	peer_addr a = {.len = v6 && memcmp(bytes, v4mapped, 12) != 0 ? 16 : 4};
+	memcpy(a.a, a.len == 4 && v6 ? bytes + 12 : bytes, a.len);
+	return a;
+}
+
 /* The address of a data connection (accept's), as the limit counts it. */
 static peer_addr addr_of(const struct sockaddr_storage *ss)
 {
-	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-	peer_addr a = {0};
-	if (ss->ss_family == AF_INET) {
-		a.len = 4;
-		memcpy(a.a, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-	} else if (ss->ss_family == AF_INET6) {
-		const uint8_t *b = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
-		a.len = memcmp(b, v4mapped, 12) == 0 ? 4 : 16;
-		memcpy(a.a, a.len == 4 ? b + 12 : b, a.len);
-	}
-	return a;
+	if (ss->ss_family == AF_INET)
+		return moe_wk_peer_addr(
+		    (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr, false);
+	if (ss->ss_family == AF_INET6)
+		return moe_wk_peer_addr(((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr, true);
+	return (peer_addr){0};
 }
 
 static bool addr_eq(const peer_addr *x, const peer_addr *y)

@@ -169,6 +169,10 @@ uint64_t moe_wk_mem_available(void);
  * closes the peer. */
 bool moe_wk_preauth_admit(server *s, const peer_addr *a, bool control);
 
+/* The address as the limit counts it from an IPv4 address's 4 bytes or an
+ * IPv6 address's 16 (an IPv4-mapped one as its IPv4 address). */
+peer_addr moe_wk_peer_addr(const uint8_t *bytes, bool v6);
+
 /* batch.c */
 
 /* Answers the n DISPATCH frames of pd (each of another connection): those

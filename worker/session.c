@@ -565,20 +565,14 @@ out_free:
  * none, as for ipc://, or p is gone). */
 static peer_addr pipe_addr(nng_pipe p)
 {
-	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 	nng_sockaddr sa;
-	peer_addr a = {0};
 	if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) != 0)
-		return a;
-	if (sa.s_family == NNG_AF_INET) {
-		a.len = 4;
-		memcpy(a.a, &sa.s_in.sa_addr, 4);
-	} else if (sa.s_family == NNG_AF_INET6) {
-		const uint8_t *b = sa.s_in6.sa_addr;
-		a.len = memcmp(b, v4mapped, 12) == 0 ? 4 : 16;
-		memcpy(a.a, a.len == 4 ? b + 12 : b, a.len);
-	}
-	return a;
+		return (peer_addr){0};
+	if (sa.s_family == NNG_AF_INET)
+		return moe_wk_peer_addr((const uint8_t *)&sa.s_in.sa_addr, false);
+	if (sa.s_family == NNG_AF_INET6)
+		return moe_wk_peer_addr(sa.s_in6.sa_addr, true);
+	return (peer_addr){0};
 }
 
 /* nng's threads: a pipe came or left, queued for the poll loop (which gives
