@@ -557,18 +557,22 @@ static void check_iq2(void)
 }
 
 /* The NEON tile kernels (gemm.h): the types that have them. */
-static const moe_type tile_types[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
-                                      MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0};
+static const moe_type tile_types[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K, MOE_TYPE_Q8_0,
+                                      MOE_TYPE_Q4_0, MOE_TYPE_Q5_0, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K};
 #define N_TILE_TYPES (sizeof(tile_types) / sizeof(tile_types[0]))
 
-/* The byte offsets of a block's fp16 scales (d, and Q4_K/Q5_K's dmin). */
+/* The byte offsets of a block's fp16 scales (d, and Q4_K/Q5_K/Q2_K's dmin). */
 static int block_scales(moe_type t, size_t off[2])
 {
 	if (t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K) {
 		off[0] = 0, off[1] = 2;
 		return 2;
 	}
-	off[0] = t == MOE_TYPE_Q6_K ? 208 : 0;
+	if (t == MOE_TYPE_Q2_K) {
+		off[0] = 80, off[1] = 82;
+		return 2;
+	}
+	off[0] = t == MOE_TYPE_Q6_K ? 208 : t == MOE_TYPE_Q3_K ? 108 : 0;
 	return 1;
 }
 
