@@ -34,7 +34,7 @@ moe_gemm_fn moe_gemm_avx2_iq4(moe_type t);  /* IQ4_NL, IQ4_XS, MXFP4 (isa_avx2_i
 moe_gemm_fn moe_gemm_avx2_iq13(moe_type t); /* IQ3_XXS, IQ3_S, IQ1_S, IQ1_M (isa_avx2_iq13.c) */
 moe_gemm_fn moe_gemm_avx2_iq2(moe_type t);  /* IQ2_XXS, IQ2_XS, IQ2_S (isa_avx2_iq2.c) */
 /* The NEON tiles (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0, and through the
- * lookups below Q2_K and Q3_K): isa_neon_gemm.c for
+ * lookups below Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4): isa_neon_gemm.c for
  * base Armv8-A, built again with SDOT as isa_neondp_gemm.c (same bits);
  * moe_gemm_neon_level (dispatch.c, aarch64 Linux) is the one of the two
  * this CPU runs. */
@@ -45,6 +45,10 @@ moe_gemm_fn moe_gemm_neon_level(moe_type t);
  * moe_gemm_neon / moe_gemm_neon_dotprod of the same build. */
 moe_gemm_fn moe_gemm_neon_k23(moe_type t);
 moe_gemm_fn moe_gemm_neon_dotprod_k23(moe_type t);
+/* The NEON IQ4_NL / IQ4_XS / MXFP4 tiles (isa_neon_iq4.c, isa_neondp_iq4.c),
+ * likewise. */
+moe_gemm_fn moe_gemm_neon_iq4(moe_type t);
+moe_gemm_fn moe_gemm_neon_dotprod_iq4(moe_type t);
 /* The Q2_K / Q3_K tiles (isa_avx2_k23.c), listed by both x86 levels. */
 void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t);

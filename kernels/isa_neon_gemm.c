@@ -1,9 +1,9 @@
 /*
  * isa_neon_gemm.c - tile kernels (gemm.h) for the NEON level: Q4_K, Q5_K,
  * Q6_K, Q8_0, Q4_0 and Q5_0 here, and the lookup of the level's tiles
- * (moe_gemm_neon), which hands out those of isa_neon_k23.c (Q2_K, Q3_K) of
- * the same build too.  The int8 dot helpers, the lane helpers and the driver
- * (run_tiles) are in isa_neon_tile.h, shared with those files.
+ * (moe_gemm_neon), which hands out those of isa_neon_k23.c (Q2_K, Q3_K) and
+ * isa_neon_iq4.c (IQ4_NL, IQ4_XS, MXFP4) of the same build too.  The int8 dot helpers, the lane
+ * helpers and the driver (run_tiles) are in isa_neon_tile.h, shared with those files.
  *
  * Compiled twice, as isa_neon_dot.c is: as itself for base Armv8-A (int8
  * products by SMULL/SMLAL into int16, exact, widened by SADDLP/SADALP),
@@ -398,6 +398,14 @@ moe_gemm_fn moe_gemm_neon(moe_type t)
 		return moe_gemm_neon_dotprod_k23(t); /* isa_neondp_k23.c */
 #else
 		return moe_gemm_neon_k23(t); /* isa_neon_k23.c */
+#endif
+	case MOE_TYPE_IQ4_NL:
+	case MOE_TYPE_IQ4_XS:
+	case MOE_TYPE_MXFP4:
+#if defined(MOE_NEON_DOTPROD)
+		return moe_gemm_neon_dotprod_iq4(t); /* isa_neondp_iq4.c */
+#else
+		return moe_gemm_neon_iq4(t); /* isa_neon_iq4.c */
 #endif
 	default:
 		return NULL;

@@ -557,13 +557,17 @@ static void check_iq2(void)
 }
 
 /* The NEON tile kernels (gemm.h): the types that have them. */
-static const moe_type tile_types[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K, MOE_TYPE_Q8_0,
-                                      MOE_TYPE_Q4_0, MOE_TYPE_Q5_0, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K};
+static const moe_type tile_types[] = {
+    MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,   MOE_TYPE_Q8_0,   MOE_TYPE_Q4_0, MOE_TYPE_Q5_0,
+    MOE_TYPE_Q2_K, MOE_TYPE_Q3_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4};
 #define N_TILE_TYPES (sizeof(tile_types) / sizeof(tile_types[0]))
 
-/* The byte offsets of a block's fp16 scales (d, and Q4_K/Q5_K/Q2_K's dmin). */
+/* The byte offsets of a block's fp16 scales (d, and Q4_K/Q5_K/Q2_K's dmin);
+ * none for MXFP4 (its E8M0 byte is set apart). */
 static int block_scales(moe_type t, size_t off[2])
 {
+	if (t == MOE_TYPE_MXFP4)
+		return 0;
 	if (t == MOE_TYPE_Q4_K || t == MOE_TYPE_Q5_K) {
 		off[0] = 0, off[1] = 2;
 		return 2;
@@ -606,6 +610,9 @@ static bool tile_data(moe_type t, int64_t n, bool random, uint8_t *w, uint8_t *x
 					                        (0x1400 + (v >> 8) % 0x1800));
 					memcpy(row + (size_t)b * tr->type_size + off[s], &d, 2);
 				}
+			/* MXFP4: exponents 2^-28 .. 2^21 (no NaN block, e = 255) */
+			for (int64_t b = 0; t == MOE_TYPE_MXFP4 && b < n / tr->block_size; b++)
+				row[(size_t)b * tr->type_size] = (uint8_t)(100 + rng_next() % 50);
 		} else {
 			float scale = 0.05f + 0.1f * (float)r;
 			for (int64_t i = 0; i < n; i++)
