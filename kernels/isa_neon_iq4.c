@@ -175,6 +175,27 @@ static ALWAYS_INLINE void tile_q32(int T, bool mx, int64_t n_cols, float out[8],
 	store_rows(out, acc[0], acc[1]);
 }
 
+/* The 8 sub-block scales ls - 32 (-32..31) of an IQ4_XS block, as int32 in
+ * scv (moe_iq4xs_scale's values: the nibbles of scales_l under bits 2s,
+ * 2s + 1 of scales_h). */
+static ALWAYS_INLINE void xs_scales(int32_t scv[8], const moe_block_iq4_xs *b)
+{
+	const int8_t lo_shifts[8] = {0, -4, 0, -4, 0, -4, 0, -4};
+	const int8_t hi_shifts[8] = {0, -2, -4, -6, 0, -2, -4, -6};
+	uint32_t l;
+
+	memcpy(&l, b->scales_l, 4);
+	const uint8x8_t lb = vreinterpret_u8_u32(vdup_n_u32(l));
+	const uint8x8_t lo = vand_u8(vshl_u8(vzip1_u8(lb, lb), vld1_s8(lo_shifts)), vdup_n_u8(15));
+	const uint64_t h = b->scales_h;
+	const uint8x8_t hb = vcreate_u8((h & 0xff) * 0x01010101u | (h >> 8) * 0x0101010100000000u);
+	const uint8x8_t hi = vand_u8(vshl_u8(hb, vld1_s8(hi_shifts)), vdup_n_u8(3));
+	const int16x8_t ls = vsubq_s16(
+	    vreinterpretq_s16_u16(vmovl_u8(vorr_u8(lo, vshl_n_u8(hi, 4)))), vdupq_n_s16(32));
+	vst1q_s32(scv, vmovl_s16(vget_low_s16(ls)));
+	vst1q_s32(scv + 4, vmovl_high_s16(ls));
+}
+
 /* IQ4_XS, 2 rows x T tokens: per row and sub-block the 32 levels looked up
  * once and ls - 32 broadcast once; per pair one wdot32 and one MLA.  Block
  * value: d * d_a * isum. */
@@ -197,8 +218,7 @@ static ALWAYS_INLINE void tile_iq4_xs(int T, int64_t n_cols, float out[8],
 			y[t] = (const moe_block_q8_K *)(a[t] + ao);
 		for (int r = 0; r < 2; r++) {
 			x[r] = (const moe_block_iq4_xs *)(w[r] + wo);
-			for (int sb = 0; sb < 8; sb++)
-				scv[r][sb] = moe_iq4xs_scale(x[r], sb) - 32;
+			xs_scales(scv[r], x[r]);
 			for (int t = 0; t < 4; t++)
 				is[r][t] = vdupq_n_s32(0);
 		}
