@@ -23,22 +23,12 @@
  * token-generic block to the stack), and Q2_K's quants taken in place by one
  * AND each (factor 1, 4, 16; bits 6-7 by one shift to 16) against scales
  * x16, x4, x1, the block's sums exactly 16 x and shifted back once.
- * callgrind (moe_matmul_q, 64 rows x 4096, one token): Q2_K 77.4 -> 64.3,
- * Q3_K 113.7 -> 103.2 instructions per block; in cache (moe_dotbench
- * --matmul, one busy Zen 3 core, alternated) Q2_K 12.1-12.5 -> 13.5-14.5,
- * Q3_K 10.8-11.6 -> 11.3-11.9 GB/s.
- *
- * Per row and block the quants are unpacked once into 8 vectors of 32 bytes
- * (vector v = values 32v..32v+31 = sub-blocks 2v (low 128 bits) and 2v+1
- * (high 128 bits)), each with its pair of sub-block scales as int16, and met
- * by up to 8 tokens: one maddubs (u8 quants x s8 activations, pairs within
- * int16) and one madd by the scales (-> int32) per vector and token.
- *   Q2_K: q in 0..3; the mins' term sum mn[s] * bsums[s] is one madd of the
- *         16 mins with the activation's bsums.
- *   Q3_K: q in 0..7 (bit 2 from hmask), the -4 offset taken out as
- *         4 * sum (sc[s] - 32) * bsums[s] (one madd); the signed scales
- *         are unpacked in vector registers and widened to int16 once per
- *         block, each vector's pair picked by one shuffle.
+ * Q3_K's six-bit scales are worked out in general-purpose registers
+ * (q3_scales_gpr).  callgrind (moe_matmul_q, 64 rows x 4096, one token): Q2_K
+ * 77.4 -> 64.3 instructions per block, Q3_K 113.7 -> 119.1 (more scalar, fewer
+ * vector ones: llvm-mca znver3 114 -> 95 cycles per four row blocks); in
+ * cache (moe_dotbench --matmul, one busy Zen 3 core, alternated) Q2_K
+ * 12.1-12.5 -> 13.5-14.5, Q3_K 10.8-11.6 -> 11.5-11.9 GB/s.
  */
 #include <stddef.h>
 
