@@ -357,11 +357,9 @@ static ALWAYS_INLINE void tile_pairs(int kind, int64_t n_cols, float out[NP],
 			const __m256i l0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(c, m0f));
 			const __m256i l1 = _mm256_shuffle_epi8(
 			    lut, _mm256_and_si256(_mm256_srli_epi16(c, 4), m0f));
-			if (mx)
-				v[k] = _mm256_madd_epi16(
-				    _mm256_add_epi16(_mm256_maddubs_epi16(l0, ylo),
-				                     _mm256_maddubs_epi16(l1, yhi)),
-				    ones);
+			if (mx) /* int16 pair sums: <= 2 * 2 * 24 * 127 */
+				v[k] = _mm256_add_epi16(_mm256_maddubs_epi16(l0, ylo),
+				                        _mm256_maddubs_epi16(l1, yhi));
 			else
 				v[k] = _mm256_add_epi32(
 				    _mm256_madd_epi16(pairs(_mm256_sign_epi8(l0, l0), l0, ylo),
@@ -369,11 +367,22 @@ static ALWAYS_INLINE void tile_pairs(int kind, int64_t n_cols, float out[NP],
 				    _mm256_madd_epi16(pairs(_mm256_sign_epi8(l1, l1), l1, yhi),
 				                      ones));
 		}
-		/* lane k of the low half = row k, of the high half = row k + 4 */
-		const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]),
-		                                     _mm256_unpackhi_epi32(v[0], v[1]));
-		const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]),
-		                                     _mm256_unpackhi_epi32(v[2], v[3]));
+		/* lane k of the low half = row k, of the high half = row k + 4 (MXFP4:
+		 * the first step on int16 pair sums, <= 4 * 2 * 24 * 127, then widened) */
+		__m256i s01, s23;
+		if (mx) {
+			s01 = _mm256_madd_epi16(_mm256_add_epi16(_mm256_unpacklo_epi32(v[0], v[1]),
+			                                         _mm256_unpackhi_epi32(v[0], v[1])),
+			                        ones);
+			s23 = _mm256_madd_epi16(_mm256_add_epi16(_mm256_unpacklo_epi32(v[2], v[3]),
+			                                         _mm256_unpackhi_epi32(v[2], v[3])),
+			                        ones);
+		} else {
+			s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]),
+			                       _mm256_unpackhi_epi32(v[0], v[1]));
+			s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]),
+			                       _mm256_unpackhi_epi32(v[2], v[3]));
+		}
 		__m256i s = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23),
 		                             _mm256_unpackhi_epi64(s01, s23));
 		float dy;
