@@ -22,7 +22,7 @@
  * sub-blocks per vector, MXFP4 without the sign trick; callgrind, 64 rows x
  * 4096, one token: IQ4_XS 115.9 -> 119.2 (more scalar, fewer vector ones:
  * llvm-mca znver3 262 -> 156 cycles per 8 row blocks), IQ4_NL 124.3 ->
- * 119.9, MXFP4 125.4 -> 110.7 instructions per 256 values; in cache,
+ * 119.9, MXFP4 125.4 -> 108.7 instructions per 256 values; in cache,
  * moe_dotbench --matmul on one busy Zen 3 core, alternated: IQ4_XS 12.1-12.2 -> 16.2-16.8,
  * IQ4_NL 12.6-13.0 -> 13.5-14.0, MXFP4 13.1-13.3 -> 15.7-15.8 GB/s).  The
  * one-row dots form each block's sum in vector registers, reduce it exactly

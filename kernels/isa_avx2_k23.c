@@ -23,12 +23,14 @@
  * token-generic block to the stack), and Q2_K's quants taken in place by one
  * AND each (factor 1, 4, 16; bits 6-7 by one shift to 16) against scales
  * x16, x4, x1, the block's sums exactly 16 x and shifted back once.
- * Q3_K's six-bit scales are worked out in general-purpose registers
- * (q3_scales_gpr).  callgrind (moe_matmul_q, 64 rows x 4096, one token): Q2_K
- * 77.4 -> 64.3 instructions per block, Q3_K 113.7 -> 119.1 (more scalar, fewer
- * vector ones: llvm-mca znver3 114 -> 95 cycles per four row blocks); in
- * cache (moe_dotbench --matmul, one busy Zen 3 core, alternated) Q2_K
- * 12.1-12.5 -> 13.5-14.5, Q3_K 10.8-11.6 -> 11.5-11.9 GB/s.
+ * callgrind (moe_matmul_q, 64 rows x 4096, one token): Q2_K 77.4 -> 64.3,
+ * Q3_K 113.7 -> 103.2 instructions per block; in cache (moe_dotbench
+ * --matmul, one Zen 3 core, alternated) Q2_K 12.4-13.3 -> 13.7-14.1, Q3_K
+ * 11.9-12.0 -> 12.0-12.1 GB/s, streaming a 128 MiB matrix Q2_K 12.2-12.4 ->
+ * 12.5-12.9, Q3_K 10.8-11.2 -> 11.5-11.7.  Tried and dropped: Q3_K's scales
+ * worked out in general-purpose registers (as IQ4_XS's one-token tile does):
+ * 4 vector instructions instead of 10 and 3 % faster in cache, but 8 %
+ * slower streaming (10.6-10.8 GB/s).
  */
 #include <stddef.h>
 
@@ -265,25 +267,6 @@ static ALWAYS_INLINE void q3_K_block(int T, const moe_block_q3_K *x, const moe_b
 	}
 }
 
-/* q3_scales worked out in general-purpose registers (integer ALUs, idle in
- * these kernels) and moved over: 4 vector instructions instead of 10.  The 12
- * scale bytes as a (bytes 0-7) and h (8-11): scale s < 8 = a's byte s low
- * nibble, s >= 8 byte s - 8 high nibble; its bits 4-5 = byte s % 4 of h
- * shifted right by 2 (s / 4). */
-static ALWAYS_INLINE __m128i q3_scales_gpr(const uint8_t *scales)
-{
-	uint64_t a;
-	uint32_t h;
-	memcpy(&a, scales, 8);
-	memcpy(&h, scales + 8, 4);
-	const uint64_t m2 = 0x03030303u, m4 = 0x0f0f0f0f0f0f0f0full;
-	uint64_t s0 = (a & m4) | ((h & m2) | ((uint64_t)((h >> 2) & m2) << 32)) << 4;
-	uint64_t s1 = ((a >> 4) & m4) | (((h >> 4) & m2) | ((uint64_t)((h >> 6) & m2) << 32)) << 4;
-	__asm__("" : "+r"(s0));
-	__asm__("" : "+r"(s1));
-	return _mm_sub_epi8(_mm_set_epi64x((long long)s1, (long long)s0), _mm_set1_epi8(32));
-}
-
 /* Q3_K block x against one token block y (q3_K_rows4): 8 int32 lanes summing
  * to the block's isum (exact, the -4 offset included), as q3_K_block with one
  * token, in one accumulation chain kept in a register (as q2_K_block1). */
@@ -292,7 +275,7 @@ static ALWAYS_INLINE __m256i q3_K_block1(const moe_block_q3_K *x, const moe_bloc
 	const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4);
 
 	_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
-	const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales_gpr(x->scales));
+	const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(x->scales));
 	const __m256i sca = _mm256_permute2x128_si256(sc16, sc16, 0x00);
 	const __m256i scb = _mm256_permute2x128_si256(sc16, sc16, 0x11);
 	const __m256i off16 = _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
