@@ -31,6 +31,18 @@
  * worked out in general-purpose registers (as IQ4_XS's one-token tile does):
  * 4 vector instructions instead of 10 and 3 % faster in cache, but 8 %
  * slower streaming (10.6-10.8 GB/s).
+ *
+ * Per row and block the quants are unpacked once into 8 vectors of 32 bytes
+ * (vector v = values 32v..32v+31 = sub-blocks 2v (low 128 bits) and 2v+1
+ * (high 128 bits)), each with its pair of sub-block scales as int16, and met
+ * by up to 8 tokens: one maddubs (u8 quants x s8 activations, pairs within
+ * int16) and one madd by the scales (-> int32) per vector and token.
+ *   Q2_K: q in 0..3; the mins' term sum mn[s] * bsums[s] is one madd of the
+ *         16 mins with the activation's bsums.
+ *   Q3_K: q in 0..7 (bit 2 from hmask), the -4 offset taken out as
+ *         4 * sum (sc[s] - 32) * bsums[s] (one madd); the signed scales
+ *         are unpacked in vector registers and widened to int16 once per
+ *         block, each vector's pair picked by one shuffle.
  */
 #include <stddef.h>
 
