@@ -258,25 +258,32 @@ Test(iq4_fixtures, quantizers_reproduce_llama_quantize)
 	cr_assert_eq(seen[MOE_TYPE_MXFP4], 6);
 }
 
-/* One token on long IQ4_XS rows (40 blocks) over 37 rows (the 8 row runs of
- * the one-token tile, in claims of 16 rows and an edge): the scalar level's
- * bits. */
+/* One token on long rows over 37 rows (the 8 row runs of the one-token
+ * tiles, in claims of 16 rows and an edge): the scalar level's bits.  IQ4_XS
+ * rows of 40 blocks; IQ4_NL and MXFP4 rows of 545 blocks (17440 columns:
+ * MXFP4's per-block token data then lives on the heap, past 512 blocks). */
 static void xs_long_rows_same_bits(moe_isa level)
 {
-	enum { ROWS = 37, COLS = 256 * 40 };
+	enum { ROWS = 37 };
+	const moe_type types[] = {MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_NL, MOE_TYPE_MXFP4};
+	const int64_t cols[] = {256 * 40, 32 * 545, 32 * 545};
 	rng_state = 31337;
-	uint8_t *w = qsb_rand_blocks(MOE_TYPE_IQ4_XS, (int64_t)ROWS * COLS, true);
-	void *xq = qsb_rand_act(MOE_TYPE_IQ4_XS, COLS);
-	float want[ROWS], got[ROWS];
-	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
-	cr_assert_eq(moe_matmul_q(NULL, want, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
-	cr_assert_eq(moe_isa_set(level), MOE_OK);
-	cr_assert_eq(moe_matmul_q(NULL, got, w, MOE_TYPE_IQ4_XS, ROWS, COLS, xq, 1), MOE_OK);
-	for (int r = 0; r < ROWS; r++)
-		cr_assert(qsb_same_float(want[r], got[r]), "%s: row %d: %.9g, scalar %.9g",
-		          moe_isa_name(level), r, got[r], want[r]);
-	free(xq);
-	free(w);
+	for (int ti = 0; ti < 3; ti++) {
+		const moe_type t = types[ti];
+		uint8_t *w = qsb_rand_blocks(t, (int64_t)ROWS * cols[ti], true);
+		void *xq = qsb_rand_act(t, cols[ti]);
+		float want[ROWS], got[ROWS];
+		cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+		cr_assert_eq(moe_matmul_q(NULL, want, w, t, ROWS, cols[ti], xq, 1), MOE_OK);
+		cr_assert_eq(moe_isa_set(level), MOE_OK);
+		cr_assert_eq(moe_matmul_q(NULL, got, w, t, ROWS, cols[ti], xq, 1), MOE_OK);
+		for (int r = 0; r < ROWS; r++)
+			cr_assert(qsb_same_float(want[r], got[r]),
+			          "%s %s: row %d: %.9g, scalar %.9g", moe_isa_name(level),
+			          moe_type_get(t)->name, r, got[r], want[r]);
+		free(xq);
+		free(w);
+	}
 }
 
 ISA_SIMD_TESTS(iq4, xs_one_token_long_rows_same_bits, xs_long_rows_same_bits)

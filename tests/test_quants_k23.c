@@ -275,8 +275,10 @@ static void dot_same_bits(moe_isa level)
 ISA_SIMD_TESTS(quants_k23, dot_same_bits_as_reference, dot_same_bits)
 
 /* The tiles behind moe_matmul_q: every element of rows x tokens products
- * (1..11 rows, 1..19 tokens: every group size of the tiles) gives the scalar
- * level's bits, on random blocks of 3 blocks per row. */
+ * (1..11 rows, 1..19 tokens: every group size of the tiles, one token on 4
+ * or more rows the four-row kernels with a short last run) gives the scalar
+ * level's bits, on random blocks of 3 blocks per row and on the extremes of
+ * random_row (the largest block sums: the one-token kernels' int32 lanes). */
 static void tiles_same_bits(moe_isa level)
 {
 	enum { MAXR = 11, MAXT = 19, NB = 3, COLS = 256 * NB };
@@ -288,25 +290,31 @@ static void tiles_same_bits(moe_isa level)
 	for (size_t ti = 0; ti < 2; ti++) {
 		moe_type t = k23_types[ti];
 		const size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
-		for (int r = 0; r < MAXR; r++)
-			random_row(t, w + r * rs, aq, a, NB, 0);
-		for (int k = 0; k < MAXT; k++)
-			random_row(t, w + (MAXR - 1) * rs, aq + k * as, a, NB, 0);
-		for (int nr = 1; nr <= MAXR; nr += 2)
-			for (int nt = 1; nt <= MAXT; nt++) {
-				cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, want, w, t, nr, COLS, aq, nt),
-				             MOE_OK);
-				cr_assert_eq(moe_isa_set(level), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, got, w, t, nr, COLS, aq, nt),
-				             MOE_OK);
-				for (int e = 0; e < nr * nt; e++)
-					cr_assert(memcmp(&want[e], &got[e], sizeof(float)) == 0,
-					          "%s %s %d x %d element %d: %.9g, scalar %.9g",
-					          moe_isa_name(level), moe_type_get(t)->name, nr,
-					          nt, e, got[e], want[e]);
-				compared += nr * nt;
-			}
+		for (int ex = 0; ex < 3; ex++) {
+			for (int r = 0; r < MAXR; r++)
+				random_row(t, w + r * rs, aq, a, NB, ex);
+			for (int k = 0; k < MAXT; k++)
+				random_row(t, w + (MAXR - 1) * rs, aq + k * as, a, NB, ex);
+			for (int nr = 1; nr <= MAXR; nr += 2)
+				for (int nt = 1; nt <= MAXT; nt++) {
+					cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+					cr_assert_eq(
+					    moe_matmul_q(NULL, want, w, t, nr, COLS, aq, nt),
+					    MOE_OK);
+					cr_assert_eq(moe_isa_set(level), MOE_OK);
+					cr_assert_eq(
+					    moe_matmul_q(NULL, got, w, t, nr, COLS, aq, nt),
+					    MOE_OK);
+					for (int e = 0; e < nr * nt; e++)
+						cr_assert(
+						    memcmp(&want[e], &got[e], sizeof(float)) == 0,
+						    "%s %s extreme %d, %d x %d element %d: %.9g, "
+						    "scalar %.9g",
+						    moe_isa_name(level), moe_type_get(t)->name, ex,
+						    nr, nt, e, got[e], want[e]);
+					compared += nr * nt;
+				}
+		}
 	}
 	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
 }
