@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# ggml_gemv.sh - builds bench/llama/ggml_gemv.c against a llama.cpp build (the one
+# /work/shared/tools/build-llama.sh makes) and sets its one-token GEMV beside moemesh's.
+# Not part of the CMake build or CI: moemesh never links llama.cpp.
+#
+# usage: ggml_gemv.sh build
+#        ggml_gemv.sh run [ggml_gemv args...]
+#        ggml_gemv.sh compare TYPES [ROUNDS]   (TYPES: IQ2_XXS,Q4_K,... as moemesh names them)
+#        ggml_gemv.sh callgrind TYPES
+# env:   LLAMA_DIR (default /work/llama: headers in ggml/include, static libs in build/ggml/src),
+#        MOEMESH_BUILD (default build/release), OUT (default build/llama-gemv), THREADS (2)
+#
+# compare: ROUNDS (default 3) rounds; in each, per type, `moemesh bench kernels --gemv-only
+#   --types T` and `ggml_gemv --types T` back to back, which one first alternating by round;
+#   uptime before each round. One table: per type the range (min-max over the rounds) of
+#   each tool's best GB/s at 1 and THREADS threads, of the triad next to them (both tools'
+#   passes), and of each tool's GB/s as % of its own triad. Raw rows in OUT/compare.csv.
+# callgrind: instructions per 256-value block, one thread, in cache: llama.cpp's vec_dot for
+#   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K, 256 rows x 4096 columns,
+#   divided by the blocks it was called on), and moemesh's one-token tile (moe_matmul_q) and
+#   one-row dot, each from two moe_dotbench runs that differ only in --samples (the
+#   difference in instructions over the difference in blocks, so setup cancels).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+llama=${LLAMA_DIR:-/work/llama}
+moe_build=${MOEMESH_BUILD:-$root/build/release}
+out=${OUT:-$root/build/llama-gemv}
+threads=${THREADS:-2}
+bin=$out/ggml_gemv
+
+build() {
+  mkdir -p "$out"
+  local lib=$llama/build/ggml/src
+  gcc -O2 -std=c11 -Wall -Wextra -Werror -fopenmp -I "$llama/ggml/include" \
+    -c "$here/ggml_gemv.c" -o "$out/ggml_gemv.o"
+  g++ -fopenmp "$out/ggml_gemv.o" "$lib/libggml.a" "$lib/libggml-cpu.a" "$lib/libggml-base.a" \
+    -lpthread -ldl -lm -o "$bin"
+}
+
+# rows of "tool,round,type,gbs1,triad1,pct1,gbsN,triadN,pctN" for one type, one tool
+run_moe() { # round type
+  local d=$out/moe.$2
+  mkdir -p "$d"
+  "$moe_build/moemesh" bench kernels --gemv-only --threads "$threads" --types "$2" --out "$d" >"$d/log"
+  awk -F, -v r="$1" -v t="$2" '$1 == t { print "moemesh," r "," t "," $2 "," $3 "," $4 "," $5 "," $6 "," $7 }' \
+    "$d/bench_kernels.csv"
+}
+run_ggml() { # round type
+  local f=$out/ggml.$2.csv
+  "$bin" --threads "$threads" --types "$2" --csv "$f" >"$out/ggml.$2.log"
+  # columns: type,rows,row_bytes,gbs1,med1,triad1,pct1,gbsN,medN,triadN,pctN
+  awk -F, -v r="$1" -v t="$2" 'NR > 1 { print "llama.cpp," r "," t "," $4 "," $6 "," $7 "," $8 "," $10 "," $11 }' "$f"
+}
+
+compare() {
+  local types=${1:?compare TYPES [ROUNDS]} rounds=${2:-3}
+  [[ -x $bin ]] || build
+  [[ -x $moe_build/moemesh ]] || { echo "no $moe_build/moemesh (build moemesh first)" >&2; exit 1; }
+  local raw=$out/compare.csv
+  echo "tool,round,type,gbs_1t,triad_1t,pct_1t,gbs_${threads}t,triad_${threads}t,pct_${threads}t" >"$raw"
+  for ((r = 1; r <= rounds; r++)); do
+    echo "round $r: $(uptime)"
+    for t in ${types//,/ }; do
+      if ((r % 2)); then run_moe "$r" "$t" >>"$raw"; run_ggml "$r" "$t" >>"$raw"
+      else run_ggml "$r" "$t" >>"$raw"; run_moe "$r" "$t" >>"$raw"; fi
+    done
+  done
+  echo "after: $(uptime)"
+  echo "$(grep -m1 'model name' /proc/cpuinfo); one-token GEMV, 4096 columns, >= 4x LLC of weights;"
+  echo "GB/s: best of 6 timed passes per run; ranges min-max over $rounds rounds; % of the triad pass"
+  echo "next to each (its own tool's); T = $threads threads"
+  awk -F, -v types="$types" -v T="$threads" '
+    NR > 1 {
+      k = $1 SUBSEP $3
+      for (c = 4; c <= 9; c++) {
+        key = k SUBSEP c
+        if (!(key in lo) || $c < lo[key]) lo[key] = $c
+        if (!(key in hi) || $c > hi[key]) hi[key] = $c
+      }
+      for (c = 5; c <= 8; c += 3) {  # triads of both tools
+        tk = $3 SUBSEP c
+        if (!(tk in tlo) || $c < tlo[tk]) tlo[tk] = $c
+        if (!(tk in thi) || $c > thi[tk]) thi[tk] = $c
+      }
+    }
+    function rng(tool, t, c) {
+      key = tool SUBSEP t SUBSEP c
+      if (!(key in lo)) return "-"
+      return (c == 6 || c == 9) ? sprintf("%.0f-%.0f", lo[key], hi[key]) \
+                                : sprintf("%.1f-%.1f", lo[key], hi[key])
+    }
+    END {
+      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", "", \
+        "moemesh", "GB/s", "llama.cpp", "GB/s", "triad", "GB/s", "moemesh", "%", "llama", "%"
+      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", "type", \
+        "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr"
+      n = split(types, tl, ",")
+      for (i = 1; i <= n; i++) {
+        t = tl[i]
+        printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", t, \
+          rng("moemesh", t, 4), rng("moemesh", t, 7), rng("llama.cpp", t, 4), rng("llama.cpp", t, 7), \
+          sprintf("%.1f-%.1f", tlo[t SUBSEP 5], thi[t SUBSEP 5]), \
+          sprintf("%.1f-%.1f", tlo[t SUBSEP 8], thi[t SUBSEP 8]), \
+          rng("moemesh", t, 6), rng("moemesh", t, 9), rng("llama.cpp", t, 6), rng("llama.cpp", t, 9)
+      }
+    }' "$raw"
+  echo "raw: $raw"
+}
+
+# total instructions (Ir) of a callgrind output file
+ir_total() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
+
+callgrind_types() {
+  local types=${1:?callgrind TYPES}
+  [[ -x $bin ]] || build
+  local dot=$moe_build/bench/moe_dotbench cg=$out/callgrind
+  mkdir -p "$cg"
+  printf "%-8s %14s %16s %14s\n" type "llama vec_dot" "moemesh tile" "moemesh dot"
+  for t in ${types//,/ }; do
+    local g lt=${t,,} rows=256 reps=20
+    g=$lt; [[ $lt == *_k ]] && g=${lt%_k}_K
+    # llama.cpp: vec_dot called once per row, on rows x 16 blocks, reps times at 1 thread and
+    # reps times at the second thread count (1 here, so both passes are single-threaded)
+    valgrind --tool=callgrind --callgrind-out-file="$cg/ggml.$t.out" \
+      --toggle-collect="ggml_vec_dot_${g}_q8_K" "$bin" --types "$t" --threads 1 --rows $rows \
+      --reps $reps --no-triad >/dev/null 2>"$cg/ggml.$t.err"
+    local lir lpb
+    lir=$(ir_total "$cg/ggml.$t.out")
+    lpb=$(awk -v i="$lir" -v n=$((2 * reps * rows * 16)) 'BEGIN { printf "%.0f", i / n }')
+    # moemesh: moe_dotbench in cache (256 KiB of rows, 1 MiB of reads a sample), samples 20 vs 40
+    local mode res=()
+    for mode in --matmul ""; do
+      local a b rb
+      valgrind --tool=callgrind --callgrind-out-file="$cg/moe.$t.a.out" "$dot" $mode --threads 1 \
+        --cols 4096 --mib 1 --reps 1 --samples 20 --types "$t" >"$cg/moe.$t.log" 2>/dev/null
+      valgrind --tool=callgrind --callgrind-out-file="$cg/moe.$t.b.out" "$dot" $mode --threads 1 \
+        --cols 4096 --mib 1 --reps 1 --samples 40 --types "$t" >/dev/null 2>&1
+      a=$(ir_total "$cg/moe.$t.a.out")
+      b=$(ir_total "$cg/moe.$t.b.out")
+      rb=$(awk -v t="$t" '$1 == t { print $2 }' "$cg/moe.$t.log")
+      # dotbench's in-cache job: n = 256 KiB / rb rows, passes = 1 MiB / (n rb) + 1 per sample
+      res+=("$(awk -v a="$a" -v b="$b" -v rb="$rb" 'BEGIN {
+        n = int(262144 / rb); p = int(1048576 / (n * rb)) + 1
+        printf "%.0f", (b - a) / (20 * p * n * 16) }')")
+    done
+    printf "%-8s %14s %16s %14s\n" "$t" "$lpb" "${res[0]}" "${res[1]}"
+  done
+  echo "instructions per 256-value block, 4096 columns, one thread, callgrind (files in $cg)"
+}
+
+case ${1:-} in
+build) build ;;
+run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
+compare) shift; compare "$@" ;;
+callgrind) shift; callgrind_types "$@" ;;
+*) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
