@@ -5,14 +5,18 @@
  * both). Not part of the CMake build: it links ggml's static libraries.
  *
  *   ggml_gemv [--types q4_K,iq2_xxs,...] [--threads N] [--reps N]
- *             [--rows N] [--no-triad] [--csv FILE]
+ *             [--rows N] [--no-triad] [--no-repack] [--csv FILE]
  *
  * Per type (names as ggml_type_name spells them, any case): a weight matrix
  * of 4096 columns and, by default, as many rows as make >= 4x the LLC (the
  * rule of bench kernels: ceil(4 * LLC / row bytes) rounded up to 16), 64
  * distinct rows of uniform random F32 quantised by ggml_quantize_chunk (with
  * an all-ones importance matrix where ggml_quantize_requires_imatrix says one
- * is needed) and repeated. One graph of one ggml_mul_mat with a one-token F32
+ * is needed) and repeated, set into the weight buffer llama.cpp would load
+ * them into: its CPU_REPACK buffer type (which interleaves 8 rows, for the
+ * types where the CPU device says it runs the product from it; the output's
+ * "repack") unless --no-repack, the plain CPU buffer otherwise ("vec_dot": one
+ * row a vec_dot call). One graph of one ggml_mul_mat with a one-token F32
  * activation, computed by ggml_graph_compute at 1 and N threads (default 2).
  * Each thread count: --reps (default 7) passes, each a STREAM triad pass
  * (a = b + 3c on arrays of 4x the LLC each, 3 x 8 bytes counted per element,
@@ -20,8 +24,8 @@
  * Prints weight GB/s (best and median of the timed passes; the activation's
  * conversion to the vec_dot type is inside the timed compute, as in
  * llama.cpp), the best triad, and best GB/s as % of it. --rows N with
- * --no-triad is the small in-cache run for callgrind (instructions of the
- * type's vec_dot divided by rows x 16 blocks x (reps) computes).
+ * --no-triad --no-repack is the small in-cache run for callgrind
+ * (instructions of the type's vec_dot over rows x 16 blocks x 2 x reps).
  */
 #include <ctype.h>
 #include <stdbool.h>
@@ -32,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ggml-alloc.h>
+#include <ggml-backend.h>
 #include <ggml-cpu.h>
 #include <ggml.h>
 
@@ -122,6 +128,7 @@ typedef struct result {
 	int64_t rows;
 	size_t row_bytes;
 	double best[2], median[2], triad[2]; /* 1 thread, N threads */
+	bool repacked;                       /* weights in CPU_REPACK */
 } result;
 
 static int cmp_double(const void *a, const void *b)
@@ -174,30 +181,80 @@ static bool fill_weights(uint8_t *w, enum ggml_type type, int64_t rows, size_t r
 	return true;
 }
 
+/* The CPU backend's repacking buffer type ("CPU_REPACK", which llama.cpp puts
+ * the weights of the types it interleaves in unless told --no-repack), or
+ * NULL. */
+static ggml_backend_buffer_type_t repack_buft(void)
+{
+	ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+	if (dev == NULL)
+		return NULL;
+	ggml_backend_dev_get_extra_bufts_t get =
+	    (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(
+	        ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts");
+	if (get == NULL)
+		return NULL;
+	for (ggml_backend_buffer_type_t *b = get(dev); b != NULL && *b != NULL; b++)
+		if (strcmp(ggml_backend_buft_name(*b), "CPU_REPACK") == 0)
+			return *b;
+	return NULL;
+}
+
+/* Whether the CPU device runs op with its weight (src[0]) in buft, asked as
+ * llama.cpp asks it: the weight on an empty buffer of that type. */
+static bool runs_from(struct ggml_tensor *op, ggml_backend_buffer_type_t buft)
+{
+	ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+	ggml_backend_buffer_t empty = ggml_backend_buft_alloc_buffer(buft, 0);
+	if (dev == NULL || empty == NULL)
+		return false;
+	op->src[0]->buffer = empty;
+	const bool ok = ggml_backend_dev_supports_op(dev, op);
+	op->src[0]->buffer = NULL;
+	ggml_backend_buffer_free(empty);
+	return ok;
+}
+
+/* res: the figures of type on rows x COLS at 1 and nth threads, the weights
+ * in the repacking buffer type where repack is set and the CPU runs the
+ * product from it (res->repacked), in the plain CPU buffer otherwise. */
 static bool measure(result *res, enum ggml_type type, int64_t rows, int nth, int reps,
-                    const triad *tri)
+                    const triad *tri, bool repack)
 {
 	const size_t rs = ggml_row_size(type, COLS);
 	const size_t wbytes = rs * (size_t)rows;
+	struct ggml_init_params wp = {
+	    .mem_size = 2 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
 	struct ggml_init_params ip = {
-	    .mem_size = wbytes + sizeof(float) * (COLS + (size_t)rows) +
-	                8 * ggml_tensor_overhead() + ggml_graph_overhead() + (1u << 20),
+	    .mem_size = sizeof(float) * (COLS + (size_t)rows) + 8 * ggml_tensor_overhead() +
+	                ggml_graph_overhead() + (1u << 20),
 	    .mem_buffer = NULL,
 	    .no_alloc = false,
 	};
-	struct ggml_context *ctx = ggml_init(ip);
-	uint8_t *work = NULL;
+	struct ggml_context *ctx_w = ggml_init(wp), *ctx = ggml_init(ip);
+	ggml_backend_buffer_t wbuf = NULL;
+	uint8_t *work = NULL, *host = NULL;
 	bool ok = false;
-	if (ctx == NULL)
-		return false;
-	struct ggml_tensor *a = ggml_new_tensor_2d(ctx, type, COLS, rows);
+	if (ctx_w == NULL || ctx == NULL)
+		goto out_ctx;
+	struct ggml_tensor *a = ggml_new_tensor_2d(ctx_w, type, COLS, rows);
 	struct ggml_tensor *x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, COLS, 1);
-	if (a == NULL || x == NULL || ggml_nbytes(a) != wbytes ||
-	    !fill_weights(a->data, type, rows, rs))
+	if (a == NULL || x == NULL || ggml_nbytes(a) != wbytes)
 		goto out_ctx;
 	for (int i = 0; i < COLS; i++)
 		((float *)x->data)[i] = frand();
 	struct ggml_tensor *y = ggml_mul_mat(ctx, a, x);
+	ggml_backend_buffer_type_t rp = repack ? repack_buft() : NULL;
+	res->repacked = rp != NULL && runs_from(y, rp);
+	wbuf = ggml_backend_alloc_ctx_tensors_from_buft(
+	    ctx_w, res->repacked ? rp : ggml_backend_cpu_buffer_type());
+	host = malloc(wbytes);
+	if (wbuf == NULL || host == NULL || !fill_weights(host, type, rows, rs))
+		goto out_ctx;
+	ggml_backend_buffer_set_usage(wbuf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+	ggml_backend_tensor_set(a, host, 0, wbytes); /* the repacking buffer interleaves here */
+	free(host);
+	host = NULL;
 	struct ggml_cgraph *gf = ggml_new_graph(ctx);
 	ggml_build_forward_expand(gf, y);
 	res->rows = rows;
@@ -232,8 +289,13 @@ static bool measure(result *res, enum ggml_type type, int64_t rows, int nth, int
 	}
 	ok = true;
 out_ctx:
+	free(host);
 	free(work);
-	ggml_free(ctx);
+	ggml_backend_buffer_free(wbuf);
+	if (ctx != NULL)
+		ggml_free(ctx);
+	if (ctx_w != NULL)
+		ggml_free(ctx_w);
 	return ok;
 }
 
@@ -241,12 +303,14 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: ggml_gemv [--types q4_K,iq2_xxs,...] [--threads N] [--reps N] [--rows N]\n"
-	        "                 [--no-triad] [--csv FILE]\n"
+	        "                 [--no-triad] [--no-repack] [--csv FILE]\n"
 	        "  --types   ggml type names, any case (default q4_K,q2_K,iq2_xxs)\n"
 	        "  --threads the larger thread count (default 2; also measured at 1)\n"
 	        "  --reps    passes per thread count, the first a warm-up (default 7)\n"
 	        "  --rows    matrix rows (default: >= 4x the LLC, a multiple of 16)\n"
 	        "  --no-triad no triad passes (for callgrind)\n"
+	        "  --no-repack the weights in the plain CPU buffer even where llama.cpp\n"
+	        "            would interleave them (its CPU_REPACK buffer type)\n"
 	        "  --csv     also write the figures as CSV to FILE\n");
 }
 
@@ -255,7 +319,7 @@ int main(int argc, char **argv)
 	const char *types = "q4_K,q2_K,iq2_xxs", *csv_path = NULL;
 	int nth = 2, reps = 7;
 	long long rows_opt = 0;
-	bool use_triad = true;
+	bool use_triad = true, repack = true;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(argv[i], "--help") == 0) {
@@ -263,6 +327,9 @@ int main(int argc, char **argv)
 			return 0;
 		} else if (strcmp(argv[i], "--no-triad") == 0) {
 			use_triad = false;
+			continue;
+		} else if (strcmp(argv[i], "--no-repack") == 0) {
+			repack = false;
 			continue;
 		} else if (v == NULL) {
 			usage(stderr);
@@ -305,7 +372,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		fprintf(csv,
-		        "type,rows,row_bytes,gemv_gbs_1t,gemv_med_1t,triad_gbs_1t,gemv_pct_1t,"
+		        "type,path,rows,row_bytes,gemv_gbs_1t,gemv_med_1t,triad_gbs_1t,gemv_pct_1t,"
 		        "gemv_gbs_%dt,gemv_med_%dt,triad_gbs_%dt,gemv_pct_%dt\n",
 		        nth, nth, nth, nth);
 	}
@@ -313,9 +380,9 @@ int main(int argc, char **argv)
 	       "cols, %d passes (first warms up)\n",
 	       ggml_cpu_has_avx2(), ggml_cpu_has_fma(), ggml_cpu_has_avx512(), nth, llc >> 20, COLS,
 	       reps);
-	printf("%-8s %7s %5s %25s %25s\n", "", "", "", "GEMV 1 thread", "GEMV N threads");
-	printf("%-8s %7s %5s %6s %6s %6s %4s %6s %6s %6s %4s\n", "type", "rows", "row B", "GB/s",
-	       "med", "triad", "%", "GB/s", "med", "triad", "%");
+	printf("%-8s %-7s %7s %5s %25s %25s\n", "", "", "", "", "GEMV 1 thread", "GEMV N threads");
+	printf("%-8s %-7s %7s %5s %6s %6s %6s %4s %6s %6s %6s %4s\n", "type", "path", "rows",
+	       "row B", "GB/s", "med", "triad", "%", "GB/s", "med", "triad", "%");
 	fflush(stdout);
 	int rc = 0;
 	for (const char *p = types; *p != '\0';) {
@@ -332,7 +399,7 @@ int main(int argc, char **argv)
 			if (rows_opt == 0)
 				rows = (rows + 15) / 16 * 16;
 			result r = {0};
-			if (!measure(&r, t, rows, nth, reps, use_triad ? &tri : NULL)) {
+			if (!measure(&r, t, rows, nth, reps, use_triad ? &tri : NULL, repack)) {
 				fprintf(stderr, "ggml_gemv: %s failed (memory or quantisation)\n",
 				        ggml_type_name(t));
 				rc = 1;
@@ -341,18 +408,22 @@ int main(int argc, char **argv)
 				for (int q = 0; q < 2; q++)
 					pct[q] =
 					    r.triad[q] > 0 ? 100.0 * r.best[q] / r.triad[q] : 0;
-				printf("%-8s %7lld %5zu %6.1f %6.1f %6.1f %4.0f %6.1f %6.1f %6.1f "
+				printf("%-8s %-7s %7lld %5zu %6.1f %6.1f %6.1f %4.0f %6.1f %6.1f "
+				       "%6.1f "
 				       "%4.0f\n",
-				       ggml_type_name(t), (long long)r.rows, r.row_bytes, r.best[0],
-				       r.median[0], r.triad[0], pct[0], r.best[1], r.median[1],
-				       r.triad[1], pct[1]);
+				       ggml_type_name(t), r.repacked ? "repack" : "vec_dot",
+				       (long long)r.rows, r.row_bytes, r.best[0], r.median[0],
+				       r.triad[0], pct[0], r.best[1], r.median[1], r.triad[1],
+				       pct[1]);
 				if (csv != NULL)
-					fprintf(
-					    csv,
-					    "%s,%lld,%zu,%.2f,%.2f,%.2f,%.1f,%.2f,%.2f,%.2f,%.1f\n",
-					    ggml_type_name(t), (long long)r.rows, r.row_bytes,
-					    r.best[0], r.median[0], r.triad[0], pct[0], r.best[1],
-					    r.median[1], r.triad[1], pct[1]);
+					fprintf(csv,
+					        "%s,%s,%lld,%zu,%.2f,%.2f,%.2f,%.1f,%.2f,%.2f,%.2f,"
+					        "%.1f\n",
+					        ggml_type_name(t),
+					        r.repacked ? "repack" : "vec_dot",
+					        (long long)r.rows, r.row_bytes, r.best[0],
+					        r.median[0], r.triad[0], pct[0], r.best[1],
+					        r.median[1], r.triad[1], pct[1]);
 				fflush(stdout);
 			}
 		}

@@ -14,8 +14,11 @@
 #   --types T` and `ggml_gemv --types T` back to back, which one first alternating by round;
 #   uptime before each round. One table: per type the range (min-max over the rounds) of
 #   each tool's best GB/s at 1 and THREADS threads, of the triad next to them (both tools'
-#   passes), and of each tool's GB/s as % of its own triad. Raw rows in OUT/compare.csv.
-# callgrind: instructions per 256-value block, one thread, in cache: llama.cpp's vec_dot for
+#   passes), and of each tool's GB/s as % of its own triad; llama.cpp's path: "repack" where it
+#   interleaves the type's weights at load (its default CPU_REPACK buffer: Q4_0, Q4_K, IQ4_NL,
+#   MXFP4 on AVX2), "vec_dot" (one row a call) otherwise. Raw rows in OUT/compare.csv.
+# callgrind (K and IQ types but IQ4_NL: those whose vec_dot takes Q8_K): instructions per
+#   256-value block, one thread, in cache: llama.cpp's vec_dot for
 #   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K, 256 rows x 4096 columns,
 #   divided by the blocks it was called on), and moemesh's one-token tile (moe_matmul_q) and
 #   one-row dot, each from two moe_dotbench runs that differ only in --samples (the
@@ -34,11 +37,12 @@ build() {
   local lib=$llama/build/ggml/src
   gcc -O2 -std=c11 -Wall -Wextra -Werror -fopenmp -I "$llama/ggml/include" \
     -c "$here/ggml_gemv.c" -o "$out/ggml_gemv.o"
-  g++ -fopenmp "$out/ggml_gemv.o" "$lib/libggml.a" "$lib/libggml-cpu.a" "$lib/libggml-base.a" \
+  g++ -fopenmp "$out/ggml_gemv.o" "$lib/libggml.a" "$lib/libggml-cpu.a" "$lib/ggml-rpc/libggml-rpc.a" \
+    "$lib/libggml-base.a" \
     -lpthread -ldl -lm -o "$bin"
 }
 
-# rows of "tool,round,type,gbs1,triad1,pct1,gbsN,triadN,pctN" for one type, one tool
+# rows of "tool,round,type,gbs1,triad1,pct1,gbsN,triadN,pctN[,path]" for one type, one tool
 run_moe() { # round type
   local d=$out/moe.$2
   mkdir -p "$d"
@@ -49,8 +53,8 @@ run_moe() { # round type
 run_ggml() { # round type
   local f=$out/ggml.$2.csv
   "$bin" --threads "$threads" --types "$2" --csv "$f" >"$out/ggml.$2.log"
-  # columns: type,rows,row_bytes,gbs1,med1,triad1,pct1,gbsN,medN,triadN,pctN
-  awk -F, -v r="$1" -v t="$2" 'NR > 1 { print "llama.cpp," r "," t "," $4 "," $6 "," $7 "," $8 "," $10 "," $11 }' "$f"
+  # columns: type,path,rows,row_bytes,gbs1,med1,triad1,pct1,gbsN,medN,triadN,pctN
+  awk -F, -v r="$1" -v t="$2" 'NR > 1 { print "llama.cpp," r "," t "," $5 "," $7 "," $8 "," $9 "," $11 "," $12 "," $2 }' "$f"
 }
 
 compare() {
@@ -58,7 +62,7 @@ compare() {
   [[ -x $bin ]] || build
   [[ -x $moe_build/moemesh ]] || { echo "no $moe_build/moemesh (build moemesh first)" >&2; exit 1; }
   local raw=$out/compare.csv
-  echo "tool,round,type,gbs_1t,triad_1t,pct_1t,gbs_${threads}t,triad_${threads}t,pct_${threads}t" >"$raw"
+  echo "tool,round,type,gbs_1t,triad_1t,pct_1t,gbs_${threads}t,triad_${threads}t,pct_${threads}t,path" >"$raw"
   for ((r = 1; r <= rounds; r++)); do
     echo "round $r: $(uptime)"
     for t in ${types//,/ }; do
@@ -73,6 +77,7 @@ compare() {
   awk -F, -v types="$types" -v T="$threads" '
     NR > 1 {
       k = $1 SUBSEP $3
+      if ($10 != "") path[$3] = $10
       for (c = 4; c <= 9; c++) {
         key = k SUBSEP c
         if (!(key in lo) || $c < lo[key]) lo[key] = $c
@@ -91,18 +96,19 @@ compare() {
                                 : sprintf("%.1f-%.1f", lo[key], hi[key])
     }
     END {
-      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", "", \
-        "moemesh", "GB/s", "llama.cpp", "GB/s", "triad", "GB/s", "moemesh", "%", "llama", "%"
-      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", "type", \
-        "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr"
+      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s | %s\n", "", \
+        "moemesh", "GB/s", "llama.cpp", "GB/s", "triad", "GB/s", "moemesh", "%", "llama", "%", "llama.cpp"
+      printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s | %s\n", "type", \
+        "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "1 thr", T " thr", "path"
       n = split(types, tl, ",")
       for (i = 1; i <= n; i++) {
         t = tl[i]
-        printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s\n", t, \
+        printf "%-8s | %-9s %-9s | %-9s %-9s | %-9s %-9s | %-7s %-7s | %-7s %-7s | %s\n", t, \
           rng("moemesh", t, 4), rng("moemesh", t, 7), rng("llama.cpp", t, 4), rng("llama.cpp", t, 7), \
           sprintf("%.1f-%.1f", tlo[t SUBSEP 5], thi[t SUBSEP 5]), \
           sprintf("%.1f-%.1f", tlo[t SUBSEP 8], thi[t SUBSEP 8]), \
-          rng("moemesh", t, 6), rng("moemesh", t, 9), rng("llama.cpp", t, 6), rng("llama.cpp", t, 9)
+          rng("moemesh", t, 6), rng("moemesh", t, 9), rng("llama.cpp", t, 6), rng("llama.cpp", t, 9), \
+          path[t]
       }
     }' "$raw"
   echo "raw: $raw"
@@ -124,7 +130,7 @@ callgrind_types() {
     # reps times at the second thread count (1 here, so both passes are single-threaded)
     valgrind --tool=callgrind --callgrind-out-file="$cg/ggml.$t.out" \
       --toggle-collect="ggml_vec_dot_${g}_q8_K" "$bin" --types "$t" --threads 1 --rows $rows \
-      --reps $reps --no-triad >/dev/null 2>"$cg/ggml.$t.err"
+      --reps $reps --no-triad --no-repack >/dev/null 2>"$cg/ggml.$t.err"
     local lir lpb
     lir=$(ir_total "$cg/ggml.$t.out")
     lpb=$(awk -v i="$lir" -v n=$((2 * reps * rows * 16)) 'BEGIN { printf "%.0f", i / n }')
@@ -154,5 +160,5 @@ build) build ;;
 run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
 compare) shift; compare "$@" ;;
 callgrind) shift; callgrind_types "$@" ;;
-*) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
