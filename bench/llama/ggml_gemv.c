@@ -5,12 +5,12 @@
  * both). Not part of the CMake build: it links ggml's static libraries.
  *
  *   ggml_gemv [--types q4_K,iq2_xxs,...] [--threads N] [--reps N]
- *             [--rows N] [--no-triad] [--no-repack] [--csv FILE]
+ *             [--rows N] [--distinct N] [--no-triad] [--no-repack] [--csv FILE]
  *
  * Per type (names as ggml_type_name spells them, any case): a weight matrix
  * of 4096 columns and, by default, as many rows as make >= 4x the LLC (the
  * rule of bench kernels: ceil(4 * LLC / row bytes) rounded up to 16), 64
- * distinct rows of uniform random F32 quantised by ggml_quantize_chunk (with
+ * (--distinct) rows of uniform random F32 quantised by ggml_quantize_chunk (with
  * an all-ones importance matrix where ggml_quantize_requires_imatrix says one
  * is needed) and repeated, set into the weight buffer llama.cpp would load
  * them into: its CPU_REPACK buffer type (which interleaves 8 rows, for the
@@ -41,7 +41,7 @@
 #include <ggml-cpu.h>
 #include <ggml.h>
 
-enum { COLS = 4096, DISTINCT_ROWS = 64, MAX_REPS = 1000 };
+enum { COLS = 4096, MAX_REPS = 1000 };
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -154,22 +154,28 @@ static enum ggml_type type_by_name(const char *name, size_t len)
 	return GGML_TYPE_COUNT;
 }
 
-/* Quantises DISTINCT_ROWS rows of random values into w (rows x rs bytes)
- * and repeats them. */
-static bool fill_weights(uint8_t *w, enum ggml_type type, int64_t rows, size_t rs)
+/* Quantises min(distinct, rows) rows of random values into w (rows x rs
+ * bytes) and repeats them; distinct 0: random bytes, no quantiser (whose
+ * tables take IQ1_S 15 s of CPU to build), for counting instructions only. */
+static bool fill_weights(uint8_t *w, enum ggml_type type, int64_t rows, size_t rs, int64_t distinct)
 {
-	float *src = malloc(sizeof(float) * DISTINCT_ROWS * COLS);
+	if (distinct == 0) {
+		for (size_t i = 0; i < (size_t)rows * rs; i++)
+			w[i] = (uint8_t)(frand() * 128 + 128);
+		return true;
+	}
+	const int64_t n = rows < distinct ? rows : distinct;
+	float *src = malloc(sizeof(float) * (size_t)n * COLS);
 	float *imat = malloc(sizeof(float) * COLS);
 	if (src == NULL || imat == NULL) {
 		free(imat);
 		free(src);
 		return false;
 	}
-	for (int i = 0; i < DISTINCT_ROWS * COLS; i++)
+	for (int64_t i = 0; i < n * COLS; i++)
 		src[i] = frand();
 	for (int i = 0; i < COLS; i++)
 		imat[i] = 1.0f;
-	const int64_t n = rows < DISTINCT_ROWS ? rows : DISTINCT_ROWS;
 	const size_t got = ggml_quantize_chunk(type, src, w, 0, n, COLS,
 	                                       ggml_quantize_requires_imatrix(type) ? imat : NULL);
 	free(imat);
@@ -219,7 +225,7 @@ static bool runs_from(struct ggml_tensor *op, ggml_backend_buffer_type_t buft)
  * in the repacking buffer type where repack is set and the CPU runs the
  * product from it (res->repacked), in the plain CPU buffer otherwise. */
 static bool measure(result *res, enum ggml_type type, int64_t rows, int nth, int reps,
-                    const triad *tri, bool repack)
+                    const triad *tri, bool repack, int64_t distinct)
 {
 	const size_t rs = ggml_row_size(type, COLS);
 	const size_t wbytes = rs * (size_t)rows;
@@ -249,7 +255,7 @@ static bool measure(result *res, enum ggml_type type, int64_t rows, int nth, int
 	wbuf = ggml_backend_alloc_ctx_tensors_from_buft(
 	    ctx_w, res->repacked ? rp : ggml_backend_cpu_buffer_type());
 	host = malloc(wbytes);
-	if (wbuf == NULL || host == NULL || !fill_weights(host, type, rows, rs))
+	if (wbuf == NULL || host == NULL || !fill_weights(host, type, rows, rs, distinct))
 		goto out_ctx;
 	ggml_backend_buffer_set_usage(wbuf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
 	ggml_backend_tensor_set(a, host, 0, wbytes); /* the repacking buffer interleaves here */
@@ -299,15 +305,25 @@ out_ctx:
 	return ok;
 }
 
+/* ggml's warnings and errors to stderr, not its debug and info lines. */
+static void log_warnings(enum ggml_log_level level, const char *text, void *user)
+{
+	(void)user;
+	if (level == GGML_LOG_LEVEL_WARN || level == GGML_LOG_LEVEL_ERROR)
+		fputs(text, stderr);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: ggml_gemv [--types q4_K,iq2_xxs,...] [--threads N] [--reps N] [--rows N]\n"
-	        "                 [--no-triad] [--no-repack] [--csv FILE]\n"
+	        "                 [--distinct N] [--no-triad] [--no-repack] [--csv FILE]\n"
 	        "  --types   ggml type names, any case (default q4_K,q2_K,iq2_xxs)\n"
 	        "  --threads the larger thread count (default 2; also measured at 1)\n"
 	        "  --reps    passes per thread count, the first a warm-up (default 7)\n"
 	        "  --rows    matrix rows (default: >= 4x the LLC, a multiple of 16)\n"
+	        "  --distinct rows quantised, then repeated (default 64); 0: random bytes\n"
+	        "            (no quantiser; for instruction counts only)\n"
 	        "  --no-triad no triad passes (for callgrind)\n"
 	        "  --no-repack the weights in the plain CPU buffer even where llama.cpp\n"
 	        "            would interleave them (its CPU_REPACK buffer type)\n"
@@ -318,7 +334,7 @@ int main(int argc, char **argv)
 {
 	const char *types = "q4_K,q2_K,iq2_xxs", *csv_path = NULL;
 	int nth = 2, reps = 7;
-	long long rows_opt = 0;
+	long long rows_opt = 0, distinct = 64;
 	bool use_triad = true, repack = true;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -342,6 +358,8 @@ int main(int argc, char **argv)
 			reps = atoi(v);
 		} else if (strcmp(argv[i], "--rows") == 0) {
 			rows_opt = atoll(v);
+		} else if (strcmp(argv[i], "--distinct") == 0) {
+			distinct = atoll(v);
 		} else if (strcmp(argv[i], "--csv") == 0) {
 			csv_path = v;
 		} else {
@@ -350,11 +368,13 @@ int main(int argc, char **argv)
 		}
 		i++;
 	}
-	if (nth < 1 || nth > 256 || reps < 1 || reps > MAX_REPS || rows_opt < 0) {
-		fprintf(stderr, "ggml_gemv: --threads 1..256, --reps 1..%d, --rows >= 1\n",
+	if (nth < 1 || nth > 256 || reps < 1 || reps > MAX_REPS || rows_opt < 0 || distinct < 0) {
+		fprintf(stderr,
+		        "ggml_gemv: --threads 1..256, --reps 1..%d, --rows >= 1, --distinct >= 0\n",
 		        MAX_REPS);
 		return 2;
 	}
+	ggml_log_set(log_warnings, NULL);
 	ggml_cpu_init();
 	const size_t llc = last_level_cache();
 	triad tri = {0};
@@ -399,7 +419,8 @@ int main(int argc, char **argv)
 			if (rows_opt == 0)
 				rows = (rows + 15) / 16 * 16;
 			result r = {0};
-			if (!measure(&r, t, rows, nth, reps, use_triad ? &tri : NULL, repack)) {
+			if (!measure(&r, t, rows, nth, reps, use_triad ? &tri : NULL, repack,
+			             distinct)) {
 				fprintf(stderr, "ggml_gemv: %s failed (memory or quantisation)\n",
 				        ggml_type_name(t));
 				rc = 1;

@@ -19,7 +19,8 @@
 #   MXFP4 on AVX2), "vec_dot" (one row a call) otherwise. Raw rows in OUT/compare.csv.
 # callgrind (K and IQ types but IQ4_NL: those whose vec_dot takes Q8_K): instructions per
 #   256-value block, one thread, in cache: llama.cpp's vec_dot for
-#   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K, 256 rows x 4096 columns,
+#   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K, 256 rows x 4096 columns of
+#   random bytes: no quantiser tables to build under valgrind; the kernels do not branch on data,
 #   divided by the blocks it was called on), and moemesh's one-token tile (moe_matmul_q) and
 #   one-row dot, each from two moe_dotbench runs that differ only in --samples (the
 #   difference in instructions over the difference in blocks, so setup cancels).
@@ -130,7 +131,7 @@ callgrind_types() {
     # reps times at the second thread count (1 here, so both passes are single-threaded)
     valgrind --tool=callgrind --callgrind-out-file="$cg/ggml.$t.out" \
       --toggle-collect="ggml_vec_dot_${g}_q8_K" "$bin" --types "$t" --threads 1 --rows $rows \
-      --reps $reps --no-triad --no-repack >/dev/null 2>"$cg/ggml.$t.err"
+      --reps $reps --no-triad --no-repack --distinct 0 >/dev/null 2>"$cg/ggml.$t.err"
     local lir lpb
     lir=$(ir_total "$cg/ggml.$t.out")
     lpb=$(awk -v i="$lir" -v n=$((2 * reps * rows * 16)) 'BEGIN { printf "%.0f", i / n }')
@@ -160,5 +161,5 @@ build) build ;;
 run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
 compare) shift; compare "$@" ;;
 callgrind) shift; callgrind_types "$@" ;;
-*) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
