@@ -7,6 +7,7 @@
 #        ggml_gemv.sh run [ggml_gemv args...]
 #        ggml_gemv.sh compare TYPES [ROUNDS]   (TYPES: IQ2_XXS,Q4_K,... as moemesh names them)
 #        ggml_gemv.sh callgrind TYPES
+#        ggml_gemv.sh incache TYPES [ROUNDS]
 # env:   LLAMA_DIR (default /work/llama: headers in ggml/include, static libs in build/ggml/src),
 #        MOEMESH_BUILD (default build/release), OUT (default build/llama-gemv), THREADS (2)
 #
@@ -19,11 +20,17 @@
 #   MXFP4 on AVX2), "vec_dot" (one row a call) otherwise. Raw rows in OUT/compare.csv.
 # callgrind (K and IQ types but IQ4_NL: those whose vec_dot takes Q8_K): instructions per
 #   256-value block, one thread, in cache: llama.cpp's vec_dot for
-#   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K, 256 rows x 4096 columns of
-#   random bytes: no quantiser tables to build under valgrind; the kernels do not branch on data,
-#   divided by the blocks it was called on), and moemesh's one-token tile (moe_matmul_q) and
-#   one-row dot, each from two moe_dotbench runs that differ only in --samples (the
-#   difference in instructions over the difference in blocks, so setup cancels).
+#   the type (callgrind --toggle-collect on ggml_vec_dot_<type>_q8_K over 256 rows x 4096 columns
+#   of random bytes, divided by the blocks it was called on; random: no quantiser tables to
+#   build under valgrind, and the kernels do not branch on data), and moemesh's one-token tile
+#   (moe_matmul_q) and one-row dot, each from two moe_dotbench runs that differ only in
+#   --samples (the difference in instructions over the difference in blocks: setup cancels).
+# incache: one thread, ~256 KiB of weights (L2), where the grid types are bound by instructions,
+#   not memory: per round and type `moe_dotbench --matmul --samples 1000` (moemesh's one-token
+#   tile, each sample ~1 MiB of reads) and `ggml_gemv --rows 256KiB/rowbytes --reps 1000`
+#   (llama.cpp's one-token mul_mat, 4 distinct quantised rows, its graph and activation
+#   conversion inside each timed compute), order alternating by round; best and median GB/s,
+#   ranges over ROUNDS (default 3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -156,10 +163,71 @@ callgrind_types() {
   echo "instructions per 256-value block, 4096 columns, one thread, callgrind (files in $cg)"
 }
 
+incache() {
+  local types=${1:?incache TYPES [ROUNDS]} rounds=${2:-3}
+  [[ -x $bin ]] || build
+  local dot=$moe_build/bench/moe_dotbench raw=$out/incache.csv
+  echo "tool,round,type,best,median,path" >"$raw"
+  for ((r = 1; r <= rounds; r++)); do
+    echo "round $r: $(uptime)"
+    for t in ${types//,/ }; do
+      local order=(moe ggml)
+      ((r % 2)) || order=(ggml moe)
+      for who in "${order[@]}"; do
+        if [[ $who == moe ]]; then
+          "$dot" --matmul --threads 1 --cols 4096 --mib 1 --reps 1 --samples 1000 --types "$t" |
+            awk -v r="$r" -v t="$t" '$1 == t { print "moemesh," r "," t "," $3 "," $4 ",tile" }' >>"$raw"
+        else
+          local rb
+          rb=$("$bin" --types "$t" --threads 1 --rows 16 --no-triad --reps 1 --distinct 0 --csv "$out/rb.csv" >/dev/null &&
+            awk -F, 'NR == 2 { print $4 }' "$out/rb.csv")
+          "$bin" --types "$t" --threads 1 --rows $((262144 / rb / 16 * 16)) --no-triad --reps 1000 --distinct 4 \
+            --csv "$out/ic.csv" >/dev/null
+          awk -F, -v r="$r" -v t="$t" 'NR == 2 { print "llama.cpp," r "," t "," $5 "," $6 "," $2 }' \
+            "$out/ic.csv" >>"$raw"
+        fi
+      done
+    done
+  done
+  echo "after: $(uptime)"
+  echo "$(grep -m1 'model name' /proc/cpuinfo); one thread, ~256 KiB of weights, 4096 columns;"
+  echo "GB/s of weight bytes, best and median per run, ranges min-max over $rounds rounds"
+  awk -F, -v types="$types" '
+    NR > 1 {
+      for (c = 4; c <= 5; c++) {
+        key = $1 SUBSEP $3 SUBSEP c
+        if (!(key in lo) || $c < lo[key]) lo[key] = $c
+        if (!(key in hi) || $c > hi[key]) hi[key] = $c
+      }
+      if ($1 == "llama.cpp") path[$3] = $6
+    }
+    function rng(tool, t, c) {
+      key = tool SUBSEP t SUBSEP c
+      return (key in lo) ? sprintf("%.2f-%.2f", lo[key], hi[key]) : "-"
+    }
+    END {
+      printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", "", "moemesh", "tile", "llama.cpp", "", \
+        "best", "llama.cpp"
+      printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", "type", "best", "median", "best", \
+        "median", "ratio", "path"
+      n = split(types, tl, ",")
+      for (i = 1; i <= n; i++) {
+        t = tl[i]
+        mk = "moemesh" SUBSEP t SUBSEP 4; lk = "llama.cpp" SUBSEP t SUBSEP 4
+        ratio = (mk in hi && lk in hi && hi[lk] > 0) ? sprintf("%.2f", hi[mk] / hi[lk]) : "-"
+        printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", t, rng("moemesh", t, 4), \
+          rng("moemesh", t, 5), rng("llama.cpp", t, 4), rng("llama.cpp", t, 5), ratio, path[t]
+      }
+      print "ratio: moemesh best over llama.cpp best, each the highest of its rounds"
+    }' "$raw"
+  echo "raw: $raw"
+}
+
 case ${1:-} in
 build) build ;;
 run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
 compare) shift; compare "$@" ;;
 callgrind) shift; callgrind_types "$@" ;;
-*) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+incache) shift; incache "$@" ;;
+*) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
