@@ -28,9 +28,10 @@
 # incache: one thread, ~256 KiB of weights (L2), where the grid types are bound by instructions,
 #   not memory: per round and type `moe_dotbench --matmul --samples 1000` (moemesh's one-token
 #   tile, each sample ~1 MiB of reads) and `ggml_gemv --rows 256KiB/rowbytes --reps 1000`
-#   (llama.cpp's one-token mul_mat, 4 distinct quantised rows, its graph and activation
-#   conversion inside each timed compute), order alternating by round; best and median GB/s,
-#   ranges over ROUNDS (default 3).
+#   and at half those rows (llama.cpp's one-token mul_mat, 4 distinct quantised rows, its
+#   activation conversion inside each timed compute; "marginal": the added bytes over the added
+#   time, without that per-compute cost, which moe_dotbench leaves out), order alternating by
+#   round; best and median GB/s, ranges over ROUNDS (default 3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -167,7 +168,7 @@ incache() {
   local types=${1:?incache TYPES [ROUNDS]} rounds=${2:-3}
   [[ -x $bin ]] || build
   local dot=$moe_build/bench/moe_dotbench raw=$out/incache.csv
-  echo "tool,round,type,best,median,path" >"$raw"
+  echo "tool,round,type,best,median,path,marginal" >"$raw"
   for ((r = 1; r <= rounds; r++)); do
     echo "round $r: $(uptime)"
     for t in ${types//,/ }; do
@@ -178,13 +179,18 @@ incache() {
           "$dot" --matmul --threads 1 --cols 4096 --mib 1 --reps 1 --samples 1000 --types "$t" |
             awk -v r="$r" -v t="$t" '$1 == t { print "moemesh," r "," t "," $3 "," $4 ",tile" }' >>"$raw"
         else
-          local rb
+          local rb n
           rb=$("$bin" --types "$t" --threads 1 --rows 16 --no-triad --reps 1 --distinct 0 --csv "$out/rb.csv" >/dev/null &&
             awk -F, 'NR == 2 { print $4 }' "$out/rb.csv")
-          "$bin" --types "$t" --threads 1 --rows $((262144 / rb / 16 * 16)) --no-triad --reps 1000 --distinct 4 \
-            --csv "$out/ic.csv" >/dev/null
-          awk -F, -v r="$r" -v t="$t" 'NR == 2 { print "llama.cpp," r "," t "," $5 "," $6 "," $2 }' \
-            "$out/ic.csv" >>"$raw"
+          n=$((262144 / rb / 16 * 16))
+          "$bin" --types "$t" --threads 1 --rows $((n / 2)) --no-triad --reps 1000 --distinct 4 \
+            --csv "$out/ic1.csv" >/dev/null
+          "$bin" --types "$t" --threads 1 --rows $n --no-triad --reps 1000 --distinct 4 \
+            --csv "$out/ic2.csv" >/dev/null
+          # marginal: the second half of the rows' bytes over the time they added (best times)
+          awk -F, -v r="$r" -v t="$t" 'FNR == 2 { b[++k] = $3 * $4; g[k] = $5; m = $6; p = $2 }
+            END { print "llama.cpp," r "," t "," g[2] "," m "," p "," (b[2] - b[1]) / (b[2] / g[2] - b[1] / g[1]) }' \
+            "$out/ic1.csv" "$out/ic2.csv" >>"$raw"
         fi
       done
     done
@@ -199,26 +205,34 @@ incache() {
         if (!(key in lo) || $c < lo[key]) lo[key] = $c
         if (!(key in hi) || $c > hi[key]) hi[key] = $c
       }
-      if ($1 == "llama.cpp") path[$3] = $6
+      if ($1 == "llama.cpp") {
+        path[$3] = $6
+        key = "marg" SUBSEP $3 SUBSEP 4
+        if (!(key in lo) || $7 < lo[key]) lo[key] = $7
+        if (!(key in hi) || $7 > hi[key]) hi[key] = $7
+      }
     }
     function rng(tool, t, c) {
       key = tool SUBSEP t SUBSEP c
       return (key in lo) ? sprintf("%.2f-%.2f", lo[key], hi[key]) : "-"
     }
     END {
-      printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", "", "moemesh", "tile", "llama.cpp", "", \
-        "best", "llama.cpp"
-      printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", "type", "best", "median", "best", \
-        "median", "ratio", "path"
+      printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", "", "moemesh", "tile", "llama.cpp", \
+        "", "", "best /", "llama.cpp"
+      printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", "type", "best", "median", "best", \
+        "median", "marginal", "marg.", "path"
       n = split(types, tl, ",")
       for (i = 1; i <= n; i++) {
         t = tl[i]
-        mk = "moemesh" SUBSEP t SUBSEP 4; lk = "llama.cpp" SUBSEP t SUBSEP 4
+        mk = "moemesh" SUBSEP t SUBSEP 4; lk = "marg" SUBSEP t SUBSEP 4
         ratio = (mk in hi && lk in hi && hi[lk] > 0) ? sprintf("%.2f", hi[mk] / hi[lk]) : "-"
-        printf "%-8s | %-11s %-11s | %-11s %-11s | %-6s | %s\n", t, rng("moemesh", t, 4), \
-          rng("moemesh", t, 5), rng("llama.cpp", t, 4), rng("llama.cpp", t, 5), ratio, path[t]
+        printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", t, rng("moemesh", t, 4), \
+          rng("moemesh", t, 5), rng("llama.cpp", t, 4), rng("llama.cpp", t, 5), rng("marg", t, 4), \
+          ratio, path[t]
       }
-      print "ratio: moemesh best over llama.cpp best, each the highest of its rounds"
+      print "llama.cpp marginal: rows n/2 -> n, the added bytes over the added best time (its per-compute"
+      print "cost, mostly the activation conversion, left out as moe_dotbench leaves it out);"
+      print "best / marg.: moemesh best over llama.cpp marginal, each the highest of its rounds"
     }' "$raw"
   echo "raw: $raw"
 }
@@ -229,5 +243,5 @@ run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
 compare) shift; compare "$@" ;;
 callgrind) shift; callgrind_types "$@" ;;
 incache) shift; incache "$@" ;;
-*) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
