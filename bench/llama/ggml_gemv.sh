@@ -28,7 +28,7 @@
 # incache: one thread, ~256 KiB of weights (L2), where the grid types are bound by instructions,
 #   not memory: per round and type `moe_dotbench --matmul --samples 1000` (moemesh's one-token
 #   tile, each sample ~1 MiB of reads) and `ggml_gemv --rows 256KiB/rowbytes --reps 1000`
-#   and at half those rows (llama.cpp's one-token mul_mat, 4 distinct quantised rows, its
+#   and at 16 rows (llama.cpp's one-token mul_mat, 4 distinct quantised rows, its
 #   activation conversion inside each timed compute; "marginal": the added bytes over the added
 #   time, without that per-compute cost, which moe_dotbench leaves out), order alternating by
 #   round; best and median GB/s, ranges over ROUNDS (default 3).
@@ -97,6 +97,14 @@ compare() {
         if (!(tk in tlo) || $c < tlo[tk]) tlo[tk] = $c
         if (!(tk in thi) || $c > thi[tk]) thi[tk] = $c
       }
+    }
+    function median(t,   i, j, k, v, x) {  # of the rounds marginal figures
+      k = nm[t]
+      if (k == 0) return "-"
+      for (i = 1; i <= k; i++) v[i] = marg[t, i]
+      for (i = 2; i <= k; i++)
+        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { x = v[j]; v[j] = v[j - 1]; v[j - 1] = x }
+      return sprintf("%.2f", k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2)
     }
     function rng(tool, t, c) {
       key = tool SUBSEP t SUBSEP c
@@ -183,11 +191,11 @@ incache() {
           rb=$("$bin" --types "$t" --threads 1 --rows 16 --no-triad --reps 1 --distinct 0 --csv "$out/rb.csv" >/dev/null &&
             awk -F, 'NR == 2 { print $4 }' "$out/rb.csv")
           n=$((262144 / rb / 16 * 16))
-          "$bin" --types "$t" --threads 1 --rows $((n / 2)) --no-triad --reps 1000 --distinct 4 \
+          "$bin" --types "$t" --threads 1 --rows 16 --no-triad --reps 1000 --distinct 4 \
             --csv "$out/ic1.csv" >/dev/null
           "$bin" --types "$t" --threads 1 --rows $n --no-triad --reps 1000 --distinct 4 \
             --csv "$out/ic2.csv" >/dev/null
-          # marginal: the second half of the rows' bytes over the time they added (best times)
+          # marginal: the bytes of rows 16..n over the time they added (best times)
           awk -F, -v r="$r" -v t="$t" 'FNR == 2 { b[++k] = $3 * $4; g[k] = $5; m = $6; p = $2 }
             END { print "llama.cpp," r "," t "," g[2] "," m "," p "," (b[2] - b[1]) / (b[2] / g[2] - b[1] / g[1]) }' \
             "$out/ic1.csv" "$out/ic2.csv" >>"$raw"
@@ -207,10 +215,16 @@ incache() {
       }
       if ($1 == "llama.cpp") {
         path[$3] = $6
-        key = "marg" SUBSEP $3 SUBSEP 4
-        if (!(key in lo) || $7 < lo[key]) lo[key] = $7
-        if (!(key in hi) || $7 > hi[key]) hi[key] = $7
+        marg[$3, ++nm[$3]] = $7
       }
+    }
+    function median(t,   i, j, k, v, x) {  # of the rounds marginal figures
+      k = nm[t]
+      if (k == 0) return "-"
+      for (i = 1; i <= k; i++) v[i] = marg[t, i]
+      for (i = 2; i <= k; i++)
+        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { x = v[j]; v[j] = v[j - 1]; v[j - 1] = x }
+      return sprintf("%.2f", k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2)
     }
     function rng(tool, t, c) {
       key = tool SUBSEP t SUBSEP c
@@ -220,19 +234,20 @@ incache() {
       printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", "", "moemesh", "tile", "llama.cpp", \
         "", "", "best /", "llama.cpp"
       printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", "type", "best", "median", "best", \
-        "median", "marginal", "marg.", "path"
+        "median", "marg. med", "best", "path"
       n = split(types, tl, ",")
       for (i = 1; i <= n; i++) {
         t = tl[i]
-        mk = "moemesh" SUBSEP t SUBSEP 4; lk = "marg" SUBSEP t SUBSEP 4
+        mk = "moemesh" SUBSEP t SUBSEP 4; lk = "llama.cpp" SUBSEP t SUBSEP 4
         ratio = (mk in hi && lk in hi && hi[lk] > 0) ? sprintf("%.2f", hi[mk] / hi[lk]) : "-"
         printf "%-8s | %-11s %-11s | %-11s %-11s %-11s | %-6s | %s\n", t, rng("moemesh", t, 4), \
-          rng("moemesh", t, 5), rng("llama.cpp", t, 4), rng("llama.cpp", t, 5), rng("marg", t, 4), \
+          rng("moemesh", t, 5), rng("llama.cpp", t, 4), rng("llama.cpp", t, 5), median(t), \
           ratio, path[t]
       }
-      print "llama.cpp marginal: rows n/2 -> n, the added bytes over the added best time (its per-compute"
-      print "cost, mostly the activation conversion, left out as moe_dotbench leaves it out);"
-      print "best / marg.: moemesh best over llama.cpp marginal, each the highest of its rounds"
+      print "llama.cpp marg.: rows 16 -> n, the added bytes over the added best time (its per-compute"
+      print "cost, mostly the activation conversion, left out as moe_dotbench leaves it out), median of"
+      print "the rounds (a difference of two times: noisy); best / best: moemesh over llama.cpp, each"
+      print "the highest of its rounds"
     }' "$raw"
   echo "raw: $raw"
 }
