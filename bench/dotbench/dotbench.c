@@ -34,6 +34,7 @@ static const moe_type all_types[] = {
     MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
     MOE_TYPE_Q2_K, MOE_TYPE_Q3_K, MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4,
     MOE_TYPE_IQ3_XXS, MOE_TYPE_IQ3_S, MOE_TYPE_IQ1_S, MOE_TYPE_IQ1_M,
+    MOE_TYPE_IQ2_XXS, MOE_TYPE_IQ2_XS, MOE_TYPE_IQ2_S,
 };
 /* clang-format on */
 #define N_ALL_TYPES (sizeof(all_types) / sizeof(all_types[0]))
@@ -58,14 +59,15 @@ static float rng_unif(void)
 }
 
 /* A row of a type moemesh has no quantiser for (IQ3_XXS, IQ3_S, IQ1_S,
- * IQ1_M: llama-quantize makes them): random bytes, each block's fp16 scale
+ * IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S: llama-quantize makes them): random bytes, each block's fp16 scale
  * (IQ1_M: its 4 scale words' top nibbles; the others: its first two bytes)
  * set to about 2^-6, so no NaN or subnormal. */
 static moe_err random_blocks(uint8_t *row, moe_type t, int64_t n_cols)
 {
 	const moe_type_traits *tr = moe_type_get(t);
 	if (t != MOE_TYPE_IQ3_XXS && t != MOE_TYPE_IQ3_S && t != MOE_TYPE_IQ1_S &&
-	    t != MOE_TYPE_IQ1_M)
+	    t != MOE_TYPE_IQ1_M && t != MOE_TYPE_IQ2_XXS && t != MOE_TYPE_IQ2_XS &&
+	    t != MOE_TYPE_IQ2_S)
 		return moe_fail(MOE_ERR_UNSUPPORTED, "no quantiser for %s", tr->name);
 	for (size_t i = 0; i < moe_row_size(t, n_cols); i++)
 		row[i] = (uint8_t)(rng_unif() * 128 + 128);
