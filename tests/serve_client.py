@@ -423,12 +423,15 @@ def case_errors():
     expect_error(st, json.loads(text), 405)
     big = json.dumps({"prompt": "x" * 20000}).encode()
     expect_error(*raw("/v1/completions", big), 413)
-    # garbage on the socket does not hurt the server
+    # garbage on the socket does not hurt the server (each sent whole, then the end of the
+    # stream: the server answers or closes at once, where the garbage alone left it waiting
+    # for more and the read ran into its 5 s timeout)
     for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: " + b"a" * 70000 +
                  b"\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"):
         s = socket.create_connection(("127.0.0.1", PORT))
         try:
             s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
             s.settimeout(5)
             s.recv(100)
         except OSError:
