@@ -423,12 +423,15 @@ def case_errors():
     expect_error(st, json.loads(text), 405)
     big = json.dumps({"prompt": "x" * 20000}).encode()
     expect_error(*raw("/v1/completions", big), 413)
-    # garbage on the socket does not hurt the server
+    # garbage on the socket does not hurt the server (each sent whole, then the end of the
+    # stream: the server answers or closes at once, where the garbage alone left it waiting
+    # for more and the read ran into its 5 s timeout)
     for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: " + b"a" * 70000 +
                  b"\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"):
         s = socket.create_connection(("127.0.0.1", PORT))
         try:
             s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
             s.settimeout(5)
             s.recv(100)
         except OSError:
@@ -806,25 +809,29 @@ def case_apply_template(template):
 
 
 def case_kv_budget():
-    """Server: --ctx 8192 --kv-budget 1 --parallel 2 on a model with 256 bytes
-    of KV per position, so 16 blocks of 256 positions in all."""
-    st, j = post("/v1/completions", {"prompt": "In the beginning", "max_tokens": 4200})
-    check(st == 400, "a request needing 17 KV blocks of 16 -> %d %s" % (st, j))
+    """Server: --ctx 8192 --kv f32 --kv-budget 1 --parallel 2 on a model with 512 bytes
+    of f32 KV per position, so 8 blocks of 256 positions in all."""
+    st, j = post("/v1/completions", {"prompt": "In the beginning", "max_tokens": 2100})
+    check(st == 400, "a request needing 9 KV blocks of 8 -> %d %s" % (st, j))
     msg = j["error"]["message"]
-    check("17 KV blocks" in msg and "holds 16" in msg, "the 400 does not name the numbers: %r" % msg)
+    check("9 KV blocks" in msg and "holds 8" in msg, "the 400 does not name the numbers: %r" % msg)
     check(j["error"].get("param") == "max_tokens", "param %r" % j["error"].get("param"))
-    # two requests of 9 blocks each: 18 > 16, so the second waits for the first
-    base = "And the king said unto them, Go ye, and inquire of the LORD for me. " * 94
-    bodies = []
+    # two requests of 5 blocks each (prompt + max_tokens = 1100 positions): 10 > 8, so the
+    # second waits for the first
+    base = "And the king said unto them, Go ye, and inquire of the LORD for me. " * 45
+    bodies, alone = [], []
     for k in range(2):
         p = base + ("Then answered Jesus" if k else "And it came to pass")
-        _, one = complete({"prompt": p, "max_tokens": 1, "temperature": 0})
-        n = one["usage"]["prompt_tokens"]
-        check(1800 < n < 2000, "prompt of %d tokens" % n)
-        bodies.append({"prompt": p, "max_tokens": 2100 - n, "temperature": 0})
-    alone = [complete(b)[0] for b in bodies]
+        bodies.append({"prompt": p, "max_tokens": 1100 - len(tokenize(p)), "temperature": 0})
+        text, one = complete(bodies[k])
+        n = one["usage"]["prompt_tokens"] + bodies[k]["max_tokens"]
+        check(800 < one["usage"]["prompt_tokens"] and 1024 < n <= 1280,
+              "prompt of %d tokens, %d positions with max_tokens: not 5 blocks"
+              % (one["usage"]["prompt_tokens"], n))
+        alone.append(text)
     times = [[None, None], [None, None]]
     texts = [None, None]
+    first_token = threading.Event()
 
     def go(k):
         c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=300)
@@ -839,13 +846,16 @@ def case_kv_budget():
             piece = json.loads(line[6:])["choices"][0].get("text") or ""
             if piece and times[k][0] is None:
                 times[k][0] = time.monotonic()
+                if k == 0:
+                    first_token.set()
             text += piece
         times[k][1] = time.monotonic()
         texts[k] = text
         c.close()
     a = threading.Thread(target=go, args=(0,))
     a.start()
-    time.sleep(0.3)
+    # the second is sent once the first runs (its first token came)
+    check(first_token.wait(120), "no first token from the first stream")
     b = threading.Thread(target=go, args=(1,))
     b.start()
     a.join()
@@ -854,7 +864,7 @@ def case_kv_budget():
     check(len(alone[0]) > 100, "the first reply is too short to overlap: %r" % alone[0])
     check(times[1][0] >= times[0][1],
           "the second request ran beside the first (first token %.3f s before the first "
-          "ended): 18 blocks > the budget's 16" % (times[0][1] - times[1][0]))
+          "ended): 10 blocks > the budget's 8" % (times[0][1] - times[1][0]))
 
 
 def case_spec(out):

@@ -114,28 +114,6 @@ Test(chaos, error_replies_are_retried_before_a_worker_is_declared_dead, .timeout
 
 /* ---- re-admission ---------------------------------------------------------------- */
 
-/* The processes the re-admission test started, killed by its .fini when an
- * assertion ends it early (else they would outlive it). */
-static pid_t g_pids[8];
-
-static void track(pid_t pid)
-{
-	for (int i = 0; i < 8; i++)
-		if (g_pids[i] == 0) {
-			g_pids[i] = pid;
-			return;
-		}
-}
-
-static void kill_tracked(void)
-{
-	for (int i = 0; i < 8; i++)
-		if (g_pids[i] > 0 && waitpid(g_pids[i], NULL, WNOHANG) == 0) {
-			kill(g_pids[i], SIGKILL);
-			waitpid(g_pids[i], NULL, 0);
-		}
-}
-
 /* `moemesh worker` on ipc://sock (a stale socket file removed first). */
 static pid_t start_worker(const char *model, const char *sock)
 {

@@ -34,27 +34,6 @@ static const char *env(const char *name)
 	return v;
 }
 
-/* Every process a test started, killed by its .fini if it ends early. */
-static pid_t g_pids[16];
-
-static void track(pid_t pid)
-{
-	for (int i = 0; i < 16; i++)
-		if (g_pids[i] == 0) {
-			g_pids[i] = pid;
-			return;
-		}
-}
-
-static void kill_tracked(void)
-{
-	for (int i = 0; i < 16; i++)
-		if (g_pids[i] > 0 && waitpid(g_pids[i], NULL, WNOHANG) == 0) {
-			kill(g_pids[i], SIGKILL);
-			waitpid(g_pids[i], NULL, 0);
-		}
-}
-
 static void model(char *out, size_t n)
 {
 	snprintf(out, n, "%s/models/kjv-qwen3next-Q4_K_M.gguf", env("MOE_SOURCE_DIR"));

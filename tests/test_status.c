@@ -52,28 +52,6 @@ static bool first_loaded(const char *path)
 
 /* ---- processes ------------------------------------------------------------------- */
 
-static pid_t g_pids[8];
-
-static void track(pid_t pid, bool add)
-{
-	for (int i = 0; i < 8; i++)
-		if (add ? g_pids[i] == 0 : g_pids[i] == pid) {
-			g_pids[i] = add ? pid : 0;
-			return;
-		}
-	cr_assert(!add, "more than 8 processes in one test");
-}
-
-static void reap(void)
-{
-	for (int i = 0; i < 8; i++)
-		if (g_pids[i] > 0) {
-			kill(g_pids[i], SIGKILL);
-			waitpid(g_pids[i], NULL, 0);
-			g_pids[i] = 0;
-		}
-}
-
 /* `moemesh worker -m model --listen url extra`, stderr to err; returns once
  * it listens (--ready-fd). */
 static pid_t start_worker(const char *model, const char *url, const char *extra, const char *err)
@@ -83,7 +61,7 @@ static pid_t start_worker(const char *model, const char *url, const char *extra,
 	         "exec '%s' worker -m '%s' --listen %s --threads 1 --ready-fd 3 %s 2>'%s'", bin(),
 	         model, url, extra, err);
 	const pid_t pid = spawn_ready(cmd, url);
-	track(pid, true);
+	track(pid);
 	return pid;
 }
 
@@ -95,7 +73,6 @@ static int stop(pid_t pid)
 	for (int t = 0; t < 20000; t += 10) {
 		const pid_t r = waitpid(pid, &st, WNOHANG);
 		if (r == pid) {
-			track(pid, false);
 			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 		}
 		sleep_ms(10);
@@ -169,7 +146,8 @@ static void model_shape(int *n_layer, int *n_expert, const char *path)
  * model's identity and every expert between them, each in every layer; a
  * third address where nothing listens is unreachable, and the exit status
  * says so. */
-Test(status, up_workers_with_their_experts_and_an_unreachable_one, .timeout = 120, .fini = reap)
+Test(status, up_workers_with_their_experts_and_an_unreachable_one, .timeout = 120,
+     .fini = kill_tracked)
 {
 	char m[1024], sock[256], url0[300], url1[64], dead[64], sec[256], e0[256], e1[256];
 	char args[2048], extra[512];
@@ -246,7 +224,7 @@ Test(status, up_workers_with_their_experts_and_an_unreachable_one, .timeout = 12
 /* A worker with a secret: status with another secret, or none, is
  * auth-failed (exit 1) and the worker says why; with the right one, up; a
  * worker without a secret does not pass for one that knows ours. */
-Test(status, a_wrong_or_missing_secret_fails_authentication, .timeout = 60, .fini = reap)
+Test(status, a_wrong_or_missing_secret_fails_authentication, .timeout = 60, .fini = kill_tracked)
 {
 	char m[1024], url[64], url2[64], sec[256], bad[256], e0[256], e1[256], args[1024];
 	char extra[512];
@@ -301,7 +279,7 @@ Test(status, a_wrong_or_missing_secret_fails_authentication, .timeout = 60, .fin
 
 /* A worker of another model is model-mismatch against -m, and against the
  * first worker without -m. */
-Test(status, another_model_is_a_mismatch, .timeout = 60, .fini = reap)
+Test(status, another_model_is_a_mismatch, .timeout = 60, .fini = kill_tracked)
 {
 	char m[1024], m2[1024], u0[64], u1[64], e0[256], e1[256], args[2048];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
@@ -338,7 +316,7 @@ Test(status, another_model_is_a_mismatch, .timeout = 60, .fini = reap)
 
 /* While `moemesh serve` holds the worker's control link, status still
  * answers: a coordinator is connected, the experts are held. */
-Test(status, a_worker_serving_a_coordinator_still_answers, .timeout = 120, .fini = reap)
+Test(status, a_worker_serving_a_coordinator_still_answers, .timeout = 120, .fini = kill_tracked)
 {
 	char m[1024], url[64], e0[256], es[256], args[2048], cmd[4096];
 	snprintf(m, sizeof m, "%s/qwen3moe-tiny-Q8_0.gguf", fixtures());
@@ -354,7 +332,7 @@ Test(status, a_worker_serving_a_coordinator_still_answers, .timeout = 120, .fini
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
-	track(srv, true);
+	track(srv);
 	/* until serve says it is ready (its log line) */
 	for (int t = 0; t < 60000 && !file_has(es, "moemesh serve: ready"); t += 20)
 		sleep_ms(20);
@@ -465,7 +443,7 @@ static int http_get(const char *url, const char *out)
 /* serve with two workers, the second holding its ASSIGN until the test lets
  * it go: meanwhile /health is 503 "loading" and lists both workers, the
  * first with all its bytes loaded, the second with none; then 200. */
-Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini = reap)
+Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini = kill_tracked)
 {
 	char m[1024], u0[64], u1[64], e0[256], e1[256], es[256], go[256], body[256], h[128];
 	char cmd[4096], extra[4096];
@@ -487,7 +465,7 @@ Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini 
 	         "--ready-fd 3 2>'%s'",
 	         test_worker(), go, m, u1, e1);
 	const pid_t w1 = spawn_ready(extra, "the harness");
-	track(w1, true);
+	track(w1);
 
 	snprintf(cmd, sizeof cmd,
 	         "exec '%s' serve -m '%s' --port %d --threads 1 --worker %s --worker %s 2>'%s'",
@@ -498,7 +476,7 @@ Test(status, health_lists_the_workers_load_while_loading, .timeout = 120, .fini 
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
-	track(srv, true);
+	track(srv);
 	/* until /health shows the first worker loaded (both are listed from the
 	 * first ASSIGN on; the second's is then held) */
 	int code = 0;

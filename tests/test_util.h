@@ -1,9 +1,10 @@
 /*
  * test_util.h - what several Criterion programs share: the paths the suite
  * hands them through the environment (MOE_FIXTURES, MOE_BIN: asserted set),
- * a shell command's exit status, a free port, temporary paths, file checks
- * and a sleep.  Static inline: each test_*.c is a
- * program of its own.
+ * a shell command's exit status, a free port, temporary paths, file checks,
+ * a sleep, `moemesh serve` started until ready (or refusing to start), and
+ * the processes a test started, killed when it ends early.  Static inline:
+ * each test_*.c is a program of its own.
  */
 #ifndef MOE_TESTS_TEST_UTIL_H
 #define MOE_TESTS_TEST_UTIL_H
@@ -146,15 +147,26 @@ typedef struct serve_proc {
 	FILE *err;
 } serve_proc;
 
-/* Runs `moemesh serve -m model --port 0 --threads 1 ARGS...` (args
- * NULL-terminated), echoing its stderr until its ready line; asserts that
- * came (the process killed first).  The caller stops it and reads the rest
- * of err. */
-static inline serve_proc spawn_serve(const char *model, const char *const *args)
+/* How spawn_serve_opts runs serve. */
+typedef struct serve_opts {
+	int threads;         /* --threads (0: 1) */
+	char *refusal;       /* not NULL: serve must refuse to start (exit 1 before */
+	size_t refusal_size; /* its ready line); its stderr is kept here */
+} serve_opts;
+
+/* Runs `moemesh serve -m model --port 0 --threads T ARGS...` (args
+ * NULL-terminated, or NULL), echoing its stderr until its ready line; asserts
+ * that came (the process killed first), naming what serve said.  The caller
+ * stops it and reads the rest of err.  With o.refusal: asserts instead that
+ * serve exits 1 without that line, keeps its stderr in o.refusal and returns
+ * pid 0. */
+static inline serve_proc spawn_serve_opts(const char *model, const char *const *args, serve_opts o)
 {
-	const char *argv[32] = {bin(), "serve", "-m", model, "--port", "0", "--threads", "1"};
+	char threads[16];
+	snprintf(threads, sizeof threads, "%d", o.threads > 0 ? o.threads : 1);
+	const char *argv[32] = {bin(), "serve", "-m", model, "--port", "0", "--threads", threads};
 	int n = 8;
-	for (int i = 0; args[i] != NULL; i++) {
+	for (int i = 0; args != NULL && args[i] != NULL; i++) {
 		cr_assert_lt(n, 31);
 		argv[n++] = args[i];
 	}
@@ -170,19 +182,74 @@ static inline serve_proc spawn_serve(const char *model, const char *const *args)
 	posix_spawn_file_actions_destroy(&fa);
 	close(fds[1]);
 	s.err = fdopen(fds[0], "r");
-	char line[1024];
+	char said[8192] = "", line[1024];
+	size_t used = 0;
 	while (fgets(line, sizeof line, s.err) != NULL) {
 		fputs(line, stderr);
-		const char *p = strstr(line, "listening on http://127.0.0.1:");
-		if (p != NULL)
-			s.port = atoi(p + strlen("listening on http://127.0.0.1:"));
-		if (strstr(line, "moemesh serve: ready") != NULL)
+		if (used + strlen(line) < sizeof said) {
+			memcpy(said + used, line, strlen(line) + 1);
+			used += strlen(line);
+		}
+		const char *p = strstr(line, "listening on http://");
+		if (p != NULL && (p = strchr(p + strlen("listening on http://"), ':')) != NULL)
+			s.port = atoi(p + 1);
+		if (strstr(line, "moemesh serve: ready") != NULL) {
+			if (o.refusal != NULL) {
+				kill(s.pid, SIGKILL);
+				waitpid(s.pid, NULL, 0);
+			}
+			cr_assert(o.refusal == NULL, "the server started: %s", said);
+			cr_assert_gt(s.port, 0, "no port in: %s", said);
 			return s;
+		}
 	}
-	kill(s.pid, SIGKILL);
-	waitpid(s.pid, NULL, 0);
-	cr_assert_fail("the server did not start");
-	return s;
+	int st = 0;
+	waitpid(s.pid, &st, 0);
+	fclose(s.err);
+	cr_assert(o.refusal != NULL, "the server did not start: %s", said);
+	snprintf(o.refusal, o.refusal_size, "%s", said);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "refused with exit status %d: %s", st,
+	          said);
+	return (serve_proc){0};
+}
+
+/* spawn_serve_opts with --threads 1, expecting it to start. */
+static inline serve_proc spawn_serve(const char *model, const char *const *args)
+{
+	return spawn_serve_opts(model, args, (serve_opts){0});
+}
+
+/* The processes a test started (up to 16), for kill_tracked. */
+static inline pid_t *tracked_pids(void)
+{
+	static pid_t pids[16];
+	return pids;
+}
+
+/* Adds pid to the processes kill_tracked ends. */
+static inline void track(pid_t pid)
+{
+	pid_t *t = tracked_pids();
+	for (int i = 0; i < 16; i++)
+		if (t[i] == 0) {
+			t[i] = pid;
+			return;
+		}
+	cr_assert_fail("more than 16 tracked processes");
+}
+
+/* A test's .fini: kills (SIGCONT first, for a frozen one) and reaps every
+ * tracked process still running, so that none outlives a test an assertion
+ * ended early. */
+static inline void kill_tracked(void)
+{
+	pid_t *t = tracked_pids();
+	for (int i = 0; i < 16; i++)
+		if (t[i] > 0 && waitpid(t[i], NULL, WNOHANG) == 0) {
+			kill(t[i], SIGCONT);
+			kill(t[i], SIGKILL);
+			waitpid(t[i], NULL, 0);
+		}
 }
 
 #endif

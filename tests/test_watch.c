@@ -31,28 +31,6 @@ static const char *env(const char *name)
 	return v;
 }
 
-/* Processes the test started, killed by .fini when an assertion ends it. */
-static pid_t g_pids[8];
-
-static void track(pid_t pid)
-{
-	for (int i = 0; i < 8; i++)
-		if (g_pids[i] == 0) {
-			g_pids[i] = pid;
-			return;
-		}
-}
-
-static void kill_tracked(void)
-{
-	for (int i = 0; i < 8; i++)
-		if (g_pids[i] > 0 && waitpid(g_pids[i], NULL, WNOHANG) == 0) {
-			kill(g_pids[i], SIGCONT);
-			kill(g_pids[i], SIGKILL);
-			waitpid(g_pids[i], NULL, 0);
-		}
-}
-
 /* `moemesh worker` on ipc://sock, each dispatch delayed by delay_us. */
 static pid_t start_worker(const char *model, const char *sock, int delay_us)
 {
