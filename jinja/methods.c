@@ -863,6 +863,29 @@ static int m_is(const jstr *s, int what)
 
 /* ---- printf-style formatting (str % args) and str.format ---- */
 
+/* The widest field or longest precision a % format takes: tmp below holds
+ * any number printed within it. */
+#define FMT_MAX_FIELD 4096
+
+/* %c's argument: a one-character string (*s) or an integer code point
+ * in 0..0x10FFFF that is not a surrogate (UTF-8 has none) (*cp). */
+static moe_err char_of(const jstr **s, uint32_t *cp, jv arg)
+{
+	if (arg.t == JV_STR) {
+		if (arg.s->ncp != 1)
+			return moe_fail(MOE_ERR_BAD_TYPE, "%%c requires an int or a char");
+		*s = arg.s;
+		return MOE_OK;
+	}
+	if (arg.t != JV_INT && arg.t != JV_BOOL)
+		return moe_fail(MOE_ERR_BAD_TYPE, "%%c requires an int or a char, not %s",
+		                jv_type_name(arg));
+	if (arg.i < 0 || arg.i > 0x10FFFF || (arg.i >= 0xD800 && arg.i <= 0xDFFF))
+		return moe_fail(MOE_ERR_BAD_TYPE, "%%c arg not in range(0x110000) or a surrogate");
+	*cp = (uint32_t)arg.i;
+	return MOE_OK;
+}
+
 moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 {
 	jbuf b = {.limit = r->max_output, .acct = &r->arena};
@@ -914,41 +937,70 @@ moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 		}
 		char spec[32] = "%";
 		size_t sl = 1;
-		while (p < end && strchr("-+ #0123456789.", *p) && sl < 20)
+		/* a NUL byte is text here, not the end of strchr's set */
+		while (p < end && *p != '\0' && strchr("-+ #0123456789.", *p) && sl < 20)
 			spec[sl++] = *p++;
 		if (p >= end) {
 			e = moe_fail(MOE_ERR_BAD_TYPE, "incomplete format");
 			break;
 		}
 		char conv = *p++;
-		char tmp[512];
-		if (conv == 's' || conv == 'r') {
-			const jstr *s;
-			e = conv == 's' ? jr_str(r, &s, arg) : jr_repr(r, &s, arg);
-			if (e)
-				break;
-			/* flags ('-'), width and precision count code points */
-			int left = 0;
-			size_t k = 1, width = 0, prec = SIZE_MAX;
-			while (k < sl && strchr("-+ #0", spec[k]))
-				left |= spec[k++] == '-';
-			while (k < sl && spec[k] >= '0' && spec[k] <= '9')
-				width = width * 10 + (size_t)(spec[k++] - '0');
-			if (k < sl && spec[k] == '.') {
-				prec = 0;
-				for (k++; k < sl && spec[k] >= '0' && spec[k] <= '9'; k++)
-					prec = prec * 10 + (size_t)(spec[k] - '0');
+		/* flags ('-'), width and precision: for %s, %r and %c they count
+		 * code points; the numbers' go to snprintf, bounded so that its
+		 * output fits tmp */
+		int left = 0;
+		size_t k = 1, width = 0, prec = SIZE_MAX;
+		while (k < sl && strchr("-+ #0", spec[k]))
+			left |= spec[k++] == '-';
+		while (k < sl && spec[k] >= '0' && spec[k] <= '9') /* < 20 digits: no overflow */
+			width = width * 10 + (size_t)(spec[k++] - '0');
+		if (k < sl && spec[k] == '.') {
+			prec = 0;
+			for (k++; k < sl && spec[k] >= '0' && spec[k] <= '9'; k++)
+				prec = prec * 10 + (size_t)(spec[k] - '0');
+		}
+		if (k < sl) { /* "%1.2.3d", "%1-d": Python refuses them too */
+			e = moe_fail(MOE_ERR_BAD_TYPE, "unsupported format character 0x%02x",
+			             (unsigned char)spec[k]);
+			break;
+		}
+		if (width > FMT_MAX_FIELD || (prec != SIZE_MAX && prec > FMT_MAX_FIELD)) {
+			e = moe_fail(MOE_ERR_UNSUPPORTED,
+			             "%% format: a width or precision over %d is not supported",
+			             FMT_MAX_FIELD);
+			break;
+		}
+		if (conv == 's' || conv == 'r' || conv == 'c') {
+			const jstr *s = NULL;
+			uint32_t cp = 0;
+			size_t ncp = 1;
+			if (conv == 'c') {
+				e = char_of(&s, &cp, arg);
+				if (e)
+					break;
+			} else {
+				e = conv == 's' ? jr_str(r, &s, arg) : jr_repr(r, &s, arg);
+				if (e)
+					break;
+				ncp = s->ncp < prec ? s->ncp : prec;
 			}
-			size_t ncp = s->ncp < prec ? s->ncp : prec;
 			size_t pad = width > ncp ? width - ncp : 0;
 			for (size_t i = 0; i < pad && !left && !e; i++)
 				e = jbuf_putc(&b, ' ');
 			if (!e)
-				e = jbuf_put(&b, s->s, utf8_offset(s, ncp));
+				e = s ? jbuf_put(&b, s->s, utf8_offset(s, ncp))
+				      : jbuf_putcp(&b, cp);
 			for (size_t i = 0; i < pad && left && !e; i++)
 				e = jbuf_putc(&b, ' ');
-		} else if (strchr("diouxXeEfFgGc", conv) && jv_is_num(arg)) {
-			if (strchr("diouxXc", conv)) {
+		} else if (conv != '\0' && strchr("diouxXeEfFgG", conv) && jv_is_num(arg)) {
+			char tmp[FMT_MAX_FIELD + 400]; /* sign, 309 digits, '.', precision */
+			if (strchr("diouxX", conv)) {
+				if (arg.t == JV_FLOAT && strchr("oxX", conv)) {
+					e = moe_fail(
+					    MOE_ERR_BAD_TYPE,
+					    "%%%c format: an integer is required, not float", conv);
+					break;
+				}
 				long long v =
 				    arg.t == JV_FLOAT ? (long long)arg.f : (long long)arg.i;
 				if (conv == 'i' || conv == 'u')
@@ -964,6 +1016,9 @@ moe_err jfmt_percent(jrender *r, jv *out, const jstr *fmt, jv args)
 				snprintf(tmp, sizeof(tmp), spec, jv_num(arg));
 			}
 			e = jbuf_puts(&b, tmp);
+		} else if (conv == '\0' || !strchr("diouxXeEfFgG", conv)) {
+			e = moe_fail(MOE_ERR_BAD_TYPE, "unsupported format character 0x%02x",
+			             (unsigned char)conv);
 		} else {
 			e = moe_fail(MOE_ERR_BAD_TYPE, "%%%c format: a number is required, not %s",
 			             conv, jv_type_name(arg));

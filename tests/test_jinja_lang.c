@@ -316,6 +316,7 @@ static const struct snippet {
      "'%5.2f|%x'|format(3.14159, 255) }} {{ '%r'|format('q') }}",
      "{}"},
     {"{{ 'a' ~ 'b' | upper }} {{ -1|abs }} {{ 1 + 2|string }}", "{}"},
+    {"{{ '%.0c|%3c|%-3c|%c|%c|%-2c|'|format(65, 66, 67, '\303\251', 9786, true) }}", "{}"},
     {"{{ s.startswith('He') }} {{ s.endswith('ld') }} {{ s.startswith(('x', 'H')) }} {{ "
      "s.startswith('l', 2) }} {{ s.endswith('o', 0, 5) }}",
      "{\"s\": \"Hello world\"}"},
@@ -403,6 +404,14 @@ static const struct snippet {
     {"{{ {'a': 1}|items|list }} {{ 'x'|items|list }}", "{}"},
     {"{{ [1, 'a']|sort }}", "{}"},
     {"{{ '%d'|format('x') }}", "{}"},
+    {"{{ '%.\\0'|format(1) }}", "{}"},
+    {"{{ '%\\0d'|format(1) }}", "{}"},
+    {"{{ '%1.2.3d'|format(1) }}", "{}"},
+    {"{{ '%1-d'|format(1) }}", "{}"},
+    {"{{ '%c'|format(65.0) }}", "{}"},
+    {"{{ '%c'|format('ab') }}", "{}"},
+    {"{{ '%c'|format(1114112) }}", "{}"},
+    {"{{ '%x'|format(65.0) }}", "{}"},
     {"{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", "{}"},
     {"{% macro m(a) %}{% endmacro %}{{ m(b=2) }}", "{}"},
     {"{{ 'abc'.split('') }}", "{}"},
@@ -824,8 +833,9 @@ static char *repeat3(const char *a, size_t n, const char *mid, const char *b)
 Test(jinja, empty_repeated_is_empty_at_once, .timeout = 30)
 {
 	char *out;
-	cr_assert_eq(run(&out, "{{ (() * (9 ** 15)) | length }}|{{ ('' * 10 ** 15) | length }}|"
-	                       "{{ ([] * 10 ** 15) | length }}|{{ () * 3 }}",
+	cr_assert_eq(run(&out,
+	                 "{{ (() * (9 ** 15)) | length }}|{{ ('' * 10 ** 15) | length }}|"
+	                 "{{ ([] * 10 ** 15) | length }}|{{ () * 3 }}",
 	                 NULL, NULL),
 	             MOE_OK, "%s", out);
 	cr_assert_str_eq(out, "0|0|0|()");
@@ -844,6 +854,9 @@ Test(jinja, limits_stop_hostile_templates, .timeout = 120)
 	             "{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
 	             &small, "exceeds");
 	expect_limit("{{ 'x' * 100000000000 }}", NULL, "too large");
+	/* % format fields wider than the renderer's buffer for a number */
+	expect_limit("{{ '%5000d'|format(1) }}", NULL, "width or precision over 4096");
+	expect_limit("{{ '%.99999999999999999999f'|format(1.5) }}", NULL, "over 4096");
 	/* captured output counts as working memory: nested macros that each hold
 	 * megabytes of output stop at the memory limit, not at the depth limit */
 	moe_jinja_opts mem = {.max_memory = 16 << 20, .max_depth = 200};
