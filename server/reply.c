@@ -260,7 +260,7 @@ static enum scan scan_value(const char *s, size_t *i, size_t n, bool final, int 
 	}
 	/* number or literal: up to a delimiter */
 	size_t e = k;
-	while (e < n && !is_ws(s[e]) && !strchr(",]}:", s[e]))
+	while (e < n && !is_ws(s[e]) && !memchr(",]}:", s[e], 4))
 		e++;
 	if (e == n && !final) {
 		*i = n;
