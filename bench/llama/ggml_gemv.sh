@@ -33,6 +33,18 @@
 #   time, without that per-compute cost, which moe_dotbench leaves out), order alternating by
 #   round; best and median GB/s, ranges over ROUNDS (default 3).
 set -euo pipefail
+
+# The median of the rounds' marginal figures of type t (marg[t, 1..nm[t]]),
+# an awk function both tables' programs take in front of their own text.
+awk_median='
+    function median(t,   i, j, k, v, x) {
+      k = nm[t]
+      if (k == 0) return "-"
+      for (i = 1; i <= k; i++) v[i] = marg[t, i]
+      for (i = 2; i <= k; i++)
+        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { x = v[j]; v[j] = v[j - 1]; v[j - 1] = x }
+      return sprintf("%.2f", k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2)
+    }'
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 llama=${LLAMA_DIR:-/work/llama}
@@ -83,7 +95,7 @@ compare() {
   echo "$(grep -m1 'model name' /proc/cpuinfo); one-token GEMV, 4096 columns, >= 4x LLC of weights;"
   echo "GB/s: best of 6 timed passes per run; ranges min-max over $rounds rounds; % of the triad pass"
   echo "next to each (its own tool's); T = $threads threads"
-  awk -F, -v types="$types" -v T="$threads" '
+  awk -F, -v types="$types" -v T="$threads" "$awk_median"'
     NR > 1 {
       k = $1 SUBSEP $3
       if ($10 != "") path[$3] = $10
@@ -97,14 +109,6 @@ compare() {
         if (!(tk in tlo) || $c < tlo[tk]) tlo[tk] = $c
         if (!(tk in thi) || $c > thi[tk]) thi[tk] = $c
       }
-    }
-    function median(t,   i, j, k, v, x) {  # of the rounds marginal figures
-      k = nm[t]
-      if (k == 0) return "-"
-      for (i = 1; i <= k; i++) v[i] = marg[t, i]
-      for (i = 2; i <= k; i++)
-        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { x = v[j]; v[j] = v[j - 1]; v[j - 1] = x }
-      return sprintf("%.2f", k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2)
     }
     function rng(tool, t, c) {
       key = tool SUBSEP t SUBSEP c
@@ -206,7 +210,7 @@ incache() {
   echo "after: $(uptime)"
   echo "$(grep -m1 'model name' /proc/cpuinfo); one thread, ~256 KiB of weights, 4096 columns;"
   echo "GB/s of weight bytes, best and median per run, ranges min-max over $rounds rounds"
-  awk -F, -v types="$types" '
+  awk -F, -v types="$types" "$awk_median"'
     NR > 1 {
       for (c = 4; c <= 5; c++) {
         key = $1 SUBSEP $3 SUBSEP c
@@ -217,14 +221,6 @@ incache() {
         path[$3] = $6
         marg[$3, ++nm[$3]] = $7
       }
-    }
-    function median(t,   i, j, k, v, x) {  # of the rounds marginal figures
-      k = nm[t]
-      if (k == 0) return "-"
-      for (i = 1; i <= k; i++) v[i] = marg[t, i]
-      for (i = 2; i <= k; i++)
-        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { x = v[j]; v[j] = v[j - 1]; v[j - 1] = x }
-      return sprintf("%.2f", k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2)
     }
     function rng(tool, t, c) {
       key = tool SUBSEP t SUBSEP c
