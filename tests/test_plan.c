@@ -23,6 +23,7 @@
 #include "coordinator/coordinator.h"
 #include "core/core.h"
 #include "model/model.h"
+#include "tests/test_util.h"
 
 /* ---- the F32 fixture, by hand (moemesh inspect lists the shapes) ------------------
  *
@@ -610,7 +611,7 @@ Test(probe, fragment, .timeout = 120)
 {
 	const char *bin = getenv("MOE_BIN");
 	cr_assert(bin != NULL, "MOE_BIN is not set");
-	const int port = 30000 + (int)(getpid() % 20000);
+	const int port = free_port(); /* not the pid's: ctest -j runs others beside */
 	char url[64];
 	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
 	const pid_t echo = fork();
