@@ -77,7 +77,11 @@ moe_err ja_fail(const jarena *a)
 
 /* ---- strings ---- */
 
-const jstr jstr_empty = {0, 0};
+/* Its terminating NUL is initialised too (a GNU C extension for a static
+ * flexible array member, which GCC and clang size to hold it): a jstr is
+ * "len bytes, then a NUL", and printing "%s" of an empty one read past the
+ * object (fuzz_jinja: raise_exception of an undefined value). */
+const jstr jstr_empty = {0, 0, {0}};
 
 size_t utf8_count(const char *s, size_t n)
 {

@@ -404,6 +404,7 @@ static const struct snippet {
     {"{{ {'a': 1}|items|list }} {{ 'x'|items|list }}", "{}"},
     {"{{ [1, 'a']|sort }}", "{}"},
     {"{{ '%d'|format('x') }}", "{}"},
+    {"{{ raise_exception(k) }}", "{}"},
     {"{{ '%.\\0'|format(1) }}", "{}"},
     {"{{ '%\\0d'|format(1) }}", "{}"},
     {"{{ '%1.2.3d'|format(1) }}", "{}"},
