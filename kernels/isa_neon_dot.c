@@ -26,22 +26,8 @@
 #include <arm_neon.h>
 #include <math.h>
 
+#include "kernels/isa_neon_tile.h" /* idot16 */
 #include "kernels/quants.h"
-
-/* acc + the 16 products a[k] * b[k], as 4 int32 lanes (which product lands in
- * which lane differs between the two builds; only lane sums are used). */
-#if defined(MOE_NEON_DOTPROD)
-static inline int32x4_t idot16(int32x4_t acc, int8x16_t a, int8x16_t b)
-{
-	return vdotq_s32(acc, a, b);
-}
-#else
-static inline int32x4_t idot16(int32x4_t acc, int8x16_t a, int8x16_t b)
-{
-	acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
-	return vpadalq_s16(acc, vmull_high_s8(a, b));
-}
-#endif
 
 /* ---- float rows ------------------------------------------------------------------ */
 

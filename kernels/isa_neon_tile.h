@@ -1,10 +1,10 @@
 /*
  * isa_neon_tile.h - private to the NEON tile files (isa_neon_gemm.c,
- * isa_neon_k23.c, isa_neon_iq4.c and their +dotprod twins isa_neondp_*.c):
- * the int8 dot helpers of the two builds, the lane helpers and the driver
- * that runs a type's 2 x T tiles over a product (gemm.h).  Included by .c
- * files only, after <arm_neon.h>; every function is static inline, so each
- * build compiles its own copy with its own flags.
+ * isa_neon_k23.c, isa_neon_iq4.c and their +dotprod twins isa_neondp_*.c)
+ * and to isa_neon_dot.c (for idot16): the int8 dot helpers of the two builds, the lane helpers and
+ * the driver that runs a type's 2 x T tiles over a product (gemm.h).  Included by .c files only,
+ * after <arm_neon.h>; every function is static inline, so each build compiles its own copy with its
+ * own flags.
  */
 #ifndef MOE_KERNELS_ISA_NEON_TILE_H
 #define MOE_KERNELS_ISA_NEON_TILE_H
