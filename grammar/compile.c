@@ -305,28 +305,42 @@ typedef struct dfa_build {
 	uint32_t *set_off, *set_n;
 	uint32_t *hash; /* open addressing: DFA ids, G_NONE empty */
 	uint32_t hash_cap;
-	uint32_t *stamp, epoch; /* [a->n] */
-	g_vec stack, tmp, pairs;
-	g_vec calls; /* pairs rule, ret per state, in state order */
+	uint32_t *stamp, epoch;   /* [a->n] */
+	g_vec tmp, pairs, sorted; /* sorted: pairs by byte class */
+	g_vec calls;              /* pairs rule, ret per state, in state order */
 	uint32_t *rule_accept;
+	uint64_t work; /* NFA states and pairs handled, held to G_MAX_DFA_WORK */
 } dfa_build;
 
+/* A set's hash, independent of the order of its members (the sets are kept
+ * in the order the closure found them: sorting them cost most of the time). */
 static uint64_t set_hash(const uint32_t *s, uint32_t n)
 {
-	uint64_t h = 1469598103934665603ull;
-	for (uint32_t i = 0; i < n; i++)
-		h = (h ^ s[i]) * 1099511628211ull;
+	uint64_t h = n;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t z = s[i] + 0x9e3779b97f4a7c15ull;
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		h += z ^ (z >> 31);
+	}
 	return h ^ (h >> 29);
 }
 
-static int cmp_u32(const void *x, const void *y)
+/* Whether stored state x holds exactly the members stamped now (n of them). */
+static int same_set(const dfa_build *d, uint32_t x, uint32_t n)
 {
-	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-	return a < b ? -1 : a > b;
+	if (d->set_n[x] != n)
+		return 0;
+	const uint32_t *s = d->sets.v + d->set_off[x];
+	for (uint32_t k = 0; k < n; k++)
+		if (d->stamp[s[k]] != d->epoch)
+			return 0;
+	return 1;
 }
 
-/* Closes d->tmp under epsilon edges, sorts it, and interns it as a DFA state
- * of rule; *id is the state. */
+/* Closes d->tmp under epsilon edges and interns it as a DFA state of rule;
+ * *id is the state.  Fails with MOE_ERR_BAD_COUNT past G_MAX_DFA states or
+ * G_MAX_DFA_WORK members handled. */
 static moe_err intern_set(dfa_build *d, uint32_t rule, uint32_t *id)
 {
 	moe_err err;
@@ -334,7 +348,6 @@ static moe_err intern_set(dfa_build *d, uint32_t rule, uint32_t *id)
 		memset(d->stamp, 0, d->a->n * sizeof(uint32_t));
 		d->epoch = 1;
 	}
-	d->stack.n = 0;
 	size_t n0 = d->tmp.n;
 	d->tmp.n = 0;
 	for (size_t i = 0; i < n0; i++) {
@@ -356,16 +369,22 @@ static moe_err intern_set(dfa_build *d, uint32_t rule, uint32_t *id)
 			d->tmp.v[d->tmp.n++] = ed->to;
 		}
 	}
-	qsort(d->tmp.v, d->tmp.n, sizeof(uint32_t), cmp_u32);
 	const uint32_t *s = d->tmp.v;
 	uint32_t n = (uint32_t)d->tmp.n;
 	uint64_t h = set_hash(s, n);
 	uint32_t mask = d->hash_cap - 1;
+	d->work += n0 + n;
 	for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+		if (d->work > G_MAX_DFA_WORK)
+			return moe_fail(MOE_ERR_BAD_COUNT,
+			                "grammar: too ambiguous to determinise within %llu steps "
+			                "(rule %s)",
+			                (unsigned long long)G_MAX_DFA_WORK, d->g->rule_names[rule]);
 		uint32_t x = d->hash[i];
 		if (x == G_NONE)
 			break;
-		if (d->set_n[x] == n && memcmp(d->sets.v + d->set_off[x], s, n * 4) == 0) {
+		d->work += d->set_n[x] == n ? n : 1;
+		if (same_set(d, x, n)) {
 			*id = x;
 			return MOE_OK;
 		}
@@ -475,8 +494,29 @@ static moe_err expand_state(dfa_build *d, uint32_t x)
 				}
 			}
 		}
-		if (d->pairs.n > 0)
+		if (pass == 0 && d->pairs.n > 0) {
+			/* counting sort by class (at most 256 of them): a comparison
+			 * sort here took a third of the determinisation */
+			uint32_t at[257] = {0};
+			for (size_t i = 0; i < d->pairs.n; i += 2)
+				at[d->pairs.v[i] + 1]++;
+			for (uint32_t c = 0; c < g->n_classes; c++)
+				at[c + 1] += at[c];
+			d->sorted.n = 0;
+			if ((err = g_vec_reserve(&d->sorted, d->pairs.n)) != MOE_OK)
+				return err;
+			for (size_t i = 0; i < d->pairs.n; i += 2) {
+				uint32_t o = 2 * at[d->pairs.v[i]]++;
+				d->sorted.v[o] = d->pairs.v[i];
+				d->sorted.v[o + 1] = d->pairs.v[i + 1];
+			}
+			d->sorted.n = d->pairs.n;
+			g_vec t = d->pairs;
+			d->pairs = d->sorted;
+			d->sorted = t;
+		} else if (d->pairs.n > 0) {
 			qsort(d->pairs.v, d->pairs.n / 2, 2 * sizeof(uint32_t), cmp_pair64);
+		}
 		for (size_t i = 0; i < d->pairs.n;) {
 			uint32_t key = d->pairs.v[i];
 			d->tmp.n = 0;
@@ -1007,7 +1047,7 @@ out_free:
 	free(d.set_n);
 	free(d.hash);
 	free(d.stamp);
-	free(d.stack.v);
+	free(d.sorted.v);
 	free(d.tmp.v);
 	free(d.pairs.v);
 	free(d.calls.v);

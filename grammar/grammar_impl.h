@@ -13,15 +13,16 @@
 #define G_INF  UINT32_MAX
 
 /* Limits that keep hostile grammars bounded. */
-#define G_MAX_NEST   64           /* nested ( ) in grammar text */
-#define G_MAX_REPEAT 10000        /* m and n of {m,n} */
-#define G_MAX_RULES  65536        /* rules in one grammar */
-#define G_MAX_NFA    (1u << 21)   /* automaton states before determinisation */
-#define G_MAX_DFA    (1u << 18)   /* automaton states after */
-#define G_MAX_CELLS  (1u << 25)   /* states x byte classes */
-#define G_MAX_STACKS 4096         /* stacks in one matcher state */
-#define G_MAX_NODES  (1u << 23)   /* interned stack nodes of one matcher */
-#define G_MAX_WORK   400000000ull /* byte steps spent building one set of tables */
+#define G_MAX_NEST     64           /* nested ( ) in grammar text */
+#define G_MAX_REPEAT   10000        /* m and n of {m,n} */
+#define G_MAX_RULES    65536        /* rules in one grammar */
+#define G_MAX_NFA      (1u << 21)   /* automaton states before determinisation */
+#define G_MAX_DFA      (1u << 18)   /* automaton states after */
+#define G_MAX_CELLS    (1u << 25)   /* states x byte classes */
+#define G_MAX_STACKS   4096         /* stacks in one matcher state */
+#define G_MAX_NODES    (1u << 23)   /* interned stack nodes of one matcher */
+#define G_MAX_WORK     400000000ull /* byte steps spent building one set of tables */
+#define G_MAX_DFA_WORK (1ull << 24) /* set members handled determinising one grammar */
 
 /* ---- byte buffers (schema.c, regex.c, range.c) ---------------------------------------- */
 
