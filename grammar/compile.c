@@ -859,6 +859,42 @@ out_free:
 
 /* ---- the whole compilation ------------------------------------------------------ */
 
+/* g->close_n and G_POPS: the expansion of one stack at each state with the
+ * rule's frame kept (the matcher's bound on the stacks a step can make). */
+static moe_err closure_sizes(moe_grammar *g)
+{
+	g_pool p;
+	g_vec out = {0};
+	uint32_t *close_n = malloc(g->n_states * sizeof(uint32_t));
+	moe_err err = g_pool_init(&p);
+	if (err == MOE_OK && close_n == NULL)
+		err = moe_fail(MOE_ERR_NOMEM, "grammar: compile");
+	for (uint32_t s = 0; s < g->n_states && err == MOE_OK; s++) {
+		uint8_t flags = 0;
+		out.n = 0;
+		err = g_start(&p, g, &out, &flags, s, G_CTX);
+		if (err == MOE_ERR_BAD_COUNT) {
+			moe_err_clear();
+			err = MOE_OK;
+			close_n[s] = UINT32_MAX;
+			flags = G_SET_CTX;
+		} else {
+			close_n[s] = (uint32_t)out.n;
+		}
+		if (flags & G_SET_CTX)
+			g->flags[s] |= G_POPS;
+		g_pool_truncate(&p, 2);
+	}
+	g_pool_free(&p);
+	free(out.v);
+	if (err != MOE_OK) {
+		free(close_n);
+		return err;
+	}
+	g->close_n = close_n;
+	return MOE_OK;
+}
+
 void moe_grammar_destroy(moe_grammar *g)
 {
 	if (g == NULL)
@@ -874,6 +910,7 @@ void moe_grammar_destroy(moe_grammar *g)
 	free(g->rule_start);
 	free(g->state_rule);
 	free(g->follow);
+	free(g->close_n);
 	free(g);
 }
 
@@ -1030,6 +1067,8 @@ static moe_err compile(moe_grammar **out, const g_rules *rs, uint32_t root)
 			g->flags[x] |= G_TAIL;
 	}
 	if ((err = check(g)) != MOE_OK)
+		goto out_free;
+	if ((err = closure_sizes(g)) != MOE_OK)
 		goto out_free;
 	*out = g;
 	g = NULL;

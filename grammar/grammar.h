@@ -250,11 +250,8 @@ moe_err moe_grammar_matcher_accept_bytes(moe_grammar_matcher *m, const char *byt
 /* Writes the mask of every token valid next: bit (tok & 31) of
  * mask[tok >> 5], moe_grammar_mask_words(v) words, exactly the tokens for
  * which token_ok is true (end tokens where the grammar may end; all zero
- * after the end), but for one case: at the stack limits a token may be in
- * the mask while token_ok says false, and accept_token then fails with
- * MOE_ERR_BAD_COUNT (the tables judge a token from one stack, not by the
- * size of the union of the current stacks' steps).  Errors: MOE_ERR_NOMEM
- * (the mask is then all zero). */
+ * after the end), at the stack limits too: a token whose step would pass
+ * them is in neither.  Errors: MOE_ERR_NOMEM (the mask is then all zero). */
 moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask);
 
 /* Whether the grammar may end here (an end token is valid), and whether it

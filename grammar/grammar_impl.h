@@ -130,7 +130,7 @@ void g_rules_free(g_rules *rs);
 
 /* ---- the compiled automaton (compile.c) ------------------------------------------ */
 
-enum { G_FINAL = 1, G_BYTES = 2, G_TAIL = 4 };
+enum { G_FINAL = 1, G_BYTES = 2, G_TAIL = 4, G_POPS = 8 };
 
 typedef struct g_call {
 	uint32_t rule, ret; /* the callee, the state to return to */
@@ -141,7 +141,8 @@ struct moe_grammar {
 	uint8_t byte_class[256];
 	uint32_t *next;     /* [n_states * n_classes] state after a byte, or G_NONE */
 	uint8_t *flags;     /* [n_states] G_FINAL: the rule may end; G_BYTES: reads bytes;
-	                       G_TAIL: final and nothing else (a call returning here is a tail call) */
+	                       G_TAIL: final and nothing else (a call returning here is a tail call);
+	                       G_POPS: see close_n */
 	uint32_t *call_off; /* [n_states + 1] */
 	g_call *calls;
 	uint32_t *rule_start;  /* [n_rules] */
@@ -149,6 +150,9 @@ struct moe_grammar {
 	char **rule_names;     /* [n_rules] */
 	uint32_t (*follow)[8]; /* [n_rules] bytes that can come right after the rule ends
 	                          (a superset; all bytes where it could not be bounded) */
+	uint32_t *close_n;     /* [n_states] stacks that read a byte in the expansion of one
+	                          stack at the state, its rule's frame kept (UINT32_MAX: more than
+	                          G_MAX_STACKS); G_POPS in flags: that expansion can end the rule */
 };
 
 static inline uint32_t g_next(const moe_grammar *g, uint32_t s, uint8_t b)
@@ -169,6 +173,8 @@ enum { G_SET_END = 1, G_SET_CTX = 2 };
 
 typedef struct g_node {
 	uint32_t state, parent, next, depth;
+	uint32_t pop; /* close_n of the node and of the parents its expansion can end into,
+	                 summed (saturating): the stacks a pop into it can make at once */
 } g_node;
 
 typedef struct g_pool {
@@ -231,7 +237,11 @@ typedef struct g_walk {
 	g_vec buf;
 	g_level *lv;
 	size_t lv_cap;
-	uint64_t work; /* byte steps taken */
+	uint64_t work;         /* byte steps taken */
+	uint32_t max_n;        /* most stacks after a byte (the caller clears it) */
+	uint8_t limit_rejects; /* a step past the stack limits rejects the tokens
+	                          through it instead of failing the walk (the
+	                          matcher: accept_token would fail there too) */
 } g_walk;
 
 void g_walk_free(g_walk *w);
@@ -252,6 +262,7 @@ typedef struct g_tab {
 	uint32_t acc_off, acc_n; /* acc_bits: a bitset at acc[acc_off], else acc_n ids */
 	uint32_t unc_off, unc_n; /* sorted positions at unc[unc_off] */
 	uint32_t max_push;       /* deepest stack a local walk from here made */
+	uint32_t max_fan;        /* most stacks a local walk from here had after a byte */
 	uint8_t acc_bits;
 } g_tab;
 

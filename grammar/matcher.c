@@ -65,6 +65,7 @@ static moe_grammar_matcher *alloc_matcher(const moe_grammar_tables *t)
 	if (m == NULL)
 		return NULL;
 	m->t = t;
+	m->walk.limit_rejects = 1;
 	m->res = malloc((size_t)t->v->n_sorted + 1);
 	m->top_seen = calloc(t->g->n_states, sizeof(uint32_t));
 	if (m->res == NULL || m->top_seen == NULL) {
@@ -303,12 +304,23 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 		memset(m->top_seen, 0, t->g->n_states * sizeof(uint32_t));
 		m->top_epoch = 1;
 	}
-	/* A stack near the depth limit could go deeper within one token than
-	 * the tables allowed for: walk every token against the real stacks. */
-	int brute = 0;
-	for (uint32_t i = 0; i < s->n; i++) {
+	/* Walk every token against the real stacks where the tables' answers
+	 * could be wrong: a stack near the depth limit could go deeper within
+	 * one token than the tables allowed for; and a token the tables accept
+	 * without a walk makes, after any byte, at most the local walk's most
+	 * stacks (max_fan) from each stack plus what one pop into its parents
+	 * makes (the pops before a byte that cannot follow die at that byte;
+	 * the tokens with any other pop are walked), so past G_MAX_STACKS in
+	 * all the step could fail where the tables said yes.  So could one
+	 * that passes the node limit, kept out by walking once half is used. */
+	int brute = m->pool.n >= G_MAX_NODES / 2;
+	uint64_t bound = 0;
+	for (uint32_t i = 0; i < s->n && !brute; i++) {
 		const g_node *nd = &m->pool.nodes[stacks[i]];
 		if (nd->depth - 1 + t->st[nd->state].max_push > MOE_GRAMMAR_MAX_DEPTH)
+			brute = 1;
+		bound += (uint64_t)t->st[nd->state].max_fan + m->pool.nodes[nd->parent].pop;
+		if (bound > G_MAX_STACKS)
 			brute = 1;
 	}
 	m->pos.n = 0;
@@ -355,11 +367,15 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 		                 m->pos.v, m->pos.n, m->res);
 		if (err != MOE_OK)
 			goto out_clear;
-		for (size_t i = 0; i < m->pos.n; i++)
-			if (m->res[i] == G_ACC) {
-				uint32_t id = v->sorted[m->pos.v[i]];
+		/* the walk is exact: it overrides what the tables said of a
+		 * token (another stack's table may have accepted it) */
+		for (size_t i = 0; i < m->pos.n; i++) {
+			uint32_t id = v->sorted[m->pos.v[i]];
+			if (m->res[i] == G_ACC)
 				mask[id >> 5] |= 1u << (id & 31);
-			}
+			else
+				mask[id >> 5] &= ~(1u << (id & 31));
+		}
 	}
 out_end:
 	if (s->flags & G_SET_END)

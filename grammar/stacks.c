@@ -32,8 +32,8 @@ moe_err g_pool_init(g_pool *p)
 		return moe_fail(MOE_ERR_NOMEM, "grammar: stack nodes");
 	}
 	memset(p->bucket, 0xFF, p->n_buckets * sizeof(uint32_t));
-	p->nodes[G_BOTTOM] = (g_node){G_NONE, G_NONE, G_NONE, 0};
-	p->nodes[G_CTX] = (g_node){G_NONE, G_NONE, G_NONE, 0};
+	p->nodes[G_BOTTOM] = (g_node){G_NONE, G_NONE, G_NONE, 0, 0};
+	p->nodes[G_CTX] = (g_node){G_NONE, G_NONE, G_NONE, 0, 0};
 	p->n = 2;
 	return MOE_OK;
 }
@@ -111,7 +111,19 @@ static moe_err grow(g_pool *p)
 	return MOE_OK;
 }
 
-static moe_err intern(g_pool *p, uint32_t state, uint32_t parent, uint32_t *id)
+/* The stacks a pop into node (state, parent) can make at once: see g_node. */
+static uint32_t pop_bound(const g_pool *p, const moe_grammar *g, uint32_t state, uint32_t parent)
+{
+	if (g->close_n == NULL)
+		return 0; /* compile.c is still measuring close_n */
+	uint64_t n = g->close_n[state];
+	if (g->flags[state] & G_POPS)
+		n += p->nodes[parent].pop;
+	return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+static moe_err intern(g_pool *p, const moe_grammar *g, uint32_t state, uint32_t parent,
+                      uint32_t *id)
 {
 	uint32_t h = node_hash(state, parent);
 	for (uint32_t x = p->bucket[h & (p->n_buckets - 1)]; x != G_NONE; x = p->nodes[x].next)
@@ -124,7 +136,8 @@ static moe_err intern(g_pool *p, uint32_t state, uint32_t parent, uint32_t *id)
 		return err;
 	uint32_t b = h & (p->n_buckets - 1);
 	uint32_t x = p->n++;
-	p->nodes[x] = (g_node){state, parent, p->bucket[b], p->nodes[parent].depth + 1};
+	p->nodes[x] = (g_node){state, parent, p->bucket[b], p->nodes[parent].depth + 1,
+	                       pop_bound(p, g, state, parent)};
 	p->bucket[b] = x;
 	p->mark[x] = 0;
 	if (p->nodes[x].depth > p->max_depth)
@@ -185,11 +198,11 @@ static moe_err close_work(g_pool *p, const moe_grammar *g, g_vec *out, uint8_t *
 			const g_call c = g->calls[k];
 			uint32_t parent = nd.parent, y;
 			if (!(g->flags[c.ret] & G_TAIL) &&
-			    (err = intern(p, c.ret, nd.parent, &parent)) != MOE_OK)
+			    (err = intern(p, g, c.ret, nd.parent, &parent)) != MOE_OK)
 				return err;
 			if (p->nodes[parent].depth >= MOE_GRAMMAR_MAX_DEPTH)
 				continue; /* deeper than the matcher follows */
-			if ((err = intern(p, g->rule_start[c.rule], parent, &y)) != MOE_OK)
+			if ((err = intern(p, g, g->rule_start[c.rule], parent, &y)) != MOE_OK)
 				return err;
 			if ((err = add(p, y)) != MOE_OK)
 				return err;
@@ -204,7 +217,7 @@ moe_err g_start(g_pool *p, const moe_grammar *g, g_vec *out, uint8_t *flags, uin
 	uint32_t x;
 	*flags = 0;
 	next_epoch(p);
-	moe_err err = intern(p, state, parent, &x);
+	moe_err err = intern(p, g, state, parent, &x);
 	if (err == MOE_OK)
 		err = add(p, x);
 	if (err == MOE_OK)
@@ -223,7 +236,7 @@ moe_err g_step(g_pool *p, const moe_grammar *g, g_vec *out, uint8_t *flags, size
 		uint32_t t = g_next(g, nd.state, b), y;
 		if (t == G_NONE)
 			continue;
-		if ((err = intern(p, t, nd.parent, &y)) != MOE_OK)
+		if ((err = intern(p, g, t, nd.parent, &y)) != MOE_OK)
 			return err;
 		if ((err = add(p, y)) != MOE_OK)
 			return err;

@@ -68,20 +68,34 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 			nx->off = w->buf.n;
 			err =
 			    g_step(p, g, &w->buf, &nx->flags, lv[depth].off, lv[depth].n, b[depth]);
+			if (err == MOE_ERR_BAD_COUNT && w->limit_rejects) {
+				/* past the limits: a dead level, so the tokens
+				 * through it are rejected, as run_bytes fails */
+				moe_err_clear();
+				err = MOE_OK;
+				g_pool_truncate(p, nx->mark);
+				w->buf.n = nx->off;
+				nx->flags = 0;
+			}
 			if (err != MOE_OK) {
 				g_pool_truncate(p, base);
 				return err;
 			}
 			nx->n = (uint32_t)(w->buf.n - nx->off);
+			if (nx->n > w->max_n)
+				w->max_n = nx->n;
 			nx->cum_ctx = lv[depth].cum_ctx | follows(&lv[depth], follow, b[depth]);
 			depth++;
 			w->work++;
 		}
+		/* accepted after a stack ended into the context before a byte
+		 * that can follow: uncertain too, since the real stacks' step
+		 * goes on below the position (the matcher bounds the others) */
 		if (depth == len)
-			res[i] = (lv[len].n > 0 || (lv[len].flags & (G_SET_CTX | G_SET_END)))
+			res[i] = lv[len].cum_ctx ? G_UNC
+			         : (lv[len].n > 0 || (lv[len].flags & (G_SET_CTX | G_SET_END)))
 			             ? G_ACC
-			         : lv[len].cum_ctx ? G_UNC
-			                           : G_REJ;
+			             : G_REJ;
 		else
 			res[i] = lv[depth].cum_ctx || follows(&lv[depth], follow, b[depth]) ? G_UNC
 			                                                                    : G_REJ;
@@ -150,6 +164,7 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 			for (uint32_t i = lo; i < hi; i++)
 				pos.v[pos.n++] = i;
 		}
+		w.max_n = 0;
 		err = g_walk_run(&w, &p, g, v, start.v, (uint32_t)start.n, flags,
 		                 g->follow[g->state_rule[s]], pos.v, pos.n, res);
 		if (err != MOE_OK)
@@ -163,6 +178,7 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 		}
 		g_tab *tab = &t->st[s];
 		tab->max_push = p.max_depth;
+		tab->max_fan = w.max_n;
 		ids.n = 0;
 		tab->unc_off = (uint32_t)unc.n;
 		for (size_t i = 0; i < pos.n; i++) {

@@ -286,6 +286,34 @@ Test(grammar, fill_mask_is_token_ok_over_the_vocabulary, .timeout = 300)
 	moe_grammar_destroy(g);
 }
 
+/* An ambiguous grammar whose stacks double until a byte's step would pass
+ * the 4,096-stack limit (fuzz_grammar's input of stop 26): the mask stays
+ * exactly token_ok at every step, the limit included, where the tables had
+ * accepted a byte that the step then refused. */
+Test(grammar, mask_is_exact_at_the_stack_limit)
+{
+	moe_grammar *g = parse_ok("root ::= (item \"\\n\")+\nitem ::= [^Tn]+ root| ");
+	moe_grammar_tables *t;
+	cr_assert(moe_grammar_tables_create(&t, g, tiny_vocab()) == MOE_OK, "%s", moe_err_detail());
+	moe_grammar_matcher *m;
+	cr_assert(moe_grammar_matcher_create(&m, t) == MOE_OK);
+	static const char in[] = "\0d (\"x\" | \"y\")*\n\0- = a | b\na \0\0\0\0\0 ::=|";
+	moe_err last = MOE_OK;
+	size_t k = 0;
+	for (; k < sizeof in - 1 && last == MOE_OK; k++) {
+		char where[32];
+		snprintf(where, sizeof where, "byte %zu", k);
+		check_mask_exact(m, tiny_vocab(), where);
+		last = moe_grammar_matcher_accept_token(m, (uint8_t)in[k]);
+	}
+	cr_assert_eq(last, MOE_ERR_BAD_COUNT, "byte %zu: %s", k, moe_err_name(last));
+	cr_assert(strstr(moe_err_detail(), "stacks at once") != NULL, "%s", moe_err_detail());
+	cr_assert_eq(k - 1, 32, "the limit came at byte %zu", k - 1);
+	moe_grammar_matcher_destroy(m);
+	moe_grammar_tables_destroy(t);
+	moe_grammar_destroy(g);
+}
+
 Test(grammar, rollback_and_clone)
 {
 	moe_grammar *g;

@@ -3,8 +3,7 @@
  * the input is grammar text, then a NUL byte, then bytes to match.  A grammar
  * that compiles is indexed over a vocabulary of the 256 single bytes and an
  * end token, and the bytes are fed one token at a time: each must be accepted
- * exactly when token_ok and the full mask say it is valid (a token in the
- * mask that passes the stack limits excepted, as grammar.h says).
+ * exactly when token_ok and the full mask say it is valid.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -50,10 +49,6 @@ static void match(const moe_grammar *g, const uint8_t *in, size_t n)
 		const bool in_mask = (mask[tok >> 5] >> (tok & 31)) & 1u;
 		const bool ok = moe_grammar_matcher_token_ok(m, tok);
 		if (ok != in_mask) {
-			/* the one case grammar.h allows: a token in the mask whose step
-			 * passes the stack limits */
-			if (in_mask && moe_grammar_matcher_accept_token(m, tok) == MOE_ERR_BAD_COUNT)
-				break;
 			fprintf(stderr, "token_ok and the mask disagree at byte %zu\n", i);
 			abort();
 		}
