@@ -357,6 +357,9 @@ static moe_err intern_set(dfa_build *d, uint32_t rule, uint32_t *id)
 		d->stamp[u] = d->epoch;
 		d->tmp.v[d->tmp.n++] = u;
 	}
+	/* the closure holds each NFA state at most once */
+	if ((err = g_vec_reserve(&d->tmp, d->a->n - d->tmp.n)) != MOE_OK)
+		return err;
 	for (size_t i = 0; i < d->tmp.n; i++) {
 		uint32_t u = d->tmp.v[i];
 		for (uint32_t e = d->a->head[u]; e != G_NONE; e = d->a->e[e].next) {
@@ -364,8 +367,6 @@ static moe_err intern_set(dfa_build *d, uint32_t rule, uint32_t *id)
 			if (ed->kind != E_EPS || d->stamp[ed->to] == d->epoch)
 				continue;
 			d->stamp[ed->to] = d->epoch;
-			if ((err = g_vec_reserve(&d->tmp, 1)) != MOE_OK)
-				return err;
 			d->tmp.v[d->tmp.n++] = ed->to;
 		}
 	}
@@ -519,12 +520,14 @@ static moe_err expand_state(dfa_build *d, uint32_t x)
 		}
 		for (size_t i = 0; i < d->pairs.n;) {
 			uint32_t key = d->pairs.v[i];
+			size_t j = i;
+			while (j < d->pairs.n && d->pairs.v[j] == key)
+				j += 2;
 			d->tmp.n = 0;
-			for (; i < d->pairs.n && d->pairs.v[i] == key; i += 2) {
-				if ((err = g_vec_reserve(&d->tmp, 1)) != MOE_OK)
-					return err;
+			if ((err = g_vec_reserve(&d->tmp, (j - i) / 2)) != MOE_OK)
+				return err;
+			for (; i < j; i += 2)
 				d->tmp.v[d->tmp.n++] = d->pairs.v[i + 1];
-			}
 			uint32_t t;
 			if ((err = intern_set(d, rule, &t)) != MOE_OK)
 				return err;

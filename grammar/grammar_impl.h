@@ -22,7 +22,7 @@
 #define G_MAX_STACKS   4096         /* stacks in one matcher state */
 #define G_MAX_NODES    (1u << 23)   /* interned stack nodes of one matcher */
 #define G_MAX_WORK     400000000ull /* byte steps spent building one set of tables */
-#define G_MAX_DFA_WORK (1ull << 24) /* set members handled determinising one grammar */
+#define G_MAX_DFA_WORK (1ull << 23) /* set members handled determinising one grammar */
 
 /* ---- byte buffers (schema.c, regex.c, range.c) ---------------------------------------- */
 
