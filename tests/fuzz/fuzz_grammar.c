@@ -1,9 +1,11 @@
 /*
  * fuzz_grammar.c - libFuzzer harness for the grammar compiler and matcher:
  * the input is grammar text, then a NUL byte, then bytes to match.  A grammar
- * that compiles is indexed over a vocabulary of the 256 single bytes and an
- * end token, and the bytes are fed one token at a time: each must be accepted
- * exactly when token_ok and the full mask say it is valid.
+ * that compiles is indexed over a vocabulary of the 256 single bytes, an end
+ * token and some multi-byte tokens, and the bytes are fed one token at a
+ * time: each must be accepted exactly when token_ok and the full mask say it
+ * is valid, and two multi-byte tokens per step must be in the mask exactly
+ * when token_ok says so.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -13,13 +15,24 @@
 
 static moe_grammar_vocab *vocab;
 
+/* Multi-byte tokens after the 256 bytes and the end token (id 256): real
+ * vocabularies are mostly such tokens, and a token of several bytes can push,
+ * pop and fan out within one step, which one byte cannot. */
+static const char *const multi[] = {
+    "ab",  "abc", "aa",   "  ",   "\n\n", " \n", "{\"", "\":", "\",", "},", "[]",  "12",
+    "-1",  "0.",  "true", "null", "\\n",  "xy",  "a\n", "\n-", "- ",  "::", "==",  "\t\t",
+    "a b", "()",  "x|",   "|y",   "\"\"", "9-",  "-9",  "{}",  "a\"", "',", "TnT", "\n\n\n",
+};
+#define N_MULTI (sizeof multi / sizeof *multi)
+#define N_VOCAB (257 + N_MULTI)
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
 	static char bytes[256];
-	const char *strs[257];
-	size_t lens[257];
+	const char *strs[N_VOCAB];
+	size_t lens[N_VOCAB];
 	for (int i = 0; i < 256; i++) {
 		bytes[i] = (char)i;
 		strs[i] = &bytes[i];
@@ -27,11 +40,29 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	strs[256] = "";
 	lens[256] = 0;
+	for (size_t i = 0; i < N_MULTI; i++) {
+		strs[257 + i] = multi[i];
+		lens[257 + i] = strlen(multi[i]);
+	}
 	const int32_t end = 256;
-	const moe_err err = moe_grammar_vocab_create(&vocab, 257, strs, lens, NULL, &end, 1);
+	const moe_err err = moe_grammar_vocab_create(&vocab, N_VOCAB, strs, lens, NULL, &end, 1);
 	if (err != MOE_OK)
 		fuzz_setup_failed("the byte vocabulary", err);
 	return 0;
+}
+
+/* Whether token tok's bit in the mask is what token_ok says (aborts if not). */
+static bool agrees(moe_grammar_matcher *m, const uint32_t *mask, int32_t tok, size_t at)
+{
+	const bool in_mask = (mask[tok >> 5] >> (tok & 31)) & 1u;
+	const bool ok = moe_grammar_matcher_token_ok(m, tok);
+	if (ok != in_mask) {
+		fprintf(stderr,
+		        "token_ok (%d) and the mask (%d) disagree on token %d at byte %zu\n", ok,
+		        in_mask, tok, at);
+		abort();
+	}
+	return ok;
 }
 
 static void match(const moe_grammar *g, const uint8_t *in, size_t n)
@@ -46,12 +77,10 @@ static void match(const moe_grammar *g, const uint8_t *in, size_t n)
 		const int32_t tok = in[i];
 		if (moe_grammar_matcher_fill_mask(m, mask) != MOE_OK)
 			break;
-		const bool in_mask = (mask[tok >> 5] >> (tok & 31)) & 1u;
-		const bool ok = moe_grammar_matcher_token_ok(m, tok);
-		if (ok != in_mask) {
-			fprintf(stderr, "token_ok and the mask disagree at byte %zu\n", i);
-			abort();
-		}
+		const bool ok = agrees(m, mask, tok, i);
+		/* two of the multi-byte tokens, picked by the input */
+		(void)agrees(m, mask, (int32_t)(257 + (in[i] * 7u + i) % N_MULTI), i);
+		(void)agrees(m, mask, (int32_t)(257 + (in[i] * 13u + 3 * i + 1) % N_MULTI), i);
 		const moe_err err = moe_grammar_matcher_accept_token(m, tok);
 		if ((err == MOE_OK) != ok && err != MOE_ERR_BAD_COUNT) {
 			fprintf(stderr, "accept_token disagrees with token_ok at byte %zu\n", i);
