@@ -24,6 +24,10 @@
 #define G_MAX_WORK     400000000ull /* byte steps spent building one set of tables */
 #define G_MAX_DFA_WORK (1ull << 23) /* set members handled determinising one grammar */
 
+/* Token lengths the matcher's stack bounds are kept for: at most 1, 2, 4 ...
+ * 128 bytes, then any. */
+#define G_FAN_BUCKETS 9
+
 /* ---- byte buffers (schema.c, regex.c, range.c) ---------------------------------------- */
 
 typedef struct g_buf {
@@ -216,6 +220,8 @@ struct moe_grammar_vocab {
 	uint8_t *kind;       /* [n_vocab] G_TOK_* */
 	uint32_t *sorted;    /* [n_sorted] the NORMAL tokens by their bytes */
 	uint32_t first[257]; /* sorted[first[b] .. first[b+1]) start with byte b */
+	uint32_t *by_len;    /* [n_sorted] positions in sorted, longest token first */
+	uint32_t n_longer[G_FAN_BUCKETS]; /* tokens longer than 2^k bytes (the last: 0) */
 	uint32_t *end_ids;
 	uint32_t n_end;
 	size_t words;
@@ -238,7 +244,8 @@ typedef struct g_walk {
 	g_level *lv;
 	size_t lv_cap;
 	uint64_t work;         /* byte steps taken */
-	uint32_t max_n;        /* most stacks after a byte (the caller clears it) */
+	uint32_t *most;        /* [max_len + 1] most stacks after d bytes (the caller
+	                          clears it; NULL: not kept) */
 	uint8_t limit_rejects; /* a step past the stack limits rejects the tokens
 	                          through it instead of failing the walk (the
 	                          matcher: accept_token would fail there too) */
@@ -259,10 +266,12 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 /* ---- tables (tables.c) ----------------------------------------------------------- */
 
 typedef struct g_tab {
-	uint32_t acc_off, acc_n; /* acc_bits: a bitset at acc[acc_off], else acc_n ids */
-	uint32_t unc_off, unc_n; /* sorted positions at unc[unc_off] */
-	uint32_t max_push;       /* deepest stack a local walk from here made */
-	uint32_t max_fan;        /* most stacks a local walk from here had after a byte */
+	uint32_t acc_off, acc_n;     /* acc_bits: a bitset at acc[acc_off], else acc_n ids */
+	uint32_t unc_off, unc_n;     /* sorted positions at unc[unc_off] */
+	uint32_t max_push;           /* deepest stack a local walk from here made */
+	uint16_t fan[G_FAN_BUCKETS]; /* most stacks a local walk from here had after
+	                                a byte of a token of at most 2^k bytes (the
+	                                last: of any length), saturating */
 	uint8_t acc_bits;
 } g_tab;
 

@@ -304,25 +304,33 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 		memset(m->top_seen, 0, t->g->n_states * sizeof(uint32_t));
 		m->top_epoch = 1;
 	}
-	/* Walk every token against the real stacks where the tables' answers
-	 * could be wrong: a stack near the depth limit could go deeper within
-	 * one token than the tables allowed for; and a token the tables accept
-	 * without a walk makes, after any byte, at most the local walk's most
-	 * stacks (max_fan) from each stack plus what one pop into its parents
-	 * makes (the pops before a byte that cannot follow die at that byte;
-	 * the tokens with any other pop are walked), so past G_MAX_STACKS in
-	 * all the step could fail where the tables said yes.  So could one
-	 * that passes the node limit, kept out by walking once half is used. */
+	/* Walk tokens against the real stacks where the tables' answers could
+	 * be wrong.  A stack near the depth limit could go deeper within one
+	 * token than the tables allowed for: walk them all.  And a token the
+	 * tables accept without a walk makes, after any byte, at most the local
+	 * walk's most stacks from each current stack (fan, kept by token
+	 * length) plus what one pop into that stack's parents makes (pops
+	 * before a byte that cannot follow die at that byte; the tokens with any
+	 * other pop are walked anyway), so where that sum passes G_MAX_STACKS
+	 * the step could fail where the tables said yes: walk the tokens of the
+	 * lengths it does for (all of them past half the node limit). */
 	int brute = m->pool.n >= G_MAX_NODES / 2;
-	uint64_t bound = 0;
+	uint64_t bound[G_FAN_BUCKETS] = {0};
 	for (uint32_t i = 0; i < s->n && !brute; i++) {
 		const g_node *nd = &m->pool.nodes[stacks[i]];
 		if (nd->depth - 1 + t->st[nd->state].max_push > MOE_GRAMMAR_MAX_DEPTH)
 			brute = 1;
-		bound += (uint64_t)t->st[nd->state].max_fan + m->pool.nodes[nd->parent].pop;
-		if (bound > G_MAX_STACKS)
-			brute = 1;
+		for (int k = 0; k < G_FAN_BUCKETS; k++)
+			bound[k] +=
+			    (uint64_t)t->st[nd->state].fan[k] + m->pool.nodes[nd->parent].pop;
 	}
+	/* tokens of at most 2^safe bytes are safe; the n_long longest are not */
+	int safe = G_FAN_BUCKETS - 1;
+	while (safe >= 0 && bound[safe] > G_MAX_STACKS)
+		safe--;
+	if (safe < 0)
+		brute = 1;
+	uint32_t n_long = brute ? 0 : v->n_longer[safe];
 	m->pos.n = 0;
 	int n_unc_tops = 0;
 	for (uint32_t i = 0; i < s->n && !brute; i++) {
@@ -354,7 +362,11 @@ moe_err moe_grammar_matcher_fill_mask(moe_grammar_matcher *m, uint32_t *mask)
 		for (uint32_t i = 0; i < v->n_sorted; i++)
 			m->pos.v[i] = i;
 		m->pos.n = v->n_sorted;
-	} else if (n_unc_tops > 1) {
+	} else if (n_unc_tops > 1 || n_long > 0) {
+		if ((err = g_vec_reserve(&m->pos, n_long)) != MOE_OK)
+			goto out_clear;
+		memcpy(m->pos.v + m->pos.n, v->by_len, n_long * sizeof(uint32_t));
+		m->pos.n += n_long;
 		qsort(m->pos.v, m->pos.n, sizeof(uint32_t), cmp_u32);
 		size_t k = 0;
 		for (size_t i = 0; i < m->pos.n; i++)

@@ -82,8 +82,8 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 				return err;
 			}
 			nx->n = (uint32_t)(w->buf.n - nx->off);
-			if (nx->n > w->max_n)
-				w->max_n = nx->n;
+			if (w->most != NULL && nx->n > w->most[depth + 1])
+				w->most[depth + 1] = nx->n;
 			nx->cum_ctx = lv[depth].cum_ctx | follows(&lv[depth], follow, b[depth]);
 			depth++;
 			w->work++;
@@ -103,6 +103,19 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 	}
 	g_pool_truncate(p, base);
 	return MOE_OK;
+}
+
+/* tab->fan from the most stacks after d bytes (most[1 .. max_len]). */
+static void set_fan(g_tab *tab, const uint32_t *most, uint32_t max_len)
+{
+	uint32_t run = 0, d = 1;
+	for (int k = 0; k < G_FAN_BUCKETS; k++) {
+		uint32_t upto = k + 1 < G_FAN_BUCKETS && (1u << k) < max_len ? 1u << k : max_len;
+		for (; d <= upto; d++)
+			if (most[d] > run)
+				run = most[d];
+		tab->fan[k] = run > UINT16_MAX ? UINT16_MAX : (uint16_t)run;
+	}
 }
 
 void moe_grammar_tables_destroy(moe_grammar_tables *t)
@@ -129,7 +142,8 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 	g_vec start = {0}, pos = {0}, acc = {0}, unc = {0}, ids = {0};
 	uint8_t *res = malloc((size_t)v->n_sorted + 1);
 	moe_grammar_tables *t = calloc(1, sizeof(*t));
-	if (t == NULL || res == NULL) {
+	w.most = malloc(((size_t)v->max_len + 1) * sizeof(uint32_t));
+	if (t == NULL || res == NULL || w.most == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "grammar tables");
 		goto out_free;
 	}
@@ -164,7 +178,7 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 			for (uint32_t i = lo; i < hi; i++)
 				pos.v[pos.n++] = i;
 		}
-		w.max_n = 0;
+		memset(w.most, 0, ((size_t)v->max_len + 1) * sizeof(uint32_t));
 		err = g_walk_run(&w, &p, g, v, start.v, (uint32_t)start.n, flags,
 		                 g->follow[g->state_rule[s]], pos.v, pos.n, res);
 		if (err != MOE_OK)
@@ -178,7 +192,7 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 		}
 		g_tab *tab = &t->st[s];
 		tab->max_push = p.max_depth;
-		tab->max_fan = w.max_n;
+		set_fan(tab, w.most, v->max_len);
 		ids.n = 0;
 		tab->unc_off = (uint32_t)unc.n;
 		for (size_t i = 0; i < pos.n; i++) {
@@ -227,6 +241,7 @@ out_free:
 	free(acc.v);
 	free(unc.v);
 	free(ids.v);
+	free(w.most);
 	g_walk_free(&w);
 	g_pool_free(&p);
 	return err;

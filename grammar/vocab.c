@@ -23,6 +23,34 @@ static int cmp_tok(const void *x, const void *y)
 	return a->id < b->id ? -1 : a->id > b->id;
 }
 
+/* v->by_len and v->n_longer from the sorted keys (a counting sort by
+ * length, longest first). */
+static moe_err index_by_length(moe_grammar_vocab *v, const tok_key *keys)
+{
+	uint32_t n = v->n_sorted;
+	uint32_t *at = calloc((size_t)v->max_len + 2, sizeof(uint32_t));
+	v->by_len = malloc((n ? n : 1) * sizeof(uint32_t));
+	if (at == NULL || v->by_len == NULL) {
+		free(at);
+		return moe_fail(MOE_ERR_NOMEM, "grammar vocab: %u tokens", n);
+	}
+	/* at[max_len - len + 1] counts tokens of len; prefix sums give starts */
+	for (uint32_t i = 0; i < n; i++)
+		at[v->max_len - keys[i].len + 1]++;
+	for (uint32_t l = 1; l <= v->max_len + 1; l++)
+		at[l] += at[l - 1];
+	for (uint32_t i = 0; i < n; i++)
+		v->by_len[at[v->max_len - keys[i].len]++] = i;
+	for (int k = 0; k < G_FAN_BUCKETS; k++) {
+		uint32_t c = 0;
+		while (k + 1 < G_FAN_BUCKETS && c < n && keys[v->by_len[c]].len > (1u << k))
+			c++;
+		v->n_longer[k] = c;
+	}
+	free(at);
+	return MOE_OK;
+}
+
 void moe_grammar_vocab_destroy(moe_grammar_vocab *v)
 {
 	if (v == NULL)
@@ -31,6 +59,7 @@ void moe_grammar_vocab_destroy(moe_grammar_vocab *v)
 	free(v->off);
 	free(v->kind);
 	free(v->sorted);
+	free(v->by_len);
 	free(v->end_ids);
 	free(v);
 }
@@ -118,6 +147,8 @@ moe_err moe_grammar_vocab_create(moe_grammar_vocab **out, uint32_t n_vocab,
 	}
 	while (b <= 256)
 		v->first[b++] = n;
+	if ((err = index_by_length(v, keys)) != MOE_OK)
+		goto out_destroy;
 	free(keys);
 	*out = v;
 	return MOE_OK;

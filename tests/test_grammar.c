@@ -314,6 +314,55 @@ Test(grammar, mask_is_exact_at_the_stack_limit)
 	moe_grammar_destroy(g);
 }
 
+/* The same limit met by long tokens first: every letter doubles the stacks
+ * (two rules to return through, so the return frames differ), so "aaaa" passes 4,096 stacks while "a" still fits;
+ * the mask, which walks only the tokens too long for its bound there, stays
+ * exactly token_ok throughout. */
+Test(grammar, mask_is_exact_when_long_tokens_pass_the_limit)
+{
+	moe_grammar *g =
+	    parse_ok("root ::= [a-z] x \"b\" | [a-z] y \"c\" | \"\"\nx ::= root\ny ::= root");
+	static char single[256];
+	const char *bytes[260];
+	size_t lens[260];
+	for (int i = 0; i < 256; i++) {
+		single[i] = (char)i;
+		bytes[i] = &single[i];
+		lens[i] = 1;
+	}
+	bytes[256] = "aa";
+	bytes[257] = "aaa";
+	bytes[258] = "aaaa";
+	bytes[259] = "<end>";
+	lens[256] = 2;
+	lens[257] = 3;
+	lens[258] = 4;
+	lens[259] = 5;
+	const int32_t end = 259;
+	moe_grammar_vocab *v;
+	cr_assert(moe_grammar_vocab_create(&v, 260, bytes, lens, NULL, &end, 1) == MOE_OK);
+	moe_grammar_tables *t;
+	cr_assert(moe_grammar_tables_create(&t, g, v) == MOE_OK, "%s", moe_err_detail());
+	moe_grammar_matcher *m;
+	cr_assert(moe_grammar_matcher_create(&m, t) == MOE_OK);
+	size_t k = 0;
+	for (; k < 20 && moe_grammar_matcher_token_ok(m, 258); k++) {
+		char where[32];
+		snprintf(where, sizeof where, "after %zu letters", k);
+		check_mask_exact(m, v, where);
+		cr_assert(moe_grammar_matcher_accept_token(m, 'a') == MOE_OK, "%zu", k);
+	}
+	/* "aaaa" went first, for the stack limit, not for the grammar */
+	cr_assert(k < 20, "four letters still fit after %zu", k);
+	cr_assert(moe_grammar_matcher_token_ok(m, 'a'));
+	cr_assert_eq(moe_grammar_matcher_accept_token(m, 258), MOE_ERR_BAD_COUNT);
+	check_mask_exact(m, v, "at the limit");
+	moe_grammar_matcher_destroy(m);
+	moe_grammar_tables_destroy(t);
+	moe_grammar_vocab_destroy(v);
+	moe_grammar_destroy(g);
+}
+
 Test(grammar, rollback_and_clone)
 {
 	moe_grammar *g;
