@@ -55,6 +55,26 @@ void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
 void moe_gemm_q3_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t);
 
+/* One Q8_K token block rearranged for the lanes kernels (repack_k23.c): qs
+ * in the weights' lanes order (byte b of vector v = the block's value
+ * moe_lanes_value(v, b)), the bsums and 4 x the bsums (Q3_K's -4 offset). */
+typedef struct moe_q8_K_lanes {
+	float d;
+	int8_t qs[256];
+	int16_t bsums[16];
+	int16_t bsums4[16];
+} moe_q8_K_lanes;
+
+/* The AVX2 lanes kernels (isa_avx2_k23.c, taken by the AVX-512 level too):
+ * prep = the token's nb = n_cols / 256 blocks rearranged from the Q8_K row a;
+ * y[r] = repacked row r (stride w_stride) against it, r < n_r, with the bits
+ * of moe_matmul_q on the rows before repacking. */
+void moe_prep_q8_K_lanes_avx2(moe_q8_K_lanes *prep, const uint8_t *a, int64_t nb);
+void moe_gemv_q2_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
+                              int64_t n_r, const moe_q8_K_lanes *prep);
+void moe_gemv_q3_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
+                              int64_t n_r, const moe_q8_K_lanes *prep);
+
 /* Single-threaded: y[t*ldy + (r - r0)] = row r . token t for r in [r0, r1)
  * and t < n_tok; w points at row 0. The same per-element arithmetic as
  * moe_matmul_q. */
