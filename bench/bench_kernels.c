@@ -179,7 +179,7 @@ static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, bool lan
 			const double tr = moe_bench_triad_run(tri, pools[p], 1);
 			triad[p] = tr > triad[p] ? tr : triad[p];
 			double t0 = moe_now_s();
-			err = lanes ? moe_matmul_repacked(pools[p], y, w, t, rows, GEMV_COLS, xq)
+			err = lanes ? moe_matmul_repacked(pools[p], y, w, t, rows, GEMV_COLS, xq, 1)
 			            : moe_matmul_q(pools[p], y, w, t, rows, GEMV_COLS, xq, 1);
 			double dt = moe_now_s() - t0;
 			if (rep > 0 && dt < best) /* rep 0 warms up */

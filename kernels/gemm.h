@@ -67,13 +67,22 @@ typedef struct moe_q8_K_lanes {
 
 /* The AVX2 lanes kernels (isa_avx2_k23.c, taken by the AVX-512 level too):
  * prep = the token's nb = n_cols / 256 blocks rearranged from the Q8_K row a;
- * y[r] = repacked row r (stride w_stride) against it, r < n_r, with the bits
- * of moe_matmul_q on the rows before repacking. */
+ * y[t * ldy + r] = repacked row r (stride w_stride) against token t (prep +
+ * t * nb), r < n_r, t < n_t, with the bits of moe_matmul_q on the rows
+ * before repacking (one token: four rows per pass; several: groups of 8, 4,
+ * 2, 1 tokens over every row, the quants unpacked once per group). */
 void moe_prep_q8_K_lanes_avx2(moe_q8_K_lanes *prep, const uint8_t *a, int64_t nb);
-void moe_gemv_q2_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
-                              int64_t n_r, const moe_q8_K_lanes *prep);
-void moe_gemv_q3_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
-                              int64_t n_r, const moe_q8_K_lanes *prep);
+void moe_gemm_q2_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep,
+                              int64_t n_t);
+void moe_gemm_q3_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep,
+                              int64_t n_t);
+
+/* moe_gemm_rows on rows repacked by moe_repack_rows (Q2_K, Q3_K): the same
+ * bits as moe_gemm_rows on the rows before repacking. */
+moe_err moe_gemm_rows_repacked(float *y, int64_t ldy, const void *w, moe_type t, int64_t r0,
+                               int64_t r1, int64_t n_cols, const void *xq, int64_t n_tok);
 
 /* Single-threaded: y[t*ldy + (r - r0)] = row r . token t for r in [r0, r1)
  * and t < n_tok; w points at row 0. The same per-element arithmetic as

@@ -544,29 +544,39 @@ static ALWAYS_INLINE __m256i lanes_mul(__m256i q, const moe_q8_K_lanes *y, int k
 	return _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k)));
 }
 
-/* Q2_K lanes block x against y: *is = 8 int32 lanes summing to the block's
- * isum, *ms to its msum (exact).  Pairs at factor 1, 4, 16 are at most
- * 2 * 48 * 128 = 12288, two of them summed (24576); a lane's sum after the
- * shifts at most 16 * 3 * 128 = 6144. */
-static ALWAYS_INLINE void q2_K_lanes_block(const moe_block_q2_K *x, const moe_q8_K_lanes *y,
-                                           __m256i *is, __m256i *ms)
+/* The 8 vectors of a Q2_K lanes block's quants as they lie: q[0..1] at
+ * factor 1 (vectors 0, 4), q[2..3] at 4 (1, 5), q[4..7] at 16 (2, 6, 3, 7);
+ * prefetches the row 16 blocks ahead. */
+static ALWAYS_INLINE void q2_K_lanes_unpack(const moe_block_q2_K *x, __m256i q[8])
 {
 	const __m256i m03 = _mm256_set1_epi8(0x03), m0c = _mm256_set1_epi8(0x0c),
 	              m30 = _mm256_set1_epi8(0x30);
 
 	_mm_prefetch((const char *)(x + 16), _MM_HINT_T0);
-	const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
 	const __m256i s0 = _mm256_loadu_si256((const __m256i *)x->qs);
 	const __m256i s1 = _mm256_loadu_si256((const __m256i *)(x->qs + 32));
-	const __m256i f1 = _mm256_add_epi16(lanes_mul(_mm256_and_si256(s0, m03), y, 0),
-	                                    lanes_mul(_mm256_and_si256(s1, m03), y, 4));
-	const __m256i f4 = _mm256_add_epi16(lanes_mul(_mm256_and_si256(s0, m0c), y, 1),
-	                                    lanes_mul(_mm256_and_si256(s1, m0c), y, 5));
-	const __m256i f16a = _mm256_add_epi16(lanes_mul(_mm256_and_si256(s0, m30), y, 2),
-	                                      lanes_mul(_mm256_and_si256(s1, m30), y, 6));
-	const __m256i f16b =
-	    _mm256_add_epi16(lanes_mul(_mm256_and_si256(_mm256_srli_epi16(s0, 2), m30), y, 3),
-	                     lanes_mul(_mm256_and_si256(_mm256_srli_epi16(s1, 2), m30), y, 7));
+	q[0] = _mm256_and_si256(s0, m03);
+	q[1] = _mm256_and_si256(s1, m03);
+	q[2] = _mm256_and_si256(s0, m0c);
+	q[3] = _mm256_and_si256(s1, m0c);
+	q[4] = _mm256_and_si256(s0, m30);
+	q[5] = _mm256_and_si256(s1, m30);
+	q[6] = _mm256_and_si256(_mm256_srli_epi16(s0, 2), m30);
+	q[7] = _mm256_and_si256(_mm256_srli_epi16(s1, 2), m30);
+}
+
+/* Q2_K lanes block x (its quants q from q2_K_lanes_unpack) against y: *is =
+ * 8 int32 lanes summing to the block's isum, *ms to its msum (exact).  Pairs
+ * at factor 1, 4, 16 are at most 2 * 48 * 128 = 12288, two of them summed
+ * (24576); a lane's sum after the shifts at most 16 * 3 * 128 = 6144. */
+static ALWAYS_INLINE void q2_K_lanes_dot(const moe_block_q2_K *x, const __m256i q[8],
+                                         const moe_q8_K_lanes *y, __m256i *is, __m256i *ms)
+{
+	const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+	const __m256i f1 = _mm256_add_epi16(lanes_mul(q[0], y, 0), lanes_mul(q[1], y, 4));
+	const __m256i f4 = _mm256_add_epi16(lanes_mul(q[2], y, 1), lanes_mul(q[3], y, 5));
+	const __m256i f16a = _mm256_add_epi16(lanes_mul(q[4], y, 2), lanes_mul(q[5], y, 6));
+	const __m256i f16b = _mm256_add_epi16(lanes_mul(q[6], y, 3), lanes_mul(q[7], y, 7));
 	const __m256i sum = _mm256_add_epi16(
 	    _mm256_add_epi16(f1, _mm256_srai_epi16(f4, 2)),
 	    _mm256_add_epi16(_mm256_srai_epi16(f16a, 4), _mm256_srai_epi16(f16b, 4)));
@@ -575,13 +585,20 @@ static ALWAYS_INLINE void q2_K_lanes_block(const moe_block_q2_K *x, const moe_q8
 	                        _mm256_loadu_si256((const __m256i *)y->bsums));
 }
 
-/* Q3_K lanes block x against y: 8 int32 lanes summing to the block's isum
- * (the -4 offset included, as 4 x bsums taken from each lane's sum).  Pairs
- * at factor 1, 8, 16 are at most 2 * 7 * 128, 2 * 56 * 128, 2 * 112 * 128 =
- * 28672 (so at factor 8 two are summed, at 16 none); a lane's sum after the
- * shifts at most 16 * 7 * 128 = 14336, minus 4 x bsums at most 22528. */
-static ALWAYS_INLINE __m256i q3_K_lanes_block(const moe_block_q3_K_lanes *x,
-                                              const moe_q8_K_lanes *y)
+/* Q2_K lanes block x against y: q2_K_lanes_dot of its quants. */
+static ALWAYS_INLINE void q2_K_lanes_block(const moe_block_q2_K *x, const moe_q8_K_lanes *y,
+                                           __m256i *is, __m256i *ms)
+{
+	__m256i q[8];
+	q2_K_lanes_unpack(x, q);
+	q2_K_lanes_dot(x, q, y, is, ms);
+}
+
+/* The 8 vectors of a Q3_K lanes block's quants as they lie: q[0..2] at
+ * factor 1 (vectors 0, 2, 4), q[3..5] at 8 (1, 3, 5), q[6..7] at 16 (6, 7:
+ * bits 0-1 from bits 6-7 of the first / second plane, bit 2 from bit 6 / 7
+ * of the third); prefetches the row 16 blocks ahead. */
+static ALWAYS_INLINE void q3_K_lanes_unpack(const moe_block_q3_K_lanes *x, __m256i q[8])
 {
 	const __m256i m07 = _mm256_set1_epi8(0x07), m38 = _mm256_set1_epi8(0x38),
 	              m30 = _mm256_set1_epi8(0x30), m40 = _mm256_set1_epi8(0x40);
@@ -590,27 +607,47 @@ static ALWAYS_INLINE __m256i q3_K_lanes_block(const moe_block_q3_K_lanes *x,
 	const __m256i s0 = _mm256_loadu_si256((const __m256i *)x->qs);
 	const __m256i s1 = _mm256_loadu_si256((const __m256i *)(x->qs + 32));
 	const __m256i s2 = _mm256_loadu_si256((const __m256i *)(x->qs + 64));
-	const __m256i f1 =
-	    _mm256_add_epi16(_mm256_add_epi16(lanes_mul(_mm256_and_si256(s0, m07), y, 0),
-	                                      lanes_mul(_mm256_and_si256(s1, m07), y, 2)),
-	                     lanes_mul(_mm256_and_si256(s2, m07), y, 4));
-	const __m256i f8a = _mm256_add_epi16(lanes_mul(_mm256_and_si256(s0, m38), y, 1),
-	                                     lanes_mul(_mm256_and_si256(s1, m38), y, 3));
-	const __m256i f8b = lanes_mul(_mm256_and_si256(s2, m38), y, 5);
-	/* vectors 6 and 7 at factor 16: bits 0-1 from bits 6-7 of s0 / s1, bit 2
-	 * from bit 6 / 7 of s2 */
-	const __m256i q6 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(s0, 2), m30),
-	                                   _mm256_and_si256(s2, m40));
-	const __m256i q7 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(s1, 2), m30),
-	                                   _mm256_and_si256(_mm256_srli_epi16(s2, 1), m40));
+	q[0] = _mm256_and_si256(s0, m07);
+	q[1] = _mm256_and_si256(s1, m07);
+	q[2] = _mm256_and_si256(s2, m07);
+	q[3] = _mm256_and_si256(s0, m38);
+	q[4] = _mm256_and_si256(s1, m38);
+	q[5] = _mm256_and_si256(s2, m38);
+	q[6] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(s0, 2), m30),
+	                       _mm256_and_si256(s2, m40));
+	q[7] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(s1, 2), m30),
+	                       _mm256_and_si256(_mm256_srli_epi16(s2, 1), m40));
+}
+
+/* Q3_K lanes block x (its quants q from q3_K_lanes_unpack) against y: 8
+ * int32 lanes summing to the block's isum (the -4 offset included, as 4 x
+ * bsums taken from each lane's sum).  Pairs at factor 1, 8, 16 are at most
+ * 2 * 7 * 128, 2 * 56 * 128, 2 * 112 * 128 = 28672 (so at factor 8 two are
+ * summed, at 16 none); a lane's sum after the shifts at most 16 * 7 * 128 =
+ * 14336, minus 4 x bsums at most 22528. */
+static ALWAYS_INLINE __m256i q3_K_lanes_dot(const moe_block_q3_K_lanes *x, const __m256i q[8],
+                                            const moe_q8_K_lanes *y)
+{
+	const __m256i f1 = _mm256_add_epi16(
+	    _mm256_add_epi16(lanes_mul(q[0], y, 0), lanes_mul(q[1], y, 2)), lanes_mul(q[2], y, 4));
+	const __m256i f8a = _mm256_add_epi16(lanes_mul(q[3], y, 1), lanes_mul(q[4], y, 3));
+	const __m256i f8b = lanes_mul(q[5], y, 5);
 	__m256i sum = _mm256_add_epi16(
 	    _mm256_add_epi16(f1, _mm256_srai_epi16(f8a, 3)),
 	    _mm256_add_epi16(_mm256_srai_epi16(f8b, 3),
-	                     _mm256_add_epi16(_mm256_srai_epi16(lanes_mul(q6, y, 6), 4),
-	                                      _mm256_srai_epi16(lanes_mul(q7, y, 7), 4))));
+	                     _mm256_add_epi16(_mm256_srai_epi16(lanes_mul(q[6], y, 6), 4),
+	                                      _mm256_srai_epi16(lanes_mul(q[7], y, 7), 4))));
 	sum = _mm256_sub_epi16(sum, _mm256_loadu_si256((const __m256i *)y->bsums4));
-	return _mm256_madd_epi16(sum,
-	                         _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->sc)));
+	return _mm256_madd_epi16(sum, _mm256_cvtepi8_epi16(q3_scales(x->scales)));
+}
+
+/* Q3_K lanes block x against y: q3_K_lanes_dot of its quants. */
+static ALWAYS_INLINE __m256i q3_K_lanes_block(const moe_block_q3_K_lanes *x,
+                                              const moe_q8_K_lanes *y)
+{
+	__m256i q[8];
+	q3_K_lanes_unpack(x, q);
+	return q3_K_lanes_dot(x, q, y);
 }
 
 /* Q2_K lanes, rows w[0..3] against the token p: as q2_K_rows4. */
@@ -667,14 +704,74 @@ static void q3_K_lanes_rows4(int64_t n_cols, float out[4], const uint8_t *const 
 	_mm_storeu_ps(out, acc);
 }
 
-void moe_gemv_q2_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
-                              int64_t n_r, const moe_q8_K_lanes *prep)
+/* Lanes row w (nb blocks) against the T lanes tokens p[0..T): out[t] as
+ * row_q2_K / row_q3_K (the quants unpacked once per block for the T). */
+static ALWAYS_INLINE void row_q2_K_lanes(int T, int64_t nb, float out[KT], const uint8_t *w,
+                                         const uint8_t *const p[KT])
 {
-	run_rows4(q2_K_lanes_rows4, n_cols, y, w, w_stride, n_r, (const uint8_t *)prep);
+	__m128 acc2[KT]; /* lane 0: the scales' sum, lane 1: the mins' */
+
+	for (int t = 0; t < T; t++)
+		acc2[t] = _mm_setzero_ps();
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q2_K *x = (const moe_block_q2_K *)w + i;
+		const __m128 ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(&x->d)));
+		__m256i q[8];
+		q2_K_lanes_unpack(x, q);
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const moe_q8_K_lanes *y = (const moe_q8_K_lanes *)p[t] + i;
+			__m256i is, ms;
+			q2_K_lanes_dot(x, q, y, &is, &ms);
+			acc2[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum2_i32(is, ms)),
+			                       _mm_mul_ps(ddm, _mm_set1_ps(y->d)), acc2[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		out[t] = _mm_cvtss_f32(acc2[t]) - _mm_cvtss_f32(_mm_movehdup_ps(acc2[t]));
 }
 
-void moe_gemv_q3_K_lanes_avx2(int64_t n_cols, float *y, const uint8_t *w, size_t w_stride,
-                              int64_t n_r, const moe_q8_K_lanes *prep)
+static ALWAYS_INLINE void row_q3_K_lanes(int T, int64_t nb, float out[KT], const uint8_t *w,
+                                         const uint8_t *const p[KT])
 {
-	run_rows4(q3_K_lanes_rows4, n_cols, y, w, w_stride, n_r, (const uint8_t *)prep);
+	__m128 sum[KT]; /* lane 0 */
+
+	for (int t = 0; t < T; t++)
+		sum[t] = _mm_setzero_ps();
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q3_K_lanes *x = (const moe_block_q3_K_lanes *)w + i;
+		const float d = half_to_f32(x->d);
+		__m256i q[8];
+		q3_K_lanes_unpack(x, q);
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const moe_q8_K_lanes *y = (const moe_q8_K_lanes *)p[t] + i;
+			sum[t] = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum_i32_v(q3_K_lanes_dot(x, q, y))),
+			                      _mm_set_ss(d * y->d), sum[t]);
+		}
+	}
+	for (int t = 0; t < T; t++)
+		out[t] = _mm_cvtss_f32(sum[t]);
+}
+
+ROW_FNS(q2_K_lanes)
+ROW_FNS(q3_K_lanes)
+
+static const row_tokens_fn fns_q2_K_lanes[4] = {q2_K_lanes_t1, q2_K_lanes_t2, q2_K_lanes_t4,
+                                                q2_K_lanes_t8};
+static const row_tokens_fn fns_q3_K_lanes[4] = {q3_K_lanes_t1, q3_K_lanes_t2, q3_K_lanes_t4,
+                                                q3_K_lanes_t8};
+
+void moe_gemm_q2_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep, int64_t n_t)
+{
+	run_rows(fns_q2_K_lanes, q2_K_lanes_rows4, n_cols, y, ldy, w, w_stride, n_r,
+	         (const uint8_t *)prep, (size_t)(n_cols / MOE_QK_K) * sizeof(*prep), n_t);
+}
+
+void moe_gemm_q3_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep, int64_t n_t)
+{
+	run_rows(fns_q3_K_lanes, q3_K_lanes_rows4, n_cols, y, ldy, w, w_stride, n_r,
+	         (const uint8_t *)prep, (size_t)(n_cols / MOE_QK_K) * sizeof(*prep), n_t);
 }

@@ -197,20 +197,21 @@ static_assert(sizeof(moe_block_q3_K) == 110, "Q3_K block is 110 bytes");
  * Q2_K lanes (84 bytes, moe_block_q2_K's fields): scales, d, dmin as Q2_K;
  * bits 2j..2j+1 of qs[32h + b] = q of value lanes_value(4h + j, b).
  *
- * Q3_K lanes (114 bytes): q in 0..7 as Q3_K's (bit 2 from hmask) in three
- * 32-byte planes, so that 6 of the 8 vectors are one AND each:
+ * Q3_K lanes (110 bytes, as Q3_K: a row is repacked in place): q in 0..7 as
+ * Q3_K's (bit 2 from hmask) in three 32-byte planes, so that 6 of the 8
+ * vectors are one AND each:
  *   bits 0-2 of qs[32k + b] = q of lanes_value(2k, b), bits 3-5 that of
  *   lanes_value(2k + 1, b), k < 3;  bits 6-7 of qs[b] and qs[32 + b] = bits
  *   0-1 of q of lanes_value(6, b) and lanes_value(7, b), bit 6 and 7 of
  *   qs[64 + b] their bit 2;
- *   sc[s] = the 6-bit scale of sub-block s minus 32 (int8, -32..31);  d fp16.
+ *   scales[12], d: as Q3_K (bytes 96-107, 108-109).
  */
 typedef struct moe_block_q3_K_lanes {
 	uint8_t qs[96];
-	int8_t sc[16];
+	uint8_t scales[12];
 	uint16_t d;
 } moe_block_q3_K_lanes;
-static_assert(sizeof(moe_block_q3_K_lanes) == 114, "Q3_K lanes block is 114 bytes");
+static_assert(sizeof(moe_block_q3_K_lanes) == 110, "Q3_K lanes block is 110 bytes");
 
 /* Byte b of the lanes layouts' unpacked vector v: value lanes_value(v, b). */
 static inline int moe_lanes_value(int v, int b)

@@ -74,11 +74,7 @@ static void q3_K_to_lanes(moe_block_q3_K_lanes *o, const moe_block_q3_K *x)
 		o->qs[32 + b] |= (uint8_t)((q7 & 3) << 6);
 		o->qs[64 + b] |= (uint8_t)((q6 >> 2) << 6 | (q7 >> 2) << 7);
 	}
-	for (int s = 0; s < 16; s++) {
-		const int lo = s < 8 ? x->scales[s] & 15 : x->scales[s - 8] >> 4;
-		const int hi = (x->scales[8 + s % 4] >> (2 * (s / 4))) & 3;
-		o->sc[s] = (int8_t)((lo | hi << 4) - 32);
-	}
+	memcpy(o->scales, x->scales, 12);
 	o->d = x->d;
 }
 
@@ -99,12 +95,7 @@ static void q3_K_from_lanes(moe_block_q3_K *o, const moe_block_q3_K_lanes *x)
 	memset(o->hmask, 0, 32);
 	for (int i = 0; i < 256; i++)
 		o->hmask[i % 32] |= (uint8_t)((q[i] >> 2) << (i / 32));
-	memset(o->scales, 0, 12);
-	for (int s = 0; s < 16; s++) {
-		const int sc = x->sc[s] + 32; /* 0..63 when made by q3_K_to_lanes */
-		o->scales[s % 8] |= (uint8_t)((sc & 15) << (s < 8 ? 0 : 4));
-		o->scales[8 + s % 4] |= (uint8_t)(((sc >> 4) & 3) << (2 * (s / 4)));
-	}
+	memcpy(o->scales, x->scales, 12);
 	o->d = x->d;
 }
 
@@ -141,12 +132,18 @@ moe_err moe_repack_rows(void *dst, const void *src, moe_type t, int64_t n_rows, 
 	if (err != MOE_OK)
 		return err;
 	const int64_t nb = n_rows * (n_cols / MOE_QK_K);
-	for (int64_t i = 0; i < nb; i++)
-		if (t == MOE_TYPE_Q2_K)
-			q2_K_to_lanes((moe_block_q2_K *)dst + i, (const moe_block_q2_K *)src + i);
-		else
-			q3_K_to_lanes((moe_block_q3_K_lanes *)dst + i,
-			              (const moe_block_q3_K *)src + i);
+	for (int64_t i = 0; i < nb; i++) {
+		/* through a copy: dst may be src */
+		if (t == MOE_TYPE_Q2_K) {
+			moe_block_q2_K x;
+			memcpy(&x, (const moe_block_q2_K *)src + i, sizeof(x));
+			q2_K_to_lanes((moe_block_q2_K *)dst + i, &x);
+		} else {
+			moe_block_q3_K x;
+			memcpy(&x, (const moe_block_q3_K *)src + i, sizeof(x));
+			q3_K_to_lanes((moe_block_q3_K_lanes *)dst + i, &x);
+		}
+	}
 	return MOE_OK;
 }
 
@@ -156,62 +153,156 @@ moe_err moe_unrepack_rows(void *dst, const void *src, moe_type t, int64_t n_rows
 	if (err != MOE_OK)
 		return err;
 	const int64_t nb = n_rows * (n_cols / MOE_QK_K);
-	for (int64_t i = 0; i < nb; i++)
-		if (t == MOE_TYPE_Q2_K)
-			q2_K_from_lanes((moe_block_q2_K *)dst + i, (const moe_block_q2_K *)src + i);
-		else
-			q3_K_from_lanes((moe_block_q3_K *)dst + i,
-			                (const moe_block_q3_K_lanes *)src + i);
+	for (int64_t i = 0; i < nb; i++) {
+		if (t == MOE_TYPE_Q2_K) {
+			moe_block_q2_K x;
+			memcpy(&x, (const moe_block_q2_K *)src + i, sizeof(x));
+			q2_K_from_lanes((moe_block_q2_K *)dst + i, &x);
+		} else {
+			moe_block_q3_K_lanes x;
+			memcpy(&x, (const moe_block_q3_K_lanes *)src + i, sizeof(x));
+			q3_K_from_lanes((moe_block_q3_K *)dst + i, &x);
+		}
+	}
 	return MOE_OK;
 }
 
-/* ---- the one-token product ---------------------------------------------------------- */
+/* ---- products ------------------------------------------------------------------------ */
 
-enum { RP_CHUNK_ROWS = 16 };
+enum { RP_CHUNK_ROWS = 16, RP_ROW_STEP = 64, RP_TOK_BLOCK = 32 };
 
-typedef struct rp_task {
-	float *y;
+/* One product's operands, as the callers checked them. */
+typedef struct rp_prod {
 	const uint8_t *w;
 	size_t w_stride;
 	moe_type type;
-	int64_t n_rows, n_cols;
-	const uint8_t *x;           /* the token (Q8_K) */
-	const moe_q8_K_lanes *prep; /* rearranged (lanes kernels), or NULL */
-	uint8_t *rows;              /* NULL, or one restored row per thread */
+	int64_t n_cols;
+	const uint8_t *x;           /* the tokens (Q8_K rows) */
+	size_t x_stride;            /* moe_act_row_size */
+	const moe_q8_K_lanes *prep; /* the tokens rearranged (lanes kernels), or NULL */
 	size_t row_bytes;           /* moe_row_size of a restored row */
 	moe_vec_dot_fn dot;         /* without the lanes kernels */
-	int64_t claim;              /* rows per claimed chunk */
-	atomic_llong next;          /* next chunk to hand out */
-} rp_task;
+} rp_prod;
 
-static void rp_range(rp_task *tk, int ith, int64_t r0, int64_t r1)
+/* Rows [r0, r1) against tokens [0, n_tok): y[t * ldy + r - r0].  Without
+ * the lanes kernels each row is restored into row (row_bytes) and dotted. */
+static void rp_rows(const rp_prod *pr, uint8_t *row, float *y, int64_t ldy, int64_t r0, int64_t r1,
+                    int64_t n_tok)
 {
 #if defined(__x86_64__)
-	if (tk->prep != NULL) {
-		if (tk->type == MOE_TYPE_Q2_K)
-			moe_gemv_q2_K_lanes_avx2(tk->n_cols, tk->y + r0,
-			                         tk->w + (size_t)r0 * tk->w_stride, tk->w_stride,
-			                         r1 - r0, tk->prep);
-		else
-			moe_gemv_q3_K_lanes_avx2(tk->n_cols, tk->y + r0,
-			                         tk->w + (size_t)r0 * tk->w_stride, tk->w_stride,
-			                         r1 - r0, tk->prep);
+	if (pr->prep != NULL) {
+		const int64_t nb = pr->n_cols / MOE_QK_K;
+		const uint8_t *w = pr->w + (size_t)r0 * pr->w_stride;
+		for (int64_t t0 = 0; t0 < n_tok; t0 += RP_TOK_BLOCK) {
+			const int64_t nt = n_tok - t0 < RP_TOK_BLOCK ? n_tok - t0 : RP_TOK_BLOCK;
+			if (pr->type == MOE_TYPE_Q2_K)
+				moe_gemm_q2_K_lanes_avx2(pr->n_cols, y + t0 * ldy, ldy, w,
+				                         pr->w_stride, r1 - r0, pr->prep + t0 * nb,
+				                         nt);
+			else
+				moe_gemm_q3_K_lanes_avx2(pr->n_cols, y + t0 * ldy, ldy, w,
+				                         pr->w_stride, r1 - r0, pr->prep + t0 * nb,
+				                         nt);
+		}
 		return;
 	}
 #endif
-	uint8_t *row = tk->rows + (size_t)ith * tk->row_bytes;
 	for (int64_t r = r0; r < r1; r++) {
 		/* cannot fail: the shape and type were checked */
-		(void)moe_unrepack_rows(row, tk->w + (size_t)r * tk->w_stride, tk->type, 1,
-		                        tk->n_cols);
-		tk->dot(tk->n_cols, &tk->y[r], row, tk->x);
+		(void)moe_unrepack_rows(row, pr->w + (size_t)r * pr->w_stride, pr->type, 1,
+		                        pr->n_cols);
+		for (int64_t t = 0; t < n_tok; t++)
+			pr->dot(pr->n_cols, &y[t * ldy + r - r0], row,
+			        pr->x + (size_t)t * pr->x_stride);
 	}
 }
+
+/* Checks a product's operands and sets up *pr: the tokens rearranged at the
+ * AVX2 / AVX-512 levels (*prep_out, to moe_aligned_free), else *row_out =
+ * n_row_bufs restored-row buffers (to free). */
+static moe_err rp_setup(rp_prod *pr, moe_q8_K_lanes **prep_out, uint8_t **row_out, int n_row_bufs,
+                        const char *what, const void *w, moe_type t, int64_t n_rows, int64_t n_cols,
+                        const void *xq, int64_t n_tok)
+{
+	*prep_out = NULL;
+	*row_out = NULL;
+	moe_err err = check_repack(what, w, w, t, n_rows, n_cols);
+	if (err != MOE_OK)
+		return err;
+	if (n_tok < 0)
+		return moe_fail(MOE_ERR_BAD_SHAPE, "%s: %lld tokens", what, (long long)n_tok);
+	if (xq == NULL)
+		return moe_fail(MOE_ERR_INVAL, "%s: NULL input", what);
+	pr->w = w;
+	pr->w_stride = moe_repack_row_size(t, n_cols);
+	pr->type = t;
+	pr->n_cols = n_cols;
+	pr->x = xq;
+	pr->x_stride = moe_act_row_size(t, n_cols);
+	pr->prep = NULL;
+	pr->row_bytes = moe_row_size(t, n_cols);
+	pr->dot = moe_vec_dot_get(t);
+#if defined(__x86_64__)
+	const moe_isa isa = moe_isa_active();
+	if (isa == MOE_ISA_AVX2 || isa == MOE_ISA_AVX512) {
+		const int64_t nb = n_cols / MOE_QK_K;
+		size_t bytes;
+		if (!moe_size_mul(&bytes, (size_t)(nb * (n_tok > 0 ? n_tok : 1)),
+		                  sizeof(moe_q8_K_lanes)))
+			return moe_fail(MOE_ERR_OVERFLOW, "%s: %lld tokens", what,
+			                (long long)n_tok);
+		moe_q8_K_lanes *prep = moe_aligned_alloc(64, bytes);
+		if (prep == NULL)
+			return moe_fail(MOE_ERR_NOMEM, "%s: %zu bytes of tokens", what, bytes);
+		for (int64_t k = 0; k < n_tok; k++)
+			moe_prep_q8_K_lanes_avx2(prep + k * nb, pr->x + (size_t)k * pr->x_stride,
+			                         nb);
+		pr->prep = prep;
+		*prep_out = prep;
+		return MOE_OK;
+	}
+#endif
+	*row_out = malloc((size_t)n_row_bufs * pr->row_bytes);
+	if (*row_out == NULL)
+		return moe_fail(MOE_ERR_NOMEM, "%s: %d rows of %zu bytes", what, n_row_bufs,
+		                pr->row_bytes);
+	return MOE_OK;
+}
+
+moe_err moe_gemm_rows_repacked(float *y, int64_t ldy, const void *w, moe_type t, int64_t r0,
+                               int64_t r1, int64_t n_cols, const void *xq, int64_t n_tok)
+{
+	rp_prod pr = {0};
+	moe_q8_K_lanes *prep = NULL;
+	uint8_t *row = NULL;
+	if (r0 < 0 || r0 > r1)
+		return moe_fail(MOE_ERR_BAD_SHAPE, "gemm_rows_repacked: rows [%lld, %lld)",
+		                (long long)r0, (long long)r1);
+	moe_err err =
+	    rp_setup(&pr, &prep, &row, 1, "gemm_rows_repacked", w, t, r1, n_cols, xq, n_tok);
+	if (err != MOE_OK)
+		return err;
+	if (r1 > r0 && n_tok > 0)
+		rp_rows(&pr, row, y, ldy, r0, r1, n_tok);
+	free(row);
+	moe_aligned_free(prep);
+	return MOE_OK;
+}
+
+typedef struct rp_task {
+	rp_prod pr;
+	float *y;
+	int64_t n_rows, n_tok;
+	uint8_t *rows;     /* NULL, or one restored row per thread */
+	int64_t claim;     /* rows per claimed chunk */
+	atomic_llong next; /* next chunk to hand out */
+} rp_task;
 
 static void rp_worker(void *arg, int ith, int nth)
 {
 	rp_task *tk = arg;
 	const int64_t n_chunks = (tk->n_rows + tk->claim - 1) / tk->claim;
+	uint8_t *row = tk->rows == NULL ? NULL : tk->rows + (size_t)ith * tk->pr.row_bytes;
 	(void)nth;
 	for (;;) {
 		const int64_t c = atomic_fetch_add_explicit(&tk->next, 1, memory_order_relaxed);
@@ -219,59 +310,41 @@ static void rp_worker(void *arg, int ith, int nth)
 			break;
 		const int64_t c0 = c * tk->claim;
 		const int64_t c1 = c0 + tk->claim < tk->n_rows ? c0 + tk->claim : tk->n_rows;
-		rp_range(tk, ith, c0, c1);
+		/* as moe_matmul_q: one token, the whole run at once; several, 64
+		 * rows at a time meet every token */
+		const int64_t step = tk->n_tok == 1 ? c1 - c0 : RP_ROW_STEP;
+		for (int64_t r0 = c0; r0 < c1; r0 += step) {
+			const int64_t r1 = r0 + step < c1 ? r0 + step : c1;
+			rp_rows(&tk->pr, row, tk->y + r0, tk->n_rows, r0, r1, tk->n_tok);
+		}
 	}
 }
 
 moe_err moe_matmul_repacked(moe_pool *pool, float *y, const void *w, moe_type t, int64_t n_rows,
-                            int64_t n_cols, const void *xq)
+                            int64_t n_cols, const void *xq, int64_t n_tok)
 {
 	rp_task tk = {0};
-	moe_err err = check_repack("matmul_repacked", w, w, t, n_rows, n_cols);
+	moe_q8_K_lanes *prep = NULL;
+	if (y == NULL)
+		return moe_fail(MOE_ERR_INVAL, "matmul_repacked: NULL output");
+	const int nth = n_rows <= RP_CHUNK_ROWS ? 1 : moe_pool_threads(pool);
+	moe_err err = rp_setup(&tk.pr, &prep, &tk.rows, nth, "matmul_repacked", w, t, n_rows,
+	                       n_cols, xq, n_tok);
 	if (err != MOE_OK)
 		return err;
-	if (n_rows == 0)
-		return MOE_OK;
-	if (y == NULL || xq == NULL)
-		return moe_fail(MOE_ERR_INVAL, "matmul_repacked: NULL %s",
-		                y == NULL ? "output" : "input");
-	const int nth = n_rows <= RP_CHUNK_ROWS ? 1 : moe_pool_threads(pool);
-	const int64_t nb = n_cols / MOE_QK_K;
 	tk.y = y;
-	tk.w = w;
-	tk.w_stride = moe_repack_row_size(t, n_cols);
-	tk.type = t;
 	tk.n_rows = n_rows;
-	tk.n_cols = n_cols;
-	tk.x = xq;
-	tk.row_bytes = moe_row_size(t, n_cols);
-	tk.dot = moe_vec_dot_get(t);
+	tk.n_tok = n_tok;
 	/* as moe_matmul_q: about 8 claims per thread, 16 to 1024 rows */
 	tk.claim = n_rows / (8 * (int64_t)nth) / RP_CHUNK_ROWS * RP_CHUNK_ROWS;
 	tk.claim = tk.claim < RP_CHUNK_ROWS ? RP_CHUNK_ROWS : tk.claim > 1024 ? 1024 : tk.claim;
 	atomic_init(&tk.next, 0);
-	moe_q8_K_lanes *prep = NULL;
-#if defined(__x86_64__)
-	const moe_isa isa = moe_isa_active();
-	if (isa == MOE_ISA_AVX2 || isa == MOE_ISA_AVX512) {
-		prep = moe_aligned_alloc(64, (size_t)nb * sizeof(*prep));
-		if (prep == NULL)
-			return moe_fail(MOE_ERR_NOMEM, "matmul_repacked: %lld token blocks",
-			                (long long)nb);
-		moe_prep_q8_K_lanes_avx2(prep, xq, nb);
-		tk.prep = prep;
+	if (n_rows > 0 && n_tok > 0) {
+		if (nth == 1)
+			rp_worker(&tk, 0, 1);
+		else
+			moe_pool_run(pool, rp_worker, &tk);
 	}
-#endif
-	if (prep == NULL) {
-		tk.rows = malloc((size_t)nth * tk.row_bytes);
-		if (tk.rows == NULL)
-			return moe_fail(MOE_ERR_NOMEM, "matmul_repacked: %d rows of %zu bytes", nth,
-			                tk.row_bytes);
-	}
-	if (nth == 1)
-		rp_worker(&tk, 0, 1);
-	else
-		moe_pool_run(pool, rp_worker, &tk);
 	free(tk.rows);
 	moe_aligned_free(prep);
 	return MOE_OK;

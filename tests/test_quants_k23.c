@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "isa_levels.h"
+#include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "test_rng.h"
 
@@ -342,7 +343,7 @@ static int q3_q(const uint8_t *b, int v)
 Test(quants_k23, lanes_layout_and_round_trip)
 {
 	enum { NB = 5, ROWS = 3 };
-	static uint8_t w[ROWS * NB * 110], r[ROWS * NB * 114], back[ROWS * NB * 110], aq[NB * 292];
+	static uint8_t w[ROWS * NB * 110], r[ROWS * NB * 110], back[ROWS * NB * 110], aq[NB * 292];
 	static float a[NB * 256];
 	int blocks = 0;
 
@@ -350,14 +351,14 @@ Test(quants_k23, lanes_layout_and_round_trip)
 	for (size_t ti = 0; ti < 2; ti++) {
 		const moe_type t = k23_types[ti];
 		const size_t rs = moe_row_size(t, 256 * NB), ps = moe_repack_row_size(t, 256 * NB);
-		cr_assert_eq(ps, (t == MOE_TYPE_Q2_K ? 84u : 114u) * NB);
+		cr_assert_eq(ps, (t == MOE_TYPE_Q2_K ? 84u : 110u) * NB);
 		for (int ex = 0; ex < 2; ex++) {
 			for (int k = 0; k < ROWS; k++)
 				random_row(t, w + k * rs, aq, a, NB, ex);
 			cr_assert_eq(moe_repack_rows(r, w, t, ROWS, 256 * NB), MOE_OK);
 			for (int i = 0; i < ROWS * NB; i++) {
 				const uint8_t *x = w + (size_t)i * (t == MOE_TYPE_Q2_K ? 84 : 110);
-				const uint8_t *l = r + (size_t)i * (t == MOE_TYPE_Q2_K ? 84 : 114);
+				const uint8_t *l = r + (size_t)i * (t == MOE_TYPE_Q2_K ? 84 : 110);
 				for (int v = 0; v < 8; v++)
 					for (int b = 0; b < 32; b++) {
 						const int val = 16 * (b / 2) + 2 * v + (b & 1);
@@ -378,22 +379,12 @@ Test(quants_k23, lanes_layout_and_round_trip)
 							      ((l[64 + b] >> v) & 1) << 2;
 						cr_assert_eq(got, q3_q(x, val), "v %d b %d", v, b);
 					}
-				if (t == MOE_TYPE_Q2_K) {
+				/* scales and fp16 fields where they were */
+				if (t == MOE_TYPE_Q2_K)
 					cr_assert(memcmp(l, x, 16) == 0 &&
 					          memcmp(l + 80, x + 80, 4) == 0);
-				} else {
-					for (int s = 0; s < 16; s++) {
-						const uint8_t *sc12 = x + 96;
-						const int lo =
-						    s < 8 ? sc12[s] & 15 : sc12[s - 8] >> 4;
-						const int sc =
-						    lo | ((sc12[8 + s % 4] >> (2 * (s / 4))) & 3)
-						             << 4;
-						cr_assert_eq((int8_t)l[96 + s], sc - 32, "scale %d",
-						             s);
-					}
-					cr_assert(memcmp(l + 112, x + 108, 2) == 0);
-				}
+				else
+					cr_assert(memcmp(l + 96, x + 96, 14) == 0);
 				blocks++;
 			}
 			memset(back, 0x5a, sizeof(back));
@@ -432,15 +423,18 @@ static void token_128(uint8_t *aq, int64_t nb, int neg)
 
 /* moe_matmul_repacked at each level gives the scalar reference dot's bits on
  * the rows before repacking, on every row count 1..9 and 17, 33 (the four-row
- * runs with a short last run, the 16-row claims), 3 and 16 blocks per row,
- * one and two threads; blocks random, the 0xff extreme against +-127, -127
- * and the -128 tokens of token_128. */
+ * runs with a short last run, the 16-row claims) against 1, 2, 3, 5, 8, 9
+ * and 19 tokens (each token group of the tiles), 3 and 16 blocks per row, one
+ * and two threads; so does moe_gemm_rows_repacked on rows [2, nr).  Blocks
+ * random, and the 0xff extreme against +-127, -127 and the -128 tokens of
+ * token_128. */
 static void repacked_same_bits(moe_isa level)
 {
-	enum { MAXR = 33, MAXB = 16 };
-	static uint8_t w[MAXR * MAXB * 110], r[MAXR * MAXB * 114], aq[MAXB * 292];
-	static float a[MAXB * 256], got[MAXR];
+	enum { MAXR = 33, MAXT = 19, MAXB = 16 };
+	static uint8_t w[MAXR * MAXB * 110], r[MAXR * MAXB * 110], aq[MAXT * MAXB * 292];
+	static float a[MAXB * 256], want[MAXR * MAXT], got[MAXR * MAXT];
 	static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 33};
+	static const int toks[] = {1, 2, 3, 5, 8, 9, 19};
 	static const int64_t blocks[] = {3, 16};
 	moe_pool *pool = NULL;
 	int compared = 0;
@@ -453,35 +447,62 @@ static void repacked_same_bits(moe_isa level)
 		const moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
 		for (size_t bi = 0; bi < 2; bi++) {
 			const int64_t nb = blocks[bi], cols = 256 * nb;
-			const size_t rs = moe_row_size(t, cols);
+			const size_t rs = moe_row_size(t, cols), as = moe_act_row_size(t, cols);
 			for (int ex = 0; ex < 5; ex++) {
 				for (int k = 0; k < MAXR; k++)
 					random_row(t, w + k * rs, aq, a, nb, ex > 2 ? 1 : ex);
+				for (int k = 0; k < MAXT; k++)
+					random_row(t, w + (MAXR - 1) * rs, aq + k * as, a, nb,
+					           ex > 2 ? 1 : ex);
 				if (ex > 2)
-					token_128(aq, nb, ex == 3);
+					token_128(aq, nb * MAXT, ex == 3);
 				cr_assert_eq(moe_repack_rows(r, w, t, MAXR, cols), MOE_OK);
-				for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++) {
-					const int nr = rows[ri];
-					for (int th = 0; th < 2; th++) {
-						memset(got, 0xff, sizeof(got));
-						cr_assert_eq(moe_matmul_repacked(th ? pool : NULL,
-						                                 got, r, t, nr,
-						                                 cols, aq),
-						             MOE_OK);
-						for (int k = 0; k < nr; k++) {
-							float want = NAN;
-							ref(cols, &want, w + k * rs, aq);
-							cr_assert(
-							    memcmp(&want, &got[k], 4) == 0,
-							    "%s %s %lld blocks, extreme %d, "
-							    "row %d of %d: %.9g, reference %.9g",
-							    moe_isa_name(level),
-							    moe_type_get(t)->name, (long long)nb,
-							    ex, k, nr, got[k], want);
-							compared++;
+				for (int k = 0; k < MAXR; k++)
+					for (int q = 0; q < MAXT; q++)
+						ref(cols, &want[q * MAXR + k], w + k * rs,
+						    aq + q * as);
+				for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++)
+					for (size_t ki = 0; ki < sizeof(toks) / sizeof(toks[0]);
+					     ki++) {
+						const int nr = rows[ri], nt = toks[ki];
+						for (int th = 0; th < 3; th++) {
+							const int k0 =
+							    th == 2 ? (nr > 2 ? 2 : nr) : 0;
+							memset(got, 0xff, sizeof(got));
+							if (th < 2)
+								cr_assert_eq(moe_matmul_repacked(
+								                 th ? pool : NULL,
+								                 got, r, t, nr,
+								                 cols, aq, nt),
+								             MOE_OK);
+							else
+								cr_assert_eq(moe_gemm_rows_repacked(
+								                 got + k0, nr, r, t,
+								                 k0, nr, cols, aq,
+								                 nt),
+								             MOE_OK);
+							for (int e = k0; e < nr * nt; e++) {
+								if (e % nr < k0)
+									continue;
+								const float *wt =
+								    &want[e / nr * MAXR + e % nr];
+								cr_assert(memcmp(wt, &got[e], 4) ==
+								              0,
+								          "%s %s %lld blocks, "
+								          "extreme %d, "
+								          "%d x %d (%s) element "
+								          "%d: %.9g, "
+								          "reference %.9g",
+								          moe_isa_name(level),
+								          moe_type_get(t)->name,
+								          (long long)nb, ex, nr, nt,
+								          th == 2 ? "gemm_rows"
+								                  : "matmul",
+								          e, got[e], *wt);
+								compared++;
+							}
 						}
 					}
-				}
 			}
 		}
 	}

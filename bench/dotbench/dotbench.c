@@ -15,7 +15,7 @@
  * --repack (with --matmul) adds, after each type with a load-time repacked
  * layout (Q2_K, Q3_K), a line "<type>/L" for the same rows repacked
  * (moe_repack_rows) through moe_matmul_repacked, the token's per-product
- * rearrangement included; GB/s of the repacked bytes (Q3_K: 114 per 110).
+ * rearrangement included.
  *
  * In-cache figures come from many short samples (~1 MiB of weight reads per
  * thread each; --samples, default 1000): "best" is the fastest sample (what
@@ -149,7 +149,7 @@ static void run_slice(const job *j, int ith, int nth)
 			if (j->repacked) {
 				moe_matmul_repacked(NULL, j->y + r0,
 				                    j->w + (size_t)r0 * j->row_bytes, j->type,
-				                    r1 - r0, j->n_cols, j->act);
+				                    r1 - r0, j->n_cols, j->act, 1);
 				continue;
 			}
 			if (j->matmul) {
