@@ -204,7 +204,10 @@ static_assert(sizeof(moe_block_q3_K) == 110, "Q3_K block is 110 bytes");
  *   lanes_value(2k + 1, b), k < 3;  bits 6-7 of qs[b] and qs[32 + b] = bits
  *   0-1 of q of lanes_value(6, b) and lanes_value(7, b), bit 6 and 7 of
  *   qs[64 + b] their bit 2;
- *   scales[12], d: as Q3_K (bytes 96-107, 108-109).
+ *   scales[12]: the 16 six-bit scales sc (0..63, as Q3_K's) one after the
+ *   other, little-endian: bits 6s..6s+5 of the 96-bit string are sc[s] (the
+ *   kernel gets all 16 into int16 lanes by one byte shuffle, one multiply and
+ *   one shift);  d: as Q3_K (bytes 108-109).
  */
 typedef struct moe_block_q3_K_lanes {
 	uint8_t qs[96];

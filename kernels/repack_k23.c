@@ -74,7 +74,15 @@ static void q3_K_to_lanes(moe_block_q3_K_lanes *o, const moe_block_q3_K *x)
 		o->qs[32 + b] |= (uint8_t)((q7 & 3) << 6);
 		o->qs[64 + b] |= (uint8_t)((q6 >> 2) << 6 | (q7 >> 2) << 7);
 	}
-	memcpy(o->scales, x->scales, 12);
+	memset(o->scales, 0, 12);
+	for (int s = 0; s < 16; s++) {
+		const int lo = s < 8 ? x->scales[s] & 15 : x->scales[s - 8] >> 4;
+		const int hi = (x->scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+		const int sc = lo | hi << 4;
+		for (int i = 0; i < 6; i++)
+			o->scales[(6 * s + i) / 8] |=
+			    (uint8_t)(((sc >> i) & 1) << ((6 * s + i) % 8));
+	}
 	o->d = x->d;
 }
 
@@ -95,7 +103,14 @@ static void q3_K_from_lanes(moe_block_q3_K *o, const moe_block_q3_K_lanes *x)
 	memset(o->hmask, 0, 32);
 	for (int i = 0; i < 256; i++)
 		o->hmask[i % 32] |= (uint8_t)((q[i] >> 2) << (i / 32));
-	memcpy(o->scales, x->scales, 12);
+	memset(o->scales, 0, 12);
+	for (int s = 0; s < 16; s++) {
+		int sc = 0;
+		for (int i = 0; i < 6; i++)
+			sc |= ((x->scales[(6 * s + i) / 8] >> ((6 * s + i) % 8)) & 1) << i;
+		o->scales[s % 8] |= (uint8_t)((sc & 15) << (s < 8 ? 0 : 4));
+		o->scales[8 + s % 4] |= (uint8_t)((sc >> 4) << (2 * (s / 4)));
+	}
 	o->d = x->d;
 }
 
