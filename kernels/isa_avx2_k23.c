@@ -1,8 +1,9 @@
 /*
  * isa_avx2_k23.c - AVX2 + FMA + F16C kernels of the 2- and 3-bit K-quants
  * (Q2_K, Q3_K) against Q8_K: the one-token dot and the tile kernel (gemm.h)
- * the matrix products and the expert FFN use.  Compiled with the avx2 flags;
- * the AVX-512 level takes these as they are.
+ * the matrix products and the expert FFN use, and the kernels of the rows
+ * repacked at load (the "lanes" layouts of quants.h, at the end).  Compiled
+ * with the avx2 flags; the AVX-512 level takes these as they are.
  *
  * Both follow the canonical arithmetic of quants.h bit for bit: per (row,
  * token) and block the exact int32 sum (in any order: integers), then the

@@ -1,9 +1,10 @@
 /*
  * repack_k23.c - the load-time repacking of Q2_K and Q3_K rows into the
- * "lanes" layouts (quants.h) and the one-token product on them
- * (moe_matmul_repacked): the layouts' scalar conversions both ways, the
- * thread split, and the dispatch to the AVX2 lanes kernels (isa_avx2_k23.c)
- * or, at the other levels, to the level's dot on each row restored.
+ * "lanes" layouts (quants.h) and the products on them (moe_matmul_repacked,
+ * moe_gemm_rows_repacked): the layouts' scalar conversions both ways (in
+ * place too), the token's rearrangement, the thread split, and the dispatch
+ * to the AVX2 lanes kernels (isa_avx2_k23.c) or, at the other levels, to the
+ * level's dot on each row restored.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
