@@ -417,6 +417,22 @@ Test(quants_k23, lanes_layout_and_round_trip)
 	cr_assert_eq(moe_repack_rows(r, w, MOE_TYPE_Q4_K, 1, 256), MOE_ERR_UNSUPPORTED);
 	cr_assert_eq(moe_repack_rows(r, w, MOE_TYPE_Q3_K, 1, 100), MOE_ERR_BAD_SHAPE);
 	cr_assert_eq(moe_repack_rows(NULL, w, MOE_TYPE_Q3_K, 1, 256), MOE_ERR_INVAL);
+	/* the products refuse what the repacking would, and do nothing for 0 tokens */
+	float y[ROWS] = {7.0f, 7.0f, 7.0f};
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q4_K, ROWS, 256 * NB, aq, 1),
+	             MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 100, aq, 1),
+	             MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, NULL, 1),
+	             MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul_repacked(NULL, NULL, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, 1),
+	             MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, -1),
+	             MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, 0), MOE_OK);
+	cr_assert(y[0] == 7.0f && y[1] == 7.0f && y[2] == 7.0f);
+	cr_assert_eq(moe_gemm_rows_repacked(y, ROWS, r, MOE_TYPE_Q3_K, 2, 1, 256 * NB, aq, 1),
+	             MOE_ERR_BAD_SHAPE);
 }
 
 /* A Q8_K token of nb blocks with every value -128 (neg) or alternating
