@@ -11,6 +11,9 @@
  *    best of each): this machine's bandwidth moves by a third within
  *    seconds, and a triad taken once at the start made the same kernel read
  *    70 % in one run and 95 % in the next.
+ *    Q2_K/L, Q3_K/L: the Q2_K / Q3_K matrix repacked at load (moe_repack_rows)
+ *    through moe_matmul_repacked, bytes of the repacked rows (not yet what the
+ *    engine runs: not in gemv_min_pct_of_triad).
  * 3. GEMM at 16, 64 and 512 tokens on a 2048 x 2048 matrix at N threads:
  *    GOPS = 2 * rows * cols * tokens / s, next to OpenBLAS sgemm on the same
  *    shape with the weights dequantised to F32.
@@ -37,18 +40,21 @@ static const int gemm_toks[N_TOKS] = {16, 64, 512};
 
 typedef struct bk_type {
 	moe_type type;
-	bool in_target; /* counts for gemv_min_pct_of_triad */
+	/* 1: counts for gemv_min_pct_of_triad; 2: GEMV only, the rows repacked
+	 * (moe_repack_rows), not counted */
+	int role;
 } bk_type;
 
 /* clang-format off */
 static const bk_type bk_types[] = {
-    {MOE_TYPE_Q4_K, true},   {MOE_TYPE_Q6_K, true},   {MOE_TYPE_Q8_0, true},
-    {MOE_TYPE_Q4_0, true},   {MOE_TYPE_Q5_K, true},   {MOE_TYPE_F16, false},
-    {MOE_TYPE_F32, false},   {MOE_TYPE_Q2_K, true},   {MOE_TYPE_Q3_K, true},
-    {MOE_TYPE_IQ4_XS, true}, {MOE_TYPE_IQ4_NL, true}, {MOE_TYPE_MXFP4, true},
-    {MOE_TYPE_IQ3_XXS, true}, {MOE_TYPE_IQ3_S, true}, {MOE_TYPE_IQ1_S, true},
-    {MOE_TYPE_IQ1_M, true},
-    {MOE_TYPE_IQ2_XXS, true}, {MOE_TYPE_IQ2_XS, true}, {MOE_TYPE_IQ2_S, true},
+    {MOE_TYPE_Q4_K, 1},    {MOE_TYPE_Q6_K, 1},    {MOE_TYPE_Q8_0, 1},
+    {MOE_TYPE_Q4_0, 1},    {MOE_TYPE_Q5_K, 1},    {MOE_TYPE_F16, 0},
+    {MOE_TYPE_F32, 0},     {MOE_TYPE_Q2_K, 1},    {MOE_TYPE_Q3_K, 1},
+    {MOE_TYPE_Q2_K, 2},    {MOE_TYPE_Q3_K, 2},
+    {MOE_TYPE_IQ4_XS, 1},  {MOE_TYPE_IQ4_NL, 1},  {MOE_TYPE_MXFP4, 1},
+    {MOE_TYPE_IQ3_XXS, 1}, {MOE_TYPE_IQ3_S, 1},   {MOE_TYPE_IQ1_S, 1},
+    {MOE_TYPE_IQ1_M, 1},
+    {MOE_TYPE_IQ2_XXS, 1}, {MOE_TYPE_IQ2_XS, 1},  {MOE_TYPE_IQ2_S, 1},
 };
 /* clang-format on */
 #define N_BK_TYPES (sizeof(bk_types) / sizeof(bk_types[0]))
@@ -133,9 +139,10 @@ out_free:
 }
 
 /* gbs: GEMV weight GB/s at 1 and N threads; triad: the triad's GB/s at the
- * same thread counts, one pass of it before each GEMV pass. */
-static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, moe_pool *pools[2],
-                            moe_bench_triad *tri, size_t llc)
+ * same thread counts, one pass of it before each GEMV pass.  lanes: the rows
+ * repacked, through moe_matmul_repacked. */
+static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, bool lanes,
+                            moe_pool *pools[2], moe_bench_triad *tri, size_t llc)
 {
 	size_t rs = moe_row_size(t, GEMV_COLS);
 	int64_t rows = (int64_t)((4 * llc + rs - 1) / rs);
@@ -144,6 +151,17 @@ static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, moe_pool
 	moe_err err = make_matrix(&w, t, rows, GEMV_COLS);
 	if (err != MOE_OK)
 		return err;
+	if (lanes) {
+		const size_t rl = moe_repack_row_size(t, GEMV_COLS);
+		uint8_t *wl = moe_aligned_alloc(64, rl * (size_t)rows);
+		err = wl == NULL ? moe_fail(MOE_ERR_NOMEM, "bench: repacked weights")
+		                 : moe_repack_rows(wl, w, t, rows, GEMV_COLS);
+		moe_aligned_free(w);
+		w = wl;
+		rs = rl;
+		if (err != MOE_OK)
+			goto out_free_w;
+	}
 	float x[GEMV_COLS];
 	for (int i = 0; i < GEMV_COLS; i++)
 		x[i] = bk_frand();
@@ -161,7 +179,8 @@ static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, moe_pool
 			const double tr = moe_bench_triad_run(tri, pools[p], 1);
 			triad[p] = tr > triad[p] ? tr : triad[p];
 			double t0 = moe_now_s();
-			err = moe_matmul_q(pools[p], y, w, t, rows, GEMV_COLS, xq, 1);
+			err = lanes ? moe_matmul_repacked(pools[p], y, w, t, rows, GEMV_COLS, xq, 1)
+			            : moe_matmul_q(pools[p], y, w, t, rows, GEMV_COLS, xq, 1);
 			double dt = moe_now_s() - t0;
 			if (rep > 0 && dt < best) /* rep 0 warms up */
 				best = dt;
@@ -171,6 +190,7 @@ static moe_err gemv_measure(double gbs[2], double triad[2], moe_type t, moe_pool
 out_free:
 	moe_aligned_free(y);
 	moe_aligned_free(xq);
+out_free_w:
 	moe_aligned_free(w);
 	return err;
 }
@@ -420,8 +440,11 @@ int moe_bench_kernels(int argc, char **argv)
 		rows[k].name = moe_type_get(t)->name;
 		if (moe_vec_dot_get(t) == NULL || !type_listed(only, rows[k].name))
 			continue;
-		err = gemv_measure(rows[k].gemv_gbs, rows[k].triad_gbs, t, pools, tri, llc);
-		if (err == MOE_OK && !gemv_only)
+		if ((bk_types[k].role == 2))
+			rows[k].name = t == MOE_TYPE_Q2_K ? "Q2_K/L" : "Q3_K/L";
+		err = gemv_measure(rows[k].gemv_gbs, rows[k].triad_gbs, t, (bk_types[k].role == 2),
+		                   pools, tri, llc);
+		if (err == MOE_OK && !gemv_only && !(bk_types[k].role == 2))
 			err = gemm_measure(rows[k].gemm_gops, t, pools[1], x, y);
 		if (err != MOE_OK)
 			goto out_report;
@@ -453,7 +476,7 @@ int moe_bench_kernels(int argc, char **argv)
 		double pct[2];
 		for (int p = 0; p < 2; p++)
 			pct[p] = r->triad_gbs[p] > 0 ? 100.0 * r->gemv_gbs[p] / r->triad_gbs[p] : 0;
-		if (k < N_BK_TYPES && bk_types[k].in_target && r->gemv_gbs[0] > 0)
+		if (k < N_BK_TYPES && bk_types[k].role == 1 && r->gemv_gbs[0] > 0)
 			for (int p = 0; p < 2; p++)
 				if (pct[p] < min_pct)
 					min_pct = pct[p];

@@ -58,6 +58,16 @@ static float silu(float v)
 	return v / (1.0f + expf(-v));
 }
 
+/* moe_gemm_rows on expert e of m, repacked rows or not. */
+static moe_err mat_rows(const moe_expert_mat *m, int32_t e, float *y, int64_t ldy, int64_t r0,
+                        int64_t r1, const uint8_t *x, int64_t n_tok)
+{
+	if (m->lanes)
+		return moe_gemm_rows_repacked(y, ldy, m->expert[e], m->type, r0, r1, m->n_cols, x,
+		                              n_tok);
+	return moe_gemm_rows(y, ldy, m->expert[e], m->type, r0, r1, m->n_cols, x, n_tok);
+}
+
 static void phase_gate_up(void *arg, int ith, int nth)
 {
 	ffn_job *j = arg;
@@ -73,11 +83,11 @@ static void phase_gate_up(void *arg, int ith, int nth)
 		int64_t r1 = r0 + FFN_CHUNK < j->n_ff ? r0 + FFN_CHUNK : j->n_ff;
 		int64_t p0 = j->first[e], np = j->first[e + 1] - p0;
 		float *g = j->g + p0 * j->n_ff, *u = j->u + p0 * j->n_ff;
-		moe_err err = moe_gemm_rows(g + r0, j->n_ff, f->gate.expert[e], f->gate.type, r0,
-		                            r1, j->n_embd, j->xg + (size_t)p0 * j->x_stride, np);
+		moe_err err = mat_rows(&f->gate, e, g + r0, j->n_ff, r0, r1,
+		                       j->xg + (size_t)p0 * j->x_stride, np);
 		if (err == MOE_OK)
-			err = moe_gemm_rows(u + r0, j->n_ff, f->up.expert[e], f->up.type, r0, r1,
-			                    j->n_embd, j->xu + (size_t)p0 * j->xu_stride, np);
+			err = mat_rows(&f->up, e, u + r0, j->n_ff, r0, r1,
+			               j->xu + (size_t)p0 * j->xu_stride, np);
 		if (err != MOE_OK) {
 			job_fail(j, err);
 			continue;
@@ -119,8 +129,8 @@ static void phase_down(void *arg, int ith, int nth)
 			if (np == 0)
 				continue;
 			/* d[p][r - r0]: rows r0.. of down against pairs p0.. */
-			moe_err err = moe_gemm_rows(d, nr, f->down.expert[e], f->down.type, r0, r1,
-			                            j->n_ff, j->hq + (size_t)p0 * j->hq_stride, np);
+			moe_err err = mat_rows(&f->down, e, d, nr, r0, r1,
+			                       j->hq + (size_t)p0 * j->hq_stride, np);
 			if (err != MOE_OK) {
 				job_fail(j, err);
 				continue;
@@ -157,6 +167,11 @@ static moe_err check_ffn(const moe_expert_ffn *f)
 			                i == 0   ? "gate"
 			                : i == 1 ? "up"
 			                         : "down",
+			                (int)m[i]->type, (long long)m[i]->n_cols);
+	for (int i = 0; i < 3; i++)
+		if (m[i]->lanes && moe_repack_row_size(m[i]->type, m[i]->n_cols) == 0)
+			return moe_fail(MOE_ERR_UNSUPPORTED,
+			                "expert_ffn: type %d with %lld cols has no repacked layout",
 			                (int)m[i]->type, (long long)m[i]->n_cols);
 	return MOE_OK;
 }

@@ -55,6 +55,35 @@ void moe_gemm_q2_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
 void moe_gemm_q3_K_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t);
 
+/* One Q8_K token block rearranged for the lanes kernels (repack_k23.c): qs
+ * in the weights' lanes order (byte b of vector v = the block's value
+ * moe_lanes_value(v, b)), the bsums and 4 x the bsums (Q3_K's -4 offset). */
+typedef struct moe_q8_K_lanes {
+	float d;
+	int8_t qs[256];
+	int16_t bsums[16];
+	int16_t bsums4[16];
+} moe_q8_K_lanes;
+
+/* The AVX2 lanes kernels (isa_avx2_k23.c, taken by the AVX-512 level too):
+ * prep = the token's nb = n_cols / 256 blocks rearranged from the Q8_K row a;
+ * y[t * ldy + r] = repacked row r (stride w_stride) against token t (prep +
+ * t * nb), r < n_r, t < n_t, with the bits of moe_matmul_q on the rows
+ * before repacking (one token: four rows per pass; several: groups of 8, 4,
+ * 2, 1 tokens over every row, the quants unpacked once per group). */
+void moe_prep_q8_K_lanes_avx2(moe_q8_K_lanes *prep, const uint8_t *a, int64_t nb);
+void moe_gemm_q2_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep,
+                              int64_t n_t);
+void moe_gemm_q3_K_lanes_avx2(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w,
+                              size_t w_stride, int64_t n_r, const moe_q8_K_lanes *prep,
+                              int64_t n_t);
+
+/* moe_gemm_rows on rows repacked by moe_repack_rows (Q2_K, Q3_K): the same
+ * bits as moe_gemm_rows on the rows before repacking. */
+moe_err moe_gemm_rows_repacked(float *y, int64_t ldy, const void *w, moe_type t, int64_t r0,
+                               int64_t r1, int64_t n_cols, const void *xq, int64_t n_tok);
+
 /* Single-threaded: y[t*ldy + (r - r0)] = row r . token t for r in [r0, r1)
  * and t < n_tok; w points at row 0. The same per-element arithmetic as
  * moe_matmul_q. */

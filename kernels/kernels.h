@@ -215,6 +215,42 @@ moe_err moe_matmul_q(moe_pool *pool, float *y, const void *w, moe_type wt, int64
 moe_err moe_quantize_act_rows(moe_pool *pool, void *dst, moe_type wt, const float *x,
                               int64_t n_cols, int64_t n_tok);
 
+/* ---- load-time repacking (Q2_K, Q3_K one-token GEMV) ------------------------------
+ *
+ * Q2_K and Q3_K rows repacked once into the "lanes" layouts (quants.h,
+ * kernels/repack_k23.c) run the one-token product faster at the AVX2 and
+ * AVX-512 levels (sub-blocks in int16 lanes: the scales met once per block),
+ * with the same bits as moe_matmul_q on the rows as they were.  A repacked
+ * row has the size of the stored one (a row can be repacked in place). */
+
+/* Bytes of one repacked row of n_cols values of type t; 0 when t has no
+ * repacked layout (every type but Q2_K and Q3_K) or n_cols is not a positive
+ * multiple of 256. */
+size_t moe_repack_row_size(moe_type t, int64_t n_cols);
+
+/* dst (n_rows * moe_repack_row_size(t, n_cols) bytes) = the n_rows rows of t
+ * at src (moe_row_size(t, n_cols) bytes each) in the lanes layout.  Any block
+ * bytes are accepted (every bit pattern is a block); dst may be src (in
+ * place).  Errors:
+ * MOE_ERR_UNSUPPORTED (t has no lanes layout), MOE_ERR_BAD_SHAPE,
+ * MOE_ERR_INVAL (NULL).  Threads: reads src, writes dst only. */
+moe_err moe_repack_rows(void *dst, const void *src, moe_type t, int64_t n_rows, int64_t n_cols);
+
+/* The inverse of moe_repack_rows: dst = the rows in t's own layout, byte for
+ * byte what moe_repack_rows took.  Errors and threads as moe_repack_rows. */
+moe_err moe_unrepack_rows(void *dst, const void *src, moe_type t, int64_t n_rows, int64_t n_cols);
+
+/* y[t][r] = repacked row r of w (moe_repack_rows of type t) against token t
+ * of xq (n_tok rows of moe_act_row_size(t, n_cols) bytes from
+ * moe_quantize_act(t, ...)), r < n_rows, t < n_tok (y: f32 [n_tok][n_rows]):
+ * bit for bit moe_matmul_q's result on the rows before repacking, at every
+ * level (AVX2 / AVX-512: the lanes kernels; other levels restore each row and
+ * take the level's dot) and for any thread count.  pool may be NULL.  Errors:
+ * as moe_matmul_q, MOE_ERR_UNSUPPORTED for a type without a lanes layout,
+ * MOE_ERR_NOMEM. */
+moe_err moe_matmul_repacked(moe_pool *pool, float *y, const void *w, moe_type t, int64_t n_rows,
+                            int64_t n_cols, const void *xq, int64_t n_tok);
+
 /* ---- exact accumulation -------------------------------------------------------- */
 
 /* 64-bit fixed point with MOE_FIX_FRAC_BITS fractional bits: v stands for
@@ -243,6 +279,7 @@ typedef struct moe_expert_mat {
 	int64_t n_cols;            /* input length */
 	int64_t n_rows;            /* output length */
 	const void *const *expert; /* [n_expert] */
+	bool lanes;                /* rows repacked by moe_repack_rows (Q2_K, Q3_K) */
 } moe_expert_mat;
 
 typedef struct moe_expert_ffn {

@@ -185,6 +185,44 @@ typedef struct moe_block_q3_K {
 static_assert(sizeof(moe_block_q3_K) == 110, "Q3_K block is 110 bytes");
 
 /*
+ * The "lanes" layouts (kernels/repack_k23.c): Q2_K and Q3_K blocks repacked
+ * once at load time for the AVX2 one-token GEMV (moe_repack_rows).  The same
+ * values, placed so that int16 lane m of a 32-byte vector of unpacked quants
+ * holds two values of sub-block m: byte b of vector v (v < 8, b < 32) is
+ * value  lanes_value(v, b) = 16 * (b / 2) + 2 * v + (b & 1)  of the block.
+ * The token is rearranged the same way once per product, so the kernel sums
+ * a sub-block's products in one int16 lane over the 8 vectors and multiplies
+ * by the scales once per block (no per-vector scale pick or widening).
+ *
+ * Q2_K lanes (84 bytes, moe_block_q2_K's fields): scales, d, dmin as Q2_K;
+ * bits 2j..2j+1 of qs[32h + b] = q of value lanes_value(4h + j, b).
+ *
+ * Q3_K lanes (110 bytes, as Q3_K: a row is repacked in place): q in 0..7 as
+ * Q3_K's (bit 2 from hmask) in three 32-byte planes, so that 6 of the 8
+ * vectors are one AND each:
+ *   bits 0-2 of qs[32k + b] = q of lanes_value(2k, b), bits 3-5 that of
+ *   lanes_value(2k + 1, b), k < 3;  bits 6-7 of qs[b] and qs[32 + b] = bits
+ *   0-1 of q of lanes_value(6, b) and lanes_value(7, b), bit 6 and 7 of
+ *   qs[64 + b] their bit 2;
+ *   scales[12]: the 16 six-bit scales sc (0..63, as Q3_K's) one after the
+ *   other, little-endian: bits 6s..6s+5 of the 96-bit string are sc[s] (the
+ *   kernel gets all 16 into int16 lanes by one byte shuffle, one multiply and
+ *   one shift);  d: as Q3_K (bytes 108-109).
+ */
+typedef struct moe_block_q3_K_lanes {
+	uint8_t qs[96];
+	uint8_t scales[12];
+	uint16_t d;
+} moe_block_q3_K_lanes;
+static_assert(sizeof(moe_block_q3_K_lanes) == 110, "Q3_K lanes block is 110 bytes");
+
+/* Byte b of the lanes layouts' unpacked vector v: value lanes_value(v, b). */
+static inline int moe_lanes_value(int v, int b)
+{
+	return 16 * (b / 2) + 2 * v + (b & 1);
+}
+
+/*
  * Q8_K (292 bytes / 256 values), activations of the K-quants: value = d * q.
  *   byte 0-3     d         f32
  *   byte 4-259   qs[256]   int8

@@ -467,3 +467,63 @@ static void same_bits_as_scalar(moe_isa level)
 ISA_TEST_AT(expert_ffn, same_bits_as_scalar, same_bits_as_scalar, MOE_ISA_AVX2, avx2)
 ISA_TEST_AT(expert_ffn, same_bits_as_scalar, same_bits_as_scalar, MOE_ISA_AVX512, avx512)
 #endif
+
+/* Experts repacked in place (moe_repack_rows, lanes set) give the bits of the
+ * same experts as stored, at every level, for 1 and 11 tokens (one token per
+ * expert: the four-row one-token kernels; several: the token groups), on two
+ * threads; in the second mix down (Q4_K) stays as stored. */
+static void repacked_same_bits(moe_isa level)
+{
+	static const moe_type mixes[][3] = {
+	    {MOE_TYPE_Q2_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K},
+	    {MOE_TYPE_Q3_K, MOE_TYPE_Q3_K, MOE_TYPE_Q4_K},
+	};
+	enum { T = 11 };
+	moe_pool *pool = NULL;
+	int compared = 0;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	for (size_t k = 0; k < 2; k++) {
+		test_ffn tf;
+		make_ffn(&tf, mixes[k][0], mixes[k][1], mixes[k][2]);
+		float x[T * N_EMBD], w[T * N_USED];
+		int32_t ids[T * N_USED];
+		make_batch(x, ids, w, T);
+		static moe_fix_t want[2][T * N_EMBD], got[T * N_EMBD];
+		for (int n = 0; n < 2; n++) {
+			memset(want[n], 0, sizeof(want[n]));
+			cr_assert_eq(
+			    moe_expert_ffn_run(pool, want[n], &tf.f, x, n ? T : 1, ids, w, N_USED),
+			    MOE_OK);
+		}
+		moe_expert_mat *mats[3] = {&tf.f.gate, &tf.f.up, &tf.f.down};
+		for (int i = 0; i < 3; i++) {
+			if (moe_repack_row_size(mats[i]->type, mats[i]->n_cols) == 0)
+				continue;
+			cr_assert_eq(moe_repack_rows(tf.data[i], tf.data[i], mats[i]->type,
+			                             mats[i]->n_rows * N_EXP, mats[i]->n_cols),
+			             MOE_OK);
+			mats[i]->lanes = true;
+		}
+		for (int n = 0; n < 2; n++) {
+			memset(got, 0, sizeof(got));
+			cr_assert_eq(
+			    moe_expert_ffn_run(pool, got, &tf.f, x, n ? T : 1, ids, w, N_USED),
+			    MOE_OK);
+			for (int i = 0; i < (n ? T : 1) * N_EMBD; i++, compared++)
+				cr_assert_eq(got[i], want[n][i], "%s mix %zu, %d tokens, elem %d",
+				             moe_isa_name(level), k, n ? T : 1, i);
+		}
+		/* a type without a lanes layout cannot be marked repacked */
+		if (!mats[2]->lanes) {
+			mats[2]->lanes = true;
+			cr_assert_eq(moe_expert_ffn_run(pool, got, &tf.f, x, 1, ids, w, N_USED),
+			             MOE_ERR_UNSUPPORTED);
+		}
+		free_ffn(&tf);
+	}
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+	moe_pool_destroy(pool);
+}
+
+ISA_LEVEL_TESTS(expert_ffn, repacked_same_bits, repacked_same_bits)

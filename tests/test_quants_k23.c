@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "isa_levels.h"
+#include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "test_rng.h"
 
@@ -320,3 +321,227 @@ static void tiles_same_bits(moe_isa level)
 }
 
 ISA_SIMD_TESTS(quants_k23, tiles_same_bits_as_scalar, tiles_same_bits)
+
+/* ---- the lanes layouts (moe_repack_rows, moe_matmul_repacked) ---------------- */
+
+/* q (0..3 / 0..7) of value v of a Q2_K / Q3_K block, from quants.h's drawing. */
+static int q2_q(const uint8_t *b, int v)
+{
+	return (b[16 + 32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3;
+}
+
+static int q3_q(const uint8_t *b, int v)
+{
+	return ((b[32 + 32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3) |
+	       ((b[v % 32] >> (v / 32)) & 1) << 2;
+}
+
+/* Repacking: the bytes of every lanes block are those the drawing in
+ * quants.h gives (decoded here by hand: byte b of vector v is value
+ * 16 (b / 2) + 2 v + (b & 1)), and moe_unrepack_rows gives the rows back byte
+ * for byte; random blocks of every bit pattern and the all-0xff extreme. */
+Test(quants_k23, lanes_layout_and_round_trip)
+{
+	enum { NB = 5, ROWS = 3 };
+	static uint8_t w[ROWS * NB * 110], r[ROWS * NB * 110], back[ROWS * NB * 110], aq[NB * 292];
+	static float a[NB * 256];
+	int blocks = 0;
+
+	rng_state = 4242;
+	for (size_t ti = 0; ti < 2; ti++) {
+		const moe_type t = k23_types[ti];
+		const size_t rs = moe_row_size(t, 256 * NB), ps = moe_repack_row_size(t, 256 * NB);
+		cr_assert_eq(ps, (t == MOE_TYPE_Q2_K ? 84u : 110u) * NB);
+		for (int ex = 0; ex < 2; ex++) {
+			for (int k = 0; k < ROWS; k++)
+				random_row(t, w + k * rs, aq, a, NB, ex);
+			cr_assert_eq(moe_repack_rows(r, w, t, ROWS, 256 * NB), MOE_OK);
+			for (int i = 0; i < ROWS * NB; i++) {
+				const uint8_t *x = w + (size_t)i * (t == MOE_TYPE_Q2_K ? 84 : 110);
+				const uint8_t *l = r + (size_t)i * (t == MOE_TYPE_Q2_K ? 84 : 110);
+				for (int v = 0; v < 8; v++)
+					for (int b = 0; b < 32; b++) {
+						const int val = 16 * (b / 2) + 2 * v + (b & 1);
+						int got;
+						if (t == MOE_TYPE_Q2_K) {
+							got = (l[16 + 32 * (v / 4) + b] >>
+							       2 * (v % 4)) &
+							      3;
+							cr_assert_eq(got, q2_q(x, val), "v %d b %d",
+							             v, b);
+							continue;
+						}
+						if (v < 6)
+							got = (l[32 * (v / 2) + b] >> 3 * (v % 2)) &
+							      7;
+						else
+							got = (l[32 * (v - 6) + b] >> 6) |
+							      ((l[64 + b] >> v) & 1) << 2;
+						cr_assert_eq(got, q3_q(x, val), "v %d b %d", v, b);
+					}
+				/* scales and fp16 fields where they were */
+				if (t == MOE_TYPE_Q2_K)
+					cr_assert(memcmp(l, x, 16) == 0 &&
+					          memcmp(l + 80, x + 80, 4) == 0);
+				else
+					for (int s = 0; s < 16; s++) {
+						/* lanes: bits 6s..6s+5 of bytes 96-107 */
+						int sc = 0;
+						for (int i = 0; i < 6; i++)
+							sc |= ((l[96 + (6 * s + i) / 8] >>
+							        ((6 * s + i) % 8)) &
+							       1)
+							      << i;
+						const uint8_t *sc12 = x + 96;
+						const int lo =
+						    s < 8 ? sc12[s] & 15 : sc12[s - 8] >> 4;
+						cr_assert_eq(
+						    sc,
+						    lo | ((sc12[8 + s % 4] >> (2 * (s / 4))) & 3)
+						             << 4,
+						    "scale %d", s);
+					}
+				if (t == MOE_TYPE_Q3_K)
+					cr_assert(memcmp(l + 108, x + 108, 2) == 0);
+				blocks++;
+			}
+			memset(back, 0x5a, sizeof(back));
+			cr_assert_eq(moe_unrepack_rows(back, r, t, ROWS, 256 * NB), MOE_OK);
+			cr_assert(memcmp(back, w, ROWS * rs) == 0, "%s extreme %d: round trip",
+			          moe_type_get(t)->name, ex);
+		}
+	}
+	cr_assert_gt(blocks, 0);
+	cr_assert_eq(moe_repack_row_size(MOE_TYPE_Q4_K, 256), 0u);
+	cr_assert_eq(moe_repack_row_size(MOE_TYPE_Q2_K, 384), 0u);
+	cr_assert_eq(moe_repack_rows(r, w, MOE_TYPE_Q4_K, 1, 256), MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_repack_rows(r, w, MOE_TYPE_Q3_K, 1, 100), MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_repack_rows(NULL, w, MOE_TYPE_Q3_K, 1, 256), MOE_ERR_INVAL);
+	/* the products refuse what the repacking would, and do nothing for 0 tokens */
+	float y[ROWS] = {7.0f, 7.0f, 7.0f};
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q4_K, ROWS, 256 * NB, aq, 1),
+	             MOE_ERR_UNSUPPORTED);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 100, aq, 1),
+	             MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, NULL, 1),
+	             MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul_repacked(NULL, NULL, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, 1),
+	             MOE_ERR_INVAL);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, -1),
+	             MOE_ERR_BAD_SHAPE);
+	cr_assert_eq(moe_matmul_repacked(NULL, y, r, MOE_TYPE_Q2_K, ROWS, 256 * NB, aq, 0), MOE_OK);
+	cr_assert(y[0] == 7.0f && y[1] == 7.0f && y[2] == 7.0f);
+	cr_assert_eq(moe_gemm_rows_repacked(y, ROWS, r, MOE_TYPE_Q3_K, 2, 1, 256 * NB, aq, 1),
+	             MOE_ERR_BAD_SHAPE);
+}
+
+/* A Q8_K token of nb blocks with every value -128 (neg) or alternating
+ * -128 / 127, the bsums worked out here: the int16 lanes' worst case, which
+ * moe_quantize_act (|q| <= 127) does not make. */
+static void token_128(uint8_t *aq, int64_t nb, int neg)
+{
+	for (int64_t i = 0; i < nb; i++) {
+		uint8_t *b = aq + i * 292;
+		const float d = 0.03125f;
+		memcpy(b, &d, 4);
+		for (int k = 0; k < 256; k++)
+			b[4 + k] = (uint8_t)(int8_t)(neg || k % 2 ? -128 : 127);
+		for (int s = 0; s < 16; s++) {
+			int16_t sum = 0;
+			for (int k = 0; k < 16; k++)
+				sum = (int16_t)(sum + (int8_t)b[4 + 16 * s + k]);
+			memcpy(b + 260 + 2 * s, &sum, 2);
+		}
+	}
+}
+
+/* moe_matmul_repacked at each level gives the scalar reference dot's bits on
+ * the rows before repacking, on every row count 1..9 and 17, 33 (the four-row
+ * runs with a short last run, the 16-row claims) against 1, 2, 3, 5, 8, 9
+ * and 19 tokens (each token group of the tiles), 3 and 16 blocks per row, one
+ * and two threads; so does moe_gemm_rows_repacked on rows [2, nr).  Blocks
+ * random, and the 0xff extreme against +-127, -127 and the -128 tokens of
+ * token_128. */
+static void repacked_same_bits(moe_isa level)
+{
+	enum { MAXR = 33, MAXT = 19, MAXB = 16 };
+	static uint8_t w[MAXR * MAXB * 110], r[MAXR * MAXB * 110], aq[MAXT * MAXB * 292];
+	static float a[MAXB * 256], want[MAXR * MAXT], got[MAXR * MAXT];
+	static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 33};
+	static const int toks[] = {1, 2, 3, 5, 8, 9, 19};
+	static const int64_t blocks[] = {3, 16};
+	moe_pool *pool = NULL;
+	int compared = 0;
+
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	rng_state = 5150;
+	for (size_t ti = 0; ti < 2; ti++) {
+		const moe_type t = k23_types[ti];
+		const moe_vec_dot_fn ref = moe_vec_dot_get_isa(t, MOE_ISA_SCALAR);
+		for (size_t bi = 0; bi < 2; bi++) {
+			const int64_t nb = blocks[bi], cols = 256 * nb;
+			const size_t rs = moe_row_size(t, cols), as = moe_act_row_size(t, cols);
+			for (int ex = 0; ex < 5; ex++) {
+				for (int k = 0; k < MAXR; k++)
+					random_row(t, w + k * rs, aq, a, nb, ex > 2 ? 1 : ex);
+				for (int k = 0; k < MAXT; k++)
+					random_row(t, w + (MAXR - 1) * rs, aq + k * as, a, nb,
+					           ex > 2 ? 1 : ex);
+				if (ex > 2)
+					token_128(aq, nb * MAXT, ex == 3);
+				cr_assert_eq(moe_repack_rows(r, w, t, MAXR, cols), MOE_OK);
+				for (int k = 0; k < MAXR; k++)
+					for (int q = 0; q < MAXT; q++)
+						ref(cols, &want[q * MAXR + k], w + k * rs,
+						    aq + q * as);
+				for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++)
+					for (size_t ki = 0; ki < sizeof(toks) / sizeof(toks[0]);
+					     ki++) {
+						const int nr = rows[ri], nt = toks[ki];
+						for (int th = 0; th < 3; th++) {
+							const int k0 =
+							    th == 2 ? (nr > 2 ? 2 : nr) : 0;
+							memset(got, 0xff, sizeof(got));
+							if (th < 2)
+								cr_assert_eq(moe_matmul_repacked(
+								                 th ? pool : NULL,
+								                 got, r, t, nr,
+								                 cols, aq, nt),
+								             MOE_OK);
+							else
+								cr_assert_eq(moe_gemm_rows_repacked(
+								                 got + k0, nr, r, t,
+								                 k0, nr, cols, aq,
+								                 nt),
+								             MOE_OK);
+							for (int e = k0; e < nr * nt; e++) {
+								if (e % nr < k0)
+									continue;
+								const float *wt =
+								    &want[e / nr * MAXR + e % nr];
+								cr_assert(memcmp(wt, &got[e], 4) ==
+								              0,
+								          "%s %s %lld blocks, "
+								          "extreme %d, "
+								          "%d x %d (%s) element "
+								          "%d: %.9g, "
+								          "reference %.9g",
+								          moe_isa_name(level),
+								          moe_type_get(t)->name,
+								          (long long)nb, ex, nr, nt,
+								          th == 2 ? "gemm_rows"
+								                  : "matmul",
+								          e, got[e], *wt);
+								compared++;
+							}
+						}
+					}
+			}
+		}
+	}
+	moe_pool_destroy(pool);
+	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
+}
+
+ISA_LEVEL_TESTS(quants_k23, repacked_same_bits_as_reference, repacked_same_bits)

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/kernels.h"
 #include "worker/worker.h"
 
 static char *fixture(const char *name)
@@ -149,4 +150,80 @@ Test(store, wrong_shapes_are_refused)
 	    MOE_ERR_MISMATCH);
 	cr_assert_null(s);
 	moe_gguf_close(g);
+}
+
+/* With lanes on, the Q2_K and Q3_K experts the store reads are the file's
+ * bytes repacked (moe_repack_rows, in place: same size), the others the
+ * file's bytes, and moe_expert_store_lanes names exactly the repacked
+ * matrices; lanes cannot be switched once experts are held. */
+Test(store, lanes_repack_q2_K_q3_K_experts)
+{
+	static const char *const files[] = {"qwen3moe-k256-Q2_K.gguf", "qwen3moe-k256-Q3_K_M.gguf"};
+	static const char *const w[3] = {"gate", "up", "down"};
+	int lanes = 0, plain = 0;
+	for (int f = 0; f < 2; f++) {
+		moe_gguf *g = NULL;
+		moe_expert_store *s = NULL;
+		moe_store_load *ld = NULL;
+		cr_assert_eq(moe_gguf_open(&g, fixture(files[f])), MOE_OK, "%s", moe_err_detail());
+		const moe_gguf_tensor *t0 = moe_gguf_find_tensor(g, "blk.0.ffn_gate_exps.weight");
+		cr_assert_not_null(t0);
+		const int n_expert = (int)t0->ne[2];
+		int n_layer = 0;
+		for (char name[64];; n_layer++) {
+			snprintf(name, sizeof(name), "blk.%d.ffn_gate_exps.weight", n_layer);
+			if (moe_gguf_find_tensor(g, name) == NULL)
+				break;
+		}
+		uint8_t *held = calloc((size_t)n_layer * (size_t)n_expert, 1);
+		for (int i = 0; i < n_layer * n_expert; i++)
+			held[i] = (uint8_t)(i % 3 != 1);
+		cr_assert_eq(moe_expert_store_create(&s, fixture(files[f]), g, n_layer, n_expert),
+		             MOE_OK);
+		cr_assert_eq(moe_expert_store_set_lanes(s, true), MOE_OK);
+		cr_assert_eq(moe_store_load_prepare(&ld, s, held), MOE_OK);
+		cr_assert_eq(moe_store_load_read(ld, NULL), MOE_OK, "%s", moe_err_detail());
+		cr_assert_eq(moe_store_load_commit(s, ld), MOE_OK);
+		cr_assert_eq(moe_expert_store_set_lanes(s, false), MOE_ERR_INVAL);
+		for (int l = 0; l < n_layer; l++)
+			for (int k = 0; k < 3; k++) {
+				char name[64];
+				snprintf(name, sizeof(name), "blk.%d.ffn_%s_exps.weight", l, w[k]);
+				const moe_gguf_tensor *t = moe_gguf_find_tensor(g, name);
+				cr_assert_not_null(t);
+				const bool want_lanes =
+				    t->type == MOE_TYPE_Q2_K || t->type == MOE_TYPE_Q3_K;
+				cr_assert_eq(moe_expert_store_lanes(s, l, k), want_lanes, "%s",
+				             name);
+				const size_t eb = (size_t)t->size / (size_t)n_expert;
+				uint8_t *want = malloc(eb);
+				for (int e = 0; e < n_expert; e++) {
+					const void *p = moe_expert_store_get(s, l, k, e);
+					if (!held[l * n_expert + e]) {
+						cr_assert_null(p);
+						continue;
+					}
+					const uint8_t *src =
+					    (const uint8_t *)t->data + (size_t)e * eb;
+					if (want_lanes)
+						cr_assert_eq(moe_repack_rows(want, src, t->type,
+						                             t->ne[1], t->ne[0]),
+						             MOE_OK);
+					else
+						memcpy(want, src, eb);
+					cr_assert(memcmp(p, want, eb) == 0, "%s expert %d", name,
+					          e);
+					if (want_lanes)
+						cr_assert(memcmp(p, src, eb) != 0, "%s expert %d",
+						          name, e);
+					want_lanes ? lanes++ : plain++;
+				}
+				free(want);
+			}
+		free(held);
+		moe_expert_store_destroy(s);
+		moe_gguf_close(g);
+	}
+	cr_assert_gt(lanes, 0);
+	cr_assert_gt(plain, 0);
 }

@@ -360,6 +360,7 @@ static void bind_store(server *s)
 			for (int e = 0; e < ne; e++)
 				p[e] = moe_expert_store_get(s->store, l, w, e);
 			mats[w]->expert = p;
+			mats[w]->lanes = moe_expert_store_lanes(s->store, l, w);
 		}
 	}
 	const moe_store_stats ss = moe_expert_store_stats(s->store);
@@ -477,10 +478,18 @@ static void assign_run(server *s)
 	}
 	pthread_mutex_unlock(&s->ctl_lock);
 	s->load_t0 = moe_now_s();
-	if (s->store == NULL &&
-	    (err = moe_expert_store_create(&s->store, s->o->model_path, s->g, s->hp.n_layer,
-	                                   s->hp.n_expert)) != MOE_OK)
-		goto out_fail;
+	if (s->store == NULL) {
+		if ((err = moe_expert_store_create(&s->store, s->o->model_path, s->g, s->hp.n_layer,
+		                                   s->hp.n_expert)) != MOE_OK)
+			goto out_fail;
+		/* Q2_K / Q3_K experts in the lanes layouts where the AVX2 kernels
+		 * run (the same bits, faster); the other levels would restore
+		 * every row for each product */
+		const moe_isa isa = moe_isa_active();
+		if ((isa == MOE_ISA_AVX2 || isa == MOE_ISA_AVX512) &&
+		    (err = moe_expert_store_set_lanes(s->store, true)) != MOE_OK)
+			goto out_fail;
+	}
 	moe_expert_store_keep(s->store, held, &s->assign_dropped, NULL);
 	bind_store(s);
 	if ((err = moe_store_load_prepare(&s->ld, s->store, held)) != MOE_OK)

@@ -62,6 +62,7 @@ struct moe_expert_store {
 	store_run *runs;
 	size_t n_runs;
 	moe_store_stats st;
+	bool lanes; /* Q2_K / Q3_K experts repacked after their read */
 };
 
 /* Experts being read into buffers of their own (moe_store_load_*). */
@@ -115,6 +116,40 @@ bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe
 	*n_cols = m->n_cols;
 	*n_rows = m->n_rows;
 	return true;
+}
+
+moe_err moe_expert_store_set_lanes(moe_expert_store *s, bool on)
+{
+	if (s->st.experts_held != 0)
+		return moe_fail(MOE_ERR_INVAL, "expert store: lanes set while holding %llu experts",
+		                (unsigned long long)s->st.experts_held);
+	s->lanes = on;
+	return MOE_OK;
+}
+
+bool moe_expert_store_lanes(const moe_expert_store *s, int layer, int which)
+{
+	if (s == NULL || !s->lanes || layer < 0 || layer >= s->n_layer || which < 0 || which > 2)
+		return false;
+	const store_mat *m = &s->mats[layer * 3 + which];
+	return moe_repack_row_size(m->type, m->n_cols) != 0;
+}
+
+/* The store's lanes: every Q2_K / Q3_K expert of ld's runs repacked in place
+ * (the same size, moe_repack_rows). */
+static void repack_runs(moe_store_load *ld)
+{
+	for (size_t i = 0; i < ld->n_runs; i++) {
+		const store_run *r = &ld->runs[i];
+		const store_mat *m = &ld->s->mats[r->mat];
+		if (moe_repack_row_size(m->type, m->n_cols) == 0)
+			continue;
+		for (int e = r->e0; e < r->e1; e++) {
+			uint8_t *p = r->buf + r->skip + (size_t)(e - r->e0) * m->expert_bytes;
+			/* cannot fail: a checked shape of a type with a lanes layout */
+			(void)moe_repack_rows(p, p, m->type, m->n_rows, m->n_cols);
+		}
+	}
 }
 
 moe_store_stats moe_expert_store_stats(const moe_expert_store *s)
@@ -502,6 +537,8 @@ moe_err moe_store_load_read(moe_store_load *ld, const moe_store_opts *opts)
 		}
 		break;
 	}
+	if (err == MOE_OK && s->lanes)
+		repack_runs(ld);
 	ld->st.direct = direct;
 	ld->st.seconds = moe_now_s() - t0;
 out_free:

@@ -102,6 +102,18 @@ const void *moe_expert_store_get(const moe_expert_store *s, int layer, int which
 bool moe_expert_store_shape(const moe_expert_store *s, int layer, int which, moe_type *type,
                             int64_t *n_cols, int64_t *n_rows);
 
+/* Whether the Q2_K and Q3_K experts this store reads are repacked in place,
+ * right after their read, into the lanes layouts of the kernels' faster
+ * products (moe_repack_rows; the same bytes, arranged otherwise: the FFN
+ * views must set moe_expert_mat.lanes where moe_expert_store_lanes says so).
+ * Call before the first load is prepared: MOE_ERR_INVAL once it holds
+ * experts.  Off by default. */
+moe_err moe_expert_store_set_lanes(moe_expert_store *s, bool on);
+
+/* Whether matrix `which` of layer l is held in a lanes layout (the store's
+ * lanes on and the type Q2_K or Q3_K); false out of range. */
+bool moe_expert_store_lanes(const moe_expert_store *s, int layer, int which);
+
 moe_store_stats moe_expert_store_stats(const moe_expert_store *s);
 
 /* ---- dispatch server ------------------------------------------------------------- */

@@ -10,6 +10,12 @@
  *
  *   moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]
  *                [--mib N] [--reps N] [--samples N] [--types Q4_K,Q8_0,...]
+ *                [--matmul] [--repack]
+ *
+ * --repack (with --matmul) adds, after each type with a load-time repacked
+ * layout (Q2_K, Q3_K), a line "<type>/L" for the same rows repacked
+ * (moe_repack_rows) through moe_matmul_repacked, the token's per-product
+ * rearrangement included.
  *
  * In-cache figures come from many short samples (~1 MiB of weight reads per
  * thread each; --samples, default 1000): "best" is the fastest sample (what
@@ -116,7 +122,8 @@ typedef struct job {
 	/* gemv */
 	moe_vec_dot_fn dot;
 	moe_type type;
-	bool matmul; /* through moe_matmul_q (the tile kernels), not dot */
+	bool matmul;   /* through moe_matmul_q (the tile kernels), not dot */
+	bool repacked; /* w repacked: through moe_matmul_repacked */
 	const uint8_t *w;
 	size_t row_bytes;
 	int64_t n_rows, n_cols;
@@ -139,6 +146,12 @@ static void run_slice(const job *j, int ith, int nth)
 	if (j->kind == 0) {
 		int64_t r0 = j->n_rows * ith / nth, r1 = j->n_rows * (ith + 1) / nth;
 		for (int p = 0; p < j->passes; p++) {
+			if (j->repacked) {
+				moe_matmul_repacked(NULL, j->y + r0,
+				                    j->w + (size_t)r0 * j->row_bytes, j->type,
+				                    r1 - r0, j->n_cols, j->act, 1);
+				continue;
+			}
 			if (j->matmul) {
 				moe_matmul_q(NULL, j->y + r0, j->w + (size_t)r0 * j->row_bytes,
 				             j->type, r1 - r0, j->n_cols, j->act, 1);
@@ -236,18 +249,19 @@ static int parse_types(const char *s, moe_type *out, int max)
 static void usage(FILE *f)
 {
 	fprintf(
-	    f,
-	    "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
-	    "                    [--mib N] [--reps N] [--samples N] [--types F32,Q4_K,...]\n"
-	    "                    [--matmul]  (GEMV through moe_matmul_q: the tile kernels\n"
-	    "                                 of the active level, not the dot; ignores --isa)\n");
+	    f, "usage: moe_dotbench [--isa scalar|avx2|avx512] [--threads N] [--cols N]\n"
+	       "                    [--mib N] [--reps N] [--samples N] [--types F32,Q4_K,...]\n"
+	       "                    [--matmul]  (GEMV through moe_matmul_q: the tile kernels\n"
+	       "                                 of the active level, not the dot; ignores --isa)\n"
+	       "                    [--repack]  (with --matmul: Q2_K, Q3_K also repacked at\n"
+	       "                                 load, moe_matmul_repacked, as '<type>/L')\n");
 }
 
 int main(int argc, char **argv)
 {
 	moe_isa isa = moe_isa_active();
 	int nth = 1, reps = 7, samples = 1000;
-	bool matmul = false;
+	bool matmul = false, repack = false;
 	int64_t n_cols = 2048;
 	size_t big_mib = 4 * llc_mib();
 	moe_type types[N_ALL_TYPES];
@@ -262,6 +276,10 @@ int main(int argc, char **argv)
 		}
 		if (strcmp(argv[i], "--matmul") == 0) {
 			matmul = true;
+			continue;
+		}
+		if (strcmp(argv[i], "--repack") == 0) {
+			repack = true;
 			continue;
 		}
 		if (v == NULL) {
@@ -398,6 +416,23 @@ int main(int argc, char **argv)
 		measure(&sj, nth, reps, (double)n_big * (double)rb, &sb, &sm);
 		printf("%-7s %7zu %16.1f %5.1f %16.1f %5.1f %12.0f%%\n", moe_type_get(t)->name, rb,
 		       cb, cm, sb, sm, 100 * sb / triad);
+		const size_t rbr = moe_repack_row_size(t, n_cols);
+		uint8_t *bigr =
+		    repack && matmul && rbr != 0 ? aligned_alloc(64, (size_t)n_big * rbr) : NULL;
+		if (bigr != NULL && moe_repack_rows(bigr, big, t, n_big, n_cols) == MOE_OK) {
+			cj.repacked = sj.repacked = true;
+			cj.w = sj.w = bigr;
+			cj.row_bytes = sj.row_bytes = rbr;
+			time_job(&cj, nth);
+			measure(&cj, nth, nth > 1 ? samples / 8 + 1 : samples,
+			        passes * (double)n_small * (double)rbr, &cb, &cm);
+			measure(&sj, nth, reps, (double)n_big * (double)rbr, &sb, &sm);
+			char name[16];
+			snprintf(name, sizeof(name), "%s/L", moe_type_get(t)->name);
+			printf("%-7s %7zu %16.1f %5.1f %16.1f %5.1f %12.0f%%\n", name, rbr, cb, cm,
+			       sb, sm, 100 * sb / triad);
+		}
+		free(bigr);
 	}
 	free(ta);
 	free(tb);

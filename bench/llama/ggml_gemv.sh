@@ -24,7 +24,9 @@
 #   of random bytes, divided by the blocks it was called on; random: no quantiser tables to
 #   build under valgrind, and the kernels do not branch on data), and moemesh's one-token tile
 #   (moe_matmul_q) and one-row dot, each from two moe_dotbench runs that differ only in
-#   --samples (the difference in instructions over the difference in blocks: setup cancels).
+#   --samples (the difference in instructions over the difference in blocks: setup cancels);
+#   Q2_K, Q3_K also "lanes", their rows repacked at load (moe_matmul_repacked, the token's
+#   rearrangement per product included): the --matmul --repack runs' figure less --matmul's.
 # incache: one thread, ~256 KiB of weights (L2), where the grid types are bound by instructions,
 #   not memory: per round and type `moe_dotbench --matmul --samples 1000` (moemesh's one-token
 #   tile, each sample ~1 MiB of reads) and `ggml_gemv --rows 256KiB/rowbytes --reps 1000`
@@ -143,7 +145,7 @@ callgrind_types() {
   [[ -x $bin ]] || build
   local dot=$moe_build/bench/moe_dotbench cg=$out/callgrind
   mkdir -p "$cg"
-  printf "%-8s %14s %16s %14s\n" type "llama vec_dot" "moemesh tile" "moemesh dot"
+  printf "%-8s %14s %16s %14s %14s\n" type "llama vec_dot" "moemesh tile" "moemesh dot" "moemesh lanes"
   for t in ${types//,/ }; do
     local g lt=${t,,} rows=256 reps=20
     g=$lt; [[ $lt == *_k ]] && g=${lt%_k}_K
@@ -156,8 +158,9 @@ callgrind_types() {
     lir=$(ir_total "$cg/ggml.$t.out")
     lpb=$(awk -v i="$lir" -v n=$((2 * reps * rows * 16)) 'BEGIN { printf "%.0f", i / n }')
     # moemesh: moe_dotbench in cache (256 KiB of rows, 1 MiB of reads a sample), samples 20 vs 40
-    local mode res=()
-    for mode in --matmul ""; do
+    local mode res=() modes=(--matmul "")
+    [[ $t == Q2_K || $t == Q3_K ]] && modes+=("--matmul --repack")
+    for mode in "${modes[@]}"; do
       local a b rb
       valgrind --tool=callgrind --callgrind-out-file="$cg/moe.$t.a.out" "$dot" $mode --threads 1 \
         --cols 4096 --mib 1 --reps 1 --samples 20 --types "$t" >"$cg/moe.$t.log" 2>/dev/null
@@ -171,7 +174,9 @@ callgrind_types() {
         n = int(262144 / rb); p = int(1048576 / (n * rb)) + 1
         printf "%.0f", (b - a) / (20 * p * n * 16) }')")
     done
-    printf "%-8s %14s %16s %14s\n" "$t" "$lpb" "${res[0]}" "${res[1]}"
+    local lanes=-
+    [[ ${#res[@]} == 3 ]] && lanes=$((res[2] - res[0]))
+    printf "%-8s %14s %16s %14s %14s\n" "$t" "$lpb" "${res[0]}" "${res[1]}" "$lanes"
   done
   echo "instructions per 256-value block, 4096 columns, one thread, callgrind (files in $cg)"
 }
