@@ -51,8 +51,9 @@ for t in $targets; do
 	rm -rf "$out"
 	mkdir -p "$out/corpus"
 	cp "$src/tests/fuzz/corpus/$t/"* "$out/corpus/"
-	# -timeout: one input over 25 s is a hang; -rss_limit_mb: 2 GiB
-	if ! "$build/tests/fuzz/fuzz_$t" $limit -timeout=25 -rss_limit_mb=2048 \
+	# -timeout: one input over MOE_FUZZ_TIMEOUT seconds (default 25) is a
+	# hang; -rss_limit_mb: 2 GiB
+	if ! "$build/tests/fuzz/fuzz_$t" $limit -timeout="${MOE_FUZZ_TIMEOUT:-25}" -rss_limit_mb=2048 \
 		-print_final_stats=1 -artifact_prefix="$out/" "$out/corpus" >"$out/log" 2>&1; then
 		echo "fuzz_$t FAILED; its output ($out/log):"
 		tail -60 "$out/log"
