@@ -9,7 +9,8 @@
 #        ggml_gemv.sh callgrind TYPES
 #        ggml_gemv.sh incache TYPES [ROUNDS]
 # env:   LLAMA_DIR (default /work/llama: headers in ggml/include, static libs in build/ggml/src),
-#        MOEMESH_BUILD (default build/release), OUT (default build/llama-gemv), THREADS (2)
+#        MOEMESH_BUILD (default build/release), OUT (default build/llama-gemv-BASENAME_OF_LLAMA_DIR),
+#        THREADS (2)
 #
 # compare: ROUNDS (default 3) rounds; in each, per type, `moemesh bench kernels --gemv-only
 #   --types T` and `ggml_gemv --types T` back to back, which one first alternating by round;
@@ -51,9 +52,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 llama=${LLAMA_DIR:-/work/llama}
 moe_build=${MOEMESH_BUILD:-$root/build/release}
-out=${OUT:-$root/build/llama-gemv}
+out=${OUT:-$root/build/llama-gemv-$(basename "$llama")} # one per llama.cpp build: the binary links it
 threads=${THREADS:-2}
 bin=$out/ggml_gemv
+
+# The SIMD flags llama.cpp's CPU backend was built with (its cmake.log, as build-llama.sh writes
+# it), and a warning where the CPU has AVX-512 and that build does not: build-llama.sh looks for
+# "avx512vnni" in /proc/cpuinfo, which Linux spells "avx512_vnni", so its builds stop at AVX2 on
+# AVX-512 machines (seen on a Zen 5 EPYC, stop 28); a fair comparison there takes a build with
+# -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON (LLAMA_DIR names it).
+llama_simd() {
+  local v
+  v=$(grep -m1 'Adding CPU backend variant' "$llama/cmake.log" 2>/dev/null | sed 's/.*variant [^:]*: //; s/ .*//')
+  echo "llama.cpp ($llama) CPU flags: ${v:-unknown (no $llama/cmake.log)}"
+  if grep -q avx512f /proc/cpuinfo && [[ -n $v && $v != *avx512f* ]]; then
+    echo "WARNING: this CPU has AVX-512 but that llama.cpp build has none: it is not llama.cpp at its best here"
+  fi
+}
 
 build() {
   mkdir -p "$out"
@@ -97,6 +112,7 @@ compare() {
   echo "$(grep -m1 'model name' /proc/cpuinfo); one-token GEMV, 4096 columns, >= 4x LLC of weights;"
   echo "GB/s: best of 6 timed passes per run; ranges min-max over $rounds rounds; % of the triad pass"
   echo "next to each (its own tool's); T = $threads threads"
+  llama_simd
   awk -F, -v types="$types" -v T="$threads" "$awk_median"'
     NR > 1 {
       k = $1 SUBSEP $3
@@ -214,6 +230,7 @@ incache() {
   done
   echo "after: $(uptime)"
   echo "$(grep -m1 'model name' /proc/cpuinfo); one thread, ~256 KiB of weights, 4096 columns;"
+  llama_simd
   echo "GB/s of weight bytes, best and median per run, ranges min-max over $rounds rounds"
   awk -F, -v types="$types" "$awk_median"'
     NR > 1 {
@@ -259,5 +276,5 @@ run) shift; [[ -x $bin ]] || build; "$bin" "$@" ;;
 compare) shift; compare "$@" ;;
 callgrind) shift; callgrind_types "$@" ;;
 incache) shift; incache "$@" ;;
-*) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
