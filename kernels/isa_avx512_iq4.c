@@ -1,0 +1,289 @@
+/*
+ * isa_avx512_iq4.c - tile kernels (gemm.h) of IQ4_NL and MXFP4 (x Q8_0) and
+ * IQ4_XS (x Q8_K) at the AVX-512 level, built with the AVX-512 flags
+ * (F/BW/VL/DQ + VNNI; no VBMI: the level does not require it).
+ *
+ * One token (decode: a lone token, or the last one after groups of 8) over
+ * 8 row runs (run_lanes8) takes the tiles below; everything else takes the
+ * AVX2 tiles (isa_avx2_iq4.c).  Both keep the canonical arithmetic of
+ * quants.h: per block the exact integer sum, then (float)isum times
+ * (dw * dy) fused-added into the row's accumulator in block order, so the
+ * bits are the AVX2 tiles' and the scalar reference's.
+ *
+ * The integers are formed by VNNI's vpdpbusd (u8 x s8, 4 products summed
+ * into an int32 lane) on the levels shifted to unsigned: one byte shuffle
+ * of the code from the table levels + 128 (IQ4: 1..241, MXFP4: 116..140),
+ * and the 128 x the token's sum taken back (IQ4_NL, MXFP4: once per token
+ * block in a prep, the accumulator's start; IQ4_XS: per sub-block lane,
+ * -128 x vpdpbusd(128, y), once per token block for the tile's 8 rows).  No
+ * sign trick: an activation of -128 is exact too (vpsignb cannot negate
+ * it).  An int32 lane meets at most 32 x 241 x 128 (< 2^22) before the
+ * offset, and an IQ4_XS block at most 8 x 32 x 32 x 127 x 128 (< 2^27).
+ *
+ *   - IQ4_NL, MXFP4: the 8 rows transposed into the lanes as Q4_0's
+ *     one-token tile (isa_avx2.h q40_rows): vector m = dword m of every
+ *     row's codes, lane r = row r; low and high nibbles looked up in place
+ *     and met by the token's 4 matching values broadcast.  No reduction.
+ *   - IQ4_XS: per row, 4 sub-blocks per zmm (64 code bytes; the token's
+ *     values rearranged once per block for the 8 rows), one vpdpbusd per
+ *     nibble half, the 16 lanes reduced to the 8 sub-block sums, one vpmulld
+ *     by the 8 scales ls - 32 (worked out in a general-purpose register),
+ *     then the 8 rows' vectors reduced together (sum8_i32): lane r = row r.
+ *     512-bit vectors here were measured on Zen 5 only (full-width integer
+ *     units); on Zen 4, which splits them in two, this may lose (see
+ *     docs/DESIGN.md).
+ */
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "kernels/gemm.h"
+#include "kernels/isa_avx2.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+enum { KIND_NL, KIND_MX };
+
+/* The 16 levels of kind's codes + 128 as u8, in both 128-bit halves. */
+static ALWAYS_INLINE __m256i levels_u8(int kind)
+{
+	const int8_t *t = kind == KIND_MX ? moe_mxfp4_values : moe_iq4nl_values;
+	return _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t)),
+	                        _mm256_set1_epi8((char)0x80));
+}
+
+/* ---- IQ4_NL / MXFP4 x Q8_0, one token, the rows transposed into the lanes -------- */
+
+/* Per token block: base = -128 x the sum of its 32 values (the levels'
+ * offset), d = its scale. */
+static void prep_u128(q40_prep *p, int64_t nb, const uint8_t *a)
+{
+	const __m256i ones8 = _mm256_set1_epi8(1);
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a + i;
+		const __m256i y = _mm256_loadu_si256((const __m256i *)ab->qs);
+		const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, y);
+		p[i].base = -128 * _mm_cvtsi128_si32(hsum_i32_v(s));
+		p[i].d = half_to_f32(ab->d);
+	}
+}
+
+/* The 8 rows w[0..8) against the one token a[0]: out[r] = row r's result.
+ * Vector m holds dword m of each row's 16 code bytes (values 4m..4m+3 in the
+ * low nibbles, 16+4m.. in the high); each nibble half is looked up in place
+ * (AND, or shift and AND, then vpshufb) and met by the token's matching 4
+ * values broadcast; the low half's accumulator starts at the prep's base. */
+static ALWAYS_INLINE void tile_t(int kind, int64_t n_cols, float out[8], const uint8_t *const w[8],
+                                 const uint8_t *const a[8], const void *prep)
+{
+	const bool mx = kind == KIND_MX;
+	const q40_prep *p = prep;
+	const int64_t nb = n_cols / MOE_QK32;
+	const size_t wbs = mx ? sizeof(moe_block_mxfp4) : sizeof(moe_block_iq4_nl);
+	const size_t qo = mx ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
+	const __m256i lut = levels_u8(kind), m0f = _mm256_set1_epi8(15);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * wbs;
+		const int8_t *y = ((const moe_block_q8_0 *)a[0] + i)->qs;
+		lanes8_prefetch(w, wo);
+		__m256i v[4];
+		q40_rows(v, w, wo + qo);
+		__m256i lo = _mm256_set1_epi32(p[i].base), hi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+		for (int m = 0; m < 4; m++) {
+			const __m256i l0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(v[m], m0f));
+			const __m256i l1 = _mm256_shuffle_epi8(
+			    lut, _mm256_and_si256(_mm256_srli_epi16(v[m], 4), m0f));
+			lo = _mm256_dpbusd_epi32(lo, l0, bcast4(y + 4 * m));
+			hi = _mm256_dpbusd_epi32(hi, l1, bcast4(y + 16 + 4 * m));
+		}
+		const __m256 dw = mx ? e8m0_half8_ptr(w, wo) : half8_ptr(w, wo);
+		const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(p[i].d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+static void nl_8x1_t(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                     const void *prep)
+{
+	tile_t(KIND_NL, n, o, w, a, prep);
+}
+
+static void mx_8x1_t(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                     const void *prep)
+{
+	tile_t(KIND_MX, n, o, w, a, prep);
+}
+
+/* Rows [0, n_r) against the one token at a by tile over 8 row runs, with
+ * its prep on the stack (or the heap for rows over Q40_STACK_BLOCKS
+ * blocks); false without memory for it (nothing written then). */
+static bool run_lanes8_u128(moe_tile_fn tile, int64_t n_cols, float *y, const uint8_t *w,
+                            size_t w_stride, int64_t n_r, const uint8_t *a)
+{
+	const int64_t nb = n_cols / MOE_QK32;
+	q40_prep stack[Q40_STACK_BLOCKS];
+	q40_prep *p = nb <= Q40_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	if (p == NULL)
+		return false;
+	prep_u128(p, nb, a);
+	/* GCC (ASan build) cannot see that prep_u128 wrote what the tiles read */
+	__asm__("" : : "r"(p) : "memory");
+	run_lanes8(tile, n_cols, y, w, w_stride, n_r, a, p);
+	if (p != stack)
+		free(p);
+	return true;
+}
+
+/* ---- IQ4_XS x Q8_K, one token, four sub-blocks per vector ------------------------ */
+
+/* The 8 sub-block scales ls - 32 of an IQ4_XS block as int8 bytes 0..7 of
+ * a general-purpose register (byte s = sub-block s): the 8 nibbles and 8 bit
+ * pairs spread to bytes by shifts and masks, then 32 taken from each byte
+ * without borrows ((ls + 0x60) ^ 0x80 = ls - 32 as int8 for ls in 0..63). */
+static ALWAYS_INLINE uint64_t xs_scales_i8(const moe_block_iq4_xs *b)
+{
+	uint32_t lo;
+	memcpy(&lo, b->scales_l, 4);
+	uint64_t t = lo, u = b->scales_h;
+	t = (t | t << 16) & 0x0000ffff0000ffffull;
+	t = (t | t << 8) & 0x00ff00ff00ff00ffull;
+	t = (t | t << 4) & 0x0f0f0f0f0f0f0f0full; /* byte s = bits 4s..4s+3 of lo */
+	u = (u | u << 24) & 0x000000ff000000ffull;
+	u = (u | u << 12) & 0x000f000f000f000full;
+	u = (u | u << 6) & 0x0303030303030303ull; /* byte s = bits 2s, 2s+1 of h */
+	uint64_t ls = ((t | u << 4) + 0x6060606060606060ull) ^ 0x8080808080808080ull;
+	__asm__("" : "+r"(ls));
+	return ls;
+}
+
+/* IQ4_XS, the 8 rows w[0..8) against the one token a[0].  Per token block,
+ * once for the 8 rows: yz[j][h] = the token's values 16h..16h+15 of
+ * sub-blocks 4j..4j+3 (one per 128-bit lane, as the rows' low (h = 0) and
+ * high (h = 1) nibbles of 64 code bytes lie), and off[j] = -128 x the sums
+ * of the same 4-value groups.  Per row: D_j = off[j] + vpdpbusd of the
+ * levels + 128 with yz (lane group q of D_j: sub-block 4j + q), reduced so
+ * that dword 0 of lane group q holds sub-block q's exact sum and dword 1
+ * sub-block 4 + q's; one vpmulld by the scales in that order (the other
+ * dwords 0), the halves added: 8 lanes whose total is the block's isum. */
+static void xs_8x1_z(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                     const uint8_t *const a[8], const void *prep)
+{
+	(void)prep;
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m512i m0f = _mm512_set1_epi8(15), c128 = _mm512_set1_epi8((char)0x80);
+	const __m512i lut = _mm512_broadcast_i32x4(_mm256_castsi256_si128(levels_u8(KIND_NL)));
+	/* ls - 32 of sub-blocks q, 4 + q as bytes 0, 1 of dword 4q, the rest 0 */
+	const __m128i sc_order =
+	    _mm_setr_epi8(0, 4, -1, -1, 1, 5, -1, -1, 2, 6, -1, -1, 3, 7, -1, -1);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * sizeof(moe_block_iq4_xs);
+		const moe_block_q8_K *y = (const moe_block_q8_K *)a[0] + i;
+		__m512i yz[2][2], off[2];
+#pragma GCC unroll 2
+		for (int j = 0; j < 2; j++) {
+			const __m512i e = _mm512_loadu_si512((const void *)(y->qs + 128 * j));
+			const __m512i o = _mm512_loadu_si512((const void *)(y->qs + 128 * j + 64));
+			yz[j][0] = _mm512_shuffle_i64x2(e, o, _MM_SHUFFLE(2, 0, 2, 0));
+			yz[j][1] = _mm512_shuffle_i64x2(e, o, _MM_SHUFFLE(3, 1, 3, 1));
+			const __m512i s = _mm512_dpbusd_epi32(
+			    _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, yz[j][0]), c128,
+			    yz[j][1]);
+			off[j] = _mm512_sub_epi32(_mm512_setzero_si512(), s);
+		}
+		__m256i v[8];
+#pragma GCC unroll 8
+		for (int r = 0; r < 8; r++) {
+			const moe_block_iq4_xs *b = (const moe_block_iq4_xs *)(w[r] + wo);
+			const __m512i sc = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(
+			    _mm_cvtsi64_si128((long long)xs_scales_i8(b)), sc_order));
+			__m512i dj[2];
+#pragma GCC unroll 2
+			for (int j = 0; j < 2; j++) {
+				const __m512i c =
+				    _mm512_loadu_si512((const void *)(b->qs + 64 * j));
+				const __m512i l0 =
+				    _mm512_shuffle_epi8(lut, _mm512_and_si512(c, m0f));
+				const __m512i l1 = _mm512_shuffle_epi8(
+				    lut, _mm512_and_si512(_mm512_srli_epi16(c, 4), m0f));
+				dj[j] = _mm512_dpbusd_epi32(
+				    _mm512_dpbusd_epi32(off[j], l0, yz[j][0]), l1, yz[j][1]);
+			}
+			/* lane group q: [D0 a+c, D1 a+c, D0 b+d, D1 b+d], then the two
+			 * 64-bit halves added: dword 0 = sub-block q, 1 = 4 + q */
+			__m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(dj[0], dj[1]),
+			                             _mm512_unpackhi_epi32(dj[0], dj[1]));
+			t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));
+			const __m512i p = _mm512_mullo_epi32(t, sc);
+			v[r] = _mm256_add_epi32(_mm512_castsi512_si256(p),
+			                        _mm512_extracti64x4_epi64(p, 1));
+		}
+		const __m256 d = _mm256_mul_ps(half8_ptr(w, wo), _mm256_set1_ps(y->d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* ---- drivers --------------------------------------------------------------------- */
+
+/* The AVX2 tiles for every token but a last lone one after the groups of 8,
+ * which takes one8 over 8 row runs (IQ4_NL, MXFP4 with their prep: the AVX2
+ * tiles without memory for it). */
+static void gemm_iq4(moe_type t, moe_tile_fn one8, bool prep, int64_t n_cols, float *y, int64_t ldy,
+                     const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
+                     size_t x_stride, int64_t n_t)
+{
+	const moe_gemm_fn avx2 = moe_gemm_avx2_iq4(t);
+	const int64_t full = n_t / 8 * 8;
+	if (n_t - full != 1) {
+		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+		return;
+	}
+	if (full > 0)
+		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
+	float *yt = y + full * ldy;
+	const uint8_t *a = x + (size_t)full * x_stride;
+	if (!prep)
+		run_lanes8(one8, n_cols, yt, w, w_stride, n_r, a, NULL);
+	else if (!run_lanes8_u128(one8, n_cols, yt, w, w_stride, n_r, a))
+		avx2(n_cols, yt, ldy, w, w_stride, n_r, a, x_stride, 1);
+}
+
+static void gemm_iq4_nl(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_iq4(MOE_TYPE_IQ4_NL, nl_8x1_t, true, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+	         n_t);
+}
+
+static void gemm_mxfp4(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_iq4(MOE_TYPE_MXFP4, mx_8x1_t, true, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+	         n_t);
+}
+
+static void gemm_iq4_xs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_iq4(MOE_TYPE_IQ4_XS, xs_8x1_z, false, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
+	         n_t);
+}
+
+moe_gemm_fn moe_gemm_avx512_iq4(moe_type t)
+{
+	switch (t) {
+	case MOE_TYPE_IQ4_NL:
+		return gemm_iq4_nl;
+	case MOE_TYPE_MXFP4:
+		return gemm_mxfp4;
+	case MOE_TYPE_IQ4_XS:
+		return gemm_iq4_xs;
+	default:
+		return NULL;
+	}
+}
