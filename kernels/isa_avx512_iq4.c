@@ -67,11 +67,40 @@ static void prep_u128(q40_prep *p, int64_t nb, const uint8_t *a)
 	}
 }
 
+/* One block i of the 8 rows w[0..8) against the token's values y, added to
+ * acc: vector m holds dword m of each row's 16 code bytes (values 4m..4m+3
+ * in the low nibbles, 16+4m.. in the high); each nibble half is looked up
+ * in place (AND, or shift and AND, then vpshufb) and met by the token's
+ * matching 4 values broadcast; the low half's accumulator starts at the
+ * prep's base. */
+static ALWAYS_INLINE __m256 block_t(int kind, __m256 acc, __m256i lut, const uint8_t *const w[8],
+                                    size_t wo, const int8_t *y, const q40_prep *p)
+{
+	const size_t qo =
+	    kind == KIND_MX ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
+	const __m256i m0f = _mm256_set1_epi8(15);
+	__m256i v[4];
+	q40_rows(v, w, wo + qo);
+	__m256i lo = _mm256_set1_epi32(p->base), hi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+	for (int m = 0; m < 4; m++) {
+		const __m256i l0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(v[m], m0f));
+		const __m256i l1 =
+		    _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v[m], 4), m0f));
+		lo = _mm256_dpbusd_epi32(lo, l0, bcast4(y + 4 * m));
+		hi = _mm256_dpbusd_epi32(hi, l1, bcast4(y + 16 + 4 * m));
+	}
+	const __m256 dw = kind == KIND_MX ? e8m0_half8_ptr(w, wo) : half8_ptr(w, wo);
+	const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(p->d));
+	return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), d, acc);
+}
+
 /* The 8 rows w[0..8) against the one token a[0]: out[r] = row r's result.
- * Vector m holds dword m of each row's 16 code bytes (values 4m..4m+3 in the
- * low nibbles, 16+4m.. in the high); each nibble half is looked up in place
- * (AND, or shift and AND, then vpshufb) and met by the token's matching 4
- * values broadcast; the low half's accumulator starts at the prep's base. */
+ * Blocks i and i + 1 share 512-bit vectors (lane 8h + r: row r, block i +
+ * h): the rows' code bytes transposed as block_t's, the token's 4 values
+ * of each half picked by vpermd; the two blocks' sums are converted
+ * together and fused-multiply-added one block after the other.  A last odd
+ * block takes block_t. */
 static ALWAYS_INLINE void tile_t(int kind, int64_t n_cols, float out[8], const uint8_t *const w[8],
                                  const uint8_t *const a[8], const void *prep)
 {
@@ -80,28 +109,65 @@ static ALWAYS_INLINE void tile_t(int kind, int64_t n_cols, float out[8], const u
 	const int64_t nb = n_cols / MOE_QK32;
 	const size_t wbs = mx ? sizeof(moe_block_mxfp4) : sizeof(moe_block_iq4_nl);
 	const size_t qo = mx ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
-	const __m256i lut = levels_u8(kind), m0f = _mm256_set1_epi8(15);
+	const __m256i lut = levels_u8(kind);
+	const __m512i lutz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(lut));
+	const __m512i m0f = _mm512_set1_epi8(15);
+	const moe_block_q8_0 *yb = (const moe_block_q8_0 *)a[0];
 	__m256 acc = _mm256_setzero_ps();
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < nb; i++) {
+	for (; i + 1 < nb; i += 2) {
 		const size_t wo = (size_t)i * wbs;
-		const int8_t *y = ((const moe_block_q8_0 *)a[0] + i)->qs;
 		lanes8_prefetch(w, wo);
-		__m256i v[4];
-		q40_rows(v, w, wo + qo);
-		__m256i lo = _mm256_set1_epi32(p[i].base), hi = _mm256_setzero_si256();
+		__m512i z[4];
+#pragma GCC unroll 4
+		for (int k = 0; k < 4; k++) {
+			const uint8_t *r0 = w[k] + wo + qo, *r1 = w[k + 4] + wo + qo;
+			__m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)r0));
+			t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)r1), 1);
+			t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(r0 + wbs)), 2);
+			z[k] =
+			    _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(r1 + wbs)), 3);
+		}
+		{ /* 4x4 dword transpose in each 128-bit lane (transpose4x2) */
+			const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+			const __m512i t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+			const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+			const __m512i t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+			z[0] = _mm512_unpacklo_epi64(t0, t2);
+			z[1] = _mm512_unpackhi_epi64(t0, t2);
+			z[2] = _mm512_unpacklo_epi64(t1, t3);
+			z[3] = _mm512_unpackhi_epi64(t1, t3);
+		}
+		const __m512i yy = _mm512_inserti64x4(
+		    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)yb[i].qs)),
+		    _mm256_loadu_si256((const __m256i *)yb[i + 1].qs), 1);
+		__m512i lo = _mm512_inserti64x4(_mm512_set1_epi32(p[i].base),
+		                                _mm256_set1_epi32(p[i + 1].base), 1);
+		__m512i hi = _mm512_setzero_si512();
 #pragma GCC unroll 4
 		for (int m = 0; m < 4; m++) {
-			const __m256i l0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(v[m], m0f));
-			const __m256i l1 = _mm256_shuffle_epi8(
-			    lut, _mm256_and_si256(_mm256_srli_epi16(v[m], 4), m0f));
-			lo = _mm256_dpbusd_epi32(lo, l0, bcast4(y + 4 * m));
-			hi = _mm256_dpbusd_epi32(hi, l1, bcast4(y + 16 + 4 * m));
+			/* dword m (values 4m..) and 4 + m (16 + 4m..) of each block */
+			const __m512i ilo =
+			    _mm512_inserti64x4(_mm512_set1_epi32(m), _mm256_set1_epi32(8 + m), 1);
+			const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(4));
+			const __m512i l0 = _mm512_shuffle_epi8(lutz, _mm512_and_si512(z[m], m0f));
+			const __m512i l1 = _mm512_shuffle_epi8(
+			    lutz, _mm512_and_si512(_mm512_srli_epi16(z[m], 4), m0f));
+			lo = _mm512_dpbusd_epi32(lo, l0, _mm512_permutexvar_epi32(ilo, yy));
+			hi = _mm512_dpbusd_epi32(hi, l1, _mm512_permutexvar_epi32(ihi, yy));
 		}
-		const __m256 dw = mx ? e8m0_half8_ptr(w, wo) : half8_ptr(w, wo);
-		const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(p[i].d));
-		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), d, acc);
+		const __m512 is = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+		const __m256 dw0 = mx ? e8m0_half8_ptr(w, wo) : half8_ptr(w, wo);
+		const __m256 dw1 = mx ? e8m0_half8_ptr(w, wo + wbs) : half8_ptr(w, wo + wbs);
+		acc = _mm256_fmadd_ps(_mm512_castps512_ps256(is),
+		                      _mm256_mul_ps(dw0, _mm256_set1_ps(p[i].d)), acc);
+		acc = _mm256_fmadd_ps(
+		    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(is), 1)),
+		    _mm256_mul_ps(dw1, _mm256_set1_ps(p[i + 1].d)), acc);
 	}
+	if (i < nb)
+		acc = block_t(kind, acc, lut, w, (size_t)i * wbs, yb[i].qs, &p[i]);
 	_mm256_storeu_ps(out, acc);
 }
 
