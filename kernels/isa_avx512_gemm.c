@@ -9,8 +9,8 @@
  * the same bits as at the AVX2 level: an AVX2 node and an AVX-512 node of one
  * cluster compute the same logits (tested: test_matmul).
  *
- * What differs (all on 256-bit vectors: the Zen 4 cores these were
- * measured on run 512-bit integer multiplies in two passes, and a zmm
+ * What differs (all in this file on 256-bit vectors: the Zen 4 cores these
+ * were measured on run 512-bit integer multiplies in two passes, and a zmm
  * one-row Q4_K kernel was ~15 % slower):
  *   - one row x 1..4 tokens on Q4_K, Q5_K, Q6_K (decode, experts that met
  *     few tokens): VNNI's vpdpwssd multiplies the u8 x s8 pair sums by the
@@ -21,8 +21,10 @@
  *     per 32 products instead of 2;
  *   - one token on Q8_0, Q5_0: the 8x1 tile with vpdpbusd (tile8_q32); on
  *     Q4_0 the 8x1 tile with the rows transposed into the lanes (q4_0_8x1_t);
+ *   - one token on IQ4_NL, MXFP4, IQ4_XS: isa_avx512_iq4.c (vpdpbusd on the
+ *     levels + 128; partly on 512-bit vectors, measured on Zen 5);
  *   - everything else (5..7 tokens pad an 8-group; several tokens on the
- *     32-value types) calls the AVX2 tiles.
+ *     32-value and IQ4 types) calls the AVX2 tiles.
  */
 #include <stddef.h>
 #include <stdlib.h>
