@@ -535,6 +535,21 @@ static inline void transpose4x2(__m256i r[4])
 	r[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
+/* A block of 256 values as 8 rows (sub-blocks s) of 8 dwords (4 values
+ * each) -> its 8 columns: on return r[k] holds, in 32-bit lane s, dword k of
+ * row s (the AVX-512 sub-blocks-in-lanes tiles: isa_avx512_gemm.c,
+ * isa_avx512_iq4.c). */
+static inline __attribute__((always_inline)) void transpose8(__m256i r[8])
+{
+	transpose4x2(r);
+	transpose4x2(r + 4);
+	for (int k = 0; k < 4; k++) {
+		const __m256i u = r[k];
+		r[k] = _mm256_permute2x128_si256(u, r[4 + k], 0x20);
+		r[4 + k] = _mm256_permute2x128_si256(u, r[4 + k], 0x31);
+	}
+}
+
 /* v[m] = dword m of the code bytes at w[r] + qo, lane r (m = 0..3). */
 static inline void q40_rows(__m256i v[4], const uint8_t *const w[8], size_t qo)
 {

@@ -180,20 +180,6 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 
 /* ---- Q4_K / Q5_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ---------------- */
 
-/* A block of 256 values as 8 rows (sub-blocks s) of 8 dwords (4 values each)
- * -> its 8 columns: on return r[k] holds, in 32-bit lane s, dword k of
- * row s. */
-static ALWAYS_INLINE void transpose8(__m256i r[8])
-{
-	transpose4x2(r);
-	transpose4x2(r + 4);
-	for (int k = 0; k < 4; k++) {
-		const __m256i u = r[k];
-		r[k] = _mm256_permute2x128_si256(u, r[4 + k], 0x20);
-		r[4 + k] = _mm256_permute2x128_si256(u, r[4 + k], 0x31);
-	}
-}
-
 /* What the tile needs of a group of 8 tokens per block, made once per group:
  * each token's quants transposed like the weights (so one vpdpbusd meets 4
  * values of every sub-block at once), the tokens' d, and the bsums that meet

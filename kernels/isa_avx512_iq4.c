@@ -294,26 +294,272 @@ static void xs_8x1_z(int64_t n_cols, float out[8], const uint8_t *const w[8],
 	_mm256_storeu_ps(out, acc);
 }
 
+/* ---- IQ4_NL / MXFP4 x Q8_0, several tokens: 1x8 and 2x4 tiles ------------------- */
+
+/* Per token block of a tile's group, lane k = the tile's token k % T: base =
+ * -128 x the sum of the block's 32 values, d = its scale. */
+typedef struct tok8_block {
+	int32_t base[8];
+	float d[8];
+} tok8_block;
+
+enum { TOK8_STACK_BLOCKS = 256 }; /* 16 KiB on the stack: up to 8192 columns */
+
+/* The gather of run_grid for T tokens a[0..T): lane k from a[k % T]. */
+static ALWAYS_INLINE void gather_tok(int T, void *prep, int64_t n_cols, const uint8_t *const a[8])
+{
+	tok8_block *p = prep;
+	const int64_t nb = n_cols / MOE_QK32;
+	const __m256i ones8 = _mm256_set1_epi8(1);
+	for (int64_t i = 0; i < nb; i++)
+		for (int t = 0; t < T; t++) {
+			const moe_block_q8_0 *ab = (const moe_block_q8_0 *)a[t] + i;
+			const __m256i y = _mm256_loadu_si256((const __m256i *)ab->qs);
+			const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, y);
+			const int32_t base = -128 * _mm_cvtsi128_si32(hsum_i32_v(s));
+			const float d = half_to_f32(ab->d);
+			for (int k = t; k < 8; k += T) {
+				p[i].base[k] = base;
+				p[i].d[k] = d;
+			}
+		}
+}
+
+static void gather_tok8(void *prep, int64_t n_cols, const uint8_t *const a[8])
+{
+	gather_tok(8, prep, n_cols, a);
+}
+
+static void gather_tok4(void *prep, int64_t n_cols, const uint8_t *const a[8])
+{
+	gather_tok(4, prep, n_cols, a);
+}
+
+/* R rows x T tokens (R * T = 8): lane k = row k / T, token k % T.  Per block
+ * each row's codes are looked up once (levels + 128) and met by each token's
+ * 32 values in one vpdpbusd; the 8 pairs' vectors are reduced together
+ * (sum8_i32), the tokens' bases added: lane k = pair k's exact block sum. */
+static ALWAYS_INLINE void tile_rt(int kind, int R, int T, int64_t n_cols, float out[8],
+                                  const uint8_t *const w[8], const uint8_t *const a[8],
+                                  const void *prep)
+{
+	const bool mx = kind == KIND_MX;
+	const tok8_block *p = prep;
+	const int64_t nb = n_cols / MOE_QK32;
+	const size_t wbs = mx ? sizeof(moe_block_mxfp4) : sizeof(moe_block_iq4_nl);
+	const size_t qo = mx ? offsetof(moe_block_mxfp4, qs) : offsetof(moe_block_iq4_nl, qs);
+	const __m256i lut = levels_u8(kind);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const size_t wo = (size_t)i * wbs, ao = (size_t)i * sizeof(moe_block_q8_0);
+		__m256i l[2], v[8];
+#pragma GCC unroll 2
+		for (int r = 0; r < R; r++) {
+			l[r] = _mm256_shuffle_epi8(lut, unpack_nibbles(w[r] + wo + qo));
+			pin(&l[r]);
+		}
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			const __m256i y = _mm256_loadu_si256(
+			    (const __m256i *)(a[t] + ao + offsetof(moe_block_q8_0, qs)));
+#pragma GCC unroll 2
+			for (int r = 0; r < R; r++)
+				v[r * T + t] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), l[r], y);
+		}
+		const __m256i s =
+		    _mm256_add_epi32(sum8_i32(v), _mm256_loadu_si256((const __m256i *)p[i].base));
+		float dr[2];
+		for (int r = 0; r < R; r++)
+			dr[r] =
+			    mx ? moe_e8m0_half(w[r][wo]) : half_to_f32((uint16_t)ld16(w[r] + wo));
+		const __m256 dw = R == 1 ? _mm256_set1_ps(dr[0])
+		                         : _mm256_setr_m128(_mm_set1_ps(dr[0]), _mm_set1_ps(dr[1]));
+		const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(p[i].d));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+static void nl_1x8(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile_rt(KIND_NL, 1, 8, n, o, w, a, prep);
+}
+
+static void nl_2x4(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile_rt(KIND_NL, 2, 4, n, o, w, a, prep);
+}
+
+static void mx_1x8(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile_rt(KIND_MX, 1, 8, n, o, w, a, prep);
+}
+
+static void mx_2x4(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile_rt(KIND_MX, 2, 4, n, o, w, a, prep);
+}
+
+/* Tokens [0, n_t - lone) by the 1x8 tiles (groups of 8, and 5..7 left as
+ * one padded group) and the 2x4 tiles (2..4 left), with their token data
+ * gathered per group; false without memory for it (nothing written then). */
+static bool run_tiles_u128(moe_tile_fn r1t8, moe_tile_fn r2t4, int64_t n_cols, float *y,
+                           int64_t ldy, const uint8_t *w, size_t w_stride, int64_t n_r,
+                           const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK32;
+	const int64_t full = n_t / 8 * 8, rem = n_t - full;
+	tok8_block stack[TOK8_STACK_BLOCKS];
+	tok8_block *p = nb <= TOK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+	if (p == NULL)
+		return false;
+	const int64_t g8 = rem > 4 ? n_t : full;
+	if (g8 > 0)
+		run_grid(r1t8, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, g8,
+		         gather_tok8, p);
+	if (g8 < n_t)
+		run_grid(r2t4, 2, 4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, g8, n_t,
+		         gather_tok4, p);
+	if (p != stack)
+		free(p);
+	return true;
+}
+
+/* ---- IQ4_XS x Q8_K, several tokens: 1x8, sub-blocks in lanes ------------------- */
+
+/* What the tile needs of a group of 8 tokens per block, made once per group
+ * (as isa_avx512_gemm.c's vk8_block): each token's values transposed like
+ * the weights, -128 x each sub-block's sum (from the values, not the
+ * bsums), the tokens' d. */
+typedef struct xs8_block {
+	uint8_t yt[8][8][32]; /* [token][column k]: lane s = values 32s + 4k .. + 3 */
+	int32_t off[8][8];    /* [token][sub-block] */
+	float dy[8];
+} xs8_block;
+
+enum { XS8_STACK_BLOCKS = 16 }; /* 37 KiB on the stack: up to 4096 columns */
+
+static void gather_xs8(void *prep, int64_t n_cols, const uint8_t *const a[8])
+{
+	xs8_block *p = prep;
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i c128 = _mm256_set1_epi8((char)0x80);
+	for (int64_t i = 0; i < nb; i++)
+		for (int t = 0; t < 8; t++) {
+			const moe_block_q8_K *y = (const moe_block_q8_K *)a[t] + i;
+			__m256i r[8], s = _mm256_setzero_si256();
+			for (int k = 0; k < 8; k++)
+				r[k] = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k));
+			transpose8(r);
+			for (int k = 0; k < 8; k++) {
+				_mm256_storeu_si256((__m256i *)p[i].yt[t][k], r[k]);
+				s = _mm256_dpbusd_epi32(s, c128, r[k]);
+			}
+			_mm256_storeu_si256((__m256i *)p[i].off[t],
+			                    _mm256_sub_epi32(_mm256_setzero_si256(), s));
+			p[i].dy[t] = y->d;
+		}
+}
+
+/* One IQ4_XS row against the 8 tokens of the prep: out[t].  Per block the
+ * levels + 128 of the 8 sub-blocks are transposed into columns (lane s =
+ * sub-block s), and per token 8 vpdpbusd from the token's -128 x sums leave
+ * lane s = sub-block s's exact sum; one vpmulld by the 8 scales ls - 32 and
+ * the 8 tokens' tree give lane t = the block's isum. */
+static void xs_1x8_v(int64_t n_cols, float out[8], const uint8_t *const w[8],
+                     const uint8_t *const a[8], const void *prep)
+{
+	(void)a;
+	const xs8_block *p = prep;
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m256i lut = levels_u8(KIND_NL);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_iq4_xs *b = (const moe_block_iq4_xs *)w[0] + i;
+		const xs8_block *pp = &p[i];
+		__m256i wc[8], iv[8];
+		for (int s = 0; s < 8; s++)
+			wc[s] = _mm256_shuffle_epi8(lut, unpack_nibbles(b->qs + 16 * s));
+		transpose8(wc);
+		const __m256i sc =
+		    _mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)xs_scales_i8(b)));
+#pragma GCC unroll 8
+		for (int t = 0; t < 8; t++) {
+			/* two chains of four per token */
+			__m256i s0 = _mm256_loadu_si256((const __m256i *)pp->off[t]);
+			__m256i s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++) {
+				s0 = _mm256_dpbusd_epi32(
+				    s0, wc[k], _mm256_loadu_si256((const __m256i *)pp->yt[t][k]));
+				s1 = _mm256_dpbusd_epi32(
+				    s1, wc[4 + k],
+				    _mm256_loadu_si256((const __m256i *)pp->yt[t][4 + k]));
+			}
+			iv[t] = _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc);
+		}
+		const __m256 d =
+		    _mm256_mul_ps(_mm256_set1_ps(half_to_f32(b->d)), _mm256_loadu_ps(pp->dy));
+		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(iv)), d, acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* IQ4_XS, tokens [0, n_t): groups of 8 (and 5..7 left as one padded group)
+ * by xs_1x8_v, 2..4 left by the AVX2 tiles; false without memory for the
+ * gathered tokens (nothing written then). */
+static bool run_xs8(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                    int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const int64_t full = n_t / 8 * 8, rem = n_t - full;
+	const int64_t g8 = rem > 4 ? n_t : full;
+	if (g8 > 0) {
+		xs8_block stack[XS8_STACK_BLOCKS];
+		xs8_block *p = nb <= XS8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
+		if (p == NULL)
+			return false;
+		run_grid(xs_1x8_v, 1, 8, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, 0, g8,
+		         gather_xs8, p);
+		if (p != stack)
+			free(p);
+	}
+	if (g8 < n_t)
+		moe_gemm_avx2_iq4(MOE_TYPE_IQ4_XS)(n_cols, y + g8 * ldy, ldy, w, w_stride, n_r,
+		                                   x + (size_t)g8 * x_stride, x_stride, n_t - g8);
+	return true;
+}
+
 /* ---- drivers --------------------------------------------------------------------- */
 
-/* The AVX2 tiles for every token but a last lone one after the groups of 8,
- * which takes one8 over 8 row runs (IQ4_NL, MXFP4 with their prep: the AVX2
- * tiles without memory for it). */
-static void gemm_iq4(moe_type t, moe_tile_fn one8, bool prep, int64_t n_cols, float *y, int64_t ldy,
-                     const uint8_t *w, size_t w_stride, int64_t n_r, const uint8_t *x,
-                     size_t x_stride, int64_t n_t)
+/* A last lone token after the groups of 8 by one8 over 8 row runs, the
+ * other tokens by the 1x8 / 2x4 tiles above (IQ4_XS: the 1x8 tile, 2..4
+ * tokens left by the AVX2 tiles).  Without memory for the token data: the
+ * AVX2 tiles (the same bits). */
+static void gemm_iq4(moe_type t, moe_tile_fn one8, moe_tile_fn r1t8, moe_tile_fn r2t4,
+                     int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                     int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
 	const moe_gemm_fn avx2 = moe_gemm_avx2_iq4(t);
-	const int64_t full = n_t / 8 * 8;
-	if (n_t - full != 1) {
-		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+	const bool q32 = t != MOE_TYPE_IQ4_XS;
+	const int64_t lone = n_t % 8 == 1 ? 1 : 0, many = n_t - lone;
+	const bool done =
+	    many == 0 ||
+	    (q32 ? run_tiles_u128(r1t8, r2t4, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, many)
+	         : run_xs8(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, many));
+	if (!done)
+		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, many);
+	if (lone == 0)
 		return;
-	}
-	if (full > 0)
-		avx2(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, full);
-	float *yt = y + full * ldy;
-	const uint8_t *a = x + (size_t)full * x_stride;
-	if (!prep)
+	float *yt = y + many * ldy;
+	const uint8_t *a = x + (size_t)many * x_stride;
+	if (!q32)
 		run_lanes8(one8, n_cols, yt, w, w_stride, n_r, a, NULL);
 	else if (!run_lanes8_u128(one8, n_cols, yt, w, w_stride, n_r, a))
 		avx2(n_cols, yt, ldy, w, w_stride, n_r, a, x_stride, 1);
@@ -322,22 +568,22 @@ static void gemm_iq4(moe_type t, moe_tile_fn one8, bool prep, int64_t n_cols, fl
 static void gemm_iq4_nl(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_iq4(MOE_TYPE_IQ4_NL, nl_8x1_t, true, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
-	         n_t);
+	gemm_iq4(MOE_TYPE_IQ4_NL, nl_8x1_t, nl_1x8, nl_2x4, n_cols, y, ldy, w, w_stride, n_r, x,
+	         x_stride, n_t);
 }
 
 static void gemm_mxfp4(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                        int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_iq4(MOE_TYPE_MXFP4, mx_8x1_t, true, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
-	         n_t);
+	gemm_iq4(MOE_TYPE_MXFP4, mx_8x1_t, mx_1x8, mx_2x4, n_cols, y, ldy, w, w_stride, n_r, x,
+	         x_stride, n_t);
 }
 
 static void gemm_iq4_xs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
                         int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
-	gemm_iq4(MOE_TYPE_IQ4_XS, xs_8x1_z, false, n_cols, y, ldy, w, w_stride, n_r, x, x_stride,
-	         n_t);
+	gemm_iq4(MOE_TYPE_IQ4_XS, xs_8x1_z, NULL, NULL, n_cols, y, ldy, w, w_stride, n_r, x,
+	         x_stride, n_t);
 }
 
 moe_gemm_fn moe_gemm_avx512_iq4(moe_type t)

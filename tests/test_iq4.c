@@ -288,6 +288,45 @@ static void xs_long_rows_same_bits(moe_isa level)
 
 ISA_SIMD_TESTS(iq4, xs_one_token_long_rows_same_bits, xs_long_rows_same_bits)
 
+/* Several tokens on the same long rows (6: one padded group of 8; 9: a group
+ * and a lone token), 37 rows on 2 threads: the AVX-512 tiles' gathered token
+ * data then lives on the heap (IQ4_XS past 16 blocks, IQ4_NL / MXFP4 past
+ * 256).  The scalar level's bits. */
+static void long_rows_tokens_same_bits(moe_isa level)
+{
+	enum { ROWS = 37, MAXT = 9 };
+	const moe_type types[] = {MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_NL, MOE_TYPE_MXFP4};
+	const int64_t cols[] = {256 * 40, 32 * 545, 32 * 545};
+	const int toks[] = {6, 9};
+	static float want[ROWS * MAXT], got[ROWS * MAXT];
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	rng_state = 4711;
+	for (int ti = 0; ti < 3; ti++) {
+		const moe_type t = types[ti];
+		uint8_t *w = qsb_rand_blocks(t, (int64_t)ROWS * cols[ti], true);
+		void *xq = qsb_rand_act(t, MAXT * cols[ti]);
+		for (int k = 0; k < 2; k++) {
+			const int nt = toks[k];
+			cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+			cr_assert_eq(moe_matmul_q(NULL, want, w, t, ROWS, cols[ti], xq, nt),
+			             MOE_OK);
+			cr_assert_eq(moe_isa_set(level), MOE_OK);
+			cr_assert_eq(moe_matmul_q(pool, got, w, t, ROWS, cols[ti], xq, nt), MOE_OK);
+			for (int e = 0; e < ROWS * nt; e++)
+				cr_assert(qsb_same_float(want[e], got[e]),
+				          "%s %s, %d tokens: element %d: %.9g, scalar %.9g",
+				          moe_isa_name(level), moe_type_get(t)->name, nt, e, got[e],
+				          want[e]);
+		}
+		free(xq);
+		free(w);
+	}
+	moe_pool_destroy(pool);
+}
+
+ISA_SIMD_TESTS(iq4, long_rows_tokens_same_bits, long_rows_tokens_same_bits)
+
 /* ---- extreme values, every tile path ----------------------------------------------- */
 
 /* Activations of t's form (Q8_0 or Q8_K) for n_tok rows of cols values, by
