@@ -1,8 +1,8 @@
 /*
  * isa_avx2_iq4.c - AVX2 + FMA + F16C dot products and tile kernels (gemm.h)
  * of IQ4_NL and MXFP4 (x Q8_0) and IQ4_XS (x Q8_K), built with the avx2
- * flags; the AVX-512 level uses the dots and, for all but a lone token, the
- * tiles too (its one-token tiles: isa_avx512_iq4.c).
+ * flags; the AVX-512 level uses the dots too, and the tiles for IQ4_XS's
+ * 2..4 tokens left after groups of 8 (its own tiles: isa_avx512_iq4.c).
  *
  * Both follow the canonical arithmetic of quants.h bit for bit: per block the
  * exact integer sum, then (float)isum times (dw * da) fused-added into the

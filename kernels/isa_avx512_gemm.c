@@ -21,10 +21,10 @@
  *     per 32 products instead of 2;
  *   - one token on Q8_0, Q5_0: the 8x1 tile with vpdpbusd (tile8_q32); on
  *     Q4_0 the 8x1 tile with the rows transposed into the lanes (q4_0_8x1_t);
- *   - one token on IQ4_NL, MXFP4, IQ4_XS: isa_avx512_iq4.c (vpdpbusd on the
- *     levels + 128; partly on 512-bit vectors, measured on Zen 5);
+ *   - IQ4_NL, MXFP4, IQ4_XS: isa_avx512_iq4.c (vpdpbusd on the levels +
+ *     128; the one-token tiles on 512-bit vectors, measured on Zen 5);
  *   - everything else (5..7 tokens pad an 8-group; several tokens on the
- *     32-value and IQ4 types) calls the AVX2 tiles.
+ *     32-value types) calls the AVX2 tiles.
  */
 #include <stddef.h>
 #include <stdlib.h>

@@ -3,35 +3,44 @@
  * IQ4_XS (x Q8_K) at the AVX-512 level, built with the AVX-512 flags
  * (F/BW/VL/DQ + VNNI; no VBMI: the level does not require it).
  *
- * One token (decode: a lone token, or the last one after groups of 8) over
- * 8 row runs (run_lanes8) takes the tiles below; everything else takes the
- * AVX2 tiles (isa_avx2_iq4.c).  Both keep the canonical arithmetic of
- * quants.h: per block the exact integer sum, then (float)isum times
- * (dw * dy) fused-added into the row's accumulator in block order, so the
- * bits are the AVX2 tiles' and the scalar reference's.
+ * One token (decode: a lone token, or the last one after groups of 8) goes
+ * over 8 row runs (run_lanes8); several tokens take 1x8 tiles (groups of 8,
+ * and 5..7 left as one padded group) and, for IQ4_NL / MXFP4, 2x4 tiles
+ * (2..4 left; IQ4_XS: the AVX2 tiles, isa_avx2_iq4.c).  All keep the
+ * canonical arithmetic of quants.h: per block the exact integer sum, then
+ * (float)isum times (dw * dy) fused-added into the element's accumulator in
+ * block order, so the bits are the AVX2 tiles' and the scalar reference's.
  *
  * The integers are formed by VNNI's vpdpbusd (u8 x s8, 4 products summed
  * into an int32 lane) on the levels shifted to unsigned: one byte shuffle
  * of the code from the table levels + 128 (IQ4: 1..241, MXFP4: 116..140),
- * and the 128 x the token's sum taken back (IQ4_NL, MXFP4: once per token
- * block in a prep, the accumulator's start; IQ4_XS: per sub-block lane,
- * -128 x vpdpbusd(128, y), once per token block for the tile's 8 rows).  No
- * sign trick: an activation of -128 is exact too (vpsignb cannot negate
- * it).  An int32 lane meets at most 32 x 241 x 128 (< 2^22) before the
- * offset, and an IQ4_XS block at most 8 x 32 x 32 x 127 x 128 (< 2^27).
+ * and 128 x the token's sums taken back exactly (per token block, formed
+ * once per token or token group, or per block for the 8 rows of a
+ * one-token IQ4_XS tile, as the accumulators' start or added to the
+ * reduced sums).  No sign trick: an activation of -128 is exact too
+ * (vpsignb cannot negate it).  An int32 lane meets at most 32 x 241 x 128
+ * (< 2^22) before the offset, and an IQ4_XS block at most 8 x 32 x 32 x 127
+ * x 128 (< 2^27).
  *
- *   - IQ4_NL, MXFP4: the 8 rows transposed into the lanes as Q4_0's
- *     one-token tile (isa_avx2.h q40_rows): vector m = dword m of every
- *     row's codes, lane r = row r; low and high nibbles looked up in place
- *     and met by the token's 4 matching values broadcast.  No reduction.
- *   - IQ4_XS: per row, 4 sub-blocks per zmm (64 code bytes; the token's
- *     values rearranged once per block for the 8 rows), one vpdpbusd per
- *     nibble half, the 16 lanes reduced to the 8 sub-block sums, one vpmulld
- *     by the 8 scales ls - 32 (worked out in a general-purpose register),
- *     then the 8 rows' vectors reduced together (sum8_i32): lane r = row r.
- *     512-bit vectors here were measured on Zen 5 only (full-width integer
- *     units); on Zen 4, which splits them in two, this may lose (see
- *     docs/DESIGN.md).
+ *   - IQ4_NL, MXFP4, one token: the 8 rows transposed into the lanes as
+ *     Q4_0's one-token tile (isa_avx2.h q40_rows): vector m = dword m of
+ *     every row's codes, lane r = row r; low and high nibbles looked up in
+ *     place and met by the token's 4 matching values; two blocks per zmm.
+ *   - IQ4_NL, MXFP4, several tokens: each row's 32 levels looked up once per
+ *     block, one vpdpbusd per token, the 8 pairs reduced together (sum8_i32).
+ *   - IQ4_XS, one token: per row 4 sub-blocks per zmm (64 code bytes; the
+ *     token's values rearranged once per block for the 8 rows), one
+ *     vpdpbusd per nibble half, the lanes reduced to the 8 sub-block sums,
+ *     one vpmulld by the scales ls - 32 (worked out in a general-purpose
+ *     register), the 8 rows reduced together: lane r = row r.
+ *   - IQ4_XS, 8 tokens: sub-blocks in lanes, as isa_avx512_gemm.c's K-quant
+ *     1x8 tiles: each block's levels transposed once so that one vpdpbusd
+ *     meets 4 values of all 8 sub-blocks, one vpmulld per token by the 8
+ *     scales.
+ *
+ * The 512-bit vectors (one-token tiles) were measured on Zen 5 only (full
+ * 512-bit integer units); on Zen 4, which runs them in two passes, they may
+ * lose to 256-bit ones (see docs/DESIGN.md).
  */
 #include <stddef.h>
 #include <stdlib.h>
