@@ -62,6 +62,29 @@ static inline __m256 half8_ptr(const uint8_t *const p[8], size_t off)
 	return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
 }
 
+/* Half an E8M0 scale per lane (moe_e8m0_half): 2^(e-128), NaN for 255. */
+static inline __m256 e8m0_half_v(__m256i e)
+{
+	const __m256i one = _mm256_set1_epi32(1);
+	__m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, one), 23);
+	__m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+	__m256i bits = _mm256_blendv_epi8(norm, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e));
+	bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7fc00000),
+	                          _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
+	return _mm256_castsi256_ps(bits);
+}
+
+/* moe_e8m0_half of the byte at p[k] + off in lane k (MXFP4's row scales):
+ * the 8 exponents packed in a general-purpose register, one move over. */
+static inline __m256 e8m0_half8_ptr(const uint8_t *const p[8], size_t off)
+{
+	uint64_t e = 0;
+	for (int k = 0; k < 8; k++)
+		e |= (uint64_t)p[k][off] << (8 * k);
+	__asm__("" : "+r"(e));
+	return e8m0_half_v(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e)));
+}
+
 /* 16 bytes of nibbles -> 32 bytes: values 0..15 = low nibbles, 16..31 = high.
  * The 16 bytes are loaded into both halves; the upper half is shifted. */
 static inline __m256i unpack_nibbles(const uint8_t *p)
@@ -510,6 +533,21 @@ static inline void transpose4x2(__m256i r[4])
 	r[1] = _mm256_unpackhi_epi64(t0, t2);
 	r[2] = _mm256_unpacklo_epi64(t1, t3);
 	r[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* A block of 256 values as 8 rows (sub-blocks s) of 8 dwords (4 values
+ * each) -> its 8 columns: on return r[k] holds, in 32-bit lane s, dword k of
+ * row s (the AVX-512 sub-blocks-in-lanes tiles: isa_avx512_gemm.c,
+ * isa_avx512_iq4.c). */
+static inline __attribute__((always_inline)) void transpose8(__m256i r[8])
+{
+	transpose4x2(r);
+	transpose4x2(r + 4);
+	for (int k = 0; k < 4; k++) {
+		const __m256i u = r[k];
+		r[k] = _mm256_permute2x128_si256(u, r[4 + k], 0x20);
+		r[4 + k] = _mm256_permute2x128_si256(u, r[4 + k], 0x31);
+	}
 }
 
 /* v[m] = dword m of the code bytes at w[r] + qo, lane r (m = 0..3). */

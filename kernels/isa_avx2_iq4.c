@@ -1,7 +1,8 @@
 /*
  * isa_avx2_iq4.c - AVX2 + FMA + F16C dot products and tile kernels (gemm.h)
  * of IQ4_NL and MXFP4 (x Q8_0) and IQ4_XS (x Q8_K), built with the avx2
- * flags; the AVX-512 level uses them too.
+ * flags; the AVX-512 level uses the dots too, and the tiles for IQ4_XS's
+ * 2..4 tokens left after groups of 8 (its own tiles: isa_avx512_iq4.c).
  *
  * Both follow the canonical arithmetic of quants.h bit for bit: per block the
  * exact integer sum, then (float)isum times (dw * da) fused-added into the
@@ -58,18 +59,6 @@ static ALWAYS_INLINE __m256i code_values(__m256i lut, const uint8_t *qs)
 static ALWAYS_INLINE __m256i pairs(__m256i ax, __m256i qx, __m256i qy)
 {
 	return _mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx));
-}
-
-/* Half an E8M0 scale per lane (moe_e8m0_half): 2^(e-128), NaN for 255. */
-static ALWAYS_INLINE __m256 e8m0_half_v(__m256i e)
-{
-	const __m256i one = _mm256_set1_epi32(1);
-	__m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, one), 23);
-	__m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
-	__m256i bits = _mm256_blendv_epi8(norm, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e));
-	bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7fc00000),
-	                          _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
-	return _mm256_castsi256_ps(bits);
 }
 
 /* ---- one-row dots ---------------------------------------------------------------- */
@@ -192,12 +181,7 @@ static ALWAYS_INLINE __m256 lane_rows_d(int kind, int R, int T, const uint8_t *c
 	if (kind == KIND_MX) {
 		if (R == 1)
 			return _mm256_set1_ps(moe_e8m0_half(p[0][0]));
-		/* the 8 exponents packed in a general-purpose register, one move over */
-		uint64_t e = 0;
-		for (int k = 0; k < NP; k++)
-			e |= (uint64_t)p[k][0] << (8 * k);
-		__asm__("" : "+r"(e));
-		return e8m0_half_v(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e)));
+		return e8m0_half8_ptr(p, 0);
 	}
 	if (R == 1)
 		return _mm256_set1_ps(half_to_f32((uint16_t)ld16(p[0])));

@@ -9,8 +9,8 @@
  * the same bits as at the AVX2 level: an AVX2 node and an AVX-512 node of one
  * cluster compute the same logits (tested: test_matmul).
  *
- * What differs (all on 256-bit vectors: the Zen 4 cores these were
- * measured on run 512-bit integer multiplies in two passes, and a zmm
+ * What differs (all in this file on 256-bit vectors: the Zen 4 cores these
+ * were measured on run 512-bit integer multiplies in two passes, and a zmm
  * one-row Q4_K kernel was ~15 % slower):
  *   - one row x 1..4 tokens on Q4_K, Q5_K, Q6_K (decode, experts that met
  *     few tokens): VNNI's vpdpwssd multiplies the u8 x s8 pair sums by the
@@ -21,6 +21,8 @@
  *     per 32 products instead of 2;
  *   - one token on Q8_0, Q5_0: the 8x1 tile with vpdpbusd (tile8_q32); on
  *     Q4_0 the 8x1 tile with the rows transposed into the lanes (q4_0_8x1_t);
+ *   - IQ4_NL, MXFP4, IQ4_XS: isa_avx512_iq4.c (vpdpbusd on the levels +
+ *     128; the one-token tiles on 512-bit vectors, measured on Zen 5);
  *   - everything else (5..7 tokens pad an 8-group; several tokens on the
  *     32-value types) calls the AVX2 tiles.
  */
@@ -177,20 +179,6 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
 }
 
 /* ---- Q4_K / Q5_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ---------------- */
-
-/* A block of 256 values as 8 rows (sub-blocks s) of 8 dwords (4 values each)
- * -> its 8 columns: on return r[k] holds, in 32-bit lane s, dword k of
- * row s. */
-static ALWAYS_INLINE void transpose8(__m256i r[8])
-{
-	transpose4x2(r);
-	transpose4x2(r + 4);
-	for (int k = 0; k < 4; k++) {
-		const __m256i u = r[k];
-		r[k] = _mm256_permute2x128_si256(u, r[4 + k], 0x20);
-		r[4 + k] = _mm256_permute2x128_si256(u, r[4 + k], 0x31);
-	}
-}
 
 /* What the tile needs of a group of 8 tokens per block, made once per group:
  * each token's quants transposed like the weights (so one vpdpbusd meets 4
@@ -673,6 +661,6 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 	case MOE_TYPE_IQ2_S:
 		return moe_gemm_avx2_iq2(t); /* isa_avx2_iq2.c */
 	default:
-		return moe_gemm_avx2_iq4(t); /* the AVX2 tiles */
+		return moe_gemm_avx512_iq4(t); /* isa_avx512_iq4.c */
 	}
 }

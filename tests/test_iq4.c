@@ -287,3 +287,168 @@ static void xs_long_rows_same_bits(moe_isa level)
 }
 
 ISA_SIMD_TESTS(iq4, xs_one_token_long_rows_same_bits, xs_long_rows_same_bits)
+
+/* Several tokens on the same long rows (6: one padded group of 8; 9: a group
+ * and a lone token), 37 rows on 2 threads: the AVX-512 tiles' gathered token
+ * data then lives on the heap (IQ4_XS past 16 blocks, IQ4_NL / MXFP4 past
+ * 256).  The scalar level's bits. */
+static void long_rows_tokens_same_bits(moe_isa level)
+{
+	enum { ROWS = 37, MAXT = 9 };
+	const moe_type types[] = {MOE_TYPE_IQ4_XS, MOE_TYPE_IQ4_NL, MOE_TYPE_MXFP4};
+	const int64_t cols[] = {256 * 40, 32 * 545, 32 * 545};
+	const int toks[] = {6, 9};
+	static float want[ROWS * MAXT], got[ROWS * MAXT];
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	rng_state = 4711;
+	for (int ti = 0; ti < 3; ti++) {
+		const moe_type t = types[ti];
+		uint8_t *w = qsb_rand_blocks(t, (int64_t)ROWS * cols[ti], true);
+		void *xq = qsb_rand_act(t, MAXT * cols[ti]);
+		for (int k = 0; k < 2; k++) {
+			const int nt = toks[k];
+			cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+			cr_assert_eq(moe_matmul_q(NULL, want, w, t, ROWS, cols[ti], xq, nt),
+			             MOE_OK);
+			cr_assert_eq(moe_isa_set(level), MOE_OK);
+			cr_assert_eq(moe_matmul_q(pool, got, w, t, ROWS, cols[ti], xq, nt), MOE_OK);
+			for (int e = 0; e < ROWS * nt; e++)
+				cr_assert(qsb_same_float(want[e], got[e]),
+				          "%s %s, %d tokens: element %d: %.9g, scalar %.9g",
+				          moe_isa_name(level), moe_type_get(t)->name, nt, e, got[e],
+				          want[e]);
+		}
+		free(xq);
+		free(w);
+	}
+	moe_pool_destroy(pool);
+}
+
+ISA_SIMD_TESTS(iq4, long_rows_tokens_same_bits, long_rows_tokens_same_bits)
+
+/* ---- extreme values, every tile path ----------------------------------------------- */
+
+/* Activations of t's form (Q8_0 or Q8_K) for n_tok rows of cols values, by
+ * hand: every other block all lo, the rest lo, -127, 127 and random bytes
+ * in -127..127 mixed; realistic scales, Q8_K's bsums consistent with its
+ * values.  moe_quantize_act makes values in -127..127 only (lo = -127); lo =
+ * -128 is what vpsignb cannot negate (the AVX2 tiles' sign trick), which the
+ * AVX-512 one-token tiles take exactly too. */
+static void *extreme_act(moe_type t, int64_t cols, int n_tok, int8_t lo)
+{
+	const size_t rs = moe_act_row_size(t, cols);
+	uint8_t *x = malloc(rs * (size_t)n_tok);
+	cr_assert_not_null(x);
+	const bool k = t == MOE_TYPE_IQ4_XS;
+	const int64_t qk = k ? 256 : 32, nb = cols / qk;
+	const size_t bs = k ? 292 : 34, qo = k ? 4 : 2;
+	for (int tok = 0; tok < n_tok; tok++)
+		for (int64_t b = 0; b < nb; b++) {
+			uint8_t *blk = x + rs * (size_t)tok + (size_t)b * bs;
+			int8_t *q = (int8_t *)(blk + qo);
+			for (int64_t j = 0; j < qk; j++) {
+				const uint64_t r = rng_next();
+				const int8_t any =
+				    (int8_t)(r >> 40) == -128 ? 0 : (int8_t)(r >> 40);
+				const int8_t pick[4] = {lo, -127, 127, any};
+				q[j] = (b + tok) % 2 == 0 ? lo : pick[(r >> 8) % 4];
+			}
+			if (k) {
+				const float d = 0.01f + (float)(rng_next() % 100) * 1e-4f;
+				memcpy(blk, &d, sizeof d);
+				for (int g = 0; g < 16; g++) {
+					int s = 0;
+					for (int j = 0; j < 16; j++)
+						s += q[16 * g + j];
+					const int16_t v = (int16_t)s;
+					memcpy(blk + 4 + 256 + 2 * g, &v, 2);
+				}
+			} else {
+				qsb_put16(blk, qsb_rand_scale16());
+			}
+		}
+	return x;
+}
+
+/* n_r x n_tok products of w and x at level against the scalar level's
+ * (pool: NULL or 2 threads); returns the elements compared. */
+static int extreme_compare(moe_isa level, moe_pool *pool, moe_type t, const uint8_t *w,
+                           const uint8_t *x, int64_t cols, int n_r, int n_tok)
+{
+	float *want = malloc(sizeof(float) * (size_t)(n_r * n_tok));
+	float *got = malloc(sizeof(float) * (size_t)(n_r * n_tok));
+	cr_assert(want != NULL && got != NULL);
+	cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+	cr_assert_eq(moe_matmul_q(NULL, want, w, t, n_r, cols, x, n_tok), MOE_OK);
+	cr_assert_eq(moe_isa_set(level), MOE_OK);
+	cr_assert_eq(moe_matmul_q(pool, got, w, t, n_r, cols, x, n_tok), MOE_OK);
+	for (int e = 0; e < n_r * n_tok; e++)
+		cr_assert(qsb_same_float(want[e], got[e]),
+		          "%s %s, %lld columns, %d rows x %d tokens, %s: element %d (row %d, "
+		          "token %d): %.9g, scalar %.9g",
+		          moe_isa_name(level), moe_type_get(t)->name, (long long)cols, n_r, n_tok,
+		          pool ? "2 threads" : "1 thread", e, e % n_r, e / n_r, got[e], want[e]);
+	free(got);
+	free(want);
+	return n_r * n_tok;
+}
+
+/* Every level's products give the scalar level's bits on extreme operands:
+ * activations of -127 and 127 (at the AVX-512 level, one token: also
+ * -128), weight blocks of random codes with
+ * whole blocks of code 0 (level -127, MXFP4 0) and of code 15 / 7 (113 /
+ * 12) among them.  Shapes: 1, 5, 8, 16, 17, 37 rows (the one-token tiles'
+ * 8 row runs, full and clamped) x 1 token (the one-token tiles), 9 tokens (a
+ * group of 8 and a lone one) and 3 tokens (several-token tiles), on 1 and 2
+ * threads; rows of 1, 3 and 25 blocks (IQ4_XS: 1 and 3), so the two-block
+ * steps of the IQ4_NL / MXFP4 tiles end both even and odd. */
+static void extremes_same_bits(moe_isa level)
+{
+	static const int rows[] = {1, 5, 8, 16, 17, 37}, toks[] = {1, 9, 3};
+	int compared = 0;
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	rng_state = 777;
+	for (size_t ti = 0; ti < N_IQ; ti++) {
+		const moe_type t = iq_types[ti];
+		const bool xs = t == MOE_TYPE_IQ4_XS;
+		const int64_t qk = xs ? 256 : 32;
+		const int64_t nbs[] = {1, 3, xs ? 3 : 25};
+		for (size_t ci = 0; ci < 3; ci++) {
+			const int64_t cols = qk * nbs[ci];
+			uint8_t *w = qsb_rand_blocks(t, 37 * cols, true);
+			const size_t bsz = moe_type_get(t)->type_size;
+			const size_t qo = xs ? 8 : t == MOE_TYPE_MXFP4 ? 1 : 2;
+			const size_t ql = xs ? 128 : 16;
+			for (int64_t b = 0; b < 37 * nbs[ci]; b++)
+				if (b % 3 != 2)
+					memset(w + (size_t)b * bsz + qo,
+					       b % 3 == 0            ? 0x00
+					       : t == MOE_TYPE_MXFP4 ? 0x77
+					                             : 0xff,
+					       ql);
+			uint8_t *x = extreme_act(t, cols, 9, -127);
+			uint8_t *x128 = extreme_act(t, cols, 1, -128);
+			for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+				for (int thr = 0; thr < 2; thr++) {
+					moe_pool *p = thr ? pool : NULL;
+					for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
+						compared += extreme_compare(level, p, t, w, x, cols,
+						                            rows[ri], toks[k]);
+					if (level == MOE_ISA_AVX512)
+						compared += extreme_compare(level, p, t, w, x128,
+						                            cols, rows[ri], 1);
+				}
+			free(x128);
+			free(x);
+			free(w);
+		}
+	}
+	moe_pool_destroy(pool);
+	cr_assert_gt(compared, 0);
+	cr_log_info("%s: %d IQ4/MXFP4 elements on extreme operands equal to the scalar level's",
+	            moe_isa_name(level), compared);
+}
+
+ISA_SIMD_TESTS(iq4, extremes_same_bits_as_scalar, extremes_same_bits)

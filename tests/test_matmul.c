@@ -13,9 +13,10 @@
 #include "isa_levels.h"
 #include "kernels/kernels.h"
 
-static const moe_type types[] = {MOE_TYPE_F32,  MOE_TYPE_F16,  MOE_TYPE_Q8_0, MOE_TYPE_Q4_0,
-                                 MOE_TYPE_Q5_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
-                                 MOE_TYPE_Q2_K, MOE_TYPE_Q3_K /* isa_*_k23.c */};
+static const moe_type types[] = {
+    MOE_TYPE_F32,    MOE_TYPE_F16,    MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0,
+    MOE_TYPE_Q4_K,   MOE_TYPE_Q5_K,   MOE_TYPE_Q6_K, MOE_TYPE_Q2_K, MOE_TYPE_Q3_K /* isa_*_k23.c */,
+    MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4 /* isa_*_iq4.c */};
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -263,9 +264,10 @@ Test(matmul, rejects_bad_arguments)
  * per SIMD level; a level this CPU lacks is a skipped test. */
 static void tiled_types_same_bits_as_scalar(moe_isa level)
 {
-	const moe_type tiled[] = {MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
-	                          MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q5_0,
-	                          MOE_TYPE_Q2_K, MOE_TYPE_Q3_K /* isa_*_k23.c */};
+	const moe_type tiled[] = {
+	    MOE_TYPE_Q4_K,   MOE_TYPE_Q5_K,   MOE_TYPE_Q6_K, MOE_TYPE_Q8_0,
+	    MOE_TYPE_Q4_0,   MOE_TYPE_Q5_0,   MOE_TYPE_Q2_K, MOE_TYPE_Q3_K /* isa_*_k23.c */,
+	    MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4 /* isa_*_iq4.c */};
 	enum { MAXR = 11, MAXT = 19, COLS = 768 };
 	int compared = 0;
 	for (size_t ti = 0; ti < sizeof(tiled) / sizeof(tiled[0]); ti++) {
