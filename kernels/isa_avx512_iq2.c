@@ -50,6 +50,7 @@
  */
 #include <cpuid.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -582,10 +583,13 @@ void moe_dots_avx512_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 
 moe_gemm_fn moe_gemm_avx512_iq2(moe_type t)
 {
-	static int ok = -1; /* a racy but idempotent cache: every writer stores the same */
-	if (ok < 0)
-		ok = have_vbmi_bitalg();
-	if (!ok)
+	static _Atomic int ok = -1; /* CPUID's answer, read once (every writer stores the same) */
+	int v = atomic_load_explicit(&ok, memory_order_relaxed);
+	if (v < 0) {
+		v = have_vbmi_bitalg();
+		atomic_store_explicit(&ok, v, memory_order_relaxed);
+	}
+	if (!v)
 		return moe_gemm_avx2_iq2(t);
 	moe_iq2_tables_init(); /* once; a load and a branch after that */
 	switch (t) {
