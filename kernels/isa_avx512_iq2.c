@@ -293,8 +293,11 @@ static ALWAYS_INLINE __m512i block_isum(int kind, const uint8_t *p, const int8_t
 			masks_of(parity8(_mm512_srli_epi16(q, 9), true), rep_xs, m);
 		} else {
 			const uint8_t *sg = p + offsetof(moe_block_iq2_s, qs) + 32;
-			for (int c = 0; c < 4; c++)
-				m[c] = _load_mask64((__mmask64 *)(sg + 8 * c));
+			for (int c = 0; c < 4; c++) { /* unaligned: memcpy, then kmovq */
+				uint64_t b;
+				memcpy(&b, sg + 8 * c, 8);
+				m[c] = _cvtu64_mask64(b);
+			}
 		}
 		for (int c = 0; c < 4; c++)
 			g[c] = grid_scalar(kind, p, c);
