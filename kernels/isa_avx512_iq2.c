@@ -1,11 +1,10 @@
 /*
- * isa_avx512_iq2.c - the AVX-512 level's one-row dots and one-token tiles
- * (gemm.h) of IQ2_XXS, IQ2_XS and IQ2_S (x Q8_K), built with the avx512 flags
- * plus -mavx512vbmi -mavx512bitalg (kernels/CMakeLists.txt).  VBMI and BITALG
- * are not among the level's required features (dispatch.c: F/DQ/BW/VL/VNNI;
- * Cascade Lake has those without them), so this file reads CPUID itself and
- * hands out the AVX2 kernels (isa_avx2_iq2.c) where either is missing; tiles
- * of several tokens are always the AVX2 ones.
+ * isa_avx512_iq2.c - the AVX-512 level's one-row dots (IQ2_XXS, IQ2_XS) and
+ * one-token tiles (gemm.h; IQ2_XXS, IQ2_XS, IQ2_S) of the IQ2 types (x Q8_K), built with the avx512
+ * flags plus -mavx512vbmi -mavx512bitalg (kernels/CMakeLists.txt).  VBMI and BITALG are not among
+ * the level's required features (dispatch.c: F/DQ/BW/VL/VNNI; Cascade Lake has those without them),
+ * so this file reads CPUID itself and hands out the AVX2 kernels (isa_avx2_iq2.c) where either is
+ * missing; tiles of several tokens are always the AVX2 ones.
  *
  * The arithmetic is the canonical one of quants.h, bit for bit: per block the
  * exact integer isum (exact whatever instructions form it), then the
@@ -457,11 +456,6 @@ static void dot_iq2_xs(int64_t n, float *s, const void *w, const void *a)
 	dot_iq2(KIND_XS, n, s, w, a);
 }
 
-static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a)
-{
-	dot_iq2(KIND_S, n, s, w, a);
-}
-
 /* ---- 8x1 tiles ------------------------------------------------------------------- */
 
 /* Rows w[0..8) against the token a[0] (run_lanes8's tiles): out[k] = row k's
@@ -581,7 +575,8 @@ void moe_dots_avx512_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 	moe_iq2_tables_init();
 	dots[MOE_TYPE_IQ2_XXS] = dot_iq2_xxs;
 	dots[MOE_TYPE_IQ2_XS] = dot_iq2_xs;
-	dots[MOE_TYPE_IQ2_S] = dot_iq2_s;
+	/* IQ2_S keeps the AVX2 dot: this one was no faster (in cache 5.9-6.0
+	 * against 6.2-6.4 GB/s, three alternating runs) */
 }
 
 moe_gemm_fn moe_gemm_avx512_iq2(moe_type t)
