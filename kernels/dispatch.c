@@ -100,6 +100,7 @@ static void fill_tables(void)
 	if (isa_supported[MOE_ISA_AVX512]) {
 		moe_dots_avx2(dot_table[MOE_ISA_AVX512]);
 		moe_dots_avx512(dot_table[MOE_ISA_AVX512]);
+		moe_dots_avx512_iq2(dot_table[MOE_ISA_AVX512]); /* needs VBMI + BITALG */
 		moe_vec_ops_avx2(&vec_table[MOE_ISA_AVX512]);
 		moe_vec_ops_avx512(&vec_table[MOE_ISA_AVX512]);
 	}

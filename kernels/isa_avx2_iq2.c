@@ -1,7 +1,8 @@
 /*
  * isa_avx2_iq2.c - AVX2 + FMA + F16C dot products and tile kernels (gemm.h)
  * of IQ2_XXS, IQ2_XS and IQ2_S (x Q8_K), built with the avx2 flags; the
- * AVX-512 level uses them too (it has no kernels of its own for these types).
+ * AVX-512 level uses them for several tokens, and for everything on CPUs
+ * without VBMI/BITALG (its one-token kernels: isa_avx512_iq2.c).
  *
  * Both follow the canonical arithmetic of quants.h bit for bit.  Per 32-value
  * sub-block the 4 groups' grid entries (moe_iq2*_grid64, 8 unsigned bytes

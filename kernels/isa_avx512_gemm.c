@@ -659,7 +659,7 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 	case MOE_TYPE_IQ2_XXS:
 	case MOE_TYPE_IQ2_XS:
 	case MOE_TYPE_IQ2_S:
-		return moe_gemm_avx2_iq2(t); /* isa_avx2_iq2.c */
+		return moe_gemm_avx512_iq2(t); /* isa_avx512_iq2.c */
 	default:
 		return moe_gemm_avx512_iq4(t); /* isa_avx512_iq4.c */
 	}

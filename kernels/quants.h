@@ -629,6 +629,8 @@ void moe_vec_dot_iq2_s_ref(int64_t n, float *s, const void *w, const void *a);
 void moe_dequant_iq2(moe_type t, float *y, const void *src, int64_t n);
 void moe_dots_ref_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_avx2_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_avx2_iq2.c */
+/* isa_avx512_iq2.c: only where the CPU has AVX512_VBMI and AVX512_BITALG */
+void moe_dots_avx512_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]);
 void moe_dots_neon_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT]); /* isa_neon_iq2.c */
 
 /* Fills dots[type] with the scalar references (NULL where none). */
