@@ -90,20 +90,28 @@ static void tables_init(void)
 /* ---- the token's layout ------------------------------------------------------------ */
 
 /* Per block of the token: 256 bytes of rearranged activations (above), then
- * (IQ1) 64 bytes: qword b = -9 * (sum of the block's q8 over sub-block b) in
- * its low dword, 0 in its high dword. */
-enum { PREP_Y = 256, PREP_BLOCK = 320 };
+ * (IQ1) 3 x 64 bytes: qword b = -9 times the sum of the block's q8 over
+ * sub-block b (IQ1_S), over its first 16 values, over its last 16 (IQ1_M),
+ * in the qword's low dword, 0 in its high dword. */
+enum { PREP_Y = 256, PREP_BLOCK = 448 };
+
+/* -9 times the sums of s's dword pairs, in the low dwords of its qwords. */
+static ALWAYS_INLINE __m512i neg9_pairs(__m512i s)
+{
+	s = _mm512_add_epi32(s, _mm512_srli_epi64(s, 32));
+	return _mm512_mullo_epi32(s, _mm512_set1_epi64(0xfffffff7ll));
+}
 
 /* Rearranges the nb Q8_K blocks at a into prep (PREP_BLOCK bytes a block);
- * with_sum: also the -9 * sub-block sums. */
-static void prep_token(int8_t *prep, const uint8_t *a, int64_t nb, bool with_sum)
+ * with_sums: also the -9 * sub-block sums. */
+static void prep_token(int8_t *prep, const uint8_t *a, int64_t nb, bool with_sums)
 {
 	for (int64_t i = 0; i < nb; i++) {
 		const int8_t *q = ((const moe_block_q8_K *)a + i)->qs;
 		int8_t *yt = prep + PREP_BLOCK * i;
 		const __m512i y0 = _mm512_loadu_si512(q), y1 = _mm512_loadu_si512(q + 64);
 		const __m512i y2 = _mm512_loadu_si512(q + 128), y3 = _mm512_loadu_si512(q + 192);
-		__m512i s = _mm512_setzero_si512();
+		__m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
 		for (int c = 0; c < 4; c++) {
 			/* qwords c, 4 + c of y0, then of y1 (indices 8.. = y1) */
 			const __m512i ix = _mm512_set_epi64(0, 0, 0, 0, 12 + c, 8 + c, 4 + c, c);
@@ -113,12 +121,15 @@ static void prep_token(int8_t *prep, const uint8_t *a, int64_t nb, bool with_sum
 			    _mm512_castsi512_si256(_mm512_permutex2var_epi64(y2, ix, y3));
 			const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a01), a23, 1);
 			_mm512_storeu_si512(yt + 64 * c, v);
-			s = _mm512_dpbusd_epi32(s, _mm512_set1_epi8(1), v);
+			if (c < 2)
+				s01 = _mm512_dpbusd_epi32(s01, _mm512_set1_epi8(1), v);
+			else
+				s23 = _mm512_dpbusd_epi32(s23, _mm512_set1_epi8(1), v);
 		}
-		if (with_sum) {
-			s = _mm512_add_epi32(s, _mm512_srli_epi64(s, 32));
-			_mm512_storeu_si512(yt + PREP_Y,
-			                    _mm512_mullo_epi32(s, _mm512_set1_epi64(0xfffffff7ll)));
+		if (with_sums) {
+			_mm512_storeu_si512(yt + PREP_Y, neg9_pairs(_mm512_add_epi32(s01, s23)));
+			_mm512_storeu_si512(yt + PREP_Y + 64, neg9_pairs(s01));
+			_mm512_storeu_si512(yt + PREP_Y + 128, neg9_pairs(s23));
 		}
 	}
 }
@@ -224,6 +235,56 @@ static ALWAYS_INLINE __m512i rows8(const uint64_t *tab, const size_t i[8])
 	return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
+/* vpermb's picks for iq1_index: word 8 c + b takes qs byte 4 b + c (high
+ * bytes masked off); vpermw's: word 8 c + b takes qh word b; the shifts 3 c
+ * (IQ1_S) and 4 c (IQ1_M). */
+#define QP(c)                                                                                      \
+	4 * 0 + (c), 0, 4 * 1 + (c), 0, 4 * 2 + (c), 0, 4 * 3 + (c), 0, 4 * 4 + (c), 0,            \
+	    4 * 5 + (c), 0, 4 * 6 + (c), 0, 4 * 7 + (c), 0
+static const uint8_t iq1_qpick[64] __attribute__((aligned(64))) = {QP(0), QP(1), QP(2), QP(3)};
+#undef QP
+#define HP(c) 0, 1, 2, 3, 4, 5, 6, 7
+static const uint16_t iq1_hpick[32] __attribute__((aligned(64))) = {HP(0), HP(1), HP(2), HP(3)};
+#undef HP
+#define SH(k) (k), (k), (k), (k), (k), (k), (k), (k)
+static const uint16_t iq1_shift[2][32]
+    __attribute__((aligned(64))) = {{SH(0), SH(3), SH(6), SH(9)}, {SH(0), SH(4), SH(8), SH(12)}};
+#undef SH
+
+enum { KIND_XXS, KIND_S1, KIND_M1 };
+
+/* IQ1: the 32 grid indices of the block's qs and its 8 qh words h (IQ1_M:
+ * qh[2 b] | qh[2 b + 1] << 8) as words 8 c + b (unit c of sub-block b):
+ * qs[4 b + c] | (h[b] >> k c & 7) << 8, k = 3 (IQ1_S) or 4 (IQ1_M). */
+static ALWAYS_INLINE __m512i iq1_index(int kind, const uint8_t *qs, const uint8_t *qh)
+{
+	const __m512i q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)qs));
+	const __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)qh));
+	const __m512i lo =
+	    _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, _mm512_load_si512(iq1_qpick), q);
+	const __m512i hi = _mm512_slli_epi16(
+	    _mm512_srlv_epi16(_mm512_permutexvar_epi16(_mm512_load_si512(iq1_hpick), h),
+	                      _mm512_load_si512(iq1_shift[kind == KIND_M1])),
+	    8);
+	return _mm512_ternarylogic_epi32(hi, _mm512_set1_epi16(0x700), lo, 0xea);
+}
+
+/* Unit c's 8 rows (u = 8 (g + 1) bytes) of the indices ix (iq1_index): the
+ * indices to general registers 4 by 4 (vmovq, vpextrq; vpextrw each, as GCC
+ * made of the indices stored to an array, gave 4.1-4.3 against 6.2-6.4 GB/s
+ * in cache; vpgatherqq 2.7), then 8 loads. */
+static ALWAYS_INLINE __m512i iq1_rows(__m512i ix, int c)
+{
+	const __m128i l = _mm512_extracti32x4_epi32(ix, c);
+	const uint64_t q0 = (uint64_t)_mm_cvtsi128_si64(l), q1 = (uint64_t)_mm_extract_epi64(l, 1);
+	size_t i[8];
+	for (int b = 0; b < 4; b++) {
+		i[b] = (uint16_t)(q0 >> 16 * b);
+		i[4 + b] = (uint16_t)(q1 >> 16 * b);
+	}
+	return rows8(g1_8, i);
+}
+
 /* One IQ1_S block at p against its prepared token yt: 16 int32 lanes whose
  * total is the block's exact isum (a qword's sum of u * q8 before the
  * scale: 32 products of at most 18 * 127 plus -9 * 32 * 127, |.| < 2^17;
@@ -231,26 +292,57 @@ static ALWAYS_INLINE __m512i rows8(const uint64_t *tab, const size_t i[8])
 static ALWAYS_INLINE __m512i s1_block(const uint8_t *p, const int8_t *yt)
 {
 	const moe_block_iq1_s *x = (const moe_block_iq1_s *)p;
+	const __m512i ix = iq1_index(KIND_S1, x->qs, (const uint8_t *)x->qh);
 	const __m512i qh = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)x->qh));
 	/* 1 + delta per qword's bytes: 2 where bit 15 is clear, else 0 */
 	const __mmask8 neg = _mm512_test_epi64_mask(qh, _mm512_set1_epi64(0x8000));
 	const __m512i dl = _mm512_maskz_mov_epi64((__mmask8)~neg, _mm512_set1_epi8(2));
 	__m512i acc = _mm512_loadu_si512(yt + PREP_Y);
-	for (int c = 0; c < 4; c++) {
-		size_t i[8];
-		for (int b = 0; b < 8; b++)
-			i[b] = x->qs[4 * b + c] | ((size_t)x->qh[b] >> (3 * c) & 7) << 8;
-		const __m512i u = _mm512_add_epi8(rows8(g1_8, i), dl);
-		acc = _mm512_dpbusd_epi32(acc, u, _mm512_loadu_si512(yt + 64 * c));
-	}
+#pragma GCC unroll 4
+	for (int c = 0; c < 4; c++)
+		acc = _mm512_dpbusd_epi32(acc, _mm512_add_epi8(iq1_rows(ix, c), dl),
+		                          _mm512_loadu_si512(yt + 64 * c));
 	const __m512i sc = _mm512_ternarylogic_epi64(
 	    _mm512_srli_epi64(qh, 11), _mm512_set1_epi64(0xe), _mm512_set1_epi64(1), 0xea);
 	return _mm512_mullo_epi32(_mm512_add_epi32(acc, _mm512_srli_epi64(acc, 32)), sc);
 }
 
-/* ---- 8x1 tiles --------------------------------------------------------------------- */
+/* One IQ1_M block at p against its prepared token yt, as s1_block: units 0,
+ * 1 of a sub-block (chunks 0, 1) take its first scale, units 2, 3 its
+ * second; each unit its own delta (bit 4 c + 3 of the qh word). */
+static ALWAYS_INLINE __m512i m1_block(const uint8_t *p, const int8_t *yt)
+{
+	const moe_block_iq1_m *x = (const moe_block_iq1_m *)p;
+	const __m512i ix = iq1_index(KIND_M1, x->qs, x->qh);
+	const __m512i qh = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)x->qh));
+	__m512i a01 = _mm512_loadu_si512(yt + PREP_Y + 64);
+	__m512i a23 = _mm512_loadu_si512(yt + PREP_Y + 128);
+#pragma GCC unroll 4
+	for (int c = 0; c < 4; c++) {
+		const __mmask8 neg = _mm512_test_epi64_mask(qh, _mm512_set1_epi64(8ll << 4 * c));
+		const __m512i dl = _mm512_maskz_mov_epi64((__mmask8)~neg, _mm512_set1_epi8(2));
+		const __m512i u = _mm512_add_epi8(iq1_rows(ix, c), dl);
+		const __m512i y = _mm512_loadu_si512(yt + 64 * c);
+		if (c < 2)
+			a01 = _mm512_dpbusd_epi32(a01, u, y);
+		else
+			a23 = _mm512_dpbusd_epi32(a23, u, y);
+	}
+	/* qword b: scale word b / 2 >> 6 (b % 2): ls1 bits 0-2, ls2 bits 3-5 */
+	uint64_t s8;
+	memcpy(&s8, x->scales, 8);
+	const __m512i w = _mm512_srlv_epi64(_mm512_set1_epi64((long long)s8),
+	                                    _mm512_set_epi64(54, 48, 38, 32, 22, 16, 6, 0));
+	const __m512i s1 = _mm512_ternarylogic_epi64(
+	    _mm512_slli_epi64(w, 1), _mm512_set1_epi64(0xe), _mm512_set1_epi64(1), 0xea);
+	const __m512i s2 = _mm512_ternarylogic_epi64(
+	    _mm512_srli_epi64(w, 2), _mm512_set1_epi64(0xe), _mm512_set1_epi64(1), 0xea);
+	return _mm512_add_epi32(
+	    _mm512_mullo_epi32(_mm512_add_epi32(a01, _mm512_srli_epi64(a01, 32)), s1),
+	    _mm512_mullo_epi32(_mm512_add_epi32(a23, _mm512_srli_epi64(a23, 32)), s2));
+}
 
-enum { KIND_XXS, KIND_S1 };
+/* ---- 8x1 tiles --------------------------------------------------------------------- */
 
 /* Rows w[0..8) against the token a[0] (prepared in yt): out[k] = row k's
  * result, rows8_iq's float steps. */
@@ -258,7 +350,9 @@ static ALWAYS_INLINE void tile8(int kind, int64_t n_cols, float out[8], const ui
                                 const uint8_t *a, const int8_t *yt)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
-	const size_t bs = kind == KIND_XXS ? sizeof(moe_block_iq3_xxs) : sizeof(moe_block_iq1_s);
+	const size_t bs = kind == KIND_XXS  ? sizeof(moe_block_iq3_xxs)
+	                  : kind == KIND_S1 ? sizeof(moe_block_iq1_s)
+	                                    : sizeof(moe_block_iq1_m);
 	const float f = kind == KIND_XXS ? 0.25f : 0.125f;
 	xxs_tab tb;
 	__m256 acc = _mm256_setzero_ps();
@@ -271,14 +365,25 @@ static ALWAYS_INLINE void tile8(int kind, int64_t n_cols, float out[8], const ui
 		const int8_t *yb = yt + PREP_BLOCK * i;
 		__m256i v[8];
 		lanes8_prefetch(w, wo);
+#pragma GCC unroll 8
 		for (int r = 0; r < 8; r++) {
-			const __m512i s = kind == KIND_XXS ? xxs_block(w[r] + wo, yb, &tb)
-			                                   : s1_block(w[r] + wo, yb);
+			const __m512i s = kind == KIND_XXS  ? xxs_block(w[r] + wo, yb, &tb)
+			                  : kind == KIND_S1 ? s1_block(w[r] + wo, yb)
+			                                    : m1_block(w[r] + wo, yb);
 			v[r] = _mm256_add_epi32(_mm512_castsi512_si256(s),
 			                        _mm512_extracti64x4_epi64(s, 1));
 		}
 		/* fp16 d times a power of two: exact, as block_dw */
-		const __m256 dw = _mm256_mul_ps(half8_ptr(w, wo), _mm256_set1_ps(f));
+		__m256 dw;
+		if (kind == KIND_M1) {
+			uint16_t h[8];
+			for (int r = 0; r < 8; r++)
+				h[r] = moe_iq1m_d((const moe_block_iq1_m *)(w[r] + wo));
+			dw = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)),
+			                   _mm256_set1_ps(f));
+		} else {
+			dw = _mm256_mul_ps(half8_ptr(w, wo), _mm256_set1_ps(f));
+		}
 		const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(ab->d));
 		acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8_i32(v)), d, acc);
 	}
@@ -297,6 +402,12 @@ static void s1_8x1(int64_t n, float o[8], const uint8_t *const w[8], const uint8
 	tile8(KIND_S1, n, o, w, a[0], prep);
 }
 
+static void m1_8x1(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile8(KIND_M1, n, o, w, a[0], prep);
+}
+
 enum { PREP_STACK_BLOCKS = 64 }; /* rows of up to 16384 columns: the token's prep on the stack */
 
 /* One token: one8 over runs of the rows (run_lanes8; fewer than 16 rows: a
@@ -313,7 +424,7 @@ static void gemm_one(moe_type t, moe_tile_fn one8, int64_t n_cols, float *y, int
 		moe_gemm_avx2_iq13(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 		return;
 	}
-	prep_token(yt, x, nb, t == MOE_TYPE_IQ1_S);
+	prep_token(yt, x, nb, t != MOE_TYPE_IQ3_XXS);
 	if (n_r >= 16)
 		run_lanes8(one8, n_cols, y, w, w_stride, n_r, x, yt);
 	else
@@ -334,6 +445,12 @@ static void gemm_iq1_s(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, 
 	gemm_one(MOE_TYPE_IQ1_S, s1_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
+static void gemm_iq1_m(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_one(MOE_TYPE_IQ1_M, m1_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
 /* ---- dispatch ---------------------------------------------------------------------- */
 
 moe_gemm_fn moe_gemm_avx512_iq13(moe_type t)
@@ -346,6 +463,8 @@ moe_gemm_fn moe_gemm_avx512_iq13(moe_type t)
 		return gemm_iq3_xxs;
 	case MOE_TYPE_IQ1_S:
 		return gemm_iq1_s;
+	case MOE_TYPE_IQ1_M:
+		return gemm_iq1_m;
 	default:
 		return moe_gemm_avx2_iq13(t);
 	}
