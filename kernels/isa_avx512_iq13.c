@@ -52,12 +52,16 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
+enum { KIND_XXS, KIND_S3, KIND_S1, KIND_M1 };
+
 /* ---- tables ------------------------------------------------------------------------ */
 
 /* IQ3_XXS: lo/hi byte of point k's 12-bit code (digit j, bits 3 j .. 3 j + 2,
  * the level index of its value j); IQ1: 8 (g + 1) per value of point k. */
 static uint8_t xxs_lo[256] __attribute__((aligned(64)));
 static uint8_t xxs_hi[256] __attribute__((aligned(64)));
+static uint8_t s3_lo[512] __attribute__((aligned(64)));
+static uint8_t s3_hi[256] __attribute__((aligned(64))); /* k's high code nibble, k + 256's above */
 static uint64_t g1_8[2048];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
@@ -71,6 +75,15 @@ static void fill_tables(void)
 			        3 << (3 * j); /* 4, 12, .. 52, 62 -> 0..7 */
 		xxs_lo[k] = (uint8_t)code;
 		xxs_hi[k] = (uint8_t)(code >> 8);
+	}
+	for (int k = 0; k < 512; k++) {
+		const uint32_t g = moe_iq3s_grid[k];
+		unsigned code = 0;
+		for (int j = 0; j < 4; j++)
+			code |=
+			    (((g >> (8 * j)) & 255) - 1) >> 1 << (3 * j); /* 1, 3, .. 15 -> 0..7 */
+		s3_lo[k] = (uint8_t)code;
+		s3_hi[k % 256] |= (uint8_t)((code >> 8) << (k / 256 * 4));
 	}
 	for (int i = 0; i < 2048; i++) {
 		uint64_t v = 0;
@@ -213,6 +226,74 @@ static ALWAYS_INLINE __m512i xxs_block(const uint8_t *p, const int8_t *yt, const
 	return _mm512_mullo_epi32(_mm512_add_epi32(acc, _mm512_srli_epi64(acc, 32)), sc);
 }
 
+/* ---- IQ3_S ------------------------------------------------------------------------- */
+
+typedef struct {
+	__m512i lo[8], hi[4], lv;
+} s3_tab;
+
+static ALWAYS_INLINE void s3_tab_load(s3_tab *tb)
+{
+	for (int j = 0; j < 8; j++)
+		tb->lo[j] = _mm512_load_si512(s3_lo + 64 * j);
+	for (int j = 0; j < 4; j++)
+		tb->hi[j] = _mm512_load_si512(s3_hi + 64 * j);
+	tb->lv = _mm512_set1_epi64(0x0f0d0b0907050301ll); /* level of digit e & 7 */
+}
+
+/* One IQ3_S block at p against its rearranged activations yt, as xxs_block:
+ * the grid in registers (512 code bytes in 8 zmm, 4 lookups by index bits
+ * 0-6, blends by bit 7 and by bit 8, which the qh bytes are as they stand;
+ * the high code nibbles of points k and k + 256 share a byte), the stored
+ * sign bytes spread and tested, scales 4 bits a sub-block (a sub-block's sum
+ * before its scale: 32 products of at most 15 * 127; times at most 31). */
+static ALWAYS_INLINE __m512i s3_block(const uint8_t *p, const int8_t *yt, const s3_tab *tb)
+{
+	const moe_block_iq3_s *x = (const moe_block_iq3_s *)p;
+	const __m512i idx = _mm512_loadu_si512(x->qs);
+	const __mmask64 b7 = _mm512_movepi8_mask(idx);
+	uint64_t h8;
+	memcpy(&h8, x->qh, 8);
+	const __mmask64 b8 = _cvtu64_mask64(h8);
+	const __m512i l0 =
+	    _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(tb->lo[0], idx, tb->lo[1]),
+	                           _mm512_permutex2var_epi8(tb->lo[2], idx, tb->lo[3]));
+	const __m512i l1 =
+	    _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(tb->lo[4], idx, tb->lo[5]),
+	                           _mm512_permutex2var_epi8(tb->lo[6], idx, tb->lo[7]));
+	const __m512i lo = _mm512_mask_blend_epi8(b8, l0, l1);
+	const __m512i hb =
+	    _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(tb->hi[0], idx, tb->hi[1]),
+	                           _mm512_permutex2var_epi8(tb->hi[2], idx, tb->hi[3]));
+	const __m512i n15 = _mm512_set1_epi8(15);
+	const __m512i hi = _mm512_mask_blend_epi8(b8, _mm512_and_si512(hb, n15),
+	                                          _mm512_and_si512(_mm512_srli_epi16(hb, 4), n15));
+	/* qword b = sub-block b's 4 sign bytes (unit l's in byte l) */
+	const __m512i sb = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)x->signs));
+	const __m512i bit = _mm512_set1_epi64((long long)0x8040201008040201ull);
+	const __m512i dig = _mm512_set1_epi64(0x19161310090603ll << 8);
+	__m512i acc = _mm512_setzero_si512();
+	for (int c = 0; c < 4; c++) {
+		const __m512i codes =
+		    _mm512_permutex2var_epi8(lo, _mm512_load_si512(xxs_pick[c]), hi);
+		const __m512i g =
+		    _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(dig, codes), tb->lv);
+		const __mmask64 m = _mm512_test_epi8_mask(
+		    _mm512_multishift_epi64_epi8(_mm512_set1_epi8((char)(8 * c)), sb), bit);
+		const __m512i y = _mm512_loadu_si512(yt + 64 * c);
+		acc = _mm512_dpbusd_epi32(acc, g,
+		                          _mm512_mask_sub_epi8(y, m, _mm512_setzero_si512(), y));
+	}
+	/* qword b: nibble b of the 4 scale bytes, 2 ls + 1 */
+	uint32_t s4;
+	memcpy(&s4, x->scales, 4);
+	const __m512i v = _mm512_srlv_epi64(_mm512_set1_epi64((long long)s4),
+	                                    _mm512_set_epi64(28, 24, 20, 16, 12, 8, 4, 0));
+	const __m512i sc = _mm512_ternarylogic_epi64(
+	    _mm512_slli_epi64(v, 1), _mm512_set1_epi64(0x1e), _mm512_set1_epi64(1), 0xea);
+	return _mm512_mullo_epi32(_mm512_add_epi32(acc, _mm512_srli_epi64(acc, 32)), sc);
+}
+
 /* ---- IQ1_S ------------------------------------------------------------------------- */
 
 /* 8 rows of an 8-byte table as one vector (entry i[0] in qword 0). */
@@ -250,8 +331,6 @@ static const uint16_t iq1_hpick[32] __attribute__((aligned(64))) = {HP(0), HP(1)
 static const uint16_t iq1_shift[2][32]
     __attribute__((aligned(64))) = {{SH(0), SH(3), SH(6), SH(9)}, {SH(0), SH(4), SH(8), SH(12)}};
 #undef SH
-
-enum { KIND_XXS, KIND_S1, KIND_M1 };
 
 /* IQ1: the 32 grid indices of the block's qs and its 8 qh words h (IQ1_M:
  * qh[2 b] | qh[2 b + 1] << 8) as words 8 c + b (unit c of sub-block b):
@@ -351,14 +430,18 @@ static ALWAYS_INLINE void tile8(int kind, int64_t n_cols, float out[8], const ui
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t bs = kind == KIND_XXS  ? sizeof(moe_block_iq3_xxs)
+	                  : kind == KIND_S3 ? sizeof(moe_block_iq3_s)
 	                  : kind == KIND_S1 ? sizeof(moe_block_iq1_s)
 	                                    : sizeof(moe_block_iq1_m);
-	const float f = kind == KIND_XXS ? 0.25f : 0.125f;
+	const float f = kind == KIND_XXS ? 0.25f : kind == KIND_S3 ? 1.0f : 0.125f;
 	xxs_tab tb;
+	s3_tab t3;
 	__m256 acc = _mm256_setzero_ps();
 
 	if (kind == KIND_XXS)
 		xxs_tab_load(&tb);
+	if (kind == KIND_S3)
+		s3_tab_load(&t3);
 	for (int64_t i = 0; i < nb; i++) {
 		const size_t wo = (size_t)i * bs;
 		const moe_block_q8_K *ab = (const moe_block_q8_K *)a + i;
@@ -368,6 +451,7 @@ static ALWAYS_INLINE void tile8(int kind, int64_t n_cols, float out[8], const ui
 #pragma GCC unroll 8
 		for (int r = 0; r < 8; r++) {
 			const __m512i s = kind == KIND_XXS  ? xxs_block(w[r] + wo, yb, &tb)
+			                  : kind == KIND_S3 ? s3_block(w[r] + wo, yb, &t3)
 			                  : kind == KIND_S1 ? s1_block(w[r] + wo, yb)
 			                                    : m1_block(w[r] + wo, yb);
 			v[r] = _mm256_add_epi32(_mm512_castsi512_si256(s),
@@ -394,6 +478,12 @@ static void xxs_8x1(int64_t n, float o[8], const uint8_t *const w[8], const uint
                     const void *prep)
 {
 	tile8(KIND_XXS, n, o, w, a[0], prep);
+}
+
+static void s3_8x1(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
+                   const void *prep)
+{
+	tile8(KIND_S3, n, o, w, a[0], prep);
 }
 
 static void s1_8x1(int64_t n, float o[8], const uint8_t *const w[8], const uint8_t *const a[8],
@@ -424,7 +514,7 @@ static void gemm_one(moe_type t, moe_tile_fn one8, int64_t n_cols, float *y, int
 		moe_gemm_avx2_iq13(t)(n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 		return;
 	}
-	prep_token(yt, x, nb, t != MOE_TYPE_IQ3_XXS);
+	prep_token(yt, x, nb, t == MOE_TYPE_IQ1_S || t == MOE_TYPE_IQ1_M);
 	if (n_r >= 16)
 		run_lanes8(one8, n_cols, y, w, w_stride, n_r, x, yt);
 	else
@@ -437,6 +527,12 @@ static void gemm_iq3_xxs(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w
                          int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
 	gemm_one(MOE_TYPE_IQ3_XXS, xxs_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
+}
+
+static void gemm_iq3_s(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
+                       int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
+{
+	gemm_one(MOE_TYPE_IQ3_S, s3_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
 static void gemm_iq1_s(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, size_t w_stride,
@@ -461,6 +557,8 @@ moe_gemm_fn moe_gemm_avx512_iq13(moe_type t)
 	switch (t) {
 	case MOE_TYPE_IQ3_XXS:
 		return gemm_iq3_xxs;
+	case MOE_TYPE_IQ3_S:
+		return gemm_iq3_s;
 	case MOE_TYPE_IQ1_S:
 		return gemm_iq1_s;
 	case MOE_TYPE_IQ1_M:
