@@ -1,19 +1,19 @@
 /*
- * isa_avx512_iq13.c - the AVX-512 level's one-token tiles (gemm.h) of IQ3_XXS
- * and IQ1_S (x Q8_K), built with the avx512 flags plus -mavx512vbmi
- * -mavx512bitalg (kernels/CMakeLists.txt).  VBMI and BITALG are not among
- * the level's required features (dispatch.c), so this file asks CPUID
- * (cpu_x86.h) and hands out the AVX2 tiles (isa_avx2_iq13.c) where either is
- * missing.  Several tokens, IQ3_S and IQ1_M always take the AVX2 tiles, and
- * the one-row dots stay the AVX2 level's.
+ * isa_avx512_iq13.c - the AVX-512 level's one-token tiles (gemm.h) of
+ * IQ3_XXS, IQ3_S, IQ1_S and IQ1_M (x Q8_K), built with the avx512 flags plus
+ * -mavx512vbmi -mavx512bitalg (kernels/CMakeLists.txt).  VBMI and BITALG are
+ * not among the level's required features (dispatch.c), so this file asks
+ * CPUID (cpu_x86.h) and hands out the AVX2 tiles (isa_avx2_iq13.c) where
+ * either is missing.  Several tokens always take the AVX2 tiles, and the
+ * one-row dots stay the AVX2 level's.
  *
  * The arithmetic is the canonical one of quants.h, bit for bit: per (row,
  * block) the exact int32 isum (any instructions, any order: integers), then
  * the AVX2 tiles' float steps (rows8_iq): the 8 rows' isums converted and
- * fused-multiply-added by (fp16 d times 1/4 or 1/8, exact) * d_a per lane,
+ * fused-multiply-added by (fp16 d times 1/4, 1 or 1/8, exact) * d_a per lane,
  * which is the reference's fmaf((float)isum, dw * d_a, acc) lane by lane.
  *
- * Both tiles take the token's activations rearranged once per call (prep):
+ * All four take the token's activations rearranged once per call (prep):
  * in each block, chunk c (64 bytes) holds the 8-value units 4 b + c, b =
  * 0..7, in its qwords b, so qword b of every chunk meets sub-block b; the 4
  * chunks' vpdpbusd sums fold into one qword per sub-block, multiplied once
@@ -31,6 +31,9 @@
  *     128 (vptestmb): masks that negate the activations (masked vpsubb from
  *     0; |q8| <= 127 as moe_quantize_act makes them, as the AVX2 tiles'
  *     vpsignb needs too).  Magnitudes <= 62 are vpdpbusd's unsigned side.
+ *   - IQ3_S: the same with a 512-entry grid (8 zmm of low code bytes, 4 of
+ *     high nibbles, two points a byte; blends by index bit 7 and by the 9th
+ *     bits, its qh bytes read as a mask) and its 8 stored sign bits a unit.
  *   - IQ1_S: the 2048-entry grid rows by scalar index arithmetic and 8-byte
  *     loads (8 into a zmm), from a table of 8 (g + 1) in {0, 8, 16}; the
  *     sub-block's delta enters as + (1 + delta) in {0, 2}, so every weight
@@ -38,6 +41,8 @@
  *     vpdpbusd alone (no sign step); the - 9 * (sum of q8 over the
  *     sub-block) that makes them sum w * q8 is the token's, formed once per
  *     block in prep and the accumulators' start.
+ *   - IQ1_M: as IQ1_S, with a delta per unit and two scales per sub-block
+ *     (units 0-1, 2-3: two accumulators, the prep's half sub-block sums).
  * The 8x1 tile (run_lanes8's 8 row runs) prefetches each lane's stream 512
  * bytes ahead once per block (lanes8_prefetch).
  */
@@ -354,7 +359,22 @@ static ALWAYS_INLINE __m512i iq1_index(int kind, const uint8_t *qs, const uint8_
  * in cache; vpgatherqq 2.7), then 8 loads. */
 static ALWAYS_INLINE __m512i iq1_rows(__m512i ix, int c)
 {
-	const __m128i l = _mm512_extracti32x4_epi32(ix, c);
+	/* a literal lane per case: the builds without optimisation do not fold c */
+	__m128i l;
+	switch (c) {
+	case 0:
+		l = _mm512_castsi512_si128(ix);
+		break;
+	case 1:
+		l = _mm512_extracti32x4_epi32(ix, 1);
+		break;
+	case 2:
+		l = _mm512_extracti32x4_epi32(ix, 2);
+		break;
+	default:
+		l = _mm512_extracti32x4_epi32(ix, 3);
+		break;
+	}
 	const uint64_t q0 = (uint64_t)_mm_cvtsi128_si64(l), q1 = (uint64_t)_mm_extract_epi64(l, 1);
 	size_t i[8];
 	for (int b = 0; b < 4; b++) {
