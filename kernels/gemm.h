@@ -33,7 +33,9 @@ moe_gemm_fn moe_gemm_avx2(moe_type t);
 moe_gemm_fn moe_gemm_avx2_iq4(moe_type t);   /* IQ4_NL, IQ4_XS, MXFP4 (isa_avx2_iq4.c) */
 moe_gemm_fn moe_gemm_avx512_iq4(moe_type t); /* the same at the AVX-512 level (isa_avx512_iq4.c) */
 moe_gemm_fn moe_gemm_avx2_iq13(moe_type t);  /* IQ3_XXS, IQ3_S, IQ1_S, IQ1_M (isa_avx2_iq13.c) */
-moe_gemm_fn moe_gemm_avx2_iq2(moe_type t);   /* IQ2_XXS, IQ2_XS, IQ2_S (isa_avx2_iq2.c) */
+/* the same at the AVX-512 level (isa_avx512_iq13.c; the AVX2 ones without VBMI/BITALG) */
+moe_gemm_fn moe_gemm_avx512_iq13(moe_type t);
+moe_gemm_fn moe_gemm_avx2_iq2(moe_type t); /* IQ2_XXS, IQ2_XS, IQ2_S (isa_avx2_iq2.c) */
 /* The same at the AVX-512 level (isa_avx512_iq2.c; the AVX2 ones without VBMI/BITALG) */
 moe_gemm_fn moe_gemm_avx512_iq2(moe_type t);
 /* The NEON tiles (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0, and through the

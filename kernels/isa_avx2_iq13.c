@@ -2,7 +2,9 @@
  * isa_avx2_iq13.c - AVX2 + FMA + F16C kernels of the grid formats IQ3_XXS,
  * IQ3_S, IQ1_S and IQ1_M against Q8_K: the one-token dot and the tile kernel
  * (gemm.h) of the matrix products and the expert FFN.  Compiled with the avx2
- * flags; the AVX-512 level takes these as they are (it has none of its own).
+ * flags; the AVX-512 level takes the dots, and the tiles for several tokens
+ * (for everything on CPUs without VBMI/BITALG; its one-token tiles:
+ * isa_avx512_iq13.c).
  *
  * Both follow the canonical arithmetic of quants.h bit for bit: per (row,
  * token) and block the exact int32 sum (any order: integers), then the

@@ -655,7 +655,7 @@ moe_gemm_fn moe_gemm_avx512(moe_type t)
 	case MOE_TYPE_IQ3_S:
 	case MOE_TYPE_IQ1_S:
 	case MOE_TYPE_IQ1_M:
-		return moe_gemm_avx2_iq13(t); /* the AVX2 tiles */
+		return moe_gemm_avx512_iq13(t); /* isa_avx512_iq13.c */
 	case MOE_TYPE_IQ2_XXS:
 	case MOE_TYPE_IQ2_XS:
 	case MOE_TYPE_IQ2_S:

@@ -47,12 +47,11 @@
  * about a third (IQ2_XXS 4.4-7.7 against 2.6-4.7 GB/s, three alternating
  * runs on a busy host), in cache nothing.
  */
-#include <cpuid.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "kernels/cpu_x86.h"
 #include "kernels/gemm.h"
 #include "kernels/isa_avx2.h"
 
@@ -557,20 +556,9 @@ static void gemm_iq2_s(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, 
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-/* Whether this CPU has AVX512_VBMI (CPUID 7.0 ECX bit 1) and AVX512_BITALG
- * (bit 12); the rest of what this file uses is the AVX-512 level's. */
-static bool have_vbmi_bitalg(void)
-{
-	unsigned a, b, c, d;
-
-	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-		return false;
-	return (c & (1u << 1)) && (c & (1u << 12));
-}
-
 void moe_dots_avx512_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 {
-	if (!have_vbmi_bitalg())
+	if (!moe_x86_have_vbmi_bitalg())
 		return; /* the AVX2 level's stay */
 	moe_iq2_tables_init();
 	dots[MOE_TYPE_IQ2_XXS] = dot_iq2_xxs;
@@ -581,13 +569,7 @@ void moe_dots_avx512_iq2(moe_vec_dot_fn dots[MOE_TYPE_COUNT])
 
 moe_gemm_fn moe_gemm_avx512_iq2(moe_type t)
 {
-	static _Atomic int ok = -1; /* CPUID's answer, read once (every writer stores the same) */
-	int v = atomic_load_explicit(&ok, memory_order_relaxed);
-	if (v < 0) {
-		v = have_vbmi_bitalg();
-		atomic_store_explicit(&ok, v, memory_order_relaxed);
-	}
-	if (!v)
+	if (!moe_x86_have_vbmi_bitalg())
 		return moe_gemm_avx2_iq2(t);
 	moe_iq2_tables_init(); /* once; a load and a branch after that */
 	switch (t) {

@@ -203,6 +203,44 @@ static void matmul_same_bits(moe_isa level)
 
 ISA_SIMD_TESTS(iq13, matmul_same_bits_as_scalar, matmul_same_bits)
 
+/* One token on 37 long rows (70 blocks: the AVX-512 one-token tiles' prepared
+ * token then lives on the heap, past 64 blocks) and on 37 rows of 3 blocks,
+ * on 1 and 2 threads: the scalar level's bits. */
+static void one_token_long_rows_same_bits(moe_isa level)
+{
+	enum { ROWS = 37 };
+	const int64_t cols[] = {256 * 70, 256 * 3};
+	moe_pool *pool = NULL;
+	cr_assert_eq(moe_pool_create(&pool, 2), MOE_OK);
+	rng_state = 2718;
+	for (size_t ti = 0; ti < N_IQ; ti++)
+		for (int ci = 0; ci < 2; ci++) {
+			const moe_type t = iq_types[ti];
+			uint8_t *w = qsb_rand_blocks(t, (int64_t)ROWS * cols[ci], true);
+			void *xq = qsb_rand_act(t, cols[ci]);
+			float want[ROWS], got[ROWS];
+			cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+			cr_assert_eq(moe_matmul_q(NULL, want, w, t, ROWS, cols[ci], xq, 1), MOE_OK);
+			cr_assert_eq(moe_isa_set(level), MOE_OK);
+			for (int thr = 0; thr < 2; thr++) {
+				cr_assert_eq(moe_matmul_q(thr ? pool : NULL, got, w, t, ROWS,
+				                          cols[ci], xq, 1),
+				             MOE_OK);
+				for (int r = 0; r < ROWS; r++)
+					cr_assert(qsb_same_float(want[r], got[r]),
+					          "%s %s, %lld columns, %d threads: row %d: %.9g, "
+					          "scalar %.9g",
+					          moe_isa_name(level), moe_type_get(t)->name,
+					          (long long)cols[ci], thr + 1, r, got[r], want[r]);
+			}
+			free(xq);
+			free(w);
+		}
+	moe_pool_destroy(pool);
+}
+
+ISA_SIMD_TESTS(iq13, one_token_long_rows_same_bits, one_token_long_rows_same_bits)
+
 /* ---- the expert FFN ----------------------------------------------------------------- */
 
 enum { FFN_EXP = 6, FFN_EMBD = 256, FFN_FF = 512, FFN_USED = 2, FFN_T = 19 };
