@@ -9,16 +9,19 @@
  * the same bits as at the AVX2 level: an AVX2 node and an AVX-512 node of one
  * cluster compute the same logits (tested: test_matmul).
  *
- * What differs (all in this file on 256-bit vectors: the Zen 4 cores these
- * were measured on run 512-bit integer multiplies in two passes, and a zmm
- * one-row Q4_K kernel was ~15 % slower):
+ * What differs (on 256-bit vectors but for the zmm 1x8 tiles below: the
+ * Zen 4 cores these were first measured on run 512-bit integer multiplies in
+ * two passes, and a zmm one-row Q4_K kernel was ~15 % slower there):
  *   - one row x 1..4 tokens on Q4_K, Q5_K, Q6_K (decode, experts that met
  *     few tokens): VNNI's vpdpwssd multiplies the u8 x s8 pair sums by the
  *     sub-block scales and accumulates in one instruction (AVX2: vpmaddwd +
  *     vpaddd), in four short chains per block;
  *   - one row x 8 tokens on Q4_K, Q5_K, Q6_K (prefill, batches): the
  *     sub-blocks in lanes (tile_v1x8, tile_v6): ~1.1 multiply instructions
- *     per 32 products instead of 2;
+ *     per 32 products instead of 2; on CPUs that run 512-bit integer
+ *     multiplies at full width (use_zmm: all AVX-512 CPUs but AMD family
+ *     0x19, Zen 4; measured on Zen 5 only) the same tiles on zmm, two tokens
+ *     per vector (tile_z1x8, tile_z6), with the same bits;
  *   - one token on Q8_0, Q5_0: the 8x1 tile with vpdpbusd (tile8_q32); on
  *     Q4_0 the 8x1 tile with the rows transposed into the lanes (q4_0_8x1_t);
  *   - IQ4_NL, MXFP4, IQ4_XS: isa_avx512_iq4.c (vpdpbusd on the levels +
@@ -26,6 +29,8 @@
  *   - everything else (5..7 tokens pad an 8-group; several tokens on the
  *     32-value types) calls the AVX2 tiles.
  */
+#include <cpuid.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,7 +190,9 @@ static ALWAYS_INLINE void row_q6_K(int T, int64_t n_cols, float *y, int64_t ldy,
  * values of every sub-block at once), the tokens' d, and the bsums that meet
  * the mins, as in isa_avx2_gemm.c's k8_prep. */
 typedef struct vk8_block {
-	uint8_t yt[8][8][32]; /* [token][column k] (Q6_K: [4 * half + column]) */
+	/* [token][column k] (Q6_K: [4 * half + column]); for the 512-bit tiles
+	 * the same bytes as [token / 2][column][token % 2] (yt_at) */
+	uint8_t yt[8][8][32];
 	float dy[8];
 	int16_t bs[4][16];    /* Q4_K/Q5_K: bs[k] = BS[2k][t], BS[2k+1][t], t = 0..7 */
 	int16_t bsums[8][16]; /* Q6_K: each token's bsums */
@@ -193,7 +200,22 @@ typedef struct vk8_block {
 
 enum { VK8_STACK_BLOCKS = 16 };
 
-static void prep_vk8(vk8_block *p, int64_t nb, const uint8_t *const a[8])
+/* Where column k of token t lies in p->yt: token-major (ymm tiles) or, for
+ * the zmm tiles, tokens 2m and 2m + 1 of one column side by side, so that
+ * one 64-byte load gives both. */
+static ALWAYS_INLINE uint8_t *yt_at(vk8_block *p, bool pair, int t, int k)
+{
+	return pair ? &p->yt[0][0][0] + ((size_t)((t / 2) * 8 + k) * 2 + (size_t)(t % 2)) * 32
+	            : p->yt[t][k];
+}
+
+/* Tokens 2m and 2m + 1 of column k of a pair-laid-out p. */
+static ALWAYS_INLINE __m512i yt_pair(const vk8_block *p, int m, int k)
+{
+	return _mm512_loadu_si512((const void *)(&p->yt[0][0][0] + (size_t)(m * 8 + k) * 64));
+}
+
+static void prep_vk8(vk8_block *p, int64_t nb, const uint8_t *const a[8], bool pair)
 {
 	for (int64_t i = 0; i < nb; i++) {
 		for (int t = 0; t < 8; t++) {
@@ -204,13 +226,52 @@ static void prep_vk8(vk8_block *p, int64_t nb, const uint8_t *const a[8])
 				r[s] = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * s));
 			transpose8(r);
 			for (int k = 0; k < 8; k++)
-				_mm256_storeu_si256((__m256i *)p[i].yt[t][k], r[k]);
+				_mm256_storeu_si256((__m256i *)yt_at(&p[i], pair, t, k), r[k]);
 			p[i].dy[t] = y->d;
 			for (int s = 0; s < 8; s++)
 				p[i].bs[s / 2][2 * t + s % 2] =
 				    (int16_t)(y->bsums[2 * s] + y->bsums[2 * s + 1]);
 		}
 	}
+}
+
+/* The Q4_K (hbits false) or Q5_K block at b's quants (0..15 or 0..31) as 8
+ * columns: wc[k] lane s = dword k of sub-block s. */
+static ALWAYS_INLINE void k45_columns(bool hbits, const uint8_t *b, __m256i wc[8])
+{
+	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
+	__m256i qh = _mm256_setzero_si256();
+
+	if (hbits)
+		qh = _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
+	for (int c = 0; c < 4; c++) {
+		__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
+		__m256i lo, hi;
+		k45_unpack(&lo, &hi, q, qh, c, hbits);
+		wc[2 * c] = lo;
+		wc[2 * c + 1] = hi;
+	}
+	transpose8(wc);
+}
+
+/* sum8_i32 of 8 token vectors held in pairs, v[m] = token 2m's lanes in the
+ * low 256 bits, token 2m + 1's in the high: lane t = the exact sum of token
+ * t's 8 lanes (int32 sums are exact in any order). */
+static ALWAYS_INLINE __m256i sum8z_i32(const __m512i v[4])
+{
+	/* per 128-bit chunk: v[0] (v[2]) in dwords 0 and 2, v[1] (v[3]) in 1, 3 */
+	const __m512i t0 =
+	    _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+	const __m512i t1 =
+	    _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+	/* chunk c dword j: half of token (c / 2) + 2j's sum, the other half in
+	 * chunk c ^ 1 */
+	const __m512i u =
+	    _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+	const __m512i s = _mm512_add_epi32(u, _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+	/* chunk 0: tokens 0 2 4 6, chunk 2: tokens 1 3 5 7 */
+	const __m512i idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+	return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, s));
 }
 
 /* One Q4_K (hbits false) or Q5_K row against the 8 tokens of p: out[t].
@@ -226,7 +287,6 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 {
 	const int64_t nb = n_cols / MOE_QK_K;
 	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
-	const size_t qs_off = hbits ? offsetof(moe_block_q5_K, qs) : offsetof(moe_block_q4_K, qs);
 	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 
 	for (int64_t i = 0; i < nb; i++) {
@@ -234,20 +294,9 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 		const vk8_block *pp = &p[i];
 		const __m256i sm = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
 		const __m256i scv = _mm256_cvtepu8_epi32(_mm256_castsi256_si128(sm));
-		__m256i qh = _mm256_setzero_si256();
 		__m256i wc[8], iv[8];
 
-		if (hbits)
-			qh =
-			    _mm256_loadu_si256((const __m256i *)(b + offsetof(moe_block_q5_K, qh)));
-		for (int c = 0; c < 4; c++) {
-			__m256i q = _mm256_loadu_si256((const __m256i *)(b + qs_off + 32 * c));
-			__m256i lo, hi;
-			k45_unpack(&lo, &hi, q, qh, c, hbits);
-			wc[2 * c] = lo;
-			wc[2 * c + 1] = hi;
-		}
-		transpose8(wc);
+		k45_columns(hbits, b, wc);
 #pragma GCC unroll 8
 		for (int t = 0; t < 8; t++) {
 			/* two chains of four per token */
@@ -276,9 +325,59 @@ static ALWAYS_INLINE void tile_v1x8(bool hbits, int64_t n_cols, float out[8], co
 	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
 }
 
+/* tile_v1x8 on 512-bit vectors, for a pair-laid-out p (yt_pair): the
+ * weight columns broadcast to both halves, two tokens per vpdpbusd and
+ * vpmulld, half the instructions of the token loop.  The same exact
+ * integers (sum8z_i32), then tile_v1x8's float operations, so the same
+ * bits.  For CPUs that run 512-bit integer multiplies at full width
+ * (use_zmm). */
+static ALWAYS_INLINE void tile_z1x8(bool hbits, int64_t n_cols, float out[8], const uint8_t *w,
+                                    const vk8_block *p)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const size_t wbs = hbits ? sizeof(moe_block_q5_K) : sizeof(moe_block_q4_K);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const uint8_t *b = w + (size_t)i * wbs;
+		const vk8_block *pp = &p[i];
+		const __m256i sm = k4_scales_mins(b + offsetof(moe_block_q4_K, scales));
+		const __m512i scv =
+		    _mm512_broadcast_i64x4(_mm256_cvtepu8_epi32(_mm256_castsi256_si128(sm)));
+		__m256i wc[8];
+		__m512i wz[8], iv[4];
+
+		k45_columns(hbits, b, wc);
+		for (int k = 0; k < 8; k++)
+			wz[k] = _mm512_broadcast_i64x4(wc[k]);
+#pragma GCC unroll 4
+		for (int m = 0; m < 4; m++) {
+			/* two chains of four per token pair */
+			__m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++) {
+				s0 = _mm512_dpbusd_epi32(s0, wz[k], yt_pair(pp, m, k));
+				s1 = _mm512_dpbusd_epi32(s1, wz[4 + k], yt_pair(pp, m, 4 + k));
+			}
+			iv[m] = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scv);
+		}
+		const __m256 vi = _mm256_cvtepi32_ps(sum8z_i32(iv));
+		const __m256i m = k8_mins(sm, pp->bs);
+		const __m256 vm = _mm256_cvtepi32_ps(m);
+		const __m256 dy = _mm256_loadu_ps(pp->dy);
+		const __m256 d =
+		    _mm256_set1_ps(half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, d))));
+		const __m256 dmin =
+		    _mm256_set1_ps(half_to_f32((uint16_t)ld16(b + offsetof(moe_block_q4_K, dmin))));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, dy), acc);
+		accm = _mm256_fmadd_ps(vm, _mm256_mul_ps(dmin, dy), accm);
+	}
+	_mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+}
+
 /* ---- Q6_K x Q8_K, one row x 8 tokens: sub-blocks in lanes ------------------------- */
 
-static void prep_v6(vk8_block *p, int64_t nb, const uint8_t *const a[8])
+static void prep_v6(vk8_block *p, int64_t nb, const uint8_t *const a[8], bool pair)
 {
 	for (int64_t i = 0; i < nb; i++) {
 		for (int t = 0; t < 8; t++) {
@@ -291,7 +390,8 @@ static void prep_v6(vk8_block *p, int64_t nb, const uint8_t *const a[8])
 					    (const __m256i *)(y->qs + 128 * h + 32 * j));
 				transpose4x2(r);
 				for (int k = 0; k < 4; k++)
-					_mm256_storeu_si256((__m256i *)p[i].yt[t][4 * h + k], r[k]);
+					_mm256_storeu_si256(
+					    (__m256i *)yt_at(&p[i], pair, t, 4 * h + k), r[k]);
 			}
 			p[i].dy[t] = y->d;
 			memcpy(p[i].bsums[t], y->bsums, sizeof(p[i].bsums[t]));
@@ -356,6 +456,64 @@ static ALWAYS_INLINE void tile_v6(int64_t n_cols, float out[8], const uint8_t *w
 			iv[t] = _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), off);
 		}
 		const __m256 vi = _mm256_cvtepi32_ps(sum8_i32(iv));
+		const __m256 d = _mm256_set1_ps(half_to_f32(x->d));
+		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, _mm256_loadu_ps(pp->dy)), acc);
+	}
+	_mm256_storeu_ps(out, acc);
+}
+
+/* tile_v6 on 512-bit vectors, as tile_z1x8 is tile_v1x8: two tokens per
+ * vpdpbusd, vpmulld and vpmaddwd (the bsums of tokens 2m and 2m + 1 are
+ * adjacent in p), the same exact integers and float operations. */
+static ALWAYS_INLINE void tile_z6(int64_t n_cols, float out[8], const uint8_t *w,
+                                  const vk8_block *p)
+{
+	const int64_t nb = n_cols / MOE_QK_K;
+	const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < nb; i++) {
+		const moe_block_q6_K *x = (const moe_block_q6_K *)(w + (size_t)i * sizeof(*x));
+		const vk8_block *pp = &p[i];
+		const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
+		const __m128i so = _mm_shuffle_epi8(sc8, order);
+		const __m512i scv[2] = {
+		    _mm512_broadcast_i64x4(_mm256_cvtepi8_epi32(so)),
+		    _mm512_broadcast_i64x4(_mm256_cvtepi8_epi32(_mm_srli_si128(so, 8)))};
+		const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+		const __m512i scm = _mm512_broadcast_i64x4(
+		    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5)));
+		__m256i wq[2][4];
+		__m512i wz[2][4], iv[4];
+
+		for (int h = 0; h < 2; h++) {
+			const __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+			const __m256i l1 =
+			    _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+			q6_assemble(wq[h], l0, l1, qh);
+			transpose4x2(wq[h]);
+			for (int j = 0; j < 4; j++)
+				wz[h][j] = _mm512_broadcast_i64x4(wq[h][j]);
+		}
+#pragma GCC unroll 4
+		for (int m = 0; m < 4; m++) {
+			__m512i s[2];
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++) {
+				__m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[h][0],
+				                                 yt_pair(pp, m, 4 * h));
+				__m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[h][1],
+				                                 yt_pair(pp, m, 4 * h + 1));
+				d0 = _mm512_dpbusd_epi32(d0, wz[h][2], yt_pair(pp, m, 4 * h + 2));
+				d1 = _mm512_dpbusd_epi32(d1, wz[h][3], yt_pair(pp, m, 4 * h + 3));
+				s[h] = _mm512_mullo_epi32(_mm512_add_epi32(d0, d1), scv[h]);
+			}
+			const __m512i off = _mm512_madd_epi16(
+			    scm, _mm512_loadu_si512((const void *)pp->bsums[2 * m]));
+			iv[m] = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), off);
+		}
+		const __m256 vi = _mm256_cvtepi32_ps(sum8z_i32(iv));
 		const __m256 d = _mm256_set1_ps(half_to_f32(x->d));
 		acc = _mm256_fmadd_ps(vi, _mm256_mul_ps(d, _mm256_loadu_ps(pp->dy)), acc);
 	}
@@ -517,6 +675,41 @@ static void gemm_q5_0(int64_t n_cols, float *y, int64_t ldy, const uint8_t *w, s
 	gemm_q32(MOE_TYPE_Q5_0, q5_0_8x1, n_cols, y, ldy, w, w_stride, n_r, x, x_stride, n_t);
 }
 
+/* Whether the several-token K-quant tiles run on 512-bit vectors (tile_z1x8,
+ * tile_z6) rather than 256-bit ones (tile_v1x8, tile_v6): the same bits
+ * either way, so only speed decides.  MOEMESH_AVX512_ZMM=0 or 1 chooses
+ * (to measure both on one machine); otherwise AMD family 0x19 (Zen 4,
+ * which runs 512-bit integer multiplies in two passes; the 256-bit tiles
+ * were measured best there) takes 256 bits and every other AVX-512 CPU 512
+ * (measured on Zen 5, family 0x1a, only).  Decided once per process. */
+static bool pick_zmm(void)
+{
+	const char *env = getenv("MOEMESH_AVX512_ZMM");
+	if (env != NULL && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0))
+		return env[0] == '1';
+	unsigned a, b, c, d;
+	if (!__get_cpuid(0, &a, &b, &c, &d))
+		return true;
+	const bool amd =
+	    b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* AuthenticAMD */
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return true;
+	const unsigned base = (a >> 8) & 0xf;
+	const unsigned family = base == 0xf ? base + ((a >> 20) & 0xff) : base;
+	return !(amd && family == 0x19);
+}
+
+static bool use_zmm(void)
+{
+	static _Atomic int state; /* 0 undecided, 1 ymm, 2 zmm */
+	int s = atomic_load_explicit(&state, memory_order_relaxed);
+	if (s == 0) {
+		s = pick_zmm() ? 2 : 1;
+		atomic_store_explicit(&state, s, memory_order_relaxed);
+	}
+	return s == 2;
+}
+
 /* Rows [0, n_r) against tokens [0, n_t) in groups of 8 (a last group of
  * fewer repeats its last token and drops it), by the sub-blocks-in-lanes
  * tiles of kind.  false without memory for the gathered activations
@@ -525,6 +718,7 @@ static bool run_v(int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t
                   size_t w_stride, int64_t n_r, const uint8_t *x, size_t x_stride, int64_t n_t)
 {
 	const int64_t nb = n_cols / MOE_QK_K;
+	const bool zmm = use_zmm();
 	vk8_block stack[VK8_STACK_BLOCKS];
 	vk8_block *p = nb <= VK8_STACK_BLOCKS ? stack : malloc((size_t)nb * sizeof(*p));
 	if (p == NULL)
@@ -535,17 +729,19 @@ static bool run_v(int kind, int64_t n_cols, float *y, int64_t ldy, const uint8_t
 		for (int t = 0; t < 8; t++)
 			a[t] = x + (size_t)(t0 + t < n_t ? t0 + t : n_t - 1) * x_stride;
 		if (kind == KQ_Q6_K)
-			prep_v6(p, nb, a);
+			prep_v6(p, nb, a, zmm);
 		else
-			prep_vk8(p, nb, a);
+			prep_vk8(p, nb, a, zmm);
 		for (int64_t r = 0; r < n_r; r++) {
 			const uint8_t *wr = w + (size_t)r * w_stride;
 			if (kind == KQ_Q6_K)
-				tile_v6(n_cols, out, wr, p);
+				zmm ? tile_z6(n_cols, out, wr, p) : tile_v6(n_cols, out, wr, p);
 			else if (kind == KQ_Q5_K)
-				tile_v1x8(true, n_cols, out, wr, p);
+				zmm ? tile_z1x8(true, n_cols, out, wr, p)
+				    : tile_v1x8(true, n_cols, out, wr, p);
 			else
-				tile_v1x8(false, n_cols, out, wr, p);
+				zmm ? tile_z1x8(false, n_cols, out, wr, p)
+				    : tile_v1x8(false, n_cols, out, wr, p);
 			for (int t = 0; t < 8 && t0 + t < n_t; t++)
 				y[(t0 + t) * ldy + r] = out[t];
 		}
