@@ -97,6 +97,41 @@ build_tree() { # build_tree DIR CMAKE_ARGS...: configure if new or configured ot
 	return $rc
 }
 
+# suite TREE [CTEST-ARGS...]: TREE's tests (ctest); when some fail it ends
+# with a digest: the machine (CPU model, family/model, its SIMD levels) and
+# each failed test's failure lines out of ctest's log, so a report that keeps
+# only the head and the tail of a long log (as CI's does) still says what
+# failed, where, and on what.  Returns ctest's status.
+suite() {
+	local tree=$1 rc=0
+	shift
+	(cd "$tree" && ctest --output-on-failure -j "$jobs" "$@") || rc=$?
+	[ "$rc" -eq 0 ] && return 0
+	local log=$tree/Testing/Temporary/LastTest.log
+	local failed=$tree/Testing/Temporary/LastTestsFailed.log
+	{
+		echo "==> digest of the failures in $tree (ctest exit $rc)"
+		echo "machine: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')," \
+			"family $(grep -m1 'cpu family' /proc/cpuinfo | sed 's/.*: //')" \
+			"model $(grep -m1 '^model[[:space:]]' /proc/cpuinfo | sed 's/.*: //')," \
+			"$(nproc) CPUs, SIMD:" \
+			"$(grep -m1 -o -w -E 'avx2|avx512f|avx512_vnni|avx512_vbmi|avx512_bitalg|amx_tile|asimd|asimddp|sve' \
+				/proc/cpuinfo | sort -u | tr '\n' ' ')"
+		if [ -f "$failed" ]; then
+			sed 's/^[0-9]*://' "$failed" | while read -r name; do
+				echo "--- $name"
+				awk -v t="$name" '
+					$0 ~ "^[0-9]+/[0-9]+ Test: " t "$" { on = 1; next }
+					/^<end of output>/ { on = 0 }
+					on && /\[FAIL\]|\[----\] +[^ ]|[Aa]ssert|FAIL:|[Ff]ailed|ERROR|runtime error|Sanitizer|Timeout|not ok/ {
+						if (++n <= 40) print
+					}' "$log"
+			done
+		fi
+	} >&2
+	return "$rc"
+}
+
 # Sourced: the functions above are all it does.
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
 	return 0
@@ -234,11 +269,11 @@ if [ "$mode" = test ]; then
 		npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error
 	fi
 	say "test suite, release build"
-	(cd build/release && ctest --output-on-failure -j "$jobs")
+	suite build/release
 	say "test suite, ASan/UBSan build"
 	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-	(cd build/asan && ctest --output-on-failure -j "$jobs")
+	suite build/asan
 	exit 0
 fi
 
