@@ -10,6 +10,16 @@
 #include "coordinator/cluster_impl.h"
 #include "core/core.h"
 
+/* dst (cap bytes) = src, cut to fit, terminated: the status copies of a
+ * link's url and name (gcc's Debug build with the sanitizers took snprintf
+ * "%s" from one member of a link into another for an overlap). */
+static void copy_cut(char *dst, size_t cap, const char *src)
+{
+	const size_t n = strnlen(src, cap - 1);
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *model_path,
                            const moe_cluster_opts *o)
 {
@@ -62,7 +72,7 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 				snprintf(l->name, sizeof l->name, "%s", o->names[i - o->spawn]);
 			l->cap = o->mem_caps[i - o->spawn];
 		}
-		snprintf(l->st.url, sizeof l->st.url, "%s", l->url);
+		copy_cut(l->st.url, sizeof l->st.url, l->url);
 	}
 	for (int i = 0; i < n; i++) {
 		clink *l = &c->links[i];
@@ -85,7 +95,7 @@ moe_err moe_cluster_create(moe_cluster **out, const moe_model *m, const char *mo
 		l->alive = true;
 		l->st.alive = true;
 		l->st.local = l->local;
-		snprintf(l->st.name, sizeof l->st.name, "%s", l->name);
+		copy_cut(l->st.name, sizeof l->st.name, l->name);
 	}
 	/* workers that hold a whole placement already (another coordinator's,
 	 * or this one's before it restarted) keep it: nothing is loaded */

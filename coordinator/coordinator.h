@@ -411,7 +411,7 @@ typedef struct moe_plan {
 		double tok_s_stream, tok_s_total;
 	} speed[MOE_PLAN_BATCHES];
 	bool fits;
-	char why[512]; /* when !fits: the node, what is short and by how much */
+	char why[1024]; /* when !fits: the node, what is short and by how much (the longest fits) */
 } moe_plan;
 
 /* Plans model m (the layers of the file, or po->n_layer of them) on the

@@ -132,7 +132,12 @@ static moe_err buf_le(moe_gguf_writer *w, uint64_t v, size_t bytes)
 {
 	uint8_t b[8];
 
-	for (size_t i = 0; i < bytes; i++)
+	if (bytes > sizeof b)
+		return moe_fail(MOE_ERR_INVAL, "a %zu-byte integer", bytes);
+	/* all 8 bytes, the first `bytes` of them used: a loop bounded by bytes
+	 * made gcc's -Wstringop-overflow see a write past b under the
+	 * sanitizers at -O2 */
+	for (size_t i = 0; i < sizeof b; i++)
 		b[i] = (uint8_t)(v >> (8 * i));
 	return buf_put(w, b, bytes);
 }
@@ -611,7 +616,12 @@ static moe_err file_le(moe_gguf_writer *w, uint64_t v, size_t bytes)
 {
 	uint8_t b[8];
 
-	for (size_t i = 0; i < bytes; i++)
+	if (bytes > sizeof b)
+		return moe_fail(MOE_ERR_INVAL, "a %zu-byte integer", bytes);
+	/* all 8 bytes, the first `bytes` of them used: a loop bounded by bytes
+	 * made gcc's -Wstringop-overflow see a write past b under the
+	 * sanitizers at -O2 */
+	for (size_t i = 0; i < sizeof b; i++)
 		b[i] = (uint8_t)(v >> (8 * i));
 	return file_put(w, b, bytes);
 }
