@@ -618,10 +618,7 @@ static moe_err file_le(moe_gguf_writer *w, uint64_t v, size_t bytes)
 
 	if (bytes > sizeof b)
 		return moe_fail(MOE_ERR_INVAL, "a %zu-byte integer", bytes);
-	/* all 8 bytes, the first `bytes` of them used: a loop bounded by bytes
-	 * made gcc's -Wstringop-overflow see a write past b under the
-	 * sanitizers at -O2 */
-	for (size_t i = 0; i < sizeof b; i++)
+	for (size_t i = 0; i < sizeof b; i++) /* all 8, as buf_le */
 		b[i] = (uint8_t)(v >> (8 * i));
 	return file_put(w, b, bytes);
 }
