@@ -253,6 +253,45 @@ Test(matmul, rejects_bad_arguments)
 	cr_assert_eq(moe_matmul(NULL, y, w, MOE_TYPE_Q8_0, 2, 32, x, 0), MOE_OK);
 }
 
+/* Type t's rows of cols columns at level against the scalar level's bits,
+ * every rows x tokens edge size up to 11 x 19; the elements compared. */
+static int tiled_same_bits(moe_isa level, moe_type t, int cols)
+{
+	enum { MAXR = 11, MAXT = 19 };
+	int compared = 0;
+	uint8_t *w = make_weights(t, MAXR, cols);
+	size_t rs = moe_row_size(t, cols), as = moe_act_row_size(t, cols);
+	float *x = malloc(sizeof(float) * MAXT * (size_t)cols);
+	uint8_t *xq = malloc(as * MAXT);
+	float want[MAXT * MAXR], got[MAXT * MAXR];
+	cr_assert(x != NULL && xq != NULL);
+	fill_f32(x, MAXT * cols);
+	cr_assert_eq(moe_quantize_act_rows(NULL, xq, t, x, cols, MAXT), MOE_OK);
+	for (int nr = 1; nr <= MAXR; nr += 2)
+		for (int nt = 1; nt <= MAXT; nt++) {
+			const int r0 = MAXR - nr, t0 = MAXT - nt;
+			cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
+			cr_assert_eq(
+			    moe_matmul_q(NULL, want, w + r0 * rs, t, nr, cols, xq + t0 * as, nt),
+			    MOE_OK);
+			cr_assert_eq(moe_isa_set(level), MOE_OK);
+			cr_assert_eq(
+			    moe_matmul_q(NULL, got, w + r0 * rs, t, nr, cols, xq + t0 * as, nt),
+			    MOE_OK);
+			for (int k = 0; k < nr * nt; k++)
+				cr_assert(memcmp(&want[k], &got[k], sizeof(float)) == 0,
+				          "%s %s, %d columns: %d rows x %d tokens, element %d: "
+				          "%.9g, scalar %.9g",
+				          moe_isa_name(level), moe_type_get(t)->name, cols, nr, nt,
+				          k, got[k], want[k]);
+			compared += nr * nt;
+		}
+	free(xq);
+	free(x);
+	free(w);
+	return compared;
+}
+
 /* The types with tile kernels (gemm.h) follow one canonical block
  * arithmetic (quants.h) at every level: the scalar level's reference dots,
  * the AVX2 tiles and the AVX-512 kernels give the same bits, for every rows x
@@ -268,40 +307,12 @@ static void tiled_types_same_bits_as_scalar(moe_isa level)
 	    MOE_TYPE_Q4_K,   MOE_TYPE_Q5_K,   MOE_TYPE_Q6_K, MOE_TYPE_Q8_0,
 	    MOE_TYPE_Q4_0,   MOE_TYPE_Q5_0,   MOE_TYPE_Q2_K, MOE_TYPE_Q3_K /* isa_*_k23.c */,
 	    MOE_TYPE_IQ4_NL, MOE_TYPE_IQ4_XS, MOE_TYPE_MXFP4 /* isa_*_iq4.c */};
-	enum { MAXR = 11, MAXT = 19, COLS = 768 };
 	int compared = 0;
 	for (size_t ti = 0; ti < sizeof(tiled) / sizeof(tiled[0]); ti++) {
-		moe_type t = tiled[ti];
-		uint8_t *w = make_weights(t, MAXR, COLS);
-		size_t rs = moe_row_size(t, COLS), as = moe_act_row_size(t, COLS);
-		float *x = malloc(sizeof(float) * MAXT * COLS);
-		uint8_t *xq = malloc(as * MAXT);
-		float want[MAXT * MAXR], got[MAXT * MAXR];
-		cr_assert(x != NULL && xq != NULL);
-		fill_f32(x, MAXT * COLS);
-		cr_assert_eq(moe_quantize_act_rows(NULL, xq, t, x, COLS, MAXT), MOE_OK);
-		for (int nr = 1; nr <= MAXR; nr += 2)
-			for (int nt = 1; nt <= MAXT; nt++) {
-				const int r0 = MAXR - nr, t0 = MAXT - nt;
-				cr_assert_eq(moe_isa_set(MOE_ISA_SCALAR), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, want, w + r0 * rs, t, nr, COLS,
-				                          xq + t0 * as, nt),
-				             MOE_OK);
-				cr_assert_eq(moe_isa_set(level), MOE_OK);
-				cr_assert_eq(moe_matmul_q(NULL, got, w + r0 * rs, t, nr, COLS,
-				                          xq + t0 * as, nt),
-				             MOE_OK);
-				for (int k = 0; k < nr * nt; k++)
-					cr_assert(memcmp(&want[k], &got[k], sizeof(float)) == 0,
-					          "%s %s: %d rows x %d tokens, element %d: "
-					          "%.9g, scalar %.9g",
-					          moe_isa_name(level), moe_type_get(t)->name, nr,
-					          nt, k, got[k], want[k]);
-				compared += nr * nt;
-			}
-		free(xq);
-		free(x);
-		free(w);
+		/* rows of one super-block, as the demo models' 256-column
+		 * rows, and of three */
+		compared += tiled_same_bits(level, tiled[ti], 256);
+		compared += tiled_same_bits(level, tiled[ti], 768);
 	}
 	cr_assert_gt(compared, 0, "%s: nothing compared", moe_isa_name(level));
 	cr_log_info("%s: %d elements equal to the scalar level's", moe_isa_name(level), compared);
