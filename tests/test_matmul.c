@@ -310,7 +310,10 @@ static void tiled_types_same_bits_as_scalar(moe_isa level)
 	int compared = 0;
 	for (size_t ti = 0; ti < sizeof(tiled) / sizeof(tiled[0]); ti++) {
 		/* rows of one super-block, as the demo models' 256-column
-		 * rows, and of three */
+		 * rows, and of three; 32-value types also on 128 columns (the
+		 * demo models' Q5_0 and Q8_0 expert down rows) */
+		if (moe_type_get(tiled[ti])->block_size == 32)
+			compared += tiled_same_bits(level, tiled[ti], 128);
 		compared += tiled_same_bits(level, tiled[ti], 256);
 		compared += tiled_same_bits(level, tiled[ti], 768);
 	}
