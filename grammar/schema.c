@@ -152,8 +152,11 @@ static int get_count(sctx *c, const cJSON *s, const char *key, uint32_t *out, ui
 	*out = dflt;
 	if (x == NULL)
 		return 0;
-	if (!cJSON_IsNumber(x) || x->valuedouble < 0 ||
-	    x->valuedouble != (double)(long long)x->valuedouble)
+	/* doubles from 2^53 up are all whole; below it the cast is defined (a
+	 * cast of one beyond long long's range is not: fuzz_schema found a
+	 * maxLength of 7.3e22) */
+	const double v = x->valuedouble;
+	if (!cJSON_IsNumber(x) || !(v >= 0) || (v < 0x1p53 && v != (double)(long long)v))
 		return fail(c, moe_fail(MOE_ERR_FORMAT, "json schema: %s is not a count", key));
 	if (x->valuedouble > G_MAX_REPEAT) {
 		if (lenient(c)) {

@@ -139,6 +139,16 @@ Test(grammar, schema_errors)
 	    {"{\"type\": ", MOE_ERR_FORMAT, "not JSON", NULL},
 	    {"{\"type\": \"array\", \"maxItems\": 100000}", MOE_ERR_UNSUPPORTED, "maxItems",
 	     "maxItems"},
+	    /* counts beyond long long's range (fuzz_schema: casting one was
+	     * undefined), one not whole, one negative */
+	    {"{\"type\": \"string\", \"maxLength\": 73333333333333333333332}", MOE_ERR_UNSUPPORTED,
+	     "maxLength above", "maxLength"},
+	    {"{\"type\": \"array\", \"minItems\": 1e300}", MOE_ERR_UNSUPPORTED, "minItems above",
+	     "minItems"},
+	    {"{\"type\": \"string\", \"minLength\": 2.5}", MOE_ERR_FORMAT,
+	     "minLength is not a count", NULL},
+	    {"{\"type\": \"string\", \"maxLength\": -1}", MOE_ERR_FORMAT,
+	     "maxLength is not a count", NULL},
 	    {"{\"type\": \"object\", \"properties\": {}, \"required\": [\"x\"]}",
 	     MOE_ERR_UNSUPPORTED, "required property", NULL},
 	    {"{\"allOf\": [{\"type\": \"string\"}, {\"type\": \"object\"}]}", MOE_ERR_UNSUPPORTED,
