@@ -141,8 +141,9 @@ static moe_err decode_line(const moe_tokenizer *tok, const cJSON *js, moe_tok_st
 	const cJSON *e;
 	cJSON_ArrayForEach(e, js)
 	{
-		if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int64_t)e->valuedouble ||
-		    e->valuedouble < 0 || e->valuedouble >= n_vocab)
+		/* the range first: casting a double beyond int64_t's is undefined */
+		if (!cJSON_IsNumber(e) || !(e->valuedouble >= 0) || e->valuedouble >= n_vocab ||
+		    e->valuedouble != (double)(int64_t)e->valuedouble)
 			return moe_fail(MOE_ERR_BAD_VALUE, "element %d is not a token id in 0..%u",
 			                k, n_vocab - 1);
 		k++;
