@@ -794,8 +794,23 @@ static int gen_ref(sctx *c, const char *ref, g_buf *e, int depth)
 		c->refs = r;
 		c->cap_refs = cap;
 	}
+	/* the rule is named after the definition (ref-NAME-N, ref-root-N for
+	 * "#"), so that the compiler's refusal of a recursion no finite value
+	 * ends names the $ref the schema wrote */
+	char hint[40] = "ref-root";
+	const char *slash = strrchr(ref, '/');
+	if (slash != NULL) {
+		size_t k = 4;
+		memcpy(hint, "ref-", 4);
+		for (const char *q = slash + 1; *q && k < sizeof hint - 1; q++, k++)
+			hint[k] = (char)(((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+			                  (*q >= '0' && *q <= '9'))
+			                     ? *q
+			                     : '-');
+		hint[k] = '\0';
+	}
 	g_buf name = {0};
-	new_name(c, &name, "ref");
+	new_name(c, &name, hint);
 	char *rc = strdup(ref);
 	if (name.p == NULL || rc == NULL) {
 		free(name.p);

@@ -153,8 +153,23 @@ Test(grammar, schema_errors)
 	     MOE_ERR_UNSUPPORTED, "required property", NULL},
 	    {"{\"allOf\": [{\"type\": \"string\"}, {\"type\": \"object\"}]}", MOE_ERR_UNSUPPORTED,
 	     "allOf", "allOf"},
+	    /* recursion no finite value ends: the compiler refuses it, and the
+	     * rule it names is the $ref's (ref-NAME-N) */
 	    {"{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
-	     MOE_ERR_UNSUPPORTED, "never finish", NULL},
+	     MOE_ERR_UNSUPPORTED, "can never finish", NULL},
+	    {"{\"$defs\": {\"n\": {\"type\": \"object\", \"properties\": {\"next\": {\"$ref\": "
+	     "\"#/$defs/n\"}}, \"required\": [\"next\"]}}, \"$ref\": \"#/$defs/n\"}",
+	     MOE_ERR_UNSUPPORTED, "can never finish", NULL},
+	    /* left recursion (fuzz_schema): a $ref reaching itself through oneOf
+	     * before any character, directly or after being reached inside an object */
+	    {"{\"oneOf\": [{\"const\": 1}, {\"$ref\": \"#\"}]}", MOE_ERR_UNSUPPORTED,
+	     "rule ref-root-1 is left-recursive", NULL},
+	    {"{\"$defs\": {\"x\": {\"anyOf\": [{\"properties\": {\"a\": {\"$ref\": "
+	     "\"#/$defs/y\"}}}, "
+	     "{\"$ref\": \"#/$defs/y\"}]}, \"y\": {\"anyOf\": [{\"const\": 1}, {\"$ref\": "
+	     "\"#/$defs/x\"}]}}, "
+	     "\"$ref\": \"#/$defs/x\"}",
+	     MOE_ERR_UNSUPPORTED, "left-recursive", NULL},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		moe_grammar *g = NULL;
