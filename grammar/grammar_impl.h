@@ -12,10 +12,22 @@
 #define G_NONE UINT32_MAX
 #define G_INF  UINT32_MAX
 
-/* Limits that keep hostile grammars bounded. */
-#define G_MAX_NEST     64           /* nested ( ) in grammar text */
-#define G_MAX_REPEAT   10000        /* m and n of {m,n} */
-#define G_MAX_RULES    65536        /* rules in one grammar */
+/* Limits that keep hostile grammars bounded.  The fuzz tree
+ * (MOE_FUZZ_SMALL_LIMITS, set by -DMOE_FUZZ=ON) lowers the work limits so
+ * that the same limit paths are reached at a fraction of the cost (DESIGN,
+ * Tests); every other build has the values served. */
+#define G_MAX_NEST   64    /* nested ( ) in grammar text */
+#define G_MAX_REPEAT 10000 /* m and n of {m,n} */
+#define G_MAX_RULES  65536 /* rules in one grammar */
+#ifdef MOE_FUZZ_SMALL_LIMITS
+#define G_MAX_NFA      (1u << 16)
+#define G_MAX_DFA      (1u << 13)
+#define G_MAX_CELLS    (1u << 20)
+#define G_MAX_STACKS   256
+#define G_MAX_NODES    (1u << 17)
+#define G_MAX_WORK     (1ull << 22)
+#define G_MAX_DFA_WORK (1ull << 17)
+#else
 #define G_MAX_NFA      (1u << 21)   /* automaton states before determinisation */
 #define G_MAX_DFA      (1u << 18)   /* automaton states after */
 #define G_MAX_CELLS    (1u << 25)   /* states x byte classes */
@@ -23,6 +35,7 @@
 #define G_MAX_NODES    (1u << 23)   /* interned stack nodes of one matcher */
 #define G_MAX_WORK     400000000ull /* byte steps spent building one set of tables */
 #define G_MAX_DFA_WORK (1ull << 23) /* set members handled determinising one grammar */
+#endif
 
 /* Token lengths the matcher's stack bounds are kept for: at most 1, 2, 4 ...
  * 128 bytes, then any. */
