@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "grammar/grammar_impl.h"
 
@@ -91,6 +92,18 @@ void g_buf_utf8(g_buf *b, uint32_t cp)
 	g_buf_put(b, u, n);
 }
 
+int g_utf8_next(const uint8_t *s, size_t n, uint32_t *cp)
+{
+	if (n == 0)
+		return 0;
+	utf8proc_int32_t v;
+	const utf8proc_ssize_t k = utf8proc_iterate(s, n < 4 ? (utf8proc_ssize_t)n : 4, &v);
+	if (k <= 0)
+		return 0;
+	*cp = (uint32_t)v;
+	return (int)k;
+}
+
 void g_buf_lit(g_buf *b, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -128,20 +141,12 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len)
 	 * part of valid UTF-8 could not be written as a code point escape, so it
 	 * is refused. */
 	for (size_t i = 0; i < len;) {
-		unsigned char c = (unsigned char)text[i];
-		size_t k = c < 0x80             ? 1
-		           : (c & 0xE0) == 0xC0 ? 2
-		           : (c & 0xF0) == 0xE0 ? 3
-		           : (c & 0xF8) == 0xF0 ? 4
-		                                : 0;
-		if (k == 0 || i + k > len)
+		uint32_t cp;
+		const int k = g_utf8_next((const uint8_t *)text + i, len - i, &cp);
+		if (k == 0)
 			return moe_fail(MOE_ERR_INVAL, "moe_grammar_literal: invalid UTF-8 at %zu",
 			                i);
-		for (size_t j = 1; j < k; j++)
-			if (((unsigned char)text[i + j] & 0xC0) != 0x80)
-				return moe_fail(MOE_ERR_INVAL,
-				                "moe_grammar_literal: invalid UTF-8 at %zu", i);
-		i += k;
+		i += (size_t)k;
 	}
 	g_buf b = {0};
 	g_buf_puts(&b, "\"");

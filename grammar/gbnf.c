@@ -218,24 +218,13 @@ static moe_err read_char(parser *p, uint32_t *cp, int *raw)
 		*cp = c;
 		return MOE_OK;
 	}
-	int k = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
-	uint32_t v = k == 1 ? c & 0x1Fu : k == 2 ? c & 0x0Fu : c & 0x07u;
-	int ok = k > 0 && p->pos + (size_t)k <= p->len;
-	for (int i = 0; ok && i < k; i++) {
-		unsigned char d = (unsigned char)p->s[p->pos + (size_t)i];
-		ok = (d & 0xC0) == 0x80;
-		v = (v << 6) | (d & 0x3Fu);
-	}
-	static const uint32_t least[4] = {0, 0x80, 0x800, 0x10000};
-	if (ok && (v < least[k] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)))
-		ok = 0;
-	if (!ok) {
+	const int k = g_utf8_next((const uint8_t *)p->s + at, p->len - at, cp);
+	if (k == 0) {
 		*raw = 1;
 		*cp = c;
 		return MOE_OK;
 	}
-	p->pos += (size_t)k;
-	*cp = v;
+	p->pos = at + (size_t)k;
 	return MOE_OK;
 }
 

@@ -54,6 +54,10 @@ void g_buf_puts(g_buf *b, const char *s);
 void g_buf_printf(g_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends the UTF-8 form of code point cp. */
 void g_buf_utf8(g_buf *b, uint32_t cp);
+/* The code point *cp of the valid UTF-8 sequence at s (at most n bytes):
+ * its length 1-4, or 0 where the bytes are not one (a bad lead or
+ * continuation byte, cut short, overlong, a surrogate, past U+10FFFF). */
+int g_utf8_next(const uint8_t *s, size_t n, uint32_t *cp);
 /* Appends bytes as the inside of a grammar literal (no quotes). */
 void g_buf_lit(g_buf *b, const char *s, size_t n);
 

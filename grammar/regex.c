@@ -42,23 +42,10 @@ static int rpeek(const rx *r)
 /* A code point of the pattern (UTF-8). */
 static int read_cp(rx *r, uint32_t *cp)
 {
-	unsigned char c = r->s[r->pos];
-	int k = c < 0x80             ? 0
-	        : (c & 0xE0) == 0xC0 ? 1
-	        : (c & 0xF0) == 0xE0 ? 2
-	        : (c & 0xF8) == 0xF0 ? 3
-	                             : -1;
-	if (k < 0 || r->pos + (size_t)k >= r->len + (k == 0))
+	const int k = g_utf8_next((const uint8_t *)r->s + r->pos, r->len - r->pos, cp);
+	if (k == 0)
 		return rfail(r, MOE_ERR_FORMAT, "invalid UTF-8");
-	uint32_t v = k == 0 ? c : c & (0x3Fu >> k);
-	for (int i = 1; i <= k; i++) {
-		unsigned char d = r->s[r->pos + (size_t)i];
-		if ((d & 0xC0) != 0x80)
-			return rfail(r, MOE_ERR_FORMAT, "invalid UTF-8");
-		v = (v << 6) | (d & 0x3F);
-	}
-	r->pos += (size_t)k + 1;
-	*cp = v;
+	r->pos += (size_t)k;
 	return 0;
 }
 

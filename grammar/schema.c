@@ -409,29 +409,6 @@ static void trie_free(trie *t)
 	}
 }
 
-static int utf8_next(const unsigned char **p, uint32_t *cp)
-{
-	const unsigned char *s = *p;
-	if (s[0] < 0x80) {
-		*cp = s[0];
-		*p += 1;
-		return 1;
-	}
-	int k = (s[0] & 0xE0) == 0xC0   ? 1
-	        : (s[0] & 0xF0) == 0xE0 ? 2
-	        : (s[0] & 0xF8) == 0xF0 ? 3
-	                                : 0;
-	uint32_t v = s[0] & (0x3F >> k);
-	for (int i = 1; i <= k; i++) {
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-		v = (v << 6) | (s[i] & 0x3F);
-	}
-	*cp = v;
-	*p += k + 1;
-	return k > 0;
-}
-
 static void emit_trie(sctx *c, const trie *t, int terminal, const char *name)
 {
 	g_buf body = {0};
@@ -476,11 +453,13 @@ static int gen_other_key(sctx *c, const cJSON *props, g_buf *e)
 		trie **level = &root, *node = NULL;
 		uint32_t cp;
 		while (*s) {
-			if (!utf8_next(&s, &cp)) {
+			const int k = g_utf8_next(s, strnlen((const char *)s, 4), &cp);
+			if (k == 0) {
 				trie_free(root);
 				return fail(
 				    c, moe_fail(MOE_ERR_FORMAT, "json schema: invalid UTF-8 key"));
 			}
+			s += k;
 			for (node = *level; node && node->cp != cp; node = node->next)
 				;
 			if (node == NULL) {

@@ -226,6 +226,27 @@ Test(grammar, masks_on_the_small_vocabulary)
 	}
 }
 
+/* A literal holds UTF-8: bytes that are not (a bad lead, an overlong form,
+ * a surrogate, past U+10FFFF, cut short) are refused. */
+Test(grammar, literal_refuses_invalid_utf8)
+{
+	static const char *const bad[] = {"\xf5\x80\x80\x80", "\xc0\x80",  "\xed\xa0\x80",
+	                                  "\xf4\x90\x80\x80", "a\xe2\x82", "\x80"};
+	static const char *const good[] = {"\xc3\xa9", "\xf4\x8f\xbf\xbf", "\xe2\x82\xac!", ""};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		char *lit = NULL;
+		cr_assert_eq(moe_grammar_literal(&lit, bad[i], strlen(bad[i])), MOE_ERR_INVAL,
+		             "bad %zu accepted", i);
+		cr_assert(strstr(moe_err_detail(), "invalid UTF-8") != NULL);
+	}
+	for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+		char *lit = NULL;
+		cr_assert_eq(moe_grammar_literal(&lit, good[i], strlen(good[i])), MOE_OK,
+		             "good %zu: %s", i, moe_err_detail());
+		free(lit);
+	}
+}
+
 /* A tool call as the server composes it: Qwen3's markup around a schema. */
 static moe_grammar_tables *tool_tables(moe_grammar **gout)
 {
@@ -315,9 +336,9 @@ Test(grammar, mask_is_exact_at_the_stack_limit)
 }
 
 /* The same limit met by long tokens first: every letter doubles the stacks
- * (two rules to return through, so the return frames differ), so "aaaa" passes 4,096 stacks while "a" still fits;
- * the mask, which walks only the tokens too long for its bound there, stays
- * exactly token_ok throughout. */
+ * (two rules to return through, so the return frames differ), so "aaaa" passes 4,096 stacks while
+ * "a" still fits; the mask, which walks only the tokens too long for its bound there, stays exactly
+ * token_ok throughout. */
 Test(grammar, mask_is_exact_when_long_tokens_pass_the_limit)
 {
 	moe_grammar *g =

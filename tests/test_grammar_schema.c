@@ -153,8 +153,19 @@ Test(grammar, schema_errors)
 	     MOE_ERR_UNSUPPORTED, "required property", NULL},
 	    {"{\"allOf\": [{\"type\": \"string\"}, {\"type\": \"object\"}]}", MOE_ERR_UNSUPPORTED,
 	     "allOf", "allOf"},
-	    /* recursion no finite value ends: the compiler refuses it, and the
-	     * rule it names is the $ref's (ref-NAME-N) */
+	    /* a pattern or key that is not UTF-8 (fuzz_schema: a lead byte 0xF6
+	     * made code point 0x19D68D, an escape the grammar refused): a bad
+	     * lead, an overlong form, a surrogate */
+	    {"{\"type\": \"string\", \"pattern\": \"SSS\xf6\x9d\x9a\x8d\"}", MOE_ERR_FORMAT,
+	     "invalid UTF-8", NULL},
+	    {"{\"type\": \"string\", \"pattern\": \"a\xc0\x80\"}", MOE_ERR_FORMAT, "invalid UTF-8",
+	     NULL},
+	    {"{\"type\": \"string\", \"pattern\": \"[\xed\xa0\x80-z]\"}", MOE_ERR_FORMAT,
+	     "invalid UTF-8", NULL},
+	    {"{\"type\": \"object\", \"properties\": {\"a\xc0\x80\": {}}, "
+	     "\"additionalProperties\": true}",
+	     MOE_ERR_FORMAT, "invalid UTF-8 key", NULL},
+	    /* recursion no finite value ends: the compiler refuses it */
 	    {"{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
 	     MOE_ERR_UNSUPPORTED, "can never finish", NULL},
 	    {"{\"$defs\": {\"n\": {\"type\": \"object\", \"properties\": {\"next\": {\"$ref\": "
