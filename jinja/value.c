@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "internal.h"
 
@@ -93,34 +94,20 @@ size_t utf8_count(const char *s, size_t n)
 
 int utf8_valid(const char *s, size_t n)
 {
-	const unsigned char *u = (const unsigned char *)s;
-	size_t i = 0;
-	while (i < n) {
-		unsigned c = u[i];
-		size_t k;
-		uint32_t cp, min;
-		if (c < 0x80) {
+	const utf8proc_uint8_t *u = (const utf8proc_uint8_t *)s;
+	utf8proc_int32_t cp;
+	for (size_t i = 0; i < n;) {
+		if (u[i] < 0x80) {
 			i++;
 			continue;
-		} else if ((c & 0xE0) == 0xC0) {
-			k = 1, cp = c & 0x1F, min = 0x80;
-		} else if ((c & 0xF0) == 0xE0) {
-			k = 2, cp = c & 0x0F, min = 0x800;
-		} else if ((c & 0xF8) == 0xF0) {
-			k = 3, cp = c & 0x07, min = 0x10000;
-		} else {
-			return 0;
 		}
-		if (n - i <= k)
+		/* a bad lead or continuation, cut short, overlong, a surrogate,
+		 * past U+10FFFF: negative */
+		const utf8proc_ssize_t k =
+		    utf8proc_iterate(u + i, n - i < 4 ? (utf8proc_ssize_t)(n - i) : 4, &cp);
+		if (k <= 0)
 			return 0;
-		for (size_t j = 1; j <= k; j++) {
-			if ((u[i + j] & 0xC0) != 0x80)
-				return 0;
-			cp = cp << 6 | (u[i + j] & 0x3F);
-		}
-		if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-			return 0;
-		i += k + 1;
+		i += (size_t)k;
 	}
 	return 1;
 }

@@ -753,10 +753,19 @@ Test(jinja, errors_name_their_construct_and_line)
 	             "apply |list first");
 	expect_error("{{ 'x'.upper }}", MOE_ERR_UNSUPPORTED,
 	             "line 1: unsupported: printing a function (Python prints its address)");
-	/* bytes that are not UTF-8 */
-	moe_jinja_tmpl *t = (moe_jinja_tmpl *)1;
-	cr_expect_eq(moe_jinja_parse(&t, "a\xff", 2), MOE_ERR_BAD_STRING);
-	cr_expect_null(t);
+	/* bytes that are not UTF-8: a bad lead, an overlong form, a surrogate,
+	 * past U+10FFFF, cut short; and the longest forms that are */
+	static const char *const bad[] = {"a\xff", "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+	                                  "x\xe2\x82"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		moe_jinja_tmpl *t = (moe_jinja_tmpl *)1;
+		cr_expect_eq(moe_jinja_parse(&t, bad[i], strlen(bad[i])), MOE_ERR_BAD_STRING,
+		             "bad %zu", i);
+		cr_expect_null(t);
+	}
+	moe_jinja_tmpl *t = NULL;
+	cr_expect_eq(moe_jinja_parse(&t, "\xf4\x8f\xbf\xbf\xc3\xa9", 6), MOE_OK);
+	moe_jinja_free(t);
 }
 
 Test(jinja, raise_exception_is_a_distinct_error_carrying_its_message)
