@@ -23,7 +23,7 @@
 #define G_MAX_NFA      (1u << 16)
 #define G_MAX_DFA      (1u << 13)
 #define G_MAX_CELLS    (1u << 20)
-#define G_MAX_STACKS   256
+#define G_MAX_STACKS   64
 #define G_MAX_NODES    (1u << 17)
 #define G_MAX_WORK     (1ull << 22)
 #define G_MAX_DFA_WORK (1ull << 17)
