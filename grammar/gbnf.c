@@ -11,12 +11,27 @@ typedef struct parser {
 	size_t len, pos;
 	g_rules *rs;
 	uint32_t depth;
+	/* the rules by name: open addressing, id + 1 (0: empty), a power of
+	 * two at least twice the rules (a linear search made a schema of 4,000
+	 * properties take seconds to compile) */
+	uint32_t *slot;
+	uint32_t n_slots;
+	/* where() counted lines up to wpos (wline, wcol there): the parse
+	 * moves forward, so counting on from there keeps it linear */
+	size_t wpos;
+	uint32_t wline, wcol;
 } parser;
 
-static void where(const parser *p, size_t pos, uint32_t *line, uint32_t *col)
+static void where(parser *p, size_t pos, uint32_t *line, uint32_t *col)
 {
-	uint32_t l = 1, c = 1;
-	for (size_t i = 0; i < pos && i < p->len; i++) {
+	if (pos > p->len)
+		pos = p->len;
+	if (pos < p->wpos) {
+		p->wpos = 0;
+		p->wline = p->wcol = 1;
+	}
+	uint32_t l = p->wline, c = p->wcol;
+	for (size_t i = p->wpos; i < pos; i++) {
 		if (p->s[i] == '\n') {
 			l++;
 			c = 1;
@@ -24,11 +39,12 @@ static void where(const parser *p, size_t pos, uint32_t *line, uint32_t *col)
 			c++;
 		}
 	}
-	*line = l;
-	*col = c;
+	p->wpos = pos;
+	*line = p->wline = l;
+	*col = p->wcol = c;
 }
 
-static moe_err perr(const parser *p, moe_err err, size_t pos, const char *what)
+static moe_err perr(parser *p, moe_err err, size_t pos, const char *what)
 {
 	uint32_t line, col;
 	where(p, pos, &line, &col);
@@ -98,12 +114,60 @@ static void skip_in_rule(parser *p)
 		p->pos = save;
 }
 
+/* FNV-1a of a rule name. */
+static uint32_t name_hash(const char *name, size_t n)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)name[i]) * 16777619u;
+	return h;
+}
+
+/* The slot of name in p->slot: its rule's, or the empty one where it goes. */
+static uint32_t *name_slot(parser *p, const char *name, size_t n)
+{
+	const uint32_t mask = p->n_slots - 1;
+	for (uint32_t k = name_hash(name, n) & mask;; k = (k + 1) & mask) {
+		uint32_t *sl = &p->slot[k];
+		if (*sl == 0)
+			return sl;
+		const char *r = p->rs->r[*sl - 1].name;
+		if (strncmp(r, name, n) == 0 && r[n] == '\0')
+			return sl;
+	}
+}
+
+/* Room in p->slot for one more rule (at most half the slots used). */
+static moe_err slots_reserve(parser *p)
+{
+	if (2 * ((size_t)p->rs->n + 1) <= p->n_slots)
+		return MOE_OK;
+	const uint32_t n = p->n_slots ? 2 * p->n_slots : 64;
+	uint32_t *old = p->slot;
+	const uint32_t old_n = p->n_slots;
+	p->slot = calloc(n, sizeof(uint32_t));
+	if (p->slot == NULL) {
+		p->slot = old;
+		return moe_fail(MOE_ERR_NOMEM, "grammar: %u rule slots", n);
+	}
+	p->n_slots = n;
+	for (uint32_t k = 0; k < old_n; k++)
+		if (old[k] != 0) {
+			const char *r = p->rs->r[old[k] - 1].name;
+			*name_slot(p, r, strlen(r)) = old[k];
+		}
+	free(old);
+	return MOE_OK;
+}
+
 static uint32_t rule_id(parser *p, const char *name, size_t n, size_t pos, moe_err *err)
 {
 	g_rules *rs = p->rs;
-	for (uint32_t i = 0; i < rs->n; i++)
-		if (strlen(rs->r[i].name) == n && memcmp(rs->r[i].name, name, n) == 0)
-			return i;
+	if ((*err = slots_reserve(p)) != MOE_OK)
+		return G_NONE;
+	uint32_t *sl = name_slot(p, name, n);
+	if (*sl != 0)
+		return *sl - 1;
 	if (rs->n >= G_MAX_RULES) {
 		*err = perr(p, MOE_ERR_BAD_COUNT, pos, "more than 65536 rules");
 		return G_NONE;
@@ -128,6 +192,7 @@ static uint32_t rule_id(parser *p, const char *name, size_t n, size_t pos, moe_e
 	uint32_t line, col;
 	where(p, pos, &line, &col);
 	rs->r[rs->n] = (g_rule){copy, NULL, line, col};
+	*sl = rs->n + 1;
 	return rs->n++;
 }
 
@@ -683,46 +748,48 @@ void g_rules_free(g_rules *rs)
 	rs->n = rs->cap = 0;
 }
 
-moe_err g_parse_text(g_rules *rs, const char *text, size_t len)
+static moe_err parse_rules(parser *p)
 {
-	parser p = {text, len, 0, rs, 0};
 	moe_err err;
+	const char *text = p->s;
+	const size_t len = p->len;
+	g_rules *rs = p->rs;
 	for (;;) {
-		skip_space(&p, 1);
-		if (at_end(&p))
+		skip_space(p, 1);
+		if (at_end(p))
 			break;
-		size_t at = p.pos;
-		if (!is_name_char(peek(&p)))
-			return perr(&p, MOE_ERR_FORMAT, at, "expected a rule name");
+		size_t at = p->pos;
+		if (!is_name_char(peek(p)))
+			return perr(p, MOE_ERR_FORMAT, at, "expected a rule name");
 		size_t n = 0;
-		while (p.pos + n < len && is_name_char((unsigned char)text[p.pos + n]))
+		while (p->pos + n < len && is_name_char((unsigned char)text[p->pos + n]))
 			n++;
 		err = MOE_OK;
-		uint32_t id = rule_id(&p, text + p.pos, n, at, &err);
+		uint32_t id = rule_id(p, text + p->pos, n, at, &err);
 		if (id == G_NONE)
 			return err;
-		p.pos += n;
-		skip_space(&p, 0);
-		if (p.pos + 3 > len || memcmp(text + p.pos, "::=", 3) != 0)
-			return perr(&p, MOE_ERR_FORMAT, p.pos, "expected '::='");
-		p.pos += 3;
+		p->pos += n;
+		skip_space(p, 0);
+		if (p->pos + 3 > len || memcmp(text + p->pos, "::=", 3) != 0)
+			return perr(p, MOE_ERR_FORMAT, p->pos, "expected '::='");
+		p->pos += 3;
 		if (rs->r[id].body != NULL) {
 			uint32_t line, col;
-			where(&p, at, &line, &col);
+			where(p, at, &line, &col);
 			return moe_fail(MOE_ERR_DUPLICATE,
 			                "grammar: line %u, column %u: rule %s is defined twice",
 			                line, col, rs->r[id].name);
 		}
-		where(&p, at, &rs->r[id].line, &rs->r[id].col);
-		skip_space(&p, 1);
+		where(p, at, &rs->r[id].line, &rs->r[id].col);
+		skip_space(p, 1);
 		g_ast *body;
-		err = parse_alt(&p, &body);
+		err = parse_alt(p, &body);
 		if (err != MOE_OK)
 			return err;
 		rs->r[id].body = body;
-		skip_space(&p, 0);
-		if (!at_end(&p) && peek(&p) != '\n' && peek(&p) != '\r' && !rule_starts(&p, p.pos))
-			return perr(&p, MOE_ERR_FORMAT, p.pos, "unexpected character");
+		skip_space(p, 0);
+		if (!at_end(p) && peek(p) != '\n' && peek(p) != '\r' && !rule_starts(p, p->pos))
+			return perr(p, MOE_ERR_FORMAT, p->pos, "unexpected character");
 	}
 	for (uint32_t i = 0; i < rs->n; i++)
 		if (rs->r[i].body == NULL)
@@ -730,4 +797,12 @@ moe_err g_parse_text(g_rules *rs, const char *text, size_t len)
 			                "grammar: line %u, column %u: rule %s is not defined",
 			                rs->r[i].line, rs->r[i].col, rs->r[i].name);
 	return MOE_OK;
+}
+
+moe_err g_parse_text(g_rules *rs, const char *text, size_t len)
+{
+	parser p = {.s = text, .len = len, .rs = rs, .wline = 1, .wcol = 1};
+	const moe_err err = parse_rules(&p);
+	free(p.slot);
+	return err;
 }

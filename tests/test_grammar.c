@@ -226,6 +226,51 @@ Test(grammar, masks_on_the_small_vocabulary)
 	}
 }
 
+/* Rule names at the 65,536-rule limit, 64 bytes each: looked up by hash and
+ * their lines counted on from the last, not from the text's start (a linear
+ * search and a count from the start per rule took minutes here, and made a
+ * 4,000-property schema compile for 4 s).  The timeout guards against that
+ * return, with a margin of hundreds: it is not a speed target. */
+Test(grammar, rule_names_at_the_limit, .timeout = 30)
+{
+	char name[80];
+	/* 65,537 names on one line: the last is refused, at its column */
+	sb b = {0};
+	sb_puts(&b, "root ::=");
+	size_t at = 0;
+	for (int i = 1; i <= 65536; i++) {
+		snprintf(name, sizeof name, " r%063d", i);
+		if (i == 65536)
+			at = b.n + 1;
+		sb_puts(&b, name);
+	}
+	moe_grammar *g = NULL;
+	cr_assert_eq(moe_grammar_parse(&g, b.p, b.n, NULL), MOE_ERR_BAD_COUNT);
+	char want[96];
+	snprintf(want, sizeof want, "line 1, column %zu: more than 65536 rules", at + 1);
+	cr_assert(strstr(moe_err_detail(), want) != NULL, "%s", moe_err_detail());
+	free(b.p);
+	/* 20,000 rules a line each, every one named before it is defined, and
+	 * one name never defined: found, at its line and column */
+	b = (sb){0};
+	sb_puts(&b, "root ::= r0\n");
+	for (int i = 0; i < 20000; i++) {
+		snprintf(name, sizeof name, "r%d ::= \"a\" r%d\n", i, i + 1);
+		sb_puts(&b, name);
+	}
+	sb_puts(&b, "r20000 ::= \"b\" |   nope\n");
+	cr_assert_eq(moe_grammar_parse(&g, b.p, b.n, NULL), MOE_ERR_NOT_FOUND);
+	cr_assert(strstr(moe_err_detail(), "line 20002, column 20: rule nope is not defined") !=
+	              NULL,
+	          "%s", moe_err_detail());
+	/* defined, it parses and compiles */
+	b.n -= strlen("|   nope\n");
+	sb_puts(&b, "\n");
+	cr_assert_eq(moe_grammar_parse(&g, b.p, b.n, NULL), MOE_OK, "%s", moe_err_detail());
+	moe_grammar_destroy(g);
+	free(b.p);
+}
+
 /* A literal holds UTF-8: bytes that are not (a bad lead, an overlong form,
  * a surrogate, past U+10FFFF, cut short) are refused. */
 Test(grammar, literal_refuses_invalid_utf8)
