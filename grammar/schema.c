@@ -774,8 +774,8 @@ static int gen_ref(sctx *c, const char *ref, g_buf *e, int depth)
 		c->cap_refs = cap;
 	}
 	/* the rule is named after the definition (ref-NAME-N, ref-root-N for
-	 * "#"), so that the compiler's refusal of a recursion no finite value
-	 * ends names the $ref the schema wrote */
+	 * "#"), so that a compiler refusal naming the rule (left recursion
+	 * through $ref) names the $ref the schema wrote */
 	char hint[40] = "ref-root";
 	const char *slash = strrchr(ref, '/');
 	if (slash != NULL) {
