@@ -162,7 +162,10 @@ moe_err moe_grammar_literal(char **out, const char *text, size_t len)
 
 moe_err g_vec_reserve(g_vec *v, size_t extra)
 {
-	if (v->n + extra <= v->cap)
+	/* an array reserved is never NULL, even for no elements: an offset
+	 * into it (tables' acc + 0 where no state accepts a token by id) must
+	 * not be one into NULL (UBSan, fuzz_grammar) */
+	if (v->n + extra <= v->cap && v->v != NULL)
 		return MOE_OK;
 	size_t cap = v->cap ? v->cap : 64;
 	while (cap < v->n + extra) {

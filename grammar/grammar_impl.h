@@ -103,7 +103,8 @@ typedef struct g_vec {
 	size_t n, cap;
 } g_vec;
 
-/* Room for extra more elements; MOE_ERR_NOMEM otherwise (v unchanged). */
+/* Room for extra more elements, v->v not NULL after (even for 0 elements);
+ * MOE_ERR_NOMEM otherwise (v unchanged). */
 moe_err g_vec_reserve(g_vec *v, size_t extra);
 
 /* ---- parsed rules (gbnf.c) ------------------------------------------------------- */
