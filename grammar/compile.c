@@ -1061,6 +1061,8 @@ static moe_err compile(moe_grammar **out, const g_rules *rs, uint32_t root)
 	}
 	for (size_t k = 0; k < d.calls.n / 2; k++)
 		g->calls[k] = (g_call){d.calls.v[2 * k], d.calls.v[2 * k + 1]};
+	if ((err = g_merge_states(g)) != MOE_OK)
+		goto out_free;
 	for (uint32_t x = 0; x < g->n_states; x++) {
 		for (uint32_t c = 0; c < g->n_classes; c++)
 			if (g->next[(size_t)x * g->n_classes + c] != G_NONE)

@@ -182,6 +182,12 @@ static inline uint32_t g_next(const moe_grammar *g, uint32_t s, uint8_t b)
 	return g->next[(size_t)s * g->n_classes + g->byte_class[b]];
 }
 
+/* Merges states of one rule that end, read bytes and call alike (the
+ * automaton as determinised: flags holds only G_FINAL), renumbering the
+ * rest in order; the language is unchanged.  Errors: MOE_ERR_NOMEM (g
+ * unchanged). (merge.c) */
+moe_err g_merge_states(moe_grammar *g);
+
 /* ---- stack machine (stacks.c) ---------------------------------------------------- */
 
 /* A stack is a chain of interned nodes: node (state, parent) means "at state
