@@ -243,6 +243,8 @@ struct moe_grammar_vocab {
 	uint32_t *off;       /* [n_vocab + 1] bytes of token i: bytes[off[i] .. off[i+1]) */
 	uint8_t *kind;       /* [n_vocab] G_TOK_* */
 	uint32_t *sorted;    /* [n_sorted] the NORMAL tokens by their bytes */
+	uint8_t *lcp;        /* [n_sorted] bytes sorted[i] shares with sorted[i - 1] at the
+	                        start (at most 255; 0 for i = 0) */
 	uint32_t first[257]; /* sorted[first[b] .. first[b+1]) start with byte b */
 	uint32_t *by_len;    /* [n_sorted] positions in sorted, longest token first */
 	uint32_t n_longer[G_FAN_BUCKETS]; /* tokens longer than 2^k bytes (the last: 0) */

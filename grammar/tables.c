@@ -48,9 +48,19 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 	const uint32_t base = p->n;
 	g_level *lv = w->lv;
 	lv[0] = (g_level){0, n_start, base, start_flags, 0};
-	uint32_t depth = 0;
+	uint32_t depth = 0, dead = G_NONE;
 	const uint8_t *prev = NULL;
 	for (size_t i = 0; i < n_pos; i++) {
+		/* the last walk stopped at a level without stacks, at byte dead:
+		 * the next token in sorted order that shares that byte too ends
+		 * the same (no step, the same level and byte), known from lcp
+		 * without reading its bytes (most tokens, where few bytes lead
+		 * on: bench grammar's tables 50 -> 36 ms, most of it in the 25
+		 * states of its whitespace rule) */
+		if (dead != G_NONE && pos[i] == pos[i - 1] + 1 && v->lcp[pos[i]] > dead) {
+			res[i] = res[i - 1];
+			continue;
+		}
 		uint32_t id = v->sorted[pos[i]];
 		const uint8_t *b = v->bytes + v->off[id];
 		uint32_t len = v->off[id + 1] - v->off[id];
@@ -91,14 +101,17 @@ moe_err g_walk_run(g_walk *w, g_pool *p, const moe_grammar *g, const moe_grammar
 		/* accepted after a stack ended into the context before a byte
 		 * that can follow: uncertain too, since the real stacks' step
 		 * goes on below the position (the matcher bounds the others) */
-		if (depth == len)
+		dead = G_NONE;
+		if (depth == len) {
 			res[i] = lv[len].cum_ctx ? G_UNC
 			         : (lv[len].n > 0 || (lv[len].flags & (G_SET_CTX | G_SET_END)))
 			             ? G_ACC
 			             : G_REJ;
-		else
+		} else {
 			res[i] = lv[depth].cum_ctx || follows(&lv[depth], follow, b[depth]) ? G_UNC
 			                                                                    : G_REJ;
+			dead = depth;
+		}
 		prev = b;
 	}
 	g_pool_truncate(p, base);
@@ -195,13 +208,14 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 		set_fan(tab, w.most, v->max_len);
 		ids.n = 0;
 		tab->unc_off = (uint32_t)unc.n;
+		if ((err = g_vec_reserve(&ids, pos.n)) != MOE_OK ||
+		    (err = g_vec_reserve(&unc, pos.n)) != MOE_OK)
+			goto out_free;
 		for (size_t i = 0; i < pos.n; i++) {
-			g_vec *to = res[i] == G_ACC ? &ids : res[i] == G_UNC ? &unc : NULL;
-			if (to == NULL)
-				continue;
-			if ((err = g_vec_reserve(to, 1)) != MOE_OK)
-				goto out_free;
-			to->v[to->n++] = res[i] == G_ACC ? v->sorted[pos.v[i]] : pos.v[i];
+			if (res[i] == G_ACC)
+				ids.v[ids.n++] = v->sorted[pos.v[i]];
+			else if (res[i] == G_UNC)
+				unc.v[unc.n++] = pos.v[i];
 		}
 		tab->unc_n = (uint32_t)(unc.n - tab->unc_off);
 		tab->acc_off = (uint32_t)acc.n;

@@ -1,6 +1,7 @@
 /* vocab.c - the vocabulary view: each token's bytes, which tokens are never
  * valid and which end the output, and the ordinary tokens sorted by their
- * bytes (so walks over them share prefixes) with an index by first byte. */
+ * bytes (so walks over them share prefixes) with an index by first byte and
+ * each one's common start with the one before. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,7 @@ void moe_grammar_vocab_destroy(moe_grammar_vocab *v)
 	free(v->off);
 	free(v->kind);
 	free(v->sorted);
+	free(v->lcp);
 	free(v->by_len);
 	free(v->end_ids);
 	free(v);
@@ -134,7 +136,8 @@ moe_err moe_grammar_vocab_create(moe_grammar_vocab **out, uint32_t n_vocab,
 			keys[n++] = (tok_key){v->bytes + v->off[i], v->off[i + 1] - v->off[i], i};
 	qsort(keys, n, sizeof(tok_key), cmp_tok);
 	v->sorted = malloc((n ? n : 1) * sizeof(uint32_t));
-	if (v->sorted == NULL) {
+	v->lcp = malloc(n ? n : 1);
+	if (v->sorted == NULL || v->lcp == NULL) {
 		err = moe_fail(MOE_ERR_NOMEM, "grammar vocab: %u tokens", n_vocab);
 		goto out_destroy;
 	}
@@ -144,6 +147,13 @@ moe_err moe_grammar_vocab_create(moe_grammar_vocab **out, uint32_t n_vocab,
 		v->sorted[i] = keys[i].id;
 		while (b <= keys[i].p[0])
 			v->first[b++] = i;
+		uint32_t l = 0;
+		if (i > 0) {
+			uint32_t lim = keys[i].len < keys[i - 1].len ? keys[i].len : keys[i - 1].len;
+			while (l < lim && l < 255 && keys[i].p[l] == keys[i - 1].p[l])
+				l++;
+		}
+		v->lcp[i] = (uint8_t)l;
 	}
 	while (b <= 256)
 		v->first[b++] = n;
