@@ -23,8 +23,11 @@
  * into |w| and w.  IQ3_S's and IQ1's grid indices are formed in one vector
  * and read out 2 or 4 per 64-bit register (fewer instructions than forming
  * each in a general register: these kernels are bound by instruction
- * count, not memory); scales and deltas come from small tables as ready
- * vectors.  Every token then meets it with one sign op, one maddubs (pairs
+ * count, not memory); IQ1's qh bytes reach that vector by a broadcast from
+ * memory, not from a general register (Zen 3 moves between the two kinds
+ * of register on 2 pipes only: they bounded IQ1_M), and IQ1_M's group
+ * deltas are tested there; scales and deltas come from small tables as
+ * ready vectors.  Every token then meets it with one sign op, one maddubs (pairs
  * of at most 2 * 62 * 127 < 2^15) and one madd by the sub-block's scale
  * 2 ls + 1 (IQ1_M: low 16 values ls1, high 16 ls2) into int32 lanes.
  *
@@ -57,10 +60,8 @@ static ALWAYS_INLINE __m256i spread_signs(uint32_t b)
 }
 
 /* IQ1: g8[i] the grid point i times 8 (int8 bytes in -8, 0, 8): the
- * weights are g8 + delta; m1_dl[k] IQ1_M's 4 groups' deltas (+-1 bytes,
- * -1 where bit l of k is set for group l). */
+ * weights are g8 + delta. */
 static uint64_t g8[2048];
-static __m256i m1_dl[16];
 /* Sub-block scales as vectors (one load instead of a broadcast from a
  * general register): sc16[k] 2k + 1 in every int16 lane; m1_sc[k] IQ1_M's
  * 2 (k & 7) + 1 in the low 8 lanes, 2 (k >> 3) + 1 in the high 8; s1_dl[k]
@@ -79,12 +80,6 @@ static void fill_tables(void)
 		for (int j = 0; j < 8; j++)
 			b[j] = (int8_t)(8 * b[j]);
 		memcpy(&g8[i], b, 8);
-	}
-	for (int k = 0; k < 16; k++) {
-		int64_t l[4];
-		for (int j = 0; j < 4; j++)
-			l[j] = k >> j & 1 ? -1 : 0x0101010101010101ll;
-		m1_dl[k] = _mm256_setr_epi64x(l[0], l[1], l[2], l[3]);
 	}
 	for (int k = 0; k < 16; k++)
 		sc16[k] = _mm256_set1_epi16((short)(2 * k + 1));
@@ -133,14 +128,21 @@ static ALWAYS_INLINE __m256i rows8_u32(const uint32_t *tab, size_t i0, size_t i1
 	                          0xf0);
 }
 
-/* IQ1: the int8 weights 8 * grid + delta of the 4 groups: index l is q[l]
- * | ((H >> shift l) & 0x700), formed in one vector and read out 2 per 64-bit
- * register; deltas as +-1 bytes in dl. */
-static ALWAYS_INLINE __m256i iq1_weights(const uint8_t *q, uint32_t H, __m128i shift, __m256i dl)
+/* The 4 bytes that end at h + 2, in every 32-bit lane: broadcast from
+ * memory, a load (not a move from a general register). */
+static ALWAYS_INLINE __m256i bcast_to(const uint8_t *h)
 {
-	const __m128i ix = _mm_or_si128(
-	    _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)load_u32(q))),
-	    _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)H), shift), _mm_set1_epi32(0x700)));
+	return _mm256_castps_si256(_mm256_broadcast_ss((const float *)(h - 2)));
+}
+
+/* IQ1: the int8 weights 8 * grid + delta of the 4 groups: index l is q[l]
+ * | ((hv >> shift l) & 0x700), formed in one vector and read out 2 per
+ * 64-bit register; deltas as +-1 bytes in dl. */
+static ALWAYS_INLINE __m256i iq1_weights(const uint8_t *q, __m128i hv, __m128i shift, __m256i dl)
+{
+	const __m128i ix =
+	    _mm_or_si128(_mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)load_u32(q))),
+	                 _mm_and_si128(_mm_srlv_epi32(hv, shift), _mm_set1_epi32(0x700)));
 	const uint64_t i0 = (uint64_t)_mm_cvtsi128_si64(ix),
 	               i1 = (uint64_t)_mm_extract_epi64(ix, 1);
 	const __m256i g = _mm256_set_epi64x((long long)g8[i1 >> 32], (long long)g8[(uint32_t)i1],
@@ -175,23 +177,25 @@ static ALWAYS_INLINE void unpack(moe_type t, const uint8_t *b, int v, __m256i *m
 		*sc = sc16[(x->scales[v / 2] >> (4 * (v % 2))) & 15];
 	} else if (t == MOE_TYPE_IQ1_S) {
 		const moe_block_iq1_s *x = (const moe_block_iq1_s *)b;
-		const uint8_t *q = x->qs + 4 * v;
 		const unsigned h = x->qh[v];
-		const __m256i w =
-		    iq1_weights(q, h << 8, _mm_setr_epi32(0, 3, 6, 9), s1_dl[h >> 15]);
+		/* group l's index bits: 3 l .. 3 l + 2 of h (at 16 .. 31 of hv) */
+		const __m256i w = iq1_weights(
+		    x->qs + 4 * v, _mm256_castsi256_si128(bcast_to((const uint8_t *)&x->qh[v])),
+		    _mm_setr_epi32(8, 11, 14, 17), s1_dl[h >> 15]);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		*sc = sc16[(h >> 12) & 7];
 	} else {
 		const moe_block_iq1_m *x = (const moe_block_iq1_m *)b;
-		const uint8_t *q = x->qs + 4 * v;
-		const unsigned h0 = x->qh[2 * v], h1 = x->qh[2 * v + 1];
-		/* the 4 groups' delta bits (bits 3 and 7 of h0, h1) to bits 0, 4,
-		 * 2, 6 of u, then to bits 0-3 */
-		const unsigned u = (h0 & 0x88) >> 3 | (h1 & 0x88) >> 1;
-		const __m256i dl = m1_dl[(u | u >> 3) & 15];
-		const __m256i w =
-		    iq1_weights(q, (h0 | h1 << 8) << 8, _mm_setr_epi32(0, 4, 8, 12), dl);
+		const __m256i hv = bcast_to(x->qh + 2 * v);
+		/* group l's index bits: 4 l .. 4 l + 2 of the 2 qh bytes (at
+		 * 16 .. 31 of hv), its delta bit 4 l + 3, tested in 64-bit lane
+		 * l (all ones where set, or 1: -1, else +1) */
+		const __m256i bit = _mm256_setr_epi64x(1 << 19, 1 << 23, 1 << 27, 1u << 31);
+		const __m256i dl = _mm256_or_si256(
+		    _mm256_cmpeq_epi64(_mm256_and_si256(hv, bit), bit), _mm256_set1_epi8(1));
+		const __m256i w = iq1_weights(x->qs + 4 * v, _mm256_castsi256_si128(hv),
+		                              _mm_setr_epi32(8, 12, 16, 20), dl);
 		*mag = _mm256_abs_epi8(w);
 		*sgn = w;
 		const unsigned ws = (unsigned)ld16(x->scales + 2 * (v / 2)) >> (6 * (v % 2));
