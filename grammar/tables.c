@@ -175,16 +175,19 @@ moe_err moe_grammar_tables_create(moe_grammar_tables **out, const moe_grammar *g
 		p.max_depth = 0;
 		if ((err = g_start(&p, g, &start, &flags, s, G_CTX)) != MOE_OK)
 			goto out_free;
-		/* only tokens whose first byte some stack reads */
+		/* only tokens whose first byte some stack reads: the byte
+		 * classes read, from each stack's row (not 256 bytes a stack) */
+		uint8_t live[256] = {0};
+		for (size_t k = 0; k < start.n; k++) {
+			const uint32_t *row =
+			    g->next + (size_t)p.nodes[start.v[k]].state * g->n_classes;
+			for (uint32_t c = 0; c < g->n_classes; c++)
+				live[c] |= row[c] != G_NONE;
+		}
 		pos.n = 0;
 		for (int b = 0; b < 256; b++) {
 			uint32_t lo = v->first[b], hi = v->first[b + 1];
-			if (lo == hi)
-				continue;
-			int live = 0;
-			for (size_t k = 0; k < start.n && !live; k++)
-				live = g_next(g, p.nodes[start.v[k]].state, (uint8_t)b) != G_NONE;
-			if (!live)
+			if (lo == hi || !live[g->byte_class[b]])
 				continue;
 			if ((err = g_vec_reserve(&pos, hi - lo)) != MOE_OK)
 				goto out_free;
