@@ -149,7 +149,8 @@ moe_err moe_grammar_vocab_create(moe_grammar_vocab **out, uint32_t n_vocab,
 			v->first[b++] = i;
 		uint32_t l = 0;
 		if (i > 0) {
-			uint32_t lim = keys[i].len < keys[i - 1].len ? keys[i].len : keys[i - 1].len;
+			uint32_t lim =
+			    keys[i].len < keys[i - 1].len ? keys[i].len : keys[i - 1].len;
 			while (l < lim && l < 255 && keys[i].p[l] == keys[i - 1].p[l])
 				l++;
 		}

@@ -52,12 +52,14 @@ Test(grammar, states_that_behave_alike_are_merged)
 	static const char *const same[][2] = {
 	    {"root ::= (\"x\" | \"y\")* \".\"", "root ::= [xy]* \".\""},
 	    {"root ::= \"ab\" | \"cb\"", "root ::= [ac] \"b\""},
-	    {"root ::= \"\\\"\" ( [^\"] | \"\u00e9\" )* \"\\\"\"", "root ::= \"\\\"\" [^\"]* \"\\\"\""},
+	    {"root ::= \"\\\"\" ( [^\"] | \"\u00e9\" )* \"\\\"\"",
+	     "root ::= \"\\\"\" [^\"]* \"\\\"\""},
 	};
 	for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
 		moe_grammar *a = parse_ok(same[i][0]), *b = parse_ok(same[i][1]);
-		cr_assert_eq(moe_grammar_n_states(a), moe_grammar_n_states(b), "%s: %u states, %s: %u",
-		             same[i][0], moe_grammar_n_states(a), same[i][1], moe_grammar_n_states(b));
+		cr_assert_eq(moe_grammar_n_states(a), moe_grammar_n_states(b),
+		             "%s: %u states, %s: %u", same[i][0], moe_grammar_n_states(a),
+		             same[i][1], moe_grammar_n_states(b));
 		moe_grammar_destroy(a);
 		moe_grammar_destroy(b);
 	}
